@@ -1,0 +1,3 @@
+"""pSp face super-resolution for restorekit."""
+
+__version__ = "0.1.0"

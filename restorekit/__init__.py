@@ -1,0 +1,3 @@
+"""restorekit: a plugin-based image-restoration framework."""
+
+__version__ = "0.1.0"
