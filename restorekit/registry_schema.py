@@ -35,6 +35,16 @@ class PluginEntry(BaseModel):
     provides: tuple[str, ...] = ()
     weights: tuple[str, ...] = ()
 
+    @field_validator("provides")
+    @classmethod
+    def _kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from .plugins import KINDS
+
+        unknown = sorted(set(v) - set(KINDS) - {"commands"})
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}, commands")
+        return v
+
     @field_validator("homepage")
     @classmethod
     def _url(cls, v: str) -> str:

@@ -1,0 +1,150 @@
+"""pSp (pixel2style2pixel): an encoder into W+ and a fixed StyleGAN2 generator that decodes it.
+
+``PSP.forward(x)`` takes faces in [0, 1] at any size, brings them to the encoder's input size
+(256 px for the paper's models; bilinear, antialiased when shrinking, like the official PIL
+resize), encodes them to W+ offsets, adds ``latent_avg`` (``start_from_latent_avg``) and
+decodes. It returns the generator's [0, 1] image (unclamped, native resolution unless
+``resize_output`` asks for an average-pooled size, as pSp pools to 256 for its losses) and the
+W+ codes.
+
+Multi-modal synthesis (:meth:`PSP.mix`, after pSp's ``scripts/style_mixing.py``): the codes
+of the styles in ``latent_mask`` are replaced by (or, with ``mix_alpha``, blended towards) the
+W vector of a random ``z``, mapped by the generator and repeated over all styles. The default
+mask is the fine styles: the official ``8..17`` of 18, scaled to ``round(8·n/18)..n-1`` for a
+generator with ``n`` styles, so the coarse and medium styles (pose, shape) stay the input's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from restorekit.interfaces import Encoder, Generator
+
+from .encoder import BackboneEncoderUsingLastLayerIntoW, resize_input
+
+NoiseMode = Literal["const", "random"]
+
+
+def default_latent_mask(n_styles: int) -> list[int]:
+    """The fine styles mixed by default: official ``8..17`` of 18, scaled to ``n_styles``."""
+    start = max(1, min(n_styles - 1, round(8 * n_styles / 18)))
+    return list(range(start, n_styles))
+
+
+class PSP(nn.Module):
+    """Encoder + generator + ``latent_avg``, with pSp's forward and style mixing.
+
+    ``latent_avg``: ``n_styles×style_dim`` (or ``1×style_dim`` for a learn-in-W encoder), a
+    ``style_dim`` vector (repeated), or ``None`` to use ``generator.mean_latent()``.
+    """
+
+    latent_avg: Tensor
+
+    def __init__(self, encoder: Encoder, generator: Generator, latent_avg: Tensor | None = None, *,
+                 start_from_latent_avg: bool = True) -> None:
+        super().__init__()
+        if encoder.n_styles != generator.n_styles or encoder.style_dim != generator.style_dim:
+            raise ValueError(f"encoder gives {encoder.n_styles}×{encoder.style_dim} codes but the generator "
+                             f"takes {generator.n_styles}×{generator.style_dim}")
+        self.encoder = encoder
+        self.decoder = generator
+        self.learn_in_w = isinstance(encoder, BackboneEncoderUsingLastLayerIntoW)
+        self.start_from_latent_avg = start_from_latent_avg
+        rows = 1 if self.learn_in_w else generator.n_styles
+        if latent_avg is None:
+            latent_avg = generator.mean_latent()
+        latent_avg = latent_avg.detach().float().reshape(-1, generator.style_dim)
+        if latent_avg.shape[0] == 1:
+            latent_avg = latent_avg.repeat(rows, 1)
+        if latent_avg.shape[0] != rows:
+            raise ValueError(f"latent_avg has {latent_avg.shape[0]} rows; expected 1 or {rows}")
+        self.register_buffer("latent_avg", latent_avg.clone())
+
+    @property
+    def n_styles(self) -> int:
+        return int(self.decoder.n_styles)
+
+    @property
+    def input_size(self) -> int:
+        return int(getattr(self.encoder, "input_size", 256))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Faces ``N×C×H×W`` in [0, 1] to W+ codes ``N×n_styles×style_dim`` (``latent_avg`` added)."""
+        codes = self.encoder(resize_input(x, self.input_size) * 2 - 1)
+        if self.start_from_latent_avg:
+            codes = codes + (self.latent_avg[0] if self.learn_in_w else self.latent_avg)
+        if self.learn_in_w:
+            codes = codes.unsqueeze(1).expand(-1, self.n_styles, -1)
+        return codes
+
+    def decode(self, w_plus: Tensor, *, noise_mode: NoiseMode = "const", resize_output: int | None = None) -> Tensor:
+        """W+ codes to [0, 1] images (unclamped); ``resize_output`` average-pools to that size."""
+        image = self.decoder.synthesize(w_plus, noise_mode=noise_mode)
+        if resize_output is not None and image.shape[-1] != resize_output:
+            image = F.adaptive_avg_pool2d(image, resize_output)
+        return image
+
+    def forward(self, x: Tensor, *, noise_mode: NoiseMode = "const", resize_output: int | None = None,
+                latent_mask: Sequence[int] | None = None, inject_latent: Tensor | None = None,
+                alpha: float | None = None) -> tuple[Tensor, Tensor]:
+        """``(image, w_plus)`` for faces ``x`` in [0, 1].
+
+        With ``latent_mask`` the listed styles take ``inject_latent``'s (``N×n_styles×style_dim``)
+        values, or ``alpha·inject + (1−alpha)·code`` when ``alpha`` is given (official semantics).
+        """
+        w_plus = self.encode(x)
+        if latent_mask is not None:
+            if inject_latent is None:
+                raise ValueError("latent_mask needs inject_latent")
+            w_plus = mix_styles(w_plus, inject_latent, latent_mask, alpha)
+        return self.decode(w_plus, noise_mode=noise_mode, resize_output=resize_output), w_plus
+
+    @torch.no_grad()
+    def random_latents(self, n: int, *, seed: int | None = None, device: torch.device | None = None) -> Tensor:
+        """``n×n_styles×style_dim``: ``map(z)`` of ``n`` normal ``z`` (CPU generator, seeded), repeated."""
+        g = torch.Generator()
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(seed)
+        z = torch.randn(n, self.decoder.z_dim, generator=g)
+        device = device if device is not None else self.latent_avg.device
+        w = self.decoder.map(z.to(device))
+        return w.unsqueeze(1).expand(-1, self.n_styles, -1)
+
+    def mix(self, x: Tensor, n_samples: int, *, seed: int | None = None, latent_mask: Sequence[int] | None = None,
+            mix_alpha: float | None = None, noise_mode: NoiseMode = "const",
+            resize_output: int | None = None) -> tuple[Tensor, Tensor]:
+        """Multi-modal outputs: ``n_samples`` per image, fine styles from random ``z`` (image-major).
+
+        Returns ``(images, w_plus)`` of ``N·n_samples`` rows; the samples of image 0 come first.
+        The same ``seed`` gives the same outputs.
+        """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
+        mask = default_latent_mask(self.n_styles) if latent_mask is None else list(latent_mask)
+        codes = self.encode(x)
+        n = codes.shape[0]
+        codes = codes.repeat_interleave(n_samples, dim=0)
+        inject = self.random_latents(n * n_samples, seed=seed, device=codes.device)
+        w_plus = mix_styles(codes, inject, mask, mix_alpha)
+        return self.decode(w_plus, noise_mode=noise_mode, resize_output=resize_output), w_plus
+
+
+def mix_styles(codes: Tensor, inject: Tensor, mask: Sequence[int], alpha: float | None = None) -> Tensor:
+    """Replace (``alpha=None``) or blend (``alpha·inject + (1−alpha)·codes``) the styles in ``mask``."""
+    n_styles = codes.shape[1]
+    bad = [i for i in mask if not 0 <= i < n_styles]
+    if bad:
+        raise ValueError(f"latent_mask indices {bad} out of range for {n_styles} styles")
+    if inject.shape != codes.shape:
+        raise ValueError(f"inject_latent has shape {tuple(inject.shape)}; expected {tuple(codes.shape)}")
+    sel = torch.zeros(n_styles, dtype=torch.bool, device=codes.device)
+    sel[list(mask)] = True
+    target = inject if alpha is None else alpha * inject + (1 - alpha) * codes
+    return torch.where(sel[None, :, None], target, codes)

@@ -1,0 +1,468 @@
+"""StyleGAN2 generator (config-f and smaller) with rosinality's module and parameter names.
+
+The state dict of :class:`StyleGAN2Generator` has exactly the keys and shapes of
+rosinality/stylegan2-pytorch's ``Generator`` (``style.1``…``style.8``, ``input.input``,
+``conv1.*``, ``to_rgb1.*``, ``convs.N.*``, ``to_rgbs.N.*``, ``noises.noise_N``), so converted
+official weights load without renaming. The arithmetic is StyleGAN2's; the implementation is
+organised for speed:
+
+* Modulated convs never build per-sample weights for a batch: activations are scaled by the
+  style, convolved with the shared weight and scaled by the demodulation coefficients, which is
+  the same function as weight modulation and exports to ONNX for any batch size. For a batch of
+  one in eager mode the weight is modulated instead (cheaper: the weight is small).
+* On CPU (and with ``impl="ref"``) bias, activation gain and demodulation are folded into the
+  convolution where that is exact, leaving two element-wise passes per layer; on CUDA the layer
+  runs conv → noise → :func:`fused_bias_act` kernel.
+
+:meth:`StyleGAN2Generator.synthesize` follows restorekit's image convention (``[0, 1]``,
+unclamped); :meth:`StyleGAN2Generator.forward` keeps rosinality's call signature and returns
+``[-1, 1]`` images, for code ported from pSp.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from restorekit.interfaces import Generator
+
+from .ops import SQRT2, FusedLeakyReLU, Impl, fused_bias_act, upfirdn2d
+
+BLUR_KERNEL = (1, 3, 3, 1)
+RESOLUTIONS = tuple(2**i for i in range(5, 11))  # 32 … 1024
+
+
+def channels_for(resolution: int, channel_multiplier: int = 2, channel_max: int = 512) -> int:
+    """Feature maps at ``resolution`` in rosinality's table, capped at ``channel_max``."""
+    base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+    c = base[resolution] if resolution <= 32 else base[resolution] * channel_multiplier
+    return min(c, channel_max)
+
+
+def _kernel2d(k: Sequence[float]) -> Tensor:
+    t = torch.tensor(k, dtype=torch.float32)
+    t = torch.outer(t, t)
+    return t / t.sum()
+
+
+def _exporting() -> bool:
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling())
+
+
+class PixelNorm(nn.Module):
+    """Normalise each vector to unit root-mean-square (the mapping network's input)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized learning rate: stored ``weight`` is scaled by
+    ``lr_mul/sqrt(in)`` at run time, ``bias`` by ``lr_mul``; optional fused leaky ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: bool = False, impl: Impl = "auto") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+        self.impl: Impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            return fused_bias_act(F.linear(x, self.weight * self.scale), bias, impl=self.impl)
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, act={self.activation}"
+
+
+class Blur(nn.Module):
+    """FIR filter (``upfirdn2d`` with up = down = 1). ``kernel`` is rosinality's 2-D buffer;
+    the computation uses the equivalent separable 1-D filter."""
+
+    def __init__(self, kernel: Sequence[float], pad: tuple[int, int], gain: float = 1.0,
+                 impl: Impl = "auto") -> None:
+        super().__init__()
+        self.register_buffer("kernel", _kernel2d(kernel) * gain)
+        k1 = torch.tensor(kernel, dtype=torch.float32)
+        self.register_buffer("kernel_1d", k1 / k1.sum(), persistent=False)
+        self.pad = pad
+        self.gain = gain
+        self.impl: Impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel_1d, pad=self.pad, gain=self.gain, impl=self.impl)
+
+
+class Upsample(nn.Module):
+    """×2 upsampling with a FIR filter (ToRGB skip path); ``kernel`` as in rosinality."""
+
+    def __init__(self, kernel: Sequence[float], factor: int = 2, impl: Impl = "auto") -> None:
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", _kernel2d(kernel) * factor**2)
+        k1 = torch.tensor(kernel, dtype=torch.float32)
+        self.register_buffer("kernel_1d", k1 / k1.sum(), persistent=False)
+        p = len(kernel) - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.impl: Impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel_1d, up=self.factor, pad=self.pad, gain=self.factor**2,
+                         impl=self.impl)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution with optional demodulation and ×2 upsampling.
+
+    ``weight`` is ``[1, out, in, k, k]`` (rosinality); ``modulation`` maps a W vector to
+    per-input-channel scales (bias initialised to 1). Upsampling is a stride-2 transposed conv
+    followed by a FIR blur, as in StyleGAN2.
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False,
+                 blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto") -> None:
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
+        self.eps = 1e-8
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1),
+                             gain=factor**2, impl=impl)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1, impl=impl)
+        # None: weight modulation for a batch of one in eager mode, activation modulation otherwise.
+        self.fused: bool | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, "
+                f"upsample={self.upsample}, demodulate={self.demodulate}")
+
+    def forward(self, x: Tensor, style: Tensor, *, gain: float = 1.0,
+                bias: Tensor | None = None) -> Tensor:
+        """``gain · demod(conv(x, weight ⊙ style)) + bias`` (``bias`` per output channel)."""
+        n = x.shape[0]
+        s = self.modulation(style)  # N × in
+        w = self.weight[0] * self.scale  # out × in × k × k
+        d = None
+        if self.demodulate:
+            # Σ_i,k (w_oik s_ni)² = (s²) · (Σ_k w_oik²)ᵀ — no N×out×in×k×k tensor needed.
+            d = torch.rsqrt(s.square() @ w.square().sum([2, 3]).t() + self.eps)  # N × out
+        fused = self.fused if self.fused is not None else (n == 1 and not _exporting())
+        if fused and n == 1:
+            wm = w * s.reshape(1, -1, 1, 1)
+            col = d.reshape(-1, 1, 1, 1) * gain if d is not None else gain
+            wm = wm * col
+            out = self._conv(x, wm, bias)
+            if self.upsample and bias is not None:
+                out = out + bias.reshape(1, -1, 1, 1)
+            return out
+        out = self._conv(x * s.reshape(n, -1, 1, 1), w * gain if gain != 1.0 else w, None)
+        if d is None:
+            return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+        if bias is None:
+            return out * d.reshape(n, -1, 1, 1)
+        return torch.addcmul(bias.reshape(1, -1, 1, 1), out, d.reshape(n, -1, 1, 1))
+
+    def _conv(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        if self.upsample:
+            out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+            return self.blur(out)
+        return F.conv2d(x, w, bias=bias, padding=self.padding)
+
+
+class NoiseInjection(nn.Module):
+    """Adds ``weight · noise`` (one learned scalar; noise ``N|1 × 1 × H × W``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        if noise is None:
+            noise = x.new_empty(x.shape[0], 1, x.shape[2], x.shape[3]).normal_()
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned ``1 × C × 4 × 4`` input, repeated over the batch."""
+
+    def __init__(self, channel: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv → noise → bias + leaky ReLU·√2 (``activate.bias``)."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False, blur_kernel: Sequence[float] = BLUR_KERNEL,
+                 demodulate: bool = True, impl: Impl = "auto") -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
+                                    demodulate=demodulate, upsample=upsample,
+                                    blur_kernel=blur_kernel, impl=impl)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel, impl=impl)
+        # None: fold bias/gain into the conv unless the fused CUDA kernel is going to run.
+        self.fold: bool | None = None
+
+    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None = None) -> Tensor:
+        act = self.activate
+        fold = self.fold if self.fold is not None else (not x.is_cuda or act.impl == "ref")
+        if not fold:
+            out = self.noise(self.conv(x, style), noise)
+            return act(out)
+        # gain·lrelu(z) = lrelu(gain·z) (gain > 0): scale bias, noise strength and conv by gain.
+        g = act.scale
+        out = self.conv(x, style, gain=g, bias=act.bias * g if act.bias is not None else None)
+        if noise is None:
+            noise = out.new_empty(out.shape[0], 1, out.shape[2], out.shape[3]).normal_()
+        out = out.add_(noise * (self.noise.weight * g))
+        return F.leaky_relu_(out, act.negative_slope)
+
+
+class ToRGB(nn.Module):
+    """1×1 modulated conv to RGB (no demodulation) + bias ``[1,3,1,1]`` + upsampled skip."""
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
+                 blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto") -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel, impl=impl)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False, impl=impl)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
+        out = self.conv(x, style, bias=self.bias.reshape(3))
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+class StyleGAN2Generator(Generator):
+    """StyleGAN2 generator, rosinality layout, any power-of-two resolution 32…1024.
+
+    ``channel_multiplier=2`` is config-f; ``channel_max`` (default 512, StyleGAN2's value) caps
+    every layer's width, which allows tiny test models. ``impl`` selects the ops backend.
+    """
+
+    def __init__(self, resolution: int = 1024, style_dim: int = 512, n_mlp: int = 8,
+                 channel_multiplier: int = 2, *, channel_max: int = 512, lr_mlp: float = 0.01,
+                 blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto") -> None:
+        super().__init__()
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"StyleGAN2 resolution must be a power of two in 32…1024, got {resolution}")
+        if n_mlp < 1 or style_dim < 1 or channel_multiplier < 1 or channel_max < 1:
+            raise ValueError("StyleGAN2: style_dim, n_mlp, channel_multiplier and channel_max must be ≥ 1")
+        self.resolution = self.size = resolution
+        self.style_dim = self.z_dim = style_dim
+        self.n_mlp = n_mlp
+        self.channel_multiplier = channel_multiplier
+        self.channel_max = channel_max
+        self.lr_mlp = lr_mlp
+        self.blur_kernel = tuple(blur_kernel)
+        self.log_size = int(math.log2(resolution))
+        self.n_styles = self.n_latent = self.log_size * 2 - 2
+        self.num_layers = (self.log_size - 2) * 2 + 1
+        self.channels = {2**i: channels_for(2**i, channel_multiplier, channel_max)
+                         for i in range(2, self.log_size + 1)}
+
+        self.style = nn.Sequential(PixelNorm(), *[
+            EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True, impl=impl)
+            for _ in range(n_mlp)])
+        c4 = self.channels[4]
+        self.input = ConstantInput(c4)
+        self.conv1 = StyledConv(c4, c4, 3, style_dim, blur_kernel=blur_kernel, impl=impl)
+        self.to_rgb1 = ToRGB(c4, style_dim, upsample=False, impl=impl)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            r = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+        in_ch = c4
+        for i in range(3, self.log_size + 1):
+            out_ch = self.channels[2**i]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True,
+                                         blur_kernel=blur_kernel, impl=impl))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel, impl=impl))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, impl=impl))
+            in_ch = out_ch
+        # The checkpoint's average W (converted official weights ship one); see mean_latent().
+        self.register_buffer("latent_avg", torch.empty(0), persistent=False)
+        self._impl: Impl = impl
+
+    # -- configuration -------------------------------------------------------------------
+    def config(self) -> dict[str, object]:
+        """Keyword arguments that rebuild this architecture."""
+        return {"resolution": self.resolution, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+                "channel_multiplier": self.channel_multiplier, "channel_max": self.channel_max,
+                "lr_mlp": self.lr_mlp, "blur_kernel": self.blur_kernel}
+
+    @property
+    def impl(self) -> Impl:
+        return self._impl
+
+    def set_impl(self, impl: Impl) -> None:
+        """Switch every op of this generator to ``impl`` ("auto", "cuda" or "ref")."""
+        for m in self.modules():
+            if hasattr(m, "impl") and not isinstance(m, StyleGAN2Generator):
+                m.impl = impl
+        self._impl = impl
+
+    # -- latent space --------------------------------------------------------------------
+    def map(self, z: Tensor, *, truncation: float = 1.0, truncation_latent: Tensor | None = None) -> Tensor:
+        """``N×z_dim`` normal noise to ``N×style_dim`` W vectors (optionally truncated)."""
+        w = self.style(z)
+        return self.truncate(w, truncation, truncation_latent) if truncation != 1.0 else w
+
+    def truncate(self, w: Tensor, truncation: float, center: Tensor | None = None) -> Tensor:
+        """``center + truncation·(w − center)``; ``center`` defaults to :meth:`mean_latent`."""
+        c = self.mean_latent() if center is None else center
+        return torch.lerp(c.to(w), w, truncation) if truncation != 1.0 else w
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, seed: int = 0) -> Tensor:
+        """The checkpoint's ``latent_avg`` when it has one, else the mean of ``map(z)`` over
+        ``n`` normal samples drawn with ``seed`` (``style_dim``)."""
+        if self.latent_avg.numel():
+            return self.latent_avg.reshape(-1, self.style_dim)[0].clone()
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.z_dim, generator=g).to(self.input.input)
+        return self.style(z).mean(0)
+
+    def set_latent_avg(self, latent_avg: Tensor | None) -> None:
+        """Record (or with ``None`` forget) the checkpoint's average W (``style_dim`` values)."""
+        if latent_avg is None:
+            self.latent_avg = torch.empty(0, device=self.input.input.device)
+            return
+        la = latent_avg.detach().reshape(-1, self.style_dim)[0]
+        self.latent_avg = la.to(self.input.input).clone()
+
+    def broadcast(self, w: Tensor) -> Tensor:
+        """``N×style_dim`` W vectors to ``N×n_styles×style_dim`` (W+)."""
+        return w.unsqueeze(1).expand(-1, self.n_styles, -1)
+
+    def mix_styles(self, w1: Tensor, w2: Tensor, inject_index: int) -> Tensor:
+        """W+ with layers ``< inject_index`` from ``w1`` and the rest from ``w2`` (StyleGAN mixing).
+
+        ``w1``/``w2``: ``N×style_dim`` or ``N×n_styles×style_dim``.
+        """
+        if not 0 <= inject_index <= self.n_styles:
+            raise ValueError(f"inject_index must be in 0…{self.n_styles}, got {inject_index}")
+        a = w1 if w1.ndim == 3 else self.broadcast(w1)
+        b = w2 if w2.ndim == 3 else self.broadcast(w2)
+        return torch.cat([a[:, :inject_index], b[:, inject_index:]], dim=1)
+
+    def mix_latents(self, w_plus: Tensor, inject: Tensor, layers: Sequence[int], alpha: float = 1.0) -> Tensor:
+        """pSp's ``latent_mask`` mixing: on ``layers``, ``alpha·inject + (1−alpha)·w_plus``."""
+        bad = [i for i in layers if not 0 <= i < self.n_styles]
+        if bad:
+            raise ValueError(f"style layers {bad} out of range 0…{self.n_styles - 1}")
+        inj = inject if inject.ndim == 3 else self.broadcast(inject)
+        mask = torch.zeros(self.n_styles, 1, dtype=w_plus.dtype, device=w_plus.device)
+        mask[list(layers)] = alpha
+        return w_plus + mask * (inj - w_plus)
+
+    # -- noise ---------------------------------------------------------------------------
+    def noise_buffers(self) -> list[Tensor]:
+        """The fixed ``noises.noise_i`` tensors (``1×1×r×r``), used by ``noise_mode="const"``."""
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
+    def make_noise(self, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Fresh normal noise for every layer (``batch×1×r×r``), drawn from ``generator``."""
+        dev = self.input.input.device
+        out = []
+        for buf in self.noise_buffers():
+            t = torch.randn(batch, 1, buf.shape[2], buf.shape[3], generator=generator)
+            out.append(t.to(dev))
+        return out
+
+    # -- synthesis -----------------------------------------------------------------------
+    def synthesize_signed(self, w_plus: Tensor, *, noise_mode: Literal["const", "random"] = "const",
+                          noise: Sequence[Tensor | None] | None = None) -> Tensor:
+        """Like :meth:`synthesize` but in StyleGAN's own ``[-1, 1]`` range."""
+        if w_plus.ndim != 3 or w_plus.shape[1:] != (self.n_styles, self.style_dim):
+            raise ValueError(f"w_plus must be N×{self.n_styles}×{self.style_dim}, got {tuple(w_plus.shape)}")
+        if noise is None:
+            if noise_mode == "const":
+                noise = self.noise_buffers()
+            elif noise_mode == "random":
+                noise = [None] * self.num_layers
+            else:
+                raise ValueError(f"noise_mode must be 'const' or 'random', got {noise_mode!r}")
+        elif len(noise) != self.num_layers:
+            raise ValueError(f"noise must hold {self.num_layers} tensors, got {len(noise)}")
+        n = w_plus.shape[0]
+        out = self.conv1(self.input(n), w_plus[:, 0], noise[0])
+        skip = self.to_rgb1(out, w_plus[:, 1])
+        i = 1
+        for k, to_rgb in enumerate(self.to_rgbs):
+            out = self.convs[2 * k](out, w_plus[:, i], noise[2 * k + 1])
+            out = self.convs[2 * k + 1](out, w_plus[:, i + 1], noise[2 * k + 2])
+            skip = to_rgb(out, w_plus[:, i + 2], skip)
+            i += 2
+        return skip
+
+    def synthesize(self, w_plus: Tensor, *, noise_mode: Literal["const", "random"] = "const",
+                   noise: list[Tensor] | None = None) -> Tensor:
+        """``N×n_styles×style_dim`` latents to ``N×3×R×R`` images in [0,1], not clamped."""
+        return self.synthesize_signed(w_plus, noise_mode=noise_mode, noise=noise).add(1.0).mul(0.5)
+
+    @torch.no_grad()
+    def sample(self, n: int = 1, *, seed: int = 0, truncation: float = 1.0,
+               noise_mode: Literal["const", "random"] = "const") -> Tensor:
+        """``n`` images in [0,1] (clamped) from normal ``z`` drawn with ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.z_dim, generator=g).to(self.input.input)
+        w = self.map(z, truncation=truncation)
+        return self.synthesize(self.broadcast(w), noise_mode=noise_mode).clamp(0, 1)
+
+    def forward(self, styles: Sequence[Tensor] | Tensor, return_latents: bool = False,
+                inject_index: int | None = None, truncation: float = 1.0,
+                truncation_latent: Tensor | None = None, input_is_latent: bool = False,
+                noise: Sequence[Tensor | None] | None = None, randomize_noise: bool = True
+                ) -> tuple[Tensor, Tensor | None]:
+        """rosinality's signature: ``(image in [-1,1], W+ or None)``.
+
+        ``styles``: a list of one or two ``z`` (or ``w`` with ``input_is_latent``) batches, or a
+        W+ tensor; two entries are style-mixed at ``inject_index`` (random when ``None``).
+        """
+        if isinstance(styles, Tensor):
+            styles = [styles]
+        styles = list(styles)
+        if not input_is_latent:
+            styles = [self.style(s) for s in styles]
+        if truncation != 1.0:
+            c = self.mean_latent() if truncation_latent is None else truncation_latent.reshape(-1)[: self.style_dim]
+            styles = [self.truncate(s, truncation, c) for s in styles]
+        if len(styles) == 1:
+            s = styles[0]
+            latent = s if s.ndim == 3 else self.broadcast(s)
+        else:
+            if inject_index is None:
+                inject_index = random.randint(1, self.n_styles - 1)
+            latent = self.mix_styles(styles[0], styles[1], inject_index)
+        image = self.synthesize_signed(latent, noise_mode="random" if randomize_noise else "const",
+                                       noise=noise)
+        return image, (latent if return_latents else None)

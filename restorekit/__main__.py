@@ -1,0 +1,5 @@
+"""``python -m restorekit`` (also what ``torchrun -m restorekit`` runs)."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""Applying a per-image function to many input files: naming, skipping, atomic writes, failures.
+
+Shared by ``run`` and ``degrade``: one bad file is reported and the rest go on.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .errors import ImageError, RestorekitError
+from .images import ImageItem, read_image, save_image
+
+# Errors a single input may raise without stopping the batch.
+PER_IMAGE_ERRORS = (RestorekitError, ValueError, RuntimeError, OSError)
+
+
+@dataclass
+class BatchResult:
+    """What happened to each input."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    reports: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"written": self.written, "skipped": self.skipped, "failed": self.failed,
+                "reports": self.reports}
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".restorekit-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise RestorekitError(f"{folder}: output folder cannot be written ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on stderr; yields ``advance(description)``."""
+    console = Console(stderr=True)
+    disable = quiet or total <= 1
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True, disable=disable) as prog:
+        task = prog.add_task(label, total=total)
+
+        def advance(desc: str) -> None:
+            prog.update(task, advance=1, description=f"{label} {desc}")
+
+        yield advance
+
+
+def process_files(
+    items: list[ImageItem],
+    outdir: Path,
+    fn: Callable[[torch.Tensor, ImageItem], list[tuple[str, torch.Tensor]]],
+    *,
+    ext: str = "png",
+    overwrite: bool = False,
+    max_pixels: int,
+    quiet: bool = False,
+    label: str = "",
+    on_error: Callable[[str], None] | None = None,
+    report: Callable[[ImageItem], object] | None = None,
+    expected: Callable[[ImageItem], list[str]] | None = None,
+) -> BatchResult:
+    """Read each input, call ``fn(image, item) -> [(stem, image), …]`` and write each output.
+
+    An input whose every expected output (``expected(item)``, default its stem) exists is
+    skipped unless ``overwrite``; an output that would replace an input file is refused.
+    """
+    check_writable(outdir)
+    result = BatchResult()
+    input_paths = {it.path.resolve() for it in items}
+    with progress_bar(len(items), label, quiet) as advance:
+        for item in items:
+            try:
+                # Without overwrite, skip inputs whose every expected output already exists.
+                stems = expected(item) if expected is not None else [item.stem]
+                if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
+                    result.skipped.extend(str(outdir / f"{s}.{ext}") for s in stems)
+                    advance(item.path.name)
+                    continue
+                image = read_image(item.path, max_pixels=max_pixels)
+                planned = fn(image, item)
+                for stem, out in planned:
+                    dest = outdir / f"{stem}.{ext}"
+                    if dest.resolve() in input_paths:
+                        raise ImageError(f"{dest}: refusing to overwrite an input file")
+                    if dest.exists() and not overwrite:
+                        result.skipped.append(str(dest))
+                        continue
+                    save_image(out, dest)
+                    result.written.append(str(dest))
+                if report is not None:
+                    result.reports[str(item.path)] = report(item)
+            except PER_IMAGE_ERRORS as exc:
+                msg = str(exc)
+                if str(item.path) not in msg:
+                    msg = f"{item.path}: {msg}"
+                result.failed.append({"path": str(item.path), "error": msg})
+                if on_error is not None:
+                    on_error(msg)
+            advance(item.path.name)
+    return result

@@ -1,0 +1,129 @@
+"""The ``restorekit`` command.
+
+Exit codes: 0 all good; 1 some inputs failed (each named on stderr); 2 usage error (bad
+arguments, unknown names, bad options, unwritable output).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import PluginError, RestorekitError
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class UsageProblem(click.UsageError):
+    """A usage error with restorekit's one-line message (exit 2)."""
+
+
+def fail_usage(msg: str) -> None:
+    raise UsageProblem(msg)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def warn(msg: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {msg}")
+
+
+def error_line(msg: str) -> None:
+    err_console.print(f"[red]error:[/] {msg}")
+
+
+class RestorekitGroup(click.Group):
+    """Turns restorekit errors into one-line messages with exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RestorekitError as exc:
+            error_line(str(exc))
+            ctx.exit(2)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            from .plugins import suggest
+
+            hint = suggest(name, self.list_commands(ctx))
+            if hint:
+                ctx.fail(f"no such command '{name}'{hint}")
+        return cmd
+
+
+@click.group(cls=RestorekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="restorekit")
+@click.option("--strict", is_flag=True, help="Fail when any plugin is broken (plugin development).")
+@click.pass_context
+def cli(ctx: click.Context, strict: bool) -> None:
+    """restorekit: plugin-based image restoration (pSp face super-resolution and baselines)."""
+    if strict:
+        from .plugins import registry, reset
+
+        reset()
+        try:
+            registry(strict=True)
+        except PluginError as exc:
+            error_line(str(exc))
+            ctx.exit(2)
+
+
+def _load_plugin_commands() -> None:
+    """Let plugins add subcommands; a failing one is reported, not fatal."""
+    from .plugins import registry
+
+    try:
+        reg = registry()
+    except PluginError as exc:  # strict mode from the environment
+        error_line(str(exc))
+        sys.exit(2)
+    for add in reg.commands:
+        try:
+            add(cli=cli)
+        except Exception as exc:  # a plugin's command must not break the CLI
+            warn(f"a plugin failed to add its commands: {exc}")
+
+
+_BUILT = False
+
+
+def build_cli() -> click.Group:
+    """The full command: core subcommands, then what plugins add (once per process)."""
+    global _BUILT
+    if not _BUILT:
+        import importlib
+
+        for mod in CORE_COMMAND_MODULES:
+            importlib.import_module(f"restorekit.commands.{mod}").attach(cli)
+        _load_plugin_commands()
+        _BUILT = True
+    return cli
+
+
+# Each module has ``attach(cli)``; kept as names so a missing optional one is easy to see.
+CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    build_cli()(prog_name="restorekit")
+
+
+def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)

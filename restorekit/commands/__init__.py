@@ -1,0 +1,1 @@
+"""Subcommands of the `restorekit` CLI, one module per command family."""

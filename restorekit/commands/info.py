@@ -1,0 +1,85 @@
+"""``restorekit methods`` and ``restorekit plugins``: what is installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..cli import emit_json, table
+from ..interfaces import Method
+from ..plugins import registry
+
+
+def method_summary(cls: type[Method], plugin: str) -> dict[str, Any]:
+    i = cls.info
+    return {"name": i.name, "plugin": plugin, "task": i.task, "summary": i.summary, "license": i.license,
+            "paper": i.paper, "deterministic": i.deterministic, "requires_weights": list(i.requires_weights),
+            "scales": list(i.scales) if i.scales is not None else "any", "input_kind": i.input_kind}
+
+
+def options_schema(cls: type[Method]) -> list[dict[str, Any]]:
+    out = []
+    for name, f in cls.Options.model_fields.items():
+        ann = f.annotation
+        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        out.append({"name": name, "type": type_name,
+                    "default": None if f.is_required() else f.get_default(call_default_factory=True),
+                    "required": f.is_required(), "description": f.description or ""})
+    return out
+
+
+@click.group("methods", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def methods_group(ctx: click.Context, as_json: bool) -> None:
+    """List restoration methods (`methods show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    reg = registry()
+    rows = [method_summary(reg.items["methods"][n], reg.owner["methods"][n]) for n in reg.names("methods")]
+    if as_json:
+        emit_json(rows)
+        return
+    table("Methods", ["name", "plugin", "task", "scales", "deterministic", "license", "summary"],
+          [[r["name"], r["plugin"], r["task"], ",".join(map(str, r["scales"])) if r["scales"] != "any" else "any",
+            "yes" if r["deterministic"] else "no", r["license"], r["summary"]] for r in rows])
+
+
+@methods_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def methods_show(name: str, as_json: bool) -> None:
+    """Show one method's metadata and options."""
+    reg = registry()
+    cls = reg.method(name)
+    data = method_summary(cls, reg.owner["methods"][name])
+    data["options"] = options_schema(cls)
+    if as_json:
+        emit_json(data)
+        return
+    for key in ("name", "plugin", "task", "summary", "paper", "license", "deterministic", "scales",
+                "input_kind", "requires_weights"):
+        click.echo(f"{key:>17}: {data[key]}")
+    table("Options (--opt KEY=VALUE)", ["option", "type", "default", "description"],
+          [[o["name"], o["type"], "(required)" if o["required"] else repr(o["default"]), o["description"]]
+           for o in data["options"]])
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_cmd(as_json: bool) -> None:
+    """List plugins: distribution, version, what each registers, health."""
+    reg = registry()
+    recs = [r.as_dict() for r in reg.plugins.values()]
+    if as_json:
+        emit_json(recs)
+        return
+    table("Plugins", ["name", "distribution", "version", "status", "registers"],
+          [[r["name"], r["distribution"], r["version"], r["status"],
+            "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"] for r in recs])
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(methods_group)
+    cli.add_command(plugins_cmd)

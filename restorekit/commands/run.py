@@ -1,0 +1,102 @@
+"""``restorekit run``: restore every image of an input spec with one method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from ..batch import process_files
+from ..cli import emit_json, error_line, fail_usage, warn
+from ..errors import RestorekitError
+from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
+
+
+def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left | right``, the left one resized (nearest) to the right one's height."""
+    if left.shape[-2:] != right.shape[-2:]:
+        left = torch.nn.functional.interpolate(left, size=right.shape[-2:], mode="nearest")
+    return torch.cat([left, right], dim=-1)
+
+
+@click.command("run")
+@click.argument("method")
+@click.option("--scale", type=int, required=True, callback=positive_int,
+              help="Output size = scale × input size.")
+@click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for stochastic methods.")
+@click.option("--n-samples", type=int, default=1, callback=positive_int, show_default=True,
+              help="Outputs per input (stochastic methods).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
+@click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
+@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("--couple", is_flag=True, help="Write input | output side by side.")
+@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse inputs larger than this many pixels.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str, seed: int | None,
+            n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
+            couple: bool, max_pixels: int, quiet: bool, as_json: bool) -> None:
+    """Restore images with METHOD at --scale."""
+    try:
+        cls = method_class(method)
+        values = parse_opts(opts)
+        if weights is not None:
+            if "weights" not in cls.Options.model_fields:
+                fail_usage(f"{method} takes no --weights")
+            values["weights"] = weights
+        validate_options(cls, values)
+        probe = cls(validate_options(cls, values))
+        try:
+            probe.check_scale(scale)
+        except ValueError as exc:
+            fail_usage(str(exc))
+        if n_samples > 1 and cls.info.deterministic:
+            warn(f"{method} is deterministic: its {n_samples} samples will be identical")
+        items = list_inputs(input_spec)
+    except (OptionError, RestorekitError) as exc:
+        fail_usage(str(exc))
+        return
+    if not items:
+        fail_usage(f"{input_spec}: no input images")
+    m = build_method(method, values, device)
+    if not quiet:
+        for note in getattr(m, "notes", []):
+            click.echo(note, err=True)
+
+    def stems(item: ImageItem) -> list[str]:
+        return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
+
+    def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
+        with torch.inference_mode():
+            out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples).cpu()
+        outs = [out[i:i + 1] for i in range(out.shape[0])]
+        if couple:
+            outs = [side_by_side(image, o) for o in outs]
+        return list(zip(stems(item), outs))
+
+    result = process_files(items, output, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
+                           quiet=quiet, label=method, on_error=error_line, expected=stems,
+                           report=lambda item: list(m.last_reports))
+    if as_json:
+        emit_json({"method": method, "scale": scale, "device": str(m.device), **result.as_dict()})
+    elif not quiet:
+        click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped (exist; --overwrite "
+                   f"replaces), {len(result.failed)} failed → {output}", err=True)
+    raise SystemExit(result.exit_code)
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(run_cmd)

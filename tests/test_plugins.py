@@ -1,0 +1,144 @@
+"""Plugin discovery: every hook, isolation of broken plugins, strictness, name clashes."""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import pytest
+
+from restorekit import hookspecs, plugins
+from restorekit.errors import PluginError, UnknownNameError
+from restorekit.plugins import KINDS, PluginRecord, Registry, _register_plugin
+
+from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN
+
+
+def test_every_hookspec_has_a_one_line_docstring():
+    specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("register_")]
+    assert set(specs) == {f"register_{k}" for k in KINDS} | {"register_commands"}
+    for name in specs:
+        doc = getattr(hookspecs, name).__doc__
+        assert doc and len(doc.strip().splitlines()) == 1, name
+
+
+def _fake_plugin(kind: str) -> types.ModuleType:
+    mod = types.ModuleType(f"fake_{kind}")
+
+    class Thing:
+        name = f"thing_{kind}"
+
+    if kind in plugins.FACTORY_KINDS:
+        def hook(register):
+            register(f"thing_{kind}", lambda: "built", summary="a test factory")
+    else:
+        def hook(register):
+            register(Thing)
+    setattr(mod, f"register_{kind}", hook)
+    return mod
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_register_hook_adds_to_its_kind(kind):
+    reg = Registry()
+    rec = PluginRecord("fake", "fake-dist", "1.0")
+    _register_plugin(None, reg, _fake_plugin(kind), rec)
+    assert reg.names(kind) == [f"thing_{kind}"]
+    assert rec.registers == {kind: [f"thing_{kind}"]}
+    assert reg.owner[kind][f"thing_{kind}"] == "fake"
+    if kind in plugins.FACTORY_KINDS:
+        f = reg.get(kind, f"thing_{kind}")
+        assert f.build() == "built" and f.summary == "a test factory"
+
+
+def test_register_commands_hook_adds_a_subcommand(plugin_site):
+    import click
+    from click.testing import CliRunner
+
+    plugin_site("cmd-plugin-3p", "cmdplug_3p", '''
+import click
+from restorekit.hookspecs import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("hello-3p")
+    def hello():
+        click.echo("hello from a plugin")
+''')
+    group = click.Group("t")
+    for add in plugins.registry().commands:
+        add(cli=group)
+    r = CliRunner().invoke(group, ["hello-3p"])
+    assert r.exit_code == 0 and "hello from a plugin" in r.output
+
+
+def test_duplicate_name_error_names_both_plugins():
+    reg = Registry()
+    _register_plugin(None, reg, _fake_plugin("methods"), PluginRecord("first", "d1", "1"))
+    with pytest.raises(PluginError, match="both 'first' and 'second'"):
+        _register_plugin(None, reg, _fake_plugin("methods"), PluginRecord("second", "d2", "1"))
+    assert reg.owner["methods"]["thing_methods"] == "first"
+
+
+def test_unknown_name_suggests():
+    reg = plugins.registry()
+    with pytest.raises(UnknownNameError, match="did you mean 'bicubic'"):
+        reg.method("bicubik")
+
+
+def test_builtins_and_first_party_plugins_present():
+    reg = plugins.registry()
+    assert {"bicubic", "blur", "noise", "jpeg"} <= set(reg.names("degradations"))
+    assert "bicubic" in reg.names("methods")
+    dists = {r.distribution for r in reg.plugins.values()}
+    assert {"restorekit", "restorekit-psp-sr", "restorekit-baselines"} <= dists
+
+
+def test_third_party_plugin_is_discovered(plugin_site):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    reg = plugins.registry()
+    assert "nearest3p" in reg.names("methods") and "mean_abs_3p" in reg.names("metrics")
+    rec = reg.plugins["thirdparty_nearest"]
+    assert (rec.distribution, rec.version, rec.status) == ("thirdparty-nearest", "0.3.1", "ok")
+
+
+def test_broken_plugin_is_isolated_and_strict_fails(plugin_site, monkeypatch):
+    plugin_site("thirdparty-broken", "thirdparty_broken", BROKEN_PLUGIN)
+    reg = plugins.registry()
+    assert reg.plugins["thirdparty_broken"].status.startswith("broken: ImportError: this plugin is broken")
+    assert "bicubic" in reg.names("methods")
+    plugins.reset()
+    with pytest.raises(PluginError, match="thirdparty_broken"):
+        plugins.registry(strict=True)
+    plugins.reset()
+    monkeypatch.setenv("RESTOREKIT_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError):
+        plugins.registry()
+
+
+def test_failing_registration_is_rolled_back(plugin_site):
+    plugin_site("thirdparty-half", "thirdparty_half", '''
+from typing import ClassVar
+from restorekit.hookspecs import hookimpl
+
+class A:
+    name: ClassVar[str] = "half_a_3p"
+
+@hookimpl
+def register_metrics(register):
+    register(A)
+    raise RuntimeError("registration failed midway")
+''')
+    reg = plugins.registry()
+    assert "half_a_3p" not in reg.names("metrics")
+    assert "registration failed midway" in reg.plugins["thirdparty_half"].status
+
+
+def test_load_plugins_env_selects(plugin_site, monkeypatch):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "")
+    reg = plugins.registry()
+    assert set(reg.plugins) == {"restorekit"} and reg.names("methods") == []
+    plugins.reset()
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "thirdparty_nearest")
+    assert plugins.registry().names("methods") == ["nearest3p"]
