@@ -49,6 +49,11 @@ def _license(spec: W.WeightSpec) -> str:
     return f"{spec.license} ({spec.license_note})" if spec.license_note else spec.license
 
 
+def _license_short(spec: W.WeightSpec) -> str:
+    nc = "non-commercial" in spec.license_note.lower() or spec.license.endswith("-NC")
+    return f"{spec.license} (non-commercial)" if nc else spec.license
+
+
 def _status(spec: W.WeightSpec) -> str:
     have = W.cached_files(spec.name)
     if not have:
@@ -75,7 +80,7 @@ def list_cmd(as_json: bool) -> None:
     for c in ("name", "architecture", "license", "size", "cached"):
         t.add_column(c)
     for r, s in zip(rows, specs.values()):
-        t.add_row(r["name"], r["architecture"], _license(s), _human(r["size"]), r["cached"])
+        t.add_row(r["name"], r["architecture"], _license_short(s), _human(r["size"]), r["cached"])
     Console().print(t)
 
 
