@@ -92,16 +92,25 @@ def test_file_round_trip_is_weights_only(tmp_path: Path) -> None:
     src = tiny_embedder(1)
     path = tmp_path / "model_ir_se50.pth"
     torch.save(src.net.state_dict(), path)
-    dst = ArcFaceEmbedder.from_file(path, LIGHT)
-    # embed_dim 32 in the source: the file's head shape must match the built model
-    assert isinstance(dst, FaceEmbedder)
-    x = torch.rand(2, 3, 256, 256)
+    # The file's 32-d head does not fit the default 512-d model: a clear shape error.
     with pytest.raises(ValueError, match="wrong shapes"):
-        ArcFaceEmbedder(LIGHT).load_official(torch.load(path, weights_only=True))
-    dst32 = ArcFaceEmbedder(LIGHT, embed_dim=32)
-    dst32.load_official(torch.load(path, weights_only=True))
-    torch.testing.assert_close(dst32.embed(x), src.embed(x))
-    del dst
+        ArcFaceEmbedder.from_file(path, LIGHT)
+    dst = ArcFaceEmbedder(LIGHT, embed_dim=32)
+    dst.load_official(torch.load(path, weights_only=True))
+    x = torch.rand(2, 3, 256, 256)
+    torch.testing.assert_close(dst.embed(x), src.embed(x))
+
+
+def test_from_file_reads_the_official_layout(tmp_path: Path) -> None:
+    ref = ArcFaceEmbedder(LIGHT)
+    state = random_official_state(ref.net, seed=11)
+    path = tmp_path / "model_ir_se50.pth"
+    torch.save(state, path)
+    emb = ArcFaceEmbedder.from_file(path, LIGHT)
+    assert isinstance(emb, FaceEmbedder)
+    ref.net.load_state_dict(state)
+    x = torch.rand(1, 3, 256, 256)
+    torch.testing.assert_close(emb.embed(x), ref.embed(x))
 
 
 def test_preprocessing_is_psp_crop_and_pool() -> None:
@@ -138,7 +147,7 @@ def test_identity_loss_values_and_gradients() -> None:
     pred = other.clone().requires_grad_(True)
     target = y.clone().requires_grad_(True)
     value = loss(pred, target)
-    assert 0.01 < float(value) <= 2.0
+    assert 0.01 < float(value.detach()) <= 2.0
     sims = loss.similarity(other, y)
     torch.testing.assert_close(value.detach(), (1 - sims).mean())
     value.backward()
@@ -157,9 +166,9 @@ def test_identity_loss_gradcheck_through_embedder() -> None:
     p = base.clone().requires_grad_(True)
     loss(p, y).backward()
     analytic = float((p.grad * d).sum())
-    h = 1e-4
+    h = 1e-7  # small: PReLU/ReLU kinks bias wider central differences
     numeric = (float(loss(base + h * d, y)) - float(loss(base - h * d, y))) / (2 * h)
-    assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8)
+    assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9)
 
 
 def test_identity_loss_builds_embedder_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
