@@ -1,0 +1,188 @@
+"""Import and export of rosinality/stylegan2-pytorch generator checkpoints.
+
+Two layouts exist: converted official weights ``{"g_ema": sd, "latent_avg": [512]}`` (what pSp
+loads) and rosinality's training checkpoints ``{"g", "d", "g_ema", "g_optim", "d_optim",
+"args", "ada_aug_p"}``. Files are opened with ``torch.load(weights_only=True)``; training
+checkpoints carry an ``argparse.Namespace`` in ``"args"`` and fail that check, so they load
+only when the caller passes ``allow_unsafe=True`` (the user's explicit consent to unpickle).
+The architecture (resolution, style_dim, n_mlp, channel_multiplier) is read off the tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from restorekit.errors import RestorekitError, UnsafeFileError
+
+from .stylegan2 import BLUR_KERNEL, StyleGAN2Generator, channels_for
+
+GENERATOR_KEYS = ("g_ema", "g")
+
+
+class CheckpointError(RestorekitError):
+    """A checkpoint does not hold a generator this importer understands."""
+
+
+@dataclass(frozen=True)
+class StyleGAN2Config:
+    """Architecture of a StyleGAN2 generator as read off its state dict."""
+
+    resolution: int
+    style_dim: int
+    n_mlp: int
+    channel_multiplier: int
+    channel_max: int = 512
+
+    def build(self, **kwargs: Any) -> StyleGAN2Generator:
+        return StyleGAN2Generator(self.resolution, self.style_dim, self.n_mlp,
+                                  self.channel_multiplier, channel_max=self.channel_max, **kwargs)
+
+
+def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, Tensor]:
+    if not prefix:
+        return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and isinstance(v, Tensor)}
+
+
+def infer_config(sd: Mapping[str, Tensor]) -> StyleGAN2Config:
+    """Resolution, style_dim, n_mlp and channel widths from a rosinality state dict."""
+    for need in ("style.1.weight", "input.input", "conv1.conv.weight"):
+        if need not in sd:
+            raise CheckpointError(f"not a rosinality StyleGAN2 generator state dict: key '{need}' is missing")
+    style_dim = int(sd["style.1.weight"].shape[1])
+    mlp = [int(m.group(1)) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k))]
+    n_mlp = max(mlp)
+    if sorted(mlp) != list(range(1, n_mlp + 1)):
+        raise CheckpointError(f"mapping layers style.N are not contiguous: {sorted(mlp)}")
+    n_rgb = sum(1 for k in sd if re.fullmatch(r"to_rgbs\.\d+\.bias", k))
+    resolution = 2 ** (n_rgb + 2)
+    if resolution < 32 or resolution > 1024:
+        raise CheckpointError(f"unsupported StyleGAN2 resolution {resolution} ({n_rgb} to_rgbs layers)")
+    widths = {4: int(sd["input.input"].shape[1])}
+    for i in range(n_rgb):
+        key = f"convs.{2 * i}.conv.weight"
+        if key not in sd:
+            raise CheckpointError(f"StyleGAN2 state dict: key '{key}' is missing")
+        widths[2 ** (i + 3)] = int(sd[key].shape[1])
+    maxes = sorted({widths[4], max(widths.values())})
+    for cmax in maxes:
+        for cm in (1, 2, 4, 8):
+            if all(channels_for(r, cm, cmax) == c for r, c in widths.items()):
+                return StyleGAN2Config(resolution, style_dim, n_mlp, cm, cmax)
+    raise CheckpointError(f"StyleGAN2 channel widths {widths} match no channel_multiplier/channel_max")
+
+
+def generator_from_state_dict(sd: Mapping[str, Any], *, prefix: str = "",
+                              latent_avg: Tensor | None = None, **kwargs: Any) -> StyleGAN2Generator:
+    """Build a generator whose architecture matches ``sd`` and load it strictly.
+
+    ``prefix`` selects a sub-dict (pSp's ``"decoder."``). The FIR kernel buffers are derived
+    constants: they may be absent, but when present must equal StyleGAN2's ``[1,3,3,1]`` filter.
+    """
+    sd = _strip(sd, prefix)
+    if not sd:
+        raise CheckpointError(f"no tensors{' under prefix ' + repr(prefix) if prefix else ''} in the state dict")
+    cfg = infer_config(sd)
+    g = cfg.build(**kwargs)
+    own = g.state_dict()
+    kernels = {k for k in own if k.endswith(".blur.kernel") or k.endswith(".upsample.kernel")}
+    missing = sorted(set(own) - set(sd) - kernels)
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(f"StyleGAN2 state dict ({cfg}) does not match: " + "; ".join(parts))
+    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"StyleGAN2 state dict has tensors of the wrong shape: {wrong[:4]}")
+    for k in kernels & set(sd):
+        if not torch.allclose(sd[k].float().cpu(), own[k].float(), atol=1e-6):
+            raise CheckpointError(f"'{k}' is not StyleGAN2's {list(BLUR_KERNEL)} filter; "
+                                  "other blur kernels are not supported")
+    full = {k: (sd[k] if k in sd else own[k]) for k in own}
+    g.load_state_dict(full, strict=True)
+    if latent_avg is not None:
+        g.set_latent_avg(latent_avg)
+    return g.eval()
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, allow_unsafe: bool = False) -> dict[str, Any]:
+    """``torch.load`` a checkpoint on CPU without running code, unless ``allow_unsafe``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        if "weights_only" not in str(exc) and not isinstance(exc, pickle.UnpicklingError):
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+        if not allow_unsafe:
+            raise UnsafeFileError(
+                f"{p}: holds pickled Python objects beyond tensors (rosinality training checkpoints "
+                "store an argparse Namespace under 'args'), and loading them can run code; pass "
+                "allow_unsafe=True only for a file you trust, or re-save it as "
+                "{'g_ema': state_dict, 'latent_avg': ...}") from None
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+def load_rosinality(path: str | os.PathLike[str], *, key: str | None = None,
+                    allow_unsafe: bool = False, **kwargs: Any) -> StyleGAN2Generator:
+    """A :class:`StyleGAN2Generator` from a rosinality ``.pt`` file (``g_ema`` by default).
+
+    ``key`` picks another entry (``"g"``); a bare state dict is accepted too. The file's
+    ``latent_avg`` (if any) becomes the generator's :meth:`~StyleGAN2Generator.mean_latent`.
+    ``kwargs`` go to the generator (e.g. ``impl``).
+    """
+    ckpt = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    if key is not None:
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: no '{key}' entry (has {sorted(map(str, ckpt))[:8]})")
+        sd = ckpt[key]
+    elif any(k in ckpt for k in GENERATOR_KEYS):
+        sd = ckpt[next(k for k in GENERATOR_KEYS if k in ckpt)]
+    elif "style.1.weight" in ckpt:
+        sd = ckpt
+    else:
+        raise CheckpointError(f"{path}: no generator found (expected 'g_ema' or 'g'; has "
+                              f"{sorted(map(str, ckpt))[:8]})")
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: the generator entry is a {type(sd).__name__}, not a state dict")
+    la = ckpt.get("latent_avg") if sd is not ckpt else None
+    return generator_from_state_dict(sd, latent_avg=la if isinstance(la, Tensor) else None, **kwargs)
+
+
+def save_rosinality(generator: StyleGAN2Generator, path: str | os.PathLike[str],
+                    latent_avg: Tensor | None = None) -> Path:
+    """Write ``{"g_ema": state_dict, "latent_avg": ...}`` (the converted-official layout).
+
+    ``latent_avg`` defaults to the generator's own when it has one; the write is atomic.
+    """
+    from restorekit.images import atomic_write_bytes
+
+    sd = {k: v.detach().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
+    ckpt: dict[str, Any] = {"g_ema": sd}
+    if latent_avg is None and generator.latent_avg.numel():
+        latent_avg = generator.latent_avg
+    if latent_avg is not None:
+        ckpt["latent_avg"] = latent_avg.detach().cpu().reshape(-1).clone()
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    p = Path(path)
+    atomic_write_bytes(p, buf.getvalue())
+    return p
