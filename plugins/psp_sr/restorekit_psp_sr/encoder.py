@@ -27,25 +27,7 @@ from torch import Tensor, nn
 from restorekit.interfaces import Encoder
 
 from .irse import BackboneConfig, backbone_config, make_body, make_input_layer
-
-try:  # share the generator's layer when the StyleGAN2 module provides it (same parameter names)
-    from .stylegan2 import EqualLinear  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - exercised only before stylegan2.py exists
-
-    class EqualLinear(nn.Module):  # type: ignore[no-redef]
-        """rosinality's equalized linear layer: weight stored unscaled, ``lr_mul/sqrt(in)`` at run time."""
-
-        def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
-                     lr_mul: float = 1.0) -> None:
-            super().__init__()
-            self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
-            self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
-            self.scale = (1 / math.sqrt(in_dim)) * lr_mul
-            self.lr_mul = lr_mul
-
-        def forward(self, x: Tensor) -> Tensor:
-            bias = self.bias * self.lr_mul if self.bias is not None else None
-            return F.linear(x, self.weight * self.scale, bias)
+from .stylegan2 import EqualLinear  # rosinality naming: weight, bias; lr_mul/sqrt(in) at run time
 
 
 def resize_input(x: Tensor, size: int) -> Tensor:

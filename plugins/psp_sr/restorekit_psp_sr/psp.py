@@ -64,6 +64,8 @@ class PSP(nn.Module):
         if latent_avg.shape[0] != rows:
             raise ValueError(f"latent_avg has {latent_avg.shape[0]} rows; expected 1 or {rows}")
         self.register_buffer("latent_avg", latent_avg.clone())
+        # The official training options when imported from a pSp checkpoint (checkpoint_psp.PSPOptions).
+        self.official_opts: object | None = None
 
     @property
     def n_styles(self) -> int:
