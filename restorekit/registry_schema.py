@@ -73,7 +73,11 @@ def load_entry(path: str | Path) -> WeightSpec | PluginEntry:
     try:
         entry = _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        errors = [(tuple(map(str, e["loc"][1:])), e["msg"]) for e in exc.errors()]  # loc[0] is the kind tag
+        # pydantic also reports a too-short container when one of its items failed; keep the item's error
+        errors = [(loc, msg) for loc, msg in errors
+                  if not any(other[:len(loc)] == loc and other != loc for other, _ in errors)]
+        problems = "; ".join(f"{'.'.join(loc) or '(entry)'}: {msg}" for loc, msg in errors)
         raise PluginError(f"registry entry {path} is invalid: {problems}") from None
     if entry.name != path.stem:
         raise PluginError(f"registry entry {path} is named '{entry.name}'; the file must be {entry.name}.toml")

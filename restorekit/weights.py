@@ -41,7 +41,7 @@ __all__ = [
     "PackageSource", "WeightFile", "WeightSpec", "CachedFile",
     "cache_dir", "weights_dir", "registry_dirs", "registry_specs", "plugin_specs", "all_specs",
     "get_spec", "resolve", "is_cached", "cached_files", "verify", "pull", "import_file",
-    "remove", "sha256_file", "load_checkpoint", "load_state_dict", "flatten_state_dict",
+    "remove", "sha256_file", "pickle_globals", "load_checkpoint", "load_state_dict", "flatten_state_dict",
     "convert_to_safetensors", "safetensors_metadata",
 ]
 
@@ -559,6 +559,55 @@ def _path_for(name_or_path: str | os.PathLike[str]) -> Path:
     return resolve(str(name_or_path))
 
 
+def pickle_globals(path: str | os.PathLike[str]) -> set[str]:
+    """The ``module.name`` globals a pickle (or a torch zip checkpoint's ``data.pkl``) refers to.
+
+    Reads opcodes with :mod:`pickletools` only; nothing is imported or called. Used to name
+    what an unsafe file asks for.
+    """
+    import pickletools
+    import zipfile
+
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(pkl) if pkl else b""
+        else:
+            data = path.read_bytes()
+    except OSError:
+        return set()
+    found: set[str] = set()
+    memo: dict[int, Any] = {}
+    recent: list[str] = []  # strings pushed so far; STACK_GLOBAL takes the last two
+    top: str | None = None  # the string on top of the stack, if the last push was one
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                recent.append(arg)
+                top = arg
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = top
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = top
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                top = memo.get(int(arg))
+                if top is not None:
+                    recent.append(top)
+            else:
+                if op.name in ("GLOBAL", "INST"):
+                    found.add(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(recent) >= 2:
+                    found.add(f"{recent[-2]}.{recent[-1]}")
+                elif op.name == "STOP":
+                    break
+                top = None
+    except Exception:  # malformed pickle: report what was seen so far
+        pass
+    return found
+
+
 def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: Iterable[Any] = ()) -> Any:
     """Load a checkpoint without running code from it, on the CPU.
 
@@ -585,8 +634,14 @@ def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: It
         msg = str(exc)
         if "weights_only" in msg or "Weights only load failed" in msg or "Unsupported global" in msg:
             m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg) or re.search(r"GLOBAL ([\w.]+)", msg)
-            glob = m.group(1) if m else "a non-allowlisted global"
-            raise UnsafeFileError(f"refusing to load {path}: " + _UNSAFE_HINT.format(glob=glob)) from None
+            names = [m.group(1)] if m else sorted(
+                g for g in pickle_globals(path) if not g.startswith(("torch.", "collections.")))
+            if names:
+                glob = ", ".join(names[:5])
+                raise UnsafeFileError(f"refusing to load {path}: " + _UNSAFE_HINT.format(glob=glob)) from None
+            detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if msg else ""
+            raise RestorekitError(f"cannot read weights file {path}: not a checkpoint that loads with "
+                                  f"weights_only ({detail or 'unpickling failed'})") from exc
         raise RestorekitError(f"cannot read weights file {path}: {msg.splitlines()[0] if msg else exc}") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

