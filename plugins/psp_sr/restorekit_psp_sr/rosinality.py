@@ -75,7 +75,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> StyleGAN2Config:
         widths[2 ** (i + 3)] = int(sd[key].shape[1])
     maxes = sorted({widths[4], max(widths.values())})
     for cmax in maxes:
-        for cm in (1, 2, 4, 8):
+        for cm in (2, 1, 4, 8):  # config-f first when capped widths make several fit
             if all(channels_for(r, cm, cmax) == c for r, c in widths.items()):
                 return StyleGAN2Config(resolution, style_dim, n_mlp, cm, cmax)
     raise CheckpointError(f"StyleGAN2 channel widths {widths} match no channel_multiplier/channel_max")
