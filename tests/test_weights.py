@@ -609,3 +609,30 @@ def test_pip_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     cmd = seen[0]
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--require-hashes" in cmd
     assert (tmp_path / "d" / "requirements.txt").read_text() == f"tinypkg==1.0 --hash=sha256:{'a' * 64}\n"
+
+
+def test_complete_partial_file_is_finished_without_refetch(server: tuple[str, Files],
+                                                          specs: dict[str, W.WeightSpec]) -> None:
+    base, files = server
+    blob = os.urandom(50_000)
+    files.content["/toy.bin"] = blob
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    part = part_path(W.weights_dir("toy") / "toy.bin")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(blob)  # e.g. a crash between the last byte and the move
+    [path] = W.pull("toy", quiet=True)
+    assert path.read_bytes() == blob and not part.exists()
+    assert files.log == [("/toy.bin", "bytes=50000-", 0)]
+
+
+def test_training_checkpoint_needs_explicit_consent(tmp_path: Path) -> None:
+    import argparse
+
+    p = tmp_path / "rosinality_train.pt"
+    torch.save({"g_ema": {"w": torch.ones(2)}, "args": argparse.Namespace(size=64)}, p)
+    with pytest.raises(UnsafeFileError, match="argparse.Namespace"):
+        W.load_checkpoint(p)
+    raw = W.load_checkpoint(p, allowed_globals=[argparse.Namespace])  # the importer asked the user
+    assert raw["args"].size == 64
+    with pytest.raises(UnsafeFileError):  # consent does not persist beyond the call
+        W.load_state_dict(p, key="g_ema")
