@@ -186,7 +186,8 @@ def _pyramid_crop(g: ChipGeometry, size: int, h: int, w: int) -> tuple[int, int,
 
 def extract_face_chips(images: Tensor, landmarks: Tensor | np.ndarray, size: int = 150,
                        padding: float = 0.25, pyramid: bool = True) -> Tensor:
-    """dlib-aligned chips (N×C×size×size) from ``images`` (N×C×H×W) and 5 landmarks each (N×5×2).
+    """dlib-aligned chips (N×C×size×size) from ``images`` (N×C×H×W) and 5 landmarks each
+    (N×5×2), or one 5×2 set shared by the whole batch.
 
     Differentiable with respect to ``images``. With ``pyramid``, large faces are sampled from
     a reduced image as dlib does: the level image comes from :func:`pyramid_down2` and chip
@@ -194,22 +195,27 @@ def extract_face_chips(images: Tensor, landmarks: Tensor | np.ndarray, size: int
     dlib's own ``extract_image_chips`` does.
     """
     lms = np.asarray(landmarks.detach().cpu() if isinstance(landmarks, Tensor) else landmarks,
-                     dtype=np.float64).reshape(images.shape[0], 5, 2)
-    out = []
-    for i in range(images.shape[0]):
-        g = chip_geometry(lms[i], size, padding)
-        img = images[i:i + 1]
-        affine = g.affine.copy()
-        if pyramid and g.levels > 0:
-            x0, y0, x1, y1 = _pyramid_crop(g, size, images.shape[2], images.shape[3])
-            img = img[:, :, y0:y1 + 1, x0:x1 + 1]
-            affine[:, 2] -= (x0, y0)
-            for _ in range(g.levels):
-                img = pyramid_down2(img)
-                affine = affine / 2.0
-                affine[:, 2] -= PYRAMID_OFFSET
-        out.append(warp_affine(img, affine, size))
-    return torch.cat(out, dim=0)
+                     dtype=np.float64)
+    if lms.shape == (5, 2):  # one placement for the whole batch
+        return _extract(images, chip_geometry(lms, size, padding), size, pyramid)
+    lms = lms.reshape(images.shape[0], 5, 2)
+    return torch.cat([_extract(images[i:i + 1], chip_geometry(lms[i], size, padding), size, pyramid)
+                      for i in range(images.shape[0])], dim=0)
+
+
+def _extract(images: Tensor, g: ChipGeometry, size: int, pyramid: bool) -> Tensor:
+    """Chips of the whole batch ``images`` at one placement ``g``."""
+    img = images
+    affine = g.affine.copy()
+    if pyramid and g.levels > 0:
+        x0, y0, x1, y1 = _pyramid_crop(g, size, images.shape[2], images.shape[3])
+        img = img[:, :, y0:y1 + 1, x0:x1 + 1]
+        affine[:, 2] -= (x0, y0)
+        for _ in range(g.levels):
+            img = pyramid_down2(img)
+            affine = affine / 2.0
+            affine[:, 2] -= PYRAMID_OFFSET
+    return warp_affine(img, affine, size)
 
 
 def dlib_face_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150,
