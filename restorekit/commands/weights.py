@@ -129,7 +129,7 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
             _err.print(f"note: '{name}' are licensed {_license(spec)}")
         paths = W.pull(name, quiet=quiet, trust=trust, retries=retries)
         untrusted = [f for f in spec.files if f.sha256 is None and f.package_source is None]
-        if untrusted:
+        if trust and untrusted:
             _err.print(f"[yellow]warning:[/] '{name}' had no reference sha256; recorded what was downloaded")
         for p in paths:
             click.echo(str(p))
