@@ -8,5 +8,7 @@ from restorekit.hookspecs import Register, hookimpl
 @hookimpl
 def register_methods(register: Register) -> None:
     from .bicubic import Bicubic
+    from .pulse import Pulse
 
     register(Bicubic)
+    register(Pulse)

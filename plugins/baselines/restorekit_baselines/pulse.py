@@ -1,0 +1,238 @@
+"""PULSE (Menon et al., CVPR 2020): self-supervised upsampling by latent-space search.
+
+For each low-resolution input, PULSE looks for a generator image whose antialiased bicubic
+downscale matches the input (downscale MSE below ``eps``), searching the generator's
+gaussianised W+ (or Z) on spheres with GEOCROSS regularisation; see
+:mod:`restorekit_baselines.spherical` for the optimiser. Any generator registered under the
+``generators`` kind serves (``generator`` option); only :class:`restorekit.interfaces.Generator`
+is used. Different seeds and samples give different faces that all downscale to the input.
+
+The generator makes ``R×R`` faces; restorekit's ``--scale K`` means ``K×`` the input, so the
+result is resized (antialiased bicubic) to ``K·h × K·w`` when that differs from ``R×R``, with a
+one-time note (``keep_native_size=true`` keeps ``R×R`` and breaks that contract on purpose).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from restorekit.degradations import bicubic_resize
+from restorekit.errors import RestorekitError
+from restorekit.interfaces import Generator, Method, MethodInfo, Options
+
+from .spherical import GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents
+
+
+class PulseOptions(Options):
+    generator: str = Field("stylegan2", description="registered generator (`restorekit plugins` lists them)")
+    generator_weights: str | None = Field(
+        None, description="weights name or file for the generator (default: the generator's own default)")
+    generator_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for the generator factory")
+    latent: Literal["w+", "z"] = Field("w+", description="search space: gaussianised W+ (PULSE) or Z")
+    tile_latent: bool = Field(False, description="one latent for all layers (no GEOCROSS)")
+    steps: int = Field(100, ge=1, le=100_000, description="optimisation steps per try")
+    eps: float = Field(2e-3, ge=0, description="stop when the downscale MSE (in [0,1] units) is below this")
+    tries: int = Field(1, ge=1, le=100, description="restarts with new seeds for samples that miss eps")
+    learning_rate: float = Field(0.4, gt=0, description="peak Adam learning rate")
+    schedule: Literal["fixed", "linear1cycle", "linear1cycledrop"] = Field(
+        "linear1cycledrop", description="learning-rate schedule over `steps` (PULSE's)")
+    l2_weight: float = Field(100.0, ge=0, description="weight of the downscale MSE")
+    l1_weight: float = Field(0.0, ge=0, description="weight of the downscale mean absolute error")
+    geocross_weight: float = Field(0.05, ge=0, description="weight of GEOCROSS between layer latents")
+    noise: Literal["trainable", "fixed", "const", "zero"] = Field(
+        "trainable", description="noise inputs: optimised (lowest layers) on spheres, random fixed, "
+                                 "the generator's constant buffers, or zero")
+    trainable_noise_layers: int = Field(5, ge=0, description="how many of the lowest noise layers to optimise")
+    gaussian_fit_samples: int = Field(100_000, ge=2, description="mapped samples for the W gaussianisation")
+    mapping_slope: float = Field(0.2, gt=0, lt=1, description="slope of the mapping's final leaky ReLU")
+    keep_native_size: bool = Field(False, description="return the generator's R×R output instead of scale×input")
+    quiet: bool = Field(False, description="no progress bar or notes")
+
+
+def _build_generator(name: str, weights: str | None, extra: dict[str, Any], device: torch.device) -> Generator:
+    """Build a registered generator by name, passing ``weights``/``device`` when it takes them."""
+    from restorekit.plugins import registry
+
+    factory = registry().get("generators", name)
+    kwargs = dict(extra)
+    try:
+        params = inspect.signature(factory.build).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if weights is not None:
+        if "weights" not in params and not takes_any:
+            raise RestorekitError(f"pulse: generator '{name}' takes no weights option (generator_weights={weights!r})")
+        kwargs["weights"] = weights
+    if "device" in params and "device" not in kwargs:
+        kwargs["device"] = device
+    try:
+        gen = factory.build(**kwargs)
+    except TypeError as exc:
+        raise RestorekitError(f"pulse: generator '{name}' rejected its options {sorted(kwargs)}: {exc}") from None
+    if not isinstance(gen, Generator):
+        raise RestorekitError(f"pulse: generator '{name}' built a {type(gen).__name__}, "
+                              "not a restorekit.interfaces.Generator")
+    return gen.to(device).eval()
+
+
+def _sample_seed(seed: int, attempt: int) -> int:
+    """The RNG seed of one try; independent of the image's position in the batch."""
+    return (seed * 1_000_003 + attempt * 7_919) % (2**63 - 1)
+
+
+class Pulse(Method):
+    """PULSE face super-resolution by spherical latent search in a pretrained generator."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(
+        name="pulse",
+        summary="PULSE: search a face generator's latent space for images that downscale to the input",
+        license="Apache-2.0",
+        paper="Menon et al., PULSE: Self-Supervised Photo Upsampling via Latent Space Exploration "
+              "of Generative Models, CVPR 2020, https://arxiv.org/abs/2003.03808",
+        deterministic=False,
+        input_kind="aligned_face",
+    )
+    Options = PulseOptions
+    options: PulseOptions
+
+    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(options, device)
+        self.generator: Generator | None = None
+        self.fit: GaussianFit | None = None
+        self.notes: list[str] = []
+        self._noted: set[tuple[int, int, int]] = set()
+
+    def load(self) -> None:
+        if self.generator is not None:
+            return
+        o = self.options
+        gen = _build_generator(o.generator, o.generator_weights, o.generator_options, self.device)
+        if o.latent == "w+":
+            self.fit = fit_gaussian(gen, o.gaussian_fit_samples, slope=o.mapping_slope)
+        self.generator = gen
+        self.notes = [f"pulse: '{o.generator}' makes {gen.resolution}×{gen.resolution} faces; outputs are "
+                      "resized to scale×input (antialiased bicubic) unless keep_native_size=true"]
+
+    def config(self) -> OptimiseConfig:
+        """The optimiser settings these options stand for."""
+        o = self.options
+        return OptimiseConfig(
+            steps=o.steps, learning_rate=o.learning_rate, schedule=o.schedule, eps=o.eps,
+            l2_weight=o.l2_weight, l1_weight=o.l1_weight, geocross_weight=o.geocross_weight,
+            latent=o.latent, tile_latent=o.tile_latent, noise=o.noise,
+            trainable_noise_layers=o.trainable_noise_layers)
+
+    def _note_resize(self, res: int, h: int, w: int) -> None:
+        key = (res, h, w)
+        if key in self._noted:
+            return
+        self._noted.add(key)
+        if not self.options.quiet:
+            print(f"pulse: resizing the generator's {res}×{res} output to {h}×{w} (scale×input, "
+                  "antialiased bicubic); keep_native_size=true keeps it", file=sys.stderr)
+
+    def _progress(self, label: str):  # type: ignore[no-untyped-def]
+        """A rich progress bar on stderr showing the current downscale MSE, or None."""
+        if self.options.quiet or not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("mse {task.fields[mse]}"), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True), label
+
+    def _optimise(self, target: Tensor, seed: int, label: str) -> tuple[OptimiseResult, list[int], list[int], float]:
+        """Optimise every row of ``target``; rows that miss eps restart with new seeds."""
+        assert self.generator is not None
+        cfg = self.config()
+        n = target.shape[0]
+        tries = [1] * n
+        total_steps = [0] * n
+        t0 = time.perf_counter()
+        best: OptimiseResult | None = None
+        todo = list(range(n))
+        for attempt in range(self.options.tries):
+            rows = torch.tensor(todo, device=target.device)
+            rng = torch.Generator().manual_seed(_sample_seed(seed, attempt))
+            bar = self._progress(f"{label} try {attempt + 1}")
+            if bar is None:
+                res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng)
+            else:
+                prog, desc = bar
+                with prog:
+                    task = prog.add_task(desc, total=cfg.steps, mse="…")
+
+                    def report(step: int, mse: Tensor, _p=prog, _t=task) -> None:
+                        _p.update(_t, completed=step, mse=f"{float(mse.max()):.2e}")
+
+                    res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng,
+                                           progress=report)
+            for j, i in enumerate(todo):
+                tries[i] = attempt + 1
+                total_steps[i] += res.steps[j]
+            if best is None:
+                best = res
+            else:
+                for j, i in enumerate(todo):
+                    if float(res.mse[j]) < float(best.mse[i]):
+                        best.images[i] = res.images[j]
+                        best.w_plus[i] = res.w_plus[j]
+                        best.mse[i] = res.mse[j]
+                        best.loss[i] = res.loss[j]
+                        best.steps[i] = res.steps[j]
+                    best.reached[i] = best.reached[i] or res.reached[j]
+            todo = [i for i in todo if not best.reached[i]]
+            if not todo:
+                break
+        assert best is not None
+        return best, tries, total_steps, time.perf_counter() - t0
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        """Search a face for every input and sample; see the module docstring.
+
+        ``seed=None`` means seed 0, so runs are reproducible unless a seed is asked for.
+        """
+        self.check_scale(scale)
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
+        self.load()
+        assert self.generator is not None
+        seed = 0 if seed is None else int(seed)
+        n, h, w = lr.shape[0], lr.shape[-2], lr.shape[-1]
+        out_h, out_w = h * scale, w * scale
+        res = self.generator.resolution
+        outs: list[Tensor] = []
+        reports: list[dict[str, Any]] = []
+        # The search needs gradients even when the caller runs under inference_mode / no_grad.
+        with torch.inference_mode(False), torch.enable_grad():
+            if self.fit is not None:
+                self.fit = GaussianFit(self.fit.mean.clone(), self.fit.std.clone(), self.fit.slope)
+            for i in range(n):
+                target = lr[i:i + 1].detach().clone().to(self.device).float().expand(n_samples, -1, -1, -1)
+                result, tries, total_steps, secs = self._optimise(target.contiguous(), seed, f"pulse {i + 1}/{n}")
+                images = result.images
+                if not self.options.keep_native_size and (out_h, out_w) != (res, res):
+                    self._note_resize(res, out_h, out_w)
+                    images = bicubic_resize(images, (out_h, out_w)).clamp(0, 1)
+                outs.append(images.detach())
+                for k in range(n_samples):
+                    reports.append({
+                        "image": i, "sample": k, "seed": seed, "tries": tries[k],
+                        "steps": result.steps[k], "total_steps": total_steps[k],
+                        "eps_reached": bool(result.reached[k]), "eps": self.options.eps,
+                        "downscale_mse": float(result.mse[k]), "final_loss": float(result.loss[k]),
+                        "seconds": secs / n_samples, "generator": self.options.generator,
+                        "generator_resolution": res,
+                    })
+        self.last_reports = reports
+        return torch.cat(outs).float()
