@@ -1,0 +1,104 @@
+"""``restorekit compare``: run several methods on the same LR inputs and score them.
+
+Exit codes: 0 everything ran; 1 some (method, image) failed (each listed on stderr); 2 usage
+errors (unknown method or metric with a did-you-mean, bad option, scale a method does not serve).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli import emit_json, error_line, fail_usage, warn
+from ..errors import RestorekitError
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected integers separated by commas, got '{value}'") from None
+    if not out:
+        raise click.BadParameter("give at least one seed")
+    return out
+
+
+def _name_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.command("compare")
+@click.option("--methods", required=True, help="Comma-separated method names, e.g. psp_sr,pulse,bicubic.")
+@click.option("--scale", type=click.IntRange(min=1), required=True, help="Output size = scale × LR size.")
+@click.option("--data", required=True, help="HR images: folder, file, glob or @list.txt.")
+@click.option("--degradation", default=None, help="How LR inputs are made from HR (default bicubic:SCALE).")
+@click.option("--lr-dir", default=None, help="Use these LR images instead (matched to HR by file stem).")
+@click.option("--seeds", default="0", show_default=True, callback=_int_list,
+              help="Seeds for stochastic methods (deterministic ones run once).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
+              help="Folder for inputs, outputs, the result store and the reports.")
+@click.option("--metrics", default=None, help="Comma-separated metric names (default: all registered).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE", help="Method option (repeatable).")
+@click.option("--fresh", is_flag=True, help="Recompute everything instead of reusing stored results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results (without per-image rows) as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
+def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr_dir: str | None,
+                seeds: list[int], limit: int | None, out: Path, metrics: str | None, device: str,
+                opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool) -> None:
+    """Compare METHODS on the HR images of --data: same LR inputs, same metrics, one table.
+
+    Results are stored per (method, image, seed) under --out and reused by a later run with the
+    same settings; --fresh recomputes. Writes results.csv, summary.csv, results.json and a
+    self-contained report.html to --out.
+    """
+    from ..batch import check_writable, progress_bar
+    from ..harness.reports import failure_lines, print_table, results_document, summarize_result, write_all
+    from ..harness.runner import CompareConfig, execute, parse_method_opts, plan
+    from ..harness.store import jsonable
+    from ..images import list_inputs
+
+    names = _name_list(methods) or []
+    try:
+        config = CompareConfig(methods=names, scale=scale, data=data, out=out, degradation=degradation,
+                               lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
+                               device=device, opts=parse_method_opts(opts, names), fresh=fresh, quiet=quiet)
+        p = plan(config)
+        check_writable(out)
+    except RestorekitError as exc:
+        fail_usage(str(exc))
+        return
+    try:  # a missing or empty --data is a usage error; the count sizes the progress bar
+        n_img = len(list_inputs(data))
+    except RestorekitError as exc:
+        fail_usage(str(exc))
+        return
+    total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
+    with progress_bar(total, "compare", quiet or as_json) as advance:
+        res = execute(p, progress=advance)
+    sm = summarize_result(res)
+    write_all(sm, out)
+    for m in p.metrics:
+        if m.status != "ok":
+            warn(f"metric {m.name} skipped: {m.reason}")
+    if as_json:
+        emit_json(jsonable(results_document(sm, include_images=False)) | {"results_json": str(out / "results.json")})
+    elif not quiet:
+        print_table(sm)
+        click.echo(f"reports: {out / 'report.html'}, {out / 'results.json'}, {out / 'results.csv'}", err=True)
+    for line in failure_lines(sm):
+        error_line(line)
+    raise SystemExit(res.exit_code)
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(compare_cmd)
+    bench = cli.commands.get("bench")
+    if isinstance(bench, click.Group):
+        from ..harness.bench import bench_harness_cmd
+
+        bench.add_command(bench_harness_cmd)

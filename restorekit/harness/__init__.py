@@ -1,0 +1,10 @@
+"""The evaluation harness behind ``restorekit compare``.
+
+- :mod:`.inputs`: the LR/HR pairs every method sees (made once, cached under ``--out``).
+- :mod:`.runner`: planning (all usage errors up front) and execution (per-image failures recorded,
+  warm-up excluded from timing, peak memory, resumable store).
+- :mod:`.metrics`: the core metrics (PSNR/SSIM on BT.601 Y with border crop, RGB variants,
+  PULSE's LR-consistency), each named after its convention.
+- :mod:`.aggregate`: per-method means (± std over seeds for stochastic methods), NaN counts, best per column.
+- :mod:`.reports`: terminal table, CSV, JSON and a self-contained HTML report.
+"""

@@ -1,0 +1,151 @@
+"""Per-method aggregates of a ``compare`` run, and the best method per column.
+
+Rules:
+- A metric's value for a method is the mean over the images it succeeded on, NaN values
+  (e.g. no face found) left out and counted. ``+inf`` (PSNR of a perfect output) is a value:
+  a mean containing it is ``+inf``.
+- Stochastic methods: the mean over images is taken per seed, and the table shows the mean ±
+  population standard deviation (ddof = 0) of those per-seed means. Deterministic methods run
+  once and have no ± part.
+- Runtime: mean ms per call over the successful calls, warm-up calls left out (when the only
+  timed call was the warm-up, it is used and flagged). Peak memory: the maximum over calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .store import Record
+
+
+@dataclass
+class Stat:
+    """An aggregate value: ``mean`` (± ``std`` over seeds when stochastic) of ``n`` values, ``nan`` left out."""
+
+    mean: float = math.nan
+    std: float | None = None
+    n: int = 0
+    nan: int = 0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "nan": self.nan}
+
+
+@dataclass
+class MethodSummary:
+    """One row of the comparison table."""
+
+    name: str
+    deterministic: bool
+    seeds: list[int | None]
+    images: int
+    ok: int
+    failed: int
+    metrics: dict[str, Stat] = field(default_factory=dict)
+    runtime_ms: Stat = field(default_factory=Stat)
+    runtime_is_warmup: bool = False
+    warmup_ms: float | None = None
+    peak_mem_mb: float | None = None
+    failures: list[dict[str, str | int | None]] = field(default_factory=list)
+    metric_errors: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "deterministic": self.deterministic, "seeds": self.seeds,
+                "images": self.images, "ok": self.ok, "failed": self.failed,
+                "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
+                "runtime_ms": self.runtime_ms.as_dict(), "runtime_is_warmup": self.runtime_is_warmup,
+                "warmup_ms": self.warmup_ms, "peak_mem_mb": self.peak_mem_mb, "failures": self.failures,
+                "metric_errors": self.metric_errors}
+
+
+def _mean(xs: list[float]) -> float:
+    if not xs:
+        return math.nan
+    if any(math.isinf(x) for x in xs):
+        pos, neg = any(x == math.inf for x in xs), any(x == -math.inf for x in xs)
+        return math.nan if pos and neg else (math.inf if pos else -math.inf)
+    return math.fsum(xs) / len(xs)
+
+
+def _pstd(xs: list[float]) -> float | None:
+    if len(xs) < 2 or not all(math.isfinite(x) for x in xs):
+        return None
+    m = math.fsum(xs) / len(xs)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Stat:
+    """Aggregate one metric over the successful records of one method."""
+    by_seed: dict[int | None, list[float]] = {}
+    nan = n = 0
+    for r in records:
+        if r.status != "ok" or r.metrics is None or metric not in r.metrics:
+            continue
+        v = r.metrics[metric]
+        if math.isnan(v):
+            nan += 1
+            continue
+        n += 1
+        by_seed.setdefault(r.seed, []).append(v)
+    if not by_seed:
+        return Stat(math.nan, None, 0, nan)
+    if stochastic:
+        means = [_mean(v) for _, v in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+        return Stat(_mean(means), _pstd(means), n, nan)
+    return Stat(_mean([x for v in by_seed.values() for x in v]), None, n, nan)
+
+
+def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images: int,
+              records: list[Record], metric_names: list[str]) -> MethodSummary:
+    """The table row of one method from its records of this run."""
+    ok = [r for r in records if r.status == "ok"]
+    failed = [r for r in records if r.status != "ok"]
+    s = MethodSummary(name, deterministic, list(seeds), n_images, len(ok), len(failed))
+    for m in metric_names:
+        s.metrics[m] = metric_stat(ok, m, not deterministic)
+        errs = sum(1 for r in ok if r.metric_errors and m in r.metric_errors)
+        if errs:
+            s.metric_errors[m] = errs
+    timed = [r.ms for r in ok if r.ms is not None and not r.warmup]
+    warm = [r.ms for r in records if r.ms is not None and r.warmup]
+    if not timed and warm:
+        timed, s.runtime_is_warmup = warm[:1], True
+    if timed:
+        mean = math.fsum(timed) / len(timed)
+        std = math.sqrt(math.fsum((t - mean) ** 2 for t in timed) / len(timed)) if len(timed) > 1 else None
+        s.runtime_ms = Stat(mean, std, len(timed), 0)
+    s.warmup_ms = warm[0] if warm else None
+    mems = [r.peak_mem_mb for r in ok if r.peak_mem_mb is not None]
+    s.peak_mem_mb = max(mems) if mems else None
+    s.failures = [{"image": r.image, "seed": r.seed, "error": r.error} for r in failed]
+    return s
+
+
+def best_per_column(summaries: list[MethodSummary], directions: dict[str, bool]) -> dict[str, set[str]]:
+    """For each metric (``directions``: name → higher is better) and ``runtime``, the best method(s).
+
+    A column is marked only when at least two methods have a value in it.
+    """
+    out: dict[str, set[str]] = {}
+    columns: dict[str, tuple[bool, dict[str, float]]] = {
+        m: (hib, {s.name: s.metrics[m].mean for s in summaries if m in s.metrics}) for m, hib in directions.items()}
+    columns["runtime"] = (False, {s.name: s.runtime_ms.mean for s in summaries})
+    for col, (hib, values) in columns.items():
+        vals = {k: v for k, v in values.items() if not math.isnan(v)}
+        if len(vals) < 2:
+            out[col] = set()
+            continue
+        target = max(vals.values()) if hib else min(vals.values())
+        out[col] = {k for k, v in vals.items() if v == target}
+    return out
+
+
+def failure_groups(summary: MethodSummary) -> list[tuple[str, list[str]]]:
+    """Failures of one method grouped by message: ``[(error, [image[/seed], …]), …]``."""
+    groups: dict[str, list[str]] = {}
+    for f in summary.failures:
+        label = str(f["image"]) if f["seed"] is None else f"{f['image']} (seed {f['seed']})"
+        groups.setdefault(str(f["error"]), []).append(label)
+    return list(groups.items())

@@ -1,0 +1,186 @@
+"""The (LR, HR) pairs every method of a ``compare`` run sees, made once and cached under ``--out``.
+
+Two sources:
+- HR images plus a degradation spec: each HR is cropped (bottom/right) to a multiple of the
+  scale, degraded with a generator seeded from the image's stem (so a noisy degradation gives
+  the same LR whatever the image order or ``--limit``), rounded to 8 bits and written as PNG to
+  ``OUT/inputs/<spec-hash>/``. A later run reuses the PNG while its HR file is unchanged.
+- Given LR/HR pairs, matched by file stem: the HR is cropped to a multiple of the scale and must
+  then be exactly ``scale`` times the LR.
+
+Every method is fed the 8-bit LR exactly as written, and is scored against the cropped HR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..degradations import Chain, crop_to_multiple
+from ..errors import ImageError, RestorekitError
+from ..images import ImageItem, atomic_write_bytes, from_pil, list_inputs, read_image, to_pil
+
+# Decoded inputs kept in memory between methods (bytes of float32 tensors).
+CACHE_BYTES = 1 << 30
+
+
+def degradation_seed(stem: str) -> int:
+    """The per-image seed of the degradation's randomness: a stable hash of the stem."""
+    return zlib.crc32(stem.encode("utf-8"))
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Round to 8 bits exactly as writing a PNG and reading it back would."""
+    return from_pil(to_pil(x))
+
+
+def png_bytes(x: Tensor, compress_level: int = 1) -> bytes:
+    """An 8-bit PNG of one image (fast zlib level: these are caches and outputs, not archives)."""
+    import io
+
+    buf = io.BytesIO()
+    to_pil(x).save(buf, "PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+@dataclass
+class Pair:
+    """One evaluation image: its stem, HR file, the LR file methods read, and their content hash."""
+
+    stem: str
+    hr_path: Path
+    lr_path: Path
+    input_hash: str = ""
+
+
+@dataclass
+class InputSet:
+    """The pairs of a run, with a bounded in-memory cache of decoded tensors."""
+
+    pairs: list[Pair]
+    scale: int
+    source: str  # "degradation:<spec>" or "lr-dir:<path>"
+    failures: list[dict[str, str]] = field(default_factory=list)
+    _cache: OrderedDict[str, tuple[Tensor, Tensor]] = field(default_factory=OrderedDict)
+    _cached_bytes: int = 0
+
+    def load(self, pair: Pair) -> tuple[Tensor, Tensor]:
+        """``(lr, hr)`` as ``1×3×h×w`` / ``1×3×H×W`` float32 in [0,1]; HR cropped to a multiple of the scale."""
+        hit = self._cache.get(pair.stem)
+        if hit is not None:
+            self._cache.move_to_end(pair.stem)
+            return hit
+        lr = read_image(pair.lr_path)
+        hr = crop_to_multiple(read_image(pair.hr_path), self.scale)
+        want = (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
+        if tuple(hr.shape[-2:]) != want:
+            raise ImageError(f"{pair.hr_path}: HR {hr.shape[-1]}×{hr.shape[-2]} (cropped to a multiple of "
+                             f"{self.scale}) is not {self.scale}× its LR {lr.shape[-1]}×{lr.shape[-2]}")
+        size = (lr.numel() + hr.numel()) * 4
+        if size <= CACHE_BYTES:
+            self._cache[pair.stem] = (lr, hr)
+            self._cached_bytes += size
+            while self._cached_bytes > CACHE_BYTES and self._cache:
+                _, (a, b) = self._cache.popitem(last=False)
+                self._cached_bytes -= (a.numel() + b.numel()) * 4
+        return lr, hr
+
+
+def _hash_bytes(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()[:16]
+
+
+def _select(items: list[ImageItem], limit: int | None) -> list[ImageItem]:
+    return items[:limit] if limit is not None else items
+
+
+def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit: int | None = None,
+                     fresh: bool = False) -> InputSet:
+    """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures."""
+    items = _select(list_inputs(hr_spec), limit)
+    if not items:
+        raise RestorekitError(f"{hr_spec}: no HR images")
+    spec = chain.spec()
+    key = hashlib.sha256(f"{spec}|{scale}".encode()).hexdigest()[:12]
+    folder = out / "inputs" / f"{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "manifest.json"
+    manifest: dict[str, dict[str, str]] = {}
+    if manifest_path.exists() and not fresh:
+        try:
+            manifest = json.loads(manifest_path.read_text()).get("images", {})
+        except (ValueError, AttributeError):
+            manifest = {}
+    inputs = InputSet([], scale, f"degradation:{spec}")
+    changed = False
+    for item in items:
+        lr_path = folder / f"{item.stem}.png"
+        try:
+            hr_bytes = item.path.read_bytes()
+            hr_sha = hashlib.sha256(hr_bytes).hexdigest()
+            entry = manifest.get(item.stem)
+            if entry and entry.get("hr_sha256") == hr_sha and lr_path.is_file():
+                lr_bytes = lr_path.read_bytes()
+                if hashlib.sha256(lr_bytes).hexdigest() != entry.get("lr_sha256"):
+                    entry = None
+            else:
+                entry = None
+            if entry is None:
+                hr = crop_to_multiple(read_image(item.path), scale)
+                if min(hr.shape[-2:]) < scale:
+                    raise ImageError(f"{item.path}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
+                g = torch.Generator().manual_seed(degradation_seed(item.stem))
+                lr = chain(hr, generator=g).clamp(0, 1)
+                want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
+                if tuple(lr.shape[-2:]) != want:
+                    raise ImageError(f"{item.path}: degradation '{spec}' gave {lr.shape[-1]}×{lr.shape[-2]}, "
+                                     f"expected {want[1]}×{want[0]} (HR / {scale})")
+                lr_bytes = png_bytes(lr)
+                atomic_write_bytes(lr_path, lr_bytes)
+                manifest[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
+                                       "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
+                                       "seed": str(degradation_seed(item.stem))}
+                changed = True
+                inputs._cache[item.stem] = (quantize(lr), hr)
+                inputs._cached_bytes += (lr.numel() + hr.numel()) * 4
+            inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))
+        except (RestorekitError, OSError, ValueError, RuntimeError) as exc:
+            msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
+            inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
+    if changed:
+        atomic_write_bytes(manifest_path, json.dumps({"degradation": spec, "scale": scale, "images": manifest},
+                                                     indent=1).encode())
+    while inputs._cached_bytes > CACHE_BYTES and inputs._cache:
+        _, (a, b) = inputs._cache.popitem(last=False)
+        inputs._cached_bytes -= (a.numel() + b.numel()) * 4
+    return inputs
+
+
+def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = None) -> tuple[InputSet, list[str]]:
+    """Pair HR and LR files by stem; returns the set and the stems present on one side only."""
+    hr_items = {it.stem: it for it in list_inputs(hr_spec)}
+    lr_items = {it.stem: it for it in list_inputs(lr_spec)}
+    common = sorted(set(hr_items) & set(lr_items))
+    unmatched = sorted(set(hr_items) ^ set(lr_items))
+    if not common:
+        raise RestorekitError(f"no HR image in {hr_spec} has an LR image of the same stem in {lr_spec}")
+    items = _select([hr_items[s] for s in common], limit)
+    inputs = InputSet([], scale, f"lr-dir:{lr_spec}")
+    for item in items:
+        lr_path = lr_items[item.stem].path
+        try:
+            digest = _hash_bytes(item.path.read_bytes(), lr_path.read_bytes())
+            inputs.pairs.append(Pair(item.stem, item.path, lr_path, digest))
+        except OSError as exc:
+            inputs.failures.append({"image": item.stem, "path": str(item.path), "error": f"{item.path}: {exc}"})
+    return inputs, unmatched

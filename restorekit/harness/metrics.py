@@ -1,0 +1,180 @@
+"""The core metrics of ``restorekit compare``, each named after the convention it follows.
+
+Conventions (those of the super-resolution literature, so numbers are comparable to papers):
+
+- Inputs are the image convention (``N×3×H×W`` in [0,1]); all arithmetic is float64.
+- ``*_y_crop``: the BT.601 luma of the studio-swing YCbCr transform used by Matlab's
+  ``rgb2ycbcr`` and every SR paper since SRCNN, ``Y = 16 + 65.481·R + 128.553·G + 24.966·B``
+  on the [0,255] scale (R, G, B in [0,1]); ``scale`` pixels are cropped from every border.
+- ``*_rgb``: all three channels on the [0,255] scale, no border crop.
+- PSNR: ``10·log10(255² / MSE)``; identical images give ``+inf``.
+- SSIM: Wang et al. 2004 with an 11×11 Gaussian window (σ = 1.5, normalised), K1 = 0.01,
+  K2 = 0.03, L = 255, population (not sample) covariances, averaged over the "valid" region
+  only (windows that fit entirely inside the image). This is the Matlab ``ssim_index`` convention
+  and equals scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=255)``; for RGB, the mean of the per-channel SSIMs.
+- ``lr_consistency``: PULSE's criterion, the mean squared error (on [0,1]) between the
+  prediction downscaled to the LR size with antialiased bicubic (PIL convention, the same
+  kernel as the ``bicubic`` degradation) and the LR input. Lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..degradations import bicubic_resize
+from ..interfaces import Metric
+
+# BT.601 studio-swing luma, as in Matlab's rgb2ycbcr (coefficients for R, G, B in [0,1]).
+Y_OFFSET = 16.0
+Y_COEFFS = (65.481, 128.553, 24.966)
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+DATA_RANGE = 255.0
+
+
+def rgb_to_y(x: Tensor) -> Tensor:
+    """``N×3×H×W`` RGB in [0,1] to ``N×1×H×W`` BT.601 luma on the [0,255] scale (16–235), float64."""
+    x = x.to(torch.float64)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return Y_OFFSET + Y_COEFFS[0] * r + Y_COEFFS[1] * g + Y_COEFFS[2] * b
+
+
+def crop_border(x: Tensor, border: int) -> Tensor:
+    """Remove ``border`` pixels from each side of the last two dimensions."""
+    if border <= 0:
+        return x
+    h, w = x.shape[-2:]
+    if h <= 2 * border or w <= 2 * border:
+        raise ValueError(f"a {h}×{w} image is too small for a border crop of {border} px")
+    return x[..., border:h - border, border:w - border]
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """Per-image PSNR in dB of ``N×C×H×W`` float64 tensors on the ``data_range`` scale (+inf when equal)."""
+    mse = (pred - target).pow(2).flatten(1).mean(1)
+    out = torch.full_like(mse, math.inf)
+    nz = mse > 0
+    out[nz] = 10.0 * torch.log10(data_range**2 / mse[nz])
+    return out
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
+    """The normalised 1-D Gaussian whose outer product is Matlab's ``fspecial('gaussian', size, sigma)``."""
+    r = size // 2
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_map(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """SSIM index map over the valid region, per channel (``N×C×(H-10)×(W-10)``), float64."""
+    c = pred.shape[1]
+    if min(pred.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}×{SSIM_WINDOW} px, got "
+                         f"{pred.shape[-2]}×{pred.shape[-1]}")
+    g = gaussian_window().to(pred.device)
+    gh = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    gv = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+
+    def filt(z: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(z, gh, groups=c), gv, groups=c)
+
+    x, y = pred.to(torch.float64), target.to(torch.float64)
+    # One filtering pass over the five stacked moments.
+    n = x.shape[0]
+    stats = filt(torch.cat([x, y, x * x, y * y, x * y], dim=0))
+    mx, my, mxx, myy, mxy = stats.split(n, dim=0)
+    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
+    """Per-image mean SSIM (mean over channels and valid positions), float64."""
+    return ssim_map(pred, target, data_range).flatten(1).mean(1)
+
+
+def _check_pair(name: str, pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in size")
+
+
+class PsnrYCrop(Metric):
+    """PSNR on BT.601 Y ([0,255]), border crop = scale, float64 — the SR-paper PSNR."""
+
+    name: ClassVar[str] = "psnr_y_crop"
+    higher_is_better: ClassVar[bool] = True
+    summary: ClassVar[str] = "PSNR (dB) on BT.601 Y [16,235], border crop = scale, float64"
+    fmt: ClassVar[str] = ".2f"
+
+    def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor, scale: int) -> Tensor:
+        _check_pair(self.name, pred, target)
+        return psnr(crop_border(rgb_to_y(pred), scale), crop_border(rgb_to_y(target), scale))
+
+
+class SsimYCrop(Metric):
+    """SSIM on BT.601 Y ([0,255]), border crop = scale, Gaussian 11×11 σ=1.5 (Matlab convention)."""
+
+    name: ClassVar[str] = "ssim_y_crop"
+    higher_is_better: ClassVar[bool] = True
+    summary: ClassVar[str] = ("SSIM on BT.601 Y, border crop = scale, Gaussian 11x11 sigma 1.5, "
+                              "K1=0.01 K2=0.03, L=255, valid region (Matlab/skimage-gaussian)")
+    fmt: ClassVar[str] = ".4f"
+
+    def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor, scale: int) -> Tensor:
+        _check_pair(self.name, pred, target)
+        return ssim(crop_border(rgb_to_y(pred), scale), crop_border(rgb_to_y(target), scale))
+
+
+class PsnrRgb(Metric):
+    """PSNR over the three RGB channels ([0,255]), no border crop, float64."""
+
+    name: ClassVar[str] = "psnr_rgb"
+    higher_is_better: ClassVar[bool] = True
+    summary: ClassVar[str] = "PSNR (dB) over RGB [0,255], no border crop, float64"
+    fmt: ClassVar[str] = ".2f"
+
+    def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor, scale: int) -> Tensor:
+        _check_pair(self.name, pred, target)
+        return psnr(pred.to(torch.float64) * 255.0, target.to(torch.float64) * 255.0)
+
+
+class SsimRgb(Metric):
+    """Mean of per-channel SSIMs on RGB ([0,255]), no border crop, Gaussian 11×11 σ=1.5."""
+
+    name: ClassVar[str] = "ssim_rgb"
+    higher_is_better: ClassVar[bool] = True
+    summary: ClassVar[str] = ("SSIM, mean over R,G,B [0,255], no border crop, Gaussian 11x11 sigma 1.5, "
+                              "K1=0.01 K2=0.03, valid region")
+    fmt: ClassVar[str] = ".4f"
+
+    def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor, scale: int) -> Tensor:
+        _check_pair(self.name, pred, target)
+        return ssim(pred.to(torch.float64) * 255.0, target.to(torch.float64) * 255.0)
+
+
+class LrConsistency(Metric):
+    """PULSE's criterion: MSE on [0,1] between bicubic-downscaled prediction and the LR input."""
+
+    name: ClassVar[str] = "lr_consistency"
+    higher_is_better: ClassVar[bool] = False
+    summary: ClassVar[str] = ("MSE on [0,1] between bicubic(antialiased, PIL)-downscaled SR and the LR "
+                              "input (PULSE's criterion), float64")
+    fmt: ClassVar[str] = ".3e"
+
+    def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor, scale: int) -> Tensor:
+        if pred.shape[0] != lr.shape[0]:
+            raise ValueError(f"{self.name}: {pred.shape[0]} predictions for {lr.shape[0]} LR images")
+        down = bicubic_resize(pred.to(torch.float64), (lr.shape[-2], lr.shape[-1])).clamp(0, 1)
+        return (down - lr.to(torch.float64)).pow(2).flatten(1).mean(1)
+
+
+HARNESS_METRICS: tuple[type[Metric], ...] = (PsnrYCrop, SsimYCrop, PsnrRgb, SsimRgb, LrConsistency)

@@ -1,0 +1,397 @@
+"""What ``compare`` writes: a terminal table, ``results.csv``/``summary.csv``/``results.json``, ``report.html``.
+
+- ``results.csv``: one row per (method, image, seed): status, runtime, memory, every metric.
+  ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell.
+- ``summary.csv``: one row per method: mean, std (over seeds) and NaN count per metric, runtime.
+- ``results.json``: both of the above plus the settings, device and backend, the versions of
+  restorekit and of every plugin distribution, each method's license, options and weights
+  (``weights_info``: names and sha256 where the method exposes them), skipped metrics with the
+  reason, and failures. Non-finite numbers: ``"Infinity"``/``"-Infinity"``, NaN as ``null``.
+- ``report.html``: one self-contained file (inline CSS, images as base64 PNG), the table and,
+  per image, a row of crops ``LR | each method | HR`` at the same place.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..images import atomic_write_bytes, read_image
+from .aggregate import MethodSummary, Stat, best_per_column, failure_groups, summarize
+from .inputs import png_bytes
+from .runner import CompareResult, MethodPlan, backend_info, plugin_versions, restorekit_version
+from .store import Record, dumps
+
+HTML_MAX_IMAGES = 24
+CROP_SIDE = 128
+ARROW = {True: "↑", False: "↓"}
+
+
+@dataclass
+class Summary:
+    """The aggregated view of a run that every report is rendered from."""
+
+    result: CompareResult
+    methods: list[MethodSummary]
+    best: dict[str, set[str]]
+
+    @property
+    def active_metrics(self) -> list[Any]:
+        return [m for m in self.result.plan.metrics if m.status == "ok"]
+
+
+def summarize_result(res: CompareResult) -> Summary:
+    """Per-method aggregates and the best method per column."""
+    metrics = [m for m in res.plan.metrics if m.status == "ok"]
+    names = [m.name for m in metrics]
+    rows = []
+    for mp in res.plan.methods:
+        recs = [r for r in res.records if r.method == mp.name]
+        rows.append(summarize(mp.name, mp.cls.info.deterministic, mp.seeds, len(res.inputs.pairs), recs, names))
+    best = best_per_column(rows, {m.name: m.higher_is_better for m in metrics})
+    return Summary(res, rows, best)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_number(v: float | None, fmt: str | None = None) -> str:
+    """A number for people: ``inf``, ``n/a`` for NaN/None, else ``fmt`` or a magnitude-based default."""
+    if v is None or math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if fmt:
+        return format(v, fmt)
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    if a >= 0.01:
+        return f"{v:.4f}"
+    return f"{v:.3e}"
+
+
+def fmt_stat(s: Stat, fmt: str | None = None) -> str:
+    text = fmt_number(s.mean, fmt)
+    if s.std is not None and not math.isnan(s.mean):
+        text += f" ± {fmt_number(s.std, fmt)}"
+    return text
+
+
+def _runtime_cell(s: MethodSummary) -> str:
+    text = fmt_number(s.runtime_ms.mean, ".1f")
+    return text + " (warm-up)" if s.runtime_is_warmup else text
+
+
+def _device_short(res: CompareResult) -> str:
+    return res.plan.device.type
+
+
+def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Header and rows (cell text, is-best) shared by the terminal and HTML tables."""
+    metrics = sm.active_metrics
+    header = (["method"] + [f"{m.name} {ARROW[m.higher_is_better]}" for m in metrics]
+              + [f"ms/img ({_device_short(sm.result)}) ↓", "peak MiB", "ok"])
+    rows = []
+    for s in sm.methods:
+        row: list[tuple[str, bool]] = [(s.name if s.deterministic else f"{s.name} (seeds {len(s.seeds)})", False)]
+        for m in metrics:
+            row.append((fmt_stat(s.metrics[m.name], m.fmt), s.name in sm.best.get(m.name, set())))
+        row.append((_runtime_cell(s), s.name in sm.best.get("runtime", set())))
+        row.append((fmt_number(s.peak_mem_mb, ".0f"), False))
+        row.append((f"{s.ok}/{s.ok + s.failed}", False))
+        rows.append(row)
+    return header, rows
+
+
+def notes(sm: Summary) -> list[str]:
+    """Footnotes: conventions, NaN counts, metric errors, skipped metrics, input problems."""
+    res = sm.result
+    out = [f"* best in column. Runtime: mean ms per image, warm-up call excluded, on {res.plan.methods[0].device or res.plan.device}"
+           if res.plan.methods else "* best in column"]
+    precisions = sorted({mp.precision for mp in res.plan.methods})
+    out[0] += f", precision {', '.join(precisions)}."
+    if any(not s.deterministic for s in sm.methods):
+        out.append("Stochastic methods: mean ± std (population) over seeds of the per-seed mean over images.")
+    for m in sm.active_metrics:
+        counts = [f"{s.name} {s.metrics[m.name].nan}/{s.metrics[m.name].nan + s.metrics[m.name].n}"
+                  for s in sm.methods if s.metrics[m.name].nan]
+        if counts:
+            out.append(f"{m.name}: {m.nan_label}: {', '.join(counts)} (left out of the mean)")
+        errs = [f"{s.name} {s.metric_errors[m.name]}" for s in sm.methods if m.name in s.metric_errors]
+        if errs:
+            out.append(f"{m.name}: could not be computed for some images: {', '.join(errs)}")
+    for m in res.plan.metrics:
+        if m.status != "ok":
+            out.append(f"metric {m.name} skipped: {m.reason}")
+    if res.unmatched:
+        out.append(f"{len(res.unmatched)} file(s) without a partner of the same stem were left out: "
+                   f"{', '.join(res.unmatched[:8])}{' …' if len(res.unmatched) > 8 else ''}")
+    return out
+
+
+def failure_lines(sm: Summary) -> list[str]:
+    """One line per (method, error): which images failed and why."""
+    lines = [f"input {f['image']}: {f['error']}" for f in sm.result.inputs.failures]
+    for s in sm.methods:
+        for err, imgs in failure_groups(s):
+            shown = ", ".join(imgs[:10]) + (f" … (+{len(imgs) - 10})" if len(imgs) > 10 else "")
+            lines.append(f"{s.name} failed on {len(imgs)} image(s) [{shown}]: {err}")
+    return lines
+
+
+def print_table(sm: Summary, console: Console | None = None) -> None:
+    """The comparison table on the terminal (best per column bold and starred)."""
+    console = console or Console(width=None if Console().is_terminal else 200)
+    header, rows = table_rows(sm)
+    res = sm.result
+    title = (f"restorekit compare ×{res.plan.config.scale} — {len(res.inputs.pairs)} images, "
+             f"{res.inputs.source}")
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*[Text(f"{c}*", style="bold green") if best else Text(c) for c, best in row])
+    console.print(t)
+    for line in notes(sm):
+        console.print(Text(line, style="dim"))
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _csv_num(v: float | None) -> str:
+    if v is None or math.isnan(v):
+        return ""
+    return repr(float(v)) if not math.isinf(v) else ("inf" if v > 0 else "-inf")
+
+
+def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
+    """``results.csv`` (per image) and ``summary.csv`` (per method)."""
+    names = [m.name for m in sm.active_metrics]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "image", "seed", "status", "ms", "warmup", "peak_mem_mb", *names, "output", "error"])
+    for r in sm.result.records:
+        w.writerow([r.method, r.image, "" if r.seed is None else r.seed, r.status, _csv_num(r.ms),
+                    int(r.warmup), _csv_num(r.peak_mem_mb),
+                    *[_csv_num((r.metrics or {}).get(n)) for n in names], r.output or "", r.error or ""])
+    per_image = out / "results.csv"
+    atomic_write_bytes(per_image, buf.getvalue().encode())
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["method", "deterministic", "seeds", "images", "ok", "failed"]
+    for n in names:
+        head += [f"{n}_mean", f"{n}_std", f"{n}_nan"]
+    w.writerow(head + ["ms_per_image", "warmup_ms", "peak_mem_mb", "device", "precision"])
+    plans = {mp.name: mp for mp in sm.result.plan.methods}
+    for s in sm.methods:
+        row: list[Any] = [s.name, int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),
+                          s.images, s.ok, s.failed]
+        for n in names:
+            st = s.metrics[n]
+            row += [_csv_num(st.mean), _csv_num(st.std), st.nan]
+        row += [_csv_num(s.runtime_ms.mean), _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
+                plans[s.name].device, plans[s.name].precision]
+        w.writerow(row)
+    summary = out / "summary.csv"
+    atomic_write_bytes(summary, buf.getvalue().encode())
+    return per_image, summary
+
+
+def _method_doc(mp: MethodPlan, s: MethodSummary, best: dict[str, set[str]]) -> dict[str, Any]:
+    info = mp.cls.info
+    return {"name": mp.name, "plugin": mp.plugin, "distribution": mp.distribution, "version": mp.version,
+            "summary": info.summary, "license": info.license, "paper": info.paper,
+            "deterministic": info.deterministic, "options": mp.options.model_dump(mode="json"),
+            "settings_hash": mp.settings_hash, "device": mp.device, "precision": mp.precision,
+            "weights": mp.weights_info, "load_error": mp.load_error,
+            "best_in": sorted(c for c, names in best.items() if mp.name in names),
+            "aggregate": s.as_dict()}
+
+
+def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, Any]:
+    """The content of ``results.json``."""
+    res = sm.result
+    cfg = res.plan.config
+    doc: dict[str, Any] = {
+        "restorekit": restorekit_version(),
+        "created": res.started,
+        "settings": {"methods": cfg.methods, "scale": cfg.scale, "data": cfg.data, "lr_dir": cfg.lr_dir,
+                     "degradation": res.plan.degradation, "seeds": cfg.seeds, "limit": cfg.limit,
+                     "metrics": cfg.metrics, "device": cfg.device, "opts": cfg.opts, "fresh": cfg.fresh,
+                     "out": str(cfg.out),
+                     "conventions": {"predictions": "rounded to 8 bits (as saved) before scoring",
+                                     "degradation_seed": "crc32 of the image stem",
+                                     "hr": "cropped bottom/right to a multiple of the scale"}},
+        "device": str(res.plan.device),
+        "backend": backend_info(res.plan.device),
+        "plugins": plugin_versions(res.plan.registry),
+        "inputs": {"source": res.inputs.source, "images": len(res.inputs.pairs),
+                   "failures": res.inputs.failures, "unmatched": res.unmatched},
+        "metrics": [{"name": m.name, "summary": m.cls.summary, "higher_is_better": m.higher_is_better,
+                     "plugin": m.plugin, "distribution": m.distribution, "version": m.version,
+                     "status": m.status, "reason": m.reason, "nan_label": m.nan_label}
+                    for m in res.plan.metrics],
+        "skipped_metrics": [{"name": m.name, "reason": m.reason} for m in res.plan.metrics if m.status != "ok"],
+        "methods": [_method_doc(mp, s, sm.best) for mp, s in zip(res.plan.methods, sm.methods)],
+        "best": {k: sorted(v) for k, v in sm.best.items()},
+        "failures": [{"method": r.method, "image": r.image, "seed": r.seed, "error": r.error}
+                     for r in res.failures],
+        "notes": notes(sm),
+        "wall_s": res.wall_s,
+        "timings_s": res.timings,
+        "exit_code": res.exit_code,
+        "files": {"results_csv": "results.csv", "summary_csv": "summary.csv", "html": "report.html",
+                  "outputs": "outputs/", "store": "results/"},
+    }
+    if include_images:
+        doc["images"] = [{**r.to_json(), "reused": r.reused} for r in res.records]
+    return doc
+
+
+def write_json(sm: Summary, out: Path) -> Path:
+    p = out / "results.json"
+    atomic_write_bytes(p, dumps(results_document(sm), indent=1).encode())
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;background:#fff}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+table.res{border-collapse:collapse;font-size:13px}
+table.res th,table.res td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+table.res th:first-child,table.res td:first-child{text-align:left}
+table.res th{background:#f3f3f3}
+td.best{font-weight:bold;color:#0a6b2d;background:#eefbf1}
+.notes{font-size:12px;color:#555}.fail{color:#a40000}
+.grid{border-collapse:collapse}
+.grid td,.grid th{padding:3px;vertical-align:top;text-align:center;font-size:11px}
+.grid img{width:%(side)dpx;height:%(side)dpx;image-rendering:pixelated;display:block}
+.missing{width:%(side)dpx;height:%(side)dpx;background:#eee;color:#a40000;display:flex;align-items:center;
+justify-content:center;font-size:11px}
+code{background:#f5f5f5;padding:1px 3px}
+""" % {"side": CROP_SIDE * 3 // 2}
+
+
+def _data_uri(x: torch.Tensor) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(x, compress_level=6)).decode("ascii")
+
+
+def _crop_box(h: int, w: int, scale: int) -> tuple[int, int, int]:
+    """A centred square (y0, x0, side) aligned to the scale grid, so the LR crop matches exactly."""
+    side = max(scale, min(h, w, CROP_SIDE) // scale * scale)
+    y0 = (h - side) // 2 // scale * scale
+    x0 = (w - side) // 2 // scale * scale
+    return y0, x0, side
+
+
+def write_html(sm: Summary, out: Path) -> Path:
+    """A self-contained ``report.html`` (no external resources)."""
+    res = sm.result
+    cfg = res.plan.config
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>restorekit compare ×{cfg.scale}</title>"
+             f"<style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>restorekit compare ×{cfg.scale}: {len(res.inputs.pairs)} images ({e(res.inputs.source)})</h1>")
+    parts.append(f"<p class='notes'>restorekit {e(restorekit_version())} · device {e(str(res.plan.device))} · "
+                 f"{e(res.started)} · seeds {e(','.join(map(str, cfg.seeds)))}</p>")
+    header, rows = table_rows(sm)
+    parts.append("<table class='res'><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td class='best'>{e(c)}</td>" if b else f"<td>{e(c)}</td>" for c, b in row)
+                     + "</tr>")
+    parts.append("</table><div class='notes'>" + "".join(f"<p>{e(n)}</p>" for n in notes(sm)) + "</div>")
+    fails = failure_lines(sm)
+    if fails:
+        parts.append("<h2>Failures</h2><ul class='fail'>" + "".join(f"<li>{e(f)}</li>" for f in fails) + "</ul>")
+
+    parts.append("<h2>Methods</h2><table class='res'><tr><th>method</th><th>plugin</th><th>version</th>"
+                 "<th>license</th><th>options</th><th>weights</th><th>precision</th></tr>")
+    for mp in res.plan.methods:
+        weights = "; ".join(f"{k}: {v}" for k, v in (mp.weights_info or {}).items()) or "—"
+        opts = ", ".join(f"{k}={v}" for k, v in mp.options.model_dump(mode="json").items()) or "—"
+        parts.append(f"<tr><td>{e(mp.name)}</td><td>{e(mp.distribution)}</td><td>{e(mp.version)}</td>"
+                     f"<td>{e(mp.cls.info.license)}</td><td>{e(opts)}</td><td>{e(weights)}</td>"
+                     f"<td>{e(mp.precision)}</td></tr>")
+    parts.append("</table>")
+
+    # Image grid: LR | methods | HR, the same crop of each; first seed of stochastic methods.
+    first: dict[tuple[str, str], Record] = {}
+    for r in res.records:
+        key = (r.method, r.image)
+        if key not in first or (r.seed is not None and (first[key].seed or 0) > r.seed):
+            first[key] = r
+    shown = res.inputs.pairs[:HTML_MAX_IMAGES]
+    parts.append(f"<h2>Crops ({len(shown)} of {len(res.inputs.pairs)} images, centre {CROP_SIDE}px of HR; "
+                 f"LR shown with nearest-neighbour)</h2><table class='grid'><tr><th>image</th><th>LR</th>"
+                 + "".join(f"<th>{e(mp.name)}</th>" for mp in res.plan.methods) + "<th>HR</th></tr>")
+    first_metric = sm.active_metrics[0] if sm.active_metrics else None
+    for pair in shown:
+        try:
+            lr, hr = res.inputs.load(pair)
+        except Exception as exc:  # a report must still be written
+            parts.append(f"<tr><td>{e(pair.stem)}</td><td colspan='99' class='fail'>{e(str(exc))}</td></tr>")
+            continue
+        s = cfg.scale
+        y0, x0, side = _crop_box(hr.shape[-2], hr.shape[-1], s)
+        hr_c = hr[..., y0:y0 + side, x0:x0 + side]
+        lr_c = lr[..., y0 // s:(y0 + side) // s, x0 // s:(x0 + side) // s]
+        lr_up = torch.nn.functional.interpolate(lr_c, size=(side, side), mode="nearest")
+        cells = [f"<td>{e(pair.stem)}</td>", f"<td><img src='{_data_uri(lr_up)}' alt='LR'></td>"]
+        for mp in res.plan.methods:
+            rec = first.get((mp.name, pair.stem))
+            if rec is None or rec.status != "ok" or not rec.output:
+                why = "failed" if rec is None or not rec.error else rec.error[:80]
+                cells.append(f"<td><div class='missing' title='{e(rec.error or '') if rec else ''}'>{e(why)}</div></td>")
+                continue
+            try:
+                pred = read_image(cfg.out / rec.output)[..., y0:y0 + side, x0:x0 + side]
+            except Exception as exc:
+                cells.append(f"<td><div class='missing'>{e(str(exc)[:80])}</div></td>")
+                continue
+            caption = ""
+            if first_metric is not None and rec.metrics and first_metric.name in rec.metrics:
+                caption = f"{first_metric.name} {fmt_number(rec.metrics[first_metric.name], first_metric.fmt)}"
+            cells.append(f"<td><img src='{_data_uri(pred)}' alt='{e(mp.name)}'>{e(caption)}</td>")
+        cells.append(f"<td><img src='{_data_uri(hr_c)}' alt='HR'></td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    parts.append("<h2>Plugins</h2><ul class='notes'>" + "".join(
+        f"<li>{e(p['name'])}: {e(p['distribution'])} {e(p['version'])} ({e(p['status'])})</li>"
+        for p in plugin_versions(res.plan.registry)) + "</ul>")
+    parts.append("<h2>Metrics</h2><ul class='notes'>" + "".join(
+        f"<li><b>{e(m.name)}</b> {ARROW[m.higher_is_better]} — {e(m.cls.summary)}"
+        f"{' — skipped: ' + e(m.reason or '') if m.status != 'ok' else ''}</li>" for m in res.plan.metrics) + "</ul>")
+    parts.append("</body></html>")
+    p = out / "report.html"
+    atomic_write_bytes(p, "\n".join(parts).encode("utf-8"))
+    return p
+
+
+def write_all(sm: Summary, out: Path) -> dict[str, Path]:
+    """All report files under ``out``."""
+    csv_p, summary_p = write_csv(sm, out)
+    return {"results_csv": csv_p, "summary_csv": summary_p, "results_json": write_json(sm, out),
+            "html": write_html(sm, out)}

@@ -1,0 +1,517 @@
+"""Running methods over an evaluation set: the engine behind ``restorekit compare``.
+
+:func:`plan` checks everything a user can get wrong (names, options, scales, data) before any
+work starts and raises ``RestorekitError`` with one line; :func:`execute` then never stops for a
+single (method, image): a failure is recorded with its reason and the rest go on.
+
+Per (method, image, seed) the runner records: the restore time (``time.perf_counter`` around
+``restore`` only, CUDA synchronised; the first call of each method in a run is the warm-up, kept
+but flagged and left out of the runtime column), the peak memory (CUDA: ``max_memory_allocated``
+since a reset before the call; CPU: growth of the process's RSS high-water mark during the call),
+the output PNG and every metric's value. Predictions are rounded to 8 bits (what is saved) before
+scoring, so a resumed run that re-reads an output scores exactly what the first run scored.
+Deterministic methods run once per image (seed ignored, stored as null); stochastic ones once per
+seed of ``--seeds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import __version__
+from ..degradations import parse_spec
+from ..errors import RestorekitError, WeightsMissing
+from ..images import atomic_write_bytes, read_image
+from ..interfaces import Method, Metric, Options
+from ..methods import resolve_device, validate_options
+from ..plugins import Registry, registry, suggest
+from .inputs import InputSet, Pair, from_degradation, from_pairs, png_bytes, quantize
+from .store import Record, ResultStore, safe_name, settings_hash
+
+
+class CompareUsageError(RestorekitError):
+    """Bad compare arguments (exit code 2)."""
+
+
+@dataclass
+class CompareConfig:
+    """Everything ``compare`` was asked to do."""
+
+    methods: list[str]
+    scale: int
+    data: str
+    out: Path
+    degradation: str | None = None
+    lr_dir: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    limit: int | None = None
+    metrics: list[str] | None = None
+    device: str = "auto"
+    opts: dict[str, dict[str, str]] = field(default_factory=dict)
+    fresh: bool = False
+    quiet: bool = True
+
+
+@dataclass
+class MethodPlan:
+    """A method ready to run: class, validated options, where it comes from, its settings hash."""
+
+    name: str
+    cls: type[Method]
+    options: Options
+    plugin: str
+    distribution: str
+    version: str
+    seeds: list[int | None]
+    settings: dict[str, Any]
+    settings_hash: str
+    # Filled in when the method is built.
+    device: str = ""
+    precision: str = "float32"
+    weights_info: dict[str, Any] | None = None
+    load_error: str | None = None
+    warmup_ms: float | None = None
+
+
+@dataclass
+class MetricState:
+    """A metric of this run: set up once, or skipped with the reason (never a silent number)."""
+
+    name: str
+    cls: type[Metric]
+    plugin: str
+    distribution: str
+    version: str
+    instance: Metric | None = None
+    status: str = "ok"  # "ok" or "skipped"
+    reason: str | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.cls.higher_is_better)
+
+    @property
+    def nan_label(self) -> str:
+        return str(getattr(self.cls, "nan_label", "") or "NaN values")
+
+    @property
+    def fmt(self) -> str | None:
+        f = getattr(self.cls, "fmt", None)
+        return f if isinstance(f, str) else None
+
+
+@dataclass
+class Plan:
+    config: CompareConfig
+    device: torch.device
+    degradation: str | None
+    methods: list[MethodPlan]
+    metrics: list[MetricState]
+    registry: Registry
+
+
+@dataclass
+class CompareResult:
+    """What a run produced: the records of this run's (method, image, seed) set, and context."""
+
+    plan: Plan
+    inputs: InputSet
+    records: list[Record]
+    unmatched: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: str = ""
+    wall_s: float = 0.0
+
+    @property
+    def failures(self) -> list[Record]:
+        return [r for r in self.records if r.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures or self.inputs.failures else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+def _dist_of(reg: Registry, plugin: str) -> tuple[str, str]:
+    rec = reg.plugins.get(plugin)
+    return (rec.distribution, rec.version) if rec else ("?", "?")
+
+
+def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
+    """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        target, sep, value = pair.partition("=")
+        method, dot, key = target.partition(".")
+        if not sep or not dot or not method.strip() or not key.strip():
+            raise CompareUsageError(f"--opt '{pair}': expected METHOD.KEY=VALUE")
+        method = method.strip()
+        if method not in methods:
+            raise CompareUsageError(f"--opt '{pair}': method '{method}' is not in --methods"
+                                    f"{suggest(method, methods)}")
+        out.setdefault(method, {})[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
+    return f"{dev.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def plan(config: CompareConfig) -> Plan:
+    """Resolve names, options, scale and degradation; every problem is a ``CompareUsageError``."""
+    reg = registry()
+    if not config.methods:
+        raise CompareUsageError("--methods: give at least one method")
+    if config.scale < 1:
+        raise CompareUsageError(f"--scale must be a positive integer, got {config.scale}")
+    if config.degradation and config.lr_dir:
+        raise CompareUsageError("--degradation and --lr-dir exclude each other (LR files are already degraded)")
+    if not config.seeds:
+        raise CompareUsageError("--seeds: give at least one seed")
+    if config.limit is not None and config.limit < 1:
+        raise CompareUsageError(f"--limit must be a positive integer, got {config.limit}")
+    try:
+        device = resolve_device(config.device)
+    except RestorekitError as exc:
+        raise CompareUsageError(str(exc)) from None
+
+    degradation: str | None = None
+    if config.lr_dir is None:
+        try:
+            chain = parse_spec(config.degradation or f"bicubic:{config.scale}")
+        except RestorekitError as exc:
+            raise CompareUsageError(str(exc)) from None
+        if chain.scale != config.scale:
+            raise CompareUsageError(f"degradation '{chain.spec()}' downsizes by {chain.scale}, but --scale is "
+                                    f"{config.scale}")
+        degradation = chain.spec()
+
+    methods: list[MethodPlan] = []
+    for name in dict.fromkeys(config.methods):
+        try:
+            cls: type[Method] = reg.method(name)
+        except RestorekitError as exc:
+            raise CompareUsageError(str(exc)) from None
+        try:
+            options = validate_options(cls, config.opts.get(name, {}))
+            cls(options).check_scale(config.scale)
+        except (RestorekitError, ValueError) as exc:
+            raise CompareUsageError(str(exc)) from None
+        plugin = reg.owner["methods"][name]
+        dist, ver = _dist_of(reg, plugin)
+        seeds: list[int | None] = [None] if cls.info.deterministic else list(dict.fromkeys(config.seeds))
+        settings = {"method": name, "options": options.model_dump(mode="json"), "scale": config.scale,
+                    "source": f"degradation:{degradation}" if degradation else "lr-dir",
+                    "device": device.type, "distribution": dist, "version": ver}
+        methods.append(MethodPlan(name, cls, options, plugin, dist, ver, seeds, settings, settings_hash(settings)))
+
+    # Default: every registered metric, in registration order (core first, then plugins).
+    metric_names = config.metrics if config.metrics is not None else list(reg.items["metrics"])
+    metrics: list[MetricState] = []
+    for name in dict.fromkeys(metric_names):
+        try:
+            mcls = reg.metric(name)
+        except RestorekitError as exc:
+            raise CompareUsageError(str(exc)) from None
+        plugin = reg.owner["metrics"][name]
+        dist, ver = _dist_of(reg, plugin)
+        metrics.append(MetricState(name, mcls, plugin, dist, ver))
+    return Plan(config, device, degradation, methods, metrics, reg)
+
+
+# --------------------------------------------------------------------------------------------
+# Execution
+
+
+def _maxrss_mib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def setup_metrics(metrics: list[MetricState], device: torch.device) -> None:
+    """Set each metric up once; a missing-weights or failing set-up skips it with the reason."""
+    for m in metrics:
+        try:
+            inst = m.cls()
+            inst.setup(device)
+            m.instance, m.status, m.reason = inst, "ok", None
+        except WeightsMissing as exc:
+            m.instance, m.status, m.reason = None, "skipped", str(exc)
+        except Exception as exc:  # a broken metric must not take the comparison down
+            m.instance, m.status = None, "skipped"
+            m.reason = f"set-up failed: {type(exc).__name__}: {exc}"
+
+
+def score(metrics: list[MetricState], pred: Tensor, hr: Tensor, lr: Tensor, scale: int,
+          device: torch.device) -> tuple[dict[str, float], dict[str, str]]:
+    """Every active metric on one image (``1×3×H×W``); a metric error gives NaN plus its message."""
+    values: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    p, h, low = pred.to(device), hr.to(device), lr.to(device)
+    for m in metrics:
+        if m.instance is None:
+            continue
+        try:
+            with torch.no_grad():
+                v = m.instance(p, h, lr=low, scale=scale)
+            if not isinstance(v, Tensor) or v.numel() != 1:
+                raise ValueError(f"returned {type(v).__name__} of {getattr(v, 'shape', '?')}, expected one value")
+            values[m.name] = float(v.reshape(-1)[0].item())
+        except Exception as exc:
+            values[m.name] = math.nan
+            errors[m.name] = f"{type(exc).__name__}: {exc}"
+    return values, errors
+
+
+def _metric_device(device: torch.device) -> torch.device:
+    # float64 arithmetic: CPU and CUDA only.
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+def _output_rel(method: str, stem: str, seed: int | None) -> str:
+    name = stem if seed is None else f"{stem}_s{seed}"
+    return f"outputs/{safe_name(method)}/{name}.png"
+
+
+class _Clock:
+    """Accumulates wall time per stage (for ``bench harness``)."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.t[stage] = self.t.get(stage, 0.0) + seconds
+
+
+def _build(mp: MethodPlan, device: torch.device) -> Method | None:
+    try:
+        m = mp.cls(mp.options, device=device)
+        m.load()
+    except Exception as exc:
+        mp.load_error = f"could not load {mp.name}: {type(exc).__name__}: {exc}"
+        return None
+    mp.device = _device_name(m.device)
+    opt_prec = getattr(mp.options, "precision", None) or getattr(mp.options, "dtype", None)
+    mp.precision = str(getattr(m, "precision", None) or opt_prec or "float32")
+    info = getattr(m, "weights_info", None)
+    mp.weights_info = dict(info) if isinstance(info, dict) else None
+    return m
+
+
+def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareResult:
+    """Run every method on every image and seed, reusing stored results unless ``fresh``."""
+    cfg = p.config
+    t_start = time.perf_counter()
+    clock = _Clock()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    unmatched: list[str] = []
+    if cfg.lr_dir is not None:
+        inputs, unmatched = from_pairs(cfg.data, cfg.lr_dir, cfg.scale, limit=cfg.limit)
+    else:
+        inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, out, limit=cfg.limit,
+                                  fresh=cfg.fresh)
+    clock.add("inputs", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    setup_metrics(p.metrics, _metric_device(p.device))
+    clock.add("metric_setup", time.perf_counter() - t0)
+    mdev = _metric_device(p.device)
+    active = [m for m in p.metrics if m.instance is not None]
+
+    store = ResultStore(out)
+    records: list[Record] = []
+    for mp in p.methods:
+        if cfg.fresh:
+            store.clear(mp.name)
+        stored = store.load(mp.name)
+        method: Method | None = None
+        built = False
+        first_call = True
+        run_records: list[Record] = []
+        for pair in inputs.pairs:
+            for seed in mp.seeds:
+                rec = _reuse(p, mp, pair, seed, inputs, store, stored, active, mdev, clock)
+                if rec is None:  # needs the method: build lazily, once
+                    if not built:
+                        t0 = time.perf_counter()
+                        method = _build(mp, p.device)
+                        clock.add("method_load", time.perf_counter() - t0)
+                        built = True
+                    rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
+                    if rec.ms is not None:
+                        first_call = False
+                    t0 = time.perf_counter()
+                    store.append(rec)
+                    clock.add("store", time.perf_counter() - t0)
+                run_records.append(rec)
+                if progress is not None:
+                    progress(f"{mp.name} {pair.stem}")
+        t0 = time.perf_counter()
+        store.compact(mp.name, run_records)
+        clock.add("store", time.perf_counter() - t0)
+        records.extend(run_records)
+        if not mp.device:
+            mp.device = _device_name(p.device)
+        del method
+        if p.device.type == "cuda":
+            torch.cuda.empty_cache()
+    store.close()
+    res = CompareResult(p, inputs, records, unmatched, clock.t,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    res.wall_s = time.perf_counter() - t_start
+    return res
+
+
+def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet, store: ResultStore,
+           stored: dict[Any, Record], active: list[MetricState], mdev: torch.device, clock: _Clock) -> Record | None:
+    """A stored record for this key if reusable (scoring any metric it lacks), else None."""
+    if p.config.fresh:
+        return None
+    key = (mp.name, pair.stem, seed, mp.settings_hash, pair.input_hash)
+    t0 = time.perf_counter()
+    rec = stored.get(key)
+    ok = store.reusable(rec)
+    clock.add("store", time.perf_counter() - t0)
+    if not ok or rec is None:
+        return None
+    missing = [m for m in active if m.name not in (rec.metrics or {})]
+    if missing:
+        t0 = time.perf_counter()
+        try:
+            lr, hr = inputs.load(pair)
+            pred = read_image(store.out / (rec.output or ""))
+        except (RestorekitError, OSError, ValueError):
+            return None
+        clock.add("inputs", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        vals, errs = score(missing, pred, hr, lr, p.config.scale, mdev)
+        clock.add("metrics", time.perf_counter() - t0)
+        rec.metrics = {**(rec.metrics or {}), **vals}
+        rec.metric_errors = {**(rec.metric_errors or {}), **errs}
+        store.append(rec)
+    rec.reused = True
+    return rec
+
+
+def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet, method: Method | None,
+         active: list[MetricState], mdev: torch.device, clock: _Clock, warmup: bool) -> Record:
+    """Restore one image with one seed, save and score it; any exception becomes a failed record."""
+    scale = p.config.scale
+    rec = Record(mp.name, pair.stem, seed, mp.settings_hash, pair.input_hash, "failed")
+    if method is None:
+        rec.error = mp.load_error or f"could not load {mp.name}"
+        return rec
+    t0 = time.perf_counter()
+    try:
+        lr, hr = inputs.load(pair)
+    except (RestorekitError, OSError, ValueError) as exc:
+        rec.error = f"input: {exc}"
+        return rec
+    clock.add("inputs", time.perf_counter() - t0)
+    dev = method.device
+    cuda = dev.type == "cuda"
+    try:
+        x = lr.to(dev)
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        rss0 = None if cuda else _maxrss_mib()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            y = method.restore(x, scale, seed=seed, n_samples=1)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        dt = time.perf_counter() - t0
+        clock.add("restore", dt)
+        if cuda:
+            rec.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+        else:
+            rss1 = _maxrss_mib()
+            rec.peak_mem_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
+        rec.ms, rec.warmup = dt * 1000.0, warmup
+        if warmup:
+            mp.warmup_ms = rec.ms
+        if not isinstance(y, Tensor) or y.dim() != 4 or tuple(y.shape[:2]) != (1, 3):
+            raise ValueError(f"restore returned {getattr(y, 'shape', type(y).__name__)}, expected 1×3×H×W")
+        if tuple(y.shape[-2:]) != tuple(hr.shape[-2:]):
+            raise ValueError(f"output is {y.shape[-1]}×{y.shape[-2]}, expected {hr.shape[-1]}×{hr.shape[-2]} "
+                             f"({scale}× the {lr.shape[-1]}×{lr.shape[-2]} input)")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("output contains NaN or inf")
+        reports = getattr(method, "last_reports", None)
+        if isinstance(reports, list) and reports and isinstance(reports[0], dict):
+            rec.report = reports[0]
+    except Exception as exc:  # one (method, image) failing must not stop the comparison
+        rec.error = f"{type(exc).__name__}: {exc}"
+        if cuda:
+            torch.cuda.empty_cache()
+        return rec
+    t0 = time.perf_counter()
+    pred = quantize(y.detach().float().cpu())
+    data = png_bytes(pred)
+    rel = _output_rel(mp.name, pair.stem, seed)
+    try:
+        atomic_write_bytes(p.config.out / rel, data)
+    except OSError as exc:
+        rec.error = f"cannot write {rel}: {exc}"
+        return rec
+    rec.output, rec.output_sha256 = rel, hashlib.sha256(data).hexdigest()
+    clock.add("save", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    rec.metrics, rec.metric_errors = score(active, pred, hr, lr, scale, mdev)
+    clock.add("metrics", time.perf_counter() - t0)
+    rec.status = "ok"
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# Context for reports
+
+
+def backend_info(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware that numbers (runtime above all) depend on."""
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "torch": torch.__version__, "device": _device_name(device),
+                            "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    for pkg in ("numpy", "pillow"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return info
+
+
+def plugin_versions(reg: Registry) -> list[dict[str, str]]:
+    return [{"name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status}
+            for r in reg.plugins.values()]
+
+
+def restorekit_version() -> str:
+    return __version__

@@ -1,0 +1,191 @@
+"""The resumable result store of ``compare``: one JSON line per (method, image, seed) under ``--out``.
+
+A record is reused by a later run when its key (method, image stem, seed, settings hash, input
+hash) matches, it succeeded, and the output PNG it names still has the recorded sha256. Later
+lines supersede earlier ones; :meth:`ResultStore.compact` rewrites a file to one line per key.
+
+Non-finite numbers are written the same way everywhere (store, results.json): ``+inf`` as the
+string ``"Infinity"``, ``-inf`` as ``"-Infinity"``, NaN (a missing value) as ``null``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..images import atomic_write_bytes
+
+Key = tuple[str, str, "int | None", str, str]
+
+
+def encode_float(v: float | None) -> float | str | None:
+    """A float for strict JSON: inf as "Infinity"/"-Infinity", NaN and None as null."""
+    if v is None:
+        return None
+    v = float(v)
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
+def decode_float(v: Any) -> float:
+    """Inverse of :func:`encode_float` (null reads back as NaN)."""
+    if v is None:
+        return math.nan
+    if v == "Infinity":
+        return math.inf
+    if v == "-Infinity":
+        return -math.inf
+    return float(v)
+
+
+def jsonable(obj: Any) -> Any:
+    """Recursively make ``obj`` strict-JSON safe (floats through :func:`encode_float`)."""
+    if isinstance(obj, float):
+        return encode_float(obj)
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    item = getattr(obj, "item", None)  # numpy / torch scalars
+    if callable(item):
+        try:
+            return jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return str(obj)
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    return json.dumps(jsonable(obj), allow_nan=False, **kw)
+
+
+def safe_name(name: str) -> str:
+    """A file-system safe version of a method name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short stable hash of the settings that determine a method's outputs."""
+    return hashlib.sha256(dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Record:
+    """One (method, image, seed) result, as stored."""
+
+    method: str
+    image: str
+    seed: int | None
+    settings: str
+    input: str
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    ms: float | None = None
+    warmup: bool = False
+    peak_mem_mb: float | None = None
+    output: str | None = None
+    output_sha256: str | None = None
+    metrics: dict[str, float] | None = None
+    metric_errors: dict[str, str] | None = None
+    report: dict[str, Any] | None = None
+    reused: bool = False
+
+    @property
+    def key(self) -> Key:
+        return (self.method, self.image, self.seed, self.settings, self.input)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("method", "image", "seed", "settings", "input", "status", "error",
+                                           "ms", "warmup", "peak_mem_mb", "output", "output_sha256")}
+        d["metrics"] = {k: encode_float(v) for k, v in (self.metrics or {}).items()}
+        d["metric_errors"] = self.metric_errors or {}
+        d["report"] = self.report or {}
+        return jsonable(d)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Record:
+        return cls(method=d["method"], image=d["image"], seed=d.get("seed"), settings=d["settings"],
+                   input=d["input"], status=d["status"], error=d.get("error"), ms=d.get("ms"),
+                   warmup=bool(d.get("warmup", False)), peak_mem_mb=d.get("peak_mem_mb"),
+                   output=d.get("output"), output_sha256=d.get("output_sha256"),
+                   metrics={k: decode_float(v) for k, v in (d.get("metrics") or {}).items()},
+                   metric_errors=dict(d.get("metric_errors") or {}), report=d.get("report") or {})
+
+
+class ResultStore:
+    """``OUT/results/<method>.jsonl`` files, appended to as results arrive (crash-safe resume)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.folder = out / "results"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._handles: dict[str, Any] = {}
+
+    def path(self, method: str) -> Path:
+        return self.folder / f"{safe_name(method)}.jsonl"
+
+    def load(self, method: str) -> dict[Key, Record]:
+        """The latest record per key for ``method`` (unreadable lines are ignored)."""
+        p = self.path(method)
+        out: dict[Key, Record] = {}
+        if not p.exists():
+            return out
+        for line in p.read_text().splitlines():
+            try:
+                rec = Record.from_json(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+            out[rec.key] = rec
+        return out
+
+    def reusable(self, rec: Record | None) -> bool:
+        """A stored success whose output file is still the one it scored."""
+        if rec is None or rec.status != "ok" or not rec.output or not rec.output_sha256:
+            return False
+        p = self.out / rec.output
+        return p.is_file() and sha256_file(p) == rec.output_sha256
+
+    def clear(self, method: str) -> None:
+        self.close(method)
+        self.path(method).unlink(missing_ok=True)
+
+    def append(self, rec: Record) -> None:
+        f = self._handles.get(rec.method)
+        if f is None:
+            f = self._handles[rec.method] = open(self.path(rec.method), "a", encoding="utf-8")
+        f.write(dumps(rec.to_json()) + "\n")
+        f.flush()
+
+    def close(self, method: str | None = None) -> None:
+        for m in [method] if method is not None else list(self._handles):
+            f = self._handles.pop(m, None)
+            if f is not None:
+                f.close()
+
+    def compact(self, method: str, keep: list[Record]) -> None:
+        """Rewrite ``method``'s file with ``keep`` plus older successes for other settings."""
+        self.close(method)
+        current = {r.key for r in keep}
+        others = [r for k, r in self.load(method).items() if k not in current and r.status == "ok"]
+        lines = [dumps(r.to_json()) for r in others + keep]
+        atomic_write_bytes(self.path(method), ("\n".join(lines) + "\n").encode() if lines else b"")
