@@ -11,3 +11,22 @@ def register_degradations(register: Register) -> None:
 
     for cls in BUILTIN_DEGRADATIONS:
         register(cls)
+
+
+# Metrics of the core, as "module:Class"; each is imported when registered. Add a line per metric.
+CORE_METRICS = [
+    "restorekit.harness.metrics:PsnrYCrop",
+    "restorekit.harness.metrics:SsimYCrop",
+    "restorekit.harness.metrics:PsnrRgb",
+    "restorekit.harness.metrics:SsimRgb",
+    "restorekit.harness.metrics:LrConsistency",
+]
+
+
+@hookimpl
+def register_metrics(register: Register) -> None:
+    import importlib
+
+    for ref in CORE_METRICS:
+        module, _, name = ref.partition(":")
+        register(getattr(importlib.import_module(module), name))
