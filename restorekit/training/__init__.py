@@ -1,0 +1,16 @@
+"""Shared training infrastructure: configs, SR pair data, optimizers, and a resumable DDP loop.
+
+Nothing here is specific to a model; plugins subclass :class:`Trainer` and :class:`TrainConfig`
+and register a ``restorekit train NAME`` subcommand (see ``restorekit.commands.train``).
+"""
+
+from .config import ConfigError, DataConfig, TrainConfig, apply_overrides, load_config, read_config_file
+from .data import DataError, SRPairDataset, list_images, make_lr, split_files, sr_datasets
+from .optim import Lookahead, build_optimizer, ranger
+from .trainer import (Trainer, TrainingError, image_grid, latest_checkpoint, list_checkpoints, load_checkpoint,
+                      psnr)
+
+__all__ = ["ConfigError", "DataConfig", "DataError", "Lookahead", "SRPairDataset", "TrainConfig", "Trainer",
+           "TrainingError", "apply_overrides", "build_optimizer", "image_grid", "latest_checkpoint",
+           "list_checkpoints", "list_images", "load_checkpoint", "load_config", "make_lr", "psnr", "ranger",
+           "read_config_file", "split_files", "sr_datasets"]

@@ -1,0 +1,172 @@
+"""Training configuration: a pydantic model loaded from TOML (or YAML) plus ``key=value`` overrides.
+
+A plugin's trainer subclasses :class:`TrainConfig` and adds its model and loss fields; the file
+and the command line are validated against that subclass, so an unknown key is an error that
+names the key. Overrides use dotted keys for nested models (``data.factors=[1,2,4]``); values
+are parsed as TOML literals (numbers, booleans, lists, quoted strings) and fall back to a plain
+string, so ``--set optimizer=adam`` works without quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import RestorekitError
+
+
+class ConfigError(RestorekitError):
+    """A training config file or override is unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the training faces come from and how LR inputs are made from them."""
+
+    # Factors drawn uniformly per sample; the LR is the HR at input size downscaled by F.
+    factors: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
+    # Validation split: a file listing validation images (text, one relative path per line; or
+    # JSON {"val": [...], "train": [...]}) or the last fraction of the sorted file list.
+    split_file: str | None = None
+    holdout_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    flip: bool = True
+    # Round LR inputs to 8-bit levels, as real inputs are 8-bit files.
+    quantize: bool = True
+    # Keep decoded, resized HR images in memory (uint8) across epochs.
+    cache: bool = False
+    max_val_images: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if not self.factors or any(f < 1 for f in self.factors):
+            raise ValueError(f"factors must be positive integers; got {self.factors}")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Fields every trainer understands; plugins subclass it for their model and losses."""
+
+    steps: int = Field(default=1000, ge=1, description="optimizer steps in total (not per session)")
+    batch_size: int = Field(default=8, ge=1, description="images per micro-batch per process")
+    grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(default=1e-4, gt=0)
+    optimizer: Literal["adam", "ranger"] = "ranger"
+    # None: the optimizer's defaults (adam: 0.9, 0.999 / 1e-8; ranger: 0.95, 0.999 / 6.1e-5 as pSp's).
+    betas: tuple[float, float] | None = None
+    eps: float | None = Field(default=None, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    # Ranger = RAdam + Lookahead (+ gradient centralization), pSp's optimizer.
+    lookahead_k: int = Field(default=6, ge=1)
+    lookahead_alpha: float = Field(default=0.5, ge=0, le=1)
+    grad_centralization: bool = True
+    grad_clip: float | None = Field(default=None, gt=0)
+    amp: bool = Field(default=False, description="autocast on CUDA (ignored on CPU)")
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads")
+    num_workers: int = Field(default=0, ge=0)
+    log_every: int = Field(default=10, ge=1)
+    val_every: int = Field(default=500, ge=1)
+    ckpt_every: int = Field(default=500, ge=1)
+    keep_ckpts: int = Field(default=2, ge=1, description="step checkpoints kept besides latest")
+    out: str | None = None
+    ddp_find_unused: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs pyyaml) file as a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ImportError:
+            raise ConfigError(f"{p}: YAML configs need pyyaml (pip install pyyaml), or use TOML") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML ({exc})") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a table of settings")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: a TOML literal when it parses as one, else the string itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``key=value`` / ``a.b=value`` overrides to a nested dict (a copy)."""
+    out = json.loads(json.dumps(data))
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set '{pair}': expected key=value")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set '{pair}': '{part}' is not a table")
+            node = child
+        node[parts[-1]] = parse_value(value.strip())
+    return out
+
+
+def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+    """Validate ``data`` against ``cls`` with a one-line error naming the key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":
+            from ..plugins import suggest
+
+            raise ConfigError(f"{source}: unknown setting '{key}'{suggest(key.split('.')[-1], _all_keys(cls))}") \
+                from None
+        raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _all_keys(cls: type[BaseModel]) -> list[str]:
+    keys = list(cls.model_fields)
+    for f in cls.model_fields.values():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += list(ann.model_fields)
+    return keys
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                **fields: Any) -> C:
+    """Build a ``cls`` config from a file (optional), then ``fields``, then ``key=value`` overrides."""
+    data = read_config_file(path) if path is not None else {}
+    for k, v in fields.items():
+        if v is not None:
+            data[k] = v
+    data = apply_overrides(data, overrides)
+    return validate_config(cls, data, source=str(path) if path is not None else "config")

@@ -1,0 +1,199 @@
+"""Super-resolution training pairs made on the fly from a folder of high-resolution faces.
+
+Per sample: the HR image is centre-cropped to a square and resized (antialiased bicubic) to
+``hr_size`` (the loss resolution), and to ``input_size`` (the model's input); the input copy is
+downscaled by a factor ``F`` drawn from ``factors`` (antialiased bicubic, PIL convention) and
+bicubic-upscaled back to ``input_size`` — the pSp paper's setup, where the encoder always sees a
+256-px image and ``F`` sets how much detail it lacks. Optionally the LR is rounded to 8-bit
+levels, as real inputs are. Training samples are flipped horizontally with probability 1/2.
+
+Determinism: every random choice for sample ``i`` in epoch ``e`` draws from a fresh
+``torch.Generator`` seeded from ``(seed, e, i)``, so a sample does not depend on worker count,
+batch order or what was drawn before — which is what makes resuming exact. Validation samples
+use no flip and cycle through the factors (``factors[i % len]``) so every factor is scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..degradations import bicubic_resize, downscale
+from ..errors import RestorekitError
+from ..images import IMAGE_EXTS, read_image
+
+
+class DataError(RestorekitError):
+    """A training data folder or split file is unusable."""
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under ``root`` (recursive), sorted by their path relative to ``root``."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"{base}: not a folder of images")
+    files = [p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+             and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+    return sorted(files, key=lambda p: p.relative_to(base).as_posix())
+
+
+def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if not isinstance(data, dict) or "val" not in data:
+            raise DataError(f"{path}: a JSON split needs a 'val' list (and optionally 'train')")
+        train = data.get("train")
+        return ([str(t) for t in train] if train is not None else None), [str(v) for v in data["val"]]
+    lines = [ln.strip() for ln in text.splitlines()]
+    return None, [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Path | None = None,
+                holdout_fraction: float = 0.0) -> tuple[list[Path], list[Path]]:
+    """``(train, val)``: by a split file (paths relative to ``root``), else the last
+    ``holdout_fraction`` of the sorted list (at least one image when the fraction is > 0).
+
+    Validation images are never in the training list.
+    """
+    base = Path(root)
+    rel = {p.relative_to(base).as_posix(): p for p in files}
+    if split_file is not None:
+        sp = Path(split_file)
+        if not sp.is_file():
+            raise DataError(f"{sp}: no such split file")
+        train_names, val_names = _read_split(sp, base)
+        missing = [v for v in val_names + (train_names or []) if v not in rel]
+        if missing:
+            raise DataError(f"{sp}: {len(missing)} listed images are not under {base} (first: {missing[0]})")
+        val_set = set(val_names)
+        val = [rel[v] for v in sorted(val_set)]
+        names = train_names if train_names is not None else sorted(rel)
+        overlap = val_set.intersection(names) if train_names is not None else set()
+        if overlap:
+            raise DataError(f"{sp}: {len(overlap)} images are in both train and val (first: {sorted(overlap)[0]})")
+        train = [rel[n] for n in sorted(names) if n not in val_set]
+        return train, val
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise DataError(f"holdout_fraction must be in [0, 1); got {holdout_fraction}")
+    n_val = math.ceil(len(files) * holdout_fraction) if holdout_fraction > 0 else 0
+    if n_val >= len(files) and files:
+        raise DataError(f"holdout_fraction {holdout_fraction} leaves no training image out of {len(files)}")
+    cut = len(files) - n_val
+    return list(files[:cut]), list(files[cut:])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixing ``(seed, epoch, index)`` (splitmix64 finaliser; stable across runs)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    return x & (2**63 - 1)
+
+
+def center_square(x: Tensor) -> Tensor:
+    """Centre crop ``…×H×W`` to a square of side ``min(H, W)``."""
+    h, w = x.shape[-2:]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return x[..., top:top + s, left:left + s]
+
+
+def make_lr(hr: Tensor, factor: int, input_size: int, *, quantize: bool = True) -> Tensor:
+    """The model input for ``hr`` (``N×3×H×W``) at ``factor``: resize to ``input_size``,
+    downscale by ``factor``, optionally round to 8 bit, upscale back to ``input_size``."""
+    x = bicubic_resize(hr, (input_size, input_size)).clamp(0, 1)
+    lr = downscale(x, factor)
+    if quantize:
+        lr = lr.mul(255).round().div(255)
+    up = bicubic_resize(lr, (input_size, input_size)).clamp(0, 1)
+    return up.mul(255).round().div(255) if quantize else up
+
+
+class SRPairDataset(Dataset[dict[str, Any]]):
+    """``dict(lr_up=3×S×S, hr=3×H×H, factor=int, index=int)`` from a list of HR image files.
+
+    ``input_size`` S is the model input; ``hr_size`` H the target (default S). ``train=False``
+    gives validation samples (no flip, factors cycled). Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, files: Sequence[str | Path], input_size: int, *, hr_size: int | None = None,
+                 factors: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0, flip: bool = True,
+                 train: bool = True, quantize: bool = True, cache: bool = False) -> None:
+        if not files:
+            raise DataError("no images to train on")
+        bad = [f for f in factors if f < 1 or input_size // f < 1]
+        if bad or not factors:
+            raise DataError(f"factors {list(factors)} do not fit input size {input_size}")
+        self.files = [Path(f) for f in files]
+        self.input_size = int(input_size)
+        self.hr_size = int(hr_size or input_size)
+        self.factors = tuple(int(f) for f in factors)
+        self.seed = int(seed)
+        self.flip = flip and train
+        self.train = train
+        self.quantize = quantize
+        self.cache = cache
+        self._cache: dict[int, Tensor] = {}
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_hr(self, index: int) -> Tensor:
+        """``1×3×H×W`` HR in [0,1] (8-bit levels) at ``max(hr_size, input_size)``, square (centre crop)."""
+        if self.cache and index in self._cache:
+            return self._cache[index].float().div(255)
+        img = center_square(read_image(self.files[index]))
+        side = max(self.hr_size, self.input_size)
+        # Rounded to 8 bit like a stored thumbnail, so caching does not change any sample.
+        q = bicubic_resize(img, (side, side)).clamp(0, 1).mul(255).round().to(torch.uint8)
+        if self.cache:
+            self._cache[index] = q
+        return q.float().div(255)
+
+    def sample_params(self, index: int) -> tuple[int, bool]:
+        """``(factor, flip)`` for sample ``index`` in the current epoch."""
+        if not self.train:
+            return self.factors[index % len(self.factors)], False
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+        factor = self.factors[int(torch.randint(len(self.factors), (1,), generator=g))]
+        flip = bool(torch.rand((), generator=g) < 0.5) if self.flip else False
+        return factor, flip
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        factor, flip = self.sample_params(index)
+        img = self.load_hr(index)
+        if flip:
+            img = img.flip(-1)
+        hr = bicubic_resize(img, (self.hr_size, self.hr_size)).clamp(0, 1)
+        lr_up = make_lr(img, factor, self.input_size, quantize=self.quantize)
+        return {"lr_up": lr_up[0].contiguous(), "hr": hr[0].contiguous(), "factor": factor, "index": index}
+
+
+def sr_datasets(root: str | Path, input_size: int, data: Any, *, hr_size: int | None = None,
+                seed: int = 0) -> tuple[SRPairDataset, SRPairDataset | None]:
+    """Train and validation datasets for a folder, from a :class:`~.config.DataConfig`."""
+    files = list_images(root)
+    if not files:
+        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTS)})")
+    train, val = split_files(files, root, split_file=data.split_file, holdout_fraction=data.holdout_fraction)
+    if not train:
+        raise DataError(f"{root}: the split leaves no training images")
+    common = dict(hr_size=hr_size, factors=data.factors, seed=seed, quantize=data.quantize, cache=data.cache)
+    train_ds = SRPairDataset(train, input_size, flip=data.flip, train=True, **common)
+    val_ds = SRPairDataset(val[: data.max_val_images], input_size, train=False, **common) if val else None
+    return train_ds, val_ds

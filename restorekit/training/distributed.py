@@ -1,0 +1,116 @@
+"""Process-group setup for ``torchrun`` launches and the helpers the trainer needs around it.
+
+``torchrun --nproc_per_node N`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with
+``WORLD_SIZE > 1`` :func:`init_distributed` joins the group (NCCL on CUDA, gloo on CPU) and
+pins each process to ``cuda:LOCAL_RANK``. Without those variables everything is one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when present (``cuda:LOCAL_RANK``), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device cuda: no CUDA device is available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (idempotent); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    dev = pick_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a list of one on a single process)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_across(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
+    """Average scalar logs over ranks (every rank must call with the same keys)."""
+    if not info.distributed or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                     device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    t /= info.world_size
+    return dict(zip(keys, t.tolist()))
+
+
+class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
+    """``DistributedSampler`` (same shuffling: ``randperm`` seeded ``seed + epoch``, padded to a
+    multiple of the world size, every ``world_size``-th index) that can start mid-epoch, so a
+    resumed run sees exactly the samples the uninterrupted run would have seen."""
+
+    def __init__(self, dataset: Dataset[Any], *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=False)
+        self.skip = 0
+
+    def set_position(self, epoch: int, skip: int) -> None:
+        """Start at epoch ``epoch``, skipping its first ``skip`` indices of this rank."""
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group if this module joined one."""
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,102 @@
+"""Loss curves from a ``log.jsonl``: matplotlib when installed, else a small pillow drawing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+Series = dict[str, list[tuple[int, float]]]
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+          (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+SKIP = {"step", "time", "lr", "epoch", "kind", "images_per_s", "samples"}
+
+
+def read_series(log_path: str | Path, kind: str = "train") -> Series:
+    """``{loss name: [(step, value), …]}`` from the JSONL lines of ``kind``."""
+    out: Series = {}
+    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("kind", "train") != kind:
+            continue
+        for k, v in rec.items():
+            if k not in SKIP and isinstance(v, (int, float)) and math.isfinite(v):
+                out.setdefault(k, []).append((int(rec["step"]), float(v)))
+    return out
+
+
+def plot_losses(log_path: str | Path, png_path: str | Path) -> Path | None:
+    """Draw the training losses of ``log_path`` to ``png_path`` (log y when all positive)."""
+    series = read_series(log_path)
+    if not any(series.values()):
+        return None
+    png = Path(png_path)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib  # type: ignore[import-not-found]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+    except ImportError:
+        return _plot_pil(series, png)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    for name, pts in sorted(series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    if all(v > 0 for pts in series.values() for _, v in pts):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def _plot_pil(series: Series, png: Path) -> Path:
+    from PIL import Image, ImageDraw
+
+    w, h, ml, mr, mt, mb = 800, 400, 70, 150, 20, 40
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    steps = [s for pts in series.values() for s, _ in pts]
+    vals = [v for pts in series.values() for _, v in pts]
+    log = all(v > 0 for v in vals)
+    f = (lambda v: math.log10(v)) if log else (lambda v: v)
+    x0, x1 = min(steps), max(steps)
+    y0, y1 = min(f(v) for v in vals), max(f(v) for v in vals)
+    x1 = x1 if x1 > x0 else x0 + 1
+    y1 = y1 if y1 > y0 else y0 + 1e-6
+
+    def px(s: float, v: float) -> tuple[float, float]:
+        return (ml + (s - x0) / (x1 - x0) * (w - ml - mr), h - mb - (f(v) - y0) / (y1 - y0) * (h - mt - mb))
+
+    d.rectangle([ml, mt, w - mr, h - mb], outline=(0, 0, 0))
+    for i in range(5):
+        yv = y0 + (y1 - y0) * i / 4
+        yy = h - mb - (yv - y0) / (y1 - y0) * (h - mt - mb)
+        d.line([ml - 4, yy, ml, yy], fill=(0, 0, 0))
+        d.text((4, yy - 6), f"{10 ** yv:.3g}" if log else f"{yv:.3g}", fill=(0, 0, 0))
+    d.text((ml, h - mb + 6), str(x0), fill=(0, 0, 0))
+    d.text((w - mr - 40, h - mb + 6), str(x1), fill=(0, 0, 0))
+    d.text(((w - mr + ml) // 2 - 10, h - mb + 20), "step", fill=(0, 0, 0))
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        c = COLORS[i % len(COLORS)]
+        line = [px(s, v) for s, v in pts]
+        if len(line) > 1:
+            d.line(line, fill=c, width=2)
+        else:
+            x, y = line[0]
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c)
+        d.line([w - mr + 10, mt + 10 + 16 * i, w - mr + 30, mt + 10 + 16 * i], fill=c, width=3)
+        d.text((w - mr + 35, mt + 4 + 16 * i), name, fill=(0, 0, 0))
+    from ..images import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    atomic_write_bytes(png, buf.getvalue())
+    return png

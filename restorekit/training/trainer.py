@@ -1,0 +1,524 @@
+"""A generic, resumable training loop shared by every restorekit trainer.
+
+A plugin subclasses :class:`Trainer` and implements :meth:`Trainer.train_step` (and optionally
+:meth:`Trainer.validation_step`, :meth:`Trainer.export`), or passes ``step_fn``/``val_fn``.
+The loop provides:
+
+- optimizer (Adam or Ranger), gradient accumulation, gradient clipping, autocast on CUDA;
+- a rich progress bar with the running losses and ETA, and ``log.jsonl`` (one JSON object per
+  logged step: ``kind``, ``step``, losses, ``lr``, ``time``; validation lines have
+  ``kind="val"``) plus ``loss.png`` at the end;
+- periodic validation on rank 0: an image grid ``val/step_XXXXXXXX.png`` (one row per image,
+  the columns ``validation_step`` returns) and mean metrics;
+- checkpoints ``checkpoints/step_XXXXXXXX.pt`` every ``ckpt_every`` steps and at the end,
+  written to a temp file and renamed: model, optimizer, scaler, step, every rank's RNG
+  states and the config as a plain dict (loadable with ``torch.load(weights_only=True)``);
+- exact resume: data order and per-sample randomness are functions of ``(seed, epoch, index)``
+  and the position in the stream is derived from the step, so ``fit(resume=True)`` continues
+  with the same batches and RNG states as an uninterrupted run;
+- ``torchrun``: DistributedDataParallel (gloo on CPU, NCCL on CUDA), a distributed sampler,
+  logging and checkpoints on rank 0, and a barrier at the end;
+- a clean stop on SIGINT/SIGTERM or after ``time_limit`` seconds: a checkpoint at the last
+  finished step, so a later session resumes from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from ..errors import RestorekitError
+from .config import TrainConfig
+from .distributed import DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across
+from .optim import build_optimizer
+
+CKPT_FORMAT = "restorekit.train/1"
+CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
+
+StepFn = Callable[[nn.Module, dict[str, Any]], dict[str, Tensor]]
+ValFn = Callable[[nn.Module, dict[str, Any]], tuple[list[Tensor], dict[str, Tensor]]]
+
+
+class TrainingError(RestorekitError):
+    """Training cannot start or continue (bad data, no checkpoint to resume, mismatched state)."""
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def checkpoint_path(out: str | Path, step: int) -> Path:
+    return Path(out) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the step checkpoints under ``out``, oldest first."""
+    folder = Path(out) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    ckpts = list_checkpoints(out)
+    return ckpts[-1][1] if ckpts else None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint, loaded without executing code (``weights_only=True``)."""
+    p = Path(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"{p}: not a loadable training checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise TrainingError(f"{p}: not a restorekit training checkpoint (format {CKPT_FORMAT})")
+    return ckpt
+
+
+# -- RNG state ---------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU and CUDA generator states as plain data."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- images ------------------------------------------------------------------------------------
+def image_grid(columns: list[Tensor], max_rows: int = 8) -> Tensor:
+    """``1×3×H×W``: one row per image, one column per panel (resized, nearest, to the tallest)."""
+    if not columns:
+        raise ValueError("image_grid needs at least one column")
+    rows = min(max_rows, min(c.shape[0] for c in columns))
+    size = max(c.shape[-1] for c in columns)
+    cols = []
+    for c in columns:
+        c = c[:rows].detach().float().clamp(0, 1).cpu()
+        if c.shape[-2:] != (size, size):
+            c = torch.nn.functional.interpolate(c, size=(size, size), mode="nearest")
+        cols.append(c)
+    grid = torch.cat(cols, dim=-1)  # rows × 3 × S × (S·cols)
+    return torch.cat(list(grid), dim=-2).unsqueeze(0)
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image RGB PSNR in dB of ``pred`` (clamped to [0,1]) against ``target``."""
+    mse = (pred.detach().clamp(0, 1).double() - target.detach().double()).square().flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checkpoints and stops after the current step."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """The loop; subclass and implement :meth:`train_step` (or pass ``step_fn``).
+
+    ``model`` holds every module whose state is checkpointed (frozen parts included); the
+    optimizer trains its parameters that require grad (or ``params``). ``train_step`` receives
+    ``net`` — the DDP wrapper under ``torchrun``, else ``model`` — and must run the trainable
+    forward through ``net(...)`` so gradients are synchronised.
+    """
+
+    name: str = "trainer"
+
+    def __init__(self, config: TrainConfig, model: nn.Module, train_data: Dataset[Any],
+                 val_data: Dataset[Any] | None = None, *, out: str | Path | None = None,
+                 step_fn: StepFn | None = None, val_fn: ValFn | None = None,
+                 params: list[nn.Parameter] | None = None, quiet: bool = False,
+                 dist_info: DistInfo | None = None) -> None:
+        self.config = config
+        self.quiet = quiet
+        out = out if out is not None else config.out
+        if out is None:
+            raise TrainingError("no output folder: pass --out or set `out` in the config")
+        self.out = Path(out)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.dist = dist_info or init_distributed(config.device)
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.train_data = train_data
+        self.val_data = val_data
+        self._step_fn = step_fn
+        self._val_fn = val_fn
+        trainable = params if params is not None else [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(trainable, config)
+        use_amp = config.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bf16" else torch.float16
+        self.use_amp = use_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
+        self.net: nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.model, device_ids=ids, find_unused_parameters=config.ddp_find_unused)
+        self.step = 0
+        self.elapsed_before = 0.0
+        self.last_logs: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+        self.epoch = 0
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Losses for one micro-batch: a dict with the total under ``"loss"`` (others are logged)."""
+        if self._step_fn is None:
+            raise NotImplementedError("Trainer needs train_step() overridden or a step_fn")
+        return self._step_fn(net, batch)
+
+    def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]] | None:
+        """``(image columns N×3×H×W, per-image metrics N)`` for a validation batch, or ``None``."""
+        if self._val_fn is None:
+            return None
+        return self._val_fn(self.model, batch)
+
+    def set_train_mode(self) -> None:
+        """Put modules in training mode (override to keep frozen parts in eval mode)."""
+        self.model.train()
+
+    def export(self, folder: Path) -> Path | None:
+        """Write the trained model in its inference format at the end (rank 0); ``None``: nothing."""
+        return None
+
+    def model_state(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def extra_state(self) -> dict[str, Any]:
+        """More plain data to checkpoint (override)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned (override)."""
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, elapsed: float) -> Path | None:
+        """Checkpoint at ``self.step`` (collective: every rank calls; rank 0 writes)."""
+        rngs = all_gather_objects(self.dist, rng_state())
+        if not self.dist.is_main:
+            return None
+        path = checkpoint_path(self.out, self.step)
+        atomic_save({
+            "format": CKPT_FORMAT, "trainer": self.name, "step": self.step,
+            "model": self.model_state(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
+            "config": self.config.model_dump(mode="json"), "elapsed": elapsed, "extra": self.extra_state(),
+        }, path)
+        for _, old in list_checkpoints(self.out)[:-self.config.keep_ckpts]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        return path
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Load ``path`` (default: the latest checkpoint under ``out``); returns its step."""
+        p = Path(path) if path is not None else latest_checkpoint(self.out)
+        if p is None:
+            raise TrainingError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
+        ckpt = load_checkpoint(p)  # CPU; load_state_dict moves tensors to where the model lives
+        if ckpt.get("trainer") != self.name:
+            raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{self.name}'")
+        self.load_model_state(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.elapsed_before = float(ckpt.get("elapsed", 0.0))
+        rngs = ckpt["rng"]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:  # a different world size cannot replay the same streams; reseed per rank
+            seed_everything(self.config.seed + 1000 * self.step + self.dist.rank)
+        self.load_extra_state(ckpt.get("extra", {}))
+        return self.step
+
+    # -- logging -----------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    def _trim_log(self, step: int) -> None:
+        """Drop log lines past ``step`` (left by a run that stopped after its last checkpoint)."""
+        if not self.log_path.exists():
+            return
+        keep = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.log_path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- data --------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[Any]:
+        """Micro-batches from the current position (``step·grad_accum``), across epochs."""
+        cfg = self.config
+        sampler = ResumableSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                   shuffle=True, seed=cfg.seed)
+        per_epoch = sampler.num_samples // cfg.batch_size
+        if per_epoch < 1:
+            raise TrainingError(f"{len(self.train_data)} training images are fewer than batch_size "  # type: ignore[arg-type]
+                                f"{cfg.batch_size} × {self.dist.world_size} processes")
+        micro = self.step * cfg.grad_accum
+        epoch, offset = divmod(micro, per_epoch)
+        while True:
+            sampler.set_position(epoch, offset * cfg.batch_size)
+            if hasattr(self.train_data, "set_epoch"):
+                self.train_data.set_epoch(epoch)
+            # Its own generator: creating a loader iterator must not draw from the global RNG,
+            # or a resumed run (one more iterator) would diverge from an uninterrupted one.
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            loader = DataLoader(self.train_data, batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True),
+                                num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                generator=gen)
+            self.epoch = epoch
+            for batch in loader:
+                yield _to_device(batch, self.device)
+            epoch, offset = epoch + 1, 0
+
+    # -- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Run :meth:`validation_step` over the validation set (rank 0); writes the grid PNG."""
+        if self.val_data is None or not self.dist.is_main:
+            return {}
+        from ..images import save_image
+
+        self.model.eval()
+        loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
+                            num_workers=self.config.num_workers, generator=torch.Generator().manual_seed(0))
+        columns: list[list[Tensor]] = []
+        sums: dict[str, float] = {}
+        count = 0
+        devs = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devs), self._autocast():
+            for batch in loader:
+                res = self.validation_step(_to_device(batch, self.device))
+                if res is None:
+                    return {}
+                cols, metrics = res
+                if len(columns) == 0 or sum(c.shape[0] for c in columns[0]) < 8:
+                    columns.append([c.float().cpu() for c in cols])
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+                count += cols[0].shape[0]
+        metrics_mean = {k: v / max(count, 1) for k, v in sums.items()}
+        if columns:
+            merged = [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))]
+            save_image(image_grid(merged), self.out / "val" / f"step_{self.step:08d}.png")
+        self.log({"kind": "val", "step": self.step, **metrics_mean})
+        self.last_val = metrics_mean
+        self.set_train_mode()
+        return metrics_mean
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _one_step(self, batches: Iterator[Any]) -> dict[str, float]:
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for j in range(cfg.grad_accum):
+            batch = next(batches)
+            sync = j == cfg.grad_accum - 1 or not self.dist.distributed
+            ctx = contextlib.nullcontext() if sync else self.net.no_sync()  # type: ignore[operator]
+            with ctx:
+                with self._autocast():
+                    losses = self.train_step(self.net, batch)
+                    loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()} "
+                                        f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())})")
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)  # type: ignore[arg-type]
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        self.scaler.step(self.optimizer)  # type: ignore[arg-type]
+        self.scaler.update()
+        self.step += 1
+        return sums
+
+    def _progress(self) -> Any:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        return Progress(TextColumn(f"[bold]{self.name}[/]"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                        console=Console(stderr=True), disable=self.quiet or not self.dist.is_main,
+                        transient=False)
+
+    def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None) -> dict[str, Any]:
+        """Train to ``config.steps``; ``resume=True`` continues from the latest checkpoint
+        (a path: from that file). ``time_limit`` (seconds) stops early with a checkpoint.
+
+        Returns a summary: final step, output folder, last losses and validation metrics,
+        the last checkpoint, and whether the run finished.
+        """
+        cfg = self.config
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume(None if resume is True else resume)
+            if self.dist.is_main:
+                self._trim_log(self.step)
+        else:
+            if self.dist.is_main and latest_checkpoint(self.out) is not None:
+                raise TrainingError(f"{self.out} already holds checkpoints: pass --resume to continue, "
+                                    f"or choose another --out")
+            seed_everything(cfg.seed + self.dist.rank)
+            if self.dist.is_main and self.log_path.exists():
+                self.log_path.unlink()
+        barrier(self.dist)
+        self.set_train_mode()
+        start = time.monotonic()
+        last_ckpt: Path | None = None
+        batches = self._batches() if self.step < cfg.steps else iter(())
+        first = self.step
+        window: dict[str, float] = {}
+        n_window = 0
+        stopped = False
+        with _StopFlag() as stop, self._progress() as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=self.step, losses="")
+            while self.step < cfg.steps:
+                logs = self._one_step(batches)
+                for k, v in logs.items():
+                    window[k] = window.get(k, 0.0) + v
+                n_window += 1
+                elapsed = time.monotonic() - start
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    avg = mean_across(self.dist, {k: v / n_window for k, v in window.items()})
+                    window, n_window = {}, 0
+                    self.last_logs = avg
+                    rate = (self.step - first) * cfg.batch_size * cfg.grad_accum * self.dist.world_size / max(elapsed, 1e-9)
+                    self.log({"kind": "train", "step": self.step, **avg,
+                              "lr": self.optimizer.param_groups[0]["lr"], "epoch": self.epoch,
+                              "time": round(self.elapsed_before + elapsed, 3), "images_per_s": round(rate, 3)})
+                    bar.update(task, losses="  ".join(f"{k} {v:.4g}" for k, v in avg.items()))
+                bar.update(task, completed=self.step)
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    self.validate()
+                    barrier(self.dist)
+                over_time = time_limit is not None and elapsed >= time_limit
+                # Every rank must agree on stopping (a signal may reach only some of them).
+                halt = mean_across(self.dist, {"halt": float(stop.set or over_time)})["halt"] > 0
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or halt:
+                    last_ckpt = self.save_checkpoint(self.elapsed_before + elapsed) or last_ckpt
+                if halt:
+                    stopped = True
+                    break
+        finished = self.step >= cfg.steps
+        exported: Path | None = None
+        if self.dist.is_main:
+            if finished:
+                exported = self.export(self.out)
+            if self.log_path.exists():
+                from .plot import plot_losses
+
+                plot_losses(self.log_path, self.out / "loss.png")
+        barrier(self.dist)
+        return {"step": self.step, "steps": cfg.steps, "finished": finished, "stopped_early": stopped,
+                "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
+                "exported": str(exported) if exported else None, "losses": self.last_logs,
+                "val": self.last_val, "seconds": round(time.monotonic() - start, 3)}
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "count_parameters", "image_grid",
+           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "psnr", "rng_state", "set_rng_state",
+           "seed_everything"]

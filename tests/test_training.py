@@ -1,0 +1,350 @@
+"""Core training infrastructure: SR pair data, configs, Lookahead/Ranger, the resumable loop, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from restorekit.degradations import bicubic_resize, downscale
+from restorekit.images import save_image
+from restorekit.testing.data import smooth_batch
+from restorekit.training import (ConfigError, DataConfig, Lookahead, SRPairDataset, TrainConfig, Trainer,
+                                 TrainingError, list_images, load_checkpoint, load_config, make_lr, ranger,
+                                 split_files, sr_datasets)
+from restorekit.training.trainer import list_checkpoints
+
+
+def write_faces(folder: Path, n: int, size: int = 40) -> list[Path]:
+    imgs = smooth_batch(n, size, size + 6, seed=3)  # not square: the dataset centre-crops
+    paths = []
+    for i in range(n):
+        sub = folder / ("a" if i % 2 else "b")
+        paths.append(save_image(imgs[i:i + 1], sub / f"img_{i:02d}.png"))
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+@pytest.fixture()
+def faces(tmp_path: Path) -> Path:
+    root = tmp_path / "faces"
+    write_faces(root, 10)
+    return root
+
+
+# -- data ----------------------------------------------------------------------------------------
+def test_list_and_holdout_split(faces: Path) -> None:
+    files = list_images(faces)
+    rel = [p.relative_to(faces).as_posix() for p in files]
+    assert len(files) == 10 and rel == sorted(rel)
+    train, val = split_files(files, faces, holdout_fraction=0.25)
+    assert [p.name for p in val] == [p.name for p in files[-3:]]  # ceil(10·0.25) = 3, the last by name
+    assert not set(train) & set(val) and len(train) + len(val) == 10
+    assert split_files(files, faces)[1] == []
+
+
+def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
+    files = list_images(faces)
+    txt = tmp_path / "val.txt"
+    txt.write_text("# validation\na/img_01.png\n\nb/img_04.png\n")
+    train, val = split_files(files, faces, split_file=txt)
+    assert [p.relative_to(faces).as_posix() for p in val] == ["a/img_01.png", "b/img_04.png"]
+    assert len(train) == 8
+    js = tmp_path / "split.json"
+    js.write_text(json.dumps({"train": ["a/img_03.png", "b/img_00.png"], "val": ["a/img_01.png"]}))
+    train, val = split_files(files, faces, split_file=js)
+    assert [p.name for p in train] == ["img_03.png", "img_00.png"] and [p.name for p in val] == ["img_01.png"]
+    js.write_text(json.dumps({"train": ["a/img_01.png"], "val": ["a/img_01.png"]}))
+    with pytest.raises(Exception, match="both train and val"):
+        split_files(files, faces, split_file=js)
+    txt.write_text("zz/missing.png\n")
+    with pytest.raises(Exception, match="not under"):
+        split_files(files, faces, split_file=txt)
+
+
+def test_dataset_determinism_and_factors(faces: Path) -> None:
+    files = list_images(faces)
+    ds = SRPairDataset(files, 32, hr_size=16, factors=(1, 2, 4, 8), seed=5)
+    a, b = ds[3], ds[3]
+    assert a["lr_up"].shape == (3, 32, 32) and a["hr"].shape == (3, 16, 16)
+    assert torch.equal(a["lr_up"], b["lr_up"]) and torch.equal(a["hr"], b["hr"])
+    # Same (seed, epoch, index) from a fresh dataset: same sample.
+    again = SRPairDataset(files, 32, hr_size=16, factors=(1, 2, 4, 8), seed=5)[3]
+    assert torch.equal(again["lr_up"], a["lr_up"]) and again["factor"] == a["factor"]
+    seen = set()
+    flips = 0
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            f, flip = ds.sample_params(i)
+            seen.add(f)
+            flips += flip
+    assert seen == {1, 2, 4, 8}
+    assert 30 < flips < 90  # of 120 draws, p = 1/2
+    # The LR really is the input-size HR downscaled by F (8-bit), bicubic back up.
+    ds.set_epoch(0)
+    for i in range(len(ds)):
+        f, flip = ds.sample_params(i)
+        s = ds[i]
+        img = ds.load_hr(i)
+        img = img.flip(-1) if flip else img
+        x = bicubic_resize(img, (32, 32)).clamp(0, 1)
+        lr = downscale(x, f).mul(255).round().div(255)
+        expect = bicubic_resize(lr, (32, 32)).clamp(0, 1).mul(255).round().div(255)
+        assert torch.equal(s["lr_up"], expect[0]), (i, f)
+        assert s["factor"] == f
+    # Validation samples cycle factors and never flip.
+    val = SRPairDataset(files, 32, factors=(1, 4), train=False)
+    assert [val.sample_params(i) for i in range(4)] == [(1, False), (4, False), (1, False), (4, False)]
+    # F = 1 with quantisation is the 8-bit input-size image itself.
+    one = make_lr(ds.load_hr(0), 1, 32)
+    torch.testing.assert_close(one, bicubic_resize(ds.load_hr(0), (32, 32)).clamp(0, 1), atol=0.5 / 255, rtol=0)
+
+
+def test_dataset_cache_gives_same_samples(faces: Path) -> None:
+    files = list_images(faces)
+    plain = SRPairDataset(files, 32, seed=1)
+    cached = SRPairDataset(files, 32, seed=1, cache=True)
+    for i in (0, 4):
+        cached[i]
+        assert torch.equal(cached[i]["lr_up"], plain[i]["lr_up"]) and torch.equal(cached[i]["hr"], plain[i]["hr"])
+    assert sorted(cached._cache) == [0, 4] and cached._cache[0].dtype == torch.uint8
+
+
+def test_sr_datasets_never_train_on_validation(faces: Path) -> None:
+    train, val = sr_datasets(faces, 32, DataConfig(holdout_fraction=0.2, factors=[1, 2]))
+    assert val is not None and len(val) == 2 and len(train) == 8
+    assert not set(train.files) & set(val.files)
+
+
+# -- config --------------------------------------------------------------------------------------
+def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('steps = 20\noptimizer = "adam"\n[data]\nfactors = [1, 4]\n')
+    cfg = load_config(TrainConfig, cfg_file, ["lr=0.5", "data.flip=false", "out=runs/x"], steps=30)
+    assert (cfg.steps, cfg.optimizer, cfg.lr, cfg.data.factors, cfg.data.flip, cfg.out) == \
+        (30, "adam", 0.5, [1, 4], False, "runs/x")
+    with pytest.raises(ConfigError, match="unknown setting 'stepz'.*did you mean 'steps'"):
+        load_config(TrainConfig, cfg_file, ["stepz=3"])
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config(TrainConfig, cfg_file, ["optimizer=sgd"])
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config(TrainConfig, tmp_path / "missing.toml")
+    # The dump is plain JSON data and validates back to the same config.
+    assert TrainConfig.model_validate(json.loads(json.dumps(cfg.model_dump(mode="json")))) == cfg
+
+
+# -- optimizers ----------------------------------------------------------------------------------
+def test_lookahead_matches_hand_computation() -> None:
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(4))
+    q = nn.Parameter(p.detach().clone())
+    la = Lookahead(torch.optim.SGD([p], lr=0.1), k=3, alpha=0.5)
+    sgd = torch.optim.SGD([q], lr=0.1)
+    slow = q.detach().clone()
+    for t in range(1, 8):
+        for x, opt in ((p, la), (q, sgd)):
+            opt.zero_grad()
+            (x.square().sum() + x.sum()).backward()
+            opt.step()
+        if t % 3 == 0:
+            with torch.no_grad():
+                slow += 0.5 * (q - slow)
+                q.copy_(slow)
+        torch.testing.assert_close(p.detach(), q.detach())
+    # k = 1, alpha = 1 is the base optimizer itself.
+    a = nn.Parameter(torch.ones(3))
+    b = nn.Parameter(torch.ones(3))
+    o1, o2 = Lookahead(torch.optim.Adam([a], lr=0.1), k=1, alpha=1.0), torch.optim.Adam([b], lr=0.1)
+    for _ in range(3):
+        for x, o in ((a, o1), (b, o2)):
+            o.zero_grad()
+            (x * torch.arange(3.0)).sum().backward()
+            o.step()
+    torch.testing.assert_close(a.detach(), b.detach())
+
+
+def test_ranger_minimises_and_state_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(32))  # 1-D: gradient centralization leaves it alone
+    target = torch.randn(32)
+    opt = ranger([w], lr=0.2)
+    losses = []
+    for _ in range(100):
+        opt.zero_grad()
+        loss = (w - target).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
+    torch.save(opt.state_dict(), tmp_path / "o.pt")
+    state = torch.load(tmp_path / "o.pt", weights_only=True)
+    w2 = nn.Parameter(w.detach().clone())
+    opt2 = ranger([w2], lr=0.2)
+    opt2.load_state_dict(state)
+    for x, o in ((w, opt), (w2, opt2)):
+        for _ in range(7):
+            o.zero_grad()
+            (x - target).square().mean().backward()
+            o.step()
+    torch.testing.assert_close(w.detach(), w2.detach(), rtol=0, atol=0)
+
+
+def test_gradient_centralization_removes_the_mean() -> None:
+    w = nn.Parameter(torch.zeros(2, 3))
+    opt = Lookahead(torch.optim.SGD([w], lr=1.0), k=100, grad_centralization=True)
+    (w * torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])).sum().backward()
+    opt.step()
+    torch.testing.assert_close(w.detach(), -torch.tensor([[-1.0, 0.0, 1.0], [-2.0, -2.0, 4.0]]))
+
+
+# -- the loop ------------------------------------------------------------------------------------
+class TinySR(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def tiny_step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    # Uses the global RNG so that resuming must restore it to be exact.
+    x = batch["lr_up"] + 0.01 * torch.randn_like(batch["lr_up"])
+    pred = net(x)
+    l2 = (pred - batch["hr"]).square().mean()
+    l1 = (pred - batch["hr"]).abs().mean()
+    return {"loss": l2 + 0.1 * l1, "l2": l2, "l1": l1}
+
+
+def tiny_val(model: nn.Module, batch: dict) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    from restorekit.training import psnr
+
+    pred = model(batch["lr_up"])
+    return [batch["lr_up"], pred, batch["hr"]], {"psnr": psnr(pred, batch["hr"])}
+
+
+def make_trainer(faces: Path, out: Path, steps: int, **over) -> Trainer:
+    fields = dict(steps=steps, batch_size=2, grad_accum=2, lr=3e-3, optimizer="ranger", log_every=1, val_every=4,
+                  ckpt_every=3, seed=7, device="cpu", data=DataConfig(factors=[1, 2, 4], holdout_fraction=0.3))
+    fields.update(over)
+    cfg = TrainConfig(**fields)
+    train, val = sr_datasets(faces, 16, cfg.data, seed=cfg.seed)
+    torch.manual_seed(0)
+    return Trainer(cfg, TinySR(), train, val, out=out, step_fn=tiny_step, val_fn=tiny_val, quiet=True)
+
+
+def test_fit_logs_checkpoints_and_resumes_exactly(faces: Path, tmp_path: Path) -> None:
+    full = make_trainer(faces, tmp_path / "full", 8)
+    summary = full.fit()
+    assert summary["finished"] and summary["step"] == 8
+    # 7 training images, batch 2 × accum 2: steps cross epoch boundaries mid-step.
+    log = [json.loads(ln) for ln in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    train_lines = [r for r in log if r["kind"] == "train"]
+    assert [r["step"] for r in train_lines] == list(range(1, 9))
+    assert set(train_lines[0]) >= {"step", "loss", "l2", "l1", "lr", "time"}
+    val_lines = [r for r in log if r["kind"] == "val"]
+    assert [r["step"] for r in val_lines] == [4, 8] and all(r["psnr"] > 5 for r in val_lines)
+    assert (tmp_path / "full" / "val" / "step_00000008.png").is_file()
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 1000
+    assert [s for s, _ in list_checkpoints(tmp_path / "full")] == [6, 8]  # keep_ckpts = 2
+    ckpt = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_00000008.pt")
+    assert ckpt["step"] == 8 and ckpt["config"]["seed"] == 7 and isinstance(ckpt["config"], dict)
+    assert torch.load(tmp_path / "full" / "checkpoints" / "step_00000008.pt", weights_only=True)["step"] == 8
+
+    part = make_trainer(faces, tmp_path / "part", 5)
+    assert part.fit()["step"] == 5
+    with pytest.raises(TrainingError, match="--resume"):
+        make_trainer(faces, tmp_path / "part", 8).fit()
+    resumed = make_trainer(faces, tmp_path / "part", 8)
+    assert resumed.fit(resume=True)["step"] == 8
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    full_log = [r for r in log if r["kind"] == "train"]
+    part_log = [json.loads(ln) for ln in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    part_train = [r for r in part_log if r["kind"] == "train"]
+    assert [r["step"] for r in part_train] == list(range(1, 9))
+    assert [r["loss"] for r in part_train] == [r["loss"] for r in full_log]
+    # Nothing to resume from: a clear error.
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        make_trainer(faces, tmp_path / "empty", 2).fit(resume=True)
+
+
+def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None:
+    t = make_trainer(faces, tmp_path / "t", 50, ckpt_every=100, val_every=100)
+    s = t.fit(time_limit=0.0)
+    assert s["stopped_early"] and not s["finished"] and s["step"] == 1
+    assert [st for st, _ in list_checkpoints(tmp_path / "t")] == [1]
+
+
+def test_loss_falls(faces: Path, tmp_path: Path) -> None:
+    t = make_trainer(faces, tmp_path / "f", 40, optimizer="adam", lr=1e-2, val_every=100, ckpt_every=100,
+                     log_every=5)
+    t.fit()
+    log = [json.loads(ln) for ln in (tmp_path / "f" / "log.jsonl").read_text().splitlines()]
+    losses = [r["l2"] for r in log if r["kind"] == "train"]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+# -- DDP -----------------------------------------------------------------------------------------
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+import torch
+from torch import nn
+from restorekit.training import DataConfig, TrainConfig, Trainer, sr_datasets
+from restorekit.training.distributed import cleanup, init_distributed
+
+class TinySR(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    def forward(self, x):
+        return x + self.body(x)
+
+def step(net, batch):
+    l2 = (net(batch["lr_up"]) - batch["hr"]).square().mean()
+    return {"loss": l2, "l2": l2}
+
+faces, out = sys.argv[1], Path(sys.argv[2])
+info = init_distributed("cpu")
+cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, optimizer="adam", log_every=2, val_every=100, ckpt_every=2,
+                  seed=3, device="cpu", num_threads=1, data=DataConfig(factors=[1, 2]))
+train, _ = sr_datasets(faces, 16, cfg.data, seed=cfg.seed)
+torch.manual_seed(info.rank)  # different initial weights per rank: DDP must broadcast rank 0's
+trainer = Trainer(cfg, TinySR(), train, out=out, step_fn=step, quiet=True, dist_info=info)
+print("world", info.world_size, "rank", info.rank, "ddp", type(trainer.net).__name__)
+trainer.fit()
+torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
+cleanup(info)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(faces), str(out)], capture_output=True, text=True, env=env,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ddp DistributedDataParallel" in res.stdout and "world 2" in res.stdout
+    a = torch.load(out / "rank0.pt", weights_only=True)
+    b = torch.load(out / "rank1.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    torch.manual_seed(0)  # rank 0's initial weights: training moved them
+    assert not torch.equal(a["body.0.weight"], TinySR().state_dict()["body.0.weight"])
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]  # rank 0 alone writes the log
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
