@@ -34,10 +34,29 @@ for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
     _ALIASES[(_mod, "_frombuffer")] = (("numpy._core.numeric", "_frombuffer"),
                                        ("numpy.core.numeric", "_frombuffer"))
 _ALIASES[("numpy", "ndarray")] = (("numpy", "ndarray"),)
+# Protocol-2 pickles written by Python 3 spell bytes as ``_codecs.encode(text, "latin1")``.
+_ALIASES[("_codecs", "encode")] = (("restorekit.safe_pickle", "_latin1_encode"),)
+# ... and an empty bytes object as ``bytes()``.
+for _mod in ("builtins", "__builtin__"):
+    _ALIASES[(_mod, "bytes")] = (("restorekit.safe_pickle", "_empty_bytes"),)
 _ALIASES[("numpy", "dtype")] = (("numpy", "dtype"),)
 
 #: The globals a numpy-only pickle may name, as ``"module.name"`` strings.
 ALLOWED_GLOBALS: frozenset[str] = frozenset(f"{m}.{n}" for m, n in _ALIASES)
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` restricted to the latin-1 use pickle makes of it (no codec lookups)."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise UnsafeFileError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()`` as protocol-2 pickles use it; any argument is refused (``bytes(10**12)``)."""
+    if args:
+        raise UnsafeFileError("refused bytes() with arguments")
+    return b""
 
 
 def _resolve(module: str, name: str) -> Any:
@@ -88,6 +107,10 @@ def loads_numpy_pickle(data: bytes, *, source: str = "<bytes>") -> Any:
 def _load(f: BinaryIO, source: str) -> Any:
     try:
         return NumpyOnlyUnpickler(f, source=source).load()
+    except UnsafeFileError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise UnsafeFileError(f"{source}: {exc}") from None
     except RestorekitError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:

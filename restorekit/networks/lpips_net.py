@@ -81,10 +81,22 @@ def _package_heads(backbone: str) -> dict[str, Tensor]:
     return {k: v for k, v in sd.items() if k.startswith("lin")}
 
 
+def _random_features(backbone: str) -> dict[str, Tensor]:
+    """torchvision's default initialisation of the backbone convolutions (tests only)."""
+    out: dict[str, Tensor] = {}
+    for index, shape in zip(FEATURE_INDICES[backbone], CONV_SHAPES[backbone]):
+        conv = nn.Conv2d(shape[1], shape[0], shape[2:])
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        out[f"features.{index}.weight"], out[f"features.{index}.bias"] = conv.weight.data, conv.bias.data.zero_()
+    return out
+
+
 def _inner_state(backbone: str, weights: Mapping[str, Tensor] | None,
-                 template: Mapping[str, Tensor]) -> dict[str, Tensor]:
+                 template: Mapping[str, Tensor], *, random: bool = False) -> dict[str, Tensor]:
     """Translate torchvision ``features.N`` + ``lin{i}`` naming to ``lpips.LPIPS`` keys."""
     state = dict(template)
+    if random:
+        weights = _random_features(backbone)
     if weights is not None:
         expected = {f"features.{i}.{part}" for i in FEATURE_INDICES[backbone] for part in ("weight", "bias")}
         heads = {f"lin{i}.model.1.weight" for i in range(5)}
@@ -100,8 +112,8 @@ def _inner_state(backbone: str, weights: Mapping[str, Tensor] | None,
                 raise RestorekitError(f"LPIPS {backbone} weights: 'features.{index}.weight' has shape "
                                       f"{tuple(w.shape)}, expected {shape}")
             k = _slice_of(backbone, index)
-            state[f"net.slice{k}.{index}.weight"] = w.detach().float().cpu()
-            state[f"net.slice{k}.{index}.bias"] = b.detach().float().cpu()
+            state[f"net.slice{k}.{index}.weight"] = w.detach().float().cpu().clone()
+            state[f"net.slice{k}.{index}.bias"] = b.detach().float().cpu().clone()
         head_sd = {k: v for k, v in weights.items() if k in heads}
         if head_sd and len(head_sd) != 5:
             raise RestorekitError(f"LPIPS {backbone} weights: {len(head_sd)} of 5 linear heads present")
@@ -110,7 +122,7 @@ def _inner_state(backbone: str, weights: Mapping[str, Tensor] | None,
     if not head_sd:
         head_sd = _package_heads(backbone)
     for i, channels in enumerate(HEAD_CHANNELS[backbone]):
-        h = head_sd[f"lin{i}.model.1.weight"].detach().float().cpu()
+        h = head_sd[f"lin{i}.model.1.weight"].detach().float().cpu().clone()
         if tuple(h.shape) != (1, channels, 1, 1):
             raise RestorekitError(f"LPIPS {backbone} head {i} has shape {tuple(h.shape)}, "
                                   f"expected (1, {channels}, 1, 1)")
@@ -163,11 +175,19 @@ def build_lpips(backbone: Backbone = "alex", weights: WeightsArg = None, *,
 
     import lpips
 
-    with warnings.catch_warnings():  # torchvision's deprecation notes about `pretrained=`
-        warnings.simplefilter("ignore", UserWarning)
+    # Built on the meta device: torchvision would otherwise allocate and randomly initialise the
+    # whole classifier too (VGG16: 120M parameters) only for it to be discarded.
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's notes about `pretrained=`
         inner = lpips.LPIPS(pretrained=False, net=backbone, version="0.1", lpips=True,
                             pnet_rand=True, pnet_tune=False, verbose=False)
-    inner.load_state_dict(_inner_state(backbone, weights, inner.state_dict()), strict=True)
+    template = dict(inner.state_dict())
+    template.update({f"scaling_layer.{k}": v for k, v in lpips.ScalingLayer().state_dict().items()})
+    inner.load_state_dict(_inner_state(backbone, weights, template, random=weights is None),
+                          strict=True, assign=True)
+    left = [k for k, v in inner.state_dict().items() if v.is_meta]
+    if left:
+        raise RestorekitError(f"LPIPS {backbone}: '{left[0]}' was not loaded")
     return LPIPSDistance(inner, backbone)
 
 
