@@ -21,6 +21,7 @@ dlib is imported lazily; restorekit imports without it.
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -191,8 +192,9 @@ class _DlibIdentityBase(Metric):
 
         return run(chips_p), run(chips_t), m
 
+    @abstractmethod
     def _values(self, dp: Tensor, dt: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Per-pair values from raw pred/target descriptors (M×128 each)."""
 
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor | None = None, scale: int = 1) -> Tensor:
         dp, dt, m = self.pair_descriptors(pred, target)
