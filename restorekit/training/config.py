@@ -30,6 +30,8 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the training faces come from and how LR inputs are made from them."""
 
+    # Folder of HR images (recursive); `restorekit train --data DIR` sets it.
+    root: str | None = None
     # Factors drawn uniformly per sample; the LR is the HR at input size downscaled by F.
     factors: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
     # Validation split: a file listing validation images (text, one relative path per line; or

@@ -203,6 +203,13 @@ class Trainer:
     """
 
     name: str = "trainer"
+    # The config model `restorekit train NAME` validates files and --set overrides against.
+    Config: type[TrainConfig] = TrainConfig
+
+    @classmethod
+    def build(cls, config: TrainConfig, *, quiet: bool = False) -> "Trainer":
+        """Build models and data from ``config`` (what ``restorekit train NAME`` calls)."""
+        raise NotImplementedError(f"{cls.__name__} does not implement build(config)")
 
     def __init__(self, config: TrainConfig, model: nn.Module, train_data: Dataset[Any],
                  val_data: Dataset[Any] | None = None, *, out: str | Path | None = None,

@@ -1,0 +1,179 @@
+"""``restorekit bench method NAME``: time one method per image, optionally against another.
+
+For each batch size: median milliseconds per call over ``--repeat`` timed runs after
+``--warmup`` untimed ones (CUDA synchronised), per image, and peak memory (CUDA: peak
+allocated by torch; CPU: the process's peak resident set, which includes everything loaded so
+far). A method may expose ``bench_parts(lr, scale) -> {part: ms}`` (pSp: encoder, generator),
+shown beside the total. ``--compare-to OTHER`` times a second method on the same input in the
+same run and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch size.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any
+
+import click
+import torch
+
+from ..cli import emit_json, fail_usage, table, warn
+from ..errors import RestorekitError
+from ..interfaces import Method
+from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        out = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{text}': expected batch sizes like 1,4") from None
+    if not out or any(b < 1 for b in out):
+        raise click.BadParameter(f"'{text}': batch sizes must be positive integers")
+    return out
+
+
+def default_scale(cls: type[Method]) -> int:
+    scales = cls.info.scales
+    if scales is None or 4 in scales:
+        return 4
+    return scales[0]
+
+
+def input_size(method: Method, scale: int, size: int | None) -> int:
+    """``--size``, else the method's ``preferred_input_size(scale)``, else 64."""
+    if size is not None:
+        return size
+    pref = getattr(method, "preferred_input_size", None)
+    return int(pref(scale)) if callable(pref) else 64
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, warmup: int) -> dict[str, Any]:
+    """Median ms per call, ms per image, the parts (if any) and peak memory for one input batch."""
+    dev = method.device
+    lr = lr.to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            method.restore(lr, scale)
+        _sync(dev)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            method.restore(lr, scale)
+            _sync(dev)
+            times.append((time.perf_counter() - t0) * 1000)
+        parts: dict[str, float] = {}
+        bench_parts = getattr(method, "bench_parts", None)
+        if callable(bench_parts):
+            runs = [bench_parts(lr, scale) for _ in range(repeat)]
+            parts = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    ms = statistics.median(times)
+    return {"batch": int(lr.shape[0]), "ms_per_call": ms, "ms_per_image": ms / lr.shape[0], "parts_ms": parts,
+            "peak_memory_mib": round(peak_memory_mib(dev), 1),
+            "memory_kind": "cuda_peak_allocated" if dev.type == "cuda" else "process_peak_rss"}
+
+
+def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -> Method:
+    cls = method_class(name)
+    values: dict[str, Any] = dict(parse_opts(opts))
+    if weights is not None:
+        if "weights" not in cls.Options.model_fields:
+            raise OptionError(f"{name} takes no --weights")
+        values["weights"] = weights
+    validate_options(cls, values)
+    return build_method(name, values, device)
+
+
+@click.command("method")
+@click.argument("name")
+@click.option("--scale", type=click.IntRange(min=1), default=None, help="Output = scale × input (default 4).")
+@click.option("--size", type=click.IntRange(min=2), default=None,
+              help="Input side in px (default: the method's preferred size for --scale, else 64).")
+@click.option("--batch", "batches", default="1,4", show_default=True, help="Batch sizes to time.")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Option of NAME (repeatable).")
+@click.option("--weights", default=None, help="Weights name or path for NAME.")
+@click.option("--compare-to", "other", default=None, help="A second method timed on the same input.")
+@click.option("--compare-opt", "other_opts", multiple=True, metavar="KEY=VALUE", help="Option of the second method.")
+@click.option("--compare-repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Timed runs of the second method (slow methods: keep it small).")
+@click.option("--compare-batch", "other_batches", default="1", show_default=True,
+              help="Batch sizes for the second method.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: str, repeat: int, warmup: int,
+                     device: str, opts: tuple[str, ...], weights: str | None, other: str | None,
+                     other_opts: tuple[str, ...], compare_repeat: int, other_batches: str, as_json: bool) -> None:
+    """Time METHOD per image at each --batch size (and against --compare-to)."""
+    from ..testing.data import smooth_batch
+
+    sizes = parse_batches(batches)
+    other_sizes = parse_batches(other_batches)
+    try:
+        cls = method_class(name)
+        k = scale if scale is not None else default_scale(cls)
+        method = _build(name, opts, weights, device)
+        method.check_scale(k)
+        side = input_size(method, k, size)
+        other_m = _build(other, other_opts, None, device) if other else None
+        if other_m is not None:
+            other_m.check_scale(k)
+    except (RestorekitError, ValueError) as exc:
+        fail_usage(str(exc))
+        return
+    lr_all = smooth_batch(max(sizes + (other_sizes if other else [])), side, side, seed=0)
+    rows = [dict(method=name, **time_method(method, lr_all[:b], k, repeat=repeat, warmup=warmup)) for b in sizes]
+    result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),
+                              "dtype": "float32", "results": rows}
+    if other_m is not None:
+        other_rows = [dict(method=other, **time_method(other_m, lr_all[:b], k, repeat=compare_repeat,
+                                                       warmup=min(warmup, 1)))
+                      for b in other_sizes]
+        result["compare_to"] = other
+        result["compare_results"] = other_rows
+        mine = {r["batch"]: r["ms_per_image"] for r in rows}
+        result["speed_ratio"] = {str(r["batch"]): r["ms_per_image"] / mine[r["batch"]]
+                                 for r in other_rows if r["batch"] in mine}
+        if not result["speed_ratio"]:
+            warn("no batch size in common with --compare-batch: the ratio uses batch 1 of each")
+            result["speed_ratio"] = {"per_image": other_rows[0]["ms_per_image"] / rows[0]["ms_per_image"]}
+    if as_json:
+        emit_json(result)
+        return
+    table(f"{name} ×{k} on {side}×{side} input, {result['device']}",
+          ["method", "batch", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
+          [[r["method"], str(r["batch"]), f"{r['ms_per_call']:.2f}", f"{r['ms_per_image']:.2f}",
+            ", ".join(f"{p} {v:.2f}" for p, v in r["parts_ms"].items()) or "-",
+            f"{r['peak_memory_mib']:.0f} ({'cuda' if r['memory_kind'].startswith('cuda') else 'rss'})"]
+           for r in rows + result.get("compare_results", [])])
+    for b, ratio in result.get("speed_ratio", {}).items():
+        click.echo(f"{name} is {ratio:.1f}× faster than {other} per image (batch {b})")
+
+
+def attach(cli: click.Group) -> None:
+    """Add ``method`` to the core ``bench`` group (created by ``restorekit.commands.bench``)."""
+    group = cli.commands.get("bench")
+    if not isinstance(group, click.Group):
+        from .bench import bench_group
+
+        cli.add_command(bench_group)
+        group = bench_group
+    group.add_command(bench_method_cmd)

@@ -1,0 +1,133 @@
+"""``restorekit train``: a group to which plugins add one subcommand per trainer.
+
+A plugin registers its trainer from ``register_commands(cli)``::
+
+    def register_commands(cli):
+        from restorekit.commands.train import add_trainer
+        add_trainer(cli, "psp_sr", "pSp super-resolution encoder", _load_trainer)
+
+where ``_load_trainer()`` imports and returns a :class:`~restorekit.training.Trainer` subclass
+with a ``Config`` model and a ``build(config, quiet=...)`` classmethod — so heavy imports happen
+only when that trainer runs. Every trainer gets the same options::
+
+    restorekit train NAME --data DIR --config cfg.toml [--out DIR] [--steps N]
+                          [--set key=value]... [--resume] [--time-limit MIN]
+
+Settings apply in this order: the config file (or, when resuming without ``--config``, the
+config saved in the latest checkpoint), then ``--data/--out/--steps/--device``, then ``--set``.
+Under ``torchrun --nproc_per_node N -m restorekit train …`` training runs data-parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cli import emit_json, fail_usage
+from ..errors import RestorekitError
+
+TrainerLoader = Callable[[], Any]
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train models (each plugin adds its trainers; `restorekit train NAME --help`)."""
+
+
+def _saved_config(out: Path) -> dict[str, Any]:
+    from ..training.trainer import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(out)
+    if path is None:
+        raise RestorekitError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    config = load_checkpoint(path)["config"]
+    return dict(config)
+
+
+def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
+                 steps: int | None, sets: tuple[str, ...], resume: bool, time_limit: float | None,
+                 device: str | None, quiet: bool) -> dict[str, Any]:
+    """Resolve the config as the command does, build the trainer and fit; returns the summary."""
+    from ..training.config import apply_overrides, read_config_file, validate_config
+
+    cls = loader()
+    if config is not None:
+        base = read_config_file(config)
+    elif resume:
+        if out is None:
+            raise RestorekitError("--resume without --config needs --out (the run folder to continue)")
+        base = _saved_config(out)
+    else:
+        base = {}
+    if out is not None:
+        base["out"] = str(out)
+    if steps is not None:
+        base["steps"] = steps
+    if device is not None:
+        base["device"] = device
+    if data is not None:
+        base.setdefault("data", {})["root"] = str(data)
+    cfg = validate_config(cls.Config, apply_overrides(base, sets), source=str(config or "config"))
+    if cfg.out is None:
+        raise RestorekitError("no output folder: pass --out DIR (or set `out` in the config)")
+    if cfg.data.root is None:
+        raise RestorekitError("no training data: pass --data DIR (a folder of HR face images)")
+    trainer = cls.build(cfg, quiet=quiet)
+    return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None)
+
+
+def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
+    """The ``restorekit train NAME`` command for the trainer ``loader()`` returns."""
+
+    @click.command(name, help=f"{summary}\n\nSettings: the config file, then the options, then --set.")
+    @click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None,
+                  help="Folder of HR images (recursive).")
+    @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="TOML (or YAML) config file.")
+    @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+                  help="Run folder: checkpoints, log.jsonl, validation grids, the exported model.")
+    @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimizer steps.")
+    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                  help="Override a setting (dotted for tables: data.factors=[1,4]); repeatable.")
+    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+    @click.option("--time-limit", type=click.FloatRange(min=0), default=None, metavar="MIN",
+                  help="Stop (with a checkpoint) after this many minutes; --resume continues later.")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+    def cmd(data: Path | None, config: Path | None, out: Path | None, steps: int | None, sets: tuple[str, ...],
+            resume: bool, time_limit: float | None, device: str | None, quiet: bool, as_json: bool) -> None:
+        try:
+            result = run_training(loader, data=data, config=config, out=out, steps=steps, sets=sets,
+                                  resume=resume, time_limit=time_limit, device=device, quiet=quiet)
+        except RestorekitError as exc:
+            fail_usage(str(exc))
+            return
+        if as_json:
+            emit_json(result)
+        elif not quiet:
+            state = "finished" if result["finished"] else "stopped (resume with --resume)"
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in result["losses"].items())
+            click.echo(f"{name}: step {result['step']}/{result['steps']} {state}; {losses}", err=True)
+            if result["exported"]:
+                click.echo(f"model: {result['exported']}", err=True)
+
+    return cmd
+
+
+def add_trainer(cli: click.Group, name: str, summary: str, loader: TrainerLoader) -> click.Command:
+    """Add ``restorekit train NAME`` (creating the ``train`` group if the core has none)."""
+    group = cli.commands.get("train")
+    if not isinstance(group, click.Group):
+        group = train_group
+        cli.add_command(group)
+    cmd = trainer_command(name, summary, loader)
+    group.add_command(cmd)
+    return cmd
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(train_group)
