@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..cli import emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
@@ -84,14 +85,14 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     write_all(sm, out)
     for m in p.metrics:
         if m.status != "ok":
-            warn(f"metric {m.name} skipped: {m.reason}")
+            warn(escape(f"metric {m.name} skipped: {m.reason}"))
     if as_json:
         emit_json(jsonable(results_document(sm, include_images=False)) | {"results_json": str(out / "results.json")})
     elif not quiet:
         print_table(sm)
         click.echo(f"reports: {out / 'report.html'}, {out / 'results.json'}, {out / 'results.csv'}", err=True)
     for line in failure_lines(sm):
-        error_line(line)
+        error_line(escape(line))
     raise SystemExit(res.exit_code)
 
 

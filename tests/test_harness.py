@@ -1,0 +1,391 @@
+"""`restorekit compare` end to end: plugins in the table, failures, skipped metrics, resume, reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from restorekit.cli import build_cli
+from restorekit.harness.aggregate import best_per_column, metric_stat, summarize
+from restorekit.harness.store import Record, decode_float, encode_float
+from restorekit.testing.data import smooth_image
+from plugin_sources import GOOD_PLUGIN
+
+# A third-party plugin exercising the harness: a method that fails on one image size, a
+# stochastic method, a metric whose weights are missing and a metric that can find no face.
+HARNESS_PLUGIN = '''
+import os
+from typing import ClassVar
+import torch
+from restorekit.errors import WeightsMissing
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo, Metric
+
+
+def _count(name):
+    path = os.environ.get("RK_TEST_CALLS")
+    if path:
+        with open(path, "a") as f:
+            f.write(name + "\\n")
+
+
+class Flaky(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="flaky3p", summary="fails on 24-px-wide inputs")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        _count("flaky3p")
+        if lr.shape[-1] == 24:
+            raise RuntimeError("cannot handle a 24-px-wide input")
+        return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+
+
+class Noisy(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="noisy3p", summary="nearest plus seeded noise",
+                                            deterministic=False)
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        _count("noisy3p")
+        self.last_reports = [{"seed_used": seed}]
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        up = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+        return (up + 0.02 * (seed + 1) * torch.randn(up.shape, generator=g)).clamp(0, 1)
+
+
+class NeedsWeights(Metric):
+    name: ClassVar[str] = "needs_weights_3p"
+    higher_is_better: ClassVar[bool] = True
+
+    def setup(self, device):
+        raise WeightsMissing("fake-net-3p")
+
+    def __call__(self, pred, target, *, lr, scale):
+        raise AssertionError("never called")
+
+
+class FaceScore(Metric):
+    name: ClassVar[str] = "face_3p"
+    higher_is_better: ClassVar[bool] = True
+    nan_label: ClassVar[str] = "faces not found"
+
+    def __call__(self, pred, target, *, lr, scale):
+        # "No face" in dark images: NaN, like an identity metric without a detection.
+        m = target.flatten(1).mean(1).double()
+        return torch.where(m < 0.5, torch.full_like(m, float("nan")), m)
+
+
+@hookimpl
+def register_methods(register):
+    register(Flaky)
+    register(Noisy)
+
+
+@hookimpl
+def register_metrics(register):
+    register(NeedsWeights)
+    register(FaceScore)
+'''
+
+CORE_METRICS = "psnr_y_crop,ssim_y_crop,psnr_rgb,ssim_rgb,lr_consistency"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+
+def rk(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "restorekit", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=180)
+
+
+@pytest.fixture
+def hr5(tmp_path: Path) -> Path:
+    """Four 64×64 images and one 48-px-wide one (the one flaky3p fails on at ×2)."""
+    d = tmp_path / "hr"
+    d.mkdir()
+    for i in range(4):
+        Image.fromarray(smooth_image(64, 64, i)).save(d / f"img{i}.png")
+    Image.fromarray(smooth_image(64, 48, 9)).save(d / "narrow.png")
+    return d
+
+
+@pytest.fixture
+def harness_plugin(plugin_site, tmp_path, monkeypatch):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("RK_TEST_CALLS", str(calls))
+    plugin_site("thirdparty-harness", "thirdparty_harness", HARNESS_PLUGIN)
+    return calls
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _doc(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _method(doc: dict, name: str) -> dict:
+    return next(m for m in doc["methods"] if m["name"] == name)
+
+
+def test_third_party_method_and_metric_appear_in_table(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    out = tmp_path / "out"
+    r = rk("compare", "--methods", "bicubic,nearest3p", "--scale", "2", "--data", str(hr_folder),
+           "--out", str(out), "--device", "cpu", "--opt", "nearest3p.gain=1.0")
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if "mean_abs_3p" in line)
+    assert "psnr_y_crop ↑" in header and "mean_abs_3p ↓" in header
+    assert re.search(r"nearest3p\s", r.stdout) and re.search(r"bicubic\s", r.stdout)
+    doc = _doc(out)
+    near = _method(doc, "nearest3p")
+    assert near["distribution"] == "thirdparty-nearest" and near["version"] == "0.3.1"
+    assert 0 < near["aggregate"]["metrics"]["mean_abs_3p"]["mean"] < 0.05
+    assert {"name": "thirdparty_nearest", "distribution": "thirdparty-nearest", "version": "0.3.1",
+            "status": "ok"} in doc["plugins"]
+    # Bicubic beats nearest-neighbour on smooth images: best-per-column says so.
+    assert doc["best"]["psnr_y_crop"] == ["bicubic"] and doc["best"]["mean_abs_3p"] == ["bicubic"]
+
+
+def test_identical_prediction_gives_inf_psnr_and_unit_ssim(hr_folder, tmp_path):
+    out = tmp_path / "out"
+    # ×1 with the default degradation (bicubic:1, the identity): bicubic returns the HR exactly.
+    r = invoke("compare", "--methods", "bicubic", "--scale", "1", "--data", str(hr_folder), "--out", str(out),
+               "--metrics", CORE_METRICS, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.stdout.splitlines() if line.strip("│ ").startswith("bicubic"))
+    assert row.count("inf") == 2  # psnr_y_crop and psnr_rgb
+    doc = _doc(out)
+    agg = _method(doc, "bicubic")["aggregate"]["metrics"]
+    assert agg["psnr_y_crop"]["mean"] == "Infinity" and agg["psnr_rgb"]["mean"] == "Infinity"
+    assert agg["ssim_y_crop"]["mean"] == pytest.approx(1.0) and agg["lr_consistency"]["mean"] == 0.0
+    assert all(img["metrics"]["psnr_y_crop"] == "Infinity" for img in doc["images"])
+    text = (out / "results.json").read_text()
+    def bad_constant(c: str) -> float:  # strict JSON: no bare NaN/Infinity tokens
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    json.loads(text, parse_constant=bad_constant)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and {r["psnr_rgb"] for r in rows} == {"inf"}
+    assert math.isinf(float(rows[0]["psnr_y_crop"]))
+
+
+def test_failure_on_one_image_keeps_other_rows(harness_plugin, hr5, tmp_path):
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "bicubic,flaky3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
+               "--metrics", "psnr_y_crop,ssim_y_crop", "--device", "cpu")
+    assert r.exit_code == 1
+    assert "flaky3p failed on 1 image(s) [narrow]" in r.stderr and "24-px-wide" in r.stderr
+    doc = _doc(out)
+    assert doc["exit_code"] == 1
+    assert doc["failures"] == [{"method": "flaky3p", "image": "narrow", "seed": None,
+                                "error": "RuntimeError: cannot handle a 24-px-wide input"}]
+    bic, flaky = _method(doc, "bicubic")["aggregate"], _method(doc, "flaky3p")["aggregate"]
+    assert (bic["ok"], bic["failed"], flaky["ok"], flaky["failed"]) == (5, 0, 4, 1)
+    assert flaky["metrics"]["psnr_y_crop"]["n"] == 4 and bic["metrics"]["psnr_y_crop"]["n"] == 5
+    ok_rows = [img for img in doc["images"] if img["status"] == "ok"]
+    assert len(ok_rows) == 9 and all(isinstance(img["metrics"]["psnr_y_crop"], float) for img in ok_rows)
+    assert (out / "outputs/flaky3p/img3.png").exists() and not (out / "outputs/flaky3p/narrow.png").exists()
+
+
+def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_folder, tmp_path):
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
+               "--metrics", "psnr_y_crop,needs_weights_3p,face_3p", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    msg = " ".join(r.stderr.split())
+    assert "metric needs_weights_3p skipped" in msg
+    assert "restorekit weights pull fake-net-3p" in msg and "restorekit weights import fake-net-3p" in msg
+    assert "needs_weights_3p" not in next(line for line in r.stdout.splitlines() if "psnr_y_crop" in line)
+    doc = _doc(out)
+    [skipped] = doc["skipped_metrics"]
+    assert skipped["name"] == "needs_weights_3p" and "weights pull fake-net-3p" in skipped["reason"]
+    assert all("needs_weights_3p" not in img["metrics"] for img in doc["images"])
+    # The NaN-returning metric: NaNs named by its nan_label and counted, not averaged.
+    face = _method(doc, "bicubic")["aggregate"]["metrics"]["face_3p"]
+    dark = sum(smooth_image(64, 64, i).mean() / 255 < 0.5 for i in range(4))
+    assert face["nan"] == dark and face["n"] == 4 - dark and 0 < dark < 4
+    assert any(f"face_3p: faces not found: bicubic {dark}/4" in n for n in doc["notes"])
+    assert f"faces not found: bicubic {dark}/4" in " ".join(r.stdout.split())
+
+
+def test_resume_reuses_results_and_fresh_recomputes(harness_plugin, hr5, tmp_path):
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "flaky3p,noisy3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
+            "--seeds", "0,1,2", "--metrics", "psnr_y_crop", "--device", "cpu", "-q"]
+    r = invoke(*args)
+    assert r.exit_code == 1  # flaky3p fails on one image
+    first = _calls(harness_plugin)
+    assert first.count("flaky3p") == 5 and first.count("noisy3p") == 15  # deterministic once, stochastic per seed
+    doc1 = _doc(out)
+
+    harness_plugin.unlink()
+    r = invoke(*args)
+    # Only the failed (method, image) is retried; everything else comes from the store.
+    assert _calls(harness_plugin) == ["flaky3p"]
+    doc2 = _doc(out)
+    assert sum(img["reused"] for img in doc2["images"]) == 19
+    strip = ("ms", "warmup", "peak_mem_mb", "reused")
+    same = [{k: v for k, v in img.items() if k not in strip} for img in doc1["images"]]
+    assert same == [{k: v for k, v in img.items() if k not in strip} for img in doc2["images"]]
+
+    # A metric asked for later is computed from the stored outputs, without running methods.
+    harness_plugin.unlink()
+    r = invoke(*args[:-5], "--metrics", "psnr_y_crop,ssim_rgb", "--device", "cpu", "-q")
+    assert _calls(harness_plugin) == ["flaky3p"]
+    assert all("ssim_rgb" in img["metrics"] for img in _doc(out)["images"] if img["status"] == "ok")
+
+    harness_plugin.unlink()
+    r = invoke(*args, "--fresh")
+    assert len(_calls(harness_plugin)) == 20
+    doc3 = _doc(out)
+    assert not any(img["reused"] for img in doc3["images"])
+    # Deterministic: recomputing gives the same numbers.
+    assert [img["metrics"] for img in doc3["images"]] == [img["metrics"] for img in doc1["images"]]
+
+
+def test_changed_options_are_not_reused(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    out = tmp_path / "out"
+    base = ["compare", "--methods", "nearest3p", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
+            "--metrics", "psnr_rgb", "--device", "cpu", "-q"]
+    invoke(*base, "--opt", "nearest3p.gain=1.0")
+    a = _method(_doc(out), "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"]
+    invoke(*base, "--opt", "nearest3p.gain=0.5")
+    doc = _doc(out)
+    b = _method(doc, "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"]
+    assert not any(img["reused"] for img in doc["images"]) and b < a - 3
+    invoke(*base, "--opt", "nearest3p.gain=1.0")  # outputs were overwritten: recomputed, same numbers
+    doc = _doc(out)
+    assert not any(img["reused"] for img in doc["images"])
+    assert _method(doc, "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"] == a
+
+
+def test_stochastic_mean_std_over_seeds(harness_plugin, hr_folder, tmp_path):
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "noisy3p,bicubic", "--scale", "2", "--data", str(hr_folder), "--out",
+               str(out), "--seeds", "0,1,2", "--metrics", "psnr_rgb", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    doc = _doc(out)
+    noisy = _method(doc, "noisy3p")
+    recs = [img for img in doc["images"] if img["method"] == "noisy3p"]
+    assert sorted({img["seed"] for img in recs}) == [0, 1, 2] and len(recs) == 12
+    assert {img["report"]["seed_used"] for img in recs} == {0, 1, 2}
+    per_seed = [sum(img["metrics"]["psnr_rgb"] for img in recs if img["seed"] == s) / 4 for s in (0, 1, 2)]
+    mean = sum(per_seed) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in per_seed) / 3)
+    agg = noisy["aggregate"]["metrics"]["psnr_rgb"]
+    assert agg["mean"] == pytest.approx(mean, abs=1e-9) and agg["std"] == pytest.approx(std, abs=1e-9)
+    assert std > 1.0  # noise grows with the seed in this plugin
+    assert _method(doc, "bicubic")["aggregate"]["metrics"]["psnr_rgb"]["std"] is None
+    assert len([img for img in doc["images"] if img["method"] == "bicubic"]) == 4
+    assert re.search(r"noisy3p \(seeds 3\).*\d ± \d", r.stdout)
+    # Runtime: warm-up left out and recorded separately.
+    assert sum(img["warmup"] for img in recs) == 1
+    assert noisy["aggregate"]["runtime_ms"]["n"] == 11 and noisy["aggregate"]["warmup_ms"] is not None
+
+
+def test_reports_written_and_self_contained(hr_folder, tmp_path):
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "4", "--data", str(hr_folder), "--out", str(out),
+               "--metrics", CORE_METRICS, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert "images" not in summary and summary["results_json"].endswith("results.json")
+    doc = _doc(out)
+    psnr = _method(doc, "bicubic")["aggregate"]["metrics"]["psnr_y_crop"]["mean"]
+    assert 25 < psnr < 60
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4
+    mean_csv = sum(float(r["psnr_y_crop"]) for r in rows) / 4
+    assert mean_csv == pytest.approx(psnr, abs=1e-9)
+    summ = list(csv.DictReader((out / "summary.csv").open()))
+    assert float(summ[0]["psnr_y_crop_mean"]) == pytest.approx(psnr, abs=1e-9)
+    page = (out / "report.html").read_text()
+    assert f"{psnr:.2f}" in page and "bicubic" in page
+    srcs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page, flags=re.I)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 4 * 3  # LR | bicubic | HR per image
+    assert "<link" not in page and "@import" not in page and "url(" not in page
+    assert doc["backend"]["torch"] and doc["restorekit"] and doc["device"] == "cpu"
+    assert {"distribution": "restorekit-baselines"}.items() <= _method(doc, "bicubic").items()
+
+
+def test_lr_dir_pairs_match_generated_inputs(hr_folder, tmp_path):
+    out = tmp_path / "out"
+    invoke("compare", "--methods", "bicubic", "--scale", "4", "--data", str(hr_folder), "--out", str(out),
+           "--metrics", "psnr_y_crop", "--device", "cpu", "-q")
+    [lr_dir] = [p for p in (out / "inputs").iterdir() if p.is_dir()]
+    out2 = tmp_path / "out2"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "4", "--data", str(hr_folder), "--lr-dir",
+               str(lr_dir), "--out", str(out2), "--metrics", "psnr_y_crop", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    a = [img["metrics"] for img in _doc(out)["images"]]
+    assert a == [img["metrics"] for img in _doc(out2)["images"]]
+    # The LR cache is what `restorekit degrade` makes with the same spec (same per-image seed rule).
+    deg = tmp_path / "deg"
+    invoke("degrade", "--spec", "bicubic:4", "--input", str(hr_folder), "--output", str(deg), "-q")
+    assert (deg / "img1.png").read_bytes() != b"" and \
+        Image.open(deg / "img1.png").tobytes() == Image.open(lr_dir / "img1.png").tobytes()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--methods", "bicubik"], "did you mean 'bicubic'"),
+    (["--methods", "bicubic", "--metrics", "psnr_y_crp"], "did you mean 'psnr_y_crop'"),
+    (["--methods", "bicubic", "--opt", "bicubc.clamp=none"], "not in --methods (did you mean 'bicubic'"),
+    (["--methods", "bicubic", "--opt", "bicubic.antialis=1"], "unknown option 'antialis'"),
+    (["--methods", "bicubic", "--opt", "clamp=none"], "expected METHOD.KEY=VALUE"),
+    (["--methods", "bicubic", "--degradation", "bicubic:4"], "downsizes by 4, but --scale is 2"),
+    (["--methods", "bicubic", "--degradation", "blurr:1"], "did you mean 'blur'"),
+    (["--methods", "bicubic", "--seeds", "0,x"], "expected integers"),
+])
+def test_usage_errors_exit_2(hr_folder, tmp_path, args, msg):
+    r = invoke("compare", "--scale", "2", "--data", str(hr_folder), "--out", str(tmp_path / "o"), *args)
+    assert r.exit_code == 2
+    assert msg in " ".join((r.output + r.stderr).split())
+
+
+def test_missing_data_is_usage_error(tmp_path):
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(tmp_path / "nope"),
+               "--out", str(tmp_path / "o"))
+    assert r.exit_code == 2 and "no such file or folder" in r.stderr
+
+
+def test_aggregation_rules():
+    def rec(img: str, seed, v: float, ms: float = 1.0, warm: bool = False) -> Record:
+        return Record("m", img, seed, "h", "i", "ok", ms=ms, warmup=warm, metrics={"x": v})
+
+    # Deterministic: plain mean; inf wins; NaN counted and left out.
+    assert metric_stat([rec("a", None, 1.0), rec("b", None, 3.0)], "x", False).mean == 2.0
+    assert metric_stat([rec("a", None, math.inf), rec("b", None, 3.0)], "x", False).mean == math.inf
+    s = metric_stat([rec("a", None, math.nan), rec("b", None, 3.0)], "x", False)
+    assert (s.mean, s.n, s.nan) == (3.0, 1, 1)
+    # Stochastic: per-seed means 2 and 4 → 3 ± 1.
+    s = metric_stat([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("a", 1, 3.0), rec("b", 1, 5.0)], "x", True)
+    assert (s.mean, s.std) == (3.0, 1.0)
+    # Runtime excludes warm-up; falls back to it (flagged) when it is all there is.
+    row = summarize("m", True, [None], 2, [rec("a", None, 1, 100.0, True), rec("b", None, 1, 4.0)], ["x"])
+    assert row.runtime_ms.mean == 4.0 and row.warmup_ms == 100.0 and not row.runtime_is_warmup
+    row = summarize("m", True, [None], 1, [rec("a", None, 1, 100.0, True)], ["x"])
+    assert row.runtime_ms.mean == 100.0 and row.runtime_is_warmup
+    # Best per column respects direction, ties, and needs two contenders.
+    a = summarize("a", True, [None], 1, [rec("i", None, 2.0, 5.0)], ["x"])
+    b = summarize("b", True, [None], 1, [Record("b", "i", None, "h", "i", "ok", ms=3.0, metrics={"x": 2.0})], ["x"])
+    assert best_per_column([a, b], {"x": True}) == {"x": {"a", "b"}, "runtime": {"b"}}
+    assert best_per_column([a], {"x": False}) == {"x": set(), "runtime": set()}
+
+
+def test_json_float_encoding_round_trips():
+    for v in (1.5, math.inf, -math.inf, 0.0):
+        assert decode_float(encode_float(v)) == v
+    assert encode_float(math.nan) is None and math.isnan(decode_float(None))
