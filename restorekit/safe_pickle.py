@@ -4,7 +4,10 @@ A pickle names the Python callables that rebuild its objects; an ordinary ``pick
 imports and calls whatever the file names (``os.system`` included). :class:`NumpyOnlyUnpickler`
 resolves only the handful of numpy globals that rebuild arrays, dtypes and scalars, and refuses
 every other name with :class:`~restorekit.errors.UnsafeFileError` *before* anything is called.
-Containers (dict, list, tuple, str, bytes, numbers) need no globals and load as usual.
+Containers (dict, list, tuple, str, bytes, numbers) need no globals and load as usual; the two
+builtins that protocol-2 pickles use to spell bytes (``_codecs.encode``, ``bytes``) are replaced
+by shims that do only that, and ``_reconstruct`` only makes the empty array the pickle's data
+then fill (a pickle cannot make it allocate memory it does not itself contain).
 
 Both spellings of numpy's internal module are accepted: pickles written under numpy 1.x say
 ``numpy.core.multiarray``, those written under numpy 2 say ``numpy._core.multiarray``; each is
@@ -21,57 +24,65 @@ from typing import Any, BinaryIO
 
 from .errors import RestorekitError, UnsafeFileError
 
-# (module, name) pairs a numpy-array pickle may reference, mapped to where the object lives in
-# the installed numpy (tried in order: numpy 2 first, then numpy 1).
-_ALIASES: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _ALIASES[(_mod, "_reconstruct")] = (("numpy._core.multiarray", "_reconstruct"),
-                                        ("numpy.core.multiarray", "_reconstruct"))
-    _ALIASES[(_mod, "scalar")] = (("numpy._core.multiarray", "scalar"),
-                                  ("numpy.core.multiarray", "scalar"))
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    # Protocol-5 pickles of contiguous arrays: frombuffer(buf, dtype).reshape(shape, order).
-    _ALIASES[(_mod, "_frombuffer")] = (("numpy._core.numeric", "_frombuffer"),
-                                       ("numpy.core.numeric", "_frombuffer"))
-_ALIASES[("numpy", "ndarray")] = (("numpy", "ndarray"),)
-# Protocol-2 pickles written by Python 3 spell bytes as ``_codecs.encode(text, "latin1")``.
-_ALIASES[("_codecs", "encode")] = (("restorekit.safe_pickle", "_latin1_encode"),)
-# ... and an empty bytes object as ``bytes()``.
-for _mod in ("builtins", "__builtin__"):
-    _ALIASES[(_mod, "bytes")] = (("restorekit.safe_pickle", "_empty_bytes"),)
-_ALIASES[("numpy", "dtype")] = (("numpy", "dtype"),)
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    """numpy's ``_reconstruct`` as array pickles use it: an empty ``ndarray`` whose contents the
+    pickle's own data then fill. A large ``shape`` (allocation with no data behind it) is refused."""
+    import numpy as np
 
-#: The globals a numpy-only pickle may name, as ``"module.name"`` strings.
-ALLOWED_GLOBALS: frozenset[str] = frozenset(f"{m}.{n}" for m, n in _ALIASES)
+    if subtype is not np.ndarray or int(np.prod(shape)) > 1:
+        raise UnsafeFileError(f"refused numpy _reconstruct of {getattr(subtype, '__name__', subtype)} "
+                              f"with shape {shape!r}")
+    return _numpy_attr(("numpy._core.multiarray", "numpy.core.multiarray"), "_reconstruct")(subtype, shape, dtype)
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` restricted to the latin-1 use pickle makes of it (no codec lookups)."""
+    """``_codecs.encode`` as protocol-2 pickles from Python 3 use it to spell bytes (latin-1 only,
+    no codec lookups)."""
     if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
         raise UnsafeFileError(f"refused _codecs.encode with encoding {encoding!r}")
     return text.encode("latin-1")
 
 
 def _empty_bytes(*args: Any) -> bytes:
-    """``bytes()`` as protocol-2 pickles use it; any argument is refused (``bytes(10**12)``)."""
+    """``bytes()`` as protocol-2 pickles spell ``b""``; any argument is refused (``bytes(10**12)``)."""
     if args:
         raise UnsafeFileError("refused bytes() with arguments")
     return b""
 
 
-def _resolve(module: str, name: str) -> Any:
+def _numpy_attr(modules: tuple[str, ...], name: str) -> Any:
+    """``name`` from the first of ``modules`` the installed numpy has (numpy 2, then numpy 1)."""
     import importlib
     import warnings
 
-    for mod_name, attr in _ALIASES[(module, name)]:
+    for mod_name in modules:
         try:
             with warnings.catch_warnings():  # numpy 2 warns on numpy.core access
                 warnings.simplefilter("ignore", DeprecationWarning)
-                mod = importlib.import_module(mod_name)
-            return getattr(mod, attr)
+                return getattr(importlib.import_module(mod_name), name)
         except (ImportError, AttributeError):
             continue
-    raise RestorekitError(f"installed numpy has no {module}.{name}")
+    raise RestorekitError(f"installed numpy has no {modules[0]}.{name}")
+
+
+_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
+_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
+
+# Each global an array pickle may name -> a function returning what it resolves to.
+_ALLOWED: dict[tuple[str, str], Any] = {("numpy", "ndarray"): lambda: _numpy_attr(("numpy",), "ndarray"),
+                                        ("numpy", "dtype"): lambda: _numpy_attr(("numpy",), "dtype")}
+for _mod in _MULTIARRAY:
+    _ALLOWED[(_mod, "_reconstruct")] = lambda: _reconstruct
+    _ALLOWED[(_mod, "scalar")] = lambda: _numpy_attr(_MULTIARRAY, "scalar")
+for _mod in _NUMERIC:
+    # Protocol-5 pickles of contiguous arrays: frombuffer(data, dtype).reshape(shape, order).
+    _ALLOWED[(_mod, "_frombuffer")] = lambda: _numpy_attr(_NUMERIC, "_frombuffer")
+_ALLOWED[("_codecs", "encode")] = lambda: _latin1_encode
+for _mod in ("builtins", "__builtin__"):
+    _ALLOWED[(_mod, "bytes")] = lambda: _empty_bytes
+
+#: The globals a numpy-only pickle may name, as ``"module.name"`` strings.
+ALLOWED_GLOBALS: frozenset[str] = frozenset(f"{m}.{n}" for m, n in _ALLOWED)
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -82,8 +93,9 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALIASES:
-            return _resolve(module, name)
+        resolve = _ALLOWED.get((module, name))
+        if resolve is not None:
+            return resolve()
         raise UnsafeFileError(
             f"{self.source}: refused to load, the pickle asks for '{module}.{name}' "
             f"(only numpy array globals are allowed)")
@@ -113,5 +125,5 @@ def _load(f: BinaryIO, source: str) -> Any:
         raise UnsafeFileError(f"{source}: {exc}") from None
     except RestorekitError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, MemoryError) as exc:
         raise RestorekitError(f"{source}: not a readable numpy pickle ({type(exc).__name__}: {exc})") from None

@@ -85,6 +85,8 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path) -> None:
         loads_numpy_pickle(b"c_codecs\nencode\n(Vabc\nVrot13\ntR.")
     with pytest.raises(UnsafeFileError, match="<bytes>: refused bytes"):  # bytes(n) would allocate n
         loads_numpy_pickle(b"c__builtin__\nbytes\n(I1000000000000\ntR.")
+    with pytest.raises(UnsafeFileError, match="shape"):  # an array with no data behind it
+        loads_numpy_pickle(b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I1000000000000\ntS'b'\ntR.")
     with pytest.raises(UnsafeFileError, match="collections.OrderedDict"):
         loads_numpy_pickle(pickle.dumps(__import__("collections").OrderedDict(a=1)))
 
