@@ -149,42 +149,63 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1, impl=impl)
         # None: weight modulation for a batch of one in eager mode, activation modulation otherwise.
         self.fused: bool | None = None
+        self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor, Tensor | None]] | None = None
 
     def extra_repr(self) -> str:
         return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, "
                 f"upsample={self.upsample}, demodulate={self.demodulate}")
+
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(scale·weight [out,in,k,k], Σ_k (scale·weight)² [out,in], transposed copy or None)``.
+
+        Style-independent; cached while the weight needs no gradient (inference), keyed on the
+        parameter's storage and version so in-place updates invalidate it.
+        """
+        wt = self.weight
+        cacheable = not (torch.is_grad_enabled() and wt.requires_grad)
+        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device)
+        if cacheable and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        w = wt[0] * self.scale
+        w2 = w.square().sum([2, 3]) if self.demodulate else w.new_empty(0)
+        w_t = w.transpose(0, 1).contiguous() if self.upsample else None
+        if cacheable:
+            self._cache = (key, (w, w2, w_t))
+        return w, w2, w_t
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._cache = None  # .to()/.half() etc. move the parameter: drop derived tensors
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor, style: Tensor, *, gain: float = 1.0,
                 bias: Tensor | None = None) -> Tensor:
         """``gain · demod(conv(x, weight ⊙ style)) + bias`` (``bias`` per output channel)."""
         n = x.shape[0]
         s = self.modulation(style)  # N × in
-        w = self.weight[0] * self.scale  # out × in × k × k
-        d = None
-        if self.demodulate:
-            # Σ_i,k (w_oik s_ni)² = (s²) · (Σ_k w_oik²)ᵀ — no N×out×in×k×k tensor needed.
-            d = torch.rsqrt(s.square() @ w.square().sum([2, 3]).t() + self.eps)  # N × out
+        w, w2, w_t = self._weights()
+        # Demodulation: Σ_i,k (w_oik s_ni)² = (s²)·(Σ_k w_oik²)ᵀ — no N×out×in×k×k tensor needed.
+        d = torch.rsqrt(s.square() @ w2.t() + self.eps) if self.demodulate else None  # N × out
         fused = self.fused if self.fused is not None else (n == 1 and not _exporting())
         if fused and n == 1:
-            wm = w * s.reshape(1, -1, 1, 1)
-            col = d.reshape(-1, 1, 1, 1) * gain if d is not None else gain
-            wm = wm * col
-            out = self._conv(x, wm, bias)
-            if self.upsample and bias is not None:
-                out = out + bias.reshape(1, -1, 1, 1)
-            return out
-        out = self._conv(x * s.reshape(n, -1, 1, 1), w * gain if gain != 1.0 else w, None)
-        if d is None:
+            col = d[0] * gain if d is not None else torch.full_like(s[0, :1], gain).expand(self.out_channel)
+            coef = col[:, None] * s[0][None, :]  # out × in: one pass over the weight below
+            if self.upsample:
+                out = F.conv_transpose2d(x, w_t * coef.t()[:, :, None, None], stride=2)
+                out = self.blur(out)
+                return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+            return F.conv2d(x, w * coef[:, :, None, None], bias=bias, padding=self.padding)
+        xs = x * s.reshape(n, -1, 1, 1)
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(xs, w_t if w_t is not None else w.transpose(0, 1), stride=2))
+        else:
+            out = F.conv2d(xs, w, padding=self.padding)
+        scale = d * gain if d is not None else None
+        if scale is None:
+            out = out * gain if gain != 1.0 else out
             return out if bias is None else out + bias.reshape(1, -1, 1, 1)
         if bias is None:
-            return out * d.reshape(n, -1, 1, 1)
-        return torch.addcmul(bias.reshape(1, -1, 1, 1), out, d.reshape(n, -1, 1, 1))
-
-    def _conv(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-        if self.upsample:
-            out = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
-            return self.blur(out)
-        return F.conv2d(x, w, bias=bias, padding=self.padding)
+            return out * scale.reshape(n, -1, 1, 1)
+        return torch.addcmul(bias.reshape(1, -1, 1, 1), out, scale.reshape(n, -1, 1, 1))
 
 
 class NoiseInjection(nn.Module):

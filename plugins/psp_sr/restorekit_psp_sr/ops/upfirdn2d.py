@@ -7,10 +7,9 @@ with ``pad0`` zeros in front and ``pad1`` behind (negative pads crop), convolved
 kept. Output size per axis: ``(n·up + pad0 + pad1 - k) // down + 1``.
 
 The filter is 2-D ``[kh, kw]`` or 1-D ``[k]``, which means the separable filter ``f ⊗ f``;
-the result is multiplied by ``gain``. The reference path uses convolutions only (fast on CPU,
-two 1-D passes for separable filters, strided convs instead of discarding samples, transposed
-convs instead of multiplying zeros) and supports gradients of any order, also w.r.t. the
-filter. The CUDA path is a gather kernel; its backward is the same op with the flipped filter
+the result is multiplied by ``gain``. The reference path uses depthwise convolutions only
+(strided convs instead of discarding samples, transposed convs instead of multiplying inserted
+zeros) and supports gradients of any order, also w.r.t. the filter. The CUDA path is a gather kernel; its backward is the same op with the flipped filter
 and up/down swapped, so it is differentiable to any order w.r.t. the input.
 """
 
@@ -61,25 +60,8 @@ def out_size(n: int, up: int, down: int, p0: int, p1: int, k: int) -> int:
     return (n * up + p0 + p1 - k) // down + 1
 
 
-def _axis(x: Tensor, w: Tensor, axis: int, up: int, down: int, p0: int, p1: int) -> Tensor:
-    """One axis (2: rows, 3: columns) of upfirdn on ``x`` shaped ``[M, 1, H, W]``.
-
-    ``w`` is the flipped 1-D filter shaped as a conv weight along ``axis``.
-    """
-    k = w.shape[axis]
-    if up > 1:
-        # Transposed conv = zero insertion + full convolution; then shift/crop to the pads.
-        stride = (up, 1) if axis == 2 else (1, up)
-        x = F.conv_transpose2d(x, w.flip(axis), stride=stride)
-        x = _pad_axis(x, axis, p0 - k + 1, p1 + up - k)
-        if down > 1:
-            x = x[:, :, ::down, :] if axis == 2 else x[:, :, :, ::down]
-        return x
-    x = _pad_axis(x, axis, p0, p1)
-    return F.conv2d(x, w, stride=(down, 1) if axis == 2 else (1, down))
-
-
 def _pad_axis(x: Tensor, axis: int, lo: int, hi: int) -> Tensor:
+    """Zero-pad (positive) or crop (negative) ``x`` along ``axis`` (2: rows, 3: columns)."""
     if lo == 0 and hi == 0:
         return x
     if lo < 0 or hi < 0:
@@ -92,36 +74,53 @@ def _pad_axis(x: Tensor, axis: int, lo: int, hi: int) -> Tensor:
     return x
 
 
+def _pad2(x: Tensor, px0: int, px1: int, py0: int, py1: int) -> Tensor:
+    if min(px0, px1, py0, py1) >= 0:
+        return F.pad(x, [px0, px1, py0, py1]) if (px0 or px1 or py0 or py1) else x
+    return _pad_axis(_pad_axis(x, 2, py0, py1), 3, px0, px1)
+
+
+def _fir(x: Tensor, f2: Tensor, up: tuple[int, int], down: tuple[int, int],
+         pad: tuple[int, int, int, int]) -> Tensor:
+    """upfirdn with a 2-D filter ``f2`` (``kh×kw``, unflipped) as one depthwise conv."""
+    (upx, upy), (downx, downy) = up, down
+    px0, px1, py0, py1 = pad
+    c = x.shape[1]
+    kh, kw = f2.shape
+    if upx > 1 or upy > 1:
+        # Transposed conv = zero insertion + full convolution; shift/crop the result to the pads.
+        w = f2.reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
+        y = F.conv_transpose2d(x, w, stride=(upy, upx), groups=c)
+        y = _pad2(y, px0 - kw + 1, px1 + upx - kw, py0 - kh + 1, py1 + upy - kh)
+        return y[:, :, ::downy, ::downx] if (downx > 1 or downy > 1) else y
+    w = f2.flip(0, 1).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
+    return F.conv2d(_pad2(x, px0, px1, py0, py1), w, stride=(downy, downx), groups=c)
+
+
 def upfirdn2d_ref(x: Tensor, f: Tensor, *, up: IntPair = 1, down: IntPair = 1, pad: IntPair = 0,
                   gain: float = 1.0) -> Tensor:
-    """Pure-PyTorch upfirdn2d on ``x`` shaped ``N×C×H×W``; see the module docstring."""
+    """Pure-PyTorch upfirdn2d on ``x`` shaped ``N×C×H×W``; see the module docstring.
+
+    Depthwise (``groups=C``) convs: filtering as a strided conv (no discarded samples),
+    upsampling as a strided transposed conv (no multiplications by inserted zeros). Short
+    separable filters run as one 2-D depthwise pass — on CPU that beats two 1-D passes (4×4:
+    ~3× faster) and is ~30× faster than single-channel convs on ``(N·C)×1×H×W``; separable
+    filters longer than 6 taps run as two 1-D passes.
+    """
     upx, upy = _pair(up, "up")
     downx, downy = _pair(down, "down")
     px0, px1, py0, py1 = _pads(pad)
     kw, kh = _filter_size(f)
-    n, c, h, w = x.shape
+    h, w = x.shape[2], x.shape[3]
     if out_size(h, upy, downy, py0, py1, kh) <= 0 or out_size(w, upx, downx, px0, px1, kw) <= 0:
         raise ValueError(f"upfirdn2d: input {h}×{w} with filter {kh}×{kw}, up {up}, down {down}, "
                          f"pad {pad} leaves an empty output")
     f = f.to(x.dtype)
-    y = x.reshape(n * c, 1, h, w)
-    if f.ndim == 1:
-        # Separable: rows then columns; the gain rides on the first pass.
-        fr = (f * gain).flip(0).reshape(1, 1, -1, 1)
-        fc = f.flip(0).reshape(1, 1, 1, -1)
-        y = _axis(y, fr, 2, upy, downy, py0, py1)
-        y = _axis(y, fc, 3, upx, downx, px0, px1)
-    else:
-        wgt = (f * gain).flip(0, 1).reshape(1, 1, kh, kw)
-        if upx > 1 or upy > 1:
-            y = F.conv_transpose2d(y, wgt.flip(2, 3), stride=(upy, upx))
-            y = _pad_axis(y, 2, py0 - kh + 1, py1 + upy - kh)
-            y = _pad_axis(y, 3, px0 - kw + 1, px1 + upx - kw)
-            y = y[:, :, ::downy, ::downx]
-        else:
-            y = _pad_axis(_pad_axis(y, 2, py0, py1), 3, px0, px1)
-            y = F.conv2d(y, wgt, stride=(downy, downx))
-    return y.reshape(n, c, y.shape[2], y.shape[3])
+    if f.ndim == 1 and f.shape[0] > 6:
+        y = _fir(x, (f * gain).reshape(-1, 1), (1, upy), (1, downy), (0, 0, py0, py1))
+        return _fir(y, f.reshape(1, -1), (upx, 1), (downx, 1), (px0, px1, 0, 0))
+    f2 = torch.outer(f, f) if f.ndim == 1 else f
+    return _fir(x, f2 * gain, (upx, upy), (downx, downy), (px0, px1, py0, py1))
 
 
 class _Upfirdn2dCuda(torch.autograd.Function):
