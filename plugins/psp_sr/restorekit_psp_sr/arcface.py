@@ -114,6 +114,7 @@ def map_irse_state_dict(state: Mapping[str, Tensor], model: IRSEBackbone) -> dic
 
 
 def describe(cfg: BackboneConfig) -> str:
+    """A short human description of a backbone for error messages."""
     kind = "IR-SE" if cfg.se else "IR"
     return f"{kind} {'/'.join(map(str, cfg.units))} units at widths {'/'.join(map(str, cfg.widths))}"
 
