@@ -138,3 +138,15 @@ def test_custom_backbone_config() -> None:
     enc = GradualStyleEncoder(8, 8, backbone=cfg, input_size=32)
     assert enc._taps == (2, 3, 4)
     assert enc(torch.zeros(2, 3, 32, 32)).shape == (2, 8, 8)
+
+
+def test_plugin_registers_gradual_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.plugins import load_registry
+
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "psp_sr")
+    reg = load_registry(strict=True)
+    enc = reg.get("encoders", "gradual_style").build(n_styles=8, style_dim=16, backbone="ir_se_light", input_size=32)
+    assert isinstance(enc, GradualStyleEncoder) and enc.encode(torch.rand(1, 3, 32, 32)).shape == (1, 8, 16)
+    w_enc = reg.get("encoders", "gradual_style").build(n_styles=8, style_dim=16, backbone="ir_se_light",
+                                                      input_size=32, learn_in_w=True)
+    assert isinstance(w_enc, BackboneEncoderUsingLastLayerIntoW)

@@ -199,3 +199,25 @@ def test_identity_loss_refuses_non_differentiable_embedder() -> None:
 
     with pytest.raises(ValueError, match="not differentiable"):
         IdentityLoss(embedder=Frozen())
+
+
+def test_plugin_registers_identity_loss_and_arcface(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from restorekit.errors import WeightsMissing
+    from restorekit.plugins import load_registry
+
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "psp_sr")
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path))  # an empty weight cache
+    reg = load_registry(strict=True)
+    assert reg.get("losses", "identity") is IdentityLoss
+    factory = reg.get("face_embedders", "arcface_irse50")
+    with pytest.raises(WeightsMissing, match="ir-se50"):
+        factory.build()
+    # With a file in the official layout the factory builds the paper's IR-SE50 embedder.
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in IRSEBackbone("ir_se50").state_dict().items()}
+    state = {k: (torch.zeros(s, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.rand(s) + 0.5)
+             for k, s in shapes.items()}
+    path = tmp_path / "model_ir_se50.pth"
+    torch.save(state, path)
+    emb = factory.build(weights=path)
+    assert isinstance(emb, ArcFaceEmbedder) and emb.embed(torch.rand(1, 3, 256, 256)).shape == (1, 512)
