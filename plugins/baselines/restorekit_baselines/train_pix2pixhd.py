@@ -1,0 +1,224 @@
+"""Training pix2pixHD for super-resolution on restorekit's shared training loop.
+
+``restorekit train pix2pixhd --data DIR --out RUN`` trains on square crops of the images in
+``DIR`` (:class:`restorekit.training.SRPairDataset`: the HR resized to ``size``, the input its
+``F×`` bicubic downscale upscaled back to ``size``). One training step:
+
+1. ``fake = G(lr_up)``;
+2. discriminator step (its own Adam, :attr:`Pix2PixHDTrainConfig.lr_d`):
+   ``½·(LSGAN(D(lr_up, hr), real) + LSGAN(D(lr_up, fake.detach()), fake))``;
+3. generator loss, returned to the shared :class:`~restorekit.training.Trainer` which steps G:
+   ``LSGAN(D(lr_up, fake), real) + λ_feat·FM + λ_vgg·VGG (+ λ_l1·L1)``.
+
+The loss names in ``log.jsonl``: ``loss`` (G total), ``g_gan``, ``g_fm``, ``g_vgg``, ``g_l1``,
+``d_real``, ``d_fake``, ``d_loss`` and ``l1`` (the plain L1 to the target, for monitoring).
+At the end the generator is exported to ``RUN/pix2pixhd.safetensors`` for the ``pix2pixhd``
+method. The discriminator steps once per micro-batch (with ``grad_accum > 1`` it steps more
+often than G). Multi-process (torchrun) runs are not supported yet: G and D share one
+DistributedDataParallel wrapper across two backward passes, which this trainer refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from restorekit.training import DataConfig, TrainConfig, Trainer, TrainingError, psnr
+
+from .pix2pixhd import (GeneratorConfig, MultiscaleDiscriminator, Pix2PixHDGenerator, VGGLoss,
+                        feature_matching_loss, lsgan_loss, save_generator)
+
+EXPORT_NAME = "pix2pixhd.safetensors"
+
+
+class Pix2PixHDTrainConfig(TrainConfig):
+    """pix2pixHD's defaults (Adam 2e-4, β = 0.5/0.999; λ_feat = λ_vgg = 10; 3 D scales of 3 layers)."""
+
+    size: int = Field(256, ge=16, description="square training size (input and target)")
+    ngf: int = Field(64, ge=1)
+    n_downsampling: int = Field(4, ge=0)
+    n_blocks: int = Field(9, ge=0)
+    n_local_enhancers: int = Field(0, ge=0)
+    n_blocks_local: int = Field(3, ge=0)
+    ndf: int = Field(64, ge=1)
+    n_layers_d: int = Field(3, ge=1)
+    num_d: int = Field(3, ge=1)
+    lambda_feat: float = Field(10.0, ge=0)
+    lambda_vgg: float = Field(10.0, ge=0)
+    lambda_l1: float = Field(0.0, ge=0, description="extra pixel L1 (not in pix2pixHD; 0 = off)")
+    lr_d: float | None = Field(None, gt=0, description="discriminator learning rate (default: lr)")
+    vgg_weights: str = Field("lpips-vgg", description="VGG16 features: weights name or file")
+    allow_random_vgg: bool = Field(False, description="tests only: a random VGG backbone instead of vgg_weights")
+    # Overrides of the shared defaults.
+    lr: float = Field(2e-4, gt=0)
+    optimizer: Literal["adam", "ranger"] = "adam"
+    betas: tuple[float, float] | None = (0.5, 0.999)
+    data: DataConfig = Field(default_factory=lambda: DataConfig(factors=[4]))
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> Pix2PixHDTrainConfig:
+        m = 2 ** (self.n_downsampling + self.n_local_enhancers)
+        if self.size % m:
+            raise ValueError(f"size {self.size} must be a multiple of {m} (2^(n_downsampling + n_local_enhancers))")
+        if self.amp and self.amp_dtype == "fp16":
+            raise ValueError("pix2pixhd trains with bf16 autocast only (amp_dtype=bf16): the D step has no grad scaler")
+        return self
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(ngf=self.ngf, n_downsampling=self.n_downsampling, n_blocks=self.n_blocks,
+                               n_local_enhancers=self.n_local_enhancers, n_blocks_local=self.n_blocks_local)
+
+
+class Pix2PixHDModel(nn.Module):
+    """G and D in one module (what the trainer checkpoints); ``forward`` dispatches by name."""
+
+    def __init__(self, cfg: Pix2PixHDTrainConfig) -> None:
+        super().__init__()
+        self.G = Pix2PixHDGenerator(cfg.generator_config())
+        self.D = MultiscaleDiscriminator(3, cfg.ndf, cfg.n_layers_d, cfg.num_d)
+
+    def forward(self, part: str, *args: Tensor) -> Any:
+        if part == "G":
+            return self.G(*args)
+        if part == "D":
+            return self.D(*args)
+        raise ValueError(f"unknown part {part!r}")
+
+
+def pix2pixhd_step(model: nn.Module, batch: dict[str, Any], cfg: Pix2PixHDTrainConfig, vgg: VGGLoss,
+                   d_optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """One D update and the G losses for a batch (``lr_up``, ``hr`` in [0,1]); see the module docstring.
+
+    ``model`` is a :class:`Pix2PixHDModel` (called as ``model("G", x)`` / ``model("D", cond, img)``).
+    The returned ``loss`` is G's total; the caller backpropagates it and steps G.
+    """
+    lr_up, hr = batch["lr_up"], batch["hr"]
+    fake = model("G", lr_up)
+    # Discriminator.
+    d_optimizer.zero_grad(set_to_none=True)
+    d_real = lsgan_loss(model("D", lr_up, hr), True)
+    d_fake = lsgan_loss(model("D", lr_up, fake.detach()), False)
+    d_loss = 0.5 * (d_real + d_fake)
+    d_loss.backward()
+    d_optimizer.step()
+    d_optimizer.zero_grad(set_to_none=True)
+    # Generator (against the updated discriminator).
+    pred_fake = model("D", lr_up, fake)
+    with torch.no_grad():
+        pred_real = model("D", lr_up, hr)
+    g_gan = lsgan_loss(pred_fake, True)
+    g_fm = feature_matching_loss(pred_fake, pred_real, cfg.n_layers_d) if cfg.lambda_feat else fake.new_zeros(())
+    g_vgg = vgg(fake, hr) if cfg.lambda_vgg else fake.new_zeros(())
+    l1 = (fake - hr).abs().mean()
+    loss = g_gan + cfg.lambda_feat * g_fm + cfg.lambda_vgg * g_vgg + cfg.lambda_l1 * l1
+    return {"loss": loss, "g_gan": g_gan.detach(), "g_fm": g_fm.detach(), "g_vgg": g_vgg.detach(),
+            "g_l1": (cfg.lambda_l1 * l1).detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
+            "d_loss": d_loss.detach(), "l1": l1.detach()}
+
+
+class Pix2PixHDTrainer(Trainer):
+    """The shared loop with pix2pixHD's two-player step; G is the loop's optimizer's."""
+
+    name = "pix2pixhd"
+    config: Pix2PixHDTrainConfig
+    model: Pix2PixHDModel
+
+    def __init__(self, config: Pix2PixHDTrainConfig, train_data: Any, val_data: Any = None, *,
+                 out: str | Path | None = None, quiet: bool = False, vgg: VGGLoss | None = None,
+                 dist_info: Any = None) -> None:
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
+            torch.manual_seed(config.seed)
+            model = Pix2PixHDModel(config)
+            if vgg is None:
+                weights = None if config.allow_random_vgg else config.vgg_weights
+                vgg = VGGLoss(weights, allow_random_vgg=config.allow_random_vgg)
+        super().__init__(config, model, train_data, val_data, out=out, params=list(model.G.parameters()),
+                         quiet=quiet, dist_info=dist_info)
+        if self.dist.distributed:
+            raise TrainingError("pix2pixhd: multi-process training is not supported yet; run one process")
+        self.vgg = vgg.to(self.device)
+        betas = config.betas or (0.5, 0.999)
+        self.d_optimizer = torch.optim.Adam(self.model.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
+
+    def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return pix2pixhd_step(net, batch, self.config, self.vgg, self.d_optimizer)
+
+    def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:
+        fake = self.model.G(batch["lr_up"]).clamp(0, 1)
+        return [batch["lr_up"], fake, batch["hr"]], {"psnr": psnr(fake, batch["hr"]),
+                                                      "psnr_bicubic": psnr(batch["lr_up"], batch["hr"])}
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+        self.vgg.eval()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"d_optimizer": self.d_optimizer.state_dict(),
+                "generator_config": asdict(self.model.G.cfg),
+                "factors": list(self.config.data.factors), "input_size": self.config.size}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "d_optimizer" in state:
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+
+    def export(self, folder: Path) -> Path:
+        return save_generator(self.model.G, Path(folder) / EXPORT_NAME, factors=list(self.config.data.factors),
+                              input_size=self.config.size)
+
+
+def build_trainer(config: Pix2PixHDTrainConfig, data: str | Path, *, out: str | Path | None = None,
+                  quiet: bool = False) -> Pix2PixHDTrainer:
+    """A trainer on the images under ``data`` (see :func:`restorekit.training.sr_datasets`)."""
+    from restorekit.training import sr_datasets
+
+    train_ds, val_ds = sr_datasets(data, config.size, config.data, seed=config.seed)
+    return Pix2PixHDTrainer(config, train_ds, val_ds, out=out, quiet=quiet)
+
+
+def make_command() -> Any:
+    """The ``restorekit train pix2pixhd`` click command."""
+    import click
+
+    @click.command("pix2pixhd")
+    @click.option("--data", "data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+                  help="Folder of high-resolution training images.")
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Run folder (checkpoints, log.jsonl, val grids, the exported generator).")
+    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  default=None, help="TOML/YAML file of settings (Pix2PixHDTrainConfig).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting.")
+    @click.option("--steps", type=int, default=None, help="Total optimizer steps.")
+    @click.option("--batch-size", type=int, default=None)
+    @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under --out.")
+    @click.option("--time-limit", type=float, default=None, help="Stop (with a checkpoint) after this many seconds.")
+    @click.option("--quiet", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+    def pix2pixhd_cmd(data: Path, out: Path | None, config_path: Path | None, overrides: tuple[str, ...],
+                      steps: int | None, batch_size: int | None, device: str | None, resume: bool,
+                      time_limit: float | None, quiet: bool, as_json: bool) -> None:
+        """Train pix2pixHD super-resolution on a folder of images."""
+        import json
+
+        from restorekit.errors import RestorekitError
+        from restorekit.training import load_config
+
+        try:
+            cfg = load_config(Pix2PixHDTrainConfig, config_path, overrides, steps=steps, batch_size=batch_size,
+                              device=device, out=str(out) if out is not None else None)
+            trainer = build_trainer(cfg, data, quiet=quiet)
+            summary = trainer.fit(resume=resume, time_limit=time_limit)
+        except RestorekitError as exc:
+            raise click.ClickException(str(exc)) from None
+        if as_json:
+            click.echo(json.dumps(summary))
+        elif not quiet:
+            click.echo(f"pix2pixhd: step {summary['step']}/{summary['steps']} → {summary['out']}"
+                       + (f"; generator {summary['exported']}" if summary.get("exported") else ""), err=True)
+
+    return pix2pixhd_cmd

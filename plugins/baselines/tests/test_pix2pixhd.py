@@ -1,0 +1,227 @@
+"""pix2pixHD: networks, losses, training on the shared loop, export round trips, the method."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restorekit.errors import RestorekitError
+from restorekit.testing import check_method
+from restorekit.testing.data import smooth_batch
+from restorekit_baselines.pix2pixhd import (
+    VGG_LAYERS, GeneratorConfig, MultiscaleDiscriminator, Pix2PixHD, Pix2PixHDGenerator, VGGLoss,
+    feature_matching_loss, load_generator, lsgan_loss, save_generator, vgg16_features,
+)
+from restorekit_baselines.train_pix2pixhd import EXPORT_NAME, Pix2PixHDTrainConfig, build_trainer
+
+TINY_G = GeneratorConfig(ngf=4, n_downsampling=2, n_blocks=1, n_local_enhancers=0)
+
+
+def _tiny_config(tmp: Path, **kw) -> Pix2PixHDTrainConfig:  # type: ignore[no-untyped-def]
+    base = dict(size=16, ngf=8, n_downsampling=2, n_blocks=1, ndf=8, n_layers_d=2, num_d=2, batch_size=4,
+                steps=16, lr=2e-3, allow_random_vgg=True, device="cpu", log_every=4, val_every=1000,
+                ckpt_every=1000, seed=0, out=str(tmp / "run"),
+                data={"factors": [2], "holdout_fraction": 0.2, "quantize": False})
+    base.update(kw)
+    return Pix2PixHDTrainConfig.model_validate(base)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten smooth 40×40 images as PNG files (a training folder)."""
+    folder = tmp_path_factory.mktemp("data")
+    batch = smooth_batch(10, 40, 40, seed=3)
+    for i, img in enumerate(batch):
+        arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+# -- networks and losses --------------------------------------------------------------------
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_generator_shapes_and_range(k: int) -> None:
+    cfg = GeneratorConfig(ngf=4, n_downsampling=2, n_blocks=1, n_local_enhancers=k, n_blocks_local=1)
+    g = Pix2PixHDGenerator(cfg)
+    x = torch.rand(2, 3, 32, 48)
+    y = g(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert cfg.multiple == 2 ** (2 + k)
+    # The global generator runs at 1/2^k resolution with 2^k times the filters.
+    first = g.global_net[1]
+    assert first.out_channels == 4 * 2**k
+    assert len(g.local_down) == k
+    with pytest.raises(ValueError, match=f"multiples of {cfg.multiple}"):
+        g(torch.rand(1, 3, 30, 32))
+
+
+def test_generator_layers_as_in_the_paper() -> None:
+    g = Pix2PixHDGenerator(GeneratorConfig(ngf=8, n_downsampling=3, n_blocks=2))
+    convs = [m for m in g.global_net if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].kernel_size == (7, 7) and convs[-1].kernel_size == (7, 7)
+    assert [c.stride for c in convs[1:4]] == [(2, 2)] * 3
+    assert isinstance(g.global_net[-1], torch.nn.Tanh)
+    ups = [m for m in g.global_net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [u.out_channels for u in ups] == [32, 16, 8]
+    assert all(isinstance(m, torch.nn.InstanceNorm2d) for m in g.global_net if "Norm" in type(m).__name__)
+
+
+def test_discriminator_features_and_losses() -> None:
+    d = MultiscaleDiscriminator(ndf=8, n_layers=3, num_d=3)
+    cond, img = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = d(cond, img)
+    assert len(out) == 3 and all(len(f) == 3 + 2 for f in out)
+    assert [f[-1].shape[1] for f in out] == [1, 1, 1]
+    assert out[0][-1].shape[-1] > out[1][-1].shape[-1] > out[2][-1].shape[-1]
+    ones = [[torch.ones(2, 1, 4, 4)], [torch.ones(2, 1, 2, 2)]]
+    assert lsgan_loss(ones, True).item() == 0.0
+    assert lsgan_loss(ones, False).item() == pytest.approx(1.0)
+    assert feature_matching_loss(out, out, 3).item() == 0.0
+    shifted = [[t + 0.5 for t in f] for f in out]
+    # Every intermediate map differs by 0.5: 3 scales × 4 maps × (1/3) × (4/4) × 0.5.
+    assert feature_matching_loss(shifted, out, 3).item() == pytest.approx(4 * 0.5, rel=1e-6)
+
+
+def test_vgg_loss_layers_weights_and_refusal() -> None:
+    feats = vgg16_features()
+    assert [type(feats[i]).__name__ for i in VGG_LAYERS] == ["ReLU"] * 5
+    assert [feats[i - 1].out_channels for i in VGG_LAYERS] == [64, 128, 256, 512, 512]
+    with pytest.raises(RestorekitError, match="random VGG16"):
+        VGGLoss(None)
+    g = torch.Generator().manual_seed(0)
+    sd = {f"features.{k}": torch.randn(v.shape, generator=g) * 0.05 for k, v in feats.state_dict().items()}
+    sd["lin0.model.1.weight"] = torch.ones(1, 64, 1, 1)  # LPIPS heads are ignored
+    loss = VGGLoss(sd)
+    assert torch.equal(loss.features[0].weight, sd["features.0.weight"])
+    assert all(not p.requires_grad for p in loss.parameters())
+    x = torch.rand(1, 3, 32, 32)
+    assert loss(x, x).item() == 0.0
+    y = (x + 0.1 * torch.randn(1, 3, 32, 32, generator=g)).clamp(0, 1)
+    assert loss(y, x).item() > 0
+    with pytest.raises(RestorekitError, match="features.0.weight"):
+        VGGLoss({"features.2.weight": sd["features.2.weight"]})
+
+
+# -- training -------------------------------------------------------------------------------
+def _log(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def test_tiny_training_learns(faces: Path, tmp_path: Path) -> None:
+    cfg = _tiny_config(tmp_path)
+    trainer = build_trainer(cfg, faces, quiet=True)
+    summary = trainer.fit()
+    assert summary["finished"] and summary["step"] == 16
+    rows = [r for r in _log(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [4, 8, 12, 16]
+    for r in rows:
+        for key in ("loss", "g_gan", "g_fm", "g_vgg", "d_loss", "d_real", "d_fake", "l1"):
+            assert math.isfinite(r[key]), (key, r)
+    l1 = [r["l1"] for r in rows]
+    assert all(b < a for a, b in zip(l1, l1[1:])) and l1[-1] < 0.9 * l1[0], l1
+    assert (tmp_path / "run" / EXPORT_NAME).is_file()
+    assert summary["exported"] == str(tmp_path / "run" / EXPORT_NAME)
+
+
+def test_export_and_checkpoint_round_trip(faces: Path, tmp_path: Path) -> None:
+    cfg = _tiny_config(tmp_path, steps=3, log_every=1)
+    trainer = build_trainer(cfg, faces, quiet=True)
+    summary = trainer.fit()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    trainer.model.G.eval()
+    with torch.no_grad():
+        want = trainer.model.G(x)
+    g1, info1 = load_generator(tmp_path / "run" / EXPORT_NAME)
+    g2, info2 = load_generator(summary["checkpoint"])
+    with torch.no_grad():
+        assert torch.equal(g1(x), want)
+        assert torch.equal(g2(x), want)
+    assert info1 == info2 == {"factors": [2], "input_size": 16}
+    # save_generator → load_generator keeps architecture and weights (local enhancer too).
+    g3 = Pix2PixHDGenerator(GeneratorConfig(ngf=4, n_downsampling=1, n_blocks=1, n_local_enhancers=1,
+                                            n_blocks_local=1)).eval()
+    path = save_generator(g3, tmp_path / "g3.safetensors")
+    g4, info = load_generator(path)
+    assert g4.cfg == g3.cfg and info == {}
+    with torch.no_grad():
+        assert torch.equal(g4(x), g3(x))
+
+
+def test_resume_continues_exactly(faces: Path, tmp_path: Path) -> None:
+    """2 steps + resume to 4 equals 4 uninterrupted steps (G, D and D's optimizer restored)."""
+    straight = build_trainer(_tiny_config(tmp_path / "a", steps=4), faces, quiet=True)
+    straight.fit()
+    first = build_trainer(_tiny_config(tmp_path / "b", steps=2), faces, quiet=True)
+    first.fit()
+    second = build_trainer(_tiny_config(tmp_path / "b", steps=4), faces, quiet=True)
+    second.fit(resume=True)
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_train_command(faces: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    cli = build_cli()
+    if "train" not in cli.commands:
+        pytest.skip("the core has no `train` command group yet")
+    args = ["train", "pix2pixhd", "--data", str(faces), "--out", str(tmp_path / "cli"), "--steps", "2",
+            "--batch-size", "2", "--device", "cpu", "--quiet", "--json"]
+    for kv in ("size=16", "ngf=4", "n_downsampling=2", "n_blocks=1", "ndf=4", "n_layers_d=2", "num_d=1",
+               "allow_random_vgg=true", "data.factors=[2]"):
+        args += ["--set", kv]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["finished"] and Path(summary["exported"]).is_file()
+
+
+# -- the method -----------------------------------------------------------------------------
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_generator(Pix2PixHDGenerator(TINY_G), tmp_path / "tiny.safetensors", factors=[2], input_size=32)
+
+
+def test_conformance(tiny_weights: Path) -> None:
+    check_method(Pix2PixHD, options={"weights": str(tiny_weights)})
+
+
+def test_method_matches_generator_on_bicubic_input(tiny_weights: Path) -> None:
+    from restorekit.degradations import bicubic_resize
+
+    m = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights)))
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = m.restore(lr, 4)
+    g, _ = load_generator(tiny_weights)
+    with torch.no_grad():
+        want = g(bicubic_resize(lr, (32, 32)).clamp(0, 1)).clamp(0, 1)
+    assert torch.allclose(out, want, atol=1e-6)
+    sized = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), input_size=16)).restore(lr, 4)
+    assert sized.shape == (1, 3, 32, 32) and not torch.allclose(sized, out, atol=1e-3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), input_size=18)).restore(lr, 4)
+
+
+def test_method_needs_weights(tmp_path: Path) -> None:
+    with pytest.raises(RestorekitError, match="restorekit train pix2pixhd"):
+        Pix2PixHD().load()
+    bogus = tmp_path / "bogus.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(bogus), metadata={"format": "something-else"})
+    with pytest.raises(RestorekitError, match="not a pix2pixHD export"):
+        Pix2PixHD(Pix2PixHD.Options(weights=str(bogus))).load()
+
+
+def test_registered() -> None:
+    from restorekit.plugins import registry
+
+    assert registry().method("pix2pixhd") is Pix2PixHD
