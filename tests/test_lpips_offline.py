@@ -446,6 +446,7 @@ def test_real_alex_weights_monotone_and_golden() -> None:
 
 
 @pytest.mark.network
+@pytest.mark.slow
 def test_pull_lpips_alex(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from restorekit import weights
 

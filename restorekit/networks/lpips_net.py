@@ -82,7 +82,7 @@ def _package_heads(backbone: str) -> dict[str, Tensor]:
 
 
 def _random_features(backbone: str) -> dict[str, Tensor]:
-    """torchvision's default initialisation of the backbone convolutions (tests only)."""
+    """A He-initialised random backbone (``allow_random=True``: tests only)."""
     out: dict[str, Tensor] = {}
     for index, shape in zip(FEATURE_INDICES[backbone], CONV_SHAPES[backbone]):
         conv = nn.Conv2d(shape[1], shape[0], shape[2:])
