@@ -4,8 +4,8 @@ An official pSp ``.pt`` is ``{"state_dict": {"encoder.*", "decoder.*"}, "opts": 
 "latent_avg": tensor}``. It is read with ``torch.load(weights_only=True, map_location="cpu")``
 (``opts`` is a plain dict, with e.g. ``device: 'cuda:0'`` that is ignored here; tensors may have
 been saved on CUDA). ``opts`` read: ``encoder_type``, ``input_nc``, ``label_nc``,
-``output_size`` (1024 when absent, as official inference assumes), ``learn_in_w`` (False when
-absent), ``n_styles``, ``start_from_latent_avg``, ``resize_factors``.
+``output_size`` (1024 when absent, as official inference assumes), ``learn_in_w`` (implied by
+``encoder_type``; checked when present), ``n_styles``, ``start_from_latent_avg``, ``resize_factors``.
 
 Key mapping. Encoder keys: ``encoder.<k>`` → ``<k>`` of :mod:`.encoder`'s modules, whose names
 mirror ``models/encoders/psp_encoders.py`` one to one; :func:`official_encoder_keys` writes
@@ -228,9 +228,11 @@ def psp_from_checkpoint(ckpt: Mapping[str, Any], **generator_kwargs: Any) -> PSP
     if opts.n_styles is not None and opts.n_styles != generator.n_styles:
         raise PSPCheckpointError(f"opts.n_styles is {opts.n_styles} but a {generator.resolution}-px "
                                  f"decoder has {generator.n_styles} styles")
-    opts_n = PSPOptions(**{**opts.__dict__, "n_styles": generator.n_styles})
+    opts_n = PSPOptions(**{**opts.__dict__, "n_styles": generator.n_styles,
+                           "learn_in_w": opts.encoder_type == "BackboneEncoderUsingLastLayerIntoW"})
     encoder = build_encoder_from_state(enc_sd, opts_n)
-    if opts.learn_in_w != isinstance(encoder, BackboneEncoderUsingLastLayerIntoW):
+    learn_in_w = isinstance(encoder, BackboneEncoderUsingLastLayerIntoW)
+    if "learn_in_w" in raw_opts and opts.learn_in_w != learn_in_w:
         raise PSPCheckpointError(f"opts.learn_in_w={opts.learn_in_w} does not fit encoder_type {opts.encoder_type}")
     if encoder.n_styles != generator.n_styles:
         raise PSPCheckpointError(f"the encoder gives {encoder.n_styles} styles but the decoder takes {generator.n_styles}")
@@ -242,9 +244,10 @@ def psp_from_checkpoint(ckpt: Mapping[str, Any], **generator_kwargs: Any) -> PSP
     if latent_avg is not None:
         latent_avg = latent_avg.detach().float().cpu()
         rows = latent_avg.numel() // generator.style_dim
-        if latent_avg.shape[-1] != generator.style_dim or rows not in (1, 1 if opts.learn_in_w else generator.n_styles):
-            raise PSPCheckpointError(f"pSp 'latent_avg' has shape {tuple(latent_avg.shape)}; expected "
-                                     f"[{1 if opts.learn_in_w else generator.n_styles}, {generator.style_dim}]")
+        want = 1 if learn_in_w else generator.n_styles
+        if latent_avg.shape[-1] != generator.style_dim or rows not in (1, want):
+            raise PSPCheckpointError(f"pSp 'latent_avg' has shape {tuple(latent_avg.shape)}; "
+                                     f"expected [{want}, {generator.style_dim}]")
     model = PSP(encoder, generator, latent_avg, start_from_latent_avg=opts.start_from_latent_avg)
     model.official_opts = opts_n
     return model.eval()

@@ -125,6 +125,17 @@ def test_learn_in_w_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(b, a, rtol=0, atol=0)
     # learn_in_w: one W vector for every style
     torch.testing.assert_close(wa, wa[:, :1].expand_as(wa))
+    # Old checkpoints lack learn_in_w: the encoder type implies it; a contradicting value is refused.
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["opts"]["restorekit_input_size"] == 64  # not derivable from a globally pooled encoder
+    old = tmp_path / "old_w.pt"
+    write_official(model, old, {k: v for k, v in ckpt["opts"].items() if k != "learn_in_w"})
+    with torch.no_grad():
+        torch.testing.assert_close(load_psp_official(old)(x)[0], a, rtol=0, atol=0)
+    bad = tmp_path / "bad_w.pt"
+    write_official(model, bad, dict(ckpt["opts"], learn_in_w=False))
+    with pytest.raises(PSPCheckpointError, match="learn_in_w=False"):
+        load_psp_official(bad)
 
 
 def test_old_checkpoints_default_output_size_1024(tmp_path: Path) -> None:
