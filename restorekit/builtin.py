@@ -20,7 +20,17 @@ CORE_METRICS = [
     "restorekit.harness.metrics:PsnrRgb",
     "restorekit.harness.metrics:SsimRgb",
     "restorekit.harness.metrics:LrConsistency",
+    "restorekit.metrics_lpips:LPIPSAlex",
+    "restorekit.metrics_lpips:LPIPSVgg",
 ]
+
+
+@hookimpl
+def register_losses(register: Register) -> None:
+    from .losses import BUILTIN_LOSSES
+
+    for cls in BUILTIN_LOSSES:
+        register(cls)
 
 
 @hookimpl
@@ -30,3 +40,11 @@ def register_metrics(register: Register) -> None:
     for ref in CORE_METRICS:
         module, _, name = ref.partition(":")
         register(getattr(importlib.import_module(module), name))
+
+
+@hookimpl
+def register_face_detectors(register: Register) -> None:
+    from .faces.detectors import DETECTORS, SUMMARIES
+
+    for name, cls in DETECTORS.items():
+        register(name, cls, summary=SUMMARIES[name])
