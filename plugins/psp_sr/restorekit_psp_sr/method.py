@@ -1,0 +1,378 @@
+"""The ``psp_sr`` method, and the file format of restorekit-trained pSp models.
+
+Model files. ``psp_sr`` reads two formats:
+
+- restorekit's own (what ``restorekit train psp_sr`` exports): a ``.safetensors`` file with the
+  tensors ``encoder.*``, ``decoder.*`` (rosinality StyleGAN2 names) and ``latent_avg``
+  (``n_styles×style_dim``), and in the safetensors metadata ``format = "restorekit.psp/1"`` and
+  ``config``, a JSON object: ``encoder`` (type, backbone units/widths/SE, input_size, head
+  channels, style split), ``generator`` (the generator's ``config()``), ``start_from_latent_avg``,
+  ``training`` (``factors``, ``hr_size``, steps, losses …), ``license``, ``name``. Nothing in it
+  runs code; the architecture is rebuilt from the JSON and the tensors are loaded strictly.
+- official pSp checkpoints (``.pt`` with ``state_dict``/``opts``/``latent_avg``), through
+  :mod:`.checkpoint_psp`.
+
+Sizes (see DESIGN "What --scale means"). A model encodes a ``S×S`` input (its encoder input
+size) and decodes at the generator's ``R×R``; trained for factors ``F`` it serves inputs of
+``S/F`` px, upsampled to ``S`` inside. ``--scale K`` means the output is ``K×`` the input: the
+``R``-px result is resized (antialiased bicubic) to ``K·h × K·w`` — a note says so once — unless
+``keep_native_size`` is set. Non-square inputs are stretched to the square model input and the
+output back to ``K·h × K·w`` (aspect distorted; a warning says so): pSp expects aligned,
+square face crops.
+
+Multi-modal outputs: ``n_samples > 1`` mixes the fine styles (``mix_layers``, default pSp's
+``8..17`` of 18, scaled to the model) with the W of random ``z`` drawn from ``seed``
+(``mix_alpha`` blends instead of replacing), as pSp's ``style_mixing.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from restorekit.errors import RestorekitError
+from restorekit.interfaces import Method, MethodInfo, Options
+
+PSP_FORMAT = "restorekit.psp/1"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The embedded default model (trained with `restorekit train psp_sr`, shipped in the package).
+DEFAULT_MODEL_FILE = "psp_sr_ffhq128.safetensors"
+OFFICIAL_WEIGHTS = "psp-celebs-super-resolution"
+
+
+class PSPModelError(RestorekitError):
+    """A pSp model file is missing, unreadable or inconsistent."""
+
+
+# -- restorekit's pSp file format -------------------------------------------------------------------
+def encoder_config(encoder: Any) -> dict[str, Any]:
+    """The JSON description that rebuilds ``encoder``'s architecture."""
+    from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
+
+    bb = encoder.backbone_cfg
+    cfg: dict[str, Any] = {
+        "backbone": {"units": list(bb.units), "widths": list(bb.widths), "se": bb.se, "se_reduction": bb.se_reduction},
+        "n_styles": int(encoder.n_styles), "style_dim": int(encoder.style_dim),
+        "input_nc": int(encoder.input_nc), "input_size": int(encoder.input_size)}
+    if isinstance(encoder, GradualStyleEncoder):
+        cfg.update(type="GradualStyleEncoder", head_channels=int(encoder.head_channels),
+                   coarse_ind=int(encoder.coarse_ind), middle_ind=int(encoder.middle_ind))
+    elif isinstance(encoder, BackboneEncoderUsingLastLayerIntoW):
+        cfg.update(type="BackboneEncoderUsingLastLayerIntoW")
+    else:
+        raise PSPModelError(f"cannot describe encoder type {type(encoder).__name__}")
+    return cfg
+
+
+def build_encoder(cfg: dict[str, Any]) -> Any:
+    """An encoder from :func:`encoder_config`'s description."""
+    from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
+    from .irse import BackboneConfig
+
+    b = cfg["backbone"]
+    bb = BackboneConfig(tuple(b["units"]), tuple(b["widths"]), se=bool(b["se"]), se_reduction=int(b["se_reduction"]))
+    common = dict(backbone=bb, input_nc=cfg["input_nc"], input_size=cfg["input_size"])
+    if cfg["type"] == "GradualStyleEncoder":
+        return GradualStyleEncoder(cfg["n_styles"], cfg["style_dim"], head_channels=cfg["head_channels"],
+                                   coarse_ind=cfg["coarse_ind"], middle_ind=cfg["middle_ind"], **common)
+    if cfg["type"] == "BackboneEncoderUsingLastLayerIntoW":
+        return BackboneEncoderUsingLastLayerIntoW(cfg["n_styles"], cfg["style_dim"], **common)
+    raise PSPModelError(f"unknown encoder type '{cfg['type']}'")
+
+
+def generator_config(generator: Any) -> dict[str, Any]:
+    cfg = dict(generator.config())
+    cfg["blur_kernel"] = list(cfg["blur_kernel"])
+    return cfg
+
+
+def build_generator(cfg: dict[str, Any], **kwargs: Any) -> Any:
+    from .stylegan2 import StyleGAN2Generator
+
+    c = dict(cfg)
+    c["blur_kernel"] = tuple(c.get("blur_kernel", (1, 3, 3, 1)))
+    return StyleGAN2Generator(**c, **kwargs)
+
+
+def psp_model_config(model: Any, *, factors: list[int] | tuple[int, ...], license: str, name: str = "",
+                     training: dict[str, Any] | None = None, source: str = "restorekit train psp_sr") -> dict[str, Any]:
+    """The ``config`` metadata of a restorekit pSp file for ``model``."""
+    return {"encoder": encoder_config(model.encoder), "generator": generator_config(model.decoder),
+            "start_from_latent_avg": bool(model.start_from_latent_avg),
+            "training": {"factors": [int(f) for f in factors], **(training or {})},
+            "license": license, "name": name, "source": source}
+
+
+def save_psp_safetensors(model: Any, path: str | os.PathLike[str], *, factors: list[int] | tuple[int, ...],
+                         license: str, name: str = "", training: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (a :class:`~.psp.PSP`) in restorekit's pSp format, atomically."""
+    from safetensors.torch import save
+
+    from restorekit.images import atomic_write_bytes
+
+    tensors: dict[str, Tensor] = {}
+    for prefix, module in (("encoder.", model.encoder), ("decoder.", model.decoder)):
+        for k, v in module.state_dict().items():
+            tensors[prefix + k] = v.detach().float().cpu().contiguous().clone()
+    tensors["latent_avg"] = model.latent_avg.detach().float().cpu().contiguous().clone()
+    config = psp_model_config(model, factors=factors, license=license, name=name, training=training)
+    data = save(tensors, metadata={"format": PSP_FORMAT, "config": json.dumps(config)})
+    p = Path(path)
+    atomic_write_bytes(p, data)
+    return p
+
+
+def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """``(PSP in eval mode, config)`` from a restorekit pSp ``.safetensors`` file."""
+    from safetensors import safe_open
+
+    from .psp import PSP
+
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise PSPModelError(f"{p}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != PSP_FORMAT:
+        raise PSPModelError(f"{p}: not a restorekit pSp model (metadata format is {meta.get('format')!r}, "
+                            f"expected {PSP_FORMAT!r})")
+    try:
+        config = json.loads(meta["config"])
+        encoder = build_encoder(config["encoder"])
+        generator = build_generator(config["generator"], **generator_kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PSPModelError(f"{p}: its model config is incomplete or invalid ({exc})") from None
+    enc_sd = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    dec_sd = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
+    try:
+        encoder.load_state_dict(enc_sd, strict=True)
+        generator.load_state_dict(dec_sd, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise PSPModelError(f"{p}: tensors do not match the stored architecture ({first})") from None
+    if "latent_avg" not in tensors:
+        raise PSPModelError(f"{p}: no 'latent_avg' tensor")
+    model = PSP(encoder, generator, tensors["latent_avg"],
+                start_from_latent_avg=bool(config.get("start_from_latent_avg", True)))
+    return model.eval(), config
+
+
+def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """``(PSP, config)`` from a restorekit ``.safetensors`` or an official pSp ``.pt``.
+
+    For official files the config is derived from ``opts`` (factors from ``resize_factors``;
+    the paper's SR model: 1, 2, 4, 8, 16, 32) and ``format`` is ``"official"``.
+    """
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        model, cfg = load_psp_safetensors(p, **generator_kwargs)
+        return model, {**cfg, "format": PSP_FORMAT}
+    from .checkpoint_psp import load_psp_official
+
+    model = load_psp_official(p, **generator_kwargs)
+    opts = model.official_opts
+    factors = list(opts.resize_factors) if opts.resize_factors else [1, 2, 4, 8, 16, 32]
+    return model, {"format": "official", "training": {"factors": factors},
+                   "license": "", "name": p.stem, "start_from_latent_avg": opts.start_from_latent_avg}
+
+
+# -- the method ---------------------------------------------------------------------------------
+class PSPSROptions(Options):
+    """Options of ``psp_sr``."""
+
+    weights: str | None = Field(
+        None, description="model: a weights name or a file (restorekit .safetensors or official pSp .pt); "
+                          "default: the model embedded in the package")
+    mix_alpha: float | None = Field(None, ge=0.0, le=1.0,
+                                    description="n_samples > 1: blend the mixed styles (None: replace them)")
+    mix_layers: list[int] | None = Field(None, description="styles mixed for n_samples > 1 (default: the fine ones)")
+    input_resize: Literal["auto", "bicubic", "bilinear"] = Field(
+        "auto", description="how inputs reach the encoder size (auto: bilinear for official pSp files, "
+                            "as their training; bicubic for restorekit-trained models)")
+    keep_native_size: bool = Field(False, description="return the generator's native size instead of scale × input")
+    impl: Literal["auto", "ref", "cuda"] = Field("auto", description="StyleGAN2 ops backend")
+
+
+class PSPSR(Method):
+    """pSp face super-resolution: GradualStyle encoder into W+, frozen StyleGAN2 decoder."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(
+        name="psp_sr",
+        summary="pSp: encode an aligned face into StyleGAN2's W+ and decode it (fine styles mixable)",
+        task="super-resolution",
+        license="Apache-2.0",
+        paper="Richardson et al., Encoding in Style: a StyleGAN Encoder for Image-to-Image Translation, "
+              "CVPR 2021 (arXiv:2008.00951)",
+        # n_samples > 1 draws fine styles from `seed`; a single sample does not depend on it.
+        deterministic=False,
+        scales=None,
+        input_kind="aligned_face",
+    )
+    Options: ClassVar[type[Options]] = PSPSROptions
+    options: PSPSROptions
+
+    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(options, device)
+        self.model: Any = None
+        self.model_config: dict[str, Any] = {}
+        self.weights_info: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self._warned: set[str] = set()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _model_path(self) -> tuple[Path, str]:
+        """``(file, weights name or '')`` for the ``weights`` option."""
+        w = self.options.weights
+        if w is None:
+            path = WEIGHTS_DIR / DEFAULT_MODEL_FILE
+            if not path.is_file():
+                raise PSPModelError(
+                    f"psp_sr: the default model {DEFAULT_MODEL_FILE} is not in this installation "
+                    f"({WEIGHTS_DIR}); pass --weights FILE (a restorekit-trained .safetensors or an official pSp "
+                    f".pt), or get the paper's model with `restorekit weights pull {OFFICIAL_WEIGHTS}` (or "
+                    f"`restorekit weights import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}")
+            return path, ""
+        p = Path(w).expanduser()
+        if p.is_file():
+            return p, ""
+        if "/" in w or os.sep in w or p.suffix in (".pt", ".pth", ".safetensors"):
+            raise PSPModelError(f"psp_sr: weights file {p} does not exist")
+        from restorekit.weights import resolve
+
+        return resolve(w), w  # WeightsMissing names the pull/import commands
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        path, name = self._model_path()
+        model, config = load_psp_model(path, impl=self.options.impl)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model_config = config
+        from restorekit.weights import sha256_file
+
+        license_ = config.get("license") or ""
+        if name:
+            from restorekit.weights import get_spec
+
+            spec = get_spec(name)
+            license_ = getattr(spec, "license", license_) or license_
+        self.weights_info = {"name": name or config.get("name") or path.name, "file": str(path),
+                             "sha256": sha256_file(path), "license": license_ or "unknown",
+                             "format": config.get("format", PSP_FORMAT)}
+        sizes = ", ".join(str(s) for s in self.input_sizes())
+        factors = ",".join(str(f) for f in self.factors)
+        self.notes = [
+            f"psp_sr: {self.weights_info['name']} ({self.resolution}-px generator, {self.input_size}-px encoder input, "
+            f"trained for ×{factors}): expects aligned square faces of {sizes} px",
+            (f"psp_sr: outputs are the generator's {self.resolution} px (keep_native_size)"
+             if self.options.keep_native_size else
+             f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size; "
+             f"--opt keep_native_size=true keeps {self.resolution} px"),
+        ]
+
+    # -- what the model serves ---------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return int(self.model.input_size)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.model.decoder.resolution)
+
+    @property
+    def factors(self) -> list[int]:
+        return [int(f) for f in self.model_config.get("training", {}).get("factors", [1])]
+
+    def input_sizes(self) -> list[int]:
+        """Input sizes the model was trained for: ``input_size / F``."""
+        return sorted({self.input_size // f for f in self.factors if self.input_size % f == 0}, reverse=True)
+
+    def native_scales(self) -> list[int]:
+        """Scales at which the generator's output needs no resize: ``R·F / input_size``."""
+        return sorted({self.resolution * f // self.input_size for f in self.factors
+                       if (self.resolution * f) % self.input_size == 0})
+
+    def preferred_input_size(self, scale: int) -> int:
+        """The trained input size whose native scale is ``scale`` (else ``input_size // scale``)."""
+        self.load()
+        for f in self.factors:
+            if self.resolution * f == scale * self.input_size and self.input_size % f == 0:
+                return self.input_size // f
+        return max(8, self.input_size // max(scale, 1))
+
+    def _note_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            print(f"psp_sr: {msg}", file=sys.stderr)
+
+    # -- inference ---------------------------------------------------------------------------
+    def _to_input(self, lr: Tensor) -> Tensor:
+        s = self.input_size
+        mode = self.options.input_resize
+        if mode == "auto":
+            mode = "bilinear" if self.model_config.get("format") == "official" else "bicubic"
+        if lr.shape[-2:] == (s, s):
+            return lr
+        return F.interpolate(lr, size=(s, s), mode=mode, align_corners=False, antialias=True).clamp(0, 1)
+
+    def _check_input(self, lr: Tensor) -> None:
+        h, w = lr.shape[-2:]
+        if h != w:
+            self._note_once("square", f"a {w}×{h} input is not square: it is stretched to the square model input "
+                                      f"and the output back to scale × its size (aspect distorted; pSp expects "
+                                      f"aligned square face crops)")
+        elif h not in self.input_sizes():
+            self._note_once("size", f"{h}-px inputs are outside the sizes the model was trained for "
+                                    f"({', '.join(map(str, self.input_sizes()))} px); results may be poor")
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        self.load()
+        self.check_scale(scale)
+        self._check_input(lr)
+        x = self._to_input(lr.to(self.device, torch.float32))
+        if n_samples == 1:
+            img, _ = self.model(x)
+        else:
+            img, _ = self.model.mix(x, n_samples, seed=seed, latent_mask=self.options.mix_layers,
+                                    mix_alpha=self.options.mix_alpha)
+        img = img.clamp(0, 1)
+        self.last_reports = [{"native_size": self.resolution, "seed": seed} for _ in range(img.shape[0])]
+        if self.options.keep_native_size:
+            return img
+        from restorekit.degradations import bicubic_resize
+
+        h, w = lr.shape[-2:]
+        return bicubic_resize(img, (h * scale, w * scale)).clamp(0, 1)
+
+    @torch.no_grad()
+    def bench_parts(self, lr: Tensor, scale: int) -> dict[str, float]:
+        """Milliseconds for the encoder (with input resize) and for the generator, one call each."""
+        self.load()
+
+        def sync() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        x = lr.to(self.device, torch.float32)
+        sync()
+        t0 = time.perf_counter()
+        w = self.model.encode(self._to_input(x))
+        sync()
+        t1 = time.perf_counter()
+        self.model.decode(w)
+        sync()
+        t2 = time.perf_counter()
+        return {"encoder": (t1 - t0) * 1000, "generator": (t2 - t1) * 1000}

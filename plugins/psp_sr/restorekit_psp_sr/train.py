@@ -1,0 +1,263 @@
+"""pSp super-resolution training (``restorekit train psp_sr``) on restorekit's shared trainer.
+
+The paper's recipe (``--dataset_type=celebs_super_resolution``): a GradualStyle encoder into
+W+ of a frozen, pretrained StyleGAN2 generator, starting from the generator's average latent;
+inputs are HR faces downscaled by a random factor and upscaled back to the encoder's input size
+(:class:`restorekit.training.SRPairDataset`); loss ``1·L2 + 0.8·LPIPS(alex) + 0.1·ID +
+0.005·‖w − w_avg‖`` with the pixel losses on [-1, 1] images as pSp computes them
+(``pixel_range="symmetric"``), on outputs average-pooled to 256 px when the generator is larger
+(no pooling for generators of 256 px or less); Ranger, lr 1e-4, batch 8. Every weight is a
+config field; a zero weight skips that loss (and its network).
+
+The generator comes from ``generator`` (a weights name or a file): a rosinality ``.pt``
+(``g_ema``), a restorekit StyleGAN2 ``.safetensors`` (what ``restorekit train stylegan2_ae``
+exports), or a restorekit pSp model (its decoder). The result is exported as
+``model.safetensors`` in restorekit's pSp format (:mod:`.method`), which ``psp_sr`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from restorekit.errors import RestorekitError
+from restorekit.interfaces import Loss
+from restorekit.training import TrainConfig, Trainer, psnr, sr_datasets
+
+STYLEGAN2_FORMAT = "restorekit.stylegan2/1"
+
+
+class PSPTrainConfig(TrainConfig):
+    """``restorekit train psp_sr`` settings (on top of :class:`~restorekit.training.TrainConfig`)."""
+
+    lr: float = 1e-4
+    # -- model ---------------------------------------------------------------------------
+    generator: str | None = Field(None, description="pretrained StyleGAN2: weights name or file (required)")
+    init: str | None = Field(None, description="start the encoder from this pSp model (restorekit or official)")
+    encoder_type: Literal["GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW"] = "GradualStyleEncoder"
+    encoder_backbone: str = "ir_se50"
+    backbone_weights: str | None = Field(None, description="IR-SE weights for the encoder body (pSp: ir-se50)")
+    encoder_input_size: int = Field(256, ge=32)
+    head_channels: int | None = Field(None, ge=1)
+    start_from_latent_avg: bool = True
+    latent_avg_samples: int = Field(4096, ge=1, description="map(z) samples for w_avg when the file has none")
+    impl: Literal["auto", "ref", "cuda"] = "auto"
+    # -- losses (pSp's SR lambdas) ---------------------------------------------------------
+    l2_lambda: float = Field(1.0, ge=0)
+    lpips_lambda: float = Field(0.8, ge=0)
+    id_lambda: float = Field(0.1, ge=0)
+    w_norm_lambda: float = Field(0.005, ge=0)
+    lpips_backbone: Literal["alex", "vgg"] = "alex"
+    id_embedder: str = "dlib_resnet"
+    pixel_range: Literal["unit", "symmetric"] = "symmetric"
+    loss_size: int = Field(256, ge=16, description="outputs larger than this are average-pooled to it for losses")
+    # -- export ------------------------------------------------------------------------------
+    model_name: str = "psp_sr"
+    license: str = Field("unknown", description="license of the trained model (data + generator terms)")
+
+
+class GeneratorLoadError(RestorekitError):
+    """The generator for training cannot be found or read."""
+
+
+def _weights_file(spec: str) -> Path:
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p
+    if "/" in spec or p.suffix in (".pt", ".pth", ".safetensors"):
+        raise GeneratorLoadError(f"generator file {p} does not exist")
+    from restorekit.weights import resolve
+
+    return resolve(spec)
+
+
+def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str = "unknown", name: str = "",
+                               training: dict[str, Any] | None = None) -> Path:
+    """A StyleGAN2 generator as ``.safetensors``: rosinality tensor names, ``latent_avg`` when
+    known, and metadata ``format = restorekit.stylegan2/1`` + ``config`` (JSON architecture)."""
+    from safetensors.torch import save
+
+    from restorekit.images import atomic_write_bytes
+
+    from .method import generator_config
+
+    tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
+    if generator.latent_avg.numel():
+        tensors["latent_avg"] = generator.latent_avg.detach().float().cpu().reshape(-1).contiguous().clone()
+    config = {"generator": generator_config(generator), "license": license, "name": name, "training": training or {}}
+    p = Path(path)
+    atomic_write_bytes(p, save(tensors, metadata={"format": STYLEGAN2_FORMAT, "config": json.dumps(config)}))
+    return p
+
+
+def load_generator(spec: str, **kwargs: Any) -> Any:
+    """A frozen :class:`~.stylegan2.StyleGAN2Generator` from a weights name or file (see module doc)."""
+    path = _weights_file(spec)
+    if path.suffix != ".safetensors":
+        from .rosinality import load_rosinality
+
+        return load_rosinality(path, **kwargs)
+    from safetensors import safe_open
+
+    from .method import PSP_FORMAT, build_generator, load_psp_safetensors
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    fmt = meta.get("format")
+    if fmt == PSP_FORMAT:
+        model, _ = load_psp_safetensors(path, **kwargs)
+        g = model.decoder
+        g.set_latent_avg(model.latent_avg[0])
+        return g
+    la = tensors.pop("latent_avg", None)
+    if fmt == STYLEGAN2_FORMAT:
+        g = build_generator(json.loads(meta["config"])["generator"], **kwargs)
+        g.load_state_dict(tensors, strict=True)
+        if la is not None:
+            g.set_latent_avg(la)
+        return g.eval()
+    from .rosinality import generator_from_state_dict
+
+    return generator_from_state_dict(tensors, latent_avg=la, **kwargs)
+
+
+def build_losses(cfg: PSPTrainConfig) -> dict[str, Loss]:
+    """The weighted losses the config enables (weight 0: left out, its network never built)."""
+    from restorekit.losses import L2Loss, LPIPSLoss, WNormLoss
+
+    losses: dict[str, Loss] = {}
+    if cfg.l2_lambda > 0:
+        losses["l2"] = L2Loss(cfg.l2_lambda, value_range=cfg.pixel_range)
+    if cfg.lpips_lambda > 0:
+        losses["lpips"] = LPIPSLoss(cfg.lpips_lambda, backbone=cfg.lpips_backbone)
+    if cfg.id_lambda > 0:
+        from .identity_loss import IdentityLoss
+
+        losses["id"] = IdentityLoss(cfg.id_lambda, embedder=cfg.id_embedder)
+    if cfg.w_norm_lambda > 0:
+        losses["w_norm"] = WNormLoss(cfg.w_norm_lambda)
+    if not losses:
+        raise RestorekitError("psp_sr training: every loss weight is 0")
+    return losses
+
+
+def build_psp(cfg: PSPTrainConfig) -> Any:
+    """Encoder (fresh, or from ``init``/``backbone_weights``) + the frozen generator + w_avg."""
+    from .encoder import build_gradual_style_encoder
+    from .psp import PSP
+
+    if cfg.generator is None and cfg.init is None:
+        raise RestorekitError("psp_sr training needs a pretrained StyleGAN2: set `generator` (weights name or "
+                              "file), e.g. --set generator=stylegan2-ffhq-config-f")
+    init = None
+    if cfg.init is not None:
+        from .method import load_psp_model
+
+        init, _ = load_psp_model(_weights_file(cfg.init), impl=cfg.impl)
+    if cfg.generator is not None:
+        generator = load_generator(cfg.generator, impl=cfg.impl)
+    elif init is not None:
+        generator = init.decoder
+    encoder = build_gradual_style_encoder(generator.n_styles, generator.style_dim, backbone=cfg.encoder_backbone,
+                                          input_size=cfg.encoder_input_size, head_channels=cfg.head_channels,
+                                          learn_in_w=cfg.encoder_type == "BackboneEncoderUsingLastLayerIntoW")
+    if cfg.backbone_weights is not None:
+        from restorekit.weights import load_state_dict
+
+        sd = load_state_dict(cfg.backbone_weights)
+        own = encoder.state_dict()
+        body = {k: v for k, v in sd.items() if k.startswith(("input_layer.", "body.")) and k in own
+                and own[k].shape == v.shape}
+        if not body:
+            raise RestorekitError(f"backbone_weights {cfg.backbone_weights}: no input_layer./body. tensor fits "
+                                  f"the {cfg.encoder_backbone} encoder")
+        encoder.load_state_dict(body, strict=False)
+    if init is not None:
+        encoder.load_state_dict(init.encoder.state_dict(), strict=True)
+        latent_avg = init.latent_avg
+    else:
+        latent_avg = generator.mean_latent(n=cfg.latent_avg_samples)
+    return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg)
+
+
+class PSPTrainer(Trainer):
+    """Trains pSp's encoder against a frozen StyleGAN2 generator (see the module docstring)."""
+
+    name: ClassVar[str] = "psp_sr"  # type: ignore[misc]
+    Config: ClassVar[type[TrainConfig]] = PSPTrainConfig  # type: ignore[misc]
+    config: PSPTrainConfig
+
+    def __init__(self, config: PSPTrainConfig, model: Any, train_data: Any, val_data: Any = None, *,
+                 losses: dict[str, Loss] | None = None, **kwargs: Any) -> None:
+        for p in model.decoder.parameters():
+            p.requires_grad_(False)
+        super().__init__(config, model, train_data, val_data, params=list(model.encoder.parameters()), **kwargs)
+        self.losses = losses if losses is not None else build_losses(config)
+        res = int(model.decoder.resolution)
+        self.loss_size: int | None = config.loss_size if res > config.loss_size else None
+
+    @classmethod
+    def hr_size(cls, config: PSPTrainConfig, resolution: int) -> int:
+        return min(resolution, config.loss_size)
+
+    @classmethod
+    def build(cls, config: TrainConfig, *, quiet: bool = False) -> "PSPTrainer":
+        assert isinstance(config, PSPTrainConfig)
+        model = build_psp(config)
+        train, val = sr_datasets(config.data.root, config.encoder_input_size, config.data,
+                                 hr_size=cls.hr_size(config, model.decoder.resolution), seed=config.seed)
+        return cls(config, model, train, val, quiet=quiet)
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+        self.model.decoder.eval()
+
+    def compute_losses(self, y_hat: Tensor, y: Tensor, latents: Tensor) -> dict[str, Tensor]:
+        """Weighted total under ``loss`` and each unweighted term under its name."""
+        out: dict[str, Tensor] = {}
+        total = y_hat.new_zeros(())
+        ctx = {"latents": latents, "latent_avg": self.model.latent_avg if self.model.start_from_latent_avg else None}
+        for key, loss in self.losses.items():
+            value = loss(y_hat, y, **ctx)
+            out[key] = value.detach()
+            total = total + loss.weight * value
+        out["loss"] = total
+        return out
+
+    def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size)
+        y = batch["hr"]
+        if y_hat.shape[-2:] != y.shape[-2:]:
+            raise RestorekitError(f"psp_sr training: output {tuple(y_hat.shape[-2:])} vs target "
+                                  f"{tuple(y.shape[-2:])}; the dataset's hr_size must be min(resolution, loss_size)")
+        return self.compute_losses(y_hat.float(), y, latents.float())
+
+    def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:
+        y_hat, _ = self.model(batch["lr_up"], resize_output=self.loss_size)
+        y_hat = y_hat.float().clamp(0, 1)
+        y = batch["hr"]
+        metrics = {"psnr": psnr(y_hat, y), "l2": (y_hat - y).square().flatten(1).mean(1)}
+        return [batch["lr_up"], y_hat, y], metrics
+
+    def export(self, folder: Path) -> Path:
+        from .method import save_psp_safetensors
+
+        cfg = self.config
+        training = {"hr_size": self.hr_size(cfg, self.model.decoder.resolution), "steps": self.step,
+                    "batch_size": cfg.batch_size * cfg.grad_accum * self.dist.world_size,
+                    "optimizer": cfg.optimizer, "lr": cfg.lr,
+                    "losses": {k: float(v.weight) for k, v in self.losses.items()},
+                    "pixel_range": cfg.pixel_range, "generator": cfg.generator, "val": self.last_val}
+        return save_psp_safetensors(self.model, folder / "model.safetensors", factors=cfg.data.factors,
+                                    license=cfg.license, name=cfg.model_name, training=training)
+
+
+def load_trainer() -> type[PSPTrainer]:
+    """For ``add_trainer`` (imports stay lazy until the command runs)."""
+    return PSPTrainer
