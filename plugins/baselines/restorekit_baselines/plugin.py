@@ -20,10 +20,13 @@ def register_methods(register: Register) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    """``restorekit train pix2pixhd`` (when the core has the ``train`` group)."""
-    group = getattr(cli, "commands", {}).get("train")
-    if group is None:
-        return
-    from .train_pix2pixhd import make_command
+    """``restorekit train pix2pixhd`` on the shared training command."""
+    from restorekit.commands.train import add_trainer
 
-    group.add_command(make_command())
+    def load() -> Any:
+        from .train_pix2pixhd import load_trainer
+
+        return load_trainer()
+
+    add_trainer(cli, "pix2pixhd", "Train pix2pixHD super-resolution (global generator, multi-scale "
+                "LSGAN, feature matching, VGG16 loss) on a folder of HR images.", load)

@@ -125,8 +125,21 @@ class Pix2PixHDTrainer(Trainer):
     """The shared loop with pix2pixHD's two-player step; G is the loop's optimizer's."""
 
     name = "pix2pixhd"
+    Config = Pix2PixHDTrainConfig
     config: Pix2PixHDTrainConfig
     model: Pix2PixHDModel
+
+    @classmethod
+    def build(cls, config: TrainConfig, *, quiet: bool = False) -> Pix2PixHDTrainer:
+        """A trainer on the images under ``config.data.root`` (what ``restorekit train pix2pixhd`` calls)."""
+        if not isinstance(config, Pix2PixHDTrainConfig):
+            config = Pix2PixHDTrainConfig.model_validate(config.model_dump())
+        if config.data.root is None:
+            raise TrainingError("pix2pixhd: no training data (pass --data DIR or set data.root)")
+        from restorekit.training import sr_datasets
+
+        train_ds, val_ds = sr_datasets(config.data.root, config.size, config.data, seed=config.seed)
+        return cls(config, train_ds, val_ds, quiet=quiet)
 
     def __init__(self, config: Pix2PixHDTrainConfig, train_data: Any, val_data: Any = None, *,
                  out: str | Path | None = None, quiet: bool = False, vgg: VGGLoss | None = None,
@@ -171,54 +184,12 @@ class Pix2PixHDTrainer(Trainer):
                               input_size=self.config.size)
 
 
-def build_trainer(config: Pix2PixHDTrainConfig, data: str | Path, *, out: str | Path | None = None,
-                  quiet: bool = False) -> Pix2PixHDTrainer:
-    """A trainer on the images under ``data`` (see :func:`restorekit.training.sr_datasets`)."""
-    from restorekit.training import sr_datasets
-
-    train_ds, val_ds = sr_datasets(data, config.size, config.data, seed=config.seed)
-    return Pix2PixHDTrainer(config, train_ds, val_ds, out=out, quiet=quiet)
+def build_trainer(config: Pix2PixHDTrainConfig, data: str | Path, *, quiet: bool = False) -> Pix2PixHDTrainer:
+    """A trainer on the images under ``data`` (sets ``config.data.root``)."""
+    config = config.model_copy(update={"data": config.data.model_copy(update={"root": str(data)})})
+    return Pix2PixHDTrainer.build(config, quiet=quiet)
 
 
-def make_command() -> Any:
-    """The ``restorekit train pix2pixhd`` click command."""
-    import click
-
-    @click.command("pix2pixhd")
-    @click.option("--data", "data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-                  help="Folder of high-resolution training images.")
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Run folder (checkpoints, log.jsonl, val grids, the exported generator).")
-    @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  default=None, help="TOML/YAML file of settings (Pix2PixHDTrainConfig).")
-    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting.")
-    @click.option("--steps", type=int, default=None, help="Total optimizer steps.")
-    @click.option("--batch-size", type=int, default=None)
-    @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
-    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint under --out.")
-    @click.option("--time-limit", type=float, default=None, help="Stop (with a checkpoint) after this many seconds.")
-    @click.option("--quiet", is_flag=True)
-    @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-    def pix2pixhd_cmd(data: Path, out: Path | None, config_path: Path | None, overrides: tuple[str, ...],
-                      steps: int | None, batch_size: int | None, device: str | None, resume: bool,
-                      time_limit: float | None, quiet: bool, as_json: bool) -> None:
-        """Train pix2pixHD super-resolution on a folder of images."""
-        import json
-
-        from restorekit.errors import RestorekitError
-        from restorekit.training import load_config
-
-        try:
-            cfg = load_config(Pix2PixHDTrainConfig, config_path, overrides, steps=steps, batch_size=batch_size,
-                              device=device, out=str(out) if out is not None else None)
-            trainer = build_trainer(cfg, data, quiet=quiet)
-            summary = trainer.fit(resume=resume, time_limit=time_limit)
-        except RestorekitError as exc:
-            raise click.ClickException(str(exc)) from None
-        if as_json:
-            click.echo(json.dumps(summary))
-        elif not quiet:
-            click.echo(f"pix2pixhd: step {summary['step']}/{summary['steps']} → {summary['out']}"
-                       + (f"; generator {summary['exported']}" if summary.get("exported") else ""), err=True)
-
-    return pix2pixhd_cmd
+def load_trainer() -> type[Pix2PixHDTrainer]:
+    """The loader ``restorekit.commands.train.add_trainer`` calls when the command runs."""
+    return Pix2PixHDTrainer
