@@ -84,6 +84,7 @@ def main() -> int:
     print(f"port loaded from .dat in {time.time() - t0:.2f} s")
 
     chips: dict[str, list[np.ndarray]] = {"clean": [], "blur": [], "down4": []}
+    framed: list[np.ndarray] = []  # whole FFHQ-framed images with a face, for the embedder
     chip_err: dict[str, list[np.ndarray]] = {"256": [], "768": []}
     found = 0
     for f in files[:args.n]:
@@ -92,6 +93,7 @@ def main() -> int:
         if lm is None:
             continue
         found += 1
+        framed.append(img)
         chip = tools.face_chip(img, lm)
         for kind in chips:
             chips[kind].append(chip if kind == "clean" else degrade(chip, kind))
@@ -119,6 +121,19 @@ def main() -> int:
         print(f"descriptor [{kind:5s}] n={len(cs)}  cosine min {cos.min():.9f} mean {cos.mean():.9f}  "
               f"1-cos max {1 - cos.min():.1e}  max|diff| {np.abs(ours - ref).max():.2e}  |d| mean {np.linalg.norm(ref, axis=1).mean():.3f}  "
               f"port {1000 * dt / len(cs):.1f} ms/chip")
+    # The training-loss embedder: fixed FFHQ->chip placement, no detector, vs dlib's pipeline.
+    from restorekit.faces.identity_dlib import DlibResnetEmbedder
+
+    emb = DlibResnetEmbedder()
+    emb._net = net
+    x = torch.from_numpy(np.stack(framed)).permute(0, 3, 1, 2).float() / 255.0
+    ref = np.stack([np.asarray(facerec.compute_face_descriptor(c), dtype=np.float64) for c in chips["clean"]])
+    with torch.no_grad():
+        fixed = emb.descriptors(x).double().numpy()
+    cos = (fixed * ref).sum(1) / np.linalg.norm(fixed, axis=1) / np.linalg.norm(ref, axis=1)
+    dist = np.linalg.norm(fixed - ref, axis=1)
+    print(f"dlib_resnet embedder (fixed FFHQ placement) vs dlib pipeline (detected landmarks): "
+          f"cosine min {cos.min():.4f} mean {cos.mean():.4f}; distance mean {dist.mean():.3f} max {dist.max():.3f}")
     for label, errs in chip_err.items():
         e = np.stack(errs)
         print(f"torch chip vs dlib.get_face_chip [{label} px]: max {e.max():.0f}, mean {e.mean():.4f}, "

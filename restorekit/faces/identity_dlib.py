@@ -7,6 +7,9 @@
   images, ``scripts/check_dlib_port.py --derive-template``; per-point spread 0.6-2.9 % of the
   image side). It agrees with FFHQ's alignment rule, which puts the eye centres at
   x = 0.5 ∓ 0.125 (mean of each eye's two corners here: 0.379 and 0.623, y ≈ 0.479).
+  Over all 1100 local FFHQ thumbnails the means move by < 0.0005. On 100 held-out images the
+  fixed placement's descriptors agree with dlib's detect-and-align pipeline at mean cosine
+  0.993 (min 0.870, a strongly turned head): the placement follows the framing, not the pose.
 * :class:`IdentityDlib` (``identity_dlib``, higher is better): per (pred, target) pair, dlib
   finds the face and its 5 landmarks on the HR target; the same landmarks cut dlib chips
   (``get_face_chip``, 150 px, padding 0.25) from target and prediction; the metric is the
