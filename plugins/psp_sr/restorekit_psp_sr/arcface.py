@@ -181,11 +181,12 @@ class ArcFaceEmbedder(nn.Module, FaceEmbedder):
         return self.embed(faces)
 
 
-def build_arcface_irse50(weights: str | os.PathLike[str] = WEIGHT_NAME,
-                         device: str | torch.device = "cpu") -> ArcFaceEmbedder:
+def build_arcface_irse50(weights: str | os.PathLike[str] = WEIGHT_NAME, device: str | torch.device = "cpu",
+                         backbone: str | BackboneConfig = "ir_se50") -> ArcFaceEmbedder:
     """Registry factory ``arcface_irse50``: the embedder with official IR-SE50 weights.
 
     ``weights``: a weights name (default ``ir-se50``, resolved in the cache, which raises
-    ``restorekit.errors.WeightsMissing`` naming the fix) or a file path.
+    ``restorekit.errors.WeightsMissing`` naming the fix) or a file path. ``backbone`` other
+    than ``ir_se50`` only serves files of other depths in the same layout (e.g. tests).
     """
-    return ArcFaceEmbedder.from_file(weights).to(device)
+    return ArcFaceEmbedder.from_file(weights, backbone).to(device)

@@ -29,12 +29,19 @@ def build_embedder(name: str, **kwargs: Any) -> FaceEmbedder:
     return embedder
 
 
-def freeze(embedder: FaceEmbedder) -> FaceEmbedder:
-    """Put a torch-module embedder in eval mode and stop grads to its parameters."""
+def _modules_of(embedder: FaceEmbedder) -> list[torch.nn.Module]:
+    """The torch modules an embedder computes with: itself, or its ``net`` (built on access)."""
     if isinstance(embedder, torch.nn.Module):
-        embedder.eval()
-        for p in embedder.parameters():
-            p.requires_grad_(False)
+        return [embedder]
+    net = getattr(embedder, "net", None)  # e.g. dlib_resnet keeps a lazily loaded network here
+    return [net] if isinstance(net, torch.nn.Module) else []
+
+
+def freeze(embedder: FaceEmbedder) -> FaceEmbedder:
+    """Put the embedder's torch modules in eval mode and stop grads to their parameters."""
+    for module in _modules_of(embedder):
+        module.eval()
+        module.requires_grad_(False)
     return embedder
 
 
@@ -53,25 +60,30 @@ class IdentityLoss(Loss):
         self._spec = DEFAULT_EMBEDDER if embedder is None else embedder
         self._kwargs = dict(embedder_kwargs or {})
         self._embedder: FaceEmbedder | None = None
+        self._frozen = False
         if isinstance(self._spec, FaceEmbedder):
-            self._embedder = self._ready(self._spec)
+            self._embedder = self._check(self._spec)
 
     @staticmethod
-    def _ready(embedder: FaceEmbedder) -> FaceEmbedder:
+    def _check(embedder: FaceEmbedder) -> FaceEmbedder:
         if not embedder.differentiable:
             raise ValueError(f"face embedder '{embedder.name}' is not differentiable; the identity loss needs one")
-        return freeze(embedder)
+        return embedder
 
     @property
     def embedder(self) -> FaceEmbedder:
         """The embedder, built from the registry on first access when given by name."""
         if self._embedder is None:
             assert isinstance(self._spec, str)
-            self._embedder = self._ready(build_embedder(self._spec, **self._kwargs))
+            self._embedder = self._check(build_embedder(self._spec, **self._kwargs))
         return self._embedder
 
     def _on(self, device: torch.device) -> FaceEmbedder:
+        """The embedder, frozen on first use (loading lazy networks) and, if a module, on ``device``."""
         emb = self.embedder
+        if not self._frozen:
+            freeze(emb)
+            self._frozen = True
         if isinstance(emb, torch.nn.Module):
             p = next(emb.parameters(), None)
             if p is not None and p.device != device:

@@ -212,12 +212,52 @@ def test_plugin_registers_identity_loss_and_arcface(monkeypatch: pytest.MonkeyPa
     factory = reg.get("face_embedders", "arcface_irse50")
     with pytest.raises(WeightsMissing, match="ir-se50"):
         factory.build()
-    # With a file in the official layout the factory builds the paper's IR-SE50 embedder.
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in IRSEBackbone("ir_se50").state_dict().items()}
-    state = {k: (torch.zeros(s, dtype=torch.long) if k.endswith("num_batches_tracked") else torch.rand(s) + 0.5)
-             for k, s in shapes.items()}
-    path = tmp_path / "model_ir_se50.pth"
+    # With a file in the official layout (light depth, to stay small) the factory loads it.
+    state = random_official_state(IRSEBackbone(LIGHT), seed=5)
+    path = tmp_path / "model_ir_se_light.pth"
     torch.save(state, path)
-    emb = factory.build(weights=path)
+    emb = factory.build(weights=path, backbone=LIGHT)
     assert isinstance(emb, ArcFaceEmbedder) and emb.embed(torch.rand(1, 3, 256, 256)).shape == (1, 512)
+    torch.testing.assert_close(emb.net.state_dict()["output_layer.3.weight"], state["output_layer.3.weight"])
+
+
+def test_identity_loss_freezes_a_nested_net() -> None:
+    class WithNet(FaceEmbedder):  # not a module itself: the network sits in `.net`, as dlib_resnet's
+        name = "with_net"
+
+        def __init__(self) -> None:
+            self.net = tiny_embedder(2).net
+
+        def embed(self, faces: torch.Tensor) -> torch.Tensor:
+            return self.net(prepare_faces(faces))
+
+    emb = WithNet()
+    emb.net.train()
+    loss = IdentityLoss(embedder=emb)
+    pred = torch.rand(2, 3, 256, 256, requires_grad=True)
+    loss(pred, torch.rand(2, 3, 256, 256)).backward()
+    assert not emb.net.training
+    assert all(p.grad is None and not p.requires_grad for p in emb.net.parameters())
+    assert pred.grad.abs().sum() > 0
+
+
+def test_identity_loss_with_dlib_resnet_on_a_real_face() -> None:
+    """The offline default embedder (dlib's ResNet port) on the public-domain astronaut portrait."""
+    skimage_data = pytest.importorskip("skimage.data")
+    try:
+        from restorekit.faces.identity_dlib import DlibResnetEmbedder
+
+        emb = DlibResnetEmbedder()
+        emb.net
+    except Exception as exc:  # weights package not installed here
+        pytest.skip(f"dlib_resnet unavailable: {exc}")
+    img = torch.from_numpy(skimage_data.astronaut() / 255.0).permute(2, 0, 1)[None].float()
+    face = img[:, :, 0:256, 120:376]  # roughly FFHQ-framed head
+    loss = IdentityLoss(embedder=emb)
+    assert abs(float(loss(face, face))) < 1e-5
+    pred = torch.rand_like(face).requires_grad_(True)
+    value = loss(pred, face)
+    assert float(value.detach()) > 0.05
+    value.backward()
+    assert pred.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in emb.net.parameters())
