@@ -52,6 +52,10 @@ class Flaky(Method):
 class Noisy(Method):
     info: ClassVar[MethodInfo] = MethodInfo(name="noisy3p", summary="nearest plus seeded noise",
                                             deterministic=False)
+    precision = "float16-ish"
+
+    def load(self):
+        self.weights_info = {"noisy-net": {"sha256": "ab" * 32, "license": "MIT"}}
 
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         _count("noisy3p")
@@ -83,6 +87,16 @@ class FaceScore(Metric):
         return torch.where(m < 0.5, torch.full_like(m, float("nan")), m)
 
 
+class Boom(Metric):
+    name: ClassVar[str] = "boom_3p"
+    higher_is_better: ClassVar[bool] = False
+
+    def __call__(self, pred, target, *, lr, scale):
+        if target.shape[-1] == 48:
+            raise ValueError("cannot score 48-px-wide images")
+        return (pred - target).abs().flatten(1).mean(1).double()
+
+
 @hookimpl
 def register_methods(register):
     register(Flaky)
@@ -93,6 +107,7 @@ def register_methods(register):
 def register_metrics(register):
     register(NeedsWeights)
     register(FaceScore)
+    register(Boom)
 '''
 
 CORE_METRICS = "psnr_y_crop,ssim_y_crop,psnr_rgb,ssim_rgb,lr_consistency"
@@ -183,7 +198,7 @@ def test_identical_prediction_gives_inf_psnr_and_unit_ssim(hr_folder, tmp_path):
 def test_failure_on_one_image_keeps_other_rows(harness_plugin, hr5, tmp_path):
     out = tmp_path / "out"
     r = invoke("compare", "--methods", "bicubic,flaky3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
-               "--metrics", "psnr_y_crop,ssim_y_crop", "--device", "cpu")
+               "--metrics", "psnr_y_crop,ssim_y_crop,boom_3p", "--device", "cpu")
     assert r.exit_code == 1
     assert "flaky3p failed on 1 image(s) [narrow]" in r.stderr and "24-px-wide" in r.stderr
     doc = _doc(out)
@@ -196,6 +211,12 @@ def test_failure_on_one_image_keeps_other_rows(harness_plugin, hr5, tmp_path):
     ok_rows = [img for img in doc["images"] if img["status"] == "ok"]
     assert len(ok_rows) == 9 and all(isinstance(img["metrics"]["psnr_y_crop"], float) for img in ok_rows)
     assert (out / "outputs/flaky3p/img3.png").exists() and not (out / "outputs/flaky3p/narrow.png").exists()
+    # A metric raising on one image: NaN there, counted as an error (not as the metric's NaN), noted.
+    boom = bic["metrics"]["boom_3p"]
+    assert (boom["n"], boom["nan"], bic["metric_errors"]) == (4, 0, {"boom_3p": 1})
+    narrow = next(img for img in doc["images"] if img["method"] == "bicubic" and img["image"] == "narrow")
+    assert narrow["metrics"]["boom_3p"] is None and "48-px-wide" in narrow["metric_errors"]["boom_3p"]
+    assert any("boom_3p: could not be computed for some images: bicubic 1" in n for n in doc["notes"])
 
 
 def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_folder, tmp_path):
@@ -235,6 +256,11 @@ def test_resume_reuses_results_and_fresh_recomputes(harness_plugin, hr5, tmp_pat
     assert _calls(harness_plugin) == ["flaky3p"]
     doc2 = _doc(out)
     assert sum(img["reused"] for img in doc2["images"]) == 19
+    # noisy3p was not even built this time: its device, precision and weights come from the store.
+    for d in (doc1, doc2):
+        noisy = _method(d, "noisy3p")
+        assert noisy["weights"] == {"noisy-net": {"sha256": "ab" * 32, "license": "MIT"}}
+        assert noisy["precision"] == "float16-ish" and noisy["device"].startswith("cpu")
     strip = ("ms", "warmup", "peak_mem_mb", "reused")
     same = [{k: v for k, v in img.items() if k not in strip} for img in doc1["images"]]
     assert same == [{k: v for k, v in img.items() if k not in strip} for img in doc2["images"]]

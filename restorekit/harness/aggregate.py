@@ -2,7 +2,7 @@
 
 Rules:
 - A metric's value for a method is the mean over the images it succeeded on, NaN values
-  (e.g. no face found) left out and counted. ``+inf`` (PSNR of a perfect output) is a value:
+  (e.g. no face found) left out and counted; images where the metric raised are counted apart. ``+inf`` (PSNR of a perfect output) is a value:
   a mean containing it is ``+inf``.
 - Stochastic methods: the mean over images is taken per seed, and the table shows the mean ±
   population standard deviation (ddof = 0) of those per-seed means. Deterministic methods run
@@ -83,6 +83,8 @@ def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Sta
     for r in records:
         if r.status != "ok" or r.metrics is None or metric not in r.metrics:
             continue
+        if r.metric_errors and metric in r.metric_errors:
+            continue  # counted as an error by summarize(), not as the metric's own NaN
         v = r.metrics[metric]
         if math.isnan(v):
             nan += 1

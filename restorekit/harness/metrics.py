@@ -24,7 +24,6 @@ import math
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..degradations import bicubic_resize
@@ -74,27 +73,46 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tenso
     return g / g.sum()
 
 
+def filter_valid(z: Tensor, g: Tensor) -> Tensor:
+    """Separable "valid" filtering of the last two dims with the 1-D kernel ``g`` (shift-and-add).
+
+    Shift-and-add on float64 is an order of magnitude faster on CPU than ``conv2d``, which has no
+    optimised float64 path; the result is the same sum.
+    """
+    k = g.numel()
+    h, w = z.shape[-2] - k + 1, z.shape[-1] - k + 1
+    weights = [float(v) for v in g]
+    acc = z[..., :, 0:w] * weights[0]
+    for i in range(1, k):
+        acc.add_(z[..., :, i:i + w], alpha=weights[i])
+    out = acc[..., 0:h, :] * weights[0]
+    for i in range(1, k):
+        out.add_(acc[..., i:i + h, :], alpha=weights[i])
+    return out
+
+
+def _ssim_plane(x: Tensor, y: Tensor, g: Tensor, c1: float, c2: float) -> Tensor:
+    mx, my = filter_valid(x, g), filter_valid(y, g)
+    vx = filter_valid(x * x, g).sub_(mx * mx)
+    vy = filter_valid(y * y, g).sub_(my * my)
+    cxy = filter_valid(x * y, g).sub_(mx * my)
+    num = (2 * mx * my + c1).mul_(2 * cxy + c2)
+    return num.div_((mx * mx + my * my + c1).mul_(vx.add_(vy).add_(c2)))
+
+
 def ssim_map(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
-    """SSIM index map over the valid region, per channel (``N×C×(H-10)×(W-10)``), float64."""
-    c = pred.shape[1]
+    """SSIM index map over the valid region, per channel (``N×C×(H-10)×(W-10)``), float64.
+
+    Computed one image plane at a time: the planes stay in cache, about twice as fast on CPU.
+    """
     if min(pred.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs at least {SSIM_WINDOW}×{SSIM_WINDOW} px, got "
                          f"{pred.shape[-2]}×{pred.shape[-1]}")
-    g = gaussian_window().to(pred.device)
-    gh = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    gv = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-
-    def filt(z: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(z, gh, groups=c), gv, groups=c)
-
+    g = gaussian_window()
     x, y = pred.to(torch.float64), target.to(torch.float64)
-    # One filtering pass over the five stacked moments.
-    n = x.shape[0]
-    stats = filt(torch.cat([x, y, x * x, y * y, x * y], dim=0))
-    mx, my, mxx, myy, mxy = stats.split(n, dim=0)
-    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    planes = [_ssim_plane(x[n, c], y[n, c], g, c1, c2) for n in range(x.shape[0]) for c in range(x.shape[1])]
+    return torch.stack(planes).reshape(x.shape[0], x.shape[1], *planes[0].shape)
 
 
 def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:

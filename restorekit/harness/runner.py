@@ -361,6 +361,9 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
                         method = _build(mp, p.device)
                         clock.add("method_load", time.perf_counter() - t0)
                         built = True
+                        if method is not None:
+                            store.save_meta(mp.name, mp.settings_hash, {
+                                "device": mp.device, "precision": mp.precision, "weights": mp.weights_info})
                     rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
                     if rec.ms is not None:
                         first_call = False
@@ -374,6 +377,11 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
         store.compact(mp.name, run_records)
         clock.add("store", time.perf_counter() - t0)
         records.extend(run_records)
+        if not built:  # everything reused: what the building run recorded
+            meta = store.load_meta(mp.name, mp.settings_hash) or {}
+            mp.device = str(meta.get("device") or "")
+            mp.precision = str(meta.get("precision") or mp.precision)
+            mp.weights_info = meta.get("weights") if isinstance(meta.get("weights"), dict) else None
         if not mp.device:
             mp.device = _device_name(p.device)
         del method
@@ -398,7 +406,8 @@ def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputS
     clock.add("store", time.perf_counter() - t0)
     if not ok or rec is None:
         return None
-    missing = [m for m in active if m.name not in (rec.metrics or {})]
+    # Metrics this record lacks (asked for later) or that raised last time are computed now.
+    missing = [m for m in active if m.name not in (rec.metrics or {}) or m.name in (rec.metric_errors or {})]
     if missing:
         t0 = time.perf_counter()
         try:
@@ -411,7 +420,7 @@ def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputS
         vals, errs = score(missing, pred, hr, lr, p.config.scale, mdev)
         clock.add("metrics", time.perf_counter() - t0)
         rec.metrics = {**(rec.metrics or {}), **vals}
-        rec.metric_errors = {**(rec.metric_errors or {}), **errs}
+        rec.metric_errors = {k: v for k, v in (rec.metric_errors or {}).items() if k not in vals} | errs
         store.append(rec)
     rec.reused = True
     return rec

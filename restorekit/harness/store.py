@@ -165,9 +165,31 @@ class ResultStore:
         p = self.out / rec.output
         return p.is_file() and sha256_file(p) == rec.output_sha256
 
+    def meta_path(self, method: str) -> Path:
+        return self.folder / f"{safe_name(method)}.meta.json"
+
+    def save_meta(self, method: str, settings: str, meta: dict[str, Any]) -> None:
+        """What is only known once a method is built (device, precision, weights), per settings hash."""
+        data = self._read_meta(method)
+        data[settings] = meta
+        atomic_write_bytes(self.meta_path(method), dumps(data, indent=1).encode())
+
+    def load_meta(self, method: str, settings: str) -> dict[str, Any] | None:
+        found = self._read_meta(method).get(settings)
+        return found if isinstance(found, dict) else None
+
+    def _read_meta(self, method: str) -> dict[str, Any]:
+        p = self.meta_path(method)
+        try:
+            data = json.loads(p.read_text()) if p.exists() else {}
+        except ValueError:
+            data = {}
+        return data if isinstance(data, dict) else {}
+
     def clear(self, method: str) -> None:
         self.close(method)
         self.path(method).unlink(missing_ok=True)
+        self.meta_path(method).unlink(missing_ok=True)
 
     def append(self, rec: Record) -> None:
         f = self._handles.get(rec.method)
