@@ -230,8 +230,7 @@ def test_embedder_differentiable_and_unit_norm() -> None:
 
 @pytest.fixture(scope="module")
 def astronaut_face():  # type: ignore[no-untyped-def]
-    from skimage.data import astronaut
-
+    astronaut = pytest.importorskip("skimage.data", reason="needs scikit-image for its face photo").astronaut
     from restorekit.faces.dlib_tools import DlibFaceTools
 
     img = np.ascontiguousarray(astronaut()[0:256, 96:352])  # NASA portrait, public domain
