@@ -1,0 +1,164 @@
+"""The psp_sr method on tiny saved models: sizes, determinism, style mixing, weights errors, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from restorekit.cli import build_cli
+from restorekit.degradations import bicubic_resize
+from restorekit.images import save_image
+from restorekit.testing.conformance import check_method
+from restorekit.testing.data import smooth_batch
+from restorekit_psp_sr import method as method_mod
+from restorekit_psp_sr.checkpoint_psp import save_psp_official
+from restorekit_psp_sr.encoder import GradualStyleEncoder
+from restorekit_psp_sr.method import PSPSR, PSPModelError, PSPSROptions, save_psp_safetensors
+from restorekit_psp_sr.psp import PSP, default_latent_mask
+from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
+
+
+def tiny_psp(seed: int = 0) -> PSP:
+    torch.manual_seed(seed)
+    g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref")
+    enc = GradualStyleEncoder(g.n_styles, 16, backbone="ir_se_light", input_size=32, head_channels=16)
+    return PSP(enc, g, g.mean_latent(256)).eval()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_psp_safetensors(tiny_psp(), path, factors=[1, 2, 4], license="CC0-1.0", name="tiny")
+    return path
+
+
+def make(model_file: Path, **opts: object) -> PSPSR:
+    m = PSPSR(PSPSROptions(weights=str(model_file), impl="ref", **opts))
+    m.load()
+    return m
+
+
+def test_output_size_scale_and_native_resolution(model_file: Path) -> None:
+    m = make(model_file)
+    assert m.input_sizes() == [32, 16, 8] and m.native_scales() == [1, 2, 4]
+    assert m.preferred_input_size(2) == 16 and m.preferred_input_size(4) == 8
+    lr = smooth_batch(2, 16, 16, seed=1)
+    out = m.restore(lr, 2)
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+    # ×2 of a 16-px input is the generator's own 32 px: no resize, the model's clamped output.
+    with torch.no_grad():
+        ref, _ = m.model(bicubic_resize(lr, (32, 32)).clamp(0, 1))
+    torch.testing.assert_close(out, ref.clamp(0, 1), rtol=0, atol=1e-6)
+    out4 = m.restore(lr, 4)
+    assert out4.shape == (2, 3, 64, 64)  # 32 px resized to 4 × 16
+    torch.testing.assert_close(out4, bicubic_resize(ref.clamp(0, 1), (64, 64)).clamp(0, 1), rtol=0, atol=1e-6)
+    assert torch.equal(m.restore(lr, 4), out4)  # deterministic
+    native = make(model_file, keep_native_size=True).restore(smooth_batch(1, 8, 8), 4)
+    assert native.shape == (1, 3, 32, 32)
+    assert "resized" in m.notes[1] and "8" in m.notes[0]
+
+
+def test_conformance(model_file: Path) -> None:
+    check_method(PSPSR, options={"weights": str(model_file), "impl": "ref"}, scale=2,
+                 lr=smooth_batch(2, 16, 16, seed=4))
+
+
+def test_style_mixing_samples(model_file: Path) -> None:
+    m = make(model_file)
+    lr = smooth_batch(1, 16, 16, seed=2)
+    a = m.restore(lr, 2, seed=7, n_samples=4)
+    b = m.restore(lr, 2, seed=7, n_samples=4)
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert (a[i] - a[j]).abs().mean() > 1e-4, (i, j)
+    assert not torch.equal(m.restore(lr, 2, seed=8, n_samples=4), a)
+    # The samples share the input's coarse and middle styles; only the fine ones differ.
+    x = bicubic_resize(lr, (32, 32)).clamp(0, 1)
+    with torch.no_grad():
+        _, w = m.model.mix(x, 4, seed=7)
+        codes = m.model.encode(x)
+    fine = default_latent_mask(m.model.n_styles)
+    coarse = [i for i in range(m.model.n_styles) if i not in fine]
+    assert fine == [4, 5, 6, 7] and coarse == [0, 1, 2, 3]  # 8 styles: round(8·8/18) = 4
+    assert torch.equal(w[:, coarse], codes[:, coarse].expand(4, -1, -1))
+    assert (w[0, fine] - w[1, fine]).abs().sum() > 0
+    # mix_alpha blends: alpha 0 keeps the input's own styles, so all samples equal the plain output.
+    keep = make(model_file, mix_alpha=0.0).restore(lr, 2, seed=7, n_samples=3)
+    plain = m.restore(lr, 2)
+    for i in range(3):
+        torch.testing.assert_close(keep[i:i + 1], plain, rtol=0, atol=1e-6)
+
+
+def test_missing_weights_name_the_fix(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(method_mod, "WEIGHTS_DIR", tmp_path / "no_weights")
+    with pytest.raises(PSPModelError, match=r"restorekit weights pull psp-celebs-super-resolution"):
+        PSPSR().load()
+    with pytest.raises(PSPModelError, match="does not exist"):
+        PSPSR(PSPSROptions(weights=str(tmp_path / "nope.safetensors"))).load()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(PSPModelError, match="not a readable safetensors"):
+        PSPSR(PSPSROptions(weights=str(bad))).load()
+
+
+def test_weights_info_and_non_square_inputs(model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = make(model_file)
+    info = m.weights_info
+    assert info["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert info["license"] == "CC0-1.0" and info["name"] == "tiny"
+    out = m.restore(smooth_batch(1, 16, 12, seed=3), 2)
+    assert out.shape == (1, 3, 32, 24)
+    m.restore(smooth_batch(1, 16, 12, seed=3), 2)
+    err = capsys.readouterr().err
+    assert err.count("not square") == 1  # said once
+
+
+def test_official_checkpoint_loads(model_file: Path, tmp_path: Path) -> None:
+    model = tiny_psp(seed=3)
+    pt = save_psp_official(model, tmp_path / "official.pt", opts={"resize_factors": "1,2", "start_from_latent_avg": True})
+    m = PSPSR(PSPSROptions(weights=str(pt), impl="ref"))
+    m.load()
+    assert m.factors == [1, 2] and m.weights_info["format"] == "official"
+    lr = smooth_batch(1, 16, 16, seed=5)
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(lr, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        ref, _ = model(x.clamp(0, 1))
+    torch.testing.assert_close(m.restore(lr, 2), ref.clamp(0, 1), rtol=0, atol=1e-5)
+
+
+def test_cli_run_and_bench(model_file: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for i in range(2):
+        save_image(smooth_batch(1, 16, 16, seed=10 + i), src / f"face{i}.png")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(build_cli(), ["run", "psp_sr", "--weights", str(model_file), "--scale", "4", "--input",
+                                         str(src), "--output", str(out), "--device", "cpu", "--opt", "impl=ref",
+                                         "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["face0.png", "face1.png"]
+    assert Image.open(out / "face0.png").size == (64, 64)
+    r = CliRunner().invoke(build_cli(), ["run", "psp_sr", "--weights", str(model_file), "--scale", "2", "--input",
+                                         str(src / "face0.png"), "--output", str(tmp_path / "multi"), "--device",
+                                         "cpu", "--n-samples", "2", "--seed", "1", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == ["face0_s0.png", "face0_s1.png"]
+    r = CliRunner().invoke(build_cli(), ["run", "psp_sr", "--weights", str(tmp_path / "missing.safetensors"),
+                                         "--scale", "2", "--input", str(src), "--output", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = CliRunner().invoke(build_cli(), ["bench", "method", "psp_sr", "--weights", str(model_file), "--scale", "2",
+                                         "--batch", "1,2", "--repeat", "1", "--warmup", "0", "--device", "cpu",
+                                         "--opt", "impl=ref", "--compare-to", "bicubic", "--compare-batch", "1,2",
+                                         "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    assert res["input_size"] == 16 and [x["batch"] for x in res["results"]] == [1, 2]
+    assert set(res["results"][0]["parts_ms"]) == {"encoder", "generator"}
+    assert all(v > 0 for v in res["results"][0]["parts_ms"].values())
+    assert set(res["speed_ratio"]) == {"1", "2"} and all(v > 0 for v in res["speed_ratio"].values())
