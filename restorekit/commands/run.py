@@ -46,10 +46,27 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
               help="Refuse inputs larger than this many pixels.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--faces", "faces_mode", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
+              help="aligned: each input is an aligned face crop; detect: find, align, restore and paste back "
+                   "every face of whole photos (writes a <stem>.json sidecar).")
+@click.option("--detector", default=None, help="--faces detect: face detector (default: mtcnn).")
+@click.option("--background", default=None, help="--faces detect: method upscaling the photo around the faces "
+                                                  "(default: bicubic).")
+@click.option("--only-faces", is_flag=True, help="--faces detect: write the restored crops <stem>_face<i>.")
+@click.option("--min-face", type=click.FloatRange(min=0), default=None,
+              help="--faces detect: skip faces whose box is smaller than PX input pixels (default: 20).")
+@click.option("--require-face", is_flag=True, help="--faces detect: a photo without a face fails (exit 1).")
 def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str, seed: int | None,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
-            couple: bool, max_pixels: int, quiet: bool, as_json: bool) -> None:
+            couple: bool, max_pixels: int, quiet: bool, as_json: bool, faces_mode: str, detector: str | None,
+            background: str | None, only_faces: bool, min_face: float | None, require_face: bool) -> None:
     """Restore images with METHOD at --scale."""
+    if faces_mode == "aligned":
+        used = [f for f, v in (("--detector", detector), ("--background", background), ("--only-faces", only_faces),
+                               ("--min-face", min_face), ("--require-face", require_face))
+                if v is not None and v is not False]
+        if used:
+            fail_usage(f"{', '.join(used)} only apply with --faces detect")
     try:
         cls = method_class(method)
         values = parse_opts(opts)
@@ -75,6 +92,13 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
     if not quiet:
         for note in getattr(m, "notes", []):
             click.echo(note, err=True)
+
+    if faces_mode == "detect":
+        from ..faces.pipeline import run_detect
+
+        run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
+                   only_faces=only_faces, require_face=require_face, seed=seed, n_samples=n_samples, ext=ext,
+                   overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json)
 
     def stems(item: ImageItem) -> list[str]:
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]

@@ -1,0 +1,473 @@
+"""Faces in whole photos: detect → FFHQ-align → restore → paste back over an upscaled background.
+
+For a method that restores aligned faces (``info.input_kind == "aligned_face"``), a photo is
+handled in five steps:
+
+1. **Detect** faces and 5 landmarks (a registered ``FaceDetector``; ``mtcnn`` by default).
+   Faces whose box is smaller than ``min_face`` pixels (short side) are skipped, with the reason
+   in their record.
+2. **Align** each face: the FFHQ crop quad from the landmarks (exact FFHQ recipe with mouth
+   corners, else a similarity fit to the FFHQ template), resampled (antialiased) to the method's
+   input size — ``method.face_input_size`` (an int, or a function of the scale) when the method
+   has one, else ``256 // scale`` (so the restored crop is 256 px; at least 16).
+3. **Restore** all crops in one batch: ``crop_size`` → ``crop_size·scale``.
+4. **Background**: the whole photo upscaled by ``scale`` with the background method
+   (``bicubic``, built in, or any registered method by name).
+5. **Paste**: each restored crop is warped back into the upscaled photo through the inverse of
+   its alignment, blended with a feathered mask (``face_mask``: a linear ramp over ``feather``
+   of the crop side at every edge), after a per-channel colour correction measured in the
+   mask's feather band when the restored face's colours differ visibly from the background's
+   (``restorekit.faces.compose.color_match``). Smaller faces are pasted first.
+
+Outside every face mask the result is exactly the background. :func:`restore_photo` is the
+one-call form (``compare --faces detect`` uses it per image); :class:`FacePipeline` keeps the
+detector, background method and options for many photos and also returns the restored crops.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..degradations import bicubic_resize, upscale
+from ..errors import RestorekitError
+from ..interfaces import Face, FaceDetector, Method
+from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
+from .compose import ColorMatch, blend, color_match
+from .detectors import DEFAULT_DETECTOR, layout_of, named_points
+
+__all__ = [
+    "DEFAULT_MIN_FACE", "DEFAULT_FEATHER", "FaceRecord", "PhotoResult", "face_input_size",
+    "build_detector", "build_background", "paste_warp", "FacePipeline", "restore_photo",
+]
+
+DEFAULT_MIN_FACE = 20.0
+DEFAULT_FEATHER = 0.1
+MIN_CROP = 16
+
+Background = Callable[[Tensor, int], Tensor]
+
+
+@dataclass
+class FaceRecord:
+    """What was found and done for one face; ``as_dict()`` is the JSON sidecar entry."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: list[tuple[float, float]]
+    landmark_layout: str
+    face_px: float
+    action: Literal["restored", "skipped"] = "skipped"
+    reason: str = ""
+    quad: list[tuple[float, float]] | None = None
+    crop_size: int | None = None
+    restored_size: int | None = None
+    source_px_per_crop_px: float | None = None
+    color_match: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        r2 = lambda v: round(float(v), 2)  # noqa: E731
+        out: dict[str, Any] = {
+            "index": self.index, "action": self.action,
+            "box": [r2(v) for v in self.box], "score": round(self.score, 4),
+            "landmarks": [[r2(x), r2(y)] for x, y in self.landmarks],
+            "landmark_layout": self.landmark_layout, "face_px": r2(self.face_px),
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        if self.quad is not None:
+            out["quad"] = [[r2(x), r2(y)] for x, y in self.quad]
+            out["crop_size"] = self.crop_size
+            out["restored_size"] = self.restored_size
+            out["source_px_per_crop_px"] = round(float(self.source_px_per_crop_px or 0), 3)
+        if self.color_match is not None:
+            out["color_match"] = self.color_match
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+@dataclass
+class PhotoResult:
+    """Composites (one per sample), per-face records and the restored crops of restored faces."""
+
+    images: list[Tensor]
+    records: list[FaceRecord]
+    crops: dict[int, list[Tensor]]
+    scale: int
+    crop_size: int
+    detector: str
+    background: str
+    timings_ms: dict[str, float]
+
+    @property
+    def image(self) -> Tensor:
+        return self.images[0]
+
+    @property
+    def n_restored(self) -> int:
+        return sum(r.action == "restored" for r in self.records)
+
+    def sidecar(self) -> dict[str, Any]:
+        """The JSON-able description written next to each output (``<stem>.json``)."""
+        return {
+            "scale": self.scale, "detector": self.detector, "background": self.background,
+            "crop_size": self.crop_size, "faces_found": len(self.records),
+            "faces_restored": self.n_restored, "faces": [r.as_dict() for r in self.records],
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+def face_input_size(method: Method, scale: int) -> int:
+    """The side of the aligned LR crop handed to ``method`` at ``scale``.
+
+    ``method.face_input_size`` (int, or callable taking the scale) wins; otherwise
+    ``max(16, 256 // scale)``, i.e. 256-px restored crops, the FFHQ framing's working size.
+    """
+    size = getattr(method, "face_input_size", None)
+    if callable(size):
+        size = size(scale)
+    if size is None:
+        return max(MIN_CROP, 256 // scale)
+    size = int(size)
+    if size < 1:
+        raise RestorekitError(f"{method.info.name}: face_input_size must be positive, got {size}")
+    return size
+
+
+def build_detector(name: str | FaceDetector, *, min_face: float | None = None,
+                   device: str | torch.device = "cpu") -> FaceDetector:
+    """A detector by registered name (or one already built); ``min_face`` speeds up MTCNN.
+
+    The detector is asked to search from ``max(12, 0.8·min_face)`` px when it takes a
+    ``min_face`` argument (skipped faces are reported, not silently lost, because the detector
+    searches a little below the threshold).
+    """
+    if isinstance(name, FaceDetector):
+        return name
+    from ..plugins import registry
+
+    factory = registry().get("face_detectors", name)
+    params = inspect.signature(factory.build).parameters
+    kwargs: dict[str, Any] = {}
+    if min_face is not None and "min_face" in params:
+        kwargs["min_face"] = max(12.0, 0.8 * float(min_face))
+    if "device" in params:
+        kwargs["device"] = device
+    det = factory.build(**kwargs)
+    if not isinstance(det, FaceDetector):
+        raise RestorekitError(f"face detector '{name}' built a {type(det).__name__}, not a FaceDetector")
+    load = getattr(det, "load", None)
+    if callable(load):
+        load()
+    return det
+
+
+def build_background(name: str | Method | Background, device: str | torch.device = "cpu") -> tuple[str, Background]:
+    """``(label, fn(image, scale) -> upscaled)`` for a background method name or object.
+
+    ``bicubic`` is built in (antialiased Keys cubic, PIL convention, clipped — the same as the
+    baselines' ``bicubic`` method); any other name is a registered method, built and loaded.
+    """
+    if isinstance(name, Method):
+        m = name
+        return m.info.name, lambda img, s: m.restore(img.to(m.device), s).cpu()
+    if callable(name) and not isinstance(name, str):
+        return getattr(name, "__name__", "custom"), name
+    if name == "bicubic":
+        return "bicubic", upscale
+    from ..methods import build_method, method_class
+
+    cls = method_class(name)
+    if cls.info.input_kind == "aligned_face":
+        raise RestorekitError(f"--background {name}: it restores aligned faces, not whole photos; "
+                              "use bicubic or another whole-image method")
+    m = build_method(name, {}, str(device) if not isinstance(device, str) else device)
+    return name, lambda img, s: m.restore(img.to(m.device), s).cpu()
+
+
+def paste_warp(crop: Tensor, geom: AlignedFace, out_h: int, out_w: int, scale: float) -> Tensor:
+    """A restored crop warped into (upscaled) photo coordinates; edges extend the crop's border.
+
+    Same geometry as ``align.unalign``, but with border padding: samples near the crop's
+    edge must not mix with black, or a dark fringe would show through the feathered mask.
+    """
+    inv = geom.to_crop.copy()
+    inv[:, :2] /= scale
+    inv[0] *= crop.shape[-1] / geom.size
+    inv[1] *= crop.shape[-2] / geom.size
+    shrink = float(crop.shape[-1]) / (geom.size * geom.scale * scale)
+    return warp(crop, inv, out_h, out_w, shrink=shrink, padding_mode="border")
+
+
+def _window(geom: AlignedFace, scale: int, h: int, w: int, margin: int = 2) -> tuple[int, int, int, int] | None:
+    """Output-pixel window (y0, y1, x0, x1) covering the quad scaled by ``scale``, clipped."""
+    q = geom.quad * scale
+    x0 = max(int(math.floor(q[:, 0].min())) - margin, 0)
+    y0 = max(int(math.floor(q[:, 1].min())) - margin, 0)
+    x1 = min(int(math.ceil(q[:, 0].max())) + margin, w)
+    y1 = min(int(math.ceil(q[:, 1].max())) + margin, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return y0, y1, x0, x1
+
+
+class FacePipeline:
+    """Detector + restorer + background method + paste options, reusable over many photos."""
+
+    def __init__(self, method: Method, scale: int, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
+                 background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
+                 feather: float = DEFAULT_FEATHER, colour_match: bool = True,
+                 crop_size: int | None = None) -> None:
+        method.check_scale(scale)
+        if not 0 < feather <= 0.5:
+            raise RestorekitError(f"feather must be in (0, 0.5] of the crop side, got {feather}")
+        if min_face < 0:
+            raise RestorekitError(f"--min-face must be ≥ 0 px, got {min_face}")
+        self.method = method
+        self.scale = scale
+        self.min_face = float(min_face)
+        self.feather = float(feather)
+        self.colour_match = colour_match
+        self.crop_size = int(crop_size) if crop_size else face_input_size(method, scale)
+        self.detector = build_detector(detector, min_face=min_face, device="cpu")
+        self.detector_name = detector if isinstance(detector, str) else type(detector).name
+        self.layout = layout_of(self.detector)
+        self.background_name, self.background = build_background(background, method.device)
+
+    def records_for(self, faces: list[Face]) -> list[FaceRecord]:
+        """Records with quads for the faces to restore and reasons for the ones skipped."""
+        recs = []
+        for i, f in enumerate(faces):
+            x0, y0, x1, y1 = f.box
+            px = float(min(x1 - x0, y1 - y0))
+            rec = FaceRecord(i, tuple(float(v) for v in f.box), float(f.score),  # type: ignore[arg-type]
+                             [(float(x), float(y)) for x, y in f.landmarks], self.layout, px)
+            if px < self.min_face:
+                rec.reason = f"face {px:.0f} px < --min-face {self.min_face:g} px"
+            else:
+                try:
+                    quad = quad_from_points(named_points(f, self.layout))
+                except ValueError as exc:
+                    rec.reason = f"cannot align: {exc}"
+                else:
+                    rec.quad = [(float(x), float(y)) for x, y in quad]
+                    rec.crop_size = self.crop_size
+                    rec.restored_size = self.crop_size * self.scale
+                    rec.source_px_per_crop_px = AlignedFace(quad, self.crop_size).scale
+                    rec.action = "restored"
+                    if rec.source_px_per_crop_px < 1:
+                        rec.notes.append(f"the face covers {rec.source_px_per_crop_px * self.crop_size:.0f} "
+                                         f"input px across; its {self.crop_size}-px crop is upsampled")
+            recs.append(rec)
+        return recs
+
+    @torch.inference_mode()
+    def run(self, image: Tensor, *, seed: int | None = None, n_samples: int = 1,
+            faces: list[Face] | None = None) -> PhotoResult:
+        """Restore every face of one 1×3×H×W photo; ``faces`` skips detection (given detections)."""
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise ValueError(f"expected one 1×3×H×W photo, got {tuple(image.shape)}")
+        image = image.detach().float().cpu()
+        s = self.scale
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if faces is None:
+            faces = self.detector.detect(image[0])
+        t["detect"] = (time.perf_counter() - t0) * 1e3
+        records = self.records_for(faces)
+        todo = [r for r in records if r.action == "restored"]
+
+        t0 = time.perf_counter()
+        geoms: dict[int, AlignedFace] = {}
+        crops = []
+        for r in todo:
+            crop, geom = align_face(image, np.asarray(r.quad), self.crop_size)
+            geoms[r.index] = geom
+            crops.append(crop)
+        t["align"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        restored: Tensor | None = None
+        if crops:
+            batch = torch.cat(crops).to(self.method.device)
+            restored = self.method.restore(batch, s, seed=seed, n_samples=n_samples).float().cpu()
+            want = self.crop_size * s
+            if restored.shape[0] != len(crops) * n_samples:
+                raise RestorekitError(f"{self.method.info.name} returned {restored.shape[0]} images for "
+                                      f"{len(crops)} faces × {n_samples} samples")
+            if tuple(restored.shape[-2:]) != (want, want):
+                restored = bicubic_resize(restored, (want, want)).clamp(0, 1)
+        t["restore"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        base = self.background(image, s).float().cpu().clamp(0, 1)
+        if tuple(base.shape[-2:]) != (image.shape[-2] * s, image.shape[-1] * s):
+            raise RestorekitError(f"background method {self.background_name} returned "
+                                  f"{tuple(base.shape[-2:])}, expected {image.shape[-2] * s}×{image.shape[-1] * s}")
+        t["background"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        H, W = base.shape[-2:]
+        composites = [base.clone() for _ in range(n_samples)]
+        crops_out: dict[int, list[Tensor]] = {}
+        order = sorted(range(len(todo)), key=lambda k: geoms[todo[k].index].scale)  # small faces first
+        for k in order:
+            r = todo[k]
+            geom = geoms[r.index]
+            win = _window(geom, s, H, W)
+            crops_out[r.index] = [restored[k * n_samples + j:k * n_samples + j + 1] for j in range(n_samples)]  # type: ignore[index]
+            if win is None:
+                r.notes.append("the face lies outside the image after alignment; nothing pasted")
+                continue
+            y0, y1, x0, x1 = win
+            local = AlignedFace(geom.quad - np.array([x0, y0], float) / s, geom.size)
+            mask = face_mask(local, y1 - y0, x1 - x0, s, self.feather)
+            # Compare colours at twice the coarser of the crop's and the photo's pixel size.
+            lowpass = int(math.ceil(2 * s * max(1.0, geom.scale)))
+            matches: list[ColorMatch] = []
+            for j in range(n_samples):
+                face = paste_warp(crops_out[r.index][j], local, y1 - y0, x1 - x0, s)
+                region = composites[j][..., y0:y1, x0:x1]
+                if self.colour_match:
+                    face, cm = color_match(face, region, mask, lowpass=lowpass)
+                    matches.append(cm)
+                composites[j][..., y0:y1, x0:x1] = blend(region, face, mask)
+            if matches:
+                r.color_match = matches[0].as_dict()
+                if n_samples > 1:
+                    r.color_match["applied_samples"] = sum(m.applied for m in matches)
+        t["paste"] = (time.perf_counter() - t0) * 1e3
+        return PhotoResult([c.clamp(0, 1) for c in composites], records, crops_out, s, self.crop_size,
+                           self.detector_name, self.background_name, t)
+
+
+def restore_photo(method: Method, image: Tensor, scale: int, detector: str | FaceDetector = DEFAULT_DETECTOR,
+                  *, background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
+                  feather: float = DEFAULT_FEATHER, colour_match: bool = True, seed: int | None = None,
+                  warn_no_face: bool = False) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Restore every face of one photo (1×3×H×W) with ``method``; returns (composite, face records).
+
+    The composite is ``scale`` times the photo's size; records are JSON-able dicts (see
+    :class:`FaceRecord`). A photo without faces comes back as the background upscale, with
+    an empty record list (and a warning when ``warn_no_face``).
+    """
+    pipe = FacePipeline(method, scale, detector=detector, background=background, min_face=min_face,
+                        feather=feather, colour_match=colour_match)
+    result = pipe.run(image, seed=seed)
+    if warn_no_face and not result.records:
+        warnings.warn("no face found: the photo is only upscaled by the background method", stacklevel=2)
+    return result.image, [r.as_dict() for r in result.records]
+
+
+class NoFaceError(RestorekitError):
+    """A photo in which no face was restored, where one was required (``--require-face``)."""
+
+
+def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | None = None,
+                  n_samples: int = 1, only_faces: bool = False, require_face: bool = False,
+                  warn: Callable[[str], None] | None = None) -> tuple[list[tuple[str, Tensor]], dict[str, Any]]:
+    """What ``run --faces detect`` writes for one photo: ``[(stem, image), …]`` and the sidecar.
+
+    Outputs are ``<stem>`` (``<stem>_s<j>`` per sample), or with ``only_faces`` the restored
+    crops ``<stem>_face<i>`` (``_s<j>``), ``i`` being the face's index in the sidecar. A photo in
+    which no face was restored is passed through as the background upscale with a warning, or
+    raises :class:`NoFaceError` when ``require_face``.
+    """
+    result = pipe.run(image, seed=seed, n_samples=n_samples)
+    sidecar = result.sidecar()
+    if result.n_restored == 0:
+        why = "no face found" if not result.records else (
+            "no face restored (" + "; ".join(r.reason for r in result.records if r.reason) + ")")
+        if require_face:
+            raise NoFaceError(f"{why} (--require-face)")
+        sidecar["warning"] = why
+        if warn is not None:
+            what = "nothing written (--only-faces)" if only_faces else f"passed through ({result.background} ×{pipe.scale})"
+            warn(f"{stem}: {why}; {what}")
+    suffix = (lambda j: "") if n_samples == 1 else (lambda j: f"_s{j}")
+    outs: list[tuple[str, Tensor]] = []
+    if only_faces:
+        for i, crops in sorted(result.crops.items()):
+            outs.extend((f"{stem}_face{i}{suffix(j)}", c) for j, c in enumerate(crops))
+    else:
+        outs.extend((f"{stem}{suffix(j)}", img) for j, img in enumerate(result.images))
+    return outs, sidecar
+
+
+def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
+               background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
+               seed: int | None, n_samples: int, ext: str, overwrite: bool, couple: bool, max_pixels: int,
+               quiet: bool, as_json: bool) -> None:
+    """The body of ``restorekit run --faces detect``: every photo through :class:`FacePipeline`.
+
+    Writes the outputs of :func:`photo_outputs` and ``<stem>.json`` per photo; exits like
+    ``run`` (0, or 1 when some inputs failed).
+    """
+    import json
+    from pathlib import Path
+
+    import click
+
+    from ..batch import process_files
+    from ..cli import emit_json, error_line, fail_usage, warn
+    from ..images import atomic_write_bytes
+    from .detectors import check_available
+
+    det_name = detector or DEFAULT_DETECTOR
+    try:
+        from ..plugins import registry
+
+        registry().get("face_detectors", det_name)
+        if det_name in ("mtcnn", "dlib_hog"):
+            check_available(det_name)
+        pipe = FacePipeline(method, scale, detector=det_name, background=background or "bicubic",
+                            min_face=DEFAULT_MIN_FACE if min_face is None else min_face)
+    except RestorekitError as exc:
+        fail_usage(str(exc))
+        return
+    if method.info.input_kind != "aligned_face" and not quiet:
+        warn(f"{method.info.name} is not a face method (input_kind={method.info.input_kind}); "
+             "its face crops are restored like any image")
+    outdir = Path(output)
+    sidecars: dict[str, dict[str, Any]] = {}
+
+    def restore(image: Tensor, item: Any) -> list[tuple[str, Tensor]]:
+        outs, sidecar = photo_outputs(pipe, image, item.stem, seed=seed, n_samples=n_samples,
+                                      only_faces=only_faces, require_face=require_face,
+                                      warn=None if quiet else warn)
+        sidecar = {"input": str(item.path), "method": method.info.name, **sidecar}
+        sidecars[str(item.path)] = sidecar
+        atomic_write_bytes(outdir / f"{item.stem}.json", (json.dumps(sidecar, indent=2) + "\n").encode())
+        if couple and not only_faces:
+            from ..commands.run import side_by_side
+
+            outs = [(stem, side_by_side(image, out)) for stem, out in outs]
+        return outs
+
+    def expected(item: Any) -> list[str]:
+        first = f"{item.stem}_face0" if only_faces else item.stem
+        return [first] if n_samples == 1 else [f"{first}_s{j}" for j in range(n_samples)]
+
+    result = process_files(items, outdir, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
+                           quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
+                           expected=expected, report=lambda item: sidecars.get(str(item.path)))
+    if as_json:
+        emit_json({"method": method.info.name, "scale": scale, "device": str(method.device), "faces": "detect",
+                   "detector": det_name, "background": pipe.background_name, **result.as_dict()})
+    elif not quiet:
+        n_faces = sum(s.get("faces_restored", 0) for s in sidecars.values())
+        click.echo(f"{len(result.written)} written ({n_faces} faces restored), {len(result.skipped)} skipped "
+                   f"(exist; --overwrite replaces), {len(result.failed)} failed → {outdir}", err=True)
+    raise SystemExit(result.exit_code)
