@@ -219,6 +219,18 @@ def test_failure_on_one_image_keeps_other_rows(harness_plugin, hr5, tmp_path):
     assert any("boom_3p: could not be computed for some images: bicubic 1" in n for n in doc["notes"])
 
 
+def test_unreadable_hr_file_is_listed_and_the_rest_run(hr_folder, tmp_path):
+    (hr_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
+               "--metrics", "psnr_rgb", "--device", "cpu", "--json")
+    assert r.exit_code == 1
+    assert "input broken" in r.stderr and "broken.png" in r.stderr
+    doc = _doc(out)
+    assert [f["image"] for f in doc["inputs"]["failures"]] == ["broken"]
+    assert _method(doc, "bicubic")["aggregate"]["ok"] == 4
+
+
 def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_folder, tmp_path):
     out = tmp_path / "out"
     r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
@@ -415,3 +427,15 @@ def test_json_float_encoding_round_trips():
     for v in (1.5, math.inf, -math.inf, 0.0):
         assert decode_float(encode_float(v)) == v
     assert encode_float(math.nan) is None and math.isnan(decode_float(None))
+
+
+def test_bench_harness_reports_overhead():
+    r = invoke("bench", "harness", "--n", "3", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    cold, resumed = data["cold"], data["resumed"]
+    assert cold["failures"] == 0 and cold["metrics"] == ["psnr_y_crop"]
+    assert 0 < cold["restore_s"] < cold["wall_s"] and 0 < cold["overhead_fraction"] < 1
+    assert cold["overhead_fraction"] == pytest.approx(1 - cold["restore_s"] / cold["wall_s"])
+    assert 0 < cold["bookkeeping_fraction"] < cold["overhead_fraction"]
+    assert resumed["restore_s"] == 0 and resumed["overhead_fraction"] == 1.0  # everything reused

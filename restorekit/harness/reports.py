@@ -99,15 +99,11 @@ def _runtime_cell(s: MethodSummary) -> str:
     return text + " (warm-up)" if s.runtime_is_warmup else text
 
 
-def _device_short(res: CompareResult) -> str:
-    return res.plan.device.type
-
-
 def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Header and rows (cell text, is-best) shared by the terminal and HTML tables."""
     metrics = sm.active_metrics
     header = (["method"] + [f"{m.name} {ARROW[m.higher_is_better]}" for m in metrics]
-              + [f"ms/img ({_device_short(sm.result)}) ↓", "peak MiB", "ok"])
+              + [f"ms/img ({sm.result.plan.device.type}) ↓", "peak MiB", "ok"])
     rows = []
     for s in sm.methods:
         row: list[tuple[str, bool]] = [(s.name if s.deterministic else f"{s.name} (seeds {len(s.seeds)})", False)]
@@ -123,10 +119,10 @@ def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
 def notes(sm: Summary) -> list[str]:
     """Footnotes: conventions, NaN counts, metric errors, skipped metrics, input problems."""
     res = sm.result
-    out = [f"* best in column. Runtime: mean ms per image, warm-up call excluded, on {res.plan.methods[0].device or res.plan.device}"
-           if res.plan.methods else "* best in column"]
+    devices = sorted({mp.device for mp in res.plan.methods if mp.device}) or [str(res.plan.device)]
     precisions = sorted({mp.precision for mp in res.plan.methods})
-    out[0] += f", precision {', '.join(precisions)}."
+    out = [f"* best in column. Runtime: mean ms per image, warm-up call excluded; device {'; '.join(devices)}; "
+           f"precision {', '.join(precisions)}."]
     if any(not s.deterministic for s in sm.methods):
         out.append("Stochastic methods: mean ± std (population) over seeds of the per-seed mean over images.")
     for m in sm.active_metrics:
