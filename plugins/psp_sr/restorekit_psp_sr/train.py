@@ -147,6 +147,21 @@ def build_losses(cfg: PSPTrainConfig) -> dict[str, Loss]:
     return losses
 
 
+@torch.no_grad()
+def fold_latent_avg(encoder: Any, latent_avg: Tensor) -> None:
+    """Make an encoder of absolute W+ codes output residuals to ``latent_avg`` (same function
+    once ``latent_avg`` is added back), by subtracting it from the output layers' biases."""
+    from .encoder import BackboneEncoderUsingLastLayerIntoW
+
+    heads = [encoder.linear] if isinstance(encoder, BackboneEncoderUsingLastLayerIntoW) else \
+        [s.linear for s in encoder.styles]
+    avg = latent_avg.reshape(-1, latent_avg.shape[-1])
+    for i, lin in enumerate(heads):
+        if lin.bias is None:
+            raise RestorekitError("cannot fold latent_avg into an output layer without bias")
+        lin.bias.sub_(avg[min(i, avg.shape[0] - 1)].to(lin.bias) / lin.lr_mul)
+
+
 def build_psp(cfg: PSPTrainConfig) -> Any:
     """Encoder (fresh, or from ``init``/``backbone_weights``) + the frozen generator + w_avg."""
     from .encoder import build_gradual_style_encoder
@@ -181,6 +196,8 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
     if init is not None:
         encoder.load_state_dict(init.encoder.state_dict(), strict=True)
         latent_avg = init.latent_avg
+        if cfg.start_from_latent_avg and not init.start_from_latent_avg:
+            fold_latent_avg(encoder, latent_avg)  # absolute codes → residuals to latent_avg
     else:
         latent_avg = generator.mean_latent(n=cfg.latent_avg_samples)
     return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg)
