@@ -30,10 +30,16 @@ from restorekit.interfaces import Generator, Method, MethodInfo, Options
 from .spherical import GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents
 
 
+#: What PULSE searches by default: the FFHQ StyleGAN2 (1024 px) of the weights registry.
+DEFAULT_STYLEGAN2_WEIGHTS = "stylegan2-ffhq-config-f"
+
+
 class PulseOptions(Options):
     generator: str = Field("stylegan2", description="registered generator (`restorekit plugins` lists them)")
     generator_weights: str | None = Field(
-        None, description="weights name or file for the generator (default: the generator's own default)")
+        None, description="weights name or file for the generator (default: stylegan2-ffhq-config-f for "
+                          "stylegan2, the factory's own default for other generators)")
+    random_generator: bool = Field(False, description="tests only: build the generator without weights")
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for the generator factory")
     latent: Literal["w+", "z"] = Field("w+", description="search space: gaussianised W+ (PULSE) or Z")
@@ -115,7 +121,13 @@ class Pulse(Method):
         if self.generator is not None:
             return
         o = self.options
-        gen = _build_generator(o.generator, o.generator_weights, o.generator_options, self.device)
+        weights = o.generator_weights
+        if o.random_generator:
+            if weights is not None:
+                raise RestorekitError("pulse: random_generator=true and generator_weights exclude each other")
+        elif weights is None and o.generator == "stylegan2":
+            weights = DEFAULT_STYLEGAN2_WEIGHTS
+        gen = _build_generator(o.generator, weights, o.generator_options, self.device)
         if o.latent == "w+":
             self.fit = fit_gaussian(gen, o.gaussian_fit_samples, slope=o.mapping_slope)
         self.generator = gen

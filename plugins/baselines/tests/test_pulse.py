@@ -7,6 +7,7 @@ A tiny ``Generator`` defined here keeps these tests independent of the psp_sr pl
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,6 +294,16 @@ def test_unknown_generator_and_bad_weights_option(tiny_registered: str) -> None:
         Pulse(_opts(generator_weights="x.pt")).load()
 
 
+def test_stylegan2_defaults_to_ffhq_weights(rk_home: Path) -> None:
+    """Without generator_weights, stylegan2 loads the registry's FFHQ weights (here: not pulled)."""
+    if "stylegan2" not in registry().names("generators"):
+        pytest.skip("no 'stylegan2' generator registered (psp_sr plugin not installed)")
+    with pytest.raises(RestorekitError, match="stylegan2-ffhq-config-f"):
+        Pulse(PulseOptions(quiet=True)).load()
+    with pytest.raises(RestorekitError, match="exclude each other"):
+        Pulse(PulseOptions(random_generator=True, generator_weights="x.pt")).load()
+
+
 def test_registered_as_plugin_method() -> None:
     assert registry().method("pulse") is Pulse
     assert not Pulse.info.deterministic
@@ -304,16 +315,19 @@ def test_through_stylegan2_factory() -> None:
         pytest.skip("no 'stylegan2' generator registered (psp_sr plugin not installed)")
     opts = {"resolution": 32, "style_dim": 32, "n_mlp": 2, "channel_max": 16}
     m = Pulse(PulseOptions(generator="stylegan2", generator_options=opts, steps=30, eps=0.0, quiet=True,
-                           gaussian_fit_samples=4000))
-    m.load()
+                           gaussian_fit_samples=4000, random_generator=True))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the factory's random init
+        m.load()
     g = m.generator
     assert g is not None and g.resolution == 32
     with torch.no_grad():
-        u = torch.randn(1, g.n_styles, g.style_dim, generator=torch.Generator().manual_seed(0))
+        u = torch.randn(1, g.n_styles, g.style_dim, generator=torch.Generator().manual_seed(1))
         assert m.fit is not None
-        lr = bicubic_resize(g.synthesize(m.fit.to_w(u)), (8, 8))
+        lr = bicubic_resize(g.synthesize(m.fit.to_w(u)), (8, 8)).clamp(0, 1)
     m.restore(lr, 4, seed=0)
     rep = m.last_reports[0]
     start = optimise_latents(g, lr, config=OptimiseConfig(steps=1, eps=0.0), fit=m.fit,
                              rng=torch.Generator().manual_seed(0))
-    assert rep["downscale_mse"] < 0.5 * start.mse.item()
+    assert start.mse.item() > 0.05
+    assert rep["downscale_mse"] < 0.25 * start.mse.item()
