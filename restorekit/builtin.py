@@ -22,6 +22,8 @@ CORE_METRICS = [
     "restorekit.harness.metrics:LrConsistency",
     "restorekit.metrics_lpips:LPIPSAlex",
     "restorekit.metrics_lpips:LPIPSVgg",
+    "restorekit.faces.identity_dlib:IdentityDlib",
+    "restorekit.faces.identity_dlib:IdentityDlibDist",
 ]
 
 
@@ -40,6 +42,14 @@ def register_metrics(register: Register) -> None:
     for ref in CORE_METRICS:
         module, _, name = ref.partition(":")
         register(getattr(importlib.import_module(module), name))
+
+
+@hookimpl
+def register_face_embedders(register: Register) -> None:
+    from .faces.identity_dlib import DlibResnetEmbedder
+
+    register("dlib_resnet", DlibResnetEmbedder,
+             summary="dlib's 128-D ResNet face descriptor (PyTorch port), FFHQ-framed crops, differentiable; CC0 weights")
 
 
 @hookimpl
