@@ -327,7 +327,7 @@ def test_stochastic_mean_std_over_seeds(harness_plugin, hr_folder, tmp_path):
     assert std > 1.0  # noise grows with the seed in this plugin
     assert _method(doc, "bicubic")["aggregate"]["metrics"]["psnr_rgb"]["std"] is None
     assert len([img for img in doc["images"] if img["method"] == "bicubic"]) == 4
-    assert re.search(r"noisy3p \(seeds 3\).*\d ± \d", r.stdout)
+    assert re.search(r"noisy3p \(3 seeds\).*\d ± \d", r.stdout)
     # Runtime: warm-up left out and recorded separately.
     assert sum(img["warmup"] for img in recs) == 1
     assert noisy["aggregate"]["runtime_ms"]["n"] == 11 and noisy["aggregate"]["warmup_ms"] is not None

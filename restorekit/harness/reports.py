@@ -106,7 +106,8 @@ def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
               + [f"ms/img ({sm.result.plan.device.type}) ↓", "peak MiB", "ok"])
     rows = []
     for s in sm.methods:
-        row: list[tuple[str, bool]] = [(s.name if s.deterministic else f"{s.name} (seeds {len(s.seeds)})", False)]
+        label = s.name if s.deterministic else f"{s.name} ({len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''})"
+        row: list[tuple[str, bool]] = [(label, False)]
         for m in metrics:
             row.append((fmt_stat(s.metrics[m.name], m.fmt), s.name in sm.best.get(m.name, set())))
         row.append((_runtime_cell(s), s.name in sm.best.get("runtime", set())))

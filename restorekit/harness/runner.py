@@ -82,7 +82,6 @@ class MethodPlan:
     precision: str = "float32"
     weights_info: dict[str, Any] | None = None
     load_error: str | None = None
-    warmup_ms: float | None = None
 
 
 @dataclass
@@ -462,8 +461,6 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
             rss1 = _maxrss_mib()
             rec.peak_mem_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         rec.ms, rec.warmup = dt * 1000.0, warmup
-        if warmup:
-            mp.warmup_ms = rec.ms
         if not isinstance(y, Tensor) or y.dim() != 4 or tuple(y.shape[:2]) != (1, 3):
             raise ValueError(f"restore returned {getattr(y, 'shape', type(y).__name__)}, expected 1×3×H×W")
         if tuple(y.shape[-2:]) != tuple(hr.shape[-2:]):
