@@ -1,0 +1,364 @@
+"""Faces in whole photos: detectors, the detect → align → restore → paste pipeline, `run --faces detect`.
+
+The multi-face photo is composed from ``skimage.data.astronaut()`` (public domain) copies —
+scaled, rotated and mirrored — on ``skimage.data.coffee()``; nothing here needs /work/shared.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import sys
+import types
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from restorekit.degradations import bicubic_resize, upscale
+from restorekit.errors import RestorekitError
+from restorekit.faces.align import AlignedFace, face_mask
+from restorekit.faces.compose import make_group_photo
+from restorekit.faces.detectors import DlibHogDetector, MtcnnDetector, named_points
+from restorekit.faces.pipeline import FacePipeline, face_input_size, photo_outputs, restore_photo
+from restorekit.images import read_image, save_image
+from restorekit.interfaces import Method, MethodInfo
+
+skimage_data = pytest.importorskip("skimage.data")
+needs_mtcnn = pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
+                                 reason="MTCNN weights need facenet-pytorch==2.6.0 (--no-deps)")
+needs_dlib = pytest.mark.skipif(importlib.util.find_spec("dlib") is None
+                                or importlib.util.find_spec("face_recognition_models") is None,
+                                reason="needs the faces extra (dlib-bin, face-recognition-models)")
+
+# Eye centres of the astronaut photo (512×512), continuous pixel coordinates.
+ASTRONAUT_EYES = ((205.5, 102.2), (247.3, 104.2))
+PLACEMENTS = [
+    dict(face=0, x=80, y=80, eye_distance=20, angle=0, mirror=0),
+    dict(face=0, x=210, y=95, eye_distance=28, angle=14, mirror=1),
+    dict(face=0, x=330, y=80, eye_distance=17, angle=-9, mirror=0),
+    dict(face=0, x=130, y=215, eye_distance=24, angle=-18, mirror=1),
+    dict(face=0, x=300, y=220, eye_distance=32, angle=6, mirror=0),
+]
+SCALE = 2
+
+
+def as_tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255
+
+
+class SharpenFace(Method):
+    """Test face restorer: bicubic ×scale plus an unsharp mask (visibly different from bicubic)."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(name="sharpen_face", summary="test", input_kind="aligned_face")
+    face_input_size = 64
+    amount = 1.0
+    shift = (0.0, 0.0, 0.0)
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        up = upscale(lr, scale)
+        blur = F.avg_pool2d(F.pad(up, (2, 2, 2, 2), mode="replicate"), 5, 1)
+        out = up + self.amount * (up - blur) + torch.tensor(self.shift).view(1, 3, 1, 1)
+        return out.clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class IdentityFace(SharpenFace):
+    amount = 0.0
+
+
+class RedderFace(SharpenFace):
+    amount = 0.0
+    shift = (0.12, 0.0, -0.05)
+
+
+@pytest.fixture(scope="module")
+def group():
+    ast = as_tensor(skimage_data.astronaut())
+    bg = bicubic_resize(as_tensor(skimage_data.coffee()), (300, 400)).clamp(0, 1)
+    photo, truth = make_group_photo([(ast, *ASTRONAUT_EYES)], bg, PLACEMENTS)
+    return photo, truth
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        pytest.skip("MTCNN weights need facenet-pytorch==2.6.0 (--no-deps)")
+    det = MtcnnDetector()
+    det.load()
+    return det
+
+
+@pytest.fixture(scope="module")
+def group_faces(group, mtcnn):
+    return mtcnn.detect(group[0][0])
+
+
+def match(faces, truth, layout="eyes_nose_mouth5"):
+    """For each true face, the detected face whose eyes lie within 25 % of its eye distance."""
+    found, used = [], set()
+    for t in truth:
+        best = None
+        for k, f in enumerate(faces):
+            p = named_points(f, layout)
+            err = max(math.dist(p["eye_left"], t.eye_left), math.dist(p["eye_right"], t.eye_right))
+            if k not in used and err < 0.25 * t.eye_distance and (best is None or err < best[1]):
+                best = (k, err)
+        if best is not None:
+            used.add(best[0])
+        found.append(best)
+    return found, len(faces) - len(used)
+
+
+def load_facenet_reference():
+    """facenet-pytorch's own MTCNN module, imported without the package ``__init__`` (needs requests)."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("facenet_pytorch")}
+    pkg = types.ModuleType("facenet_pytorch")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__spec__ = spec
+    sys.modules["facenet_pytorch"] = pkg
+    try:
+        return importlib.import_module("facenet_pytorch.models.mtcnn")
+    finally:
+        for k in [k for k in sys.modules if k.startswith("facenet_pytorch")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# detectors
+
+
+@needs_mtcnn
+def test_mtcnn_matches_facenet_reference(mtcnn):
+    """The cascade here reproduces facenet-pytorch's MTCNN on the same weights."""
+    ref = load_facenet_reference().MTCNN(keep_all=True)
+    img = skimage_data.astronaut()
+    boxes, probs, points = ref.detect(img, landmarks=True)
+    mine_boxes, mine_points = mtcnn.detect_raw(as_tensor(img)[0])
+    assert len(mine_boxes) == len(boxes) == 1
+    np.testing.assert_allclose(mine_boxes[:, :4].numpy(), np.asarray(boxes, np.float32), atol=1e-2)
+    np.testing.assert_allclose(mine_boxes[:, 4].numpy(), np.asarray(probs, np.float32), atol=1e-5)
+    np.testing.assert_allclose(mine_points.numpy(), np.asarray(points[0], np.float32)[None], atol=1e-2)
+
+
+@needs_mtcnn
+def test_mtcnn_finds_every_face_of_the_group_photo(group, group_faces):
+    _, truth = group
+    found, false_pos = match(group_faces, truth)
+    assert all(f is not None for f in found), found
+    assert false_pos == 0
+    # Eye centres within 12 % of the eye distance, mouth corners below the eyes.
+    assert max(err / t.eye_distance for (_, err), t in zip(found, truth)) < 0.12
+    for f in group_faces:
+        p = named_points(f, "eyes_nose_mouth5")
+        assert p["mouth_left"][1] > p["eye_left"][1] and p["mouth_right"][1] > p["eye_right"][1]
+
+
+@needs_mtcnn
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket"])
+def test_mtcnn_no_false_positive_on_photos_without_people(mtcnn, name):
+    img = as_tensor(getattr(skimage_data, name)())
+    assert mtcnn.detect(img[0]) == []
+
+
+@needs_dlib
+def test_dlib_hog_finds_the_larger_faces(group):
+    photo, truth = group
+    faces = DlibHogDetector().detect(photo[0])
+    found, false_pos = match(faces, truth, "dlib5")
+    assert false_pos == 0
+    # HOG with one doubling finds faces of ~40 px and up: every copy here with eye distance ≥ 20.
+    assert all(f is not None for f, t in zip(found, truth) if t.eye_distance >= 20)
+
+
+def test_unknown_detector_is_a_clear_error():
+    with pytest.raises(RestorekitError, match="unknown face detector 'mtcn'.*did you mean 'mtcnn'"):
+        FacePipeline(SharpenFace(), 2, detector="mtcn")
+
+
+def test_face_input_size_rules():
+    assert face_input_size(SharpenFace(), 4) == 64
+
+    class Plain(IdentityFace):
+        face_input_size = None
+
+    assert face_input_size(Plain(), 1) == 256 and face_input_size(Plain(), 4) == 64
+    assert face_input_size(Plain(), 32) == 16
+
+    class ByScale(IdentityFace):
+        def face_input_size(self, scale):  # type: ignore[override]
+            return 1024 // (4 * scale)
+
+    assert face_input_size(ByScale(), 8) == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline
+
+
+def union_mask(result, h, w, feather):
+    m = torch.zeros(1, 1, h * SCALE, w * SCALE)
+    for r in result.records:
+        if r.action == "restored":
+            g = AlignedFace(np.asarray(r.quad), r.crop_size)
+            m = torch.maximum(m, face_mask(g, h * SCALE, w * SCALE, SCALE, feather))
+    return m
+
+
+@needs_mtcnn
+def test_every_face_restored_and_pasted_without_seam(group, group_faces, tmp_path):
+    photo, truth = group
+    pipe = FacePipeline(SharpenFace(), SCALE, detector="mtcnn")
+    res = pipe.run(photo, faces=group_faces)
+    assert res.n_restored == len(truth) == len(res.crops)
+    bic = upscale(photo, SCALE)
+    out = res.image
+    assert out.shape == bic.shape
+    m = union_mask(res, photo.shape[-2], photo.shape[-1], pipe.feather)
+    # Outside every face mask the composite is the background upscale, bit for bit.
+    outside = (m[0, 0] == 0)
+    assert outside.float().mean() > 0.5
+    assert torch.equal(out[0][:, outside], bic[0][:, outside])
+    # Inside each face something was restored (the sharpened face differs from bicubic).
+    inside = m[0, 0] > 0.99
+    assert (out - bic)[0][:, inside].abs().mean() > 2 / 255
+    # The mask ramps linearly: its steepest step is bounded by 1 / (ramp width in output px).
+    for r in res.records:
+        g = AlignedFace(np.asarray(r.quad), r.crop_size)
+        mk = face_mask(g, photo.shape[-2] * SCALE, photo.shape[-1] * SCALE, SCALE, pipe.feather)[0, 0]
+        ramp = pipe.feather * r.crop_size * r.source_px_per_crop_px * SCALE
+        grad = max((mk[1:] - mk[:-1]).abs().max().item(), (mk[:, 1:] - mk[:, :-1]).abs().max().item())
+        assert grad <= 1.05 * math.sqrt(2) / ramp, (grad, ramp)
+        assert ramp >= 8  # at least 8 output px of feathering at this scale
+    # The records are JSON-able and carry what was done.
+    side = json.loads(json.dumps(res.sidecar()))
+    assert side["faces_found"] == side["faces_restored"] == len(truth)
+    f0 = side["faces"][0]
+    assert {"box", "score", "landmarks", "quad", "action", "crop_size", "color_match"} <= set(f0)
+    save_image(torch.cat([bic, out], -1), tmp_path / "before_after.png")
+
+
+@needs_mtcnn
+def test_identity_restorer_gives_back_the_bicubic_photo(group, group_faces):
+    """Geometry check: align → ×scale → warp back lands every face where it was."""
+    photo, _ = group
+    res = FacePipeline(IdentityFace(), SCALE, crop_size=256).run(photo, faces=group_faces)
+    bic = upscale(photo, SCALE)
+    m = union_mask(res, photo.shape[-2], photo.shape[-1], 0.1)
+    inside = m[0, 0] > 0.5
+    mse = ((res.image - bic)[0][:, inside] ** 2).mean().item()
+    print("identity PSNR inside faces", 10 * math.log10(1 / mse))
+    assert 10 * math.log10(1 / mse) > 33
+    assert not any(r.color_match["applied"] for r in res.records)
+
+
+@needs_mtcnn
+def test_colour_shift_is_matched_to_the_surroundings(group, group_faces):
+    photo, _ = group
+    shifted = FacePipeline(RedderFace(), SCALE, colour_match=False).run(photo, faces=group_faces).image
+    matched_res = FacePipeline(RedderFace(), SCALE).run(photo, faces=group_faces)
+    bic = upscale(photo, SCALE)
+    assert all(r.color_match["applied"] for r in matched_res.records)
+    m = union_mask(matched_res, photo.shape[-2], photo.shape[-1], 0.1)
+    inside = m[0, 0] > 0.99
+    err_shifted = (shifted - bic)[0][:, inside].mean(1).abs()
+    err_matched = (matched_res.image - bic)[0][:, inside].mean(1).abs()
+    assert err_shifted[0] > 0.1 and err_matched.max() < 0.01
+
+
+@needs_mtcnn
+def test_small_faces_skipped_with_reason_and_no_face_passes_through(group, group_faces):
+    photo, truth = group
+    res = FacePipeline(SharpenFace(), SCALE, min_face=45).run(photo, faces=group_faces)
+    skipped = [r for r in res.records if r.action == "skipped"]
+    assert skipped and all("< --min-face 45 px" in r.reason for r in skipped)
+    assert all(r.face_px >= 45 for r in res.records if r.action == "restored")
+    empty = as_tensor(skimage_data.coffee())[..., :96, :128]
+    out, records = restore_photo(SharpenFace(), empty, SCALE, "mtcnn")
+    assert records == [] and torch.equal(out, upscale(empty, SCALE))
+
+
+@needs_mtcnn
+def test_samples_and_only_faces_outputs(group, group_faces):
+    photo, truth = group
+    pipe = FacePipeline(SharpenFace(), SCALE)
+    pipe.detector.detect = lambda image: group_faces  # type: ignore[method-assign]
+    outs, side = photo_outputs(pipe, photo, "g", n_samples=2, only_faces=True)
+    assert [s for s, _ in outs][:2] == ["g_face0_s0", "g_face0_s1"]
+    assert len(outs) == 2 * len(truth)
+    assert all(o.shape[-1] == 64 * SCALE for _, o in outs)
+    outs, _ = photo_outputs(pipe, photo, "g")
+    assert [s for s, _ in outs] == ["g"]
+
+
+PLUGIN = '''
+from typing import ClassVar
+import torch, torch.nn.functional as F
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo
+from restorekit.degradations import upscale
+
+
+class SharpenFace(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="sharpen_face3p", summary="test face method",
+                                            input_kind="aligned_face")
+    face_input_size = 64
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        up = upscale(lr, scale)
+        blur = F.avg_pool2d(F.pad(up, (2, 2, 2, 2), mode="replicate"), 5, 1)
+        return (2 * up - blur).clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+@hookimpl
+def register_methods(register):
+    register(SharpenFace)
+'''
+
+
+@needs_mtcnn
+def test_run_faces_detect_cli(group, plugin_site, tmp_path):
+    from restorekit.cli import build_cli
+
+    plugin_site("thirdparty-facesharp", "thirdparty_facesharp", PLUGIN)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save_image(group[0], photos / "group.png")
+    save_image(as_tensor(skimage_data.coffee())[..., :96, :128], photos / "cup.png")
+    out = tmp_path / "out"
+    args = ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos), "--output", str(out),
+            "--faces", "detect", "--json"]
+    r = CliRunner().invoke(build_cli(), args)
+    assert r.exit_code == 0, r.output
+    side = json.loads((out / "group.json").read_text())
+    assert side["faces_restored"] == len(PLACEMENTS) and side["detector"] == "mtcnn"
+    assert read_image(out / "group.png").shape[-2:] == (600, 800)
+    cup = json.loads((out / "cup.json").read_text())
+    assert cup["faces_found"] == 0 and cup["warning"] == "no face found"
+    cup_in = read_image(photos / "cup.png")
+    expect = (upscale(cup_in, 2) * 255).round()
+    assert torch.equal((read_image(out / "cup.png") * 255).round(), expect)
+
+    r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos / "cup.png"),
+                                         "--output", str(out), "--faces", "detect", "--require-face", "--overwrite"])
+    assert r.exit_code == 1 and "no face found (--require-face)" in r.output
+
+    r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input",
+                                         str(photos / "group.png"), "--output", str(tmp_path / "crops"),
+                                         "--faces", "detect", "--only-faces", "-q"])
+    assert r.exit_code == 0, r.output
+    crops = sorted(p.name for p in (tmp_path / "crops").glob("*.png"))
+    assert crops == [f"group_face{i}.png" for i in range(len(PLACEMENTS))]
+
+    r = CliRunner().invoke(build_cli(), args[:-1] + ["--detector", "mtcn"])
+    assert r.exit_code == 2 and "did you mean 'mtcnn'" in r.output
+    r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos),
+                                         "--output", str(out), "--only-faces"])
+    assert r.exit_code == 2 and "only apply with --faces detect" in r.output
