@@ -439,3 +439,20 @@ def test_bench_harness_reports_overhead():
     assert cold["overhead_fraction"] == pytest.approx(1 - cold["restore_s"] / cold["wall_s"])
     assert 0 < cold["bookkeeping_fraction"] < cold["overhead_fraction"]
     assert resumed["restore_s"] == 0 and resumed["overhead_fraction"] == 1.0  # everything reused
+
+
+def test_lr_dir_size_mismatch_fails_that_image_only(hr_folder, tmp_path):
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    for i in range(4):
+        side = 32 if i != 2 else 30  # img2's LR is not HR / 2
+        Image.open(hr_folder / f"img{i}.png").resize((side, side), Image.BICUBIC).save(lr / f"img{i}.png")
+    (lr / "extra.png").write_bytes((lr / "img0.png").read_bytes())
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--lr-dir", str(lr),
+               "--out", str(out), "--metrics", "psnr_rgb", "--device", "cpu", "-q")
+    assert r.exit_code == 1
+    assert "bicubic failed on 1 image(s) [img2]" in r.stderr and "is not 2× its LR 30×30" in r.stderr
+    doc = _doc(out)
+    assert _method(doc, "bicubic")["aggregate"]["ok"] == 3 and doc["inputs"]["unmatched"] == ["extra"]
+    assert any("without a partner" in n and "extra" in n for n in doc["notes"])

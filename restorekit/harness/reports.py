@@ -30,7 +30,7 @@ from rich.text import Text
 from ..images import atomic_write_bytes, read_image
 from .aggregate import MethodSummary, Stat, best_per_column, failure_groups, summarize
 from .inputs import png_bytes
-from .runner import CompareResult, MethodPlan, backend_info, plugin_versions, restorekit_version
+from .runner import CompareResult, MethodPlan, MetricState, backend_info, plugin_versions, restorekit_version
 from .store import Record, dumps
 
 HTML_MAX_IMAGES = 24
@@ -47,7 +47,7 @@ class Summary:
     best: dict[str, set[str]]
 
     @property
-    def active_metrics(self) -> list[Any]:
+    def active_metrics(self) -> list[MetricState]:
         return [m for m in self.result.plan.metrics if m.status == "ok"]
 
 
