@@ -1,12 +1,28 @@
-"""Test kit for plugin authors: fixtures (a pytest plugin) and a conformance suite.
+"""Test kit for plugin authors: a conformance suite, parametrized cases and pytest fixtures.
 
 In a plugin's tests::
 
-    from restorekit.testing import check_method
-    def test_conformance():
-        check_method(MyMethod)
+    import pytest
+    from restorekit.testing import conformance_cases
+
+    @pytest.mark.parametrize("case", conformance_cases(plugin="myplugin"))
+    def test_conformance(case):
+        case.run()
+
+or one component at a time (``check_method(MyMethod, options={...})``). The fixtures
+(``rk_batch``, ``rk_odd_batch``, ``rk_smooth_batch``, ``rk_face``, ``rk_home``, ``rk_registry``,
+``rk_cli``) are a pytest plugin (the ``pytest11`` entry point ``restorekit``), so they are
+available in any project that has restorekit installed.
 """
 
-from .conformance import ConformanceError, check_method, check_metric
+from .cases import CaseResult, ConformanceCase, collect_cases, conformance_cases, run_conformance
+from .conformance import (ConformanceError, check_degradation, check_encoder, check_face_detector,
+                          check_face_embedder, check_generator, check_loss, check_method, check_method_info,
+                          check_metric, check_weight_spec, example_params)
 
-__all__ = ["ConformanceError", "check_method", "check_metric"]
+__all__ = [
+    "CaseResult", "ConformanceCase", "ConformanceError", "check_degradation", "check_encoder",
+    "check_face_detector", "check_face_embedder", "check_generator", "check_loss", "check_method",
+    "check_method_info", "check_metric", "check_weight_spec", "collect_cases", "conformance_cases",
+    "example_params", "run_conformance",
+]

@@ -1,13 +1,31 @@
-"""The checks every registered component must pass, whoever wrote it."""
+"""The checks every registered component must pass, whoever wrote it.
+
+One ``check_<kind>`` function per component kind a plugin can register. Each builds the
+component with the arguments it is given, runs it on small synthetic inputs (no files, no
+downloads) and raises :class:`ConformanceError` naming the broken contract. Components that
+need weights raise :class:`restorekit.errors.WeightsMissing` from their build or ``load``; the
+checks let that propagate so the parametrized cases (:mod:`restorekit.testing.cases`) can skip.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import re
+from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
-from ..interfaces import Method, MethodInfo, Metric, Options
-from .data import sample_batch
+from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss,
+                          Method, MethodInfo, Metric, Options)
+from .data import sample_batch, smooth_batch
+
+# Names end up in `--methods a,b`, `--opt METHOD.KEY=V` and spec strings `name:V+name:V`.
+METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DEGRADATION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+LICENSE = re.compile(r"^[A-Za-z0-9.+()\- ]+$")
+INPUT_KINDS = ("any", "aligned_face")
 
 
 class ConformanceError(AssertionError):
@@ -19,70 +37,524 @@ def _require(cond: bool, msg: str) -> None:
         raise ConformanceError(msg)
 
 
-def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, scale: int | None = None,
-                 lr: torch.Tensor | None = None, device: str = "cpu") -> Method:
-    """Run the method contract checks; returns the loaded method for further tests.
+def _close(a: Tensor, b: Tensor, atol: float) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=atol, rtol=0))
 
-    Checks: metadata present, options model valid and strict, output follows the image
-    convention at the right size for a batch with odd sizes, ``n_samples`` layout,
-    determinism under a seed (and seed-independence when ``deterministic``), bad scales refused.
-    """
-    info = getattr(cls, "info", None)
-    _require(isinstance(info, MethodInfo), f"{cls.__name__}.info must be a MethodInfo")
-    _require(bool(info.name) and bool(info.summary), f"{cls.__name__}: info.name and info.summary are required")
-    _require(bool(info.license), f"{info.name}: info.license is required (SPDX id or LicenseRef-…)")
-    _require(issubclass(cls.Options, Options), f"{info.name}: Options must subclass restorekit.interfaces.Options")
+
+def _check_options_model(label: str, model: Any, what: str = "Options") -> None:
+    """An option model: subclass of ``Options``, strict, JSON-describable, every field documented."""
+    _require(isinstance(model, type) and issubclass(model, Options),
+             f"{label}: {what} must subclass restorekit.interfaces.Options")
     try:
-        cls.Options.model_validate({"__definitely_not_an_option__": 1})
-        raise ConformanceError(f"{info.name}: Options must reject unknown keys (extra='forbid')")
-    except ConformanceError:
-        raise
+        model.model_validate({"__definitely_not_an_option__": 1})
     except Exception:
         pass
+    else:
+        raise ConformanceError(f"{label}: {what} must reject unknown keys (extra='forbid')")
+    try:
+        model.model_json_schema()
+    except Exception as exc:
+        raise ConformanceError(f"{label}: {what} has no JSON schema ({exc}); "
+                               "`methods show --json` needs one") from exc
+    for name, field in model.model_fields.items():
+        _require(bool(field.description), f"{label}: {what} field '{name}' needs a description "
+                 "(Field(..., description=...)); `methods show` prints it")
+
+
+def _unchanged(label: str, before: Tensor, after: Tensor, what: str) -> None:
+    _require(bool(torch.equal(before, after)), f"{label}: {what} modified its input in place")
+
+
+# -- methods ---------------------------------------------------------------------------------
+
+def check_method_info(cls: type[Method]) -> MethodInfo:
+    """Metadata contract: a ``MethodInfo`` with a usable name, summary, task, license and scales."""
+    info = getattr(cls, "info", None)
+    _require(isinstance(info, MethodInfo), f"{cls.__name__}.info must be a MethodInfo")
+    assert isinstance(info, MethodInfo)
+    _require(bool(info.name) and bool(info.summary), f"{cls.__name__}: info.name and info.summary are required")
+    _require(bool(METHOD_NAME.match(info.name)),
+             f"{info.name!r}: method names use letters, digits, '_' and '-' only (they go into "
+             "--methods a,b and --opt METHOD.KEY=VALUE)")
+    _require(bool(info.task), f"{info.name}: info.task is required (e.g. 'super-resolution')")
+    _require(bool(info.license) and bool(LICENSE.match(info.license)),
+             f"{info.name}: info.license must be an SPDX id or LicenseRef-…, got {info.license!r}")
+    _require(isinstance(info.deterministic, bool), f"{info.name}: info.deterministic must be a bool")
+    _require(info.input_kind in INPUT_KINDS, f"{info.name}: info.input_kind must be one of {INPUT_KINDS}")
+    if info.scales is not None:
+        _require(isinstance(info.scales, tuple) and len(info.scales) > 0
+                 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in info.scales),
+                 f"{info.name}: info.scales must be None or a non-empty tuple of positive ints")
+    _require(isinstance(info.requires_weights, tuple) and all(isinstance(w, str) for w in info.requires_weights),
+             f"{info.name}: info.requires_weights must be a tuple of weight names")
+    if info.requires_weights:
+        from ..weights import all_specs
+
+        known = all_specs()
+        unknown = [w for w in info.requires_weights if w not in known]
+        _require(not unknown, f"{info.name}: requires weights {unknown} that no registry entry or plugin "
+                 "registers (register_weights)")
+    return info
+
+
+def _default_lr(info: MethodInfo) -> Tensor:
+    if info.input_kind == "aligned_face":
+        return smooth_batch(2, 16, 16)
+    return sample_batch()
+
+
+def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, scale: int | None = None,
+                 lr: Tensor | None = None, device: str = "cpu", atol: float = 1e-5) -> Method:
+    """Run the method contract checks; returns the loaded method for further tests.
+
+    Checks: metadata present and well-formed, options model valid and strict, output follows
+    the image convention at ``scale`` × the input size for a batch (and, for ``input_kind="any"``,
+    a single image with odd sizes), on the method's device, input untouched, ``n_samples`` layout,
+    determinism under a seed (and seed-independence plus batch-independence when
+    ``deterministic``), bad scales refused with ``ValueError``.
+    ``lr`` replaces the default input (2×3×12×10 random; 16×16 smooth for aligned faces).
+    """
+    info = check_method_info(cls)
+    _check_options_model(info.name, cls.Options)
     opts = cls.Options.model_validate(options or {})
     method = cls(opts, device=device)
+    _require(method.device == torch.device(device), f"{info.name}: __init__ must pass device to Method.__init__")
     method.load()
+    method.load()  # idempotent
     s = scale if scale is not None else (info.scales[0] if info.scales else 2)
-    x = lr if lr is not None else sample_batch()
+    x = lr if lr is not None else _default_lr(info)
+    x_copy = x.clone()
     out = method.restore(x, s, seed=0)
-    _require(isinstance(out, torch.Tensor) and out.dtype == torch.float32, f"{info.name}: output must be float32")
+    _unchanged(info.name, x_copy, x, "restore()")
+    _require(isinstance(out, Tensor) and out.dtype == torch.float32, f"{info.name}: output must be float32")
     want = (x.shape[0], 3, x.shape[-2] * s, x.shape[-1] * s)
     _require(tuple(out.shape) == want, f"{info.name}: output shape {tuple(out.shape)}, expected {want}")
+    _require(out.device.type == method.device.type, f"{info.name}: output on {out.device}, method on {method.device}")
     _require(bool(torch.isfinite(out).all()), f"{info.name}: output has NaN/inf")
-    _require(out.min() >= 0 and out.max() <= 1, f"{info.name}: output leaves [0,1]")
+    _require(bool(out.min() >= 0) and bool(out.max() <= 1), f"{info.name}: output leaves [0,1]")
+    _require(isinstance(method.last_reports, list), f"{info.name}: last_reports must stay a list")
     again = method.restore(x, s, seed=0)
-    _require(torch.allclose(out, again, atol=1e-5), f"{info.name}: same seed must give the same output")
+    _require(_close(out, again, atol), f"{info.name}: same seed must give the same output")
     if info.deterministic:
         other = method.restore(x, s, seed=1)
-        _require(torch.allclose(out, other, atol=1e-5), f"{info.name}: declared deterministic but depends on seed")
+        _require(_close(out, other, atol), f"{info.name}: declared deterministic but depends on seed")
+        if x.shape[0] > 1:
+            single = method.restore(x[1:2], s, seed=0)
+            _require(_close(single, out[1:2], max(atol, 1e-4)),
+                     f"{info.name}: image 1 restored alone differs from the same image in a batch")
     multi = method.restore(x, s, seed=0, n_samples=2)
     _require(tuple(multi.shape) == (x.shape[0] * 2, *want[1:]),
              f"{info.name}: n_samples=2 must give (N·2)×3×H×W, got {tuple(multi.shape)}")
-    for bad in (0, -2):
+    if info.deterministic:
+        _require(_close(multi[0::2], out, atol) and _close(multi[1::2], out, atol),
+                 f"{info.name}: n_samples must be image-major (samples of image 0 first)")
+    if lr is None and info.input_kind == "any":
+        odd = sample_batch(1, 11, 9, seed=3)
+        y = method.restore(odd, s, seed=0)
+        _require(tuple(y.shape) == (1, 3, 11 * s, 9 * s),
+                 f"{info.name}: an 11×9 input gave {tuple(y.shape)}, expected (1, 3, {11 * s}, {9 * s})")
+        _require(bool(torch.isfinite(y).all()) and bool(y.min() >= 0) and bool(y.max() <= 1),
+                 f"{info.name}: output for an 11×9 input leaves [0,1] or is not finite")
+    for bad in (0, -2, 2.5):
         try:
-            method.restore(x, bad)
+            method.restore(x, bad)  # type: ignore[arg-type]
         except ValueError:
             continue
-        raise ConformanceError(f"{info.name}: scale {bad} must raise ValueError")
+        raise ConformanceError(f"{info.name}: scale {bad!r} must raise ValueError (call self.check_scale)")
     if info.scales is not None:
         unsupported = max(info.scales) + 1
         try:
             method.restore(x, unsupported)
-            raise ConformanceError(f"{info.name}: unsupported scale {unsupported} must raise ValueError")
         except ValueError:
             pass
+        else:
+            raise ConformanceError(f"{info.name}: unsupported scale {unsupported} must raise ValueError")
     return method
 
 
-def check_metric(cls: type[Metric], *, scale: int = 2) -> None:
-    """Metric contract: name and direction declared, per-image float64 values, finite on random input."""
-    _require(isinstance(getattr(cls, "name", None), str), f"{cls.__name__}.name is required")
-    _require(isinstance(getattr(cls, "higher_is_better", None), bool), f"{cls.name}: higher_is_better is required")
+# -- metrics ---------------------------------------------------------------------------------
+
+def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan: bool = False,
+                 pred: Tensor | None = None, target: Tensor | None = None) -> Metric:
+    """Metric contract; returns the set-up metric.
+
+    Checks: name and direction declared, ``setup`` works, one float64 value per image,
+    no NaN (unless ``allow_nan``: "not measurable", e.g. no face found), per-image values do not
+    depend on the rest of the batch, a perfect prediction scores at least as well as a perturbed
+    one, inputs untouched. ``target`` (HR, default 2 smooth ``size``² images) and ``pred`` replace
+    the synthetic pair; LR is the bicubic downscale of the target.
+    """
+    from ..degradations import downscale
+
+    name = getattr(cls, "name", None)
+    _require(isinstance(name, str) and bool(name), f"{cls.__name__}.name is required")
+    _require(bool(COMPONENT_NAME.match(str(name))), f"metric name {name!r}: letters, digits, '_', '.', '-' only")
+    _require(isinstance(getattr(cls, "higher_is_better", None), bool), f"{name}: higher_is_better is required")
+    _require(isinstance(cls.requires_weights, tuple), f"{name}: requires_weights must be a tuple")
     m = cls()
     m.setup(torch.device("cpu"))
-    hr = sample_batch(2, 16, 16)
-    pred = (hr + 0.05 * sample_batch(2, 16, 16, seed=1)).clamp(0, 1)
-    lr = torch.nn.functional.avg_pool2d(hr, scale)
-    v = m(pred, hr, lr=lr, scale=scale)
-    _require(tuple(v.shape) == (2,), f"{cls.name}: expected one value per image, got {tuple(v.shape)}")
-    _require(v.dtype == torch.float64, f"{cls.name}: values must be float64")
+    hr = target if target is not None else smooth_batch(2, size, size)
+    noisy = pred if pred is not None else (hr + 0.05 * (sample_batch(*hr.shape[:1], *hr.shape[-2:], seed=1) - 0.5)
+                                           ).clamp(0, 1)
+    lr = downscale(hr, scale)
+    copies = (hr.clone(), noisy.clone(), lr.clone())
+    v = m(noisy, hr, lr=lr, scale=scale)
+    _unchanged(name, copies[0], hr, "__call__ (target)")
+    _unchanged(name, copies[1], noisy, "__call__ (pred)")
+    _unchanged(name, copies[2], lr, "__call__ (lr)")
+    n = hr.shape[0]
+    _require(isinstance(v, Tensor) and tuple(v.shape) == (n,),
+             f"{name}: expected one value per image, got {tuple(getattr(v, 'shape', ()))}")
+    _require(v.dtype == torch.float64, f"{name}: values must be float64")
+    if not allow_nan:
+        _require(not bool(torch.isnan(v).any()), f"{name}: NaN on ordinary images")
+    same = m(hr, hr, lr=lr, scale=scale)
+    for i in range(n):
+        a, b = float(same[i]), float(v[i])
+        if math.isnan(a) or math.isnan(b):
+            continue
+        better_or_equal = a >= b - 1e-9 if cls.higher_is_better else a <= b + 1e-9
+        _require(better_or_equal, f"{name}: a perfect prediction scores {a} but a perturbed one {b} "
+                 f"(higher_is_better={cls.higher_is_better})")
+    if n > 1:
+        alone = m(noisy[1:2], hr[1:2], lr=lr[1:2], scale=scale)
+        a, b = float(alone[0]), float(v[1])
+        _require((math.isnan(a) and math.isnan(b)) or a == b or abs(a - b) <= 1e-6 * max(1.0, abs(b)),
+                 f"{name}: image 1 scores {a} alone but {b} in a batch (values must be per image)")
+    return m
+
+
+# -- degradations ----------------------------------------------------------------------------
+
+def example_params(model: type[Options]) -> Options:
+    """Option values for a check: defaults, and a small valid value for required numbers.
+
+    Required ints get 2 and floats 1.0 (moved inside the field's bounds); anything else
+    required has no guessable value and must be given.
+    """
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if not field.is_required():
+            continue
+        ann = field.annotation
+        if ann not in (int, float):
+            raise ConformanceError(f"{model.__name__}: field '{name}' is required and not a number; "
+                                   "pass params={...} for the check")
+        lo, hi = -math.inf, math.inf
+        for meta in field.metadata:
+            for attr, bound in (("ge", "lo"), ("gt", "lo"), ("le", "hi"), ("lt", "hi")):
+                val = getattr(meta, attr, None)
+                if val is None:
+                    continue
+                step = (1 if ann is int else 1e-3) if attr in ("gt", "lt") else 0
+                if bound == "lo":
+                    lo = max(lo, val + step)
+                else:
+                    hi = min(hi, val - step)
+        guess: float = 2 if ann is int else 1.0
+        guess = min(max(guess, lo), hi)
+        values[name] = int(guess) if ann is int else float(guess)
+    return model.model_validate(values)
+
+
+def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None = None,
+                      hr: Tensor | None = None) -> Degradation:
+    """Degradation contract; returns the built degradation.
+
+    Checks: a spec-safe name, a strict documented ``Params`` model, float32 ``N×3×h×w`` output in
+    [0,1] no larger than the input (exactly ``floor(H/scale)`` when params have ``scale``),
+    input untouched, randomness only from the given ``torch.Generator`` (same seed, same
+    output), and ``spec()`` rebuilding an equal degradation through the spec parser.
+    """
+    from ..degradations import parse_spec
+
+    name = getattr(cls, "name", None)
+    _require(isinstance(name, str) and bool(DEGRADATION_NAME.match(name)),
+             f"{cls.__name__}.name must be lower-case letters, digits and '_' (it appears in spec strings)")
+    _check_options_model(str(name), getattr(cls, "Params", None), "Params")
+    p = cls.Params.model_validate(params) if params is not None else example_params(cls.Params)
+    d = cls(p)
+    scale = getattr(p, "scale", None)
+    s = int(scale) if isinstance(scale, int) else 1
+    x = hr if hr is not None else smooth_batch(2, 12 * s, 10 * s)
+    x_copy = x.clone()
+    out = d(x, generator=torch.Generator().manual_seed(0))
+    _unchanged(str(name), x_copy, x, "__call__")
+    _require(isinstance(out, Tensor) and out.dtype == torch.float32, f"{name}: output must be float32")
+    _require(out.dim() == 4 and out.shape[:2] == x.shape[:2], f"{name}: output must be N×3×h×w, got {tuple(out.shape)}")
+    if isinstance(scale, int):
+        want = (x.shape[-2] // scale, x.shape[-1] // scale)
+        _require(tuple(out.shape[-2:]) == want, f"{name}: scale {scale} gave {tuple(out.shape[-2:])}, expected {want}")
+    else:
+        _require(out.shape[-2] <= x.shape[-2] and out.shape[-1] <= x.shape[-1] and min(out.shape[-2:]) >= 1,
+                 f"{name}: output {tuple(out.shape[-2:])} must not be larger than the input")
+    _require(bool(torch.isfinite(out).all()), f"{name}: output has NaN/inf")
+    _require(bool(out.min() >= -1e-5) and bool(out.max() <= 1 + 1e-5), f"{name}: output leaves [0,1]")
+    again = d(x, generator=torch.Generator().manual_seed(0))
+    _require(bool(torch.equal(out, again)), f"{name}: same generator seed must give the same output")
+    spec = d.spec()
+    _require(isinstance(spec, str) and spec.split(":")[0] == name, f"{name}: spec() must start with the name, got {spec!r}")
+    rebuilt = parse_spec(spec, {str(name): cls}).steps[0]
+    _require(rebuilt.params == d.params, f"{name}: spec {spec!r} rebuilds params {rebuilt.params!r}, not {d.params!r}")
+    _require(rebuilt.spec() == spec, f"{name}: spec() does not round-trip ({spec!r} → {rebuilt.spec()!r})")
+    return d
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
+               context: dict[str, Any] | None = None, size: int = 32) -> Loss:
+    """Loss contract; returns the built loss.
+
+    Checks: a name, ``weight`` accepted and stored, a finite 0-dim float tensor, a perfect
+    prediction no worse than a wrong one, differentiable (finite gradients reaching ``pred``
+    or a context tensor), inputs untouched. ``kwargs`` go to the constructor, ``context`` to
+    every call (tensors in it are cloned and made to require gradients).
+    """
+    name = getattr(cls, "name", None)
+    _require(isinstance(name, str) and bool(COMPONENT_NAME.match(name)), f"{cls.__name__}.name is required")
+    loss = cls(weight=0.5, **(kwargs or {}))
+    _require(getattr(loss, "weight", None) == 0.5, f"{name}: the constructor must store weight (Loss.__init__)")
+    target = smooth_batch(2, size, size)
+    wrong = smooth_batch(2, size, size, seed=7)
+
+    def ctx() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in (context or {}).items():
+            out[k] = v.detach().clone().requires_grad_(v.is_floating_point()) if isinstance(v, Tensor) else v
+        return out
+
+    pred = wrong.clone().requires_grad_(True)
+    c = ctx()
+    t_copy = target.clone()
+    value = loss(pred, target, **c)
+    _unchanged(name, t_copy, target, "__call__ (target)")
+    _unchanged(name, wrong, pred.detach(), "__call__ (pred)")
+    _require(isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point(),
+             f"{name}: must return a 0-dim float tensor, got {getattr(value, 'shape', type(value))}")
+    _require(bool(torch.isfinite(value.detach())), f"{name}: loss is {float(value.detach())}")
+    _require(value.requires_grad, f"{name}: the loss is not differentiable (no graph to pred or context)")
+    value.backward()
+    grads = [t.grad for t in [pred, *[v for v in c.values() if isinstance(v, Tensor) and v.requires_grad]]]
+    _require(all(g is None or bool(torch.isfinite(g).all()) for g in grads), f"{name}: gradients have NaN/inf")
+    _require(any(g is not None and bool(g.abs().sum() > 0) for g in grads),
+             f"{name}: gradients are zero everywhere for a wrong prediction")
+    with torch.no_grad():
+        perfect = float(loss(target.clone(), target, **ctx()))
+        worse = float(loss(wrong, target, **ctx()))
+    _require(perfect <= worse + 1e-6, f"{name}: a perfect prediction costs {perfect}, a wrong one {worse}")
+    return loss
+
+
+# -- factories: generators, encoders, face embedders, face detectors ------------------------
+
+def _build(factory: Callable[..., Any], kwargs: dict[str, Any] | None) -> Any:
+    build = getattr(factory, "build", factory)  # a registry Factory or a plain callable
+    return build(**(kwargs or {}))
+
+
+def check_generator(factory: Callable[..., Any], *, kwargs: dict[str, Any] | None = None, batch: int = 2,
+                    trained: bool = False) -> Generator:
+    """Generator contract; returns the built generator (in eval mode).
+
+    Checks: a :class:`Generator` with positive ``z_dim``, ``style_dim``, ``n_styles`` and
+    ``resolution``; ``map`` gives ``N×style_dim``; ``synthesize`` gives finite float32
+    ``N×3×R×R``, the same twice with constant noise, independent of the rest of the batch, with
+    gradients reaching W+ (pSp and PULSE need them); ``mean_latent`` is ``style_dim``.
+    ``trained=True`` (real weights) also checks the [0,1] convention: pixels mostly within
+    [-0.25, 1.25] and the mean inside [0.1, 0.9] — a generator left in [-1,1] fails that.
+    """
+    g = _build(factory, kwargs)
+    label = type(g).__name__
+    _require(isinstance(g, Generator), f"{label} must subclass restorekit.interfaces.Generator")
+    for attr in ("z_dim", "style_dim", "n_styles", "resolution"):
+        v = getattr(g, attr, None)
+        _require(isinstance(v, int) and v > 0, f"{label}.{attr} must be a positive int, got {v!r}")
+    g.eval()
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(batch, g.z_dim, generator=gen)
+    with torch.no_grad():
+        w = g.map(z)
+    _require(tuple(w.shape) == (batch, g.style_dim), f"{label}.map: expected {(batch, g.style_dim)}, got {tuple(w.shape)}")
+    _require(bool(torch.isfinite(w).all()), f"{label}.map: NaN/inf")
+    w_plus = w[:, None].repeat(1, g.n_styles, 1).requires_grad_(True)
+    img = g.synthesize(w_plus, noise_mode="const")
+    want = (batch, 3, g.resolution, g.resolution)
+    _require(tuple(img.shape) == want, f"{label}.synthesize: expected {want}, got {tuple(img.shape)}")
+    _require(img.dtype == torch.float32 and bool(torch.isfinite(img).all()), f"{label}.synthesize: float32 and finite")
+    img.float().mean().backward()
+    _require(w_plus.grad is not None and bool(torch.isfinite(w_plus.grad).all()) and bool(w_plus.grad.abs().sum() > 0),
+             f"{label}.synthesize: no finite gradient reaches w_plus")
+    with torch.no_grad():
+        again = g.synthesize(w_plus.detach(), noise_mode="const")
+        _require(_close(img.detach(), again, 1e-5), f"{label}.synthesize: noise_mode='const' must be deterministic")
+        if batch > 1:
+            alone = g.synthesize(w_plus.detach()[1:2], noise_mode="const")
+            _require(_close(alone, again[1:2], 1e-4), f"{label}.synthesize: image 1 depends on the rest of the batch")
+        mean = g.mean_latent(64)
+    _require(tuple(mean.shape) == (g.style_dim,), f"{label}.mean_latent: expected ({g.style_dim},), got {tuple(mean.shape)}")
+    noise = g.noise_buffers()
+    _require(isinstance(noise, list) and all(isinstance(t, Tensor) for t in noise),
+             f"{label}.noise_buffers must return a list of tensors")
+    if trained:
+        with torch.no_grad():
+            out = g.synthesize(mean[None, None].repeat(1, g.n_styles, 1), noise_mode="const")
+        inside = float(((out >= -0.25) & (out <= 1.25)).float().mean())
+        centre = float(out.mean())
+        _require(inside >= 0.99 and 0.1 <= centre <= 0.9,
+                 f"{label}: the mean-latent image has {inside:.1%} of pixels in [-0.25,1.25] and mean "
+                 f"{centre:.3f}; synthesize must return the [0,1] convention")
+    return g
+
+
+def check_encoder(factory: Callable[..., Any], *, kwargs: dict[str, Any] | None = None,
+                  size: int | None = None, batch: int = 2) -> Encoder:
+    """Encoder contract; returns the built encoder (in eval mode).
+
+    Checks: an :class:`Encoder` with positive ``n_styles``/``style_dim``; ``encode`` of a
+    ``N×3×S×S`` [0,1] batch (``S`` = ``size``, the encoder's ``input_size``, or 64) gives finite
+    ``N×n_styles×style_dim``, deterministic in eval mode, independent of the rest of the batch,
+    with gradients reaching the parameters and the image (training and inversion need both).
+    """
+    enc = _build(factory, kwargs)
+    label = type(enc).__name__
+    _require(isinstance(enc, Encoder), f"{label} must subclass restorekit.interfaces.Encoder")
+    for attr in ("n_styles", "style_dim"):
+        v = getattr(enc, attr, None)
+        _require(isinstance(v, int) and v > 0, f"{label}.{attr} must be a positive int, got {v!r}")
+    enc.eval()
+    s = size or int(getattr(enc, "input_size", 0) or 64)
+    x = smooth_batch(batch, s, s).requires_grad_(True)
+    out = enc.encode(x)
+    want = (batch, enc.n_styles, enc.style_dim)
+    _require(tuple(out.shape) == want, f"{label}.encode: expected {want}, got {tuple(out.shape)}")
+    _require(out.is_floating_point() and bool(torch.isfinite(out).all()), f"{label}.encode: NaN/inf or not float")
+    out.float().pow(2).mean().backward()
+    _require(x.grad is not None and bool(torch.isfinite(x.grad).all()) and bool(x.grad.abs().sum() > 0),
+             f"{label}.encode: no finite gradient reaches the image")
+    params = [p for p in enc.parameters() if p.requires_grad]
+    _require(any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params) or not params,
+             f"{label}.encode: no gradient reaches the parameters")
+    with torch.no_grad():
+        again = enc.encode(x.detach())
+        _require(_close(out.detach(), again, 1e-5), f"{label}.encode: not deterministic in eval mode")
+        if batch > 1:
+            alone = enc.encode(x.detach()[1:2])
+            _require(_close(alone, again[1:2], 1e-4), f"{label}.encode: image 1 depends on the rest of the batch")
+    return enc
+
+
+def check_face_embedder(factory: Callable[..., Any], *, kwargs: dict[str, Any] | None = None,
+                        size: int | None = None, faces: Tensor | None = None) -> FaceEmbedder:
+    """Face embedder contract; returns the built embedder.
+
+    Checks: a :class:`FaceEmbedder` with a name, a ``framing`` and a ``differentiable`` flag;
+    ``embed`` gives finite ``N×D`` unit vectors, deterministic and independent of the rest of
+    the batch; when ``differentiable``, finite non-zero gradients reach the faces (the identity
+    loss trains through them). ``faces`` replaces the default 2 smooth ``size``² images
+    (``size``: the embedder's ``input_size`` or 112).
+    """
+    emb = _build(factory, kwargs)
+    label = getattr(emb, "name", type(emb).__name__)
+    _require(isinstance(emb, FaceEmbedder), f"{label} must subclass restorekit.interfaces.FaceEmbedder")
+    _require(isinstance(getattr(emb, "name", None), str), f"{type(emb).__name__}.name is required")
+    _require(isinstance(emb.differentiable, bool), f"{label}: differentiable must be a bool")
+    _require(emb.framing in ("ffhq", "chip"), f"{label}: framing must be 'ffhq' or 'chip'")
+    if isinstance(emb, torch.nn.Module):
+        emb.eval()
+    s = size or int(getattr(emb, "input_size", 0) or 112)
+    x = faces if faces is not None else smooth_batch(2, s, s)
+    x = x.clone().requires_grad_(emb.differentiable)
+    e = emb.embed(x)
+    n = x.shape[0]
+    _require(isinstance(e, Tensor) and e.dim() == 2 and e.shape[0] == n and e.shape[1] >= 1,
+             f"{label}.embed: expected N×D, got {tuple(getattr(e, 'shape', ()))}")
+    _require(e.is_floating_point() and bool(torch.isfinite(e).all()), f"{label}.embed: NaN/inf or not float")
+    norms = e.detach().double().norm(dim=1)
+    _require(bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-4)),
+             f"{label}.embed: embeddings must have unit norm, got norms {norms.tolist()}")
+    if emb.differentiable:
+        (e[:, 0].sum() + e.sum()).backward()
+        _require(x.grad is not None and bool(torch.isfinite(x.grad).all()) and bool(x.grad.abs().sum() > 0),
+                 f"{label}: declared differentiable but no finite gradient reaches the faces")
+    with torch.no_grad():
+        again = emb.embed(x.detach())
+        _require(_close(e.detach(), again, 1e-5), f"{label}.embed: not deterministic")
+        if n > 1:
+            alone = emb.embed(x.detach()[1:2])
+            _require(_close(alone, again[1:2], 1e-4), f"{label}.embed: face 1 depends on the rest of the batch")
+    return emb
+
+
+def default_face_image(size: int = 256) -> Tensor | None:
+    """scikit-image's public-domain astronaut portrait as ``3×size×size``, or None without skimage."""
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        return None
+    arr = torch.from_numpy(skdata.astronaut().copy()).permute(2, 0, 1).float()[None] / 255.0
+    return torch.nn.functional.interpolate(arr, size=(size, size), mode="area")[0].contiguous()
+
+
+def _check_face(label: str, f: Any, h: int, w: int, slack: float) -> None:
+    _require(isinstance(f, Face), f"{label}.detect must return Face objects, got {type(f).__name__}")
+    x0, y0, x1, y1 = f.box
+    _require(all(math.isfinite(v) for v in f.box) and x0 < x1 and y0 < y1,
+             f"{label}: box {f.box} must be finite x0<x1, y0<y1")
+    _require(-slack <= x0 and -slack <= y0 and x1 <= w + slack and y1 <= h + slack,
+             f"{label}: box {f.box} lies outside the {w}×{h} image")
+    _require(isinstance(f.score, float) and math.isfinite(f.score), f"{label}: score must be a finite float")
+    bw, bh = x1 - x0, y1 - y0
+    for pt in f.landmarks:
+        _require(len(pt) == 2 and all(math.isfinite(v) for v in pt), f"{label}: landmark {pt} must be a finite (x, y)")
+        _require(x0 - bw / 2 <= pt[0] <= x1 + bw / 2 and y0 - bh / 2 <= pt[1] <= y1 + bh / 2,
+                 f"{label}: landmark {pt} lies far outside its box {f.box}")
+
+
+def check_face_detector(factory: Callable[..., Any], *, kwargs: dict[str, Any] | None = None,
+                        face_image: Tensor | None = None, require_face: bool = True) -> FaceDetector:
+    """Face detector contract; returns the built detector.
+
+    Checks: a :class:`FaceDetector` with a name; ``detect`` of one ``3×H×W`` image returns a
+    list of :class:`Face`; a flat grey image has no face; on a face photo (``face_image``, by
+    default scikit-image's astronaut at 256 px when installed) it finds at least one face with a
+    finite box inside the image, a finite float score and landmarks near the box, and inputs are
+    left untouched.
+    """
+    det = _build(factory, kwargs)
+    label = getattr(det, "name", type(det).__name__)
+    _require(isinstance(det, FaceDetector), f"{label} must subclass restorekit.interfaces.FaceDetector")
+    _require(isinstance(getattr(det, "name", None), str), f"{type(det).__name__}.name is required")
+    grey = torch.full((3, 96, 96), 0.5)
+    faces = det.detect(grey)
+    _require(isinstance(faces, list), f"{label}.detect must return a list, got {type(faces).__name__}")
+    _require(faces == [], f"{label}: found {len(faces)} face(s) in a flat grey image")
+    img = face_image if face_image is not None else default_face_image()
+    if img is None:
+        return det
+    copy = img.clone()
+    faces = det.detect(img)
+    _unchanged(label, copy, img, "detect()")
+    _require(isinstance(faces, list), f"{label}.detect must return a list")
+    if require_face:
+        _require(len(faces) >= 1, f"{label}: no face found in the test portrait")
+    h, w = img.shape[-2:]
+    for f in faces:
+        _check_face(label, f, h, w, slack=0.25 * max(h, w))
+    return det
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+def check_weight_spec(spec: Any, *, name: str | None = None, plugin: str | None = None) -> None:
+    """A registered weight spec: a :class:`WeightSpec` under its own name (and, given ``plugin``,
+    naming the plugin that registers it) that round-trips."""
+    from ..weights import WeightSpec
+
+    _require(isinstance(spec, WeightSpec), f"weights {name or spec!r}: register a restorekit.weights.WeightSpec, "
+             f"not {type(spec).__name__}")
+    if name is not None:
+        _require(spec.name == name, f"weights registered as '{name}' but named '{spec.name}'")
+    _require(WeightSpec.model_validate(spec.model_dump()) == spec, f"weights '{spec.name}': spec does not round-trip")
+    if plugin is not None:
+        _require(spec.plugin == plugin, f"weights '{spec.name}' say plugin '{spec.plugin}' but '{plugin}' registers them")

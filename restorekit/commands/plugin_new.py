@@ -1,0 +1,226 @@
+"""``restorekit plugin new NAME``: write a ready-to-publish plugin project.
+
+The project (``DIR/restorekit-NAME``) has a ``pyproject.toml`` with the ``restorekit`` entry
+point, a working method (bicubic upscaling followed by an unsharp mask), tests that run the
+conformance suite, a README on testing, publishing and getting listed, the entry for
+``registry/plugins/`` and a LICENSE. The templates live in ``restorekit/templates/plugin``
+(package data); ``__module__`` and ``__dist__`` in their paths and ``{{key}}`` in their text are
+filled in, and ``.tmpl`` is dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import keyword
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+import click
+
+from ..cli import emit_json, fail_usage
+
+LICENSES = ("Apache-2.0", "MIT", "BSD-3-Clause")
+# Letters, digits and single separators ('-', '_', '.'), starting with a letter.
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*$")
+MAX_NAME = 40
+PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class PluginNames:
+    """Every name derived from ``NAME``: distribution, module, entry point, method."""
+
+    name: str  # PEP 503 normalised: lower case, runs of -_. become '-'
+    distribution: str  # restorekit-NAME
+    module: str  # restorekit_NAME (underscores)
+    entry_point: str  # NAME with underscores (an identifier)
+    method: str  # the registered method name (= entry point)
+
+
+def plugin_names(raw: str) -> PluginNames:
+    """Validate ``raw`` and derive the names; raises ``ValueError`` with a one-line reason."""
+    if not NAME_RE.match(raw):
+        raise ValueError(f"plugin name '{raw}' must start with a letter and use letters, digits and single "
+                         "'-', '_' or '.' separators (e.g. 'sharpen' or 'my-sr')")
+    norm = re.sub(r"[-_.]+", "-", raw).lower()
+    if norm == "restorekit" or norm.startswith("restorekit-"):
+        raise ValueError(f"plugin name '{raw}': give it without the 'restorekit-' prefix "
+                         "(the distribution becomes restorekit-NAME)")
+    if len(norm) > MAX_NAME:
+        raise ValueError(f"plugin name '{raw}' is longer than {MAX_NAME} characters")
+    ident = norm.replace("-", "_")
+    if keyword.iskeyword(ident):
+        raise ValueError(f"plugin name '{raw}' is a Python keyword")
+    return PluginNames(norm, f"restorekit-{norm}", f"restorekit_{ident}", ident, ident)
+
+
+def _check_free(names: PluginNames) -> None:
+    """Refuse names an installed plugin or method already uses (the new one would clash)."""
+    from ..plugins import registry
+
+    reg = registry()
+    rec = reg.plugins.get(names.entry_point)
+    if rec is not None:
+        raise ValueError(f"plugin name '{names.entry_point}' is already taken by the installed "
+                         f"distribution {rec.distribution}")
+    if names.method in reg.items["methods"]:
+        owner = reg.owner["methods"][names.method]
+        raise ValueError(f"method '{names.method}' is already registered by plugin '{owner}'; choose another name")
+
+
+def _toml_string(value: str) -> str:
+    """A TOML basic string (JSON escapes are valid TOML escapes)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _parse_author(author: str) -> tuple[str, str]:
+    """``"Ada Lovelace <ada@example.org>"`` or ``"Ada Lovelace"`` to (name, email)."""
+    m = re.match(r"^\s*(.*?)\s*(?:<([^<>\s]+@[^<>\s]+)>)?\s*$", author)
+    name, email = (m.group(1), m.group(2) or "") if m else (author.strip(), "")
+    if not name and not email:
+        raise ValueError("--author is empty")
+    return name, email
+
+
+def template_values(names: PluginNames, *, description: str, author: str, license_id: str) -> dict[str, str]:
+    """The ``{{key}}`` values the templates use."""
+    from .. import __version__
+
+    if "\n" in description or "\r" in description:
+        raise ValueError("--description must be one line")
+    authors_toml, holder = "", "the authors of " + names.distribution
+    if author:
+        name, email = _parse_author(author)
+        parts = ([f"name = {_toml_string(name)}"] if name else []) + ([f"email = {_toml_string(email)}"] if email else [])
+        authors_toml = "authors = [{ " + ", ".join(parts) + " }]\n"
+        holder = name or email
+    core = ".".join(__version__.split(".")[:2])
+    return {
+        "dist": names.distribution, "dist_underscore": names.distribution.replace("-", "_"),
+        "module": names.module, "ep": names.entry_point, "method": names.method,
+        "description": description, "description_toml": _toml_string(description),
+        "authors_toml": authors_toml, "holder": holder, "license": license_id,
+        "year": str(_dt.date.today().year), "core_version": core,
+    }
+
+
+def render(text: str, values: dict[str, str], where: str) -> str:
+    """Fill ``{{key}}`` placeholders; an unknown key is an error (a template bug, not user input)."""
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise KeyError(f"template {where}: unknown placeholder {{{{{key}}}}}")
+        return values[key]
+
+    return PLACEHOLDER.sub(sub, text)
+
+
+def _templates() -> Traversable:
+    return resources.files("restorekit").joinpath("templates", "plugin")
+
+
+def _walk(node: Traversable, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Traversable]]:
+    out = []
+    for child in sorted(node.iterdir(), key=lambda t: t.name):
+        if child.is_dir():
+            out.extend(_walk(child, (*prefix, child.name)))
+        elif child.name.endswith(".tmpl"):
+            out.append(((*prefix, child.name[:-len(".tmpl")]), child))
+    return out
+
+
+def _target_path(parts: tuple[str, ...], names: PluginNames, license_id: str) -> str | None:
+    """Where a template goes in the project (None: not for this project)."""
+    if parts[0] == "licenses":
+        return "LICENSE" if parts[-1] == license_id else None
+    mapped = [p.replace("__module__", names.module).replace("__dist__", names.distribution) for p in parts]
+    if mapped == ["gitignore"]:
+        mapped = [".gitignore"]
+    return "/".join(mapped)
+
+
+def write_project(names: PluginNames, parent: Path, *, description: str, author: str = "",
+                  license_id: str = "Apache-2.0") -> tuple[Path, list[str]]:
+    """Write the project into ``parent/restorekit-NAME``; returns the folder and its files.
+
+    The project is assembled in a hidden sibling folder and renamed into place, so a failure
+    leaves nothing half-written; an existing folder is never touched.
+    """
+    if license_id not in LICENSES:
+        raise ValueError(f"license '{license_id}' is not offered; choose one of {', '.join(LICENSES)}")
+    dest = parent / names.distribution
+    if dest.exists() or dest.is_symlink():
+        raise FileExistsError(f"{dest} already exists; remove it or choose another --dir (nothing was written)")
+    values = template_values(names, description=description, author=author, license_id=license_id)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{names.distribution}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    written = []
+    try:
+        for parts, node in _walk(_templates()):
+            rel = _target_path(parts, names, license_id)
+            if rel is None:
+                continue
+            text = render(node.read_text(encoding="utf-8"), values, "/".join(parts))
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written.append(rel)
+        if "LICENSE" not in written:
+            raise FileNotFoundError(f"no license template for {license_id} (restorekit installation incomplete)")
+        os.rename(tmp, dest)  # fails rather than merging when dest appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest, sorted(written)
+
+
+@click.group("plugin")
+def plugin_group() -> None:
+    """Tools for plugin authors (`plugin new NAME` starts a plugin project)."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Folder in which the project folder restorekit-NAME is created.")
+@click.option("--author", default="", help='Author, "Name" or "Name <email>" (pyproject and LICENSE).')
+@click.option("--description", default="", help="One-line description (default: a sentence naming the method).")
+@click.option("--license", "license_id", type=click.Choice(LICENSES), default="Apache-2.0", show_default=True,
+              help="License of the new project (SPDX id).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def plugin_new(name: str, parent: Path, author: str, description: str, license_id: str, as_json: bool) -> None:
+    """Write a ready-to-publish plugin project restorekit-NAME with a working method and tests.
+
+    The method is registered as NAME (with '_' for '-'); the module is restorekit_NAME.
+    """
+    try:
+        names = plugin_names(name)
+        _check_free(names)
+        desc = description.strip() or f"restorekit plugin: the {names.method} method (bicubic + unsharp mask)"
+        dest, files = write_project(names, parent, description=desc, author=author, license_id=license_id)
+    except (ValueError, FileExistsError, OSError) as exc:
+        fail_usage(str(exc))
+        return
+    info = {**asdict(names), "path": str(dest), "license": license_id, "files": files}
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"Created {dest}: distribution {names.distribution}, module {names.module}, "
+               f"method '{names.method}' ({len(files)} files).")
+    click.echo("Next:")
+    click.echo(f"  cd {dest}")
+    click.echo('  pip install -e ".[test]"')
+    click.echo("  pytest")
+    click.echo(f"  restorekit run {names.method} --scale 4 --input LR_DIR --output OUT_DIR")
+    click.echo("README.md says how to publish it and get it listed in restorekit's registry.")
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(plugin_group)

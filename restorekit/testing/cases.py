@@ -1,0 +1,181 @@
+"""The conformance suite over everything one plugin registers, as pytest parameters.
+
+In a plugin's tests::
+
+    import pytest
+    from restorekit.testing import conformance_cases
+
+    @pytest.mark.parametrize("case", conformance_cases(plugin="myplugin"))
+    def test_conformance(case):
+        case.run()
+
+Each case is one registered component (``method:sharpen``, ``generator:stylegan2``…) checked
+by the ``check_<kind>`` function of :mod:`restorekit.testing.conformance`. ``configs`` gives a
+component the keyword arguments of its check (tiny sizes for a generator, options for a
+method, a ``context`` for a loss), keyed by ``"name"`` or ``"kind:name"``; ``skip`` skips
+components with a reason. A component whose weights are not cached is skipped, not failed
+(``missing_weights="fail"`` makes it fail). A broken plugin yields one failing case that shows
+its error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from ..errors import WeightsMissing
+from ..plugins import KINDS, Registry, registry, suggest
+from . import conformance as c
+
+# kind (registry name) -> (singular label, check function, how the registered object is passed)
+_CHECKS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "methods": ("method", c.check_method),
+    "metrics": ("metric", c.check_metric),
+    "degradations": ("degradation", c.check_degradation),
+    "losses": ("loss", c.check_loss),
+    "generators": ("generator", c.check_generator),
+    "encoders": ("encoder", c.check_encoder),
+    "face_embedders": ("face_embedder", c.check_face_embedder),
+    "face_detectors": ("face_detector", c.check_face_detector),
+    "weights": ("weights", c.check_weight_spec),
+}
+assert set(_CHECKS) == set(KINDS), "every plugin kind needs a conformance check"
+_SINGULAR = {kind: label for kind, (label, _) in _CHECKS.items()}
+
+
+@dataclass(frozen=True)
+class ConformanceCase:
+    """One registered component and the check that applies to it; ``run()`` performs it."""
+
+    plugin: str
+    kind: str
+    name: str
+    obj: Any
+    config: dict[str, Any] = field(default_factory=dict)
+    missing_weights: Literal["skip", "fail"] = "skip"
+    broken: str = ""
+
+    @property
+    def id(self) -> str:
+        """``method:sharpen``: the pytest id."""
+        return f"{_SINGULAR.get(self.kind, self.kind)}:{self.name}"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def run(self) -> Any:
+        """Run the check; skips (pytest) when weights are missing and ``missing_weights="skip"``."""
+        if self.broken:
+            raise c.ConformanceError(f"plugin '{self.plugin}' is {self.broken}")
+        _, check = _CHECKS[self.kind]
+        try:
+            if self.kind == "weights":
+                return check(self.obj, name=self.name, plugin=self.plugin, **self.config)
+            return check(self.obj, **self.config)
+        except WeightsMissing as exc:
+            if self.missing_weights == "fail":
+                raise
+            import pytest
+
+            pytest.skip(f"{self.id}: {exc}")
+        except TypeError as exc:
+            if "unexpected keyword argument" in str(exc) and self.config:
+                raise c.ConformanceError(f"{self.id}: config {sorted(self.config)} does not fit "
+                                         f"{check.__name__}: {exc}") from exc
+            raise
+
+
+def _config_for(configs: dict[str, dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    specific = configs.get(f"{_SINGULAR[kind]}:{name}")
+    return dict(specific if specific is not None else configs.get(name, {}))
+
+
+def collect_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ...] | None = None,
+                  configs: dict[str, dict[str, Any]] | None = None,
+                  missing_weights: Literal["skip", "fail"] = "skip",
+                  reg: Registry | None = None) -> list[ConformanceCase]:
+    """The cases for ``plugin`` (an entry-point name; None: every plugin), in registry order.
+
+    Raises :class:`ConformanceError` for an unknown plugin or kind, or a config naming a
+    component the selection does not register (typos must not silently skip a check).
+    """
+    reg = reg if reg is not None else registry()
+    configs = dict(configs or {})
+    wanted = tuple(kinds) if kinds is not None else KINDS
+    bad = [k for k in wanted if k not in KINDS]
+    if bad:
+        raise c.ConformanceError(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
+    if plugin is not None and plugin not in reg.plugins:
+        names = sorted(reg.plugins)
+        excluded = " or RESTOREKIT_LOAD_PLUGINS leaves it out" if "RESTOREKIT_LOAD_PLUGINS" in os.environ else ""
+        raise c.ConformanceError(
+            f"plugin '{plugin}' is not installed (no entry point '{plugin}' in the 'restorekit' group{excluded})"
+            f"{suggest(plugin, names)}; installed: {', '.join(names)}; install it with `pip install -e .`")
+    cases: list[ConformanceCase] = []
+    if plugin is not None and reg.plugins[plugin].status != "ok":
+        return [ConformanceCase(plugin, "plugin", plugin, None, broken=reg.plugins[plugin].status)]
+    for kind in wanted:
+        for name in reg.names(kind):
+            owner = reg.owner[kind][name]
+            if plugin is not None and owner != plugin:
+                continue
+            cases.append(ConformanceCase(owner, kind, name, reg.items[kind][name],
+                                         _config_for(configs, kind, name), missing_weights))
+    known = {cs.name for cs in cases} | {cs.id for cs in cases}
+    unknown = sorted(set(configs) - known)
+    if unknown:
+        raise c.ConformanceError(f"configs name {unknown}, which "
+                                 f"{'plugin ' + repr(plugin) if plugin else 'no plugin'} does not register; "
+                                 f"it registers: {', '.join(cs.id for cs in cases) or 'nothing'}")
+    return cases
+
+
+def conformance_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ...] | None = None,
+                      configs: dict[str, dict[str, Any]] | None = None,
+                      skip: dict[str, str] | None = None,
+                      missing_weights: Literal["skip", "fail"] = "skip") -> list[Any]:
+    """``pytest.param`` objects, one per component ``plugin`` registers, for ``@pytest.mark.parametrize``.
+
+    ``skip`` maps ``"name"`` or ``"kind:name"`` to a reason. See :func:`collect_cases` for the rest.
+    """
+    import pytest
+
+    skip = dict(skip or {})
+    out = []
+    for case in collect_cases(plugin, kinds=kinds, configs=configs, missing_weights=missing_weights):
+        reason = skip.pop(case.id, None) or skip.pop(case.name, None)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        out.append(pytest.param(case, id=case.id, marks=marks))
+    if skip:
+        raise c.ConformanceError(f"skip names {sorted(skip)}, which the selection does not register")
+    return out
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The outcome of one case outside pytest."""
+
+    id: str
+    status: Literal["ok", "skipped", "failed"]
+    detail: str = ""
+
+
+def run_conformance(plugin: str | None = None, **kwargs: Any) -> list[CaseResult]:
+    """Run every case of ``plugin`` without pytest; failures are collected, not raised."""
+    results = []
+    for case in collect_cases(plugin, **kwargs):
+        try:
+            case.run()
+        except c.ConformanceError as exc:
+            results.append(CaseResult(case.id, "failed", str(exc)))
+        except Exception as exc:  # pytest.skip raises an outcome exception, not an Exception subclass
+            results.append(CaseResult(case.id, "failed", f"{type(exc).__name__}: {exc}"))
+        except BaseException as exc:
+            if type(exc).__name__ == "Skipped":
+                results.append(CaseResult(case.id, "skipped", str(exc)))
+            else:
+                raise
+        else:
+            results.append(CaseResult(case.id, "ok"))
+    return results
