@@ -66,6 +66,7 @@ class GeneratorBench:
     batch: int
     device: str
     channel_multiplier: int
+    channel_max: int
     threads: int
     ms_per_image: float
     images_per_s: float
@@ -133,8 +134,8 @@ def _conv_flops(calls: list[ConvCall]) -> float:
 
 
 def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
-                    channel_multiplier: int = 2, *, repeats: int = 2, profile: bool = False,
-                    seed: int = 0) -> GeneratorBench:
+                    channel_multiplier: int = 2, *, channel_max: int = 512, repeats: int = 2,
+                    profile: bool = False, seed: int = 0) -> GeneratorBench:
     """Measure synthesis of ``batch`` images at ``resolution`` (random weights, const noise).
 
     Runs: one untimed synthesis (memory), one under the FLOP counter and conv recorder,
@@ -147,7 +148,7 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("bench generator: --device cuda but CUDA is not available")
     torch.manual_seed(seed)
-    g = StyleGAN2Generator(resolution, 512, 8, channel_multiplier).to(dev).eval().requires_grad_(False)
+    g = StyleGAN2Generator(resolution, 512, 8, channel_multiplier, channel_max=channel_max).to(dev).eval().requires_grad_(False)
     wp = torch.randn(batch, g.n_styles, g.style_dim, device=dev)
     gc.collect()
     if dev.type == "cuda":
@@ -206,6 +207,7 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
     conv_rate = conv_flops / conv_s / 1e9
     return GeneratorBench(
         resolution=resolution, batch=batch, device=str(dev), channel_multiplier=channel_multiplier,
+        channel_max=channel_max,
         threads=torch.get_num_threads(), ms_per_image=best * 1e3 / batch, images_per_s=batch / best,
         peak_memory_mb=peak, memory_kind=kind, gflop_per_image=total_flops / batch / 1e9,
         gflops=gen_rate, conv_gflop_per_image=conv_flops / batch / 1e9,

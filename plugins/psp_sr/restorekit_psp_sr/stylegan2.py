@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from typing import Literal, Sequence
 
 import torch
@@ -51,8 +52,12 @@ def _kernel2d(k: Sequence[float]) -> Tensor:
 
 
 def _exporting() -> bool:
-    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling())
+    """Tracing, ONNX export or torch.compile: shapes must not depend on the batch size."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    # Asking torch.compiler would import dynamo (seconds); no dynamo loaded means not compiling.
+    dynamo = sys.modules.get("torch._dynamo")
+    return bool(dynamo is not None and dynamo.is_compiling())
 
 
 class PixelNorm(nn.Module):
@@ -190,9 +195,9 @@ class ModulatedConv2d(nn.Module):
             col = d[0] * gain if d is not None else torch.full_like(s[0, :1], gain).expand(self.out_channel)
             coef = col[:, None] * s[0][None, :]  # out × in: one pass over the weight below
             if self.upsample:
-                out = F.conv_transpose2d(x, w_t * coef.t()[:, :, None, None], stride=2)
-                out = self.blur(out)
-                return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+                out = self.blur(F.conv_transpose2d(x, w_t * coef.t()[:, :, None, None], stride=2))
+                # In place: the blur's output is fresh and not needed by any backward.
+                return out if bias is None else out.add_(bias.reshape(1, -1, 1, 1))
             return F.conv2d(x, w * coef[:, :, None, None], bias=bias, padding=self.padding)
         xs = x * s.reshape(n, -1, 1, 1)
         if self.upsample:

@@ -337,3 +337,40 @@ def test_pickle_free_round_trip_uses_weights_only(tmp_path):
     with open(p, "rb") as fh:
         assert b"argparse" not in fh.read()
     assert pickle is not None
+
+
+# ------------------------------------------------------------------ registration, CLI, bench
+
+def test_registered_factory_builds_and_loads(tmp_path):
+    from restorekit.plugins import registry, reset
+
+    reset()
+    factory = registry().get("generators", "stylegan2")
+    g = factory.build(resolution=32, style_dim=16, n_mlp=2, channel_max=8)
+    assert isinstance(g, StyleGAN2Generator) and g.n_styles == 8 and g.channels[32] == 8
+    path = save_rosinality(g, tmp_path / "tiny.pt")
+    g2 = factory.build(weights=str(path))
+    assert g2.config() == g.config()
+    assert factory.build(weights=path, resolution=32).resolution == 32
+    with pytest.raises(ValueError, match=r"resolution=64 \(file has 32\)"):
+        factory.build(weights=path, resolution=64)
+    reset()
+
+
+def test_bench_generator_cli_json():
+    import json
+
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    res = CliRunner().invoke(build_cli(), ["bench", "generator", "--resolution", "32", "--channel-max", "16",
+                                           "--repeats", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["resolution"] == 32 and out["batch"] == 1 and out["device"] == "cpu"
+    # 32 px: conv1 + 3 levels × 2 styled convs + 4 ToRGBs = 11 dense convs.
+    assert out["n_convs"] == 11
+    assert out["gflop_per_image"] >= out["conv_gflop_per_image"] > 0
+    assert out["ms_per_image"] > 0 and out["conv_ms_per_image"] > 0 and out["ratio"] > 0
+    assert abs(out["images_per_s"] * out["ms_per_image"] - 1000) < 1e-6 * 1000

@@ -7,6 +7,7 @@ lands in torch's extension cache (``TORCH_EXTENSIONS_DIR``), so later processes 
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -41,8 +42,32 @@ def _build(name: str) -> ModuleType:
         sources=sources,
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3", "--use_fast_math"],
+        extra_ldflags=[f"-L{d}" for d in _cudart_dirs(cpp_extension.CUDA_HOME)],
         verbose=False,
     )
+
+
+def _cudart_dirs(cuda_home: str) -> list[str]:
+    """Folders holding ``libcudart.so`` beyond ``CUDA_HOME/lib64``.
+
+    torch infers ``CUDA_HOME`` from the ``nvcc`` on PATH; when that is a wrapper or symlink
+    such as ``/usr/local/bin/nvcc`` the guess (``/usr/local``) has no CUDA libraries and
+    linking fails with ``cannot find -lcudart``. The installed toolkits have them.
+    """
+    import glob
+    import shutil
+
+    out: list[str] = []
+    nvcc = shutil.which("nvcc") or str(Path(cuda_home) / "bin" / "nvcc")
+    homes = [Path(cuda_home), Path(os.path.realpath(nvcc)).parent.parent]
+    homes += [Path(p) for p in sorted(glob.glob("/usr/local/cuda*"), reverse=True)]
+    for home in homes:
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            d = home / sub
+            real = os.path.realpath(d)
+            if (d / "libcudart.so").exists() and real not in out:
+                out.append(real)
+    return out
 
 
 def load_extension(name: str) -> ModuleType:

@@ -94,6 +94,9 @@ def _fir(x: Tensor, f2: Tensor, up: tuple[int, int], down: tuple[int, int],
         y = _pad2(y, px0 - kw + 1, px1 + upx - kw, py0 - kh + 1, py1 + upy - kh)
         return y[:, :, ::downy, ::downx] if (downx > 1 or downy > 1) else y
     w = f2.flip(0, 1).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)
+    if px0 == px1 >= 0 and py0 == py1 >= 0:
+        # Symmetric zero padding inside the conv: no padded copy of the input (large at 1024 px).
+        return F.conv2d(x, w, stride=(downy, downx), padding=(py0, px0), groups=c)
     return F.conv2d(_pad2(x, px0, px1, py0, py1), w, stride=(downy, downx), groups=c)
 
 

@@ -1,0 +1,157 @@
+"""restorekit registrations of the psp_sr plugin (entry point ``psp_sr``).
+
+Registration only: every factory and command imports torch models lazily, when first used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _weights_file(weights: str | os.PathLike[str]) -> Path:
+    """A weights argument as a file: an existing path, else a registered weights name."""
+    p = Path(weights)
+    if p.is_file():
+        return p
+    from restorekit import weights as wmod
+
+    return wmod.resolve(str(weights))
+
+
+def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | None = None,
+                    style_dim: int | None = None, n_mlp: int | None = None,
+                    channel_max: int | None = None, weights: str | os.PathLike[str] | None = None,
+                    impl: str = "auto", allow_unsafe: bool = False) -> Any:
+    """A StyleGAN2 generator: random init from the config, or loaded from ``weights``
+    (a rosinality ``.pt`` path or weights name; the architecture is read off the file and any
+    config given must agree with it)."""
+    from .stylegan2 import StyleGAN2Generator
+
+    given = {"resolution": resolution, "channel_multiplier": channel_multiplier,
+             "style_dim": style_dim, "n_mlp": n_mlp, "channel_max": channel_max}
+    if weights is None:
+        return StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8,
+                                  channel_multiplier or 2, channel_max=channel_max or 512,
+                                  impl=impl)  # type: ignore[arg-type]
+    from .rosinality import load_rosinality
+
+    g = load_rosinality(_weights_file(weights), allow_unsafe=allow_unsafe, impl=impl)
+    have = g.config()
+    clash = [f"{k}={v} (file has {have[k]})" for k, v in given.items() if v is not None and v != have[k]]
+    if clash:
+        raise ValueError(f"stylegan2 weights '{weights}' do not match the requested config: " + ", ".join(clash))
+    return g
+
+
+def register_generators(register: Any) -> None:
+    register("stylegan2", build_stylegan2,
+             summary="StyleGAN2 (config-f and smaller, rosinality layout), 32-1024 px; weights: rosinality .pt")
+
+
+def register_commands(cli: Any) -> None:
+    import click
+
+    bench = cli.commands.get("bench")
+    if bench is None:
+        @click.group("bench")
+        def bench() -> None:
+            """Benchmarks."""
+
+        cli.add_command(bench)
+
+    @click.command("generator")
+    @click.option("--resolution", type=click.Choice(["32", "64", "128", "256", "512", "1024"]),
+                  default="1024", show_default=True)
+    @click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
+    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+    @click.option("--channel-multiplier", type=click.IntRange(1, 8), default=2, show_default=True)
+    @click.option("--channel-max", type=click.IntRange(1, 512), default=512, show_default=True,
+                  help="Cap every layer's width (512 is StyleGAN2; smaller for quick checks).")
+    @click.option("--repeats", type=click.IntRange(1, 20), default=2, show_default=True,
+                  help="Timed rounds (generator, then plain convs); the fastest of each counts.")
+    @click.option("--profile", is_flag=True, help="Add the top ops of one profiled synthesis.")
+    @click.option("--json", "as_json", is_flag=True)
+    def generator_cmd(resolution: str, batch: int, device: str, channel_multiplier: int,
+                      channel_max: int, repeats: int, profile: bool, as_json: bool) -> None:
+        """StyleGAN2 synthesis speed vs plain convolutions on the same shapes (random weights)."""
+        from restorekit.cli import emit_json, fail_usage
+
+        from .bench_generator import bench_generator, format_report
+
+        try:
+            r = bench_generator(int(resolution), batch, device, channel_multiplier,
+                                channel_max=channel_max, repeats=repeats, profile=profile)
+        except RuntimeError as exc:
+            fail_usage(str(exc))
+            return
+        if as_json:
+            emit_json(r.as_dict())
+        else:
+            click.echo(format_report(r))
+
+    bench.add_command(generator_cmd)
+    _register_train_commands(cli)
+
+
+# -- encoder, identity loss, ArcFace embedder (lazy factories) ---------------------------------
+def _build_gradual_style(**kwargs: Any) -> Any:
+    """pSp's GradualStyleEncoder (``learn_in_w=True``: the single-W backbone encoder)."""
+    from .encoder import build_gradual_style_encoder
+
+    return build_gradual_style_encoder(**kwargs)
+
+
+def _build_arcface_irse50(**kwargs: Any) -> Any:
+    """ArcFace IR-SE50 with the ``ir-se50`` weights (or ``weights=PATH``)."""
+    from .arcface import build_arcface_irse50
+
+    return build_arcface_irse50(**kwargs)
+
+
+def register_encoders(register: Any) -> None:
+    register("gradual_style", _build_gradual_style,
+             summary="pSp feature-pyramid encoder into W+ on an IR-SE backbone (ir_se50, ir_se_light)")
+
+
+def register_losses(register: Any) -> None:
+    from .identity_loss import IdentityLoss
+
+    register(IdentityLoss)
+
+
+def register_face_embedders(register: Any) -> None:
+    register("arcface_irse50", _build_arcface_irse50,
+             summary="ArcFace IR-SE50 (pSp's identity network), pSp's FFHQ crop; weights: ir-se50")
+
+
+# -- the psp_sr method and its trainers -------------------------------------------------------------
+def register_methods(register: Any) -> None:
+    from .method import PSPSR  # light: torch models are built in PSPSR.load()
+
+    register(PSPSR)
+
+
+def _load_psp_trainer() -> Any:
+    from .train import PSPTrainer
+
+    return PSPTrainer
+
+
+def _register_train_commands(cli: Any) -> None:
+    """``restorekit train psp_sr`` (needs a core with ``restorekit.commands.train``)."""
+    try:
+        from restorekit.commands.train import add_trainer
+    except ImportError:
+        return
+    add_trainer(cli, "psp_sr", "Train pSp super-resolution: an encoder into a frozen StyleGAN2's W+.",
+                _load_psp_trainer)
+    add_trainer(cli, "stylegan2_ae", "Train a StyleGAN2 generator without a GAN, as an autoencoder's decoder.",
+                _load_ae_trainer)
+
+
+def _load_ae_trainer() -> Any:
+    from .train_ae import AETrainer
+
+    return AETrainer
