@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -424,6 +425,7 @@ class Pix2PixHD(Method):
         self.generator: Pix2PixHDGenerator | None = None
         self.trained: dict[str, Any] = {}
         self.notes: list[str] = []
+        self._warned: set[int] = set()
 
     def load(self) -> None:
         if self.generator is not None:
@@ -448,6 +450,11 @@ class Pix2PixHD(Method):
         self.check_scale(scale)
         self.load()
         assert self.generator is not None
+        factors = self.trained.get("factors")
+        if factors and scale not in factors and scale not in self._warned:
+            self._warned.add(scale)
+            print(f"pix2pixhd: these weights were trained for scale(s) {factors}, not {scale}; "
+                  "expect weaker results", file=sys.stderr)
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
         x = bicubic_resize(lr.to(self.device).float(), (h, w)).clamp(0, 1)
         size = self.options.input_size

@@ -15,12 +15,13 @@ one-time note (``keep_native_size=true`` keeps ``R×R`` and breaks that contract
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 import time
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from restorekit.degradations import bicubic_resize
@@ -40,6 +41,17 @@ class PulseOptions(Options):
         None, description="weights name or file for the generator (default: stylegan2-ffhq-config-f for "
                           "stylegan2, the factory's own default for other generators)")
     random_generator: bool = Field(False, description="tests only: build the generator without weights")
+
+    @field_validator("generator_options", mode="before")
+    @classmethod
+    def _parse_options(cls, v: Any) -> Any:
+        """Accept a JSON object string, as ``--opt generator_options='{"resolution": 256}'`` gives."""
+        if isinstance(v, str):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON object, e.g. '{{\"resolution\": 256}}' ({exc.msg})") from None
+        return v
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for the generator factory")
     latent: Literal["w+", "z"] = Field("w+", description="search space: gaussianised W+ (PULSE) or Z")

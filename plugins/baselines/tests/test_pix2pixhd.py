@@ -192,12 +192,14 @@ def test_conformance(tiny_weights: Path) -> None:
     check_method(Pix2PixHD, options={"weights": str(tiny_weights)})
 
 
-def test_method_matches_generator_on_bicubic_input(tiny_weights: Path) -> None:
+def test_method_matches_generator_on_bicubic_input(tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from restorekit.degradations import bicubic_resize
 
     m = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights)))
     lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     out = m.restore(lr, 4)
+    m.restore(lr, 4)
+    assert capsys.readouterr().err.count("trained for scale(s) [2], not 4") == 1
     g, _ = load_generator(tiny_weights)
     with torch.no_grad():
         want = g(bicubic_resize(lr, (32, 32)).clamp(0, 1)).clamp(0, 1)
