@@ -17,6 +17,7 @@ from PIL import Image
 
 from restorekit.cli import build_cli
 from restorekit.harness.aggregate import best_per_column, metric_stat, summarize
+from restorekit.harness.runner import CompareConfig, plan
 from restorekit.harness.store import Record, decode_float, encode_float
 from restorekit.testing.data import smooth_image
 from plugin_sources import GOOD_PLUGIN
@@ -157,7 +158,8 @@ def test_third_party_method_and_metric_appear_in_table(plugin_site, hr_folder, t
     plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
     out = tmp_path / "out"
     r = rk("compare", "--methods", "bicubic,nearest3p", "--scale", "2", "--data", str(hr_folder),
-           "--out", str(out), "--device", "cpu", "--opt", "nearest3p.gain=1.0")
+           "--out", str(out), "--device", "cpu", "--opt", "nearest3p.gain=1.0",
+           "--metrics", "psnr_y_crop,ssim_y_crop,mean_abs_3p")
     assert r.returncode == 0, r.stderr
     header = next(line for line in r.stdout.splitlines() if "mean_abs_3p" in line)
     assert "psnr_y_crop ↑" in header and "mean_abs_3p ↓" in header
@@ -170,6 +172,11 @@ def test_third_party_method_and_metric_appear_in_table(plugin_site, hr_folder, t
             "status": "ok"} in doc["plugins"]
     # Bicubic beats nearest-neighbour on smooth images: best-per-column says so.
     assert doc["best"]["psnr_y_crop"] == ["bicubic"] and doc["best"]["mean_abs_3p"] == ["bicubic"]
+    # Without --metrics, every registered metric is used: the plugin's included (core ones first).
+    p = plan(CompareConfig(methods=["nearest3p"], scale=2, data=str(hr_folder), out=tmp_path / "o2"))
+    names = [m.name for m in p.metrics]
+    assert names[:5] == ["psnr_y_crop", "ssim_y_crop", "psnr_rgb", "ssim_rgb", "lr_consistency"]
+    assert "mean_abs_3p" in names and p.metrics[names.index("mean_abs_3p")].distribution == "thirdparty-nearest"
 
 
 def test_identical_prediction_gives_inf_psnr_and_unit_ssim(hr_folder, tmp_path):
