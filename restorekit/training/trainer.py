@@ -410,10 +410,12 @@ class Trainer:
         return contextlib.nullcontext()
 
     # -- the loop ----------------------------------------------------------------------------
-    def _one_step(self, batches: Iterator[Any]) -> dict[str, float]:
+    def _one_step(self, batches: Iterator[Any]) -> dict[str, Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; detached losses (no host sync
+        on CUDA: values are read only when logged)."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
         for j in range(cfg.grad_accum):
             batch = next(batches)
             sync = j == cfg.grad_accum - 1 or not self.dist.distributed
@@ -422,20 +424,25 @@ class Trainer:
                 with self._autocast():
                     losses = self.train_step(self.net, batch)
                     loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()} "
-                                        f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())})")
+                if self.device.type != "cuda":
+                    self._check_finite(losses)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                d = v.detach().float() / cfg.grad_accum
+                sums[k] = sums[k] + d if k in sums else d
         if cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)  # type: ignore[arg-type]
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).detach()
         self.scaler.step(self.optimizer)  # type: ignore[arg-type]
         self.scaler.update()
         self.step += 1
         return sums
+
+    def _check_finite(self, losses: dict[str, Tensor]) -> None:
+        if not bool(torch.isfinite(losses["loss"])):
+            raise TrainingError(f"step {self.step + 1}: the loss is not finite "
+                                f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())})")
 
     def _progress(self) -> Any:
         from rich.console import Console
@@ -474,7 +481,7 @@ class Trainer:
         last_ckpt: Path | None = None
         batches = self._batches() if self.step < cfg.steps else iter(())
         first = self.step
-        window: dict[str, float] = {}
+        window: dict[str, Tensor] = {}
         n_window = 0
         stopped = False
         with _StopFlag() as stop, self._progress() as bar:
@@ -482,11 +489,12 @@ class Trainer:
             while self.step < cfg.steps:
                 logs = self._one_step(batches)
                 for k, v in logs.items():
-                    window[k] = window.get(k, 0.0) + v
+                    window[k] = window[k] + v if k in window else v
                 n_window += 1
                 elapsed = time.monotonic() - start
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    avg = mean_across(self.dist, {k: v / n_window for k, v in window.items()})
+                    self._check_finite(window)  # on CUDA the only check: here values reach the host
+                    avg = mean_across(self.dist, {k: float(v) / n_window for k, v in window.items()})
                     window, n_window = {}, 0
                     self.last_logs = avg
                     rate = (self.step - first) * cfg.batch_size * cfg.grad_accum * self.dist.world_size / max(elapsed, 1e-9)
