@@ -117,6 +117,8 @@ class Pulse(Method):
         paper="Menon et al., PULSE: Self-Supervised Photo Upsampling via Latent Space Exploration "
               "of Generative Models, CVPR 2020, https://arxiv.org/abs/2003.03808",
         deterministic=False,
+        # The default generator's; another `generator` brings its own.
+        requires_weights=(DEFAULT_STYLEGAN2_WEIGHTS,),
         input_kind="aligned_face",
     )
     Options = PulseOptions
