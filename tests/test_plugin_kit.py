@@ -1,0 +1,555 @@
+"""The kit for third-party plugin authors: conformance checks, parametrized cases, fixtures and
+`restorekit plugin new`, down to a generated plugin installed, tested and compared end to end."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+from pydantic import Field
+
+from restorekit import plugins
+from restorekit.cli import build_cli
+from restorekit.commands.plugin_new import LICENSES, PLACEHOLDER, plugin_names, write_project
+from restorekit.degradations import Blur, Bicubic, Jpeg
+from restorekit.interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss,
+                                   Method, MethodInfo, Metric, Options)
+from restorekit.registry_schema import load_entry
+from restorekit.testing import (ConformanceError, check_degradation, check_encoder, check_face_detector,
+                                check_face_embedder, check_generator, check_loss, check_method, check_metric,
+                                collect_cases, conformance_cases, example_params, run_conformance)
+from restorekit.testing.data import smooth_image
+
+from plugin_sources import GOOD_PLUGIN
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+
+# -- components that break one contract each ------------------------------------------------
+
+class UpOptions(Options):
+    gain: float = Field(1.0, ge=0, le=2, description="multiplies the output")
+
+
+class Up(Method):
+    """A correct nearest-neighbour method; subclasses break it one way at a time."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(name="up_kit", summary="nearest-neighbour upscaling")
+    Options = UpOptions
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        self.check_scale(scale)
+        out = F.interpolate(lr, scale_factor=scale, mode="nearest") * self.options.gain
+        return out.clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class UpUnclamped(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return super().restore(lr, scale, n_samples=n_samples) * 1.5
+
+
+class UpSeeded(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, n_samples=n_samples)
+        return (out + 0.01 * torch.rand(out.shape, generator=torch.Generator().manual_seed(seed or 0))).clamp(0, 1)
+
+
+class UpInPlace(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        lr.clamp_(0.1, 0.9)
+        return super().restore(lr, scale, n_samples=n_samples)
+
+
+class UpFloatScale(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        if scale < 1:
+            raise ValueError("bad scale")
+        out = F.interpolate(lr, scale_factor=scale, mode="nearest")
+        return out.clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class UpBatchNorm(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, n_samples=n_samples)
+        return (out - out.mean() + 0.5).clamp(0, 1)  # depends on the other images
+
+
+class UpSampleMajor(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale)
+        return out.repeat(n_samples, 1, 1, 1)  # sample-major: wrong layout
+
+
+class UpOddSizes(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        self.check_scale(scale)
+        h, w = (lr.shape[-2] // 2) * 2 * scale, (lr.shape[-1] // 2) * 2 * scale
+        return F.interpolate(lr, size=(h, w), mode="nearest").repeat_interleave(n_samples, 0)
+
+
+class UndocumentedOptions(Options):
+    gain: float = 1.0
+
+
+class UpUndocumented(Up):
+    Options = UndocumentedOptions
+
+
+class UpBadName(Up):
+    info: ClassVar[MethodInfo] = MethodInfo(name="up.kit", summary="a dot breaks --opt METHOD.KEY")
+
+
+class UpMissingWeights(Up):
+    info: ClassVar[MethodInfo] = MethodInfo(name="up_w", summary="s", requires_weights=("no-such-weights",))
+
+
+def test_check_method_passes_a_correct_method():
+    m = check_method(Up, options={"gain": 1.0})
+    assert isinstance(m, Up) and m.options.gain == 1.0
+
+
+@pytest.mark.parametrize("cls, message", [
+    (UpUnclamped, "leaves \\[0,1\\]"),
+    (UpSeeded, "declared deterministic but depends on seed"),
+    (UpInPlace, "modified its input in place"),
+    (UpFloatScale, "scale 2.5 must raise ValueError"),
+    (UpBatchNorm, "restored alone differs"),
+    (UpSampleMajor, "image-major"),
+    (UpOddSizes, "an 11×9 input gave"),
+    (UpUndocumented, "field 'gain' needs a description"),
+    (UpBadName, "method names use letters"),
+    (UpMissingWeights, "no-such-weights"),
+])
+def test_check_method_catches_each_broken_contract(cls, message):
+    with pytest.raises(ConformanceError, match=message):
+        check_method(cls)
+
+
+class AbsDiff(Metric):
+    name: ClassVar[str] = "absdiff_kit"
+    higher_is_better: ClassVar[bool] = False
+
+    def __call__(self, pred, target, *, lr, scale):
+        return (pred - target).abs().flatten(1).mean(1).double()
+
+
+class AbsDiffFloat32(AbsDiff):
+    def __call__(self, pred, target, *, lr, scale):
+        return super().__call__(pred, target, lr=lr, scale=scale).float()
+
+
+class AbsDiffBatchMean(AbsDiff):
+    def __call__(self, pred, target, *, lr, scale):
+        v = super().__call__(pred, target, lr=lr, scale=scale)
+        return v / v.mean().clamp_min(1e-12)
+
+
+class AbsDiffWrongDirection(AbsDiff):
+    higher_is_better: ClassVar[bool] = True
+
+
+def test_check_metric_passes_and_catches():
+    assert isinstance(check_metric(AbsDiff), AbsDiff)
+    for cls, msg in [(AbsDiffFloat32, "float64"), (AbsDiffBatchMean, "values must be per image"),
+                     (AbsDiffWrongDirection, "a perfect prediction scores")]:
+        with pytest.raises(ConformanceError, match=msg):
+            check_metric(cls)
+
+
+def test_example_params_picks_small_valid_values():
+    assert example_params(Bicubic.Params).scale == 2
+    assert example_params(Blur.Params).sigma == 1.0
+    assert example_params(Jpeg.Params).quality == 2
+
+    class Narrow(Options):
+        strength: float = Field(gt=0, le=0.5, description="d")
+        steps: int = Field(ge=5, description="d")
+        mode: str = Field("a", description="d")
+
+    p = example_params(Narrow)
+    assert (p.strength, p.steps, p.mode) == (0.5, 5, "a")
+
+    class NeedsText(Options):
+        path: str = Field(description="d")
+
+    with pytest.raises(ConformanceError, match="pass params"):
+        example_params(NeedsText)
+
+
+class GlobalNoise(Degradation):
+    """Uses the global RNG instead of the generator it is given."""
+
+    name: ClassVar[str] = "globalnoise_kit"
+    Params = Blur.Params
+
+    def __call__(self, hr, *, generator=None):
+        return (hr + 0.01 * torch.randn(hr.shape)).clamp(0, 1)
+
+    def spec(self):
+        return f"{self.name}:{self.params.sigma:g}"
+
+
+class LossySpec(Degradation):
+    name: ClassVar[str] = "lossyspec_kit"
+    Params = Blur.Params
+
+    def __call__(self, hr, *, generator=None):
+        return hr.clone()
+
+    def spec(self):
+        return f"{self.name}:{round(self.params.sigma) + 1}"
+
+
+class WrongSize(Bicubic):
+    name: ClassVar[str] = "wrongsize_kit"
+
+    def __call__(self, hr, *, generator=None):
+        return F.avg_pool2d(hr, self.params.scale, ceil_mode=True)
+
+    def spec(self):
+        return f"{self.name}:{self.params.scale}"
+
+
+def test_check_degradation_passes_builtins_and_catches():
+    assert check_degradation(Blur, params={"sigma": 0.7}).spec() == "blur:0.7"
+    for cls, msg in [(GlobalNoise, "same generator seed"), (LossySpec, "rebuilds params"),
+                     (WrongSize, "scale 2 gave")]:
+        with pytest.raises(ConformanceError, match=msg):
+            check_degradation(cls, hr=torch.rand(2, 3, 13, 11) if cls is WrongSize else None)
+
+
+class SumLoss(Loss):
+    name: ClassVar[str] = "sum_kit"
+
+    def __call__(self, pred, target, **context):
+        return (pred - target).abs().sum(dim=(1, 2, 3))  # per image: not a scalar
+
+
+class DetachedLoss(Loss):
+    name: ClassVar[str] = "detached_kit"
+
+    def __call__(self, pred, target, **context):
+        return (pred.detach() - target).pow(2).mean()
+
+
+class UpsideDownLoss(Loss):
+    name: ClassVar[str] = "upside_kit"
+
+    def __call__(self, pred, target, **context):
+        return -(pred - target).pow(2).mean()
+
+
+def test_check_loss_catches():
+    for cls, msg in [(SumLoss, "0-dim"), (DetachedLoss, "not differentiable"), (UpsideDownLoss, "perfect prediction")]:
+        with pytest.raises(ConformanceError, match=msg):
+            check_loss(cls)
+
+
+class TinyGenerator(Generator):
+    """A 2-layer MLP 'generator' at 8 px; ``symmetric`` leaves it in [-1, 1]."""
+
+    def __init__(self, symmetric: bool = False, detach: bool = False) -> None:
+        super().__init__()
+        self.z_dim, self.style_dim, self.n_styles, self.resolution = 6, 6, 3, 8
+        self.mapping = torch.nn.Linear(6, 6)
+        self.synth = torch.nn.Linear(18, 3 * 64)
+        torch.nn.init.zeros_(self.synth.bias)
+        self.symmetric, self.detach = symmetric, detach
+
+    def map(self, z):
+        return self.mapping(z)
+
+    def synthesize(self, w_plus, *, noise_mode="const", noise=None):
+        x = w_plus.detach() if self.detach else w_plus
+        img = torch.tanh(self.synth(x.flatten(1))).view(-1, 3, 8, 8)
+        return img if self.symmetric else (img + 1) / 2
+
+
+class TinyEncoder(Encoder):
+    def __init__(self, batch_stats: bool = False) -> None:
+        super().__init__()
+        self.n_styles, self.style_dim, self.input_size = 3, 6, 16
+        self.net = torch.nn.Linear(3 * 16 * 16, 18)
+        self.batch_stats = batch_stats
+
+    def encode(self, image):
+        out = self.net(image.flatten(1)).view(-1, 3, 6)
+        return out - out.mean(0) if self.batch_stats else out
+
+
+def test_check_generator_and_encoder():
+    torch.manual_seed(0)
+    check_generator(TinyGenerator)
+    check_generator(TinyGenerator, trained=True)
+    with pytest.raises(ConformanceError, match="no finite gradient reaches w_plus"):
+        check_generator(lambda: TinyGenerator(detach=True))
+    with pytest.raises(ConformanceError, match="must return the \\[0,1\\] convention"):
+        check_generator(lambda: TinyGenerator(symmetric=True), trained=True)
+    check_encoder(TinyEncoder)
+    with pytest.raises(ConformanceError, match="depends on the rest of the batch"):
+        check_encoder(lambda: TinyEncoder(batch_stats=True))
+    with pytest.raises(ConformanceError, match="must subclass restorekit.interfaces.Encoder"):
+        check_encoder(lambda: torch.nn.Identity())
+
+
+class MeanColourEmbedder(FaceEmbedder):
+    name: ClassVar[str] = "meancolour_kit"
+
+    def __init__(self, normalise: bool = True) -> None:
+        self.normalise = normalise
+
+    def embed(self, faces):
+        e = torch.cat([faces.mean(dim=(2, 3)), faces.std(dim=(2, 3))], 1)
+        return F.normalize(e, dim=1) if self.normalise else e
+
+
+class BrightSpotDetector(FaceDetector):
+    """'Finds' a face wherever the image is not flat; ``box_outside`` reports nonsense boxes."""
+
+    name: ClassVar[str] = "brightspot_kit"
+
+    def __init__(self, box_outside: bool = False) -> None:
+        self.box_outside = box_outside
+
+    def detect(self, image):
+        if float(image.std()) < 1e-3:
+            return []
+        h, w = image.shape[-2:]
+        box = (0.0, 0.0, 3.0 * w, 3.0 * h) if self.box_outside else (w / 4, h / 4, 3 * w / 4, 3 * h / 4)
+        return [Face(box=box, score=0.9, landmarks=[(w / 2, h / 2)])]
+
+
+def test_check_face_embedder_and_detector():
+    check_face_embedder(MeanColourEmbedder)
+    with pytest.raises(ConformanceError, match="unit norm"):
+        check_face_embedder(lambda: MeanColourEmbedder(normalise=False))
+    face = torch.from_numpy(smooth_image(64, 64, 5)).permute(2, 0, 1).float() / 255
+    check_face_detector(BrightSpotDetector, face_image=face)
+    with pytest.raises(ConformanceError, match="lies outside"):
+        check_face_detector(lambda: BrightSpotDetector(box_outside=True), face_image=face)
+
+
+# -- cases over a whole plugin ---------------------------------------------------------------
+
+def test_conformance_cases_cover_what_a_plugin_registers(plugin_site):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    params = conformance_cases(plugin="thirdparty_nearest")
+    assert [p.id for p in params] == ["method:nearest3p", "metric:mean_abs_3p"]
+    results = run_conformance("thirdparty_nearest")
+    assert [(r.id, r.status) for r in results] == [("method:nearest3p", "ok"), ("metric:mean_abs_3p", "ok")]
+    with pytest.raises(ConformanceError, match="configs name \\['nearest'\\]"):
+        collect_cases("thirdparty_nearest", configs={"nearest": {}})
+    with pytest.raises(ConformanceError, match="plugin 'thirdparty_nearst' is not installed.*did you mean"):
+        collect_cases("thirdparty_nearst")
+    skipped = conformance_cases(plugin="thirdparty_nearest", skip={"metric:mean_abs_3p": "not today"})
+    assert skipped[1].marks[0].kwargs["reason"] == "not today"
+
+
+def test_broken_plugin_gives_one_failing_case(plugin_site):
+    plugin_site("thirdparty-broken", "thirdparty_broken", "raise ImportError('broken on purpose')\n")
+    (case,) = collect_cases("thirdparty_broken")
+    with pytest.raises(ConformanceError, match="broken: ImportError: broken on purpose"):
+        case.run()
+
+
+def test_missing_weights_skip_or_fail(rk_home):
+    from restorekit.metrics_lpips import LPIPSAlex
+    from restorekit.testing.cases import ConformanceCase
+
+    case = ConformanceCase("restorekit", "metrics", "lpips_alex_v0.1", LPIPSAlex)
+    with pytest.raises(pytest.skip.Exception, match="lpips-alex"):
+        case.run()
+    strict = ConformanceCase("restorekit", "metrics", "lpips_alex_v0.1", LPIPSAlex, missing_weights="fail")
+    with pytest.raises(Exception, match="weights 'lpips-alex' are not available"):
+        strict.run()
+
+
+# The core's own components, cheap ones; LPIPS and dlib are covered by their own tests.
+CORE_CONFIGS: dict[str, dict[str, Any]] = {"w_norm": {"context": {"latents": torch.randn(2, 4, 8)}}}
+CORE_SKIP = {"loss:lpips": "LPIPS network load (tests/test_lpips_offline.py)",
+             "metric:lpips_alex_v0.1": "LPIPS network load (tests/test_lpips_offline.py)",
+             "metric:lpips_vgg_v0.1": "LPIPS network load (tests/test_lpips_offline.py)"}
+
+
+def _core_params() -> list[Any]:
+    plugins.reset()
+    cases = collect_cases("restorekit", configs=CORE_CONFIGS)
+    plugins.reset()
+    out = []
+    for case in cases:
+        slow = "dlib" in case.name
+        reason = CORE_SKIP.get(case.id) or ("dlib models (tests/test_dlib_port.py)" if slow else "")
+        out.append(pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=reason)] if reason else []))
+    return out
+
+
+@pytest.mark.parametrize("case", _core_params())
+def test_core_components_conform(case):
+    case.run()
+
+
+# -- restorekit plugin new ---------------------------------------------------------------------
+
+def test_plugin_names_are_normalised_and_validated():
+    n = plugin_names("My.Cool_SR")
+    assert (n.name, n.distribution, n.module, n.entry_point, n.method) == (
+        "my-cool-sr", "restorekit-my-cool-sr", "restorekit_my_cool_sr", "my_cool_sr", "my_cool_sr")
+    for bad, msg in [("3d", "must start with a letter"), ("a--b", "single"), ("sharp en", "must start"),
+                     ("restorekit-x", "without the 'restorekit-' prefix"), ("class", "keyword"),
+                     ("x" * 41, "longer than")]:
+        with pytest.raises(ValueError, match=msg):
+            plugin_names(bad)
+
+
+@pytest.mark.parametrize("license_id", LICENSES)
+def test_plugin_new_writes_a_complete_project(tmp_path, license_id):
+    r = invoke("plugin", "new", "Kit.Gen", "--dir", str(tmp_path), "--author", "Ada Lovelace <ada@example.org>",
+               "--description", 'Sharpens "things"', "--license", license_id, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    root = Path(info["path"])
+    assert root == tmp_path / "restorekit-kit-gen"
+    assert info["files"] == sorted(["pyproject.toml", "README.md", "LICENSE", ".gitignore",
+                                    "registry/plugins/restorekit-kit-gen.toml", "tests/test_plugin.py",
+                                    "src/restorekit_kit_gen/__init__.py", "src/restorekit_kit_gen/plugin.py",
+                                    "src/restorekit_kit_gen/method.py", "src/restorekit_kit_gen/py.typed"])
+    for rel in info["files"]:
+        text = (root / rel).read_text()
+        assert not PLACEHOLDER.search(text), rel
+        if rel.endswith(".py"):
+            ast.parse(text, rel)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "restorekit-kit-gen" and project["license"] == license_id
+    assert project["description"] == 'Sharpens "things"'
+    assert project["authors"] == [{"name": "Ada Lovelace", "email": "ada@example.org"}]
+    assert project["entry-points"]["restorekit"] == {"kit_gen": "restorekit_kit_gen.plugin"}
+    entry = load_entry(root / "registry/plugins/restorekit-kit-gen.toml")
+    assert (entry.distribution, entry.entry_point, entry.license) == (
+        "restorekit-kit-gen", "kit_gen = restorekit_kit_gen.plugin", license_id)
+    lic = (root / "LICENSE").read_text()
+    assert {"Apache-2.0": "Apache License", "MIT": "MIT License", "BSD-3-Clause": "BSD 3-Clause"}[license_id] in lic
+    if license_id != "Apache-2.0":
+        assert "Ada Lovelace" in lic
+    assert 'name="kit_gen"' in (root / "src/restorekit_kit_gen/method.py").read_text()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_plugin_new_refuses_existing_folders_and_taken_names(tmp_path):
+    existing = tmp_path / "restorekit-sharpen"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep me")
+    r = invoke("plugin", "new", "sharpen", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "already exists" in r.output and "restorekit-sharpen" in r.output
+    assert [p.name for p in existing.iterdir()] == ["mine.txt"]
+    r = invoke("plugin", "new", "bicubic", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "method 'bicubic' is already registered by plugin 'baselines'" in r.output
+    r = invoke("plugin", "new", "psp-sr", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "already taken by the installed distribution restorekit-psp-sr" in r.output
+    r = invoke("plugin", "new", "2fast", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "must start with a letter" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restorekit-sharpen"]
+
+
+def test_generated_method_sharpens(tmp_path):
+    """The template's method, imported straight from the generated source (no install)."""
+    names = plugin_names("kitsrc")
+    root, _ = write_project(names, tmp_path, description="d")
+    spec = importlib.util.spec_from_file_location("kitsrc_method", root / "src/restorekit_kitsrc/method.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x = torch.from_numpy(smooth_image(16, 16, 1)).permute(2, 0, 1)[None].float() / 255
+    plain = mod.UnsharpMask(mod.UnsharpMaskOptions(amount=0.0)).restore(x, 2)
+    sharp = mod.UnsharpMask(mod.UnsharpMaskOptions(amount=1.0)).restore(x, 2)
+    assert torch.allclose(plain, F.interpolate(x, scale_factor=2, mode="bicubic").clamp(0, 1), atol=1e-6)
+    # The mask adds exactly the detail above the blur (before clamping), so where nothing clamps:
+    up = F.interpolate(x, scale_factor=2, mode="bicubic")
+    expect = up + (up - mod.gaussian_blur(up, 1.0))
+    inside = (expect > 0) & (expect < 1)
+    assert torch.allclose(sharp[inside], expect[inside], atol=1e-6)
+    assert (sharp - plain).abs().max() > 0.01
+    check_method(mod.UnsharpMask)
+
+
+# -- end to end: generate, install, its own tests, discovery, compare --------------------------
+
+def _needs_build_tools() -> None:
+    if importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools") is None:
+        pytest.skip("needs pip and setuptools in the environment")
+    from importlib.metadata import version
+
+    if int(version("setuptools").split(".")[0]) < 77:  # not imported: it patches distutils
+        pytest.skip("the generated pyproject needs setuptools>=77 (SPDX license strings)")
+
+
+@pytest.mark.slow
+def test_generated_plugin_installs_passes_its_tests_and_joins_compare(tmp_path, monkeypatch):
+    _needs_build_tools()
+    r = invoke("plugin", "new", "kitdemo", "--dir", str(tmp_path), "--author", "Test Author", "--json")
+    assert r.exit_code == 0, r.output
+    root = Path(json.loads(r.output)["path"])
+    site = tmp_path / "site"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+    env.pop("RESTOREKIT_LOAD_PLUGINS", None)
+    env.pop("RESTOREKIT_STRICT_PLUGINS", None)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                          "--target", str(site), "-q", str(root)], capture_output=True, text=True, env=env, timeout=300)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    assert (site / "restorekit_kitdemo" / "method.py").is_file()
+
+    # The generated project's own tests (conformance suite + rk_* fixtures from restorekit's pytest plugin).
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::UserWarning"],
+                           cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
+    assert "7 passed" in tests.stdout, tests.stdout[-2000:]
+
+    # A fresh `restorekit` process lists it (strict: nothing broken).
+    listed = subprocess.run([sys.executable, "-m", "restorekit", "--strict", "plugins", "--json"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rec = next(p for p in json.loads(listed.stdout) if p["name"] == "kitdemo")
+    assert rec == {"name": "kitdemo", "distribution": "restorekit-kitdemo", "version": "0.1.0", "status": "ok",
+                   "registers": {"methods": ["kitdemo"]}}
+
+    # In this process: methods and compare see it too.
+    monkeypatch.syspath_prepend(str(site))
+    plugins.reset()
+    try:
+        r = invoke("methods", "--json")
+        row = next(m for m in json.loads(r.output) if m["name"] == "kitdemo")
+        assert (row["plugin"], row["license"], row["deterministic"]) == ("kitdemo", "Apache-2.0", True)
+        data = tmp_path / "hr"
+        data.mkdir()
+        for i in range(2):
+            Image.fromarray(smooth_image(32, 32, 10 + i)).save(data / f"im{i}.png")
+        out = tmp_path / "cmp"
+        r = invoke("compare", "--methods", "bicubic,kitdemo", "--scale", "2", "--data", str(data), "--out", str(out),
+                   "--metrics", "psnr_rgb,lr_consistency", "--device", "cpu", "--opt", "kitdemo.amount=0.3", "-q")
+        assert r.exit_code == 0, r.output
+        doc = json.loads((out / "results.json").read_text())
+        rows = {m["name"]: m for m in doc["methods"]}
+        assert set(rows) == {"bicubic", "kitdemo"}
+        assert (rows["kitdemo"]["distribution"], rows["kitdemo"]["version"]) == ("restorekit-kitdemo", "0.1.0")
+        kit, bic = rows["kitdemo"]["aggregate"]["metrics"], rows["bicubic"]["aggregate"]["metrics"]
+        assert 20 < kit["psnr_rgb"]["mean"] < 60 and 20 < bic["psnr_rgb"]["mean"] < 60
+        # Sharpening moves the output away from what downscales back to the input.
+        assert kit["lr_consistency"]["mean"] > bic["lr_consistency"]["mean"]
+        assert len([img for img in doc["images"] if img["method"] == "kitdemo"]) == 2
+    finally:
+        plugins.reset()
+        for name in [m for m in sys.modules if m.startswith("restorekit_kitdemo")]:
+            del sys.modules[name]
