@@ -14,6 +14,7 @@ Every method is fed the 8-bit LR exactly as written, and is scored against the c
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zlib
 from collections import OrderedDict
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..degradations import Chain, crop_to_multiple
@@ -36,17 +38,10 @@ def degradation_seed(stem: str) -> int:
     return zlib.crc32(stem.encode("utf-8"))
 
 
-def quantize(x: Tensor) -> Tensor:
-    """Round to 8 bits exactly as writing a PNG and reading it back would."""
-    return from_pil(to_pil(x))
-
-
-def png_bytes(x: Tensor, compress_level: int = 1) -> bytes:
+def png_bytes(x: Tensor | Image.Image, compress_level: int = 1) -> bytes:
     """An 8-bit PNG of one image (fast zlib level: these are caches and outputs, not archives)."""
-    import io
-
     buf = io.BytesIO()
-    to_pil(x).save(buf, "PNG", compress_level=compress_level)
+    (x if isinstance(x, Image.Image) else to_pil(x)).save(buf, "PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -145,13 +140,14 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 if tuple(lr.shape[-2:]) != want:
                     raise ImageError(f"{item.path}: degradation '{spec}' gave {lr.shape[-1]}×{lr.shape[-2]}, "
                                      f"expected {want[1]}×{want[0]} (HR / {scale})")
-                lr_bytes = png_bytes(lr)
+                pil = to_pil(lr)
+                lr_bytes = png_bytes(pil)
                 atomic_write_bytes(lr_path, lr_bytes)
                 manifest[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
                                        "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
                                        "seed": str(degradation_seed(item.stem))}
                 changed = True
-                inputs._cache[item.stem] = (quantize(lr), hr)
+                inputs._cache[item.stem] = (from_pil(pil), hr)  # what reading the PNG gives
                 inputs._cached_bytes += (lr.numel() + hr.numel()) * 4
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))
         except (RestorekitError, OSError, ValueError, RuntimeError) as exc:

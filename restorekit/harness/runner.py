@@ -33,11 +33,11 @@ from torch import Tensor
 from .. import __version__
 from ..degradations import parse_spec
 from ..errors import RestorekitError, WeightsMissing
-from ..images import atomic_write_bytes, read_image
+from ..images import atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
 from ..methods import resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
-from .inputs import InputSet, Pair, from_degradation, from_pairs, png_bytes, quantize
+from .inputs import InputSet, Pair, from_degradation, from_pairs, png_bytes
 from .store import Record, ResultStore, safe_name, settings_hash
 
 
@@ -477,8 +477,9 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
             torch.cuda.empty_cache()
         return rec
     t0 = time.perf_counter()
-    pred = quantize(y.detach().float().cpu())
-    data = png_bytes(pred)
+    pil = to_pil(y.detach().float().cpu())
+    pred = from_pil(pil)  # exactly what reading the PNG back gives
+    data = png_bytes(pil)
     rel = _output_rel(mp.name, pair.stem, seed)
     try:
         atomic_write_bytes(p.config.out / rel, data)
