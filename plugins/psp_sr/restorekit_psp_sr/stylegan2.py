@@ -168,7 +168,8 @@ class ModulatedConv2d(nn.Module):
         """
         wt = self.weight
         cacheable = not (torch.is_grad_enabled() and wt.requires_grad)
-        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device)
+        # Inference-mode tensors cannot be saved for backward later: keep the mode in the key.
+        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled())
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         w = wt[0] * self.scale

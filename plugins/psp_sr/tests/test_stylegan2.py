@@ -410,3 +410,23 @@ def test_set_impl_reaches_every_op():
         g.synthesize(torch.randn(1, g.n_styles, 16))
     g.set_impl("ref")
     assert g.synthesize(torch.randn(1, g.n_styles, 16)).shape == (1, 3, 32, 32)
+
+
+def test_weight_cache_survives_mode_switches_and_updates():
+    # A frozen generator (pSp training): inference first, then gradients w.r.t. the latents.
+    g = tiny(13).requires_grad_(False)
+    wp = torch.randn(1, g.n_styles, 16)
+    with torch.inference_mode():
+        a = g.synthesize(wp)
+    w = wp.clone().requires_grad_(True)
+    b = g.synthesize(w)
+    b.sum().backward()
+    assert torch.allclose(a, b.detach()) and w.grad is not None
+    # In-place weight updates (load_state_dict, optimiser steps) invalidate the cache.
+    # (ToRGB has no demodulation, so its weight scale shows in the image.)
+    with torch.no_grad():
+        g.to_rgbs[-1].conv.weight.mul_(2.0)
+        c = g.synthesize(wp)
+        g.to_rgbs[-1].conv._cache = None
+        d = g.synthesize(wp)
+    assert torch.equal(c, d) and not torch.allclose(c, a)
