@@ -404,6 +404,7 @@ def test_missing_data_is_usage_error(tmp_path):
     r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(tmp_path / "nope"),
                "--out", str(tmp_path / "o"))
     assert r.exit_code == 2 and "no such file or folder" in r.stderr
+    assert not (tmp_path / "o").exists()  # nothing created on a usage error
 
 
 def test_aggregation_rules():

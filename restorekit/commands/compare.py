@@ -69,12 +69,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                                lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
                                device=device, opts=parse_method_opts(opts, names), fresh=fresh, quiet=quiet)
         p = plan(config)
+        n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
         check_writable(out)
-    except RestorekitError as exc:
-        fail_usage(str(exc))
-        return
-    try:  # a missing or empty --data is a usage error; the count sizes the progress bar
-        n_img = len(list_inputs(data))
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
