@@ -24,6 +24,7 @@ CORE_METRICS = [
     "restorekit.metrics_lpips:LPIPSVgg",
     "restorekit.faces.identity_dlib:IdentityDlib",
     "restorekit.faces.identity_dlib:IdentityDlibDist",
+    "restorekit.faces.identity_arcface:IdentityArcface",
 ]
 
 
@@ -58,3 +59,6 @@ def register_face_detectors(register: Register) -> None:
 
     for name, cls in DETECTORS.items():
         register(name, cls, summary=SUMMARIES[name])
+    from .faces.scrfd import SUMMARY as SCRFD_SUMMARY, ScrfdDetector
+
+    register("scrfd", ScrfdDetector, summary=SCRFD_SUMMARY)

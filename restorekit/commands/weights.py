@@ -137,12 +137,23 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
 
 @weights_group.command("import")
 @click.argument("name")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--filename", default=None, help="Which file of a multi-file spec this is.")
 @click.option("--link", is_flag=True, help="Symlink instead of copying.")
 @click.option("--trust", is_flag=True, help="Accept a file for a spec without sha256 and record its hash.")
 def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: bool) -> None:
-    """Put a weights FILE you already have into the cache after checking it."""
+    """Put a weights FILE you already have into the cache after checking it.
+
+    FILE may also be a .zip archive or a folder holding the spec's files (a model pack)."""
+    from ..weights_archive import import_archive, wants_archive_import
+
+    if filename is None and wants_archive_import(W.get_spec(name), file):
+        done = import_archive(name, file, link=link, trust=trust)
+        for w in done.warnings:
+            _err.print(f"[yellow]warning:[/] {w}")
+        for p in done.paths:
+            click.echo(str(p))
+        return
     dest, warning = W.import_file(name, file, filename=filename, link=link, trust=trust)
     if warning:
         _err.print(f"[yellow]warning:[/] {warning}")

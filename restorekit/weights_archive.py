@@ -1,0 +1,170 @@
+"""Importing a multi-file weight spec from a zip archive or a folder (``restorekit weights import``).
+
+Model packs are often shipped as one archive holding several files (insightface's
+``buffalo_l.zip``) or unpacked into a folder. :func:`import_archive` finds each file of the spec
+by its base name anywhere in the zip or below the folder (macOS ``__MACOSX``/``._*`` entries are
+ignored), checks size and sha256 exactly like :func:`restorekit.weights.import_file`, and only
+then moves every file into the cache: a mismatch anywhere leaves the cache as it was. Members
+of the archive that the spec does not name are not extracted. Extraction never uses the
+member's path (only the spec's file name), so an archive cannot write outside the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from . import weights as W
+from .errors import IntegrityError, RestorekitError
+
+__all__ = ["wants_archive_import", "import_archive", "ArchiveImport"]
+
+_CHUNK = 1 << 20
+
+
+def wants_archive_import(spec: W.WeightSpec, path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is to be imported with :func:`import_archive`: a folder, or a ``.zip``
+    that is not itself one of the spec's files."""
+    p = Path(path)
+    if p.is_dir():
+        return True
+    return p.suffix.lower() == ".zip" and p.name not in {f.filename for f in spec.files} and zipfile.is_zipfile(p)
+
+
+@dataclass(frozen=True)
+class ArchiveImport:
+    """What :func:`import_archive` did: cached paths, warnings (``--trust``), members left out."""
+
+    paths: list[Path]
+    warnings: list[str]
+    ignored: list[str]
+
+
+def _skip(member: str) -> bool:
+    parts = PurePosixPath(member).parts
+    return not parts or "__MACOSX" in parts or parts[-1].startswith("._")
+
+
+def _members_zip(zf: zipfile.ZipFile) -> dict[str, list[str]]:
+    by_name: dict[str, list[str]] = {}
+    for info in zf.infolist():
+        if info.is_dir() or _skip(info.filename):
+            continue
+        by_name.setdefault(PurePosixPath(info.filename).name, []).append(info.filename)
+    return by_name
+
+
+def _members_dir(root: Path) -> dict[str, list[str]]:
+    by_name: dict[str, list[str]] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not _skip(rel):
+            by_name.setdefault(p.name, []).append(rel)
+    return by_name
+
+
+def _check(spec: W.WeightSpec, wf: W.WeightFile, where: str, size: int, sha: str, trust: bool) -> str | None:
+    if wf.size is not None and size != wf.size:
+        raise IntegrityError(f"{where} has {size} bytes but weights '{spec.name}' ({wf.filename}) have {wf.size}; refused")
+    if wf.sha256 is None:
+        if not trust:
+            raise IntegrityError(f"weights '{spec.name}' ({wf.filename}) have no known sha256, so {where} cannot be "
+                                 f"checked; pass --trust to accept it (its sha256 is {sha})")
+        return f"accepted {where} for '{spec.name}' without a reference hash (--trust); recorded sha256 {sha}"
+    if sha != wf.sha256:
+        raise IntegrityError(f"{where} has sha256 {sha} but weights '{spec.name}' ({wf.filename}) need "
+                             f"{wf.sha256}; refused")
+    return None
+
+
+def _copy_hashing(src, dest: Path, limit: int | None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    h = hashlib.sha256()
+    n = 0
+    with open(dest, "wb") as out:
+        while block := src.read(_CHUNK):
+            n += len(block)
+            if limit is not None and n > limit:  # larger than the spec allows: stop reading (zip bombs)
+                return n, ""
+            h.update(block)
+            out.write(block)
+    return n, h.hexdigest()
+
+
+def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = False,
+                   trust: bool = False) -> ArchiveImport:
+    """Import every file of weights ``name`` from a zip archive or a folder.
+
+    ``link`` (folders only) makes the cache hold symlinks to the folder's files. ``trust``
+    accepts files of a spec without sha256 and records their hash (a warning per file is
+    returned). A file missing from the archive, of the wrong size or hash, is refused with
+    nothing changed in the cache.
+    """
+    spec = W.get_spec(name)
+    src = Path(path).expanduser().resolve()
+    is_dir = src.is_dir()
+    if not is_dir and not (src.is_file() and zipfile.is_zipfile(src)):
+        raise RestorekitError(f"cannot import weights '{name}' from {src}: not a folder or a zip archive")
+    if link and not is_dir:
+        raise RestorekitError(f"--link needs a folder; {src} is an archive (its members are copied)")
+    zf = None if is_dir else zipfile.ZipFile(src)
+    try:
+        members = _members_dir(src) if is_dir else _members_zip(zf)  # type: ignore[arg-type]
+        chosen: dict[str, str] = {}
+        for wf in spec.files:
+            found = members.get(wf.filename, [])
+            if not found:
+                have = ", ".join(sorted(members)) or "nothing"
+                raise RestorekitError(f"{src} has no {wf.filename} for weights '{name}' (it holds: {have})")
+            if len(found) > 1:
+                raise RestorekitError(f"{src} holds {wf.filename} more than once ({', '.join(found)}); "
+                                      "import the one you mean as a file with --filename")
+            chosen[wf.filename] = found[0]
+        folder = W.weights_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        staged: list[tuple[W.WeightFile, Path, str, str]] = []
+        warnings: list[str] = []
+        try:
+            for wf in spec.files:
+                member = chosen[wf.filename]
+                where = f"{src}/{member}" if is_dir else f"{src}:{member}"
+                tmp = folder / f".{wf.filename}.import-{os.getpid()}"
+                staged.append((wf, tmp, "", where))
+                if is_dir:
+                    file = src / member
+                    if link:
+                        size, sha = file.stat().st_size, W.sha256_file(file)
+                    else:
+                        with open(file, "rb") as f:
+                            size, sha = _copy_hashing(f, tmp, wf.size)
+                else:
+                    with zf.open(member) as f:  # type: ignore[union-attr]
+                        size, sha = _copy_hashing(f, tmp, wf.size)
+                warning = _check(spec, wf, where, size, sha, trust)
+                if link:
+                    tmp.unlink(missing_ok=True)
+                    tmp.symlink_to(src / member)
+                elif W.sha256_file(tmp) != sha:
+                    raise IntegrityError(f"copy of {where} into the cache does not match its hash; refused")
+                staged[-1] = (wf, tmp, sha, where)
+                if warning:
+                    warnings.append(warning)
+            paths = []
+            for wf, tmp, sha, where in staged:
+                dest = folder / wf.filename
+                os.replace(tmp, dest)
+                W._record(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None)
+                paths.append(dest)
+        except BaseException:
+            for _, tmp, _, _ in staged:
+                tmp.unlink(missing_ok=True)
+            W._cleanup_empty(folder)
+            raise
+    finally:
+        if zf is not None:
+            zf.close()
+    wanted = {f.filename for f in spec.files}
+    ignored = sorted(m for n, ms in members.items() if n not in wanted for m in ms)
+    return ArchiveImport(paths, warnings, ignored)
