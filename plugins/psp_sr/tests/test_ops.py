@@ -91,6 +91,23 @@ def test_upfirdn2d_ref_gradcheck(fshape, up, down, pad):
     assert torch.autograd.gradgradcheck(fn, (x, f))
 
 
+@pytest.mark.parametrize("fshape,up,down,pad", CASES)
+def test_cuda_backward_formula_on_cpu(fshape, up, down, pad):
+    # The CUDA backward is upfirdn2d with grad_params(); check that identity with the reference.
+    from restorekit_psp_sr.ops.upfirdn2d import grad_params
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 2, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    f = torch.randn(*fshape, generator=g, dtype=torch.float64)
+    f2 = torch.outer(f, f) if f.ndim == 1 else f
+    y = upfirdn2d_ref(x, f2, up=up, down=down, pad=pad)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(y, x, dy)
+    gp = grad_params((*up, *down, *pad), (9, 11), tuple(y.shape[2:]), tuple(f2.shape))
+    got = upfirdn2d_ref(dy, f2.flip(0, 1), up=gp[0:2], down=gp[2:4], pad=gp[4:8])
+    assert got.shape == gx.shape and torch.allclose(got, gx, atol=1e-12)
+
+
 def test_fused_bias_act_matches_composition():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 5, 4, 3, generator=g)

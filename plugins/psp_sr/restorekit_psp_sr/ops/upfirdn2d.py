@@ -138,14 +138,22 @@ class _Upfirdn2dCuda(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):  # type: ignore[override]
         (f,) = ctx.saved_tensors
-        (upx, upy, downx, downy, px0, px1, py0, py1), gain, ext, h, w = ctx.meta
-        kh, kw = f.shape
-        oh, ow = dy.shape[2], dy.shape[3]
-        gp = (downx, downy, upx, upy,
-              kw - px0 - 1, w * upx - ow * downx + px0 - upx + 1,
-              kh - py0 - 1, h * upy - oh * downy + py0 - upy + 1)
+        params, gain, ext, h, w = ctx.meta
+        gp = grad_params(params, (h, w), (dy.shape[2], dy.shape[3]), tuple(f.shape))
         dx = _Upfirdn2dCuda.apply(dy, f.flip(0, 1).contiguous(), gp, gain, ext)
         return dx, None, None, None, None
+
+
+def grad_params(params: tuple[int, ...], in_hw: tuple[int, int], out_hw: tuple[int, int],
+                k_hw: tuple[int, int]) -> tuple[int, int, int, int, int, int, int, int]:
+    """``(upx, upy, downx, downy, px0, px1, py0, py1)`` of the upfirdn whose output is the
+    input gradient: the flipped filter, up and down swapped, pads chosen so the size is the
+    input's (``p0' = k − p0 − 1``; ``p1'`` closes the length)."""
+    upx, upy, downx, downy, px0, px1, py0, py1 = params
+    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, k_hw
+    return (downx, downy, upx, upy,
+            kw - px0 - 1, w * upx - ow * downx + px0 - upx + 1,
+            kh - py0 - 1, h * upy - oh * downy + py0 - upy + 1)
 
 
 def upfirdn2d(x: Tensor, f: Tensor, *, up: IntPair = 1, down: IntPair = 1, pad: IntPair = 0,
