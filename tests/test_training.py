@@ -291,6 +291,50 @@ def test_loss_falls(faces: Path, tmp_path: Path) -> None:
     assert losses[-1] < 0.7 * losses[0]
 
 
+class TinyTrainer(Trainer):
+    name = "tiny_sr"
+
+    @classmethod
+    def build(cls, config: TrainConfig, *, quiet: bool = False) -> "TinyTrainer":
+        train, val = sr_datasets(config.data.root, 16, config.data, seed=config.seed)
+        torch.manual_seed(0)
+        return cls(config, TinySR(), train, val, step_fn=tiny_step, val_fn=tiny_val, quiet=quiet)
+
+
+def test_train_command_config_overrides_and_resume(faces: Path, tmp_path: Path) -> None:
+    import click
+    from click.testing import CliRunner
+
+    from restorekit.commands.train import add_trainer
+
+    @click.group()
+    def cli() -> None:
+        pass
+
+    add_trainer(cli, "tiny_sr", "A tiny SR trainer.", lambda: TinyTrainer)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('steps = 3\nbatch_size = 2\noptimizer = "adam"\nlog_every = 1\ndevice = "cpu"\n'
+                   '[data]\nfactors = [1, 2]\nholdout_fraction = 0.2\n')
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", str(out),
+                                 "--set", "lr=0.02", "--set", "data.flip=false", "--json", "-q"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["step"] == 3 and res["finished"] and res["rank"] == 0
+    saved = load_checkpoint(list_checkpoints(out)[-1][1])["config"]
+    assert saved["lr"] == 0.02 and saved["data"]["flip"] is False and saved["data"]["root"] == str(faces)
+    # A later session: the run folder alone is enough (config and data root come from the checkpoint).
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(out), "--resume", "--steps", "5", "--json", "-q"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["step"] == 5
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(tmp_path / "new"), "--config", str(cfg)])
+    assert r.exit_code == 2 and "--data" in r.output
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(tmp_path / "none"), "--resume"])
+    assert r.exit_code == 2 and "no checkpoint" in r.output
+
+
 # -- DDP -----------------------------------------------------------------------------------------
 DDP_SCRIPT = """
 import sys

@@ -76,7 +76,12 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
     if cfg.data.root is None:
         raise RestorekitError("no training data: pass --data DIR (a folder of HR face images)")
     trainer = cls.build(cfg, quiet=quiet)
-    return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None)
+    try:
+        return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None)
+    finally:
+        from ..training.distributed import cleanup
+
+        cleanup(trainer.dist)
 
 
 def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
@@ -106,6 +111,8 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
         except RestorekitError as exc:
             fail_usage(str(exc))
             return
+        if result.get("rank", 0) != 0:
+            return  # under torchrun, rank 0 reports
         if as_json:
             emit_json(result)
         elif not quiet:

@@ -524,7 +524,7 @@ class Trainer:
 
                 plot_losses(self.log_path, self.out / "loss.png")
         barrier(self.dist)
-        return {"step": self.step, "steps": cfg.steps, "finished": finished, "stopped_early": stopped,
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps, "finished": finished, "stopped_early": stopped,
                 "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
                 "exported": str(exported) if exported else None, "losses": self.last_logs,
                 "val": self.last_val, "seconds": round(time.monotonic() - start, 3)}
