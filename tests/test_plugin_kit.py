@@ -359,6 +359,30 @@ def test_conformance_cases_cover_what_a_plugin_registers(plugin_site):
     assert skipped[1].marks[0].kwargs["reason"] == "not today"
 
 
+def test_plugin_check_command(plugin_site):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    plugin_site("thirdparty-unclamped", "thirdparty_unclamped", GOOD_PLUGIN.replace(
+        '"nearest3p"', '"unclamped3p"').replace('"mean_abs_3p"', '"mean_abs2_3p"').replace(".clamp(0, 1)", ".mul(2)"))
+    r = invoke("plugin", "check", "thirdparty_nearest", "--json")
+    assert r.exit_code == 0, r.output
+    assert [(x["id"], x["status"]) for x in json.loads(r.output)] == [("method:nearest3p", "ok"),
+                                                                     ("metric:mean_abs_3p", "ok")]
+    r = invoke("plugin", "check", "thirdparty_unclamped", "--json")
+    assert r.exit_code == 1
+    rows = {x["id"]: x for x in json.loads(r.output)}
+    assert rows["method:unclamped3p"]["status"] == "failed" and "leaves [0,1]" in rows["method:unclamped3p"]["detail"]
+    assert rows["metric:mean_abs2_3p"]["status"] == "ok"
+    r = invoke("plugin", "check", "thirdparty_nearst")
+    assert r.exit_code == 2 and "did you mean 'thirdparty_nearest'" in r.output
+
+
+def test_config_keys_must_fit_the_check(plugin_site):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    (case, _) = collect_cases("thirdparty_nearest", configs={"nearest3p": {"optons": {}}})
+    with pytest.raises(ConformanceError, match="config keys \\['optons'\\] are not arguments of check_method"):
+        case.check()
+
+
 def test_broken_plugin_gives_one_failing_case(plugin_site):
     plugin_site("thirdparty-broken", "thirdparty_broken", "raise ImportError('broken on purpose')\n")
     (case,) = collect_cases("thirdparty_broken")

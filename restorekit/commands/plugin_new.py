@@ -1,4 +1,4 @@
-"""``restorekit plugin new NAME``: write a ready-to-publish plugin project.
+"""``restorekit plugin new NAME``: write a ready-to-publish plugin project (and ``plugin check NAME``).
 
 The project (``DIR/restorekit-NAME``) has a ``pyproject.toml`` with the ``restorekit`` entry
 point, a working method (bicubic upscaling followed by an unsharp mask), tests that run the
@@ -183,7 +183,7 @@ def write_project(names: PluginNames, parent: Path, *, description: str, author:
 
 @click.group("plugin")
 def plugin_group() -> None:
-    """Tools for plugin authors (`plugin new NAME` starts a plugin project)."""
+    """Tools for plugin authors: `plugin new NAME` starts a project, `plugin check NAME` runs the conformance suite."""
 
 
 @plugin_group.command("new")
@@ -220,6 +220,35 @@ def plugin_new(name: str, parent: Path, author: str, description: str, license_i
     click.echo("  pytest")
     click.echo(f"  restorekit run {names.method} --scale 4 --input LR_DIR --output OUT_DIR")
     click.echo("README.md says how to publish it and get it listed in restorekit's registry.")
+
+
+@plugin_group.command("check")
+@click.argument("name")
+@click.option("--missing-weights", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="What a component whose weights are not cached counts as.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def plugin_check(name: str, missing_weights: str, as_json: bool) -> None:
+    """Run the conformance suite over everything plugin NAME registers (default arguments).
+
+    Components that need arguments (tiny sizes, weights) are better checked from the plugin's
+    tests with conformance_cases(configs=...). Exit code 1 when any check fails.
+    """
+    from ..cli import table
+    from ..testing.cases import run_conformance
+    from ..testing.conformance import ConformanceError
+
+    try:
+        results = run_conformance(name, missing_weights=missing_weights)  # type: ignore[arg-type]
+    except ConformanceError as exc:
+        fail_usage(str(exc))
+        return
+    if as_json:
+        emit_json([asdict(r) for r in results])
+    else:
+        table(f"Conformance of plugin '{name}'", ["component", "status", "detail"],
+              [[r.id, r.status, r.detail] for r in results])
+    if any(r.status == "failed" for r in results):
+        raise SystemExit(1)
 
 
 def attach(cli: click.Group) -> None:
