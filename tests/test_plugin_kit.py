@@ -577,3 +577,14 @@ def test_generated_plugin_installs_passes_its_tests_and_joins_compare(tmp_path, 
         plugins.reset()
         for name in [m for m in sys.modules if m.startswith("restorekit_kitdemo")]:
             del sys.modules[name]
+
+
+def test_author_fixtures(rk_batch, rk_odd_batch, rk_smooth_batch, rk_face, rk_home, rk_cli):
+    assert rk_batch.shape == (2, 3, 12, 10) and rk_odd_batch.shape == (1, 3, 11, 9)
+    assert rk_smooth_batch.shape == (2, 3, 32, 32)
+    for t in (rk_batch, rk_odd_batch, rk_smooth_batch, rk_face):
+        assert t.dtype == torch.float32 and float(t.min()) >= 0 and float(t.max()) <= 1
+    assert rk_face.shape == (3, 256, 256) and float(rk_face.std()) > 0.1
+    assert os.environ["RESTOREKIT_HOME"] == str(rk_home) and not any(rk_home.iterdir())
+    r = rk_cli("methods", "--json")
+    assert r.exit_code == 0 and "bicubic" in {m["name"] for m in json.loads(r.output)}
