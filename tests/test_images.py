@@ -121,3 +121,14 @@ def test_input_specs(tmp_path):
 def test_to_pil_rounds_and_clamps():
     x = torch.tensor([[[[1.2]], [[-0.1]], [[0.5]]]])
     assert np.asarray(to_pil(x)).tolist() == [[[255, 0, 128]]]
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_image(torch.rand(1, 3, 4, 4), tmp_path / "p.png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o644

@@ -56,10 +56,15 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 @click.option("--min-face", type=click.FloatRange(min=0), default=None,
               help="--faces detect: skip faces whose box is smaller than PX input pixels (default: 20).")
 @click.option("--require-face", is_flag=True, help="--faces detect: a photo without a face fails (exit 1).")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="Run the network in PyTorch or in onnxruntime (exported on first use into the cache, or --onnx).")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="--backend onnxruntime: an exported graph (`restorekit export`) instead of the cached export.")
 def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str, seed: int | None,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
             couple: bool, max_pixels: int, quiet: bool, as_json: bool, faces_mode: str, detector: str | None,
-            background: str | None, only_faces: bool, min_face: float | None, require_face: bool) -> None:
+            background: str | None, only_faces: bool, min_face: float | None, require_face: bool,
+            backend: str, onnx_path: Path | None) -> None:
     """Restore images with METHOD at --scale."""
     if faces_mode == "aligned":
         used = [f for f, v in (("--detector", detector), ("--background", background), ("--only-faces", only_faces),
@@ -67,6 +72,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 if v is not None and v is not False]
         if used:
             fail_usage(f"{', '.join(used)} only apply with --faces detect")
+    if onnx_path is not None and backend != "onnxruntime":
+        fail_usage("--onnx only applies with --backend onnxruntime")
     try:
         cls = method_class(method)
         values = parse_opts(opts)
@@ -89,6 +96,10 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
     if not items:
         fail_usage(f"{input_spec}: no input images")
     m = build_method(method, values, device)
+    if backend == "onnxruntime":
+        from ..onnx_backend import onnx_method
+
+        m = onnx_method(m, onnx_path=onnx_path, log=None if quiet else (lambda msg: click.echo(msg, err=True)))
     if not quiet:
         for note in getattr(m, "notes", []):
             click.echo(note, err=True)
@@ -104,7 +115,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
 
     def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
+        with torch.no_grad():
             out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples).cpu()
         outs = [out[i:i + 1] for i in range(out.shape[0])]
         if couple:
@@ -115,7 +127,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                            quiet=quiet, label=method, on_error=error_line, expected=stems,
                            report=lambda item: list(m.last_reports))
     if as_json:
-        emit_json({"method": method, "scale": scale, "device": str(m.device), **result.as_dict()})
+        emit_json({"method": method, "scale": scale, "device": str(m.device), "backend": backend,
+                   **result.as_dict()})
     elif not quiet:
         click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped (exist; --overwrite "
                    f"replaces), {len(result.failed)} failed → {output}", err=True)

@@ -132,6 +132,8 @@ class _DlibIdentityBase(Metric):
     """Shared pipeline: dlib landmarks on the target, dlib chips of both, port descriptors."""
 
     summary: ClassVar[str] = ""
+    # What a NaN value means, for the harness's per-method counts.
+    nan_label: ClassVar[str] = "faces not found"
 
     def __init__(self, device: str | torch.device | None = None) -> None:
         self._device = torch.device(device) if device is not None else None
