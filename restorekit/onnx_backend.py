@@ -1,0 +1,215 @@
+"""The onnxruntime backend: run a method's exported graph instead of its PyTorch network.
+
+:class:`OnnxSession` wraps an ``onnxruntime.InferenceSession`` on ``N×3×H×W`` float32 images in
+[0, 1]: CPU provider, CUDA provider first when the device is CUDA and onnxruntime has it;
+``threads`` sets the intra-op thread count (default: torch's, so both backends are timed with
+the same number of threads). A graph exported with a fixed batch size is run row by row.
+
+:func:`onnx_method` turns a loaded method into an :class:`OnnxMethod` whose ``restore`` is
+``finish(session(prepare(lr)))`` — the method's own PyTorch pre- and post-processing around the
+graph (see :class:`restorekit.onnx_export.ExportSpec`). The graph comes from ``--onnx PATH``
+(refused when its sidecar names other weights than the method loaded) or from the export cache
+``<cache>/onnx/`` (``$RESTOREKIT_HOME``), where it is exported on first use, keyed by the
+weights' sha256 and the export settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import RestorekitError
+from .interfaces import Method, MethodInfo
+from .onnx_export import DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class OnnxBackendError(RestorekitError):
+    """onnxruntime is missing, or a graph cannot serve the request."""
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxBackendError("--backend onnxruntime needs the 'onnxruntime' package; install it with "
+                               "pip install 'restorekit[onnx]'") from None
+    return onnxruntime
+
+
+def providers_for(device: torch.device | str) -> list[str]:
+    """``["CUDAExecutionProvider", "CPUExecutionProvider"]`` for a CUDA device when onnxruntime has
+    the CUDA provider, else ``["CPUExecutionProvider"]``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and "CUDAExecutionProvider" in _ort().get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxSession:
+    """An onnxruntime session on an exported restorekit graph (float32 ``N×3×H×W`` in and out)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, device: torch.device | str = "cpu",
+                 threads: int | None = None) -> None:
+        ort = _ort()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise OnnxBackendError(f"{self.path}: no such ONNX file")
+        self.threads = int(threads if threads is not None else torch.get_num_threads())
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers_for(device))
+        except Exception as exc:
+            raise OnnxBackendError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise OnnxBackendError(f"{self.path}: expected one input and one output, got {len(inputs)} and "
+                                   f"{len(outputs)}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        # Static dimensions as ints, dynamic ones as None.
+        self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        if len(self.input_shape) != 4 or self.input_shape[1] != 3:
+            raise OnnxBackendError(f"{self.path}: input '{self.input_name}' is {inputs[0].shape}, not N×3×H×W")
+        self.providers: list[str] = list(self.session.get_providers())
+        self.sidecar = read_sidecar(self.path)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers and self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def describe(self) -> str:
+        dims = "×".join("N" if i == 0 and d is None else "?" if d is None else str(d)
+                        for i, d in enumerate(self.input_shape))
+        return f"{self.path.name} ({dims} input, {self.providers[0]}, {self.threads} threads)"
+
+    def run(self, x: Tensor) -> Tensor:
+        """``N×3×H×W`` float32 in [0, 1] → the graph's output, as a CPU float32 tensor."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise OnnxBackendError(f"{self.path.name}: expected an N×3×H×W batch, got {tuple(x.shape)}")
+        for axis, (want, got) in enumerate(zip(self.input_shape[2:], x.shape[2:]), start=2):
+            if want is not None and want != got:
+                size = f"{self.input_shape[2]}×{self.input_shape[3]}"
+                raise OnnxBackendError(f"{self.path.name}: takes {size} inputs, got {x.shape[2]}×{x.shape[3]}")
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        batch = self.input_shape[0]
+        if batch is not None and arr.shape[0] != batch:
+            if batch != 1:
+                raise OnnxBackendError(f"{self.path.name}: exported for batches of {batch}, got {arr.shape[0]}")
+            outs = [self.session.run([self.output_name], {self.input_name: arr[i:i + 1]})[0]
+                    for i in range(arr.shape[0])]
+            return torch.from_numpy(np.concatenate(outs, axis=0))
+        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: arr})[0])
+
+
+class OnnxMethod(Method):
+    """A loaded method whose network runs in onnxruntime; everything else is the method's own.
+
+    ``restore`` = ``finish(session(prepare(lr)))``. Attributes it does not define (``notes``,
+    ``weights_info``, ``preferred_input_size`` …) are the wrapped method's. Only one sample per
+    input is served for stochastic methods (their sampling happens outside the graph).
+    """
+
+    backend: ClassVar[str] = "onnxruntime"
+    # Per-part timings of the wrapped method would time PyTorch, not this backend.
+    bench_parts = None
+
+    def __init__(self, inner: Method, spec: ExportSpec, session: OnnxSession) -> None:
+        super().__init__(inner.options, device=inner.device)
+        self.inner = inner
+        self.info: MethodInfo = inner.info  # type: ignore[misc]
+        self.spec = spec
+        self.session = session
+        sidecar = session.sidecar or {}
+        self.precision = str(sidecar.get("precision", "float32"))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes this object lacks; "inner" itself must not recurse.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def check_scale(self, scale: int) -> None:
+        self.inner.check_scale(scale)
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        self.check_scale(scale)
+        if n_samples > 1 and not self.info.deterministic:
+            raise OnnxBackendError(f"{self.info.name}: --backend onnxruntime makes one output per input "
+                                   f"(n_samples={n_samples} needs --backend torch)")
+        lr = lr.to(self.device, torch.float32)
+        x = self.spec.prepare(lr, scale) if self.spec.prepare is not None else lr
+        y = self.session.run(x).to(self.device)
+        out = self.spec.finish(y, lr, scale) if self.spec.finish is not None else y
+        reports = list(getattr(self.inner, "last_reports", []) or [])
+        if len(reports) != out.shape[0]:
+            reports = [{} for _ in range(out.shape[0])]
+        self.last_reports = [{**r, "backend": "onnxruntime"} for r in reports]
+        if n_samples > 1:
+            out = out.repeat_interleave(n_samples, dim=0)
+            self.last_reports = [r for r in self.last_reports for _ in range(n_samples)]
+        return out
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes, values): a cache key for
+    networks whose weights file is unknown."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET, fp16: bool = False) -> Path:
+    """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``."""
+    from . import __version__
+    from .weights import cache_dir
+
+    sha = spec.metadata.get("weights_sha256") or state_sha256(spec.module)
+    settings = {"opset": opset, "fp16": fp16, "restorekit": __version__, "graph": spec.metadata.get("graph"),
+                "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape)}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return cache_dir() / "onnx" / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
+
+
+def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,
+                opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
+    """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
+    method.load()
+    spec = find_export_spec(method)
+    name = method.info.name
+    if onnx_path is not None:
+        path = Path(onnx_path).expanduser()
+        if not path.is_file():
+            raise OnnxBackendError(f"--onnx {path}: no such file")
+        side = read_sidecar(path)
+        want = spec.metadata.get("weights_sha256")
+        have = (side or {}).get("weights_sha256")
+        if want and have and want != have:
+            raise OnnxBackendError(f"--onnx {path}: exported from weights sha256 {have[:12]}…, but {name} loaded "
+                                   f"weights {want[:12]}…; export again with `restorekit export {name}`")
+    else:
+        path = cache_path(spec, name, opset=opset)
+        side = read_sidecar(path) if path.is_file() else None
+        if side is None or side.get("sha256") is None:
+            if log is not None:
+                log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
+            export_onnx(spec, path, opset=opset, log=log)
+    return OnnxMethod(method, spec, OnnxSession(path, device=method.device, threads=threads))

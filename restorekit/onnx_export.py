@@ -1,0 +1,338 @@
+"""Export a restorekit network to ONNX, checked against PyTorch before the file appears.
+
+What is exported is one ``nn.Module`` that takes images in the framework's convention
+(``N×3×H×W`` float32 RGB in ``[0, 1]``) and returns images in the same convention. Everything a
+method does around its network that is not a fixed-shape tensor program (resizing the input to
+the network's size, resizing the result to ``scale ×`` the input, padding to a stride) stays
+in PyTorch, in the :class:`ExportSpec`'s ``prepare``/``finish`` functions, so the torch and
+onnxruntime backends share that code exactly.
+
+Methods offer an export in one of two ways, tried in this order by :func:`find_export_spec`:
+
+1. the method object implements the :class:`Exportable` protocol (``export_module()``);
+2. registry-free lookup: the top-level package of the method's class has a module
+   ``onnx_graph`` with a dict ``ONNX_EXPORTERS = {method name: builder(method) -> ExportSpec}``.
+   First-party plugins use this, which keeps the export code out of their method modules;
+   third-party plugins may use either.
+
+:func:`export_onnx` writes atomically: the graph goes to a temporary file beside the target,
+is checked with ``onnx.checker`` and run once with onnxruntime on a seeded test batch (two
+rows when the batch axis is dynamic, which also proves the graph does not bake the batch size
+in); the largest absolute difference from the PyTorch output is reported and must not exceed
+the tolerance, else the temporary file is deleted and :class:`OnnxExportError` is raised — no
+file is left behind. A JSON sidecar ``<file>.json`` records the source weights' sha256, opset,
+input/output names and shapes, dynamic axes, precision, the tolerance and the difference
+reached, and the versions involved.
+
+The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs nothing beyond
+``onnx`` and ``onnxruntime`` and exports a small model in seconds; the torch.export-based
+exporter needs ``onnxscript``, takes minutes on CPU for a small pSp and specialises a batch
+of one to a fixed batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import RestorekitError
+
+SIDECAR_FORMAT = "restorekit.onnx/1"
+DEFAULT_OPSET = 17
+# Largest |ONNX − PyTorch| allowed by default, on [0, 1] images: float32 graphs differ only
+# by summation order (1e-3 is a quarter of an 8-bit level); float16 graphs by half precision.
+DEFAULT_TOLERANCE = 1e-3
+DEFAULT_TOLERANCE_FP16 = 3e-2
+INPUT_NAME = "image"
+OUTPUT_NAME = "restored"
+
+
+class OnnxExportError(RestorekitError):
+    """A network cannot be exported, or its ONNX graph does not reproduce PyTorch's output."""
+
+
+def _missing_runtime(exc: ImportError) -> OnnxExportError:
+    return OnnxExportError(f"ONNX export needs the 'onnx' and 'onnxruntime' packages ({exc.name} is missing); "
+                           f"install them with pip install 'restorekit[onnx]'")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What to export and how a backend runs it.
+
+    ``module``: ``N×3×H×W`` float32 in [0, 1] → images in [0, 1] (clamped by the module).
+    ``example``: a ``1×3×H×W`` input of the size the graph is built for. With
+    ``dynamic_spatial`` the height and width may vary (fully convolutional networks; sides
+    must then be multiples of ``spatial_multiple``), else they are fixed to the example's.
+    ``metadata``: recorded in the sidecar; ``weights_sha256`` keys the export cache.
+    ``prepare(lr, scale)`` turns a method input into the graph input and
+    ``finish(out, lr, scale)`` the graph output into the method's result; both are PyTorch code
+    run outside the graph (identity when ``None``).
+    """
+
+    module: nn.Module
+    example: Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dynamic_spatial: bool = False
+    spatial_multiple: int = 1
+    prepare: Callable[[Tensor, int], Tensor] | None = None
+    finish: Callable[[Tensor, Tensor, int], Tensor] | None = None
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A method whose network can be exported: ``export_module()`` describes it (after ``load()``)."""
+
+    def export_module(self) -> ExportSpec:
+        """The exportable network, an example input, metadata and the code around the graph."""
+        ...
+
+
+def find_export_spec(method: Any) -> ExportSpec:
+    """The :class:`ExportSpec` of a loaded method: its ``export_module()``, else its package's
+    ``onnx_graph.ONNX_EXPORTERS[name]``; :class:`OnnxExportError` when it offers neither."""
+    name = str(getattr(getattr(method, "info", None), "name", type(method).__name__))
+    fn = getattr(method, "export_module", None)
+    if callable(fn):
+        spec = fn()
+    else:
+        package = type(method).__module__.split(".")[0]
+        modname = f"{package}.onnx_graph"
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (modname, package):
+                raise
+            raise OnnxExportError(f"method '{name}' cannot be exported to ONNX: it has no export_module() and "
+                                  f"its package has no {modname} module") from None
+        builders: dict[str, Callable[[Any], ExportSpec]] = getattr(mod, "ONNX_EXPORTERS", {})
+        if name not in builders:
+            known = ", ".join(sorted(builders)) or "none"
+            raise OnnxExportError(f"method '{name}' cannot be exported to ONNX ({modname} exports: {known})")
+        spec = builders[name](method)
+    if not isinstance(spec, ExportSpec):
+        raise OnnxExportError(f"method '{name}': its exporter returned {type(spec).__name__}, not an ExportSpec")
+    return spec
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the graph went and how closely onnxruntime reproduced PyTorch."""
+
+    path: Path
+    sidecar: Path
+    max_abs_diff: float
+    tolerance: float
+    seconds: float
+    info: dict[str, Any]
+
+
+class _Float16(nn.Module):
+    """Runs ``module`` in float16 between float32 input and output (the I/O contract stays float32)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x.half()).float()
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` → ``model.onnx.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The sidecar of an exported graph, or ``None`` when there is none."""
+    p = sidecar_path(path)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise OnnxExportError(f"{p}: unreadable ONNX sidecar ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
+    """A seeded ``batch×3×H×W`` batch in [0, 1] the size of ``example``: smooth ramps plus noise,
+    different in every row (so a graph that mixed rows up would show it)."""
+    g = torch.Generator().manual_seed(seed)
+    _, c, h, w = example.shape
+    yy = torch.linspace(0, 1, h).reshape(1, 1, h, 1)
+    xx = torch.linspace(0, 1, w).reshape(1, 1, 1, w)
+    phase = torch.rand(batch, c, 1, 1, generator=g)
+    base = 0.5 + 0.35 * torch.sin(6.0 * (yy * phase + xx * (1 - phase)) + 6.28 * phase)
+    return (base + 0.1 * torch.rand(batch, c, h, w, generator=g)).clamp(0, 1).float()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _umask_mode() -> int:
+    """Permissions a plainly created file gets (``mkstemp`` makes 0600 ones)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _shape(t: Tensor, dyn: dict[int, str]) -> list[int | str]:
+    return [dyn.get(i, int(s)) for i, s in enumerate(t.shape)]
+
+
+def run_onnxruntime(path: str | os.PathLike[str], x: Tensor, threads: int = 1) -> Tensor:
+    """One CPU onnxruntime run of the graph at ``path`` on ``x`` (the export check)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise _missing_runtime(exc) from None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = sess.run(None, {name: x.detach().cpu().float().contiguous().numpy()})[0]
+    return torch.from_numpy(out)
+
+
+def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True, fp16: bool = False, tolerance: float | None = None,
+                log: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``spec.module`` to ``out`` (see the module docstring); returns the check's figures.
+
+    The module is copied to the CPU in float32 (float16 inside the graph with ``fp16``) and
+    traced at ``spec.example``'s size. Raises :class:`OnnxExportError` when export fails or
+    the largest absolute difference from PyTorch exceeds ``tolerance`` (default
+    :data:`DEFAULT_TOLERANCE`, or :data:`DEFAULT_TOLERANCE_FP16` with ``fp16``); then no file
+    is written.
+    """
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise _missing_runtime(exc) from None
+    from . import __version__
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    tol = float(tolerance if tolerance is not None else (DEFAULT_TOLERANCE_FP16 if fp16 else DEFAULT_TOLERANCE))
+    if tol < 0:
+        raise OnnxExportError(f"tolerance must be >= 0, got {tol}")
+    if spec.example.ndim != 4 or spec.example.shape[1] != 3:
+        raise OnnxExportError(f"export example must be 1×3×H×W, got {tuple(spec.example.shape)}")
+    reference = copy.deepcopy(spec.module).cpu().float().eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    graph_module: nn.Module = _Float16(copy.deepcopy(reference)).eval() if fp16 else reference
+    example = spec.example[:1].detach().cpu().float()
+
+    dyn_in: dict[int, str] = {}
+    dyn_out: dict[int, str] = {}
+    if dynamic_batch:
+        dyn_in[0] = dyn_out[0] = "batch"
+    if spec.dynamic_spatial:
+        dyn_in.update({2: "height", 3: "width"})
+        dyn_out.update({2: "out_height", 3: "out_width"})
+    dynamic_axes = {INPUT_NAME: dyn_in, OUTPUT_NAME: dyn_out} if dyn_in else None
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    side_tmp: Path | None = None
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter warns about its deprecation and about traced shape checks.
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(graph_module, (example,), str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise OnnxExportError(f"{out}: torch.onnx.export failed: {first}") from exc
+            example_out = reference(example)
+        try:
+            onnx.checker.check_model(str(tmp))
+        except Exception as exc:
+            raise OnnxExportError(f"{out}: the exported graph is not valid ONNX: {exc}") from exc
+
+        check_batch = 2 if dynamic_batch else 1
+        x = check_input(example, check_batch)
+        with torch.no_grad():
+            expected = reference(x)
+        got = run_onnxruntime(tmp, x)
+        if got.shape != expected.shape:
+            raise OnnxExportError(f"{out}: onnxruntime returned shape {tuple(got.shape)}, PyTorch "
+                                  f"{tuple(expected.shape)}; no file written")
+        diff = float((got - expected).abs().max())
+        if log is not None:
+            log(f"export check: max |onnxruntime − PyTorch| = {diff:.3g} on a batch of {check_batch} "
+                f"(tolerance {tol:g})")
+        if not diff <= tol:  # NaN fails too
+            raise OnnxExportError(f"{out}: onnxruntime output differs from PyTorch by {diff:.3g} "
+                                  f"(> tolerance {tol:g}); no file written")
+
+        info: dict[str, Any] = {
+            "format": SIDECAR_FORMAT,
+            "file": out.name,
+            "sha256": _sha256(tmp),
+            "opset": opset,
+            "exporter": "torch.onnx (TorchScript)",
+            "precision": "float16" if fp16 else "float32",
+            "input": {"name": INPUT_NAME, "shape": _shape(example, dyn_in), "dtype": "float32", "range": [0, 1],
+                      "layout": "NCHW RGB"},
+            "output": {"name": OUTPUT_NAME, "shape": _shape(example_out, dyn_out), "dtype": "float32",
+                       "range": [0, 1], "layout": "NCHW RGB"},
+            "dynamic_axes": {k: {str(i): n for i, n in v.items()} for k, v in (dynamic_axes or {}).items()},
+            "spatial_multiple": int(spec.spatial_multiple) if spec.dynamic_spatial else None,
+            "tolerance": tol,
+            "max_abs_diff": diff,
+            "check_batch": check_batch,
+            "source": spec.metadata,
+            "weights_sha256": spec.metadata.get("weights_sha256"),
+            "versions": {"restorekit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        side = sidecar_path(out)
+        fd, side_name = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".part", dir=out.parent)
+        side_tmp = Path(side_name)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f, indent=2)
+            f.write("\n")
+        mode = _umask_mode()
+        os.chmod(tmp, mode)
+        os.chmod(side_tmp, mode)
+        os.replace(tmp, out)
+        try:
+            os.replace(side_tmp, side)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    finally:
+        tmp.unlink(missing_ok=True)
+        if side_tmp is not None:
+            side_tmp.unlink(missing_ok=True)
+    return ExportResult(out, side, diff, tol, time.perf_counter() - t_start, info)

@@ -1,0 +1,222 @@
+"""restorekit.onnx_export / onnx_backend on a tiny network: atomic checked export, sidecar,
+dynamic batch, failure leaves nothing behind, exporter discovery, the onnxruntime method wrapper."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from restorekit import onnx_export  # noqa: E402
+from restorekit.interfaces import Method, MethodInfo  # noqa: E402
+from restorekit.onnx_backend import OnnxBackendError, OnnxMethod, OnnxSession, cache_path, onnx_method  # noqa: E402
+from restorekit.onnx_export import (  # noqa: E402
+    Exportable,
+    ExportSpec,
+    OnnxExportError,
+    export_onnx,
+    find_export_spec,
+    read_sidecar,
+)
+
+
+class TinyNet(nn.Module):
+    """[0,1] → [0,1]: conv, leaky ReLU, conv, sigmoid, ×2 nearest upsampling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.sigmoid(self.b(nn.functional.leaky_relu(self.a(x * 2 - 1), 0.2)))
+        return nn.functional.interpolate(y, scale_factor=2, mode="nearest")
+
+
+def spec(dynamic_spatial: bool = False, **meta: object) -> ExportSpec:
+    return ExportSpec(TinyNet().eval(), torch.full((1, 3, 16, 16), 0.5),
+                      metadata={"method": "tiny", "weights_sha256": "ab" * 32, **meta},
+                      dynamic_spatial=dynamic_spatial)
+
+
+def test_export_sidecar_and_dynamic_batch(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.onnx"
+    messages: list[str] = []
+    res = export_onnx(spec(), out, opset=17, log=messages.append)
+    assert out.is_file() and res.sidecar == tmp_path / "tiny.onnx.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.onnx.json"]  # no temp files left
+    side = read_sidecar(out)
+    assert side is not None and side == json.loads(res.sidecar.read_text())
+    assert side["format"] == "restorekit.onnx/1" and side["opset"] == 17 and side["precision"] == "float32"
+    assert side["weights_sha256"] == "ab" * 32 and side["source"]["method"] == "tiny"
+    assert side["input"] == {"name": "image", "shape": ["batch", 3, 16, 16], "dtype": "float32", "range": [0, 1],
+                             "layout": "NCHW RGB"}
+    assert side["output"]["name"] == "restored" and side["output"]["shape"] == ["batch", 3, 32, 32]
+    assert side["dynamic_axes"] == {"image": {"0": "batch"}, "restored": {"0": "batch"}}
+    assert side["tolerance"] == onnx_export.DEFAULT_TOLERANCE and 0 <= side["max_abs_diff"] <= 1e-5
+    assert side["check_batch"] == 2 and side["versions"]["restorekit"]
+    assert len(side["sha256"]) == 64 and "max |onnxruntime − PyTorch|" in messages[0]
+    net = TinyNet().eval()
+    sess = OnnxSession(out, threads=1)
+    assert sess.input_shape == (None, 3, 16, 16) and sess.providers == ["CPUExecutionProvider"]
+    for n in (1, 3):
+        x = torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            ref = net(x)
+        got = sess.run(x)
+        assert got.shape == (n, 3, 32, 32)
+        assert float((got - ref).abs().max()) < 1e-4
+    with pytest.raises(OnnxBackendError, match="takes 16×16 inputs, got 8×8"):
+        sess.run(torch.rand(1, 3, 8, 8))
+
+
+def test_fixed_batch_runs_row_by_row_and_dynamic_spatial(tmp_path: Path) -> None:
+    fixed = export_onnx(spec(), tmp_path / "fixed.onnx", dynamic_batch=False).path
+    assert read_sidecar(fixed)["input"]["shape"] == [1, 3, 16, 16]
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = TinyNet().eval()(x)
+    assert float((OnnxSession(fixed, threads=1).run(x) - ref).abs().max()) < 1e-4
+    spatial = export_onnx(spec(dynamic_spatial=True), tmp_path / "spatial.onnx").path
+    side = read_sidecar(spatial)
+    assert side["input"]["shape"] == ["batch", 3, "height", "width"]
+    x = torch.rand(2, 3, 12, 20, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = TinyNet().eval()(x)
+    got = OnnxSession(spatial, threads=1).run(x)
+    assert got.shape == (2, 3, 24, 40) and float((got - ref).abs().max()) < 1e-4
+
+
+def test_failed_check_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = onnx_export.run_onnxruntime
+    monkeypatch.setattr(onnx_export, "run_onnxruntime", lambda path, x, threads=1: real(path, x) + 0.01)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(OnnxExportError, match=r"differs from PyTorch by 0\.01.*no file written"):
+        export_onnx(spec(), out)
+    assert list(tmp_path.iterdir()) == []
+    # An existing file is kept as it was when a re-export fails.
+    out.write_bytes(b"old")
+    with pytest.raises(OnnxExportError):
+        export_onnx(spec(), out, tolerance=1e-3)
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+def test_zero_tolerance_and_untraceable_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = onnx_export.run_onnxruntime
+    monkeypatch.setattr(onnx_export, "run_onnxruntime", lambda path, x, threads=1: real(path, x) + 1e-6)
+    with pytest.raises(OnnxExportError, match=r"tolerance 0\)"):
+        export_onnx(spec(), tmp_path / "zero.onnx", tolerance=0)
+
+    class Broken(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            raise RuntimeError("cannot trace this")
+
+    with pytest.raises(OnnxExportError, match="torch.onnx.export failed: cannot trace this"):
+        export_onnx(ExportSpec(Broken(), torch.zeros(1, 3, 8, 8)), tmp_path / "broken.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_graph_keeps_float32_io(tmp_path: Path) -> None:
+    res = export_onnx(spec(), tmp_path / "half.onnx", fp16=True)
+    assert res.info["precision"] == "float16" and res.tolerance == onnx_export.DEFAULT_TOLERANCE_FP16
+    assert 0 < res.max_abs_diff < 1e-2  # half precision: close, not equal
+    out = OnnxSession(res.path, threads=1).run(torch.rand(2, 3, 16, 16))
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 32, 32)
+
+
+class TinyMethod(Method):
+    """×2 nearest upsampling through TinyNet; implements the Exportable protocol."""
+
+    info = MethodInfo(name="tiny_onnx", summary="test")
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.net = TinyNet().eval()
+        self.prepared = 0
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        with torch.no_grad():
+            return self.net(nn.functional.interpolate(lr, size=(16, 16), mode="bilinear")).clamp(0, 1)
+
+    def export_module(self) -> ExportSpec:
+        def prepare(lr: Tensor, scale: int) -> Tensor:
+            self.prepared += 1
+            return nn.functional.interpolate(lr, size=(16, 16), mode="bilinear")
+
+        return ExportSpec(self.net, torch.zeros(1, 3, 16, 16), {"weights_sha256": "cd" * 32},
+                          prepare=prepare, finish=lambda y, lr, scale: y.clamp(0, 1))
+
+
+def test_onnx_method_matches_torch_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    m = TinyMethod()
+    assert isinstance(m, Exportable)
+    om = onnx_method(m, threads=1)
+    path = cache_path(find_export_spec(m), "tiny_onnx")
+    assert om.session.path == path and path.parent == tmp_path / "home" / "onnx"
+    assert path.name.startswith("tiny_onnx-" + "cd" * 8) and read_sidecar(path) is not None
+    lr = torch.rand(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    out = om.restore(lr, 2)
+    assert float((out - m.restore(lr, 2)).abs().max()) < 1e-4 and m.prepared == 1
+    assert om.info.name == "tiny_onnx" and om.backend == "onnxruntime" and om.precision == "float32"
+    assert om.last_reports == [{"backend": "onnxruntime"}] * 3 and om.bench_parts is None
+    # Deterministic methods repeat their single output for n_samples.
+    assert torch.equal(om.restore(lr[:1], 2, n_samples=2), out[:1].repeat(2, 1, 1, 1))
+    # The second time the cached export is used as it is.
+    monkeypatch.setattr("restorekit.onnx_backend.export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    assert isinstance(onnx_method(TinyMethod(), threads=1), OnnxMethod)
+    # --onnx with a graph exported from other weights is refused.
+    other = TinyMethod()
+    other.export_module = lambda: ExportSpec(other.net, torch.zeros(1, 3, 16, 16),  # type: ignore[method-assign]
+                                             {"weights_sha256": "ef" * 32})
+    with pytest.raises(OnnxBackendError, match="exported from weights sha256 cdcd"):
+        onnx_method(other, onnx_path=path)
+
+
+def test_registry_free_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "onnxlookup_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "methods.py").write_text(textwrap.dedent("""
+        from restorekit.interfaces import Method, MethodInfo
+
+        class Found(Method):
+            info = MethodInfo(name="found", summary="x")
+            def restore(self, lr, scale, *, seed=None, n_samples=1):
+                return lr
+
+        class Missing(Method):
+            info = MethodInfo(name="missing", summary="x")
+            def restore(self, lr, scale, *, seed=None, n_samples=1):
+                return lr
+        """))
+    (pkg / "onnx_graph.py").write_text(textwrap.dedent("""
+        import torch
+        from restorekit.onnx_export import ExportSpec
+        ONNX_EXPORTERS = {"found": lambda m: ExportSpec(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), {"by": "lookup"})}
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from onnxlookup_pkg.methods import Found, Missing  # type: ignore[import-not-found]
+
+    assert find_export_spec(Found()).metadata == {"by": "lookup"}
+    with pytest.raises(OnnxExportError, match=r"'missing' cannot be exported.*exports: found"):
+        find_export_spec(Missing())
+    with pytest.raises(OnnxExportError, match="has no export_module\\(\\) and its package has no"):
+        find_export_spec(TinyMethodNoExport())
+    sys.modules.pop("onnxlookup_pkg.onnx_graph", None)
+
+
+class TinyMethodNoExport(Method):
+    info = MethodInfo(name="noexport", summary="x")
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        return lr
