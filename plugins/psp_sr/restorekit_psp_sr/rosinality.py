@@ -41,8 +41,12 @@ class StyleGAN2Config:
     n_mlp: int
     channel_multiplier: int
     channel_max: int = 512
+    # Explicit widths, when they follow no channel_multiplier/channel_max table.
+    channels: tuple[tuple[int, int], ...] | None = None
 
     def build(self, **kwargs: Any) -> StyleGAN2Generator:
+        if self.channels is not None:
+            kwargs.setdefault("channels", dict(self.channels))
         return StyleGAN2Generator(self.resolution, self.style_dim, self.n_mlp,
                                   self.channel_multiplier, channel_max=self.channel_max, **kwargs)
 
@@ -78,7 +82,9 @@ def infer_config(sd: Mapping[str, Tensor]) -> StyleGAN2Config:
         for cm in (2, 1, 4, 8):  # config-f first when capped widths make several fit
             if all(channels_for(r, cm, cmax) == c for r, c in widths.items()):
                 return StyleGAN2Config(resolution, style_dim, n_mlp, cm, cmax)
-    raise CheckpointError(f"StyleGAN2 channel widths {widths} match no channel_multiplier/channel_max")
+    # Widths outside the rosinality table (e.g. restorekit's CPU-sized models): keep them explicit.
+    return StyleGAN2Config(resolution, style_dim, n_mlp, 1, max(widths.values()),
+                           channels=tuple(sorted(widths.items())))
 
 
 def generator_from_state_dict(sd: Mapping[str, Any], *, prefix: str = "",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+from collections.abc import Mapping
 from typing import Literal, Sequence
 
 import torch
@@ -290,12 +291,15 @@ class StyleGAN2Generator(Generator):
     """StyleGAN2 generator, rosinality layout, any power-of-two resolution 32…1024.
 
     ``channel_multiplier=2`` is config-f; ``channel_max`` (default 512, StyleGAN2's value) caps
-    every layer's width, which allows tiny test models. ``impl`` selects the ops backend.
+    every layer's width, which allows tiny test models. ``channels`` (resolution → width for
+    every level 4…resolution) replaces that table outright, for CPU-sized models that are wide
+    at low resolution and narrow at high resolution. ``impl`` selects the ops backend.
     """
 
     def __init__(self, resolution: int = 1024, style_dim: int = 512, n_mlp: int = 8,
                  channel_multiplier: int = 2, *, channel_max: int = 512, lr_mlp: float = 0.01,
-                 blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto") -> None:
+                 blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto",
+                 channels: Mapping[int | str, int] | None = None) -> None:
         super().__init__()
         if resolution not in RESOLUTIONS:
             raise ValueError(f"StyleGAN2 resolution must be a power of two in 32…1024, got {resolution}")
@@ -311,8 +315,17 @@ class StyleGAN2Generator(Generator):
         self.log_size = int(math.log2(resolution))
         self.n_styles = self.n_latent = self.log_size * 2 - 2
         self.num_layers = (self.log_size - 2) * 2 + 1
-        self.channels = {2**i: channels_for(2**i, channel_multiplier, channel_max)
-                         for i in range(2, self.log_size + 1)}
+        levels = [2**i for i in range(2, self.log_size + 1)]
+        if channels is not None:
+            table = {int(k): int(v) for k, v in channels.items()}
+            if sorted(table) != levels or min(table.values()) < 1:
+                raise ValueError(f"StyleGAN2 channels must give a positive width for each of {levels}; "
+                                 f"got {table}")
+            self.channels = {r: table[r] for r in levels}
+            self._explicit_channels = True
+        else:
+            self.channels = {r: channels_for(r, channel_multiplier, channel_max) for r in levels}
+            self._explicit_channels = False
 
         self.style = nn.Sequential(PixelNorm(), *[
             EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True, impl=impl)
@@ -342,9 +355,13 @@ class StyleGAN2Generator(Generator):
     # -- configuration -------------------------------------------------------------------
     def config(self) -> dict[str, object]:
         """Keyword arguments that rebuild this architecture."""
-        return {"resolution": self.resolution, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
-                "channel_multiplier": self.channel_multiplier, "channel_max": self.channel_max,
-                "lr_mlp": self.lr_mlp, "blur_kernel": self.blur_kernel}
+        cfg: dict[str, object] = {
+            "resolution": self.resolution, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+            "channel_multiplier": self.channel_multiplier, "channel_max": self.channel_max,
+            "lr_mlp": self.lr_mlp, "blur_kernel": self.blur_kernel}
+        if self._explicit_channels:
+            cfg["channels"] = {str(r): c for r, c in self.channels.items()}
+        return cfg
 
     @property
     def impl(self) -> Impl:

@@ -46,6 +46,8 @@ class AEConfig(TrainConfig):
     n_mlp: int = Field(4, ge=1)
     channel_multiplier: int = Field(1, ge=1)
     channel_max: int = Field(256, ge=4)
+    channels: dict[int, int] | None = Field(
+        None, description="explicit width per resolution (4…resolution), replacing the multiplier/max table")
     lr_mlp: float = 0.01
     impl: Literal["auto", "ref", "cuda"] = "auto"
     generator_init: str | None = Field(None, description="start the generator from these weights (name or file)")
@@ -114,7 +116,8 @@ def build_autoencoder(cfg: AEConfig) -> StyleGAN2AutoEncoder:
         g = load_generator(cfg.generator_init, impl=cfg.impl)
     else:
         g = StyleGAN2Generator(cfg.resolution, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier,
-                               channel_max=cfg.channel_max, lr_mlp=cfg.lr_mlp, impl=cfg.impl)
+                               channel_max=cfg.channel_max, lr_mlp=cfg.lr_mlp, impl=cfg.impl,
+                               channels=cfg.channels)
     for p in g.parameters():
         p.requires_grad_(True)
     enc = GradualStyleEncoder(g.n_styles, g.style_dim, backbone=cfg.encoder_backbone,
