@@ -6,6 +6,9 @@ allocated by torch; CPU: the process's peak resident set, which includes everyth
 far). A method may expose ``bench_parts(lr, scale) -> {part: ms}`` (pSp: encoder, generator),
 shown beside the total. ``--compare-to OTHER`` times a second method on the same input in the
 same run and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch size.
+``--backend torch,onnxruntime`` times NAME's network in each backend side by side (the
+onnxruntime one exported on first use, see :mod:`restorekit.onnx_backend`) and prints
+``torch ms/image ÷ onnxruntime ms/image``; ``--threads`` sets both backends' thread counts.
 """
 
 from __future__ import annotations
@@ -118,15 +121,26 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
               help="Timed runs of the second method (slow methods: keep it small).")
 @click.option("--compare-batch", "other_batches", default="1", show_default=True,
               help="Batch sizes for the second method.")
+@click.option("--backend", "backends", default="torch", show_default=True,
+              help="Backends for NAME, timed side by side: torch, onnxruntime (comma-separated).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and onnxruntime (default: torch's current setting).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: str, repeat: int, warmup: int,
                      device: str, opts: tuple[str, ...], weights: str | None, other: str | None,
-                     other_opts: tuple[str, ...], compare_repeat: int, other_batches: str, as_json: bool) -> None:
+                     other_opts: tuple[str, ...], compare_repeat: int, other_batches: str, backends: str,
+                     threads: int | None, as_json: bool) -> None:
     """Time METHOD per image at each --batch size (and against --compare-to)."""
     from ..testing.data import smooth_batch
 
     sizes = parse_batches(batches)
     other_sizes = parse_batches(other_batches)
+    backend_list = [b.strip() for b in backends.split(",") if b.strip()]
+    bad = [b for b in backend_list if b not in ("torch", "onnxruntime")] or ([] if backend_list else [backends])
+    if bad:
+        raise click.BadParameter(f"'{bad[0]}': backends are torch, onnxruntime", param_hint="--backend")
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         cls = method_class(name)
         k = scale if scale is not None else default_scale(cls)
@@ -136,20 +150,38 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         other_m = _build(other, other_opts, None, device) if other else None
         if other_m is not None:
             other_m.check_scale(k)
+        variants: list[tuple[str, Method]] = []
+        for be in backend_list:
+            if be == "onnxruntime":
+                from ..onnx_backend import onnx_method
+
+                variants.append((be, onnx_method(method, threads=threads)))
+            else:
+                variants.append((be, method))
     except (RestorekitError, ValueError) as exc:
         fail_usage(str(exc))
         return
     lr_all = smooth_batch(max(sizes + (other_sizes if other else [])), side, side, seed=0)
-    rows = [dict(method=name, **time_method(method, lr_all[:b], k, repeat=repeat, warmup=warmup)) for b in sizes]
+
+    def n_threads(m: Method) -> int:
+        session = getattr(m, "session", None)
+        return int(session.threads) if session is not None else torch.get_num_threads()
+
+    rows = [dict(method=name, backend=be, threads=n_threads(mm),
+                 **time_method(mm, lr_all[:b], k, repeat=repeat, warmup=warmup))
+            for be, mm in variants for b in sizes]
     result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),
-                              "dtype": "float32", "results": rows}
+                              "dtype": "float32", "backends": backend_list, "results": rows}
+    if len(backend_list) > 1 and "torch" in backend_list and "onnxruntime" in backend_list:
+        by = {(r["backend"], r["batch"]): r["ms_per_image"] for r in rows}
+        result["backend_ratio"] = {str(b): by[("torch", b)] / by[("onnxruntime", b)] for b in sizes}
     if other_m is not None:
-        other_rows = [dict(method=other, **time_method(other_m, lr_all[:b], k, repeat=compare_repeat,
-                                                       warmup=min(warmup, 1)))
+        other_rows = [dict(method=other, backend="torch", threads=torch.get_num_threads(),
+                           **time_method(other_m, lr_all[:b], k, repeat=compare_repeat, warmup=min(warmup, 1)))
                       for b in other_sizes]
         result["compare_to"] = other
         result["compare_results"] = other_rows
-        mine = {r["batch"]: r["ms_per_image"] for r in rows}
+        mine = {r["batch"]: r["ms_per_image"] for r in rows if r["backend"] == backend_list[0]}
         result["speed_ratio"] = {str(r["batch"]): r["ms_per_image"] / mine[r["batch"]]
                                  for r in other_rows if r["batch"] in mine}
         if not result["speed_ratio"]:
@@ -159,11 +191,14 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         emit_json(result)
         return
     table(f"{name} ×{k} on {side}×{side} input, {result['device']}",
-          ["method", "batch", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
-          [[r["method"], str(r["batch"]), f"{r['ms_per_call']:.2f}", f"{r['ms_per_image']:.2f}",
+          ["method", "backend", "threads", "batch", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
+          [[r["method"], r["backend"], str(r["threads"]), str(r["batch"]), f"{r['ms_per_call']:.2f}",
+            f"{r['ms_per_image']:.2f}",
             ", ".join(f"{p} {v:.2f}" for p, v in r["parts_ms"].items()) or "-",
             f"{r['peak_memory_mib']:.0f} ({'cuda' if r['memory_kind'].startswith('cuda') else 'rss'})"]
            for r in rows + result.get("compare_results", [])])
+    for b, ratio in result.get("backend_ratio", {}).items():
+        click.echo(f"{name}: onnxruntime is {ratio:.2f}× as fast as torch per image (batch {b})")
     for b, ratio in result.get("speed_ratio", {}).items():
         click.echo(f"{name} is {ratio:.1f}× faster than {other} per image (batch {b})")
 

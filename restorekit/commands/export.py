@@ -1,0 +1,69 @@
+"""``restorekit export METHOD --out model.onnx``: a method's network as a checked ONNX graph.
+
+The file is written only when onnxruntime reproduces PyTorch's output within ``--tolerance``
+(see :mod:`restorekit.onnx_export`); a ``model.onnx.json`` sidecar describes it. ``restorekit
+run METHOD --backend onnxruntime --onnx model.onnx`` runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cli import emit_json, fail_usage
+from ..errors import RestorekitError
+from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
+from ..onnx_export import DEFAULT_OPSET, export_onnx, find_export_spec
+
+
+@click.command("export")
+@click.argument("method")
+@click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The .onnx file to write (a <file>.json sidecar goes beside it).")
+@click.option("--opset", type=click.IntRange(min=11), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset version.")
+@click.option("--dynamic-batch/--fixed-batch", default=True, show_default=True,
+              help="One file for any batch size, or batches of one only.")
+@click.option("--fp16", is_flag=True, help="Compute in float16 inside the graph (float32 input and output).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="Largest |onnxruntime − PyTorch| allowed on the export check [default: 1e-3; 3e-2 with --fp16].")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
+def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_batch: bool, fp16: bool,
+               tolerance: float | None, opts: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
+    """Export METHOD's network to ONNX (checked against PyTorch before the file is written)."""
+    if out.exists() and not overwrite:
+        fail_usage(f"{out} exists (--overwrite replaces it)")
+    try:
+        cls = method_class(method)
+        values: dict[str, Any] = dict(parse_opts(opts))
+        if weights is not None:
+            if "weights" not in cls.Options.model_fields:
+                fail_usage(f"{method} takes no --weights")
+            values["weights"] = weights
+        validate_options(cls, values)
+    except (OptionError, RestorekitError) as exc:
+        fail_usage(str(exc))
+        return
+    # Export always traces on the CPU: the graph does not depend on the device it came from.
+    m = build_method(method, values, "cpu")
+    spec = find_export_spec(m)
+    result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
+                         log=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    if as_json:
+        emit_json({"path": str(result.path), "sidecar": str(result.sidecar), "seconds": round(result.seconds, 2),
+                   **result.info})
+        return
+    shape_in = "×".join(str(d) for d in result.info["input"]["shape"])
+    shape_out = "×".join(str(d) for d in result.info["output"]["shape"])
+    click.echo(f"{method} → {result.path} ({shape_in} → {shape_out}, opset {opset}, {result.info['precision']}); "
+               f"max |onnxruntime − PyTorch| {result.max_abs_diff:.3g} ≤ {result.tolerance:g}; "
+               f"{result.seconds:.1f} s", err=True)
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(export_cmd)
