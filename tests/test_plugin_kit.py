@@ -447,7 +447,7 @@ def test_plugin_new_writes_a_complete_project(tmp_path, license_id):
     info = json.loads(r.output)
     root = Path(info["path"])
     assert root == tmp_path / "restorekit-kit-gen"
-    assert info["files"] == sorted(["pyproject.toml", "README.md", "LICENSE", ".gitignore",
+    assert info["files"] == sorted(["pyproject.toml", "README.md", "LICENSE", ".gitignore", ".github/workflows/tests.yml",
                                     "registry/plugins/restorekit-kit-gen.toml", "tests/test_plugin.py",
                                     "src/restorekit_kit_gen/__init__.py", "src/restorekit_kit_gen/plugin.py",
                                     "src/restorekit_kit_gen/method.py", "src/restorekit_kit_gen/py.typed"])
@@ -533,7 +533,9 @@ def test_generated_plugin_installs_passes_its_tests_and_joins_compare(tmp_path, 
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                           "--target", str(site), "-q", str(root)], capture_output=True, text=True, env=env, timeout=300)
     assert pip.returncode == 0, pip.stdout + pip.stderr
-    assert (site / "restorekit_kitdemo" / "method.py").is_file()
+    assert (site / "restorekit_kitdemo" / "method.py").is_file() and (site / "restorekit_kitdemo" / "py.typed").is_file()
+    (dist_info,) = site.glob("restorekit_kitdemo-0.1.0.dist-info")
+    assert "Apache License" in next(dist_info.rglob("LICENSE")).read_text()
 
     # The generated project's own tests (conformance suite + rk_* fixtures from restorekit's pytest plugin).
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::UserWarning"],

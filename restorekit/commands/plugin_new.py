@@ -5,7 +5,8 @@ point, a working method (bicubic upscaling followed by an unsharp mask), tests t
 conformance suite, a README on testing, publishing and getting listed, the entry for
 ``registry/plugins/`` and a LICENSE. The templates live in ``restorekit/templates/plugin``
 (package data); ``__module__`` and ``__dist__`` in their paths and ``{{key}}`` in their text are
-filled in, and ``.tmpl`` is dropped.
+filled in (GitHub's dotted ``${{ matrix.x }}`` expressions are not placeholders and stay), and
+``.tmpl`` is dropped.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def _target_path(parts: tuple[str, ...], names: PluginNames, license_id: str) ->
     mapped = [p.replace("__module__", names.module).replace("__dist__", names.distribution) for p in parts]
     if mapped == ["gitignore"]:
         mapped = [".gitignore"]
+    elif mapped[0] == "github":
+        mapped[0] = ".github"
     return "/".join(mapped)
 
 
