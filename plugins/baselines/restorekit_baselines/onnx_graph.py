@@ -1,0 +1,95 @@
+"""The pix2pixHD inference graph as an exportable module (``restorekit export pix2pixhd``).
+
+Graph: ``N×3×H×W`` in [0, 1] — the bicubic-upscaled input, sides multiples of the generator's
+stride (``2^(n_downsampling + n_local_enhancers)``) — → generator → same size in [0, 1],
+clamped. Batch, height and width are dynamic axes: the network is fully convolutional, so one
+file serves any batch and any size that is a multiple of the stride.
+
+As in the method, the bicubic upscaling by ``scale``, the padding to the stride (reflect, else
+replicate) or the resize to ``input_size``, and the crop or resize back happen in PyTorch
+around the graph, shared by the torch and onnxruntime backends.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from restorekit.degradations import bicubic_resize
+from restorekit.onnx_export import ExportSpec
+
+from .pix2pixhd import Pix2PixHDGenerator
+
+
+class Pix2PixHDInferenceGraph(nn.Module):
+    """``N×3×H×W`` in [0, 1] → pix2pixHD generator → clamped [0, 1]; a copy of ``generator``."""
+
+    def __init__(self, generator: Pix2PixHDGenerator) -> None:
+        super().__init__()
+        gen = copy.deepcopy(generator).cpu().float().eval()
+        for p in gen.parameters():
+            p.requires_grad_(False)
+        self.generator = gen
+        self.multiple = int(gen.cfg.multiple)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.generator(x).clamp(0, 1)
+
+
+def _weights_sha256(method: Any) -> str | None:
+    from restorekit.weights import resolve, sha256_file
+
+    w = method.options.weights
+    if w is None:
+        return None
+    p = Path(w).expanduser()
+    return sha256_file(p if p.is_file() else resolve(w))
+
+
+def pix2pixhd_export_spec(method: Any) -> ExportSpec:
+    """The :class:`ExportSpec` of a ``pix2pixhd`` method (loaded here if needed)."""
+    method.load()
+    graph = Pix2PixHDInferenceGraph(method.generator)
+    m = graph.multiple
+    size = method.options.input_size
+    if size is not None and size % m:
+        raise ValueError(f"pix2pixhd: input_size must be a multiple of {m} for these weights, got {size}")
+    side = size if size is not None else m * max(1, 64 // m)
+    metadata = {
+        "method": "pix2pixhd",
+        "weights": method.options.weights,
+        "weights_sha256": _weights_sha256(method),
+        "graph": {"generator": dict(vars(method.generator.cfg)), "multiple": m,
+                  "input": f"the bicubic-upscaled image in [0, 1], sides multiples of {m} (padded by the caller)",
+                  "output": "same size, in [0, 1], clamped"},
+        "trained": method.trained,
+    }
+
+    def prepare(lr: Tensor, scale: int) -> Tensor:
+        h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
+        x = bicubic_resize(lr.float(), (h, w)).clamp(0, 1)
+        if size is not None:
+            return bicubic_resize(x, (size, size)).clamp(0, 1)
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return x
+
+    def finish(y: Tensor, lr: Tensor, scale: int) -> Tensor:
+        h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
+        out = bicubic_resize(y, (h, w)) if size is not None else y[..., :h, :w]
+        method.last_reports = [{"factors_trained": method.trained.get("factors")} for _ in range(lr.shape[0])]
+        return out.clamp(0, 1).float()
+
+    return ExportSpec(module=graph, example=torch.full((1, 3, side, side), 0.5), metadata=metadata,
+                      dynamic_spatial=True, spatial_multiple=m, prepare=prepare, finish=finish)
+
+
+# Registry-free lookup by restorekit.onnx_export.find_export_spec: method name → builder.
+ONNX_EXPORTERS: dict[str, Callable[[Any], ExportSpec]] = {"pix2pixhd": pix2pixhd_export_spec}
