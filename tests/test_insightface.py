@@ -422,3 +422,58 @@ def test_real_buffalo_l_on_a_portrait() -> None:  # pragma: no cover - needs the
     m = IdentityArcface()
     v = m(img[None], img[None], lr=img[None], scale=1)
     assert v[0].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_compare_reports_both_identity_embedders(cached: Path, tmp_path: Path) -> None:
+    """``compare`` scores identity_arcface beside identity_dlib; the report names each embedder."""
+    import json
+
+    from PIL import Image
+
+    from restorekit.cli import build_cli
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    face = (face_image().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(face).save(data / "face.png")
+    Image.fromarray(np.full((128, 128, 3), 128, np.uint8)).save(data / "flat.png")
+    metrics = ["psnr_y_crop", "identity_arcface"]
+    try:
+        import dlib  # noqa: F401
+
+        metrics.append("identity_dlib")
+    except ImportError:
+        pass
+    out = tmp_path / "out"
+    r = CliRunner().invoke(build_cli(), ["compare", "--methods", "bicubic", "--scale", "2", "--data", str(data),
+                                         "--out", str(out), "--metrics", ",".join(metrics), "--device", "cpu", "-q"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "results.json").read_text())
+    by_name = {m["name"]: m for m in doc["metrics"]}
+    assert by_name["identity_arcface"]["status"] == "ok"
+    assert "ArcFace" in by_name["identity_arcface"]["summary"] and "non-commercial" in by_name["identity_arcface"]["summary"]
+    assert by_name["identity_arcface"]["nan_label"] == "no face found on the HR image"
+    if "identity_dlib" in by_name:
+        assert "dlib" in by_name["identity_dlib"]["summary"]
+    agg = next(m for m in doc["methods"] if m["name"] == "bicubic")["aggregate"]["metrics"]["identity_arcface"]
+    assert agg["n"] == 1 and agg["nan"] == 1  # the flat image has no face
+    per = {img["image"]: img["metrics"] for img in doc["images"]}
+    assert 0 < per["face"]["identity_arcface"] < 1 and per["flat"]["identity_arcface"] is None  # NaN in JSON: null
+    html = (out / "report.html").read_text()
+    assert "identity_arcface" in html and "ArcFace R50" in html
+
+
+def test_providers_and_missing_package_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    from restorekit.faces import insightface_models as IM
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert IM.onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert IM.onnx_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert IM.onnx_providers("cuda") == ["CPUExecutionProvider"]  # CPU-only onnxruntime: CPU fallback
+    monkeypatch.setitem(__import__("sys").modules, "insightface", None)
+    with pytest.raises(RestorekitError, match=r"restorekit\[insightface\]"):
+        IM.import_insightface()
