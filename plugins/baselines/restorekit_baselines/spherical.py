@@ -210,6 +210,9 @@ class OptimiseResult:
     loss: Tensor  # N: its total loss
     steps: list[int]  # per sample: step (1-based) at which eps was reached, else steps run
     reached: list[bool]
+    # The per-layer noise maps of that iterate (N×1×r×r each), None for generators without noise;
+    # ``generator.synthesize(w_plus, noise=noise)`` reproduces ``images`` (before the clamp).
+    noise: list[Tensor] | None = None
     history: list[list[float]] = field(default_factory=list)  # per step: the N downscale MSEs
     latents: list[Tensor] = field(default_factory=list)  # per step (when recorded): the optimised latents
 
@@ -312,6 +315,7 @@ def optimise_latents(
     best_loss = torch.full((n,), math.inf, device=device)
     best_img: Tensor | None = None
     best_w: Tensor | None = None
+    best_noise: list[Tensor] | None = None
     steps_taken = [cfg.steps] * n
     reached = [False] * n
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -335,10 +339,14 @@ def optimise_latents(
                 better = mse.detach() < best_mse
                 if best_img is None:
                     best_img, best_w = img.detach().clone(), w_plus.detach().clone()
+                    best_noise = [t.detach().clone() for t in noise] if noise is not None else None
                 else:
                     assert best_w is not None
                     best_img[better] = img.detach()[better]
                     best_w[better] = w_plus.detach()[better]
+                    if best_noise is not None and noise_vars:
+                        for b, t in zip(best_noise, noise):
+                            b[better] = t.detach()[better]
                 best_mse = torch.where(better, mse.detach(), best_mse)
                 best_loss = torch.where(better, per.detach(), best_loss)
                 history.append(mse.detach().cpu().tolist())
@@ -368,4 +376,5 @@ def optimise_latents(
             p.requires_grad_(r)
     assert best_img is not None and best_w is not None
     return OptimiseResult(images=best_img.clamp(0, 1), w_plus=best_w, mse=best_mse, loss=best_loss,
-                          steps=steps_taken, reached=reached, history=history, latents=recorded)
+                          steps=steps_taken, reached=reached, noise=best_noise, history=history,
+                          latents=recorded)

@@ -189,6 +189,31 @@ def test_generator_images_reach_eps(gen: TinyGenerator, fit: GaussianFit, seed: 
     assert res.mse.item() < 2e-3
 
 
+@pytest.mark.parametrize("mode", ["trainable", "fixed", "const", "zero"])
+def test_noise_modes_reproduce_the_image(gen: TinyGenerator, fit: GaussianFit, mode: str) -> None:
+    """The returned W+ and noise regenerate the returned image; trainable noise keeps its norms."""
+    lr = _target(gen, fit, 11, n=2)
+    rng = torch.Generator().manual_seed(5)
+    cfg = OptimiseConfig(steps=15, eps=0.0, noise=mode, trainable_noise_layers=1)  # type: ignore[arg-type]
+    res = optimise_latents(gen, lr, config=cfg, fit=fit, rng=rng)
+    assert res.noise is not None and [t.shape for t in res.noise] == [(2, 1, 4, 4), (2, 1, 8, 8)]
+    with torch.no_grad():
+        again = gen.synthesize(res.w_plus, noise=res.noise).clamp(0, 1)
+    assert torch.allclose(again, res.images, atol=1e-5)
+    replay = torch.Generator().manual_seed(5)
+    torch.randn(2, 4, 8, generator=replay)  # the start latents are drawn first, then the noise maps
+    first_noise = torch.randn(2, 1, 4, 4, generator=replay)
+    if mode == "zero":
+        assert all(t.abs().max() == 0 for t in res.noise)
+    elif mode == "const":
+        assert torch.equal(res.noise[1], gen.noise_1.expand(2, 1, 8, 8))
+    elif mode == "fixed":
+        assert torch.equal(res.noise[0], first_noise)
+    else:  # the first layer was optimised on its sphere, the second stays fixed
+        assert not torch.equal(res.noise[0], first_noise)
+        assert torch.allclose(res.noise[0].flatten(1).norm(dim=1), first_noise.flatten(1).norm(dim=1), rtol=1e-5)
+
+
 def test_z_space_and_tiled_latent(gen: TinyGenerator, fit: GaussianFit) -> None:
     lr = _target(gen, fit, 3)
     z = optimise_latents(gen, lr, config=OptimiseConfig(latent="z", steps=30, eps=0.0, stop_at_eps=False),
