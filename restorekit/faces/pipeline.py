@@ -267,9 +267,14 @@ class FacePipeline:
                     rec.restored_size = self.crop_size * self.scale
                     rec.source_px_per_crop_px = AlignedFace(quad, self.crop_size).scale
                     rec.action = "restored"
+                    across = rec.source_px_per_crop_px * self.crop_size
                     if rec.source_px_per_crop_px < 1:
-                        rec.notes.append(f"the face covers {rec.source_px_per_crop_px * self.crop_size:.0f} "
-                                         f"input px across; its {self.crop_size}-px crop is upsampled")
+                        rec.notes.append(f"the face crop spans {across:.0f} input px; it is upsampled to "
+                                         f"the method's {self.crop_size} px")
+                    elif rec.source_px_per_crop_px > 1.5:
+                        rec.notes.append(f"the face crop spans {across:.0f} input px but the method takes "
+                                         f"{self.crop_size} px: detail finer than {rec.source_px_per_crop_px:.1f} "
+                                         "input px is lost (a lower --scale gives larger crops)")
             recs.append(rec)
         return recs
 
@@ -406,6 +411,16 @@ def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | N
     return outs, sidecar
 
 
+def sidecar_json(data: dict[str, Any]) -> str:
+    """Indented JSON with each list of numbers (a point, a box) on one line."""
+    import json
+    import re
+
+    text = json.dumps(data, indent=2)
+    return re.sub(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]",
+                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+
+
 def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
                seed: int | None, n_samples: int, ext: str, overwrite: bool, couple: bool, max_pixels: int,
@@ -449,7 +464,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                                       warn=None if quiet else warn)
         sidecar = {"input": str(item.path), "method": method.info.name, **sidecar}
         sidecars[str(item.path)] = sidecar
-        atomic_write_bytes(outdir / f"{item.stem}.json", (json.dumps(sidecar, indent=2) + "\n").encode())
+        atomic_write_bytes(outdir / f"{item.stem}.json", (sidecar_json(sidecar) + "\n").encode())
         if couple and not only_faces:
             from ..commands.run import side_by_side
 
