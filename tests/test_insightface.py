@@ -477,3 +477,20 @@ def test_providers_and_missing_package_errors(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(__import__("sys").modules, "insightface", None)
     with pytest.raises(RestorekitError, match=r"restorekit\[insightface\]"):
         IM.import_insightface()
+
+
+def test_scrfd_drives_the_face_pipeline(cached: Path) -> None:
+    """The detect → align → restore → paste pipeline takes SCRFD's 5 points (eyes, nose, mouth)."""
+    from restorekit.faces.pipeline import FacePipeline, build_detector
+    from restorekit.faces.scrfd import ScrfdDetector
+    from restorekit.methods import build_method
+
+    assert isinstance(build_detector("scrfd"), ScrfdDetector)  # by name, loaded from the cache
+    pipe = FacePipeline(build_method("bicubic"), 2, detector=ScrfdDetector(det_size=128), min_face=10)
+    assert pipe.layout == "eyes_nose_mouth5"
+    res = pipe.run(face_image()[None])
+    assert res.image.shape == (1, 3, 256, 256)
+    [rec] = res.records
+    assert rec.action == "restored" and rec.landmark_layout == "eyes_nose_mouth5" and rec.quad is not None
+    cx, cy = CELL[0] * 32, CELL[1] * 32
+    assert np.allclose(rec.landmarks[0], (cx + KPS_DIST[0][0] * 32 + 0.5, cy + KPS_DIST[0][1] * 32 + 0.5), atol=1e-3)
