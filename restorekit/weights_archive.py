@@ -16,6 +16,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from . import weights as W
 from .errors import IntegrityError, RestorekitError
@@ -80,7 +81,7 @@ def _check(spec: W.WeightSpec, wf: W.WeightFile, where: str, size: int, sha: str
     return None
 
 
-def _copy_hashing(src, dest: Path, limit: int | None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+def _copy_hashing(src: IO[bytes], dest: Path, limit: int | None) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
     with open(dest, "wb") as out:

@@ -31,6 +31,20 @@ from restorekit.errors import IntegrityError, RestorekitError, WeightsMissing
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+try:  # insightface imports cv2, scikit-image, requests…: a broken install skips with its error
+    import insightface  # noqa: F401
+
+    _NO_INSIGHTFACE = ""
+except Exception as _exc:  # pragma: no cover - depends on the environment
+    _NO_INSIGHTFACE = f"insightface not importable ({_exc}); pip install 'restorekit[insightface]'"
+needs_insightface = pytest.mark.skipif(bool(_NO_INSIGHTFACE), reason=_NO_INSIGHTFACE or "-")
+try:
+    import cv2  # noqa: F401
+
+    HAVE_CV2 = True
+except ImportError:  # pragma: no cover
+    HAVE_CV2 = False
+
 PACK = "insightface-buffalo-l"
 REGISTRY = Path(__file__).resolve().parents[1] / "registry"
 
@@ -175,10 +189,26 @@ def face_image(size: int = 128) -> torch.Tensor:
 # Alignment
 
 
+def test_similarity_transform_recovers_an_exact_similarity() -> None:
+    from restorekit.faces.identity_arcface import ARCFACE_TEMPLATE, arcface_affine, similarity_transform
+
+    rng = np.random.default_rng(0)
+    th, s, t = 0.3, 1.7, np.array([12.0, -5.0])
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    src = rng.uniform(0, 100, (5, 2))
+    m = similarity_transform(src, src @ (s * rot).T + t)
+    assert np.allclose(m[:, :2], s * rot, atol=1e-12) and np.allclose(m[:, 2], t, atol=1e-10)
+    # the template itself maps to the identity; a mirrored point set is not fitted by a reflection
+    assert np.allclose(arcface_affine(ARCFACE_TEMPLATE), np.eye(2, 3), atol=1e-12)
+    mirrored = ARCFACE_TEMPLATE * [-1, 1] + [112, 0]
+    assert np.linalg.det(arcface_affine(mirrored)[:, :2]) > 0
+
+
+@needs_insightface
 def test_similarity_transform_matches_insightface_estimate_norm() -> None:
     from insightface.utils import face_align
 
-    from restorekit.faces.identity_arcface import ARCFACE_TEMPLATE, arcface_affine, similarity_transform
+    from restorekit.faces.identity_arcface import ARCFACE_TEMPLATE, arcface_affine
 
     assert np.allclose(ARCFACE_TEMPLATE, face_align.arcface_dst, atol=1e-4)
     rng = np.random.default_rng(0)
@@ -188,12 +218,6 @@ def test_similarity_transform_matches_insightface_estimate_norm() -> None:
             warnings.simplefilter("ignore", FutureWarning)
             ref = face_align.estimate_norm(lm.astype(np.float32), 112)
         assert np.allclose(arcface_affine(lm), ref, atol=1e-4)
-    # exact similarity: recovered to round-off
-    th, s, t = 0.3, 1.7, np.array([12.0, -5.0])
-    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-    src = rng.uniform(0, 100, (5, 2))
-    m = similarity_transform(src, src @ (s * rot).T + t)
-    assert np.allclose(m[:, :2], s * rot, atol=1e-12) and np.allclose(m[:, 2], t, atol=1e-10)
 
 
 def _blob_image(lm: np.ndarray, size: int = 256) -> np.ndarray:
@@ -220,6 +244,8 @@ def test_alignment_puts_landmarks_on_the_arcface_template() -> None:
             w = g * win
             cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
             assert abs(cx - tx) < 0.35 and abs(cy - ty) < 0.35, (cx, cy, tx, ty)
+    if _NO_INSIGHTFACE or not HAVE_CV2:
+        return
     assert np.array_equal(align_arcface(img, lm), norm_crop(img, lm))  # same estimate, same cv2 warp
     smooth = (np.stack(np.meshgrid(np.linspace(0, 255, 256), np.linspace(255, 0, 256)), -1) @ [[1, 0.5, 0], [0, 0.5, 1]])
     smooth = smooth.clip(0, 255).astype(np.uint8)
@@ -306,6 +332,7 @@ def test_missing_weights_name_the_import_command(home: Path) -> None:
     assert "non-commercial" in msg
 
 
+@needs_insightface
 def test_loader_goes_through_insightface_model_zoo(cached: Path, models: dict[str, object], tmp_path: Path) -> None:
     import insightface
 
@@ -330,6 +357,7 @@ def test_loader_goes_through_insightface_model_zoo(cached: Path, models: dict[st
     assert got.shape == (1, 512) and np.allclose(got, ref, atol=1e-4)
 
 
+@needs_insightface
 def test_scrfd_decodes_the_known_box_and_landmarks(cached: Path) -> None:
     from restorekit.faces.scrfd import ScrfdDetector
     from restorekit.testing.conformance import check_face_detector
@@ -352,6 +380,7 @@ def test_scrfd_decodes_the_known_box_and_landmarks(cached: Path) -> None:
     check_face_detector(lambda: ScrfdDetector(det_size=128), require_face=False)  # grey → no face
 
 
+@needs_insightface
 def test_identity_arcface_metric(cached: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from restorekit.faces import insightface_models as IM
     from restorekit.faces.identity_arcface import IdentityArcface, align_arcface
@@ -411,6 +440,7 @@ def test_compare_skips_without_models_and_names_the_import(home: Path) -> None:
 
 @pytest.mark.skipif(os.environ.get("RESTOREKIT_INSIGHTFACE_REAL") is None,
                     reason="set RESTOREKIT_INSIGHTFACE_REAL=1 with the real buffalo_l imported")
+@needs_insightface
 def test_real_buffalo_l_on_a_portrait() -> None:  # pragma: no cover - needs the real models
     skimage = pytest.importorskip("skimage")
     from restorekit.faces.identity_arcface import IdentityArcface
@@ -424,6 +454,7 @@ def test_real_buffalo_l_on_a_portrait() -> None:  # pragma: no cover - needs the
     assert v[0].item() == pytest.approx(1.0, abs=1e-5)
 
 
+@needs_insightface
 def test_compare_reports_both_identity_embedders(cached: Path, tmp_path: Path) -> None:
     """``compare`` scores identity_arcface beside identity_dlib; the report names each embedder."""
     import json
@@ -479,6 +510,7 @@ def test_providers_and_missing_package_errors(monkeypatch: pytest.MonkeyPatch) -
         IM.import_insightface()
 
 
+@needs_insightface
 def test_scrfd_drives_the_face_pipeline(cached: Path) -> None:
     """The detect → align → restore → paste pipeline takes SCRFD's 5 points (eyes, nose, mouth)."""
     from restorekit.faces.pipeline import FacePipeline, build_detector

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from ..interfaces import Metric
-from .insightface_models import DEFAULT_PACK, INSIGHTFACE_LICENSE, PACKS, import_insightface, load_detector, load_recognizer
+from .insightface_models import (DEFAULT_PACK, INSIGHTFACE_LICENSE, PACKS, import_insightface, load_recognizer,
+                                 pack_file)
 from .scrfd import ScrfdDetector, to_bgr_uint8
 
 __all__ = ["ARCFACE_TEMPLATE", "ARCFACE_SIZE", "similarity_transform", "arcface_affine", "norm_crop",
@@ -168,10 +169,13 @@ class IdentityArcface(Metric):
         self.faces_not_found = self.faces_not_found_total = self.images_total = 0
 
     def setup(self, device: torch.device) -> None:
+        # weights first (WeightsMissing names the import command), then the package
+        pack_file(self.pack, "detector")
+        pack_file(self.pack, "recognizer")
         import_insightface()
         self._device = torch.device(device)
         det = ScrfdDetector(det_size=self.det_size, pack=self.pack, device=self._device)
-        det._model = load_detector(self.pack, self._device)
+        det.load()
         self._detector = det
         self._recognizer = load_recognizer(self.pack, self._device)
 

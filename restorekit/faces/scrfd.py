@@ -29,6 +29,8 @@ from .insightface_models import DEFAULT_PACK, INSIGHTFACE_LICENSE, PACKS, load_d
 
 __all__ = ["ScrfdDetector", "SUMMARY", "to_bgr_uint8"]
 
+_DETECT_LOCK = threading.Lock()
+
 SUMMARY = ("insightface SCRFD (det_10g of buffalo_l via insightface's model zoo + onnxruntime), boxes and 5 "
            f"landmarks incl. mouth corners; weights {INSIGHTFACE_LICENSE} (non-commercial research only)")
 
@@ -71,7 +73,7 @@ class ScrfdDetector(FaceDetector):
         self.model_path = model_path
         self.device = torch.device(device)
         self._model: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards loading; _DETECT_LOCK guards the shared model object
 
     def load(self) -> None:
         """Open the SCRFD model (raises ``WeightsMissing`` naming the import command); idempotent."""
@@ -89,7 +91,7 @@ class ScrfdDetector(FaceDetector):
         and ``K×5×2`` landmarks, pixel-index coordinates, best score first."""
         self.load()
         model = self._model
-        with self._lock:  # thresholds live on the shared model object
+        with _DETECT_LOCK:  # thresholds live on the model object, shared by every detector of the file
             model.det_thresh = self.threshold
             model.nms_thresh = self.nms
             det, kps = model.detect(bgr, input_size=(self.det_size, self.det_size))
