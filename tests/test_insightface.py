@@ -297,6 +297,12 @@ def test_import_checks_sha256_of_archive_members(models: dict[str, object], home
     assert [p.name for p in done.paths] == ["det_10g.onnx"] and done.ignored == ["pack/w600k_r50.onnx"]
     assert W.resolve("pack", "det_10g.onnx", full_check=True).read_bytes() == (folder / "det_10g.onnx").read_bytes()
     assert W.cached_files("pack")["det_10g.onnx"].source == f"import:{archive}:pack/det_10g.onnx"
+    small = spec2.model_copy(update={"files": (W.WeightFile(filename="det_10g.onnx", size=1000),)})
+    monkeypatch.setattr(W, "registry_specs", lambda: {"pack": (small, Path("pack.toml"))})
+    with pytest.raises(IntegrityError, match="have 1000; refused"):  # reading stops past the spec's size
+        WA.import_archive("pack", archive, trust=True)
+    with pytest.raises(RestorekitError, match="--link needs a folder"):
+        WA.import_archive("pack", archive, link=True)
     with pytest.raises(RestorekitError, match="has no det_10g.onnx"):
         empty = tmp_path / "empty.zip"
         with zipfile.ZipFile(empty, "w") as zf:
