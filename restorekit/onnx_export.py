@@ -282,7 +282,14 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         x = check_input(example, check_batch)
         with torch.no_grad():
             expected = reference(x)
-        got = run_onnxruntime(tmp, x)
+        try:
+            got = run_onnxruntime(tmp, x)
+        except OnnxExportError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnnxExportError(f"{out}: onnxruntime cannot run the exported graph ({first}); "
+                                  f"no file written") from exc
         if got.shape != expected.shape:
             raise OnnxExportError(f"{out}: onnxruntime returned shape {tuple(got.shape)}, PyTorch "
                                   f"{tuple(expected.shape)}; no file written")
