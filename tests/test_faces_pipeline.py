@@ -362,3 +362,16 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
     r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos),
                                          "--output", str(out), "--only-faces"])
     assert r.exit_code == 2 and "only apply with --faces detect" in r.output
+
+
+@needs_mtcnn
+def test_bench_faces_json():
+    from restorekit.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["bench", "faces", "--detector", "mtcnn", "--repeat", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    (row,) = out["results"]
+    assert row["detector"] == "mtcnn" and row["faces"] == 5 and row["images"] == 1
+    assert row["detect_ms_per_image"] > 0 and row["align_ms_per_face"] > 0
+    assert row["detect_ms_per_face"] == pytest.approx(row["detect_ms_per_image"] / 5, rel=0.05)

@@ -358,18 +358,31 @@ class FacePipeline:
                            self.detector_name, self.background_name, t)
 
 
+# restore_photo() keeps the last few pipelines so per-image callers (compare) build detectors once.
+_PIPELINES: dict[tuple[Any, ...], FacePipeline] = {}
+
+
 def restore_photo(method: Method, image: Tensor, scale: int, detector: str | FaceDetector = DEFAULT_DETECTOR,
                   *, background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
                   feather: float = DEFAULT_FEATHER, colour_match: bool = True, seed: int | None = None,
                   warn_no_face: bool = False) -> tuple[Tensor, list[dict[str, Any]]]:
     """Restore every face of one photo (1×3×H×W) with ``method``; returns (composite, face records).
 
-    The composite is ``scale`` times the photo's size; records are JSON-able dicts (see
-    :class:`FaceRecord`). A photo without faces comes back as the background upscale, with
+    The composite is ``scale`` times the photo's size (on the CPU); records are JSON-able dicts
+    (see :class:`FaceRecord`). Pipelines are cached per (method, scale, detector, background,
+    options), so calling this per image builds the detector once. A photo without faces comes back as the background upscale, with
     an empty record list (and a warning when ``warn_no_face``).
     """
-    pipe = FacePipeline(method, scale, detector=detector, background=background, min_face=min_face,
-                        feather=feather, colour_match=colour_match)
+    key = (id(method), scale, detector if isinstance(detector, str) else id(detector),
+           background if isinstance(background, str) else id(background), float(min_face), float(feather),
+           bool(colour_match))
+    pipe = _PIPELINES.get(key)
+    if pipe is None or pipe.method is not method:
+        pipe = FacePipeline(method, scale, detector=detector, background=background, min_face=min_face,
+                            feather=feather, colour_match=colour_match)
+        if len(_PIPELINES) >= 8:
+            _PIPELINES.pop(next(iter(_PIPELINES)))
+        _PIPELINES[key] = pipe
     result = pipe.run(image, seed=seed)
     if warn_no_face and not result.records:
         warnings.warn("no face found: the photo is only upscaled by the background method", stacklevel=2)
