@@ -1,9 +1,9 @@
 """Latent optimisation on spheres, as in PULSE (Menon et al., CVPR 2020), for any ``Generator``.
 
 PULSE searches a generator's latent space for an image whose downscale matches a low-resolution
-input. Three ideas make the search stay on "natural" faces; this module implements each so that
-other methods (``psp_pulse`` starts from an encoder's W+) can reuse them through
-:func:`optimise_latents`:
+input. Three ideas make the search stay on "natural" faces; their building blocks live in the core
+(:mod:`restorekit.optim.latent`, shared with ``psp_pulse``, re-exported here) and
+:func:`optimise_latents` combines them into PULSE's search:
 
 * **Gaussianised W.** The mapping network's last layer is a leaky ReLU (slope 0.2), so ``w`` is
   far from Gaussian. Undoing that activation (a leaky ReLU with slope 1/0.2) makes it close to a
@@ -27,148 +27,28 @@ when its downscale MSE drops below ``eps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from restorekit.degradations import bicubic_resize
 from restorekit.interfaces import Generator
+# The building blocks live in the core so that other methods (psp_pulse) share them; they are
+# re-exported here under their historical names.
+from restorekit.optim.latent import (
+    GaussianFit, Schedule, SphericalOptimizer, fit_gaussian, geocross, lr_factor, project_to_sphere, sphere_radius,
+)
 
 LatentSpace = Literal["w+", "z"]
 NoiseMode = Literal["trainable", "fixed", "const", "zero"]
-Schedule = Literal["fixed", "linear1cycle", "linear1cycledrop"]
 
 __all__ = [
     "GaussianFit", "OptimiseConfig", "OptimiseResult", "SphericalOptimizer", "fit_gaussian",
-    "geocross", "lr_factor", "optimise_latents", "project_to_sphere",
+    "geocross", "lr_factor", "optimise_latents", "project_to_sphere", "sphere_radius",
 ]
-
-
-# -- spheres ------------------------------------------------------------------------------
-def project_to_sphere(x: Tensor, radius: Tensor | float, start_dim: int = 2) -> Tensor:
-    """Rescale each ``x[i, j]`` (flattened over dims ``start_dim…``) to norm ``radius``."""
-    dims = tuple(range(start_dim, x.ndim))
-    norm = x.pow(2).sum(dims, keepdim=True).add(1e-9).sqrt()
-    return x / norm * radius
-
-
-def sphere_radius(x: Tensor, start_dim: int = 2) -> Tensor:
-    """Norms of ``x`` over dims ``start_dim…`` (kept as broadcastable dims)."""
-    return x.pow(2).sum(tuple(range(start_dim, x.ndim)), keepdim=True).sqrt()
-
-
-class SphericalOptimizer:
-    """Adam (or another torch optimiser) whose parameters are projected back onto their spheres.
-
-    Each parameter has shape ``N×K×…``: every ``[i, k]`` slice is one point on a sphere whose
-    radius is its norm at construction (``radii`` overrides). After the inner optimiser's step,
-    the slices are rescaled to those radii.
-    """
-
-    def __init__(self, params: Sequence[Tensor], lr: float, *, radii: Sequence[Tensor] | None = None,
-                 optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam) -> None:
-        self.params = list(params)
-        with torch.no_grad():
-            self.radii = [r.detach().clone() for r in radii] if radii is not None else \
-                [sphere_radius(p) for p in self.params]
-        self.opt = optimizer(self.params, lr=lr)
-
-    def zero_grad(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.opt.step()
-        for p, r in zip(self.params, self.radii):
-            p.copy_(project_to_sphere(p, r))
-
-
-def lr_factor(schedule: Schedule, step: int, steps: int) -> float:
-    """Learning-rate multiplier at ``step`` of ``steps`` (PULSE's schedules).
-
-    ``linear1cycle``: a triangle from 0.1 up to 1 at mid-run and back to 0.1.
-    ``linear1cycledrop``: that triangle squeezed into the first 90 % of the steps, then a linear
-    fall from 0.1 to 0.001 over the last 10 %. ``fixed``: 1.
-    """
-    if schedule == "fixed":
-        return 1.0
-    if schedule == "linear1cycle":
-        t = step / steps
-        return 0.1 + 0.9 * (1.0 - abs(2.0 * t - 1.0))
-    if schedule == "linear1cycledrop":
-        cut = 0.9 * steps
-        if step < cut:
-            t = step / cut
-            return 0.1 + 0.9 * (1.0 - abs(2.0 * t - 1.0))
-        return 0.1 + (step - cut) / (steps - cut) * (0.001 - 0.1)
-    raise ValueError(f"unknown learning-rate schedule '{schedule}'; known: fixed, linear1cycle, linear1cycledrop")
-
-
-def geocross(latents: Tensor) -> Tensor:
-    """Per-sample GEOCROSS of ``N×L×D`` latents: ``D/8 ·`` mean over layer pairs of angle².
-
-    The angle between two layers is ``2·atan2(|a−b|, |a+b|)`` (stable for equal-norm vectors,
-    exact on a sphere). The ``D/8`` factor makes weights comparable with PULSE's (0.05 at D=512).
-    A single layer (tiled latent) gives 0.
-    """
-    n, layers, dim = latents.shape
-    if layers == 1:
-        return latents.new_zeros(n)
-    a = latents.unsqueeze(1)
-    b = latents.unsqueeze(2)
-    diff = (a - b).pow(2).sum(-1).add(1e-9).sqrt()
-    summ = (a + b).pow(2).sum(-1).add(1e-9).sqrt()
-    angle = 2.0 * torch.atan2(diff, summ)
-    return angle.pow(2).mean((1, 2)) * (dim / 8.0)
-
-
-# -- gaussianised W -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class GaussianFit:
-    """Per-dimension mean/std of the mapping's pre-activation, ``leaky_relu(map(z), 1/slope)``."""
-
-    mean: Tensor
-    std: Tensor
-    slope: float = 0.2
-
-    def to_w(self, u: Tensor) -> Tensor:
-        """Whitened latents ``…×D`` to W."""
-        return F.leaky_relu(u * self.std + self.mean, self.slope)
-
-    def from_w(self, w: Tensor) -> Tensor:
-        """W latents ``…×D`` to the whitened space (the inverse of :meth:`to_w`)."""
-        return (F.leaky_relu(w, 1.0 / self.slope) - self.mean) / self.std
-
-    def to(self, device: torch.device | str) -> GaussianFit:
-        return GaussianFit(self.mean.to(device), self.std.to(device), self.slope)
-
-
-@torch.no_grad()
-def fit_gaussian(generator: Generator, n: int = 100_000, *, slope: float = 0.2, seed: int = 0,
-                 chunk: int = 8192) -> GaussianFit:
-    """Fit :class:`GaussianFit` to ``n`` mapped normal samples drawn with ``seed`` (PULSE: 10⁶)."""
-    if n < 2:
-        raise ValueError(f"fit_gaussian needs at least 2 samples, got {n}")
-    device = next(generator.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    total = torch.zeros(generator.style_dim, dtype=torch.float64, device=device)
-    total_sq = torch.zeros_like(total)
-    done = 0
-    while done < n:
-        m = min(chunk, n - done)
-        z = torch.randn(m, generator.z_dim, generator=g).to(device)
-        x = F.leaky_relu(generator.map(z), 1.0 / slope).double()
-        total += x.sum(0)
-        total_sq += x.pow(2).sum(0)
-        done += m
-    mean = total / n
-    var = (total_sq - n * mean.pow(2)) / (n - 1)
-    std = var.clamp_min(1e-12).sqrt()
-    return GaussianFit(mean.float(), std.float(), slope)
 
 
 # -- the optimisation ---------------------------------------------------------------------
