@@ -212,4 +212,7 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
             if log is not None:
                 log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
             export_onnx(spec, path, opset=opset, log=log)
-    return OnnxMethod(method, spec, OnnxSession(path, device=method.device, threads=threads))
+    session = OnnxSession(path, device=method.device, threads=threads)
+    if method.device.type == "cuda" and session.device != "cuda" and log is not None:
+        log(f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU")
+    return OnnxMethod(method, spec, session)

@@ -241,9 +241,13 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         raise OnnxExportError(f"tolerance must be >= 0, got {tol}")
     if spec.example.ndim != 4 or spec.example.shape[1] != 3:
         raise OnnxExportError(f"export example must be 1×3×H×W, got {tuple(spec.example.shape)}")
-    reference = copy.deepcopy(spec.module).cpu().float().eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
+    # The module is used as it is when already on the CPU in float32 (no copy of a large model).
+    tensors = list(spec.module.parameters()) + list(spec.module.buffers())
+    on_cpu_fp32 = all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point())
+                      for t in tensors)
+    reference = spec.module if on_cpu_fp32 else copy.deepcopy(spec.module).cpu().float()
+    training = reference.training
+    reference.eval()
     graph_module: nn.Module = _Float16(copy.deepcopy(reference)).eval() if fp16 else reference
     example = spec.example[:1].detach().cpu().float()
 
@@ -342,4 +346,5 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         tmp.unlink(missing_ok=True)
         if side_tmp is not None:
             side_tmp.unlink(missing_ok=True)
+        reference.train(training)
     return ExportResult(out, side, diff, tol, time.perf_counter() - t_start, info)

@@ -220,3 +220,18 @@ class TinyMethodNoExport(Method):
 
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         return lr
+
+
+def test_exports_eval_mode_and_restores_training_mode(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1), nn.Sigmoid())
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.train()
+    res = export_onnx(ExportSpec(net, torch.zeros(1, 3, 8, 8)), tmp_path / "bn.onnx", tolerance=1e-5)
+    assert net.training and net[1].training  # the caller's module is left in the mode it was in
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = net.eval()(x)  # inference uses the running statistics
+    assert float((OnnxSession(res.path, threads=1).run(x) - ref).abs().max()) < 1e-5

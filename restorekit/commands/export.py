@@ -51,7 +51,11 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
         return
     # Export always traces on the CPU: the graph does not depend on the device it came from.
     m = build_method(method, values, "cpu")
-    spec = find_export_spec(m)
+    try:
+        spec = find_export_spec(m)
+    except ValueError as exc:  # the method's own check of its options for export
+        fail_usage(str(exc))
+        return
     result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
                          log=None if as_json else (lambda msg: click.echo(msg, err=True)))
     if as_json:
