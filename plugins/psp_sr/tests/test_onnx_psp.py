@@ -152,3 +152,18 @@ def test_cli_run_backends_agree(exported: Path, model_file: Path, tmp_path: Path
     res = CliRunner().invoke(build_cli(), ["run", "psp_sr", "--scale", "2", "--input", str(src), "--output",
                                            str(tmp_path / "x"), "--onnx", str(exported)])
     assert res.exit_code == 2 and "--onnx only applies with --backend onnxruntime" in res.output
+    # `bench method --backend torch,onnxruntime` times both side by side (reusing the cached export).
+    res = CliRunner().invoke(build_cli(), ["bench", "method", "psp_sr", "--weights", str(model_file), "--opt",
+                                           "impl=ref", "--device", "cpu", "--backend", "torch,onnxruntime",
+                                           "--batch", "1,2", "--repeat", "1", "--warmup", "0", "--threads", "1",
+                                           "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [(r["backend"], r["batch"], r["threads"]) for r in data["results"]] == [
+        ("torch", 1, 1), ("torch", 2, 1), ("onnxruntime", 1, 1), ("onnxruntime", 2, 1)]
+    assert set(data["backend_ratio"]) == {"1", "2"} and all(v > 0 for v in data["backend_ratio"].values())
+    assert all(r["parts_ms"] == {} for r in data["results"] if r["backend"] == "onnxruntime")
+    assert len(list((tmp_path / "home" / "onnx").glob("psp_sr-*.onnx"))) == 1
+    res = CliRunner().invoke(build_cli(), ["bench", "method", "psp_sr", "--weights", str(model_file),
+                                           "--backend", "tensorrt"])
+    assert res.exit_code == 2 and "backends are torch, onnxruntime" in res.output
