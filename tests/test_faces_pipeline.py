@@ -375,3 +375,15 @@ def test_bench_faces_json():
     assert row["detector"] == "mtcnn" and row["faces"] == 5 and row["images"] == 1
     assert row["detect_ms_per_image"] > 0 and row["align_ms_per_face"] > 0
     assert row["detect_ms_per_face"] == pytest.approx(row["detect_ms_per_image"] / 5, rel=0.05)
+
+
+def test_missing_extras_name_what_to_install(monkeypatch):
+    from restorekit.faces import detectors
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(detectors.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("facenet_pytorch", "dlib") else real(name, *a))
+    with pytest.raises(RestorekitError, match=r"pip install --no-deps facenet-pytorch==2\.6\.0"):
+        MtcnnDetector().load()
+    with pytest.raises(RestorekitError, match="needs dlib; pip install dlib-bin"):
+        detectors.check_available("dlib_hog")

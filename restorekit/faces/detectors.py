@@ -38,7 +38,7 @@ from ..interfaces import Face, FaceDetector
 
 __all__ = [
     "MTCNN_HINT", "LandmarkLayout", "named_points", "MtcnnDetector", "DlibHogDetector",
-    "DETECTORS", "DEFAULT_DETECTOR", "mtcnn_weights_dir",
+    "DETECTORS", "SUMMARIES", "DEFAULT_DETECTOR", "mtcnn_weights_dir", "layout_of", "check_available",
 ]
 
 MTCNN_HINT = "pip install --no-deps facenet-pytorch==2.6.0"
