@@ -280,6 +280,10 @@ def test_small_faces_skipped_with_reason_and_no_face_passes_through(group, group
     skipped = [r for r in res.records if r.action == "skipped"]
     assert skipped and all("< --min-face 45 px" in r.reason for r in skipped)
     assert all(r.face_px >= 45 for r in res.records if r.action == "restored")
+    res = FacePipeline(SharpenFace(), SCALE, max_shrink=1.5).run(photo, faces=group_faces)
+    big = [r for r in res.records if r.action == "skipped"]
+    assert big and all("restoring would lose detail" in r.reason and r.source_px_per_crop_px > 1.5 for r in big)
+    assert all(r.source_px_per_crop_px <= 1.5 for r in res.records if r.action == "restored")
     empty = as_tensor(skimage_data.coffee())[..., :96, :128]
     out, records = restore_photo(SharpenFace(), empty, SCALE, "mtcnn")
     assert records == [] and torch.equal(out, upscale(empty, SCALE))

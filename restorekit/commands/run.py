@@ -56,6 +56,8 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 @click.option("--min-face", type=click.FloatRange(min=0), default=None,
               help="--faces detect: skip faces whose box is smaller than PX input pixels (default: 20).")
 @click.option("--require-face", is_flag=True, help="--faces detect: a photo without a face fails (exit 1).")
+@click.option("--max-shrink", type=click.FloatRange(min=1), default=None,
+              help="--faces detect: skip faces whose crop the method would shrink more than this (default: 3).")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run the network in PyTorch or in onnxruntime (exported on first use into the cache, or --onnx).")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -64,11 +66,11 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
             couple: bool, max_pixels: int, quiet: bool, as_json: bool, faces_mode: str, detector: str | None,
             background: str | None, only_faces: bool, min_face: float | None, require_face: bool,
-            backend: str, onnx_path: Path | None) -> None:
+            max_shrink: float | None, backend: str, onnx_path: Path | None) -> None:
     """Restore images with METHOD at --scale."""
     if faces_mode == "aligned":
         used = [f for f, v in (("--detector", detector), ("--background", background), ("--only-faces", only_faces),
-                               ("--min-face", min_face), ("--require-face", require_face))
+                               ("--min-face", min_face), ("--require-face", require_face), ("--max-shrink", max_shrink))
                 if v is not None and v is not False]
         if used:
             fail_usage(f"{', '.join(used)} only apply with --faces detect")
@@ -108,7 +110,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         from ..faces.pipeline import run_detect
 
         run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
-                   only_faces=only_faces, require_face=require_face, seed=seed, n_samples=n_samples, ext=ext,
+                   only_faces=only_faces, require_face=require_face, max_shrink=max_shrink, seed=seed,
+                   n_samples=n_samples, ext=ext,
                    overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json)
 
     def stems(item: ImageItem) -> list[str]:

@@ -5,7 +5,8 @@ handled in five steps:
 
 1. **Detect** faces and 5 landmarks (a registered ``FaceDetector``; ``mtcnn`` by default).
    Faces whose box is smaller than ``min_face`` pixels (short side) are skipped, with the reason
-   in their record.
+   in their record; so are faces whose crop the method would shrink by more than ``max_shrink``
+   (restoring them would lose the detail the photo has).
 2. **Align** each face: the FFHQ crop quad from the landmarks (exact FFHQ recipe with mouth
    corners, else a similarity fit to the FFHQ template), resampled (antialiased) to the method's
    input size — ``method.face_input_size`` (an int, or a function of the scale) when the method
@@ -46,11 +47,13 @@ from .compose import ColorMatch, blend, color_match
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
 
 __all__ = [
-    "DEFAULT_MIN_FACE", "DEFAULT_FEATHER", "FaceRecord", "PhotoResult", "face_input_size",
+    "DEFAULT_MIN_FACE", "DEFAULT_MAX_SHRINK", "DEFAULT_FEATHER", "FaceRecord", "PhotoResult", "face_input_size",
     "build_detector", "build_background", "paste_warp", "FacePipeline", "restore_photo",
 ]
 
 DEFAULT_MIN_FACE = 20.0
+# Faces whose crop the method would shrink more than this are left to the background method.
+DEFAULT_MAX_SHRINK = 3.0
 DEFAULT_FEATHER = 0.1
 MIN_CROP = 16
 
@@ -229,8 +232,11 @@ class FacePipeline:
     def __init__(self, method: Method, scale: int, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
                  background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
                  feather: float = DEFAULT_FEATHER, colour_match: bool = True,
-                 crop_size: int | None = None) -> None:
+                 crop_size: int | None = None, max_shrink: float | None = DEFAULT_MAX_SHRINK) -> None:
         method.check_scale(scale)
+        if max_shrink is not None and max_shrink < 1:
+            raise RestorekitError(f"--max-shrink must be ≥ 1, got {max_shrink}")
+        self.max_shrink = max_shrink
         if not 0 < feather <= 0.5:
             raise RestorekitError(f"feather must be in (0, 0.5] of the crop side, got {feather}")
         if min_face < 0:
@@ -268,7 +274,12 @@ class FacePipeline:
                     rec.source_px_per_crop_px = AlignedFace(quad, self.crop_size).scale
                     rec.action = "restored"
                     across = rec.source_px_per_crop_px * self.crop_size
-                    if rec.source_px_per_crop_px < 1:
+                    if self.max_shrink is not None and rec.source_px_per_crop_px > self.max_shrink:
+                        rec.action = "skipped"
+                        rec.reason = (f"the face crop spans {across:.0f} input px, {rec.source_px_per_crop_px:.1f}× "
+                                      f"the method's {self.crop_size}-px input: restoring would lose detail "
+                                      f"(--max-shrink {self.max_shrink:g}; a lower --scale gives larger crops)")
+                    elif rec.source_px_per_crop_px < 1:
                         rec.notes.append(f"the face crop spans {across:.0f} input px; it is upsampled to "
                                          f"the method's {self.crop_size} px")
                     elif rec.source_px_per_crop_px > 1.5:
@@ -278,7 +289,7 @@ class FacePipeline:
             recs.append(rec)
         return recs
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: optimisation-based methods (PULSE) enable grad inside restore
     def run(self, image: Tensor, *, seed: int | None = None, n_samples: int = 1,
             faces: list[Face] | None = None) -> PhotoResult:
         """Restore every face of one 1×3×H×W photo; ``faces`` skips detection (given detections)."""
@@ -365,7 +376,7 @@ _PIPELINES: dict[tuple[Any, ...], FacePipeline] = {}
 def restore_photo(method: Method, image: Tensor, scale: int, detector: str | FaceDetector = DEFAULT_DETECTOR,
                   *, background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
                   feather: float = DEFAULT_FEATHER, colour_match: bool = True, seed: int | None = None,
-                  warn_no_face: bool = False) -> tuple[Tensor, list[dict[str, Any]]]:
+                  max_shrink: float | None = DEFAULT_MAX_SHRINK, warn_no_face: bool = False) -> tuple[Tensor, list[dict[str, Any]]]:
     """Restore every face of one photo (1×3×H×W) with ``method``; returns (composite, face records).
 
     The composite is ``scale`` times the photo's size (on the CPU); records are JSON-able dicts
@@ -375,11 +386,11 @@ def restore_photo(method: Method, image: Tensor, scale: int, detector: str | Fac
     """
     key = (id(method), scale, detector if isinstance(detector, str) else id(detector),
            background if isinstance(background, str) else id(background), float(min_face), float(feather),
-           bool(colour_match))
+           bool(colour_match), max_shrink)
     pipe = _PIPELINES.get(key)
     if pipe is None or pipe.method is not method:
         pipe = FacePipeline(method, scale, detector=detector, background=background, min_face=min_face,
-                            feather=feather, colour_match=colour_match)
+                            feather=feather, colour_match=colour_match, max_shrink=max_shrink)
         if len(_PIPELINES) >= 8:
             _PIPELINES.pop(next(iter(_PIPELINES)))
         _PIPELINES[key] = pipe
@@ -436,6 +447,7 @@ def sidecar_json(data: dict[str, Any]) -> str:
 
 def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
+               max_shrink: float | None = None,
                seed: int | None, n_samples: int, ext: str, overwrite: bool, couple: bool, max_pixels: int,
                quiet: bool, as_json: bool) -> None:
     """The body of ``restorekit run --faces detect``: every photo through :class:`FacePipeline`.
@@ -461,7 +473,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         if det_name in ("mtcnn", "dlib_hog"):
             check_available(det_name)
         pipe = FacePipeline(method, scale, detector=det_name, background=background or "bicubic",
-                            min_face=DEFAULT_MIN_FACE if min_face is None else min_face)
+                            min_face=DEFAULT_MIN_FACE if min_face is None else min_face,
+                            max_shrink=DEFAULT_MAX_SHRINK if max_shrink is None else max_shrink)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
