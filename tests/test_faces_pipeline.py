@@ -391,3 +391,13 @@ def test_missing_extras_name_what_to_install(monkeypatch):
         MtcnnDetector().load()
     with pytest.raises(RestorekitError, match="needs dlib; pip install dlib-bin"):
         detectors.check_available("dlib_hog")
+
+
+def test_builtin_detectors_registered():
+    from restorekit.plugins import registry
+
+    reg = registry()
+    for name, layout in (("mtcnn", "eyes_nose_mouth5"), ("dlib_hog", "dlib5")):
+        factory = reg.get("face_detectors", name)
+        assert reg.owner["face_detectors"][name] == "restorekit" and factory.summary
+        assert factory.build.landmark_layout == layout
