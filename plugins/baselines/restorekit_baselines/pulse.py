@@ -130,6 +130,8 @@ class Pulse(Method):
         self.fit: GaussianFit | None = None
         self.notes: list[str] = []
         self._noted: set[tuple[int, int, int]] = set()
+        #: W+ of the last restore()'s outputs (image-major rows, ``generator.synthesize`` input).
+        self.last_w_plus: Tensor | None = None
 
     def load(self) -> None:
         if self.generator is not None:
@@ -238,6 +240,7 @@ class Pulse(Method):
         out_h, out_w = h * scale, w * scale
         res = self.generator.resolution
         outs: list[Tensor] = []
+        latents: list[Tensor] = []
         reports: list[dict[str, Any]] = []
         # The search needs gradients even when the caller runs under inference_mode / no_grad.
         with torch.inference_mode(False), torch.enable_grad():
@@ -251,6 +254,7 @@ class Pulse(Method):
                     self._note_resize(res, out_h, out_w)
                     images = bicubic_resize(images, (out_h, out_w)).clamp(0, 1)
                 outs.append(images.detach())
+                latents.append(result.w_plus.detach())
                 for k in range(n_samples):
                     reports.append({
                         "image": i, "sample": k, "seed": seed, "tries": tries[k],
@@ -261,4 +265,5 @@ class Pulse(Method):
                         "generator_resolution": res,
                     })
         self.last_reports = reports
+        self.last_w_plus = torch.cat(latents)
         return torch.cat(outs).float()

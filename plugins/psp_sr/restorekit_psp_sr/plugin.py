@@ -20,13 +20,32 @@ def _weights_file(weights: str | os.PathLike[str]) -> Path:
     return wmod.resolve(str(weights))
 
 
+#: ``weights`` value naming the decoder of psp_sr's default (embedded) model.
+PSP_DEFAULT_DECODER = "psp_sr:default"
+
+
+def _psp_model_file(weights: str | os.PathLike[str]) -> Path | None:
+    """The restorekit pSp ``.safetensors`` file whose decoder ``weights`` names, else None."""
+    if str(weights) == PSP_DEFAULT_DECODER:
+        from .method import DEFAULT_MODEL_FILE, WEIGHTS_DIR, PSPModelError
+
+        path = WEIGHTS_DIR / DEFAULT_MODEL_FILE
+        if not path.is_file():
+            raise PSPModelError(f"stylegan2 weights '{PSP_DEFAULT_DECODER}': psp_sr's default model "
+                                f"{DEFAULT_MODEL_FILE} is not in this installation ({WEIGHTS_DIR})")
+        return path
+    p = Path(weights)
+    return p if p.suffix == ".safetensors" and p.is_file() else None
+
+
 def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | None = None,
                     style_dim: int | None = None, n_mlp: int | None = None,
                     channel_max: int | None = None, weights: str | os.PathLike[str] | None = None,
                     impl: str = "auto", allow_unsafe: bool = False) -> Any:
     """A StyleGAN2 generator: random init from the config, or loaded from ``weights``
-    (a rosinality ``.pt`` path or weights name; the architecture is read off the file and any
-    config given must agree with it)."""
+    (a rosinality ``.pt`` path or weights name, the decoder of a restorekit pSp ``.safetensors``
+    model, or ``psp_sr:default`` for the decoder of psp_sr's embedded model; the architecture is
+    read off the file and any config given must agree with it)."""
     from .stylegan2 import StyleGAN2Generator
 
     given = {"resolution": resolution, "channel_multiplier": channel_multiplier,
@@ -35,9 +54,15 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
         return StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8,
                                   channel_multiplier or 2, channel_max=channel_max or 512,
                                   impl=impl)  # type: ignore[arg-type]
-    from .rosinality import load_rosinality
+    psp_file = _psp_model_file(weights)
+    if psp_file is not None:
+        from .method import load_psp_safetensors
 
-    g = load_rosinality(_weights_file(weights), allow_unsafe=allow_unsafe, impl=impl)
+        g = load_psp_safetensors(psp_file, impl=impl)[0].decoder
+    else:
+        from .rosinality import load_rosinality
+
+        g = load_rosinality(_weights_file(weights), allow_unsafe=allow_unsafe, impl=impl)
     have = g.config()
     clash = [f"{k}={v} (file has {have[k]})" for k, v in given.items() if v is not None and v != have[k]]
     if clash:
@@ -129,8 +154,10 @@ def register_face_embedders(register: Any) -> None:
 # -- the psp_sr method and its trainers -------------------------------------------------------------
 def register_methods(register: Any) -> None:
     from .method import PSPSR  # light: torch models are built in PSPSR.load()
+    from .psp_pulse import PSPPulse
 
     register(PSPSR)
+    register(PSPPulse)
 
 
 def _load_psp_trainer() -> Any:
