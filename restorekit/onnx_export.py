@@ -40,10 +40,11 @@ import os
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -149,6 +150,37 @@ class _Float16(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.module(x.half()).float()
+
+
+@contextmanager
+def _half_safe_symbolics(opset: int, active: bool) -> Iterator[None]:
+    """While exporting a float16 graph, export ``addcmul`` as ``a + b·c`` in the inputs' type.
+
+    The TorchScript exporter's own ``addcmul`` casts to float32 (its ``value`` scalar is a float
+    constant), which leaves float32 activations meeting float16 weights downstream: onnxruntime
+    then refuses the graph (StyleGAN2's modulated convs use ``addcmul``).
+    """
+    if not active:
+        yield
+        return
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "v", "v", "f")
+    def addcmul(g: Any, self: Any, tensor1: Any, tensor2: Any, value: float = 1.0) -> Any:
+        prod = g.op("Mul", tensor1, tensor2)
+        if value != 1.0:
+            if opset >= 15:
+                scalar = g.op("CastLike", g.op("Constant", value_t=torch.tensor(value)), prod)
+            else:  # no CastLike before opset 15: the graph being exported is float16
+                scalar = g.op("Constant", value_t=torch.tensor(value, dtype=torch.float16))
+            prod = g.op("Mul", prod, scalar)
+        return g.op("Add", self, prod)
+
+    torch.onnx.register_custom_op_symbolic("aten::addcmul", addcmul, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::addcmul", opset)
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -266,7 +298,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
     tmp = Path(tmp_name)
     side_tmp: Path | None = None
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _half_safe_symbolics(opset, fp16):
             # The TorchScript exporter warns about its deprecation and about traced shape checks.
             warnings.simplefilter("ignore")
             try:

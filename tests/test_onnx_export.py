@@ -132,6 +132,19 @@ def test_fp16_graph_keeps_float32_io(tmp_path: Path) -> None:
     out = OnnxSession(res.path, threads=1).run(torch.rand(2, 3, 16, 16))
     assert out.dtype == torch.float32 and out.shape == (2, 3, 32, 32)
 
+    class AddCMul(nn.Module):  # the TorchScript exporter's own addcmul would cast to float32
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.addcmul(x, self.conv(x), x, value=0.5).clamp(0, 1)
+
+    res = export_onnx(ExportSpec(AddCMul(), torch.zeros(1, 3, 8, 8)), tmp_path / "addcmul.onnx", fp16=True)
+    assert res.max_abs_diff < 1e-2
+    # The float16 override is gone afterwards: a float32 export is exact again.
+    assert export_onnx(ExportSpec(AddCMul(), torch.zeros(1, 3, 8, 8)), tmp_path / "f32.onnx").max_abs_diff < 1e-6
+
 
 class TinyMethod(Method):
     """×2 nearest upsampling through TinyNet; implements the Exportable protocol."""

@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from restorekit.cli import build_cli  # noqa: E402
 from restorekit.onnx_backend import OnnxBackendError, OnnxSession, onnx_method  # noqa: E402
-from restorekit.onnx_export import find_export_spec, read_sidecar  # noqa: E402
+from restorekit.onnx_export import ExportSpec, export_onnx, find_export_spec, read_sidecar  # noqa: E402
 from restorekit.testing.data import smooth_batch  # noqa: E402
 from restorekit_psp_sr.encoder import GradualStyleEncoder  # noqa: E402
 from restorekit_psp_sr.method import PSPSR, PSPSROptions, save_psp_safetensors  # noqa: E402
@@ -84,6 +84,19 @@ def test_graph_module_equals_model_and_leaves_it_alone() -> None:
     torch.testing.assert_close(got, ref.clamp(0, 1), rtol=0, atol=1e-5)
     assert model.decoder.convs[0].conv.fused is None  # the export copy was changed, not the model
     assert isinstance(graph.psp.decoder.convs[0].conv.blur, StaticFIR)
+
+
+def test_fp16_export(tmp_path: Path) -> None:
+    """float16 inside the graph (StyleGAN2's addcmul must stay float16), float32 in and out."""
+    model = tiny_psp()
+    res = export_onnx(ExportSpec(PSPInferenceGraph(model), torch.full((1, 3, 32, 32), 0.5)), tmp_path / "h.onnx",
+                      fp16=True)
+    assert res.info["precision"] == "float16" and 0 < res.max_abs_diff < 1e-2
+    x = smooth_batch(3, 32, 32, seed=7)
+    with torch.no_grad():
+        ref, _ = model(x)
+    got = OnnxSession(res.path, threads=1).run(x)
+    assert got.dtype == torch.float32 and float((got - ref.clamp(0, 1)).abs().max()) < 1e-2
 
 
 def test_export_sidecar_and_batches(exported: Path, model_file: Path) -> None:
