@@ -128,10 +128,23 @@ class _CascadeNet(nn.Module):
 
 
 def _max_pool_ceil(x: Tensor, k: int, stride: int) -> Tensor:
-    """``max_pool2d(x, k, stride, ceil_mode=True)``; the k == stride case by a reshape (much faster on CPU)."""
-    if k != stride:
-        return F.max_pool2d(x, k, stride, ceil_mode=True)
+    """``max_pool2d(x, k, stride, ceil_mode=True)`` by reshapes and strided slices (CPU's is slow here)."""
     n, c, h, w = x.shape
+    if k != stride:
+        # Shifted strided slices of a -inf padded map (ceil mode: the last window starts inside).
+        def out_len(size: int) -> int:
+            o = -(-(size - k) // stride) + 1
+            return o - 1 if (o - 1) * stride >= size else o
+
+        oh, ow = out_len(h), out_len(w)
+        x = F.pad(x, (0, (ow - 1) * stride + k - w, 0, (oh - 1) * stride + k - h), value=float("-inf"))
+        out = None
+        for dy in range(k):
+            for dx in range(k):
+                v = x[:, :, dy:dy + (oh - 1) * stride + 1:stride, dx:dx + (ow - 1) * stride + 1:stride]
+                out = v if out is None else torch.maximum(out, v)
+        assert out is not None
+        return out
     ph, pw = -h % k, -w % k
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), value=float("-inf"))
@@ -226,21 +239,42 @@ def _regress(boxes: Tensor, reg: Tensor, inclusive: bool) -> Tensor:
     return out
 
 
-def _crops(img: Tensor, boxes: Tensor, size: int) -> tuple[Tensor, Tensor]:
+def _summed_area(img: Tensor) -> Tensor:
+    """``3×(H+1)×(W+1)`` float64 summed-area table of a 1×3×H×W image (zero first row/column)."""
+    return F.pad(img[0].double().cumsum(2).cumsum(1), (1, 0, 1, 0))
+
+
+def _crops(img: Tensor, boxes: Tensor, size: int, table: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Area-resized ``size×size`` crops of 1-based inclusive integer boxes clipped to the image.
 
-    Returns the crops and the indices of the boxes that kept a non-empty region.
+    Equal to ``F.interpolate(region, size, mode="area")`` per box (adaptive average pooling:
+    output cell ``i`` averages input rows ``floor(i·h/size)`` to ``ceil((i+1)·h/size)``), computed
+    for all boxes at once from one summed-area table (``_summed_area(img)``, built when not
+    given). Returns the crops and the indices of the
+    boxes that kept a non-empty region.
     """
     h, w = img.shape[-2:]
     b = boxes[:, :4].trunc().long()
-    x0, y0 = b[:, 0].clamp(min=1), b[:, 1].clamp(min=1)
+    x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
     x1, y1 = b[:, 2].clamp(max=w), b[:, 3].clamp(max=h)
-    ok = [i for i in range(len(b)) if x1[i] > x0[i] - 1 and y1[i] > y0[i] - 1]
-    if not ok:
-        return img.new_zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
-    crops = [F.interpolate(img[:, :, int(y0[i]) - 1:int(y1[i]), int(x0[i]) - 1:int(x1[i])], size=(size, size),
-                           mode="area") for i in ok]
-    return torch.cat(crops), torch.tensor(ok, dtype=torch.long)
+    ok = torch.nonzero((x1 > x0) & (y1 > y0)).flatten()
+    if not len(ok):
+        return img.new_zeros(0, 3, size, size), ok
+    x0, y0, x1, y1 = x0[ok], y0[ok], x1[ok], y1[ok]
+    if table is None:
+        table = _summed_area(img)
+    i = torch.arange(size)
+
+    def cells(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        n = (hi - lo)[:, None]
+        return lo[:, None] + (i * n) // size, lo[:, None] - ((-(i + 1) * n) // size)
+
+    rs, re = cells(y0, y1)
+    cs, ce = cells(x0, x1)
+    r0, r1, c0, c1 = rs[:, :, None], re[:, :, None], cs[:, None, :], ce[:, None, :]
+    total = table[:, r1, c1] - table[:, r0, c1] - table[:, r1, c0] + table[:, r0, c0]
+    crops = (total / ((r1 - r0) * (c1 - c0))).permute(1, 0, 2, 3)
+    return crops.to(img.dtype).contiguous(), ok
 
 
 class MtcnnDetector(FaceDetector):
@@ -335,7 +369,8 @@ class MtcnnDetector(FaceDetector):
         boxes = torch.cat([boxes, cand[:, 4:5]], 1)
 
         # Stage 2: R-Net on 24-px crops.
-        crops, ok = _crops(img, boxes, 24)
+        table = _summed_area(img)
+        crops, ok = _crops(img, boxes, 24, table)
         if not len(ok):
             return empty
         boxes = boxes[ok]
@@ -351,7 +386,7 @@ class MtcnnDetector(FaceDetector):
         boxes = torch.cat([_square(_regress(boxes[:, :4], reg, inclusive=True)), boxes[:, 4:5]], 1)
 
         # Stage 3: O-Net on 48-px crops: final boxes, scores and landmarks.
-        crops, ok = _crops(img, boxes, 48)
+        crops, ok = _crops(img, boxes, 48, table)
         if not len(ok):
             return empty
         boxes = boxes[ok]
