@@ -253,8 +253,8 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
                 log: Callable[[str], None] | None = None) -> ExportResult:
     """Export ``spec.module`` to ``out`` (see the module docstring); returns the check's figures.
 
-    The module is copied to the CPU in float32 (float16 inside the graph with ``fp16``) and
-    traced at ``spec.example``'s size. Raises :class:`OnnxExportError` when export fails or
+    The module is traced in eval mode at ``spec.example``'s size, on the CPU in float32 (a copy
+    when it is elsewhere; float16 inside the graph with ``fp16``); its modes are restored after. Raises :class:`OnnxExportError` when export fails or
     the largest absolute difference from PyTorch exceeds ``tolerance`` (default
     :data:`DEFAULT_TOLERANCE`, or :data:`DEFAULT_TOLERANCE_FP16` with ``fp16``); then no file
     is written.
@@ -278,7 +278,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
     on_cpu_fp32 = all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point())
                       for t in tensors)
     reference = spec.module if on_cpu_fp32 else copy.deepcopy(spec.module).cpu().float()
-    training = reference.training
+    modes = [(m, m.training) for m in reference.modules()]
     reference.eval()
     graph_module: nn.Module = _Float16(copy.deepcopy(reference)).eval() if fp16 else reference
     example = spec.example[:1].detach().cpu().float()
@@ -378,5 +378,6 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         tmp.unlink(missing_ok=True)
         if side_tmp is not None:
             side_tmp.unlink(missing_ok=True)
-        reference.train(training)
+        for m, mode in modes:
+            m.training = mode
     return ExportResult(out, side, diff, tol, time.perf_counter() - t_start, info)
