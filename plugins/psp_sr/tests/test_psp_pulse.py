@@ -27,7 +27,7 @@ from restorekit_psp_sr import method as method_mod
 from restorekit_psp_sr.encoder import GradualStyleEncoder
 from restorekit_psp_sr.method import PSPSR, PSPSROptions, save_psp_safetensors
 from restorekit_psp_sr.plugin import PSP_DEFAULT_DECODER, build_stylegan2
-from restorekit_psp_sr.psp import PSP
+from restorekit_psp_sr.psp import PSP, default_latent_mask
 from restorekit_psp_sr.psp_pulse import PSPPulse, PSPPulseOptions, search_w_plus
 from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
 
@@ -167,8 +167,13 @@ def test_reproducible_and_samples_distinct(model_file: Path, lr8: torch.Tensor) 
     c = m.restore(lr8, 4, seed=4, n_samples=3)
     assert (a - c).abs().mean() > 1e-3
     assert [(r["image"], r["sample"], r["seed"]) for r in m.last_reports] == [(0, k, 4) for k in range(3)]
-    # Each sample is anchored to its own mixed start: coarse styles are the encoder's.
-    assert m.last_w_plus is not None and m.last_w_psp is not None
+    # Each sample starts from (and is anchored to) pSp's code with its fine styles mixed: after the
+    # search the fine styles are still far from pSp's, the coarse ones close.
+    assert m.last_w_plus is not None and m.last_w_psp is not None and m.w_std is not None
+    assert torch.equal(m.last_w_psp[0], m.last_w_psp[2])
+    dev = ((m.last_w_plus - m.last_w_psp) / m.w_std).pow(2).mean((0, 2)).sqrt()
+    fine = default_latent_mask(dev.shape[0])
+    assert dev[fine].min() > 2 * dev[: fine[0]].max(), dev
     # One sample does not depend on the seed.
     assert torch.equal(m.restore(lr8, 4, seed=1), m.restore(lr8, 4, seed=2))
 
