@@ -140,11 +140,12 @@ def warp(image: Tensor, affine: np.ndarray, out_h: int, out_w: int, *, shrink: f
     factor = int(np.floor(shrink))
     a = affine.copy()
     if factor >= 2:
-        h, w = image.shape[-2] // factor, image.shape[-1] // factor
-        src = F.interpolate(image, size=(h, w), mode="area")
-        a = a.copy()
-        a[0] *= w / image.shape[-1]
-        a[1] *= h / image.shape[-2]
+        # Exact box prefilter: pad bottom/right to a multiple of the factor, then average blocks,
+        # so pooled pixel i covers source pixels [i·f, (i+1)·f) and coordinates scale by 1/f.
+        ph, pw = (-image.shape[-2]) % factor, (-image.shape[-1]) % factor
+        padded = F.pad(image, (0, pw, 0, ph), mode="replicate") if ph or pw else image
+        src = F.avg_pool2d(padded, factor)
+        a = a / factor
     grid = _grid(a, out_h, out_w, src.shape[-2], src.shape[-1]).to(image.device, image.dtype)
     return F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
