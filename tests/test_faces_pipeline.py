@@ -401,3 +401,27 @@ def test_builtin_detectors_registered():
         factory = reg.get("face_detectors", name)
         assert reg.owner["face_detectors"][name] == "restorekit" and factory.summary
         assert factory.build.landmark_layout == layout
+
+
+@needs_mtcnn
+def test_compare_faces_detect_runs_face_methods_through_the_pipeline(group, plugin_site, tmp_path):
+    """`compare --faces detect`: a face method is scored on whole photos; backend is recorded."""
+    from restorekit.cli import build_cli
+
+    plugin_site("thirdparty-facesharp", "thirdparty_facesharp", PLUGIN)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    save_image(group[0], hr / "group.png")
+    out = tmp_path / "report"
+    args = ["compare", "--methods", "bicubic,sharpen_face3p", "--scale", "2", "--data", str(hr), "--out", str(out),
+            "--metrics", "psnr_rgb", "--faces", "detect", "--json", "-q"]
+    r = CliRunner().invoke(build_cli(), args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "results.json").read_text())
+    rows = {row["method"]: row for row in doc["images"]}
+    assert rows["sharpen_face3p"]["report"]["faces"]  # one record per face restored in the photo
+    assert len(rows["sharpen_face3p"]["report"]["faces"]) == len(PLACEMENTS)
+    assert "report" not in rows["bicubic"] or not rows["bicubic"].get("report")
+    # Outside faces the composite is the bicubic upscale, so PSNR differs but stays close.
+    assert rows["sharpen_face3p"]["metrics"]["psnr_rgb"] != rows["bicubic"]["metrics"]["psnr_rgb"]
+    assert {m["name"]: m["backend"] for m in doc["methods"]} == {"bicubic": "torch", "sharpen_face3p": "torch"}

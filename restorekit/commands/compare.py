@@ -48,9 +48,15 @@ def _name_list(value: str | None) -> list[str] | None:
 @click.option("--fresh", is_flag=True, help="Recompute everything instead of reusing stored results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (without per-image rows) as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
+@click.option("--faces", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
+              help="detect: photos from the wild; face methods run through detect-align-restore-paste.")
+@click.option("--detector", default=None, help="Face detector for --faces detect (default: mtcnn).")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="Run methods in PyTorch or as exported ONNX graphs (methods that export).")
 def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr_dir: str | None,
                 seeds: list[int], limit: int | None, out: Path, metrics: str | None, device: str,
-                opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool) -> None:
+                opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool, faces: str,
+                detector: str | None, backend: str) -> None:
     """Compare METHODS on the HR images of --data: same LR inputs, same metrics, one table.
 
     Results are stored per (method, image, seed) under --out and reused by a later run with the
@@ -67,7 +73,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     try:
         config = CompareConfig(methods=names, scale=scale, data=data, out=out, degradation=degradation,
                                lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
-                               device=device, opts=parse_method_opts(opts, names), fresh=fresh, quiet=quiet)
+                               device=device, opts=parse_method_opts(opts, names), fresh=fresh, quiet=quiet,
+                               faces=faces, detector=detector, backend=backend)
         p = plan(config)
         n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
         check_writable(out)

@@ -198,7 +198,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     head = ["method", "deterministic", "seeds", "images", "ok", "failed"]
     for n in names:
         head += [f"{n}_mean", f"{n}_std", f"{n}_nan"]
-    w.writerow(head + ["ms_per_image", "warmup_ms", "peak_mem_mb", "device", "precision"])
+    w.writerow(head + ["ms_per_image", "warmup_ms", "peak_mem_mb", "device", "precision", "backend"])
     plans = {mp.name: mp for mp in sm.result.plan.methods}
     for s in sm.methods:
         row: list[Any] = [s.name, int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),
@@ -207,7 +207,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
             st = s.metrics[n]
             row += [_csv_num(st.mean), _csv_num(st.std), st.nan]
         row += [_csv_num(s.runtime_ms.mean), _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
-                plans[s.name].device, plans[s.name].precision]
+                plans[s.name].device, plans[s.name].precision, plans[s.name].backend]
         w.writerow(row)
     summary = out / "summary.csv"
     atomic_write_bytes(summary, buf.getvalue().encode())
@@ -219,7 +219,7 @@ def _method_doc(mp: MethodPlan, s: MethodSummary, best: dict[str, set[str]]) -> 
     return {"name": mp.name, "plugin": mp.plugin, "distribution": mp.distribution, "version": mp.version,
             "summary": info.summary, "license": info.license, "paper": info.paper,
             "deterministic": info.deterministic, "options": mp.options.model_dump(mode="json"),
-            "settings_hash": mp.settings_hash, "device": mp.device, "precision": mp.precision,
+            "settings_hash": mp.settings_hash, "device": mp.device, "precision": mp.precision, "backend": mp.backend,
             "weights": mp.weights_info, "load_error": mp.load_error,
             "best_in": sorted(c for c, names in best.items() if mp.name in names),
             "aggregate": s.as_dict()}

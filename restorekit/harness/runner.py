@@ -62,6 +62,11 @@ class CompareConfig:
     opts: dict[str, dict[str, str]] = field(default_factory=dict)
     fresh: bool = False
     quiet: bool = True
+    # "aligned": inputs are aligned faces (or any image); "detect": photos from the wild, face
+    # methods run through the detect-align-restore-paste pipeline.
+    faces: str = "aligned"
+    detector: str | None = None
+    backend: str = "torch"
 
 
 @dataclass
@@ -80,6 +85,7 @@ class MethodPlan:
     # Filled in when the method is built.
     device: str = ""
     precision: str = "float32"
+    backend: str = "torch"
     weights_info: dict[str, Any] | None = None
     load_error: str | None = None
 
@@ -220,6 +226,10 @@ def plan(config: CompareConfig) -> Plan:
         settings = {"method": name, "options": options.model_dump(mode="json"), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver}
+        if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
+            settings["faces"] = {"mode": config.faces, "detector": config.detector}
+        if config.backend != "torch":
+            settings["backend"] = config.backend
         methods.append(MethodPlan(name, cls, options, plugin, dist, ver, seeds, settings, settings_hash(settings)))
 
     # Default: every registered metric, in registration order (core first, then plugins).
@@ -304,10 +314,15 @@ class _Clock:
         self.t[stage] = self.t.get(stage, 0.0) + seconds
 
 
-def _build(mp: MethodPlan, device: torch.device) -> Method | None:
+def _build(mp: MethodPlan, device: torch.device, backend: str = "torch") -> Method | None:
     try:
         m = mp.cls(mp.options, device=device)
         m.load()
+        if backend == "onnxruntime":
+            from ..onnx_backend import onnx_method
+
+            m = onnx_method(m)
+        mp.backend = str(getattr(m, "backend", "torch"))
     except Exception as exc:
         mp.load_error = f"could not load {mp.name}: {type(exc).__name__}: {exc}"
         return None
@@ -357,12 +372,13 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
                 if rec is None:  # needs the method: build lazily, once
                     if not built:
                         t0 = time.perf_counter()
-                        method = _build(mp, p.device)
+                        method = _build(mp, p.device, cfg.backend)
                         clock.add("method_load", time.perf_counter() - t0)
                         built = True
                         if method is not None:
                             store.save_meta(mp.name, mp.settings_hash, {
-                                "device": mp.device, "precision": mp.precision, "weights": mp.weights_info})
+                                "device": mp.device, "precision": mp.precision, "backend": mp.backend,
+                                "weights": mp.weights_info})
                     rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
                     if rec.ms is not None:
                         first_call = False
@@ -380,6 +396,7 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
             meta = store.load_meta(mp.name, mp.settings_hash) or {}
             mp.device = str(meta.get("device") or "")
             mp.precision = str(meta.get("precision") or mp.precision)
+            mp.backend = str(meta.get("backend") or mp.backend)
             mp.weights_info = meta.get("weights") if isinstance(meta.get("weights"), dict) else None
         if not mp.device:
             mp.device = _device_name(p.device)
@@ -450,7 +467,14 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
         rss0 = None if cuda else _maxrss_mib()
         t0 = time.perf_counter()
         with torch.no_grad():
-            y = method.restore(x, scale, seed=seed, n_samples=1)
+            if p.config.faces == "detect" and method.info.input_kind == "aligned_face":
+                from ..faces.detectors import DEFAULT_DETECTOR
+                from ..faces.pipeline import restore_photo
+
+                y, faces = restore_photo(method, x, scale, p.config.detector or DEFAULT_DETECTOR, seed=seed)
+                rec.report = {"faces": faces}
+            else:
+                y = method.restore(x, scale, seed=seed, n_samples=1)
         if cuda:
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
