@@ -44,8 +44,10 @@ from restorekit.interfaces import Method, MethodInfo, Options
 
 PSP_FORMAT = "restorekit.psp/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# The embedded default model (trained with `restorekit train psp_sr`, shipped in the package).
-DEFAULT_MODEL_FILE = "psp_sr_ffhq128.safetensors"
+# The embedded default model (trained by plugins/psp_sr/recipes/faces128, shipped in the package;
+# registry entry `psp-sr-faces128` holds its sha256, size and license).
+DEFAULT_MODEL_FILE = "psp_sr_faces128.safetensors"
+DEFAULT_MODEL_NAME = "psp-sr-faces128"
 OFFICIAL_WEIGHTS = "psp-celebs-super-resolution"
 
 
@@ -242,7 +244,7 @@ class PSPSR(Method):
                     f"({WEIGHTS_DIR}); pass --weights FILE (a restorekit-trained .safetensors or an official pSp "
                     f".pt), or get the paper's model with `restorekit weights pull {OFFICIAL_WEIGHTS}` (or "
                     f"`restorekit weights import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}")
-            return path, ""
+            return path, DEFAULT_MODEL_NAME
         p = Path(w).expanduser()
         if p.is_file():
             return p, ""
@@ -265,16 +267,22 @@ class PSPSR(Method):
 
         license_ = config.get("license") or ""
         if name:
+            from restorekit.errors import UnknownNameError
             from restorekit.weights import get_spec
 
-            spec = get_spec(name)
+            try:
+                spec = get_spec(name)
+            except UnknownNameError:  # a file dropped in place of the default, with no registry entry
+                spec = None
             license_ = getattr(spec, "license", license_) or license_
         self.weights_info = {"name": name or config.get("name") or path.name, "file": str(path),
                              "sha256": sha256_file(path), "license": license_ or "unknown",
                              "format": config.get("format", PSP_FORMAT)}
         sizes = ", ".join(str(s) for s in self.input_sizes())
         factors = ",".join(str(f) for f in self.factors)
+        default = " (the embedded default; --weights NAME|PATH selects another)" if self.options.weights is None else ""
         self.notes = [
+            f"psp_sr: weights {self.weights_info['name']}{default}, license {self.weights_info['license']}",
             f"psp_sr: {self.weights_info['name']} ({self.resolution}-px generator, {self.input_size}-px encoder input, "
             f"trained for ×{factors}): expects aligned square faces of {sizes} px",
             (f"psp_sr: outputs are the generator's {self.resolution} px (keep_native_size)"
@@ -312,6 +320,10 @@ class PSPSR(Method):
             if self.resolution * f == scale * self.input_size and self.input_size % f == 0:
                 return self.input_size // f
         return max(8, self.input_size // max(scale, 1))
+
+    def face_input_size(self, scale: int) -> int:
+        """Aligned-crop size for photos from the wild (``--faces detect``): a trained input size."""
+        return self.preferred_input_size(scale)
 
     def _note_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
