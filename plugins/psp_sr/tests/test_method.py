@@ -61,7 +61,7 @@ def test_output_size_scale_and_native_resolution(model_file: Path) -> None:
     assert torch.equal(m.restore(lr, 4), out4)  # deterministic
     native = make(model_file, keep_native_size=True).restore(smooth_batch(1, 8, 8), 4)
     assert native.shape == (1, 3, 32, 32)
-    assert "resized" in m.notes[1] and "8" in m.notes[0]
+    assert "license" in m.notes[0] and "8" in m.notes[1] and "resized" in m.notes[2]
 
 
 def test_conformance(model_file: Path) -> None:
