@@ -26,16 +26,6 @@ def hr_folder(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch: pytest.MonkeyPatch):
-    """Each test discovers plugins anew, with a clean plugin environment."""
-    monkeypatch.delenv("RESTOREKIT_LOAD_PLUGINS", raising=False)
-    monkeypatch.delenv("RESTOREKIT_STRICT_PLUGINS", raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
-
-
 @pytest.fixture
 def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Returns ``add(dist, module, source)``; the site folder is on sys.path and PYTHONPATH."""

@@ -60,19 +60,20 @@ def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             data = files.content.get(self.path)
             rng = self.headers.get("Range")
+            # Log before answering: the client may return before this thread runs again.
             if data is None:
-                self.send_error(404)
                 files.log.append((self.path, rng, 0))
+                self.send_error(404)
                 return
             start = 0
             if rng and files.honour_range:
                 start = int(rng.removeprefix("bytes=").split("-")[0])
                 if start >= len(data):
+                    files.log.append((self.path, rng, 0))
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    files.log.append((self.path, rng, 0))
                     return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -84,13 +85,13 @@ def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             cut = files.drop_after.pop(self.path, None)
             if cut is not None:
+                files.log.append((self.path, rng, cut))
                 self.wfile.write(body[:cut])
                 self.wfile.flush()
                 self.close_connection = True
-                files.log.append((self.path, rng, cut))
                 return
-            self.wfile.write(body)
             files.log.append((self.path, rng, len(body)))
+            self.wfile.write(body)
 
     return Handler
 
