@@ -106,6 +106,8 @@ class WeightFile(_Frozen):
     sha256: str | None = None
     urls: tuple[str, ...] = ()
     package_source: PackageSource | None = None
+    # Shipped inside an installed package: "import.name:relative/path" (no download, no cache copy).
+    bundled: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[\w./-]+$")
 
     @field_validator("sha256")
     @classmethod
@@ -130,8 +132,10 @@ class WeightFile(_Frozen):
 
     @model_validator(mode="after")
     def _one_source(self) -> WeightFile:
-        if self.urls and self.package_source is not None:
-            raise ValueError("give either urls or package_source, not both")
+        if sum(bool(x) for x in (self.urls, self.package_source, self.bundled)) > 1:
+            raise ValueError("give one source: urls, package_source or bundled")
+        if self.bundled and (self.sha256 is None or self.size is None):
+            raise ValueError("a bundled file needs its size and sha256")
         return self
 
 
@@ -355,8 +359,39 @@ def _expected_sha(wf: WeightFile, rec: CachedFile | None) -> str | None:
     return wf.sha256 if wf.sha256 is not None else (rec.sha256 if rec is not None else None)
 
 
+def bundled_path(wf: WeightFile) -> Path:
+    """Where an installed package keeps a bundled file (found without importing the package)."""
+    import importlib.util
+
+    assert wf.bundled is not None
+    package, _, rel = wf.bundled.partition(":")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    for loc in (found.submodule_search_locations or []) if found is not None else []:
+        path = Path(loc) / rel
+        if path.is_file():
+            return path
+    raise WeightsMissing(wf.filename, f"it ships inside the '{package}' package, which is not installed "
+                                      f"or lacks {rel}")
+
+
+def _check_bundled(spec: WeightSpec, wf: WeightFile) -> Path:
+    """A bundled file after a full size + sha256 check (bundled files are small)."""
+    path = bundled_path(wf)
+    size = path.stat().st_size
+    actual = sha256_file(path)
+    if size != wf.size or actual != wf.sha256:
+        raise IntegrityError(f"{path} (bundled '{spec.name}') has {size} bytes and sha256 {actual}; the registry "
+                             f"says {wf.size} bytes, {wf.sha256}: reinstall the package that ships it")
+    return path
+
+
 def _check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
     """Path of a cached file after checks; raises WeightsMissing or IntegrityError."""
+    if wf.bundled is not None:
+        return _check_bundled(spec, wf)
     folder = weights_dir(spec.name)
     path = folder / wf.filename
     rec = _read_manifest(folder).get(wf.filename)

@@ -33,7 +33,7 @@ def test_entry_validates(path: Path) -> None:
         assert path.parent.name == "weights"
         assert entry.license and entry.source
         for f in entry.files:
-            assert f.urls or f.package_source, f"{entry.name}: no way to pull {f.filename}"
+            assert f.urls or f.package_source or f.bundled, f"{entry.name}: no way to get {f.filename}"
             if f.package_source is not None:
                 assert callable(load_converter(f.package_source.converter))
             if f.sha256 is None and f.package_source is None:

@@ -644,3 +644,24 @@ def test_flatten_refuses_colliding_keys(tmp_path: Path) -> None:
     torch.save({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, p)
     with pytest.raises(RestorekitError, match="'a.b' occurs twice"):
         W.load_state_dict(p)
+
+
+def test_bundled_weights_resolve_in_place_and_are_hash_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              specs: dict[str, W.WeightSpec]) -> None:
+    pkg = tmp_path / "site" / "bundlepkg_3p"
+    (pkg / "weights").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    data = os.urandom(3000)
+    (pkg / "weights" / "m.safetensors").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sha = hashlib.sha256(data).hexdigest()
+    specs["bundled"] = W.WeightSpec(name="bundled", architecture="x", plugin="p", license="MIT", files=(
+        W.WeightFile(filename="m.safetensors", size=3000, sha256=sha, bundled="bundlepkg_3p:weights/m.safetensors"),))
+    path = W.resolve("bundled")
+    assert path == pkg / "weights" / "m.safetensors"
+    assert W.verify("bundled") == [] and W.pull("bundled", quiet=True) == [path]
+    (pkg / "weights" / "m.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(IntegrityError, match="reinstall"):
+        W.resolve("bundled")
+    with pytest.raises(ValueError, match="size and sha256"):
+        W.WeightFile(filename="m.safetensors", bundled="bundlepkg_3p:weights/m.safetensors")

@@ -44,6 +44,7 @@ from restorekit.interfaces import Method, MethodInfo, Options
 
 PSP_FORMAT = "restorekit.psp/1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_PACKAGE_WEIGHTS = WEIGHTS_DIR
 # The embedded default model (trained by plugins/psp_sr/recipes/faces128, shipped in the package;
 # registry entry `psp-sr-faces128` holds its sha256, size and license).
 DEFAULT_MODEL_FILE = "psp_sr_faces128.safetensors"
@@ -238,6 +239,15 @@ class PSPSR(Method):
         w = self.options.weights
         if w is None:
             path = WEIGHTS_DIR / DEFAULT_MODEL_FILE
+            if path.is_file() and path.parent == _PACKAGE_WEIGHTS:
+                # The registry entry pins the bundled file's size and sha256: check them.
+                from restorekit.errors import UnknownNameError
+                from restorekit.weights import resolve
+
+                try:
+                    return resolve(DEFAULT_MODEL_NAME), DEFAULT_MODEL_NAME
+                except UnknownNameError:
+                    pass
             if not path.is_file():
                 raise PSPModelError(
                     f"psp_sr: the default model {DEFAULT_MODEL_FILE} is not in this installation "
