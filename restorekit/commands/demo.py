@@ -95,7 +95,16 @@ def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet
 
     k = int(scale)
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    built = {n: build_method(n, {}, "auto") for n in names}
+    built: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    for n in names:
+        try:
+            built[n] = build_method(n, {}, "auto")
+        except RestorekitError as exc:  # e.g. weights not installed: say why, run the others
+            unavailable[n] = str(exc)
+            warn(f"{n} is not available here and is left out of the demo: {exc}")
+    if not built:
+        raise RestorekitError(f"demo: none of the methods {', '.join(names)} can run here")
     # The face model's own resolution is the HR size, so its output needs no resizing.
     res = next((int(getattr(m, "resolution")) for m in built.values()
                 if isinstance(getattr(m, "resolution", None), int)), 128)
@@ -129,7 +138,7 @@ def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet
     for name, sr in outputs.items():
         save_image(sr, output / f"astronaut_x{k}_{name}.png")
     summary = {"photo": "skimage.data.astronaut() — NASA portrait of Eileen Collins, public domain",
-               "scale": k, "hr_size": res, "face": record, "results": results,
+               "scale": k, "hr_size": res, "face": record, "results": results, "unavailable": unavailable,
                "side_by_side": str(output / f"astronaut_x{k}.png")}
     atomic_write_bytes(output / "metrics.json", json.dumps(summary, indent=2).encode())
     if as_json:
