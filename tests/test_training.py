@@ -392,3 +392,17 @@ def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4]  # rank 0 alone writes the log
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+
+
+def test_cosine_lr_schedule_depends_only_on_the_step():
+    from restorekit.training.config import TrainConfig
+    from restorekit.training.trainer import Trainer
+
+    cfg = TrainConfig(steps=100, lr=1e-3, lr_schedule="cosine", lr_decay_start=20, lr_final_ratio=0.1)
+    t = Trainer.__new__(Trainer)  # lr_at reads only the config
+    t.config = cfg
+    assert t.lr_at(0) == t.lr_at(19) == 1e-3
+    assert abs(t.lr_at(60) - (1e-4 + 0.9e-3 * 0.5)) < 1e-12  # half-way through the decay
+    assert abs(t.lr_at(100) - 1e-4) < 1e-12
+    values = [t.lr_at(s) for s in range(20, 101)]
+    assert values == sorted(values, reverse=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -410,10 +411,24 @@ class Trainer:
         return contextlib.nullcontext()
 
     # -- the loop ----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """The configured learning rate for optimizer step ``step`` (0-based)."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant" or step < cfg.lr_decay_start:
+            return cfg.lr
+        span = max(1, cfg.steps - cfg.lr_decay_start)
+        t = min(1.0, (step - cfg.lr_decay_start) / span)
+        floor = cfg.lr * cfg.lr_final_ratio
+        return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
     def _one_step(self, batches: Iterator[Any]) -> dict[str, Tensor]:
         """One optimizer step over ``grad_accum`` micro-batches; detached losses (no host sync
         on CUDA: values are read only when logged)."""
         cfg = self.config
+        if cfg.lr_schedule != "constant":
+            lr = self.lr_at(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, Tensor] = {}
         for j in range(cfg.grad_accum):
