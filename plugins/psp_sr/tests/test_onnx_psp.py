@@ -19,30 +19,17 @@ from restorekit.cli import build_cli  # noqa: E402
 from restorekit.onnx_backend import OnnxBackendError, OnnxSession, onnx_method  # noqa: E402
 from restorekit.onnx_export import ExportSpec, export_onnx, find_export_spec, read_sidecar  # noqa: E402
 from restorekit.testing.data import smooth_batch  # noqa: E402
-from restorekit_psp_sr.encoder import GradualStyleEncoder  # noqa: E402
+from tiny_models import save_tiny, tiny_psp
 from restorekit_psp_sr.method import PSPSR, PSPSROptions, save_psp_safetensors  # noqa: E402
 from restorekit_psp_sr.onnx_graph import PSPInferenceGraph, StaticFIR  # noqa: E402
 from restorekit_psp_sr.ops import upfirdn2d_ref  # noqa: E402
-from restorekit_psp_sr.psp import PSP  # noqa: E402
-from restorekit_psp_sr.stylegan2 import StyleGAN2Generator  # noqa: E402
 
 
-def tiny_psp(seed: int = 0) -> PSP:
-    torch.manual_seed(seed)
-    g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref")
-    enc = GradualStyleEncoder(g.n_styles, 16, backbone="ir_se_light", input_size=32, head_channels=16)
-    with torch.no_grad():  # non-zero noise strengths, so the constant noise buffers matter
-        for k, v in g.named_parameters():
-            if k.endswith("noise.weight"):
-                v.fill_(0.3)
-    return PSP(enc, g, g.mean_latent(256)).eval()
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_psp_safetensors(tiny_psp(), path, factors=[1, 2, 4], license="CC0-1.0", name="tiny")
-    return path
+    return save_tiny(tmp_path_factory.mktemp("model") / "tiny.safetensors", noise_strength=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +62,7 @@ def test_static_fir_equals_upfirdn2d(up: int, pad: tuple[int, int]) -> None:
 
 
 def test_graph_module_equals_model_and_leaves_it_alone() -> None:
-    model = tiny_psp()
+    model = tiny_psp(noise_strength=0.3)
     graph = PSPInferenceGraph(model)
     x = smooth_batch(3, 32, 32, seed=3)
     with torch.no_grad():
@@ -88,7 +75,7 @@ def test_graph_module_equals_model_and_leaves_it_alone() -> None:
 
 def test_fp16_export(tmp_path: Path) -> None:
     """float16 inside the graph (StyleGAN2's addcmul must stay float16), float32 in and out."""
-    model = tiny_psp()
+    model = tiny_psp(noise_strength=0.3)
     res = export_onnx(ExportSpec(PSPInferenceGraph(model), torch.full((1, 3, 32, 32), 0.5)), tmp_path / "h.onnx",
                       fp16=True)
     assert res.info["precision"] == "float16" and 0 < res.max_abs_diff < 1e-2
@@ -130,7 +117,7 @@ def test_backend_restore_matches_torch(exported: Path, model_file: Path) -> None
     with pytest.raises(OnnxBackendError, match="n_samples=2 needs --backend torch"):
         om.restore(smooth_batch(1, 16, 16), 2, n_samples=2)
     # A graph from other weights is refused.
-    other = tiny_psp(seed=1)
+    other = tiny_psp(seed=1, noise_strength=0.3)
     other_file = model_file.parent / "other.safetensors"
     save_psp_safetensors(other, other_file, factors=[1, 2, 4], license="CC0-1.0", name="other")
     with pytest.raises(OnnxBackendError, match="exported from weights sha256"):

@@ -23,29 +23,21 @@ from restorekit.optim.latent import downscale_mse, geocross
 from restorekit.plugins import registry
 from restorekit.testing.conformance import check_method
 from restorekit.testing.data import smooth_batch
+from tiny_models import save_tiny
 from restorekit_psp_sr import method as method_mod
-from restorekit_psp_sr.encoder import GradualStyleEncoder
-from restorekit_psp_sr.method import PSPSR, PSPSROptions, save_psp_safetensors
+from restorekit_psp_sr.method import PSPSR, PSPSROptions
 from restorekit_psp_sr.plugin import PSP_DEFAULT_DECODER, build_stylegan2
-from restorekit_psp_sr.psp import PSP, default_latent_mask
+from restorekit_psp_sr.psp import default_latent_mask
 from restorekit_psp_sr.psp_pulse import PSPPulse, PSPPulseOptions, search_w_plus
-from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
 
 STEPS = 12
 
 
-def tiny_psp(seed: int = 0) -> PSP:
-    torch.manual_seed(seed)
-    g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref")
-    enc = GradualStyleEncoder(g.n_styles, 16, backbone="ir_se_light", input_size=32, head_channels=16)
-    return PSP(enc, g, g.mean_latent(256)).eval()
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_psp_safetensors(tiny_psp(), path, factors=[1, 2, 4], license="CC0-1.0", name="tiny")
-    return path
+    return save_tiny(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def generator_lr(model_file: Path, n: int = 1, size: int = 8, seed: int = 5) -> torch.Tensor:
