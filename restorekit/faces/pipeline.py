@@ -455,7 +455,6 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     Writes the outputs of :func:`photo_outputs` and ``<stem>.json`` per photo; exits like
     ``run`` (0, or 1 when some inputs failed).
     """
-    import json
     from pathlib import Path
 
     import click

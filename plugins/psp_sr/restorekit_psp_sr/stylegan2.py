@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from restorekit.interfaces import Generator
 
-from .ops import SQRT2, FusedLeakyReLU, Impl, fused_bias_act, upfirdn2d
+from .ops import FusedLeakyReLU, Impl, fused_bias_act, upfirdn2d
 
 BLUR_KERNEL = (1, 3, 3, 1)
 RESOLUTIONS = tuple(2**i for i in range(5, 11))  # 32 … 1024

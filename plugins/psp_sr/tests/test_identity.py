@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from restorekit.interfaces import FaceEmbedder
 from restorekit_psp_sr import identity_loss as idl
-from restorekit_psp_sr.arcface import (ArcFaceEmbedder, IRSEBackbone, map_irse_state_dict, official_irse_keys,
+from restorekit_psp_sr.arcface import (ArcFaceEmbedder, IRSEBackbone, official_irse_keys,
                                        prepare_faces)
 from restorekit_psp_sr.identity_loss import IdentityLoss
 
