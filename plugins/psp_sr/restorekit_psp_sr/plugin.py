@@ -43,9 +43,10 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
                     channel_max: int | None = None, weights: str | os.PathLike[str] | None = None,
                     impl: str = "auto", allow_unsafe: bool = False) -> Any:
     """A StyleGAN2 generator: random init from the config, or loaded from ``weights``
-    (a rosinality ``.pt`` path or weights name, the decoder of a restorekit pSp ``.safetensors``
-    model, or ``psp_sr:default`` for the decoder of psp_sr's embedded model; the architecture is
-    read off the file and any config given must agree with it)."""
+    (a rosinality ``.pt`` path or weights name, a restorekit StyleGAN2 ``.safetensors`` as
+    ``train stylegan2_ae`` exports it, the decoder of a restorekit pSp ``.safetensors`` model, or
+    ``psp_sr:default`` for the decoder of psp_sr's embedded model; the architecture is read off
+    the file and any config given must agree with it)."""
     from .stylegan2 import StyleGAN2Generator
 
     given = {"resolution": resolution, "channel_multiplier": channel_multiplier,
@@ -54,15 +55,12 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
         return StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8,
                                   channel_multiplier or 2, channel_max=channel_max or 512,
                                   impl=impl)  # type: ignore[arg-type]
-    psp_file = _psp_model_file(weights)
-    if psp_file is not None:
-        from .method import load_psp_safetensors
+    from .train import load_generator
 
-        g = load_psp_safetensors(psp_file, impl=impl)[0].decoder
-    else:
-        from .rosinality import load_rosinality
-
-        g = load_rosinality(_weights_file(weights), allow_unsafe=allow_unsafe, impl=impl)
+    path = _psp_model_file(weights) or _weights_file(weights)
+    # restorekit StyleGAN2 / pSp .safetensors (decoder + its latent_avg), or a rosinality .pt.
+    extra = {} if path.suffix == ".safetensors" else {"allow_unsafe": allow_unsafe}
+    g = load_generator(str(path), impl=impl, **extra)
     have = g.config()
     clash = [f"{k}={v} (file has {have[k]})" for k, v in given.items() if v is not None and v != have[k]]
     if clash:
@@ -72,7 +70,8 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
 
 def register_generators(register: Any) -> None:
     register("stylegan2", build_stylegan2,
-             summary="StyleGAN2 (config-f and smaller, rosinality layout), 32-1024 px; weights: rosinality .pt")
+             summary="StyleGAN2 (config-f and smaller, rosinality layout), 32-1024 px; weights: rosinality .pt, "
+                     "restorekit StyleGAN2 or pSp .safetensors")
 
 
 def register_commands(cli: Any) -> None:

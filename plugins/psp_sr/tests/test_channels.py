@@ -42,3 +42,23 @@ def test_rosinality_tables_still_inferred_as_such():
     g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref")
     cfg = infer_config(g.state_dict())
     assert cfg.channels is None and cfg.channel_max == 16
+
+
+def test_registry_factory_loads_restorekit_generator_and_psp_files(tmp_path):
+    """What `train stylegan2_ae` and `train psp_sr` export is usable by any generator consumer (PULSE)."""
+    from restorekit.plugins import registry
+    from restorekit_psp_sr.train import save_stylegan2_safetensors
+    from tiny_models import save_tiny, tiny_psp
+
+    g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channels=TABLE, impl="ref").eval()
+    path = save_stylegan2_safetensors(g, tmp_path / "generator.safetensors", license="CC0-1.0", name="t")
+    build = registry().get("generators", "stylegan2").build
+    loaded = build(weights=str(path), impl="ref")
+    w = torch.randn(1, g.n_styles, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.synthesize(w), g.synthesize(w))
+    psp_file = save_tiny(tmp_path / "psp.safetensors")
+    dec = build(weights=str(psp_file), impl="ref")
+    with torch.no_grad():
+        w2 = torch.randn(1, dec.n_styles, 16)
+        assert torch.equal(dec.synthesize(w2), tiny_psp().decoder.synthesize(w2))
