@@ -77,15 +77,21 @@ def ffhq_quad(eye_left: np.ndarray, eye_right: np.ndarray, mouth_left: np.ndarra
 
 
 def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, shift) with ``dst ≈ A·src + t`` (Umeyama)."""
+    """Least-squares similarity (rotation, uniform scale, shift) with ``dst ≈ A·src + t`` (Umeyama
+    1991, reflections excluded), as a 2×3 matrix. Used for FFHQ, dlib-chip and ArcFace alignment."""
     src, dst = np.asarray(src, float), np.asarray(dst, float)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"expected two matching K×2 point sets (K ≥ 2), got {src.shape} and {dst.shape}")
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum(1).mean()
+    if var_s <= 0:
+        raise ValueError("source points coincide; no similarity transform")
     cov = d.T @ s / len(src)
     u, sig, vt = np.linalg.svd(cov)
-    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
     rot = u @ sign @ vt
-    scale = np.trace(np.diag(sig) @ sign) / (s**2).sum(1).mean()
+    scale = np.trace(np.diag(sig) @ sign) / var_s
     a = scale * rot
     return np.hstack([a, (mu_d - a @ mu_s)[:, None]])
 

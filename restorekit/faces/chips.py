@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .align import similarity_fit as similarity_transform
+
 __all__ = [
     "DLIB_FIVE_POINT_MEAN", "ChipGeometry", "chip_template", "similarity_transform",
     "chip_geometry", "warp_affine", "pyramid_down2", "extract_face_chips", "dlib_face_chip",
@@ -54,24 +56,6 @@ DLIB_FIVE_POINT_MEAN = np.array([
 def chip_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
     """Chip-pixel positions (5×2) of the 5 landmarks in a ``size`` chip with ``padding``."""
     return (padding + DLIB_FIVE_POINT_MEAN) / (2 * padding + 1) * size
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama, no reflection) mapping ``src`` onto ``dst``; 2×3."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    var_s = (s0 ** 2).sum() / len(src)
-    cov = d0.T @ s0 / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[-1] = -1
-    r = u @ np.diag(d) @ vt
-    scale = (sig * d).sum() / var_s if var_s > 0 else 1.0
-    t = mu_d - scale * r @ mu_s
-    return np.concatenate([scale * r, t[:, None]], axis=1)
 
 
 @dataclass(frozen=True)

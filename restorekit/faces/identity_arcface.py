@@ -33,8 +33,15 @@ import torch
 from torch import Tensor
 
 from ..interfaces import Metric
-from .insightface_models import (DEFAULT_PACK, INSIGHTFACE_LICENSE, PACKS, import_insightface, load_recognizer,
-                                 pack_file)
+from .align import similarity_fit as similarity_transform
+from .insightface_models import (
+    DEFAULT_PACK,
+    INSIGHTFACE_LICENSE,
+    PACKS,
+    import_insightface,
+    load_recognizer,
+    pack_file,
+)
 from .scrfd import ScrfdDetector, to_bgr_uint8
 
 __all__ = ["ARCFACE_TEMPLATE", "ARCFACE_SIZE", "similarity_transform", "arcface_affine", "norm_crop",
@@ -50,31 +57,6 @@ ARCFACE_TEMPLATE = np.array([
     [41.5493, 92.3655],
     [70.7299, 92.2041],
 ], dtype=np.float64)
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2×3 similarity (rotation, uniform scale, translation) mapping ``src`` onto ``dst`` in
-    the least-squares sense (Umeyama 1991, reflections excluded)."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
-        raise ValueError(f"expected two matching K×2 point sets (K ≥ 2), got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    e = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        e[1, 1] = -1.0
-    rot = u @ e @ vt
-    var_s = (s ** 2).sum() / len(src)
-    if var_s <= 0:
-        raise ValueError("source points coincide; no similarity transform")
-    scale = float(np.trace(np.diag(sig) @ e)) / var_s
-    out = np.zeros((2, 3))
-    out[:, :2] = scale * rot
-    out[:, 2] = mu_d - scale * rot @ mu_s
-    return out
 
 
 def arcface_affine(landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
