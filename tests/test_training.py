@@ -405,3 +405,28 @@ def test_cosine_lr_schedule_depends_only_on_the_step():
     assert abs(t.lr_at(100) - 1e-4) < 1e-12
     values = [t.lr_at(s) for s in range(20, 101)]
     assert values == sorted(values, reverse=True)
+
+
+def test_repeat_oversamples_a_subfolder_of_the_training_split(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from restorekit.training.config import DataConfig
+    from restorekit.training.data import DataError, sr_datasets
+
+    for sub, n in (("big", 6), ("small", 2)):
+        (tmp_path / sub).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((16, 16, 3), 10 * i, np.uint8)).save(tmp_path / sub / f"{i}.png")
+    split = tmp_path / "val.txt"
+    split.write_text("big/5.png\nsmall/1.png\n")
+    cfg = DataConfig(root=str(tmp_path), split_file=str(split), repeat={"small": 3})
+    train, val = sr_datasets(tmp_path, 16, cfg)
+    names = [p.relative_to(tmp_path).as_posix() for p in train.files]
+    assert names.count("small/0.png") == 3 and names.count("big/0.png") == 1
+    assert "small/1.png" not in names and len(names) == 5 + 3  # validation images stay out
+    assert len(val) == 2
+    with pytest.raises(DataError, match="no training image: nowhere"):
+        sr_datasets(tmp_path, 16, DataConfig(root=str(tmp_path), split_file=str(split), repeat={"nowhere": 2}))
+    with pytest.raises(ValueError, match="≥ 1"):
+        DataConfig(repeat={"small": 0})

@@ -44,11 +44,16 @@ class DataConfig(_Strict):
     # Keep decoded, resized HR images in memory (uint8) across epochs.
     cache: bool = False
     max_val_images: int = Field(default=16, ge=1)
+    # Training images under these subfolders of the root appear this many times per epoch, to
+    # balance a small subset against a large one (e.g. {"ffhq128" = 4}); validation is unchanged.
+    repeat: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
         if not self.factors or any(f < 1 for f in self.factors):
             raise ValueError(f"factors must be positive integers; got {self.factors}")
+        if any(k < 1 for k in self.repeat.values()):
+            raise ValueError(f"repeat counts must be ≥ 1; got {self.repeat}")
         return self
 
 

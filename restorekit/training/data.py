@@ -184,6 +184,28 @@ class SRPairDataset(Dataset[dict[str, Any]]):
         return {"lr_up": lr_up[0].contiguous(), "hr": hr[0].contiguous(), "factor": factor, "index": index}
 
 
+def oversample(files: Sequence[Path], root: str | Path, repeat: dict[str, int]) -> list[Path]:
+    """``files`` with those under each ``repeat`` subfolder listed ``repeat[sub]`` times (in place)."""
+    if not repeat:
+        return list(files)
+    base = Path(root)
+    prefixes = {sub.strip("/") + "/": k for sub, k in repeat.items()}
+    used = dict.fromkeys(prefixes, 0)
+    out: list[Path] = []
+    for f in files:
+        rel = f.relative_to(base).as_posix()
+        k = 1
+        for prefix, n in prefixes.items():
+            if rel.startswith(prefix):
+                k = max(k, n)
+                used[prefix] += 1
+        out.extend([f] * k)
+    missing = [p.rstrip("/") for p, n in used.items() if n == 0]
+    if missing:
+        raise DataError(f"{base}: data.repeat names subfolders with no training image: {', '.join(missing)}")
+    return out
+
+
 def sr_datasets(root: str | Path, input_size: int, data: Any, *, hr_size: int | None = None,
                 seed: int = 0) -> tuple[SRPairDataset, SRPairDataset | None]:
     """Train and validation datasets for a folder, from a :class:`~.config.DataConfig`."""
@@ -193,6 +215,7 @@ def sr_datasets(root: str | Path, input_size: int, data: Any, *, hr_size: int | 
     train, val = split_files(files, root, split_file=data.split_file, holdout_fraction=data.holdout_fraction)
     if not train:
         raise DataError(f"{root}: the split leaves no training images")
+    train = oversample(train, root, getattr(data, "repeat", {}) or {})
     common = dict(hr_size=hr_size, factors=data.factors, seed=seed, quantize=data.quantize, cache=data.cache)
     train_ds = SRPairDataset(train, input_size, flip=data.flip, train=True, **common)
     val_ds = SRPairDataset(val[: data.max_val_images], input_size, train=False, **common) if val else None
