@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from restorekit.interfaces import FaceEmbedder
 
-from .irse import BackboneConfig, backbone_config, make_body, make_input_layer
+from .irse import BackboneConfig, backbone_config, bn_keys, make_body, make_input_layer, official_body_keys
 
 WEIGHT_NAME = "ir-se50"
 FRAME = 256
@@ -64,19 +64,9 @@ def official_irse_keys(backbone: str | BackboneConfig = "ir_se50", *, affine: bo
     cfg = backbone_config(backbone)
 
     def bn(p: str, aff: bool = True) -> list[str]:
-        keys = [f"{p}.weight", f"{p}.bias"] if aff else []
-        keys += [f"{p}.running_mean", f"{p}.running_var"]
-        return keys + ([f"{p}.num_batches_tracked"] if with_num_batches else [])
+        return bn_keys(p, affine=aff, with_num_batches=with_num_batches)
 
-    keys = ["input_layer.0.weight", *bn("input_layer.1"), "input_layer.2.weight"]
-    for i, b in enumerate(cfg.blocks()):
-        p = f"body.{i}"
-        if b.in_channel != b.depth:
-            keys += [f"{p}.shortcut_layer.0.weight", *bn(f"{p}.shortcut_layer.1")]
-        keys += [*bn(f"{p}.res_layer.0"), f"{p}.res_layer.1.weight", f"{p}.res_layer.2.weight",
-                 f"{p}.res_layer.3.weight", *bn(f"{p}.res_layer.4")]
-        if cfg.se:
-            keys += [f"{p}.res_layer.5.fc1.weight", f"{p}.res_layer.5.fc2.weight"]
+    keys = official_body_keys(cfg, with_num_batches=with_num_batches)
     keys += [*bn("output_layer.0"), "output_layer.3.weight", "output_layer.3.bias", *bn("output_layer.4", affine)]
     return keys
 

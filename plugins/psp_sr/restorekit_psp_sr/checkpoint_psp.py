@@ -32,7 +32,7 @@ from torch import Tensor
 from restorekit.errors import RestorekitError
 
 from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
-from .irse import BackboneConfig, infer_backbone_config
+from .irse import BackboneConfig, bn_keys, infer_backbone_config, official_body_keys
 from .psp import PSP
 
 SUPPORTED_ENCODERS = ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW")
@@ -97,18 +97,9 @@ def official_encoder_keys(encoder_type: str, backbone: BackboneConfig, *, n_styl
     ``head_convs``: number of stride-2 convs of each map2style head (GradualStyleEncoder).
     """
     def bn(p: str) -> list[str]:
-        return [f"{p}.weight", f"{p}.bias", f"{p}.running_mean", f"{p}.running_var"] + (
-            [f"{p}.num_batches_tracked"] if with_num_batches else [])
+        return bn_keys(p, with_num_batches=with_num_batches)
 
-    keys = ["input_layer.0.weight", *bn("input_layer.1"), "input_layer.2.weight"]
-    for i, b in enumerate(backbone.blocks()):
-        p = f"body.{i}"
-        if b.in_channel != b.depth:
-            keys += [f"{p}.shortcut_layer.0.weight", *bn(f"{p}.shortcut_layer.1")]
-        keys += [*bn(f"{p}.res_layer.0"), f"{p}.res_layer.1.weight", f"{p}.res_layer.2.weight",
-                 f"{p}.res_layer.3.weight", *bn(f"{p}.res_layer.4")]
-        if backbone.se:
-            keys += [f"{p}.res_layer.5.fc1.weight", f"{p}.res_layer.5.fc2.weight"]
+    keys = official_body_keys(backbone, with_num_batches=with_num_batches)
     if encoder_type == "GradualStyleEncoder":
         if len(head_convs) != n_styles:
             raise ValueError(f"need one conv count per style head ({n_styles}); got {len(head_convs)}")

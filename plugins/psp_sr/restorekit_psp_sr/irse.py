@@ -179,3 +179,28 @@ def infer_backbone_config(state_dict: dict[str, Tensor], prefix: str = "") -> Ba
     if se:
         reduction = depths[0] // int(state_dict[se_key].shape[0])
     return BackboneConfig(tuple(units), tuple(widths), se=se, se_reduction=reduction)
+
+
+def bn_keys(prefix: str, *, affine: bool = True, with_num_batches: bool = True) -> list[str]:
+    """State-dict keys of one BatchNorm layer in InsightFace/pSp checkpoints."""
+    keys = [f"{prefix}.weight", f"{prefix}.bias"] if affine else []
+    keys += [f"{prefix}.running_mean", f"{prefix}.running_var"]
+    return keys + ([f"{prefix}.num_batches_tracked"] if with_num_batches else [])
+
+
+def official_body_keys(cfg: BackboneConfig, *, with_num_batches: bool = True) -> list[str]:
+    """Keys of the IR/IR-SE stem and body (``input_layer.*``, ``body.N.*``), written out from the
+    official layout independently of the modules, so importers and tests can check checkpoints."""
+    def bn(p: str) -> list[str]:
+        return bn_keys(p, with_num_batches=with_num_batches)
+
+    keys = ["input_layer.0.weight", *bn("input_layer.1"), "input_layer.2.weight"]
+    for i, b in enumerate(cfg.blocks()):
+        p = f"body.{i}"
+        if b.in_channel != b.depth:
+            keys += [f"{p}.shortcut_layer.0.weight", *bn(f"{p}.shortcut_layer.1")]
+        keys += [*bn(f"{p}.res_layer.0"), f"{p}.res_layer.1.weight", f"{p}.res_layer.2.weight",
+                 f"{p}.res_layer.3.weight", *bn(f"{p}.res_layer.4")]
+        if cfg.se:
+            keys += [f"{p}.res_layer.5.fc1.weight", f"{p}.res_layer.5.fc2.weight"]
+    return keys
