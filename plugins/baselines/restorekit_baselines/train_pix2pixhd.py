@@ -8,10 +8,14 @@
 2. discriminator step (its own Adam, :attr:`Pix2PixHDTrainConfig.lr_d`):
    ``½·(LSGAN(D(lr_up, hr), real) + LSGAN(D(lr_up, fake.detach()), fake))``;
 3. generator loss, returned to the shared :class:`~restorekit.training.Trainer` which steps G:
-   ``LSGAN(D(lr_up, fake), real) + λ_feat·FM + λ_vgg·VGG (+ λ_l1·L1)``.
+   ``λ_gan·LSGAN(D(lr_up, fake), real) + λ_feat·FM + λ_vgg·VGG (+ λ_l1·L1 + λ_lpips·LPIPS)``.
+
+With ``lambda_gan = 0`` (and ``lambda_feat = 0``) there is no discriminator at all: the same
+generator trained as a plain regression CNN, e.g. on L1 + LPIPS — the reference that shows what
+a face prior adds over a CNN with the same data and budget.
 
 The loss names in ``log.jsonl``: ``loss`` (G total), ``g_gan``, ``g_fm``, ``g_vgg``, ``g_l1``,
-``d_real``, ``d_fake``, ``d_loss`` and ``l1`` (the plain L1 to the target, for monitoring).
+``d_real``, ``d_fake``, ``d_loss``, ``g_lpips`` and ``l1`` (the plain L1 to the target, for monitoring).
 At the end the generator is exported to ``RUN/pix2pixhd.safetensors`` for the ``pix2pixhd``
 method. The discriminator steps once per micro-batch (with ``grad_accum > 1`` it steps more
 often than G). Multi-process (torchrun) runs are not supported yet: G and D share one
@@ -51,6 +55,10 @@ class Pix2PixHDTrainConfig(TrainConfig):
     lambda_feat: float = Field(10.0, ge=0)
     lambda_vgg: float = Field(10.0, ge=0)
     lambda_l1: float = Field(0.0, ge=0, description="extra pixel L1 (not in pix2pixHD; 0 = off)")
+    lambda_gan: float = Field(1.0, ge=0, description="adversarial weight; 0 = no discriminator (plain CNN)")
+    lambda_lpips: float = Field(0.0, ge=0, description="LPIPS weight (not in pix2pixHD; 0 = off)")
+    lpips_backbone: Literal["alex", "vgg"] = "alex"
+    allow_random_lpips: bool = Field(False, description="tests only: a random LPIPS backbone")
     lr_d: float | None = Field(None, gt=0, description="discriminator learning rate (default: lr)")
     vgg_weights: str = Field("lpips-vgg", description="VGG16 features: weights name or file")
     allow_random_vgg: bool = Field(False, description="tests only: a random VGG backbone instead of vgg_weights")
@@ -65,6 +73,10 @@ class Pix2PixHDTrainConfig(TrainConfig):
         m = 2 ** (self.n_downsampling + self.n_local_enhancers)
         if self.size % m:
             raise ValueError(f"size {self.size} must be a multiple of {m} (2^(n_downsampling + n_local_enhancers))")
+        if self.lambda_gan == 0 and self.lambda_feat:
+            raise ValueError("lambda_feat needs the discriminator: set lambda_feat = 0 with lambda_gan = 0")
+        if self.lambda_gan + self.lambda_feat + self.lambda_vgg + self.lambda_l1 + self.lambda_lpips == 0:
+            raise ValueError("every loss weight is 0: nothing to train")
         if self.amp and self.amp_dtype == "fp16":
             raise ValueError("pix2pixhd trains with bf16 autocast only (amp_dtype=bf16): the D step has no grad scaler")
         return self
@@ -90,15 +102,23 @@ class Pix2PixHDModel(nn.Module):
         raise ValueError(f"unknown part {part!r}")
 
 
-def pix2pixhd_step(model: nn.Module, batch: dict[str, Any], cfg: Pix2PixHDTrainConfig, vgg: VGGLoss,
-                   d_optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+def pix2pixhd_step(model: nn.Module, batch: dict[str, Any], cfg: Pix2PixHDTrainConfig, vgg: VGGLoss | None,
+                   d_optimizer: torch.optim.Optimizer, lpips: nn.Module | None = None) -> dict[str, Tensor]:
     """One D update and the G losses for a batch (``lr_up``, ``hr`` in [0,1]); see the module docstring.
 
     ``model`` is a :class:`Pix2PixHDModel` (called as ``model("G", x)`` / ``model("D", cond, img)``).
-    The returned ``loss`` is G's total; the caller backpropagates it and steps G.
+    The returned ``loss`` is G's total; the caller backpropagates it and steps G. With
+    ``cfg.lambda_gan == 0`` the discriminator is neither run nor stepped.
     """
     lr_up, hr = batch["lr_up"], batch["hr"]
     fake = model("G", lr_up)
+    l1 = (fake - hr).abs().mean()
+    g_lpips = lpips(fake, hr).mean() if lpips is not None and cfg.lambda_lpips else fake.new_zeros(())
+    g_vgg = vgg(fake, hr) if vgg is not None and cfg.lambda_vgg else fake.new_zeros(())
+    if cfg.lambda_gan == 0:
+        loss = cfg.lambda_vgg * g_vgg + cfg.lambda_l1 * l1 + cfg.lambda_lpips * g_lpips
+        return {"loss": loss, "g_vgg": g_vgg.detach(), "g_l1": (cfg.lambda_l1 * l1).detach(),
+                "g_lpips": g_lpips.detach(), "l1": l1.detach()}
     # Discriminator.
     d_optimizer.zero_grad(set_to_none=True)
     d_real = lsgan_loss(model("D", lr_up, hr), True)
@@ -113,12 +133,11 @@ def pix2pixhd_step(model: nn.Module, batch: dict[str, Any], cfg: Pix2PixHDTrainC
         pred_real = model("D", lr_up, hr)
     g_gan = lsgan_loss(pred_fake, True)
     g_fm = feature_matching_loss(pred_fake, pred_real, cfg.n_layers_d) if cfg.lambda_feat else fake.new_zeros(())
-    g_vgg = vgg(fake, hr) if cfg.lambda_vgg else fake.new_zeros(())
-    l1 = (fake - hr).abs().mean()
-    loss = g_gan + cfg.lambda_feat * g_fm + cfg.lambda_vgg * g_vgg + cfg.lambda_l1 * l1
+    loss = (cfg.lambda_gan * g_gan + cfg.lambda_feat * g_fm + cfg.lambda_vgg * g_vgg + cfg.lambda_l1 * l1
+            + cfg.lambda_lpips * g_lpips)
     return {"loss": loss, "g_gan": g_gan.detach(), "g_fm": g_fm.detach(), "g_vgg": g_vgg.detach(),
-            "g_l1": (cfg.lambda_l1 * l1).detach(), "d_real": d_real.detach(), "d_fake": d_fake.detach(),
-            "d_loss": d_loss.detach(), "l1": l1.detach()}
+            "g_l1": (cfg.lambda_l1 * l1).detach(), "g_lpips": g_lpips.detach(), "d_real": d_real.detach(),
+            "d_fake": d_fake.detach(), "d_loss": d_loss.detach(), "l1": l1.detach()}
 
 
 class Pix2PixHDTrainer(Trainer):
@@ -147,19 +166,21 @@ class Pix2PixHDTrainer(Trainer):
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
             torch.manual_seed(config.seed)
             model = Pix2PixHDModel(config)
-            if vgg is None:
+            if vgg is None and config.lambda_vgg:
                 weights = None if config.allow_random_vgg else config.vgg_weights
                 vgg = VGGLoss(weights, allow_random_vgg=config.allow_random_vgg)
+            lpips = _build_lpips(config) if config.lambda_lpips else None
         super().__init__(config, model, train_data, val_data, out=out, params=list(model.G.parameters()),
                          quiet=quiet, dist_info=dist_info)
         if self.dist.distributed:
             raise TrainingError("pix2pixhd: multi-process training is not supported yet; run one process")
-        self.vgg = vgg.to(self.device)
+        self.vgg = vgg.to(self.device) if vgg is not None else None
+        self.lpips = lpips.to(self.device) if lpips is not None else None
         betas = config.betas or (0.5, 0.999)
         self.d_optimizer = torch.optim.Adam(self.model.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
 
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return pix2pixhd_step(net, batch, self.config, self.vgg, self.d_optimizer)
+        return pix2pixhd_step(net, batch, self.config, self.vgg, self.d_optimizer, self.lpips)
 
     def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:
         fake = self.model.G(batch["lr_up"]).clamp(0, 1)
@@ -168,7 +189,9 @@ class Pix2PixHDTrainer(Trainer):
 
     def set_train_mode(self) -> None:
         self.model.train()
-        self.vgg.eval()
+        for frozen in (self.vgg, self.lpips):
+            if frozen is not None:
+                frozen.eval()
 
     def extra_state(self) -> dict[str, Any]:
         return {"d_optimizer": self.d_optimizer.state_dict(),
@@ -182,6 +205,15 @@ class Pix2PixHDTrainer(Trainer):
     def export(self, folder: Path) -> Path:
         return save_generator(self.model.G, Path(folder) / EXPORT_NAME, factors=list(self.config.data.factors),
                               input_size=self.config.size)
+
+
+def _build_lpips(config: Pix2PixHDTrainConfig) -> nn.Module:
+    """The frozen LPIPS loss on the offline backbone (random only when the config allows it)."""
+    from restorekit.networks.lpips_net import build_lpips, lpips_from_registry
+
+    net = (build_lpips(config.lpips_backbone, allow_random=True) if config.allow_random_lpips
+           else lpips_from_registry(config.lpips_backbone))
+    return net.eval().requires_grad_(False)
 
 
 def build_trainer(config: Pix2PixHDTrainConfig, data: str | Path, *, quiet: bool = False) -> Pix2PixHDTrainer:

@@ -128,6 +128,31 @@ def test_tiny_training_learns(faces: Path, tmp_path: Path) -> None:
     assert summary["exported"] == str(tmp_path / "run" / EXPORT_NAME)
 
 
+def test_plain_cnn_without_discriminator(faces: Path, tmp_path: Path) -> None:
+    """lambda_gan = 0: G alone on L1 + LPIPS; D is never run nor stepped; no VGG is built."""
+    cfg = _tiny_config(tmp_path, size=64, lambda_gan=0.0, lambda_feat=0.0, lambda_vgg=0.0, lambda_l1=1.0,
+                       lambda_lpips=0.5, allow_random_vgg=False, allow_random_lpips=True)
+    trainer = build_trainer(cfg, faces, quiet=True)
+    assert trainer.vgg is None and trainer.lpips is not None
+    d_before = {k: v.clone() for k, v in trainer.model.D.state_dict().items()}
+    g_before = {k: v.clone() for k, v in trainer.model.G.state_dict().items()}
+    trainer.fit()
+    assert all(torch.equal(v, trainer.model.D.state_dict()[k]) for k, v in d_before.items())
+    assert any(not torch.equal(v, trainer.model.G.state_dict()[k]) for k, v in g_before.items())
+    rows = [r for r in _log(tmp_path / "run") if r["kind"] == "train"]
+    assert all("d_loss" not in r and r["g_lpips"] > 0 for r in rows)
+    for r in rows:  # the total is exactly the weighted sum of the parts
+        assert r["loss"] == pytest.approx(r["g_l1"] + 0.5 * r["g_lpips"], rel=1e-5)
+    assert rows[-1]["l1"] < rows[0]["l1"]
+
+
+def test_plain_cnn_config_checks() -> None:
+    with pytest.raises(ValueError, match="lambda_feat needs the discriminator"):
+        Pix2PixHDTrainConfig(lambda_gan=0.0)
+    with pytest.raises(ValueError, match="nothing to train"):
+        Pix2PixHDTrainConfig(lambda_gan=0.0, lambda_feat=0.0, lambda_vgg=0.0)
+
+
 def test_export_and_checkpoint_round_trip(faces: Path, tmp_path: Path) -> None:
     cfg = _tiny_config(tmp_path, steps=3, log_every=1)
     trainer = build_trainer(cfg, faces, quiet=True)
