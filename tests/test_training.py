@@ -281,6 +281,27 @@ def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None
     assert [st for st, _ in list_checkpoints(tmp_path / "t")] == [1]
 
 
+def test_until_splits_a_cosine_run_exactly(faces: Path, tmp_path: Path) -> None:
+    """Stopping at a step with --until keeps the schedule of --steps: the split run is the full one."""
+    over = dict(lr_schedule="cosine", lr_decay_start=2, lr_final_ratio=0.1, ckpt_every=100, val_every=100)
+    full = make_trainer(faces, tmp_path / "full", 8, **over)
+    full.fit()
+    part = make_trainer(faces, tmp_path / "part", 8, **over)
+    s = part.fit(until=5)
+    assert s["step"] == 5 and s["stopped_early"] and not s["finished"] and s["exported"] is None
+    assert [st for st, _ in list_checkpoints(tmp_path / "part")] == [5]
+    resumed = make_trainer(faces, tmp_path / "part", 8, **over)
+    with pytest.raises(TrainingError, match="already at step 5"):
+        resumed.fit(resume=True, until=5)
+    resumed = make_trainer(faces, tmp_path / "part", 8, **over)
+    assert resumed.fit(resume=True)["finished"]
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    lrs = [json.loads(ln)["lr"] for ln in (tmp_path / "part" / "log.jsonl").read_text().splitlines()
+           if json.loads(ln)["kind"] == "train"]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < lrs[4] < lrs[1]
+
+
 def test_loss_falls(faces: Path, tmp_path: Path) -> None:
     t = make_trainer(faces, tmp_path / "f", 40, optimizer="adam", lr=1e-2, val_every=100, ckpt_every=100,
                      log_every=5)
@@ -328,6 +349,13 @@ def test_train_command_config_overrides_and_resume(faces: Path, tmp_path: Path) 
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["step"] == 5
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(out), "--resume", "--steps", "9", "--until", "7",
+                                 "--json", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["step"] == 7 and res["steps"] == 9 and not res["finished"]
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(out), "--resume", "--steps", "9", "--until", "7"])
+    assert r.exit_code == 2 and "already at step 7" in r.output
     r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(tmp_path / "new"), "--config", str(cfg)])
     assert r.exit_code == 2 and "--data" in r.output
     r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(tmp_path / "none"), "--resume"])

@@ -49,7 +49,7 @@ def _saved_config(out: Path) -> dict[str, Any]:
 
 def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
                  steps: int | None, sets: tuple[str, ...], resume: bool, time_limit: float | None,
-                 device: str | None, quiet: bool) -> dict[str, Any]:
+                 device: str | None, quiet: bool, until: int | None = None) -> dict[str, Any]:
     """Resolve the config as the command does, build the trainer and fit; returns the summary."""
     from ..training.config import apply_overrides, read_config_file, validate_config
 
@@ -77,7 +77,8 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
         raise RestorekitError("no training data: pass --data DIR (a folder of HR face images)")
     trainer = cls.build(cfg, quiet=quiet)
     try:
-        return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None)
+        return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None,
+                           until=until)
     finally:
         from ..training.distributed import cleanup
 
@@ -100,14 +101,17 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
     @click.option("--time-limit", type=click.FloatRange(min=0), default=None, metavar="MIN",
                   help="Stop (with a checkpoint) after this many minutes; --resume continues later.")
+    @click.option("--until", type=click.IntRange(min=1), default=None, metavar="STEP",
+                  help="Stop (with a checkpoint) at this step; the schedule still ends at --steps.")
     @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
     def cmd(data: Path | None, config: Path | None, out: Path | None, steps: int | None, sets: tuple[str, ...],
-            resume: bool, time_limit: float | None, device: str | None, quiet: bool, as_json: bool) -> None:
+            resume: bool, time_limit: float | None, until: int | None, device: str | None, quiet: bool,
+            as_json: bool) -> None:
         try:
             result = run_training(loader, data=data, config=config, out=out, steps=steps, sets=sets,
-                                  resume=resume, time_limit=time_limit, device=device, quiet=quiet)
+                                  resume=resume, time_limit=time_limit, device=device, quiet=quiet, until=until)
         except RestorekitError as exc:
             fail_usage(str(exc))
             return

@@ -469,9 +469,12 @@ class Trainer:
                         console=Console(stderr=True), disable=self.quiet or not self.dist.is_main,
                         transient=False)
 
-    def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None) -> dict[str, Any]:
+    def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
+            until: int | None = None) -> dict[str, Any]:
         """Train to ``config.steps``; ``resume=True`` continues from the latest checkpoint
-        (a path: from that file). ``time_limit`` (seconds) stops early with a checkpoint.
+        (a path: from that file). ``time_limit`` (seconds) stops early with a checkpoint, and so
+        does ``until`` (a step) — without changing the schedule, which ``config.steps`` defines, so
+        a run split at any step reproduces the uninterrupted one.
 
         Returns a summary: final step, output folder, last losses and validation metrics,
         the last checkpoint, and whether the run finished.
@@ -494,6 +497,8 @@ class Trainer:
         self.set_train_mode()
         start = time.monotonic()
         last_ckpt: Path | None = None
+        if until is not None and until <= self.step:
+            raise TrainingError(f"--until {until}: the run is already at step {self.step}")
         batches = self._batches() if self.step < cfg.steps else iter(())
         first = self.step
         window: dict[str, Tensor] = {}
@@ -521,7 +526,7 @@ class Trainer:
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                     self.validate()
                     barrier(self.dist)
-                over_time = time_limit is not None and elapsed >= time_limit
+                over_time = (time_limit is not None and elapsed >= time_limit) or (until is not None and self.step >= until)
                 # Every rank must agree on stopping (a signal may reach only some of them).
                 halt = mean_across(self.dist, {"halt": float(stop.set or over_time)})["halt"] > 0
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or halt:
