@@ -25,12 +25,12 @@ class UnknownNameError(RestorekitError, KeyError):
 class WeightsMissing(RestorekitError):
     """Weights a component needs are not in the cache; the message names the fix."""
 
-    def __init__(self, name: str, detail: str = "") -> None:
+    def __init__(self, name: str, detail: str = "", *, fix: str | None = None) -> None:
         self.name = name
-        msg = (f"weights '{name}' are not available{': ' + detail if detail else ''}; "
-               f"run `restorekit weights pull {name}` (needs network) or "
-               f"`restorekit weights import {name} FILE` (a file you already have)")
-        super().__init__(msg)
+        if fix is None:  # a registered weights name: the registry commands get it
+            fix = (f"run `restorekit weights pull {name}` (needs network) or "
+                   f"`restorekit weights import {name} FILE` (a file you already have)")
+        super().__init__(f"weights '{name}' are not available{': ' + detail if detail else ''}; {fix}")
 
 
 class IntegrityError(RestorekitError):

@@ -432,9 +432,9 @@ class Pix2PixHD(Method):
             return
         w = self.options.weights
         if w is None:
-            raise RestorekitError("pix2pixhd: no trained weights (there are no public pix2pixHD SR weights); "
-                                  "train with `restorekit train pix2pixhd --data DIR --out RUN`, then pass "
-                                  "--opt weights=RUN/pix2pixhd.safetensors")
+            raise WeightsMissing("pix2pixhd", "no --opt weights given, and there are no public pix2pixHD SR weights",
+                                 fix="train with `restorekit train pix2pixhd --data DIR --out RUN`, then pass "
+                                     "--opt weights=RUN/pix2pixhd.safetensors")
         path = Path(w).expanduser()
         if not path.is_file():
             from restorekit.weights import resolve

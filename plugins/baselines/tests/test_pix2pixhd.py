@@ -236,8 +236,12 @@ def test_method_matches_generator_on_bicubic_input(tiny_weights: Path, capsys: p
 
 
 def test_method_needs_weights(tmp_path: Path) -> None:
-    with pytest.raises(RestorekitError, match="restorekit train pix2pixhd"):
+    from restorekit.errors import WeightsMissing
+
+    # WeightsMissing (not a bare error): `plugin check` and `demo` treat it as "not installed".
+    with pytest.raises(WeightsMissing, match="restorekit train pix2pixhd") as info:
         Pix2PixHD().load()
+    assert "weights pull" not in str(info.value)  # no registry entry to pull
     bogus = tmp_path / "bogus.safetensors"
     from safetensors.torch import save_file
 
