@@ -359,6 +359,14 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
     assert r.exit_code == 0, r.output
     crops = sorted(p.name for p in (tmp_path / "crops").glob("*.png"))
     assert crops == [f"group_face{i}.png" for i in range(len(PLACEMENTS))]
+    # Re-running skips the photo only when every face its sidecar lists is there.
+    rerun = ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos / "group.png"), "--output",
+             str(tmp_path / "crops"), "--faces", "detect", "--only-faces", "--json"]
+    r = CliRunner().invoke(build_cli(), rerun)
+    assert r.exit_code == 0 and len(json.loads(r.output)["skipped"]) == len(PLACEMENTS), r.output
+    (tmp_path / "crops" / "group_face1.png").unlink()
+    r = CliRunner().invoke(build_cli(), rerun)
+    assert r.exit_code == 0 and (tmp_path / "crops" / "group_face1.png").is_file(), r.output
 
     r = CliRunner().invoke(build_cli(), args[:-1] + ["--detector", "mtcn"])
     assert r.exit_code == 2 and "did you mean 'mtcnn'" in r.output

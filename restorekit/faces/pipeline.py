@@ -445,6 +445,23 @@ def sidecar_json(data: dict[str, Any]) -> str:
                   lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
+def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
+    """Output stems (before sample suffixes) a finished photo has: ``<stem>``, or with
+    ``only_faces`` one ``<stem>_face<i>`` per face its sidecar lists as restored (a photo without
+    a sidecar, or whose sidecar does not parse, is not finished)."""
+    if not only_faces:
+        return [stem]
+    import json
+    from pathlib import Path
+
+    try:
+        sidecar = json.loads((Path(outdir) / f"{stem}.json").read_text())
+        faces = [int(f["index"]) for f in sidecar["faces"] if f.get("action") == "restored"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{stem}_face0"]
+    return [f"{stem}_face{i}" for i in faces]
+
+
 def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
                max_shrink: float | None = None,
@@ -497,8 +514,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         return outs
 
     def expected(item: Any) -> list[str]:
-        first = f"{item.stem}_face0" if only_faces else item.stem
-        return [first] if n_samples == 1 else [f"{first}_s{j}" for j in range(n_samples)]
+        suffixes = [""] if n_samples == 1 else [f"_s{j}" for j in range(n_samples)]
+        return [f"{first}{sfx}" for first in _expected_firsts(outdir, item.stem, only_faces) for sfx in suffixes]
 
     result = process_files(items, outdir, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                            quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
