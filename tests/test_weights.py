@@ -418,6 +418,15 @@ def test_verify_detects_tampering(tmp_path: Path, specs: dict[str, W.WeightSpec]
     assert r.exit_code == 1 and "not cached" in r.output
     r = runner.invoke(weights_group, ["rm", "toy"])
     assert r.exit_code == 0 and "removed toy" in r.output and not W.weights_dir("toy").exists()
+    r = runner.invoke(weights_group, ["rm"])
+    assert r.exit_code == 2 and "--onnx" in r.output
+    onnx = W.cache_dir() / "onnx"
+    onnx.mkdir(parents=True)
+    (onnx / "m-0123-abcd.onnx").write_bytes(b"x" * 3 * 2**20)
+    (onnx / "m-0123-abcd.onnx.json").write_text("{}")
+    r = runner.invoke(weights_group, ["rm", "--onnx"])
+    assert r.exit_code == 0 and "removed 2 cached ONNX file(s), 3.0 MiB" in r.output
+    assert not any(onnx.iterdir())
 
 
 def test_list_json(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:

@@ -188,12 +188,23 @@ def path_cmd(name: str, filename: str | None) -> None:
 
 
 @weights_group.command("rm")
-@click.argument("names", nargs=-1, required=True)
-def rm_cmd(names: tuple[str, ...]) -> None:
-    """Remove weights from the cache."""
+@click.argument("names", nargs=-1)
+@click.option("--onnx", "onnx_cache", is_flag=True,
+              help="Also remove the ONNX exports cached by `--backend onnxruntime` (re-exported on next use).")
+def rm_cmd(names: tuple[str, ...], onnx_cache: bool) -> None:
+    """Remove weights from the cache (and, with --onnx, the cached ONNX exports)."""
+    if not names and not onnx_cache:
+        raise click.UsageError("name the weights to remove, or pass --onnx")
     for name in names:
         W.get_spec(name)
         click.echo(f"removed {name}" if W.remove(name) else f"{name} was not cached")
+    if onnx_cache:
+        folder = W.cache_dir() / "onnx"
+        files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+        freed = sum(p.stat().st_size for p in files)
+        for p in files:
+            p.unlink()
+        click.echo(f"removed {len(files)} cached ONNX file(s), {freed / 2**20:.1f} MiB ({folder})")
 
 
 @weights_group.command("convert")
