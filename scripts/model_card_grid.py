@@ -21,14 +21,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", type=Path)
     ap.add_argument("--data", required=True, help="the compare run's --data (to find the HR files)")
-    ap.add_argument("--methods", required=True)
+    ap.add_argument("--methods", required=True, help="comma-separated; NAME=LABEL renames a column")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quality", type=int, default=88)
     args = ap.parse_args()
     doc = json.loads((args.run / "results.json").read_text())
-    methods = args.methods.split(",")
+    # "name" or "name=column label" (e.g. pix2pixhd=plain CNN)
+    pairs = [m.split("=", 1) if "=" in m else [m, m] for m in args.methods.split(",")]
+    methods = [name for name, _ in pairs]
     hr_files = {item.stem: item.path for item in list_inputs(args.data)}
     outputs = {(r["method"], r["image"]): r["output"] for r in doc["images"]
                if r["status"] == "ok" and r["seed"] in (None, 0)}
@@ -36,7 +38,7 @@ def main() -> None:
     picked = [names[round(i * (len(names) - 1) / max(args.n - 1, 1))] for i in range(args.n)]
     lr_dir = next((args.run / "inputs").iterdir())
     t, head = args.tile, 18
-    cols = ["LR", *methods, "HR"]
+    cols = ["LR", *(label for _, label in pairs), "HR"]
     grid = Image.new("RGB", (t * len(cols), head + t * len(picked)), "white")
     draw = ImageDraw.Draw(grid)
     for c, label in enumerate(cols):

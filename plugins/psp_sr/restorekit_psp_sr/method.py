@@ -251,8 +251,8 @@ class PSPSR(Method):
             if not path.is_file():
                 raise PSPModelError(
                     f"psp_sr: the embedded default model {DEFAULT_MODEL_FILE} is not in this installation "
-                    f"({WEIGHTS_DIR}: restorekit-psp-sr ships it as package data — reinstall the package, or "
-                    f"retrain it with plugins/psp_sr/recipes/faces128); pass --weights FILE (a restorekit-trained .safetensors or an official pSp "
+                    f"({WEIGHTS_DIR}; this release does not ship it yet — its recipe is in "
+                    f"plugins/psp_sr/recipes/faces128); pass --weights FILE (a restorekit-trained .safetensors or an official pSp "
                     f".pt), or get the paper's model with `restorekit weights pull {OFFICIAL_WEIGHTS}` (or "
                     f"`restorekit weights import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}")
             return path, DEFAULT_MODEL_NAME

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 
 import pytest
 import torch
@@ -38,3 +39,39 @@ def test_default_restores_deterministically_at_each_trained_scale():
         assert torch.equal(out, m.restore(lr, scale))
         # The restoration depends on the input: two different faces give different outputs.
         assert (out[0] - out[1]).abs().mean() > 0.01
+
+
+def test_default_output_matches_the_recorded_values():
+    """Golden values of the shipped model on a fixed synthetic input (×8, 16 → 128 px), written by
+    scripts/ship_embedded_model.py when it was shipped; the tolerance covers float32 differences
+    between CPUs, not changes to the model's code."""
+    import json
+
+    golden = json.loads(BUNDLED.with_suffix(".golden.json").read_text())
+    torch.set_num_threads(1)
+    out = PSPSR().restore(smooth_batch(1, 16, 16, seed=0), golden["scale"])
+    torch.testing.assert_close(out[0, :, ::32, ::32], torch.tensor(golden["samples_every_32px"]), rtol=0, atol=3e-3)
+    assert abs(float(out.mean()) - golden["mean"]) < 1e-3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None or importlib.util.find_spec("facenet_pytorch") is None,
+                    reason="the demo photo ships in scikit-image; the default detector's weights in facenet-pytorch")
+def test_demo_runs_psp_sr_on_the_embedded_model(tmp_path):
+    """The README's first command: the astronaut, detected, aligned, ×8, psp_sr and bicubic."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from restorekit.cli import build_cli
+
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(build_cli(), ["demo", "--output", str(out), "--methods", "psp_sr,bicubic", "-q"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "metrics.json").read_text())
+    assert not summary["unavailable"]
+    psp, bic = summary["results"]["psp_sr"], summary["results"]["bicubic"]
+    # A restored face, not noise: close to the original in Y, and sharper in LR terms than noise would be.
+    assert 14 < psp["psnr_y_crop"] < bic["psnr_y_crop"] + 5
+    assert psp["lr_consistency"] < 0.05
+    assert Image.open(out / "astronaut_x8.png").size == (128 * 4, 128 + 18)  # input | 2 methods | original
