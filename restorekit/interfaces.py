@@ -36,6 +36,9 @@ class MethodInfo:
     license: str = "Apache-2.0"
     paper: str = ""
     deterministic: bool = True
+    # A method that is not deterministic only because n_samples > 1 draws from the seed (its one
+    # sample ignores it, e.g. pSp's style mixing): the harness then runs it once, not per seed.
+    single_sample_deterministic: bool = False
     requires_weights: tuple[str, ...] = ()
     # None: any positive integer scale.
     scales: tuple[int, ...] | None = None

@@ -66,6 +66,19 @@ class Noisy(Method):
         return (up + 0.02 * (seed + 1) * torch.randn(up.shape, generator=g)).clamp(0, 1)
 
 
+class Mixer(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="mixer3p", summary="nearest; extra samples add seeded noise",
+                                            deterministic=False, single_sample_deterministic=True)
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        _count("mixer3p")
+        up = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest").repeat_interleave(n_samples, 0)
+        if n_samples > 1:
+            g = torch.Generator().manual_seed(0 if seed is None else seed)
+            up[1::n_samples] += 0.02 * torch.randn(up[1::n_samples].shape, generator=g)
+        return up.clamp(0, 1)
+
+
 class NeedsWeights(Metric):
     name: ClassVar[str] = "needs_weights_3p"
     higher_is_better: ClassVar[bool] = True
@@ -102,6 +115,7 @@ class Boom(Metric):
 def register_methods(register):
     register(Flaky)
     register(Noisy)
+    register(Mixer)
 
 
 @hookimpl
@@ -257,6 +271,19 @@ def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_fol
     assert face["nan"] == dark and face["n"] == 4 - dark and 0 < dark < 4
     assert any(f"face_3p: faces not found: bicubic {dark}/4" in n for n in doc["notes"])
     assert f"faces not found: bicubic {dark}/4" in " ".join(r.stdout.split())
+
+
+def test_single_sample_deterministic_runs_once(harness_plugin, hr5, tmp_path):
+    """A method whose one sample ignores the seed (pSp-style mixing) runs once per image, not per seed."""
+    out = tmp_path / "out"
+    r = invoke("compare", "--methods", "mixer3p,noisy3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
+               "--seeds", "0,1,2", "--metrics", "psnr_y_crop", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    calls = _calls(harness_plugin)
+    assert calls.count("mixer3p") == 5 and calls.count("noisy3p") == 15
+    doc = _doc(out)
+    assert {img["seed"] for img in doc["images"] if img["method"] == "mixer3p"} == {None}
+    assert "mixer3p (" not in r.output and "noisy3p (3 seeds)" in r.output
 
 
 def test_resume_reuses_results_and_fresh_recomputes(harness_plugin, hr5, tmp_path):

@@ -68,6 +68,11 @@ class UpSeeded(Up):
         return (out + 0.01 * torch.rand(out.shape, generator=torch.Generator().manual_seed(seed or 0))).clamp(0, 1)
 
 
+class UpSeededSingle(UpSeeded):
+    info: ClassVar[MethodInfo] = MethodInfo(name="up_s", summary="s", deterministic=False,
+                                            single_sample_deterministic=True)
+
+
 class UpInPlace(Up):
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         lr.clamp_(0.1, 0.9)
@@ -124,7 +129,8 @@ def test_check_method_passes_a_correct_method():
 
 @pytest.mark.parametrize("cls, message", [
     (UpUnclamped, "leaves \\[0,1\\]"),
-    (UpSeeded, "declared deterministic but depends on seed"),
+    (UpSeeded, "declared deterministic but one sample depends on seed"),
+    (UpSeededSingle, "declared single_sample_deterministic but one sample depends on seed"),
     (UpInPlace, "modified its input in place"),
     (UpFloatScale, "scale 2.5 must raise ValueError"),
     (UpBatchNorm, "restored alone differs"),

@@ -58,7 +58,7 @@ def summarize_result(res: CompareResult) -> Summary:
     rows = []
     for mp in res.plan.methods:
         recs = [r for r in res.records if r.method == mp.name]
-        rows.append(summarize(mp.name, mp.cls.info.deterministic, mp.seeds, len(res.inputs.pairs), recs, names))
+        rows.append(summarize(mp.name, mp.deterministic, mp.seeds, len(res.inputs.pairs), recs, names))
     best = best_per_column(rows, {m.name: m.higher_is_better for m in metrics})
     return Summary(res, rows, best)
 

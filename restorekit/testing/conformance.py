@@ -80,6 +80,8 @@ def check_method_info(cls: type[Method]) -> MethodInfo:
     _require(bool(info.license) and bool(LICENSE.match(info.license)),
              f"{info.name}: info.license must be an SPDX id or LicenseRef-…, got {info.license!r}")
     _require(isinstance(info.deterministic, bool), f"{info.name}: info.deterministic must be a bool")
+    _require(isinstance(info.single_sample_deterministic, bool),
+             f"{info.name}: info.single_sample_deterministic must be a bool")
     _require(info.input_kind in INPUT_KINDS, f"{info.name}: info.input_kind must be one of {INPUT_KINDS}")
     if info.scales is not None:
         _require(isinstance(info.scales, tuple) and len(info.scales) > 0
@@ -135,9 +137,10 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
     _require(isinstance(method.last_reports, list), f"{info.name}: last_reports must stay a list")
     again = method.restore(x, s, seed=0)
     _require(_close(out, again, atol), f"{info.name}: same seed must give the same output")
-    if info.deterministic:
+    if info.deterministic or info.single_sample_deterministic:
         other = method.restore(x, s, seed=1)
-        _require(_close(out, other, atol), f"{info.name}: declared deterministic but depends on seed")
+        what = "deterministic" if info.deterministic else "single_sample_deterministic"
+        _require(_close(out, other, atol), f"{info.name}: declared {what} but one sample depends on seed")
         if x.shape[0] > 1:
             single = method.restore(x[1:2], s, seed=0)
             _require(_close(single, out[1:2], max(atol, 1e-4)),

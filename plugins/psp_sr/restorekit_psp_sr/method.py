@@ -219,6 +219,7 @@ class PSPSR(Method):
               "CVPR 2021 (arXiv:2008.00951)",
         # n_samples > 1 draws fine styles from `seed`; a single sample does not depend on it.
         deterministic=False,
+        single_sample_deterministic=True,
         scales=None,
         input_kind="aligned_face",
     )

@@ -217,6 +217,7 @@ class PSPPulse(PSPSR):
               "Space Exploration of Generative Models, CVPR 2020 (arXiv:2003.03808)",
         # n_samples > 1 draws the mixed fine styles from `seed`; one sample does not depend on it.
         deterministic=False,
+        single_sample_deterministic=True,
         scales=None,
         input_kind="aligned_face",
     )
