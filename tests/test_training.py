@@ -389,7 +389,9 @@ cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, optimizer="adam", log_every=2,
 train, _ = sr_datasets(faces, 16, cfg.data, seed=cfg.seed)
 torch.manual_seed(info.rank)  # different initial weights per rank: DDP must broadcast rank 0's
 trainer = Trainer(cfg, TinySR(), train, out=out, step_fn=step, quiet=True, dist_info=info)
-print("world", info.world_size, "rank", info.rank, "ddp", type(trainer.net).__name__)
+out.mkdir(parents=True, exist_ok=True)
+# One file per rank: the ranks share stdout, where their lines can interleave.
+(out / f"rank{info.rank}.txt").write_text(f"world {info.world_size} rank {info.rank} ddp {type(trainer.net).__name__}")
 trainer.fit()
 torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
 cleanup(info)
@@ -409,7 +411,8 @@ def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path
                           str(script), str(faces), str(out)], capture_output=True, text=True, env=env,
                          timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "ddp DistributedDataParallel" in res.stdout and "world 2" in res.stdout
+    for rank in (0, 1):
+        assert (out / f"rank{rank}.txt").read_text() == f"world 2 rank {rank} ddp DistributedDataParallel"
     a = torch.load(out / "rank0.pt", weights_only=True)
     b = torch.load(out / "rank1.pt", weights_only=True)
     for k in a:
