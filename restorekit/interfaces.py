@@ -45,6 +45,11 @@ class MethodInfo:
     # "any": any image; "aligned_face": an aligned face crop (FFHQ framing).
     input_kind: Literal["any", "aligned_face"] = "any"
 
+    @property
+    def one_sample_ignores_seed(self) -> bool:
+        """Whether ``restore(..., n_samples=1)`` gives the same result for every seed."""
+        return self.deterministic or self.single_sample_deterministic
+
 
 class Method(ABC):
     """A restoration method, as `run` and `compare` call it.

@@ -180,13 +180,13 @@ def state_sha256(module: torch.nn.Module) -> str:
 def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET, fp16: bool = False) -> Path:
     """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``."""
     from . import __version__
-    from .weights import cache_dir
+    from .weights import onnx_cache_dir
 
     sha = spec.metadata.get("weights_sha256") or state_sha256(spec.module)
     settings = {"opset": opset, "fp16": fp16, "restorekit": __version__, "graph": spec.metadata.get("graph"),
                 "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape)}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return cache_dir() / "onnx" / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
+    return onnx_cache_dir() / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
 
 
 def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,

@@ -204,6 +204,11 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("restorekit"))
 
 
+def onnx_cache_dir() -> Path:
+    """Where ``--backend onnxruntime`` keeps the ONNX files it exports on first use."""
+    return cache_dir() / "onnx"
+
+
 def weights_dir(name: str) -> Path:
     """The cache folder of one weight spec."""
     if not re.match(_NAME, name):

@@ -420,7 +420,7 @@ def test_verify_detects_tampering(tmp_path: Path, specs: dict[str, W.WeightSpec]
     assert r.exit_code == 0 and "removed toy" in r.output and not W.weights_dir("toy").exists()
     r = runner.invoke(weights_group, ["rm"])
     assert r.exit_code == 2 and "--onnx" in r.output
-    onnx = W.cache_dir() / "onnx"
+    onnx = W.onnx_cache_dir()
     onnx.mkdir(parents=True)
     (onnx / "m-0123-abcd.onnx").write_bytes(b"x" * 3 * 2**20)
     (onnx / "m-0123-abcd.onnx.json").write_text("{}")

@@ -199,7 +199,7 @@ def rm_cmd(names: tuple[str, ...], onnx_cache: bool) -> None:
         W.get_spec(name)
         click.echo(f"removed {name}" if W.remove(name) else f"{name} was not cached")
     if onnx_cache:
-        folder = W.cache_dir() / "onnx"
+        folder = W.onnx_cache_dir()
         files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
         freed = sum(p.stat().st_size for p in files)
         for p in files:

@@ -92,7 +92,7 @@ class MethodPlan:
     @property
     def deterministic(self) -> bool:
         """Whether its results here (one sample per image) do not depend on the seed."""
-        return self.cls.info.deterministic or self.cls.info.single_sample_deterministic
+        return self.cls.info.one_sample_ignores_seed
 
 
 @dataclass
@@ -227,9 +227,8 @@ def plan(config: CompareConfig) -> Plan:
             raise CompareUsageError(str(exc)) from None
         plugin = reg.owner["methods"][name]
         dist, ver = _dist_of(reg, plugin)
-        # compare restores one sample per image, so a seed-free single sample counts as deterministic.
-        seed_free = cls.info.deterministic or cls.info.single_sample_deterministic
-        seeds: list[int | None] = [None] if seed_free else list(dict.fromkeys(config.seeds))
+        # compare restores one sample per image: a method whose one sample ignores the seed runs once.
+        seeds: list[int | None] = [None] if cls.info.one_sample_ignores_seed else list(dict.fromkeys(config.seeds))
         settings = {"method": name, "options": options.model_dump(mode="json"), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver}

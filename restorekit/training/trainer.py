@@ -526,9 +526,9 @@ class Trainer:
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                     self.validate()
                     barrier(self.dist)
-                over_time = (time_limit is not None and elapsed >= time_limit) or (until is not None and self.step >= until)
+                at_limit = (time_limit is not None and elapsed >= time_limit) or (until is not None and self.step >= until)
                 # Every rank must agree on stopping (a signal may reach only some of them).
-                halt = mean_across(self.dist, {"halt": float(stop.set or over_time)})["halt"] > 0
+                halt = mean_across(self.dist, {"halt": float(stop.set or at_limit)})["halt"] > 0
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or halt:
                     last_ckpt = self.save_checkpoint(self.elapsed_before + elapsed) or last_ckpt
                 if halt:
