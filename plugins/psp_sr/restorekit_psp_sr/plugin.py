@@ -175,9 +175,17 @@ def _register_train_commands(cli: Any) -> None:
                 _load_psp_trainer)
     add_trainer(cli, "stylegan2_ae", "Train a StyleGAN2 generator without a GAN, as an autoencoder's decoder.",
                 _load_ae_trainer)
+    add_trainer(cli, "stylegan2", "Train a StyleGAN2 generator adversarially (DiffAugment, lazy R1, EMA): "
+                "the face prior.", _load_gan_trainer)
 
 
 def _load_ae_trainer() -> Any:
     from .train_ae import AETrainer
 
     return AETrainer
+
+
+def _load_gan_trainer() -> Any:
+    from .train_gan import GANTrainer
+
+    return GANTrainer

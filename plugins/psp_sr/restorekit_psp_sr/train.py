@@ -77,18 +77,19 @@ def _weights_file(spec: str) -> Path:
 
 
 def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str = "unknown", name: str = "",
-                               training: dict[str, Any] | None = None) -> Path:
+                               training: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """A StyleGAN2 generator as ``.safetensors``: rosinality tensor names, ``latent_avg`` when
-    known, and metadata ``format = restorekit.stylegan2/1`` + ``config`` (JSON architecture)."""
+    known, and metadata ``format = restorekit.stylegan2/1`` + ``config`` (JSON architecture).
+    ``dtype=torch.float16`` halves the file (loading converts back to float32)."""
     from safetensors.torch import save
 
     from restorekit.images import atomic_write_bytes
 
     from .method import generator_config
 
-    tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in generator.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in generator.state_dict().items()}
     if generator.latent_avg.numel():
-        tensors["latent_avg"] = generator.latent_avg.detach().float().cpu().reshape(-1).contiguous().clone()
+        tensors["latent_avg"] = generator.latent_avg.detach().to("cpu", dtype).reshape(-1).contiguous().clone()
     config = {"generator": generator_config(generator), "license": license, "name": name, "training": training or {}}
     p = Path(path)
     atomic_write_bytes(p, save(tensors, metadata={"format": STYLEGAN2_FORMAT, "config": json.dumps(config)}))

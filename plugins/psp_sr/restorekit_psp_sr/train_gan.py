@@ -1,0 +1,585 @@
+"""Adversarial StyleGAN2 training (``restorekit train stylegan2``): the face prior pSp needs.
+
+A generator trained without a discriminator learns an average face (two CPU runs of
+``train stylegan2_ae`` measured that); only an adversarial loss teaches it what a face looks like
+where the pixels do not say. This trainer follows StyleGAN2-ADA's small-resolution recipe with
+DiffAugment instead of ADA (no tuning, differentiable, applied to real and fake images in both
+players' steps):
+
+* non-saturating logistic loss; lazy R1 on real images every ``r1_every`` D steps (weight
+  ``r1_gamma/2·r1_every``; Adam's learning rate and betas adjusted for the lazy interval);
+* style mixing with probability ``style_mixing`` (one cut per batch); random noise inputs;
+* an exponential moving average of G (half-life ``ema_kimg`` thousand images, ramped up over
+  the first ``ema_rampup`` of the images seen) — the generator that is exported;
+* Adam (lr 0.0025, betas 0/0.99) for both players; no path-length regularisation (optional in
+  StyleGAN2-ADA at this size, and its cost buys nothing measurable in minutes of training).
+
+For a GPU lent for minutes: the whole training set lives on the device as one uint8 tensor (no
+data loader), batches and flips are drawn there; bf16 autocast for both players' forward and
+backward (R1's gradient penalty and the EMA stay in fp32); channels-last activations in D; no host
+synchronisation except every ``log_every`` steps. ``time_limit`` ends the run with a checkpoint.
+
+Snapshots every ``snapshot_minutes`` (and at the end) go to ``OUT/snapshot/`` and, when
+``snapshot_dir`` is set, are mirrored there — a GPU run writes them into its output folder so a
+run cut short still returns its latest generator: ``generator.safetensors`` (EMA, fp16,
+restorekit StyleGAN2 format), ``samples.png`` (fixed latents, truncation 1 and 0.7),
+``metrics.jsonl``, and ``resume_g.safetensors``/``resume_d.safetensors`` (fp16 weights of the
+training G and D, what ``init_from`` continues from on another machine — without Adam's state,
+which a GAN rebuilds in a few hundred steps).
+
+Checkpoints (``OUT/checkpoints/step_*.pt``, every ``ckpt_every`` steps and at the end) hold both
+players, the EMA, both optimizers and every rank's RNG state, so ``--resume`` continues exactly.
+Under ``torchrun`` each rank draws its share of the batch and gradients are averaged across
+ranks after each backward (no DDP wrapper: each player is stepped in a phase where the other is
+frozen, which DDP's one-backward-per-forward model does not fit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from restorekit.training import TrainConfig
+from restorekit.training.data import list_images, oversample, sample_seed, split_files
+from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
+from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, latest_checkpoint, list_checkpoints,
+                                         load_checkpoint, rng_state, seed_everything, set_rng_state, checkpoint_path)
+
+TRAINER_NAME = "stylegan2"
+
+
+class GANConfig(TrainConfig):
+    """``restorekit train stylegan2`` settings; ``steps`` counts G steps of ``batch_size`` images."""
+
+    steps: int = Field(10_000, ge=1)
+    batch_size: int = Field(32, ge=2, description="images per step across all processes")
+    optimizer: Literal["adam"] = "adam"
+    lr: float = Field(0.0025, gt=0, description="G's learning rate")
+    lr_d: float | None = Field(None, gt=0, description="D's learning rate (default: lr)")
+    betas: tuple[float, float] | None = (0.0, 0.99)
+    eps: float | None = 1e-8
+    amp: bool = Field(True, description="bf16 autocast on CUDA (R1 and the EMA stay fp32)")
+    # -- generator ---------------------------------------------------------------------------
+    resolution: int = 128
+    style_dim: int = Field(512, ge=8)
+    n_mlp: int = Field(2, ge=1)
+    channel_multiplier: int = Field(1, ge=1)
+    channel_max: int = Field(512, ge=4)
+    channels: dict[int, int] | None = Field(
+        None, description="explicit width per resolution (4…resolution) for G; D mirrors it unless d_channels")
+    lr_mlp: float = 0.01
+    impl: Literal["auto", "ref", "cuda"] = "ref"
+    # -- discriminator ------------------------------------------------------------------------
+    d_channels: dict[int, int] | None = None
+    mbstd_group: int = Field(4, ge=1)
+    channels_last: bool = Field(True, description="channels-last activations in D on CUDA")
+    # -- losses and regularisation ---------------------------------------------------------------
+    r1_gamma: float = Field(0.1, ge=0, description="R1 weight γ (≈ 0.0002·res²/batch in StyleGAN2-ADA)")
+    r1_every: int = Field(16, ge=1, description="lazy R1: every this many D steps")
+    style_mixing: float = Field(0.9, ge=0, le=1)
+    augment: str = Field("color,translation,cutout", description="DiffAugment policy ('' = none)")
+    xflip: bool = Field(True, description="mirror training faces at random (doubles the data)")
+    ema_kimg: float = Field(10.0, ge=0, description="G EMA half-life in thousands of images (0 = no EMA)")
+    ema_rampup: float | None = Field(0.05, ge=0, description="EMA half-life ≤ this × images seen")
+    # -- data --------------------------------------------------------------------------------
+    data_on_device: bool = Field(True, description="keep the uint8 training set on the training device")
+    load_workers: int = Field(8, ge=1, description="threads decoding the training images at start")
+    # -- snapshots ------------------------------------------------------------------------------
+    snapshot_minutes: float = Field(2.0, gt=0, description="wall-clock minutes between snapshots")
+    snapshot_dir: str | None = Field(None, description="also write each snapshot here (e.g. a GPU job's $OUT)")
+    n_sample_grid: int = Field(16, ge=1, le=64)
+    init_from: str | None = Field(None, description="start from a snapshot folder's resume_g/resume_d weights")
+    # -- export --------------------------------------------------------------------------------
+    model_name: str = "stylegan2"
+    license: str = "unknown"
+
+    @model_validator(mode="after")
+    def _check(self) -> "GANConfig":
+        if self.grad_accum != 1:
+            raise ValueError("stylegan2: grad_accum is not supported (raise batch_size instead)")
+        if self.resolution not in (32, 64, 128, 256, 512, 1024):
+            raise ValueError(f"resolution must be a power of two in 32…1024, got {self.resolution}")
+        from .diffaugment import parse_policy
+
+        parse_policy(self.augment)
+        return self
+
+
+# -- data ---------------------------------------------------------------------------------------
+def _load_one(path: Path, resolution: int) -> Tensor:
+    from PIL import Image
+
+    from restorekit.images import read_image
+
+    with Image.open(path) as im:
+        fast = im.mode == "RGB" and im.size == (resolution, resolution)
+        if fast:
+            import numpy as np
+
+            return torch.from_numpy(np.asarray(im.convert("RGB"), dtype="uint8").copy()).permute(2, 0, 1)
+    from restorekit.degradations import bicubic_resize
+    from restorekit.training.data import center_square
+
+    img = center_square(read_image(path))
+    img = bicubic_resize(img, (resolution, resolution)).clamp(0, 1)
+    return img[0].mul(255).round().to(torch.uint8)
+
+
+def load_face_tensor(files: list[Path], resolution: int, workers: int = 8) -> Tensor:
+    """``N×3×R×R`` uint8: each file centre-cropped to a square and resized (antialiased bicubic)."""
+    if not files:
+        raise TrainingError("no training images")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        images = list(pool.map(lambda p: _load_one(p, resolution), files))
+    return torch.stack(images)
+
+
+def training_files(cfg: GANConfig) -> tuple[list[Path], list[Path]]:
+    """``(train, val)`` files under ``cfg.data.root`` with the split and oversampling applied."""
+    root = cfg.data.root
+    if root is None:
+        raise TrainingError("stylegan2: no training data (pass --data DIR)")
+    files = list_images(root)
+    train, val = split_files(files, root, split_file=cfg.data.split_file, holdout_fraction=cfg.data.holdout_fraction)
+    if not train:
+        raise TrainingError(f"{root}: the split leaves no training images")
+    return oversample(train, root, cfg.data.repeat), val
+
+
+def draw_batch(data: Tensor, *, seed: int, step: int, rank: int, n: int, xflip: bool,
+               device: torch.device) -> Tensor:
+    """``n`` training images in [0,1] for ``(step, rank)``: indices and flips are a function of
+    ``(seed, step, rank)`` only, which is what makes resuming exact."""
+    g = torch.Generator().manual_seed(sample_seed(seed, step, rank))
+    idx = torch.randint(len(data), (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5 if xflip else torch.zeros(n, dtype=torch.bool)
+    x = data[idx.to(data.device)].to(device, non_blocking=True).float().div_(255)
+    f = flip.to(device, non_blocking=True).view(n, 1, 1, 1)
+    return torch.where(f, x.flip(-1), x)
+
+
+# -- the two players ----------------------------------------------------------------------------
+class GANModels(nn.Module):
+    """G, D and the EMA of G — everything a checkpoint holds besides the optimizers."""
+
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__()
+        from .discriminator import StyleGAN2Discriminator
+        from .stylegan2 import StyleGAN2Generator
+
+        self.G = StyleGAN2Generator(cfg.resolution, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier,
+                                    channel_max=cfg.channel_max, lr_mlp=cfg.lr_mlp, impl=cfg.impl,
+                                    channels=cfg.channels)
+        d_channels = cfg.d_channels or ({r: c for r, c in self.G.channels.items()} if cfg.channels else None)
+        self.D = StyleGAN2Discriminator(cfg.resolution, cfg.channel_multiplier, channel_max=cfg.channel_max,
+                                        channels=d_channels, mbstd_group=cfg.mbstd_group, impl=cfg.impl)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+
+
+def mixed_styles(G: nn.Module, batch: int, style_mixing: float, device: torch.device) -> Tensor:
+    """W+ for ``batch`` fresh latents, with StyleGAN2's style mixing (no host synchronisation)."""
+    z = torch.randn(2, batch, G.z_dim, device=device)
+    w = G.map(z.flatten(0, 1)).view(2, batch, -1)
+    n = G.n_styles
+    if style_mixing <= 0:
+        return G.broadcast(w[0])
+    cut = torch.randint(1, n, (), device=device)
+    cut = torch.where(torch.rand((), device=device) < style_mixing, cut, torch.full_like(cut, n))
+    first = (torch.arange(n, device=device) < cut).view(1, n, 1)
+    return torch.where(first, w[0].unsqueeze(1), w[1].unsqueeze(1))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """``ema ← beta·ema + (1 − beta)·model`` for parameters; buffers copied."""
+    ep = [p for p in ema.parameters()]
+    mp = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ep, mp, 1.0 - beta)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_beta(cfg: GANConfig, nimg: int) -> float:
+    """StyleGAN2-ADA's EMA decay for one step at ``nimg`` images seen."""
+    if cfg.ema_kimg <= 0:
+        return 0.0
+    half_life = cfg.ema_kimg * 1000
+    if cfg.ema_rampup is not None:
+        half_life = min(half_life, max(nimg, 1) * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch_size / max(half_life, 1e-8))
+
+
+def _allreduce_grads(params: list[nn.Parameter], dist: DistInfo) -> None:
+    """Average gradients over ranks (one flat all-reduce)."""
+    if not dist.distributed:
+        return
+    import torch.distributed as tdist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p)
+        offset += n
+
+
+# -- the trainer --------------------------------------------------------------------------------
+class GANTrainer:
+    """Adversarial training of a StyleGAN2 generator (see the module docstring)."""
+
+    name: ClassVar[str] = TRAINER_NAME
+    Config: ClassVar[type[GANConfig]] = GANConfig
+
+    @classmethod
+    def build(cls, config: TrainConfig, *, quiet: bool = False) -> "GANTrainer":
+        """A trainer on the faces under ``config.data.root`` (what ``restorekit train stylegan2`` calls)."""
+        cfg = config if isinstance(config, GANConfig) else GANConfig.model_validate(config.model_dump())
+        train, val = training_files(cfg)
+        return cls(cfg, train, val, quiet=quiet)
+
+    def __init__(self, config: GANConfig, train_files: list[Path], val_files: list[Path] | None = None, *,
+                 quiet: bool = False, dist_info: DistInfo | None = None) -> None:
+        cfg = self.config = config
+        if cfg.out is None:
+            raise TrainingError("no output folder: pass --out")
+        self.out = Path(cfg.out)
+        self.quiet = quiet
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.dist = dist_info or init_distributed(cfg.device)
+        self.device = self.dist.device
+        if cfg.batch_size % self.dist.world_size:
+            raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world_size} processes")
+        self.local_batch = cfg.batch_size // self.dist.world_size
+        self.val_files = list(val_files or [])
+        self.train_files = list(train_files)
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
+            torch.manual_seed(cfg.seed)
+            self.models = GANModels(cfg).to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last:
+            self.models.D.to(memory_format=torch.channels_last)
+        self.G, self.D, self.G_ema = self.models.G, self.models.D, self.models.G_ema
+        betas = cfg.betas or (0.0, 0.99)
+        eps = cfg.eps or 1e-8
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas, eps=eps)
+        # Lazy regularisation: R1 every k steps; Adam's lr and betas adjusted as in StyleGAN2.
+        ratio = cfg.r1_every / (cfg.r1_every + 1) if cfg.r1_gamma > 0 else 1.0
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=(cfg.lr_d or cfg.lr) * ratio,
+                                      betas=(betas[0] ** ratio, betas[1] ** ratio), eps=eps)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.step = 0
+        self.nimg = 0
+        self.elapsed_before = 0.0
+        self.data: Tensor | None = None
+        self.last_logs: dict[str, float] = {}
+        g = torch.Generator().manual_seed(cfg.seed + 12345)
+        self.grid_z = torch.randn(cfg.n_sample_grid, self.G.z_dim, generator=g)
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _augment(self, x: Tensor) -> Tensor:
+        if not self.config.augment:
+            return x
+        from .diffaugment import diff_augment
+
+        return diff_augment(x, self.config.augment)
+
+    def _d_input(self, x: Tensor) -> Tensor:
+        x = self._augment(x)
+        if self.device.type == "cuda" and self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def load_data(self) -> Tensor:
+        if self.data is None:
+            t0 = time.monotonic()
+            data = load_face_tensor(self.train_files, self.config.resolution, self.config.load_workers)
+            self.data = data.to(self.device) if self.config.data_on_device else data.pin_memory() \
+                if self.device.type == "cuda" else data
+            self._say(f"stylegan2: {len(data)} training images ({data.numel() / 2**20:.0f} MiB uint8) "
+                      f"loaded in {time.monotonic() - t0:.1f} s")
+        return self.data
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main and not self.quiet:
+            print(text, flush=True)
+
+    def train_step(self) -> dict[str, Tensor]:
+        """One D step (with R1 when due) and one G step; detached losses (no host sync)."""
+        cfg, dev, n = self.config, self.device, self.local_batch
+        assert self.data is not None
+        real = draw_batch(self.data, seed=cfg.seed, step=self.step, rank=self.dist.rank, n=n, xflip=cfg.xflip,
+                          device=dev)
+        logs: dict[str, Tensor] = {}
+        # -- discriminator ------------------------------------------------------------------
+        self.D.requires_grad_(True)
+        with torch.no_grad(), self._autocast():
+            fake = self.G.synthesize(mixed_styles(self.G, n, cfg.style_mixing, dev), noise_mode="random")
+        with self._autocast():
+            logits_fake = self.D(self._d_input(fake.float()))
+            logits_real = self.D(self._d_input(real))
+            loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.float().backward()
+        logs.update(loss_d=loss_d.detach().float(), logit_real=logits_real.detach().float().mean(),
+                    logit_fake=logits_fake.detach().float().mean(),
+                    real_sign=logits_real.detach().float().sign().mean())
+        if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
+            x = real.detach().requires_grad_(True)
+            out = self.D(self._d_input(x))  # fp32: the penalty is a second-order quantity
+            (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            (r1 * (cfg.r1_gamma / 2 * cfg.r1_every) + out.mean() * 0).backward()
+            logs["r1"] = r1.detach()
+        d_params = list(self.D.parameters())
+        _allreduce_grads(d_params, self.dist)
+        self.opt_D.step()
+        # -- generator -----------------------------------------------------------------------
+        self.D.requires_grad_(False)
+        with self._autocast():
+            fake = self.G.synthesize(mixed_styles(self.G, n, cfg.style_mixing, dev), noise_mode="random")
+            loss_g = F.softplus(-self.D(self._d_input(fake.float()))).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.float().backward()
+        _allreduce_grads(list(self.G.parameters()), self.dist)
+        self.opt_G.step()
+        self.nimg += cfg.batch_size
+        update_ema(self.G_ema, self.G, ema_beta(cfg, self.nimg))
+        self.step += 1
+        logs["loss_g"] = loss_g.detach().float()
+        return logs
+
+    # -- snapshots, checkpoints, export ----------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self) -> Tensor:
+        """``1×3×…`` grid: the fixed latents at truncation 1 (top rows) and 0.7 (bottom rows)."""
+        from restorekit.training.trainer import image_grid
+
+        g = self.G_ema
+        z = self.grid_z.to(self.device)
+        w = g.map(z)
+        center = g.style(torch.randn(4096, g.z_dim, generator=torch.Generator().manual_seed(0)).to(self.device)).mean(0)
+        rows = []
+        for psi in (1.0, 0.7):
+            ww = torch.lerp(center, w, psi)
+            rows.append(g.synthesize(g.broadcast(ww)).float().clamp(0, 1).cpu())
+        per_row = max(1, math.isqrt(len(z)))
+        cols = [torch.cat([r[i::per_row] for r in rows]) for i in range(per_row)]
+        return image_grid(cols, max_rows=2 * math.ceil(len(z) / per_row))
+
+    def _export_generator(self, path: Path, *, dtype: torch.dtype = torch.float16) -> Path:
+        from .train import save_stylegan2_safetensors
+
+        g = copy.deepcopy(self.G_ema).float().cpu()
+        g.set_latent_avg(g.mean_latent(n=10_000, seed=0))
+        training = {"trainer": TRAINER_NAME, "steps": self.step, "kimg": round(self.nimg / 1000, 3),
+                    "batch_size": self.config.batch_size, "augment": self.config.augment,
+                    "r1_gamma": self.config.r1_gamma, "seconds": round(self._elapsed(), 1),
+                    "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"}
+        return save_stylegan2_safetensors(g, path, license=self.config.license, name=self.config.model_name,
+                                          training=training, dtype=dtype)
+
+    def _save_weights(self, module: nn.Module, path: Path, meta: dict[str, str]) -> None:
+        from safetensors.torch import save
+
+        from restorekit.images import atomic_write_bytes
+
+        tensors = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+                   for k, v in module.state_dict().items()}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Write the snapshot files to ``OUT/snapshot`` (and ``snapshot_dir``); rank 0 only."""
+        if not self.dist.is_main:
+            return {}
+        from restorekit.images import save_image
+
+        t0 = time.monotonic()
+        folders = [self.out / "snapshot"] + ([Path(self.config.snapshot_dir)] if self.config.snapshot_dir else [])
+        record = {"step": self.step, "kimg": round(self.nimg / 1000, 3), "seconds": round(self._elapsed(), 1),
+                  **self.last_logs}
+        meta = {"format": "restorekit.stylegan2-train-weights/1", "step": str(self.step), "nimg": str(self.nimg),
+                "config": json.dumps(self.config.model_dump(mode="json"))}
+        grid = self.sample_grid()
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._export_generator(folder / "generator.safetensors")
+            save_image(grid, folder / "samples.png")
+            self._save_weights(self.G, folder / "resume_g.safetensors", meta)
+            self._save_weights(self.D, folder / "resume_d.safetensors", meta)
+            with (folder / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        self._say(f"stylegan2: snapshot at step {self.step} ({record['kimg']} kimg) in {time.monotonic() - t0:.1f} s")
+        return record
+
+    def init_weights(self, folder: str | Path) -> None:
+        """Load G and D (and G's EMA = G_ema of the snapshot) from a snapshot folder."""
+        from safetensors.torch import load_file
+
+        from .train import load_generator
+
+        f = Path(folder)
+        for name in ("resume_g.safetensors", "resume_d.safetensors", "generator.safetensors"):
+            if not (f / name).is_file():
+                raise TrainingError(f"init_from {f}: no {name} (a `restorekit train stylegan2` snapshot folder)")
+        try:
+            self.G.load_state_dict({k: v.float() for k, v in load_file(str(f / "resume_g.safetensors")).items()})
+            self.D.load_state_dict({k: v.float() for k, v in load_file(str(f / "resume_d.safetensors")).items()})
+            ema = load_generator(str(f / "generator.safetensors"))
+            self.G_ema.load_state_dict(ema.state_dict())
+        except RuntimeError as exc:
+            raise TrainingError(f"init_from {f}: weights do not fit this config's networks: "
+                                f"{str(exc).splitlines()[0]}") from None
+        from safetensors import safe_open
+
+        with safe_open(str(f / "resume_g.safetensors"), "pt") as sf:
+            self.nimg = int((sf.metadata() or {}).get("nimg", "0"))
+
+    def save_checkpoint(self) -> Path | None:
+        rngs = all_gather_objects(self.dist, rng_state())
+        if not self.dist.is_main:
+            return None
+        path = checkpoint_path(self.out, self.step)
+        atomic_save({"format": CKPT_FORMAT, "trainer": self.name, "step": self.step, "nimg": self.nimg,
+                     "model": self.models.state_dict(), "optimizer": self.opt_G.state_dict(),
+                     "optimizer_d": self.opt_D.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
+                     "config": self.config.model_dump(mode="json"), "elapsed": self._elapsed(), "extra": {}},
+                    path)
+        for _, old in list_checkpoints(self.out)[:-self.config.keep_ckpts]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        return path
+
+    def resume(self, path: str | Path | None = None) -> int:
+        p = Path(path) if path is not None else latest_checkpoint(self.out)
+        if p is None:
+            raise TrainingError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
+        ckpt = load_checkpoint(p)
+        if ckpt.get("trainer") != self.name:
+            raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{self.name}'")
+        self.models.load_state_dict(ckpt["model"])
+        self.opt_G.load_state_dict(ckpt["optimizer"])
+        self.opt_D.load_state_dict(ckpt["optimizer_d"])
+        self.step, self.nimg = int(ckpt["step"]), int(ckpt["nimg"])
+        self.elapsed_before = float(ckpt.get("elapsed", 0.0))
+        rngs = ckpt["rng"]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:
+            seed_everything(self.config.seed + 1000 * self.step + self.dist.rank)
+        return self.step
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self._start if hasattr(self, "_start") else 0.0)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
+            until: int | None = None) -> dict[str, Any]:
+        """Train to ``config.steps`` G steps (or ``until``/``time_limit`` seconds, with a checkpoint)."""
+        from restorekit.training.trainer import _StopFlag
+
+        cfg = self.config
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume(None if resume is True else resume)
+        else:
+            if self.dist.is_main and latest_checkpoint(self.out) is not None:
+                raise TrainingError(f"{self.out} already holds checkpoints: pass --resume to continue, "
+                                    f"or choose another --out")
+            if cfg.init_from:
+                self.init_weights(cfg.init_from)
+            seed_everything(cfg.seed + self.dist.rank)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(cfg.seed + self.dist.rank)
+        if until is not None and until <= self.step:
+            raise TrainingError(f"--until {until}: the run is already at step {self.step}")
+        self.load_data()
+        barrier(self.dist)
+        self.G.train()
+        self.D.train()
+        self._start = time.monotonic()
+        last_snapshot = self._start
+        window: dict[str, Tensor] = {}
+        n_window, first, t_window = 0, self.step, self._start
+        stopped, last_ckpt = False, None
+        with _StopFlag() as stop:
+            while self.step < cfg.steps:
+                logs = self.train_step()
+                for k, v in logs.items():
+                    window[k] = window[k] + v if k in window else v
+                    if k == "r1":
+                        window["_r1_n"] = window.get("_r1_n", torch.zeros((), device=v.device)) + 1
+                n_window += 1
+                now = time.monotonic()
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    r1_n = window.pop("_r1_n", None)
+                    avg = {k: float(v) / (float(r1_n) if k == "r1" and r1_n is not None else n_window)
+                           for k, v in window.items()}
+                    if not all(math.isfinite(v) for v in avg.values()):
+                        raise TrainingError(f"step {self.step}: a loss is not finite ({avg})")
+                    avg = mean_across(self.dist, avg)
+                    rate = n_window * cfg.batch_size / max(now - t_window, 1e-9)
+                    window, n_window, t_window = {}, 0, now
+                    self.last_logs = avg
+                    rec = {"kind": "train", "step": self.step, "kimg": round(self.nimg / 1000, 3), **avg,
+                           "images_per_s": round(rate, 1), "s_per_kimg": round(1000 / max(rate, 1e-9), 2),
+                           "time": round(self._elapsed(), 1)}
+                    self._log(rec)
+                    self._say("stylegan2: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in rec.items() if k != "kind"))
+                elapsed = now - self._start
+                at_limit = (time_limit is not None and elapsed >= time_limit) or (until is not None and self.step >= until)
+                halt = mean_across(self.dist, {"halt": float(stop.set or at_limit)})["halt"] > 0
+                if now - last_snapshot >= cfg.snapshot_minutes * 60:
+                    self.snapshot()
+                    last_snapshot = time.monotonic()
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or halt:
+                    last_ckpt = self.save_checkpoint() or last_ckpt
+                if halt:
+                    stopped = True
+                    break
+        finished = self.step >= cfg.steps
+        exported = None
+        if self.dist.is_main and self.step > first:
+            self.snapshot()
+            exported = self._export_generator(self.out / "generator.safetensors", dtype=torch.float32)
+        barrier(self.dist)
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
+                "kimg": round(self.nimg / 1000, 3), "finished": finished, "stopped_early": stopped,
+                "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
+                "exported": str(exported) if exported else None, "losses": self.last_logs,
+                "seconds": round(time.monotonic() - self._start, 3)}
+
+
+def load_trainer() -> type[GANTrainer]:
+    """The loader ``restorekit.commands.train.add_trainer`` calls when the command runs."""
+    return GANTrainer
+
+
+__all__ = ["GANConfig", "GANModels", "GANTrainer", "draw_batch", "ema_beta", "load_face_tensor", "mixed_styles",
+           "training_files", "update_ema"]

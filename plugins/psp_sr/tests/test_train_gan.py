@@ -1,0 +1,327 @@
+"""Adversarial StyleGAN2 training: DiffAugment, the discriminator, R1, EMA, the loop and its resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from restorekit_psp_sr.diffaugment import brightness, contrast, cutout, diff_augment, parse_policy, saturation, translation
+from restorekit_psp_sr.discriminator import StyleGAN2Discriminator, minibatch_stddev
+from restorekit_psp_sr.train_gan import (GANConfig, GANTrainer, draw_batch, ema_beta, load_face_tensor, mixed_styles,
+                                         update_ema)
+
+TINY = {"resolution": 32, "style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8, 32: 8},
+        "batch_size": 4, "num_threads": 1, "device": "cpu", "log_every": 2, "ckpt_every": 3,
+        "snapshot_minutes": 60.0, "n_sample_grid": 4, "load_workers": 2, "r1_every": 2}
+
+
+def write_images(root: Path, n: int = 10, size: tuple[int, int] = (40, 48)) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = (rng.random((size[0], size[1], 3)) * 255).astype("uint8")
+        Image.fromarray(img).save(root / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture()
+def faces(tmp_path: Path) -> Path:
+    return write_images(tmp_path / "faces")
+
+
+def tiny_config(faces: Path, out: Path, **kw: object) -> GANConfig:
+    data = {"root": str(faces), "holdout_fraction": 0.2}
+    return GANConfig.model_validate({**TINY, "out": str(out), "data": data, **kw})
+
+
+# -- DiffAugment -----------------------------------------------------------------------------------
+def test_translation_shifts_whole_images_with_grey_borders() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 16, 16)
+    y = translation(x)
+    for i in range(6):
+        found = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ref = torch.full_like(x[i], 0.5)
+                ys = slice(max(dy, 0), 16 + min(dy, 0))
+                xs = slice(max(dx, 0), 16 + min(dx, 0))
+                src_y = slice(max(-dy, 0), 16 + min(-dy, 0))
+                src_x = slice(max(-dx, 0), 16 + min(-dx, 0))
+                ref[:, ys, xs] = x[i][:, src_y, src_x]
+                found |= torch.equal(ref, y[i])
+        assert found, f"image {i} is not a shifted copy"
+    assert not torch.equal(x, y)  # some image moved (6 draws of 25 shifts)
+
+
+def test_cutout_greys_one_half_side_square_and_keeps_the_rest() -> None:
+    torch.manual_seed(1)
+    x = torch.rand(8, 3, 16, 16)
+    y = cutout(x)
+    for i in range(8):
+        grey = (y[i] != x[i]).any(0)
+        assert torch.all(y[i][:, grey] == 0.5)
+        rows, cols = grey.any(1).nonzero().flatten(), grey.any(0).nonzero().flatten()
+        assert 0 < len(rows) <= 8 and 0 < len(cols) <= 8  # a square of side 8, clipped at the border
+        assert grey.sum() == len(rows) * len(cols)  # a rectangle, nothing else changed
+
+
+def test_colour_transforms_follow_their_formulas() -> None:
+    x = torch.rand(4, 3, 8, 8)
+    torch.manual_seed(2)
+    r = torch.rand(4, 1, 1, 1)
+    torch.manual_seed(2)
+    assert torch.allclose(brightness(x), x + (r - 0.5) * 0.5)
+    torch.manual_seed(2)
+    m = x.mean(1, keepdim=True)
+    assert torch.allclose(saturation(x), (x - m) * r * 2 + m)
+    torch.manual_seed(2)
+    m = x.mean((1, 2, 3), keepdim=True)
+    assert torch.allclose(contrast(x), (x - m) * (r + 0.5) + m)
+
+
+def test_diff_augment_is_differentiable_and_policy_checked() -> None:
+    x = torch.rand(3, 3, 16, 16, requires_grad=True)
+    diff_augment(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert torch.equal(diff_augment(x.detach(), ""), x.detach())
+    assert parse_policy("color, cutout") == ("color", "cutout")
+    with pytest.raises(ValueError, match="unknown DiffAugment policy 'colour'"):
+        parse_policy("colour")
+
+
+# -- discriminator -----------------------------------------------------------------------------------
+def test_discriminator_names_shapes_and_equalized_init() -> None:
+    d = StyleGAN2Discriminator(32, channels={4: 16, 8: 16, 16: 8, 32: 8}, impl="ref")
+    keys = set(d.state_dict())
+    for k in ("convs.0.0.weight", "convs.0.1.bias", "convs.1.conv1.0.weight", "convs.1.conv2.1.weight",
+              "convs.1.skip.1.weight", "convs.3.conv2.2.bias", "final_conv.0.weight", "final_linear.0.weight",
+              "final_linear.1.bias"):
+        assert k in keys, k
+    assert d.state_dict()["convs.1.conv2.1.weight"].shape == (8, 8, 3, 3)  # 32 → 16 px: 8 → 8 channels
+    assert d.state_dict()["final_conv.0.weight"].shape == (16, 17, 3, 3)  # + the stddev map
+    out = d(torch.rand(5, 3, 32, 32))
+    assert out.shape == (5,)
+    with pytest.raises(ValueError, match="expects 32×32"):
+        d(torch.rand(2, 3, 16, 16))
+
+
+def test_minibatch_stddev_groups() -> None:
+    x = torch.randn(6, 4, 2, 2)
+    y = minibatch_stddev(x, 4)  # group 3 (largest divisor of 6 that is ≤ 4)
+    assert y.shape == (6, 5, 2, 2)
+    groups = x.reshape(3, 2, 4, 2, 2)
+    expect = (groups.var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # one value per group member slot
+    for i in range(6):
+        assert torch.allclose(y[i, 4], expect[i % 2].expand(2, 2))
+    same = minibatch_stddev(torch.ones(4, 2, 3, 3))
+    assert torch.allclose(same[:, 2], torch.full((4, 3, 3), 1e-4))
+
+
+def test_r1_penalty_second_order_gradient_matches_finite_differences() -> None:
+    torch.manual_seed(0)
+    d = StyleGAN2Discriminator(8, channels={4: 3, 8: 2}, impl="ref").double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    name = "convs.1.conv2.1.weight"  # a conv inside a residual block: R1's gradient flows through it twice
+
+    def r1_of(weight: torch.Tensor) -> torch.Tensor:
+        xi = x.clone().requires_grad_(True)
+        logits = torch.func.functional_call(d, {name: weight}, (xi,))
+        (g,) = torch.autograd.grad(logits.sum(), xi, create_graph=True)
+        return g.square().sum((1, 2, 3)).mean()
+
+    w = d.state_dict()[name].clone().requires_grad_(True)
+    assert r1_of(w) > 0
+    assert torch.autograd.gradcheck(r1_of, (w,), eps=1e-6, atol=1e-5)
+
+
+# -- pieces of the loop ---------------------------------------------------------------------------
+def test_ema_half_life_and_update() -> None:
+    cfg = GANConfig(batch_size=32, ema_kimg=10, ema_rampup=None)
+    assert math.isclose(ema_beta(cfg, 10**6) ** (10_000 / 32), 0.5, rel_tol=1e-9)  # half-life 10 kimg
+    ramp = GANConfig(batch_size=32, ema_kimg=10, ema_rampup=0.05)
+    assert math.isclose(ema_beta(ramp, 3200), 0.5 ** (32 / 160))  # 5% of the 3,200 images seen
+    assert ema_beta(GANConfig(ema_kimg=0), 10) == 0.0
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    old = a.weight.detach().clone()
+    update_ema(a, b, 0.75)
+    assert torch.allclose(a.weight, 0.75 * old + 0.25 * b.weight)
+
+
+def test_style_mixing_gives_two_blocks_of_layers() -> None:
+    from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
+
+    g = StyleGAN2Generator(32, 16, 2, channel_max=8, impl="ref")
+    torch.manual_seed(0)
+    w = mixed_styles(g, 3, 0.0, torch.device("cpu"))
+    assert w.shape == (3, g.n_styles, 16) and torch.equal(w, w[:, :1].expand_as(w))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        w = mixed_styles(g, 2, 1.0, torch.device("cpu"))
+        changes = [(w[:, i] != w[:, i - 1]).any().item() for i in range(1, g.n_styles)]
+        assert sum(changes) == 1  # one cut, the same for the whole batch
+
+
+def test_draw_batch_depends_on_step_and_rank_only(faces: Path) -> None:
+    data = load_face_tensor(sorted(faces.glob("*.png")), 32, workers=2)
+    assert data.dtype == torch.uint8 and data.shape == (10, 3, 32, 32)
+    kw = {"seed": 3, "n": 4, "xflip": True, "device": torch.device("cpu")}
+    a = draw_batch(data, step=5, rank=0, **kw)
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert torch.equal(a, draw_batch(data, step=5, rank=0, **kw))
+    assert not torch.equal(a, draw_batch(data, step=6, rank=0, **kw))
+    assert not torch.equal(a, draw_batch(data, step=5, rank=1, **kw))
+    assert a.min() >= 0 and a.max() <= 1
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def test_training_moves_both_players_and_writes_snapshots(faces: Path, tmp_path: Path) -> None:
+    from restorekit_psp_sr.train import load_generator
+
+    mirror = tmp_path / "mirror"
+    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=4, snapshot_dir=str(mirror)), quiet=True)
+    assert len(t.train_files) == 8 and len(t.val_files) == 2  # the holdout is never trained on
+    g0 = {k: v.clone() for k, v in t.G.state_dict().items()}
+    d0 = {k: v.clone() for k, v in t.D.state_dict().items()}
+    res = t.fit()
+    assert res["finished"] and res["step"] == 4 and res["kimg"] == 0.016
+    assert any(not torch.equal(g0[k], v) for k, v in t.G.state_dict().items())
+    assert any(not torch.equal(d0[k], v) for k, v in t.D.state_dict().items())
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4] and "r1" in log[0] and log[0]["images_per_s"] > 0
+    for folder in (tmp_path / "run" / "snapshot", mirror):
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["generator.safetensors", "metrics.jsonl", "resume_d.safetensors", "resume_g.safetensors",
+                         "samples.png"]
+        with Image.open(folder / "samples.png") as im:
+            assert im.size == (2 * 32, 4 * 32)  # 2 columns; truncation 1 and 0.7 rows of 2 images
+    snap = load_generator(str(mirror / "generator.safetensors"))  # fp16 file, float32 model
+    full = load_generator(str(tmp_path / "run" / "generator.safetensors"))
+    for k, v in full.state_dict().items():
+        assert torch.allclose(snap.state_dict()[k], v, atol=2e-3, rtol=2e-3), k
+        assert torch.allclose(v, t.G_ema.state_dict()[k].float())
+    assert snap.latent_avg.shape == (16,)
+    from safetensors import safe_open
+
+    with safe_open(str(mirror / "generator.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        training = json.loads(f.metadata()["config"])["training"]
+    assert training["trainer"] == "stylegan2" and training["steps"] == 4
+
+
+def test_resume_reproduces_an_uninterrupted_run(faces: Path, tmp_path: Path) -> None:
+    whole = GANTrainer.build(tiny_config(faces, tmp_path / "a", steps=6), quiet=True)
+    whole.fit()
+    part = GANTrainer.build(tiny_config(faces, tmp_path / "b", steps=6), quiet=True)
+    assert part.fit(until=3)["step"] == 3
+    again = GANTrainer.build(tiny_config(faces, tmp_path / "b", steps=6), quiet=True)
+    res = again.fit(resume=True)
+    assert res["finished"] and again.nimg == whole.nimg == 24
+    for name in ("G", "D", "G_ema"):
+        a, b = getattr(whole, name).state_dict(), getattr(again, name).state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}.{k}"
+
+
+def test_init_from_a_snapshot_folder(faces: Path, tmp_path: Path) -> None:
+    first = GANTrainer.build(tiny_config(faces, tmp_path / "a", steps=2), quiet=True)
+    first.fit()
+    second = GANTrainer.build(tiny_config(faces, tmp_path / "b", steps=3, init_from=str(tmp_path / "a" / "snapshot")),
+                              quiet=True)
+    second.init_weights(tmp_path / "a" / "snapshot")
+    for k, v in first.D.state_dict().items():
+        assert torch.allclose(second.D.state_dict()[k], v, atol=2e-3, rtol=2e-3), k
+    assert second.nimg == 8
+    other = tiny_config(faces, tmp_path / "c", steps=3, channels={4: 8, 8: 8, 16: 8, 32: 8},
+                        init_from=str(tmp_path / "a" / "snapshot"))
+    from restorekit.training.trainer import TrainingError
+
+    with pytest.raises(TrainingError, match="do not fit this config"):
+        GANTrainer.build(other, quiet=True).fit()
+
+
+def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None:
+    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=1000), quiet=True)
+    res = t.fit(time_limit=0.0)
+    assert res["stopped_early"] and not res["finished"] and res["step"] == 1
+    assert res["checkpoint"].endswith("step_00000001.pt")
+    assert (tmp_path / "run" / "generator.safetensors").is_file()  # a run cut short still exports
+
+
+def test_config_rejects_what_the_trainer_cannot_do(faces: Path, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="grad_accum"):
+        tiny_config(faces, tmp_path, grad_accum=2)
+    with pytest.raises(ValidationError, match="DiffAugment"):
+        tiny_config(faces, tmp_path, augment="color,zoom")
+
+
+def test_cli_trains_and_generate_reads_the_result(faces: Path, tmp_path: Path) -> None:
+    from restorekit.cli import build_cli
+
+    run = tmp_path / "run"
+    args = ["train", "stylegan2", "--data", str(faces), "--out", str(run), "--steps", "2", "--json", "-q",
+            "--set", "channels={4 = 16, 8 = 16, 16 = 8, 32 = 8}", "--set", "batch_size=2"]
+    for k, v in TINY.items():
+        if k not in ("channels", "batch_size"):
+            args += ["--set", f"{k}={v}"]
+    cli = build_cli()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["finished"] and summary["kimg"] == 0.004
+    res = CliRunner().invoke(cli, ["generate", "--generator", "stylegan2", "--weights",
+                                   str(run / "generator.safetensors"), "--seeds", "0-1", "--output",
+                                   str(tmp_path / "gen"), "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["written"]) == 2
+
+
+DDP_SCRIPT = r"""
+import sys, torch
+from pathlib import Path
+from restorekit.training.distributed import cleanup, init_distributed
+from restorekit_psp_sr.train_gan import GANConfig, GANTrainer
+
+faces, out = sys.argv[1], Path(sys.argv[2])
+info = init_distributed("cpu")
+cfg = GANConfig.model_validate({"resolution": 32, "style_dim": 16, "n_mlp": 2,
+    "channels": {4: 8, 8: 8, 16: 8, 32: 8}, "batch_size": 4, "steps": 3, "num_threads": 1, "device": "cpu",
+    "log_every": 3, "ckpt_every": 3, "snapshot_minutes": 60, "n_sample_grid": 2, "load_workers": 1,
+    "r1_every": 2, "out": str(out), "data": {"root": faces}})
+t = GANTrainer.build(cfg, quiet=True)
+assert t.local_batch == 2
+t.fit()
+torch.save({**{"G." + k: v for k, v in t.G.state_dict().items()}, **{"D." + k: v for k, v in t.D.state_dict().items()}},
+           out / f"rank{info.rank}.pt")
+cleanup(info)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_identical_players(faces: Path, tmp_path: Path) -> None:
+    script = tmp_path / "ddp_gan.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(faces), str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(out / "rank0.pt", weights_only=True)
+    b = torch.load(out / "rank1.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3] and log[0]["kimg"] == 0.012  # rank 0 logs the global count
