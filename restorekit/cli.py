@@ -111,7 +111,7 @@ def build_cli() -> click.Group:
 
 
 # Each module has ``attach(cli)``; kept as names so a missing optional one is easy to see.
-CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_bench", "bench_method", "compare", "weights", "train", "plugin_new", "export", "demo")
+CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_bench", "bench_method", "compare", "weights", "train", "plugin_new", "export", "demo", "realism")
 
 
 def main() -> None:

@@ -1,0 +1,139 @@
+"""``restorekit realism``: Fréchet distances in offline feature spaces + face-detection share.
+
+Not FID (Inception weights are not available offline); every output says so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from ..cli import emit_json, fail_usage, table
+from ..methods import parse_opts, resolve_device
+
+
+def _parse_value(text: str) -> object:
+    """``--opt`` values: integers and floats as numbers, ``true``/``false`` as booleans."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
+    from ..harness.realism import canonical_space
+
+    out: dict[str, str] = {}
+    for key, value in parse_opts(pairs).items():
+        out[canonical_space(key)] = value
+    return out
+
+
+@click.command("realism")
+@click.option("--generator", "gen_name", default=None, help="Registered generator to sample (or --images).")
+@click.option("--weights", default=None, help="Weights name or path for the generator.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Generator config (repeatable).")
+@click.option("--images", default=None, help="Score these images instead of a generator (folder, glob, @list.txt).")
+@click.option("--data", required=True, help="Reference images: folder, glob or @list.txt.")
+@click.option("--n", "n_samples", type=click.IntRange(2), default=1000, show_default=True,
+              help="Generator samples for the Fréchet distances.")
+@click.option("--truncation", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--spaces", default="alex,dlib", show_default=True,
+              help="Feature spaces: alex (alex_conv5), dlib (dlib128), vgg (vgg_conv5).")
+@click.option("--space-weights", "space_weights", multiple=True, metavar="SPACE=FILE",
+              help="Weights file for a space instead of the cache (e.g. alex=lpips-alex.safetensors).")
+@click.option("--detector", default="mtcnn", show_default=True,
+              help="Face detector for the face share (a registered one; 'none' to skip).")
+@click.option("--detect-n", type=click.IntRange(1), default=32, show_default=True,
+              help="Samples searched for a face.")
+@click.option("--detect-truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="Truncation of the samples searched for a face.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--cache", default=None, help="Folder for cached reference statistics ('none': no cache; "
+                                            "default: <restorekit cache>/realism).")
+@click.option("--json", "as_json", is_flag=True)
+def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...], images: str | None, data: str,
+                n_samples: int, truncation: float, seed: int, spaces: str, space_weights: tuple[str, ...],
+                detector: str, detect_n: int, detect_truncation: float, batch_size: int, device: str,
+                cache: str | None, as_json: bool) -> None:
+    """Fréchet distances between generated samples (or --images) and reference images in offline
+    networks' feature spaces, and the share of samples with a detectable face. NOT FID."""
+    from ..harness import realism as R
+    from ..plugins import registry
+
+    if (gen_name is None) == (images is None):
+        fail_usage("give exactly one of --generator NAME and --images SPEC")
+    if images is not None and (weights is not None or opts):
+        fail_usage("--weights and --opt configure a generator; they do not apply to --images")
+    names = [s for s in (p.strip() for p in spaces.split(",")) if s]
+    if not names:
+        fail_usage("--spaces: no feature space given")
+    keys = [R.canonical_space(s) for s in names]
+    if len(set(keys)) != len(keys):
+        fail_usage(f"--spaces lists a space twice: {spaces}")
+    extra = _space_weights(space_weights)
+    unused = sorted(set(extra) - set(keys))
+    if unused:
+        fail_usage(f"--space-weights for {', '.join(unused)}, which --spaces does not list")
+    dev = resolve_device(device)
+    built = [R.build_space(k, weights=extra.get(k), device=dev) for k in keys]
+    cache_dir = None if (cache or "").lower() == "none" else Path(cache) if cache else R.default_cache_dir()
+    det = None if detector.lower() == "none" else detector
+    if det is not None:
+        from ..faces.detectors import check_available
+
+        registry().get("face_detectors", det)  # unknown names: one line with a suggestion
+        if det in ("mtcnn", "dlib_hog"):
+            check_available(det)
+
+    if gen_name is not None:
+        factory = registry().get("generators", gen_name)
+        config = {k: _parse_value(v) for k, v in parse_opts(opts).items()}
+        if weights is not None:
+            config["weights"] = weights
+        import torch
+
+        torch.manual_seed(seed)  # a generator built without weights is then the same on every run
+        try:
+            gen = factory.build(**config).to(dev).eval()
+        except (TypeError, ValueError) as exc:
+            fail_usage(f"generator '{gen_name}': {exc}")
+        label = f"{gen_name}" + (f" ({weights})" if weights else "")
+        report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
+                                      spaces=built, batch_size=batch_size, device=dev, detector=det,
+                                      detect_n=detect_n, detect_truncation=detect_truncation,
+                                      cache_dir=cache_dir, label=label)
+    else:
+        assert images is not None
+        report = R.evaluate_images(images, data, spaces=built, batch_size=batch_size, device=dev,
+                                   detector=det, cache_dir=cache_dir)
+
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    rows = [[f.metric, f"{f.distance:.4g}", str(f.n_samples), str(f.n_reference)] for f in report.figures]
+    where = (f"truncation {report.truncation}, seed {report.seed}" if report.truncation is not None
+             else "image set")
+    table(f"realism of {report.source} vs {report.reference} ({where}) — NOT FID",
+          ["Fréchet distance (lower is better)", "value", "samples", "reference"], rows)
+    for f in report.figures:
+        click.echo(f"{f.space}: {f.summary}")
+    if report.faces is not None:
+        f = report.faces
+        share = "n/a" if math.isnan(f.share) else f"{100 * f.share:.0f}%"
+        at = f" at truncation {f.truncation}" if f.truncation is not None else ""
+        click.echo(f"faces found by {f.detector}: {f.found}/{f.n} ({share}){at}")
+    click.echo(f"note: {report.note}")
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(realism_cmd)

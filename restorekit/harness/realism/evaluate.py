@@ -1,0 +1,389 @@
+"""Realism of a generator without FID: Fréchet distances in offline feature spaces + face share.
+
+:func:`evaluate_generator` samples a :class:`~restorekit.interfaces.Generator` deterministically
+(``z`` for sample ``i`` is row ``i`` of one ``randn(n, z_dim)`` drawn with ``seed`` on the CPU, so
+batch size and device do not change the samples; truncation towards ``mean_latent()``; constant
+noise), computes each space's feature statistics and their Fréchet distance to the reference
+statistics, and counts the samples in which a registered face detector finds a face.
+:func:`evaluate_images` does the same for a second set of images (real-vs-real floors,
+degraded copies).
+
+Reference statistics of a file set can be cached (:func:`reference_statistics`): one ``.npz`` per
+space, keyed by the space's identity (name, preprocessing, weights hash) and the sha256 of every
+file's bytes (order-independent), so a trainer compares snapshots without re-reading the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...errors import RestorekitError
+from ...interfaces import Generator
+from .frechet import FeatureStats, StatsAccumulator, frechet_distance
+from .spaces import DEFAULT_SPACES, FeatureSpace, build_space, canonical_space
+
+__all__ = [
+    "NOT_FID_NOTE", "SpaceFigure", "FaceShare", "RealismReport", "feature_statistics",
+    "multi_statistics", "image_batches", "generator_latents", "generator_batches", "reference_key",
+    "reference_statistics", "save_statistics", "load_statistics", "face_share",
+    "evaluate_generator", "evaluate_images", "default_cache_dir",
+]
+
+NOT_FID_NOTE = ("These are Fréchet distances in the feature spaces of other networks (named per row), "
+                "NOT FID: FID's Inception weights are not available offline. They are not comparable "
+                "with published FIDs, only with each other at the same sample count and reference set.")
+
+ImageSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+ReferenceArg = Mapping[str, FeatureStats] | ImageSource
+SpaceArg = str | FeatureSpace
+
+
+@dataclass(frozen=True)
+class SpaceFigure:
+    """One space's Fréchet distance between samples and reference (lower is more realistic)."""
+
+    space: str
+    metric: str
+    distance: float
+    n_samples: int
+    n_reference: int
+    dim: int
+    summary: str
+
+
+@dataclass(frozen=True)
+class FaceShare:
+    """How many of ``n`` samples (drawn at ``truncation``) a face detector found a face in."""
+
+    detector: str
+    n: int
+    found: int
+    truncation: float | None
+
+    @property
+    def share(self) -> float:
+        return self.found / self.n if self.n else math.nan
+
+
+@dataclass(frozen=True)
+class RealismReport:
+    """What :func:`evaluate_generator` / :func:`evaluate_images` measured."""
+
+    source: str
+    reference: str
+    figures: tuple[SpaceFigure, ...]
+    truncation: float | None
+    seed: int | None
+    faces: FaceShare | None = None
+    seconds: float = 0.0
+    note: str = field(default=NOT_FID_NOTE)
+
+    def distance(self, space: str) -> float:
+        """The Fréchet distance of one space (name or alias)."""
+        key = canonical_space(space)
+        for f in self.figures:
+            if f.space == key:
+                return f.distance
+        raise KeyError(f"no figure for space '{key}' in this report")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["figures"] = [asdict(f) for f in self.figures]
+        if self.faces is not None:
+            d["faces"] = {**asdict(self.faces), "share": self.faces.share}
+        d["not_fid"] = True
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _check_batch(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"expected N×3×H×W image batches, got {shape}")
+    return images
+
+
+def multi_statistics(images: Iterable[Tensor], spaces: Sequence[FeatureSpace],
+                     on_batch: Callable[[Tensor], None] | None = None) -> dict[str, FeatureStats]:
+    """Statistics of ``images`` (an iterable of ``N×3×H×W`` batches in [0, 1]) in every space,
+    in one pass over the images; ``on_batch`` sees each batch too."""
+    accs = {s.name: StatsAccumulator() for s in spaces}
+    for batch in images:
+        _check_batch(batch)
+        for s in spaces:
+            accs[s.name].add(s.features(batch))
+        if on_batch is not None:
+            on_batch(batch)
+    return {name: acc.stats() for name, acc in accs.items()}
+
+
+def feature_statistics(images: Iterable[Tensor], space: FeatureSpace) -> FeatureStats:
+    """``(mu, sigma, n)`` of ``images`` (``N×3×H×W`` batches in [0, 1]) in ``space`` (float64)."""
+    return multi_statistics(images, [space])[space.name]
+
+
+def _paths(source: ImageSource) -> list[Path]:
+    if isinstance(source, (str, os.PathLike)):
+        from ...images import list_inputs
+
+        return [item.path for item in list_inputs(source)]
+    return [Path(p) for p in source]
+
+
+def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64) -> Iterator[Tensor]:
+    """Read image files into batches (consecutive files of one size share a batch)."""
+    from ...images import read_image
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    pending: list[Tensor] = []
+    for p in paths:
+        img = read_image(p)
+        if pending and (img.shape[-2:] != pending[0].shape[-2:] or len(pending) == batch_size):
+            yield torch.cat(pending)
+            pending = []
+        pending.append(img)
+    if pending:
+        yield torch.cat(pending)
+
+
+def generator_latents(generator: Generator, n: int, seed: int) -> Tensor:
+    """The ``n×z_dim`` normal noise of :func:`generator_batches` (one CPU draw with ``seed``)."""
+    return torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def generator_batches(generator: Generator, n: int, *, truncation: float = 1.0, seed: int = 0,
+                      batch_size: int = 32) -> Iterator[Tensor]:
+    """``n`` samples of ``generator`` in batches (in [0, 1], on the generator's device), the
+    same for every batch size: truncated towards ``mean_latent()``, constant noise."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n ≥ 1 and batch_size ≥ 1, got n={n}, batch_size={batch_size}")
+    device = next(generator.parameters()).device
+    z_all = generator_latents(generator, n, seed)
+    with torch.no_grad():
+        center = generator.mean_latent().to(device) if truncation != 1.0 else None
+    for i in range(0, n, batch_size):
+        # Grad mode is restored before each yield: the consumer's code never runs under no_grad.
+        with torch.no_grad():
+            w = generator.map(z_all[i:i + batch_size].to(device))
+            if center is not None:
+                w = center + truncation * (w - center)
+            w_plus = w.unsqueeze(1).expand(-1, generator.n_styles, -1)
+            images = generator.synthesize(w_plus, noise_mode="const").float().clamp(0, 1)
+        yield images
+
+
+# --------------------------------------------------------------------------------------------
+# Reference statistics and their cache
+
+
+def default_cache_dir() -> Path:
+    """``<restorekit cache>/realism`` (``$RESTOREKIT_HOME`` when set)."""
+    from ...weights import cache_dir
+
+    return cache_dir() / "realism"
+
+
+def reference_key(paths: Sequence[str | os.PathLike[str]], space: FeatureSpace) -> str:
+    """sha256 of the space's identity and the sorted sha256 of every file's bytes."""
+    digests = sorted(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths)
+    h = hashlib.sha256(space.identity.encode())
+    for d in digests:
+        h.update(d.encode())
+    return h.hexdigest()
+
+
+def save_statistics(path: str | os.PathLike[str], stats: FeatureStats, *, space: str = "",
+                    key: str = "") -> Path:
+    """Write statistics to an ``.npz`` (atomically; no pickles)."""
+    from ...images import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), space=np.str_(space), key=np.str_(key))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(p, buf.getvalue())
+    return p
+
+
+def load_statistics(path: str | os.PathLike[str], *, key: str | None = None) -> FeatureStats:
+    """Read statistics written by :func:`save_statistics`; with ``key``, it must match."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            stats = FeatureStats(mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), n=int(z["n"]))
+            found = str(z["key"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise RestorekitError(f"{path}: not a realism statistics file ({exc})") from None
+    if key is not None and found != key:
+        raise RestorekitError(f"{path}: statistics of another reference set or network")
+    return stats
+
+
+def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *, batch_size: int = 64,
+                         cache_dir: str | os.PathLike[str] | None = None) -> dict[str, FeatureStats]:
+    """Statistics of the image files ``source`` (a folder, glob, ``@list.txt`` or a list of
+    paths) in each space; with ``cache_dir``, read from / written to ``<space>-<key>.npz``."""
+    paths = _paths(source)
+    if len(paths) < 2:
+        raise RestorekitError(f"the reference set needs at least 2 images, got {len(paths)}")
+    out: dict[str, FeatureStats] = {}
+    todo: list[FeatureSpace] = []
+    keys: dict[str, str] = {}
+    for s in spaces:
+        if cache_dir is None:
+            todo.append(s)
+            continue
+        keys[s.name] = reference_key(paths, s)
+        f = Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz"
+        if f.is_file():
+            try:
+                out[s.name] = load_statistics(f, key=keys[s.name])
+                continue
+            except RestorekitError:
+                pass  # unreadable or stale: recompute and overwrite
+        todo.append(s)
+    if todo:
+        computed = multi_statistics(image_batches(paths, batch_size), todo)
+        for s in todo:
+            out[s.name] = computed[s.name]
+            if cache_dir is not None:
+                save_statistics(Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz", computed[s.name],
+                                space=s.identity, key=keys[s.name])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Face detection share
+
+
+def face_share(images: Iterable[Tensor], detector: str, *, device: str | torch.device = "cpu",
+               truncation: float | None = None) -> FaceShare:
+    """Count the images in which the registered face ``detector`` finds at least one face."""
+    from ...faces.pipeline import build_detector
+
+    det = build_detector(detector, device=device)
+    n = found = 0
+    for batch in images:
+        for img in _check_batch(batch):
+            n += 1
+            found += bool(det.detect(img.detach().float().cpu()))
+    return FaceShare(detector=detector, n=n, found=found, truncation=truncation)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _build_spaces(spaces: Sequence[SpaceArg], device: torch.device) -> list[FeatureSpace]:
+    built: list[FeatureSpace] = []
+    for s in spaces:
+        built.append(s if isinstance(s, FeatureSpace) else build_space(s, device=device))
+    names = [s.name for s in built]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a feature space is listed twice: {', '.join(names)}")
+    if not built:
+        raise ValueError("no feature space given")
+    return built
+
+
+def _reference(reference: ReferenceArg, spaces: Sequence[FeatureSpace], batch_size: int,
+               cache_dir: str | os.PathLike[str] | None) -> tuple[dict[str, FeatureStats], str]:
+    if isinstance(reference, Mapping):
+        missing = [s.name for s in spaces if s.name not in reference]
+        if missing:
+            raise RestorekitError(f"the reference statistics lack the space(s) {', '.join(missing)}")
+        return {s.name: reference[s.name] for s in spaces}, "precomputed statistics"
+    label = str(reference) if isinstance(reference, (str, os.PathLike)) else f"{len(reference)} files"
+    return reference_statistics(reference, spaces, batch_size=batch_size, cache_dir=cache_dir), label
+
+
+def _figures(samples: Mapping[str, FeatureStats], ref: Mapping[str, FeatureStats],
+             spaces: Sequence[FeatureSpace]) -> tuple[SpaceFigure, ...]:
+    out = []
+    for s in spaces:
+        a, b = samples[s.name], ref[s.name]
+        out.append(SpaceFigure(space=s.name, metric=f"frechet_{s.name}",
+                               distance=frechet_distance(a.mu, a.sigma, b.mu, b.sigma),
+                               n_samples=a.n, n_reference=b.n, dim=s.dim, summary=s.summary))
+    return tuple(out)
+
+
+def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_samples: int = 1000,
+                       truncation: float = 1.0, seed: int = 0,
+                       spaces: Sequence[SpaceArg] = DEFAULT_SPACES, batch_size: int = 32,
+                       device: str | torch.device | None = None, detector: str | None = None,
+                       detect_n: int = 32, detect_truncation: float | None = 0.7,
+                       cache_dir: str | os.PathLike[str] | None = None,
+                       label: str = "generator") -> RealismReport:
+    """Fréchet distances between ``n_samples`` samples of ``generator`` and ``reference``.
+
+    ``reference``: statistics per space (e.g. from :func:`reference_statistics`) or image files.
+    ``spaces``: names (built on ``device`` from the weights cache) or built spaces.
+    ``device``: where the feature networks run (default: the generator's device; the generator
+    is not moved). With ``detector``, the first ``detect_n`` samples of the same seed, drawn at
+    ``detect_truncation`` (``None``: ``truncation``), are searched for faces.
+    """
+    if n_samples < 2:
+        raise ValueError(f"n_samples must be at least 2, got {n_samples}")
+    t0 = time.perf_counter()
+    gen_device = next(generator.parameters()).device
+    dev = torch.device(device) if device is not None else gen_device
+    built = _build_spaces(spaces, dev)
+    ref, ref_label = _reference(reference, built, batch_size, cache_dir)
+    samples = multi_statistics(generator_batches(generator, n_samples, truncation=truncation, seed=seed,
+                                                 batch_size=batch_size), built)
+    faces = None
+    if detector is not None:
+        t = truncation if detect_truncation is None else detect_truncation
+        faces = face_share(generator_batches(generator, detect_n, truncation=t, seed=seed, batch_size=batch_size),
+                           detector, device=dev, truncation=t)
+    return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
+                         truncation=truncation, seed=seed, faces=faces,
+                         seconds=round(time.perf_counter() - t0, 3))
+
+
+def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
+                    spaces: Sequence[SpaceArg] = DEFAULT_SPACES, batch_size: int = 64,
+                    device: str | torch.device = "cpu", detector: str | None = None,
+                    cache_dir: str | os.PathLike[str] | None = None) -> RealismReport:
+    """The same figures for a set of image files instead of a generator (e.g. real vs real)."""
+    t0 = time.perf_counter()
+    built = _build_spaces(spaces, torch.device(device))
+    ref, ref_label = _reference(reference, built, batch_size, cache_dir)
+    paths = _paths(images)
+    if len(paths) < 2:
+        raise RestorekitError(f"the image set needs at least 2 images, got {len(paths)}")
+    faces = None
+    if detector is None:
+        samples = multi_statistics(image_batches(paths, batch_size), built)
+    else:
+        from ...faces.pipeline import build_detector
+
+        det = build_detector(detector, device=device)
+        counts = [0, 0]
+
+        def count(batch: Tensor) -> None:
+            for img in batch:
+                counts[0] += 1
+                counts[1] += bool(det.detect(img.float().cpu()))
+
+        samples = multi_statistics(image_batches(paths, batch_size), built, on_batch=count)
+        faces = FaceShare(detector=detector, n=counts[0], found=counts[1], truncation=None)
+    label = str(images) if isinstance(images, (str, os.PathLike)) else f"{len(paths)} files"
+    return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
+                         truncation=None, seed=None, faces=faces, seconds=round(time.perf_counter() - t0, 3))
