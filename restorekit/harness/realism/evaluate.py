@@ -16,6 +16,7 @@ file's bytes (order-independent), so a trainer compares snapshots without re-rea
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import time
@@ -161,6 +162,13 @@ def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64)
         yield torch.cat(pending)
 
 
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Where a module's first parameter (else buffer) lives; CPU for a module with neither."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def generator_latents(generator: Generator, n: int, seed: int) -> Tensor:
     """The ``n×z_dim`` normal noise of :func:`generator_batches` (one CPU draw with ``seed``)."""
     return torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(seed))
@@ -172,7 +180,7 @@ def generator_batches(generator: Generator, n: int, *, truncation: float = 1.0, 
     same for every batch size: truncated towards ``mean_latent()``, constant noise."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n ≥ 1 and batch_size ≥ 1, got n={n}, batch_size={batch_size}")
-    device = next(generator.parameters()).device
+    device = _device_of(generator)
     z_all = generator_latents(generator, n, seed)
     with torch.no_grad():
         center = generator.mean_latent().to(device) if truncation != 1.0 else None
@@ -341,7 +349,7 @@ def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_sampl
     if n_samples < 2:
         raise ValueError(f"n_samples must be at least 2, got {n_samples}")
     t0 = time.perf_counter()
-    gen_device = next(generator.parameters()).device
+    gen_device = _device_of(generator)
     dev = torch.device(device) if device is not None else gen_device
     built = _build_spaces(spaces, dev)
     ref, ref_label = _reference(reference, built, batch_size, cache_dir)
