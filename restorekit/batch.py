@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .errors import ImageError, RestorekitError
-from .images import ImageItem, read_image, save_image
+from .images import ImageItem, check_output_size, probe_size, read_image, save_image
 
 # Errors a single input may raise without stopping the batch.
 PER_IMAGE_ERRORS = (RestorekitError, ValueError, RuntimeError, OSError)
@@ -39,6 +39,28 @@ class BatchResult:
     def as_dict(self) -> dict[str, object]:
         return {"written": self.written, "skipped": self.skipped, "failed": self.failed,
                 "reports": self.reports}
+
+
+def check_inputs(items: list[ImageItem], *, max_pixels: int, out_scale: int = 1, n_outputs: int = 1,
+                 max_output_pixels: int | None = None) -> tuple[list[ImageItem], list[dict[str, str]]]:
+    """Check every input from its header before any work: ``(usable, failures)``.
+
+    An input fails when it is unreadable, outside ``max_pixels``, or when ``n_outputs`` results
+    ``out_scale`` times its size would exceed ``max_output_pixels`` (None: no output limit).
+    """
+    ok: list[ImageItem] = []
+    failed: list[dict[str, str]] = []
+    for item in items:
+        try:
+            w, h = probe_size(item.path, max_pixels=max_pixels)
+            if max_output_pixels is not None:
+                check_output_size(w, h, out_scale, item.path, max_output_pixels=max_output_pixels,
+                                  n_outputs=n_outputs)
+            ok.append(item)
+        except PER_IMAGE_ERRORS as exc:
+            msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
+            failed.append({"path": str(item.path), "error": msg})
+    return ok, failed
 
 
 def check_writable(folder: Path) -> None:
@@ -80,28 +102,45 @@ def process_files(
     on_error: Callable[[str], None] | None = None,
     report: Callable[[ImageItem], object] | None = None,
     expected: Callable[[ImageItem], list[str]] | None = None,
+    out_scale: int = 1,
+    n_outputs: int = 1,
+    max_output_pixels: int | None = None,
 ) -> BatchResult:
-    """Read each input, call ``fn(image, item) -> [(stem, image), …]`` and write each output.
+    """Read each input, call ``fn(image, item) -> [(name, image), …]`` and write each output.
 
-    An input whose every expected output (``expected(item)``, default its stem) exists is
-    skipped unless ``overwrite``; an output that would replace an input file is refused.
+    An input whose every expected output (``expected(item)``, default its name) exists is
+    skipped unless ``overwrite``. The others are checked from their headers first
+    (:func:`check_inputs`), so an input that cannot succeed fails before any work. An output
+    that would replace an input file, or that another input of this batch already wrote, is refused.
     """
     check_writable(outdir)
     result = BatchResult()
     input_paths = {it.path.resolve() for it in items}
-    with progress_bar(len(items), label, quiet) as advance:
-        for item in items:
+    todo: list[ImageItem] = []
+    for item in items:  # without overwrite, skip inputs whose every expected output already exists
+        stems = expected(item) if expected is not None else [item.stem]
+        if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
+            result.skipped.extend(str(outdir / f"{s}.{ext}") for s in stems)
+        else:
+            todo.append(item)
+    usable, early = check_inputs(todo, max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
+                                 max_output_pixels=max_output_pixels)
+    for f in early:
+        result.failed.append(f)
+        if on_error is not None:
+            on_error(f["error"])
+    written_by: dict[Path, Path] = {}
+    with progress_bar(len(usable), label, quiet) as advance:
+        for item in usable:
             try:
-                # Without overwrite, skip inputs whose every expected output already exists.
-                stems = expected(item) if expected is not None else [item.stem]
-                if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
-                    result.skipped.extend(str(outdir / f"{s}.{ext}") for s in stems)
-                    advance(item.path.name)
-                    continue
                 image = read_image(item.path, max_pixels=max_pixels)
                 planned = fn(image, item)
                 for stem, out in planned:
                     dest = outdir / f"{stem}.{ext}"
+                    other = written_by.get(dest)
+                    if other is not None and other != item.path:
+                        raise ImageError(f"{dest}: already written for {other} in this run; refusing to replace it")
+                    written_by[dest] = item.path
                     if dest.resolve() in input_paths:
                         raise ImageError(f"{dest}: refusing to overwrite an input file")
                     if dest.exists() and not overwrite:

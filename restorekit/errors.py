@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class RestorekitError(Exception):
     """Base for errors restorekit reports to users without a traceback."""
@@ -39,3 +41,38 @@ class IntegrityError(RestorekitError):
 
 class UnsafeFileError(RestorekitError):
     """A file would run code when loaded (a pickle with arbitrary globals)."""
+
+
+class FileSystemError(RestorekitError, OSError):
+    """A file or folder restorekit must read or write cannot be; the message names the path and the fix.
+
+    Also an ``OSError``, so code that treats I/O failures per item keeps doing so.
+    """
+
+
+class CacheError(FileSystemError):
+    """The weights/export cache (``$RESTOREKIT_HOME`` or the platform cache folder) cannot be used."""
+
+
+_FIXES = {
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EROFS: "the file system is read-only: choose another location",
+    errno.ENOSPC: "free some disk space or choose another location",
+    errno.EDQUOT: "free some disk space (quota exceeded) or choose another location",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it or choose another location",
+    errno.EEXIST: "a file stands where a folder is needed: move it or choose another location",
+    errno.EISDIR: "a folder stands where a file is needed: move it or choose another location",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ENOENT: "check that the path exists",
+}
+
+
+def describe_os_error(exc: OSError, path: object = None, action: str = "write") -> str:
+    """One line for an ``OSError``: ``cannot <action> <path>: <reason>; <fix>``."""
+    if isinstance(exc, RestorekitError):
+        return str(exc)
+    where = path if path is not None else (exc.filename if exc.filename is not None else "a file")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = _FIXES.get(exc.errno or -1, "check the path and its permissions")
+    return f"cannot {action} {where}: {reason}; {fix}"

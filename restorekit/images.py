@@ -10,6 +10,18 @@ Conversion rule for files (pillow):
 - Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces.
 - CMYK and YCbCr are converted with pillow's own conversion.
 Files are written as 8-bit images by rounding ``x·255`` to the nearest integer; writes are atomic.
+
+Every image restorekit reads or makes passes :func:`check_size` (at least ``MIN_SIDE`` px a side, at
+most ``max_pixels``), whatever it comes from, so a result never depends on whether an image was
+read from disk or kept in memory. ``max_pixels`` is also pillow's decompression-bomb limit while
+restorekit reads a file, so one limit decides.
+
+Output names (:func:`output_names`): an input is named by its stem (``photo.jpg`` → ``photo``).
+Inputs whose stems are equal ignoring case are each named by their path relative to the folder
+all inputs share, extension included, with ``/`` written as ``__`` (``a.jpg`` → ``a.jpg``,
+``x/a.png`` → ``x__a.png``); the rule repeats until every name is unique ignoring case, and two
+inputs it cannot tell apart (``a.png`` and ``A.png`` in one folder) are refused up front, naming
+both. The same file given twice is used once.
 """
 
 from __future__ import annotations
@@ -17,7 +29,10 @@ from __future__ import annotations
 import glob as globmod
 import os
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,20 +40,97 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import FileSystemError, ImageError, describe_os_error
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 SAVE_EXTS = ("png", "jpg", "webp")
 DEFAULT_MAX_PIXELS = 64_000_000
+# What one input may make (output pixels × samples): a float32 RGB image takes 12 bytes a pixel and
+# a restore holds a few copies, so 256 MP stays within a 24 GB machine.
+DEFAULT_MAX_OUTPUT_PIXELS = 256_000_000
 MIN_SIDE = 2
+# Separates folders in the output name of an input whose stem collides (x/a.png → x__a.png).
+FOLDER_SEP = "__"
 
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One input: where it came from and the stem to name its outputs by."""
+    """One input: where it came from and its unique output name (``stem``; see :func:`output_names`)."""
 
     path: Path
     stem: str
+
+
+def _mp(pixels: int | float) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+def check_size(width: int, height: int, where: object, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """The one validation of an image's size, read or made: ``ImageError`` naming ``where``."""
+    if width * height > max_pixels:
+        raise ImageError(f"{where}: {width}×{height} = {_mp(width * height)} exceeds the limit of "
+                         f"{_mp(max_pixels)} (raise it with --max-pixels)")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{where}: {width}×{height} is too small (each side must be ≥ {MIN_SIDE} px)")
+
+
+def check_output_size(width: int, height: int, scale: int, where: object, *,
+                      max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS, n_outputs: int = 1) -> None:
+    """Refuse an input whose ×``scale`` result (``n_outputs`` of them) would exceed ``max_output_pixels``."""
+    w, h = width * scale, height * scale
+    total = w * h * n_outputs
+    if total > max_output_pixels:
+        many = f" × {n_outputs} samples" if n_outputs > 1 else ""
+        raise ImageError(f"{where}: its ×{scale} output would be {w}×{h}{many} = {_mp(total)}, over the "
+                         f"output limit of {_mp(max_output_pixels)} (lower --scale or raise --max-output-pixels)")
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+@contextmanager
+def pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Make ``max_pixels`` pillow's decompression-bomb limit too, for the duration of one read."""
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise ImageError(f"{p}: no such file")
+    if p.is_dir():
+        raise ImageError(f"{p}: is a folder, not an image")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file (0 bytes)")
+
+
+def _bomb(p: Path, max_pixels: int) -> ImageError:
+    return ImageError(f"{p}: the image (or a frame inside it) exceeds the limit of {_mp(max_pixels)} "
+                      "(raise it with --max-pixels)")
+
+
+def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from a file's header after :func:`check_size`; nothing is decoded."""
+    p = Path(path)
+    _check_file(p)
+    try:
+        with pillow_limit(max_pixels), Image.open(p) as im:
+            w, h = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb(p, max_pixels) from None
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
+    check_size(w, h, p, max_pixels=max_pixels)
+    return w, h
 
 
 def to_numpy_rgb(img: Image.Image) -> np.ndarray:
@@ -69,28 +161,19 @@ def to_numpy_rgb(img: Image.Image) -> np.ndarray:
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read one file as ``1×3×H×W`` float32 in [0,1]; raises ``ImageError`` naming the file."""
     p = Path(path)
-    if not p.exists():
-        raise ImageError(f"{p}: no such file")
-    if p.is_dir():
-        raise ImageError(f"{p}: is a folder, not an image")
-    if p.stat().st_size == 0:
-        raise ImageError(f"{p}: empty file (0 bytes)")
+    _check_file(p)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(f"{p}: {w}×{h} = {w * h / 1e6:.1f} MP exceeds the limit of "
-                                     f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)")
-                if min(w, h) < MIN_SIDE:
-                    raise ImageError(f"{p}: {w}×{h} is too small (each side must be ≥ {MIN_SIDE} px)")
-                im = ImageOps.exif_transpose(im)
-                im.load()
-                arr = to_numpy_rgb(im)
+        with pillow_limit(max_pixels), Image.open(p) as im:
+            w, h = im.size
+            check_size(w, h, p, max_pixels=max_pixels)
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            arr = to_numpy_rgb(im)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb(p, max_pixels) from None
+    except UnidentifiedImageError as exc:
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
@@ -122,16 +205,24 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+
+    A failure leaves nothing behind and raises :class:`FileSystemError` naming ``path`` and the fix.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FileSystemError):
+            raise FileSystemError(describe_os_error(exc, path)) from exc
         raise
 
 
@@ -182,17 +273,42 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             paths = [p]
         else:
             raise ImageError(f"{p}: no such file or folder")
-    items = []
-    seen: dict[str, int] = {}
-    for q in paths:
-        stem = q.stem
-        if stem in seen:  # a.png and a.jpg both present: keep both outputs apart
-            seen[stem] += 1
-            stem = f"{stem}_{q.suffix.lstrip('.').lower()}"
-        else:
-            seen[stem] = 0
-        items.append(ImageItem(q, stem))
-    return items
+    unique: dict[Path, Path] = {}
+    for q in paths:  # the same file twice is one input
+        unique.setdefault(Path(os.path.abspath(q)), q)
+    kept = list(unique.values())
+    return [ImageItem(q, name) for q, name in zip(kept, output_names(kept))]
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """A unique output name per input path, by the rule in the module docstring.
+
+    Stable: a name depends only on the set of inputs, not on their order. Raises ``ImageError``
+    naming both paths when two inputs cannot be told apart.
+    """
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    try:
+        root = Path(os.path.commonpath([str(a.parent) for a in absolute])) if absolute else Path(".")
+        qualified = [FOLDER_SEP.join(a.relative_to(root).parts) for a in absolute]
+    except ValueError:  # no common folder (Windows drives): the whole path
+        qualified = [FOLDER_SEP.join(a.parts[1:]) for a in absolute]
+    names = [p.stem for p in paths]
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            groups.setdefault(n.casefold(), []).append(i)
+        clashing = [idx for idx in groups.values() if len(idx) > 1]
+        if not clashing:
+            return names
+        changed = False
+        for idx in clashing:
+            for i in idx:
+                if names[i] != qualified[i]:
+                    names[i], changed = qualified[i], True
+        if not changed:  # every clashing input already has its longest name
+            a, b = sorted(paths[i] for i in clashing[0])[:2]
+            raise ImageError(f"inputs {a} and {b} would both be written as '{names[clashing[0][0]]}' (output "
+                             "names ignore letter case); rename one of them")
 
 
 def check_batch(images: torch.Tensor) -> None:

@@ -108,7 +108,7 @@ def test_input_specs(tmp_path):
     (d / "a.png").write_bytes(b"x")
     items = list_inputs(d)
     assert [i.path.name for i in items] == ["a.jpg", "a.png", "b.png"]
-    assert [i.stem for i in items] == ["a", "a_png", "b"]  # no output name collision
+    assert [i.stem for i in items] == ["a.jpg", "a.png", "b"]  # colliding stems: named with their extension
     assert [i.path.name for i in list_inputs(str(d / "*.png"))] == ["a.png", "b.png"]
     lst = tmp_path / "list.txt"
     lst.write_text("# faces\nin/b.png\n\nin/a.jpg\n")

@@ -12,7 +12,7 @@ from ..batch import process_files
 from ..cli import emit_json, error_line, fail_usage
 from ..degradations import crop_to_multiple, parse_spec
 from ..errors import RestorekitError
-from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, check_size, list_inputs
 
 
 def item_seed(seed: int, stem: str) -> int:
@@ -27,7 +27,8 @@ def item_seed(seed: int, stem: str) -> int:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random steps (noise).")
 @click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
-@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse inputs larger than this many pixels.")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, overwrite: bool,
@@ -47,7 +48,10 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
             raise RestorekitError(f"{item.path}: {image.shape[-1]}×{image.shape[-2]} is smaller than "
                                   f"the spec's scale {chain.scale}")
         g = torch.Generator().manual_seed(item_seed(seed, item.stem))
-        return [(item.stem, chain(hr, generator=g))]
+        lr = chain(hr, generator=g)
+        # What degrade makes must be readable as an input later: the same size rule as any image.
+        check_size(lr.shape[-1], lr.shape[-2], f"{item.path}: its degraded image", max_pixels=max_pixels)
+        return [(item.stem, lr)]
 
     result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                            quiet=quiet, label="degrade", on_error=error_line)

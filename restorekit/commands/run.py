@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 import torch
 
-from ..batch import process_files
+from ..batch import check_inputs, process_files
 from ..cli import emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
-from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
 from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
 
 
@@ -42,8 +42,11 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 @click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--couple", is_flag=True, help="Write input | output side by side.")
-@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse inputs larger than this many pixels.")
+@click.option("--max-output-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_OUTPUT_PIXELS,
+              show_default=True, help="Refuse inputs whose output (× --n-samples) would be larger than this "
+                                      "many pixels, before any work.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--faces", "faces_mode", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
@@ -64,7 +67,8 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
               help="--backend onnxruntime: an exported graph (`restorekit export`) instead of the cached export.")
 def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str, seed: int | None,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
-            couple: bool, max_pixels: int, quiet: bool, as_json: bool, faces_mode: str, detector: str | None,
+            couple: bool, max_pixels: int, max_output_pixels: int, quiet: bool, as_json: bool, faces_mode: str,
+            detector: str | None,
             background: str | None, only_faces: bool, min_face: float | None, require_face: bool,
             max_shrink: float | None, backend: str, onnx_path: Path | None) -> None:
     """Restore images with METHOD at --scale."""
@@ -97,6 +101,16 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         return
     if not items:
         fail_usage(f"{input_spec}: no input images")
+    limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
+              "max_output_pixels": max_output_pixels}
+    if not check_inputs(items, **limits)[0]:  # nothing can succeed: say why without building the method
+        result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
+                               quiet=quiet, label=method, on_error=error_line, **limits)
+        if as_json:
+            emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
+        elif not quiet:
+            click.echo(f"0 written, {len(result.skipped)} skipped, {len(result.failed)} failed → {output}", err=True)
+        raise SystemExit(result.exit_code)
     m = build_method(method, values, device)
     if backend == "onnxruntime":
         from ..onnx_backend import onnx_method
@@ -112,7 +126,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
                    only_faces=only_faces, require_face=require_face, max_shrink=max_shrink, seed=seed,
                    n_samples=n_samples, ext=ext,
-                   overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json)
+                   overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
+                   max_output_pixels=max_output_pixels)
 
     def stems(item: ImageItem) -> list[str]:
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
@@ -126,9 +141,9 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             outs = [side_by_side(image, o) for o in outs]
         return list(zip(stems(item), outs))
 
-    result = process_files(items, output, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
+    result = process_files(items, output, restore, ext=ext, overwrite=overwrite,
                            quiet=quiet, label=method, on_error=error_line, expected=stems,
-                           report=lambda item: list(m.last_reports))
+                           report=lambda item: list(m.last_reports), **limits)
     if as_json:
         emit_json({"method": method, "scale": scale, "device": str(m.device), "backend": backend,
                    **result.as_dict()})

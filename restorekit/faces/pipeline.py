@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..degradations import bicubic_resize, upscale
 from ..errors import RestorekitError
+from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size
 from ..interfaces import Face, FaceDetector, Method
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match
@@ -232,8 +233,10 @@ class FacePipeline:
     def __init__(self, method: Method, scale: int, *, detector: str | FaceDetector = DEFAULT_DETECTOR,
                  background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
                  feather: float = DEFAULT_FEATHER, colour_match: bool = True,
-                 crop_size: int | None = None, max_shrink: float | None = DEFAULT_MAX_SHRINK) -> None:
+                 crop_size: int | None = None, max_shrink: float | None = DEFAULT_MAX_SHRINK,
+                 max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
         method.check_scale(scale)
+        self.max_output_pixels = max_output_pixels
         if max_shrink is not None and max_shrink < 1:
             raise RestorekitError(f"--max-shrink must be ≥ 1, got {max_shrink}")
         self.max_shrink = max_shrink
@@ -297,6 +300,9 @@ class FacePipeline:
             raise ValueError(f"expected one 1×3×H×W photo, got {tuple(image.shape)}")
         image = image.detach().float().cpu()
         s = self.scale
+        # The paste-back holds one composite per sample at scale × the photo: refuse before any work.
+        check_output_size(image.shape[-1], image.shape[-2], s, "photo", max_output_pixels=self.max_output_pixels,
+                          n_outputs=n_samples)
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         if faces is None:
@@ -376,7 +382,8 @@ _PIPELINES: dict[tuple[Any, ...], FacePipeline] = {}
 def restore_photo(method: Method, image: Tensor, scale: int, detector: str | FaceDetector = DEFAULT_DETECTOR,
                   *, background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
                   feather: float = DEFAULT_FEATHER, colour_match: bool = True, seed: int | None = None,
-                  max_shrink: float | None = DEFAULT_MAX_SHRINK, warn_no_face: bool = False) -> tuple[Tensor, list[dict[str, Any]]]:
+                  max_shrink: float | None = DEFAULT_MAX_SHRINK, warn_no_face: bool = False,
+                  max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> tuple[Tensor, list[dict[str, Any]]]:
     """Restore every face of one photo (1×3×H×W) with ``method``; returns (composite, face records).
 
     The composite is ``scale`` times the photo's size (on the CPU); records are JSON-able dicts
@@ -386,11 +393,12 @@ def restore_photo(method: Method, image: Tensor, scale: int, detector: str | Fac
     """
     key = (id(method), scale, detector if isinstance(detector, str) else id(detector),
            background if isinstance(background, str) else id(background), float(min_face), float(feather),
-           bool(colour_match), max_shrink)
+           bool(colour_match), max_shrink, max_output_pixels)
     pipe = _PIPELINES.get(key)
     if pipe is None or pipe.method is not method:
         pipe = FacePipeline(method, scale, detector=detector, background=background, min_face=min_face,
-                            feather=feather, colour_match=colour_match, max_shrink=max_shrink)
+                            feather=feather, colour_match=colour_match, max_shrink=max_shrink,
+                            max_output_pixels=max_output_pixels)
         if len(_PIPELINES) >= 8:
             _PIPELINES.pop(next(iter(_PIPELINES)))
         _PIPELINES[key] = pipe
@@ -466,7 +474,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
                max_shrink: float | None = None,
                seed: int | None, n_samples: int, ext: str, overwrite: bool, couple: bool, max_pixels: int,
-               quiet: bool, as_json: bool) -> None:
+               quiet: bool, as_json: bool, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
     """The body of ``restorekit run --faces detect``: every photo through :class:`FacePipeline`.
 
     Writes the outputs of :func:`photo_outputs` and ``<stem>.json`` per photo; exits like
@@ -490,7 +498,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
             check_available(det_name)
         pipe = FacePipeline(method, scale, detector=det_name, background=background or "bicubic",
                             min_face=DEFAULT_MIN_FACE if min_face is None else min_face,
-                            max_shrink=DEFAULT_MAX_SHRINK if max_shrink is None else max_shrink)
+                            max_shrink=DEFAULT_MAX_SHRINK if max_shrink is None else max_shrink,
+                            max_output_pixels=max_output_pixels)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
@@ -519,7 +528,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
 
     result = process_files(items, outdir, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                            quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
-                           expected=expected, report=lambda item: sidecars.get(str(item.path)))
+                           expected=expected, report=lambda item: sidecars.get(str(item.path)),
+                           out_scale=scale, n_outputs=n_samples, max_output_pixels=max_output_pixels)
     if as_json:
         emit_json({"method": method.info.name, "scale": scale, "device": str(method.device), "faces": "detect",
                    "detector": det_name, "background": pipe.background_name, **result.as_dict()})

@@ -5,10 +5,14 @@ Two sources:
   scale, degraded with a generator seeded from the image's stem (so a noisy degradation gives
   the same LR whatever the image order or ``--limit``), rounded to 8 bits and written as PNG to
   ``OUT/inputs/<spec-hash>/``. A later run reuses the PNG while its HR file is unchanged.
-- Given LR/HR pairs, matched by file stem: the HR is cropped to a multiple of the scale and must
-  then be exactly ``scale`` times the LR.
+- Given LR/HR pairs, matched by output name (see :func:`restorekit.images.output_names`): the HR
+  is cropped to a multiple of the scale and must then be exactly ``scale`` times the LR.
 
-Every method is fed the 8-bit LR exactly as written, and is scored against the cropped HR.
+Images are keyed everywhere (LR cache, manifest, store, outputs) by their unique output name. Every
+method is fed the 8-bit LR exactly as written, and is scored against the cropped HR. A made LR
+passes the same size check as one read from disk (:func:`restorekit.images.check_size`), so a rerun
+gives the same verdict; an image whose output (the cropped HR) would exceed ``max_output_pixels``
+fails before any method runs.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from torch import Tensor
 
 from ..degradations import Chain, crop_to_multiple
 from ..errors import ImageError, RestorekitError
-from ..images import ImageItem, atomic_write_bytes, from_pil, list_inputs, read_image, to_pil
+from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, ImageItem, atomic_write_bytes, check_output_size,
+                      check_size, from_pil, list_inputs, probe_size, read_image, to_pil)
 
 # Decoded inputs kept in memory between methods (bytes of float32 tensors).
 CACHE_BYTES = 1 << 30
@@ -63,6 +68,7 @@ class InputSet:
     scale: int
     source: str  # "degradation:<spec>" or "lr-dir:<path>"
     failures: list[dict[str, str]] = field(default_factory=list)
+    max_pixels: int = DEFAULT_MAX_PIXELS
     _cache: OrderedDict[str, tuple[Tensor, Tensor]] = field(default_factory=OrderedDict)
     _cached_bytes: int = 0
 
@@ -72,8 +78,8 @@ class InputSet:
         if hit is not None:
             self._cache.move_to_end(pair.stem)
             return hit
-        lr = read_image(pair.lr_path)
-        hr = crop_to_multiple(read_image(pair.hr_path), self.scale)
+        lr = read_image(pair.lr_path, max_pixels=self.max_pixels)
+        hr = crop_to_multiple(read_image(pair.hr_path, max_pixels=self.max_pixels), self.scale)
         want = (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
         if tuple(hr.shape[-2:]) != want:
             raise ImageError(f"{pair.hr_path}: HR {hr.shape[-1]}×{hr.shape[-2]} (cropped to a multiple of "
@@ -100,7 +106,8 @@ def _select(items: list[ImageItem], limit: int | None) -> list[ImageItem]:
 
 
 def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit: int | None = None,
-                     fresh: bool = False) -> InputSet:
+                     fresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> InputSet:
     """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures."""
     items = _select(list_inputs(hr_spec), limit)
     if not items:
@@ -116,11 +123,13 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             manifest = json.loads(manifest_path.read_text()).get("images", {})
         except (ValueError, AttributeError):
             manifest = {}
-    inputs = InputSet([], scale, f"degradation:{spec}")
+    inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels)
     changed = False
     for item in items:
         lr_path = folder / f"{item.stem}.png"
         try:
+            w, h = probe_size(item.path, max_pixels=max_pixels)
+            check_output_size(w // scale, h // scale, scale, item.path, max_output_pixels=max_output_pixels)
             hr_bytes = item.path.read_bytes()
             hr_sha = hashlib.sha256(hr_bytes).hexdigest()
             entry = manifest.get(item.stem)
@@ -131,7 +140,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             else:
                 entry = None
             if entry is None:
-                hr = crop_to_multiple(read_image(item.path), scale)
+                hr = crop_to_multiple(read_image(item.path, max_pixels=max_pixels), scale)
                 if min(hr.shape[-2:]) < scale:
                     raise ImageError(f"{item.path}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
                 g = torch.Generator().manual_seed(degradation_seed(item.stem))
@@ -140,6 +149,8 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 if tuple(lr.shape[-2:]) != want:
                     raise ImageError(f"{item.path}: degradation '{spec}' gave {lr.shape[-1]}×{lr.shape[-2]}, "
                                      f"expected {want[1]}×{want[0]} (HR / {scale})")
+                # The same check the LR file gets when a later run reads it back.
+                check_size(lr.shape[-1], lr.shape[-2], f"{item.path}: its ×{scale} LR", max_pixels=max_pixels)
                 pil = to_pil(lr)
                 lr_bytes = png_bytes(pil)
                 atomic_write_bytes(lr_path, lr_bytes)
@@ -162,8 +173,10 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     return inputs
 
 
-def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = None) -> tuple[InputSet, list[str]]:
-    """Pair HR and LR files by stem; returns the set and the stems present on one side only."""
+def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> tuple[InputSet, list[str]]:
+    """Pair HR and LR files by output name; returns the set and the names present on one side only."""
     hr_items = {it.stem: it for it in list_inputs(hr_spec)}
     lr_items = {it.stem: it for it in list_inputs(lr_spec)}
     common = sorted(set(hr_items) & set(lr_items))
@@ -171,12 +184,15 @@ def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = No
     if not common:
         raise RestorekitError(f"no HR image in {hr_spec} has an LR image of the same stem in {lr_spec}")
     items = _select([hr_items[s] for s in common], limit)
-    inputs = InputSet([], scale, f"lr-dir:{lr_spec}")
+    inputs = InputSet([], scale, f"lr-dir:{lr_spec}", max_pixels=max_pixels)
     for item in items:
         lr_path = lr_items[item.stem].path
         try:
+            w, h = probe_size(lr_path, max_pixels=max_pixels)
+            check_output_size(w, h, scale, lr_path, max_output_pixels=max_output_pixels)
             digest = _hash_bytes(item.path.read_bytes(), lr_path.read_bytes())
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, digest))
-        except OSError as exc:
-            inputs.failures.append({"image": item.stem, "path": str(item.path), "error": f"{item.path}: {exc}"})
+        except (RestorekitError, OSError) as exc:
+            msg = str(exc) if str(item.path) in str(exc) or str(lr_path) in str(exc) else f"{item.path}: {exc}"
+            inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
     return inputs, unmatched

@@ -32,8 +32,8 @@ from torch import Tensor
 
 from .. import __version__
 from ..degradations import parse_spec
-from ..errors import RestorekitError, WeightsMissing
-from ..images import atomic_write_bytes, from_pil, read_image, to_pil
+from ..errors import RestorekitError, WeightsMissing, describe_os_error
+from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
 from ..methods import resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
@@ -67,6 +67,8 @@ class CompareConfig:
     faces: str = "aligned"
     detector: str | None = None
     backend: str = "torch"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
 
 
 @dataclass
@@ -198,6 +200,9 @@ def plan(config: CompareConfig) -> Plan:
         raise CompareUsageError("--seeds: give at least one seed")
     if config.limit is not None and config.limit < 1:
         raise CompareUsageError(f"--limit must be a positive integer, got {config.limit}")
+    for flag, value in (("--max-pixels", config.max_pixels), ("--max-output-pixels", config.max_output_pixels)):
+        if value < 1:
+            raise CompareUsageError(f"{flag} must be a positive integer, got {value}")
     try:
         device = resolve_device(config.device)
     except RestorekitError as exc:
@@ -350,10 +355,11 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
     t0 = time.perf_counter()
     unmatched: list[str] = []
     if cfg.lr_dir is not None:
-        inputs, unmatched = from_pairs(cfg.data, cfg.lr_dir, cfg.scale, limit=cfg.limit)
+        inputs, unmatched = from_pairs(cfg.data, cfg.lr_dir, cfg.scale, limit=cfg.limit, max_pixels=cfg.max_pixels,
+                                       max_output_pixels=cfg.max_output_pixels)
     else:
         inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, out, limit=cfg.limit,
-                                  fresh=cfg.fresh)
+                                  fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels)
     clock.add("inputs", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -434,7 +440,7 @@ def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputS
         t0 = time.perf_counter()
         try:
             lr, hr = inputs.load(pair)
-            pred = read_image(store.out / (rec.output or ""))
+            pred = read_image(store.out / (rec.output or ""), max_pixels=p.config.max_output_pixels)
         except (RestorekitError, OSError, ValueError):
             return None
         clock.add("inputs", time.perf_counter() - t0)
@@ -477,7 +483,8 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
                 from ..faces.detectors import DEFAULT_DETECTOR
                 from ..faces.pipeline import restore_photo
 
-                y, faces = restore_photo(method, x, scale, p.config.detector or DEFAULT_DETECTOR, seed=seed)
+                y, faces = restore_photo(method, x, scale, p.config.detector or DEFAULT_DETECTOR, seed=seed,
+                                         max_output_pixels=p.config.max_output_pixels)
                 rec.report = {"faces": faces}
             else:
                 y = method.restore(x, scale, seed=seed, n_samples=1)
@@ -514,7 +521,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
     try:
         atomic_write_bytes(p.config.out / rel, data)
     except OSError as exc:
-        rec.error = f"cannot write {rel}: {exc}"
+        rec.error = describe_os_error(exc, p.config.out / rel)
         return rec
     rec.output, rec.output_sha256 = rel, hashlib.sha256(data).hexdigest()
     clock.add("save", time.perf_counter() - t0)
