@@ -19,12 +19,12 @@ def register_methods(register: Register) -> None:
 
 @hookspec
 def register_generators(register: Register) -> None:
-    """Register generator factories: ``register(name, factory, summary=...)``."""
+    """Register generator factories: ``register(name, factory, summary=..., options=Model)`` (no model: one from the signature)."""
 
 
 @hookspec
 def register_encoders(register: Register) -> None:
-    """Register encoder factories: ``register(name, factory, summary=...)``."""
+    """Register encoder factories: ``register(name, factory, summary=..., options=Model)`` (no model: one from the signature)."""
 
 
 @hookspec

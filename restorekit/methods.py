@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
-from pydantic import ValidationError
 
 from .errors import RestorekitError
 from .interfaces import Method, Options
+from .options import OptionError, parse_pairs, validate, weights_option
 from .plugins import registry
 
-
-class OptionError(RestorekitError):
-    """A method option is unknown or has a value of the wrong type."""
+__all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "method_values", "method_class",
+           "build_method"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -27,30 +26,24 @@ def resolve_device(device: str) -> torch.device:
 
 
 def parse_opts(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``["k=v", …]`` to a dict; a pair without ``=`` is an error."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"--opt '{pair}': expected key=value")
-        out[key.strip().replace("-", "_")] = value
-    return out
+    """``["k=v", …]`` to a dict of strings; a pair without ``=`` is an error."""
+    return parse_pairs(pairs)
 
 
 def validate_options(cls: type[Method], values: dict[str, Any]) -> Options:
-    """Validate user option values against a method's ``Options`` model, one-line errors."""
-    try:
-        return cls.Options.model_validate(values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "?"
-        known = ", ".join(cls.Options.model_fields) or "none"
-        if err["type"] == "extra_forbidden":
-            from .plugins import suggest
+    """Read user option values (strings by their field's type) into a method's ``Options`` model."""
+    return cast(Options, validate(cls.Options, values, label=cls.info.name))
 
-            raise OptionError(f"{cls.info.name}: unknown option '{key}'"
-                              f"{suggest(key, list(cls.Options.model_fields))}; known: {known}") from None
-        raise OptionError(f"{cls.info.name}: option '{key}': {err['msg']} (got {err.get('input')!r})") from None
+
+def method_values(cls: type[Method], pairs: list[str] | tuple[str, ...], weights: str | None = None) -> dict[str, Any]:
+    """``--opt`` pairs plus ``--weights`` as a method's raw option values (validated later)."""
+    values: dict[str, Any] = dict(parse_pairs(pairs))
+    if weights is not None:
+        key = weights_option(cls.Options)
+        if key is None:
+            raise OptionError(f"{cls.info.name} takes no --weights")
+        values[key] = weights
+    return values
 
 
 def method_class(name: str) -> type[Method]:

@@ -13,9 +13,11 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import pluggy
+from pydantic import BaseModel
 
 from . import hookspecs
 from .errors import PluginError, UnknownNameError
@@ -30,11 +32,34 @@ BUILTIN = "restorekit"
 
 @dataclass(frozen=True)
 class Factory:
-    """A named constructor registered for a factory kind."""
+    """A named constructor registered for a factory kind, with the pydantic model of its options.
+
+    A factory registered without ``options`` gets a model derived from its signature (typed
+    keyword parameters, see :func:`restorekit.options.model_from_signature`), built on first use.
+    """
 
     name: str
     build: Callable[..., Any]
     summary: str = ""
+    options: type[BaseModel] | None = None
+
+    def options_model(self) -> type[BaseModel]:
+        """The model that user options for this factory are validated against."""
+        if self.options is None:
+            from .options import model_from_signature
+
+            object.__setattr__(self, "options", model_from_signature(self.build, self.name))
+        assert self.options is not None
+        return self.options
+
+    def create(self, values: Mapping[str, Any], *, label: str | None = None, **extra: Any) -> Any:
+        """Build from user option values (strings read by the model's field types) plus ``extra``
+        keyword arguments that are not user options (a device); bad options raise ``OptionError``."""
+        from .options import validate
+
+        opts = validate(self.options_model(), values, label=label or self.name)
+        kwargs = {k: getattr(opts, k) for k in opts.model_fields_set}
+        return self.build(**kwargs, **extra)
 
 
 @dataclass
@@ -117,11 +142,14 @@ def _allowed_from_env() -> set[str] | None:
 
 
 def _make_register(reg: Registry, kind: str, plugin: str, record: PluginRecord) -> Callable[..., None]:
-    def register(obj: Any, factory: Callable[..., Any] | None = None, *, summary: str = "") -> None:
+    def register(obj: Any, factory: Callable[..., Any] | None = None, *, summary: str = "",
+                 options: type[BaseModel] | None = None) -> None:
         if kind in FACTORY_KINDS:
             if not isinstance(obj, str) or factory is None:
-                raise PluginError(f"register_{kind}: call register(name, factory, summary=...)")
-            name, value = obj, Factory(obj, factory, summary)
+                raise PluginError(f"register_{kind}: call register(name, factory, summary=..., options=Model)")
+            if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+                raise PluginError(f"register_{kind}: options of '{obj}' must be a pydantic model class")
+            name, value = obj, Factory(obj, factory, summary, options)
         else:
             name, value = _name_of(obj), obj
         reg.add(kind, name, value, plugin)
@@ -140,8 +168,9 @@ def _register_plugin(pm: pluggy.PluginManager, reg: Registry, plugin_obj: Any, r
                 continue
             register = _make_register(reg, kind, record.name, record)
 
-            def tracking(obj: Any, factory: Any = None, *, summary: str = "", _r=register, _k=kind) -> None:
-                _r(obj, factory, summary=summary)
+            def tracking(obj: Any, factory: Any = None, *, summary: str = "", options: Any = None,
+                         _r=register, _k=kind) -> None:
+                _r(obj, factory, summary=summary, options=options)
                 added.append((_k, record.registers[_k][-1]))
 
             fn(register=tracking)

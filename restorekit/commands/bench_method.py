@@ -24,7 +24,7 @@ import torch
 from ..cli import emit_json, fail_usage, table, warn
 from ..errors import RestorekitError
 from ..interfaces import Method
-from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
+from ..methods import build_method, method_class, method_values, validate_options
 
 
 def parse_batches(text: str) -> list[int]:
@@ -95,11 +95,7 @@ def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, wa
 
 def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -> Method:
     cls = method_class(name)
-    values: dict[str, Any] = dict(parse_opts(opts))
-    if weights is not None:
-        if "weights" not in cls.Options.model_fields:
-            raise OptionError(f"{name} takes no --weights")
-        values["weights"] = weights
+    values = method_values(cls, opts, weights)
     validate_options(cls, values)
     return build_method(name, values, device)
 

@@ -8,13 +8,12 @@ run METHOD --backend onnxruntime --onnx model.onnx`` runs it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..cli import emit_json, fail_usage
 from ..errors import RestorekitError
-from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
+from ..methods import OptionError, build_method, method_class, method_values, validate_options
 from ..onnx_export import DEFAULT_OPSET, export_onnx, find_export_spec
 
 
@@ -40,11 +39,7 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
         fail_usage(f"{out} exists (--overwrite replaces it)")
     try:
         cls = method_class(method)
-        values: dict[str, Any] = dict(parse_opts(opts))
-        if weights is not None:
-            if "weights" not in cls.Options.model_fields:
-                fail_usage(f"{method} takes no --weights")
-            values["weights"] = weights
+        values = method_values(cls, opts, weights)
         validate_options(cls, values)
     except (OptionError, RestorekitError) as exc:
         fail_usage(str(exc))

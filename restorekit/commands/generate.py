@@ -9,7 +9,8 @@ import torch
 
 from ..cli import emit_json, fail_usage
 from ..images import save_image
-from ..methods import parse_opts, resolve_device
+from ..methods import resolve_device
+from ..options import parse_pairs, weights_option
 from ..plugins import registry
 
 
@@ -50,17 +51,19 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seeds: s
     """Write one image per seed from GENERATOR (truncated towards its mean latent)."""
     seed_list = parse_seeds(seeds)
     factory = registry().get("generators", name)
-    config: dict[str, object] = dict(parse_opts(opts))
-    for k, v in list(config.items()):
-        if isinstance(v, str) and v.lstrip("-").isdigit():
-            config[k] = int(v)
+    label = f"generator '{name}'"
+    config: dict[str, object] = dict(parse_pairs(opts))
     if weights is not None:
-        config["weights"] = weights
+        key = weights_option(factory.options_model())
+        if key is None:
+            fail_usage(f"{label} takes no --weights")
+        config[str(key)] = weights
     dev = resolve_device(device)
+    # The factory's options model reads every value (allow_unsafe=false is False, not a truthy string).
     try:
-        gen = factory.build(**config).to(dev).eval()
-    except TypeError as exc:
-        fail_usage(f"generator '{name}': {exc}")
+        gen = factory.create(config, label=label).to(dev).eval()
+    except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
+        fail_usage(f"{label}: {exc}")
     written = []
     with torch.inference_mode():
         w_avg = gen.mean_latent()

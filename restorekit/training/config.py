@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import RestorekitError
+from ..options import OptionError, annotation_at, coerce
 
 
 class ConfigError(RestorekitError):
@@ -130,8 +131,29 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``key=value`` / ``a.b=value`` overrides to a nested dict (a copy)."""
+def override_value(model: type[BaseModel] | None, key: str, text: str) -> Any:
+    """One ``--set`` value, read by the type of the setting it is for in ``model``.
+
+    Booleans take only true/false/1/0/yes/no (any case); strings are taken as written (TOML
+    quotes optional); lists, tables and numbers as TOML or JSON literals. Without a model, or for
+    a key the model does not know (validation then names it), a TOML literal or the text.
+    """
+    annotation = annotation_at(model, key.split(".")) if model is not None else None
+    if annotation is None:
+        return parse_value(text)
+    try:
+        value = coerce(key, annotation, text)
+    except OptionError as exc:
+        raise ConfigError(f"--set: {exc}") from None
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return parse_value(value)  # a TOML-quoted string
+    return value
+
+
+def apply_overrides(data: dict[str, Any], pairs: list[str] | tuple[str, ...],
+                    model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Apply ``key=value`` / ``a.b=value`` overrides to a nested dict (a copy); values are read
+    by the types of ``model``'s settings when given (see :func:`override_value`)."""
     out = json.loads(json.dumps(data))
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -145,7 +167,7 @@ def apply_overrides(data: dict[str, Any], pairs: list[str] | tuple[str, ...]) ->
             if not isinstance(child, dict):
                 raise ConfigError(f"--set '{pair}': '{part}' is not a table")
             node = child
-        node[parts[-1]] = parse_value(value.strip())
+        node[parts[-1]] = override_value(model, key, value.strip())
     return out
 
 
@@ -180,5 +202,5 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     for k, v in fields.items():
         if v is not None:
             data[k] = v
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(data, overrides, cls)
     return validate_config(cls, data, source=str(path) if path is not None else "config")

@@ -14,14 +14,13 @@ one-time note (``keep_native_size=true`` keeps ``R×R`` and breaks that contract
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from restorekit.degradations import bicubic_resize
@@ -38,8 +37,12 @@ DEFAULT_STYLEGAN2_WEIGHTS = "stylegan2-ffhq-config-f"
 class PulseOptions(Options):
     generator: str = Field("stylegan2", description="registered generator (`restorekit plugins` lists them)")
     generator_weights: str | None = Field(
-        None, description="weights name or file for the generator (default: stylegan2-ffhq-config-f for "
-                          "stylegan2, the factory's own default for other generators)")
+        None, validation_alias=AliasChoices("generator_weights", "weights"),
+        description="weights name or file for the generator (`run pulse --weights` sets it; default: "
+                    "stylegan2-ffhq-config-f for stylegan2, the factory's own default for other generators)")
+    allow_unsafe: bool = Field(False, description="let the generator unpickle a weights file holding Python objects "
+                                                  "beyond tensors (rosinality training checkpoints): only for a "
+                                                  "file you trust")
     random_generator: bool = Field(False, description="tests only: build the generator without weights")
 
     @field_validator("generator_options", mode="before")
@@ -52,8 +55,28 @@ class PulseOptions(Options):
             except json.JSONDecodeError as exc:
                 raise ValueError(f"expected a JSON object, e.g. '{{\"resolution\": 256}}' ({exc.msg})") from None
         return v
+
+    @field_validator("generator_options", mode="after")
+    @classmethod
+    def _typed_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Read the options by the generator's own options model (``"false"`` is False, not a truthy string)."""
+        if "allow_unsafe" in v:
+            raise ValueError("set allow_unsafe as pulse's own option (it reaches the generator), "
+                             "not inside generator_options")
+        generator = info.data.get("generator")
+        if not v or not isinstance(generator, str):
+            return v
+        from restorekit.options import validate
+        from restorekit.plugins import registry
+
+        try:
+            opts = validate(registry().get("generators", generator).options_model(), v,
+                            label=f"generator '{generator}'")
+        except RestorekitError as exc:
+            raise ValueError(str(exc)) from None
+        return {k: getattr(opts, k) for k in opts.model_fields_set}
     generator_options: dict[str, Any] = Field(
-        default_factory=dict, description="extra keyword arguments for the generator factory")
+        default_factory=dict, description="options of the generator factory (checked by its options model)")
     latent: Literal["w+", "z"] = Field("w+", description="search space: gaussianised W+ (PULSE) or Z")
     tile_latent: bool = Field(False, description="one latent for all layers (no GEOCROSS)")
     steps: int = Field(100, ge=1, le=100_000, description="optimisation steps per try")
@@ -75,27 +98,30 @@ class PulseOptions(Options):
     quiet: bool = Field(False, description="no progress bar or notes")
 
 
-def _build_generator(name: str, weights: str | None, extra: dict[str, Any], device: torch.device) -> Generator:
-    """Build a registered generator by name, passing ``weights``/``device`` when it takes them."""
+def _build_generator(name: str, weights: str | None, extra: dict[str, Any], device: torch.device,
+                     allow_unsafe: bool = False) -> Generator:
+    """Build a registered generator by name through its options model, passing ``weights``,
+    ``allow_unsafe`` (only when consented) and ``device`` when it takes them."""
+    from restorekit.options import weights_option
     from restorekit.plugins import registry
 
     factory = registry().get("generators", name)
-    kwargs = dict(extra)
-    try:
-        params = inspect.signature(factory.build).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    model = factory.options_model()
+    values = dict(extra)
     if weights is not None:
-        if "weights" not in params and not takes_any:
+        key = weights_option(model)
+        if key is None:
             raise RestorekitError(f"pulse: generator '{name}' takes no weights option (generator_weights={weights!r})")
-        kwargs["weights"] = weights
-    if "device" in params and "device" not in kwargs:
-        kwargs["device"] = device
+        values[key] = weights
+    if allow_unsafe:
+        if "allow_unsafe" not in model.model_fields:
+            raise RestorekitError(f"pulse: generator '{name}' has no allow_unsafe option")
+        values["allow_unsafe"] = True
+    device_arg = {"device": device} if "device" in model.model_fields and "device" not in values else {}
     try:
-        gen = factory.build(**kwargs)
+        gen = factory.create(values, label=f"pulse: generator '{name}'", **device_arg)
     except TypeError as exc:
-        raise RestorekitError(f"pulse: generator '{name}' rejected its options {sorted(kwargs)}: {exc}") from None
+        raise RestorekitError(f"pulse: generator '{name}' rejected its options {sorted(values)}: {exc}") from None
     if not isinstance(gen, Generator):
         raise RestorekitError(f"pulse: generator '{name}' built a {type(gen).__name__}, "
                               "not a restorekit.interfaces.Generator")
@@ -143,7 +169,7 @@ class Pulse(Method):
                 raise RestorekitError("pulse: random_generator=true and generator_weights exclude each other")
         elif weights is None and o.generator == "stylegan2":
             weights = DEFAULT_STYLEGAN2_WEIGHTS
-        gen = _build_generator(o.generator, weights, o.generator_options, self.device)
+        gen = _build_generator(o.generator, weights, o.generator_options, self.device, o.allow_unsafe)
         if o.latent == "w+":
             self.fit = fit_gaussian(gen, o.gaussian_fit_samples, slope=o.mapping_slope)
         self.generator = gen

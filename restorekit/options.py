@@ -1,0 +1,245 @@
+"""Typed ``key=value`` options: every string from the command line is read by the receiving model.
+
+``--opt``, ``--compare-opt``, ``compare --opt METHOD.KEY=VALUE``, ``generate --opt``, ``weights
+import --opt`` and ``train --set`` all come here. A value is converted according to the type of
+the field it is for, never by guessing from the string: a boolean accepts only
+``true/false/1/0/yes/no`` (any case), so ``allow_unsafe=false`` is ``False`` and
+``allow_unsafe=maybe`` is a usage error naming the key and the accepted words; numbers, strings
+and ``Literal`` choices are left to pydantic; lists, tuples, dicts and nested models take a JSON
+(or TOML) literal. Then the component's pydantic model validates the whole set.
+
+Components without a hand-written model get one from their signature
+(:func:`model_from_signature`), so no factory receives raw strings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .errors import RestorekitError
+
+__all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
+           "validate", "annotation_at", "model_from_signature", "weights_option", "describe_type"]
+
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+_BOOL_HELP = "/".join(w for pair in zip(TRUE_WORDS, FALSE_WORDS) for w in pair)
+
+
+class OptionError(RestorekitError):
+    """An option is unknown, malformed, or has a value its model does not accept (a usage error)."""
+
+
+def parse_pairs(pairs: list[str] | tuple[str, ...], flag: str = "--opt") -> dict[str, str]:
+    """``["k=v", …]`` to ``{"k": "v"}`` (dashes in keys become underscores); no ``=`` is an error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"{flag} '{pair}': expected key=value")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def parse_bool(key: str, raw: str) -> bool:
+    """``true/1/yes`` → True, ``false/0/no`` → False (any case); anything else is an error."""
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise OptionError(f"option '{key}' takes {_BOOL_HELP} (any case); got {raw!r}")
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """``X | None`` → ``(X, True)``; a union of several types stays a union."""
+    origin = typing.get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(annotation))
+        if len(args) == 1:
+            return args[0], nullable
+        return Union[tuple(args)], nullable  # type: ignore[return-value]
+    return annotation, False
+
+
+def _is_structured(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation) or annotation
+    if isinstance(origin, type) and issubclass(origin, BaseModel):
+        return True
+    return origin in (list, tuple, dict, set, frozenset) or (
+        isinstance(origin, type) and issubclass(origin, (list, tuple, dict, set, frozenset)))
+
+
+def _literal(text: str) -> Any:
+    """A JSON literal, else a TOML literal, else the text itself (the model reports the problem)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def coerce(key: str, annotation: Any, raw: Any) -> Any:
+    """Convert one command-line string for a field of type ``annotation`` (non-strings pass through)."""
+    if not isinstance(raw, str):
+        return raw
+    inner, nullable = _strip_optional(annotation)
+    if nullable and raw.strip().lower() in ("none", "null") and inner is not str:
+        return None
+    if inner is bool:
+        return parse_bool(key, raw)
+    if _is_structured(inner):
+        value = _literal(raw.strip())
+        return value
+    return raw  # str, int, float, Literal, Path…: pydantic converts and checks
+
+
+def coerce_values(model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Coerce every string of ``values`` by the type of ``model``'s field of that name.
+
+    Keys the model does not know are passed on unchanged (validation reports them).
+    """
+    out: dict[str, Any] = {}
+    for key, raw in values.items():
+        field = _field(model, key)
+        out[key] = coerce(key, field.annotation, raw) if field is not None else raw
+    return out
+
+
+def _field(model: type[BaseModel], key: str) -> Any:
+    """The field named ``key`` or validated under the alias ``key``."""
+    fields = model.model_fields
+    if key in fields:
+        return fields[key]
+    for f in fields.values():
+        if key in _aliases(f):
+            return f
+    return None
+
+
+def _aliases(field: Any) -> list[str]:
+    alias = field.validation_alias
+    if alias is None:
+        return [field.alias] if field.alias else []
+    if isinstance(alias, str):
+        return [alias]
+    choices = getattr(alias, "choices", ())
+    return [c for c in choices if isinstance(c, str)]
+
+
+def annotation_at(model: type[BaseModel], path: list[str]) -> Any:
+    """The type a dotted key (``["data", "factors"]``) has in ``model``, or None when unknown."""
+    annotation: Any = model
+    for part in path:
+        inner, _ = _strip_optional(annotation)
+        origin = typing.get_origin(inner) or inner
+        if isinstance(origin, type) and issubclass(origin, BaseModel):
+            field = _field(origin, part)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif origin is dict or (isinstance(origin, type) and issubclass(origin, dict)):
+            args = typing.get_args(inner)
+            annotation = args[1] if len(args) == 2 else Any
+        else:
+            return None
+    return annotation
+
+
+def describe_type(annotation: Any) -> str:
+    """A short name for a field type, as listings show it (``bool``, ``'auto' | 'ref'``, ``int | None``)."""
+    inner, nullable = _strip_optional(annotation)
+    if typing.get_origin(inner) is Literal:
+        text = " | ".join(repr(a) for a in typing.get_args(inner))
+    elif isinstance(inner, type):
+        text = inner.__name__
+    else:
+        text = str(inner).replace("typing.", "")
+    return f"{text} | None" if nullable else text
+
+
+def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -> BaseModel:
+    """Coerce ``values`` by ``model``'s field types and validate; one-line :class:`OptionError`."""
+    try:
+        data = coerce_values(model, values)
+    except OptionError as exc:
+        raise OptionError(f"{label}: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise OptionError(format_error(model, exc, label)) from None
+
+
+def format_error(model: type[BaseModel], exc: ValidationError, label: str) -> str:
+    """The first validation error as ``LABEL: option 'KEY': problem (got VALUE)``."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "?"
+    known = list(model.model_fields)
+    if err["type"] == "extra_forbidden":
+        from .plugins import suggest
+
+        return (f"{label}: unknown option '{key}'{suggest(key, known)}; known: {', '.join(known) or 'none'}")
+    return f"{label}: option '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def weights_option(model: type[BaseModel]) -> str | None:
+    """The field that ``--weights`` sets: one named ``weights``, else one accepting the alias ``weights``."""
+    if "weights" in model.model_fields:
+        return "weights"
+    for name, f in model.model_fields.items():
+        if "weights" in _aliases(f):
+            return name
+    return None
+
+
+# -- options models derived from a factory's signature -------------------------------------------
+
+
+class DerivedOptions(BaseModel):
+    """Options of a component registered without a model: its keyword parameters, typed."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def model_from_signature(fn: Callable[..., Any], name: str) -> type[BaseModel]:
+    """A pydantic model with one field per keyword parameter of ``fn``.
+
+    The field's type is the parameter's annotation; an unannotated parameter takes the type of
+    its default (``bool``, ``int``, ``float``, ``str``), else any value. ``*args``/``**kwargs``
+    are left out, so unknown keys are errors rather than strings passed through unchecked.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return create_model(f"{_model_name(name)}Options", __base__=DerivedOptions)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve: fall back to the defaults' types
+        hints = {}
+    fields: dict[str, Any] = {}
+    for pname, p in sig.parameters.items():
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD,
+                      inspect.Parameter.POSITIONAL_ONLY):
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        annotation = hints.get(pname)
+        if annotation is None:
+            annotation = type(default) if isinstance(default, (bool, int, float, str)) else Any
+        fields[pname] = (annotation, default)
+    return create_model(f"{_model_name(name)}Options", __base__=DerivedOptions, **fields)
+
+
+def _model_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_") if part) or "Factory"
