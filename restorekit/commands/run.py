@@ -11,7 +11,7 @@ from ..batch import check_inputs, process_files
 from ..cli import emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
-from ..methods import OptionError, build_method, method_class, parse_opts, validate_options
+from ..methods import OptionError, build_method, method_class, method_values, validate_options
 
 
 def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -82,11 +82,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         fail_usage("--onnx only applies with --backend onnxruntime")
     try:
         cls = method_class(method)
-        values = parse_opts(opts)
-        if weights is not None:
-            if "weights" not in cls.Options.model_fields:
-                fail_usage(f"{method} takes no --weights")
-            values["weights"] = weights
+        values = method_values(cls, opts, weights)
         validate_options(cls, values)
         probe = cls(validate_options(cls, values))
         try:

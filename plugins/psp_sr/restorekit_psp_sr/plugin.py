@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def _weights_file(weights: str | os.PathLike[str]) -> Path:
@@ -41,12 +41,14 @@ def _psp_model_file(weights: str | os.PathLike[str]) -> Path | None:
 def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | None = None,
                     style_dim: int | None = None, n_mlp: int | None = None,
                     channel_max: int | None = None, weights: str | os.PathLike[str] | None = None,
-                    impl: str = "auto", allow_unsafe: bool = False) -> Any:
+                    impl: Literal["auto", "ref", "cuda"] = "auto", allow_unsafe: bool = False) -> Any:
     """A StyleGAN2 generator: random init from the config, or loaded from ``weights``
     (a rosinality ``.pt`` path or weights name, a restorekit StyleGAN2 ``.safetensors`` as
     ``train stylegan2_ae`` exports it, the decoder of a restorekit pSp ``.safetensors`` model, or
     ``psp_sr:default`` for the decoder of psp_sr's embedded model; the architecture is read off
-    the file and any config given must agree with it)."""
+    the file and any config given must agree with it). ``allow_unsafe`` lets a rosinality training
+    checkpoint (pickled Python objects) be unpickled: only for a file you trust. Registered without an
+    options model: the registry derives it from these typed parameters."""
     from .stylegan2 import StyleGAN2Generator
 
     given = {"resolution": resolution, "channel_multiplier": channel_multiplier,
