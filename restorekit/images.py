@@ -31,7 +31,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,15 +89,19 @@ _PIL_LIMIT = threading.Lock()
 
 
 @contextmanager
-def pillow_limit(max_pixels: int) -> Iterator[None]:
-    """Make ``max_pixels`` pillow's decompression-bomb limit too, for the duration of one read."""
+def pillow_limit(max_pixels: int) -> Iterator[Callable[[], None]]:
+    """Make ``max_pixels`` pillow's decompression-bomb limit, for the duration of one read.
+
+    Yields ``arm()``: until it is called pillow checks nothing, so the header's size is judged by
+    :func:`check_size` (with its message); after it, what pillow decodes (frames) is held to ``max_pixels``.
+    """
     with _PIL_LIMIT:
         saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        Image.MAX_IMAGE_PIXELS = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                yield
+                yield lambda: setattr(Image, "MAX_IMAGE_PIXELS", max_pixels)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 
@@ -121,15 +125,18 @@ def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     p = Path(path)
     _check_file(p)
     try:
-        with pillow_limit(max_pixels), Image.open(p) as im:
+        with pillow_limit(max_pixels) as arm, Image.open(p) as im:
             w, h = im.size
+            check_size(w, h, p, max_pixels=max_pixels)
+            arm()
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(p, max_pixels) from None
     except UnidentifiedImageError as exc:
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
-    check_size(w, h, p, max_pixels=max_pixels)
     return w, h
 
 
@@ -163,9 +170,10 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     p = Path(path)
     _check_file(p)
     try:
-        with pillow_limit(max_pixels), Image.open(p) as im:
+        with pillow_limit(max_pixels) as arm, Image.open(p) as im:
             w, h = im.size
             check_size(w, h, p, max_pixels=max_pixels)
+            arm()
             im = ImageOps.exif_transpose(im)
             im.load()
             arr = to_numpy_rgb(im)

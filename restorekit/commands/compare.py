@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from ..cli import emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
+from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -53,10 +54,15 @@ def _name_list(value: str | None) -> list[str] | None:
 @click.option("--detector", default=None, help="Face detector for --faces detect (default: mtcnn).")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run methods in PyTorch or as exported ONNX graphs (methods that export).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse HR and LR images larger than this many pixels.")
+@click.option("--max-output-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_OUTPUT_PIXELS,
+              show_default=True, help="Refuse images whose restored output would be larger than this many "
+                                      "pixels, before any method runs.")
 def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr_dir: str | None,
                 seeds: list[int], limit: int | None, out: Path, metrics: str | None, device: str,
                 opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool, faces: str,
-                detector: str | None, backend: str) -> None:
+                detector: str | None, backend: str, max_pixels: int, max_output_pixels: int) -> None:
     """Compare METHODS on the HR images of --data: same LR inputs, same metrics, one table.
 
     Results are stored per (method, image, seed) under --out and reused by a later run with the
@@ -74,7 +80,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
         config = CompareConfig(methods=names, scale=scale, data=data, out=out, degradation=degradation,
                                lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
                                device=device, opts=parse_method_opts(opts, names), fresh=fresh, quiet=quiet,
-                               faces=faces, detector=detector, backend=backend)
+                               faces=faces, detector=detector, backend=backend, max_pixels=max_pixels,
+                               max_output_pixels=max_output_pixels)
         p = plan(config)
         n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
         check_writable(out)
