@@ -492,6 +492,7 @@ def test_cli_images_mode_and_usage_errors(rk_cli, rk_home, ref_folder, alex_file
                       (["--images", str(ref_folder), "--spaces", "alexnet"], "unknown feature space 'alexnet'"),
                       (["--images", str(ref_folder), "--space-weights", "dlib=x.safetensors"],
                        "which --spaces does not list"),
+                      (["--images", str(ref_folder), "--n", "5", "--seed", "2"], "--n, --seed apply to --generator"),
                       (["--generator", "no_such_gen"], "no_such_gen")]:
         r = rk_cli("realism", *base, *args)
         assert r.exit_code == 2, (args, r.output)

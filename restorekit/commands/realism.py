@@ -72,8 +72,14 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
 
     if (gen_name is None) == (images is None):
         fail_usage("give exactly one of --generator NAME and --images SPEC")
-    if images is not None and (weights is not None or opts):
-        fail_usage("--weights and --opt configure a generator; they do not apply to --images")
+    if images is not None:
+        ctx = click.get_current_context()
+        flags = {"weights": "--weights", "opts": "--opt", "n_samples": "--n", "truncation": "--truncation",
+                 "seed": "--seed", "detect_n": "--detect-n", "detect_truncation": "--detect-truncation"}
+        given = [flag for name, flag in flags.items()
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            fail_usage(f"{', '.join(given)} apply to --generator sampling, not to --images")
     names = [s for s in (p.strip() for p in spaces.split(",")) if s]
     if not names:
         fail_usage("--spaces: no feature space given")
