@@ -479,6 +479,10 @@ def test_cli_table_says_not_fid_and_reports_the_face_share(gen_plugin, rk_cli, r
     assert "NOT FID" in r.stdout and "not comparable with published FIDs" in r.stdout
     assert "frechet_dlib128" in r.stdout and "faces found by dlib_hog: 0/4 (0%) at truncation 0.7" in r.stdout
     assert not list(gen_plugin.glob("realism/*.npz"))  # --cache none
+    r = rk_cli("realism", "--generator", "tiny3p", "--opt", "sise=3", "--data", str(ref_folder), "--spaces", "dlib")
+    assert r.exit_code == 2 and "unknown option 'sise' (did you mean 'size'?)" in r.output
+    r = rk_cli("realism", "--generator", "tiny3p", "--weights", "w.pt", "--data", str(ref_folder), "--spaces", "dlib")
+    assert r.exit_code == 2 and "takes no --weights" in r.output
 
 
 def test_cli_images_mode_and_usage_errors(rk_cli, rk_home, ref_folder, alex_file) -> None:

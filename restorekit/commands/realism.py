@@ -11,29 +11,14 @@ from pathlib import Path
 import click
 
 from ..cli import emit_json, fail_usage, table
-from ..methods import parse_opts, resolve_device
-
-
-def _parse_value(text: str) -> object:
-    """``--opt`` values: integers and floats as numbers, ``true``/``false`` as booleans."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+from ..methods import resolve_device
 
 
 def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
     from ..harness.realism import canonical_space
+    from ..options import parse_pairs
 
-    out: dict[str, str] = {}
-    for key, value in parse_opts(pairs).items():
-        out[canonical_space(key)] = value
-    return out
+    return {canonical_space(key): value for key, value in parse_pairs(pairs, flag="--space-weights").items()}
 
 
 @click.command("realism")
@@ -102,17 +87,23 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
             check_available(det)
 
     if gen_name is not None:
-        factory = registry().get("generators", gen_name)
-        config = {k: _parse_value(v) for k, v in parse_opts(opts).items()}
-        if weights is not None:
-            config["weights"] = weights
         import torch
 
+        from ..options import parse_pairs, weights_option
+
+        factory = registry().get("generators", gen_name)
+        what = f"generator '{gen_name}'"
+        config: dict[str, object] = dict(parse_pairs(opts))
+        if weights is not None:
+            key = weights_option(factory.options_model())
+            if key is None:
+                fail_usage(f"{what} takes no --weights")
+            config[str(key)] = weights
         torch.manual_seed(seed)  # a generator built without weights is then the same on every run
         try:
-            gen = factory.build(**config).to(dev).eval()
-        except (TypeError, ValueError) as exc:
-            fail_usage(f"generator '{gen_name}': {exc}")
+            gen = factory.create(config, label=what).to(dev).eval()
+        except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
+            fail_usage(f"{what}: {exc}")
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
         report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
                                       spaces=built, batch_size=batch_size, device=dev, detector=det,
