@@ -16,6 +16,7 @@ file's bytes (order-independent), so a trainer compares snapshots without re-rea
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import math
 import os
@@ -219,7 +220,6 @@ def save_statistics(path: str | os.PathLike[str], stats: FeatureStats, *, space:
                     key: str = "") -> Path:
     """Write statistics to an ``.npz`` (atomically; no pickles)."""
     from ...images import atomic_write_bytes
-    import io
 
     buf = io.BytesIO()
     np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), space=np.str_(space), key=np.str_(key))
