@@ -119,6 +119,34 @@ def main() -> None:
     build_cli()(prog_name="restorekit")
 
 
+def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut: tuple[str, ...] = ()) -> None:
+    """A listing that reads at any terminal width (rich honours ``COLUMNS``): one line per row.
+
+    Columns not named in ``cut`` (names, states, sizes) keep their full width; the ``cut`` ones
+    (summaries) share what is left and end in '…' when it is not enough — the ``show`` commands
+    and ``--json`` give them whole.
+    """
+    console = Console()
+    gap = 2  # padding (0, 1) between columns, none at the edges
+    natural = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    fixed = sum(n for c, n in zip(columns, natural) if c not in cut) + gap * (len(columns) - 1)
+    share = max(8, (console.width - fixed) // max(1, len(cut))) if cut else 0
+    t = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False, padding=(0, 1),
+              header_style="bold", expand=False)
+    for c, n in zip(columns, natural):
+        if c in cut:
+            t.add_column(c, no_wrap=True, overflow="ellipsis", max_width=min(n, share))
+        else:
+            t.add_column(c, no_wrap=True, min_width=n)
+    for r in rows:
+        t.add_row(*(_cut(v, min(n, share)) if c in cut else v for c, n, v in zip(columns, natural, r)))
+    console.print(t)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)].rstrip() + "…"
+
+
 def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
     t = Table(title=title, show_lines=False)
     for c in columns:

@@ -40,6 +40,9 @@ class MethodInfo:
     # sample ignores it, e.g. pSp's style mixing): the harness then runs it once, not per seed.
     single_sample_deterministic: bool = False
     requires_weights: tuple[str, ...] = ()
+    # Weights name loaded when the user gives none (a model shipped in the package, for one); may
+    # be unregistered while that model is not shipped. `restorekit methods` shows its state.
+    default_weights: str | None = None
     # None: any positive integer scale.
     scales: tuple[int, ...] | None = None
     # "any": any image; "aligned_face": an aligned face crop (FFHQ framing).

@@ -100,6 +100,13 @@ def coerce(key: str, annotation: Any, raw: Any) -> Any:
         return None
     if inner is bool:
         return parse_bool(key, raw)
+    if typing.get_origin(inner) is Literal:  # Literal[32, 64]: the choice whose text is the value
+        choices = typing.get_args(inner)
+        if raw not in choices:
+            for choice in choices:
+                if not isinstance(choice, str) and str(choice) == raw.strip():
+                    return choice
+        return raw
     if _is_structured(inner):
         value = _literal(raw.strip())
         return value

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 __all__ = [
     "PackageSource", "WeightFile", "WeightSpec", "CachedFile",
     "cache_dir", "weights_dir", "registry_dirs", "registry_specs", "plugin_specs", "all_specs",
-    "get_spec", "resolve", "is_cached", "cached_files", "verify", "pull", "import_file",
-    "remove", "sha256_file", "pickle_globals", "load_checkpoint", "load_state_dict", "flatten_state_dict",
+    "get_spec", "resolve", "is_cached", "cached_files", "verify", "pull", "import_file", "FirstUse", "first_use",
+    "check_first_use", "forget", "integrity",
+    "remove", "sha256_file", "pickle_globals", "unsafe_globals", "load_checkpoint", "load_state_dict", "flatten_state_dict",
     "convert_to_safetensors", "safetensors_metadata",
 ]
 
@@ -345,14 +346,150 @@ def _write_manifest(folder: Path, name: str, files: Mapping[str, CachedFile]) ->
     os.replace(tmp, folder / MANIFEST)
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def _record(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source: str, *, trusted: bool = False) -> None:
+    """Write the manifest entry of a file just put into the cache (checked before the call).
+
+    ``trusted``: the spec pins no sha256, so this hash is also kept as the file's first-use
+    record (:func:`first_use`), which later downloads and imports must match.
+    """
     folder = path.parent
     manifest = _read_manifest(folder)
     st = path.stat()
     manifest[wf.filename] = CachedFile(
         filename=wf.filename, sha256=sha, size=st.st_size, source=source, license=spec.license,
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), trusted=trusted, mtime_ns=st.st_mtime_ns)
+        time=_now(), trusted=trusted, mtime_ns=st.st_mtime_ns)
     _write_manifest(folder, spec.name, manifest)
+    if trusted and f"{spec.name}/{wf.filename}" not in _read_tofu():
+        _remember_first_use(spec.name, wf.filename, FirstUse(sha, st.st_size, _now(), source))
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust on first use: the hash of a file whose spec pins none
+
+
+TOFU_FILE = "trust-on-first-use.json"
+
+
+@dataclass(frozen=True)
+class FirstUse:
+    """The sha256 of an unpinned file, recorded when it first entered the cache.
+
+    Kept in ``<cache>/trust-on-first-use.json``, outside the weights folders, so removing the
+    cached copy (``weights rm``) does not forget it: a later pull or import must match it until
+    ``restorekit weights forget NAME``.
+    """
+
+    sha256: str
+    size: int
+    time: str
+    source: str
+
+
+def _tofu_path() -> Path:
+    return cache_dir() / TOFU_FILE
+
+
+def _read_tofu() -> dict[str, FirstUse]:
+    path = _tofu_path()
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {k: FirstUse(**v) for k, v in raw.get("files", {}).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"first-use record {path} is unreadable ({exc}); fix or delete it (the hashes "
+                             "it recorded are then forgotten)") from exc
+
+
+def _write_tofu(records: Mapping[str, FirstUse]) -> None:
+    path = _tofu_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"about": "sha256 of weights files whose spec pins none, recorded at their first pull or import",
+            "files": {k: dict(v.__dict__) for k, v in sorted(records.items())}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tofu-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _remember_first_use(name: str, filename: str, rec: FirstUse) -> None:
+    records = _read_tofu()
+    records[f"{name}/{filename}"] = rec
+    _write_tofu(records)
+
+
+def first_use(name: str, filename: str) -> FirstUse | None:
+    """The hash recorded when ``name``'s unpinned ``filename`` first entered the cache, if any.
+
+    Caches filled before this record existed count their manifest's trusted entry as the first use.
+    """
+    rec = _read_tofu().get(f"{name}/{filename}")
+    if rec is not None:
+        return rec
+    cached = _read_manifest(weights_dir(name)).get(filename)
+    if cached is not None and cached.trusted:
+        return FirstUse(cached.sha256, cached.size, cached.time, cached.source)
+    return None
+
+
+def check_first_use(spec: WeightSpec, wf: WeightFile, sha: str, where: str, *, trust: bool) -> str | None:
+    """Accept an unpinned file: it must match the hash recorded at first use; with no record yet
+    it needs ``trust`` (its hash is then recorded by :func:`_record`). Returns a warning or None."""
+    rec = first_use(spec.name, wf.filename)
+    if rec is not None:
+        if sha != rec.sha256:
+            raise IntegrityError(
+                f"{where} has sha256 {sha}, but the first '{spec.name}' ({wf.filename}) this cache took "
+                f"(on {rec.time}, from {rec.source}) had {rec.sha256}; refused (trust on first use). If the "
+                f"publisher really changed the file, `restorekit weights forget {spec.name}` drops that record")
+        return None
+    if not trust:
+        raise IntegrityError(f"weights '{spec.name}' ({wf.filename}) have no known sha256, so {where} cannot be "
+                             f"checked; pass --trust to accept it (its sha256 is {sha}) and have it recorded: "
+                             "later pulls and imports must match it")
+    return (f"accepted {where} for '{spec.name}' without a reference hash (--trust); recorded sha256 {sha}: "
+            "later pulls and imports must match it")
+
+
+def forget(name: str) -> list[str]:
+    """Drop the first-use records of ``name`` and the cached copies checked against them.
+
+    For when the publisher of an unpinned file really changed it; the next pull or import
+    with ``--trust`` records the new hash. Returns the file names forgotten.
+    """
+    spec = get_spec(name)
+    unpinned = {f.filename for f in spec.files if f.sha256 is None and f.package_source is None and not f.bundled}
+    records = _read_tofu()
+    gone = sorted(fn for fn in unpinned if records.pop(f"{name}/{fn}", None) is not None)
+    if gone:
+        _write_tofu(records)
+    folder = weights_dir(name)
+    manifest = _read_manifest(folder)
+    dropped = [fn for fn in unpinned if fn in manifest]
+    for fn in dropped:
+        (folder / fn).unlink(missing_ok=True)
+        del manifest[fn]
+    if dropped:
+        if manifest:
+            _write_manifest(folder, name, manifest)
+        else:
+            (folder / MANIFEST).unlink(missing_ok=True)
+            _cleanup_empty(folder)
+    return sorted(set(gone) | set(dropped))
+
+
+def integrity(spec: WeightSpec, wf: WeightFile) -> Literal["pinned", "tofu", "unknown"]:
+    """How a file is checked: ``pinned`` (a sha256 in the spec, a package member's, or bundled),
+    ``tofu`` (no published hash; the one recorded at first pull/import), ``unknown`` (nothing
+    recorded yet: the first pull/import needs ``--trust``)."""
+    if wf.sha256 is not None or wf.package_source is not None or wf.bundled is not None:
+        return "pinned"
+    return "tofu" if first_use(spec.name, wf.filename) is not None else "unknown"
 
 
 def cached_files(name: str) -> dict[str, CachedFile]:
@@ -409,6 +546,11 @@ def _check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
     if wf.sha256 is not None and rec.sha256 != wf.sha256:
         raise IntegrityError(f"cached {path} was recorded with sha256 {rec.sha256}, spec says {wf.sha256}; "
                              f"run `restorekit weights rm {spec.name}` and pull or import it again")
+    tofu = first_use(spec.name, wf.filename) if wf.sha256 is None and wf.package_source is None else None
+    if tofu is not None and rec.sha256 != tofu.sha256:
+        raise IntegrityError(f"cached {path} was recorded with sha256 {rec.sha256}, but the first copy this cache "
+                             f"took ({tofu.time}) had {tofu.sha256}; run `restorekit weights rm {spec.name}` and "
+                             f"pull or import it again (or `restorekit weights forget {spec.name}`)")
     if full or st.st_mtime_ns != rec.mtime_ns:
         actual = sha256_file(path)
         expected = _expected_sha(wf, rec)
@@ -487,6 +629,11 @@ def pull(name: str, *, quiet: bool = False, trust: bool = False, retries: int = 
             pass
         except IntegrityError:
             (folder / wf.filename).unlink(missing_ok=True)
+        tofu = first_use(name, wf.filename) if wf.sha256 is None and wf.package_source is None else None
+        if wf.urls and wf.sha256 is None and tofu is None and not trust:
+            raise IntegrityError(f"weights '{name}' ({wf.filename}) have no known sha256, so a download "
+                                 "cannot be checked; pass --trust to accept it and record its hash (later "
+                                 "pulls and imports must then match it)")
         if wf.package_source is not None:
             from .package_member import fetch_member
 
@@ -503,14 +650,19 @@ def pull(name: str, *, quiet: bool = False, trust: bool = False, retries: int = 
         if not wf.urls:
             raise WeightsMissing(name, f"no download URL is known for {wf.filename}"
                                  + (f" (source: {spec.source})" if spec.source else ""))
-        if wf.sha256 is None and not trust:
-            raise IntegrityError(f"weights '{name}' ({wf.filename}) have no known sha256, so a download "
-                                 "cannot be checked; pass --trust to accept it and record its hash")
         from .download import download
 
         try:
-            sha, url = download(wf.urls, folder / wf.filename, sha256=wf.sha256, size=wf.size,
-                                quiet=quiet, retries=retries, timeout=timeout, label=f"{name}/{wf.filename}")
+            sha, url = download(wf.urls, folder / wf.filename, sha256=wf.sha256 or (tofu and tofu.sha256),
+                                size=wf.size or (tofu and tofu.size), quiet=quiet, retries=retries,
+                                timeout=timeout, label=f"{name}/{wf.filename}")
+        except IntegrityError as exc:
+            _cleanup_empty(folder)
+            if tofu is None:
+                raise
+            raise IntegrityError(f"{exc} (the sha256 and size recorded when this cache first took '{name}' "
+                                 f"({wf.filename}) on {tofu.time}, from {tofu.source}: trust on first use; "
+                                 f"`restorekit weights forget {name}` drops that record)") from None
         except BaseException:
             _cleanup_empty(folder)
             raise
@@ -528,13 +680,15 @@ def _cleanup_empty(folder: Path) -> None:
 
 
 def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None = None,
-                link: bool = False, trust: bool = False) -> tuple[Path, str | None]:
+                link: bool = False, trust: bool = False, allow_unsafe: bool = False) -> tuple[Path, str | None]:
     """Put a file the user already has into the cache after checking size and sha256.
 
     With ``link`` the cache holds a symlink instead of a copy. A spec file without a sha256
-    is refused unless ``trust``; then the computed hash is recorded and returned as a warning
-    text (second item), else the second item is None. A known hash that does not match is
-    always refused.
+    must match the hash recorded at its first pull or import (trust on first use); with no
+    record yet it is refused unless ``trust``, and then its hash is recorded and returned in a
+    warning text (second item; else None). A known hash that does not match is always refused.
+    A PyTorch checkpoint that holds pickled Python objects beyond tensors (loading it could run
+    code) is refused unless ``allow_unsafe`` (:func:`unsafe_globals`).
     """
     spec = get_spec(name)
     src = Path(file).expanduser().resolve()
@@ -551,13 +705,17 @@ def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None
     actual = sha256_file(src)
     warning = None
     if wf.sha256 is None:
-        if not trust:
-            raise IntegrityError(f"weights '{name}' ({wf.filename}) have no known sha256, so {src} cannot be "
-                                 f"checked; pass --trust to accept it (its sha256 is {actual})")
-        warning = (f"accepted {src} for '{name}' without a reference hash (--trust); recorded sha256 {actual}")
+        warning = check_first_use(spec, wf, actual, str(src), trust=trust)
     elif actual != wf.sha256:
         raise IntegrityError(f"{src} has sha256 {actual} but weights '{name}' ({wf.filename}) need "
                              f"{wf.sha256}; refused")
+    unsafe = unsafe_globals(src)
+    if unsafe and not allow_unsafe:
+        raise UnsafeFileError(
+            f"{src} holds pickled Python objects beyond tensors ({', '.join(unsafe[:4])}), and loading it can run "
+            f"code; refused. Re-save its tensors (e.g. {{'g_ema': state_dict, 'latent_avg': ...}}) where you trust "
+            "it, or, for a file you trust, import it with --opt allow_unsafe=true (loading it still needs "
+            "allow_unsafe=true)")
     folder = weights_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / wf.filename
@@ -650,6 +808,30 @@ def pickle_globals(path: str | os.PathLike[str]) -> set[str]:
     except Exception:  # malformed pickle: report what was seen so far
         pass
     return found
+
+
+# Globals a PyTorch checkpoint of plain tensors and containers refers to (all allowed by weights_only).
+_PLAIN_GLOBALS = frozenset({"collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                            "builtins.slice", "builtins.complex", "_codecs.encode"})
+
+
+def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
+    """Globals beyond tensors and plain containers in a PyTorch zip checkpoint's pickle (sorted).
+
+    Empty for files that are not PyTorch zip checkpoints (safetensors, ONNX, legacy pickles:
+    those are checked when loaded). Nothing is unpickled: :func:`pickle_globals` reads opcodes.
+    """
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return []
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                return []
+    except OSError:
+        return []
+    return sorted(g for g in pickle_globals(path) if not g.startswith("torch.") and g not in _PLAIN_GLOBALS)
 
 
 def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: Iterable[Any] = ()) -> Any:

@@ -70,11 +70,8 @@ def _members_dir(root: Path) -> dict[str, list[str]]:
 def _check(spec: W.WeightSpec, wf: W.WeightFile, where: str, size: int, sha: str, trust: bool) -> str | None:
     if wf.size is not None and size != wf.size:
         raise IntegrityError(f"{where} has {size} bytes but weights '{spec.name}' ({wf.filename}) have {wf.size}; refused")
-    if wf.sha256 is None:
-        if not trust:
-            raise IntegrityError(f"weights '{spec.name}' ({wf.filename}) have no known sha256, so {where} cannot be "
-                                 f"checked; pass --trust to accept it (its sha256 is {sha})")
-        return f"accepted {where} for '{spec.name}' without a reference hash (--trust); recorded sha256 {sha}"
+    if wf.sha256 is None:  # trust on first use: the recorded hash, or --trust to record one
+        return W.check_first_use(spec, wf, sha, where, trust=trust)
     if sha != wf.sha256:
         raise IntegrityError(f"{where} has sha256 {sha} but weights '{spec.name}' ({wf.filename}) need "
                              f"{wf.sha256}; refused")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, table
+from ..cli import emit_json, listing, table
 from ..interfaces import Method
 from ..plugins import registry
 
@@ -41,9 +41,26 @@ def methods_group(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table("Methods", ["name", "plugin", "task", "scales", "deterministic", "license", "summary"],
-          [[r["name"], r["plugin"], r["task"], ",".join(map(str, r["scales"])) if r["scales"] != "any" else "any",
-            "yes" if r["deterministic"] else "no", r["license"], r["summary"]] for r in rows])
+    listing("Methods (`restorekit methods show NAME` for one in full)",
+            ["name", "plugin", "scales", "weights", "license", "summary"],
+            [[r["name"], r["plugin"], ",".join(map(str, r["scales"])) if r["scales"] != "any" else "any",
+              method_weights_state(reg.items["methods"][r["name"]]), r["license"], r["summary"]] for r in rows],
+            cut=("summary",))
+
+
+def method_weights_state(cls: type[Method]) -> str:
+    """What a method's weights need before it runs: ``none``, ``shipped``, ``cached``, ``pull needed``
+    (a download is known) or ``missing`` (import or train them; for a method with a ``weights``
+    option and no default, pass ``--weights``)."""
+    from ..options import weights_option
+    from .weights import names_state
+
+    names = list(cls.info.requires_weights)
+    if cls.info.default_weights:
+        names.append(cls.info.default_weights)
+    if names:
+        return names_state(names)
+    return "missing" if weights_option(cls.Options) is not None else "none"
 
 
 @methods_group.command("show")
@@ -61,6 +78,9 @@ def methods_show(name: str, as_json: bool) -> None:
     for key in ("name", "plugin", "task", "summary", "paper", "license", "deterministic", "scales",
                 "input_kind", "requires_weights"):
         click.echo(f"{key:>17}: {data[key]}")
+    if cls.info.default_weights:
+        click.echo(f"{'default_weights':>17}: {cls.info.default_weights}")
+    click.echo(f"{'weights state':>17}: {method_weights_state(cls)}")
     table("Options (--opt KEY=VALUE)", ["option", "type", "default", "description"],
           [[o["name"], o["type"], "(required)" if o["required"] else repr(o["default"]), o["description"]]
            for o in data["options"]])
@@ -75,9 +95,13 @@ def plugins_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(recs)
         return
-    table("Plugins", ["name", "distribution", "version", "status", "registers"],
-          [[r["name"], r["distribution"], r["version"], r["status"],
-            "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"] for r in recs])
+    listing("Plugins (`--json` lists everything each registers)", ["name", "distribution", "version", "status", "registers"],
+            [[r["name"], r["distribution"], r["version"], "broken" if r["status"] != "ok" else "ok",
+              "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"] for r in recs],
+            cut=("registers",))
+    for r in recs:  # errors in full: they are what a plugin developer needs to read
+        if r["status"] != "ok":
+            click.echo(f"{r['name']} ({r['distribution']}): {r['status']}")
 
 
 def attach(cli: click.Group) -> None:

@@ -1,4 +1,4 @@
-"""``restorekit weights``: list, show, pull, import, verify, locate, remove and convert weights.
+"""``restorekit weights``: list, show, pull, import, forget, verify, locate, remove and convert weights.
 
 Exit codes: 0 success; 1 a file was refused or failed to verify or download; 2 usage
 (unknown name, bad arguments).
@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.table import Table
 
 from .. import weights as W
-from ..errors import RestorekitError, UnknownNameError
+from ..errors import IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -49,6 +49,12 @@ def _license(spec: W.WeightSpec) -> str:
     return f"{spec.license} ({spec.license_note})" if spec.license_note else spec.license
 
 
+def _license_brief(spec: W.WeightSpec) -> str:
+    """``non-commercial`` or the SPDX expression: what a listing has room for (`weights show` has all)."""
+    nc = "non-commercial" in spec.license_note.lower() or spec.license.endswith("-NC")
+    return "non-commercial" if nc else spec.license
+
+
 def _license_short(spec: W.WeightSpec) -> str:
     nc = "non-commercial" in spec.license_note.lower() or spec.license.endswith("-NC")
     return f"{spec.license} (non-commercial)" if nc else spec.license
@@ -59,6 +65,47 @@ def _status(spec: W.WeightSpec) -> str:
     if not have:
         return "no"
     return "yes" if W.is_cached(spec.name) else "partial" if len(have) < len(spec.files) else "damaged"
+
+
+# Worst first: a spec's state is the worst of its files'.
+_STATES = ("damaged", "missing", "pull needed", "cached", "shipped")
+
+
+def file_state(spec: W.WeightSpec, wf: W.WeightFile) -> str:
+    """``shipped`` (inside an installed package), ``cached``, ``damaged`` (cached but failing its
+    check), ``pull needed`` (a download or package source is known) or ``missing`` (import it)."""
+    try:
+        W.resolve(spec.name, wf.filename)
+        return "shipped" if wf.bundled else "cached"
+    except WeightsMissing:
+        return "pull needed" if (wf.urls or wf.package_source) else "missing"
+    except IntegrityError:
+        return "missing" if wf.bundled else "damaged"
+
+
+def spec_state(spec: W.WeightSpec) -> str:
+    """The worst state among ``spec``'s files (see :func:`file_state`)."""
+    return min((file_state(spec, wf) for wf in spec.files), key=_STATES.index)
+
+
+def names_state(names: list[str]) -> str:
+    """The worst state of several weights names; an unregistered name is ``missing``."""
+    specs = W.all_specs()
+    states = [spec_state(specs[n]) if n in specs else "missing" for n in names]
+    return min(states, key=_STATES.index) if states else "none"
+
+
+def spec_integrity(spec: W.WeightSpec) -> str:
+    """``pinned`` when every file's sha256 is published; else ``tofu`` when every unpinned file's
+    hash was recorded at its first pull/import, ``unknown`` while one is not yet."""
+    kinds = {W.integrity(spec, wf) for wf in spec.files}
+    return "unknown" if "unknown" in kinds else "tofu" if "tofu" in kinds else "pinned"
+
+
+INTEGRITY_NOTE = ("integrity: pinned = sha256 published in the registry, checked on pull and import; tofu = "
+                  "trust on first use: no published hash, the one recorded at the first pull/import is checked "
+                  "from then on; unknown = nothing recorded yet (the first pull/import needs --trust). Cached "
+                  "files are re-hashed whenever they change; `weights verify` re-hashes all.")
 
 
 @click.group("weights", cls=WeightsGroup)
@@ -72,16 +119,17 @@ def list_cmd(as_json: bool) -> None:
     """List known weights with architecture, license, size and whether they are cached."""
     specs = W.all_specs()
     rows = [{"name": s.name, "architecture": s.architecture, "plugin": s.plugin, "license": s.license,
-             "license_note": s.license_note, "size": s.total_size, "cached": _status(s)} for s in specs.values()]
+             "license_note": s.license_note, "size": s.total_size, "cached": _status(s), "state": spec_state(s),
+             "integrity": spec_integrity(s)} for s in specs.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"weights (cache: {W.cache_dir() / 'weights'})")
-    for c in ("name", "architecture", "license", "size", "cached"):
-        t.add_column(c)
-    for r, s in zip(rows, specs.values()):
-        t.add_row(r["name"], r["architecture"], _license_short(s), _human(r["size"]), r["cached"])
-    Console().print(t)
+    from ..cli import listing
+
+    listing(f"weights (cache: {W.cache_dir() / 'weights'})", ["name", "state", "integrity", "size", "license"],
+            [[r["name"], r["state"], r["integrity"], _human(r["size"]), _license_brief(s)]
+             for r, s in zip(rows, specs.values())], cut=("license",))
+    Console(highlight=False).print(INTEGRITY_NOTE)
 
 
 @weights_group.command("show")
@@ -93,6 +141,12 @@ def show_cmd(name: str, as_json: bool) -> None:
     data = spec.model_dump(mode="json")
     data["cache_dir"] = str(W.weights_dir(name))
     data["cached"] = {k: v.as_dict() for k, v in W.cached_files(name).items()}
+    data["state"] = spec_state(spec)
+    data["integrity"] = {}
+    for f in spec.files:
+        rec = W.first_use(name, f.filename) if f.sha256 is None and f.package_source is None else None
+        data["integrity"][f.filename] = {"kind": W.integrity(spec, f), "state": file_state(spec, f),
+                                         "first_use": dict(rec.__dict__) if rec else None}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -104,9 +158,9 @@ def show_cmd(name: str, as_json: bool) -> None:
         if value:
             out.print(f"{label}: {value}", soft_wrap=True)
     for f in spec.files:
-        rec = data["cached"].get(f.filename)
-        out.print(f"file {f.filename}: {_human(f.size)}, sha256 {f.sha256 or 'unknown'}"
-                  + (f", cached ({rec['sha256'][:12]}…{' trusted' if rec['trusted'] else ''})" if rec else ", not cached"))
+        out.print(f"file {f.filename}: {_human(f.size)}, {data['integrity'][f.filename]['state']}", soft_wrap=True)
+        out.print(f"  integrity: {_integrity_line(spec, f, data['integrity'][f.filename], data['cached'].get(f.filename))}",
+                  soft_wrap=True)
         for url in f.urls:
             out.print(f"  url: {url}", soft_wrap=True)
         if f.package_source is not None:
@@ -114,6 +168,34 @@ def show_cmd(name: str, as_json: bool) -> None:
             out.print(f"  from package {ps.package}=={ps.version}, member {ps.member} "
                       f"(sha256 {ps.member_sha256}), converter {ps.converter}", soft_wrap=True)
     out.print(f"cache: {data['cache_dir']}")
+
+
+def _integrity_line(spec: W.WeightSpec, f: W.WeightFile, info: dict[str, Any], rec: dict[str, Any] | None) -> str:
+    """One plain sentence: how this file is checked, and whether the cached copy passed."""
+    kind = info["kind"]
+    if f.bundled:
+        text = f"pinned: ships inside the '{f.bundled.partition(':')[0]}' package, sha256 {f.sha256}, checked on use"
+    elif f.package_source is not None:
+        ps = f.package_source
+        text = (f"pinned: member {ps.member} of {ps.package}=={ps.version} must have sha256 {ps.member_sha256}"
+                + (f" (archive {ps.archive_sha256})" if ps.archive_sha256 else ""))
+    elif kind == "pinned":
+        text = f"pinned: sha256 {f.sha256} (published), checked on pull and import"
+    elif kind == "tofu":
+        fu = info["first_use"]
+        text = (f"trust on first use: no published sha256; {fu['sha256']} was recorded on {fu['time']} "
+                f"(from {fu['source']}) and every later pull or import must match it")
+    else:
+        text = ("unknown: no published sha256 and none recorded yet; the first pull or import needs --trust, "
+                "and its hash is then recorded and checked from then on (trust on first use)")
+    if rec is not None and info["state"] == "damaged":
+        text += f"; the cached copy (sha256 {rec['sha256'][:12]}…) FAILS its check: `restorekit weights verify {spec.name}`"
+    elif rec is not None and f.package_source is not None:
+        text += (f"; cached as converted (sha256 {rec['sha256'][:12]}…, the hash recorded when it was made, "
+                 "checked on use)")
+    elif rec is not None:
+        text += f"; cached copy verified against it (sha256 {rec['sha256'][:12]}…)"
+    return text
 
 
 @weights_group.command("pull")
@@ -135,17 +217,36 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
             click.echo(str(p))
 
 
+class ImportOptions(BaseModel):
+    """``weights import --opt`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_unsafe: bool = Field(False, description="accept a PyTorch checkpoint that holds pickled Python objects "
+                                                  "beyond tensors (loading it still needs allow_unsafe=true)")
+
+
 @weights_group.command("import")
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, path_type=Path))
 @click.option("--filename", default=None, help="Which file of a multi-file spec this is.")
 @click.option("--link", is_flag=True, help="Symlink instead of copying.")
 @click.option("--trust", is_flag=True, help="Accept a file for a spec without sha256 and record its hash.")
-def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: bool) -> None:
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Import option (repeatable): allow_unsafe=true accepts a checkpoint holding pickled Python "
+                   "objects (only a file you trust).")
+def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: bool, opts: tuple[str, ...]) -> None:
     """Put a weights FILE you already have into the cache after checking it.
 
     FILE may also be a .zip archive or a folder holding the spec's files (a model pack)."""
+    from ..options import parse_pairs, validate
     from ..weights_archive import import_archive, wants_archive_import
+
+    try:
+        options = validate(ImportOptions, parse_pairs(opts), label="weights import")
+    except RestorekitError as exc:
+        raise click.UsageError(str(exc)) from None
+    assert isinstance(options, ImportOptions)
 
     if filename is None and wants_archive_import(W.get_spec(name), file):
         done = import_archive(name, file, link=link, trust=trust)
@@ -154,10 +255,22 @@ def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: b
         for p in done.paths:
             click.echo(str(p))
         return
-    dest, warning = W.import_file(name, file, filename=filename, link=link, trust=trust)
+    dest, warning = W.import_file(name, file, filename=filename, link=link, trust=trust,
+                                  allow_unsafe=options.allow_unsafe)
     if warning:
         _err.print(f"[yellow]warning:[/] {warning}")
     click.echo(str(dest))
+
+
+@weights_group.command("forget")
+@click.argument("name")
+def forget_cmd(name: str) -> None:
+    """Forget the sha256 recorded at NAME's first pull/import (trust on first use), and its cached copy.
+
+    For when the publisher of a file with no published hash really replaced it; the next pull or
+    import with --trust records the new hash. (`weights rm` keeps the record.)"""
+    gone = W.forget(name)
+    click.echo(f"forgot {', '.join(gone)} of {name}" if gone else f"nothing recorded for {name}")
 
 
 @weights_group.command("verify")

@@ -222,6 +222,7 @@ class PSPSR(Method):
         single_sample_deterministic=True,
         scales=None,
         input_kind="aligned_face",
+        default_weights=DEFAULT_MODEL_NAME,
     )
     Options: ClassVar[type[Options]] = PSPSROptions
     options: PSPSROptions

@@ -63,7 +63,7 @@ from restorekit.optim.latent import (
     GaussianFit, Schedule, downscale_mse, fit_gaussian, geocross, lr_factor, project_to_sphere, sphere_radius,
 )
 
-from .method import PSPSR, PSPSROptions
+from .method import DEFAULT_MODEL_NAME, PSPSR, PSPSROptions
 from .psp import default_latent_mask, mix_styles
 
 #: LPIPS(alex) needs images of at least this many pixels a side.
@@ -220,6 +220,7 @@ class PSPPulse(PSPSR):
         single_sample_deterministic=True,
         scales=None,
         input_kind="aligned_face",
+        default_weights=DEFAULT_MODEL_NAME,
     )
     Options: ClassVar[type[Options]] = PSPPulseOptions
     options: PSPPulseOptions

@@ -1,0 +1,162 @@
+"""``allow_unsafe`` from the command line: every spelling of "no" refuses to unpickle.
+
+A tiny rosinality *training* checkpoint (``args`` is an argparse Namespace, so it does not load
+with ``weights_only``) carries a tripwire: unpickling it creates a marker file. Each command that
+can reach the StyleGAN2 loader (``generate``, ``run --weights``, ``weights import``, ``export``)
+must refuse it for ``allow_unsafe=false/False/0/no`` without the marker appearing, reject
+``allow_unsafe=maybe`` as a usage error naming the key and the accepted words, and (for
+``generate`` and ``weights import``) accept it with ``allow_unsafe=true``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from restorekit import weights as W
+from restorekit.cli import build_cli
+from restorekit.plugins import registry
+from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
+
+FALSE_SPELLINGS = ["false", "False", "0", "no"]
+
+
+class Tripwire:
+    """Unpickling this creates ``marker``: proof that a file's pickled code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.fixture
+def unsafe_ckpt(tmp_path: Path) -> tuple[Path, Path]:
+    """``(checkpoint, marker)``: a 32-px rosinality training checkpoint with a tripwire in ``args``."""
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref")
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "train-000100.pt"
+    torch.save({"g": g.state_dict(), "g_ema": g.state_dict(), "d": {}, "ada_aug_p": 0.0,
+                "args": Namespace(size=32, latent=16, n_mlp=2, tripwire=Tripwire(marker))}, path)
+    return path, marker
+
+
+def rk(*args: str) -> object:
+    return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+
+def _refused(r: object, marker: Path) -> None:
+    out = r.output  # type: ignore[attr-defined]
+    assert r.exit_code != 0, out  # type: ignore[attr-defined]
+    assert "pickled Python objects" in out and "Traceback" not in out, out
+    assert not marker.exists(), "the checkpoint was unpickled"
+
+
+@pytest.mark.parametrize("no", FALSE_SPELLINGS)
+def test_generate_refuses(no: str, unsafe_ckpt: tuple[Path, Path], tmp_path: Path, rk_home: Path) -> None:
+    ckpt, marker = unsafe_ckpt
+    r = rk("generate", "--generator", "stylegan2", "--weights", str(ckpt), "--opt", f"allow_unsafe={no}",
+           "--seeds", "0", "--output", str(tmp_path / "out"), "--device", "cpu")
+    _refused(r, marker)
+    assert r.exit_code == 2  # type: ignore[attr-defined]
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_consent_and_bad_value(unsafe_ckpt: tuple[Path, Path], tmp_path: Path, rk_home: Path) -> None:
+    ckpt, marker = unsafe_ckpt
+    base = ["generate", "--generator", "stylegan2", "--weights", str(ckpt), "--seeds", "0", "--output",
+            str(tmp_path / "out"), "--device", "cpu"]
+    r = rk(*base, "--opt", "allow_unsafe=maybe")
+    assert r.exit_code == 2  # type: ignore[attr-defined]
+    assert "'allow_unsafe'" in r.output and "true/false/1/0/yes/no" in r.output and "'maybe'" in r.output  # type: ignore[attr-defined]
+    assert not marker.exists()
+    r = rk(*base)  # no option: the default refuses too
+    _refused(r, marker)
+    r = rk(*base, "--opt", "allow_unsafe=Yes")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert marker.exists()  # consent given: unpickled (the tripwire fired)
+    assert Image.open(tmp_path / "out" / "seed0000.png").size == (32, 32)
+
+
+@pytest.mark.parametrize("no", FALSE_SPELLINGS)
+def test_run_weights_refuses(no: str, unsafe_ckpt: tuple[Path, Path], tmp_path: Path, rk_home: Path) -> None:
+    if "pulse" not in registry().names("methods"):
+        pytest.skip("pulse (restorekit-baselines) is not installed")
+    ckpt, marker = unsafe_ckpt
+    lr = tmp_path / "lr.png"
+    Image.new("RGB", (8, 8), (120, 90, 80)).save(lr)
+    r = rk("run", "pulse", "--scale", "4", "--input", str(lr), "--output", str(tmp_path / "out"), "--device", "cpu",
+           "--weights", str(ckpt), "--opt", f"allow_unsafe={no}", "--opt", "gaussian_fit_samples=64", "--quiet")
+    _refused(r, marker)
+    assert r.exit_code == 2  # type: ignore[attr-defined]
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_run_weights_bad_value_is_usage_error(unsafe_ckpt: tuple[Path, Path], tmp_path: Path, rk_home: Path) -> None:
+    if "pulse" not in registry().names("methods"):
+        pytest.skip("pulse (restorekit-baselines) is not installed")
+    ckpt, marker = unsafe_ckpt
+    lr = tmp_path / "lr.png"
+    Image.new("RGB", (8, 8)).save(lr)
+    r = rk("run", "pulse", "--scale", "4", "--input", str(lr), "--output", str(tmp_path / "out"),
+           "--weights", str(ckpt), "--opt", "allow_unsafe=maybe")
+    assert r.exit_code == 2 and "allow_unsafe" in r.output and "true/false/1/0/yes/no" in r.output  # type: ignore[attr-defined]
+    assert not marker.exists()
+    # Inside generator_options too: the generator's own model reads the values.
+    r = rk("run", "pulse", "--scale", "4", "--input", str(lr), "--output", str(tmp_path / "out"),
+           "--weights", str(ckpt), "--opt", 'generator_options={"resolution": "big"}')
+    assert r.exit_code == 2 and "resolution" in r.output  # type: ignore[attr-defined]
+    r = rk("run", "pulse", "--scale", "4", "--input", str(lr), "--output", str(tmp_path / "out"),
+           "--weights", str(ckpt), "--opt", 'generator_options={"allow_unsafe": "false"}')
+    assert r.exit_code == 2 and "pulse's own option" in r.output  # type: ignore[attr-defined]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("no", FALSE_SPELLINGS)
+def test_export_refuses(no: str, unsafe_ckpt: tuple[Path, Path], tmp_path: Path, rk_home: Path) -> None:
+    if "pulse" not in registry().names("methods"):
+        pytest.skip("pulse (restorekit-baselines) is not installed")
+    ckpt, marker = unsafe_ckpt
+    out = tmp_path / "m.onnx"
+    r = rk("export", "pulse", "--weights", str(ckpt), "--out", str(out), "--opt", f"allow_unsafe={no}",
+           "--opt", "gaussian_fit_samples=64")
+    _refused(r, marker)
+    assert r.exit_code == 2 and not out.exists()  # type: ignore[attr-defined]
+    r = rk("export", "pulse", "--weights", str(ckpt), "--out", str(out), "--opt", "allow_unsafe=maybe")
+    assert r.exit_code == 2 and "true/false/1/0/yes/no" in r.output  # type: ignore[attr-defined]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("no", FALSE_SPELLINGS)
+def test_weights_import_refuses(no: str, unsafe_ckpt: tuple[Path, Path], rk_home: Path) -> None:
+    ckpt, marker = unsafe_ckpt
+    name = "stylegan2-ffhq-config-f"  # no published sha256: --trust records one
+    r = rk("weights", "import", name, str(ckpt), "--trust", "--opt", f"allow_unsafe={no}")
+    _refused(r, marker)
+    assert r.exit_code == 1  # type: ignore[attr-defined]
+    assert "argparse.Namespace" in r.output  # type: ignore[attr-defined]
+    assert not W.cached_files(name) and W.first_use(name, W.get_spec(name).files[0].filename) is None
+
+
+def test_weights_import_consent_then_loading_asks_again(unsafe_ckpt: tuple[Path, Path], tmp_path: Path,
+                                                        rk_home: Path) -> None:
+    ckpt, marker = unsafe_ckpt
+    name = "stylegan2-ffhq-config-f"
+    r = rk("weights", "import", name, str(ckpt), "--trust", "--opt", "allow_unsafe=maybe")
+    assert r.exit_code == 2 and "true/false/1/0/yes/no" in r.output  # type: ignore[attr-defined]
+    r = rk("weights", "import", name, str(ckpt), "--trust", "--opt", "allow_unsafe=1")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert not marker.exists()  # importing scans the pickle's opcodes; nothing is unpickled
+    # Loading it by name from the cache: refused again without consent.
+    for no in FALSE_SPELLINGS:
+        r = rk("generate", "--generator", "stylegan2", "--weights", name, "--opt", f"allow_unsafe={no}",
+               "--seeds", "0", "--output", str(tmp_path / "out"), "--device", "cpu")
+        _refused(r, marker)
