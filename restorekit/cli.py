@@ -1,12 +1,19 @@
 """The ``restorekit`` command.
 
 Exit codes: 0 all good; 1 some inputs failed (each named on stderr); 2 usage error (bad
-arguments, unknown names, bad options, unwritable output).
+arguments, unknown names, bad options, unwritable output or cache).
+
+No traceback reaches a user: restorekit's own errors and file-system errors are one line naming
+the path and the fix; anything unexpected is one line asking for ``--debug`` (or
+``RESTOREKIT_DEBUG=1``), which shows the traceback instead. SIGTERM ends a command like Ctrl-C
+does (exit 143), so atomic writes clean up their temporary files.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -15,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import PluginError, RestorekitError
+from .errors import PluginError, RestorekitError, describe_os_error
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -40,14 +47,27 @@ def error_line(msg: str) -> None:
     err_console.print(f"[red]error:[/] {msg}")
 
 
+_DEBUG = False
+
+
+def debugging() -> bool:
+    """Whether tracebacks should be shown (``--debug`` or ``RESTOREKIT_DEBUG=1``)."""
+    return _DEBUG or os.environ.get("RESTOREKIT_DEBUG", "").lower() in ("1", "true", "yes")
+
+
 class RestorekitGroup(click.Group):
-    """Turns restorekit errors into one-line messages with exit code 2."""
+    """Turns restorekit and file-system errors into one-line messages with exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RestorekitError as exc:
             error_line(str(exc))
+            ctx.exit(2)
+        except OSError as exc:
+            if debugging():
+                raise
+            error_line(describe_os_error(exc, action="use"))
             ctx.exit(2)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
@@ -64,9 +84,12 @@ class RestorekitGroup(click.Group):
 @click.group(cls=RestorekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="restorekit")
 @click.option("--strict", is_flag=True, help="Fail when any plugin is broken (plugin development).")
+@click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors (for bug reports).")
 @click.pass_context
-def cli(ctx: click.Context, strict: bool) -> None:
+def cli(ctx: click.Context, strict: bool, debug: bool) -> None:
     """restorekit: plugin-based image restoration (pSp face super-resolution and baselines)."""
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
     if strict:
         from .plugins import registry, reset
 
@@ -79,19 +102,14 @@ def cli(ctx: click.Context, strict: bool) -> None:
 
 
 def _load_plugin_commands() -> None:
-    """Let plugins add subcommands; a failing one is reported, not fatal."""
-    from .plugins import registry
+    """Let plugins add subcommands; a failing plugin is listed as broken, not fatal."""
+    from .plugins import add_commands, registry
 
     try:
-        reg = registry()
+        add_commands(registry(), cli)
     except PluginError as exc:  # strict mode from the environment
         error_line(str(exc))
         sys.exit(2)
-    for add in reg.commands:
-        try:
-            add(cli=cli)
-        except Exception as exc:  # a plugin's command must not break the CLI
-            warn(f"a plugin failed to add its commands: {exc}")
 
 
 _BUILT = False
@@ -114,9 +132,33 @@ def build_cli() -> click.Group:
 CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_bench", "bench_method", "compare", "weights", "train", "plugin_new", "export", "demo", "realism")
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    build_cli()(prog_name="restorekit")
+    """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
+    global _DEBUG
+    _DEBUG = _DEBUG or "--debug" in sys.argv[1:]  # also for failures before options are parsed
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except (ValueError, OSError):  # not the main thread
+        pass
+    try:
+        build_cli()(prog_name="restorekit")
+    except Exception as exc:  # SystemExit and KeyboardInterrupt pass (click handled the rest)
+        if debugging():
+            raise
+        if isinstance(exc, RestorekitError):
+            error_line(str(exc))
+            sys.exit(2)
+        if isinstance(exc, OSError):
+            error_line(describe_os_error(exc, action="use"))
+            sys.exit(2)
+        text = str(exc).strip().splitlines()
+        error_line(f"unexpected {type(exc).__name__}{': ' + text[0] if text else ''} (rerun with --debug for "
+                   "the traceback, and report it)")
+        sys.exit(1)
 
 
 def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut: tuple[str, ...] = ()) -> None:

@@ -4,6 +4,12 @@ Built-ins (``restorekit.builtin``) are registered like any plugin; third parties
 first-party plugins come from the ``restorekit`` entry-point group. A plugin whose import or
 registration raises is recorded as broken and the others keep working, unless strict mode
 (``--strict`` / ``RESTOREKIT_STRICT_PLUGINS=1``) turns that into an error.
+
+Isolation covers every way a plugin can fail while loading or registering: any exception, also
+``SystemExit`` and other ``BaseException`` escapes (a ``KeyboardInterrupt`` counts as the user's
+only when a real SIGINT arrived), and any registration that :mod:`restorekit.plugin_checks`
+rejects (even one the plugin catches and ignores). The plugin is then listed as ``broken: <reason>``
+and every one of its registrations, commands included, is dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +17,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from collections.abc import Mapping
@@ -93,6 +103,17 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+@dataclass(frozen=True)
+class PluginCommands:
+    """A plugin's ``register_commands`` hook, with the plugin it belongs to."""
+
+    plugin: str
+    hook: Callable[..., None]
+
+    def __call__(self, cli: Any) -> None:
+        self.hook(cli=cli)
+
+
 class Registry:
     """Everything registered, by kind and name, with the plugin that registered it."""
 
@@ -100,14 +121,48 @@ class Registry:
         self.items: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
         self.owner: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         self.plugins: dict[str, PluginRecord] = {}
-        self.commands: list[Callable[[Any], None]] = []
+        self.commands: list[PluginCommands] = []
+        # Registrations refused per plugin (kept even when the plugin catches the error).
+        self.refused: dict[str, list[str]] = {}
+        self._registry_weights: dict[str, Any] | None = None
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
-        if name in self.items[kind]:
-            other = self.owner[kind][name]
-            raise PluginError(f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'")
+        """Add one entry after checking it (:mod:`restorekit.plugin_checks`) and its name's uniqueness."""
+        from .plugin_checks import check_registration
+
+        try:
+            check_registration(kind, obj, self._public_weights() if kind == "weights" else None)
+            if name in self.items[kind]:
+                other = self.owner[kind][name]
+                raise PluginError(f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'")
+        except PluginError as exc:
+            self.refused.setdefault(plugin, []).append(str(exc))
+            raise
         self.items[kind][name] = obj
         self.owner[kind][name] = plugin
+
+    def _public_weights(self) -> dict[str, Any]:
+        """The registry folder's weight specs (read once; a broken registry is not a plugin's fault)."""
+        if self._registry_weights is None:
+            from .weights import registry_specs
+
+            try:
+                self._registry_weights = registry_specs()
+            except Exception:
+                self._registry_weights = {}
+        return self._registry_weights
+
+    def drop_plugin(self, plugin: str, reason: str) -> None:
+        """Mark ``plugin`` broken with ``reason`` and remove everything it registered."""
+        for kind in KINDS:
+            for name in [n for n, owner in self.owner[kind].items() if owner == plugin]:
+                del self.items[kind][name]
+                del self.owner[kind][name]
+        self.commands = [c for c in self.commands if c.plugin != plugin]
+        rec = self.plugins.get(plugin)
+        if rec is not None:
+            rec.status = f"broken: {reason}"
+            rec.registers = {}
 
     def get(self, kind: str, name: str) -> Any:
         try:
@@ -174,16 +229,54 @@ def _register_plugin(pm: pluggy.PluginManager, reg: Registry, plugin_obj: Any, r
                 added.append((_k, record.registers[_k][-1]))
 
             fn(register=tracking)
+        refused = reg.refused.get(record.name)
+        if refused:  # the plugin caught the error and went on: it is still broken
+            raise PluginError(refused[0])
         cmd = getattr(plugin_obj, "register_commands", None)
         if cmd is not None:
-            reg.commands.append(cmd)
-    except Exception:
+            reg.commands.append(PluginCommands(record.name, cmd))
+    except BaseException:
         for kind, name in added:
             if reg.owner[kind].get(name) == record.name:
                 del reg.items[kind][name]
                 del reg.owner[kind][name]
         record.registers = {}
         raise
+
+
+@contextmanager
+def user_interrupts() -> Iterator[Callable[[], bool]]:
+    """Tell a Ctrl-C of the user from a ``KeyboardInterrupt`` a plugin raises: yields ``pressed()``.
+
+    A real SIGINT sets a flag before raising as usual. Outside the main thread (no signal
+    handlers there) every interrupt is taken as the user's.
+    """
+    pressed = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        pressed = True
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:
+            previous = None
+    try:
+        yield (lambda: pressed) if previous is not None else (lambda: True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for why a plugin failed, also for exceptions whose text is empty (``sys.exit()``)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the plugin tried to end the program"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def load_registry(strict: bool | None = None) -> Registry:
@@ -211,15 +304,85 @@ def load_registry(strict: bool | None = None) -> Registry:
             reg.plugins[f"{ep.name} ({rec.distribution})"] = rec
             continue
         reg.plugins[ep.name] = rec
-        try:
-            module = ep.load()
-            pm.register(module, name=ep.name)
-            _register_plugin(pm, reg, module, rec)
-        except Exception as exc:  # isolation: one broken plugin must not take the rest down
-            rec.status = f"broken: {type(exc).__name__}: {exc}"
-            if strict:
-                raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {exc}") from exc
+        with user_interrupts() as pressed:
+            try:
+                module = ep.load()
+                pm.register(module, name=ep.name)
+                _register_plugin(pm, reg, module, rec)
+            except BaseException as exc:  # isolation: one broken plugin must not take the rest down
+                if isinstance(exc, KeyboardInterrupt) and pressed():
+                    raise
+                reason = failure_reason(exc)
+                if isinstance(exc, KeyboardInterrupt):
+                    reason += " (raised by the plugin, not by the user)"
+                if pm.has_plugin(ep.name):
+                    pm.unregister(name=ep.name)
+                reg.drop_plugin(ep.name, reason)
+                if strict:
+                    raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {reason}") from None
     return reg
+
+
+def _command_tree(group: Any) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """Every click group under ``group`` with a copy of its commands (to compare and restore)."""
+    import click
+
+    seen: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def walk(g: Any) -> None:
+        if id(g) in seen:
+            return
+        seen[id(g)] = (g, dict(g.commands))
+        for c in list(g.commands.values()):
+            if isinstance(c, click.Group):
+                walk(c)
+
+    walk(group)
+    return seen
+
+
+# (id of a click group, command name) -> the plugin whose hook added it, so a plugin may add its
+# own commands again (a second CLI in one process) but never replace anyone else's.
+_COMMAND_OWNERS: dict[tuple[int, str], str] = {}
+
+
+def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None:
+    """Let each plugin add its subcommands to ``cli``, isolated like loading.
+
+    A plugin's hook may add commands and sub-commands; one that raises (anything but the
+    user's Ctrl-C) or replaces or removes a command it did not add itself is undone, listed as
+    broken and loses all its registrations.
+    """
+    strict = _strict_from_env() if strict is None else strict
+    for entry in list(reg.commands):
+        before = _command_tree(cli)
+        with user_interrupts() as pressed:
+            try:
+                entry(cli=cli)
+                changed = [f"'{name}'" for g, cmds in before.values() for name, cmd in cmds.items()
+                           if g.commands.get(name) is not cmd
+                           and _COMMAND_OWNERS.get((id(g), name)) != entry.plugin]
+                if changed:
+                    raise PluginError(f"its commands replace or remove existing commands {', '.join(changed)}")
+                for g, cmds in _command_tree(cli).values():
+                    for name, cmd in cmds.items():
+                        if id(g) in before:  # a group it changed: what is new there is its own
+                            if before[id(g)][1].get(name) is not cmd:
+                                _COMMAND_OWNERS[(id(g), name)] = entry.plugin
+                        else:  # a group it attached may hold others' commands already
+                            _COMMAND_OWNERS.setdefault((id(g), name), entry.plugin)
+                continue
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt) and pressed():
+                    raise
+                reason = failure_reason(exc) if not isinstance(exc, PluginError) else str(exc)
+        for g, cmds in before.values():  # undo whatever the hook did
+            g.commands.clear()
+            g.commands.update(cmds)
+        reg.drop_plugin(entry.plugin, f"register_commands: {reason}")
+        if strict:
+            rec = reg.plugins.get(entry.plugin)
+            raise PluginError(f"plugin '{entry.plugin}' ({rec.distribution if rec else '?'}) is broken: {reason}")
 
 
 _REGISTRY: Registry | None = None

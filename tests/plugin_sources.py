@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
 
 
 def write_plugin_dist(site: Path, dist: str, module: str, source: str, ep_name: str | None = None) -> None:
@@ -59,3 +62,220 @@ def register_metrics(register):
 BROKEN_PLUGIN = '''
 raise ImportError("this plugin is broken on purpose")
 '''
+
+
+def valid_entry(kind: str, name: str) -> Any:
+    """The smallest entry of a non-factory ``kind`` that registration accepts, called ``name``."""
+    from restorekit.interfaces import Degradation, Loss, Method, MethodInfo, Metric, NoOptions
+    from restorekit.weights import WeightFile, WeightSpec
+
+    if kind == "methods":
+        class M(Method):
+            info: ClassVar[MethodInfo] = MethodInfo(name=name, summary="test method")
+
+            def restore(self, lr: torch.Tensor, scale: int, *, seed: int | None = None,
+                        n_samples: int = 1) -> torch.Tensor:
+                return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+        return M
+    if kind == "metrics":
+        class Me(Metric):
+            higher_is_better: ClassVar[bool] = True
+
+            def __call__(self, pred: torch.Tensor, target: torch.Tensor, *, lr: torch.Tensor,
+                         scale: int) -> torch.Tensor:
+                return (pred - target).abs().flatten(1).mean(1).double()
+        Me.name = name
+        return Me
+    if kind == "degradations":
+        class D(Degradation):
+            Params = NoOptions
+
+            def __call__(self, hr: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+                return hr
+        D.name = name
+        return D
+    if kind == "losses":
+        class L(Loss):
+            def __call__(self, pred: torch.Tensor, target: torch.Tensor, **context: Any) -> torch.Tensor:
+                return (pred - target).abs().mean()
+        L.name = name
+        return L
+    if kind == "weights":
+        return WeightSpec(name=name, architecture="test", plugin="test",
+                          files=(WeightFile(filename="w.bin"),), license="MIT")
+    raise ValueError(f"no valid entry for {kind}")
+
+
+# Throwaway plugins that fail in every way a plugin can at load or registration. Each also
+# registers a fine method ``good_<case>`` first (where it gets that far), which must be dropped
+# with the rest of its registrations. ``case -> (hook source, what its "broken:" status says)``.
+_BAD_HEADER = '''
+import sys
+import types
+from typing import ClassVar
+import torch
+from pydantic import BaseModel
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Degradation, Loss, Method, MethodInfo, Metric, Options
+
+
+def _up(lr, scale):
+    return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+
+
+class Good(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="good_CASE", summary="a fine method")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return _up(lr, scale)
+
+
+class NoInfo(Method):
+    name = "noinfo_CASE"
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return _up(lr, scale)
+'''
+
+
+def _methods(*lines: str) -> str:
+    body = "\n".join(f"    {line}" for line in ("register(Good)",) + lines)
+    return f"@hookimpl\ndef register_methods(register):\n{body}\n"
+
+
+BAD_PLUGINS: dict[str, tuple[str, str]] = {
+    "exit_at_import": (_methods() + "sys.exit(3)\n", r"SystemExit\(3\): the plugin tried to end the program"),
+    "exit_in_hook": (_methods("sys.exit()"), r"SystemExit\(None\)"),
+    "interrupt_at_import": ("raise KeyboardInterrupt\n",
+                            r"KeyboardInterrupt \(raised by the plugin, not by the user\)"),
+    "base_exception": (_methods() + '''
+class Escape(BaseException):
+    pass
+
+@hookimpl
+def register_metrics(register):
+    raise Escape("out of here")
+''', r"Escape: out of here"),
+    "bad_hook_signature": ('''
+@hookimpl
+def register_methods(reg):
+    reg(Good)
+''', r"PluginValidationError"),
+    "method_without_info": (_methods("register(NoInfo)"), r"method class NoInfo has no `info`"),
+    "method_not_subclass": ('''
+class Plain:
+    info = MethodInfo(name="plain_CASE", summary="not a Method")
+''' + _methods("register(Plain)"), r"is not a subclass of restorekit.interfaces.Method"),
+    "method_abstract": ('''
+class Abstract(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="abstract_CASE", summary="no restore")
+''' + _methods("register(Abstract)"), r"method class Abstract does not implement restore"),
+    "method_bad_options": ('''
+class BadOptions(Good):
+    info: ClassVar[MethodInfo] = MethodInfo(name="badopts_CASE", summary="s")
+    Options = dict
+''' + _methods("register(BadOptions)"), r"Options must be a pydantic model class"),
+    "method_bad_name": ('''
+class Comma(Good):
+    info: ClassVar[MethodInfo] = MethodInfo(name="a,b", summary="s")
+''' + _methods("register(Comma)"), r"method name 'a,b' is not valid"),
+    "method_bad_info": ('''
+class BadInfo(Good):
+    info: ClassVar[MethodInfo] = MethodInfo(name="badinfo_CASE", summary="s", scales=(0,), input_kind="faces")
+''' + _methods("register(BadInfo)"), r"scales must be None or positive integers.*input_kind must be one of"),
+    "metric_no_direction": (_methods() + '''
+class M(Metric):
+    name: ClassVar[str] = "m_CASE"
+
+    def __call__(self, pred, target, *, lr, scale):
+        return (pred - target).abs().flatten(1).mean(1).double()
+
+@hookimpl
+def register_metrics(register):
+    register(M)
+''', r"metric 'm_CASE' \(M\): higher_is_better must be true or false"),
+    "metric_duplicate_core": (_methods() + '''
+class Psnr(Metric):
+    name: ClassVar[str] = "psnr_rgb"
+    higher_is_better: ClassVar[bool] = False
+
+    def __call__(self, pred, target, *, lr, scale):
+        return torch.zeros(pred.shape[0], dtype=torch.float64)
+
+@hookimpl
+def register_metrics(register):
+    register(Psnr)
+''', r"metric 'psnr_rgb' is registered by both 'restorekit' and 'thirdparty_metric_duplicate_core'"),
+    "degradation_bad": (_methods() + '''
+class D(Degradation):
+    name: ClassVar[str] = "b:2"
+    Params = Options
+
+    def __call__(self, hr, *, generator=None):
+        return hr
+
+@hookimpl
+def register_degradations(register):
+    register(D)
+''', r"degradation name 'b:2' is not valid"),
+    "loss_not_subclass": (_methods() + '''
+class L:
+    name = "l_CASE"
+
+@hookimpl
+def register_losses(register):
+    register(L)
+''', r"is not a subclass of restorekit.interfaces.Loss"),
+    "weights_not_spec": (_methods() + '''
+@hookimpl
+def register_weights(register):
+    register(types.SimpleNamespace(name="fake-case"))
+''', r"is a SimpleNamespace, not a restorekit.weights.WeightSpec"),
+    "weights_conflict": (_methods() + '''
+from restorekit.weights import WeightFile, WeightSpec
+
+@hookimpl
+def register_weights(register):
+    register(WeightSpec(name="lpips-alex", architecture="not-lpips", plugin="x", license="MIT",
+                        files=(WeightFile(filename="lpips-alex.safetensors"),)))
+''', r"weights 'lpips-alex' differ from the registry entry .*lpips-alex.toml \(fields: architecture, "),
+    "generator_not_callable": (_methods() + '''
+@hookimpl
+def register_generators(register):
+    register("gen_CASE", 42, summary="not a factory")
+''', r"generator 'gen_CASE': the factory 42 is not callable"),
+    "detector_bad_name": (_methods() + '''
+@hookimpl
+def register_face_detectors(register):
+    register("two words", lambda **kw: None, summary="s")
+''', r"face detector name 'two words' is not valid"),
+    "swallowed": (_methods('''try:
+        register(NoInfo)
+    except Exception:
+        pass  # a plugin that hides its own failure is still broken'''), r"method class NoInfo has no `info`"),
+    "command_raises": (_methods() + '''
+@hookimpl
+def register_commands(cli):
+    import click
+
+    @cli.command("hello-CASE")
+    def hello():
+        click.echo("hello")
+
+    sys.exit(1)
+''', r"register_commands: SystemExit\(1\)"),
+    "command_replaces_core": (_methods() + '''
+@hookimpl
+def register_commands(cli):
+    import click
+
+    @cli.command("run")
+    def run():
+        click.echo("not the real run")
+''', r"register_commands: its commands replace or remove existing commands 'run'"),
+}
+
+
+def bad_plugin_source(case: str) -> str:
+    """The module source of throwaway plugin ``case`` (names made unique per case)."""
+    return (_BAD_HEADER + BAD_PLUGINS[case][0]).replace("CASE", case)

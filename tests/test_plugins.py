@@ -11,7 +11,7 @@ from restorekit import hookspecs, plugins
 from restorekit.errors import PluginError, UnknownNameError
 from restorekit.plugins import KINDS, PluginRecord, Registry, _register_plugin
 
-from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN
+from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN, valid_entry
 
 
 def test_every_hookspec_has_a_one_line_docstring():
@@ -24,16 +24,14 @@ def test_every_hookspec_has_a_one_line_docstring():
 
 def _fake_plugin(kind: str) -> types.ModuleType:
     mod = types.ModuleType(f"fake_{kind}")
-
-    class Thing:
-        name = f"thing_{kind}"
-
     if kind in plugins.FACTORY_KINDS:
         def hook(register):
             register(f"thing_{kind}", lambda: "built", summary="a test factory")
     else:
+        thing = valid_entry(kind, f"thing_{kind}")
+
         def hook(register):
-            register(Thing)
+            register(thing)
     setattr(mod, f"register_{kind}", hook)
     return mod
 
@@ -66,8 +64,7 @@ def register_commands(cli):
         click.echo("hello from a plugin")
 ''')
     group = click.Group("t")
-    for add in plugins.registry().commands:
-        add(cli=group)
+    plugins.add_commands(plugins.registry(), group)
     r = CliRunner().invoke(group, ["hello-3p"])
     assert r.exit_code == 0 and "hello from a plugin" in r.output
 
@@ -120,9 +117,14 @@ def test_failing_registration_is_rolled_back(plugin_site):
     plugin_site("thirdparty-half", "thirdparty_half", '''
 from typing import ClassVar
 from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Metric
 
-class A:
+class A(Metric):
     name: ClassVar[str] = "half_a_3p"
+    higher_is_better: ClassVar[bool] = True
+
+    def __call__(self, pred, target, *, lr, scale):
+        return (pred - target).abs().flatten(1).mean(1).double()
 
 @hookimpl
 def register_metrics(register):
