@@ -19,6 +19,7 @@ from restorekit.cli import build_cli
 from restorekit.harness.aggregate import best_per_column, metric_stat, summarize
 from restorekit.harness.runner import CompareConfig, plan
 from restorekit.harness.store import Record, decode_float, encode_float
+from restorekit.plugins import registry
 from restorekit.testing.data import smooth_image
 from plugin_sources import GOOD_PLUGIN
 
@@ -464,16 +465,29 @@ def test_json_float_encoding_round_trips():
     assert encode_float(math.nan) is None and math.isnan(decode_float(None))
 
 
-def test_bench_harness_reports_overhead():
-    r = invoke("bench", "harness", "--n", "3", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop", "--json")
+def test_bench_harness_reports_cost_per_image_next_to_the_method():
+    r = invoke("bench", "harness", "--n", "3", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop",
+               "--standin-ms", "30", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    cold, resumed = data["cold"], data["resumed"]
-    assert cold["failures"] == 0 and cold["metrics"] == ["psnr_y_crop"]
-    assert 0 < cold["restore_s"] < cold["wall_s"] and 0 < cold["overhead_fraction"] < 1
-    assert cold["overhead_fraction"] == pytest.approx(1 - cold["restore_s"] / cold["wall_s"])
-    assert 0 < cold["bookkeeping_fraction"] < cold["overhead_fraction"]
-    assert resumed["restore_s"] == 0 and resumed["overhead_fraction"] == 1.0  # everything reused
+    real, standin = data["runs"]
+    assert (real["method"], standin["method"]) == ("bicubic", "bench_standin")
+    for run in (real, standin):
+        assert run["failures"] == 0 and run["metrics"] == ["psnr_y_crop"]
+        ms = run["ms_per_image"]
+        assert set(ms) == {"reading", "degrading", "metrics", "writing", "report", "set-up", "other"}
+        assert all(v >= 0 for v in ms.values()) and ms["reading"] > 0 and ms["writing"] > 0 and ms["report"] > 0
+        assert run["harness_ms_per_image"] == pytest.approx(sum(ms.values()))
+        assert run["harness_to_method"] == pytest.approx(run["harness_ms_per_image"] / run["method_ms_per_image"])
+        # every stage, the method and its loading add up to the wall time
+        total_ms = run["harness_ms_per_image"] + run["method_ms_per_image"] + run["method_load_s"] * 1000 / 3
+        assert total_ms == pytest.approx(run["wall_s"] * 1000 / 3, rel=1e-6)
+    assert 30 <= standin["method_ms_per_image"] < 200  # the stand-in takes its time, and no more than it must
+    assert real["method_ms_per_image"] < standin["method_ms_per_image"]
+    assert real["harness_to_method"] > standin["harness_to_method"]
+    assert "bench_standin" not in registry().names("methods")  # registered for the bench only
+    r = invoke("bench", "harness", "--n", "2", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop")
+    assert r.exit_code == 0 and "harness/method" in r.stdout and "stand-in 50 ms" in r.stdout
 
 
 def test_lr_dir_size_mismatch_fails_that_image_only(hr_folder, tmp_path):

@@ -1,89 +1,171 @@
-"""``restorekit bench harness``: how much of a ``compare`` run is the harness rather than the method.
+"""``restorekit bench harness``: what a ``compare`` run costs per image besides the method.
 
-Makes ``--n`` synthetic smooth images of ``--size`` px in a temporary folder (not timed), runs
-``compare`` in-process on them (cold: LR inputs made, outputs written, all metrics, reports),
-then again on the same ``--out`` (resumed: everything reused), and reports the harness overhead
-= (wall time − time inside ``method.restore``) / wall time, with the time per stage, and the
-bookkeeping share (wall time less restore, metrics and image decode/encode: plan, store, reports). Interpreter
-start-up and imports are not included (they are the same for any harness).
+Makes ``--n`` synthetic smooth images of ``--size`` px in a temporary folder (not timed), then runs
+``compare`` in-process once per method, each into a fresh folder (LR inputs made, outputs written,
+metrics, reports): ``--method`` (bicubic: a few ms per image, so the harness dominates) and a
+stand-in that takes ``--standin-ms`` (50) per image, about a small network's time. Per image, in
+ms: reading (decoding and hashing the HR and LR files), degrading, metrics, writing (LR and output
+PNGs, the result store), report (table, CSV, JSON, HTML), set-up (planning, metric set-up) and
+other (the runner's own bookkeeping), next to the method's restore time, with harness/method as a
+ratio. Interpreter start-up and imports are not counted (the same for any harness), nor loading
+the method (its own cost, reported apart).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
+from pydantic import Field
+from torch import Tensor
+
+from ..interfaces import Method, MethodInfo, Options
+
+STANDIN = "bench_standin"
+STAGES = ("reading", "degrading", "metrics", "writing", "report", "set-up", "other")
 
 
-def run_bench(n: int, size: int, scale: int, method: str, metrics: list[str] | None, device: str) -> dict[str, Any]:
-    """Both runs' wall time, restore time, overhead fraction and per-stage seconds."""
-    from PIL import Image
+class StandInOptions(Options):
+    """Options of the bench stand-in."""
 
-    from ..testing.data import smooth_image
+    ms_per_image: float = Field(50.0, ge=0, description="time each image takes (bicubic, then sleep)")
+
+
+class StandIn(Method):
+    """A method that takes a fixed time per image: bicubic upscaling, then sleep for the rest."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(
+        name=STANDIN, summary="bench stand-in: bicubic upscaling padded to a fixed time per image",
+        license="Apache-2.0", deterministic=True)
+    Options: ClassVar[type[Options]] = StandInOptions
+    options: StandInOptions
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        from ..degradations import bicubic_resize
+
+        t0 = time.perf_counter()
+        out = bicubic_resize(lr, (lr.shape[-2] * scale, lr.shape[-1] * scale)).clamp(0, 1)
+        out = out.repeat_interleave(n_samples, dim=0) if n_samples > 1 else out
+        rest = self.options.ms_per_image * lr.shape[0] / 1000.0 - (time.perf_counter() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        return out
+
+
+@contextmanager
+def _registered(cls: type[Method]) -> Iterator[None]:
+    """``cls`` in the process registry for the duration (compare plans by name)."""
+    from ..plugins import registry
+
+    reg = registry()
+    name = cls.info.name
+    reg.add("methods", name, cls, "bench")
+    try:
+        yield
+    finally:
+        reg.items["methods"].pop(name, None)
+        reg.owner["methods"].pop(name, None)
+
+
+def _one_run(hr: Path, out: Path, method: str, opts: dict[str, Any], n: int, scale: int, metrics: list[str] | None,
+             device: str) -> dict[str, Any]:
+    """One cold ``compare`` of ``method``: per-image ms of each stage, the method's, and the ratio."""
     from .reports import summarize_result, write_all
     from .runner import CompareConfig, execute, plan
 
-    out: dict[str, Any] = {"n": n, "size": size, "scale": scale, "method": method}
+    cfg = CompareConfig(methods=[method], scale=scale, data=str(hr), out=out, metrics=metrics, device=device,
+                        opts={method: opts} if opts else {})
+    t0 = time.perf_counter()
+    p = plan(cfg)
+    t_plan = time.perf_counter() - t0
+    res = execute(p)
+    t1 = time.perf_counter()
+    write_all(summarize_result(res), cfg.out)
+    wall = time.perf_counter() - t0
+    st = res.timings
+    degrade, write_lr = st.get("degrade", 0.0), st.get("write_lr", 0.0)
+    seconds = {"reading": st.get("inputs", 0.0) - degrade - write_lr, "degrading": degrade,
+               "metrics": st.get("metrics", 0.0), "writing": st.get("save", 0.0) + write_lr + st.get("store", 0.0),
+               "report": wall - (t1 - t0),
+               "set-up": t_plan + st.get("metric_setup", 0.0)}
+    restore, load = st.get("restore", 0.0), st.get("method_load", 0.0)
+    seconds["other"] = max(0.0, wall - restore - load - sum(seconds.values()))
+    ms = {k: v / n * 1000.0 for k, v in seconds.items()}
+    harness, method_ms = sum(ms.values()), restore / n * 1000.0
+    return {"method": method, "wall_s": wall, "method_load_s": load, "ms_per_image": ms,
+            "harness_ms_per_image": harness, "method_ms_per_image": method_ms,
+            "harness_to_method": harness / method_ms if method_ms > 0 else None,
+            "failures": len(res.failures), "metrics": [m.name for m in p.metrics if m.status == "ok"],
+            "skipped_metrics": [m.name for m in p.metrics if m.status != "ok"], "device": str(p.device)}
+
+
+def run_bench(n: int, size: int, scale: int, method: str, metrics: list[str] | None, device: str,
+              standin_ms: float = 50.0) -> dict[str, Any]:
+    """``--method`` and the stand-in, each in a fresh folder, on the same ``n`` images."""
+    from PIL import Image
+
+    from ..testing.data import smooth_image
+
+    out: dict[str, Any] = {"n": n, "size": size, "scale": scale, "standin_ms": standin_ms, "runs": []}
     with tempfile.TemporaryDirectory(prefix="restorekit-bench-") as tmp:
         hr = Path(tmp) / "hr"
         hr.mkdir()
         for i in range(n):
             Image.fromarray(smooth_image(size, size, i)).save(hr / f"img{i:04d}.png", compress_level=1)
-        for label in ("cold", "resumed"):
-            cfg = CompareConfig(methods=[method], scale=scale, data=str(hr), out=Path(tmp) / "out",
-                                metrics=metrics, device=device)
-            t0 = time.perf_counter()
-            p = plan(cfg)
-            res = execute(p)
-            t1 = time.perf_counter()
-            write_all(summarize_result(res), cfg.out)
-            wall = time.perf_counter() - t0
-            stages = dict(res.timings)
-            stages["reports"] = time.perf_counter() - t1
-            stages["plan"] = res.wall_s and (t1 - t0 - res.wall_s)
-            restore = stages.get("restore", 0.0)
-            # Bookkeeping: what is left after the method, the metrics and image decode/encode.
-            book = wall - sum(stages.get(k, 0.0) for k in ("restore", "metrics", "save", "inputs"))
-            out[label] = {"wall_s": wall, "restore_s": restore, "overhead_fraction": (wall - restore) / wall,
-                          "bookkeeping_fraction": book / wall,
-                          "overhead_ms_per_image": (wall - restore) / n * 1000.0,
-                          "failures": len(res.failures), "stages_s": stages,
-                          "metrics": [m.name for m in p.metrics if m.status == "ok"],
-                          "device": str(p.device)}
+        out["runs"].append(_one_run(hr, Path(tmp) / "a", method, {}, n, scale, metrics, device))
+        with _registered(StandIn):
+            out["runs"].append(_one_run(hr, Path(tmp) / "b", STANDIN, {"ms_per_image": str(standin_ms)}, n, scale,
+                                        metrics, device))
     return out
+
+
+def format_report(data: dict[str, Any]) -> str:
+    """The figures as a small table: one column per method, one row per stage (ms per image)."""
+    runs = data["runs"]
+    labels = [r["method"] if r["method"] != STANDIN else f"stand-in {data['standin_ms']:g} ms" for r in runs]
+    w = max(14, *(len(x) for x in labels)) + 2
+    lines = [f"compare's cost per image, ms ({data['n']} images, {data['size']} px, ×{data['scale']}, "
+             f"{runs[0]['device']}; metrics: {', '.join(runs[0]['metrics']) or 'none'})",
+             f"{'':<16}" + "".join(f"{x:>{w}}" for x in labels)]
+    for stage in STAGES:
+        lines.append(f"{stage:<16}" + "".join(f"{r['ms_per_image'][stage]:>{w}.2f}" for r in runs))
+    lines.append(f"{'harness':<16}" + "".join(f"{r['harness_ms_per_image']:>{w}.2f}" for r in runs))
+    lines.append(f"{'method':<16}" + "".join(f"{r['method_ms_per_image']:>{w}.2f}" for r in runs))
+    ratios = [f"{r['harness_to_method']:.2f}×" if r["harness_to_method"] is not None else "-" for r in runs]
+    lines.append(f"{'harness/method':<16}" + "".join(f"{x:>{w}}" for x in ratios))
+    if runs[0]["skipped_metrics"]:
+        lines.append(f"skipped metrics (weights missing): {', '.join(runs[0]['skipped_metrics'])}")
+    return "\n".join(lines)
 
 
 @click.command("harness")
 @click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="HR side in px.")
 @click.option("--scale", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--method", default="bicubic", show_default=True)
+@click.option("--method", default="bicubic", show_default=True, help="The real method timed beside the stand-in.")
+@click.option("--standin-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="Time per image of the stand-in method.")
 @click.option("--metrics", default=None, help="Comma-separated metrics (default: all registered).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def bench_harness_cmd(n: int, size: int, scale: int, method: str, metrics: str | None, device: str,
+def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: float, metrics: str | None, device: str,
                       as_json: bool) -> None:
-    """Harness overhead of `compare` (everything but method.restore) as a fraction of wall time."""
+    """compare's own cost per image (reading, degrading, metrics, writing, report) next to the method's."""
     from ..cli import emit_json, fail_usage
     from ..errors import RestorekitError
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     try:
-        data = run_bench(n, size, scale, method, names, device)
+        data = run_bench(n, size, scale, method, names, device, standin_ms)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
     if as_json:
         emit_json(data)
-        return
-    for label in ("cold", "resumed"):
-        d = data[label]
-        stages = ", ".join(f"{k} {v:.2f}s" for k, v in sorted(d["stages_s"].items(), key=lambda kv: -kv[1]))
-        click.echo(f"{label:>8}: {n} images {size}px ×{scale} with {method} on {d['device']}: wall {d['wall_s']:.2f}s, "
-                   f"restore {d['restore_s']:.2f}s, harness overhead {d['overhead_fraction']:.1%} "
-                   f"({d['overhead_ms_per_image']:.1f} ms/image; goal < 20%)")
-        click.echo(f"          bookkeeping (all but restore, metrics, image decode/encode): "
-                   f"{d['bookkeeping_fraction']:.1%}; stages: {stages}")
+    else:
+        click.echo(format_report(data))

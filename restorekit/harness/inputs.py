@@ -20,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,8 +109,14 @@ def _select(items: list[ImageItem], limit: int | None) -> list[ImageItem]:
 
 def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit: int | None = None,
                      fresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> InputSet:
-    """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures."""
+                     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+                     clock: Callable[[str, float], None] | None = None) -> InputSet:
+    """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures.
+
+    ``clock(stage, seconds)``, when given, receives the time spent degrading (``degrade``) and
+    encoding and writing the LR files (``write_lr``), for ``bench harness``.
+    """
+    tick = clock or (lambda stage, seconds: None)
     items = _select(list_inputs(hr_spec), limit)
     if not items:
         raise RestorekitError(f"{hr_spec}: no HR images")
@@ -144,16 +152,20 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 if min(hr.shape[-2:]) < scale:
                     raise ImageError(f"{item.path}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
                 g = torch.Generator().manual_seed(degradation_seed(item.stem))
+                t0 = time.perf_counter()
                 lr = chain(hr, generator=g).clamp(0, 1)
+                tick("degrade", time.perf_counter() - t0)
                 want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
                 if tuple(lr.shape[-2:]) != want:
                     raise ImageError(f"{item.path}: degradation '{spec}' gave {lr.shape[-1]}×{lr.shape[-2]}, "
                                      f"expected {want[1]}×{want[0]} (HR / {scale})")
                 # The same check the LR file gets when a later run reads it back.
                 check_size(lr.shape[-1], lr.shape[-2], f"{item.path}: its ×{scale} LR", max_pixels=max_pixels)
+                t0 = time.perf_counter()
                 pil = to_pil(lr)
                 lr_bytes = png_bytes(pil)
                 atomic_write_bytes(lr_path, lr_bytes)
+                tick("write_lr", time.perf_counter() - t0)
                 manifest[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
                                        "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
                                        "seed": str(degradation_seed(item.stem))}

@@ -359,7 +359,8 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
                                        max_output_pixels=cfg.max_output_pixels)
     else:
         inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, out, limit=cfg.limit,
-                                  fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels)
+                                  fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels,
+                                  clock=clock.add)  # "degrade" and "write_lr" are also inside "inputs"
     clock.add("inputs", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
