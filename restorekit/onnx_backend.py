@@ -209,6 +209,9 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         path = cache_path(spec, name, opset=opset)
         side = read_sidecar(path) if path.is_file() else None
         if side is None or side.get("sha256") is None:
+            from .weights import cache_folder
+
+            cache_folder(path.parent)
             if log is not None:
                 log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
             export_onnx(spec, path, opset=opset, log=log)

