@@ -327,18 +327,22 @@ def test_resume_reuses_results_and_fresh_recomputes(harness_plugin, hr5, tmp_pat
     assert [img["metrics"] for img in doc3["images"]] == [img["metrics"] for img in doc1["images"]]
 
 
-def test_changed_options_are_not_reused(plugin_site, hr_folder, tmp_path):
+def test_changed_options_are_refused_unless_fresh(plugin_site, hr_folder, tmp_path):
     plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
     out = tmp_path / "out"
     base = ["compare", "--methods", "nearest3p", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
             "--metrics", "psnr_rgb", "--device", "cpu", "-q"]
     invoke(*base, "--opt", "nearest3p.gain=1.0")
     a = _method(_doc(out), "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"]
-    invoke(*base, "--opt", "nearest3p.gain=0.5")
+    # Outputs are named by method and image only: other options in the same folder are refused.
+    r = invoke(*base, "--opt", "nearest3p.gain=0.5")
+    assert r.exit_code == 2 and "nearest3p.options.gain: 1.0 → 0.5" in r.stderr and "--fresh" in r.stderr
+    assert _method(_doc(out), "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"] == a
+    invoke(*base, "--opt", "nearest3p.gain=0.5", "--fresh")
     doc = _doc(out)
     b = _method(doc, "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"]
     assert not any(img["reused"] for img in doc["images"]) and b < a - 3
-    invoke(*base, "--opt", "nearest3p.gain=1.0")  # outputs were overwritten: recomputed, same numbers
+    invoke(*base, "--opt", "nearest3p.gain=1.0", "--fresh")  # recomputed, same numbers
     doc = _doc(out)
     assert not any(img["reused"] for img in doc["images"])
     assert _method(doc, "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"] == a

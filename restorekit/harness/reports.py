@@ -364,7 +364,8 @@ def write_html(sm: Summary, out: Path) -> Path:
                 cells.append(f"<td><div class='missing' title='{e(rec.error or '') if rec else ''}'>{e(why)}</div></td>")
                 continue
             try:
-                pred = read_image(cfg.out / rec.output)[..., y0:y0 + side, x0:x0 + side]
+                pred = read_image(cfg.out / rec.output, max_pixels=cfg.max_output_pixels)[..., y0:y0 + side,
+                                                                                          x0:x0 + side]
             except Exception as exc:
                 cells.append(f"<td><div class='missing'>{e(str(exc)[:80])}</div></td>")
                 continue
@@ -388,7 +389,13 @@ def write_html(sm: Summary, out: Path) -> Path:
 
 
 def write_all(sm: Summary, out: Path) -> dict[str, Path]:
-    """All report files under ``out``."""
+    """All report files under ``out``, so that ``results.json`` never names a file that is not there.
+
+    ``results.json`` is the index of the others: the previous one is removed first and the new one
+    written last, each file atomically. Interrupted in between (SIGTERM, a full disk), the folder
+    has no ``results.json`` rather than one naming a missing or stale report.
+    """
+    (out / "results.json").unlink(missing_ok=True)
+    html_p = write_html(sm, out)
     csv_p, summary_p = write_csv(sm, out)
-    return {"results_csv": csv_p, "summary_csv": summary_p, "results_json": write_json(sm, out),
-            "html": write_html(sm, out)}
+    return {"results_csv": csv_p, "summary_csv": summary_p, "html": html_p, "results_json": write_json(sm, out)}

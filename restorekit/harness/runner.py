@@ -38,6 +38,7 @@ from ..interfaces import Method, Metric, Options
 from ..methods import resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
 from .inputs import InputSet, Pair, from_degradation, from_pairs, png_bytes
+from .outdir import claim
 from .store import Record, ResultStore, safe_name, settings_hash
 
 
@@ -352,6 +353,7 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareRe
     clock = _Clock()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
+    claim(p)  # one configuration per --out folder (refused, or cleared with --fresh)
     t0 = time.perf_counter()
     unmatched: list[str] = []
     if cfg.lr_dir is not None:

@@ -1,0 +1,108 @@
+"""The configuration a ``compare --out`` folder was made by, recorded in ``OUT/compare.json``.
+
+Outputs, LR inputs and stored results are named by image and method only, so a folder must hold
+one configuration: the inputs (``--data``, ``--scale``, the degradation or ``--lr-dir``) and, per
+method, the settings its outputs depend on (options, device, backend, face mode, versions). A run
+may extend a folder (more methods, seeds, images or metrics); one whose inputs or any method's
+settings differ is refused, naming the differences, unless ``--fresh``, which first removes what
+compare wrote there (and nothing else).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..images import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .runner import Plan
+
+CONFIG_FILE = "compare.json"
+# Everything compare writes under --out; --fresh removes these when the configuration changes.
+OWNED = ("inputs", "outputs", "results", "results.csv", "summary.csv", "results.json", "report.html", CONFIG_FILE)
+
+
+def _spec(value: str) -> str:
+    """An input spec made independent of the working directory (``@list``, globs, paths)."""
+    if value.startswith("@"):
+        return "@" + os.path.abspath(value[1:])
+    return os.path.abspath(value)
+
+
+def folder_config(p: Plan) -> dict[str, Any]:
+    """What this run's files under ``--out`` depend on."""
+    cfg = p.config
+    source = f"lr-dir:{_spec(cfg.lr_dir)}" if cfg.lr_dir is not None else f"degradation:{p.degradation}"
+    return {"inputs": {"data": _spec(cfg.data), "scale": cfg.scale, "source": source},
+            "methods": {mp.name: mp.settings for mp in p.methods}}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for the inputs and for each method of ``current`` that ``recorded`` also has."""
+    diffs: list[str] = []
+    pairs = [("", recorded.get("inputs") or {}, current["inputs"])]
+    old_methods = recorded.get("methods") or {}
+    pairs += [(f"{name}.", old_methods[name], settings) for name, settings in current["methods"].items()
+              if name in old_methods]
+    for prefix, old, new in pairs:
+        a, b = _flat(old), _flat(new)
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{prefix}{key}: {a.get(key, '—')} → {b.get(key, '—')}")
+    return diffs
+
+
+def _remove_owned(out: Path) -> None:
+    for name in OWNED:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def claim(p: Plan) -> None:
+    """Check ``--out`` against its recorded configuration, then record this run's (merged).
+
+    Raises :class:`~restorekit.harness.runner.CompareUsageError` when the folder holds another
+    configuration and ``--fresh`` is not given.
+    """
+    from .runner import CompareUsageError
+
+    out = p.config.out
+    current = json.loads(json.dumps(folder_config(p), default=str))  # as it reads back from the file
+    path = out / CONFIG_FILE
+    recorded: dict[str, Any] | None = None
+    diffs: list[str] = []
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(recorded, dict):
+                raise ValueError("not an object")
+            diffs = differences(recorded, current)
+        except (OSError, ValueError) as exc:
+            recorded, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
+    if diffs:
+        if not p.config.fresh:
+            shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            raise CompareUsageError(f"{out} holds the results of another configuration ({shown}): use another "
+                                    "--out, or add --fresh to discard them and start over")
+        _remove_owned(out)
+        recorded = None
+    methods = dict((recorded or {}).get("methods") or {})
+    methods.update(current["methods"])
+    doc = {"inputs": current["inputs"], "methods": methods}
+    atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode())
