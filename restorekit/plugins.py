@@ -130,14 +130,10 @@ class Registry:
         """Add one entry after checking it (:mod:`restorekit.plugin_checks`) and its name's uniqueness."""
         from .plugin_checks import check_registration
 
-        try:
-            check_registration(kind, obj, self._public_weights() if kind == "weights" else None)
-            if name in self.items[kind]:
-                other = self.owner[kind][name]
-                raise PluginError(f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'")
-        except PluginError as exc:
-            self.refused.setdefault(plugin, []).append(str(exc))
-            raise
+        check_registration(kind, obj, self._public_weights() if kind == "weights" else None)
+        if name in self.items[kind]:
+            other = self.owner[kind][name]
+            raise PluginError(f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'")
         self.items[kind][name] = obj
         self.owner[kind][name] = plugin
 
@@ -197,17 +193,26 @@ def _allowed_from_env() -> set[str] | None:
 
 
 def _make_register(reg: Registry, kind: str, plugin: str, record: PluginRecord) -> Callable[..., None]:
-    def register(obj: Any, factory: Callable[..., Any] | None = None, *, summary: str = "",
-                 options: type[BaseModel] | None = None) -> None:
+    def checked(obj: Any, factory: Callable[..., Any] | None, summary: str,
+                options: type[BaseModel] | None) -> tuple[str, Any]:
         if kind in FACTORY_KINDS:
             if not isinstance(obj, str) or factory is None:
                 raise PluginError(f"register_{kind}: call register(name, factory, summary=..., options=Model)")
             if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
                 raise PluginError(f"register_{kind}: options of '{obj}' must be a pydantic model class")
-            name, value = obj, Factory(obj, factory, summary, options)
-        else:
-            name, value = _name_of(obj), obj
-        reg.add(kind, name, value, plugin)
+            return obj, Factory(obj, factory, summary, options)
+        if factory is not None or summary or options is not None:
+            raise PluginError(f"register_{kind}: call register(Entry) with the entry alone, got more arguments")
+        return _name_of(obj), obj
+
+    def register(obj: Any, factory: Callable[..., Any] | None = None, *, summary: str = "",
+                 options: type[BaseModel] | None = None) -> None:
+        try:
+            name, value = checked(obj, factory, summary, options)
+            reg.add(kind, name, value, plugin)
+        except PluginError as exc:  # remembered even if the plugin catches it
+            reg.refused.setdefault(plugin, []).append(str(exc))
+            raise
         record.registers.setdefault(kind, []).append(name)
 
     return register

@@ -253,6 +253,16 @@ def register_face_detectors(register):
         register(NoInfo)
     except Exception:
         pass  # a plugin that hides its own failure is still broken'''), r"method class NoInfo has no `info`"),
+    "weights_swallowed_dict": (_methods() + '''
+@hookimpl
+def register_weights(register):
+    try:
+        register({"name": "a-dict"})
+    except Exception:
+        pass
+''', r"cannot tell the name of \{'name': 'a-dict'\}"),
+    "extra_arguments": (_methods("register(Good, lambda: None)"),
+                        r"register_methods: call register\(Entry\) with the entry alone"),
     "command_raises": (_methods() + '''
 @hookimpl
 def register_commands(cli):
