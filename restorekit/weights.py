@@ -441,14 +441,21 @@ def _read_tofu() -> dict[str, FirstUse]:
 
 def _write_tofu(records: Mapping[str, FirstUse]) -> None:
     path = _tofu_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"about": "sha256 of weights files whose spec pins none, recorded at their first pull or import",
             "files": {k: dict(v.__dict__) for k, v in sorted(records.items())}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tofu-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tofu-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise cache_error(exc, path) from exc
 
 
 def _remember_first_use(name: str, filename: str, rec: FirstUse) -> None:

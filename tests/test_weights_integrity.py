@@ -125,3 +125,13 @@ def test_list_and_show_state_integrity(tmp_path: Path, specs: dict[str, W.Weight
     assert code == 0 and "forgot t.pt of tofu-net" in out
     assert json.loads(_cli("list", "--json")[1])[1]["integrity"] == "unknown"
     assert _cli("forget", "tofu-net")[1].strip() == "nothing recorded for tofu-net"
+
+
+def test_unwritable_first_use_record_is_one_line(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    f = tmp_path / "t.pt"
+    f.write_bytes(b"t" * 64)
+    specs["tofu-net"] = spec_for("tofu-net", "t.pt", known_hash=False, size=False)
+    (W.cache_dir() / W.TOFU_FILE).mkdir(parents=True)  # a folder where the record goes
+    code, out = _cli("import", "tofu-net", str(f), "--trust")
+    assert code == 2 and "Traceback" not in out
+    assert f"cannot be written at {W.cache_dir() / W.TOFU_FILE}" in out and "RESTOREKIT_HOME" in out
