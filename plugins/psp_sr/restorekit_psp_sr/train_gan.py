@@ -81,6 +81,11 @@ class GANConfig(TrainConfig):
     lr_mlp: float = 0.01
     impl: Literal["auto", "ref", "cuda"] = "ref"
     # -- discriminator ------------------------------------------------------------------------
+    d_arch: Literal["stylegan2", "projected"] = Field(
+        "stylegan2", description="StyleGAN2's residual D, or patch heads on frozen AlexNet features (Projected GAN)")
+    d_backbone: str = Field("lpips-alex", description="projected D: the frozen AlexNet (weights name or file)")
+    d_head_width: int = Field(128, ge=8, description="projected D: width of each scale's patch head")
+    allow_random_backbone: bool = Field(False, description="tests only: a random AlexNet for the projected D")
     d_channels: dict[int, int] | None = None
     mbstd_group: int = Field(4, ge=1)
     channels_last: bool = Field(True, description="channels-last activations in D on CUDA")
@@ -181,9 +186,16 @@ class GANModels(nn.Module):
         self.G = StyleGAN2Generator(cfg.resolution, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier,
                                     channel_max=cfg.channel_max, lr_mlp=cfg.lr_mlp, impl=cfg.impl,
                                     channels=cfg.channels)
-        d_channels = cfg.d_channels or ({r: c for r, c in self.G.channels.items()} if cfg.channels else None)
-        self.D = StyleGAN2Discriminator(cfg.resolution, cfg.channel_multiplier, channel_max=cfg.channel_max,
-                                        channels=d_channels, mbstd_group=cfg.mbstd_group, impl=cfg.impl)
+        self.D: nn.Module
+        if cfg.d_arch == "projected":
+            from .projected_d import build_projected_discriminator
+
+            self.D = build_projected_discriminator(cfg.resolution, None if cfg.allow_random_backbone else cfg.d_backbone,
+                                                   allow_random=cfg.allow_random_backbone, head_width=cfg.d_head_width)
+        else:
+            d_channels = cfg.d_channels or ({r: c for r, c in self.G.channels.items()} if cfg.channels else None)
+            self.D = StyleGAN2Discriminator(cfg.resolution, cfg.channel_multiplier, channel_max=cfg.channel_max,
+                                            channels=d_channels, mbstd_group=cfg.mbstd_group, impl=cfg.impl)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
 
 
@@ -278,7 +290,9 @@ class GANTrainer:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas, eps=eps)
         # Lazy regularisation: R1 every k steps; Adam's lr and betas adjusted as in StyleGAN2.
         ratio = cfg.r1_every / (cfg.r1_every + 1) if cfg.r1_gamma > 0 else 1.0
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=(cfg.lr_d or cfg.lr) * ratio,
+        # D's trainable parameters (a projected D also holds a frozen backbone that never trains).
+        self.d_params = [p for p in self.D.parameters() if p.requires_grad]
+        self.opt_D = torch.optim.Adam(self.d_params, lr=(cfg.lr_d or cfg.lr) * ratio,
                                       betas=(betas[0] ** ratio, betas[1] ** ratio), eps=eps)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         if self.device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest kernels; TF32 for fp32 parts
@@ -334,7 +348,8 @@ class GANTrainer:
                           device=dev)
         logs: dict[str, Tensor] = {}
         # -- discriminator ------------------------------------------------------------------
-        self.D.requires_grad_(True)
+        for p in self.d_params:
+            p.requires_grad_(True)
         with torch.no_grad(), self._autocast():
             fake = self.G.synthesize(mixed_styles(self.G, n, cfg.style_mixing, dev), noise_mode="random")
         with self._autocast():
@@ -353,11 +368,11 @@ class GANTrainer:
             r1 = grad.square().sum(dim=(1, 2, 3)).mean()
             (r1 * (cfg.r1_gamma / 2 * cfg.r1_every) + out.mean() * 0).backward()
             logs["r1"] = r1.detach()
-        d_params = list(self.D.parameters())
-        _allreduce_grads(d_params, self.dist)
+        _allreduce_grads(self.d_params, self.dist)
         self.opt_D.step()
         # -- generator -----------------------------------------------------------------------
-        self.D.requires_grad_(False)
+        for p in self.d_params:
+            p.requires_grad_(False)
         with self._autocast():
             fake = self.G.synthesize(mixed_styles(self.G, n, cfg.style_mixing, dev), noise_mode="random")
             loss_g = F.softplus(-self.D(self._d_input(fake.float()))).mean()

@@ -340,3 +340,47 @@ def test_ddp_two_processes_keep_identical_players(faces: Path, tmp_path: Path) -
         assert torch.equal(a[k], b[k]), k
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3] and log[0]["kimg"] == 0.012  # rank 0 logs the global count
+
+
+# -- projected discriminator ------------------------------------------------------------------------
+def test_frozen_alexnet_taps_equal_torchvision_features() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from restorekit_psp_sr.projected_d import FrozenAlexNet
+
+    torch.manual_seed(0)
+    ref = torchvision.models.alexnet(weights=None).features.eval()
+    ours = FrozenAlexNet({f"features.{k}": v for k, v in ref.state_dict().items()})
+    x = torch.rand(2, 3, 64, 64)
+    y = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    y = (y - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    expect = []
+    with torch.no_grad():
+        for i, layer in enumerate(ref):
+            y = layer(y)
+            if i in (1, 4, 7, 11):
+                expect.append(y)
+        taps = ours(x)
+    assert [t.shape[-1] for t in taps] == [55, 27, 13, 13]
+    for a, b in zip(taps, expect):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not any(p.requires_grad for p in ours.parameters())
+
+
+def test_projected_discriminator_trains_heads_only(faces: Path, tmp_path: Path) -> None:
+    from restorekit.errors import RestorekitError
+    from restorekit_psp_sr.projected_d import build_projected_discriminator
+
+    with pytest.raises(RestorekitError, match="refusing a random AlexNet"):
+        build_projected_discriminator(32, None)
+    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=2, d_arch="projected", r1_gamma=0.0,
+                                     allow_random_backbone=True, d_head_width=8), quiet=True)
+    logits = t.D(torch.rand(3, 3, 32, 32))
+    assert logits.shape == (3, 4 * 6 * 6)  # each scale (55, 27, 13, 13 px) halved down to 6×6 patch logits
+    frozen = {k: v.clone() for k, v in t.D.backbone.state_dict().items()}
+    proj = {k: v.clone() for k, v in t.D.project.state_dict().items()}
+    heads = {k: v.clone() for k, v in t.D.heads.state_dict().items()}
+    assert t.fit()["finished"]
+    assert all(torch.equal(v, t.D.backbone.state_dict()[k]) for k, v in frozen.items())
+    assert all(torch.equal(v, t.D.project.state_dict()[k]) for k, v in proj.items())
+    assert any(not torch.equal(v, t.D.heads.state_dict()[k]) for k, v in heads.items())
+    assert len(t.d_params) == len(list(t.D.heads.parameters()))
