@@ -14,6 +14,11 @@ players' steps):
 * Adam (lr 0.0025, betas 0/0.99) for both players; no path-length regularisation (optional in
   StyleGAN2-ADA at this size, and its cost buys nothing measurable in minutes of training).
 
+The discriminator is StyleGAN2's residual D (:mod:`.discriminator`), or with ``d_arch =
+"projected"`` small patch heads on frozen ImageNet AlexNet features (:mod:`.projected_d`,
+Projected GANs), which its authors report converges many times faster; ``scripts/gpu/run.sh``
+can race the two on the same GPU minutes and keep the winner.
+
 For a GPU lent for minutes: the whole training set lives on the device as one uint8 tensor (no
 data loader), batches and flips are drawn there; bf16 autocast for both players' forward and
 backward (R1's gradient penalty and the EMA stay in fp32); channels-last activations in D; no host
