@@ -21,6 +21,7 @@ tar -czf .gpu/faces.tgz -C "$FACES" .  # gzip: webp does not shrink, the tar hea
     platformdirs==4.14.9 lpips==0.1.4
 # restorekit's own distributions, built from this checkout.
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . plugins/psp_sr plugins/baselines
+rm -rf build plugins/psp_sr/build plugins/baselines/build  # setuptools' leftovers would travel too
 # LPIPS-alex (the Fréchet figure's feature space and stage 2's perceptual loss).
 ALEX=${ALEX:-$("$PY" -c "from restorekit.weights import resolve; print(resolve('lpips-alex'))" 2>/dev/null || true)}
 if [ -n "$ALEX" ] && [ -f "$ALEX" ]; then cp "$ALEX" .gpu/weights/lpips-alex.safetensors
