@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from .errors import RestorekitError
 
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
-           "validate", "annotation_at", "model_from_signature", "weights_option", "describe_type"]
+           "validate", "annotation_at", "model_from_signature", "weights_option"]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -108,8 +108,7 @@ def coerce(key: str, annotation: Any, raw: Any) -> Any:
                     return choice
         return raw
     if _is_structured(inner):
-        value = _literal(raw.strip())
-        return value
+        return _literal(raw.strip())
     return raw  # str, int, float, Literal, Path…: pydantic converts and checks
 
 
@@ -163,18 +162,6 @@ def annotation_at(model: type[BaseModel], path: list[str]) -> Any:
         else:
             return None
     return annotation
-
-
-def describe_type(annotation: Any) -> str:
-    """A short name for a field type, as listings show it (``bool``, ``'auto' | 'ref'``, ``int | None``)."""
-    inner, nullable = _strip_optional(annotation)
-    if typing.get_origin(inner) is Literal:
-        text = " | ".join(repr(a) for a in typing.get_args(inner))
-    elif isinstance(inner, type):
-        text = inner.__name__
-    else:
-        text = str(inner).replace("typing.", "")
-    return f"{text} | None" if nullable else text
 
 
 def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -> BaseModel:
