@@ -45,6 +45,11 @@ from restorekit.errors import RestorekitError, WeightsMissing
 from restorekit.interfaces import Method, MethodInfo, Options
 
 EXPORT_FORMAT = "restorekit.pix2pixhd/1"
+#: The embedded default model (trained by plugins/baselines/recipes/faces128, shipped in the package)
+#: and where it lives; its registry entry pins the file's size and sha256.
+DEFAULT_MODEL_NAME = "pix2pixhd-faces128"
+DEFAULT_MODEL_FILE = "pix2pixhd_faces128.safetensors"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 # -- generator ------------------------------------------------------------------------------
@@ -416,6 +421,7 @@ class Pix2PixHD(Method):
         paper="Wang et al., High-Resolution Image Synthesis and Semantic Manipulation with Conditional GANs, "
               "CVPR 2018, https://arxiv.org/abs/1711.11585",
         deterministic=True,
+        default_weights=DEFAULT_MODEL_NAME,
     )
     Options = Pix2PixHDOptions
     options: Pix2PixHDOptions
@@ -431,19 +437,32 @@ class Pix2PixHD(Method):
         if self.generator is not None:
             return
         w = self.options.weights
-        if w is None:
-            raise WeightsMissing("pix2pixhd", "no --opt weights given, and there are no public pix2pixHD SR weights",
-                                 fix="train with `restorekit train pix2pixhd --data DIR --out RUN`, then pass "
-                                     "--opt weights=RUN/pix2pixhd.safetensors")
-        path = Path(w).expanduser()
-        if not path.is_file():
-            from restorekit.weights import resolve
+        from restorekit.weights import resolve
 
-            path = resolve(w)  # a registered weights name; raises WeightsMissing/UnknownNameError
+        if w is None:
+            if not (WEIGHTS_DIR / DEFAULT_MODEL_FILE).is_file():
+                raise WeightsMissing("pix2pixhd", f"no --opt weights given, and the embedded default "
+                                     f"{DEFAULT_MODEL_FILE} is not in this installation ({WEIGHTS_DIR})",
+                                     fix="reinstall restorekit-baselines, or train with `restorekit train pix2pixhd "
+                                         "--data DIR --out RUN` and pass --opt weights=RUN/pix2pixhd.safetensors")
+            path = resolve(DEFAULT_MODEL_NAME)  # checks the bundled file's size and sha256 against the registry
+            name = DEFAULT_MODEL_NAME
+        else:
+            path = Path(w).expanduser()
+            name = ""
+            if not path.is_file():
+                path = resolve(w)  # a registered weights name; raises WeightsMissing/UnknownNameError
+                name = w
         gen, self.trained = load_generator(path)
         self.generator = gen.to(self.device)
+        if name:
+            from restorekit.weights import get_spec
+
+            default = " (the embedded default; --opt weights=NAME|FILE selects another)" if w is None else ""
+            self.notes.append(f"pix2pixhd: weights {name}{default}, license {get_spec(name).license}")
         if "factors" in self.trained:
-            self.notes.append(f"pix2pixhd: these weights were trained for scale(s) {self.trained['factors']}")
+            size = f" on {self.trained['input_size']}-px images" if "input_size" in self.trained else ""
+            self.notes.append(f"pix2pixhd: these weights were trained for scale(s) {self.trained['factors']}{size}")
 
     @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:

@@ -235,9 +235,12 @@ def test_method_matches_generator_on_bicubic_input(tiny_weights: Path, capsys: p
         Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), input_size=18)).restore(lr, 4)
 
 
-def test_method_needs_weights(tmp_path: Path) -> None:
+def test_method_needs_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from restorekit.errors import WeightsMissing
+    from restorekit_baselines import pix2pixhd
 
+    # An installation without the embedded default (e.g. a stripped package).
+    monkeypatch.setattr(pix2pixhd, "WEIGHTS_DIR", tmp_path / "no-weights")
     # WeightsMissing (not a bare error): `plugin check` and `demo` treat it as "not installed".
     with pytest.raises(WeightsMissing, match="restorekit train pix2pixhd") as info:
         Pix2PixHD().load()
