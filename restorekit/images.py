@@ -135,6 +135,8 @@ def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise _bomb(p, max_pixels) from None
     except UnidentifiedImageError as exc:
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
+    except PermissionError:
+        raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
     return w, h
@@ -183,6 +185,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise _bomb(p, max_pixels) from None
     except UnidentifiedImageError as exc:
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
+    except PermissionError:
+        raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)

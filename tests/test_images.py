@@ -132,3 +132,22 @@ def test_outputs_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_unreadable_file_is_named_as_a_permission_problem(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A file the user may not read is not 'corrupt': the message says what is wrong (root reads
+    everything, so the denial is simulated at the open)."""
+    import PIL.Image
+
+    import restorekit.images as images
+
+    path = tmp_path / "locked.png"
+    images.save_image(torch.rand(1, 3, 8, 8), path)
+
+    def deny(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(PIL.Image, "open", deny)
+    for fn in (images.read_image, images.probe_size):
+        with pytest.raises(images.ImageError, match="locked.png: permission denied"):
+            fn(path)
