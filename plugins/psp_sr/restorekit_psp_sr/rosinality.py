@@ -139,7 +139,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, allow_unsafe: bool = False)
             raise UnsafeFileError(
                 f"{p}: holds pickled Python objects beyond tensors (rosinality training checkpoints "
                 "store an argparse Namespace under 'args'), and loading them can run code; pass "
-                "allow_unsafe=True only for a file you trust, or re-save it as "
+                "--opt allow_unsafe=true (Python: allow_unsafe=True) only for a file you trust, or re-save it as "
                 "{'g_ema': state_dict, 'latent_avg': ...}") from None
         obj = torch.load(p, map_location="cpu", weights_only=False)
     if not isinstance(obj, dict):
