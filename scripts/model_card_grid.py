@@ -3,7 +3,9 @@
 Usage: python scripts/model_card_grid.py RUN_DIR --data @list.txt --methods bicubic,psp_sr \
            --n 16 --out docs/images/grid.jpg
 Faces are taken evenly from the run's images in name order (so both data sources appear); the LR
-input is shown nearest-neighbour enlarged. One row per face, labelled columns.
+input is shown nearest-neighbour enlarged. One row per face, labelled columns. A method of another
+compare run on the same data and scale is named ``OTHER_RUN_DIR::method=label`` (e.g. the same
+method with other weights).
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ def main() -> None:
     pairs = [m.split("=", 1) if "=" in m else [m, m] for m in args.methods.split(",")]
     methods = [name for name, _ in pairs]
     hr_files = {item.stem: item.path for item in list_inputs(args.data)}
-    outputs = {(r["method"], r["image"]): r["output"] for r in doc["images"]
-               if r["status"] == "ok" and r["seed"] in (None, 0)}
+
+    def ok_outputs(run: Path, rows: list[dict], key: str | None = None) -> dict[tuple[str, str], Path]:
+        return {(key or r["method"], r["image"]): run / r["output"] for r in rows
+                if r["status"] == "ok" and r["seed"] in (None, 0)}
+
+    outputs = ok_outputs(args.run, doc["images"])
+    for name in methods:
+        if "::" in name:
+            other, method = name.split("::", 1)
+            rows = json.loads((Path(other) / "results.json").read_text())["images"]
+            outputs.update(ok_outputs(Path(other), [r for r in rows if r["method"] == method], key=name))
     names = sorted({img for m, img in outputs if all((k, img) in outputs for k in methods)})
     picked = [names[round(i * (len(names) - 1) / max(args.n - 1, 1))] for i in range(args.n)]
     lr_dir = next((args.run / "inputs").iterdir())
@@ -45,7 +56,7 @@ def main() -> None:
         draw.text((c * t + 4, 3), label, fill="black")
     for r, name in enumerate(picked):
         tiles = [Image.open(lr_dir / f"{name}.png").convert("RGB").resize((t, t), Image.NEAREST)]
-        tiles += [Image.open(args.run / outputs[m, name]).convert("RGB").resize((t, t), Image.BICUBIC)
+        tiles += [Image.open(outputs[m, name]).convert("RGB").resize((t, t), Image.BICUBIC)
                   for m in methods]
         tiles.append(Image.open(hr_files[name]).convert("RGB").resize((t, t), Image.BICUBIC))
         for c, tile in enumerate(tiles):
