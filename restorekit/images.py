@@ -341,3 +341,10 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
 def from_signed(x: torch.Tensor) -> torch.Tensor:
     """[-1,1] back to [0,1]."""
     return (x + 1.0) * 0.5
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left | right`` (``--couple``), the left one resized (nearest) to the right one's height."""
+    if left.shape[-2:] != right.shape[-2:]:
+        left = torch.nn.functional.interpolate(left, size=right.shape[-2:], mode="nearest")
+    return torch.cat([left, right], dim=-1)

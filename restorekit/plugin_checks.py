@@ -127,7 +127,7 @@ def check_factory(kind: str, obj: Any) -> None:
 
 def check_weights(obj: Any, registry_specs: dict[str, Any] | None) -> None:
     """A ``WeightSpec``; one the public registry also defines must be identical to it."""
-    from .weights import WeightSpec, _diff
+    from .weights.spec import WeightSpec, changed_fields
 
     if not isinstance(obj, WeightSpec):
         raise PluginError(f"register_weights: {obj!r} is a {type(obj).__name__}, not a restorekit.weights.WeightSpec")
@@ -136,7 +136,7 @@ def check_weights(obj: Any, registry_specs: dict[str, Any] | None) -> None:
         spec, path = known
         if spec != obj:
             raise PluginError(f"weights '{obj.name}' differ from the registry entry {path} "
-                              f"(fields: {', '.join(_diff(spec, obj))})")
+                              f"(fields: {', '.join(changed_fields(spec, obj))})")
 
 
 def check_registration(kind: str, obj: Any, registry_specs: dict[str, Any] | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .errors import PluginError
-from .weights import WeightSpec
+from .weights.spec import WeightSpec
 
 __all__ = ["PluginEntry", "RegistryEntry", "load_entry", "load_dir"]
 

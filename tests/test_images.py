@@ -151,3 +151,14 @@ def test_unreadable_file_is_named_as_a_permission_problem(tmp_path, monkeypatch)
     for fn in (images.read_image, images.probe_size):
         with pytest.raises(images.ImageError, match="locked.png: permission denied"):
             fn(path)
+
+
+def test_side_by_side_lives_with_images_and_resizes_the_left_one():
+    from restorekit.commands import run
+    from restorekit.images import side_by_side
+
+    lr, sr = torch.rand(1, 3, 4, 5), torch.rand(1, 3, 8, 10)
+    both = side_by_side(lr, sr)
+    assert both.shape == (1, 3, 8, 20) and torch.equal(both[..., 10:], sr)
+    assert torch.equal(both[..., :10], torch.nn.functional.interpolate(lr, size=(8, 10), mode="nearest"))
+    assert run.side_by_side is side_by_side  # `run --couple` and `--faces detect --couple` share it

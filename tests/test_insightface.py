@@ -273,7 +273,7 @@ def test_import_refuses_standins_for_the_real_pack(models: dict[str, object], ho
 
 def test_import_checks_sha256_of_archive_members(models: dict[str, object], home: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from restorekit import weights_archive as WA
+    from restorekit import weights as WA
 
     folder = Path(models["folder"])  # type: ignore[arg-type]
     det_sha = W.sha256_file(folder / "det_10g.onnx")

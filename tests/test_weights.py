@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 from safetensors.torch import save as st_save
 
-from restorekit import package_member
+from restorekit.weights import package_member
 from restorekit import weights as W
 from restorekit.commands.weights import weights_group
-from restorekit.download import DownloadError, part_path
+from restorekit.weights.download import DownloadError, part_path
 from restorekit.errors import IntegrityError, PluginError, RestorekitError, UnknownNameError, UnsafeFileError, WeightsMissing
 
 

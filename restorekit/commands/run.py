@@ -10,7 +10,8 @@ import torch
 from ..batch import check_inputs, process_files
 from ..cli import emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
-from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
+                      side_by_side)
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
 
 
@@ -18,13 +19,6 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
     if value is not None and value < 1:
         raise click.BadParameter(f"must be a positive integer, got {value}")
     return value
-
-
-def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``left | right``, the left one resized (nearest) to the right one's height."""
-    if left.shape[-2:] != right.shape[-2:]:
-        left = torch.nn.functional.interpolate(left, size=right.shape[-2:], mode="nearest")
-    return torch.cat([left, right], dim=-1)
 
 
 @click.command("run")

@@ -241,7 +241,7 @@ def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: b
 
     FILE may also be a .zip archive or a folder holding the spec's files (a model pack)."""
     from ..options import parse_pairs, validate
-    from ..weights_archive import import_archive, wants_archive_import
+    from ..weights import import_archive, wants_archive_import
 
     try:
         options = validate(ImportOptions, parse_pairs(opts), label="weights import")

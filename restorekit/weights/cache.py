@@ -1,0 +1,154 @@
+"""Where cached weights live and what the cache records about them.
+
+``<cache>`` is ``$RESTOREKIT_HOME`` when set, else the platform cache directory. Each weight
+spec has a folder ``<cache>/weights/<name>/`` holding its files beside a ``manifest.json``
+that records each file's sha256, size, source, license and time (:class:`CachedFile`). Write
+failures become one-line :class:`~restorekit.errors.CacheError` messages naming the path and
+the fix. This layer knows names and folders only; it never looks a spec up.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CacheError, IntegrityError, UnknownNameError
+from .spec import MANIFEST, NAME_PATTERN
+
+__all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
+           "read_manifest", "write_manifest", "cached_files", "remove", "cleanup_empty", "now"]
+
+
+def cache_dir() -> Path:
+    """``$RESTOREKIT_HOME`` when set, else the platform user cache dir for restorekit."""
+    env = os.environ.get("RESTOREKIT_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("restorekit"))
+
+
+def cache_error(exc: OSError, path: Path) -> CacheError:
+    """A cache write failure as one line: the path, the reason and how to point the cache elsewhere."""
+    if isinstance(exc, CacheError):
+        return exc
+    env = os.environ.get("RESTOREKIT_HOME")
+    where = f"RESTOREKIT_HOME is {env}" if env else f"the default cache is {cache_dir()}"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason += " (a file stands where a cache folder is needed)"
+    return CacheError(f"the restorekit cache cannot be written at {path}: {reason}; {where}: set "
+                      "RESTOREKIT_HOME to a writable folder, or fix that one")
+
+
+def cache_folder(folder: Path) -> Path:
+    """Create ``folder`` inside the cache and prove a file can be written there (else :class:`CacheError`)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".restorekit-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise cache_error(exc, folder) from exc
+    return folder
+
+
+def onnx_cache_dir() -> Path:
+    """Where ``--backend onnxruntime`` keeps the ONNX files it exports on first use."""
+    return cache_dir() / "onnx"
+
+
+def weights_dir(name: str) -> Path:
+    """The cache folder of one weight spec."""
+    if not re.match(NAME_PATTERN, name):
+        raise UnknownNameError(f"'{name}' is not a valid weights name")
+    return cache_dir() / "weights" / name
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """A manifest record of one cached file."""
+
+    filename: str
+    sha256: str
+    size: int
+    source: str
+    license: str
+    time: str
+    trusted: bool = False  # True when the hash was recorded on the user's word (--trust)
+    mtime_ns: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def now() -> str:
+    """The current UTC time as recorded in manifests."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_manifest(folder: Path) -> dict[str, CachedFile]:
+    """The records of ``folder``'s manifest by file name (empty when there is none)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {k: CachedFile(**v) for k, v in raw.get("files", {}).items()}
+    except (ValueError, TypeError) as exc:
+        raise IntegrityError(f"cache manifest {path} is unreadable ({exc}); run `restorekit weights rm` "
+                             "for it and pull again") from exc
+
+
+def write_manifest(folder: Path, name: str, files: Mapping[str, CachedFile]) -> None:
+    """Replace ``folder``'s manifest atomically (temp file + rename)."""
+    data = {"name": name, "files": {k: v.as_dict() for k, v in sorted(files.items())}}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, folder / MANIFEST)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise cache_error(exc, folder / MANIFEST) from exc
+
+
+def cached_files(name: str) -> dict[str, CachedFile]:
+    """Manifest records of ``name``'s cached files (empty when nothing is cached)."""
+    return read_manifest(weights_dir(name))
+
+
+def remove(name: str) -> bool:
+    """Delete ``name``'s cache folder; True when something was removed."""
+    folder = weights_dir(name)
+    if folder.exists():
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            raise cache_error(exc, folder) from exc
+        return True
+    return False
+
+
+def cleanup_empty(folder: Path) -> None:
+    """Remove ``folder`` if a failed pull or import left it empty."""
+    try:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:
+        pass

