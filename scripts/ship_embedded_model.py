@@ -1,15 +1,22 @@
 """Ship a trained model as an embedded default: fp16 safetensors in its plugin + registry entry + golden.
 
-Usage:
-    python scripts/ship_embedded_model.py psp_sr runs/faces128_psp/model.safetensors --data-note "..."
+Usage (the face prior first: psp_sr's shipped file names it instead of holding a second copy):
+    python scripts/ship_embedded_model.py stylegan2 runs/prior128/generator.safetensors --data-note "..."
+    python scripts/ship_embedded_model.py psp_sr runs/prior128_psp/model.safetensors --data-note "..."
     python scripts/ship_embedded_model.py pix2pixhd runs/faces128_p2phd/pix2pixhd.safetensors --data-note "..."
 
 Writes the model into the plugin's ``weights/`` folder (float16 tensors, the JSON config kept in
 the safetensors metadata, the license and data note added), a registry entry
 ``registry/weights/<name>.toml`` (size, sha256, license, ``bundled`` source) listed in the plugin's
-registry entry, and ``<file>.golden.json``: the shipped model's output on a fixed synthetic input,
-which the plugin's embedded-model test checks later versions of the code against. Reproducible:
-the same input file gives the same output bytes.
+registry entry, and ``<file>.golden.json``: the shipped model's output on a fixed input, which the
+plugin's embedded-model test checks later versions of the code against. Then it checks that
+restorekit resolves the name to the file just written (registry found, sha256 verified).
+Reproducible: the same input file gives the same output bytes.
+
+``psp_sr`` keeps only the encoder, ``latent_avg`` and config, and names the generator weights
+entry it decodes with (``--generator``, default ``stylegan2-faces128``; its file's sha256 is
+recorded): refused unless the model's decoder is that generator (train stage 2 with
+``--set generator=stylegan2-faces128``). ``--self-contained`` ships the decoder inside instead.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +34,19 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The registry the entries are written into (``weights/``, ``plugins/``).
+REGISTRY = ROOT / "registry"
 LICENSE = "LicenseRef-research-only"
 LICENSE_NOTE = ("trained by restorekit on FFHQ thumbnails (CC BY-NC-SA 4.0, non-commercial) and All-Age-Faces "
-                "(research use only); no third-party pretrained weights")
+                "(research use only); no third-party pretrained weights inside (frozen ImageNet AlexNet/LPIPS and "
+                "dlib features served as losses or discriminator features)")
+#: All weights shipped inside packages together (issue #18: at most 20 MB).
+SHIPPED_BUDGET = 20_000_000
+DEFAULT_GENERATOR = "stylegan2-faces128"
+
+
+class ShipError(Exception):
+    """The model cannot be shipped as asked; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +58,12 @@ class Target:
     module: str  # the package holding it (for the `bundled` source)
     architecture: str
     plugin: str
-    plugin_entry: Path
+    plugin_entry: str  # the plugin's registry entry: registry/plugins/<plugin_entry>.toml
     source: str
     paper: str
     description: str
     golden: Callable[[Path], dict]
+    formats: tuple[str, ...]  # safetensors metadata formats this target ships
 
 
 def _psp_golden(path: Path) -> dict:
@@ -58,6 +77,21 @@ def _psp_golden(path: Path) -> dict:
     out = PSPSR(PSPSROptions(weights=str(path))).restore(smooth_batch(1, 16, 16, seed=0), 8)
     return {"input": "smooth_batch(1, 16, 16, seed=0)", "scale": 8,
             "samples_every_32px": out[0, :, ::32, ::32].tolist(), "mean": float(out.mean())}
+
+
+def _stylegan2_golden(path: Path) -> dict:
+    """Two samples (seeds 0-1, truncation 0.7, as `restorekit generate`/`realism` draw them): every
+    32nd pixel and the mean (one thread)."""
+    import torch
+
+    from restorekit.harness.realism.evaluate import generator_batches
+    from restorekit_psp_sr.plugin import build_stylegan2
+
+    torch.set_num_threads(1)
+    g = build_stylegan2(weights=str(path), impl="ref").eval()
+    out = next(generator_batches(g, 2, truncation=0.7, seed=0))
+    return {"input": "generator_batches(g, 2, truncation=0.7, seed=0)", "seeds": [0, 1], "truncation": 0.7,
+            "samples_every_32px": out[:, :, ::32, ::32].tolist(), "mean": float(out.mean())}
 
 
 def _pix2pixhd_golden(path: Path) -> dict:
@@ -74,49 +108,103 @@ def _pix2pixhd_golden(path: Path) -> dict:
 
 
 TARGETS = {
+    "stylegan2": Target(
+        name=DEFAULT_GENERATOR,
+        file=ROOT / "plugins/psp_sr/restorekit_psp_sr/weights/stylegan2_faces128.safetensors",
+        module="restorekit_psp_sr", architecture="stylegan2", plugin="psp_sr", plugin_entry="restorekit-psp-sr",
+        source="plugins/psp_sr/recipes/prior128 (restorekit train stylegan2, adversarial, on a lent GPU)",
+        paper="Karras et al., Analyzing and Improving the Image Quality of StyleGAN, CVPR 2020",
+        description="StyleGAN2 face prior at 128 px, shipped inside restorekit-psp-sr: the default of the stylegan2 "
+                    "generator (generate, realism, pulse) and the decoder of psp-sr-faces128",
+        golden=_stylegan2_golden, formats=("restorekit.stylegan2/",)),
     "psp_sr": Target(
         name="psp-sr-faces128", file=ROOT / "plugins/psp_sr/restorekit_psp_sr/weights/psp_sr_faces128.safetensors",
-        module="restorekit_psp_sr", architecture="psp", plugin="psp_sr",
-        plugin_entry=ROOT / "registry/plugins/restorekit-psp-sr.toml",
+        module="restorekit_psp_sr", architecture="psp", plugin="psp_sr", plugin_entry="restorekit-psp-sr",
         source="plugins/psp_sr/recipes (restorekit train stylegan2, then restorekit train psp_sr)",
         paper="Richardson et al., Encoding in Style: a StyleGAN Encoder for Image-to-Image Translation, CVPR 2021",
         description="pSp face super-resolution at 128 px (16-64 px aligned inputs), shipped inside restorekit-psp-sr",
-        golden=_psp_golden),
+        golden=_psp_golden, formats=("restorekit.psp/",)),
     "pix2pixhd": Target(
         name="pix2pixhd-faces128",
         file=ROOT / "plugins/baselines/restorekit_baselines/weights/pix2pixhd_faces128.safetensors",
         module="restorekit_baselines", architecture="pix2pixhd", plugin="baselines",
-        plugin_entry=ROOT / "registry/plugins/restorekit-baselines.toml",
+        plugin_entry="restorekit-baselines",
         source="plugins/baselines/recipes/faces128 (restorekit train pix2pixhd)",
         paper="Wang et al., High-Resolution Image Synthesis and Semantic Manipulation with Conditional GANs, CVPR 2018",
         description="pix2pixHD face super-resolution at 128 px (bicubic-upscaled 8-128 px aligned inputs), shipped "
                     "inside restorekit-baselines",
-        golden=_pix2pixhd_golden),
+        golden=_pix2pixhd_golden, formats=("restorekit.pix2pixhd/",)),
 }
 
 
-def ship(target: Target, model: Path, data_note: str = "") -> dict:
+def build_file(target: Target, model: Path, data_note: str = "", *,
+               generator: str | None = None) -> tuple[bytes, dict]:
+    """The bytes of ``target``'s shipped file made from the trained ``model`` (fp16 tensors, license,
+    name and data note in the metadata), and its config.
+
+    ``generator`` (psp_sr only): the weights entry the file names as its decoder instead of holding
+    it (None: self-contained); refused unless the model's decoder is that generator.
+    """
     tensors = {}
-    with safe_open(str(model), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        for k in sorted(f.keys()):
-            t = f.get_tensor(k)
-            tensors[k] = t.half() if t.is_floating_point() else t
+    try:
+        with safe_open(str(model), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            for k in sorted(f.keys()):
+                tensors[k] = f.get_tensor(k)
+    except Exception as exc:
+        raise ShipError(f"{model}: not a readable safetensors file ({exc})") from None
+    fmt = meta.get("format", "")
+    if not fmt.startswith(target.formats):
+        raise ShipError(f"{model}: metadata format {fmt!r}, but the {target.plugin}/{target.architecture} target "
+                        f"ships {' or '.join(f + '*' for f in target.formats)} files")
     config = json.loads(meta.get("config", "{}"))
+    if generator is not None:
+        if target.architecture != "psp":
+            raise ShipError(f"--generator applies to psp_sr, not to {target.name}")
+        from restorekit.errors import RestorekitError
+        from restorekit_psp_sr.method import PSPModelError, reference_decoder
+
+        try:
+            tensors, config = reference_decoder(model, tensors, config, generator)
+        except PSPModelError as exc:
+            raise ShipError(str(exc)) from None
+        except RestorekitError as exc:  # the generator is not registered or not installed
+            raise ShipError(f"{model}: cannot reference the generator '{generator}': {exc}; ship "
+                            f"`stylegan2` first") from None
+    tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
     info = {"name": target.name, "license": LICENSE, "weights_dtype": "float16",
             **({"data": data_note} if data_note else {})}
-    if "format" in meta and meta["format"].startswith("restorekit.pix2pixhd"):
+    if fmt.startswith("restorekit.pix2pixhd"):
         meta["shipped"] = json.dumps(info, sort_keys=True)  # its config is the architecture alone
     else:
         config.update({k: v for k, v in info.items() if k != "data"})
         if data_note:
             config.setdefault("training", {})["data"] = data_note
         meta["config"] = json.dumps(config, sort_keys=True)
-    blob = save(tensors, metadata=dict(sorted(meta.items())))
+    return canonical_safetensors(save(tensors, metadata=meta)), config
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` with its JSON header's keys sorted: safetensors writes them in hash order, which
+    changes from run to run, so the same tensors would give other bytes (and another sha256)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    return len(header).to_bytes(8, "little") + header + blob[8 + n:]
+
+
+def ship(target: Target, model: Path, data_note: str = "", *, generator: str | None = None,
+         registry: Path | None = None) -> dict:
+    """Write ``target``'s shipped file (:func:`build_file`), registry entry and golden, and check
+    that restorekit resolves the name to that file. ``registry``: where the entries go (default
+    :data:`REGISTRY`)."""
+    registry = REGISTRY if registry is None else registry
+    blob, config = build_file(target, model, data_note, generator=generator)
     target.file.parent.mkdir(parents=True, exist_ok=True)
     target.file.write_bytes(blob)
     sha = hashlib.sha256(blob).hexdigest()
-    entry = ROOT / "registry/weights" / f"{target.name}.toml"
+    entry = registry / "weights" / f"{target.name}.toml"
     entry.write_text(f'''# An embedded default model, trained by restorekit ({target.source}).
 name = "{target.name}"
 kind = "weights"
@@ -134,10 +222,44 @@ size = {len(blob)}
 sha256 = "{sha}"
 bundled = "{target.module}:weights/{target.file.name}"
 ''')
-    list_in_plugin_entry(target.plugin_entry, target.name)
+    list_in_plugin_entry(registry / "plugins" / f"{target.plugin_entry}.toml", target.name)
+    check_resolves(target)
     golden = target.file.with_suffix(".golden.json")
     golden.write_text(json.dumps(target.golden(target.file), indent=1) + "\n")
-    return {"file": str(target.file), "size": len(blob), "sha256": sha, "entry": str(entry), "golden": str(golden)}
+    total = shipped_total(registry)
+    if total > SHIPPED_BUDGET:
+        print(f"warning: the weights shipped inside packages now total {total / 1e6:.1f} MB, over the "
+              f"{SHIPPED_BUDGET / 1e6:.0f} MB budget of issue #18", file=sys.stderr)
+    return {"file": str(target.file), "size": len(blob), "sha256": sha, "entry": str(entry), "golden": str(golden),
+            "decoder_weights": config.get("decoder_weights"), "shipped_total_bytes": total}
+
+
+def check_resolves(target: Target) -> None:
+    """restorekit must find the new entry and verify the file just written (else the wrong registry
+    or another checkout's package is in use)."""
+    from restorekit.errors import RestorekitError
+    from restorekit.weights import resolve
+
+    try:
+        found = resolve(target.name)
+    except RestorekitError as exc:
+        raise ShipError(f"wrote {target.file}, but restorekit does not resolve '{target.name}' to it ({exc}); "
+                        "unset RESTOREKIT_REGISTRY, or install the plugins from this checkout (pip install -e)") from None
+    if found.resolve() != target.file.resolve():
+        raise ShipError(f"restorekit resolves '{target.name}' to {found}, not to {target.file}: install the plugins "
+                        "from this checkout (pip install -e)")
+
+
+def shipped_total(registry: Path) -> int:
+    """Bytes of every weights file the registry says ships inside a package."""
+    import tomllib
+
+    total = 0
+    for path in sorted((registry / "weights").glob("*.toml")):
+        for f in tomllib.loads(path.read_text()).get("files", []):
+            if f.get("bundled"):
+                total += int(f.get("size", 0))
+    return total
 
 
 def list_in_plugin_entry(plugin_entry: Path, name: str) -> None:
@@ -149,7 +271,7 @@ def list_in_plugin_entry(plugin_entry: Path, name: str) -> None:
         line = f'weights = ["{name}"]'
         p = re.search(r"^provides = \[(.*)\]$", text, flags=re.M)
         if p is None:
-            raise SystemExit(f"{plugin_entry}: no `provides = [...]` line")
+            raise ShipError(f"{plugin_entry}: no `provides = [...]` line")
         provides = [n.strip().strip('"') for n in p.group(1).split(",") if n.strip()]
         if "weights" not in provides:
             provides.append("weights")
@@ -168,8 +290,19 @@ def main() -> None:
     ap.add_argument("kind", choices=sorted(TARGETS))
     ap.add_argument("model", type=Path)
     ap.add_argument("--data-note", default="")
+    ap.add_argument("--generator", default=None,
+                    help=f"psp_sr: the generator weights entry its decoder is (default {DEFAULT_GENERATOR})")
+    ap.add_argument("--self-contained", action="store_true", help="psp_sr: keep the decoder inside the file")
     args = ap.parse_args()
-    print(json.dumps(ship(TARGETS[args.kind], args.model, args.data_note), indent=2))
+    if args.kind != "psp_sr" and (args.generator or args.self_contained):
+        ap.error("--generator and --self-contained apply to psp_sr")
+    if args.generator and args.self_contained:
+        ap.error("--generator and --self-contained exclude each other")
+    generator = None if args.kind != "psp_sr" or args.self_contained else (args.generator or DEFAULT_GENERATOR)
+    try:
+        print(json.dumps(ship(TARGETS[args.kind], args.model, args.data_note, generator=generator), indent=2))
+    except ShipError as exc:
+        raise SystemExit(f"ship_embedded_model: {exc}") from None
 
 
 if __name__ == "__main__":

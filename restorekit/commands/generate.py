@@ -39,8 +39,10 @@ def parse_seeds(text: str) -> list[int]:
 
 @click.command("generate")
 @click.option("--generator", "name", required=True, help="Registered generator name.")
-@click.option("--weights", default=None, help="Weights name or path for the generator.")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Generator config (repeatable).")
+@click.option("--weights", default=None,
+              help="Weights name or path for the generator (default: the generator's shipped weights, if any).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Generator config (repeatable); random_weights=true asks for an untrained generator.")
 @click.option("--seeds", default="0-7", show_default=True, help="Seeds, e.g. 0-7,12.")
 @click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), required=True)
@@ -48,7 +50,10 @@ def parse_seeds(text: str) -> list[int]:
 @click.option("--json", "as_json", is_flag=True)
 def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seeds: str, truncation: float,
                  output: Path, device: str, as_json: bool) -> None:
-    """Write one image per seed from GENERATOR (truncated towards its mean latent)."""
+    """Write one image per seed from GENERATOR (truncated towards its mean latent).
+
+    Without --weights the generator's factory picks its default (stylegan2: the shipped face prior,
+    named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
     seed_list = parse_seeds(seeds)
     factory = registry().get("generators", name)
     label = f"generator '{name}'"
@@ -64,6 +69,8 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seeds: s
         gen = factory.create(config, label=label).to(dev).eval()
     except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
         fail_usage(f"{label}: {exc}")
+    for note in getattr(gen, "notes", []):  # which weights, their license
+        click.echo(note, err=True)
     written = []
     with torch.inference_mode():
         w_avg = gen.mean_latent()

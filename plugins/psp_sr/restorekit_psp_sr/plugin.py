@@ -27,53 +27,84 @@ PSP_DEFAULT_DECODER = "psp_sr:default"
 def _psp_model_file(weights: str | os.PathLike[str]) -> Path | None:
     """The restorekit pSp ``.safetensors`` file whose decoder ``weights`` names, else None."""
     if str(weights) == PSP_DEFAULT_DECODER:
-        from .method import DEFAULT_MODEL_FILE, WEIGHTS_DIR, PSPModelError
+        from .method import DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, shipped_file
 
-        path = WEIGHTS_DIR / DEFAULT_MODEL_FILE
-        if not path.is_file():
-            raise PSPModelError(f"stylegan2 weights '{PSP_DEFAULT_DECODER}': psp_sr's default model "
-                                f"{DEFAULT_MODEL_FILE} is not in this installation ({WEIGHTS_DIR})")
-        return path
+        return shipped_file(DEFAULT_MODEL_NAME, DEFAULT_MODEL_FILE,
+                            missing=f"stylegan2 weights '{PSP_DEFAULT_DECODER}' name psp_sr's default model",
+                            fix="reinstall restorekit-psp-sr, or pass the generator's weights NAME|PATH")
     p = Path(weights)
     return p if p.suffix == ".safetensors" and p.is_file() else None
+
+
+def _default_generator_file() -> Path:
+    """The shipped face prior (``stylegan2-faces128``), verified against its registry entry."""
+    from .method import GENERATOR_MODEL_FILE, GENERATOR_MODEL_NAME, shipped_file
+
+    return shipped_file(
+        GENERATOR_MODEL_NAME, GENERATOR_MODEL_FILE, missing="stylegan2: no weights given",
+        fix="pass --weights NAME|PATH (a restorekit StyleGAN2 .safetensors such as `train stylegan2` writes, a "
+            "rosinality .pt, or a registered name like stylegan2-ffhq-config-f), or ask for an untrained generator "
+            "with random_weights=true (generate/realism: --opt random_weights=true)")
 
 
 def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | None = None,
                     style_dim: int | None = None, n_mlp: int | None = None,
                     channel_max: int | None = None, weights: str | os.PathLike[str] | None = None,
-                    impl: Literal["auto", "ref", "cuda"] = "auto", allow_unsafe: bool = False) -> Any:
-    """A StyleGAN2 generator: random init from the config, or loaded from ``weights``
-    (a rosinality ``.pt`` path or weights name, a restorekit StyleGAN2 ``.safetensors`` as
-    ``train stylegan2_ae`` exports it, the decoder of a restorekit pSp ``.safetensors`` model, or
-    ``psp_sr:default`` for the decoder of psp_sr's embedded model; the architecture is read off
-    the file and any config given must agree with it). ``allow_unsafe`` lets a rosinality training
-    checkpoint (pickled Python objects) be unpickled: only for a file you trust. Registered without an
-    options model: the registry derives it from these typed parameters."""
+                    impl: Literal["auto", "ref", "cuda"] = "auto", allow_unsafe: bool = False,
+                    random_weights: bool = False) -> Any:
+    """A StyleGAN2 generator loaded from ``weights`` (a rosinality ``.pt`` path or weights name, a
+    restorekit StyleGAN2 ``.safetensors`` as ``train stylegan2`` exports it, the decoder of a
+    restorekit pSp ``.safetensors`` model, or ``psp_sr:default`` for the decoder of psp_sr's
+    embedded model; the architecture is read off the file and any config given must agree with it).
+    Without ``weights``: the shipped face prior ``stylegan2-faces128`` (checked against its registry
+    entry), else ``WeightsMissing`` naming the fix — never random weights unless asked for with
+    ``random_weights=True`` (an untrained generator of the given config: tests, benchmarks).
+    ``allow_unsafe`` lets a rosinality training checkpoint (pickled Python objects) be unpickled:
+    only for a file you trust. The generator's ``notes`` say which registered weights it holds
+    and their license (commands print them). Registered without an options model: the registry
+    derives it from these typed parameters."""
     from .stylegan2 import StyleGAN2Generator
 
     given = {"resolution": resolution, "channel_multiplier": channel_multiplier,
              "style_dim": style_dim, "n_mlp": n_mlp, "channel_max": channel_max}
-    if weights is None:
-        return StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8,
-                                  channel_multiplier or 2, channel_max=channel_max or 512,
-                                  impl=impl)  # type: ignore[arg-type]
+    if random_weights:
+        if weights is not None:
+            raise ValueError(f"random_weights=true and weights={str(weights)!r} exclude each other")
+        g = StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8, channel_multiplier or 2,
+                               channel_max=channel_max or 512, impl=impl)
+        g.notes = [f"stylegan2: random weights (random_weights=true): an untrained {g.resolution}-px generator"]
+        return g
     from .train import load_generator
 
-    path = _psp_model_file(weights) or _weights_file(weights)
+    name = ""
+    if weights is None:
+        from .method import GENERATOR_MODEL_NAME
+
+        path, name = _default_generator_file(), GENERATOR_MODEL_NAME
+    else:
+        path = _psp_model_file(weights) or _weights_file(weights)
+        if not Path(weights).is_file() and str(weights) != PSP_DEFAULT_DECODER:
+            name = str(weights)  # a registered weights name
     # restorekit StyleGAN2 / pSp .safetensors (decoder + its latent_avg), or a rosinality .pt.
     extra = {} if path.suffix == ".safetensors" else {"allow_unsafe": allow_unsafe}
     g = load_generator(str(path), impl=impl, **extra)
     have = g.config()
     clash = [f"{k}={v} (file has {have[k]})" for k, v in given.items() if v is not None and v != have[k]]
     if clash:
-        raise ValueError(f"stylegan2 weights '{weights}' do not match the requested config: " + ", ".join(clash))
+        raise ValueError(f"stylegan2 weights '{weights or name}' do not match the requested config: "
+                         + ", ".join(clash))
+    if name:
+        from restorekit.weights import get_spec
+
+        default = " (the shipped default; --weights NAME|PATH selects another)" if weights is None else ""
+        g.notes.append(f"stylegan2: weights {name}{default}, license {get_spec(name).license}")
     return g
 
 
 def register_generators(register: Any) -> None:
     register("stylegan2", build_stylegan2,
              summary="StyleGAN2 (config-f and smaller, rosinality layout), 32-1024 px; weights: rosinality .pt, "
-                     "restorekit StyleGAN2 or pSp .safetensors")
+                     "restorekit StyleGAN2 or pSp .safetensors; default: the shipped stylegan2-faces128")
 
 
 def register_commands(cli: Any) -> None:

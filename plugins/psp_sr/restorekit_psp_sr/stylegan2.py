@@ -351,6 +351,8 @@ class StyleGAN2Generator(Generator):
         # The checkpoint's average W (converted official weights ship one); see mean_latent().
         self.register_buffer("latent_avg", torch.empty(0), persistent=False)
         self._impl: Impl = impl
+        #: Lines a command shows once about this generator's weights (which, license); set by the factory.
+        self.notes: list[str] = []
 
     # -- configuration -------------------------------------------------------------------
     def config(self) -> dict[str, object]:

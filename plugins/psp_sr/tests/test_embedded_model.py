@@ -24,6 +24,25 @@ def test_bundled_file_matches_the_registry():
     assert get_spec(DEFAULT_MODEL_NAME).license == "LicenseRef-research-only"
 
 
+def test_bundled_model_names_the_shipped_generator_instead_of_holding_it():
+    """One copy of the generator in the package: psp_sr's file holds the encoder (fp16) and names
+    the generator entry, pinned by its sha256."""
+    import json
+
+    from safetensors import safe_open
+
+    from restorekit_psp_sr.method import GENERATOR_MODEL_FILE, GENERATOR_MODEL_NAME
+
+    if not (WEIGHTS_DIR / GENERATOR_MODEL_FILE).is_file():
+        pytest.skip(f"{GENERATOR_MODEL_FILE} is not shipped: the psp file may hold its decoder")
+    with safe_open(str(BUNDLED), framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+        assert not [k for k in f.keys() if k.startswith("decoder.")]
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys() if f.get_tensor(k).is_floating_point())
+    assert config["decoder_weights"] == {"name": GENERATOR_MODEL_NAME,
+                                         "sha256": get_spec(GENERATOR_MODEL_NAME).file().sha256}
+
+
 def test_default_restores_deterministically_at_each_trained_scale():
     torch.set_num_threads(1)
     m = PSPSR()

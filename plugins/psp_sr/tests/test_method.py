@@ -13,6 +13,7 @@ from PIL import Image
 
 from restorekit.cli import build_cli
 from restorekit.degradations import bicubic_resize
+from restorekit.errors import WeightsMissing
 from restorekit.images import save_image
 from restorekit.testing.conformance import check_method
 from restorekit.testing.data import smooth_batch
@@ -90,8 +91,11 @@ def test_style_mixing_samples(model_file: Path) -> None:
 
 def test_missing_weights_name_the_fix(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(method_mod, "WEIGHTS_DIR", tmp_path / "no_weights")
-    with pytest.raises(PSPModelError, match=r"restorekit weights pull psp-celebs-super-resolution"):
+    # WeightsMissing (demo, compare and `plugin check` treat it as "not installed"), one line naming the fixes.
+    with pytest.raises(WeightsMissing, match=r"restorekit weights pull psp-celebs-super-resolution") as info:
         PSPSR().load()
+    assert "psp_sr_faces128.safetensors is not in this installation" in str(info.value)
+    assert "\n" not in str(info.value)
     with pytest.raises(PSPModelError, match="does not exist"):
         PSPSR(PSPSROptions(weights=str(tmp_path / "nope.safetensors"))).load()
     bad = tmp_path / "bad.safetensors"

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from restorekit.cli import build_cli
 from restorekit.degradations import bicubic_resize
+from restorekit.errors import WeightsMissing
 from restorekit.images import save_image
 from restorekit.networks.lpips_net import build_lpips
 from restorekit.optim.latent import downscale_mse, geocross
@@ -255,10 +256,14 @@ def test_stylegan2_factory_reads_psp_decoder(model_file: Path, tmp_path: Path,
     with pytest.raises(ValueError, match="resolution=64"):
         build_stylegan2(weights=str(model_file), resolution=64)
     monkeypatch.setattr(method_mod, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(method_mod.PSPModelError, match="not in this installation"):
+    with pytest.raises(WeightsMissing, match="psp_sr_faces128.safetensors is not in this installation"):
         build_stylegan2(weights=PSP_DEFAULT_DECODER)
+    # A file dropped in its place is not the shipped model: without a registry entry pinning it, refused.
+    # (The shipped case: test_ship.py.)
+    monkeypatch.setenv("RESTOREKIT_REGISTRY", str(tmp_path / "empty-registry"))
     shutil.copy(model_file, tmp_path / method_mod.DEFAULT_MODEL_FILE)
-    assert build_stylegan2(weights=PSP_DEFAULT_DECODER, impl="ref").resolution == 32
+    with pytest.raises(WeightsMissing, match="no registry entry 'psp-sr-faces128' pins its sha256"):
+        build_stylegan2(weights=PSP_DEFAULT_DECODER, impl="ref")
 
 
 def test_compare_psp_sr_psp_pulse_pulse(model_file: Path, tmp_path: Path) -> None:

@@ -346,14 +346,17 @@ def test_registered_factory_builds_and_loads(tmp_path):
 
     reset()
     factory = registry().get("generators", "stylegan2")
-    g = factory.build(resolution=32, style_dim=16, n_mlp=2, channel_max=8)
+    g = factory.build(resolution=32, style_dim=16, n_mlp=2, channel_max=8, random_weights=True)
     assert isinstance(g, StyleGAN2Generator) and g.n_styles == 8 and g.channels[32] == 8
+    assert g.notes == ["stylegan2: random weights (random_weights=true): an untrained 32-px generator"]
     path = save_rosinality(g, tmp_path / "tiny.pt")
     g2 = factory.build(weights=str(path))
     assert g2.config() == g.config()
     assert factory.build(weights=path, resolution=32).resolution == 32
     with pytest.raises(ValueError, match=r"resolution=64 \(file has 32\)"):
         factory.build(weights=path, resolution=64)
+    with pytest.raises(ValueError, match="exclude each other"):
+        factory.build(weights=path, random_weights=True)
     reset()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,3 +31,94 @@ def save_tiny(path: Path, **kw: object) -> Path:
     """Write a tiny model trained (nominally) for factors 1, 2, 4."""
     save_psp_safetensors(tiny_psp(**kw), path, factors=[1, 2, 4], license="CC0-1.0", name="tiny")
     return path
+
+
+# -- shipping: scripts/ship_embedded_model.py run against a temporary package and registry --------
+REPO = Path(__file__).resolve().parents[3]
+SHIP_SCRIPT = REPO / "scripts" / "ship_embedded_model.py"
+#: The stand-in for restorekit_psp_sr in shipping tests: a package on a temporary sys.path entry.
+SHIP_PACKAGE = "rk_shipped_tiny"
+DATA_NOTE = "tiny random stand-ins (test)"
+
+
+def load_ship_script() -> Any:
+    """The ship script as a module (it is a script, not part of any package)."""
+    import importlib.util
+    import sys
+
+    if "ship_embedded_model" in sys.modules:
+        return sys.modules["ship_embedded_model"]
+    spec = importlib.util.spec_from_file_location("ship_embedded_model", SHIP_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ship_embedded_model"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_generator(seed: int = 0) -> StyleGAN2Generator:
+    """A 64-px generator (10 styles of 16), small enough to build in milliseconds."""
+    torch.manual_seed(seed)
+    return StyleGAN2Generator(64, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref").eval()
+
+
+def tiny_psp_on(generator: Any, seed: int = 0) -> PSP:
+    """A light encoder (32-px input) on ``generator``, as stage 2 of the recipe pairs them."""
+    torch.manual_seed(seed)
+    enc = GradualStyleEncoder(generator.n_styles, generator.style_dim, backbone="ir_se_light", input_size=32,
+                              head_channels=16)
+    return PSP(enc, generator, generator.mean_latent(256)).eval()
+
+
+@dataclass
+class Shipped:
+    """What :func:`ship_tiny` made: the trained stand-ins, the shipped files, the targets used."""
+
+    ship: Any  # the ship script's module
+    registry: Path  # the temporary registry (RESTOREKIT_REGISTRY)
+    weights_dir: Path  # the temporary package's weights/ (restorekit_psp_sr.method.WEIGHTS_DIR)
+    targets: dict[str, Any]  # ship.Target by kind, pointing into the temporary package
+    generator_run: Path  # what `train stylegan2` would export (fp32)
+    psp_run: Path  # what `train psp_sr --set generator=stylegan2-faces128` would export (fp32, self-contained)
+    generator_file: Path  # shipped
+    psp_file: Path  # shipped, naming the generator
+    results: dict[str, dict[str, Any]]  # ship()'s return values by kind
+
+
+def ship_tiny(root: Path, monkeypatch: Any) -> Shipped:
+    """Ship a tiny generator, then a tiny pSp model trained (nominally) against it, into a temporary
+    package ``rk_shipped_tiny`` and a copy of the registry under ``root``; points restorekit there
+    (``RESTOREKIT_REGISTRY``, ``sys.path``, ``WEIGHTS_DIR``) through ``monkeypatch``."""
+    import dataclasses
+    import importlib
+    import shutil
+
+    from restorekit_psp_sr import method as method_mod
+    from restorekit_psp_sr.train import load_generator, save_stylegan2_safetensors
+
+    ship = load_ship_script()
+    registry = root / "registry"
+    shutil.copytree(REPO / "registry", registry)
+    package = root / "site" / SHIP_PACKAGE
+    weights_dir = package / "weights"
+    weights_dir.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.setenv("RESTOREKIT_REGISTRY", str(registry))
+    monkeypatch.syspath_prepend(str(root / "site"))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(method_mod, "WEIGHTS_DIR", weights_dir)
+    targets = {kind: dataclasses.replace(ship.TARGETS[kind], file=weights_dir / ship.TARGETS[kind].file.name,
+                                         module=SHIP_PACKAGE) for kind in ("stylegan2", "psp_sr")}
+    runs = root / "runs"
+    gen_run = save_stylegan2_safetensors(tiny_generator(), runs / "generator.safetensors", license="unknown",
+                                         name="stylegan2_faces128", training={"kimg": 1})
+    results = {"stylegan2": ship.ship(targets["stylegan2"], gen_run, DATA_NOTE, registry=registry)}
+    # Stage 2 against the shipped generator: `--set generator=stylegan2-faces128` loads it by name.
+    decoder = load_generator(ship.DEFAULT_GENERATOR, impl="ref")
+    psp_run = runs / "model.safetensors"
+    save_psp_safetensors(tiny_psp_on(decoder), psp_run, factors=[1, 2, 4], license="unknown", name="psp_sr_faces128",
+                         training={"generator": ship.DEFAULT_GENERATOR})
+    results["psp_sr"] = ship.ship(targets["psp_sr"], psp_run, DATA_NOTE, generator=ship.DEFAULT_GENERATOR,
+                                  registry=registry)
+    return Shipped(ship, registry, weights_dir, targets, gen_run, psp_run, targets["stylegan2"].file,
+                   targets["psp_sr"].file, results)
