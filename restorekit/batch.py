@@ -1,6 +1,7 @@
 """Applying a per-image function to many input files: naming, skipping, atomic writes, failures.
 
-Shared by ``run`` and ``degrade``: one bad file is reported and the rest go on.
+Shared by ``run`` and ``degrade``: one bad file is reported and the rest go on. Under
+``torchrun`` (``run``) the inputs are shared out between the ranks (see :func:`process_files`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .errors import ImageError, RestorekitError
 from .images import ImageItem, check_output_size, probe_size, read_image, save_image
+from .sharding import Job, current_job
 
 # Errors a single input may raise without stopping the batch.
 PER_IMAGE_ERRORS = (RestorekitError, ValueError, RuntimeError, OSError)
@@ -105,6 +107,7 @@ def process_files(
     out_scale: int = 1,
     n_outputs: int = 1,
     max_output_pixels: int | None = None,
+    job: Job | None = None,
 ) -> BatchResult:
     """Read each input, call ``fn(image, item) -> [(name, image), …]`` and write each output.
 
@@ -112,26 +115,50 @@ def process_files(
     skipped unless ``overwrite``. The others are checked from their headers first
     (:func:`check_inputs`), so an input that cannot succeed fails before any work. An output
     that would replace an input file, or that another input of this batch already wrote, is refused.
+
+    As one rank of a ``torchrun`` job (``job``, default the current one) each rank checks its
+    share of the inputs, the inputs left to do are dealt out evenly (a resumed job splits what
+    is left), and every rank returns the whole job's result in the order one process gives;
+    each failure is named on stderr by the rank it happens on.
     """
+    job = job or current_job()
     check_writable(outdir)
-    result = BatchResult()
     input_paths = {it.path.resolve() for it in items}
-    todo: list[ImageItem] = []
-    for item in items:  # without overwrite, skip inputs whose every expected output already exists
-        stems = expected(item) if expected is not None else [item.stem]
+
+    # 1. Which inputs are done, which cannot succeed, which need work (each rank checks its share).
+    skipped: dict[int, list[str]] = {}
+    early: dict[int, dict[str, str]] = {}
+    usable: list[int] = []
+    for i in job.indices(len(items)):
+        stems = expected(items[i]) if expected is not None else [items[i].stem]
         if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
-            result.skipped.extend(str(outdir / f"{s}.{ext}") for s in stems)
+            skipped[i] = [str(outdir / f"{s}.{ext}") for s in stems]
+            continue
+        _, bad = check_inputs([items[i]], max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
+                              max_output_pixels=max_output_pixels)
+        if bad:
+            early[i] = bad[0]
+            if on_error is not None:
+                on_error(bad[0]["error"])
         else:
-            todo.append(item)
-    usable, early = check_inputs(todo, max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
-                                 max_output_pixels=max_output_pixels)
-    for f in early:
-        result.failed.append(f)
-        if on_error is not None:
-            on_error(f["error"])
+            usable.append(i)
+    result = BatchResult()
+    shares = job.gather((skipped, early, usable))
+    all_skipped = {i: paths for share in shares for i, paths in share[0].items()}
+    all_early = {i: failure for share in shares for i, failure in share[1].items()}
+    for i in sorted(all_skipped):
+        result.skipped.extend(all_skipped[i])
+    for i in sorted(all_early):
+        result.failed.append(all_early[i])
+    todo = sorted(i for share in shares for i in share[2])
+
+    # 2. This rank's share of the work.
+    done: dict[int, BatchResult] = {}
     written_by: dict[Path, Path] = {}
-    with progress_bar(len(usable), label, quiet) as advance:
-        for item in usable:
+    with job.progress(len(todo), label, quiet) as advance:
+        for i in job.part(todo):
+            item = items[i]
+            one = done[i] = BatchResult()
             try:
                 image = read_image(item.path, max_pixels=max_pixels)
                 planned = fn(image, item)
@@ -144,18 +171,28 @@ def process_files(
                     if dest.resolve() in input_paths:
                         raise ImageError(f"{dest}: refusing to overwrite an input file")
                     if dest.exists() and not overwrite:
-                        result.skipped.append(str(dest))
+                        one.skipped.append(str(dest))
                         continue
                     save_image(out, dest)
-                    result.written.append(str(dest))
+                    one.written.append(str(dest))
                 if report is not None:
-                    result.reports[str(item.path)] = report(item)
+                    one.reports[str(item.path)] = report(item)
             except PER_IMAGE_ERRORS as exc:
                 msg = str(exc)
                 if str(item.path) not in msg:
                     msg = f"{item.path}: {msg}"
-                result.failed.append({"path": str(item.path), "error": msg})
+                one.failed.append({"path": str(item.path), "error": msg})
                 if on_error is not None:
                     on_error(msg)
             advance(item.path.name)
+
+    # 3. Every rank's outcomes, in input order.
+    finished = {i: r for share in job.gather(done) for i, r in share.items()}
+    job.settled = True
+    for i in sorted(finished):
+        r = finished[i]
+        result.written.extend(r.written)
+        result.skipped.extend(r.skipped)
+        result.failed.extend(r.failed)
+        result.reports.update(r.reports)
     return result

@@ -2,18 +2,26 @@
 
 Exit codes: 0 everything ran; 1 some (method, image) failed (each listed on stderr); 2 usage
 errors (unknown method or metric with a did-you-mean, bad option, scale a method does not serve).
+
+Under ``torchrun`` every rank runs its share (see :func:`restorekit.harness.runner.execute`) and
+rank 0 alone shows progress (counting all ranks), writes the reports and prints; every rank ends
+with the job's exit code.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 
-from ..cli import emit_json, error_line, fail_usage, warn
+from ..cli import UsageProblem, emit_json, error_line, warn
 from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from ..harness.runner import Plan
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -69,41 +77,50 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     same settings; --fresh recomputes. Writes results.csv, summary.csv, results.json and a
     self-contained report.html to --out.
     """
-    from ..batch import check_writable, progress_bar
+    from ..batch import check_writable
     from ..harness.reports import failure_lines, print_table, results_document, summarize_result, write_all
     from ..harness.runner import CompareConfig, execute, parse_method_opts, plan
     from ..harness.store import jsonable
     from ..images import list_inputs
+    from ..sharding import job_for
 
     names = _name_list(methods) or []
-    try:
-        config = CompareConfig(methods=names, scale=scale, data=data, out=out, degradation=degradation,
-                               lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
-                               device=device, opts=parse_method_opts(opts, names), fresh=fresh, quiet=quiet,
-                               faces=faces, detector=detector, backend=backend, max_pixels=max_pixels,
-                               max_output_pixels=max_output_pixels)
-        p = plan(config)
-        n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
-        check_writable(out)
-    except RestorekitError as exc:
-        fail_usage(str(exc))
-        return
-    total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
-    with progress_bar(total, "compare", quiet or as_json) as advance:
-        res = execute(p, progress=advance)
-    sm = summarize_result(res)
-    write_all(sm, out)
-    for m in p.metrics:
-        if m.status != "ok":
-            warn(escape(f"metric {m.name} skipped: {m.reason}"))
-    if as_json:
-        emit_json(jsonable(results_document(sm, include_images=False)) | {"results_json": str(out / "results.json")})
-    elif not quiet:
-        print_table(sm)
-        click.echo(f"reports: {out / 'report.html'}, {out / 'results.json'}, {out / 'results.csv'}", err=True)
-    for line in failure_lines(sm):
-        error_line(escape(line))
-    raise SystemExit(res.exit_code)
+    with job_for(device) as job:  # one process, or one rank of a torchrun job
+
+        def prepare() -> tuple[Plan, int]:
+            try:
+                config = CompareConfig(methods=names, scale=scale, data=data, out=out, degradation=degradation,
+                                       lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
+                                       device=device, opts=parse_method_opts(opts, names), fresh=fresh,
+                                       quiet=quiet, faces=faces, detector=detector, backend=backend,
+                                       max_pixels=max_pixels, max_output_pixels=max_output_pixels)
+                p = plan(config)
+                n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
+                check_writable(out)
+            except RestorekitError as exc:
+                raise UsageProblem(str(exc)) from None
+            return p, n_img
+
+        p, n_img = job.together(prepare)
+        total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
+        with job.progress(total, "compare", quiet or as_json) as advance:
+            res = execute(p, progress=advance, job=job)
+        if not job.is_main:  # rank 0 reports for the whole job
+            raise SystemExit(res.exit_code)
+        sm = summarize_result(res)
+        write_all(sm, out)
+        for m in p.metrics:
+            if m.status != "ok":
+                warn(escape(f"metric {m.name} skipped: {m.reason}"))
+        if as_json:
+            emit_json(jsonable(results_document(sm, include_images=False))
+                      | {"results_json": str(out / "results.json")})
+        elif not quiet:
+            print_table(sm)
+            click.echo(f"reports: {out / 'report.html'}, {out / 'results.json'}, {out / 'results.csv'}", err=True)
+        for line in failure_lines(sm):
+            error_line(escape(line))
+        raise SystemExit(res.exit_code)
 
 
 def attach(cli: click.Group) -> None:
@@ -111,5 +128,7 @@ def attach(cli: click.Group) -> None:
     bench = cli.commands.get("bench")
     if isinstance(bench, click.Group):
         from ..harness.bench import bench_harness_cmd
+        from ..harness.bench_scaleout import bench_scaleout_cmd
 
         bench.add_command(bench_harness_cmd)
+        bench.add_command(bench_scaleout_cmd)

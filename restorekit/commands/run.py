@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 
 from ..batch import check_inputs, process_files
-from ..cli import emit_json, error_line, fail_usage, warn
+from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
@@ -65,7 +66,14 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             detector: str | None,
             background: str | None, only_faces: bool, min_face: float | None, require_face: bool,
             max_shrink: float | None, backend: str, onnx_path: Path | None) -> None:
-    """Restore images with METHOD at --scale."""
+    """Restore images with METHOD at --scale.
+
+    Under torchrun (torchrun --nproc_per_node N -m restorekit run ...) every process restores
+    its share of the inputs on its own device; rank 0 shows the progress of all and prints one
+    summary.
+    """
+    from ..sharding import job_for
+
     if faces_mode == "aligned":
         used = [f for f, v in (("--detector", detector), ("--background", background), ("--only-faces", only_faces),
                                ("--min-face", min_face), ("--require-face", require_face), ("--max-shrink", max_shrink))
@@ -74,73 +82,83 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             fail_usage(f"{', '.join(used)} only apply with --faces detect")
     if onnx_path is not None and backend != "onnxruntime":
         fail_usage("--onnx only applies with --backend onnxruntime")
-    try:
-        cls = method_class(method)
-        values = method_values(cls, opts, weights)
-        validate_options(cls, values)
-        probe = cls(validate_options(cls, values))
+
+    def prepare() -> tuple[dict[str, Any], list[ImageItem]]:
         try:
-            probe.check_scale(scale)
-        except ValueError as exc:
-            fail_usage(str(exc))
-        if n_samples > 1 and cls.info.deterministic:
-            warn(f"{method} is deterministic: its {n_samples} samples will be identical")
-        items = list_inputs(input_spec)
-    except (OptionError, RestorekitError) as exc:
-        fail_usage(str(exc))
-        return
-    if not items:
-        fail_usage(f"{input_spec}: no input images")
-    limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
-              "max_output_pixels": max_output_pixels}
-    if not check_inputs(items, **limits)[0]:  # nothing can succeed: say why without building the method
-        result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
-                               quiet=quiet, label=method, on_error=error_line, **limits)
-        if as_json:
-            emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
-        elif not quiet:
-            click.echo(f"0 written, {len(result.skipped)} skipped, {len(result.failed)} failed → {output}", err=True)
+            cls = method_class(method)
+            values = method_values(cls, opts, weights)
+            validate_options(cls, values)
+            probe = cls(validate_options(cls, values))
+            try:
+                probe.check_scale(scale)
+            except ValueError as exc:
+                raise UsageProblem(str(exc)) from None
+            if n_samples > 1 and cls.info.deterministic and job.is_main:
+                warn(f"{method} is deterministic: its {n_samples} samples will be identical")
+            items = list_inputs(input_spec)
+        except (OptionError, RestorekitError) as exc:
+            raise UsageProblem(str(exc)) from None
+        if not items:
+            raise UsageProblem(f"{input_spec}: no input images")
+        return values, items
+
+    with job_for(device) as job:  # one process, or one rank of a torchrun job
+        values, items = job.together(prepare)
+        limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
+                  "max_output_pixels": max_output_pixels}
+        if not any(job.gather(bool(check_inputs(job.part(items), **limits)[0]))):
+            # nothing can succeed: say why without building the method
+            result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
+                                   quiet=quiet, label=method, on_error=error_line, job=job, **limits)
+            if as_json and job.is_main:
+                emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
+            elif not quiet and job.is_main:
+                click.echo(f"0 written, {len(result.skipped)} skipped, {len(result.failed)} failed → {output}",
+                           err=True)
+            raise SystemExit(result.exit_code)
+        m = job.together(lambda: build_method(method, values, job.device_for(device)))
+        devices = job.gather(str(m.device))
+        if backend == "onnxruntime":
+            from ..onnx_backend import onnx_method
+
+            m = onnx_method(m, onnx_path=onnx_path,
+                            log=None if quiet or not job.is_main else (lambda msg: click.echo(msg, err=True)))
+        if not quiet and job.is_main:
+            for note in getattr(m, "notes", []):
+                click.echo(note, err=True)
+
+        if faces_mode == "detect":
+            from ..faces.pipeline import run_detect
+
+            run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
+                       only_faces=only_faces, require_face=require_face, max_shrink=max_shrink, seed=seed,
+                       n_samples=n_samples, ext=ext,
+                       overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
+                       max_output_pixels=max_output_pixels)
+
+        def stems(item: ImageItem) -> list[str]:
+            return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
+
+        def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
+            # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
+            with torch.no_grad():
+                out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples).cpu()
+            outs = [out[i:i + 1] for i in range(out.shape[0])]
+            if couple:
+                outs = [side_by_side(image, o) for o in outs]
+            return list(zip(stems(item), outs))
+
+        result = process_files(items, output, restore, ext=ext, overwrite=overwrite,
+                               quiet=quiet, label=method, on_error=error_line, expected=stems,
+                               report=lambda item: list(m.last_reports), job=job, **limits)
+        if as_json and job.is_main:
+            emit_json({"method": method, "scale": scale, "device": job.describe_devices(devices),
+                       "backend": backend, **({"processes": job.world} if job.distributed else {}),
+                       **result.as_dict()})
+        elif not quiet and job.is_main:
+            click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped (exist; --overwrite "
+                       f"replaces), {len(result.failed)} failed → {output}", err=True)
         raise SystemExit(result.exit_code)
-    m = build_method(method, values, device)
-    if backend == "onnxruntime":
-        from ..onnx_backend import onnx_method
-
-        m = onnx_method(m, onnx_path=onnx_path, log=None if quiet else (lambda msg: click.echo(msg, err=True)))
-    if not quiet:
-        for note in getattr(m, "notes", []):
-            click.echo(note, err=True)
-
-    if faces_mode == "detect":
-        from ..faces.pipeline import run_detect
-
-        run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
-                   only_faces=only_faces, require_face=require_face, max_shrink=max_shrink, seed=seed,
-                   n_samples=n_samples, ext=ext,
-                   overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
-                   max_output_pixels=max_output_pixels)
-
-    def stems(item: ImageItem) -> list[str]:
-        return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
-
-    def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
-        # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
-        with torch.no_grad():
-            out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples).cpu()
-        outs = [out[i:i + 1] for i in range(out.shape[0])]
-        if couple:
-            outs = [side_by_side(image, o) for o in outs]
-        return list(zip(stems(item), outs))
-
-    result = process_files(items, output, restore, ext=ext, overwrite=overwrite,
-                           quiet=quiet, label=method, on_error=error_line, expected=stems,
-                           report=lambda item: list(m.last_reports), **limits)
-    if as_json:
-        emit_json({"method": method, "scale": scale, "device": str(m.device), "backend": backend,
-                   **result.as_dict()})
-    elif not quiet:
-        click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped (exist; --overwrite "
-                   f"replaces), {len(result.failed)} failed → {output}", err=True)
-    raise SystemExit(result.exit_code)
 
 
 def attach(cli: click.Group) -> None:

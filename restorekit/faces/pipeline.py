@@ -487,6 +487,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     from ..batch import process_files
     from ..cli import emit_json, error_line, fail_usage, warn
     from ..images import atomic_write_bytes
+    from ..sharding import current_job
     from .detectors import check_available
 
     det_name = detector or DEFAULT_DETECTOR
@@ -528,11 +529,13 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                            quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
                            expected=expected, report=lambda item: sidecars.get(str(item.path)),
                            out_scale=scale, n_outputs=n_samples, max_output_pixels=max_output_pixels)
+    if not current_job().is_main:  # under torchrun, rank 0 prints the whole job's summary
+        raise SystemExit(result.exit_code)
     if as_json:
         emit_json({"method": method.info.name, "scale": scale, "device": str(method.device), "faces": "detect",
                    "detector": det_name, "background": pipe.background_name, **result.as_dict()})
     elif not quiet:
-        n_faces = sum(s.get("faces_restored", 0) for s in sidecars.values())
+        n_faces = sum(s.get("faces_restored", 0) for s in result.reports.values() if isinstance(s, dict))
         click.echo(f"{len(result.written)} written ({n_faces} faces restored), {len(result.skipped)} skipped "
                    f"(exist; --overwrite replaces), {len(result.failed)} failed → {outdir}", err=True)
     raise SystemExit(result.exit_code)

@@ -9,4 +9,6 @@
 - :mod:`.store`: the per-(method, image, seed) JSON-lines store that makes runs resumable.
 - :mod:`.reports`: terminal table, CSV, JSON and a self-contained HTML report.
 - :mod:`.bench`: ``restorekit bench harness``, the harness's own overhead.
+- :mod:`.bench_scaleout`: ``restorekit bench scaleout``, images per second under ``torchrun``, N
+  processes against one (:mod:`restorekit.sharding` shares ``compare`` out between them).
 """

@@ -8,6 +8,10 @@ Two sources:
 - Given LR/HR pairs, matched by output name (see :func:`restorekit.images.output_names`): the HR
   is cropped to a multiple of the scale and must then be exactly ``scale`` times the LR.
 
+Under ``torchrun`` each rank makes (or checks) its share of the images (``shard=(rank, world)``:
+images ``rank, rank + world, …``); :func:`merge_shards` puts the shares back in image order on
+every rank and rank 0 records the LR files made in the manifest (:func:`update_manifest`).
+
 Images are keyed everywhere (LR cache, manifest, store, outputs) by their unique output name. Every
 method is fed the 8-bit LR exactly as written, and is scored against the cropped HR. A made LR
 passes the same size check as one read from disk (:func:`restorekit.images.check_size`), so a rerun
@@ -71,8 +75,18 @@ class InputSet:
     source: str  # "degradation:<spec>" or "lr-dir:<path>"
     failures: list[dict[str, str]] = field(default_factory=list)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # A shard's (see the module's docstring): each image's position in the whole set, the
+    # manifest it belongs to, and the entries this shard made for it (not yet written).
+    order: dict[str, int] = field(default_factory=dict)
+    manifest: Path | None = None
+    made: dict[str, dict[str, str]] = field(default_factory=dict)
     _cache: OrderedDict[str, tuple[Tensor, Tensor]] = field(default_factory=OrderedDict)
     _cached_bytes: int = 0
+
+    def portable(self) -> InputSet:
+        """This set without its decoded images: what travels between ranks."""
+        return InputSet(list(self.pairs), self.scale, self.source, list(self.failures), self.max_pixels,
+                        dict(self.order), self.manifest, dict(self.made))
 
     def load(self, pair: Pair) -> tuple[Tensor, Tensor]:
         """``(lr, hr)`` as ``1×3×h×w`` / ``1×3×H×W`` float32 in [0,1]; HR cropped to a multiple of the scale."""
@@ -107,16 +121,51 @@ def _select(items: list[ImageItem], limit: int | None) -> list[ImageItem]:
     return items[:limit] if limit is not None else items
 
 
+def merge_shards(shards: list[InputSet], local: InputSet) -> InputSet:
+    """The whole set from every rank's share (pairs and failures in image order), with ``local``'s cache."""
+    order = {stem: i for s in shards for stem, i in s.order.items()}
+    merged = InputSet(sorted((p for s in shards for p in s.pairs), key=lambda p: order[p.stem]), local.scale,
+                      local.source, sorted((f for s in shards for f in s.failures), key=lambda f: order[f["image"]]),
+                      local.max_pixels, order, local.manifest, {k: v for s in shards for k, v in s.made.items()})
+    merged._cache, merged._cached_bytes = local._cache, local._cached_bytes
+    return merged
+
+
+def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[str, str]]) -> None:
+    atomic_write_bytes(path, json.dumps({"degradation": spec, "scale": scale, "images": images}, indent=1).encode())
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        images = json.loads(path.read_text()).get("images", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return images if isinstance(images, dict) else {}
+
+
+def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:
+    """Record the LR files every shard made (rank 0, after :func:`merge_shards`); as one process would."""
+    if inputs.manifest is None or not inputs.made:
+        return
+    manifest = {} if fresh else _read_manifest(inputs.manifest)
+    manifest.update(sorted(inputs.made.items(), key=lambda kv: inputs.order.get(kv[0], -1)))
+    _write_manifest(inputs.manifest, spec, inputs.scale, manifest)
+
+
 def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit: int | None = None,
                      fresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-                     clock: Callable[[str, float], None] | None = None) -> InputSet:
+                     clock: Callable[[str, float], None] | None = None,
+                     shard: tuple[int, int] = (0, 1)) -> InputSet:
     """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures.
 
     ``clock(stage, seconds)``, when given, receives the time spent degrading (``degrade``) and
-    encoding and writing the LR files (``write_lr``), for ``bench harness``.
+    encoding and writing the LR files (``write_lr``), for ``bench harness``. ``shard=(rank,
+    world)`` with ``world > 1``: only that share of the images, and the manifest is left to
+    :func:`update_manifest`.
     """
     tick = clock or (lambda stage, seconds: None)
+    rank, world = shard
     items = _select(list_inputs(hr_spec), limit)
     if not items:
         raise RestorekitError(f"{hr_spec}: no HR images")
@@ -127,13 +176,11 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     manifest_path = folder / "manifest.json"
     manifest: dict[str, dict[str, str]] = {}
     if manifest_path.exists() and not fresh:
-        try:
-            manifest = json.loads(manifest_path.read_text()).get("images", {})
-        except (ValueError, AttributeError):
-            manifest = {}
-    inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels)
-    changed = False
-    for item in items:
+        manifest = _read_manifest(manifest_path)
+    inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels, manifest=manifest_path)
+    for index in range(rank, len(items), world):
+        item = items[index]
+        inputs.order[item.stem] = index
         lr_path = folder / f"{item.stem}.png"
         try:
             w, h = probe_size(item.path, max_pixels=max_pixels)
@@ -166,19 +213,18 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 lr_bytes = png_bytes(pil)
                 atomic_write_bytes(lr_path, lr_bytes)
                 tick("write_lr", time.perf_counter() - t0)
-                manifest[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
-                                       "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
-                                       "seed": str(degradation_seed(item.stem))}
-                changed = True
+                inputs.made[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
+                                          "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
+                                          "seed": str(degradation_seed(item.stem))}
                 inputs._cache[item.stem] = (from_pil(pil), hr)  # what reading the PNG gives
                 inputs._cached_bytes += (lr.numel() + hr.numel()) * 4
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))
         except (RestorekitError, OSError, ValueError, RuntimeError) as exc:
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
             inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
-    if changed:
-        atomic_write_bytes(manifest_path, json.dumps({"degradation": spec, "scale": scale, "images": manifest},
-                                                     indent=1).encode())
+    if inputs.made and world == 1:
+        _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made})
+        inputs.made = {}
     while inputs._cached_bytes > CACHE_BYTES and inputs._cache:
         _, (a, b) = inputs._cache.popitem(last=False)
         inputs._cached_bytes -= (a.numel() + b.numel()) * 4
@@ -186,9 +232,12 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
 
 
 def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> tuple[InputSet, list[str]]:
-    """Pair HR and LR files by output name; returns the set and the names present on one side only."""
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+               shard: tuple[int, int] = (0, 1)) -> tuple[InputSet, list[str]]:
+    """Pair HR and LR files by output name; returns the set and the names present on one side only.
+
+    ``shard=(rank, world)``: check and hash only that share of the pairs (:func:`merge_shards`).
+    """
     hr_items = {it.stem: it for it in list_inputs(hr_spec)}
     lr_items = {it.stem: it for it in list_inputs(lr_spec)}
     common = sorted(set(hr_items) & set(lr_items))
@@ -197,7 +246,9 @@ def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = No
         raise RestorekitError(f"no HR image in {hr_spec} has an LR image of the same stem in {lr_spec}")
     items = _select([hr_items[s] for s in common], limit)
     inputs = InputSet([], scale, f"lr-dir:{lr_spec}", max_pixels=max_pixels)
-    for item in items:
+    for index in range(shard[0], len(items), shard[1]):
+        item = items[index]
+        inputs.order[item.stem] = index
         lr_path = lr_items[item.stem].path
         try:
             w, h = probe_size(lr_path, max_pixels=max_pixels)

@@ -6,7 +6,9 @@
 - ``results.json``: both of the above plus the settings, device and backend, the versions of
   restorekit and of every plugin distribution, each method's license, options and weights
   (``weights_info``: names and sha256 where the method exposes them), skipped metrics with the
-  reason, and failures. Non-finite numbers: ``"Infinity"``/``"-Infinity"``, NaN as ``null``.
+  reason, and failures. Non-finite numbers: ``"Infinity"``/``"-Infinity"``, NaN as ``null``. A
+  ``torchrun`` job adds ``processes``; its stage timings are summed over them, and every number
+  that describes the results (not the run) is the one a single process writes.
 - ``report.html``: one self-contained file (inline CSS, images as base64 PNG), the table and,
   per image, a row of crops ``LR | each method | HR`` at the same place.
 """
@@ -260,6 +262,8 @@ def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, A
         "files": {"results_csv": "results.csv", "summary_csv": "summary.csv", "html": "report.html",
                   "outputs": "outputs/", "store": "results/"},
     }
+    if res.processes > 1:  # a torchrun job: same numbers, more processes
+        doc["processes"] = res.processes
     if include_images:
         doc["images"] = [{**r.to_json(), "reused": r.reused} for r in res.records]
     return doc

@@ -37,7 +37,8 @@ from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write
 from ..interfaces import Method, Metric, Options
 from ..methods import resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
-from .inputs import InputSet, Pair, from_degradation, from_pairs, png_bytes
+from ..sharding import Job, current_job
+from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim
 from .store import Record, ResultStore, safe_name, settings_hash
 
@@ -143,9 +144,10 @@ class CompareResult:
     inputs: InputSet
     records: list[Record]
     unmatched: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (summed over processes)
     started: str = ""
     wall_s: float = 0.0
+    processes: int = 1  # torchrun processes that ran it
 
     @property
     def failures(self) -> list[Record]:
@@ -346,83 +348,198 @@ def _build(mp: MethodPlan, device: torch.device, backend: str = "torch") -> Meth
     return m
 
 
-def execute(p: Plan, progress: Callable[[str], None] | None = None) -> CompareResult:
-    """Run every method on every image and seed, reusing stored results unless ``fresh``."""
+@dataclass
+class _Built:
+    """What building a method on one rank found out (rank 0 merges every rank's)."""
+
+    device: str
+    precision: str
+    backend: str
+    weights: dict[str, Any] | None
+    load_error: str | None
+
+
+def _make_inputs(p: Plan, job: Job, clock: _Clock) -> tuple[InputSet, list[str]]:
+    """The run's (LR, HR) pairs; under ``torchrun`` each rank makes its share and every rank gets all."""
+    cfg = p.config
+    shard = (job.rank, job.world)
+    if cfg.lr_dir is not None:
+        return from_pairs(cfg.data, cfg.lr_dir, cfg.scale, limit=cfg.limit, max_pixels=cfg.max_pixels,
+                          max_output_pixels=cfg.max_output_pixels, shard=shard)
+    inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, cfg.out, limit=cfg.limit,
+                              fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels,
+                              clock=clock.add, shard=shard)  # "degrade" and "write_lr" are also inside "inputs"
+    return inputs, []
+
+
+def _agree_on_metrics(metrics: list[MetricState], job: Job) -> None:
+    """A metric skipped on any rank is skipped on all, so every record has the same metrics."""
+    if not job.distributed:
+        return
+    skipped: dict[str, str | None] = {}
+    for statuses in job.gather({m.name: m.reason for m in metrics if m.status != "ok"}):
+        for name, reason in statuses.items():
+            skipped.setdefault(name, reason)
+    for m in metrics:
+        if m.name in skipped and m.status == "ok":
+            m.instance, m.status, m.reason = None, "skipped", skipped[m.name]
+
+
+def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | None = None) -> CompareResult:
+    """Run every method on every image and seed, reusing stored results unless ``fresh``.
+
+    Three steps, the same alone or as one rank of a ``torchrun`` job (``job``, default the
+    current one): find the (method, image, seed) units already complete in the store (each rank
+    checks its share); deal the rest out — rank ``r`` takes every ``W``-th, so a resumed job
+    splits what is left evenly — and run them, each rank appending to its own part of the store;
+    gather every rank's records, in the order one process makes them, so the aggregates and
+    reports are the same numbers bit for bit. Rank 0 alone writes ``compare.json``, the
+    manifest, the method meta and the compacted store.
+    """
+    job = job or current_job()
     cfg = p.config
     t_start = time.perf_counter()
     clock = _Clock()
     out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    claim(p)  # one configuration per --out folder (refused, or cleared with --fresh)
+    if job.device is not None:
+        p.device = job.device  # this rank's own: cuda:LOCAL_RANK or the CPU
+
+    def claim_folder() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        if job.is_main:
+            claim(p)  # one configuration per --out folder (refused, or cleared with --fresh)
+            if cfg.fresh:
+                whole = ResultStore(out)
+                for mp in p.methods:
+                    whole.clear(mp.name)
+
+    job.together(claim_folder)
     t0 = time.perf_counter()
-    unmatched: list[str] = []
-    if cfg.lr_dir is not None:
-        inputs, unmatched = from_pairs(cfg.data, cfg.lr_dir, cfg.scale, limit=cfg.limit, max_pixels=cfg.max_pixels,
-                                       max_output_pixels=cfg.max_output_pixels)
-    else:
-        inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, out, limit=cfg.limit,
-                                  fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels,
-                                  clock=clock.add)  # "degrade" and "write_lr" are also inside "inputs"
+    inputs, unmatched = job.together(lambda: _make_inputs(p, job, clock))
+    if job.distributed:
+        inputs = merge_shards(job.gather(inputs.portable()), inputs)
+        if job.is_main and p.degradation is not None:
+            update_manifest(inputs, p.degradation, cfg.fresh)
     clock.add("inputs", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    setup_metrics(p.metrics, _metric_device(p.device))
-    clock.add("metric_setup", time.perf_counter() - t0)
     mdev = _metric_device(p.device)
+    setup_metrics(p.metrics, mdev)
+    _agree_on_metrics(p.metrics, job)
+    clock.add("metric_setup", time.perf_counter() - t0)
     active = [m for m in p.metrics if m.instance is not None]
 
-    store = ResultStore(out)
-    records: list[Record] = []
-    for mp in p.methods:
-        if cfg.fresh:
-            store.clear(mp.name)
-        stored = store.load(mp.name)
+    store = ResultStore(out, part=f"rank{job.rank}" if job.distributed else None)
+    stored = {mp.name: store.load(mp.name) for mp in p.methods}
+    units = [(mi, pi, seed) for mi, mp in enumerate(p.methods) for pi in range(len(inputs.pairs))
+             for seed in mp.seeds]
+    records: dict[int, Record] = {}
+
+    def advance(g: int) -> None:
+        if progress is not None:
+            mi, pi, _ = units[g]
+            progress(f"{p.methods[mi].name} {inputs.pairs[pi].stem}")
+
+    # 1. Units complete in the store (each rank checks its share).
+    for g in job.indices(len(units)):
+        mi, pi, seed = units[g]
+        rec = _complete(p, p.methods[mi], inputs.pairs[pi], seed, store, stored[p.methods[mi].name], active, clock)
+        if rec is not None:
+            records[g] = rec
+            advance(g)
+    done = {g for share in job.gather(sorted(records)) for g in share}
+
+    # 2. This rank's share of the rest, method by method (each built lazily, once).
+    todo = job.part([g for g in range(len(units)) if g not in done])
+    built: dict[str, _Built] = {}
+    for mi, mp in enumerate(p.methods):
         method: Method | None = None
-        built = False
         first_call = True
-        run_records: list[Record] = []
-        for pair in inputs.pairs:
-            for seed in mp.seeds:
-                rec = _reuse(p, mp, pair, seed, inputs, store, stored, active, mdev, clock)
-                if rec is None:  # needs the method: build lazily, once
-                    if not built:
-                        t0 = time.perf_counter()
-                        method = _build(mp, p.device, cfg.backend)
-                        clock.add("method_load", time.perf_counter() - t0)
-                        built = True
-                        if method is not None:
-                            store.save_meta(mp.name, mp.settings_hash, {
-                                "device": mp.device, "precision": mp.precision, "backend": mp.backend,
-                                "weights": mp.weights_info})
-                    rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
-                    if rec.ms is not None:
-                        first_call = False
+        for g in (g for g in todo if units[g][0] == mi):
+            _, pi, seed = units[g]
+            pair = inputs.pairs[pi]
+            rec = _reuse(p, mp, pair, seed, inputs, store, stored[mp.name], active, mdev, clock)
+            if rec is None:  # needs the method
+                if mp.name not in built:
                     t0 = time.perf_counter()
-                    store.append(rec)
-                    clock.add("store", time.perf_counter() - t0)
-                run_records.append(rec)
-                if progress is not None:
-                    progress(f"{mp.name} {pair.stem}")
-        t0 = time.perf_counter()
-        store.compact(mp.name, run_records)
-        clock.add("store", time.perf_counter() - t0)
-        records.extend(run_records)
-        if not built:  # everything reused: what the building run recorded
-            meta = store.load_meta(mp.name, mp.settings_hash) or {}
-            mp.device = str(meta.get("device") or "")
-            mp.precision = str(meta.get("precision") or mp.precision)
-            mp.backend = str(meta.get("backend") or mp.backend)
-            mp.weights_info = meta.get("weights") if isinstance(meta.get("weights"), dict) else None
-        if not mp.device:
-            mp.device = _device_name(p.device)
+                    method = _build(mp, p.device, cfg.backend)
+                    clock.add("method_load", time.perf_counter() - t0)
+                    built[mp.name] = _Built(mp.device, mp.precision, mp.backend, mp.weights_info, mp.load_error)
+                    if method is not None and job.is_main:
+                        store.save_meta(mp.name, mp.settings_hash, {
+                            "device": mp.device, "precision": mp.precision, "backend": mp.backend,
+                            "weights": mp.weights_info})
+                rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
+                if rec.ms is not None:
+                    first_call = False
+                t0 = time.perf_counter()
+                store.append(rec)
+                clock.add("store", time.perf_counter() - t0)
+            records[g] = rec
+            advance(g)
         del method
         if p.device.type == "cuda":
             torch.cuda.empty_cache()
     store.close()
-    res = CompareResult(p, inputs, records, unmatched, clock.t,
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    # 3. Every rank's records, in one process's order; rank 0 keeps the store.
+    shares = job.gather((records, built, clock.t))
+    job.settled = True
+    merged: dict[int, Record] = {}
+    timings: dict[str, float] = {}
+    for recs, _, t in shares:
+        merged.update(recs)
+        for stage, seconds in t.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+    ordered = [merged[g] for g in range(len(units))]
+    for mp in p.methods:
+        _settle_method(p, mp, [b[mp.name] for _, b, _ in shares if mp.name in b], store, job)
+        if job.is_main:
+            t0 = time.perf_counter()
+            store.compact(mp.name, [r for r in ordered if r.method == mp.name])
+            clock.add("store", time.perf_counter() - t0)
+    res = CompareResult(p, inputs, ordered, unmatched, timings if job.distributed else clock.t,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), processes=job.world)
     res.wall_s = time.perf_counter() - t_start
     return res
+
+
+def _settle_method(p: Plan, mp: MethodPlan, builds: list[_Built], store: ResultStore, job: Job) -> None:
+    """``mp``'s device, precision, backend and weights: as built (on every rank that did), else as stored."""
+    if builds:
+        ok = [b for b in builds if b.load_error is None]
+        mp.load_error = next((b.load_error for b in builds if b.load_error is not None), None)
+        if ok:
+            mp.device = job.describe_devices([b.device for b in ok])
+            mp.precision, mp.backend, mp.weights_info = ok[0].precision, ok[0].backend, ok[0].weights
+            if job.distributed and job.is_main:
+                store.save_meta(mp.name, mp.settings_hash, {"device": mp.device, "precision": mp.precision,
+                                                            "backend": mp.backend, "weights": mp.weights_info})
+    else:  # everything reused: what the building run recorded
+        meta = store.load_meta(mp.name, mp.settings_hash) or {}
+        mp.device = str(meta.get("device") or "")
+        mp.precision = str(meta.get("precision") or mp.precision)
+        mp.backend = str(meta.get("backend") or mp.backend)
+        mp.weights_info = meta.get("weights") if isinstance(meta.get("weights"), dict) else None
+    if not mp.device:
+        mp.device = _device_name(p.device)
+
+
+def _complete(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, store: ResultStore, stored: dict[Any, Record],
+              active: list[MetricState], clock: _Clock) -> Record | None:
+    """The stored record for this key when it can be reused as it is (every active metric scored)."""
+    if p.config.fresh:
+        return None
+    t0 = time.perf_counter()
+    rec = stored.get((mp.name, pair.stem, seed, mp.settings_hash, pair.input_hash))
+    ok = store.reusable(rec)
+    clock.add("store", time.perf_counter() - t0)
+    if not ok or rec is None:
+        return None
+    if any(m.name not in (rec.metrics or {}) or m.name in (rec.metric_errors or {}) for m in active):
+        return None  # scored by its rank in step 2
+    rec.reused = True
+    return rec
 
 
 def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet, store: ResultStore,

@@ -4,6 +4,11 @@ A record is reused by a later run when its key (method, image stem, seed, settin
 hash) matches, it succeeded, and the output PNG it names still has the recorded sha256. Later
 lines supersede earlier ones; :meth:`ResultStore.compact` rewrites a file to one line per key.
 
+Under ``torchrun`` each rank appends to its own part, ``results/parts/<method>/rank<R>.jsonl``
+(one writer per file, whatever the file system), and rank 0 compacts the parts into
+``<method>.jsonl`` once every rank is done. Reading takes the main file, then the parts oldest
+first, so a job killed before that still resumes — under any number of processes.
+
 Non-finite numbers are written the same way everywhere (store, results.json): ``+inf`` as the
 string ``"Infinity"``, ``-inf`` as ``"-Infinity"``, NaN (a missing value) as ``null``.
 """
@@ -133,29 +138,46 @@ class Record:
 
 
 class ResultStore:
-    """``OUT/results/<method>.jsonl`` files, appended to as results arrive (crash-safe resume)."""
+    """``OUT/results/<method>.jsonl`` files, appended to as results arrive (crash-safe resume).
 
-    def __init__(self, out: Path) -> None:
+    ``part``: this process appends to ``results/parts/<method>/<part>.jsonl`` instead (one rank
+    of a ``torchrun`` job); :meth:`compact` folds every part into the main file.
+    """
+
+    def __init__(self, out: Path, part: str | None = None) -> None:
         self.out = out
         self.folder = out / "results"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.part = part
         self._handles: dict[str, Any] = {}
 
     def path(self, method: str) -> Path:
         return self.folder / f"{safe_name(method)}.jsonl"
 
+    def parts_folder(self, method: str) -> Path:
+        return self.folder / "parts" / safe_name(method)
+
+    def part_paths(self, method: str) -> list[Path]:
+        """The parts of ``method`` that ranks appended to, oldest first."""
+        folder = self.parts_folder(method)
+        if not folder.is_dir():
+            return []
+        return sorted(folder.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
     def load(self, method: str) -> dict[Key, Record]:
-        """The latest record per key for ``method`` (unreadable lines are ignored)."""
-        p = self.path(method)
+        """The latest record per key for ``method``: main file, then parts (unreadable lines are ignored)."""
         out: dict[Key, Record] = {}
-        if not p.exists():
-            return out
-        for line in p.read_text().splitlines():
+        for p in [self.path(method), *self.part_paths(method)]:
             try:
-                rec = Record.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash
-            out[rec.key] = rec
+                text = p.read_text()
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                try:
+                    rec = Record.from_json(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash
+                out[rec.key] = rec
         return out
 
     def reusable(self, rec: Record | None) -> bool:
@@ -190,11 +212,26 @@ class ResultStore:
         self.close(method)
         self.path(method).unlink(missing_ok=True)
         self.meta_path(method).unlink(missing_ok=True)
+        self._remove_parts(method)
+
+    def _remove_parts(self, method: str) -> None:
+        for p in self.part_paths(method):
+            p.unlink(missing_ok=True)
+        for folder in (self.parts_folder(method), self.folder / "parts"):
+            try:
+                folder.rmdir()
+            except OSError:  # absent, or other methods' parts are still there
+                pass
 
     def append(self, rec: Record) -> None:
         f = self._handles.get(rec.method)
         if f is None:
-            f = self._handles[rec.method] = open(self.path(rec.method), "a", encoding="utf-8")
+            if self.part is None:
+                path = self.path(rec.method)
+            else:
+                path = self.parts_folder(rec.method) / f"{self.part}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+            f = self._handles[rec.method] = open(path, "a", encoding="utf-8")
         f.write(dumps(rec.to_json()) + "\n")
         f.flush()
 
@@ -205,9 +242,13 @@ class ResultStore:
                 f.close()
 
     def compact(self, method: str, keep: list[Record]) -> None:
-        """Rewrite ``method``'s file with ``keep`` plus older successes for other settings."""
+        """Rewrite ``method``'s file with ``keep`` plus older successes for other settings; drop its parts.
+
+        Under ``torchrun`` only rank 0 calls this, after every rank is done appending.
+        """
         self.close(method)
         current = {r.key for r in keep}
         others = [r for k, r in self.load(method).items() if k not in current and r.status == "ok"]
         lines = [dumps(r.to_json()) for r in others + keep]
         atomic_write_bytes(self.path(method), ("\n".join(lines) + "\n").encode() if lines else b"")
+        self._remove_parts(method)

@@ -48,14 +48,18 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (idempotent); else a single process."""
+def init_distributed(device: str = "auto", backend: str | None = None) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (idempotent); else a single process.
+
+    ``backend``: the default is NCCL on CUDA and gloo on CPU (what gradient all-reduces want);
+    ``run`` and ``compare`` pass gloo, since only Python objects travel between their ranks.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     dev = pick_device(device, local)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"))
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)

@@ -1,0 +1,299 @@
+"""``run`` and ``compare`` as one job over the processes of a ``torchrun`` launch.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) every process joins a gloo group — only small Python
+objects travel between ranks — and works on its own device: ``cuda:LOCAL_RANK``, or the CPU with
+its share of the cores (``cpu_count // LOCAL_WORLD_SIZE`` threads, fewer when
+``OMP_NUM_THREADS`` says so; ``torchrun`` sets 1 unless told otherwise).
+
+Work is dealt deterministically: every rank computes the same list, and rank ``r`` of ``W`` takes
+items ``r, r + W, r + 2W, …`` (:meth:`Job.part`). Ranks meet only at a few named points
+(:meth:`Job.sync`), where they wait by polling the launcher's key-value store instead of inside a
+collective, so a rank that finishes its share long before the others hits no collective timeout;
+a rank that fails before the end sets an ``abort`` key that releases the waiting ones.
+
+Without ``torchrun`` :data:`SINGLE` is the job: one rank, every helper the identity, no group.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+import torch
+
+from .errors import RestorekitError
+
+if TYPE_CHECKING:  # imported when a job starts: ``restorekit.training`` costs a start-up otherwise
+    from .training.distributed import DistInfo
+
+T = TypeVar("T")
+
+_PREFIX = "restorekit/"
+_ABORT = _PREFIX + "abort"
+
+
+def launched() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE > 1``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code a command ends with when ``exc`` escapes it (see ``restorekit.cli``)."""
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code
+    if isinstance(exc, (RestorekitError, OSError)):
+        return 2
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+class Job:
+    """This process's place in a ``run``/``compare`` job, and the few ways ranks meet."""
+
+    def __init__(self, info: DistInfo | None = None, store: Any | None = None) -> None:
+        self.info = info  # None: a single process
+        self._store = store  # the launcher's c10d store (None: a single process)
+        self._points = 0  # named meeting points passed, the same sequence on every rank
+        self._on_wait: Callable[[], None] | None = None
+        self.settled = False  # the final merge is done: the ranks may now end in any order
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.info is None else self.info.rank
+
+    @property
+    def world(self) -> int:
+        return 1 if self.info is None else self.info.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def device(self) -> torch.device | None:
+        """This rank's device (``cuda:LOCAL_RANK`` or the CPU); None alone (the command's own choice)."""
+        return None if self.info is None else self.info.device
+
+    def device_for(self, requested: str) -> str:
+        """The device to build on: the requested one alone, this rank's in a job."""
+        return requested if self.device is None else str(self.device)
+
+    def part(self, seq: Sequence[T]) -> list[T]:
+        """This rank's share of ``seq``: items ``rank, rank + world, …`` (all of it alone)."""
+        return list(seq[self.rank::self.world])
+
+    def indices(self, n: int) -> range:
+        """The indices of this rank's share of a list of ``n``."""
+        return range(self.rank, n, self.world)
+
+    # ----------------------------------------------------------------------------------------
+    # Meeting points
+
+    def _aborted(self) -> int | None:
+        if self._store is None or not self._store.check([_ABORT]):
+            return None
+        try:
+            return int(self._store.get(_ABORT).decode())
+        except (ValueError, RuntimeError):
+            return 1
+
+    def sync(self) -> None:
+        """Wait until every rank reaches this point (polling; no collective timeout applies).
+
+        Raises ``SystemExit`` with the failing rank's exit code when another rank aborted
+        (that rank has said why).
+        """
+        if self._store is None:
+            return
+        self._points += 1
+        key = f"{_PREFIX}point/{self._points}"
+        self._store.add(key, 1)
+        pause = 0.005
+        while int(self._store.add(key, 0)) < self.world:
+            code = self._aborted()
+            if code is not None:
+                raise SystemExit(code)
+            if self._on_wait is not None:
+                self._on_wait()
+            time.sleep(pause)
+            pause = min(0.25, pause * 1.5)
+
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's ``obj``, in rank order, on every rank (``[obj]`` alone)."""
+        if self.info is None or not self.distributed:
+            return [obj]
+        from .training.distributed import all_gather_objects
+
+        self.sync()
+        return all_gather_objects(self.info, obj)
+
+    def together(self, fn: Callable[[], T]) -> T:
+        """Run a set-up step on every rank and agree on its outcome before anyone goes on.
+
+        When it fails anywhere, the lowest failing rank raises its error (said once) and the
+        others end with the same exit code; a rank whose own error differs raises it too.
+        """
+        if not self.distributed:
+            return fn()
+        value: Any = None
+        error: Exception | None = None
+        try:
+            value = fn()
+        except Exception as exc:  # agreed on below, then raised where it is said
+            error = exc
+        said = self.gather(None if error is None else (str(error), exit_code_of(error)))
+        failing = [(r, s) for r, s in enumerate(said) if s is not None]
+        if not failing:
+            return value  # type: ignore[no-any-return]
+        self.settled = True  # every rank ends here: no rank is left waiting
+        first_rank, (first_msg, first_code) = failing[0]
+        if error is not None and (self.rank == first_rank or str(error) != first_msg):
+            raise error
+        raise SystemExit(first_code)
+
+    def abort(self, code: int) -> None:
+        """Tell the other ranks this one is ending before the job's end (they stop waiting)."""
+        if self._store is not None:
+            try:
+                self._store.set(_ABORT, str(code or 1))
+            except Exception:  # the store went with the launcher: nobody is left waiting
+                pass
+
+    # ----------------------------------------------------------------------------------------
+    # Progress
+
+    @contextmanager
+    def progress(self, total: int, label: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+        """A progress bar shown once (rank 0) counting every rank's steps; yields ``advance(description)``."""
+        from .batch import progress_bar
+
+        if self._store is None:
+            with progress_bar(total, label, quiet) as advance:
+                yield advance
+            return
+        store = self._store
+        self._points += 1
+        key = f"{_PREFIX}progress/{self._points}"
+        if not self.is_main:
+            yield lambda desc: store.add(key, 1)
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                      disable=quiet or total <= 1) as prog:
+            task = prog.add_task(f"{label} ({self.world} processes)", total=total)
+
+            def refresh(desc: str | None = None) -> None:
+                done = int(store.add(key, 0))
+                if desc is None:
+                    prog.update(task, completed=done)
+                else:
+                    prog.update(task, completed=done, description=f"{label} ({self.world} processes) {desc}")
+
+            def advance(desc: str) -> None:
+                store.add(key, 1)
+                refresh(desc)
+
+            self._on_wait = refresh
+            try:
+                yield advance
+            finally:
+                self._on_wait = None
+
+    def describe_devices(self, names: list[str]) -> str:
+        """One device description for the ranks' ``names`` (``cuda:3 (…)`` counted as ``cuda (…)``)."""
+        if not names:
+            return ""
+        if len(names) == 1 and not self.distributed:
+            return names[0]
+        shown = list(dict.fromkeys(re.sub(r"^cuda:\d+", "cuda", n) for n in names))
+        if len(shown) == 1:
+            return f"{shown[0]} × {len(names)} processes"
+        return f"{', '.join(shown)} ({len(names)} processes)"
+
+
+SINGLE = Job()
+_current: Job = SINGLE
+
+
+def current_job() -> Job:
+    """The job this process is part of (:data:`SINGLE` outside :func:`job_for`)."""
+    return _current
+
+
+def cpu_share() -> int:
+    """Threads for one of ``LOCAL_WORLD_SIZE`` processes on this machine's cores (never more than asked)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(torch.get_num_threads(), cores // local))
+
+
+@contextmanager
+def job_for(device: str) -> Iterator[Job]:
+    """The job of a ``run``/``compare`` command: joined here under ``torchrun``, left at the end.
+
+    At the end every rank waits for the others (rank 0 may still be writing reports), unless
+    this rank ends early, which it tells the others through the abort key.
+    """
+    global _current
+    if not launched():
+        yield SINGLE
+        return
+    from torch.distributed import distributed_c10d
+
+    from .training.distributed import init_distributed
+
+    try:
+        info = init_distributed(device, backend="gloo")
+    except RuntimeError as exc:  # no CUDA device on this rank
+        raise RestorekitError(f"--device {device}: {exc}") from None
+    job = Job(info, distributed_c10d._get_default_store())
+    if info.device.type == "cpu":
+        torch.set_num_threads(cpu_share())
+    _current = job
+    try:
+        yield job
+    except BaseException as exc:
+        if job.settled:
+            _end(job)
+        else:
+            job.abort(exit_code_of(exc))
+            _leave(job)
+        raise
+    else:
+        _end(job)
+    finally:
+        _current = SINGLE
+
+
+def _end(job: Job) -> None:
+    try:
+        job.sync()
+    finally:
+        _leave(job)
+
+
+def _leave(job: Job) -> None:
+    from .training.distributed import cleanup
+
+    if job.info is not None:
+        cleanup(job.info)

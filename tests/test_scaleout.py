@@ -1,0 +1,348 @@
+"""`run` and `compare` under torchrun: sharding, merging, resuming — the same results as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from restorekit.degradations import parse_spec
+from restorekit.harness.inputs import from_degradation, merge_shards, update_manifest
+from restorekit.harness.store import Record, ResultStore
+from restorekit.sharding import SINGLE, Job, cpu_share, exit_code_of
+from restorekit.testing.data import smooth_image
+
+# A throwaway plugin: a deterministic method that fails on 24-px-wide inputs and a stochastic one.
+# Each restore is logged (method, rank, LR digest, seed); with RK_DIE_AFTER=K rank 1 dies at its
+# (K+1)-th restore, like a crashed or OOM-killed process (torchrun then stops the others).
+SCALEOUT_PLUGIN = '''
+import hashlib
+import os
+import time
+from typing import ClassVar
+import torch
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo
+
+CALLS = 0
+
+
+def _log(name, lr, seed):
+    global CALLS
+    CALLS += 1
+    die = int(os.environ.get("RK_DIE_AFTER", "0"))
+    if die and os.environ.get("RANK") == "1" and CALLS > die:
+        os._exit(17)
+    time.sleep(float(os.environ.get("RK_SLEEP", "0")))
+    digest = hashlib.sha1(lr.numpy().tobytes()).hexdigest()[:12]
+    with open(os.environ["RK_TEST_CALLS"], "a") as f:
+        f.write(f"{name} {os.environ.get('RANK', '-')} {digest} {seed}\\n")
+
+
+class Sharp(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="sharp3p", summary="nearest, sharpened; fails on 24-px-wide inputs")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        _log("sharp3p", lr, seed)
+        if lr.shape[-1] == 24:
+            raise RuntimeError("cannot handle a 24-px-wide input")
+        up = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+        blur = torch.nn.functional.avg_pool2d(up, 3, stride=1, padding=1, count_include_pad=False)
+        return (up + 0.7 * (up - blur)).clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class Jitter(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="jitter3p", summary="bilinear plus seeded noise",
+                                            deterministic=False)
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        _log("jitter3p", lr, seed)
+        up = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="bilinear", align_corners=False)
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        noise = torch.randn((n_samples, *up.shape[1:]), generator=g)
+        return (up + 0.03 * noise).clamp(0, 1)
+
+
+@hookimpl
+def register_methods(register):
+    register(Sharp)
+    register(Jitter)
+'''
+
+METRICS = "psnr_y_crop,ssim_y_crop,psnr_rgb,lr_consistency"
+# What differs between two runs of the same command whatever the number of processes.
+RUN_ONLY = ("ms", "warmup", "peak_mem_mb", "reused")
+
+
+@pytest.fixture
+def hr9(tmp_path: Path) -> Path:
+    """Eight 32×32 images and one 48-px-wide one (sharp3p fails on its ×2 LR)."""
+    d = tmp_path / "hr"
+    d.mkdir()
+    for i in range(8):
+        Image.fromarray(smooth_image(32, 32, i)).save(d / f"img{i}.png")
+    Image.fromarray(smooth_image(32, 48, 9)).save(d / "narrow.png")
+    return d
+
+
+@pytest.fixture
+def scaleout_plugin(plugin_site, tmp_path, monkeypatch) -> Path:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("RK_TEST_CALLS", str(calls))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plugin_site("thirdparty-scaleout", "thirdparty_scaleout", SCALEOUT_PLUGIN)
+    return calls
+
+
+def restorekit(*args: str, processes: int = 1, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m restorekit ARGS``, or under ``torchrun --nproc_per_node PROCESSES``."""
+    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                          str(processes)]
+    cmd = [sys.executable, *launcher, "-m", "restorekit", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=240)
+
+
+def _calls(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _comparable(doc: dict) -> dict:
+    """results.json without what describes the run rather than the results."""
+    return {"images": [{k: v for k, v in img.items() if k not in RUN_ONLY} for img in doc["images"]],
+            "aggregates": [{k: v for k, v in m["aggregate"].items() if k not in ("runtime_ms", "warmup_ms",
+                                                                                 "peak_mem_mb")}
+                           for m in doc["methods"]],
+            "failures": doc["failures"], "inputs": doc["inputs"], "best": {k: v for k, v in doc["best"].items()
+                                                                           if k != "runtime"},
+            "settings": doc["settings"] | {"out": None}, "exit_code": doc["exit_code"]}
+
+
+# --------------------------------------------------------------------------------------------
+# In-process: the pieces a job is made of
+
+
+def test_single_process_job_is_the_identity():
+    assert (SINGLE.rank, SINGLE.world, SINGLE.is_main, SINGLE.distributed, SINGLE.device) == (0, 1, True, False, None)
+    assert SINGLE.part([3, 1, 2]) == [3, 1, 2] and list(SINGLE.indices(3)) == [0, 1, 2]
+    assert SINGLE.gather({"a": 1}) == [{"a": 1}] and SINGLE.together(lambda: 7) == 7
+    with pytest.raises(ValueError, match="boom"):
+        SINGLE.together(lambda: (_ for _ in ()).throw(ValueError("boom")))
+    assert SINGLE.device_for("auto") == "auto"
+    assert SINGLE.describe_devices(["cpu (x86_64, 4 threads)"]) == "cpu (x86_64, 4 threads)"
+
+
+def test_a_rank_takes_every_world_th_item_and_devices_are_described_once():
+    from restorekit.training.distributed import DistInfo
+
+    jobs = [Job(DistInfo(rank=r, world_size=3, local_rank=r)) for r in range(3)]
+    shares = [j.part(list("abcdefg")) for j in jobs]
+    assert shares == [["a", "d", "g"], ["b", "e"], ["c", "f"]]
+    assert sorted(sum(shares, [])) == list("abcdefg")
+    assert [list(j.indices(7)) for j in jobs] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert jobs[1].describe_devices(["cuda:0 (H200)", "cuda:1 (H200)"]) == "cuda (H200) × 2 processes"
+    assert jobs[0].describe_devices(["cpu (x, 1 threads)", "cuda:0 (H200)"]) == \
+        "cpu (x, 1 threads), cuda (H200) (2 processes)"
+
+
+def test_cpu_share_divides_the_cores_between_local_processes(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 4))
+    assert cpu_share() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert cpu_share() == max(1, min(threads, cores))
+
+
+def test_exit_codes_of_what_ends_a_rank():
+    from restorekit.cli import UsageProblem
+    from restorekit.errors import RestorekitError
+
+    assert [exit_code_of(e) for e in (UsageProblem("x"), RestorekitError("x"), OSError("x"), SystemExit(143),
+                                      SystemExit(None), RuntimeError("x"))] == [2, 2, 2, 143, 0, 1]
+
+
+def test_input_shards_merge_into_what_one_process_makes(tmp_path, hr9):
+    (hr9 / "broken.png").write_bytes(b"not an image")
+    chain = parse_spec("bicubic:2+noise:3")
+    whole = from_degradation(str(hr9), chain, 2, tmp_path / "one")
+    shards = [from_degradation(str(hr9), chain, 2, tmp_path / "two", shard=(r, 2)) for r in range(2)]
+    assert [len(s.pairs) + len(s.failures) for s in shards] == [5, 5]
+    merged = merge_shards([s.portable() for s in shards], shards[1])
+    assert [(p.stem, p.input_hash) for p in merged.pairs] == [(p.stem, p.input_hash) for p in whole.pairs]
+    assert [f["image"] for f in merged.failures] == [f["image"] for f in whole.failures] == ["broken"]
+    assert merged._cache is shards[1]._cache  # a rank keeps its own decoded images only
+    manifest = next((tmp_path / "two" / "inputs").glob("*/manifest.json"), None)
+    assert manifest is None  # shards leave the manifest to rank 0
+    update_manifest(merged, chain.spec(), fresh=False)
+    one = json.loads(next((tmp_path / "one" / "inputs").glob("*/manifest.json")).read_text())
+    two = json.loads(next((tmp_path / "two" / "inputs").glob("*/manifest.json")).read_text())
+    assert list(one["images"]) == list(two["images"])
+    for stem, entry in one["images"].items():
+        assert {k: v for k, v in entry.items() if k != "hr"} == \
+            {k: v for k, v in two["images"][stem].items() if k != "hr"}
+    # A second pass of each shard reuses the LR files the first made: nothing is made again.
+    again = [from_degradation(str(hr9), chain, 2, tmp_path / "two", shard=(r, 2)) for r in range(2)]
+    assert all(not s.made for s in again)
+
+
+def test_store_parts_are_read_on_resume_and_folded_by_compact(tmp_path):
+    def rec(image: str, status: str = "ok") -> Record:
+        return Record("m", image, None, "s", "h", status, metrics={"psnr": 30.0})
+
+    main = ResultStore(tmp_path)
+    main.append(rec("a", "failed"))
+    main.close()
+    for rank, images in enumerate((["a", "c"], ["b"])):
+        part = ResultStore(tmp_path, part=f"rank{rank}")
+        for image in images:
+            part.append(rec(image))
+        part.close()
+    assert sorted(p.name for p in main.part_paths("m")) == ["rank0.jsonl", "rank1.jsonl"]
+    loaded = ResultStore(tmp_path).load("m")  # a single process resuming a killed job sees every rank's work
+    assert {k[1]: r.status for k, r in loaded.items()} == {"a": "ok", "b": "ok", "c": "ok"}
+    main.compact("m", list(loaded.values()))
+    assert main.part_paths("m") == [] and not (tmp_path / "results" / "parts").exists()
+    assert {k[1] for k in ResultStore(tmp_path).load("m")} == {"a", "b", "c"}
+    part = ResultStore(tmp_path, part="rank0")
+    part.append(rec("d"))
+    part.close()
+    main.clear("m")
+    assert ResultStore(tmp_path).load("m") == {} and main.part_paths("m") == []
+
+
+# --------------------------------------------------------------------------------------------
+# torchrun: two CPU processes (gloo) against one
+
+
+@pytest.mark.slow
+def test_compare_on_two_processes_gives_one_process_numbers(scaleout_plugin, hr9, tmp_path):
+    args = ["compare", "--methods", "sharp3p,jitter3p", "--scale", "2", "--data", str(hr9), "--seeds", "0,1",
+            "--metrics", METRICS, "--degradation", "bicubic:2+noise:2", "--device", "cpu", "--json"]
+    one = restorekit(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 1, one.stderr[-2000:]  # sharp3p fails on the narrow image
+    calls_one = _calls(scaleout_plugin)
+    scaleout_plugin.unlink()
+    two = restorekit(*args, "--out", str(tmp_path / "two"), processes=2)
+    assert two.returncode != 0 and "exitcode  : 1" in two.stderr, two.stderr[-2000:]
+    calls_two = _calls(scaleout_plugin)
+
+    # Each (method, image, seed) ran once, shared between both ranks.
+    key = [(c[0], c[2], c[3]) for c in calls_two]
+    assert Counter(key) == Counter((c[0], c[2], c[3]) for c in calls_one) and len(set(key)) == len(key) == 9 + 18
+    assert {c[1] for c in calls_two} == {"0", "1"}
+    # One JSON summary on stdout (rank 0's), and the failure said once, by the rank it happened on.
+    summary = json.loads(two.stdout)
+    assert summary["processes"] == 2 and summary["exit_code"] == 1
+    assert two.stderr.count("cannot handle a 24-px-wide input") == 1
+    doc1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    doc2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert doc2["processes"] == 2 and "processes" not in doc1
+    assert _comparable(doc1) == _comparable(doc2)  # every number, bit for bit (JSON keeps a float's exact value)
+    sharp = next(m for m in doc2["methods"] if m["name"] == "sharp3p")
+    assert sharp["device"] == "cpu (" + doc1["methods"][0]["device"].split(" (", 1)[1] + " × 2 processes"
+    assert sharp["aggregate"]["failed"] == 1 and sharp["aggregate"]["ok"] == 8
+    for name in ("summary.csv", "inputs"):
+        assert (tmp_path / "two" / name).exists()
+    for f in sorted((tmp_path / "one" / "outputs").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "two" / f.relative_to(tmp_path / "one")).read_bytes()
+    manifests = [json.loads(next((tmp_path / d / "inputs").glob("*/manifest.json")).read_text())
+                 for d in ("one", "two")]
+    assert manifests[0] == manifests[1]
+    store = tmp_path / "two" / "results"
+    assert not (store / "parts").exists() and len((store / "sharp3p.jsonl").read_text().splitlines()) == 9
+
+
+@pytest.mark.slow
+def test_run_on_two_processes_writes_what_one_process_writes(scaleout_plugin, hr9, tmp_path):
+    (hr9 / "broken.png").write_bytes(b"not an image")
+    args = ["run", "jitter3p", "--scale", "2", "--input", str(hr9), "--seed", "3", "--n-samples", "2",
+            "--device", "cpu", "--json"]
+    one = restorekit(*args, "--output", str(tmp_path / "one"))
+    assert one.returncode == 1, one.stderr[-2000:]
+    scaleout_plugin.unlink()
+    two = restorekit(*args, "--output", str(tmp_path / "two"), processes=2)
+    assert two.returncode != 0, two.stderr[-2000:]
+    calls = _calls(scaleout_plugin)
+    assert len(calls) == 9 and {c[1] for c in calls} == {"0", "1"}  # 9 readable inputs, each once
+    s1, s2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert s2["processes"] == 2 and s2["device"] == "cpu × 2 processes"
+    for k in ("written", "skipped", "failed"):
+        assert [json.dumps(x).replace(str(tmp_path / "one"), "OUT") for x in s1[k]] == \
+            [json.dumps(x).replace(str(tmp_path / "two"), "OUT") for x in s2[k]], k
+    assert len(s2["written"]) == 18 and [f["path"] for f in s2["failed"]] == [str(hr9 / "broken.png")]
+    assert two.stderr.count("broken.png: not a readable image") == 1
+    for f in sorted((tmp_path / "one").glob("*.png")):
+        assert f.read_bytes() == (tmp_path / "two" / f.name).read_bytes(), f.name
+
+    # A usage error is said once, not once per rank.
+    bad = restorekit("run", "jitter3q", "--scale", "2", "--input", str(hr9), "--output", str(tmp_path / "x"),
+                     processes=2)
+    assert bad.returncode != 0 and bad.stderr.count("unknown method 'jitter3q'") == 1
+
+
+@pytest.mark.slow
+def test_killed_compare_resumes_without_redoing_finished_work(scaleout_plugin, hr9, tmp_path):
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "jitter3p", "--scale", "2", "--data", str(hr9), "--seeds", "0,1",
+            "--metrics", "psnr_y_crop", "--device", "cpu", "--out", str(out), "-q"]
+    killed = restorekit(*args, processes=2, RK_DIE_AFTER="3", RK_SLEEP="0.3")
+    assert killed.returncode != 0 and "exitcode  : 17" in killed.stderr, killed.stderr[-2000:]
+    assert not (out / "results.json").exists()
+    first = _calls(scaleout_plugin)
+    # What the killed job finished is in the store (each rank's part), with its output.
+    stored = ResultStore(out).load("jitter3p")
+    finished = {(k[1], k[2]) for k, r in stored.items() if r.status == "ok" and ResultStore(out).reusable(r)}
+    assert 3 <= len(finished) < 18 and len(first) >= len(finished)
+    assert (out / "results" / "parts" / "jitter3p").is_dir()
+
+    scaleout_plugin.unlink()
+    resumed = restorekit(*args, processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    second = _calls(scaleout_plugin)
+    assert len(second) == 18 - len(finished)  # only what was not finished, each once
+    assert {c[1] for c in second} == {"0", "1"}  # what was left is shared again
+    doc = json.loads((out / "results.json").read_text())
+    assert sum(img["reused"] for img in doc["images"]) == len(finished)
+    assert len(doc["images"]) == 18 and all(img["status"] == "ok" for img in doc["images"])
+    assert not (out / "results" / "parts").exists()  # folded into results/jitter3p.jsonl
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_finished_work(scaleout_plugin, hr9, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", "jitter3p", "--scale", "2", "--input", str(hr9), "--output", str(out), "--seed", "1",
+            "--device", "cpu", "--json"]
+    killed = restorekit(*args, processes=2, RK_DIE_AFTER="2", RK_SLEEP="0.3")
+    assert killed.returncode != 0 and "exitcode  : 17" in killed.stderr, killed.stderr[-2000:]
+    done = sorted(p.name for p in out.glob("*.png"))
+    assert 2 <= len(done) < 9 and not list(out.glob(".*"))  # no temp file left behind
+    scaleout_plugin.unlink()
+    resumed = restorekit(*args, processes=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads(resumed.stdout)
+    assert len(_calls(scaleout_plugin)) == 9 - len(done)
+    assert sorted(Path(p).name for p in summary["skipped"]) == done
+    assert len(summary["written"]) == 9 - len(done) and summary["failed"] == []
+    assert len(list(out.glob("*.png"))) == 9
+
+
+@pytest.mark.slow
+def test_bench_scaleout_reports_the_ratio_and_identical_results():
+    r = subprocess.run([sys.executable, "-m", "restorekit", "bench", "scaleout", "--n", "4", "--size", "32",
+                        "--steps", "2", "--metrics", "psnr_y_crop", "--json"], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["identical"] is True
+    assert (d["one"]["processes"], d["many"]["processes"]) == (1, 2)
+    assert d["one"]["images"] == d["many"]["images"] == 4
+    for run in (d["one"], d["many"]):
+        assert run["images_per_s"] == pytest.approx(4 / run["wall_s"])
+    assert d["speedup"] == pytest.approx(d["many"]["images_per_s"] / d["one"]["images_per_s"])
