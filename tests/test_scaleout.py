@@ -151,6 +151,63 @@ def test_a_rank_takes_every_world_th_item_and_devices_are_described_once():
         "cpu (x, 1 threads), cuda (H200) (2 processes)"
 
 
+class DictStore:
+    """The part of a c10d store that :class:`Job` uses, in memory (for ranks played by threads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.data: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def add(self, key: str, n: int) -> int:
+        with self.lock:
+            value = int(self.data.get(key, b"0")) + n
+            self.data[key] = str(value).encode()
+            return value
+
+    def check(self, keys: list[str]) -> bool:
+        return all(k in self.data for k in keys)
+
+    def get(self, key: str) -> bytes:
+        return self.data[key]
+
+    def set(self, key: str, value: str) -> None:
+        self.data[key] = value.encode()
+
+
+def test_ranks_meet_at_sync_points_and_an_abort_releases_the_waiting_ones():
+    import threading
+    import time
+
+    from restorekit.training.distributed import DistInfo
+
+    store = DictStore()
+    a, b = (Job(DistInfo(rank=r, world_size=2, local_rank=r), store) for r in range(2))
+    passed: list[str] = []
+    waiter = threading.Thread(target=lambda: (a.sync(), passed.append("a")), daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    assert passed == []  # rank 0 waits for rank 1
+    b.sync()
+    waiter.join(5)
+    assert passed == ["a"]
+    ended: list[object] = []
+
+    def wait_for_b() -> None:
+        try:
+            a.sync()
+        except SystemExit as exc:
+            ended.append(exc.code)
+
+    waiter = threading.Thread(target=wait_for_b, daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    b.abort(143)  # rank 1 is ending before the job's end
+    waiter.join(5)
+    assert ended == [143]
+
+
 def test_cpu_share_divides_the_cores_between_local_processes(monkeypatch):
     cores = len(os.sched_getaffinity(0))
     threads = torch.get_num_threads()
