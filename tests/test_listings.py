@@ -63,8 +63,11 @@ def test_weights_state_of_methods() -> None:
 
         want = "shipped" if "stylegan2-faces128" in all_specs() else "missing"  # registered once shipped
         assert method_weights_state(registry().method("pulse")) == want
-    if "pix2pixhd" in registry().names("methods"):  # a weights option and no default: bring your own
-        assert method_weights_state(registry().method("pix2pixhd")) == "missing"
+    if "pix2pixhd" in registry().names("methods"):  # its default ships inside restorekit-baselines
+        from restorekit_baselines.pix2pixhd import DEFAULT_MODEL_FILE, WEIGHTS_DIR
+
+        want = "shipped" if (WEIGHTS_DIR / DEFAULT_MODEL_FILE).is_file() else "missing"
+        assert method_weights_state(registry().method("pix2pixhd")) == want
 
 
 def test_methods_json_unchanged_in_content() -> None:
