@@ -120,15 +120,17 @@ def _bomb(p: Path, max_pixels: int) -> ImageError:
                       "(raise it with --max-pixels)")
 
 
-def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """``(width, height)`` from a file's header after :func:`check_size`; nothing is decoded."""
-    p = Path(path)
+@contextmanager
+def _opened(p: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """``p`` opened with pillow after :func:`check_size` has judged its header; every failure
+    inside (opening, decoding) becomes one ``ImageError`` naming the file and the problem."""
     _check_file(p)
     try:
         with pillow_limit(max_pixels) as arm, Image.open(p) as im:
             w, h = im.size
             check_size(w, h, p, max_pixels=max_pixels)
             arm()
+            yield im
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -139,7 +141,13 @@ def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
-    return w, h
+
+
+def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from a file's header after :func:`check_size`; nothing is decoded."""
+    p = Path(path)
+    with _opened(p, max_pixels) as im:
+        return im.size
 
 
 def to_numpy_rgb(img: Image.Image) -> np.ndarray:
@@ -170,25 +178,10 @@ def to_numpy_rgb(img: Image.Image) -> np.ndarray:
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read one file as ``1×3×H×W`` float32 in [0,1]; raises ``ImageError`` naming the file."""
     p = Path(path)
-    _check_file(p)
-    try:
-        with pillow_limit(max_pixels) as arm, Image.open(p) as im:
-            w, h = im.size
-            check_size(w, h, p, max_pixels=max_pixels)
-            arm()
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            arr = to_numpy_rgb(im)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _bomb(p, max_pixels) from None
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
-    except PermissionError:
-        raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
+    with _opened(p, max_pixels) as im:
+        im = ImageOps.exif_transpose(im)
+        im.load()
+        arr = to_numpy_rgb(im)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
 

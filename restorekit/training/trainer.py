@@ -93,6 +93,25 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def prune_checkpoints(out: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints under ``out``."""
+    for _, old in list_checkpoints(out)[:-keep]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def checkpoint_to_resume(out: str | Path, path: str | Path | None, trainer: str) -> dict[str, Any]:
+    """The checkpoint ``--resume`` continues from (``path``, else the newest under ``out``),
+    refused when another trainer wrote it."""
+    p = Path(path) if path is not None else latest_checkpoint(out)
+    if p is None:
+        raise TrainingError(f"--resume: no checkpoint under {Path(out) / 'checkpoints'}")
+    ckpt = load_checkpoint(p)  # CPU; load_state_dict moves tensors to where the model lives
+    if ckpt.get("trainer") != trainer:
+        raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{trainer}'")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A training checkpoint, loaded without executing code (``weights_only=True``)."""
     p = Path(path)
@@ -297,19 +316,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
             "config": self.config.model_dump(mode="json"), "elapsed": elapsed, "extra": self.extra_state(),
         }, path)
-        for _, old in list_checkpoints(self.out)[:-self.config.keep_ckpts]:
-            with contextlib.suppress(OSError):
-                old.unlink()
+        prune_checkpoints(self.out, self.config.keep_ckpts)
         return path
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load ``path`` (default: the latest checkpoint under ``out``); returns its step."""
-        p = Path(path) if path is not None else latest_checkpoint(self.out)
-        if p is None:
-            raise TrainingError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-        ckpt = load_checkpoint(p)  # CPU; load_state_dict moves tensors to where the model lives
-        if ckpt.get("trainer") != self.name:
-            raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{self.name}'")
+        ckpt = checkpoint_to_resume(self.out, path, self.name)
         self.load_model_state(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -554,6 +566,6 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "count_parameters", "image_grid",
-           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "psnr", "rng_state", "set_rng_state",
+__all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
+           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "prune_checkpoints", "psnr", "rng_state", "set_rng_state",
            "seed_everything"]

@@ -23,9 +23,12 @@ tar -czf .gpu/faces.tgz -C "$FACES" .  # gzip: webp does not shrink, the tar hea
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . plugins/psp_sr plugins/baselines
 rm -rf build plugins/psp_sr/build plugins/baselines/build  # setuptools' leftovers would travel too
 # LPIPS-alex (the Fréchet figure's feature space and stage 2's perceptual loss).
-ALEX=${ALEX:-$("$PY" -c "from restorekit.weights import resolve; print(resolve('lpips-alex'))" 2>/dev/null || true)}
-if [ -n "$ALEX" ] && [ -f "$ALEX" ]; then cp "$ALEX" .gpu/weights/lpips-alex.safetensors
-else echo "warning: no lpips-alex weights (restorekit weights pull lpips-alex)" >&2; fi
+# WITH_ALEX=0 leaves them out (9.4 MB) when the 64 MiB would be exceeded; then run without a race.
+if [ "${WITH_ALEX:-1}" = 1 ]; then
+    ALEX=${ALEX:-$("$PY" -c "from restorekit.weights import resolve; print(resolve('lpips-alex'))" 2>/dev/null || true)}
+    if [ -n "$ALEX" ] && [ -f "$ALEX" ]; then cp "$ALEX" .gpu/weights/lpips-alex.safetensors
+    else echo "warning: no lpips-alex weights (restorekit weights pull lpips-alex)" >&2; fi
+fi
 # dlib's face descriptor as fp16 safetensors (11 MB; only for a stage-2 run on the device): WITH_DLIB=1.
 if [ "${WITH_DLIB:-0}" = 1 ]; then
     "$PY" -c "from restorekit.faces.dlib_resnet import export_safetensors as e; e('.gpu/weights/dlib_face_recognition_resnet_model_v1.safetensors')" \

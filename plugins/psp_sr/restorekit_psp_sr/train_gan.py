@@ -58,8 +58,9 @@ from torch import Tensor, nn
 from restorekit.training import TrainConfig
 from restorekit.training.data import list_images, oversample, sample_seed, split_files
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
-from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, latest_checkpoint, list_checkpoints,
-                                         load_checkpoint, rng_state, seed_everything, set_rng_state, checkpoint_path)
+from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, checkpoint_path, checkpoint_to_resume,
+                                         latest_checkpoint, prune_checkpoints, rng_state, seed_everything,
+                                         set_rng_state)
 
 TRAINER_NAME = "stylegan2"
 
@@ -488,18 +489,11 @@ class GANTrainer:
                      "optimizer_d": self.opt_D.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
                      "config": self.config.model_dump(mode="json"), "elapsed": self._elapsed(), "extra": {}},
                     path)
-        for _, old in list_checkpoints(self.out)[:-self.config.keep_ckpts]:
-            with contextlib.suppress(OSError):
-                old.unlink()
+        prune_checkpoints(self.out, self.config.keep_ckpts)
         return path
 
     def resume(self, path: str | Path | None = None) -> int:
-        p = Path(path) if path is not None else latest_checkpoint(self.out)
-        if p is None:
-            raise TrainingError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-        ckpt = load_checkpoint(p)
-        if ckpt.get("trainer") != self.name:
-            raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{self.name}'")
+        ckpt = checkpoint_to_resume(self.out, path, self.name)
         self.models.load_state_dict(ckpt["model"])
         self.opt_G.load_state_dict(ckpt["optimizer"])
         self.opt_D.load_state_dict(ckpt["optimizer_d"])
