@@ -674,3 +674,7 @@ def test_bundled_weights_resolve_in_place_and_are_hash_checked(tmp_path: Path, m
         W.resolve("bundled")
     with pytest.raises(ValueError, match="size and sha256"):
         W.WeightFile(filename="m.safetensors", bundled="bundlepkg_3p:weights/m.safetensors")
+    (pkg / "weights" / "m.safetensors").unlink()  # a package installed without its weights
+    with pytest.raises(WeightsMissing, match=r"\(re\)install the distribution that provides 'bundlepkg_3p'") as info:
+        W.resolve("bundled")
+    assert "weights pull" not in str(info.value)  # a bundled file cannot be pulled

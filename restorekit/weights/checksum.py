@@ -48,7 +48,9 @@ def bundled_path(wf: WeightFile) -> Path:
         if path.is_file():
             return path
     raise WeightsMissing(wf.filename, f"it ships inside the '{package}' package, which is not installed "
-                                      f"or lacks {rel}")
+                                      f"or lacks {rel}",
+                         fix=f"(re)install the distribution that provides '{package}' — nothing to pull: "
+                             "the file comes with the package")
 
 
 def _check_bundled(spec: WeightSpec, wf: WeightFile) -> Path:
