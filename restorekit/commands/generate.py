@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -37,6 +38,30 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def build_generator(name: str, weights: str | None, opts: tuple[str, ...], device: torch.device) -> Any:
+    """The registered generator ``name`` from a command's ``--weights`` and ``--opt`` words, in eval
+    mode on ``device``; its notes (which weights, their license) go to stderr.
+
+    The factory's options model reads every value (``allow_unsafe=false`` is False, not a truthy
+    string); a bad value or argument is a usage error (exit 2).
+    """
+    factory = registry().get("generators", name)
+    label = f"generator '{name}'"
+    config: dict[str, object] = dict(parse_pairs(opts))
+    if weights is not None:
+        key = weights_option(factory.options_model())
+        if key is None:
+            fail_usage(f"{label} takes no --weights")
+        config[str(key)] = weights
+    try:
+        gen = factory.create(config, label=label).to(device).eval()
+    except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
+        fail_usage(f"{label}: {exc}")
+    for note in getattr(gen, "notes", []):
+        click.echo(note, err=True)
+    return gen
+
+
 @click.command("generate")
 @click.option("--generator", "name", required=True, help="Registered generator name.")
 @click.option("--weights", default=None,
@@ -55,22 +80,8 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seeds: s
     Without --weights the generator's factory picks its default (stylegan2: the shipped face prior,
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
     seed_list = parse_seeds(seeds)
-    factory = registry().get("generators", name)
-    label = f"generator '{name}'"
-    config: dict[str, object] = dict(parse_pairs(opts))
-    if weights is not None:
-        key = weights_option(factory.options_model())
-        if key is None:
-            fail_usage(f"{label} takes no --weights")
-        config[str(key)] = weights
     dev = resolve_device(device)
-    # The factory's options model reads every value (allow_unsafe=false is False, not a truthy string).
-    try:
-        gen = factory.create(config, label=label).to(dev).eval()
-    except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
-        fail_usage(f"{label}: {exc}")
-    for note in getattr(gen, "notes", []):  # which weights, their license
-        click.echo(note, err=True)
+    gen = build_generator(name, weights, opts, dev)
     written = []
     with torch.inference_mode():
         w_avg = gen.mean_latent()

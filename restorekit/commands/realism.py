@@ -91,23 +91,10 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     if gen_name is not None:
         import torch
 
-        from ..options import parse_pairs, weights_option
+        from .generate import build_generator
 
-        factory = registry().get("generators", gen_name)
-        what = f"generator '{gen_name}'"
-        config: dict[str, object] = dict(parse_pairs(opts))
-        if weights is not None:
-            key = weights_option(factory.options_model())
-            if key is None:
-                fail_usage(f"{what} takes no --weights")
-            config[str(key)] = weights
         torch.manual_seed(seed)  # a generator built with random weights is then the same on every run
-        try:
-            gen = factory.create(config, label=what).to(dev).eval()
-        except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
-            fail_usage(f"{what}: {exc}")
-        for note in getattr(gen, "notes", []):  # which weights, their license
-            click.echo(note, err=True)
+        gen = build_generator(gen_name, weights, opts, dev)
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
         report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
                                       spaces=built, batch_size=batch_size, device=dev, detector=det,

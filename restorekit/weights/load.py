@@ -169,6 +169,13 @@ def state_dict_from(obj: Any, *, key: str | None, where: str) -> dict[str, Tenso
     ``key`` selects a sub-dict first (``"g_ema"``, ``"state_dict"``; dotted for deeper levels).
     Nested dicts are flattened with dotted keys; non-tensor entries are left out.
     """
+    tensors, _ = _tensors_under(obj, key, where)
+    return tensors
+
+
+def _tensors_under(obj: Any, key: str | None, where: object) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``flatten_state_dict`` of the sub-dict ``key`` (dotted) of a loaded checkpoint, refusing a
+    missing key, a non-dict or a dict without tensors with one line naming ``where``."""
     if key is not None:
         for part in key.split("."):
             if not isinstance(obj, Mapping) or part not in obj:
@@ -177,10 +184,10 @@ def state_dict_from(obj: Any, *, key: str | None, where: str) -> dict[str, Tenso
             obj = obj[part]
     if not isinstance(obj, Mapping):
         raise RestorekitError(f"checkpoint {where} holds {type(obj).__name__}, not a state dict")
-    tensors, _ = flatten_state_dict(obj)
+    tensors, other = flatten_state_dict(obj)
     if not tensors:
         raise RestorekitError(f"checkpoint {where} holds no tensors" + (f" under '{key}'" if key else ""))
-    return tensors
+    return tensors, other
 
 
 def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -204,16 +211,7 @@ def write_safetensors(obj: Any, dest: str | os.PathLike[str], *, source: str | o
     """
     from safetensors.torch import save_file
 
-    if key is not None:
-        for part in key.split("."):
-            if not isinstance(obj, Mapping) or part not in obj:
-                raise RestorekitError(f"checkpoint {source} has no key '{key}'")
-            obj = obj[part]
-    if not isinstance(obj, Mapping):
-        raise RestorekitError(f"checkpoint {source} holds {type(obj).__name__}, not a dict of tensors")
-    tensors, other = flatten_state_dict(obj)
-    if not tensors:
-        raise RestorekitError(f"checkpoint {source} holds no tensors")
+    tensors, other = _tensors_under(obj, key, source)
     extra: dict[str, Any] = {}
     dropped: list[str] = []
     for k, v in other.items():
