@@ -435,22 +435,26 @@ class GANTrainer:
         """Write the snapshot files to ``OUT/snapshot`` (and ``snapshot_dir``); rank 0 only."""
         if not self.dist.is_main:
             return {}
-        from restorekit.images import save_image
+        from restorekit.images import atomic_write_bytes, save_image
 
         t0 = time.monotonic()
-        folders = [self.out / "snapshot"] + ([Path(self.config.snapshot_dir)] if self.config.snapshot_dir else [])
+        folder = self.out / "snapshot"
+        folder.mkdir(parents=True, exist_ok=True)
         record = {"step": self.step, "kimg": round(self.nimg / 1000, 3), "seconds": round(self._elapsed(), 1),
                   **self.last_logs}
         meta = {"format": "restorekit.stylegan2-train-weights/1", "step": str(self.step), "nimg": str(self.nimg),
                 "config": json.dumps(self.config.model_dump(mode="json"))}
-        grid = self.sample_grid()
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._export_generator(folder / "generator.safetensors")
-            save_image(grid, folder / "samples.png")
-            self._save_weights(self.G, folder / "resume_g.safetensors", meta)
-            self._save_weights(self.D, folder / "resume_d.safetensors", meta)
-            with (folder / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        files = ("generator.safetensors", "samples.png", "resume_g.safetensors", "resume_d.safetensors")
+        self._export_generator(folder / files[0])
+        save_image(self.sample_grid(), folder / files[1])
+        self._save_weights(self.G, folder / files[2], meta)
+        self._save_weights(self.D, folder / files[3], meta)
+        mirrors = [Path(self.config.snapshot_dir)] if self.config.snapshot_dir else []
+        for target in [folder, *mirrors]:  # the mirror gets the same bytes, written once
+            if target != folder:
+                for name in files:
+                    atomic_write_bytes(target / name, (folder / name).read_bytes())
+            with (target / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         self._say(f"stylegan2: snapshot at step {self.step} ({record['kimg']} kimg) in {time.monotonic() - t0:.1f} s")
         self.snapshot_step = self.step
