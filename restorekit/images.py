@@ -27,6 +27,7 @@ both. The same file given twice is used once.
 from __future__ import annotations
 
 import glob as globmod
+import io
 import os
 import tempfile
 import threading
@@ -121,12 +122,20 @@ def _bomb(p: Path, max_pixels: int) -> ImageError:
 
 
 @contextmanager
-def _opened(p: Path, max_pixels: int) -> Iterator[Image.Image]:
+def _opened(p: Path, max_pixels: int, data: bytes | None = None,
+            formats: Sequence[str] | None = None) -> Iterator[Image.Image]:
     """``p`` opened with pillow after :func:`check_size` has judged its header; every failure
-    inside (opening, decoding) becomes one ``ImageError`` naming the file and the problem."""
-    _check_file(p)
+    inside (opening, decoding) becomes one ``ImageError`` naming the file and the problem.
+
+    With ``data`` the image is those bytes, named ``p`` in messages (nothing is read from disk);
+    ``formats`` limits the decoders pillow may try (None: all)."""
+    if data is None:
+        _check_file(p)
+    elif not data:
+        raise ImageError(f"{p}: empty file (0 bytes)")
     try:
-        with pillow_limit(max_pixels) as arm, Image.open(p) as im:
+        with pillow_limit(max_pixels) as arm, Image.open(p if data is None else io.BytesIO(data),
+                                                         formats=formats) as im:
             w, h = im.size
             check_size(w, h, p, max_pixels=max_pixels)
             arm()
@@ -136,6 +145,8 @@ def _opened(p: Path, max_pixels: int) -> Iterator[Image.Image]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(p, max_pixels) from None
     except UnidentifiedImageError as exc:
+        if formats is not None:
+            raise ImageError(f"{p}: not an image in a format read here ({', '.join(formats)})") from None
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     except PermissionError:
         raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
@@ -175,14 +186,33 @@ def to_numpy_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def _decoded(im: Image.Image) -> torch.Tensor:
+    im = ImageOps.exif_transpose(im)
+    im.load()
+    arr = to_numpy_rgb(im)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
+
+
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read one file as ``1×3×H×W`` float32 in [0,1]; raises ``ImageError`` naming the file."""
-    p = Path(path)
-    with _opened(p, max_pixels) as im:
-        im = ImageOps.exif_transpose(im)
-        im.load()
-        arr = to_numpy_rgb(im)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
+    with _opened(Path(path), max_pixels) as im:
+        return _decoded(im)
+
+
+# The still-image formats of IMAGE_EXTS: what an image sent over a network may be decoded as.
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+def read_image_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     formats: Sequence[str] | None = UPLOAD_FORMATS) -> torch.Tensor:
+    """Decode an image held in memory (an upload) as :func:`read_image` decodes a file.
+
+    Same conversion rule, size check and one-line ``ImageError``, naming ``name``; pillow tries
+    only ``formats`` (default: the common still-image formats, so no exotic decoder sees bytes
+    from a network).
+    """
+    with _opened(Path(name), max_pixels, data=data, formats=formats) as im:
+        return _decoded(im)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -233,8 +263,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95) -> Path:
     """Write one image atomically; the format follows the suffix (png, jpg, webp)."""
-    import io
-
     p = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(p.suffix.lower())
     if fmt is None:

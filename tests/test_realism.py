@@ -199,14 +199,15 @@ def test_features_on_cuda_match_cpu(alex, dlib_random) -> None:
 @needs_dlib
 def test_fixed_chip_matches_the_landmark_chip_of_a_real_face() -> None:
     pytest.importorskip("skimage")
-    from restorekit.commands.demo import aligned_face, astronaut
+    from restorekit.faces.pipeline import largest_face_crop
+    from restorekit.samples import astronaut
     from restorekit.faces.chips import extract_face_chips
     from restorekit.faces.dlib_tools import default_tools, to_uint8
 
     space = R.build_space("dlib")  # the real descriptor
     photo = astronaut()
     for size in (128, 256):
-        crop, _ = aligned_face(photo, size, "dlib_hog")
+        crop, _ = largest_face_crop(photo, size, "dlib_hog")
         lm = default_tools().face_landmarks(to_uint8(crop[0]))
         assert lm is not None
         fixed, found = space.chips(crop), extract_face_chips(crop, lm, 150, 0.25)
@@ -348,9 +349,10 @@ def test_face_share_counts_faces(tmp_path: Path) -> None:
     pytest.importorskip("skimage")
     if not HAVE_DLIB:
         pytest.skip("needs dlib")
-    from restorekit.commands.demo import aligned_face, astronaut
+    from restorekit.faces.pipeline import largest_face_crop
+    from restorekit.samples import astronaut
 
-    face, _ = aligned_face(astronaut(), 128, "dlib_hog")
+    face, _ = largest_face_crop(astronaut(), 128, "dlib_hog")
     faces = torch.cat([face, face.flip(-1), (face * 0.8).clamp(0, 1)])
     blobs = torch.cat(list(R.generator_batches(tiny_generator(128), 3)))
     share = R.face_share([faces, blobs], "dlib_hog", truncation=0.7)

@@ -20,36 +20,11 @@ from PIL import Image, ImageDraw
 from ..cli import emit_json, table, warn
 from ..degradations import downscale
 from ..errors import RestorekitError, WeightsMissing
-from ..images import atomic_write_bytes, from_pil, save_image
+from ..images import atomic_write_bytes, save_image
+from ..samples import ASTRONAUT_CREDIT, astronaut
 
 DEMO_METRICS = ("psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dlib", "identity_dlib_dist",
                 "lr_consistency")
-
-
-def astronaut() -> torch.Tensor:
-    """The scikit-image astronaut photo as a 1×3×H×W batch."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise RestorekitError("the demo photo ships in scikit-image: pip install 'restorekit[demo]'") from None
-    return from_pil(Image.fromarray(data.astronaut()))
-
-
-def aligned_face(photo: torch.Tensor, size: int, detector: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Detect the largest face and return its FFHQ-aligned ``size×size`` crop and a record."""
-    from ..faces.align import align_face, quad_from_points
-    from ..faces.detectors import layout_of, named_points
-    from ..faces.pipeline import build_detector
-
-    det = build_detector(detector)
-    faces = det.detect(photo[0])
-    if not faces:
-        raise RestorekitError(f"demo: detector '{detector}' found no face in the demo photo")
-    face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-    quad = quad_from_points(named_points(face, layout_of(det)))
-    crop, _ = align_face(photo, quad, size)
-    return crop.clamp(0, 1), {"detector": detector, "box": list(face.box), "score": face.score,
-                              "quad": np.round(quad, 2).tolist()}
 
 
 def labelled_row(images: list[torch.Tensor], labels: list[str], size: int) -> Image.Image:
@@ -109,7 +84,12 @@ def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet
     res = next((int(getattr(m, "resolution")) for m in built.values()
                 if isinstance(getattr(m, "resolution", None), int)), 128)
     photo = astronaut()
-    hr, record = aligned_face(photo, res, detector or DEFAULT_DETECTOR)
+    try:
+        from ..faces.pipeline import largest_face_crop
+
+        hr, record = largest_face_crop(photo, res, detector or DEFAULT_DETECTOR)
+    except RestorekitError as exc:
+        raise RestorekitError(f"demo: {exc}") from None
     lr = downscale(hr, k)
     lr = torch.round(lr * 255) / 255  # what a saved 8-bit LR file holds
     outputs: dict[str, torch.Tensor] = {}
@@ -137,7 +117,7 @@ def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet
     save_image(lr, output / f"astronaut_lr_x{k}.png")
     for name, sr in outputs.items():
         save_image(sr, output / f"astronaut_x{k}_{name}.png")
-    summary = {"photo": "skimage.data.astronaut() — NASA portrait of Eileen Collins, public domain",
+    summary = {"photo": ASTRONAUT_CREDIT,
                "scale": k, "hr_size": res, "face": record, "results": results, "unavailable": unavailable,
                "side_by_side": str(output / f"astronaut_x{k}.png")}
     atomic_write_bytes(output / "metrics.json", json.dumps(summary, indent=2).encode())

@@ -49,7 +49,7 @@ from .detectors import DEFAULT_DETECTOR, layout_of, named_points
 
 __all__ = [
     "DEFAULT_MIN_FACE", "DEFAULT_MAX_SHRINK", "DEFAULT_FEATHER", "FaceRecord", "PhotoResult", "face_input_size",
-    "build_detector", "build_background", "paste_warp", "FacePipeline", "restore_photo",
+    "build_detector", "build_background", "paste_warp", "FacePipeline", "restore_photo", "largest_face_crop",
 ]
 
 DEFAULT_MIN_FACE = 20.0
@@ -373,6 +373,22 @@ class FacePipeline:
         t["paste"] = (time.perf_counter() - t0) * 1e3
         return PhotoResult([c.clamp(0, 1) for c in composites], records, crops_out, s, self.crop_size,
                            self.detector_name, self.background_name, t)
+
+
+def largest_face_crop(photo: Tensor, size: int, detector: str | FaceDetector = DEFAULT_DETECTOR
+                      ) -> tuple[Tensor, dict[str, Any]]:
+    """The largest face of one photo (1×3×H×W) as a ``size×size`` FFHQ-aligned crop, and a record
+    (detector, box, score, quad) — what ``restorekit demo`` restores. No face: ``RestorekitError``."""
+    det = build_detector(detector)
+    faces = det.detect(photo[0])
+    name = detector if isinstance(detector, str) else type(detector).name
+    if not faces:
+        raise RestorekitError(f"detector '{name}' found no face in the photo")
+    face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+    quad = quad_from_points(named_points(face, layout_of(det)))
+    crop, _ = align_face(photo, quad, size)
+    return crop.clamp(0, 1), {"detector": name, "box": list(face.box), "score": face.score,
+                              "quad": np.round(quad, 2).tolist()}
 
 
 # restore_photo() keeps the last few pipelines so per-image callers (compare) build detectors once.

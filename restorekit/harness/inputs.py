@@ -152,6 +152,29 @@ def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:
     _write_manifest(inputs.manifest, spec, inputs.scale, manifest)
 
 
+def degrade_hr(hr: Tensor, chain: Chain, scale: int, stem: str, *, where: object,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, Tensor]:
+    """compare's LR of one HR image: ``(hr cropped to a multiple of scale, lr in [0,1])``.
+
+    The HR is cropped bottom/right to a multiple of ``scale``, degraded by ``chain`` with its
+    randomness seeded from ``stem`` (:func:`degradation_seed`), clamped, and checked to be HR /
+    ``scale`` and within ``max_pixels`` (the check the LR file gets when read back). The LR is
+    not yet rounded to 8 bits: that happens when it is written (``to_pil``). ``where`` names the
+    image in errors.
+    """
+    hr = crop_to_multiple(hr, scale)
+    if min(hr.shape[-2:]) < scale:
+        raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
+    g = torch.Generator().manual_seed(degradation_seed(stem))
+    lr = chain(hr, generator=g).clamp(0, 1)
+    want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
+    if tuple(lr.shape[-2:]) != want:
+        raise ImageError(f"{where}: degradation '{chain.spec()}' gave {lr.shape[-1]}×{lr.shape[-2]}, "
+                         f"expected {want[1]}×{want[0]} (HR / {scale})")
+    check_size(lr.shape[-1], lr.shape[-2], f"{where}: its ×{scale} LR", max_pixels=max_pixels)
+    return hr, lr
+
+
 def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit: int | None = None,
                      fresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
@@ -195,19 +218,10 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             else:
                 entry = None
             if entry is None:
-                hr = crop_to_multiple(read_image(item.path, max_pixels=max_pixels), scale)
-                if min(hr.shape[-2:]) < scale:
-                    raise ImageError(f"{item.path}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
-                g = torch.Generator().manual_seed(degradation_seed(item.stem))
+                hr = read_image(item.path, max_pixels=max_pixels)
                 t0 = time.perf_counter()
-                lr = chain(hr, generator=g).clamp(0, 1)
+                hr, lr = degrade_hr(hr, chain, scale, item.stem, where=item.path, max_pixels=max_pixels)
                 tick("degrade", time.perf_counter() - t0)
-                want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
-                if tuple(lr.shape[-2:]) != want:
-                    raise ImageError(f"{item.path}: degradation '{spec}' gave {lr.shape[-1]}×{lr.shape[-2]}, "
-                                     f"expected {want[1]}×{want[0]} (HR / {scale})")
-                # The same check the LR file gets when a later run reads it back.
-                check_size(lr.shape[-1], lr.shape[-2], f"{item.path}: its ×{scale} LR", max_pixels=max_pixels)
                 t0 = time.perf_counter()
                 pil = to_pil(lr)
                 lr_bytes = png_bytes(pil)

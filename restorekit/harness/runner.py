@@ -246,18 +246,25 @@ def plan(config: CompareConfig) -> Plan:
             settings["backend"] = config.backend
         methods.append(MethodPlan(name, cls, options, plugin, dist, ver, seeds, settings, settings_hash(settings)))
 
-    # Default: every registered metric, in registration order (core first, then plugins).
-    metric_names = config.metrics if config.metrics is not None else list(reg.items["metrics"])
+    try:
+        metrics = metric_states(config.metrics, reg)
+    except RestorekitError as exc:
+        raise CompareUsageError(str(exc)) from None
+    return Plan(config, device, degradation, methods, metrics, reg)
+
+
+def metric_states(names: list[str] | tuple[str, ...] | None, reg: Registry | None = None) -> list[MetricState]:
+    """The registered metrics called ``names`` (None: every one, in registration order — core
+    first, then plugins), not yet set up (:func:`setup_metrics`); an unknown name raises with a
+    did-you-mean."""
+    reg = reg or registry()
     metrics: list[MetricState] = []
-    for name in dict.fromkeys(metric_names):
-        try:
-            mcls = reg.metric(name)
-        except RestorekitError as exc:
-            raise CompareUsageError(str(exc)) from None
+    for name in dict.fromkeys(names if names is not None else list(reg.items["metrics"])):
+        mcls = reg.metric(name)
         plugin = reg.owner["metrics"][name]
         dist, ver = _dist_of(reg, plugin)
         metrics.append(MetricState(name, mcls, plugin, dist, ver))
-    return Plan(config, device, degradation, methods, metrics, reg)
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from torch import Tensor
 
+from restorekit import progress
 from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Generator, Method, MethodInfo, Options
@@ -224,9 +225,17 @@ class Pulse(Method):
         for attempt in range(self.options.tries):
             rows = torch.tensor(todo, device=target.device)
             rng = torch.Generator().manual_seed(_sample_seed(seed, attempt))
-            bar = self._progress(f"{label} try {attempt + 1}")
+            stage = f"{label} try {attempt + 1}"
+            bar = self._progress(stage)
+
+            def step_done(step: int, mse: Tensor, _stage: str = stage) -> None:
+                # restorekit.progress: a caller that follows this restore hears each step (and may
+                # cancel it here, between two steps).
+                progress.report(_stage, step, cfg.steps)
+
             if bar is None:
-                res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng)
+                res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng,
+                                       progress=step_done)
             else:
                 prog, desc = bar
                 with prog:
@@ -234,6 +243,7 @@ class Pulse(Method):
 
                     def report(step: int, mse: Tensor, _p=prog, _t=task) -> None:
                         _p.update(_t, completed=step, mse=f"{float(mse.max()):.2e}")
+                        step_done(step, mse)
 
                     res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng,
                                            progress=report)

@@ -56,6 +56,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from restorekit import progress
 from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import MethodInfo, Options
@@ -187,6 +188,7 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
                 done |= hit
             if step == steps or bool(done.all()):
                 break
+            progress.report("psp_pulse", step, steps)  # a caller following the restore may cancel here
             opt.zero_grad(set_to_none=True)
             obj.sum().backward()
             opt.step()

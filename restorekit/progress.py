@@ -1,0 +1,48 @@
+"""Cooperative progress and cancellation for long restores (PULSE's search, a job of ``serve``).
+
+A caller that wants to follow a restore — or stop it half-way — installs a reporter for the
+current thread with :func:`reporting`; long-running code calls :func:`report` at its natural
+steps (an optimisation step, a face, a sample). The reporter may raise :class:`Cancelled`, which
+unwinds the restore like any other error: methods restore their own state in ``finally`` blocks
+and callers write outputs atomically, so nothing is left half-done. Without a reporter,
+:func:`report` costs one context-variable lookup, so methods call it unconditionally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from .errors import RestorekitError
+
+__all__ = ["Cancelled", "Reporter", "report", "reporting"]
+
+#: ``reporter(label, done, total)``: ``done`` of ``total`` steps of the stage ``label`` are finished.
+Reporter = Callable[[str, int, int], None]
+
+_REPORTER: ContextVar[Reporter | None] = ContextVar("restorekit_progress_reporter", default=None)
+
+
+class Cancelled(RestorekitError):
+    """A restore stopped because its caller asked it to (raised by a reporter)."""
+
+
+@contextmanager
+def reporting(reporter: Reporter) -> Iterator[None]:
+    """Send the :func:`report` calls made in this thread (context) to ``reporter`` while inside."""
+    token = _REPORTER.set(reporter)
+    try:
+        yield
+    finally:
+        _REPORTER.reset(token)
+
+
+def report(label: str, done: int, total: int) -> None:
+    """Tell the current reporter, if any, that ``done`` of ``total`` steps of ``label`` are finished.
+
+    May raise :class:`Cancelled` (from the reporter): call it where stopping is safe.
+    """
+    reporter = _REPORTER.get()
+    if reporter is not None:
+        reporter(label, done, total)
