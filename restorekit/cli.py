@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -40,11 +41,12 @@ def emit_json(data: Any) -> None:
 
 
 def warn(msg: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {msg}")
+    # escape: a message is plain text ('restorekit[web]' is not a style tag)
+    err_console.print(f"[yellow]warning:[/] {escape(msg)}")
 
 
 def error_line(msg: str) -> None:
-    err_console.print(f"[red]error:[/] {msg}")
+    err_console.print(f"[red]error:[/] {escape(msg)}")
 
 
 _DEBUG = False
@@ -129,7 +131,7 @@ def build_cli() -> click.Group:
 
 
 # Each module has ``attach(cli)``; kept as names so a missing optional one is easy to see.
-CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_bench", "bench_method", "compare", "weights", "train", "plugin_new", "export", "demo", "realism")
+CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_bench", "bench_method", "compare", "weights", "train", "plugin_new", "export", "demo", "realism", "serve")
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -315,7 +315,8 @@ def score(metrics: list[MetricState], pred: Tensor, hr: Tensor, lr: Tensor, scal
     return values, errors
 
 
-def _metric_device(device: torch.device) -> torch.device:
+def metric_device(device: torch.device) -> torch.device:
+    """Where metrics run for methods on ``device``: the same for CPU and CUDA, else the CPU."""
     # float64 arithmetic: CPU and CUDA only.
     return device if device.type in ("cpu", "cuda") else torch.device("cpu")
 
@@ -430,7 +431,7 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
     clock.add("inputs", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    mdev = _metric_device(p.device)
+    mdev = metric_device(p.device)
     setup_metrics(p.metrics, mdev)
     _agree_on_metrics(p.metrics, job)
     clock.add("metric_setup", time.perf_counter() - t0)

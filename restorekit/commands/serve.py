@@ -1,0 +1,89 @@
+"""``restorekit serve``: a local web page to restore faces with every installed method and compare them.
+
+Needs the ``web`` extra (starlette + uvicorn), imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import UsageProblem, warn
+from ..errors import RestorekitError
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The default answers this machine only; another address lets "
+                   "anyone who can reach it use the page (there is no login).")
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
+              help="Port (0: any free port).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--methods", default=None, help="Methods to offer, comma-separated (default: every installed one).")
+@click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="A method's option, as compare's (repeatable).")
+@click.option("--metrics", default=None, help="Metrics to score, comma-separated (default: the demo's).")
+@click.option("--detector", default=None, help="Face detector for crop and detect (default: mtcnn).")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Refuse uploads larger than this (MB).")
+@click.option("--max-pixels", type=click.IntRange(min=4), default=16_000_000, show_default=True,
+              help="Refuse images larger than this many pixels.")
+@click.option("--max-output-pixels", type=click.IntRange(min=4), default=64_000_000,
+              show_default=True, help="Refuse jobs whose result (× samples) would be larger than this many pixels.")
+@click.option("--max-scale", type=click.IntRange(1, 64), default=16, show_default=True, help="Largest scale offered.")
+@click.option("--max-samples", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Most samples per stochastic method.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the address.")
+def serve_cmd(host: str, port: int, device: str, methods: str | None, opts: tuple[str, ...], metrics: str | None,
+              detector: str | None, max_upload_mb: float, max_pixels: int, max_output_pixels: int, max_scale: int,
+              max_samples: int, quiet: bool) -> None:
+    """Serve a page to restore and compare faces: upload a face or a photo, pick methods, download results.
+
+    Listens on http://127.0.0.1:7860 by default. Methods are loaded once and reused; jobs run one
+    at a time; uploads, outputs and results live in a temporary folder that is deleted when the
+    server stops (Ctrl-C).
+    """
+    from ..web import require_web
+
+    require_web()
+    from ..harness.runner import parse_method_opts
+    from ..plugins import registry
+    from ..web.config import DEFAULT_METRICS, ServeConfig
+    from ..web.server import bind, build_state, serve_forever, url_of
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    try:
+        offered = names if names is not None else registry().names("methods")
+        config = ServeConfig(
+            host=host, port=port, device=device, methods=names, method_options=parse_method_opts(opts, offered),
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
+            detector=detector, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+            max_output_pixels=max_output_pixels, max_scale=max_scale, max_samples=max_samples)
+        log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+        state = build_state(config, log=log)
+    except RestorekitError as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
+        sock = bind(host, port)
+    except RestorekitError:
+        state.close()
+        raise
+    if not quiet:
+        cat = state.catalogue
+        ok = [e.name for e in cat.methods.values() if e.available]
+        click.echo(f"methods: {', '.join(ok) or 'none'}", err=True)
+        for e in cat.methods.values():
+            if not e.available:
+                click.echo(f"  not here: {e.name}: {e.reason}", err=True)
+        for m in cat.metrics:
+            if m.status != "ok":
+                click.echo(f"  metric skipped: {m.name}: {m.reason}", err=True)
+        if cat.detector is None:
+            click.echo(f"  face detection not here: {cat.detector_reason}", err=True)
+    if not config.loopback:
+        warn(f"listening on {host}: anyone who can reach this machine can use the page (there is no login)")
+    click.echo(f"restorekit serve: {url_of(sock)}  (Ctrl-C stops)")
+    serve_forever(state, sock)
+
+
+def attach(cli: click.Group) -> None:
+    cli.add_command(serve_cmd)

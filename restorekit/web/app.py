@@ -1,0 +1,235 @@
+"""The HTTP side of ``restorekit serve``: one page, a small JSON API, files by opaque id.
+
+Routes (nothing else answers):
+
+- ``GET /``, ``GET /static/app.js``, ``GET /static/style.css``: the page (package files, by fixed name).
+- ``GET /api/info``: methods (with the reason those that cannot run here cannot), metrics, limits.
+- ``POST /api/uploads``: the image as the raw request body (its name in ``X-Filename``), at most
+  ``max_upload_mb``; decoded in memory. ``POST /api/uploads/sample``: the astronaut photo.
+- ``POST /api/jobs`` (JSON :class:`~restorekit.web.jobs.JobSettings`), ``GET /api/jobs/ID``,
+  ``POST /api/jobs/ID/cancel``.
+- ``GET /files/ID``: a file the server wrote, by the opaque id the API gave (``?download=1``: as
+  an attachment).
+
+Guards on every request: the ``Host`` header must name this machine while the server listens on a
+loopback address (a web page elsewhere cannot reach it through DNS rebinding), a request that
+changes something must not come from another origin, and every response forbids framing, MIME
+sniffing and resources from elsewhere. Every refusal is JSON ``{"error": "one line"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..errors import RestorekitError
+from .config import is_loopback
+from .jobs import FINISHED, Job, read_settings
+from .uploads import display_name
+
+#: The page's own files, by the only names a request may ask for.
+STATIC = {"app.js": "application/javascript", "style.css": "text/css"}
+#: A job request is a small JSON object.
+MAX_JSON_BYTES = 64_000
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy",
+     b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+     b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+]
+
+
+def error(msg: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": msg}, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, without port or IPv6 brackets (``[::1]:80`` → ``::1``)."""
+    return (urlsplit(f"//{header}").hostname or "").lower()
+
+
+class Guard:
+    """ASGI middleware: local Host only (when listening locally), same-origin changes, safe headers."""
+
+    def __init__(self, app: ASGIApp, *, local_only: bool) -> None:
+        self.app = app
+        self.local_only = local_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        refusal: JSONResponse | None = None
+        if self.local_only and not is_loopback(host_name(host)):
+            refusal = error(f"request refused: Host '{host}' is not this machine (the server answers "
+                            "localhost only)", 400)
+        elif scope["method"] not in ("GET", "HEAD"):
+            origin = headers.get("origin")
+            if origin is not None and origin != f"http://{host}":
+                refusal = error(f"request refused: it comes from another site ({origin})", 403)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it (or its declared length) is over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def job_view(state: Any, job: Job) -> dict[str, Any]:
+    """What the page polls: status, place in the queue, progress and the results so far."""
+    with job.lock:
+        result = json.loads(json.dumps(job.result))
+    return {"id": job.id, "status": job.status, "position": state.queue.position(job), "stage": job.stage,
+            "step": list(job.step) if job.step else None, "units_done": job.units_done, "units": job.units,
+            "error": job.error, "finished": job.status in FINISHED, "result": result}
+
+
+def create_app(state: Any) -> Starlette:
+    """The application over a running :class:`~restorekit.web.server.ServeState`."""
+    cfg = state.config
+    page_files = resources.files("restorekit.web") / "page"
+    index_html = (page_files / "index.html").read_text(encoding="utf-8")
+    static = {name: ((page_files / name).read_bytes(), media) for name, media in STATIC.items()}
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(index_html, headers={"Cache-Control": "no-store"})
+
+    async def static_file(request: Request) -> Response:
+        found = static.get(request.path_params["name"])
+        if found is None:
+            return error("no such file", 404)
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-store"})
+
+    async def info(request: Request) -> Response:
+        from importlib.util import find_spec
+
+        return JSONResponse({
+            "version": __version__, **state.catalogue.public(),
+            "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_upload_mb": cfg.max_upload_mb,
+                       "max_pixels": cfg.max_pixels, "max_output_pixels": cfg.max_output_pixels,
+                       "max_scale": cfg.max_scale, "max_samples": cfg.max_samples},
+            "sample": find_spec("skimage") is not None,
+        })
+
+    async def upload(request: Request) -> Response:
+        name = display_name(unquote(request.headers.get("x-filename", "")))
+        data = await read_body(request, cfg.max_upload_bytes)
+        if data is None:
+            declared = request.headers.get("content-length")
+            size = int(declared) if declared and declared.isdigit() else None
+            return error(str(state.uploads.too_large(name, size)), 413)
+        try:
+            up = await run_in_threadpool(state.uploads.accept, data, name)
+        except RestorekitError as exc:
+            return error(str(exc), 400)
+        return JSONResponse(up.public(), status_code=201)
+
+    async def upload_sample(request: Request) -> Response:
+        from .work import sample_upload
+
+        try:
+            up = await run_in_threadpool(sample_upload, state.uploads)
+        except RestorekitError as exc:
+            return error(str(exc), 400)
+        return JSONResponse(up.public(), status_code=201)
+
+    async def submit(request: Request) -> Response:
+        data = await read_body(request, MAX_JSON_BYTES)
+        if data is None:
+            return error(f"a job request is at most {MAX_JSON_BYTES} bytes", 413)
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return error("a job request is a JSON object", 400)
+        try:
+            settings = read_settings(payload)
+            await run_in_threadpool(state.restorer.check, settings)
+            job = state.queue.submit(settings)
+        except RestorekitError as exc:
+            from .jobs import QueueFull
+
+            return error(str(exc), 429 if isinstance(exc, QueueFull) else 400)
+        return JSONResponse(job_view(state, job), status_code=202)
+
+    async def job_status(request: Request) -> Response:
+        job = state.queue.get(request.path_params["job_id"])
+        if job is None:
+            return error("no such job (the server keeps the last few)", 404)
+        return JSONResponse(job_view(state, job), headers={"Cache-Control": "no-store"})
+
+    async def job_cancel(request: Request) -> Response:
+        job = state.queue.cancel(request.path_params["job_id"])
+        if job is None:
+            return error("no such job (the server keeps the last few)", 404)
+        return JSONResponse(job_view(state, job))
+
+    async def file(request: Request) -> Response:
+        found = state.files.get(request.path_params["token"])
+        if found is None:
+            return error("no such file", 404)
+        try:
+            data = await run_in_threadpool(found.path.read_bytes)
+        except OSError:
+            return error("no such file (it was deleted with its job)", 404)
+        disposition = "attachment" if request.query_params.get("download") else "inline"
+        return Response(data, media_type=found.media_type,
+                        headers={"Content-Disposition": f'{disposition}; filename="{found.download_name}"',
+                                 "Cache-Control": "no-store"})
+
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error("not found", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return error(f"{request.method} is not allowed here", 405)
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/static/{name}", static_file, methods=["GET"]),
+        Route("/api/info", info, methods=["GET"]),
+        Route("/api/uploads", upload, methods=["POST"]),
+        Route("/api/uploads/sample", upload_sample, methods=["POST"]),
+        Route("/api/jobs", submit, methods=["POST"]),
+        Route("/api/jobs/{job_id}", job_status, methods=["GET"]),
+        Route("/api/jobs/{job_id}/cancel", job_cancel, methods=["POST"]),
+        Route("/files/{token}", file, methods=["GET"]),
+        Route("/favicon.ico", no_icon, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    app.add_middleware(Guard, local_only=cfg.loopback)
+    return app

@@ -1,0 +1,132 @@
+"""What the page can run here: every method, metric and the face detector, built once at start.
+
+Each installed method is built and loaded once (:func:`restorekit.methods.build_method`, with the
+server's ``--opt`` values) and kept for every job; one that cannot be built is listed with the
+one-line reason the method and weights layer gives (weights missing and the command that gets
+them, an option it refuses…) — shown on the page, never hidden or replaced by a stand-in.
+Metrics are set up once by the harness (:func:`restorekit.harness.runner.setup_metrics`); a
+metric whose weights are missing is listed as skipped with its fix.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import RestorekitError
+from ..harness.runner import MetricState, metric_device, metric_states, setup_metrics
+from ..interfaces import FaceDetector, Method
+from ..methods import build_method, method_class, resolve_device
+from ..options import OptionError
+from ..plugins import registry
+from .config import ServeConfig
+
+
+@dataclass
+class MethodEntry:
+    """One method as the page lists it: what it is, and whether (or why not) it runs here."""
+
+    name: str
+    summary: str
+    plugin: str
+    license: str
+    paper: str
+    deterministic: bool
+    one_sample_ignores_seed: bool
+    input_kind: str
+    scales: list[int] | None
+    method: Method | None = None
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return self.method is not None
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "summary": self.summary, "plugin": self.plugin, "license": self.license,
+                "paper": self.paper, "deterministic": self.deterministic,
+                "stochastic": not self.one_sample_ignores_seed or not self.deterministic,
+                "input_kind": self.input_kind, "scales": self.scales, "available": self.available,
+                "reason": self.reason, "notes": self.notes}
+
+
+class Catalogue:
+    """Methods, metrics and the detector, built once; ``lock`` serialises their use (one job at a time)."""
+
+    def __init__(self, config: ServeConfig, log: Any = None) -> None:
+        self.config = config
+        self.device: torch.device = resolve_device(config.device)
+        self.lock = threading.Lock()
+        self._log = log or (lambda msg: None)
+        self.methods: dict[str, MethodEntry] = {}
+        reg = registry()
+        names = config.methods if config.methods is not None else reg.names("methods")
+        unknown = [n for n in config.method_options if n not in names]
+        if unknown:
+            raise RestorekitError(f"--opt names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
+                                  "not offered (--methods)")
+        for name in names:
+            cls = method_class(name)  # unknown names: one line with a did-you-mean
+            i = cls.info
+            self.methods[name] = MethodEntry(
+                name, i.summary, reg.owner["methods"][name], i.license, i.paper, i.deterministic,
+                i.one_sample_ignores_seed, i.input_kind, list(i.scales) if i.scales is not None else None)
+        self.metrics: list[MetricState] = metric_states(config.metrics, reg)
+        self.detector_name = config.detector or _default_detector()
+        self.detector: FaceDetector | None = None
+        self.detector_reason: str | None = None
+
+    def load(self) -> None:
+        """Build every method, set up the metrics and the detector (once; failures become reasons)."""
+        for entry in self.methods.values():
+            self._log(f"loading {entry.name} …")
+            try:
+                entry.method = build_method(entry.name, dict(self.config.method_options.get(entry.name, {})),
+                                            str(self.device))
+                entry.notes = [str(n) for n in getattr(entry.method, "notes", [])]
+            except (RestorekitError, OptionError) as exc:
+                entry.reason = str(exc)
+            except Exception as exc:  # a broken plugin must not take the page down
+                entry.reason = f"could not load {entry.name}: {type(exc).__name__}: {exc}"
+        setup_metrics(self.metrics, metric_device(self.device))
+        try:
+            from ..faces.detectors import check_available
+            from ..faces.pipeline import build_detector
+
+            if self.detector_name in ("mtcnn", "dlib_hog"):
+                check_available(self.detector_name)
+            self.detector = build_detector(self.detector_name)
+        except RestorekitError as exc:
+            self.detector_reason = str(exc)
+        except Exception as exc:
+            self.detector_reason = f"face detector '{self.detector_name}': {type(exc).__name__}: {exc}"
+
+    def entry(self, name: str) -> MethodEntry:
+        found = self.methods.get(name)
+        if found is None:
+            from ..plugins import suggest
+
+            raise RestorekitError(f"unknown method '{name}'{suggest(name, list(self.methods))}")
+        return found
+
+    def public(self) -> dict[str, Any]:
+        """What the page lists: methods (with reasons), metrics (with skip reasons), detector."""
+        return {
+            "methods": [e.public() for e in self.methods.values()],
+            "metrics": [{"name": m.name, "higher_is_better": m.higher_is_better,
+                         "summary": str(getattr(m.cls, "summary", "") or ""), "status": m.status,
+                         "reason": m.reason} for m in self.metrics],
+            "detector": {"name": self.detector_name, "available": self.detector is not None,
+                         "reason": self.detector_reason},
+            "device": str(self.device),
+        }
+
+
+def _default_detector() -> str:
+    from ..faces.detectors import DEFAULT_DETECTOR
+
+    return DEFAULT_DETECTOR

@@ -1,0 +1,59 @@
+"""The settings of ``restorekit serve``: one pydantic model, safe by default."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field
+
+from ..interfaces import Options
+
+#: What the page scores against the HR, as ``restorekit demo`` does (a metric whose weights are
+#: missing is listed with the command that fixes it, never a number from random weights).
+DEFAULT_METRICS = ("psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dlib", "identity_dlib_dist",
+                   "lr_consistency")
+
+
+class ServeConfig(Options):
+    """Where the page listens, what it runs, and the limits it holds every request to."""
+
+    host: str = Field("127.0.0.1", description="address to listen on (localhost only by default)")
+    port: int = Field(7860, ge=0, le=65535, description="port (0: any free port)")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    methods: list[str] | None = Field(None, description="methods offered (None: every installed one)")
+    method_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="options per method, as compare's --opt METHOD.KEY=VALUE")
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS),
+                               description="metrics scored when the page degrades an HR upload")
+    detector: str | None = Field(None, description="face detector (None: the pipeline's default)")
+    max_upload_mb: float = Field(20.0, gt=0, description="largest upload accepted, in MB (10^6 bytes)")
+    max_pixels: int = Field(16_000_000, ge=4, description="largest image accepted, in pixels")
+    max_output_pixels: int = Field(64_000_000, ge=4,
+                                   description="largest result one method may make (output × samples), in pixels")
+    max_scale: int = Field(16, ge=1, le=64, description="largest --scale offered")
+    max_samples: int = Field(8, ge=1, le=64, description="most samples per stochastic method")
+    max_queue: int = Field(8, ge=1, description="jobs waiting at once; more are refused until one ends")
+    keep_jobs: int = Field(16, ge=1, description="finished jobs whose files are kept (older ones are deleted)")
+    keep_uploads: int = Field(16, ge=1, description="uploads kept in memory")
+    temp_parent: Path | None = Field(None, description="where the server's temporary folder is made "
+                                                       "(None: the system's temporary folder)")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the server listens only on this machine."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,188 @@
+"""The job queue: one job runs at a time, the rest wait their turn; each can be followed and cancelled.
+
+A job's methods already use every core they are given (torch's threads), so running two jobs at
+once would only make both slower and hold two jobs' memory: one worker thread takes jobs in order.
+Progress comes from :mod:`restorekit.progress` (a method that reports its steps, as PULSE does,
+shows them; every method shows its start). Cancelling a waiting job removes it; cancelling the
+running one stops it at its next step (PULSE: the next optimisation step; another method: when
+its current restore returns) — what was finished by then stays on the page.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from ..errors import RestorekitError
+from ..interfaces import Options
+from ..progress import Cancelled
+
+Status = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED = ("done", "failed", "cancelled")
+
+
+class JobSettings(Options):
+    """What the page asks for: which upload, which methods, how."""
+
+    upload: str = Field(description="id of the upload")
+    methods: list[str] = Field(min_length=1, description="methods to run, in order")
+    scale: int = Field(ge=1, description="output = scale × the LR input")
+    faces: Literal["aligned", "crop", "detect"] = Field(
+        "aligned", description="aligned: the image is an aligned face crop; crop: restore the largest face, "
+                               "FFHQ-aligned (as restorekit demo); detect: every face, pasted back into the photo")
+    degrade: bool = Field(False, description="the upload is a sharp (HR) image: make its LR here and score "
+                                             "each output against it")
+    degradation: str | None = Field(None, description="degradation spec (default bicubic:SCALE)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of stochastic methods")
+    samples: int = Field(1, ge=1, description="samples per stochastic method")
+
+
+def read_settings(payload: Any) -> JobSettings:
+    """The page's JSON as :class:`JobSettings`; a bad field is one ``RestorekitError`` line naming it."""
+    try:
+        return JobSettings.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        raise RestorekitError(f"{where}: {first.get('msg', 'invalid')}") from None
+
+
+class QueueFull(RestorekitError):
+    """Too many jobs are waiting."""
+
+
+@dataclass
+class Job:
+    """One request to restore an upload; its progress and results are read by the page while it runs."""
+
+    id: str
+    settings: JobSettings
+    status: Status = "queued"
+    stage: str = "waiting"
+    step: tuple[int, int] | None = None
+    units_done: int = 0
+    units: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    #: Held while ``result`` changes (the worker) or is copied (a request).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, key: str, value: Any, *, append: bool = False) -> None:
+        """Set ``result[key]`` (or append to the list there), where the page can see it."""
+        with self.lock:
+            if append:
+                self.result.setdefault(key, []).append(value)
+            else:
+                self.result[key] = value
+
+    def report(self, label: str, done: int, total: int) -> None:
+        """A :mod:`restorekit.progress` reporter: records the step; raises ``Cancelled`` when asked to stop."""
+        self.stage, self.step = label, (int(done), int(total))
+        self.check_cancel()
+
+    def check_cancel(self) -> None:
+        if self.cancel_requested.is_set():
+            raise Cancelled("cancelled")
+
+
+class JobQueue:
+    """Jobs in arrival order, run one at a time by ``run(job)`` on a worker thread."""
+
+    def __init__(self, run: Callable[[Job], None], *, max_waiting: int, keep: int,
+                 forget: Callable[[Job], None] = lambda job: None) -> None:
+        self._run = run
+        self._forget = forget
+        self.max_waiting = max_waiting
+        self.keep = keep
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._waiting: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="restorekit-serve-jobs", daemon=True)
+        self._thread.start()
+
+    def submit(self, settings: JobSettings) -> Job:
+        with self._lock:
+            waiting = sum(j.status == "queued" for j in self._jobs.values())
+            if waiting >= self.max_waiting:
+                raise QueueFull(f"{waiting} jobs are already waiting; try again when one has finished")
+            job = Job(secrets.token_hex(8), settings)
+            self._jobs[job.id] = job
+            self._trim()
+        self._waiting.put(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> int:
+        """How many jobs run or wait before this one (0: it is running or finished)."""
+        if job.status != "queued":
+            return 0
+        with self._lock:
+            ahead = 0
+            for other in self._jobs.values():
+                if other is job:
+                    break
+                ahead += other.status in ("queued", "running")
+            return ahead
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask a job to stop; a waiting job is cancelled at once."""
+        job = self.get(job_id)
+        if job is None:
+            return None
+        job.cancel_requested.set()
+        with self._lock:
+            if job.status == "queued":
+                job.status, job.stage, job.finished = "cancelled", "cancelled before it started", time.time()
+        return job
+
+    def close(self) -> None:
+        """Stop the running job at its next step and end the worker."""
+        with self._lock:
+            for job in self._jobs.values():
+                job.cancel_requested.set()
+        self._waiting.put(None)
+        self._thread.join(timeout=30)
+
+    def _trim(self) -> None:
+        finished = [j for j in self._jobs.values() if j.status in FINISHED]
+        for job in finished[: max(0, len(finished) - self.keep)]:
+            del self._jobs[job.id]
+            self._forget(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._waiting.get()
+            if job is None:
+                return
+            with self._lock:
+                if job.status != "queued":  # cancelled while waiting
+                    continue
+                job.status, job.started, job.stage = "running", time.time(), "starting"
+            try:
+                self._run(job)
+                status: Status = "done"
+            except Cancelled:
+                status = "cancelled"
+            except RestorekitError as exc:
+                status, job.error = "failed", str(exc)
+            except Exception as exc:  # a bug must not stop the queue; the page says what happened
+                status, job.error = "failed", f"unexpected {type(exc).__name__}: {exc}"
+            with self._lock:
+                job.status, job.finished, job.step = status, time.time(), None
+                job.stage = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[status]
+                self._trim()

@@ -1,0 +1,269 @@
+// restorekit serve: the page. Plain JS, no build step; every text from the server goes in with textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { info: null, upload: null, job: null, timer: null };
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") e.textContent = v;
+    else if (k === "class") e.className = v;
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c) e.append(c);
+  return e;
+}
+
+function showError(msg) {
+  const box = $("error");
+  box.textContent = msg || "";
+  box.hidden = !msg;
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, options);
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (!resp.ok) throw new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
+  return data;
+}
+
+function mb(bytes) { return (bytes < 10e6 ? (bytes / 1e6).toFixed(2) : (bytes / 1e6).toFixed(0)) + " MB"; }
+
+// ---------------------------------------------------------------- set-up
+
+async function init() {
+  try {
+    state.info = await api("/api/info");
+  } catch (e) {
+    showError("cannot reach the server: " + e.message);
+    return;
+  }
+  const info = state.info;
+  $("version").textContent = `v${info.version} · ${info.device}`;
+  const lim = info.limits;
+  $("limits").textContent = `up to ${lim.max_upload_mb} MB and ${(lim.max_pixels / 1e6).toFixed(1)} MP; ` +
+    "PNG, JPEG, WebP, BMP, TIFF or GIF. The image stays on this machine.";
+  $("sample").hidden = !info.sample;
+  const scale = $("scale");
+  for (let k = 1; k <= lim.max_scale; k++) scale.append(el("option", { value: k, text: String(k), selected: k === 4 }));
+  $("samples").max = lim.max_samples;
+  const box = $("methods");
+  for (const m of info.methods) {
+    const id = "m-" + m.name;
+    const input = el("input", { type: "checkbox", id, value: m.name, "data-method": m.name,
+                                checked: m.available, disabled: !m.available });
+    input.addEventListener("change", refresh);
+    const label = el("label", { for: id }, input, document.createTextNode(" "), el("b", { text: m.name }),
+                     document.createTextNode(m.stochastic ? " (stochastic) " : " "),
+                     el("span", { class: "muted", text: m.summary }));
+    const item = el("div", { class: "method" + (m.available ? "" : " off"), "data-method": m.name }, label);
+    if (!m.available) {
+      item.append(el("details", { class: "why muted" }, el("summary", { text: "cannot run here — why" }),
+                     el("span", { class: "reason", text: m.reason })));
+    } else if (m.notes.length) {
+      item.append(el("div", { class: "why muted", text: m.notes.join(" · ") }));
+    }
+    box.append(item);
+  }
+  if (!info.detector.available) {
+    $("detector-note").textContent = `finding faces is not available here: ${info.detector.reason}`;
+    for (const r of document.querySelectorAll("input[name=faces]")) if (r.value !== "aligned") r.disabled = true;
+  }
+  $("file").addEventListener("change", (ev) => { if (ev.target.files[0]) uploadFile(ev.target.files[0]); });
+  $("sample").addEventListener("click", () => sendUpload("/api/uploads/sample", { method: "POST" }));
+  $("degrade").addEventListener("change", refresh);
+  scale.addEventListener("change", refresh);
+  $("run").addEventListener("click", run);
+  $("cancel").addEventListener("click", cancel);
+  const drop = $("drop");
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    if (ev.dataTransfer.files[0]) uploadFile(ev.dataTransfer.files[0]);
+  });
+  refresh();
+}
+
+function chosenMethods() {
+  return [...document.querySelectorAll("#methods input[type=checkbox]:checked")].map((i) => i.value);
+}
+
+function refresh() {
+  const busy = state.job && !state.job.finished;
+  $("run").disabled = !state.upload || chosenMethods().length === 0 || busy;
+  const degrade = $("degrade").checked;
+  $("degradation").disabled = !degrade;
+  $("degradation").placeholder = `bicubic:${$("scale").value}`;
+  const stochastic = chosenMethods().some((n) => state.info.methods.find((m) => m.name === n).stochastic);
+  $("seed").disabled = $("samples").disabled = !stochastic;
+}
+
+// ---------------------------------------------------------------- upload
+
+function uploadFile(file) {
+  const lim = state.info.limits;
+  if (file.size > lim.max_upload_bytes) {  // the server refuses it too; saying so here saves sending it
+    showError(`${file.name}: ${mb(file.size)} is over the upload limit of ${mb(lim.max_upload_bytes)} ` +
+              "(restorekit serve --max-upload-mb raises it)");
+    return;
+  }
+  sendUpload("/api/uploads", { method: "POST", body: file,
+    headers: { "X-Filename": encodeURIComponent(file.name), "Content-Type": file.type || "application/octet-stream" } });
+}
+
+async function sendUpload(path, options) {
+  showError("");
+  state.upload = null;
+  $("upload").replaceChildren(el("span", { class: "muted", text: "reading…" }));
+  refresh();
+  try {
+    const up = await api(path, options);
+    state.upload = up;
+    $("upload").replaceChildren(
+      el("div", { id: "upload-name", text: `${up.name}: ${up.width}×${up.height} px` }),
+      el("img", { src: up.preview, alt: up.name, id: "upload-preview" }));
+  } catch (e) {
+    $("upload").replaceChildren();
+    showError(e.message);
+  }
+  refresh();
+}
+
+// ---------------------------------------------------------------- jobs
+
+async function run() {
+  showError("");
+  const degradation = $("degradation").value.trim();
+  const settings = {
+    upload: state.upload.id, methods: chosenMethods(), scale: Number($("scale").value),
+    faces: document.querySelector("input[name=faces]:checked").value, degrade: $("degrade").checked,
+    degradation: $("degrade").checked && degradation ? degradation : null,
+    seed: Number($("seed").value) || 0, samples: Math.max(1, Number($("samples").value) || 1),
+  };
+  try {
+    const job = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+                                         body: JSON.stringify(settings) });
+    show(job);
+    poll();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function cancel() {
+  if (!state.job) return;
+  try { show(await api(`/api/jobs/${state.job.id}/cancel`, { method: "POST" })); } catch (e) { showError(e.message); }
+}
+
+function poll() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(async () => {
+    try {
+      const job = await api(`/api/jobs/${state.job.id}`);
+      show(job);
+      if (!job.finished) poll();
+    } catch (e) {
+      showError(e.message);
+    }
+  }, 300);
+}
+
+function show(job) {
+  state.job = job;
+  refresh();
+  $("cancel").hidden = job.finished;
+  $("progress").hidden = job.finished;
+  let stage = job.stage;
+  if (job.status === "queued") stage = job.position ? `waiting: ${job.position} job(s) ahead` : "waiting";
+  if (job.step && job.step[1] > 1) stage += ` — step ${job.step[0]} of ${job.step[1]}`;
+  $("stage").textContent = stage;
+  const part = job.step && job.step[1] ? job.step[0] / job.step[1] : 0;
+  $("bar").value = job.units ? Math.min(1, (job.units_done + part) / job.units) : 0;
+  if (job.error) showError(job.error);
+  renderResults(job);
+}
+
+// ---------------------------------------------------------------- results
+
+function figure(image, method) {
+  const img = el("img", { src: image.url, alt: image.label, "data-role": image.role, "data-method": method,
+                          "data-download": image.download });
+  if (image.width < 128) img.classList.add("pixelated");
+  const link = el("a", { href: image.url + "?download=1", download: image.download, class: "download",
+                         text: "download", "data-role": image.role, "data-method": method });
+  return el("figure", {}, img, el("figcaption", {}, el("span", { text: image.label }), link));
+}
+
+function fmt(v) {
+  if (typeof v === "string") return v === "inf" ? "∞" : v;
+  if (v === null || v === undefined) return "–";
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-2 || a >= 1e5)) return v.toExponential(2);
+  return v.toFixed(a >= 10 ? 2 : 4);
+}
+
+function renderResults(job) {
+  const r = job.result || {};
+  $("results").hidden = !r.input;
+  if (!r.input) return;
+  $("status").textContent = `${job.status}${r.settings ? ` · ×${r.settings.scale}` : ""}`;
+  $("notes").replaceChildren(...(r.notes || []).map((n) => el("li", { text: n })));
+  const widest = Math.max(0, ...(r.methods || []).flatMap((m) => m.outputs.map((o) => o.width)),
+                          ...(r.images || []).filter((i) => i.role === "hr").map((i) => i.width));
+  document.documentElement.style.setProperty("--cell", Math.min(384, Math.max(192, widest || 256)) + "px");
+  $("inputs").replaceChildren(...(r.images || []).map((i) => figure(i, "")));
+  renderTable(r);
+  $("outputs").replaceChildren(...(r.methods || []).map(methodBlock));
+  const numbers = $("numbers");
+  numbers.hidden = !r.numbers;
+  if (r.numbers) { numbers.href = r.numbers.url + "?download=1"; numbers.setAttribute("download", r.numbers.download); }
+}
+
+function methodBlock(m) {
+  const head = el("h3", {}, document.createTextNode(m.name + " "),
+                  el("span", { class: m.status === "ok" ? "muted" : "failed",
+                               text: m.status === "ok" ? `${m.ms} ms` + (m.samples > 1 ? ` for ${m.samples} samples` : "")
+                                                       : m.status }));
+  const block = el("div", { class: "method-result", "data-method": m.name, "data-status": m.status }, head);
+  if (m.error) block.append(el("p", { class: "failed", text: m.error }));
+  for (const n of m.notes || []) block.append(el("p", { class: "muted", text: n }));
+  block.append(el("div", { class: "grid" }, ...m.outputs.map((o) => figure(o, m.name))));
+  if (m.crops && m.crops.length) {
+    block.append(el("p", { class: "muted", text: "restored faces" }),
+                 el("div", { class: "grid crops" }, ...m.crops.map((c) => figure(c, m.name))));
+  }
+  return block;
+}
+
+function renderTable(r) {
+  const metrics = (r.metrics || []).filter((m) => m.status === "ok");
+  const skipped = (r.metrics || []).filter((m) => m.status !== "ok");
+  const holder = $("table");
+  holder.replaceChildren();
+  const done = (r.methods || []).filter((m) => m.status === "ok");
+  if (!metrics.length || !done.length) return;
+  const best = r.best || {};
+  const head = el("tr", {}, el("th", { text: "method" }),
+                  ...metrics.map((m) => el("th", { title: m.summary, text: `${m.name} ${m.higher_is_better ? "↑" : "↓"}` })),
+                  el("th", { text: "ms" }));
+  const rows = done.map((m) => el("tr", { "data-method": m.name }, el("td", { text: m.name }),
+    ...metrics.map((x) => {
+      const st = (m.metrics || {})[x.name];
+      let text = st ? fmt(st.mean) : "–";
+      if (st && st.std !== null && st.std !== undefined) text += ` ± ${fmt(st.std)}`;
+      const err = (m.metric_errors || {})[x.name];
+      return el("td", { "data-metric": x.name, class: (best[x.name] || []).includes(m.name) ? "best" : null,
+                        title: err || null, text });
+    }),
+    el("td", { "data-metric": "ms", text: String(m.ms) })));
+  const table = el("table", { id: "metrics" }, el("thead", {}, head), el("tbody", {}, ...rows));
+  holder.append(table);
+  for (const m of skipped) holder.append(el("p", { class: "muted", text: `${m.name} skipped: ${m.reason}` }));
+}
+
+document.addEventListener("DOMContentLoaded", init);

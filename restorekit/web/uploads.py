@@ -1,0 +1,100 @@
+"""Uploads: checked for size, pixels and format, decoded in memory, kept for a few jobs.
+
+An upload's bytes never touch the disk as sent: they are decoded by
+:func:`restorekit.images.read_image_bytes` (the file convention: EXIF orientation, grayscale,
+palette, alpha over white, 16-bit; pillow's decompression-bomb limit at ``max_pixels``; only the
+common still-image formats), and only the decoded image is written, as an 8-bit PNG preview in the
+server's folder. The name the browser sends is used for messages and download names only.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import ImageError
+from ..harness.inputs import png_bytes
+from ..images import read_image_bytes
+from .files import FileStore
+
+
+class UploadRefused(ImageError):
+    """An upload the server will not take (too large, not an image); the message says why."""
+
+
+@dataclass
+class Upload:
+    """A decoded upload (1×3×H×W in [0,1]) and its preview file."""
+
+    id: str
+    name: str
+    image: Tensor
+    preview: str
+
+    @property
+    def stem(self) -> str:
+        """The name without its extension, reduced to safe characters (for download names)."""
+        stem = self.name.rsplit(".", 1)[0] if "." in self.name else self.name
+        return re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:60] or "upload"
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "width": int(self.image.shape[-1]),
+                "height": int(self.image.shape[-2]), "preview": f"/files/{self.preview}"}
+
+
+def display_name(raw: str | None) -> str:
+    """The base name the browser gave, for messages: no folders, no control characters, ≤ 100 chars."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:100] or "upload"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n < 10e6 else f"{n / 1e6:.0f} MB"
+
+
+class UploadStore:
+    """The last ``keep`` uploads, by random id; older ones (and their previews) are forgotten."""
+
+    def __init__(self, files: FileStore, *, max_bytes: int, max_pixels: int, keep: int) -> None:
+        self.files = files
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.keep = keep
+        self._uploads: OrderedDict[str, Upload] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def too_large(self, name: str, size: int | None) -> UploadRefused:
+        """The refusal of an upload of ``size`` bytes (None: not declared, and more than the limit came)."""
+        what = f"{_mb(size)} is over" if size is not None else "more than"
+        return UploadRefused(f"{name}: {what} the upload limit of {_mb(self.max_bytes)} "
+                             "(restorekit serve --max-upload-mb raises it)")
+
+    def accept(self, data: bytes, name: str) -> Upload:
+        """Check and decode ``data``; raises :class:`ImageError` (one line naming ``name``) when refused."""
+        if len(data) > self.max_bytes:
+            raise self.too_large(name, len(data))
+        image = read_image_bytes(data, name, max_pixels=self.max_pixels)
+        return self.add(image, name)
+
+    def add(self, image: Tensor, name: str) -> Upload:
+        """Keep a decoded image as an upload (and write its preview)."""
+        uid = secrets.token_hex(8)
+        preview = self.files.add(png_bytes(image), "png", name.rsplit(".", 1)[0] + ".png", f"u{uid}")
+        upload = Upload(uid, name, image, preview)
+        with self._lock:
+            self._uploads[uid] = upload
+            while len(self._uploads) > self.keep:
+                old, _ = self._uploads.popitem(last=False)
+                self.files.drop_group(f"u{old}")
+        return upload
+
+    def get(self, uid: str) -> Upload | None:
+        with self._lock:
+            return self._uploads.get(uid)

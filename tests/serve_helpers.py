@@ -1,0 +1,88 @@
+"""Helpers of the ``restorekit serve`` tests: a generated face, raw HTTP, waiting for a job."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def generated_face(size: int = 64) -> Image.Image:
+    """A drawn face (skin oval, hair, eyes, brows, nose, mouth on a gradient), the same every call."""
+    s = size / 64
+    rng = np.random.default_rng(0)
+    bg = np.linspace(60, 200, size, dtype=np.float32)[None, :, None] * np.array([0.6, 0.7, 1.0], np.float32)
+    arr = np.broadcast_to(bg, (size, size, 3)).copy() + rng.normal(0, 4, (size, size, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    d.ellipse((12 * s, 4 * s, 52 * s, 40 * s), fill=(70, 45, 30))  # hair
+    d.ellipse((15 * s, 10 * s, 49 * s, 58 * s), fill=(225, 180, 150))  # face
+    for x in (24, 40):
+        d.line(((x - 5) * s, 23 * s, (x + 4) * s, 22 * s), fill=(80, 50, 35), width=max(1, round(s)))
+        d.ellipse(((x - 4) * s, 26 * s, (x + 4) * s, 31 * s), fill=(250, 250, 250))
+        d.ellipse(((x - 2) * s, 27 * s, (x + 2) * s, 31 * s), fill=(60, 90, 140))
+    d.line((32 * s, 30 * s, 30 * s, 40 * s, 34 * s, 41 * s), fill=(190, 130, 110), width=max(1, round(s)))
+    d.arc((24 * s, 40 * s, 40 * s, 52 * s), 20, 160, fill=(170, 60, 70), width=max(1, round(2 * s)))
+    return img.filter(ImageFilter.GaussianBlur(0.6 * s))
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def request(url: str, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One raw request (the path is sent exactly as given: no normalisation of ``..``)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host="Host" in (headers or {}), skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None and "Content-Length" not in (headers or {}) and \
+                (headers or {}).get("Transfer-Encoding") != "chunked":
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        if body is not None:
+            conn.send(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def post_json(url: str, path: str, payload: Any) -> tuple[int, Any]:
+    status, _, body = request(url, "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    return status, json.loads(body)
+
+
+def get_json(url: str, path: str) -> tuple[int, Any]:
+    status, _, body = request(url, "GET", path)
+    return status, json.loads(body)
+
+
+def upload(url: str, data: bytes, name: str) -> tuple[int, Any]:
+    status, _, body = request(url, "POST", "/api/uploads", data,
+                              {"X-Filename": name, "Content-Type": "application/octet-stream"})
+    return status, json.loads(body)
+
+
+def wait_job(url: str, job_id: str, timeout: float = 60.0, until: Any = None) -> dict[str, Any]:
+    """Poll a job until it is finished (or ``until(job)`` is true); fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, job = get_json(url, f"/api/jobs/{job_id}")
+        assert status == 200, job
+        if (until(job) if until is not None else job["finished"]):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} ({job['stage']}) after {timeout} s")
+        time.sleep(0.05)
