@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,3 +87,40 @@ def wait_job(url: str, job_id: str, timeout: float = 60.0, until: Any = None) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['status']} ({job['stage']}) after {timeout} s")
         time.sleep(0.05)
+
+
+# Chromium's flags for a headless run as root on a machine without network: no sandbox (root),
+# no GPU, and nothing that would try to reach Google's servers and wait for them.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--disable-default-apps", "--disable-extensions")
+
+
+def find_chromium() -> tuple[str, str] | str:
+    """``(browser, driver)`` paths of an installed Chromium and its chromedriver, or why there are none."""
+    import shutil
+
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (it is in the test extra: pip install -e '.[test]')"
+    browser = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+                    if p), None)
+    driver = next((p for p in (shutil.which("chromedriver"), "/usr/lib/chromium/chromedriver")
+                   if p and Path(p).exists()), None)
+    if browser is None or driver is None:
+        return ("no Chromium with its chromedriver here (Debian: apt-get install chromium chromium-driver, "
+                "which .ci/run does)")
+    return browser, driver
+
+
+def chromium_driver(browser: str, driver: str, profile: Path, size: tuple[int, int] = (1280, 1000)) -> Any:
+    """A headless Chromium driven through the chromedriver of the same package (never downloaded)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
