@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from restorekit.interfaces import Encoder
 
+from .fast_encoder import InferencePath, gradual_style_forward, single_w_forward
 from .irse import BackboneConfig, backbone_config, make_body, make_input_layer
 from .stylegan2 import EqualLinear  # rosinality naming: weight, bias; lr_mul/sqrt(in) at run time
 
@@ -118,6 +119,8 @@ class GradualStyleEncoder(Encoder):
             self.styles.append(GradualStyleBlock(top, self.head_channels, spatial, style_dim))
         self.latlayer1 = nn.Conv2d(cfg.widths[2], top, kernel_size=1, stride=1, padding=0)
         self.latlayer2 = nn.Conv2d(cfg.widths[1], top, kernel_size=1, stride=1, padding=0)
+        #: Set by :func:`.fast_encoder.optimize_encoder`: the faster eval-mode forward.
+        self.inference_path: InferencePath | None = None
 
     @staticmethod
     def _upsample_add(top: Tensor, lateral: Tensor) -> Tensor:
@@ -125,6 +128,9 @@ class GradualStyleEncoder(Encoder):
 
     def forward(self, x: Tensor) -> Tensor:
         """Official forward: ``N×input_nc×S×S`` in [-1, 1] (``S = input_size``) to W+ codes."""
+        path = self.inference_path
+        if path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self):
+            return gradual_style_forward(self, path, x)
         x = self.input_layer(x)
         t1, t2, t3 = self._taps
         feats: dict[int, Tensor] = {}
@@ -165,9 +171,14 @@ class BackboneEncoderUsingLastLayerIntoW(Encoder):
         self.output_pool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = EqualLinear(cfg.out_width, style_dim, lr_mul=1)
         self.body = make_body(cfg)
+        #: Set by :func:`.fast_encoder.optimize_encoder`: the faster eval-mode forward.
+        self.inference_path: InferencePath | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Official forward: ``[-1, 1]`` input to ``N×style_dim``."""
+        path = self.inference_path
+        if path is not None and path.usable(self):
+            return single_w_forward(self, path, x)
         x = self.body(self.input_layer(x))
         return self.linear(self.output_pool(x).flatten(1))
 

@@ -129,9 +129,11 @@ def register_commands(cli: Any) -> None:
     @click.option("--repeats", type=click.IntRange(1, 20), default=2, show_default=True,
                   help="Timed rounds (generator, then plain convs); the fastest of each counts.")
     @click.option("--profile", is_flag=True, help="Add the top ops of one profiled synthesis.")
+    @click.option("--optimize/--no-optimize", default=True, show_default=True,
+                  help="The inference settings psp_sr runs the generator with (or the modules as trained).")
     @click.option("--json", "as_json", is_flag=True)
     def generator_cmd(resolution: str, batch: int, device: str, channel_multiplier: int,
-                      channel_max: int, repeats: int, profile: bool, as_json: bool) -> None:
+                      channel_max: int, repeats: int, profile: bool, optimize: bool, as_json: bool) -> None:
         """StyleGAN2 synthesis speed vs plain convolutions on the same shapes (random weights)."""
         from restorekit.cli import emit_json, fail_usage
 
@@ -139,7 +141,7 @@ def register_commands(cli: Any) -> None:
 
         try:
             r = bench_generator(int(resolution), batch, device, channel_multiplier,
-                                channel_max=channel_max, repeats=repeats, profile=profile)
+                                channel_max=channel_max, repeats=repeats, profile=profile, optimize=optimize)
         except RuntimeError as exc:
             fail_usage(str(exc))
             return

@@ -81,12 +81,34 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
         self.activation = activation
         self.impl: Impl = impl
+        # Set by inference.optimize_generator: keep the scaled weight and bias between calls
+        # while they need no gradient (rescaled when the parameters change).
+        self.cache_weights = False
+        self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor | None]] | None = None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def _scaled(self) -> tuple[Tensor, Tensor | None]:
+        """``(weight·scale, bias·lr_mul)``."""
+        wt, bt = self.weight, self.bias
+        cacheable = self.cache_weights and not (
+            torch.is_grad_enabled() and (wt.requires_grad or (bt is not None and bt.requires_grad)))
+        key = (wt.data_ptr(), wt._version, None if bt is None else (bt.data_ptr(), bt._version),
+               torch.is_inference_mode_enabled())
+        if cacheable and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        scaled = (wt * self.scale, bt * self.lr_mul if bt is not None else None)
+        if cacheable:
+            self._cache = (key, scaled)
+        return scaled
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = self.bias * self.lr_mul if self.bias is not None else None
+        weight, bias = self._scaled()
         if self.activation:
-            return fused_bias_act(F.linear(x, self.weight * self.scale), bias, impl=self.impl)
-        return F.linear(x, self.weight * self.scale, bias)
+            return fused_bias_act(F.linear(x, weight), bias, impl=self.impl)
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, act={self.activation}"
@@ -105,9 +127,33 @@ class Blur(nn.Module):
         self.pad = pad
         self.gain = gain
         self.impl: Impl = impl
+        # Set by inference.optimize_generator: off CUDA, filter with one cached depthwise conv
+        # that also adds the caller's bias (the same arithmetic as upfirdn2d's reference path).
+        self.cached = False
+        self._depthwise: Tensor | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel_1d, pad=self.pad, gain=self.gain, impl=self.impl)
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._depthwise = None
+        return super()._apply(fn, recurse)
+
+    def _depthwise_weight(self, x: Tensor) -> Tensor:
+        """``C×1×k×k``: the flipped separable filter times ``gain``, one copy per channel."""
+        w, c = self._depthwise, x.shape[1]
+        if w is None or w.shape[0] != c or w.dtype != x.dtype or w.device != x.device:
+            k = self.kernel_1d.to(x.dtype)
+            f2 = (torch.outer(k, k) * self.gain).flip(0, 1)
+            w = f2.reshape(1, 1, *f2.shape).expand(c, 1, -1, -1).contiguous()
+            self._depthwise = w
+        return w
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The filtered ``x``, plus ``bias`` per channel when given."""
+        p0, p1 = self.pad
+        if self.cached and p0 == p1 >= 0 and not x.is_cuda:
+            return F.conv2d(x, self._depthwise_weight(x), bias, padding=p0, groups=x.shape[1])
+        out = upfirdn2d(x, self.kernel_1d, pad=self.pad, gain=self.gain, impl=self.impl)
+        # In place: the filter's output is fresh and not needed by any backward.
+        return out if bias is None else out.add_(bias.reshape(1, -1, 1, 1))
 
 
 class Upsample(nn.Module):
@@ -155,6 +201,11 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1, impl=impl)
         # None: weight modulation for a batch of one in eager mode, activation modulation otherwise.
         self.fused: bool | None = None
+        # Inference settings (inference.optimize_generator): the memory format of the cached
+        # style-independent weights, and whether a batch of one modulates whichever is smaller,
+        # the weight or the activations (at 4-32 px the activations are).
+        self.memory_format: torch.memory_format | None = None
+        self.modulate_by_cost = False
         self._cache: tuple[tuple[object, ...], tuple[Tensor, Tensor, Tensor | None]] | None = None
 
     def extra_repr(self) -> str:
@@ -170,12 +221,16 @@ class ModulatedConv2d(nn.Module):
         wt = self.weight
         cacheable = not (torch.is_grad_enabled() and wt.requires_grad)
         # Inference-mode tensors cannot be saved for backward later: keep the mode in the key.
-        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled())
+        fmt = self.memory_format
+        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled(), fmt)
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         w = wt[0] * self.scale
         w2 = w.square().sum([2, 3]) if self.demodulate else w.new_empty(0)
         w_t = w.transpose(0, 1).contiguous() if self.upsample else None
+        if fmt is not None:
+            w = w.contiguous(memory_format=fmt)
+            w_t = w_t.contiguous(memory_format=fmt) if w_t is not None else None
         if cacheable:
             self._cache = (key, (w, w2, w_t))
         return w, w2, w_t
@@ -183,6 +238,12 @@ class ModulatedConv2d(nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         self._cache = None  # .to()/.half() etc. move the parameter: drop derived tensors
         return super()._apply(fn, recurse)
+
+    def _weight_modulation_pays(self, x: Tensor) -> bool:
+        """Whether scaling the weight (``out·in·k²`` products) costs less than scaling the
+        activations before and after the convolution (``in·H·W + out·H'·W'``)."""
+        hw = x.shape[2] * x.shape[3]
+        return self.weight.numel() <= hw * (self.in_channel + self.out_channel * (4 if self.upsample else 1))
 
     def forward(self, x: Tensor, style: Tensor, *, gain: float = 1.0,
                 bias: Tensor | None = None) -> Tensor:
@@ -192,14 +253,13 @@ class ModulatedConv2d(nn.Module):
         w, w2, w_t = self._weights()
         # Demodulation: Σ_i,k (w_oik s_ni)² = (s²)·(Σ_k w_oik²)ᵀ — no N×out×in×k×k tensor needed.
         d = torch.rsqrt(s.square() @ w2.t() + self.eps) if self.demodulate else None  # N × out
-        fused = self.fused if self.fused is not None else (n == 1 and not _exporting())
+        fused = self.fused if self.fused is not None else (n == 1 and not _exporting() and (
+            not self.modulate_by_cost or self._weight_modulation_pays(x)))
         if fused and n == 1:
             col = d[0] * gain if d is not None else torch.full_like(s[0, :1], gain).expand(self.out_channel)
             coef = col[:, None] * s[0][None, :]  # out × in: one pass over the weight below
             if self.upsample:
-                out = self.blur(F.conv_transpose2d(x, w_t * coef.t()[:, :, None, None], stride=2))
-                # In place: the blur's output is fresh and not needed by any backward.
-                return out if bias is None else out.add_(bias.reshape(1, -1, 1, 1))
+                return self.blur(F.conv_transpose2d(x, w_t * coef.t()[:, :, None, None], stride=2), bias)
             return F.conv2d(x, w * coef[:, :, None, None], bias=bias, padding=self.padding)
         xs = x * s.reshape(n, -1, 1, 1)
         if self.upsample:
@@ -351,6 +411,9 @@ class StyleGAN2Generator(Generator):
         # The checkpoint's average W (converted official weights ship one); see mean_latent().
         self.register_buffer("latent_avg", torch.empty(0), persistent=False)
         self._impl: Impl = impl
+        #: Activation layout of synthesis (``torch.channels_last`` after inference.optimize_generator;
+        #: None: as the ops produce it). Images are returned contiguous either way.
+        self.memory_format: torch.memory_format | None = None
         #: Lines a command shows once about this generator's weights (which, license); set by the factory.
         self.notes: list[str] = []
 
@@ -460,7 +523,11 @@ class StyleGAN2Generator(Generator):
         elif len(noise) != self.num_layers:
             raise ValueError(f"noise must hold {self.num_layers} tensors, got {len(noise)}")
         n = w_plus.shape[0]
-        out = self.conv1(self.input(n), w_plus[:, 0], noise[0])
+        x = self.input(n)
+        fmt = self.memory_format
+        if fmt is not None:
+            x = x.contiguous(memory_format=fmt)
+        out = self.conv1(x, w_plus[:, 0], noise[0])
         skip = self.to_rgb1(out, w_plus[:, 1])
         i = 1
         for k, to_rgb in enumerate(self.to_rgbs):
@@ -468,7 +535,7 @@ class StyleGAN2Generator(Generator):
             out = self.convs[2 * k + 1](out, w_plus[:, i + 1], noise[2 * k + 2])
             skip = to_rgb(out, w_plus[:, i + 2], skip)
             i += 2
-        return skip
+        return skip if fmt is None else skip.contiguous()
 
     def synthesize(self, w_plus: Tensor, *, noise_mode: Literal["const", "random"] = "const",
                    noise: list[Tensor] | None = None) -> Tensor:

@@ -1,0 +1,179 @@
+"""A network's time against its own convolutions alone: the plain-convolution reference.
+
+:func:`measure_against_convs` runs a callable once under ``FlopCounterMode`` and a dispatch-level
+recorder of every ``aten.convolution`` it issues (so transposed convolutions stay transposed),
+then times the callable and, alternately in the same run, a replay of its dense convolutions
+(``groups == 1``, not 1→1-channel) with ``aten.convolution`` on random tensors of the same
+shapes. The replay runs twice: in the memory layout the network used (``channels_last`` or not),
+and on contiguous ``NCHW`` tensors, the layout plain PyTorch code uses. Alternating keeps load
+from other processes on a shared machine hitting all three alike; the fastest of each counts.
+
+``fraction = conv_s / seconds``: the network's conv-FLOP rate as a share of the plain
+convolutions' rate on the same FLOPs, i.e. the share of its time its convolutions alone would
+take (1.0: no overhead). ``fraction_nchw`` uses the ``NCHW`` replay: above 1.0 when the network
+runs its convolutions faster than plain ``NCHW`` calls of the same shapes would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_CONV = torch.ops.aten.convolution.default
+
+
+@dataclass
+class ConvCall:
+    """One convolution as the network issued it."""
+
+    input: tuple[int, ...]
+    weight: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    transposed: bool
+    output_padding: tuple[int, ...]
+    groups: int
+    has_bias: bool
+    channels_last: bool = False  # input and weight laid out NHWC
+    weight_channels_last: bool = False
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+class ConvRecorder(TorchDispatchMode):
+    """Records every ``aten.convolution`` call (shapes, parameters, layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[ConvCall] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func is _CONV:
+            x, w, b, stride, padding, dilation, transposed, opad, groups = args
+            self.calls.append(ConvCall(tuple(x.shape), tuple(w.shape), tuple(stride), tuple(padding),
+                                       tuple(dilation), bool(transposed), tuple(opad), int(groups),
+                                       b is not None, _is_channels_last(x), _is_channels_last(w)))
+        return func(*args, **(kwargs or {}))
+
+
+def dense(calls: list[ConvCall]) -> list[ConvCall]:
+    """The convolutions that count as the network's work: not depthwise/grouped (FIR filters),
+    not 1→1 channel."""
+    return [c for c in calls if c.groups == 1 and not (c.weight[0] == 1 and c.weight[1] == 1)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Replay:
+    """The recorded convolutions on random tensors of the same shapes, ready to time.
+
+    ``layout``: ``"recorded"`` (as the network laid them out) or ``"nchw"`` (contiguous)."""
+
+    def __init__(self, calls: list[ConvCall], device: torch.device, dtype: torch.dtype,
+                 layout: str = "recorded") -> None:
+        self.calls = calls
+        self.device = device
+        self.tensors = []
+        cl = torch.channels_last
+        for c in calls:
+            x = torch.randn(c.input, device=device, dtype=dtype)
+            w = torch.randn(c.weight, device=device, dtype=dtype)
+            if layout == "recorded":
+                x = x.contiguous(memory_format=cl) if c.channels_last else x
+                w = w.contiguous(memory_format=cl) if c.weight_channels_last else w
+            nb = c.weight[1] * c.groups if c.transposed else c.weight[0]
+            b = torch.randn(nb, device=device, dtype=dtype) if c.has_bias else None
+            self.tensors.append((x, w, b))
+
+    def run(self) -> float:
+        """Seconds for one pass over all convolutions."""
+        with torch.inference_mode():
+            sync(self.device)
+            t0 = time.perf_counter()
+            for c, (x, w, b) in zip(self.calls, self.tensors):
+                _CONV(x, w, b, c.stride, c.padding, c.dilation, c.transposed, c.output_padding, c.groups)
+            sync(self.device)
+            return time.perf_counter() - t0
+
+
+def conv_flops(calls: list[ConvCall]) -> float:
+    """FLOPs of these convolutions as ``FlopCounterMode`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = 0.0
+    for c in calls:
+        x = torch.empty(c.input, device="meta")
+        w = torch.empty(c.weight, device="meta")
+        with FlopCounterMode(display=False) as fc:
+            _CONV(x, w, None, c.stride, c.padding, c.dilation, c.transposed, c.output_padding, c.groups)
+        total += fc.get_total_flops()
+    return total
+
+
+@dataclass
+class ConvMeasure:
+    """A callable timed against its own dense convolutions (see the module docstring)."""
+
+    seconds: float
+    flops: float  # everything FlopCounterMode counts (convolutions, matrix products)
+    n_convs: int
+    conv_flops: float
+    conv_s: float  # the replay in the recorded layout
+    conv_nchw_s: float  # the replay on contiguous NCHW tensors
+    channels_last: bool  # whether any recorded convolution ran NHWC
+
+    @property
+    def fraction(self) -> float:
+        return self.conv_s / self.seconds
+
+    @property
+    def fraction_nchw(self) -> float:
+        return self.conv_nchw_s / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fraction": self.fraction, "fraction_nchw": self.fraction_nchw}
+
+
+def record(fn: Callable[[], object]) -> tuple[list[ConvCall], float]:
+    """``(every convolution fn issues, total FLOPs)`` from one call of ``fn``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rec = ConvRecorder()
+    # no_grad, not inference_mode: the FLOP counter's module tracker needs autograd views.
+    with torch.no_grad(), FlopCounterMode(display=False) as fc, rec:
+        fn()
+    return rec.calls, float(fc.get_total_flops())
+
+
+def measure_against_convs(fn: Callable[[], object], device: torch.device, dtype: torch.dtype = torch.float32,
+                          *, repeats: int = 2) -> ConvMeasure:
+    """Time ``fn`` (already warmed up) against its dense convolutions; see the module docstring."""
+    calls, flops = record(fn)
+    main = dense(calls)
+    replays = [Replay(main, device, dtype, "recorded"), Replay(main, device, dtype, "nchw")]
+    for r in replays:
+        r.run()  # warm-up: primitive creation, first touch of the random tensors
+    best = conv_s = conv_nchw_s = float("inf")
+    for _ in range(max(1, repeats)):
+        with torch.inference_mode():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        conv_s = min(conv_s, replays[0].run())
+        conv_nchw_s = min(conv_nchw_s, replays[1].run())
+    del replays
+    return ConvMeasure(seconds=best, flops=flops, n_convs=len(main), conv_flops=conv_flops(main), conv_s=conv_s,
+                       conv_nchw_s=conv_nchw_s, channels_last=any(c.channels_last for c in main))

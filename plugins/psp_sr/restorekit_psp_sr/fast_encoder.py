@@ -1,0 +1,136 @@
+"""The pSp encoders' inference path: the same function as their ``forward``, computed faster.
+
+:func:`optimize_encoder` attaches an :class:`InferencePath` to a
+:class:`~.encoder.GradualStyleEncoder` or :class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`;
+the encoder's ``forward`` then takes it in eval mode, unless gradients for the encoder's own
+weights are wanted (``train()`` mode, or grad enabled with weights that require it). The
+modules, their parameters and the state dict stay as they are (official pSp layout): the path
+holds only what it derives from them, and derives it again when any of them changes
+(``load_state_dict``, an optimizer step, ``.to()``).
+
+What it changes (results equal to float rounding):
+
+- the IR-SE backbone runs folded (:mod:`.fast_irse`);
+- on CPU every activation is ``channels_last`` and the encoder's own conv weights are converted
+  to that layout in place (same values, no copy kept), so oneDNN reorders nothing per call;
+- the FPN's upsample-and-add adds into the lateral convolution's fresh output;
+- the map2style heads' equalized linear layers run as one batched product with their
+  ``lr_mul/sqrt(in)`` scaling applied once, not per call.
+
+The heads' convolutions stay one call per head: measured on this project's 2-core CPU,
+concatenating the heads that read the same map into one convolution, or running the later head
+layers as grouped convolutions, was no faster (batch 1 and 8; docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fast_irse import FoldedBackbone
+
+
+def _sources(module: nn.Module) -> list[Tensor]:
+    return [*module.parameters(), *module.buffers()]
+
+
+def _stamp(tensors: Iterable[Tensor]) -> tuple[tuple[int, int], ...]:
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def _channels_last_in_place(modules: Iterable[nn.Module]) -> None:
+    """Store every 4-D weight of these modules as ``channels_last`` (values unchanged)."""
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters(recurse=False):
+                if p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
+
+
+class InferencePath:
+    """Fast eval-mode forward of a pSp encoder (see the module docstring)."""
+
+    def __init__(self, encoder: nn.Module, memory_format: torch.memory_format | None) -> None:
+        self.memory_format = memory_format
+        self._backbone_modules = (encoder.input_layer, encoder.body)
+        self._backbone_sources = [t for m in self._backbone_modules for t in _sources(m)]
+        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._backbone: FoldedBackbone | None = None
+        self._linear: tuple[Tensor, Tensor] | None = None
+        self._linear_stamp: tuple[tuple[int, int], ...] | None = None
+
+    def usable(self, encoder: nn.Module) -> bool:
+        """Eval mode, and no gradient wanted for the encoder's weights."""
+        if encoder.training:
+            return False
+        return not torch.is_grad_enabled() or not any(p.requires_grad for p in encoder.parameters())
+
+    def backbone(self) -> FoldedBackbone:
+        stamp = _stamp(self._backbone_sources)
+        if self._backbone is None or stamp != self._stamp:
+            with torch.no_grad():
+                self._backbone = FoldedBackbone(*self._backbone_modules, memory_format=self.memory_format)
+            self._stamp = stamp
+        return self._backbone
+
+    def linears(self, layers: list[nn.Module]) -> tuple[Tensor, Tensor]:
+        """EqualLinear layers (same shapes) as ``(W [L×in×out] scaled, bias [L×1×out] scaled)``."""
+        srcs = [t for m in layers for t in (m.weight, m.bias)]
+        stamp = _stamp(srcs)
+        if self._linear is None or stamp != self._linear_stamp:
+            with torch.no_grad():
+                w = torch.stack([m.weight * m.scale for m in layers]).transpose(1, 2).contiguous()
+                b = torch.stack([m.bias * m.lr_mul for m in layers]).unsqueeze(1)
+            self._linear, self._linear_stamp = (w, b), stamp
+        return self._linear
+
+    def to_layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=self.memory_format) if self.memory_format is not None else x
+
+
+def _head_features(head: nn.Module, x: Tensor) -> Tensor:
+    """A map2style head's convolutions (stride-2 3×3 + LeakyReLU 0.01) down to ``N×C``."""
+    convs = list(head.convs)
+    for conv, act in zip(convs[::2], convs[1::2]):
+        x = F.leaky_relu_(conv(x), act.negative_slope)
+    return x.flatten(1)
+
+
+def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
+    """:class:`~.encoder.GradualStyleEncoder`'s forward on the inference path."""
+    t1, t2, t3 = encoder._taps
+    _, (c1, c2, c3) = path.backbone()(x, (t1, t2, t3))
+    styles = encoder.styles
+    feats = [_head_features(styles[j], c3) for j in range(encoder.coarse_ind)]
+    p2 = encoder.latlayer1(c2).add_(F.interpolate(c3, size=c2.shape[-2:], mode="bilinear", align_corners=True))
+    feats += [_head_features(styles[j], p2) for j in range(encoder.coarse_ind, encoder.middle_ind)]
+    p1 = encoder.latlayer2(c1).add_(F.interpolate(p2, size=c1.shape[-2:], mode="bilinear", align_corners=True))
+    feats += [_head_features(styles[j], p1) for j in range(encoder.middle_ind, encoder.n_styles)]
+    w, b = path.linears([s.linear for s in styles])
+    return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
+
+
+def single_w_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
+    """:class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`'s forward on the inference path."""
+    top, _ = path.backbone()(x)
+    w, b = path.linears([encoder.linear])
+    return torch.addmm(b[0], top.mean((2, 3)), w[0])
+
+
+def optimize_encoder(encoder: nn.Module, *, channels_last: bool | None = None) -> nn.Module:
+    """Attach the inference path to ``encoder`` (in place; returned for chaining).
+
+    ``channels_last``: default on CPU (where it pays), off elsewhere.
+    """
+    if not hasattr(encoder, "inference_path"):
+        raise TypeError(f"{type(encoder).__name__} has no inference path (pSp's two encoders have)")
+    if channels_last is None:
+        channels_last = next(encoder.parameters()).device.type == "cpu"
+    fmt = torch.channels_last if channels_last else None
+    if fmt is not None:
+        _channels_last_in_place(encoder.modules())
+    encoder.inference_path = InferencePath(encoder, fmt)
+    return encoder
