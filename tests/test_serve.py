@@ -359,8 +359,9 @@ def test_serve_binds_localhost_by_default_and_cleans_up(tmp_path: Path) -> None:
             assert [r[1] for r in rows if r[3] == "0A" and int(r[1].split(":")[1], 16) == port] == [f"0100007F:{port:04X}"]
         assert len(list(tmp_path.glob("restorekit-serve-*"))) == 1
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         proc.wait(timeout=30)
+    assert proc.returncode == 0
     assert list(tmp_path.glob("restorekit-serve-*")) == []
 
 

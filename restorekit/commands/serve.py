@@ -82,7 +82,11 @@ def serve_cmd(host: str, port: int, device: str, methods: str | None, opts: tupl
     if not config.loopback:
         warn(f"listening on {host}: anyone who can reach this machine can use the page (there is no login)")
     click.echo(f"restorekit serve: {url_of(sock)}  (Ctrl-C stops)")
-    serve_forever(state, sock)
+    try:
+        serve_forever(state, sock)  # cleans up however it ends
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
+        if not quiet:
+            click.echo("restorekit serve: stopped; its temporary folder is deleted", err=True)
 
 
 def attach(cli: click.Group) -> None:

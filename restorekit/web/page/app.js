@@ -232,6 +232,9 @@ function methodBlock(m) {
   const block = el("div", { class: "method-result", "data-method": m.name, "data-status": m.status }, head);
   if (m.error) block.append(el("p", { class: "failed", text: m.error }));
   for (const n of m.notes || []) block.append(el("p", { class: "muted", text: n }));
+  for (const f of m.faces || []) {  // --faces detect: why a face was left to the background
+    if (f.action !== "restored") block.append(el("p", { class: "muted", text: `face ${f.index} skipped: ${f.reason}` }));
+  }
   block.append(el("div", { class: "grid" }, ...m.outputs.map((o) => figure(o, m.name))));
   if (m.crops && m.crops.length) {
     block.append(el("p", { class: "muted", text: "restored faces" }),
