@@ -383,3 +383,20 @@ def test_the_core_works_without_the_web_extra_and_serve_says_what_to_install() -
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: restorekit serve needs the web extra: pip install 'restorekit[web]' (missing: starlette, uvicorn)"]
+
+
+def test_serve_usage_errors_are_one_line(rk_cli: Any) -> None:
+    import socket
+
+    result = rk_cli("serve", "--methods", "bicubc", "--port", "0")
+    assert result.exit_code == 2 and "unknown method 'bicubc' (did you mean 'bicubic'?)" in result.output
+    result = rk_cli("serve", "--methods", "bicubic", "--opt", "pulse.steps=3", "--port", "0")
+    assert result.exit_code == 2 and "--opt 'pulse.steps=3': method 'pulse' is not in --methods" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = rk_cli("serve", "--methods", "bicubic", "--metrics", "psnr_y_crop", "--port", str(port), "-q")
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use (choose another --port; 0 picks a free one)" \
+        in result.output

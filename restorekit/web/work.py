@@ -40,7 +40,7 @@ from ..interfaces import Face
 from ..progress import reporting
 from .catalogue import Catalogue, MethodEntry
 from .config import ServeConfig
-from .files import FileStore
+from .files import FileStore, safe_download_name
 from .jobs import Job, JobSettings
 from .uploads import Upload, UploadStore
 
@@ -153,7 +153,7 @@ class Restorer:
     def _image(self, job: Job, tensor: Tensor | Image.Image, label: str, download: str, role: str) -> dict[str, Any]:
         pil = tensor if isinstance(tensor, Image.Image) else to_pil(tensor)
         token = self.files.add(png_bytes(pil), "png", download, f"j{job.id}")
-        return {"role": role, "label": label, "url": f"/files/{token}", "download": self.files.get(token).download_name,  # type: ignore[union-attr]
+        return {"role": role, "label": label, "url": f"/files/{token}", "download": safe_download_name(download),
                 "width": pil.width, "height": pil.height}
 
     def _pipeline(self, entry: MethodEntry, k: int) -> FacePipeline:
@@ -325,8 +325,9 @@ class Restorer:
                 **{k: v for k, v in job.result.items() if k != "numbers"}}
         stem = str(job.result.get("stem", "upload"))
         text = json.dumps(jsonable(data), indent=2, default=str)
-        token = self.files.add(text.encode(), "json", f"{stem}_x{job.settings.scale}_results.json", f"j{job.id}")
-        job.publish("numbers", {"url": f"/files/{token}", "download": self.files.get(token).download_name})  # type: ignore[union-attr]
+        name = f"{stem}_x{job.settings.scale}_results.json"
+        token = self.files.add(text.encode(), "json", name, f"j{job.id}")
+        job.publish("numbers", {"url": f"/files/{token}", "download": safe_download_name(name)})
 
 
 def forget_job(files: FileStore, job: Job) -> None:
