@@ -125,6 +125,7 @@ class OnnxMethod(Method):
     backend: ClassVar[str] = "onnxruntime"
     # Per-part timings of the wrapped method would time PyTorch, not this backend.
     bench_parts = None
+    bench_breakdown = None
 
     def __init__(self, inner: Method, spec: ExportSpec, session: OnnxSession) -> None:
         super().__init__(inner.options, device=inner.device)

@@ -9,6 +9,12 @@ same run and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch 
 ``--backend torch,onnxruntime`` times NAME's network in each backend side by side (the
 onnxruntime one exported on first use, see :mod:`restorekit.onnx_backend`) and prints
 ``torch ms/image ÷ onnxruntime ms/image``; ``--threads`` sets both backends' thread counts.
+
+``--resolution R`` benchmarks an untrained model of the method's paper shapes at output
+resolution ``R`` (methods with a ``bench_model_options(R)`` class hook; psp_sr: IR-SE50 encoder,
+config-f generator), so no weights are needed. A method with ``bench_breakdown(lr, scale,
+repeats=)`` (psp_sr: encoder and generator) also gets, per part, milliseconds and the fraction
+of the plain-convolution rate measured on the same shapes in the same run.
 """
 
 from __future__ import annotations
@@ -93,6 +99,25 @@ def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, wa
             "memory_kind": "cuda_peak_allocated" if dev.type == "cuda" else "process_peak_rss"}
 
 
+def bench_model_opts(name: str, resolution: int | None) -> tuple[str, ...]:
+    """``--opt`` strings for ``--resolution``: the method's untrained paper-shaped model."""
+    if resolution is None:
+        return ()
+    hook = getattr(method_class(name), "bench_model_options", None)
+    if not callable(hook):
+        raise RestorekitError(f"{name} has no untrained benchmark model, so --resolution does not apply to it; "
+                              f"pass --weights instead")
+    return tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in hook(resolution).items())
+
+
+def time_breakdown(method: Method, lr: torch.Tensor, scale: int, *, repeats: int) -> dict[str, dict[str, Any]]:
+    """The method's per-part conv-rate breakdown (``bench_breakdown``), or ``{}`` without one."""
+    hook = getattr(method, "bench_breakdown", None)
+    if not callable(hook):
+        return {}
+    return dict(hook(lr.to(method.device), scale, repeats=repeats))
+
+
 def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -> Method:
     cls = method_class(name)
     values = method_values(cls, opts, weights)
@@ -121,11 +146,14 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
               help="Backends for NAME, timed side by side: torch, onnxruntime (comma-separated).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and onnxruntime (default: torch's current setting).")
+@click.option("--resolution", type=click.Choice(["32", "64", "128", "256", "512", "1024"]), default=None,
+              help="An untrained model of the paper's shapes at this output resolution (psp_sr), for NAME and "
+                   "--compare-to; no weights needed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: str, repeat: int, warmup: int,
                      device: str, opts: tuple[str, ...], weights: str | None, other: str | None,
                      other_opts: tuple[str, ...], compare_repeat: int, other_batches: str, backends: str,
-                     threads: int | None, as_json: bool) -> None:
+                     threads: int | None, resolution: str | None, as_json: bool) -> None:
     """Time METHOD per image at each --batch size (and against --compare-to)."""
     from ..testing.data import smooth_batch
 
@@ -137,13 +165,18 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         raise click.BadParameter(f"'{bad[0]}': backends are torch, onnxruntime", param_hint="--backend")
     if threads is not None:
         torch.set_num_threads(threads)
+    res = int(resolution) if resolution is not None else None
     try:
         cls = method_class(name)
         k = scale if scale is not None else default_scale(cls)
-        method = _build(name, opts, weights, device)
+        method = _build(name, bench_model_opts(name, res) + opts, weights, device)
         method.check_scale(k)
         side = input_size(method, k, size)
-        other_m = _build(other, other_opts, None, device) if other else None
+        if other:
+            has_model = callable(getattr(method_class(other), "bench_model_options", None))
+            other_m = _build(other, bench_model_opts(other, res if has_model else None) + other_opts, None, device)
+        else:
+            other_m = None
         if other_m is not None:
             other_m.check_scale(k)
         variants: list[tuple[str, Method]] = []
@@ -163,17 +196,22 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         session = getattr(m, "session", None)
         return int(session.threads) if session is not None else torch.get_num_threads()
 
-    rows = [dict(method=name, backend=be, threads=n_threads(mm),
-                 **time_method(mm, lr_all[:b], k, repeat=repeat, warmup=warmup))
+    parts_repeats = max(2, min(repeat, 3))
+    rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm),
+                 **time_method(mm, lr_all[:b], k, repeat=repeat, warmup=warmup),
+                 breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
             for be, mm in variants for b in sizes]
     result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),
                               "dtype": "float32", "backends": backend_list, "results": rows}
+    if res is not None:
+        result["resolution"] = res
     if len(backend_list) > 1 and "torch" in backend_list and "onnxruntime" in backend_list:
         by = {(r["backend"], r["batch"]): r["ms_per_image"] for r in rows}
         result["backend_ratio"] = {str(b): by[("torch", b)] / by[("onnxruntime", b)] for b in sizes}
     if other_m is not None:
-        other_rows = [dict(method=other, backend="torch", threads=torch.get_num_threads(),
-                           **time_method(other_m, lr_all[:b], k, repeat=compare_repeat, warmup=min(warmup, 1)))
+        other_rows = [dict(method=other, options=list(other_opts), backend="torch", threads=torch.get_num_threads(),
+                           **time_method(other_m, lr_all[:b], k, repeat=compare_repeat, warmup=min(warmup, 1)),
+                           breakdown=time_breakdown(other_m, lr_all[:b], k, repeats=parts_repeats))
                       for b in other_sizes]
         result["compare_to"] = other
         result["compare_results"] = other_rows
@@ -186,17 +224,30 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     if as_json:
         emit_json(result)
         return
+
+    def label(r: dict[str, Any]) -> str:
+        return " ".join([r["method"], *r["options"]])
+
     table(f"{name} ×{k} on {side}×{side} input, {result['device']}",
           ["method", "backend", "threads", "batch", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
-          [[r["method"], r["backend"], str(r["threads"]), str(r["batch"]), f"{r['ms_per_call']:.2f}",
+          [[label(r), r["backend"], str(r["threads"]), str(r["batch"]), f"{r['ms_per_call']:.2f}",
             f"{r['ms_per_image']:.2f}",
             ", ".join(f"{p} {v:.2f}" for p, v in r["parts_ms"].items()) or "-",
             f"{r['peak_memory_mib']:.0f} ({'cuda' if r['memory_kind'].startswith('cuda') else 'rss'})"]
            for r in rows + result.get("compare_results", [])])
+    parts = [(r, part, p) for r in rows + result.get("compare_results", []) for part, p in r["breakdown"].items()]
+    if parts:
+        table("per part, against its own convolutions replayed as plain aten.convolution on the same shapes",
+              ["method", "batch", "part", "ms/image", "GFLOP/image", "conv ms (layout)", "fraction",
+               "conv ms (NCHW)", "fraction vs NCHW"],
+              [[label(r), str(r["batch"]), part, f"{p['ms_per_image']:.1f}", f"{p['gflop_per_image']:.1f}",
+                f"{p['conv_ms_per_image']:.1f} ({p['layout']})", f"{p['fraction']:.2f}",
+                f"{p['conv_nchw_ms_per_image']:.1f}", f"{p['fraction_nchw']:.2f}"] for r, part, p in parts])
     for b, ratio in result.get("backend_ratio", {}).items():
         click.echo(f"{name}: onnxruntime is {ratio:.2f}× as fast as torch per image (batch {b})")
     for b, ratio in result.get("speed_ratio", {}).items():
-        click.echo(f"{name} is {ratio:.1f}× faster than {other} per image (batch {b})")
+        click.echo(f"{' '.join([name, *opts])} is {ratio:.2f}× as fast as {' '.join([str(other), *other_opts])} "
+                   f"per image (batch {b})")
 
 
 def attach(cli: click.Group) -> None:

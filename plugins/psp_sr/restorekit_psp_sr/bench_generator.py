@@ -50,7 +50,7 @@ class GeneratorBench:
     ratio: float
     conv_nchw_ms_per_image: float
     ratio_nchw: float
-    channels_last: bool
+    layout: str
     n_convs: int
     profile_top: list[dict[str, Any]] = field(default_factory=list)
 
@@ -120,12 +120,12 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
         gflops=m.flops / best / 1e9, conv_gflop_per_image=m.conv_flops / batch / 1e9,
         conv_ms_per_image=m.conv_s * 1e3 / batch, conv_gflops=m.conv_flops / m.conv_s / 1e9,
         ratio=m.fraction, conv_nchw_ms_per_image=m.conv_nchw_s * 1e3 / batch, ratio_nchw=m.fraction_nchw,
-        channels_last=m.channels_last, n_convs=m.n_convs, profile_top=top)
+        layout=m.layout, n_convs=m.n_convs, profile_top=top)
 
 
 def format_report(r: GeneratorBench) -> str:
     """Human-readable lines for the CLI."""
-    layout = "channels_last" if r.channels_last else "NCHW"
+    layout = r.layout
     lines = [
         f"StyleGAN2 {r.resolution}px ×{r.channel_multiplier} batch {r.batch} on {r.device} ({r.threads} threads, "
         f"{'inference settings' if r.optimized else 'not optimised'})",

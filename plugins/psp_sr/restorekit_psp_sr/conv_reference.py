@@ -40,12 +40,22 @@ class ConvCall:
     output_padding: tuple[int, ...]
     groups: int
     has_bias: bool
-    channels_last: bool = False  # input and weight laid out NHWC
-    weight_channels_last: bool = False
+    input_layout: str = "nchw"  # "nchw", "nhwc", "both" (e.g. 1×1 maps or kernels) or "strided"
+    weight_layout: str = "nchw"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.input_layout == "nhwc"
+
+    @property
+    def weight_channels_last(self) -> bool:
+        return self.weight_layout == "nhwc"
 
 
-def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+def _layout(t: torch.Tensor) -> str:
+    nchw = t.is_contiguous()
+    nhwc = t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    return "both" if nchw and nhwc else "nchw" if nchw else "nhwc" if nhwc else "strided"
 
 
 class ConvRecorder(TorchDispatchMode):
@@ -60,7 +70,7 @@ class ConvRecorder(TorchDispatchMode):
             x, w, b, stride, padding, dilation, transposed, opad, groups = args
             self.calls.append(ConvCall(tuple(x.shape), tuple(w.shape), tuple(stride), tuple(padding),
                                        tuple(dilation), bool(transposed), tuple(opad), int(groups),
-                                       b is not None, _is_channels_last(x), _is_channels_last(w)))
+                                       b is not None, _layout(x), _layout(w)))
         return func(*args, **(kwargs or {}))
 
 
@@ -131,7 +141,8 @@ class ConvMeasure:
     conv_flops: float
     conv_s: float  # the replay in the recorded layout
     conv_nchw_s: float  # the replay on contiguous NCHW tensors
-    channels_last: bool  # whether any recorded convolution ran NHWC
+    layout: str  # of the recorded convolutions: "channels_last", "NCHW", or "mixed" (NHWC activations
+    # with NCHW weights somewhere: what an image read from a file brings into an unoptimised model)
 
     @property
     def fraction(self) -> float:
@@ -150,8 +161,9 @@ def record(fn: Callable[[], object]) -> tuple[list[ConvCall], float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     rec = ConvRecorder()
-    # no_grad, not inference_mode: the FLOP counter's module tracker needs autograd views.
-    with torch.no_grad(), FlopCounterMode(display=False) as fc, rec:
+    # no_grad, not inference_mode: the FLOP counter's module tracker needs autograd views, and
+    # under inference mode convolutions reach the dispatcher below aten.convolution.
+    with torch.inference_mode(False), torch.no_grad(), FlopCounterMode(display=False) as fc, rec:
         fn()
     return rec.calls, float(fc.get_total_flops())
 
@@ -176,4 +188,14 @@ def measure_against_convs(fn: Callable[[], object], device: torch.device, dtype:
         conv_nchw_s = min(conv_nchw_s, replays[1].run())
     del replays
     return ConvMeasure(seconds=best, flops=flops, n_convs=len(main), conv_flops=conv_flops(main), conv_s=conv_s,
-                       conv_nchw_s=conv_nchw_s, channels_last=any(c.channels_last for c in main))
+                       conv_nchw_s=conv_nchw_s, layout=layout_of(main))
+
+
+def layout_of(calls: list[ConvCall]) -> str:
+    """``"channels_last"`` (every activation and weight NHWC), ``"NCHW"`` (all NCHW) or ``"mixed"``."""
+    layouts = {lay for c in calls for lay in (c.input_layout, c.weight_layout)} - {"both"}
+    if layouts <= {"nhwc"} and layouts:
+        return "channels_last"
+    if layouts <= {"nchw"}:
+        return "NCHW"
+    return "mixed"

@@ -129,7 +129,7 @@ class GradualStyleEncoder(Encoder):
     def forward(self, x: Tensor) -> Tensor:
         """Official forward: ``N×input_nc×S×S`` in [-1, 1] (``S = input_size``) to W+ codes."""
         path = self.inference_path
-        if path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self):
+        if path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self, x):
             return gradual_style_forward(self, path, x)
         x = self.input_layer(x)
         t1, t2, t3 = self._taps
@@ -177,7 +177,7 @@ class BackboneEncoderUsingLastLayerIntoW(Encoder):
     def forward(self, x: Tensor) -> Tensor:
         """Official forward: ``[-1, 1]`` input to ``N×style_dim``."""
         path = self.inference_path
-        if path is not None and path.usable(self):
+        if path is not None and path.usable(self, x):
             return single_w_forward(self, path, x)
         x = self.body(self.input_layer(x))
         return self.linear(self.output_pool(x).flatten(1))

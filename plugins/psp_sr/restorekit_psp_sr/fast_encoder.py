@@ -41,6 +41,11 @@ def _stamp(tensors: Iterable[Tensor]) -> tuple[tuple[int, int], ...]:
     return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
+def _shape_key(x: Tensor) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
+    # int(): a tracer hands out sizes as tensors.
+    return tuple(int(d) for d in x.shape[1:]), x.dtype, x.device
+
+
 def _channels_last_in_place(modules: Iterable[nn.Module]) -> None:
     """Store every 4-D weight of these modules as ``channels_last`` (values unchanged)."""
     with torch.no_grad():
@@ -61,19 +66,32 @@ class InferencePath:
         self._backbone: FoldedBackbone | None = None
         self._linear: tuple[Tensor, Tensor] | None = None
         self._linear_stamp: tuple[tuple[int, int], ...] | None = None
+        self._served: set[tuple[tuple[int, ...], torch.dtype, torch.device]] = set()
 
-    def usable(self, encoder: nn.Module) -> bool:
-        """Eval mode, and no gradient wanted for the encoder's weights."""
+    def usable(self, encoder: nn.Module, x: Tensor) -> bool:
+        """Eval mode, and no gradient wanted for the encoder's weights. While a graph exporter
+        traces, only when everything derived is ready for ``x``'s shape (an earlier call made it):
+        deriving it inside the trace would put the float64 folding into the graph."""
         if encoder.training:
             return False
-        return not torch.is_grad_enabled() or not any(p.requires_grad for p in encoder.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters()):
+            return False
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return (_shape_key(x) in self._served and self._backbone is not None
+                    and _stamp(self._backbone_sources) == self._stamp)
+        return True
+
+    def served(self, x: Tensor) -> None:
+        """Record that everything derived for ``x``'s shape now exists (see :meth:`usable`)."""
+        self._served.add(_shape_key(x))
 
     def backbone(self) -> FoldedBackbone:
         stamp = _stamp(self._backbone_sources)
         if self._backbone is None or stamp != self._stamp:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in any mode
                 self._backbone = FoldedBackbone(*self._backbone_modules, memory_format=self.memory_format)
             self._stamp = stamp
+            self._served.clear()
         return self._backbone
 
     def linears(self, layers: list[nn.Module]) -> tuple[Tensor, Tensor]:
@@ -81,7 +99,7 @@ class InferencePath:
         srcs = [t for m in layers for t in (m.weight, m.bias)]
         stamp = _stamp(srcs)
         if self._linear is None or stamp != self._linear_stamp:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():
                 w = torch.stack([m.weight * m.scale for m in layers]).transpose(1, 2).contiguous()
                 b = torch.stack([m.bias * m.lr_mul for m in layers]).unsqueeze(1)
             self._linear, self._linear_stamp = (w, b), stamp
@@ -110,6 +128,7 @@ def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) ->
     p1 = encoder.latlayer2(c1).add_(F.interpolate(p2, size=c1.shape[-2:], mode="bilinear", align_corners=True))
     feats += [_head_features(styles[j], p1) for j in range(encoder.middle_ind, encoder.n_styles)]
     w, b = path.linears([s.linear for s in styles])
+    path.served(x)
     return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
 
 
@@ -117,6 +136,7 @@ def single_w_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tens
     """:class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`'s forward on the inference path."""
     top, _ = path.backbone()(x)
     w, b = path.linears([encoder.linear])
+    path.served(x)
     return torch.addmm(b[0], top.mean((2, 3)), w[0])
 
 

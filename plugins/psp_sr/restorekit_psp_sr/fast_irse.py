@@ -48,28 +48,34 @@ class FoldedConv:
 
 
 class BorderCorrection:
-    """Adds :class:`~.fold.BorderBias`'s border terms to a convolution's output, in place."""
+    """Adds :class:`~.fold.BorderBias`'s border terms to a convolution's output, in place (out of
+    place, as one constant map, while a graph exporter traces)."""
 
     def __init__(self, bias: BorderBias) -> None:
         self.bias = bias
-        self._by_size: dict[tuple[int, int, torch.dtype, torch.device], tuple[Tensor, ...]] = {}
+        self._by_size: dict[tuple[int, int, torch.dtype, torch.device], tuple[Tensor, tuple[Tensor, ...]]] = {}
 
-    def _parts(self, out: Tensor) -> tuple[Tensor, ...]:
-        h, w = out.shape[-2:]
+    def _entry(self, out: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``(whole map 1×C×H×W, its non-zero parts)`` for ``out``'s size, computed once."""
+        h, w = int(out.shape[-2]), int(out.shape[-1])
         key = (h, w, out.dtype, out.device)
-        parts = self._by_size.get(key)
-        if parts is None:
-            full = self.bias.full(h, w).to(device=out.device, dtype=out.dtype)
-            p = self.bias.padding
-            if h > 2 * p and w > 2 * p:  # only the border ring is non-zero
-                parts = (full[:, :p], full[:, h - p:], full[:, p:h - p, :p], full[:, p:h - p, w - p:])
-            else:
-                parts = (full,)
-            self._by_size[key] = parts = tuple(t.contiguous() for t in parts)
-        return parts
+        entry = self._by_size.get(key)
+        if entry is None:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in any mode
+                full = self.bias.full(h, w).to(device=out.device, dtype=out.dtype)
+                p = self.bias.padding
+                if h > 2 * p and w > 2 * p:  # only the border ring is non-zero
+                    parts = (full[:, :p], full[:, h - p:], full[:, p:h - p, :p], full[:, p:h - p, w - p:])
+                else:
+                    parts = (full,)
+                entry = (full.unsqueeze(0), tuple(t.contiguous() for t in parts))
+            self._by_size[key] = entry
+        return entry
 
     def __call__(self, out: Tensor) -> Tensor:
-        parts = self._parts(out)
+        full, parts = self._entry(out)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return out + full  # one constant, out of place: what graph exporters handle well
         if len(parts) == 1:
             return out.add_(parts[0])
         p = self.bias.padding

@@ -328,6 +328,12 @@ class PSPSROptions(Options):
                             "as their training; bicubic for restorekit-trained models)")
     keep_native_size: bool = Field(False, description="return the generator's native size instead of scale × input")
     impl: Literal["auto", "ref", "cuda"] = Field("auto", description="StyleGAN2 ops backend")
+    optimize: bool = Field(True, description="inference optimisations (batch norm folded, channels_last on CPU …; "
+                                             "same results to float rounding); false runs the modules as trained")
+    random_weights: bool = Field(False, description="an untrained model of the paper's shapes (IR-SE50 encoder on "
+                                                    "256-px inputs, config-f generator): benchmarks and tests only")
+    resolution: int | None = Field(None, description="random_weights: the generator's resolution, 32-1024 "
+                                                     "(default 1024, the paper's)")
 
 
 class PSPSR(Method):
@@ -380,14 +386,48 @@ class PSPSR(Method):
 
         return resolve(w), w  # WeightsMissing names the pull/import commands
 
-    def load(self) -> None:
-        if self.model is not None:
-            return
-        path, name = self._model_path()
-        model, config = load_psp_model(path, impl=self.options.impl)
+    @classmethod
+    def bench_model_options(cls, resolution: int) -> dict[str, Any]:
+        """Options of an untrained model with the paper's shapes at ``resolution`` (``bench method
+        --resolution``)."""
+        return {"random_weights": True, "resolution": resolution}
+
+    def _place(self, model: Any) -> None:
+        """Put ``model`` on the device, frozen, optimised for inference unless ``optimize`` is off."""
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if self.options.optimize:
+            from .inference import optimize_for_inference
+
+            optimize_for_inference(self.model)
+
+    def _load_random(self) -> None:
+        from .random_model import paper_shaped_psp
+
+        o = self.options
+        if o.weights is not None:
+            raise PSPModelError(f"psp_sr: random_weights=true and weights={o.weights!r} exclude each other")
+        model, config = paper_shaped_psp(o.resolution or 1024, impl=o.impl)
+        self._place(model)
+        self.model_config = config
+        self.weights_info = {"name": config["name"], "file": None, "sha256": None, "license": config["license"],
+                             "format": config["format"]}
+        self.notes = [f"psp_sr: random weights (random_weights=true): an untrained {config['name']} model",
+                      f"psp_sr: outputs are the generator's {self.resolution} px" if o.keep_native_size else
+                      f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size"]
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        if self.options.resolution is not None and not self.options.random_weights:
+            raise PSPModelError("psp_sr: resolution is read off the weights; it applies to random_weights=true only")
+        if self.options.random_weights:
+            self._load_random()
+            return
+        path, name = self._model_path()
+        model, config = load_psp_model(path, impl=self.options.impl)
+        self._place(model)
         self.model_config = config
         from restorekit.weights import sha256_file
 
@@ -491,6 +531,13 @@ class PSPSR(Method):
 
         h, w = lr.shape[-2:]
         return bicubic_resize(img, (h * scale, w * scale)).clamp(0, 1)
+
+    def bench_breakdown(self, lr: Tensor, scale: int, *, repeats: int = 2) -> dict[str, dict[str, Any]]:
+        """Encoder and generator each timed against their own convolutions (:mod:`.conv_reference`)."""
+        from .bench_psp import psp_breakdown
+
+        self.load()
+        return psp_breakdown(self.model, self._to_input(lr.to(self.device, torch.float32)), repeats=repeats)
 
     @torch.no_grad()
     def bench_parts(self, lr: Tensor, scale: int) -> dict[str, float]:

@@ -13,7 +13,10 @@ onnxruntime`` takes the same inputs as the torch backend, and users of the bare 
 ``S×S`` faces already upsampled to the encoder size (the file's sidecar states ``S``). Antialiased
 resizing is not in the graph because ONNX ``Resize`` has no antialiased bicubic matching PyTorch's.
 
-Export details. The copy that is exported uses the reference ops (``impl="ref"``), the
+Export details. The encoder is exported as the method runs it: with its inference path
+(:mod:`.fast_encoder`: batch norm folded) when the model was optimised — onnxruntime ran the
+paper's encoder about as fast either way, so the simpler graph is kept — and as the official
+modules otherwise (or in float16). The copy that is exported uses the reference ops (``impl="ref"``), the
 activation-modulation form of every modulated convolution (``fused=False``: per-sample scaling
 of activations, no per-sample weights, nothing shaped by the batch) and the CPU layer form
 (bias, gain and noise folded, ``fold=True``). Its FIR filters (the blur after each transposed
@@ -117,6 +120,10 @@ class PSPInferenceGraph(nn.Module):
         self.psp = psp
         self.input_size = int(psp.input_size)
         self.resolution = int(psp.decoder.resolution)
+        if getattr(psp.encoder, "inference_path", None) is not None:
+            # Derive the folded encoder now, so the exporter traces its result, not its making.
+            with torch.no_grad():
+                self(torch.full((1, 3, self.input_size, self.input_size), 0.5))
 
     def forward(self, x: Tensor) -> Tensor:
         w_plus = self.psp.encode(x)

@@ -140,9 +140,11 @@ class Blur(nn.Module):
         """``C×1×k×k``: the flipped separable filter times ``gain``, one copy per channel."""
         w, c = self._depthwise, x.shape[1]
         if w is None or w.shape[0] != c or w.dtype != x.dtype or w.device != x.device:
-            k = self.kernel_1d.to(x.dtype)
-            f2 = (torch.outer(k, k) * self.gain).flip(0, 1)
-            w = f2.reshape(1, 1, *f2.shape).expand(c, 1, -1, -1).contiguous()
+            # A plain tensor even under inference mode: it may serve a call that needs gradients later.
+            with torch.inference_mode(False), torch.no_grad():
+                k = self.kernel_1d.to(x.dtype)
+                f2 = (torch.outer(k, k) * self.gain).flip(0, 1)
+                w = f2.reshape(1, 1, *f2.shape).expand(c, 1, -1, -1).contiguous()
             self._depthwise = w
         return w
 

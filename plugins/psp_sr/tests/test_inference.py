@@ -236,3 +236,113 @@ def test_paper_psp_sr_model_at_256() -> None:
     torch.manual_seed(12)
     model = psp_model(256, GradualStyleEncoder(14, 512), 12, style_dim=512, n_mlp=8, channel_multiplier=2)
     assert_same_outputs(model, torch.rand(1, 3, 64, 64))
+
+
+# -- the method: optimised on load, optimize=false, export, bench ---------------------------------
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory):
+    from tiny_models import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def test_method_runs_optimised_unless_asked_not_to(tiny_file) -> None:
+    from restorekit.testing.data import smooth_batch
+    from restorekit_psp_sr.method import PSPSR, PSPSROptions
+
+    fast = PSPSR(PSPSROptions(weights=str(tiny_file), impl="ref"))
+    plain = PSPSR(PSPSROptions(weights=str(tiny_file), impl="ref", optimize=False))
+    fast.load(), plain.load()
+    assert fast.model.encoder.inference_path is not None and fast.model.decoder.memory_format is not None
+    assert plain.model.encoder.inference_path is None and plain.model.decoder.memory_format is None
+    lr = smooth_batch(2, 8, 8, seed=3)
+    with torch.inference_mode():
+        a, b = fast.restore(lr, 4), plain.restore(lr, 4)
+    assert (a - b).abs().max() <= 1e-4
+
+
+def test_onnx_export_uses_the_folded_encoder(tiny_file, tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from restorekit.onnx_export import export_onnx
+    from restorekit_psp_sr.method import PSPSR, PSPSROptions
+    from restorekit_psp_sr.onnx_graph import psp_sr_export_spec
+
+    counts = {}
+    for optimize in (True, False):
+        m = PSPSR(PSPSROptions(weights=str(tiny_file), impl="ref", optimize=optimize))
+        out = tmp_path / f"opt{optimize}.onnx"
+        export_onnx(psp_sr_export_spec(m), out, tolerance=1e-4)  # checks onnxruntime against torch
+        counts[optimize] = sum(n.op_type == "BatchNormalization" for n in onnx.load(str(out)).graph.node)
+    assert counts[True] == 0 and counts[False] > 0
+
+
+def test_random_weights_options() -> None:
+    from restorekit_psp_sr.method import PSPSR, PSPModelError, PSPSROptions
+    from restorekit_psp_sr.random_model import paper_shaped_psp
+
+    with pytest.raises(PSPModelError, match="random_weights=true only"):
+        PSPSR(PSPSROptions(resolution=256)).load()
+    with pytest.raises(PSPModelError, match="exclude each other"):
+        PSPSR(PSPSROptions(random_weights=True, weights="x.safetensors")).load()
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        paper_shaped_psp(100)
+    assert PSPSR.bench_model_options(256) == {"random_weights": True, "resolution": 256}
+
+
+def test_bench_method_breakdown_json(tiny_file) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["bench", "method", "psp_sr", "--weights", str(tiny_file), "--scale", "4",
+                                         "--batch", "1", "--repeat", "2", "--warmup", "0", "--device", "cpu",
+                                         "--opt", "impl=ref", "--compare-to", "psp_sr", "--compare-opt", "impl=ref",
+                                         "--compare-opt", f"weights={tiny_file}", "--compare-opt", "optimize=false",
+                                         "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    fast, plain = res["results"][0], res["compare_results"][0]
+    assert plain["options"] == ["impl=ref", f"weights={tiny_file}", "optimize=false"]
+    for row in (fast, plain):
+        assert set(row["breakdown"]) == {"encoder", "generator"}
+        for part in row["breakdown"].values():
+            assert part["ms_per_image"] > 0 and part["n_convs"] > 0 and part["gflop_per_image"] > 0
+            assert part["fraction"] > 0 and part["fraction_nchw"] > 0
+            assert part["fraction"] == pytest.approx(part["conv_ms_per_image"] / part["ms_per_image"])
+    assert fast["breakdown"]["generator"]["layout"] == "channels_last"
+    assert plain["breakdown"]["generator"]["layout"] == "NCHW"
+    # The same convolutions, whichever way they are laid out (the encoder's SE gates become
+    # matrix products, a sliver of its FLOPs).
+    assert fast["breakdown"]["generator"]["conv_gflop_per_image"] == pytest.approx(
+        plain["breakdown"]["generator"]["conv_gflop_per_image"])
+    assert fast["breakdown"]["encoder"]["conv_gflop_per_image"] == pytest.approx(
+        plain["breakdown"]["encoder"]["conv_gflop_per_image"], rel=0.01)
+
+
+def test_bench_method_resolution_needs_a_benchmark_model() -> None:
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["bench", "method", "bicubic", "--resolution", "256"])
+    assert r.exit_code == 2 and "no untrained benchmark model" in r.output
+
+
+def test_bench_generator_reports_both_references() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    for flag, layout in (("--optimize", "channels_last"), ("--no-optimize", "NCHW")):
+        r = CliRunner().invoke(build_cli(), ["bench", "generator", "--resolution", "32", "--channel-max", "16",
+                                             "--repeats", "1", flag, "--json"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        assert out["optimized"] is (flag == "--optimize") and out["layout"] == layout and out["n_convs"] == 11
+        assert out["ratio"] == pytest.approx(out["conv_ms_per_image"] / out["ms_per_image"])
+        assert out["ratio_nchw"] == pytest.approx(out["conv_nchw_ms_per_image"] / out["ms_per_image"])
