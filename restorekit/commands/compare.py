@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
 
 from ..cli import UsageProblem, emit_json, error_line, warn
 from ..errors import RestorekitError
@@ -111,7 +110,7 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
         write_all(sm, out)
         for m in p.metrics:
             if m.status != "ok":
-                warn(escape(f"metric {m.name} skipped: {m.reason}"))
+                warn(f"metric {m.name} skipped: {m.reason}")
         if as_json:
             emit_json(jsonable(results_document(sm, include_images=False))
                       | {"results_json": str(out / "results.json")})
@@ -119,7 +118,7 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
             print_table(sm)
             click.echo(f"reports: {out / 'report.html'}, {out / 'results.json'}, {out / 'results.csv'}", err=True)
         for line in failure_lines(sm):
-            error_line(escape(line))
+            error_line(line)
         raise SystemExit(res.exit_code)
 
 
