@@ -70,7 +70,7 @@ def outline_faces(image: Tensor, boxes: list[tuple[int, tuple[float, float, floa
         pil = pil.resize((pil.width * grow, pil.height * grow), Image.Resampling.NEAREST)
     f = factor * grow
     draw = ImageDraw.Draw(pil)
-    width = max(2, round(max(pil.size) / 256))
+    width = max(2, round(max(pil.size) / 128))
     for index, (x0, y0, x1, y1), restored in boxes:
         colour = (40, 220, 90) if restored else (255, 160, 0)
         draw.rectangle((x0 * f, y0 * f, x1 * f, y1 * f), outline=colour, width=width)
@@ -227,7 +227,7 @@ class Restorer:
             else:
                 base, factor = lr, 1.0
             job.publish("images", self._image(job, outline_faces(base, boxes, factor),
-                                              "faces found" if s.faces == "detect" else "the face cropped",
+                                              "faces found" if s.faces == "detect" else "the face found (outlined)",
                                               f"{stem}_faces.png", "faces"), append=True)
         job.units_done = 1
 
