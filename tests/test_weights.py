@@ -346,6 +346,14 @@ def test_pull_cli_with_progress(server: tuple[str, Files], specs: dict[str, W.We
     assert r.exit_code == 0 and Path(r.output.strip()).read_bytes() == blob
 
 
+def test_cli_messages_print_brackets_as_text(specs: dict[str, W.WeightSpec]) -> None:
+    """Error lines are text, not rich markup: '[web]' in a name must survive (it vanished before)."""
+    specs["toy-net"] = spec_for("toy-net", "toy.safetensors", data=b"abc")
+    r = CliRunner().invoke(weights_group, ["path", "toy-net[web]"])
+    assert r.exit_code == 2
+    assert "'toy-net[web]'" in r.output and "did you mean 'toy-net'" in r.output
+
+
 # --- import, verify, rm -----------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 
 from .. import weights as W
 from ..errors import FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
@@ -38,10 +39,10 @@ class WeightsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (UnknownNameError, FileSystemError) as exc:
-            _err.print(f"[red]error:[/] {exc}")
+            _err.print(f"[red]error:[/] {escape(str(exc))}")
             ctx.exit(2)
         except RestorekitError as exc:
-            _err.print(f"[red]error:[/] {exc}")
+            _err.print(f"[red]error:[/] {escape(str(exc))}")
             ctx.exit(1)
 
 
@@ -151,23 +152,23 @@ def show_cmd(name: str, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     out = Console()
-    out.print(f"[bold]{spec.name}[/] — {spec.description or spec.architecture}")
-    out.print(f"architecture: {spec.architecture}   plugin: {spec.plugin}")
-    out.print(f"license: {_license(spec)}")
+    out.print(f"[bold]{escape(spec.name)}[/] — {escape(spec.description or spec.architecture)}")
+    out.print(escape(f"architecture: {spec.architecture}   plugin: {spec.plugin}"))
+    out.print(escape(f"license: {_license(spec)}"))
     for label, value in (("source", spec.source), ("paper", spec.paper)):
         if value:
-            out.print(f"{label}: {value}", soft_wrap=True)
+            out.print(escape(f"{label}: {value}"), soft_wrap=True)
     for f in spec.files:
-        out.print(f"file {f.filename}: {_human(f.size)}, {data['integrity'][f.filename]['state']}", soft_wrap=True)
-        out.print(f"  integrity: {_integrity_line(spec, f, data['integrity'][f.filename], data['cached'].get(f.filename))}",
+        out.print(escape(f"file {f.filename}: {_human(f.size)}, {data['integrity'][f.filename]['state']}"), soft_wrap=True)
+        out.print(escape(f"  integrity: {_integrity_line(spec, f, data['integrity'][f.filename], data['cached'].get(f.filename))}"),
                   soft_wrap=True)
         for url in f.urls:
-            out.print(f"  url: {url}", soft_wrap=True)
+            out.print(escape(f"  url: {url}"), soft_wrap=True)
         if f.package_source is not None:
             ps = f.package_source
-            out.print(f"  from package {ps.package}=={ps.version}, member {ps.member} "
-                      f"(sha256 {ps.member_sha256}), converter {ps.converter}", soft_wrap=True)
-    out.print(f"cache: {data['cache_dir']}")
+            out.print(escape(f"  from package {ps.package}=={ps.version}, member {ps.member} "
+                             f"(sha256 {ps.member_sha256}), converter {ps.converter}"), soft_wrap=True)
+    out.print(escape(f"cache: {data['cache_dir']}"))
 
 
 def _integrity_line(spec: W.WeightSpec, f: W.WeightFile, info: dict[str, Any], rec: dict[str, Any] | None) -> str:
@@ -209,11 +210,11 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
     for name in names:
         spec = specs[name]
         if spec.license_note and not quiet:
-            _err.print(f"note: '{name}' are licensed {_license(spec)}")
+            _err.print(escape(f"note: '{name}' are licensed {_license(spec)}"))
         paths = W.pull(name, quiet=quiet, trust=trust, retries=retries)
         untrusted = [f for f in spec.files if f.sha256 is None and f.package_source is None]
         if trust and untrusted:
-            _err.print(f"[yellow]warning:[/] '{name}' had no reference sha256; recorded what was downloaded")
+            _err.print(f"[yellow]warning:[/] '{escape(name)}' had no reference sha256; recorded what was downloaded")
         for p in paths:
             click.echo(str(p))
 
@@ -252,14 +253,14 @@ def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: b
     if filename is None and wants_archive_import(W.get_spec(name), file):
         done = import_archive(name, file, link=link, trust=trust)
         for w in done.warnings:
-            _err.print(f"[yellow]warning:[/] {w}")
+            _err.print(f"[yellow]warning:[/] {escape(str(w))}")
         for p in done.paths:
             click.echo(str(p))
         return
     dest, warning = W.import_file(name, file, filename=filename, link=link, trust=trust,
                                   allow_unsafe=options.allow_unsafe)
     if warning:
-        _err.print(f"[yellow]warning:[/] {warning}")
+        _err.print(f"[yellow]warning:[/] {escape(str(warning))}")
     click.echo(str(dest))
 
 
@@ -285,7 +286,7 @@ def verify_cmd(names: tuple[str, ...]) -> None:
     for name in targets:
         problems = W.verify(name)
         for p in problems:
-            _err.print(f"[red]FAIL[/] {p}")
+            _err.print(f"[red]FAIL[/] {escape(str(p))}")
         if not problems:
             click.echo(f"ok {name}")
         bad += bool(problems)
@@ -337,7 +338,7 @@ def convert_cmd(file: Path, fmt: str, key: str | None, output: Path | None) -> N
         raise click.UsageError("output would overwrite the input; pass -o")
     n, dropped = W.convert_to_safetensors(file, out, key=key)
     if dropped:
-        _err.print(f"[yellow]warning:[/] left out non-tensor entries: {', '.join(dropped)}")
+        _err.print(f"[yellow]warning:[/] left out non-tensor entries: {escape(', '.join(dropped))}")
     click.echo(f"wrote {out} ({n} tensors, sha256 {W.sha256_file(out)})")
 
 
