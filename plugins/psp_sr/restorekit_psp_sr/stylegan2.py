@@ -93,15 +93,16 @@ class EqualLinear(nn.Module):
     def _scaled(self) -> tuple[Tensor, Tensor | None]:
         """``(weight·scale, bias·lr_mul)``."""
         wt, bt = self.weight, self.bias
-        cacheable = self.cache_weights and not (
+        cacheable = self.cache_weights and not _exporting() and not (
             torch.is_grad_enabled() and (wt.requires_grad or (bt is not None and bt.requires_grad)))
+        if not cacheable:
+            return wt * self.scale, bt * self.lr_mul if bt is not None else None
         key = (wt.data_ptr(), wt._version, None if bt is None else (bt.data_ptr(), bt._version),
                torch.is_inference_mode_enabled())
-        if cacheable and self._cache is not None and self._cache[0] == key:
+        if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         scaled = (wt * self.scale, bt * self.lr_mul if bt is not None else None)
-        if cacheable:
-            self._cache = (key, scaled)
+        self._cache = (key, scaled)
         return scaled
 
     def forward(self, x: Tensor) -> Tensor:
@@ -221,10 +222,12 @@ class ModulatedConv2d(nn.Module):
         parameter's storage and version so in-place updates invalidate it.
         """
         wt = self.weight
-        cacheable = not (torch.is_grad_enabled() and wt.requires_grad)
+        # Not while tracing or compiling: the cache key reads storage pointers.
+        cacheable = not _exporting() and not (torch.is_grad_enabled() and wt.requires_grad)
         # Inference-mode tensors cannot be saved for backward later: keep the mode in the key.
         fmt = self.memory_format
-        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled(), fmt)
+        key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled(), fmt) \
+            if cacheable else None
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         w = wt[0] * self.scale
