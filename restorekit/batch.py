@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .cli import debugging
 from .errors import ImageError, RestorekitError
 from .images import ImageItem, check_output_size, probe_size, read_image, save_image
 from .sharding import Job, current_job
@@ -177,8 +179,10 @@ def process_files(
                     one.written.append(str(dest))
                 if report is not None:
                     one.reports[str(item.path)] = report(item)
-            except PER_IMAGE_ERRORS as exc:
-                msg = str(exc)
+            except Exception as exc:  # one image failing (a plugin's bug included) must not stop the others
+                msg = str(exc) if isinstance(exc, PER_IMAGE_ERRORS) else f"{type(exc).__name__}: {exc}"
+                if debugging() and not isinstance(exc, RestorekitError):
+                    traceback.print_exc()
                 if str(item.path) not in msg:
                     msg = f"{item.path}: {msg}"
                 one.failed.append({"path": str(item.path), "error": msg})

@@ -66,6 +66,30 @@ def test_one_bad_file_does_not_stop_the_rest(hr_folder, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_a_method_bug_on_one_image_does_not_stop_the_rest(hr_folder, tmp_path, monkeypatch):
+    """Any exception from a method on one image is that image's failure (as in compare), named by type."""
+    from restorekit_baselines.bicubic import Bicubic
+
+    real = Bicubic.restore
+    calls = []
+
+    def flaky(self, lr, scale, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+        return real(self, lr, scale, **kw)
+
+    monkeypatch.setattr(Bicubic, "restore", flaky)
+    out = tmp_path / "out"
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json")
+    assert r.exit_code == 1
+    summary = json.loads(r.stdout)
+    assert len(summary["written"]) == 3 and len(summary["failed"]) == 1
+    error = summary["failed"][0]["error"]
+    assert error.startswith(summary["failed"][0]["path"]) and "TypeError: unsupported operand" in error
+    assert "Traceback" not in r.stderr
+
+
 def test_existing_outputs_skipped_unless_overwrite(hr_folder, tmp_path):
     out = tmp_path / "out"
     invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "-q")
