@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .cli import debugging
+from .cli import debugging, describe_unexpected
 from .errors import ImageError, RestorekitError
 from .images import ImageItem, check_output_size, probe_size, read_image, save_image
 from .sharding import Job, current_job
@@ -180,7 +180,7 @@ def process_files(
                 if report is not None:
                     one.reports[str(item.path)] = report(item)
             except Exception as exc:  # one image failing (a plugin's bug included) must not stop the others
-                msg = str(exc) if isinstance(exc, PER_IMAGE_ERRORS) else f"{type(exc).__name__}: {exc}"
+                msg = str(exc) if isinstance(exc, PER_IMAGE_ERRORS) else describe_unexpected(exc)
                 if debugging() and not isinstance(exc, RestorekitError):
                     traceback.print_exc()
                 if str(item.path) not in msg:

@@ -157,10 +157,15 @@ def main() -> None:
         if isinstance(exc, OSError):
             error_line(describe_os_error(exc, action="use"))
             sys.exit(2)
-        text = str(exc).strip().splitlines()
-        error_line(f"unexpected {type(exc).__name__}{': ' + text[0] if text else ''} (rerun with --debug for "
-                   "the traceback, and report it)")
+        error_line(describe_unexpected(exc))
         sys.exit(1)
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """One line for an error nobody anticipated (a bug here or in a plugin), pointing at ``--debug``."""
+    text = str(exc).strip().splitlines()
+    return (f"unexpected {type(exc).__name__}{': ' + text[0] if text else ''} (rerun with --debug for "
+            "the traceback, and report it)")
 
 
 def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut: tuple[str, ...] = ()) -> None:

@@ -136,7 +136,9 @@ def test_unexpected_errors_show_a_traceback_only_with_debug(plugin_site, hr_fold
     r = rk(*args)
     assert r.returncode == 1
     line = _one_line(r.stderr)
-    assert line.startswith("error: unexpected TypeError: unsupported operand") and "--debug" in line
+    # One image: that image's failure, its path first (as every per-image error), then the unexpected error.
+    assert line.startswith(f"error: {hr_folder / 'img0.png'}: unexpected TypeError: unsupported operand")
+    assert "--debug" in line
     r = rk("--debug", *args)
     assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "None + lr" in r.stderr
     r = rk(*args, env={"RESTOREKIT_DEBUG": "1"})
