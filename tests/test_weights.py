@@ -656,6 +656,37 @@ def test_training_checkpoint_needs_explicit_consent(tmp_path: Path) -> None:
         W.load_state_dict(p, key="g_ema")
 
 
+def test_pack_import_refuses_pickled_objects_as_a_file_import_does(specs: dict[str, W.WeightSpec],
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zip or folder holding a checkpoint with pickled objects is refused unless allow_unsafe, with
+    nothing cached; a clean pack imports (the pack's other file included)."""
+    import argparse
+
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "pack"
+    folder.mkdir()
+    torch.save({"g_ema": {"w": torch.ones(2)}, "args": argparse.Namespace(size=64)}, folder / "g.pt")
+    (folder / "readme.txt").write_bytes(b"pack notes")
+    files = [{"filename": "g.pt"}, {"filename": "readme.txt"}]
+    specs["pack"] = W.WeightSpec(name="pack", architecture="toy", plugin="tests", files=files, license="MIT")
+    archive = tmp_path / "pack.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in folder.iterdir():
+            zf.write(f, f"pack/{f.name}")
+    for source in (archive, folder):
+        with pytest.raises(UnsafeFileError, match=r"g\.pt holds pickled Python objects.*argparse\.Namespace"):
+            W.import_archive("pack", source, trust=True)
+        assert not W.is_cached("pack") and not (tmp_path / "home" / "weights" / "pack").exists()
+    r = CliRunner().invoke(weights_group, ["import", "pack", str(archive), "--trust"])
+    assert r.exit_code == 1 and "allow_unsafe=true" in r.output
+    done = W.import_archive("pack", archive, trust=True, allow_unsafe=True)
+    assert sorted(p.name for p in done.paths) == ["g.pt", "readme.txt"]
+    torch.save({"g_ema": {"w": torch.ones(2)}}, folder / "g.pt")  # tensors only: no consent needed
+    W.forget("pack")
+    assert len(W.import_archive("pack", folder, trust=True).paths) == 2
+
+
 def test_flatten_refuses_colliding_keys(tmp_path: Path) -> None:
     p = tmp_path / "clash.pt"
     torch.save({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, p)

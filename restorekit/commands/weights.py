@@ -251,7 +251,7 @@ def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: b
     assert isinstance(options, ImportOptions)
 
     if filename is None and wants_archive_import(W.get_spec(name), file):
-        done = import_archive(name, file, link=link, trust=trust)
+        done = import_archive(name, file, link=link, trust=trust, allow_unsafe=options.allow_unsafe)
         for w in done.warnings:
             _err.print(f"[yellow]warning:[/] {escape(str(w))}")
         for p in done.paths:

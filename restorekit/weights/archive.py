@@ -3,7 +3,7 @@
 Model packs are often shipped as one archive holding several files (insightface's
 ``buffalo_l.zip``) or unpacked into a folder. :func:`import_spec_archive` finds each file of the spec
 by its base name anywhere in the zip or below the folder (macOS ``__MACOSX``/``._*`` entries are
-ignored), checks size and sha256 exactly like :func:`.fetch.import_spec_file`, and only
+ignored), checks size, sha256 and pickled content exactly like :func:`.fetch.import_spec_file`, and only
 then moves every file into the cache: a mismatch anywhere leaves the cache as it was. Members
 of the archive that the spec does not name are not extracted. Extraction never uses the
 member's path (only the spec's file name), so an archive cannot write outside the cache.
@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ..errors import IntegrityError, RestorekitError
-from . import cache, checksum, tofu
+from . import cache, checksum, load, tofu
 from .spec import WeightFile, WeightSpec
 
 __all__ = ["wants_archive_import", "import_spec_archive", "ArchiveImport"]
@@ -93,13 +93,14 @@ def _copy_hashing(src: IO[bytes], dest: Path, limit: int | None) -> tuple[int, s
 
 
 def import_spec_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: bool = False,
-                        trust: bool = False) -> ArchiveImport:
+                        trust: bool = False, allow_unsafe: bool = False) -> ArchiveImport:
     """Import every file of ``spec`` from a zip archive or a folder.
 
     ``link`` (folders only) makes the cache hold symlinks to the folder's files. ``trust``
     accepts files of a spec without sha256 and records their hash (a warning per file is
-    returned). A file missing from the archive, of the wrong size or hash, is refused with
-    nothing changed in the cache.
+    returned). A file missing from the archive, of the wrong size or hash, or a PyTorch
+    checkpoint holding pickled objects beyond tensors (unless ``allow_unsafe``, as for a single
+    file), is refused with nothing changed in the cache.
     """
     name = spec.name
     src = Path(path).expanduser().resolve()
@@ -141,6 +142,7 @@ def import_spec_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link:
                     with zf.open(member) as f:  # type: ignore[union-attr]
                         size, sha = _copy_hashing(f, tmp, wf.size)
                 warning = _check(spec, wf, where, size, sha, trust)
+                load.refuse_unsafe(src / member if link else tmp, where, allow_unsafe=allow_unsafe)
                 if link:
                     tmp.unlink(missing_ok=True)
                     tmp.symlink_to(src / member)

@@ -151,10 +151,10 @@ def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None
 
 
 def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = False,
-                   trust: bool = False) -> ArchiveImport:
+                   trust: bool = False, allow_unsafe: bool = False) -> ArchiveImport:
     """Import every file of weights ``name`` from a zip archive or a folder
     (:func:`.archive.import_spec_archive`)."""
-    return archive.import_spec_archive(get_spec(name), path, link=link, trust=trust)
+    return archive.import_spec_archive(get_spec(name), path, link=link, trust=trust, allow_unsafe=allow_unsafe)
 
 
 def forget(name: str) -> list[str]:

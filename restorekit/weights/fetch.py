@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import IntegrityError, RestorekitError, UnsafeFileError, WeightsMissing
+from ..errors import IntegrityError, RestorekitError, WeightsMissing
 from . import cache, checksum, load, tofu
 from .spec import WeightSpec
 
@@ -111,13 +111,7 @@ def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename
     elif actual != wf.sha256:
         raise IntegrityError(f"{src} has sha256 {actual} but weights '{name}' ({wf.filename}) need "
                              f"{wf.sha256}; refused")
-    unsafe = load.unsafe_globals(src)
-    if unsafe and not allow_unsafe:
-        raise UnsafeFileError(
-            f"{src} holds pickled Python objects beyond tensors ({', '.join(unsafe[:4])}), and loading it can run "
-            f"code; refused. Re-save its tensors (e.g. {{'g_ema': state_dict, 'latent_avg': ...}}) where you trust "
-            "it, or, for a file you trust, import it with --opt allow_unsafe=true (loading it still needs "
-            "allow_unsafe=true)")
+    load.refuse_unsafe(src, str(src), allow_unsafe=allow_unsafe)
     folder = cache.cache_folder(cache.weights_dir(name))
     dest = folder / wf.filename
     tmp = folder / f".{wf.filename}.import-{os.getpid()}"

@@ -103,6 +103,18 @@ def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
     return sorted(g for g in pickle_globals(path) if not g.startswith("torch.") and g not in _PLAIN_GLOBALS)
 
 
+def refuse_unsafe(path: str | os.PathLike[str], where: str, *, allow_unsafe: bool = False) -> None:
+    """Refuse (``UnsafeFileError``) a PyTorch checkpoint whose pickle holds more than tensors,
+    unless ``allow_unsafe``: loading it could run code. ``where`` names it in the message."""
+    unsafe = unsafe_globals(path)
+    if unsafe and not allow_unsafe:
+        raise UnsafeFileError(
+            f"{where} holds pickled Python objects beyond tensors ({', '.join(unsafe[:4])}), and loading it can run "
+            f"code; refused. Re-save its tensors (e.g. {{'g_ema': state_dict, 'latent_avg': ...}}) where you trust "
+            "it, or, for a file you trust, import it with --opt allow_unsafe=true (loading it still needs "
+            "allow_unsafe=true)")
+
+
 def read_checkpoint(path: Path, *, allowed_globals: Iterable[Any] = ()) -> Any:
     """Load the checkpoint at ``path`` without running code from it, on the CPU.
 
