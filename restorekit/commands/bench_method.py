@@ -196,7 +196,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         session = getattr(m, "session", None)
         return int(session.threads) if session is not None else torch.get_num_threads()
 
-    parts_repeats = max(2, min(repeat, 3))
+    parts_repeats = max(2, repeat)
     rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm),
                  **time_method(mm, lr_all[:b], k, repeat=repeat, warmup=warmup),
                  breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))

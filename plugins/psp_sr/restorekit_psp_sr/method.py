@@ -330,6 +330,10 @@ class PSPSROptions(Options):
     impl: Literal["auto", "ref", "cuda"] = Field("auto", description="StyleGAN2 ops backend")
     optimize: bool = Field(True, description="inference optimisations (batch norm folded, channels_last on CPU …; "
                                              "same results to float rounding); false runs the modules as trained")
+    keep_memory: bool = Field(True, description="CPU, generators of 256 px and more: from the first restore on, keep "
+                                                "freed memory in the process for the next call instead of returning "
+                                                "it to the kernel (glibc; process-wide; spares faulting large "
+                                                "activations in again on every call)")
     random_weights: bool = Field(False, description="an untrained model of the paper's shapes (IR-SE50 encoder on "
                                                     "256-px inputs, config-f generator): benchmarks and tests only")
     resolution: int | None = Field(None, description="random_weights: the generator's resolution, 32-1024 "
@@ -513,9 +517,17 @@ class PSPSR(Method):
             self._note_once("size", f"{h}-px inputs are outside the sizes the model was trained for "
                                     f"({', '.join(map(str, self.input_sizes()))} px); results may be poor")
 
+    def _keep_memory(self) -> None:
+        # Below 256 px the activations are a few MB and re-faulting them costs next to nothing.
+        if self.options.keep_memory and self.device.type == "cpu" and self.resolution >= 256:
+            from .malloc import keep_freed_memory
+
+            keep_freed_memory()
+
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.load()
         self.check_scale(scale)
+        self._keep_memory()
         self._check_input(lr)
         x = self._to_input(lr.to(self.device, torch.float32))
         if n_samples == 1:
@@ -537,12 +549,14 @@ class PSPSR(Method):
         from .bench_psp import psp_breakdown
 
         self.load()
+        self._keep_memory()
         return psp_breakdown(self.model, self._to_input(lr.to(self.device, torch.float32)), repeats=repeats)
 
     @torch.no_grad()
     def bench_parts(self, lr: Tensor, scale: int) -> dict[str, float]:
         """Milliseconds for the encoder (with input resize) and for the generator, one call each."""
         self.load()
+        self._keep_memory()
 
         def sync() -> None:
             if self.device.type == "cuda":
