@@ -412,7 +412,10 @@ class PSPSR(Method):
         o = self.options
         if o.weights is not None:
             raise PSPModelError(f"psp_sr: random_weights=true and weights={o.weights!r} exclude each other")
-        model, config = paper_shaped_psp(o.resolution or 1024, impl=o.impl)
+        try:
+            model, config = paper_shaped_psp(o.resolution or 1024, impl=o.impl)
+        except ValueError as exc:
+            raise PSPModelError(f"psp_sr: {exc}") from None
         self._place(model)
         self.model_config = config
         self.weights_info = {"name": config["name"], "file": None, "sha256": None, "license": config["license"],

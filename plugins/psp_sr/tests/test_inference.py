@@ -287,6 +287,8 @@ def test_random_weights_options() -> None:
         PSPSR(PSPSROptions(random_weights=True, weights="x.safetensors")).load()
     with pytest.raises(ValueError, match="resolution must be one of"):
         paper_shaped_psp(100)
+    with pytest.raises(PSPModelError, match="resolution must be one of"):
+        PSPSR(PSPSROptions(random_weights=True, resolution=100)).load()
     assert PSPSR.bench_model_options(256) == {"random_weights": True, "resolution": 256}
 
 
