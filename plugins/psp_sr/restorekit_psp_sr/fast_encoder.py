@@ -105,9 +105,6 @@ class InferencePath:
             self._linear, self._linear_stamp = (w, b), stamp
         return self._linear
 
-    def to_layout(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=self.memory_format) if self.memory_format is not None else x
-
 
 def _head_features(head: nn.Module, x: Tensor) -> Tensor:
     """A map2style head's convolutions (stride-2 3×3 + LeakyReLU 0.01) down to ``N×C``."""
