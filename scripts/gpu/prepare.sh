@@ -2,8 +2,8 @@
 # Build the folder that travels to a lent GPU machine with the checkout: `.gpu/` (git-ignored).
 #   scripts/gpu/prepare.sh [FACES_DIR]        (default ../shared/data/faces)
 # It holds: the training faces as one tar (the device has no ../shared), wheels of what the
-# device's Python 3.12 lacks (pydantic and its parts, platformdirs, lpips) plus restorekit's own
-# three distributions (so plugin entry points are discoverable there), and the LPIPS-alex weights
+# device's Python 3.12 lacks (pydantic and its parts, platformdirs, lpips), the metadata of restorekit's
+# own three distributions (so their plugin entry points are discoverable there), and the LPIPS-alex weights
 # (converted safetensors from this machine's cache; pull them first with
 # `restorekit weights pull lpips-alex`). Everything must stay under the device's 64 MiB limit
 # together with the checkout; the script prints the total.
@@ -19,9 +19,17 @@ tar -czf .gpu/faces.tgz -C "$FACES" .  # gzip: webp does not shrink, the tar hea
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpu/whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
     platformdirs==4.14.9 lpips==0.1.4
-# restorekit's own distributions, built from this checkout.
-"$PY" -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . plugins/psp_sr plugins/baselines
+# restorekit's own distributions: only their metadata (.dist-info: version, entry points) travels —
+# the code, the registry and the shipped weights are imported from the checkout, which travels
+# anyway (whole wheels would carry every shipped weight file a second time).
+TMPW=$(mktemp -d)
+"$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$TMPW" . plugins/psp_sr plugins/baselines
 rm -rf build plugins/psp_sr/build plugins/baselines/build  # setuptools' leftovers would travel too
+mkdir -p .gpu/dist
+for w in "$TMPW"/*.whl; do
+    "$PY" -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.split('/')[0].endswith('.dist-info')])" "$w" .gpu/dist
+done
+rm -rf "$TMPW"
 # LPIPS-alex (the Fréchet figure's feature space and stage 2's perceptual loss).
 # WITH_ALEX=0 leaves them out (9.4 MB) when the 64 MiB would be exceeded; then run without a race.
 if [ "${WITH_ALEX:-1}" = 1 ]; then

