@@ -420,7 +420,7 @@ def test_compare_faces_detect_runs_face_methods_through_the_pipeline(group, plug
     hr.mkdir()
     save_image(group[0], hr / "group.png")
     out = tmp_path / "report"
-    args = ["compare", "--methods", "bicubic,sharpen_face3p", "--scale", "2", "--data", str(hr), "--out", str(out),
+    args = ["compare", "--methods", "bicubic,sharpen_face3p,pix2pixhd", "--scale", "2", "--data", str(hr), "--out", str(out),
             "--metrics", "psnr_rgb", "--faces", "detect", "--json", "-q"]
     r = CliRunner().invoke(build_cli(), args)
     assert r.exit_code == 0, r.output
@@ -428,7 +428,11 @@ def test_compare_faces_detect_runs_face_methods_through_the_pipeline(group, plug
     rows = {row["method"]: row for row in doc["images"]}
     assert rows["sharpen_face3p"]["report"]["faces"]  # one record per face restored in the photo
     assert len(rows["sharpen_face3p"]["report"]["faces"]) == len(PLACEMENTS)
+    # pix2pixhd's models are aligned-face models: its faces go through the pipeline too (as in `run`),
+    # and the per-face records are not replaced by the method's own report of its last face.
+    assert len(rows["pix2pixhd"]["report"]["faces"]) == len(PLACEMENTS)
     assert "report" not in rows["bicubic"] or not rows["bicubic"].get("report")
     # Outside faces the composite is the bicubic upscale, so PSNR differs but stays close.
     assert rows["sharpen_face3p"]["metrics"]["psnr_rgb"] != rows["bicubic"]["metrics"]["psnr_rgb"]
-    assert {m["name"]: m["backend"] for m in doc["methods"]} == {"bicubic": "torch", "sharpen_face3p": "torch"}
+    assert {m["name"]: m["backend"] for m in doc["methods"]} == {"bicubic": "torch", "sharpen_face3p": "torch",
+                                                                 "pix2pixhd": "torch"}

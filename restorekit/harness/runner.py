@@ -633,8 +633,10 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
                              f"({scale}× the {lr.shape[-1]}×{lr.shape[-2]} input)")
         if not bool(torch.isfinite(y).all()):
             raise ValueError("output contains NaN or inf")
+        # The method's own report, unless the face pipeline ran it (once per face): then the
+        # per-face records stay the report.
         reports = getattr(method, "last_reports", None)
-        if isinstance(reports, list) and reports and isinstance(reports[0], dict):
+        if rec.report is None and isinstance(reports, list) and reports and isinstance(reports[0], dict):
             rec.report = reports[0]
     except Exception as exc:  # one (method, image) failing must not stop the comparison
         rec.error = f"{type(exc).__name__}: {exc}"

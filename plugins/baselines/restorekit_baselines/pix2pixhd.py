@@ -422,6 +422,9 @@ class Pix2PixHD(Method):
               "CVPR 2018, https://arxiv.org/abs/1711.11585",
         deterministic=True,
         default_weights=DEFAULT_MODEL_NAME,
+        # Its models (the embedded default, the recipe) are trained on aligned face crops: on a
+        # photo, `run` and `compare --faces detect` restore its faces through the face pipeline.
+        input_kind="aligned_face",
     )
     Options = Pix2PixHDOptions
     options: Pix2PixHDOptions
