@@ -2,7 +2,7 @@
 
 :func:`bench_generator` synthesizes random W+ batches with a randomly initialised generator —
 with its inference settings (:func:`.inference.optimize_generator` and, on CPU from 256 px,
-:func:`.malloc.keep_freed_memory`: what ``psp_sr`` runs) unless ``optimize=False`` — and reports time per image, images/s, peak memory and FLOP rates.
+:func:`restorekit.memory.keep_freed_memory`: what ``psp_sr`` runs) unless ``optimize=False`` — and reports time per image, images/s, peak memory and FLOP rates.
 The plain-convolution reference is :mod:`.conv_reference`'s, measured in the same run:
 ``ratio`` = generator conv-FLOP rate / plain-conv rate on the same convolutions in the layout
 the generator used (the share of its time its convolutions alone would take; 1.0 means zero
@@ -95,7 +95,7 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
     if optimize:
         optimize_generator(g)
         if dev.type == "cpu" and resolution >= 256:  # as psp_sr's keep_memory does
-            from .malloc import keep_freed_memory
+            from restorekit.memory import keep_freed_memory
 
             keep_freed_memory()
     wp = torch.randn(batch, g.n_styles, g.style_dim, device=dev)

@@ -523,7 +523,7 @@ class PSPSR(Method):
     def _keep_memory(self) -> None:
         # Below 256 px the activations are a few MB and re-faulting them costs next to nothing.
         if self.options.keep_memory and self.device.type == "cpu" and self.resolution >= 256:
-            from .malloc import keep_freed_memory
+            from restorekit.memory import keep_freed_memory
 
             keep_freed_memory()
 

@@ -286,6 +286,7 @@ class PSPPulse(PSPSR):
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise RestorekitError(f"psp_pulse: expected an N×3×H×W batch, got {tuple(lr.shape)}")
         self._check_input(lr)
+        self._keep_memory()  # every search step allocates the generator's activations and gradients again
         assert self.w_std is not None
         o = self.options
         seed = 0 if seed is None else int(seed)
