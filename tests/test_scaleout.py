@@ -344,6 +344,23 @@ def test_run_on_two_processes_writes_what_one_process_writes(scaleout_plugin, hr
     assert bad.returncode != 0 and bad.stderr.count("unknown method 'jitter3q'") == 1
 
 
+def test_degrade_on_two_processes_writes_what_one_process_writes(hr9, tmp_path):
+    """degrade shares its inputs out like run; random steps depend on the seed and name, not the rank."""
+    (hr9 / "broken.png").write_bytes(b"not an image")
+    args = ["degrade", "--spec", "blur:1.2+bicubic:2+noise:5", "--input", str(hr9), "--seed", "4", "--json"]
+    one = restorekit(*args, "--output", str(tmp_path / "one"))
+    two = restorekit(*args, "--output", str(tmp_path / "two"), processes=2)
+    assert one.returncode == 1 and two.returncode != 0, two.stderr[-2000:]
+    s1, s2 = json.loads(one.stdout), json.loads(two.stdout)
+    assert s2["processes"] == 2 and "processes" not in s1
+    for k in ("written", "skipped", "failed"):
+        assert [json.dumps(x).replace(str(tmp_path / "one"), "OUT") for x in s1[k]] == \
+            [json.dumps(x).replace(str(tmp_path / "two"), "OUT") for x in s2[k]], k
+    assert len(s2["written"]) == 9 and two.stderr.count("broken.png: not a readable image") == 1
+    for f in sorted((tmp_path / "one").glob("*.png")):
+        assert f.read_bytes() == (tmp_path / "two" / f.name).read_bytes(), f.name
+
+
 @pytest.mark.slow
 def test_killed_compare_resumes_without_redoing_finished_work(scaleout_plugin, hr9, tmp_path):
     out = tmp_path / "out"

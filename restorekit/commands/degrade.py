@@ -34,7 +34,12 @@ def item_seed(seed: int, stem: str) -> int:
 def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, overwrite: bool,
                 max_pixels: int, quiet: bool, as_json: bool) -> None:
     """Degrade images by SPEC. Inputs are first cropped (bottom/right) to a multiple of the
-    spec's total scale, so that restoring ×scale gives back the cropped size exactly."""
+    spec's total scale, so that restoring ×scale gives back the cropped size exactly.
+
+    Under ``torchrun`` the inputs are shared out between the processes as ``run`` shares them;
+    each image's randomness depends only on ``--seed`` and its name, so the files are the same."""
+    from ..sharding import job_for
+
     try:
         chain = parse_spec(spec)
         items = list_inputs(input_spec)
@@ -53,14 +58,16 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
         check_size(lr.shape[-1], lr.shape[-2], f"{item.path}: its degraded image", max_pixels=max_pixels)
         return [(item.stem, lr)]
 
-    result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
-                           quiet=quiet, label="degrade", on_error=error_line)
-    if as_json:
-        emit_json({"spec": chain.spec(), **result.as_dict()})
-    elif not quiet:
-        click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped, "
-                   f"{len(result.failed)} failed → {output}", err=True)
-    raise SystemExit(result.exit_code)
+    with job_for("cpu") as job:  # one process, or one rank of a torchrun job
+        result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
+                               quiet=quiet, label="degrade", on_error=error_line, job=job)
+        if as_json and job.is_main:
+            emit_json({"spec": chain.spec(), **({"processes": job.world} if job.distributed else {}),
+                       **result.as_dict()})
+        elif not quiet and job.is_main:
+            click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped, "
+                       f"{len(result.failed)} failed → {output}", err=True)
+        raise SystemExit(result.exit_code)
 
 
 def attach(cli: click.Group) -> None:
