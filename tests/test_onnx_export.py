@@ -7,6 +7,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -193,6 +194,34 @@ def test_onnx_method_matches_torch_and_caches(tmp_path: Path, monkeypatch: pytes
                                              {"weights_sha256": "ef" * 32})
     with pytest.raises(OnnxBackendError, match="exported from weights sha256 cdcd"):
         onnx_method(other, onnx_path=path)
+
+
+def test_concurrent_first_uses_export_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes (here threads, each with its own lock file handle) that find no cached export
+    wait for the first one's export instead of making their own (torchrun ranks on one machine)."""
+    import threading
+    import time
+
+    import restorekit.onnx_backend as backend
+
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    real, calls = backend.export_onnx, []
+
+    def slow_export(*args: Any, **kwargs: Any) -> Any:
+        calls.append(threading.get_ident())
+        time.sleep(0.3)  # every other caller arrives while this one exports
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "export_onnx", slow_export)
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(onnx_method(TinyMethod(), threads=1)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1 and len(results) == 3
+    assert len({r.session.path for r in results}) == 1
 
 
 def test_registry_free_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
