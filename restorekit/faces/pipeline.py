@@ -42,7 +42,7 @@ from torch import Tensor
 from ..degradations import bicubic_resize, upscale
 from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
-from ..interfaces import Face, FaceDetector, Method
+from ..interfaces import Face, FaceDetector, Method, MethodInfo
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
@@ -486,6 +486,14 @@ def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
     return [f"{stem}_face{i}" for i in faces]
 
 
+def not_a_face_method(info: MethodInfo) -> str | None:
+    """What to tell a user who runs a method that is not a face method through the face pipeline."""
+    if info.input_kind == "aligned_face":
+        return None
+    return (f"{info.name} is not a face method (input_kind={info.input_kind}); "
+            "its face crops are restored like any image")
+
+
 def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
                max_shrink: float | None = None,
@@ -520,9 +528,9 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
-    if method.info.input_kind != "aligned_face" and not quiet:
-        warn(f"{method.info.name} is not a face method (input_kind={method.info.input_kind}); "
-             "its face crops are restored like any image")
+    note = not_a_face_method(method.info)
+    if note and not quiet:
+        warn(note)
     outdir = Path(output)
     sidecars: dict[str, dict[str, Any]] = {}
 

@@ -110,10 +110,10 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 def job_view(state: Any, job: Job) -> dict[str, Any]:
     """What the page polls: status, place in the queue, progress and the results so far."""
-    from .work import jsonable
+    from ..harness.store import jsonable
 
     with job.lock:
-        result = jsonable(json.loads(json.dumps(job.result)))  # a copy, with no NaN that JSON cannot hold
+        result = jsonable(job.result)  # a copy, non-finite numbers encoded as results.json encodes them
     return {"id": job.id, "status": job.status, "position": state.queue.position(job), "stage": job.stage,
             "step": list(job.step) if job.step else None, "units_done": job.units_done, "units": job.units,
             "error": job.error, "finished": job.status in FINISHED, "result": result}

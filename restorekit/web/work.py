@@ -18,7 +18,6 @@ finishes; the JSON of the numbers is written when the job ends, however it ends.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -30,11 +29,11 @@ from torch import Tensor
 from .. import __version__
 from ..degradations import parse_spec
 from ..errors import RestorekitError
-from ..faces.pipeline import FacePipeline, largest_face_crop
+from ..faces.pipeline import FacePipeline, largest_face_crop, not_a_face_method
 from ..harness.aggregate import best_per_column, summarize
 from ..harness.inputs import degrade_hr, png_bytes
 from ..harness.runner import backend_info, metric_device, score
-from ..harness.store import Record
+from ..harness.store import Record, dumps, jsonable
 from ..images import check_output_size, check_size, from_pil, to_pil
 from ..interfaces import Face
 from ..progress import reporting
@@ -48,17 +47,6 @@ from .uploads import Upload, UploadStore
 CROP_SIZE = 128
 #: Drawings of detected faces are made at least this many pixels on their long side.
 OUTLINE_MIN_SIDE = 384
-
-
-def jsonable(x: Any) -> Any:
-    """``x`` with non-finite floats as the strings ``"inf"``, ``"-inf"``, ``"nan"`` (JSON has none)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    return x
 
 
 def outline_faces(image: Tensor, boxes: list[tuple[int, tuple[float, float, float, float], bool]],
@@ -263,9 +251,9 @@ class Restorer:
         # As `run --faces detect`: every method restores the aligned face crops (a method that is not a
         # face method is told so), pasted back over the bicubic-upscaled photo.
         detect = job.settings.faces == "detect"
-        if detect and entry.input_kind != "aligned_face":
-            row["notes"].append(f"{entry.name} is not a face method (input_kind={entry.input_kind}); its face "
-                                "crops are restored like any image")
+        note = not_a_face_method(m.info) if detect else None
+        if note:
+            row["notes"].append(note)
         t0 = time.perf_counter()
         try:
             if detect:
@@ -324,7 +312,7 @@ class Restorer:
         data = {"restorekit": __version__, "backend": backend_info(self.catalogue.device),
                 **{k: v for k, v in job.result.items() if k != "numbers"}}
         stem = str(job.result.get("stem", "upload"))
-        text = json.dumps(jsonable(data), indent=2, default=str)
+        text = dumps(data, indent=2)
         name = f"{stem}_x{job.settings.scale}_results.json"
         token = self.files.add(text.encode(), "json", name, f"j{job.id}")
         job.publish("numbers", {"url": f"/files/{token}", "download": safe_download_name(name)})

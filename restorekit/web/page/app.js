@@ -200,7 +200,7 @@ function figure(image, method) {
 }
 
 function fmt(v) {
-  if (typeof v === "string") return v === "inf" ? "∞" : v;
+  if (typeof v === "string") return { Infinity: "∞", "-Infinity": "−∞" }[v] || v;  // results.json's encoding
   if (v === null || v === undefined) return "–";
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-2 || a >= 1e5)) return v.toExponential(2);
