@@ -19,6 +19,8 @@ import ctypes
 import platform
 import sys
 
+import torch
+
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_MAX = -4
@@ -45,3 +47,16 @@ def keep_freed_memory() -> bool:
     _applied = bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, _INT_MAX)
                     and mallopt(M_TOP_PAD, 64 << 20))
     return _applied
+
+
+#: Below this output resolution a generator's activations are a few MB; faulting them in again
+#: on every call costs next to nothing, so the process's malloc is left alone.
+MIN_RESOLUTION = 256
+
+
+def keep_freed_memory_for(device: torch.device, resolution: int) -> bool:
+    """:func:`keep_freed_memory` where it pays: on the CPU, for generators of ``MIN_RESOLUTION`` px
+    or more (the methods' ``keep_memory`` option decides whether to ask). Whether it is in effect."""
+    if device.type != "cpu" or resolution < MIN_RESOLUTION:
+        return False
+    return keep_freed_memory()

@@ -26,11 +26,10 @@ def test_keep_freed_memory_is_idempotent_and_safe() -> None:
 def test_pulse_keeps_memory_on_cpu_for_large_generators(monkeypatch, resolution, keep, expected) -> None:
     """PULSE allocates the generator's activations and gradients at every step: from 256 px up it asks
     glibc to keep them (keep_memory), below that and when told not to, it leaves malloc alone."""
-    import restorekit_baselines.pulse as pulse_mod
     from restorekit_baselines.pulse import Pulse
 
     calls = []
-    monkeypatch.setattr(pulse_mod, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("restorekit.memory.keep_freed_memory", lambda: calls.append(1) or True)
     m = Pulse(Pulse.Options(random_generator=True, steps=1, keep_memory=keep,
                             generator_options={"resolution": resolution, "channel_multiplier": 1,
                                                "channel_max": 8, "n_mlp": 1, "style_dim": 8}))

@@ -2,7 +2,7 @@
 
 :func:`bench_generator` synthesizes random W+ batches with a randomly initialised generator —
 with its inference settings (:func:`.inference.optimize_generator` and, on CPU from 256 px,
-:func:`restorekit.memory.keep_freed_memory`: what ``psp_sr`` runs) unless ``optimize=False`` — and reports time per image, images/s, peak memory and FLOP rates.
+:func:`restorekit.memory.keep_freed_memory_for`: what ``psp_sr`` runs) unless ``optimize=False`` — and reports time per image, images/s, peak memory and FLOP rates.
 The plain-convolution reference is :mod:`.conv_reference`'s, measured in the same run:
 ``ratio`` = generator conv-FLOP rate / plain-conv rate on the same convolutions in the layout
 the generator used (the share of its time its convolutions alone would take; 1.0 means zero
@@ -94,10 +94,9 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
     g = StyleGAN2Generator(resolution, 512, 8, channel_multiplier, channel_max=channel_max).to(dev).eval().requires_grad_(False)
     if optimize:
         optimize_generator(g)
-        if dev.type == "cpu" and resolution >= 256:  # as psp_sr's keep_memory does
-            from restorekit.memory import keep_freed_memory
+        from restorekit.memory import keep_freed_memory_for
 
-            keep_freed_memory()
+        keep_freed_memory_for(dev, resolution)  # as psp_sr's keep_memory does
     wp = torch.randn(batch, g.n_styles, g.style_dim, device=dev)
     gc.collect()
     if dev.type == "cuda":

@@ -521,11 +521,10 @@ class PSPSR(Method):
                                     f"({', '.join(map(str, self.input_sizes()))} px); results may be poor")
 
     def _keep_memory(self) -> None:
-        # Below 256 px the activations are a few MB and re-faulting them costs next to nothing.
-        if self.options.keep_memory and self.device.type == "cpu" and self.resolution >= 256:
-            from restorekit.memory import keep_freed_memory
+        if self.options.keep_memory:
+            from restorekit.memory import keep_freed_memory_for
 
-            keep_freed_memory()
+            keep_freed_memory_for(self.device, self.resolution)
 
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.load()
