@@ -38,6 +38,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def generator_weights_options(command: Any) -> Any:
+    """``--weights`` and ``--opt``, as every command that builds a generator with
+    :func:`build_generator` takes them."""
+    command = click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+                           help="Generator config (repeatable); random_weights=true asks for an untrained "
+                                "generator.")(command)
+    return click.option("--weights", default=None,
+                        help="Weights name or path for the generator (default: the generator's shipped weights, "
+                             "if any).")(command)
+
+
 def build_generator(name: str, weights: str | None, opts: tuple[str, ...], device: torch.device) -> Any:
     """The registered generator ``name`` from a command's ``--weights`` and ``--opt`` words, in eval
     mode on ``device``; its notes (which weights, their license) go to stderr.
@@ -64,10 +75,7 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
 
 @click.command("generate")
 @click.option("--generator", "name", required=True, help="Registered generator name.")
-@click.option("--weights", default=None,
-              help="Weights name or path for the generator (default: the generator's shipped weights, if any).")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="Generator config (repeatable); random_weights=true asks for an untrained generator.")
+@generator_weights_options
 @click.option("--seeds", default="0-7", show_default=True, help="Seeds, e.g. 0-7,12.")
 @click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), required=True)

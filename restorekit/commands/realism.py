@@ -12,6 +12,7 @@ import click
 
 from ..cli import emit_json, fail_usage, table
 from ..methods import resolve_device
+from .generate import build_generator, generator_weights_options
 
 
 def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -23,10 +24,7 @@ def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("realism")
 @click.option("--generator", "gen_name", default=None, help="Registered generator to sample (or --images).")
-@click.option("--weights", default=None,
-              help="Weights name or path for the generator (default: the generator's shipped weights, if any).")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="Generator config (repeatable); random_weights=true asks for an untrained generator.")
+@generator_weights_options
 @click.option("--images", default=None, help="Score these images instead of a generator (folder, glob, @list.txt).")
 @click.option("--data", required=True, help="Reference images: folder, glob or @list.txt.")
 @click.option("--n", "n_samples", type=click.IntRange(2), default=1000, show_default=True,
@@ -90,8 +88,6 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
 
     if gen_name is not None:
         import torch
-
-        from .generate import build_generator
 
         torch.manual_seed(seed)  # a generator built with random weights is then the same on every run
         gen = build_generator(gen_name, weights, opts, dev)
