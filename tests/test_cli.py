@@ -53,6 +53,24 @@ def test_degrade_then_bicubic_round_trip(hr_folder, tmp_path):
     assert min(values) > 22.0
 
 
+def test_degrade_with_seed_0_writes_compares_lr(hr_folder, tmp_path):
+    """degrade and compare make an LR by one rule (crop, per-image seed, checks): with --seed 0 the
+    noisy LR files are the same bytes as compare's; another seed changes the noise."""
+    spec = "blur:1.0+bicubic:4+noise:8"
+    for seed in ("0", "1"):
+        r = invoke("degrade", "--spec", spec, "--input", str(hr_folder), "--output", str(tmp_path / f"lr{seed}"),
+                   "--seed", seed, "-q")
+        assert r.exit_code == 0, r.output
+    r = invoke("compare", "--methods", "bicubic", "--scale", "4", "--data", str(hr_folder), "--degradation", spec,
+               "--metrics", "psnr_rgb", "--out", str(tmp_path / "report"), "-q")
+    assert r.exit_code == 0, r.output
+    [made] = (tmp_path / "report" / "inputs").iterdir()
+    for i in range(4):
+        lr0, lr1 = (np.asarray(Image.open(tmp_path / d / f"img{i}.png")) for d in ("lr0", "lr1"))
+        assert np.array_equal(np.asarray(Image.open(made / f"img{i}.png")), lr0)  # same pixels (PNG levels differ)
+        assert not np.array_equal(lr0, lr1)
+
+
 def test_one_bad_file_does_not_stop_the_rest(hr_folder, tmp_path):
     (hr_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (hr_folder / "empty.png").write_bytes(b"")

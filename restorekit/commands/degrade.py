@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import click
@@ -10,14 +9,10 @@ import torch
 
 from ..batch import process_files
 from ..cli import emit_json, error_line, fail_usage
-from ..degradations import crop_to_multiple, parse_spec
+from ..degradations import parse_spec
 from ..errors import RestorekitError
-from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, check_size, list_inputs
-
-
-def item_seed(seed: int, stem: str) -> int:
-    """A per-image seed that does not depend on the order or number of inputs."""
-    return (seed * 1_000_003 + zlib.crc32(stem.encode())) % (2**63)
+from ..harness.inputs import degrade_hr
+from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
 
 
 @click.command("degrade")
@@ -48,14 +43,8 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
         return
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
-        hr = crop_to_multiple(image, chain.scale)
-        if hr.shape[-1] == 0 or hr.shape[-2] == 0:
-            raise RestorekitError(f"{item.path}: {image.shape[-1]}×{image.shape[-2]} is smaller than "
-                                  f"the spec's scale {chain.scale}")
-        g = torch.Generator().manual_seed(item_seed(seed, item.stem))
-        lr = chain(hr, generator=g)
-        # What degrade makes must be readable as an input later: the same size rule as any image.
-        check_size(lr.shape[-1], lr.shape[-2], f"{item.path}: its degraded image", max_pixels=max_pixels)
+        # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
+        _, lr = degrade_hr(image, chain, chain.scale, item.stem, where=item.path, max_pixels=max_pixels, seed=seed)
         return [(item.stem, lr)]
 
     with job_for("cpu") as job:  # one process, or one rank of a torchrun job

@@ -44,9 +44,10 @@ from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, ImageItem, 
 CACHE_BYTES = 1 << 30
 
 
-def degradation_seed(stem: str) -> int:
-    """The per-image seed of the degradation's randomness: a stable hash of the stem."""
-    return zlib.crc32(stem.encode("utf-8"))
+def degradation_seed(stem: str, seed: int = 0) -> int:
+    """The per-image seed of the degradation's randomness: a stable hash of the stem (mixed with
+    ``seed``, ``restorekit degrade --seed``; 0 gives compare's), independent of the inputs' order."""
+    return (seed * 1_000_003 + zlib.crc32(stem.encode("utf-8"))) % (2**63)
 
 
 def png_bytes(x: Tensor | Image.Image, compress_level: int = 1) -> bytes:
@@ -153,11 +154,12 @@ def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:
 
 
 def degrade_hr(hr: Tensor, chain: Chain, scale: int, stem: str, *, where: object,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Tensor, Tensor]:
-    """compare's LR of one HR image: ``(hr cropped to a multiple of scale, lr in [0,1])``.
+               max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """compare's LR of one HR image (and ``restorekit degrade``'s): ``(hr cropped to a multiple of
+    scale, lr in [0,1])``.
 
     The HR is cropped bottom/right to a multiple of ``scale``, degraded by ``chain`` with its
-    randomness seeded from ``stem`` (:func:`degradation_seed`), clamped, and checked to be HR /
+    randomness seeded from ``stem`` and ``seed`` (:func:`degradation_seed`), clamped, and checked to be HR /
     ``scale`` and within ``max_pixels`` (the check the LR file gets when read back). The LR is
     not yet rounded to 8 bits: that happens when it is written (``to_pil``). ``where`` names the
     image in errors.
@@ -165,7 +167,7 @@ def degrade_hr(hr: Tensor, chain: Chain, scale: int, stem: str, *, where: object
     hr = crop_to_multiple(hr, scale)
     if min(hr.shape[-2:]) < scale:
         raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
-    g = torch.Generator().manual_seed(degradation_seed(stem))
+    g = torch.Generator().manual_seed(degradation_seed(stem, seed))
     lr = chain(hr, generator=g).clamp(0, 1)
     want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
     if tuple(lr.shape[-2:]) != want:
