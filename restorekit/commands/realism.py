@@ -83,8 +83,7 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         from ..faces.detectors import check_available
 
         registry().get("face_detectors", det)  # unknown names: one line with a suggestion
-        if det in ("mtcnn", "dlib_hog"):
-            check_available(det)
+        check_available(det)
 
     if gen_name is not None:
         import torch

@@ -474,7 +474,8 @@ def layout_of(detector: Any) -> str:
 
 
 def check_available(name: str) -> None:
-    """Raise a one-line ``RestorekitError`` naming what to install when a detector cannot run."""
+    """Raise a one-line ``RestorekitError`` naming what to install when a built-in detector cannot
+    run (mtcnn, dlib_hog); other detectors bring their own checks, so nothing happens for them."""
     if name == "mtcnn":
         mtcnn_weights_dir()
     elif name == "dlib_hog":

@@ -519,8 +519,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         from ..plugins import registry
 
         registry().get("face_detectors", det_name)
-        if det_name in ("mtcnn", "dlib_hog"):
-            check_available(det_name)
+        check_available(det_name)
         pipe = FacePipeline(method, scale, detector=det_name, background=background or "bicubic",
                             min_face=DEFAULT_MIN_FACE if min_face is None else min_face,
                             max_shrink=DEFAULT_MAX_SHRINK if max_shrink is None else max_shrink,

@@ -97,8 +97,7 @@ class Catalogue:
             from ..faces.detectors import check_available
             from ..faces.pipeline import build_detector
 
-            if self.detector_name in ("mtcnn", "dlib_hog"):
-                check_available(self.detector_name)
+            check_available(self.detector_name)
             self.detector = build_detector(self.detector_name)
         except RestorekitError as exc:
             self.detector_reason = str(exc)
