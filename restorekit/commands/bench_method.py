@@ -99,12 +99,15 @@ def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, wa
             "memory_kind": "cuda_peak_allocated" if dev.type == "cuda" else "process_peak_rss"}
 
 
-def bench_model_opts(name: str, resolution: int | None) -> tuple[str, ...]:
-    """``--opt`` strings for ``--resolution``: the method's untrained paper-shaped model."""
+def bench_model_opts(name: str, resolution: int | None, *, required: bool = True) -> tuple[str, ...]:
+    """``--opt`` strings for ``--resolution``: the method's untrained paper-shaped model (none for
+    a method without one unless ``required``: then that is an error)."""
     if resolution is None:
         return ()
     hook = getattr(method_class(name), "bench_model_options", None)
     if not callable(hook):
+        if not required:
+            return ()
         raise RestorekitError(f"{name} has no untrained benchmark model, so --resolution does not apply to it; "
                               f"pass --weights instead")
     return tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in hook(resolution).items())
@@ -172,11 +175,8 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         method = _build(name, bench_model_opts(name, res) + opts, weights, device)
         method.check_scale(k)
         side = input_size(method, k, size)
-        if other:
-            has_model = callable(getattr(method_class(other), "bench_model_options", None))
-            other_m = _build(other, bench_model_opts(other, res if has_model else None) + other_opts, None, device)
-        else:
-            other_m = None
+        other_m = (_build(other, bench_model_opts(other, res, required=False) + other_opts, None, device)
+                   if other else None)
         if other_m is not None:
             other_m.check_scale(k)
         variants: list[tuple[str, Method]] = []
