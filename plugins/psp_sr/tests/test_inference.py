@@ -348,3 +348,29 @@ def test_bench_generator_reports_both_references() -> None:
         assert out["optimized"] is (flag == "--optimize") and out["layout"] == layout and out["n_convs"] == 11
         assert out["ratio"] == pytest.approx(out["conv_ms_per_image"] / out["ms_per_image"])
         assert out["ratio_nchw"] == pytest.approx(out["conv_nchw_ms_per_image"] / out["ms_per_image"])
+
+
+# -- CUDA (the GPU script runs this beside training; skipped elsewhere) ---------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_optimized_model_on_cuda_equals_plain_on_cpu(batch: int) -> None:
+    """On CUDA the batch-norm folding, the modulation choice and the weight caches apply
+    (channels_last and the cached blur are CPU-only): the optimised model on the GPU gives the
+    unoptimised model's CPU outputs to float rounding (TF32 off, so rounding stays fp32)."""
+    torch.manual_seed(13)
+    enc = GradualStyleEncoder(12, 32, backbone="ir_se_light", input_size=64, head_channels=32)
+    model = psp_model(128, enc, 13, style_dim=32, n_mlp=2, channel_multiplier=1, channel_max=64)
+    x = torch.rand(batch, 3, 16, 16)
+    with torch.inference_mode():
+        want, w_want = model(x)
+    fast = optimize_for_inference(copy.deepcopy(model).cuda())
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            got, w_got = fast(x.cuda())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert got.device.type == "cuda"
+    assert (got.cpu() - want).abs().max().item() <= 2e-4
+    assert rel(w_got.cpu(), w_want) <= 1e-5
