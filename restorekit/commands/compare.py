@@ -51,6 +51,9 @@ def _name_list(value: str | None) -> list[str] | None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
               help="Folder for inputs, outputs, the result store and the reports.")
 @click.option("--metrics", default=None, help="Comma-separated metric names (default: all registered).")
+@click.option("--baseline", default=None, metavar="METHOD",
+              help="One of --methods: compare each other method with it image by image (win share, mean "
+                   "difference with a bootstrap CI, sign-test p) in a second table and paired.csv.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE", help="Method option (repeatable).")
 @click.option("--fresh", is_flag=True, help="Recompute everything instead of reusing stored results.")
@@ -67,14 +70,14 @@ def _name_list(value: str | None) -> list[str] | None:
               show_default=True, help="Refuse images whose restored output would be larger than this many "
                                       "pixels, before any method runs.")
 def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr_dir: str | None,
-                seeds: list[int], limit: int | None, out: Path, metrics: str | None, device: str,
-                opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool, faces: str,
+                seeds: list[int], limit: int | None, out: Path, metrics: str | None, baseline: str | None,
+                device: str, opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool, faces: str,
                 detector: str | None, backend: str, max_pixels: int, max_output_pixels: int) -> None:
     """Compare METHODS on the HR images of --data: same LR inputs, same metrics, one table.
 
     Results are stored per (method, image, seed) under --out and reused by a later run with the
     same settings; --fresh recomputes. Writes results.csv, summary.csv, results.json and a
-    self-contained report.html to --out.
+    self-contained report.html to --out (and paired.csv with --baseline).
     """
     from ..batch import check_writable
     from ..harness.reports import failure_lines, print_table, results_document, summarize_result, write_all
@@ -92,7 +95,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                                        lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
                                        device=device, opts=parse_method_opts(opts, names), fresh=fresh,
                                        quiet=quiet, faces=faces, detector=detector, backend=backend,
-                                       max_pixels=max_pixels, max_output_pixels=max_output_pixels)
+                                       max_pixels=max_pixels, max_output_pixels=max_output_pixels,
+                                       baseline=baseline.strip() if baseline is not None else None)
                 p = plan(config)
                 n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
                 check_writable(out)

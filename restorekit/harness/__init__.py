@@ -6,6 +6,8 @@
 - :mod:`.metrics`: the core metrics (PSNR/SSIM on BT.601 Y with border crop, RGB variants,
   PULSE's LR-consistency), each named after its convention.
 - :mod:`.aggregate`: per-method means (± std over seeds for stochastic methods), NaN counts, best per column.
+- :mod:`.paired`: ``--baseline``'s head-to-head statistics per method and metric (win share, mean
+  paired difference with a bootstrap CI, exact sign test).
 - :mod:`.store`: the per-(method, image, seed) JSON-lines store that makes runs resumable.
 - :mod:`.reports`: terminal table, CSV, JSON and a self-contained HTML report.
 - :mod:`.bench`: ``restorekit bench harness``, the harness's own overhead.

@@ -1,5 +1,10 @@
 """What ``compare`` writes: a terminal table, ``results.csv``/``summary.csv``/``results.json``, ``report.html``.
 
+With ``--baseline`` each also gets the paired comparison with the baseline (:mod:`.paired`): a
+second table "vs BASELINE" (terminal, HTML), ``paired.csv`` (one row per method and metric) and a
+``"paired"`` section of ``results.json``. Without it, none of these exist (a stale ``paired.csv``
+is removed).
+
 - ``results.csv``: one row per (method, image, seed): status, runtime, memory, every metric.
   ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell.
 - ``summary.csv``: one row per method: mean, std (over seeds) and NaN count per metric, runtime.
@@ -32,6 +37,7 @@ from rich.text import Text
 from ..images import atomic_write_bytes, read_image
 from .aggregate import MethodSummary, Stat, best_per_column, failure_groups, summarize
 from .inputs import png_bytes
+from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, BaselineComparison, PairedStat, compare_to_baseline
 from .runner import CompareResult, MethodPlan, MetricState, backend_info, plugin_versions, restorekit_version
 from .store import Record, dumps
 
@@ -47,6 +53,7 @@ class Summary:
     result: CompareResult
     methods: list[MethodSummary]
     best: dict[str, set[str]]
+    paired: BaselineComparison | None = None  # with --baseline
 
     @property
     def active_metrics(self) -> list[MetricState]:
@@ -61,8 +68,13 @@ def summarize_result(res: CompareResult) -> Summary:
     for mp in res.plan.methods:
         recs = [r for r in res.records if r.method == mp.name]
         rows.append(summarize(mp.name, mp.deterministic, mp.seeds, len(res.inputs.pairs), recs, names))
-    best = best_per_column(rows, {m.name: m.higher_is_better for m in metrics})
-    return Summary(res, rows, best)
+    directions = {m.name: m.higher_is_better for m in metrics}
+    best = best_per_column(rows, directions)
+    baseline = res.plan.config.baseline
+    paired = None
+    if baseline is not None:
+        paired = compare_to_baseline(res.records, baseline, [mp.name for mp in res.plan.methods], directions)
+    return Summary(res, rows, best, paired)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +108,12 @@ def fmt_stat(s: Stat, fmt: str | None = None) -> str:
     return text
 
 
+def fmt_signed(v: float | None, fmt: str | None = None) -> str:
+    """:func:`fmt_number` with a ``+`` on positive values (differences)."""
+    text = fmt_number(v, fmt)
+    return "+" + text if v is not None and v > 0 else text
+
+
 def _runtime_cell(s: MethodSummary) -> str:
     text = fmt_number(s.runtime_ms.mean, ".1f")
     return text + " (warm-up)" if s.runtime_is_warmup else text
@@ -117,6 +135,45 @@ def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
         row.append((f"{s.ok}/{s.ok + s.failed}", False))
         rows.append(row)
     return header, rows
+
+
+def paired_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Header and rows of the "vs BASELINE" table: per metric ``win % (p)`` and ``Δ [CI]`` cells."""
+    if sm.paired is None:
+        return [], []
+    metrics = sm.active_metrics
+    header = ["method"]
+    for m in metrics:
+        header += [f"{m.name} win (p)", f"{m.name} Δ {ARROW[m.higher_is_better]} [CI]"]
+    rows = []
+    for name, per in sm.paired.stats.items():
+        row: list[tuple[str, bool]] = [(name, False)]
+        for m in metrics:
+            st = per[m.name]
+            win = "n/a" if math.isnan(st.win) else f"{100 * st.win:.1f}% ({fmt_number(st.p, '.2g')})"
+            diff = (f"{fmt_signed(st.diff, m.fmt)} [{fmt_signed(st.ci_low, m.fmt)}, "
+                    f"{fmt_signed(st.ci_high, m.fmt)}]") if st.n else "n/a"
+            row += [(win, False), (diff, False)]
+        rows.append(row)
+    return header, rows
+
+
+def paired_notes(sm: Summary) -> list[str]:
+    """What the "vs BASELINE" numbers are, and the images each comparison left out."""
+    if sm.paired is None:
+        return []
+    base = sm.paired.baseline
+    out = [f"Paired with {base} image by image, over the images where both have a finite value (stochastic "
+           f"methods: the mean over seeds per image). win: share of images where the method is better "
+           f"(ties count half); p: two-sided exact sign test, ties dropped. Δ: mean of method − {base}, "
+           f"with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
+           f"{BOOTSTRAP_SEED})."]
+    for m in sm.active_metrics:
+        left = [f"{name} {per[m.name].left_out}/{per[m.name].left_out + per[m.name].n}"
+                for name, per in sm.paired.stats.items() if per[m.name].left_out]
+        if left:
+            out.append(f"{m.name} vs {base}: images without a finite value on one side, left out: {', '.join(left)}")
+    return out
 
 
 def notes(sm: Summary) -> list[str]:
@@ -158,17 +215,23 @@ def failure_lines(sm: Summary) -> list[str]:
 def print_table(sm: Summary, console: Console | None = None) -> None:
     """The comparison table on the terminal (best per column bold and starred)."""
     console = console or Console(width=None if Console().is_terminal else 200)
-    header, rows = table_rows(sm)
     res = sm.result
     title = (f"restorekit compare ×{res.plan.config.scale} — {len(res.inputs.pairs)} images, "
              f"{res.inputs.source}")
+    _print_rich(console, title, *table_rows(sm), notes(sm))
+    if sm.paired is not None:
+        _print_rich(console, f"vs {sm.paired.baseline}", *paired_rows(sm), paired_notes(sm))
+
+
+def _print_rich(console: Console, title: str, header: list[str], rows: list[list[tuple[str, bool]]],
+                lines: list[str]) -> None:
     t = Table(title=title)
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i == 0 else "right")
     for row in rows:
         t.add_row(*[Text(f"{c}*", style="bold green") if best else Text(c) for c, best in row])
     console.print(t)
-    for line in notes(sm):
+    for line in lines:
         console.print(Text(line, style="dim"))
 
 
@@ -214,6 +277,28 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     summary = out / "summary.csv"
     atomic_write_bytes(summary, buf.getvalue().encode())
     return per_image, summary
+
+
+PAIRED_FIELDS = ("n", "left_out", "better", "ties", "worse", "win", "diff", "ci_low", "ci_high", "p")
+
+
+def write_paired_csv(sm: Summary, out: Path) -> Path | None:
+    """``paired.csv``: one row per (method, metric) against the baseline; removed when there is none."""
+    p = out / "paired.csv"
+    if sm.paired is None:
+        p.unlink(missing_ok=True)  # not one of this run's reports
+        return None
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "baseline", "metric", "higher_is_better", *PAIRED_FIELDS])
+    for name, per in sm.paired.stats.items():
+        for m in sm.active_metrics:
+            st: PairedStat = per[m.name]
+            values = [getattr(st, f) for f in PAIRED_FIELDS]
+            w.writerow([name, sm.paired.baseline, m.name, int(m.higher_is_better),
+                        *[_csv_num(v) if isinstance(v, float) else v for v in values]])
+    atomic_write_bytes(p, buf.getvalue().encode())
+    return p
 
 
 def _method_doc(mp: MethodPlan, s: MethodSummary, best: dict[str, set[str]]) -> dict[str, Any]:
@@ -264,6 +349,10 @@ def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, A
     }
     if res.processes > 1:  # a torchrun job: same numbers, more processes
         doc["processes"] = res.processes
+    if sm.paired is not None:
+        doc["paired"] = sm.paired.as_dict()
+        doc["files"]["paired_csv"] = "paired.csv"
+        doc["notes"] += paired_notes(sm)
     if include_images:
         doc["images"] = [{**r.to_json(), "reused": r.reused} for r in res.records]
     return doc
@@ -308,6 +397,16 @@ def _crop_box(h: int, w: int, scale: int) -> tuple[int, int, int]:
     return y0, x0, side
 
 
+def _html_table(header: list[str], rows: list[list[tuple[str, bool]]], lines: list[str]) -> str:
+    e = html.escape
+    parts = ["<table class='res'><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td class='best'>{e(c)}</td>" if b else f"<td>{e(c)}</td>" for c, b in row)
+                     + "</tr>")
+    parts.append("</table><div class='notes'>" + "".join(f"<p>{e(n)}</p>" for n in lines) + "</div>")
+    return "\n".join(parts)
+
+
 def write_html(sm: Summary, out: Path) -> Path:
     """A self-contained ``report.html`` (no external resources)."""
     res = sm.result
@@ -318,12 +417,10 @@ def write_html(sm: Summary, out: Path) -> Path:
     parts.append(f"<h1>restorekit compare ×{cfg.scale}: {len(res.inputs.pairs)} images ({e(res.inputs.source)})</h1>")
     parts.append(f"<p class='notes'>restorekit {e(restorekit_version())} · device {e(str(res.plan.device))} · "
                  f"{e(res.started)} · seeds {e(','.join(map(str, cfg.seeds)))}</p>")
-    header, rows = table_rows(sm)
-    parts.append("<table class='res'><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-    for row in rows:
-        parts.append("<tr>" + "".join(f"<td class='best'>{e(c)}</td>" if b else f"<td>{e(c)}</td>" for c, b in row)
-                     + "</tr>")
-    parts.append("</table><div class='notes'>" + "".join(f"<p>{e(n)}</p>" for n in notes(sm)) + "</div>")
+    parts.append(_html_table(*table_rows(sm), notes(sm)))
+    if sm.paired is not None:
+        parts.append(f"<h2>vs {e(sm.paired.baseline)}</h2>")
+        parts.append(_html_table(*paired_rows(sm), paired_notes(sm)))
     fails = failure_lines(sm)
     if fails:
         parts.append("<h2>Failures</h2><ul class='fail'>" + "".join(f"<li>{e(f)}</li>" for f in fails) + "</ul>")
@@ -402,4 +499,8 @@ def write_all(sm: Summary, out: Path) -> dict[str, Path]:
     (out / "results.json").unlink(missing_ok=True)
     html_p = write_html(sm, out)
     csv_p, summary_p = write_csv(sm, out)
-    return {"results_csv": csv_p, "summary_csv": summary_p, "html": html_p, "results_json": write_json(sm, out)}
+    files = {"results_csv": csv_p, "summary_csv": summary_p, "html": html_p}
+    paired_p = write_paired_csv(sm, out)
+    if paired_p is not None:
+        files["paired_csv"] = paired_p
+    return files | {"results_json": write_json(sm, out)}

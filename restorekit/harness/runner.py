@@ -71,6 +71,8 @@ class CompareConfig:
     backend: str = "torch"
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    # One of ``methods``: the others are also compared with it image by image (harness.paired).
+    baseline: str | None = None
 
 
 @dataclass
@@ -197,6 +199,13 @@ def plan(config: CompareConfig) -> Plan:
         raise CompareUsageError("--methods: give at least one method")
     if config.scale < 1:
         raise CompareUsageError(f"--scale must be a positive integer, got {config.scale}")
+    if config.baseline is not None:
+        if config.baseline not in config.methods:
+            raise CompareUsageError(f"--baseline '{config.baseline}' is not in --methods"
+                                    f"{suggest(config.baseline, config.methods)}")
+        if not set(config.methods) - {config.baseline}:
+            raise CompareUsageError(f"--baseline '{config.baseline}': give --methods another method to compare "
+                                    "with it")
     if config.degradation and config.lr_dir:
         raise CompareUsageError("--degradation and --lr-dir exclude each other (LR files are already degraded)")
     if not config.seeds:

@@ -1,0 +1,178 @@
+"""Paired, head-to-head statistics of ``compare --baseline``: each method against one baseline.
+
+Why: the table's means say which method is better on average; researchers comparing methods on
+the same images also want to know how often it is better, by how much, and whether that could be
+chance. Pairing image by image removes the spread between images (an easy face is easy for every
+method), so much smaller differences are resolved than by comparing two means.
+
+Rules (per method and metric; every metric has a direction, ``higher_is_better``):
+- A method's value on an image is its value there, or for a stochastic method the mean over its
+  seeds of the values it has (NaN — e.g. no face found —, metric errors and failed runs left out).
+  An image is paired when both the method and the baseline have a finite value on it; the others
+  are counted (``left_out``), never silently dropped. ``±inf`` (PSNR of a perfect output) cannot
+  be differenced, so such an image is left out too.
+- ``n``: the images paired. ``win``: the share of them where the method is better than the
+  baseline in the metric's direction, ties counting half (0.5 = no better, no worse).
+- ``diff``: the mean paired difference ``method − baseline`` (in the metric's units and sign: a
+  positive PSNR difference and a negative LPIPS difference both favour the method), with a 95%
+  percentile-bootstrap confidence interval ``[ci_low, ci_high]``: 2,000 resamples
+  (:data:`BOOTSTRAP_RESAMPLES`) of the n differences, with replacement, from numpy's generator
+  seeded with 0 (:data:`BOOTSTRAP_SEED`), so the same results give the same interval.
+- ``p``: the two-sided exact sign test of "better and worse are equally likely", ties dropped:
+  ``min(1, 2·P[X ≤ min(better, worse)])`` with ``X ~ Binomial(better + worse, ½)``. Exact in
+  integers up to 20,000 untied images (:data:`EXACT_SIGN_TEST_MAX_N`), in log space above. It tests
+  the direction only (not the size of the difference) and assumes nothing about the distribution.
+  ``p = 1`` when every pair ties; every statistic is NaN when nothing is paired.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .store import Record
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+EXACT_SIGN_TEST_MAX_N = 20_000
+_BOOTSTRAP_CHUNK = 1 << 22  # resampled values drawn at a time (memory bound for large n)
+
+
+@dataclass(frozen=True)
+class PairedStat:
+    """One method against the baseline on one metric, over the ``n`` images both have a value on."""
+
+    n: int
+    left_out: int
+    better: int
+    ties: int
+    worse: int
+    win: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"n": self.n, "left_out": self.left_out, "better": self.better, "ties": self.ties,
+                "worse": self.worse, "win": self.win, "diff": self.diff, "ci_low": self.ci_low,
+                "ci_high": self.ci_high, "p": self.p}
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """Every other method against ``baseline``: ``stats[method][metric]``."""
+
+    baseline: str
+    directions: dict[str, bool]  # metric → higher is better
+    stats: dict[str, dict[str, PairedStat]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"baseline": self.baseline,
+                "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL},
+                "higher_is_better": dict(self.directions),
+                "methods": {m: {k: s.as_dict() for k, s in per.items()} for m, per in self.stats.items()}}
+
+
+def image_values(records: Iterable[Record], metric: str) -> dict[str, float]:
+    """Per image, one method's value of ``metric``: the mean over its seeds of the values it has.
+
+    Every image with a record is a key; one without a usable value, or with a non-finite one in
+    any seed, maps to NaN.
+    """
+    values: dict[str, list[float]] = {}
+    for r in records:
+        vals = values.setdefault(r.image, [])
+        if r.status != "ok" or not r.metrics or metric not in r.metrics:
+            continue
+        if r.metric_errors and metric in r.metric_errors:
+            continue
+        v = r.metrics[metric]
+        if not math.isnan(v):
+            vals.append(v)
+    return {img: math.fsum(v) / len(v) if v and all(math.isfinite(x) for x in v) else math.nan
+            for img, v in values.items()}
+
+
+def sign_test_p(better: int, worse: int) -> float:
+    """Two-sided exact sign test p-value for ``better`` vs ``worse`` (ties already dropped)."""
+    if better < 0 or worse < 0:
+        raise ValueError(f"counts must be non-negative, got {better} and {worse}")
+    n, k = better + worse, min(better, worse)
+    if 2 * k >= n:  # includes n == 0: no evidence either way
+        return 1.0
+    if n <= EXACT_SIGN_TEST_MAX_N:
+        tail, c = 0, 1
+        for i in range(k + 1):  # Σ_{i ≤ k} C(n, i), C(n, i+1) = C(n, i)·(n−i)/(i+1)
+            tail += c
+            c = c * (n - i) // (i + 1)
+        return min(1.0, 2 * tail / 2**n)  # int / int: correctly rounded
+    return min(1.0, math.exp(math.log(2.0) + _log_binomial_tail(n, k)))
+
+
+def _log_binomial_tail(n: int, k: int) -> float:
+    """``log P[X ≤ k]`` for ``X ~ Binomial(n, ½)`` and ``k < n/2``, summed in log space."""
+    i = np.arange(1, k + 1, dtype=np.float64)
+    log_terms = np.concatenate([[0.0], np.cumsum(np.log((n - i + 1) / i))]) - n * math.log(2.0)
+    top = float(log_terms[-1])  # the terms grow with i below n/2
+    return top + math.log(float(np.exp(log_terms - top).sum()))
+
+
+def bootstrap_ci(diffs: Sequence[float] | np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the mean of ``diffs`` (reproducible: fixed seed)."""
+    x = np.asarray(diffs, dtype=np.float64)
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples, dtype=np.float64)
+    rows = max(1, min(resamples, _BOOTSTRAP_CHUNK // n))
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        means[start:stop] = x[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def paired_stat(values: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: bool) -> PairedStat:
+    """``values`` (one method, image → value) against ``baseline`` on the images both have a finite value on.
+
+    Images in either mapping but not paired are counted in ``left_out``.
+    """
+    images = sorted(set(values) | set(baseline))
+    pairs = [(values[k], baseline[k]) for k in images
+             if k in values and k in baseline and math.isfinite(values[k]) and math.isfinite(baseline[k])]
+    n = len(pairs)
+    if n == 0:
+        nan = math.nan
+        return PairedStat(0, len(images), 0, 0, 0, nan, nan, nan, nan, nan)
+    diffs = [a - b for a, b in pairs]
+    sign = 1.0 if higher_is_better else -1.0
+    better = sum(1 for d in diffs if sign * d > 0)
+    worse = sum(1 for d in diffs if sign * d < 0)
+    ties = n - better - worse
+    low, high = bootstrap_ci(diffs)
+    return PairedStat(n, len(images) - n, better, ties, worse, (better + 0.5 * ties) / n,
+                      math.fsum(diffs) / n, low, high, sign_test_p(better, worse))
+
+
+def compare_to_baseline(records: Iterable[Record], baseline: str, methods: Sequence[str],
+                        directions: Mapping[str, bool]) -> BaselineComparison:
+    """Every method of ``methods`` but ``baseline`` against it, on every metric of ``directions``."""
+    by_method: dict[str, list[Record]] = {}
+    for r in records:
+        by_method.setdefault(r.method, []).append(r)
+    out = BaselineComparison(baseline, dict(directions))
+    base = {m: image_values(by_method.get(baseline, []), m) for m in directions}
+    for name in dict.fromkeys(methods):
+        if name == baseline:
+            continue
+        recs = by_method.get(name, [])
+        out.stats[name] = {m: paired_stat(image_values(recs, m), base[m], hib) for m, hib in directions.items()}
+    return out
