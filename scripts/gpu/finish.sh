@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# After a GPU call, on the CPU machine: from the files the device returned to the shipped defaults
+# and the model card's figures, stage by stage. Every stage is skipped when its result exists, so
+# the work can stop and continue (stage 2 continues its own checkpoints), in this or a later session.
+#   RETURNED=runs/gpu1 [PART=runs/gpu1b/psp_encoder.safetensors] bash scripts/gpu/finish.sh [STAGE...]
+# RETURNED: the first call's files (generator.safetensors, metrics.jsonl, samples.png, …), copied
+# out of the device tool's read-only folder; PART: the second call's encoder part, if there was one.
+# Stages, in order (default: all):
+#   realism         Fréchet figures and the face share of the returned generator → $W/realism.json
+#   ship-generator  the generator becomes `stylegan2-faces128` (scripts/ship_embedded_model.py)
+#   stage2          the pSp encoder on both cores against the shipped generator (from PART if given)
+#   ship-psp        psp_sr's default `psp-sr-faces128`, naming the generator
+#   evaluate        compare on the validation split: ×8 and ×4 (bicubic, pix2pixhd, psp_sr, all 420
+#                   faces), and ×8 psp_pulse/pulse/psp_sr/bicubic on 47 of them
+#   figures         the card's images: samples and the ×8 grid, into docs/images/
+#   bars            check_bars.py: issue #18's "done when" bars, pass or fail, and the card's tables
+# Settings: FACES (../shared/data/faces), W (runs/prior128_finish), STAGE2_STEPS (the recipe's 5000;
+# 3000 when continuing a GPU part), STAGE2_MINUTES (a time limit for this session's share), KIMG
+# (for the data note; read from metrics.jsonl), EVAL_LIMIT (compare only the first N faces of each
+# list: rehearsals).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+RK=${RK:-.venv/bin/restorekit}
+FACES=$(cd "${FACES:-../shared/data/faces}" && pwd)
+W=${W:-runs/prior128_finish}
+RETURNED=${RETURNED:?set RETURNED to the folder holding the files the GPU call returned}
+GEN=$RETURNED/generator.safetensors
+PSP_RUN=${PSP_RUN:-runs/prior128_psp}
+mkdir -p "$W"
+log() { echo "[finish.sh $(date +%H:%M:%S)] $*" | tee -a "$W/finish.log"; }
+[ -f "$GEN" ] || { log "no $GEN"; exit 2; }
+
+# Validation lists (absolute paths; @lists are read relative to their own folder).
+sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$W/val.txt"
+grep /ffhq128/ "$W/val.txt" > "$W/val_ffhq.txt"  # check_bars.py: the per-source win shares
+awk 'NR % 9 == 1' "$W/val.txt" > "$W/val_pulse.txt"  # 47 faces from both sources, for the slow methods
+KIMG=${KIMG:-$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg']))" "$RETURNED/metrics.jsonl" 2>/dev/null || echo '?')}
+NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on one H200"
+METRICS=psnr_y_crop,ssim_y_crop,lpips_alex_v0.1,identity_dlib_dist,lr_consistency
+
+stage_realism() {
+    [ -s "$W/realism.json" ] && return
+    log "realism of $GEN (1000 samples, alex + dlib, mtcnn on 32 samples at truncation 0.7)"
+    $RK realism --generator stylegan2 --weights "$GEN" --data "@$W/val.txt" --n 1000 --spaces alex,dlib \
+        --detector mtcnn --detect-n 32 --detect-truncation 0.7 --json > "$W/realism.json.part"
+    mv "$W/realism.json.part" "$W/realism.json"
+}
+
+stage_ship_generator() {
+    [ -f registry/weights/stylegan2-faces128.toml ] && return
+    log "ship the generator ($NOTE)"
+    $PY scripts/ship_embedded_model.py stylegan2 "$GEN" --data-note "$NOTE"
+}
+
+stage_stage2() {
+    [ -f "$PSP_RUN/model.safetensors" ] && return
+    local args=(--set generator=stylegan2-faces128) steps=${STAGE2_STEPS:-5000}
+    if [ -n "${PART:-}" ]; then
+        [ -f "$W/psp_init.safetensors" ] || $PY scripts/gpu/psp_parts.py join "$PART" "$GEN" "$W/psp_init.safetensors"
+        args+=(--set "init=$W/psp_init.safetensors"); steps=${STAGE2_STEPS:-3000}
+    fi
+    [ -d "$PSP_RUN/checkpoints" ] && args=(--resume)
+    log "stage 2: $steps steps into $PSP_RUN ${STAGE2_MINUTES:+(at most $STAGE2_MINUTES min now)}"
+    OMP_NUM_THREADS=1 ${TORCHRUN:-.venv/bin/torchrun} --standalone --nproc_per_node 2 -m restorekit train psp_sr \
+        --data "$FACES" --config plugins/psp_sr/recipes/faces128/stage2_psp.toml --out "$PSP_RUN" \
+        --steps "$steps" "${args[@]}" ${STAGE2_MINUTES:+--time-limit "$STAGE2_MINUTES"} --quiet
+    [ -f "$PSP_RUN/model.safetensors" ] || { log "stage 2 stopped before its last step: run this stage again"; exit 3; }
+}
+
+stage_ship_psp() {
+    [ -f registry/weights/psp-sr-faces128.toml ] && return
+    local steps
+    steps=$($PY -c "import json, sys; print([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['step'])" "$PSP_RUN/log.jsonl")
+    log "ship psp_sr ($steps steps)"
+    $PY scripts/ship_embedded_model.py psp_sr "$PSP_RUN/model.safetensors" --generator stylegan2-faces128 \
+        --data-note "as stylegan2-faces128; stage 2: $steps steps, batch 8${PART:+, continuing a GPU stage 2}"
+}
+
+compare() {  # OUT METHODS SCALE LIST [extra…]
+    local out=$1 methods=$2 scale=$3 list=$4; shift 4
+    [ -s "$out/results.json" ] && return
+    log "compare ×$scale $methods on $(wc -l < "$list") faces → $out"
+    $RK compare --methods "$methods" --baseline bicubic --scale "$scale" --data "@$list" --out "$out" \
+        --metrics "$METRICS" --quiet ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} "$@"
+}
+
+stage_evaluate() {
+    for k in 8 4; do
+        compare "$W/eval_x$k" bicubic,pix2pixhd,psp_sr "$k" "$W/val.txt"
+    done
+    compare "$W/eval_pulse_x8" psp_pulse,pulse,psp_sr,bicubic 8 "$W/val_pulse.txt"
+}
+
+stage_figures() {
+    mkdir -p docs/images
+    $PY -c "from PIL import Image; import sys; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], quality=90)" \
+        "$RETURNED/samples.png" docs/images/stylegan2-faces128-samples.jpg
+    $PY scripts/model_card_grid.py "$W/eval_x8" --data "@$W/val.txt" --methods bicubic,pix2pixhd,psp_sr \
+        --n 16 --out docs/images/psp-sr-faces128-grid-x8.jpg
+    $PY scripts/model_card_grid.py "$W/eval_pulse_x8" --data "@$W/val_pulse.txt" \
+        --methods bicubic,psp_sr,pulse,psp_pulse --n 8 --out docs/images/psp-pulse-faces128-grid-x8.jpg
+    log "figures: docs/images/stylegan2-faces128-samples.jpg, psp-sr-faces128-grid-x8.jpg, psp-pulse-faces128-grid-x8.jpg"
+}
+
+stage_bars() {
+    $PY scripts/gpu/check_bars.py "$W" | tee "$W/bars.md"
+}
+
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(realism ship-generator stage2 ship-psp evaluate figures bars)
+for s in "${STAGES[@]}"; do
+    case "$s" in
+        realism|ship-generator|stage2|ship-psp|evaluate|figures|bars) "stage_${s//-/_}";;
+        *) echo "finish.sh: unknown stage '$s'" >&2; exit 2;;
+    esac
+done
+log "done: ${STAGES[*]}"
