@@ -1,0 +1,154 @@
+"""The GPU occasion's helpers (scripts/gpu/): the stage-2 encoder part that comes back from the
+device (psp_parts.py) and the "done when" bars checked on the evaluation (check_bars.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from restorekit_psp_sr.method import load_psp_model, save_psp_safetensors
+from restorekit_psp_sr.train import load_generator, save_stylegan2_safetensors
+from tiny_models import REPO, tiny_generator, tiny_psp_on
+
+SCRIPTS = REPO / "scripts" / "gpu"
+pytestmark = pytest.mark.skipif(not (SCRIPTS / "psp_parts.py").is_file(), reason="scripts/gpu is not here")
+
+
+def script(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- psp_parts.py ------------------------------------------------------------------------------------
+@pytest.fixture()
+def trained(tmp_path: Path) -> tuple[Path, Path]:
+    """A generator as the device returns it (fp16 snapshot) and a pSp model trained against it."""
+    gen = save_stylegan2_safetensors(tiny_generator(3), tmp_path / "generator.safetensors", dtype=torch.float16)
+    model = save_psp_safetensors(tiny_psp_on(load_generator(str(gen), impl="ref"), seed=4),
+                                 tmp_path / "model.safetensors", factors=[1, 2, 4], license="unknown", name="t")
+    return gen, model
+
+
+def test_split_then_join_gives_the_model_back(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    parts = script("psp_parts")
+    gen, model = trained
+    part = parts.split(model, gen, tmp_path / "part.safetensors")
+    with safe_open(str(part), framework="pt") as f:
+        keys = list(f.keys())
+        assert f.metadata()["generator_sha256"] == parts.sha256(gen)
+        assert {f.get_tensor(k).dtype for k in keys} == {torch.float16}
+    assert keys and not any(k.startswith("decoder.") for k in keys) and "latent_avg" in keys
+    assert part.stat().st_size < model.stat().st_size / 2
+    whole = parts.join(part, gen, tmp_path / "whole.safetensors")
+    a, _ = load_psp_model(model, impl="ref")
+    b, config = load_psp_model(whole, impl="ref")
+    assert config["training"]["encoder_float16_from"] == "part.safetensors"
+    for (k, va), (_, vb) in zip(a.decoder.state_dict().items(), b.decoder.state_dict().items()):
+        assert torch.equal(va, vb), k  # the generator is exactly the one given
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        ya, wa = a(x)
+        yb, wb = b(x)
+    assert float((wa - wb).norm() / wa.norm()) < 2e-3  # fp16 rounding of the encoder only
+    assert float((ya - yb).abs().max()) < 0.05
+
+
+def test_parts_refuse_a_different_generator(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    parts = script("psp_parts")
+    gen, model = trained
+    other = save_stylegan2_safetensors(tiny_generator(5), tmp_path / "other.safetensors", dtype=torch.float16)
+    with pytest.raises(parts.PartsError, match="decoder differs"):
+        parts.split(model, other, tmp_path / "p.safetensors")
+    part = parts.split(model, gen, tmp_path / "part.safetensors")
+    with pytest.raises(parts.PartsError, match="sha256"):
+        parts.join(part, other, tmp_path / "w.safetensors")
+    assert not (tmp_path / "p.safetensors").exists() and not (tmp_path / "w.safetensors").exists()
+    assert parts.main(["join", str(model), str(gen), str(tmp_path / "x.safetensors")]) == 1  # not a part
+
+
+# -- check_bars.py -----------------------------------------------------------------------------------
+METRICS = {"psnr_y_crop": True, "ssim_y_crop": True, "lpips_alex_v0.1": False, "identity_dlib_dist": False,
+           "lr_consistency": False}
+
+
+def results_doc(values: dict[str, dict[str, list[float]]], ms: dict[str, float]) -> dict:
+    """A compare results.json with the parts check_bars reads: ``values[method][metric]`` per image."""
+    images = [f"img{i}" for i in range(len(next(iter(next(iter(values.values())).values()))))]
+    methods, rows = [], []
+    for m, per in values.items():
+        agg = {k: {"mean": sum(v) / len(v)} for k, v in per.items()}
+        methods.append({"name": m, "device": "cpu (test)", "aggregate": {"metrics": agg, "runtime_ms": {"mean": ms[m]}}})
+        for i, img in enumerate(images):
+            rows.append({"method": m, "image": img, "seed": None, "settings": "s", "input": "i", "status": "ok",
+                         "metrics": {k: v[i] for k, v in per.items()}})
+    return {"methods": methods, "metrics": [{"name": k, "higher_is_better": v} for k, v in METRICS.items()],
+            "images": rows}
+
+
+def method_values(dist: list[float], lpips: float, lrc: float) -> dict[str, list[float]]:
+    n = len(dist)
+    return {"psnr_y_crop": [20.0] * n, "ssim_y_crop": [0.6] * n, "lpips_alex_v0.1": [lpips] * n,
+            "identity_dlib_dist": dist, "lr_consistency": [lrc] * n}
+
+
+def write_finish_folder(w: Path, *, psp_dist: list[float], face_share: float, pulse_ms: float) -> Path:
+    base = [0.60, 0.62, 0.64, 0.66]
+    for k in (8, 4):
+        run = w / f"eval_x{k}"
+        run.mkdir(parents=True)
+        doc = results_doc({"bicubic": method_values(base, 0.55, 3e-4), "pix2pixhd": method_values(base, 0.3, 8e-3),
+                           "psp_sr": method_values(psp_dist, 0.30, 1e-2)}, {"bicubic": 0.2, "pix2pixhd": 14, "psp_sr": 30})
+        (run / "results.json").write_text(json.dumps(doc))
+    run = w / "eval_pulse_x8"
+    run.mkdir()
+    doc = results_doc({"psp_pulse": method_values([0.50] * 4, 0.4, 2.0e-3), "pulse": method_values([0.58] * 4, 0.4, 1.6e-3),
+                       "psp_sr": method_values(psp_dist, 0.3, 1e-2), "bicubic": method_values(base, 0.55, 3e-4)},
+                      {"psp_pulse": 2000, "pulse": pulse_ms, "psp_sr": 30, "bicubic": 0.2})
+    (run / "results.json").write_text(json.dumps(doc))
+    found = round(face_share * 32)
+    (w / "realism.json").write_text(json.dumps({"faces": {"detector": "mtcnn", "n": 32, "found": found,
+                                                          "truncation": 0.7, "share": found / 32}}))
+    (w / "val_ffhq.txt").write_text("/x/ffhq128/img0.webp\n/x/ffhq128/img1.webp\n")
+    return w
+
+
+def test_check_bars_all_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = write_finish_folder(tmp_path, psp_dist=[0.55, 0.58, 0.70, 0.60], face_share=0.875, pulse_ms=8000)
+    assert script("check_bars").main([str(w)]) == 0
+    out = capsys.readouterr().out
+    assert "**FAIL**" not in out and out.count("| pass |") == 8
+    assert "28/32 = 88%" in out
+    assert "75% (p 0.62)" in out  # 3 of 4 faces closer than bicubic; sign test 2·P[X ≤ 1 | n=4] = 0.625
+    assert "-0.250" in out  # LPIPS 0.30 − 0.55
+    assert "1.25×" in out  # LR-consistency 2.0e-3 / 1.6e-3
+    assert "| 75% / 100% / 50% |" in out  # win all / FFHQ (img0, img1) / AAF (img2, img3)
+    assert "267×" in out  # PULSE 8000 ms / psp_sr 30 ms
+
+
+def test_check_bars_names_each_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = write_finish_folder(tmp_path, psp_dist=[0.65, 0.66, 0.70, 0.60], face_share=0.75, pulse_ms=3000)
+    assert script("check_bars").main([str(w)]) == 1
+    out = capsys.readouterr().out
+    failed = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if "**FAIL**" in line]
+    assert failed == ["generator: samples with a face (mtcnn, truncation 0.7)",
+                      "×8 psp_sr vs bicubic: mean dlib distance (paired faces)",
+                      "×8 psp_sr closer to the person than bicubic",
+                      "×8 psp_pulse time / PULSE's"]
+
+
+def test_check_bars_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert script("check_bars").main([str(tmp_path)]) == 2
+    assert "eval_x8/results.json: missing" in capsys.readouterr().err
