@@ -174,6 +174,25 @@ def test_methods_show_lists_options_json():
     assert "bicubic" in [m["name"] for m in json.loads(r.output)]
 
 
+def test_methods_show_options_as_a_definition_list(monkeypatch):
+    """Each option on its own line (name, type with a Literal's choices, default), the description
+    in full beneath it — not squeezed into a table column at 80 characters."""
+    monkeypatch.setenv("COLUMNS", "80")
+    r = invoke("methods", "show", "pulse")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    i = next(n for n, line in enumerate(lines) if line.split() and line.split()[0] == "schedule")
+    assert lines[i].split(None, 1)[1] == "'fixed' | 'linear1cycle' | 'linear1cycledrop' = 'linear1cycledrop'"
+    assert lines[i + 1] == "      learning-rate schedule over `steps` (PULSE's)"
+    body = lines[lines.index("Options (--opt KEY=VALUE):"):]
+    assert all(len(line) <= 80 for line in body if line.startswith(" " * 6))  # descriptions wrap at the width
+    text = " ".join(line.strip() for line in body)
+    assert "stop when the downscale MSE (in [0,1] units) is below this" in text  # whole, not cut
+    r = invoke("methods", "show", "pulse", "--json")
+    latent = next(o for o in json.loads(r.output)["options"] if o["name"] == "latent")
+    assert latent["type"] == "'w+' | 'z'" and latent["default"] == "w+"
+
+
 def test_plugins_json_lists_core_and_first_party():
     r = rk("plugins", "--json")
     assert r.returncode == 0, r.stderr

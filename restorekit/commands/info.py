@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import shutil
+import textwrap
+from typing import Any, Literal, get_args, get_origin
 
 import click
 
-from ..cli import emit_json, listing, table
+from ..cli import emit_json, listing
 from ..interfaces import Method
 from ..plugins import registry
 
@@ -22,7 +24,10 @@ def options_schema(cls: type[Method]) -> list[dict[str, Any]]:
     out = []
     for name, f in cls.Options.model_fields.items():
         ann = f.annotation
-        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        if get_origin(ann) is Literal:  # the choices are what a user needs to know
+            type_name = " | ".join(repr(a) for a in get_args(ann))
+        else:
+            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         out.append({"name": name, "type": type_name,
                     "default": None if f.is_required() else f.get_default(call_default_factory=True),
                     "required": f.is_required(), "description": f.description or ""})
@@ -81,9 +86,20 @@ def methods_show(name: str, as_json: bool) -> None:
     if cls.info.default_weights:
         click.echo(f"{'default_weights':>17}: {cls.info.default_weights}")
     click.echo(f"{'weights state':>17}: {method_weights_state(cls)}")
-    table("Options (--opt KEY=VALUE)", ["option", "type", "default", "description"],
-          [[o["name"], o["type"], "(required)" if o["required"] else repr(o["default"]), o["description"]]
-           for o in data["options"]])
+    echo_options(data["options"])
+
+
+def echo_options(options: list[dict[str, Any]]) -> None:
+    """The options as a definition list: ``name  type = default`` with the description wrapped
+    beneath at the terminal's width (a four-column table squeezed descriptions into a few characters)."""
+    click.echo("\nOptions (--opt KEY=VALUE):" if options else "\nOptions: none")
+    width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120))
+    pad = max((len(o["name"]) for o in options), default=0)
+    for o in options:
+        default = "required" if o["required"] else f"= {o['default']!r}"
+        click.echo(f"  {o['name']:<{pad}}  {o['type']} {default}")
+        if o["description"]:
+            click.echo(textwrap.fill(o["description"], width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
 
 
 @click.command("plugins")
