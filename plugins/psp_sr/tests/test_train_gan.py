@@ -273,6 +273,37 @@ def test_bf16_autocast_step_runs_and_keeps_r1_in_float32(faces: Path, tmp_path: 
     assert all(p.dtype == torch.float32 for p in t.G.parameters())
 
 
+@pytest.mark.parametrize("d_arch", ["stylegan2", "projected"])
+def test_training_pieces_keep_every_tensor_on_the_players_device(d_arch: str) -> None:
+    """The GPU run's device placement, checked without a GPU: with G and D on the ``meta`` device
+    (channels-last D, as on CUDA), a constant left on the CPU in G, D, DiffAugment, the batch
+    drawing, style mixing, R1 or the EMA update raises ("not on the expected device")."""
+    from torch.nn import functional as F
+
+    from restorekit_psp_sr.train_gan import GANModels, update_ema
+
+    meta = torch.device("meta")
+    cfg = GANConfig(out="unused", resolution=32, style_dim=16, channels={4: 16, 8: 16, 16: 16, 32: 8}, d_arch=d_arch,
+                    allow_random_backbone=True, d_head_width=8, batch_size=4)
+    models = GANModels(cfg).to(meta)
+    models.D.to(memory_format=torch.channels_last)
+    data = torch.empty(10, 3, 32, 32, dtype=torch.uint8, device=meta)
+    real = draw_batch(data, seed=0, step=0, rank=0, n=4, xflip=True, device=meta)
+    fake = models.G.synthesize(mixed_styles(models.G, 4, 0.9, meta), noise_mode="random")
+
+    def d(x: torch.Tensor) -> torch.Tensor:
+        return models.D(diff_augment(x, cfg.augment).contiguous(memory_format=torch.channels_last))
+
+    (F.softplus(d(fake.float())).mean() + F.softplus(-d(real)).mean()).backward()
+    x = real.detach().requires_grad_(True)
+    out = d(x)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    (grad.square().sum(dim=(1, 2, 3)).mean() + out.mean() * 0).backward()
+    update_ema(models.G_ema, models.G, 0.99)
+    assert out.device == meta and all(p.device == meta for p in models.parameters())
+    assert next(p.grad for p in models.G.parameters() if p.grad is not None).device == meta
+
+
 def test_config_rejects_what_the_trainer_cannot_do(faces: Path, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
