@@ -91,6 +91,16 @@ class DlibResnetEmbedder(FaceEmbedder):
             self._net = load_dlib_face_descriptor(self.weights, self.device)
         return self._net
 
+    def to(self, device: str | torch.device) -> DlibResnetEmbedder:
+        """Compute on ``device`` from now on (the identity loss follows its predictions' device:
+        on a GPU the descriptor must run there, not on the CPU it was built for)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.device = device
+            if self._net is not None:
+                self._net.to(device)
+        return self
+
     def chips(self, faces: Tensor) -> Tensor:
         """dlib chips (N×3×150×150) cut from FFHQ-framed ``faces`` at the fixed placement."""
         if faces.ndim != 4 or faces.shape[1] != 3:

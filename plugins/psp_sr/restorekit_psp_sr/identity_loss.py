@@ -88,6 +88,8 @@ class IdentityLoss(Loss):
             p = next(emb.parameters(), None)
             if p is not None and p.device != device:
                 emb.to(device)
+        elif callable(getattr(emb, "to", None)):  # e.g. dlib_resnet: not a module, but device-aware
+            emb.to(device)
         return emb
 
     def similarity(self, pred: Tensor, target: Tensor) -> Tensor:

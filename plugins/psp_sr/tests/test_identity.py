@@ -261,3 +261,24 @@ def test_identity_loss_with_dlib_resnet_on_a_real_face() -> None:
     value.backward()
     assert pred.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in emb.net.parameters())
+
+
+def test_identity_loss_runs_dlib_resnet_where_the_predictions_are() -> None:
+    """dlib_resnet is not a torch module: the loss must still move it to its inputs' device (on a
+    GPU it would otherwise run on the CPU it was built for). The meta device stands in for CUDA:
+    a computation left on the CPU cannot read meta tensors and raises."""
+    from restorekit.faces.dlib_resnet import DlibFaceDescriptor
+    from restorekit.faces.identity_dlib import DlibResnetEmbedder
+
+    emb = DlibResnetEmbedder()
+    emb._net = DlibFaceDescriptor().eval()  # random weights: only placement is checked here
+    loss = IdentityLoss(embedder=emb)
+    meta = torch.device("meta")
+    pred = torch.empty(2, 3, 64, 64, device=meta, requires_grad=True)
+    value = loss(pred, torch.empty(2, 3, 64, 64, device=meta))
+    assert value.device == meta and emb.device == meta
+    assert all(p.device == meta for p in emb.net.parameters())
+    value.backward()
+    assert pred.grad is not None and pred.grad.device == meta
+    lazy = DlibResnetEmbedder()
+    assert lazy.to(meta) is lazy and lazy.device == meta and lazy._net is None  # nothing loaded yet
