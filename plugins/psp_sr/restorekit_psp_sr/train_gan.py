@@ -461,20 +461,23 @@ class GANTrainer:
         return record
 
     def init_weights(self, folder: str | Path) -> None:
-        """Load G and D (and G's EMA = G_ema of the snapshot) from a snapshot folder."""
+        """Load G and D from a snapshot folder, and G's EMA from its ``generator.safetensors`` —
+        or, when that file is left out (it costs a GPU call 8 MB of carry), as a copy of G."""
         from safetensors.torch import load_file
 
         from .train import load_generator
 
         f = Path(folder)
-        for name in ("resume_g.safetensors", "resume_d.safetensors", "generator.safetensors"):
+        for name in ("resume_g.safetensors", "resume_d.safetensors"):
             if not (f / name).is_file():
                 raise TrainingError(f"init_from {f}: no {name} (a `restorekit train stylegan2` snapshot folder)")
         try:
             self.G.load_state_dict({k: v.float() for k, v in load_file(str(f / "resume_g.safetensors")).items()})
             self.D.load_state_dict({k: v.float() for k, v in load_file(str(f / "resume_d.safetensors")).items()})
-            ema = load_generator(str(f / "generator.safetensors"))
-            self.G_ema.load_state_dict(ema.state_dict())
+            if (f / "generator.safetensors").is_file():
+                self.G_ema.load_state_dict(load_generator(str(f / "generator.safetensors")).state_dict())
+            else:
+                self.G_ema.load_state_dict(self.G.state_dict())
         except RuntimeError as exc:
             raise TrainingError(f"init_from {f}: weights do not fit this config's networks: "
                                 f"{str(exc).splitlines()[0]}") from None

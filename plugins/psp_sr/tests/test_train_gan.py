@@ -248,6 +248,20 @@ def test_init_from_a_snapshot_folder(faces: Path, tmp_path: Path) -> None:
 
     with pytest.raises(TrainingError, match="do not fit this config"):
         GANTrainer.build(other, quiet=True).fit()
+    # Without the EMA file (a GPU call may leave it out of its carry) the EMA starts as G.
+    import shutil
+
+    lean = tmp_path / "lean"
+    lean.mkdir()
+    for name in ("resume_g.safetensors", "resume_d.safetensors"):
+        shutil.copy(tmp_path / "a" / "snapshot" / name, lean / name)
+    third = GANTrainer.build(tiny_config(faces, tmp_path / "d", steps=3), quiet=True)
+    third.init_weights(lean)
+    assert all(torch.equal(third.G_ema.state_dict()[k], v) for k, v in third.G.state_dict().items())
+    assert all(torch.equal(third.G.state_dict()[k], v) for k, v in second.G.state_dict().items())
+    (lean / "resume_d.safetensors").unlink()
+    with pytest.raises(TrainingError, match="no resume_d.safetensors"):
+        third.init_weights(lean)
 
 
 def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None:
