@@ -33,7 +33,6 @@ of one to a fixed batch size.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import json
 import os
@@ -50,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import RestorekitError
+from .weights.checksum import sha256_file
 
 SIDECAR_FORMAT = "restorekit.onnx/1"
 DEFAULT_OPSET = 17
@@ -213,14 +213,6 @@ def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
     return (base + 0.1 * torch.rand(batch, c, h, w, generator=g)).clamp(0, 1).float()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _umask_mode() -> int:
     """Permissions a plainly created file gets (``mkstemp`` makes 0600 ones)."""
     mask = os.umask(0)
@@ -340,7 +332,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         info: dict[str, Any] = {
             "format": SIDECAR_FORMAT,
             "file": out.name,
-            "sha256": _sha256(tmp),
+            "sha256": sha256_file(tmp),
             "opset": opset,
             "exporter": "torch.onnx (TorchScript)",
             "precision": "float16" if fp16 else "float32",

