@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import random
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,6 +40,13 @@ class Blocky(Method):
         return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
 
 
+class Broken(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="broken3p", summary="fails on every image")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        raise RuntimeError("no weights")
+
+
 class Jitter(Method):
     info: ClassVar[MethodInfo] = MethodInfo(name="jitter3p", summary="nearest plus seeded noise",
                                             deterministic=False)
@@ -62,6 +70,7 @@ class Bright(Metric):
 @hookimpl
 def register_methods(register):
     register(Blocky)
+    register(Broken)
     register(Jitter)
 
 
@@ -84,6 +93,42 @@ def rec(method: str, image: str, seed: int | None, value: float, status: str = "
 def exact_sign_p(k: int, n: int) -> float:
     """Independent reference: 2·P[X ≤ k], X ~ Binomial(n, ½), in fractions, capped at 1."""
     return float(min(Fraction(1), 2 * Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)))
+
+
+def signed(v: float, f: str) -> str:
+    """A difference as the paired table writes it: with its sign, in the metric's format."""
+    return format(v, "+" + f)
+
+
+def row_cells(metric: str, higher_is_better: bool, st: dict, f: str) -> list[str]:
+    """The "vs BASELINE" table's cells for one method and metric, from the JSON, independently of reports.py."""
+    p = format(st["p"], ".2g")
+    return [f"{metric} {'↑' if higher_is_better else '↓'}", str(st["n"]), f"{100 * st['win']:.1f}%", p,
+            signed(st["diff"], f), f"[{signed(st['ci_low'], f)}, {signed(st['ci_high'], f)}]"]
+
+
+def html_row(metric: str, higher_is_better: bool, st: dict, f: str) -> str:
+    c = row_cells(metric, higher_is_better, st, f)
+    return (f"<tr><td class='sub'>{c[0]}</td>" + "".join(f"<td>{x}</td>" for x in c[1:5])
+            + f"<td class='l'>{c[5]}</td></tr>")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def table_groups(stdout: str, title: str) -> list[list[list[str]]]:
+    """The rich table under ``title``: its header, then each row group (rules apart), rows as stripped cells."""
+    text = ANSI.sub("", stdout)
+    lines = text[text.index(title):].splitlines()
+    groups: list[list[list[str]]] = [[]]
+    for line in lines[2:]:
+        if line.startswith(("┡", "├")):
+            groups.append([])
+        elif line.startswith(("┃", "│")):
+            groups[-1].append([c.strip() for c in line.strip().strip(line[0]).split(line[0])])
+        elif line.startswith("└"):
+            break
+    return groups
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,8 +312,16 @@ def test_compare_baseline_writes_consistent_paired_reports(paired_plugin, data, 
     # The per-image values of the stochastic method are means over both seeds.
     seeds = {row["seed"] for row in doc["images"] if row["method"] == "jitter3p"}
     assert seeds == {0, 1}
+    # report.html: one row per (method, metric) under a row naming the method, numbers as in the JSON.
     page = (out / "report.html").read_text()
-    assert "<h2>vs bicubic</h2>" in page and "psnr_rgb win (p)" in page and "0.0% (0.031)" in page
+    assert "<h2>vs bicubic: Δ = method − bicubic</h2>" in page
+    assert "<th>method, metric</th><th>n</th><th>win</th><th>p</th><th>Δ</th><th class='l'>95% CI</th>" in page
+    fmts = {"psnr_rgb": ".2f", "bright_3p": ".4f", "lr_consistency": ".3e"}  # bright_3p: as its means (~0.4)
+    for method in ("blocky3p", "jitter3p"):
+        assert f"<tbody><tr><td class='head'>{method}</td>" in page
+        for metric, f in fmts.items():
+            assert html_row(metric, directions[metric], m[method][metric], f) in page
+    assert "<td class='sub'>psnr_rgb ↑</td><td>6</td><td>0.0%</td><td>0.031</td>" in page
 
 
 def test_console_table_and_no_baseline_leaves_reports_as_they_were(paired_plugin, data, tmp_path):
@@ -277,9 +330,11 @@ def test_console_table_and_no_baseline_leaves_reports_as_they_were(paired_plugin
             "--metrics", "psnr_rgb", "--device", "cpu"]
     r = invoke(*base, "--baseline", "bicubic")
     assert r.exit_code == 0, r.output
-    assert "vs bicubic" in r.stdout and "psnr_rgb win (p)" in r.stdout and "psnr_rgb Δ ↑ [CI]" in r.stdout
+    assert "vs bicubic: Δ = method − bicubic" in r.stdout
     sec = json.loads((out / "results.json").read_text())["paired"]["methods"]["jitter3p"]["psnr_rgb"]
-    assert f"{100 * sec['win']:.1f}% (" in r.stdout
+    groups = table_groups(r.stdout, "vs bicubic")
+    assert groups[0][0] == ["method, metric", "n", "win", "p", "Δ", "95% CI"]
+    assert groups[1] == [["jitter3p", "", "", "", "", ""], row_cells("psnr_rgb", True, sec, ".2f")]
     assert "2000 resamples" in " ".join(r.stdout.split())
     assert (out / "paired.csv").is_file()
     # The same --out without --baseline: everything reused, no paired section, no stale paired.csv.
@@ -289,6 +344,41 @@ def test_console_table_and_no_baseline_leaves_reports_as_they_were(paired_plugin
     assert "paired" not in doc and "paired_csv" not in doc["files"] and not (out / "paired.csv").exists()
     assert all(img["reused"] for img in doc["images"])
     assert "vs bicubic" not in (out / "report.html").read_text()
+
+
+def test_long_layout_fits_the_terminal_whatever_the_number_of_metrics(paired_plugin, data, tmp_path, monkeypatch):
+    """One row per (method, metric), one row for a method that failed everywhere, nothing cut at 100 columns."""
+    out = tmp_path / "out"
+    metrics = ["psnr_y_crop", "ssim_y_crop", "psnr_rgb", "ssim_rgb", "lr_consistency", "bright_3p"]
+    fmts = {"psnr_y_crop": ".2f", "ssim_y_crop": ".4f", "psnr_rgb": ".2f", "ssim_rgb": ".4f",
+            "lr_consistency": ".3e", "bright_3p": ".4f"}
+    args = ["compare", "--methods", "bicubic,blocky3p,broken3p", "--baseline", "bicubic", "--scale", "2",
+            "--data", data, "--out", out, "--metrics", ",".join(metrics), "--device", "cpu"]
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich sizes the table to COLUMNS, as in a terminal
+    for width in (100, 80, 200):
+        monkeypatch.setenv("COLUMNS", str(width))
+        r = invoke(*args)
+        assert r.exit_code == 1, r.output  # blocky3p fails on one image, broken3p on all
+        text = ANSI.sub("", r.stdout)
+        table = text[text.index("vs bicubic: Δ = method − bicubic"):text.index("Paired with bicubic")]
+        assert "…" not in table and max(map(len, table.splitlines())) <= width
+        if width == 80:  # only a CI may wrap, at its space: every metric still on its own row
+            assert [ln.count("↑") + ln.count("↓") for ln in table.splitlines()].count(1) == len(metrics)
+            continue
+        doc = json.loads((out / "results.json").read_text())
+        hib = {m["name"]: m["higher_is_better"] for m in doc["metrics"]}
+        sec = doc["paired"]["methods"]
+        header, blocky, broken = table_groups(r.stdout, "vs bicubic")
+        assert header == [["method, metric", "n", "win", "p", "Δ", "95% CI"]]
+        assert blocky == [["blocky3p", "", "", "", "", ""]] + [
+            row_cells(m, hib[m], sec["blocky3p"][m], fmts[m]) for m in metrics]
+        assert broken == [["broken3p", "0", "", "", "", "no image paired: failed on 7/7"]]
+        assert all(sec["broken3p"][m]["n"] == 0 and sec["broken3p"][m]["left_out"] == 7 for m in metrics)
+        # One "left out" line per method that has some paired images, metrics grouped by count.
+        notes = " ".join(text[text.index("Paired with bicubic"):].split())
+        assert notes.count("vs bicubic: left out") == 1 and "broken3p vs bicubic" not in notes
+        assert ("blocky3p vs bicubic: left out (no finite value on one side): 1/7 in psnr_y_crop, ssim_y_crop, "
+                "psnr_rgb, ssim_rgb, lr_consistency; 3/7 in bright_3p") in notes
 
 
 @pytest.mark.parametrize("methods,baseline,msg", [

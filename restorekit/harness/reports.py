@@ -44,6 +44,7 @@ from .store import Record, dumps
 HTML_MAX_IMAGES = 24
 CROP_SIDE = 128
 ARROW = {True: "↑", False: "↓"}
+Rows = list[list[tuple[str, bool]]]  # a table's rows of cells: (text, is-best)
 
 
 @dataclass
@@ -89,16 +90,20 @@ def fmt_number(v: float | None, fmt: str | None = None) -> str:
         return "inf" if v > 0 else "-inf"
     if fmt:
         return format(v, fmt)
-    a = abs(v)
-    if a == 0:
+    if v == 0:
         return "0"
+    return format(v, magnitude_fmt(abs(v)))
+
+
+def magnitude_fmt(a: float) -> str:
+    """The format :func:`fmt_number` gives a number of magnitude ``a`` when no format is set."""
     if a >= 100:
-        return f"{v:.1f}"
+        return ".1f"
     if a >= 1:
-        return f"{v:.2f}"
+        return ".2f"
     if a >= 0.01:
-        return f"{v:.4f}"
-    return f"{v:.3e}"
+        return ".4f"
+    return ".3e"
 
 
 def fmt_stat(s: Stat, fmt: str | None = None) -> str:
@@ -119,7 +124,7 @@ def _runtime_cell(s: MethodSummary) -> str:
     return text + " (warm-up)" if s.runtime_is_warmup else text
 
 
-def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+def table_rows(sm: Summary) -> tuple[list[str], Rows]:
     """Header and rows (cell text, is-best) shared by the terminal and HTML tables."""
     metrics = sm.active_metrics
     header = (["method"] + [f"{m.name} {ARROW[m.higher_is_better]}" for m in metrics]
@@ -137,42 +142,90 @@ def table_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     return header, rows
 
 
-def paired_rows(sm: Summary) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Header and rows of the "vs BASELINE" table: per metric ``win % (p)`` and ``Δ [CI]`` cells."""
+PAIRED_TITLE = "vs {base}: Δ = method − {base}"
+
+
+def paired_metric_fmt(sm: Summary, m: MetricState) -> str:
+    """One format for all of a metric's paired numbers: its own, else the one its values get in the table.
+
+    The values' format (:func:`magnitude_fmt` of the largest method mean) keeps a difference as
+    precise as the means it is a difference of, and scientific only where the values are.
+    """
+    if m.fmt:
+        return m.fmt
+    means = [abs(s.metrics[m.name].mean) for s in sm.methods if math.isfinite(s.metrics[m.name].mean)]
+    return magnitude_fmt(max(means, default=0.0))
+
+
+def _why_unpaired(sm: Summary, name: str, baseline: str) -> str:
+    """Why a method has no image paired with the baseline on any metric, in a few words."""
+    for who in (name, baseline):
+        images = {r.image for r in sm.result.records if r.method == who}
+        if images and not any(r.status == "ok" for r in sm.result.records if r.method == who):
+            return f"{'' if who == name else who + ' '}failed on {len(images)}/{len(images)}"
+    return "no finite value on one side"
+
+
+def paired_rows(sm: Summary) -> tuple[list[str], list[Rows]]:
+    """Header and, per method, the rows of the "vs BASELINE" table (terminal and HTML).
+
+    A method's group starts with a row naming it, then one row per metric: ``n``, ``win``, ``p``,
+    ``Δ`` and its CI. A method with no image paired on any metric gets only its first row, saying why.
+    Its width does not grow with the number of metrics.
+    """
     if sm.paired is None:
         return [], []
     metrics = sm.active_metrics
-    header = ["method"]
-    for m in metrics:
-        header += [f"{m.name} win (p)", f"{m.name} Δ {ARROW[m.higher_is_better]} [CI]"]
-    rows = []
+    header = ["method, metric", "n", "win", "p", "Δ", f"{CI_LEVEL:.0%} CI"]
+    if not metrics:
+        return header, []
+    fmts = {m.name: paired_metric_fmt(sm, m) for m in metrics}
+    groups: list[Rows] = []
     for name, per in sm.paired.stats.items():
-        row: list[tuple[str, bool]] = [(name, False)]
+        if not any(per[m.name].n for m in metrics):
+            why = _why_unpaired(sm, name, sm.paired.baseline)
+            groups.append([[(name, False), ("0", False), ("", False), ("", False), ("", False),
+                            (f"no image paired: {why}", False)]])
+            continue
+        rows: Rows = [[(name, False)] + [("", False)] * (len(header) - 1)]
         for m in metrics:
-            st = per[m.name]
-            win = "n/a" if math.isnan(st.win) else f"{100 * st.win:.1f}% ({fmt_number(st.p, '.2g')})"
-            diff = (f"{fmt_signed(st.diff, m.fmt)} [{fmt_signed(st.ci_low, m.fmt)}, "
-                    f"{fmt_signed(st.ci_high, m.fmt)}]") if st.n else "n/a"
-            row += [(win, False), (diff, False)]
-        rows.append(row)
-    return header, rows
+            st, f = per[m.name], fmts[m.name]
+            if st.n:
+                cells = [str(st.n), f"{100 * st.win:.1f}%", fmt_number(st.p, ".2g"), fmt_signed(st.diff, f),
+                         f"[{fmt_signed(st.ci_low, f)}, {fmt_signed(st.ci_high, f)}]"]
+            else:
+                cells = ["0", "n/a", "n/a", "n/a", "n/a"]
+            rows.append([(f"{m.name} {ARROW[m.higher_is_better]}", False), *[(c, False) for c in cells]])
+        groups.append(rows)
+    return header, groups
 
 
 def paired_notes(sm: Summary) -> list[str]:
-    """What the "vs BASELINE" numbers are, and the images each comparison left out."""
+    """What the "vs BASELINE" numbers are, and per method the images each metric left out (one line)."""
     if sm.paired is None:
         return []
     base = sm.paired.baseline
     out = [f"Paired with {base} image by image, over the images where both have a finite value (stochastic "
-           f"methods: the mean over seeds per image). win: share of images where the method is better "
-           f"(ties count half); p: two-sided exact sign test, ties dropped. Δ: mean of method − {base}, "
-           f"with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
+           f"methods: the mean over seeds per image). n: images paired; win: share of them where the method "
+           f"is better (ties count half); p: two-sided exact sign test, ties dropped. Δ: mean of method − "
+           f"{base}, with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
            f"{BOOTSTRAP_SEED})."]
-    for m in sm.active_metrics:
-        left = [f"{name} {per[m.name].left_out}/{per[m.name].left_out + per[m.name].n}"
-                for name, per in sm.paired.stats.items() if per[m.name].left_out]
-        if left:
-            out.append(f"{m.name} vs {base}: images without a finite value on one side, left out: {', '.join(left)}")
+    metrics = sm.active_metrics
+    for name, per in sm.paired.stats.items():
+        stats = [(m.name, per[m.name]) for m in metrics]
+        if not any(st.n for _, st in stats):
+            continue  # its one row says so
+        by_count: dict[str, list[str]] = {}
+        for metric, st in stats:
+            if st.left_out:
+                by_count.setdefault(f"{st.left_out}/{st.left_out + st.n}", []).append(metric)
+        if not by_count:
+            continue
+        if len(by_count) == 1 and len(next(iter(by_count.values()))) == len(stats):
+            listed = f"{next(iter(by_count))} images in every metric"
+        else:
+            listed = "; ".join(f"{count} in {', '.join(names)}" for count, names in by_count.items())
+        out.append(f"{name} vs {base}: left out (no finite value on one side): {listed}")
     return out
 
 
@@ -213,23 +266,35 @@ def failure_lines(sm: Summary) -> list[str]:
 
 
 def print_table(sm: Summary, console: Console | None = None) -> None:
-    """The comparison table on the terminal (best per column bold and starred)."""
+    """The comparison table on the terminal (best per column bold and starred), then "vs BASELINE"."""
     console = console or Console(width=None if Console().is_terminal else 200)
     res = sm.result
     title = (f"restorekit compare ×{res.plan.config.scale} — {len(res.inputs.pairs)} images, "
              f"{res.inputs.source}")
-    _print_rich(console, title, *table_rows(sm), notes(sm))
+    header, rows = table_rows(sm)
+    _print_rich(console, title, header, [rows], notes(sm))
     if sm.paired is not None:
-        _print_rich(console, f"vs {sm.paired.baseline}", *paired_rows(sm), paired_notes(sm))
+        _print_rich(console, PAIRED_TITLE.format(base=sm.paired.baseline), *paired_rows(sm), paired_notes(sm),
+                    heads=True, left=(0, 5))
 
 
-def _print_rich(console: Console, title: str, header: list[str], rows: list[list[tuple[str, bool]]],
-                lines: list[str]) -> None:
+def _print_rich(console: Console, title: str, header: list[str], groups: list[Rows], lines: list[str], *,
+                heads: bool = False, left: tuple[int, ...] = (0,)) -> None:
+    """A table with a rule between the row ``groups``; with ``heads``, each group's first row is its heading.
+
+    Columns ``left`` are left-aligned, the others right-aligned. With ``heads`` only the last column
+    wraps (at a space) when the terminal is narrow: names and numbers stay whole.
+    """
     t = Table(title=title)
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right")
-    for row in rows:
-        t.add_row(*[Text(f"{c}*", style="bold green") if best else Text(c) for c, best in row])
+        t.add_column(h, justify="left" if i in left else "right", no_wrap=heads and i < len(header) - 1,
+                     overflow="fold" if heads else "ellipsis")
+    for g, rows in enumerate(groups):
+        for r, row in enumerate(rows):
+            cells = [Text(f"{c}*", style="bold green") if best else Text(c) for c, best in row]
+            if heads and r == 0:
+                cells[0].stylize("bold")
+            t.add_row(*cells, end_section=r == len(rows) - 1 and g < len(groups) - 1)
     console.print(t)
     for line in lines:
         console.print(Text(line, style="dim"))
@@ -372,7 +437,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 table.res{border-collapse:collapse;font-size:13px}
 table.res th,table.res td{border:1px solid #ddd;padding:4px 8px;text-align:right}
-table.res th:first-child,table.res td:first-child{text-align:left}
+table.res th:first-child,table.res td:first-child,table.res .l{text-align:left}
+table.res tbody+tbody tr:first-child td{border-top:2px solid #999}
+table.res td.head{font-weight:bold}table.res td.sub{padding-left:20px}
 table.res th{background:#f3f3f3}
 td.best{font-weight:bold;color:#0a6b2d;background:#eefbf1}
 .notes{font-size:12px;color:#555}.fail{color:#a40000}
@@ -397,12 +464,22 @@ def _crop_box(h: int, w: int, scale: int) -> tuple[int, int, int]:
     return y0, x0, side
 
 
-def _html_table(header: list[str], rows: list[list[tuple[str, bool]]], lines: list[str]) -> str:
+def _html_table(header: list[str], groups: list[Rows], lines: list[str], *, heads: bool = False,
+                left: tuple[int, ...] = (0,)) -> str:
+    """The HTML of :func:`_print_rich`'s table: each row group in its own ``<tbody>``, ruled apart."""
     e = html.escape
-    parts = ["<table class='res'><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
-    for row in rows:
-        parts.append("<tr>" + "".join(f"<td class='best'>{e(c)}</td>" if b else f"<td>{e(c)}</td>" for c, b in row)
-                     + "</tr>")
+
+    def cls(i: int, best: bool = False, head: bool = False, sub: bool = False) -> str:
+        names = [n for n, on in (("l", 0 < i and i in left), ("best", best), ("head", head), ("sub", sub)) if on]
+        return f" class='{' '.join(names)}'" if names else ""
+
+    parts = ["<table class='res'><thead><tr>" + "".join(f"<th{cls(i)}>{e(h)}</th>" for i, h in enumerate(header))
+             + "</tr></thead>"]
+    for rows in groups:
+        parts.append("<tbody>" + "".join(
+            "<tr>" + "".join(f"<td{cls(i, b, heads and r == 0 and i == 0, heads and r > 0 and i == 0)}>{e(c)}</td>"
+                             for i, (c, b) in enumerate(row)) + "</tr>"
+            for r, row in enumerate(rows)) + "</tbody>")
     parts.append("</table><div class='notes'>" + "".join(f"<p>{e(n)}</p>" for n in lines) + "</div>")
     return "\n".join(parts)
 
@@ -417,10 +494,11 @@ def write_html(sm: Summary, out: Path) -> Path:
     parts.append(f"<h1>restorekit compare ×{cfg.scale}: {len(res.inputs.pairs)} images ({e(res.inputs.source)})</h1>")
     parts.append(f"<p class='notes'>restorekit {e(restorekit_version())} · device {e(str(res.plan.device))} · "
                  f"{e(res.started)} · seeds {e(','.join(map(str, cfg.seeds)))}</p>")
-    parts.append(_html_table(*table_rows(sm), notes(sm)))
+    header, rows = table_rows(sm)
+    parts.append(_html_table(header, [rows], notes(sm)))
     if sm.paired is not None:
-        parts.append(f"<h2>vs {e(sm.paired.baseline)}</h2>")
-        parts.append(_html_table(*paired_rows(sm), paired_notes(sm)))
+        parts.append(f"<h2>{e(PAIRED_TITLE.format(base=sm.paired.baseline))}</h2>")
+        parts.append(_html_table(*paired_rows(sm), paired_notes(sm), heads=True, left=(0, 5)))
     fails = failure_lines(sm)
     if fails:
         parts.append("<h2>Failures</h2><ul class='fail'>" + "".join(f"<li>{e(f)}</li>" for f in fails) + "</ul>")
