@@ -13,7 +13,8 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from restorekit.harness.reports import Summary, print_table, summarize_result, summary_tables
+from restorekit.harness.report_console import print_table, summary_tables
+from restorekit.harness.report_summary import Summary, summarize_result
 from restorekit.harness.runner import CompareConfig, execute, plan
 
 # Three cheap methods beside bicubic; a stochastic one makes "mean ± std" cells and a "(2 seeds)" label.

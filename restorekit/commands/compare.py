@@ -80,7 +80,11 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     self-contained report.html to --out (and paired.csv with --baseline).
     """
     from ..batch import check_writable
-    from ..harness.reports import failure_lines, print_table, results_document, summarize_result, write_all
+    from ..harness.report_console import print_table
+    from ..harness.report_files import results_document
+    from ..harness.report_summary import summarize_result
+    from ..harness.report_text import failure_lines
+    from ..harness.reports import write_all
     from ..harness.runner import CompareConfig, execute, parse_method_opts, plan
     from ..harness.store import jsonable
     from ..images import list_inputs

@@ -75,7 +75,8 @@ def _registered(cls: type[Method]) -> Iterator[None]:
 def _one_run(hr: Path, out: Path, method: str, opts: dict[str, Any], n: int, scale: int, metrics: list[str] | None,
              device: str) -> dict[str, Any]:
     """One cold ``compare`` of ``method``: per-image ms of each stage, the method's, and the ratio."""
-    from .reports import summarize_result, write_all
+    from .report_summary import summarize_result
+    from .reports import write_all
     from .runner import CompareConfig, execute, plan
 
     cfg = CompareConfig(methods=[method], scale=scale, data=str(hr), out=out, metrics=metrics, device=device,

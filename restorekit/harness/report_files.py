@@ -1,0 +1,143 @@
+"""The data files of ``compare``: ``results.csv``, ``summary.csv``, ``paired.csv`` and ``results.json``
+(their contents are described in :mod:`.reports`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from ..images import atomic_write_bytes
+from .aggregate import MethodSummary
+from .paired import PairedStat
+from .report_summary import Summary
+from .report_text import notes, paired_notes
+from .runner import MethodPlan, backend_info, plugin_versions, restorekit_version
+from .store import dumps
+
+
+def _csv_num(v: float | None) -> str:
+    if v is None or math.isnan(v):
+        return ""
+    return repr(float(v)) if not math.isinf(v) else ("inf" if v > 0 else "-inf")
+
+
+def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
+    """``results.csv`` (per image) and ``summary.csv`` (per method)."""
+    names = [m.name for m in sm.active_metrics]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "image", "seed", "status", "ms", "warmup", "peak_mem_mb", *names, "output", "error"])
+    for r in sm.result.records:
+        w.writerow([r.method, r.image, "" if r.seed is None else r.seed, r.status, _csv_num(r.ms),
+                    int(r.warmup), _csv_num(r.peak_mem_mb),
+                    *[_csv_num((r.metrics or {}).get(n)) for n in names], r.output or "", r.error or ""])
+    per_image = out / "results.csv"
+    atomic_write_bytes(per_image, buf.getvalue().encode())
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["method", "deterministic", "seeds", "images", "ok", "failed"]
+    for n in names:
+        head += [f"{n}_mean", f"{n}_std", f"{n}_nan"]
+    w.writerow(head + ["ms_per_image", "warmup_ms", "peak_mem_mb", "device", "precision", "backend"])
+    plans = {mp.name: mp for mp in sm.result.plan.methods}
+    for s in sm.methods:
+        row: list[Any] = [s.name, int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),
+                          s.images, s.ok, s.failed]
+        for n in names:
+            st = s.metrics[n]
+            row += [_csv_num(st.mean), _csv_num(st.std), st.nan]
+        row += [_csv_num(s.runtime_ms.mean), _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
+                plans[s.name].device, plans[s.name].precision, plans[s.name].backend]
+        w.writerow(row)
+    summary = out / "summary.csv"
+    atomic_write_bytes(summary, buf.getvalue().encode())
+    return per_image, summary
+
+
+PAIRED_FIELDS = ("n", "left_out", "better", "ties", "worse", "win", "diff", "ci_low", "ci_high", "p")
+
+
+def write_paired_csv(sm: Summary, out: Path) -> Path | None:
+    """``paired.csv``: one row per (method, metric) against the baseline; removed when there is none."""
+    p = out / "paired.csv"
+    if sm.paired is None:
+        p.unlink(missing_ok=True)  # not one of this run's reports
+        return None
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "baseline", "metric", "higher_is_better", *PAIRED_FIELDS])
+    for name, per in sm.paired.stats.items():
+        for m in sm.active_metrics:
+            st: PairedStat = per[m.name]
+            values = [getattr(st, f) for f in PAIRED_FIELDS]
+            w.writerow([name, sm.paired.baseline, m.name, int(m.higher_is_better),
+                        *[_csv_num(v) if isinstance(v, float) else v for v in values]])
+    atomic_write_bytes(p, buf.getvalue().encode())
+    return p
+
+
+def _method_doc(mp: MethodPlan, s: MethodSummary, best: dict[str, set[str]]) -> dict[str, Any]:
+    info = mp.cls.info
+    return {"name": mp.name, "plugin": mp.plugin, "distribution": mp.distribution, "version": mp.version,
+            "summary": info.summary, "license": info.license, "paper": info.paper,
+            "deterministic": info.deterministic, "options": mp.options.model_dump(mode="json"),
+            "settings_hash": mp.settings_hash, "device": mp.device, "precision": mp.precision, "backend": mp.backend,
+            "weights": mp.weights_info, "load_error": mp.load_error,
+            "best_in": sorted(c for c, names in best.items() if mp.name in names),
+            "aggregate": s.as_dict()}
+
+
+def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, Any]:
+    """The content of ``results.json``."""
+    res = sm.result
+    cfg = res.plan.config
+    doc: dict[str, Any] = {
+        "restorekit": restorekit_version(),
+        "created": res.started,
+        "settings": {"methods": cfg.methods, "scale": cfg.scale, "data": cfg.data, "lr_dir": cfg.lr_dir,
+                     "degradation": res.plan.degradation, "seeds": cfg.seeds, "limit": cfg.limit,
+                     "metrics": cfg.metrics, "device": cfg.device, "opts": cfg.opts, "fresh": cfg.fresh,
+                     "out": str(cfg.out),
+                     "conventions": {"predictions": "rounded to 8 bits (as saved) before scoring",
+                                     "degradation_seed": "crc32 of the image stem",
+                                     "hr": "cropped bottom/right to a multiple of the scale"}},
+        "device": str(res.plan.device),
+        "backend": backend_info(res.plan.device),
+        "plugins": plugin_versions(res.plan.registry),
+        "inputs": {"source": res.inputs.source, "images": len(res.inputs.pairs),
+                   "failures": res.inputs.failures, "unmatched": res.unmatched},
+        "metrics": [{"name": m.name, "summary": m.cls.summary, "higher_is_better": m.higher_is_better,
+                     "plugin": m.plugin, "distribution": m.distribution, "version": m.version,
+                     "status": m.status, "reason": m.reason, "nan_label": m.nan_label}
+                    for m in res.plan.metrics],
+        "skipped_metrics": [{"name": m.name, "reason": m.reason} for m in res.plan.metrics if m.status != "ok"],
+        "methods": [_method_doc(mp, s, sm.best) for mp, s in zip(res.plan.methods, sm.methods)],
+        "best": {k: sorted(v) for k, v in sm.best.items()},
+        "failures": [{"method": r.method, "image": r.image, "seed": r.seed, "error": r.error}
+                     for r in res.failures],
+        "notes": notes(sm),
+        "wall_s": res.wall_s,
+        "timings_s": res.timings,
+        "exit_code": res.exit_code,
+        "files": {"results_csv": "results.csv", "summary_csv": "summary.csv", "html": "report.html",
+                  "outputs": "outputs/", "store": "results/"},
+    }
+    if res.processes > 1:  # a torchrun job: same numbers, more processes
+        doc["processes"] = res.processes
+    if sm.paired is not None:
+        doc["paired"] = sm.paired.as_dict()
+        doc["files"]["paired_csv"] = "paired.csv"
+        doc["notes"] += paired_notes(sm)
+    if include_images:
+        doc["images"] = [{**r.to_json(), "reused": r.reused} for r in res.records]
+    return doc
+
+
+def write_json(sm: Summary, out: Path) -> Path:
+    p = out / "results.json"
+    atomic_write_bytes(p, dumps(results_document(sm), indent=1).encode())
+    return p

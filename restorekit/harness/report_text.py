@@ -1,0 +1,177 @@
+"""The words and numbers the reports show, as plain text: the cells of the summary and "vs BASELINE"
+tables, their notes and the failure lines. The terminal and report.html render them; results.json
+carries the notes."""
+
+from __future__ import annotations
+
+import math
+
+from .aggregate import MethodSummary, failure_groups
+from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL
+from .report_summary import Summary, fmt_number, fmt_signed, fmt_stat, magnitude_fmt
+from .runner import MetricState
+
+ARROW = {True: "↑", False: "↓"}
+Rows = list[list[tuple[str, bool]]]  # a table's rows of cells: (text, is-best)
+
+
+def _runtime_cell(s: MethodSummary) -> str:
+    text = fmt_number(s.runtime_ms.mean, ".1f")
+    return text + " (warm-up)" if s.runtime_is_warmup else text
+
+
+def table_rows(sm: Summary) -> tuple[list[str], Rows]:
+    """Header and rows (cell text, is-best) shared by the terminal and HTML tables."""
+    metrics = sm.active_metrics
+    header = (["method"] + [f"{m.name} {ARROW[m.higher_is_better]}" for m in metrics]
+              + [f"ms/img ({sm.result.plan.device.type}) ↓", "peak MiB", "ok"])
+    rows = []
+    for s in sm.methods:
+        label = s.name if s.deterministic else f"{s.name} ({len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''})"
+        row: list[tuple[str, bool]] = [(label, False)]
+        for m in metrics:
+            row.append((fmt_stat(s.metrics[m.name], m.fmt), s.name in sm.best.get(m.name, set())))
+        row.append((_runtime_cell(s), s.name in sm.best.get("runtime", set())))
+        row.append((fmt_number(s.peak_mem_mb, ".0f"), False))
+        row.append((f"{s.ok}/{s.ok + s.failed}", False))
+        rows.append(row)
+    return header, rows
+
+
+def turned_rows(sm: Summary) -> tuple[list[str], list[Rows]]:
+    """:func:`table_rows` turned for narrow terminals: a column per method, a row per metric, then
+    ``ms/img``, ``peak MiB`` and ``ok`` in a group of their own.
+
+    The cells are :func:`table_rows`' own, so every number reads the same and ``*`` still marks the
+    best method on that metric (now best in its row).
+    """
+    header, rows = table_rows(sm)
+    turned: Rows = [[(label, False)] + [row[i] for row in rows] for i, label in enumerate(header) if i]
+    n = len(sm.active_metrics)
+    return ["metric"] + [row[0][0] for row in rows], [g for g in (turned[:n], turned[n:]) if g]
+
+
+PAIRED_TITLE = "vs {base}: Δ = method − {base}"
+
+
+def paired_metric_fmt(sm: Summary, m: MetricState) -> str:
+    """One format for all of a metric's paired numbers: its own, else the one its values get in the table.
+
+    The values' format (:func:`magnitude_fmt` of the largest method mean) keeps a difference as
+    precise as the means it is a difference of, and scientific only where the values are.
+    """
+    if m.fmt:
+        return m.fmt
+    means = [abs(s.metrics[m.name].mean) for s in sm.methods if math.isfinite(s.metrics[m.name].mean)]
+    return magnitude_fmt(max(means, default=0.0))
+
+
+def _why_unpaired(sm: Summary, name: str, baseline: str) -> str:
+    """Why a method has no image paired with the baseline on any metric, in a few words."""
+    for who in (name, baseline):
+        images = {r.image for r in sm.result.records if r.method == who}
+        if images and not any(r.status == "ok" for r in sm.result.records if r.method == who):
+            return f"{'' if who == name else who + ' '}failed on {len(images)}/{len(images)}"
+    return "no finite value on one side"
+
+
+def paired_rows(sm: Summary) -> tuple[list[str], list[Rows]]:
+    """Header and, per method, the rows of the "vs BASELINE" table (terminal and HTML).
+
+    A method's group starts with a row naming it, then one row per metric: ``n``, ``win``, ``p``,
+    ``Δ`` and its CI. A method with no image paired on any metric gets only its first row, saying why.
+    Its width does not grow with the number of metrics.
+    """
+    if sm.paired is None:
+        return [], []
+    metrics = sm.active_metrics
+    header = ["method, metric", "n", "win", "p", "Δ", f"{CI_LEVEL:.0%} CI"]
+    if not metrics:
+        return header, []
+    fmts = {m.name: paired_metric_fmt(sm, m) for m in metrics}
+    groups: list[Rows] = []
+    for name, per in sm.paired.stats.items():
+        if not any(per[m.name].n for m in metrics):
+            why = _why_unpaired(sm, name, sm.paired.baseline)
+            groups.append([[(name, False), ("0", False), ("", False), ("", False), ("", False),
+                            (f"no image paired: {why}", False)]])
+            continue
+        rows: Rows = [[(name, False)] + [("", False)] * (len(header) - 1)]
+        for m in metrics:
+            st, f = per[m.name], fmts[m.name]
+            if st.n:
+                cells = [str(st.n), f"{100 * st.win:.1f}%", fmt_number(st.p, ".2g"), fmt_signed(st.diff, f),
+                         f"[{fmt_signed(st.ci_low, f)}, {fmt_signed(st.ci_high, f)}]"]
+            else:
+                cells = ["0", "n/a", "n/a", "n/a", "n/a"]
+            rows.append([(f"{m.name} {ARROW[m.higher_is_better]}", False), *[(c, False) for c in cells]])
+        groups.append(rows)
+    return header, groups
+
+
+def paired_notes(sm: Summary) -> list[str]:
+    """What the "vs BASELINE" numbers are, and per method the images each metric left out (one line)."""
+    if sm.paired is None:
+        return []
+    base = sm.paired.baseline
+    out = [f"Paired with {base} image by image, over the images where both have a finite value (stochastic "
+           f"methods: the mean over seeds per image). n: images paired; win: share of them where the method "
+           f"is better (ties count half); p: two-sided exact sign test, ties dropped. Δ: mean of method − "
+           f"{base}, with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
+           f"{BOOTSTRAP_SEED})."]
+    metrics = sm.active_metrics
+    for name, per in sm.paired.stats.items():
+        stats = [(m.name, per[m.name]) for m in metrics]
+        if not any(st.n for _, st in stats):
+            continue  # its one row says so
+        by_count: dict[str, list[str]] = {}
+        for metric, st in stats:
+            if st.left_out:
+                by_count.setdefault(f"{st.left_out}/{st.left_out + st.n}", []).append(metric)
+        if not by_count:
+            continue
+        if len(by_count) == 1 and len(next(iter(by_count.values()))) == len(stats):
+            listed = f"{next(iter(by_count))} images in every metric"
+        else:
+            listed = "; ".join(f"{count} in {', '.join(names)}" for count, names in by_count.items())
+        out.append(f"{name} vs {base}: left out (no finite value on one side): {listed}")
+    return out
+
+
+def notes(sm: Summary, best_in: str = "column") -> list[str]:
+    """Footnotes: conventions, NaN counts, metric errors, skipped metrics, input problems.
+
+    ``best_in`` says where ``*`` compares: "column" (methods as rows), "row" (:func:`turned_rows`).
+    """
+    res = sm.result
+    devices = sorted({mp.device for mp in res.plan.methods if mp.device}) or [str(res.plan.device)]
+    precisions = sorted({mp.precision for mp in res.plan.methods})
+    out = [f"* best in {best_in}. Runtime: mean ms per image, warm-up call excluded; device {'; '.join(devices)}; "
+           f"precision {', '.join(precisions)}."]
+    if any(not s.deterministic for s in sm.methods):
+        out.append("Stochastic methods: mean ± std (population) over seeds of the per-seed mean over images.")
+    for m in sm.active_metrics:
+        counts = [f"{s.name} {s.metrics[m.name].nan}/{s.metrics[m.name].nan + s.metrics[m.name].n}"
+                  for s in sm.methods if s.metrics[m.name].nan]
+        if counts:
+            out.append(f"{m.name}: {m.nan_label}: {', '.join(counts)} (left out of the mean)")
+        errs = [f"{s.name} {s.metric_errors[m.name]}" for s in sm.methods if m.name in s.metric_errors]
+        if errs:
+            out.append(f"{m.name}: could not be computed for some images: {', '.join(errs)}")
+    for m in res.plan.metrics:
+        if m.status != "ok":
+            out.append(f"metric {m.name} skipped: {m.reason}")
+    if res.unmatched:
+        out.append(f"{len(res.unmatched)} file(s) without a partner of the same stem were left out: "
+                   f"{', '.join(res.unmatched[:8])}{' …' if len(res.unmatched) > 8 else ''}")
+    return out
+
+
+def failure_lines(sm: Summary) -> list[str]:
+    """One line per (method, error): which images failed and why."""
+    lines = [f"input {f['image']}: {f['error']}" for f in sm.result.inputs.failures]
+    for s in sm.methods:
+        for err, imgs in failure_groups(s):
+            shown = ", ".join(imgs[:10]) + (f" … (+{len(imgs) - 10})" if len(imgs) > 10 else "")
+            lines.append(f"{s.name} failed on {len(imgs)} image(s) [{shown}]: {err}")
+    return lines
