@@ -53,7 +53,7 @@ def _crop_box(h: int, w: int, scale: int) -> tuple[int, int, int]:
 
 def _html_table(header: list[str], groups: list[Rows], lines: list[str], *, heads: bool = False,
                 left: tuple[int, ...] = (0,)) -> str:
-    """The HTML of :func:`_print_rich`'s table: each row group in its own ``<tbody>``, ruled apart."""
+    """The HTML of :func:`report_console._print_rich`'s table: each row group in its own ``<tbody>``, ruled apart."""
     e = html.escape
 
     def cls(i: int, best: bool = False, head: bool = False, sub: bool = False) -> str:
