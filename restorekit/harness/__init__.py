@@ -9,7 +9,9 @@
 - :mod:`.paired`: ``--baseline``'s head-to-head statistics per method and metric (win share, mean
   paired difference with a bootstrap CI, exact sign test).
 - :mod:`.store`: the per-(method, image, seed) JSON-lines store that makes runs resumable.
-- :mod:`.reports`: terminal table, CSV, JSON and a self-contained HTML report.
+- :mod:`.reports`: what compare writes (:func:`~.reports.write_all`); each output in its own module:
+  :mod:`.report_console` (terminal tables), :mod:`.report_files` (CSV, JSON), :mod:`.report_html`,
+  on the shared :mod:`.report_summary` and :mod:`.report_text`.
 - :mod:`.bench`: ``restorekit bench harness``, the harness's own overhead.
 - :mod:`.bench_scaleout`: ``restorekit bench scaleout``, images per second under ``torchrun``, N
   processes against one (:mod:`restorekit.sharding` shares ``compare`` out between them).

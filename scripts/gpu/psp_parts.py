@@ -22,18 +22,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from restorekit.weights import sha256_file
+
 PART_FORMAT = "restorekit.psp-encoder-part/1"
 PSP_FORMAT = "restorekit.psp/1"
 
 
 class PartsError(Exception):
     """The files do not belong together or are not what they should be."""
-
-
-def sha256(path: Path) -> str:
-    from restorekit.weights import sha256_file
-
-    return sha256_file(path)
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -64,7 +60,7 @@ def split(model: Path, generator: Path, out: Path) -> Path:
         if k not in gtensors or not torch.equal(gtensors[k].float(), v.float()):
             raise PartsError(f"{model}: its decoder differs from {generator} (tensor {k})")
     part = {k: v.half() for k, v in tensors.items() if k.startswith("encoder.") or k == "latent_avg"}
-    _write(out, part, {"format": PART_FORMAT, "config": meta["config"], "generator_sha256": sha256(generator)})
+    _write(out, part, {"format": PART_FORMAT, "config": meta["config"], "generator_sha256": sha256_file(generator)})
     return out
 
 
@@ -73,7 +69,7 @@ def join(part: Path, generator: Path, out: Path) -> Path:
     meta, tensors = _read(part)
     if meta.get("format") != PART_FORMAT:
         raise PartsError(f"{part}: not an encoder part (format {meta.get('format')!r}, expected {PART_FORMAT!r})")
-    want, got = meta.get("generator_sha256"), sha256(generator)
+    want, got = meta.get("generator_sha256"), sha256_file(generator)
     if want != got:
         raise PartsError(f"{part} was trained against a generator with sha256 {want}; {generator} has {got}")
     _, gtensors = _read(generator)

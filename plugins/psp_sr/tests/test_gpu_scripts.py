@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from restorekit.weights import sha256_file
 from restorekit_psp_sr.method import load_psp_model, save_psp_safetensors
 from restorekit_psp_sr.train import load_generator, save_stylegan2_safetensors
 from tiny_models import REPO, tiny_generator, tiny_psp_on
@@ -48,7 +49,7 @@ def test_split_then_join_gives_the_model_back(trained: tuple[Path, Path], tmp_pa
     part = parts.split(model, gen, tmp_path / "part.safetensors")
     with safe_open(str(part), framework="pt") as f:
         keys = list(f.keys())
-        assert f.metadata()["generator_sha256"] == parts.sha256(gen)
+        assert f.metadata()["generator_sha256"] == sha256_file(gen)
         assert {f.get_tensor(k).dtype for k in keys} == {torch.float16}
     assert keys and not any(k.startswith("decoder.") for k in keys) and "latent_avg" in keys
     assert part.stat().st_size < model.stat().st_size / 2
