@@ -258,8 +258,9 @@ def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_fol
     r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
                "--metrics", "psnr_y_crop,needs_weights_3p,face_3p", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    msg = " ".join(r.stderr.split())
-    assert "metric needs_weights_3p skipped" in msg
+    # Named once, in the table's footnotes, with the commands that get the weights.
+    msg = " ".join(r.stdout.split())
+    assert msg.count("metric needs_weights_3p skipped") == 1 and "needs_weights_3p" not in r.stderr
     assert "restorekit weights pull fake-net-3p" in msg and "restorekit weights import fake-net-3p" in msg
     assert "needs_weights_3p" not in next(line for line in r.stdout.splitlines() if "psnr_y_crop" in line)
     doc = _doc(out)
@@ -272,6 +273,12 @@ def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_fol
     assert face["nan"] == dark and face["n"] == 4 - dark and 0 < dark < 4
     assert any(f"face_3p: faces not found: bicubic {dark}/4" in n for n in doc["notes"])
     assert f"faces not found: bicubic {dark}/4" in " ".join(r.stdout.split())
+    # Without the table (--json), stderr names it, and stdout holds only the JSON.
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
+               "--metrics", "psnr_y_crop,needs_weights_3p", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    assert "metric needs_weights_3p skipped" in " ".join(r.stderr.split())
+    assert json.loads(r.stdout)["skipped_metrics"][0]["name"] == "needs_weights_3p"
 
 
 def test_single_sample_deterministic_runs_once(harness_plugin, hr5, tmp_path):

@@ -336,6 +336,8 @@ def test_missing_weights_name_the_import_command(home: Path) -> None:
     msg = str(exc.value)
     assert f"restorekit weights import {PACK} buffalo_l.zip" in msg and "buffalo_l.zip" in msg
     assert "non-commercial" in msg
+    # One way to each fix, said once: the archive's import, or a pull.
+    assert msg.count(f"weights import {PACK}") == 1 and msg.count(f"weights pull {PACK}") == 1
 
 
 @needs_insightface

@@ -116,8 +116,10 @@ def pack_file(pack: str, role: Role) -> Path:
         return W.resolve(p.weights, filename)
     except WeightsMissing:
         raise WeightsMissing(
-            p.weights, f"{filename} is not cached; download {p.pack}.zip ({p.archive_url}, "
-            f"{INSIGHTFACE_LICENSE_NOTE}) and run `restorekit weights import {p.weights} {p.pack}.zip`") from None
+            p.weights, f"{filename} is not cached",
+            fix=f"download {p.pack}.zip ({p.archive_url}, {INSIGHTFACE_LICENSE_NOTE}) and run "
+                f"`restorekit weights import {p.weights} {p.pack}.zip`, or run `restorekit weights pull {p.weights}` "
+                f"(needs network)") from None
 
 
 _NOTED: set[str] = set()
