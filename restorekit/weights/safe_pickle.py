@@ -7,7 +7,8 @@ every other name with :class:`~restorekit.errors.UnsafeFileError` *before* anyth
 Containers (dict, list, tuple, str, bytes, numbers) need no globals and load as usual; the two
 builtins that protocol-2 pickles use to spell bytes (``_codecs.encode``, ``bytes``) are replaced
 by shims that do only that, and ``_reconstruct`` only makes the empty array the pickle's data
-then fill (a pickle cannot make it allocate memory it does not itself contain).
+then fill; ``numpy.ndarray`` resolves to a stand-in that is only ``_reconstruct``'s argument and
+refuses to be called (a pickle cannot make it allocate memory it does not itself contain).
 
 Both spellings of numpy's internal module are accepted: pickles written under numpy 1.x say
 ``numpy.core.multiarray``, those written under numpy 2 say ``numpy._core.multiarray``; each is
@@ -24,11 +25,28 @@ from typing import Any, BinaryIO
 
 from ..errors import RestorekitError, UnsafeFileError
 
+class _ArrayClass:
+    """What the global ``numpy.ndarray`` resolves to: array pickles name the class only as
+    ``_reconstruct``'s first argument. Calling it (REDUCE, or NEWOBJ, which wants a real class)
+    would allocate an array of any shape with no data in the file behind it, so it is refused."""
+
+    def __call__(self, *args: Any) -> Any:
+        raise UnsafeFileError("refused numpy.ndarray(...): it would allocate an array the file holds no data for")
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_ARRAY_CLASS = _ArrayClass()
+
+
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
     """numpy's ``_reconstruct`` as array pickles use it: an empty ``ndarray`` whose contents the
     pickle's own data then fill. A large ``shape`` (allocation with no data behind it) is refused."""
     import numpy as np
 
+    if subtype is _ARRAY_CLASS:
+        subtype = np.ndarray
     if subtype is not np.ndarray or int(np.prod(shape)) > 1:
         raise UnsafeFileError(f"refused numpy _reconstruct of {getattr(subtype, '__name__', subtype)} "
                               f"with shape {shape!r}")
@@ -69,7 +87,7 @@ _MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
 
 # Each global an array pickle may name -> a function returning what it resolves to.
-_ALLOWED: dict[tuple[str, str], Any] = {("numpy", "ndarray"): lambda: _numpy_attr(("numpy",), "ndarray"),
+_ALLOWED: dict[tuple[str, str], Any] = {("numpy", "ndarray"): lambda: _ARRAY_CLASS,
                                         ("numpy", "dtype"): lambda: _numpy_attr(("numpy",), "dtype")}
 for _mod in _MULTIARRAY:
     _ALLOWED[(_mod, "_reconstruct")] = lambda: _reconstruct
