@@ -171,6 +171,14 @@ def test_spec_validation_rejects_bad_fields() -> None:
         W.PackageSource(package="p", version="1", member="../etc/passwd", member_sha256="0" * 64, converter="m:f")
     with pytest.raises(ValidationError):
         W.PackageSource(package="p", version="1", member="m", member_sha256="0" * 64, converter="not a path")
+    pinned = {"sha256": "0" * 64, "size": 1}
+    W.WeightFile(filename="a.pt", bundled="pkg:weights/sub/a.pt", **pinned)
+    for bundled in ("pkg:/etc/passwd", "pkg:../other/a.pt", "pkg:weights/../../a.pt", "pkg:weights/.."):
+        with pytest.raises(ValidationError, match="bundled"):  # a path outside the package's folder
+            W.WeightFile(filename="a.pt", bundled=bundled, **pinned)
+    for name in ("a\nb.pt", "a\x00.pt", "a\tb.pt"):  # control characters: unusable in paths and messages
+        with pytest.raises(ValidationError, match="plain file name"):
+            W.WeightFile(filename=name, sha256="0" * 64)
     spec = W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT")
     with pytest.raises(ValidationError):  # frozen
         spec.name = "b"  # type: ignore[misc]

@@ -93,9 +93,19 @@ class WeightFile(_Frozen):
     @field_validator("filename")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v in (".", "..") or v == MANIFEST or v.endswith(".part"):
-            raise ValueError(f"filename '{v}' must be a plain file name (no folders, not "
-                             f"'{MANIFEST}', not ending in .part)")
+        if ("/" in v or "\\" in v or v in (".", "..") or v == MANIFEST or v.endswith(".part")
+                or any(ord(c) < 32 or ord(c) == 127 for c in v)):
+            raise ValueError(f"filename {v!r} must be a plain file name (no folders or control characters, "
+                             f"not '{MANIFEST}', not ending in .part)")
+        return v
+
+    @field_validator("bundled")
+    @classmethod
+    def _inside_package(cls, v: str | None) -> str | None:
+        if v is not None:
+            rel = v.partition(":")[2]
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(f"bundled '{v}' must name a path inside the package's folder (not absolute, no '..')")
         return v
 
     @field_validator("urls")
