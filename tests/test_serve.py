@@ -204,6 +204,31 @@ def test_a_non_image_is_refused_with_one_line(server: RunningServer, data: bytes
     assert "\n" not in err["error"]
 
 
+def tiff_with_float_strip_offsets() -> bytes:
+    """A small TIFF whose StripOffsets tag is typed FLOAT: pillow opens it, then fails inside its
+    decoder with a TypeError (not the OSError/ValueError a broken file usually gives)."""
+    import struct
+
+    buf = __import__("io").BytesIO()
+    Image.new("RGB", (40, 30), "gray").save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, entry)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, entry + 2, 11)  # type FLOAT
+    return bytes(data)
+
+
+def test_an_upload_that_breaks_the_decoder_is_refused_with_one_line(server: RunningServer) -> None:
+    status, headers, body = request(server.url, "POST", "/api/uploads", tiff_with_float_strip_offsets(),
+                                    {"X-Filename": "odd.tif"})
+    assert (status, headers["content-type"]) == (400, "application/json")
+    err = json.loads(body)["error"]
+    assert err.startswith("odd.tif: corrupt or truncated image (") and "\n" not in err
+    assert face_upload(server)["width"] == 64  # and the next upload is read as usual
+
+
 def test_bad_job_settings_are_refused_before_queueing(server: RunningServer) -> None:
     up = face_upload(server)
     base = {"upload": up["id"], "methods": ["bicubic"], "scale": 4}

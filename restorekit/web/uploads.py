@@ -77,10 +77,18 @@ class UploadStore:
                              "(restorekit serve --max-upload-mb raises it)")
 
     def accept(self, data: bytes, name: str) -> Upload:
-        """Check and decode ``data``; raises :class:`ImageError` (one line naming ``name``) when refused."""
+        """Check and decode ``data``; raises :class:`ImageError` (one line naming ``name``) when refused,
+        also when the decoder fails with an exception of its own (a TIFF with odd tags can raise a TypeError)."""
         if len(data) > self.max_bytes:
             raise self.too_large(name, len(data))
-        image = read_image_bytes(data, name, max_pixels=self.max_pixels)
+        try:
+            image = read_image_bytes(data, name, max_pixels=self.max_pixels)
+        except ImageError:
+            raise
+        except Exception as exc:  # a decoder failing on crafted bytes in a way pillow does not name
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UploadRefused(f"{name}: corrupt or truncated image ({type(exc).__name__}"
+                                f"{': ' + detail if detail else ''})") from None
         return self.add(image, name)
 
     def add(self, image: Tensor, name: str) -> Upload:
