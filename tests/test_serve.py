@@ -254,6 +254,10 @@ def test_bad_job_settings_are_refused_before_queueing(server: RunningServer) -> 
         assert (status, err["error"]) == (400, message)
     status, _, body = request(server.url, "POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
     assert (status, json.loads(body)["error"]) == (400, "a job request is a JSON object")
+    # Nested deeper than the JSON decoder recurses (RecursionError, not ValueError), within the size limit.
+    status, _, body = request(server.url, "POST", "/api/jobs", b'{"upload": ' + b"[" * 50_000,
+                              {"Content-Type": "application/json"})
+    assert (status, json.loads(body)["error"]) == (400, "a job request is a JSON object")
 
 
 # ------------------------------------------------------------------------------------------ files and guards

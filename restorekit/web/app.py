@@ -174,7 +174,7 @@ def create_app(state: Any) -> Starlette:
             return error(f"a job request is at most {MAX_JSON_BYTES} bytes", 413)
         try:
             payload = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
             return error("a job request is a JSON object", 400)
         try:
             settings = read_settings(payload)
