@@ -651,6 +651,24 @@ def test_complete_partial_file_is_finished_without_refetch(server: tuple[str, Fi
     assert files.log == [("/toy.bin", "bytes=50000-", 0)]
 
 
+def test_longer_stale_partial_of_unsized_file_is_not_taken_as_complete(server: tuple[str, Files],
+                                                                        specs: dict[str, W.WeightSpec]) -> None:
+    """A spec with no size or sha256 (trust on first use): a leftover .part longer than the file
+    (e.g. from an earlier, larger version) makes the server answer 416 with the real length.
+    That .part must be fetched again, not recorded as the file."""
+    base, files = server
+    blob = os.urandom(20_000)
+    files.content["/toy.bin"] = blob
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",), known_hash=False, size=False)
+    part = part_path(W.weights_dir("toy") / "toy.bin")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(25_000))
+    [path] = W.pull("toy", quiet=True, trust=True)
+    assert path.read_bytes() == blob and not part.exists()
+    assert W.cached_files("toy")["toy.bin"].sha256 == sha(blob) == W.first_use("toy", "toy.bin").sha256
+    assert [(p, r) for p, r, _ in files.log] == [("/toy.bin", "bytes=25000-"), ("/toy.bin", None)]
+
+
 def test_training_checkpoint_needs_explicit_consent(tmp_path: Path) -> None:
     import argparse
 

@@ -67,8 +67,14 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have and (size is None or have == size):
-            return h.hexdigest()  # the partial file is already complete
+        if exc.code == 416 and have:
+            # Nothing left after ``have`` bytes: complete only if the file is exactly that long (by
+            # the spec's size, else by the server's "bytes */LENGTH"); a longer leftover .part (another
+            # version of the file) is not the file.
+            m = re.fullmatch(r"bytes \*/(\d+)", (exc.headers.get("Content-Range", "") if exc.headers else "").strip())
+            served = int(m.group(1)) if m else None
+            if (size if size is not None else served) == have and served in (None, have):
+                return h.hexdigest()
         if exc.code == 416:
             part.unlink(missing_ok=True)
             raise _Interrupted(f"server refused to resume ({exc.code}); starting over") from exc
