@@ -47,6 +47,7 @@ class Files:
         self.content_type: dict[str, str] = {}
         self.drop_after: dict[str, int] = {}  # path -> bytes sent before dropping (once)
         self.honour_range = True
+        self.gate: dict[str, threading.Event] = {}  # path -> send half the body, then wait for the event
         self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, bytes sent)
 
 
@@ -91,6 +92,12 @@ def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             files.log.append((self.path, rng, len(body)))
+            gate = files.gate.get(self.path)
+            if gate is not None:
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                gate.wait(timeout=10)
+                body = body[len(body) // 2:]
             self.wfile.write(body)
 
     return Handler
@@ -301,6 +308,44 @@ def test_server_ignoring_range_restarts_cleanly(server: tuple[str, Files], specs
     [path] = W.pull("toy", quiet=True, retries=1, timeout=5)
     assert path.read_bytes() == blob
     assert files.log[-1][2] == len(blob)  # the whole file again, not appended to the partial
+
+
+def test_concurrent_pulls_of_the_same_weights_do_not_clobber(server: tuple[str, Files],
+                                                             specs: dict[str, W.WeightSpec]) -> None:
+    """Two pulls of one spec at once (two terminals, two workers of a job): the second waits for
+    the first and then finds the file cached, instead of writing into the same .part."""
+    import time
+
+    base, files = server
+    blob = os.urandom(200_000)
+    files.content["/toy.bin"] = blob
+    files.gate["/toy.bin"] = gate = threading.Event()
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",))
+    results: dict[str, Any] = {}
+
+    def pull(who: str) -> None:
+        try:
+            results[who] = W.pull("toy", quiet=True, retries=0)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results[who] = exc
+
+    first = threading.Thread(target=pull, args=("first",))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not files.log and time.monotonic() < deadline:  # the first download is under way
+        time.sleep(0.01)
+    second = threading.Thread(target=pull, args=("second",))
+    second.start()
+    while len(files.log) < 2 and time.monotonic() < deadline - 9:  # give a second request a chance
+        time.sleep(0.01)
+    gate.set()
+    first.join(timeout=20)
+    second.join(timeout=20)
+    path = W.weights_dir("toy") / "toy.bin"
+    assert results == {"first": [path], "second": [path]}
+    assert path.read_bytes() == blob and not part_path(path).exists()
+    assert len(files.log) == 1  # the second pull found the first one's file
+    assert W.verify("toy") == []
 
 
 def test_mirrors_tried_in_order(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:

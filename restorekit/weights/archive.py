@@ -100,8 +100,15 @@ def import_spec_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link:
     accepts files of a spec without sha256 and records their hash (a warning per file is
     returned). A file missing from the archive, of the wrong size or hash, or a PyTorch
     checkpoint holding pickled objects beyond tensors (unless ``allow_unsafe``, as for a single
-    file), is refused with nothing changed in the cache.
+    file), is refused with nothing changed in the cache. Runs under the spec's lock
+    (:func:`.cache.locked`), as pulls and single-file imports do.
     """
+    with cache.locked(spec.name):
+        return _import_archive(spec, path, link=link, trust=trust, allow_unsafe=allow_unsafe)
+
+
+def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: bool, trust: bool,
+                    allow_unsafe: bool) -> ArchiveImport:
     name = spec.name
     src = Path(path).expanduser().resolve()
     is_dir = src.is_dir()

@@ -9,14 +9,16 @@ the fix. This layer knows names and folders only; it never looks a spec up.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from ..errors import CacheError, IntegrityError, UnknownNameError
 from .spec import MANIFEST, NAME_PATTERN
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
-           "read_manifest", "write_manifest", "cached_files", "remove", "cleanup_empty", "now"]
+           "read_manifest", "write_manifest", "cached_files", "remove", "cleanup_empty", "now", "locked",
+           "file_lock"]
 
 
 def cache_dir() -> Path:
@@ -73,6 +76,55 @@ def weights_dir(name: str) -> Path:
     if not re.match(NAME_PATTERN, name):
         raise UnknownNameError(f"'{name}' is not a valid weights name")
     return cache_dir() / "weights" / name
+
+
+_held = threading.local()  # lock files this thread holds (a nested request for one is already granted)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing, never deleted) until the block ends.
+
+    Other processes and other threads wait for it (``flock``; where the platform has none, no
+    lock is taken). Re-entering it in the thread that holds it does not wait.
+    """
+    held: set[str] = getattr(_held, "paths", None) or set()
+    _held.paths = held
+    key = str(path)
+    if key in held:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise cache_error(exc, path) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
+def locked(name: str) -> contextlib.AbstractContextManager[None]:
+    """Hold the lock of weights ``name`` while putting files into or taking them out of its folder.
+
+    Two pulls or imports of one spec at once (two terminals, the workers of one job) would
+    otherwise write the same ``.part`` and manifest; the second waits and then finds the
+    first one's file. The lock file ``<cache>/weights/.<name>.lock`` sits beside the folder
+    (a name never starts with a dot), so removing the folder does not remove the lock.
+    """
+    folder = weights_dir(name)
+    return file_lock(folder.with_name(f".{name}.lock"))
 
 
 @dataclass(frozen=True)
@@ -136,13 +188,16 @@ def cached_files(name: str) -> dict[str, CachedFile]:
 def remove(name: str) -> bool:
     """Delete ``name``'s cache folder; True when something was removed."""
     folder = weights_dir(name)
-    if folder.exists():
+    if not folder.exists():
+        return False
+    with locked(name):  # not under a pull or import of the same weights
         try:
             shutil.rmtree(folder)
+        except FileNotFoundError:
+            return False
         except OSError as exc:
             raise cache_error(exc, folder) from exc
-        return True
-    return False
+    return True
 
 
 def cleanup_empty(folder: Path) -> None:

@@ -25,8 +25,14 @@ def pull_spec(spec: WeightSpec, *, quiet: bool = False, trust: bool = False, ret
 
     Files are verified (size, sha256) before an atomic move into place; a mismatch leaves
     nothing in the cache. A file whose spec has no sha256 is only accepted with ``trust``
-    (the computed hash is then recorded and later checks use it).
+    (the computed hash is then recorded and later checks use it). Pulls and imports of one spec
+    take turns (:func:`.cache.locked`): a second pull finds the first one's files cached.
     """
+    with cache.locked(spec.name):
+        return _pull_files(spec, quiet=quiet, trust=trust, retries=retries, timeout=timeout)
+
+
+def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, timeout: float) -> list[Path]:
     name = spec.name
     folder = cache.weights_dir(name)
     out = []
@@ -92,6 +98,12 @@ def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename
     match is always refused. A PyTorch checkpoint holding pickled Python objects beyond tensors
     (loading it could run code) is refused unless ``allow_unsafe``.
     """
+    with cache.locked(spec.name):
+        return _import_file(spec, file, filename=filename, link=link, trust=trust, allow_unsafe=allow_unsafe)
+
+
+def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: str | None, link: bool, trust: bool,
+                 allow_unsafe: bool) -> tuple[Path, str | None]:
     name = spec.name
     src = Path(file).expanduser().resolve()
     if not src.is_file():

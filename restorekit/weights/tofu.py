@@ -147,6 +147,11 @@ def record_cached(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source
 def forget_spec(spec: WeightSpec) -> list[str]:
     """Drop the first-use records of ``spec``'s unpinned files and the cached copies checked against
     them; returns the file names forgotten."""
+    with cache.locked(spec.name):
+        return _forget(spec)
+
+
+def _forget(spec: WeightSpec) -> list[str]:
     name = spec.name
     unpinned = {f.filename for f in spec.files if f.sha256 is None and f.package_source is None and not f.bundled}
     records = _read_tofu()
