@@ -339,6 +339,22 @@ def test_jobs_wait_their_turn_and_cancel_really_stops_pulse(server: RunningServe
     assert wait_job(server.url, waiting["id"], 30)["status"] == "done"
 
 
+def test_a_method_that_calls_sys_exit_fails_alone_and_the_queue_goes_on(server: RunningServer,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def exits(*args: Any, **kwargs: Any) -> Any:
+        sys.exit(3)
+
+    monkeypatch.setattr(server.state.catalogue.methods["bicubic"].method, "restore", exits)
+    up = face_upload(server)
+    job = run_job(server, {"upload": up["id"], "methods": ["bicubic", "pix2pixhd"], "scale": 2}, timeout=30)
+    assert job["status"] == "done", job
+    failed, ok = job["result"]["methods"]
+    assert (failed["name"], failed["status"], ok["name"], ok["status"]) == ("bicubic", "failed", "pix2pixhd", "ok")
+    assert failed["error"] == "SystemExit(3): the plugin tried to end the program"
+    monkeypatch.undo()
+    assert run_job(server, {"upload": up["id"], "methods": ["bicubic"], "scale": 2}, timeout=30)["status"] == "done"
+
+
 def test_a_waiting_job_is_cancelled_at_once(server: RunningServer) -> None:
     gate = server.state.catalogue.lock
     up = face_upload(server)

@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 
 from ..errors import RestorekitError
 from ..interfaces import Options
+from ..plugins import failure_reason
 from ..progress import Cancelled
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -182,6 +183,8 @@ class JobQueue:
                 status, job.error = "failed", str(exc)
             except Exception as exc:  # a bug must not stop the queue; the page says what happened
                 status, job.error = "failed", f"unexpected {type(exc).__name__}: {exc}"
+            except BaseException as exc:  # sys.exit() in a plugin would end this thread: no job would run again
+                status, job.error = "failed", f"unexpected {failure_reason(exc)}"
             with self._lock:
                 job.status, job.finished, job.step = status, time.time(), None
                 job.stage = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[status]

@@ -36,6 +36,7 @@ from ..harness.runner import backend_info, metric_device, score
 from ..harness.store import Record, dumps, jsonable
 from ..images import check_output_size, check_size, from_pil, to_pil
 from ..interfaces import Face
+from ..plugins import failure_reason
 from ..progress import reporting
 from .catalogue import Catalogue, MethodEntry
 from .config import ServeConfig
@@ -276,9 +277,9 @@ class Restorer:
             row.update(status="cancelled")
             job.publish("methods", row, append=True)
             raise
-        except Exception as exc:  # one method failing must not stop the others
+        except (Exception, SystemExit) as exc:  # one method failing (or calling sys.exit) must not stop the others
             row.update(status="failed", error=str(exc) if isinstance(exc, RestorekitError)
-                       else f"{type(exc).__name__}: {exc}")
+                       else failure_reason(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}")
             return row, []
         ms = (time.perf_counter() - t0) * 1000.0
         row["ms"] = round(ms, 1)
