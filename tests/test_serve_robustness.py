@@ -40,3 +40,23 @@ def test_a_job_that_escapes_with_a_base_exception_fails_and_the_worker_goes_on(e
     finally:
         q.close()
 
+
+def test_a_method_that_calls_sys_exit_while_it_is_built_is_listed_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import restorekit.web.catalogue as catalogue_module
+    from restorekit.web.catalogue import Catalogue
+    from restorekit.web.config import ServeConfig
+
+    real = catalogue_module.build_method
+
+    def build(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "bicubic":
+            sys.exit(3)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(catalogue_module, "build_method", build)
+    cat = Catalogue(ServeConfig(device="cpu", methods=["bicubic", "pix2pixhd"], metrics=["psnr_y_crop"]))
+    cat.load()
+    assert (cat.methods["bicubic"].available, cat.methods["bicubic"].reason) == (
+        False, "could not load bicubic: SystemExit(3): the plugin tried to end the program")
+    assert cat.methods["pix2pixhd"].available

@@ -21,7 +21,7 @@ from ..harness.runner import MetricState, metric_device, metric_states, setup_me
 from ..interfaces import FaceDetector, Method
 from ..methods import build_method, method_class, resolve_device
 from ..options import OptionError
-from ..plugins import registry
+from ..plugins import failure_reason, registry
 from .config import ServeConfig
 
 
@@ -90,8 +90,8 @@ class Catalogue:
                 entry.notes = [str(n) for n in getattr(entry.method, "notes", [])]
             except (RestorekitError, OptionError) as exc:
                 entry.reason = str(exc)
-            except Exception as exc:  # a broken plugin must not take the page down
-                entry.reason = f"could not load {entry.name}: {type(exc).__name__}: {exc}"
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the page down (Ctrl-C does)
+                entry.reason = f"could not load {entry.name}: {failure_reason(exc)}"
         setup_metrics(self.metrics, metric_device(self.device))
         try:
             from ..faces.detectors import check_available
@@ -101,8 +101,8 @@ class Catalogue:
             self.detector = build_detector(self.detector_name)
         except RestorekitError as exc:
             self.detector_reason = str(exc)
-        except Exception as exc:
-            self.detector_reason = f"face detector '{self.detector_name}': {type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:
+            self.detector_reason = f"face detector '{self.detector_name}': {failure_reason(exc)}"
 
     def entry(self, name: str) -> MethodEntry:
         found = self.methods.get(name)
