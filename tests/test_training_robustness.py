@@ -1,0 +1,96 @@
+"""`restorekit train` when things go wrong: bad configs, foreign or damaged run folders, resume
+from a checkpoint that does not fit, a log cut mid-line. Tiny nets, a few steps each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from restorekit.images import save_image
+from restorekit.testing.data import smooth_batch
+from restorekit.training import ConfigError, TrainConfig, Trainer, TrainingError, load_config, sr_datasets
+from restorekit.training.trainer import list_checkpoints
+
+
+class TinyConfig(TrainConfig):
+    width: int = 8
+
+
+class TinySR(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def tiny_step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    x = batch["lr_up"] + 0.01 * torch.randn_like(batch["lr_up"])  # the global RNG: resume must restore it
+    l2 = (net(x) - batch["hr"]).square().mean()
+    return {"loss": l2, "l2": l2}
+
+
+class TinyTrainer(Trainer):
+    name = "tiny_sr"
+    Config = TinyConfig
+
+    @classmethod
+    def build(cls, config: TrainConfig, *, quiet: bool = False) -> "TinyTrainer":
+        assert isinstance(config, TinyConfig)
+        train, _ = sr_datasets(config.data.root, 16, config.data, seed=config.seed)
+        torch.manual_seed(0)
+        return cls(config, TinySR(config.width), train, step_fn=tiny_step, quiet=quiet)
+
+
+class OtherTrainer(TinyTrainer):
+    name = "other_sr"
+
+
+@pytest.fixture()
+def faces(tmp_path: Path) -> Path:
+    root = tmp_path / "faces"
+    imgs = smooth_batch(6, 24, 24, seed=5)
+    for i in range(6):
+        save_image(imgs[i:i + 1], root / f"f{i}.png")
+    return root
+
+
+@pytest.fixture()
+def cli() -> click.Group:
+    from restorekit.cli import RestorekitGroup
+    from restorekit.commands.train import add_trainer
+
+    @click.group(cls=RestorekitGroup)
+    def group() -> None:
+        pass
+
+    add_trainer(group, "tiny_sr", "A tiny SR trainer.", lambda: TinyTrainer)
+    add_trainer(group, "other_sr", "Another tiny trainer.", lambda: OtherTrainer)
+    return group
+
+
+def config_file(tmp_path: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('steps = 4\nbatch_size = 2\noptimizer = "adam"\nlr = 0.01\nlog_every = 1\nckpt_every = 2\n'
+                   'device = "cpu"\nnum_threads = 1\n' + extra + '[data]\nfactors = [1, 2]\n')
+    return cfg
+
+
+def invoke(cli: click.Group, *args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(cli, ["train", *args])
+    return r.exit_code, r.output
+
+
+# -- config errors --------------------------------------------------------------------------------
+def test_a_config_file_that_is_not_utf8_text_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfesteps = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not UTF-8 text"):
+        load_config(TrainConfig, bad)
