@@ -94,3 +94,18 @@ def test_a_config_file_that_is_not_utf8_text_is_a_config_error(tmp_path: Path) -
     bad.write_bytes(b"\xff\xfesteps = 3\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: not UTF-8 text"):
         load_config(TrainConfig, bad)
+
+
+def test_a_bad_set_value_is_blamed_on_the_set_not_on_the_file(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    code, out = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", str(tmp_path / "r"),
+                       "--set", "data.factors=[2")
+    assert code == 2
+    assert "--set data.factors=[2: setting 'data.factors'" in out and "tiny.toml" not in out
+    code, out = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", str(tmp_path / "r"),
+                       "--set", "stepz=3")
+    assert code == 2 and "--set stepz=3: unknown setting 'stepz' (did you mean 'steps'?)" in out
+    # A mistake in the file still names the file.
+    code, out = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path, "val_every = 0\n")),
+                       "--out", str(tmp_path / "r"), "--set", "steps=3")
+    assert code == 2 and "tiny.toml: setting 'val_every'" in out and "--set" not in out

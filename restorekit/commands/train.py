@@ -70,7 +70,8 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
         base["device"] = device
     if data is not None:
         base.setdefault("data", {})["root"] = str(data)
-    cfg = validate_config(cls.Config, apply_overrides(base, sets, cls.Config), source=str(config or "config"))
+    cfg = validate_config(cls.Config, apply_overrides(base, sets, cls.Config), overrides=sets,
+                          source=str(config) if config is not None else "config")
     if cfg.out is None:
         raise RestorekitError("no output folder: pass --out DIR (or set `out` in the config)")
     if cfg.data.root is None:

@@ -174,19 +174,31 @@ def apply_overrides(data: dict[str, Any], pairs: list[str] | tuple[str, ...],
     return out
 
 
-def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
-    """Validate ``data`` against ``cls`` with a one-line error naming the key."""
+def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config",
+                    overrides: list[str] | tuple[str, ...] = ()) -> C:
+    """Validate ``data`` against ``cls`` with a one-line error naming the key, and where the
+    value came from: the ``--set`` among ``overrides`` that gave it, else ``source``."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
+        source = _override_for(key, overrides) or source
         if err["type"] == "extra_forbidden":
             from ..plugins import suggest
 
             raise ConfigError(f"{source}: unknown setting '{key}'{suggest(key.split('.')[-1], _all_keys(cls))}") \
                 from None
         raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _override_for(key: str, pairs: list[str] | tuple[str, ...]) -> str | None:
+    """``--set PAIR`` for the last of ``pairs`` that set ``key`` (or a table holding it)."""
+    for pair in reversed(pairs):
+        k = pair.partition("=")[0].strip().replace("-", "_")
+        if key == k or key.startswith(k + "."):
+            return f"--set {pair}"
+    return None
 
 
 def _all_keys(cls: type[BaseModel]) -> list[str]:
@@ -206,4 +218,4 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if v is not None:
             data[k] = v
     data = apply_overrides(data, overrides, cls)
-    return validate_config(cls, data, source=str(path) if path is not None else "config")
+    return validate_config(cls, data, source=str(path) if path is not None else "config", overrides=overrides)
