@@ -135,3 +135,48 @@ def test_unwritable_first_use_record_is_one_line(tmp_path: Path, specs: dict[str
     code, out = _cli("import", "tofu-net", str(f), "--trust")
     assert code == 2 and "Traceback" not in out
     assert f"cannot be written at {W.cache_dir() / W.TOFU_FILE}" in out and "RESTOREKIT_HOME" in out
+
+
+def test_first_use_records_of_concurrent_imports_are_all_kept(tmp_path: Path, specs: dict[str, W.WeightSpec],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two first imports of different unpinned weights at once each add a record to the one
+    trust-on-first-use file; neither may write over the other's (read, add, write in turns)."""
+    import threading
+    import time
+
+    from restorekit.weights import tofu
+
+    write = tofu._write_tofu
+
+    def slow_write(records):  # widen the gap between reading the file and writing it back
+        time.sleep(0.3)
+        write(records)
+
+    monkeypatch.setattr(tofu, "_write_tofu", slow_write)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def first_import(name: str) -> None:
+        f = tmp_path / f"{name}.pt"
+        f.write_bytes(name.encode() * 100)
+        start.wait(timeout=10)
+        try:
+            W.import_file(name, f, trust=True)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for name in ("tofu-a", "tofu-b"):
+        specs[name] = spec_for(name, "w.pt", known_hash=False, size=False)
+    threads = [threading.Thread(target=first_import, args=(n,)) for n in ("tofu-a", "tofu-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert errors == []
+    stored = json.loads((W.cache_dir() / W.TOFU_FILE).read_text())["files"]
+    assert sorted(stored) == ["tofu-a/w.pt", "tofu-b/w.pt"]
+    W.remove("tofu-a")  # the record outlives the copy: another file is refused
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"other")
+    with pytest.raises(IntegrityError, match="first 'tofu-a'"):
+        W.import_file("tofu-a", other, trust=True)

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,10 +79,20 @@ def _write_tofu(records: Mapping[str, FirstUse]) -> None:
         raise cache.cache_error(exc, path) from exc
 
 
+def _records_locked() -> AbstractContextManager[None]:
+    """Hold while reading, changing and writing back the record file: it is shared by every
+    weights name, so two first pulls or imports at once must not write over each other."""
+    path = _tofu_path()
+    return cache.file_lock(path.with_name(f".{path.name}.lock"))
+
+
 def _remember_first_use(name: str, filename: str, rec: FirstUse) -> None:
-    records = _read_tofu()
-    records[f"{name}/{filename}"] = rec
-    _write_tofu(records)
+    with _records_locked():
+        records = _read_tofu()
+        if f"{name}/{filename}" in records:  # the first use stays the first
+            return
+        records[f"{name}/{filename}"] = rec
+        _write_tofu(records)
 
 
 def first_use(name: str, filename: str) -> FirstUse | None:
@@ -140,7 +151,7 @@ def record_cached(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source
         filename=wf.filename, sha256=sha, size=st.st_size, source=source, license=spec.license,
         time=cache.now(), trusted=trusted, mtime_ns=st.st_mtime_ns)
     cache.write_manifest(folder, spec.name, manifest)
-    if trusted and f"{spec.name}/{wf.filename}" not in _read_tofu():
+    if trusted:
         _remember_first_use(spec.name, wf.filename, FirstUse(sha, st.st_size, cache.now(), source))
 
 
@@ -154,10 +165,11 @@ def forget_spec(spec: WeightSpec) -> list[str]:
 def _forget(spec: WeightSpec) -> list[str]:
     name = spec.name
     unpinned = {f.filename for f in spec.files if f.sha256 is None and f.package_source is None and not f.bundled}
-    records = _read_tofu()
-    gone = sorted(fn for fn in unpinned if records.pop(f"{name}/{fn}", None) is not None)
-    if gone:
-        _write_tofu(records)
+    with _records_locked():
+        records = _read_tofu()
+        gone = sorted(fn for fn in unpinned if records.pop(f"{name}/{fn}", None) is not None)
+        if gone:
+            _write_tofu(records)
     folder = cache.weights_dir(name)
     manifest = cache.read_manifest(folder)
     dropped = [fn for fn in unpinned if fn in manifest]
