@@ -67,6 +67,10 @@ def check_inputs(items: list[ImageItem], *, max_pixels: int, out_scale: int = 1,
     return ok, failed
 
 
+def _replaces_input(dest: Path) -> str:
+    return f"{dest}: is an input file; refusing to overwrite an input (write to another --output folder)"
+
+
 def check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and prove a file can be written there."""
     try:
@@ -116,7 +120,9 @@ def process_files(
     An input whose every expected output (``expected(item)``, default its name) exists is
     skipped unless ``overwrite``. The others are checked from their headers first
     (:func:`check_inputs`), so an input that cannot succeed fails before any work. An output
-    that would replace an input file, or that another input of this batch already wrote, is refused.
+    that would replace an input file (an expected one fails before any work, ``overwrite`` or
+    not: an input is never taken for a finished output), or that another input of this batch
+    already wrote, is refused.
 
     As one rank of a ``torchrun`` job (``job``, default the current one) each rank checks its
     share of the inputs, the inputs left to do are dealt out evenly (a resumed job splits what
@@ -133,6 +139,12 @@ def process_files(
     usable: list[int] = []
     for i in job.indices(len(items)):
         stems = expected(items[i]) if expected is not None else [items[i].stem]
+        inputs_hit = [outdir / f"{s}.{ext}" for s in stems if (outdir / f"{s}.{ext}").resolve() in input_paths]
+        if inputs_hit:  # an input is not its own finished output: nothing to skip, nothing to replace
+            early[i] = {"path": str(items[i].path), "error": _replaces_input(inputs_hit[0])}
+            if on_error is not None:
+                on_error(early[i]["error"])
+            continue
         if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
             skipped[i] = [str(outdir / f"{s}.{ext}") for s in stems]
             continue
@@ -171,7 +183,7 @@ def process_files(
                         raise ImageError(f"{dest}: already written for {other} in this run; refusing to replace it")
                     written_by[dest] = item.path
                     if dest.resolve() in input_paths:
-                        raise ImageError(f"{dest}: refusing to overwrite an input file")
+                        raise ImageError(_replaces_input(dest))
                     if dest.exists() and not overwrite:
                         one.skipped.append(str(dest))
                         continue

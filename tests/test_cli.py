@@ -128,6 +128,22 @@ def test_inputs_are_never_overwritten(hr_folder):
     assert (hr_folder / "img0.png").read_bytes() == before
 
 
+@pytest.mark.parametrize("command", [["run", "bicubic", "--scale", "2"], ["degrade", "--spec", "bicubic:2"]])
+def test_an_input_is_not_taken_for_its_own_finished_output(hr_folder, command):
+    """--output == the input folder, without --overwrite: an output name that is an input file is
+    that input's failure (exit 1), not 'skipped (exists)' with exit 0; other inputs are written."""
+    Image.open(hr_folder / "img3.png").save(hr_folder / "photo.jpg")
+    before = (hr_folder / "img0.png").read_bytes()
+    r = invoke(*command, "--input", str(hr_folder), "--output", str(hr_folder), "--json")
+    assert r.exit_code == 1, r.output
+    summary = json.loads(r.stdout)
+    assert summary["skipped"] == []
+    assert summary["written"] == [str(hr_folder / "photo.png")]
+    assert sorted(Path(f["path"]).name for f in summary["failed"]) == [f"img{i}.png" for i in range(4)]
+    assert all("refusing to overwrite an input" in f["error"] for f in summary["failed"])
+    assert (hr_folder / "img0.png").read_bytes() == before
+
+
 def test_n_samples_and_couple(hr_folder, tmp_path):
     out = tmp_path / "o"
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder / "img1.png"), "--output", str(out),
