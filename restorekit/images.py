@@ -277,8 +277,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: in
 def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     """Expand an input spec: a file, a folder (sorted, non-recursive), a glob, or ``@list.txt``.
 
-    A ``.txt`` file (or ``@file``) lists one path per line; blank lines and ``#`` comments are
-    skipped; relative paths are taken from the list file's folder.
+    A ``.txt`` file (or ``@file``) lists one path per line (UTF-8); blank lines and ``#`` comments
+    are skipped; relative paths are taken from the list file's folder.
     """
     s = str(spec)
     if s.startswith("@") or (s.endswith(".txt") and Path(s).is_file()):
@@ -286,7 +286,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
         if not lst.is_file():
             raise ImageError(f"{lst}: list file not found")
         paths = []
-        for line in lst.read_text().splitlines():
+        for line in _list_lines(lst):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
@@ -311,6 +311,17 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
         unique.setdefault(Path(os.path.abspath(q)), q)
     kept = list(unique.values())
     return [ImageItem(q, name) for q, name in zip(kept, output_names(kept))]
+
+
+def _list_lines(lst: Path) -> list[str]:
+    """The lines of a list file: UTF-8 text (a leading byte-order mark is dropped)."""
+    try:
+        return lst.read_bytes().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise ImageError(f"{lst}: not UTF-8 text, so not a list of image paths (one per line); save it as "
+                         "UTF-8, or give the images as a file, folder or glob") from None
+    except OSError as exc:
+        raise ImageError(describe_os_error(exc, lst, action="read")) from None
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:

@@ -118,6 +118,28 @@ def test_input_specs(tmp_path):
         list_inputs(tmp_path / "missing")
 
 
+def test_list_file_that_is_not_utf8_text_is_one_line_naming_it(tmp_path):
+    """A list file with a byte-order mark lists its paths; one that is not UTF-8 text (a JPEG
+    named .txt, a Latin-1 list) is an ImageError naming it, and a usage error (exit 2) at the
+    command line, not an 'unexpected UnicodeDecodeError'."""
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfa.png\n")
+    assert [i.path.name for i in list_inputs(f"@{bom}")] == ["a.png"]
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9.png\n".encode("latin-1"))
+    with pytest.raises(ImageError, match=r"latin1\.txt: .*not UTF-8 text"):
+        list_inputs(f"@{bad}")
+    r = CliRunner().invoke(build_cli(), ["run", "bicubic", "--scale", "2", "--input", str(bad), "--output",
+                                         str(tmp_path / "o")])
+    assert r.exit_code == 2
+    assert "latin1.txt" in r.output and "not UTF-8 text" in r.output and "unexpected" not in r.output
+
+
 def test_to_pil_rounds_and_clamps():
     x = torch.tensor([[[[1.2]], [[-0.1]], [[0.5]]]])
     assert np.asarray(to_pil(x)).tolist() == [[[255, 0, 128]]]
