@@ -60,3 +60,46 @@ def test_a_method_that_calls_sys_exit_while_it_is_built_is_listed_with_the_reaso
     assert (cat.methods["bicubic"].available, cat.methods["bicubic"].reason) == (
         False, "could not load bicubic: SystemExit(3): the plugin tried to end the program")
     assert cat.methods["pix2pixhd"].available
+
+
+def test_the_folder_is_not_made_again_by_a_write_after_close(tmp_path: Any) -> None:
+    from restorekit.errors import RestorekitError
+    from restorekit.web.files import FileStore
+
+    store = FileStore(tmp_path)
+    store.add(b"{}", "json", "a.json", "j1")
+    store.close()
+    assert not store.root.exists()
+    with pytest.raises(RestorekitError, match="the server is stopping"):
+        store.add(b"{}", "json", "b.json", "j1")  # a job that outlived the server's stop
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_waits_for_a_write_in_progress_then_deletes_everything(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import restorekit.web.files as files_module
+    from restorekit.web.files import FileStore
+
+    started, release = threading.Event(), threading.Event()
+    real = files_module.atomic_write_bytes
+
+    def slow_write(path: Any, data: bytes) -> None:
+        started.set()
+        release.wait(10)
+        real(path, data)
+
+    monkeypatch.setattr(files_module, "atomic_write_bytes", slow_write)
+    store = FileStore(tmp_path)
+    writer = threading.Thread(target=store.add, args=(b"{}", "json", "a.json", "j1"))
+    writer.start()
+    assert started.wait(10)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # close waits for the write it would otherwise race
+    release.set()
+    writer.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and list(tmp_path.iterdir()) == []

@@ -4,7 +4,7 @@ Every file the page shows or offers for download is written here (atomically: te
 under a name the server makes (``<group>/<n>.<ext>``) and is addressed by an opaque random id
 (``secrets.token_urlsafe``) held in memory. A request names an id, never a path: an id that is
 not in the table — whatever it spells, ``..`` included — is simply not found. The folder is
-removed when the server stops.
+removed when the server stops, after any write in progress; nothing is written after that.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import RestorekitError
 from ..images import atomic_write_bytes
 
 #: What an id looks like (token_urlsafe(18): 24 characters of [A-Za-z0-9_-]).
@@ -49,7 +50,9 @@ class FileStore:
         self.root = Path(tempfile.mkdtemp(prefix="restorekit-serve-", dir=parent)).resolve()
         self._files: dict[str, StoredFile] = {}
         self._count = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._writing = 0  # writes in progress: close() waits for them
+        self._closed = False
 
     def add(self, data: bytes, ext: str, download_name: str, group: str) -> str:
         """Write ``data`` as a new file of ``group``; returns its id."""
@@ -58,12 +61,22 @@ class FileStore:
         if not re.fullmatch(r"[a-z0-9]+", group):
             raise ValueError(f"bad group name {group!r}")
         with self._lock:
+            if self._closed:  # a job that outlived the stop must not make the deleted folder again
+                raise RestorekitError("the server is stopping: nothing more is written")
             self._count += 1
             path = self.root / group / f"{self._count}.{ext}"
             token = secrets.token_urlsafe(18)
-        atomic_write_bytes(path, data)
-        with self._lock:
-            self._files[token] = StoredFile(path, MEDIA_TYPES[ext], safe_download_name(download_name), group)
+            self._writing += 1
+        written = False
+        try:
+            atomic_write_bytes(path, data)
+            written = True
+        finally:
+            with self._lock:
+                self._writing -= 1
+                if written and not self._closed:
+                    self._files[token] = StoredFile(path, MEDIA_TYPES[ext], safe_download_name(download_name), group)
+                self._lock.notify_all()
         return token
 
     def get(self, token: str) -> StoredFile | None:
@@ -80,8 +93,11 @@ class FileStore:
                 del self._files[token]
         shutil.rmtree(self.root / group, ignore_errors=True)
 
-    def close(self) -> None:
-        """Delete the whole folder (the server stops)."""
+    def close(self, wait: float = 30.0) -> None:
+        """Delete the whole folder (the server stops): no write starts after this, and one in
+        progress is waited for (at most ``wait`` s), so that it cannot make the folder again."""
         with self._lock:
+            self._closed = True
+            self._lock.wait_for(lambda: self._writing == 0, timeout=wait)
             self._files.clear()
         shutil.rmtree(self.root, ignore_errors=True)
