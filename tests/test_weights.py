@@ -452,6 +452,39 @@ def test_import_link_and_trust_cli(tmp_path: Path, specs: dict[str, W.WeightSpec
     assert data["cached"]["n.pt"]["sha256"] == sha(blob) and data["files"][0]["sha256"] is None
 
 
+@pytest.mark.parametrize("from_folder", [False, True])
+def test_linked_file_still_being_written_is_refused(tmp_path: Path, specs: dict[str, W.WeightSpec],
+                                                    monkeypatch: pytest.MonkeyPatch, from_folder: bool) -> None:
+    """``import --link --trust`` of a file that grows while it is hashed (a browser still
+    downloading it): the hash of the part read must not be recorded as the file's, with the
+    grown file's size and mtime beside it (its later checks would then skip re-hashing)."""
+    from restorekit.weights import checksum
+
+    folder = tmp_path / "pack"
+    folder.mkdir()
+    f = folder / "n.pt"
+    f.write_bytes(b"first half;")
+    hash_file = checksum.sha256_file
+
+    def hash_then_grow(path: Any, *a: Any) -> str:
+        digest = hash_file(path, *a)
+        if Path(path).resolve() == f.resolve():
+            with open(f, "ab") as out:  # the writer goes on after the part hashed
+                out.write(b" second half")
+            os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10_000_000))
+        return digest
+
+    monkeypatch.setattr(checksum, "sha256_file", hash_then_grow)
+    specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)
+    with pytest.raises(IntegrityError, match=r"changed while it was being imported"):
+        if from_folder:
+            W.import_archive("nohash", folder, link=True, trust=True)
+        else:
+            W.import_file("nohash", f, link=True, trust=True)
+    assert W.first_use("nohash", "n.pt") is None and W.cached_files("nohash") == {}
+    assert not W.weights_dir("nohash").exists()
+
+
 def test_verify_detects_tampering(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
     blob = os.urandom(20_000)
     f = tmp_path / "w.pt"

@@ -130,18 +130,21 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                                       "import the one you mean as a file with --filename")
             chosen[wf.filename] = found[0]
         folder = cache.cache_folder(cache.weights_dir(name))
-        staged: list[tuple[WeightFile, Path, str, str]] = []
+        staged: list[tuple[WeightFile, Path, str, str, os.stat_result | None]] = []
         warnings: list[str] = []
         try:
             for wf in spec.files:
                 member = chosen[wf.filename]
                 where = f"{src}/{member}" if is_dir else f"{src}:{member}"
                 tmp = folder / f".{wf.filename}.import-{os.getpid()}"
-                staged.append((wf, tmp, "", where))
+                staged.append((wf, tmp, "", where, None))
+                hashed = None
                 if is_dir:
                     file = src / member
                     if link:
-                        size, sha = file.stat().st_size, checksum.sha256_file(file)
+                        hashed = file.stat()
+                        size, sha = hashed.st_size, checksum.sha256_file(file)
+                        checksum.unchanged_since(file, hashed, where)  # the cache will read the file itself
                     else:
                         with open(file, "rb") as f:
                             size, sha = _copy_hashing(f, tmp, wf.size)
@@ -155,17 +158,17 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                     tmp.symlink_to(src / member)
                 elif checksum.sha256_file(tmp) != sha:
                     raise IntegrityError(f"copy of {where} into the cache does not match its hash; refused")
-                staged[-1] = (wf, tmp, sha, where)
+                staged[-1] = (wf, tmp, sha, where, hashed)
                 if warning:
                     warnings.append(warning)
             paths = []
-            for wf, tmp, sha, where in staged:
+            for wf, tmp, sha, where, hashed in staged:
                 dest = folder / wf.filename
                 os.replace(tmp, dest)
-                tofu.record_cached(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None)
+                tofu.record_cached(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None, hashed=hashed)
                 paths.append(dest)
         except BaseException:
-            for _, tmp, _, _ in staged:
+            for _, tmp, _, _, _ in staged:
                 tmp.unlink(missing_ok=True)
             cache.cleanup_empty(folder)
             raise

@@ -19,7 +19,7 @@ from . import cache, tofu
 from .cache import CachedFile
 from .spec import WeightFile, WeightSpec
 
-__all__ = ["sha256_file", "bundled_path", "check_cached", "spec_is_cached", "spec_problems"]
+__all__ = ["sha256_file", "bundled_path", "check_cached", "spec_is_cached", "spec_problems", "unchanged_since"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -29,6 +29,15 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def unchanged_since(path: Path, before: os.stat_result, where: str) -> None:
+    """Refuse (:class:`IntegrityError`) a file whose size, mtime or inode differ from ``before``,
+    the stat taken before its hash: the hash would then describe content the file no longer has."""
+    after = path.stat()
+    if (after.st_size, after.st_mtime_ns, after.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
+        raise IntegrityError(f"{where} changed while it was being imported ({before.st_size} bytes when its "
+                             f"hash was taken, {after.st_size} now); refused: import it again once it is complete")
 
 
 def _expected_sha(wf: WeightFile, rec: CachedFile | None) -> str | None:

@@ -113,10 +113,13 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
         wf = matches[0] if matches else spec.file(None)
     else:
         wf = spec.file(filename)
-    size = src.stat().st_size
+    before = src.stat()
+    size = before.st_size
     if wf.size is not None and size != wf.size:
         raise IntegrityError(f"{src} has {size} bytes but weights '{name}' ({wf.filename}) have {wf.size}; refused")
     actual = checksum.sha256_file(src)
+    if link:  # the cache will read the file itself: it must still be what was hashed
+        checksum.unchanged_since(src, before, str(src))
     warning = None
     if wf.sha256 is None:
         warning = tofu.check_first_use(spec, wf, actual, str(src), trust=trust)
@@ -141,5 +144,6 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
         if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
             raise cache.cache_error(exc, dest) from exc
         raise
-    tofu.record_cached(spec, wf, dest, actual, f"import:{src}", trusted=wf.sha256 is None)
+    tofu.record_cached(spec, wf, dest, actual, f"import:{src}", trusted=wf.sha256 is None,
+                       hashed=before if link else None)
     return dest, warning

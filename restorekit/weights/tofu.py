@@ -138,15 +138,17 @@ def integrity(spec: WeightSpec, wf: WeightFile) -> Literal["pinned", "tofu", "un
 
 
 def record_cached(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source: str, *,
-                  trusted: bool = False) -> None:
+                  trusted: bool = False, hashed: os.stat_result | None = None) -> None:
     """Write the manifest entry of a file just put into the cache (checked before the call).
 
     ``trusted``: the spec pins no sha256, so this hash is also kept as the file's first-use
-    record (:func:`first_use`), which later downloads and imports must match.
+    record (:func:`first_use`), which later downloads and imports must match. ``hashed``: the
+    stat taken before ``sha`` was computed, for a file the cache does not own (a ``--link``
+    import); its size and mtime are recorded, so a change since then is re-hashed on next use.
     """
     folder = path.parent
     manifest = cache.read_manifest(folder)
-    st = path.stat()
+    st = hashed if hashed is not None else path.stat()
     manifest[wf.filename] = CachedFile(
         filename=wf.filename, sha256=sha, size=st.st_size, source=source, license=spec.license,
         time=cache.now(), trusted=trusted, mtime_ns=st.st_mtime_ns)
