@@ -49,8 +49,13 @@ class TinyTrainer(Trainer):
         return cls(config, TinySR(config.width), train, step_fn=tiny_step, quiet=quiet)
 
 
-class OtherTrainer(TinyTrainer):
+class OtherConfig(TrainConfig):
+    depth: int = 2
+
+
+class OtherTrainer(Trainer):
     name = "other_sr"
+    Config = OtherConfig
 
 
 @pytest.fixture()
@@ -109,3 +114,29 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_on_the_file(cli: click.Group, 
     code, out = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path, "val_every = 0\n")),
                        "--out", str(tmp_path / "r"), "--set", "steps=3")
     assert code == 2 and "tiny.toml: setting 'val_every'" in out and "--set" not in out
+
+
+# -- resume -----------------------------------------------------------------------------------------
+def test_resume_refuses_another_trainers_run_folder_by_name(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(out),
+                        "-q")
+    assert code == 0, text
+    code, text = invoke(cli, "other_sr", "--out", str(out), "--resume", "-q")
+    assert code == 2
+    assert "written by trainer 'tiny_sr', not 'other_sr'" in text and "unknown setting" not in text
+
+
+def test_resume_from_a_checkpoint_of_another_network_size_names_the_difference(cli: click.Group, faces: Path,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(out),
+                        "-q", "--steps", "2")
+    assert code == 0, text
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "4", "--set", "width=4", "-q")
+    assert code == 2, text
+    assert "step_00000002.pt does not fit this config" in text and "width: 8 in the checkpoint, now 4" in text
+    assert "unexpected" not in text
+    # The run is untouched and continues with the settings it was made with.
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "4", "-q", "--json")
+    assert code == 0 and json.loads(text)["step"] == 4

@@ -37,14 +37,12 @@ def train_group() -> None:
     """Train models (each plugin adds its trainers; `restorekit train NAME --help`)."""
 
 
-def _saved_config(out: Path) -> dict[str, Any]:
-    from ..training.trainer import latest_checkpoint, load_checkpoint
+def _saved_config(out: Path, trainer: str) -> dict[str, Any]:
+    """The config saved in the checkpoint ``--resume`` continues from (refused when another
+    trainer wrote it: its settings would not be this trainer's)."""
+    from ..training.trainer import resume_checkpoint
 
-    path = latest_checkpoint(out)
-    if path is None:
-        raise RestorekitError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-    config = load_checkpoint(path)["config"]
-    return dict(config)
+    return dict(resume_checkpoint(out, None, trainer)[1]["config"])
 
 
 def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
@@ -59,7 +57,7 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
     elif resume:
         if out is None:
             raise RestorekitError("--resume without --config needs --out (the run folder to continue)")
-        base = _saved_config(out)
+        base = _saved_config(out, cls.name)
     else:
         base = {}
     if out is not None:

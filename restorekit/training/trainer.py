@@ -100,16 +100,49 @@ def prune_checkpoints(out: str | Path, keep: int) -> None:
             old.unlink()
 
 
-def checkpoint_to_resume(out: str | Path, path: str | Path | None, trainer: str) -> dict[str, Any]:
-    """The checkpoint ``--resume`` continues from (``path``, else the newest under ``out``),
-    refused when another trainer wrote it."""
+def resume_checkpoint(out: str | Path, path: str | Path | None, trainer: str) -> tuple[Path, dict[str, Any]]:
+    """``(path, checkpoint)`` that ``--resume`` continues from (``path``, else the newest under
+    ``out``), refused when another trainer wrote it."""
     p = Path(path) if path is not None else latest_checkpoint(out)
     if p is None:
         raise TrainingError(f"--resume: no checkpoint under {Path(out) / 'checkpoints'}")
     ckpt = load_checkpoint(p)  # CPU; load_state_dict moves tensors to where the model lives
     if ckpt.get("trainer") != trainer:
         raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{trainer}'")
-    return ckpt
+    return p, ckpt
+
+
+def checkpoint_to_resume(out: str | Path, path: str | Path | None, trainer: str) -> dict[str, Any]:
+    """The checkpoint of :func:`resume_checkpoint`."""
+    return resume_checkpoint(out, path, trainer)[1]
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``'key: A in the checkpoint, now B'`` for each setting (dotted for tables) that differs."""
+    out: list[str] = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}")
+    return out
+
+
+@contextlib.contextmanager
+def restoring(path: Path, ckpt: dict[str, Any], config: TrainConfig) -> Iterator[None]:
+    """Load a checkpoint's states inside this block: a state that does not fit the networks
+    or optimizers built from ``config`` is a :class:`TrainingError` naming the settings that
+    differ from the checkpoint's, not a bare ``load_state_dict`` traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        diffs = config_differences(ckpt.get("config") or {}, config.model_dump(mode="json"))
+        said = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        hint = f"settings that differ: {said}" if diffs else "the settings are the same (a different code version?)"
+        raise TrainingError(f"{path} does not fit this config ({first.rstrip(':')}); {hint}. Resume without "
+                            "--config/--set to continue as the run was made, or choose another --out") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -321,10 +354,12 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load ``path`` (default: the latest checkpoint under ``out``); returns its step."""
-        ckpt = checkpoint_to_resume(self.out, path, self.name)
-        self.load_model_state(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        p, ckpt = resume_checkpoint(self.out, path, self.name)
+        with restoring(p, ckpt, self.config):
+            self.load_model_state(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.load_extra_state(ckpt.get("extra", {}))
         self.step = int(ckpt["step"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]
@@ -332,7 +367,6 @@ class Trainer:
             set_rng_state(rngs[self.dist.rank])
         else:  # a different world size cannot replay the same streams; reseed per rank
             seed_everything(self.config.seed + 1000 * self.step + self.dist.rank)
-        self.load_extra_state(ckpt.get("extra", {}))
         return self.step
 
     # -- logging -----------------------------------------------------------------------------
@@ -567,5 +601,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "prune_checkpoints", "psnr", "rng_state", "set_rng_state",
-           "seed_everything"]
+           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "rng_state", "set_rng_state", "seed_everything"]

@@ -58,8 +58,8 @@ from torch import Tensor, nn
 from restorekit.training import TrainConfig
 from restorekit.training.data import list_images, oversample, sample_seed, split_files
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
-from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, checkpoint_path, checkpoint_to_resume,
-                                         latest_checkpoint, prune_checkpoints, rng_state, seed_everything,
+from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, checkpoint_path, latest_checkpoint,
+                                         prune_checkpoints, restoring, resume_checkpoint, rng_state, seed_everything,
                                          set_rng_state)
 
 TRAINER_NAME = "stylegan2"
@@ -500,10 +500,11 @@ class GANTrainer:
         return path
 
     def resume(self, path: str | Path | None = None) -> int:
-        ckpt = checkpoint_to_resume(self.out, path, self.name)
-        self.models.load_state_dict(ckpt["model"])
-        self.opt_G.load_state_dict(ckpt["optimizer"])
-        self.opt_D.load_state_dict(ckpt["optimizer_d"])
+        p, ckpt = resume_checkpoint(self.out, path, self.name)
+        with restoring(p, ckpt, self.config):
+            self.models.load_state_dict(ckpt["model"])
+            self.opt_G.load_state_dict(ckpt["optimizer"])
+            self.opt_D.load_state_dict(ckpt["optimizer_d"])
         self.step, self.nimg = int(ckpt["step"]), int(ckpt["nimg"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]

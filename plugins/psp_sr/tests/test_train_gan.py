@@ -429,3 +429,13 @@ def test_projected_discriminator_trains_heads_only(faces: Path, tmp_path: Path) 
     assert all(torch.equal(v, t.D.project.state_dict()[k]) for k, v in proj.items())
     assert any(not torch.equal(v, t.D.heads.state_dict()[k]) for k, v in heads.items())
     assert len(t.d_params) == len(list(t.D.heads.parameters()))
+
+
+def test_resume_refuses_a_checkpoint_of_other_network_sizes_by_name(faces: Path, tmp_path: Path) -> None:
+    from restorekit.training.trainer import TrainingError
+
+    GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=2), quiet=True).fit()
+    wider = tiny_config(faces, tmp_path / "run", steps=4, channels={4: 32, 8: 16, 16: 8, 32: 8})
+    with pytest.raises(TrainingError, match=r"step_00000002\.pt does not fit this config.*channels\.4: 16 in the "
+                                            r"checkpoint, now 32"):
+        GANTrainer.build(wider, quiet=True).fit(resume=True)
