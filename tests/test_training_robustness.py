@@ -140,3 +140,15 @@ def test_resume_from_a_checkpoint_of_another_network_size_names_the_difference(c
     # The run is untouched and continues with the settings it was made with.
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "4", "-q", "--json")
     assert code == 0 and json.loads(text)["step"] == 4
+
+
+def test_resume_after_a_kill_mid_log_line_drops_the_broken_line(faces: Path, tmp_path: Path) -> None:
+    cfg = TinyConfig(steps=4, batch_size=2, optimizer="adam", lr=0.01, log_every=1, ckpt_every=2, device="cpu",
+                     out=str(tmp_path / "run"), data={"root": str(faces), "factors": [1, 2]})
+    assert TinyTrainer.build(cfg.model_copy(update={"steps": 2}), quiet=True).fit()["step"] == 2
+    log = tmp_path / "run" / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"kind": "train", "step": 3, "lo')  # the process died while writing step 3's line
+    assert TinyTrainer.build(cfg, quiet=True).fit(resume=True)["step"] == 4
+    steps = [json.loads(ln)["step"] for ln in log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -157,6 +157,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Keep the JSON lines of ``path`` up to ``step``; drop later ones (written after the
+    checkpoint a run resumes from) and any line cut short by a kill mid-write."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(line)
+    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+
 # -- RNG state ---------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch CPU and CUDA generator states as plain data."""
@@ -376,11 +392,7 @@ class Trainer:
 
     def _trim_log(self, step: int) -> None:
         """Drop log lines past ``step`` (left by a run that stopped after its last checkpoint)."""
-        if not self.log_path.exists():
-            return
-        keep = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.log_path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+        trim_log(self.log_path, step)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -602,4 +614,4 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
            "latest_checkpoint", "list_checkpoints", "load_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
-           "rng_state", "set_rng_state", "seed_everything"]
+           "rng_state", "set_rng_state", "seed_everything", "trim_log"]

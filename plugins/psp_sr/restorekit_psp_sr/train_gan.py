@@ -60,7 +60,7 @@ from restorekit.training.data import list_images, oversample, sample_seed, split
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, checkpoint_path, latest_checkpoint,
                                          prune_checkpoints, restoring, resume_checkpoint, rng_state, seed_everything,
-                                         set_rng_state)
+                                         set_rng_state, trim_log)
 
 TRAINER_NAME = "stylegan2"
 
@@ -532,12 +532,17 @@ class GANTrainer:
         cfg = self.config
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        log = self.out / "log.jsonl"
         if resume:
             self.resume(None if resume is True else resume)
+            if self.dist.is_main:
+                trim_log(log, self.step)  # lines past the checkpoint are logged again
         else:
             if self.dist.is_main and latest_checkpoint(self.out) is not None:
                 raise TrainingError(f"{self.out} already holds checkpoints: pass --resume to continue, "
                                     f"or choose another --out")
+            if self.dist.is_main:
+                log.unlink(missing_ok=True)  # an earlier run's, whose checkpoints are gone
             if cfg.init_from:
                 self.init_weights(cfg.init_from)
             seed_everything(cfg.seed + self.dist.rank)

@@ -439,3 +439,17 @@ def test_resume_refuses_a_checkpoint_of_other_network_sizes_by_name(faces: Path,
     with pytest.raises(TrainingError, match=r"step_00000002\.pt does not fit this config.*channels\.4: 16 in the "
                                             r"checkpoint, now 32"):
         GANTrainer.build(wider, quiet=True).fit(resume=True)
+
+
+def test_log_holds_each_step_once_after_resume_and_only_this_runs_steps(faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    log = run / "log.jsonl"
+    run.mkdir()
+    log.write_text('{"kind": "train", "step": 7, "loss_g": 1.0}\n')  # an earlier run's, its checkpoints deleted
+    GANTrainer.build(tiny_config(faces, run, steps=6, log_every=1), quiet=True).fit(until=3)
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 3]
+    # Killed after logging step 4 but before its checkpoint, mid-way through the line of step 5.
+    with log.open("a") as f:
+        f.write('{"kind": "train", "step": 4, "loss_g": 1.0}\n{"kind": "train", "st')
+    GANTrainer.build(tiny_config(faces, run, steps=6, log_every=1), quiet=True).fit(resume=True)
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
