@@ -5,8 +5,9 @@ arguments, unknown names, bad options, unwritable output or cache).
 
 No traceback reaches a user: restorekit's own errors and file-system errors are one line naming
 the path and the fix; anything unexpected is one line asking for ``--debug`` (or
-``RESTOREKIT_DEBUG=1``), which shows the traceback instead. SIGTERM ends a command like Ctrl-C
-does (exit 143), so atomic writes clean up their temporary files.
+``RESTOREKIT_DEBUG=1``), which shows the traceback instead. Ctrl-C ends a command with
+"interrupted" and exit 130, SIGTERM likewise with exit 143 (no line); atomic writes clean up
+their temporary files either way.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class RestorekitGroup(click.Group):
                 raise
             error_line(describe_os_error(exc, action="use"))
             ctx.exit(2)
+        except KeyboardInterrupt:  # before click's 'Aborted!' with exit 1, the code of 'some inputs failed'
+            if debugging():
+                raise
+            _interrupted()
+            ctx.exit(INTERRUPTED)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)
@@ -138,6 +144,13 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
+
+
+def _interrupted() -> None:
+    err_console.print("interrupted")
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
     global _DEBUG
@@ -148,7 +161,12 @@ def main() -> None:
         pass
     try:
         build_cli()(prog_name="restorekit")
-    except Exception as exc:  # SystemExit and KeyboardInterrupt pass (click handled the rest)
+    except KeyboardInterrupt:  # while plugins and commands load (RestorekitGroup handles the rest)
+        if debugging():
+            raise
+        _interrupted()
+        sys.exit(INTERRUPTED)
+    except Exception as exc:  # SystemExit passes (click handled the rest)
         if debugging():
             raise
         if isinstance(exc, RestorekitError):

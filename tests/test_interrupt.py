@@ -1,0 +1,45 @@
+"""Ctrl-C: a command stops with exit 130 and one line, keeps what it finished, leaves no temp file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from plugin_sources import GOOD_PLUGIN
+
+# nearest3p, but the second image's restore is interrupted by a real SIGINT (what Ctrl-C sends).
+INTERRUPTING_PLUGIN = GOOD_PLUGIN.replace('''        self.check_scale(scale)
+''', '''        self.check_scale(scale)
+        import os, signal, time
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+''')
+
+
+def test_ctrl_c_during_run_exits_130_with_one_line(plugin_site, hr_folder, tmp_path):
+    assert INTERRUPTING_PLUGIN != GOOD_PLUGIN
+    plugin_site("thirdparty-interrupt", "thirdparty_interrupt", INTERRUPTING_PLUGIN)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "restorekit", "run", "nearest3p", "--scale", "2", "--input",
+                        str(hr_folder), "--output", str(out), "--json"], capture_output=True, text=True,
+                       env=dict(os.environ), timeout=120)
+    assert r.returncode == 130, r.stderr  # not 1, the code of 'some inputs failed'
+    assert r.stdout == ""  # no summary claims a finished run
+    assert r.stderr.strip().splitlines()[-1].startswith("interrupted")
+    assert "Traceback" not in r.stderr and "Aborted!" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png"]  # the finished output, no temp files
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_with_one_line():
+    """Ctrl-C while plugins and commands are being imported: no traceback either."""
+    code = ("import restorekit.cli as c\n"
+            "def build():\n"
+            "    raise KeyboardInterrupt\n"
+            "c.build_cli = build\n"
+            "c.main()\n")
+    r = subprocess.run([sys.executable, "-c", code, "methods"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip() == "interrupted"
