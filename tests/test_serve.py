@@ -410,6 +410,23 @@ def test_serve_binds_localhost_by_default_and_cleans_up(tmp_path: Path) -> None:
     assert list(tmp_path.glob("restorekit-serve-*")) == []
 
 
+def test_allow_host_adds_a_name_the_server_answers_to(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "restorekit", "serve", "--port", "0", "--methods", "bicubic",
+                             "--metrics", "psnr_y_crop", "--allow-host", "Box.Local", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("restorekit serve: http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        url = line.split()[2]
+        port = url.rsplit(":", 1)[1]
+        assert request(url, "GET", "/api/info", headers={"Host": f"box.local:{port}"})[0] == 200
+        assert request(url, "GET", "/api/info", headers={"Host": f"other.local:{port}"})[0] == 400
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
 def test_the_core_works_without_the_web_extra_and_serve_says_what_to_install() -> None:
     code = (
         "import sys\n"

@@ -103,3 +103,60 @@ def test_close_waits_for_a_write_in_progress_then_deletes_everything(tmp_path: A
     writer.join(10)
     closer.join(10)
     assert not closer.is_alive() and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ the Host guard
+
+
+def guarded_status(config: Any, method: str, host: str, origin: str | None = None) -> int:
+    """The status the application's guard answers for one request (the route behind it answers 200)."""
+    import asyncio
+
+    from restorekit.web.app import Guard, guard_options
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    headers = [(b"host", host.encode())] + ([(b"origin", origin.encode())] if origin else [])
+    scope = {"type": "http", "method": method, "path": "/api/jobs", "headers": headers}
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(Guard(ok, **guard_options(config))(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+def test_listening_on_every_address_still_refuses_a_host_name_it_does_not_know() -> None:
+    """DNS rebinding: a page from rebind.example, whose name now resolves to this machine, sends
+    Host and Origin rebind.example; only addresses and the server's own names are answered."""
+    import socket
+
+    from restorekit.web.config import ServeConfig
+
+    cfg = ServeConfig(host="0.0.0.0", port=7860)
+    assert guarded_status(cfg, "GET", "rebind.example:7860") == 400
+    assert guarded_status(cfg, "POST", "rebind.example:7860", "http://rebind.example:7860") == 400
+    for host in ("192.168.1.20:7860", "[fe80::1]:7860", "localhost:7860", "127.0.0.1:7860",
+                 f"{socket.gethostname()}:7860"):
+        assert guarded_status(cfg, "GET", host) == 200, host
+        assert guarded_status(cfg, "POST", host, f"http://{host}") == 200, host
+    assert guarded_status(cfg, "POST", "192.168.1.20:7860", "http://rebind.example:7860") == 403
+    named = ServeConfig(host="0.0.0.0", allowed_hosts=["Box.Local"])
+    assert guarded_status(named, "POST", "box.local:7860", "http://box.local:7860") == 200
+
+
+def test_a_host_name_that_means_loopback_still_gets_the_host_check() -> None:
+    from restorekit.web.config import ServeConfig
+
+    cfg = ServeConfig(host="ip6-localhost", port=7860)  # not 'localhost', not an address: judged as a name
+    assert guarded_status(cfg, "GET", "rebind.example:7860") == 400
+    assert guarded_status(cfg, "GET", "ip6-localhost:7860") == 200
+    local = ServeConfig(port=7860)
+    assert guarded_status(local, "GET", "192.168.1.20:7860") == 400  # localhost only: no other address
+    assert guarded_status(local, "GET", "localhost:7860") == 200

@@ -15,6 +15,10 @@ from ..errors import RestorekitError
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. The default answers this machine only; another address lets "
                    "anyone who can reach it use the page (there is no login).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Another name the page may be reached by (repeatable). Requests name the server in their "
+                   "Host header; only this machine's addresses and names are answered (and, with another "
+                   "--host, any address), so that a web page elsewhere cannot reach it by DNS rebinding.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
               help="Port (0: any free port).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -33,7 +37,7 @@ from ..errors import RestorekitError
 @click.option("--max-samples", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Most samples per stochastic method.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the address.")
-def serve_cmd(host: str, port: int, device: str, methods: str | None, opts: tuple[str, ...], metrics: str | None,
+def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, methods: str | None, opts: tuple[str, ...], metrics: str | None,
               detector: str | None, max_upload_mb: float, max_pixels: int, max_output_pixels: int, max_scale: int,
               max_samples: int, quiet: bool) -> None:
     """Serve a page to restore and compare faces: upload a face or a photo, pick methods, download results.
@@ -54,7 +58,7 @@ def serve_cmd(host: str, port: int, device: str, methods: str | None, opts: tupl
     try:
         offered = names if names is not None else registry().names("methods")
         config = ServeConfig(
-            host=host, port=port, device=device, methods=names, method_options=parse_method_opts(opts, offered),
+            host=host, allowed_hosts=list(allow_hosts), port=port, device=device, methods=names, method_options=parse_method_opts(opts, offered),
             metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
             detector=detector, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             max_output_pixels=max_output_pixels, max_scale=max_scale, max_samples=max_samples)

@@ -11,15 +11,17 @@ Routes (nothing else answers):
 - ``GET /files/ID``: a file the server wrote, by the opaque id the API gave (``?download=1``: as
   an attachment).
 
-Guards on every request: the ``Host`` header must name this machine while the server listens on a
-loopback address (a web page elsewhere cannot reach it through DNS rebinding), a request that
-changes something must not come from another origin, and every response forbids framing, MIME
-sniffing and resources from elsewhere. Every refusal is JSON ``{"error": "one line"}``.
+Guards on every request: the ``Host`` header must name this server (listening on a loopback
+address: a loopback address or ``localhost``; listening beyond: any address, ``--host`` or the
+machine's name; either way the ``--allow-host`` names), so a web page elsewhere cannot reach it
+through DNS rebinding; a request that changes something must not come from another origin; and
+every response forbids framing, MIME sniffing and resources from elsewhere. Every refusal is JSON ``{"error": "one line"}``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import RestorekitError
-from .config import is_loopback
+from .config import is_address, is_loopback
 from .jobs import FINISHED, Job, read_settings
 from .uploads import display_name
 
@@ -56,17 +58,34 @@ def error(msg: str, status: int) -> JSONResponse:
     return JSONResponse({"error": msg}, status_code=status, headers={"Cache-Control": "no-store"})
 
 
+def guard_options(config: Any) -> dict[str, Any]:
+    """The :class:`Guard`'s settings for a server's :class:`~restorekit.web.config.ServeConfig`."""
+    return {"local_only": config.loopback, "names": config.host_names()}
+
+
 def host_name(header: str) -> str:
     """The host of a ``Host`` header, without port or IPv6 brackets (``[::1]:80`` → ``::1``)."""
     return (urlsplit(f"//{header}").hostname or "").lower()
 
 
 class Guard:
-    """ASGI middleware: local Host only (when listening locally), same-origin changes, safe headers."""
+    """ASGI middleware: a Host of this server only, same-origin changes, safe headers.
 
-    def __init__(self, app: ASGIApp, *, local_only: bool) -> None:
+    Listening on a loopback address, the ``Host`` must be a loopback address, ``localhost`` or one of
+    ``names``; listening beyond this machine, any address or one of ``names`` (see
+    :meth:`~restorekit.web.config.ServeConfig.host_names`). Either way a name that a web page
+    elsewhere made resolve here (DNS rebinding) is refused.
+    """
+
+    def __init__(self, app: ASGIApp, *, local_only: bool, names: Collection[str] = ()) -> None:
         self.app = app
         self.local_only = local_only
+        self.names = frozenset(names)
+
+    def host_ok(self, name: str) -> bool:
+        if is_loopback(name) or name in self.names:
+            return True
+        return not self.local_only and is_address(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,9 +94,11 @@ class Guard:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = headers.get("host", "")
         refusal: JSONResponse | None = None
-        if self.local_only and not is_loopback(host_name(host)):
+        if not self.host_ok(host_name(host)):
             refusal = error(f"request refused: Host '{host}' is not this machine (the server answers "
-                            "localhost only)", 400)
+                            "localhost only)" if self.local_only else
+                            f"request refused: Host '{host}' is neither an address nor a name of this server "
+                            "(restorekit serve --allow-host NAME adds a name)", 400)
         elif scope["method"] not in ("GET", "HEAD"):
             origin = headers.get("origin")
             if origin is not None and origin != f"http://{host}":
@@ -233,5 +254,5 @@ def create_app(state: Any) -> Starlette:
         Route("/favicon.ico", no_icon, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
-    app.add_middleware(Guard, local_only=cfg.loopback)
+    app.add_middleware(Guard, **guard_options(cfg))
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -19,6 +20,8 @@ class ServeConfig(Options):
     """Where the page listens, what it runs, and the limits it holds every request to."""
 
     host: str = Field("127.0.0.1", description="address to listen on (localhost only by default)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="more names a request's Host may give (addresses and localhost need none)")
     port: int = Field(7860, ge=0, le=65535, description="port (0: any free port)")
     device: str = Field("auto", description="auto, cpu or cuda")
     methods: list[str] | None = Field(None, description="methods offered (None: every installed one)")
@@ -47,6 +50,24 @@ class ServeConfig(Options):
     def loopback(self) -> bool:
         """Whether the server listens only on this machine."""
         return is_loopback(self.host)
+
+    def host_names(self) -> set[str]:
+        """The names (not addresses) a request's ``Host`` may give: the allowed ones and, unless the
+        server listens on a loopback address, ``--host`` and this machine's own name. A web page that
+        reaches the server through DNS rebinding sends its own name, which is none of these."""
+        names = {n.strip("[]").lower() for n in self.allowed_hosts}
+        if not self.loopback:
+            names |= {self.host.strip("[]").lower(), socket.gethostname().lower()}
+        return names
+
+
+def is_address(host: str) -> bool:
+    """An IPv4 or IPv6 address (brackets allowed), not a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
