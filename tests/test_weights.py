@@ -731,20 +731,37 @@ def test_complete_partial_file_is_finished_without_refetch(server: tuple[str, Fi
 
 def test_longer_stale_partial_of_unsized_file_is_not_taken_as_complete(server: tuple[str, Files],
                                                                         specs: dict[str, W.WeightSpec]) -> None:
-    """A spec with no size or sha256 (trust on first use): a leftover .part longer than the file
-    (e.g. from an earlier, larger version) makes the server answer 416 with the real length.
-    That .part must be fetched again, not recorded as the file."""
+    """A spec with no size: a leftover .part longer than the file (e.g. from an earlier, larger
+    version) makes the server answer 416 with the real length. That .part is not the file: it
+    is fetched again (it used to be taken as complete, and failed its hash, or with no hash to
+    check became the file)."""
     base, files = server
     blob = os.urandom(20_000)
     files.content["/toy.bin"] = blob
-    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",), known_hash=False, size=False)
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",), size=False)
     part = part_path(W.weights_dir("toy") / "toy.bin")
     part.parent.mkdir(parents=True)
     part.write_bytes(os.urandom(25_000))
-    [path] = W.pull("toy", quiet=True, trust=True)
+    [path] = W.pull("toy", quiet=True)
     assert path.read_bytes() == blob and not part.exists()
-    assert W.cached_files("toy")["toy.bin"].sha256 == sha(blob) == W.first_use("toy", "toy.bin").sha256
     assert [(p, r) for p, r, _ in files.log] == [("/toy.bin", "bytes=25000-"), ("/toy.bin", None)]
+
+
+def test_first_trusted_pull_does_not_resume_an_earlier_runs_partial(server: tuple[str, Files],
+                                                                    specs: dict[str, W.WeightSpec]) -> None:
+    """With no sha256 to check (the first --trust pull of an unpinned file), a .part left by an
+    earlier run may hold another version's bytes; resumed, the file would be half one, half the
+    other, and that hash recorded as the trusted one. Such a pull starts from zero."""
+    base, files = server
+    blob = os.urandom(30_000)
+    files.content["/toy.bin"] = blob
+    specs["toy"] = spec_for("toy", "toy.bin", data=blob, urls=(f"{base}/toy.bin",), known_hash=False)
+    part = part_path(W.weights_dir("toy") / "toy.bin")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(10_000))  # an interrupted download of what the URL served then
+    [path] = W.pull("toy", quiet=True, trust=True)
+    assert path.read_bytes() == blob and W.first_use("toy", "toy.bin").sha256 == sha(blob)
+    assert files.log == [("/toy.bin", None, 30_000)]
 
 
 def test_training_checkpoint_needs_explicit_consent(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Bytes go to ``<dest>.part``. An interrupted transfer keeps the ``.part`` and the next attempt
 asks for the rest with an HTTP ``Range`` header (a server that ignores it sends the whole file
-again, which is handled). When the transfer ends, size and sha256 are checked; a mismatch
+again, which is handled); with no sha256 to check the result against, only attempts of the same
+call resume, and a ``.part`` an earlier run left is started over. When the transfer ends, size and sha256 are checked; a mismatch
 deletes the ``.part`` and nothing is left behind. Only a verified file is moved onto ``dest``
 (``os.replace``, atomic within one folder).
 """
@@ -141,7 +142,8 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
     """Download ``dest`` from the first mirror that yields a file with the right size and sha256.
 
     Each mirror gets ``1 + retries`` attempts that resume from the ``.part`` file. ``sha256``
-    None accepts any content (the caller records the hash). Returns ``(sha256, url used)``.
+    None accepts any content (the caller records the hash); a ``.part`` from an earlier call is
+    then discarded, not resumed. Returns ``(sha256, url used)``.
     Raises :class:`IntegrityError` when content arrives but does not match (the ``.part`` is
     removed), :class:`DownloadError` when no mirror could be read (the ``.part`` is kept so a
     later call resumes).
@@ -151,6 +153,10 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
         raise DownloadError(f"no URL to download {dest.name} from")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
+    if sha256 is None:
+        # Nothing will check the result, so bytes an earlier run left (perhaps of another version
+        # of the file) must not become part of it: start from zero. Retries below still resume.
+        part.unlink(missing_ok=True)
     label = label or dest.name
     failures: list[str] = []
     mismatch: IntegrityError | None = None
