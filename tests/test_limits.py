@@ -201,3 +201,19 @@ def test_non_positive_limits_are_usage_errors(tmp_path, command, value):
         assert r.exit_code == 2, (flag, r.output)
         assert f"{flag}': {value} is not in the range x>=1" in r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("size", [(3, 5), (9, 3)])
+def test_an_image_smaller_than_the_scale_is_named_by_its_own_size(tmp_path, size):
+    """degrade and compare crop an HR to a multiple of the scale first; an image smaller than the
+    scale is reported by the size the file has (3×5), not by what the crop left of it (0×4)."""
+    w, h = size
+    img = _img(tmp_path / "in" / "tiny.png", h, w)
+    r = invoke("degrade", "--spec", "bicubic:4", "--input", img, "--output", tmp_path / "o", "--json")
+    assert r.exit_code == 1
+    [failure] = json.loads(r.stdout)["failed"]
+    assert failure["error"] == f"{img}: {w}×{h} is smaller than the scale 4 (each side must be ≥ 4 px)"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "4", "--data", img.parent, "--metrics", "psnr_rgb",
+               "--out", tmp_path / "report", "--json")
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["inputs"]["failures"][0]["error"] == failure["error"]

@@ -164,9 +164,10 @@ def degrade_hr(hr: Tensor, chain: Chain, scale: int, stem: str, *, where: object
     not yet rounded to 8 bits: that happens when it is written (``to_pil``). ``where`` names the
     image in errors.
     """
+    if min(hr.shape[-2:]) < scale:  # named by its own size: the crop would leave 0 px of it
+        raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale} "
+                         f"(each side must be ≥ {scale} px)")
     hr = crop_to_multiple(hr, scale)
-    if min(hr.shape[-2:]) < scale:
-        raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale}")
     g = torch.Generator().manual_seed(degradation_seed(stem, seed))
     lr = chain(hr, generator=g).clamp(0, 1)
     want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
