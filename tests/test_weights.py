@@ -609,6 +609,21 @@ def test_convert_round_trip(tmp_path: Path) -> None:
     assert sha(Path(tmp_path / "g.safetensors").read_bytes()) in r.output
 
 
+def test_convert_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.ones(2)}, src)
+    (tmp_path / "taken").write_text("a file where a folder is needed")
+    dest = tmp_path / "taken" / "out.safetensors"
+    r = CliRunner().invoke(weights_group, ["convert", str(src), "-o", str(dest)])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write {dest}" in lines[0] and "a file stands where a folder" in lines[0]
+    # a missing folder is made, as for other outputs
+    r = CliRunner().invoke(weights_group, ["convert", str(src), "-o", str(tmp_path / "new" / "out.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "new").iterdir()) == [tmp_path / "new" / "out.safetensors"]
+
+
 # --- package member source --------------------------------------------------------------------
 
 CONVERTER_SRC = '''

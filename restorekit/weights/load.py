@@ -9,6 +9,7 @@ weights names are resolved to paths by the catalogue.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RestorekitError, UnsafeFileError
+from ..errors import FileSystemError, RestorekitError, UnsafeFileError, describe_os_error
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -245,8 +246,17 @@ def write_safetensors(obj: Any, dest: str | os.PathLike[str], *, source: str | o
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, dest)
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, dest)) from exc
+    except Exception as exc:  # safetensors reports its own I/O failures as SafetensorError
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FileSystemError(f"cannot write {dest}: {reason}; check the folder, its permissions and free space") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing there, or no folder to hold it
+            tmp.unlink(missing_ok=True)
     return len(tensors), sorted(dropped)
