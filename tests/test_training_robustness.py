@@ -152,3 +152,35 @@ def test_resume_after_a_kill_mid_log_line_drops_the_broken_line(faces: Path, tmp
     assert TinyTrainer.build(cfg, quiet=True).fit(resume=True)["step"] == 4
     steps = [json.loads(ln)["step"] for ln in log.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def train_losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_and_pruning_keeps_the_good_one(cli: click.Group, faces: Path,
+                                                                                  tmp_path: Path) -> None:
+    cfg = str(config_file(tmp_path))
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(full), "--steps", "6", "-q")[0] == 0
+    assert invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--until", "4", "-q",
+                  "--steps", "6")[0] == 0
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    newest = out / "checkpoints" / "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:3000])  # copied back half-way
+    # Continue from step 2, keeping a single checkpoint: the one written at step 3 must survive
+    # beside the damaged step-4 file, which sorts after it.
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--until", "3", "--set", "keep_ckpts=1")
+    assert code == 0, text
+    assert "step_00000004.pt is not loadable" in text and "step_00000002.pt" in text
+    assert 3 in [s for s, _ in list_checkpoints(out)]
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "-q", "--json")
+    assert code == 0, text
+    assert json.loads(text[text.index("{"):])["step"] == 6  # after the same warning
+    assert train_losses(out) == train_losses(full)  # the same run as one without interruption
+    # Nothing loadable at all: a clear refusal that names the files.
+    for _, p in list_checkpoints(out):
+        p.write_bytes(b"")
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "8")
+    assert code == 2 and "no loadable checkpoint" in text and "step_00000006.pt" in text

@@ -42,7 +42,7 @@ def _saved_config(out: Path, trainer: str) -> dict[str, Any]:
     trainer wrote it: its settings would not be this trainer's)."""
     from ..training.trainer import resume_checkpoint
 
-    return dict(resume_checkpoint(out, None, trainer)[1]["config"])
+    return dict(resume_checkpoint(out, None, trainer, warn=False)[1]["config"])  # the trainer warns
 
 
 def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,

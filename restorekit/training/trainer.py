@@ -31,6 +31,7 @@ import os
 import random
 import re
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -93,23 +94,46 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def prune_checkpoints(out: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` step checkpoints under ``out``."""
+def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` step checkpoints under ``out``, never ``protect`` (the
+    one just written: a damaged file of a later step may sort after it)."""
     for _, old in list_checkpoints(out)[:-keep]:
-        with contextlib.suppress(OSError):
-            old.unlink()
+        if protect is None or old != protect:
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
-def resume_checkpoint(out: str | Path, path: str | Path | None, trainer: str) -> tuple[Path, dict[str, Any]]:
+def resume_checkpoint(out: str | Path, path: str | Path | None, trainer: str, *,
+                      warn: bool = True) -> tuple[Path, dict[str, Any]]:
     """``(path, checkpoint)`` that ``--resume`` continues from (``path``, else the newest under
-    ``out``), refused when another trainer wrote it."""
-    p = Path(path) if path is not None else latest_checkpoint(out)
-    if p is None:
-        raise TrainingError(f"--resume: no checkpoint under {Path(out) / 'checkpoints'}")
-    ckpt = load_checkpoint(p)  # CPU; load_state_dict moves tensors to where the model lives
+    ``out`` that loads — a damaged newer one is skipped, with a warning when ``warn``), refused
+    when another trainer wrote it."""
+    if path is not None:
+        p, ckpt = Path(path), load_checkpoint(path)  # CPU; load_state_dict moves tensors to the model
+    else:
+        p, ckpt = newest_loadable_checkpoint(out, warn=warn)
     if ckpt.get("trainer") != trainer:
         raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{trainer}'")
     return p, ckpt
+
+
+def newest_loadable_checkpoint(out: str | Path, *, warn: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The newest step checkpoint under ``out`` that loads, and its contents."""
+    found = [p for _, p in reversed(list_checkpoints(out))]
+    if not found:
+        raise TrainingError(f"--resume: no checkpoint under {Path(out) / 'checkpoints'}")
+    for i, p in enumerate(found):
+        try:
+            ckpt = load_checkpoint(p)
+        except TrainingError:
+            continue
+        if i and warn:
+            bad = ", ".join(str(b) for b in found[:i])
+            print(f"warning: {bad} is not loadable (cut short or damaged); resuming from {p}", file=sys.stderr,
+                  flush=True)
+        return p, ckpt
+    raise TrainingError(f"--resume: no loadable checkpoint under {Path(out) / 'checkpoints'} "
+                        f"({', '.join(p.name for p in found)}: cut short or damaged)")
 
 
 def checkpoint_to_resume(out: str | Path, path: str | Path | None, trainer: str) -> dict[str, Any]:
@@ -365,12 +389,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
             "config": self.config.model_dump(mode="json"), "elapsed": elapsed, "extra": self.extra_state(),
         }, path)
-        prune_checkpoints(self.out, self.config.keep_ckpts)
+        prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load ``path`` (default: the latest checkpoint under ``out``); returns its step."""
-        p, ckpt = resume_checkpoint(self.out, path, self.name)
+        p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
         with restoring(p, ckpt, self.config):
             self.load_model_state(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -613,5 +637,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
            "rng_state", "set_rng_state", "seed_everything", "trim_log"]

@@ -496,11 +496,11 @@ class GANTrainer:
                      "optimizer_d": self.opt_D.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
                      "config": self.config.model_dump(mode="json"), "elapsed": self._elapsed(), "extra": {}},
                     path)
-        prune_checkpoints(self.out, self.config.keep_ckpts)
+        prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path
 
     def resume(self, path: str | Path | None = None) -> int:
-        p, ckpt = resume_checkpoint(self.out, path, self.name)
+        p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
         with restoring(p, ckpt, self.config):
             self.models.load_state_dict(ckpt["model"])
             self.opt_G.load_state_dict(ckpt["optimizer"])
