@@ -184,3 +184,14 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_pruning_keeps_the_good_o
         p.write_bytes(b"")
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "8")
     assert code == 2 and "no loadable checkpoint" in text and "step_00000006.pt" in text
+
+
+def test_a_checkpoint_write_cut_by_a_kill_leaves_no_temp_file_for_long(faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    stale = out / "checkpoints" / ".step_00000002.pt.k3j2.tmp"  # what atomic_save leaves when killed mid-write
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * 1000)
+    cfg = TinyConfig(steps=2, batch_size=2, optimizer="adam", lr=0.01, log_every=1, ckpt_every=2, device="cpu",
+                     out=str(out), data={"root": str(faces), "factors": [1, 2]})
+    TinyTrainer.build(cfg, quiet=True).fit()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]

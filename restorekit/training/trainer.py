@@ -96,11 +96,15 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -> None:
     """Delete all but the newest ``keep`` step checkpoints under ``out``, never ``protect`` (the
-    one just written: a damaged file of a later step may sort after it)."""
+    one just written: a damaged file of a later step may sort after it), and the temp files of
+    writes a kill cut short (only one process writes, so none is in progress)."""
     for _, old in list_checkpoints(out)[:-keep]:
         if protect is None or old != protect:
             with contextlib.suppress(OSError):
                 old.unlink()
+    for stale in (Path(out) / "checkpoints").glob(".step_*.pt.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def resume_checkpoint(out: str | Path, path: str | Path | None, trainer: str, *,
