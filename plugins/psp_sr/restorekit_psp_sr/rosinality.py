@@ -125,6 +125,22 @@ def generator_from_state_dict(sd: Mapping[str, Any], *, prefix: str = "",
     return g.eval()
 
 
+def _reason(exc: BaseException) -> str:
+    """The informative first line of a ``torch.load`` failure."""
+    msg = str(exc).split("WeightsUnpickler error:")[-1].strip()
+    return msg.splitlines()[0] if msg else type(exc).__name__
+
+
+def _holds_objects(path: Path, exc: BaseException) -> bool:
+    """Whether a file that failed ``weights_only`` loading did so because its pickle names Python
+    objects beyond tensors (rather than being damaged or no checkpoint at all)."""
+    from restorekit.weights import unsafe_globals
+
+    msg = str(exc)
+    return ("Unsupported global" in msg or "add_safe_globals" in msg or "allowlisted" in msg
+            or bool(unsafe_globals(path)))
+
+
 def read_checkpoint(path: str | os.PathLike[str], *, allow_unsafe: bool = False) -> dict[str, Any]:
     """``torch.load`` a checkpoint on CPU without running code, unless ``allow_unsafe``."""
     p = Path(path)
@@ -132,16 +148,19 @@ def read_checkpoint(path: str | os.PathLike[str], *, allow_unsafe: bool = False)
         raise CheckpointError(f"{p}: no such file")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        if "weights_only" not in str(exc) and not isinstance(exc, pickle.UnpicklingError):
-            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as exc:
+        if not _holds_objects(p, exc):  # corrupt or not a checkpoint: unpickling it would not help
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_reason(exc)})") from None
         if not allow_unsafe:
             raise UnsafeFileError(
                 f"{p}: holds pickled Python objects beyond tensors (rosinality training checkpoints "
                 "store an argparse Namespace under 'args'), and loading them can run code; pass "
                 "--opt allow_unsafe=true (Python: allow_unsafe=True) only for a file you trust, or re-save it as "
                 "{'g_ema': state_dict, 'latent_avg': ...}") from None
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged file fails here in many ways
+            raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_reason(exc)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj

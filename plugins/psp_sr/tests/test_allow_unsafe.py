@@ -160,3 +160,22 @@ def test_weights_import_consent_then_loading_asks_again(unsafe_ckpt: tuple[Path,
         r = rk("generate", "--generator", "stylegan2", "--weights", name, "--opt", f"allow_unsafe={no}",
                "--seeds", "0", "--output", str(tmp_path / "out"), "--device", "cpu")
         _refused(r, marker)
+
+
+@pytest.mark.parametrize("allow_unsafe", [False, True])
+def test_corrupt_file_is_called_unreadable_not_unsafe(tmp_path: Path, unsafe_ckpt: tuple[Path, Path],
+                                                      allow_unsafe: bool) -> None:
+    """A truncated or garbage file fails weights_only loading too, but it holds no pickled
+    objects: telling the user to pass allow_unsafe=true for it would ask them to switch the
+    safety off for nothing (and with it on, the unpickler's own error escaped as a traceback)."""
+    from restorekit_psp_sr.rosinality import CheckpointError, read_checkpoint
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(unsafe_ckpt[0].read_bytes()[:3000])
+    for path in (garbage, truncated):
+        with pytest.raises(CheckpointError, match=f"{path.name}: not a readable PyTorch checkpoint") as err:
+            read_checkpoint(path, allow_unsafe=allow_unsafe)
+        assert "allow_unsafe" not in str(err.value) and "\n" not in str(err.value)
+    assert not unsafe_ckpt[1].exists()
