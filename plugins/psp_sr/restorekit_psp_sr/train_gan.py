@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from restorekit.images import IMAGE_EXTS
 from restorekit.training import TrainConfig
 from restorekit.training.data import list_images, oversample, sample_seed, split_files
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
@@ -133,12 +134,14 @@ def _load_one(path: Path, resolution: int) -> Tensor:
 
     from restorekit.images import read_image
 
-    with Image.open(path) as im:
-        fast = im.mode == "RGB" and im.size == (resolution, resolution)
-        if fast:
-            import numpy as np
+    try:
+        with Image.open(path) as im:
+            if im.mode == "RGB" and im.size == (resolution, resolution):
+                import numpy as np
 
-            return torch.from_numpy(np.asarray(im.convert("RGB"), dtype="uint8").copy()).permute(2, 0, 1)
+                return torch.from_numpy(np.asarray(im.convert("RGB"), dtype="uint8").copy()).permute(2, 0, 1)
+    except OSError:  # unreadable or cut short: read_image below names the file and what is wrong
+        pass
     from restorekit.degradations import bicubic_resize
     from restorekit.training.data import center_square
 
@@ -162,6 +165,8 @@ def training_files(cfg: GANConfig) -> tuple[list[Path], list[Path]]:
     if root is None:
         raise TrainingError("stylegan2: no training data (pass --data DIR)")
     files = list_images(root)
+    if not files:
+        raise TrainingError(f"{root}: no image files ({', '.join(IMAGE_EXTS)})")
     train, val = split_files(files, root, split_file=cfg.data.split_file, holdout_fraction=cfg.data.holdout_fraction)
     if not train:
         raise TrainingError(f"{root}: the split leaves no training images")

@@ -453,3 +453,17 @@ def test_log_holds_each_step_once_after_resume_and_only_this_runs_steps(faces: P
         f.write('{"kind": "train", "step": 4, "loss_g": 1.0}\n{"kind": "train", "st')
     GANTrainer.build(tiny_config(faces, run, steps=6, log_every=1), quiet=True).fit(resume=True)
     assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_unusable_data_folders_are_named_for_what_they_are(tmp_path: Path) -> None:
+    from restorekit.errors import RestorekitError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no faces here")
+    with pytest.raises(RestorekitError, match="empty: no image files"):
+        GANTrainer.build(tiny_config(empty, tmp_path / "a"), quiet=True)
+    bad = write_images(tmp_path / "bad", n=3)
+    (bad / "01.png").write_bytes(b"not a png")
+    with pytest.raises(RestorekitError, match=r"01\.png: not a readable image"):
+        load_face_tensor(sorted(bad.iterdir()), 32, workers=1)
