@@ -89,7 +89,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=10, ge=1)
     val_every: int = Field(default=500, ge=1)
     ckpt_every: int = Field(default=500, ge=1)
-    keep_ckpts: int = Field(default=2, ge=1, description="step checkpoints kept besides latest")
+    keep_ckpts: int = Field(default=2, ge=1, description="how many of the newest step checkpoints are kept (all told)")
     out: str | None = None
     ddp_find_unused: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
