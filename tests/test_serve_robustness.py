@@ -160,3 +160,11 @@ def test_a_host_name_that_means_loopback_still_gets_the_host_check() -> None:
     local = ServeConfig(port=7860)
     assert guarded_status(local, "GET", "192.168.1.20:7860") == 400  # localhost only: no other address
     assert guarded_status(local, "GET", "localhost:7860") == 200
+
+
+@pytest.mark.parametrize("host", ["[::1", "[evil]:7860", "local]host", ""])
+def test_a_malformed_host_is_refused_like_any_foreign_one(host: str) -> None:
+    from restorekit.web.config import ServeConfig
+
+    assert guarded_status(ServeConfig(port=7860), "GET", host) == 400
+    assert guarded_status(ServeConfig(host="0.0.0.0", port=7860), "GET", host) == 400

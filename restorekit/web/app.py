@@ -64,8 +64,12 @@ def guard_options(config: Any) -> dict[str, Any]:
 
 
 def host_name(header: str) -> str:
-    """The host of a ``Host`` header, without port or IPv6 brackets (``[::1]:80`` → ``::1``)."""
-    return (urlsplit(f"//{header}").hostname or "").lower()
+    """The host of a ``Host`` header, without port or IPv6 brackets (``[::1]:80`` → ``::1``); ``""``
+    for one that is not a host (``[::1`` or ``[name]``: refused as any foreign host is)."""
+    try:
+        return (urlsplit(f"//{header}").hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 class Guard:
