@@ -370,13 +370,19 @@ def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, di
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != EXPORT_FORMAT:
-            raise RestorekitError(f"{p}: not a pix2pixHD export (header format {meta.get('format')!r}, "
-                                  f"expected {EXPORT_FORMAT!r})")
-        cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
-        state = load_file(str(p))
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("format") != EXPORT_FORMAT:
+                raise RestorekitError(f"{p}: not a pix2pixHD export (header format {meta.get('format')!r}, "
+                                      f"expected {EXPORT_FORMAT!r})")
+            cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
+            state = load_file(str(p))
+        except Exception as exc:  # safetensors reports a damaged file as its own SafetensorError
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RestorekitError(f"{p}: not a readable safetensors file ({reason})") from None
         if "factors" in meta:
             info["factors"] = json.loads(meta["factors"])
         if "input_size" in meta:

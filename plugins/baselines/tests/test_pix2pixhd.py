@@ -253,6 +253,20 @@ def test_method_needs_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         Pix2PixHD(Pix2PixHD.Options(weights=str(bogus))).load()
 
 
+@pytest.mark.parametrize("content", [b"", b"garbage\n", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
+def test_a_file_that_is_not_safetensors_is_one_line_naming_it(tmp_path: Path, content: bytes) -> None:
+    """A damaged or mislabelled .safetensors (empty, text, a header cut short) given as weights is
+    a RestorekitError naming the file (a usage error at the command line), not safetensors' own
+    SafetensorError ('unexpected ... report it')."""
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(content)
+    with pytest.raises(RestorekitError, match=r"model\.safetensors: not a readable safetensors file \(") as info:
+        load_generator(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(RestorekitError, match="not a readable safetensors file"):
+        Pix2PixHD(Pix2PixHD.Options(weights=str(bad))).load()
+
+
 def test_registered() -> None:
     from restorekit.plugins import registry
 
