@@ -5,8 +5,8 @@ stride (``2^(n_downsampling + n_local_enhancers)``) — → generator → same s
 clamped. Batch, height and width are dynamic axes: the network is fully convolutional, so one
 file serves any batch and any size that is a multiple of the stride.
 
-As in the method, the bicubic upscaling by ``scale``, the padding to the stride (reflect, else
-replicate) or the resize to ``input_size``, and the crop or resize back happen in PyTorch
+As in the method, the bicubic upscaling by ``scale``, the padding to the stride
+(:func:`~restorekit_baselines.pix2pixhd.pad_to_stride`) or the resize to ``input_size``, and the crop or resize back happen in PyTorch
 around the graph, shared by the torch and onnxruntime backends.
 """
 
@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from restorekit.degradations import bicubic_resize
 from restorekit.onnx_export import ExportSpec
 
-from .pix2pixhd import Pix2PixHDGenerator
+from .pix2pixhd import Pix2PixHDGenerator, pad_to_stride
 
 
 class Pix2PixHDInferenceGraph(nn.Module):
@@ -75,11 +74,7 @@ def pix2pixhd_export_spec(method: Any) -> ExportSpec:
         x = bicubic_resize(lr.float(), (h, w)).clamp(0, 1)
         if size is not None:
             return bicubic_resize(x, (size, size)).clamp(0, 1)
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return x
+        return pad_to_stride(x, m)
 
     def finish(y: Tensor, lr: Tensor, scale: int) -> Tensor:
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale

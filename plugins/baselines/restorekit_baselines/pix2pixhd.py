@@ -356,6 +356,18 @@ def save_generator(generator: Pix2PixHDGenerator, path: str | os.PathLike[str], 
     return p
 
 
+def pad_to_stride(x: Tensor, m: int) -> Tensor:
+    """Pad bottom/right to a multiple of the network's stride ``m``, and to at least ``2·m`` a side
+    (so the bottleneck keeps 2 px for its instance norm and reflect padding): reflect, else
+    replicate. The torch and onnxruntime backends both pad with this."""
+    h, w = x.shape[-2:]
+    ph, pw = max((-h) % m, 2 * m - h), max((-w) % m, 2 * m - w)
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x
+
+
 def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, dict[str, Any]]:
     """Read :func:`save_generator`'s file, or a ``restorekit train pix2pixhd`` checkpoint.
 
@@ -499,12 +511,7 @@ class Pix2PixHD(Method):
         return out.repeat_interleave(n_samples, dim=0) if n_samples > 1 else out
 
     def _run_padded(self, x: Tensor) -> Tensor:
-        """Pad to a multiple of the network's stride (reflect, else replicate), run, crop."""
+        """Pad for the network (:func:`pad_to_stride`), run, crop."""
         assert self.generator is not None
-        m = self.generator.cfg.multiple
         h, w = x.shape[-2:]
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return self.generator(x)[..., :h, :w]
+        return self.generator(pad_to_stride(x, self.generator.cfg.multiple))[..., :h, :w]

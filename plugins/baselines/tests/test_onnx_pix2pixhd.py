@@ -77,7 +77,8 @@ def test_graph_matches_generator_any_batch_and_size(exported: Path, weights: Pat
 def test_backend_restore_matches_torch(exported: Path, weights: Path, opts: dict[str, object]) -> None:
     m = method(weights, **opts)
     om = onnx_method(method(weights, **opts), onnx_path=exported, threads=1)
-    for n, size in ((1, 16), (3, 13)):  # 13 × 2 = 26: padded to 32 (or resized to input_size)
+    # 13 × 2 = 26: padded to 32 (or resized to input_size); 2 × 2 = 4: padded to 16, twice the stride
+    for n, size in ((1, 16), (3, 13), (1, 2)):
         lr = smooth_batch(n, size, size, seed=size)
         ref = m.restore(lr, 2)
         got = om.restore(lr, 2)

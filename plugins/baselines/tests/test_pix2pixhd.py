@@ -235,6 +235,21 @@ def test_method_matches_generator_on_bicubic_input(tiny_weights: Path, capsys: p
         Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), input_size=18)).restore(lr, 4)
 
 
+@pytest.mark.parametrize("size,scale", [((2, 2), 1), ((2, 2), 2), ((3, 3), 1), ((2, 40), 2), ((4, 3), 1)])
+def test_inputs_smaller_than_the_networks_stride_restore(tiny_weights: Path, size: tuple[int, int],
+                                                         scale: int) -> None:
+    """An upscaled input whose side is at most the network's stride (every downsampling halves it)
+    is padded far enough that the bottleneck keeps 2 px a side: before, it shrank to 1 px and
+    instance norm or reflect padding failed with torch's own message; the output is scale × input."""
+    m = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights)))
+    m.load()
+    assert m.generator is not None and size[0] * scale <= m.generator.cfg.multiple
+    lr = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(3))
+    out = m.restore(lr, scale)
+    assert out.shape == (1, 3, size[0] * scale, size[1] * scale)
+    assert bool(torch.isfinite(out).all()) and 0 <= out.min() and out.max() <= 1
+
+
 def test_method_needs_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from restorekit.errors import WeightsMissing
     from restorekit_baselines import pix2pixhd
