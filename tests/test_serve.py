@@ -294,6 +294,43 @@ def test_a_foreign_host_or_origin_is_refused(server: RunningServer) -> None:
         assert request(server.url, "GET", "/api/info", headers={"Host": host})[0] == 200, host
 
 
+def test_behind_an_https_proxy_the_origin_may_be_https_but_must_still_be_the_allowed_host(tmp_path: Path) -> None:
+    """docs/serve.md's reverse proxy: the browser is on https://faces.example.org, the proxy forwards
+    its Host (faces.example.org, allowed with --allow-host) to the server on 127.0.0.1 over HTTP.
+    The Origin's scheme may be https, but its host[:port] must still be the request's allowed Host."""
+    cfg = ServeConfig(port=0, device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"], max_upload_mb=0.2,
+                      allowed_hosts=["faces.example.org"], temp_parent=tmp_path)
+    srv = start(cfg)
+    try:
+        def post(host: str, origin: str) -> tuple[int, Any]:
+            status, _, body = request(srv.url, "POST", "/api/uploads", png(generated_face(32)),
+                                      {"Host": host, "Origin": origin, "X-Filename": "face.png"})
+            return status, json.loads(body)
+
+        for host, origin in (("faces.example.org", "https://faces.example.org"),
+                             ("faces.example.org", "http://faces.example.org"),
+                             ("faces.example.org:8443", "https://faces.example.org:8443"),
+                             ("Faces.Example.org", "https://faces.example.org")):
+            status, up = post(host, origin)
+            assert status == 201 and up["width"] == 32, (host, origin, up)
+        port = srv.url.rsplit(":", 1)[1]
+        assert post(f"localhost:{port}", f"https://localhost:{port}")[0] == 201
+        # Still refused: another site's page, an opaque origin, another port, a scheme that is not the web's.
+        for origin in ("https://evil.example", "https://evil.example.org", "https://faces.example.org.evil.example",
+                       "https://faces.example.org:8443", "null", "ftp://faces.example.org",
+                       "https://user@faces.example.org", "https://faces.example.org/", "https://"):
+            status, body = post("faces.example.org", origin)
+            assert status == 403 and body["error"] == f"request refused: it comes from another site ({origin})", origin
+        # A Host that is neither allowed nor this machine is refused before the Origin is looked at.
+        for host, origin in (("evil.example", "https://evil.example"), ("rebind.example", "http://rebind.example"),
+                             ("faces.example.org.evil.example", "https://faces.example.org.evil.example")):
+            status, body = post(host, origin)
+            assert status == 400 and "is not this machine" in body["error"], (host, origin)
+        assert len(srv.state.uploads._uploads) == 5  # only the accepted ones were decoded and kept
+    finally:
+        srv.stop()
+
+
 def test_outputs_are_written_only_in_the_servers_temporary_folder(server: RunningServer, rk_home: Path) -> None:
     parent = server.state.files.root.parent
     before_home = sorted(p for p in rk_home.rglob("*"))

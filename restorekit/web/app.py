@@ -14,7 +14,8 @@ Routes (nothing else answers):
 Guards on every request: the ``Host`` header must name this server (listening on a loopback
 address: a loopback address or ``localhost``; listening beyond: any address, ``--host`` or the
 machine's name; either way the ``--allow-host`` names), so a web page elsewhere cannot reach it
-through DNS rebinding; a request that changes something must not come from another origin; and
+through DNS rebinding; a request that changes something must not come from another origin (its
+``Origin``, if sent, is ``http://`` or ``https://`` and the request's ``Host``: see :func:`same_origin`); and
 every response forbids framing, MIME sniffing and resources from elsewhere. Every refusal is JSON ``{"error": "one line"}``.
 """
 
@@ -72,6 +73,20 @@ def host_name(header: str) -> str:
         return ""
 
 
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a request's ``Origin`` is a page of the ``Host`` it was sent to: ``http://HOST`` or
+    ``https://HOST``, host[:port] exactly the ``Host`` header (letter case aside).
+
+    ``https`` is accepted because behind a reverse proxy that adds HTTPS (docs/serve.md) the browser's
+    origin is ``https://NAME`` while the proxy forwards the request over HTTP with the browser's
+    ``Host: NAME``; nothing here tells how the browser reached the proxy (X-Forwarded-* headers are
+    not trusted). Either scheme names the same host and port as the request, which the Host check
+    has already accepted as this server, so a page of any other site (its own host in its Origin)
+    or an opaque one (``null``) is still refused."""
+    origin, host = origin.lower(), host.lower()
+    return bool(host) and origin in (f"http://{host}", f"https://{host}")
+
+
 class Guard:
     """ASGI middleware: a Host of this server only, same-origin changes, safe headers.
 
@@ -105,7 +120,7 @@ class Guard:
                             "(restorekit serve --allow-host NAME adds a name)", 400)
         elif scope["method"] not in ("GET", "HEAD"):
             origin = headers.get("origin")
-            if origin is not None and origin != f"http://{host}":
+            if origin is not None and not same_origin(origin, host):
                 refusal = error(f"request refused: it comes from another site ({origin})", 403)
 
         async def send_with_headers(message: Message) -> None:
