@@ -195,3 +195,75 @@ def test_a_checkpoint_write_cut_by_a_kill_leaves_no_temp_file_for_long(faces: Pa
                      out=str(out), data={"root": str(faces), "factors": [1, 2]})
     TinyTrainer.build(cfg, quiet=True).fit()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]
+
+
+# -- resuming with changed settings ----------------------------------------------------------------
+def warnings_in(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("warning:")]
+
+
+def test_resume_with_changed_settings_warns_once_naming_each(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(out),
+                        "--steps", "2", "-q")
+    assert code == 0, text
+    # A changed batch size and learning rate still fit the networks: the run continues, and says
+    # that it is no longer an exact continuation. Schedule length and bookkeeping are not listed.
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "6", "--until", "3", "-q",
+                        "--set", "batch_size=3", "--set", "lr=0.02", "--set", "log_every=2", "--set", "keep_ckpts=1",
+                        "--set", "ckpt_every=1", "--set", "val_every=7", "--set", "num_workers=0",
+                        "--set", "num_threads=2", "--time-limit", "60")
+    assert code == 0, text
+    [line] = warnings_in(text)
+    assert "step_00000002.pt" in line
+    assert "batch_size: 2 → 3" in line and "lr: 0.01 → 0.02" in line
+    for exempt in ("steps", "log_every", "keep_ckpts", "ckpt_every", "val_every", "num_threads"):
+        assert f"{exempt}:" not in line, exempt
+    # The next session compares with the checkpoint the changed settings wrote: nothing to say.
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "5", "-q", "--json")
+    assert code == 0, text
+    assert warnings_in(text) == [] and json.loads(text)["step"] == 5
+
+
+def test_resume_with_only_the_steps_changed_says_nothing(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    """What scripts/gpu/stage2.sh does to export at the step a run stopped: --resume --steps STEP."""
+    out = tmp_path / "run"
+    cfg = str(config_file(tmp_path))
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--until", "3", "-q")
+    assert code == 0, text
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3")
+    assert code == 0, text
+    assert "warning" not in text and "step 3/3 finished" in text
+
+
+def test_many_changed_settings_are_one_shortened_line(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(out),
+                        "--steps", "2", "-q")
+    assert code == 0, text
+    changes = ["seed=7", "lr=0.02", "batch_size=3", "weight_decay=0.1", "grad_clip=1.0", "data.flip=false",
+               "data.quantize=false", "data.factors=[1]", "lr_schedule=cosine", "lr_final_ratio=0.5"]
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3", "-q",
+                        *[a for kv in changes for a in ("--set", kv)])
+    assert code == 0, text
+    [line] = warnings_in(text)
+    # Sorted by name, the first eight: the last two (seed, weight_decay) are counted, not named.
+    assert "data.factors: [1, 2] → [1]" in line and 'lr_schedule: "constant" → "cosine"' in line
+    assert "and 2 more" in line and "seed" not in line and "weight_decay" not in line
+
+
+def test_the_changed_settings_warning_comes_from_the_main_process_only(faces: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from restorekit.training.distributed import DistInfo
+
+    cfg = TinyConfig(steps=2, batch_size=2, optimizer="adam", lr=0.01, device="cpu", out=str(tmp_path / "run"),
+                     data={"root": str(faces), "factors": [1, 2]})
+    TinyTrainer.build(cfg, quiet=True).fit()
+    changed = cfg.model_copy(update={"lr": 0.05})
+    for rank, said in ((1, False), (0, True)):
+        capsys.readouterr()
+        t = TinyTrainer.build(changed, quiet=True)
+        t.dist = DistInfo(rank=rank, world_size=2)  # what torchrun gives the second process
+        assert t.resume() == 2
+        err = capsys.readouterr().err
+        assert ("lr: 0.01 → 0.05" in err) is said, (rank, err)

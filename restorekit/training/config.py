@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -93,6 +93,21 @@ class TrainConfig(_Strict):
     out: str | None = None
     ddp_find_unused: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
+
+    # Settings (dotted for tables) that `--resume` does not report when they differ from the
+    # checkpoint's: changing them on resume is expected and leaves what is trained as it was.
+    # Subclasses add their own: ``RESUME_EXEMPT = {**TrainConfig.RESUME_EXEMPT, "key": "why"}``.
+    RESUME_EXEMPT: ClassVar[dict[str, str]] = {
+        "steps": "the total: raising it extends a run and lowering it to the checkpoint's step ends one "
+                 "(what `--resume --steps N` is for); the steps already taken are unchanged",
+        "log_every": "how often losses are averaged and logged; the optimizer steps are the same",
+        "val_every": "validation runs under its own RNG and leaves the training state untouched",
+        "ckpt_every": "when checkpoints are written; the training state is the same",
+        "keep_ckpts": "how many checkpoints stay on disk",
+        "num_workers": "loader processes; the batches are functions of (seed, epoch, index) whoever loads them",
+        "num_threads": "CPU threads for the same computation",
+        "out": "the run folder, which may be moved or copied between sessions",
+    }
 
 
 C = TypeVar("C", bound=TrainConfig)

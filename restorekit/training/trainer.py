@@ -145,16 +145,49 @@ def checkpoint_to_resume(out: str | Path, path: str | Path | None, trainer: str)
     return resume_checkpoint(out, path, trainer)[1]
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """``'key: A in the checkpoint, now B'`` for each setting (dotted for tables) that differs."""
-    out: list[str] = []
+def setting_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for each setting (dotted for tables) that differs, by key."""
+    out: list[tuple[str, Any, Any]] = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.")
+            out += setting_changes(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}")
+            out.append((f"{prefix}{key}", a, b))
     return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``'key: A in the checkpoint, now B'`` for each setting (dotted for tables) that differs."""
+    return [f"{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}"
+            for key, a, b in setting_changes(saved, current, prefix)]
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def resume_warning(path: Path, ckpt: dict[str, Any], config: TrainConfig, shown: int = 8) -> str | None:
+    """One line naming the settings of ``config`` that differ from those ``ckpt`` was written
+    with (``key: old → new``, the first ``shown`` by name), leaving out ``config.RESUME_EXEMPT``;
+    ``None`` when there are none. The run continues, but is no longer an exact continuation."""
+    exempt = type(config).RESUME_EXEMPT
+    changes = [(k, a, b) for k, a, b in setting_changes(ckpt.get("config") or {}, config.model_dump(mode="json"))
+               if k not in exempt]
+    if not changes:
+        return None
+    said = "; ".join(f"{k}: {_short(a)} → {_short(b)}" for k, a, b in changes[:shown])
+    more = f"; and {len(changes) - shown} more" if len(changes) > shown else ""
+    return (f"warning: resuming {path} with settings that differ from the checkpoint's, so this is not an exact "
+            f"continuation: {said}{more}")
+
+
+def warn_changed_settings(path: Path, ckpt: dict[str, Any], config: TrainConfig, *, main: bool) -> None:
+    """Print :func:`resume_warning` to stderr (on the main process only, ``main``)."""
+    line = resume_warning(path, ckpt, config) if main else None
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -404,6 +437,7 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
             self.load_extra_state(ckpt.get("extra", {}))
+        warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main)
         self.step = int(ckpt["step"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]
@@ -642,4 +676,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
            "latest_checkpoint", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
-           "rng_state", "set_rng_state", "seed_everything", "trim_log"]
+           "resume_warning", "rng_state", "set_rng_state", "seed_everything", "setting_changes", "trim_log",
+           "warn_changed_settings"]

@@ -61,7 +61,7 @@ from restorekit.training.data import list_images, oversample, sample_seed, split
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, atomic_save, checkpoint_path, latest_checkpoint,
                                          prune_checkpoints, restoring, resume_checkpoint, rng_state, seed_everything,
-                                         set_rng_state, trim_log)
+                                         set_rng_state, trim_log, warn_changed_settings)
 
 TRAINER_NAME = "stylegan2"
 
@@ -115,6 +115,14 @@ class GANConfig(TrainConfig):
     # -- export --------------------------------------------------------------------------------
     model_name: str = "stylegan2"
     license: str = "unknown"
+
+    RESUME_EXEMPT: ClassVar[dict[str, str]] = {
+        **TrainConfig.RESUME_EXEMPT,
+        "snapshot_minutes": "when snapshots are written (wall clock); the training state is the same",
+        "snapshot_dir": "where snapshots are mirrored (a GPU job's own output folder, new each call)",
+        "load_workers": "threads that decode the same images into the same tensor at start",
+        "data_on_device": "where the uint8 training set is held; batches are drawn by the same indices",
+    }
 
     @model_validator(mode="after")
     def _check(self) -> "GANConfig":
@@ -510,6 +518,7 @@ class GANTrainer:
             self.models.load_state_dict(ckpt["model"])
             self.opt_G.load_state_dict(ckpt["optimizer"])
             self.opt_D.load_state_dict(ckpt["optimizer_d"])
+        warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main)
         self.step, self.nimg = int(ckpt["step"]), int(ckpt["nimg"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]

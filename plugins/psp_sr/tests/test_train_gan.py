@@ -348,6 +348,30 @@ def test_cli_trains_and_generate_reads_the_result(faces: Path, tmp_path: Path) -
     assert len(json.loads(res.stdout)["written"]) == 2
 
 
+def test_resume_names_changed_settings_but_not_a_moved_run_or_its_snapshot_folder(faces: Path, tmp_path: Path) -> None:
+    """As scripts/gpu/run.sh does after a race: the winner's folder is moved, then resumed with the
+    same settings and a snapshot_dir; only a setting that changes what is trained is named."""
+    from restorekit.cli import build_cli
+
+    race, run = tmp_path / "race", tmp_path / "run"
+    args = ["train", "stylegan2", "--data", str(faces), "--steps", "2", "-q",
+            "--set", "channels={4 = 16, 8 = 16, 16 = 8, 32 = 8}"]
+    args += [a for k, v in TINY.items() if k != "channels" for a in ("--set", f"{k}={v}")]
+    cli = build_cli()
+    res = CliRunner().invoke(cli, [*args, "--out", str(race)])
+    assert res.exit_code == 0, res.output
+    race.rename(run)
+    res = CliRunner().invoke(cli, [*args, "--out", str(run), "--resume", "--steps", "3", "--time-limit", "10",
+                                   "--set", f"snapshot_dir={tmp_path / 'mirror'}", "--set", "snapshot_minutes=30"])
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.output
+    res = CliRunner().invoke(cli, ["train", "stylegan2", "--out", str(run), "--resume", "--steps", "4", "-q",
+                                   "--set", "r1_gamma=0.2"])
+    assert res.exit_code == 0, res.output
+    [line] = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert "r1_gamma: 0.1 → 0.2" in line and "snapshot" not in line and "out:" not in line
+
+
 DDP_SCRIPT = r"""
 import sys, torch
 from pathlib import Path
