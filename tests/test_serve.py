@@ -130,6 +130,45 @@ def test_two_methods_give_the_harness_numbers_and_pngs_of_the_right_size(server:
     assert numbers["backend"]["torch"] == torch.__version__
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_jobs_outputs_are_those_of_the_float_image(server: RunningServer, bits: int) -> None:
+    """The store holds an 8-bit upload as uint8 (a 16-bit one as uint16) and converts it when a job
+    uses it: every output is bit for bit what the method makes of read_image_bytes' float32 image."""
+    import io
+
+    import numpy as np
+
+    from restorekit.images import read_image_bytes
+
+    if bits == 8:
+        rng = np.random.default_rng(3)
+        face = np.asarray(generated_face(48)).astype(np.int16) + rng.integers(-6, 7, (48, 48, 3))
+        img = Image.fromarray(np.clip(face, 0, 255).astype(np.uint8), "RGB")
+    else:
+        gray = np.asarray(generated_face(48).convert("L")).astype(np.uint16) * 257
+        img = Image.fromarray(gray + np.random.default_rng(3).integers(0, 257, gray.shape).astype(np.uint16))
+    data = png(img)
+    status, up = upload(server.url, data, f"face{bits}.png")
+    assert status == 201, up
+    held = server.state.uploads.get(up["id"])
+    assert held is not None and held.pixels.dtype == (torch.uint8 if bits == 8 else torch.uint16)
+    x = read_image_bytes(data, "face.png")
+    convention = (np.asarray(img, dtype=np.float32) / 255.0 if bits == 8 else  # README: "The image convention"
+                  np.repeat((np.asarray(img, dtype=np.float32) / 65535.0)[..., None], 3, axis=2))
+    assert torch.equal(x, torch.from_numpy(convention).permute(2, 0, 1)[None])
+    methods = [m for m in ("bicubic", "pix2pixhd") if server.state.catalogue.methods[m].available]
+    job = run_job(server, {"upload": up["id"], "methods": methods, "scale": 2})
+    assert job["status"] == "done", job
+    [lr] = [i for i in job["result"]["images"] if i["role"] == "lr"]
+    assert Image.open(io.BytesIO(fetch(server, lr["url"])[2])).tobytes() == to_pil(x).tobytes()
+    for row in job["result"]["methods"]:
+        assert row["status"] == "ok", row
+        with torch.no_grad():
+            y = build_method(row["name"], {}, "cpu").restore(x, 2)
+        shown = Image.open(io.BytesIO(fetch(server, row["outputs"][0]["url"])[2]))
+        assert shown.tobytes() == to_pil(y).tobytes(), row["name"]
+
+
 def test_stochastic_samples_and_seed_reach_the_method(server: RunningServer) -> None:
     if not server.state.catalogue.methods.get("pulse") or not server.state.catalogue.methods["pulse"].available:
         pytest.skip("pulse cannot run here (no stylegan2 generator registered)")

@@ -168,3 +168,94 @@ def test_a_malformed_host_is_refused_like_any_foreign_one(host: str) -> None:
 
     assert guarded_status(ServeConfig(port=7860), "GET", host) == 400
     assert guarded_status(ServeConfig(host="0.0.0.0", port=7860), "GET", host) == 400
+
+
+# ------------------------------------------------------------------------------------------ the upload store
+
+
+def encoded(kind: str) -> tuple[bytes, str]:
+    """One small image file of ``kind`` (every mode the decoder treats differently), as uploaded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)  # every 8-bit value, noisy
+    images = {
+        "rgb.png": lambda: Image.fromarray(rgb, "RGB"),
+        "rgba.png": lambda: Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (30, 40), dtype=np.uint8)]), "RGBA"),
+        "gray.png": lambda: Image.fromarray(rgb[..., 0], "L"),
+        "palette.gif": lambda: Image.fromarray(rgb, "RGB").quantize(64),
+        "photo.jpg": lambda: Image.fromarray(rgb, "RGB"),
+        "rotated.jpg": lambda: Image.fromarray(rgb, "RGB"),
+        "gray16.png": lambda: Image.fromarray((np.arange(30 * 40).reshape(30, 40) * 53 + 1).astype(np.uint16)),
+        "int32.tif": lambda: Image.fromarray((np.arange(30 * 40).reshape(30, 40) * 50 - 7).astype(np.int32), "I"),
+        "float.tif": lambda: Image.fromarray(np.linspace(-0.1, 1.1, 30 * 40, dtype=np.float32).reshape(30, 40), "F"),
+    }
+    img = images[kind]()
+    buf = io.BytesIO()
+    if kind == "rotated.jpg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90° clockwise
+        img.save(buf, "JPEG", quality=90, exif=exif)
+    else:
+        img.save(buf, {"png": "PNG", "gif": "GIF", "jpg": "JPEG", "tif": "TIFF"}[kind.rsplit(".", 1)[1]])
+    return buf.getvalue(), kind
+
+
+@pytest.mark.parametrize("kind, stored", [
+    ("rgb.png", "uint8"), ("rgba.png", "uint8"), ("gray.png", "uint8"), ("palette.gif", "uint8"),
+    ("photo.jpg", "uint8"), ("rotated.jpg", "uint8"),
+    ("gray16.png", "uint16"), ("int32.tif", "float32"), ("float.tif", "float32")])
+def test_an_upload_is_held_as_its_decoded_pixels_and_converts_exactly(tmp_path: Any, kind: str, stored: str) -> None:
+    """8-bit data is held as uint8 (a quarter of float32), 16-bit grayscale as uint16, 32-bit data as
+    float32; what a job gets is bit for bit what read_image_bytes gives for the same bytes."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from restorekit.images import read_image_bytes, to_pil
+    from restorekit.web.files import FileStore
+    from restorekit.web.uploads import UploadStore
+
+    data, name = encoded(kind)
+    files = FileStore(tmp_path)
+    try:
+        store = UploadStore(files, max_bytes=10_000_000, max_pixels=10_000, keep=2)
+        up = store.accept(data, name)
+        expected = read_image_bytes(data, name)
+        assert up.pixels.dtype == getattr(torch, stored)
+        assert tuple(up.pixels.shape) == tuple(expected.shape) == ((1, 3, 40, 30) if kind == "rotated.jpg"
+                                                                   else (1, 3, 30, 40))
+        image = up.image()
+        assert image.dtype == torch.float32 and torch.equal(image, expected)
+        if stored == "uint8":  # exactly the decoded pixels
+            assert torch.equal(up.pixels, (expected * 255).round().to(torch.uint8))
+        assert up.public()["width"] == expected.shape[-1] and up.public()["height"] == expected.shape[-2]
+        preview = Image.open(io.BytesIO(files.get(up.preview).path.read_bytes()))
+        assert preview.tobytes() == to_pil(expected).tobytes()
+    finally:
+        files.close()
+
+
+def test_a_16_bit_upload_keeps_its_precision(tmp_path: Any) -> None:
+    """A 16-bit PNG's levels between two 8-bit ones survive: the job sees value/65535, as run and compare do."""
+    import numpy as np
+    import torch
+
+    from restorekit.web.files import FileStore
+    from restorekit.web.uploads import UploadStore
+
+    data, name = encoded("gray16.png")
+    levels = (np.arange(30 * 40).reshape(30, 40) * 53 + 1).astype(np.uint16)
+    files = FileStore(tmp_path)
+    try:
+        up = UploadStore(files, max_bytes=10_000_000, max_pixels=10_000, keep=2).accept(data, name)
+        image = up.image()
+        want = torch.from_numpy(levels.astype(np.float32) / 65535.0)
+        assert all(torch.equal(image[0, c], want) for c in range(3))
+        assert len(torch.unique(image)) == 30 * 40 > 256  # more levels than 8 bits hold
+    finally:
+        files.close()

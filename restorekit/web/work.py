@@ -121,7 +121,7 @@ class Restorer:
                 raise RestorekitError(f"degradation '{chain.spec()}' downsizes by {chain.scale}, but the scale is {k}")
         if settings.faces != "aligned" and self.catalogue.detector is None:
             raise RestorekitError(f"finding faces is not available here: {self.catalogue.detector_reason}")
-        w, h = int(upload.image.shape[-1]), int(upload.image.shape[-2])
+        w, h = upload.width, upload.height
         if settings.faces == "crop":
             w = h = self.crop_size(entries)
         if settings.degrade:
@@ -175,7 +175,7 @@ class Restorer:
                                "images": [], "methods": [], "notes": [],
                                "metrics": self.catalogue.public()["metrics"] if s.degrade else []})
         job.units = len(entries) + 1
-        image = upload.image
+        image = upload.image()  # float32 while the job runs; the store keeps the 8-bit pixels
         boxes: list[tuple[int, tuple[float, float, float, float], bool]] = []
 
         job.report("preparing the input", 0, 1)
@@ -210,7 +210,7 @@ class Restorer:
         if s.faces != "aligned":
             # The boxes are where the detector looked: the upload (crop), else the LR (drawn on the HR if any).
             if s.faces == "crop":
-                base, factor = upload.image, 1.0
+                base, factor = upload.image(), 1.0
             elif hr is not None:
                 base, factor = hr, float(k)
             else:
@@ -326,6 +326,6 @@ def forget_job(files: FileStore, job: Job) -> None:
 
 def sample_upload(uploads: UploadStore) -> Upload:
     """The public-domain astronaut photo that ``restorekit demo`` restores, as an upload."""
-    from ..samples import astronaut
+    from ..samples import astronaut_pixels
 
-    return uploads.add(astronaut(), "astronaut.png")
+    return uploads.add(astronaut_pixels(), "astronaut.png")
