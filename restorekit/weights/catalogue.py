@@ -10,6 +10,7 @@ here and hands it to the layer that does the work (:mod:`.checksum`, :mod:`.fetc
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = ["registry_dirs", "registry_specs", "plugin_specs", "all_specs", "iter_specs", "get_spec",
-           "resolve", "is_cached", "verify", "pull", "import_file", "import_archive", "forget",
-           "load_checkpoint", "load_state_dict", "convert_to_safetensors"]
+           "looks_like_path", "not_a_file_error", "resolve", "weights_file", "is_cached", "verify", "pull",
+           "import_file", "import_archive", "forget", "load_checkpoint", "load_state_dict", "convert_to_safetensors"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +111,57 @@ def get_spec(name: str) -> WeightSpec:
 
 
 # ---------------------------------------------------------------------------------------------
+# A weights value given as NAME|PATH
+
+#: Suffixes that make a weights value a file path even without a folder in it.
+WEIGHTS_FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".safetensors", ".onnx", ".npz", ".npy", ".bin",
+                         ".ckpt", ".dat")
+
+
+def looks_like_path(value: str | os.PathLike[str]) -> bool:
+    """Whether a ``NAME|PATH`` value is clearly a path: a path object, a folder separator in it,
+    or a weights file suffix (:data:`WEIGHTS_FILE_SUFFIXES`, any letter case)."""
+    if isinstance(value, os.PathLike):
+        return True
+    s = str(value)
+    return "/" in s or "\\" in s or os.sep in s or s.lower().endswith(WEIGHTS_FILE_SUFFIXES)
+
+
+def not_a_file_error(value: str | os.PathLike[str]) -> RestorekitError:
+    """The one-line error for a weights path that names no file: ``PATH: no such file`` (or a
+    folder), with the registered weights it might have meant when one is close."""
+    path = Path(value).expanduser()
+    problem = ("a folder, not a weights file" if path.is_dir()
+               else "not a regular file" if path.exists() else "no such file")
+    hint = ""
+    try:
+        names = list(all_specs())
+    except RestorekitError:  # a broken registry entry or plugin: the path is still the problem
+        names = []
+    stem = path.name
+    for suffix in WEIGHTS_FILE_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if stem:
+        close = difflib.get_close_matches(stem, names, n=1, cutoff=0.75)
+        if close:
+            hint = f" (did you mean the registered weights '{close[0]}'?)"
+    return RestorekitError(f"{os.fspath(value)}: {problem}{hint}")
+
+
+def _spec_of_value(name: str) -> WeightSpec:
+    """:func:`get_spec`, except that an unregistered value that is clearly a path is reported as
+    the missing file it names rather than as an unknown weights name."""
+    try:
+        return get_spec(name)
+    except UnknownNameError:
+        if looks_like_path(name):
+            raise not_a_file_error(name) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
 # Operations by name
 
 
@@ -119,9 +171,11 @@ def resolve(name: str, filename: str | None = None, *, full_check: bool = False)
     Size and recorded hash are always checked; the full sha256 is recomputed when the file's
     mtime changed since it was recorded, or always with ``full_check``. Raises
     :class:`~restorekit.errors.WeightsMissing` (naming the pull/import commands) when the file
-    is not cached and :class:`~restorekit.errors.IntegrityError` when it no longer matches.
+    is not cached and :class:`~restorekit.errors.IntegrityError` when it no longer matches. A
+    ``name`` that is no registered name but clearly a path (:func:`looks_like_path`: callers try
+    an existing file first) fails as ``PATH: no such file``.
     """
-    spec = get_spec(name)
+    spec = _spec_of_value(name)
     return checksum.check_cached(spec, spec.file(filename), full=full_check)
 
 
@@ -166,19 +220,15 @@ def forget(name: str) -> list[str]:
     return tofu.forget_spec(get_spec(name))
 
 
-def _is_path_like(name_or_path: str | os.PathLike[str]) -> bool:
-    if isinstance(name_or_path, os.PathLike):
-        return True
-    s = str(name_or_path)
-    return "/" in s or "\\" in s or os.path.isfile(s) or s.endswith((".pt", ".pth", ".safetensors", ".ckpt", ".bin"))
-
-
-def _path_for(name_or_path: str | os.PathLike[str]) -> Path:
-    if _is_path_like(name_or_path):
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise RestorekitError(f"weights file {path} does not exist")
+def weights_file(name_or_path: str | os.PathLike[str]) -> Path:
+    """A ``--weights NAME|PATH`` value as a file: an existing file as given, else the registered
+    weights' cached, verified file (:func:`resolve`); a value that is clearly a path and names no
+    file fails as ``PATH: no such file``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
         return path
+    if isinstance(name_or_path, os.PathLike):
+        raise not_a_file_error(name_or_path)
     return resolve(str(name_or_path))
 
 
@@ -188,7 +238,7 @@ def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: It
     ``name_or_path`` is a registered weights name (resolved in the cache) or a file path;
     ``allowed_globals`` extends the weights-only allowlist for this call.
     """
-    return load.read_checkpoint(_path_for(name_or_path), allowed_globals=allowed_globals)
+    return load.read_checkpoint(weights_file(name_or_path), allowed_globals=allowed_globals)
 
 
 def load_state_dict(name_or_path: str | os.PathLike[str], *, key: str | None = None) -> dict[str, Tensor]:

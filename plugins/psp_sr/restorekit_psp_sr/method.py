@@ -384,11 +384,11 @@ class PSPSR(Method):
         p = Path(w).expanduser()
         if p.is_file():
             return p, ""
-        if "/" in w or os.sep in w or p.suffix in (".pt", ".pth", ".safetensors"):
-            raise PSPModelError(f"psp_sr: weights file {p} does not exist")
         from restorekit.weights import resolve
 
-        return resolve(w), w  # WeightsMissing names the pull/import commands
+        # A registered name; WeightsMissing names the pull/import commands, and a value that is
+        # clearly a path fails as 'PATH: no such file'.
+        return resolve(w), w
 
     @classmethod
     def bench_model_options(cls, resolution: int) -> dict[str, Any]:
