@@ -267,3 +267,45 @@ def test_the_changed_settings_warning_comes_from_the_main_process_only(faces: Pa
         assert t.resume() == 2
         err = capsys.readouterr().err
         assert ("lr: 0.01 → 0.05" in err) is said, (rank, err)
+
+
+# -- what a resumed run takes from its checkpoint --------------------------------------------------
+def test_resume_with_the_config_file_but_no_data_takes_the_rest_from_the_checkpoint(cli: click.Group, faces: Path,
+                                                                                    tmp_path: Path) -> None:
+    out, cfg = tmp_path / "run", str(config_file(tmp_path))
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--steps", "2",
+                        "--set", "width=4", "--set", "lr=0.02", "-q")
+    assert code == 0, text
+    # The same command a session later, without --data and the --set's: the data folder and the
+    # width come from the checkpoint; the file's lr (0.01) is laid over the checkpoint's 0.02.
+    code, text = invoke(cli, "tiny_sr", "--config", cfg, "--out", str(out), "--resume", "-q", "--json")
+    assert code == 0, text
+    [line] = warnings_in(text)
+    assert line.endswith("continuation: lr: 0.02 → 0.01")  # no width, no data.root
+    assert json.loads(text[text.index("{"):])["step"] == 4
+
+
+def test_resume_names_a_data_folder_that_is_gone_and_the_fix(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(out),
+                        "--steps", "2", "-q")
+    assert code == 0, text
+    moved = faces.rename(tmp_path / "moved")
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3")
+    assert code == 2
+    [error] = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+    assert str(faces) in error and "no longer exists" in error and "--data" in error
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3", "--data", str(moved), "-q")
+    assert code == 0, text
+    [line] = warnings_in(text)  # a new folder may hold other images: said, with both names' ends
+    assert "data.root: " in line and 'faces" → ' in line and line.endswith('moved"')
+
+
+def test_a_config_file_over_a_checkpoints_config_replaces_dict_settings_whole() -> None:
+    from restorekit.training.config import merge_settings
+
+    saved = {"lr": 0.1, "data": {"root": "faces", "repeat": {"a": 2}, "factors": [1, 2]}}
+    over = {"data": {"repeat": {"b": 3}, "factors": [4]}, "seed": 3}
+    assert merge_settings(saved, over, TrainConfig) == {
+        "lr": 0.1, "seed": 3, "data": {"root": "faces", "repeat": {"b": 3}, "factors": [4]}}
+    assert saved["data"]["repeat"] == {"a": 2}  # the inputs are left as they were

@@ -13,8 +13,10 @@ only when that trainer runs. Every trainer gets the same options::
     restorekit train NAME --data DIR --config cfg.toml [--out DIR] [--steps N]
                           [--set key=value]... [--resume] [--time-limit MIN]
 
-Settings apply in this order: the config file (or, when resuming without ``--config``, the
-config saved in the latest checkpoint), then ``--data/--out/--steps/--device``, then ``--set``.
+Settings apply in this order: when resuming, the config saved in the checkpoint; then the config
+file; then ``--data/--out/--steps/--device``; then ``--set``. So ``--resume`` needs only ``--out``
+(and whatever is to change); a changed setting is named in a warning (see
+:func:`~restorekit.training.trainer.resume_warning`).
 Under ``torchrun --nproc_per_node N -m restorekit train …`` training runs data-parallel.
 """
 
@@ -48,18 +50,25 @@ def _saved_config(out: Path, trainer: str) -> dict[str, Any]:
 def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
                  steps: int | None, sets: tuple[str, ...], resume: bool, time_limit: float | None,
                  device: str | None, quiet: bool, until: int | None = None) -> dict[str, Any]:
-    """Resolve the config as the command does, build the trainer and fit; returns the summary."""
-    from ..training.config import apply_overrides, read_config_file, validate_config
+    """Resolve the config as the command does, build the trainer and fit; returns the summary.
+
+    Settings are laid over each other in this order: when resuming, the config saved in the
+    checkpoint; then the ``config`` file; then ``data``/``out``/``steps``/``device``; then ``sets``.
+    """
+    from ..training.config import apply_overrides, merge_settings, read_config_file, validate_config
 
     cls = loader()
-    if config is not None:
-        base = read_config_file(config)
-    elif resume:
-        if out is None:
-            raise RestorekitError("--resume without --config needs --out (the run folder to continue)")
-        base = _saved_config(out, cls.name)
-    else:
-        base = {}
+    given = read_config_file(config) if config is not None else {}
+    base: dict[str, Any] = {}
+    saved_root: str | None = None
+    if resume:
+        # The run folder to continue: --out, else an `out` the file or a --set gives.
+        run = out if out is not None else apply_overrides(given, sets, cls.Config).get("out")
+        if run is None:
+            raise RestorekitError("--resume needs --out (the run folder to continue)")
+        base = _saved_config(Path(run), cls.name)
+        saved_root = (base.get("data") or {}).get("root")
+    base = merge_settings(base, given, cls.Config)
     if out is not None:
         base["out"] = str(out)
     if steps is not None:
@@ -74,6 +83,10 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
         raise RestorekitError("no output folder: pass --out DIR (or set `out` in the config)")
     if cfg.data.root is None:
         raise RestorekitError("no training data: pass --data DIR (a folder of HR face images)")
+    if cfg.data.root == saved_root and not Path(cfg.data.root).is_dir():
+        where = "" if Path(cfg.data.root).is_absolute() else " (relative to the current folder)"
+        raise RestorekitError(f"--resume: the run's data folder {cfg.data.root}{where} no longer exists; "
+                              "pass --data DIR with the folder of its training images")
     trainer = cls.build(cfg, quiet=quiet)
     try:
         return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None,
@@ -87,7 +100,8 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
 def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
     """The ``restorekit train NAME`` command for the trainer ``loader()`` returns."""
 
-    @click.command(name, help=f"{summary}\n\nSettings: the config file, then the options, then --set.")
+    @click.command(name, help=f"{summary}\n\nSettings: with --resume the checkpoint's, then the config file, "
+                              "then the options, then --set.")
     @click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None,
                   help="Folder of HR images (recursive).")
     @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -97,7 +111,7 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
     @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimizer steps.")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a setting (dotted for tables: data.factors=[1,4]); repeatable.")
-    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out, with its settings.")
     @click.option("--time-limit", type=click.FloatRange(min=0), default=None, metavar="MIN",
                   help="Stop (with a checkpoint) after this many minutes; --resume continues later.")
     @click.option("--until", type=click.IntRange(min=1), default=None, metavar="STEP",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -187,6 +188,29 @@ def apply_overrides(data: dict[str, Any], pairs: list[str] | tuple[str, ...],
             node = child
         node[parts[-1]] = override_value(model, key, value.strip())
     return out
+
+
+def merge_settings(base: dict[str, Any], top: dict[str, Any], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``base`` with ``top`` laid over it (copies; the inputs are left as they were): a table that
+    is a nested model of ``model`` (``data``) is merged key by key; every other value of ``top``,
+    a dict-valued setting (``data.repeat``) included, replaces ``base``'s whole."""
+    out = json.loads(json.dumps(base))
+    for key, value in json.loads(json.dumps(top)).items():
+        table = _table_model(model, key)
+        if table is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value, table)
+        else:
+            out[key] = value
+    return out
+
+
+def _table_model(model: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+    """The nested model setting ``key`` of ``model`` holds (``X`` or ``X | None``), else None."""
+    annotation = annotation_at(model, [key]) if model is not None else None
+    for candidate in typing.get_args(annotation) or (annotation,):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config",

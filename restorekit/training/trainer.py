@@ -163,9 +163,13 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
             for key, a, b in setting_changes(saved, current, prefix)]
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def _short(value: Any, limit: int = 48) -> str:
+    """``value`` as JSON, its middle cut when long (a path's end tells most)."""
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head] + "…" + text[len(text) - (limit - head - 1):]
 
 
 def resume_warning(path: Path, ckpt: dict[str, Any], config: TrainConfig, shown: int = 8) -> str | None:

@@ -206,6 +206,25 @@ def test_train_command(faces: Path, tmp_path: Path) -> None:
     assert summary["finished"] and Path(summary["exported"]).is_file()
 
 
+def test_train_command_resumes_with_the_config_alone(faces: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('steps = 3\nbatch_size = 2\nsize = 16\nngf = 4\nn_downsampling = 2\nn_blocks = 1\nndf = 4\n'
+                   'n_layers_d = 2\nnum_d = 1\nallow_random_vgg = true\ndevice = "cpu"\n[data]\nfactors = [2]\n')
+    out = tmp_path / "run"
+    res = CliRunner().invoke(build_cli(), ["train", "pix2pixhd", "--data", str(faces), "--config", str(cfg),
+                                           "--out", str(out), "--until", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(build_cli(), ["train", "pix2pixhd", "--config", str(cfg), "--out", str(out), "--resume",
+                                           "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["step"] == 3 and summary["finished"] and "warning" not in res.output
+
+
 # -- the method -----------------------------------------------------------------------------
 @pytest.fixture
 def tiny_weights(tmp_path: Path) -> Path:

@@ -190,3 +190,22 @@ def test_cli_trains_from_the_tiny_config(faces: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(build_cli(), ["train", "psp_sr", "--data", str(faces), "--out", str(tmp_path / "x"),
                                          "--set", "stepz=3"])
     assert r.exit_code == 2 and "unknown setting 'stepz'" in r.output
+
+
+def test_cli_resumes_with_the_config_alone(faces: Path, tmp_path: Path) -> None:
+    """The first command again without --data and --set generator=: both come from the checkpoint."""
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    gen = save_stylegan2_safetensors(tiny_generator(4), tmp_path / "g.safetensors")
+    out, cfg = tmp_path / "cli", str(CONFIGS / "tiny_test.toml")
+    r = CliRunner().invoke(build_cli(), ["train", "psp_sr", "--data", str(faces), "--config", cfg, "--out", str(out),
+                                         "--set", f"generator={gen}", "-q", "--until", "2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(build_cli(), ["train", "psp_sr", "--config", cfg, "--out", str(out), "--resume", "-q",
+                                         "--json"])
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    assert res["step"] == 4 and res["finished"] and Path(res["exported"]).is_file()
