@@ -56,7 +56,8 @@ def test_a_folder_is_not_a_weights_file(registry, tmp_path):
 
 
 def test_an_unknown_name_keeps_the_registry_message(registry):
-    with pytest.raises(UnknownNameError, match=r"^unknown weights 'test-prio' \(did you mean 'test-prior'\?\); known: "):
+    known = r"^unknown weights 'test-prio' \(did you mean 'test-prior'\?\); known: "
+    with pytest.raises(UnknownNameError, match=known):
         W.resolve("test-prio")
     with pytest.raises(UnknownNameError, match="unknown weights 'no-such-weights'"):
         W.resolve("no-such-weights")
