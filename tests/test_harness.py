@@ -431,7 +431,7 @@ def test_lr_dir_pairs_match_generated_inputs(hr_folder, tmp_path):
     (["--methods", "bicubic", "--opt", "clamp=none"], "expected METHOD.KEY=VALUE"),
     (["--methods", "bicubic", "--degradation", "bicubic:4"], "downsizes by 4, but --scale is 2"),
     (["--methods", "bicubic", "--degradation", "blurr:1"], "did you mean 'blur'"),
-    (["--methods", "bicubic", "--seeds", "0,x"], "expected integers"),
+    (["--methods", "bicubic", "--seeds", "0,x"], "'x' is not a seed or a range like 0-7"),
 ])
 def test_usage_errors_exit_2(hr_folder, tmp_path, args, msg):
     r = invoke("compare", "--scale", "2", "--data", str(hr_folder), "--out", str(tmp_path / "o"), *args)

@@ -23,14 +23,14 @@ if TYPE_CHECKING:
     from ..harness.runner import Plan
 
 
-def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected integers separated by commas, got '{value}'") from None
-    if not out:
-        raise click.BadParameter("give at least one seed")
-    return out
+#: At most this many --seeds: each runs every stochastic method on every image.
+MAX_COMPARE_SEEDS = 1_000
+
+
+def _seed_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    from ..seeds import parse_seeds
+
+    return parse_seeds(value, limit=MAX_COMPARE_SEEDS)
 
 
 def _name_list(value: str | None) -> list[str] | None:
@@ -45,8 +45,9 @@ def _name_list(value: str | None) -> list[str] | None:
 @click.option("--data", required=True, help="HR images: folder, file, glob or @list.txt.")
 @click.option("--degradation", default=None, help="How LR inputs are made from HR (default bicubic:SCALE).")
 @click.option("--lr-dir", default=None, help="Use these LR images instead (matched to HR by file stem).")
-@click.option("--seeds", default="0", show_default=True, callback=_int_list,
-              help="Seeds for stochastic methods (deterministic ones run once).")
+@click.option("--seeds", default="0", show_default=True, callback=_seed_list,
+              help="Seeds for stochastic methods (deterministic ones run once), e.g. 0,1,2 or 0-4 (each 0 to "
+                   f"2**64-1; at most {MAX_COMPARE_SEEDS:,}).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
               help="Folder for inputs, outputs, the result store and the reports.")

@@ -13,29 +13,11 @@ from ..images import save_image
 from ..methods import resolve_device
 from ..options import parse_pairs, weights_option
 from ..plugins import registry
+from ..seeds import MAX_SEEDS, parse_seeds
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            if sep:
-                a, b = int(lo), int(hi)
-                if b < a:
-                    raise ValueError
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise click.BadParameter(f"'{part}' is not a seed or a range like 0-7") from None
-    if not seeds:
-        raise click.BadParameter("no seeds given")
-    return seeds
+def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    return parse_seeds(value)  # 0 … 2**64 − 1 each, at most MAX_SEEDS, checked before the list is built
 
 
 def generator_weights_options(command: Any) -> Any:
@@ -76,18 +58,18 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
 @click.command("generate")
 @click.option("--generator", "name", required=True, help="Registered generator name.")
 @generator_weights_options
-@click.option("--seeds", default="0-7", show_default=True, help="Seeds, e.g. 0-7,12.")
+@click.option("--seeds", "seed_list", default="0-7", show_default=True, callback=_seeds,
+              help=f"Seeds, e.g. 0-7,12 (each 0 to 2**64-1; at most {MAX_SEEDS:,}).")
 @click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), required=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seeds: str, truncation: float,
+def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_list: list[int], truncation: float,
                  output: Path, device: str, as_json: bool) -> None:
     """Write one image per seed from GENERATOR (truncated towards its mean latent).
 
     Without --weights the generator's factory picks its default (stylegan2: the shipped face prior,
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
-    seed_list = parse_seeds(seeds)
     dev = resolve_device(device)
     gen = build_generator(name, weights, opts, dev)
     written = []

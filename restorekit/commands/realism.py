@@ -12,6 +12,7 @@ import click
 
 from ..cli import emit_json, fail_usage, table
 from ..methods import resolve_device
+from ..seeds import SEED
 from .generate import build_generator, generator_weights_options
 
 
@@ -30,7 +31,7 @@ def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--n", "n_samples", type=click.IntRange(2), default=1000, show_default=True,
               help="Generator samples for the Fréchet distances.")
 @click.option("--truncation", type=click.FloatRange(0, 1), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the samples (0 to 2**64-1).")
 @click.option("--spaces", default="alex,dlib", show_default=True,
               help="Feature spaces: alex (alex_conv5), dlib (dlib128), vgg (vgg_conv5).")
 @click.option("--space-weights", "space_weights", multiple=True, metavar="SPACE=FILE",

@@ -14,6 +14,7 @@ from ..errors import RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
+from ..seeds import SEED
 
 
 def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -29,7 +30,7 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for stochastic methods.")
+@click.option("--seed", type=SEED, default=None, help="Seed for stochastic methods (0 to 2**64-1).")
 @click.option("--n-samples", type=int, default=1, callback=positive_int, show_default=True,
               help="Outputs per input (stochastic methods).")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")

@@ -37,6 +37,7 @@ from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write
 from ..interfaces import Method, Metric, Options
 from ..methods import resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
+from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim
@@ -210,6 +211,9 @@ def plan(config: CompareConfig) -> Plan:
         raise CompareUsageError("--degradation and --lr-dir exclude each other (LR files are already degraded)")
     if not config.seeds:
         raise CompareUsageError("--seeds: give at least one seed")
+    for seed in config.seeds:
+        if not 0 <= seed <= SEED_MAX:  # torch's generators take no other seed
+            raise CompareUsageError(f"--seeds: seed {seed} is out of range: seeds are 0 to {SEED_MAX}")
     if config.limit is not None and config.limit < 1:
         raise CompareUsageError(f"--limit must be a positive integer, got {config.limit}")
     for flag, value in (("--max-pixels", config.max_pixels), ("--max-output-pixels", config.max_output_pixels)):
