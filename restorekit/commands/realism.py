@@ -23,13 +23,19 @@ def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
     return {canonical_space(key): value for key, value in parse_pairs(pairs, flag="--space-weights").items()}
 
 
+#: Ceilings of --n and --detect-n: each count's noise is drawn in one piece (z_dim floats a
+#: sample), so a count beyond memory failed only after the reference statistics were done.
+MAX_SAMPLES = 200_000
+MAX_DETECT_SAMPLES = 10_000
+
+
 @click.command("realism")
 @click.option("--generator", "gen_name", default=None, help="Registered generator to sample (or --images).")
 @generator_weights_options
 @click.option("--images", default=None, help="Score these images instead of a generator (folder, glob, @list.txt).")
 @click.option("--data", required=True, help="Reference images: folder, glob or @list.txt.")
-@click.option("--n", "n_samples", type=click.IntRange(2), default=1000, show_default=True,
-              help="Generator samples for the Fréchet distances.")
+@click.option("--n", "n_samples", type=click.IntRange(2, MAX_SAMPLES), default=1000, show_default=True,
+              help="Generator samples for the Fréchet distances (their noise is drawn at once).")
 @click.option("--truncation", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the samples (0 to 2**64-1).")
 @click.option("--spaces", default="alex,dlib", show_default=True,
@@ -38,7 +44,7 @@ def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Weights file for a space instead of the cache (e.g. alex=lpips-alex.safetensors).")
 @click.option("--detector", default="mtcnn", show_default=True,
               help="Face detector for the face share (a registered one; 'none' to skip).")
-@click.option("--detect-n", type=click.IntRange(1), default=32, show_default=True,
+@click.option("--detect-n", type=click.IntRange(1, MAX_DETECT_SAMPLES), default=32, show_default=True,
               help="Samples searched for a face.")
 @click.option("--detect-truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
               help="Truncation of the samples searched for a face.")
