@@ -100,7 +100,8 @@ class PulseOptions(Options):
         "trainable", description="noise inputs: optimised (lowest layers) on spheres, random fixed, "
                                  "the generator's constant buffers, or zero")
     trainable_noise_layers: int = Field(5, ge=0, description="how many of the lowest noise layers to optimise")
-    gaussian_fit_samples: int = Field(100_000, ge=2, description="mapped samples for the W gaussianisation")
+    gaussian_fit_samples: int = Field(100_000, ge=2, le=10_000_000,
+                                      description="mapped samples for the W gaussianisation (PULSE: 10⁶)")
     mapping_slope: float = Field(0.2, gt=0, lt=1, description="slope of the mapping's final leaky ReLU")
     keep_native_size: bool = Field(False, description="return the generator's R×R output instead of scale×input")
     quiet: bool = Field(False, description="no progress bar or notes")

@@ -86,7 +86,8 @@ class PSPPulseOptions(PSPSROptions):
                                                        "the input (needs lpips-alex weights and inputs ≥ 31 px)")
     geocross_lambda: float = Field(0.0, ge=0, description="weight of GEOCROSS on the gaussianised W+ "
                                                           "(PULSE's weighting: 5e-4)")
-    gaussian_fit_samples: int = Field(20_000, ge=2, description="mapped samples for σ_W and the W gaussianisation")
+    gaussian_fit_samples: int = Field(20_000, ge=2, le=1_000_000,  # drawn in one piece: z_dim floats a sample
+                                      description="mapped samples for σ_W and the W gaussianisation")
     optimise_noise: bool = Field(False, description="also optimise the lowest noise maps (on their spheres)")
     noise_layers: int = Field(5, ge=0, description="how many of the lowest noise maps optimise_noise optimises")
     quiet: bool = Field(False, description="no notes on stderr")
