@@ -505,3 +505,9 @@ def test_cli_images_mode_and_usage_errors(rk_cli, rk_home, ref_folder, alex_file
         assert msg in r.output, (args, r.output)
     r = rk_cli("realism", "--images", str(ref_folder / "00.png"), *base)
     assert r.exit_code == 2 and "at least 2 images" in r.output
+    # A --space-weights file that is not there is named as such, not as weights missing from the cache.
+    missing = ref_folder.parent / "nowhere" / "alex.safetensors"
+    for value, problem in [(missing, "no such file"), (ref_folder, "a folder, not a weights file")]:
+        r = rk_cli("realism", "--images", str(ref_folder), "--data", str(ref_folder), "--spaces", "alex",
+                   "--space-weights", f"alex={value}", "--detector", "none", "--device", "cpu")
+        assert r.exit_code == 2 and f"{value}: {problem}" in r.output and "weights pull" not in r.output, r.output

