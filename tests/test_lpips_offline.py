@@ -302,8 +302,10 @@ def test_build_from_files(tmp_path: Path, alex_tree: dict, alex_sd: dict, alex_n
         want = alex_net(a, b)
         for name in ("lpips-alex.safetensors", "alexnet.ckpt"):
             torch.testing.assert_close(build_lpips("alex", tmp_path / name)(a, b), want, rtol=0, atol=0)
-    with pytest.raises(WeightsMissing):
+    # A path given is the user's file: its absence is named, not taken for weights missing from the cache.
+    with pytest.raises(RestorekitError, match="absent.safetensors: no such file") as exc:
         build_lpips("alex", tmp_path / "absent.safetensors")
+    assert not isinstance(exc.value, WeightsMissing)
 
 
 # ---------------------------------------------------------------------------------------------
