@@ -27,7 +27,7 @@ from restorekit.faces.compose import make_group_photo
 from restorekit.faces.detectors import DlibHogDetector, MtcnnDetector, named_points
 from restorekit.faces.pipeline import FacePipeline, face_input_size, photo_outputs, restore_photo
 from restorekit.images import read_image, save_image
-from restorekit.interfaces import Method, MethodInfo
+from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
 
 skimage_data = pytest.importorskip("skimage.data")
 needs_mtcnn = pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
@@ -305,7 +305,7 @@ PLUGIN = '''
 from typing import ClassVar
 import torch, torch.nn.functional as F
 from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Method, MethodInfo
+from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
 from restorekit.degradations import upscale
 
 
@@ -436,3 +436,54 @@ def test_compare_faces_detect_runs_face_methods_through_the_pipeline(group, plug
     assert rows["sharpen_face3p"]["metrics"]["psnr_rgb"] != rows["bicubic"]["metrics"]["psnr_rgb"]
     assert {m["name"]: m["backend"] for m in doc["methods"]} == {"bicubic": "torch", "sharpen_face3p": "torch",
                                                                  "pix2pixhd": "torch"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline with given detections (no detector weights needed)
+
+
+class GivenFaces(FaceDetector):
+    """A detector that reports fixed faces (``eyes_nose_mouth5`` landmarks)."""
+
+    name: ClassVar[str] = "given"
+
+    def __init__(self, faces):
+        self.faces = list(faces)
+
+    def detect(self, image):
+        return list(self.faces)
+
+
+def upright_face(x: float, y: float, d: float) -> Face:
+    """An upright face with its eye midpoint at (x, y) and eye distance d, in the FFHQ template's
+    proportions (mouth corners 1.04·d below the eyes, 0.93·d apart)."""
+    lm = [(x - d / 2, y), (x + d / 2, y), (x, y + 0.7 * d), (x - 0.464 * d, y + 1.04 * d), (x + 0.464 * d, y + 1.04 * d)]
+    return Face((x - d, y - 0.6 * d, x + d, y + 1.5 * d), 0.99, lm)
+
+
+class TagFace(SharpenFace):
+    """Each crop of the batch comes back with its red channel set to 0.3 × its index in the batch."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = upscale(lr, scale).clone()
+        out[:, 0] = 0.3 * torch.arange(lr.shape[0], dtype=out.dtype).view(-1, 1, 1)
+        return out.repeat_interleave(n_samples, 0)
+
+
+def test_a_small_face_beside_a_large_one_keeps_its_own_restoration():
+    """The large face's crop square (about four eye distances wide) covers the small face beside it:
+    whichever is pasted last owns the pixels where both masks are 1. Each face must show its own
+    restoration at its eyes, so the finer crop (the smaller face) goes on top."""
+    ast = as_tensor(skimage_data.astronaut())
+    bg = bicubic_resize(as_tensor(skimage_data.coffee()), (240, 320)).clamp(0, 1)
+    small, big = (215, 120, 16), (150, 100, 40)
+    photo, _ = make_group_photo([(ast, *ASTRONAUT_EYES)], bg, [
+        dict(face=0, x=big[0], y=big[1], eye_distance=big[2], angle=0, mirror=0),
+        dict(face=0, x=small[0], y=small[1], eye_distance=small[2], angle=0, mirror=0)])
+    faces = [upright_face(*small), upright_face(*big)]  # batch index 0: small, 1: big
+    res = FacePipeline(TagFace(), SCALE, detector=GivenFaces(faces), colour_match=False).run(photo)
+    assert res.n_restored == 2
+    big_mask = face_mask(AlignedFace(np.asarray(res.records[1].quad), 64), 480, 640, SCALE, 0.1)[0, 0]
+    assert big_mask[small[1] * SCALE, small[0] * SCALE] > 0.9  # the small face lies inside the large crop
+    for (x, y, _), tag in ((small, 0.0), (big, 0.3)):
+        assert res.image[0, 0, y * SCALE, x * SCALE].item() == pytest.approx(tag, abs=1e-6)

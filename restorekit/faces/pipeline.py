@@ -18,7 +18,8 @@ handled in five steps:
    its alignment, blended with a feathered mask (``face_mask``: a linear ramp over ``feather``
    of the crop side at every edge), after a per-channel colour correction measured in the
    mask's feather band when the restored face's colours differ visibly from the background's
-   (``restorekit.faces.compose.color_match``). Smaller faces are pasted first.
+   (``restorekit.faces.compose.color_match``). Larger faces are pasted first, so a small face
+   inside a large face's crop square keeps its own restoration.
 
 Outside every face mask the result is exactly the background. :func:`restore_photo` is the
 one-call form (``compare --faces detect`` uses it per image); :class:`FacePipeline` keeps the
@@ -344,7 +345,9 @@ class FacePipeline:
         H, W = base.shape[-2:]
         composites = [base.clone() for _ in range(n_samples)]
         crops_out: dict[int, list[Tensor]] = {}
-        order = sorted(range(len(todo)), key=lambda k: geoms[todo[k].index].scale)  # small faces first
+        # Coarsest crops first, finest last: a large face's crop square covers the faces beside it,
+        # and each pixel keeps the restoration of the finest crop over it (a small face its own).
+        order = sorted(range(len(todo)), key=lambda k: -geoms[todo[k].index].scale)
         for k in order:
             r = todo[k]
             geom = geoms[r.index]
