@@ -487,3 +487,33 @@ def test_a_small_face_beside_a_large_one_keeps_its_own_restoration():
     assert big_mask[small[1] * SCALE, small[0] * SCALE] > 0.9  # the small face lies inside the large crop
     for (x, y, _), tag in ((small, 0.0), (big, 0.3)):
         assert res.image[0, 0, y * SCALE, x * SCALE].item() == pytest.approx(tag, abs=1e-6)
+
+
+class TintFace(SharpenFace):
+    """Adds colour that varies across the crop (warmer to the right), as a colour model does to a
+    grey face; a per-channel gain and offset cannot take it out."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = upscale(lr, scale)
+        ramp = torch.linspace(-0.08, 0.08, out.shape[-1]).view(1, 1, -1)
+        out = torch.cat([out[:, :1] + ramp, out[:, 1:2], out[:, 2:] - ramp], 1).clamp(0, 1)
+        return out.repeat_interleave(n_samples, 0)
+
+
+def test_a_grey_photo_stays_grey():
+    """A black-and-white photo (read as three equal channels) must not come back with coloured faces."""
+    ast = as_tensor(skimage_data.astronaut())
+    bg = bicubic_resize(as_tensor(skimage_data.coffee()), (240, 320)).clamp(0, 1)
+    colour, _ = make_group_photo([(ast, *ASTRONAUT_EYES)], bg, [dict(face=0, x=160, y=100, eye_distance=36)])
+    grey = (colour * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(1, 3, -1, -1)
+    pipe = FacePipeline(TintFace(), SCALE, detector=GivenFaces([upright_face(160, 100, 36)]))
+    res = pipe.run(grey.contiguous())
+    assert res.n_restored == 1
+    for img in (res.image, res.crops[0][0]):
+        assert torch.equal(img[:, 0], img[:, 1]) and torch.equal(img[:, 1], img[:, 2])
+    # The face was still restored: it differs from the bicubic upscale.
+    assert (res.image - upscale(grey, SCALE)).abs().max() > 0.05
+    assert res.sidecar()["grey"] is True
+    # A colour photo keeps the method's colours.
+    res = pipe.run(colour)
+    assert (res.image[:, 0] - res.image[:, 2]).abs().max() > 0.3 and "grey" not in res.sidecar()

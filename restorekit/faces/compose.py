@@ -5,6 +5,8 @@
   show the same scene), on block-averaged copies so that detail the restorer added does not count
   as a contrast change. The face is corrected only where the difference is visible.
 * :func:`blend` — ``mask·face + (1 − mask)·base``.
+* :func:`is_grey` / :func:`grey` — a black-and-white photo (three equal channels) and the BT.601
+  luma that makes a restored face grey again before it is pasted into one.
 * :func:`make_group_photo` — copies of face photos, scaled, rotated and mirrored, pasted with
   soft round masks onto a background; returns the ground-truth eye centres of every copy.
 """
@@ -22,12 +24,16 @@ from torch import Tensor
 
 from .align import warp
 
-__all__ = ["ColorMatch", "ring_color_stats", "color_match", "blend", "GroupFace", "make_group_photo"]
+__all__ = ["ColorMatch", "ring_color_stats", "color_match", "blend", "is_grey", "grey", "GroupFace",
+           "make_group_photo"]
 
 # Below these differences (in [0,1] units / as a ratio) a correction would not be visible.
 MEAN_TOLERANCE = 1.0 / 255.0
 GAIN_TOLERANCE = 0.05
 GAIN_LIMITS = (0.5, 2.0)
+# A photo whose channels differ by at most this everywhere is black and white (8-bit rounding aside).
+GREY_TOLERANCE = 1.0 / 255.0
+LUMA_BT601 = (0.299, 0.587, 0.114)
 
 
 @dataclass
@@ -90,6 +96,17 @@ def color_match(face: Tensor, base: Tensor, mask: Tensor, *, lowpass: int = 1) -
 def blend(base: Tensor, face: Tensor, mask: Tensor) -> Tensor:
     """``mask·face + (1 − mask)·base``; ``mask`` is 1×1×H×W in [0,1]."""
     return base + mask * (face - base)
+
+
+def is_grey(image: Tensor, tolerance: float = GREY_TOLERANCE) -> bool:
+    """Whether ``image`` (N×3×H×W) is black and white: its channels differ by at most ``tolerance``."""
+    return bool((image[:, 1:] - image[:, :1]).abs().max() <= tolerance)
+
+
+def grey(image: Tensor) -> Tensor:
+    """``image`` (N×3×H×W) as its BT.601 luma in three equal channels."""
+    w = torch.tensor(LUMA_BT601, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return (image * w).sum(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
 from ..interfaces import Face, FaceDetector, Method, MethodInfo
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
-from .compose import ColorMatch, blend, color_match
+from .compose import ColorMatch, blend, color_match, grey, is_grey
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
 
 __all__ = [
@@ -115,6 +115,7 @@ class PhotoResult:
     detector: str
     background: str
     timings_ms: dict[str, float]
+    grey: bool = False
 
     @property
     def image(self) -> Tensor:
@@ -128,7 +129,7 @@ class PhotoResult:
         """The JSON-able description written next to each output (``<stem>.json``)."""
         return {
             "scale": self.scale, "detector": self.detector, "background": self.background,
-            "crop_size": self.crop_size, "faces_found": len(self.records),
+            "crop_size": self.crop_size, **({"grey": True} if self.grey else {}), "faces_found": len(self.records),
             "faces_restored": self.n_restored, "faces": [r.as_dict() for r in self.records],
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
@@ -332,10 +333,16 @@ class FacePipeline:
                                       f"{len(crops)} faces × {n_samples} samples")
             if tuple(restored.shape[-2:]) != (want, want):
                 restored = bicubic_resize(restored, (want, want)).clamp(0, 1)
+        # A black-and-white photo stays so: a colour model's faces (and background) are made grey.
+        grey_photo = is_grey(image)
+        if grey_photo and restored is not None:
+            restored = grey(restored)
         t["restore"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
         base = self.background(image, s).float().cpu().clamp(0, 1)
+        if grey_photo and not is_grey(base, 0.0):  # bicubic keeps a grey photo grey, bit for bit
+            base = grey(base)
         if tuple(base.shape[-2:]) != (image.shape[-2] * s, image.shape[-1] * s):
             raise RestorekitError(f"background method {self.background_name} returned "
                                   f"{tuple(base.shape[-2:])}, expected {image.shape[-2] * s}×{image.shape[-1] * s}")
@@ -375,7 +382,7 @@ class FacePipeline:
                     r.color_match["applied_samples"] = sum(m.applied for m in matches)
         t["paste"] = (time.perf_counter() - t0) * 1e3
         return PhotoResult([c.clamp(0, 1) for c in composites], records, crops_out, s, self.crop_size,
-                           self.detector_name, self.background_name, t)
+                           self.detector_name, self.background_name, t, grey=grey_photo)
 
 
 def largest_face_crop(photo: Tensor, size: int, detector: str | FaceDetector = DEFAULT_DETECTOR
