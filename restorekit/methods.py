@@ -12,7 +12,11 @@ from .options import OptionError, parse_pairs, validate, weights_option
 from .plugins import registry
 
 __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "method_values", "method_class",
-           "build_method"]
+           "build_method", "check_restored", "OUTPUT_RANGE"]
+
+# How far outside [0, 1] a restored image may reach before it is taken for another convention
+# ([0, 255], [-1, 1]) rather than an unclipped interpolation's overshoot (bicubic's clamp=none).
+OUTPUT_RANGE = (-0.5, 1.5)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,3 +63,27 @@ def build_method(name: str, options: dict[str, Any] | None = None, device: str =
     method = cls(opts, device=resolve_device(device))
     method.load()
     return method
+
+
+def check_restored(name: str, out: Any, lr: torch.Tensor, scale: int, n_samples: int = 1) -> torch.Tensor:
+    """What ``restore(lr, scale, n_samples=n_samples)`` of method ``name`` returned, checked against the
+    image convention: a floating-point ``(N·n_samples)×3×(h·scale)×(w·scale)`` tensor, finite, in [0, 1]
+    (an overshoot of :data:`OUTPUT_RANGE` aside). Returns it as float32; a broken output raises
+    :class:`RestorekitError` with one line naming the method and the problem."""
+    if not isinstance(out, torch.Tensor):
+        raise RestorekitError(f"{name}: restore returned a {type(out).__name__}, not a torch.Tensor")
+    want = (lr.shape[0] * n_samples, 3, lr.shape[-2] * scale, lr.shape[-1] * scale)
+    if tuple(out.shape) != want:
+        raise RestorekitError(f"{name}: restore returned {tuple(out.shape)}, expected {want} "
+                              f"({n_samples} sample(s) of {lr.shape[0]} image(s), {scale}× the "
+                              f"{lr.shape[-1]}×{lr.shape[-2]} input)")
+    if not out.is_floating_point():
+        raise RestorekitError(f"{name}: restore returned {out.dtype}, expected a floating-point image in [0, 1]")
+    out = out.detach().float()
+    if not bool(torch.isfinite(out).all()):
+        raise RestorekitError(f"{name}: restore returned NaN or inf")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < OUTPUT_RANGE[0] or hi > OUTPUT_RANGE[1]:
+        raise RestorekitError(f"{name}: restore returned values from {lo:.3g} to {hi:.3g}; images are in [0, 1] "
+                              "(a [0, 255] or [-1, 1] output must be converted inside the method)")
+    return out

@@ -13,7 +13,8 @@ from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
-from ..methods import OptionError, build_method, method_class, method_values, validate_options
+from ..methods import (OptionError, build_method, check_restored, method_class, method_values,
+                       validate_options)
 from ..seeds import SEED
 
 
@@ -143,7 +144,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
             # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
             with torch.no_grad():
-                out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples).cpu()
+                out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples)
+            out = check_restored(method, out, image, scale, n_samples).cpu()
             outs = [out[i:i + 1] for i in range(out.shape[0])]
             if couple:
                 outs = [side_by_side(image, o) for o in outs]

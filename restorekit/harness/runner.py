@@ -35,7 +35,7 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError, WeightsMissing, describe_os_error
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
-from ..methods import resolve_device, validate_options
+from ..methods import check_restored, resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
@@ -644,15 +644,14 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
         if tuple(y.shape[-2:]) != tuple(hr.shape[-2:]):
             raise ValueError(f"output is {y.shape[-1]}×{y.shape[-2]}, expected {hr.shape[-1]}×{hr.shape[-2]} "
                              f"({scale}× the {lr.shape[-1]}×{lr.shape[-2]} input)")
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("output contains NaN or inf")
+        y = check_restored(mp.name, y, x, scale)  # dtype, NaN, range: one line naming the method
         # The method's own report, unless the face pipeline ran it (once per face): then the
         # per-face records stay the report.
         reports = getattr(method, "last_reports", None)
         if rec.report is None and isinstance(reports, list) and reports and isinstance(reports[0], dict):
             rec.report = reports[0]
     except Exception as exc:  # one (method, image) failing must not stop the comparison
-        rec.error = f"{type(exc).__name__}: {exc}"
+        rec.error = str(exc) if isinstance(exc, RestorekitError) else f"{type(exc).__name__}: {exc}"
         if cuda:
             torch.cuda.empty_cache()
         return rec
