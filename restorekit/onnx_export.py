@@ -53,6 +53,7 @@ from .weights.checksum import sha256_file
 
 SIDECAR_FORMAT = "restorekit.onnx/1"
 DEFAULT_OPSET = 17
+MIN_OPSET = 11
 # Largest |ONNX − PyTorch| allowed by default, on [0, 1] images: float32 graphs differ only
 # by summation order (1e-3 is a quarter of an 8-bit level); float16 graphs by half precision.
 DEFAULT_TOLERANCE = 1e-3
@@ -183,6 +184,28 @@ def _half_safe_symbolics(opset: int, active: bool) -> Iterator[None]:
         torch.onnx.unregister_custom_op_symbolic("aten::addcmul", opset)
 
 
+def max_opset() -> int:
+    """The highest opset this torch's TorchScript exporter writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # a torch without the constant: the last one known to work here
+        return 20
+
+
+def check_opset(opset: int) -> None:
+    """:class:`OnnxExportError` (one line) for an opset outside :data:`MIN_OPSET` … :func:`max_opset`.
+
+    Checked before exporting: for an opset it does not know, torch's exporter prints its whole IR
+    graph on stdout (from C++, so nothing in Python can hold it back) before it raises.
+    """
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise OnnxExportError(f"opset {opset} cannot be exported: this torch ({torch.__version__}) exports "
+                              f"opsets {MIN_OPSET}–{top}")
+
+
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """``model.onnx`` → ``model.onnx.json``."""
     p = Path(path)
@@ -263,6 +286,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
     tol = float(tolerance if tolerance is not None else (DEFAULT_TOLERANCE_FP16 if fp16 else DEFAULT_TOLERANCE))
     if tol < 0:
         raise OnnxExportError(f"tolerance must be >= 0, got {tol}")
+    check_opset(opset)
     if spec.example.ndim != 4 or spec.example.shape[1] != 3:
         raise OnnxExportError(f"export example must be 1×3×H×W, got {tuple(spec.example.shape)}")
     # The module is used as it is when already on the CPU in float32 (no copy of a large model).

@@ -277,3 +277,35 @@ def test_exports_eval_mode_and_restores_training_mode(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = net.eval()(x)  # inference uses the running statistics
     assert float((OnnxSession(res.path, threads=1).run(x) - ref).abs().max()) < 1e-5
+
+
+def test_an_opset_the_exporter_lacks_is_one_line_and_prints_nothing(tmp_path: Path,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """torch's TorchScript exporter prints its whole IR graph on stdout (from C++) before it raises
+    for an opset it does not know, which buried the one-line error and broke `export --json`."""
+    from torch.onnx import _constants
+
+    top = int(_constants.ONNX_MAX_OPSET)
+    capfd.readouterr()
+    for bad in (top + 1, 30, 6):
+        with pytest.raises(OnnxExportError) as err:
+            export_onnx(spec(), tmp_path / "x.onnx", opset=bad)
+        msg = str(err.value)
+        assert "\n" not in msg and f"opset {bad}" in msg and f"{onnx_export.MIN_OPSET}–{top}" in msg
+    captured = capfd.readouterr()
+    assert captured.out == "" and "graph" not in captured.err
+    assert list(tmp_path.iterdir()) == []
+    assert export_onnx(spec(), tmp_path / "top.onnx", opset=top).info["opset"] == top
+
+
+def test_export_cli_opset_out_of_range_is_a_usage_line(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-m", "restorekit", "export", "pix2pixhd", "--out", str(out),
+                           "--opset", "30", "--json"], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "RESTOREKIT_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and proc.stdout == ""  # nothing but the usage error (click's three lines)
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: opset 30 cannot be exported")
+    assert "graph" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 4
+    assert not out.exists()

@@ -14,7 +14,7 @@ import click
 from ..cli import emit_json, fail_usage
 from ..errors import RestorekitError
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
-from ..onnx_export import DEFAULT_OPSET, export_onnx, find_export_spec
+from ..onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, check_opset, export_onnx, find_export_spec
 
 
 @click.command("export")
@@ -22,8 +22,8 @@ from ..onnx_export import DEFAULT_OPSET, export_onnx, find_export_spec
 @click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="The .onnx file to write (a <file>.json sidecar goes beside it).")
-@click.option("--opset", type=click.IntRange(min=11), default=DEFAULT_OPSET, show_default=True,
-              help="ONNX opset version.")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset version (up to the highest this torch exports).")
 @click.option("--dynamic-batch/--fixed-batch", default=True, show_default=True,
               help="One file for any batch size, or batches of one only.")
 @click.option("--fp16", is_flag=True, help="Compute in float16 inside the graph (float32 input and output).")
@@ -37,6 +37,11 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
     """Export METHOD's network to ONNX (checked against PyTorch before the file is written)."""
     if out.exists() and not overwrite:
         fail_usage(f"{out} exists (--overwrite replaces it)")
+    try:
+        check_opset(opset)
+    except OnnxExportError as exc:
+        fail_usage(str(exc))
+        return
     try:
         cls = method_class(method)
         values = method_values(cls, opts, weights)
