@@ -165,7 +165,19 @@ def annotation_at(model: type[BaseModel], path: list[str]) -> Any:
 
 
 def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -> BaseModel:
-    """Coerce ``values`` by ``model``'s field types and validate; one-line :class:`OptionError`."""
+    """Coerce ``values`` by ``model``'s field types and validate; one-line :class:`OptionError`.
+
+    A key that names no field is refused also when the model would ignore it (a plugin's plain
+    ``BaseModel``), so a typo never runs with the default; only ``extra="allow"`` models take extras.
+    """
+    if model.model_config.get("extra") != "allow":
+        unknown = [k for k in values if _field(model, k) is None]
+        if unknown:
+            from .plugins import suggest
+
+            known = list(model.model_fields)
+            raise OptionError(f"{label}: unknown option '{unknown[0]}'{suggest(unknown[0], known)}; "
+                              f"known: {', '.join(known) or 'none'}")
     try:
         data = coerce_values(model, values)
     except OptionError as exc:

@@ -156,3 +156,20 @@ def test_cli_bool_options_are_usage_errors(tmp_path: Path, hr_folder: Path) -> N
                             "--opt", "antialias=No", "--quiet"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / f"{img.stem}.png").is_file()
+
+
+def test_a_typo_is_refused_even_by_a_model_that_does_not_forbid_extra_keys(hr_folder: Path, tmp_path: Path) -> None:
+    # A plugin's options model may be a plain pydantic BaseModel (registration accepts one), whose
+    # default is to ignore unknown keys: `--opt amout=2` then ran with the default amount, silently.
+    class Lenient(BaseModel):
+        amount: float = Field(1.0, description="strength")
+        size: int = Field(2, alias="s", description="an aliased field")
+
+    with pytest.raises(OptionError, match=r"plug: unknown option 'amout' \(did you mean 'amount'\?\); known: amount, size"):
+        validate(Lenient, {"amout": "2"}, label="plug")
+    assert validate(Lenient, {"amount": "2", "s": "3"}, label="plug").model_dump() == {"amount": 2.0, "size": 3}
+
+    class Open(BaseModel):  # a model that asks for extra keys keeps them
+        model_config = ConfigDict(extra="allow")
+
+    assert validate(Open, {"anything": "1"}, label="open").model_extra == {"anything": "1"}
