@@ -514,6 +514,34 @@ def test_generated_method_sharpens(tmp_path):
     check_method(mod.UnsharpMask)
 
 
+def test_generated_readme_commands_run(tmp_path, plugin_site, hr_folder, monkeypatch):
+    """The `restorekit run` and `compare` lines of the generated README work as written."""
+    import re
+    import shlex
+
+    root, _ = write_project(plugin_names("kitreadme"), tmp_path, description="d")
+    monkeypatch.syspath_prepend(str(root / "src"))
+    plugin_site("restorekit-kitreadme", "kitreadme_3p", "from restorekit_kitreadme.plugin import *\n",
+                ep_name="kitreadme")
+    try:
+        lines = [ln.split("#")[0].strip() for ln in (root / "README.md").read_text().splitlines()
+                 if re.match(r"restorekit (run|compare) ", ln)]
+        assert len(lines) == 2, lines
+        for line in lines:
+            args = shlex.split(line)[1:]
+            paths = {"lr/": str(hr_folder), "hr/": str(hr_folder), "sr/": str(tmp_path / "sr")}
+            args = [paths.get(a, a) for a in args] + ["-q"]
+            if args[0] == "compare":
+                args += ["--out", str(tmp_path / "cmp"), "--metrics", "psnr_rgb", "--device", "cpu"]
+            r = invoke(*args)
+            assert r.exit_code == 0, f"{line}\n{r.output}"
+        assert len(list((tmp_path / "sr").iterdir())) == 4
+    finally:
+        plugins.reset()
+        for name in [m for m in sys.modules if m.startswith("restorekit_kitreadme")]:
+            del sys.modules[name]
+
+
 # -- end to end: generate, install, its own tests, discovery, compare --------------------------
 
 def _needs_build_tools() -> None:
