@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
-from .onnx_export import DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar
+from .onnx_export import DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, state_sha256
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -169,17 +169,6 @@ class OnnxMethod(Method):
         return out
 
 
-def state_sha256(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes, values): a cache key for
-    networks whose weights file is unknown."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
 def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET, fp16: bool = False) -> Path:
     """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``."""
     from . import __version__
@@ -219,12 +208,21 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         path = Path(onnx_path).expanduser()
         if not path.is_file():
             raise OnnxBackendError(f"--onnx {path}: no such file")
-        side = read_sidecar(path)
+        side = read_sidecar(path) or {}
         want = spec.metadata.get("weights_sha256")
-        have = (side or {}).get("weights_sha256")
-        if want and have and want != have:
-            raise OnnxBackendError(f"--onnx {path}: exported from weights sha256 {have[:12]}…, but {name} loaded "
-                                   f"weights {want[:12]}…; export again with `restorekit export {name}`")
+        have = side.get("weights_sha256")
+        if want and have:
+            if want != have:
+                raise OnnxBackendError(f"--onnx {path}: exported from weights sha256 {have[:12]}…, but {name} "
+                                       f"loaded weights {want[:12]}…; export again with `restorekit export {name}`")
+        elif side.get("state_sha256"):
+            # No weights file hash on one side (an embedded default, random weights): compare the
+            # networks' state instead, so a graph of other weights does not run under this name.
+            if state_sha256(spec.module) != side["state_sha256"]:
+                source = (side.get("source") or {}).get("weights")
+                source = f" ('{source}')" if source else ""
+                raise OnnxBackendError(f"--onnx {path}: exported from other weights{source} than {name} loaded; "
+                                       f"export again with `restorekit export {name}`")
     else:
         path = cache_path(spec, name, opset=opset)
         side = read_sidecar(path) if path.is_file() else None

@@ -20,7 +20,8 @@ is checked with ``onnx.checker`` and run once with onnxruntime on a seeded test 
 rows when the batch axis is dynamic, which also proves the graph does not bake the batch size
 in); the largest absolute difference from the PyTorch output is reported and must not exceed
 the tolerance, else the temporary file is deleted and :class:`OnnxExportError` is raised — no
-file is left behind. A JSON sidecar ``<file>.json`` records the source weights' sha256, opset,
+file is left behind. A JSON sidecar ``<file>.json`` records the source weights' sha256 (the weights file's, when
+the spec names one, and always the module state's: :func:`state_sha256`), opset,
 input/output names and shapes, dynamic axes, precision, the tolerance and the difference
 reached, and the versions involved.
 
@@ -206,6 +207,19 @@ def check_opset(opset: int) -> None:
                               f"opsets {MIN_OPSET}–{top}")
 
 
+def state_sha256(module: nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes, values): what identifies its
+    weights when no weights file (and so no file sha256) is known."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """``model.onnx`` → ``model.onnx.json``."""
     p = Path(path)
@@ -371,6 +385,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             "check_batch": check_batch,
             "source": spec.metadata,
             "weights_sha256": spec.metadata.get("weights_sha256"),
+            "state_sha256": state_sha256(spec.module),
             "versions": {"restorekit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -309,3 +309,37 @@ def test_export_cli_opset_out_of_range_is_a_usage_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: opset 30 cannot be exported")
     assert "graph" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 4
     assert not out.exists()
+
+
+def test_onnx_file_from_other_weights_is_refused_when_no_file_hash_is_known(tmp_path: Path) -> None:
+    """A method whose weights have no file sha256 (pix2pixhd's embedded default, random weights…)
+    used to skip the --onnx check, so a graph exported from other weights ran under its name."""
+    def net(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid()).eval()
+
+    class NoHash(TinyMethod):
+        def __init__(self, module: nn.Module, sha: str | None = None) -> None:
+            super().__init__()
+            self.net, self.sha = module, sha
+
+        def export_module(self) -> ExportSpec:
+            return ExportSpec(self.net, torch.zeros(1, 3, 16, 16), {"weights_sha256": self.sha})
+
+    other = tmp_path / "other.onnx"
+    export_onnx(NoHash(net(1), "ef" * 32).export_module(), other)  # exported from a weights file
+    side = read_sidecar(other)
+    assert side is not None and len(side["state_sha256"]) == 64
+    for method in (NoHash(net(2)), NoHash(net(2), "ab" * 32)):  # no file hash on one side, or differing
+        with pytest.raises(OnnxBackendError, match="exported from other weights|exported from weights sha256"):
+            onnx_method(method, onnx_path=other, threads=1)
+    # The same weights are accepted, with or without a file hash on the method's side.
+    for method in (NoHash(net(1)), NoHash(net(1), "ef" * 32)):
+        assert isinstance(onnx_method(method, onnx_path=other, threads=1), OnnxMethod)
+    # A sidecar written before state_sha256 existed is not held against the method.
+    legacy = tmp_path / "legacy.onnx"
+    export_onnx(NoHash(net(1)).export_module(), legacy)
+    data = json.loads(legacy.with_name("legacy.onnx.json").read_text())
+    data.pop("state_sha256")
+    legacy.with_name("legacy.onnx.json").write_text(json.dumps(data))
+    assert isinstance(onnx_method(NoHash(net(2)), onnx_path=legacy, threads=1), OnnxMethod)
