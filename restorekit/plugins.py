@@ -284,6 +284,38 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def unmet_core_requirement(dist: Any, core_version: str) -> str | None:
+    """Why ``dist`` (an installed plugin distribution) cannot run on restorekit ``core_version``: the
+    first of its ``Requires-Dist: restorekit…`` requirements (without an unmet marker, e.g. an extra)
+    that this version does not satisfy, as one line; None when all are met or none are declared.
+
+    Checked before the plugin is imported, so a plugin built for a newer core (pip installed with
+    ``--no-deps``, or the core downgraded later) is named by its requirement instead of failing on a
+    name it imports that this core lacks.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        installed = Version(core_version)
+    except InvalidVersion:
+        return None
+    for line in (getattr(dist, "requires", None) or []):
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if canonicalize_name(req.name) != BUILTIN:
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            return (f"requires restorekit{req.specifier}, but restorekit {core_version} is installed (upgrade "
+                    f"restorekit, or install a release of {dist.name} made for this one)")
+    return None
+
+
 def load_registry(strict: bool | None = None) -> Registry:
     """Discover built-ins and entry-point plugins and collect their registrations."""
     strict = _strict_from_env() if strict is None else strict
@@ -309,6 +341,12 @@ def load_registry(strict: bool | None = None) -> Registry:
             reg.plugins[f"{ep.name} ({rec.distribution})"] = rec
             continue
         reg.plugins[ep.name] = rec
+        unmet = unmet_core_requirement(dist, __version__) if dist is not None else None
+        if unmet is not None:  # not imported: its code was written for another restorekit
+            reg.drop_plugin(ep.name, unmet)
+            if strict:
+                raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {unmet}")
+            continue
         with user_interrupts() as pressed:
             try:
                 module = ep.load()

@@ -144,3 +144,28 @@ def test_load_plugins_env_selects(plugin_site, monkeypatch):
     plugins.reset()
     monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "thirdparty_nearest")
     assert plugins.registry().names("methods") == ["nearest3p"]
+
+
+def _require_core(site, dist: str, *requirements: str) -> None:
+    meta = site / f"{dist.replace('-', '_')}-0.3.1.dist-info" / "METADATA"
+    meta.write_text(meta.read_text() + "".join(f"Requires-Dist: {r}\n" for r in requirements))
+
+
+def test_a_plugin_for_a_newer_restorekit_is_broken_with_the_requirement(plugin_site):
+    from restorekit import __version__
+
+    site = plugin_site("thirdparty-newer", "thirdparty_newer", '''
+from restorekit.interfaces import SomethingFromTheFuture  # what a plugin for a newer core may import
+''')
+    _require_core(site, "thirdparty-newer", "torch>=2.1", "restorekit>=99.1", "restorekit[web]>=100; extra == 'web'")
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    _require_core(site, "thirdparty-nearest", f"restorekit>={__version__}", "restorekit[web]>=100; extra == 'web'")
+    reg = plugins.registry()
+    status = reg.plugins["thirdparty_newer"].status
+    assert status == (f"broken: requires restorekit>=99.1, but restorekit {__version__} is installed (upgrade "
+                      "restorekit, or install a release of thirdparty-newer made for this one)"), status
+    assert reg.plugins["thirdparty_nearest"].status == "ok" and "nearest3p" in reg.names("methods")
+    plugins.reset()
+    with pytest.raises(PluginError, match=r"plugin 'thirdparty_newer' \(thirdparty-newer\) is broken: requires "
+                                          r"restorekit>=99.1"):
+        plugins.registry(strict=True)
