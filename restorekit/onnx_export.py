@@ -16,14 +16,15 @@ Methods offer an export in one of two ways, tried in this order by :func:`find_e
    third-party plugins may use either.
 
 :func:`export_onnx` writes atomically: the graph goes to a temporary file beside the target,
-is checked with ``onnx.checker`` and run once with onnxruntime on a seeded test batch (two
-rows when the batch axis is dynamic, which also proves the graph does not bake the batch size
-in); the largest absolute difference from the PyTorch output is reported and must not exceed
-the tolerance, else the temporary file is deleted and :class:`OnnxExportError` is raised — no
-file is left behind. A JSON sidecar ``<file>.json`` records the source weights' sha256 (the weights file's, when
-the spec names one, and always the module state's: :func:`state_sha256`), opset,
-input/output names and shapes, dynamic axes, precision, the tolerance and the difference
-reached, and the versions involved.
+is checked with ``onnx.checker`` and run with onnxruntime on a seeded test batch (two rows
+when the batch axis is dynamic, which also proves the graph does not bake the batch size in;
+with ``dynamic_spatial`` once more at a second, non-square size on ``spatial_multiple``, which
+proves the same of height and width); the largest absolute difference from the PyTorch output
+is reported and must not exceed the tolerance, else the temporary file is deleted and
+:class:`OnnxExportError` is raised — no file is left behind. A JSON sidecar ``<file>.json``
+records the source weights' sha256 (the weights file's, when the spec names one, and always
+the module state's: :func:`state_sha256`), opset, input/output names and shapes, dynamic
+axes, precision, the tolerance and the difference reached, and the versions involved.
 
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs nothing beyond
 ``onnx`` and ``onnxruntime`` and exports a small model in seconds; the torch.export-based
@@ -270,7 +271,7 @@ def run_onnxruntime(path: str | os.PathLike[str], x: Tensor, threads: int = 1) -
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # a failed run is reported by the caller, in one line
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     out = sess.run(None, {name: x.detach().cpu().float().contiguous().numpy()})[0]
@@ -345,27 +346,40 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             raise OnnxExportError(f"{out}: the exported graph is not valid ONNX: {exc}") from exc
 
         check_batch = 2 if dynamic_batch else 1
-        x = check_input(example, check_batch)
-        with torch.no_grad():
-            expected = reference(x)
-        try:
-            got = run_onnxruntime(tmp, x)
-        except OnnxExportError:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OnnxExportError(f"{out}: onnxruntime cannot run the exported graph ({first}); "
-                                  f"no file written") from exc
-        if got.shape != expected.shape:
-            raise OnnxExportError(f"{out}: onnxruntime returned shape {tuple(got.shape)}, PyTorch "
-                                  f"{tuple(expected.shape)}; no file written")
-        diff = float((got - expected).abs().max())
+        h0, w0 = int(example.shape[-2]), int(example.shape[-1])
+        sizes = [(h0, w0)]
+        if spec.dynamic_spatial:
+            # A second, non-square size on the spatial multiple: proves the graph does not bake
+            # the example's height and width in (as the two-row batch does for the batch size).
+            m = max(1, int(spec.spatial_multiple))
+            sizes.append((h0 + m, w0 + 2 * m))
+        diff = 0.0
+        for i, (h, w) in enumerate(sizes):
+            second = i > 0
+            where = f" at {h}×{w} (the graph is declared dynamic in height and width)" if second else ""
+            x = check_input(example.new_zeros(1, 3, h, w), check_batch, seed=i)
+            with torch.no_grad():
+                expected = reference(x)
+            try:
+                got = run_onnxruntime(tmp, x)
+            except OnnxExportError:
+                raise
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise OnnxExportError(f"{out}: onnxruntime cannot run the exported graph{where} ({first}); "
+                                      f"no file written") from exc
+            if got.shape != expected.shape:
+                raise OnnxExportError(f"{out}: onnxruntime returned shape {tuple(got.shape)}, PyTorch "
+                                      f"{tuple(expected.shape)}{where}; no file written")
+            d = float((got - expected).abs().max())
+            if not d <= tol:  # NaN fails too
+                raise OnnxExportError(f"{out}: onnxruntime output differs from PyTorch by {d:.3g}{where} "
+                                      f"(> tolerance {tol:g}); no file written")
+            diff = max(diff, d)
         if log is not None:
-            log(f"export check: max |onnxruntime − PyTorch| = {diff:.3g} on a batch of {check_batch} "
+            at = " and ".join(f"{h}×{w}" for h, w in sizes)
+            log(f"export check: max |onnxruntime − PyTorch| = {diff:.3g} on a batch of {check_batch} at {at} "
                 f"(tolerance {tol:g})")
-        if not diff <= tol:  # NaN fails too
-            raise OnnxExportError(f"{out}: onnxruntime output differs from PyTorch by {diff:.3g} "
-                                  f"(> tolerance {tol:g}); no file written")
 
         info: dict[str, Any] = {
             "format": SIDECAR_FORMAT,
@@ -383,6 +397,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             "tolerance": tol,
             "max_abs_diff": diff,
             "check_batch": check_batch,
+            "check_sizes": [list(hw) for hw in sizes],
             "source": spec.metadata,
             "weights_sha256": spec.metadata.get("weights_sha256"),
             "state_sha256": state_sha256(spec.module),

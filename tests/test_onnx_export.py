@@ -343,3 +343,26 @@ def test_onnx_file_from_other_weights_is_refused_when_no_file_hash_is_known(tmp_
     data.pop("state_sha256")
     legacy.with_name("legacy.onnx.json").write_text(json.dumps(data))
     assert isinstance(onnx_method(NoHash(net(2)), onnx_path=legacy, threads=1), OnnxMethod)
+
+
+class BakesItsSize(nn.Module):
+    """Claims any size but, traced, keeps the example's: ``int()`` of a shape becomes a constant."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        ramp = torch.linspace(0, 1, int(x.shape[-1])).view(1, 1, 1, -1)
+        return (x * 0.5 + 0.5 * ramp).clamp(0, 1)
+
+
+def test_dynamic_spatial_is_checked_at_a_second_size(tmp_path: Path) -> None:
+    """The export check ran only at the example's size, so a graph declared dynamic in height and
+    width that bakes its size in was written, and failed (or went wrong) only when run."""
+    with pytest.raises(OnnxExportError, match=r"height and width.*no file written"):
+        export_onnx(ExportSpec(BakesItsSize(), torch.zeros(1, 3, 16, 16), dynamic_spatial=True),
+                    tmp_path / "baked.onnx")
+    assert list(tmp_path.iterdir()) == []
+    # Declared fixed, the same module exports (and serves its one size).
+    assert export_onnx(ExportSpec(BakesItsSize(), torch.zeros(1, 3, 16, 16)), tmp_path / "fixed.onnx").path.is_file()
+    # A graph that is dynamic passes, checked at a second, non-square size on the spatial multiple.
+    res = export_onnx(ExportSpec(TinyNet().eval(), torch.zeros(1, 3, 16, 16), dynamic_spatial=True,
+                                 spatial_multiple=4), tmp_path / "dyn.onnx")
+    assert res.info["check_sizes"] == [[16, 16], [20, 24]] and res.max_abs_diff < 1e-4
