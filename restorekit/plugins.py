@@ -9,7 +9,9 @@ Isolation covers every way a plugin can fail while loading or registering: any e
 ``SystemExit`` and other ``BaseException`` escapes (a ``KeyboardInterrupt`` counts as the user's
 only when a real SIGINT arrived), and any registration that :mod:`restorekit.plugin_checks`
 rejects (even one the plugin catches and ignores). The plugin is then listed as ``broken: <reason>``
-and every one of its registrations, commands included, is dropped.
+and every one of its registrations, commands included, is dropped. A name two plugins register
+breaks both (whichever loaded first), so the order of discovery never decides who serves it; a
+plugin taking one of the core's own names (``restorekit.builtin``) breaks alone.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ class Registry:
         self.commands: list[PluginCommands] = []
         # Registrations refused per plugin (kept even when the plugin catches the error).
         self.refused: dict[str, list[str]] = {}
+        # Plugin -> the name clashes a later plugin ran into with it (the core's names excepted):
+        # a clash breaks both plugins, so which one loaded first does not decide who keeps the name.
+        self.clashes: dict[str, list[str]] = {}
         self._registry_weights: dict[str, Any] | None = None
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
@@ -133,7 +138,10 @@ class Registry:
         check_registration(kind, obj, self._public_weights() if kind == "weights" else None)
         if name in self.items[kind]:
             other = self.owner[kind][name]
-            raise PluginError(f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'")
+            message = f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'"
+            if other not in (BUILTIN, plugin):
+                self.clashes.setdefault(other, []).append(message)
+            raise PluginError(message)
         self.items[kind][name] = obj
         self.owner[kind][name] = plugin
 
@@ -363,6 +371,16 @@ def load_registry(strict: bool | None = None) -> Registry:
                 reg.drop_plugin(ep.name, reason)
                 if strict:
                     raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {reason}") from None
+    # The other side of each name clash: it loaded first, but the name is no more its than the other's.
+    for name, messages in reg.clashes.items():
+        rec = reg.plugins.get(name)
+        if rec is not None and rec.status == "ok":
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+            reason = f"PluginError: {messages[0]}"
+            reg.drop_plugin(name, reason)
+            if strict:
+                raise PluginError(f"plugin '{name}' ({rec.distribution}) is broken: {reason}")
     return reg
 
 
