@@ -61,6 +61,13 @@ def crop_to_multiple(x: Tensor, k: int) -> Tensor:
     return x[..., :h, :w]
 
 
+def spec_number(x: float) -> str:
+    """A float as a spec value: the short ``%g`` form when it reads back as the same number,
+    else the shortest exact one (``repr``), so that ``parse_spec(chain.spec())`` is the same chain."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 class ScaleParams(Options):
     scale: int = Field(ge=1, le=64, description="integer downscale factor")
 
@@ -108,7 +115,7 @@ class Blur(Degradation):
         return x
 
     def spec(self) -> str:
-        return f"blur:{self.params.sigma:g}"
+        return f"blur:{spec_number(self.params.sigma)}"
 
 
 class Noise(Degradation):
@@ -123,7 +130,7 @@ class Noise(Degradation):
         return (hr + n * (self.params.sigma / 255.0)).clamp(0, 1)
 
     def spec(self) -> str:
-        return f"noise:{self.params.sigma:g}"
+        return f"noise:{spec_number(self.params.sigma)}"
 
 
 class QualityParams(Options):

@@ -64,3 +64,16 @@ def test_jpeg_loses_more_at_low_quality():
     e90 = (parse_spec("jpeg:90")(img) - img).abs().mean().item()
     e20 = (parse_spec("jpeg:20")(img) - img).abs().mean().item()
     assert 0 < e90 < e20
+
+
+@pytest.mark.parametrize("spec", ["blur:1.23456789+bicubic:4", "noise:0.1234567", "blur:49.99999999",
+                                  "blur:0.30000000000000004+noise:2.5"])
+def test_spec_string_keeps_the_values_exactly(spec):
+    """compare stores chain.spec() and parses it again to make its LR, so a value cut to six
+    digits ('blur:1.23457') degraded with another sigma than the one asked for."""
+    chain = parse_spec(spec)
+    again = parse_spec(chain.spec())
+    assert [s.params for s in again.steps] == [s.params for s in chain.steps]
+    assert chain.spec() == spec
+    # Values that were already short keep their short form (compare's stored settings and LR folders).
+    assert parse_spec("blur:1.5+noise:5.0+bicubic:4+jpeg:60").spec() == "blur:1.5+noise:5+bicubic:4+jpeg:60"
