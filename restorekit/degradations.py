@@ -35,6 +35,12 @@ def bicubic_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize ``N×C×H×W`` to ``size`` with antialiased bicubic (PIL convention), not clamped."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if size[1] == 1 and size[0] > 1:
+        # torch's antialiased bicubic is wrong for outputs one pixel wide (every row came out the
+        # same); one pixel tall is right, and the filter is separable: resize the transpose.
+        t = F.interpolate(x.transpose(-2, -1), size=(size[1], size[0]), mode="bicubic", align_corners=False,
+                          antialias=True)
+        return t.transpose(-2, -1).contiguous()
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 

@@ -77,3 +77,30 @@ def test_spec_string_keeps_the_values_exactly(spec):
     assert chain.spec() == spec
     # Values that were already short keep their short form (compare's stored settings and LR folders).
     assert parse_spec("blur:1.5+noise:5.0+bicubic:4+jpeg:60").spec() == "blur:1.5+noise:5+bicubic:4+jpeg:60"
+
+
+def test_bicubic_to_one_pixel_wide_matches_the_kernel():
+    """torch's antialiased bicubic is wrong when the output is one pixel wide and taller than
+    that: it gave every row of a 4×2 → 2×1 downscale the same value. Golden values worked by hand
+    from the Keys kernel (a = −0.5) widened ×2: the columns average to 0.1, 0.7, 0.7, 0.2 and the
+    rows take weights k(.25), k(.25), k(.75), k(1.25) = 0.8671875, 0.8671875, 0.2265625,
+    −0.0703125 (sum 1.890625), giving 107.3/242 and 119.3/242."""
+    from restorekit.degradations import bicubic_resize
+
+    a = torch.tensor([[0.0, 0.2], [0.4, 1.0], [0.9, 0.5], [0.1, 0.3]], dtype=torch.float64)
+    got = bicubic_resize(a[None, None], (2, 1))[0, 0, :, 0]
+    assert torch.allclose(got, torch.tensor([107.3 / 242, 119.3 / 242], dtype=torch.float64), atol=1e-12)
+    # The same as pillow's float resize for more shapes, down and up (a 1-px-wide column scaled up),
+    # and the transposed case (one pixel tall), which torch gets right, stays right.
+    rng = np.random.default_rng(3)
+    for h, w, oh, ow in [(6, 2, 3, 1), (12, 6, 2, 1), (40, 8, 5, 1), (2, 1, 6, 1), (5, 1, 3, 1), (2, 6, 1, 3),
+                         (17, 23, 5, 7)]:
+        img = rng.random((h, w)).astype(np.float32)
+        ref = np.asarray(Image.fromarray(img, "F").resize((ow, oh), Image.BICUBIC), dtype=np.float64)
+        ours = bicubic_resize(torch.from_numpy(img).double()[None, None].expand(2, 3, h, w), (oh, ow))
+        assert ours.shape == (2, 3, oh, ow)
+        assert np.abs(ours.numpy() - ref).max() < 1e-6, (h, w, oh, ow)
+    # downscale (the bicubic degradation) by the same rule: 3×2 → 1… a 6×2 image by 2 is 3×1.
+    x = torch.from_numpy(rng.random((1, 3, 6, 2))).float()
+    ref = np.stack([np.asarray(Image.fromarray(c, "F").resize((1, 3), Image.BICUBIC)) for c in x[0].numpy()])
+    assert np.abs(downscale(x, 2)[0].numpy() - ref.clip(0, 1)).max() < 1e-6
