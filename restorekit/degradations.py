@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -191,8 +192,19 @@ class Chain:
         return "+".join(s.spec() for s in self.steps)
 
 
+# A number in a spec: decimal, optional sign, fraction and exponent — not nan/inf, not Python's
+# '1_5' (which float() reads as 15) or other forms pydantic would take.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Shown when a built-in step is given without its value.
+_EXAMPLE_VALUES = {"bicubic": "4", "blur": "1.5", "noise": "5", "jpeg": "75"}
+
+
 def parse_spec(spec: str, available: dict[str, type[Degradation]] | None = None) -> Chain:
-    """Build a :class:`Chain` from a spec string; errors name the bad step."""
+    """Build a :class:`Chain` from a spec string; errors name the bad step, in one line.
+
+    Spaces around names, ``:`` and ``+`` are ignored. A numeric value must be a finite decimal
+    number (``4``, ``1.5``, ``2e-1``).
+    """
     from .plugins import registry, suggest
 
     kinds = available if available is not None else registry().items["degradations"]
@@ -200,12 +212,23 @@ def parse_spec(spec: str, available: dict[str, type[Degradation]] | None = None)
     if not spec.strip():
         raise RestorekitError("empty degradation spec")
     for part in spec.split("+"):
-        name, _, value = part.strip().partition(":")
+        part = part.strip()
+        if not part:
+            raise RestorekitError(f"degradation spec '{spec}': empty step (a '+' with no step on one side)")
+        name, _, value = part.partition(":")
+        name, value = name.strip(), value.strip()
         cls = kinds.get(name)
         if cls is None:
             raise RestorekitError(f"degradation spec '{spec}': unknown step '{name}'"
                                   f"{suggest(name, sorted(kinds))}; known: {', '.join(sorted(kinds))}")
         fields = list(cls.Params.model_fields)
+        if fields and not value and cls.Params.model_fields[fields[0]].is_required():
+            example = _EXAMPLE_VALUES.get(name, fields[0].upper())
+            raise RestorekitError(f"degradation spec '{spec}': step '{part}' needs a value, e.g. '{name}:{example}'")
+        if fields and value and cls.Params.model_fields[fields[0]].annotation in (int, float) \
+                and not _NUMBER.fullmatch(value):
+            raise RestorekitError(f"degradation spec '{spec}': step '{part}': '{value}' is not a number "
+                                  f"(a finite decimal, e.g. '{name}:{_EXAMPLE_VALUES.get(name, '2')}')")
         try:
             params = cls.Params(**({fields[0]: value} if value else {}))
         except ValidationError as exc:

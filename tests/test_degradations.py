@@ -31,7 +31,7 @@ def test_spec_round_trip_and_scale():
 
 
 @pytest.mark.parametrize("spec,msg", [("bicubc:4", "did you mean 'bicubic'"), ("bicubic:0", "greater than"),
-                                      ("jpeg:abc", "integer"), ("", "empty")])
+                                      ("jpeg:abc", "not a number"), ("", "empty")])
 def test_bad_specs(spec, msg):
     with pytest.raises(RestorekitError, match=msg):
         parse_spec(spec)
@@ -104,3 +104,29 @@ def test_bicubic_to_one_pixel_wide_matches_the_kernel():
     x = torch.from_numpy(rng.random((1, 3, 6, 2))).float()
     ref = np.stack([np.asarray(Image.fromarray(c, "F").resize((1, 3), Image.BICUBIC)) for c in x[0].numpy()])
     assert np.abs(downscale(x, 2)[0].numpy() - ref.clip(0, 1)).max() < 1e-6
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("blur:nan", r"step 'blur:nan': 'nan' is not a number"),
+    ("noise:NaN+bicubic:2", r"step 'noise:NaN': 'NaN' is not a number"),
+    ("blur:inf", r"'inf' is not a number"),
+    ("blur:1_5", r"'1_5' is not a number"),  # float() reads it as 15
+    ("jpeg:6_0", r"'6_0' is not a number"),
+    ("bicubic:0x4", r"'0x4' is not a number"),
+    ("bicubic:4++jpeg:60", r"empty step"),
+    ("bicubic:4+", r"empty step"),
+    ("+bicubic:4", r"empty step"),
+    ("bicubic: 4 + ", r"empty step"),
+    ("bicubic", r"step 'bicubic' needs a value, e.g. 'bicubic:4'"),
+    ("jpeg:", r"step 'jpeg:' needs a value, e.g. 'jpeg:75'"),
+])
+def test_bad_spec_values_are_one_clear_line(spec, msg):
+    with pytest.raises(RestorekitError, match=msg) as err:
+        parse_spec(spec)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"degradation spec '{spec}'")
+
+
+def test_spec_whitespace_around_names_and_values_is_ignored():
+    assert parse_spec(" blur : 1.5 + bicubic :4+ jpeg: 60 ").spec() == "blur:1.5+bicubic:4+jpeg:60"
+    assert [s.params.model_dump() for s in parse_spec("noise:2.5e0+bicubic:4.0").steps] == [{"sigma": 2.5},
+                                                                                             {"scale": 4}]
