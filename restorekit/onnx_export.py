@@ -105,6 +105,32 @@ class Exportable(Protocol):
         ...
 
 
+def _package_exporter(cls: type, name: str) -> Callable[[Any], ExportSpec]:
+    """``cls``'s package's ``onnx_graph.ONNX_EXPORTERS[name]``; :class:`OnnxExportError` when none."""
+    package = cls.__module__.split(".")[0]
+    modname = f"{package}.onnx_graph"
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (modname, package):
+            raise
+        raise OnnxExportError(f"method '{name}' cannot be exported to ONNX: it has no export_module() and "
+                              f"its package has no {modname} module") from None
+    builders: dict[str, Callable[[Any], ExportSpec]] = getattr(mod, "ONNX_EXPORTERS", {})
+    if name not in builders:
+        known = ", ".join(sorted(builders)) or "none"
+        raise OnnxExportError(f"method '{name}' cannot be exported to ONNX ({modname} exports: {known})")
+    return builders[name]
+
+
+def check_exportable(cls: type) -> None:
+    """:class:`OnnxExportError` when a method class offers no export (see :func:`find_export_spec`);
+    asks nothing of weights or options, so it can be said before a method is built or loaded."""
+    name = str(getattr(getattr(cls, "info", None), "name", cls.__name__))
+    if not callable(getattr(cls, "export_module", None)):
+        _package_exporter(cls, name)
+
+
 def find_export_spec(method: Any) -> ExportSpec:
     """The :class:`ExportSpec` of a loaded method: its ``export_module()``, else its package's
     ``onnx_graph.ONNX_EXPORTERS[name]``; :class:`OnnxExportError` when it offers neither."""
@@ -113,20 +139,7 @@ def find_export_spec(method: Any) -> ExportSpec:
     if callable(fn):
         spec = fn()
     else:
-        package = type(method).__module__.split(".")[0]
-        modname = f"{package}.onnx_graph"
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (modname, package):
-                raise
-            raise OnnxExportError(f"method '{name}' cannot be exported to ONNX: it has no export_module() and "
-                                  f"its package has no {modname} module") from None
-        builders: dict[str, Callable[[Any], ExportSpec]] = getattr(mod, "ONNX_EXPORTERS", {})
-        if name not in builders:
-            known = ", ".join(sorted(builders)) or "none"
-            raise OnnxExportError(f"method '{name}' cannot be exported to ONNX ({modname} exports: {known})")
-        spec = builders[name](method)
+        spec = _package_exporter(type(method), name)(method)
     if not isinstance(spec, ExportSpec):
         raise OnnxExportError(f"method '{name}': its exporter returned {type(spec).__name__}, not an ExportSpec")
     return spec

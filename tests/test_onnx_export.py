@@ -366,3 +366,21 @@ def test_dynamic_spatial_is_checked_at_a_second_size(tmp_path: Path) -> None:
     res = export_onnx(ExportSpec(TinyNet().eval(), torch.zeros(1, 3, 16, 16), dynamic_spatial=True,
                                  spatial_multiple=4), tmp_path / "dyn.onnx")
     assert res.info["check_sizes"] == [[16, 16], [20, 24]] and res.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize("args", [["pulse", "--weights", "nothing-here.pt"],
+                                  ["psp_pulse", "--weights", "nothing-here.pt"],
+                                  ["bicubic"]])
+def test_export_of_a_method_without_an_exporter_says_so_before_loading(tmp_path: Path, args: list[str]) -> None:
+    """`export pulse` with its weights missing said how to get the weights; once they were there,
+    the export was refused anyway. That a method has no ONNX graph is said first, in one line."""
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(build_cli(), ["export", *args, "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 2 and not out.exists()
+    assert r.output.strip().splitlines() == [r.output.strip()]  # one line
+    assert r.output.startswith(f"error: method '{args[0]}' cannot be exported to ONNX")
+    assert "nothing-here" not in r.output

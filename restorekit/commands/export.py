@@ -14,7 +14,7 @@ import click
 from ..cli import emit_json, fail_usage
 from ..errors import RestorekitError
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
-from ..onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, check_opset, export_onnx, find_export_spec
+from ..onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, check_exportable, check_opset, export_onnx, find_export_spec
 
 
 @click.command("export")
@@ -44,6 +44,11 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
         return
     try:
         cls = method_class(method)
+    except RestorekitError as exc:
+        fail_usage(str(exc))
+        return
+    check_exportable(cls)  # one line, before its options and weights: no use fetching weights for it
+    try:
         values = method_values(cls, opts, weights)
         validate_options(cls, values)
     except (OptionError, RestorekitError) as exc:
