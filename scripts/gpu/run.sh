@@ -12,6 +12,11 @@
 # With RACE_MINUTES > 0, step 4 first trains the StyleGAN2 D and the projected (frozen AlexNet) D side
 # by side for that long, ranks their snapshots (scripts/gpu/race.py → $OUT/race.json) and continues
 # the winner for TRAIN_MINUTES.
+# If training fails before its first snapshot (a CUDA-only fault in bf16 autocast or channels-last,
+# never run before this machine), the rest of the time goes on without them (`amp=false`,
+# `channels_last=false`): the race winner's run continued, or else the recipe (StyleGAN2 D) from
+# scratch. A slower run that returns a generator beats a wasted occasion. A race in which neither
+# arm trained is skipped.
 # Settings (environment): TRAIN_MINUTES (7), RACE_MINUTES (0), GAN_CONFIG (the prior128 recipe), GAN_SET (extra
 # `--set k=v` words, for rehearsals), PYTHON (python3), WORK (/tmp/rk), OPS_TESTS (1), INIT_FROM
 # (a snapshot folder to continue from, e.g. an earlier $OUT carried in `.gpu/`), RESUME (1: continue
@@ -22,6 +27,8 @@ TRAIN_MINUTES=${TRAIN_MINUTES:-7}
 GAN_CONFIG=${GAN_CONFIG:-plugins/psp_sr/recipes/prior128/gan.toml}
 # shellcheck source=scripts/gpu/setup.sh
 source scripts/gpu/setup.sh
+# The wall clock the training may use in all (race + training), counted from here.
+END=$(awk -v t="$(date +%s)" -v r="${RACE_MINUTES:-0}" -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", t + 60 * (r + m) + 30 }')
 
 if [ "${OPS_TESTS:-1}" = 1 ]; then
     ( timeout 300 $PY -m pytest -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
@@ -60,18 +67,39 @@ elif [ "$RACE_MINUTES" != 0 ]; then
              | tee -a "$OUT/run.log" | tail -n 1)
     case "$WINNER" in stylegan2|projected) ;; *)
         WINNER=stylegan2; [ -d "$WORK/race_stylegan2/checkpoints" ] || WINNER=projected
+        [ -d "$WORK/race_$WINNER/checkpoints" ] || WINNER=none
         log "race: no ranking; continuing $WINNER";;
     esac
     log "race winner: $WINNER"
-    rm -rf "$WORK/run" && mv "$WORK/race_$WINNER" "$WORK/run"
-    [ "$WINNER" = projected ] && TRAIN+=(--set d_arch=projected --set r1_gamma=0 --set d_backbone="$ALEX")
-    INIT=(--resume)
+    if [ "$WINNER" = none ]; then
+        log "race: neither arm trained (their last lines are above); training the recipe without a race"
+    else
+        rm -rf "$WORK/run" && mv "$WORK/race_$WINNER" "$WORK/run"
+        [ "$WINNER" = projected ] && TRAIN+=(--set d_arch=projected --set r1_gamma=0 --set d_backbone="$ALEX")
+        INIT=(--resume)
+    fi
 fi
 # shellcheck disable=SC2086
 $PY -m restorekit "${TRAIN[@]}" --out "$WORK/run" --set "snapshot_dir=$OUT" --time-limit "$TRAIN_MINUTES" \
     "${INIT[@]}" ${GAN_SET:-} 2>&1 | tee -a "$OUT/run.log"
 STATUS=${PIPESTATUS[0]}
 log "training exit $STATUS"
+LEFT=$(( END - $(date +%s) ))
+if [ "$STATUS" != 0 ] && [ ! -f "$OUT/generator.safetensors" ] && [ "$LEFT" -ge 60 ]; then
+    MIN=$(awk -v s="$LEFT" 'BEGIN { printf "%.2f", (s - 20) / 60 }')
+    if ls "$WORK/run/checkpoints"/step_*.pt >/dev/null 2>&1; then
+        SAFE=(--out "$WORK/run" --resume)  # the race winner's run, continued
+        log "no snapshot yet: continuing the run without bf16 autocast and channels-last, $MIN min"
+    else
+        SAFE=(--out "$WORK/run_safe" --set d_arch=stylegan2)
+        log "no snapshot yet: training again from scratch without bf16 autocast and channels-last, $MIN min"
+    fi
+    # shellcheck disable=SC2086
+    $PY -m restorekit "${TRAIN[@]}" --set "snapshot_dir=$OUT" --time-limit "$MIN" ${GAN_SET:-} \
+        --set amp=false --set channels_last=false "${SAFE[@]}" 2>&1 | tee -a "$OUT/run.log"
+    STATUS=${PIPESTATUS[0]}
+    log "safe training exit $STATUS"
+fi
 if [ -n "${TESTS_PID:-}" ]; then
     wait "$TESTS_PID"
     log "ops tests: $(tail -n 2 "$OUT/gpu_tests.txt" | tr '\n' ' ')"
