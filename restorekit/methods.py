@@ -77,6 +77,15 @@ def check_restored(name: str, out: Any, lr: torch.Tensor, scale: int, n_samples:
         raise RestorekitError(f"{name}: restore returned {tuple(out.shape)}, expected {want} "
                               f"({n_samples} sample(s) of {lr.shape[0]} image(s), {scale}× the "
                               f"{lr.shape[-1]}×{lr.shape[-2]} input)")
+    return check_values(name, out)
+
+
+def check_values(name: str, out: Any) -> torch.Tensor:
+    """The value part of :func:`check_restored`, for callers that accept other sizes (the face
+    pipeline resizes a method's native-size crops): a floating-point tensor, finite, in [0, 1] (an
+    overshoot of :data:`OUTPUT_RANGE` aside). Returns it detached, as float32."""
+    if not isinstance(out, torch.Tensor):
+        raise RestorekitError(f"{name}: restore returned a {type(out).__name__}, not a torch.Tensor")
     if not out.is_floating_point():
         raise RestorekitError(f"{name}: restore returned {out.dtype}, expected a floating-point image in [0, 1]")
     out = out.detach().float()

@@ -517,3 +517,29 @@ def test_a_grey_photo_stays_grey():
     # A colour photo keeps the method's colours.
     res = pipe.run(colour)
     assert (res.image[:, 0] - res.image[:, 2]).abs().max() > 0.3 and "grey" not in res.sidecar()
+
+
+class ScaledFace(SharpenFace):
+    """Breaks the image convention as plugins do: a [0, 255] output, or NaN."""
+
+    nan = False
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, seed=seed, n_samples=n_samples)
+        return out.index_fill(3, torch.tensor([0]), float("nan")) if self.nan else out * 255
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_a_face_method_whose_output_breaks_the_convention_is_named_not_pasted(nan):
+    """The crops a face method returns are checked as run and compare check whole images (only their
+    size may differ: the pipeline resizes native-size crops), before anything is pasted."""
+    photo = torch.rand(1, 3, 240, 320, generator=torch.Generator().manual_seed(0))
+    method = ScaledFace()
+    method.nan = nan
+    pipe = FacePipeline(method, SCALE, detector=GivenFaces([upright_face(160, 100, 36)]))
+    with pytest.raises(RestorekitError, match="NaN or inf" if nan else r"values from 0 to 2\d\d; images are in \[0, 1\]"):
+        pipe.run(photo)
+    # A background method is held to the same rule.
+    pipe = FacePipeline(SharpenFace(), SCALE, detector=GivenFaces([upright_face(160, 100, 36)]), background=method)
+    with pytest.raises(RestorekitError, match="--background sharpen_face: restore returned"):
+        pipe.run(photo)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -429,6 +430,20 @@ def test_a_method_that_calls_sys_exit_fails_alone_and_the_queue_goes_on(server: 
     assert failed["error"] == "SystemExit(3): the plugin tried to end the program"
     monkeypatch.undo()
     assert run_job(server, {"upload": up["id"], "methods": ["bicubic"], "scale": 2}, timeout=30)["status"] == "done"
+
+
+def test_an_output_that_breaks_the_image_convention_fails_its_row(server: RunningServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in run and compare: a [0, 255] output is that method's failure, named, not shown as a result."""
+    entry = server.state.catalogue.methods["bicubic"].method
+    plain = entry.restore
+    monkeypatch.setattr(entry, "restore", lambda *a, **k: plain(*a, **k) * 255)
+    up = face_upload(server)
+    job = run_job(server, {"upload": up["id"], "methods": ["bicubic", "pix2pixhd"], "scale": 2}, timeout=30)
+    failed, ok = job["result"]["methods"]
+    assert (failed["name"], failed["status"], ok["status"]) == ("bicubic", "failed", "ok"), job
+    assert re.fullmatch(r"bicubic: restore returned values from [\d.]+ to 2\d\d; images are in \[0, 1\] .*",
+                        failed["error"]), failed["error"]
 
 
 def test_a_waiting_job_is_cancelled_at_once(server: RunningServer) -> None:

@@ -44,6 +44,7 @@ from ..degradations import bicubic_resize, upscale
 from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
 from ..interfaces import Face, FaceDetector, Method, MethodInfo
+from ..methods import check_values
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match, grey, is_grey
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
@@ -326,7 +327,8 @@ class FacePipeline:
         restored: Tensor | None = None
         if crops:
             batch = torch.cat(crops).to(self.method.device)
-            restored = self.method.restore(batch, s, seed=seed, n_samples=n_samples).float().cpu()
+            restored = check_values(self.method.info.name,
+                                    self.method.restore(batch, s, seed=seed, n_samples=n_samples)).cpu()
             want = self.crop_size * s
             if restored.shape[0] != len(crops) * n_samples:
                 raise RestorekitError(f"{self.method.info.name} returned {restored.shape[0]} images for "
@@ -340,7 +342,7 @@ class FacePipeline:
         t["restore"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
-        base = self.background(image, s).float().cpu().clamp(0, 1)
+        base = check_values(f"--background {self.background_name}", self.background(image, s)).cpu().clamp(0, 1)
         if grey_photo and not is_grey(base, 0.0):  # bicubic keeps a grey photo grey, bit for bit
             base = grey(base)
         if tuple(base.shape[-2:]) != (image.shape[-2] * s, image.shape[-1] * s):
