@@ -27,18 +27,54 @@ from .sharding import Job, current_job
 PER_IMAGE_ERRORS = (RestorekitError, ValueError, RuntimeError, OSError)
 
 
+class SkipInput(Exception):
+    """Raised by a per-image function (or ``expected``) for an input that has nothing to write,
+    for ``reason`` (e.g. no face found under ``--only-faces``): the input is listed as skipped,
+    ``{"path": input, "reason": reason}``, not written and not failed. ``short`` names the reason
+    in the end-of-run line."""
+
+    def __init__(self, reason: str, short: str) -> None:
+        super().__init__(reason, short)
+        self.reason = reason
+        self.short = short
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 @dataclass
 class BatchResult:
-    """What happened to each input."""
+    """What happened to each input.
+
+    ``written`` lists the outputs written; ``skipped`` the outputs that existed (paths) and the
+    inputs with nothing to write (``{"path": input, "reason": …}``, see :class:`SkipInput`);
+    ``failed`` the inputs that failed (``{"path", "error"}``).
+    """
 
     written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str | dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     reports: dict[str, object] = field(default_factory=dict)
+    # SkipInput.short of each input skipped for a reason, in the order of ``skipped``'s dicts
+    skip_kinds: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+    def skipped_text(self) -> str:
+        """``"N skipped (exist; --overwrite replaces)"``, inputs skipped for another reason counted apart:
+        ``"N skipped (M exist, --overwrite replaces; K no face)"``."""
+        if not self.skip_kinds:
+            return f"{len(self.skipped)} skipped (exist; --overwrite replaces)"
+        n_exist = len(self.skipped) - len(self.skip_kinds)
+        parts = [f"{n_exist} exist, --overwrite replaces"] if n_exist else []
+        parts += [f"{self.skip_kinds.count(kind)} {kind}" for kind in dict.fromkeys(self.skip_kinds)]
+        return f"{len(self.skipped)} skipped ({'; '.join(parts)})"
+
+    def add_skip(self, path: object, reason: str, short: str) -> None:
+        self.skipped.append({"path": str(path), "reason": reason})
+        self.skip_kinds.append(short)
 
     def as_dict(self) -> dict[str, object]:
         return {"written": self.written, "skipped": self.skipped, "failed": self.failed,
@@ -134,11 +170,17 @@ def process_files(
     input_paths = {it.path.resolve() for it in items}
 
     # 1. Which inputs are done, which cannot succeed, which need work (each rank checks its share).
-    skipped: dict[int, list[str]] = {}
+    skipped: dict[int, list[str] | tuple[str, str]] = {}  # output paths that exist, or (reason, short)
     early: dict[int, dict[str, str]] = {}
     usable: list[int] = []
     for i in job.indices(len(items)):
-        stems = expected(items[i]) if expected is not None else [items[i].stem]
+        try:
+            stems = expected(items[i]) if expected is not None else [items[i].stem]
+        except SkipInput as exc:  # done before, with nothing to write
+            if not overwrite:
+                skipped[i] = (exc.reason, exc.short)
+                continue
+            stems = []
         inputs_hit = [outdir / f"{s}.{ext}" for s in stems if (outdir / f"{s}.{ext}").resolve() in input_paths]
         if inputs_hit:  # an input is not its own finished output: nothing to skip, nothing to replace
             early[i] = {"path": str(items[i].path), "error": _replaces_input(inputs_hit[0])}
@@ -161,7 +203,11 @@ def process_files(
     all_skipped = {i: paths for share in shares for i, paths in share[0].items()}
     all_early = {i: failure for share in shares for i, failure in share[1].items()}
     for i in sorted(all_skipped):
-        result.skipped.extend(all_skipped[i])
+        done_before = all_skipped[i]
+        if isinstance(done_before, tuple):
+            result.add_skip(items[i].path, *done_before)
+        else:
+            result.skipped.extend(done_before)
     for i in sorted(all_early):
         result.failed.append(all_early[i])
     todo = sorted(i for share in shares for i in share[2])
@@ -191,6 +237,10 @@ def process_files(
                     one.written.append(str(dest))
                 if report is not None:
                     one.reports[str(item.path)] = report(item)
+            except SkipInput as exc:
+                one.add_skip(item.path, exc.reason, exc.short)
+                if report is not None:
+                    one.reports[str(item.path)] = report(item)
             except Exception as exc:  # one image failing (a plugin's bug included) must not stop the others
                 msg = str(exc) if isinstance(exc, PER_IMAGE_ERRORS) else describe_unexpected(exc)
                 if debugging() and not isinstance(exc, RestorekitError):
@@ -209,6 +259,7 @@ def process_files(
         r = finished[i]
         result.written.extend(r.written)
         result.skipped.extend(r.skipped)
+        result.skip_kinds.extend(r.skip_kinds)
         result.failed.extend(r.failed)
         result.reports.update(r.reports)
     return result

@@ -543,3 +543,61 @@ def test_a_face_method_whose_output_breaks_the_convention_is_named_not_pasted(na
     pipe = FacePipeline(SharpenFace(), SCALE, detector=GivenFaces([upright_face(160, 100, 36)]), background=method)
     with pytest.raises(RestorekitError, match="--background sharpen_face: restore returned"):
         pipe.run(photo)
+
+
+WIDE_DETECTOR = PLUGIN + '''
+
+class OneFaceIfWide(FaceDetector):
+    """Needs no weights: one upright face at (160, 100) in photos 200 px wide or more, none otherwise."""
+
+    name = "wide3p"
+
+    def detect(self, image):
+        if image.shape[-1] < 200:
+            return []
+        x, y, d = 160.0, 100.0, 36.0
+        lm = [(x - d / 2, y), (x + d / 2, y), (x, y + 0.7 * d), (x - 0.464 * d, y + 1.04 * d),
+              (x + 0.464 * d, y + 1.04 * d)]
+        return [Face((x - d, y - 0.6 * d, x + d, y + 1.5 * d), 0.99, lm)]
+
+
+@hookimpl
+def register_face_detectors(register):
+    register("wide3p", OneFaceIfWide, summary="test: one face in photos 200 px wide or more")
+'''
+
+
+def summary_counts(line: str) -> dict[str, int]:
+    """{"written": n, "skipped": n, "failed": n} from run's end-of-run line."""
+    import re
+
+    return {k: int(re.search(rf"(\d+) {k}", line).group(1)) for k in ("written", "skipped", "failed")}
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_only_faces_accounts_for_a_photo_without_a_face(plugin_site, tmp_path, as_json):
+    """`run --faces detect --only-faces`: a photo with no face writes nothing; it is counted as skipped,
+    with the reason, on the first run and on a re-run, so the counts add up to the inputs."""
+    from restorekit.cli import build_cli
+
+    plugin_site("thirdparty-facesharp", "thirdparty_facesharp", WIDE_DETECTOR)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    save_image(torch.rand(1, 3, 240, 320, generator=gen), photos / "face.png")
+    save_image(torch.rand(1, 3, 96, 128, generator=gen), photos / "empty.png")
+    args = ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos), "--output", str(tmp_path / "crops"),
+            "--faces", "detect", "--detector", "wide3p", "--only-faces"] + (["--json"] if as_json else [])
+    for expect in ({"written": 1, "skipped": 1, "failed": 0}, {"written": 0, "skipped": 2, "failed": 0}):
+        r = CliRunner().invoke(build_cli(), args)
+        assert r.exit_code == 0, r.output
+        if as_json:
+            doc = json.loads(r.stdout)
+            assert {k: len(doc[k]) for k in expect} == expect, doc
+            (no_face,) = [s for s in doc["skipped"] if isinstance(s, dict)]
+            assert no_face["path"] == str(photos / "empty.png") and no_face["reason"].startswith("no face found")
+        else:
+            assert summary_counts(r.output.strip().splitlines()[-1]) == expect, r.output
+            assert "no face" in r.output.strip().splitlines()[-1]
+        assert sum(expect.values()) == 2
+    assert sorted(p.name for p in (tmp_path / "crops").glob("*.png")) == ["face_face0.png"]

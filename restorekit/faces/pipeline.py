@@ -481,10 +481,21 @@ def sidecar_json(data: dict[str, Any]) -> str:
                   lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
+NO_FACE = "no face"  # how the end-of-run line counts --only-faces photos with nothing to write
+
+
+def _nothing_to_write(why: str) -> Any:
+    """The skip of a photo in which no face was restored, under ``--only-faces``."""
+    from ..batch import SkipInput
+
+    return SkipInput(f"{why}; nothing to write (--only-faces)", NO_FACE)
+
+
 def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
     """Output stems (before sample suffixes) a finished photo has: ``<stem>``, or with
     ``only_faces`` one ``<stem>_face<i>`` per face its sidecar lists as restored (a photo without
-    a sidecar, or whose sidecar does not parse, is not finished)."""
+    a sidecar, or whose sidecar does not parse, is not finished). A photo whose sidecar lists no
+    restored face raises :class:`~restorekit.batch.SkipInput` (done before, nothing to write)."""
     if not only_faces:
         return [stem]
     import json
@@ -495,6 +506,8 @@ def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
         faces = [int(f["index"]) for f in sidecar["faces"] if f.get("action") == "restored"]
     except (OSError, ValueError, KeyError, TypeError):
         return [f"{stem}_face0"]
+    if not faces:
+        raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))
     return [f"{stem}_face{i}" for i in faces]
 
 
@@ -552,6 +565,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         sidecar = {"input": str(item.path), "method": method.info.name, **sidecar}
         sidecars[str(item.path)] = sidecar
         atomic_write_bytes(outdir / f"{item.stem}.json", (sidecar_json(sidecar) + "\n").encode())
+        if only_faces and not outs:  # counted as skipped, with the reason, not lost from the summary
+            raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))
         if couple and not only_faces:
             outs = [(stem, side_by_side(image, out)) for stem, out in outs]
         return outs
@@ -571,6 +586,6 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                    "detector": det_name, "background": pipe.background_name, **result.as_dict()})
     elif not quiet:
         n_faces = sum(s.get("faces_restored", 0) for s in result.reports.values() if isinstance(s, dict))
-        click.echo(f"{len(result.written)} written ({n_faces} faces restored), {len(result.skipped)} skipped "
-                   f"(exist; --overwrite replaces), {len(result.failed)} failed → {outdir}", err=True)
+        click.echo(f"{len(result.written)} written ({n_faces} faces restored), {result.skipped_text()}, "
+                   f"{len(result.failed)} failed → {outdir}", err=True)
     raise SystemExit(result.exit_code)
