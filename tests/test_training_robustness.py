@@ -309,3 +309,35 @@ def test_a_config_file_over_a_checkpoints_config_replaces_dict_settings_whole() 
     assert merge_settings(saved, over, TrainConfig) == {
         "lr": 0.1, "seed": 3, "data": {"root": "faces", "repeat": {"b": 3}, "factors": [4]}}
     assert saved["data"]["repeat"] == {"a": 2}  # the inputs are left as they were
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(cli: click.Group, faces: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--data ../faces` (and a relative split file) are saved absolute in the checkpoint, so the
+    run resumes from any working folder; the same folder typed relative again is no change."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "split.txt").write_text("f5.png\n")
+    cfg = str(config_file(tmp_path))
+    monkeypatch.chdir(work)
+    code, text = invoke(cli, "tiny_sr", "--data", "../faces", "--config", cfg, "--out", "run", "--steps", "2",
+                        "--set", "data.split_file=../split.txt", "-q")
+    assert code == 0, text
+    [(_, ckpt)] = list_checkpoints(work / "run")[-1:]
+    saved = torch.load(ckpt, weights_only=True)["config"]
+    assert saved["data"]["root"] == str(faces) and saved["data"]["split_file"] == str(tmp_path / "split.txt")
+    assert saved["out"] == str(work / "run")
+    monkeypatch.chdir(tmp_path)
+    code, text = invoke(cli, "tiny_sr", "--out", "work/run", "--resume", "--steps", "3", "-q", "--json")
+    assert code == 0, text
+    assert warnings_in(text) == [] and json.loads(text)["step"] == 3
+    monkeypatch.chdir(work)
+    code, text = invoke(cli, "tiny_sr", "--out", "run", "--resume", "--steps", "4", "--data", "../faces", "-q", "--json")
+    assert code == 0, text
+    assert warnings_in(text) == [] and json.loads(text)["step"] == 4
+    # Another folder is a change, named as it was typed.
+    (tmp_path / "faces").rename(tmp_path / "faces2")
+    code, text = invoke(cli, "tiny_sr", "--out", "run", "--resume", "--steps", "5", "--data", "../faces2", "-q")
+    assert code == 0, text
+    [line] = warnings_in(text)
+    assert 'faces" → "../faces2"' in line

@@ -10,6 +10,7 @@ string, so ``--set optimizer=adam`` works without quotes.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 import typing
 from pathlib import Path
@@ -110,8 +111,41 @@ class TrainConfig(_Strict):
         "out": "the run folder, which may be moved or copied between sessions",
     }
 
+    # Settings (dotted for tables) that name a file or folder. A checkpoint saves them absolute
+    # (:func:`absolute_settings`), so `--resume` reads the same files from any working folder:
+    # "path" is always a path; "name_or_path" is a weights name or a file, made absolute only
+    # when it names one that exists (a name stays a name). Subclasses add their own:
+    # ``PATH_SETTINGS = {**TrainConfig.PATH_SETTINGS, "key": "name_or_path"}``.
+    PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
+        "data.root": "path", "data.split_file": "path", "out": "path",
+    }
+
+    def saved_settings(self) -> dict[str, Any]:
+        """What a checkpoint saves: the settings as JSON, paths made absolute (:func:`absolute_settings`)."""
+        return absolute_settings(type(self), self.model_dump(mode="json"))
+
 
 C = TypeVar("C", bound=TrainConfig)
+
+
+def absolute_settings(cls: type[TrainConfig], data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the settings ``data`` with each of ``cls.PATH_SETTINGS`` that is relative made
+    absolute against the current folder, where the files it names are read from (a
+    ``name_or_path`` setting only when such a file or folder exists). Applied to what a
+    checkpoint saves, and to both sides when a resumed run's settings are compared with it."""
+    out = json.loads(json.dumps(data))
+    for key, kind in cls.PATH_SETTINGS.items():
+        *tables, last = key.split(".")
+        node: Any = out
+        for table in tables:
+            node = node.get(table) if isinstance(node, dict) else None
+        value = node.get(last) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            continue
+        if kind == "name_or_path" and not Path(value).exists():
+            continue
+        node[last] = os.path.abspath(value)
+    return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import RestorekitError
-from .config import TrainConfig
+from .config import TrainConfig, absolute_settings
 from .distributed import DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across
 from .optim import build_optimizer
 
@@ -172,15 +172,34 @@ def _short(value: Any, limit: int = 48) -> str:
     return text[:head] + "…" + text[len(text) - (limit - head - 1):]
 
 
+def _at(settings: dict[str, Any], key: str, default: Any) -> Any:
+    """The value of the dotted ``key`` in ``settings``, else ``default``."""
+    node: Any = settings
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _compared(ckpt: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """:func:`setting_changes` from the checkpoint's settings to ``config``'s, paths compared absolute
+    on both sides (a checkpoint written before they were saved absolute holds them as given)."""
+    cls = type(config)
+    return setting_changes(absolute_settings(cls, ckpt.get("config") or {}),
+                           absolute_settings(cls, config.model_dump(mode="json")))
+
+
 def resume_warning(path: Path, ckpt: dict[str, Any], config: TrainConfig, shown: int = 8) -> str | None:
     """One line naming the settings of ``config`` that differ from those ``ckpt`` was written
     with (``key: old → new``, the first ``shown`` by name), leaving out ``config.RESUME_EXEMPT``;
     ``None`` when there are none. The run continues, but is no longer an exact continuation."""
     exempt = type(config).RESUME_EXEMPT
-    changes = [(k, a, b) for k, a, b in setting_changes(ckpt.get("config") or {}, config.model_dump(mode="json"))
-               if k not in exempt]
+    changes = [(k, a, b) for k, a, b in _compared(ckpt, config) if k not in exempt]
     if not changes:
         return None
+    given = config.model_dump(mode="json")
+    changes = [(k, a, _at(given, k, b)) for k, a, b in changes]  # a path shown as it was given
     said = "; ".join(f"{k}: {_short(a)} → {_short(b)}" for k, a, b in changes[:shown])
     more = f"; and {len(changes) - shown} more" if len(changes) > shown else ""
     return (f"warning: resuming {path} with settings that differ from the checkpoint's, so this is not an exact "
@@ -203,7 +222,7 @@ def restoring(path: Path, ckpt: dict[str, Any], config: TrainConfig) -> Iterator
         yield
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        diffs = config_differences(ckpt.get("config") or {}, config.model_dump(mode="json"))
+        diffs = [f"{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}" for key, a, b in _compared(ckpt, config)]
         said = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         hint = f"settings that differ: {said}" if diffs else "the settings are the same (a different code version?)"
         raise TrainingError(f"{path} does not fit this config ({first.rstrip(':')}); {hint}. Resume without "
@@ -428,7 +447,7 @@ class Trainer:
             "format": CKPT_FORMAT, "trainer": self.name, "step": self.step,
             "model": self.model_state(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
-            "config": self.config.model_dump(mode="json"), "elapsed": elapsed, "extra": self.extra_state(),
+            "config": self.config.saved_settings(), "elapsed": elapsed, "extra": self.extra_state(),
         }, path)
         prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -67,6 +67,10 @@ class Pix2PixHDTrainConfig(TrainConfig):
     optimizer: Literal["adam", "ranger"] = "adam"
     betas: tuple[float, float] | None = (0.5, 0.999)
     data: DataConfig = Field(default_factory=lambda: DataConfig(factors=[4]))
+
+    PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
+        **TrainConfig.PATH_SETTINGS, "vgg_weights": "name_or_path",
+    }
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Pix2PixHDTrainConfig:

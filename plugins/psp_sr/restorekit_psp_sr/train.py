@@ -60,6 +60,11 @@ class PSPTrainConfig(TrainConfig):
     model_name: str = "psp_sr"
     license: str = Field("unknown", description="license of the trained model (data + generator terms)")
 
+    PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
+        **TrainConfig.PATH_SETTINGS, "generator": "name_or_path", "init": "name_or_path",
+        "backbone_weights": "name_or_path",
+    }
+
 
 class GeneratorLoadError(RestorekitError):
     """The generator for training cannot be found or read."""

@@ -66,6 +66,10 @@ class AEConfig(TrainConfig):
     model_name: str = "stylegan2_ae"
     license: str = "unknown"
 
+    PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
+        **TrainConfig.PATH_SETTINGS, "generator_init": "name_or_path",
+    }
+
 
 class StyleGAN2AutoEncoder(nn.Module):
     """Encoder into W+, StyleGAN2 decoder; ``forward`` also maps ``z`` so that every trained

@@ -123,6 +123,9 @@ class GANConfig(TrainConfig):
         "load_workers": "threads that decode the same images into the same tensor at start",
         "data_on_device": "where the uint8 training set is held; batches are drawn by the same indices",
     }
+    PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
+        **TrainConfig.PATH_SETTINGS, "d_backbone": "name_or_path", "snapshot_dir": "path", "init_from": "path",
+    }
 
     @model_validator(mode="after")
     def _check(self) -> "GANConfig":
@@ -456,7 +459,7 @@ class GANTrainer:
         record = {"step": self.step, "kimg": round(self.nimg / 1000, 3), "seconds": round(self._elapsed(), 1),
                   **self.last_logs}
         meta = {"format": "restorekit.stylegan2-train-weights/1", "step": str(self.step), "nimg": str(self.nimg),
-                "config": json.dumps(self.config.model_dump(mode="json"))}
+                "config": json.dumps(self.config.saved_settings())}
         files = ("generator.safetensors", "samples.png", "resume_g.safetensors", "resume_d.safetensors")
         self._export_generator(folder / files[0])
         save_image(self.sample_grid(), folder / files[1])
@@ -507,7 +510,7 @@ class GANTrainer:
         atomic_save({"format": CKPT_FORMAT, "trainer": self.name, "step": self.step, "nimg": self.nimg,
                      "model": self.models.state_dict(), "optimizer": self.opt_G.state_dict(),
                      "optimizer_d": self.opt_D.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
-                     "config": self.config.model_dump(mode="json"), "elapsed": self._elapsed(), "extra": {}},
+                     "config": self.config.saved_settings(), "elapsed": self._elapsed(), "extra": {}},
                     path)
         prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path

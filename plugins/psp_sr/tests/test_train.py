@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -209,3 +210,34 @@ def test_cli_resumes_with_the_config_alone(faces: Path, tmp_path: Path) -> None:
     assert "warning" not in r.output
     res = json.loads(r.output[r.output.index("{"):])
     assert res["step"] == 4 and res["finished"] and Path(res["exported"]).is_file()
+
+
+def test_a_run_given_relative_paths_resumes_from_another_folder(faces: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data and the generator file given relative are saved absolute in the checkpoint: the
+    run resumes from another working folder with `--out RUN --resume --steps STEP`, as
+    scripts/gpu/stage2.sh ends a run; a weights name stays a name."""
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    save_stylegan2_safetensors(tiny_generator(4), work / "g.safetensors")
+    monkeypatch.chdir(work)
+    data = os.path.relpath(faces, work)
+    r = CliRunner().invoke(build_cli(), ["train", "psp_sr", "--data", data, "--config", str(CONFIGS / "tiny_test.toml"),
+                                         "--out", "run", "--set", "generator=g.safetensors", "-q", "--until", "2"])
+    assert r.exit_code == 0, r.output
+    saved = load_checkpoint(list_checkpoints(work / "run")[-1][1])["config"]
+    assert saved["data"]["root"] == str(faces) and saved["generator"] == str(work / "g.safetensors")
+    from restorekit.training.config import absolute_settings
+
+    assert absolute_settings(PSPTrainConfig, {"backbone_weights": "ir-se50"})["backbone_weights"] == "ir-se50"
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(build_cli(), ["train", "psp_sr", "--out", str(work / "run"), "--resume", "--steps", "2",
+                                         "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    assert res["step"] == 2 and res["finished"] and Path(res["exported"]).is_file()
