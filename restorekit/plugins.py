@@ -9,9 +9,14 @@ Isolation covers every way a plugin can fail while loading or registering: any e
 ``SystemExit`` and other ``BaseException`` escapes (a ``KeyboardInterrupt`` counts as the user's
 only when a real SIGINT arrived), and any registration that :mod:`restorekit.plugin_checks`
 rejects (even one the plugin catches and ignores). The plugin is then listed as ``broken: <reason>``
-and every one of its registrations, commands included, is dropped. A name two plugins register
-breaks both (whichever loaded first), so the order of discovery never decides who serves it; a
-plugin taking one of the core's own names (``restorekit.builtin``) breaks alone.
+and every one of its registrations, commands included, is dropped.
+
+Loading has two steps, so that the order of discovery decides nothing. First every plugin's hooks
+are called in isolation and what it registers is collected apart (checked entry by entry, and
+against the core's own names, ``restorekit.builtin``: a plugin taking one breaks alone). Then the
+collections of the plugins that came through are merged: a name registered by two or more of them
+breaks every one of them, each with one line naming the name(s) and the plugins; the others are
+added. A plugin broken while collecting registers nothing, so the names it reached take no part.
 """
 
 from __future__ import annotations
@@ -126,24 +131,22 @@ class Registry:
         self.commands: list[PluginCommands] = []
         # Registrations refused per plugin (kept even when the plugin catches the error).
         self.refused: dict[str, list[str]] = {}
-        # Plugin -> the name clashes a later plugin ran into with it (the core's names excepted):
-        # a clash breaks both plugins, so which one loaded first does not decide who keeps the name.
-        self.clashes: dict[str, list[str]] = {}
         self._registry_weights: dict[str, Any] | None = None
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
         """Add one entry after checking it (:mod:`restorekit.plugin_checks`) and its name's uniqueness."""
+        self.check(kind, name, obj, plugin)
+        self.items[kind][name] = obj
+        self.owner[kind][name] = plugin
+
+    def check(self, kind: str, name: str, obj: Any, plugin: str) -> None:
+        """Raise ``PluginError`` if ``obj`` may not be registered as ``name`` by ``plugin`` beside what
+        is already registered (while plugins load, that is the core alone)."""
         from .plugin_checks import check_registration
 
         check_registration(kind, obj, self._public_weights() if kind == "weights" else None)
         if name in self.items[kind]:
-            other = self.owner[kind][name]
-            message = f"{kind[:-1]} '{name}' is registered by both '{other}' and '{plugin}'"
-            if other not in (BUILTIN, plugin):
-                self.clashes.setdefault(other, []).append(message)
-            raise PluginError(message)
-        self.items[kind][name] = obj
-        self.owner[kind][name] = plugin
+            raise PluginError(_clash_message(kind, name, [self.owner[kind][name], plugin]))
 
     def _public_weights(self) -> dict[str, Any]:
         """The registry folder's weight specs (read once; a broken registry is not a plugin's fault)."""
@@ -200,7 +203,26 @@ def _allowed_from_env() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
-def _make_register(reg: Registry, kind: str, plugin: str, record: PluginRecord) -> Callable[..., None]:
+def _clash_message(kind: str, name: str, plugins: list[str]) -> str:
+    """The line for a name registered by more than one plugin (named in the order given)."""
+    quoted = [f"'{p}'" for p in plugins]
+    if len(quoted) == 2:
+        return f"{kind[:-1]} '{name}' is registered by both {quoted[0]} and {quoted[1]}"
+    return f"{kind[:-1]} '{name}' is registered by {', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+@dataclass
+class _Collected:
+    """What one plugin's hooks registered, kept apart from the registry until the merge."""
+
+    record: PluginRecord
+    entries: dict[tuple[str, str], Any] = field(default_factory=dict)  # (kind, name) -> entry, in order
+    commands: Callable[..., None] | None = None
+
+
+def _make_register(reg: Registry, kind: str, collected: _Collected) -> Callable[..., None]:
+    plugin = collected.record.name
+
     def checked(obj: Any, factory: Callable[..., Any] | None, summary: str,
                 options: type[BaseModel] | None) -> tuple[str, Any]:
         if kind in FACTORY_KINDS:
@@ -217,44 +239,70 @@ def _make_register(reg: Registry, kind: str, plugin: str, record: PluginRecord) 
                  options: type[BaseModel] | None = None) -> None:
         try:
             name, value = checked(obj, factory, summary, options)
-            reg.add(kind, name, value, plugin)
+            reg.check(kind, name, value, plugin)
+            if (kind, name) in collected.entries:
+                raise PluginError(_clash_message(kind, name, [plugin, plugin]))
         except PluginError as exc:  # remembered even if the plugin catches it
             reg.refused.setdefault(plugin, []).append(str(exc))
             raise
-        record.registers.setdefault(kind, []).append(name)
+        collected.entries[(kind, name)] = value
 
     return register
 
 
-def _register_plugin(pm: pluggy.PluginManager, reg: Registry, plugin_obj: Any, record: PluginRecord) -> None:
-    """Call every hook this plugin implements; undo partial work on failure."""
-    added: list[tuple[str, str]] = []
+def _collect_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> _Collected:
+    """Call every hook this plugin implements and return what it registered, leaving ``reg`` as it
+    was; raises whatever broke the plugin (also a refused registration the plugin caught)."""
+    collected = _Collected(record)
+    for kind in KINDS:
+        fn = getattr(plugin_obj, f"register_{kind}", None)
+        if fn is not None:
+            fn(register=_make_register(reg, kind, collected))
+    refused = reg.refused.get(record.name)
+    if refused:  # the plugin caught the error and went on: it is still broken
+        raise PluginError(refused[0])
+    collected.commands = getattr(plugin_obj, "register_commands", None)
+    return collected
+
+
+def _add_collected(reg: Registry, collected: _Collected) -> None:
+    """Put a plugin's collected registrations into ``reg`` (its names are known to be free)."""
+    record = collected.record
+    record.registers = {}
+    for (kind, name), value in collected.entries.items():
+        reg.items[kind][name] = value
+        reg.owner[kind][name] = record.name
+        record.registers.setdefault(kind, []).append(name)
+    if collected.commands is not None:
+        reg.commands.append(PluginCommands(record.name, collected.commands))
+
+
+def _clashes(collected: list[_Collected]) -> dict[str, str]:
+    """Plugin -> the one line saying which of its names other plugins register too (by kind, then
+    name; plugins by name), for every plugin in ``collected`` that shares a name. Depends on the
+    set of plugins only, not on their order."""
+    claims: dict[tuple[str, str], list[str]] = {}
+    for c in collected:
+        for key in c.entries:
+            claims.setdefault(key, []).append(c.record.name)
+    lines: dict[str, list[str]] = {}
+    for (kind, name), owners in sorted(claims.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1])):
+        if len(owners) > 1:
+            message = _clash_message(kind, name, sorted(owners))
+            for plugin in owners:
+                lines.setdefault(plugin, []).append(message)
+    return {plugin: "; ".join(messages) for plugin, messages in lines.items()}
+
+
+def _register_plugin(pm: pluggy.PluginManager | None, reg: Registry, plugin_obj: Any, record: PluginRecord) -> None:
+    """Call every hook of one plugin and add what it registers; nothing is added if it fails. A name
+    already in ``reg`` stays its owner's: registering it again raises ``PluginError``."""
     try:
-        for kind in KINDS:
-            fn = getattr(plugin_obj, f"register_{kind}", None)
-            if fn is None:
-                continue
-            register = _make_register(reg, kind, record.name, record)
-
-            def tracking(obj: Any, factory: Any = None, *, summary: str = "", options: Any = None,
-                         _r=register, _k=kind) -> None:
-                _r(obj, factory, summary=summary, options=options)
-                added.append((_k, record.registers[_k][-1]))
-
-            fn(register=tracking)
-        refused = reg.refused.get(record.name)
-        if refused:  # the plugin caught the error and went on: it is still broken
-            raise PluginError(refused[0])
-        cmd = getattr(plugin_obj, "register_commands", None)
-        if cmd is not None:
-            reg.commands.append(PluginCommands(record.name, cmd))
+        collected = _collect_plugin(reg, plugin_obj, record)
     except BaseException:
-        for kind, name in added:
-            if reg.owner[kind].get(name) == record.name:
-                del reg.items[kind][name]
-                del reg.owner[kind][name]
         record.registers = {}
         raise
+    _add_collected(reg, collected)
 
 
 @contextmanager
@@ -339,6 +387,7 @@ def load_registry(strict: bool | None = None) -> Registry:
     pm.register(builtin, name=BUILTIN)
     _register_plugin(pm, reg, builtin, rec)
 
+    collected: list[_Collected] = []  # plugins whose hooks all went through, in load order
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         if allowed is not None and ep.name not in allowed:
             continue
@@ -359,7 +408,7 @@ def load_registry(strict: bool | None = None) -> Registry:
             try:
                 module = ep.load()
                 pm.register(module, name=ep.name)
-                _register_plugin(pm, reg, module, rec)
+                collected.append(_collect_plugin(reg, module, rec))
             except BaseException as exc:  # isolation: one broken plugin must not take the rest down
                 if isinstance(exc, KeyboardInterrupt) and pressed():
                     raise
@@ -371,16 +420,19 @@ def load_registry(strict: bool | None = None) -> Registry:
                 reg.drop_plugin(ep.name, reason)
                 if strict:
                     raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {reason}") from None
-    # The other side of each name clash: it loaded first, but the name is no more its than the other's.
-    for name, messages in reg.clashes.items():
-        rec = reg.plugins.get(name)
-        if rec is not None and rec.status == "ok":
-            if pm.has_plugin(name):
-                pm.unregister(name=name)
-            reason = f"PluginError: {messages[0]}"
-            reg.drop_plugin(name, reason)
-            if strict:
-                raise PluginError(f"plugin '{name}' ({rec.distribution}) is broken: {reason}")
+    # The merge: a name two plugins register is neither's, whichever loaded first.
+    clashes = _clashes(collected)
+    for c in collected:
+        name, rec = c.record.name, c.record
+        if name not in clashes:
+            _add_collected(reg, c)
+            continue
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+        reason = f"PluginError: {clashes[name]}"
+        reg.drop_plugin(name, reason)
+        if strict:
+            raise PluginError(f"plugin '{name}' ({rec.distribution}) is broken: {reason}")
     return reg
 
 

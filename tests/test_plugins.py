@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import itertools
+import re
 import types
 
 import pytest
@@ -221,3 +223,126 @@ def test_a_plugin_cannot_take_over_a_first_party_name_by_sorting_first(plugin_si
     plugins.reset()
     with pytest.raises(PluginError, match="'aaa_bicubic_3p' and 'baselines'"):
         plugins.registry(strict=True)
+
+
+_CHAIN = '''
+from typing import ClassVar
+import torch
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo, Metric
+
+
+def _method(name):
+    class M(Method):
+        info: ClassVar[MethodInfo] = MethodInfo(name=name, summary="nearest")
+
+        def restore(self, lr, scale, *, seed=None, n_samples=1):
+            self.check_scale(scale)
+            return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+    return M
+
+
+def _metric(name_):
+    class M(Metric):
+        name: ClassVar[str] = name_
+        higher_is_better: ClassVar[bool] = True
+
+        def __call__(self, pred, target, *, lr, scale):
+            return (pred - target).abs().flatten(1).mean(1).double()
+    return M
+
+
+@hookimpl
+def register_methods(register):
+    for name in METHODS:
+        register(_method(name))
+
+
+@hookimpl
+def register_metrics(register):
+    for name in METRICS:
+        register(_metric(name))
+'''
+
+
+def _chain_source(methods: list[str], metrics: list[str], tail: str = "") -> str:
+    return _CHAIN.replace("METHODS", repr(methods)).replace("METRICS", repr(metrics)) + tail
+
+
+def _both(kind: str, name: str, *plugins_: str) -> str:
+    first, second = sorted(plugins_)
+    return f"{kind} '{name}' is registered by both '{first}' and '{second}'"
+
+
+@pytest.mark.parametrize("order", ["".join(p) for p in itertools.permutations("ABC")])
+def test_a_chain_of_clashes_breaks_all_three_plugins_in_every_order(plugin_site, order):
+    # A and B share a method name, B and C a metric name. B's second name must count even when its
+    # first one clashes, so C's health cannot depend on which of them loads first.
+    sources = {"A": _chain_source(["own_a3p", "chain_x3p"], []),
+               "B": _chain_source(["chain_x3p", "own_b3p"], ["chain_y3p"]),
+               "C": _chain_source([], ["own_c3p", "chain_y3p"])}
+    name = {role: f"thirdparty_{order.index(role)}_{role.lower()}" for role in "ABC"}  # load order = name order
+    for role in order:
+        plugin_site(f"thirdparty-chain-{role.lower()}", f"thirdparty_chain_{role.lower()}", sources[role], name[role])
+    reg = plugins.registry()
+    x = _both("method", "chain_x3p", name["A"], name["B"])
+    y = _both("metric", "chain_y3p", name["B"], name["C"])
+    assert reg.plugins[name["A"]].status == f"broken: PluginError: {x}"
+    assert reg.plugins[name["B"]].status == f"broken: PluginError: {x}; {y}"
+    assert reg.plugins[name["C"]].status == f"broken: PluginError: {y}"
+    for role in "ABC":
+        assert reg.plugins[name[role]].registers == {}
+    assert not {"own_a3p", "own_b3p", "chain_x3p"} & set(reg.names("methods"))
+    assert not {"own_c3p", "chain_y3p"} & set(reg.names("metrics"))
+    assert reg.plugins["baselines"].status == "ok" and "bicubic" in reg.names("methods")
+    plugins.reset()
+    with pytest.raises(PluginError, match=re.escape(f"plugin '{sorted(name.values())[0]}' (")):
+        plugins.registry(strict=True)
+
+
+_COMMAND = '''
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("hello-clash3p")
+    def hello():
+        pass
+'''
+
+
+@pytest.mark.parametrize("first", ["P", "Q"])
+def test_a_clashing_plugin_keeps_none_of_its_other_names(plugin_site, first):
+    # A broken plugin registers nothing (README, Plugins): its unique names, before or after the
+    # clashing one and of any kind, and its commands go with it.
+    import click
+
+    name = {"P": "thirdparty_1_p" if first == "P" else "thirdparty_2_p",
+            "Q": "thirdparty_1_q" if first == "Q" else "thirdparty_2_q"}
+    plugin_site("thirdparty-p", "thirdparty_p",
+                _chain_source(["before_p3p", "shared3p", "after_p3p"], ["metric_p3p"], _COMMAND), name["P"])
+    plugin_site("thirdparty-q", "thirdparty_q", _chain_source(["shared3p", "after_q3p"], []), name["Q"])
+    reg = plugins.registry()
+    group = click.Group("t")
+    plugins.add_commands(reg, group)
+    why = f"broken: PluginError: {_both('method', 'shared3p', name['P'], name['Q'])}"
+    assert reg.plugins[name["P"]].status == reg.plugins[name["Q"]].status == why
+    assert not {"before_p3p", "shared3p", "after_p3p", "after_q3p"} & set(reg.names("methods"))
+    assert "metric_p3p" not in reg.names("metrics") and "hello-clash3p" not in group.commands
+    assert reg.plugins[name["P"]].registers == reg.plugins[name["Q"]].registers == {}
+
+
+@pytest.mark.parametrize("first", ["raises", "good"])
+def test_a_plugin_broken_otherwise_does_not_break_the_one_sharing_its_name(plugin_site, first):
+    # A plugin whose hook raises registers nothing, so the names it reached before raising take no
+    # part in clashes: the other plugin is ok whichever of them loads first.
+    name = {"raises": "thirdparty_1_raises" if first == "raises" else "thirdparty_2_raises",
+            "good": "thirdparty_1_good" if first == "good" else "thirdparty_2_good"}
+    plugin_site("thirdparty-raises", "thirdparty_raises",
+                _chain_source(["shared3p"], []).replace("        register(_method(name))",
+                                                        "        register(_method(name))\n"
+                                                        "    raise RuntimeError('hook failed')"), name["raises"])
+    plugin_site("thirdparty-good", "thirdparty_good", _chain_source(["shared3p"], []), name["good"])
+    reg = plugins.registry()
+    assert reg.plugins[name["raises"]].status == "broken: RuntimeError: hook failed"
+    assert reg.plugins[name["good"]].status == "ok"
+    assert reg.owner["methods"]["shared3p"] == name["good"]
