@@ -341,3 +341,32 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(cli: clic
     assert code == 0, text
     [line] = warnings_in(text)
     assert 'faces" → "../faces2"' in line
+
+
+@pytest.mark.parametrize("key", ["old_knob", "data.old_knob"])
+def test_an_unknown_setting_in_a_checkpoint_names_the_checkpoint_not_the_config(cli: click.Group, faces: Path,
+                                                                               tmp_path: Path, key: str) -> None:
+    """A setting another restorekit version saved, which this one does not know, is blamed on the
+    checkpoint, with what to do, whether or not a --config file is given."""
+    out, cfg = tmp_path / "run", str(config_file(tmp_path))
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--steps", "2", "-q")
+    assert code == 0, text
+    ckpt_path = list_checkpoints(out)[-1][1]
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    node = ckpt["config"]
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.split(".")[-1]] = 3
+    torch.save(ckpt, ckpt_path)
+    for extra in (["--config", cfg], []):
+        code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3", "-q", *extra)
+        assert code == 2, text
+        [error] = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+        assert str(ckpt_path) in error and f"unknown setting '{key}'" in error, error
+        assert "tiny.toml" not in error and "config:" not in error and "another restorekit version" in error, error
+    if key != "old_knob":
+        return
+    # The same unknown setting in the file, laid over the checkpoint's, is the file's.
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3", "-q",
+                        "--config", str(config_file(tmp_path, "old_knob = 1\n")))
+    assert code == 2 and "tiny.toml: unknown setting 'old_knob'" in text, text

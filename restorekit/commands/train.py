@@ -39,12 +39,13 @@ def train_group() -> None:
     """Train models (each plugin adds its trainers; `restorekit train NAME --help`)."""
 
 
-def _saved_config(out: Path, trainer: str) -> dict[str, Any]:
-    """The config saved in the checkpoint ``--resume`` continues from (refused when another
-    trainer wrote it: its settings would not be this trainer's)."""
+def _saved_config(out: Path, trainer: str) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume`` continues from and the config saved in it (refused when
+    another trainer wrote it: its settings would not be this trainer's)."""
     from ..training.trainer import resume_checkpoint
 
-    return dict(resume_checkpoint(out, None, trainer, warn=False)[1]["config"])  # the trainer warns
+    path, ckpt = resume_checkpoint(out, None, trainer, warn=False)  # the trainer warns
+    return path, dict(ckpt["config"])
 
 
 def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
@@ -55,19 +56,24 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
     Settings are laid over each other in this order: when resuming, the config saved in the
     checkpoint; then the ``config`` file; then ``data``/``out``/``steps``/``device``; then ``sets``.
     """
-    from ..training.config import apply_overrides, merge_settings, read_config_file, validate_config
+    from ..training.config import (Layer, apply_overrides, checkpoint_layer, merge_settings, read_config_file,
+                                   validate_config)
 
     cls = loader()
     given = read_config_file(config) if config is not None else {}
     base: dict[str, Any] = {}
     saved_root: str | None = None
+    layers: list[Layer] = []  # where each setting came from, to blame a bad one on its source
     if resume:
         # The run folder to continue: --out, else an `out` the file or a --set gives.
         run = out if out is not None else apply_overrides(given, sets, cls.Config).get("out")
         if run is None:
             raise RestorekitError("--resume needs --out (the run folder to continue)")
-        base = _saved_config(Path(run), cls.name)
+        ckpt_path, base = _saved_config(Path(run), cls.name)
         saved_root = (base.get("data") or {}).get("root")
+        layers.append(checkpoint_layer(ckpt_path, base))
+    if config is not None:
+        layers.append(Layer(str(config), given))
     base = merge_settings(base, given, cls.Config)
     if out is not None:
         base["out"] = str(out)
@@ -78,7 +84,7 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
     if data is not None:
         base.setdefault("data", {})["root"] = str(data)
     cfg = validate_config(cls.Config, apply_overrides(base, sets, cls.Config), overrides=sets,
-                          source=str(config) if config is not None else "config")
+                          source=str(config) if config is not None else "config", layers=layers)
     if cfg.out is None:
         raise RestorekitError("no output folder: pass --out DIR (or set `out` in the config)")
     if cfg.data.root is None:

@@ -13,6 +13,8 @@ import json
 import os
 import tomllib
 import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -247,22 +249,58 @@ def _table_model(model: type[BaseModel] | None, key: str) -> type[BaseModel] | N
     return None
 
 
+@dataclass(frozen=True)
+class Layer:
+    """Settings laid under the others (a checkpoint's, a file's), to name where a bad one came from:
+    ``source`` starts the error line; ``hint`` (if any) follows the setting, instead of "did you mean"."""
+
+    source: str
+    data: dict[str, Any]
+    hint: str = ""
+
+
+def checkpoint_layer(path: str | Path, data: dict[str, Any]) -> Layer:
+    """The settings a checkpoint was saved with, as the bottom :class:`Layer` of a resumed run."""
+    return Layer(str(path), data, "in the run's saved config (the run was made by another restorekit version: "
+                                  "resume it with that version, or start a new run in another --out)")
+
+
 def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config",
-                    overrides: list[str] | tuple[str, ...] = ()) -> C:
+                    overrides: list[str] | tuple[str, ...] = (), layers: Sequence[Layer] = ()) -> C:
     """Validate ``data`` against ``cls`` with a one-line error naming the key, and where the
-    value came from: the ``--set`` among ``overrides`` that gave it, else ``source``."""
+    value came from: the ``--set`` among ``overrides`` that gave it, else the last of ``layers``
+    (lowest first) that holds it, else ``source``."""
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "?"
-        source = _override_for(key, overrides) or source
+        parts = [str(p) for p in err["loc"]]
+        key = ".".join(parts) or "?"
+        layer = next((ly for ly in reversed(layers) if _holds(ly.data, parts)), None)
+        hint = ""
+        if _override_for(key, overrides):
+            source = str(_override_for(key, overrides))
+        elif layer is not None:
+            source, hint = layer.source, layer.hint
         if err["type"] == "extra_forbidden":
             from ..plugins import suggest
 
-            raise ConfigError(f"{source}: unknown setting '{key}'{suggest(key.split('.')[-1], _all_keys(cls))}") \
-                from None
-        raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r})") from None
+            tail = f" {hint}" if hint else suggest(key.split(".")[-1], _all_keys(cls))
+            raise ConfigError(f"{source}: unknown setting '{key}'{tail}") from None
+        tail = f", {hint}" if hint else ""
+        raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r}){tail}") from None
+
+
+def _holds(data: dict[str, Any], parts: list[str]) -> bool:
+    """Whether ``data`` gives the setting at ``parts`` (or the list or value holding it)."""
+    node: Any = data
+    for part in parts:
+        if not isinstance(node, dict):
+            return True  # a list or value set here holds the item that is wrong
+        if part not in node:
+            return False
+        node = node[part]
+    return bool(parts)
 
 
 def _override_for(key: str, pairs: list[str] | tuple[str, ...]) -> str | None:
