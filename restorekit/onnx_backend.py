@@ -8,9 +8,10 @@ the same number of threads). A graph exported with a fixed batch size is run row
 :func:`onnx_method` turns a loaded method into an :class:`OnnxMethod` whose ``restore`` is
 ``finish(session(prepare(lr)))`` — the method's own PyTorch pre- and post-processing around the
 graph (see :class:`restorekit.onnx_export.ExportSpec`). The graph comes from ``--onnx PATH``
-(refused when its sidecar names other weights than the method loaded) or from the export cache
-``<cache>/onnx/`` (``$RESTOREKIT_HOME``), where it is exported on first use, keyed by the
-weights' sha256 and the export settings.
+(refused when its sidecar names other weights than the method loaded, or belongs to another
+graph: its ``sha256`` is not the file's) or from the export cache ``<cache>/onnx/``
+(``$RESTOREKIT_HOME``), where it is exported on first use, keyed by the weights' sha256 and the
+export settings, and exported again when its sidecar does not belong to it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from torch import Tensor
 
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
-from .onnx_export import DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, state_sha256
+from .onnx_export import (DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, sidecar_problem,
+                          state_sha256)
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -56,15 +58,34 @@ def providers_for(device: torch.device | str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _sidecar_mismatch(path: Path, side: dict[str, Any] | None, where: str = "",
+                      method: str = "METHOD") -> OnnxBackendError | None:
+    """The error for a graph beside a sidecar that is not its own (see :func:`sidecar_problem`)."""
+    problem = sidecar_problem(path, side)
+    if problem is None:
+        return None
+    return OnnxBackendError(f"{where}{problem}; export again with `restorekit export {method} --out {path} "
+                            f"--overwrite`")
+
+
 class OnnxSession:
-    """An onnxruntime session on an exported restorekit graph (float32 ``N×3×H×W`` in and out)."""
+    """An onnxruntime session on an exported restorekit graph (float32 ``N×3×H×W`` in and out).
+
+    ``sidecar``: the graph's sidecar as the caller read (and checked) it; by default it is read
+    here, and refused when it belongs to another graph.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, device: torch.device | str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, sidecar: dict[str, Any] | None = None) -> None:
         ort = _ort()
         self.path = Path(path)
         if not self.path.is_file():
             raise OnnxBackendError(f"{self.path}: no such ONNX file")
+        if sidecar is None:
+            sidecar = read_sidecar(self.path)
+            err = _sidecar_mismatch(self.path, sidecar)
+            if err is not None:
+                raise err
         self.threads = int(threads if threads is not None else torch.get_num_threads())
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -86,7 +107,7 @@ class OnnxSession:
         if len(self.input_shape) != 4 or self.input_shape[1] != 3:
             raise OnnxBackendError(f"{self.path}: input '{self.input_name}' is {inputs[0].shape}, not N×3×H×W")
         self.providers: list[str] = list(self.session.get_providers())
-        self.sidecar = read_sidecar(self.path)
+        self.sidecar = sidecar or None
 
     @property
     def device(self) -> str:
@@ -209,6 +230,9 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         if not path.is_file():
             raise OnnxBackendError(f"--onnx {path}: no such file")
         side = read_sidecar(path) or {}
+        err = _sidecar_mismatch(path, side, "--onnx ", name)
+        if err is not None:
+            raise err
         want = spec.metadata.get("weights_sha256")
         have = side.get("weights_sha256")
         if want and have:
@@ -225,18 +249,26 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                                        f"export again with `restorekit export {name}`")
     else:
         path = cache_path(spec, name, opset=opset)
-        side = read_sidecar(path) if path.is_file() else None
-        if side is None or side.get("sha256") is None:
+
+        def cached() -> dict[str, Any] | None:
+            """The cached graph's sidecar when both are there and belong together."""
+            side = read_sidecar(path) if path.is_file() else None
+            if side is None or side.get("sha256") is None or sidecar_problem(path, side) is not None:
+                return None
+            return side
+
+        side = cached()
+        if side is None:
             from .weights import cache_folder
 
             cache_folder(path.parent)
             with _export_lock(path):
-                side = read_sidecar(path) if path.is_file() else None  # another process may have made it
-                if side is None or side.get("sha256") is None:
+                side = cached()  # another process may have made it
+                if side is None:
                     if log is not None:
                         log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
-                    export_onnx(spec, path, opset=opset, log=log)
-    session = OnnxSession(path, device=method.device, threads=threads)
+                    side = export_onnx(spec, path, opset=opset, log=log).info
+    session = OnnxSession(path, device=method.device, threads=threads, sidecar=side)
     if method.device.type == "cuda" and session.device != "cuda" and log is not None:
         log(f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU")
     return OnnxMethod(method, spec, session)

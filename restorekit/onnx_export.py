@@ -24,7 +24,12 @@ is reported and must not exceed the tolerance, else the temporary file is delete
 :class:`OnnxExportError` is raised — no file is left behind. A JSON sidecar ``<file>.json``
 records the source weights' sha256 (the weights file's, when the spec names one, and always
 the module state's: :func:`state_sha256`), opset, input/output names and shapes, dynamic
-axes, precision, the tolerance and the difference reached, and the versions involved.
+axes, precision, the tolerance and the difference reached, and the versions involved, and
+the sha256 of the graph file itself: the two files are renamed into place one after the other,
+so a graph can end up beside another export's sidecar (two exports to one path at once, an
+export killed between the renames, one file copied without the other); whoever uses the graph
+checks that with :func:`sidecar_problem`. With ``overwrite=False`` the graph is linked into
+place, which fails when the path exists by then: an existing file is never replaced.
 
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs nothing beyond
 ``onnx`` and ``onnxruntime`` and exports a small model in seconds; the torch.export-based
@@ -66,6 +71,10 @@ OUTPUT_NAME = "restored"
 
 class OnnxExportError(RestorekitError):
     """A network cannot be exported, or its ONNX graph does not reproduce PyTorch's output."""
+
+
+class OnnxOutputExists(OnnxExportError):
+    """``export_onnx(..., overwrite=False)``: the target path exists (it may have appeared while exporting)."""
 
 
 def _missing_runtime(exc: ImportError) -> OnnxExportError:
@@ -252,6 +261,42 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def sidecar_problem(path: str | os.PathLike[str], side: dict[str, Any] | None) -> str | None:
+    """Why ``side`` (the sidecar read beside the graph at ``path``) does not describe that graph,
+    in words ending before the fix, or ``None`` when it does.
+
+    The sidecar's ``sha256`` is the graph file's as it was written; a sidecar without one (not
+    written by :func:`export_onnx`) is taken as it is, as is a missing sidecar.
+    """
+    want = (side or {}).get("sha256")
+    if want is None:
+        return None
+    have = sha256_file(path)
+    if have == want:
+        return None
+    return (f"{path}: its sidecar {sidecar_path(path)} belongs to another graph (sidecar sha256 "
+            f"{str(want)[:12]}…, file {have[:12]}…; the two were not written by the same export)")
+
+
+def _link_new(tmp: Path, out: Path) -> None:
+    """Put the finished file ``tmp`` at ``out`` unless ``out`` exists, atomically: a hard link is not
+    made over an existing file (a file system without hard links: ``out`` is created exclusively,
+    then replaced). :class:`OnnxOutputExists` when ``out`` exists; ``tmp`` is left for the caller."""
+    try:
+        os.link(tmp, out)
+        return
+    except FileExistsError:
+        raise OnnxOutputExists(f"{out} exists") from None
+    except OSError:
+        pass
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise OnnxOutputExists(f"{out} exists") from None
+    os.close(fd)
+    os.replace(tmp, out)
+
+
 def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
     """A seeded ``batch×3×H×W`` batch in [0, 1] the size of ``example``: smooth ramps plus noise,
     different in every row (so a graph that mixed rows up would show it)."""
@@ -293,14 +338,16 @@ def run_onnxruntime(path: str | os.PathLike[str], x: Tensor, threads: int = 1) -
 
 def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = True, fp16: bool = False, tolerance: float | None = None,
-                log: Callable[[str], None] | None = None) -> ExportResult:
+                overwrite: bool = True, log: Callable[[str], None] | None = None) -> ExportResult:
     """Export ``spec.module`` to ``out`` (see the module docstring); returns the check's figures.
 
     The module is traced in eval mode at ``spec.example``'s size, on the CPU in float32 (a copy
     when it is elsewhere; float16 inside the graph with ``fp16``); its modes are restored after. Raises :class:`OnnxExportError` when export fails or
     the largest absolute difference from PyTorch exceeds ``tolerance`` (default
     :data:`DEFAULT_TOLERANCE`, or :data:`DEFAULT_TOLERANCE_FP16` with ``fp16``); then no file
-    is written.
+    is written. With ``overwrite=False``, :class:`OnnxOutputExists` when ``out`` exists when the
+    graph is put in place (checked there, not before: nothing is replaced, not even a file that
+    appeared while exporting), and neither file is written.
     """
     try:
         import onnx
@@ -427,7 +474,10 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         mode = _umask_mode()
         os.chmod(tmp, mode)
         os.chmod(side_tmp, mode)
-        os.replace(tmp, out)
+        if overwrite:
+            os.replace(tmp, out)
+        else:
+            _link_new(tmp, out)
         try:
             os.replace(side_tmp, side)
         except BaseException:

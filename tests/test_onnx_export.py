@@ -384,3 +384,112 @@ def test_export_of_a_method_without_an_exporter_says_so_before_loading(tmp_path:
     assert r.output.strip().splitlines() == [r.output.strip()]  # one line
     assert r.output.startswith(f"error: method '{args[0]}' cannot be exported to ONNX")
     assert "nothing-here" not in r.output
+
+
+def test_a_graph_beside_another_graphs_sidecar_is_refused(tmp_path: Path) -> None:
+    """A graph and its sidecar are written one after the other, so two exports to one --out at
+    once, an export killed between the two, or a copy of one file but not the other could leave a
+    graph beside another export's sidecar (same weights, other settings): it was used as if the
+    sidecar described it. The sidecar's sha256 of the graph file is now checked when it is used."""
+    m = TinyMethod()
+    dyn = export_onnx(m.export_module(), tmp_path / "dyn.onnx")
+    half = export_onnx(m.export_module(), tmp_path / "half.onnx", fp16=True)
+    assert dyn.info["sha256"] != half.info["sha256"]
+    a, b = dyn.sidecar.read_bytes(), half.sidecar.read_bytes()
+    dyn.sidecar.write_bytes(b)
+    half.sidecar.write_bytes(a)
+    for graph, side in ((dyn, half), (half, dyn)):
+        with pytest.raises(OnnxBackendError) as err:
+            onnx_method(TinyMethod(), onnx_path=graph.path, threads=1)
+        msg = str(err.value)
+        assert "\n" not in msg and str(graph.path) in msg and str(graph.sidecar) in msg
+        assert "export again" in msg
+    # Each graph with its own sidecar is accepted; so is a sidecar written before the field existed.
+    dyn.sidecar.write_bytes(a)
+    assert isinstance(onnx_method(TinyMethod(), onnx_path=dyn.path, threads=1), OnnxMethod)
+    legacy = json.loads(b)
+    legacy.pop("sha256")
+    dyn.sidecar.write_text(json.dumps(legacy))
+    assert isinstance(onnx_method(TinyMethod(), onnx_path=dyn.path, threads=1), OnnxMethod)
+
+
+def test_a_cached_graph_beside_another_sidecar_is_exported_again(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    path = onnx_method(TinyMethod(), threads=1).session.path
+    side = json.loads(onnx_export.sidecar_path(path).read_text())
+    export_onnx(TinyMethod().export_module(), path, fp16=True)  # as if another export had replaced the graph
+    onnx_export.sidecar_path(path).write_text(json.dumps(side))  # … and its sidecar were the old one
+    om = onnx_method(TinyMethod(), threads=1)
+    assert om.precision == "float32" and onnx_export.sha256_file(path) == read_sidecar(path)["sha256"]
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_export_without_overwrite_does_not_replace_a_file_that_appeared(tmp_path: Path, hard_links: bool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --out F` without --overwrite checked that F did not exist before exporting, then
+    renamed over whatever was there by the end (another export's graph, say)."""
+    if not hard_links:  # a file system without them: the file is created exclusively instead
+        def no_link(*args: Any, **kwargs: Any) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(onnx_export.os, "link", no_link)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"someone else's")
+    with pytest.raises(OnnxExportError, match="exists"):
+        export_onnx(spec(), out, overwrite=False)
+    assert out.read_bytes() == b"someone else's" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    res = export_onnx(spec(), tmp_path / "new.onnx", overwrite=False)
+    assert onnx_export.sha256_file(res.path) == res.info["sha256"]
+    assert (res.path.stat().st_mode & 0o777) == (res.sidecar.stat().st_mode & 0o777)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "new.onnx", "new.onnx.json"]
+
+
+def test_run_with_a_graph_beside_another_graphs_sidecar_exits_2(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from restorekit.cli import build_cli
+
+    env = {"RESTOREKIT_HOME": str(tmp_path / "home")}
+    cli, runner = build_cli(), CliRunner()
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    for out, extra in ((a, []), (b, ["--fixed-batch"])):
+        r = runner.invoke(cli, ["export", "pix2pixhd", "--out", str(out), *extra], env=env)
+        assert r.exit_code == 0, r.output
+    sa, sb = onnx_export.sidecar_path(a), onnx_export.sidecar_path(b)
+    sa_bytes = sa.read_bytes()
+    sa.write_bytes(sb.read_bytes())
+    Image.new("RGB", (16, 16), (120, 90, 60)).save(tmp_path / "in.png")
+    r = runner.invoke(cli, ["run", "pix2pixhd", "--scale", "2", "--input", str(tmp_path / "in.png"),
+                            "--output", str(tmp_path / "o"), "--backend", "onnxruntime", "--onnx", str(a), "-q"],
+                      env=env)
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0, r.output
+    assert str(a) in r.output and str(sa) in r.output and "export again" in r.output
+    sa.write_bytes(sa_bytes)
+    r = runner.invoke(cli, ["run", "pix2pixhd", "--scale", "2", "--input", str(tmp_path / "in.png"),
+                            "--output", str(tmp_path / "o"), "--backend", "onnxruntime", "--onnx", str(a), "-q"],
+                      env=env)
+    assert r.exit_code == 0, r.output
+
+
+def test_export_cli_does_not_replace_a_file_that_appears_while_exporting(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import restorekit.commands.export as export_command
+    from restorekit.cli import build_cli
+
+    out = tmp_path / "m.onnx"
+    real = export_command.export_onnx
+
+    def racing(spec: ExportSpec, path: Path, **kwargs: Any) -> Any:
+        out.write_bytes(b"the other export's")  # another `export --out m.onnx` finished first
+        return real(spec, path, **kwargs)
+
+    monkeypatch.setattr(export_command, "export_onnx", racing)
+    r = CliRunner().invoke(build_cli(), ["export", "pix2pixhd", "--out", str(out)],
+                           env={"RESTOREKIT_HOME": str(tmp_path / "home")})
+    assert r.exit_code == 2 and "m.onnx exists" in r.output and "--overwrite" in r.output, r.output
+    assert out.read_bytes() == b"the other export's" and not onnx_export.sidecar_path(out).exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "home"] == ["m.onnx"]  # no temporary files left

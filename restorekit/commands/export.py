@@ -1,7 +1,9 @@
 """``restorekit export METHOD --out model.onnx``: a method's network as a checked ONNX graph.
 
 The file is written only when onnxruntime reproduces PyTorch's output within ``--tolerance``
-(see :mod:`restorekit.onnx_export`); a ``model.onnx.json`` sidecar describes it. ``restorekit
+(see :mod:`restorekit.onnx_export`); a ``model.onnx.json`` sidecar describes it, with the graph
+file's sha256 (a graph beside another export's sidecar is refused when used). Without
+``--overwrite`` an existing file is never replaced, also one that appears while exporting. ``restorekit
 run METHOD --backend onnxruntime --onnx model.onnx`` runs it.
 """
 
@@ -14,7 +16,8 @@ import click
 from ..cli import emit_json, fail_usage
 from ..errors import RestorekitError
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
-from ..onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, check_exportable, check_opset, export_onnx, find_export_spec
+from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutputExists, check_exportable, check_opset,
+                           export_onnx, find_export_spec)
 
 
 @click.command("export")
@@ -35,6 +38,7 @@ from ..onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, check_expor
 def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_batch: bool, fp16: bool,
                tolerance: float | None, opts: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
     """Export METHOD's network to ONNX (checked against PyTorch before the file is written)."""
+    # Said at once here; export_onnx checks again when it puts the file in place (it may appear meanwhile).
     if out.exists() and not overwrite:
         fail_usage(f"{out} exists (--overwrite replaces it)")
     try:
@@ -61,8 +65,12 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
     except ValueError as exc:  # the method's own check of its options for export
         fail_usage(str(exc))
         return
-    result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
-                         log=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    try:
+        result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
+                             overwrite=overwrite, log=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    except OnnxOutputExists:
+        fail_usage(f"{out} exists: it appeared while exporting (--overwrite replaces it)")
+        return
     if as_json:
         emit_json({"path": str(result.path), "sidecar": str(result.sidecar), "seconds": round(result.seconds, 2),
                    **result.info})
