@@ -130,11 +130,23 @@ class TrainConfig(_Strict):
 C = TypeVar("C", bound=TrainConfig)
 
 
+def _names_registered_weights(value: str) -> bool:
+    """Whether a ``name_or_path`` setting means registered weights (no folder in it, a registered
+    name) rather than a file; False when the registry cannot be read."""
+    from ..weights import registered_name
+
+    try:
+        return registered_name(value) is not None
+    except RestorekitError:
+        return False
+
+
 def absolute_settings(cls: type[TrainConfig], data: dict[str, Any]) -> dict[str, Any]:
     """A copy of the settings ``data`` with each of ``cls.PATH_SETTINGS`` that is relative made
     absolute against the current folder, where the files it names are read from (a
-    ``name_or_path`` setting only when such a file or folder exists). Applied to what a
-    checkpoint saves, and to both sides when a resumed run's settings are compared with it."""
+    ``name_or_path`` setting only when such a file or folder exists and it is no registered weights
+    name). Applied to what a checkpoint saves, and to both sides when a resumed run's settings are
+    compared with it."""
     out = json.loads(json.dumps(data))
     for key, kind in cls.PATH_SETTINGS.items():
         *tables, last = key.split(".")
@@ -144,8 +156,8 @@ def absolute_settings(cls: type[TrainConfig], data: dict[str, Any]) -> dict[str,
         value = node.get(last) if isinstance(node, dict) else None
         if not isinstance(value, str) or not value or Path(value).is_absolute():
             continue
-        if kind == "name_or_path" and not Path(value).exists():
-            continue
+        if kind == "name_or_path" and (not Path(value).exists() or _names_registered_weights(value)):
+            continue  # a name stays a name, even beside a same-named file (./NAME is the file)
         node[last] = os.path.abspath(value)
     return out
 

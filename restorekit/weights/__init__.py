@@ -39,7 +39,8 @@ from .cache import (CachedFile, cache_dir, cache_error, cache_folder, cached_fil
                     weights_dir)
 from .catalogue import (all_specs, convert_to_safetensors, forget, get_spec, import_archive, import_file, is_cached,
                         iter_specs, load_checkpoint, load_state_dict, looks_like_path, not_a_file_error, plugin_specs, pull,
-                        registry_dirs, registry_specs, resolve, verify, weights_file)
+                        registered_name, registry_dirs, registry_specs, resolve, verify, weights_file,
+                        weights_source)
 from .checksum import bundled_path, sha256_file
 from .load import flatten_state_dict, pickle_globals, safetensors_metadata, unsafe_globals
 from .spec import MANIFEST, PackageSource, WeightFile, WeightSpec
@@ -48,7 +49,7 @@ from .tofu import TOFU_FILE, FirstUse, check_first_use, first_use, integrity
 __all__ = [
     "PackageSource", "WeightFile", "WeightSpec", "CachedFile", "MANIFEST", "TOFU_FILE",
     "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir", "registry_dirs", "registry_specs",
-    "plugin_specs", "all_specs", "iter_specs", "get_spec", "resolve", "weights_file", "looks_like_path", "not_a_file_error", "is_cached",
+    "plugin_specs", "all_specs", "iter_specs", "get_spec", "resolve", "registered_name", "weights_source", "weights_file", "looks_like_path", "not_a_file_error", "is_cached",
     "cached_files", "verify", "pull",
     "import_file", "import_archive", "wants_archive_import", "ArchiveImport", "FirstUse", "first_use",
     "check_first_use", "forget", "integrity", "remove", "sha256_file", "bundled_path", "pickle_globals",

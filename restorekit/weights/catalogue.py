@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = ["registry_dirs", "registry_specs", "plugin_specs", "all_specs", "iter_specs", "get_spec",
-           "looks_like_path", "not_a_file_error", "resolve", "weights_file", "is_cached", "verify", "pull",
+           "looks_like_path", "not_a_file_error", "registered_name", "resolve", "weights_source", "weights_file", "is_cached", "verify", "pull",
            "import_file", "import_archive", "forget", "load_checkpoint", "load_state_dict", "convert_to_safetensors"]
 
 
@@ -172,8 +173,8 @@ def resolve(name: str, filename: str | None = None, *, full_check: bool = False)
     mtime changed since it was recorded, or always with ``full_check``. Raises
     :class:`~restorekit.errors.WeightsMissing` (naming the pull/import commands) when the file
     is not cached and :class:`~restorekit.errors.IntegrityError` when it no longer matches. A
-    ``name`` that is no registered name but clearly a path (:func:`looks_like_path`: callers try
-    an existing file first) fails as ``PATH: no such file``.
+    ``name`` that is no registered name but clearly a path (:func:`looks_like_path`; for such a
+    value :func:`weights_source` tries an existing file first) fails as ``PATH: no such file``.
     """
     spec = _spec_of_value(name)
     return checksum.check_cached(spec, spec.file(filename), full=full_check)
@@ -220,16 +221,66 @@ def forget(name: str) -> list[str]:
     return tofu.forget_spec(get_spec(name))
 
 
-def weights_file(name_or_path: str | os.PathLike[str]) -> Path:
-    """A ``--weights NAME|PATH`` value as a file: an existing file as given, else the registered
-    weights' cached, verified file (:func:`resolve`); a value that is clearly a path and names no
-    file fails as ``PATH: no such file``."""
+#: Same-named local files already pointed out (absolute paths), so the note is said once.
+_NOTED: set[str] = set()
+
+
+def _has_separator(value: str) -> bool:
+    return "/" in value or "\\" in value or os.sep in value or bool(os.altsep and os.altsep in value)
+
+
+def registered_name(value: str | os.PathLike[str]) -> str | None:
+    """The registered weights a ``NAME|PATH`` value means, or None when it is read as a path.
+
+    A string without a folder separator that is exactly a registered name means those weights,
+    even when a file of that name exists in the current folder — a file planted there (a cloned
+    repository, an unpacked archive) must not replace sha256-checked weights asked for by name;
+    ``./NAME`` names the file. Such a file is pointed out once on stderr. A path object is always
+    a path. When the registry cannot be read, a value with a weights file suffix is left a path
+    and any other one raises the registry's error.
+    """
+    if isinstance(value, os.PathLike) or not value or _has_separator(value):
+        return None
+    try:
+        known = value in all_specs()
+    except RestorekitError:
+        if looks_like_path(value):
+            return None
+        raise
+    if not known:
+        return None
+    here = Path(value)
+    if (here.exists() or here.is_symlink()) and os.path.abspath(value) not in _NOTED:
+        _NOTED.add(os.path.abspath(value))
+        print(f"note: '{value}' is the registered weights; for the file of that name in this folder "
+              f"write ./{value}", file=sys.stderr)
+    return value
+
+
+def weights_source(name_or_path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """A ``--weights NAME|PATH`` value as ``(file, registered name or None)``.
+
+    A registered name (:func:`registered_name`) is its cached, verified file (:func:`resolve`);
+    any other value is an existing file as given, else a registered name after all (so
+    :func:`resolve` reports ``unknown weights`` or, for a value that is clearly a path,
+    ``PATH: no such file``). Every ``NAME|PATH`` setting goes through here."""
+    name = registered_name(name_or_path)
+    if name is not None:
+        return resolve(name), name
     path = Path(name_or_path).expanduser()
     if path.is_file():
-        return path
+        return path, None
     if isinstance(name_or_path, os.PathLike):
         raise not_a_file_error(name_or_path)
-    return resolve(str(name_or_path))
+    return resolve(str(name_or_path)), str(name_or_path)
+
+
+def weights_file(name_or_path: str | os.PathLike[str]) -> Path:
+    """A ``--weights NAME|PATH`` value as a file (:func:`weights_source`): a registered name's
+    cached, verified file — even beside a same-named file, which ``./NAME`` selects — else an
+    existing file as given; a value that is clearly a path and names no file fails as
+    ``PATH: no such file``."""
+    return weights_source(name_or_path)[0]
 
 
 def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: Iterable[Any] = ()) -> Any:

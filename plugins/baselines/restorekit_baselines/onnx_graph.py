@@ -13,7 +13,6 @@ around the graph, shared by the torch and onnxruntime backends.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -41,13 +40,12 @@ class Pix2PixHDInferenceGraph(nn.Module):
 
 
 def _weights_sha256(method: Any) -> str | None:
-    from restorekit.weights import resolve, sha256_file
+    from restorekit.weights import sha256_file, weights_file
 
     w = method.options.weights
     if w is None:
         return None
-    p = Path(w).expanduser()
-    return sha256_file(p if p.is_file() else resolve(w))
+    return sha256_file(weights_file(w))
 
 
 def pix2pixhd_export_spec(method: Any) -> ExportSpec:

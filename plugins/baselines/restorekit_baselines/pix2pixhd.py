@@ -469,11 +469,12 @@ class Pix2PixHD(Method):
             path = resolve(DEFAULT_MODEL_NAME)  # checks the bundled file's size and sha256 against the registry
             name = DEFAULT_MODEL_NAME
         else:
-            path = Path(w).expanduser()
-            name = ""
-            if not path.is_file():
-                path = resolve(w)  # a registered weights name; raises WeightsMissing/UnknownNameError
-                name = w
+            from restorekit.weights import weights_source
+
+            # A registered name even beside a same-named file (./NAME is the file), else an existing
+            # file; raises WeightsMissing/UnknownNameError, or 'PATH: no such file'.
+            path, registered = weights_source(w)
+            name = registered or ""
         gen, self.trained = load_generator(path)
         self.generator = gen.to(self.device)
         if name:

@@ -381,14 +381,13 @@ class PSPSR(Method):
                      f"import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}; the embedded model's "
                      f"recipe is plugins/psp_sr/recipes/prior128"))
             return path, DEFAULT_MODEL_NAME
-        p = Path(w).expanduser()
-        if p.is_file():
-            return p, ""
-        from restorekit.weights import resolve
+        from restorekit.weights import weights_source
 
-        # A registered name; WeightsMissing names the pull/import commands, and a value that is
-        # clearly a path fails as 'PATH: no such file'.
-        return resolve(w), w
+        # A registered name even beside a same-named file (./NAME is the file), else an existing
+        # file; WeightsMissing names the pull/import commands, and a value that is clearly a path
+        # and names no file fails as 'PATH: no such file'.
+        path, name = weights_source(w)
+        return path, name or ""
 
     @classmethod
     def bench_model_options(cls, resolution: int) -> dict[str, Any]:

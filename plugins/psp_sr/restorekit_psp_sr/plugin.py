@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-def _weights_file(weights: str | os.PathLike[str]) -> Path:
-    """A weights argument as a file: an existing path, else a registered weights name."""
-    p = Path(weights)
-    if p.is_file():
-        return p
+def _weights_source(weights: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """A weights argument as ``(file, registered name or None)``: a registered name means those
+    weights even beside a same-named file (``./NAME`` names the file), else an existing file, else
+    a registered name (:func:`restorekit.weights.weights_source`)."""
     from restorekit import weights as wmod
 
-    return wmod.resolve(str(weights))
+    return wmod.weights_source(weights)
 
 
 #: ``weights`` value naming the decoder of psp_sr's default (embedded) model.
@@ -32,8 +31,10 @@ def _psp_model_file(weights: str | os.PathLike[str]) -> Path | None:
         return shipped_file(DEFAULT_MODEL_NAME, DEFAULT_MODEL_FILE,
                             missing=f"stylegan2 weights '{PSP_DEFAULT_DECODER}' name psp_sr's default model",
                             fix="reinstall restorekit-psp-sr, or pass the generator's weights NAME|PATH")
+    from restorekit.weights import registered_name
+
     p = Path(weights)
-    return p if p.suffix == ".safetensors" and p.is_file() else None
+    return p if p.suffix == ".safetensors" and registered_name(weights) is None and p.is_file() else None
 
 
 def _default_generator_file() -> Path:
@@ -82,9 +83,12 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
 
         path, name = _default_generator_file(), GENERATOR_MODEL_NAME
     else:
-        path = _psp_model_file(weights) or _weights_file(weights)
-        if not Path(weights).is_file() and str(weights) != PSP_DEFAULT_DECODER:
-            name = str(weights)  # a registered weights name
+        model_file = _psp_model_file(weights)
+        if model_file is not None:
+            path = model_file
+        else:
+            path, registered = _weights_source(weights)
+            name = registered or ""
     # restorekit StyleGAN2 / pSp .safetensors (decoder + its latent_avg), or a rosinality .pt.
     extra = {} if path.suffix == ".safetensors" else {"allow_unsafe": allow_unsafe}
     g = load_generator(str(path), impl=impl, **extra)

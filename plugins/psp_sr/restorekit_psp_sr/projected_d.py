@@ -146,12 +146,10 @@ def build_projected_discriminator(resolution: int, weights: str | os.PathLike[st
         return ProjectedDiscriminator(resolution, None, head_width=head_width)
     from restorekit.networks.lpips_net import read_weights_file
 
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        from restorekit.weights import resolve
+    from restorekit.weights import weights_file
 
-        path = str(resolve(path))
-    state = read_weights_file(path, "alex")
+    # A registered name even beside a same-named file (./NAME is the file), else an existing file.
+    state = read_weights_file(weights_file(weights), "alex")
     return ProjectedDiscriminator(resolution, state, head_width=head_width)
 
 

@@ -71,13 +71,17 @@ class GeneratorLoadError(RestorekitError):
 
 
 def _weights_file(spec: str) -> Path:
+    """A weights name or file: a registered name means those weights even beside a same-named
+    file (``./NAME`` names the file), else an existing file, else a registered name."""
+    from restorekit.weights import registered_name, resolve
+
+    if registered_name(spec) is not None:
+        return resolve(spec)
     p = Path(spec).expanduser()
     if p.is_file():
         return p
     if "/" in spec or p.suffix in (".pt", ".pth", ".safetensors"):
         raise GeneratorLoadError(f"generator file {p} does not exist")
-    from restorekit.weights import resolve
-
     return resolve(spec)
 
 
