@@ -157,10 +157,10 @@ def setting_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str 
     return out
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """``'key: A in the checkpoint, now B'`` for each setting (dotted for tables) that differs."""
-    return [f"{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}"
-            for key, a, b in setting_changes(saved, current, prefix)]
+def config_differences(ckpt: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``'key: A in the checkpoint, now B'`` for each setting (dotted for tables) of ``config`` that
+    differs from those ``ckpt`` was written with (:func:`_compared`)."""
+    return [f"{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}" for key, a, b in _compared(ckpt, config)]
 
 
 def _short(value: Any, limit: int = 48) -> str:
@@ -222,7 +222,7 @@ def restoring(path: Path, ckpt: dict[str, Any], config: TrainConfig) -> Iterator
         yield
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        diffs = [f"{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}" for key, a, b in _compared(ckpt, config)]
+        diffs = config_differences(ckpt, config)
         said = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         hint = f"settings that differ: {said}" if diffs else "the settings are the same (a different code version?)"
         raise TrainingError(f"{path} does not fit this config ({first.rstrip(':')}); {hint}. Resume without "
@@ -475,10 +475,6 @@ class Trainer:
     def log_path(self) -> Path:
         return self.out / "log.jsonl"
 
-    def _trim_log(self, step: int) -> None:
-        """Drop log lines past ``step`` (left by a run that stopped after its last checkpoint)."""
-        trim_log(self.log_path, step)
-
     def log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
@@ -628,7 +624,7 @@ class Trainer:
         if resume:
             self.resume(None if resume is True else resume)
             if self.dist.is_main:
-                self._trim_log(self.step)
+                trim_log(self.log_path, self.step)  # lines past the checkpoint are logged again
         else:
             if self.dist.is_main and latest_checkpoint(self.out) is not None:
                 raise TrainingError(f"{self.out} already holds checkpoints: pass --resume to continue, "
