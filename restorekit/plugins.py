@@ -294,15 +294,10 @@ def _clashes(collected: list[_Collected]) -> dict[str, str]:
     return {plugin: "; ".join(messages) for plugin, messages in lines.items()}
 
 
-def _register_plugin(pm: pluggy.PluginManager | None, reg: Registry, plugin_obj: Any, record: PluginRecord) -> None:
+def _register_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> None:
     """Call every hook of one plugin and add what it registers; nothing is added if it fails. A name
     already in ``reg`` stays its owner's: registering it again raises ``PluginError``."""
-    try:
-        collected = _collect_plugin(reg, plugin_obj, record)
-    except BaseException:
-        record.registers = {}
-        raise
-    _add_collected(reg, collected)
+    _add_collected(reg, _collect_plugin(reg, plugin_obj, record))
 
 
 @contextmanager
@@ -385,7 +380,7 @@ def load_registry(strict: bool | None = None) -> Registry:
     rec = PluginRecord(BUILTIN, "restorekit", __version__)
     reg.plugins[BUILTIN] = rec
     pm.register(builtin, name=BUILTIN)
-    _register_plugin(pm, reg, builtin, rec)
+    _register_plugin(reg, builtin, rec)
 
     collected: list[_Collected] = []  # plugins whose hooks all went through, in load order
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):

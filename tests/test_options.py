@@ -101,7 +101,7 @@ def _plugin(kind: str, *register_args: object, **register_kw: object) -> object:
 
 def test_factory_without_options_model_gets_one() -> None:
     reg = Registry()
-    _register_plugin(None, reg, _plugin("generators", "gen_a", _factory, summary="a"), PluginRecord("p", "d", "1"))
+    _register_plugin(reg, _plugin("generators", "gen_a", _factory, summary="a"), PluginRecord("p", "d", "1"))
     factory = reg.get("generators", "gen_a")
     model = factory.options_model()
     assert issubclass(model, BaseModel) and "allow_unsafe" in model.model_fields
@@ -121,12 +121,12 @@ def test_factory_with_explicit_options_model() -> None:
         resolution: Literal[32, 64] = 32
 
     reg = Registry()
-    _register_plugin(None, reg, _plugin("generators", "gen_b", lambda **kw: kw, options=GenOptions),
+    _register_plugin(reg, _plugin("generators", "gen_b", lambda **kw: kw, options=GenOptions),
                      PluginRecord("p", "d", "1"))
     f = reg.get("generators", "gen_b")
     assert f.options_model() is GenOptions and f.create({"resolution": "64"}) == {"resolution": 64}
     with pytest.raises(PluginError, match="pydantic model class"):
-        _register_plugin(None, Registry(), _plugin("generators", "gen_c", _factory, options=dict),
+        _register_plugin(Registry(), _plugin("generators", "gen_c", _factory, options=dict),
                          PluginRecord("p", "d", "1"))
 
 

@@ -42,7 +42,7 @@ def _fake_plugin(kind: str) -> types.ModuleType:
 def test_each_register_hook_adds_to_its_kind(kind):
     reg = Registry()
     rec = PluginRecord("fake", "fake-dist", "1.0")
-    _register_plugin(None, reg, _fake_plugin(kind), rec)
+    _register_plugin(reg, _fake_plugin(kind), rec)
     assert reg.names(kind) == [f"thing_{kind}"]
     assert rec.registers == {kind: [f"thing_{kind}"]}
     assert reg.owner[kind][f"thing_{kind}"] == "fake"
@@ -73,9 +73,9 @@ def register_commands(cli):
 
 def test_duplicate_name_error_names_both_plugins():
     reg = Registry()
-    _register_plugin(None, reg, _fake_plugin("methods"), PluginRecord("first", "d1", "1"))
+    _register_plugin(reg, _fake_plugin("methods"), PluginRecord("first", "d1", "1"))
     with pytest.raises(PluginError, match="both 'first' and 'second'"):
-        _register_plugin(None, reg, _fake_plugin("methods"), PluginRecord("second", "d2", "1"))
+        _register_plugin(reg, _fake_plugin("methods"), PluginRecord("second", "d2", "1"))
     assert reg.owner["methods"]["thing_methods"] == "first"
 
 
