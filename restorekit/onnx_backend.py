@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -202,23 +200,6 @@ def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET
     return onnx_cache_dir() / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
 
 
-@contextmanager
-def _export_lock(path: Path) -> Iterator[None]:
-    """Hold ``<path>.lock`` exclusively: the processes of a torchrun job (or two commands) that
-    find no cached export wait for the first one's instead of each exporting the same graph."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; each process exports (atomically) on its own
-        yield
-        return
-    with open(path.with_name(path.name + ".lock"), "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,
                 opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
     """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
@@ -260,9 +241,12 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         side = cached()
         if side is None:
             from .weights import cache_folder
+            from .weights.cache import file_lock
 
             cache_folder(path.parent)
-            with _export_lock(path):
+            # The processes of a torchrun job (or two commands) that find no cached export wait
+            # for the first one's instead of each exporting the same graph.
+            with file_lock(path.with_name(path.name + ".lock")):
                 side = cached()  # another process may have made it
                 if side is None:
                     if log is not None:

@@ -125,7 +125,7 @@ def looks_like_path(value: str | os.PathLike[str]) -> bool:
     if isinstance(value, os.PathLike):
         return True
     s = str(value)
-    return "/" in s or "\\" in s or os.sep in s or s.lower().endswith(WEIGHTS_FILE_SUFFIXES)
+    return _has_separator(s) or s.lower().endswith(WEIGHTS_FILE_SUFFIXES)
 
 
 def not_a_file_error(value: str | os.PathLike[str]) -> RestorekitError:

@@ -10,15 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-def _weights_source(weights: str | os.PathLike[str]) -> tuple[Path, str | None]:
-    """A weights argument as ``(file, registered name or None)``: a registered name means those
-    weights even beside a same-named file (``./NAME`` names the file), else an existing file, else
-    a registered name (:func:`restorekit.weights.weights_source`)."""
-    from restorekit import weights as wmod
-
-    return wmod.weights_source(weights)
-
-
 #: ``weights`` value naming the decoder of psp_sr's default (embedded) model.
 PSP_DEFAULT_DECODER = "psp_sr:default"
 
@@ -87,7 +78,10 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
         if model_file is not None:
             path = model_file
         else:
-            path, registered = _weights_source(weights)
+            from restorekit.weights import weights_source
+
+            # A registered name even beside a same-named file (./NAME is the file), else an existing file.
+            path, registered = weights_source(weights)
             name = registered or ""
     # restorekit StyleGAN2 / pSp .safetensors (decoder + its latent_avg), or a rosinality .pt.
     extra = {} if path.suffix == ".safetensors" else {"allow_unsafe": allow_unsafe}
