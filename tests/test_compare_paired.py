@@ -11,10 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from restorekit.cli import build_cli
 from restorekit.harness import paired
 from restorekit.harness.paired import (bootstrap_ci, compare_to_baseline, image_values, paired_stat,
                                        sign_test_p)
@@ -78,10 +76,6 @@ def register_methods(register):
 def register_metrics(register):
     register(Bright)
 '''
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
 
 
 def rec(method: str, image: str, seed: int | None, value: float, status: str = "ok",
@@ -266,9 +260,9 @@ def _per_image(doc: dict, method: str, metric: str) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in vals.items()}
 
 
-def test_compare_baseline_writes_consistent_paired_reports(paired_plugin, data, tmp_path):
+def test_compare_baseline_writes_consistent_paired_reports(rk_cli, paired_plugin, data, tmp_path):
     out = tmp_path / "out"
-    r = invoke("compare", "--methods", "blocky3p,jitter3p,bicubic", "--baseline", "bicubic", "--scale", "2",
+    r = rk_cli("compare", "--methods", "blocky3p,jitter3p,bicubic", "--baseline", "bicubic", "--scale", "2",
                "--data", data, "--out", out, "--metrics", "psnr_rgb,bright_3p,lr_consistency", "--seeds", "0,1",
                "--device", "cpu", "--json")
     assert r.exit_code == 1, r.output  # blocky3p fails on the narrow image
@@ -324,11 +318,11 @@ def test_compare_baseline_writes_consistent_paired_reports(paired_plugin, data, 
     assert "<td class='sub'>psnr_rgb ↑</td><td>6</td><td>0.0%</td><td>0.031</td>" in page
 
 
-def test_console_table_and_no_baseline_leaves_reports_as_they_were(paired_plugin, data, tmp_path):
+def test_console_table_and_no_baseline_leaves_reports_as_they_were(rk_cli, paired_plugin, data, tmp_path):
     out = tmp_path / "out"
     base = ["compare", "--methods", "jitter3p,bicubic", "--scale", "2", "--data", data, "--out", out,
             "--metrics", "psnr_rgb", "--device", "cpu"]
-    r = invoke(*base, "--baseline", "bicubic")
+    r = rk_cli(*base, "--baseline", "bicubic")
     assert r.exit_code == 0, r.output
     assert "vs bicubic: Δ = method − bicubic" in r.stdout
     sec = json.loads((out / "results.json").read_text())["paired"]["methods"]["jitter3p"]["psnr_rgb"]
@@ -338,7 +332,7 @@ def test_console_table_and_no_baseline_leaves_reports_as_they_were(paired_plugin
     assert "2000 resamples" in " ".join(r.stdout.split())
     assert (out / "paired.csv").is_file()
     # The same --out without --baseline: everything reused, no paired section, no stale paired.csv.
-    r = invoke(*base, "-q")
+    r = rk_cli(*base, "-q")
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "results.json").read_text())
     assert "paired" not in doc and "paired_csv" not in doc["files"] and not (out / "paired.csv").exists()
@@ -346,7 +340,7 @@ def test_console_table_and_no_baseline_leaves_reports_as_they_were(paired_plugin
     assert "vs bicubic" not in (out / "report.html").read_text()
 
 
-def test_long_layout_fits_the_terminal_whatever_the_number_of_metrics(paired_plugin, data, tmp_path, monkeypatch):
+def test_long_layout_fits_the_terminal_whatever_the_number_of_metrics(rk_cli, paired_plugin, data, tmp_path, monkeypatch):
     """One row per (method, metric), one row for a method that failed everywhere, nothing cut at 100 columns."""
     out = tmp_path / "out"
     metrics = ["psnr_y_crop", "ssim_y_crop", "psnr_rgb", "ssim_rgb", "lr_consistency", "bright_3p"]
@@ -357,7 +351,7 @@ def test_long_layout_fits_the_terminal_whatever_the_number_of_metrics(paired_plu
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich sizes the table to COLUMNS, as in a terminal
     for width in (100, 80, 200):
         monkeypatch.setenv("COLUMNS", str(width))
-        r = invoke(*args)
+        r = rk_cli(*args)
         assert r.exit_code == 1, r.output  # blocky3p fails on one image, broken3p on all
         text = ANSI.sub("", r.stdout)
         table = text[text.index("vs bicubic: Δ = method − bicubic"):text.index("Paired with bicubic")]
@@ -386,8 +380,8 @@ def test_long_layout_fits_the_terminal_whatever_the_number_of_metrics(paired_plu
     ("bicubic,pix2pixhd", "pulse", "--baseline 'pulse' is not in --methods"),
     ("bicubic", "bicubic", "--baseline 'bicubic': give --methods another method to compare with it"),
 ])
-def test_bad_baseline_is_a_one_line_usage_error(hr_folder, tmp_path, methods, baseline, msg):
-    r = invoke("compare", "--methods", methods, "--baseline", baseline, "--scale", "2", "--data", hr_folder,
+def test_bad_baseline_is_a_one_line_usage_error(rk_cli, hr_folder, tmp_path, methods, baseline, msg):
+    r = rk_cli("compare", "--methods", methods, "--baseline", baseline, "--scale", "2", "--data", hr_folder,
                "--out", tmp_path / "o", "--device", "cpu")
     assert r.exit_code == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]

@@ -4,20 +4,13 @@ naming the range, before any work — not an allocation failure once the referen
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
-
-from restorekit.cli import build_cli
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.mark.parametrize("flag,value,top", [("--n", 10**12, "200000"), ("--detect-n", 10**12, "10000")])
-def test_realism_sample_counts_have_a_ceiling(hr_folder, flag, value, top):
+def test_realism_sample_counts_have_a_ceiling(rk_cli, hr_folder, flag, value, top):
     # --n 10**12 ended with 'unexpected RuntimeError: ... can't allocate memory ... report it' once
     # the reference statistics were done.
-    r = invoke("realism", "--generator", "no_such_generator", "--data", hr_folder, flag, value,
+    r = rk_cli("realism", "--generator", "no_such_generator", "--data", hr_folder, flag, value,
                "--spaces", "dlib", "--detector", "none", "--cache", "none")
     text = " ".join((r.output + r.stderr).split())
     assert r.exit_code == 2 and "unexpected" not in text, text

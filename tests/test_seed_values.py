@@ -8,17 +8,11 @@ import time
 
 import click
 import pytest
-from click.testing import CliRunner
 
-from restorekit.cli import build_cli
 
 TOO_BIG = str(2**64)
 LARGEST = str(2**64 - 1)
 RANGE = f"seeds are 0 to {LARGEST}"
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
 
 
 def _usage(r, *needles: str) -> None:  # type: ignore[no-untyped-def]
@@ -73,15 +67,15 @@ def test_a_huge_range_is_refused_without_building_it():
     (f"5-{TOO_BIG}", f"seed {TOO_BIG} is out of range: {RANGE}"),
     ("0-2000000", "2,000,001 seeds; at most 100,000 in one run"),
 ])
-def test_generate_seeds_out_of_range_or_too_many_is_usage_error(tmp_path, seeds, msg):
-    r = invoke("generate", "--generator", "no_such_generator", "--seeds", seeds, "--output", tmp_path / "out")
+def test_generate_seeds_out_of_range_or_too_many_is_usage_error(rk_cli, tmp_path, seeds, msg):
+    r = rk_cli("generate", "--generator", "no_such_generator", "--seeds", seeds, "--output", tmp_path / "out")
     _usage(r, "--seeds", msg)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("seed", [TOO_BIG, "-1"])
-def test_run_seed_out_of_range_is_usage_error(hr_folder, tmp_path, seed):
-    r = invoke("run", "bicubic", "--scale", "2", "--seed", seed, "--input", hr_folder, "--output", tmp_path / "out")
+def test_run_seed_out_of_range_is_usage_error(rk_cli, hr_folder, tmp_path, seed):
+    r = rk_cli("run", "bicubic", "--scale", "2", "--seed", seed, "--input", hr_folder, "--output", tmp_path / "out")
     _usage(r, "--seed", f"0<=x<={LARGEST}")
     assert not (tmp_path / "out").exists()
 
@@ -91,15 +85,15 @@ def test_run_seed_out_of_range_is_usage_error(hr_folder, tmp_path, seed):
     ("0,-3", f"seed -3 is out of range: {RANGE}"),
     ("0-5000", "5,001 seeds; at most 1,000 in one run"),
 ])
-def test_compare_seeds_out_of_range_or_too_many_is_usage_error(hr_folder, tmp_path, seeds, msg):
-    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--seeds", seeds,
+def test_compare_seeds_out_of_range_or_too_many_is_usage_error(rk_cli, hr_folder, tmp_path, seeds, msg):
+    r = rk_cli("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--seeds", seeds,
                "--out", tmp_path / "o", "-q")
     _usage(r, "--seeds", msg)
     assert not (tmp_path / "o").exists()
 
 
-def test_compare_takes_seed_ranges_like_generate(hr_folder, tmp_path):
-    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--seeds", "0-2,2",
+def test_compare_takes_seed_ranges_like_generate(rk_cli, hr_folder, tmp_path):
+    r = rk_cli("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--seeds", "0-2,2",
                "--metrics", "psnr_rgb", "--out", tmp_path / "o", "-q", "--device", "cpu")
     assert r.exit_code == 0, r.output + r.stderr
 
@@ -112,7 +106,7 @@ def test_compare_plan_refuses_a_seed_out_of_range(hr_folder, tmp_path):
 
 
 @pytest.mark.parametrize("seed", [TOO_BIG, "-1"])
-def test_realism_seed_out_of_range_is_usage_error(hr_folder, seed):
-    r = invoke("realism", "--generator", "no_such_generator", "--data", hr_folder, "--seed", seed,
+def test_realism_seed_out_of_range_is_usage_error(rk_cli, hr_folder, seed):
+    r = rk_cli("realism", "--generator", "no_such_generator", "--data", hr_folder, "--seed", seed,
                "--spaces", "dlib", "--detector", "none", "--cache", "none")
     _usage(r, "--seed", f"0<=x<={LARGEST}")

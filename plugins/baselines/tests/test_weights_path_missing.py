@@ -6,15 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from restorekit.cli import build_cli
 from restorekit.testing.data import smooth_batch
 from restorekit.images import save_image
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
 
 
 def _one_line(r) -> str:  # type: ignore[no-untyped-def]
@@ -35,35 +29,35 @@ MISSING = ["/nonexistent/model.pt", "./missing.safetensors", "missing.pth", "run
 
 @pytest.mark.parametrize("value", MISSING)
 @pytest.mark.parametrize("how", ["--weights", "--opt"])
-def test_run_pix2pixhd_missing_weights_file(face, tmp_path, value, how):
+def test_run_pix2pixhd_missing_weights_file(rk_cli, face, tmp_path, value, how):
     given = ["--weights", value] if how == "--weights" else ["--opt", f"weights={value}"]
-    r = invoke("run", "pix2pixhd", "--scale", "4", *given, "--input", face, "--output", tmp_path / "out",
+    r = rk_cli("run", "pix2pixhd", "--scale", "4", *given, "--input", face, "--output", tmp_path / "out",
                "--device", "cpu")
     assert _one_line(r) == f"error: {value}: no such file"
     assert not (tmp_path / "out" / "face.png").exists()
 
 
-def test_a_registered_name_with_a_file_suffix_is_suggested(face, tmp_path):
-    r = invoke("run", "pix2pixhd", "--scale", "4", "--weights", "pix2pixhd-faces128.safetensors", "--input", face,
+def test_a_registered_name_with_a_file_suffix_is_suggested(rk_cli, face, tmp_path):
+    r = rk_cli("run", "pix2pixhd", "--scale", "4", "--weights", "pix2pixhd-faces128.safetensors", "--input", face,
                "--output", tmp_path / "out", "--device", "cpu")
     assert _one_line(r) == ("error: pix2pixhd-faces128.safetensors: no such file "
                             "(did you mean the registered weights 'pix2pixhd-faces128'?)")
 
 
-def test_a_mistyped_registry_name_keeps_its_message(face, tmp_path):
-    r = invoke("run", "pix2pixhd", "--scale", "4", "--weights", "pix2pixhd-faces12", "--input", face,
+def test_a_mistyped_registry_name_keeps_its_message(rk_cli, face, tmp_path):
+    r = rk_cli("run", "pix2pixhd", "--scale", "4", "--weights", "pix2pixhd-faces12", "--input", face,
                "--output", tmp_path / "out", "--device", "cpu")
     assert _one_line(r).startswith("error: unknown weights 'pix2pixhd-faces12' (did you mean 'pix2pixhd-faces128'?)")
 
 
-def test_export_pix2pixhd_missing_weights_file(face, tmp_path):
-    r = invoke("export", "pix2pixhd", "--weights", "./missing.pt", "--out", tmp_path / "m.onnx")
+def test_export_pix2pixhd_missing_weights_file(rk_cli, face, tmp_path):
+    r = rk_cli("export", "pix2pixhd", "--weights", "./missing.pt", "--out", tmp_path / "m.onnx")
     assert _one_line(r) == "error: ./missing.pt: no such file"
     assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize("value", ["/nonexistent/generator.pt", "./missing.safetensors"])
-def test_run_pulse_missing_generator_weights_file(face, tmp_path, value):
-    r = invoke("run", "pulse", "--scale", "2", "--weights", value, "--input", face, "--output", tmp_path / "out",
+def test_run_pulse_missing_generator_weights_file(rk_cli, face, tmp_path, value):
+    r = rk_cli("run", "pulse", "--scale", "2", "--weights", value, "--input", face, "--output", tmp_path / "out",
                "--device", "cpu")
     assert value in _one_line(r) and "no such file" in r.stderr and "unknown weights" not in r.stderr

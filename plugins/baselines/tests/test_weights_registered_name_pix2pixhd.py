@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from restorekit.cli import build_cli
 from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
 from restorekit.weights import load_checkpoint, resolve
 
 NAME = "pix2pixhd-faces128"
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -41,19 +35,19 @@ def _plant_decoy(path: Path) -> None:
     assert load_checkpoint(path)["trainer"] == "pix2pixhd"
 
 
-def _run(face: Path, out: Path, weights: str):
-    r = invoke("run", "pix2pixhd", "--scale", "4", "--weights", weights, "--input", face, "--output", out,
+def _run(rk_cli, face: Path, out: Path, weights: str):
+    r = rk_cli("run", "pix2pixhd", "--scale", "4", "--weights", weights, "--input", face, "--output", out,
                "--device", "cpu")
     assert r.exit_code == 0, r.stderr
     return r, (out / "face.png").read_bytes()
 
 
-def test_a_same_named_file_does_not_replace_the_registered_weights(face, tmp_path):
-    _, clean = _run(face, tmp_path / "clean", NAME)
+def test_a_same_named_file_does_not_replace_the_registered_weights(rk_cli, face, tmp_path):
+    _, clean = _run(rk_cli, face, tmp_path / "clean", NAME)
     _plant_decoy(tmp_path / NAME)
-    r, named = _run(face, tmp_path / "named", NAME)
+    r, named = _run(rk_cli, face, tmp_path / "named", NAME)
     assert named == clean
     note = f"note: '{NAME}' is the registered weights; for the file of that name in this folder write ./{NAME}"
     assert r.stderr.count(note) == 1, r.stderr
-    _, as_path = _run(face, tmp_path / "path", f"./{NAME}")
+    _, as_path = _run(rk_cli, face, tmp_path / "path", f"./{NAME}")
     assert as_path != clean

@@ -6,15 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from restorekit.cli import build_cli
 from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
 
 
 def _one_line(r) -> str:  # type: ignore[no-untyped-def]
@@ -38,28 +32,28 @@ MISSING = ["/nonexistent/model.pt", "./missing.safetensors", "missing.onnx", "ru
 
 @pytest.mark.parametrize("value", MISSING)
 @pytest.mark.parametrize("method", ["psp_sr", "psp_pulse"])
-def test_run_missing_weights_file(faces, tmp_path, method, value):
-    r = invoke("run", method, "--scale", "4", "--weights", value, "--input", faces, "--output", tmp_path / "out",
+def test_run_missing_weights_file(rk_cli, faces, tmp_path, method, value):
+    r = rk_cli("run", method, "--scale", "4", "--weights", value, "--input", faces, "--output", tmp_path / "out",
                "--device", "cpu")
     assert _one_line(r) == f"error: {value}: no such file"
 
 
 @pytest.mark.parametrize("value", MISSING)
-def test_generate_missing_weights_file(faces, tmp_path, value):
-    r = invoke("generate", "--generator", "stylegan2", "--weights", value, "--seeds", "0", "--output",
+def test_generate_missing_weights_file(rk_cli, faces, tmp_path, value):
+    r = rk_cli("generate", "--generator", "stylegan2", "--weights", value, "--seeds", "0", "--output",
                tmp_path / "out", "--device", "cpu")
     assert _one_line(r) == f"error: {value}: no such file"
     assert not (tmp_path / "out").exists()
 
 
-def test_generate_registered_name_as_a_file_is_suggested(faces, tmp_path):
-    r = invoke("generate", "--generator", "stylegan2", "--weights", "stylegan2-ffhq-config-f.pt", "--seeds", "0",
+def test_generate_registered_name_as_a_file_is_suggested(rk_cli, faces, tmp_path):
+    r = rk_cli("generate", "--generator", "stylegan2", "--weights", "stylegan2-ffhq-config-f.pt", "--seeds", "0",
                "--output", tmp_path / "out", "--device", "cpu")
     assert _one_line(r) == ("error: stylegan2-ffhq-config-f.pt: no such file "
                             "(did you mean the registered weights 'stylegan2-ffhq-config-f'?)")
 
 
-def test_realism_missing_weights_file(faces, tmp_path):
-    r = invoke("realism", "--generator", "stylegan2", "--weights", "/nonexistent/g.pt", "--data", faces, "--n", "2",
+def test_realism_missing_weights_file(rk_cli, faces, tmp_path):
+    r = rk_cli("realism", "--generator", "stylegan2", "--weights", "/nonexistent/g.pt", "--data", faces, "--n", "2",
                "--spaces", "dlib", "--detector", "none", "--cache", "none", "--device", "cpu")
     assert _one_line(r) == "error: /nonexistent/g.pt: no such file"
