@@ -272,12 +272,11 @@ def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None
     assert (tmp_path / "run" / "generator.safetensors").is_file()  # a run cut short still exports
 
 
-def test_bf16_autocast_step_runs_and_keeps_r1_in_float32(faces: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CUDA path's mixed precision, exercised with CPU autocast: no dtype clash in G, D,
-    DiffAugment or the losses, and R1 computed outside autocast."""
-    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=2, r1_every=1), quiet=True)
-    monkeypatch.setattr(t, "_autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+def test_bf16_autocast_step_runs_and_keeps_r1_in_float32(faces: Path, tmp_path: Path) -> None:
+    """The CUDA path's mixed precision, exercised by ``amp_cpu`` (the CPU recipe's bf16): no dtype
+    clash in G, D, DiffAugment or the losses, R1 computed outside autocast, fp32 master weights."""
+    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=2, r1_every=1, amp_cpu=True), quiet=True)
+    assert t.use_amp
     t.load_data()
     seen: list[torch.dtype] = []
     t.D.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -285,6 +284,17 @@ def test_bf16_autocast_step_runs_and_keeps_r1_in_float32(faces: Path, tmp_path: 
     assert torch.bfloat16 in seen and torch.float32 in seen  # autocast passes, and R1's fp32 pass
     assert all(torch.isfinite(v) for v in logs.values()) and logs["r1"].dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in t.G.parameters())
+
+
+def test_cpu_training_stays_float32_unless_amp_cpu_is_set(faces: Path, tmp_path: Path) -> None:
+    """``amp`` alone means CUDA autocast: a CPU run without ``amp_cpu`` computes in fp32."""
+    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=2, r1_every=1, amp=True), quiet=True)
+    assert not t.use_amp
+    t.load_data()
+    seen: list[torch.dtype] = []
+    t.D.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    t.train_step()
+    assert seen and set(seen) == {torch.float32}
 
 
 @pytest.mark.parametrize("d_arch", ["stylegan2", "projected"])
