@@ -269,6 +269,40 @@ def test_the_changed_settings_warning_comes_from_the_main_process_only(faces: Pa
         assert ("lr: 0.01 → 0.05" in err) is said, (rank, err)
 
 
+def test_a_setting_newer_than_the_checkpoint_counts_as_its_default(faces: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint written before a setting existed trained with its default: resuming at the
+    default says nothing; resuming with another value names the change from the default."""
+    cfg = TinyConfig(steps=2, batch_size=2, optimizer="adam", lr=0.01, device="cpu", out=str(tmp_path / "run"),
+                     data={"root": str(faces), "factors": [1, 2]})
+    TinyTrainer.build(cfg, quiet=True).fit()
+    [(_, ckpt_path)] = list_checkpoints(tmp_path / "run")
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["config"]["amp_cpu"], ckpt["config"]["data"]["quantize"]  # as written before they existed
+    torch.save(ckpt, ckpt_path)
+    capsys.readouterr()
+    assert TinyTrainer.build(cfg, quiet=True).resume() == 2
+    assert "warning" not in capsys.readouterr().err
+    changed = cfg.model_copy(update={"amp": True, "amp_cpu": True})
+    assert TinyTrainer.build(changed, quiet=True).resume() == 2
+    err = capsys.readouterr().err
+    assert "amp: false → true; amp_cpu: false → true" in err and "quantize" not in err, err
+
+
+def test_amp_cpu_autocasts_a_cpu_run_to_bf16_and_amp_alone_does_not(faces: Path, tmp_path: Path) -> None:
+    base = TinyConfig(steps=1, batch_size=2, optimizer="adam", lr=0.01, device="cpu",
+                      data={"root": str(faces), "factors": [1, 2]}, amp=True)
+    for amp_cpu, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        t = TinyTrainer.build(base.model_copy(update={"amp_cpu": amp_cpu, "out": str(tmp_path / str(amp_cpu))}),
+                              quiet=True)
+        seen: list[torch.dtype] = []
+        t.model.body.register_forward_hook(lambda m, i, o: seen.append(o.dtype))  # the convs, not x + body(x)
+        t.fit()
+        assert t.use_amp is amp_cpu and seen and set(seen) == {dtype}, (amp_cpu, seen)
+    with pytest.raises(ValueError, match="amp_cpu autocasts to bf16 only"):
+        TinyConfig(amp=True, amp_cpu=True, amp_dtype="fp16")
+
+
 # -- what a resumed run takes from its checkpoint --------------------------------------------------
 def test_resume_with_the_config_file_but_no_data_takes_the_rest_from_the_checkpoint(cli: click.Group, faces: Path,
                                                                                     tmp_path: Path) -> None:

@@ -84,8 +84,10 @@ class TrainConfig(_Strict):
     lookahead_alpha: float = Field(default=0.5, ge=0, le=1)
     grad_centralization: bool = True
     grad_clip: float | None = Field(default=None, gt=0)
-    amp: bool = Field(default=False, description="autocast on CUDA (ignored on CPU)")
+    amp: bool = Field(default=False, description="autocast on CUDA (on the CPU only with amp_cpu)")
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    amp_cpu: bool = Field(default=False, description="with amp, bf16 autocast on the CPU too: pays where the "
+                                                     "CPU has AMX or AVX-512 BF16 (oneDNN), costs elsewhere")
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads")
@@ -121,6 +123,12 @@ class TrainConfig(_Strict):
     PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
         "data.root": "path", "data.split_file": "path", "out": "path",
     }
+
+    @model_validator(mode="after")
+    def _check_amp(self) -> "TrainConfig":
+        if self.amp and self.amp_cpu and self.amp_dtype != "bf16":
+            raise ValueError("amp_cpu autocasts to bf16 only (amp_dtype=bf16): fp16 would need a gradient scaler")
+        return self
 
     def saved_settings(self) -> dict[str, Any]:
         """What a checkpoint saves: the settings as JSON, paths made absolute (:func:`absolute_settings`)."""

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
@@ -182,12 +183,28 @@ def _at(settings: dict[str, Any], key: str, default: Any) -> Any:
     return node
 
 
+def _filled(saved: dict[str, Any], defaults: BaseModel) -> dict[str, Any]:
+    """``saved`` with each setting it lacks taken from ``defaults`` (in its tables too, but not into
+    a dict-valued setting, whose entries are the setting)."""
+    out = dict(saved)
+    dumped = defaults.model_dump(mode="json")
+    for name in type(defaults).model_fields:
+        value = getattr(defaults, name)
+        if name not in out:
+            out[name] = dumped[name]
+        elif isinstance(value, BaseModel) and isinstance(out[name], dict):
+            out[name] = _filled(out[name], value)
+    return out
+
+
 def _compared(ckpt: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
     """:func:`setting_changes` from the checkpoint's settings to ``config``'s, paths compared absolute
-    on both sides (a checkpoint written before they were saved absolute holds them as given)."""
+    on both sides (a checkpoint written before they were saved absolute holds them as given). A
+    setting added after the checkpoint was written counts as its default there: that is what the
+    run trained with (new settings default to the behaviour before them)."""
     cls = type(config)
-    return setting_changes(absolute_settings(cls, ckpt.get("config") or {}),
-                           absolute_settings(cls, config.model_dump(mode="json")))
+    saved = _filled(ckpt.get("config") or {}, cls.model_construct())
+    return setting_changes(absolute_settings(cls, saved), absolute_settings(cls, config.model_dump(mode="json")))
 
 
 def resume_warning(path: Path, ckpt: dict[str, Any], config: TrainConfig, shown: int = 8) -> str | None:
@@ -227,6 +244,12 @@ def restoring(path: Path, ckpt: dict[str, Any], config: TrainConfig) -> Iterator
         hint = f"settings that differ: {said}" if diffs else "the settings are the same (a different code version?)"
         raise TrainingError(f"{path} does not fit this config ({first.rstrip(':')}); {hint}. Resume without "
                             "--config/--set to continue as the run was made, or choose another --out") from None
+
+
+def amp_enabled(config: TrainConfig, device: torch.device) -> bool:
+    """Whether ``config`` asks for autocast on ``device``: on CUDA with ``amp``, on the CPU only
+    with ``amp_cpu`` as well (bf16 pays there only where the CPU has AMX or AVX-512 BF16)."""
+    return config.amp and (device.type == "cuda" or (device.type == "cpu" and config.amp_cpu))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -386,7 +409,7 @@ class Trainer:
         self._val_fn = val_fn
         trainable = params if params is not None else [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(trainable, config)
-        use_amp = config.amp and self.device.type == "cuda"
+        use_amp = amp_enabled(config, self.device)
         self.amp_dtype = torch.bfloat16 if config.amp_dtype == "bf16" else torch.float16
         self.use_amp = use_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
@@ -546,7 +569,7 @@ class Trainer:
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+            return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     # -- the loop ----------------------------------------------------------------------------
