@@ -16,8 +16,9 @@
 #   bars            check_bars.py: issue #18's "done when" bars, pass or fail, and the card's tables
 # Settings: FACES (../shared/data/faces), W (runs/prior128_finish), STAGE2_STEPS (the recipe's 5000;
 # 3000 when continuing a GPU part), STAGE2_MINUTES (a time limit for this session's share), KIMG
-# (for the data note; read from metrics.jsonl), EVAL_LIMIT (compare only the first N faces of each
-# list: rehearsals).
+# (for the data note; read from metrics.jsonl), TRAINED_ON (the data note's hardware: "one H200"; the
+# CPU route's snapshot folder as RETURNED: "a 2-core CPU"), EVAL_LIMIT (compare only the first N faces
+# of each list: rehearsals).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -36,7 +37,7 @@ sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep
 grep /ffhq128/ "$W/val.txt" > "$W/val_ffhq.txt"  # check_bars.py: the per-source win shares
 awk 'NR % 9 == 1' "$W/val.txt" > "$W/val_pulse.txt"  # 47 faces from both sources, for the slow methods
 KIMG=${KIMG:-$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg']))" "$RETURNED/metrics.jsonl" 2>/dev/null || echo '?')}
-NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on one H200"
+NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on ${TRAINED_ON:-one H200}"
 METRICS=psnr_y_crop,ssim_y_crop,lpips_alex_v0.1,identity_dlib_dist,lr_consistency
 
 stage_realism() {

@@ -1,11 +1,13 @@
-"""Rank face-prior snapshots by realism: the Fréchet distance in LPIPS-AlexNet conv5 space.
+"""Rank face-prior snapshots by realism: the Fréchet distance in an offline feature space.
 
     python scripts/gpu/race.py --data FACES_DIR --val plugins/psp_sr/recipes/faces128/val.txt \
         --out race.json plain=/tmp/rk/race_plain/snapshot projected=/tmp/rk/race_projected/snapshot
 
 Each ``NAME=FOLDER`` holds a ``restorekit train stylegan2`` snapshot (``generator.safetensors``).
 All are sampled with the same seed and count and compared with the same validation faces, so the
-figures rank them (they are not FID; see ``restorekit realism``). Writes the figures as JSON and
+figures rank them (they are not FID; see ``restorekit realism``). ``run.sh`` ranks in dlib's
+descriptor space (``--space dlib128``) when it has the weights: a projected D trained on AlexNet
+features would be favoured by AlexNet's own space (the default, ``alex_conv5``). Writes the figures as JSON and
 prints the winner's name on the last line (lowest distance).
 """
 

@@ -49,8 +49,13 @@ if [ "${RESUME:-0}" = 1 ] && [ -d "$WORK/run/checkpoints" ]; then
     INIT=(--resume)  # a warm machine: continue the previous call's run exactly
 elif [ "$RACE_MINUTES" != 0 ]; then
     # Which discriminator reaches faces sooner? Both train side by side on the GPU for the same
-    # wall-clock minutes; the more realistic snapshot (Fréchet distance to the validation faces in
-    # LPIPS-AlexNet space) continues, the other is dropped. The figures come back in race.json.
+    # wall-clock minutes; the more realistic snapshot (Fréchet distance to the validation faces)
+    # continues, the other is dropped. The figures come back in race.json. The distance is taken in
+    # dlib's face-descriptor space when prepare.sh brought it (WITH_DLIB=1): the projected arm's D
+    # is trained on AlexNet features, so AlexNet's own space would favour it by construction.
+    RACE_SPACE=(--space alex_conv5 --weights "$ALEX")
+    DLIB=$PWD/.gpu/weights/dlib_face_recognition_resnet_model_v1.safetensors
+    [ -f "$DLIB" ] && RACE_SPACE=(--space dlib128 --weights "$DLIB")
     log "race: StyleGAN2 D vs projected AlexNet D, ${RACE_MINUTES} min side by side"
     # shellcheck disable=SC2086
     $PY -m restorekit "${TRAIN[@]}" --out "$WORK/race_stylegan2" --time-limit "$RACE_MINUTES" ${GAN_SET:-} \
@@ -62,7 +67,7 @@ elif [ "$RACE_MINUTES" != 0 ]; then
     P2=$!
     wait $P1; wait $P2
     for arm in stylegan2 projected; do tail -n 4 "$WORK/race_$arm.log" | sed "s/^/[race $arm] /" | tee -a "$OUT/run.log"; done
-    WINNER=$($PY scripts/gpu/race.py --data "$WORK/faces" --val "$VAL" --out "$OUT/race.json" --weights "$ALEX" \
+    WINNER=$($PY scripts/gpu/race.py --data "$WORK/faces" --val "$VAL" --out "$OUT/race.json" "${RACE_SPACE[@]}" \
              stylegan2="$WORK/race_stylegan2/snapshot" projected="$WORK/race_projected/snapshot" 2>>"$OUT/run.log" \
              | tee -a "$OUT/run.log" | tail -n 1)
     case "$WINNER" in stylegan2|projected) ;; *)
