@@ -281,6 +281,30 @@ def test_metric_with_missing_weights_is_skipped_and_named(harness_plugin, hr_fol
     assert json.loads(r.stdout)["skipped_metrics"][0]["name"] == "needs_weights_3p"
 
 
+def test_results_of_changed_method_code_are_not_reused(harness_plugin, hr5, tmp_path):
+    """Same version, other code (an editable install, a re-shipped model): the folder's results are
+    stale, so the run is refused naming the change, and --fresh recomputes every image."""
+    from restorekit.harness.runner import code_fingerprint
+
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "noisy3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
+            "--seeds", "0", "--metrics", "psnr_y_crop", "--device", "cpu", "-q"]
+    assert invoke(*args).exit_code == 0
+    before = code_fingerprint("thirdparty_harness")
+    assert len(before) == 16 and _method(_doc(out), "noisy3p")
+    source = tmp_path / "site" / "thirdparty_harness.py"
+    source.write_text(source.read_text() + "\n# a fix\n")
+    code_fingerprint.cache_clear()  # a new process reads the files again
+    assert code_fingerprint("thirdparty_harness") != before
+    harness_plugin.unlink()
+    r = invoke(*args)
+    assert r.exit_code == 2 and f"noisy3p.code: {before} → " in r.output, r.output
+    assert _calls(harness_plugin) == []
+    r = invoke(*args, "--fresh")
+    assert r.exit_code == 0 and _calls(harness_plugin).count("noisy3p") == 5
+    assert sum(img["reused"] for img in _doc(out)["images"]) == 0
+
+
 def test_single_sample_deterministic_runs_once(harness_plugin, hr5, tmp_path):
     """A method whose one sample ignores the seed (pSp-style mixing) runs once per image, not per seed."""
     out = tmp_path / "out"

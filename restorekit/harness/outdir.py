@@ -2,10 +2,11 @@
 
 Outputs, LR inputs and stored results are named by image and method only, so a folder must hold
 one configuration: the inputs (``--data``, ``--scale``, the degradation or ``--lr-dir``) and, per
-method, the settings its outputs depend on (options, device, backend, face mode, versions). A run
-may extend a folder (more methods, seeds, images or metrics); one whose inputs or any method's
-settings differ is refused, naming the differences, unless ``--fresh``, which first removes what
-compare wrote there (and nothing else).
+method, the settings its outputs depend on (options, device, backend, face mode, versions, and a
+fingerprint of the code and weights shipped in its package). A run may extend a folder (more
+methods, seeds, images or metrics); one whose inputs or any method's settings differ is refused,
+naming the differences, unless ``--fresh``, which first removes what compare wrote there (and
+nothing else).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ seed of ``--seeds``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import platform
@@ -39,6 +40,7 @@ from ..methods import check_restored, resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
+from ..weights.checksum import sha256_file
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim
 from .store import Record, ResultStore, safe_name, settings_hash
@@ -170,6 +172,26 @@ def _dist_of(reg: Registry, plugin: str) -> tuple[str, str]:
     return (rec.distribution, rec.version) if rec else ("?", "?")
 
 
+@functools.cache
+def code_fingerprint(module: str) -> str:
+    """16 hex digits of sha256 over the files of the top-level package (or module) that holds
+    ``module``: its code and any weights shipped inside it. Part of a method's settings, so that
+    stored results are not reused, and a ``--out`` folder is not extended, after the method's code
+    or shipped weights changed under the same version (an editable install, a re-shipped model);
+    ``""`` where the package has no files to read."""
+    top = sys.modules.get(module.split(".")[0])
+    path = getattr(top, "__file__", None)
+    if not path:
+        return ""
+    root = Path(path).parent
+    files = sorted(f for f in root.rglob("*") if f.is_file() and "__pycache__" not in f.parts) \
+        if hasattr(top, "__path__") else [Path(path)]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
     """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``."""
     out: dict[str, dict[str, str]] = {}
@@ -252,7 +274,8 @@ def plan(config: CompareConfig) -> Plan:
         seeds: list[int | None] = [None] if cls.info.one_sample_ignores_seed else list(dict.fromkeys(config.seeds))
         settings = {"method": name, "options": options.model_dump(mode="json"), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
-                    "device": device.type, "distribution": dist, "version": ver}
+                    "device": device.type, "distribution": dist, "version": ver,
+                    "code": code_fingerprint(cls.__module__)}
         if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
             settings["faces"] = {"mode": config.faces, "detector": config.detector}
         if config.backend != "torch":
