@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The face prior on the CPU while no GPU is lent (plugins/psp_sr/recipes/prior128/README.md, "The CPU
+# route"), one session's chunk per call: continues the run (creating it the first time) for MINUTES,
+# then measures its newest snapshot — Fréchet distances (AlexNet conv5, dlib; NOT FID) and the share
+# of 32 samples at truncation 0.7 in which MTCNN finds a face — into PROGRESS/<kimg>kimg.json, with
+# the sample grid beside it, so that the sessions' chunks can be compared.
+#   MINUTES=150 nohup bash scripts/cpu_prior.sh > runs/prior128_cpu/chunk.log 2>&1 &
+# Settings: MINUTES (required), RUN (runs/prior128_cpu/run), CONFIG (prior128/cpu.toml), FACES
+# (../shared/data/faces), THREADS (2), SET (extra `--set k=v` words, for rehearsals), REALISM_N
+# (1000 samples), PROGRESS (the run's parent folder/progress), RK (.venv/bin/restorekit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RK=${RK:-.venv/bin/restorekit}
+PY=${PY:-.venv/bin/python}
+MINUTES=${MINUTES:?set MINUTES to the minutes of training this call may take}
+RUN=${RUN:-runs/prior128_cpu/run}
+CONFIG=${CONFIG:-plugins/psp_sr/recipes/prior128/cpu.toml}
+FACES=$(cd "${FACES:-../shared/data/faces}" && pwd)
+THREADS=${THREADS:-2}
+PROGRESS=${PROGRESS:-$(dirname "$RUN")/progress}
+mkdir -p "$PROGRESS"
+log() { echo "[cpu_prior.sh $(date +%H:%M:%S)] $*"; }
+
+RESUME=()
+[ -d "$RUN/checkpoints" ] && RESUME=(--resume)
+log "training $RUN for $MINUTES min on $THREADS threads ${RESUME[*]:-(new run)}"
+# shellcheck disable=SC2086
+OMP_NUM_THREADS=$THREADS $RK train stylegan2 --data "$FACES" --config "$CONFIG" --out "$RUN" "${RESUME[@]}" \
+    --time-limit "$MINUTES" --set "num_threads=$THREADS" ${SET:-}
+
+SNAP=$RUN/snapshot
+KIMG=$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg'], 1))" \
+       "$SNAP/metrics.jsonl")
+sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$PROGRESS/val.txt"
+log "measuring the snapshot at $KIMG kimg"
+$RK realism --generator stylegan2 --weights "$SNAP/generator.safetensors" --data "@$PROGRESS/val.txt" \
+    --n "${REALISM_N:-1000}" --spaces alex,dlib --detector mtcnn --detect-n 32 --detect-truncation 0.7 --json \
+    > "$PROGRESS/${KIMG}kimg.json.part"
+mv "$PROGRESS/${KIMG}kimg.json.part" "$PROGRESS/${KIMG}kimg.json"
+cp "$SNAP/samples.png" "$PROGRESS/${KIMG}kimg.png"
+$PY - "$PROGRESS/${KIMG}kimg.json" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+figures = ", ".join(f"{f['space']} {f['distance']:.3f}" for f in doc["figures"])
+faces = doc.get("faces") or {}
+print(f"[cpu_prior.sh] {sys.argv[1]}: Fréchet {figures}; faces found in {faces.get('found')}/{faces.get('n')}")
+EOF
