@@ -42,20 +42,24 @@ class SkipInput(Exception):
         return self.reason
 
 
+#: The reason of a skipped output that exists already.
+EXISTS = "exists (--overwrite replaces it)"
+
+
 @dataclass
 class BatchResult:
     """What happened to each input.
 
-    ``written`` lists the outputs written; ``skipped`` the outputs that existed (paths) and the
-    inputs with nothing to write (``{"path": input, "reason": …}``, see :class:`SkipInput`);
+    ``written`` lists the outputs written; ``skipped`` one ``{"path", "reason"}`` each: an output
+    that existed (reason :data:`EXISTS`) or an input with nothing to write (see :class:`SkipInput`);
     ``failed`` the inputs that failed (``{"path", "error"}``).
     """
 
     written: list[str] = field(default_factory=list)
-    skipped: list[str | dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     reports: dict[str, object] = field(default_factory=dict)
-    # SkipInput.short of each input skipped for a reason, in the order of ``skipped``'s dicts
+    # SkipInput.short of each input skipped for a reason, in the order of those ``skipped`` entries
     skip_kinds: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +75,9 @@ class BatchResult:
         parts = [f"{n_exist} exist, --overwrite replaces"] if n_exist else []
         parts += [f"{self.skip_kinds.count(kind)} {kind}" for kind in dict.fromkeys(self.skip_kinds)]
         return f"{len(self.skipped)} skipped ({'; '.join(parts)})"
+
+    def add_exists(self, path: object) -> None:
+        self.skipped.append({"path": str(path), "reason": EXISTS})
 
     def add_skip(self, path: object, reason: str, short: str) -> None:
         self.skipped.append({"path": str(path), "reason": reason})
@@ -207,7 +214,8 @@ def process_files(
         if isinstance(done_before, tuple):
             result.add_skip(items[i].path, *done_before)
         else:
-            result.skipped.extend(done_before)
+            for path in done_before:
+                result.add_exists(path)
     for i in sorted(all_early):
         result.failed.append(all_early[i])
     todo = sorted(i for share in shares for i in share[2])
@@ -231,7 +239,7 @@ def process_files(
                     if dest.resolve() in input_paths:
                         raise ImageError(_replaces_input(dest))
                     if dest.exists() and not overwrite:
-                        one.skipped.append(str(dest))
+                        one.add_exists(dest)
                         continue
                     save_image(out, dest)
                     one.written.append(str(dest))

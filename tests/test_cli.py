@@ -113,7 +113,9 @@ def test_existing_outputs_skipped_unless_overwrite(hr_folder, tmp_path):
     invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "-q")
     stamp = (out / "img0.png").stat().st_mtime_ns
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json")
-    assert len(json.loads(r.output)["skipped"]) == 4
+    skipped = json.loads(r.output)["skipped"]
+    assert sorted(s["path"] for s in skipped) == sorted(str(out / f"img{i}.png") for i in range(4))
+    assert {s["reason"] for s in skipped} == {"exists (--overwrite replaces it)"}  # one shape for every skip
     assert (out / "img0.png").stat().st_mtime_ns == stamp
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json",
                "--overwrite")

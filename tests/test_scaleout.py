@@ -402,7 +402,7 @@ def test_killed_run_resumes_without_redoing_finished_work(scaleout_plugin, hr9, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads(resumed.stdout)
     assert len(_calls(scaleout_plugin)) == 9 - len(done)
-    assert sorted(Path(p).name for p in summary["skipped"]) == done
+    assert sorted(Path(s["path"]).name for s in summary["skipped"]) == done
     assert len(summary["written"]) == 9 - len(done) and summary["failed"] == []
     assert len(list(out.glob("*.png"))) == 9
 
