@@ -502,7 +502,7 @@ def test_json_float_encoding_round_trips():
 
 def test_bench_harness_reports_cost_per_image_next_to_the_method():
     r = invoke("bench", "harness", "--n", "3", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop",
-               "--standin-ms", "30", "--json")
+               "--standin-ms", "150", "--json")  # far above bicubic's 32-px cost, even on a loaded machine
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     real, standin = data["runs"]
@@ -517,7 +517,7 @@ def test_bench_harness_reports_cost_per_image_next_to_the_method():
         # every stage, the method and its loading add up to the wall time
         total_ms = run["harness_ms_per_image"] + run["method_ms_per_image"] + run["method_load_s"] * 1000 / 3
         assert total_ms == pytest.approx(run["wall_s"] * 1000 / 3, rel=1e-6)
-    assert 30 <= standin["method_ms_per_image"] < 200  # the stand-in takes its time, and no more than it must
+    assert 150 <= standin["method_ms_per_image"] < 400  # the stand-in takes its time, and no more than it must
     assert real["method_ms_per_image"] < standin["method_ms_per_image"]
     assert real["harness_to_method"] > standin["harness_to_method"]
     assert "bench_standin" not in registry().names("methods")  # registered for the bench only
