@@ -173,58 +173,6 @@ from restorekit.interfaces import SomethingFromTheFuture  # what a plugin for a 
         plugins.registry(strict=True)
 
 
-_CLASH = '''
-from typing import ClassVar
-import torch
-from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Method, MethodInfo
-
-
-def _cls(name):
-    class M(Method):
-        info: ClassVar[MethodInfo] = MethodInfo(name=name, summary="nearest")
-
-        def restore(self, lr, scale, *, seed=None, n_samples=1):
-            self.check_scale(scale)
-            return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
-    return M
-
-
-@hookimpl
-def register_methods(register):
-    for name in NAMES:
-        register(_cls(name))
-'''
-
-
-@pytest.mark.parametrize("first", ["thirdparty_a", "thirdparty_z"])
-def test_a_name_clash_breaks_both_plugins_whatever_their_order(plugin_site, first):
-    # Which plugin loads first is an accident of names; neither may end up serving the name as "ok".
-    other = {"thirdparty_a": "thirdparty_z", "thirdparty_z": "thirdparty_a"}[first]
-    plugin_site(first.replace("_", "-"), first, _CLASH.replace("NAMES", '["own_first3p", "same3p"]'))
-    plugin_site(other.replace("_", "-"), other, _CLASH.replace("NAMES", '["own_other3p", "same3p"]'))
-    reg = plugins.registry()
-    why = "broken: PluginError: method 'same3p' is registered by both 'thirdparty_a' and 'thirdparty_z'"
-    assert reg.plugins["thirdparty_a"].status == reg.plugins["thirdparty_z"].status == why
-    assert not {"same3p", "own_first3p", "own_other3p"} & set(reg.names("methods"))
-    assert reg.plugins["thirdparty_a"].registers == reg.plugins["thirdparty_z"].registers == {}
-    assert reg.plugins["baselines"].status == "ok" and "bicubic" in reg.names("methods")
-
-
-def test_a_plugin_cannot_take_over_a_first_party_name_by_sorting_first(plugin_site):
-    # 'aaa' sorts before 'baselines': it used to get 'bicubic' (listed ok) and knock baselines out.
-    plugin_site("aaa-bicubic-3p", "aaa_bicubic_3p", _CLASH.replace("NAMES", '["bicubic"]'))
-    reg = plugins.registry()
-    for name in ("aaa_bicubic_3p", "baselines"):
-        assert reg.plugins[name].status == ("broken: PluginError: method 'bicubic' is registered by both "
-                                            "'aaa_bicubic_3p' and 'baselines'"), name
-    assert "bicubic" not in reg.names("methods")
-    assert reg.plugins["psp_sr"].status == "ok" and "psp_sr" in reg.names("methods")
-    plugins.reset()
-    with pytest.raises(PluginError, match="'aaa_bicubic_3p' and 'baselines'"):
-        plugins.registry(strict=True)
-
-
 _CHAIN = '''
 from typing import ClassVar
 import torch
@@ -267,6 +215,34 @@ def register_metrics(register):
 
 def _chain_source(methods: list[str], metrics: list[str], tail: str = "") -> str:
     return _CHAIN.replace("METHODS", repr(methods)).replace("METRICS", repr(metrics)) + tail
+
+
+@pytest.mark.parametrize("first", ["thirdparty_a", "thirdparty_z"])
+def test_a_name_clash_breaks_both_plugins_whatever_their_order(plugin_site, first):
+    # Which plugin loads first is an accident of names; neither may end up serving the name as "ok".
+    other = {"thirdparty_a": "thirdparty_z", "thirdparty_z": "thirdparty_a"}[first]
+    plugin_site(first.replace("_", "-"), first, _chain_source(["own_first3p", "same3p"], []))
+    plugin_site(other.replace("_", "-"), other, _chain_source(["own_other3p", "same3p"], []))
+    reg = plugins.registry()
+    why = "broken: PluginError: method 'same3p' is registered by both 'thirdparty_a' and 'thirdparty_z'"
+    assert reg.plugins["thirdparty_a"].status == reg.plugins["thirdparty_z"].status == why
+    assert not {"same3p", "own_first3p", "own_other3p"} & set(reg.names("methods"))
+    assert reg.plugins["thirdparty_a"].registers == reg.plugins["thirdparty_z"].registers == {}
+    assert reg.plugins["baselines"].status == "ok" and "bicubic" in reg.names("methods")
+
+
+def test_a_plugin_cannot_take_over_a_first_party_name_by_sorting_first(plugin_site):
+    # 'aaa' sorts before 'baselines': it used to get 'bicubic' (listed ok) and knock baselines out.
+    plugin_site("aaa-bicubic-3p", "aaa_bicubic_3p", _chain_source(["bicubic"], []))
+    reg = plugins.registry()
+    for name in ("aaa_bicubic_3p", "baselines"):
+        assert reg.plugins[name].status == ("broken: PluginError: method 'bicubic' is registered by both "
+                                            "'aaa_bicubic_3p' and 'baselines'"), name
+    assert "bicubic" not in reg.names("methods")
+    assert reg.plugins["psp_sr"].status == "ok" and "psp_sr" in reg.names("methods")
+    plugins.reset()
+    with pytest.raises(PluginError, match="'aaa_bicubic_3p' and 'baselines'"):
+        plugins.registry(strict=True)
 
 
 def _both(kind: str, name: str, *plugins_: str) -> str:
