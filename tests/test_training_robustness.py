@@ -11,10 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+from torch.utils.data import Dataset
 
 from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
-from restorekit.training import ConfigError, TrainConfig, Trainer, TrainingError, load_config, sr_datasets
+from restorekit.training import (ConfigError, DataError, RunStopped, TrainConfig, Trainer, TrainingError, load_config,
+                                 sr_datasets)
 from restorekit.training.trainer import list_checkpoints
 
 
@@ -184,6 +186,103 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_pruning_keeps_the_good_o
         p.write_bytes(b"")
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "8")
     assert code == 2 and "no loadable checkpoint" in text and "step_00000006.pt" in text
+
+
+# -- unreadable training images ---------------------------------------------------------------------
+def cut_short(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_an_unreadable_image_is_replaced_by_the_next_readable_one(faces: Path) -> None:
+    from restorekit.training import SRPairDataset
+
+    files = sorted(faces.iterdir())
+    whole = SRPairDataset(files, 16, train=False, factors=[2])
+    assert whole[3]["left_out"] == ""
+    cut_short(files[3])
+    ds = SRPairDataset(files, 16, train=False, factors=[2])
+    got = ds[3]
+    assert got["index"] == 4 and torch.equal(got["hr"], whole[4]["hr"])
+    assert "f3.png: corrupt or truncated image" in got["left_out"] and "left out of training" in got["left_out"]
+    again = ds[3]  # the file is known to be bad: passed over at once, without a second word
+    assert again["index"] == 4 and again["left_out"] == "" and ds[2]["index"] == 2
+    stop = SRPairDataset(files, 16, train=False, factors=[2], bad_images="stop")
+    with pytest.raises(DataError, match=r"f3\.png: corrupt or truncated image .*would leave it out"):
+        stop[3]
+    for f in files:
+        f.write_bytes(b"")
+    with pytest.raises(DataError, match="none of the 6 training images can be read"):
+        SRPairDataset(files, 16, train=False, factors=[2])[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_goes_on_past_an_unreadable_image_and_says_so_in_one_line(cli: click.Group, faces: Path,
+                                                                          tmp_path: Path, workers: int) -> None:
+    cut_short(faces / "f3.png")
+    cfg = config_file(tmp_path, f"num_workers = {workers}\n")
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", str(tmp_path / "r"),
+                        "-q", "--steps", "6")  # two epochs of 3 batches: every file is drawn
+    assert code == 0, text
+    assert "Traceback" not in text
+    said = [ln for ln in text.splitlines() if "f3.png" in ln]
+    assert len(said) == 1, text  # once in the run, whichever loader worker met the file, in each epoch
+    assert said[0].startswith("warning: ") and "corrupt or truncated image" in said[0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_images_stop_ends_the_run_in_one_line_naming_the_file(cli: click.Group, faces: Path, tmp_path: Path,
+                                                                 workers: int) -> None:
+    cfg = config_file(tmp_path, f"num_workers = {workers}\n")
+    run = str(tmp_path / "r")
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", run, "-q", "--until", "1")
+    assert code == 0, text
+    cut_short(faces / "f3.png")
+    # The second epoch draws every file. Changing bad_images on resume is no settings warning.
+    code, text = invoke(cli, "tiny_sr", "--out", run, "--resume", "-q", "--steps", "6", "--set", "data.bad_images=stop")
+    assert code == 2
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text  # not a usage problem, no worker traceback
+    assert "f3.png: corrupt or truncated image" in lines[0] and 'data.bad_images = "skip"' in lines[0]
+    assert "--resume continues it" in lines[0]
+
+
+class FailingAt(Dataset):
+    """A dataset whose ``fail_at``-th item (counting from 1) raises the error a stopping dataset raises."""
+
+    def __init__(self, inner: Dataset, fail_at: int) -> None:
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise DataError("faces/f9.png: corrupt or truncated image (image file is truncated)")
+        return self.inner[i]
+
+
+def test_a_run_stopped_by_its_data_keeps_a_checkpoint_of_the_last_whole_step(faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = TinyConfig(steps=6, batch_size=2, optimizer="adam", lr=0.01, log_every=1, ckpt_every=100, device="cpu",
+                     out=str(out), data={"root": str(faces), "factors": [1, 2]})
+    trainer = TinyTrainer.build(cfg, quiet=True)
+    trainer.train_data = FailingAt(trainer.train_data, fail_at=6)  # the third step's second image
+    with pytest.raises(RunStopped) as info:
+        trainer.fit()
+    assert str(info.value).startswith("faces/f9.png: corrupt or truncated image (image file is truncated); "
+                                      "the run stopped at step 2 (")
+    assert str(info.value).endswith("step_00000002.pt): --resume continues it")
+    assert [s for s, _ in list_checkpoints(out)] == [2]
+    assert TinyTrainer.build(cfg, quiet=True).fit(resume=True)["step"] == 6
+    # Stopped before the first whole step: nothing to keep, the reader's message alone.
+    cfg0 = cfg.model_copy(update={"out": str(tmp_path / "run0")})
+    trainer = TinyTrainer.build(cfg0, quiet=True)
+    trainer.train_data = FailingAt(trainer.train_data, fail_at=1)
+    with pytest.raises(RunStopped, match=r"^faces/f9\.png: corrupt or truncated image \(image file is truncated\)$"):
+        trainer.fit()
+    assert list_checkpoints(tmp_path / "run0") == []
 
 
 def test_a_checkpoint_write_cut_by_a_kill_leaves_no_temp_file_for_long(faces: Path, tmp_path: Path) -> None:

@@ -132,6 +132,10 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
             result = run_training(loader, data=data, config=config, out=out, steps=steps, sets=sets,
                                   resume=resume, time_limit=time_limit, device=device, quiet=quiet, until=until)
         except RestorekitError as exc:
+            from ..training.trainer import RunStopped
+
+            if isinstance(exc, RunStopped):
+                raise  # not a usage problem: the group reports it as one line (exit 2)
             fail_usage(str(exc))
             return
         if result.get("rank", 0) != 0:

@@ -52,6 +52,10 @@ class DataConfig(_Strict):
     # Training images under these subfolders of the root appear this many times per epoch, to
     # balance a small subset against a large one (e.g. {"ffhq128" = 4}); validation is unchanged.
     repeat: dict[str, int] = Field(default_factory=dict)
+    # A training image that cannot be read (corrupt, truncated, not an image): "skip" leaves it
+    # out with a warning naming it, so one bad file does not end a long run; "stop" ends the run
+    # with an error naming it (after a checkpoint), for data that must be used whole.
+    bad_images: Literal["skip", "stop"] = "skip"
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -113,6 +117,7 @@ class TrainConfig(_Strict):
         "num_workers": "loader processes; the batches are functions of (seed, epoch, index) whoever loads them",
         "num_threads": "CPU threads for the same computation",
         "out": "the run folder, which may be moved or copied between sessions",
+        "data.bad_images": "what happens at an unreadable image; while every image reads, nothing changes",
     }
 
     # Settings (dotted for tables) that name a file or folder. A checkpoint saves them absolute

@@ -7,6 +7,11 @@ bicubic-upscaled back to ``input_size`` — the pSp paper's setup, where the enc
 256-px image and ``F`` sets how much detail it lacks. Optionally the LR is rounded to 8-bit
 levels, as real inputs are. Training samples are flipped horizontally with probability 1/2.
 
+An image that cannot be read is left out (``bad_images="skip"``): its sample is taken from the next
+readable file, so the substitute too depends only on the data, and the sample's ``left_out`` says
+why in one line per file (the trainer warns once per file, also for files its loader workers
+met); or it ends the run with a :class:`DataError` naming it (``"stop"``).
+
 Determinism: every random choice for sample ``i`` in epoch ``e`` draws from a fresh
 ``torch.Generator`` seeded from ``(seed, e, i)``, so a sample does not depend on worker count,
 batch order or what was drawn before — which is what makes resuming exact. Validation samples
@@ -19,19 +24,29 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..degradations import bicubic_resize, downscale
-from ..errors import RestorekitError
+from ..errors import ImageError, RestorekitError
 from ..images import IMAGE_EXTS, read_image
+
+BadImages = Literal["skip", "stop"]
 
 
 class DataError(RestorekitError):
     """A training data folder or split file is unusable."""
+
+
+def unreadable(exc: ImageError, policy: BadImages) -> str:
+    """The warning for a training image that cannot be read (``"skip"``: it is left out), or a
+    :class:`DataError` with the reader's one-line message (``"stop"``)."""
+    if policy == "stop":
+        raise DataError(f"{exc} (data.bad_images = \"skip\" would leave it out and go on)") from None
+    return f"{exc}; left out of training (data.bad_images = \"stop\" stops instead)"
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -121,7 +136,8 @@ def make_lr(hr: Tensor, factor: int, input_size: int, *, quantize: bool = True) 
 
 
 class SRPairDataset(Dataset[dict[str, Any]]):
-    """``dict(lr_up=3×S×S, hr=3×H×H, factor=int, index=int)`` from a list of HR image files.
+    """``dict(lr_up=3×S×S, hr=3×H×H, factor=int, index=int, left_out=str)`` from a list of HR image
+    files (``left_out``: why files were passed over for this sample, one line each; usually empty).
 
     ``input_size`` S is the model input; ``hr_size`` H the target (default S). ``train=False``
     gives validation samples (no flip, factors cycled). Call :meth:`set_epoch` before each epoch.
@@ -129,7 +145,8 @@ class SRPairDataset(Dataset[dict[str, Any]]):
 
     def __init__(self, files: Sequence[str | Path], input_size: int, *, hr_size: int | None = None,
                  factors: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0, flip: bool = True,
-                 train: bool = True, quantize: bool = True, cache: bool = False) -> None:
+                 train: bool = True, quantize: bool = True, cache: bool = False,
+                 bad_images: BadImages = "skip") -> None:
         if not files:
             raise DataError("no images to train on")
         bad = [f for f in factors if f < 1 or input_size // f < 1]
@@ -144,7 +161,9 @@ class SRPairDataset(Dataset[dict[str, Any]]):
         self.train = train
         self.quantize = quantize
         self.cache = cache
+        self.bad_images = bad_images
         self._cache: dict[int, Tensor] = {}
+        self._bad: set[int] = set()  # found unreadable in this process (each warned about once)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -174,14 +193,30 @@ class SRPairDataset(Dataset[dict[str, Any]]):
         flip = bool(torch.rand((), generator=g) < 0.5) if self.flip else False
         return factor, flip
 
+    def _load_readable(self, index: int) -> tuple[int, Tensor, list[str]]:
+        """``(i, load_hr(i), warnings)`` for the first readable file from ``index`` on (cyclically);
+        a warning for each file found unreadable on the way (once per file in this process)."""
+        n, said = len(self.files), []
+        for k in range(n):
+            i = (index + k) % n
+            if i in self._bad:
+                continue
+            try:
+                return i, self.load_hr(i), said
+            except ImageError as exc:
+                said.append(unreadable(exc, self.bad_images))
+                self._bad.add(i)
+        raise DataError(f"none of the {n} training images can be read ({self.files[0].parent} …)")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         factor, flip = self.sample_params(index)
-        img = self.load_hr(index)
+        index, img, said = self._load_readable(index)
         if flip:
             img = img.flip(-1)
         hr = bicubic_resize(img, (self.hr_size, self.hr_size)).clamp(0, 1)
         lr_up = make_lr(img, factor, self.input_size, quantize=self.quantize)
-        return {"lr_up": lr_up[0].contiguous(), "hr": hr[0].contiguous(), "factor": factor, "index": index}
+        return {"lr_up": lr_up[0].contiguous(), "hr": hr[0].contiguous(), "factor": factor, "index": index,
+                "left_out": "\n".join(said)}
 
 
 def oversample(files: Sequence[Path], root: str | Path, repeat: dict[str, int]) -> list[Path]:
@@ -216,7 +251,8 @@ def sr_datasets(root: str | Path, input_size: int, data: Any, *, hr_size: int | 
     if not train:
         raise DataError(f"{root}: the split leaves no training images")
     train = oversample(train, root, getattr(data, "repeat", {}) or {})
-    common = dict(hr_size=hr_size, factors=data.factors, seed=seed, quantize=data.quantize, cache=data.cache)
+    common = dict(hr_size=hr_size, factors=data.factors, seed=seed, quantize=data.quantize, cache=data.cache,
+                  bad_images=data.bad_images)
     train_ds = SRPairDataset(train, input_size, flip=data.flip, train=True, **common)
     val_ds = SRPairDataset(val[: data.max_val_images], input_size, train=False, **common) if val else None
     return train_ds, val_ds

@@ -46,6 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import RestorekitError
 from .config import TrainConfig, absolute_settings
+from .data import DataError
 from .distributed import DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across
 from .optim import build_optimizer
 
@@ -58,6 +59,10 @@ ValFn = Callable[[nn.Module, dict[str, Any]], tuple[list[Tensor], dict[str, Tens
 
 class TrainingError(RestorekitError):
     """Training cannot start or continue (bad data, no checkpoint to resume, mismatched state)."""
+
+
+class RunStopped(TrainingError):
+    """A run that had begun stopped on an error; the message says where it stands and how to go on."""
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -334,6 +339,17 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
+def worker_message(exc: BaseException) -> str:
+    """``exc``'s own one-line message, also when a DataLoader worker re-raised it (torch then
+    puts the worker's traceback in the message, the original message on its last line)."""
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = [ln for ln in text.splitlines() if ln.strip()][-1]
+    head = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(head):] if last.startswith(head) else last
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
@@ -424,6 +440,7 @@ class Trainer:
         self.last_logs: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
         self.epoch = 0
+        self._left_out: set[str] = set()  # warnings given about unreadable training images
 
     # -- what subclasses provide -------------------------------------------------------------
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -529,8 +546,19 @@ class Trainer:
                                 generator=gen)
             self.epoch = epoch
             for batch in loader:
-                yield _to_device(batch, self.device)
+                yield _to_device(self._note_left_out(batch), self.device)
             epoch, offset = epoch + 1, 0
+
+    def _note_left_out(self, batch: Any) -> Any:
+        """``batch`` without its ``left_out`` lines (:class:`~.data.SRPairDataset`), each printed
+        once as a warning: a loader worker cannot tell what the others, or earlier epochs, said."""
+        said = batch.pop("left_out", None) if isinstance(batch, dict) else None
+        for text in said if isinstance(said, (list, tuple)) else [said] if said else []:
+            for line in str(text).splitlines():
+                if line and line not in self._left_out:
+                    self._left_out.add(line)
+                    print(f"warning: {line}", file=sys.stderr, flush=True)
+        return batch
 
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -549,7 +577,7 @@ class Trainer:
         devs = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devs), self._autocast():
             for batch in loader:
-                res = self.validation_step(_to_device(batch, self.device))
+                res = self.validation_step(_to_device(self._note_left_out(batch), self.device))
                 if res is None:
                     return {}
                 cols, metrics = res
@@ -631,6 +659,20 @@ class Trainer:
                         console=Console(stderr=True), disable=self.quiet or not self.dist.is_main,
                         transient=False)
 
+    def _data_stopped(self, exc: DataError, start: float, last_ckpt: Path | None) -> RunStopped:
+        """The error that ends a run whose data failed mid-run (``data.bad_images = "stop"``),
+        after a checkpoint of the last whole step, so that the run resumes once the data is fixed.
+        Under DDP the other ranks may be inside a collective: no checkpoint there."""
+        msg = worker_message(exc)
+        if self.dist.distributed:
+            return RunStopped(msg)
+        saved = last_ckpt if last_ckpt is not None and last_ckpt == checkpoint_path(self.out, self.step) else None
+        if saved is None and self.step > 0:
+            saved = self.save_checkpoint(self.elapsed_before + time.monotonic() - start)
+        if saved is None:
+            return RunStopped(msg)
+        return RunStopped(f"{msg}; the run stopped at step {self.step} ({saved}): --resume continues it")
+
     def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
             until: int | None = None) -> dict[str, Any]:
         """Train to ``config.steps``; ``resume=True`` continues from the latest checkpoint
@@ -669,7 +711,10 @@ class Trainer:
         with _StopFlag() as stop, self._progress() as bar:
             task = bar.add_task("train", total=cfg.steps, completed=self.step, losses="")
             while self.step < cfg.steps:
-                logs = self._one_step(batches)
+                try:
+                    logs = self._one_step(batches)
+                except DataError as exc:
+                    raise self._data_stopped(exc, start, last_ckpt) from None
                 for k, v in logs.items():
                     window[k] = window[k] + v if k in window else v
                 n_window += 1

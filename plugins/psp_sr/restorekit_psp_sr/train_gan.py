@@ -45,6 +45,7 @@ import contextlib
 import copy
 import json
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,9 +56,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from restorekit.errors import ImageError
 from restorekit.images import IMAGE_EXTS
 from restorekit.training import TrainConfig
-from restorekit.training.data import list_images, oversample, sample_seed, split_files
+from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, checkpoint_path,
                                          latest_checkpoint, prune_checkpoints, restoring, resume_checkpoint, rng_state,
@@ -162,12 +164,30 @@ def _load_one(path: Path, resolution: int) -> Tensor:
     return img[0].mul(255).round().to(torch.uint8)
 
 
-def load_face_tensor(files: list[Path], resolution: int, workers: int = 8) -> Tensor:
-    """``N×3×R×R`` uint8: each file centre-cropped to a square and resized (antialiased bicubic)."""
+def load_face_tensor(files: list[Path], resolution: int, workers: int = 8, bad_images: BadImages = "skip",
+                     *, warn: bool = True) -> Tensor:
+    """``N×3×R×R`` uint8: each file centre-cropped to a square and resized (antialiased bicubic).
+    A file that cannot be read is left out with a warning (``"skip"``; ``warn=False``: silently,
+    on all but one DDP rank) or stops the load (``"stop"``), naming it either way."""
     if not files:
         raise TrainingError("no training images")
+
+    def one(path: Path) -> Tensor | ImageError:
+        try:
+            return _load_one(path, resolution)
+        except ImageError as exc:
+            return exc
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(lambda p: _load_one(p, resolution), files))
+        loaded = list(pool.map(one, files))
+    for item in loaded:
+        if isinstance(item, ImageError):
+            line = unreadable(item, bad_images)
+            if warn:
+                print(f"warning: {line}", file=sys.stderr, flush=True)
+    images = [t for t in loaded if isinstance(t, Tensor)]
+    if not images:
+        raise TrainingError(f"none of the {len(files)} training images can be read")
     return torch.stack(images)
 
 
@@ -352,11 +372,13 @@ class GANTrainer:
     def load_data(self) -> Tensor:
         if self.data is None:
             t0 = time.monotonic()
-            data = load_face_tensor(self.train_files, self.config.resolution, self.config.load_workers)
+            data = load_face_tensor(self.train_files, self.config.resolution, self.config.load_workers,
+                                    self.config.data.bad_images, warn=self.dist.is_main)
             self.data = data.to(self.device) if self.config.data_on_device else data.pin_memory() \
                 if self.device.type == "cuda" else data
+            left_out = len(self.train_files) - len(data)
             self._say(f"stylegan2: {len(data)} training images ({data.numel() / 2**20:.0f} MiB uint8) "
-                      f"loaded in {time.monotonic() - t0:.1f} s")
+                      f"loaded in {time.monotonic() - t0:.1f} s" + (f"; {left_out} unreadable, left out" if left_out else ""))
         return self.data
 
     def _say(self, text: str) -> None:

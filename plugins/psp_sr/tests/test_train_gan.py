@@ -500,4 +500,24 @@ def test_unusable_data_folders_are_named_for_what_they_are(tmp_path: Path) -> No
     bad = write_images(tmp_path / "bad", n=3)
     (bad / "01.png").write_bytes(b"not a png")
     with pytest.raises(RestorekitError, match=r"01\.png: not a readable image"):
-        load_face_tensor(sorted(bad.iterdir()), 32, workers=1)
+        load_face_tensor(sorted(bad.iterdir()), 32, workers=1, bad_images="stop")
+
+
+def test_an_unreadable_training_image_is_left_out_with_a_warning_naming_it(tmp_path: Path, capsys) -> None:
+    from restorekit.training import TrainingError
+
+    root = write_images(tmp_path / "faces", n=3)
+    files = sorted(root.iterdir())
+    whole = load_face_tensor(files, 32, workers=1)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])  # cut short
+    kept = load_face_tensor(files, 32, workers=2)
+    assert torch.equal(kept, whole[[0, 2]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "01.png: corrupt or truncated image" in lines[0] and "left out" in lines[0]
+    assert load_face_tensor(files, 32, workers=1, warn=False).shape[0] == 2  # other DDP ranks: silently
+    assert capsys.readouterr().err == ""
+    for f in files:
+        f.write_bytes(b"")
+    with pytest.raises(TrainingError, match="none of the 3 training images can be read"):
+        load_face_tensor(files, 32, workers=1, warn=False)
