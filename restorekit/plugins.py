@@ -383,13 +383,22 @@ def load_registry(strict: bool | None = None) -> Registry:
     _register_plugin(reg, builtin, rec)
 
     collected: list[_Collected] = []  # plugins whose hooks all went through, in load order
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+    found = sorted(entry_points(group=GROUP), key=lambda e: (e.name, e.dist.name if e.dist else ""))
+    claimants: dict[str, list[str]] = {}
+    for ep in found:
+        claimants.setdefault(ep.name, []).append(ep.dist.name if ep.dist else "?")
+    for ep in found:
         if allowed is not None and ep.name not in allowed:
             continue
         dist = ep.dist
         rec = PluginRecord(ep.name, dist.name if dist else "?", dist.version if dist else "?")
-        if ep.name in reg.plugins:
-            rec.status = f"broken: plugin name '{ep.name}' is already taken by {reg.plugins[ep.name].distribution}"
+        clash = claimants[ep.name] if len(claimants[ep.name]) > 1 else None
+        if ep.name in reg.plugins or clash:
+            # A plugin name two distributions declare is neither's: which one Python finds first is
+            # an accident of the path (as for a method name two plugins register).
+            rec.status = (f"broken: plugin name '{ep.name}' is declared by {' and '.join(clash)}; neither is "
+                          f"loaded (uninstall one)" if clash else
+                          f"broken: plugin name '{ep.name}' is already taken by {reg.plugins[ep.name].distribution}")
             reg.plugins[f"{ep.name} ({rec.distribution})"] = rec
             continue
         reg.plugins[ep.name] = rec

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import itertools
 import re
+import sys
 import types
 
 import pytest
@@ -13,7 +15,7 @@ from restorekit import hookspecs, plugins
 from restorekit.errors import PluginError, UnknownNameError
 from restorekit.plugins import KINDS, PluginRecord, Registry, _register_plugin
 
-from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN, valid_entry
+from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN, valid_entry, write_plugin_dist
 
 
 def test_every_hookspec_has_a_one_line_docstring():
@@ -322,3 +324,26 @@ def test_a_plugin_broken_otherwise_does_not_break_the_one_sharing_its_name(plugi
     assert reg.plugins[name["raises"]].status == "broken: RuntimeError: hook failed"
     assert reg.plugins[name["good"]].status == "ok"
     assert reg.owner["methods"]["shared3p"] == name["good"]
+
+
+@pytest.mark.parametrize("first_on_path", ["thirdparty-one", "thirdparty-two"])
+def test_a_plugin_name_two_distributions_declare_is_neithers_whichever_python_finds_first(
+        plugin_site, tmp_path, monkeypatch, first_on_path):
+    # Before, the distribution found first on sys.path loaded and the other was 'already taken':
+    # which one served the name was an accident of the path.
+    site = plugin_site(first_on_path, "thirdparty_first", _chain_source(["first3p"], []), "samename3p")
+    later = tmp_path / "site_later"
+    i = sys.path.index(str(site))
+    monkeypatch.setattr(sys, "path", [*sys.path[: i + 1], str(later), *sys.path[i + 1:]])  # found after `site`
+    second = "thirdparty-two" if first_on_path == "thirdparty-one" else "thirdparty-one"
+    write_plugin_dist(later, second, "thirdparty_second", _chain_source(["second3p"], []), "samename3p")
+    importlib.invalidate_caches()
+    plugins.reset()
+    reg = plugins.registry()
+    why = ("broken: plugin name 'samename3p' is declared by thirdparty-one and thirdparty-two; "
+           "neither is loaded (uninstall one)")
+    assert reg.plugins["samename3p (thirdparty-one)"].status == why
+    assert reg.plugins["samename3p (thirdparty-two)"].status == why
+    assert "samename3p" not in reg.plugins
+    assert not {"first3p", "second3p"} & set(reg.names("methods"))
+    assert reg.plugins["baselines"].status == "ok"
