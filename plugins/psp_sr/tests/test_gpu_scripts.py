@@ -153,3 +153,24 @@ def test_check_bars_names_each_failure(tmp_path: Path, capsys: pytest.CaptureFix
 def test_check_bars_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert script("check_bars").main([str(tmp_path)]) == 2
     assert "eval_x8/results.json: missing" in capsys.readouterr().err
+
+
+# -- ../inversion_ceiling.py -------------------------------------------------------------------------
+def test_the_ceiling_fit_recovers_an_image_the_generator_can_make() -> None:
+    spec = importlib.util.spec_from_file_location("inversion_ceiling", REPO / "scripts" / "inversion_ceiling.py")
+    assert spec is not None and spec.loader is not None
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    gen = tiny_generator(5).eval().requires_grad_(False)
+    w_avg = gen.mean_latent(256)
+    torch.manual_seed(1)
+    w_true = gen.broadcast(gen.map(torch.randn(1, gen.z_dim)))
+    with torch.no_grad():
+        target = gen.synthesize(w_true).clamp(0, 1)
+        start = gen.synthesize(gen.broadcast(w_avg.view(1, -1))).clamp(0, 1)
+    no_lpips = lambda a, b: torch.zeros(a.shape[0])  # noqa: E731 (the pixel term alone)
+    best = ceiling.fit(gen, target, w_avg, no_lpips, steps=60, lr=0.05)
+    assert best.shape == target.shape and 0 <= float(best.min()) and float(best.max()) <= 1
+    before, after = float((start - target).square().mean()), float((best - target).square().mean())
+    assert after < 0.2 * before, (before, after)
+    assert not w_avg.requires_grad and all(not p.requires_grad for p in gen.parameters())  # nothing else moved
