@@ -26,6 +26,7 @@ import importlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,10 +89,14 @@ class PluginRecord:
     version: str
     status: str = "ok"  # "ok" or "broken: <error>"
     registers: dict[str, list[str]] = field(default_factory=dict)
+    #: Seconds its import and registration took in this process (None: not imported). Every
+    #: command pays it, so a plugin importing a heavy library at the top slows all of them.
+    load_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "distribution": self.distribution, "version": self.version,
-                "status": self.status, "registers": self.registers}
+                "status": self.status, "registers": self.registers,
+                "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3)}
 
 
 def _name_of(obj: Any) -> str:
@@ -375,12 +380,14 @@ def load_registry(strict: bool | None = None) -> Registry:
     pm.add_hookspecs(hookspecs)
     reg = Registry()
 
+    t0 = time.perf_counter()
     from . import __version__, builtin
 
     rec = PluginRecord(BUILTIN, "restorekit", __version__)
     reg.plugins[BUILTIN] = rec
     pm.register(builtin, name=BUILTIN)
     _register_plugin(reg, builtin, rec)
+    rec.load_seconds = time.perf_counter() - t0
 
     collected: list[_Collected] = []  # plugins whose hooks all went through, in load order
     found = sorted(entry_points(group=GROUP), key=lambda e: (e.name, e.dist.name if e.dist else ""))
@@ -409,6 +416,7 @@ def load_registry(strict: bool | None = None) -> Registry:
                 raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {unmet}")
             continue
         with user_interrupts() as pressed:
+            t0 = time.perf_counter()
             try:
                 module = ep.load()
                 pm.register(module, name=ep.name)
@@ -424,6 +432,8 @@ def load_registry(strict: bool | None = None) -> Registry:
                 reg.drop_plugin(ep.name, reason)
                 if strict:
                     raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {reason}") from None
+            finally:
+                rec.load_seconds = time.perf_counter() - t0
     # The merge: a name two plugins register is neither's, whichever loaded first.
     clashes = _clashes(collected)
     for c in collected:

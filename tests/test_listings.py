@@ -110,3 +110,22 @@ def test_weights_list_fits(columns: int, rk_home: Path) -> None:
         assert r.split()[1] in ("shipped", "cached", "pull", "missing", "damaged")
         assert any(k in r.split() for k in ("pinned", "tofu", "unknown"))
     assert "trust on first use" in out
+
+
+def test_plugins_show_load_times_and_name_a_slow_plugin(plugin_site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from restorekit.commands import info
+
+    monkeypatch.setattr(info, "SLOW_LOAD_S", 0.25)
+    plugin_site("thirdparty-slow", "slow_3p", "import time\ntime.sleep(0.3)  # a heavy import at the top\n",
+                ep_name="slow3p")
+    code, out = rk("plugins", columns=200)
+    assert code == 0, out
+    row = next(l for l in body(out, "name") if l.startswith("slow3p "))
+    assert float(row.split()[4]) >= 0.3 and row.split()[5] == "s"  # the load column
+    named = [l for l in out.splitlines() if "to import and register" in l]
+    assert len(named) == 1 and named[0].startswith("slow3p (thirdparty-slow) took 0.3 s"), named
+    assert "every restorekit command pays it" in named[0]
+    code, out = rk("plugins", "--json", columns=200)
+    recs = {r["name"]: r for r in json.loads(out)}
+    assert recs["slow3p"]["load_seconds"] >= 0.3
+    assert all(isinstance(r["load_seconds"], float) for r in recs.values() if r["status"] == "ok")

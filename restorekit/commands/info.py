@@ -10,7 +10,10 @@ import click
 
 from ..cli import emit_json, listing
 from ..interfaces import Method
-from ..plugins import registry
+from ..plugins import BUILTIN, registry
+
+#: A plugin taking this long to import and register is named by `restorekit plugins`.
+SLOW_LOAD_S = 1.0
 
 
 def method_summary(cls: type[Method], plugin: str) -> dict[str, Any]:
@@ -111,13 +114,20 @@ def plugins_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(recs)
         return
-    listing("Plugins (`--json` lists everything each registers)", ["name", "distribution", "version", "status", "registers"],
+    listing("Plugins (`--json` lists everything each registers)",
+            ["name", "distribution", "version", "status", "load", "registers"],
             [[r["name"], r["distribution"], r["version"], "broken" if r["status"] != "ok" else "ok",
+              "-" if r["load_seconds"] is None else f"{r['load_seconds']:.2f} s",
               "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"] for r in recs],
             cut=("registers",))
     for r in recs:  # errors in full: they are what a plugin developer needs to read
         if r["status"] != "ok":
             click.echo(f"{r['name']} ({r['distribution']}): {r['status']}")
+    for r in recs:
+        if r["name"] != BUILTIN and (r["load_seconds"] or 0) >= SLOW_LOAD_S:
+            click.echo(f"{r['name']} ({r['distribution']}) took {r['load_seconds']:.1f} s to import and register, "
+                       "and every restorekit command pays it: import heavy libraries inside the functions that "
+                       "use them (docs/plugins.md)")
 
 
 def attach(cli: click.Group) -> None:
