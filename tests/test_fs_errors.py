@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from restorekit.cli import build_cli
+from restorekit.testing import error_line
 
 DATA = b"restorekit test weights\n"
 
@@ -51,12 +52,6 @@ def weights_file(tmp_path: Path) -> Path:
     return p
 
 
-def _one_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in text, text
-    return lines[0]
-
-
 @pytest.mark.parametrize("where", ["home", "weights"])
 def test_cache_that_is_a_file_is_one_line_with_the_fix(test_registry, weights_file, tmp_path, monkeypatch, where):
     home = tmp_path / "home"
@@ -69,7 +64,7 @@ def test_cache_that_is_a_file_is_one_line_with_the_fix(test_registry, weights_fi
     for args in (["weights", "import", "test-a", weights_file], ["weights", "pull", "test-url"]):
         r = rk(*args)
         assert r.returncode == 2, (args, r.stderr)
-        line = _one_line(r.stderr)
+        line = error_line(r.stderr)
         assert f"the restorekit cache cannot be written at {home}" in line
         assert "a file stands where a cache folder is needed" in line
         assert f"RESTOREKIT_HOME is {home}: set RESTOREKIT_HOME to a writable folder" in line
@@ -89,13 +84,13 @@ def test_cache_without_write_permission(test_registry, weights_file, tmp_path, m
     assert r.exit_code == 2 and "Permission denied" in r.stderr and "RESTOREKIT_HOME" in r.stderr
 
 
-def test_report_file_in_the_way_is_one_line(hr_folder, tmp_path):
+def test_report_file_in_the_way_iserror_line(hr_folder, tmp_path):
     out = tmp_path / "cmp"
     (out / "report.html").mkdir(parents=True)  # a folder where the report goes
     r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--out", out,
                "--metrics", "psnr_rgb", "--device", "cpu", "-q")
     assert r.exit_code == 2
-    line = _one_line(r.stderr)
+    line = error_line(r.stderr)
     assert f"cannot write {out / 'report.html'}" in line and "a folder stands where a file is needed" in line
     assert not list(out.glob(".report.html.*"))  # no temporary file left behind
 
@@ -135,7 +130,7 @@ def test_unexpected_errors_show_a_traceback_only_with_debug(plugin_site, hr_fold
     args = ["run", "crash3p", "--scale", "2", "--input", hr_folder / "img0.png", "--output", tmp_path / "o", "-q"]
     r = rk(*args)
     assert r.returncode == 1
-    line = _one_line(r.stderr)
+    line = error_line(r.stderr)
     # One image: that image's failure, its path first (as every per-image error), then the unexpected error.
     assert line.startswith(f"error: {hr_folder / 'img0.png'}: unexpected TypeError: unsupported operand")
     assert "--debug" in line

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from restorekit.images import save_image
+from restorekit.testing import error_line
 from restorekit.testing.data import smooth_batch
 
 
 def _one_line(r) -> str:  # type: ignore[no-untyped-def]
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (r.exit_code, r.stderr)
-    return lines[0]
+    assert r.exit_code == 2, (r.exit_code, r.stderr)
+    return error_line(r.stderr)
 
 
 @pytest.fixture
