@@ -14,6 +14,7 @@ import os
 import pickle
 import tarfile
 import threading
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ class Files:
         self.honour_range = True
         self.gate: dict[str, threading.Event] = {}  # path -> send half the body, then wait for the event
         self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, bytes sent)
+        self.redirect: dict[str, str] = {}  # path -> Location of a 302
 
 
 def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
@@ -59,6 +61,13 @@ def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
+            if self.path in files.redirect:
+                files.log.append((self.path, None, 0))
+                self.send_response(302)
+                self.send_header("Location", files.redirect[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             data = files.content.get(self.path)
             rng = self.headers.get("Range")
             # Log before answering: the client may return before this thread runs again.
@@ -375,6 +384,47 @@ def test_pull_without_known_hash_needs_trust(server: tuple[str, Files], specs: d
     # the recorded hash now guards the file
     (W.weights_dir("toy") / "toy.bin").write_bytes(blob[::-1])
     assert W.verify("toy") and "sha256" in W.verify("toy")[0]
+
+
+def test_a_file_with_no_sha256_comes_only_over_https(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    # Nothing would notice bytes swapped on the way: plain http is refused before any connection,
+    # and so is a redirect to it; a loopback server (these tests') is no one else's way.
+    base, files = server
+    blob = os.urandom(2048)
+    files.content["/toy.bin"] = blob
+    specs["far"] = spec_for("far", "toy.bin", data=blob, urls=("http://weights.example.invalid/toy.bin",),
+                            known_hash=False)
+    with pytest.raises(DownloadError, match=r"http://weights\.example\.invalid/toy\.bin is plain http, and "
+                                              r"with no sha256 in the spec .* \(give the file's sha256, or an https URL\)"):
+        W.pull("far", quiet=True, trust=True)
+    assert not W.weights_dir("far").exists()
+    files.redirect["/moved.bin"] = "http://weights.example.invalid/toy.bin"
+    specs["moved"] = spec_for("moved", "toy.bin", data=blob, urls=(f"{base}/moved.bin",), known_hash=False)
+    with pytest.raises(DownloadError, match=r"moved\.bin redirected to http://weights\.example\.invalid/toy\.bin "
+                                              r"is plain http"):
+        W.pull("moved", quiet=True, trust=True)
+    assert files.log == [("/moved.bin", None, 0)]  # never followed
+    files.redirect["/here.bin"] = f"{base}/toy.bin"  # loopback to loopback: followed
+    specs["here"] = spec_for("here", "toy.bin", data=blob, urls=(f"{base}/here.bin",), known_hash=False)
+    W.pull("here", quiet=True, trust=True)
+    assert W.cached_files("here")["toy.bin"].sha256 == sha(blob)
+
+
+def test_a_pinned_file_may_follow_a_redirect_off_https(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:
+    # Its sha256 is checked whatever the route: the redirect rule is for unpinned files only.
+    from restorekit.weights.download import _PinnedOrHttps
+
+    base, files = server
+    blob = os.urandom(2048)
+    files.content["/toy.bin"] = blob
+    files.redirect["/moved.bin"] = f"{base}/toy.bin"
+    specs["moved"] = spec_for("moved", "toy.bin", data=blob, urls=(f"{base}/moved.bin",))
+    W.pull("moved", quiet=True)
+    assert W.cached_files("moved")["toy.bin"].sha256 == sha(blob)
+    req = urllib.request.Request("https://a.example/x.bin")
+    assert _PinnedOrHttps(True).redirect_request(req, None, 302, "Found", {}, "http://b.example/x.bin") is not None
+    with pytest.raises(DownloadError, match="redirected to http://b.example/x.bin is plain http"):
+        _PinnedOrHttps(False).redirect_request(req, None, 302, "Found", {}, "http://b.example/x.bin")
 
 
 def test_html_page_is_refused(server: tuple[str, Files], specs: dict[str, W.WeightSpec]) -> None:

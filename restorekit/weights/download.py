@@ -6,6 +6,10 @@ again, which is handled); with no sha256 to check the result against, only attem
 call resume, and a ``.part`` an earlier run left is started over. When the transfer ends, size and sha256 are checked; a mismatch
 deletes the ``.part`` and nothing is left behind. Only a verified file is moved onto ``dest``
 (``os.replace``, atomic within one folder).
+
+With no sha256 (an unpinned file, pulled with ``--trust``) nothing would notice bytes swapped on
+the way, so such a file comes only over https: a plain-http URL, or a redirect to one, is refused
+(but for a loopback host, which no one else is on the way to).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +37,41 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 class DownloadError(RestorekitError):
     """Every mirror failed; the message lists why for each."""
+
+
+def _loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_problem(url: str) -> str | None:
+    """Why ``url`` cannot bring a file that has no sha256 to check it by; None when it can."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+        return None
+    return (f"{url} is plain {parts.scheme or 'http'}, and with no sha256 in the spec nothing would notice a file "
+            "swapped on the way; refused (give the file's sha256, or an https URL)")
+
+
+class _PinnedOrHttps(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but not off https for a file with no sha256 to check it by."""
+
+    def __init__(self, pinned: bool) -> None:
+        self.pinned = pinned
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        problem = None if self.pinned else plain_http_problem(newurl)
+        if problem is not None:
+            raise DownloadError(f"{req.full_url} redirected to {problem}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def part_path(dest: Path) -> Path:
@@ -55,8 +95,9 @@ def _hash_prefix(path: Path) -> tuple[hashlib._Hash, int]:
 
 
 def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: object | None,
-           label: str) -> str:
-    """Bring ``part`` to the complete file from ``url``; return its sha256."""
+           label: str, pinned: bool = True) -> str:
+    """Bring ``part`` to the complete file from ``url``; return its sha256. ``pinned=False``: the
+    caller has no sha256 to check the result by (redirects off https are refused)."""
     h, have = _hash_prefix(part)
     if size is not None and have > size:  # stale partial from a different file
         part.unlink()
@@ -66,7 +107,7 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
         headers["Range"] = f"bytes={have}-"
     req = urllib.request.Request(url, headers=headers)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = urllib.request.build_opener(_PinnedOrHttps(pinned)).open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             # Nothing left after ``have`` bytes: complete only if the file is exactly that long (by
@@ -165,9 +206,14 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
         progress.start()  # type: ignore[attr-defined]
     try:
         for url in urls:
+            problem = plain_http_problem(url) if sha256 is None else None
+            if problem is not None:
+                failures.append(problem)
+                continue
             for attempt in range(1 + retries):
                 try:
-                    digest = _fetch(url, part, size=size, timeout=timeout, progress=progress, label=label)
+                    digest = _fetch(url, part, size=size, timeout=timeout, progress=progress, label=label,
+                                    pinned=sha256 is not None)
                 except _Interrupted as exc:
                     failures.append(f"{url}: {exc}")
                     if attempt < retries:
