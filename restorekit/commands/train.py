@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, fail_usage
+from ..cli import emit_json, error_line
 from ..errors import RestorekitError
 
 TrainerLoader = Callable[[], Any]
@@ -131,13 +131,9 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
         try:
             result = run_training(loader, data=data, config=config, out=out, steps=steps, sets=sets,
                                   resume=resume, time_limit=time_limit, device=device, quiet=quiet, until=until)
-        except RestorekitError as exc:
-            from ..training.trainer import RunStopped
-
-            if isinstance(exc, RunStopped):
-                raise  # not a usage problem: the group reports it as one line (exit 2)
-            fail_usage(str(exc))
-            return
+        except RestorekitError as exc:  # a bad setting, data folder or weights file; a run its data stopped
+            error_line(str(exc))  # one line, as every command's: not a click usage block
+            click.get_current_context().exit(2)
         if result.get("rank", 0) != 0:
             return  # under torchrun, rank 0 reports
         if as_json:

@@ -66,25 +66,6 @@ class PSPTrainConfig(TrainConfig):
     }
 
 
-class GeneratorLoadError(RestorekitError):
-    """The generator for training cannot be found or read."""
-
-
-def _weights_file(spec: str) -> Path:
-    """A weights name or file: a registered name means those weights even beside a same-named
-    file (``./NAME`` names the file), else an existing file, else a registered name."""
-    from restorekit.weights import registered_name, resolve
-
-    if registered_name(spec) is not None:
-        return resolve(spec)
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return p
-    if "/" in spec or p.suffix in (".pt", ".pth", ".safetensors"):
-        raise GeneratorLoadError(f"generator file {p} does not exist")
-    return resolve(spec)
-
-
 def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str = "unknown", name: str = "",
                                training: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """A StyleGAN2 generator as ``.safetensors``: rosinality tensor names, ``latent_avg`` when
@@ -107,7 +88,9 @@ def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str
 
 def load_generator(spec: str, **kwargs: Any) -> Any:
     """A frozen :class:`~.stylegan2.StyleGAN2Generator` from a weights name or file (see module doc)."""
-    path = _weights_file(spec)
+    from restorekit.weights import weights_file
+
+    path = weights_file(spec)
     if path.suffix != ".safetensors":
         from .rosinality import load_rosinality
 
@@ -182,9 +165,11 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
                               "file), e.g. --set generator=stylegan2-ffhq-config-f")
     init = None
     if cfg.init is not None:
+        from restorekit.weights import weights_file
+
         from .method import load_psp_model
 
-        init, _ = load_psp_model(_weights_file(cfg.init), impl=cfg.impl)
+        init, _ = load_psp_model(weights_file(cfg.init), impl=cfg.impl)
     if cfg.generator is not None:
         generator = load_generator(cfg.generator, impl=cfg.impl)
     elif init is not None:

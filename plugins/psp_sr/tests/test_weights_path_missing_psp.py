@@ -57,3 +57,12 @@ def test_realism_missing_weights_file(rk_cli, faces, tmp_path):
     r = rk_cli("realism", "--generator", "stylegan2", "--weights", "/nonexistent/g.pt", "--data", faces, "--n", "2",
                "--spaces", "dlib", "--detector", "none", "--cache", "none", "--device", "cpu")
     assert _one_line(r) == "error: /nonexistent/g.pt: no such file"
+
+
+@pytest.mark.parametrize("setting", ["generator", "init"])
+def test_train_missing_generator_or_init_file(rk_cli, faces, tmp_path, setting):
+    # One line like every other command's: no click usage block for a file that is not there.
+    r = rk_cli("train", "psp_sr", "--data", faces, "--out", tmp_path / "run", "--set", f"{setting}=./missing.safetensors",
+               "--set", "device=cpu")
+    assert _one_line(r) == "error: ./missing.safetensors: no such file"
+    assert not (tmp_path / "run" / "checkpoints").exists()
