@@ -286,6 +286,20 @@ def trim_log(path: Path, step: int) -> None:
 
 
 # -- RNG state ---------------------------------------------------------------------------------
+def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
+    """Ready a run's ``log`` (on the ``main`` process): resumed at a step, the lines past it go (they
+    are logged again); a new run refuses a folder that holds checkpoints and removes an earlier
+    run's log, whose checkpoints are gone."""
+    if not main:
+        return
+    if resumed_at is not None:
+        trim_log(log, resumed_at)
+        return
+    if latest_checkpoint(out) is not None:
+        raise TrainingError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    log.unlink(missing_ok=True)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch CPU and CUDA generator states as plain data."""
     np_state = np.random.get_state()
@@ -688,15 +702,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume(None if resume is True else resume)
-            if self.dist.is_main:
-                trim_log(self.log_path, self.step)  # lines past the checkpoint are logged again
-        else:
-            if self.dist.is_main and latest_checkpoint(self.out) is not None:
-                raise TrainingError(f"{self.out} already holds checkpoints: pass --resume to continue, "
-                                    f"or choose another --out")
+        start_log(self.out, self.log_path, resumed_at=self.step if resume else None, main=self.dist.is_main)
+        if not resume:
             seed_everything(cfg.seed + self.dist.rank)
-            if self.dist.is_main and self.log_path.exists():
-                self.log_path.unlink()
         barrier(self.dist)
         self.set_train_mode()
         start = time.monotonic()
@@ -763,5 +771,5 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
            "latest_checkpoint", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
-           "resume_warning", "rng_state", "set_rng_state", "seed_everything", "setting_changes", "trim_log",
+           "resume_warning", "rng_state", "set_rng_state", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

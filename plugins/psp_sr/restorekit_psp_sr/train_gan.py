@@ -62,8 +62,8 @@ from restorekit.training import TrainConfig
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, checkpoint_path,
-                                         latest_checkpoint, prune_checkpoints, restoring, resume_checkpoint, rng_state,
-                                         seed_everything, set_rng_state, trim_log, warn_changed_settings)
+                                         prune_checkpoints, restoring, resume_checkpoint, rng_state,
+                                         seed_everything, set_rng_state, start_log, warn_changed_settings)
 
 TRAINER_NAME = "stylegan2"
 
@@ -589,14 +589,8 @@ class GANTrainer:
         log = self.out / "log.jsonl"
         if resume:
             self.resume(None if resume is True else resume)
-            if self.dist.is_main:
-                trim_log(log, self.step)  # lines past the checkpoint are logged again
-        else:
-            if self.dist.is_main and latest_checkpoint(self.out) is not None:
-                raise TrainingError(f"{self.out} already holds checkpoints: pass --resume to continue, "
-                                    f"or choose another --out")
-            if self.dist.is_main:
-                log.unlink(missing_ok=True)  # an earlier run's, whose checkpoints are gone
+        start_log(self.out, log, resumed_at=self.step if resume else None, main=self.dist.is_main)
+        if not resume:
             if cfg.init_from:
                 self.init_weights(cfg.init_from)
             seed_everything(cfg.seed + self.dist.rank)
