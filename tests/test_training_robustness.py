@@ -503,3 +503,17 @@ def test_an_unknown_setting_in_a_checkpoint_names_the_checkpoint_not_the_config(
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "3", "-q",
                         "--config", str(config_file(tmp_path, "old_knob = 1\n")))
     assert code == 2 and "tiny.toml: unknown setting 'old_knob'" in text, text
+
+
+def test_a_new_run_refuses_a_folder_holding_checkpoints_and_leaves_it_as_it_was(cli: click.Group, faces: Path,
+                                                                                tmp_path: Path) -> None:
+    out, cfg = tmp_path / "run", str(config_file(tmp_path))
+    assert invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--steps", "2", "-q")[0] == 0
+    kept, log = list_checkpoints(out), (out / "log.jsonl").read_text()
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "-q")
+    assert code == 2 and "already holds checkpoints: pass --resume to continue, or choose another --out" in text
+    assert list_checkpoints(out) == kept and (out / "log.jsonl").read_text() == log
+    for _, p in kept:  # checkpoints gone: a new run there starts a new log
+        p.unlink()
+    assert invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--steps", "1", "-q")[0] == 0
+    assert [s for s in train_losses(out)] == [1]

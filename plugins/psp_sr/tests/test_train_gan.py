@@ -545,3 +545,13 @@ def test_compiled_training_follows_the_eager_run(faces: Path, tmp_path: Path, mo
     logs = [json.loads(ln) for ln in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert all(math.isfinite(v) for r in logs if r["kind"] == "train" for k, v in r.items()
                if k.startswith(("loss", "r1")))
+
+
+def test_a_new_run_refuses_a_folder_holding_checkpoints(faces: Path, tmp_path: Path) -> None:
+    from restorekit.training import TrainingError
+
+    GANTrainer.build(tiny_config(faces, tmp_path / "a", steps=3), quiet=True).fit()
+    log = (tmp_path / "a" / "log.jsonl").read_text()
+    with pytest.raises(TrainingError, match="already holds checkpoints: pass --resume"):
+        GANTrainer.build(tiny_config(faces, tmp_path / "a", steps=4), quiet=True).fit()
+    assert (tmp_path / "a" / "log.jsonl").read_text() == log
