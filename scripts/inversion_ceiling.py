@@ -1,11 +1,12 @@
-"""How close can a face prior come to held-out faces at all? The ceiling of psp_sr's identity.
+"""How close can a face prior come to held-out faces at all? A guide to psp_sr's identity on it.
 
 psp_sr maps a low-resolution face into the generator's W+; whatever it does, its output is one of
 the generator's images. This fits W+ to each high-resolution face directly (Adam from the mean
 latent, pixel MSE + LPIPS-alex, noise fixed) and reports the dlib descriptor distance of that best
 reconstruction to the face, beside bicubic ×scale's (the first bar of issue #18). When the fit of
-the HR face itself is no closer to the person than bicubic, an encoder fed the LR cannot be either:
-stage 2 on that generator is not worth its hour yet.
+the HR face itself is no closer to the person than bicubic, an encoder fed the LR is unlikely to be
+(the fit optimises pixels and LPIPS, not dlib's distance: a guide, not a strict bound), and stage 2
+on that generator can wait.
 
     .venv/bin/python scripts/inversion_ceiling.py runs/prior128_cpu/run/snapshot/generator.safetensors \
         --data runs/prior128_cpu/progress/val.txt --n 12 --json OUT.json --grid OUT.png
@@ -81,7 +82,7 @@ def main() -> None:
     scored = [r for r in faces if not (math.isnan(r["fit"]) or math.isnan(r["bicubic"]))]
     summary = {
         "what": f"dlib distance to the face of the generator's closest image (W+ fit, {args.steps} steps) "
-                f"and of bicubic x{args.scale}; the fit bounds what psp_sr can reach on this generator",
+                f"and of bicubic x{args.scale}; a guide to what psp_sr can reach on this generator",
         "weights": str(args.weights), "n": len(faces), "scored": len(scored),
         "fit_mean": sum(r["fit"] for r in scored) / max(1, len(scored)),
         "bicubic_mean": sum(r["bicubic"] for r in scored) / max(1, len(scored)),
