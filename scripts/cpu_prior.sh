@@ -3,7 +3,7 @@
 # route"), one session's chunk per call: continues the run (creating it the first time) for MINUTES,
 # then measures its newest snapshot — Fréchet distances (AlexNet conv5, dlib; NOT FID) and the share
 # of 32 samples at truncation 0.7 in which MTCNN finds a face — into PROGRESS/<kimg>kimg.json, with
-# the sample grid beside it, so that the sessions' chunks can be compared; and the ceiling of
+# the sample grid beside it, so that the sessions' chunks can be compared; and a guide to
 # psp_sr's identity on it (scripts/inversion_ceiling.py: the W+ fit of 12 validation faces against
 # bicubic ×8, dlib distance) into PROGRESS/<kimg>kimg_fit.json, with its grid.
 #   MINUTES=150 nohup bash scripts/cpu_prior.sh > runs/prior128_cpu/chunk.log 2>&1 &
@@ -47,6 +47,6 @@ figures = ", ".join(f"{f['space']} {f['distance']:.3f}" for f in doc["figures"])
 faces = doc.get("faces") or {}
 print(f"[cpu_prior.sh] {sys.argv[1]}: Fréchet {figures}; faces found in {faces.get('found')}/{faces.get('n')}")
 EOF
-log "the W+ fit of 12 validation faces (the ceiling of psp_sr's identity on this generator)"
+log "the W+ fit of 12 validation faces (a guide to psp_sr's identity on this generator)"
 $PY scripts/inversion_ceiling.py "$SNAP/generator.safetensors" --data "$PROGRESS/val.txt" --n 12 \
     --json "$PROGRESS/${KIMG}kimg_fit.json" --grid "$PROGRESS/${KIMG}kimg_fit.png"
