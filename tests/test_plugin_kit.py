@@ -582,6 +582,7 @@ def test_generated_plugin_installs_passes_its_tests_and_joins_compare(tmp_path, 
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.returncode == 0, listed.stderr
     rec = next(p for p in json.loads(listed.stdout) if p["name"] == "kitdemo")
+    assert 0 <= rec.pop("load_seconds") < 30
     assert rec == {"name": "kitdemo", "distribution": "restorekit-kitdemo", "version": "0.1.0", "status": "ok",
                    "registers": {"methods": ["kitdemo"]}}
 
