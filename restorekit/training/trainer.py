@@ -285,7 +285,6 @@ def trim_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
 
 
-# -- RNG state ---------------------------------------------------------------------------------
 def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
     """Ready a run's ``log`` (on the ``main`` process): resumed at a step, the lines past it go (they
     are logged again); a new run refuses a folder that holds checkpoints and removes an earlier
@@ -300,6 +299,7 @@ def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> No
     log.unlink(missing_ok=True)
 
 
+# -- RNG state ---------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch CPU and CUDA generator states as plain data."""
     np_state = np.random.get_state()
@@ -566,12 +566,11 @@ class Trainer:
     def _note_left_out(self, batch: Any) -> Any:
         """``batch`` without its ``left_out`` lines (:class:`~.data.SRPairDataset`), each printed
         once as a warning: a loader worker cannot tell what the others, or earlier epochs, said."""
-        said = batch.pop("left_out", None) if isinstance(batch, dict) else None
-        for text in said if isinstance(said, (list, tuple)) else [said] if said else []:
-            for line in str(text).splitlines():
-                if line and line not in self._left_out:
-                    self._left_out.add(line)
-                    print(f"warning: {line}", file=sys.stderr, flush=True)
+        said = batch.pop("left_out", "") if isinstance(batch, dict) else ""
+        for line in "\n".join(said if isinstance(said, (list, tuple)) else [said]).splitlines():
+            if line and line not in self._left_out:
+                self._left_out.add(line)
+                print(f"warning: {line}", file=sys.stderr, flush=True)
         return batch
 
     # -- validation --------------------------------------------------------------------------
@@ -680,7 +679,7 @@ class Trainer:
         msg = worker_message(exc)
         if self.dist.distributed:
             return RunStopped(msg)
-        saved = last_ckpt if last_ckpt is not None and last_ckpt == checkpoint_path(self.out, self.step) else None
+        saved = last_ckpt if last_ckpt == checkpoint_path(self.out, self.step) else None
         if saved is None and self.step > 0:
             saved = self.save_checkpoint(self.elapsed_before + time.monotonic() - start)
         if saved is None:

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import RestorekitError
-from .config import is_address, is_loopback
+from ..hosts import is_address, is_loopback
 from .jobs import FINISHED, Job, read_settings
 from .uploads import display_name
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from pathlib import Path
 
 from pydantic import Field
 
+from ..hosts import is_loopback
 from ..interfaces import Options
 
 #: What the page scores against the HR, as ``restorekit demo`` does (a metric whose weights are
@@ -59,22 +59,3 @@ class ServeConfig(Options):
         if not self.loopback:
             names |= {self.host.strip("[]").lower(), socket.gethostname().lower()}
         return names
-
-
-def is_address(host: str) -> bool:
-    """An IPv4 or IPv6 address (brackets allowed), not a name."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

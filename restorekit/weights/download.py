@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import IntegrityError, RestorekitError
+from ..hosts import is_loopback
 
 __all__ = ["DownloadError", "download", "part_path"]
 
@@ -39,23 +40,10 @@ class DownloadError(RestorekitError):
     """Every mirror failed; the message lists why for each."""
 
 
-def _loopback(host: str | None) -> bool:
-    import ipaddress
-
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def plain_http_problem(url: str) -> str | None:
     """Why ``url`` cannot bring a file that has no sha256 to check it by; None when it can."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or "")):
         return None
     return (f"{url} is plain {parts.scheme or 'http'}, and with no sha256 in the spec nothing would notice a file "
             "swapped on the way; refused (give the file's sha256, or an https URL)")

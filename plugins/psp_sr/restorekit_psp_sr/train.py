@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Loss
 from restorekit.training import TrainConfig, Trainer, psnr, sr_datasets
+from restorekit.weights import weights_file
 
 STYLEGAN2_FORMAT = "restorekit.stylegan2/1"
 
@@ -88,8 +89,6 @@ def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str
 
 def load_generator(spec: str, **kwargs: Any) -> Any:
     """A frozen :class:`~.stylegan2.StyleGAN2Generator` from a weights name or file (see module doc)."""
-    from restorekit.weights import weights_file
-
     path = weights_file(spec)
     if path.suffix != ".safetensors":
         from .rosinality import load_rosinality
@@ -165,8 +164,6 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
                               "file), e.g. --set generator=stylegan2-ffhq-config-f")
     init = None
     if cfg.init is not None:
-        from restorekit.weights import weights_file
-
         from .method import load_psp_model
 
         init, _ = load_psp_model(weights_file(cfg.init), impl=cfg.impl)
