@@ -17,6 +17,9 @@ from restorekit.weights import cache, catalogue
 
 CORE = Path(__file__).resolve().parents[1] / "restorekit"
 WEIGHTS = CORE / "weights"
+# What the weights layers may import from the rest of the core: the version string, the error
+# types and the host-name helpers, none of which imports a restorekit module.
+BOTTOM = ("restorekit", "restorekit.errors", "restorekit.hosts")
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
@@ -75,8 +78,16 @@ def test_each_layer_imports_only_layers_below() -> None:
                 assert mod in below, f"{name} imports {mod}, which is not below it"
             elif name == "catalogue" and lazy:
                 assert mod in ("restorekit.plugins", "restorekit.registry_schema"), f"catalogue imports {mod}"
-            else:  # the bottom of the core: errors and the version string only
-                assert mod in ("restorekit.errors", "restorekit"), f"{name} imports {mod}"
+            else:  # the bottom of the core: modules that import no restorekit module themselves
+                assert mod in BOTTOM, f"{name} imports {mod}"
+
+
+def test_the_bottom_of_the_core_imports_nothing_of_restorekit() -> None:
+    for mod in BOTTOM:
+        path = CORE.parent.joinpath(*mod.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if mod != "restorekit":
+            assert imports(path) == [], f"{mod} imports {imports(path)}"
 
 
 def test_only_the_catalogue_asks_the_plugin_registry_and_only_lazily() -> None:
