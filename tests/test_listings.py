@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,11 @@ def test_plugins_show_load_times_and_name_a_slow_plugin(plugin_site, monkeypatch
     assert code == 0, out
     row = next(l for l in body(out, "name") if l.startswith("slow3p "))
     assert float(row.split()[4]) >= 0.3 and row.split()[5] == "s"  # the load column
-    named = [l for l in out.splitlines() if "to import and register" in l]
-    assert len(named) == 1 and named[0].startswith("slow3p (thirdparty-slow) took 0.3 s"), named
+    # Only slow3p is certain to be named: on a busy machine another plugin may pass 0.25 s too.
+    named = [l for l in out.splitlines() if "to import and register" in l and l.startswith("slow3p ")]
+    assert len(named) == 1, out
+    took = re.match(r"slow3p \(thirdparty-slow\) took (\d+\.\d) s to import and register", named[0])
+    assert took and float(took.group(1)) >= 0.3, named[0]
     assert "every restorekit command pays it" in named[0]
     code, out = rk("plugins", "--json", columns=200)
     recs = {r["name"]: r for r in json.loads(out)}
