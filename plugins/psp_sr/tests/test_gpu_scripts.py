@@ -174,3 +174,88 @@ def test_the_ceiling_fit_recovers_an_image_the_generator_can_make() -> None:
     before, after = float((start - target).square().mean()), float((best - target).square().mean())
     assert after < 0.2 * before, (before, after)
     assert not w_avg.requires_grad and all(not p.requires_grad for p in gen.parameters())  # nothing else moved
+
+
+# -- ../psp_warm_start.py ----------------------------------------------------------------------------
+def warm_start_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("psp_warm_start", REPO / "scripts" / "psp_warm_start.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def warm_setup(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny generator file and a stage-2 recipe shaped for it."""
+    gen = save_stylegan2_safetensors(tiny_generator(3), tmp_path / "generator.safetensors")
+    recipe = tmp_path / "stage2.toml"
+    recipe.write_text('encoder_backbone = "ir_se_light"\nencoder_input_size = 32\nhead_channels = 16\n'
+                      'start_from_latent_avg = true\nlatent_avg_samples = 256\nimpl = "ref"\nmodel_name = "tiny"\n'
+                      'license = "CC0-1.0"\n[data]\nfactors = [1, 2, 4]\n')
+    return gen, recipe
+
+
+def run_warm_start(module: ModuleType, gen: Path, recipe: Path, out: Path, *extra: str) -> None:
+    argv = ["psp_warm_start.py", "--generator", str(gen), "--config", str(recipe), "--out", str(out),
+            "--batch", "8", "--threads", "1", *extra]
+    old, sys.argv = sys.argv, argv
+    try:
+        module.main()
+    finally:
+        sys.argv = old
+
+
+def code_error(model: torch.nn.Module, module: ModuleType) -> float:
+    """The encoder's W+ error on 32 of the generator's faces it never saw (factor 1)."""
+    rng = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        gen = model.decoder
+        codes = module.draw_codes(gen, 32, 0.5, rng)
+        x = module.degraded(gen.synthesize(codes).clamp(0, 1), [1], model.input_size, rng)
+        return float((model.encode(x) - codes).square().mean())
+
+
+def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(warm_setup, tmp_path: Path) -> None:
+    gen, recipe = warm_setup
+    module = warm_start_module()
+    out = tmp_path / "warm.safetensors"
+    run_warm_start(module, gen, recipe, out, "--steps", "120", "--lr", "0.003")
+    model, info = load_psp_model(out, impl="ref")
+    assert info["training"]["warm_start"]["steps"] == 120
+    assert not out.with_name(out.name + ".part").exists()  # its checkpoint is gone once the file is whole
+    from restorekit.training.config import load_config
+    from restorekit_psp_sr.train import PSPTrainConfig, build_psp
+
+    torch.manual_seed(0)
+    fresh = build_psp(load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}"])).eval()
+    before, after = code_error(fresh, module), code_error(model.eval(), module)
+    assert after < 0.85 * before, (before, after)
+    # stage 2 starts from it: same encoder, same generator
+    cfg = load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}", f"init={out}"])
+    started = build_psp(cfg)
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(started.encoder.state_dict()[k], v), k
+    assert sha256_file(gen) == sha256_file(tmp_path / "generator.safetensors")
+
+
+def test_warm_start_resumes_exactly(warm_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen, recipe = warm_setup
+    module = warm_start_module()
+    run_warm_start(module, gen, recipe, tmp_path / "whole.safetensors", "--steps", "6")
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the run ends after its step-4 checkpoint, before the file is written
+
+    cut = tmp_path / "cut.safetensors"
+    monkeypatch.setattr(module, "save_psp_safetensors", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_warm_start(module, gen, recipe, cut, "--steps", "6", "--save-every", "4")
+    assert cut.with_name(cut.name + ".part").is_file() and not cut.exists()
+    monkeypatch.undo()
+    module = warm_start_module()
+    run_warm_start(module, gen, recipe, cut, "--steps", "6", "--save-every", "4")
+    a, _ = load_psp_model(tmp_path / "whole.safetensors", impl="ref")
+    b, _ = load_psp_model(cut, impl="ref")
+    for k, v in a.encoder.state_dict().items():
+        assert torch.equal(b.encoder.state_dict()[k], v), k
