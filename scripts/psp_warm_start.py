@@ -18,17 +18,16 @@ CPU or CUDA; writes a checkpoint every --save-every steps and resumes from it (-
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from restorekit.training.config import load_config
 from restorekit.training.data import make_lr
+from restorekit.training.trainer import atomic_save
 from restorekit_psp_sr.method import save_psp_safetensors
 from restorekit_psp_sr.train import PSPTrainConfig, build_psp
 
@@ -78,27 +77,18 @@ def main() -> None:
     opt = torch.optim.Adam(enc.parameters(), lr=args.lr)
     part = args.out.with_name(args.out.name + ".part")
     step, rng = 0, torch.Generator().manual_seed(args.seed)
-    if part.is_file():  # resume: encoder, optimiser, step and the random stream
-        state = load_file(part)
-        meta = json.loads(state.pop("__meta__").numpy().tobytes().decode())
-        enc.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("enc.")})
-        opt.load_state_dict(torch.load(part.with_suffix(".opt"), weights_only=True))
-        step = meta["step"]
-        rng.set_state(state["rng"])
+    if part.is_file():  # resume: encoder, optimiser, step and the random stream, from one file
+        state = torch.load(part, map_location=device, weights_only=True)
+        enc.load_state_dict(state["encoder"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.set_state(state["rng"].cpu())
         print(f"psp_warm_start: resumed at step {step}")
     # Codes farther from the average than the encoder can tell apart are learnt last: a cosine
     # schedule to a tenth keeps the late steps from undoing the early ones.
     sched = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, args.steps))))  # noqa: E731
     factors, size = list(cfg.data.factors), cfg.encoder_input_size
     t0, seen, running = time.monotonic(), 0, 0.0
-
-    def save_part() -> None:
-        tensors = {f"enc.{k}": v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}
-        tensors["rng"] = rng.get_state()
-        tensors["__meta__"] = torch.frombuffer(bytearray(json.dumps({"step": step}).encode()), dtype=torch.uint8)
-        torch.save(opt.state_dict(), part.with_suffix(".opt"))
-        save_file(tensors, str(part) + ".tmp")
-        Path(str(part) + ".tmp").replace(part)
 
     while step < args.steps:
         with torch.no_grad():
@@ -121,14 +111,14 @@ def main() -> None:
                   f"faces/s {seen / (time.monotonic() - t0):.1f}", flush=True)
             running = 0.0
         if step % args.save_every == 0 and step < args.steps:
-            save_part()
+            atomic_save({"step": step, "encoder": enc.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": rng.get_state()}, part)
 
     model.eval()
     save_psp_safetensors(model, args.out, factors=factors, license=cfg.license, name=f"{cfg.model_name}_warm",
                          training={"warm_start": {"steps": step, "batch_size": args.batch, "lr": args.lr,
                                                   "mixing": args.mixing, "generator": str(args.generator)}})
-    for leftover in (part, part.with_suffix(".opt")):
-        leftover.unlink(missing_ok=True)
+    part.unlink(missing_ok=True)
     print(f"psp_warm_start: {args.out} after {step} steps")
 
 
