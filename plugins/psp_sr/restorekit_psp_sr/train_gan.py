@@ -30,7 +30,9 @@ run cut short still returns its latest generator: ``generator.safetensors`` (EMA
 restorekit StyleGAN2 format), ``samples.png`` (fixed latents, truncation 1 and 0.7),
 ``metrics.jsonl``, and ``resume_g.safetensors``/``resume_d.safetensors`` (fp16 weights of the
 training G and D, what ``init_from`` continues from on another machine — without Adam's state,
-which a GAN rebuilds in a few hundred steps).
+which a GAN rebuilds in a few hundred steps). With ``init_widen`` the snapshot may come from a
+run with fewer channels at some resolutions: its networks are widened to this config's without
+changing what they compute (``widen.py``), so a run found too narrow goes on instead of starting over.
 
 Checkpoints (``OUT/checkpoints/step_*.pt``, every ``ckpt_every`` steps and at the end) hold both
 players, the EMA, both optimizers and every rank's RNG state, so ``--resume`` continues exactly.
@@ -118,6 +120,9 @@ class GANConfig(TrainConfig):
     snapshot_dir: str | None = Field(None, description="also write each snapshot here (e.g. a GPU job's $OUT)")
     n_sample_grid: int = Field(16, ge=1, le=64)
     init_from: str | None = Field(None, description="start from a snapshot folder's resume_g/resume_d weights")
+    init_widen: bool = Field(False, description="init_from a run with fewer channels at some resolutions: widen "
+                                                "its G, D and EMA to this config, computing what they computed "
+                                                "(new channels start disconnected from the old; see widen.py)")
     # -- export --------------------------------------------------------------------------------
     model_name: str = "stylegan2"
     license: str = "unknown"
@@ -520,19 +525,27 @@ class GANTrainer:
 
         from .train import load_generator
 
+        from .widen import WidenError, widen_state_dict
+
         f = Path(folder)
         for name in ("resume_g.safetensors", "resume_d.safetensors"):
             if not (f / name).is_file():
                 raise TrainingError(f"init_from {f}: no {name} (a `restorekit train stylegan2` snapshot folder)")
+        g = {k: v.float() for k, v in load_file(str(f / "resume_g.safetensors")).items()}
+        d = {k: v.float() for k, v in load_file(str(f / "resume_d.safetensors")).items()}
+        ema = load_generator(str(f / "generator.safetensors")).state_dict() \
+            if (f / "generator.safetensors").is_file() else g
         try:
-            self.G.load_state_dict({k: v.float() for k, v in load_file(str(f / "resume_g.safetensors")).items()})
-            self.D.load_state_dict({k: v.float() for k, v in load_file(str(f / "resume_d.safetensors")).items()})
-            if (f / "generator.safetensors").is_file():
-                self.G_ema.load_state_dict(load_generator(str(f / "generator.safetensors")).state_dict())
-            else:
-                self.G_ema.load_state_dict(self.G.state_dict())
-        except RuntimeError as exc:
-            raise TrainingError(f"init_from {f}: weights do not fit this config's networks: "
+            if self.config.init_widen:  # the EMA's new channels are G's: both start from the same network
+                g, d = widen_state_dict(g, self.G), widen_state_dict(d, self.D)
+                self.G.load_state_dict(g)
+                ema = widen_state_dict(ema, self.G)
+            self.G.load_state_dict(g)
+            self.D.load_state_dict(d)
+            self.G_ema.load_state_dict(ema)
+        except (RuntimeError, WidenError) as exc:
+            hint = "" if self.config.init_widen else " (init_widen = true grows a narrower run's channels)"
+            raise TrainingError(f"init_from {f}: weights do not fit this config's networks{hint}: "
                                 f"{str(exc).splitlines()[0]}") from None
         from safetensors import safe_open
 
