@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from restorekit.errors import RestorekitError
 
-from .discriminator import EqualConv2d
+from .discriminator import EqualConv2d, StyleGAN2Discriminator
 from .ops import FusedLeakyReLU
 from .stylegan2 import ConstantInput, EqualLinear, ModulatedConv2d
 
@@ -37,41 +38,73 @@ class WidenError(RestorekitError):
     """The narrow state dict cannot be widened into the given network."""
 
 
-# Module type → {parameter name: (output axis, input axis or None)}: the axes that may grow. A
-# growing input axis is a larger fan-in, so old weights are rescaled (run-time scale 1/√fan-in).
-# Linear layers may not grow their inputs: that would be a larger style (PixelNorm averages over
-# it) or D's 4-px features, which its minibatch-stddev channel follows rather than ends.
-_AXES: dict[type[nn.Module], dict[str, tuple[int, int | None]]] = {
-    ModulatedConv2d: {"weight": (1, 2)},
-    EqualConv2d: {"weight": (0, 1), "bias": (0, None)},
-    EqualLinear: {"weight": (0, None), "bias": (0, None)},  # outputs only: e.g. a modulation's rows
-    FusedLeakyReLU: {"bias": (0, None)},
-    ConstantInput: {"input": (1, None)},
+@dataclass(frozen=True)
+class Axes:
+    """How a tensor may grow: along ``out`` (its layer's output channels) and ``inp`` (its input
+    channels: a larger fan-in, so old weights are rescaled for the run-time scale 1/√fan-in).
+    ``last_input_fixed``: the last input channel is not a feature of the previous layer but one
+    appended after them (D's minibatch standard deviation), and stays last."""
+
+    out: int
+    inp: int | None = None
+    last_input_fixed: bool = False
+
+
+# Module type → {parameter name: axes}. Linear layers grow only their outputs (a modulation's rows)
+# unless placed below: a larger input would be a larger style, which PixelNorm averages over.
+_AXES: dict[type[nn.Module], dict[str, Axes]] = {
+    ModulatedConv2d: {"weight": Axes(1, 2)},
+    EqualConv2d: {"weight": Axes(0, 1), "bias": Axes(0)},
+    EqualLinear: {"weight": Axes(0), "bias": Axes(0)},
+    FusedLeakyReLU: {"bias": Axes(0)},
+    ConstantInput: {"input": Axes(1)},
 }
+# D's head, behind its 4-px features: [features…, minibatch stddev] → conv → flatten (channel-major,
+# so new channels' values come last) → linear → linear.
+_D_HEAD = {"final_conv.0.weight": Axes(0, 1, last_input_fixed=True),
+           "final_linear.0.weight": Axes(0, 1), "final_linear.1.weight": Axes(0, 1)}
 
 
-def _axes_of(wide: nn.Module) -> dict[str, tuple[int, int | None]]:
-    """State-dict key → (output axis, input axis) for every tensor whose width may change."""
-    found: dict[str, tuple[int, int | None]] = {}
+def _axes_of(wide: nn.Module) -> dict[str, Axes]:
+    """State-dict key → :class:`Axes` for every tensor whose width may change."""
+    found: dict[str, Axes] = {}
+    heads: dict[str, Axes] = {}
     for prefix, module in wide.named_modules():
+        dot = f"{prefix}." if prefix else ""
         for name, axes in _AXES.get(type(module), {}).items():
-            found[f"{prefix}.{name}" if prefix else name] = axes
-    return found
+            found[dot + name] = axes
+        if isinstance(module, StyleGAN2Discriminator):
+            heads.update({dot + k: v for k, v in _D_HEAD.items()})
+    return {**found, **heads}
 
 
-def widen_tensor(old: Tensor, fresh: Tensor, out_axis: int, in_axis: int | None) -> Tensor:
+def widen_tensor(old: Tensor, fresh: Tensor, axes: Axes) -> Tensor:
     """``fresh`` with ``old`` in its leading block (rescaled for the larger fan-in) and zeros from
     the new inputs into the old outputs."""
     new = fresh.detach().clone().to(torch.float32)
-    lead = tuple(slice(0, n) for n in old.shape)
-    gain = 1.0
-    if in_axis is not None and fresh.shape[in_axis] != old.shape[in_axis]:
-        gain = math.sqrt(fresh.shape[in_axis] / old.shape[in_axis])
-        block: list[slice] = [slice(None)] * new.dim()
-        block[out_axis] = slice(0, old.shape[out_axis])
-        block[in_axis] = slice(old.shape[in_axis], None)
-        new[tuple(block)] = 0
-    new[lead] = old.detach().to(torch.float32) * gain
+    src = old.detach().to(torch.float32)
+    n_in = axes.inp
+    if n_in is None or fresh.shape[n_in] == old.shape[n_in]:
+        new[tuple(slice(0, n) for n in old.shape)] = src
+        return new.to(fresh.dtype)
+    src = src * math.sqrt(fresh.shape[n_in] / old.shape[n_in])
+    fixed = 1 if axes.last_input_fixed else 0
+    old_in, new_in = old.shape[n_in] - fixed, fresh.shape[n_in] - fixed
+
+    def at(out: slice, inp: slice) -> tuple[slice, ...]:
+        index = [slice(None)] * new.dim()
+        index[axes.out], index[n_in] = out, inp
+        return tuple(index)
+
+    keep = slice(0, old.shape[axes.out])
+    old_block = [slice(0, n) for n in old.shape]
+    old_block[n_in] = slice(0, old_in)
+    new[at(keep, slice(old_in, new_in))] = 0  # new inputs → old outputs
+    new[tuple(old_block)] = src[at(slice(None), slice(0, old_in))]
+    if fixed:
+        tail = [slice(0, n) for n in old.shape]
+        tail[n_in] = slice(new_in, new_in + 1)
+        new[tuple(tail)] = src[at(slice(None), slice(old_in, old_in + 1))]
     return new.to(fresh.dtype)
 
 
@@ -95,12 +128,12 @@ def widen_state_dict(narrow: Mapping[str, Tensor], wide: nn.Module) -> dict[str,
             out[key] = old.detach().to(fresh.dtype).clone()
             continue
         grown = [i for i, (a, b) in enumerate(zip(old.shape, fresh.shape)) if a != b]
-        out_axis, in_axis = axes.get(key, (-1, None))
-        if key not in axes or any(i not in (out_axis, in_axis) or old.shape[i] > fresh.shape[i] for i in grown):
+        how = axes.get(key)
+        if how is None or any(i not in (how.out, how.inp) or old.shape[i] > fresh.shape[i] for i in grown):
             raise WidenError(f"{key}: {tuple(old.shape)} cannot be widened to {tuple(fresh.shape)} "
                              "(only channel counts may grow)")
-        out[key] = widen_tensor(old, fresh, out_axis, in_axis)
+        out[key] = widen_tensor(old, fresh, how)
     return out
 
 
-__all__ = ["WidenError", "widen_state_dict", "widen_tensor"]
+__all__ = ["Axes", "WidenError", "widen_state_dict", "widen_tensor"]

@@ -40,9 +40,10 @@ def discriminator(channels: dict[int, int], seed: int = 0) -> StyleGAN2Discrimin
     return StyleGAN2Discriminator(32, channels=channels, impl="ref").eval()
 
 
-def test_a_widened_generator_draws_the_same_images() -> None:
+@pytest.mark.parametrize("wide_channels", [WIDE, {4: 24, 8: 20, 16: 12, 32: 8}])
+def test_a_widened_generator_draws_the_same_images(wide_channels: dict[int, int]) -> None:
     narrow = scrambled(generator(NARROW), 1)
-    wide = generator(WIDE, seed=5)
+    wide = generator(wide_channels, seed=5)
     wide.load_state_dict(widen_state_dict(narrow.state_dict(), wide))
     w = narrow.broadcast(narrow.map(torch.randn(3, 16, generator=torch.Generator().manual_seed(2))))
     noise = narrow.make_noise(3, torch.Generator().manual_seed(3))
@@ -55,15 +56,21 @@ def test_a_widened_generator_draws_the_same_images() -> None:
     assert new_rows.shape[0] == 4 and new_rows.abs().mean() > 0.3
 
 
-def test_a_widened_discriminator_gives_the_same_logits() -> None:
+@pytest.mark.parametrize("wide_channels", [WIDE, {4: 24, 8: 20, 16: 12, 32: 8}])
+def test_a_widened_discriminator_gives_the_same_logits(wide_channels: dict[int, int]) -> None:
     narrow = scrambled(discriminator(NARROW), 4)
-    wide = discriminator(WIDE, seed=6)
+    wide = discriminator(wide_channels, seed=6)
     wide.load_state_dict(widen_state_dict(narrow.state_dict(), wide))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         a, b = narrow(x), wide(x)
     assert a.abs().max() > 1e-2
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    if wide_channels[4] > NARROW[4]:  # the minibatch-stddev input stayed last, the new features feed nothing old
+        head = wide.final_conv[0].weight
+        torch.testing.assert_close(head[:16, -1] * wide.final_conv[0].scale,
+                                   narrow.final_conv[0].weight[:, -1] * narrow.final_conv[0].scale)
+        assert torch.all(head[:16, 16:24] == 0)
 
 
 def test_the_zero_block_gets_gradients_so_training_can_connect_new_channels() -> None:
@@ -95,12 +102,6 @@ def test_widening_the_same_widths_is_a_copy() -> None:
 def test_what_cannot_be_widened_is_refused(other, match: str) -> None:
     with pytest.raises(WidenError, match=match):
         widen_state_dict(generator(NARROW).state_dict(), other())
-
-
-def test_a_discriminator_wider_at_4px_is_refused() -> None:
-    # Its minibatch-stddev channel follows the 4-px features: new features would not be trailing.
-    with pytest.raises(WidenError, match="final_linear"):
-        widen_state_dict(discriminator(NARROW).state_dict(), discriminator({**NARROW, 4: 24}))
 
 
 def test_init_from_a_narrower_run_widens_it_and_trains_on(tmp_path: Path) -> None:
@@ -138,7 +139,10 @@ def test_the_wide_cpu_recipe_is_cpu_toml_widened_at_the_top() -> None:
     assert base.channels is not None and wide.channels is not None
     assert {r for r in base.channels if wide.channels[r] != base.channels[r]} == {64, 128}
     assert wide.model_dump(exclude={"channels"}) == base.model_dump(exclude={"channels"})
-    # Every network of cpu.toml's run widens into cpu_wide.toml's.
-    small, big = GANModels(base), GANModels(wide)
+    # Every network of cpu.toml's run widens into cpu_wide.toml's, and those into the GPU recipe's
+    # (a GPU occasion may continue the CPU run rather than start from nothing).
+    gpu = load_config(GANConfig, recipes / "gan.toml", out="o", data={"root": "d"})
+    small, big, gpu_models = GANModels(base), GANModels(wide), GANModels(gpu)
     for name in ("G", "D", "G_ema"):
         widen_state_dict(getattr(small, name).state_dict(), getattr(big, name))
+        widen_state_dict(getattr(big, name).state_dict(), getattr(gpu_models, name))
