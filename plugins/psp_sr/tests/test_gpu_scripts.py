@@ -260,3 +260,59 @@ def test_warm_start_resumes_exactly(warm_setup, tmp_path: Path, monkeypatch: pyt
     b, _ = load_psp_model(cut, impl="ref")
     for k, v in a.encoder.state_dict().items():
         assert torch.equal(b.encoder.state_dict()[k], v), k
+
+
+# -- ../encoder_spread.py ------------------------------------------------------------------------------
+def encoder_spread_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("encoder_spread", REPO / "scripts" / "encoder_spread.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _FixedCodes(torch.nn.Module):
+    """A stand-in pSp: returns given codes whatever the input (to pin the measure's two ends)."""
+
+    def __init__(self, decoder: torch.nn.Module, codes: torch.Tensor) -> None:
+        super().__init__()
+        self.decoder, self.codes, self.input_size = decoder, codes, 32
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.codes[: x.shape[0]]
+
+
+def test_encoder_spread_is_one_for_the_generators_own_codes_and_zero_for_one_face() -> None:
+    spread = encoder_spread_module()
+    gen = tiny_generator(2)
+    faces = torch.rand(200, 3, 64, 64)
+    own = _FixedCodes(gen, spread.generator_codes(gen, 200, seed=9))  # other draws of the same distribution
+    ratios = spread.spread_ratios(own, faces, [1, 4], n_reference=2000)
+    assert set(ratios) == {"x1", "x4"} and len(ratios["x1"]) == len(gen.convs) + 2  # conv1, convs, mean
+    assert all(0.85 < r < 1.15 for r in ratios["x1"].values()), ratios
+    one = _FixedCodes(gen, spread.generator_codes(gen, 1, seed=3).expand(200, -1, -1))
+    assert all(r < 1e-4 for r in spread.spread_ratios(one, faces, [1])["x1"].values())
+    half = _FixedCodes(gen, gen.mean_latent(256) + 0.5 * (own.codes - gen.mean_latent(256)))
+    # The modulation is affine: codes pulled halfway to the average spread half as much.
+    torch.testing.assert_close(torch.tensor(spread.spread_ratios(half, faces, [1], n_reference=2000)["x1"]["mean"]),
+                               torch.tensor(0.5 * ratios["x1"]["mean"]), rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_spread_reads_a_real_model_file(trained: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.images import save_image
+
+    spread = encoder_spread_module()
+    _, model = trained
+    for i in range(3):
+        face = torch.rand(1, 3, 80, 80, generator=torch.Generator().manual_seed(i))
+        save_image(face, tmp_path / "faces" / f"{i}.png")
+    out = tmp_path / "spread.json"
+    monkeypatch.setattr(sys, "argv", ["encoder_spread.py", str(model), "--data", str(tmp_path / "faces"),
+                                      "--factors", "1,2", "--json", str(out)])
+    spread.main()
+    doc = json.loads(out.read_text())
+    assert doc["faces"] == 3 and set(doc["ratios"]) == {"x1", "x2"}
+    assert all(v >= 0 for r in doc["ratios"].values() for v in r.values())
+    assert "mean" in capsys.readouterr().out

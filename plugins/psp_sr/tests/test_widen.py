@@ -119,7 +119,8 @@ def test_init_from_a_narrower_run_widens_it_and_trains_on(tmp_path: Path) -> Non
     second.init_weights(snap)
     assert second.nimg == 8 and second.D.channels[32] == 16
     narrow_ema = load_generator(str(snap / "generator.safetensors"), impl="ref")
-    w = narrow_ema.broadcast(narrow_ema.map(torch.randn(2, narrow_ema.z_dim, generator=torch.Generator().manual_seed(1))))
+    z = torch.randn(2, narrow_ema.z_dim, generator=torch.Generator().manual_seed(1))
+    w = narrow_ema.broadcast(narrow_ema.map(z))
     with torch.no_grad():
         torch.testing.assert_close(second.G_ema.synthesize(w), narrow_ema.synthesize(w), atol=1e-5, rtol=1e-5)
     # G and its EMA share the new channels' starting values; the old ones differ as before.
