@@ -316,3 +316,30 @@ def test_encoder_spread_reads_a_real_model_file(trained: tuple[Path, Path], tmp_
     assert doc["faces"] == 3 and set(doc["ratios"]) == {"x1", "x2"}
     assert all(v >= 0 for r in doc["ratios"].values() for v in r.values())
     assert "mean" in capsys.readouterr().out
+
+
+def test_stage_two_from_an_encoder_of_an_earlier_snapshot_keeps_its_codes(warm_setup, tmp_path: Path) -> None:
+    """init= trained against one generator, generator= a later one (the prior trained on): the encoder
+    returns the same absolute codes, now as residuals to the new generator's average."""
+    from restorekit.training.config import load_config
+    from restorekit_psp_sr.train import PSPTrainConfig, build_psp
+
+    gen, recipe = warm_setup
+    module = warm_start_module()
+    first = tmp_path / "first.safetensors"
+    run_warm_start(module, gen, recipe, first, "--steps", "3")
+    later = tiny_generator(3)
+    with torch.no_grad():  # the mapping moved on, as it does between snapshots
+        for p in later.style.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    later_file = save_stylegan2_safetensors(later, tmp_path / "later.safetensors")
+    old, _ = load_psp_model(first, impl="ref")
+    cfg = load_config(PSPTrainConfig, recipe, overrides=[f"generator={later_file}", f"init={first}"])
+    new = build_psp(cfg).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(new.encode(x), old.eval().encode(x), rtol=1e-4, atol=1e-4)
+    want = load_generator(str(later_file), impl="ref").mean_latent(n=cfg.latent_avg_samples)
+    centre = lambda model: model.latent_avg.reshape(-1, want.shape[-1])[0]  # noqa: E731
+    torch.testing.assert_close(centre(new), want)
+    assert not torch.allclose(centre(new), centre(old))
