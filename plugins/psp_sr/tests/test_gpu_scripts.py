@@ -155,12 +155,18 @@ def test_check_bars_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "eval_x8/results.json: missing" in capsys.readouterr().err
 
 
+def top_script(name: str) -> ModuleType:
+    """A fresh import of ``scripts/<name>.py`` (not cached: a test may patch it)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # -- ../inversion_ceiling.py -------------------------------------------------------------------------
 def test_the_ceiling_fit_recovers_an_image_the_generator_can_make() -> None:
-    spec = importlib.util.spec_from_file_location("inversion_ceiling", REPO / "scripts" / "inversion_ceiling.py")
-    assert spec is not None and spec.loader is not None
-    ceiling = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ceiling)
+    ceiling = top_script("inversion_ceiling")
     gen = tiny_generator(5).eval().requires_grad_(False)
     w_avg = gen.mean_latent(256)
     torch.manual_seed(1)
@@ -178,11 +184,7 @@ def test_the_ceiling_fit_recovers_an_image_the_generator_can_make() -> None:
 
 # -- ../psp_warm_start.py ----------------------------------------------------------------------------
 def warm_start_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("psp_warm_start", REPO / "scripts" / "psp_warm_start.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return top_script("psp_warm_start")
 
 
 @pytest.fixture()
@@ -264,11 +266,7 @@ def test_warm_start_resumes_exactly(warm_setup, tmp_path: Path, monkeypatch: pyt
 
 # -- ../encoder_spread.py ------------------------------------------------------------------------------
 def encoder_spread_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("encoder_spread", REPO / "scripts" / "encoder_spread.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return top_script("encoder_spread")
 
 
 class _FixedCodes(torch.nn.Module):
