@@ -524,7 +524,6 @@ class GANTrainer:
         from safetensors.torch import load_file
 
         from .train import load_generator
-
         from .widen import WidenError, widen_state_dict
 
         f = Path(folder)
