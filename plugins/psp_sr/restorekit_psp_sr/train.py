@@ -188,14 +188,15 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
     if init is not None:
         encoder.load_state_dict(init.encoder.state_dict(), strict=True)
         latent_avg = init.latent_avg
-        if cfg.start_from_latent_avg and cfg.generator is not None:
-            # Residuals to this generator's average (init may come from an earlier snapshot of it),
-            # the encoder's absolute codes unchanged: W-norm then measures from the right centre.
-            latent_avg = generator.mean_latent(n=cfg.latent_avg_samples).to(init.latent_avg)
+        if cfg.start_from_latent_avg:
+            # The encoder's absolute codes unchanged, as residuals to latent_avg: generator='s own
+            # average when given (init may come from an earlier snapshot of it, and W-norm should
+            # measure from this one's centre), else init's.
+            if cfg.generator is not None:
+                latent_avg = generator.mean_latent(n=cfg.latent_avg_samples).to(init.latent_avg)
             old = init.latent_avg if init.start_from_latent_avg else torch.zeros_like(init.latent_avg)
-            fold_latent_avg(encoder, latent_avg.reshape(1, -1) - old.reshape(-1, latent_avg.shape[-1]))
-        elif cfg.start_from_latent_avg and not init.start_from_latent_avg:
-            fold_latent_avg(encoder, latent_avg)  # absolute codes → residuals to latent_avg
+            dim = latent_avg.shape[-1]
+            fold_latent_avg(encoder, latent_avg.reshape(-1, dim) - old.reshape(-1, dim))
     else:
         latent_avg = generator.mean_latent(n=cfg.latent_avg_samples)
     return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg)

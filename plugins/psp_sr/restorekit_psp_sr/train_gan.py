@@ -535,11 +535,11 @@ class GANTrainer:
         ema = load_generator(str(f / "generator.safetensors")).state_dict() \
             if (f / "generator.safetensors").is_file() else g
         try:
-            if self.config.init_widen:  # the EMA's new channels are G's: both start from the same network
+            if self.config.init_widen:
                 g, d = widen_state_dict(g, self.G), widen_state_dict(d, self.D)
-                self.G.load_state_dict(g)
-                ema = widen_state_dict(ema, self.G)
             self.G.load_state_dict(g)
+            if self.config.init_widen:  # the EMA's new channels are G's: both start from the same network
+                ema = widen_state_dict(ema, self.G)
             self.D.load_state_dict(d)
             self.G_ema.load_state_dict(ema)
         except (RuntimeError, WidenError) as exc:

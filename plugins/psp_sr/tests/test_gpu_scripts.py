@@ -22,10 +22,11 @@ SCRIPTS = REPO / "scripts" / "gpu"
 pytestmark = pytest.mark.skipif(not (SCRIPTS / "psp_parts.py").is_file(), reason="scripts/gpu is not here")
 
 
-def script(name: str) -> ModuleType:
+def script(name: str, folder: Path = SCRIPTS) -> ModuleType:
+    """``folder/<name>.py`` imported once (monkeypatch restores what a test changes in it)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
@@ -156,12 +157,8 @@ def test_check_bars_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def top_script(name: str) -> ModuleType:
-    """A fresh import of ``scripts/<name>.py`` (not cached: a test may patch it)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``scripts/<name>.py`` (the top-level scripts, beside ``scripts/gpu``)."""
+    return script(name, REPO / "scripts")
 
 
 # -- ../inversion_ceiling.py -------------------------------------------------------------------------
@@ -183,10 +180,6 @@ def test_the_ceiling_fit_recovers_an_image_the_generator_can_make() -> None:
 
 
 # -- ../psp_warm_start.py ----------------------------------------------------------------------------
-def warm_start_module() -> ModuleType:
-    return top_script("psp_warm_start")
-
-
 @pytest.fixture()
 def warm_setup(tmp_path: Path) -> tuple[Path, Path]:
     """A tiny generator file and a stage-2 recipe shaped for it."""
@@ -220,7 +213,7 @@ def code_error(model: torch.nn.Module, module: ModuleType) -> float:
 
 def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(warm_setup, tmp_path: Path) -> None:
     gen, recipe = warm_setup
-    module = warm_start_module()
+    module = top_script("psp_warm_start")
     out = tmp_path / "warm.safetensors"
     gen_sha = sha256_file(gen)
     run_warm_start(module, gen, recipe, out, "--steps", "120", "--lr", "0.003")
@@ -244,7 +237,7 @@ def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(war
 
 def test_warm_start_resumes_exactly(warm_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gen, recipe = warm_setup
-    module = warm_start_module()
+    module = top_script("psp_warm_start")
     run_warm_start(module, gen, recipe, tmp_path / "whole.safetensors", "--steps", "6")
 
     def killed(*args: object, **kwargs: object) -> None:
@@ -256,7 +249,7 @@ def test_warm_start_resumes_exactly(warm_setup, tmp_path: Path, monkeypatch: pyt
         run_warm_start(module, gen, recipe, cut, "--steps", "6", "--save-every", "4")
     assert cut.with_name(cut.name + ".part").is_file() and not cut.exists()
     monkeypatch.undo()
-    module = warm_start_module()
+    module = top_script("psp_warm_start")
     run_warm_start(module, gen, recipe, cut, "--steps", "6", "--save-every", "4")
     a, _ = load_psp_model(tmp_path / "whole.safetensors", impl="ref")
     b, _ = load_psp_model(cut, impl="ref")
@@ -265,10 +258,6 @@ def test_warm_start_resumes_exactly(warm_setup, tmp_path: Path, monkeypatch: pyt
 
 
 # -- ../encoder_spread.py ------------------------------------------------------------------------------
-def encoder_spread_module() -> ModuleType:
-    return top_script("encoder_spread")
-
-
 class _FixedCodes(torch.nn.Module):
     """A stand-in pSp: returns given codes whatever the input (to pin the measure's two ends)."""
 
@@ -281,7 +270,7 @@ class _FixedCodes(torch.nn.Module):
 
 
 def test_encoder_spread_is_one_for_the_generators_own_codes_and_zero_for_one_face() -> None:
-    spread = encoder_spread_module()
+    spread = top_script("encoder_spread")
     gen = tiny_generator(2)
     faces = torch.rand(200, 3, 64, 64)
     own = _FixedCodes(gen, spread.generator_codes(gen, 200, seed=9))  # other draws of the same distribution
@@ -301,7 +290,7 @@ def test_encoder_spread_reads_a_real_model_file(trained: tuple[Path, Path], tmp_
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from restorekit.images import save_image
 
-    spread = encoder_spread_module()
+    spread = top_script("encoder_spread")
     _, model = trained
     for i in range(3):
         face = torch.rand(1, 3, 80, 80, generator=torch.Generator().manual_seed(i))
@@ -323,7 +312,7 @@ def test_stage_two_from_an_encoder_of_an_earlier_snapshot_keeps_its_codes(warm_s
     from restorekit_psp_sr.train import PSPTrainConfig, build_psp
 
     gen, recipe = warm_setup
-    module = warm_start_module()
+    module = top_script("psp_warm_start")
     first = tmp_path / "first.safetensors"
     run_warm_start(module, gen, recipe, first, "--steps", "3")
     later = tiny_generator(3)
