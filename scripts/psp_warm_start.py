@@ -32,6 +32,15 @@ from restorekit_psp_sr.method import save_psp_safetensors
 from restorekit_psp_sr.train import PSPTrainConfig, build_psp
 
 
+def code_loss(model: torch.nn.Module, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """MSE in W+; for a ReStyle model (``restyle_iterations`` in the config) the mean over its
+    passes, each pass's gradient reaching its own step, as its stage 2 trains it."""
+    if model.restyle_iterations is None:
+        return F.mse_loss(model.encode(x), codes)
+    passes = model.refine(x, decode_last=False)
+    return torch.stack([F.mse_loss(w, codes) for w, _ in passes]).mean()
+
+
 def draw_codes(gen: torch.nn.Module, n: int, mixing: float, rng: torch.Generator) -> torch.Tensor:
     """``n×n_styles×style_dim`` W+ codes: ``map(z)`` repeated, or with probability ``mixing`` two
     codes joined at a random layer (StyleGAN's style mixing), as the generator met in training."""
@@ -98,7 +107,7 @@ def main() -> None:
             x = degraded(faces.cpu(), factors, size, rng).to(device)
         for g in opt.param_groups:
             g["lr"] = args.lr * sched(step)
-        loss = F.mse_loss(model.encode(x), codes)
+        loss = code_loss(model, x, codes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -7,7 +7,8 @@ Model files. ``psp_sr`` reads two formats:
   (``n_styles×style_dim``), and in the safetensors metadata ``format = "restorekit.psp/1"`` and
   ``config``, a JSON object: ``encoder`` (type, backbone units/widths/SE, input_size, head
   channels, style split), ``generator`` (the generator's ``config()``), ``start_from_latent_avg``,
-  ``training`` (``factors``, ``hr_size``, steps, losses …), ``license``, ``name``. Nothing in it
+  ``training`` (``factors``, ``hr_size``, steps, losses …), ``license``, ``name``, and for a
+  ReStyle model ``restyle_iterations`` (its passes; the encoder then reads 6 channels). Nothing in it
   runs code; the architecture is rebuilt from the JSON and the tensors are loaded strictly.
   A file may instead hold no ``decoder.*`` tensors and name its generator in ``config``:
   ``decoder_weights = {"name": NAME, "sha256": HEX}``, a weights-registry entry (restorekit's
@@ -137,10 +138,13 @@ def build_generator(cfg: dict[str, Any], **kwargs: Any) -> Any:
 def psp_model_config(model: Any, *, factors: list[int] | tuple[int, ...], license: str, name: str = "",
                      training: dict[str, Any] | None = None, source: str = "restorekit train psp_sr") -> dict[str, Any]:
     """The ``config`` metadata of a restorekit pSp file for ``model``."""
-    return {"encoder": encoder_config(model.encoder), "generator": generator_config(model.decoder),
-            "start_from_latent_avg": bool(model.start_from_latent_avg),
-            "training": {"factors": [int(f) for f in factors], **(training or {})},
-            "license": license, "name": name, "source": source}
+    cfg = {"encoder": encoder_config(model.encoder), "generator": generator_config(model.decoder),
+           "start_from_latent_avg": bool(model.start_from_latent_avg),
+           "training": {"factors": [int(f) for f in factors], **(training or {})},
+           "license": license, "name": name, "source": source}
+    if getattr(model, "restyle_iterations", None) is not None:
+        cfg["restyle_iterations"] = int(model.restyle_iterations)
+    return cfg
 
 
 def save_psp_safetensors(model: Any, path: str | os.PathLike[str], *, factors: list[int] | tuple[int, ...],
@@ -204,8 +208,12 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
         raise PSPModelError(f"{p}: tensors do not match the stored architecture ({first})") from None
     if "latent_avg" not in tensors:
         raise PSPModelError(f"{p}: no 'latent_avg' tensor")
-    model = PSP(encoder, generator, tensors["latent_avg"],
-                start_from_latent_avg=bool(config.get("start_from_latent_avg", True)))
+    try:
+        model = PSP(encoder, generator, tensors["latent_avg"],
+                    start_from_latent_avg=bool(config.get("start_from_latent_avg", True)),
+                    restyle_iterations=config.get("restyle_iterations"))
+    except (ValueError, TypeError) as exc:
+        raise PSPModelError(f"{p}: its model config is inconsistent ({exc})") from None
     return model.eval(), config
 
 
@@ -327,6 +335,9 @@ class PSPSROptions(Options):
         "auto", description="how inputs reach the encoder size (auto: bilinear for official pSp files, "
                             "as their training; bicubic for restorekit-trained models)")
     keep_native_size: bool = Field(False, description="return the generator's native size instead of scale × input")
+    restyle_iterations: int | None = Field(None, ge=1, le=20,
+                                           description="ReStyle models: refinement passes, each one more generator "
+                                                       "call (default: the passes the model was trained with)")
     impl: Literal["auto", "ref", "cuda"] = Field("auto", description="StyleGAN2 ops backend")
     optimize: bool = Field(True, description="inference optimisations (batch norm folded, channels_last on CPU …; "
                                              "same results to float rounding); false runs the modules as trained")
@@ -433,6 +444,12 @@ class PSPSR(Method):
             return
         path, name = self._model_path()
         model, config = load_psp_model(path, impl=self.options.impl)
+        passes = self.options.restyle_iterations
+        if passes is not None:
+            if model.restyle_iterations is None:
+                raise PSPModelError(f"psp_sr: restyle_iterations applies to ReStyle models; {path.name} encodes in "
+                                    f"one pass (pSp)")
+            model.set_restyle_iterations(passes)
         self._place(model)
         self.model_config = config
         from restorekit.weights import sha256_file
@@ -450,10 +467,11 @@ class PSPSR(Method):
         default = " (the embedded default; --weights NAME|PATH selects another)" if self.options.weights is None else ""
         ref = config.get("decoder_weights")
         decoder = f", decoder {ref['name']}" if isinstance(ref, dict) else ""
+        restyle = f", {model.restyle_iterations} ReStyle passes" if model.restyle_iterations is not None else ""
         self.notes = [
             f"psp_sr: weights {self.weights_info['name']}{default}{decoder}, license {self.weights_info['license']}",
             f"psp_sr: {self.weights_info['name']} ({self.resolution}-px generator, {self.input_size}-px encoder input, "
-            f"trained for ×{factors}): expects aligned square faces of {sizes} px",
+            f"trained for ×{factors}{restyle}): expects aligned square faces of {sizes} px",
             (f"psp_sr: outputs are the generator's {self.resolution} px (keep_native_size)"
              if self.options.keep_native_size else
              f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size; "

@@ -108,6 +108,8 @@ def exportable_generator(generator: StyleGAN2Generator) -> StyleGAN2Generator:
 class PSPInferenceGraph(nn.Module):
     """``N×3×S×S`` in [0, 1] → encoder + ``latent_avg`` → generator (const noise) → ``N×3×R×R`` in [0, 1].
 
+    A ReStyle model's passes are unrolled into the graph, as many as the model makes when exported.
+
     Holds an export-ready copy of ``model`` (a :class:`~.psp.PSP`); the original is untouched.
     """
 
@@ -148,6 +150,9 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
                   "input": f"faces in [0, 1] at {s}×{s} (resized by the caller: the method's input_resize)",
                   "output": f"{r}×{r} in [0, 1], clamped (resized to scale × input by the caller)"},
     }
+    passes = graph.psp.restyle_iterations
+    if passes is not None:  # unrolled in the graph: fixed at export (--opt restyle_iterations=N)
+        metadata["graph"]["restyle_iterations"] = passes
 
     def prepare(lr: Tensor, scale: int) -> Tensor:
         method._check_input(lr)

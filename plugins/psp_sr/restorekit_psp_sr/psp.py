@@ -7,6 +7,15 @@ decodes. It returns the generator's [0, 1] image (unclamped, native resolution u
 ``resize_output`` asks for an average-pooled size, as pSp pools to 256 for its losses) and the
 W+ codes.
 
+Iterative refinement (ReStyle, Alaluf et al., ICCV 2021): with ``restyle_iterations`` set, the
+encoder reads the input beside the current reconstruction (``input_nc`` 6: input, then
+reconstruction, both at the encoder's input size in [-1, 1]) and returns a step in W+ from the
+current codes. Pass 1 starts from ``latent_avg`` and its image, ``G(latent_avg)``; each pass adds
+the encoder's step and decodes. Between passes the image and the codes are detached, as ReStyle
+trains: the gradient of a pass's loss reaches the encoder through that pass's step only. Unlike a
+one-pass pSp encoder, which must jump from any input to its code at once, each pass sees what its
+code draws and corrects it.
+
 Multi-modal synthesis (:meth:`PSP.mix`, after pSp's ``scripts/style_mixing.py``): the codes
 of the styles in ``latent_mask`` are replaced by (or, with ``mix_alpha``, blended towards) the
 W vector of a random ``z``, mapped by the generator and repeated over all styles. The default
@@ -28,6 +37,8 @@ from restorekit.interfaces import Encoder, Generator
 from .encoder import BackboneEncoderUsingLastLayerIntoW, resize_input
 
 NoiseMode = Literal["const", "random"]
+#: Channels of the images a ReStyle encoder reads twice (input and reconstruction): RGB.
+RESTYLE_IMAGE_NC = 3
 
 
 def default_latent_mask(n_styles: int) -> list[int]:
@@ -41,12 +52,14 @@ class PSP(nn.Module):
 
     ``latent_avg``: ``n_styles×style_dim`` (or ``1×style_dim`` for a learn-in-W encoder), a
     ``style_dim`` vector (repeated), or ``None`` to use ``generator.mean_latent()``.
+    ``restyle_iterations``: ``None`` for pSp's one pass; else the number of ReStyle passes (the
+    encoder must read 6 channels, and codes start from ``latent_avg``).
     """
 
     latent_avg: Tensor
 
     def __init__(self, encoder: Encoder, generator: Generator, latent_avg: Tensor | None = None, *,
-                 start_from_latent_avg: bool = True) -> None:
+                 start_from_latent_avg: bool = True, restyle_iterations: int | None = None) -> None:
         super().__init__()
         if encoder.n_styles != generator.n_styles or encoder.style_dim != generator.style_dim:
             raise ValueError(f"encoder gives {encoder.n_styles}×{encoder.style_dim} codes but the generator "
@@ -64,6 +77,16 @@ class PSP(nn.Module):
         if latent_avg.shape[0] != rows:
             raise ValueError(f"latent_avg has {latent_avg.shape[0]} rows; expected 1 or {rows}")
         self.register_buffer("latent_avg", latent_avg.clone())
+        self.restyle_iterations: int | None = None
+        if restyle_iterations is not None:
+            if encoder.input_nc != 2 * RESTYLE_IMAGE_NC:
+                raise ValueError(f"a ReStyle encoder reads the input and the current reconstruction "
+                                 f"({2 * RESTYLE_IMAGE_NC} channels); this one reads {encoder.input_nc}")
+            if not start_from_latent_avg:
+                raise ValueError("ReStyle's passes start from latent_avg: start_from_latent_avg must be true")
+            if restyle_iterations < 1:
+                raise ValueError(f"ReStyle needs at least one pass; got {restyle_iterations}")
+            self.restyle_iterations = int(restyle_iterations)
         # The official training options when imported from a pSp checkpoint (checkpoint_psp.PSPOptions).
         self.official_opts: object | None = None
 
@@ -75,8 +98,53 @@ class PSP(nn.Module):
     def input_size(self) -> int:
         return int(getattr(self.encoder, "input_size", 256))
 
+    def set_restyle_iterations(self, n: int) -> None:
+        """How many ReStyle passes :meth:`encode` and :meth:`forward` make (a ReStyle model only)."""
+        if self.restyle_iterations is None:
+            raise ValueError("this model encodes in one pass (pSp); it was not trained for ReStyle's passes")
+        if n < 1:
+            raise ValueError(f"ReStyle needs at least one pass; got {n}")
+        self.restyle_iterations = int(n)
+
+    def average_image(self, n: int, *, noise_mode: NoiseMode = "const") -> Tensor:
+        """``G(latent_avg)``, ``n`` rows: what ReStyle's first pass sees as the reconstruction."""
+        codes = self.latent_avg.expand(self.n_styles, -1) if self.learn_in_w else self.latent_avg
+        return self.decode(codes[None], noise_mode=noise_mode).expand(n, -1, -1, -1)
+
+    def refine(self, x: Tensor, iterations: int | None = None, *, noise_mode: NoiseMode = "const",
+               decode_last: bool = True) -> list[tuple[Tensor, Tensor | None]]:
+        """ReStyle's passes over faces ``x`` in [0, 1]: ``[(w_plus, image), …]``, one per pass.
+
+        ``image`` is the generator's native output for that pass's codes (``None`` for the last
+        pass when ``decode_last`` is false: :meth:`encode` needs only its codes).
+        """
+        n = self.restyle_iterations if iterations is None else iterations
+        if n is None:
+            raise ValueError("refine: this model encodes in one pass (pSp), not with ReStyle's passes")
+        if n < 1:
+            raise ValueError(f"ReStyle needs at least one pass; got {n}")
+        size = self.input_size
+        target = resize_input(x, size) * 2 - 1
+        rows = self.latent_avg.expand(self.n_styles, -1) if self.learn_in_w else self.latent_avg
+        codes = rows[None].expand(x.shape[0], -1, -1)
+        image: Tensor | None = self.average_image(x.shape[0], noise_mode=noise_mode)
+        steps: list[tuple[Tensor, Tensor | None]] = []
+        for t in range(n):
+            assert image is not None
+            seen = resize_input(image.detach().to(target.dtype), size) * 2 - 1
+            step = self.encoder(torch.cat([target, seen], dim=1))
+            if self.learn_in_w:
+                step = step.unsqueeze(1).expand(-1, self.n_styles, -1)
+            codes = codes.detach() + step
+            image = self.decode(codes, noise_mode=noise_mode) if decode_last or t < n - 1 else None
+            steps.append((codes, image))
+        return steps
+
     def encode(self, x: Tensor) -> Tensor:
-        """Faces ``N×C×H×W`` in [0, 1] to W+ codes ``N×n_styles×style_dim`` (``latent_avg`` added)."""
+        """Faces ``N×C×H×W`` in [0, 1] to W+ codes ``N×n_styles×style_dim`` (``latent_avg`` added;
+        a ReStyle model's after all its passes)."""
+        if self.restyle_iterations is not None:
+            return self.refine(x, decode_last=False)[-1][0]
         codes = self.encoder(resize_input(x, self.input_size) * 2 - 1)
         if self.start_from_latent_avg:
             codes = codes + (self.latent_avg[0] if self.learn_in_w else self.latent_avg)
@@ -86,19 +154,36 @@ class PSP(nn.Module):
 
     def decode(self, w_plus: Tensor, *, noise_mode: NoiseMode = "const", resize_output: int | None = None) -> Tensor:
         """W+ codes to [0, 1] images (unclamped); ``resize_output`` average-pools to that size."""
-        image = self.decoder.synthesize(w_plus, noise_mode=noise_mode)
-        if resize_output is not None and image.shape[-1] != resize_output:
-            image = F.adaptive_avg_pool2d(image, resize_output)
+        return self._pooled(self.decoder.synthesize(w_plus, noise_mode=noise_mode), resize_output)
+
+    @staticmethod
+    def _pooled(image: Tensor, size: int | None) -> Tensor:
+        if size is not None and image.shape[-1] != size:
+            image = F.adaptive_avg_pool2d(image, size)
         return image
 
     def forward(self, x: Tensor, *, noise_mode: NoiseMode = "const", resize_output: int | None = None,
                 latent_mask: Sequence[int] | None = None, inject_latent: Tensor | None = None,
-                alpha: float | None = None) -> tuple[Tensor, Tensor]:
+                alpha: float | None = None, all_passes: bool = False) -> tuple[Tensor, Tensor]:
         """``(image, w_plus)`` for faces ``x`` in [0, 1].
 
         With ``latent_mask`` the listed styles take ``inject_latent``'s (``N×n_styles×style_dim``)
         values, or ``alpha·inject + (1−alpha)·code`` when ``alpha`` is given (official semantics).
+        ``all_passes``: every ReStyle pass's result, stacked on a new first dimension (one row for
+        a one-pass model) — ReStyle's training takes a loss after each pass, in one forward call
+        as data-parallel training needs.
         """
+        if self.restyle_iterations is not None and latent_mask is None:
+            steps = self.refine(x, noise_mode=noise_mode)
+            images = [self._pooled(image, resize_output) for _, image in steps if image is not None]
+            if all_passes:
+                return torch.stack(images), torch.stack([codes for codes, _ in steps])
+            return images[-1], steps[-1][0]
+        if all_passes:
+            if latent_mask is not None:
+                raise ValueError("all_passes and latent_mask exclude each other")
+            image, w_plus = self(x, noise_mode=noise_mode, resize_output=resize_output)
+            return image[None], w_plus[None]
         w_plus = self.encode(x)
         if latent_mask is not None:
             if inject_latent is None:

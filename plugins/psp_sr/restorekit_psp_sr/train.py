@@ -9,6 +9,10 @@ inputs are HR faces downscaled by a random factor and upscaled back to the encod
 (no pooling for generators of 256 px or less); Ranger, lr 1e-4, batch 8. Every weight is a
 config field; a zero weight skips that loss (and its network).
 
+With ``restyle_iterations`` the encoder is ReStyle's (:mod:`.psp`): it refines its codes in that
+many passes, reading the input beside the current reconstruction, with the losses taken after
+every pass (ReStyle trains pSp's encoder this way, five passes a batch).
+
 The generator comes from ``generator`` (a weights name or a file): a rosinality ``.pt``
 (``g_ema``), a restorekit StyleGAN2 ``.safetensors`` (what ``restorekit train stylegan2_ae``
 exports), or a restorekit pSp model (its decoder). The result is exported as
@@ -46,6 +50,10 @@ class PSPTrainConfig(TrainConfig):
     encoder_input_size: int = Field(256, ge=32)
     head_channels: int | None = Field(None, ge=1)
     start_from_latent_avg: bool = True
+    restyle_iterations: int | None = Field(
+        None, ge=1, le=20, description="ReStyle: the encoder refines its codes in this many passes, reading the "
+                                       "input beside the current reconstruction, with a loss after each pass; "
+                                       "the model infers with as many (None: pSp's one pass)")
     latent_avg_samples: int = Field(4096, ge=1, description="map(z) samples for w_avg when the file has none")
     impl: Literal["auto", "ref", "cuda"] = "auto"
     # -- losses (pSp's SR lambdas) ---------------------------------------------------------
@@ -157,7 +165,7 @@ def fold_latent_avg(encoder: Any, latent_avg: Tensor) -> None:
 def build_psp(cfg: PSPTrainConfig) -> Any:
     """Encoder (fresh, or from ``init``/``backbone_weights``) + the frozen generator + w_avg."""
     from .encoder import build_gradual_style_encoder
-    from .psp import PSP
+    from .psp import PSP, RESTYLE_IMAGE_NC
 
     if cfg.generator is None and cfg.init is None:
         raise RestorekitError("psp_sr training needs a pretrained StyleGAN2: set `generator` (weights name or "
@@ -171,13 +179,16 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
         generator = load_generator(cfg.generator, impl=cfg.impl)
     elif init is not None:
         generator = init.decoder
+    restyle = cfg.restyle_iterations is not None
+    input_nc = 2 * RESTYLE_IMAGE_NC if restyle else 3
     encoder = build_gradual_style_encoder(generator.n_styles, generator.style_dim, backbone=cfg.encoder_backbone,
                                           input_size=cfg.encoder_input_size, head_channels=cfg.head_channels,
-                                          learn_in_w=cfg.encoder_type == "BackboneEncoderUsingLastLayerIntoW")
+                                          learn_in_w=cfg.encoder_type == "BackboneEncoderUsingLastLayerIntoW",
+                                          input_nc=input_nc)
     if cfg.backbone_weights is not None:
         from restorekit.weights import load_state_dict
 
-        sd = load_state_dict(cfg.backbone_weights)
+        sd = with_input_channels(dict(load_state_dict(cfg.backbone_weights)), input_nc)
         own = encoder.state_dict()
         body = {k: v for k, v in sd.items() if k.startswith(("input_layer.", "body.")) and k in own
                 and own[k].shape == v.shape}
@@ -186,7 +197,14 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
                                   f"the {cfg.encoder_backbone} encoder")
         encoder.load_state_dict(body, strict=False)
     if init is not None:
-        encoder.load_state_dict(init.encoder.state_dict(), strict=True)
+        if init.encoder.input_nc > input_nc:
+            raise RestorekitError(f"psp_sr training: init {cfg.init} is a ReStyle model (its encoder reads "
+                                  f"{init.encoder.input_nc} channels); continue it with restyle_iterations set")
+        try:
+            encoder.load_state_dict(with_input_channels(init.encoder.state_dict(), input_nc), strict=True)
+        except RuntimeError as exc:
+            raise RestorekitError(f"psp_sr training: init {cfg.init}: its encoder is not this config's "
+                                  f"({str(exc).splitlines()[0]})") from None
         latent_avg = init.latent_avg
         if cfg.start_from_latent_avg:
             # The encoder's absolute codes unchanged, as residuals to latent_avg: generator='s own
@@ -199,7 +217,20 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
             fold_latent_avg(encoder, latent_avg.reshape(-1, dim) - old.reshape(-1, dim))
     else:
         latent_avg = generator.mean_latent(n=cfg.latent_avg_samples)
-    return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg)
+    return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg,
+               restyle_iterations=cfg.restyle_iterations)
+
+
+def with_input_channels(state_dict: dict[str, Tensor], input_nc: int) -> dict[str, Tensor]:
+    """An encoder state dict whose stem reads ``input_nc`` channels: a 3-channel stem (pSp's, or an
+    IR-SE backbone's) widened with zero weights for the added inputs — a ReStyle encoder built
+    from it reads the reconstruction not at all at first, and learns to (its gradient is not zero)."""
+    key = "input_layer.0.weight"
+    w = state_dict.get(key)
+    if w is None or w.shape[1] >= input_nc:
+        return state_dict
+    extra = w.new_zeros(w.shape[0], input_nc - w.shape[1], *w.shape[2:])
+    return {**state_dict, key: torch.cat([w, extra], dim=1)}
 
 
 class PSPTrainer(Trainer):
@@ -247,12 +278,21 @@ class PSPTrainer(Trainer):
         return out
 
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size)
+        """pSp: the losses of the output. ReStyle: the losses after every pass (each pass's
+        gradient reaches only its own step); ``loss`` is their mean, the named terms the last
+        pass's, so a log reads what the model infers."""
+        restyle = self.model.restyle_iterations is not None
+        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size, all_passes=restyle)
         y = batch["hr"]
         if y_hat.shape[-2:] != y.shape[-2:]:
             raise RestorekitError(f"psp_sr training: output {tuple(y_hat.shape[-2:])} vs target "
                                   f"{tuple(y.shape[-2:])}; the dataset's hr_size must be min(resolution, loss_size)")
-        return self.compute_losses(y_hat.float(), y, latents.float())
+        if not restyle:
+            return self.compute_losses(y_hat.float(), y, latents.float())
+        passes = [self.compute_losses(im.float(), y, w.float()) for im, w in zip(y_hat, latents)]
+        out = dict(passes[-1])
+        out["loss"] = torch.stack([p["loss"] for p in passes]).mean()
+        return out
 
     def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:
         y_hat, _ = self.model(batch["lr_up"], resize_output=self.loss_size)
@@ -269,7 +309,8 @@ class PSPTrainer(Trainer):
                     "batch_size": cfg.batch_size * cfg.grad_accum * self.dist.world_size,
                     "optimizer": cfg.optimizer, "lr": cfg.lr,
                     "losses": {k: float(v.weight) for k, v in self.losses.items()},
-                    "pixel_range": cfg.pixel_range, "generator": cfg.generator, "val": self.last_val}
+                    "pixel_range": cfg.pixel_range, "generator": cfg.generator, "val": self.last_val,
+                    "restyle_iterations": cfg.restyle_iterations}
         return save_psp_safetensors(self.model, folder / "model.safetensors", factors=cfg.data.factors,
                                     license=cfg.license, name=cfg.model_name, training=training)
 
