@@ -106,10 +106,13 @@ class PSP(nn.Module):
             raise ValueError(f"ReStyle needs at least one pass; got {n}")
         self.restyle_iterations = int(n)
 
+    def _average_codes(self) -> Tensor:
+        """``latent_avg`` as one W+ code, ``1×n_styles×style_dim``."""
+        return self.latent_avg.expand(self.n_styles, -1)[None]
+
     def average_image(self, n: int, *, noise_mode: NoiseMode = "const") -> Tensor:
         """``G(latent_avg)``, ``n`` rows: what ReStyle's first pass sees as the reconstruction."""
-        codes = self.latent_avg.expand(self.n_styles, -1) if self.learn_in_w else self.latent_avg
-        return self.decode(codes[None], noise_mode=noise_mode).expand(n, -1, -1, -1)
+        return self.decode(self._average_codes(), noise_mode=noise_mode).expand(n, -1, -1, -1)
 
     def refine(self, x: Tensor, iterations: int | None = None, *, noise_mode: NoiseMode = "const",
                decode_last: bool = True) -> list[tuple[Tensor, Tensor | None]]:
@@ -125,8 +128,7 @@ class PSP(nn.Module):
             raise ValueError(f"ReStyle needs at least one pass; got {n}")
         size = self.input_size
         target = resize_input(x, size) * 2 - 1
-        rows = self.latent_avg.expand(self.n_styles, -1) if self.learn_in_w else self.latent_avg
-        codes = rows[None].expand(x.shape[0], -1, -1)
+        codes = self._average_codes().expand(x.shape[0], -1, -1)
         image: Tensor | None = self.average_image(x.shape[0], noise_mode=noise_mode)
         steps: list[tuple[Tensor, Tensor | None]] = []
         for t in range(n):
