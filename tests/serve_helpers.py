@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -58,6 +58,60 @@ def request(url: str, method: str, path: str, body: bytes | None = None,
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def resolve(page: str, ref: str) -> str:
+    """The request path (with its query) of ``ref`` — a URL the page or the API gave, usually
+    relative — as a browser on ``page`` resolves it."""
+    parts = urlsplit(urljoin(page, ref))
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class PrefixProxy:
+    """A reverse proxy on a free localhost port serving ``upstream`` under ``prefix`` (``/faces/``),
+    as nginx's ``location /faces/ { proxy_pass http://upstream/; proxy_set_header Host $http_host; }``
+    does: the prefix is stripped, the browser's ``Host`` and every other header go on unchanged, and a
+    path outside the prefix is 404."""
+
+    def __init__(self, upstream: str, prefix: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def forward(self) -> None:
+                if not self.path.startswith(prefix):
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "content-length"}
+                status, out_headers, out = request(upstream, self.command, "/" + self.path[len(prefix):], body,
+                                                   headers)
+                proxy.seen.append((self.command, self.path, status))
+                self.send_response(status)
+                for k, v in out_headers.items():
+                    if k not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = forward
+
+        self.seen: list[tuple[str, str, int]] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def post_json(url: str, path: str, payload: Any) -> tuple[int, Any]:

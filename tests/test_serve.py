@@ -23,7 +23,8 @@ pytest.importorskip("uvicorn", reason="restorekit serve needs the web extra (sta
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from serve_helpers import generated_face, get_json, png, post_json, request, upload, wait_job  # noqa: E402
+from serve_helpers import (PrefixProxy, generated_face, get_json, png, post_json, request, resolve, upload,  # noqa: E402
+                           wait_job)
 
 from restorekit.degradations import parse_spec  # noqa: E402
 from restorekit.errors import RestorekitError  # noqa: E402
@@ -66,7 +67,8 @@ def run_job(srv: RunningServer, settings: dict[str, Any], timeout: float = 60) -
 
 
 def fetch(srv: RunningServer, url: str) -> tuple[int, dict[str, str], bytes]:
-    return request(srv.url, "GET", url)
+    """GET a URL the API gave (relative to the page, which is the server's root here)."""
+    return request(srv.url, "GET", resolve(srv.url + "/", url))
 
 
 # ------------------------------------------------------------------------------------------ catalogue
@@ -298,6 +300,56 @@ def test_bad_job_settings_are_refused_before_queueing(server: RunningServer) -> 
     status, _, body = request(server.url, "POST", "/api/jobs", b'{"upload": ' + b"[" * 50_000,
                               {"Content-Type": "application/json"})
     assert (status, json.loads(body)["error"]) == (400, "a job request is a JSON object")
+
+
+# ------------------------------------------------------------------------------------------ behind a proxy
+
+
+def test_the_page_works_at_a_sub_path_behind_a_proxy(server: RunningServer) -> None:
+    """Every URL the page and the API hand out is relative, so a proxy may serve the page under a
+    prefix (docs/serve.md): the assets, an upload, a job and its files all answer through it."""
+    import re
+
+    proxy = PrefixProxy(server.url, "/faces/")
+    try:
+        page = proxy.url + "/faces/"
+        status, _, html = request(proxy.url, "GET", "/faces/")
+        assert status == 200 and b"<html" in html
+        assets = re.findall(r'(?:href|src)="([^"#]+)"', html.decode())
+        assert sorted(assets) == ["static/app.js", "static/style.css"]
+        for ref in assets:
+            status, _, body = request(proxy.url, "GET", resolve(page, ref))
+            assert status == 200 and body, ref
+        script = request(proxy.url, "GET", resolve(page, "static/app.js"))[2].decode()
+        # The script asks for its API relative to the page too: no path from the server's root.
+        assert re.findall(r"""api\((["'`])/""", script) == [] and "sendUpload(\"/" not in script
+        assert len(re.findall(r"""api\((["'`])api/""", script)) >= 4
+
+        status, _, body = request(proxy.url, "POST", resolve(page, "api/uploads"), png(generated_face(64)),
+                                  {"X-Filename": "face.png", "Content-Type": "application/octet-stream",
+                                   "Origin": proxy.url})
+        up = json.loads(body)
+        assert status == 201, up
+        status, _, body = request(proxy.url, "POST", resolve(page, "api/jobs"),
+                                  json.dumps({"upload": up["id"], "methods": ["bicubic"], "scale": 4,
+                                              "degrade": True}).encode(),
+                                  {"Content-Type": "application/json", "Origin": proxy.url})
+        job = json.loads(body)
+        assert status == 202, job
+        job = wait_job(server.url, job["id"])
+        assert job["status"] == "done", job
+        status, _, body = request(proxy.url, "GET", resolve(page, f"api/jobs/{job['id']}"))
+        assert status == 200 and json.loads(body)["status"] == "done"
+        urls = [up["preview"], job["result"]["numbers"]["url"]] + [i["url"] for i in job["result"]["images"]]
+        urls += [o["url"] for row in job["result"]["methods"] for o in row["outputs"]]
+        for url in urls:
+            path = resolve(page, url)
+            assert path.startswith("/faces/files/"), url
+            status, _, body = request(proxy.url, "GET", path)
+            assert status == 200 and body, url
+        assert all(path.startswith("/faces/") for _, path, _ in proxy.seen)
+    finally:
+        proxy.close()
 
 
 # ------------------------------------------------------------------------------------------ files and guards

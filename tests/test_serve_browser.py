@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("starlette", reason="restorekit serve needs the web extra (starlette, uvicorn)")
 pytest.importorskip("uvicorn", reason="restorekit serve needs the web extra (starlette, uvicorn)")
 
-from serve_helpers import chromium_driver, find_chromium, generated_face, get_json, request  # noqa: E402
+from serve_helpers import (PrefixProxy, chromium_driver, find_chromium, generated_face, get_json,  # noqa: E402
+                           request, resolve)
 
 from restorekit.plugins import registry  # noqa: E402
 from restorekit.web.config import ServeConfig  # noqa: E402
@@ -108,6 +109,33 @@ def test_the_page_lists_every_method_and_why_some_cannot_run(server: RunningServ
     assert not cat["bicubic"].reason and not cat["pix2pixhd"].reason
 
 
+def test_the_page_restores_at_a_sub_path_behind_a_proxy(server: RunningServer, browser: Any,
+                                                        files: dict[str, Path]) -> None:
+    """Served under ``/faces/`` by a proxy that strips the prefix (docs/serve.md): the page loads
+    its script and methods, uploads, runs a job and shows its images, all through the prefix."""
+    from selenium.webdriver.common.by import By
+
+    proxy = PrefixProxy(server.url, "/faces/")
+    try:
+        browser.get(proxy.url + "/faces/")
+        wait(browser, "document.querySelectorAll('#methods .method').length > 0")
+        choose_file(browser, files["face"])
+        wait(browser, "document.getElementById('upload-preview') && "
+                      "document.getElementById('upload-preview').complete")
+        select_methods(browser, ["bicubic"])
+        browser.find_element(By.ID, "run").click()
+        wait(browser, "state.job && state.job.finished")
+        assert browser.execute_script("return state.job.status") == "done"
+        wait(browser, "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+        shown = browser.execute_script("return [...document.querySelectorAll('#results img')].map(i => i.src)")
+        assert shown and all(src.startswith(proxy.url + "/faces/files/") for src in shown)
+        paths = [path for _, path, _ in proxy.seen]
+        assert any(p.startswith("/faces/api/jobs/") for p in paths) and "/faces/static/app.js" in paths
+        assert all(status < 400 for _, _, status in proxy.seen), proxy.seen
+    finally:
+        proxy.close()
+
+
 def test_restore_a_face_with_two_methods_and_download_the_results(server: RunningServer, browser: Any,
                                                                    files: dict[str, Path]) -> None:
     from selenium.webdriver.common.by import By
@@ -156,7 +184,7 @@ def test_restore_a_face_with_two_methods_and_download_the_results(server: Runnin
     from PIL import Image
 
     for href, name in links:
-        status, headers, body = request(server.url, "GET", href)
+        status, headers, body = request(server.url, "GET", resolve(server.url + "/", href))
         assert status == 200
         assert headers["content-disposition"] == f'attachment; filename="{name}"'
         if name.endswith(".png"):

@@ -11,6 +11,9 @@ Routes (nothing else answers):
 - ``GET /files/ID``: a file the server wrote, by the opaque id the API gave (``?download=1``: as
   an attachment).
 
+The page, its script and the API name every URL relative to the page (``api/jobs``,
+``files/ID``), so a reverse proxy may serve it under a path it strips (docs/serve.md).
+
 Guards on every request: the ``Host`` header must name this server (listening on a loopback
 address: a loopback address or ``localhost``; listening beyond: any address, ``--host`` or the
 machine's name; either way the ``--allow-host`` names), so a web page elsewhere cannot reach it

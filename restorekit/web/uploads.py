@@ -70,7 +70,7 @@ class Upload:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
-                "preview": f"/files/{self.preview}"}
+                "preview": f"files/{self.preview}"}
 
 
 def display_name(raw: str | None) -> str:

@@ -143,7 +143,7 @@ class Restorer:
     def _image(self, job: Job, tensor: Tensor | Image.Image, label: str, download: str, role: str) -> dict[str, Any]:
         pil = tensor if isinstance(tensor, Image.Image) else to_pil(tensor)
         token = self.files.add(png_bytes(pil), "png", download, f"j{job.id}")
-        return {"role": role, "label": label, "url": f"/files/{token}", "download": safe_download_name(download),
+        return {"role": role, "label": label, "url": f"files/{token}", "download": safe_download_name(download),
                 "width": pil.width, "height": pil.height}
 
     def _pipeline(self, entry: MethodEntry, k: int) -> FacePipeline:
@@ -315,7 +315,7 @@ class Restorer:
         text = dumps(data, indent=2)
         name = f"{stem}_x{job.settings.scale}_results.json"
         token = self.files.add(text.encode(), "json", name, f"j{job.id}")
-        job.publish("numbers", {"url": f"/files/{token}", "download": safe_download_name(name)})
+        job.publish("numbers", {"url": f"files/{token}", "download": safe_download_name(name)})
 
 
 def forget_job(files: FileStore, job: Job) -> None:

@@ -36,7 +36,7 @@ function mb(bytes) { return (bytes < 10e6 ? (bytes / 1e6).toFixed(2) : (bytes / 
 
 async function init() {
   try {
-    state.info = await api("/api/info");
+    state.info = await api("api/info");
   } catch (e) {
     showError("cannot reach the server: " + e.message);
     return;
@@ -73,7 +73,7 @@ async function init() {
     for (const r of document.querySelectorAll("input[name=faces]")) if (r.value !== "aligned") r.disabled = true;
   }
   $("file").addEventListener("change", (ev) => { if (ev.target.files[0]) uploadFile(ev.target.files[0]); });
-  $("sample").addEventListener("click", () => sendUpload("/api/uploads/sample", { method: "POST" }));
+  $("sample").addEventListener("click", () => sendUpload("api/uploads/sample", { method: "POST" }));
   $("degrade").addEventListener("change", refresh);
   scale.addEventListener("change", refresh);
   $("run").addEventListener("click", run);
@@ -112,7 +112,7 @@ function uploadFile(file) {
               "(restorekit serve --max-upload-mb raises it)");
     return;
   }
-  sendUpload("/api/uploads", { method: "POST", body: file,
+  sendUpload("api/uploads", { method: "POST", body: file,
     headers: { "X-Filename": encodeURIComponent(file.name), "Content-Type": file.type || "application/octet-stream" } });
 }
 
@@ -146,7 +146,7 @@ async function run() {
     seed: Number($("seed").value) || 0, samples: Math.max(1, Number($("samples").value) || 1),
   };
   try {
-    const job = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+    const job = await api("api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
                                          body: JSON.stringify(settings) });
     show(job);
     poll();
@@ -157,14 +157,14 @@ async function run() {
 
 async function cancel() {
   if (!state.job) return;
-  try { show(await api(`/api/jobs/${state.job.id}/cancel`, { method: "POST" })); } catch (e) { showError(e.message); }
+  try { show(await api(`api/jobs/${state.job.id}/cancel`, { method: "POST" })); } catch (e) { showError(e.message); }
 }
 
 function poll() {
   clearTimeout(state.timer);
   state.timer = setTimeout(async () => {
     try {
-      const job = await api(`/api/jobs/${state.job.id}`);
+      const job = await api(`api/jobs/${state.job.id}`);
       show(job);
       if (!job.finished) poll();
     } catch (e) {
