@@ -242,3 +242,20 @@ def test_onnx_export_unrolls_the_passes(tmp_path: Path) -> None:
     side = read_sidecar(out)
     assert side is not None and side["source"]["graph"]["restyle_iterations"] == 2
     assert side["max_abs_diff"] <= side["tolerance"] == 1e-4
+
+
+def test_psp_pulse_starts_from_the_restyle_codes(tmp_path: Path) -> None:
+    """psp_pulse on a ReStyle model anchors its search at the codes after all the passes."""
+    from restorekit_psp_sr.psp_pulse import PSPPulse, PSPPulseOptions
+
+    model = tiny_restyle(2)
+    path = save_psp_safetensors(model, tmp_path / "restyle.safetensors", factors=[1, 2, 4], license="CC0-1.0")
+    m = PSPPulse(PSPPulseOptions(weights=str(path), impl="ref", steps=3, quiet=True, gaussian_fit_samples=256,
+                                 keep_native_size=True))
+    lr = smooth_batch(1, 8, 8, seed=9)
+    out = m.restore(lr, 4)
+    assert out.shape == (1, 3, 32, 32) and m.last_w_psp is not None
+    with torch.no_grad():
+        want = model.encode(m._to_input(lr))
+    torch.testing.assert_close(m.last_w_psp, want, rtol=0, atol=1e-5)
+    assert m.last_w_plus is not None and (m.last_w_plus - want).abs().max() > 0  # the search moved
