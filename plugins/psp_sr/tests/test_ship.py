@@ -392,3 +392,31 @@ def test_methods_without_shipped_weights_name_the_fix(nothing_shipped: None, rk_
         (line,) = r.stderr.strip().splitlines()
         assert "psp-sr-faces128" in line and "restorekit weights pull psp-celebs-super-resolution" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_restyle_model_ships_with_its_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ReStyle encoder ships like a pSp one (naming the generator) and psp_sr's default then
+    makes its passes."""
+    from restorekit_psp_sr.encoder import GradualStyleEncoder
+    from restorekit_psp_sr.psp import PSP
+
+    before = _repo_state()
+    s = ship_tiny(tmp_path, monkeypatch)
+    decoder = load_generator(s.ship.DEFAULT_GENERATOR, impl="ref")
+    torch.manual_seed(3)
+    enc = GradualStyleEncoder(decoder.n_styles, decoder.style_dim, backbone="ir_se_light", input_size=32,
+                              head_channels=16, input_nc=6)
+    model = PSP(enc, decoder, decoder.mean_latent(256), restyle_iterations=3).eval()
+    run = tmp_path / "restyle.safetensors"
+    save_psp_safetensors(model, run, factors=[1, 2, 4], license="unknown", name="psp_sr_faces128",
+                         training={"generator": s.ship.DEFAULT_GENERATOR})
+    s.ship.ship(s.targets["psp_sr"], run, DATA_NOTE, generator=s.ship.DEFAULT_GENERATOR, registry=s.registry)
+    m = PSPSR(PSPSROptions(impl="ref", keep_native_size=True))
+    m.load()
+    assert m.model.restyle_iterations == 3 and "decoder_weights" in m.model_config
+    lr = smooth_batch(1, 16, 16, seed=4)
+    with torch.no_grad():
+        want = model(m._to_input(lr))[0].clamp(0, 1)
+    torch.testing.assert_close(m.restore(lr, 2), want, rtol=0, atol=2e-2)  # the encoder shipped in fp16
+    monkeypatch.undo()
+    assert _repo_state() == before, "shipping wrote into the repository"
