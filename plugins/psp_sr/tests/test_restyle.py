@@ -11,31 +11,23 @@ from torch import Tensor
 
 from restorekit.losses import L2Loss, WNormLoss
 from restorekit.testing.data import smooth_batch
-from restorekit.images import save_image
-from restorekit.training import DataConfig, sr_datasets
+from restorekit.training import sr_datasets
 from restorekit_psp_sr.encoder import GradualStyleEncoder, resize_input
 from restorekit_psp_sr.method import PSPSR, PSPModelError, PSPSROptions, load_psp_safetensors, save_psp_safetensors
 from restorekit_psp_sr.psp import PSP
 from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
 from restorekit_psp_sr.train import PSPTrainConfig, PSPTrainer, build_psp, with_input_channels
+from tiny_models import tiny_train_config, write_faces
 
 
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("faces")
-    imgs = smooth_batch(6, 48, 48, seed=21)
-    for i in range(6):
-        save_image(imgs[i:i + 1], root / f"face_{i:02d}.png")
-    return root
+    return write_faces(tmp_path_factory.mktemp("faces"), 6)
 
 
 def tiny_config(out: Path, **over: object) -> PSPTrainConfig:
-    fields: dict = dict(steps=4, batch_size=2, lr=2e-3, optimizer="adam", log_every=1, val_every=4, ckpt_every=4,
-                        seed=1, device="cpu", out=str(out), encoder_input_size=32, loss_size=256, model_name="tiny",
-                        license="CC0-1.0", data=DataConfig(factors=[1, 2, 4], holdout_fraction=0.25))
-    fields.update(over)
-    return PSPTrainConfig(**fields)
+    return tiny_train_config(out, **{"steps": 4, "val_every": 4, "ckpt_every": 4, **over})
 
 
 def tiny_generator(seed: int = 0) -> StyleGAN2Generator:

@@ -11,12 +11,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from restorekit.images import save_image
 from restorekit.interfaces import FaceEmbedder
 from restorekit.losses import L2Loss, LPIPSLoss, WNormLoss
 from restorekit.networks.lpips_net import build_lpips
 from restorekit.testing.data import smooth_batch
-from restorekit.training import DataConfig, sr_datasets
+from restorekit.training import sr_datasets
 from restorekit.training.trainer import list_checkpoints, load_checkpoint
 from restorekit_psp_sr.encoder import GradualStyleEncoder
 from restorekit_psp_sr.identity_loss import IdentityLoss
@@ -26,6 +25,8 @@ from restorekit_psp_sr.rosinality import save_rosinality
 from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
 from restorekit_psp_sr.train import (PSPTrainConfig, PSPTrainer, build_psp, load_generator,
                                      save_stylegan2_safetensors)
+
+from tiny_models import tiny_train_config, write_faces  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "restorekit_psp_sr" / "configs"
 
@@ -59,19 +60,11 @@ def tiny_psp(seed: int = 0) -> PSP:
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("faces")
-    imgs = smooth_batch(8, 48, 48, seed=21)
-    for i in range(8):
-        save_image(imgs[i:i + 1], root / f"face_{i:02d}.png")
-    return root
+    return write_faces(tmp_path_factory.mktemp("faces"))
 
 
 def tiny_config(out: Path, **over: object) -> PSPTrainConfig:
-    fields: dict = dict(steps=12, batch_size=2, lr=2e-3, optimizer="adam", log_every=1, val_every=6, ckpt_every=6,
-                        seed=1, device="cpu", out=str(out), encoder_input_size=32, loss_size=256, model_name="tiny",
-                        license="CC0-1.0", data=DataConfig(factors=[1, 2, 4], holdout_fraction=0.25))
-    fields.update(over)
-    return PSPTrainConfig(**fields)
+    return tiny_train_config(out, **over)
 
 
 def make_trainer(faces: Path, out: Path, *, light: bool = False, **over: object) -> PSPTrainer:

@@ -27,6 +27,29 @@ def tiny_psp(seed: int = 0, *, noise_strength: float | None = None) -> PSP:
     return PSP(enc, g, g.mean_latent(256)).eval()
 
 
+def write_faces(root: Path, n: int = 8) -> Path:
+    """``n`` smooth 48-px stand-in faces as PNGs in ``root`` (a training folder for tiny runs)."""
+    from restorekit.images import save_image
+    from restorekit.testing.data import smooth_batch
+
+    imgs = smooth_batch(n, 48, 48, seed=21)
+    for i in range(n):
+        save_image(imgs[i:i + 1], root / f"face_{i:02d}.png")
+    return root
+
+
+def tiny_train_config(out: Path, **over: object) -> Any:
+    """``train psp_sr`` settings for a tiny run on :func:`write_faces`'s folder (32-px encoder input)."""
+    from restorekit.training import DataConfig
+    from restorekit_psp_sr.train import PSPTrainConfig
+
+    fields: dict = dict(steps=12, batch_size=2, lr=2e-3, optimizer="adam", log_every=1, val_every=6, ckpt_every=6,
+                        seed=1, device="cpu", out=str(out), encoder_input_size=32, loss_size=256, model_name="tiny",
+                        license="CC0-1.0", data=DataConfig(factors=[1, 2, 4], holdout_fraction=0.25))
+    fields.update(over)
+    return PSPTrainConfig(**fields)
+
+
 def save_tiny(path: Path, **kw: object) -> Path:
     """Write a tiny model trained (nominally) for factors 1, 2, 4."""
     save_psp_safetensors(tiny_psp(**kw), path, factors=[1, 2, 4], license="CC0-1.0", name="tiny")
