@@ -198,8 +198,9 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
         encoder.load_state_dict(body, strict=False)
     if init is not None:
         if init.encoder.input_nc > input_nc:
-            raise RestorekitError(f"psp_sr training: init {cfg.init} is a ReStyle model (its encoder reads "
-                                  f"{init.encoder.input_nc} channels); continue it with restyle_iterations set")
+            raise RestorekitError(f"psp_sr training: init {cfg.init}: its encoder reads {init.encoder.input_nc} "
+                                  f"channels, this config's {input_nc} (a ReStyle model, 6, continues with "
+                                  f"restyle_iterations set)")
         try:
             encoder.load_state_dict(with_input_channels(init.encoder.state_dict(), input_nc), strict=True)
         except RuntimeError as exc:
