@@ -7,9 +7,14 @@
 # psp_sr's identity on it (scripts/inversion_ceiling.py: the W+ fit of 12 validation faces against
 # bicubic ×8, dlib distance) into PROGRESS/<kimg>kimg_fit.json, with its grid.
 #   MINUTES=150 nohup bash scripts/cpu_prior.sh > runs/prior128_cpu/chunk.log 2>&1 &
+# A machine's run folder does not outlast it: with KEEP (a folder in the repository) the chunk's
+# snapshot — fp16 G, D and EMA G with the image count, ~8 MB — is copied there when the chunk ends,
+# to be committed, and a machine with no run folder starts from KEEP's snapshot (`init_from`: the
+# networks continue, Adam's moments are rebuilt; the kimg count goes on).
 # Settings: MINUTES (required), RUN (runs/prior128_cpu/run), CONFIG (prior128/cpu.toml), FACES
-# (../shared/data/faces), THREADS (2), SET (extra `--set k=v` words, for rehearsals), REALISM_N
-# (1000 samples), PROGRESS (the run's parent folder/progress), RK (.venv/bin/restorekit).
+# (../shared/data/faces), THREADS (2), KEEP (none), SET (extra `--set k=v` words: rehearsals, or
+# `--set init_widen=true` when KEEP holds a narrower run), REALISM_N (1000 samples), PROGRESS (the
+# run's parent folder/progress), RK (.venv/bin/restorekit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RK=${RK:-.venv/bin/restorekit}
@@ -23,14 +28,26 @@ PROGRESS=${PROGRESS:-$(dirname "$RUN")/progress}
 mkdir -p "$PROGRESS"
 log() { echo "[cpu_prior.sh $(date +%H:%M:%S)] $*"; }
 
+KEEP=${KEEP:-}
+KEPT=(resume_g.safetensors resume_d.safetensors generator.safetensors metrics.jsonl)
 RESUME=()
-[ -d "$RUN/checkpoints" ] && RESUME=(--resume)
+if [ -d "$RUN/checkpoints" ]; then
+    RESUME=(--resume)
+elif [ -n "$KEEP" ] && [ -f "$KEEP/resume_g.safetensors" ]; then
+    RESUME=(--set "init_from=$KEEP")
+fi
 log "training $RUN for $MINUTES min on $THREADS threads ${RESUME[*]:-(new run)}"
 # shellcheck disable=SC2086
 OMP_NUM_THREADS=$THREADS $RK train stylegan2 --data "$FACES" --config "$CONFIG" --out "$RUN" "${RESUME[@]}" \
     --time-limit "$MINUTES" --set "num_threads=$THREADS" ${SET:-}
 
 SNAP=$RUN/snapshot
+if [ -n "$KEEP" ]; then
+    mkdir -p "$KEEP"
+    for f in "${KEPT[@]}"; do cp "$SNAP/$f" "$KEEP/$f.part"; done
+    for f in "${KEPT[@]}"; do mv "$KEEP/$f.part" "$KEEP/$f"; done
+    log "the snapshot is kept in $KEEP (commit it: the run folder does not outlast this machine)"
+fi
 KIMG=$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg'], 1))" \
        "$SNAP/metrics.jsonl")
 sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$PROGRESS/val.txt"
