@@ -210,6 +210,26 @@ def test_training_takes_a_loss_after_every_pass(faces: Path, tmp_path: Path) -> 
     assert loaded.restyle_iterations == 2 and exported["training"]["restyle_iterations"] == 2
 
 
+def test_a_restyle_run_resumes_exactly(faces: Path, tmp_path: Path) -> None:
+    """Cut at step 2 and resumed, a ReStyle run ends where the uninterrupted one does."""
+
+    def trainer(out: Path) -> PSPTrainer:
+        cfg = tiny_config(out, steps=4, restyle_iterations=2, ckpt_every=2, val_every=100)
+        g = tiny_generator()
+        model = PSP(tiny_encoder(g, 6), g, g.mean_latent(256), restyle_iterations=2)
+        train, val = sr_datasets(faces, 32, cfg.data, hr_size=32, seed=cfg.seed)
+        losses = {"l2": L2Loss(1.0, value_range="symmetric"), "w_norm": WNormLoss(0.005)}
+        return PSPTrainer(cfg, model, train, val, losses=losses, quiet=True)
+
+    full = trainer(tmp_path / "full")
+    full.fit()
+    assert trainer(tmp_path / "part").fit(until=2)["step"] == 2
+    resumed = trainer(tmp_path / "part")
+    assert resumed.fit(resume=True)["step"] == 4
+    for (k, a), b in zip(full.model.encoder.state_dict().items(), resumed.model.encoder.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_config_field_bounds() -> None:
     with pytest.raises(ValueError):
         PSPTrainConfig(restyle_iterations=0)
