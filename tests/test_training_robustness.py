@@ -118,6 +118,19 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_on_the_file(cli: click.Group, 
     assert code == 2 and "tiny.toml: setting 'val_every'" in out and "--set" not in out
 
 
+def test_under_torchrun_a_bad_setting_is_said_once_a_machine(cli: click.Group, faces: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process of a machine resolves the same options and files into the same error: its
+    first process (LOCAL_RANK 0) says it, the others end with the same exit code silently."""
+    args = ("tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(tmp_path / "r"),
+            "--set", "stepz=3")
+    for local_rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        code, out = invoke(cli, *args)
+        assert code == 2 and ("unknown setting 'stepz'" in out) is said, (local_rank, out)
+        assert said or out == ""
+
+
 # -- resume -----------------------------------------------------------------------------------------
 def test_resume_refuses_another_trainers_run_folder_by_name(cli: click.Group, faces: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -17,11 +17,15 @@ Settings apply in this order: when resuming, the config saved in the checkpoint;
 file; then ``--data/--out/--steps/--device``; then ``--set``. So ``--resume`` needs only ``--out``
 (and whatever is to change); a changed setting is named in a warning (see
 :func:`~restorekit.training.trainer.resume_warning`).
-Under ``torchrun --nproc_per_node N -m restorekit train …`` training runs data-parallel.
+Under ``torchrun --nproc_per_node N -m restorekit train …`` training runs data-parallel; a bad
+option or setting, the same in every process, is said by each machine's first process only
+(``LOCAL_RANK`` 0), the others ending with the same exit code. Errors from building the trainer
+(data, weights) may differ between processes and are said by each.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +55,16 @@ def _saved_config(out: Path, trainer: str) -> tuple[Path, dict[str, Any]]:
 def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
                  steps: int | None, sets: tuple[str, ...], resume: bool, time_limit: float | None,
                  device: str | None, quiet: bool, until: int | None = None) -> dict[str, Any]:
-    """Resolve the config as the command does, build the trainer and fit; returns the summary.
+    """Resolve the config as the command does, build the trainer and fit; returns the summary."""
+    cls, cfg = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
+                                       resume=resume, device=device)
+    return fit_training(cls, cfg, resume=resume, time_limit=time_limit, quiet=quiet, until=until)
+
+
+def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
+                            steps: int | None, sets: tuple[str, ...], resume: bool,
+                            device: str | None) -> tuple[Any, Any]:
+    """``(trainer class, validated config)`` from the command's options and files alone.
 
     Settings are laid over each other in this order: when resuming, the config saved in the
     checkpoint; then the ``config`` file; then ``data``/``out``/``steps``/``device``; then ``sets``.
@@ -93,6 +106,12 @@ def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | Non
         where = "" if Path(cfg.data.root).is_absolute() else " (relative to the current folder)"
         raise RestorekitError(f"--resume: the run's data folder {cfg.data.root}{where} no longer exists; "
                               "pass --data DIR with the folder of its training images")
+    return cls, cfg
+
+
+def fit_training(cls: Any, cfg: Any, *, resume: bool, time_limit: float | None, quiet: bool,
+                 until: int | None = None) -> dict[str, Any]:
+    """Build the trainer ``cls`` for ``cfg`` and fit; returns the summary."""
     trainer = cls.build(cfg, quiet=quiet)
     try:
         return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None,
@@ -128,12 +147,19 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
     def cmd(data: Path | None, config: Path | None, out: Path | None, steps: int | None, sets: tuple[str, ...],
             resume: bool, time_limit: float | None, until: int | None, device: str | None, quiet: bool,
             as_json: bool) -> None:
+        ctx = click.get_current_context()
         try:
-            result = run_training(loader, data=data, config=config, out=out, steps=steps, sets=sets,
-                                  resume=resume, time_limit=time_limit, device=device, quiet=quiet, until=until)
-        except RestorekitError as exc:  # a bad setting, data folder or weights file; a run its data stopped
+            cls, cfg = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
+                                               resume=resume, device=device)
+        except RestorekitError as exc:  # a bad setting or option: the same in every process of a machine
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # under torchrun: said once a machine
+                error_line(str(exc))
+            ctx.exit(2)
+        try:
+            result = fit_training(cls, cfg, resume=resume, time_limit=time_limit, quiet=quiet, until=until)
+        except RestorekitError as exc:  # a bad data folder or weights file; a run its data stopped
             error_line(str(exc))  # one line, as every command's: not a click usage block
-            click.get_current_context().exit(2)
+            ctx.exit(2)
         if result.get("rank", 0) != 0:
             return  # under torchrun, rank 0 reports
         if as_json:
