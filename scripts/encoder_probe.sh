@@ -7,10 +7,11 @@
 # than bicubic") and scripts/encoder_spread.py (how far the codes leave the average face), with a
 # one-line summary at the end, also in OUT/summary.json.
 #   GEN=plugins/psp_sr/recipes/prior128/cpu_snapshot/generator.safetensors TAG=restyle2 \
-#       EXTRA="restyle_iterations = 2" nohup bash scripts/encoder_probe.sh > runs/probe/restyle2.log 2>&1 &
+#       SET="restyle_iterations=2" nohup bash scripts/encoder_probe.sh > runs/probe/restyle2.log 2>&1 &
 # Settings: GEN (the generator; required), TAG (required), STEPS (stage-2 steps, 5000), WARM
 # (warm-start steps, 3000; 0: none), INIT (start stage 2 from this psp_sr model instead of a warm
-# start), EXTRA (TOML lines put before the recipe's own, e.g. "restyle_iterations = 2"), RECIPE
+# start), SET (space-separated KEY=VALUE settings over the recipe's, for the warm start and stage 2
+# alike, e.g. "restyle_iterations=2 encoder_backbone=ir_se_small head_channels=128"), RECIPE
 # (faces128/stage2_psp.toml), FACES (../shared/data/faces), OUT (runs/probe/TAG), RK, PY, TORCHRUN
 # (.venv/bin/…). Each stage is skipped when its result exists, so a call cut short is repeated.
 set -euo pipefail
@@ -28,9 +29,8 @@ OUT=${OUT:-runs/probe/$TAG}
 mkdir -p "$OUT"
 log() { echo "[encoder_probe.sh $(date +%H:%M:%S)] $*"; }
 
-# The recipe with EXTRA's settings first (top-level keys must come before the recipe's tables).
-{ [ -n "${EXTRA:-}" ] && printf '%s\n' "$EXTRA"; cat "$RECIPE"; } > "$OUT/recipe.toml.part"
-mv "$OUT/recipe.toml.part" "$OUT/recipe.toml"
+SETS=()
+for kv in ${SET:-}; do SETS+=(--set "$kv"); done
 sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . | awk 'NR % 7 == 1' \
     > "$OUT/val60.txt"
 
@@ -39,8 +39,8 @@ if [ -z "$START" ] && [ "$WARM" -gt 0 ]; then
     START=$OUT/warm.safetensors
     if [ ! -f "$START" ]; then
         log "warm start: $WARM steps of W+ regression on the generator's own faces"
-        OMP_NUM_THREADS=2 $PY scripts/psp_warm_start.py --generator "$GEN" --config "$OUT/recipe.toml" \
-            --steps "$WARM" --threads 2 --out "$START"
+        OMP_NUM_THREADS=2 $PY scripts/psp_warm_start.py --generator "$GEN" --config "$RECIPE" \
+            --steps "$WARM" --threads 2 --out "$START" "${SETS[@]}"
     fi
 fi
 
@@ -52,8 +52,8 @@ if [ ! -f "$MODEL" ]; then
     [ -n "$START" ] && INIT_SET=(--set "init=$START")
     log "stage 2: $STEPS steps on both cores ${RESUME[*]:-}"
     OMP_NUM_THREADS=1 $TORCHRUN --standalone --nproc_per_node 2 -m restorekit train psp_sr --data "$FACES" \
-        --config "$OUT/recipe.toml" --out "$OUT/psp" --set "generator=$GEN" --set "steps=$STEPS" \
-        "${INIT_SET[@]}" "${RESUME[@]}"
+        --config "$RECIPE" --out "$OUT/psp" --set "generator=$GEN" --set "steps=$STEPS" \
+        "${SETS[@]}" "${INIT_SET[@]}" "${RESUME[@]}"
 fi
 
 if [ ! -s "$OUT/eval_x8/results.json" ]; then

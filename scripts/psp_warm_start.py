@@ -74,12 +74,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of --config, as `train psp_sr --set` (repeatable)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    cfg = load_config(PSPTrainConfig, args.config, overrides=[f"generator={args.generator}"])
+    cfg = load_config(PSPTrainConfig, args.config, overrides=[*args.sets, f"generator={args.generator}"])
     torch.manual_seed(args.seed)  # the fresh encoder's weights
     model = build_psp(cfg).to(device)
     gen, enc = model.decoder.eval().requires_grad_(False), model.encoder.train()
