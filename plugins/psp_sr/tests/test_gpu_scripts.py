@@ -237,18 +237,17 @@ def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(war
 
 def test_warm_start_of_a_restyle_encoder_regresses_every_pass(warm_setup, tmp_path: Path) -> None:
     gen, recipe = warm_setup
-    recipe.write_text("restyle_iterations = 2\n" + recipe.read_text())
     module = top_script("psp_warm_start")
     out = tmp_path / "warm.safetensors"
-    run_warm_start(module, gen, recipe, out, "--steps", "100", "--lr", "0.003")
+    run_warm_start(module, gen, recipe, out, "--steps", "100", "--lr", "0.003", "--set", "restyle_iterations=2")
     model, info = load_psp_model(out, impl="ref")
     assert model.restyle_iterations == 2 and info["encoder"]["input_nc"] == 6
     from restorekit.training.config import load_config
     from restorekit_psp_sr.train import PSPTrainConfig, build_psp
 
     torch.manual_seed(0)
-    fresh = build_psp(load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}"])).eval()
-    before, after = code_error(fresh, module), code_error(model.eval(), module)
+    fresh = build_psp(load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}", "restyle_iterations=2"]))
+    before, after = code_error(fresh.eval(), module), code_error(model.eval(), module)
     assert after < 0.85 * before, (before, after)
     # The loss is the mean over the passes of each pass's W+ error.
     rng = torch.Generator().manual_seed(5)
