@@ -52,15 +52,6 @@ def _saved_config(out: Path, trainer: str) -> tuple[Path, dict[str, Any]]:
     return path, dict(ckpt["config"])
 
 
-def run_training(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
-                 steps: int | None, sets: tuple[str, ...], resume: bool, time_limit: float | None,
-                 device: str | None, quiet: bool, until: int | None = None) -> dict[str, Any]:
-    """Resolve the config as the command does, build the trainer and fit; returns the summary."""
-    cls, cfg = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
-                                       resume=resume, device=device)
-    return fit_training(cls, cfg, resume=resume, time_limit=time_limit, quiet=quiet, until=until)
-
-
 def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
                             steps: int | None, sets: tuple[str, ...], resume: bool,
                             device: str | None) -> tuple[Any, Any]:

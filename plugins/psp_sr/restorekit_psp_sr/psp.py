@@ -41,6 +41,13 @@ NoiseMode = Literal["const", "random"]
 RESTYLE_IMAGE_NC = 3
 
 
+def passes(n: int) -> int:
+    """A count of ReStyle passes, checked: at least one."""
+    if n < 1:
+        raise ValueError(f"ReStyle needs at least one pass; got {n}")
+    return int(n)
+
+
 def default_latent_mask(n_styles: int) -> list[int]:
     """The fine styles mixed by default: official ``8..17`` of 18, scaled to ``n_styles``."""
     start = max(1, min(n_styles - 1, round(8 * n_styles / 18)))
@@ -84,9 +91,7 @@ class PSP(nn.Module):
                                  f"({2 * RESTYLE_IMAGE_NC} channels); this one reads {encoder.input_nc}")
             if not start_from_latent_avg:
                 raise ValueError("ReStyle's passes start from latent_avg: start_from_latent_avg must be true")
-            if restyle_iterations < 1:
-                raise ValueError(f"ReStyle needs at least one pass; got {restyle_iterations}")
-            self.restyle_iterations = int(restyle_iterations)
+            self.restyle_iterations = passes(restyle_iterations)
         # The official training options when imported from a pSp checkpoint (checkpoint_psp.PSPOptions).
         self.official_opts: object | None = None
 
@@ -102,9 +107,7 @@ class PSP(nn.Module):
         """How many ReStyle passes :meth:`encode` and :meth:`forward` make (a ReStyle model only)."""
         if self.restyle_iterations is None:
             raise ValueError("this model encodes in one pass (pSp); it was not trained for ReStyle's passes")
-        if n < 1:
-            raise ValueError(f"ReStyle needs at least one pass; got {n}")
-        self.restyle_iterations = int(n)
+        self.restyle_iterations = passes(n)
 
     def _average_codes(self) -> Tensor:
         """``latent_avg`` as one W+ code, ``1×n_styles×style_dim``."""
@@ -121,11 +124,9 @@ class PSP(nn.Module):
         ``image`` is the generator's native output for that pass's codes (``None`` for the last
         pass when ``decode_last`` is false: :meth:`encode` needs only its codes).
         """
-        n = self.restyle_iterations if iterations is None else iterations
-        if n is None:
+        if self.restyle_iterations is None:
             raise ValueError("refine: this model encodes in one pass (pSp), not with ReStyle's passes")
-        if n < 1:
-            raise ValueError(f"ReStyle needs at least one pass; got {n}")
+        n = passes(self.restyle_iterations if iterations is None else iterations)
         size = self.input_size
         target = resize_input(x, size) * 2 - 1
         codes = self._average_codes().expand(x.shape[0], -1, -1)

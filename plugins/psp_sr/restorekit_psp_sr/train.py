@@ -179,8 +179,7 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
         generator = load_generator(cfg.generator, impl=cfg.impl)
     elif init is not None:
         generator = init.decoder
-    restyle = cfg.restyle_iterations is not None
-    input_nc = 2 * RESTYLE_IMAGE_NC if restyle else 3
+    input_nc = 2 * RESTYLE_IMAGE_NC if cfg.restyle_iterations is not None else 3
     encoder = build_gradual_style_encoder(generator.n_styles, generator.style_dim, backbone=cfg.encoder_backbone,
                                           input_size=cfg.encoder_input_size, head_channels=cfg.head_channels,
                                           learn_in_w=cfg.encoder_type == "BackboneEncoderUsingLastLayerIntoW",
@@ -279,17 +278,14 @@ class PSPTrainer(Trainer):
         return out
 
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """pSp: the losses of the output. ReStyle: the losses after every pass (each pass's
-        gradient reaches only its own step); ``loss`` is their mean, the named terms the last
-        pass's, so a log reads what the model infers."""
-        restyle = self.model.restyle_iterations is not None
-        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size, all_passes=restyle)
+        """The losses after every pass (pSp makes one; with ReStyle each pass's gradient reaches
+        only its own step); ``loss`` is their mean, the named terms the last pass's, so a log
+        reads what the model infers."""
+        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size, all_passes=True)
         y = batch["hr"]
         if y_hat.shape[-2:] != y.shape[-2:]:
             raise RestorekitError(f"psp_sr training: output {tuple(y_hat.shape[-2:])} vs target "
                                   f"{tuple(y.shape[-2:])}; the dataset's hr_size must be min(resolution, loss_size)")
-        if not restyle:
-            return self.compute_losses(y_hat.float(), y, latents.float())
         passes = [self.compute_losses(im.float(), y, w.float()) for im, w in zip(y_hat, latents)]
         out = dict(passes[-1])
         out["loss"] = torch.stack([p["loss"] for p in passes]).mean()
