@@ -106,7 +106,8 @@ def restorekit(*args: str, processes: int = 1, **env: str) -> subprocess.Complet
     launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                                           str(processes)]
     cmd = [sys.executable, *launcher, "-m", "restorekit", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=240)
+    env = {"PYTHONFAULTHANDLER": "1", **os.environ, **env}  # a rank that aborts shows its stacks
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
 
 
 def _calls(path: Path) -> list[list[str]]:

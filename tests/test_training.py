@@ -394,6 +394,8 @@ out.mkdir(parents=True, exist_ok=True)
 (out / f"rank{info.rank}.txt").write_text(f"world {info.world_size} rank {info.rank} ddp {type(trainer.net).__name__}")
 trainer.fit()
 torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
+trainer.close()
+assert type(trainer.net).__name__ == "TinySR"
 cleanup(info)
 """
 
@@ -406,11 +408,12 @@ def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # faulthandler: should a rank abort, its threads' Python stacks reach the failure message.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(script), str(faces), str(out)], capture_output=True, text=True, env=env,
                          timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-8000:]
     for rank in (0, 1):
         assert (out / f"rank{rank}.txt").read_text() == f"world 2 rank {rank} ddp DistributedDataParallel"
     a = torch.load(out / "rank0.pt", weights_only=True)

@@ -110,6 +110,9 @@ def fit_training(cls: Any, cfg: Any, *, resume: bool, time_limit: float | None, 
     finally:
         from ..training.distributed import cleanup
 
+        close = getattr(trainer, "close", None)  # a trainer with a DDP wrapper lets go of it first
+        if close is not None:
+            close()
         cleanup(trainer.dist)
 
 

@@ -7,6 +7,7 @@ pins each process to ``cuda:LOCAL_RANK``. Without those variables everything is 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,12 @@ class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group if this module joined one."""
+    """Leave the process group if this module joined one.
+
+    Drop DDP wrappers first (:meth:`Trainer.close`): they hold the group, which would otherwise
+    outlive this call and be torn down during interpreter shutdown, when gloo's worker threads
+    can no longer take the GIL to free the tensors they hold (the process then aborts with
+    "terminate called without an active exception" after a finished run)."""
     if info.distributed and dist.is_initialized():
+        gc.collect()  # DDP's reducer sits in reference cycles: free it while the interpreter is whole
         dist.destroy_process_group()

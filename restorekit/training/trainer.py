@@ -456,6 +456,11 @@ class Trainer:
         self.epoch = 0
         self._left_out: set[str] = set()  # warnings given about unreadable training images
 
+    def close(self) -> None:
+        """Drop the DDP wrapper, which holds the process group, before leaving the group
+        (:func:`~restorekit.training.distributed.cleanup`); ``model`` stays usable."""
+        self.net = self.model
+
     # -- what subclasses provide -------------------------------------------------------------
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Losses for one micro-batch: a dict with the total under ``"loss"`` (others are logged)."""
