@@ -365,6 +365,7 @@ def test_train_command_config_overrides_and_resume(faces: Path, tmp_path: Path) 
 # -- DDP -----------------------------------------------------------------------------------------
 DDP_SCRIPT = """
 import sys
+import weakref
 from pathlib import Path
 import torch
 from torch import nn
@@ -394,9 +395,11 @@ out.mkdir(parents=True, exist_ok=True)
 (out / f"rank{info.rank}.txt").write_text(f"world {info.world_size} rank {info.rank} ddp {type(trainer.net).__name__}")
 trainer.fit()
 torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
+ddp = weakref.ref(trainer.net)
 trainer.close()
 assert type(trainer.net).__name__ == "TinySR"
 cleanup(info)
+assert ddp() is None, "the DDP wrapper outlived cleanup: the process group would be torn down at exit"
 """
 
 

@@ -7,7 +7,6 @@ pins each process to ``cuda:LOCAL_RANK``. Without those variables everything is 
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -120,8 +119,7 @@ def cleanup(info: DistInfo) -> None:
 
     Drop DDP wrappers first (:meth:`Trainer.close`): they hold the group, which would otherwise
     outlive this call and be torn down during interpreter shutdown, when gloo's worker threads
-    can no longer take the GIL to free the tensors they hold (the process then aborts with
-    "terminate called without an active exception" after a finished run)."""
+    may no longer take the GIL (the suspected cause of a rank that once aborted at the end of a
+    finished run with "terminate called without an active exception")."""
     if info.distributed and dist.is_initialized():
-        gc.collect()  # DDP's reducer sits in reference cycles: free it while the interpreter is whole
         dist.destroy_process_group()
