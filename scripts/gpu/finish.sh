@@ -35,7 +35,8 @@ log() { echo "[finish.sh $(date +%H:%M:%S)] $*" | tee -a "$W/finish.log"; }
 # Validation lists (absolute paths; @lists are read relative to their own folder).
 sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$W/val.txt"
 grep /ffhq128/ "$W/val.txt" > "$W/val_ffhq.txt"  # check_bars.py: the per-source win shares
-awk 'NR % 9 == 1' "$W/val.txt" > "$W/val_pulse.txt"  # 47 faces from both sources, for the slow methods
+# 47 faces from both sources, for the slow methods; not the 47 (NR % 9 == 1) psp_pulse's defaults were chosen on
+awk 'NR % 9 == 5' "$W/val.txt" > "$W/val_pulse.txt"
 KIMG=${KIMG:-$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg']))" "$RETURNED/metrics.jsonl" 2>/dev/null || echo '?')}
 NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on ${TRAINED_ON:-one H200}"
 METRICS=psnr_y_crop,ssim_y_crop,lpips_alex_v0.1,identity_dlib_dist,lr_consistency

@@ -75,7 +75,7 @@ class PSPPulseOptions(PSPSROptions):
     """Options of ``psp_pulse`` (``psp_sr``'s, plus the search)."""
 
     # 50 steps at a peak rate of 0.1 on PULSE's one-cycle schedule: on the adversarial 128-px prior
-    # (358 kimg; ×8, 47 validation faces, recipes/prior128/README.md) the best of nine settings within
+    # (358 kimg; ×8, 47 validation faces, recipes/prior128/README.md) the best of eleven settings within
     # half of PULSE's time — LR-consistency 1.3× PULSE's at 40% of its time, against 1.9× for 30 fixed
     # steps at 0.05; the schedule's warm-up spares the overshoot of a fixed 0.1 (Adam's first steps move
     # every coordinate by the full rate).
