@@ -131,6 +131,32 @@ def test_under_torchrun_a_bad_setting_is_said_once_a_machine(cli: click.Group, f
         assert said or out == ""
 
 
+
+def test_under_torchrun_a_bad_data_folder_is_said_once_a_machine(cli: click.Group, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the trainer reads the same folder in every process: the first one says what is wrong."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ("tiny_sr", "--data", str(empty), "--config", str(config_file(tmp_path)), "--out", str(tmp_path / "r"))
+    for local_rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        code, out = invoke(cli, *args)
+        assert code == 2 and (str(empty) in out) is said, (local_rank, out)
+        assert said or out == ""
+
+
+def test_under_torchrun_an_error_while_fitting_is_said_by_every_process(cli: click.Group, faces: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped while fitting may be one process's own trouble (its share of the data), so each says it."""
+    run = tmp_path / "run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out", str(run),
+                        "-q", "--steps", "2")
+    assert code == 0, text
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    code, text = invoke(cli, "tiny_sr", "--out", str(run), "--resume", "--steps", "4", "--set", "width=4", "-q")
+    assert code == 2 and "does not fit this config" in text, text
+
+
 # -- resume -----------------------------------------------------------------------------------------
 def test_resume_refuses_another_trainers_run_folder_by_name(cli: click.Group, faces: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

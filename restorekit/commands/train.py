@@ -100,10 +100,9 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
     return cls, cfg
 
 
-def fit_training(cls: Any, cfg: Any, *, resume: bool, time_limit: float | None, quiet: bool,
+def fit_training(trainer: Any, *, resume: bool, time_limit: float | None,
                  until: int | None = None) -> dict[str, Any]:
-    """Build the trainer ``cls`` for ``cfg`` and fit; returns the summary."""
-    trainer = cls.build(cfg, quiet=quiet)
+    """Fit a built trainer, then let go of its process group; returns the summary."""
     try:
         return trainer.fit(resume=resume, time_limit=time_limit * 60 if time_limit is not None else None,
                            until=until)
@@ -150,8 +149,14 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                 error_line(str(exc))
             ctx.exit(2)
         try:
-            result = fit_training(cls, cfg, resume=resume, time_limit=time_limit, quiet=quiet, until=until)
-        except RestorekitError as exc:  # a bad data folder or weights file; a run its data stopped
+            trainer = cls.build(cfg, quiet=quiet)
+        except RestorekitError as exc:  # a bad data folder or weights file: again the same in every process
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                error_line(str(exc))
+            ctx.exit(2)
+        try:
+            result = fit_training(trainer, resume=resume, time_limit=time_limit, until=until)
+        except RestorekitError as exc:  # a checkpoint that does not fit; a run its data stopped (maybe one rank's)
             error_line(str(exc))  # one line, as every command's: not a click usage block
             ctx.exit(2)
         if result.get("rank", 0) != 0:
