@@ -131,7 +131,6 @@ def test_under_torchrun_a_bad_setting_is_said_once_a_machine(cli: click.Group, f
         assert said or out == ""
 
 
-
 def test_under_torchrun_a_bad_data_folder_is_said_once_a_machine(cli: click.Group, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Building the trainer reads the same folder in every process: the first one says what is wrong."""

@@ -144,14 +144,9 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
         try:
             cls, cfg = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
                                                resume=resume, device=device)
-        except RestorekitError as exc:  # a bad setting or option: the same in every process of a machine
-            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # under torchrun: said once a machine
-                error_line(str(exc))
-            ctx.exit(2)
-        try:
             trainer = cls.build(cfg, quiet=quiet)
-        except RestorekitError as exc:  # a bad data folder or weights file: again the same in every process
-            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        except RestorekitError as exc:  # a bad setting, option, data folder or weights file: the same in
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every process of a machine, said once a machine
                 error_line(str(exc))
             ctx.exit(2)
         try:
