@@ -278,6 +278,41 @@ def test_fp16_safetensors_export_is_found_without_the_dat_and_keeps_identity(ast
 
 
 @needs_dlib
+def test_int8_safetensors_export_quarters_the_file_and_keeps_identity(astronaut_face, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The export that travels to a lent GPU under its size limit: int8 weights, per-channel scales."""
+    from safetensors import safe_open
+
+    from restorekit.faces.dlib_resnet import SAFETENSORS_NAME, export_safetensors, load_dlib_face_descriptor
+
+    img, lm, tools = astronaut_face
+    out = export_safetensors(tmp_path / SAFETENSORS_NAME, dtype=torch.int8)
+    assert 5e6 < out.stat().st_size < 6.5e6
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["quantized"].startswith("int8")
+    chip = torch.from_numpy(tools.face_chip(img, lm).copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        a, b = load_dlib_face_descriptor(out)(chip)[0], load_dlib_face_descriptor()(chip)[0]
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
+    assert (a - b).norm() < 0.03  # dlib's same-person threshold is a distance of 0.6
+
+
+def test_int8_quantization_round_trip() -> None:
+    from restorekit.faces.dlib_resnet import SCALE_SUFFIX, dequantize, quantize_int8
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 4, 3, 3, generator=g) * torch.linspace(0.01, 3, 8).view(-1, 1, 1, 1)
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (8,)
+    assert int(q.abs().flatten(1).amax(1).min()) == 127  # each channel uses the full range
+    back = dequantize({"w": q, "w" + SCALE_SUFFIX: scale, "b": torch.ones(8, dtype=torch.float16)})
+    assert set(back) == {"w", "b"} and back["b"].dtype == torch.float32
+    err = (back["w"] - w).abs().flatten(1).amax(1)
+    assert torch.all(err <= scale / 2 + 1e-7)  # rounding error, at most half a step per channel
+    with pytest.raises(ValueError, match="has no w" + SCALE_SUFFIX):
+        dequantize({"w": q})
+
+
+@needs_dlib
 def test_torch_chip_equals_dlib_chip(astronaut_face) -> None:  # type: ignore[no-untyped-def]
     img, lm, tools = astronaut_face
     ref = tools.face_chip(img, lm).astype(np.float64)

@@ -172,7 +172,7 @@ class LpipsBackboneSpace(FeatureSpace):
 
 
 def _dlib_net(weights: WeightsArg, allow_random: bool) -> nn.Module:
-    from ...faces.dlib_resnet import DlibFaceDescriptor, load_dlib_face_descriptor
+    from ...faces.dlib_resnet import DlibFaceDescriptor, dequantize, load_dlib_face_descriptor
 
     if weights is None and allow_random:
         return _seeded_random(DlibFaceDescriptor)
@@ -187,7 +187,7 @@ def _dlib_net(weights: WeightsArg, allow_random: bool) -> nn.Module:
     if "mean_rgb" not in sd:
         raise RestorekitError("dlib descriptor weights: no 'mean_rgb' entry (expected the state dict "
                               "of restorekit.faces.dlib_resnet.convert_dat)")
-    sd = {k: v.float() for k, v in sd.items()}
+    sd = dequantize(sd)  # float32; an int8 export's weights times their scales
     mean = tuple(float(v) for v in sd["mean_rgb"].flatten())
     net = DlibFaceDescriptor(mean_rgb=mean)  # type: ignore[arg-type]
     try:
