@@ -5,7 +5,8 @@
 # of 32 samples at truncation 0.7 in which MTCNN finds a face — into PROGRESS/<kimg>kimg.json, with
 # the sample grid beside it, so that the sessions' chunks can be compared; and a guide to
 # psp_sr's identity on it (scripts/inversion_ceiling.py: the W+ fit of 12 validation faces against
-# bicubic ×8, dlib distance) into PROGRESS/<kimg>kimg_fit.json, with its grid.
+# bicubic ×8, dlib distance) into PROGRESS/<kimg>kimg_fit.json, with its grid, and the same fit
+# seeking identity as stage 2 does (--identity 1) into PROGRESS/<kimg>kimg_fitid.json.
 #   MINUTES=150 nohup bash scripts/cpu_prior.sh > runs/prior128_cpu/chunk.log 2>&1 &
 # A machine's run folder does not outlast it: with KEEP (a folder in the repository) the chunk's
 # snapshot — fp16 G, D and EMA G with the image count, ~8 MB — is copied there when the chunk ends,
@@ -67,3 +68,6 @@ EOF
 log "the W+ fit of 12 validation faces (a guide to psp_sr's identity on this generator)"
 $PY scripts/inversion_ceiling.py "$SNAP/generator.safetensors" --data "$PROGRESS/val.txt" --n 12 \
     --json "$PROGRESS/${KIMG}kimg_fit.json" --grid "$PROGRESS/${KIMG}kimg_fit.png"
+log "the same fit with stage 2's identity term (what the generator can draw of these people for dlib)"
+$PY scripts/inversion_ceiling.py "$SNAP/generator.safetensors" --data "$PROGRESS/val.txt" --n 12 --identity 1 \
+    --json "$PROGRESS/${KIMG}kimg_fitid.json" --grid "$PROGRESS/${KIMG}kimg_fitid.png"

@@ -179,6 +179,22 @@ def test_the_ceiling_fit_recovers_an_image_the_generator_can_make() -> None:
     assert not w_avg.requires_grad and all(not p.requires_grad for p in gen.parameters())  # nothing else moved
 
 
+def test_the_ceiling_fit_seeks_identity_when_given_an_identity_term() -> None:
+    """``--identity``: the term is added to the pixel loss, so the fit moves towards what it measures."""
+    ceiling = top_script("inversion_ceiling")
+    gen = tiny_generator(5).eval().requires_grad_(False)
+    w_avg = gen.mean_latent(256)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        target = gen.synthesize(gen.broadcast(gen.map(torch.randn(1, gen.z_dim)))).clamp(0, 1)
+    top = lambda x: x[..., : x.shape[-2] // 2, :].mean((-1, -2))  # noqa: E731 (a stand-in "identity": the top half's colour)
+    ident = lambda a, b: (top(a) - top(b)).square().sum()  # noqa: E731
+    no_lpips = lambda a, b: torch.zeros(a.shape[0])  # noqa: E731
+    plain = ceiling.fit(gen, target, w_avg, no_lpips, steps=15, lr=0.05)
+    sought = ceiling.fit(gen, target, w_avg, no_lpips, steps=15, lr=0.05, identity=lambda a, b: 100 * ident(a, b))
+    assert float(ident(sought, target)) < 0.5 * float(ident(plain, target))
+
+
 # -- ../psp_warm_start.py ----------------------------------------------------------------------------
 @pytest.fixture()
 def warm_setup(tmp_path: Path) -> tuple[Path, Path]:
