@@ -11,6 +11,7 @@ fit did not merely fool it. On the 358-kimg CPU prior the plain fit was at bicub
 against 0.624 on 12 faces) while the identity-seeking fit reached 0.255, mirrored 0.354, closer
 than bicubic on 12 of 12: the plain fit understates what the generator can draw of a person, and
 the encoder, which sees only the low-resolution face, is what stands between psp_sr and the bar.
+
     .venv/bin/python scripts/inversion_ceiling.py runs/prior128_cpu/run/snapshot/generator.safetensors \
         --data runs/prior128_cpu/progress/val.txt --n 12 --json OUT.json --grid OUT.png
 
@@ -81,7 +82,8 @@ def main() -> None:
     if args.identity > 0:
         from restorekit_psp_sr.identity_loss import IdentityLoss
 
-        identity = IdentityLoss()
+        id_loss = IdentityLoss()
+        identity = lambda x, t: args.identity * id_loss(x, t)  # noqa: E731
     rows, faces = [], []
     t0 = time.monotonic()
     for f in files:
@@ -89,8 +91,7 @@ def main() -> None:
         hr = hr.mul(255).round().div(255)
         lr = downscale(hr, args.scale).clamp(0, 1).mul(255).round().div(255)
         bic = upscale(lr, args.scale).clamp(0, 1)
-        loss = (lambda x, t: args.identity * identity(x, t)) if identity is not None else None
-        best = fit(gen, hr, w_avg, lpips, args.steps, args.lr, loss)
+        best = fit(gen, hr, w_avg, lpips, args.steps, args.lr, identity)
         d_fit, d_bic = float(ident(best, hr)[0]), float(ident(bic, hr)[0])
         mirrored = float(ident(best.flip(-1), hr.flip(-1))[0])
         faces.append({"file": str(f), "fit": d_fit, "fit_mirrored": mirrored, "bicubic": d_bic})

@@ -293,11 +293,15 @@ def convert_dat(path: str | Path | None = None) -> dict[str, Tensor]:
 SCALE_SUFFIX = ".int8_scale"
 
 
+def _per_channel(scale: Tensor, dim: int) -> Tensor:
+    """``scale`` (one per output channel) shaped to broadcast over a weight of ``dim`` dimensions."""
+    return scale.view((-1,) + (1,) * (dim - 1))
+
+
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     """``(int8 weight, float32 scale per output channel)``, symmetric: ``weight ≈ q · scale``."""
-    shape = (-1,) + (1,) * (weight.dim() - 1)
     scale = weight.abs().flatten(1).amax(1).clamp_min(1e-12) / 127
-    q = torch.round(weight / scale.view(shape)).clamp(-127, 127).to(torch.int8)
+    q = torch.round(weight / _per_channel(scale, weight.dim())).clamp(-127, 127).to(torch.int8)
     return q, scale.float()
 
 
@@ -311,7 +315,7 @@ def dequantize(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
             scale = tensors.get(k + SCALE_SUFFIX)
             if scale is None:
                 raise ValueError(f"int8 tensor {k} has no {k + SCALE_SUFFIX}")
-            v = v.float() * scale.float().view((-1,) + (1,) * (v.dim() - 1))
+            v = v.float() * _per_channel(scale.float(), v.dim())
         out[k] = v.float()
     return out
 
