@@ -195,6 +195,38 @@ def test_the_ceiling_fit_seeks_identity_when_given_an_identity_term() -> None:
     assert float(ident(sought, target)) < 0.5 * float(ident(plain, target))
 
 
+# -- ../mirrored_identity.py -------------------------------------------------------------------------
+def test_mirrored_identity_flips_output_and_face_together(tmp_path: Path) -> None:
+    """A judge that looks at the left half only: the mirrored figure is the right half's."""
+    from restorekit.images import save_image
+
+    mirrored = top_script("mirrored_identity")
+    face = torch.full((3, 16, 16), 0.2)
+    face[:, :, 8:] = 0.8
+    out = face.clone()
+    out[:, :, 8:] = 0.6  # wrong on the right half only, by 0.2
+    save_image(face, tmp_path / "a.png")
+    (tmp_path / "o").mkdir()
+    save_image(out, tmp_path / "o" / "a.png")
+    left = lambda x, t: (x[..., :8] - t[..., :8]).abs().mean((-1, -2, -3))  # noqa: E731
+    d = mirrored.distances(tmp_path / "o", {"a": tmp_path / "a.png", "b": tmp_path / "b.png"}, left, (16, 16))
+    assert set(d) == {"a"}
+    plain, flipped = d["a"]
+    assert plain == pytest.approx(0.0, abs=1e-6) and flipped == pytest.approx(0.2, abs=0.01)  # not 0.4, 0.6: both flipped
+
+
+def test_mirrored_identity_counts_only_faces_both_methods_have() -> None:
+    mirrored = top_script("mirrored_identity")
+    nan = float("nan")
+    method = {"a": (0.4, 0.6), "b": (0.7, nan), "c": (0.5, 0.5)}
+    base = {"a": (0.5, 0.5), "b": (0.6, 0.6), "c": (0.6, 0.4), "d": (0.1, 0.1)}
+    s = mirrored.summarise(method, base)
+    assert s["plain"] == {"faces": 3, "mean": pytest.approx(1.6 / 3), "baseline_mean": pytest.approx(1.7 / 3),
+                          "closer_than_baseline": 2}
+    assert s["mirrored"] == {"faces": 2, "mean": pytest.approx(0.55), "baseline_mean": pytest.approx(0.45),
+                             "closer_than_baseline": 0}
+
+
 # -- ../psp_warm_start.py ----------------------------------------------------------------------------
 @pytest.fixture()
 def warm_setup(tmp_path: Path) -> tuple[Path, Path]:
