@@ -4,7 +4,7 @@
 # (scripts/psp_warm_start.py) or a given encoder, stage 2 on both cores (`train psp_sr`, torchrun),
 # then `compare` ×8 against bicubic on 60 validation faces (every 7th line of faces128/val.txt:
 # LPIPS-alex, dlib distance, LR-consistency; the win share is issue #18's "closer to the person
-# than bicubic") and scripts/encoder_spread.py (how far the codes leave the average face), with a
+# than bicubic"; scripts/mirrored_identity.py the same on mirrored pairs) and scripts/encoder_spread.py (how far the codes leave the average face), with a
 # one-line summary at the end, also in OUT/summary.json.
 #   GEN=plugins/psp_sr/recipes/prior128/cpu_snapshot/generator.safetensors TAG=restyle2 \
 #       SET="restyle_iterations=2" nohup bash scripts/encoder_probe.sh > runs/probe/restyle2.log 2>&1 &
@@ -63,6 +63,8 @@ if [ ! -s "$OUT/eval_x8/results.json" ]; then
         --opt "psp_sr.weights=$MODEL"
 fi
 [ -s "$OUT/spread.json" ] || $PY scripts/encoder_spread.py "$MODEL" --data "@$OUT/val60.txt" --json "$OUT/spread.json"
+[ -s "$OUT/mirrored.json" ] || $PY scripts/mirrored_identity.py "$OUT/eval_x8" --data "$OUT/val60.txt" \
+    --json "$OUT/mirrored.json" > /dev/null
 
 $PY - "$OUT" "$TAG" <<'EOF'
 import json, sys
@@ -77,10 +79,13 @@ closer = run.paired("psp_sr", "bicubic", DIST)
 summary = {"tag": tag, "faces": closer.n, "closer_than_bicubic": round(closer.win * closer.n),
            **{f"{m}_{k}": run.mean(m, metric) for m in ("psp_sr", "bicubic")
               for k, metric in (("lpips", LPIPS), ("dlib", DIST), ("lr_consistency", LRC))},
+           "mirrored": json.loads((out / "mirrored.json").read_text(encoding="utf-8"))["psp_sr"]["mirrored"],
            "spread": json.loads((out / "spread.json").read_text(encoding="utf-8"))}
+mirrored = summary["mirrored"]
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
 print(f"[encoder_probe.sh] {tag}: ×8 on {closer.n} faces: LPIPS {summary['psp_sr_lpips']:.3f} "
       f"(bicubic {summary['bicubic_lpips']:.3f}), dlib {summary['psp_sr_dlib']:.3f} "
       f"(bicubic {summary['bicubic_dlib']:.3f}), closer than bicubic {summary['closer_than_bicubic']}/{closer.n}, "
-      f"LR-consistency {summary['psp_sr_lr_consistency']:.4f}")
+      f"LR-consistency {summary['psp_sr_lr_consistency']:.4f}; mirrored pairs: dlib {mirrored['mean']:.3f} "
+      f"(bicubic {mirrored['baseline_mean']:.3f}), closer {mirrored['closer_than_baseline']}/{mirrored['faces']}")
 EOF
