@@ -4,8 +4,9 @@
 # (scripts/psp_warm_start.py) or a given encoder, stage 2 on both cores (`train psp_sr`, torchrun),
 # then `compare` ×8 against bicubic on 60 validation faces (every 7th line of faces128/val.txt:
 # LPIPS-alex, dlib distance, LR-consistency; the win share is issue #18's "closer to the person
-# than bicubic"; scripts/mirrored_identity.py the same on mirrored pairs) and scripts/encoder_spread.py (how far the codes leave the average face), with a
-# one-line summary at the end, also in OUT/summary.json.
+# than bicubic"; scripts/mirrored_identity.py the same on mirrored pairs) and
+# scripts/encoder_spread.py (how far the codes leave the average face), with a one-line summary at
+# the end, also in OUT/summary.json.
 #   GEN=plugins/psp_sr/recipes/prior128/cpu_snapshot/generator.safetensors TAG=restyle2 \
 #       SET="restyle_iterations=2" nohup bash scripts/encoder_probe.sh > runs/probe/restyle2.log 2>&1 &
 # Settings: GEN (the generator; required), TAG (required), STEPS (stage-2 steps, 5000), WARM
