@@ -22,20 +22,20 @@ import statistics
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from restorekit.degradations import bicubic_resize
 from restorekit.images import read_image
 from restorekit.plugins import registry
 
 
-def distances(folder: Path, faces: dict[str, Path], ident, size: tuple[int, int]) -> dict[str, tuple[float, float]]:
+def distances(folder: Path, faces: dict[str, Tensor], ident) -> dict[str, tuple[float, float]]:
     """``stem -> (plain, mirrored)`` dlib distances of each output in ``folder`` to its HR face."""
     out: dict[str, tuple[float, float]] = {}
     for f in sorted(folder.iterdir()):
         if f.stem not in faces:
             continue
-        x = read_image(f)
-        hr = bicubic_resize(read_image(faces[f.stem]), size).clamp(0, 1)
+        x, hr = read_image(f), faces[f.stem]
         out[f.stem] = (float(ident(x, hr)[0]), float(ident(x.flip(-1), hr.flip(-1))[0]))
     return out
 
@@ -64,15 +64,16 @@ def main() -> None:
 
     torch.set_num_threads(1)
     lines = [ln.strip() for ln in args.data.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    faces = {Path(p).stem: Path(p) for p in lines if not p.startswith("#")}
     first = next(iter((args.eval_dir / "outputs" / args.baseline).iterdir()))
     size = tuple(read_image(first).shape[-2:])
+    # Each HR face read and brought to the outputs' size once, for the baseline and every method.
+    faces = {Path(p).stem: bicubic_resize(read_image(p), size).clamp(0, 1) for p in lines if not p.startswith("#")}
     ident = registry().metric("identity_dlib_dist")()
     ident.setup(torch.device("cpu"))
-    base = distances(args.eval_dir / "outputs" / args.baseline, faces, ident, size)
+    base = distances(args.eval_dir / "outputs" / args.baseline, faces, ident)
     report = {}
     for m in args.methods.split(","):
-        s = summarise(distances(args.eval_dir / "outputs" / m, faces, ident, size), base)
+        s = summarise(distances(args.eval_dir / "outputs" / m, faces, ident), base)
         report[m] = s
         p, q = s["plain"], s["mirrored"]
         print(f"{m}: dlib {p['mean']:.3f} ({args.baseline} {p['baseline_mean']:.3f}), closer {p['closer_than_baseline']}"

@@ -205,11 +205,10 @@ def test_mirrored_identity_flips_output_and_face_together(tmp_path: Path) -> Non
     face[:, :, 8:] = 0.8
     out = face.clone()
     out[:, :, 8:] = 0.6  # wrong on the right half only, by 0.2
-    save_image(face, tmp_path / "a.png")
     (tmp_path / "o").mkdir()
     save_image(out, tmp_path / "o" / "a.png")
     left = lambda x, t: (x[..., :8] - t[..., :8]).abs().mean((-1, -2, -3))  # noqa: E731
-    d = mirrored.distances(tmp_path / "o", {"a": tmp_path / "a.png", "b": tmp_path / "b.png"}, left, (16, 16))
+    d = mirrored.distances(tmp_path / "o", {"a": face, "b": face}, left)
     assert set(d) == {"a"}
     plain, flipped = d["a"]
     assert plain == pytest.approx(0.0, abs=1e-6) and flipped == pytest.approx(0.2, abs=0.01)  # not 0.4, 0.6: both flipped
