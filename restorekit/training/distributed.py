@@ -48,6 +48,18 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _import_group_defaults() -> None:
+    """Import ``torch.distributed.nn.functional`` while no group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated at import. DDP
+    imports it (through ``torch._dynamo``); imported after the group is made, those defaults
+    pin the group for the life of the process, so ``destroy_process_group`` cannot free it and
+    gloo's worker threads are still running at interpreter shutdown, where a rank can abort
+    with "terminate called without an active exception" after a finished run. Imported first,
+    the defaults hold ``None``."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def init_distributed(device: str = "auto", backend: str | None = None) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (idempotent); else a single process.
 
@@ -59,6 +71,7 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     dev = pick_device(device, local)
     if world > 1 and not dist.is_initialized():
+        _import_group_defaults()
         dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"))
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -119,7 +132,7 @@ def cleanup(info: DistInfo) -> None:
 
     Drop DDP wrappers first (:meth:`Trainer.close`): they hold the group, which would otherwise
     outlive this call and be torn down during interpreter shutdown, when gloo's worker threads
-    may no longer take the GIL (the suspected cause of a rank that once aborted at the end of a
-    finished run with "terminate called without an active exception")."""
+    may no longer take the GIL (a rank then aborts at the end of a finished run with "terminate
+    called without an active exception"; see also :func:`_import_group_defaults`)."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
