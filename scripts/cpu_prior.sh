@@ -36,6 +36,12 @@ if [ -d "$RUN/checkpoints" ]; then
     RESUME=(--resume)
 elif [ -n "$KEEP" ] && [ -f "$KEEP/resume_g.safetensors" ]; then
     RESUME=(--set "init_from=$KEEP")
+elif [ -n "$KEEP" ] && [ -f "$KEEP/metrics.jsonl" ]; then
+    # A kept run whose networks are not in the tree (prior128/README.md, "The CPU route"): starting
+    # from nothing here would silently throw its kimg away.
+    echo "cpu_prior.sh: $KEEP holds a run's metrics but no resume_g.safetensors: restore its networks" \
+         "from the history (prior128/README.md, \"The CPU route\"), or leave KEEP unset for a new run" >&2
+    exit 2
 fi
 log "training $RUN for $MINUTES min on $THREADS threads ${RESUME[*]:-(new run)}"
 # shellcheck disable=SC2086

@@ -7,7 +7,7 @@
 # than bicubic"; scripts/mirrored_identity.py the same on mirrored pairs) and
 # scripts/encoder_spread.py (how far the codes leave the average face), with a one-line summary at
 # the end, also in OUT/summary.json.
-#   GEN=plugins/psp_sr/recipes/prior128/cpu_snapshot/generator.safetensors TAG=restyle2 \
+#   GEN=stylegan2-faces128 TAG=restyle2 \
 #       SET="restyle_iterations=2" nohup bash scripts/encoder_probe.sh > runs/probe/restyle2.log 2>&1 &
 # Settings: GEN (the generator; required), TAG (required), STEPS (stage-2 steps, 5000), WARM
 # (warm-start steps, 3000; 0: none), INIT (start stage 2 from this psp_sr model instead of a warm

@@ -112,7 +112,7 @@ TARGETS = {
         name=DEFAULT_GENERATOR,
         file=ROOT / "plugins/psp_sr/restorekit_psp_sr/weights/stylegan2_faces128.safetensors",
         module="restorekit_psp_sr", architecture="stylegan2", plugin="psp_sr", plugin_entry="restorekit-psp-sr",
-        source="plugins/psp_sr/recipes/prior128 (restorekit train stylegan2, adversarial, on a lent GPU)",
+        source="plugins/psp_sr/recipes/prior128 (restorekit train stylegan2, adversarial)",
         paper="Karras et al., Analyzing and Improving the Image Quality of StyleGAN, CVPR 2020",
         description="StyleGAN2 face prior at 128 px, shipped inside restorekit-psp-sr: the default of the stylegan2 "
                     "generator (generate, realism, pulse) and the decoder of psp-sr-faces128",

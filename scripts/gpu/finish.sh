@@ -49,10 +49,13 @@ stage_realism() {
     mv "$W/realism.json.part" "$W/realism.json"
 }
 
+# The ship stages are skipped on their record in $W, not on the registry entries: those are
+# committed, and a new run (e.g. a GPU prior replacing the CPU route's) must ship over them.
 stage_ship_generator() {
-    [ -f registry/weights/stylegan2-faces128.toml ] && return
+    [ -s "$W/shipped-generator.json" ] && return
     log "ship the generator ($NOTE)"
-    $PY scripts/ship_embedded_model.py stylegan2 "$GEN" --data-note "$NOTE"
+    $PY scripts/ship_embedded_model.py stylegan2 "$GEN" --data-note "$NOTE" > "$W/shipped-generator.json.part"
+    mv "$W/shipped-generator.json.part" "$W/shipped-generator.json"
 }
 
 stage_stage2() {
@@ -71,12 +74,14 @@ stage_stage2() {
 }
 
 stage_ship_psp() {
-    [ -f registry/weights/psp-sr-faces128.toml ] && return
+    [ -s "$W/shipped-psp.json" ] && return
     local steps
     steps=$($PY -c "import json, sys; print([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['step'])" "$PSP_RUN/log.jsonl")
     log "ship psp_sr ($steps steps)"
     $PY scripts/ship_embedded_model.py psp_sr "$PSP_RUN/model.safetensors" --generator stylegan2-faces128 \
-        --data-note "as stylegan2-faces128; stage 2: $steps steps, batch 8${PART:+, continuing a GPU stage 2}"
+        --data-note "as stylegan2-faces128; stage 2: $steps steps, batch 8${PART:+, continuing a GPU stage 2}" \
+        > "$W/shipped-psp.json.part"
+    mv "$W/shipped-psp.json.part" "$W/shipped-psp.json"
 }
 
 compare() {  # OUT METHODS SCALE LIST [extra…]
