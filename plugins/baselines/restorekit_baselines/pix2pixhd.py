@@ -434,7 +434,7 @@ class Pix2PixHD(Method):
 
     info: ClassVar[MethodInfo] = MethodInfo(
         name="pix2pixhd",
-        summary="pix2pixHD (global generator + local enhancers, multi-scale GAN) on the bicubic-upscaled input",
+        summary="pix2pixHD (global generator, optional local enhancers; multi-scale GAN) on the bicubic-upscaled input",
         license="Apache-2.0",
         paper="Wang et al., High-Resolution Image Synthesis and Semantic Manipulation with Conditional GANs, "
               "CVPR 2018, https://arxiv.org/abs/1711.11585",
