@@ -305,6 +305,33 @@ def test_results_of_changed_method_code_are_not_reused(harness_plugin, hr5, tmp_
     assert sum(img["reused"] for img in _doc(out)["images"]) == 0
 
 
+def test_results_are_not_reused_after_the_default_weights_are_reshipped(harness_plugin, hr5, tmp_path,
+                                                                         monkeypatch):
+    """A method's default weights may ship in another package (pulse's face prior is psp_sr's) and be
+    re-shipped while the method's code stays the same: their registry sha256 is in its settings."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from restorekit.harness import runner
+    from restorekit.plugins import registry
+
+    cls = registry().method("noisy3p")
+    monkeypatch.setattr(cls, "info", replace(cls.info, default_weights="prior3p"))
+    pinned = {"sha": "a" * 64}
+    monkeypatch.setattr(runner, "get_spec", lambda name: SimpleNamespace(
+        files=[SimpleNamespace(sha256=pinned["sha"])]) if name == "prior3p" else None)
+    assert runner.default_weights_pin(cls) == {"prior3p": ["a" * 64]}
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "noisy3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
+            "--seeds", "0", "--metrics", "psnr_y_crop", "--device", "cpu", "-q"]
+    assert invoke(*args).exit_code == 0
+    assert invoke(*args).exit_code == 0 and _calls(harness_plugin).count("noisy3p") == 5  # reused
+    pinned["sha"] = "b" * 64  # the default re-shipped
+    r = invoke(*args)
+    assert r.exit_code == 2 and "noisy3p.default_weights" in r.output, r.output
+    assert _calls(harness_plugin).count("noisy3p") == 5
+
+
 def test_single_sample_deterministic_runs_once(harness_plugin, hr5, tmp_path):
     """A method whose one sample ignores the seed (pSp-style mixing) runs once per image, not per seed."""
     out = tmp_path / "out"

@@ -40,6 +40,7 @@ from ..methods import check_restored, resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
+from ..weights.catalogue import get_spec
 from ..weights.checksum import sha256_file
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim
@@ -192,6 +193,21 @@ def code_fingerprint(module: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_weights_pin(cls: type[Method]) -> dict[str, list[str | None]] | None:
+    """The registry's sha256 of each file of a method's default weights (None: it has none, or
+    they are not registered). Part of the method's settings beside :func:`code_fingerprint`, which
+    sees only the method's own package: a default shipped in another one (pulse's face prior lives
+    in psp_sr's package) can be re-shipped without the method's code changing."""
+    name = cls.info.default_weights
+    if not name:
+        return None
+    try:
+        spec = get_spec(name)
+    except RestorekitError:
+        return None
+    return {name: [f.sha256 for f in spec.files]}
+
+
 def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
     """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``."""
     out: dict[str, dict[str, str]] = {}
@@ -276,6 +292,9 @@ def plan(config: CompareConfig) -> Plan:
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver,
                     "code": code_fingerprint(cls.__module__)}
+        pin = default_weights_pin(cls)
+        if pin:
+            settings["default_weights"] = pin
         if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
             settings["faces"] = {"mode": config.faces, "detector": config.detector}
         if config.backend != "torch":
