@@ -625,3 +625,27 @@ def test_author_fixtures(rk_batch, rk_odd_batch, rk_smooth_batch, rk_face, rk_ho
     assert os.environ["RESTOREKIT_HOME"] == str(rk_home) and not any(rk_home.iterdir())
     r = rk_cli("methods", "--json")
     assert r.exit_code == 0 and "bicubic" in {m["name"] for m in json.loads(r.output)}
+
+
+
+def test_native_threads_lists_this_process_threads_by_marker():
+    import threading
+    from pathlib import Path
+
+    from restorekit.testing.distributed import native_threads
+
+    if not Path("/proc/self/task").is_dir():
+        assert native_threads("python") == []
+        return
+    comm = Path("/proc/self/comm").read_text().strip()  # a new thread inherits the process's name
+    before = native_threads(comm)
+    assert before and native_threads("no such thread name") == []
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert len(native_threads(comm)) == len(before) + 1
+    finally:
+        stop.set()
+        t.join()
+    assert len(native_threads(comm)) == len(before)

@@ -402,10 +402,8 @@ cleanup(info)
 assert ddp() is None, "the DDP wrapper outlived cleanup: the process group would be torn down at exit"
 # Nothing else holds the group either: destroying it stopped gloo's threads, which would
 # otherwise still run at interpreter shutdown (torch.distributed.nn.functional's defaults).
-threads = Path("/proc/self/task")
-if threads.is_dir():
-    names = [(t / "comm").read_text().strip() for t in threads.iterdir()]
-    assert not [n for n in names if "gloo" in n], f"gloo threads outlived the process group: {names}"
+from restorekit.testing.distributed import native_threads
+assert not native_threads("gloo"), f"gloo threads outlived the process group: {native_threads('gloo')}"
 """
 
 

@@ -401,10 +401,8 @@ torch.save({**{"G." + k: v for k, v in t.G.state_dict().items()}, **{"D." + k: v
            out / f"rank{info.rank}.pt")
 cleanup(info)
 # Destroying the group stopped gloo's threads: none is left running at interpreter shutdown.
-threads = Path("/proc/self/task")
-if threads.is_dir():
-    names = [(t / "comm").read_text().strip() for t in threads.iterdir()]
-    assert not [n for n in names if "gloo" in n], f"gloo threads outlived the process group: {names}"
+from restorekit.testing.distributed import native_threads
+assert not native_threads("gloo"), f"gloo threads outlived the process group: {native_threads('gloo')}"
 """
 
 
