@@ -5,8 +5,11 @@
 Reads from that folder: ``realism.json`` (``restorekit realism --json``), the ``compare`` runs
 ``eval_x8``, ``eval_x4`` (bicubic, pix2pixhd, psp_sr on the validation split) and ``eval_pulse_x8``
 (psp_pulse, pulse, psp_sr, bicubic on 47 of its faces), and ``val_ffhq.txt`` (which faces are
-FFHQ's). Prints Markdown: the bars (measured, required, pass or fail), then one table per run in
-the model card's layout. Per-source win shares are the same paired statistic as ``compare
+FFHQ's); where present, the same runs with 3 consistency steps for every learned method
+(``eval_x8_cs3``, ``eval_x4_cs3``, ``eval_pulse_x8_cs3``). Prints Markdown: the bars (measured,
+required, pass or fail), psp_pulse's identity against the others when all are back-projected
+(not a bar: the issue's bar compares the methods' defaults), then one table per run in the model
+card's layout. Per-source win shares are the same paired statistic as ``compare
 --baseline`` (``restorekit.harness.paired``) over that source's faces of the one run. Exit status:
 0 all bars pass, 1 some fail, 2 an input is missing.
 """
@@ -117,6 +120,16 @@ def bars(w: Path, x8: Run, pulse: Run) -> list[Bar]:
     return out
 
 
+def even_identity(pulse_cs: Run) -> str:
+    """psp_pulse's identity against psp_sr's and PULSE's when every one of them is back-projected."""
+    ident = pulse_cs.common_means(["psp_pulse", "psp_sr", "pulse"], DIST)
+    d = pulse_cs.paired("psp_pulse", "psp_sr", DIST)
+    return (f"With 3 consistency steps for psp_sr and PULSE too (``eval_pulse_x8_cs3``), mean dlib distance: "
+            f"psp_pulse {fmt(ident['psp_pulse'])}, psp_sr {fmt(ident['psp_sr'])}, PULSE {fmt(ident['pulse'])}; "
+            f"psp_pulse − psp_sr {fmt(d.diff, '{:+.3f}')} [{fmt(d.ci_low, '{:+.3f}')}, {fmt(d.ci_high, '{:+.3f}')}], "
+            f"closer on {fmt(d.win, '{:.0%}')} of {d.n} faces (p {fmt(d.p, '{:.2g}')}).")
+
+
 def card_table(run: Run, title: str, ffhq: set[str]) -> list[str]:
     head = [title] + [h for _, h, _ in COLUMNS] + ["win vs bicubic (all / FFHQ / AAF)", "ms/face"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -149,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| bar | measured | required | |\n|---|---|---|---|")
     for b in checked:
         print(f"| {b.what} | {b.measured} | {b.required} | {'pass' if b.ok else '**FAIL**'} |")
-    for run, title in ((x8, "×8 (16 → 128 px)"), (x4, "×4 (32 → 128 px)"), (pulse, "×8, 47 faces")):
+    runs = [(x8, "×8 (16 → 128 px)"), (x4, "×4 (32 → 128 px)"), (pulse, "×8, 47 faces")]
+    evened = [(w / f"{r.folder.name}_cs3", f"{title}, 3 consistency steps") for r, title in runs]
+    runs += [(Run(folder), title) for folder, title in evened if (folder / "results.json").is_file()]
+    if (w / "eval_pulse_x8_cs3" / "results.json").is_file():
+        print("\n" + even_identity(Run(w / "eval_pulse_x8_cs3")))
+    for run, title in runs:
         print()
         print("\n".join(card_table(run, title, ffhq)))
     print(f"\nms/face: mean per call, warm-up left out, batch 1, {x8.device}.")

@@ -11,7 +11,8 @@
 #   stage2          the pSp encoder on both cores against the shipped generator (from PART if given)
 #   ship-psp        psp_sr's default `psp-sr-faces128`, naming the generator
 #   evaluate        compare on the validation split: ×8 and ×4 (bicubic, pix2pixhd, psp_sr, all 420
-#                   faces), and ×8 psp_pulse/pulse/psp_sr/bicubic on 47 of them
+#                   faces), and ×8 psp_pulse/pulse/psp_sr/bicubic on 47 of them; each again with
+#                   3 consistency steps for every learned method (eval_*_cs3)
 #   figures         the card's images: samples and the ×8 grid, into docs/images/
 #   bars            check_bars.py: issue #18's "done when" bars, pass or fail, and the card's tables
 # Settings: FACES (../shared/data/faces), W (runs/prior128_finish), STAGE2_STEPS (the recipe's 5000;
@@ -97,6 +98,14 @@ stage_evaluate() {
         compare "$W/eval_x$k" bicubic,pix2pixhd,psp_sr "$k" "$W/val.txt"
     done
     compare "$W/eval_pulse_x8" psp_pulse,pulse,psp_sr,bicubic 8 "$W/val_pulse.txt"
+    # The same with 3 back-projection steps for every learned method (psp_pulse has them by default):
+    # how much of each method's figures is its low frequencies (check_bars.py's second set of tables).
+    for k in 8 4; do
+        compare "$W/eval_x${k}_cs3" bicubic,pix2pixhd,psp_sr "$k" "$W/val.txt" \
+            --opt pix2pixhd.consistency_steps=3 --opt psp_sr.consistency_steps=3
+    done
+    compare "$W/eval_pulse_x8_cs3" psp_pulse,pulse,psp_sr,bicubic 8 "$W/val_pulse.txt" \
+        --opt pulse.consistency_steps=3 --opt psp_sr.consistency_steps=3
 }
 
 stage_figures() {

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from restorekit.consistency import back_project
 from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError, WeightsMissing
 from restorekit.interfaces import Method, MethodInfo, Options
@@ -427,6 +428,9 @@ class Pix2PixHDOptions(Options):
     input_size: int | None = Field(
         None, ge=8, description="resize the upscaled input to this square size for the network "
                                 "(the training size) and the result back; default: native size, padded")
+    consistency_steps: int = Field(0, ge=0, le=100,
+                                   description="back-projection steps that make the output downscale to the input "
+                                               "(restorekit.consistency); 0: the network's output as is, as in the paper")
 
 
 class Pix2PixHD(Method):
@@ -508,6 +512,8 @@ class Pix2PixHD(Method):
         else:
             out = self._run_padded(x)
         out = out.clamp(0, 1).float()
+        if self.options.consistency_steps:
+            out = back_project(out, lr.to(out.device, out.dtype), steps=self.options.consistency_steps)
         self.last_reports = [{"factors_trained": self.trained.get("factors")} for _ in range(lr.shape[0])]
         return out.repeat_interleave(n_samples, dim=0) if n_samples > 1 else out
 

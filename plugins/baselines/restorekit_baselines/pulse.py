@@ -24,6 +24,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from restorekit import progress
+from restorekit.consistency import back_project
 from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Generator, Method, MethodInfo, Options
@@ -104,6 +105,9 @@ class PulseOptions(Options):
                                       description="mapped samples for the W gaussianisation (PULSE: 10⁶)")
     mapping_slope: float = Field(0.2, gt=0, lt=1, description="slope of the mapping's final leaky ReLU")
     keep_native_size: bool = Field(False, description="return the generator's R×R output instead of scale×input")
+    consistency_steps: int = Field(0, ge=0, le=100,
+                                   description="back-projection steps that make the output downscale to the input "
+                                               "(restorekit.consistency); 0: the searched face as is, as in the paper")
     quiet: bool = Field(False, description="no progress bar or notes")
 
 
@@ -304,6 +308,8 @@ class Pulse(Method):
                 if not self.options.keep_native_size and (out_h, out_w) != (res, res):
                     self._note_resize(res, out_h, out_w)
                     images = bicubic_resize(images, (out_h, out_w)).clamp(0, 1)
+                if self.options.consistency_steps:
+                    images = back_project(images.detach(), target, steps=self.options.consistency_steps)
                 outs.append(images.detach())
                 latents.append(result.w_plus.detach())
                 for k in range(n_samples):

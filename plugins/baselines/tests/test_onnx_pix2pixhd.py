@@ -73,7 +73,7 @@ def test_graph_matches_generator_any_batch_and_size(exported: Path, weights: Pat
         assert torch.equal(Pix2PixHDInferenceGraph(gen)(x), gen(x).clamp(0, 1))
 
 
-@pytest.mark.parametrize("opts", [{}, {"input_size": 32}])
+@pytest.mark.parametrize("opts", [{}, {"input_size": 32}, {"consistency_steps": 2}])
 def test_backend_restore_matches_torch(exported: Path, weights: Path, opts: dict[str, object]) -> None:
     m = method(weights, **opts)
     om = onnx_method(method(weights, **opts), onnx_path=exported, threads=1)

@@ -252,6 +252,11 @@ def test_method_matches_generator_on_bicubic_input(tiny_weights: Path, capsys: p
     assert sized.shape == (1, 3, 32, 32) and not torch.allclose(sized, out, atol=1e-3)
     with pytest.raises(ValueError, match="multiple of 4"):
         Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), input_size=18)).restore(lr, 4)
+    from restorekit.consistency import back_project, downscale_error
+
+    projected = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), consistency_steps=3)).restore(lr, 4)
+    torch.testing.assert_close(projected, back_project(out, lr, steps=3), rtol=0, atol=1e-6)
+    assert float(downscale_error(projected, lr)) < 0.2 * float(downscale_error(out, lr))
 
 
 @pytest.mark.parametrize("size,scale", [((2, 2), 1), ((2, 2), 2), ((3, 3), 1), ((2, 40), 2), ((4, 3), 1)])

@@ -302,6 +302,20 @@ def test_output_resized_to_scale_times_input(tiny_registered: str, gen: TinyGene
     assert native.restore(lr, 4).shape == (1, 3, 16, 16)
 
 
+def test_consistency_steps_project_the_searched_face(tiny_registered: str, gen: TinyGenerator,
+                                                    fit: GaussianFit) -> None:
+    from restorekit.consistency import back_project, downscale_error
+
+    lr = _target(gen, fit, 8, size=8)
+    plain = Pulse(_opts(steps=3)).restore(lr, 4, n_samples=2)
+    m = Pulse(_opts(steps=3, consistency_steps=3))
+    out = m.restore(lr, 4, n_samples=2)
+    torch.testing.assert_close(out, back_project(plain, lr, steps=3), rtol=0, atol=1e-6)
+    assert bool((downscale_error(out, lr) < 0.1 * downscale_error(plain, lr)).all())
+    # The report keeps the search's own figure (the searched face before the projection).
+    assert m.last_reports[0]["downscale_mse"] == pytest.approx(float(downscale_error(plain[:1], lr)), rel=1e-3)
+
+
 def test_runs_under_inference_mode(tiny_registered: str, gen: TinyGenerator, fit: GaussianFit) -> None:
     m = Pulse(_opts(steps=20))
     m.load()

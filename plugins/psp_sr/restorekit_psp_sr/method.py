@@ -335,6 +335,10 @@ class PSPSROptions(Options):
         "auto", description="how inputs reach the encoder size (auto: bilinear for official pSp files, "
                             "as their training; bicubic for restorekit-trained models)")
     keep_native_size: bool = Field(False, description="return the generator's native size instead of scale × input")
+    consistency_steps: int = Field(0, ge=0, le=100,
+                                   description="back-projection steps that make the output downscale to the input "
+                                               "(restorekit.consistency: low frequencies from the input, details from "
+                                               "the generator); 0: the decoder's face as is, as in the paper")
     restyle_iterations: int | None = Field(None, ge=1, le=20,
                                            description="ReStyle models: refinement passes, each one more generator "
                                                        "call (default: the passes the model was trained with)")
@@ -554,14 +558,22 @@ class PSPSR(Method):
         else:
             img, _ = self.model.mix(x, n_samples, seed=seed, latent_mask=self.options.mix_layers,
                                     mix_alpha=self.options.mix_alpha)
-        img = img.clamp(0, 1)
         self.last_reports = [{"native_size": self.resolution, "seed": seed} for _ in range(img.shape[0])]
-        if self.options.keep_native_size:
-            return img
+        return self.finish(img, lr, scale)
+
+    def finish(self, img: Tensor, lr: Tensor, scale: int) -> Tensor:
+        """Generator images (``N×3×R×R``) → the returned output: clamped, resized to ``scale ×`` the
+        input (unless ``keep_native_size``), then ``consistency_steps`` back-projection steps onto ``lr``."""
+        from restorekit.consistency import back_project
         from restorekit.degradations import bicubic_resize
 
-        h, w = lr.shape[-2:]
-        return bicubic_resize(img, (h * scale, w * scale)).clamp(0, 1)
+        out = img.clamp(0, 1)
+        if not self.options.keep_native_size:
+            h, w = lr.shape[-2:]
+            out = bicubic_resize(out, (h * scale, w * scale)).clamp(0, 1)
+        if self.options.consistency_steps:
+            out = back_project(out, lr.to(out.device, out.dtype), steps=self.options.consistency_steps)
+        return out
 
     def bench_breakdown(self, lr: Tensor, scale: int, *, repeats: int = 2) -> dict[str, dict[str, Any]]:
         """Encoder and generator each timed against their own convolutions (:mod:`.conv_reference`)."""

@@ -8,10 +8,11 @@ serves any batch size.
 Resizing happens outside the graph, in PyTorch, and is shared with the torch backend: the
 method's own input resize (bicubic or bilinear, antialiased, whatever ``input_resize`` says)
 brings any input to ``S×S`` before the graph, and the ``R``-px output is resized to
-``scale ×`` the input afterwards (unless ``keep_native_size``). So ``restorekit run --backend
-onnxruntime`` takes the same inputs as the torch backend, and users of the bare ``.onnx`` feed
-``S×S`` faces already upsampled to the encoder size (the file's sidecar states ``S``). Antialiased
-resizing is not in the graph because ONNX ``Resize`` has no antialiased bicubic matching PyTorch's.
+``scale ×`` the input afterwards (unless ``keep_native_size``), followed by the
+``consistency_steps``. So ``restorekit run --backend onnxruntime`` takes the same inputs as the
+torch backend, and users of the bare ``.onnx`` feed ``S×S`` faces already upsampled to the
+encoder size (the file's sidecar states ``S``). Antialiased resizing is not in the graph because
+ONNX ``Resize`` has no antialiased bicubic matching PyTorch's.
 
 Export details. The encoder is exported as the method runs it: with its inference path
 (:mod:`.fast_encoder`: batch norm folded) when the model was optimised — onnxruntime ran the
@@ -134,8 +135,6 @@ class PSPInferenceGraph(nn.Module):
 
 def psp_sr_export_spec(method: Any) -> ExportSpec:
     """The :class:`ExportSpec` of a ``psp_sr`` method (loaded here if needed)."""
-    from restorekit.degradations import bicubic_resize
-
     method.load()
     graph = PSPInferenceGraph(method.model)
     s, r = graph.input_size, graph.resolution
@@ -160,10 +159,7 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
 
     def finish(y: Tensor, lr: Tensor, scale: int) -> Tensor:
         method.last_reports = [{"native_size": r, "seed": None} for _ in range(y.shape[0])]
-        if method.options.keep_native_size:
-            return y
-        h, w = lr.shape[-2:]
-        return bicubic_resize(y, (h * scale, w * scale)).clamp(0, 1)
+        return method.finish(y, lr, scale)  # the torch backend's resize and consistency steps
 
     return ExportSpec(module=graph, example=torch.full((1, 3, s, s), 0.5), metadata=metadata,
                       prepare=prepare, finish=finish)

@@ -151,6 +151,27 @@ def test_check_bars_names_each_failure(tmp_path: Path, capsys: pytest.CaptureFix
                       "×8 psp_pulse time / PULSE's"]
 
 
+def test_check_bars_reports_the_back_projected_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = write_finish_folder(tmp_path, psp_dist=[0.55, 0.58, 0.70, 0.60], face_share=0.875, pulse_ms=8000)
+    assert script("check_bars").main([str(w)]) == 0
+    assert "consistency steps" not in capsys.readouterr().out  # without the _cs3 runs: no such lines
+    run = w / "eval_pulse_x8_cs3"
+    run.mkdir()
+    base = [0.60, 0.62, 0.64, 0.66]
+    doc = results_doc({"psp_pulse": method_values([0.50, 0.52, 0.50, 0.52], 0.2, 2e-5),
+                       "pulse": method_values([0.58] * 4, 0.2, 3e-5),
+                       "psp_sr": method_values([0.51, 0.50, 0.53, 0.54], 0.2, 3e-5),
+                       "bicubic": method_values(base, 0.55, 3e-4)},
+                      {"psp_pulse": 2000, "pulse": 8000, "psp_sr": 30, "bicubic": 0.2})
+    (run / "results.json").write_text(json.dumps(doc))
+    assert script("check_bars").main([str(w)]) == 0  # informational: the bars are the defaults'
+    out = capsys.readouterr().out
+    # psp_pulse 0.510 against psp_sr 0.520: 3 of 4 faces closer, mean difference −0.010
+    assert "psp_pulse 0.510, psp_sr 0.520, PULSE 0.580; psp_pulse − psp_sr -0.010" in out
+    assert "closer on 75% of 4 faces" in out
+    assert out.count("| bar |") == 1 and "| ×8, 47 faces, 3 consistency steps |" in out
+
+
 def test_check_bars_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert script("check_bars").main([str(tmp_path)]) == 2
     assert "eval_x8/results.json: missing" in capsys.readouterr().err

@@ -57,6 +57,20 @@ def test_output_size_scale_and_native_resolution(model_file: Path) -> None:
     assert "license" in m.notes[0] and "8" in m.notes[1] and "resized" in m.notes[2]
 
 
+def test_consistency_steps_make_the_output_downscale_to_the_input(model_file: Path) -> None:
+    from restorekit.consistency import back_project, downscale_error
+
+    lr = smooth_batch(2, 8, 8, seed=4)
+    plain = make(model_file).restore(lr, 4)
+    out = make(model_file, consistency_steps=3).restore(lr, 4)
+    torch.testing.assert_close(out, back_project(plain, lr, steps=3), rtol=0, atol=1e-6)
+    before, after = downscale_error(plain, lr), downscale_error(out, lr)
+    assert bool((after < 0.05 * before).all()), (before, after)
+    # The generator's native size is projected too (32 px onto the 8-px input).
+    native = make(model_file, keep_native_size=True, consistency_steps=3).restore(lr, 4)
+    assert native.shape == (2, 3, 32, 32) and bool((downscale_error(native, lr) < 0.05 * before).all())
+
+
 def test_conformance(model_file: Path) -> None:
     check_method(PSPSR, options={"weights": str(model_file), "impl": "ref"}, scale=2,
                  lr=smooth_batch(2, 16, 16, seed=4))

@@ -112,6 +112,11 @@ def test_backend_restore_matches_torch(exported: Path, model_file: Path) -> None
         got = om.restore(lr, scale)
         assert got.shape == ref.shape == (3, 3, size * scale, size * scale)
         assert float((got - ref).abs().max()) < 1e-4
+    # The consistency steps run after the graph, as in the torch backend.
+    lr = smooth_batch(2, 8, 8, seed=9)
+    ref = make(model_file, consistency_steps=2).restore(lr, 4)
+    got = onnx_method(make(model_file, consistency_steps=2), onnx_path=exported, threads=1).restore(lr, 4)
+    assert not torch.allclose(ref, m.restore(lr, 4), atol=1e-3) and float((got - ref).abs().max()) < 1e-4
     native = onnx_method(make(model_file, keep_native_size=True), onnx_path=exported, threads=1)
     assert native.restore(smooth_batch(1, 8, 8), 4).shape == (1, 3, 32, 32)
     with pytest.raises(OnnxBackendError, match="n_samples=2 needs --backend torch"):

@@ -89,11 +89,27 @@ def test_downscale_loss_falls_below_psp_sr(model_file: Path, lr8: torch.Tensor, 
 
 def test_steps_zero_is_psp_sr(model_file: Path) -> None:
     lr = smooth_batch(2, 16, 16, seed=3)
-    base = PSPSR(PSPSROptions(weights=str(model_file), impl="ref")).restore(lr, 2)
-    m = make(model_file, steps=0)
+    base = PSPSR(PSPSROptions(weights=str(model_file), impl="ref", consistency_steps=3)).restore(lr, 2)
+    m = make(model_file, steps=0)  # psp_pulse's default 3 consistency steps: psp_sr's with the same
     torch.testing.assert_close(m.restore(lr, 2), base, rtol=0, atol=1e-5)
     assert [r["steps"] for r in m.last_reports] == [0, 0]
     assert m.last_w_plus is not None and torch.equal(m.last_w_plus, m.last_w_psp)
+
+
+def test_consistency_steps_follow_the_search(model_file: Path, lr8: torch.Tensor) -> None:
+    from restorekit.consistency import back_project
+
+    searched = make(model_file, eps=0.0, consistency_steps=0)
+    plain = searched.restore(lr8, 4)
+    m = make(model_file, eps=0.0)
+    assert m.options.consistency_steps == 3  # the default
+    out = m.restore(lr8, 4)
+    torch.testing.assert_close(out, back_project(plain, lr8, steps=3), rtol=0, atol=1e-5)
+    rep, rep0 = m.last_reports[0], searched.last_reports[0]
+    assert rep["downscale_mse_optimised"] == pytest.approx(rep0["downscale_mse_optimised"], rel=1e-5)
+    assert rep0["downscale_mse"] == pytest.approx(downscale_mse(plain, lr8).item(), rel=1e-5)
+    assert rep["downscale_mse"] == pytest.approx(downscale_mse(out, lr8).item(), rel=1e-5)
+    assert rep["downscale_mse"] < 0.2 * rep0["downscale_mse"]
 
 
 def test_anchor_keeps_w_closer_to_psp_than_pulse(model_file: Path, lr8: torch.Tensor,
