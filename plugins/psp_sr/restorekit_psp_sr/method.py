@@ -559,11 +559,12 @@ class PSPSR(Method):
             img, _ = self.model.mix(x, n_samples, seed=seed, latent_mask=self.options.mix_layers,
                                     mix_alpha=self.options.mix_alpha)
         self.last_reports = [{"native_size": self.resolution, "seed": seed} for _ in range(img.shape[0])]
-        return self.finish(img, lr, scale)
+        return self.finish(img, lr.repeat_interleave(n_samples, 0) if n_samples > 1 else lr, scale)
 
     def finish(self, img: Tensor, lr: Tensor, scale: int) -> Tensor:
         """Generator images (``N×3×R×R``) → the returned output: clamped, resized to ``scale ×`` the
-        input (unless ``keep_native_size``), then ``consistency_steps`` back-projection steps onto ``lr``."""
+        input (unless ``keep_native_size``), then ``consistency_steps`` back-projection steps onto ``lr``
+        (one row per image, or one for all)."""
         from restorekit.consistency import back_project
         from restorekit.degradations import bicubic_resize
 

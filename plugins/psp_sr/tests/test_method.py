@@ -69,6 +69,11 @@ def test_consistency_steps_make_the_output_downscale_to_the_input(model_file: Pa
     # The generator's native size is projected too (32 px onto the 8-px input).
     native = make(model_file, keep_native_size=True, consistency_steps=3).restore(lr, 4)
     assert native.shape == (2, 3, 32, 32) and bool((downscale_error(native, lr) < 0.05 * before).all())
+    # Style-mixed samples (image-major) are each projected onto their own image's input.
+    samples = make(model_file, consistency_steps=3).restore(lr, 4, seed=1, n_samples=3)
+    plain_samples = make(model_file).restore(lr, 4, seed=1, n_samples=3)
+    torch.testing.assert_close(samples, back_project(plain_samples, lr.repeat_interleave(3, 0), steps=3),
+                               rtol=0, atol=1e-6)
 
 
 def test_conformance(model_file: Path) -> None:
