@@ -36,12 +36,13 @@ def downscale_error(sr: Tensor, lr: Tensor) -> Tensor:
     return (small - lr.to(small.dtype)).pow(2).flatten(1).mean(1)
 
 
-def back_project(sr: Tensor, lr: Tensor, *, steps: int = 3) -> Tensor:
+def back_project(sr: Tensor, lr: Tensor, *, steps: int = 3, clamp: bool = True) -> Tensor:
     """``sr`` (``N×C×H×W`` in [0,1]) corrected in ``steps`` back-projection steps to downscale to ``lr``.
 
     ``lr`` is ``N×C×h×w`` (or ``1×C×h×w`` for every row), the input ``sr`` was restored from;
     ``H×W`` may be any multiple of it (or the generator's native size). Differentiable, same
-    dtype and device as ``sr``; ``steps=0`` returns ``sr`` unchanged.
+    dtype and device as ``sr``; ``steps=0`` returns ``sr`` unchanged. ``clamp=False`` leaves out
+    the [0,1] box (for training: a clamped pixel passes no gradient).
     """
     _check(sr, lr)
     if steps < 0:
@@ -50,7 +51,9 @@ def back_project(sr: Tensor, lr: Tensor, *, steps: int = 3) -> Tensor:
     x = sr
     for _ in range(steps):
         residual = target - bicubic_resize(x, (target.shape[-2], target.shape[-1]))
-        x = (x + bicubic_resize(residual, (x.shape[-2], x.shape[-1]))).clamp(0, 1)
+        x = x + bicubic_resize(residual, (x.shape[-2], x.shape[-1]))
+        if clamp:
+            x = x.clamp(0, 1)
     return x
 
 

@@ -64,6 +64,17 @@ def test_golden_values() -> None:
     torch.testing.assert_close(got, torch.tensor([0.1449867, 0.4849125, 0.3385545, 0.45]), rtol=0, atol=1e-5)
 
 
+def test_unclamped_steps_are_linear() -> None:
+    """Without the box, each step is the linear map x + U(lr − D(x)): sums and scalings pass through."""
+    a, b = smooth_batch(1, 32, 32, seed=10) * 2 - 0.5, smooth_batch(1, 32, 32, seed=11)
+    la, lb = smooth_batch(1, 8, 8, seed=12), smooth_batch(1, 8, 8, seed=13)
+    lhs = back_project(a + 2 * b, la + 2 * lb, steps=3, clamp=False)
+    rhs = back_project(a, la, steps=3, clamp=False) + 2 * back_project(b, lb, steps=3, clamp=False)
+    torch.testing.assert_close(lhs, rhs, rtol=0, atol=1e-5)
+    assert float(lhs.min()) < 0  # not boxed
+    assert float(back_project(a, la, steps=3).min()) >= 0
+
+
 def test_gradient_reaches_the_output_and_the_input() -> None:
     sr = (0.3 + 0.4 * smooth_batch(1, 16, 16, seed=6)).double().requires_grad_(True)
     lr = (0.3 + 0.4 * smooth_batch(1, 4, 4, seed=8)).double().requires_grad_(True)

@@ -335,10 +335,11 @@ class PSPSROptions(Options):
         "auto", description="how inputs reach the encoder size (auto: bilinear for official pSp files, "
                             "as their training; bicubic for restorekit-trained models)")
     keep_native_size: bool = Field(False, description="return the generator's native size instead of scale × input")
-    consistency_steps: int = Field(0, ge=0, le=100,
-                                   description="back-projection steps that make the output downscale to the input "
-                                               "(restorekit.consistency: low frequencies from the input, details from "
-                                               "the generator); 0: the decoder's face as is, as in the paper")
+    consistency_steps: int | None = Field(
+        None, ge=0, le=100, description="back-projection steps that make the output downscale to the input "
+                                        "(restorekit.consistency: low frequencies from the input, details from the "
+                                        "generator); default: as many as the model was trained with (0 for the "
+                                        "paper's: the decoder's face as is)")
     restyle_iterations: int | None = Field(None, ge=1, le=20,
                                            description="ReStyle models: refinement passes, each one more generator "
                                                        "call (default: the passes the model was trained with)")
@@ -481,6 +482,11 @@ class PSPSR(Method):
              f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size; "
              f"--opt keep_native_size=true keeps {self.resolution} px"),
         ]
+        steps = self.consistency_steps()
+        if steps:
+            why = "set by consistency_steps" if self.options.consistency_steps is not None else \
+                "as the model was trained; --opt consistency_steps=0 leaves them out"
+            self.notes.append(f"psp_sr: the output is back-projected onto the input in {steps} steps ({why})")
 
     # -- what the model serves ---------------------------------------------------------------
     @property
@@ -572,9 +578,14 @@ class PSPSR(Method):
         if not self.options.keep_native_size:
             h, w = lr.shape[-2:]
             out = bicubic_resize(out, (h * scale, w * scale)).clamp(0, 1)
-        if self.options.consistency_steps:
-            out = back_project(out, lr.to(out.device, out.dtype), steps=self.options.consistency_steps)
-        return out
+        steps = self.consistency_steps()
+        return back_project(out, lr.to(out.device, out.dtype), steps=steps) if steps else out
+
+    def consistency_steps(self) -> int:
+        """The ``consistency_steps`` option, or the model's own (trained with; 0 when it says none)."""
+        if self.options.consistency_steps is not None:
+            return int(self.options.consistency_steps)
+        return int(self.model_config.get("training", {}).get("consistency_steps") or 0)
 
     def bench_breakdown(self, lr: Tensor, scale: int, *, repeats: int = 2) -> dict[str, dict[str, Any]]:
         """Encoder and generator each timed against their own convolutions (:mod:`.conv_reference`)."""

@@ -103,10 +103,10 @@ class PSPPulseOptions(PSPSROptions):
     noise_layers: int = Field(5, ge=0, description="how many of the lowest noise maps optimise_noise optimises")
     # On the 47 faces of the bars, 3 steps lower the mean dlib distance from 0.627 to 0.575 and LPIPS-alex
     # from 0.235 to 0.193 (recipes/prior128/README.md); the search alone cannot reach what the prior cannot draw.
-    consistency_steps: int = Field(3, ge=0, le=100,
+    consistency_steps: int | None = Field(3, ge=0, le=100,
                                    description="back-projection steps after the search that make the output "
                                                "downscale to the input (restorekit.consistency); 0: the searched "
-                                               "face as is")
+                                               "face as is; None: as many as the model was trained with")
     quiet: bool = Field(False, description="no notes on stderr")
 
 
@@ -275,7 +275,7 @@ class PSPPulse(PSPSR):
         self.notes = [n.replace("psp_sr:", "psp_pulse:", 1) for n in self.notes]
         self.notes.append(f"psp_pulse: up to {o.steps} Adam steps per image on W+ (eps {o.eps:g}, anchor "
                           f"{o.anchor_lambda:g}, lpips {o.lpips_lambda:g}, geocross {o.geocross_lambda:g}), then "
-                          f"{o.consistency_steps} back-projection steps onto the input")
+                          f"{self.consistency_steps()} back-projection steps onto the input")
 
     def _note_once(self, key: str, msg: str) -> None:
         self._note(key, msg)

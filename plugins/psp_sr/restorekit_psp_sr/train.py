@@ -65,6 +65,10 @@ class PSPTrainConfig(TrainConfig):
     id_embedder: str = "dlib_resnet"
     pixel_range: Literal["unit", "symmetric"] = "symmetric"
     loss_size: int = Field(256, ge=16, description="outputs larger than this are average-pooled to it for losses")
+    consistency_steps: int = Field(0, ge=0, le=20,
+                                   description="losses on the output back-projected onto its LR input in this many "
+                                               "steps (restorekit.consistency), as psp_sr then infers by default: "
+                                               "the encoder is trained for the details the input does not hold")
     # -- export ------------------------------------------------------------------------------
     model_name: str = "psp_sr"
     license: str = Field("unknown", description="license of the trained model (data + generator terms)")
@@ -286,13 +290,34 @@ class PSPTrainer(Trainer):
         if y_hat.shape[-2:] != y.shape[-2:]:
             raise RestorekitError(f"psp_sr training: output {tuple(y_hat.shape[-2:])} vs target "
                                   f"{tuple(y.shape[-2:])}; the dataset's hr_size must be min(resolution, loss_size)")
+        if self.config.consistency_steps:
+            lr = self.lr_targets(y, batch["factor"])
+            y_hat = [project_by_factor(im, lr, self.config.consistency_steps) for im in y_hat]
         passes = [self.compute_losses(im.float(), y, w.float()) for im, w in zip(y_hat, latents)]
         out = dict(passes[-1])
         out["loss"] = torch.stack([p["loss"] for p in passes]).mean()
         return out
 
+    def lr_targets(self, hr: Tensor, factors: Any) -> dict[int, tuple[Tensor, Tensor]]:
+        """Per factor in the batch: ``(rows, LR)``, the LR remade from the HR target as the dataset
+        makes the input (resize to the encoder size, downscale by the factor, 8-bit unless
+        ``data.quantize`` is off): exactly the input's LR where the HR target is the image itself."""
+        from restorekit.degradations import bicubic_resize, downscale
+
+        f = torch.as_tensor(factors).reshape(-1)
+        size = self.config.encoder_input_size
+        out: dict[int, tuple[Tensor, Tensor]] = {}
+        for k in sorted({int(v) for v in f.tolist()}):
+            rows = (f == k).nonzero().flatten().to(hr.device)
+            lr = downscale(bicubic_resize(hr[rows].float(), (size, size)).clamp(0, 1), k)
+            out[k] = (rows, lr.mul(255).round().div(255) if self.config.data.quantize else lr)
+        return out
+
     def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:
         y_hat, _ = self.model(batch["lr_up"], resize_output=self.loss_size)
+        if self.config.consistency_steps:
+            y_hat = project_by_factor(y_hat.float(), self.lr_targets(batch["hr"], batch["factor"]),
+                                      self.config.consistency_steps)
         y_hat = y_hat.float().clamp(0, 1)
         y = batch["hr"]
         metrics = {"psnr": psnr(y_hat, y), "l2": (y_hat - y).square().flatten(1).mean(1)}
@@ -307,9 +332,19 @@ class PSPTrainer(Trainer):
                     "optimizer": cfg.optimizer, "lr": cfg.lr,
                     "losses": {k: float(v.weight) for k, v in self.losses.items()},
                     "pixel_range": cfg.pixel_range, "generator": cfg.generator, "val": self.last_val,
-                    "restyle_iterations": cfg.restyle_iterations}
+                    "restyle_iterations": cfg.restyle_iterations, "consistency_steps": cfg.consistency_steps}
         return save_psp_safetensors(self.model, folder / "model.safetensors", factors=cfg.data.factors,
                                     license=cfg.license, name=cfg.model_name, training=training)
+
+
+def project_by_factor(images: Tensor, lr: dict[int, tuple[Tensor, Tensor]], steps: int) -> Tensor:
+    """``images`` with each row back-projected onto its LR (:meth:`PSPTrainer.lr_targets`), differentiably."""
+    from restorekit.consistency import back_project
+
+    out = images
+    for rows, target in lr.values():
+        out = out.index_copy(0, rows, back_project(images[rows], target.to(images.dtype), steps=steps, clamp=False))
+    return out
 
 
 def load_trainer() -> type[PSPTrainer]:

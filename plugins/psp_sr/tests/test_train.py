@@ -124,6 +124,52 @@ def test_tiny_psp_trains_exports_and_round_trips(faces: Path, tmp_path: Path) ->
     assert any(k.startswith("decoder.") for k in ckpt["model"])
 
 
+def test_consistency_steps_train_on_the_projected_output_and_stay_with_the_model(faces: Path,
+                                                                                tmp_path: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from restorekit.consistency import back_project
+    from restorekit.degradations import bicubic_resize
+    from restorekit_psp_sr.method import PSPSR, PSPSROptions
+
+    trainer = make_trainer(faces, tmp_path / "run", light=True, steps=2, consistency_steps=2, val_every=100,
+                           ckpt_every=100)
+    batch = default_collate([trainer.train_data[i] for i in range(6)])
+    assert len(set(batch["factor"].tolist())) > 1
+    # The LR remade from the HR target is the input's LR: upscaled and rounded as the dataset does, it is lr_up.
+    targets = trainer.lr_targets(batch["hr"], batch["factor"])
+    for k, (rows, lr) in targets.items():
+        assert lr.shape[-1] == 32 // k
+        up = bicubic_resize(lr, (32, 32)).clamp(0, 1).mul(255).round().div(255)
+        torch.testing.assert_close(up, batch["lr_up"][rows], rtol=0, atol=1e-6)
+    # The losses are taken on each row's output back-projected onto its own LR.
+    trainer.model.eval()
+    with torch.no_grad():
+        got = trainer.train_step(trainer.model, batch)
+        y, w = trainer.model(batch["lr_up"])
+        projected = y.clone()
+        for rows, lr in targets.values():
+            projected[rows] = back_project(y[rows], lr, steps=2, clamp=False)
+        want = trainer.compute_losses(projected, batch["hr"], w)
+        plain = trainer.compute_losses(y, batch["hr"], w)
+    assert float(got["l2"]) == pytest.approx(float(want["l2"]), rel=1e-5)
+    assert float(want["l2"]) < float(plain["l2"])
+    # The gradient reaches the encoder through the projection.
+    trainer.model.train()
+    trainer.train_step(trainer.model, batch)["loss"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainer.model.encoder.parameters())
+    # The exported model carries the setting, and psp_sr infers with it unless told otherwise.
+    path = Path(trainer.fit()["exported"])
+    _, cfg = load_psp_safetensors(path, impl="ref")
+    assert cfg["training"]["consistency_steps"] == 2
+    m = PSPSR(PSPSROptions(weights=str(path), impl="ref"))
+    m.load()
+    assert m.consistency_steps() == 2 and "back-projected onto the input in 2 steps (as the model" in m.notes[-1]
+    lr = smooth_batch(1, 8, 8, seed=2)
+    off = PSPSR(PSPSROptions(weights=str(path), impl="ref", consistency_steps=0))
+    torch.testing.assert_close(m.restore(lr, 4), back_project(off.restore(lr, 4), lr, steps=2), rtol=0, atol=1e-6)
+
+
 def test_resume_continues_at_the_saved_step(faces: Path, tmp_path: Path) -> None:
     kw: dict = dict(light=True, ckpt_every=2, val_every=100)
     full = make_trainer(faces, tmp_path / "full", steps=4, **kw)
