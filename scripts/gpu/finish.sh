@@ -112,7 +112,8 @@ stage_figures() {
     mkdir -p docs/images
     $PY -c "from PIL import Image; import sys; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], quality=90)" \
         "$RETURNED/samples.png" docs/images/stylegan2-faces128-samples.jpg
-    $PY scripts/model_card_grid.py "$W/eval_x8" --data "@$W/val.txt" --methods bicubic,pix2pixhd,psp_sr \
+    $PY scripts/model_card_grid.py "$W/eval_x8" --data "@$W/val.txt" \
+        --methods "bicubic,pix2pixhd,psp_sr,$W/eval_x8_cs3::psp_sr=psp_sr + 3 steps" \
         --n 16 --out docs/images/psp-sr-faces128-grid-x8.jpg
     $PY scripts/model_card_grid.py "$W/eval_pulse_x8" --data "@$W/val_pulse.txt" \
         --methods bicubic,psp_sr,pulse,psp_pulse --n 8 --out docs/images/psp-pulse-faces128-grid-x8.jpg
