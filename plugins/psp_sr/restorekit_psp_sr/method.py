@@ -482,11 +482,9 @@ class PSPSR(Method):
              f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size; "
              f"--opt keep_native_size=true keeps {self.resolution} px"),
         ]
-        steps = self.consistency_steps()
-        if steps:
-            why = "set by consistency_steps" if self.options.consistency_steps is not None else \
-                "as the model was trained; --opt consistency_steps=0 leaves them out"
-            self.notes.append(f"psp_sr: the output is back-projected onto the input in {steps} steps ({why})")
+        if self.options.consistency_steps is None and self.consistency_steps():
+            self.notes.append(f"psp_sr: the output is back-projected onto the input in {self.consistency_steps()} "
+                              f"steps (as the model was trained; --opt consistency_steps=0 leaves them out)")
 
     # -- what the model serves ---------------------------------------------------------------
     @property

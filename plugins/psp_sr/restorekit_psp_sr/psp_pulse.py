@@ -101,12 +101,12 @@ class PSPPulseOptions(PSPSROptions):
                                       description="mapped samples for σ_W and the W gaussianisation")
     optimise_noise: bool = Field(False, description="also optimise the lowest noise maps (on their spheres)")
     noise_layers: int = Field(5, ge=0, description="how many of the lowest noise maps optimise_noise optimises")
-    # On the 47 faces of the bars, 3 steps lower the mean dlib distance from 0.627 to 0.575 and LPIPS-alex
+    # On the 47 faces of the bars, 3 steps lower the mean dlib distance from 0.627 to 0.574 and LPIPS-alex
     # from 0.235 to 0.193 (recipes/prior128/README.md); the search alone cannot reach what the prior cannot draw.
-    consistency_steps: int | None = Field(3, ge=0, le=100,
-                                   description="back-projection steps after the search that make the output "
-                                               "downscale to the input (restorekit.consistency); 0: the searched "
-                                               "face as is; None: as many as the model was trained with")
+    consistency_steps: int | None = Field(
+        3, ge=0, le=100, description="back-projection steps after the search that make the output downscale to "
+                                     "the input (restorekit.consistency); 0: the searched face as is; None: as "
+                                     "many as the model was trained with")
     quiet: bool = Field(False, description="no notes on stderr")
 
 
