@@ -24,7 +24,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from restorekit import progress
-from restorekit.consistency import back_project
+from restorekit.consistency import back_project, downscale_error
 from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Generator, Method, MethodInfo, Options
@@ -312,12 +312,14 @@ class Pulse(Method):
                     images = back_project(images.detach(), target, steps=self.options.consistency_steps)
                 outs.append(images.detach())
                 latents.append(result.w_plus.detach())
+                returned = downscale_error(images.detach(), target)  # the output's, after any projection
                 for k in range(n_samples):
                     reports.append({
                         "image": i, "sample": k, "seed": seed, "tries": tries[k],
                         "steps": result.steps[k], "total_steps": total_steps[k],
                         "eps_reached": bool(result.reached[k]), "eps": self.options.eps,
-                        "downscale_mse": float(result.mse[k]), "final_loss": float(result.loss[k]),
+                        "downscale_mse": float(result.mse[k]), "downscale_mse_output": float(returned[k]),
+                        "final_loss": float(result.loss[k]),
                         "seconds": secs / n_samples, "generator": self.options.generator,
                         "generator_resolution": res,
                     })

@@ -312,8 +312,11 @@ def test_consistency_steps_project_the_searched_face(tiny_registered: str, gen: 
     out = m.restore(lr, 4, n_samples=2)
     torch.testing.assert_close(out, back_project(plain, lr, steps=3), rtol=0, atol=1e-6)
     assert bool((downscale_error(out, lr) < 0.1 * downscale_error(plain, lr)).all())
-    # The report keeps the search's own figure (the searched face before the projection).
-    assert m.last_reports[0]["downscale_mse"] == pytest.approx(float(downscale_error(plain[:1], lr)), rel=1e-3)
+    # The report keeps the search's own figure (the searched face before the projection) beside the output's.
+    rep = m.last_reports[0]
+    assert rep["downscale_mse"] == pytest.approx(float(downscale_error(plain[:1], lr)), rel=1e-3)
+    assert rep["downscale_mse_output"] == pytest.approx(float(downscale_error(out[:1], lr)), rel=1e-5)
+    assert rep["downscale_mse_output"] < 0.1 * rep["downscale_mse"]
 
 
 def test_runs_under_inference_mode(tiny_registered: str, gen: TinyGenerator, fit: GaussianFit) -> None:
