@@ -406,6 +406,33 @@ def test_changed_options_are_refused_unless_fresh(plugin_site, hr_folder, tmp_pa
     assert _method(doc, "nearest3p")["aggregate"]["metrics"]["psnr_rgb"]["mean"] == a
 
 
+def test_method_variants_run_side_by_side_with_their_own_options(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "nearest3p,nearest3p@half", "--baseline", "nearest3p", "--scale", "2",
+            "--data", str(hr_folder), "--out", str(out), "--metrics", "psnr_rgb", "--device", "cpu", "-q"]
+    r = invoke(*args, "--opt", "nearest3p@half.gain=0.5")
+    assert r.exit_code == 0, r.stderr
+    doc = _doc(out)
+    plain, half = _method(doc, "nearest3p"), _method(doc, "nearest3p@half")
+    assert half["distribution"] == plain["distribution"] == "thirdparty-nearest"
+    assert half["aggregate"]["metrics"]["psnr_rgb"]["mean"] < plain["aggregate"]["metrics"]["psnr_rgb"]["mean"] - 3
+    # Each column keeps its own outputs and store, and is paired with the other image by image.
+    stems = {p.stem for p in hr_folder.iterdir()}
+    assert {p.stem for p in (out / "outputs" / "nearest3p@half").iterdir()} == stems
+    assert (out / "results" / "nearest3p@half.jsonl").is_file()
+    pair = doc["paired"]["methods"]["nearest3p@half"]["psnr_rgb"]
+    assert doc["paired"]["baseline"] == "nearest3p" and pair["n"] == len(stems) and pair["win"] == 0.0
+    # The variant's options are its own: changing them is refused in the same folder, as for any method.
+    r = invoke(*args, "--opt", "nearest3p@half.gain=0.25")
+    assert r.exit_code == 2 and "nearest3p@half.options.gain: 0.5 → 0.25" in r.stderr
+    for bad, msg in (("nearest3p@", "a variant is METHOD@LABEL"), ("nearest3p@a.b", "a variant is METHOD@LABEL"),
+                     ("nearst3p@x", "did you mean 'nearest3p'")):
+        r = invoke("compare", "--methods", bad, "--scale", "2", "--data", str(hr_folder), "--out",
+                   str(tmp_path / "o"))
+        assert r.exit_code == 2 and msg in " ".join((r.output + r.stderr).split()), (bad, r.stderr)
+
+
 def test_stochastic_mean_std_over_seeds(harness_plugin, hr_folder, tmp_path):
     out = tmp_path / "out"
     r = invoke("compare", "--methods", "noisy3p,bicubic", "--scale", "2", "--data", str(hr_folder), "--out",

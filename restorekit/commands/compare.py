@@ -40,7 +40,9 @@ def _name_list(value: str | None) -> list[str] | None:
 
 
 @click.command("compare")
-@click.option("--methods", required=True, help="Comma-separated method names, e.g. psp_sr,pulse,bicubic.")
+@click.option("--methods", required=True, help="Comma-separated method names, e.g. psp_sr,pulse,bicubic; "
+                                               "METHOD@LABEL runs a method again with its own --opt, e.g. "
+                                               "psp_sr,psp_sr@cs3 --opt psp_sr@cs3.consistency_steps=3.")
 @click.option("--scale", type=click.IntRange(min=1), required=True, help="Output size = scale × LR size.")
 @click.option("--data", required=True, help="HR images: folder, file, glob or @list.txt.")
 @click.option("--degradation", default=None, help="How LR inputs are made from HR (default bicubic:SCALE).")

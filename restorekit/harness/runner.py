@@ -11,7 +11,8 @@ since a reset before the call; CPU: growth of the process's RSS high-water mark 
 the output PNG and every metric's value. Predictions are rounded to 8 bits (what is saved) before
 scoring, so a resumed run that re-reads an output scores exactly what the first run scored.
 Deterministic methods run once per image (seed ignored, stored as null); stochastic ones once per
-seed of ``--seeds``.
+seed of ``--seeds``. ``METHOD@LABEL`` runs a method again as a column of its own, with its own
+options (``--opt METHOD@LABEL.KEY=VALUE``): settings head to head, paired image by image.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import functools
 import hashlib
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -208,6 +210,10 @@ def default_weights_pin(cls: type[Method]) -> dict[str, list[str | None]] | None
     return {name: [f.sha256 for f in spec.files]}
 
 
+#: ``METHOD@LABEL`` in ``--methods``: METHOD once more, as its own column with its own ``--opt``.
+VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
     """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``."""
     out: dict[str, dict[str, str]] = {}
@@ -275,8 +281,12 @@ def plan(config: CompareConfig) -> Plan:
 
     methods: list[MethodPlan] = []
     for name in dict.fromkeys(config.methods):
+        base, at, label = name.partition("@")
+        if at and not (base and VARIANT_LABEL.fullmatch(label)):
+            raise CompareUsageError(f"--methods '{name}': a variant is METHOD@LABEL, the label of letters, digits, "
+                                    "'_' and '-'")
         try:
-            cls: type[Method] = reg.method(name)
+            cls: type[Method] = reg.method(base)
         except RestorekitError as exc:
             raise CompareUsageError(str(exc)) from None
         try:
@@ -284,14 +294,16 @@ def plan(config: CompareConfig) -> Plan:
             cls(options).check_scale(config.scale)
         except (RestorekitError, ValueError) as exc:
             raise CompareUsageError(str(exc)) from None
-        plugin = reg.owner["methods"][name]
+        plugin = reg.owner["methods"][base]
         dist, ver = _dist_of(reg, plugin)
         # compare restores one sample per image: a method whose one sample ignores the seed runs once.
         seeds: list[int | None] = [None] if cls.info.one_sample_ignores_seed else list(dict.fromkeys(config.seeds))
-        settings = {"method": name, "options": options.model_dump(mode="json"), "scale": config.scale,
+        settings = {"method": base, "options": options.model_dump(mode="json"), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver,
                     "code": code_fingerprint(cls.__module__)}
+        if at:
+            settings["variant"] = label
         pin = default_weights_pin(cls)
         if pin:
             settings["default_weights"] = pin

@@ -78,8 +78,8 @@ def dumps(obj: Any, **kw: Any) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A file-system safe version of a method name."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
+    """A file-system safe version of a method name (``@`` kept: a variant's folder is not its method's)."""
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name) or "_"
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
