@@ -41,12 +41,15 @@ def back_project(sr: Tensor, lr: Tensor, *, steps: int = 3, clamp: bool = True) 
 
     ``lr`` is ``N×C×h×w`` (or ``1×C×h×w`` for every row), the input ``sr`` was restored from;
     ``H×W`` may be any multiple of it (or the generator's native size). Differentiable, same
-    dtype and device as ``sr``; ``steps=0`` returns ``sr`` unchanged. ``clamp=False`` leaves out
-    the [0,1] box (for training: a clamped pixel passes no gradient).
+    dtype and device as ``sr``; ``steps=0`` returns ``sr`` itself, whatever ``lr`` (so callers pass
+    their option through). ``clamp=False`` leaves out the [0,1] box (for training: a clamped pixel
+    passes no gradient).
     """
-    _check(sr, lr)
     if steps < 0:
         raise ValueError(f"back_project: steps must be >= 0, got {steps}")
+    if steps == 0:
+        return sr
+    _check(sr, lr)
     target = lr.to(device=sr.device, dtype=sr.dtype)
     x = sr
     for _ in range(steps):

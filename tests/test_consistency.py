@@ -27,6 +27,8 @@ def test_error_falls_with_every_step() -> None:
 def test_zero_steps_is_identity_and_consistent_input_is_kept() -> None:
     sr, lr = _pair(1)
     assert back_project(sr, lr, steps=0) is sr
+    # No steps, no use of lr: a caller passes its option through even where lr could not be a target.
+    assert back_project(sr, torch.zeros(1, 3, 128, 128), steps=0) is sr
     # An image that already downscales to lr (the HR itself, inside [0,1]) barely moves.
     hr = 0.1 + 0.8 * smooth_batch(1, 64, 64, seed=7)
     lr1 = bicubic_resize(hr, (8, 8))

@@ -79,9 +79,8 @@ def pix2pixhd_export_spec(method: Any) -> ExportSpec:
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
         out = bicubic_resize(y, (h, w)) if size is not None else y[..., :h, :w]
         method.last_reports = [{"factors_trained": method.trained.get("factors")} for _ in range(lr.shape[0])]
-        out = out.clamp(0, 1).float()
-        steps = method.options.consistency_steps  # as the torch backend: outside the graph
-        return back_project(out, lr.to(out.device, out.dtype), steps=steps) if steps else out
+        # as the torch backend: the consistency steps outside the graph
+        return back_project(out.clamp(0, 1).float(), lr, steps=method.options.consistency_steps)
 
     return ExportSpec(module=graph, example=torch.full((1, 3, side, side), 0.5), metadata=metadata,
                       dynamic_spatial=True, spatial_multiple=m, prepare=prepare, finish=finish)

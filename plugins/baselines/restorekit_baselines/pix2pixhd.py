@@ -512,8 +512,7 @@ class Pix2PixHD(Method):
         else:
             out = self._run_padded(x)
         out = out.clamp(0, 1).float()
-        if self.options.consistency_steps:
-            out = back_project(out, lr.to(out.device, out.dtype), steps=self.options.consistency_steps)
+        out = back_project(out, lr, steps=self.options.consistency_steps)
         self.last_reports = [{"factors_trained": self.trained.get("factors")} for _ in range(lr.shape[0])]
         return out.repeat_interleave(n_samples, dim=0) if n_samples > 1 else out
 

@@ -308,8 +308,7 @@ class Pulse(Method):
                 if not self.options.keep_native_size and (out_h, out_w) != (res, res):
                     self._note_resize(res, out_h, out_w)
                     images = bicubic_resize(images, (out_h, out_w)).clamp(0, 1)
-                if self.options.consistency_steps:
-                    images = back_project(images.detach(), target, steps=self.options.consistency_steps)
+                images = back_project(images.detach(), target, steps=self.options.consistency_steps)
                 outs.append(images.detach())
                 latents.append(result.w_plus.detach())
                 returned = downscale_error(images.detach(), target)  # the output's, after any projection

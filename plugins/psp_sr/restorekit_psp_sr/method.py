@@ -576,8 +576,7 @@ class PSPSR(Method):
         if not self.options.keep_native_size:
             h, w = lr.shape[-2:]
             out = bicubic_resize(out, (h * scale, w * scale)).clamp(0, 1)
-        steps = self.consistency_steps()
-        return back_project(out, lr.to(out.device, out.dtype), steps=steps) if steps else out
+        return back_project(out, lr, steps=self.consistency_steps())
 
     def consistency_steps(self) -> int:
         """The ``consistency_steps`` option, or the model's own (trained with; 0 when it says none)."""
