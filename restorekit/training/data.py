@@ -124,13 +124,18 @@ def center_square(x: Tensor) -> Tensor:
     return x[..., top:top + s, left:left + s]
 
 
-def make_lr(hr: Tensor, factor: int, input_size: int, *, quantize: bool = True) -> Tensor:
-    """The model input for ``hr`` (``N×3×H×W``) at ``factor``: resize to ``input_size``,
-    downscale by ``factor``, optionally round to 8 bit, upscale back to ``input_size``."""
+def degrade_lr(hr: Tensor, factor: int, input_size: int, *, quantize: bool = True) -> Tensor:
+    """The LR face behind the model input for ``hr`` (``N×3×H×W``) at ``factor``: resize to
+    ``input_size``, downscale by ``factor``, optionally round to 8 bit (``input_size / factor`` px)."""
     x = bicubic_resize(hr, (input_size, input_size)).clamp(0, 1)
     lr = downscale(x, factor)
-    if quantize:
-        lr = lr.mul(255).round().div(255)
+    return lr.mul(255).round().div(255) if quantize else lr
+
+
+def make_lr(hr: Tensor, factor: int, input_size: int, *, quantize: bool = True) -> Tensor:
+    """The model input for ``hr`` (``N×3×H×W``) at ``factor``: :func:`degrade_lr`, upscaled back to
+    ``input_size`` (and rounded to 8 bit again when ``quantize``)."""
+    lr = degrade_lr(hr, factor, input_size, quantize=quantize)
     up = bicubic_resize(lr, (input_size, input_size)).clamp(0, 1)
     return up.mul(255).round().div(255) if quantize else up
 

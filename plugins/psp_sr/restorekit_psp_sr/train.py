@@ -300,17 +300,16 @@ class PSPTrainer(Trainer):
 
     def lr_targets(self, hr: Tensor, factors: Any) -> dict[int, tuple[Tensor, Tensor]]:
         """Per factor in the batch: ``(rows, LR)``, the LR remade from the HR target as the dataset
-        makes the input (resize to the encoder size, downscale by the factor, 8-bit unless
-        ``data.quantize`` is off): exactly the input's LR where the HR target is the image itself."""
-        from restorekit.degradations import bicubic_resize, downscale
+        makes the input (:func:`restorekit.training.data.degrade_lr`): exactly the input's LR where
+        the HR target is the image itself."""
+        from restorekit.training.data import degrade_lr
 
         f = torch.as_tensor(factors).reshape(-1)
-        size = self.config.encoder_input_size
         out: dict[int, tuple[Tensor, Tensor]] = {}
         for k in sorted({int(v) for v in f.tolist()}):
             rows = (f == k).nonzero().flatten().to(hr.device)
-            lr = downscale(bicubic_resize(hr[rows].float(), (size, size)).clamp(0, 1), k)
-            out[k] = (rows, lr.mul(255).round().div(255) if self.config.data.quantize else lr)
+            out[k] = (rows, degrade_lr(hr[rows].float(), k, self.config.encoder_input_size,
+                                       quantize=self.config.data.quantize))
         return out
 
     def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -343,7 +342,7 @@ def project_by_factor(images: Tensor, lr: dict[int, tuple[Tensor, Tensor]], step
 
     out = images
     for rows, target in lr.values():
-        out = out.index_copy(0, rows, back_project(images[rows], target.to(images.dtype), steps=steps, clamp=False))
+        out = out.index_copy(0, rows, back_project(images[rows], target, steps=steps, clamp=False))
     return out
 
 
