@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(x8, "×8 (16 → 128 px)"), (x4, "×4 (32 → 128 px)"), (pulse, "×8, 47 faces")]
     evened = [(w / f"{r.folder.name}_cs3", f"{title}, 3 consistency steps") for r, title in runs]
     runs += [(Run(folder), title) for folder, title in evened if (folder / "results.json").is_file()]
-    if (w / "eval_pulse_x8_cs3" / "results.json").is_file():
-        print("\n" + even_identity(Run(w / "eval_pulse_x8_cs3")))
+    pulse_cs = next((run for run, _ in runs if run.folder.name == "eval_pulse_x8_cs3"), None)
+    if pulse_cs is not None:
+        print("\n" + even_identity(pulse_cs))
     for run, title in runs:
         print()
         print("\n".join(card_table(run, title, ffhq)))
