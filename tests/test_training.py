@@ -325,7 +325,7 @@ def test_train_command_config_overrides_and_resume(faces: Path, tmp_path: Path) 
     import click
     from click.testing import CliRunner
 
-    from restorekit.commands.train import add_trainer
+    from restorekit.commands.train import add_trainer, resolve_training_config
 
     @click.group()
     def cli() -> None:
@@ -349,6 +349,13 @@ def test_train_command_config_overrides_and_resume(faces: Path, tmp_path: Path) 
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["step"] == 5
+    # The settings and the states of a resumed run come from one file, named once.
+    run = resolve_training_config(lambda: TinyTrainer, data=None, config=None, out=out, steps=None, sets=(),
+                                  resume=True, device=None)
+    assert run.checkpoint == list_checkpoints(out)[-1][1] and run.config.steps == 5 and run.trainer is TinyTrainer
+    fresh = resolve_training_config(lambda: TinyTrainer, data=faces, config=cfg, out=tmp_path / "other", steps=None,
+                                    sets=(), resume=False, device=None)
+    assert fresh.checkpoint is None and fresh.config.steps == 3
     r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(out), "--resume", "--steps", "9", "--until", "7",
                                  "--json", "-q"], catch_exceptions=False)
     assert r.exit_code == 0, r.output

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,27 @@ def _saved_config(out: Path, trainer: str) -> tuple[Path, dict[str, Any]]:
     another trainer wrote it: its settings would not be this trainer's)."""
     from ..training.trainer import resume_checkpoint
 
-    path, ckpt = resume_checkpoint(out, None, trainer, warn=False)  # the trainer warns
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one warning for the run
+    path, ckpt = resume_checkpoint(out, None, trainer, warn=main)
     return path, dict(ckpt["config"])
+
+
+@dataclass(frozen=True)
+class ResolvedTraining:
+    """What ``restorekit train NAME`` runs: the trainer class, its validated config, and the
+    checkpoint ``--resume`` continues from (``None`` for a new run). The settings and the states
+    come from that one file, even if a newer checkpoint appears in the meantime."""
+
+    trainer: Any
+    config: Any
+    checkpoint: Path | None = None
 
 
 def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config: Path | None, out: Path | None,
                             steps: int | None, sets: tuple[str, ...], resume: bool,
-                            device: str | None) -> tuple[Any, Any]:
-    """``(trainer class, validated config)`` from the command's options and files alone.
+                            device: str | None) -> ResolvedTraining:
+    """The trainer class, its validated config and the checkpoint to resume from, from the
+    command's options and files alone.
 
     Settings are laid over each other in this order: when resuming, the config saved in the
     checkpoint; then the ``config`` file; then ``data``/``out``/``steps``/``device``; then ``sets``.
@@ -67,6 +81,7 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
     given = read_config_file(config) if config is not None else {}
     base: dict[str, Any] = {}
     saved_root: str | None = None
+    ckpt_path: Path | None = None
     layers: list[Layer] = []  # where each setting came from, to blame a bad one on its source
     if resume:
         # The run folder to continue: --out, else an `out` the file or a --set gives.
@@ -97,10 +112,10 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
         where = "" if Path(cfg.data.root).is_absolute() else " (relative to the current folder)"
         raise RestorekitError(f"--resume: the run's data folder {cfg.data.root}{where} no longer exists; "
                               "pass --data DIR with the folder of its training images")
-    return cls, cfg
+    return ResolvedTraining(cls, cfg, ckpt_path)
 
 
-def fit_training(trainer: Any, *, resume: bool, time_limit: float | None,
+def fit_training(trainer: Any, *, resume: bool | Path, time_limit: float | None,
                  until: int | None = None) -> dict[str, Any]:
     """Fit a built trainer, then let go of its process group; returns the summary."""
     try:
@@ -142,15 +157,15 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
             as_json: bool) -> None:
         ctx = click.get_current_context()
         try:
-            cls, cfg = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
-                                               resume=resume, device=device)
-            trainer = cls.build(cfg, quiet=quiet)
+            run = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
+                                          resume=resume, device=device)
+            trainer = run.trainer.build(run.config, quiet=quiet)
         except RestorekitError as exc:  # a bad setting, option, data folder or weights file: the same in
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every process of a machine, said once a machine
                 error_line(str(exc))
             ctx.exit(2)
         try:
-            result = fit_training(trainer, resume=resume, time_limit=time_limit, until=until)
+            result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit, until=until)
         except RestorekitError as exc:  # a checkpoint that does not fit; a run its data stopped (maybe one rank's)
             error_line(str(exc))  # one line, as every command's: not a click usage block
             ctx.exit(2)
