@@ -317,7 +317,7 @@ class Pulse(Method):
                         "image": i, "sample": k, "seed": seed, "tries": tries[k],
                         "steps": result.steps[k], "total_steps": total_steps[k],
                         "eps_reached": bool(result.reached[k]), "eps": self.options.eps,
-                        "downscale_mse": float(result.mse[k]), "downscale_mse_output": float(returned[k]),
+                        "downscale_mse": float(returned[k]), "downscale_mse_searched": float(result.mse[k]),
                         "final_loss": float(result.loss[k]),
                         "seconds": secs / n_samples, "generator": self.options.generator,
                         "generator_resolution": res,

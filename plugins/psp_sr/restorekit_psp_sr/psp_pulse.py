@@ -29,7 +29,7 @@ encoder's estimate and keeps it nearby:
    searched face): the search can only reach faces the generator draws, and on a prior that
    lacks a person's hair colour, lighting or background the remaining difference is in exactly
    the low frequencies the input holds. The report's ``downscale_mse`` is the returned output's;
-   ``downscale_mse_optimised`` the searched face's.
+   ``downscale_mse_searched`` the searched face's, as PULSE's report.
 4. ``n_samples > 1``: before the search, each sample's fine styles are mixed with the W of a
    random ``z`` drawn from ``seed`` (psp_sr's style mixing: ``mix_layers``, ``mix_alpha``), and
    each is anchored to its own mixed start, so the samples stay distinct faces that all fit.
@@ -351,7 +351,7 @@ class PSPPulse(PSPSR):
                         "image": i, "sample": k, "seed": seed, "steps": r.steps[k], "max_steps": o.steps,
                         "eps": o.eps, "eps_reached": bool(r.reached[k]),
                         "downscale_mse": float(final[k]), "downscale_mse_psp": float(r.start_mse[k]),
-                        "downscale_mse_optimised": float(r.mse[k]),
+                        "downscale_mse_searched": float(r.mse[k]),
                         "w_distance_rms_std": float(dist[k]), "lpips": lpips_note,
                         "seconds": secs / n_samples, "native_size": res,
                         "weights": self.weights_info.get("name"),

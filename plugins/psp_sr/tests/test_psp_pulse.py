@@ -83,7 +83,7 @@ def test_downscale_loss_falls_below_psp_sr(model_file: Path, lr8: torch.Tensor, 
     assert rep["steps"] == STEPS and rep["eps_reached"] is False
     assert rep["downscale_mse"] == pytest.approx(mse, rel=1e-5)
     # The kept iterate is never worse than the start in the objective, hence in the data term.
-    assert rep["downscale_mse_optimised"] <= rep["downscale_mse_psp"]
+    assert rep["downscale_mse_searched"] <= rep["downscale_mse_psp"]
     assert rep["weights"] == "tiny" and rep["weights_license"] == "CC0-1.0" and rep["lpips"] == "off"
 
 
@@ -106,7 +106,7 @@ def test_consistency_steps_follow_the_search(model_file: Path, lr8: torch.Tensor
     out = m.restore(lr8, 4)
     torch.testing.assert_close(out, back_project(plain, lr8, steps=3), rtol=0, atol=1e-5)
     rep, rep0 = m.last_reports[0], searched.last_reports[0]
-    assert rep["downscale_mse_optimised"] == pytest.approx(rep0["downscale_mse_optimised"], rel=1e-5)
+    assert rep["downscale_mse_searched"] == pytest.approx(rep0["downscale_mse_searched"], rel=1e-5)
     assert rep0["downscale_mse"] == pytest.approx(downscale_mse(plain, lr8).item(), rel=1e-5)
     assert rep["downscale_mse"] == pytest.approx(downscale_mse(out, lr8).item(), rel=1e-5)
     assert rep["downscale_mse"] < 0.2 * rep0["downscale_mse"]
@@ -139,12 +139,12 @@ def test_anchor_keeps_w_closer_to_psp_than_pulse(model_file: Path, lr8: torch.Te
 
 def test_eps_stop_fires(model_file: Path, lr8: torch.Tensor, anchored: PSPPulse) -> None:
     rep = anchored.last_reports[0]
-    eps = (rep["downscale_mse_psp"] + rep["downscale_mse_optimised"]) / 2  # reached mid-run
+    eps = (rep["downscale_mse_psp"] + rep["downscale_mse_searched"]) / 2  # reached mid-run
     m = make(model_file, eps=eps)
     m.restore(lr8, 4)
     r = m.last_reports[0]
     assert r["eps_reached"] is True and 0 < r["steps"] < STEPS
-    assert r["downscale_mse_optimised"] < eps
+    assert r["downscale_mse_searched"] < eps
     # Already within eps at the start: no step at all.
     m0 = make(model_file, eps=1.0)
     m0.restore(lr8, 4)
