@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,100 @@ def test_array_class_cannot_be_called_to_allocate() -> None:
         loads_numpy_pickle(b"\x80\x02cnumpy\nndarray\n(I1000\nt\x81.")
     # a real array pickle still names it, and loads
     assert loads_numpy_pickle(pickle.dumps(np.arange(3.0), protocol=2)).tolist() == [0.0, 1.0, 2.0]
+
+
+# Raw pickle opcodes, to write what pickle.dumps never would: a forged dtype or array state.
+def _g(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _u(text: str) -> bytes:
+    return b"X" + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def _i(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def _b(data: bytes) -> bytes:
+    return b"B" + struct.pack("<I", len(data)) + data
+
+
+def _dtype_op(spec: str, copy: bool = True) -> bytes:  # numpy.dtype(spec, False, copy)
+    return _g("numpy", "dtype") + b"(" + _u(spec) + b"\x89" + (b"\x88" if copy else b"\x89") + b"tR"
+
+
+def _array_op(dtype_ops: bytes, shape: tuple[int, ...], data: bytes) -> bytes:
+    """_reconstruct(ndarray, (0,), b'b') then BUILD (1, shape, dtype, False, data)."""
+    return (_g("numpy.core.multiarray", "_reconstruct") + _g("numpy", "ndarray") + b"(" + _i(0) + b"t" + _b(b"b")
+            + b"\x87R(" + _i(1) + b"(" + b"".join(_i(n) for n in shape) + b"t" + dtype_ops + b"\x89" + _b(data)
+            + b"tb")
+
+
+def _state(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"tb"
+
+
+N = b"N"
+
+
+def test_forged_dtype_state_cannot_make_an_object_array() -> None:
+    """``dtype.__setstate__`` accepts fields and flags: a void dtype with one object field and its
+    object flag cleared would make numpy read a pointer from the file's bytes. Refused, whatever
+    the spelling; the plain pickle of the same shape still loads."""
+    fields = b"(" + _u("a") + b"(" + _dtype_op("O") + _i(0) + b"td"
+    forged = _dtype_op("V8") + _state(_i(3), _u("|"), N, b"(" + _u("a") + b"t", fields, _i(8), _i(1), _i(0))
+    evil = b"\x80\x03}" + _u("w") + _array_op(forged, (1,), struct.pack("<Q", 0x4141414141414141)) + b"s."
+    with pytest.raises(UnsafeFileError, match="V8"):
+        loads_numpy_pickle(evil)
+    # Fields forged onto a plain spelling (even of a plain type): refused at BUILD.
+    plain_fields = b"(" + _u("a") + b"(" + _dtype_op("f8") + _i(0) + b"td"
+    forged_f8 = _dtype_op("f8") + _state(_i(3), _u("<"), N, b"(" + _u("a") + b"t", plain_fields, _i(8), _i(1), _i(0))
+    with pytest.raises(UnsafeFileError, match="adds fields"):
+        loads_numpy_pickle(b"\x80\x03" + forged_f8 + b".")
+    with pytest.raises(UnsafeFileError, match="forged"):  # flags that the spelling does not give
+        loads_numpy_pickle(b"\x80\x03" + _dtype_op("f8") + _state(_i(3), _u("<"), N, N, N, _i(-1), _i(-1), _i(63))
+                           + b".")
+    with pytest.raises(UnsafeFileError, match="'O'"):
+        loads_numpy_pickle(b"\x80\x03" + _dtype_op("O") + b".")
+    ok = b"\x80\x03}" + _u("w") + _array_op(_dtype_op("f8") + _state(_i(3), _u("<"), N, N, N, _i(-1), _i(-1), _i(0)),
+                                           (2,), struct.pack("<2d", 1.5, -2.0)) + b"s."
+    assert loads_numpy_pickle(ok)["w"].tolist() == [1.5, -2.0]
+
+
+def test_state_never_reaches_numpys_shared_dtypes() -> None:
+    """``numpy.dtype('f8', False, False)`` is numpy's own float64 object; the loader hands out a
+    copy, so a pickle's state can never change the process's float64."""
+    before = np.dtype("f8").byteorder
+    out = loads_numpy_pickle(b"\x80\x03" + _dtype_op("f8", copy=False)
+                             + _state(_i(3), _u(">"), N, N, N, _i(-1), _i(-1), _i(0)) + b".")
+    assert out == np.dtype(">f8") and out is not np.dtype("f8")
+    assert np.dtype("f8").byteorder == before and np.zeros(1).dtype.isnative
+
+
+def test_sub_array_dtype_and_mismatched_data_cannot_allocate() -> None:
+    """A sub-array dtype (``('u1', (10**9,))``) would let a one-element array allocate a gigabyte;
+    an array state must carry exactly the bytes its shape needs."""
+    sub = _dtype_op("V1000000000") + _state(_i(3), _u("|"), b"(" + _dtype_op("u1") + b"(" + _i(1000000000) + b"tt",
+                                            N, N, _i(1000000000), _i(1), _i(0))
+    with pytest.raises(UnsafeFileError, match="V1000000000"):
+        loads_numpy_pickle(b"\x80\x03" + _array_op(sub, (1,), b"\x00") + b".")
+    plain = _dtype_op("u1") + _state(_i(3), _u("|"), N, N, N, _i(-1), _i(-1), _i(0))
+    with pytest.raises(UnsafeFileError, match="does not match"):
+        loads_numpy_pickle(b"\x80\x03" + _array_op(plain, (4,), b"\x00") + b".")
+    assert loads_numpy_pickle(b"\x80\x03" + _array_op(plain, (2, 2), bytes(range(4))) + b".").tolist() == [[0, 1], [2, 3]]
+    with pytest.raises(UnsafeFileError, match="state of a dict"):  # nothing but dtypes and arrays gets a state
+        loads_numpy_pickle(b"\x80\x03}" + _state(_i(1)) + b".")
+    with pytest.raises(UnsafeFileError, match="scalar"):  # a scalar from the wrong number of bytes
+        loads_numpy_pickle(b"\x80\x03" + _g("numpy.core.multiarray", "scalar") + b"(" + plain + _b(b"ab") + b"tR.")
+
+
+def test_truncated_or_garbled_pickles_are_one_line_errors() -> None:
+    good = pickle.dumps({"w": np.arange(4.0)}, protocol=4)
+    for data in (good[: len(good) // 2], good[:-1], b"\x80\x04\x95" + b"\xff" * 12, b"\x80\x02(J"):
+        with pytest.raises(RestorekitError, match="^<bytes>: ") as err:
+            loads_numpy_pickle(data)
+        assert "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------
