@@ -51,6 +51,7 @@ class Files:
         self.gate: dict[str, threading.Event] = {}  # path -> send half the body, then wait for the event
         self.log: list[tuple[str, str | None, int]] = []  # (path, Range header, bytes sent)
         self.redirect: dict[str, str] = {}  # path -> Location of a 302
+        self.no_length: set[str] = set()  # paths sent without Content-Length (until the connection closes)
 
 
 def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
@@ -91,7 +92,8 @@ def make_handler(files: Files) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_response(200)
             body = data[start:]
             self.send_header("Content-Type", files.content_type.get(self.path, "application/octet-stream"))
-            self.send_header("Content-Length", str(len(body)))
+            if self.path not in files.no_length:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             cut = files.drop_after.pop(self.path, None)
             if cut is not None:
@@ -804,6 +806,29 @@ def test_pip_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     cmd = seen[0]
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--require-hashes" in cmd
     assert (tmp_path / "d" / "requirements.txt").read_text() == f"tinypkg==1.0 --hash=sha256:{'a' * 64}\n"
+
+
+def test_a_download_stops_at_the_files_length_when_the_server_sends_no_length(
+        server: tuple[str, Files], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no Content-Length, a server that sends more than the file can be is cut off at the
+    pinned size (or, with no size, at MAX_UNSIZED), not read until the disk is full."""
+    from restorekit.weights import download as dl
+
+    base, files = server
+    blob, flood = os.urandom(1000), os.urandom(3 << 20)
+    files.content["/w.bin"] = flood
+    files.no_length.add("/w.bin")
+    dest = tmp_path / "w.bin"
+    with pytest.raises(IntegrityError, match="sends more than the 1000 bytes"):
+        dl.download([f"{base}/w.bin"], dest, sha256=sha(blob), size=len(blob), quiet=True, retries=0)
+    assert not dest.exists() and not part_path(dest).exists()
+    monkeypatch.setattr(dl, "MAX_UNSIZED", 1 << 20)
+    with pytest.raises(IntegrityError, match=f"sends more than the {1 << 20} bytes"):
+        dl.download([f"{base}/w.bin"], dest, sha256=None, size=None, quiet=True, retries=0)
+    assert not part_path(dest).exists()
+    files.content["/w.bin"] = blob  # the right file with no length still arrives whole
+    assert dl.download([f"{base}/w.bin"], dest, sha256=sha(blob), size=len(blob), quiet=True)[0] == sha(blob)
+    assert dest.read_bytes() == blob
 
 
 def test_complete_partial_file_is_finished_without_refetch(server: tuple[str, Files],

@@ -33,6 +33,9 @@ from ..hosts import is_loopback
 __all__ = ["DownloadError", "download", "part_path"]
 
 _CHUNK = 1 << 20
+#: The most a download without a known length (no pinned size, no Content-Length) may bring:
+#: a server that never stops sending must not fill the disk. Larger than any weights file here.
+MAX_UNSIZED = 8 << 30
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -129,6 +132,8 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
             mode = "wb"
         if size is not None and total is not None and total != size:
             raise IntegrityError(f"{url} serves {total} bytes, expected {size}; refused")
+        # Never more than the file can be: its announced or pinned length, else MAX_UNSIZED.
+        limit = total if total is not None else MAX_UNSIZED
         task = None
         if progress is not None:
             task = progress.add_task(label, total=total, completed=have)  # type: ignore[attr-defined]
@@ -138,6 +143,8 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
                     block = resp.read(_CHUNK)
                     if not block:
                         break
+                    if have + len(block) > limit:
+                        raise IntegrityError(f"{url} sends more than the {limit} bytes {label} can have; refused")
                     f.write(block)
                     h.update(block)
                     have += len(block)
