@@ -924,6 +924,40 @@ def test_pack_import_refuses_pickled_objects_as_a_file_import_does(specs: dict[s
     assert len(W.import_archive("pack", folder, trust=True).paths) == 2
 
 
+def test_archive_import_of_an_unpinned_file_copies_nothing_before_it_is_trusted(
+        specs: dict[str, W.WeightSpec], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --trust an unpinned member is refused before a byte of it reaches the cache (a
+    zip bomb decompresses to nowhere); once trusted, its recorded size bounds later imports."""
+    from restorekit.weights import archive as A
+
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    specs["bomb"] = W.WeightSpec(name="bomb", architecture="toy", plugin="tests", license="MIT",
+                                 files=[{"filename": "net.bin"}])
+    small, big = tmp_path / "small.zip", tmp_path / "big.zip"
+    with zipfile.ZipFile(small, "w") as zf:
+        zf.writestr("net.bin", b"\x01" * 1000)
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("net.bin", bytes(4 << 20))  # 4 MiB of zeros in a few KB
+    assert big.stat().st_size < 20_000
+    written: list[int] = []
+    copy = A._copy_hashing
+
+    def spy(src: Any, dest: Path, limit: int | None) -> tuple[int, str]:
+        n, digest = copy(src, dest, limit)
+        written.append(dest.stat().st_size)
+        return n, digest
+
+    monkeypatch.setattr(A, "_copy_hashing", spy)
+    with pytest.raises(IntegrityError, match=f"--trust.*{sha(bytes(4 << 20))}"):
+        W.import_archive("bomb", big)
+    assert written == [] and not (tmp_path / "home" / "weights" / "bomb").exists()
+    W.import_archive("bomb", small, trust=True)
+    __import__("shutil").rmtree(W.weights_dir("bomb"))  # as `weights rm`: the first-use record stays
+    with pytest.raises(IntegrityError, match="more than the 1000 bytes"):
+        W.import_archive("bomb", big, trust=True)
+    assert written[-1] <= 1000 + (1 << 20) and not W.is_cached("bomb")
+
+
 def test_flatten_refuses_colliding_keys(tmp_path: Path) -> None:
     p = tmp_path / "clash.pt"
     torch.save({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, p)

@@ -79,6 +79,15 @@ def _check(spec: WeightSpec, wf: WeightFile, where: str, size: int, sha: str, tr
     return None
 
 
+def _hash_stream(src: IO[bytes]) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    while block := src.read(_CHUNK):
+        n += len(block)
+        h.update(block)
+    return n, h.hexdigest()
+
+
 def _copy_hashing(src: IO[bytes], dest: Path, limit: int | None) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
@@ -139,6 +148,15 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                 tmp = folder / f".{wf.filename}.import-{os.getpid()}"
                 staged.append((wf, tmp, "", where, None))
                 hashed = None
+                limit = wf.size
+                if wf.sha256 is None and wf.size is None:  # trust on first use
+                    first = tofu.first_use(name, wf.filename)
+                    if first is not None:
+                        limit = first.size  # the recorded file's size bounds the copy as a pinned size does
+                    elif not trust:  # refused in any case: hash the member (for the message), copy nothing
+                        with (open(src / member, "rb") if is_dir else zf.open(member)) as f:  # type: ignore[union-attr]
+                            size, sha = _hash_stream(f)
+                        _check(spec, wf, where, size, sha, trust)
                 if is_dir:
                     file = src / member
                     if link:
@@ -147,10 +165,13 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                         checksum.unchanged_since(file, hashed, where)  # the cache will read the file itself
                     else:
                         with open(file, "rb") as f:
-                            size, sha = _copy_hashing(f, tmp, wf.size)
+                            size, sha = _copy_hashing(f, tmp, limit)
                 else:
                     with zf.open(member) as f:  # type: ignore[union-attr]
-                        size, sha = _copy_hashing(f, tmp, wf.size)
+                        size, sha = _copy_hashing(f, tmp, limit)
+                if not sha:  # the copy stopped at the limit
+                    raise IntegrityError(f"{where} has more than the {limit} bytes of weights '{name}' "
+                                         f"({wf.filename}); refused")
                 warning = _check(spec, wf, where, size, sha, trust)
                 load.refuse_unsafe(src / member if link else tmp, where, allow_unsafe=allow_unsafe)
                 if link:
