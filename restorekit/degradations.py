@@ -175,8 +175,11 @@ class Chain:
         self.steps = steps
 
     def __call__(self, hr: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        from .progress import report
+
         x = hr
-        for step in self.steps:
+        for i, step in enumerate(self.steps):
+            report("degrading the input", i, len(self.steps))  # a caller following the work may stop it here
             x = step(x, generator=generator)
         return x
 
@@ -191,6 +194,10 @@ class Chain:
     def spec(self) -> str:
         return "+".join(s.spec() for s in self.steps)
 
+
+#: The most steps a spec may chain: more than any realistic degradation (a two-pass
+#: blur/resize/noise/JPEG model has 8), and a bound on the work a spec from a web page can ask for.
+MAX_STEPS = 12
 
 # A number in a spec: decimal, optional sign, fraction and exponent — not nan/inf, not Python's
 # '1_5' (which float() reads as 15) or other forms pydantic would take.
@@ -211,6 +218,8 @@ def parse_spec(spec: str, available: dict[str, type[Degradation]] | None = None)
     steps: list[Degradation] = []
     if not spec.strip():
         raise RestorekitError("empty degradation spec")
+    if spec.count("+") >= MAX_STEPS:
+        raise RestorekitError(f"degradation spec '{spec[:60]}…' has {spec.count('+') + 1} steps; at most {MAX_STEPS}")
     for part in spec.split("+"):
         part = part.strip()
         if not part:

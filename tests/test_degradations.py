@@ -37,6 +37,26 @@ def test_bad_specs(spec, msg):
         parse_spec(spec)
 
 
+def test_a_spec_chains_at_most_max_steps_and_a_caller_can_stop_between_steps():
+    from restorekit.degradations import MAX_STEPS
+    from restorekit.progress import Cancelled, reporting
+
+    assert len(parse_spec("+".join(["blur:0.5"] * MAX_STEPS)).steps) == MAX_STEPS
+    with pytest.raises(RestorekitError, match=f"has {MAX_STEPS + 1} steps; at most {MAX_STEPS}"):
+        parse_spec("+".join(["blur:0.5"] * (MAX_STEPS + 1)))
+    chain = parse_spec("blur:1+noise:5+bicubic:2")
+    seen: list[tuple[str, int, int]] = []
+
+    def stop_at_second(label: str, done: int, total: int) -> None:
+        seen.append((label, done, total))
+        if done == 1:
+            raise Cancelled("cancelled")
+
+    with reporting(stop_at_second), pytest.raises(Cancelled):
+        chain(torch.rand(1, 3, 8, 8))
+    assert seen == [("degrading the input", 0, 3), ("degrading the input", 1, 3)]
+
+
 def test_noise_is_seeded_and_has_requested_sigma():
     x = torch.full((1, 3, 128, 128), 0.5)
     chain = parse_spec("noise:10")
