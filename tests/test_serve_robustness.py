@@ -259,3 +259,28 @@ def test_a_16_bit_upload_keeps_its_precision(tmp_path: Any) -> None:
         assert len(torch.unique(image)) == 30 * 40 > 256  # more levels than 8 bits hold
     finally:
         files.close()
+
+
+def test_deep_uploads_count_for_their_bytes_against_the_store(tmp_path: Any) -> None:
+    """The store holds at most the bytes of ``keep`` 8-bit uploads of the largest size: float32
+    uploads (4 bytes a value) push the oldest out sooner, and the newest is always kept."""
+    import torch
+
+    from restorekit.web.files import FileStore
+    from restorekit.web.uploads import UploadStore
+
+    files = FileStore(tmp_path)
+    try:
+        store = UploadStore(files, max_bytes=10_000_000, max_pixels=100 * 100, keep=4)
+        assert store.max_held == 4 * 100 * 100 * 3
+        eight = [store.add(torch.zeros(1, 3, 100, 100, dtype=torch.uint8), f"u{i}.png") for i in range(4)]
+        assert all(store.get(u.id) is not None for u in eight)  # four 8-bit ones: exactly the budget
+        deep = store.add(torch.zeros(1, 3, 100, 100), "deep.tif")  # float32: four 8-bit uploads' worth
+        assert store.get(deep.id) is not None and [store.get(u.id) is not None for u in eight] == [False] * 4
+        with store._lock:
+            assert store.held_bytes() == 4 * 100 * 100 * 3
+        second = store.add(torch.zeros(1, 3, 100, 100), "deep2.tif")
+        assert store.get(second.id) is not None and store.get(deep.id) is None
+        assert files.get(eight[0].preview) is None  # forgotten uploads' previews go with them
+    finally:
+        files.close()

@@ -11,7 +11,10 @@ for 8-bit data — a quarter of the float32 image, 48 MB rather than 192 MB at 1
 converted to the image convention (float32 in [0,1]) only while a job uses it,
 bit for bit what :func:`~restorekit.images.read_image_bytes` gives. Data with more than 8 bits a
 channel keeps them: 16-bit grayscale as ``uint16`` (exact, half the float32), 32-bit integer and
-float data as the float32 image itself (its scale is not a fixed grid).
+float data as the float32 image itself (its scale is not a fixed grid). So that a small file of
+deep pixels (a compressed 32-bit TIFF is a few hundred KB for 16 MP, held as 192 MB) cannot
+multiply the memory the limits promise, the store keeps at most the bytes of ``keep`` 8-bit
+uploads of ``max_pixels`` each, forgetting the oldest first.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class UploadStore:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.keep = keep
+        self.max_held = keep * max_pixels * 3  # bytes: `keep` 8-bit RGB uploads of the largest size
         self._uploads: OrderedDict[str, Upload] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -131,10 +135,14 @@ class UploadStore:
         upload = Upload(uid, name, pixels, preview)
         with self._lock:
             self._uploads[uid] = upload
-            while len(self._uploads) > self.keep:
+            while len(self._uploads) > 1 and (len(self._uploads) > self.keep or self.held_bytes() > self.max_held):
                 old, _ = self._uploads.popitem(last=False)
                 self.files.drop_group(f"u{old}")
         return upload
+
+    def held_bytes(self) -> int:
+        """The decoded pixels held, in bytes (call with the lock held)."""
+        return sum(u.pixels.numel() * u.pixels.element_size() for u in self._uploads.values())
 
     def get(self, uid: str) -> Upload | None:
         with self._lock:
