@@ -332,6 +332,38 @@ def test_results_are_not_reused_after_the_default_weights_are_reshipped(harness_
     assert _calls(harness_plugin).count("noisy3p") == 5
 
 
+def test_values_of_another_metric_version_are_scored_again(harness_plugin, hr5, tmp_path, monkeypatch):
+    """A stored metric value counts only for the version of the metric that scored it (code, version,
+    weights): after a fix, a rerun scores every stored output again — the methods do not run — instead
+    of averaging old values with new ones."""
+    from restorekit.harness import metrics as M
+    from restorekit.harness import runner
+
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "noisy3p", "--scale", "2", "--data", str(hr5), "--out", str(out),
+            "--seeds", "0", "--metrics", "psnr_y_crop,psnr_rgb", "--device", "cpu", "-q"]
+    assert invoke(*args).exit_code == 0
+    before = {img["image"]: img["metrics"] for img in _doc(out)["images"]}
+    versions = {img["image"]: img["metric_versions"] for img in _doc(out)["images"]}
+    assert all(set(v) == {"psnr_y_crop", "psnr_rgb"} and len(v["psnr_y_crop"]) == 16 for v in versions.values())
+    fixed = M.PsnrYCrop.__call__
+    monkeypatch.setattr(M.PsnrYCrop, "__call__", lambda self, p, t, **k: fixed(self, p, t, **k) + 1.0)
+    harness_plugin.unlink()
+    assert invoke(*args).exit_code == 0  # the same version: stored values stand
+    assert {img["image"]: img["metrics"] for img in _doc(out)["images"]} == before
+    real = runner.metric_fingerprint
+    monkeypatch.setattr(runner, "metric_fingerprint",
+                        lambda cls, d, v: real(cls, d, v) + ("-fixed" if cls is M.PsnrYCrop else ""))
+    assert invoke(*args).exit_code == 0
+    assert _calls(harness_plugin) == []  # outputs rescored, methods not run
+    doc = _doc(out)
+    assert all(img["reused"] for img in doc["images"])
+    for img in doc["images"]:
+        assert img["metrics"]["psnr_y_crop"] == pytest.approx(before[img["image"]]["psnr_y_crop"] + 1.0, abs=1e-9)
+        assert img["metrics"]["psnr_rgb"] == before[img["image"]]["psnr_rgb"]
+        assert img["metric_versions"]["psnr_y_crop"].endswith("-fixed")
+
+
 def test_single_sample_deterministic_runs_once(harness_plugin, hr5, tmp_path):
     """A method whose one sample ignores the seed (pSp-style mixing) runs once per image, not per seed."""
     out = tmp_path / "out"

@@ -119,6 +119,7 @@ class MetricState:
     instance: Metric | None = None
     status: str = "ok"  # "ok" or "skipped"
     reason: str | None = None
+    fingerprint: str = ""  # :func:`metric_fingerprint`: a stored value of another one is scored again
 
     @property
     def higher_is_better(self) -> bool:
@@ -320,6 +321,29 @@ def plan(config: CompareConfig) -> Plan:
     return Plan(config, device, degradation, methods, metrics, reg)
 
 
+def metric_fingerprint(cls: type[Metric], distribution: str, version_: str) -> str:
+    """16 hex digits naming what a metric's values depend on: its distribution and version, the
+    code of its package (:func:`code_fingerprint`) and the registry's sha256 of the weights it
+    requires. A stored value of another fingerprint (an upgrade, a fixed metric, re-shipped
+    weights) is scored again from the stored output instead of being averaged with new ones."""
+    pins: list[str] = []
+    for name in cls.requires_weights:
+        try:
+            pins.append(f"{name}={','.join(str(f.sha256) for f in get_spec(name).files)}")
+        except RestorekitError:
+            pins.append(f"{name}=?")
+    text = "\0".join([distribution, version_, code_fingerprint(cls.__module__), *pins])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stale_metrics(rec: Record, active: list[MetricState]) -> list[MetricState]:
+    """The metrics of ``active`` that ``rec`` lacks, that raised, or that were scored by another
+    version of the metric (:func:`metric_fingerprint`)."""
+    versions = rec.metric_versions or {}
+    return [m for m in active if m.name not in (rec.metrics or {}) or m.name in (rec.metric_errors or {})
+            or versions.get(m.name) != m.fingerprint]
+
+
 def metric_states(names: list[str] | tuple[str, ...] | None, reg: Registry | None = None) -> list[MetricState]:
     """The registered metrics called ``names`` (None: every one, in registration order — core
     first, then plugins), not yet set up (:func:`setup_metrics`); an unknown name raises with a
@@ -330,7 +354,7 @@ def metric_states(names: list[str] | tuple[str, ...] | None, reg: Registry | Non
         mcls = reg.metric(name)
         plugin = reg.owner["metrics"][name]
         dist, ver = _dist_of(reg, plugin)
-        metrics.append(MetricState(name, mcls, plugin, dist, ver))
+        metrics.append(MetricState(name, mcls, plugin, dist, ver, fingerprint=metric_fingerprint(mcls, dist, ver)))
     return metrics
 
 
@@ -380,6 +404,11 @@ def score(metrics: list[MetricState], pred: Tensor, hr: Tensor, lr: Tensor, scal
             values[m.name] = math.nan
             errors[m.name] = f"{type(exc).__name__}: {exc}"
     return values, errors
+
+
+def versions_of(metrics: list[MetricState]) -> dict[str, str]:
+    """``{name: fingerprint}`` of the metrics :func:`score` computes (those set up)."""
+    return {m.name: m.fingerprint for m in metrics if m.instance is not None}
 
 
 def metric_device(device: torch.device) -> torch.device:
@@ -611,7 +640,7 @@ def _complete(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, store: Resu
     clock.add("store", time.perf_counter() - t0)
     if not ok or rec is None:
         return None
-    if any(m.name not in (rec.metrics or {}) or m.name in (rec.metric_errors or {}) for m in active):
+    if stale_metrics(rec, active):
         return None  # scored by its rank in step 2
     rec.reused = True
     return rec
@@ -629,8 +658,9 @@ def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputS
     clock.add("store", time.perf_counter() - t0)
     if not ok or rec is None:
         return None
-    # Metrics this record lacks (asked for later) or that raised last time are computed now.
-    missing = [m for m in active if m.name not in (rec.metrics or {}) or m.name in (rec.metric_errors or {})]
+    # Metrics this record lacks (asked for later), that raised last time, or that another version
+    # of the metric scored are computed now.
+    missing = stale_metrics(rec, active)
     if missing:
         t0 = time.perf_counter()
         try:
@@ -644,6 +674,7 @@ def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputS
         clock.add("metrics", time.perf_counter() - t0)
         rec.metrics = {**(rec.metrics or {}), **vals}
         rec.metric_errors = {k: v for k, v in (rec.metric_errors or {}).items() if k not in vals} | errs
+        rec.metric_versions = {**(rec.metric_versions or {}), **versions_of(missing)}
         store.append(rec)
     rec.reused = True
     return rec
@@ -723,6 +754,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
     clock.add("save", time.perf_counter() - t0)
     t0 = time.perf_counter()
     rec.metrics, rec.metric_errors = score(active, pred, hr, lr, scale, mdev)
+    rec.metric_versions = versions_of(active)
     clock.add("metrics", time.perf_counter() - t0)
     rec.status = "ok"
     return rec

@@ -105,6 +105,7 @@ class Record:
     output_sha256: str | None = None
     metrics: dict[str, float] | None = None
     metric_errors: dict[str, str] | None = None
+    metric_versions: dict[str, str] | None = None  # metric -> the fingerprint of the code that scored it
     report: dict[str, Any] | None = None
     reused: bool = False
 
@@ -117,6 +118,7 @@ class Record:
                                            "ms", "warmup", "peak_mem_mb", "output", "output_sha256")}
         d["metrics"] = {k: encode_float(v) for k, v in (self.metrics or {}).items()}
         d["metric_errors"] = self.metric_errors or {}
+        d["metric_versions"] = self.metric_versions or {}
         d["report"] = self.report or {}
         return jsonable(d)
 
@@ -127,7 +129,8 @@ class Record:
                    warmup=bool(d.get("warmup", False)), peak_mem_mb=d.get("peak_mem_mb"),
                    output=d.get("output"), output_sha256=d.get("output_sha256"),
                    metrics={k: decode_float(v) for k, v in (d.get("metrics") or {}).items()},
-                   metric_errors=dict(d.get("metric_errors") or {}), report=d.get("report") or {})
+                   metric_errors=dict(d.get("metric_errors") or {}),
+                   metric_versions=dict(d.get("metric_versions") or {}), report=d.get("report") or {})
 
 
 class ResultStore:
