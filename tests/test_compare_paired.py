@@ -213,17 +213,35 @@ def test_images_without_a_value_on_either_side_are_left_out_and_counted():
         rec("base", "g", None, 1.0),
     ]
     s = compare_to_baseline(recs, "base", ["m"], {"x": False}).stats["m"]["x"]
-    # Paired: a (worse: higher where lower is better) and f (better). Left out: b (baseline NaN),
-    # c (NaN), d (failed), e (metric error), g (+inf cannot be differenced).
-    assert (s.n, s.left_out, s.better, s.worse, s.win) == (2, 5, 1, 1, 0.5)
-    assert s.diff == pytest.approx((1.0 - 1.0) / 2, abs=1e-15)
-    # A seed without a value is left out of that image's mean; one ±inf seed leaves the image out.
+    # Paired: a (worse: higher where lower is better), f (better) and g (+inf: worse, though it cannot
+    # be differenced). Left out: b (baseline NaN), c (NaN), d (failed), e (metric error).
+    assert (s.n, s.left_out, s.better, s.worse, s.win) == (3, 4, 1, 2, pytest.approx(1 / 3))
+    assert s.n_diff == 2 and s.diff == pytest.approx((1.0 - 1.0) / 2, abs=1e-15)
+    assert s.p == sign_test_p(1, 2)
+    # A seed without a value is left out of that image's mean; a ±inf seed makes the mean ±inf, both NaN.
     vals = image_values([rec("m", "a", 0, math.nan), rec("m", "a", 1, 4.0),
-                         rec("m", "b", 0, 1.0), rec("m", "b", 1, math.inf)], "x")
-    assert vals["a"] == 4.0 and math.isnan(vals["b"])
+                         rec("m", "b", 0, 1.0), rec("m", "b", 1, math.inf),
+                         rec("m", "c", 0, math.inf), rec("m", "c", 1, -math.inf)], "x")
+    assert vals["a"] == 4.0 and vals["b"] == math.inf and math.isnan(vals["c"])
     # Nothing paired: every statistic NaN, the images still counted.
     none = paired_stat({"a": math.nan}, {"a": 1.0, "b": 2.0}, higher_is_better=True)
     assert (none.n, none.left_out) == (0, 2) and all(math.isnan(v) for v in (none.win, none.diff, none.p))
+
+
+def test_a_perfect_output_counts_in_the_win_share_but_not_in_the_difference():
+    """PSNR is +inf where an output equals the HR: it beats any finite value and ties with itself,
+    so the sign statistics count it; the mean difference and its interval cannot, and one finite
+    difference has no interval."""
+    inf = math.inf
+    s = paired_stat({"a": inf, "b": inf, "c": 20.0}, {"a": 30.0, "b": 30.0, "c": 25.0}, higher_is_better=True)
+    assert (s.n, s.better, s.worse, s.ties, s.left_out) == (3, 2, 1, 0, 0)
+    assert s.win == pytest.approx(2 / 3) and s.p == sign_test_p(2, 1)
+    assert s.n_diff == 1 and s.diff == -5.0 and math.isnan(s.ci_low) and math.isnan(s.ci_high)
+    both = paired_stat({"a": inf, "b": 21.0, "c": 22.0}, {"a": inf, "b": 20.0, "c": 20.0}, higher_is_better=True)
+    assert (both.n, both.better, both.ties, both.n_diff) == (3, 2, 1, 2) and both.diff == pytest.approx(1.5)
+    assert both.ci_low <= 1.5 <= both.ci_high and both.as_dict()["n_diff"] == 2
+    lower = paired_stat({"a": 0.1}, {"a": 0.3}, higher_is_better=False)  # lower is better: a win
+    assert (lower.better, lower.n_diff) == (1, 1) and math.isnan(lower.ci_low)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +389,7 @@ def test_long_layout_fits_the_terminal_whatever_the_number_of_metrics(rk_cli, pa
         # One "left out" line per method that has some paired images, metrics grouped by count.
         notes = " ".join(text[text.index("Paired with bicubic"):].split())
         assert notes.count("vs bicubic: left out") == 1 and "broken3p vs bicubic" not in notes
-        assert ("blocky3p vs bicubic: left out (no finite value on one side): 1/7 in psnr_y_crop, ssim_y_crop, "
+        assert ("blocky3p vs bicubic: left out (no value on one side): 1/7 in psnr_y_crop, ssim_y_crop, "
                 "psnr_rgb, ssim_rgb, lr_consistency; 3/7 in bright_3p") in notes
 
 

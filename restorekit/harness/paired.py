@@ -8,16 +8,20 @@ method), so much smaller differences are resolved than by comparing two means.
 Rules (per method and metric; every metric has a direction, ``higher_is_better``):
 - A method's value on an image is its value there, or for a stochastic method the mean over its
   seeds of the values it has (NaN — e.g. no face found —, metric errors and failed runs left out).
-  An image is paired when both the method and the baseline have a finite value on it; the others
-  are counted (``left_out``), never silently dropped. ``±inf`` (PSNR of a perfect output) cannot
-  be differenced, so such an image is left out too.
+  An image is paired when both the method and the baseline have a value on it (not NaN); the
+  others are counted (``left_out``), never silently dropped. ``±inf`` (PSNR of a perfect output)
+  is a value: it is better or worse than a finite one (and ties with itself), so it counts in
+  ``win`` and ``p``; it cannot be differenced, so ``diff`` and its interval leave it out
+  (``n_diff`` images).
 - ``n``: the images paired. ``win``: the share of them where the method is better than the
   baseline in the metric's direction, ties counting half (0.5 = no better, no worse).
-- ``diff``: the mean paired difference ``method − baseline`` (in the metric's units and sign: a
-  positive PSNR difference and a negative LPIPS difference both favour the method), with a 95%
-  percentile-bootstrap confidence interval ``[ci_low, ci_high]``: 2,000 resamples
-  (:data:`BOOTSTRAP_RESAMPLES`) of the n differences, with replacement, from numpy's generator
-  seeded with 0 (:data:`BOOTSTRAP_SEED`), so the same results give the same interval.
+- ``diff``: the mean paired difference ``method − baseline`` over the ``n_diff`` pairs of finite
+  values (in the metric's units and sign: a positive PSNR difference and a negative LPIPS
+  difference both favour the method), with a 95% percentile-bootstrap confidence interval
+  ``[ci_low, ci_high]``: 2,000 resamples (:data:`BOOTSTRAP_RESAMPLES`) of the differences, with
+  replacement, from numpy's generator seeded with 0 (:data:`BOOTSTRAP_SEED`), so the same results
+  give the same interval. One difference has no interval (NaN): a resample of one value is that
+  value, which would read as certainty.
 - ``p``: the two-sided exact sign test of "better and worse are equally likely", ties dropped:
   ``min(1, 2·P[X ≤ min(better, worse)])`` with ``X ~ Binomial(better + worse, ½)``. Exact in
   integers up to 20,000 untied images (:data:`EXACT_SIGN_TEST_MAX_N`), in log space above. It tests
@@ -56,11 +60,16 @@ class PairedStat:
     ci_low: float
     ci_high: float
     p: float
+    n_diff: int = -1  # pairs of finite values behind diff and its interval (-1: all n)
+
+    def __post_init__(self) -> None:
+        if self.n_diff < 0:
+            object.__setattr__(self, "n_diff", self.n)
 
     def as_dict(self) -> dict[str, float | int]:
         return {"n": self.n, "left_out": self.left_out, "better": self.better, "ties": self.ties,
                 "worse": self.worse, "win": self.win, "diff": self.diff, "ci_low": self.ci_low,
-                "ci_high": self.ci_high, "p": self.p}
+                "ci_high": self.ci_high, "p": self.p, "n_diff": self.n_diff}
 
 
 @dataclass(frozen=True)
@@ -81,8 +90,8 @@ class BaselineComparison:
 def image_values(records: Iterable[Record], metric: str) -> dict[str, float]:
     """Per image, one method's value of ``metric``: the mean over its seeds of the values it has.
 
-    Every image with a record is a key; one without a usable value, or with a non-finite one in
-    any seed, maps to NaN.
+    Every image with a record is a key; one without a usable value maps to NaN. An infinite value
+    makes the mean infinite (both signs: NaN).
     """
     values: dict[str, list[float]] = {}
     for r in records:
@@ -94,7 +103,7 @@ def image_values(records: Iterable[Record], metric: str) -> dict[str, float]:
         v = r.metrics[metric]
         if not math.isnan(v):
             vals.append(v)
-    return {img: math.fsum(v) / len(v) if v and all(math.isfinite(x) for x in v) else math.nan
+    return {img: (math.fsum(v) if all(math.isfinite(x) for x in v) else sum(v)) / len(v) if v else math.nan
             for img, v in values.items()}
 
 
@@ -141,25 +150,26 @@ def bootstrap_ci(diffs: Sequence[float] | np.ndarray, *, resamples: int = BOOTST
 
 
 def paired_stat(values: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: bool) -> PairedStat:
-    """``values`` (one method, image → value) against ``baseline`` on the images both have a finite value on.
+    """``values`` (one method, image → value) against ``baseline`` on the images both have a value
+    (not NaN) on; ``diff`` and its interval on those where both are finite (module docstring).
 
     Images in either mapping but not paired are counted in ``left_out``.
     """
     images = sorted(set(values) | set(baseline))
     pairs = [(values[k], baseline[k]) for k in images
-             if k in values and k in baseline and math.isfinite(values[k]) and math.isfinite(baseline[k])]
+             if k in values and k in baseline and not math.isnan(values[k]) and not math.isnan(baseline[k])]
     n = len(pairs)
     if n == 0:
         nan = math.nan
         return PairedStat(0, len(images), 0, 0, 0, nan, nan, nan, nan, nan)
-    diffs = [a - b for a, b in pairs]
-    sign = 1.0 if higher_is_better else -1.0
-    better = sum(1 for d in diffs if sign * d > 0)
-    worse = sum(1 for d in diffs if sign * d < 0)
+    better = sum(1 for a, b in pairs if (a > b if higher_is_better else a < b))
+    worse = sum(1 for a, b in pairs if (a < b if higher_is_better else a > b))
     ties = n - better - worse
-    low, high = bootstrap_ci(diffs)
+    diffs = [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    low, high = bootstrap_ci(diffs) if len(diffs) > 1 else (math.nan, math.nan)
+    mean = math.fsum(diffs) / len(diffs) if diffs else math.nan
     return PairedStat(n, len(images) - n, better, ties, worse, (better + 0.5 * ties) / n,
-                      math.fsum(diffs) / n, low, high, sign_test_p(better, worse))
+                      mean, low, high, sign_test_p(better, worse), n_diff=len(diffs))
 
 
 def compare_to_baseline(records: Iterable[Record], baseline: str, methods: Sequence[str],

@@ -58,7 +58,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     return per_image, summary
 
 
-PAIRED_FIELDS = ("n", "left_out", "better", "ties", "worse", "win", "diff", "ci_low", "ci_high", "p")
+PAIRED_FIELDS = ("n", "left_out", "better", "ties", "worse", "win", "diff", "ci_low", "ci_high", "p", "n_diff")
 
 
 def write_paired_csv(sm: Summary, out: Path) -> Path | None:

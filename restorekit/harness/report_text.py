@@ -72,7 +72,7 @@ def _why_unpaired(sm: Summary, name: str, baseline: str) -> str:
         images = {r.image for r in sm.result.records if r.method == who}
         if images and not any(r.status == "ok" for r in sm.result.records if r.method == who):
             return f"{'' if who == name else who + ' '}failed on {len(images)}/{len(images)}"
-    return "no finite value on one side"
+    return "no value on one side"
 
 
 def paired_rows(sm: Summary) -> tuple[list[str], list[Rows]]:
@@ -114,11 +114,12 @@ def paired_notes(sm: Summary) -> list[str]:
     if sm.paired is None:
         return []
     base = sm.paired.baseline
-    out = [f"Paired with {base} image by image, over the images where both have a finite value (stochastic "
+    out = [f"Paired with {base} image by image, over the images where both have a value (stochastic "
            f"methods: the mean over seeds per image). n: images paired; win: share of them where the method "
-           f"is better (ties count half); p: two-sided exact sign test, ties dropped. Δ: mean of method − "
-           f"{base}, with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
-           f"{BOOTSTRAP_SEED})."]
+           f"is better (ties count half; an infinite value, e.g. the PSNR of a perfect output, counts); p: "
+           f"two-sided exact sign test, ties dropped. Δ: mean of method − {base} over the pairs of finite "
+           f"values, with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
+           f"{BOOTSTRAP_SEED}; none from one difference)."]
     metrics = sm.active_metrics
     for name, per in sm.paired.stats.items():
         stats = [(m.name, per[m.name]) for m in metrics]
@@ -134,7 +135,7 @@ def paired_notes(sm: Summary) -> list[str]:
             listed = f"{next(iter(by_count))} images in every metric"
         else:
             listed = "; ".join(f"{count} in {', '.join(names)}" for count, names in by_count.items())
-        out.append(f"{name} vs {base}: left out (no finite value on one side): {listed}")
+        out.append(f"{name} vs {base}: left out (no value on one side): {listed}")
     return out
 
 
