@@ -207,6 +207,10 @@ def test_identical_prediction_gives_inf_psnr_and_unit_ssim(hr_folder, tmp_path):
     assert agg["psnr_y_crop"]["mean"] == "Infinity" and agg["psnr_rgb"]["mean"] == "Infinity"
     assert agg["ssim_y_crop"]["mean"] == pytest.approx(1.0) and agg["lr_consistency"]["mean"] == 0.0
     assert all(img["metrics"]["psnr_y_crop"] == "Infinity" for img in doc["images"])
+    assert agg["psnr_y_crop"]["inf"] == 4 and agg["ssim_y_crop"]["inf"] == 0
+    notes = " ".join(r.stdout.split())  # the footnote says how many values made the mean infinite
+    assert "psnr_y_crop: infinite values (e.g. a perfect output's PSNR): bicubic 4/4" in notes
+    assert "ssim_y_crop: infinite" not in notes
     text = (out / "results.json").read_text()
     def bad_constant(c: str) -> float:  # strict JSON: no bare NaN/Infinity tokens
         raise AssertionError(f"non-standard JSON constant {c}")
@@ -562,7 +566,8 @@ def test_aggregation_rules():
 
     # Deterministic: plain mean; inf wins; NaN counted and left out.
     assert metric_stat([rec("a", None, 1.0), rec("b", None, 3.0)], "x", False).mean == 2.0
-    assert metric_stat([rec("a", None, math.inf), rec("b", None, 3.0)], "x", False).mean == math.inf
+    s = metric_stat([rec("a", None, math.inf), rec("b", None, 3.0)], "x", False)
+    assert (s.mean, s.n, s.inf) == (math.inf, 2, 1)
     s = metric_stat([rec("a", None, math.nan), rec("b", None, 3.0)], "x", False)
     assert (s.mean, s.n, s.nan) == (3.0, 1, 1)
     # Stochastic: per-seed means 2 and 4 → 3 ± 1.

@@ -22,15 +22,17 @@ from .store import Record
 
 @dataclass
 class Stat:
-    """An aggregate value: ``mean`` (± ``std`` over seeds when stochastic) of ``n`` values, ``nan`` left out."""
+    """An aggregate value: ``mean`` (± ``std`` over seeds when stochastic) of ``n`` values, ``nan`` left
+    out; ``inf`` of the ``n`` are infinite (then so is the mean)."""
 
     mean: float = math.nan
     std: float | None = None
     n: int = 0
     nan: int = 0
+    inf: int = 0
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "nan": self.nan}
+        return {"mean": self.mean, "std": self.std, "n": self.n, "nan": self.nan, "inf": self.inf}
 
 
 @dataclass
@@ -79,7 +81,7 @@ def _pstd(xs: list[float]) -> float | None:
 def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Stat:
     """Aggregate one metric over the successful records of one method."""
     by_seed: dict[int | None, list[float]] = {}
-    nan = n = 0
+    nan = n = inf = 0
     for r in records:
         if r.status != "ok" or r.metrics is None or metric not in r.metrics:
             continue
@@ -90,13 +92,14 @@ def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Sta
             nan += 1
             continue
         n += 1
+        inf += math.isinf(v)
         by_seed.setdefault(r.seed, []).append(v)
     if not by_seed:
         return Stat(math.nan, None, 0, nan)
     if stochastic:
         means = [_mean(v) for _, v in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-        return Stat(_mean(means), _pstd(means), n, nan)
-    return Stat(_mean([x for v in by_seed.values() for x in v]), None, n, nan)
+        return Stat(_mean(means), _pstd(means), n, nan, inf)
+    return Stat(_mean([x for v in by_seed.values() for x in v]), None, n, nan, inf)
 
 
 def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images: int,

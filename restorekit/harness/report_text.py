@@ -156,6 +156,10 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
                   for s in sm.methods if s.metrics[m.name].nan]
         if counts:
             out.append(f"{m.name}: {m.nan_label}: {', '.join(counts)} (left out of the mean)")
+        infs = [f"{s.name} {s.metrics[m.name].inf}/{s.metrics[m.name].n}" for s in sm.methods if s.metrics[m.name].inf]
+        if infs:
+            out.append(f"{m.name}: infinite values (e.g. a perfect output's PSNR): {', '.join(infs)} — such a mean "
+                       "is infinite whatever the other images hold")
         errs = [f"{s.name} {s.metric_errors[m.name]}" for s in sm.methods if m.name in s.metric_errors]
         if errs:
             out.append(f"{m.name}: could not be computed for some images: {', '.join(errs)}")
