@@ -317,7 +317,9 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     """Expand an input spec: a file, a folder (sorted, non-recursive), a glob, or ``@list.txt``.
 
     A ``.txt`` file (or ``@file``) lists one path per line (UTF-8); blank lines and ``#`` comments
-    are skipped; relative paths are taken from the list file's folder.
+    are skipped; relative paths are taken from the list file's folder. A path that exists is taken
+    as it is, even with glob characters in its name (``face[1].png``, ``set[2024]/``): only a spec
+    that names nothing is a pattern.
     """
     s = str(spec)
     if s.startswith("@") or (s.endswith(".txt") and Path(s).is_file()):
@@ -331,7 +333,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
                 continue
             q = Path(line)
             paths.append(q if q.is_absolute() else lst.parent / q)
-    elif any(ch in s for ch in "*?["):
+    elif any(ch in s for ch in "*?[") and not Path(s).exists():
         paths = [Path(p) for p in sorted(globmod.glob(s)) if Path(p).is_file()]
         if not paths:
             raise ImageError(f"{s}: the pattern matches no file")

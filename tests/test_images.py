@@ -118,6 +118,22 @@ def test_input_specs(tmp_path):
         list_inputs(tmp_path / "missing")
 
 
+def test_a_path_that_exists_is_taken_literally_even_with_glob_characters(tmp_path):
+    """``face[1].png`` as a pattern matches ``face1.png``: the file named, not another, is the input."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "face[1].png").write_bytes(b"x")
+    (d / "face1.png").write_bytes(b"y")
+    assert [i.path.name for i in list_inputs(d / "face[1].png")] == ["face[1].png"]
+    year = tmp_path / "set[2024]"
+    year.mkdir()
+    (year / "x.png").write_bytes(b"x")
+    assert [i.path.name for i in list_inputs(year)] == ["x.png"]
+    assert [i.path.name for i in list_inputs(str(d / "face?.png"))] == ["face1.png"]  # a pattern still globs
+    with pytest.raises(ImageError, match="the pattern matches no file"):
+        list_inputs(str(d / "none[0-9].png"))
+
+
 def test_list_file_that_is_not_utf8_text_is_one_line_naming_it(tmp_path):
     """A list file with a byte-order mark lists its paths; one that is not UTF-8 text (a JPEG
     named .txt, a Latin-1 list) is an ImageError naming it, and a usage error (exit 2) at the
