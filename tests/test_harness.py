@@ -421,6 +421,60 @@ def test_resume_reuses_results_and_fresh_recomputes(harness_plugin, hr5, tmp_pat
     assert [img["metrics"] for img in doc3["images"]] == [img["metrics"] for img in doc1["images"]]
 
 
+PICKY_PLUGIN = '''
+from typing import ClassVar
+from restorekit.errors import RestorekitError
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo, Options
+import torch
+
+
+class PickyOptions(Options):
+    weights: str = "good.pt"
+
+
+class Picky(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="picky3p", summary="nearest, with a weights file that may be missing")
+    Options = PickyOptions
+
+    def load(self):
+        if self.options.weights != "good.pt":
+            raise RestorekitError(f"{self.options.weights}: no such file")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest").repeat_interleave(n_samples, 0)
+
+
+@hookimpl
+def register_methods(register):
+    register(Picky)
+'''
+
+
+def test_a_run_that_wrote_nothing_does_not_block_the_corrected_one(plugin_site, hr_folder, tmp_path):
+    """A typo must not lock --out: a run stopped by its inputs records no configuration, and a
+    method that failed on every image (a weights file that does not exist) has no outputs to
+    protect, so its corrected settings are taken — while a method with outputs is still refused."""
+    plugin_site("thirdparty-picky", "thirdparty_picky", PICKY_PLUGIN)
+    out = tmp_path / "out"
+    base = ["compare", "--scale", "2", "--data", str(hr_folder), "--out", str(out), "--metrics", "psnr_rgb",
+            "--device", "cpu", "-q"]
+    r = invoke(*base, "--methods", "bicubic", "--lr-dir", str(tmp_path / "nope"))
+    assert r.exit_code == 2 and "nope" in r.stderr
+    assert not (out / "compare.json").exists()
+    r = invoke(*base, "--methods", "bicubic,picky3p", "--opt", "picky3p.weights=typo.pt")
+    assert r.exit_code == 1 and "typo.pt: no such file" in r.output
+    assert json.loads((out / "compare.json").read_text())["methods"]["picky3p"]["options"]["weights"] == "typo.pt"
+    r = invoke(*base, "--methods", "bicubic,picky3p")
+    assert r.exit_code == 0, r.output
+    doc = _doc(out)
+    assert _method(doc, "picky3p")["aggregate"]["ok"] == 4
+    assert all(img["reused"] for img in doc["images"] if img["method"] == "bicubic")
+    assert json.loads((out / "compare.json").read_text())["methods"]["picky3p"]["options"]["weights"] == "good.pt"
+    r = invoke(*base, "--methods", "picky3p", "--opt", "picky3p.weights=typo.pt")  # now it has outputs
+    assert r.exit_code == 2 and "picky3p.options.weights: good.pt → typo.pt" in r.stderr
+
+
 def test_changed_options_are_refused_unless_fresh(plugin_site, hr_folder, tmp_path):
     plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
     out = tmp_path / "out"

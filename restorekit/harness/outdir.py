@@ -6,7 +6,10 @@ method, the settings its outputs depend on (options, device, backend, face mode,
 fingerprint of the code and weights shipped in its package). A run may extend a folder (more
 methods, seeds, images or metrics); one whose inputs or any method's settings differ is refused,
 naming the differences, unless ``--fresh``, which first removes what compare wrote there (and
-nothing else).
+nothing else). A method that has no outputs in the folder (it failed on every image: a weights
+file that does not exist, say) holds nothing to protect, so its settings may change. The
+configuration is recorded (:func:`record`) only once the run's inputs exist: a run stopped by its
+inputs (no images, a missing ``--lr-dir``) leaves the folder free for the corrected one.
 """
 
 from __future__ import annotations
@@ -51,13 +54,22 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: old → new`` for the inputs and for each method of ``current`` that ``recorded`` also has."""
+def has_outputs(out: Path, method: str) -> bool:
+    """Whether ``method`` wrote any output into ``out`` (its stored results may all be failures)."""
+    from .store import safe_name
+
+    folder = out / "outputs" / safe_name(method)
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | None = None) -> list[str]:
+    """``key: old → new`` for the inputs and for each method of ``current`` that ``recorded`` also has
+    (and, given ``out``, that has outputs there)."""
     diffs: list[str] = []
     pairs = [("", recorded.get("inputs") or {}, current["inputs"])]
     old_methods = recorded.get("methods") or {}
     pairs += [(f"{name}.", old_methods[name], settings) for name, settings in current["methods"].items()
-              if name in old_methods]
+              if name in old_methods and (out is None or has_outputs(out, name))]
     for prefix, old, new in pairs:
         a, b = _flat(old), _flat(new)
         for key in sorted(a.keys() | b.keys()):
@@ -76,7 +88,8 @@ def _remove_owned(out: Path) -> None:
 
 
 def claim(p: Plan) -> None:
-    """Check ``--out`` against its recorded configuration, then record this run's (merged).
+    """Check ``--out`` against its recorded configuration (with ``--fresh``, clear what compare
+    wrote there when it differs); :func:`record` writes this run's once its inputs exist.
 
     Raises :class:`~restorekit.harness.runner.CompareUsageError` when the folder holds another
     configuration and ``--fresh`` is not given.
@@ -93,7 +106,7 @@ def claim(p: Plan) -> None:
             recorded = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(recorded, dict):
                 raise ValueError("not an object")
-            diffs = differences(recorded, current)
+            diffs = differences(recorded, current, out)
         except (OSError, ValueError) as exc:
             recorded, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
     if diffs:
@@ -102,7 +115,21 @@ def claim(p: Plan) -> None:
             raise CompareUsageError(f"{out} holds the results of another configuration ({shown}): use another "
                                     "--out, or add --fresh to discard them and start over")
         _remove_owned(out)
-        recorded = None
+
+
+def record(p: Plan) -> None:
+    """Record this run's configuration in ``--out`` (merged with the methods recorded before),
+    after :func:`claim` accepted the folder."""
+    out = p.config.out
+    current = json.loads(json.dumps(folder_config(p), default=str))
+    path = out / CONFIG_FILE
+    recorded: dict[str, Any] | None = None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    except (OSError, ValueError):
+        recorded = None  # claim() refused or cleared an unreadable one
+    if not isinstance(recorded, dict) or differences(recorded, current, out):
+        recorded = None  # cleared by --fresh
     methods = dict((recorded or {}).get("methods") or {})
     methods.update(current["methods"])
     doc = {"inputs": current["inputs"], "methods": methods}

@@ -45,7 +45,7 @@ from ..sharding import Job, current_job
 from ..weights.catalogue import get_spec
 from ..weights.checksum import sha256_file
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
-from .outdir import claim
+from .outdir import claim, record
 from .store import Record, ResultStore, safe_name, settings_hash
 
 
@@ -524,6 +524,8 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
         inputs = merge_shards(job.gather(inputs.portable()), inputs)
         if job.is_main and p.degradation is not None:
             update_manifest(inputs, p.degradation, cfg.fresh)
+    if job.is_main:
+        record(p)  # the inputs exist: the folder is this configuration's from now on
     clock.add("inputs", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
