@@ -245,6 +245,24 @@ def test_style_mixing_batches_are_image_major_and_alpha_blends() -> None:
         model.mix(x, 2, seed=0, latent_mask=[8])
 
 
+def test_many_samples_go_through_the_generator_a_few_rows_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mix`` decodes MIX_DECODE_ROWS rows at a time (memory bounded by that, not by n_samples),
+    giving the images one pass over all rows gives."""
+    from restorekit_psp_sr import psp as P
+
+    model = tiny_psp(64)
+    x = torch.rand(2, 3, 64, 64)
+    batches: list[int] = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda w, **k: batches.append(w.shape[0]) or decode(w, **k))
+    monkeypatch.setattr(P, "MIX_DECODE_ROWS", 4)
+    with torch.no_grad():
+        imgs, w = model.mix(x, 5, seed=3)
+        whole = decode(w)
+    assert batches == [4, 4, 2] and imgs.shape == (10, 3, 64, 64)
+    torch.testing.assert_close(imgs, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_psp_checks_shapes() -> None:
     g = tiny_generator(32)
     enc = GradualStyleEncoder(10, STYLE_DIM, backbone="ir_se_light", input_size=64)
