@@ -83,6 +83,14 @@ class Method(ABC):
             allowed = ", ".join(str(s) for s in scales)
             raise ValueError(f"{self.info.name} supports --scale {allowed}; got {scale}")
 
+    @property
+    def keeps_native_size(self) -> bool:
+        """Whether this method's options ask it to return its network's own size instead of
+        ``scale`` × the input (by the convention of an option named ``keep_native_size``): for
+        Python callers; ``run``, ``compare`` and ``serve`` write and score ``scale`` × the input,
+        so they refuse it before any work."""
+        return bool(getattr(self.options, "keep_native_size", False))
+
     @abstractmethod
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         """Restore ``lr`` (N×3×h×w in [0,1]) to ``scale`` times its size.

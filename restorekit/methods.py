@@ -12,7 +12,7 @@ from .options import OptionError, parse_pairs, validate, weights_option
 from .plugins import registry
 
 __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "method_values", "method_class",
-           "build_method", "check_restored", "OUTPUT_RANGE"]
+           "build_method", "check_restored", "check_output_size_contract", "OUTPUT_RANGE"]
 
 # How far outside [0, 1] a restored image may reach before it is taken for another convention
 # ([0, 255], [-1, 1]) rather than an unclipped interpolation's overshoot (bicubic's clamp=none).
@@ -37,6 +37,14 @@ def parse_opts(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
 def validate_options(cls: type[Method], values: dict[str, Any]) -> Options:
     """Read user option values (strings by their field's type) into a method's ``Options`` model."""
     return cast(Options, validate(cls.Options, values, label=cls.info.name))
+
+
+def check_output_size_contract(method: Method) -> None:
+    """Refuse (:class:`OptionError`) a method set to return its native size, where outputs must be
+    ``scale`` × the input (``run``, ``compare``, ``serve``)."""
+    if method.keeps_native_size:
+        raise OptionError(f"{method.info.name}: keep_native_size=true returns the network's own size, but this "
+                          "command writes and scores scale × the input; call the method from Python for that")
 
 
 def method_values(cls: type[Method], pairs: list[str] | tuple[str, ...], weights: str | None = None) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
-from ..methods import (OptionError, build_method, check_restored, method_class, method_values,
-                       validate_options)
+from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, method_class,
+                       method_values, validate_options)
 from ..seeds import SEED
 
 
@@ -95,6 +95,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 probe.check_scale(scale)
             except ValueError as exc:
                 raise UsageProblem(str(exc)) from None
+            check_output_size_contract(probe)
             if n_samples > 1 and cls.info.deterministic and job.is_main:
                 warn(f"{method} is deterministic: its {n_samples} samples will be identical")
             items = list_inputs(input_spec)

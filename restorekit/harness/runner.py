@@ -38,7 +38,7 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError, WeightsMissing, describe_os_error
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
-from ..methods import check_restored, resolve_device, validate_options
+from ..methods import check_output_size_contract, check_restored, resolve_device, validate_options
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
@@ -293,6 +293,7 @@ def plan(config: CompareConfig) -> Plan:
         try:
             options = validate_options(cls, config.opts.get(name, {}))
             cls(options).check_scale(config.scale)
+            check_output_size_contract(cls(options))
         except (RestorekitError, ValueError) as exc:
             raise CompareUsageError(str(exc)) from None
         plugin = reg.owner["methods"][base]

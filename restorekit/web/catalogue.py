@@ -19,7 +19,7 @@ import torch
 from ..errors import RestorekitError
 from ..harness.runner import MetricState, metric_device, metric_states, setup_metrics
 from ..interfaces import FaceDetector, Method
-from ..methods import build_method, method_class, resolve_device
+from ..methods import build_method, check_output_size_contract, method_class, resolve_device
 from ..options import OptionError
 from ..plugins import failure_reason, registry
 from .config import ServeConfig
@@ -85,8 +85,10 @@ class Catalogue:
         for entry in self.methods.values():
             self._log(f"loading {entry.name} …")
             try:
-                entry.method = build_method(entry.name, dict(self.config.method_options.get(entry.name, {})),
-                                            str(self.device))
+                method = build_method(entry.name, dict(self.config.method_options.get(entry.name, {})),
+                                      str(self.device))
+                check_output_size_contract(method)  # the page shows and scores scale × the input
+                entry.method = method
                 entry.notes = [str(n) for n in getattr(entry.method, "notes", [])]
             except (RestorekitError, OptionError) as exc:
                 entry.reason = str(exc)

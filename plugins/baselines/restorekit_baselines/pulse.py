@@ -190,7 +190,7 @@ class Pulse(Method):
         self.generator = gen
         self.notes = [n if n.startswith("pulse:") else f"pulse: {n}" for n in getattr(gen, "notes", [])]
         self.notes += [f"pulse: '{o.generator}' makes {gen.resolution}×{gen.resolution} faces; outputs are "
-                      "resized to scale×input (antialiased bicubic) unless keep_native_size=true"]
+                      "resized to scale×input (antialiased bicubic) unless keep_native_size=true (from Python)"]
 
     def config(self) -> OptimiseConfig:
         """The optimiser settings these options stand for."""
@@ -208,7 +208,7 @@ class Pulse(Method):
         self._noted.add(key)
         if not self.options.quiet:
             print(f"pulse: resizing the generator's {res}×{res} output to {h}×{w} (scale×input, "
-                  "antialiased bicubic); keep_native_size=true keeps it", file=sys.stderr)
+                  "antialiased bicubic); keep_native_size=true (from Python) keeps it", file=sys.stderr)
 
     def _progress(self, label: str):  # type: ignore[no-untyped-def]
         """A rich progress bar on stderr showing the current downscale MSE, or None."""

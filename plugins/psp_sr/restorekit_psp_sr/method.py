@@ -480,7 +480,7 @@ class PSPSR(Method):
             (f"psp_sr: outputs are the generator's {self.resolution} px (keep_native_size)"
              if self.options.keep_native_size else
              f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size; "
-             f"--opt keep_native_size=true keeps {self.resolution} px"),
+             f"keep_native_size=true (from Python) keeps {self.resolution} px"),
         ]
         if self.options.consistency_steps is None and self.consistency_steps():
             self.notes.append(f"psp_sr: the output is back-projected onto the input in {self.consistency_steps()} "

@@ -167,6 +167,15 @@ def test_cli_run_and_bench(model_file: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(build_cli(), ["run", "psp_sr", "--weights", str(tmp_path / "missing.safetensors"),
                                          "--scale", "2", "--input", str(src), "--output", str(tmp_path / "x")])
     assert r.exit_code == 2 and f"{tmp_path / 'missing.safetensors'}: no such file" in r.output
+    # keep_native_size is for Python callers: run and compare write and score scale × the input,
+    # so they refuse it before any work instead of failing every image.
+    for cmd in (["run", "psp_sr", "--input", str(src), "--output", str(tmp_path / "native")],
+                ["compare", "--methods", "psp_sr", "--data", str(src), "--out", str(tmp_path / "cmp")]):
+        r = CliRunner().invoke(build_cli(), [*cmd, "--scale", "4", "--device", "cpu", "--opt",
+                                             ("" if cmd[0] == "run" else "psp_sr.") + "keep_native_size=true",
+                                             "--opt", ("" if cmd[0] == "run" else "psp_sr.") + f"weights={model_file}"])
+        assert r.exit_code == 2 and "keep_native_size=true returns the network's own size" in r.output, r.output
+    assert not (tmp_path / "native").exists() and not (tmp_path / "cmp" / "compare.json").exists()
     r = CliRunner().invoke(build_cli(), ["bench", "method", "psp_sr", "--weights", str(model_file), "--scale", "2",
                                          "--batch", "1,2", "--repeat", "1", "--warmup", "0", "--device", "cpu",
                                          "--opt", "impl=ref", "--compare-to", "bicubic", "--compare-batch", "1,2",
