@@ -150,6 +150,8 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     except PermissionError:
         raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
+    except PixelValueError as exc:
+        raise ImageError(f"{p}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
 
@@ -159,6 +161,10 @@ def probe_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     p = Path(path)
     with _opened(p, max_pixels) as im:
         return im.size
+
+
+class PixelValueError(ValueError):
+    """Decoded pixels that are not an image's (NaN or infinite floating-point data)."""
 
 
 def to_numpy_pixels(img: Image.Image) -> np.ndarray:
@@ -175,8 +181,10 @@ def to_numpy_pixels(img: Image.Image) -> np.ndarray:
         scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
         return np.repeat((np.clip(arr / scale, 0, 1)).astype(np.float32)[..., None], 3, axis=2)
     if mode == "F":
-        arr = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
-        return np.repeat(arr[..., None], 3, axis=2)
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():  # np.clip keeps NaN: it would reach every method and metric
+            raise PixelValueError(f"holds {int((~np.isfinite(arr)).sum())} NaN or infinite pixel value(s)")
+        return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode

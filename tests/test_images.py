@@ -134,6 +134,23 @@ def test_a_path_that_exists_is_taken_literally_even_with_glob_characters(tmp_pat
         list_inputs(str(d / "none[0-9].png"))
 
 
+def test_float_pixels_that_are_not_numbers_are_refused_naming_the_file(tmp_path):
+    """A 32-bit float TIFF with NaN (or inf) pixels is not an image: clipping keeps NaN, which
+    reached every method (and the black pixels of a degraded LR). One line naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.full((8, 8), 0.5, np.float32)
+    arr[2, 3], arr[5, 5] = np.nan, np.inf
+    path = tmp_path / "fnan.tif"
+    Image.fromarray(arr, "F").save(path)
+    with pytest.raises(ImageError, match=r"fnan\.tif: holds 2 NaN or infinite pixel value\(s\)$"):
+        read_image(path)
+    arr[2, 3] = arr[5, 5] = 2.0  # out of range but numbers: clipped, as before
+    Image.fromarray(arr, "F").save(path)
+    assert float(read_image(path).max()) == 1.0
+
+
 def test_list_file_that_is_not_utf8_text_is_one_line_naming_it(tmp_path):
     """A list file with a byte-order mark lists its paths; one that is not UTF-8 text (a JPEG
     named .txt, a Latin-1 list) is an ImageError naming it, and a usage error (exit 2) at the
