@@ -286,6 +286,13 @@ def _umask() -> int:
     return mask
 
 
+def temp_prefix(name: str, limit: int = 200) -> str:
+    """``.NAME.`` for a temporary file beside ``name``, NAME cut to ``limit`` bytes (UTF-8), so that
+    the random part and a suffix still fit a file system's 255-byte names when ``name`` itself does."""
+    cut = name.encode("utf-8")[:limit].decode("utf-8", "ignore")
+    return f".{cut}."
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
@@ -293,7 +300,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".part", dir=path.parent)
     except OSError as exc:
         raise FileSystemError(describe_os_error(exc, path)) from exc
     try:

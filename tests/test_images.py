@@ -151,6 +151,17 @@ def test_float_pixels_that_are_not_numbers_are_refused_naming_the_file(tmp_path)
     assert float(read_image(path).max()) == 1.0
 
 
+def test_an_output_name_the_file_system_takes_is_written_whatever_its_length(tmp_path):
+    """The temporary file beside a 250-byte name must not pass the 255-byte limit itself."""
+    from restorekit.images import atomic_write_bytes
+
+    for name in ("x" * 245 + ".png", "é" * 123 + ".png"):  # 249 and 250 bytes
+        target = tmp_path / name
+        atomic_write_bytes(target, b"data")
+        assert target.read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x" * 245 + ".png", "é" * 123 + ".png"])
+
+
 def test_list_file_that_is_not_utf8_text_is_one_line_naming_it(tmp_path):
     """A list file with a byte-order mark lists its paths; one that is not UTF-8 text (a JPEG
     named .txt, a Latin-1 list) is an ImageError naming it, and a usage error (exit 2) at the
