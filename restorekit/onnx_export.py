@@ -55,7 +55,8 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .errors import RestorekitError
+from .errors import FileSystemError, RestorekitError, describe_os_error
+from .images import temp_prefix
 from .weights.checksum import sha256_file
 
 SIDECAR_FORMAT = "restorekit.onnx/1"
@@ -383,8 +384,11 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         dyn_out.update({2: "out_height", 3: "out_width"})
     dynamic_axes = {INPUT_NAME: dyn_in, OUTPUT_NAME: dyn_out} if dyn_in else None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".part", dir=out.parent)
+    except OSError as exc:  # named by the file asked for, not by a hidden temporary one
+        raise FileSystemError(describe_os_error(exc, out)) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     side_tmp: Path | None = None
@@ -466,7 +470,10 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         side = sidecar_path(out)
-        fd, side_name = tempfile.mkstemp(prefix=f".{side.name}.", suffix=".part", dir=out.parent)
+        try:
+            fd, side_name = tempfile.mkstemp(prefix=temp_prefix(side.name), suffix=".part", dir=out.parent)
+        except OSError as exc:
+            raise FileSystemError(describe_os_error(exc, side)) from exc
         side_tmp = Path(side_name)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f, indent=2)
@@ -474,15 +481,23 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         mode = _umask_mode()
         os.chmod(tmp, mode)
         os.chmod(side_tmp, mode)
-        if overwrite:
-            os.replace(tmp, out)
-        else:
-            _link_new(tmp, out)
+        target = out  # what an OS error is about: the files asked for, not the hidden temporary ones
         try:
-            os.replace(side_tmp, side)
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
+            if overwrite:
+                os.replace(tmp, out)
+            else:
+                _link_new(tmp, out)
+            target = side
+            try:
+                if overwrite:
+                    os.replace(side_tmp, side)
+                else:  # a file kept at <out>.json is not to be lost either
+                    _link_new(side_tmp, side)
+            except BaseException:
+                out.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise FileSystemError(describe_os_error(exc, target)) from exc
     finally:
         tmp.unlink(missing_ok=True)
         if side_tmp is not None:

@@ -17,6 +17,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from restorekit import onnx_export  # noqa: E402
+from restorekit.errors import FileSystemError  # noqa: E402
 from restorekit.interfaces import Method, MethodInfo  # noqa: E402
 from restorekit.onnx_backend import OnnxBackendError, OnnxMethod, OnnxSession, cache_path, onnx_method  # noqa: E402
 from restorekit.onnx_export import (  # noqa: E402
@@ -443,6 +444,23 @@ def test_export_without_overwrite_does_not_replace_a_file_that_appeared(tmp_path
     assert onnx_export.sha256_file(res.path) == res.info["sha256"]
     assert (res.path.stat().st_mode & 0o777) == (res.sidecar.stat().st_mode & 0o777)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "new.onnx", "new.onnx.json"]
+
+
+def test_export_without_overwrite_keeps_a_file_where_the_sidecar_goes(tmp_path: Path) -> None:
+    """A file at <out>.json is not replaced without --overwrite, and the graph is not left without
+    its sidecar; a folder there is an error naming that path, not a hidden temporary file."""
+    out = tmp_path / "m.onnx"
+    side = onnx_export.sidecar_path(out)
+    side.write_text("notes kept here")
+    with pytest.raises(OnnxExportError, match="m.onnx.json exists"):
+        export_onnx(spec(), out, overwrite=False)
+    assert side.read_text() == "notes kept here" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json"]
+    side.unlink()
+    side.mkdir()
+    with pytest.raises(FileSystemError) as err:
+        export_onnx(spec(), out)
+    assert f"cannot write {side}" in str(err.value) and ".part" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json"]  # the graph went with it
 
 
 def test_run_with_a_graph_beside_another_graphs_sidecar_exits_2(tmp_path: Path) -> None:

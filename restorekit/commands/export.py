@@ -17,7 +17,7 @@ from ..cli import emit_json, fail_usage
 from ..errors import RestorekitError
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
 from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutputExists, check_exportable, check_opset,
-                           export_onnx, find_export_spec)
+                           export_onnx, find_export_spec, sidecar_path)
 
 
 @click.command("export")
@@ -41,6 +41,8 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
     # Said at once here; export_onnx checks again when it puts the file in place (it may appear meanwhile).
     if out.exists() and not overwrite:
         fail_usage(f"{out} exists (--overwrite replaces it)")
+    if sidecar_path(out).exists() and not overwrite:
+        fail_usage(f"{sidecar_path(out)} exists, where the export's sidecar goes (--overwrite replaces it)")
     try:
         check_opset(opset)
     except OnnxExportError as exc:
@@ -68,8 +70,8 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
     try:
         result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
                              overwrite=overwrite, log=None if as_json else (lambda msg: click.echo(msg, err=True)))
-    except OnnxOutputExists:
-        fail_usage(f"{out} exists: it appeared while exporting (--overwrite replaces it)")
+    except OnnxOutputExists as exc:
+        fail_usage(f"{exc}: it appeared while exporting (--overwrite replaces it)")
         return
     if as_json:
         emit_json({"path": str(result.path), "sidecar": str(result.sidecar), "seconds": round(result.seconds, 2),
