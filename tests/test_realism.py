@@ -517,3 +517,27 @@ def test_cli_images_mode_and_usage_errors(rk_cli, rk_home, ref_folder, alex_file
         r = rk_cli("realism", "--images", str(ref_folder), "--data", str(ref_folder), "--spaces", "alex",
                    "--space-weights", f"alex={value}", "--detector", "none", "--device", "cpu")
         assert r.exit_code == 2 and f"{value}: {problem}" in r.output and "weights pull" not in r.output, r.output
+
+
+def test_one_unreadable_image_is_left_out_named_and_the_exit_code_says_so(rk_cli, rk_home, ref_folder, alex_file,
+                                                                           tmp_path) -> None:
+    """A Fréchet figure over a folder does not stop at one bad file: it is named on its own line and
+    left out of the statistics, the figures come from the others, and the exit code is 1."""
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(ref_folder, mixed)
+    (mixed / "zz_broken.png").write_bytes(b"not a png")
+    base = ["--spaces", "alex", "--space-weights", f"alex={alex_file}", "--detector", "none", "--device", "cpu",
+            "--cache", "none"]
+    clean = json.loads(rk_cli("realism", "--images", str(ref_folder), "--data", str(ref_folder), *base,
+                              "--json").stdout)
+    r = rk_cli("realism", "--images", str(mixed), "--data", str(mixed), *base, "--json")
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.stdout)
+    assert len(out["skipped"]) == 2 and all("zz_broken.png" in s for s in out["skipped"])  # reference and images
+    assert r.stderr.count("zz_broken.png") == 2 and "(left out)" in r.stderr
+    assert out["figures"][0]["n_samples"] == clean["figures"][0]["n_samples"]
+    assert out["figures"][0]["distance"] == pytest.approx(clean["figures"][0]["distance"], abs=1e-9)
+    r = rk_cli("realism", "--images", str(mixed), "--data", str(ref_folder), *base)
+    assert r.exit_code == 1 and "1 image file(s) could not be read and were left out" in r.output

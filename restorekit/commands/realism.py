@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import emit_json, fail_usage, table
+from ..cli import emit_json, error_line, fail_usage, table
 from ..methods import resolve_device
 from ..seeds import SEED
 from .generate import build_generator, generator_weights_options
@@ -107,8 +107,12 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         report = R.evaluate_images(images, data, spaces=built, batch_size=batch_size, device=dev,
                                    detector=det, cache_dir=cache_dir)
 
+    for line in report.skipped:  # one line each, then the figures of the others, and exit 1
+        error_line(f"{line} (left out)")
     if as_json:
         emit_json(report.as_dict())
+        if report.skipped:
+            click.get_current_context().exit(1)
         return
     rows = [[f.metric, f"{f.distance:.4g}", str(f.n_samples), str(f.n_reference)] for f in report.figures]
     where = (f"truncation {report.truncation}, seed {report.seed}" if report.truncation is not None
@@ -123,6 +127,9 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         at = f" at truncation {f.truncation}" if f.truncation is not None else ""
         click.echo(f"faces found by {f.detector}: {f.found}/{f.n} ({share}){at}")
     click.echo(f"note: {report.note}")
+    if report.skipped:
+        click.echo(f"{len(report.skipped)} image file(s) could not be read and were left out", err=True)
+        click.get_current_context().exit(1)
 
 
 def attach(cli: click.Group) -> None:

@@ -90,6 +90,7 @@ class RealismReport:
     faces: FaceShare | None = None
     seconds: float = 0.0
     note: str = field(default=NOT_FID_NOTE)
+    skipped: tuple[str, ...] = ()  # one line per image file left out (unreadable)
 
     def distance(self, space: str) -> float:
         """The Fréchet distance of one space (name or alias)."""
@@ -146,15 +147,25 @@ def _paths(source: ImageSource) -> list[Path]:
     return [Path(p) for p in source]
 
 
-def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64) -> Iterator[Tensor]:
-    """Read image files into batches (consecutive files of one size share a batch)."""
+def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64,
+                  skipped: list[str] | None = None) -> Iterator[Tensor]:
+    """Read image files into batches (consecutive files of one size share a batch). With
+    ``skipped``, a file that cannot be read is left out and its one-line error appended there
+    (one bad image does not stop a statistic over thousands); without, the error is raised."""
+    from ...errors import ImageError
     from ...images import read_image
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     pending: list[Tensor] = []
     for p in paths:
-        img = read_image(p)
+        try:
+            img = read_image(p)
+        except ImageError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+            continue
         if pending and (img.shape[-2:] != pending[0].shape[-2:] or len(pending) == batch_size):
             yield torch.cat(pending)
             pending = []
@@ -243,9 +254,11 @@ def load_statistics(path: str | os.PathLike[str], *, key: str | None = None) -> 
 
 
 def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *, batch_size: int = 64,
-                         cache_dir: str | os.PathLike[str] | None = None) -> dict[str, FeatureStats]:
+                         cache_dir: str | os.PathLike[str] | None = None,
+                         skipped: list[str] | None = None) -> dict[str, FeatureStats]:
     """Statistics of the image files ``source`` (a folder, glob, ``@list.txt`` or a list of
-    paths) in each space; with ``cache_dir``, read from / written to ``<space>-<key>.npz``."""
+    paths) in each space; with ``cache_dir``, read from / written to ``<space>-<key>.npz``.
+    ``skipped``: as :func:`image_batches`."""
     paths = _paths(source)
     if len(paths) < 2:
         raise RestorekitError(f"the reference set needs at least 2 images, got {len(paths)}")
@@ -266,7 +279,7 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
                 pass  # unreadable or stale: recompute and overwrite
         todo.append(s)
     if todo:
-        computed = multi_statistics(image_batches(paths, batch_size), todo)
+        computed = multi_statistics(image_batches(paths, batch_size, skipped), todo)
         for s in todo:
             out[s.name] = computed[s.name]
             if cache_dir is not None:
@@ -310,14 +323,16 @@ def _build_spaces(spaces: Sequence[SpaceArg], device: torch.device) -> list[Feat
 
 
 def _reference(reference: ReferenceArg, spaces: Sequence[FeatureSpace], batch_size: int,
-               cache_dir: str | os.PathLike[str] | None) -> tuple[dict[str, FeatureStats], str]:
+               cache_dir: str | os.PathLike[str] | None,
+               skipped: list[str] | None = None) -> tuple[dict[str, FeatureStats], str]:
     if isinstance(reference, Mapping):
         missing = [s.name for s in spaces if s.name not in reference]
         if missing:
             raise RestorekitError(f"the reference statistics lack the space(s) {', '.join(missing)}")
         return {s.name: reference[s.name] for s in spaces}, "precomputed statistics"
     label = str(reference) if isinstance(reference, (str, os.PathLike)) else f"{len(reference)} files"
-    return reference_statistics(reference, spaces, batch_size=batch_size, cache_dir=cache_dir), label
+    return reference_statistics(reference, spaces, batch_size=batch_size, cache_dir=cache_dir,
+                                skipped=skipped), label
 
 
 def _figures(samples: Mapping[str, FeatureStats], ref: Mapping[str, FeatureStats],
@@ -352,7 +367,8 @@ def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_sampl
     gen_device = _device_of(generator)
     dev = torch.device(device) if device is not None else gen_device
     built = _build_spaces(spaces, dev)
-    ref, ref_label = _reference(reference, built, batch_size, cache_dir)
+    skipped: list[str] = []
+    ref, ref_label = _reference(reference, built, batch_size, cache_dir, skipped)
     samples = multi_statistics(generator_batches(generator, n_samples, truncation=truncation, seed=seed,
                                                  batch_size=batch_size), built)
     faces = None
@@ -362,7 +378,7 @@ def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_sampl
                            detector, device=dev, truncation=t)
     return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
                          truncation=truncation, seed=seed, faces=faces,
-                         seconds=round(time.perf_counter() - t0, 3))
+                         seconds=round(time.perf_counter() - t0, 3), skipped=tuple(skipped))
 
 
 def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
@@ -372,13 +388,14 @@ def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
     """The same figures for a set of image files instead of a generator (e.g. real vs real)."""
     t0 = time.perf_counter()
     built = _build_spaces(spaces, torch.device(device))
-    ref, ref_label = _reference(reference, built, batch_size, cache_dir)
+    skipped: list[str] = []
+    ref, ref_label = _reference(reference, built, batch_size, cache_dir, skipped)
     paths = _paths(images)
     if len(paths) < 2:
         raise RestorekitError(f"the image set needs at least 2 images, got {len(paths)}")
     faces = None
     if detector is None:
-        samples = multi_statistics(image_batches(paths, batch_size), built)
+        samples = multi_statistics(image_batches(paths, batch_size, skipped), built)
     else:
         from ...faces.pipeline import build_detector
 
@@ -390,8 +407,9 @@ def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
                 counts[0] += 1
                 counts[1] += bool(det.detect(img.float().cpu()))
 
-        samples = multi_statistics(image_batches(paths, batch_size), built, on_batch=count)
+        samples = multi_statistics(image_batches(paths, batch_size, skipped), built, on_batch=count)
         faces = FaceShare(detector=detector, n=counts[0], found=counts[1], truncation=None)
     label = str(images) if isinstance(images, (str, os.PathLike)) else f"{len(paths)} files"
     return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
-                         truncation=None, seed=None, faces=faces, seconds=round(time.perf_counter() - t0, 3))
+                         truncation=None, seed=None, faces=faces, seconds=round(time.perf_counter() - t0, 3),
+                         skipped=tuple(skipped))
