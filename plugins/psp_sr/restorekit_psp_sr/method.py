@@ -412,7 +412,12 @@ class PSPSR(Method):
         return {"random_weights": True, "resolution": resolution}
 
     def _place(self, model: Any) -> None:
-        """Put ``model`` on the device, frozen, optimised for inference unless ``optimize`` is off."""
+        """Put ``model`` on the device, frozen, optimised for inference unless ``optimize`` is off
+        (after checking the options that depend on it: before any image, not on each)."""
+        bad = [i for i in self.options.mix_layers or () if not 0 <= i < model.n_styles]
+        if bad:
+            raise PSPModelError(f"psp_sr: mix_layers {bad}: this model has {model.n_styles} styles "
+                                f"(0…{model.n_styles - 1})")
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -106,6 +106,9 @@ def test_style_mixing_samples(model_file: Path) -> None:
     plain = m.restore(lr, 2)
     for i in range(3):
         torch.testing.assert_close(keep[i:i + 1], plain, rtol=0, atol=1e-6)
+    # Styles the model does not have: refused when it loads, naming the option, not on each image.
+    with pytest.raises(PSPModelError, match=r"mix_layers \[8, 99\]: this model has 8 styles \(0…7\)"):
+        make(model_file, mix_layers=[3, 8, 99]).load()
 
 
 def test_missing_weights_name_the_fix(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
