@@ -18,14 +18,30 @@ pytestmark = [
 ]
 
 
-def test_demo_writes_side_by_side_and_metrics(tmp_path):
+def test_demo_writes_side_by_side_and_metrics(tmp_path, monkeypatch):
+    from restorekit import methods
+    from restorekit.errors import WeightsMissing
+
     out = tmp_path / "demo"
-    r = CliRunner().invoke(build_cli(), ["demo", "--output", str(out), "--methods", "bicubic,no_such_method",
-                                         "--json"])
+    # A name that is no method is a typo: a usage error naming it, before any work.
+    r = CliRunner().invoke(build_cli(), ["demo", "--output", str(out), "--methods", "bicubic,bicubc"])
+    assert r.exit_code == 2 and "bicubc" in r.output and "did you mean 'bicubic'" in r.output and not out.exists()
+    r = CliRunner().invoke(build_cli(), ["demo", "--output", str(out), "--methods", ","])
+    assert r.exit_code == 2 and "names no method" in r.output
+    # A method that cannot run here (its weights missing) is named and left out, not fatal.
+    build = methods.build_method
+
+    def without_pix2pixhd(name, *args, **kwargs):
+        if name == "pix2pixhd":
+            raise WeightsMissing("pix2pixhd-faces128")
+        return build(name, *args, **kwargs)
+
+    monkeypatch.setattr(methods, "build_method", without_pix2pixhd)
+    r = CliRunner().invoke(build_cli(), ["demo", "--output", str(out), "--methods", "bicubic,pix2pixhd", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["hr_size"] == 128 and summary["scale"] == 8
-    assert "no_such_method" in summary["unavailable"]  # named, not fatal
+    assert "pix2pixhd" in summary["unavailable"]  # named, not fatal
     res = summary["results"]["bicubic"]
     # Bicubic from 16 px: a recognisable but blurred face (measured: PSNR-Y ≈ 22 dB).
     assert 18 < res["psnr_y_crop"] < 30

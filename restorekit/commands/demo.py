@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..cli import emit_json, table, warn
+from ..cli import emit_json, fail_usage, table, warn
 from ..degradations import downscale
 from ..errors import RestorekitError, WeightsMissing
 from ..images import atomic_write_bytes, save_image
@@ -66,10 +66,17 @@ def score(name: str, pred: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, sca
 def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet: bool, as_json: bool) -> None:
     """Restore a public-domain face photo (×8 by default) and write a side-by-side PNG + metrics."""
     from ..faces.detectors import DEFAULT_DETECTOR
-    from ..methods import build_method
+    from ..methods import build_method, method_class
 
     k = int(scale)
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
+    if not names:
+        fail_usage(f"--methods '{methods}' names no method")
+    for n in names:  # a name that is not a method is a typo, not a method missing its weights
+        try:
+            method_class(n)
+        except RestorekitError as exc:
+            fail_usage(str(exc))
     built: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
     for n in names:

@@ -63,27 +63,34 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
 @click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), required=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace images that already exist (else they are skipped).")
 @click.option("--json", "as_json", is_flag=True)
 def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_list: list[int], truncation: float,
-                 output: Path, device: str, as_json: bool) -> None:
+                 output: Path, device: str, overwrite: bool, as_json: bool) -> None:
     """Write one image per seed from GENERATOR (truncated towards its mean latent).
 
     Without --weights the generator's factory picks its default (stylegan2: the shipped face prior,
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
     dev = resolve_device(device)
     gen = build_generator(name, weights, opts, dev)
-    written = []
+    written: list[str] = []
+    skipped: list[str] = []
     with torch.inference_mode():
         w_avg = gen.mean_latent()
         for seed in seed_list:
+            path = output / f"seed{seed:04d}.png"
+            if not overwrite and (path.exists() or path.is_symlink()):
+                skipped.append(str(path))  # as run: a file already there is not replaced unasked
+                continue
             z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
             w = w_avg + truncation * (gen.map(z) - w_avg)
             img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
-            written.append(str(save_image(img.cpu(), output / f"seed{seed:04d}.png")))
+            written.append(str(save_image(img.cpu(), path)))
     if as_json:
-        emit_json({"generator": name, "truncation": truncation, "written": written})
+        emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped})
     else:
-        click.echo(f"{len(written)} images → {output}", err=True)
+        extra = f", {len(skipped)} skipped (exist; --overwrite replaces them)" if skipped else ""
+        click.echo(f"{len(written)} images{extra} → {output}", err=True)
 
 
 def attach(cli: click.Group) -> None:

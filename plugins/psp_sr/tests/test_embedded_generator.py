@@ -63,6 +63,18 @@ def test_generate_without_weights_writes_its_faces(tmp_path: Path) -> None:
     assert GENERATOR_MODEL_NAME in r.stderr
     written = json.loads(r.stdout)["written"]
     assert [read_image(p).shape[-2:] for p in written] == [(128, 128), (128, 128)]
+    # A file already there is kept (and said to be) unless --overwrite, as with run.
+    (tmp_path / "seed0001.png").write_bytes(b"kept")
+    r = CliRunner().invoke(build_cli(), ["generate", "--generator", "stylegan2", "--seeds", "0-2", "--output",
+                                         str(tmp_path), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [Path(p).name for p in doc["written"]] == ["seed0002.png"]
+    assert [Path(p).name for p in doc["skipped"]] == ["seed0000.png", "seed0001.png"]
+    assert (tmp_path / "seed0001.png").read_bytes() == b"kept"
+    r = CliRunner().invoke(build_cli(), ["generate", "--generator", "stylegan2", "--seeds", "1", "--output",
+                                         str(tmp_path), "--device", "cpu", "--overwrite"])
+    assert r.exit_code == 0 and read_image(tmp_path / "seed0001.png").shape[-2:] == (128, 128)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
