@@ -194,6 +194,12 @@ def process_files(
             if on_error is not None:
                 on_error(early[i]["error"])
             continue
+        folders = [outdir / f"{s}.{ext}" for s in stems if (outdir / f"{s}.{ext}").is_dir()]
+        if folders:  # not a finished output, and nothing an output could be written over
+            early[i] = {"path": str(items[i].path), "error": f"{folders[0]}: is a folder, where the output goes"}
+            if on_error is not None:
+                on_error(early[i]["error"])
+            continue
         if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
             skipped[i] = [str(outdir / f"{s}.{ext}") for s in stems]
             continue

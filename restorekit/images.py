@@ -4,8 +4,10 @@ Inside restorekit an image batch is ``torch.float32``, ``N×3×H×W``, RGB, valu
 
 Conversion rule for files (pillow):
 - EXIF orientation is applied first.
-- Grayscale (``L``, ``I;16``, ``I``, ``F``) is replicated to three channels; 16-bit and 32-bit
-  integer data are scaled by their full range (``/65535``), float data is clipped to [0, 1].
+- Grayscale (``L``, ``I;16``, ``I``, ``F``) is replicated to three channels; 16-bit integer data
+  is scaled by its full range (``/65535``); 32-bit integer data (``I``, whose files say nothing of
+  the range used) by ``/65535`` when any value exceeds 255, else ``/255`` (8-bit values stored
+  wide); float data is clipped to [0, 1] (NaN or infinite values are refused).
 - Palette (``P``) images are expanded through their palette.
 - Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces.
 - CMYK and YCbCr are converted with pillow's own conversion.

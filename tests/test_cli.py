@@ -120,6 +120,15 @@ def test_existing_outputs_skipped_unless_overwrite(hr_folder, tmp_path):
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json",
                "--overwrite")
     assert len(json.loads(r.output)["written"]) == 4
+    # A folder where an output goes is not a finished output: that input fails, the others are done.
+    (out / "img1.png").unlink()
+    (out / "img1.png").mkdir()
+    for extra in ([], ["--overwrite"]):
+        r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(out), "--json", *extra)
+        assert r.exit_code == 1 and f"{out / 'img1.png'}: is a folder, where the output goes" in r.stderr
+        doc = json.loads(r.stdout)
+        assert [f["path"] for f in doc["failed"]] == [str(hr_folder / "img1.png")]
+        assert len(doc["written"]) + len(doc["skipped"]) == 3
 
 
 def test_inputs_are_never_overwritten(hr_folder):
