@@ -645,7 +645,7 @@ def test_json_float_encoding_round_trips():
     assert encode_float(math.nan) is None and math.isnan(decode_float(None))
 
 
-def test_bench_harness_reports_cost_per_image_next_to_the_method():
+def test_bench_harness_reports_cost_per_image_next_to_the_method(harness_plugin):
     r = invoke("bench", "harness", "--n", "3", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop",
                "--standin-ms", "150", "--json")  # far above bicubic's 32-px cost, even on a loaded machine
     assert r.exit_code == 0, r.output
@@ -668,6 +668,12 @@ def test_bench_harness_reports_cost_per_image_next_to_the_method():
     assert "bench_standin" not in registry().names("methods")  # registered for the bench only
     r = invoke("bench", "harness", "--n", "2", "--size", "32", "--scale", "2", "--metrics", "psnr_y_crop")
     assert r.exit_code == 0 and "harness/method" in r.stdout and "stand-in 50 ms" in r.stdout
+    # An LR of no pixel, or a method failing on the images: an error, not a table of zeros.
+    r = invoke("bench", "harness", "--n", "2", "--size", "16", "--scale", "32", "--metrics", "psnr_y_crop")
+    assert r.exit_code == 2 and "--size 16 is smaller than --scale 32" in r.stderr
+    r = invoke("bench", "harness", "--n", "2", "--size", "48", "--scale", "2", "--method", "flaky3p",
+               "--metrics", "psnr_y_crop")  # flaky3p fails on 24-px-wide inputs
+    assert r.exit_code == 2 and "bench harness: flaky3p failed on 2/2 images" in r.stderr, r.output
 
 
 def test_lr_dir_size_mismatch_fails_that_image_only(hr_folder, tmp_path):

@@ -24,6 +24,7 @@ import click
 from pydantic import Field
 from torch import Tensor
 
+from ..errors import RestorekitError
 from ..interfaces import Method, MethodInfo, Options
 
 STANDIN = "bench_standin"
@@ -86,6 +87,10 @@ def _one_run(hr: Path, out: Path, method: str, opts: dict[str, Any], n: int, sca
     t_plan = time.perf_counter() - t0
     res = execute(p)
     t1 = time.perf_counter()
+    failed = [r for r in res.records if r.status != "ok"]
+    if failed:  # timings of images that failed would be a table of zeros
+        raise RestorekitError(f"bench harness: {method} failed on {len(failed)}/{len(res.records)} images "
+                              f"({failed[0].error})")
     write_all(summarize_result(res), cfg.out)
     wall = time.perf_counter() - t0
     st = res.timings
@@ -161,6 +166,9 @@ def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: fl
     from ..errors import RestorekitError
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    if size < scale:
+        fail_usage(f"--size {size} is smaller than --scale {scale}: the LR would have no pixel")
+        return
     try:
         data = run_bench(n, size, scale, method, names, device, standin_ms)
     except RestorekitError as exc:
