@@ -88,21 +88,32 @@ class BatchResult:
                 "reports": self.reports}
 
 
+#: The largest side each output format can hold (JPEG's 16-bit size fields, as libjpeg caps
+#: them; WebP's 14-bit ones): a larger output is refused before the work, not after it.
+MAX_SIDE = {"jpg": 65500, "jpeg": 65500, "webp": 16383}
+
+
 def check_inputs(items: list[ImageItem], *, max_pixels: int, out_scale: int = 1, n_outputs: int = 1,
-                 max_output_pixels: int | None = None) -> tuple[list[ImageItem], list[dict[str, str]]]:
+                 max_output_pixels: int | None = None,
+                 ext: str | None = None) -> tuple[list[ImageItem], list[dict[str, str]]]:
     """Check every input from its header before any work: ``(usable, failures)``.
 
-    An input fails when it is unreadable, outside ``max_pixels``, or when ``n_outputs`` results
-    ``out_scale`` times its size would exceed ``max_output_pixels`` (None: no output limit).
+    An input fails when it is unreadable, outside ``max_pixels``, when ``n_outputs`` results
+    ``out_scale`` times its size would exceed ``max_output_pixels`` (None: no output limit), or
+    when such a result is larger than the output format ``ext`` can hold (:data:`MAX_SIDE`).
     """
     ok: list[ImageItem] = []
     failed: list[dict[str, str]] = []
+    side_limit = MAX_SIDE.get((ext or "").lower())
     for item in items:
         try:
             w, h = probe_size(item.path, max_pixels=max_pixels)
             if max_output_pixels is not None:
                 check_output_size(w, h, out_scale, item.path, max_output_pixels=max_output_pixels,
                                   n_outputs=n_outputs)
+            if side_limit is not None and max(w, h) * out_scale > side_limit:
+                raise ImageError(f"{item.path}: its {w * out_scale}×{h * out_scale} output is larger than "
+                                 f"{ext} holds ({side_limit} px a side); use --ext png")
             ok.append(item)
         except PER_IMAGE_ERRORS as exc:
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
@@ -204,7 +215,7 @@ def process_files(
             skipped[i] = [str(outdir / f"{s}.{ext}") for s in stems]
             continue
         _, bad = check_inputs([items[i]], max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
-                              max_output_pixels=max_output_pixels)
+                              max_output_pixels=max_output_pixels, ext=ext)
         if bad:
             early[i] = bad[0]
             if on_error is not None:

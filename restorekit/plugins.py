@@ -37,10 +37,10 @@ from typing import Any, Callable
 import pluggy
 from pydantic import BaseModel
 
-from . import hookspecs
+from . import ENTRY_POINT_GROUP, hookspecs
 from .errors import PluginError, UnknownNameError
 
-GROUP = "restorekit"
+GROUP = ENTRY_POINT_GROUP
 KINDS = ("methods", "generators", "encoders", "losses", "degradations", "metrics", "weights",
          "face_embedders", "face_detectors")
 # Kinds whose register() takes a (name, factory) pair instead of a class or spec.

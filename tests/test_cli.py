@@ -131,6 +131,20 @@ def test_existing_outputs_skipped_unless_overwrite(hr_folder, tmp_path):
         assert len(doc["written"]) + len(doc["skipped"]) == 3
 
 
+@pytest.mark.parametrize("ext,limit", [("jpg", 65500), ("webp", 16383)])
+def test_an_output_larger_than_its_format_holds_fails_before_the_work(tmp_path, ext, limit):
+    from PIL import Image
+
+    Image.new("RGB", (70, 2), (90, 120, 150)).save(tmp_path / "wide.png")
+    Image.new("RGB", (4, 4), (90, 120, 150)).save(tmp_path / "small.png")
+    r = invoke("run", "bicubic", "--scale", "1000", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+               "--ext", ext, "--json")
+    assert r.exit_code == 1
+    msg = f"wide.png: its 70000×2000 output is larger than {ext} holds ({limit} px a side); use --ext png"
+    assert msg in r.stderr and r.stderr.count("\n") <= 2
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [f"small.{ext}"]
+
+
 def test_inputs_are_never_overwritten(hr_folder):
     before = (hr_folder / "img0.png").read_bytes()
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(hr_folder),

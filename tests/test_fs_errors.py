@@ -102,7 +102,7 @@ def test_output_file_in_the_way_fails_that_input_only(hr_folder, tmp_path):
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
     assert [Path(f["path"]).name for f in doc["failed"]] == ["img1.png"]
-    assert f"cannot write {out / 'img1.png'}: Is a directory" in doc["failed"][0]["error"]
+    assert f"{out / 'img1.png'}: is a folder, where the output goes" in doc["failed"][0]["error"]  # before the work
     assert sorted(Path(p).name for p in doc["written"]) == ["img0.png", "img2.png", "img3.png"]
 
 

@@ -117,10 +117,10 @@ def converter_packages() -> frozenset[str]:
     """Top-level packages a converter may come from: restorekit and the installed plugins'."""
     from importlib.metadata import entry_points
 
-    from ..plugins import GROUP
+    from .. import ENTRY_POINT_GROUP
 
     return frozenset({"restorekit"} | {ep.value.split(".", 1)[0].split(":", 1)[0]
-                                       for ep in entry_points(group=GROUP)})
+                                       for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def load_converter(dotted: str) -> Callable[[Path], Mapping[str, Tensor]]:
