@@ -691,3 +691,33 @@ def test_lr_dir_size_mismatch_fails_that_image_only(hr_folder, tmp_path):
     doc = _doc(out)
     assert _method(doc, "bicubic")["aggregate"]["ok"] == 3 and doc["inputs"]["unmatched"] == ["extra"]
     assert any("without a partner" in n and "extra" in n for n in doc["notes"])
+
+
+def test_metrics_are_scored_in_full_float32_and_the_flags_restored():
+    """TensorFloat-32 (cuDNN's default on CUDA) would move network metrics by more than the
+    differences they are read for: score() turns it off around each metric, and back after."""
+    import torch
+
+    from restorekit.harness.runner import MetricState, score
+    from restorekit.interfaces import Metric
+
+    seen = []
+
+    class Flags(Metric):
+        name = "flags_3p"
+        higher_is_better = True
+
+        def __call__(self, pred, target, *, lr, scale):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return torch.ones(1, dtype=torch.float64)
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        m = MetricState("flags_3p", Flags, "tests", "tests", "0", instance=Flags())
+        x = torch.rand(1, 3, 8, 8)
+        assert score([m], x, x, x[..., ::2, ::2], 2, torch.device("cpu")) == ({"flags_3p": 1.0}, {})
+        assert seen == [(False, False)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

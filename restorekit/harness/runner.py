@@ -24,7 +24,8 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -386,9 +387,24 @@ def setup_metrics(metrics: list[MetricState], device: torch.device) -> None:
             m.reason = f"set-up failed: {type(exc).__name__}: {exc}"
 
 
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Convolutions and matrix products in full float32 while inside: CUDA's TensorFloat-32 (on by
+    default for cuDNN convolutions) rounds their inputs to 10 bits of mantissa, which moves a
+    network metric (LPIPS, an identity descriptor) by more than the differences it is read for,
+    and would make a GPU's figures differ from a CPU's."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 def score(metrics: list[MetricState], pred: Tensor, hr: Tensor, lr: Tensor, scale: int,
           device: torch.device) -> tuple[dict[str, float], dict[str, str]]:
-    """Every active metric on one image (``1×3×H×W``); a metric error gives NaN plus its message."""
+    """Every active metric on one image (``1×3×H×W``), in full float32 (:func:`full_float32`); a
+    metric error gives NaN plus its message."""
     values: dict[str, float] = {}
     errors: dict[str, str] = {}
     p, h, low = pred.to(device), hr.to(device), lr.to(device)
@@ -396,7 +412,7 @@ def score(metrics: list[MetricState], pred: Tensor, hr: Tensor, lr: Tensor, scal
         if m.instance is None:
             continue
         try:
-            with torch.no_grad():
+            with torch.no_grad(), full_float32():
                 v = m.instance(p, h, lr=low, scale=scale)
             if not isinstance(v, Tensor) or v.numel() != 1:
                 raise ValueError(f"returned {type(v).__name__} of {getattr(v, 'shape', '?')}, expected one value")
