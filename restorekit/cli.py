@@ -98,15 +98,32 @@ def cli(ctx: click.Context, strict: bool, debug: bool) -> None:
     """restorekit: plugin-based image restoration (pSp face super-resolution and baselines)."""
     global _DEBUG
     _DEBUG = _DEBUG or debug
-    if strict:
-        from .plugins import registry, reset
+    if strict and not _STRICT_FROM_START:
+        # Called in-process (a test's CliRunner) after a lenient build: load everything again,
+        # strictly, the plugins' command hooks included. From the console script main() has
+        # made the whole start strict already, so nothing loads twice.
+        from .plugins import add_commands, registry, reset
 
         reset()
         try:
-            registry(strict=True)
+            add_commands(registry(strict=True), cli, strict=True)
         except PluginError as exc:
             error_line(str(exc))
             ctx.exit(2)
+
+
+#: Whether main() saw ``--strict`` before the subcommand and loaded the plugins strictly from the start.
+_STRICT_FROM_START = False
+
+
+def _global_flags(argv: list[str]) -> set[str]:
+    """The options given before the subcommand (``restorekit --strict plugins``)."""
+    flags: set[str] = set()
+    for arg in argv:
+        if not arg.startswith("-"):
+            break
+        flags.add(arg)
+    return flags
 
 
 def _load_plugin_commands() -> None:
@@ -153,8 +170,11 @@ def _interrupted() -> None:
 
 def main() -> None:
     """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
-    global _DEBUG
+    global _DEBUG, _STRICT_FROM_START
     _DEBUG = _DEBUG or "--debug" in sys.argv[1:]  # also for failures before options are parsed
+    if "--strict" in _global_flags(sys.argv[1:]):  # plugins load strictly, command hooks included
+        os.environ["RESTOREKIT_STRICT_PLUGINS"] = "1"
+        _STRICT_FROM_START = True
     try:
         signal.signal(signal.SIGTERM, _terminate)
     except (ValueError, OSError):  # not the main thread

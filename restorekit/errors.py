@@ -9,6 +9,14 @@ class RestorekitError(Exception):
     """Base for errors restorekit reports to users without a traceback."""
 
 
+def exception_line(exc: BaseException, limit: int = 400) -> str:
+    """``Type: text`` of an exception on one line: its lines joined with " | " (pluggy's and
+    pydantic's say what is wrong on the second and later lines), cut to ``limit`` characters."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = f"{type(exc).__name__}: {' | '.join(lines)}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ImageError(RestorekitError):
     """An input image cannot be read or used."""
 

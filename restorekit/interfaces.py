@@ -17,9 +17,11 @@ from torch import Tensor, nn
 
 
 class Options(BaseModel):
-    """Base for every user-configurable option model: unknown keys are errors."""
+    """Base for every user-configurable option model: unknown keys are errors, and defaults are
+    held to the same constraints as given values (a default outside its own bounds is an error
+    where the model is made, not a value the method quietly runs with)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class NoOptions(Options):

@@ -21,10 +21,12 @@ added. A plugin broken while collecting registers nothing, so the names it reach
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ import pluggy
 from pydantic import BaseModel
 
 from . import ENTRY_POINT_GROUP, hookspecs
-from .errors import PluginError, UnknownNameError
+from .errors import PluginError, UnknownNameError, exception_line
 
 GROUP = ENTRY_POINT_GROUP
 KINDS = ("methods", "generators", "encoders", "losses", "degradations", "metrics", "weights",
@@ -136,6 +138,8 @@ class Registry:
         self.commands: list[PluginCommands] = []
         # Registrations refused per plugin (kept even when the plugin catches the error).
         self.refused: dict[str, list[str]] = {}
+        # Names RESTOREKIT_LOAD_PLUGINS lists that no installed plugin declares (a typo loads nothing).
+        self.not_installed: list[str] = []
         self._registry_weights: dict[str, Any] | None = None
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
@@ -183,8 +187,10 @@ class Registry:
             names = sorted(self.items[kind])
             label = kind[:-1].replace("_", " ")
             known = ", ".join(names) if names else "none registered"
+            limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
+            limited = f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded)" if limit is not None else ""
             raise UnknownNameError(
-                f"unknown {label} '{name}'{suggest(name, names)}; known: {known}") from None
+                f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{limited}") from None
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
@@ -336,8 +342,7 @@ def failure_reason(exc: BaseException) -> str:
     """One line for why a plugin failed, also for exceptions whose text is empty (``sys.exit()``)."""
     if isinstance(exc, SystemExit):
         return f"SystemExit({exc.code!r}): the plugin tried to end the program"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return exception_line(exc)
 
 
 def unmet_core_requirement(dist: Any, core_version: str) -> str | None:
@@ -394,6 +399,10 @@ def load_registry(strict: bool | None = None) -> Registry:
     claimants: dict[str, list[str]] = {}
     for ep in found:
         claimants.setdefault(ep.name, []).append(ep.dist.name if ep.dist else "?")
+    reg.not_installed = sorted((allowed or set()) - set(claimants) - {BUILTIN})
+    if reg.not_installed and strict:
+        raise PluginError(f"RESTOREKIT_LOAD_PLUGINS names {', '.join(reg.not_installed)}, which no installed plugin "
+                          f"declares (installed: {', '.join(sorted(claimants)) or 'none'})")
     for ep in found:
         if allowed is not None and ep.name not in allowed:
             continue
@@ -407,6 +416,8 @@ def load_registry(strict: bool | None = None) -> Registry:
                           f"loaded (uninstall one)" if clash else
                           f"broken: plugin name '{ep.name}' is already taken by {reg.plugins[ep.name].distribution}")
             reg.plugins[f"{ep.name} ({rec.distribution})"] = rec
+            if strict:
+                raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is {rec.status}")
             continue
         reg.plugins[ep.name] = rec
         unmet = unmet_core_requirement(dist, __version__) if dist is not None else None
@@ -418,9 +429,11 @@ def load_registry(strict: bool | None = None) -> Registry:
         with user_interrupts() as pressed:
             t0 = time.perf_counter()
             try:
-                module = ep.load()
-                pm.register(module, name=ep.name)
-                collected.append(_collect_plugin(reg, module, rec))
+                with contextlib.redirect_stdout(sys.stderr):  # stdout is the commands' (--json)
+                    module = ep.load()
+                    pm.register(module, name=ep.name)
+                    pm.check_pending()  # a @hookimpl no spec knows: a misspelt hook registers nothing
+                    collected.append(_collect_plugin(reg, module, rec))
             except BaseException as exc:  # isolation: one broken plugin must not take the rest down
                 if isinstance(exc, KeyboardInterrupt) and pressed():
                     raise
@@ -485,7 +498,8 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
         before = _command_tree(cli)
         with user_interrupts() as pressed:
             try:
-                entry(cli=cli)
+                with contextlib.redirect_stdout(sys.stderr):
+                    entry(cli=cli)
                 changed = [f"'{name}'" for g, cmds in before.values() for name, cmd in cmds.items()
                            if g.commands.get(name) is not cmd
                            and _COMMAND_OWNERS.get((id(g), name)) != entry.plugin]

@@ -140,6 +140,16 @@ def test_unexpected_errors_show_a_traceback_only_with_debug(plugin_site, hr_fold
     assert "Traceback (most recent call last)" in r.stderr
 
 
+def test_a_methods_own_error_is_one_line_naming_the_method(plugin_site, hr_folder, tmp_path):
+    plugin_site("thirdparty-refuse", "thirdparty_refuse", CRASHING_PLUGIN.replace(
+        "return None + lr  # a programming error, not an input problem",
+        'raise RuntimeError("kaboom\\nthe second line says why")').replace("crash3p", "refuse3p"))
+    r = invoke("run", "refuse3p", "--scale", "2", "--input", hr_folder / "img0.png", "--output", tmp_path / "o", "-q")
+    assert r.exit_code == 1
+    assert error_line(r.stderr) == (f"error: {hr_folder / 'img0.png'}: refuse3p: RuntimeError: kaboom | "
+                                    "the second line says why")
+
+
 def _cached(home: Path, name: str) -> bool:
     return (home / "weights" / name / "w.bin").is_file()
 

@@ -114,6 +114,14 @@ class UpUndocumented(Up):
     Options = UndocumentedOptions
 
 
+class OutOfBoundsDefault(Options):
+    gain: float = Field(10.0, ge=0, le=2, description="multiplies the output")
+
+
+class UpBadDefault(Up):
+    Options = OutOfBoundsDefault
+
+
 class UpBadName(Up):
     info: ClassVar[MethodInfo] = MethodInfo(name="up.kit", summary="a dot breaks --opt METHOD.KEY")
 
@@ -137,6 +145,7 @@ def test_check_method_passes_a_correct_method():
     (UpSampleMajor, "image-major"),
     (UpOddSizes, "an 11×9 input gave"),
     (UpUndocumented, "field 'gain' needs a description"),
+    (UpBadDefault, "Options defaults are not valid values: ValidationError: .*gain"),
     (UpBadName, "method names use letters"),
     (UpMissingWeights, "no-such-weights"),
 ])
@@ -492,6 +501,13 @@ def test_plugin_new_refuses_existing_folders_and_taken_names(tmp_path):
     r = invoke("plugin", "new", "2fast", "--dir", str(tmp_path))
     assert r.exit_code == 2 and "must start with a letter" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restorekit-sharpen"]
+
+
+def test_a_description_with_quotes_and_backslashes_is_the_modules_docstring(tmp_path):
+    desc = 'a """ b, a \\ c, \\n and a last quote"'
+    root, _ = write_project(plugin_names("kitquote"), tmp_path, description=desc)
+    text = (root / "src/restorekit_kitquote/__init__.py").read_text()
+    assert ast.get_docstring(ast.parse(text), clean=False).splitlines()[0] == desc
 
 
 def test_generated_method_sharpens(tmp_path):

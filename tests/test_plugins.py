@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import inspect
 import itertools
 import re
@@ -347,3 +348,65 @@ def test_a_plugin_name_two_distributions_declare_is_neithers_whichever_python_fi
     assert "samename3p" not in reg.plugins
     assert not {"first3p", "second3p"} & set(reg.names("methods"))
     assert reg.plugins["baselines"].status == "ok"
+
+
+def test_two_distributions_declaring_one_plugin_name_fail_strict_mode(plugin_site, tmp_path, monkeypatch):
+    site = plugin_site("thirdparty-one", "thirdparty_first", _chain_source(["first3p"], []), "samename3p")
+    write_plugin_dist(site, "thirdparty-two", "thirdparty_second", _chain_source(["second3p"], []), "samename3p")
+    plugins.reset()
+    with pytest.raises(PluginError, match="plugin 'samename3p' .* is broken: plugin name 'samename3p' is declared by"):
+        plugins.registry(strict=True)
+
+
+def test_a_misspelt_hook_breaks_the_plugin_instead_of_registering_nothing(plugin_site):
+    plugin_site("thirdparty-typo", "thirdparty_typo", GOOD_PLUGIN.replace("def register_methods", "def register_method"))
+    reg = plugins.registry()
+    status = reg.plugins["thirdparty_typo"].status
+    assert status.startswith("broken: PluginValidationError") and "register_method" in status
+    assert "nearest3p" not in reg.names("methods") and "mean_abs_3p" not in reg.names("metrics")
+    plugins.reset()
+    with pytest.raises(PluginError, match="thirdparty_typo"):
+        plugins.registry(strict=True)
+
+
+def test_a_plugin_error_keeps_the_lines_that_say_what_is_wrong(plugin_site):
+    """pluggy names the bad argument on its second line: the status keeps it, on one line."""
+    plugin_site("thirdparty-sig", "thirdparty_sig", GOOD_PLUGIN.replace("def register_methods(register):\n    register(",
+                                                                       "def register_methods(reg):\n    reg("))
+    status = plugins.registry().plugins["thirdparty_sig"].status
+    assert "\n" not in status and "'reg'" in status and " | " in status
+
+
+def test_what_a_plugin_prints_while_loading_goes_to_stderr(plugin_site, rk_cli, capsys):
+    plugin_site("thirdparty-chatty", "thirdparty_chatty", "print('hello from the plugin')\n" + GOOD_PLUGIN)
+    r = rk_cli("methods", "--json")
+    assert r.exit_code == 0
+    assert "nearest3p" in {m["name"] for m in json.loads(r.stdout)}  # stdout is the JSON alone
+    seen = capsys.readouterr()  # the plugins load when the command is built, before it runs
+    assert "hello from the plugin" in r.stderr + seen.err and "hello" not in seen.out
+
+
+def test_a_load_plugins_name_that_is_not_installed_is_said(plugin_site, monkeypatch, rk_cli):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "thirdparty_nearst")
+    reg = plugins.registry()
+    assert reg.not_installed == ["thirdparty_nearst"]
+    with pytest.raises(UnknownNameError, match="RESTOREKIT_LOAD_PLUGINS=thirdparty_nearst limits the plugins loaded"):
+        reg.method("nearest3p")
+    assert "RESTOREKIT_LOAD_PLUGINS names thirdparty_nearst, which no installed plugin declares" in rk_cli("plugins").stdout
+    plugins.reset()
+    with pytest.raises(PluginError, match="thirdparty_nearst.*installed: .*thirdparty_nearest"):
+        plugins.registry(strict=True)
+
+
+def test_strict_fails_on_a_broken_command_hook(plugin_site, rk_cli):
+    """`restorekit --strict` reloads strictly, the command hooks included (a plugin's CI relies on it)."""
+    plugin_site("thirdparty-cmdraise", "thirdparty_cmdraise", GOOD_PLUGIN + '''
+
+@hookimpl
+def register_commands(cli):
+    raise RuntimeError("no commands today")
+''')
+    r = rk_cli("--strict", "plugins")
+    assert r.exit_code == 2 and "thirdparty_cmdraise" in r.stderr and "no commands today" in r.stderr
+    assert rk_cli("plugins").exit_code == 0  # lenient: listed as broken

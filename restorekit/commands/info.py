@@ -123,6 +123,8 @@ def plugins_cmd(as_json: bool) -> None:
     for r in recs:  # errors in full: they are what a plugin developer needs to read
         if r["status"] != "ok":
             click.echo(f"{r['name']} ({r['distribution']}): {r['status']}")
+    if reg.not_installed:
+        click.echo(f"RESTOREKIT_LOAD_PLUGINS names {', '.join(reg.not_installed)}, which no installed plugin declares")
     for r in recs:
         if r["name"] != BUILTIN and (r["load_seconds"] or 0) >= SLOW_LOAD_S:
             click.echo(f"{r['name']} ({r['distribution']}) took {r['load_seconds']:.1f} s to import and register, "

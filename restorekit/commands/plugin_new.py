@@ -106,6 +106,8 @@ def template_values(names: PluginNames, *, description: str, author: str, licens
         "dist": names.distribution, "dist_underscore": names.distribution.replace("-", "_"),
         "module": names.module, "ep": names.entry_point, "method": names.method,
         "description": description, "description_toml": _toml_string(description),
+        # In a Python docstring: backslashes and quotes escaped, so no text ends it early.
+        "description_docstring": description.replace("\\", "\\\\").replace('"', '\\"'),
         "authors_toml": authors_toml, "holder": holder, "license": license_id,
         "year": str(_dt.date.today().year), "core_version": core,
     }

@@ -10,7 +10,7 @@ import torch
 
 from ..batch import check_inputs, process_files
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
-from ..errors import RestorekitError
+from ..errors import RestorekitError, exception_line
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
 from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, method_class,
@@ -144,8 +144,13 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
 
         def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
             # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
-            with torch.no_grad():
-                out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples)
+            try:
+                with torch.no_grad():
+                    out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples)
+            except RestorekitError:
+                raise
+            except (ValueError, RuntimeError, OSError) as exc:  # the method's refusal: one line naming it
+                raise RestorekitError(f"{method}: {exception_line(exc)}") from exc
             out = check_restored(method, out, image, scale, n_samples).cpu()
             outs = [out[i:i + 1] for i in range(out.shape[0])]
             if couple:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import __version__
 from ..degradations import parse_spec
-from ..errors import RestorekitError, WeightsMissing, describe_os_error
+from ..errors import RestorekitError, WeightsMissing, describe_os_error, exception_line
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
 from ..methods import check_output_size_contract, check_restored, resolve_device, validate_options
@@ -419,7 +419,7 @@ def score(metrics: list[MetricState], pred: Tensor, hr: Tensor, lr: Tensor, scal
             values[m.name] = float(v.reshape(-1)[0].item())
         except Exception as exc:
             values[m.name] = math.nan
-            errors[m.name] = f"{type(exc).__name__}: {exc}"
+            errors[m.name] = exception_line(exc)
     return values, errors
 
 
@@ -755,7 +755,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
         if rec.report is None and isinstance(reports, list) and reports and isinstance(reports[0], dict):
             rec.report = reports[0]
     except Exception as exc:  # one (method, image) failing must not stop the comparison
-        rec.error = str(exc) if isinstance(exc, RestorekitError) else f"{type(exc).__name__}: {exc}"
+        rec.error = str(exc) if isinstance(exc, RestorekitError) else exception_line(exc)
         if cuda:
             torch.cuda.empty_cache()
         return rec

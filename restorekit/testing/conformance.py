@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..errors import exception_line
 from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss,
                           Method, MethodInfo, Metric, Options)
 from .data import sample_batch, smooth_batch
@@ -59,6 +60,12 @@ def _check_options_model(label: str, model: Any, what: str = "Options") -> None:
     for name, field in model.model_fields.items():
         _require(bool(field.description), f"{label}: {what} field '{name}' needs a description "
                  "(Field(..., description=...)); `methods show` prints it")
+    if not any(f.is_required() for f in model.model_fields.values()):
+        try:  # every default within its own field's constraints (Options validates defaults)
+            model()
+        except Exception as exc:
+            raise ConformanceError(f"{label}: {what} defaults are not valid values: "
+                                   f"{exception_line(exc)}") from None
 
 
 def _unchanged(label: str, before: Tensor, after: Tensor, what: str) -> None:

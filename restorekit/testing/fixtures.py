@@ -76,6 +76,6 @@ def rk_cli() -> Callable[..., Any]:
     from ..cli import build_cli
 
     def invoke(*args: str) -> Any:
-        return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)
+        return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False, prog_name="restorekit")
 
     return invoke

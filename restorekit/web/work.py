@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .. import __version__
 from ..degradations import parse_spec
-from ..errors import RestorekitError
+from ..errors import RestorekitError, exception_line
 from ..faces.pipeline import FacePipeline, largest_face_crop, not_a_face_method
 from ..harness.aggregate import best_per_column, summarize
 from ..harness.inputs import degrade_hr, png_bytes
@@ -278,7 +278,7 @@ class Restorer:
             raise
         except (Exception, SystemExit) as exc:  # one method failing (or calling sys.exit) must not stop the others
             row.update(status="failed", error=str(exc) if isinstance(exc, RestorekitError)
-                       else failure_reason(exc) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}")
+                       else failure_reason(exc) if isinstance(exc, SystemExit) else exception_line(exc))
             return row, []
         ms = (time.perf_counter() - t0) * 1000.0
         row["ms"] = round(ms, 1)
