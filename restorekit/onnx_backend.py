@@ -29,7 +29,7 @@ from torch import Tensor
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
 from .onnx_export import (DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, sidecar_problem,
-                          state_sha256)
+                          sidecar_path, state_sha256)
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -200,6 +200,18 @@ def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET
     return onnx_cache_dir() / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
 
 
+def _graph_differences(exported: Any, current: Any) -> list[str]:
+    """``key: exported → now`` for what a graph's sidecar says it was built with (``source.graph``)
+    that the method's current export spec describes otherwise (compared as the sidecar stores it)."""
+    if not isinstance(exported, dict) or current is None:
+        return []
+    now = json.loads(json.dumps(current, default=str))
+    if not isinstance(now, dict):
+        return []
+    return [f"{k}: {exported.get(k, '—')} → {now.get(k, '—')}" for k in sorted(exported.keys() | now.keys())
+            if exported.get(k) != now.get(k)]
+
+
 def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,
                 opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
     """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
@@ -210,10 +222,22 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         path = Path(onnx_path).expanduser()
         if not path.is_file():
             raise OnnxBackendError(f"--onnx {path}: no such file")
-        side = read_sidecar(path) or {}
+        found = read_sidecar(path)
+        if found is None:  # nothing says what the graph holds: another method's would run under this name
+            raise OnnxBackendError(f"--onnx {path}: no sidecar {sidecar_path(path)} beside it, so nothing says which "
+                                   f"method, weights and settings the graph holds; export it with `restorekit export "
+                                   f"{name} --out {path}` (which writes both)")
+        side = found
         err = _sidecar_mismatch(path, side, "--onnx ", name)
         if err is not None:
             raise err
+        source = side.get("source") or {}
+        if source.get("method") not in (None, name):
+            raise OnnxBackendError(f"--onnx {path}: a graph of {source['method']}, not of {name}")
+        diffs = _graph_differences(source.get("graph"), spec.metadata.get("graph"))
+        if diffs:  # options built into the graph (e.g. unrolled ReStyle passes) that these options change
+            raise OnnxBackendError(f"--onnx {path}: exported with other settings than {name} has now "
+                                   f"({'; '.join(diffs[:3])}); export again with these options")
         want = spec.metadata.get("weights_sha256")
         have = side.get("weights_sha256")
         if want and have:

@@ -463,6 +463,16 @@ def test_export_without_overwrite_keeps_a_file_where_the_sidecar_goes(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json"]  # the graph went with it
 
 
+def test_a_graph_without_its_sidecar_is_refused(tmp_path: Path) -> None:
+    """Nothing would say which method or weights a bare graph holds (another method's graph ran
+    under this name and gave its output): --onnx needs the sidecar export writes."""
+    res = export_onnx(TinyMethod().export_module(), tmp_path / "m.onnx")
+    assert isinstance(onnx_method(TinyMethod(), onnx_path=res.path, threads=1), OnnxMethod)
+    res.sidecar.unlink()
+    with pytest.raises(OnnxBackendError, match="no sidecar .*m.onnx.json beside it"):
+        onnx_method(TinyMethod(), onnx_path=res.path, threads=1)
+
+
 def test_run_with_a_graph_beside_another_graphs_sidecar_exits_2(tmp_path: Path) -> None:
     from click.testing import CliRunner
     from PIL import Image

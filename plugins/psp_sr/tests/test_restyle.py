@@ -254,6 +254,17 @@ def test_onnx_export_unrolls_the_passes(tmp_path: Path) -> None:
     side = read_sidecar(out)
     assert side is not None and side["source"]["graph"]["restyle_iterations"] == 2
     assert side["max_abs_diff"] <= side["tolerance"] == 1e-4
+    # The passes are in the graph: running it for another number of passes is refused, not
+    # silently the two-pass output; the number it was made for runs.
+    from restorekit.onnx_backend import OnnxBackendError, onnx_method
+    from restorekit_psp_sr.method import PSPSR, PSPSROptions
+
+    def method(passes: int) -> PSPSR:
+        return PSPSR(PSPSROptions(weights=str(path), impl="ref", restyle_iterations=passes))
+
+    with pytest.raises(OnnxBackendError, match="exported with other settings .*restyle_iterations: 2 → 3"):
+        onnx_method(method(3), onnx_path=out, threads=1)
+    assert onnx_method(method(2), onnx_path=out, threads=1).session.path == out
 
 
 def test_psp_pulse_starts_from_the_restyle_codes(tmp_path: Path) -> None:
