@@ -61,7 +61,8 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run the network in PyTorch or in onnxruntime (exported on first use into the cache, or --onnx).")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="--backend onnxruntime: an exported graph (`restorekit export`, with its .json sidecar beside it) instead of the cached export.")
+              help="--backend onnxruntime: an exported graph (`restorekit export`, with its .json sidecar "
+                   "beside it) instead of the cached export.")
 def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str, seed: int | None,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
             couple: bool, max_pixels: int, max_output_pixels: int, quiet: bool, as_json: bool, faces_mode: str,
