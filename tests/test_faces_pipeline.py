@@ -484,7 +484,7 @@ def test_a_small_face_beside_a_large_one_keeps_its_own_restoration():
     res = FacePipeline(TagFace(), SCALE, detector=GivenFaces(faces), colour_match=False).run(photo)
     assert res.n_restored == 2
     big_mask = face_mask(AlignedFace(np.asarray(res.records[1].quad), 64), 480, 640, SCALE, 0.1)[0, 0]
-    assert big_mask[small[1] * SCALE, small[0] * SCALE] > 0.9  # the small face lies inside the large crop
+    assert big_mask[small[1] * SCALE, small[0] * SCALE] > 0.8  # the small face lies inside the large crop
     for (x, y, _), tag in ((small, 0.0), (big, 0.3)):
         assert res.image[0, 0, y * SCALE, x * SCALE].item() == pytest.approx(tag, abs=1e-6)
 
@@ -601,3 +601,26 @@ def test_only_faces_accounts_for_a_photo_without_a_face(plugin_site, tmp_path, a
             assert "no face" in r.output.strip().splitlines()[-1]
         assert sum(expect.values()) == 2
     assert sorted(p.name for p in (tmp_path / "crops").glob("*.png")) == ["face_face0.png"]
+
+
+@pytest.mark.parametrize("size,scale", [(16, 8), (32, 4), (64, 2)])
+def test_the_paste_mask_is_zero_on_and_beyond_the_crop_border(size, scale):
+    """The mask warped back into the photo reaches 0 at the crop's border: nothing of it lies
+    outside the quad, where the paste window (quad + 2 px) would cut it into a straight seam."""
+    from restorekit.faces.pipeline import _window
+
+    quad = np.array([[20.0, 20.0], [20.0, 36.0], [36.0, 36.0], [36.0, 20.0]])  # TL, BL, BR, TR: 16 px
+    geom = AlignedFace(quad, size)
+    h = w = 64 * scale
+    m = face_mask(geom, h, w, float(scale), 0.08)[0, 0]
+    y0, y1, x0, x1 = _window(geom, scale, h, w)
+    inside = torch.zeros_like(m, dtype=torch.bool)
+    inside[y0:y1, x0:x1] = True
+    assert float(m[~inside].abs().max()) == 0.0  # all of the mask is inside the paste window
+    lo, hi = 20 * scale, 36 * scale
+    outside_quad = torch.ones_like(inside)
+    outside_quad[lo:hi, lo:hi] = False
+    assert float(m[outside_quad].abs().max()) == 0.0  # 0 from the crop's border outwards
+    ramp = max(1.0, 0.08 * size)  # crop pixels; an output pixel on the border is size/16/scale/2 of them in
+    assert float(m[lo, (lo + hi) // 2]) <= (size / 16 / scale / 2) / ramp + 1e-6
+    assert float(m[(lo + hi) // 2, (lo + hi) // 2]) == pytest.approx(1.0)

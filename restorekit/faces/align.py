@@ -179,11 +179,14 @@ def unalign(crop: Tensor, geom: AlignedFace, out_h: int, out_w: int, scale: floa
 def face_mask(geom: AlignedFace, out_h: int, out_w: int, scale: float = 1.0, feather: float = 0.08) -> Tensor:
     """A soft mask (1×1×H×W) of the crop region in source coordinates, feathered at the edges.
 
-    ``feather`` is the ramp width as a fraction of the crop size.
+    ``feather`` is the ramp width as a fraction of the crop size. The ramp starts at 0 on the
+    crop's outermost pixels, so the mask warped back into the photo is 0 along the crop's border
+    and beyond it (sampling between those pixels and the outside gives 0): nothing of it is cut
+    off by a paste window around the crop, which would leave a straight seam.
     """
     n = geom.size
     ramp = max(1.0, feather * n)
     t = torch.arange(n, dtype=torch.float32) + 0.5
-    edge = torch.clamp(torch.minimum(t, n - t) / ramp, 0, 1)
+    edge = torch.clamp((torch.minimum(t, n - t) - 0.5) / ramp, 0, 1)
     m = (edge[None, :] * edge[:, None])[None, None]
     return unalign(m, geom, out_h, out_w, scale)
