@@ -39,7 +39,20 @@ def resize_input(x: Tensor, size: int) -> Tensor:
     """
     if x.shape[-2:] == (size, size):
         return x
+    if torch.onnx.is_in_onnx_export():  # ONNX has no antialiased resize: the same, as two matrix products
+        rows = _resize_matrix(int(x.shape[-2]), size).to(x.dtype)
+        cols = _resize_matrix(int(x.shape[-1]), size).to(x.dtype)
+        return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _resize_matrix(n: int, size: int) -> Tensor:
+    """``size×n``: :func:`resize_input` along one axis (it is separable), as a matrix — what it
+    makes of each basis vector."""
+    with torch.no_grad():  # the other axis 4 wide, kept: antialiasing treats an axis of 1 apart
+        basis = torch.eye(n).reshape(n, 1, n, 1).expand(n, 1, n, 4).contiguous()
+        out = F.interpolate(basis, size=(size, 4), mode="bilinear", align_corners=False, antialias=True)
+    return out[:, 0, :, 0].t().contiguous()
 
 
 def default_style_split(n_styles: int) -> tuple[int, int]:
