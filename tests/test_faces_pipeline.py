@@ -340,6 +340,7 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
             "--faces", "detect", "--json"]
     r = CliRunner().invoke(build_cli(), args)
     assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[r.stdout.index("{"):])["backend"] == "torch"  # as aligned mode says it
     side = json.loads((out / "group.json").read_text())
     assert side["faces_restored"] == len(PLACEMENTS) and side["detector"] == "mtcnn"
     assert read_image(out / "group.png").shape[-2:] == (600, 800)

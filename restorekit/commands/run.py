@@ -138,7 +138,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                        only_faces=only_faces, require_face=require_face, max_shrink=max_shrink, seed=seed,
                        n_samples=n_samples, ext=ext,
                        overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
-                       max_output_pixels=max_output_pixels)
+                       max_output_pixels=max_output_pixels, backend=backend)
 
         def stems(item: ImageItem) -> list[str]:
             return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]

@@ -523,7 +523,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
                max_shrink: float | None = None,
                seed: int | None, n_samples: int, ext: str, overwrite: bool, couple: bool, max_pixels: int,
-               quiet: bool, as_json: bool, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
+               quiet: bool, as_json: bool, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+               backend: str = "torch") -> None:
     """The body of ``restorekit run --faces detect``: every photo through :class:`FacePipeline`.
 
     Writes the outputs of :func:`photo_outputs` and ``<stem>.json`` per photo; exits like
@@ -582,7 +583,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     if not current_job().is_main:  # under torchrun, rank 0 prints the whole job's summary
         raise SystemExit(result.exit_code)
     if as_json:
-        emit_json({"method": method.info.name, "scale": scale, "device": str(method.device), "faces": "detect",
+        emit_json({"method": method.info.name, "scale": scale, "device": str(method.device), "backend": backend,
+                   "faces": "detect",
                    "detector": det_name, "background": pipe.background_name, **result.as_dict()})
     elif not quiet:
         n_faces = sum(s.get("faces_restored", 0) for s in result.reports.values() if isinstance(s, dict))
