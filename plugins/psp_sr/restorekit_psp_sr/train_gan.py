@@ -157,13 +157,13 @@ def _load_one(path: Path, resolution: int) -> Tensor:
 
     from restorekit.images import read_image
 
-    try:
+    try:  # the fast path: an 8-bit RGB file at the training size, upright as stored
         with Image.open(path) as im:
-            if im.mode == "RGB" and im.size == (resolution, resolution):
+            if im.mode == "RGB" and im.size == (resolution, resolution) and im.getexif().get(0x0112, 1) == 1:
                 import numpy as np
 
-                return torch.from_numpy(np.asarray(im.convert("RGB"), dtype="uint8").copy()).permute(2, 0, 1)
-    except OSError:  # unreadable or cut short: read_image below names the file and what is wrong
+                return torch.from_numpy(np.asarray(im, dtype="uint8").copy()).permute(2, 0, 1)
+    except Exception:  # unreadable, cut short, too large…: read_image below names the file and what is wrong
         pass
     from restorekit.degradations import bicubic_resize
     from restorekit.training.data import center_square
@@ -180,6 +180,13 @@ def load_face_tensor(files: list[Path], resolution: int, workers: int = 8, bad_i
     on all but one DDP rank) or stops the load (``"stop"``), naming it either way."""
     if not files:
         raise TrainingError("no training images")
+    import warnings
+
+    from PIL import Image
+
+    # pillow warns (raw, without the file) when the fast path opens a very large image; read_image,
+    # which such a file then goes to, judges its size itself and names it.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     def one(path: Path) -> Tensor | ImageError:
         try:
@@ -657,10 +664,12 @@ class GANTrainer:
                     break
         finished = self.step >= cfg.steps
         exported = None
-        if self.dist.is_main and self.step > first:
+        model_file = self.out / "generator.safetensors"
+        # After training, or when a resumed run finds its model missing (an export that failed).
+        if self.dist.is_main and (self.step > first or (self.step > 0 and not model_file.is_file())):
             if getattr(self, "snapshot_step", None) != self.step:
                 self.snapshot()
-            exported = self._export_generator(self.out / "generator.safetensors", dtype=torch.float32)
+            exported = self._export_generator(model_file, dtype=torch.float32)
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
                 "kimg": round(self.nimg / 1000, 3), "finished": finished, "stopped_early": stopped,

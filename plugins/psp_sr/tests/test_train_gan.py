@@ -380,6 +380,13 @@ def test_resume_names_changed_settings_but_not_a_moved_run_or_its_snapshot_folde
     assert res.exit_code == 0, res.output
     [line] = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
     assert "r1_gamma: 0.1 → 0.2" in line and "snapshot" not in line and "out:" not in line
+    # A finished run whose model file is gone (an export that failed) exports it again on --resume.
+    (run / "generator.safetensors").unlink()
+    res = CliRunner().invoke(cli, ["train", "stylegan2", "--out", str(run), "--resume", "--json", "-q",
+                                   "--set", "r1_gamma=0.2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{"):])["exported"] == str(run / "generator.safetensors")
+    assert (run / "generator.safetensors").is_file()
 
 
 DDP_SCRIPT = r"""
@@ -558,3 +565,26 @@ def test_a_new_run_refuses_a_folder_holding_checkpoints(faces: Path, tmp_path: P
     with pytest.raises(TrainingError, match="already holds checkpoints: pass --resume"):
         GANTrainer.build(tiny_config(faces, tmp_path / "a", steps=4), quiet=True).fit()
     assert (tmp_path / "a" / "log.jsonl").read_text() == log
+
+
+def test_an_oversized_or_rotated_training_image_is_read_as_read_image_reads_it(tmp_path: Path, capsys) -> None:
+    """The fast path for files already at the training size must not skip what read_image does:
+    an EXIF orientation is applied, and a decompression bomb is one file left out, not the run."""
+    from PIL import Image
+
+    from restorekit.images import read_image
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    arr = (torch.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).to(torch.uint8).numpy()
+    img = Image.fromarray(arr, "RGB")
+    exif = img.getexif()
+    exif[0x0112] = 3  # rotate 180°
+    img.save(root / "a_rotated.jpg", exif=exif, quality=100)
+    Image.new("1", (14000, 14000)).save(root / "b_huge.png")  # 196 MP: pillow's bomb error
+    out = load_face_tensor(sorted(root.iterdir()), 32, workers=2)
+    assert out.shape == (1, 3, 32, 32)
+    want = read_image(root / "a_rotated.jpg")[0].mul(255).round().to(torch.uint8)
+    assert torch.equal(out[0], want)
+    err = capsys.readouterr().err
+    assert "b_huge.png" in err and "DecompressionBomb" not in err and "Traceback" not in err
