@@ -260,7 +260,9 @@ class PSPTrainer(Trainer):
     @classmethod
     def build(cls, config: TrainConfig, *, quiet: bool = False) -> "PSPTrainer":
         assert isinstance(config, PSPTrainConfig)
-        model = build_psp(config)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
+            torch.manual_seed(config.seed)
+            model = build_psp(config)
         train, val = sr_datasets(config.data.root, config.encoder_input_size, config.data,
                                  hr_size=cls.hr_size(config, model.decoder.resolution), seed=config.seed)
         return cls(config, model, train, val, quiet=quiet)

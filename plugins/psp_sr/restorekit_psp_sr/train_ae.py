@@ -159,7 +159,9 @@ class AETrainer(Trainer):
     @classmethod
     def build(cls, config: TrainConfig, *, quiet: bool = False) -> "AETrainer":
         assert isinstance(config, AEConfig)
-        model = build_autoencoder(config)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
+            torch.manual_seed(config.seed)
+            model = build_autoencoder(config)
         res = model.decoder.resolution
         train, val = sr_datasets(config.data.root, model.encoder.input_size, config.data, hr_size=res,
                                  seed=config.seed)

@@ -15,7 +15,7 @@ from restorekit.interfaces import FaceEmbedder
 from restorekit.losses import L2Loss, LPIPSLoss, WNormLoss
 from restorekit.networks.lpips_net import build_lpips
 from restorekit.testing.data import smooth_batch
-from restorekit.training import sr_datasets
+from restorekit.training import DataConfig, sr_datasets
 from restorekit.training.trainer import list_checkpoints, load_checkpoint
 from restorekit_psp_sr.encoder import GradualStyleEncoder
 from restorekit_psp_sr.identity_loss import IdentityLoss
@@ -206,6 +206,15 @@ def test_generator_files_and_build_from_config(faces: Path, tmp_path: Path) -> N
     torch.testing.assert_close(model.latent_avg[0], g.mean_latent())
     with pytest.raises(Exception, match="generator"):
         build_psp(tiny_config(tmp_path / "c"))
+    # The trainer's initial encoder depends on the config's seed alone, not on the process's RNG.
+    cfg = tiny_config(tmp_path / "d", generator=str(st), encoder_backbone="ir_se_light", head_channels=16,
+                      lpips_lambda=0.0, id_lambda=0.0, impl="ref", data=DataConfig(factors=[1, 2], holdout_fraction=0.25,
+                                                                                   root=str(faces)))
+    states = []
+    for process_seed in (11, 12):
+        torch.manual_seed(process_seed)
+        states.append(PSPTrainer.build(cfg, quiet=True).model.encoder.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 def test_cli_trains_from_the_tiny_config(faces: Path, tmp_path: Path) -> None:
