@@ -555,3 +555,24 @@ def test_a_new_run_refuses_a_folder_holding_checkpoints_and_leaves_it_as_it_was(
         p.unlink()
     assert invoke(cli, "tiny_sr", "--data", str(faces), "--config", cfg, "--out", str(out), "--steps", "1", "-q")[0] == 0
     assert [s for s in train_losses(out)] == [1]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """torch reports a full disk as a RuntimeError of its zip writer: the save names the file."""
+    from restorekit.errors import FileSystemError
+    from restorekit.training import trainer as T
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(T.torch, "save", full_disk)
+    target = tmp_path / "checkpoints" / "step_00000004.pt"
+    with pytest.raises(FileSystemError, match=f"cannot write {target}: the write failed .*full disk"):
+        T.atomic_save({"x": 1}, target)
+    assert list(target.parent.iterdir()) == []  # no temporary file left
+    target.mkdir()  # a folder in the way: an OS error, named by the checkpoint's path too
+    monkeypatch.undo()
+    with pytest.raises(FileSystemError, match=f"cannot write {target}"):
+        T.atomic_save({"x": 1}, target)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]

@@ -32,6 +32,7 @@ import random
 import re
 import signal
 import sys
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from ..errors import RestorekitError
+from ..errors import FileSystemError, RestorekitError, describe_os_error
 from .config import TrainConfig, absolute_settings
 from .data import DataError
 from .distributed import DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across
@@ -85,18 +86,29 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``. A failed write
+    (a full disk: torch says so as a RuntimeError of its zip writer) is a :class:`FileSystemError`
+    naming ``path``; nothing is left behind."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, FileSystemError):
+            raise FileSystemError(describe_os_error(exc, path)) from exc
+        if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "write" in str(exc).lower()):
+            free = shutil.disk_usage(path.parent).free
+            raise FileSystemError(f"cannot write {path}: the write failed ({free / 2**20:.0f} MiB free in its "
+                                  f"folder; a full disk?)") from exc
         raise
 
 

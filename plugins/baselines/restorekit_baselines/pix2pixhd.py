@@ -341,19 +341,18 @@ def _load_vgg_state(weights: WeightsArg) -> Mapping[str, Tensor]:
 def save_generator(generator: Pix2PixHDGenerator, path: str | os.PathLike[str], *,
                    factors: list[int] | None = None, input_size: int | None = None) -> Path:
     """Write the generator as safetensors with its architecture (and training setup) in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from restorekit.images import atomic_write_bytes
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": EXPORT_FORMAT, "config": json.dumps(asdict(generator.cfg))}
     if factors is not None:
         meta["factors"] = json.dumps(list(factors))
     if input_size is not None:
         meta["input_size"] = str(int(input_size))
     state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, p)
+    atomic_write_bytes(p, save(state, metadata=meta))  # nothing half-written, errors naming p
     return p
 
 

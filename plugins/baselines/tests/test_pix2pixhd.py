@@ -310,3 +310,20 @@ def test_registered() -> None:
     from restorekit.plugins import registry
 
     assert registry().method("pix2pixhd") is Pix2PixHD
+
+
+def test_the_exported_generator_is_written_atomically(tmp_path) -> None:
+    """A failed export leaves nothing beside the model's path and names that path."""
+    from restorekit.errors import FileSystemError
+
+    g = Pix2PixHDGenerator(TINY_G)
+    target = tmp_path / "pix2pixhd.safetensors"
+    target.mkdir()
+    with pytest.raises(FileSystemError, match=f"cannot write {target}"):
+        save_generator(g, target)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    target.rmdir()
+    save_generator(g, target, factors=[4])
+    loaded, meta = load_generator(target)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), g.state_dict().values()))
+    assert meta == {"factors": [4]} and [p.name for p in tmp_path.iterdir()] == [target.name]
