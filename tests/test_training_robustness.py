@@ -250,8 +250,10 @@ def test_an_unreadable_image_is_replaced_by_the_next_readable_one(faces: Path) -
         stop[3]
     for f in files:
         f.write_bytes(b"")
-    with pytest.raises(DataError, match="none of the 6 training images can be read"):
+    with pytest.raises(DataError, match="none of the 6 validation images can be read"):
         SRPairDataset(files, 16, train=False, factors=[2])[0]
+    with pytest.raises(DataError, match="none of the 6 training images can be read"):
+        SRPairDataset(files, 16, train=True, factors=[2])[0]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -321,6 +323,25 @@ def test_a_run_stopped_by_its_data_keeps_a_checkpoint_of_the_last_whole_step(fac
     with pytest.raises(RunStopped, match=r"^faces/f9\.png: corrupt or truncated image \(image file is truncated\)$"):
         trainer.fit()
     assert list_checkpoints(tmp_path / "run0") == []
+
+
+def test_unreadable_validation_images_stop_the_run_after_a_checkpoint(faces: Path, tmp_path: Path) -> None:
+    """Validation data failing is the data failing: the run stops with a checkpoint of the step
+    reached and says --resume continues it (it had ended with none, naming 'training images')."""
+    from restorekit.training import SRPairDataset
+
+    out = tmp_path / "run"
+    cfg = TinyConfig(steps=6, batch_size=2, optimizer="adam", lr=0.01, log_every=1, ckpt_every=100, val_every=2,
+                     device="cpu", out=str(out), data={"root": str(faces), "factors": [1, 2]})
+    trainer = TinyTrainer.build(cfg, quiet=True)
+    bad = tmp_path / "val.png"
+    bad.write_bytes(b"not a png")
+    trainer.val_data = SRPairDataset([bad], 16, train=False, factors=[2])
+    with pytest.raises(RunStopped) as info:
+        trainer.fit()
+    assert str(info.value).startswith("none of the 1 validation images can be read")
+    assert str(info.value).endswith("step_00000002.pt): --resume continues it")
+    assert [s for s, _ in list_checkpoints(out)] == [2]
 
 
 def test_a_checkpoint_write_cut_by_a_kill_leaves_no_temp_file_for_long(faces: Path, tmp_path: Path) -> None:

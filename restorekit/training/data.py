@@ -211,7 +211,8 @@ class SRPairDataset(Dataset[dict[str, Any]]):
             except ImageError as exc:
                 said.append(unreadable(exc, self.bad_images))
                 self._bad.add(i)
-        raise DataError(f"none of the {n} training images can be read ({self.files[0].parent} …)")
+        what = "training" if self.train else "validation"
+        raise DataError(f"none of the {n} {what} images can be read ({self.files[0].parent} …)")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         factor, flip = self.sample_params(index)

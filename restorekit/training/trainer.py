@@ -755,7 +755,10 @@ class Trainer:
                     bar.update(task, losses="  ".join(f"{k} {v:.4g}" for k, v in avg.items()))
                 bar.update(task, completed=self.step)
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                    self.validate()
+                    try:
+                        self.validate()
+                    except DataError as exc:  # as for training data: stop after a checkpoint of this step
+                        raise self._data_stopped(exc, start, last_ckpt) from None
                     barrier(self.dist)
                 at_limit = (time_limit is not None and elapsed >= time_limit) or (until is not None and self.step >= until)
                 # Every rank must agree on stopping (a signal may reach only some of them).
