@@ -597,3 +597,20 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_naming_it(tmp_path: Pa
     with pytest.raises(FileSystemError, match=f"cannot write {target}"):
         T.atomic_save({"x": 1}, target)
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("setting,key", [("lr=-1", "lr"), ("betas=[2, 0.9]", "betas"), ("device=bogus", "device"),
+                                         ("eps=-1", "eps")])
+def test_settings_outside_their_range_are_usage_errors_naming_the_key(cli: click.Group, faces: Path, tmp_path: Path,
+                                                                     setting: str, key: str) -> None:
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out",
+                        str(tmp_path / "r"), "--set", setting, "-q")
+    assert code == 2 and f"setting '{key}" in text and "unexpected" not in text, text
+    assert len([ln for ln in text.splitlines() if ln.strip()]) == 1
+
+
+def test_a_data_setting_that_is_not_a_table_is_named(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "d.toml"
+    cfg.write_text("data = 3\n")
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2 and f"{cfg}: setting 'data' must be a table" in text and "unexpected" not in text

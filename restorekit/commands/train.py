@@ -101,7 +101,11 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
     if device is not None:
         base["device"] = device
     if data is not None:
-        base.setdefault("data", {})["root"] = str(data)
+        section = base.setdefault("data", {})
+        if not isinstance(section, dict):
+            raise RestorekitError(f"{config if config is not None else 'config'}: setting 'data' must be a table "
+                                  f"([data] with root, factors…), not {section!r}")
+        section["root"] = str(data)
     cfg = validate_config(cls.Config, apply_overrides(base, sets, cls.Config), overrides=sets,
                           source=str(config) if config is not None else "config", layers=layers)
     if cfg.out is None:

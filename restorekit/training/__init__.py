@@ -4,13 +4,13 @@ Nothing here is specific to a model; plugins subclass :class:`Trainer` and :clas
 and register a ``restorekit train NAME`` subcommand (see ``restorekit.commands.train``).
 """
 
-from .config import ConfigError, DataConfig, TrainConfig, apply_overrides, load_config, read_config_file
+from .config import Betas, ConfigError, DataConfig, TrainConfig, apply_overrides, load_config, read_config_file
 from .data import DataError, SRPairDataset, degrade_lr, list_images, make_lr, split_files, sr_datasets
 from .optim import Lookahead, build_optimizer, ranger
 from .trainer import (RunStopped, Trainer, TrainingError, image_grid, latest_checkpoint, list_checkpoints,
                       load_checkpoint, psnr)
 
-__all__ = ["ConfigError", "DataConfig", "DataError", "Lookahead", "RunStopped", "SRPairDataset", "TrainConfig",
+__all__ = ["Betas", "ConfigError", "DataConfig", "DataError", "Lookahead", "RunStopped", "SRPairDataset", "TrainConfig",
            "Trainer", "TrainingError", "apply_overrides", "build_optimizer", "degrade_lr", "image_grid",
            "latest_checkpoint", "list_checkpoints", "list_images", "load_checkpoint", "load_config", "make_lr",
            "psnr", "ranger", "read_config_file", "split_files", "sr_datasets"]

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -66,6 +66,10 @@ class DataConfig(_Strict):
         return self
 
 
+#: Adam's (beta1, beta2): each in [0, 1); outside, the optimizer would fail mid-build.
+Betas = tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+
+
 class TrainConfig(_Strict):
     """Fields every trainer understands; plugins subclass it for their model and losses."""
 
@@ -80,7 +84,7 @@ class TrainConfig(_Strict):
     lr_final_ratio: float = Field(default=0.1, ge=0, le=1)
     optimizer: Literal["adam", "ranger"] = "ranger"
     # None: the optimizer's defaults (adam: 0.9, 0.999 / 1e-8; ranger: 0.95, 0.999 / 6.1e-5 as pSp's).
-    betas: tuple[float, float] | None = None
+    betas: Betas | None = None
     eps: float | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     # Ranger = RAdam + Lookahead (+ gradient centralization), pSp's optimizer.
@@ -93,7 +97,8 @@ class TrainConfig(_Strict):
     amp_cpu: bool = Field(default=False, description="with amp, bf16 autocast on the CPU too: pays where the "
                                                      "CPU has AMX or AVX-512 BF16 (oneDNN), costs elsewhere")
     seed: int = 0
-    device: str = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="auto, cpu, cuda or cuda:N")
     num_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads")
     num_workers: int = Field(default=0, ge=0)
     log_every: int = Field(default=10, ge=1)

@@ -32,7 +32,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from restorekit.training import DataConfig, TrainConfig, Trainer, TrainingError, psnr
+from restorekit.training import Betas, DataConfig, TrainConfig, Trainer, TrainingError, psnr
 
 from .pix2pixhd import (GeneratorConfig, MultiscaleDiscriminator, Pix2PixHDGenerator, VGGLoss,
                         feature_matching_loss, lsgan_loss, save_generator)
@@ -65,7 +65,7 @@ class Pix2PixHDTrainConfig(TrainConfig):
     # Overrides of the shared defaults.
     lr: float = Field(2e-4, gt=0)
     optimizer: Literal["adam", "ranger"] = "adam"
-    betas: tuple[float, float] | None = (0.5, 0.999)
+    betas: Betas | None = (0.5, 0.999)
     data: DataConfig = Field(default_factory=lambda: DataConfig(factors=[4]))
 
     PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {

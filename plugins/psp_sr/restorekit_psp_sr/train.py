@@ -40,7 +40,7 @@ STYLEGAN2_FORMAT = "restorekit.stylegan2/1"
 class PSPTrainConfig(TrainConfig):
     """``restorekit train psp_sr`` settings (on top of :class:`~restorekit.training.TrainConfig`)."""
 
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0)
     # -- model ---------------------------------------------------------------------------
     generator: str | None = Field(None, description="pretrained StyleGAN2: weights name or file (required)")
     init: str | None = Field(None, description="start the encoder from this pSp model (restorekit or official)")

@@ -31,15 +31,15 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from restorekit.interfaces import Loss
-from restorekit.training import TrainConfig, Trainer, psnr, sr_datasets
+from restorekit.training import Betas, TrainConfig, Trainer, psnr, sr_datasets
 
 
 class AEConfig(TrainConfig):
     """``restorekit train stylegan2_ae`` settings."""
 
     optimizer: Literal["adam", "ranger"] = "adam"
-    lr: float = 1e-3
-    betas: tuple[float, float] | None = (0.9, 0.99)
+    lr: float = Field(1e-3, gt=0)
+    betas: Betas | None = (0.9, 0.99)
     # -- generator architecture (rosinality StyleGAN2) ------------------------------------
     resolution: int = 128
     style_dim: int = Field(256, ge=8)

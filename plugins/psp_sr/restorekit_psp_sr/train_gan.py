@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from restorekit.errors import ImageError
 from restorekit.images import IMAGE_EXTS
-from restorekit.training import TrainConfig
+from restorekit.training import Betas, TrainConfig
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, checkpoint_path,
@@ -78,8 +78,8 @@ class GANConfig(TrainConfig):
     optimizer: Literal["adam"] = "adam"
     lr: float = Field(0.0025, gt=0, description="G's learning rate")
     lr_d: float | None = Field(None, gt=0, description="D's learning rate (default: lr)")
-    betas: tuple[float, float] | None = (0.0, 0.99)
-    eps: float | None = 1e-8
+    betas: Betas | None = (0.0, 0.99)
+    eps: float | None = Field(1e-8, gt=0)
     amp: bool = Field(True, description="bf16 autocast on CUDA, and on the CPU with amp_cpu (R1 and the EMA "
                                         "stay fp32; amp_cpu: 1.35× the images/s at prior128/cpu.toml's size here)")
     compile: bool = Field(False, description="torch.compile G's synthesis and D's passes (R1's stays eager: "
