@@ -13,7 +13,7 @@ from torch import nn
 from restorekit.degradations import bicubic_resize, downscale
 from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
-from restorekit.training import (ConfigError, DataConfig, Lookahead, SRPairDataset, TrainConfig, Trainer,
+from restorekit.training import (ConfigError, DataConfig, DataError, Lookahead, SRPairDataset, TrainConfig, Trainer,
                                  TrainingError, list_images, load_checkpoint, load_config, make_lr, ranger,
                                  split_files, sr_datasets)
 from restorekit.training.trainer import list_checkpoints
@@ -64,6 +64,13 @@ def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
     txt.write_text("zz/missing.png\n")
     with pytest.raises(Exception, match="not under"):
         split_files(files, faces, split_file=txt)
+    # Files that are not splits: one line each, naming the file.
+    for content, msg in [(b"{not json", "not valid JSON"), (json.dumps({"val": "a/img_01.png"}).encode(),
+                                                           "'val' must be a list of image paths, not str"),
+                         (b"\xff\xfe\x00", "not UTF-8 text")]:
+        js.write_bytes(content)
+        with pytest.raises(DataError, match=f"{js}: {msg}"):
+            split_files(files, faces, split_file=js)
 
 
 def test_dataset_determinism_and_factors(faces: Path) -> None:

@@ -60,11 +60,20 @@ def list_images(root: str | Path) -> list[Path]:
 
 
 def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text, so not a split file (one image path a line, or JSON)") from None
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict) or "val" not in data:
             raise DataError(f"{path}: a JSON split needs a 'val' list (and optionally 'train')")
+        for key in ("train", "val"):
+            if key in data and data[key] is not None and not isinstance(data[key], list):
+                raise DataError(f"{path}: '{key}' must be a list of image paths, not {type(data[key]).__name__}")
         train = data.get("train")
         return ([str(t) for t in train] if train is not None else None), [str(v) for v in data["val"]]
     lines = [ln.strip() for ln in text.splitlines()]
