@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from restorekit.errors import RestorekitError
+from restorekit.errors import RestorekitError, exception_line
 from restorekit.interfaces import Loss
 from restorekit.training import TrainConfig, Trainer, psnr, sr_datasets
 from restorekit.weights import weights_file
@@ -110,9 +110,12 @@ def load_generator(spec: str, **kwargs: Any) -> Any:
 
     from .method import PSP_FORMAT, build_generator, load_psp_safetensors
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own errors on a cut-short or foreign file
+        raise RestorekitError(f"{path}: not a readable safetensors file ({exception_line(exc)})") from None
     fmt = meta.get("format")
     if fmt == PSP_FORMAT:
         model, _ = load_psp_safetensors(path, **kwargs)

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from restorekit.errors import ImageError
+from restorekit.errors import ImageError, exception_line
 from restorekit.images import IMAGE_EXTS
 from restorekit.training import Betas, TrainConfig
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
@@ -537,8 +537,14 @@ class GANTrainer:
         for name in ("resume_g.safetensors", "resume_d.safetensors"):
             if not (f / name).is_file():
                 raise TrainingError(f"init_from {f}: no {name} (a `restorekit train stylegan2` snapshot folder)")
-        g = {k: v.float() for k, v in load_file(str(f / "resume_g.safetensors")).items()}
-        d = {k: v.float() for k, v in load_file(str(f / "resume_d.safetensors")).items()}
+        def read(name: str) -> dict[str, Tensor]:
+            try:
+                return {k: v.float() for k, v in load_file(str(f / name)).items()}
+            except Exception as exc:  # safetensors' own errors on a cut-short file
+                raise TrainingError(f"init_from {f / name}: not a readable safetensors file "
+                                    f"({exception_line(exc)})") from None
+
+        g, d = read("resume_g.safetensors"), read("resume_d.safetensors")
         ema = load_generator(str(f / "generator.safetensors")).state_dict() \
             if (f / "generator.safetensors").is_file() else g
         try:

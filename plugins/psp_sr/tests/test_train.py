@@ -15,6 +15,7 @@ from restorekit.interfaces import FaceEmbedder
 from restorekit.losses import L2Loss, LPIPSLoss, WNormLoss
 from restorekit.networks.lpips_net import build_lpips
 from restorekit.testing.data import smooth_batch
+from restorekit.errors import RestorekitError
 from restorekit.training import DataConfig, sr_datasets
 from restorekit.training.trainer import list_checkpoints, load_checkpoint
 from restorekit_psp_sr.encoder import GradualStyleEncoder
@@ -289,3 +290,12 @@ def test_a_run_given_relative_paths_resumes_from_another_folder(faces: Path, tmp
     assert "warning" not in r.output
     res = json.loads(r.output[r.output.index("{"):])
     assert res["step"] == 2 and res["finished"] and Path(res["exported"]).is_file()
+
+
+def test_a_damaged_generator_file_is_named(tmp_path: Path) -> None:
+    g = tiny_generator(3)
+    st = save_stylegan2_safetensors(g, tmp_path / "g.safetensors", license="CC0-1.0")
+    data = st.read_bytes()
+    st.write_bytes(data[: len(data) // 2])  # cut short
+    with pytest.raises(RestorekitError, match=f"{st}: not a readable safetensors file"):
+        load_generator(str(st), impl="ref")
