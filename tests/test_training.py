@@ -370,6 +370,8 @@ def test_train_command_config_overrides_and_resume(faces: Path, tmp_path: Path) 
     assert res["step"] == 7 and res["steps"] == 9 and not res["finished"]
     r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(out), "--resume", "--steps", "9", "--until", "7"])
     assert r.exit_code == 2 and "already at step 7" in r.output
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(out), "--resume", "--steps", "3"])
+    assert r.exit_code == 2 and "--steps 3: the run is already at step 7" in r.output
     r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(tmp_path / "new"), "--config", str(cfg)])
     assert r.exit_code == 2 and "--data" in r.output
     r = CliRunner().invoke(cli, ["train", "tiny_sr", "--out", str(tmp_path / "none"), "--resume"])

@@ -727,6 +727,9 @@ class Trainer:
         last_ckpt: Path | None = None
         if until is not None and until <= self.step:
             raise TrainingError(f"--until {until}: the run is already at step {self.step}")
+        if self.step > cfg.steps:  # a schedule that ended before the checkpoint: not this run's to export
+            raise TrainingError(f"--steps {cfg.steps}: the run is already at step {self.step} (--steps {self.step} "
+                                f"ends it there and exports)")
         batches = self._batches() if self.step < cfg.steps else iter(())
         first = self.step
         window: dict[str, Tensor] = {}

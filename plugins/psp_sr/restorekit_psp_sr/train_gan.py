@@ -623,6 +623,9 @@ class GANTrainer:
                 torch.cuda.manual_seed(cfg.seed + self.dist.rank)
         if until is not None and until <= self.step:
             raise TrainingError(f"--until {until}: the run is already at step {self.step}")
+        if self.step > cfg.steps:  # a schedule that ended before the checkpoint: not this run's to export
+            raise TrainingError(f"--steps {cfg.steps}: the run is already at step {self.step} (--steps {self.step} "
+                                f"ends it there and exports)")
         self.load_data()
         barrier(self.dist)
         self.G.train()
