@@ -614,3 +614,32 @@ def test_a_data_setting_that_is_not_a_table_is_named(cli: click.Group, faces: Pa
     cfg.write_text("data = 3\n")
     code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out", str(tmp_path / "r"))
     assert code == 2 and f"{cfg}: setting 'data' must be a table" in text and "unexpected" not in text
+
+
+def test_ctrl_c_stops_with_a_checkpoint_and_says_so_by_the_exit_code(cli: click.Group, faces: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """The first Ctrl-C ends training after the current step, with a checkpoint; the command then
+    exits 130 as any interrupted restorekit command does (it had exited 0, like a finished run)."""
+    import os
+    import signal
+    import sys
+
+    module = sys.modules[__name__]
+    calls = {"n": 0}
+    plain = module.tiny_step
+
+    def interrupted(net, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers
+        return plain(net, batch)
+
+    monkeypatch.setattr(module, "tiny_step", interrupted)
+    out = tmp_path / "r"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out",
+                        str(out), "--steps", "6", "-q")
+    assert code == 128 + signal.SIGINT, text
+    assert [s for s, _ in list_checkpoints(out)] == [2]
+    monkeypatch.setattr(module, "tiny_step", plain)
+    code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "-q")
+    assert code == 0, text

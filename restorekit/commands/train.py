@@ -183,6 +183,8 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
             click.echo(f"{name}: step {result['step']}/{result['steps']} {state}; {losses}", err=True)
             if result["exported"]:
                 click.echo(f"model: {result['exported']}", err=True)
+        if result.get("signal"):  # stopped by Ctrl-C or a TERM, with a checkpoint: said by the exit code too
+            ctx.exit(128 + int(result["signal"]))
 
     return cmd
 

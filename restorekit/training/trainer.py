@@ -391,6 +391,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.set = False
+        self.signum: int | None = None  # the signal that asked to stop (its exit code is 128 + it)
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -404,7 +405,7 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.set:  # second signal: give up at once
             raise KeyboardInterrupt
-        self.set = True
+        self.set, self.signum = True, signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -781,7 +782,8 @@ class Trainer:
 
                 plot_losses(self.log_path, self.out / "loss.png")
         barrier(self.dist)
-        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps, "finished": finished, "stopped_early": stopped,
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
+                "finished": finished, "stopped_early": stopped, "signal": stop.signum,
                 "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
                 "exported": str(exported) if exported else None, "losses": self.last_logs,
                 "val": self.last_val, "seconds": round(time.monotonic() - start, 3)}

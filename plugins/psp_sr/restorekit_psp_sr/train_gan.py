@@ -682,6 +682,7 @@ class GANTrainer:
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
                 "kimg": round(self.nimg / 1000, 3), "finished": finished, "stopped_early": stopped,
+                "signal": stop.signum,
                 "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
                 "exported": str(exported) if exported else None, "losses": self.last_logs,
                 "seconds": round(time.monotonic() - self._start, 3)}
