@@ -242,7 +242,8 @@ def test_failure_on_one_image_keeps_other_rows(harness_plugin, hr5, tmp_path):
     assert (boom["n"], boom["nan"], bic["metric_errors"]) == (4, 0, {"boom_3p": 1})
     narrow = next(img for img in doc["images"] if img["method"] == "bicubic" and img["image"] == "narrow")
     assert narrow["metrics"]["boom_3p"] is None and "48-px-wide" in narrow["metric_errors"]["boom_3p"]
-    assert any("boom_3p: could not be computed for some images: bicubic 1" in n for n in doc["notes"])
+    assert any("boom_3p: could not be computed for some images: bicubic 1 (first: narrow: ValueError: cannot score "
+               "48-px-wide images)" in n for n in doc["notes"])  # the reason, not only in results.json
 
 
 def test_unreadable_hr_file_is_listed_and_the_rest_run(hr_folder, tmp_path):

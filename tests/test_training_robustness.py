@@ -643,3 +643,15 @@ def test_ctrl_c_stops_with_a_checkpoint_and_says_so_by_the_exit_code(cli: click.
     monkeypatch.setattr(module, "tiny_step", plain)
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "-q")
     assert code == 0, text
+
+
+def test_the_skip_warning_does_not_offer_an_option_train_lacks() -> None:
+    from restorekit.errors import ImageError
+    from restorekit.training.data import unreadable
+
+    exc = ImageError("faces/huge.png: 196 MP is over the 100 MP limit (raise it with --max-pixels)")
+    said = unreadable(exc, "skip")
+    assert said.startswith("faces/huge.png: 196 MP is over the 100 MP limit; left out") and "--max-pixels" not in said
+    with pytest.raises(DataError) as info:
+        unreadable(exc, "stop")
+    assert "--max-pixels" not in str(info.value) and "huge.png" in str(info.value)

@@ -162,7 +162,10 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
                        "is infinite whatever the other images hold")
         errs = [f"{s.name} {s.metric_errors[m.name]}" for s in sm.methods if m.name in s.metric_errors]
         if errs:
-            out.append(f"{m.name}: could not be computed for some images: {', '.join(errs)}")
+            first = next(((r.image, r.metric_errors[m.name]) for r in res.records
+                          if r.metric_errors and m.name in r.metric_errors), None)
+            why = f" (first: {first[0]}: {first[1]})" if first else ""
+            out.append(f"{m.name}: could not be computed for some images: {', '.join(errs)}{why}")
     for m in res.plan.metrics:
         if m.status != "ok":
             out.append(f"metric {m.name} skipped: {m.reason}")

@@ -44,9 +44,11 @@ class DataError(RestorekitError):
 def unreadable(exc: ImageError, policy: BadImages) -> str:
     """The warning for a training image that cannot be read (``"skip"``: it is left out), or a
     :class:`DataError` with the reader's one-line message (``"stop"``)."""
+    # A reader's hint for the commands that have it (--max-pixels): train has none, it reads at the default.
+    text = str(exc).replace(" (raise it with --max-pixels)", "")
     if policy == "stop":
-        raise DataError(f"{exc} (data.bad_images = \"skip\" would leave it out and go on)") from None
-    return f"{exc}; left out of training (data.bad_images = \"stop\" stops instead)"
+        raise DataError(f"{text} (data.bad_images = \"skip\" would leave it out and go on)") from None
+    return f"{text}; left out of training (data.bad_images = \"stop\" stops instead)"
 
 
 def list_images(root: str | Path) -> list[Path]:
