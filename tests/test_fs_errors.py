@@ -175,3 +175,15 @@ def test_multi_name_weights_commands_check_every_name_first(test_registry, weigh
 
     r = invoke("weights", "rm", "test-a", "test-b")
     assert r.exit_code == 0 and not _cached(home, "test-a") and not _cached(home, "test-b")
+
+
+def test_bench_method_refuses_to_time_a_wrong_output(plugin_site, tmp_path):
+    """A method whose output breaks the contract (here: half the size) has no time worth a figure."""
+    plugin_site("thirdparty-halfsize", "thirdparty_halfsize", CRASHING_PLUGIN.replace(
+        "return None + lr  # a programming error, not an input problem",
+        "return torch.nn.functional.interpolate(lr, scale_factor=scale / 2)").replace(
+        "from restorekit.interfaces import Method, MethodInfo", "import torch\nfrom restorekit.interfaces import Method, MethodInfo").replace(
+        "crash3p", "halfsize3p"))
+    r = rk("bench", "method", "halfsize3p", "--scale", "4", "--batch", "1", "--repeat", "1", "--warmup", "0")
+    assert r.returncode == 2
+    assert "halfsize3p: restore returned (1, 3, " in error_line(r.stderr) and "expected (1, 3, " in r.stderr

@@ -30,7 +30,7 @@ import torch
 from ..cli import emit_json, fail_usage, table, warn
 from ..errors import RestorekitError
 from ..interfaces import Method
-from ..methods import build_method, method_class, method_values, validate_options
+from ..methods import build_method, check_restored, method_class, method_values, validate_options
 
 
 def parse_batches(text: str) -> list[int]:
@@ -83,11 +83,14 @@ def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, wa
             method.restore(lr, scale)
         _sync(dev)
         times = []
+        out: Any = None
         for _ in range(repeat):
             t0 = time.perf_counter()
-            method.restore(lr, scale)
+            out = method.restore(lr, scale)
             _sync(dev)
             times.append((time.perf_counter() - t0) * 1000)
+        if out is not None:  # the time of a wrong output is no figure: size, dtype, NaN and range, as run checks
+            check_restored(method.info.name, out, lr, scale)
         parts: dict[str, float] = {}
         bench_parts = getattr(method, "bench_parts", None)
         if callable(bench_parts):
