@@ -356,6 +356,11 @@ def test_two_distributions_declaring_one_plugin_name_fail_strict_mode(plugin_sit
     plugins.reset()
     with pytest.raises(PluginError, match="plugin 'samename3p' .* is broken: plugin name 'samename3p' is declared by"):
         plugins.registry(strict=True)
+    plugins.reset()
+    from restorekit.testing.cases import collect_cases
+
+    [case] = collect_cases("samename3p")  # broken, with why: not 'not installed'
+    assert "is declared by thirdparty-one and thirdparty-two" in case.broken
 
 
 def test_a_misspelt_hook_breaks_the_plugin_instead_of_registering_nothing(plugin_site):

@@ -111,6 +111,10 @@ def collect_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ..
     bad = [k for k in wanted if k not in KINDS]
     if bad:
         raise c.ConformanceError(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
+    clashing = [r for key, r in reg.plugins.items() if plugin is not None and key.startswith(f"{plugin} (")
+                and r.name == plugin]
+    if clashing:  # two distributions declare this name: listed apart, and broken
+        return [ConformanceCase(plugin, "plugin", plugin, None, broken=clashing[0].status)]
     if plugin is not None and plugin not in reg.plugins:
         names = sorted(reg.plugins)
         excluded = " or RESTOREKIT_LOAD_PLUGINS leaves it out" if "RESTOREKIT_LOAD_PLUGINS" in os.environ else ""
