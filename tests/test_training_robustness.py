@@ -655,3 +655,11 @@ def test_the_skip_warning_does_not_offer_an_option_train_lacks() -> None:
     with pytest.raises(DataError) as info:
         unreadable(exc, "stop")
     assert "--max-pixels" not in str(info.value) and "huge.png" in str(info.value)
+
+
+def test_a_run_refused_while_it_is_built_leaves_no_empty_out_folder(cli: click.Group, faces: Path,
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "new_run"
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out",
+                        str(out), "--set", "batch_size=100", "-q")
+    assert code == 2 and not out.exists(), text

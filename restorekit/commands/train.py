@@ -25,6 +25,7 @@ option or setting, the same in every process, is said by each machine's first pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,13 @@ def fit_training(trainer: Any, *, resume: bool | Path, time_limit: float | None,
         cleanup(trainer.dist)
 
 
+def _drop_if_empty(made: Path | None) -> None:
+    """Remove the ``--out`` folder a refused command created, when nothing was written into it."""
+    if made is not None and made.is_dir() and not any(made.iterdir()):
+        with contextlib.suppress(OSError):  # another process of the run may have written into it meanwhile
+            made.rmdir()
+
+
 def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
     """The ``restorekit train NAME`` command for the trainer ``loader()`` returns."""
 
@@ -160,18 +168,22 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
             resume: bool, time_limit: float | None, until: int | None, device: str | None, quiet: bool,
             as_json: bool) -> None:
         ctx = click.get_current_context()
+        made: Path | None = None  # an --out this command would create: not left behind, empty, by a refusal
         try:
             run = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
                                           resume=resume, device=device)
+            made = None if Path(run.config.out).exists() else Path(run.config.out)
             trainer = run.trainer.build(run.config, quiet=quiet)
         except RestorekitError as exc:  # a bad setting, option, data folder or weights file: the same in
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every process of a machine, said once a machine
                 error_line(str(exc))
+            _drop_if_empty(made)
             ctx.exit(2)
         try:
             result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit, until=until)
         except RestorekitError as exc:  # a checkpoint that does not fit; a run its data stopped (maybe one rank's)
             error_line(str(exc))  # one line, as every command's: not a click usage block
+            _drop_if_empty(made)
             ctx.exit(2)
         if result.get("rank", 0) != 0:
             return  # under torchrun, rank 0 reports
