@@ -663,3 +663,23 @@ def test_a_run_refused_while_it_is_built_leaves_no_empty_out_folder(cli: click.G
     code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out",
                         str(out), "--set", "batch_size=100", "-q")
     assert code == 2 and not out.exists(), text
+
+
+def test_a_check_across_settings_names_where_the_values_came_from(tmp_path: Path) -> None:
+    """A model validator's error has no key and the whole table as its input: the message gives the
+    validator's words and the file and --set it came from, not "setting '?'" and the table."""
+    from pydantic import model_validator
+
+    from restorekit.training.config import Layer, validate_config
+
+    class Checked(TrainConfig):
+        @model_validator(mode="after")
+        def _steps_even(self) -> "Checked":
+            if self.steps % 2:
+                raise ValueError(f"steps must be even, got {self.steps}")
+            return self
+
+    with pytest.raises(ConfigError) as info:
+        validate_config(Checked, {"steps": 3}, overrides=["steps=3"], layers=[Layer("run.toml", {"lr": 0.1})])
+    msg = str(info.value)
+    assert msg == "run.toml, --set steps=3: settings: Value error, steps must be even, got 3", msg

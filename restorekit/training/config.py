@@ -318,6 +318,12 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
             tail = f" {hint}" if hint else suggest(key.split(".")[-1], _all_keys(cls))
             raise ConfigError(f"{source}: unknown setting '{key}'{tail}") from None
         tail = f", {hint}" if hint else ""
+        if not parts or isinstance(err.get("input"), dict):
+            # A check across settings (a model validator): its message names them; the input is the
+            # whole table, which says nothing. The values may come from the file, --set or both.
+            where = ", ".join([*(ly.source for ly in layers), *(f"--set {p}" for p in overrides)]) or source
+            scope = f"settings{' in ' + '.'.join(parts) if parts else ''}"
+            raise ConfigError(f"{where}: {scope}: {err['msg']}") from None
         raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r}){tail}") from None
 
 
