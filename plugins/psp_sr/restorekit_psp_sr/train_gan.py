@@ -145,6 +145,12 @@ class GANConfig(TrainConfig):
             raise ValueError("stylegan2: grad_accum is not supported (raise batch_size instead)")
         if self.resolution not in (32, 64, 128, 256, 512, 1024):
             raise ValueError(f"resolution must be a power of two in 32…1024, got {self.resolution}")
+        levels = [2 ** k for k in range(2, self.resolution.bit_length())]  # 4 … resolution
+        for name in ("channels", "d_channels"):
+            widths = getattr(self, name)
+            if widths is not None and (sorted(widths) != levels or any(w < 1 for w in widths.values())):
+                raise ValueError(f"{name} must give a positive width for each of {levels} (resolution "
+                                 f"{self.resolution}), got {dict(sorted(widths.items()))}")
         from .diffaugment import parse_policy
 
         parse_policy(self.augment)

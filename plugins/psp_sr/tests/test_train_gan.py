@@ -588,3 +588,15 @@ def test_an_oversized_or_rotated_training_image_is_read_as_read_image_reads_it(t
     assert torch.equal(out[0], want)
     err = capsys.readouterr().err
     assert "b_huge.png" in err and "DecompressionBomb" not in err and "Traceback" not in err
+
+
+def test_channel_tables_must_cover_every_resolution() -> None:
+    from pydantic import ValidationError
+
+    ok = {4: 16, 8: 16, 16: 8, 32: 8}
+    assert GANConfig(resolution=32, channels=ok, d_channels=ok).channels == ok
+    for bad in ({4: 16}, {**ok, 64: 16}, {**ok, 16: 0}):
+        for key in ("channels", "d_channels"):
+            with pytest.raises(ValidationError, match=f"{key} must give a positive width for each of "
+                                                      r"\[4, 8, 16, 32\]"):
+                GANConfig(resolution=32, **{key: bad})
