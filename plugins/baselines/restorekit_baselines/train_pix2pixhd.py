@@ -81,6 +81,12 @@ class Pix2PixHDTrainConfig(TrainConfig):
             raise ValueError("lambda_feat needs the discriminator: set lambda_feat = 0 with lambda_gan = 0")
         if self.lambda_gan + self.lambda_feat + self.lambda_vgg + self.lambda_l1 + self.lambda_lpips == 0:
             raise ValueError("every loss weight is 0: nothing to train")
+        if self.lambda_lpips:
+            from restorekit.networks.lpips_net import MIN_SIDE
+
+            if self.size < MIN_SIDE[self.lpips_backbone]:
+                raise ValueError(f"lambda_lpips: LPIPS({self.lpips_backbone}) needs images of at least "
+                                 f"{MIN_SIDE[self.lpips_backbone]} px a side; size is {self.size}")
         if self.amp and self.amp_dtype == "fp16":
             raise ValueError("pix2pixhd trains with bf16 autocast only (amp_dtype=bf16): the D step has no grad scaler")
         return self

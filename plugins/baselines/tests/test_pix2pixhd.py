@@ -327,3 +327,12 @@ def test_the_exported_generator_is_written_atomically(tmp_path) -> None:
     loaded, meta = load_generator(target)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), g.state_dict().values()))
     assert meta == {"factors": [4]} and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_lpips_on_crops_too_small_for_its_network_is_a_settings_error() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"LPIPS\(alex\) needs images of at least 31 px a side; size is 16"):
+        Pix2PixHDTrainConfig(size=16, lambda_lpips=1.0, n_downsampling=2)
+    assert Pix2PixHDTrainConfig(size=32, lambda_lpips=1.0, n_downsampling=2).lambda_lpips == 1.0
+    assert Pix2PixHDTrainConfig(size=16, lambda_lpips=1.0, lpips_backbone="vgg", n_downsampling=2).size == 16
