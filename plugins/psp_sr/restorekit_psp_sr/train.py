@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from restorekit.errors import RestorekitError, exception_line
@@ -77,6 +77,15 @@ class PSPTrainConfig(TrainConfig):
         **TrainConfig.PATH_SETTINGS, "generator": "name_or_path", "init": "name_or_path",
         "backbone_weights": "name_or_path",
     }
+
+    @field_validator("encoder_backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from .irse import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"unknown IR backbone '{v}'; known: {', '.join(sorted(BACKBONES))}")
+        return v
 
 
 def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str = "unknown", name: str = "",
@@ -246,6 +255,7 @@ class PSPTrainer(Trainer):
     name: ClassVar[str] = "psp_sr"  # type: ignore[misc]
     Config: ClassVar[type[TrainConfig]] = PSPTrainConfig  # type: ignore[misc]
     config: PSPTrainConfig
+
 
     def __init__(self, config: PSPTrainConfig, model: Any, train_data: Any, val_data: Any = None, *,
                  losses: dict[str, Loss] | None = None, **kwargs: Any) -> None:

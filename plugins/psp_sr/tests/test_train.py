@@ -299,3 +299,10 @@ def test_a_damaged_generator_file_is_named(tmp_path: Path) -> None:
     st.write_bytes(data[: len(data) // 2])  # cut short
     with pytest.raises(RestorekitError, match=f"{st}: not a readable safetensors file"):
         load_generator(str(st), impl="ref")
+
+
+def test_an_unknown_encoder_backbone_is_a_settings_error(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown IR backbone 'ir_se_lite'; known: .*ir_se_light"):
+        tiny_config(tmp_path / "r", encoder_backbone="ir_se_lite")
