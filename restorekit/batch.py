@@ -199,20 +199,19 @@ def process_files(
                 skipped[i] = (exc.reason, exc.short)
                 continue
             stems = []
-        inputs_hit = [outdir / f"{s}.{ext}" for s in stems if (outdir / f"{s}.{ext}").resolve() in input_paths]
-        if inputs_hit:  # an input is not its own finished output: nothing to skip, nothing to replace
-            early[i] = {"path": str(items[i].path), "error": _replaces_input(inputs_hit[0])}
+        outs = [outdir / f"{s}.{ext}" for s in stems]
+        # Neither an input nor a folder is a finished output: nothing to skip, nothing to write over.
+        an_input = next((o for o in outs if o.resolve() in input_paths), None)
+        a_folder = next((o for o in outs if o.is_dir()), None) if an_input is None else None
+        if an_input is not None or a_folder is not None:
+            problem = _replaces_input(an_input) if an_input is not None else \
+                f"{a_folder}: is a folder, where the output goes"
+            early[i] = {"path": str(items[i].path), "error": problem}
             if on_error is not None:
-                on_error(early[i]["error"])
+                on_error(problem)
             continue
-        folders = [outdir / f"{s}.{ext}" for s in stems if (outdir / f"{s}.{ext}").is_dir()]
-        if folders:  # not a finished output, and nothing an output could be written over
-            early[i] = {"path": str(items[i].path), "error": f"{folders[0]}: is a folder, where the output goes"}
-            if on_error is not None:
-                on_error(early[i]["error"])
-            continue
-        if not overwrite and all((outdir / f"{s}.{ext}").exists() for s in stems):
-            skipped[i] = [str(outdir / f"{s}.{ext}") for s in stems]
+        if not overwrite and all(o.exists() for o in outs):
+            skipped[i] = [str(o) for o in outs]
             continue
         _, bad = check_inputs([items[i]], max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
                               max_output_pixels=max_output_pixels, ext=ext)

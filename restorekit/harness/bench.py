@@ -163,7 +163,6 @@ def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: fl
                       as_json: bool) -> None:
     """compare's own cost per image (reading, degrading, metrics, writing, report) next to the method's."""
     from ..cli import emit_json, fail_usage
-    from ..errors import RestorekitError
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     if size < scale:

@@ -123,14 +123,12 @@ def record(p: Plan) -> None:
     out = p.config.out
     current = json.loads(json.dumps(folder_config(p), default=str))
     path = out / CONFIG_FILE
-    recorded: dict[str, Any] | None = None
-    try:
+    recorded: Any = None
+    try:  # claim() accepted it, or --fresh removed it (also an unreadable one)
         recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     except (OSError, ValueError):
-        recorded = None  # claim() refused or cleared an unreadable one
-    if not isinstance(recorded, dict) or differences(recorded, current, out):
-        recorded = None  # cleared by --fresh
-    methods = dict((recorded or {}).get("methods") or {})
+        recorded = None
+    methods = dict((recorded if isinstance(recorded, dict) else {}).get("methods") or {})
     methods.update(current["methods"])
     doc = {"inputs": current["inputs"], "methods": methods}
     atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode())

@@ -293,8 +293,9 @@ def plan(config: CompareConfig) -> Plan:
             raise CompareUsageError(str(exc)) from None
         try:
             options = validate_options(cls, config.opts.get(name, {}))
-            cls(options).check_scale(config.scale)
-            check_output_size_contract(cls(options))
+            probe = cls(options)
+            probe.check_scale(config.scale)
+            check_output_size_contract(probe)
         except (RestorekitError, ValueError) as exc:
             raise CompareUsageError(str(exc)) from None
         plugin = reg.owner["methods"][base]
