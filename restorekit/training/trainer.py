@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
+from ..images import temp_prefix
 from .config import TrainConfig, absolute_settings
 from .data import DataError
 from .distributed import DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across
@@ -91,7 +92,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     naming ``path``; nothing is left behind."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise FileSystemError(describe_os_error(exc, path)) from exc
     try:
@@ -384,6 +385,16 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
+
+
+def check_stop_steps(step: int, steps: int, until: int | None) -> None:
+    """Refuse a resumed run's ``--until`` or ``--steps`` that lies at or before the step it is at
+    (``--steps`` equal to it ends the run there and exports)."""
+    if until is not None and until <= step:
+        raise TrainingError(f"--until {until}: the run is already at step {step}")
+    if step > steps:  # a schedule that ended before the checkpoint: not this run's to export
+        raise TrainingError(f"--steps {steps}: the run is already at step {step} (--steps {step} "
+                            f"ends it there and exports)")
 
 
 class _StopFlag:
@@ -726,11 +737,7 @@ class Trainer:
         self.set_train_mode()
         start = time.monotonic()
         last_ckpt: Path | None = None
-        if until is not None and until <= self.step:
-            raise TrainingError(f"--until {until}: the run is already at step {self.step}")
-        if self.step > cfg.steps:  # a schedule that ended before the checkpoint: not this run's to export
-            raise TrainingError(f"--steps {cfg.steps}: the run is already at step {self.step} (--steps {self.step} "
-                                f"ends it there and exports)")
+        check_stop_steps(self.step, cfg.steps, until)
         batches = self._batches() if self.step < cfg.steps else iter(())
         first = self.step
         window: dict[str, Tensor] = {}
@@ -793,7 +800,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["Trainer", "TrainingError", "atomic_save", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
+__all__ = ["Trainer", "TrainingError", "atomic_save", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
            "latest_checkpoint", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
            "resume_warning", "rng_state", "set_rng_state", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

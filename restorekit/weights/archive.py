@@ -11,6 +11,7 @@ member's path (only the spec's file name), so an archive cannot write outside th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import zipfile
@@ -79,25 +80,19 @@ def _check(spec: WeightSpec, wf: WeightFile, where: str, size: int, sha: str, tr
     return None
 
 
-def _hash_stream(src: IO[bytes]) -> tuple[int, str]:
+def _copy_hashing(src: IO[bytes], dest: Path | None, limit: int | None) -> tuple[int, str]:
+    """``(bytes read, sha256)`` of ``src``, copied to ``dest`` (None: hashed only); ``""`` for the
+    hash when more than ``limit`` bytes come (reading stops there)."""
     h = hashlib.sha256()
     n = 0
-    while block := src.read(_CHUNK):
-        n += len(block)
-        h.update(block)
-    return n, h.hexdigest()
-
-
-def _copy_hashing(src: IO[bytes], dest: Path, limit: int | None) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    with open(dest, "wb") as out:
+    with open(dest, "wb") if dest is not None else contextlib.nullcontext() as out:
         while block := src.read(_CHUNK):
             n += len(block)
             if limit is not None and n > limit:  # larger than the spec allows: stop reading (zip bombs)
                 return n, ""
             h.update(block)
-            out.write(block)
+            if out is not None:
+                out.write(block)
     return n, h.hexdigest()
 
 
@@ -155,7 +150,7 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                         limit = first.size  # the recorded file's size bounds the copy as a pinned size does
                     elif not trust:  # refused in any case: hash the member (for the message), copy nothing
                         with (open(src / member, "rb") if is_dir else zf.open(member)) as f:  # type: ignore[union-attr]
-                            size, sha = _hash_stream(f)
+                            size, sha = _copy_hashing(f, None, None)
                         _check(spec, wf, where, size, sha, trust)
                 if is_dir:
                     file = src / member

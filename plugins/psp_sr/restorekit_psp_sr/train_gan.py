@@ -63,8 +63,8 @@ from restorekit.images import IMAGE_EXTS
 from restorekit.training import Betas, TrainConfig
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
-from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, checkpoint_path,
-                                         prune_checkpoints, restoring, resume_checkpoint, rng_state,
+from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, check_stop_steps,
+                                         checkpoint_path, prune_checkpoints, restoring, resume_checkpoint, rng_state,
                                          seed_everything, set_rng_state, start_log, warn_changed_settings)
 
 TRAINER_NAME = "stylegan2"
@@ -627,11 +627,7 @@ class GANTrainer:
             seed_everything(cfg.seed + self.dist.rank)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed(cfg.seed + self.dist.rank)
-        if until is not None and until <= self.step:
-            raise TrainingError(f"--until {until}: the run is already at step {self.step}")
-        if self.step > cfg.steps:  # a schedule that ended before the checkpoint: not this run's to export
-            raise TrainingError(f"--steps {cfg.steps}: the run is already at step {self.step} (--steps {self.step} "
-                                f"ends it there and exports)")
+        check_stop_steps(self.step, cfg.steps, until)
         self.load_data()
         barrier(self.dist)
         self.G.train()
