@@ -31,6 +31,7 @@ from __future__ import annotations
 import glob as globmod
 import io
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -109,6 +110,29 @@ def pillow_limit(max_pixels: int) -> Iterator[Callable[[], None]]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+_NOTED: set[tuple[str, str]] = set()
+
+
+@contextmanager
+def _pillow_notes(p: Path) -> Iterator[None]:
+    """Pillow's warnings while ``p`` is read (corrupt EXIF data, a truncated metadata block) as one
+    ``warning:`` line on stderr naming the file, once per file and message in a process; any other
+    warning is passed on unchanged. Only on success: a failed read raises its own one-line error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, UserWarning) and w.filename.replace(os.sep, "/").find("/PIL/") >= 0:
+            msg = " ".join(str(w.message).split())
+            key = (str(p), msg)
+            if key not in _NOTED:
+                _NOTED.add(key)
+                print(f"warning: {p}: damaged metadata, used as far as it reads ({msg})",
+                      file=sys.stderr, flush=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def _check_file(p: Path) -> None:
     if not p.exists():
         raise ImageError(f"{p}: no such file")
@@ -136,8 +160,8 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
     elif not data:
         raise ImageError(f"{p}: empty file (0 bytes)")
     try:
-        with pillow_limit(max_pixels) as arm, Image.open(p if data is None else io.BytesIO(data),
-                                                         formats=formats) as im:
+        with pillow_limit(max_pixels) as arm, _pillow_notes(p), Image.open(
+                p if data is None else io.BytesIO(data), formats=formats) as im:
             w, h = im.size
             check_size(w, h, p, max_pixels=max_pixels)
             arm()

@@ -228,3 +228,28 @@ def test_side_by_side_lives_with_images_and_resizes_the_left_one():
     assert both.shape == (1, 3, 8, 20) and torch.equal(both[..., 10:], sr)
     assert torch.equal(both[..., :10], torch.nn.functional.interpolate(lr, size=(8, 10), mode="nearest"))
     assert run.side_by_side is side_by_side  # `run --couple` and `--faces detect --couple` share it
+
+
+def test_damaged_exif_is_one_warning_line_naming_the_file_once(tmp_path, capsys):
+    import io
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 12, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes())
+    data = bytearray(buf.getvalue())
+    i = data.find(b"Exif\x00\x00MM")
+    assert i > 0
+    data[i + 14:i + 16] = b"\x00\x40"  # an IFD that claims 64 entries: pillow reads a few bytes, warns
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):  # what pillow itself says, two lines raw
+        Image.open(p).getexif()
+    capsys.readouterr()
+    first = read_image(p)
+    again = read_image(p)
+    assert torch.equal(first, again) and first.shape == (1, 3, 12, 16)  # the orientation entry still read
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"warning: {p}: damaged metadata, used as far as it reads (") and "Corrupt EXIF" in err[0]
