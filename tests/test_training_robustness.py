@@ -683,3 +683,20 @@ def test_a_check_across_settings_names_where_the_values_came_from(tmp_path: Path
         validate_config(Checked, {"steps": 3}, overrides=["steps=3"], layers=[Layer("run.toml", {"lr": 0.1})])
     msg = str(info.value)
     assert msg == "run.toml, --set steps=3: settings: Value error, steps must be even, got 3", msg
+
+
+def test_a_mapped_checkpoint_read_gives_the_settings_and_refuses_a_cut_file(tmp_path: Path) -> None:
+    """What ``--resume`` reads for the settings alone: tensors mapped, not read; a file cut short
+    still refused; a file in torch's older format read whole."""
+    from restorekit.training.trainer import CKPT_FORMAT, load_checkpoint
+
+    ckpt = {"format": CKPT_FORMAT, "config": {"lr": 0.5}, "model": {"w": torch.arange(1000.0)}}
+    new, old, cut = tmp_path / "new.pt", tmp_path / "old.pt", tmp_path / "cut.pt"
+    torch.save(ckpt, new)
+    torch.save(ckpt, old, _use_new_zipfile_serialization=False)
+    cut.write_bytes(new.read_bytes()[:-200])
+    for p in (new, old):
+        got = load_checkpoint(p, mmap=True)
+        assert got["config"] == {"lr": 0.5} and torch.equal(got["model"]["w"], ckpt["model"]["w"])
+    with pytest.raises(TrainingError, match="cut.pt: not a loadable training checkpoint"):
+        load_checkpoint(cut, mmap=True)

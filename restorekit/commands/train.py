@@ -51,7 +51,8 @@ def _saved_config(out: Path, trainer: str) -> tuple[Path, dict[str, Any]]:
     from ..training.trainer import resume_checkpoint
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one warning for the run
-    path, ckpt = resume_checkpoint(out, None, trainer, warn=main)
+    # Mapped: the settings are all that is read here; the trainer loads the states from this file.
+    path, ckpt = resume_checkpoint(out, None, trainer, warn=main, mmap=True)
     return path, dict(ckpt["config"])
 
 

@@ -127,27 +127,28 @@ def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -
 
 
 def resume_checkpoint(out: str | Path, path: str | Path | None, trainer: str, *,
-                      warn: bool = True) -> tuple[Path, dict[str, Any]]:
+                      warn: bool = True, mmap: bool = False) -> tuple[Path, dict[str, Any]]:
     """``(path, checkpoint)`` that ``--resume`` continues from (``path``, else the newest under
     ``out`` that loads — a damaged newer one is skipped, with a warning when ``warn``), refused
-    when another trainer wrote it."""
-    if path is not None:
-        p, ckpt = Path(path), load_checkpoint(path)  # CPU; load_state_dict moves tensors to the model
+    when another trainer wrote it. ``mmap``: see :func:`load_checkpoint`."""
+    if path is not None:  # CPU; load_state_dict moves tensors to the model
+        p, ckpt = Path(path), load_checkpoint(path, mmap=mmap)
     else:
-        p, ckpt = newest_loadable_checkpoint(out, warn=warn)
+        p, ckpt = newest_loadable_checkpoint(out, warn=warn, mmap=mmap)
     if ckpt.get("trainer") != trainer:
         raise TrainingError(f"{p}: written by trainer '{ckpt.get('trainer')}', not '{trainer}'")
     return p, ckpt
 
 
-def newest_loadable_checkpoint(out: str | Path, *, warn: bool = True) -> tuple[Path, dict[str, Any]]:
+def newest_loadable_checkpoint(out: str | Path, *, warn: bool = True,
+                               mmap: bool = False) -> tuple[Path, dict[str, Any]]:
     """The newest step checkpoint under ``out`` that loads, and its contents."""
     found = [p for _, p in reversed(list_checkpoints(out))]
     if not found:
         raise TrainingError(f"--resume: no checkpoint under {Path(out) / 'checkpoints'}")
     for i, p in enumerate(found):
         try:
-            ckpt = load_checkpoint(p)
+            ckpt = load_checkpoint(p, mmap=mmap)
         except TrainingError:
             continue
         if i and warn:
@@ -270,11 +271,20 @@ def amp_enabled(config: TrainConfig, device: torch.device) -> bool:
     return config.amp and (device.type == "cuda" or (device.type == "cpu" and config.amp_cpu))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A training checkpoint, loaded without executing code (``weights_only=True``)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> dict[str, Any]:
+    """A training checkpoint, loaded without executing code (``weights_only=True``).
+
+    ``mmap``: its tensors are mapped from the file, read only where touched — for a caller that
+    wants the settings and step alone (a file from an older torch format is read whole)."""
     p = Path(path)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        try:
+            ckpt = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not mmap or "zipfile" not in str(exc):
+                raise
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise TrainingError(f"{p}: not a loadable training checkpoint ({exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
