@@ -43,6 +43,10 @@ class WeightsMissing(RestorekitError):
         super().__init__(f"weights '{name}' are not available{': ' + detail if detail else ''}; {fix}")
 
 
+class InsufficientMemory(RestorekitError):
+    """A job would need more memory than its device has left; refused before it starts."""
+
+
 class IntegrityError(RestorekitError):
     """A file's sha256 or size does not match its spec."""
 

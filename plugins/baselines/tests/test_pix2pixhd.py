@@ -336,3 +336,37 @@ def test_lpips_on_crops_too_small_for_its_network_is_a_settings_error() -> None:
         Pix2PixHDTrainConfig(size=16, lambda_lpips=1.0, n_downsampling=2)
     assert Pix2PixHDTrainConfig(size=32, lambda_lpips=1.0, n_downsampling=2).lambda_lpips == 1.0
     assert Pix2PixHDTrainConfig(size=16, lambda_lpips=1.0, lpips_backbone="vgg", n_downsampling=2).size == 16
+
+
+def test_a_restore_that_would_not_fit_in_memory_fails_that_input_before_it_starts(
+        tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network runs at the output's full size: on the CPU an output too large for the machine
+    would get the process killed mid-way (every input lost, no message). It is refused from an
+    estimate first, naming what it needs; the other inputs are restored."""
+    from click.testing import CliRunner
+
+    import restorekit.device_memory as device_memory
+    from restorekit.cli import build_cli
+    from restorekit.errors import InsufficientMemory
+    from restorekit.images import save_image
+
+    m = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights)))
+    m.load()
+    assert m.generator is not None
+    per_px = m.generator.bytes_per_pixel()
+    assert per_px == 15 * TINY_G.ngf + 24
+    # 256×256 output: a budget between what 32×32 and what 256×256 need.
+    monkeypatch.setattr(device_memory, "available_memory", lambda device: 100 * 100 * (per_px + 12))
+    assert m.restore(torch.rand(1, 3, 8, 8), 4).shape == (1, 3, 32, 32)
+    with pytest.raises(InsufficientMemory, match=r"pix2pixhd at ×4 \(256×256\) needs about 6 MB of memory, "
+                                                 r"1 MB is available on cpu \(.*--faces detect"):
+        m.restore(torch.rand(1, 3, 64, 64), 4)
+
+    src = tmp_path / "in"
+    save_image(torch.rand(1, 3, 8, 8), src / "small.png")
+    save_image(torch.rand(1, 3, 64, 64), src / "large.png")
+    res = CliRunner().invoke(build_cli(), ["run", "pix2pixhd", "--opt", f"weights={tiny_weights}", "--scale", "4",
+                                           "--input", str(src), "--output", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 1, res.output
+    assert f"{src / 'large.png'}: pix2pixhd at ×4 (256×256) needs about 6 MB" in res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]
