@@ -187,6 +187,15 @@ def test_stochastic_samples_and_seed_reach_the_method(server: RunningServer) -> 
     assert (pulse["seed"], pulse["samples"], len(pulse["outputs"])) == (7, 2, 2)
     assert [r["seed"] for r in pulse["reports"]] == [7, 7] and [r["sample"] for r in pulse["reports"]] == [0, 1]
     assert pulse["metrics"]["psnr_y_crop"]["std"] is not None  # mean ± std over the samples
+    # Each output's own values, from which the mean and std come; the time per output is what
+    # best.runtime ranks (before, it ranked that while the JSON showed only the total).
+    values = [o["metrics"]["psnr_y_crop"] for o in pulse["per_output"]]
+    assert [o["output"] for o in pulse["per_output"]] == [0, 1] and values[0] != values[1]
+    assert pulse["metrics"]["psnr_y_crop"]["mean"] == pytest.approx(sum(values) / 2, rel=1e-12)
+    assert [o["metrics"] for o in bicubic["per_output"]] == [{m: bicubic["metrics"][m]["mean"] for m in METRICS}]
+    assert pulse["ms_per_output"] == pytest.approx(pulse["ms"] / 2, abs=0.1)
+    fastest = min((pulse, bicubic), key=lambda m: m["ms_per_output"])["name"]
+    assert job["result"]["best"]["runtime"] == [fastest]
     assert (bicubic["seed"], bicubic["samples"], len(bicubic["outputs"])) == (None, 1, 1)
     assert bicubic["notes"] == ["bicubic is deterministic: one output"]
 
@@ -605,3 +614,55 @@ def test_serve_usage_errors_are_one_line(rk_cli: Any) -> None:
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use (choose another --port; 0 picks a free one)" \
         in result.output
+
+
+def test_a_url_with_a_trailing_slash_is_a_json_404_not_a_redirect(server: RunningServer) -> None:
+    """Starlette's redirect is an absolute URL made from the Host: behind a proxy under a path
+    prefix it would lose the prefix and https."""
+    for method, path in (("GET", "/api/info/"), ("POST", "/api/jobs/")):
+        status, headers, body = request(server.url, method, path)
+        assert status == 404 and "location" not in headers, (path, status, headers)
+        assert "error" in json.loads(body)
+
+
+def test_the_temporary_folder_goes_however_the_wait_for_the_running_job_ends(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second Ctrl-C (or a TERM) while the server waits for its running job had skipped the
+    deletion, leaving the users' uploads behind; the wait is announced first."""
+    from restorekit.web.server import build_state
+
+    state = build_state(ServeConfig(device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"], temp_parent=tmp_path))
+    root = state.files.root
+    assert root.is_dir()
+
+    def cut_short() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state.queue, "close", cut_short)
+    monkeypatch.setattr(state.queue, "busy", lambda: True)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        state.close(said.append)
+    assert not root.exists()
+    assert said == ["waiting for the running job to stop at its next step (Ctrl-C again: quit at once)"]
+
+
+def test_a_state_that_fails_to_build_leaves_no_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import restorekit.web.server as server_module
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RestorekitError("refused")
+
+    monkeypatch.setattr(server_module, "UploadStore", refuse)
+    with pytest.raises(RestorekitError, match="refused"):
+        server_module.build_state(ServeConfig(device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"],
+                                              temp_parent=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "200000"])
+def test_an_upload_limit_that_is_not_a_finite_size_is_a_usage_error(rk_cli: Any, value: str) -> None:
+    result = rk_cli("serve", "--methods", "bicubic", "--port", "0", "--max-upload-mb", value)
+    assert result.exit_code == 2, result.output
+    assert "max-upload-mb" in result.output or "max_upload_mb" in result.output
+    assert "unexpected" not in result.output

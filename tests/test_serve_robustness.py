@@ -284,3 +284,43 @@ def test_deep_uploads_count_for_their_bytes_against_the_store(tmp_path: Any) -> 
         assert files.get(eight[0].preview) is None  # forgotten uploads' previews go with them
     finally:
         files.close()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="needs signal.setitimer")
+def test_the_worker_is_known_to_be_inside_a_job_after_a_ctrl_c_cut_the_wait_for_it() -> None:
+    """Python marks a thread stopped when a signal interrupts a ``join`` on it, though it runs on.
+    ``serve`` asks whether the worker is still inside a job to leave at once (the interpreter
+    aborts when it finalises under a thread inside torch): the worker says so itself."""
+    import signal
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+
+    def run(job: Job) -> None:
+        started.set()
+        release.wait(10)
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupt
+
+    q = JobQueue(run, max_waiting=4, keep=4)
+    job = q.submit(SETTINGS)
+    assert started.wait(5)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupt):
+            q.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert q.worker_alive and q.busy() and job.status == "running"
+    release.set()
+    wait_finished(job)
+    deadline = time.monotonic() + 5
+    while q.worker_alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not q.worker_alive

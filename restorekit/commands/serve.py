@@ -5,10 +5,14 @@ Needs the ``web`` extra (starlette + uvicorn), imported only when the command ru
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
-from ..cli import UsageProblem, warn
+from ..cli import INTERRUPTED, UsageProblem, warn
 from ..errors import RestorekitError
+from ..web.config import MAX_UPLOAD_MB
 
 
 @click.command("serve")
@@ -27,7 +31,8 @@ from ..errors import RestorekitError
               help="A method's option, as compare's (repeatable).")
 @click.option("--metrics", default=None, help="Metrics to score, comma-separated (default: the demo's).")
 @click.option("--detector", default=None, help="Face detector for crop and detect (default: mtcnn).")
-@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True, max=MAX_UPLOAD_MB), default=20.0,
+              show_default=True,
               help="Refuse uploads larger than this (MB).")
 @click.option("--max-pixels", type=click.IntRange(min=4), default=16_000_000, show_default=True,
               help="Refuse images larger than this many pixels.")
@@ -51,6 +56,9 @@ def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, m
     require_web()
     from ..harness.runner import parse_method_opts
     from ..plugins import registry
+    from pydantic import ValidationError
+
+    from ..options import format_error
     from ..web.config import DEFAULT_METRICS, ServeConfig
     from ..web.server import bind, build_state, serve_forever, url_of
 
@@ -66,6 +74,8 @@ def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, m
         state = build_state(config, log=log)
     except RestorekitError as exc:
         raise UsageProblem(str(exc)) from None
+    except ValidationError as exc:
+        raise UsageProblem(format_error(ServeConfig, exc, "serve")) from None
     try:
         sock = bind(host, port)
     except RestorekitError:
@@ -86,11 +96,26 @@ def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, m
     if not config.loopback:
         warn(f"listening on {host}: anyone who can reach this machine can use the page (there is no login)")
     click.echo(f"restorekit serve: {url_of(sock)}  (Ctrl-C stops)")
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(f"restorekit serve: {msg}", err=True))
+    code = 0  # Ctrl-C is how a server is stopped: not an error
     try:
-        serve_forever(state, sock)  # cleans up however it ends
-    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
-        if not quiet:
-            click.echo("restorekit serve: stopped; its temporary folder is deleted", err=True)
+        serve_forever(state, sock, say)  # cleans up however it ends
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exc:  # TERM
+        code = exc.code if isinstance(exc.code, int) else 1
+    if state.files.root.exists():
+        warn(f"restorekit serve: its temporary folder {state.files.root} could not be deleted (remove it)")
+    else:
+        say("stopped; its temporary folder is deleted")
+    if state.queue.worker_alive:
+        # A second Ctrl-C cut the wait for the running job short: leave without finalising the
+        # interpreter under a thread still inside a network (torch aborts the process then).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or INTERRUPTED)
+    if code:
+        raise SystemExit(code)
 
 
 def attach(cli: click.Group) -> None:

@@ -276,5 +276,8 @@ def create_app(state: Any) -> Starlette:
         Route("/favicon.ico", no_icon, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    # No redirect for a trailing slash: starlette's is an absolute URL built from the Host, which
+    # behind a proxy loses its path prefix and https; every URL handed out is relative anyway.
+    app.router.redirect_slashes = False
     app.add_middleware(Guard, **guard_options(cfg))
     return app

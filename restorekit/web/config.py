@@ -15,6 +15,9 @@ from ..interfaces import Options
 DEFAULT_METRICS = ("psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dlib", "identity_dlib_dist",
                    "lr_consistency")
 
+#: The largest --max-upload-mb: an upload is held in memory, decoded, while the page uses it.
+MAX_UPLOAD_MB = 100_000.0
+
 
 class ServeConfig(Options):
     """Where the page listens, what it runs, and the limits it holds every request to."""
@@ -30,7 +33,8 @@ class ServeConfig(Options):
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS),
                                description="metrics scored when the page degrades an HR upload")
     detector: str | None = Field(None, description="face detector (None: the pipeline's default)")
-    max_upload_mb: float = Field(20.0, gt=0, description="largest upload accepted, in MB (10^6 bytes)")
+    max_upload_mb: float = Field(20.0, gt=0, le=MAX_UPLOAD_MB, allow_inf_nan=False,
+                                 description="largest upload accepted, in MB (10^6 bytes)")
     max_pixels: int = Field(16_000_000, ge=4, description="largest image accepted, in pixels")
     max_output_pixels: int = Field(64_000_000, ge=4,
                                    description="largest result one method may make (output × samples), in pixels")

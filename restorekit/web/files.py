@@ -96,8 +96,10 @@ class FileStore:
     def close(self, wait: float = 30.0) -> None:
         """Delete the whole folder (the server stops): no write starts after this, and one in
         progress is waited for (at most ``wait`` s), so that it cannot make the folder again."""
-        with self._lock:
-            self._closed = True
-            self._lock.wait_for(lambda: self._writing == 0, timeout=wait)
-            self._files.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            with self._lock:
+                self._closed = True
+                self._lock.wait_for(lambda: self._writing == 0, timeout=wait)
+                self._files.clear()
+        finally:  # a second Ctrl-C during the wait still removes what the users sent
+            shutil.rmtree(self.root, ignore_errors=True)

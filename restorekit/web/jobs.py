@@ -110,6 +110,7 @@ class JobQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._waiting: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._ended = threading.Event()
         self._thread = threading.Thread(target=self._work, name="restorekit-serve-jobs", daemon=True)
         self._thread.start()
 
@@ -151,6 +152,17 @@ class JobQueue:
                 job.status, job.stage, job.finished = "cancelled", "cancelled before it started", time.time()
         return job
 
+    def busy(self) -> bool:
+        """Whether a job is running or waiting."""
+        with self._lock:
+            return any(job.status in ("queued", "running") for job in self._jobs.values())
+
+    @property
+    def worker_alive(self) -> bool:
+        """Whether the worker is still inside a job (told by the worker itself: Python's own
+        ``is_alive`` says False once a Ctrl-C has interrupted a ``join`` on it)."""
+        return not self._ended.is_set()
+
     def close(self) -> None:
         """Stop the running job at its next step and end the worker."""
         with self._lock:
@@ -166,6 +178,12 @@ class JobQueue:
             self._forget(job)
 
     def _work(self) -> None:
+        try:
+            self._serve_jobs()
+        finally:
+            self._ended.set()
+
+    def _serve_jobs(self) -> None:
         while True:
             job = self._waiting.get()
             if job is None:

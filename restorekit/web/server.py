@@ -35,22 +35,33 @@ class ServeState:
     restorer: Restorer
     queue: JobQueue
 
-    def close(self) -> None:
-        """Stop the job worker (the running job at its next step) and delete the temporary folder."""
-        self.queue.close()
-        self.files.close()
+    def close(self, say: Callable[[str], None] | None = None) -> None:
+        """Stop the job worker (the running job at its next step) and delete the temporary folder —
+        also when a second Ctrl-C or a TERM cuts the wait for the job short (``say``: what the
+        wait is for, shown before it)."""
+        try:
+            if say is not None and self.queue.busy():
+                say("waiting for the running job to stop at its next step (Ctrl-C again: quit at once)")
+            self.queue.close()
+        finally:
+            self.files.close()
 
 
 def build_state(config: ServeConfig, log: Callable[[str], None] | None = None) -> ServeState:
-    """Load the methods, metrics and detector once; make the temporary folder."""
+    """Load the methods, metrics and detector once; make the temporary folder (deleted again when
+    anything after it fails)."""
     catalogue = Catalogue(config, log=log)
     catalogue.load()
     files = FileStore(config.temp_parent)
-    uploads = UploadStore(files, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels,
-                          keep=config.keep_uploads)
-    restorer = Restorer(config, catalogue, files, uploads)
-    queue = JobQueue(restorer.run, max_waiting=config.max_queue, keep=config.keep_jobs,
-                     forget=lambda job: forget_job(files, job))
+    try:
+        uploads = UploadStore(files, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels,
+                              keep=config.keep_uploads)
+        restorer = Restorer(config, catalogue, files, uploads)
+        queue = JobQueue(restorer.run, max_waiting=config.max_queue, keep=config.keep_jobs,
+                         forget=lambda job: forget_job(files, job))
+    except BaseException:
+        files.close()
+        raise
     return ServeState(config, files, uploads, catalogue, restorer, queue)
 
 
@@ -89,14 +100,14 @@ def _server(state: ServeState) -> Any:
     return uvicorn.Server(config)
 
 
-def serve_forever(state: ServeState, sock: socket.socket) -> None:
-    """Answer requests until Ctrl-C (or SIGTERM), then clean up."""
+def serve_forever(state: ServeState, sock: socket.socket, say: Callable[[str], None] | None = None) -> None:
+    """Answer requests until Ctrl-C (or SIGTERM), then clean up (``say``: see :meth:`ServeState.close`)."""
     server = _server(state)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
-        state.close()
+        state.close(say)
 
 
 @dataclass

@@ -26,7 +26,11 @@ async function api(path, options = {}) {
   const resp = await fetch(path, options);
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
-  if (!resp.ok) throw new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
+  if (!resp.ok) {
+    const err = new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
+    err.status = resp.status;
+    throw err;
+  }
   return data;
 }
 
@@ -72,7 +76,11 @@ async function init() {
     $("detector-note").textContent = `finding faces is not available here: ${info.detector.reason}`;
     for (const r of document.querySelectorAll("input[name=faces]")) if (r.value !== "aligned") r.disabled = true;
   }
-  $("file").addEventListener("change", (ev) => { if (ev.target.files[0]) uploadFile(ev.target.files[0]); });
+  $("file").addEventListener("change", (ev) => {
+    const file = ev.target.files[0];
+    ev.target.value = "";  // choosing the same file again (after the server let it go) is a change too
+    if (file) uploadFile(file);
+  });
   $("sample").addEventListener("click", () => sendUpload("api/uploads/sample", { method: "POST" }));
   $("degrade").addEventListener("change", refresh);
   scale.addEventListener("change", refresh);
@@ -160,17 +168,26 @@ async function cancel() {
   try { show(await api(`api/jobs/${state.job.id}/cancel`, { method: "POST" })); } catch (e) { showError(e.message); }
 }
 
-function poll() {
+// A failed poll (the network, a restarting proxy) is retried, less often each time, and said on
+// the page; a job the server no longer has (it restarted, or trimmed the job) ends the wait.
+function poll(delay = 300, failures = 0) {
   clearTimeout(state.timer);
   state.timer = setTimeout(async () => {
     try {
       const job = await api(`api/jobs/${state.job.id}`);
+      if (failures) showError("");
       show(job);
       if (!job.finished) poll();
     } catch (e) {
-      showError(e.message);
+      if (e.status === 404) {
+        show({ ...state.job, finished: true, status: "failed", stage: "the server no longer has this job" });
+        showError(`${e.message}: the server no longer has this job (it was restarted?); restore again`);
+        return;
+      }
+      showError(`cannot reach the server (${e.message}); trying again…`);
+      poll(Math.min(delay * 2, 5000), failures + 1);
     }
-  }, 300);
+  }, delay);
 }
 
 function show(job) {
@@ -253,7 +270,8 @@ function renderTable(r) {
   const best = r.best || {};
   const head = el("tr", {}, el("th", { text: "method" }),
                   ...metrics.map((m) => el("th", { title: m.summary, text: `${m.name} ${m.higher_is_better ? "↑" : "↓"}` })),
-                  el("th", { text: "ms" }));
+                  el("th", { title: "milliseconds per output (a stochastic method's samples share its time)",
+                             text: "ms / output" }));
   const rows = done.map((m) => el("tr", { "data-method": m.name }, el("td", { text: m.name }),
     ...metrics.map((x) => {
       const st = (m.metrics || {})[x.name];
@@ -263,7 +281,8 @@ function renderTable(r) {
       return el("td", { "data-metric": x.name, class: (best[x.name] || []).includes(m.name) ? "best" : null,
                         title: err || null, text });
     }),
-    el("td", { "data-metric": "ms", text: String(m.ms) })));
+    el("td", { "data-metric": "ms", class: (best.runtime || []).includes(m.name) ? "best" : null,
+               text: String(m.ms_per_output) })));
   const table = el("table", { id: "metrics" }, el("thead", {}, head), el("tbody", {}, ...rows));
   holder.append(table);
   for (const m of skipped) holder.append(el("p", { class: "muted", text: `${m.name} skipped: ${m.reason}` }));
