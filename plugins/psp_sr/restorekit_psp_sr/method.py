@@ -565,6 +565,7 @@ class PSPSR(Method):
         if n_samples == 1:
             img, _ = self.model(x)
         else:
+            seed = 0 if seed is None else int(seed)  # as pulse and psp_pulse: reproducible unless asked
             img, _ = self.model.mix(x, n_samples, seed=seed, latent_mask=self.options.mix_layers,
                                     mix_alpha=self.options.mix_alpha)
         self.last_reports = [{"native_size": self.resolution, "seed": seed} for _ in range(img.shape[0])]

@@ -213,7 +213,9 @@ class PSP(nn.Module):
         """Multi-modal outputs: ``n_samples`` per image, fine styles from random ``z`` (image-major).
 
         Returns ``(images, w_plus)`` of ``N·n_samples`` rows; the samples of image 0 come first.
-        The same ``seed`` gives the same outputs.
+        Every image of the batch gets the same ``n_samples`` draws, so an image's samples do not
+        depend on the others in its batch (the faces of one photo); the same ``seed`` gives the
+        same outputs.
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1; got {n_samples}")
@@ -221,7 +223,7 @@ class PSP(nn.Module):
         codes = self.encode(x)
         n = codes.shape[0]
         codes = codes.repeat_interleave(n_samples, dim=0)
-        inject = self.random_latents(n * n_samples, seed=seed, device=codes.device)
+        inject = self.random_latents(n_samples, seed=seed, device=codes.device).repeat(n, 1, 1)
         w_plus = mix_styles(codes, inject, mask, mix_alpha)
         # A few rows at a time: the generator's activations grow with the batch, the images alone do not
         # (10,000 samples of a 128-px face are 2 GB of images, and had needed more than 24 GB in one pass).

@@ -91,6 +91,13 @@ def test_style_mixing_samples(model_file: Path) -> None:
         for j in range(i + 1, 4):
             assert (a[i] - a[j]).abs().mean() > 1e-4, (i, j)
     assert not torch.equal(m.restore(lr, 2, seed=8, n_samples=4), a)
+    # No seed means seed 0, as for pulse and psp_pulse: two runs give the same samples.
+    assert torch.equal(m.restore(lr, 2, n_samples=2), m.restore(lr, 2, seed=0, n_samples=2))
+    # An image's samples do not depend on the other images of its batch (the faces of one photo).
+    other = smooth_batch(1, 16, 16, seed=3)
+    for batch, at in ((torch.cat([other, lr]), 1), (torch.cat([lr, other]), 0)):
+        both = m.restore(batch, 2, seed=7, n_samples=4)
+        torch.testing.assert_close(both[4 * at:4 * at + 4], a, rtol=0, atol=1e-6)
     # The samples share the input's coarse and middle styles; only the fine ones differ.
     x = bicubic_resize(lr, (32, 32)).clamp(0, 1)
     with torch.no_grad():
