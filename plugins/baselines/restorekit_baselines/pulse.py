@@ -149,6 +149,10 @@ def _sample_seed(seed: int, attempt: int) -> int:
     return (seed * 1_000_003 + attempt * 7_919) % (2**63 - 1)
 
 
+#: The smallest aligned crop :meth:`Pulse.face_input_size` asks for (smaller: the pipeline's default).
+MIN_FACE_CROP = 8
+
+
 class Pulse(Method):
     """PULSE face super-resolution by spherical latent search in a pretrained generator."""
 
@@ -200,6 +204,16 @@ class Pulse(Method):
             l2_weight=o.l2_weight, l1_weight=o.l1_weight, geocross_weight=o.geocross_weight,
             latent=o.latent, tile_latent=o.tile_latent, noise=o.noise,
             trainable_noise_layers=o.trainable_noise_layers)
+
+    def face_input_size(self, scale: int) -> int | None:
+        """Aligned-crop size for photos (``--faces detect``): the generator's resolution ÷ ``scale``
+        where it divides, so that the search is held to the crop at the generator's own size (a
+        128-px prior at ×8 reads 16-px crops, not 32-px ones searched at ×4 and upscaled after);
+        otherwise the pipeline's default."""
+        self.load()
+        assert self.generator is not None
+        res = int(self.generator.resolution)
+        return res // scale if res % scale == 0 and res // scale >= MIN_FACE_CROP else None
 
     def _note_resize(self, res: int, h: int, w: int) -> None:
         key = (res, h, w)

@@ -382,3 +382,15 @@ def test_through_stylegan2_factory() -> None:
                              rng=torch.Generator().manual_seed(0))
     assert start.mse.item() > 0.05
     assert rep["downscale_mse_searched"] < 0.25 * start.mse.item()
+
+
+def test_photo_crops_are_searched_at_the_generators_own_size(tiny_registered: str) -> None:
+    """--faces detect hands PULSE aligned crops of resolution ÷ scale px (the tiny generator makes
+    16 px faces): at ×2 an 8-px crop, whose ×2 output is the generator's face as it is; where that
+    does not divide or would be tiny, the pipeline's default (256-px restored crops)."""
+    from restorekit.faces.pipeline import face_input_size
+
+    m = Pulse(_opts(steps=3))
+    assert face_input_size(m, 2) == 8
+    assert face_input_size(m, 3) == 256 // 3
+    assert face_input_size(m, 4) == 64  # 16 ÷ 4 = 4 px is below MIN_FACE_CROP
