@@ -141,11 +141,36 @@ def _holds_objects(path: Path, exc: BaseException) -> bool:
             or bool(unsafe_globals(path)))
 
 
+#: Modules of the official StyleGAN2-ADA / StyleGAN3 code whose objects their network pickles hold.
+_NVLABS_MODULES = ("dnnlib", "torch_utils", "training.networks")
+
+
+def _network_pickle(path: Path) -> list[str]:
+    """The official-code classes a plain (not zip) pickle names: a StyleGAN2-ADA/StyleGAN3 ``.pkl``."""
+    import zipfile
+
+    from restorekit.weights import pickle_globals
+
+    try:
+        if zipfile.is_zipfile(path) or path.read_bytes()[:1] != b"\x80":
+            return []
+    except OSError:
+        return []
+    return sorted(g for g in pickle_globals(path) if g.startswith(_NVLABS_MODULES))
+
+
 def read_checkpoint(path: str | os.PathLike[str], *, allow_unsafe: bool = False) -> dict[str, Any]:
     """``torch.load`` a checkpoint on CPU without running code, unless ``allow_unsafe``."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file")
+    nvlabs = _network_pickle(p)
+    if nvlabs:
+        raise CheckpointError(
+            f"{p}: a StyleGAN2-ADA/StyleGAN3 network pickle ({', '.join(nvlabs[:3])}…): its networks are objects "
+            "of the official code, which restorekit never unpickles (that runs code); where you trust the file, "
+            "convert its G_ema to rosinality's format ({'g_ema': state_dict, 'latent_avg': ...}) and pass "
+            "that .pt")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as exc:

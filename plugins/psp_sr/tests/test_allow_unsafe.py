@@ -179,3 +179,36 @@ def test_corrupt_file_is_called_unreadable_not_unsafe(tmp_path: Path, unsafe_ckp
             read_checkpoint(path, allow_unsafe=allow_unsafe)
         assert "allow_unsafe" not in str(err.value) and "\n" not in str(err.value)
     assert not unsafe_ckpt[1].exists()
+
+
+@pytest.mark.parametrize("allow_unsafe", [False, True])
+def test_an_official_network_pickle_is_named_as_such_and_never_unpickled(tmp_path: Path, allow_unsafe: bool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StyleGAN2-ADA/StyleGAN3 ``.pkl`` (a plain pickle of the official code's objects) had been
+    refused as "not a readable PyTorch checkpoint (Unsupported operand 149)"."""
+    import pickle
+    import sys
+    import types
+
+    from restorekit_psp_sr.rosinality import CheckpointError, read_checkpoint
+
+    module = types.ModuleType("torch_utils.persistence")
+
+    class Network:  # stands for the official code's persistent networks
+        def __init__(self) -> None:
+            self.w = [1.0, 2.0]
+
+    Network.__module__, Network.__qualname__ = module.__name__, "Network"
+    module.Network = Network  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    pkl = tmp_path / "network-snapshot-000100.pkl"
+    pkl.write_bytes(pickle.dumps({"G_ema": Network(), "augment_pipe": None}, protocol=4))
+    for name in ("torch_utils", module.__name__):  # as on a machine without the official code
+        monkeypatch.delitem(sys.modules, name)
+    made: list[object] = []
+    monkeypatch.setattr(Network, "__setstate__", lambda self, state: made.append(state), raising=False)
+    with pytest.raises(CheckpointError, match=r"network-snapshot-000100.pkl: a StyleGAN2-ADA/StyleGAN3 network "
+                                              r"pickle \(torch_utils.persistence.Network…\).*never unpickles") as err:
+        read_checkpoint(pkl, allow_unsafe=allow_unsafe)
+    assert "\n" not in str(err.value) and made == []
