@@ -407,6 +407,14 @@ def check_stop_steps(step: int, steps: int, until: int | None) -> None:
                             f"ends it there and exports)")
 
 
+def _worker_leaves_stopping_to_the_run(worker_id: int) -> None:
+    """DataLoader worker set-up: ignore SIGINT and SIGTERM. A stop sent to the whole process group
+    (Ctrl-C, systemd, a batch scheduler's TERM) is the main process's to act on — checkpoint, then
+    end its loaders; a worker that died of it first made torch fail the run without a checkpoint."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _StopFlag:
     """Set by SIGINT/SIGTERM; the loop checkpoints and stops after the current step."""
 
@@ -596,7 +604,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
             loader = DataLoader(self.train_data, batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True),
                                 num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
-                                generator=gen)
+                                generator=gen, worker_init_fn=_worker_leaves_stopping_to_the_run)
             self.epoch = epoch
             for batch in loader:
                 yield _to_device(self._note_left_out(batch), self.device)
@@ -622,7 +630,8 @@ class Trainer:
 
         self.model.eval()
         loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
-                            num_workers=self.config.num_workers, generator=torch.Generator().manual_seed(0))
+                            num_workers=self.config.num_workers, generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=_worker_leaves_stopping_to_the_run)
         columns: list[list[Tensor]] = []
         sums: dict[str, float] = {}
         count = 0

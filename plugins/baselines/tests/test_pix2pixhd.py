@@ -370,3 +370,36 @@ def test_a_restore_that_would_not_fit_in_memory_fails_that_input_before_it_start
     assert res.exit_code == 1, res.output
     assert f"{src / 'large.png'}: pix2pixhd at ×4 (256×256) needs about 6 MB" in res.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]
+
+
+def test_a_term_to_the_whole_process_group_stops_training_with_a_checkpoint(faces: Path, tmp_path: Path) -> None:
+    """What systemd, Slurm and `kill -TERM -PGID` do: TERM to the run and its loader workers at
+    once. The workers leave the stop to the run, which checkpoints and exits 143; before, a worker
+    died of it and torch failed the run (exit 1, "DataLoader worker … is killed", no checkpoint)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "restorekit", "train", "pix2pixhd", "--data", str(faces), "--out", str(out),
+            "--steps", "100000", "--device", "cpu", "--quiet"]
+    for kv in ("batch_size=2", "size=32", "ngf=4", "n_downsampling=2", "n_blocks=1", "ndf=4", "n_layers_d=2",
+               "num_d=1", "allow_random_vgg=true", "data.factors=[2]", "num_workers=2", "num_threads=1",
+               "log_every=1", "ckpt_every=100000", "val_every=100000"):
+        args += ["--set", kv]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "log.jsonl"
+        while not (log.is_file() and log.read_text().count("\n") >= 3):  # in the loop, workers busy
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "unexpected" not in err and list((out / "checkpoints").glob("step_*.pt")), err
