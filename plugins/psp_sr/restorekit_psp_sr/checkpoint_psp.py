@@ -5,7 +5,19 @@ An official pSp ``.pt`` is ``{"state_dict": {"encoder.*", "decoder.*"}, "opts": 
 (``opts`` is a plain dict, with e.g. ``device: 'cuda:0'`` that is ignored here; tensors may have
 been saved on CUDA). ``opts`` read: ``encoder_type``, ``input_nc``, ``label_nc``,
 ``output_size`` (1024 when absent, as official inference assumes), ``learn_in_w`` (implied by
-``encoder_type``; checked when present), ``n_styles``, ``start_from_latent_avg``, ``resize_factors``.
+``encoder_type``; checked when present), ``n_styles``, ``start_from_latent_avg``, ``resize_factors``,
+``n_iters_per_batch``.
+
+Input channels. restorekit feeds an encoder 3 channels (RGB: pSp) or 6 (the RGB input, then the
+current reconstruction: ReStyle, github.com/yuval-alaluf/restyle-encoder). A file whose
+encoder's first conv (``encoder.input_layer.0.weight``) reads any other count (pSp's sketch or
+segmentation models, ``label_nc``) is refused at load. A 6-channel file imports as a ReStyle
+model: ``opts.n_iters_per_batch`` passes (5 when absent, ReStyle's default), the first from
+``latent_avg`` (required; ReStyle starts there whatever ``start_from_latent_avg`` says, which
+only set its training's W-norm reference), and reconstructions brought to the encoder's
+256 px as the official ``face_pool`` does (adaptive average pooling; the model's
+``restyle_recon_resize``). A restorekit ReStyle model written in this layout records a
+different resize under the non-official opt ``restorekit_restyle_recon_resize``.
 
 Key mapping. Encoder keys: ``encoder.<k>`` → ``<k>`` of :mod:`.encoder`'s modules, whose names
 mirror ``models/encoders/psp_encoders.py`` one to one; :func:`official_encoder_keys` writes
@@ -24,7 +36,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -33,12 +45,19 @@ from restorekit.errors import RestorekitError
 
 from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
 from .irse import BackboneConfig, bn_keys, infer_backbone_config, official_body_keys
-from .psp import PSP
+from .psp import PSP, RECON_RESIZES, RESTYLE_IMAGE_NC, ReconResize
 
 SUPPORTED_ENCODERS = ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW")
 # Not an official option: the encoder input size of a learn-in-W model (its weights do not
 # reveal it); official models use 256, the default.
 INPUT_SIZE_OPT = "restorekit_input_size"
+# Not an official option: how a ReStyle model resizes its reconstructions, when not as official ReStyle.
+RECON_RESIZE_OPT = "restorekit_restyle_recon_resize"
+OFFICIAL_RECON_RESIZE = "adaptive_avg_pool"  # ReStyle's face_pool = AdaptiveAvgPool2d((256, 256))
+#: Passes of an official ReStyle checkpoint whose opts lack n_iters_per_batch (ReStyle's default).
+RESTYLE_DEFAULT_PASSES = 5
+#: Input channels restorekit can feed an encoder: RGB (pSp), RGB + reconstruction (ReStyle).
+FED_CHANNELS = (3, 2 * RESTYLE_IMAGE_NC)
 
 
 class PSPCheckpointError(RestorekitError):
@@ -58,6 +77,8 @@ class PSPOptions:
     start_from_latent_avg: bool = False
     resize_factors: tuple[int, ...] | None = None
     input_size: int = 256
+    n_iters_per_batch: int | None = None
+    restyle_recon_resize: str = OFFICIAL_RECON_RESIZE
 
     @classmethod
     def from_opts(cls, opts: Mapping[str, Any]) -> PSPOptions:
@@ -70,6 +91,11 @@ class PSPOptions:
             except (TypeError, ValueError):
                 raise PSPCheckpointError(f"opts.resize_factors {rf!r} is not a list of integers") from None
         n_styles = opts.get("n_styles")
+        iters = opts.get("n_iters_per_batch")
+        try:
+            n_iters = None if iters is None else int(iters)
+        except (TypeError, ValueError):
+            raise PSPCheckpointError(f"opts.n_iters_per_batch {iters!r} is not an integer") from None
         return cls(
             encoder_type=str(opts.get("encoder_type", "GradualStyleEncoder")),
             input_nc=int(opts.get("input_nc", 3)),
@@ -80,6 +106,8 @@ class PSPOptions:
             start_from_latent_avg=bool(opts.get("start_from_latent_avg", False)),
             resize_factors=factors,
             input_size=int(opts.get(INPUT_SIZE_OPT, 256)),
+            n_iters_per_batch=n_iters,
+            restyle_recon_resize=str(opts.get(RECON_RESIZE_OPT, OFFICIAL_RECON_RESIZE)),
         )
 
 
@@ -119,6 +147,24 @@ def _split(state: Mapping[str, Any], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, Tensor)}
 
 
+def encoder_input_channels(enc_sd: Mapping[str, Tensor], opts: PSPOptions) -> int:
+    """The channels the encoder's first conv reads: checked against ``opts.input_nc`` and against
+    what restorekit can feed (:data:`FED_CHANNELS`)."""
+    w = enc_sd.get("input_layer.0.weight")
+    if w is None or w.ndim != 4:
+        raise PSPCheckpointError("pSp encoder weights: key 'encoder.input_layer.0.weight' is missing or not a "
+                                 "conv weight")
+    input_nc = int(w.shape[1])
+    if input_nc not in FED_CHANNELS:
+        what = f" (opts.label_nc {opts.label_nc})" if opts.label_nc else ""
+        raise PSPCheckpointError(f"the encoder reads {input_nc}-channel inputs{what}; restorekit feeds 3 (RGB: pSp) "
+                                 f"or 6 (input + reconstruction: ReStyle), so this model cannot run here")
+    if input_nc != opts.input_nc:
+        raise PSPCheckpointError(f"opts.input_nc is {opts.input_nc} but the encoder's first conv takes "
+                                 f"{input_nc} channels")
+    return input_nc
+
+
 def build_encoder_from_state(enc_sd: Mapping[str, Tensor], opts: PSPOptions,
                              ) -> GradualStyleEncoder | BackboneEncoderUsingLastLayerIntoW:
     """An encoder whose architecture matches ``enc_sd`` (official names), loaded strictly."""
@@ -129,11 +175,7 @@ def build_encoder_from_state(enc_sd: Mapping[str, Tensor], opts: PSPOptions,
         backbone = infer_backbone_config(enc_sd)
     except ValueError as exc:
         raise PSPCheckpointError(f"pSp encoder weights: {exc}") from None
-    if "input_layer.0.weight" not in enc_sd:
-        raise PSPCheckpointError("pSp encoder weights: key 'encoder.input_layer.0.weight' is missing")
-    input_nc = int(enc_sd["input_layer.0.weight"].shape[1])
-    if input_nc != opts.input_nc:
-        raise PSPCheckpointError(f"opts.input_nc is {opts.input_nc} but the encoder's first conv takes {input_nc} channels")
+    input_nc = encoder_input_channels(enc_sd, opts)
     encoder: GradualStyleEncoder | BackboneEncoderUsingLastLayerIntoW
     if opts.encoder_type == "GradualStyleEncoder":
         n_styles = 0
@@ -208,6 +250,15 @@ def psp_from_checkpoint(ckpt: Mapping[str, Any], **generator_kwargs: Any) -> PSP
         raise PSPCheckpointError(f"pSp state_dict has keys outside encoder./decoder.: {other[:4]}")
     if not enc_sd or not dec_sd:
         raise PSPCheckpointError("pSp state_dict needs both 'encoder.*' and 'decoder.*' weights")
+    restyle = encoder_input_channels(enc_sd, opts) == 2 * RESTYLE_IMAGE_NC  # before building anything
+    passes: int | None = None
+    if restyle:
+        passes = RESTYLE_DEFAULT_PASSES if opts.n_iters_per_batch is None else opts.n_iters_per_batch
+        if passes < 1:
+            raise PSPCheckpointError(f"ReStyle checkpoint: opts.n_iters_per_batch is {passes}; needs at least one pass")
+        if opts.restyle_recon_resize not in RECON_RESIZES:
+            raise PSPCheckpointError(f"opts.{RECON_RESIZE_OPT} {opts.restyle_recon_resize!r} is not one of "
+                                     f"{', '.join(RECON_RESIZES)}")
     try:
         generator = generator_from_state_dict(dec_sd, **generator_kwargs)
     except CheckpointError as exc:
@@ -230,6 +281,8 @@ def psp_from_checkpoint(ckpt: Mapping[str, Any], **generator_kwargs: Any) -> PSP
     latent_avg = ckpt.get("latent_avg")
     if latent_avg is not None and not isinstance(latent_avg, Tensor):
         raise PSPCheckpointError(f"pSp 'latent_avg' is a {type(latent_avg).__name__}, not a tensor")
+    if latent_avg is None and restyle:
+        raise PSPCheckpointError("ReStyle checkpoint (6-channel encoder) has no 'latent_avg', where its passes start")
     if latent_avg is None and opts.start_from_latent_avg:
         raise PSPCheckpointError("pSp checkpoint trained with start_from_latent_avg has no 'latent_avg'")
     if latent_avg is not None:
@@ -239,7 +292,12 @@ def psp_from_checkpoint(ckpt: Mapping[str, Any], **generator_kwargs: Any) -> PSP
         if latent_avg.shape[-1] != generator.style_dim or rows not in (1, want):
             raise PSPCheckpointError(f"pSp 'latent_avg' has shape {tuple(latent_avg.shape)}; "
                                      f"expected [{want}, {generator.style_dim}]")
-    model = PSP(encoder, generator, latent_avg, start_from_latent_avg=opts.start_from_latent_avg)
+    recon = cast(ReconResize, opts.restyle_recon_resize if restyle else "antialiased_bilinear")
+    try:
+        model = PSP(encoder, generator, latent_avg, start_from_latent_avg=restyle or opts.start_from_latent_avg,
+                    restyle_iterations=passes, restyle_recon_resize=recon)
+    except ValueError as exc:
+        raise PSPCheckpointError(f"pSp checkpoint: {exc}") from None
     model.official_opts = opts_n
     return model.eval()
 
@@ -255,15 +313,24 @@ def read_psp_checkpoint(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_psp_official(name_or_path: str | os.PathLike[str], **generator_kwargs: Any) -> PSP:
-    """A :class:`PSP` (eval mode) from an official pSp checkpoint file or weights name."""
-    return psp_from_checkpoint(read_psp_checkpoint(name_or_path), **generator_kwargs)
+    """A :class:`PSP` (eval mode) from an official pSp checkpoint file or weights name.
+
+    A ReStyle checkpoint (6-channel encoder) gives a ReStyle model; see the module docstring.
+    ``PSPCheckpointError`` names the file.
+    """
+    ckpt = read_psp_checkpoint(name_or_path)
+    try:
+        return psp_from_checkpoint(ckpt, **generator_kwargs)
+    except PSPCheckpointError as exc:
+        raise PSPCheckpointError(f"{name_or_path}: {exc}") from None
 
 
 def psp_official_state(model: PSP, opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The official checkpoint dict for ``model``; ``opts`` extra training options to record.
 
     Architecture fields (encoder_type, input_nc, output_size, n_styles, learn_in_w,
-    start_from_latent_avg) are taken from the model and override ``opts``.
+    start_from_latent_avg; for a ReStyle model n_iters_per_batch, and its reconstruction resize
+    when not the official one) are taken from the model and override ``opts``.
     """
     enc, dec = model.encoder, model.decoder
     derived: dict[str, Any] = {
@@ -276,7 +343,12 @@ def psp_official_state(model: PSP, opts: Mapping[str, Any] | None = None) -> dic
     }
     if model.learn_in_w and getattr(enc, "input_size", 256) != 256:
         derived[INPUT_SIZE_OPT] = int(enc.input_size)
-    full_opts = {**dict(opts or {}), **derived}
+    full_opts = {k: v for k, v in dict(opts or {}).items() if k != RECON_RESIZE_OPT}
+    if model.restyle_iterations is not None:
+        derived["n_iters_per_batch"] = int(model.restyle_iterations)
+        if model.restyle_recon_resize != OFFICIAL_RECON_RESIZE:
+            derived[RECON_RESIZE_OPT] = str(model.restyle_recon_resize)
+    full_opts = {**full_opts, **derived}
     state: dict[str, Tensor] = {}
     for prefix, module in (("encoder.", enc), ("decoder.", dec)):
         for k, v in module.state_dict().items():

@@ -46,6 +46,34 @@ def resize_input(x: Tensor, size: int) -> Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def pool_input(x: Tensor, size: int) -> Tensor:
+    """Average-pool ``N×C×H×W`` to ``size×size``: ``adaptive_avg_pool2d`` (no-op when equal).
+
+    The official pSp and ReStyle networks' ``face_pool``: 1024 → 256 is a 4×4 box average. When
+    shrinking by a whole factor the ONNX export writes it as that average pool, otherwise (and
+    when enlarging) as two matrix products, each row the mean over PyTorch's adaptive window.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if (h, w) == (size, size):
+        return x
+    if torch.onnx.is_in_onnx_export():
+        if h % size == 0 and w % size == 0:
+            return F.avg_pool2d(x, (h // size, w // size))
+        rows, cols = _pool_matrix(h, size).to(x.dtype), _pool_matrix(w, size).to(x.dtype)
+        return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def _pool_matrix(n: int, size: int) -> Tensor:
+    """``size×n``: adaptive average pooling along one axis, as a matrix (output ``i`` averages
+    inputs ``floor(i·n/size) … ceil((i+1)·n/size) − 1``)."""
+    m = torch.zeros(size, n)
+    for i in range(size):
+        start, end = (i * n) // size, -((-(i + 1) * n) // size)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
 def _resize_matrix(n: int, size: int) -> Tensor:
     """``size×n``: :func:`resize_input` along one axis (it is separable), as a matrix — what it
     makes of each basis vector."""

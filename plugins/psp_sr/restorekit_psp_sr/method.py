@@ -8,7 +8,9 @@ Model files. ``psp_sr`` reads two formats:
   ``config``, a JSON object: ``encoder`` (type, backbone units/widths/SE, input_size, head
   channels, style split), ``generator`` (the generator's ``config()``), ``start_from_latent_avg``,
   ``training`` (``factors``, ``hr_size``, steps, losses …), ``license``, ``name``, and for a
-  ReStyle model ``restyle_iterations`` (its passes; the encoder then reads 6 channels). Nothing in it
+  ReStyle model ``restyle_iterations`` (its passes; the encoder then reads 6 channels) and
+  ``restyle_recon_resize`` (how its passes bring reconstructions to the encoder's size, see
+  :mod:`.psp`; ``"antialiased_bilinear"`` when absent, as files written before it). Nothing in it
   runs code; the architecture is rebuilt from the JSON and the tensors are loaded strictly.
   A file may instead hold no ``decoder.*`` tensors and name its generator in ``config``:
   ``decoder_weights = {"name": NAME, "sha256": HEX}``, a weights-registry entry (restorekit's
@@ -16,8 +18,8 @@ Model files. ``psp_sr`` reads two formats:
   installed once, not twice). Loading resolves ``NAME`` through the registry (which checks the
   file's size and sha256), requires the file's sha256 to be ``HEX`` (the generator the encoder
   was trained against) and its architecture to be ``config["generator"]``.
-- official pSp checkpoints (``.pt`` with ``state_dict``/``opts``/``latent_avg``), through
-  :mod:`.checkpoint_psp`.
+- official pSp checkpoints (``.pt`` with ``state_dict``/``opts``/``latent_avg``), and official
+  ReStyle-pSp ones (6-channel encoder, ``n_iters_per_batch`` passes), through :mod:`.checkpoint_psp`.
 
 Sizes (see DESIGN "What --scale means"). A model encodes a ``S×S`` input (its encoder input
 size) and decodes at the generator's ``R×R``; trained for factors ``F`` it serves inputs of
@@ -144,6 +146,7 @@ def psp_model_config(model: Any, *, factors: list[int] | tuple[int, ...], licens
            "license": license, "name": name, "source": source}
     if getattr(model, "restyle_iterations", None) is not None:
         cfg["restyle_iterations"] = int(model.restyle_iterations)
+        cfg["restyle_recon_resize"] = str(model.restyle_recon_resize)
     return cfg
 
 
@@ -211,7 +214,8 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
     try:
         model = PSP(encoder, generator, tensors["latent_avg"],
                     start_from_latent_avg=bool(config.get("start_from_latent_avg", True)),
-                    restyle_iterations=config.get("restyle_iterations"))
+                    restyle_iterations=config.get("restyle_iterations"),
+                    restyle_recon_resize=config.get("restyle_recon_resize", "antialiased_bilinear"))
     except (ValueError, TypeError) as exc:
         raise PSPModelError(f"{p}: its model config is inconsistent ({exc})") from None
     return model.eval(), config
@@ -317,8 +321,11 @@ def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tup
     model = load_psp_official(p, **generator_kwargs)
     opts = model.official_opts
     factors = list(opts.resize_factors) if opts.resize_factors else [1, 2, 4, 8, 16, 32]
-    return model, {"format": "official", "training": {"factors": factors},
-                   "license": "", "name": p.stem, "start_from_latent_avg": opts.start_from_latent_avg}
+    cfg: dict[str, Any] = {"format": "official", "training": {"factors": factors}, "license": "", "name": p.stem,
+                           "start_from_latent_avg": model.start_from_latent_avg}
+    if model.restyle_iterations is not None:
+        cfg.update(restyle_iterations=model.restyle_iterations, restyle_recon_resize=model.restyle_recon_resize)
+    return model, cfg
 
 
 # -- the method ---------------------------------------------------------------------------------

@@ -5,9 +5,14 @@ Graph: ``N×3×S×S`` faces in [0, 1] at the encoder's input size ``S`` → enco
 (``noise_mode="const"``) → ``N×3×R×R`` in [0, 1], clamped. The batch axis is dynamic: one file
 serves any batch size.
 
-Resizing happens outside the graph, in PyTorch, and is shared with the torch backend: the
-method's own input resize (bicubic or bilinear, antialiased, whatever ``input_resize`` says)
-brings any input to ``S×S`` before the graph, and the ``R``-px output is resized to
+A ReStyle model's passes are in the graph, with the resize that brings each reconstruction to
+the encoder's size (antialiased bilinear as two matrix products, or an imported official
+model's average pooling, :func:`~.encoder.pool_input`); the sidecar's ``graph`` records the
+passes and, when it is average pooling, ``restyle_recon_resize``.
+
+Resizing of the input and output happens outside the graph, in PyTorch, and is shared with the
+torch backend: the method's own input resize (bicubic or bilinear, antialiased, whatever
+``input_resize`` says) brings any input to ``S×S`` before the graph, and the ``R``-px output is resized to
 ``scale ×`` the input afterwards (unless ``keep_native_size``), followed by the
 ``consistency_steps``. So ``restorekit run --backend onnxruntime`` takes the same inputs as the
 torch backend, and users of the bare ``.onnx`` feed ``S×S`` faces already upsampled to the
@@ -152,6 +157,8 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
     passes = graph.psp.restyle_iterations
     if passes is not None:  # unrolled in the graph: fixed at export (--opt restyle_iterations=N)
         metadata["graph"]["restyle_iterations"] = passes
+        if graph.psp.restyle_recon_resize != "antialiased_bilinear":  # absent: restorekit's own (older sidecars)
+            metadata["graph"]["restyle_recon_resize"] = graph.psp.restyle_recon_resize
 
     def prepare(lr: Tensor, scale: int) -> Tensor:
         method._check_input(lr)

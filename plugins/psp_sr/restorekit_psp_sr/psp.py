@@ -16,6 +16,14 @@ trains: the gradient of a pass's loss reaches the encoder through that pass's st
 one-pass pSp encoder, which must jump from any input to its code at once, each pass sees what its
 code draws and corrects it.
 
+How the generator's image (``G(latent_avg)`` and each pass's) reaches the encoder's size is the
+model's ``restyle_recon_resize``, fixed by how it was trained: ``"antialiased_bilinear"``
+(:func:`~.encoder.resize_input`, restorekit's training and the default) or ``"adaptive_avg_pool"``
+(:func:`~.encoder.pool_input`: the official ReStyle code's ``face_pool``, which imported official
+ReStyle checkpoints use: at 1024 → 256 px a 4×4 box average, where the antialiased bilinear
+filter is a wider triangle). The two differ on fine detail; an encoder reads reconstructions as
+it was trained to.
+
 Multi-modal synthesis (:meth:`PSP.mix`, after pSp's ``scripts/style_mixing.py``): the codes
 of the styles in ``latent_mask`` are replaced by (or, with ``mix_alpha``, blended towards) the
 W vector of a random ``z``, mapped by the generator and repeated over all styles. The default
@@ -34,9 +42,12 @@ from torch import Tensor, nn
 
 from restorekit.interfaces import Encoder, Generator
 
-from .encoder import BackboneEncoderUsingLastLayerIntoW, resize_input
+from .encoder import BackboneEncoderUsingLastLayerIntoW, pool_input, resize_input
 
 NoiseMode = Literal["const", "random"]
+#: How a ReStyle model brings the generator's images to its encoder's input size (module docstring).
+ReconResize = Literal["antialiased_bilinear", "adaptive_avg_pool"]
+RECON_RESIZES: tuple[ReconResize, ...] = ("antialiased_bilinear", "adaptive_avg_pool")
 #: Channels of the images a ReStyle encoder reads twice (input and reconstruction): RGB.
 RESTYLE_IMAGE_NC = 3
 
@@ -61,12 +72,15 @@ class PSP(nn.Module):
     ``style_dim`` vector (repeated), or ``None`` to use ``generator.mean_latent()``.
     ``restyle_iterations``: ``None`` for pSp's one pass; else the number of ReStyle passes (the
     encoder must read 6 channels, and codes start from ``latent_avg``).
+    ``restyle_recon_resize``: how the passes bring reconstructions to the encoder's size (see the
+    module docstring; a one-pass model reads none, and keeps the default).
     """
 
     latent_avg: Tensor
 
     def __init__(self, encoder: Encoder, generator: Generator, latent_avg: Tensor | None = None, *,
-                 start_from_latent_avg: bool = True, restyle_iterations: int | None = None) -> None:
+                 start_from_latent_avg: bool = True, restyle_iterations: int | None = None,
+                 restyle_recon_resize: ReconResize = "antialiased_bilinear") -> None:
         super().__init__()
         if encoder.n_styles != generator.n_styles or encoder.style_dim != generator.style_dim:
             raise ValueError(f"encoder gives {encoder.n_styles}×{encoder.style_dim} codes but the generator "
@@ -92,6 +106,9 @@ class PSP(nn.Module):
             if not start_from_latent_avg:
                 raise ValueError("ReStyle's passes start from latent_avg: start_from_latent_avg must be true")
             self.restyle_iterations = passes(restyle_iterations)
+        if restyle_recon_resize not in RECON_RESIZES:
+            raise ValueError(f"restyle_recon_resize {restyle_recon_resize!r} is not one of {', '.join(RECON_RESIZES)}")
+        self.restyle_recon_resize: ReconResize = restyle_recon_resize
         # The official training options when imported from a pSp checkpoint (checkpoint_psp.PSPOptions).
         self.official_opts: object | None = None
 
@@ -117,6 +134,12 @@ class PSP(nn.Module):
         """``G(latent_avg)``, ``n`` rows: what ReStyle's first pass sees as the reconstruction."""
         return self.decode(self._average_codes(), noise_mode=noise_mode).expand(n, -1, -1, -1)
 
+    def _reconstruction_input(self, image: Tensor) -> Tensor:
+        """A generator image in [0, 1] at the encoder's input size (``restyle_recon_resize``)."""
+        if self.restyle_recon_resize == "adaptive_avg_pool":
+            return pool_input(image, self.input_size)
+        return resize_input(image, self.input_size)
+
     def refine(self, x: Tensor, iterations: int | None = None, *, noise_mode: NoiseMode = "const",
                decode_last: bool = True) -> list[tuple[Tensor, Tensor | None]]:
         """ReStyle's passes over faces ``x`` in [0, 1]: ``[(w_plus, image), …]``, one per pass.
@@ -134,7 +157,7 @@ class PSP(nn.Module):
         steps: list[tuple[Tensor, Tensor | None]] = []
         for t in range(n):
             assert image is not None
-            seen = resize_input(image.detach().to(target.dtype), size) * 2 - 1
+            seen = self._reconstruction_input(image.detach().to(target.dtype)) * 2 - 1
             step = self.encoder(torch.cat([target, seen], dim=1))
             if self.learn_in_w:
                 step = step.unsqueeze(1).expand(-1, self.n_styles, -1)

@@ -233,8 +233,10 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
             fold_latent_avg(encoder, latent_avg.reshape(-1, dim) - old.reshape(-1, dim))
     else:
         latent_avg = generator.mean_latent(n=cfg.latent_avg_samples)
+    # A ReStyle init (an imported official one pools its reconstructions) goes on reading them as it learnt to.
+    recon = init.restyle_recon_resize if init is not None and init.restyle_iterations is not None else None
     return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg,
-               restyle_iterations=cfg.restyle_iterations)
+               restyle_iterations=cfg.restyle_iterations, restyle_recon_resize=recon or "antialiased_bilinear")
 
 
 def with_input_channels(state_dict: dict[str, Tensor], input_nc: int) -> dict[str, Tensor]:
