@@ -114,6 +114,35 @@ def test_fresh_clears_what_compare_wrote_and_only_that(hr_folder, other_data, tm
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_fresh_keeps_what_users_keep_in_compares_folders_and_never_removes_its_own_input(hr_folder, tmp_path):
+    """--fresh had removed the whole inputs/, outputs/ and results/ folders: files a user kept there
+    and, with --data inputs/hr inside --out, the HR images of the run itself (gone for good)."""
+    import shutil
+
+    out = tmp_path / "cmp"
+    data = out / "inputs" / "hr"
+    shutil.copytree(hr_folder, data)
+    (out / "outputs").mkdir()
+    (out / "outputs" / "mine.txt").write_text("kept")
+    (out / "results").mkdir()
+    (out / "results" / "keep.txt").write_text("kept")
+    assert _compare(data, out).exit_code == 0
+    r = invoke("compare", "--methods", "bicubic", "--scale", "4", "--data", data, "--out", out,
+               "--metrics", "psnr_rgb", "--device", "cpu", "-q", "--fresh")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in hr_folder.iterdir())
+    assert (out / "outputs" / "mine.txt").read_text() == "kept" and (out / "results" / "keep.txt").read_text() == "kept"
+    [lr] = [d for d in (out / "inputs").iterdir() if d.name != "hr"]  # the ×2 LR folder went, the ×4 one came
+    assert json.loads((lr / "manifest.json").read_text()) and json.loads((out / "compare.json").read_text())[
+        "inputs"]["scale"] == 4
+    # An input inside what --fresh would remove (compare's own outputs as the HR of a new run): refused.
+    before = _files(out)
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", out / "outputs" / "bicubic", "--out", out,
+               "--metrics", "psnr_rgb", "--device", "cpu", "-q", "--fresh")
+    assert r.exit_code == 2 and f"which holds this run's input {out / 'outputs' / 'bicubic'}" in r.output, r.output
+    assert _files(out) == before
+
+
 def _index_is_consistent(out: Path) -> None:
     """results.json, when present, names only files that exist (and no temporary file is left)."""
     assert not list(out.glob(".*.part"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,11 @@ if TYPE_CHECKING:
     from .runner import Plan
 
 CONFIG_FILE = "compare.json"
-# Everything compare writes under --out; --fresh removes these when the configuration changes.
-OWNED = ("inputs", "outputs", "results", "results.csv", "summary.csv", "results.json", "report.html", CONFIG_FILE)
+# The files compare writes at the top of --out; --fresh removes these when the configuration changes,
+# and in inputs/, outputs/ and results/ only what compare made there (see _remove_owned).
+OWNED_FILES = ("results.csv", "summary.csv", "paired.csv", "results.json", "report.html", CONFIG_FILE)
+OWNED_FOLDERS = ("inputs", "outputs", "results")
+_LR_FOLDER = re.compile(r"^[0-9a-f]{12}$")  # inputs/<hash of degradation and scale>/, harness.inputs
 
 
 def _spec(value: str) -> str:
@@ -78,13 +82,50 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
     return diffs
 
 
-def _remove_owned(out: Path) -> None:
-    for name in OWNED:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _written_by_compare(out: Path, methods: set[str]) -> list[Path]:
+    """What compare wrote in ``out`` (for ``methods``, the recorded and the current ones): its top
+    files, its LR folders (``inputs/<hash>/`` with a manifest), each method's ``outputs/<method>/``
+    and ``results/<method>.jsonl`` and ``results/parts/<method>/`` — nothing else a user keeps there."""
+    from .store import safe_name
+
+    found = [out / name for name in OWNED_FILES if (out / name).exists() or (out / name).is_symlink()]
+    inputs = out / "inputs"
+    if inputs.is_dir() and not inputs.is_symlink():
+        found += [d for d in sorted(inputs.iterdir()) if d.is_dir() and not d.is_symlink()
+                  and _LR_FOLDER.match(d.name) and (d / "manifest.json").is_file()]
+    for name in sorted({safe_name(m) for m in methods}):
+        for path in (out / "outputs" / name, out / "results" / f"{name}.jsonl", out / "results" / "parts" / name):
+            if path.exists() or path.is_symlink():
+                found.append(path)
+    return found
+
+
+def _remove_owned(out: Path, methods: set[str], keep: list[Path]) -> None:
+    """``--fresh``: remove what compare wrote (:func:`_written_by_compare`), then its folders if
+    they are left empty. Refused when an input of this run (``keep``: ``--data``, ``--lr-dir``)
+    lies inside what would go."""
+    from .runner import CompareUsageError
+
+    doomed = _written_by_compare(out, methods)
+    for given in keep:
+        target = given.resolve()
+        hit = next((d for d in doomed if target == d.resolve() or d.resolve() in target.parents), None)
+        if hit is not None:
+            raise CompareUsageError(f"--fresh would remove {hit}, which holds this run's input {given}: "
+                                    "move the input out of the --out folder, or use another --out")
+    for path in doomed:
+        _remove(path)
+    for name in ("results/parts", *OWNED_FOLDERS):
+        folder = out / name
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def claim(p: Plan) -> None:
@@ -114,7 +155,9 @@ def claim(p: Plan) -> None:
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
             raise CompareUsageError(f"{out} holds the results of another configuration ({shown}): use another "
                                     "--out, or add --fresh to discard them and start over")
-        _remove_owned(out)
+        methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
+        inputs = [p.config.data.lstrip("@"), *([p.config.lr_dir] if p.config.lr_dir is not None else [])]
+        _remove_owned(out, methods, [Path(i) for i in inputs])
 
 
 def record(p: Plan) -> None:
