@@ -211,3 +211,20 @@ def test_sigterm_while_writing_the_report(hr_folder, tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert all(i["reused"] for i in doc["images"]) and len(doc["images"]) == 4
     _index_is_consistent(out)
+
+
+def test_a_second_compare_into_a_folder_in_use_is_refused_at_once(hr_folder, tmp_path):
+    """Two runs with different settings had both been accepted (each checked the folder before the
+    other recorded its configuration) and mixed their outputs and results in one folder."""
+    import fcntl
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    with open(out / ".compare.lock", "w") as held:  # what a running compare holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = _compare(hr_folder, out)
+        assert r.exit_code == 2, r.output
+        assert f"{out}: another compare is writing into this folder" in r.output
+        assert not (out / "compare.json").exists() and not (out / "outputs").exists()
+    r = _compare(hr_folder, out)  # released: it runs
+    assert r.exit_code == 0, r.output

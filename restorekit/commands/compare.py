@@ -10,6 +10,7 @@ with the job's exit code.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,7 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     from ..harness.report_files import results_document
     from ..harness.report_summary import summarize_result
     from ..harness.report_text import failure_lines
+    from ..harness.outdir import exclusive
     from ..harness.reports import write_all
     from ..harness.runner import CompareConfig, execute, parse_method_opts, plan
     from ..harness.store import jsonable
@@ -112,13 +114,19 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
             return p, n_img
 
         p, n_img = job.together(prepare)
-        total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
-        with job.progress(total, "compare", quiet or as_json) as advance:
-            res = execute(p, progress=advance, job=job)
-        if not job.is_main:  # rank 0 reports for the whole job
-            raise SystemExit(res.exit_code)
-        sm = summarize_result(res)
-        write_all(sm, out)
+        held = contextlib.ExitStack()  # --out for this run alone (rank 0 holds it for the job)
+        with held:
+            if job.is_main:
+                job.together(lambda: held.enter_context(exclusive(out)))
+            else:
+                job.together(lambda: None)
+            total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
+            with job.progress(total, "compare", quiet or as_json) as advance:
+                res = execute(p, progress=advance, job=job)
+            if not job.is_main:  # rank 0 reports for the whole job
+                raise SystemExit(res.exit_code)
+            sm = summarize_result(res)
+            write_all(sm, out)
         if as_json or quiet:  # otherwise the table's footnotes name each skipped metric, once
             for m in p.metrics:
                 if m.status != "ok":

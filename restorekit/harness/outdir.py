@@ -14,10 +14,12 @@ inputs (no images, a missing ``--lr-dir``) leaves the folder free for the correc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +160,36 @@ def claim(p: Plan) -> None:
         methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
         inputs = [p.config.data.lstrip("@"), *([p.config.lr_dir] if p.config.lr_dir is not None else [])]
         _remove_owned(out, methods, [Path(i) for i in inputs])
+
+
+LOCK_FILE = ".compare.lock"
+
+
+@contextlib.contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one compare at a time, for the whole run and its reports.
+
+    Two runs with different settings had both been accepted (each checked the folder before the
+    other recorded) and mixed their outputs and results; a second run is refused at once, naming
+    the folder (``flock`` on ``OUT/.compare.lock``: released when the process ends, however)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    from .runner import CompareUsageError
+
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CompareUsageError(f"{out}: another compare is writing into this folder; wait for it to end "
+                                    "(then rerun: what it stored is reused), or use another --out") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def record(p: Plan) -> None:
