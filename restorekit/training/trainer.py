@@ -308,6 +308,35 @@ def trim_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
 
 
+RUN_LOCK = ".train.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: str | Path) -> Iterator[None]:
+    """Hold a run folder for one training process (the main one of a job) while it trains.
+
+    A second run on the same ``--out`` had started silently: it deleted the first's log, then
+    both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder
+    (``flock`` on ``OUT/.train.lock``: released when the process ends, however it ends)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"{folder}: another training run is using this folder; wait for it to end "
+                                "(then --resume continues it), or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
     """Ready a run's ``log`` (on the ``main`` process): resumed at a step, the lines past it go (they
     are logged again); a new run refuses a folder that holds checkpoints and removes an earlier
