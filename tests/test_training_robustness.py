@@ -700,3 +700,44 @@ def test_a_mapped_checkpoint_read_gives_the_settings_and_refuses_a_cut_file(tmp_
         assert got["config"] == {"lr": 0.5} and torch.equal(got["model"]["w"], ckpt["model"]["w"])
     with pytest.raises(TrainingError, match="cut.pt: not a loadable training checkpoint"):
         load_checkpoint(cut, mmap=True)
+
+
+def test_a_second_run_on_a_folder_in_training_is_refused_at_once(cli: click.Group, faces: Path, tmp_path: Path) -> None:
+    """A second run on the same --out had started silently, deleted the first's log and then both
+    wrote log lines, checkpoints and the export."""
+    import fcntl
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with open(out / ".train.lock", "w") as held:  # what a training run holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out",
+                            str(out), "--steps", "2", "-q")
+        assert code == 2 and f"{out}: another training run is using this folder" in text, text
+        assert sorted(p.name for p in out.iterdir()) == [".train.lock"]
+    code, text = invoke(cli, "tiny_sr", "--data", str(faces), "--config", str(config_file(tmp_path)), "--out",
+                        str(out), "--steps", "2", "-q")
+    assert code == 0, text
+
+
+def test_a_process_ending_with_loader_workers_it_did_not_stop_still_ends() -> None:
+    """Workers outlive a TERM only for a grace period: a process that ends while holding a loader
+    (an error left it to the collector) ends its workers with a TERM and waits for them — with the
+    TERM ignored outright, that wait never ended."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import restorekit.training.trainer as T
+        from torch.utils.data import DataLoader
+        T.WORKER_TERM_GRACE_S = 1.0
+        it = iter(DataLoader(list(range(100)), batch_size=2, num_workers=2,
+                             worker_init_fn=T._worker_leaves_stopping_to_the_run))
+        next(it)
+        kept = [it]
+        kept.append(kept)  # a cycle: still alive when the interpreter ends
+        print("leaving", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "leaving", proc.stderr

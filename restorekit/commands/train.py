@@ -137,10 +137,15 @@ def fit_training(trainer: Any, *, resume: bool | Path, time_limit: float | None,
 
 
 def _drop_if_empty(made: Path | None) -> None:
-    """Remove the ``--out`` folder a refused command created, when nothing was written into it."""
-    if made is not None and made.is_dir() and not any(made.iterdir()):
-        with contextlib.suppress(OSError):  # another process of the run may have written into it meanwhile
-            made.rmdir()
+    """Remove the ``--out`` folder a refused command created, when nothing (but its run lock) was
+    written into it."""
+    from ..training.trainer import RUN_LOCK
+
+    if made is None or not made.is_dir() or any(p.name != RUN_LOCK for p in made.iterdir()):
+        return
+    with contextlib.suppress(OSError):  # another process of the run may have written into it meanwhile
+        (made / RUN_LOCK).unlink(missing_ok=True)
+        made.rmdir()
 
 
 def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
@@ -181,7 +186,12 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
             _drop_if_empty(made)
             ctx.exit(2)
         try:
-            result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit, until=until)
+            with contextlib.ExitStack() as held:
+                if int(os.environ.get("RANK", "0")) == 0:  # the run folder is this run's alone
+                    from ..training.trainer import run_folder_lock
+
+                    held.enter_context(run_folder_lock(run.config.out))
+                result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit, until=until)
         except RestorekitError as exc:  # a checkpoint that does not fit; a run its data stopped (maybe one rank's)
             error_line(str(exc))  # one line, as every command's: not a click usage block
             _drop_if_empty(made)

@@ -436,12 +436,27 @@ def check_stop_steps(step: int, steps: int, until: int | None) -> None:
                             f"ends it there and exports)")
 
 
+#: Seconds a data-loader worker outlives a TERM: time for the run to finish its step, checkpoint
+#: and end its loaders, which stop the worker the ordinary way.
+WORKER_TERM_GRACE_S = 60.0
+
+
 def _worker_leaves_stopping_to_the_run(worker_id: int) -> None:
-    """DataLoader worker set-up: ignore SIGINT and SIGTERM. A stop sent to the whole process group
-    (Ctrl-C, systemd, a batch scheduler's TERM) is the main process's to act on — checkpoint, then
-    end its loaders; a worker that died of it first made torch fail the run without a checkpoint."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    """DataLoader worker set-up: a stop sent to the whole process group (Ctrl-C, systemd, a batch
+    scheduler's TERM) is the main process's to act on — checkpoint, then end its loaders. A worker
+    that died of it first made torch fail the run without a checkpoint. So a worker ignores INT and
+    leaves on TERM only after :data:`WORKER_TERM_GRACE_S` (exit status 0) — never for good: a TERM
+    is also how a process ending ends workers it did not stop itself, and waits for them."""
+    import threading
+
+    def leave_later(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        timer = threading.Timer(WORKER_TERM_GRACE_S, os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, leave_later)
 
 
 class _StopFlag:
@@ -786,12 +801,13 @@ class Trainer:
         start = time.monotonic()
         last_ckpt: Path | None = None
         check_stop_steps(self.step, cfg.steps, until)
-        batches = self._batches() if self.step < cfg.steps else iter(())
+        batches = self._batches() if self.step < cfg.steps else (b for b in ())
         first = self.step
         window: dict[str, Tensor] = {}
         n_window = 0
         stopped = False
-        with _StopFlag() as stop, self._progress() as bar:
+        # closing: a run that ends by an error ends its loader workers now, not when collected.
+        with _StopFlag() as stop, self._progress() as bar, contextlib.closing(batches):
             task = bar.add_task("train", total=cfg.steps, completed=self.step, losses="")
             while self.step < cfg.steps:
                 try:
