@@ -66,6 +66,10 @@ class ImageItem:
 
 
 def _mp(pixels: int | float) -> str:
+    """A pixel count for a message: megapixels to one decimal, or the exact count (``10,000 px``)
+    under 0.1 MP, where one decimal would round small sizes and limits to a meaningless ``0.0 MP``."""
+    if pixels < 100_000:
+        return f"{round(pixels):,} px"
     return f"{pixels / 1e6:.1f} MP"
 
 

@@ -92,11 +92,14 @@ def _literal(text: str) -> Any:
 
 
 def coerce(key: str, annotation: Any, raw: Any) -> Any:
-    """Convert one command-line string for a field of type ``annotation`` (non-strings pass through)."""
+    """Convert one command-line string for a field of type ``annotation`` (non-strings pass through).
+
+    ``none`` (or ``null``, any case) clears an optional field, ``str | None`` ones included: a
+    weights name or file literally called ``none`` is written as a path (``./none``)."""
     if not isinstance(raw, str):
         return raw
     inner, nullable = _strip_optional(annotation)
-    if nullable and raw.strip().lower() in ("none", "null") and inner is not str:
+    if nullable and raw.strip().lower() in ("none", "null"):
         return None
     if inner is bool:
         return parse_bool(key, raw)

@@ -266,3 +266,24 @@ def test_broken_plugin_listed_while_bicubic_runs(plugin_site, hr_folder, tmp_pat
     assert r.returncode == 0, r.stderr
     r = rk("--strict", "plugins")
     assert r.returncode == 2 and "thirdparty_broken" in r.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_degrade_seed_out_of_range_is_usage_error(hr_folder, tmp_path, seed):
+    """degrade --seed takes 0 … 2**64 − 1 like every other seed option; -1 and 2**64 used to wrap
+    silently modulo 2**64 (and write files)."""
+    out = tmp_path / "lr"
+    r = invoke("degrade", "--spec", "bicubic:4+noise:8", "--input", str(hr_folder), "--output", str(out),
+               "--seed", seed, "-q")
+    assert r.exit_code == 2
+    text = " ".join(r.output.split())
+    assert f"Invalid value for '--seed': {seed} is not in the range 0<=x<={2**64 - 1}." in text
+    assert not out.exists()
+
+
+def test_degrade_takes_the_largest_seed(hr_folder, tmp_path):
+    out = tmp_path / "lr"
+    r = invoke("degrade", "--spec", "bicubic:4+noise:8", "--input", str(hr_folder), "--output", str(out),
+               "--seed", str(2**64 - 1), "-q")
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("*.png"))) == 4

@@ -17,7 +17,7 @@ from PIL import Image
 from restorekit.cli import build_cli
 from restorekit.errors import ImageError
 from restorekit.faces.pipeline import FacePipeline
-from restorekit.images import probe_size, read_image
+from restorekit.images import check_size, probe_size, read_image
 from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
 from restorekit.testing.data import smooth_image
 
@@ -112,7 +112,7 @@ def test_compare_refuses_oversized_outputs_before_any_method_runs(counting, tmp_
     assert r.exit_code == 1
     doc = json.loads((out / "results.json").read_text())
     assert [f["image"] for f in doc["inputs"]["failures"]] == ["a"]
-    assert "64×64 = 0.0 MP, over the output limit" in doc["inputs"]["failures"][0]["error"]
+    assert "64×64 = 4,096 px, over the output limit of 2,000 px" in doc["inputs"]["failures"][0]["error"]
     assert [i["image"] for i in doc["images"]] == ["b"]
     assert _work(counting).count("restore") == 1
     # Given LR files: the output is LR × scale.
@@ -217,3 +217,21 @@ def test_an_image_smaller_than_the_scale_is_named_by_its_own_size(tmp_path, size
                "--out", tmp_path / "report", "--json")
     assert r.exit_code == 1
     assert json.loads(r.stdout)["inputs"]["failures"][0]["error"] == failure["error"]
+
+
+def test_small_sizes_and_limits_are_exact_pixel_counts_not_zero_megapixels(tmp_path):
+    """Under 0.1 MP a size or limit is shown in pixels (one decimal of MP rounded both to "0.0 MP");
+    from 0.1 MP up the messages stay in MP."""
+    img = _img(tmp_path / "in" / "a.png", 100, 100)
+    r = invoke("run", "bicubic", "--scale", "2", "--input", img, "--output", tmp_path / "o", "--max-pixels", "9999")
+    assert r.exit_code == 1
+    assert "a.png: 100×100 = 10,000 px exceeds the limit of 9,999 px (raise it with --max-pixels)" in r.stderr
+    r = invoke("run", "bicubic", "--scale", "2", "--input", img, "--output", tmp_path / "o",
+               "--max-output-pixels", "39999")
+    assert r.exit_code == 1
+    assert ("a.png: its ×2 output would be 200×200 = 40,000 px, over the output limit of 39,999 px "
+            "(lower --scale or raise --max-output-pixels)") in r.stderr
+    with pytest.raises(ImageError, match=r"^x: 400×250 = 0\.1 MP exceeds the limit of 99,999 px "):
+        check_size(400, 250, "x", max_pixels=99_999)
+    with pytest.raises(ImageError, match=r"^x: 1000×1000 = 1\.0 MP exceeds the limit of 0\.5 MP "):
+        check_size(1000, 1000, "x", max_pixels=500_000)

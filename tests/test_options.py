@@ -173,3 +173,33 @@ def test_a_typo_is_refused_even_by_a_model_that_does_not_forbid_extra_keys(hr_fo
         model_config = ConfigDict(extra="allow")
 
     assert validate(Open, {"anything": "1"}, label="open").model_extra == {"anything": "1"}
+
+
+class _Named(BaseModel):
+    weights: str | None = None
+    label: str = "x"
+
+
+@pytest.mark.parametrize("text", ["none", "None", "NONE", " none "])
+def test_none_clears_optional_string_fields_too(text: str) -> None:
+    """`none` clears every optional value, `str | None` ones (weights names, paths) included; a file
+    literally named none is given as ./none, and a plain `str` field keeps the word."""
+    assert coerce_values(_Named, {"weights": text, "label": text}) == {"weights": None, "label": text}
+    assert coerce_values(_Named, {"weights": "./none"}) == {"weights": "./none"}
+
+
+def test_run_opt_weights_none_uses_the_default_weights(tmp_path: Path, rk_home: Path) -> None:
+    from PIL import Image
+
+    from restorekit.plugins import registry
+
+    if "psp_sr" not in registry().names("methods"):
+        pytest.skip("psp_sr plugin not installed")
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16), (120, 90, 60)).save(tmp_path / "in" / "f.png")
+    r = CliRunner().invoke(build_cli(), ["run", "psp_sr", "--scale", "8", "--input", str(tmp_path / "in"),
+                                         "--output", str(tmp_path / "out"), "--opt", "weights=none"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "psp_sr: weights psp-sr-faces128 (the embedded default;" in r.stderr
+    assert (tmp_path / "out" / "f.png").is_file()

@@ -13,13 +13,15 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..seeds import SEED
 
 
 @click.command("degrade")
 @click.option("--spec", required=True, help="e.g. bicubic:8 or blur:1.5+bicubic:4+jpeg:60")
 @click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random steps (noise).")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed for random steps (noise; 0 to 2**64-1).")
 @click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,

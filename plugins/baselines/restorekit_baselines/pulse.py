@@ -136,8 +136,10 @@ def _build_generator(name: str, weights: str | None, extra: dict[str, Any], devi
     device_arg = {"device": device} if "device" in model.model_fields and "device" not in values else {}
     try:
         gen = factory.create(values, label=f"pulse: generator '{name}'", **device_arg)
-    except TypeError as exc:
-        raise RestorekitError(f"pulse: generator '{name}' rejected its options {sorted(values)}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # the factory's check of its arguments (a config unlike its weights)
+        said = " ".join(str(exc).split())
+        raise RestorekitError(f"pulse: generator '{name}' rejected its options {sorted(values)}: {said} "
+                              "(change --opt generator_options, or pick generator_weights that match them)") from None
     if not isinstance(gen, Generator):
         raise RestorekitError(f"pulse: generator '{name}' built a {type(gen).__name__}, "
                               "not a restorekit.interfaces.Generator")

@@ -394,3 +394,26 @@ def test_photo_crops_are_searched_at_the_generators_own_size(tiny_registered: st
     assert face_input_size(m, 2) == 8
     assert face_input_size(m, 3) == 256 // 3
     assert face_input_size(m, 4) == 64  # 16 ÷ 4 = 4 px is below MIN_FACE_CROP
+
+
+def test_generator_options_unlike_its_weights_are_a_usage_error(rk_home: Path, tmp_path: Path) -> None:
+    """A generator config its weights do not match (the factory's ValueError) is one line naming the
+    options and the fix, exit 2 from `run` — as `generate` says it — not an 'unexpected' error."""
+    if "stylegan2" not in registry().names("generators"):
+        pytest.skip("no 'stylegan2' generator registered (psp_sr plugin not installed)")
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from restorekit.cli import build_cli
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16), (120, 90, 60)).save(tmp_path / "in" / "f.png")
+    r = CliRunner().invoke(build_cli(), ["run", "pulse", "--scale", "8", "--input", str(tmp_path / "in" / "f.png"),
+                                         "--output", str(tmp_path / "out"),
+                                         "--opt", 'generator_options={"resolution":64}'], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == ["error: pulse: generator 'stylegan2' rejected its options ['resolution']: stylegan2 weights "
+                     "'stylegan2-faces128' do not match the requested config: resolution=64 (file has 128) "
+                     "(change --opt generator_options, or pick generator_weights that match them)"]
+    assert not (tmp_path / "out").exists()
