@@ -159,6 +159,14 @@ def spec_for(name: str, filename: str, *, data: bytes | None = None, urls: tuple
     return W.WeightSpec(name=name, architecture="toy", plugin="tests", files=[wf], license="MIT", **kw)
 
 
+def ckpt_bytes(fill: float, n: int = 64) -> bytes:
+    """A small PyTorch checkpoint (``{"w": tensor}``), as the bytes of a ``.pt`` file: what an
+    unpinned weights file must at least be before its hash is trusted on first use."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.full((n,), float(fill))}, buf)
+    return buf.getvalue()
+
+
 def tensors_blob() -> tuple[bytes, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     sd = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g)}
@@ -490,7 +498,7 @@ def test_import_checks_hash(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> N
 
 
 def test_import_link_and_trust_cli(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
-    blob = os.urandom(5000)
+    blob = ckpt_bytes(int.from_bytes(os.urandom(2), "little"), 1000)
     f = tmp_path / "have.pt"
     f.write_bytes(blob)
     specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)

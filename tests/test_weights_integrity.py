@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from restorekit import weights as W
 from restorekit.commands.weights import weights_group
 from restorekit.errors import IntegrityError
-from test_weights import Files, home, server, sha, spec_for, specs  # noqa: F401 (fixtures)
+from test_weights import Files, ckpt_bytes, home, server, sha, spec_for, specs  # noqa: F401 (fixtures)
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -27,8 +27,8 @@ def _cli(*args: str) -> tuple[int, str]:
 
 def test_import_records_first_use_and_checks_it_from_then_on(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
     first, other = tmp_path / "first.pt", tmp_path / "other.pt"
-    first.write_bytes(b"first" * 500)
-    other.write_bytes(b"other" * 500)
+    first.write_bytes(ckpt_bytes(1, 500))
+    other.write_bytes(ckpt_bytes(2, 500))
     specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)
     assert W.integrity(specs["nohash"], specs["nohash"].files[0]) == "unknown"
     with pytest.raises(IntegrityError, match="--trust"):
@@ -36,7 +36,7 @@ def test_import_records_first_use_and_checks_it_from_then_on(tmp_path: Path, spe
     _, warning = W.import_file("nohash", first, trust=True)
     assert warning is not None and sha(first.read_bytes()) in warning
     rec = W.first_use("nohash", "n.pt")
-    assert rec is not None and (rec.sha256, rec.size) == (sha(first.read_bytes()), 2500)
+    assert rec is not None and (rec.sha256, rec.size) == (sha(first.read_bytes()), first.stat().st_size)
     assert rec.source == f"import:{first.resolve()}"
     stored = json.loads((W.cache_dir() / W.TOFU_FILE).read_text())["files"]
     assert stored["nohash/n.pt"]["sha256"] == rec.sha256
@@ -80,13 +80,13 @@ def test_pull_checks_first_use(server: tuple[str, Files], specs: dict[str, W.Wei
 
 def test_manifest_trust_from_older_caches_counts_as_first_use(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
     f = tmp_path / "a.pt"
-    f.write_bytes(b"a" * 100)
+    f.write_bytes(ckpt_bytes(1))
     specs["old"] = spec_for("old", "a.pt", known_hash=False, size=False)
     W.import_file("old", f, trust=True)
     (W.cache_dir() / W.TOFU_FILE).unlink()  # a cache from before the record existed
-    assert W.first_use("old", "a.pt").sha256 == sha(b"a" * 100)  # type: ignore[union-attr]
+    assert W.first_use("old", "a.pt").sha256 == sha(ckpt_bytes(1))  # type: ignore[union-attr]
     g = tmp_path / "b.pt"
-    g.write_bytes(b"b" * 100)
+    g.write_bytes(ckpt_bytes(2))
     with pytest.raises(IntegrityError, match="first 'old'"):
         W.import_file("old", g, trust=True)
 
@@ -98,7 +98,7 @@ def test_list_and_show_state_integrity(tmp_path: Path, specs: dict[str, W.Weight
     specs["unknown-net"] = spec_for("unknown-net", "u.pt", known_hash=False, size=False,
                                     urls=("https://example.org/u.pt",))
     f = tmp_path / "t.pt"
-    f.write_bytes(b"t" * 64)
+    f.write_bytes(ckpt_bytes(7))
     W.import_file("tofu-net", f, trust=True)
     code, out = _cli("list", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
@@ -112,14 +112,14 @@ def test_list_and_show_state_integrity(tmp_path: Path, specs: dict[str, W.Weight
     assert lines["tofu-net"][1:3] == ["cached", "tofu"]
     assert lines["unknown-net"][1:4] == ["pull", "needed", "unknown"]
     code, out = _cli("show", "tofu-net")
-    assert code == 0 and "trust on first use" in out and sha(b"t" * 64) in out and "verified against it" in out
+    assert code == 0 and "trust on first use" in out and sha(ckpt_bytes(7)) in out and "verified against it" in out
     code, out = _cli("show", "unknown-net")
     assert "none recorded yet" in out and "--trust" in out
     code, out = _cli("show", "pinned-net")
     assert f"pinned: sha256 {sha(pinned_blob)} (published)" in out
     data = json.loads(_cli("show", "tofu-net", "--json")[1])
     assert data["integrity"]["t.pt"]["kind"] == "tofu"
-    assert data["integrity"]["t.pt"]["first_use"]["sha256"] == sha(b"t" * 64)
+    assert data["integrity"]["t.pt"]["first_use"]["sha256"] == sha(ckpt_bytes(7))
     # forget through the command line
     code, out = _cli("forget", "tofu-net")
     assert code == 0 and "forgot t.pt of tofu-net" in out
@@ -129,7 +129,7 @@ def test_list_and_show_state_integrity(tmp_path: Path, specs: dict[str, W.Weight
 
 def test_unwritable_first_use_record_is_one_line(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
     f = tmp_path / "t.pt"
-    f.write_bytes(b"t" * 64)
+    f.write_bytes(ckpt_bytes(7))
     specs["tofu-net"] = spec_for("tofu-net", "t.pt", known_hash=False, size=False)
     (W.cache_dir() / W.TOFU_FILE).mkdir(parents=True)  # a folder where the record goes
     code, out = _cli("import", "tofu-net", str(f), "--trust")
@@ -158,7 +158,7 @@ def test_first_use_records_of_concurrent_imports_are_all_kept(tmp_path: Path, sp
 
     def first_import(name: str) -> None:
         f = tmp_path / f"{name}.pt"
-        f.write_bytes(name.encode() * 100)
+        f.write_bytes(ckpt_bytes(len(name) + ord(name[-1])))
         start.wait(timeout=10)
         try:
             W.import_file(name, f, trust=True)

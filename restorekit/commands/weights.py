@@ -1,7 +1,8 @@
 """``restorekit weights``: list, show, pull, import, forget, verify, locate, remove and convert weights.
 
 Exit codes: 0 success; 1 a file was refused or failed to verify or download; 2 usage
-(unknown name, bad arguments).
+(unknown name, bad arguments, a file that is not readable as weights, an output that exists, an
+unusable cache).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.markup import escape
 
 from .. import weights as W
 from ..errors import FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
+from ..weights.load import OutputExistsError, UnreadableWeightsError
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -33,12 +35,13 @@ def _human(size: int | None) -> str:
 
 
 class WeightsGroup(click.Group):
-    """Reports restorekit errors as one line: exit 2 for unknown names and an unusable cache, 1 otherwise."""
+    """Reports restorekit errors as one line: exit 2 for unknown names, a file that is not readable as
+    weights, an output that exists and an unusable cache; 1 otherwise."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (UnknownNameError, FileSystemError) as exc:
+        except (UnknownNameError, FileSystemError, UnreadableWeightsError, OutputExistsError) as exc:
             _err.print(f"[red]error:[/] {escape(str(exc))}")
             ctx.exit(2)
         except RestorekitError as exc:
@@ -282,6 +285,11 @@ def verify_cmd(names: tuple[str, ...]) -> None:
     for name in names:  # every name checked before any work
         W.get_spec(name)
     targets = list(names) or [n for n in W.all_specs() if W.cached_files(n)]
+    for name in names or W.all_specs():  # leftovers of imports killed midway: named, not counted as failures
+        for path, pid in W.stray_imports(name):
+            _err.print(escape(f"note: {path} is the partial copy of an interrupted import"
+                              + (f" (process {pid}, gone)" if pid is not None else "")
+                              + f"; the next `restorekit weights import {name}` removes it, or delete it"))
     bad = 0
     for name in targets:
         problems = W.verify(name)
@@ -331,12 +339,18 @@ def rm_cmd(names: tuple[str, ...], onnx_cache: bool) -> None:
 @click.option("--key", default=None, help="Sub-dict to keep (e.g. g_ema, state_dict; dotted for deeper).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: FILE with .safetensors).")
-def convert_cmd(file: Path, fmt: str, key: str | None, output: Path | None) -> None:
-    """Convert a weights-only-loadable checkpoint to safetensors (nested dicts → dotted keys)."""
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (never the input).")
+def convert_cmd(file: Path, fmt: str, key: str | None, output: Path | None, overwrite: bool) -> None:
+    """Convert a weights-only-loadable checkpoint to safetensors (nested dicts → dotted keys).
+
+    The output is written atomically; an existing one is refused unless --overwrite."""
     out = output or file.with_suffix(".safetensors")
     if out.resolve() == file.resolve():
-        raise click.UsageError("output would overwrite the input; pass -o")
-    n, dropped = W.convert_to_safetensors(file, out, key=key)
+        raise click.UsageError(f"-o {out} is the input file; choose another output file" if output is not None
+                               else f"the default output {out} is the input file itself; choose one with -o")
+    if not overwrite and (out.exists() or out.is_symlink()):
+        raise click.UsageError(f"{out} already exists; pass --overwrite to replace it, or choose another -o")
+    n, dropped = W.convert_to_safetensors(file, out, key=key, overwrite=overwrite)
     if dropped:
         _err.print(f"[yellow]warning:[/] left out non-tensor entries: {escape(', '.join(dropped))}")
     click.echo(f"wrote {out} ({n} tensors, sha256 {W.sha256_file(out)})")

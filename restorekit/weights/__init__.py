@@ -36,7 +36,7 @@ from typing import Any
 from . import archive, cache, catalogue, checksum, load, spec, tofu
 from .archive import ArchiveImport, wants_archive_import
 from .cache import (CachedFile, cache_dir, cache_error, cache_folder, cached_files, onnx_cache_dir, remove,
-                    weights_dir)
+                    stray_imports, weights_dir)
 from .catalogue import (all_specs, convert_to_safetensors, forget, get_spec, import_archive, import_file, is_cached,
                         iter_specs, load_checkpoint, load_state_dict, looks_like_path, not_a_file_error, plugin_specs, pull,
                         registered_name, registry_dirs, registry_specs, resolve, verify, weights_file,
@@ -50,7 +50,7 @@ __all__ = [
     "PackageSource", "WeightFile", "WeightSpec", "CachedFile", "MANIFEST", "TOFU_FILE",
     "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir", "registry_dirs", "registry_specs",
     "plugin_specs", "all_specs", "iter_specs", "get_spec", "resolve", "registered_name", "weights_source", "weights_file", "looks_like_path", "not_a_file_error", "is_cached",
-    "cached_files", "verify", "pull",
+    "cached_files", "stray_imports", "verify", "pull",
     "import_file", "import_archive", "wants_archive_import", "ArchiveImport", "FirstUse", "first_use",
     "check_first_use", "forget", "integrity", "remove", "sha256_file", "bundled_path", "pickle_globals",
     "unsafe_globals", "load_checkpoint", "load_state_dict", "flatten_state_dict", "convert_to_safetensors",

@@ -108,6 +108,7 @@ def import_spec_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link:
     (:func:`.cache.locked`), as pulls and single-file imports do.
     """
     with cache.locked(spec.name):
+        cache.remove_stray_imports(spec.name)  # copies of imports killed midway (none runs: we hold the lock)
         return _import_archive(spec, path, link=link, trust=trust, allow_unsafe=allow_unsafe)
 
 
@@ -140,7 +141,7 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
             for wf in spec.files:
                 member = chosen[wf.filename]
                 where = f"{src}/{member}" if is_dir else f"{src}:{member}"
-                tmp = folder / f".{wf.filename}.import-{os.getpid()}"
+                tmp = cache.import_temp(folder, wf.filename)
                 staged.append((wf, tmp, "", where, None))
                 hashed = None
                 limit = wf.size
@@ -167,6 +168,8 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                 if not sha:  # the copy stopped at the limit
                     raise IntegrityError(f"{where} has more than the {limit} bytes of weights '{name}' "
                                          f"({wf.filename}); refused")
+                if wf.sha256 is None and tofu.first_use(name, wf.filename) is None:  # its hash would become
+                    load.check_format(src / member if link else tmp, wf.filename, where)  # the trusted one
                 warning = _check(spec, wf, where, size, sha, trust)
                 load.refuse_unsafe(src / member if link else tmp, where, allow_unsafe=allow_unsafe)
                 if link:

@@ -28,7 +28,7 @@ from .spec import MANIFEST, NAME_PATTERN
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
            "read_manifest", "write_manifest", "cached_files", "remove", "cleanup_empty", "now", "locked",
-           "file_lock"]
+           "file_lock", "import_temp", "stray_imports", "remove_stray_imports"]
 
 
 def cache_dir() -> Path:
@@ -125,6 +125,65 @@ def locked(name: str) -> contextlib.AbstractContextManager[None]:
     """
     folder = weights_dir(name)
     return file_lock(folder.with_name(f".{name}.lock"))
+
+
+def import_temp(folder: Path, filename: str) -> Path:
+    """The hidden file an import copies ``filename`` to before its atomic move into place:
+    ``.<filename>.import-<pid>``."""
+    return folder / f".{filename}.import-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):  # another user's process, or no such check here
+        return True
+    return True
+
+
+def _import_temps(name: str) -> list[tuple[Path, int | None]]:
+    """Every ``.<file>.import-<pid>`` in ``name``'s folder with its process id (None if unreadable)."""
+    folder = weights_dir(name)
+    try:
+        candidates = sorted(folder.glob(".*.import-*")) if folder.is_dir() else []
+    except OSError:
+        return []
+    found = []
+    for p in candidates:
+        tail = p.name.rpartition(".import-")[2]
+        found.append((p, int(tail) if tail.isdigit() else None))
+    return found
+
+
+def stray_imports(name: str) -> list[tuple[Path, int | None]]:
+    """Temporary copies (``.<file>.import-<pid>``, :func:`import_temp`) in ``name``'s folder whose
+    process is gone — an import killed before its move into place — with that process id."""
+    return [(p, pid) for p, pid in _import_temps(name)
+            if pid is None or (pid != os.getpid() and not _pid_alive(pid))]
+
+
+def remove_stray_imports(name: str) -> list[Path]:
+    """Remove the temporary copies that imports of ``name`` killed midway left behind; returns them.
+
+    Call it holding :func:`locked`: every import of ``name`` runs under that lock, so where file
+    locks work every copy but this process's own is a leftover (even if its process id has been
+    reused since); elsewhere only those of processes that are gone (:func:`stray_imports`) are
+    removed. A file that cannot be removed is left, and the import goes on."""
+    try:
+        import fcntl  # noqa: F401 - file_lock locks only where this exists
+        stale = [(p, pid) for p, pid in _import_temps(name) if pid != os.getpid()]
+    except ImportError:
+        stale = stray_imports(name)
+    removed = []
+    for p, _ in stale:
+        try:
+            p.unlink()
+        except OSError:  # gone already, or not ours to remove
+            continue
+        removed.append(p)
+    return removed
 
 
 @dataclass(frozen=True)

@@ -303,9 +303,10 @@ def load_state_dict(name_or_path: str | os.PathLike[str], *, key: str | None = N
 
 
 def convert_to_safetensors(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
-                           key: str | None = None) -> tuple[int, list[str]]:
-    """Convert a weights-only-loadable checkpoint to safetensors (:func:`.load.write_safetensors`).
+                           key: str | None = None, overwrite: bool = True) -> tuple[int, list[str]]:
+    """Convert a weights-only-loadable checkpoint to safetensors (:func:`.load.write_safetensors`);
+    without ``overwrite`` an existing ``dest`` is refused.
 
     Returns ``(number of tensors, keys of non-tensor entries left out of the metadata)``.
     """
-    return load.write_safetensors(load_checkpoint(src), dest, source=src, key=key)
+    return load.write_safetensors(load_checkpoint(src), dest, source=src, key=key, overwrite=overwrite)

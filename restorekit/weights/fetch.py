@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import IntegrityError, RestorekitError, WeightsMissing
 from . import cache, checksum, load, tofu
-from .spec import WeightSpec
+from .spec import WeightFile, WeightSpec
 
 __all__ = ["pull_spec", "import_spec_file"]
 
@@ -28,8 +28,19 @@ def pull_spec(spec: WeightSpec, *, quiet: bool = False, trust: bool = False, ret
     (the computed hash is then recorded and later checks use it). Pulls and imports of one spec
     take turns (:func:`.cache.locked`): a second pull finds the first one's files cached.
     """
+    cached = _all_cached(spec)  # nothing to do: no lock taken, so a read-only cache answers too
+    if cached is not None:
+        return cached
     with cache.locked(spec.name):
         return _pull_files(spec, quiet=quiet, trust=trust, retries=retries, timeout=timeout)
+
+
+def _all_cached(spec: WeightSpec) -> list[Path] | None:
+    """The checked paths of ``spec``'s files when every one is cached (cheap checks), else None."""
+    try:
+        return [checksum.check_cached(spec, wf, full=False) for wf in spec.files]
+    except (WeightsMissing, IntegrityError):
+        return None
 
 
 def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, timeout: float) -> list[Path]:
@@ -82,6 +93,13 @@ def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, tim
         except BaseException:
             cache.cleanup_empty(folder)
             raise
+        if wf.sha256 is None and first is None:  # its hash is about to become the trusted one
+            try:
+                load.check_format(folder / wf.filename, wf.filename, f"the download from {url}")
+            except BaseException:
+                (folder / wf.filename).unlink(missing_ok=True)
+                cache.cleanup_empty(folder)
+                raise
         tofu.record_cached(spec, wf, folder / wf.filename, sha, url, trusted=wf.sha256 is None)
         out.append(folder / wf.filename)
     return out
@@ -98,8 +116,39 @@ def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename
     match is always refused. A PyTorch checkpoint holding pickled Python objects beyond tensors
     (loading it could run code) is refused unless ``allow_unsafe``.
     """
+    same = _same_as_cached(spec, file, filename=filename, link=link)
+    if same is not None:  # nothing to do: no lock taken, so a read-only cache answers too
+        load.refuse_unsafe(same, str(Path(file).expanduser().resolve()), allow_unsafe=allow_unsafe)
+        return same, None
     with cache.locked(spec.name):
+        cache.remove_stray_imports(spec.name)  # copies of imports killed midway (none runs: we hold the lock)
         return _import_file(spec, file, filename=filename, link=link, trust=trust, allow_unsafe=allow_unsafe)
+
+
+def _pick_file(spec: WeightSpec, src: Path, filename: str | None) -> WeightFile:
+    if filename is None and len(spec.files) > 1:
+        matches = [f for f in spec.files if f.filename == src.name]
+        return matches[0] if matches else spec.file(None)
+    return spec.file(filename)
+
+
+def _same_as_cached(spec: WeightSpec, file: str | os.PathLike[str], *, filename: str | None,
+                    link: bool) -> Path | None:
+    """The cached path when ``file`` is byte for byte the copy already cached (and checked) for its
+    spec file, else None. Hashes ``file`` only when the cached copy exists and has its size; a
+    ``link`` import is never 'the same' (the cache would hold a link, not a copy)."""
+    src = Path(file).expanduser().resolve()
+    if link or not src.is_file() or cache.stray_imports(spec.name):  # leftovers: the locked import removes them
+        return None
+    try:
+        wf = _pick_file(spec, src, filename)
+        dest = checksum.check_cached(spec, wf, full=False)
+        rec = cache.read_manifest(dest.parent).get(wf.filename)
+        if dest.is_symlink() or rec is None or src.stat().st_size != rec.size:
+            return None
+        return dest if checksum.sha256_file(src) == rec.sha256 else None
+    except (RestorekitError, OSError):  # not cached, damaged, unknown file: the locked import says so
+        return None
 
 
 def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: str | None, link: bool, trust: bool,
@@ -108,11 +157,7 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
     src = Path(file).expanduser().resolve()
     if not src.is_file():
         raise RestorekitError(f"cannot import weights '{name}': {src} is not a file")
-    if filename is None and len(spec.files) > 1:
-        matches = [f for f in spec.files if f.filename == src.name]
-        wf = matches[0] if matches else spec.file(None)
-    else:
-        wf = spec.file(filename)
+    wf = _pick_file(spec, src, filename)
     before = src.stat()
     size = before.st_size
     if wf.size is not None and size != wf.size:
@@ -122,6 +167,8 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
         checksum.unchanged_since(src, before, str(src))
     warning = None
     if wf.sha256 is None:
+        if tofu.first_use(name, wf.filename) is None:  # its hash would become the trusted one: it must at
+            load.check_format(src, wf.filename, str(src))  # least be readable as what its name says
         warning = tofu.check_first_use(spec, wf, actual, str(src), trust=trust)
     elif actual != wf.sha256:
         raise IntegrityError(f"{src} has sha256 {actual} but weights '{name}' ({wf.filename}) need "
@@ -129,7 +176,7 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
     load.refuse_unsafe(src, str(src), allow_unsafe=allow_unsafe)
     folder = cache.cache_folder(cache.weights_dir(name))
     dest = folder / wf.filename
-    tmp = folder / f".{wf.filename}.import-{os.getpid()}"
+    tmp = cache.import_temp(folder, wf.filename)
     try:
         if link:
             tmp.symlink_to(src)
