@@ -351,6 +351,22 @@ def test_reference_statistics_are_cached_by_content_and_network(tmp_path: Path, 
     assert not np.array_equal(changed["alex_conv5"].mu, first["alex_conv5"].mu)
 
 
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_figures(tmp_path: Path, alex, capsys) -> None:
+    """The statistics had been computed, then the write into a read-only or full cache failed the
+    command, throwing the work away."""
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(smooth_image(40, 40, i)).save(folder / f"{i}.png")
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the cache folder should be")
+    got = R.reference_statistics(folder, [CountingSpace(alex)], batch_size=4, cache_dir=cache)
+    plain = R.reference_statistics(folder, [CountingSpace(alex)], batch_size=4)
+    np.testing.assert_array_equal(got["alex_conv5"].mu, plain["alex_conv5"].mu)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: the reference statistics could not be cached at {cache}/")
+
+
 def test_face_share_counts_faces(tmp_path: Path) -> None:
     pytest.importorskip("skimage")
     if not HAVE_DLIB:

@@ -20,6 +20,7 @@ import io
 import itertools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -283,9 +284,21 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
         for s in todo:
             out[s.name] = computed[s.name]
             if cache_dir is not None:
-                save_statistics(Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz", computed[s.name],
-                                space=s.identity, key=keys[s.name])
+                _cache_statistics(Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz", computed[s.name],
+                                  space=s.identity, key=keys[s.name])
     return out
+
+
+def _cache_statistics(path: Path, stats: FeatureStats, *, space: str, key: str) -> None:
+    """:func:`save_statistics` into the cache; a cache that cannot be written (read-only, full)
+    costs the next run the computation again, not this run its figures: one warning line."""
+    try:
+        save_statistics(path, stats, space=space, key=key)
+    except (OSError, RestorekitError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"warning: the reference statistics could not be cached at {path} ({reason}); the figures "
+              "stand, and the next run computes them again (--cache DIR chooses another folder, --cache none "
+              "skips caching)", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
