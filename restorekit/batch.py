@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .cli import debugging, describe_unexpected
-from .errors import ImageError, RestorekitError
+from .errors import FileSystemError, ImageError, RestorekitError, os_error_fix
 from .images import ImageItem, check_output_size, probe_size, read_image, save_image
 from .sharding import Job, current_job
 
@@ -133,7 +133,9 @@ def check_writable(folder: Path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise RestorekitError(f"{folder}: output folder cannot be written ({exc.strerror or exc})") from None
+        fix = ("a file is in the way: choose another folder" if folder.exists() and not folder.is_dir()
+               else os_error_fix(exc))
+        raise FileSystemError(f"{folder}: output folder cannot be written ({exc.strerror or exc}); {fix}") from None
 
 
 @contextmanager

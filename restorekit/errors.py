@@ -80,11 +80,15 @@ _FIXES = {
 }
 
 
+def os_error_fix(exc: OSError) -> str:
+    """What to do about an ``OSError``, by its errno (the tail of :func:`describe_os_error`)."""
+    return _FIXES.get(exc.errno or -1, "check the path and its permissions")
+
+
 def describe_os_error(exc: OSError, path: object = None, action: str = "write") -> str:
     """One line for an ``OSError``: ``cannot <action> <path>: <reason>; <fix>``."""
     if isinstance(exc, RestorekitError):
         return str(exc)
     where = path if path is not None else (exc.filename if exc.filename is not None else "a file")
     reason = exc.strerror or str(exc) or type(exc).__name__
-    fix = _FIXES.get(exc.errno or -1, "check the path and its permissions")
-    return f"cannot {action} {where}: {reason}; {fix}"
+    return f"cannot {action} {where}: {reason}; {os_error_fix(exc)}"

@@ -95,6 +95,21 @@ def test_report_file_in_the_way_iserror_line(hr_folder, tmp_path):
     assert not list(out.glob(".report.html.*"))  # no temporary file left behind
 
 
+@pytest.mark.parametrize("command", ["compare", "run"])
+def test_an_output_folder_that_is_a_file_is_one_line_with_the_fix(hr_folder, tmp_path, command):
+    """compare had printed click's three-line usage block, and neither said what to do."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    args = (["compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--out", afile,
+             "--metrics", "psnr_rgb", "--device", "cpu", "-q"] if command == "compare" else
+            ["run", "bicubic", "--scale", "2", "--input", hr_folder, "--output", afile, "-q"])
+    r = invoke(*args)
+    assert r.exit_code == 2 and "Usage:" not in r.output
+    assert error_line(r.stderr) == (f"error: {afile}: output folder cannot be written (File exists); a file is in "
+                                    "the way: choose another folder")
+    assert afile.read_text() == "mine"
+
+
 def test_output_file_in_the_way_fails_that_input_only(hr_folder, tmp_path):
     out = tmp_path / "o"
     (out / "img1.png").mkdir(parents=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..cli import UsageProblem, emit_json, error_line, warn
-from ..errors import RestorekitError
+from ..errors import FileSystemError, RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -109,6 +109,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                 p = plan(config)
                 n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
                 check_writable(out)
+            except FileSystemError:  # not a usage problem: one line with the fix, exit 2
+                raise
             except RestorekitError as exc:
                 raise UsageProblem(str(exc)) from None
             return p, n_img
