@@ -202,3 +202,13 @@ def test_bench_method_refuses_to_time_a_wrong_output(plugin_site, tmp_path):
     r = rk("bench", "method", "halfsize3p", "--scale", "4", "--batch", "1", "--repeat", "1", "--warmup", "0")
     assert r.returncode == 2
     assert "halfsize3p: restore returned (1, 3, " in error_line(r.stderr) and "expected (1, 3, " in r.stderr
+
+
+def test_compare_refuses_a_face_detector_it_cannot_build_before_any_work(hr_folder, tmp_path, rk_home):
+    """As run does: before, every image of every face method was recorded as failed (exit 1)."""
+    out = tmp_path / "cmp"
+    r = invoke("compare", "--methods", "pix2pixhd,bicubic", "--scale", "2", "--data", hr_folder, "--out", out,
+               "--metrics", "psnr_rgb", "--device", "cpu", "-q", "--faces", "detect", "--detector", "scrfd")
+    assert r.exit_code == 2, r.output
+    assert "--detector scrfd: weights 'insightface-buffalo-l' are not available" in r.output
+    assert not (out / "outputs").exists() and not (out / "compare.json").exists()

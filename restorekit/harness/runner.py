@@ -321,6 +321,16 @@ def plan(config: CompareConfig) -> Plan:
         metrics = metric_states(config.metrics, reg)
     except RestorekitError as exc:
         raise CompareUsageError(str(exc)) from None
+    if config.faces == "detect" and any(mp.cls.info.input_kind == "aligned_face" for mp in methods):
+        # As `run --faces detect`: a detector that cannot be built here (its weights missing) is refused
+        # before any work, not met on every image of every face method.
+        from ..faces.detectors import DEFAULT_DETECTOR
+        from ..faces.pipeline import build_detector
+
+        try:
+            build_detector(config.detector or DEFAULT_DETECTOR)
+        except RestorekitError as exc:
+            raise CompareUsageError(f"--detector {config.detector or DEFAULT_DETECTOR}: {exc}") from None
     return Plan(config, device, degradation, methods, metrics, reg)
 
 
