@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,32 +164,18 @@ def claim(p: Plan) -> None:
 LOCK_FILE = ".compare.lock"
 
 
-@contextlib.contextmanager
-def exclusive(out: Path) -> Iterator[None]:
-    """Hold ``out`` for one compare at a time, for the whole run and its reports.
+def exclusive(out: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``out`` for one compare at a time, for the whole run and its reports
+    (:func:`~restorekit.folder_lock.held_alone` on ``OUT/.compare.lock``).
 
     Two runs with different settings had both been accepted (each checked the folder before the
-    other recorded) and mixed their outputs and results; a second run is refused at once, naming
-    the folder (``flock`` on ``OUT/.compare.lock``: released when the process ends, however)."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock
-        yield
-        return
+    other recorded) and mixed their outputs and results; a second run is refused at once."""
+    from ..folder_lock import held_alone
     from .runner import CompareUsageError
 
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CompareUsageError(f"{out}: another compare is writing into this folder; wait for it to end "
-                                    "(then rerun: what it stored is reused), or use another --out") from None
-        yield
-    finally:
-        os.close(fd)
-
+    return held_alone(out, LOCK_FILE, lambda: CompareUsageError(
+        f"{out}: another compare is writing into this folder; wait for it to end (then rerun: what it "
+        "stored is reused), or use another --out"))
 
 def record(p: Plan) -> None:
     """Record this run's configuration in ``--out`` (merged with the methods recorded before),

@@ -311,31 +311,18 @@ def trim_log(path: Path, step: int) -> None:
 RUN_LOCK = ".train.lock"
 
 
-@contextlib.contextmanager
-def run_folder_lock(out: str | Path) -> Iterator[None]:
-    """Hold a run folder for one training process (the main one of a job) while it trains.
+def run_folder_lock(out: str | Path) -> contextlib.AbstractContextManager[None]:
+    """Hold a run folder for one training process (the main one of a job) while it trains
+    (:func:`~restorekit.folder_lock.held_alone` on ``OUT/.train.lock``).
 
     A second run on the same ``--out`` had started silently: it deleted the first's log, then
-    both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder
-    (``flock`` on ``OUT/.train.lock``: released when the process ends, however it ends)."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock
-        yield
-        return
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainingError(f"{folder}: another training run is using this folder; wait for it to end "
-                                "(then --resume continues it), or choose another --out") from None
-        yield
-    finally:
-        os.close(fd)
+    both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder."""
+    from ..folder_lock import held_alone
 
+    folder = Path(out)
+    return held_alone(folder, RUN_LOCK, lambda: TrainingError(
+        f"{folder}: another training run is using this folder; wait for it to end (then --resume continues "
+        "it), or choose another --out"))
 
 def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
     """Ready a run's ``log`` (on the ``main`` process): resumed at a step, the lines past it go (they
