@@ -107,6 +107,9 @@ def test_the_page_lists_every_method_and_why_some_cannot_run(server: RunningServ
         assert m["disabled"] == (not entry.available)
         assert m["reason"] == (entry.reason if not entry.available else None)
     assert not cat["bicubic"].reason and not cat["pix2pixhd"].reason
+    # The limits in the server's words: a small one as an exact count, not "0.0 MP".
+    assert browser.execute_script("return [pixels(9999), pixels(500000)]") == ["9,999 px", "0.5 MP"]
+    assert "up to 0.5 MB and 0.5 MP;" in browser.execute_script("return document.getElementById('limits').textContent")
 
 
 def test_the_page_restores_at_a_sub_path_behind_a_proxy(server: RunningServer, browser: Any,

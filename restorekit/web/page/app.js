@@ -34,6 +34,9 @@ async function api(path, options = {}) {
   return data;
 }
 
+// A pixel count as the server words it (restorekit.images): MP to one decimal, exact under 0.1 MP.
+function pixels(n) { return n < 100000 ? `${n.toLocaleString("en-US")} px` : `${(n / 1e6).toFixed(1)} MP`; }
+
 function mb(bytes) { return (bytes < 10e6 ? (bytes / 1e6).toFixed(2) : (bytes / 1e6).toFixed(0)) + " MB"; }
 
 // ---------------------------------------------------------------- set-up
@@ -48,7 +51,7 @@ async function init() {
   const info = state.info;
   $("version").textContent = `v${info.version} · ${info.device}`;
   const lim = info.limits;
-  $("limits").textContent = `up to ${lim.max_upload_mb} MB and ${(lim.max_pixels / 1e6).toFixed(1)} MP; ` +
+  $("limits").textContent = `up to ${lim.max_upload_mb} MB and ${pixels(lim.max_pixels)}; ` +
     "PNG, JPEG, WebP, BMP, TIFF or GIF. The image stays on this machine.";
   $("sample").hidden = !info.sample;
   const scale = $("scale");
