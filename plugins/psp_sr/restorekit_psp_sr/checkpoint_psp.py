@@ -45,7 +45,7 @@ from restorekit.errors import RestorekitError
 
 from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
 from .irse import BackboneConfig, bn_keys, infer_backbone_config, official_body_keys
-from .psp import PSP, RECON_RESIZES, RESTYLE_IMAGE_NC, ReconResize
+from .psp import DEFAULT_RECON_RESIZE, PSP, RECON_RESIZES, RESTYLE_IMAGE_NC, ReconResize
 
 SUPPORTED_ENCODERS = ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW")
 # Not an official option: the encoder input size of a learn-in-W model (its weights do not
@@ -292,7 +292,7 @@ def psp_from_checkpoint(ckpt: Mapping[str, Any], **generator_kwargs: Any) -> PSP
         if latent_avg.shape[-1] != generator.style_dim or rows not in (1, want):
             raise PSPCheckpointError(f"pSp 'latent_avg' has shape {tuple(latent_avg.shape)}; "
                                      f"expected [{want}, {generator.style_dim}]")
-    recon = cast(ReconResize, opts.restyle_recon_resize if restyle else "antialiased_bilinear")
+    recon = cast(ReconResize, opts.restyle_recon_resize) if restyle else DEFAULT_RECON_RESIZE
     try:
         model = PSP(encoder, generator, latent_avg, start_from_latent_avg=restyle or opts.start_from_latent_avg,
                     restyle_iterations=passes, restyle_recon_resize=recon)

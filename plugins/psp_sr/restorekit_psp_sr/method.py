@@ -174,7 +174,7 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
     or naming its generator's weights entry: see the module docstring)."""
     from safetensors import safe_open
 
-    from .psp import PSP
+    from .psp import DEFAULT_RECON_RESIZE, PSP
 
     p = Path(path)
     try:
@@ -215,7 +215,7 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
         model = PSP(encoder, generator, tensors["latent_avg"],
                     start_from_latent_avg=bool(config.get("start_from_latent_avg", True)),
                     restyle_iterations=config.get("restyle_iterations"),
-                    restyle_recon_resize=config.get("restyle_recon_resize", "antialiased_bilinear"))
+                    restyle_recon_resize=config.get("restyle_recon_resize", DEFAULT_RECON_RESIZE))
     except (ValueError, TypeError) as exc:
         raise PSPModelError(f"{p}: its model config is inconsistent ({exc})") from None
     return model.eval(), config

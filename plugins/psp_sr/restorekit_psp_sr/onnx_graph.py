@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from restorekit.onnx_export import ExportSpec
 
+from .psp import DEFAULT_RECON_RESIZE
 from .stylegan2 import Blur, ModulatedConv2d, StyledConv, StyleGAN2Generator, ToRGB, Upsample
 
 
@@ -157,7 +158,7 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
     passes = graph.psp.restyle_iterations
     if passes is not None:  # unrolled in the graph: fixed at export (--opt restyle_iterations=N)
         metadata["graph"]["restyle_iterations"] = passes
-        if graph.psp.restyle_recon_resize != "antialiased_bilinear":  # absent: restorekit's own (older sidecars)
+        if graph.psp.restyle_recon_resize != DEFAULT_RECON_RESIZE:  # absent: restorekit's own (older sidecars)
             metadata["graph"]["restyle_recon_resize"] = graph.psp.restyle_recon_resize
 
     def prepare(lr: Tensor, scale: int) -> Tensor:

@@ -48,6 +48,8 @@ NoiseMode = Literal["const", "random"]
 #: How a ReStyle model brings the generator's images to its encoder's input size (module docstring).
 ReconResize = Literal["antialiased_bilinear", "adaptive_avg_pool"]
 RECON_RESIZES: tuple[ReconResize, ...] = ("antialiased_bilinear", "adaptive_avg_pool")
+#: restorekit's own ReStyle training resize; what a model file that names none means.
+DEFAULT_RECON_RESIZE: ReconResize = "antialiased_bilinear"
 #: Channels of the images a ReStyle encoder reads twice (input and reconstruction): RGB.
 RESTYLE_IMAGE_NC = 3
 
@@ -80,7 +82,7 @@ class PSP(nn.Module):
 
     def __init__(self, encoder: Encoder, generator: Generator, latent_avg: Tensor | None = None, *,
                  start_from_latent_avg: bool = True, restyle_iterations: int | None = None,
-                 restyle_recon_resize: ReconResize = "antialiased_bilinear") -> None:
+                 restyle_recon_resize: ReconResize = DEFAULT_RECON_RESIZE) -> None:
         super().__init__()
         if encoder.n_styles != generator.n_styles or encoder.style_dim != generator.style_dim:
             raise ValueError(f"encoder gives {encoder.n_styles}×{encoder.style_dim} codes but the generator "

@@ -181,7 +181,7 @@ def fold_latent_avg(encoder: Any, latent_avg: Tensor) -> None:
 def build_psp(cfg: PSPTrainConfig) -> Any:
     """Encoder (fresh, or from ``init``/``backbone_weights``) + the frozen generator + w_avg."""
     from .encoder import build_gradual_style_encoder
-    from .psp import PSP, RESTYLE_IMAGE_NC
+    from .psp import DEFAULT_RECON_RESIZE, PSP, RESTYLE_IMAGE_NC
 
     if cfg.generator is None and cfg.init is None:
         raise RestorekitError("psp_sr training needs a pretrained StyleGAN2: set `generator` (weights name or "
@@ -236,7 +236,7 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
     # A ReStyle init (an imported official one pools its reconstructions) goes on reading them as it learnt to.
     recon = init.restyle_recon_resize if init is not None and init.restyle_iterations is not None else None
     return PSP(encoder, generator, latent_avg, start_from_latent_avg=cfg.start_from_latent_avg,
-               restyle_iterations=cfg.restyle_iterations, restyle_recon_resize=recon or "antialiased_bilinear")
+               restyle_iterations=cfg.restyle_iterations, restyle_recon_resize=recon or DEFAULT_RECON_RESIZE)
 
 
 def with_input_channels(state_dict: dict[str, Tensor], input_nc: int) -> dict[str, Tensor]:
