@@ -19,8 +19,13 @@ only set its training's W-norm reference), and reconstructions brought to the en
 ``restyle_recon_resize``). A restorekit ReStyle model written in this layout records a
 different resize under the non-official opt ``restorekit_restyle_recon_resize``.
 
+Encoder types: pSp's ``GradualStyleEncoder`` and ``BackboneEncoderUsingLastLayerIntoW``, and
+ReStyle's ``BackboneEncoder`` (every style head on the backbone's last map; ReStyle's FFHQ pSp
+models). ReStyle's ``ResNetBackboneEncoder`` (a torchvision ResNet-34 body, its other domains) and
+pSp's ``GradualStyleEncoder`` on ResNet are refused with their name.
+
 Key mapping. Encoder keys: ``encoder.<k>`` → ``<k>`` of :mod:`.encoder`'s modules, whose names
-mirror ``models/encoders/psp_encoders.py`` one to one; :func:`official_encoder_keys` writes
+mirror ``models/encoders/psp_encoders.py`` (and ReStyle's ``restyle_psp_encoders.py``) one to one; :func:`official_encoder_keys` writes
 out the official key list from the official architecture and the importer requires the file's
 keys to be exactly those. Decoder keys: ``decoder.<k>`` → ``<k>`` of the rosinality-named
 :class:`~.stylegan2.StyleGAN2Generator` (:func:`.rosinality.generator_from_state_dict`).
@@ -43,11 +48,13 @@ from torch import Tensor
 
 from restorekit.errors import RestorekitError
 
-from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
+from .encoder import ENCODER_TYPES, BackboneEncoder, BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
 from .irse import BackboneConfig, bn_keys, infer_backbone_config, official_body_keys
 from .psp import DEFAULT_RECON_RESIZE, PSP, RECON_RESIZES, RESTYLE_IMAGE_NC, ReconResize
 
-SUPPORTED_ENCODERS = ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW")
+SUPPORTED_ENCODERS = ("GradualStyleEncoder", "BackboneEncoder", "BackboneEncoderUsingLastLayerIntoW")
+#: Encoders with one map2style head per style (W+ codes).
+HEADED_ENCODERS = ("GradualStyleEncoder", "BackboneEncoder")
 # Not an official option: the encoder input size of a learn-in-W model (its weights do not
 # reveal it); official models use 256, the default.
 INPUT_SIZE_OPT = "restorekit_input_size"
@@ -122,20 +129,22 @@ def official_encoder_keys(encoder_type: str, backbone: BackboneConfig, *, n_styl
                           head_convs: Sequence[int] = (), with_num_batches: bool = True) -> list[str]:
     """The official pSp encoder's state-dict keys, written out from its architecture.
 
-    ``head_convs``: number of stride-2 convs of each map2style head (GradualStyleEncoder).
+    ``head_convs``: number of stride-2 convs of each map2style head (GradualStyleEncoder,
+    BackboneEncoder).
     """
     def bn(p: str) -> list[str]:
         return bn_keys(p, with_num_batches=with_num_batches)
 
     keys = official_body_keys(backbone, with_num_batches=with_num_batches)
-    if encoder_type == "GradualStyleEncoder":
+    if encoder_type in HEADED_ENCODERS:
         if len(head_convs) != n_styles:
             raise ValueError(f"need one conv count per style head ({n_styles}); got {len(head_convs)}")
         for i, n in enumerate(head_convs):
             for j in range(n):
                 keys += [f"styles.{i}.convs.{2 * j}.weight", f"styles.{i}.convs.{2 * j}.bias"]
             keys += [f"styles.{i}.linear.weight", f"styles.{i}.linear.bias"]
-        keys += ["latlayer1.weight", "latlayer1.bias", "latlayer2.weight", "latlayer2.bias"]
+        if encoder_type == "GradualStyleEncoder":
+            keys += ["latlayer1.weight", "latlayer1.bias", "latlayer2.weight", "latlayer2.bias"]
     elif encoder_type == "BackboneEncoderUsingLastLayerIntoW":
         keys += ["linear.weight", "linear.bias"]
     else:
@@ -166,7 +175,7 @@ def encoder_input_channels(enc_sd: Mapping[str, Tensor], opts: PSPOptions) -> in
 
 
 def build_encoder_from_state(enc_sd: Mapping[str, Tensor], opts: PSPOptions,
-                             ) -> GradualStyleEncoder | BackboneEncoderUsingLastLayerIntoW:
+                             ) -> GradualStyleEncoder | BackboneEncoder | BackboneEncoderUsingLastLayerIntoW:
     """An encoder whose architecture matches ``enc_sd`` (official names), loaded strictly."""
     if opts.encoder_type not in SUPPORTED_ENCODERS:
         raise PSPCheckpointError(f"pSp encoder_type '{opts.encoder_type}' is not supported; "
@@ -176,21 +185,29 @@ def build_encoder_from_state(enc_sd: Mapping[str, Tensor], opts: PSPOptions,
     except ValueError as exc:
         raise PSPCheckpointError(f"pSp encoder weights: {exc}") from None
     input_nc = encoder_input_channels(enc_sd, opts)
-    encoder: GradualStyleEncoder | BackboneEncoderUsingLastLayerIntoW
-    if opts.encoder_type == "GradualStyleEncoder":
+    encoder: GradualStyleEncoder | BackboneEncoder | BackboneEncoderUsingLastLayerIntoW
+    if opts.encoder_type in HEADED_ENCODERS:
         n_styles = 0
         while f"styles.{n_styles}.linear.weight" in enc_sd:
             n_styles += 1
         if n_styles == 0:
-            raise PSPCheckpointError("GradualStyleEncoder weights have no 'styles.N.linear' heads")
+            raise PSPCheckpointError(f"{opts.encoder_type} weights have no 'styles.N.linear' heads")
         convs = [_head_convs(enc_sd, i) for i in range(n_styles)]
         k = convs[0]
+        lin = enc_sd["styles.0.linear.weight"]
+    if opts.encoder_type == "BackboneEncoder":
+        if convs != [k] * n_styles or k < 1:
+            raise PSPCheckpointError(f"map2style heads have conv counts {convs}; a BackboneEncoder's heads all "
+                                     "read the last map, so they have one count")
+        encoder = BackboneEncoder(n_styles, int(lin.shape[0]), backbone=backbone, input_nc=input_nc,
+                                  input_size=16 * 2 ** k, head_channels=int(lin.shape[1]))
+        expected = official_encoder_keys(opts.encoder_type, backbone, n_styles=n_styles, head_convs=convs)
+    elif opts.encoder_type == "GradualStyleEncoder":
         coarse = sum(1 for c in convs if c == k)
         middle = coarse + sum(1 for c in convs if c == k + 1)
         if convs != [k] * coarse + [k + 1] * (middle - coarse) + [k + 2] * (n_styles - middle) or k < 1:
             raise PSPCheckpointError(f"map2style heads have conv counts {convs}; expected coarse/medium/fine "
                                      "heads of k, k+1, k+2 convs")
-        lin = enc_sd["styles.0.linear.weight"]
         encoder = GradualStyleEncoder(n_styles, int(lin.shape[0]), backbone=backbone, input_nc=input_nc,
                                       input_size=16 * 2 ** k, head_channels=int(lin.shape[1]),
                                       coarse_ind=coarse, middle_ind=middle)
@@ -325,6 +342,14 @@ def load_psp_official(name_or_path: str | os.PathLike[str], **generator_kwargs: 
         raise PSPCheckpointError(f"{name_or_path}: {exc}") from None
 
 
+def official_encoder_type(encoder: Any) -> str:
+    """The official ``opts.encoder_type`` naming ``encoder``'s architecture."""
+    for name in SUPPORTED_ENCODERS:
+        if type(encoder) is ENCODER_TYPES[name]:
+            return name
+    raise PSPCheckpointError(f"no official pSp encoder_type for {type(encoder).__name__}")
+
+
 def psp_official_state(model: PSP, opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The official checkpoint dict for ``model``; ``opts`` extra training options to record.
 
@@ -334,7 +359,7 @@ def psp_official_state(model: PSP, opts: Mapping[str, Any] | None = None) -> dic
     """
     enc, dec = model.encoder, model.decoder
     derived: dict[str, Any] = {
-        "encoder_type": "BackboneEncoderUsingLastLayerIntoW" if model.learn_in_w else "GradualStyleEncoder",
+        "encoder_type": official_encoder_type(enc),
         "input_nc": int(getattr(enc, "input_nc", 3)),
         "output_size": int(dec.resolution),
         "n_styles": int(dec.n_styles),

@@ -1,13 +1,15 @@
-"""pSp encoders: the feature-pyramid GradualStyleEncoder and the single-W backbone encoder.
+"""pSp encoders: the feature-pyramid GradualStyleEncoder, ReStyle's BackboneEncoder and the
+single-W backbone encoder.
 
 Module names mirror the official pSp release (``models/encoders/psp_encoders.py``) so official
 checkpoints load by name: ``input_layer``, ``body`` (IR-SE units, :mod:`.irse`), ``styles.i``
-(map2style heads: ``convs`` + ``linear``), ``latlayer1``, ``latlayer2``; and for the learn-in-W
-encoder ``input_layer``, ``body``, ``output_pool``, ``linear``.
+(map2style heads: ``convs`` + ``linear``), ``latlayer1``, ``latlayer2``; ReStyle's BackboneEncoder
+(``models/encoders/restyle_psp_encoders.py``) the same without the lateral layers; and for the
+learn-in-W encoder ``input_layer``, ``body``, ``output_pool``, ``linear``.
 
 Pyramid (IR-SE50 on a 256-px input): ``c1`` = end of stage 2 (128 ch, 64 px, body index 6),
 ``c2`` = end of stage 3 (256 ch, 32 px, index 20), ``c3`` = end of stage 4 (512 ch, 16 px,
-index 23). ``p2 = up(c3) + latlayer1(c2)``, ``p1 = up(p2) + latlayer2(c1)`` (bilinear,
+index 23). BackboneEncoder: every style reads ``c3``. ``p2 = up(c3) + latlayer1(c2)``, ``p1 = up(p2) + latlayer2(c1)`` (bilinear,
 ``align_corners=True`` as official). Styles ``0..coarse_ind-1`` read ``c3``, ``coarse_ind..
 middle_ind-1`` read ``p2``, the rest read ``p1`` (official: 3 and 7). Each head halves its map with
 stride-2 3×3 convs + LeakyReLU(0.01) down to 1×1, then an equalized linear layer.
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from restorekit.interfaces import Encoder
 
-from .fast_encoder import InferencePath, gradual_style_forward, single_w_forward
+from .fast_encoder import InferencePath, backbone_heads_forward, gradual_style_forward, single_w_forward
 from .irse import BackboneConfig, backbone_config, make_body, make_input_layer
 from .stylegan2 import EqualLinear  # rosinality naming: weight, bias; lr_mul/sqrt(in) at run time
 
@@ -192,6 +194,48 @@ class GradualStyleEncoder(Encoder):
         return self(resize_input(image, self.input_size) * 2 - 1)
 
 
+class BackboneEncoder(Encoder):
+    """ReStyle's BackboneEncoder: pSp's encoder without the pyramid — every map2style head reads
+    the backbone's last map (16 px on a 256-px input). ReStyle's FFHQ pSp models use it.
+
+    ``head_channels``: width of the map2style convs (official: 512 = ``style_dim``, the default).
+    """
+
+    def __init__(self, n_styles: int = 18, style_dim: int = 512, *, backbone: str | BackboneConfig = "ir_se50",
+                 input_nc: int = 6, input_size: int = 256, head_channels: int | None = None) -> None:
+        super().__init__()
+        cfg = backbone_config(backbone)
+        if len(cfg.units) != 4:
+            raise ValueError(f"BackboneEncoder needs a 4-stage backbone; got {len(cfg.units)} stages")
+        _check_input_size(input_size)
+        if n_styles < 1:
+            raise ValueError(f"BackboneEncoder needs n_styles >= 1; got {n_styles}")
+        self.backbone_cfg = cfg
+        self.n_styles = n_styles
+        self.style_dim = style_dim
+        self.input_nc = input_nc
+        self.input_size = input_size
+        self.head_channels = head_channels or style_dim
+        self.input_layer = make_input_layer(input_nc, cfg.stem_width)
+        self.body = make_body(cfg)
+        self.styles = nn.ModuleList(GradualStyleBlock(cfg.out_width, self.head_channels, input_size // 16, style_dim)
+                                    for _ in range(n_styles))
+        #: Set by :func:`.fast_encoder.optimize_encoder`: the faster eval-mode forward.
+        self.inference_path: InferencePath | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Official forward: ``N×input_nc×S×S`` in [-1, 1] (``S = input_size``) to W+ codes."""
+        path = self.inference_path
+        if path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self, x):
+            return backbone_heads_forward(self, path, x)
+        top = self.body(self.input_layer(x))
+        return torch.stack([head(top) for head in self.styles], dim=1)
+
+    def encode(self, image: Tensor) -> Tensor:
+        """``N×C×H×W`` in [0, 1], any size, to ``N×n_styles×style_dim`` (without ``latent_avg``)."""
+        return self(resize_input(image, self.input_size) * 2 - 1)
+
+
 class BackboneEncoderUsingLastLayerIntoW(Encoder):
     """pSp's ``learn_in_w`` encoder: backbone, global average pool, EqualLinear to one W vector.
 
@@ -231,14 +275,21 @@ class BackboneEncoderUsingLastLayerIntoW(Encoder):
 
 ENCODER_TYPES = {
     "GradualStyleEncoder": GradualStyleEncoder,
+    "BackboneEncoder": BackboneEncoder,
     "BackboneEncoderUsingLastLayerIntoW": BackboneEncoderUsingLastLayerIntoW,
 }
 
 
 def build_gradual_style_encoder(n_styles: int = 18, style_dim: int = 512, backbone: str = "ir_se50",
                                 input_nc: int = 3, input_size: int = 256, learn_in_w: bool = False,
-                                head_channels: int | None = None) -> Encoder:
-    """Registry factory ``gradual_style``: the W+ pyramid encoder, or the single-W one with ``learn_in_w``."""
+                                head_channels: int | None = None, pyramid: bool = True) -> Encoder:
+    """Registry factory ``gradual_style``: the W+ pyramid encoder; with ``pyramid=False`` ReStyle's
+    BackboneEncoder (every head on the last map); the single-W one with ``learn_in_w``."""
+    if learn_in_w and not pyramid:
+        raise ValueError("learn_in_w and pyramid=False are two different encoders; choose one")
+    if not pyramid:
+        return BackboneEncoder(n_styles, style_dim, backbone=backbone, input_nc=input_nc,
+                               input_size=input_size, head_channels=head_channels)
     if learn_in_w:
         return BackboneEncoderUsingLastLayerIntoW(n_styles, style_dim, backbone=backbone,
                                                  input_nc=input_nc, input_size=input_size)

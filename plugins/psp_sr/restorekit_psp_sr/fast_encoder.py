@@ -1,7 +1,8 @@
 """The pSp encoders' inference path: the same function as their ``forward``, computed faster.
 
 :func:`optimize_encoder` attaches an :class:`InferencePath` to a
-:class:`~.encoder.GradualStyleEncoder` or :class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`;
+:class:`~.encoder.GradualStyleEncoder`, :class:`~.encoder.BackboneEncoder` or
+:class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`;
 the encoder's ``forward`` then takes it in eval mode, unless gradients for the encoder's own
 weights are wanted (``train()`` mode, or grad enabled with weights that require it). The
 modules, their parameters and the state dict stay as they are (official pSp layout): the path
@@ -129,6 +130,15 @@ def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) ->
     return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
 
 
+def backbone_heads_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
+    """:class:`~.encoder.BackboneEncoder`'s forward on the inference path."""
+    top, _ = path.backbone()(x)
+    feats = [_head_features(head, top) for head in encoder.styles]
+    w, b = path.linears([s.linear for s in encoder.styles])
+    path.served(x)
+    return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
+
+
 def single_w_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
     """:class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`'s forward on the inference path."""
     top, _ = path.backbone()(x)
@@ -143,7 +153,7 @@ def optimize_encoder(encoder: nn.Module, *, channels_last: bool | None = None) -
     ``channels_last``: default on CPU (where it pays), off elsewhere.
     """
     if not hasattr(encoder, "inference_path"):
-        raise TypeError(f"{type(encoder).__name__} has no inference path (pSp's two encoders have)")
+        raise TypeError(f"{type(encoder).__name__} has no inference path (pSp's and ReStyle's encoders have)")
     if channels_last is None:
         channels_last = next(encoder.parameters()).device.type == "cpu"
     fmt = torch.channels_last if channels_last else None

@@ -90,7 +90,7 @@ def shipped_file(name: str, filename: str, *, missing: str, fix: str) -> Path:
 # -- restorekit's pSp file format -------------------------------------------------------------------
 def encoder_config(encoder: Any) -> dict[str, Any]:
     """The JSON description that rebuilds ``encoder``'s architecture."""
-    from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
+    from .encoder import BackboneEncoder, BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
 
     bb = encoder.backbone_cfg
     cfg: dict[str, Any] = {
@@ -100,6 +100,8 @@ def encoder_config(encoder: Any) -> dict[str, Any]:
     if isinstance(encoder, GradualStyleEncoder):
         cfg.update(type="GradualStyleEncoder", head_channels=int(encoder.head_channels),
                    coarse_ind=int(encoder.coarse_ind), middle_ind=int(encoder.middle_ind))
+    elif isinstance(encoder, BackboneEncoder):
+        cfg.update(type="BackboneEncoder", head_channels=int(encoder.head_channels))
     elif isinstance(encoder, BackboneEncoderUsingLastLayerIntoW):
         cfg.update(type="BackboneEncoderUsingLastLayerIntoW")
     else:
@@ -109,7 +111,7 @@ def encoder_config(encoder: Any) -> dict[str, Any]:
 
 def build_encoder(cfg: dict[str, Any]) -> Any:
     """An encoder from :func:`encoder_config`'s description."""
-    from .encoder import BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
+    from .encoder import BackboneEncoder, BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder
     from .irse import BackboneConfig
 
     b = cfg["backbone"]
@@ -118,6 +120,8 @@ def build_encoder(cfg: dict[str, Any]) -> Any:
     if cfg["type"] == "GradualStyleEncoder":
         return GradualStyleEncoder(cfg["n_styles"], cfg["style_dim"], head_channels=cfg["head_channels"],
                                    coarse_ind=cfg["coarse_ind"], middle_ind=cfg["middle_ind"], **common)
+    if cfg["type"] == "BackboneEncoder":
+        return BackboneEncoder(cfg["n_styles"], cfg["style_dim"], head_channels=cfg["head_channels"], **common)
     if cfg["type"] == "BackboneEncoderUsingLastLayerIntoW":
         return BackboneEncoderUsingLastLayerIntoW(cfg["n_styles"], cfg["style_dim"], **common)
     raise PSPModelError(f"unknown encoder type '{cfg['type']}'")

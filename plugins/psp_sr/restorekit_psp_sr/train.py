@@ -44,7 +44,9 @@ class PSPTrainConfig(TrainConfig):
     # -- model ---------------------------------------------------------------------------
     generator: str | None = Field(None, description="pretrained StyleGAN2: weights name or file (required)")
     init: str | None = Field(None, description="start the encoder from this pSp model (restorekit or official)")
-    encoder_type: Literal["GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW"] = "GradualStyleEncoder"
+    encoder_type: Literal["GradualStyleEncoder", "BackboneEncoder", "BackboneEncoderUsingLastLayerIntoW"] = Field(
+        "GradualStyleEncoder", description="pSp's pyramid (paper), ReStyle's BackboneEncoder (every style from the "
+                                           "last map), or pSp's single-W encoder")
     encoder_backbone: str = "ir_se50"
     backbone_weights: str | None = Field(None, description="IR-SE weights for the encoder body (pSp: ir-se50)")
     encoder_input_size: int = Field(256, ge=32)
@@ -199,7 +201,7 @@ def build_psp(cfg: PSPTrainConfig) -> Any:
     encoder = build_gradual_style_encoder(generator.n_styles, generator.style_dim, backbone=cfg.encoder_backbone,
                                           input_size=cfg.encoder_input_size, head_channels=cfg.head_channels,
                                           learn_in_w=cfg.encoder_type == "BackboneEncoderUsingLastLayerIntoW",
-                                          input_nc=input_nc)
+                                          pyramid=cfg.encoder_type != "BackboneEncoder", input_nc=input_nc)
     if cfg.backbone_weights is not None:
         from restorekit.weights import load_state_dict
 
