@@ -41,13 +41,23 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: control and other unprintable characters (a file named
+    with an escape sequence that would clear the screen or retitle the window) as ``\\xNN`` /
+    ``\\uNNNN``; newlines kept."""
+    if text.isprintable():
+        return text
+    return "\n".join("".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
+                     for line in text.split("\n"))
+
+
 def warn(msg: str) -> None:
     # escape: a message is plain text ('restorekit[web]' is not a style tag)
-    err_console.print(f"[yellow]warning:[/] {escape(msg)}")
+    err_console.print(f"[yellow]warning:[/] {escape(shown(msg))}")
 
 
 def error_line(msg: str) -> None:
-    err_console.print(f"[red]error:[/] {escape(msg)}")
+    err_console.print(f"[red]error:[/] {escape(shown(msg))}")
 
 
 _DEBUG = False

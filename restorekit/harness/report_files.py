@@ -24,6 +24,17 @@ def _csv_num(v: float | None) -> str:
     return repr(float(v)) if not math.isinf(v) else ("inf" if v > 0 else "-inf")
 
 
+#: What a spreadsheet reads as a formula at the start of a text cell (OWASP's list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(v: object) -> str:
+    """A text cell that a spreadsheet shows as text: a leading ``'`` when it would start a formula
+    (an image named ``=HYPERLINK(…).png`` must not become a live link when results.csv is opened)."""
+    s = "" if v is None else str(v)
+    return "'" + s if s.startswith(_FORMULA_START) else s
+
+
 def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     """``results.csv`` (per image) and ``summary.csv`` (per method)."""
     names = [m.name for m in sm.active_metrics]
@@ -31,9 +42,10 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "image", "seed", "status", "ms", "warmup", "peak_mem_mb", *names, "output", "error"])
     for r in sm.result.records:
-        w.writerow([r.method, r.image, "" if r.seed is None else r.seed, r.status, _csv_num(r.ms),
-                    int(r.warmup), _csv_num(r.peak_mem_mb),
-                    *[_csv_num((r.metrics or {}).get(n)) for n in names], r.output or "", r.error or ""])
+        w.writerow([_csv_text(r.method), _csv_text(r.image), "" if r.seed is None else r.seed, r.status,
+                    _csv_num(r.ms), int(r.warmup), _csv_num(r.peak_mem_mb),
+                    *[_csv_num((r.metrics or {}).get(n)) for n in names], _csv_text(r.output or ""),
+                    _csv_text(r.error or "")])
     per_image = out / "results.csv"
     atomic_write_bytes(per_image, buf.getvalue().encode())
 
@@ -45,13 +57,13 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     w.writerow(head + ["ms_per_image", "warmup_ms", "peak_mem_mb", "device", "precision", "backend"])
     plans = {mp.name: mp for mp in sm.result.plan.methods}
     for s in sm.methods:
-        row: list[Any] = [s.name, int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),
+        row: list[Any] = [_csv_text(s.name), int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),
                           s.images, s.ok, s.failed]
         for n in names:
             st = s.metrics[n]
             row += [_csv_num(st.mean), _csv_num(st.std), st.nan]
         row += [_csv_num(s.runtime_ms.mean), _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
-                plans[s.name].device, plans[s.name].precision, plans[s.name].backend]
+                *map(_csv_text, (plans[s.name].device, plans[s.name].precision, plans[s.name].backend))]
         w.writerow(row)
     summary = out / "summary.csv"
     atomic_write_bytes(summary, buf.getvalue().encode())
@@ -74,7 +86,7 @@ def write_paired_csv(sm: Summary, out: Path) -> Path | None:
         for m in sm.active_metrics:
             st: PairedStat = per[m.name]
             values = [getattr(st, f) for f in PAIRED_FIELDS]
-            w.writerow([name, sm.paired.baseline, m.name, int(m.higher_is_better),
+            w.writerow([_csv_text(name), _csv_text(sm.paired.baseline), _csv_text(m.name), int(m.higher_is_better),
                         *[_csv_num(v) if isinstance(v, float) else v for v in values]])
     atomic_write_bytes(p, buf.getvalue().encode())
     return p

@@ -6,7 +6,9 @@ second table "vs BASELINE" (terminal, HTML), ``paired.csv`` (one row per method 
 is removed).
 
 - ``results.csv``: one row per (method, image, seed): status, runtime, memory, every metric.
-  ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell.
+  ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell. In every CSV file a text
+  cell that a spreadsheet would read as a formula (starting with ``= + - @``, tab or CR: an image
+  named ``=HYPERLINK(…).png``) gets a leading ``'``; results.json keeps the names as they are.
 - ``summary.csv``: one row per method: mean, std (over seeds) and NaN count per metric, runtime.
 - ``results.json``: both of the above plus the settings, device and backend, the versions of
   restorekit and of every plugin distribution, each method's license, options and weights
