@@ -55,6 +55,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 # -- generator ------------------------------------------------------------------------------
+MAX_BLOCKS = 256
+MAX_CHANNELS = 16384
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Architecture of a :class:`Pix2PixHDGenerator` (pix2pixHD's defaults: ngf 64, 4 down, 9 blocks)."""
@@ -67,8 +71,16 @@ class GeneratorConfig:
     channels: int = 3
 
     def __post_init__(self) -> None:
-        if self.ngf < 1 or self.n_downsampling < 0 or self.n_blocks < 0 or self.n_local_enhancers < 0:
+        if self.ngf < 1 or self.n_downsampling < 0 or self.n_blocks < 0 or self.n_local_enhancers < 0 \
+                or self.n_blocks_local < 0 or self.channels < 1:
             raise ValueError(f"invalid pix2pixHD generator config {self}")
+        # Far beyond any pix2pixHD (the paper's widest layer is 1024 channels, 9 + 3 blocks), and
+        # small enough that a file's claimed architecture can be built to check it against its tensors.
+        if self.n_blocks > MAX_BLOCKS or self.n_blocks_local > MAX_BLOCKS or self.channels > 16 \
+                or self.n_downsampling + self.n_local_enhancers > 10 \
+                or self.ngf * 2 ** (self.n_downsampling + self.n_local_enhancers) > MAX_CHANNELS:
+            raise ValueError(f"pix2pixHD generator config out of range {self} (at most {MAX_BLOCKS} blocks per "
+                             f"generator, {MAX_CHANNELS} channels, 10 halvings)")
 
     @property
     def multiple(self) -> int:
@@ -376,6 +388,36 @@ def pad_to_stride(x: Tensor, m: int) -> Tensor:
     return x
 
 
+def _file_config(p: Path, read: Any) -> GeneratorConfig:
+    """The generator config a file records (``read()`` gives its dict); one line naming the file."""
+    try:
+        data = read()
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a {type(data).__name__}, not a mapping")
+        return GeneratorConfig.from_dict(data)
+    except RestorekitError as exc:
+        raise RestorekitError(f"{p}: {exc}") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        if str(exc).startswith(("invalid pix2pixHD", "pix2pixHD")):  # GeneratorConfig's own refusal
+            raise RestorekitError(f"{p}: {exc}") from None
+        raise RestorekitError(f"{p}: unreadable pix2pixHD generator config ({exc})") from None
+
+
+def _check_shapes(p: Path, cfg: GeneratorConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a file whose tensors are not exactly the ones ``cfg``'s generator has (built on the
+    meta device: no memory)."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in Pix2PixHDGenerator(cfg).state_dict().items()}
+    missing = sorted(set(want) - set(shapes))
+    unexpected = sorted(set(shapes) - set(want))
+    wrong = [k for k in want if k in shapes and shapes[k] != want[k]]
+    if missing or unexpected or wrong:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                else f"{wrong[0]} is {shapes[wrong[0]]}, the config says {want[wrong[0]]}")
+        raise RestorekitError(f"{p}: weights do not fit the recorded architecture ({what}; "
+                              f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape)")
+
+
 def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, dict[str, Any]]:
     """Read :func:`save_generator`'s file, or a ``restorekit train pix2pixhd`` checkpoint.
 
@@ -393,10 +435,13 @@ def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, di
         try:
             with safe_open(str(p), "pt") as f:
                 meta = f.metadata() or {}
-            if meta.get("format") != EXPORT_FORMAT:
-                raise RestorekitError(f"{p}: not a pix2pixHD export (header format {meta.get('format')!r}, "
-                                      f"expected {EXPORT_FORMAT!r})")
-            cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
+                if meta.get("format") != EXPORT_FORMAT:
+                    raise RestorekitError(f"{p}: not a pix2pixHD export (header format {meta.get('format')!r}, "
+                                          f"expected {EXPORT_FORMAT!r})")
+                cfg = _file_config(p, lambda: json.loads(meta["config"]))
+                # Tensor shapes from the header: a config claiming a network the file does not hold is
+                # refused before anything is allocated (a 164-byte file could claim 100,000 blocks).
+                _check_shapes(p, cfg, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
             state = load_file(str(p))
         except Exception as exc:  # safetensors reports a damaged file as its own SafetensorError
             if type(exc).__name__ != "SafetensorError":
@@ -415,9 +460,10 @@ def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, di
             raise RestorekitError(f"{p}: not a pix2pixHD export (.safetensors) or `restorekit train pix2pixhd` "
                                   "checkpoint")
         extra = ckpt.get("extra", {})
-        cfg = GeneratorConfig.from_dict(extra["generator_config"])
+        cfg = _file_config(p, lambda: extra["generator_config"])
         state = {k[len("G."):]: v for k, v in ckpt["model"].items() if k.startswith("G.")}
         info = {k: extra[k] for k in ("factors", "input_size") if k in extra}
+        _check_shapes(p, cfg, {k: tuple(v.shape) for k, v in state.items() if isinstance(v, Tensor)})
     gen = Pix2PixHDGenerator(cfg)
     try:
         gen.load_state_dict(state)

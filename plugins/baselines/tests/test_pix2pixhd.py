@@ -403,3 +403,40 @@ def test_a_term_to_the_whole_process_group_stops_training_with_a_checkpoint(face
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "unexpected" not in err and list((out / "checkpoints").glob("step_*.pt")), err
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"ngf": 1, "n_blocks": 100_000}, "out of range"),  # 164 bytes claiming 100,000 residual blocks
+    ({"ngf": 4096, "n_downsampling": 8}, "out of range"),  # a 1M-channel layer
+    ({"ngf": 64, "n_blocks": 9}, r"weights do not fit the recorded architecture \(missing "),
+    ([1, 2], "unreadable pix2pixHD generator config"),
+])
+def test_a_config_claiming_a_network_the_file_does_not_hold_is_refused_before_building(
+        tmp_path: Path, config: object, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+
+    from restorekit_baselines import pix2pixhd
+
+    path = tmp_path / "claims.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"format": pix2pixhd.EXPORT_FORMAT,
+                                                          "config": json.dumps(config)})
+    built: list[object] = []
+    real_init = pix2pixhd.Pix2PixHDGenerator.__init__
+
+    def recording_init(self: object, *args: object, **kwargs: object) -> None:
+        built.append(torch.empty(0).device)  # the default device while it is built
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(pix2pixhd.Pix2PixHDGenerator, "__init__", recording_init)
+    with pytest.raises(RestorekitError, match=message) as info:
+        load_generator(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert all(d.type == "meta" for d in built)  # nothing was allocated for the claimed network
+    # The same check on a training checkpoint's recorded config.
+    g = pix2pixhd.Pix2PixHDGenerator(pix2pixhd.GeneratorConfig(ngf=4, n_downsampling=1, n_blocks=1))
+    state = {f"G.{k}": v for k, v in g.state_dict().items()}
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"trainer": "pix2pixhd", "model": state,
+                "extra": {"generator_config": {"ngf": 4, "n_downsampling": 1, "n_blocks": 2}}}, ckpt)
+    with pytest.raises(RestorekitError, match=r"ckpt.pt: weights do not fit .*missing global_net"):
+        load_generator(ckpt)

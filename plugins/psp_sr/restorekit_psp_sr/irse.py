@@ -45,6 +45,8 @@ class BackboneConfig:
             raise ValueError(f"backbone needs one width per stage; got units={self.units} widths={self.widths}")
         if any(u < 1 for u in self.units) or any(w < 1 for w in self.widths):
             raise ValueError(f"backbone units and widths must be positive; got {self.units}, {self.widths}")
+        if sum(self.units) > 512:  # IR-SE152 has 50 units; a file's config may claim anything
+            raise ValueError(f"backbone of {sum(self.units)} units is out of range (at most 512)")
         if any(a == b for a, b in zip(self.widths, self.widths[1:])):
             # Stage boundaries are read back from width changes when importing a state dict.
             raise ValueError(f"consecutive stages must differ in width; got widths={self.widths}")

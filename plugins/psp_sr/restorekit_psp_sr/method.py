@@ -40,13 +40,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from restorekit.errors import RestorekitError, UnknownNameError, WeightsMissing
 from restorekit.interfaces import Method, MethodInfo, Options
@@ -133,6 +134,23 @@ def generator_config(generator: Any) -> dict[str, Any]:
     return cfg
 
 
+def build_fitting(build: Callable[[], nn.Module], tensors: Mapping[str, Tensor], path: Path, what: str) -> Any:
+    """``build()``, once its network is known to have exactly ``tensors``' names and shapes: it is
+    first built on the meta device (no memory), so a file whose config claims a network it does not
+    hold — a few bytes claiming billions of parameters — is refused before anything is allocated."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    if missing or unexpected or wrong:
+        first = (f"missing {what}.{missing[0]}" if missing else f"unexpected {what}.{unexpected[0]}" if unexpected
+                 else f"{what}.{wrong[0]} is {have[wrong[0]]}, the config says {want[wrong[0]]}")
+        raise PSPModelError(f"{path}: tensors do not match the stored architecture ({first}; {len(missing)} "
+                            f"missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape)")
+    return build()
+
+
 def build_generator(cfg: dict[str, Any], **kwargs: Any) -> Any:
     from .stylegan2 import StyleGAN2Generator
 
@@ -194,10 +212,11 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
     dec_sd = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
     try:
         config = json.loads(meta["config"])
-        encoder = build_encoder(config["encoder"])
+        encoder = build_fitting(lambda: build_encoder(config["encoder"]), enc_sd, p, "encoder")
         ref = config.get("decoder_weights")
         if ref is None:
-            generator = build_generator(config["generator"], **generator_kwargs)
+            generator = build_fitting(lambda: build_generator(config["generator"], **generator_kwargs), dec_sd, p,
+                                      "decoder")
         elif dec_sd:
             raise PSPModelError(f"{p}: holds decoder tensors and also names decoder weights {ref.get('name')!r}; "
                                 "a pSp file has one or the other")
@@ -210,7 +229,7 @@ def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) 
         encoder.load_state_dict(enc_sd, strict=True)
         if ref is None:
             generator.load_state_dict(dec_sd, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # (checked before building; kept for what shapes cannot show)
         first = str(exc).splitlines()[0]
         raise PSPModelError(f"{p}: tensors do not match the stored architecture ({first})") from None
     if "latent_avg" not in tensors:

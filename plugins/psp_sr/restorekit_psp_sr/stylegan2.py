@@ -370,6 +370,8 @@ class StyleGAN2Generator(Generator):
             raise ValueError(f"StyleGAN2 resolution must be a power of two in 32…1024, got {resolution}")
         if n_mlp < 1 or style_dim < 1 or channel_multiplier < 1 or channel_max < 1:
             raise ValueError("StyleGAN2: style_dim, n_mlp, channel_multiplier and channel_max must be ≥ 1")
+        if n_mlp > 64:  # the paper's mapping network has 8 layers; a file's config may claim anything
+            raise ValueError(f"StyleGAN2: n_mlp {n_mlp} is out of range (at most 64 mapping layers)")
         self.resolution = self.size = resolution
         self.style_dim = self.z_dim = style_dim
         self.n_mlp = n_mlp

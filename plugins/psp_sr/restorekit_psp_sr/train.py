@@ -119,7 +119,7 @@ def load_generator(spec: str, **kwargs: Any) -> Any:
         return load_rosinality(path, **kwargs)
     from safetensors import safe_open
 
-    from .method import PSP_FORMAT, build_generator, load_psp_safetensors
+    from .method import PSP_FORMAT, build_fitting, build_generator, load_psp_safetensors
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -135,7 +135,12 @@ def load_generator(spec: str, **kwargs: Any) -> Any:
         return g
     la = tensors.pop("latent_avg", None)
     if fmt == STYLEGAN2_FORMAT:
-        g = build_generator(json.loads(meta["config"])["generator"], **kwargs)
+        try:
+            cfg = json.loads(meta["config"])["generator"]
+            g = build_fitting(lambda: build_generator(cfg, **kwargs), tensors, path, "generator")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RestorekitError(f"{path}: its generator config is incomplete or invalid "
+                                  f"({exception_line(exc)})") from None
         g.load_state_dict(tensors, strict=True)
         if la is not None:
             g.set_latent_avg(la)
