@@ -77,6 +77,9 @@ class RestorekitGroup(click.Group):
         except RestorekitError as exc:
             error_line(str(exc))
             ctx.exit(2)
+        except BrokenPipeError:  # not a file problem: the reader of stdout left (`restorekit … | head`)
+            _silence_stdout()
+            ctx.exit(BROKEN_PIPE)
         except OSError as exc:
             if debugging():
                 raise
@@ -178,6 +181,42 @@ def _interrupted() -> None:
     err_console.print("interrupted")
 
 
+BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a command whose reader went away
+
+
+def _stdout_went_away() -> bool:
+    """Whether a library has already handled a closed stdout: click wraps it to ignore the failed
+    flush, rich points it at /dev/null."""
+    if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+        return True
+    try:
+        now, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (now.st_dev, now.st_ino) == (null.st_dev, null.st_ino) and _STDOUT_AT_START != (now.st_dev, now.st_ino)
+
+
+def _stdout_identity() -> tuple[int, int] | None:
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+_STDOUT_AT_START = _stdout_identity()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
     global _DEBUG, _STRICT_FROM_START
@@ -191,11 +230,20 @@ def main() -> None:
         pass
     try:
         build_cli()(prog_name="restorekit")
+    except SystemExit as done:
+        # click (help, usage) and rich (tables) end a write to a closed stdout with exit 1, the code
+        # of 'some inputs failed'; say what happened instead, as everywhere else in restorekit.
+        if done.code == 1 and _stdout_went_away():
+            sys.exit(BROKEN_PIPE)
+        raise
     except KeyboardInterrupt:  # while plugins and commands load (RestorekitGroup handles the rest)
         if debugging():
             raise
         _interrupted()
         sys.exit(INTERRUPTED)
+    except BrokenPipeError:  # the reader of stdout left while output was still being written
+        _silence_stdout()
+        sys.exit(BROKEN_PIPE)
     except Exception as exc:  # SystemExit passes (click handled the rest)
         if debugging():
             raise
