@@ -446,15 +446,16 @@ def _worker_leaves_stopping_to_the_run(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, leave_later)
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checkpoints and stops after the current step."""
+class StopFlag:
+    """Set by SIGINT/SIGTERM (a second one interrupts at once): a training loop checks it, and
+    checkpoints and stops after the current step. ``signum`` is the signal (exit code 128 + it)."""
 
     def __init__(self) -> None:
         self.set = False
         self.signum: int | None = None  # the signal that asked to stop (its exit code is 128 + it)
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -794,7 +795,7 @@ class Trainer:
         n_window = 0
         stopped = False
         # closing: a run that ends by an error ends its loader workers now, not when collected.
-        with _StopFlag() as stop, self._progress() as bar, contextlib.closing(batches):
+        with StopFlag() as stop, self._progress() as bar, contextlib.closing(batches):
             task = bar.add_task("train", total=cfg.steps, completed=self.step, losses="")
             while self.step < cfg.steps:
                 try:

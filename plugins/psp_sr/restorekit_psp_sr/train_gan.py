@@ -612,7 +612,7 @@ class GANTrainer:
     def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
             until: int | None = None) -> dict[str, Any]:
         """Train to ``config.steps`` G steps (or ``until``/``time_limit`` seconds, with a checkpoint)."""
-        from restorekit.training.trainer import _StopFlag
+        from restorekit.training import StopFlag
 
         cfg = self.config
         if self.dist.is_main:
@@ -637,7 +637,7 @@ class GANTrainer:
         window: dict[str, Tensor] = {}
         n_window, first, t_window = 0, self.step, self._start
         stopped, last_ckpt = False, None
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while self.step < cfg.steps:
                 logs = self.train_step()
                 for k, v in logs.items():
