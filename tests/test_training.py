@@ -281,6 +281,28 @@ def test_fit_logs_checkpoints_and_resumes_exactly(faces: Path, tmp_path: Path) -
         make_trainer(faces, tmp_path / "empty", 2).fit(resume=True)
 
 
+def test_settings_changed_on_resume_apply_and_a_new_process_count_is_named(faces: Path, tmp_path: Path,
+                                                                            capfd: pytest.CaptureFixture) -> None:
+    """The optimizer's moments come from the checkpoint, its hyperparameters from this run's
+    config: a learning rate or betas changed on --resume apply (load_state_dict alone had brought
+    the checkpoint's back while the warning said they changed)."""
+    first = make_trainer(faces, tmp_path / "r", 2, optimizer="adam", ckpt_every=2)
+    first.fit()
+    again = make_trainer(faces, tmp_path / "r", 4, optimizer="adam", ckpt_every=2, lr=1e-6, betas=(0.5, 0.9))
+    ckpt = load_checkpoint(list_checkpoints(tmp_path / "r")[-1][1])
+    ckpt["world_size"] = 2  # as if written by a two-process run
+    torch.save(ckpt, list_checkpoints(tmp_path / "r")[-1][1])
+    again.fit(resume=True)
+    group = again.optimizer.param_groups[0]
+    assert group["lr"] == 1e-6 and tuple(group["betas"]) == (0.5, 0.9)
+    log = [json.loads(ln) for ln in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log if r["kind"] == "train"] == [3e-3, 3e-3, 1e-6, 1e-6]
+    state = again.optimizer.state_dict()["state"]
+    assert state and all(int(s["step"]) == 4 for s in state.values())  # the moments went on
+    err = capfd.readouterr().err
+    assert "lr: 0.003 → 1e-06" in err and "written by 2 processes, this run has 1" in err
+
+
 def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None:
     t = make_trainer(faces, tmp_path / "t", 50, ckpt_every=100, val_every=100)
     s = t.fit(time_limit=0.0)
@@ -395,11 +417,19 @@ class TinySR(nn.Module):
     def forward(self, x):
         return x + self.body(x)
 
+calls = 0
+
 def step(net, batch):
+    global calls
+    calls += 1
+    if TERM_RANK1 and info.rank == 1 and calls == 2:  # a TERM that reaches rank 1 alone
+        import os, signal
+        os.kill(os.getpid(), signal.SIGTERM)
     l2 = (net(batch["lr_up"]) - batch["hr"]).square().mean()
     return {"loss": l2, "l2": l2}
 
 faces, out = sys.argv[1], Path(sys.argv[2])
+TERM_RANK1 = len(sys.argv) > 3
 info = init_distributed("cpu")
 cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, optimizer="adam", log_every=2, val_every=100, ckpt_every=2,
                   seed=3, device="cpu", num_threads=1, data=DataConfig(factors=[1, 2]))
@@ -409,7 +439,8 @@ trainer = Trainer(cfg, TinySR(), train, out=out, step_fn=step, quiet=True, dist_
 out.mkdir(parents=True, exist_ok=True)
 # One file per rank: the ranks share stdout, where their lines can interleave.
 (out / f"rank{info.rank}.txt").write_text(f"world {info.world_size} rank {info.rank} ddp {type(trainer.net).__name__}")
-trainer.fit()
+result = trainer.fit()
+(out / f"result{info.rank}.txt").write_text(f"step {result['step']} signal {result['signal']}")
 torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
 ddp = weakref.ref(trainer.net)
 trainer.close()
@@ -448,6 +479,14 @@ def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4]  # rank 0 alone writes the log
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    # A TERM that reaches one rank stops both after the same step, and both report it (rank 0 reports
+    # the run: its exit code must say the run was stopped).
+    out = tmp_path / "term"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(faces), str(out), "term"], capture_output=True, text=True, env=env,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr[-8000:]
+    assert {(out / f"result{r}.txt").read_text() for r in (0, 1)} == {"step 2 signal 15"}
 
 
 def test_cosine_lr_schedule_depends_only_on_the_step():

@@ -3,6 +3,8 @@ from a checkpoint that does not fit, a log cut mid-line. Tiny nets, a few steps 
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -597,6 +599,21 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_naming_it(tmp_path: Pa
     with pytest.raises(FileSystemError, match=f"cannot write {target}"):
         T.atomic_save({"x": 1}, target)
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_checkpoints_get_the_permissions_of_every_other_output(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: a checkpoint is as readable as the run's other files (umask applies)."""
+    from restorekit.training import trainer as T
+
+    old = os.umask(0o022)
+    try:
+        T.atomic_save({"x": 1}, tmp_path / "a.pt")
+        os.umask(0o077)
+        T.atomic_save({"x": 1}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("setting,key", [("lr=-1", "lr"), ("betas=[2, 0.9]", "betas"), ("device=bogus", "device"),

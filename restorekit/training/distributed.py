@@ -92,6 +92,13 @@ def all_gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     return out
 
 
+def signal_across(info: DistInfo, signum: int | None) -> int | None:
+    """The signal that stopped any rank (the lowest rank's), so that every rank — rank 0, which
+    reports, above all — exits with the code a stopped run has, wherever the signal landed."""
+    got = [s for s in all_gather_objects(info, signum) if s]
+    return int(got[0]) if got else None
+
+
 def mean_across(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
     """Average scalar logs over ranks (every rank must call with the same keys)."""
     if not info.distributed or not values:

@@ -49,7 +49,8 @@ from ..errors import FileSystemError, RestorekitError, describe_os_error
 from ..images import temp_prefix
 from .config import TrainConfig, absolute_settings
 from .data import DataError
-from .distributed import DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across
+from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
+                          signal_across)
 from .optim import build_optimizer
 
 CKPT_FORMAT = "restorekit.train/1"
@@ -97,6 +98,9 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise FileSystemError(describe_os_error(exc, path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)  # mkstemp makes 0600; checkpoints get the usual permissions
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -242,11 +246,29 @@ def resume_warning(path: Path, ckpt: dict[str, Any], config: TrainConfig, shown:
             f"continuation: {said}{more}")
 
 
-def warn_changed_settings(path: Path, ckpt: dict[str, Any], config: TrainConfig, *, main: bool) -> None:
-    """Print :func:`resume_warning` to stderr (on the main process only, ``main``)."""
+def warn_changed_settings(path: Path, ckpt: dict[str, Any], config: TrainConfig, *, main: bool,
+                          world_size: int | None = None) -> None:
+    """Print :func:`resume_warning` to stderr (on the main process only, ``main``), and a line when
+    the run resumes with another number of processes than the checkpoint's (``world_size``)."""
     line = resume_warning(path, ckpt, config) if main else None
     if line:
         print(line, file=sys.stderr, flush=True)
+    before = ckpt.get("world_size")
+    if main and world_size is not None and before is not None and int(before) != world_size:
+        print(f"warning: {path} was written by {before} processes, this run has {world_size}: not an exact "
+              "continuation (random streams are reseeded; a per-process batch size changes the effective "
+              "batch and the position in the data)", file=sys.stderr, flush=True)
+
+
+def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+    """Load an optimizer's checkpointed state (moments, step counts) but keep the hyperparameters
+    it was built with from this run's config — learning rate, betas, eps, weight decay — so a
+    setting changed on ``--resume`` applies, as the resume warning says (``load_state_dict`` alone
+    brings the checkpoint's back)."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
 
 
 @contextlib.contextmanager
@@ -590,10 +612,10 @@ class Trainer:
         p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
         with restoring(p, ckpt, self.config):
             self.load_model_state(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(self.optimizer, ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
             self.load_extra_state(ckpt.get("extra", {}))
-        warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main)
+        warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main, world_size=self.dist.world_size)
         self.step = int(ckpt["step"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]
@@ -840,9 +862,10 @@ class Trainer:
                 from .plot import plot_losses
 
                 plot_losses(self.log_path, self.out / "loss.png")
+        signum = signal_across(self.dist, stop.signum)
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
-                "finished": finished, "stopped_early": stopped, "signal": stop.signum,
+                "finished": finished, "stopped_early": stopped, "signal": signum,
                 "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
                 "exported": str(exported) if exported else None, "losses": self.last_logs,
                 "val": self.last_val, "seconds": round(time.monotonic() - start, 3)}

@@ -32,7 +32,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from restorekit.training import Betas, DataConfig, TrainConfig, Trainer, TrainingError, psnr
+from restorekit.training import Betas, DataConfig, TrainConfig, Trainer, TrainingError, load_optimizer_state, psnr
 
 from .pix2pixhd import (GeneratorConfig, MultiscaleDiscriminator, Pix2PixHDGenerator, VGGLoss,
                         feature_matching_loss, lsgan_loss, save_generator)
@@ -210,7 +210,7 @@ class Pix2PixHDTrainer(Trainer):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "d_optimizer" in state:
-            self.d_optimizer.load_state_dict(state["d_optimizer"])
+            load_optimizer_state(self.d_optimizer, state["d_optimizer"])
 
     def export(self, folder: Path) -> Path:
         return save_generator(self.model.G, Path(folder) / EXPORT_NAME, factors=list(self.config.data.factors),

@@ -124,6 +124,9 @@ def build_autoencoder(cfg: AEConfig) -> StyleGAN2AutoEncoder:
                                channels=cfg.channels)
     for p in g.parameters():
         p.requires_grad_(True)
+    if cfg.map_lambda == 0:  # nothing reaches the mapping network: frozen, or DDP waits for its gradients
+        for p in g.style.parameters():
+            p.requires_grad_(False)
     enc = GradualStyleEncoder(g.n_styles, g.style_dim, backbone=cfg.encoder_backbone,
                               input_size=cfg.encoder_input_size or g.resolution, head_channels=cfg.head_channels)
     return StyleGAN2AutoEncoder(enc, g)

@@ -7,7 +7,9 @@ DiffAugment instead of ADA (no tuning, differentiable, applied to real and fake 
 players' steps):
 
 * non-saturating logistic loss; lazy R1 on real images every ``r1_every`` D steps (weight
-  ``r1_gamma/2·r1_every``; Adam's learning rate and betas adjusted for the lazy interval);
+  ``r1_gamma/2·r1_every``), added to that step's D loss: one optimizer step per batch, so Adam's
+  learning rate and betas stay as set (StyleGAN2-ADA scales them by ``r1_every/(r1_every+1)``
+  because it takes R1 as an extra optimizer step);
 * style mixing with probability ``style_mixing`` (one cut per batch); random noise inputs;
 * an exponential moving average of G (half-life ``ema_kimg`` thousand images, ramped up over
   the first ``ema_rampup`` of the images seen) — the generator that is exported;
@@ -60,12 +62,13 @@ from torch import Tensor, nn
 
 from restorekit.errors import ImageError, exception_line
 from restorekit.images import IMAGE_EXTS
-from restorekit.training import Betas, TrainConfig
+from restorekit.training import Betas, TrainConfig, load_optimizer_state
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
-from restorekit.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed, mean_across
+from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
+                                             signal_across)
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, check_stop_steps,
                                          checkpoint_path, prune_checkpoints, restoring, resume_checkpoint, rng_state,
-                                         seed_everything, set_rng_state, start_log, warn_changed_settings)
+                                         seed_everything, set_rng_state, start_log, trim_log, warn_changed_settings)
 
 TRAINER_NAME = "stylegan2"
 
@@ -227,12 +230,35 @@ def training_files(cfg: GANConfig) -> tuple[list[Path], list[Path]]:
     return oversample(train, root, cfg.data.repeat), val
 
 
+def epoch_order(seed: int, epoch: int, size: int) -> Tensor:
+    """The order in which epoch ``epoch`` visits the ``size`` training images: a permutation that
+    depends on ``(seed, epoch)`` only."""
+    g = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
+    return torch.randperm(size, generator=g)
+
+
+def batch_indices(size: int, *, seed: int, step: int, rank: int, n: int, world: int) -> Tensor:
+    """The data-set indices of rank ``rank``'s ``n`` images at ``step``: the global batch of
+    ``n·world`` images is the next stretch of a shuffled pass over the data (a new shuffle every
+    epoch), and each rank takes its own disjoint part of it — every image once per epoch, as
+    StyleGAN2-ADA's sampler, not drawn with replacement."""
+    start = (step * world + rank) * n
+    positions = torch.arange(start, start + n)
+    epochs = positions // size
+    out = torch.empty(n, dtype=torch.long)
+    for e in epochs.unique().tolist():  # one epoch, or two where the batch crosses a boundary
+        here = epochs == e
+        out[here] = epoch_order(seed, int(e), size)[positions[here] % size]
+    return out
+
+
 def draw_batch(data: Tensor, *, seed: int, step: int, rank: int, n: int, xflip: bool,
-               device: torch.device) -> Tensor:
-    """``n`` training images in [0,1] for ``(step, rank)``: indices and flips are a function of
-    ``(seed, step, rank)`` only, which is what makes resuming exact."""
+               device: torch.device, world: int = 1) -> Tensor:
+    """``n`` training images in [0,1] for ``(step, rank)`` of a ``world``-process run
+    (:func:`batch_indices`); indices and flips are a function of ``(seed, step, rank, world)``
+    only, which is what makes resuming exact."""
+    idx = batch_indices(len(data), seed=seed, step=step, rank=rank, n=n, world=world)
     g = torch.Generator().manual_seed(sample_seed(seed, step, rank))
-    idx = torch.randint(len(data), (n,), generator=g)
     flip = torch.rand(n, generator=g) < 0.5 if xflip else torch.zeros(n, dtype=torch.bool)
     x = data[idx.to(data.device)].to(device, non_blocking=True).float().div_(255)
     f = flip.to(device, non_blocking=True).view(n, 1, 1, 1)
@@ -353,12 +379,10 @@ class GANTrainer:
         betas = cfg.betas or (0.0, 0.99)
         eps = cfg.eps or 1e-8
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas, eps=eps)
-        # Lazy regularisation: R1 every k steps; Adam's lr and betas adjusted as in StyleGAN2.
-        ratio = cfg.r1_every / (cfg.r1_every + 1) if cfg.r1_gamma > 0 else 1.0
         # D's trainable parameters (a projected D also holds a frozen backbone that never trains).
+        # R1 joins the main D step when due (no extra optimizer step): no lazy-interval scaling.
         self.d_params = [p for p in self.D.parameters() if p.requires_grad]
-        self.opt_D = torch.optim.Adam(self.d_params, lr=(cfg.lr_d or cfg.lr) * ratio,
-                                      betas=(betas[0] ** ratio, betas[1] ** ratio), eps=eps)
+        self.opt_D = torch.optim.Adam(self.d_params, lr=cfg.lr_d or cfg.lr, betas=betas, eps=eps)
         self.use_amp = amp_enabled(cfg, self.device)
         # What the training steps call: the networks, or their compiled forms (same parameters).
         self._synthesize: Any = self.G.synthesize
@@ -379,6 +403,7 @@ class GANTrainer:
         self.elapsed_before = 0.0
         self.data: Tensor | None = None
         self.last_logs: dict[str, float] = {}
+        self.last_logs_step: int | None = None  # the step whose log line last_logs is
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         self.grid_z = torch.randn(cfg.n_sample_grid, self.G.z_dim, generator=g)
 
@@ -422,7 +447,7 @@ class GANTrainer:
         cfg, dev, n = self.config, self.device, self.local_batch
         assert self.data is not None
         real = draw_batch(self.data, seed=cfg.seed, step=self.step, rank=self.dist.rank, n=n, xflip=cfg.xflip,
-                          device=dev)
+                          device=dev, world=self.dist.world_size)
         logs: dict[str, Tensor] = {}
         # -- discriminator ------------------------------------------------------------------
         for p in self.d_params:
@@ -511,8 +536,9 @@ class GANTrainer:
         t0 = time.monotonic()
         folder = self.out / "snapshot"
         folder.mkdir(parents=True, exist_ok=True)
+        # The losses are the last log line's (every log_every steps), named by its step.
         record = {"step": self.step, "kimg": round(self.nimg / 1000, 3), "seconds": round(self._elapsed(), 1),
-                  **self.last_logs}
+                  "losses_at_step": self.last_logs_step, **self.last_logs}
         meta = {"format": "restorekit.stylegan2-train-weights/1", "step": str(self.step), "nimg": str(self.nimg),
                 "config": json.dumps(self.config.saved_settings())}
         files = ("generator.safetensors", "samples.png", "resume_g.safetensors", "resume_d.safetensors")
@@ -587,9 +613,9 @@ class GANTrainer:
         p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
         with restoring(p, ckpt, self.config):
             self.models.load_state_dict(ckpt["model"])
-            self.opt_G.load_state_dict(ckpt["optimizer"])
-            self.opt_D.load_state_dict(ckpt["optimizer_d"])
-        warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main)
+            load_optimizer_state(self.opt_G, ckpt["optimizer"])
+            load_optimizer_state(self.opt_D, ckpt["optimizer_d"])
+        warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main, world_size=self.dist.world_size)
         self.step, self.nimg = int(ckpt["step"]), int(ckpt["nimg"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]
@@ -621,6 +647,9 @@ class GANTrainer:
         if resume:
             self.resume(None if resume is True else resume)
         start_log(self.out, log, resumed_at=self.step if resume else None, main=self.dist.is_main)
+        if resume and self.dist.is_main:  # the snapshot rows past the checkpoint are written again
+            for folder in [self.out / "snapshot", *([Path(cfg.snapshot_dir)] if cfg.snapshot_dir else [])]:
+                trim_log(folder / "metrics.jsonl", self.step)
         if not resume:
             if cfg.init_from:
                 self.init_weights(cfg.init_from)
@@ -655,7 +684,7 @@ class GANTrainer:
                     avg = mean_across(self.dist, avg)
                     rate = n_window * cfg.batch_size / max(now - t_window, 1e-9)
                     window, n_window, t_window = {}, 0, now
-                    self.last_logs = avg
+                    self.last_logs, self.last_logs_step = avg, self.step
                     rec = {"kind": "train", "step": self.step, "kimg": round(self.nimg / 1000, 3), **avg,
                            "images_per_s": round(rate, 1), "s_per_kimg": round(1000 / max(rate, 1e-9), 2),
                            "time": round(self._elapsed(), 1)}
@@ -681,10 +710,11 @@ class GANTrainer:
             if getattr(self, "snapshot_step", None) != self.step:
                 self.snapshot()
             exported = self._export_generator(model_file, dtype=torch.float32)
+        signum = signal_across(self.dist, stop.signum)
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
                 "kimg": round(self.nimg / 1000, 3), "finished": finished, "stopped_early": stopped,
-                "signal": stop.signum,
+                "signal": signum,
                 "out": str(self.out), "checkpoint": str(last_ckpt) if last_ckpt else None,
                 "exported": str(exported) if exported else None, "losses": self.last_logs,
                 "seconds": round(time.monotonic() - self._start, 3)}
@@ -695,5 +725,5 @@ def load_trainer() -> type[GANTrainer]:
     return GANTrainer
 
 
-__all__ = ["GANConfig", "GANModels", "GANTrainer", "draw_batch", "ema_beta", "load_face_tensor", "mixed_styles",
-           "training_files", "update_ema"]
+__all__ = ["GANConfig", "GANModels", "GANTrainer", "batch_indices", "draw_batch", "ema_beta", "epoch_order",
+           "load_face_tensor", "mixed_styles", "training_files", "update_ema"]

@@ -116,3 +116,22 @@ def test_resume_reproduces_an_uninterrupted_run(faces: Path, tmp_path: Path) -> 
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
     assert int(again.model.codes_seen) == 4
+
+
+@pytest.mark.parametrize("map_lambda", [0.0, 0.1])
+def test_every_trainable_parameter_gets_a_gradient_as_ddp_requires(faces: Path, map_lambda: float,
+                                                                   tmp_path: Path) -> None:
+    """DDP (find_unused_parameters off) waits for a gradient of every parameter that requires one:
+    with map_lambda 0 nothing reaches the mapping network, so it is frozen (it failed under
+    torchrun with 'Expected to have finished reduction in the prior iteration')."""
+    cfg = AEConfig(steps=1, batch_size=2, device="cpu", resolution=32, style_dim=16, n_mlp=2, channel_max=16,
+                   impl="ref", head_channels=16, map_lambda=map_lambda, out=str(tmp_path),
+                   data=DataConfig(factors=[1, 2], holdout_fraction=0.2))
+    model = build_autoencoder(cfg)
+    train, val = sr_datasets(faces, 32, cfg.data, hr_size=32, seed=0)
+    trainer = AETrainer(cfg, model, train, val, losses={"l1": L1Loss(1.0)}, quiet=True)
+    trainer.train_step(model, default_collate([train[0], train[1]]))["loss"].backward()
+    trainable = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable), [k for k, p in trainable if p.grad is None]
+    mapping = list(model.decoder.style.parameters())
+    assert all(p.requires_grad == (map_lambda > 0) for p in mapping)

@@ -184,6 +184,26 @@ def test_draw_batch_depends_on_step_and_rank_only(faces: Path) -> None:
     assert a.min() >= 0 and a.max() <= 1
 
 
+def test_each_epoch_visits_every_image_once_shared_out_between_the_ranks() -> None:
+    """As StyleGAN2-ADA's sampler: a new shuffle every epoch, the global batch the next stretch
+    of it, each rank its own part (drawing with replacement repeated images within a batch and
+    across ranks, and left a third of the data unseen per epoch's worth of steps)."""
+    from restorekit_psp_sr.train_gan import batch_indices, epoch_order
+
+    size, n, world = 10, 3, 2  # a global batch of 6: the second batch crosses into epoch 1
+    batches = [[batch_indices(size, seed=4, step=s, rank=r, n=n, world=world) for r in range(world)]
+               for s in range(5)]
+    flat = torch.cat([idx for step in batches for idx in step])
+    assert torch.equal(flat[:size], epoch_order(4, 0, size)) and torch.equal(flat[size:2 * size], epoch_order(4, 1, size))
+    assert not torch.equal(epoch_order(4, 0, size), epoch_order(4, 1, size))  # reshuffled every epoch
+    for s in (0, 2, 4):  # within a step the ranks' images differ (no epoch boundary inside these)
+        a, b = batches[s]
+        assert not set(a.tolist()) & set(b.tolist())
+    # One process with the whole batch sees what the ranks see together, in the same order.
+    whole = torch.cat([batch_indices(size, seed=4, step=s, rank=0, n=n * world, world=1) for s in range(5)])
+    assert torch.equal(whole, flat)
+
+
 # -- the loop -----------------------------------------------------------------------------------------
 def test_training_moves_both_players_and_writes_snapshots(faces: Path, tmp_path: Path) -> None:
     from restorekit_psp_sr.train import load_generator
@@ -497,6 +517,21 @@ def test_log_holds_each_step_once_after_resume_and_only_this_runs_steps(faces: P
         f.write('{"kind": "train", "step": 4, "loss_g": 1.0}\n{"kind": "train", "st')
     GANTrainer.build(tiny_config(faces, run, steps=6, log_every=1), quiet=True).fit(resume=True)
     assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_snapshot_metrics_hold_each_step_once_after_resume_and_name_their_losses_step(faces: Path,
+                                                                                      tmp_path: Path) -> None:
+    run, mirror = tmp_path / "run", tmp_path / "mirror"
+    cfg = {"steps": 6, "log_every": 2, "snapshot_dir": str(mirror)}
+    GANTrainer.build(tiny_config(faces, run, **cfg), quiet=True).fit(until=3)
+    for folder in (run / "snapshot", mirror):  # a snapshot after the checkpoint at 3, then a kill
+        with (folder / "metrics.jsonl").open("a") as f:
+            f.write('{"step": 4, "kimg": 0.016}\n{"step": 5, "ki')
+    GANTrainer.build(tiny_config(faces, run, **cfg), quiet=True).fit(resume=True)
+    for folder in (run / "snapshot", mirror):
+        rows = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [3, 6]
+        assert [r["losses_at_step"] for r in rows] == [2, 6] and all("loss_d" in r for r in rows)
 
 
 def test_unusable_data_folders_are_named_for_what_they_are(tmp_path: Path) -> None:
