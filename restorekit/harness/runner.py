@@ -212,6 +212,35 @@ def default_weights_pin(cls: type[Method]) -> dict[str, list[str | None]] | None
     return {name: [f.sha256 for f in spec.files]}
 
 
+def option_files_pin(options: Options) -> dict[str, str] | None:
+    """The sha256 of each file an option names (``--opt psp_sr.weights=FILE``): the option's value
+    is only a path, and a model retrained into the same file must not pass for the old one when a
+    run is resumed. A registered weights name is pinned by the registry's sha256s instead."""
+    pins: dict[str, str] = {}
+    for key, value in options.model_dump(mode="json").items():
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if not isinstance(item, str) or not item.strip():
+                continue
+            label = key if not isinstance(value, list) else f"{key}[{i}]"
+            try:
+                path = Path(item).expanduser()
+                is_file = path.is_file()
+            except (OSError, ValueError):  # not a path (too long, a NUL): nothing to pin
+                continue
+            if is_file:
+                try:
+                    pins[label] = sha256_file(path)
+                except OSError as exc:
+                    raise CompareUsageError(f"--opt {key}: {describe_os_error(exc, path, action='read')}") from None
+                continue
+            try:
+                spec = get_spec(item)
+            except RestorekitError:
+                continue
+            pins[label] = ",".join(f.sha256 or "?" for f in spec.files)
+    return pins or None
+
+
 #: ``METHOD@LABEL`` in ``--methods``: METHOD once more, as its own column with its own ``--opt``.
 VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -311,6 +340,9 @@ def plan(config: CompareConfig) -> Plan:
         pin = default_weights_pin(cls)
         if pin:
             settings["default_weights"] = pin
+        files = option_files_pin(options)
+        if files:
+            settings["option_files"] = files
         if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
             settings["faces"] = {"mode": config.faces, "detector": config.detector}
         if config.backend != "torch":
