@@ -2,7 +2,8 @@
 
 Conventions (those of the super-resolution literature, so numbers are comparable to papers):
 
-- Inputs are the image convention (``N×3×H×W`` in [0,1]); all arithmetic is float64.
+- Inputs are the image convention (``N×3×H×W`` in [0,1], float32: an 8-bit value k is k/255 rounded
+  to float32, which moves a PSNR by ~2e-8 relative); from there all arithmetic is float64.
 - ``*_y_crop``: the BT.601 luma of the studio-swing YCbCr transform used by Matlab's
   ``rgb2ycbcr`` and every SR paper since SRCNN, ``Y = 16 + 65.481·R + 128.553·G + 24.966·B``
   on the [0,255] scale (R, G, B in [0,1]); ``scale`` pixels are cropped from every border.

@@ -54,7 +54,8 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     head = ["method", "deterministic", "seeds", "images", "ok", "failed"]
     for n in names:
         head += [f"{n}_mean", f"{n}_std", f"{n}_nan"]
-    w.writerow(head + ["ms_per_image", "warmup_ms", "peak_mem_mb", "device", "precision", "backend"])
+    w.writerow(head + ["ms_per_image", "ms_std", "runtime_is_warmup", "warmup_ms", "peak_mem_mb", "device",
+                       "precision", "backend"])
     plans = {mp.name: mp for mp in sm.result.plan.methods}
     for s in sm.methods:
         row: list[Any] = [_csv_text(s.name), int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),
@@ -62,7 +63,8 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
         for n in names:
             st = s.metrics[n]
             row += [_csv_num(st.mean), _csv_num(st.std), st.nan]
-        row += [_csv_num(s.runtime_ms.mean), _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
+        row += [_csv_num(s.runtime_ms.mean), _csv_num(s.runtime_ms.std), int(s.runtime_is_warmup),
+                _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
                 *map(_csv_text, (plans[s.name].device, plans[s.name].precision, plans[s.name].backend))]
         w.writerow(row)
     summary = out / "summary.csv"

@@ -9,7 +9,9 @@ is removed).
   ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell. In every CSV file a text
   cell that a spreadsheet would read as a formula (starting with ``= + - @``, tab or CR: an image
   named ``=HYPERLINK(…).png``) gets a leading ``'``; results.json keeps the names as they are.
-- ``summary.csv``: one row per method: mean, std (over seeds) and NaN count per metric, runtime.
+- ``summary.csv``: one row per method: mean, std (over seeds) and NaN count per metric, runtime
+  (``ms_per_image`` and its ``ms_std`` over the timed calls; ``runtime_is_warmup`` 1 when the only
+  call was the warm-up, which then stands in), the warm-up call's time and the peak memory.
 - ``results.json``: both of the above plus the settings, device and backend, the versions of
   restorekit and of every plugin distribution, each method's license, options and weights
   (``weights_info``: names and sha256 where the method exposes them), skipped metrics with the

@@ -7,7 +7,9 @@ single (method, image): a failure is recorded with its reason and the rest go on
 Per (method, image, seed) the runner records: the restore time (``time.perf_counter`` around
 ``restore`` only, CUDA synchronised; the first call of each method in a run is the warm-up, kept
 but flagged and left out of the runtime column), the peak memory (CUDA: ``max_memory_allocated``
-since a reset before the call; CPU: growth of the process's RSS high-water mark during the call),
+since a reset before the call; CPU: the call's peak resident memory above the process's size when
+it began — on Linux the high-water mark is reset before each call, so an earlier hungrier method
+does not hide it; elsewhere only the growth of the process's maximum),
 the output PNG and every metric's value. Predictions are rounded to 8 bits (what is saved) before
 scoring, so a resumed run that re-reads an output scores exactly what the first run scored.
 Deterministic methods run once per image (seed ignored, stored as null); stochastic ones once per
@@ -407,6 +409,44 @@ def metric_states(names: list[str] | tuple[str, ...] | None, reg: Registry | Non
 # Execution
 
 
+def _status_mib(key: str) -> float | None:
+    """A ``kB`` line of Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cpu_peak_start() -> tuple[str, float] | None:
+    """Begin measuring the memory a call takes on the CPU: on Linux the resident high-water mark
+    is reset to the current size (``/proc/self/clear_refs``), so the call's own peak is read
+    whatever ran before it; elsewhere the process's maximum RSS so far is the base."""
+    rss = _status_mib("VmRSS")
+    if rss is not None:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            return "hwm", rss
+        except OSError:
+            pass
+    base = _maxrss_mib()
+    return None if base is None else ("maxrss", base)
+
+
+def _cpu_peak_mib(start: tuple[str, float] | None) -> float | None:
+    """The call's peak resident memory above what the process held when it began (MiB); without
+    the Linux reset, only the growth of the process's maximum (0 after a hungrier call)."""
+    if start is None:
+        return None
+    kind, base = start
+    now = _status_mib("VmHWM") if kind == "hwm" else _maxrss_mib()
+    return None if now is None else max(0.0, now - base)
+
+
 def _maxrss_mib() -> float | None:
     try:
         import resource
@@ -764,7 +804,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
         if cuda:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        rss0 = None if cuda else _maxrss_mib()
+        cpu_peak = None if cuda else _cpu_peak_start()
         t0 = time.perf_counter()
         with torch.no_grad():
             if p.config.faces == "detect" and method.info.input_kind == "aligned_face":
@@ -783,8 +823,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
         if cuda:
             rec.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
         else:
-            rss1 = _maxrss_mib()
-            rec.peak_mem_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
+            rec.peak_mem_mb = _cpu_peak_mib(cpu_peak)
         rec.ms, rec.warmup = dt * 1000.0, warmup
         if not isinstance(y, Tensor) or y.dim() != 4 or tuple(y.shape[:2]) != (1, 3):
             raise ValueError(f"restore returned {getattr(y, 'shape', type(y).__name__)}, expected 1×3×H×W")
