@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .cli import debugging, describe_unexpected
-from .errors import FileSystemError, ImageError, RestorekitError, os_error_fix
-from .images import ImageItem, check_output_size, probe_size, read_image, save_image
+from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
+from .images import ImageItem, check_output_size, listing_folders, probe_size, read_image, save_image
 from .sharding import Job, current_job
 
 # Errors a single input may raise without stopping the batch.
@@ -121,8 +121,47 @@ def check_inputs(items: list[ImageItem], *, max_pixels: int, out_scale: int = 1,
     return ok, failed
 
 
+def _path_problem(p: Path) -> bool:
+    """Whether asking the file system about ``p`` fails (the output the failure is about)."""
+    try:
+        p.exists()
+        return False
+    except (OSError, RuntimeError):
+        return True
+
+
 def _replaces_input(dest: Path) -> str:
     return f"{dest}: is an input file; refusing to overwrite an input (write to another --output folder)"
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether two folder paths name one folder (the same inode where both exist, else the same
+    resolved path: an output folder not made yet can still be an input folder's other name)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return _resolved(a) == _resolved(b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_folder(input_spec: str, output: Path) -> None:
+    """Refuse (``ImageError``, one line; the commands make it a usage error, exit 2) an output
+    folder that inputs are listed from (``--input`` a folder, or a glob matching files there):
+    each run would take the previous run's outputs for new inputs (``face.jpg`` → ``face.png``,
+    then ``face.jpg.png`` and ``face.png.png``, …)."""
+    for folder in listing_folders(input_spec):
+        if _same_folder(folder, output):
+            raise ImageError(f"--output {output} is the folder the inputs are listed from ({folder}): every run "
+                             "would take the last run's outputs for inputs; write to another folder")
+
+
+def _resolved(p: Path) -> Path:
+    """``p.resolve()``, or its absolute path where that fails (a symbolic link loop, a name too long)."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(p))
 
 
 def check_writable(folder: Path) -> None:
@@ -170,11 +209,17 @@ def process_files(
     n_outputs: int = 1,
     max_output_pixels: int | None = None,
     job: Job | None = None,
+    finish: Callable[[ImageItem], None] | None = None,
+    finished: Callable[[ImageItem], bool] | None = None,
 ) -> BatchResult:
     """Read each input, call ``fn(image, item) -> [(name, image), …]`` and write each output.
 
-    An input whose every expected output (``expected(item)``, default its name) exists is
-    skipped unless ``overwrite``. The others are checked from their headers first
+    ``finish(item)``, when given, runs once an input's outputs are written (or found existing):
+    what must come last, such as a sidecar that marks the input done; what it raises fails the
+    input. An input whose every expected output (``expected(item)``, default its name) exists,
+    and that is ``finished(item)`` when that is given, is skipped unless ``overwrite``. A path
+    problem with an expected output (a name too long for the file system…) fails that input
+    only. The others are checked from their headers first
     (:func:`check_inputs`), so an input that cannot succeed fails before any work. An output
     that would replace an input file (an expected one fails before any work, ``overwrite`` or
     not: an input is never taken for a finished output), or that another input of this batch
@@ -187,7 +232,7 @@ def process_files(
     """
     job = job or current_job()
     check_writable(outdir)
-    input_paths = {it.path.resolve() for it in items}
+    input_paths = {_resolved(it.path) for it in items}
 
     # 1. Which inputs are done, which cannot succeed, which need work (each rank checks its share).
     skipped: dict[int, list[str] | tuple[str, str]] = {}  # output paths that exist, or (reason, short)
@@ -202,17 +247,24 @@ def process_files(
                 continue
             stems = []
         outs = [outdir / f"{s}.{ext}" for s in stems]
-        # Neither an input nor a folder is a finished output: nothing to skip, nothing to write over.
-        an_input = next((o for o in outs if o.resolve() in input_paths), None)
-        a_folder = next((o for o in outs if o.is_dir()), None) if an_input is None else None
-        if an_input is not None or a_folder is not None:
+        try:
+            # Neither an input nor a folder is a finished output: nothing to skip, nothing to write over.
+            an_input = next((o for o in outs if o.resolve() in input_paths), None)
+            a_folder = next((o for o in outs if o.is_dir()), None) if an_input is None else None
             problem = _replaces_input(an_input) if an_input is not None else \
-                f"{a_folder}: is a folder, where the output goes"
+                f"{a_folder}: is a folder, where the output goes" if a_folder is not None else None
+            done_before = (problem is None and not overwrite and all(o.exists() for o in outs)
+                           and (finished is None or finished(items[i])))
+        except (OSError, RuntimeError) as exc:  # e.g. a name longer than the file system takes
+            where = next((o for o in outs if _path_problem(o)), None)  # None: the path the error names
+            problem = describe_os_error(exc, where) if isinstance(exc, OSError) else f"cannot use {where or outdir}: {exc}"
+            problem = f"{items[i].path}: {problem}"
+        if problem is not None:
             early[i] = {"path": str(items[i].path), "error": problem}
             if on_error is not None:
                 on_error(problem)
             continue
-        if not overwrite and all(o.exists() for o in outs):
+        if done_before:
             skipped[i] = [str(o) for o in outs]
             continue
         _, bad = check_inputs([items[i]], max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
@@ -261,6 +313,8 @@ def process_files(
                         continue
                     save_image(out, dest)
                     one.written.append(str(dest))
+                if finish is not None:
+                    finish(item)
                 if report is not None:
                     one.reports[str(item.path)] = report(item)
             except SkipInput as exc:

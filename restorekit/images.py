@@ -3,15 +3,29 @@
 Inside restorekit an image batch is ``torch.float32``, ``N×3×H×W``, RGB, values in ``[0, 1]``.
 
 Conversion rule for files (pillow):
-- EXIF orientation is applied first.
+- Only the raster formats of :data:`FILE_FORMATS` are decoded, whatever a file's extension (never
+  EPS, PDF or another format pillow hands to an external program); another format is a one-line
+  error naming the file and the format its first bytes show. Uploads: :data:`UPLOAD_FORMATS`.
+- EXIF orientation is applied first. Of a multi-frame file (animated GIF/PNG/WebP, multi-page
+  TIFF) the first frame is read.
+- An embedded ICC profile (``icc_profile``) is applied next: the pixels are converted from it to
+  sRGB with littlecms (``PIL.ImageCms``), relative colorimetric intent, no black-point
+  compensation (RGB, grayscale and CMYK profiles; alpha is kept for the compositing below). A
+  profile that cannot be used (does not parse, does not fit the pixels, 16-bit/32-bit/float
+  grayscale) leaves the pixels as they are, taken as sRGB, with one ``warning:`` line naming the
+  file. Without a profile pixels are taken as sRGB.
 - Grayscale (``L``, ``I;16``, ``I``, ``F``) is replicated to three channels; 16-bit integer data
   is scaled by its full range (``/65535``); 32-bit integer data (``I``, whose files say nothing of
   the range used) by ``/65535`` when any value exceeds 255, else ``/255`` (8-bit values stored
-  wide); float data is clipped to [0, 1] (NaN or infinite values are refused).
+  wide); float data is clipped to [0, 1] (NaN or infinite values are refused). 16-bit *colour*
+  (48/64-bit PNG, TIFF) is reduced to 8 bits a channel by pillow's decoder (the high byte).
 - Palette (``P``) images are expanded through their palette.
-- Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces.
-- CMYK and YCbCr are converted with pillow's own conversion.
-Files are written as 8-bit images by rounding ``x·255`` to the nearest integer; writes are atomic.
+- Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces;
+  so are the pixels a transparency colour key (PNG ``tRNS``, GIF: ``info["transparency"]``) marks
+  in palette, grayscale (8- and 16-bit) and RGB images.
+- CMYK and YCbCr are converted with pillow's own conversion (CMYK with a profile: see above).
+Files are written as 8-bit images by rounding ``x·255`` to the nearest integer, untagged (no ICC
+profile: the values are sRGB); writes are atomic.
 
 Every image restorekit reads or makes passes :func:`check_size` (at least ``MIN_SIDE`` px a side, at
 most ``max_pixels``), whatever it comes from, so a result never depends on whether an image was
@@ -28,6 +42,7 @@ both. The same file given twice is used once.
 
 from __future__ import annotations
 
+import errno
 import glob as globmod
 import io
 import os
@@ -137,8 +152,27 @@ def _pillow_notes(p: Path) -> Iterator[None]:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
+def _note_once(p: object, msg: str) -> None:
+    """One ``warning:`` line on stderr naming ``p``, once per file and message in a process."""
+    key = (str(p), msg)
+    if key not in _NOTED:
+        _NOTED.add(key)
+        print(f"warning: {p}: {msg}", file=sys.stderr, flush=True)
+
+
 def _check_file(p: Path) -> None:
     if not p.exists():
+        if p.is_symlink():  # exists() follows the link: a dangling link or a loop
+            try:
+                os.stat(p)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ImageError(f"{p}: a symbolic link loop (following it never reaches a file)") from None
+            try:
+                target = os.readlink(p)
+            except OSError:
+                target = "?"
+            raise ImageError(f"{p}: a broken symbolic link (its target {target} does not exist)")
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
         raise ImageError(f"{p}: is a folder, not an image")
@@ -151,21 +185,62 @@ def _bomb(p: Path, max_pixels: int) -> ImageError:
                       "(raise it with --max-pixels)")
 
 
+#: The formats an image *file* may be decoded as (``read_image``, ``probe_size``), whatever its
+#: extension: raster formats pillow decodes itself. Never EPS/PS/PDF (pillow runs Ghostscript for
+#: them) or another format that hands the file to an external program. "JPEG" includes MPO, how
+#: pillow names the JPEGs many cameras and phones write (a JPEG followed by more images): pillow's
+#: JPEG decoder opens them (first image). "PPM" is the Netpbm family (PBM, PGM, PPM, PNM, PFM).
+FILE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF", "PPM", "TGA", "JPEG2000", "ICO")
+
+
+def sniff_format(prefix: bytes) -> str | None:
+    """The pillow format whose signature ``prefix`` (a file's first 16 bytes) has, or None; for
+    messages only: nothing is opened or decoded (formats without a signature are never named)."""
+    Image.init()
+    for fmt in Image.ID:
+        factory_accept = Image.OPEN.get(fmt)
+        accept = factory_accept[1] if factory_accept else None
+        if accept is None:
+            continue
+        try:
+            if accept(prefix):  # a string: pillow knows the format but cannot load this variant
+                return fmt
+        except Exception:  # a plugin's check of odd bytes: not this format
+            continue
+    return None
+
+
+def _refused_format(p: Path, data: bytes | None, formats: Sequence[str]) -> str:
+    """The message for a file pillow cannot open as one of ``formats``: its detected format, if any."""
+    try:
+        if data is not None:
+            prefix = data[:16]
+        else:
+            with open(p, "rb") as f:
+                prefix = f.read(16)
+    except OSError:
+        prefix = b""
+    fmt = "PDF" if prefix.startswith(b"%PDF") else sniff_format(prefix)  # pillow only writes PDF
+    if fmt is None:
+        return f"{p}: not a readable image (UnidentifiedImageError)"
+    return f"{p}: its format is {fmt}, which is not read here (image files may be {', '.join(formats)})"
+
+
 @contextmanager
 def _opened(p: Path, max_pixels: int, data: bytes | None = None,
-            formats: Sequence[str] | None = None) -> Iterator[Image.Image]:
+            formats: Sequence[str] | None = FILE_FORMATS) -> Iterator[Image.Image]:
     """``p`` opened with pillow after :func:`check_size` has judged its header; every failure
     inside (opening, decoding) becomes one ``ImageError`` naming the file and the problem.
 
     With ``data`` the image is those bytes, named ``p`` in messages (nothing is read from disk);
-    ``formats`` limits the decoders pillow may try (None: all)."""
+    ``formats`` limits the decoders pillow may try (default :data:`FILE_FORMATS`; None: all)."""
     if data is None:
         _check_file(p)
     elif not data:
         raise ImageError(f"{p}: empty file (0 bytes)")
     try:
         with pillow_limit(max_pixels) as arm, _pillow_notes(p), Image.open(
-                p if data is None else io.BytesIO(data), formats=formats) as im:
+                p if data is None else io.BytesIO(data), formats=None if formats is None else list(formats)) as im:
             w, h = im.size
             check_size(w, h, p, max_pixels=max_pixels)
             arm()
@@ -175,6 +250,8 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(p, max_pixels) from None
     except UnidentifiedImageError as exc:
+        if formats is FILE_FORMATS:
+            raise ImageError(_refused_format(p, data, formats)) from None
         if formats is not None:
             raise ImageError(f"{p}: not an image in a format read here ({', '.join(formats)})") from None
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
@@ -203,13 +280,19 @@ def to_numpy_pixels(img: Image.Image) -> np.ndarray:
     ``uint16`` for 16-bit grayscale (``I;16``), and already ``float32`` in [0,1] for 32-bit integer
     (``I``: its scale depends on its values) and float (``F``) data."""
     mode = img.mode
+    key = _colour_key(img)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(img).astype(np.uint16)  # native byte order
+        if key is not None:  # transparent: white, as alpha is composited
+            arr = np.where(arr == key, np.uint16(65535), arr)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.repeat((np.clip(arr / scale, 0, 1)).astype(np.float32)[..., None], 3, axis=2)
+        raw = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if raw.max(initial=0) > 255 else 255.0
+        arr = np.clip(raw / scale, 0, 1)
+        if key is not None:
+            arr = np.where(raw == key, 1.0, arr)
+        return np.repeat(arr.astype(np.float32)[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         if not np.isfinite(arr).all():  # np.clip keeps NaN: it would reach every method and metric
@@ -218,6 +301,9 @@ def to_numpy_pixels(img: Image.Image) -> np.ndarray:
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
+    elif key is not None and mode in ("1", "L", "RGB"):  # a transparency colour key: an alpha channel
+        img = img.convert("RGBA")
+        mode = img.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -225,6 +311,93 @@ def to_numpy_pixels(img: Image.Image) -> np.ndarray:
     elif mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
+
+
+def _colour_key(img: Image.Image) -> int | tuple[int, int, int] | None:
+    """The transparency colour key of a non-palette image (PNG ``tRNS``, ``info["transparency"]``):
+    a sample value for grayscale, an ``(r, g, b)`` triple for RGB; None when there is none or it
+    does not fit the mode (then it is ignored)."""
+    key = img.info.get("transparency")
+    if img.mode == "RGB":
+        ok = isinstance(key, tuple) and len(key) == 3 and all(isinstance(v, int) for v in key)
+    elif img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+        ok = isinstance(key, int) and not isinstance(key, bool)
+    else:
+        ok = False
+    return key if ok else None
+
+
+#: How an ICC profile's colour space (``xcolor_space``) is applied: the pillow modes whose pixels
+#: it fits, and the mode they are converted to first (None: as they are).
+_ICC_FITS = {
+    "RGB": {"RGB": None, "RGBA": None, "RGBX": "RGB", "RGBa": "RGBA", "P": None, "PA": "RGBA",
+            "YCbCr": "RGB"},
+    "GRAY": {"L": None, "LA": None, "La": "LA", "1": "L"},
+    "CMYK": {"CMYK": None},
+}
+
+
+def _srgb_profile() -> object:
+    from PIL import ImageCms
+
+    global _SRGB
+    if _SRGB is None:
+        _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    return _SRGB
+
+
+_SRGB: object = None
+
+
+def to_srgb(img: Image.Image, where: object) -> Image.Image:
+    """``img`` converted from its embedded ICC profile (``info["icc_profile"]``) to sRGB, as ``RGB``
+    or ``RGBA`` (alpha kept), by the module's rule; ``img`` itself when it has no profile. A
+    profile that cannot be used is reported once (``warning:`` naming ``where``) and ``img`` is
+    returned: its pixels are then taken as sRGB."""
+    icc = img.info.get("icc_profile")
+    if not icc:
+        return img
+    try:
+        from PIL import ImageCms
+    except ImportError:  # pillow built without littlecms
+        _note_once(where, "its ICC profile is not applied (this pillow has no littlecms); colours taken as sRGB")
+        return img
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = str(src.profile.xcolor_space).strip()
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
+        _note_once(where, "its ICC profile is damaged and not applied; colours taken as sRGB")
+        return img
+    fits = _ICC_FITS.get(space, {})
+    if img.mode not in fits:
+        if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+            why = f"is not applied to {img.mode} (high bit depth) grayscale"
+        else:
+            why = f"({space or '?'}) does not fit its {img.mode} pixels and is not applied"
+        _note_once(where, f"its ICC profile {why}; colours taken as sRGB")
+        return img
+    first = fits[img.mode]
+    if img.mode == "P":
+        first = "RGBA" if "transparency" in img.info else "RGB"
+    elif _colour_key(img) is not None:  # the key names encoded values: make it alpha before converting
+        first = "LA" if space == "GRAY" else "RGBA"
+    if first is not None:
+        img = img.convert(first)
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+    base = img.convert("L") if img.mode == "LA" else img
+    out_mode = "RGBA" if base.mode == "RGBA" else "RGB"
+    try:
+        transform = ImageCms.buildTransform(src, _srgb_profile(), base.mode, out_mode,
+                                            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+        out = ImageCms.applyTransform(base, transform)
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
+        _note_once(where, f"its ICC profile ({space}) cannot convert its pixels to sRGB and is not applied; "
+                          "colours taken as sRGB")
+        return img
+    assert out is not None
+    if alpha is not None and out.mode != "RGBA":
+        out.putalpha(alpha)
+    return out
 
 
 def pixels_to_float(arr: np.ndarray) -> np.ndarray:
@@ -250,21 +423,24 @@ def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(pixels_to_float(pixels.cpu().numpy()))
 
 
-def _pixels(im: Image.Image) -> torch.Tensor:
+def _pixels(im: Image.Image, where: object) -> torch.Tensor:
+    icc = im.info.get("icc_profile")
     im = ImageOps.exif_transpose(im)
     im.load()
-    arr = to_numpy_pixels(im)
+    if icc and not im.info.get("icc_profile"):
+        im.info["icc_profile"] = icc
+    arr = to_numpy_pixels(to_srgb(im, where))
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
 
-def _decoded(im: Image.Image) -> torch.Tensor:
-    return pixels_to_image(_pixels(im))
+def _decoded(im: Image.Image, where: object) -> torch.Tensor:
+    return pixels_to_image(_pixels(im, where))
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read one file as ``1×3×H×W`` float32 in [0,1]; raises ``ImageError`` naming the file."""
     with _opened(Path(path), max_pixels) as im:
-        return _decoded(im)
+        return _decoded(im, path)
 
 
 # The still-image formats of IMAGE_EXTS: what an image sent over a network may be decoded as.
@@ -280,7 +456,7 @@ def read_image_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PI
     from a network).
     """
     with _opened(Path(name), max_pixels, data=data, formats=formats) as im:
-        return _decoded(im)
+        return _decoded(im, name)
 
 
 def read_pixels_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -289,7 +465,7 @@ def read_pixels_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_P
     uint16 for 16-bit grayscale, float32 otherwise; see :func:`to_numpy_pixels`): a quarter of the
     memory for most images. :func:`pixels_to_image` makes the image, bit for bit."""
     with _opened(Path(name), max_pixels, data=data, formats=formats) as im:
-        return _pixels(im)
+        return _pixels(im, name)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -358,6 +534,33 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: in
     return p
 
 
+def _broken_image_link(q: Path) -> bool:
+    """A symbolic link with an image extension (:data:`IMAGE_EXTS`) that leads nowhere (dangling,
+    or a loop): listed as an input, so that it fails with its own line instead of vanishing."""
+    return q.suffix.lower() in IMAGE_EXTS and q.is_symlink() and not q.exists()
+
+
+def _is_list_spec(s: str) -> bool:
+    return s.startswith("@") or (s.endswith(".txt") and Path(s).is_file())
+
+
+def _is_glob_spec(s: str) -> bool:
+    return any(ch in s for ch in "*?[") and not Path(s).exists()
+
+
+def listing_folders(spec: str | os.PathLike[str]) -> list[Path]:
+    """The folders whose contents decide what ``spec`` lists, each time it is expanded: the folder
+    of a folder spec, the folders of a glob's matches; none for a file or a list file (their
+    inputs are named). An output folder among them would feed each run's outputs to the next."""
+    s = str(spec)
+    if _is_list_spec(s):
+        return []
+    if _is_glob_spec(s):
+        return sorted({Path(q).parent for q in globmod.glob(s)})
+    p = Path(s)
+    return [p] if p.is_dir() else []
+
+
 def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     """Expand an input spec: a file, a folder (sorted, non-recursive), a glob, or ``@list.txt``.
 
@@ -365,9 +568,15 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     are skipped; relative paths are taken from the list file's folder. A path that exists is taken
     as it is, even with glob characters in its name (``face[1].png``, ``set[2024]/``): only a spec
     that names nothing is a pattern.
+
+    A folder lists its files (symbolic links to files included) whose extension is in
+    :data:`IMAGE_EXTS` — or, when none has such an extension, all its files; hidden names (``.x``)
+    and sub-folders (even one named ``x.png``) are left out. A glob takes the files it matches. In
+    both, a symbolic link with an image extension that leads nowhere (dangling, or a loop) is
+    listed, so that it fails with its own line.
     """
     s = str(spec)
-    if s.startswith("@") or (s.endswith(".txt") and Path(s).is_file()):
+    if _is_list_spec(s):
         lst = Path(s[1:] if s.startswith("@") else s)
         if not lst.is_file():
             raise ImageError(f"{lst}: list file not found")
@@ -378,16 +587,21 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
                 continue
             q = Path(line)
             paths.append(q if q.is_absolute() else lst.parent / q)
-    elif any(ch in s for ch in "*?[") and not Path(s).exists():
-        paths = [Path(p) for p in sorted(globmod.glob(s)) if Path(p).is_file()]
+    elif _is_glob_spec(s):
+        paths = [Path(p) for p in sorted(globmod.glob(s)) if Path(p).is_file() or _broken_image_link(Path(p))]
         if not paths:
             raise ImageError(f"{s}: the pattern matches no file")
     else:
         p = Path(s)
         if p.is_dir():
-            paths = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+            try:
+                entries = sorted(q for q in p.iterdir() if not q.name.startswith("."))
+            except OSError as exc:
+                raise ImageError(describe_os_error(exc, p, action="list")) from None
+            files = [q for q in entries if q.is_file()]
             # Folders hold other files too: only take image-like names (bad images still fail later).
-            paths = [q for q in paths if q.suffix.lower() in IMAGE_EXTS] or paths
+            images = [q for q in entries if (q.is_file() and q.suffix.lower() in IMAGE_EXTS) or _broken_image_link(q)]
+            paths = images or files
         elif p.exists():
             paths = [p]
         else:

@@ -145,21 +145,32 @@ def test_an_output_larger_than_its_format_holds_fails_before_the_work(tmp_path, 
     assert [p.name for p in (tmp_path / "o").iterdir()] == [f"small.{ext}"]
 
 
-def test_inputs_are_never_overwritten(hr_folder):
+def _listed(folder: Path, tmp_path: Path) -> str:
+    """``@list``: the folder's files named one by one (a list may name inputs in the output folder)."""
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(folder.iterdir())))
+    return f"@{listing}"
+
+
+def test_inputs_are_never_overwritten(hr_folder, tmp_path):
     before = (hr_folder / "img0.png").read_bytes()
-    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(hr_folder),
+    r = invoke("run", "bicubic", "--scale", "2", "--input", _listed(hr_folder, tmp_path), "--output", str(hr_folder),
                "--overwrite", "--json")
     assert r.exit_code == 1 and "refusing to overwrite an input" in r.stderr
     assert (hr_folder / "img0.png").read_bytes() == before
+    # The folder itself as both input and output is refused before any work (each rerun would take
+    # the last run's outputs for new inputs).
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(hr_folder), "--output", str(hr_folder))
+    assert r.exit_code == 2 and (hr_folder / "img0.png").read_bytes() == before
 
 
 @pytest.mark.parametrize("command", [["run", "bicubic", "--scale", "2"], ["degrade", "--spec", "bicubic:2"]])
-def test_an_input_is_not_taken_for_its_own_finished_output(hr_folder, command):
-    """--output == the input folder, without --overwrite: an output name that is an input file is
-    that input's failure (exit 1), not 'skipped (exists)' with exit 0; other inputs are written."""
+def test_an_input_is_not_taken_for_its_own_finished_output(hr_folder, command, tmp_path):
+    """Inputs listed from the output folder, without --overwrite: an output name that is an input
+    file is that input's failure (exit 1), not 'skipped (exists)' with exit 0; others are written."""
     Image.open(hr_folder / "img3.png").save(hr_folder / "photo.jpg")
     before = (hr_folder / "img0.png").read_bytes()
-    r = invoke(*command, "--input", str(hr_folder), "--output", str(hr_folder), "--json")
+    r = invoke(*command, "--input", _listed(hr_folder, tmp_path), "--output", str(hr_folder), "--json")
     assert r.exit_code == 1, r.output
     summary = json.loads(r.stdout)
     assert summary["skipped"] == []

@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import types
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -602,6 +603,61 @@ def test_only_faces_accounts_for_a_photo_without_a_face(plugin_site, tmp_path, a
             assert "no face" in r.output.strip().splitlines()[-1]
         assert sum(expect.values()) == 2
     assert sorted(p.name for p in (tmp_path / "crops").glob("*.png")) == ["face_face0.png"]
+
+
+@pytest.mark.parametrize("only_faces", [False, True])
+def test_the_sidecar_is_written_after_the_images_so_a_failed_save_leaves_none(plugin_site, tmp_path, monkeypatch,
+                                                                               only_faces):
+    """`run --faces detect`: the sidecar marks a photo done, so it comes last. A save that fails (or
+    Ctrl-C while a large PNG is encoded) leaves no `<stem>.json` without its images; an image saved
+    before the interruption, without its sidecar, is not taken for a finished photo: the re-run
+    writes the rest and the sidecar."""
+    import errno
+
+    import restorekit.batch as batch
+    from restorekit.cli import build_cli
+
+    plugin_site("thirdparty-facesharp", "thirdparty_facesharp", WIDE_DETECTOR)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save_image(torch.rand(1, 3, 240, 320, generator=torch.Generator().manual_seed(0)), photos / "b0.png")
+    out = tmp_path / "out"
+    args = ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos), "--output", str(out), "--faces",
+            "detect", "--detector", "wide3p", "--n-samples", "2", "--json"] + (["--only-faces"] if only_faces else [])
+    first = "b0_face0_s0.png" if only_faces else "b0_s0.png"
+    real_save = batch.save_image
+
+    def disk_full(image, path, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(batch, "save_image", disk_full)
+    r = CliRunner().invoke(build_cli(), args)
+    assert r.exit_code == 1, r.output
+    assert sorted(p.name for p in out.iterdir()) == []  # no sidecar without its images
+
+    def first_only(image, path, **kw):  # the second sample's save is interrupted
+        if Path(path).name != first:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(image, path, **kw)
+
+    monkeypatch.setattr(batch, "save_image", first_only)
+    r = CliRunner().invoke(build_cli(), args)
+    assert r.exit_code == 1, r.output
+    assert sorted(p.name for p in out.iterdir()) == [first]
+
+    monkeypatch.setattr(batch, "save_image", real_save)
+    r = CliRunner().invoke(build_cli(), args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [Path(w).name for w in doc["written"]] == [first.replace("_s0", "_s1")]
+    assert sorted(p.name for p in out.iterdir()) == sorted([first, first.replace("_s0", "_s1"), "b0.json"])
+    assert json.loads((out / "b0.json").read_text())["faces_restored"] == 1
+    r = CliRunner().invoke(build_cli(), args)  # now finished: skipped
+    assert r.exit_code == 0 and json.loads(r.stdout)["written"] == [], r.output
+
+    (out / "b0.json").unlink()  # images there, sidecar not (interrupted just before it): done again
+    r = CliRunner().invoke(build_cli(), args)
+    assert r.exit_code == 0 and (out / "b0.json").is_file(), r.output
 
 
 @pytest.mark.parametrize("size,scale", [(16, 8), (32, 4), (64, 2)])

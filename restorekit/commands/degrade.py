@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from ..batch import process_files
+from ..batch import check_output_folder, process_files
 from ..cli import emit_json, error_line, fail_usage
 from ..degradations import parse_spec
 from ..errors import RestorekitError
@@ -40,6 +40,7 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     try:
         chain = parse_spec(spec)
         items = list_inputs(input_spec)
+        check_output_folder(input_spec, output)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return

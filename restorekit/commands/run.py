@@ -8,7 +8,7 @@ from typing import Any
 import click
 import torch
 
-from ..batch import check_inputs, process_files
+from ..batch import check_inputs, check_output_folder, process_files
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError, exception_line
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
@@ -90,6 +90,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         try:
             cls = method_class(method)
             values = method_values(cls, opts, weights)
+            if quiet and "quiet" in cls.Options.model_fields and "quiet" not in values:
+                values["quiet"] = True  # -q: the method's own notes and progress too (pulse's)
             validate_options(cls, values)
             probe = cls(validate_options(cls, values))
             try:
@@ -100,6 +102,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             if n_samples > 1 and cls.info.deterministic and job.is_main:
                 warn(f"{method} is deterministic: its {n_samples} samples will be identical")
             items = list_inputs(input_spec)
+            check_output_folder(input_spec, output)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         if not items:

@@ -494,7 +494,8 @@ def _nothing_to_write(why: str) -> Any:
 def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
     """Output stems (before sample suffixes) a finished photo has: ``<stem>``, or with
     ``only_faces`` one ``<stem>_face<i>`` per face its sidecar lists as restored (a photo without
-    a sidecar, or whose sidecar does not parse, is not finished). A photo whose sidecar lists no
+    a sidecar, or whose sidecar does not parse, is not finished: ``run_detect`` asks for the
+    sidecar too, since it is written after the images). A photo whose sidecar lists no
     restored face raises :class:`~restorekit.batch.SkipInput` (done before, nothing to write)."""
     if not only_faces:
         return [stem]
@@ -527,8 +528,9 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                backend: str = "torch") -> None:
     """The body of ``restorekit run --faces detect``: every photo through :class:`FacePipeline`.
 
-    Writes the outputs of :func:`photo_outputs` and ``<stem>.json`` per photo; exits like
-    ``run`` (0, or 1 when some inputs failed).
+    Writes the outputs of :func:`photo_outputs` and then ``<stem>.json`` per photo (atomically,
+    last: a photo is finished once its sidecar is there, so an interrupted one is done again);
+    exits like ``run`` (0, or 1 when some inputs failed).
     """
     from pathlib import Path
 
@@ -565,21 +567,30 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                                       warn=None if quiet else warn)
         sidecar = {"input": str(item.path), "method": method.info.name, **sidecar}
         sidecars[str(item.path)] = sidecar
-        atomic_write_bytes(outdir / f"{item.stem}.json", (sidecar_json(sidecar) + "\n").encode())
         if only_faces and not outs:  # counted as skipped, with the reason, not lost from the summary
+            write_sidecar(item)  # nothing else to write: the sidecar marks the photo done
             raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))
         if couple and not only_faces:
             outs = [(stem, side_by_side(image, out)) for stem, out in outs]
         return outs
 
+    def write_sidecar(item: Any) -> None:
+        """After the photo's images are saved (process_files' ``finish``): never a sidecar without them."""
+        atomic_write_bytes(outdir / f"{item.stem}.json", (sidecar_json(sidecars[str(item.path)]) + "\n").encode())
+
     def expected(item: Any) -> list[str]:
         suffixes = [""] if n_samples == 1 else [f"_s{j}" for j in range(n_samples)]
         return [f"{first}{sfx}" for first in _expected_firsts(outdir, item.stem, only_faces) for sfx in suffixes]
 
+    def finished(item: Any) -> bool:
+        """A photo whose images exist is done only with its sidecar (written last)."""
+        return (outdir / f"{item.stem}.json").is_file()
+
     result = process_files(items, outdir, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                            quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
                            expected=expected, report=lambda item: sidecars.get(str(item.path)),
-                           out_scale=scale, n_outputs=n_samples, max_output_pixels=max_output_pixels)
+                           out_scale=scale, n_outputs=n_samples, max_output_pixels=max_output_pixels,
+                           finish=write_sidecar, finished=finished)
     if not current_job().is_main:  # under torchrun, rank 0 prints the whole job's summary
         raise SystemExit(result.exit_code)
     if as_json:

@@ -218,12 +218,14 @@ class Pulse(Method):
         return res // scale if res % scale == 0 and res // scale >= MIN_FACE_CROP else None
 
     def _note_resize(self, res: int, h: int, w: int) -> None:
+        """Once per output size, unless ``quiet`` (``run -q`` sets it): sizes are width×height, as
+        restorekit writes them everywhere. ``run`` has said the rule once already (:attr:`notes`)."""
         key = (res, h, w)
         if key in self._noted:
             return
         self._noted.add(key)
         if not self.options.quiet:
-            print(f"pulse: resizing the generator's {res}×{res} output to {h}×{w} (scale×input, "
+            print(f"pulse: resizing the generator's {res}×{res} output to {w}×{h} (scale×input, "
                   "antialiased bicubic); keep_native_size=true (from Python) keeps it", file=sys.stderr)
 
     def _progress(self, label: str):  # type: ignore[no-untyped-def]
