@@ -83,6 +83,9 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 if v is not None and v is not False]
         if used:
             fail_usage(f"{', '.join(used)} only apply with --faces detect")
+    elif only_faces and couple:  # a crop has no input of its own to stand beside: refused, not dropped
+        fail_usage("--couple pairs a photo with its restoration; with --only-faces there is no photo to pair "
+                   "each restored face with: drop one of them")
     if onnx_path is not None and backend != "onnxruntime":
         fail_usage("--onnx only applies with --backend onnxruntime")
 
