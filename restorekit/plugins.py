@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,6 +141,15 @@ class Registry:
         self.refused: dict[str, list[str]] = {}
         # Names RESTOREKIT_LOAD_PLUGINS lists that no installed plugin declares (a typo loads nothing).
         self.not_installed: list[str] = []
+        # ... and for each of them " (did you mean 'x'?)" when an installed plugin's name is close.
+        self.not_installed_hints: dict[str, str] = {}
+        # (kind, name) -> the plugins that all registered it (and are broken for it): nobody's name,
+        # but not free either (`plugin new` refuses it).
+        self.clashed: dict[tuple[str, str], list[str]] = {}
+        # Whether add_commands has run the command hooks (the conformance cases run them when the
+        # CLI has not), and per plugin the command paths ('hello', 'train mytrainer') it added.
+        self.commands_checked = False
+        self.added_commands: dict[str, list[tuple[str, Any]]] = {}
         self._registry_weights: dict[str, Any] | None = None
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
@@ -175,6 +185,7 @@ class Registry:
                 del self.items[kind][name]
                 del self.owner[kind][name]
         self.commands = [c for c in self.commands if c.plugin != plugin]
+        self.added_commands.pop(plugin, None)
         rec = self.plugins.get(plugin)
         if rec is not None:
             rec.status = f"broken: {reason}"
@@ -188,7 +199,9 @@ class Registry:
             label = kind[:-1].replace("_", " ")
             known = ", ".join(names) if names else "none registered"
             limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
-            limited = f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded)" if limit is not None else ""
+            typos = "".join(f"; '{n}' is not installed{self.not_installed_hints.get(n, '')}" for n in self.not_installed)
+            limited = (f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded{typos})"
+                       if limit is not None else "")
             raise UnknownNameError(
                 f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{limited}") from None
 
@@ -261,9 +274,31 @@ def _make_register(reg: Registry, kind: str, collected: _Collected) -> Callable[
     return register
 
 
+#: The names restorekit calls hooks by (``restorekit.hookspecs``).
+HOOK_NAMES = tuple(f"register_{k}" for k in KINDS) + ("register_commands",)
+
+
+def unknown_hooks(plugin_obj: Any) -> list[str]:
+    """The plugin's public ``register_*`` functions that no hook is called by (a misspelt hook, such as
+    ``register_method``, registers nothing), each as ``'name' (did you mean 'x'?)``."""
+    import inspect
+
+    names = vars(plugin_obj) if isinstance(plugin_obj, type(sys)) else {
+        n: getattr(plugin_obj, n, None) for n in dir(plugin_obj)}
+    return [f"'{n}'{suggest(n, list(HOOK_NAMES))}" for n, obj in sorted(names.items())
+            if n.startswith("register_") and n not in HOOK_NAMES and inspect.isfunction(obj)]
+
+
 def _collect_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> _Collected:
     """Call every hook this plugin implements and return what it registered, leaving ``reg`` as it
-    was; raises whatever broke the plugin (also a refused registration the plugin caught)."""
+    was; raises whatever broke the plugin (also a refused registration the plugin caught, a
+    ``register_*`` function no hook is called by, and a plugin that registers nothing at all)."""
+    unknown = unknown_hooks(plugin_obj)
+    if unknown:
+        what = ("is not a restorekit hook: restorekit never calls it" if len(unknown) == 1 else
+                "are not restorekit hooks: restorekit never calls them")
+        hooks = "" if all("did you mean" in u for u in unknown) else f" (the hooks are {', '.join(HOOK_NAMES)})"
+        raise PluginError(f"{', '.join(unknown)} {what}, so it registers nothing{hooks}")
     collected = _Collected(record)
     for kind in KINDS:
         fn = getattr(plugin_obj, f"register_{kind}", None)
@@ -273,6 +308,10 @@ def _collect_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> _Co
     if refused:  # the plugin caught the error and went on: it is still broken
         raise PluginError(refused[0])
     collected.commands = getattr(plugin_obj, "register_commands", None)
+    if not collected.entries and collected.commands is None:
+        hooks = [h for h in HOOK_NAMES if getattr(plugin_obj, h, None) is not None]
+        raise PluginError("registers nothing: " + (f"its hooks ({', '.join(hooks)}) registered no entry" if hooks else
+                          f"it defines none of the hooks {', '.join(HOOK_NAMES)}"))
     return collected
 
 
@@ -288,10 +327,10 @@ def _add_collected(reg: Registry, collected: _Collected) -> None:
         reg.commands.append(PluginCommands(record.name, collected.commands))
 
 
-def _clashes(collected: list[_Collected]) -> dict[str, str]:
+def _clashes(collected: list[_Collected], clashed: dict[tuple[str, str], list[str]] | None = None) -> dict[str, str]:
     """Plugin -> the one line saying which of its names other plugins register too (by kind, then
     name; plugins by name), for every plugin in ``collected`` that shares a name. Depends on the
-    set of plugins only, not on their order."""
+    set of plugins only, not on their order. ``clashed`` receives each shared name's claimants."""
     claims: dict[tuple[str, str], list[str]] = {}
     for c in collected:
         for key in c.entries:
@@ -300,6 +339,8 @@ def _clashes(collected: list[_Collected]) -> dict[str, str]:
     for (kind, name), owners in sorted(claims.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1])):
         if len(owners) > 1:
             message = _clash_message(kind, name, sorted(owners))
+            if clashed is not None:
+                clashed[(kind, name)] = sorted(owners)
             for plugin in owners:
                 lines.setdefault(plugin, []).append(message)
     return {plugin: "; ".join(messages) for plugin, messages in lines.items()}
@@ -400,9 +441,14 @@ def load_registry(strict: bool | None = None) -> Registry:
     for ep in found:
         claimants.setdefault(ep.name, []).append(ep.dist.name if ep.dist else "?")
     reg.not_installed = sorted((allowed or set()) - set(claimants) - {BUILTIN})
+    reg.not_installed_hints = {n: suggest(n, sorted(claimants)) for n in reg.not_installed}
     if reg.not_installed and strict:
-        raise PluginError(f"RESTOREKIT_LOAD_PLUGINS names {', '.join(reg.not_installed)}, which no installed plugin "
-                          f"declares (installed: {', '.join(sorted(claimants)) or 'none'})")
+        named = ", ".join(f"{n}{reg.not_installed_hints[n]}" for n in reg.not_installed)
+        raise PluginError(f"RESTOREKIT_LOAD_PLUGINS names {named}, which no installed plugin declares (installed: "
+                          f"{', '.join(sorted(claimants)) or 'none'})")
+    for n in reg.not_installed:  # a typo loads nothing: say so at once, with the likely name
+        print(f"restorekit: warning: RESTOREKIT_LOAD_PLUGINS names '{n}', which no installed plugin declares"
+              f"{reg.not_installed_hints[n]}", file=sys.stderr)
     for ep in found:
         if allowed is not None and ep.name not in allowed:
             continue
@@ -448,7 +494,7 @@ def load_registry(strict: bool | None = None) -> Registry:
             finally:
                 rec.load_seconds = time.perf_counter() - t0
     # The merge: a name two plugins register is neither's, whichever loaded first.
-    clashes = _clashes(collected)
+    clashes = _clashes(collected, reg.clashed)
     for c in collected:
         name, rec = c.record.name, c.record
         if name not in clashes:
@@ -463,67 +509,262 @@ def load_registry(strict: bool | None = None) -> Registry:
     return reg
 
 
-def _command_tree(group: Any) -> dict[int, tuple[Any, dict[str, Any]]]:
-    """Every click group under ``group`` with a copy of its commands (to compare and restore)."""
+# click group -> {command name: the plugin whose hook added it}; a command no plugin added is the
+# core's. Kept across CLIs, so a plugin may add its own commands again (a second CLI in one process)
+# but never replace anyone else's.
+_OWNERS: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def command_owner(group: Any, name: str) -> str:
+    """The plugin that added ``group``'s command ``name`` (``restorekit``: the core's own)."""
+    return _OWNERS.get(group, {}).get(name, BUILTIN)
+
+
+@dataclass
+class _Node:
+    """A click group of the CLI, where it sits (``''``: the root, ``'bench'``) and a copy of its commands."""
+
+    group: Any
+    path: str
+    commands: dict[str, Any]
+
+
+def _command_tree(root: Any) -> dict[int, _Node]:
+    """Every click group under ``root`` with a copy of its commands (to compare and restore)."""
     import click
 
-    seen: dict[int, tuple[Any, dict[str, Any]]] = {}
+    seen: dict[int, _Node] = {}
 
-    def walk(g: Any) -> None:
+    def walk(g: Any, path: str) -> None:
         if id(g) in seen:
             return
-        seen[id(g)] = (g, dict(g.commands))
-        for c in list(g.commands.values()):
+        seen[id(g)] = _Node(g, path, dict(g.commands))
+        for name, c in list(g.commands.items()):
             if isinstance(c, click.Group):
-                walk(c)
+                walk(c, f"{path} {name}".strip())
 
-    walk(group)
+    walk(root, "")
     return seen
 
 
-# (id of a click group, command name) -> the plugin whose hook added it, so a plugin may add its
-# own commands again (a second CLI in one process) but never replace anyone else's.
-_COMMAND_OWNERS: dict[tuple[int, str], str] = {}
+def _public(obj: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_") and k != "commands"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and isinstance(a, (str, int, float, bool, tuple, frozenset)) and a == b)
+
+
+@dataclass
+class _Snapshot:
+    """One existing command as it was before a plugin's hook: its attributes, parameters and theirs."""
+
+    cmd: Any
+    path: str
+    owner: str
+    attrs: dict[str, Any]
+    params: list[Any]
+    param_attrs: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, cmd: Any, path: str, owner: str) -> _Snapshot:
+        params = list(getattr(cmd, "params", []))
+        return cls(cmd, path, owner, _public(cmd), params, [_public(p) for p in params])
+
+    def changes(self) -> list[str]:
+        """What the hook changed: attribute names (``params`` for options added, removed or altered)."""
+        now = _public(self.cmd)
+        out = sorted(k for k in set(now) | set(self.attrs) if k != "params"
+                     and (k not in now or k not in self.attrs or not _same(now[k], self.attrs[k])))
+        params = list(getattr(self.cmd, "params", []))
+        if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params)) or any(
+                set(_public(p)) != set(saved) or not all(_same(_public(p)[k], v) for k, v in saved.items())
+                for p, saved in zip(params, self.param_attrs)):
+            out.append("params")
+        return out
+
+    def restore(self) -> None:
+        for k in [k for k in _public(self.cmd) if k not in self.attrs]:
+            delattr(self.cmd, k)
+        for k, v in self.attrs.items():
+            setattr(self.cmd, k, v)
+        if isinstance(getattr(self.cmd, "params", None), list):
+            self.cmd.params[:] = self.params
+        for p, saved in zip(self.params, self.param_attrs):
+            for k in [k for k in _public(p) if k not in saved]:
+                delattr(p, k)
+            for k, v in saved.items():
+                setattr(p, k, v)
+
+
+def _snapshots(root: Any, tree: dict[int, _Node]) -> list[_Snapshot]:
+    out = {id(root): _Snapshot.of(root, BUILTIN, BUILTIN)}  # the main command: its options and help
+    for node in tree.values():
+        for name, cmd in node.commands.items():
+            if id(cmd) not in out:
+                out[id(cmd)] = _Snapshot.of(cmd, f"{node.path} {name}".strip(), command_owner(node.group, name))
+    return list(out.values())
+
+
+def _command_clash(path: str, plugins: list[str]) -> str:
+    """The line for a command two or more hooks add (the core first, then plugins by name)."""
+    quoted = (["the core ('restorekit')"] if BUILTIN in plugins else []) + [
+        f"'{p}'" for p in sorted(set(plugins) - {BUILTIN})]
+    both = f"both {quoted[0]} and {quoted[1]}" if len(quoted) == 2 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+    return f"command '{path}' is added by {both}"
+
+
+def _remove_owned(root: Any, plugin: str) -> None:
+    """Take every command ``plugin`` added out of the CLI under ``root``."""
+    for node in _command_tree(root).values():
+        owners = _OWNERS.get(node.group, {})
+        for name in [n for n, o in owners.items() if o == plugin]:
+            node.group.commands.pop(name, None)
+            del owners[name]
 
 
 def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None:
     """Let each plugin add its subcommands to ``cli``, isolated like loading.
 
-    A plugin's hook may add commands and sub-commands; one that raises (anything but the
-    user's Ctrl-C) or replaces or removes a command it did not add itself is undone, listed as
-    broken and loses all its registrations.
+    A plugin's hook may add commands and sub-commands. One that raises (anything but the user's
+    Ctrl-C), removes or changes a command it did not add (its options, help or callback), or adds a
+    command the core has, is undone, listed as broken and loses all its registrations. A command
+    two plugins add is neither's, whichever runs first: both are broken with one line naming both
+    (as for a method name). A plugin whose only hook, ``register_commands``, adds nothing is
+    broken too ("registers nothing"). What each plugin adds is recorded (``reg.added_commands``,
+    and ``commands`` in what ``restorekit plugins`` lists).
     """
+    import click
+
     strict = _strict_from_env() if strict is None else strict
+    reg.commands_checked = True
+    # (id of group, name) -> (path, the plugins that added it): a command two plugins add stays
+    # contested after both are broken, so a third one adding it is broken too.
+    contested: dict[tuple[int, str], tuple[str, list[str]]] = {}
     for entry in list(reg.commands):
-        before = _command_tree(cli)
+        plugin = entry.plugin
+        rec = reg.plugins.get(plugin)
+        if rec is not None and rec.status != "ok":
+            continue  # broken meanwhile: another plugin's hook added one of its commands
+        tree = _command_tree(cli)
+        snaps = _snapshots(cli, tree)
+        reasons: list[str] = []
+        partners: dict[str, str] = {}  # other plugin -> the line that breaks it too
         with user_interrupts() as pressed:
             try:
                 with contextlib.redirect_stdout(sys.stderr):
                     entry(cli=cli)
-                changed = [f"'{name}'" for g, cmds in before.values() for name, cmd in cmds.items()
-                           if g.commands.get(name) is not cmd
-                           and _COMMAND_OWNERS.get((id(g), name)) != entry.plugin]
-                if changed:
-                    raise PluginError(f"its commands replace or remove existing commands {', '.join(changed)}")
-                for g, cmds in _command_tree(cli).values():
-                    for name, cmd in cmds.items():
-                        if id(g) in before:  # a group it changed: what is new there is its own
-                            if before[id(g)][1].get(name) is not cmd:
-                                _COMMAND_OWNERS[(id(g), name)] = entry.plugin
-                        else:  # a group it attached may hold others' commands already
-                            _COMMAND_OWNERS.setdefault((id(g), name), entry.plugin)
-                continue
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt) and pressed():
                     raise
-                reason = failure_reason(exc) if not isinstance(exc, PluginError) else str(exc)
-        for g, cmds in before.values():  # undo whatever the hook did
-            g.commands.clear()
-            g.commands.update(cmds)
-        reg.drop_plugin(entry.plugin, f"register_commands: {reason}")
+                reasons.append(failure_reason(exc))
+        added: list[tuple[Any, str, str]] = []  # (group, name, path) new or replaced in groups that were there
+        if not reasons:
+            removed: list[str] = []
+            for node in tree.values():
+                for name, cmd in node.commands.items():
+                    now = node.group.commands.get(name)
+                    owner = command_owner(node.group, name)
+                    if now is cmd or owner == plugin:
+                        continue
+                    path = f"{node.path} {name}".strip()
+                    if now is None:
+                        removed.append(f"'{path}'")
+                    else:
+                        message = _command_clash(path, [owner, plugin])
+                        reasons.append(message)
+                        if owner != BUILTIN:
+                            partners[owner] = message
+                            contested[(id(node.group), name)] = (path, sorted([owner, plugin]))
+            if removed:
+                reasons.append(f"its commands replace or remove existing commands {', '.join(removed)}")
+            changed = [f"'{s.path}' ({', '.join(what)})" for s in snaps if s.owner != plugin
+                       for what in [s.changes()] if what]
+            if changed:
+                reasons.append(f"it changes existing commands it did not add: {', '.join(changed)}")
+            after = _command_tree(cli)
+            for key, node in after.items():
+                old = tree.get(key)
+                if old is None:
+                    continue  # a group it attached: listed by the path it is attached at
+                for name, cmd in node.group.commands.items():
+                    if old.commands.get(name) is not cmd:
+                        added.append((node.group, name, f"{node.path} {name}".strip()))
+                        claim = contested.get((id(node.group), name))
+                        if claim is not None and plugin not in claim[1]:
+                            claimants = sorted([*claim[1], plugin])
+                            contested[(id(node.group), name)] = (claim[0], claimants)
+                            message = _command_clash(claim[0], claimants)
+                            reasons.append(message)
+                            partners.update({p: message for p in claimants if p != plugin})
+            own = {f"{node.path} {name}".strip() for node in after.values() if id(node.group) in tree
+                   for name in node.group.commands if command_owner(node.group, name) == plugin}
+            if not reasons and not added and not own and rec is not None and not any(
+                    k != "commands" for k in rec.registers):
+                reasons.append("registers nothing: its register_commands added no command, and it has no other "
+                               "registrations")
+            if not reasons:
+                for g, name, _ in added:
+                    _OWNERS.setdefault(g, {})[name] = plugin
+                for key, node in after.items():
+                    if key not in tree:  # a group it attached may hold others' commands already
+                        for name in node.group.commands:
+                            _OWNERS.setdefault(node.group, {}).setdefault(name, plugin)
+                paths = sorted({path for _, _, path in added} | own)
+                reg.added_commands[plugin] = [(path, _resolve(cli, path)) for path in paths]
+                if rec is not None:
+                    rec.registers.pop("commands", None)
+                    if paths:
+                        rec.registers["commands"] = paths
+                continue
+        for node in tree.values():  # undo whatever the hook did
+            node.group.commands.clear()
+            node.group.commands.update(node.commands)
+        for snap in snaps:
+            if snap.changes():
+                snap.restore()
+        reason = "; ".join(dict.fromkeys(reasons))
+        for other, message in sorted(partners.items()):
+            _remove_owned(cli, other)
+            reg.drop_plugin(other, f"register_commands: {message}")
+        reg.drop_plugin(plugin, f"register_commands: {reason}")
         if strict:
-            rec = reg.plugins.get(entry.plugin)
-            raise PluginError(f"plugin '{entry.plugin}' ({rec.distribution if rec else '?'}) is broken: {reason}")
+            raise PluginError(f"plugin '{plugin}' ({rec.distribution if rec else '?'}) is broken: "
+                              f"register_commands: {reason}")
+
+
+def _resolve(root: Any, path: str) -> Any:
+    cmd = root
+    for part in path.split():
+        cmd = cmd.commands.get(part) if hasattr(cmd, "commands") else None
+    return cmd
+
+
+def core_cli() -> Any:
+    """A new ``restorekit`` command holding copies of the core's commands and none of the plugins':
+    what the conformance cases run the command hooks against, so that neither touches the other."""
+    import copy
+    import importlib
+
+    import click
+
+    from . import cli as cli_module
+
+    scratch = click.Group("restorekit")
+    for mod in cli_module.CORE_COMMAND_MODULES:
+        importlib.import_module(f"restorekit.commands.{mod}").attach(scratch)
+
+    def clone(cmd: Any) -> Any:
+        c = copy.copy(cmd)
+        c.params = list(cmd.params)
+        if isinstance(cmd, click.Group):  # a core group a plugin added to in this process: without that
+            c.commands = {name: clone(sub) for name, sub in cmd.commands.items()
+                          if command_owner(cmd, name) == BUILTIN}
+        return c
+
+    root = clone(cli_module.cli)
+    root.commands = {name: clone(sub) for name, sub in scratch.commands.items()}
+    return root
 
 
 _REGISTRY: Registry | None = None

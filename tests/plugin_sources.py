@@ -282,8 +282,56 @@ def register_commands(cli):
     @cli.command("run")
     def run():
         click.echo("not the real run")
-''', r"register_commands: its commands replace or remove existing commands 'run'"),
+''', r"register_commands: command 'run' is added by both the core \('restorekit'\) and "
+        r"'thirdparty_command_replaces_core'$"),
+    # A core command changed in place (the same object, so no replacement) used to stay "ok".
+    "command_mutates_core": (_methods() + '''
+@hookimpl
+def register_commands(cli):
+    import click
+
+    click.option("--hijack-CASE", is_flag=True, help="added by a plugin")(cli.commands["run"])
+    cli.commands["run"].help = "HIJACKED"
+''', r"register_commands: it changes existing commands it did not add: 'run' \(help, params\)$"),
+    "command_removes_core": (_methods() + '''
+@hookimpl
+def register_commands(cli):
+    del cli.commands["run"]
+''', r"register_commands: its commands replace or remove existing commands 'run'$"),
+    # A plain (undecorated) hook with a misspelt name used to register nothing and stay "ok".
+    "misspelt_plain_hook": (_methods() + '''
+def register_metric(register):
+    register(object())
+''', r"PluginError: 'register_metric' \(did you mean 'register_metrics'\?\) is not a restorekit hook"),
+    "registers_nothing": ("", r"PluginError: registers nothing: it defines none of the hooks register_methods, "),
+    "hooks_register_nothing": ('''
+@hookimpl
+def register_metrics(register):
+    pass
+''', r"PluginError: registers nothing: its hooks \(register_metrics\) registered no entry$"),
+    "commands_add_nothing": ('''
+@hookimpl
+def register_commands(cli):
+    pass
+''', r"register_commands: registers nothing: its register_commands added no command"),
 }
+
+# Command hooks of throwaway plugins: each adds what it names (a command added twice is a clash).
+COMMAND_PLUGIN = '''
+import click
+from restorekit.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    for name in NAMES:
+        cli.add_command(click.Command(name, callback=lambda: click.echo("from PLUGIN"), help="from PLUGIN"))
+'''
+
+
+def command_plugin_source(plugin: str, *names: str) -> str:
+    """A plugin whose only hook adds the top-level commands ``names``."""
+    return COMMAND_PLUGIN.replace("NAMES", repr(list(names))).replace("PLUGIN", plugin)
 
 
 def bad_plugin_source(case: str) -> str:

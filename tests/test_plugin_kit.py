@@ -7,6 +7,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -32,7 +33,7 @@ from restorekit.testing import (ConformanceError, check_degradation, check_encod
                                 collect_cases, conformance_cases, example_params, run_conformance)
 from restorekit.testing.data import smooth_image
 
-from plugin_sources import GOOD_PLUGIN
+from plugin_sources import GOOD_PLUGIN, command_plugin_source, write_plugin_dist
 
 
 def invoke(*args: str):
@@ -130,6 +131,115 @@ class UpMissingWeights(Up):
     info: ClassVar[MethodInfo] = MethodInfo(name="up_w", summary="s", requires_weights=("no-such-weights",))
 
 
+class UpFixedScale(Up):
+    """Calls check_scale, then upsamples ×2 whatever scale it is asked for."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        self.check_scale(scale)
+        return F.interpolate(lr, scale_factor=2, mode="nearest").clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class UpFixedScaleListed(UpFixedScale):
+    info: ClassVar[MethodInfo] = MethodInfo(name="up_fixed", summary="s", scales=(2, 4))
+
+
+class UpOnlyTwo(UpFixedScale):
+    info: ClassVar[MethodInfo] = MethodInfo(name="up_two", summary="s", scales=(2,))
+
+
+class UpSeedNone(Up):
+    """Deterministic, but seed=None (what `run` passes by default) takes another path."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, n_samples=n_samples)
+        return out * 0.5 if seed is None else out
+
+
+class UpMultiRange(Up):
+    """Deterministic; its n_samples output is ×255."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, n_samples=n_samples)
+        return out * 255 if n_samples > 1 else out
+
+
+class UpMutateLater(Up):
+    """Deterministic; modifies its input during the n_samples call only."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        if n_samples > 1:
+            lr.mul_(0.5)
+        return super().restore(lr, scale, n_samples=n_samples)
+
+
+class UpNoBatch(Up):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        if lr.shape[0] > 1:
+            raise RuntimeError("one image at a time")
+        return super().restore(lr, scale, n_samples=n_samples)
+
+
+class UpSamplesDiffer(Up):
+    """Declared deterministic, but its samples differ from each other."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, n_samples=n_samples)
+        return out * torch.linspace(1, 0.5, n_samples).repeat(lr.shape[0])[:, None, None, None]
+
+
+class Stoch(Up):
+    """A correct stochastic method: noise drawn from the seed (None: 0), samples image-major."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(name="stoch_kit", summary="noisy upscaling", deterministic=False)
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, n_samples=n_samples)
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        return (out + 0.02 * torch.rand(out.shape, generator=g)).clamp(0, 1)
+
+
+class StochSeedNone(Stoch):
+    """torch.Generator().manual_seed(None) raises: `run` without --seed crashed."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        torch.Generator().manual_seed(seed)
+        return super().restore(lr, scale, seed=seed, n_samples=n_samples)
+
+
+class StochMultiRange(Stoch):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, seed=seed, n_samples=n_samples)
+        return out * 255 if n_samples > 1 else out
+
+
+class StochHalf(Stoch):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, seed=seed, n_samples=n_samples)
+        return out.half() if n_samples > 1 else out
+
+
+class StochSampleMajor(Stoch):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = Up.restore(self, lr, scale).repeat(n_samples, 1, 1, 1)  # sample-major: wrong layout
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        return (out + 0.02 * torch.rand(out.shape, generator=g)).clamp(0, 1)
+
+
+class StochMutateLater(Stoch):
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        if n_samples > 1:
+            lr.mul_(0.5)
+        return super().restore(lr, scale, seed=seed, n_samples=n_samples)
+
+
+class StochBatchMean(Stoch):
+    """Normalises by the batch mean: an image's samples depend on the other images."""
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        out = super().restore(lr, scale, seed=seed, n_samples=n_samples)
+        return (out - out.mean() + 0.5).clamp(0, 1)
+
+
 def test_check_method_passes_a_correct_method():
     m = check_method(Up, options={"gain": 1.0})
     assert isinstance(m, Up) and m.options.gain == 1.0
@@ -148,10 +258,39 @@ def test_check_method_passes_a_correct_method():
     (UpBadDefault, "Options defaults are not valid values: ValidationError: .*gain"),
     (UpBadName, "method names use letters"),
     (UpMissingWeights, "no-such-weights"),
+    # A second scale: ×2 whatever it is asked for used to pass and fail in `run --scale 4`.
+    (UpFixedScale, r"one image at scale 3 gave output shape \(1, 3, 24, 20\), expected \(1, 3, 36, 30\)"),
+    (UpFixedScaleListed, r"one image at scale 4 gave output shape \(1, 3, 24, 20\), expected \(1, 3, 48, 40\)"),
+    # seed=None, as `run` passes without --seed.
+    (UpSeedNone, "declared deterministic but seed=None gives another output than seed=0"),
+    (StochSeedNone, r"stoch_kit: restore raised on the 2-image batch with seed=None: RuntimeError: manual_seed"),
+    # Every call's output and input are checked, also the n_samples ones of stochastic methods.
+    (StochMultiRange, r"output leaves \[0,1\] for .*n_samples=2 \(min .*, max 2"),
+    (StochHalf, r"output must be float32, got torch.float16 for .*n_samples=2"),
+    (StochSampleMajor, "n_samples must be image-major"),
+    (StochMutateLater, r"restore\(\) on .*n_samples=2 modified its input in place"),
+    (StochBatchMean, "an image's samples must not depend on the other images"),
+    # The real problem, not "image-major"; and which call raised.
+    (UpMultiRange, r"output leaves \[0,1\] for .*n_samples=2"),
+    (UpMutateLater, r"restore\(\) on .*n_samples=2 modified its input in place"),
+    (UpSamplesDiffer, "declared deterministic but its n_samples=2 samples are not its one output repeated"),
+    (UpNoBatch, r"up_kit: restore raised on the 2-image batch \(scale 2, seed 0\): RuntimeError: one image at a time"),
 ])
 def test_check_method_catches_each_broken_contract(cls, message):
     with pytest.raises(ConformanceError, match=message):
         check_method(cls)
+
+
+def test_check_method_passes_what_is_right_beside_the_broken_ones():
+    check_method(Stoch)  # stochastic, image-major, seed=None handled
+    check_method(UpOnlyTwo)  # one scale listed: no second scale to try
+    check_method(UpOnlyTwo, scale=2)
+    check_method(StochBatchMean, samples_batch_independent=False)  # documented batch dependence
+    with pytest.raises(ConformanceError, match="modified its input in place"):  # the rest still holds
+        check_method(StochMutateLater, samples_batch_independent=False)
+    # `scale` given: the second scale is another one (here 3), so the wrong size is still found.
+    with pytest.raises(ConformanceError, match="at scale 3 gave"):
+        check_method(UpFixedScale, scale=2)
 
 
 class AbsDiff(Metric):
@@ -405,6 +544,60 @@ def test_broken_plugin_gives_one_failing_case(plugin_site):
         case.run()
 
 
+def test_a_commands_only_plugin_gets_a_case_instead_of_an_empty_skipped_test(plugin_site):
+    plugin_site("thirdparty-cmdonly", "thirdparty_cmdonly", command_plugin_source("cmdonly", "hello-cmdonly3p"))
+    params = conformance_cases(plugin="thirdparty_cmdonly")
+    assert [p.id for p in params] == ["commands:thirdparty_cmdonly"]
+    params[0].values[0].run()
+    assert [(r.id, r.status) for r in run_conformance("thirdparty_cmdonly")] == [("commands:thirdparty_cmdonly", "ok")]
+    # A plugin with components and commands gets both kinds of case.
+    plugin_site("thirdparty-both", "thirdparty_both", GOOD_PLUGIN + command_plugin_source("both", "hello-both3p"))
+    assert [c.id for c in collect_cases("thirdparty_both")] == ["method:nearest3p", "metric:mean_abs_3p",
+                                                                "commands:thirdparty_both"]
+    assert [c.id for c in collect_cases("thirdparty_both", kinds=["commands"])] == ["commands:thirdparty_both"]
+
+
+def test_a_selection_without_cases_is_an_error_not_a_skip(plugin_site):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    with pytest.raises(ConformanceError, match="plugin 'thirdparty_nearest' registers no losses: a selection "
+                                               "without cases"):
+        conformance_cases(plugin="thirdparty_nearest", kinds=["losses"])
+    with pytest.raises(ConformanceError, match="registers no commands"):
+        collect_cases("thirdparty_nearest", kinds=["commands"])
+
+
+@pytest.mark.parametrize("hook, why", [
+    ('''
+    raise RuntimeError("no commands today")''', r"RuntimeError: no commands today"),
+    ('''
+    @cli.command("run")
+    def run():
+        """Not the real run."""''', r"command 'run' is added by both the core \('restorekit'\) and 'thirdparty_cmdbad'"),
+    ('''
+    import click
+    click.option("--fast")(cli.commands["run"])''', r"it changes existing commands it did not add: 'run' \(params\)"),
+], ids=["raises", "replaces-run", "changes-run"])
+def test_a_broken_command_hook_fails_the_pytest_cases_as_it_fails_plugin_check(plugin_site, hook, why):
+    # The pytest path used the registry alone, where command hooks never ran: the method passed.
+    plugin_site("thirdparty-cmdbad", "thirdparty_cmdbad",
+                GOOD_PLUGIN + "\n\n@hookimpl\ndef register_commands(cli):" + hook + "\n")
+    (case,) = conformance_cases(plugin="thirdparty_cmdbad")
+    with pytest.raises(ConformanceError, match="plugin 'thirdparty_cmdbad' is broken: register_commands: .*" + why):
+        case.values[0].run()
+    [result] = run_conformance("thirdparty_cmdbad")
+    assert result.status == "failed" and re.search(why, result.detail)
+    # The real command is untouched by the cases' CLI.
+    assert "--fast" not in {o for p in build_cli().commands["run"].params for o in p.opts}
+
+
+def test_a_command_two_plugins_add_fails_both_in_the_cases(plugin_site):
+    plugin_site("thirdparty-cmd-a", "thirdparty_cmd_a", command_plugin_source("a", "own-a3p", "shared3p"))
+    plugin_site("thirdparty-cmd-b", "thirdparty_cmd_b", command_plugin_source("b", "shared3p"))
+    for name in ("thirdparty_cmd_a", "thirdparty_cmd_b"):
+        (case,) = collect_cases(name)
+        assert case.broken == ("broken: register_commands: command 'shared3p' is added by both 'thirdparty_cmd_a' "
+                               "and 'thirdparty_cmd_b'"), case.broken
+
 def test_missing_weights_skip_or_fail(rk_home):
     from restorekit.metrics_lpips import LPIPSAlex
     from restorekit.testing.cases import ConformanceCase
@@ -501,6 +694,85 @@ def test_plugin_new_refuses_existing_folders_and_taken_names(tmp_path):
     r = invoke("plugin", "new", "2fast", "--dir", str(tmp_path))
     assert r.exit_code == 2 and "must start with a letter" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restorekit-sharpen"]
+
+
+def test_plugin_new_refuses_names_broken_plugins_claim(tmp_path, plugin_site):
+    # Two plugins registering one method are both broken and the name is registered by nobody: it
+    # used to look free, and a third plugin taking it would clash with both.
+    source = GOOD_PLUGIN.replace('"mean_abs_3p"', '"mean_abs_OTHER_3p"')
+    plugin_site("thirdparty-one", "thirdparty_one", source.replace("OTHER", "one"))
+    plugin_site("thirdparty-two", "thirdparty_two", source.replace("OTHER", "two"))
+    r = invoke("plugin", "new", "nearest3p", "--dir", str(tmp_path))
+    assert r.exit_code == 2, r.output
+    assert "method 'nearest3p' is already registered by plugins 'thirdparty_one' and 'thirdparty_two'" in r.output
+    # A plugin name two distributions declare (listed as 'NAME (dist)', both broken).
+    write_plugin_dist(tmp_path / "site2", "thirdparty-three", "thirdparty_three", source.replace("OTHER", "x"),
+                      "twice3p")
+    plugin_site("thirdparty-four", "thirdparty_four", source.replace("OTHER", "y"), "twice3p")
+    import shutil
+
+    for p in (tmp_path / "site2").iterdir():
+        shutil.move(str(p), str(tmp_path / "site" / p.name))
+    plugins.reset()
+    r = invoke("plugin", "new", "twice3p", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "plugin name 'twice3p' is already taken by the installed distributions " \
+                                "thirdparty-four and thirdparty-three" in r.output, r.output
+    assert not list(tmp_path.glob("restorekit-*"))
+
+
+def test_the_generated_project_pins_the_minor_version_as_the_docs_say(tmp_path):
+    from restorekit import __version__
+
+    root, _ = write_project(plugin_names("kitpin"), tmp_path, description="d")
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    major, minor = __version__.split(".")[:2]
+    pin = f"restorekit>={major}.{minor},<{major}.{int(minor) + 1}"
+    assert deps[0] == pin
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    assert "pins the minor version" in docs and "restorekit>=X.Y,<X.Y+1" in docs
+
+
+def _doc_snippets() -> list[str]:
+    import re as _re
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    return _re.findall(r"```python\n(.*?)```", docs, flags=_re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_doc_snippets())))
+def test_every_python_snippet_of_the_plugin_docs_runs_as_pasted(index, rk_home):
+    """Each snippet is a plugin module: it imports, its hooks register through the real checks,
+    and what they register passes the conformance suite's metadata checks (no NameError)."""
+    import types
+
+    import click
+
+    from restorekit.plugins import PluginRecord, Registry, _register_plugin, add_commands
+
+    code = _doc_snippets()[index]
+    if "conformance_cases(" in code:  # a test module of an installed plugin: parse only
+        ast.parse(code)
+        return
+    mod = types.ModuleType(f"docsnippet{index}")
+    exec(compile(code, f"docs/plugins.md snippet {index}", "exec"), mod.__dict__)
+    hooks = [n for n in vars(mod) if n.startswith("register_")]
+    assert hooks, "a snippet with no hook"
+    reg = Registry()
+    _register_plugin(reg, mod, PluginRecord("tiny", "restorekit-tiny", "0.1.0"))
+    group = click.Group("t")
+    add_commands(reg, group, strict=True)
+    assert reg.plugins == {} or all(r.status == "ok" for r in reg.plugins.values())
+    for name, spec in reg.items["weights"].items():
+        from restorekit.testing import check_weight_spec
+
+        check_weight_spec(spec, name=name, plugin="tiny")
+    for cls in reg.items["methods"].values():
+        check_method(cls)
+    for kind, check in (("metrics", check_metric), ("degradations", check_degradation), ("losses", check_loss)):
+        for cls in reg.items[kind].values():
+            check(cls)
+    if "register_commands" in hooks:
+        assert group.commands, "the commands snippet adds a command"
 
 
 def test_a_description_with_quotes_and_backslashes_is_the_modules_docstring(tmp_path):

@@ -6,7 +6,9 @@ import importlib
 import json
 import inspect
 import itertools
+import os
 import re
+import subprocess
 import sys
 import types
 
@@ -16,7 +18,7 @@ from restorekit import hookspecs, plugins
 from restorekit.errors import PluginError, UnknownNameError
 from restorekit.plugins import KINDS, PluginRecord, Registry, _register_plugin
 
-from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN, valid_entry, write_plugin_dist
+from plugin_sources import BROKEN_PLUGIN, GOOD_PLUGIN, command_plugin_source, valid_entry, write_plugin_dist
 
 
 def test_every_hookspec_has_a_one_line_docstring():
@@ -415,3 +417,101 @@ def register_commands(cli):
     r = rk_cli("--strict", "plugins")
     assert r.exit_code == 2 and "thirdparty_cmdraise" in r.stderr and "no commands today" in r.stderr
     assert rk_cli("plugins").exit_code == 0  # lenient: listed as broken
+
+
+@pytest.mark.parametrize("order", ["".join(p) for p in itertools.permutations("ABC")])
+def test_a_command_two_plugins_add_breaks_all_of_them_whatever_their_order(plugin_site, order):
+    # It used to stay with the plugin whose hook ran first; the second was broken with a line that
+    # did not name the first. Like a method name, it is neither's now, and every error names all.
+    import click
+
+    name = {role: f"thirdparty_{order.index(role)}_{role.lower()}" for role in "ABC"}  # hook order = name order
+    commands = {"A": ["own-a3p", "shared-cmd3p"], "B": ["shared-cmd3p"], "C": ["own-c3p"]}
+    for role in "ABC":
+        plugin_site(f"thirdparty-cmd-{role.lower()}", f"thirdparty_cmd_{role.lower()}",
+                    command_plugin_source(role, *commands[role]), name[role])
+    reg = plugins.registry()
+    group = click.Group("t")
+    plugins.add_commands(reg, group)
+    why = (f"broken: register_commands: command 'shared-cmd3p' is added by both '{min(name['A'], name['B'])}' and "
+           f"'{max(name['A'], name['B'])}'")
+    assert reg.plugins[name["A"]].status == reg.plugins[name["B"]].status == why
+    assert reg.plugins[name["C"]].status == "ok" and reg.plugins[name["C"]].registers == {"commands": ["own-c3p"]}
+    assert not {"own-a3p", "shared-cmd3p"} & set(group.commands) and "own-c3p" in group.commands
+    assert reg.plugins["baselines"].status == reg.plugins["psp_sr"].status == "ok"
+
+
+def test_a_command_three_plugins_add_names_them_all(plugin_site):
+    import click
+
+    for p in "xyz":
+        plugin_site(f"thirdparty-cmd-{p}", f"thirdparty_cmd_{p}", command_plugin_source(p, "shared3p"))
+    reg = plugins.registry()
+    plugins.add_commands(reg, click.Group("t"))
+    why = ("broken: register_commands: command 'shared3p' is added by 'thirdparty_cmd_x', 'thirdparty_cmd_y' and "
+           "'thirdparty_cmd_z'")
+    assert [reg.plugins[f"thirdparty_cmd_{p}"].status for p in "xyz"] == [why] * 3
+
+
+def test_a_hook_that_changes_a_core_command_in_place_is_undone_and_broken(plugin_site):
+    # Same objects, so the identity comparison saw nothing: the plugin stayed ok with `run` changed.
+    plugin_site("thirdparty-mutate", "thirdparty_mutate", GOOD_PLUGIN + '''
+
+@hookimpl
+def register_commands(cli):
+    import click
+
+    click.option("--mutated-by-plugin", is_flag=True)(cli.commands["run"])
+    cli.commands["plugins"].help = "HIJACKED HELP"
+    cli.commands["degrade"].callback = lambda **kw: None
+''')
+    cli = plugins.core_cli()
+    run, listing, degrade = cli.commands["run"], cli.commands["plugins"], cli.commands["degrade"]
+    before = (list(run.params), listing.help, degrade.callback)
+    reg = plugins.registry()
+    plugins.add_commands(reg, cli)
+    status = reg.plugins["thirdparty_mutate"].status
+    assert status.startswith("broken: register_commands: it changes existing commands it did not add: "), status
+    for part in ("'run' (params)", "'plugins' (help)", "'degrade' (callback)"):
+        assert part in status, status
+    assert (list(run.params), listing.help, degrade.callback) == before
+    assert "nearest3p" not in reg.names("methods")
+    assert reg.plugins["psp_sr"].status == "ok" and "generator" in cli.commands["bench"].commands  # adding is fine
+
+
+def test_plugins_lists_the_commands_each_plugin_adds(plugin_site):
+    plugin_site("thirdparty-cmdlist", "thirdparty_cmdlist", command_plugin_source("cmdlist", "hello-list3p"))
+    r = subprocess.run([sys.executable, "-m", "restorekit", "plugins", "--json"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    recs = {p["name"]: p for p in json.loads(r.stdout)}
+    assert recs["thirdparty_cmdlist"]["registers"] == {"commands": ["hello-list3p"]}
+    assert recs["thirdparty_cmdlist"]["status"] == "ok"
+    assert recs["baselines"]["registers"]["commands"] == ["train pix2pixhd"]
+    assert "bench generator" in recs["psp_sr"]["registers"]["commands"]
+
+
+def test_a_misspelt_plain_hook_fails_strict_mode(plugin_site, rk_cli):
+    plugin_site("thirdparty-plain", "thirdparty_plain", GOOD_PLUGIN.replace(
+        "@hookimpl\ndef register_methods", "def register_method"))
+    reg = plugins.registry()
+    assert reg.plugins["thirdparty_plain"].status == (
+        "broken: PluginError: 'register_method' (did you mean 'register_methods'?) is not a restorekit hook: "
+        "restorekit never calls it, so it registers nothing")
+    assert "mean_abs_3p" not in reg.names("metrics")
+    r = rk_cli("--strict", "plugins")
+    assert r.exit_code == 2 and "register_method" in r.stderr and "did you mean 'register_methods'" in r.stderr
+
+
+def test_a_load_plugins_typo_is_warned_about_with_the_likely_name(plugin_site, monkeypatch, capsys):
+    plugin_site("thirdparty-nearest", "thirdparty_nearest", GOOD_PLUGIN)
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "thirdparty_nearst")
+    reg = plugins.registry()
+    assert ("restorekit: warning: RESTOREKIT_LOAD_PLUGINS names 'thirdparty_nearst', which no installed plugin "
+            "declares (did you mean 'thirdparty_nearest'?)") in capsys.readouterr().err
+    with pytest.raises(UnknownNameError, match=r"'thirdparty_nearst' is not installed \(did you mean "
+                                               r"'thirdparty_nearest'\?\)"):
+        reg.method("nearest3p")
+    plugins.reset()
+    with pytest.raises(PluginError, match=r"names thirdparty_nearst \(did you mean 'thirdparty_nearest'\?\), which"):
+        plugins.registry(strict=True)

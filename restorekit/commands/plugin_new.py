@@ -70,9 +70,17 @@ def _check_free(names: PluginNames) -> None:
     if rec is not None:
         raise ValueError(f"plugin name '{names.entry_point}' is already taken by the installed "
                          f"distribution {rec.distribution}")
+    declared = sorted(r.distribution for r in reg.plugins.values() if r.name == names.entry_point)
+    if declared:  # two distributions declare it: listed apart as 'NAME (dist)', both broken
+        raise ValueError(f"plugin name '{names.entry_point}' is already taken by the installed "
+                         f"distributions {' and '.join(declared)} (broken: they clash)")
     if names.method in reg.items["methods"]:
         owner = reg.owner["methods"][names.method]
         raise ValueError(f"method '{names.method}' is already registered by plugin '{owner}'; choose another name")
+    claimants = reg.clashed.get(("methods", names.method))
+    if claimants:  # registered by two plugins: neither serves it, but a third would clash with both
+        raise ValueError(f"method '{names.method}' is already registered by plugins "
+                         f"{' and '.join(repr(p) for p in claimants)} (broken by that clash); choose another name")
 
 
 def _toml_string(value: str) -> str:
@@ -101,7 +109,10 @@ def template_values(names: PluginNames, *, description: str, author: str, licens
         parts = ([f"name = {_toml_string(name)}"] if name else []) + ([f"email = {_toml_string(email)}"] if email else [])
         authors_toml = "authors = [{ " + ", ".join(parts) + " }]\n"
         holder = name or email
-    core = ".".join(__version__.split(".")[:2])
+    major, minor = (__version__.split(".") + ["0"])[:2]
+    core = f"{major}.{minor}"
+    # The minor version it was made with: a later minor release of restorekit may change the plugin API.
+    core_next = f"{major}.{int(''.join(ch for ch in minor if ch.isdigit()) or 0) + 1}"
     return {
         "dist": names.distribution, "dist_underscore": names.distribution.replace("-", "_"),
         "module": names.module, "ep": names.entry_point, "method": names.method,
@@ -109,7 +120,7 @@ def template_values(names: PluginNames, *, description: str, author: str, licens
         # In a Python docstring: backslashes and quotes escaped, so no text ends it early.
         "description_docstring": description.replace("\\", "\\\\").replace('"', '\\"'),
         "authors_toml": authors_toml, "holder": holder, "license": license_id,
-        "year": str(_dt.date.today().year), "core_version": core,
+        "year": str(_dt.date.today().year), "core_version": core, "core_next": core_next,
     }
 
 

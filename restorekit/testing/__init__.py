@@ -16,14 +16,15 @@ asserts that a refused command said so in one line. The fixtures
 available in any project that has restorekit installed.
 """
 
-from .cases import CaseResult, ConformanceCase, collect_cases, conformance_cases, run_conformance
+from .cases import (CaseResult, ConformanceCase, check_commands, collect_cases, conformance_cases,
+                    run_conformance)
 from .cli import error_line
 from .conformance import (ConformanceError, check_degradation, check_encoder, check_face_detector,
                           check_face_embedder, check_generator, check_loss, check_method, check_method_info,
                           check_metric, check_weight_spec, example_params)
 
 __all__ = [
-    "CaseResult", "ConformanceCase", "ConformanceError", "check_degradation", "check_encoder",
+    "CaseResult", "ConformanceCase", "ConformanceError", "check_commands", "check_degradation", "check_encoder",
     "check_face_detector", "check_face_embedder", "check_generator", "check_loss", "check_method",
     "check_method_info", "check_metric", "check_weight_spec", "collect_cases", "conformance_cases",
     "error_line", "example_params", "run_conformance",

@@ -10,7 +10,11 @@ In a plugin's tests::
         case.run()
 
 Each case is one registered component (``method:sharpen``, ``generator:stylegan2``…) checked
-by the ``check_<kind>`` function of :mod:`restorekit.testing.conformance`. ``configs`` gives a
+by the ``check_<kind>`` function of :mod:`restorekit.testing.conformance`; a plugin with a
+``register_commands`` hook also gets ``commands:<plugin>``, which checks what its hook added
+(the hooks run against a fresh ``restorekit`` command, as the CLI runs them, so a hook that
+raises or takes a command another plugin or the core adds breaks the plugin here too). A
+selection with no case is an error, never an empty (skipped) test. ``configs`` gives a
 component the keyword arguments of its check (tiny sizes for a generator, options for a
 method, a ``context`` for a loss), keyed by ``"name"`` or ``"kind:name"``; ``skip`` skips
 components with a reason. A component whose weights are not cached is skipped, not failed
@@ -25,8 +29,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from ..errors import WeightsMissing
-from ..plugins import KINDS, Registry, registry, suggest
+from ..errors import WeightsMissing, exception_line
+from ..plugins import KINDS, Registry, add_commands, core_cli, registry, suggest
 from . import conformance as c
 
 # kind (registry name) -> (singular label, check function, how the registered object is passed)
@@ -43,6 +47,25 @@ _CHECKS: dict[str, tuple[str, Callable[..., Any]]] = {
 }
 assert set(_CHECKS) == set(KINDS), "every plugin kind needs a conformance check"
 _SINGULAR = {kind: label for kind, (label, _) in _CHECKS.items()}
+#: The pseudo-kind of the case that checks a plugin's ``register_commands`` hook.
+COMMANDS = "commands"
+_SINGULAR[COMMANDS] = COMMANDS
+
+
+def check_commands(commands: list[tuple[str, Any]], *, plugin: str = "") -> None:
+    """What a plugin's ``register_commands`` hook added: at least one command, each a click command
+    whose help can be shown (``restorekit COMMAND --help``)."""
+    import click
+
+    label = f"plugin '{plugin}'" if plugin else "register_commands"
+    c._require(bool(commands), f"{label}: register_commands added no command")
+    for path, cmd in commands:
+        c._require(isinstance(cmd, click.Command), f"{label}: '{path}' is a {type(cmd).__name__}, not a click command")
+        try:
+            with click.Context(cmd, info_name=path.split()[-1]) as ctx:
+                cmd.get_help(ctx)
+        except Exception as exc:
+            raise c.ConformanceError(f"{label}: `restorekit {path} --help` fails: {exception_line(exc)}") from exc
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,8 @@ class ConformanceCase:
         """Run the check; ``WeightsMissing`` propagates (see :meth:`run`)."""
         if self.broken:
             raise c.ConformanceError(f"plugin '{self.plugin}' is {self.broken}")
+        if self.kind == COMMANDS:
+            return check_commands(self.obj, plugin=self.plugin)
         _, check = _CHECKS[self.kind]
         accepted = [p for p in inspect.signature(check).parameters.values() if p.kind is p.KEYWORD_ONLY]
         unknown = sorted(set(self.config) - {p.name for p in accepted})
@@ -100,17 +125,24 @@ def collect_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ..
                   configs: dict[str, dict[str, Any]] | None = None,
                   missing_weights: Literal["skip", "fail"] = "skip",
                   reg: Registry | None = None) -> list[ConformanceCase]:
-    """The cases for ``plugin`` (an entry-point name; None: every plugin), in registry order.
+    """The cases for ``plugin`` (an entry-point name; None: every plugin), in registry order, then
+    one ``commands:<plugin>`` case per plugin whose ``register_commands`` hook added commands
+    (``kinds`` may name ``"commands"``).
 
-    Raises :class:`ConformanceError` for an unknown plugin or kind, or a config naming a
-    component the selection does not register (typos must not silently skip a check).
+    The command hooks run first, against a fresh ``restorekit`` command (unless the CLI has run
+    them for this registry already), so a plugin they break is a broken case, as in
+    ``restorekit plugin check``. Raises :class:`ConformanceError` for an unknown plugin or kind,
+    a config naming a component the selection does not register (typos must not silently skip a
+    check), or a selection that yields no case (an empty parametrization is a skipped test).
     """
     reg = reg if reg is not None else registry()
     configs = dict(configs or {})
-    wanted = tuple(kinds) if kinds is not None else KINDS
-    bad = [k for k in wanted if k not in KINDS]
+    wanted = tuple(kinds) if kinds is not None else (*KINDS, COMMANDS)
+    bad = [k for k in wanted if k not in (*KINDS, COMMANDS)]
     if bad:
-        raise c.ConformanceError(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
+        raise c.ConformanceError(f"unknown kinds {bad}; known: {', '.join((*KINDS, COMMANDS))}")
+    if not reg.commands_checked:
+        add_commands(reg, core_cli(), strict=False)
     clashing = [r for key, r in reg.plugins.items() if plugin is not None and key.startswith(f"{plugin} (")
                 and r.name == plugin]
     if clashing:  # two distributions declare this name: listed apart, and broken
@@ -125,13 +157,25 @@ def collect_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ..
     if plugin is not None and reg.plugins[plugin].status != "ok":
         return [ConformanceCase(plugin, "plugin", plugin, None, broken=reg.plugins[plugin].status)]
     for kind in wanted:
+        if kind == COMMANDS:
+            continue
         for name in reg.names(kind):
             owner = reg.owner[kind][name]
             if plugin is not None and owner != plugin:
                 continue
             cases.append(ConformanceCase(owner, kind, name, reg.items[kind][name],
                                          _config_for(configs, kind, name), missing_weights))
-    known = {cs.name for cs in cases} | {cs.id for cs in cases}
+    if COMMANDS in wanted:
+        hooks = [e.plugin for e in reg.commands if plugin is None or e.plugin == plugin]
+        for owner in dict.fromkeys(hooks):
+            cases.append(ConformanceCase(owner, COMMANDS, owner, list(reg.added_commands.get(owner, [])),
+                                         missing_weights=missing_weights))
+    if not cases:
+        which = f"plugin '{plugin}'" if plugin is not None else "no plugin"
+        what = "nothing the conformance suite can check" if kinds is None else f"no {' or '.join(wanted)}"
+        raise c.ConformanceError(f"{which} registers {what}: a selection without cases would pass as an "
+                                 "empty, skipped test")
+    known = {cs.name for cs in cases if cs.kind != COMMANDS} | {cs.id for cs in cases}
     unknown = sorted(set(configs) - known)
     if unknown:
         raise c.ConformanceError(f"configs name {unknown}, which "

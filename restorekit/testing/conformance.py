@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import exception_line
+from ..errors import WeightsMissing, exception_line
 from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss,
                           Method, MethodInfo, Metric, Options)
 from .data import sample_batch, smooth_batch
@@ -112,65 +112,117 @@ def _default_lr(info: MethodInfo) -> Tensor:
     return sample_batch()
 
 
+def _second_scale(info: MethodInfo, s: int) -> int | None:
+    """Another scale to check the output size at: the method's next supported scale, else 3 (or 2)."""
+    if info.scales is not None:
+        others = [t for t in info.scales if t != s]
+        return others[0] if others else None
+    return 3 if s != 3 else 2
+
+
 def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, scale: int | None = None,
-                 lr: Tensor | None = None, device: str = "cpu", atol: float = 1e-5) -> Method:
+                 lr: Tensor | None = None, device: str = "cpu", atol: float = 1e-5,
+                 samples_batch_independent: bool = True) -> Method:
     """Run the method contract checks; returns the loaded method for further tests.
 
     Checks: metadata present and well-formed, options model valid and strict, output follows
-    the image convention at ``scale`` × the input size for a batch (and, for ``input_kind="any"``,
-    a single image with odd sizes), on the method's device, input untouched, ``n_samples`` layout,
-    determinism under a seed (and seed-independence plus batch-independence when
-    ``deterministic``), bad scales refused with ``ValueError``.
+    the image convention (float32, finite, in [0,1], ``scale`` × the input size, on the method's
+    device) on every call: a batch, ``seed=None`` (what ``run`` passes by default), ``n_samples=2``,
+    a second scale (the next of ``info.scales``, else 3) and, for ``input_kind="any"``, a single
+    image with odd sizes; the input is untouched after every call; the same seed gives the same
+    output; ``deterministic`` methods ignore the seed and the rest of the batch; ``n_samples``
+    output is image-major: the samples of image 0 restored alone are the first rows of the
+    batch's (``samples_batch_independent=False`` lifts that for a stochastic method that
+    documents that its samples depend on the other images of the batch); bad scales are refused
+    with ``ValueError``.
     ``lr`` replaces the default input (2×3×12×10 random; 16×16 smooth for aligned faces).
     """
     info = check_method_info(cls)
-    _check_options_model(info.name, cls.Options)
+    name = info.name
+    _check_options_model(name, cls.Options)
     opts = cls.Options.model_validate(options or {})
     method = cls(opts, device=device)
-    _require(method.device == torch.device(device), f"{info.name}: __init__ must pass device to Method.__init__")
+    _require(method.device == torch.device(device), f"{name}: __init__ must pass device to Method.__init__")
     method.load()
     method.load()  # idempotent
     s = scale if scale is not None else (info.scales[0] if info.scales else 2)
     x = lr if lr is not None else _default_lr(info)
-    x_copy = x.clone()
-    out = method.restore(x, s, seed=0)
-    _unchanged(info.name, x_copy, x, "restore()")
-    _require(isinstance(out, Tensor) and out.dtype == torch.float32, f"{info.name}: output must be float32")
-    want = (x.shape[0], 3, x.shape[-2] * s, x.shape[-1] * s)
-    _require(tuple(out.shape) == want, f"{info.name}: output shape {tuple(out.shape)}, expected {want}")
-    _require(out.device.type == method.device.type, f"{info.name}: output on {out.device}, method on {method.device}")
-    _require(bool(torch.isfinite(out).all()), f"{info.name}: output has NaN/inf")
-    _require(bool(out.min() >= 0) and bool(out.max() <= 1), f"{info.name}: output leaves [0,1]")
-    _require(isinstance(method.last_reports, list), f"{info.name}: last_reports must stay a list")
-    again = method.restore(x, s, seed=0)
-    _require(_close(out, again, atol), f"{info.name}: same seed must give the same output")
+    n = x.shape[0]
+    batch = f"the {n}-image batch" if n > 1 else "the one-image input"
+    loose = max(atol, 1e-4)  # the same image computed in batches of different sizes
+
+    def restore(inp: Tensor, sc: int, what: str, samples: int = 1, **kw: Any) -> Tensor:
+        """One call, checked: it must not raise, must leave ``inp`` alone and must return
+        ``(N·samples)×3×(h·sc)×(w·sc)`` float32 in [0,1] on the method's device."""
+        copy = inp.clone()
+        try:
+            out = method.restore(inp, sc, n_samples=samples, **kw) if samples != 1 else method.restore(inp, sc, **kw)
+        except (ConformanceError, WeightsMissing):
+            raise
+        except Exception as exc:
+            raise ConformanceError(f"{name}: restore raised on {what}: {exception_line(exc)}") from exc
+        _unchanged(name, copy, inp, f"restore() on {what}")
+        _require(isinstance(out, Tensor), f"{name}: restore() on {what} returned {type(out).__name__}, not a tensor")
+        _require(out.dtype == torch.float32, f"{name}: output must be float32, got {out.dtype} for {what}")
+        want = (inp.shape[0] * samples, 3, inp.shape[-2] * sc, inp.shape[-1] * sc)
+        _require(tuple(out.shape) == want, f"{name}: {what} gave output shape {tuple(out.shape)}, expected {want}"
+                 + (f" (n_samples={samples} must give (N·{samples})×3×H×W)" if samples > 1 else ""))
+        _require(out.device.type == method.device.type, f"{name}: output on {out.device}, method on {method.device}")
+        _require(bool(torch.isfinite(out).all()), f"{name}: output has NaN/inf for {what}")
+        lo, hi = float(out.detach().min()), float(out.detach().max())
+        _require(lo >= 0 and hi <= 1, f"{name}: output leaves [0,1] for {what} (min {lo:.4g}, max {hi:.4g})")
+        return out
+
+    first = f"{batch} (scale {s}, seed 0)"
+    out = restore(x, s, first, seed=0)
+    _require(isinstance(method.last_reports, list), f"{name}: last_reports must stay a list")
+    again = restore(x, s, f"{batch} again (scale {s}, seed 0)", seed=0)
+    _require(_close(out, again, atol), f"{name}: same seed must give the same output")
     if info.one_sample_ignores_seed:
-        other = method.restore(x, s, seed=1)
+        other = restore(x, s, f"{batch} with seed 1", seed=1)
         what = "deterministic" if info.deterministic else "single_sample_deterministic"
-        _require(_close(out, other, atol), f"{info.name}: declared {what} but one sample depends on seed")
-        if x.shape[0] > 1:
-            single = method.restore(x[1:2], s, seed=0)
-            _require(_close(single, out[1:2], max(atol, 1e-4)),
-                     f"{info.name}: image 1 restored alone differs from the same image in a batch")
-    multi = method.restore(x, s, seed=0, n_samples=2)
-    _require(tuple(multi.shape) == (x.shape[0] * 2, *want[1:]),
-             f"{info.name}: n_samples=2 must give (N·2)×3×H×W, got {tuple(multi.shape)}")
+        _require(_close(out, other, atol), f"{name}: declared {what} but one sample depends on seed")
+        if n > 1:
+            single = restore(x[1:2], s, "image 1 alone", seed=0)
+            _require(_close(single, out[1:2], loose),
+                     f"{name}: image 1 restored alone differs from the same image in a batch")
+    # `run` passes seed=None unless --seed is given, and the face pipeline passes no seed at all.
+    unseeded = restore(x, s, f"{batch} with seed=None", seed=None)
+    if info.one_sample_ignores_seed:
+        _require(_close(unseeded, out, atol), f"{name}: declared "
+                 f"{'deterministic' if info.deterministic else 'single_sample_deterministic'} but seed=None gives "
+                 "another output than seed=0")
+    restore(x[:1], s, "one image with seed=None and n_samples=2", 2, seed=None)
+    multi = restore(x, s, f"{batch} with n_samples=2", 2, seed=0)
     if info.deterministic:
-        _require(_close(multi[0::2], out, atol) and _close(multi[1::2], out, atol),
-                 f"{info.name}: n_samples must be image-major (samples of image 0 first)")
+        image_major = _close(multi[0::2], out, atol) and _close(multi[1::2], out, atol)
+        if not image_major:
+            _require(not _close(multi, torch.cat([out, out]), atol),
+                     f"{name}: n_samples must be image-major (samples of image 0 first), got sample-major rows")
+            raise ConformanceError(f"{name}: declared deterministic but its n_samples=2 samples are not its one "
+                                   f"output repeated (each sample must equal restore(x, n_samples=1))")
+    elif n > 1 and samples_batch_independent:
+        alone = restore(x[:1], s, "image 0 alone with n_samples=2", 2, seed=0)
+        _require(_close(alone, multi[:2], loose),
+                 f"{name}: image 0 restored alone with n_samples=2 (seed 0) differs from rows 0-1 of {batch}'s "
+                 "n_samples=2 output: n_samples must be image-major (samples of image 0 first) and an image's "
+                 "samples must not depend on the other images (check_method(samples_batch_independent=False) "
+                 "for a method that documents that they do)")
     if lr is None and info.input_kind == "any":
         odd = sample_batch(1, 11, 9, seed=3)
-        y = method.restore(odd, s, seed=0)
-        _require(tuple(y.shape) == (1, 3, 11 * s, 9 * s),
-                 f"{info.name}: an 11×9 input gave {tuple(y.shape)}, expected (1, 3, {11 * s}, {9 * s})")
-        _require(bool(torch.isfinite(y).all()) and bool(y.min() >= 0) and bool(y.max() <= 1),
-                 f"{info.name}: output for an 11×9 input leaves [0,1] or is not finite")
+        restore(odd, s, "an 11×9 input", seed=0)
+    s2 = _second_scale(info, s)
+    if s2 is not None:
+        restore(x[:1], s2, f"one image at scale {s2}", seed=0)
     for bad in (0, -2, 2.5):
         try:
             method.restore(x, bad)  # type: ignore[arg-type]
         except ValueError:
             continue
-        raise ConformanceError(f"{info.name}: scale {bad!r} must raise ValueError (call self.check_scale)")
+        except Exception as exc:
+            raise ConformanceError(f"{name}: scale {bad!r} must raise ValueError (call self.check_scale), "
+                                   f"it raised {exception_line(exc)}") from exc
+        raise ConformanceError(f"{name}: scale {bad!r} must raise ValueError (call self.check_scale)")
     if info.scales is not None:
         unsupported = max(info.scales) + 1
         try:
@@ -178,7 +230,7 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
         except ValueError:
             pass
         else:
-            raise ConformanceError(f"{info.name}: unsupported scale {unsupported} must raise ValueError")
+            raise ConformanceError(f"{name}: unsupported scale {unsupported} must raise ValueError")
     return method
 
 
