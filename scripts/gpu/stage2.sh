@@ -35,7 +35,7 @@ STEP=$(basename "${CKPT:-}" .pt | sed -n 's/^step_0*//p')
 if [ -n "$STEP" ]; then
     $PY -m restorekit train psp_sr --out "$RUN" --resume --steps "$STEP" --quiet 2>&1 | tail -n 2 | tee -a "$OUT/run.log"
     $PY scripts/gpu/psp_parts.py split "$RUN/model.safetensors" "$GEN" "$OUT/psp_encoder.safetensors" 2>&1 | tee -a "$OUT/run.log"
-    cp "$RUN/log.jsonl" "$OUT/stage2_log.jsonl"
+    [ -f "$RUN/log.jsonl" ] && cp "$RUN/log.jsonl" "$OUT/stage2_log.jsonl"  # none before the first log_every steps
     VAL=$(ls -t "$RUN"/val/*.png 2>/dev/null | head -n 1)
     [ -n "$VAL" ] && cp "$VAL" "$OUT/stage2_val.png"
 fi
