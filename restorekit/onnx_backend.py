@@ -28,8 +28,8 @@ from torch import Tensor
 
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
-from .onnx_export import (DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, sidecar_problem,
-                          sidecar_path, state_sha256)
+from .onnx_export import (DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, sidecar_incomplete,
+                          sidecar_path, sidecar_problem, state_sha256)
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -188,14 +188,52 @@ class OnnxMethod(Method):
         return out
 
 
-def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET, fp16: bool = False) -> Path:
-    """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``."""
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def export_code_fingerprint(method_module: str | None) -> str:
+    """16 hex digits over the code that builds a method's graph: the files of the package holding
+    ``method_module`` (its network and ``onnx_graph`` exporter, see
+    :func:`restorekit.harness.runner.code_fingerprint`; for a method of the core, its own module
+    file) and the core's ``onnx_export`` module. Part of the export cache key, so that a graph
+    exported by older code is not served after that code changed under the same version.
+    Computed once per process and module."""
+    key = method_module or ""
+    if key not in _FINGERPRINTS:
+        import sys
+
+        from . import onnx_export
+        from .harness.runner import code_fingerprint
+        from .weights.checksum import sha256_file
+
+        def file_hash(mod: Any) -> str:
+            f = getattr(mod, "__file__", None)
+            return sha256_file(f)[:16] if f and Path(f).is_file() else ""
+
+        top = key.split(".")[0]
+        if not key:
+            own = ""
+        elif top == __name__.split(".")[0]:  # a method of the core: not the whole core package
+            own = file_hash(sys.modules.get(key))
+        else:
+            own = code_fingerprint(key)
+        both = f"{own}\0{file_hash(onnx_export)}"
+        _FINGERPRINTS[key] = hashlib.sha256(both.encode()).hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET, fp16: bool = False,
+               method_module: str | None = None) -> Path:
+    """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``; the settings hash
+    covers the export settings and :func:`export_code_fingerprint` of ``method_module`` (the
+    method class's module)."""
     from . import __version__
     from .weights import onnx_cache_dir
 
     sha = spec.metadata.get("weights_sha256") or state_sha256(spec.module)
+    code = export_code_fingerprint(method_module)
     settings = {"opset": opset, "fp16": fp16, "restorekit": __version__, "graph": spec.metadata.get("graph"),
-                "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape)}
+                "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape), "code": code}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return onnx_cache_dir() / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
 
@@ -228,6 +266,10 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                                    f"method, weights and settings the graph holds; export it with `restorekit export "
                                    f"{name} --out {path}` (which writes both)")
         side = found
+        incomplete = sidecar_incomplete(side)
+        if incomplete is not None:  # no hashes: nothing ties the graph to the weights loaded
+            raise OnnxBackendError(f"--onnx {path}: {incomplete} ({sidecar_path(path)}); re-export with "
+                                   f"`restorekit export {name} --out {path} --overwrite`")
         err = _sidecar_mismatch(path, side, "--onnx ", name)
         if err is not None:
             raise err
@@ -253,12 +295,12 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                 raise OnnxBackendError(f"--onnx {path}: exported from other weights{source} than {name} loaded; "
                                        f"export again with `restorekit export {name}`")
     else:
-        path = cache_path(spec, name, opset=opset)
+        path = cache_path(spec, name, opset=opset, method_module=type(method).__module__)
 
         def cached() -> dict[str, Any] | None:
             """The cached graph's sidecar when both are there and belong together."""
             side = read_sidecar(path) if path.is_file() else None
-            if side is None or side.get("sha256") is None or sidecar_problem(path, side) is not None:
+            if side is None or sidecar_incomplete(side) is not None or sidecar_problem(path, side) is not None:
                 return None
             return side
 

@@ -279,6 +279,25 @@ def sidecar_problem(path: str | os.PathLike[str], side: dict[str, Any] | None) -
             f"{str(want)[:12]}…, file {have[:12]}…; the two were not written by the same export)")
 
 
+def sidecar_incomplete(side: dict[str, Any] | None) -> str | None:
+    """Why ``side`` cannot vouch for its graph — not of the format :func:`export_onnx` writes now
+    (``format`` ≠ :data:`SIDECAR_FORMAT`), or without the graph file's ``sha256`` or the module
+    state's ``state_sha256`` — in words ending before the fix, or ``None`` when it can.
+
+    Without those fields nothing ties the graph to the weights a method loaded, so a graph of
+    other weights would run under its name; such a sidecar is refused, not taken as it is."""
+    if not isinstance(side, dict):
+        return "no sidecar"
+    fmt = side.get("format")
+    if fmt != SIDECAR_FORMAT:
+        return (f"its sidecar is of format {fmt!r}, not {SIDECAR_FORMAT!r}" if fmt is not None
+                else f"its sidecar has no 'format' (this restorekit writes {SIDECAR_FORMAT!r})")
+    missing = [k for k in ("sha256", "state_sha256") if not isinstance(side.get(k), str) or not side.get(k)]
+    if missing:
+        return f"its sidecar lacks {' and '.join(missing)}, so nothing says which weights the graph holds"
+    return None
+
+
 def _link_new(tmp: Path, out: Path) -> None:
     """Put the finished file ``tmp`` at ``out`` unless ``out`` exists, atomically: a hard link is not
     made over an existing file (a file system without hard links: ``out`` is created exclusively,

@@ -176,7 +176,7 @@ def test_onnx_method_matches_torch_and_caches(tmp_path: Path, monkeypatch: pytes
     m = TinyMethod()
     assert isinstance(m, Exportable)
     om = onnx_method(m, threads=1)
-    path = cache_path(find_export_spec(m), "tiny_onnx")
+    path = cache_path(find_export_spec(m), "tiny_onnx", method_module=TinyMethod.__module__)
     assert om.session.path == path and path.parent == tmp_path / "home" / "onnx"
     assert path.name.startswith("tiny_onnx-" + "cd" * 8) and read_sidecar(path) is not None
     lr = torch.rand(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))
@@ -337,13 +337,15 @@ def test_onnx_file_from_other_weights_is_refused_when_no_file_hash_is_known(tmp_
     # The same weights are accepted, with or without a file hash on the method's side.
     for method in (NoHash(net(1)), NoHash(net(1), "ef" * 32)):
         assert isinstance(onnx_method(method, onnx_path=other, threads=1), OnnxMethod)
-    # A sidecar written before state_sha256 existed is not held against the method.
+    # A sidecar without state_sha256 (written before it existed, or stripped) used to be taken as it
+    # was, so a graph of other weights ran under the method's name: it is refused now.
     legacy = tmp_path / "legacy.onnx"
     export_onnx(NoHash(net(1)).export_module(), legacy)
     data = json.loads(legacy.with_name("legacy.onnx.json").read_text())
     data.pop("state_sha256")
     legacy.with_name("legacy.onnx.json").write_text(json.dumps(data))
-    assert isinstance(onnx_method(NoHash(net(2)), onnx_path=legacy, threads=1), OnnxMethod)
+    with pytest.raises(OnnxBackendError, match="lacks state_sha256.*re-export with `restorekit export"):
+        onnx_method(NoHash(net(2)), onnx_path=legacy, threads=1)
 
 
 class BakesItsSize(nn.Module):
@@ -405,13 +407,14 @@ def test_a_graph_beside_another_graphs_sidecar_is_refused(tmp_path: Path) -> Non
         msg = str(err.value)
         assert "\n" not in msg and str(graph.path) in msg and str(graph.sidecar) in msg
         assert "export again" in msg
-    # Each graph with its own sidecar is accepted; so is a sidecar written before the field existed.
+    # Each graph with its own sidecar is accepted; a sidecar without the graph's sha256 is refused.
     dyn.sidecar.write_bytes(a)
     assert isinstance(onnx_method(TinyMethod(), onnx_path=dyn.path, threads=1), OnnxMethod)
     legacy = json.loads(b)
     legacy.pop("sha256")
     dyn.sidecar.write_text(json.dumps(legacy))
-    assert isinstance(onnx_method(TinyMethod(), onnx_path=dyn.path, threads=1), OnnxMethod)
+    with pytest.raises(OnnxBackendError, match="lacks sha256"):
+        onnx_method(TinyMethod(), onnx_path=dyn.path, threads=1)
 
 
 def test_a_cached_graph_beside_another_sidecar_is_exported_again(tmp_path: Path,

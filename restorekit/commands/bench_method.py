@@ -27,7 +27,7 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage, table, warn
+from ..cli import emit_json, fail_usage, table
 from ..errors import RestorekitError
 from ..interfaces import Method
 from ..methods import build_method, check_restored, method_class, method_values, validate_options
@@ -165,6 +165,13 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
 
     sizes = parse_batches(batches)
     other_sizes = parse_batches(other_batches)
+    if other and not set(sizes) & set(other_sizes):
+        # The speed ratio sets the two methods side by side at one batch size; across sizes it
+        # would credit one of them with batching.
+        fail_usage(f"--batch {batches} and --compare-batch {other_batches} share no batch size, so no speed ratio "
+                   f"of the two at the same batch size can be given; list one in both (e.g. --compare-batch "
+                   f"{','.join(map(str, sorted(set(other_sizes) | {sizes[0]})))})")
+        return
     backend_list = [b.strip() for b in backends.split(",") if b.strip()]
     bad = [b for b in backend_list if b not in ("torch", "onnxruntime")] or ([] if backend_list else [backends])
     if bad:
@@ -219,11 +226,9 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         result["compare_to"] = other
         result["compare_results"] = other_rows
         mine = {r["batch"]: r["ms_per_image"] for r in rows if r["backend"] == backend_list[0]}
+        # Only at batch sizes both lists share (a list with none in common is refused above).
         result["speed_ratio"] = {str(r["batch"]): r["ms_per_image"] / mine[r["batch"]]
                                  for r in other_rows if r["batch"] in mine}
-        if not result["speed_ratio"]:
-            warn("no batch size in common with --compare-batch: the ratio uses batch 1 of each")
-            result["speed_ratio"] = {"per_image": other_rows[0]["ms_per_image"] / rows[0]["ms_per_image"]}
     if as_json:
         emit_json(result)
         return

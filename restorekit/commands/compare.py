@@ -40,6 +40,29 @@ def _name_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _check_exportable(names: list[str]) -> None:
+    """--backend onnxruntime: refuse, before any work, the methods that offer no ONNX export
+    (bicubic, pulse …), all named in one line; they used to fail image by image instead. Unknown
+    names are left to the plan, which says so with a did-you-mean."""
+    from ..methods import method_class
+    from ..onnx_export import OnnxExportError, check_exportable
+
+    cannot: list[str] = []
+    for name in dict.fromkeys(names):
+        try:
+            cls = method_class(name.partition("@")[0])
+        except RestorekitError:
+            continue
+        try:
+            check_exportable(cls)
+        except OnnxExportError:
+            cannot.append(name)
+    if cannot:
+        raise UsageProblem(f"--backend onnxruntime: {', '.join(cannot)} cannot be exported to ONNX (no exporter); "
+                           f"run {'it' if len(cannot) == 1 else 'them'} with --backend torch, or leave "
+                           f"{'it' if len(cannot) == 1 else 'them'} out of --methods")
+
+
 @click.command("compare")
 @click.option("--methods", required=True, help="Comma-separated method names, e.g. psp_sr,pulse,bicubic; "
                                                "METHOD@LABEL runs a method again with its own --opt, e.g. "
@@ -106,6 +129,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                                        quiet=quiet, faces=faces, detector=detector, backend=backend,
                                        max_pixels=max_pixels, max_output_pixels=max_output_pixels,
                                        baseline=baseline.strip() if baseline is not None else None)
+                if backend == "onnxruntime":
+                    _check_exportable(names)
                 p = plan(config)
                 n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
                 check_writable(out)

@@ -1,7 +1,16 @@
-"""``restorekit generate``: sample images from a registered generator, for eyeballing it."""
+"""``restorekit generate``: sample images from a registered generator, for eyeballing it.
+
+The images are named by seed (``seed0007.png``); what made them — the generator, its weights
+(the sha256 of the loaded state) and ``--truncation`` — is recorded in ``generate.json`` beside
+them (written atomically after each image), with the names of the images made so. A later run
+into the same folder with other settings, or onto images the manifest does not list, is refused
+before any work (exit 2) unless ``--overwrite``, which replaces them and starts a new manifest:
+an image that exists is skipped only when it was made with the same settings.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +18,46 @@ import click
 import torch
 
 from ..cli import emit_json, fail_usage
-from ..images import save_image
+from ..errors import RestorekitError
+from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
 from ..options import parse_pairs, weights_option
 from ..plugins import registry
 from ..seeds import MAX_SEEDS, parse_seeds
+
+
+MANIFEST = "generate.json"
+MANIFEST_FORMAT = "restorekit.generate/1"
+
+
+def _state_sha256(gen: Any) -> str | None:
+    """sha256 over the generator's state (its weights), or None when it is no module."""
+    if not isinstance(gen, torch.nn.Module):
+        return None
+    from ..onnx_export import state_sha256
+
+    return state_sha256(gen)
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        fail_usage(f"{path}: unreadable generate manifest ({exc}); use another --output, or remove it")
+    if not (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT and isinstance(data.get("settings"), dict)
+            and isinstance(data.get("images"), list)):
+        fail_usage(f"{path}: not a {MANIFEST_FORMAT} manifest; use another --output, or remove it")
+    return data
+
+
+def _settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    def short(v: Any) -> str:
+        return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else str(v)
+
+    return [f"{k} {short(old.get(k, '—'))} → {short(new.get(k, '—'))}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
 
 
 def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -50,6 +94,19 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
         gen = factory.create(config, label=label).to(device).eval()
     except (TypeError, ValueError) as exc:  # the factory's own check of its arguments
         fail_usage(f"{label}: {exc}")
+    except RestorekitError as exc:
+        # Weights of another kind (pix2pixhd's, lpips-alex): name the file (and its format), which
+        # the loader of bare tensors cannot (psp_sr's rosinality.NotAGenerator.with_source).
+        again = getattr(exc, "with_source", None)
+        if weights is None or getattr(exc, "source", "") is not None or not callable(again):
+            raise
+        from ..weights import weights_source
+
+        try:
+            path = weights_source(weights)[0]
+        except RestorekitError:
+            raise exc from None
+        raise again(path) from None
     for note in getattr(gen, "notes", []):
         click.echo(note, err=True)
     return gen
@@ -63,7 +120,8 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
 @click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), required=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace images that already exist (else they are skipped).")
+@click.option("--overwrite", is_flag=True, help="Replace images that already exist (else those made with the same "
+                                                "settings, as generate.json records, are skipped, and others refused).")
 @click.option("--json", "as_json", is_flag=True)
 def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_list: list[int], truncation: float,
                  output: Path, device: str, overwrite: bool, as_json: bool) -> None:
@@ -73,19 +131,41 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
     dev = resolve_device(device)
     gen = build_generator(name, weights, opts, dev)
+    settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen)}
+    manifest_path = output / MANIFEST
+    manifest = _read_manifest(manifest_path)
+    if manifest is not None and manifest["settings"] != settings:
+        if not overwrite:
+            diffs = "; ".join(_settings_differences(manifest["settings"], settings))
+            fail_usage(f"{output}: holds images made with other settings ({diffs}; see {manifest_path}); use "
+                       f"another --output, or --overwrite to replace them")
+        manifest = None  # --overwrite: a new manifest, listing only the images made now
+    made = {str(n) for n in (manifest or {}).get("images", [])}
+    targets = [(seed, output / f"seed{seed:04d}.png") for seed in seed_list]
+    unknown = [p for _, p in targets if (p.exists() or p.is_symlink()) and p.name not in made]
+    if unknown and not overwrite:  # images of unknown settings would be left as if made now
+        fail_usage(f"{unknown[0]}{f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''}: made with "
+                   f"settings {manifest_path} does not record; use another --output, or --overwrite to replace "
+                   f"{'it' if len(unknown) == 1 else 'them'}")
+
+    def record(file_name: str) -> None:
+        made.add(file_name)
+        doc = {"format": MANIFEST_FORMAT, "settings": settings, "images": sorted(made)}
+        atomic_write_bytes(manifest_path, (json.dumps(doc, indent=2) + "\n").encode())
+
     written: list[str] = []
     skipped: list[str] = []
     with torch.inference_mode():
         w_avg = gen.mean_latent()
-        for seed in seed_list:
-            path = output / f"seed{seed:04d}.png"
+        for seed, path in targets:
             if not overwrite and (path.exists() or path.is_symlink()):
-                skipped.append(str(path))  # as run: a file already there is not replaced unasked
+                skipped.append(str(path))  # made with these settings (the manifest says so): kept
                 continue
             z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
             w = w_avg + truncation * (gen.map(z) - w_avg)
             img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
             written.append(str(save_image(img.cpu(), path)))
+            record(path.name)
     if as_json:
         emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped})
     else:

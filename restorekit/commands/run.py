@@ -102,6 +102,13 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             except ValueError as exc:
                 raise UsageProblem(str(exc)) from None
             check_output_size_contract(probe)
+            if backend == "onnxruntime":  # before any work: a graph to run, one sample per image
+                from ..onnx_export import check_exportable
+
+                check_exportable(cls)
+                if n_samples > 1 and not cls.info.deterministic:
+                    raise UsageProblem(f"{method}: --n-samples {n_samples} needs the torch backend (an exported "
+                                       "graph draws no samples)")
             if n_samples > 1 and cls.info.deterministic and job.is_main:
                 warn(f"{method} is deterministic: its {n_samples} samples will be identical")
             items = list_inputs(input_spec)

@@ -9,6 +9,12 @@ PNGs, the result store), report (table, CSV, JSON, HTML), set-up (planning, metr
 other (the runner's own bookkeeping), next to the method's restore time, with harness/method as a
 ratio. Interpreter start-up and imports are not counted (the same for any harness), nor loading
 the method (its own cost, reported apart).
+
+Before the timed runs, both methods run once, untimed, on :data:`WARMUP_IMAGES` of the images:
+the first ``compare`` in a process pays one-time costs (imports inside functions, kernel and
+allocator set-up, first-call dispatch) that a run after it does not, so without it ``--method``
+(timed first) was charged them and the stand-in was not. The device and torch's intra-op thread
+count are printed with the figures (``torch_threads`` in the JSON).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from ..errors import RestorekitError
 from ..interfaces import Method, MethodInfo, Options
 
 STANDIN = "bench_standin"
+#: Images of the untimed warm-up pass of each method before the timed runs.
+WARMUP_IMAGES = 2
 STAGES = ("reading", "degrading", "metrics", "writing", "report", "set-up", "other")
 
 
@@ -117,14 +125,25 @@ def run_bench(n: int, size: int, scale: int, method: str, metrics: list[str] | N
 
     from ..testing.data import smooth_image
 
-    out: dict[str, Any] = {"n": n, "size": size, "scale": scale, "standin_ms": standin_ms, "runs": []}
+    import torch
+
+    warm = min(n, WARMUP_IMAGES)
+    out: dict[str, Any] = {"n": n, "size": size, "scale": scale, "standin_ms": standin_ms,
+                           "torch_threads": torch.get_num_threads(), "warmup_images": warm, "runs": []}
     with tempfile.TemporaryDirectory(prefix="restorekit-bench-") as tmp:
         hr = Path(tmp) / "hr"
         hr.mkdir()
         for i in range(n):
             Image.fromarray(smooth_image(size, size, i)).save(hr / f"img{i:04d}.png", compress_level=1)
-        out["runs"].append(_one_run(hr, Path(tmp) / "a", method, {}, n, scale, metrics, device))
+        hr_warm = Path(tmp) / "hr-warm"
+        hr_warm.mkdir()
+        for i in range(warm):
+            Image.fromarray(smooth_image(size, size, n + i)).save(hr_warm / f"img{i:04d}.png", compress_level=1)
         with _registered(StandIn):
+            # Untimed: the process's one-time costs are paid here, by neither timed run.
+            _one_run(hr_warm, Path(tmp) / "warm-a", method, {}, warm, scale, metrics, device)
+            _one_run(hr_warm, Path(tmp) / "warm-b", STANDIN, {"ms_per_image": "0"}, warm, scale, metrics, device)
+            out["runs"].append(_one_run(hr, Path(tmp) / "a", method, {}, n, scale, metrics, device))
             out["runs"].append(_one_run(hr, Path(tmp) / "b", STANDIN, {"ms_per_image": str(standin_ms)}, n, scale,
                                         metrics, device))
     return out
@@ -136,7 +155,8 @@ def format_report(data: dict[str, Any]) -> str:
     labels = [r["method"] if r["method"] != STANDIN else f"stand-in {data['standin_ms']:g} ms" for r in runs]
     w = max(14, *(len(x) for x in labels)) + 2
     lines = [f"compare's cost per image, ms ({data['n']} images, {data['size']} px, ×{data['scale']}, "
-             f"{runs[0]['device']}; metrics: {', '.join(runs[0]['metrics']) or 'none'})",
+             f"{runs[0]['device']}, {data.get('torch_threads', '?')} torch threads, after an untimed warm-up "
+             f"of {data.get('warmup_images', 0)} images each; metrics: {', '.join(runs[0]['metrics']) or 'none'})",
              f"{'':<16}" + "".join(f"{x:>{w}}" for x in labels)]
     for stage in STAGES:
         lines.append(f"{stage:<16}" + "".join(f"{r['ms_per_image'][stage]:>{w}.2f}" for r in runs))

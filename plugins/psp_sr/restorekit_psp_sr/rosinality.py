@@ -51,17 +51,57 @@ class StyleGAN2Config:
                                   self.channel_multiplier, channel_max=self.channel_max, **kwargs)
 
 
+def _file_format(path: str | os.PathLike[str]) -> str | None:
+    """The ``format`` metadata of a ``.safetensors`` file (``restorekit.pix2pixhd/1`` …), else None."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception:  # noqa: BLE001 - unreadable: say nothing of its format
+        return None
+    return str(fmt) if fmt else None
+
+
+class NotAGenerator(CheckpointError):
+    """Tensors that hold no StyleGAN2 generator. ``source``: the file they came from, when the
+    caller said; a caller that knows it later gets the error naming it from :meth:`with_source`."""
+
+    def __init__(self, detail: str, source: str | os.PathLike[str] | None = None) -> None:
+        self.detail = detail
+        self.source = None if source is None else str(source)
+        if self.source is None:
+            msg = f"not a rosinality StyleGAN2 generator state dict: {detail}"
+        else:
+            fmt = _file_format(self.source)
+            if fmt and "/" in fmt:  # restorekit's own formats: restorekit.pix2pixhd/1 …
+                what = f"a {fmt} file, not a StyleGAN2 generator"
+            elif self.source.endswith(".safetensors"):  # safetensors' framework tag ("pt") says nothing
+                what = "a safetensors file of other tensors, not a StyleGAN2 generator"
+            else:
+                what = "not a StyleGAN2 generator"
+            msg = f"{self.source}: {what} ({detail})"
+        super().__init__(msg)
+
+    def with_source(self, source: str | os.PathLike[str]) -> "NotAGenerator":
+        return NotAGenerator(self.detail, source)
+
+
 def _strip(sd: Mapping[str, Any], prefix: str) -> dict[str, Tensor]:
     if not prefix:
         return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and isinstance(v, Tensor)}
 
 
-def infer_config(sd: Mapping[str, Tensor]) -> StyleGAN2Config:
-    """Resolution, style_dim, n_mlp and channel widths from a rosinality state dict."""
+def infer_config(sd: Mapping[str, Tensor], *, source: str | os.PathLike[str] | None = None) -> StyleGAN2Config:
+    """Resolution, style_dim, n_mlp and channel widths from a rosinality state dict (read from the
+    file ``source``, named in the error when it holds no generator)."""
     for need in ("style.1.weight", "input.input", "conv1.conv.weight"):
         if need not in sd:
-            raise CheckpointError(f"not a rosinality StyleGAN2 generator state dict: key '{need}' is missing")
+            raise NotAGenerator(f"key '{need}' is missing", source)
     style_dim = int(sd["style.1.weight"].shape[1])
     mlp = [int(m.group(1)) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k))]
     n_mlp = max(mlp)
@@ -87,17 +127,19 @@ def infer_config(sd: Mapping[str, Tensor]) -> StyleGAN2Config:
                            channels=tuple(sorted(widths.items())))
 
 
-def generator_from_state_dict(sd: Mapping[str, Any], *, prefix: str = "",
-                              latent_avg: Tensor | None = None, **kwargs: Any) -> StyleGAN2Generator:
+def generator_from_state_dict(sd: Mapping[str, Any], *, prefix: str = "", latent_avg: Tensor | None = None,
+                              source: str | os.PathLike[str] | None = None, **kwargs: Any) -> StyleGAN2Generator:
     """Build a generator whose architecture matches ``sd`` and load it strictly.
 
     ``prefix`` selects a sub-dict (pSp's ``"decoder."``). The FIR kernel buffers are derived
     constants: they may be absent, but when present must equal StyleGAN2's ``[1,3,3,1]`` filter.
+    ``source``: the file ``sd`` was read from, named (with its safetensors ``format``) when it
+    holds no generator (:class:`NotAGenerator`).
     """
     sd = _strip(sd, prefix)
     if not sd:
-        raise CheckpointError(f"no tensors{' under prefix ' + repr(prefix) if prefix else ''} in the state dict")
-    cfg = infer_config(sd)
+        raise NotAGenerator(f"no tensors{' under prefix ' + repr(prefix) if prefix else ''}", source)
+    cfg = infer_config(sd, source=source)
     g = cfg.build(**kwargs)
     own = g.state_dict()
     kernels = {k for k in own if k.endswith(".blur.kernel") or k.endswith(".upsample.kernel")}
@@ -214,7 +256,7 @@ def load_rosinality(path: str | os.PathLike[str], *, key: str | None = None,
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{path}: the generator entry is a {type(sd).__name__}, not a state dict")
     la = ckpt.get("latent_avg") if sd is not ckpt else None
-    return generator_from_state_dict(sd, latent_avg=la if isinstance(la, Tensor) else None, **kwargs)
+    return generator_from_state_dict(sd, latent_avg=la if isinstance(la, Tensor) else None, source=path, **kwargs)
 
 
 def save_rosinality(generator: StyleGAN2Generator, path: str | os.PathLike[str],

@@ -147,7 +147,7 @@ def load_generator(spec: str, **kwargs: Any) -> Any:
         return g.eval()
     from .rosinality import generator_from_state_dict
 
-    return generator_from_state_dict(tensors, latent_avg=la, **kwargs)
+    return generator_from_state_dict(tensors, latent_avg=la, source=path, **kwargs)
 
 
 def build_losses(cfg: PSPTrainConfig) -> dict[str, Loss]:

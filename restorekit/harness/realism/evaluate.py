@@ -229,12 +229,14 @@ def reference_key(paths: Sequence[str | os.PathLike[str]], space: FeatureSpace) 
 
 
 def save_statistics(path: str | os.PathLike[str], stats: FeatureStats, *, space: str = "",
-                    key: str = "") -> Path:
-    """Write statistics to an ``.npz`` (atomically; no pickles)."""
+                    key: str = "", skipped: Sequence[str] = ()) -> Path:
+    """Write statistics to an ``.npz`` (atomically; no pickles). ``skipped``: the one-line errors of
+    the files left out of them (unreadable), replayed when the statistics are read from a cache."""
     from ...images import atomic_write_bytes
 
     buf = io.BytesIO()
-    np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), space=np.str_(space), key=np.str_(key))
+    np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), space=np.str_(space), key=np.str_(key),
+             skipped=np.array([str(x) for x in skipped], dtype=np.str_))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p, buf.getvalue())
@@ -254,18 +256,30 @@ def load_statistics(path: str | os.PathLike[str], *, key: str | None = None) -> 
     return stats
 
 
+def _cached_skipped(path: str | os.PathLike[str]) -> list[str] | None:
+    """The ``skipped`` lines a cached statistics file recorded; None for a file written before
+    they were recorded (its figures may leave out files nobody would be told of)."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            return [str(x) for x in z["skipped"].tolist()] if "skipped" in z.files else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *, batch_size: int = 64,
                          cache_dir: str | os.PathLike[str] | None = None,
                          skipped: list[str] | None = None) -> dict[str, FeatureStats]:
     """Statistics of the image files ``source`` (a folder, glob, ``@list.txt`` or a list of
     paths) in each space; with ``cache_dir``, read from / written to ``<space>-<key>.npz``.
-    ``skipped``: as :func:`image_batches`."""
+    ``skipped``: as :func:`image_batches`; the files left out are recorded in the cache and their
+    lines replayed from it, so a cached run reports (and fails on) them as the first one did."""
     paths = _paths(source)
     if len(paths) < 2:
         raise RestorekitError(f"the reference set needs at least 2 images, got {len(paths)}")
     out: dict[str, FeatureStats] = {}
     todo: list[FeatureSpace] = []
     keys: dict[str, str] = {}
+    replay: list[str] | None = None
     for s in spaces:
         if cache_dir is None:
             todo.append(s)
@@ -274,26 +288,37 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
         f = Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz"
         if f.is_file():
             try:
-                out[s.name] = load_statistics(f, key=keys[s.name])
-                continue
+                stats = load_statistics(f, key=keys[s.name])
+                lines = _cached_skipped(f)
+                if lines is not None:  # else written before the left-out files were recorded
+                    out[s.name] = stats
+                    replay = lines if replay is None else replay
+                    continue
             except RestorekitError:
                 pass  # unreadable or stale: recompute and overwrite
         todo.append(s)
     if todo:
-        computed = multi_statistics(image_batches(paths, batch_size, skipped), todo)
+        left_out: list[str] = []
+        computed = multi_statistics(image_batches(paths, batch_size, left_out if skipped is not None else None),
+                                    todo)
         for s in todo:
             out[s.name] = computed[s.name]
             if cache_dir is not None:
                 _cache_statistics(Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz", computed[s.name],
-                                  space=s.identity, key=keys[s.name])
+                                  space=s.identity, key=keys[s.name], skipped=left_out)
+        replay = left_out
+    if replay:
+        if skipped is None:  # a caller that lets no file be left out: as image_batches would have raised
+            raise RestorekitError(replay[0])
+        skipped.extend(replay)
     return out
 
 
-def _cache_statistics(path: Path, stats: FeatureStats, *, space: str, key: str) -> None:
+def _cache_statistics(path: Path, stats: FeatureStats, *, space: str, key: str, skipped: Sequence[str] = ()) -> None:
     """:func:`save_statistics` into the cache; a cache that cannot be written (read-only, full)
     costs the next run the computation again, not this run its figures: one warning line."""
     try:
-        save_statistics(path, stats, space=space, key=key)
+        save_statistics(path, stats, space=space, key=key, skipped=skipped)
     except (OSError, RestorekitError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"warning: the reference statistics could not be cached at {path} ({reason}); the figures "

@@ -1,0 +1,143 @@
+"""--onnx sidecars that cannot vouch for their graph, and the export cache key's code fingerprint."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from restorekit import onnx_backend  # noqa: E402
+from restorekit.harness.runner import code_fingerprint  # noqa: E402
+from restorekit.interfaces import Method, MethodInfo  # noqa: E402
+from restorekit.onnx_backend import OnnxBackendError, OnnxMethod, cache_path, onnx_method  # noqa: E402
+from restorekit.onnx_export import SIDECAR_FORMAT, ExportSpec, export_onnx, sidecar_path  # noqa: E402
+
+
+def net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid()).eval()
+
+
+class Plain(Method):
+    """No weights file hash (like pix2pixhd's embedded default): only the state identifies it."""
+
+    info = MethodInfo(name="plain_onnx", summary="test")
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.net = module
+
+    def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        with torch.no_grad():
+            return self.net(lr)
+
+    def export_module(self) -> ExportSpec:
+        return ExportSpec(self.net, torch.zeros(1, 3, 16, 16), {"method": "plain_onnx"})
+
+
+@pytest.mark.parametrize("strip", [
+    ["sha256", "state_sha256", "weights_sha256"],   # the audit's repro: all hashes stripped
+    ["state_sha256", "weights_sha256"],
+    "empty",                                         # {}
+    "format",                                        # another (older / foreign) format
+])
+def test_a_sidecar_that_cannot_vouch_for_the_graph_is_refused(tmp_path: Path, strip: object) -> None:
+    out = tmp_path / "other.onnx"
+    export_onnx(Plain(net(1)).export_module(), out)  # other weights than the method below loads
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["format"] == SIDECAR_FORMAT
+    if strip == "empty":
+        side = {}
+    elif strip == "format":
+        side["format"] = "restorekit.onnx/0"
+    else:
+        for k in strip:  # type: ignore[union-attr]
+            side.pop(k)
+        side["source"].pop("method", None)
+    sidecar_path(out).write_text(json.dumps(side))
+    with pytest.raises(OnnxBackendError) as err:
+        onnx_method(Plain(net(2)), onnx_path=out, threads=1)
+    msg = str(err.value)
+    assert "\n" not in msg and str(out) in msg and "re-export with `restorekit export plain_onnx" in msg
+    assert ("format" in msg) if strip in ("empty", "format") else ("lacks" in msg)
+    # The same graph with its full sidecar is accepted for its own weights, refused for others.
+    export_onnx(Plain(net(1)).export_module(), out, overwrite=True)
+    assert isinstance(onnx_method(Plain(net(1)), onnx_path=out, threads=1), OnnxMethod)
+    with pytest.raises(OnnxBackendError, match="other weights"):
+        onnx_method(Plain(net(2)), onnx_path=out, threads=1)
+
+
+def test_a_cached_graph_with_an_incomplete_sidecar_is_exported_again(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    path = onnx_method(Plain(net(1)), threads=1).session.path
+    side = json.loads(sidecar_path(path).read_text())
+    side.pop("state_sha256")
+    sidecar_path(path).write_text(json.dumps(side))
+    calls: list[Path] = []
+    real = onnx_backend.export_onnx
+    monkeypatch.setattr(onnx_backend, "export_onnx", lambda spec, p, **k: calls.append(p) or real(spec, p, **k))
+    onnx_method(Plain(net(1)), threads=1)
+    assert calls == [path] and "state_sha256" in json.loads(sidecar_path(path).read_text())
+
+
+def test_the_cache_key_covers_the_code_of_the_methods_package(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key held only weights and settings (and restorekit's version, which an editable install
+    never changes): a fixed export bug in a plugin kept serving the graph cached before the fix."""
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    pkg = tmp_path / "src" / "onnxkey_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    code = textwrap.dedent("""
+        import torch
+        from torch import nn
+        from restorekit.interfaces import Method, MethodInfo
+        from restorekit.onnx_export import ExportSpec
+
+        class Keyed(Method):
+            info = MethodInfo(name="keyed_onnx", summary="test")
+
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sigmoid()).eval()
+
+            def restore(self, lr, scale, *, seed=None, n_samples=1):
+                return self.net(lr)
+
+            def export_module(self):
+                return ExportSpec(self.net, torch.zeros(1, 3, 8, 8), {"weights_sha256": "ab" * 32})
+        """)
+    (pkg / "methods.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    from onnxkey_pkg.methods import Keyed  # type: ignore[import-not-found]
+
+    monkeypatch.setattr(onnx_backend, "_FINGERPRINTS", {})
+    first = onnx_method(Keyed(), threads=1).session.path
+    assert first == cache_path(Keyed().export_module(), "keyed_onnx", method_module=Keyed.__module__)
+    # The same code: the same cached graph.
+    assert onnx_method(Keyed(), threads=1).session.path == first
+    # The package's code changes (same weights, same settings, same version): another cache entry.
+    (pkg / "methods.py").write_text(code + "\n# export graph fixed\n")
+    monkeypatch.setattr(onnx_backend, "_FINGERPRINTS", {})
+    code_fingerprint.cache_clear()  # once per process: a new run is a new process
+    second = onnx_method(Keyed(), threads=1).session.path
+    assert second != first and second.is_file()
+    # The core's onnx_export module is part of the key too.
+    from restorekit import onnx_export
+    fake = tmp_path / "onnx_export.py"
+    fake.write_text(Path(onnx_export.__file__).read_text() + "\n# changed\n")
+    monkeypatch.setattr(onnx_export, "__file__", str(fake))
+    monkeypatch.setattr(onnx_backend, "_FINGERPRINTS", {})
+    assert cache_path(Keyed().export_module(), "keyed_onnx", method_module=Keyed.__module__) not in (first, second)
+    sys.modules.pop("onnxkey_pkg.methods", None)
+    sys.modules.pop("onnxkey_pkg", None)
