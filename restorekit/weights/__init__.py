@@ -42,7 +42,7 @@ from .catalogue import (all_specs, convert_to_safetensors, forget, get_spec, imp
                         registered_name, registry_dirs, registry_specs, resolve, verify, weights_file,
                         weights_source)
 from .checksum import bundled_path, sha256_file
-from .load import flatten_state_dict, pickle_globals, safetensors_metadata, unsafe_globals
+from .load import flatten_state_dict, pickle_globals, safetensors_metadata, state_mismatch, unsafe_globals
 from .spec import MANIFEST, PackageSource, WeightFile, WeightSpec
 from .tofu import TOFU_FILE, FirstUse, check_first_use, first_use, integrity
 
@@ -54,7 +54,7 @@ __all__ = [
     "import_file", "import_archive", "wants_archive_import", "ArchiveImport", "FirstUse", "first_use",
     "check_first_use", "forget", "integrity", "remove", "sha256_file", "bundled_path", "pickle_globals",
     "unsafe_globals", "load_checkpoint", "load_state_dict", "flatten_state_dict", "convert_to_safetensors",
-    "safetensors_metadata",
+    "safetensors_metadata", "state_mismatch",
 ]
 
 # The module that defines each re-exported name (where an assignment here is forwarded).

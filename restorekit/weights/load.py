@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = ["UnreadableWeightsError", "OutputExistsError", "pickle_globals", "unsafe_globals", "read_checkpoint",
-           "check_format", "flatten_state_dict", "state_dict_from", "safetensors_metadata", "write_safetensors"]
+           "check_format", "flatten_state_dict", "state_dict_from", "safetensors_metadata", "write_safetensors",
+           "state_mismatch"]
 
 _UNSAFE_HINT = ("it would import '{glob}' and could run code when loaded, so it is not unpickled here. Where "
                 "you trust the file, re-save its tensors (torch.save of a dict of tensors, e.g. {{'g_ema': "
@@ -460,6 +461,26 @@ def _check_torch(path: Path, *, legacy_only: bool) -> None:
                 _scan_pickle(f)
         elif legacy_only:
             raise _Bad("neither a PyTorch zip checkpoint nor torch's legacy format")
+
+
+def state_mismatch(build: Any, shapes: Mapping[str, tuple[int, ...]], what: str = "") -> str | None:
+    """How the network ``build()`` makes differs from a file's tensors (``shapes``: name → shape),
+    or None when they match exactly. ``build()`` runs on the meta device, so nothing is allocated:
+    a file whose recorded config claims a network it does not hold (a few bytes claiming billions
+    of parameters) can be refused before the network is built for real. ``what`` prefixes names."""
+    import torch
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    have = {k: tuple(v) for k, v in shapes.items()}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    if not (missing or unexpected or wrong):
+        return None
+    p = f"{what}." if what else ""
+    first = (f"missing {p}{missing[0]}" if missing else f"unexpected {p}{unexpected[0]}" if unexpected
+             else f"{p}{wrong[0]} is {have[wrong[0]]}, the config says {want[wrong[0]]}")
+    return f"{first}; {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape"
 
 
 def flatten_state_dict(obj: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:

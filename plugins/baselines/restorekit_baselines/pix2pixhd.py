@@ -406,16 +406,11 @@ def _file_config(p: Path, read: Any) -> GeneratorConfig:
 def _check_shapes(p: Path, cfg: GeneratorConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse a file whose tensors are not exactly the ones ``cfg``'s generator has (built on the
     meta device: no memory)."""
-    with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in Pix2PixHDGenerator(cfg).state_dict().items()}
-    missing = sorted(set(want) - set(shapes))
-    unexpected = sorted(set(shapes) - set(want))
-    wrong = [k for k in want if k in shapes and shapes[k] != want[k]]
-    if missing or unexpected or wrong:
-        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-                else f"{wrong[0]} is {shapes[wrong[0]]}, the config says {want[wrong[0]]}")
-        raise RestorekitError(f"{p}: weights do not fit the recorded architecture ({what}; "
-                              f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape)")
+    from restorekit.weights import state_mismatch
+
+    problem = state_mismatch(lambda: Pix2PixHDGenerator(cfg), shapes)
+    if problem:
+        raise RestorekitError(f"{p}: weights do not fit the recorded architecture ({problem})")
 
 
 def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, dict[str, Any]]:

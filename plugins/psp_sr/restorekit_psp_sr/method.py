@@ -138,16 +138,11 @@ def build_fitting(build: Callable[[], nn.Module], tensors: Mapping[str, Tensor],
     """``build()``, once its network is known to have exactly ``tensors``' names and shapes: it is
     first built on the meta device (no memory), so a file whose config claims a network it does not
     hold — a few bytes claiming billions of parameters — is refused before anything is allocated."""
-    with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in tensors.items()}
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    wrong = [k for k in want if k in have and have[k] != want[k]]
-    if missing or unexpected or wrong:
-        first = (f"missing {what}.{missing[0]}" if missing else f"unexpected {what}.{unexpected[0]}" if unexpected
-                 else f"{what}.{wrong[0]} is {have[wrong[0]]}, the config says {want[wrong[0]]}")
-        raise PSPModelError(f"{path}: tensors do not match the stored architecture ({first}; {len(missing)} "
-                            f"missing, {len(unexpected)} unexpected, {len(wrong)} of wrong shape)")
+    from restorekit.weights import state_mismatch
+
+    problem = state_mismatch(build, {k: tuple(v.shape) for k, v in tensors.items()}, what)
+    if problem:
+        raise PSPModelError(f"{path}: tensors do not match the stored architecture ({problem})")
     return build()
 
 
