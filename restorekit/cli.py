@@ -77,9 +77,14 @@ class RestorekitGroup(click.Group):
         except RestorekitError as exc:
             error_line(str(exc))
             ctx.exit(2)
-        except BrokenPipeError:  # not a file problem: the reader of stdout left (`restorekit … | head`)
-            _silence_stdout()
-            ctx.exit(BROKEN_PIPE)
+        except BrokenPipeError as exc:
+            if _stdout_is_broken():  # not a file problem: the reader of stdout left (`restorekit … | head`)
+                _silence_stdout()
+                ctx.exit(BROKEN_PIPE)
+            if debugging():
+                raise
+            error_line(describe_os_error(exc, action="use"))  # a socket, a child's stdin: a real failure
+            ctx.exit(2)
         except OSError as exc:
             if debugging():
                 raise
@@ -181,7 +186,24 @@ def _interrupted() -> None:
     err_console.print("interrupted")
 
 
-BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a command whose reader went away
+BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)  # 141, as a shell reports a command whose reader went away
+
+
+def _stdout_is_broken() -> bool:
+    """Whether stdout's reader has gone (a pipe whose read end is closed polls as an error): what
+    a ``BrokenPipeError`` means only then — one from a socket or a child's stdin is a real failure.
+    Where stdout cannot be polled, a broken pipe is taken to be stdout's, as before."""
+    if _stdout_went_away():
+        return True
+    try:
+        import select
+
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return True
 
 
 def _stdout_went_away() -> bool:
@@ -241,9 +263,14 @@ def main() -> None:
             raise
         _interrupted()
         sys.exit(INTERRUPTED)
-    except BrokenPipeError:  # the reader of stdout left while output was still being written
-        _silence_stdout()
-        sys.exit(BROKEN_PIPE)
+    except BrokenPipeError as exc:  # the reader of stdout left while output was still being written
+        if _stdout_is_broken():
+            _silence_stdout()
+            sys.exit(BROKEN_PIPE)
+        if debugging():
+            raise
+        error_line(describe_os_error(exc, action="use"))
+        sys.exit(2)
     except Exception as exc:  # SystemExit passes (click handled the rest)
         if debugging():
             raise
