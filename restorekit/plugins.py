@@ -279,14 +279,17 @@ HOOK_NAMES = tuple(f"register_{k}" for k in KINDS) + ("register_commands",)
 
 
 def unknown_hooks(plugin_obj: Any) -> list[str]:
-    """The plugin's public ``register_*`` functions that no hook is called by (a misspelt hook, such as
-    ``register_method``, registers nothing), each as ``'name' (did you mean 'x'?)``."""
+    """The plugin's own public ``register_*`` functions that no hook is called by (a misspelt hook,
+    such as ``register_method``, registers nothing), each as ``'name' (did you mean 'x'?)``.
+    Functions it imports (``from pillow_heif import register_heif_opener``) are not its hooks."""
     import inspect
 
-    names = vars(plugin_obj) if isinstance(plugin_obj, type(sys)) else {
-        n: getattr(plugin_obj, n, None) for n in dir(plugin_obj)}
+    module = isinstance(plugin_obj, type(sys))
+    names = vars(plugin_obj) if module else {n: getattr(plugin_obj, n, None) for n in dir(plugin_obj)}
+    home = plugin_obj.__name__ if module else getattr(plugin_obj, "__module__", None)
     return [f"'{n}'{suggest(n, list(HOOK_NAMES))}" for n, obj in sorted(names.items())
-            if n.startswith("register_") and n not in HOOK_NAMES and inspect.isfunction(obj)]
+            if n.startswith("register_") and n not in HOOK_NAMES and inspect.isfunction(obj)
+            and getattr(obj, "__module__", None) == home]
 
 
 def _collect_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> _Collected:
@@ -308,10 +311,10 @@ def _collect_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> _Co
     if refused:  # the plugin caught the error and went on: it is still broken
         raise PluginError(refused[0])
     collected.commands = getattr(plugin_obj, "register_commands", None)
-    if not collected.entries and collected.commands is None:
-        hooks = [h for h in HOOK_NAMES if getattr(plugin_obj, h, None) is not None]
-        raise PluginError("registers nothing: " + (f"its hooks ({', '.join(hooks)}) registered no entry" if hooks else
-                          f"it defines none of the hooks {', '.join(HOOK_NAMES)}"))
+    # No hook at all is a plugin that cannot do anything (its hooks misspelt or missing). Hooks that
+    # registered nothing are fine: a plugin may register only when an optional dependency is there.
+    if not any(getattr(plugin_obj, h, None) is not None for h in HOOK_NAMES):
+        raise PluginError(f"registers nothing: it defines none of the hooks {', '.join(HOOK_NAMES)}")
     return collected
 
 
@@ -630,8 +633,7 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
     Ctrl-C), removes or changes a command it did not add (its options, help or callback), or adds a
     command the core has, is undone, listed as broken and loses all its registrations. A command
     two plugins add is neither's, whichever runs first: both are broken with one line naming both
-    (as for a method name). A plugin whose only hook, ``register_commands``, adds nothing is
-    broken too ("registers nothing"). What each plugin adds is recorded (``reg.added_commands``,
+    (as for a method name). What each plugin adds is recorded (``reg.added_commands``,
     and ``commands`` in what ``restorekit plugins`` lists).
     """
     import click
@@ -699,10 +701,6 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
                             partners.update({p: message for p in claimants if p != plugin})
             own = {f"{node.path} {name}".strip() for node in after.values() if id(node.group) in tree
                    for name in node.group.commands if command_owner(node.group, name) == plugin}
-            if not reasons and not added and not own and rec is not None and not any(
-                    k != "commands" for k in rec.registers):
-                reasons.append("registers nothing: its register_commands added no command, and it has no other "
-                               "registrations")
             if not reasons:
                 for g, name, _ in added:
                     _OWNERS.setdefault(g, {})[name] = plugin

@@ -304,16 +304,6 @@ def register_metric(register):
     register(object())
 ''', r"PluginError: 'register_metric' \(did you mean 'register_metrics'\?\) is not a restorekit hook"),
     "registers_nothing": ("", r"PluginError: registers nothing: it defines none of the hooks register_methods, "),
-    "hooks_register_nothing": ('''
-@hookimpl
-def register_metrics(register):
-    pass
-''', r"PluginError: registers nothing: its hooks \(register_metrics\) registered no entry$"),
-    "commands_add_nothing": ('''
-@hookimpl
-def register_commands(cli):
-    pass
-''', r"register_commands: registers nothing: its register_commands added no command"),
 }
 
 # Command hooks of throwaway plugins: each adds what it names (a command added twice is a clash).
@@ -337,3 +327,28 @@ def command_plugin_source(plugin: str, *names: str) -> str:
 def bad_plugin_source(case: str) -> str:
     """The module source of throwaway plugin ``case`` (names made unique per case)."""
     return (_BAD_HEADER + BAD_PLUGINS[case][0]).replace("CASE", case)
+
+
+# Plugins that are fine though they register nothing here (an optional dependency missing), or hold
+# a register_* function that is not theirs but imported.
+QUIET_PLUGINS = {
+    "hooks_register_nothing": '''
+@hookimpl
+def register_metrics(register):
+    pass
+''',
+    "commands_add_nothing": '''
+@hookimpl
+def register_commands(cli):
+    pass
+''',
+    "imports_a_register_function": _methods() + '''
+from copyreg import constructor as register_constructor  # noqa: F401 (another library's register_*)
+from torch.serialization import register_package  # noqa: F401
+''',
+}
+
+
+def quiet_plugin_source(case: str) -> str:
+    """The module source of :data:`QUIET_PLUGINS` ``case`` (names made unique per case)."""
+    return (_BAD_HEADER + QUIET_PLUGINS[case]).replace("CASE", case)

@@ -15,7 +15,7 @@ import pytest
 
 from restorekit import plugins
 from restorekit.errors import PluginError
-from plugin_sources import BAD_PLUGINS, bad_plugin_source
+from plugin_sources import BAD_PLUGINS, QUIET_PLUGINS, bad_plugin_source, quiet_plugin_source
 
 
 def _dist(case: str) -> tuple[str, str]:
@@ -133,3 +133,15 @@ def test_every_command_works_beside_all_bad_plugins(plugin_site, hr_folder, tmp_
 
     r = rk("--strict", "methods")
     assert r.returncode == 2 and "is broken: " in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("case", sorted(QUIET_PLUGINS))
+def test_a_plugin_that_registers_nothing_here_or_imports_a_register_function_is_fine(plugin_site, case):
+    """Hooks may register nothing (an optional dependency missing), and a ``register_*`` function
+    imported from another library is not a misspelt hook: neither breaks the plugin."""
+    dist, module = _dist(case)
+    plugin_site(dist, module, quiet_plugin_source(case))
+    reg = plugins.registry(strict=True)
+    plugins.add_commands(reg, click.Group("t"), strict=True)
+    assert reg.plugins[module].status == "ok"
+    assert (f"good_{case}" in reg.names("methods")) == (case == "imports_a_register_function")
