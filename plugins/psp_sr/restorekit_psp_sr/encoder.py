@@ -87,6 +87,7 @@ def _resize_matrix(n: int, size: int) -> Tensor:
 
 def default_style_split(n_styles: int) -> tuple[int, int]:
     """``(coarse_ind, middle_ind)``: official 3 and 7, required to leave at least one fine style."""
+    _check_styles(n_styles)
     if n_styles < 8:
         raise ValueError(f"GradualStyleEncoder needs n_styles >= 8 (generators of 32 px or more); got {n_styles}")
     return 3, 7
@@ -117,9 +118,20 @@ class GradualStyleBlock(nn.Module):
         return self.linear(x.flatten(1))
 
 
+#: More styles than any StyleGAN2 has (18 at 1024 px), and more input than any pSp reads (256 px):
+#: a model file's config may claim anything, and these bound what building it can cost.
+MAX_STYLES = 64
+MAX_INPUT_SIZE = 4096
+
+
 def _check_input_size(input_size: int) -> None:
-    if input_size < 32 or 2 ** int(round(math.log2(input_size))) != input_size:
-        raise ValueError(f"encoder input_size must be a power of two >= 32; got {input_size}")
+    if input_size < 32 or input_size > MAX_INPUT_SIZE or 2 ** int(round(math.log2(input_size))) != input_size:
+        raise ValueError(f"encoder input_size must be a power of two from 32 to {MAX_INPUT_SIZE}; got {input_size}")
+
+
+def _check_styles(n_styles: int) -> None:
+    if not 1 <= n_styles <= MAX_STYLES:
+        raise ValueError(f"encoder n_styles must be 1 to {MAX_STYLES}; got {n_styles}")
 
 
 class GradualStyleEncoder(Encoder):
@@ -208,8 +220,7 @@ class BackboneEncoder(Encoder):
         if len(cfg.units) != 4:
             raise ValueError(f"BackboneEncoder needs a 4-stage backbone; got {len(cfg.units)} stages")
         _check_input_size(input_size)
-        if n_styles < 1:
-            raise ValueError(f"BackboneEncoder needs n_styles >= 1; got {n_styles}")
+        _check_styles(n_styles)
         self.backbone_cfg = cfg
         self.n_styles = n_styles
         self.style_dim = style_dim
@@ -247,6 +258,7 @@ class BackboneEncoderUsingLastLayerIntoW(Encoder):
         super().__init__()
         cfg = backbone_config(backbone)
         _check_input_size(input_size)
+        _check_styles(n_styles)
         self.backbone_cfg = cfg
         self.n_styles = n_styles
         self.style_dim = style_dim

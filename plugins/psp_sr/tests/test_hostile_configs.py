@@ -87,3 +87,26 @@ def test_backbones_of_absurd_depth_are_refused() -> None:
 
     with pytest.raises(ValueError, match="out of range"):
         BackboneConfig((1000, 1, 1, 1))
+
+
+@pytest.mark.parametrize("change, message", [({"n_styles": 100_000}, "n_styles must be 1 to 64"),
+                                             ({"input_size": 2 ** 20}, "input_size must be a power of two")])
+@pytest.mark.parametrize("kind", ["GradualStyleEncoder", "BackboneEncoder", "BackboneEncoderUsingLastLayerIntoW"])
+def test_an_encoder_config_claiming_countless_heads_is_refused_at_once(tmp_path: Path, kind: str, change: dict,
+                                                                       message: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building on the meta device allocates no tensors but still makes every module: 100,000 heads
+    took minutes and GiBs of Python objects before the shapes could be compared. Refused before
+    any part of the encoder is made."""
+    from restorekit_psp_sr import encoder as enc_module
+
+    made: list[int] = []
+    real = enc_module.make_body
+    monkeypatch.setattr(enc_module, "make_body", lambda cfg: made.append(1) or real(cfg))
+    encoder = {**ENCODER, "type": kind, "style_dim": 16, **change}
+    path = tmp_path / "heads.safetensors"
+    save_file({"latent_avg": torch.zeros(1)}, str(path),
+              metadata={"format": PSP_FORMAT, "config": json.dumps({"encoder": encoder, "generator": GENERATOR})})
+    with pytest.raises(PSPModelError, match=message):
+        load_psp_safetensors(path, impl="ref")
+    assert made == []
