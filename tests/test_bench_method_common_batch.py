@@ -29,3 +29,11 @@ def test_the_ratio_is_given_at_the_batch_sizes_both_lists_share() -> None:
     assert code == 0, text
     data = json.loads(out[out.index("{"):])
     assert set(data["speed_ratio"]) == {"2"}
+
+
+def test_without_compare_batch_the_second_method_is_timed_at_the_smallest_batch() -> None:
+    """--batch 4 alone with --compare-to used to be refused for a --compare-batch never given."""
+    code, out, text = bench("--batch", "4,8")
+    assert code == 0, text
+    data = json.loads(out[out.index("{"):])
+    assert set(data["speed_ratio"]) == {"4"}

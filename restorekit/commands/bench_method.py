@@ -146,8 +146,8 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
 @click.option("--compare-opt", "other_opts", multiple=True, metavar="KEY=VALUE", help="Option of the second method.")
 @click.option("--compare-repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Timed runs of the second method (slow methods: keep it small).")
-@click.option("--compare-batch", "other_batches", default="1", show_default=True,
-              help="Batch sizes for the second method.")
+@click.option("--compare-batch", "other_batches", default=None,
+              help="Batch sizes for the second method (default: the smallest --batch, where the ratio is given).")
 @click.option("--backend", "backends", default="torch", show_default=True,
               help="Backends for NAME, timed side by side: torch, onnxruntime (comma-separated).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -158,13 +158,13 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: str, repeat: int, warmup: int,
                      device: str, opts: tuple[str, ...], weights: str | None, other: str | None,
-                     other_opts: tuple[str, ...], compare_repeat: int, other_batches: str, backends: str,
+                     other_opts: tuple[str, ...], compare_repeat: int, other_batches: str | None, backends: str,
                      threads: int | None, resolution: str | None, as_json: bool) -> None:
     """Time METHOD per image at each --batch size (and against --compare-to)."""
     from ..testing.data import smooth_batch
 
     sizes = parse_batches(batches)
-    other_sizes = parse_batches(other_batches)
+    other_sizes = parse_batches(other_batches) if other_batches is not None else [min(sizes)]
     if other and not set(sizes) & set(other_sizes):
         # The speed ratio sets the two methods side by side at one batch size; across sizes it
         # would credit one of them with batching.
