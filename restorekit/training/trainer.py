@@ -260,15 +260,42 @@ def warn_changed_settings(path: Path, ckpt: dict[str, Any], config: TrainConfig,
               "batch and the position in the data)", file=sys.stderr, flush=True)
 
 
-def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> list[str]:
     """Load an optimizer's checkpointed state (moments, step counts) but keep the hyperparameters
     it was built with from this run's config — learning rate, betas, eps, weight decay — so a
     setting changed on ``--resume`` applies, as the resume warning says (``load_state_dict`` alone
-    brings the checkpoint's back)."""
+    brings the checkpoint's back). Returns the hyperparameters that differ from the checkpoint's
+    (``"lr 0.00235 → 0.0025"``), for the caller to say: a changed setting, or a trainer that now
+    builds its optimizer otherwise."""
     settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
+    changed: dict[str, str] = {}
     for group, own in zip(optimizer.param_groups, settings):
+        for key, value in own.items():
+            old = group.get(key)
+            if key in _HYPERPARAMETERS and old != value and key not in changed:
+                changed[key] = f"{key} {_number(old)} → {_number(value)}"
         group.update(own)
+    return list(changed.values())
+
+
+_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "momentum", "alpha", "k")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_number(v) for v in value) + ")"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def warn_optimizer_changes(path: Path, name: str, changes: list[str], *, main: bool) -> None:
+    """One warning line for :func:`load_optimizer_state`'s differences (main process only): for a
+    resume whose settings are unchanged, where they come from the trainer building its optimizer
+    otherwise than when the checkpoint was written (with a learning-rate schedule, the lr always
+    differs: not for those)."""
+    if main and changes:
+        print(f"warning: {path}: {name}'s settings differ from the checkpoint's ({'; '.join(changes)}); this run's "
+              "apply, the moments are the checkpoint's", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -68,7 +68,8 @@ from restorekit.training.distributed import (DistInfo, all_gather_objects, barri
                                              signal_across)
 from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, check_stop_steps,
                                          checkpoint_path, prune_checkpoints, restoring, resume_checkpoint, rng_state,
-                                         seed_everything, set_rng_state, start_log, trim_log, warn_changed_settings)
+                                         resume_warning, seed_everything, set_rng_state, start_log, trim_log,
+                                         warn_changed_settings, warn_optimizer_changes)
 
 TRAINER_NAME = "stylegan2"
 
@@ -613,9 +614,12 @@ class GANTrainer:
         p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
         with restoring(p, ckpt, self.config):
             self.models.load_state_dict(ckpt["model"])
-            load_optimizer_state(self.opt_G, ckpt["optimizer"])
-            load_optimizer_state(self.opt_D, ckpt["optimizer_d"])
+            g_changes = load_optimizer_state(self.opt_G, ckpt["optimizer"])
+            d_changes = load_optimizer_state(self.opt_D, ckpt["optimizer_d"])
         warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main, world_size=self.dist.world_size)
+        if not resume_warning(p, ckpt, self.config):  # unchanged settings: the trainer's own change, say it
+            warn_optimizer_changes(p, "G's optimizer", g_changes, main=self.dist.is_main)
+            warn_optimizer_changes(p, "D's optimizer", d_changes, main=self.dist.is_main)
         self.step, self.nimg = int(ckpt["step"]), int(ckpt["nimg"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]

@@ -635,3 +635,25 @@ def test_channel_tables_must_cover_every_resolution() -> None:
             with pytest.raises(ValidationError, match=f"{key} must give a positive width for each of "
                                                       r"\[4, 8, 16, 32\]"):
                 GANConfig(resolution=32, **{key: bad})
+
+
+def test_resuming_a_checkpoint_whose_optimizer_was_built_otherwise_says_so(faces: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Same settings, but D's Adam in the checkpoint carries the lazy-R1 scaling earlier versions
+    applied: this run's lr and betas apply, and one line says that they differ."""
+    from restorekit.training.trainer import list_checkpoints
+
+    GANTrainer.build(tiny_config(faces, tmp_path / "r", steps=4), quiet=True).fit(until=3)
+    path = list_checkpoints(tmp_path / "r")[-1][1]
+    ckpt = torch.load(path, weights_only=True)
+    for group in ckpt["optimizer_d"]["param_groups"]:
+        group["lr"] *= 2 / 3
+        group["betas"] = tuple(b ** (2 / 3) for b in group["betas"])
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    again = GANTrainer.build(tiny_config(faces, tmp_path / "r", steps=4), quiet=True)
+    again.fit(resume=True)
+    err = capsys.readouterr().err
+    assert "D's optimizer's settings differ from the checkpoint's (lr 0.00166667 → 0.0025; betas" in err
+    assert "G's optimizer" not in err
+    assert again.opt_D.param_groups[0]["lr"] == 0.0025
