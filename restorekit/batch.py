@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .cli import debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
-from .images import ImageItem, check_output_size, listing_folders, probe_size, read_image, save_image
+from .images import ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image
 from .sharding import Job, current_job
 
 # Errors a single input may raise without stopping the batch.
@@ -145,12 +145,56 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_folder(input_spec: str, output: Path) -> None:
+def _glob_tail(pattern: str) -> str:
+    """The literal text after the last wildcard (``*``, ``?``, a ``[...]`` class) of a glob's
+    file-name part: every name the pattern matches ends with it."""
+    tail_start, i, n = 0, 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch in "*?":
+            i += 1
+            tail_start = i
+        elif ch == "[":  # fnmatch's rule: a class closes at the first ']' after '[', '[!' or '[]'
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            j = pattern.find("]", j)
+            if j < 0:  # no closing bracket: a literal '['
+                i += 1
+            else:
+                i = j + 1
+                tail_start = i
+        else:
+            i += 1
+    return pattern[tail_start:]
+
+
+def _glob_may_match_outputs(input_spec: str, ext: str) -> bool:
+    """Whether a glob's file-name pattern could match an output name ``<name>.<ext>`` (any name;
+    ``<name>.json`` too, a sidecar): its literal ending (after the last wildcard) must fit the end
+    of ``.<ext>`` (case ignored, as some file systems ignore it)."""
+    base = os.path.basename(input_spec)
+    tail = _glob_tail(base).lower()
+    if not tail:
+        return True
+    for suffix in (f".{ext}".lower(), ".json"):  # .json: the sidecars beside `run --faces detect` outputs
+        if tail.endswith(suffix) or (any(ch in base for ch in "*?[") and suffix.endswith(tail)):
+            return True
+    return False
+
+
+def check_output_folder(input_spec: str, output: Path, ext: str = "png") -> None:
     """Refuse (``ImageError``, one line; the commands make it a usage error, exit 2) an output
-    folder that inputs are listed from (``--input`` a folder, or a glob matching files there):
-    each run would take the previous run's outputs for new inputs (``face.jpg`` → ``face.png``,
-    then ``face.jpg.png`` and ``face.png.png``, …)."""
-    for folder in listing_folders(input_spec):
+    folder that inputs are listed from (``--input`` a folder, or a glob matching files there
+    whose pattern could match an output name, ``<name>.<ext>``): each run would take the
+    previous run's outputs for new inputs (``face.jpg`` → ``face.png``, then ``face.jpg.png``
+    and ``face.png.png``, …). A glob such as ``'faces/*.jpg'`` with ``.png`` outputs is accepted."""
+    folders = listing_folders(input_spec)
+    if folders and _is_glob_spec(str(input_spec)) and not _glob_may_match_outputs(str(input_spec), ext):
+        return
+    for folder in folders:
         if _same_folder(folder, output):
             raise ImageError(f"--output {output} is the folder the inputs are listed from ({folder}): every run "
                              "would take the last run's outputs for inputs; write to another folder")
@@ -333,10 +377,10 @@ def process_files(
             advance(item.path.name)
 
     # 3. Every rank's outcomes, in input order.
-    finished = {i: r for share in job.gather(done) for i, r in share.items()}
+    outcomes = {i: r for share in job.gather(done) for i, r in share.items()}
     job.settled = True
-    for i in sorted(finished):
-        r = finished[i]
+    for i in sorted(outcomes):
+        r = outcomes[i]
         result.written.extend(r.written)
         result.skipped.extend(r.skipped)
         result.skip_kinds.extend(r.skip_kinds)

@@ -22,7 +22,10 @@ Conversion rule for files (pillow):
 - Palette (``P``) images are expanded through their palette.
 - Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces;
   so are the pixels a transparency colour key (PNG ``tRNS``, GIF: ``info["transparency"]``) marks
-  in palette, grayscale (8- and 16-bit) and RGB images.
+  in palette, grayscale (8- and 16-bit) and RGB images. A key the decoded pixels cannot match
+  exactly (on 16-bit colour, which pillow reduces to 8 bits but whose key it keeps in 16; or a
+  key value above 255 on 8-bit pixels) is not applied: the pixels are read as opaque, with one
+  ``warning:`` line naming the file.
 - CMYK and YCbCr are converted with pillow's own conversion (CMYK with a profile: see above).
 Files are written as 8-bit images by rounding ``x·255`` to the nearest integer, untagged (no ICC
 profile: the values are sRGB); writes are atomic.
@@ -146,7 +149,7 @@ def _pillow_notes(p: Path) -> Iterator[None]:
             key = (str(p), msg)
             if key not in _NOTED:
                 _NOTED.add(key)
-                print(f"warning: {p}: damaged metadata, used as far as it reads ({msg})",
+                print(f"warning: {_shown_name(p)}: damaged metadata, used as far as it reads ({msg})",
                       file=sys.stderr, flush=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
@@ -157,7 +160,15 @@ def _note_once(p: object, msg: str) -> None:
     key = (str(p), msg)
     if key not in _NOTED:
         _NOTED.add(key)
-        print(f"warning: {p}: {msg}", file=sys.stderr, flush=True)
+        print(f"warning: {_shown_name(p)}: {msg}", file=sys.stderr, flush=True)
+
+
+def _shown_name(p: object) -> str:
+    """``p`` as text with its unprintable characters escaped (``\\xNN``/``\\uNNNN``, as ``ascii()``
+    writes them; the rule of ``restorekit.cli.shown``), so a file name cannot move the cursor or
+    forge lines on a terminal."""
+    text = str(p)
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _check_file(p: Path) -> None:
@@ -223,6 +234,8 @@ def _refused_format(p: Path, data: bytes | None, formats: Sequence[str]) -> str:
     fmt = "PDF" if prefix.startswith(b"%PDF") else sniff_format(prefix)  # pillow only writes PDF
     if fmt is None:
         return f"{p}: not a readable image (UnidentifiedImageError)"
+    if fmt in formats or (fmt == "MPO" and "JPEG" in formats):
+        return f"{p}: a damaged or unreadable {fmt} file (its first bytes are {fmt}'s, but it does not decode)"
     return f"{p}: its format is {fmt}, which is not read here (image files may be {', '.join(formats)})"
 
 
@@ -423,12 +436,30 @@ def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(pixels_to_float(pixels.cpu().numpy()))
 
 
+def _key_unmatchable(im: Image.Image) -> bool:
+    """Whether ``im`` (opened, not yet loaded) has a transparency colour key its decoded pixels
+    cannot be matched against exactly: pillow reduces 16-bit *colour* (48-bit PNG) to 8 bits a
+    channel but keeps the key in 16 bits, and a key value above 255 never names an 8-bit pixel."""
+    key = _colour_key(im)
+    if key is None or im.mode not in ("1", "L", "RGB"):
+        return False  # 16-bit/32-bit grayscale keeps its values: its key matches exactly
+    values = key if isinstance(key, tuple) else (key,)
+    if any(v > 255 or v < 0 for v in values):
+        return True
+    return any(";16" in str(getattr(t, "args", "")) for t in (getattr(im, "tile", None) or ()))
+
+
 def _pixels(im: Image.Image, where: object) -> torch.Tensor:
     icc = im.info.get("icc_profile")
+    drop_key = _key_unmatchable(im)
     im = ImageOps.exif_transpose(im)
     im.load()
     if icc and not im.info.get("icc_profile"):
         im.info["icc_profile"] = icc
+    if drop_key:
+        im.info.pop("transparency", None)
+        _note_once(where, "its transparency colour key is not applied (16-bit colour is read as 8 bits a "
+                          "channel, which the key cannot match exactly); pixels read as opaque")
     arr = to_numpy_pixels(to_srgb(im, where))
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 

@@ -81,16 +81,34 @@ def test_the_input_folder_as_output_is_refused_before_any_work(tmp_path, command
     assert sorted(p.name for p in src.iterdir()) == ["face.jpg"]
 
 
-def test_a_glob_over_the_output_folder_and_a_link_to_it_are_refused(tmp_path):
+@pytest.mark.parametrize("command", [RUN, DEGRADE])
+def test_a_glob_over_the_output_folder_that_could_match_an_output_and_a_link_to_it_are_refused(tmp_path, command):
     src = tmp_path / "photos"
     src.mkdir()
     image(src / "face.jpg")
     (tmp_path / "link").symlink_to(src, target_is_directory=True)
-    r = invoke(*RUN, "--input", str(src / "*.jpg"), "--output", str(src))
-    assert r.exit_code == 2 and "listed from" in r.stderr, r.output
-    r = invoke(*RUN, "--input", str(src), "--output", str(tmp_path / "link"))
+    for pattern, ext in (("*.jpg", "jpg"), ("*", "png"), ("*.[jp][pn]g", "png"), ("f*", "webp")):
+        r = invoke(*command, "--input", str(src / pattern), "--output", str(src), "--ext", ext)
+        assert r.exit_code == 2 and "listed from" in r.stderr, (pattern, ext, r.output)
+    r = invoke(*command, "--input", str(src), "--output", str(tmp_path / "link"))
     assert r.exit_code == 2 and "listed from" in r.stderr, r.output
     assert sorted(p.name for p in src.iterdir()) == ["face.jpg"]
+
+
+@pytest.mark.parametrize("command", [RUN, DEGRADE])
+def test_a_glob_whose_pattern_no_output_can_match_may_write_into_its_folder(tmp_path, command):
+    """``'photos/*.jpg' --output photos``: the .png outputs never match ``*.jpg``, so a re-run
+    lists the same inputs."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    image(src / "face.jpg")
+    for _ in range(2):
+        r = invoke(*command, "--input", str(src / "*.jpg"), "--output", str(src))
+        assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in src.iterdir()) == ["face.jpg", "face.png"]
+    r = invoke(*command, "--input", str(src / "*.jpg"), "--output", str(src), "--ext", "webp")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in src.iterdir()) == ["face.jpg", "face.png", "face.webp"]
 
 
 def test_named_inputs_may_be_written_beside_themselves(tmp_path):

@@ -219,15 +219,60 @@ def test_a_gif_with_a_transparent_index_is_composited_over_white(tmp_path):
 
 # -- 7, 9. documented limits: 16-bit colour is 8-bit by pillow; multi-frame files give their first frame --------
 
-def _png_rgb16(arr: np.ndarray, path: Path) -> None:
+def _png_rgb16(arr: np.ndarray, path: Path, key: tuple[int, int, int] | None = None) -> None:
+    """A 48-bit PNG (bit depth 16, colour type 2) of ``arr`` (H×W×3 uint16), with a ``tRNS``
+    transparency key of 16-bit samples when ``key`` is given."""
     h, w, _ = arr.shape
     raw = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
+    trns = chunk(b"tRNS", struct.pack(">HHH", *key)) if key is not None else b""
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+                     + trns + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("key,keyed,other,want", [
+    # a key <= 255 a sample: pillow's 8-bit pixels (0,0,0) would match it instead of the keyed ones
+    ((0, 0, 0x00FF), (0, 0, 0x00FF), (0, 0, 0xFFFF), ([0, 0, 0], [0, 0, 255])),
+    # a key > 255: it never matches an 8-bit pixel
+    ((0x1234, 0x5678, 0x9ABC), (0x1234, 0x5678, 0x9ABC), (0xFFFF, 0x5678, 0x9ABC), ([18, 86, 154], [255, 86, 154])),
+])
+def test_a_16_bit_colour_key_is_not_applied_the_pixels_are_opaque_with_one_warning(tmp_path, capsys, key, keyed,
+                                                                                     other, want):
+    arr = np.zeros((16, 16, 3), np.uint16)
+    arr[:, :8] = keyed
+    arr[:, 8:] = other
+    _png_rgb16(arr, tmp_path / "k16.png", key=key)
+    with Image.open(tmp_path / "k16.png") as im:
+        assert im.mode == "RGB" and im.info["transparency"] == key  # pillow: 8-bit pixels, 16-bit key
+    for _ in range(2):
+        x = read_image(tmp_path / "k16.png")
+        assert rgb255(x, 0, 0) == want[0] and rgb255(x, 0, 15) == want[1]  # no pixel turned white
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"{tmp_path / 'k16.png'}: its transparency colour key is not applied" in err
+
+
+def test_a_damaged_file_of_an_allowed_format_is_called_damaged_not_refused(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 4) + b"tEXta b\x00\x00" + bytes(20))
+    (tmp_path / "bad.gif").write_bytes(b"GIF89a" + bytes(10))
+    for name, fmt in (("bad.png", "PNG"), ("bad.gif", "GIF")):
+        with pytest.raises(ImageError) as info:
+            read_image(tmp_path / name)
+        msg = str(info.value)
+        assert msg.startswith(f"{tmp_path / name}: a damaged or unreadable {fmt} file"), msg
+        assert "not read here" not in msg
+
+
+def test_warnings_escape_unprintable_characters_in_the_file_name(tmp_path, capsys):
+    name = "a\x1b]0;pwned\x07\nwarning: forged.png"
+    arr = np.zeros((16, 16, 3), np.uint16)
+    _png_rgb16(arr, tmp_path / name, key=(0, 0, 0x00FF))
+    read_image(tmp_path / name)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and err.count("\n") == 1
+    assert "a\\x1b]0;pwned\\x07\\nwarning: forged.png: its transparency colour key" in err
 
 
 def test_16_bit_colour_is_read_as_its_high_byte_as_the_readme_says(tmp_path):

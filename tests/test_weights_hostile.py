@@ -340,6 +340,60 @@ def test_import_still_takes_checkpoints_of_tensors(tmp_path: Path, specs: dict[s
         assert torch.equal(W.load_state_dict("ok")["g_ema.w"], torch.ones(3))
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_import_takes_pickles_of_numpy_arrays_as_the_numpy_only_unpickler_does(
+        tmp_path: Path, specs: dict[str, W.WeightSpec], protocol: int) -> None:
+    import numpy as np
+
+    from restorekit.weights.safe_pickle import load_numpy_pickle
+
+    path = tmp_path / "net.pkl"
+    path.write_bytes(pickle.dumps({"w": np.ones((2, 2), np.float32), "b": np.zeros(3), "n": [np.float64(2.0)]},
+                                  protocol=protocol))
+    assert load_numpy_pickle(path)["w"].shape == (2, 2)  # restorekit's own unpickler reads it
+    assert W.unsafe_globals(path) == []
+    specs["np"] = spec_for("np", "net.pkl", data=path.read_bytes())
+    dest, _ = W.import_file("np", path)
+    assert dest.is_file()
+
+
+def test_numpy_globals_do_not_make_anything_else_safe(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    import numpy as np
+
+    marker = tmp_path / "pwned"
+    mixed = tmp_path / "mixed.pkl"
+    mixed.write_bytes(pickle.dumps({"w": np.ones(3), "x": Boom(marker)}, protocol=2))
+    # numpy globals only, but BUILD sets the state of what numpy.dtype(...) made into a non-array
+    build = tmp_path / "build.pkl"
+    build.write_bytes(b"\x80\x02" + _sbs("numpy") + _sbs("dtype") + b"\x93" + _sbs("f8") + b"\x85R"
+                      + b"}" + _sbs("x") + b"K\x01s" + b"b.")
+    # a torch checkpoint holding a numpy array: torch's weights-only loader is still asked
+    in_torch = tmp_path / "in_torch.pt"
+    torch.save({"w": torch.ones(2), "a": np.ones(3)}, in_torch)
+    for path in (mixed, build, in_torch):
+        specs[path.stem] = spec_for(path.stem, path.name, data=path.read_bytes())
+        with pytest.raises(UnsafeFileError, match="holds pickled Python objects"):
+            W.import_file(path.stem, path)
+        assert not W.weights_dir(path.stem).exists()
+    assert not marker.exists()
+
+
+def test_reimporting_the_cached_file_does_not_load_it_again(tmp_path: Path, specs: dict[str, W.WeightSpec],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.weights import load
+
+    path = tmp_path / "net.pt"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    specs["ok"] = spec_for("ok", "net.pt", data=path.read_bytes())
+    calls: list[Path] = []
+    real = load._weights_only_refusal
+    monkeypatch.setattr(load, "_weights_only_refusal", lambda p: calls.append(p) or real(p))
+    W.import_file("ok", path)
+    assert len(calls) == 1
+    dest, _ = W.import_file("ok", path)  # the same bytes as the cached copy (sha256): the scan only
+    assert dest.is_file() and len(calls) == 1
+
+
 # --- 3. no unpinned size goes uncapped ---------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     try:
         chain = parse_spec(spec)
         items = list_inputs(input_spec)
-        check_output_folder(input_spec, output)
+        check_output_folder(input_spec, output, ext)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return

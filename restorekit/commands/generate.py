@@ -2,10 +2,12 @@
 
 The images are named by seed (``seed0007.png``); what made them — the generator, its weights
 (the sha256 of the loaded state) and ``--truncation`` — is recorded in ``generate.json`` beside
-them (written atomically after each image), with the names of the images made so. A later run
-into the same folder with other settings, or onto images the manifest does not list, is refused
-before any work (exit 2) unless ``--overwrite``, which replaces them and starts a new manifest:
-an image that exists is skipped only when it was made with the same settings.
+them (written atomically before each image is, listing it), with the names of the images made
+so: an image listed but missing (a run killed before writing it) is made by the next run. A
+later run into the same folder with other settings, or onto images the manifest does not list
+(a folder made before ``generate.json`` existed, too), is refused before any work (exit 2)
+unless ``--overwrite``, which replaces them and starts a new manifest: an image that exists is
+skipped only when it was made with the same settings.
 """
 
 from __future__ import annotations
@@ -144,9 +146,14 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     targets = [(seed, output / f"seed{seed:04d}.png") for seed in seed_list]
     unknown = [p for _, p in targets if (p.exists() or p.is_symlink()) and p.name not in made]
     if unknown and not overwrite:  # images of unknown settings would be left as if made now
-        fail_usage(f"{unknown[0]}{f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''}: made with "
-                   f"settings {manifest_path} does not record; use another --output, or --overwrite to replace "
-                   f"{'it' if len(unknown) == 1 else 'them'}")
+        them = f"{unknown[0]}{f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''}"
+        it = "it" if len(unknown) == 1 else "them"
+        if manifest is None:  # a folder made before generate recorded its settings, or by something else
+            fail_usage(f"{output}: has no {MANIFEST}, so the settings that made {them} are unknown (a folder "
+                       f"made before restorekit recorded them in {MANIFEST}, or by something else); use another "
+                       f"--output, or --overwrite to replace {it}")
+        fail_usage(f"{them}: made with settings {manifest_path} does not record; use another --output, or "
+                   f"--overwrite to replace {it}")
 
     def record(file_name: str) -> None:
         made.add(file_name)
@@ -164,8 +171,8 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
             z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
             w = w_avg + truncation * (gen.map(z) - w_avg)
             img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
-            written.append(str(save_image(img.cpu(), path)))
-            record(path.name)
+            record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
+            written.append(str(save_image(img.cpu(), path)))  # and the rerun makes it (it does not exist)
     if as_json:
         emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped})
     else:

@@ -112,7 +112,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             if n_samples > 1 and cls.info.deterministic and job.is_main:
                 warn(f"{method} is deterministic: its {n_samples} samples will be identical")
             items = list_inputs(input_spec)
-            check_output_folder(input_spec, output)
+            check_output_folder(input_spec, output, ext)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         if not items:

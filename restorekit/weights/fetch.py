@@ -120,7 +120,8 @@ def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename
     """
     same = _same_as_cached(spec, file, filename=filename, link=link)
     if same is not None:  # nothing to do: no lock taken, so a read-only cache answers too
-        load.refuse_unsafe(same, str(Path(file).expanduser().resolve()), allow_unsafe=allow_unsafe)
+        load.refuse_unsafe(same, str(Path(file).expanduser().resolve()), allow_unsafe=allow_unsafe,
+                           verified_cached=True)  # same sha256 as the cached copy: the scan only
         return same, None
     with cache.locked(spec.name):
         cache.remove_stray_imports(spec.name)  # copies of imports killed midway (none runs: we hold the lock)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FileSystemError, RestorekitError, UnsafeFileError, describe_os_error
+from .safe_pickle import ALLOWED_GLOBALS as NUMPY_ONLY_GLOBALS
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -193,8 +194,9 @@ def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
 
     Covers PyTorch zip checkpoints (every ``.pkl`` entry, the ``data.pkl`` torch reads among
     them), torch's legacy (non-zip) format and plain pickles; empty for files with no pickle
-    (safetensors, ONNX…). Only the globals ``torch.load(weights_only=True)`` accepts count as
-    safe. Nothing is unpickled: :func:`pickle_globals` reads opcodes.
+    (safetensors, ONNX…). Only the globals ``torch.load(weights_only=True)`` accepts, and those
+    restorekit's numpy-only unpickler accepts (:data:`safe_pickle.ALLOWED_GLOBALS`: numpy arrays),
+    count as safe. Nothing is unpickled: :func:`pickle_globals` reads opcodes.
     """
     found = pickle_globals(path)
     if not found:
@@ -202,7 +204,8 @@ def unsafe_globals(path: str | os.PathLike[str]) -> list[str]:
     torch_ok = _weights_only_globals()
 
     def safe(g: str) -> bool:
-        return g in _PLAIN_GLOBALS or (g in torch_ok if torch_ok else bool(_TORCH_TENSOR_GLOBALS.fullmatch(g)))
+        return g in _PLAIN_GLOBALS or g in NUMPY_ONLY_GLOBALS or (
+            g in torch_ok if torch_ok else bool(_TORCH_TENSOR_GLOBALS.fullmatch(g)))
 
     return sorted(g for g in found if not safe(g))
 
@@ -249,16 +252,63 @@ def _weights_only_refusal(path: Path) -> str | None:
     return None
 
 
-def refuse_unsafe(path: str | os.PathLike[str], where: str, *, allow_unsafe: bool = False) -> None:
-    """Refuse (``UnsafeFileError``) a file whose pickles hold more than tensors and plain
-    containers, unless ``allow_unsafe``: loading it could run code. Two checks: the opcode scan
-    (:func:`unsafe_globals`), then ``torch.load(weights_only=True)`` itself, which refuses what
-    torch will not unpickle safely. ``where`` names the file in the message."""
+def _numpy_only_refusal(path: Path) -> str | None:
+    """For a plain pickle naming only numpy-array globals: what restorekit's numpy-only unpickler
+    (:class:`safe_pickle.NumpyOnlyUnpickler`, which runs no code from the file) refuses in it, else
+    None. Reads the pickle at the start and each whole pickle after it, as the scan does."""
+    from .safe_pickle import NumpyOnlyUnpickler
+
+    try:
+        with open(path, "rb") as f:
+            for _ in range(65):
+                try:
+                    NumpyOnlyUnpickler(f, source=str(path)).load()
+                except UnsafeFileError as exc:
+                    msg = str(exc)
+                    m = re.search(r"asks for '([^']+)'", msg)
+                    return m.group(1) if m else msg.removeprefix(f"{path}: ")[:200]
+                except Exception:  # damaged or truncated: not a safety question (the format check says so)
+                    return None
+                if f.peek(1)[:1] != b"\x80":
+                    return None
+    except OSError:
+        return None
+    return None
+
+
+def _numpy_only_pickle(path: Path) -> bool:
+    """Whether ``path`` is a plain pickle (no zip checkpoint, no torch legacy file) whose globals
+    are all ones the numpy-only unpickler allows."""
+    import zipfile
+
+    found = pickle_globals(path)
+    if not found or not found <= NUMPY_ONLY_GLOBALS:
+        return False
+    try:
+        if zipfile.is_zipfile(path):
+            return False
+        with open(path, "rb") as f:
+            first = _pickle_globals_of(f, set())  # opcodes only: the legacy format's magic number, if any
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return first != _TORCH_LEGACY_MAGIC
+
+
+def refuse_unsafe(path: str | os.PathLike[str], where: str, *, allow_unsafe: bool = False,
+                  verified_cached: bool = False) -> None:
+    """Refuse (``UnsafeFileError``) a file whose pickles hold more than tensors, plain containers
+    and numpy arrays, unless ``allow_unsafe``: loading it could run code. Two checks: the opcode
+    scan (:func:`unsafe_globals`), then the unpickler that would read it, run so that it runs no
+    code: restorekit's numpy-only unpickler for a plain pickle of numpy arrays, else
+    ``torch.load(weights_only=True)``, which refuses what torch will not unpickle safely. With
+    ``verified_cached`` (``path`` is a cached copy whose sha256 was just matched) only the scan
+    runs: the file is not loaded a second time. ``where`` names the file in the message."""
     if allow_unsafe:
         return
     unsafe = unsafe_globals(path)
-    if not unsafe:
-        refusal = _weights_only_refusal(Path(path))
+    if not unsafe and not verified_cached:
+        p = Path(path)
+        refusal = _numpy_only_refusal(p) if _numpy_only_pickle(p) else _weights_only_refusal(p)
         unsafe = [refusal] if refusal else []
     if unsafe:
         raise UnsafeFileError(
