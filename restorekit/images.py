@@ -517,10 +517,13 @@ def from_pil(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """The permissions a plainly created file gets here (``0o666`` less the umask), for files
+    written through ``mkstemp`` (which makes them 0600) and renamed into place. The umask can
+    only be read by setting it: for that instant it is 0 in this process."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def temp_prefix(name: str, limit: int = 200) -> str:
@@ -543,7 +546,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import FileSystemError, RestorekitError, describe_os_error
-from .images import temp_prefix
+from .images import new_file_mode, temp_prefix
 from .weights.checksum import sha256_file
 
 SIDECAR_FORMAT = "restorekit.onnx/1"
@@ -329,13 +329,6 @@ def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
     return (base + 0.1 * torch.rand(batch, c, h, w, generator=g)).clamp(0, 1).float()
 
 
-def _umask_mode() -> int:
-    """Permissions a plainly created file gets (``mkstemp`` makes 0600 ones)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _shape(t: Tensor, dyn: dict[int, str]) -> list[int | str]:
     return [dyn.get(i, int(s)) for i, s in enumerate(t.shape)]
 
@@ -497,7 +490,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         with os.fdopen(fd, "w") as f:
             json.dump(info, f, indent=2)
             f.write("\n")
-        mode = _umask_mode()
+        mode = new_file_mode()
         os.chmod(tmp, mode)
         os.chmod(side_tmp, mode)
         target = out  # what an OS error is about: the files asked for, not the hidden temporary ones

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
-from ..images import temp_prefix
+from ..images import new_file_mode, temp_prefix
 from .config import TrainConfig, absolute_settings
 from .data import DataError
 from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
@@ -98,12 +98,10 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise FileSystemError(describe_os_error(exc, path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(f.fileno(), 0o666 & ~mask)  # mkstemp makes 0600; checkpoints get the usual permissions
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; checkpoints get the usual permissions
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
