@@ -6,8 +6,8 @@ The package is layered; each module imports only those listed before it::
     cache           where cached files live; the per-folder manifest
     tofu            trust on first use: hashes recorded for files whose spec pins none
     checksum        sha256; checks that a cached or bundled file is still the right one
-    load            safe loading of a path (safetensors, torch.load(weights_only=True)), pickle scanning
     safe_pickle     numpy-only unpickler (for converters of pickled numpy weights)
+    load            safe loading of a path (safetensors, torch.load(weights_only=True)), pickle scanning
     download        HTTP mirrors: resume, sha256, atomic move
     package_member  a member of a pinned package distribution, converted to safetensors
     fetch           pull a spec's files from their source, or import a file the user has
