@@ -221,8 +221,9 @@ def sniff_format(prefix: bytes) -> str | None:
     return None
 
 
-def _refused_format(p: Path, data: bytes | None, formats: Sequence[str]) -> str:
-    """The message for a file pillow cannot open as one of ``formats``: its detected format, if any."""
+def _refused_format(p: Path, data: bytes | None, formats: Sequence[str], unknown: str | None = None) -> str:
+    """The message for a file pillow cannot open as one of ``formats``: its detected format, if any
+    (``unknown``: the message when no format is recognised, if not the default)."""
     try:
         if data is not None:
             prefix = data[:16]
@@ -233,7 +234,7 @@ def _refused_format(p: Path, data: bytes | None, formats: Sequence[str]) -> str:
         prefix = b""
     fmt = "PDF" if prefix.startswith(b"%PDF") else sniff_format(prefix)  # pillow only writes PDF
     if fmt is None:
-        return f"{p}: not a readable image (UnidentifiedImageError)"
+        return unknown or f"{p}: not a readable image (UnidentifiedImageError)"
     if fmt in formats or (fmt == "MPO" and "JPEG" in formats):
         return f"{p}: a damaged or unreadable {fmt} file (its first bytes are {fmt}'s, but it does not decode)"
     return f"{p}: its format is {fmt}, which is not read here (image files may be {', '.join(formats)})"
@@ -265,8 +266,9 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
     except UnidentifiedImageError as exc:
         if formats is FILE_FORMATS:
             raise ImageError(_refused_format(p, data, formats)) from None
-        if formats is not None:
-            raise ImageError(f"{p}: not an image in a format read here ({', '.join(formats)})") from None
+        if formats is not None:  # uploads: the same detection, their own list
+            raise ImageError(_refused_format(p, data, formats, unknown=f"{p}: not an image in a format read "
+                                                                       f"here ({', '.join(formats)})")) from None
         raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
     except PermissionError:
         raise ImageError(f"{p}: permission denied (the file cannot be read)") from None

@@ -189,9 +189,16 @@ def test_other_formats_are_refused_by_name_and_the_allowed_ones_are_read(tmp_pat
     assert rgb255(read_image(tmp_path / "phone.jpg"))[0] > 180  # the JPEGs many phones write (MPO)
 
 
-def test_uploads_keep_their_own_list_and_message():
-    with pytest.raises(ImageError, match=r"^x\.eps: not an image in a format read here \(PNG, JPEG, WEBP, BMP, TIFF, GIF\)$"):
+def test_uploads_keep_their_own_list_and_name_what_they_are():
+    with pytest.raises(ImageError, match=r"^x\.eps: its format is EPS, which is not read here \(image files may be "
+                                         r"PNG, JPEG, WEBP, BMP, TIFF, GIF\)$"):
         read_image_bytes(EPS, "x.eps")
+    with pytest.raises(ImageError, match=r"^notes\.txt: not an image in a format read here \(PNG, JPEG, WEBP, BMP, "
+                                         r"TIFF, GIF\)$"):
+        read_image_bytes(b"just some notes\n", "notes.txt")
+    damaged = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    with pytest.raises(ImageError, match=r"^cut\.png: (a damaged or unreadable PNG file|corrupt or truncated)"):
+        read_image_bytes(damaged, "cut.png")
 
 
 # -- 6. transparency colour keys (tRNS) ----------------------------------------------------------------------

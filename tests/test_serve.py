@@ -244,7 +244,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(server: Runnin
 @pytest.mark.parametrize(("data", "name", "message"), [
     (b"just some notes\n", "notes.txt", "notes.txt: not an image in a format read here (PNG, JPEG, WEBP, BMP, TIFF, GIF)"),
     (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "x.eps",
-     "x.eps: not an image in a format read here (PNG, JPEG, WEBP, BMP, TIFF, GIF)"),
+     "x.eps: its format is EPS, which is not read here (image files may be PNG, JPEG, WEBP, BMP, TIFF, GIF)"),
     (b"", "empty.png", "empty.png: empty file (0 bytes)"),
     (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cut.png", None),
 ])

@@ -324,3 +324,26 @@ def test_the_worker_is_known_to_be_inside_a_job_after_a_ctrl_c_cut_the_wait_for_
     while q.worker_alive and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not q.worker_alive
+
+
+def test_the_page_detects_faces_as_run_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's detector searches the pyramid of `run --faces detect` (its default --min-face):
+    built with the detector's own default, it found other boxes and landmarks."""
+    import restorekit.faces.pipeline as pipeline
+    from restorekit.web.catalogue import Catalogue
+    from restorekit.web.config import ServeConfig
+
+    asked: list[Any] = []
+    real = pipeline.build_detector
+
+    def build(name: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("min_face"))
+        return real(name, **kwargs)
+
+    import restorekit.faces.detectors as detectors
+
+    monkeypatch.setattr(detectors, "check_available", lambda name: None)
+    monkeypatch.setattr(pipeline, "build_detector", build)
+    cat = Catalogue(ServeConfig(device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"]))
+    cat.load()
+    assert asked == [pipeline.DEFAULT_MIN_FACE]

@@ -97,10 +97,12 @@ class Catalogue:
         setup_metrics(self.metrics, metric_device(self.device))
         try:
             from ..faces.detectors import check_available
-            from ..faces.pipeline import build_detector
+            from ..faces.pipeline import DEFAULT_MIN_FACE, build_detector
 
             check_available(self.detector_name)
-            self.detector = build_detector(self.detector_name)
+            # The pyramid `run --faces detect` searches (its default --min-face), so the page finds
+            # the same faces at the same places.
+            self.detector = build_detector(self.detector_name, min_face=DEFAULT_MIN_FACE)
         except RestorekitError as exc:
             self.detector_reason = str(exc)
         except (Exception, SystemExit) as exc:
