@@ -45,6 +45,7 @@ both. The same file given twice is used once.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import glob as globmod
 import io
@@ -146,17 +147,37 @@ def _pillow_notes(p: Path) -> Iterator[None]:
     for w in caught:
         if issubclass(w.category, UserWarning) and w.filename.replace(os.sep, "/").find("/PIL/") >= 0:
             msg = " ".join(str(w.message).split())
-            key = (str(p), msg)
-            if key not in _NOTED:
-                _NOTED.add(key)
-                print(f"warning: {_shown_name(p)}: damaged metadata, used as far as it reads ({msg})",
-                      file=sys.stderr, flush=True)
+            _note_once(p, f"damaged metadata, used as far as it reads ({msg})")
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
+#: Where :func:`_note_once` hands its notes inside :func:`collected_notes` (None: to stderr).
+_COLLECTOR: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("restorekit_image_notes", default=None)
+
+
+@contextmanager
+def collected_notes() -> Iterator[list[str]]:
+    """Within the block, what reading an image would warn about (an ICC profile not applied, a
+    transparency key dropped) is added to the yielded list as ``"NAME: note"`` lines instead of
+    printed — for a caller that reports it itself (``serve`` shows it beside the upload)."""
+    notes: list[str] = []
+    token = _COLLECTOR.set(notes)
+    try:
+        yield notes
+    finally:
+        _COLLECTOR.reset(token)
+
+
 def _note_once(p: object, msg: str) -> None:
-    """One ``warning:`` line on stderr naming ``p``, once per file and message in a process."""
+    """One ``warning:`` line on stderr naming ``p``, once per file and message in a process (or,
+    inside :func:`collected_notes`, the note added to its list, every time)."""
+    collector = _COLLECTOR.get()
+    if collector is not None:
+        line = f"{_shown_name(p)}: {msg}"
+        if line not in collector:
+            collector.append(line)
+        return
     key = (str(p), msg)
     if key not in _NOTED:
         _NOTED.add(key)

@@ -6,6 +6,7 @@ browser itself is driven in ``test_serve_browser.py``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -666,3 +667,18 @@ def test_an_upload_limit_that_is_not_a_finite_size_is_a_usage_error(rk_cli: Any,
     assert result.exit_code == 2, result.output
     assert "max-upload-mb" in result.output or "max_upload_mb" in result.output
     assert "unexpected" not in result.output
+
+
+def test_what_reading_an_upload_warns_about_is_told_to_the_page(server: RunningServer,
+                                                               capfd: pytest.CaptureFixture) -> None:
+    """A profile that cannot be applied is a note in the upload's JSON, every time and for each
+    user, not one line on the server's stderr once per file name."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, "PNG", icc_profile=b"not an icc profile at all" * 8)
+    capfd.readouterr()
+    for _ in range(2):
+        status, up = upload(server.url, buf.getvalue(), "tagged.png")
+        assert status == 201, up
+        assert up["notes"] == ["tagged.png: its ICC profile is damaged and not applied; colours taken as sRGB"]
+    assert "ICC" not in capfd.readouterr().err
+    assert face_upload(server)["notes"] == []

@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import ImageError
 from ..harness.inputs import png_bytes
-from ..images import pixels_to_image, read_pixels_bytes, to_pil
+from ..images import collected_notes, pixels_to_image, read_pixels_bytes, to_pil
 from .files import FileStore
 
 
@@ -52,6 +52,7 @@ class Upload:
     name: str
     pixels: Tensor
     preview: str
+    notes: list[str] = field(default_factory=list)  # what reading it warned about (a profile not applied…)
 
     def image(self) -> Tensor:
         """The upload as restorekit's image convention (1×3×H×W float32 in [0,1]), made on each call."""
@@ -73,7 +74,7 @@ class Upload:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
-                "preview": f"files/{self.preview}"}
+                "preview": f"files/{self.preview}", "notes": list(self.notes)}
 
 
 def display_name(raw: str | None) -> str:
@@ -111,14 +112,17 @@ class UploadStore:
         if len(data) > self.max_bytes:
             raise self.too_large(name, len(data))
         try:
-            pixels = read_pixels_bytes(data, name, max_pixels=self.max_pixels)
+            with collected_notes() as notes:  # for the page, not the server's stderr
+                pixels = read_pixels_bytes(data, name, max_pixels=self.max_pixels)
         except ImageError:
             raise
         except Exception as exc:  # a decoder failing on crafted bytes in a way pillow does not name
             detail = (str(exc).strip().splitlines() or [""])[0][:200]
             raise UploadRefused(f"{name}: corrupt or truncated image ({type(exc).__name__}"
                                 f"{': ' + detail if detail else ''})") from None
-        return self.add(pixels, name)
+        upload = self.add(pixels, name)
+        upload.notes = notes
+        return upload
 
     def add(self, pixels: Tensor, name: str) -> Upload:
         """Keep decoded pixels (1×3×H×W uint8, uint16 or float32 in [0,1]) as an upload (and write its preview)."""

@@ -137,6 +137,7 @@ async function sendUpload(path, options) {
     state.upload = up;
     $("upload").replaceChildren(
       el("div", { id: "upload-name", text: `${up.name}: ${up.width}×${up.height} px` }),
+      ...(up.notes || []).map((note) => el("div", { class: "upload-note muted", text: `note: ${note}` })),
       el("img", { src: up.preview, alt: up.name, id: "upload-preview" }));
   } catch (e) {
     $("upload").replaceChildren();
