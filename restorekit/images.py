@@ -253,7 +253,15 @@ def _refused_format(p: Path, data: bytes | None, formats: Sequence[str], unknown
                 prefix = f.read(16)
     except OSError:
         prefix = b""
-    fmt = "PDF" if prefix.startswith(b"%PDF") else sniff_format(prefix)  # pillow only writes PDF
+    fmt = None
+    if set(formats) != set(FILE_FORMATS):  # a narrower list (uploads): the safe decoders name the format
+        try:  # (headers only) better than signatures, which formats without one (TGA) are mistaken by
+            with Image.open(p if data is None else io.BytesIO(data), formats=list(FILE_FORMATS)) as im:
+                fmt = im.format
+        except Exception:
+            fmt = None
+    if fmt is None:
+        fmt = "PDF" if prefix.startswith(b"%PDF") else sniff_format(prefix)  # pillow only writes PDF
     if fmt is None:
         return unknown or f"{p}: not a readable image (UnidentifiedImageError)"
     if fmt in formats or (fmt == "MPO" and "JPEG" in formats):

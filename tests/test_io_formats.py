@@ -308,3 +308,11 @@ def test_the_readme_states_the_rules():
                    "first frame", "transparency colour key", "never EPS"):
         assert phrase in section, phrase
     assert "16-bit data\nis scaled by 1/65535" not in text
+
+
+def test_an_upload_in_a_format_without_a_signature_is_named_for_what_it_is():
+    """A TGA (no magic bytes) was named CUR, whose weak signature check answered first."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, "TGA")
+    with pytest.raises(ImageError, match=r"^t\.tga: its format is TGA, which is not read here"):
+        read_image_bytes(buf.getvalue(), "t.tga")
