@@ -347,3 +347,16 @@ def test_the_page_detects_faces_as_run_does(monkeypatch: pytest.MonkeyPatch) -> 
     cat = Catalogue(ServeConfig(device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"]))
     cat.load()
     assert asked == [pipeline.DEFAULT_MIN_FACE]
+
+
+def test_the_page_is_told_which_installed_plugins_did_not_load(plugin_site: Any) -> None:
+    """Their methods are simply missing from the list; /api/info names the plugin and why."""
+    from plugin_sources import BROKEN_PLUGIN
+
+    from restorekit.web.catalogue import Catalogue
+    from restorekit.web.config import ServeConfig
+
+    plugin_site("thirdparty-broken", "thirdparty_broken", BROKEN_PLUGIN)
+    info = Catalogue(ServeConfig(device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"])).public()
+    assert info["broken_plugins"] == [{"name": "thirdparty_broken", "distribution": "thirdparty-broken",
+                                       "status": "broken: ImportError: this plugin is broken on purpose"}]

@@ -3,7 +3,8 @@
 Routes (nothing else answers):
 
 - ``GET /``, ``GET /static/app.js``, ``GET /static/style.css``: the page (package files, by fixed name).
-- ``GET /api/info``: methods (with the reason those that cannot run here cannot), metrics, limits.
+- ``GET /api/info``: methods (with the reason those that cannot run here cannot), metrics, limits,
+  and the installed plugins that did not load (``broken_plugins``, with their status).
 - ``POST /api/uploads``: the image as the raw request body (its name in ``X-Filename``), at most
   ``max_upload_mb``; decoded in memory. ``POST /api/uploads/sample``: the astronaut photo.
 - ``POST /api/jobs`` (JSON :class:`~restorekit.web.jobs.JobSettings`), ``GET /api/jobs/ID``,

@@ -76,6 +76,9 @@ class Catalogue:
                 name, i.summary, reg.owner["methods"][name], i.license, i.paper, i.deterministic,
                 i.one_sample_ignores_seed, i.input_kind, list(i.scales) if i.scales is not None else None)
         self.metrics: list[MetricState] = metric_states(config.metrics, reg)
+        #: Installed plugins that could not load: their methods are missing from the list, so say why.
+        self.broken_plugins = [{"name": name, "distribution": rec.distribution, "status": rec.status}
+                               for name, rec in sorted(reg.plugins.items()) if rec.status.startswith("broken")]
         self.detector_name = config.detector or _default_detector()
         self.detector: FaceDetector | None = None
         self.detector_reason: str | None = None
@@ -126,6 +129,7 @@ class Catalogue:
             "detector": {"name": self.detector_name, "available": self.detector is not None,
                          "reason": self.detector_reason},
             "device": str(self.device),
+            "broken_plugins": list(self.broken_plugins),
         }
 
 

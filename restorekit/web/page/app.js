@@ -75,6 +75,12 @@ async function init() {
     }
     box.append(item);
   }
+  for (const p of info.broken_plugins || []) {  // installed, but its methods could not load
+    box.append(el("div", { class: "method off" },
+                  el("details", { class: "why muted" },
+                     el("summary", { text: `plugin ${p.name} did not load — why` }),
+                     el("span", { class: "reason", text: p.status }))));
+  }
   if (!info.detector.available) {
     $("detector-note").textContent = `finding faces is not available here: ${info.detector.reason}`;
     for (const r of document.querySelectorAll("input[name=faces]")) if (r.value !== "aligned") r.disabled = true;
