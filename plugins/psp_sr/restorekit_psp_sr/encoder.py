@@ -134,7 +134,46 @@ def _check_styles(n_styles: int) -> None:
         raise ValueError(f"encoder n_styles must be 1 to {MAX_STYLES}; got {n_styles}")
 
 
-class GradualStyleEncoder(Encoder):
+def _checked_backbone(kind: str, backbone: str | BackboneConfig, n_styles: int, input_size: int) -> BackboneConfig:
+    """The backbone config of a W+ encoder, its sizes checked before anything is built."""
+    cfg = backbone_config(backbone)
+    if len(cfg.units) != 4:
+        raise ValueError(f"{kind} needs a 4-stage backbone; got {len(cfg.units)} stages")
+    _check_input_size(input_size)
+    _check_styles(n_styles)
+    return cfg
+
+
+class _HeadedEncoder(Encoder):
+    """What pSp's W+ encoders share: the IR-SE backbone (``input_layer``, ``body``), their sizes,
+    one map2style head per style (made by the subclass), and :meth:`encode`."""
+
+    def __init__(self, cfg: BackboneConfig, n_styles: int, style_dim: int, input_nc: int, input_size: int,
+                 head_channels: int | None) -> None:
+        super().__init__()
+        self.backbone_cfg = cfg
+        self.n_styles = n_styles
+        self.style_dim = style_dim
+        self.input_nc = input_nc
+        self.input_size = input_size
+        self.head_channels = head_channels or style_dim
+        self.input_layer = make_input_layer(input_nc, cfg.stem_width)
+        self.body = make_body(cfg)
+        #: Set by :func:`.fast_encoder.optimize_encoder`: the faster eval-mode forward.
+        self.inference_path: InferencePath | None = None
+
+    def _fast_path(self, x: Tensor) -> InferencePath | None:
+        """The inference path, when ``forward`` may take it for ``x``."""
+        path = self.inference_path
+        usable = path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self, x)
+        return path if usable else None
+
+    def encode(self, image: Tensor) -> Tensor:
+        """``N×C×H×W`` in [0, 1], any size, to ``N×n_styles×style_dim`` (without ``latent_avg``)."""
+        return self(resize_input(image, self.input_size) * 2 - 1)
+
+
+class GradualStyleEncoder(_HeadedEncoder):
     """pSp's feature-pyramid encoder into W+ (``N×n_styles×style_dim``), residual to ``latent_avg``.
 
     ``backbone``: a :class:`~.irse.BackboneConfig` or name (``ir_se50`` as in the paper;
@@ -145,26 +184,15 @@ class GradualStyleEncoder(Encoder):
     def __init__(self, n_styles: int = 18, style_dim: int = 512, *, backbone: str | BackboneConfig = "ir_se50",
                  input_nc: int = 3, input_size: int = 256, head_channels: int | None = None,
                  coarse_ind: int | None = None, middle_ind: int | None = None) -> None:
-        super().__init__()
-        cfg = backbone_config(backbone)
-        if len(cfg.units) != 4:
-            raise ValueError(f"GradualStyleEncoder needs a 4-stage backbone; got {len(cfg.units)} stages")
-        _check_input_size(input_size)
+        cfg = _checked_backbone("GradualStyleEncoder", backbone, n_styles, input_size)
         dc, dm = default_style_split(n_styles)
         coarse_ind = dc if coarse_ind is None else coarse_ind
         middle_ind = dm if middle_ind is None else middle_ind
         if not 0 < coarse_ind < middle_ind < n_styles:
             raise ValueError(f"need 0 < coarse_ind < middle_ind < n_styles; got {coarse_ind}, {middle_ind}, {n_styles}")
-        self.backbone_cfg = cfg
-        self.n_styles = n_styles
-        self.style_dim = style_dim
-        self.input_nc = input_nc
-        self.input_size = input_size
+        super().__init__(cfg, n_styles, style_dim, input_nc, input_size, head_channels)
         self.coarse_ind = coarse_ind
         self.middle_ind = middle_ind
-        self.head_channels = head_channels or style_dim
-        self.input_layer = make_input_layer(input_nc, cfg.stem_width)
-        self.body = make_body(cfg)
         ends = cfg.stage_ends()
         self._taps = (ends[1], ends[2], ends[3])  # c1, c2, c3
         top = cfg.out_width
@@ -174,8 +202,6 @@ class GradualStyleEncoder(Encoder):
             self.styles.append(GradualStyleBlock(top, self.head_channels, spatial, style_dim))
         self.latlayer1 = nn.Conv2d(cfg.widths[2], top, kernel_size=1, stride=1, padding=0)
         self.latlayer2 = nn.Conv2d(cfg.widths[1], top, kernel_size=1, stride=1, padding=0)
-        #: Set by :func:`.fast_encoder.optimize_encoder`: the faster eval-mode forward.
-        self.inference_path: InferencePath | None = None
 
     @staticmethod
     def _upsample_add(top: Tensor, lateral: Tensor) -> Tensor:
@@ -183,8 +209,8 @@ class GradualStyleEncoder(Encoder):
 
     def forward(self, x: Tensor) -> Tensor:
         """Official forward: ``N×input_nc×S×S`` in [-1, 1] (``S = input_size``) to W+ codes."""
-        path = self.inference_path
-        if path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self, x):
+        path = self._fast_path(x)
+        if path is not None:
             return gradual_style_forward(self, path, x)
         x = self.input_layer(x)
         t1, t2, t3 = self._taps
@@ -201,12 +227,8 @@ class GradualStyleEncoder(Encoder):
         codes += [self.styles[j](p1) for j in range(self.middle_ind, self.n_styles)]
         return torch.stack(codes, dim=1)
 
-    def encode(self, image: Tensor) -> Tensor:
-        """``N×C×H×W`` in [0, 1], any size, to ``N×n_styles×style_dim`` (without ``latent_avg``)."""
-        return self(resize_input(image, self.input_size) * 2 - 1)
 
-
-class BackboneEncoder(Encoder):
+class BackboneEncoder(_HeadedEncoder):
     """ReStyle's BackboneEncoder: pSp's encoder without the pyramid — every map2style head reads
     the backbone's last map (16 px on a 256-px input). ReStyle's FFHQ pSp models use it.
 
@@ -215,36 +237,18 @@ class BackboneEncoder(Encoder):
 
     def __init__(self, n_styles: int = 18, style_dim: int = 512, *, backbone: str | BackboneConfig = "ir_se50",
                  input_nc: int = 6, input_size: int = 256, head_channels: int | None = None) -> None:
-        super().__init__()
-        cfg = backbone_config(backbone)
-        if len(cfg.units) != 4:
-            raise ValueError(f"BackboneEncoder needs a 4-stage backbone; got {len(cfg.units)} stages")
-        _check_input_size(input_size)
-        _check_styles(n_styles)
-        self.backbone_cfg = cfg
-        self.n_styles = n_styles
-        self.style_dim = style_dim
-        self.input_nc = input_nc
-        self.input_size = input_size
-        self.head_channels = head_channels or style_dim
-        self.input_layer = make_input_layer(input_nc, cfg.stem_width)
-        self.body = make_body(cfg)
+        cfg = _checked_backbone("BackboneEncoder", backbone, n_styles, input_size)
+        super().__init__(cfg, n_styles, style_dim, input_nc, input_size, head_channels)
         self.styles = nn.ModuleList(GradualStyleBlock(cfg.out_width, self.head_channels, input_size // 16, style_dim)
                                     for _ in range(n_styles))
-        #: Set by :func:`.fast_encoder.optimize_encoder`: the faster eval-mode forward.
-        self.inference_path: InferencePath | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """Official forward: ``N×input_nc×S×S`` in [-1, 1] (``S = input_size``) to W+ codes."""
-        path = self.inference_path
-        if path is not None and x.shape[-2:] == (self.input_size, self.input_size) and path.usable(self, x):
+        path = self._fast_path(x)
+        if path is not None:
             return backbone_heads_forward(self, path, x)
         top = self.body(self.input_layer(x))
         return torch.stack([head(top) for head in self.styles], dim=1)
-
-    def encode(self, image: Tensor) -> Tensor:
-        """``N×C×H×W`` in [0, 1], any size, to ``N×n_styles×style_dim`` (without ``latent_avg``)."""
-        return self(resize_input(image, self.input_size) * 2 - 1)
 
 
 class BackboneEncoderUsingLastLayerIntoW(Encoder):
