@@ -211,14 +211,16 @@ def _stdout_went_away() -> bool:
     flush, rich points it at /dev/null."""
     if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
         return True
+    now = _stdout_identity()
     try:
-        now, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
-    except (OSError, ValueError, AttributeError):
+        null = os.stat(os.devnull)
+    except OSError:
         return False
-    return (now.st_dev, now.st_ino) == (null.st_dev, null.st_ino) and _STDOUT_AT_START != (now.st_dev, now.st_ino)
+    return now is not None and now == (null.st_dev, null.st_ino) and now != _STDOUT_AT_START
 
 
 def _stdout_identity() -> tuple[int, int] | None:
+    """``(device, inode)`` of the file stdout writes to, or None."""
     try:
         st = os.fstat(sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):

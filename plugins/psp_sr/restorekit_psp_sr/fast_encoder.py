@@ -115,6 +115,14 @@ def _head_features(head: nn.Module, x: Tensor) -> Tensor:
     return x.flatten(1)
 
 
+def _codes(path: InferencePath, styles: Iterable[nn.Module], feats: list[Tensor], x: Tensor) -> Tensor:
+    """The heads' equalized linear layers on their features (``feats[i]``: ``N×C`` of head ``i``),
+    as one batched product: ``N×n_styles×style_dim``."""
+    w, b = path.linears([s.linear for s in styles])
+    path.served(x)
+    return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
+
+
 def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
     """:class:`~.encoder.GradualStyleEncoder`'s forward on the inference path."""
     t1, t2, t3 = encoder._taps
@@ -125,18 +133,13 @@ def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) ->
     feats += [_head_features(styles[j], p2) for j in range(encoder.coarse_ind, encoder.middle_ind)]
     p1 = encoder.latlayer2(c1).add_(F.interpolate(p2, size=c1.shape[-2:], mode="bilinear", align_corners=True))
     feats += [_head_features(styles[j], p1) for j in range(encoder.middle_ind, encoder.n_styles)]
-    w, b = path.linears([s.linear for s in styles])
-    path.served(x)
-    return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
+    return _codes(path, styles, feats, x)
 
 
 def backbone_heads_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
     """:class:`~.encoder.BackboneEncoder`'s forward on the inference path."""
     top, _ = path.backbone()(x)
-    feats = [_head_features(head, top) for head in encoder.styles]
-    w, b = path.linears([s.linear for s in encoder.styles])
-    path.served(x)
-    return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
+    return _codes(path, encoder.styles, [_head_features(head, top) for head in encoder.styles], x)
 
 
 def single_w_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
