@@ -14,11 +14,12 @@ PY=${PY:-.venv/bin/python}
 rm -rf .gpu && mkdir -p .gpu/whl .gpu/weights
 # Faces: webp files as they are (decoded on the device); README kept for provenance.
 tar -czf .gpu/faces.tgz -C "$FACES" .  # gzip: webp does not shrink, the tar headers do
-# Third-party wheels for CPython 3.12 manylinux x86-64, pinned to what this project tests with.
+# Third-party wheels for CPython 3.12 manylinux x86-64, pinned to what this project tests with;
+# ninja (0.2 MB) is what torch's cpp_extension needs to build the CUDA ops for their tests.
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpu/whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-    platformdirs==4.14.9 lpips==0.1.4
+    platformdirs==4.14.9 lpips==0.1.4 ninja==1.13.2
 # restorekit's own distributions: only their metadata (.dist-info: version, entry points) travels —
 # the code, the registry and the shipped weights are imported from the checkout, which travels
 # anyway (whole wheels would carry every shipped weight file a second time).

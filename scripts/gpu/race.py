@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"race: {name}: no {path}", file=sys.stderr)
             continue
-        g = load_generator(str(path)).to(dev).eval()
+        # The PyTorch ops ("ref"): the CUDA kernels are still being built and tested beside this
+        # process (run.sh), and a ranking must not depend on kernels that never ran on a GPU.
+        g = load_generator(str(path), impl="ref").to(dev).eval()
         rep = evaluate_generator(g, ref, n_samples=args.n, spaces=[space], device=dev, label=name)
         with (Path(folder) / "metrics.jsonl").open(encoding="utf-8") as f:
             last = [json.loads(ln) for ln in f if ln.strip()][-1]

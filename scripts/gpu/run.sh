@@ -31,10 +31,15 @@ source scripts/gpu/setup.sh
 END=$(awk -v t="$(date +%s)" -v r="${RACE_MINUTES:-0}" -v m="$TRAIN_MINUTES" 'BEGIN { printf "%d", t + 60 * (r + m) + 30 }')
 
 if [ "${OPS_TESTS:-1}" = 1 ]; then
-    ( timeout 300 $PY -m pytest -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
+    # The kernels are built (nvcc, ninja) in a folder of their own: a build the timeout cuts short
+    # leaves torch's lock file behind, and any other process building there would wait on it forever.
+    # SIGINT first, so that Python's finally blocks release that lock when they can.
+    ( export TORCH_EXTENSIONS_DIR="$WORK/ext_tests"
+      echo "ninja: $(ninja --version 2>&1 | head -1)" > "$WORK/gpu_tests.txt"
+      timeout -s INT -k 20 300 $PY -m pytest -q -p no:cacheprovider -o addopts="" --import-mode=importlib \
           plugins/psp_sr/tests/test_ops.py "plugins/psp_sr/tests/test_stylegan2.py::test_generator_cuda_kernels_match_reference" \
           plugins/psp_sr/tests/test_inference.py::test_optimized_model_on_cuda_equals_plain_on_cpu \
-          > "$WORK/gpu_tests.txt" 2>&1; echo "pytest exit $?" >> "$WORK/gpu_tests.txt"
+          >> "$WORK/gpu_tests.txt" 2>&1; echo "pytest exit $?" >> "$WORK/gpu_tests.txt"
       tail -c 12000 "$WORK/gpu_tests.txt" > "$OUT/gpu_tests.txt" ) &
     TESTS_PID=$!
 fi

@@ -18,6 +18,8 @@ fi
 # restorekit and its first-party plugins run from this checkout; their .dist-info (from prepare.sh)
 # makes the distributions and their entry points known to importlib.metadata.
 cp -r .gpu/dist/. "$WORK/site/"
+# The wheels' commands (ninja, for building the CUDA ops) are found first.
+export PATH="$WORK/site/bin:$PATH"
 export PYTHONPATH="$WORK/site:$PWD:$PWD/plugins/psp_sr:$PWD/plugins/baselines${PYTHONPATH:+:$PYTHONPATH}"
 export RESTOREKIT_HOME="$WORK/home"
 # dlib's descriptor as fp16 safetensors (prepare.sh WITH_DLIB=1), found by the identity loss here.

@@ -421,3 +421,22 @@ def test_stage_two_from_an_encoder_of_an_earlier_snapshot_keeps_its_codes(warm_s
     centre = lambda model: model.latent_avg.reshape(-1, want.shape[-1])[0]  # noqa: E731
     torch.testing.assert_close(centre(new), want)
     assert not torch.allclose(centre(new), centre(old))
+
+
+# -- the recipes a GPU occasion runs -------------------------------------------------------------------
+def test_gpu_recipes_run_on_pytorch_ops_not_the_untested_kernels() -> None:
+    """The CUDA kernels have never run on a GPU: the occasion's runs use the PyTorch ops, and the
+    race ranks its snapshots with them (run.sh builds and tests the kernels beside, in a folder
+    of their own)."""
+    from restorekit.training.config import load_config
+    from restorekit_psp_sr.train import PSPTrainConfig
+    from restorekit_psp_sr.train_gan import GANConfig
+
+    recipes = REPO / "plugins" / "psp_sr" / "recipes" / "prior128"
+    assert load_config(GANConfig, recipes / "gan.toml", out="o", data={"root": "d"}).impl == "ref"
+    stage2 = load_config(PSPTrainConfig, recipes / "stage2_gpu.toml", out="o", data={"root": "d"},
+                         generator="g.safetensors")
+    assert stage2.impl == "ref"
+    assert 'impl="ref"' in (SCRIPTS / "race.py").read_text(encoding="utf-8")
+    run = (SCRIPTS / "run.sh").read_text(encoding="utf-8")
+    assert 'TORCH_EXTENSIONS_DIR="$WORK/ext_tests"' in run and "timeout -s INT" in run
