@@ -261,7 +261,11 @@ def draw_batch(data: Tensor, *, seed: int, step: int, rank: int, n: int, xflip: 
     idx = batch_indices(len(data), seed=seed, step=step, rank=rank, n=n, world=world)
     g = torch.Generator().manual_seed(sample_seed(seed, step, rank))
     flip = torch.rand(n, generator=g) < 0.5 if xflip else torch.zeros(n, dtype=torch.bool)
-    x = data[idx.to(data.device)].to(device, non_blocking=True).float().div_(255)
+    if data.device.type == "cuda":
+        # From pinned memory (torch's caching host allocator): an asynchronous copy, so the host
+        # does not wait for the previous step's kernels every step, as a pageable copy may.
+        idx, flip = idx.pin_memory(), flip.pin_memory()
+    x = data[idx.to(data.device, non_blocking=True)].to(device, non_blocking=True).float().div_(255)
     f = flip.to(device, non_blocking=True).view(n, 1, 1, 1)
     return torch.where(f, x.flip(-1), x)
 
