@@ -23,8 +23,10 @@ can race the two on the same GPU minutes and keep the winner.
 
 For a GPU lent for minutes: the whole training set lives on the device as one uint8 tensor (no
 data loader), batches and flips are drawn there; bf16 autocast for both players' forward and
-backward (R1's gradient penalty and the EMA stay in fp32); channels-last activations in D; no host
-synchronisation except every ``log_every`` steps. ``time_limit`` ends the run with a checkpoint.
+backward (R1's gradient penalty and the EMA stay in fp32) — convolutions and linear layers run in
+bf16, while the bias, noise and activation steps between them add fp32 parameters and so stay in
+fp32 (a precision margin kept on purpose; not measured against all-bf16); channels-last activations
+in D; no host synchronisation except every ``log_every`` steps. ``time_limit`` ends the run with a checkpoint.
 
 Snapshots every ``snapshot_minutes`` (and at the end) go to ``OUT/snapshot/`` and, when
 ``snapshot_dir`` is set, are mirrored there — a GPU run writes them into its output folder so a
