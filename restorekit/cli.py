@@ -241,6 +241,20 @@ def _silence_stdout() -> None:
         pass
 
 
+def _tolerant_streams() -> None:
+    """Tables and messages use a few non-ASCII signs (↑ ↓ Δ →); where stdout or stderr cannot encode
+    them (Windows' cp1252 when redirected, ``PYTHONIOENCODING=ascii``) they are written escaped
+    instead of ending the command with a UnicodeEncodeError after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding in ("utf8", "utf8sig"):
+            continue
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture)
+            pass
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
     global _DEBUG, _STRICT_FROM_START
@@ -252,6 +266,7 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _terminate)
     except (ValueError, OSError):  # not the main thread
         pass
+    _tolerant_streams()
     try:
         build_cli()(prog_name="restorekit")
     except SystemExit as done:

@@ -19,7 +19,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import resources
-from importlib.abc import Traversable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import click
