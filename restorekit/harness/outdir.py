@@ -64,7 +64,8 @@ def has_outputs(out: Path, method: str) -> bool:
     from .store import safe_name
 
     folder = out / "outputs" / safe_name(method)
-    return folder.is_dir() and any(folder.iterdir())
+    # Dot-files are not outputs: a write cut short by a kill leaves its hidden temp file behind.
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | None = None) -> list[str]:

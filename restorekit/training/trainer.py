@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
-from ..images import new_file_mode, temp_prefix
+from ..images import atomic_write_bytes, new_file_mode, temp_prefix
 from .config import TrainConfig, absolute_settings
 from .data import DataError
 from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
@@ -352,7 +352,8 @@ def trim_log(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step:
             keep.append(line)
-    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+    # Replaced whole (temp file, then rename): a kill mid-write must not cut the history short.
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode("utf-8"))
 
 
 RUN_LOCK = ".train.lock"

@@ -152,9 +152,9 @@ def record_cached(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source
     manifest[wf.filename] = CachedFile(
         filename=wf.filename, sha256=sha, size=st.st_size, source=source, license=spec.license,
         time=cache.now(), trusted=trusted, mtime_ns=st.st_mtime_ns)
-    cache.write_manifest(folder, spec.name, manifest)
-    if trusted:
+    if trusted:  # first: a kill between the two writes must not leave a trusted hash rm can forget
         _remember_first_use(spec.name, wf.filename, FirstUse(sha, st.st_size, cache.now(), source))
+    cache.write_manifest(folder, spec.name, manifest)
 
 
 def forget_spec(spec: WeightSpec) -> list[str]:

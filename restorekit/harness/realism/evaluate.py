@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,7 +250,7 @@ def load_statistics(path: str | os.PathLike[str], *, key: str | None = None) -> 
         with np.load(Path(path), allow_pickle=False) as z:
             stats = FeatureStats(mu=z["mu"].astype(np.float64), sigma=z["sigma"].astype(np.float64), n=int(z["n"]))
             found = str(z["key"])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # cut short, foreign
         raise RestorekitError(f"{path}: not a realism statistics file ({exc})") from None
     if key is not None and found != key:
         raise RestorekitError(f"{path}: statistics of another reference set or network")
@@ -262,7 +263,7 @@ def _cached_skipped(path: str | os.PathLike[str]) -> list[str] | None:
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             return [str(x) for x in z["skipped"].tolist()] if "skipped" in z.files else None
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 
 
