@@ -1,11 +1,14 @@
 """``restorekit bench method NAME``: time one method per image, optionally against another.
 
 For each batch size: median milliseconds per call over ``--repeat`` timed runs after
-``--warmup`` untimed ones (CUDA synchronised), per image, and peak memory (CUDA: peak
+``--warmup`` untimed ones (CUDA synchronised), with the range of the runs (smallest–largest,
+``*_range`` in the JSON, the runs themselves in ``ms_per_call_samples``), per image, and peak memory (CUDA: peak
 allocated by torch; CPU: the process's peak resident set, which includes everything loaded so
 far). A method may expose ``bench_parts(lr, scale) -> {part: ms}`` (pSp: encoder, generator),
 shown beside the total. ``--compare-to OTHER`` times a second method on the same input in the
-same run and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch size.
+same run (``--compare-repeat`` runs) and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch
+size: the ratio of the medians, with its range over every pairing of a run of one with a run of
+the other (``speed_ratio_range``); a range that spans 1.0 is a difference within the noise.
 ``--backend torch,onnxruntime`` times NAME's network in each backend side by side (the
 onnxruntime one exported on first use, see :mod:`restorekit.onnx_backend`) and prints
 ``torch ms/image ÷ onnxruntime ms/image``; ``--threads`` sets both backends' thread counts.
@@ -19,7 +22,6 @@ of the plain-convolution rate measured on the same shapes in the same run.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage, table
+from ..cli import emit_json, fail_usage
+from .bench import fmt_ratio, fmt_spread, ratio_spread, spread, table
 from ..errors import RestorekitError
 from ..interfaces import Method
 from ..methods import build_method, check_restored, method_class, method_values, validate_options
@@ -63,17 +66,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory_mib(device: torch.device) -> float:
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak CUDA allocation, or the process's peak resident set; None where neither is known
+    (Windows has no ``resource``)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
+    try:
+        import resource
+    except ImportError:
+        return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, warmup: int) -> dict[str, Any]:
-    """Median ms per call, ms per image, the parts (if any) and peak memory for one input batch."""
+    """Median ms per call (and the range of the ``repeat`` runs), ms per image, the parts (if any,
+    medians and ranges) and peak memory for one input batch."""
     dev = method.device
     lr = lr.to(dev)
     if dev.type == "cuda":
@@ -95,10 +103,14 @@ def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, wa
         bench_parts = getattr(method, "bench_parts", None)
         if callable(bench_parts):
             runs = [bench_parts(lr, scale) for _ in range(repeat)]
-            parts = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    ms = statistics.median(times)
-    return {"batch": int(lr.shape[0]), "ms_per_call": ms, "ms_per_image": ms / lr.shape[0], "parts_ms": parts,
-            "peak_memory_mib": round(peak_memory_mib(dev), 1),
+            parts = {k: spread([r[k] for r in runs]) for k in runs[0]}
+    s, b = spread(times), int(lr.shape[0])
+    return {"batch": b, "repeats": len(times), "ms_per_call": s["median"], "ms_per_call_range": [s["min"], s["max"]],
+            "ms_per_image": s["median"] / b, "ms_per_image_range": [s["min"] / b, s["max"] / b],
+            "ms_per_call_samples": times,
+            "parts_ms": {k: p["median"] for k, p in parts.items()},
+            "parts_ms_range": {k: [p["min"], p["max"]] for k, p in parts.items()},
+            "peak_memory_mib": None if (peak := peak_memory_mib(dev)) is None else round(peak, 1),
             "memory_kind": "cuda_peak_allocated" if dev.type == "cuda" else "process_peak_rss"}
 
 
@@ -144,8 +156,8 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
 @click.option("--weights", default=None, help="Weights name or path for NAME.")
 @click.option("--compare-to", "other", default=None, help="A second method timed on the same input.")
 @click.option("--compare-opt", "other_opts", multiple=True, metavar="KEY=VALUE", help="Option of the second method.")
-@click.option("--compare-repeat", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Timed runs of the second method (slow methods: keep it small).")
+@click.option("--compare-repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed runs of the second method (its median and range; slow methods: keep it small).")
 @click.option("--compare-batch", "other_batches", default=None,
               help="Batch sizes for the second method (default: the smallest --batch, where the ratio is given).")
 @click.option("--backend", "backends", default="torch", show_default=True,
@@ -215,9 +227,18 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
                               "dtype": "float32", "backends": backend_list, "results": rows}
     if res is not None:
         result["resolution"] = res
+    def per_image(r: dict[str, Any]) -> list[float]:
+        return [t / r["batch"] for t in r["ms_per_call_samples"]]
+
+    def ratios(pairs: dict[str, tuple[dict[str, Any], dict[str, Any]]], key: str) -> None:
+        """``result[key]``: ratio of the medians per batch; ``result[key + "_range"]``: its range."""
+        rs = {b: ratio_spread(per_image(num), per_image(den)) for b, (num, den) in pairs.items()}
+        result[key] = {b: r["ratio"] if r else None for b, r in rs.items()}
+        result[f"{key}_range"] = {b: [r["min"], r["max"]] if r else None for b, r in rs.items()}
+
     if len(backend_list) > 1 and "torch" in backend_list and "onnxruntime" in backend_list:
-        by = {(r["backend"], r["batch"]): r["ms_per_image"] for r in rows}
-        result["backend_ratio"] = {str(b): by[("torch", b)] / by[("onnxruntime", b)] for b in sizes}
+        by = {(r["backend"], r["batch"]): r for r in rows}
+        ratios({str(b): (by[("torch", b)], by[("onnxruntime", b)]) for b in sizes}, "backend_ratio")
     if other_m is not None:
         other_rows = [dict(method=other, options=list(other_opts), backend="torch", threads=torch.get_num_threads(),
                            **time_method(other_m, lr_all[:b], k, repeat=compare_repeat, warmup=min(warmup, 1)),
@@ -225,10 +246,9 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
                       for b in other_sizes]
         result["compare_to"] = other
         result["compare_results"] = other_rows
-        mine = {r["batch"]: r["ms_per_image"] for r in rows if r["backend"] == backend_list[0]}
+        mine = {r["batch"]: r for r in rows if r["backend"] == backend_list[0]}
         # Only at batch sizes both lists share (a list with none in common is refused above).
-        result["speed_ratio"] = {str(r["batch"]): r["ms_per_image"] / mine[r["batch"]]
-                                 for r in other_rows if r["batch"] in mine}
+        ratios({str(r["batch"]): (r, mine[r["batch"]]) for r in other_rows if r["batch"] in mine}, "speed_ratio")
     if as_json:
         emit_json(result)
         return
@@ -236,11 +256,20 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     def label(r: dict[str, Any]) -> str:
         return " ".join([r["method"], *r["options"]])
 
-    table(f"{name} ×{k} on {side}×{side} input, {result['device']}",
-          ["method", "backend", "threads", "batch", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
-          [[label(r), r["backend"], str(r["threads"]), str(r["batch"]), f"{r['ms_per_call']:.2f}",
-            f"{r['ms_per_image']:.2f}",
-            ", ".join(f"{p} {v:.2f}" for p, v in r["parts_ms"].items()) or "-",
+    def cell(r: dict[str, Any], key: str, part: str | None = None) -> str:
+        med, rng = (r[key][part], r[f"{key}_range"][part]) if part else (r[key], r[f"{key}_range"])
+        return fmt_spread({"median": med, "min": rng[0], "max": rng[1], "n": r["repeats"]})
+
+    def ratio_text(key: str, b: str) -> str:
+        rng = result[f"{key}_range"][b]
+        return fmt_ratio({"ratio": result[key][b], "min": rng[0], "max": rng[1]} if rng else None)
+
+    table(f"{name} ×{k} on {side}×{side} input, {result['device']}: median of the runs (smallest–largest)",
+          ["method", "backend", "threads", "batch", "runs", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
+          [[label(r), r["backend"], str(r["threads"]), str(r["batch"]), str(r["repeats"]), cell(r, "ms_per_call"),
+            cell(r, "ms_per_image"),
+            ", ".join(f"{p} {cell(r, 'parts_ms', p)}" for p in r["parts_ms"]) or "-",
+            "n/a" if r["peak_memory_mib"] is None else
             f"{r['peak_memory_mib']:.0f} ({'cuda' if r['memory_kind'].startswith('cuda') else 'rss'})"]
            for r in rows + result.get("compare_results", [])])
     parts = [(r, part, p) for r in rows + result.get("compare_results", []) for part, p in r["breakdown"].items()]
@@ -248,14 +277,25 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         table("per part, against its own convolutions replayed as plain aten.convolution on the same shapes",
               ["method", "batch", "part", "ms/image", "GFLOP/image", "conv ms (layout)", "fraction",
                "conv ms (NCHW)", "fraction vs NCHW"],
-              [[label(r), str(r["batch"]), part, f"{p['ms_per_image']:.1f}", f"{p['gflop_per_image']:.1f}",
-                f"{p['conv_ms_per_image']:.1f} ({p['layout']})", f"{p['fraction']:.2f}",
-                f"{p['conv_nchw_ms_per_image']:.1f}", f"{p['fraction_nchw']:.2f}"] for r, part, p in parts])
-    for b, ratio in result.get("backend_ratio", {}).items():
-        click.echo(f"{name}: onnxruntime is {ratio:.2f}× as fast as torch per image (batch {b})")
-    for b, ratio in result.get("speed_ratio", {}).items():
-        click.echo(f"{' '.join([name, *opts])} is {ratio:.2f}× as fast as {' '.join([str(other), *other_opts])} "
-                   f"per image (batch {b})")
+              [[label(r), str(r["batch"]), part, _part_cell(p, "ms_per_image", 1), f"{p['gflop_per_image']:.1f}",
+                f"{_part_cell(p, 'conv_ms_per_image', 1)} ({p['layout']})", _part_cell(p, "fraction", 2),
+                _part_cell(p, "conv_nchw_ms_per_image", 1), _part_cell(p, "fraction_nchw", 2)]
+               for r, part, p in parts])
+    for b in result.get("backend_ratio", {}):
+        click.echo(f"{name}: onnxruntime is {ratio_text('backend_ratio', b)} as fast as torch per image (batch {b}; "
+                   f"ratio of the medians, range over all pairs of runs)")
+    for b in result.get("speed_ratio", {}):
+        click.echo(f"{' '.join([name, *opts])} is {ratio_text('speed_ratio', b)} as fast as "
+                   f"{' '.join([str(other), *other_opts])} per image (batch {b}; ratio of the medians, range over all "
+                   f"pairs of runs)")
+
+
+def _part_cell(p: dict[str, Any], key: str, digits: int) -> str:
+    """A breakdown figure with its range (``<key>_range``, when the breakdown gives one)."""
+    rng = p.get(f"{key}_range")
+    if not rng:
+        return f"{p[key]:.{digits}f}"
+    return fmt_spread({"median": p[key], "min": rng[0], "max": rng[1], "n": 2}, digits)
 
 
 def attach(cli: click.Group) -> None:

@@ -10,6 +10,12 @@ other (the runner's own bookkeeping), next to the method's restore time, with ha
 ratio. Interpreter start-up and imports are not counted (the same for any harness), nor loading
 the method (its own cost, reported apart).
 
+The two methods' timed runs alternate ``--repeats`` times (:data:`DEFAULT_REPEATS`), each into a
+fresh folder, so load from other processes hits both alike; every figure is the median over the
+repeats — the run with the median wall time, whose stages add up to its harness cost — with the
+range of each figure over all the repeats (smallest–largest), and harness/method that run's ratio
+with its range over every pairing of repeats (:func:`restorekit.commands.bench.ratio_spread`).
+
 Before the timed runs, both methods run once, untimed, on :data:`WARMUP_IMAGES` of the images:
 the first ``compare`` in a process pays one-time costs (imports inside functions, kernel and
 allocator set-up, first-call dispatch) that a run after it does not, so without it ``--method``
@@ -30,12 +36,15 @@ import click
 from pydantic import Field
 from torch import Tensor
 
+from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
 from ..interfaces import Method, MethodInfo, Options
 
 STANDIN = "bench_standin"
 #: Images of the untimed warm-up pass of each method before the timed runs.
 WARMUP_IMAGES = 2
+#: Timed runs of each method (alternating), by default.
+DEFAULT_REPEATS = 3
 STAGES = ("reading", "degrading", "metrics", "writing", "report", "set-up", "other")
 
 
@@ -118,9 +127,31 @@ def _one_run(hr: Path, out: Path, method: str, opts: dict[str, Any], n: int, sca
             "skipped_metrics": [m.name for m in p.metrics if m.status != "ok"], "device": str(p.device)}
 
 
+def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's timed repeats as one entry: the figures of its median run (the run with the
+    median wall time: the median itself for an odd number of repeats), so that its stages add up
+    to its harness cost and, with the method and its loading, to its wall time; beside each figure
+    ``<figure>_range``, its ``[min, max]`` over all the runs, and for harness/method the smallest
+    and largest ratio over every pairing of a run's harness cost with a run's method time."""
+    def rng(xs: list[float]) -> list[float]:
+        s = spread(xs)
+        return [s["min"], s["max"]]
+
+    mid = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
+    out: dict[str, Any] = {**mid, "repeats": len(runs)}
+    for key in ("wall_s", "method_load_s", "harness_ms_per_image", "method_ms_per_image"):
+        out[f"{key}_range"] = rng([r[key] for r in runs])
+    out["ms_per_image_range"] = {k: rng([r["ms_per_image"][k] for r in runs]) for k in mid["ms_per_image"]}
+    ratio = ratio_spread([r["harness_ms_per_image"] for r in runs], [r["method_ms_per_image"] for r in runs])
+    out["harness_to_method_range"] = [ratio["min"], ratio["max"]] if ratio and mid["harness_to_method"] is not None else None
+    out["failures"] = max(r["failures"] for r in runs)
+    return out
+
+
 def run_bench(n: int, size: int, scale: int, method: str, metrics: list[str] | None, device: str,
-              standin_ms: float = 50.0) -> dict[str, Any]:
-    """``--method`` and the stand-in, each in a fresh folder, on the same ``n`` images."""
+              standin_ms: float = 50.0, repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
+    """``--method`` and the stand-in, alternately ``repeats`` times, each in a fresh folder, on the
+    same ``n`` images, after one untimed warm-up run of each."""
     from PIL import Image
 
     from ..testing.data import smooth_image
@@ -129,7 +160,9 @@ def run_bench(n: int, size: int, scale: int, method: str, metrics: list[str] | N
 
     warm = min(n, WARMUP_IMAGES)
     out: dict[str, Any] = {"n": n, "size": size, "scale": scale, "standin_ms": standin_ms,
-                           "torch_threads": torch.get_num_threads(), "warmup_images": warm, "runs": []}
+                           "torch_threads": torch.get_num_threads(), "warmup_images": warm, "repeats": repeats,
+                           "runs": []}
+    timed: dict[str, list[dict[str, Any]]] = {method: [], STANDIN: []}
     with tempfile.TemporaryDirectory(prefix="restorekit-bench-") as tmp:
         hr = Path(tmp) / "hr"
         hr.mkdir()
@@ -140,30 +173,48 @@ def run_bench(n: int, size: int, scale: int, method: str, metrics: list[str] | N
         for i in range(warm):
             Image.fromarray(smooth_image(size, size, n + i)).save(hr_warm / f"img{i:04d}.png", compress_level=1)
         with _registered(StandIn):
-            # Untimed: the process's one-time costs are paid here, by neither timed run.
+            # Untimed: the process's one-time costs are paid here, by none of the timed runs.
             _one_run(hr_warm, Path(tmp) / "warm-a", method, {}, warm, scale, metrics, device)
             _one_run(hr_warm, Path(tmp) / "warm-b", STANDIN, {"ms_per_image": "0"}, warm, scale, metrics, device)
-            out["runs"].append(_one_run(hr, Path(tmp) / "a", method, {}, n, scale, metrics, device))
-            out["runs"].append(_one_run(hr, Path(tmp) / "b", STANDIN, {"ms_per_image": str(standin_ms)}, n, scale,
-                                        metrics, device))
+            for r in range(repeats):
+                timed[method].append(_one_run(hr, Path(tmp) / f"a{r}", method, {}, n, scale, metrics, device))
+                timed[STANDIN].append(_one_run(hr, Path(tmp) / f"b{r}", STANDIN, {"ms_per_image": str(standin_ms)},
+                                               n, scale, metrics, device))
+    out["runs"] = [_aggregate(timed[method]), _aggregate(timed[STANDIN])]
     return out
 
 
 def format_report(data: dict[str, Any]) -> str:
-    """The figures as a small table: one column per method, one row per stage (ms per image)."""
+    """The figures as a small table: one column per method, one row per stage (ms per image,
+    the median run's and, in brackets, the smallest–largest over the repeats)."""
     runs = data["runs"]
+    n_rep = data.get("repeats", 1)
     labels = [r["method"] if r["method"] != STANDIN else f"stand-in {data['standin_ms']:g} ms" for r in runs]
-    w = max(14, *(len(x) for x in labels)) + 2
+
+    def cell(r: dict[str, Any], key: str, stage: str | None = None) -> str:
+        med = r[key][stage] if stage else r[key]
+        rng = (r.get(f"{key}_range") or {}).get(stage) if stage else r.get(f"{key}_range")
+        s = {"median": med, "min": rng[0], "max": rng[1], "n": n_rep} if rng else {"median": med, "n": 1}
+        return fmt_spread(s)
+
+    def ratio(r: dict[str, Any]) -> str:
+        if r["harness_to_method"] is None:
+            return "-"
+        rng = r.get("harness_to_method_range") or [r["harness_to_method"]] * 2
+        return fmt_ratio({"ratio": r["harness_to_method"], "min": rng[0], "max": rng[1]})
+
+    table = [[stage, *(cell(r, "ms_per_image", stage) for r in runs)] for stage in STAGES]
+    table.append(["harness", *(cell(r, "harness_ms_per_image") for r in runs)])
+    table.append(["method", *(cell(r, "method_ms_per_image") for r in runs)])
+    table.append(["harness/method", *(ratio(r) for r in runs)])
+    w = max(14, *(len(x) for x in labels), *(len(c) for row in table for c in row[1:])) + 2
     lines = [f"compare's cost per image, ms ({data['n']} images, {data['size']} px, ×{data['scale']}, "
              f"{runs[0]['device']}, {data.get('torch_threads', '?')} torch threads, after an untimed warm-up "
              f"of {data.get('warmup_images', 0)} images each; metrics: {', '.join(runs[0]['metrics']) or 'none'})",
+             f"median of {n_rep} alternating runs of each method (the run of median wall time, so the rows add "
+             f"up; in brackets the smallest–largest run); harness/method: smallest–largest over all pairs of runs",
              f"{'':<16}" + "".join(f"{x:>{w}}" for x in labels)]
-    for stage in STAGES:
-        lines.append(f"{stage:<16}" + "".join(f"{r['ms_per_image'][stage]:>{w}.2f}" for r in runs))
-    lines.append(f"{'harness':<16}" + "".join(f"{r['harness_ms_per_image']:>{w}.2f}" for r in runs))
-    lines.append(f"{'method':<16}" + "".join(f"{r['method_ms_per_image']:>{w}.2f}" for r in runs))
-    ratios = [f"{r['harness_to_method']:.2f}×" if r["harness_to_method"] is not None else "-" for r in runs]
-    lines.append(f"{'harness/method':<16}" + "".join(f"{x:>{w}}" for x in ratios))
+    lines += [f"{row[0]:<16}" + "".join(f"{c:>{w}}" for c in row[1:]) for row in table]
     if runs[0]["skipped_metrics"]:
         lines.append(f"skipped metrics (weights missing): {', '.join(runs[0]['skipped_metrics'])}")
     return "\n".join(lines)
@@ -178,9 +229,11 @@ def format_report(data: dict[str, Any]) -> str:
               help="Time per image of the stand-in method.")
 @click.option("--metrics", default=None, help="Comma-separated metrics (default: all registered).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
+              help="Timed runs of each method, alternating; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: float, metrics: str | None, device: str,
-                      as_json: bool) -> None:
+                      repeats: int, as_json: bool) -> None:
     """compare's own cost per image (reading, degrading, metrics, writing, report) next to the method's."""
     from ..cli import emit_json, fail_usage
 
@@ -189,7 +242,7 @@ def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: fl
         fail_usage(f"--size {size} is smaller than --scale {scale}: the LR would have no pixel")
         return
     try:
-        data = run_bench(n, size, scale, method, names, device, standin_ms)
+        data = run_bench(n, size, scale, method, names, device, standin_ms, repeats)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return

@@ -7,7 +7,10 @@ process with ``--threads`` threads, each into a fresh folder. The method is
 latent through a small fixed generator until its output downscales to the input), so the
 figure is about the work, not a sleep. Throughput is images per second of each run's own
 ``wall_s`` (from ``results.json``: inputs, metrics, store and every rank, without interpreter
-start-up); the speed-up is their ratio. Both runs' per-image metrics are compared too: they
+start-up). The two launches alternate ``--repeats`` times (default 3); every figure is the median
+over the repeats with its range (smallest–largest), and the speed-up is the ratio of the median
+throughputs with its range over every pairing of a one-process run with an N-process run
+(:func:`restorekit.commands.bench.ratio_spread`). Every run's per-image metrics are compared too: they
 must be the same numbers. "cores busy" is each launch's CPU time over its wall time (start-up
 included): on a machine shared with other work it shows how much of the cores a run got.
 """
@@ -28,9 +31,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..interfaces import Method, MethodInfo, Options
 
 PULSELIKE = "bench_pulselike"
+#: Alternating runs of each launch, by default (figures: medians and their range).
+DEFAULT_REPEATS = 3
+#: The figures of a launch summarised over the repeats.
+FIGURES = ("wall_s", "images_per_s", "launcher_s", "cores_busy", "method_ms_per_image")
 
 
 class PulseLikeOptions(Options):
@@ -127,9 +135,26 @@ def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps
             "aggregate": doc["methods"][0]["aggregate"]["metrics"]}
 
 
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One launch's repeats: each figure the median, ``<figure>_range`` its ``[min, max]``."""
+    out: dict[str, Any] = {k: runs[0][k] for k in ("processes", "threads", "images")}
+    for key in FIGURES:
+        vals = [r[key] for r in runs if r[key] is not None]
+        s = spread(vals) if vals else None
+        out[key] = s["median"] if s else None
+        out[f"{key}_range"] = [s["min"], s["max"]] if s else None
+    # images/s of the median wall time (the median of the rates for an odd number of repeats), so
+    # that images_per_s == images / wall_s holds for the summary as for each run
+    walls = [r["wall_s"] for r in runs]
+    out["images_per_s"] = out["images"] / out["wall_s"]
+    out["images_per_s_range"] = [out["images"] / max(walls), out["images"] / min(walls)]
+    out["repeats"] = len(runs)
+    return out
+
+
 def run_scaleout(n: int, size: int, scale: int, processes: int, threads: int, steps: int, metrics: str,
-                 repeats: int = 1) -> dict[str, Any]:
-    """One process, then ``processes``, ``repeats`` times alternately; the best throughput of each."""
+                 repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
+    """One process, then ``processes``, ``repeats`` times alternately; medians and ranges of each."""
     from PIL import Image
 
     from ..testing.data import smooth_image
@@ -143,29 +168,43 @@ def run_scaleout(n: int, size: int, scale: int, processes: int, threads: int, st
         for r in range(repeats):
             for p in (1, processes):
                 runs[p].append(_launch(p, threads, hr, Path(tmp) / f"out{p}_{r}", scale, steps, metrics))
-    best = {p: max(rs, key=lambda x: x["images_per_s"]) for p, rs in runs.items()}
-    one, many = best[1], best[processes]
-    identical = all(r["numbers"] == one["numbers"] and r["aggregate"] == one["aggregate"]
+    ref = runs[1][0]
+    identical = all(r["numbers"] == ref["numbers"] and r["aggregate"] == ref["aggregate"]
                     for rs in runs.values() for r in rs)
-    strip = ("numbers", "aggregate")
+    one, many = _summary(runs[1]), _summary(runs[processes])
+    speedup = ratio_spread([r["images_per_s"] for r in runs[processes]], [r["images_per_s"] for r in runs[1]])
+    assert speedup is not None  # images per second are positive
     return {"n": n, "size": size, "scale": scale, "steps": steps, "metrics": metrics, "repeats": repeats,
-            "one": {k: v for k, v in one.items() if k not in strip},
-            "many": {k: v for k, v in many.items() if k not in strip},
-            "speedup": many["images_per_s"] / one["images_per_s"], "identical": identical,
+            "one": one, "many": many,
+            "speedup": many["images_per_s"] / one["images_per_s"], "speedup_range": [speedup["min"], speedup["max"]],
+            "identical": identical,
             "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
 
 
 def format_scaleout(d: dict[str, Any]) -> str:
     one, many = d["one"], d["many"]
+
+    def cell(r: dict[str, Any], key: str, digits: int) -> str:
+        if r[key] is None:
+            return "-"
+        rng = r.get(f"{key}_range") or [r[key], r[key]]
+        return fmt_spread({"median": r[key], "min": rng[0], "max": rng[1], "n": r.get("repeats", 1)}, digits)
+
+    cols = [("wall s", "wall_s", 2), ("images/s", "images_per_s", 3), ("method ms/img", "method_ms_per_image", 1),
+            ("cores busy", "cores_busy", 2)]
+    cells = [[cell(r, key, dg) for _, key, dg in cols] for r in (one, many)]
+    ws = [max(len(h), *(len(c[i]) for c in cells)) + 2 for i, (h, _, _) in enumerate(cols)]
     rows = [f"compare under torchrun: {d['n']} images, {d['size']} px, ×{d['scale']}, {PULSELIKE} "
-            f"({d['steps']} steps), metrics {d['metrics']}, {d['cpu_cores']} cores, best of {d['repeats']}",
-            f"{'processes × threads':<22}{'wall s':>10}{'images/s':>12}{'method ms/img':>16}{'cores busy':>12}"]
-    for r in (one, many):
-        busy = "-" if r["cores_busy"] is None else f"{r['cores_busy']:.2f}"
-        rows.append(f"{str(r['processes']) + ' × ' + str(r['threads']):<22}{r['wall_s']:>10.2f}"
-                    f"{r['images_per_s']:>12.3f}{r['method_ms_per_image']:>16.1f}{busy:>12}")
-    rows.append(f"speed-up {many['processes']} processes / 1: {d['speedup']:.2f}×; "
-                f"results identical: {'yes' if d['identical'] else 'NO'}")
+            f"({d['steps']} steps), metrics {d['metrics']}, {d['cpu_cores']} cores; median of {d['repeats']} "
+            f"alternating runs (smallest–largest)",
+            f"{'processes × threads':<22}" + "".join(f"{h:>{w}}" for (h, _, _), w in zip(cols, ws))]
+    for r, c in zip((one, many), cells):
+        label = f"{r['processes']} × {r['threads']}"
+        rows.append(f"{label:<22}" + "".join(f"{x:>{w}}" for x, w in zip(c, ws)))
+    rng = d.get("speedup_range") or [d["speedup"], d["speedup"]]
+    rows.append(f"speed-up {many['processes']} processes / 1: "
+                f"{fmt_ratio({'ratio': d['speedup'], 'min': rng[0], 'max': rng[1]})} (ratio of the median "
+                f"images/s, range over all pairs of runs); results identical: {'yes' if d['identical'] else 'NO'}")
     return "\n".join(rows)
 
 
@@ -180,8 +219,8 @@ def format_scaleout(d: dict[str, Any]) -> str:
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
               help="The stand-in's gradient steps per image (its work per image).")
 @click.option("--metrics", default="psnr_y_crop,ssim_y_crop", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run both this many times, alternately, and keep the best of each (busy machines).")
+@click.option("--repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
+              help="Run both this many times, alternately; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_scaleout_cmd(n: int, size: int, scale: int, processes: int, threads: int, steps: int, metrics: str,
                        repeats: int, as_json: bool) -> None:

@@ -124,8 +124,8 @@ def register_commands(cli: Any) -> None:
     @click.option("--channel-multiplier", type=click.IntRange(1, 8), default=2, show_default=True)
     @click.option("--channel-max", type=click.IntRange(1, 512), default=512, show_default=True,
                   help="Cap every layer's width (512 is StyleGAN2; smaller for quick checks).")
-    @click.option("--repeats", type=click.IntRange(1, 20), default=2, show_default=True,
-                  help="Timed rounds (generator, then plain convs); the fastest of each counts.")
+    @click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
+                  help="Timed rounds (generator, then plain convs); medians with their range.")
     @click.option("--profile", is_flag=True, help="Add the top ops of one profiled synthesis.")
     @click.option("--optimize/--no-optimize", default=True, show_default=True,
                   help="The inference settings psp_sr runs the generator with (or the modules as trained).")
