@@ -117,7 +117,7 @@ def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env)
     launcher_s = time.perf_counter() - t0
     cpu_s = _children_cpu_s() - cpu0
     if res.returncode != 0:
@@ -125,7 +125,7 @@ def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps
 
         tail = " | ".join(res.stderr.strip().splitlines()[-3:])
         raise RestorekitError(f"bench scaleout: compare with {processes} processes failed ({tail})")
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     n = sum(1 for img in doc["images"] if img["status"] == "ok")
     return {"processes": processes, "threads": threads, "images": n, "wall_s": doc["wall_s"],
             "images_per_s": n / doc["wall_s"], "launcher_s": launcher_s,
