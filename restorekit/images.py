@@ -36,11 +36,15 @@ read from disk or kept in memory. ``max_pixels`` is also pillow's decompression-
 restorekit reads a file, so one limit decides.
 
 Output names (:func:`output_names`): an input is named by its stem (``photo.jpg`` → ``photo``).
-Inputs whose stems are equal ignoring case are each named by their path relative to the folder
-all inputs share, extension included, with ``/`` written as ``__`` (``a.jpg`` → ``a.jpg``,
-``x/a.png`` → ``x__a.png``); the rule repeats until every name is unique ignoring case, and two
-inputs it cannot tell apart (``a.png`` and ``A.png`` in one folder) are refused up front, naming
-both. The same file given twice is used once.
+Inputs whose stems are equal ignoring case and Unicode normalisation (``é`` written as one code
+point or as ``e`` and an accent: macOS takes both for one file name) are each named by their path
+relative to the folder all inputs share, extension included, with ``/`` written as ``__``
+(``a.jpg`` → ``a.jpg``, ``x/a.png`` → ``x__a.png``); such a name longer than
+:data:`MAX_QUALIFIED_BYTES` (UTF-8) keeps its end, after a short hash of the whole relative path
+(``<10 hex>__…er__x__a.png``), so that it still fits a file system's 255-byte names. The rule
+repeats until every name is unique ignoring case, and two inputs it cannot tell apart (``a.png``
+and ``A.png`` in one folder) are refused up front, naming both. The same file given twice is used
+once.
 """
 
 from __future__ import annotations
@@ -48,11 +52,13 @@ from __future__ import annotations
 import contextvars
 import errno
 import glob as globmod
+import hashlib
 import io
 import os
 import sys
 import tempfile
 import threading
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,6 +80,9 @@ DEFAULT_MAX_OUTPUT_PIXELS = 256_000_000
 MIN_SIDE = 2
 # Separates folders in the output name of an input whose stem collides (x/a.png → x__a.png).
 FOLDER_SEP = "__"
+#: The most UTF-8 bytes of a qualified output name (:func:`output_names`): room, within a file
+#: system's 255-byte names, for a sample suffix, an extension and a temporary file's affixes.
+MAX_QUALIFIED_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -548,12 +557,53 @@ def from_pil(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
 
-def new_file_mode() -> int:
-    """The permissions a plainly created file gets here (``0o666`` less the umask), for files
-    written through ``mkstemp`` (which makes them 0600) and renamed into place. The umask can
-    only be read by setting it: for that instant it is 0 in this process."""
+def _proc_umask() -> int | None:
+    """The process's umask as Linux shows it (``Umask:`` in ``/proc/self/status``, Linux 4.7 on),
+    read without changing it; None where there is no such line."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _swap_umask() -> int:
+    """The umask read the only portable way, by setting it: for that instant it is 0 in this process,
+    so a file another thread creates meanwhile would be writable by everyone. Only called while no
+    other thread runs (at import, or with :func:`threading.active_count` 1)."""
     mask = os.umask(0)
     os.umask(mask)
+    return mask
+
+
+def _read_umask_once() -> int:
+    mask = _proc_umask()
+    return _swap_umask() if mask is None else mask
+
+
+# Read at import (on the main thread, before serve or anything else starts a thread), so that a
+# umask the user set before that is the one used; where /proc is not there, a later read that
+# must not change the umask (other threads running) falls back to this value.
+_known_umask: int = _read_umask_once()
+
+
+def new_file_mode() -> int:
+    """The permissions a plainly created file gets here (``0o666`` less the umask), for files
+    written through ``mkstemp`` (which makes them 0600) and renamed into place.
+
+    The umask is read without changing it, so that a file another thread creates at the same time
+    keeps its usual permissions: from ``/proc/self/status`` on Linux; elsewhere by setting it and
+    back only while this is the only thread, or else as it was at the last such read (import)."""
+    global _known_umask
+    mask = _proc_umask()
+    if mask is None:
+        if threading.active_count() == 1:  # no other thread can create a file meanwhile
+            mask = _known_umask = _swap_umask()
+        else:
+            mask = _known_umask
     return 0o666 & ~mask
 
 
@@ -689,11 +739,33 @@ def _list_lines(lst: Path) -> list[str]:
         raise ImageError(describe_os_error(exc, lst, action="read")) from None
 
 
+def _name_key(name: str) -> str:
+    """Two output names are one file on a case-insensitive, normalising file system (macOS,
+    Windows) when their keys are equal: letter case and Unicode normalisation (NFC/NFD) ignored."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _fitted(qualified: str, limit: int = MAX_QUALIFIED_BYTES) -> str:
+    """``qualified`` itself when it is at most ``limit`` bytes (UTF-8); else a stable hash of it
+    (first 10 hex digits of the sha256 of its :func:`_name_key`, so that names equal ignoring case
+    stay equal and are refused as such) and ``__`` and as much of its end as fits."""
+    if len(qualified.encode("utf-8")) <= limit:
+        return qualified
+    digest = hashlib.sha256(_name_key(qualified).encode("utf-8")).hexdigest()[:10]
+    room = limit - len(digest) - len(FOLDER_SEP)
+    tail = qualified.encode("utf-8")[-room:].decode("utf-8", "ignore")  # a character cut in two is dropped
+    return f"{digest}{FOLDER_SEP}{tail}"
+
+
 def output_names(paths: Sequence[Path]) -> list[str]:
     """A unique output name per input path, by the rule in the module docstring.
 
-    Stable: a name depends only on the set of inputs, not on their order. Raises ``ImageError``
-    naming both paths when two inputs cannot be told apart.
+    Stable: a name depends only on the set of inputs, not on their order. Names are unique ignoring
+    letter case and Unicode normalisation (``é`` as one code point or two), as a macOS or Windows
+    disk sees them. A qualified name (a relative path) longer than :data:`MAX_QUALIFIED_BYTES`
+    (UTF-8) becomes a 10-hex-digit hash of that whole path, ``__`` and the path's end, so that it
+    still fits a 255-byte file name: unique and the same on every run. Raises ``ImageError`` naming
+    both paths when two inputs cannot be told apart.
     """
     absolute = [Path(os.path.abspath(p)) for p in paths]
     try:
@@ -701,11 +773,12 @@ def output_names(paths: Sequence[Path]) -> list[str]:
         qualified = [FOLDER_SEP.join(a.relative_to(root).parts) for a in absolute]
     except ValueError:  # no common folder (Windows drives): the whole path
         qualified = [FOLDER_SEP.join(a.parts[1:]) for a in absolute]
+    qualified = [_fitted(q) for q in qualified]
     names = [p.stem for p in paths]
     while True:
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(names):
-            groups.setdefault(n.casefold(), []).append(i)
+            groups.setdefault(_name_key(n), []).append(i)
         clashing = [idx for idx in groups.values() if len(idx) > 1]
         if not clashing:
             return names
@@ -717,7 +790,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
         if not changed:  # every clashing input already has its longest name
             a, b = sorted(paths[i] for i in clashing[0])[:2]
             raise ImageError(f"inputs {a} and {b} would both be written as '{names[clashing[0][0]]}' (output "
-                             "names ignore letter case); rename one of them")
+                             "names ignore letter case and Unicode normalisation); rename one of them")
 
 
 def check_batch(images: torch.Tensor) -> None:

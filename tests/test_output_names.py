@@ -187,3 +187,42 @@ def test_tiny_input_gets_the_same_verdict_on_every_run(tmp_path):
     r = invoke("degrade", "--spec", "bicubic:4", "--input", d, "--output", tmp_path / "lr", "-q")
     assert r.exit_code == 1 and "1×1 is too small" in r.stderr
     assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == ["ok.png"]
+
+
+def test_names_equal_after_unicode_normalisation_are_told_apart(tmp_path):
+    """'é' as one code point (NFC) or 'e' and an accent (NFD) is one file name on macOS."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    names = output_names([tmp_path / "x" / f"{nfc}.png", tmp_path / "y" / f"{nfd}.jpg"])
+    assert names == [f"x__{nfc}.png", f"y__{nfd}.jpg"]
+    with pytest.raises(ImageError, match="would both be written as"):
+        output_names([tmp_path / f"{nfc}.png", tmp_path / f"{nfd}.png"])  # one folder: cannot be told apart
+
+
+def test_long_qualified_names_fit_a_file_name(tmp_path):
+    """Clashing stems in long (but legal) folders: the qualified name keeps its end after a hash of
+    the whole relative path, within 200 bytes, unique and the same every time."""
+    long_b, long_c = "B" * 250, "\u00e9" * 120  # 250 bytes each, 'é' two in UTF-8
+    paths = [tmp_path / long_b / "face.png", tmp_path / long_c / "face.png", tmp_path / "s" / "face.png"]
+    names = output_names(paths)
+    assert names[2] == "s__face.png"  # a short one is as before
+    for name in names[:2]:
+        assert len(name.encode("utf-8")) <= 200 and name.endswith("__face.png")
+        head, sep, _ = name.partition("__")
+        assert sep and len(head) == 10 and int(head, 16) >= 0
+    assert len({n.casefold() for n in names}) == 3
+    assert output_names(paths[::-1]) == names[::-1]  # stable
+    assert set(names[1][12:-len("__face.png")]) == {"\u00e9"}  # the end of the path, no character cut in two
+    # Two long paths that differ only in letter case are still refused, as short ones are.
+    with pytest.raises(ImageError, match="would both be written as"):
+        output_names([tmp_path / long_b / "face.png", tmp_path / long_b.lower() / "face.png"])
+
+
+def test_run_writes_inputs_from_long_folders(tmp_path):
+    src = tmp_path / "in"
+    for i, d in enumerate(("B" * 250, "C" * 250)):
+        _save(src / d / "face.png", seed=40 + i)
+    out = tmp_path / "out"
+    r = invoke("run", "bicubic", "--scale", "2", "--input", f"{src}/*/face.png", "--output", out, "-q")
+    assert r.exit_code == 0, r.output
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 2 and all(len(n.encode()) <= 255 for n in written)
