@@ -49,7 +49,7 @@ from ..weights.catalogue import get_spec
 from ..weights.checksum import sha256_file
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim, record
-from .store import Record, ResultStore, safe_name, settings_hash
+from .store import Record, ResultStore, file_key, safe_name, settings_hash
 
 
 class CompareUsageError(RestorekitError):
@@ -313,11 +313,17 @@ def plan(config: CompareConfig) -> Plan:
         degradation = chain.spec()
 
     methods: list[MethodPlan] = []
+    files_of: dict[str, str] = {}  # file_key -> the method name that has that outputs folder / results file
     for name in dict.fromkeys(config.methods):
         base, at, label = name.partition("@")
         if at and not (base and VARIANT_LABEL.fullmatch(label)):
             raise CompareUsageError(f"--methods '{name}': a variant is METHOD@LABEL, the label of letters, digits, "
                                     "'_' and '-'")
+        other = files_of.setdefault(file_key(name), name)
+        if other != name:  # outputs/<name>/ and results/<name>.jsonl would be one on macOS and Windows
+            raise CompareUsageError(f"--methods '{other}' and '{name}' differ only in letter case, so they would "
+                                    "share their output folder and result files on a case-insensitive disk; give "
+                                    "them names that differ otherwise")
         try:
             cls: type[Method] = reg.method(base)
         except RestorekitError as exc:

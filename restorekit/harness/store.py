@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,12 @@ def dumps(obj: Any, **kw: Any) -> str:
 def safe_name(name: str) -> str:
     """A file-system safe version of a method name (``@`` kept: a variant's folder is not its method's)."""
     return re.sub(r"[^A-Za-z0-9_.@-]", "_", name) or "_"
+
+
+def file_key(name: str) -> str:
+    """What :func:`safe_name` of ``name`` is on a case-insensitive, normalising file system (macOS,
+    Windows): two methods with the same key would share their outputs folder and result files."""
+    return unicodedata.normalize("NFC", safe_name(name)).casefold()
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -165,7 +172,7 @@ class ResultStore:
         out: dict[Key, Record] = {}
         for p in [self.path(method), *self.part_paths(method)]:
             try:
-                text = p.read_text()
+                text = p.read_text(encoding="utf-8", errors="replace")  # a bad line is skipped below
             except FileNotFoundError:
                 continue
             for line in text.splitlines():
@@ -199,7 +206,7 @@ class ResultStore:
     def _read_meta(self, method: str) -> dict[str, Any]:
         p = self.meta_path(method)
         try:
-            data = json.loads(p.read_text()) if p.exists() else {}
+            data = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
         except ValueError:
             data = {}
         return data if isinstance(data, dict) else {}
