@@ -134,6 +134,12 @@ def import_temp(folder: Path, filename: str) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run (when in doubt: yes, so its file is left alone). No
+    pid at or below 0 names one process (to ``kill`` they are process groups): no owner, so False."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # never os.kill there: signal 0 is CTRL_C_EVENT, sent to a console's processes
+        return _pid_alive_nt(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -141,6 +147,51 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError, OverflowError):  # another user's process, or no such check here
         return True
     return True
+
+
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_STILL_ACTIVE = 259
+_ERROR_INVALID_PARAMETER = 87  # what OpenProcess fails with for a process id no process has
+
+
+def _kernel32() -> tuple[Any, Any]:
+    """Windows' kernel32 with the three calls :func:`_pid_alive_nt` makes typed, and the function that
+    reads their last error."""
+    import ctypes
+    from ctypes import wintypes
+
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    k32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    k32.OpenProcess.restype = wintypes.HANDLE
+    k32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    k32.GetExitCodeProcess.restype = wintypes.BOOL
+    k32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    k32.CloseHandle.restype = wintypes.BOOL
+    return k32, ctypes.get_last_error  # type: ignore[attr-defined]
+
+
+def _pid_alive_nt(pid: int, api: tuple[Any, Any] | None = None) -> bool:
+    """:func:`_pid_alive` on Windows: OpenProcess and GetExitCodeProcess (``STILL_ACTIVE`` while it
+    runs). Only "no such process" is dead; a query that fails otherwise (access denied, no ctypes)
+    answers alive. ``api`` is ``(kernel32, get_last_error)``, :func:`_kernel32` when None."""
+    if pid > 0xFFFFFFFF:  # not a DWORD: ctypes would cut it to another process's id
+        return True
+    try:
+        k32, last_error = api if api is not None else _kernel32()
+    except (ImportError, OSError, AttributeError):
+        return True
+    import ctypes
+
+    handle = k32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return last_error() != _ERROR_INVALID_PARAMETER
+    try:
+        code = ctypes.c_ulong(0)  # a DWORD
+        if not k32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == _STILL_ACTIVE  # (a process that exited with 259 reads as running: kept)
+    finally:
+        k32.CloseHandle(handle)
 
 
 def _import_temps(name: str) -> list[tuple[Path, int | None]]:
@@ -153,7 +204,7 @@ def _import_temps(name: str) -> list[tuple[Path, int | None]]:
     found = []
     for p in candidates:
         tail = p.name.rpartition(".import-")[2]
-        found.append((p, int(tail) if tail.isdigit() else None))
+        found.append((p, int(tail) if tail.isascii() and tail.isdigit() else None))  # not '²': int() refuses it
     return found
 
 
