@@ -256,7 +256,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise OnnxExportError(f"{p}: unreadable ONNX sidecar ({exc})") from None
     return data if isinstance(data, dict) else None
@@ -487,7 +487,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         except OSError as exc:
             raise FileSystemError(describe_os_error(exc, side)) from exc
         side_tmp = Path(side_name)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
             f.write("\n")
         mode = new_file_mode()

@@ -45,7 +45,7 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         fail_usage(f"{path}: unreadable generate manifest ({exc}); use another --output, or remove it")
     if not (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT and isinstance(data.get("settings"), dict)

@@ -503,7 +503,7 @@ def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
     from pathlib import Path
 
     try:
-        sidecar = json.loads((Path(outdir) / f"{stem}.json").read_text())
+        sidecar = json.loads((Path(outdir) / f"{stem}.json").read_text(encoding="utf-8"))
         faces = [int(f["index"]) for f in sidecar["faces"] if f.get("action") == "restored"]
     except (OSError, ValueError, KeyError, TypeError):
         return [f"{stem}_face0"]

@@ -138,7 +138,7 @@ def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[st
 
 def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
     try:
-        images = json.loads(path.read_text()).get("images", {})
+        images = json.loads(path.read_text(encoding="utf-8")).get("images", {})
     except (OSError, ValueError, AttributeError):
         return {}
     return images if isinstance(images, dict) else {}

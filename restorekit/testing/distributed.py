@@ -17,7 +17,7 @@ def native_threads(marker: str) -> list[str]:
     names = []
     for t in tasks.iterdir():
         try:
-            names.append((t / "comm").read_text().strip())
+            names.append((t / "comm").read_text(encoding="utf-8", errors="replace").strip())
         except OSError:  # the thread ended while listed
             continue
     return [n for n in names if marker in n]

@@ -110,7 +110,7 @@ def pip_download(package: str, version: str, dest: Path, *, archive_sha256: str,
     req.write_text(f"{package}=={version} --hash=sha256:{archive_sha256}\n", encoding="utf-8")
     cmd += ["--require-hashes", "-r", str(req)]
     env = {k: v for k, v in os.environ.items() if k != "PIP_QUIET"}  # -vv must stand (index, proxy, certs do)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env)
     if proc.returncode != 0:
         out = f"{proc.stdout}\n{proc.stderr}"
         skipped = re.findall(r"No sources permitted for [^:\s]+: (\S+)", out)  # sdists --only-binary left out
