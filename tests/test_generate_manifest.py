@@ -97,3 +97,30 @@ def test_a_folder_made_before_the_manifest_is_refused_saying_so(tmp_path: Path) 
     assert code == 2 and len(lines) == 1, text
     assert f"{out}: has no generate.json" in lines[0] and "made before" in lines[0]
     assert "another --output" in lines[0] and "--overwrite" in lines[0]
+
+
+def test_an_overwrite_killed_before_the_new_image_leaves_no_old_image_listed_as_new(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """--overwrite with other settings, killed between listing an image and writing it: the image of
+    the old settings must not stay under the new settings' manifest (the plain rerun would keep it)."""
+    import restorekit.commands.generate as generate
+
+    out = tmp_path / "gen"
+    assert gen(out, "--truncation", "0.7")[0] == 0
+    old = (out / "seed0001.png").read_bytes()
+    real = generate.save_image
+
+    def killed(img, path):
+        if path.name == "seed0001.png":
+            raise KeyboardInterrupt
+        return real(img, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(generate, "save_image", killed)
+        code, _ = gen(out, "--truncation", "0.3", "--overwrite")
+    assert code != 0
+    assert json.loads((out / "generate.json").read_text())["settings"]["truncation"] == 0.3
+    assert not (out / "seed0001.png").exists()
+    code, text = gen(out, "--truncation", "0.3")
+    assert code == 0 and written(text) == [str(out / "seed0001.png")]
+    assert (out / "seed0001.png").read_bytes() != old

@@ -171,6 +171,9 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
             z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
             w = w_avg + truncation * (gen.map(z) - w_avg)
             img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
+            # An image made with other settings (--overwrite) goes before the manifest lists this one
+            # under these: a kill between the two steps must leave it missing, never old and listed.
+            path.unlink(missing_ok=True)
             record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
             written.append(str(save_image(img.cpu(), path)))  # and the rerun makes it (it does not exist)
     if as_json:
