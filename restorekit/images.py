@@ -614,6 +614,29 @@ def temp_prefix(name: str, limit: int = 200) -> str:
     return f".{cut}."
 
 
+def sweep_temp_files(folder: Path, *, older_than_s: float = 60.0) -> int:
+    """Remove the temp files :func:`atomic_write_bytes` leaves when its process is killed mid-write
+    (``.NAME.<random>.part``) under ``folder``, if last written over ``older_than_s`` seconds ago (a
+    write in progress, by another process of the same job, is younger). For a folder whose holder
+    is known to be the only writer (a lock); returns how many were removed."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(".part")):
+                continue
+            p = Path(root) / name
+            try:
+                if p.lstat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except OSError:  # gone meanwhile, or not ours to remove: left
+                pass
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 

@@ -78,3 +78,28 @@ def test_trim_log_replaces_the_log_whole(tmp_path: Path, monkeypatch: pytest.Mon
     trim_log(log, 3)
     assert log.read_text(encoding="utf-8") == "".join(ln + "\n" for ln in lines[:3])
     assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+
+
+def test_the_lock_holder_removes_temp_files_a_killed_holder_left(tmp_path: Path) -> None:
+    """compare's --out and train's run folder: the next holder of the lock sweeps the leftovers of
+    a write cut short by a kill; a temp file younger than a minute (another rank writing) stays."""
+    import os
+    import time
+
+    from restorekit.errors import RestorekitError as Refused
+    from restorekit.folder_lock import held_alone
+
+    pytest.importorskip("fcntl")
+    nested = tmp_path / "outputs" / "m"
+    nested.mkdir(parents=True)
+    old = [tmp_path / ".results.json.k2j3.part", nested / ".img0.png.a8b1.part"]
+    young = nested / ".img1.png.q9z8.part"
+    kept = [nested / "img0.png", tmp_path / "notes.part", nested / ".hidden"]
+    for p in [*old, young, *kept]:
+        p.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for p in [*old, *kept]:
+        os.utime(p, (hour_ago, hour_ago))
+    with held_alone(tmp_path, ".lock", lambda: Refused("busy")):
+        assert not any(p.exists() for p in old)
+        assert young.exists() and all(p.exists() for p in kept)
