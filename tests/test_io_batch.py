@@ -35,22 +35,40 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("command", [RUN, DEGRADE])
 def test_an_output_name_too_long_fails_that_input_only(tmp_path, command):
-    """'A'*248 .png and .jpg collide ignoring the extension, so they are named with it: 252 + '.png'
-    = 256 bytes, over the 255 a name may have. Each is one line naming it; ok.png is written; exit 1."""
+    """'A'*251 .png is a 255-byte name; as .webp it would be 256, over the 255 a name may have. It is
+    one line naming it; ok.png is written; exit 1."""
     src = tmp_path / "longn"
     src.mkdir()
-    long_png, long_jpg = image(src / ("A" * 248 + ".png")), image(src / ("A" * 248 + ".jpg"))
+    long_png = image(src / ("A" * 251 + ".png"))
     image(src / "ok.png")
-    r = invoke(*command, "--input", str(src), "--output", str(tmp_path / "o"), "--json")
+    r = invoke(*command, "--ext", "webp", "--input", str(src), "--output", str(tmp_path / "o"), "--json")
     assert r.exit_code == 1, r.output
     doc = json.loads(r.stdout)
-    assert doc["written"] == [str(tmp_path / "o" / "ok.png")]
-    assert sorted(f["path"] for f in doc["failed"]) == sorted([str(long_jpg), str(long_png)])
+    assert doc["written"] == [str(tmp_path / "o" / "ok.webp")]
+    assert [f["path"] for f in doc["failed"]] == [str(long_png)]
     for f in doc["failed"]:
         assert f["error"].startswith(f["path"] + ": cannot write ") and "File name too long" in f["error"]
         assert "\n" not in f["error"]
-    assert len(error_lines(r.stderr)) == 2
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["ok.png"]  # nothing half-written
+    assert len(error_lines(r.stderr)) == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["ok.webp"]  # nothing half-written
+
+
+@pytest.mark.parametrize("command", [RUN, DEGRADE])
+def test_long_names_that_collide_get_hashed_names_that_fit(tmp_path, command):
+    """'A'*248 .png and .jpg collide ignoring the extension, so they are named with it: 252 + '.png'
+    would be 256 bytes; the qualified name keeps its end after a hash of the whole name instead."""
+    src = tmp_path / "longn"
+    src.mkdir()
+    image(src / ("A" * 248 + ".png")), image(src / ("A" * 248 + ".jpg"))
+    image(src / "ok.png")
+    r = invoke(*command, "--input", str(src), "--output", str(tmp_path / "o"), "--json")
+    assert r.exit_code == 0, r.output
+    names = sorted(Path(p).name for p in json.loads(r.stdout)["written"])
+    assert len(names) == 3 and names[-1] == "ok.png"
+    assert all(len(n.encode()) <= 255 for n in names)
+    tails = sorted(n.split("__", 1)[1] for n in names[:2])  # the end of each qualified name, then .png
+    assert [t.removesuffix(".png")[-8:] for t in tails] == ["AAAA.jpg", "AAAA.png"]
+    assert all(("A" * 248 + t[-8:-4]).endswith(t[:-4]) for t in tails)
 
 
 def test_sample_names_too_long_fail_that_input_only(tmp_path):
