@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["SEED_MAX", "SEED", "MAX_SEEDS", "check_seed", "parse_seeds"]
+__all__ = ["SEED_MAX", "SEED", "MAX_SEEDS", "check_seed", "mix_seed", "parse_seeds"]
 
 #: The largest seed (torch's generators take 0 … 2**64 − 1).
 SEED_MAX = 2**64 - 1
@@ -27,6 +27,22 @@ def check_seed(seed: int) -> None:
     """Raise :class:`click.BadParameter` for a seed outside 0 … :data:`SEED_MAX`."""
     if not 0 <= seed <= SEED_MAX:
         raise click.BadParameter(f"seed {seed} is out of range: seeds are 0 to {SEED_MAX}")
+
+
+def mix_seed(*parts: int) -> int:
+    """One seed (0 … :data:`SEED_MAX`) from several non-negative integers, each taken modulo 2**64:
+    splitmix64's finaliser over them in order, so that nearby inputs give unrelated seeds and no
+    two tuples are related by a simple shift (``(seed 1, key k)`` is not ``(seed 0, key k + c)``)."""
+    x = 0x9E3779B97F4A7C15
+    for part in parts:
+        x = (x ^ (part & SEED_MAX)) * 0xBF58476D1CE4E5B9 & SEED_MAX
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & SEED_MAX
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & SEED_MAX
+        x ^= x >> 31
+        x = (x + 0x9E3779B97F4A7C15) & SEED_MAX
+    return x
 
 
 def _int(text: str, part: str) -> int:

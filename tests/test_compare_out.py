@@ -49,7 +49,10 @@ def test_out_records_its_configuration(hr_folder, tmp_path):
     out = tmp_path / "cmp"
     assert _compare(hr_folder, out).exit_code == 0
     rec = json.loads((out / "compare.json").read_text())
-    assert rec["inputs"] == {"data": str(hr_folder), "scale": 2, "source": "degradation:bicubic:2"}
+    from restorekit.harness.runner import code_fingerprint
+
+    assert rec["inputs"] == {"data": str(hr_folder), "scale": 2, "source": "degradation:bicubic:2",
+                             "core_code": code_fingerprint("restorekit")}
     assert rec["methods"]["bicubic"]["options"]["antialias"] is True
     assert rec["methods"]["bicubic"]["device"] == "cpu"
 

@@ -105,7 +105,7 @@ def test_two_methods_give_the_harness_numbers_and_pngs_of_the_right_size(server:
     assert (roles["hr"]["width"], roles["hr"]["height"]) == (64, 64)
     # What compare would do with this HR: the same LR, restore, 8-bit rounding, harness metrics.
     hr0 = from_pil(generated_face(64))
-    hr, lr = degrade_hr(hr0, parse_spec("bicubic:4"), 4, "face", where="face.png")
+    hr, lr = degrade_hr(hr0, parse_spec("bicubic:4"), 4, where="face.png")
     lr = from_pil(to_pil(lr))
     metrics = metric_states(METRICS)
     setup_metrics(metrics, torch.device("cpu"))

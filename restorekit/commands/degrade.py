@@ -34,7 +34,8 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     spec's total scale, so that restoring ×scale gives back the cropped size exactly.
 
     Under ``torchrun`` the inputs are shared out between the processes as ``run`` shares them;
-    each image's randomness depends only on ``--seed`` and its name, so the files are the same."""
+    each image's randomness depends only on ``--seed`` and its pixels (not its name or the other
+    inputs), so the files are the same."""
     from ..sharding import job_for
 
     try:
@@ -47,7 +48,7 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
         # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
-        _, lr = degrade_hr(image, chain, chain.scale, item.stem, where=item.path, max_pixels=max_pixels, seed=seed)
+        _, lr = degrade_hr(image, chain, chain.scale, where=item.path, max_pixels=max_pixels, seed=seed)
         return [(item.stem, lr)]
 
     with job_for("cpu") as job:  # one process, or one rank of a torchrun job

@@ -2,9 +2,9 @@
 
 Two sources:
 - HR images plus a degradation spec: each HR is cropped (bottom/right) to a multiple of the
-  scale, degraded with a generator seeded from the image's stem (so a noisy degradation gives
-  the same LR whatever the image order or ``--limit``), rounded to 8 bits and written as PNG to
-  ``OUT/inputs/<spec-hash>/``. A later run reuses the PNG while its HR file is unchanged.
+  scale, degraded with a generator seeded from the image's pixels (so a noisy degradation gives
+  the same LR whatever the image's name, the other images, their order or ``--limit``), rounded
+  to 8 bits and written as PNG to ``OUT/inputs/<spec-hash>/``. A later run reuses the PNG while its HR file is unchanged.
 - Given LR/HR pairs, matched by output name (see :func:`restorekit.images.output_names`): the HR
   is cropped to a multiple of the scale and must then be exactly ``scale`` times the LR.
 
@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,15 +38,21 @@ from ..degradations import Chain, crop_to_multiple
 from ..errors import ImageError, RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, ImageItem, atomic_write_bytes, check_output_size,
                       check_size, from_pil, list_inputs, probe_size, read_image, to_pil)
+from ..seeds import mix_seed
 
 # Decoded inputs kept in memory between methods (bytes of float32 tensors).
 CACHE_BYTES = 1 << 30
 
 
-def degradation_seed(stem: str, seed: int = 0) -> int:
-    """The per-image seed of the degradation's randomness: a stable hash of the stem (mixed with
-    ``seed``, ``restorekit degrade --seed``; 0 gives compare's), independent of the inputs' order."""
-    return (seed * 1_000_003 + zlib.crc32(stem.encode("utf-8"))) % (2**63)
+def degradation_seed(hr: Tensor, seed: int = 0) -> int:
+    """The per-image seed of the degradation's randomness: the sha256 of the decoded image's pixels
+    (its size and float32 values) mixed with ``seed`` (``restorekit degrade --seed``; 0 gives
+    compare's and serve's). So an image gets the same noise whatever its file is called, whichever
+    other files are in the set (which can change its output name) and in whatever order."""
+    x = hr.detach().to("cpu", torch.float32).contiguous()
+    digest = hashlib.sha256(repr(tuple(x.shape)).encode())
+    digest.update(x.numpy().tobytes())
+    return mix_seed(seed, int.from_bytes(digest.digest()[:8], "little"))
 
 
 def png_bytes(x: Tensor | Image.Image, compress_level: int = 1) -> bytes:
@@ -153,13 +158,13 @@ def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:
     _write_manifest(inputs.manifest, spec, inputs.scale, manifest)
 
 
-def degrade_hr(hr: Tensor, chain: Chain, scale: int, stem: str, *, where: object,
+def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
                max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0) -> tuple[Tensor, Tensor]:
     """compare's LR of one HR image (and ``restorekit degrade``'s): ``(hr cropped to a multiple of
     scale, lr in [0,1])``.
 
     The HR is cropped bottom/right to a multiple of ``scale``, degraded by ``chain`` with its
-    randomness seeded from ``stem`` and ``seed`` (:func:`degradation_seed`), clamped, and checked to be HR /
+    randomness seeded from its pixels and ``seed`` (:func:`degradation_seed`), clamped, and checked to be HR /
     ``scale`` and within ``max_pixels`` (the check the LR file gets when read back). The LR is
     not yet rounded to 8 bits: that happens when it is written (``to_pil``). ``where`` names the
     image in errors.
@@ -167,8 +172,8 @@ def degrade_hr(hr: Tensor, chain: Chain, scale: int, stem: str, *, where: object
     if min(hr.shape[-2:]) < scale:  # named by its own size: the crop would leave 0 px of it
         raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale} "
                          f"(each side must be ≥ {scale} px)")
+    g = torch.Generator().manual_seed(degradation_seed(hr, seed))
     hr = crop_to_multiple(hr, scale)
-    g = torch.Generator().manual_seed(degradation_seed(stem, seed))
     lr = chain(hr, generator=g).clamp(0, 1)
     want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
     if tuple(lr.shape[-2:]) != want:
@@ -223,7 +228,8 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             if entry is None:
                 hr = read_image(item.path, max_pixels=max_pixels)
                 t0 = time.perf_counter()
-                hr, lr = degrade_hr(hr, chain, scale, item.stem, where=item.path, max_pixels=max_pixels)
+                seed = degradation_seed(hr)
+                hr, lr = degrade_hr(hr, chain, scale, where=item.path, max_pixels=max_pixels)
                 tick("degrade", time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 pil = to_pil(lr)
@@ -232,7 +238,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 tick("write_lr", time.perf_counter() - t0)
                 inputs.made[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
                                           "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
-                                          "seed": str(degradation_seed(item.stem))}
+                                          "seed": str(seed)}
                 inputs._cache[item.stem] = (from_pil(pil), hr)  # what reading the PNG gives
                 inputs._cached_bytes += (lr.numel() + hr.numel()) * 4
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))

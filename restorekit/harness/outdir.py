@@ -46,8 +46,10 @@ def folder_config(p: Plan) -> dict[str, Any]:
     """What this run's files under ``--out`` depend on."""
     cfg = p.config
     source = f"lr-dir:{_spec(cfg.lr_dir)}" if cfg.lr_dir is not None else f"degradation:{p.degradation}"
-    return {"inputs": {"data": _spec(cfg.data), "scale": cfg.scale, "source": source},
-            "methods": {mp.name: mp.settings for mp in p.methods}}
+    inputs: dict[str, Any] = {"data": _spec(cfg.data), "scale": cfg.scale, "source": source}
+    if cfg.lr_dir is None:  # the LR files were made by restorekit's degradation code
+        inputs["core_code"] = p.core_code
+    return {"inputs": inputs, "methods": {mp.name: mp.settings for mp in p.methods}}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

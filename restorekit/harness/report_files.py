@@ -117,7 +117,7 @@ def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, A
                      "metrics": cfg.metrics, "device": cfg.device, "opts": cfg.opts, "fresh": cfg.fresh,
                      "out": str(cfg.out),
                      "conventions": {"predictions": "rounded to 8 bits (as saved) before scoring",
-                                     "degradation_seed": "crc32 of the image stem",
+                                     "degradation_seed": "sha256 of the decoded HR pixels, mixed (splitmix64)",
                                      "hr": "cropped bottom/right to a multiple of the scale"}},
         "device": str(res.plan.device),
         "backend": backend_info(res.plan.device),

@@ -146,6 +146,10 @@ class Plan:
     methods: list[MethodPlan]
     metrics: list[MetricState]
     registry: Registry
+    # restorekit's own code (:func:`code_fingerprint`): methods, metrics and the LR inputs all run
+    # through it (degradations, resizing, back-projection), so stored results made by other core
+    # code are not reused, and an --out folder made by it is not extended.
+    core_code: str = ""
 
 
 @dataclass
@@ -312,6 +316,7 @@ def plan(config: CompareConfig) -> Plan:
                                     f"{config.scale}")
         degradation = chain.spec()
 
+    core = code_fingerprint(__name__)
     methods: list[MethodPlan] = []
     files_of: dict[str, str] = {}  # file_key -> the method name that has that outputs folder / results file
     for name in dict.fromkeys(config.methods):
@@ -342,7 +347,7 @@ def plan(config: CompareConfig) -> Plan:
         settings = {"method": base, "options": options.model_dump(mode="json"), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver,
-                    "code": code_fingerprint(cls.__module__)}
+                    "code": code_fingerprint(cls.__module__), "core_code": core}
         if at:
             settings["variant"] = label
         pin = default_weights_pin(cls)
@@ -371,7 +376,7 @@ def plan(config: CompareConfig) -> Plan:
             build_detector(config.detector or DEFAULT_DETECTOR)
         except RestorekitError as exc:
             raise CompareUsageError(f"--detector {config.detector or DEFAULT_DETECTOR}: {exc}") from None
-    return Plan(config, device, degradation, methods, metrics, reg)
+    return Plan(config, device, degradation, methods, metrics, reg, core)
 
 
 def metric_fingerprint(cls: type[Metric], distribution: str, version_: str) -> str:

@@ -191,7 +191,7 @@ class Restorer:
         hr: Tensor | None = None
         if s.degrade:
             chain = parse_spec(s.degradation or f"bicubic:{k}")
-            hr, lr = degrade_hr(image, chain, k, stem, where=upload.name, max_pixels=self.config.max_pixels)
+            hr, lr = degrade_hr(image, chain, k, where=upload.name, max_pixels=self.config.max_pixels)
             lr = from_pil(to_pil(lr))  # exactly what compare's 8-bit LR file holds
             job.publish("degradation", chain.spec())
         else:
