@@ -7,9 +7,10 @@ range (StyleGAN's and LPIPS' ``[-1, 1]``) convert inside themselves, never at ca
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -24,8 +25,63 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
+#: The :class:`Options` base class under a second name, for annotations inside classes whose
+#: ``Options`` attribute (the class's own options model) hides the module-level name.
+OptionsModel: TypeAlias = Options
+
+
 class NoOptions(Options):
     """A method or component with nothing to configure."""
+
+
+#: Values outside [0, 1] by more than this are taken for another convention ([0, 255], [-1, 1]).
+INPUT_RANGE_SLACK = 0.5
+
+
+def check_image_batch(x: object, what: str = "input") -> None:
+    """Raise ``ValueError`` (one line, starting with ``what``) unless ``x`` is an image batch by the
+    convention: a floating-point tensor ``N×3×H×W`` (N, H, W ≥ 1), values in ``[0, 1]``.
+
+    Any floating dtype passes (float16, float64: the receiver converts). The range test is one
+    ``aminmax`` and tolerates an overshoot of :data:`INPUT_RANGE_SLACK` (a resampled image rings past
+    [0, 1]); it catches [0, 255] and [-1, 1] images, not every out-of-range value. NaN is not checked.
+    """
+    if not isinstance(x, torch.Tensor):
+        module = type(x).__module__ or ""
+        kind = type(x).__qualname__ if module == "builtins" else f"{module.split('.')[0]}.{type(x).__qualname__}"
+        pil = "restorekit.images.from_pil(img) for a PIL image"
+        arr = "torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255 for an H×W×3 uint8 array"
+        hint = pil if module.startswith("PIL") else arr if module.startswith("numpy") else f"{pil}, {arr}"
+        raise ValueError(f"{what} must be a torch.Tensor N×3×H×W float in [0, 1], got {kind}: use {hint}")
+    shape = tuple(x.shape)
+    if x.dim() != 4 or shape[1] != 3:
+        if x.dim() == 3 and shape[0] == 3:
+            hint = "one image 3×H×W: add the batch dimension with x[None]"
+        elif x.dim() == 3 and shape[-1] == 3:
+            hint = "one image H×W×3 (channels last): use x.permute(2, 0, 1)[None]"
+        elif x.dim() == 4 and shape[-1] == 3:
+            hint = "channels last N×H×W×3: use x.permute(0, 3, 1, 2)"
+        elif x.dim() == 4 and shape[1] == 1:
+            hint = "one channel: for grey images use x.expand(-1, 3, -1, -1)"
+        elif x.dim() == 4 and shape[1] == 4:
+            hint = "four channels: drop (or composite) the alpha channel, x[:, :3]"
+        elif x.dim() == 2:
+            hint = "one grey H×W image: use x.expand(3, -1, -1)[None]"
+        else:
+            hint = "images are N×3×H×W, RGB"
+        raise ValueError(f"{what} must be N×3×H×W (RGB), got shape {shape}: {hint}")
+    if x.numel() == 0:
+        raise ValueError(f"{what} is empty (shape {shape}): a batch needs at least one image of at least 1×1 px")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor in [0, 1], got {x.dtype}: for 8-bit values "
+                         f"use x.float() / 255")
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if hi > 1 + INPUT_RANGE_SLACK or lo < -INPUT_RANGE_SLACK:
+        if lo < -INPUT_RANGE_SLACK and hi <= 1 + INPUT_RANGE_SLACK:
+            hint = "a [-1, 1] image? use (x + 1) / 2"
+        else:
+            hint = "not 0-255: divide by 255"
+        raise ValueError(f"{what} has values from {lo:.4g} to {hi:.4g}; images are in [0, 1], {hint}")
 
 
 @dataclass(frozen=True)
@@ -62,12 +118,17 @@ class Method(ABC):
     Subclasses set ``info`` and ``Options`` as class attributes so they can be listed and
     validated without being built. Construction must be cheap; heavy work (weights, models)
     happens in :meth:`load`, which callers invoke once before the first :meth:`restore`.
+
+    :meth:`restore` should begin with :meth:`check_input` and :meth:`check_scale`, so a batch in
+    another convention (uint8, 0-255, H×W×3, a numpy array) is a one-line ``ValueError`` rather
+    than a wrong result. (Annotate an options argument as :data:`OptionsModel`: inside the class,
+    ``Options`` names the class attribute.)
     """
 
     info: ClassVar[MethodInfo]
-    Options: ClassVar[type[Options]] = NoOptions
+    Options: ClassVar[type[OptionsModel]] = NoOptions
 
-    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, options: OptionsModel | None = None, device: str | torch.device = "cpu") -> None:
         self.options = options if options is not None else self.Options()
         self.device = torch.device(device)
         # Per-image notes from the last restore() call (e.g. steps taken, eps reached).
@@ -76,14 +137,31 @@ class Method(ABC):
     def load(self) -> None:
         """Build models and load weights; idempotent."""
 
+    def check_input(self, lr: Tensor) -> None:
+        """Raise ``ValueError`` (one line naming the fix) unless ``lr`` follows the image convention:
+        a floating-point ``N×3×H×W`` tensor with values in [0, 1] (:func:`check_image_batch`).
+
+        float16 and float64 pass; :meth:`restore` converts. Cheap: one ``aminmax`` over the batch."""
+        check_image_batch(lr, f"{getattr(getattr(self, 'info', None), 'name', type(self).__name__)}: lr")
+
     def check_scale(self, scale: int) -> None:
-        """Raise ``ValueError`` when ``scale`` is not one this method serves."""
-        if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        """Raise ``ValueError`` when ``scale`` is not one this method serves.
+
+        Any integer passes (``int``, ``numpy.int64``, a 0-d integer tensor: whatever has
+        ``__index__``); ``bool``, floats and non-positive values do not. Compute sizes from
+        ``int(scale)`` after this check."""
+        try:
+            if isinstance(scale, bool) or (isinstance(scale, torch.Tensor) and scale.dtype == torch.bool):
+                raise TypeError
+            value = operator.index(scale)
+        except (TypeError, RuntimeError):  # RuntimeError: a tensor of more than one element
+            raise ValueError(f"scale must be a positive integer, got {scale!r}") from None
+        if value < 1:
             raise ValueError(f"scale must be a positive integer, got {scale!r}")
         scales = self.info.scales
-        if scales is not None and scale not in scales:
+        if scales is not None and value not in scales:
             allowed = ", ".join(str(s) for s in scales)
-            raise ValueError(f"{self.info.name} supports --scale {allowed}; got {scale}")
+            raise ValueError(f"{self.info.name} supports --scale {allowed}; got {value}")
 
     @property
     def keeps_native_size(self) -> bool:

@@ -16,22 +16,38 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
 
 from .errors import RestorekitError
 
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
-           "validate", "annotation_at", "model_from_signature", "weights_option"]
+           "validate", "annotation_at", "model_from_signature", "weights_option", "WeightsRef"]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 _BOOL_HELP = "/".join(w for pair in zip(TRUE_WORDS, FALSE_WORDS) for w in pair)
+
+
+def _fspath(value: Any) -> Any:
+    """A path object (``pathlib.Path``, any ``os.PathLike``) as its string; other values unchanged."""
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return path if isinstance(path, str) else os.fsdecode(path)
+    return value
+
+
+#: The type of a weights option: ``None`` (the method's default), a registered weights name or a
+#: file, given as a string or as a ``pathlib.Path`` (any ``os.PathLike``), held as a string:
+#: ``weights: WeightsRef = Field(None, description=…)``. (Optional itself, so the field's type reads
+#: ``str | None`` to the command line's option parsing and to ``methods show``.)
+WeightsRef = Annotated[str | None, BeforeValidator(_fspath)]
 
 
 class OptionError(RestorekitError):

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..degradations import bicubic_resize
-from ..interfaces import Metric
+from ..interfaces import Metric, check_image_batch
 
 # BT.601 studio-swing luma, as in Matlab's rgb2ycbcr (coefficients for R, G, B in [0,1]).
 Y_OFFSET = 16.0
@@ -122,6 +122,11 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor
 
 
 def _check_pair(name: str, pred: Tensor, target: Tensor) -> None:
+    """Both follow the image convention (N×3×H×W, floating point, values in [0, 1] give or take
+    the slack of :func:`~restorekit.interfaces.check_image_batch`) and have one size; else one-line
+    ``ValueError`` (a 0-255 or 3×H×W input would otherwise give a wrong number, not an error)."""
+    check_image_batch(pred, f"{name}: prediction")
+    check_image_batch(target, f"{name}: target")
     if pred.shape != target.shape:
         raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in size")
 
@@ -190,6 +195,8 @@ class LrConsistency(Metric):
     fmt: ClassVar[str] = ".3e"
 
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor, scale: int) -> Tensor:
+        check_image_batch(pred, f"{self.name}: prediction")
+        check_image_batch(lr, f"{self.name}: lr")
         if pred.shape[0] != lr.shape[0]:
             raise ValueError(f"{self.name}: {pred.shape[0]} predictions for {lr.shape[0]} LR images")
         down = bicubic_resize(pred.to(torch.float64), (lr.shape[-2], lr.shape[-1])).clamp(0, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -29,9 +30,13 @@ class Bicubic(Method):
     Options = BicubicOptions
     options: BicubicOptions
 
+    @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        self.check_input(lr)
         self.check_scale(scale)
-        out = bicubic_resize(lr.to(self.device), (lr.shape[-2] * scale, lr.shape[-1] * scale))
+        scale = int(scale)
+        # float32 whatever the input's float type (the image convention; float16 has no CPU kernel).
+        out = bicubic_resize(lr.to(self.device, torch.float32), (lr.shape[-2] * scale, lr.shape[-1] * scale))
         if self.options.clamp == "clip":
             out = out.clamp(0, 1)
         self.last_reports = [{} for _ in range(lr.shape[0])]

@@ -44,7 +44,8 @@ from restorekit.consistency import back_project
 from restorekit.degradations import bicubic_resize
 from restorekit.device_memory import check_working_memory
 from restorekit.errors import RestorekitError, WeightsMissing
-from restorekit.interfaces import Method, MethodInfo, Options
+from restorekit.interfaces import Method, MethodInfo, Options, OptionsModel
+from restorekit.options import WeightsRef
 
 EXPORT_FORMAT = "restorekit.pix2pixhd/1"
 #: The embedded default model (trained by plugins/baselines/recipes/faces128, shipped in the package)
@@ -475,7 +476,7 @@ BYTES_PER_OUTPUT_PIXEL = 12
 
 
 class Pix2PixHDOptions(Options):
-    weights: str | None = Field(
+    weights: WeightsRef = Field(
         None, description="trained generator: a .safetensors export or a training checkpoint "
                           "(`restorekit train pix2pixhd` writes both)")
     input_size: int | None = Field(
@@ -504,7 +505,7 @@ class Pix2PixHD(Method):
     Options = Pix2PixHDOptions
     options: Pix2PixHDOptions
 
-    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, options: OptionsModel | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(options, device)
         self.generator: Pix2PixHDGenerator | None = None
         self.trained: dict[str, Any] = {}
@@ -532,7 +533,10 @@ class Pix2PixHD(Method):
             # file; raises WeightsMissing/UnknownNameError, or 'PATH: no such file'.
             path, registered = weights_source(w)
             name = registered or ""
-        gen, self.trained = load_generator(path)
+        # Building the network initialises its layers from torch's global RNG before the weights
+        # replace them: fork it, so a caller's torch.manual_seed(…) sequence is not moved by a load.
+        with torch.random.fork_rng(devices=[]):
+            gen, self.trained = load_generator(path)
         self.generator = gen.to(self.device)
         if name:
             from restorekit.weights import get_spec
@@ -545,9 +549,12 @@ class Pix2PixHD(Method):
 
     @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        self.check_input(lr)
         self.check_scale(scale)
+        scale = int(scale)
         self.load()
         assert self.generator is not None
+        lr = lr.to(self.device, torch.float32)
         factors = self.trained.get("factors")
         if factors and scale not in factors and scale not in self._warned:
             self._warned.add(scale)
@@ -561,7 +568,7 @@ class Pix2PixHD(Method):
             self.device, f"pix2pixhd at ×{scale} ({w}×{h}{f' × {lr.shape[0]} images' if lr.shape[0] > 1 else ''})",
             "its network runs at the output's full size: lower --scale, restore the faces alone (--faces detect), "
             "or use a machine with more memory")
-        x = bicubic_resize(lr.to(self.device).float(), (h, w)).clamp(0, 1)
+        x = bicubic_resize(lr, (h, w)).clamp(0, 1)
         if size is not None:
             m = self.generator.cfg.multiple
             if size % m:

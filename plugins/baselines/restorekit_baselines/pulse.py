@@ -27,8 +27,9 @@ from restorekit import progress
 from restorekit.consistency import back_project, downscale_error
 from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
-from restorekit.interfaces import Generator, Method, MethodInfo, Options
+from restorekit.interfaces import Generator, Method, MethodInfo, Options, OptionsModel
 from restorekit.memory import keep_freed_memory_for
+from restorekit.options import WeightsRef
 
 from .spherical import GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents
 
@@ -40,7 +41,7 @@ DEFAULT_STYLEGAN2_WEIGHTS = "stylegan2-faces128"
 
 class PulseOptions(Options):
     generator: str = Field("stylegan2", description="registered generator (`restorekit plugins` lists them)")
-    generator_weights: str | None = Field(
+    generator_weights: WeightsRef = Field(
         None, validation_alias=AliasChoices("generator_weights", "weights"),
         description="weights name or file for the generator (`run pulse --weights` sets it; default: the "
                     "factory's own default — for stylegan2 the shipped stylegan2-faces128, else an error naming "
@@ -172,7 +173,7 @@ class Pulse(Method):
     Options = PulseOptions
     options: PulseOptions
 
-    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, options: OptionsModel | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(options, device)
         self.generator: Generator | None = None
         self.fit: GaussianFit | None = None
@@ -189,8 +190,11 @@ class Pulse(Method):
         if o.random_generator and weights is not None:
             raise RestorekitError("pulse: random_generator=true and generator_weights exclude each other")
         # No weights: the factory's default (stylegan2: the shipped prior, announced in its notes).
-        gen = _build_generator(o.generator, weights, o.generator_options, self.device, o.allow_unsafe,
-                               random_weights=o.random_generator)
+        # Building the generator initialises its layers from torch's global RNG (before any weights
+        # replace them): fork it (CPU), so a caller's torch.manual_seed(…) sequence is not moved by a load.
+        with torch.random.fork_rng(devices=[]):
+            gen = _build_generator(o.generator, weights, o.generator_options, self.device, o.allow_unsafe,
+                                   random_weights=o.random_generator)
         if o.latent == "w+":
             self.fit = fit_gaussian(gen, o.gaussian_fit_samples, slope=o.mapping_slope)
         self.generator = gen
@@ -299,7 +303,9 @@ class Pulse(Method):
 
         ``seed=None`` means seed 0, so runs are reproducible unless a seed is asked for.
         """
+        self.check_input(lr)
         self.check_scale(scale)
+        scale = int(scale)
         if n_samples < 1:
             raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
         self.load()

@@ -50,7 +50,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from restorekit.errors import RestorekitError, UnknownNameError, WeightsMissing
-from restorekit.interfaces import Method, MethodInfo, Options
+from restorekit.interfaces import Method, MethodInfo, Options, OptionsModel
+from restorekit.options import WeightsRef
 
 PSP_FORMAT = "restorekit.psp/1"
 #: Where the package keeps the models it ships (each pinned by a registry entry: size, sha256, license).
@@ -350,7 +351,7 @@ def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tup
 class PSPSROptions(Options):
     """Options of ``psp_sr``."""
 
-    weights: str | None = Field(
+    weights: WeightsRef = Field(
         None, description="model: a weights name or a file (restorekit .safetensors or official pSp .pt); "
                           "default: the model embedded in the package")
     mix_alpha: float | None = Field(None, ge=0.0, le=1.0,
@@ -398,10 +399,10 @@ class PSPSR(Method):
         input_kind="aligned_face",
         default_weights=DEFAULT_MODEL_NAME,
     )
-    Options: ClassVar[type[Options]] = PSPSROptions
+    Options: ClassVar[type[OptionsModel]] = PSPSROptions
     options: PSPSROptions
 
-    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, options: OptionsModel | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(options, device)
         self.model: Any = None
         self.model_config: dict[str, Any] = {}
@@ -458,7 +459,7 @@ class PSPSR(Method):
         if o.weights is not None:
             raise PSPModelError(f"psp_sr: random_weights=true and weights={o.weights!r} exclude each other")
         try:
-            model, config = paper_shaped_psp(o.resolution or 1024, impl=o.impl)
+            model, config = paper_shaped_psp(o.resolution or 1024, impl=o.impl)  # forks the RNG itself
         except ValueError as exc:
             raise PSPModelError(f"psp_sr: {exc}") from None
         self._place(model)
@@ -478,7 +479,10 @@ class PSPSR(Method):
             self._load_random()
             return
         path, name = self._model_path()
-        model, config = load_psp_model(path, impl=self.options.impl)
+        # Building the modules initialises their layers from torch's global RNG before the weights
+        # replace them: fork it (CPU), so a caller's torch.manual_seed(…) sequence is not moved by a load.
+        with torch.random.fork_rng(devices=[]):
+            model, config = load_psp_model(path, impl=self.options.impl)
         passes = self.options.restyle_iterations
         if passes is not None:
             if model.restyle_iterations is None:
@@ -581,12 +585,16 @@ class PSPSR(Method):
 
             keep_freed_memory_for(self.device, self.resolution)
 
+    @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
-        self.load()
+        self.check_input(lr)
         self.check_scale(scale)
+        scale = int(scale)
+        self.load()
         self._keep_memory()
         self._check_input(lr)
-        x = self._to_input(lr.to(self.device, torch.float32))
+        lr = lr.to(self.device, torch.float32)
+        x = self._to_input(lr)
         if n_samples == 1:
             img, _ = self.model(x)
         else:

@@ -64,8 +64,7 @@ from torch import Tensor
 
 from restorekit import progress
 from restorekit.degradations import bicubic_resize
-from restorekit.errors import RestorekitError
-from restorekit.interfaces import MethodInfo, Options
+from restorekit.interfaces import MethodInfo, OptionsModel
 from restorekit.optim.latent import (
     GaussianFit, Schedule, downscale_mse, fit_gaussian, geocross, lr_factor, project_to_sphere, sphere_radius,
 )
@@ -243,10 +242,10 @@ class PSPPulse(PSPSR):
         input_kind="aligned_face",
         default_weights=DEFAULT_MODEL_NAME,
     )
-    Options: ClassVar[type[Options]] = PSPPulseOptions
+    Options: ClassVar[type[OptionsModel]] = PSPPulseOptions
     options: PSPPulseOptions
 
-    def __init__(self, options: Options | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, options: OptionsModel | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(options, device)
         self.w_std: Tensor | None = None
         self.fit: GaussianFit | None = None
@@ -299,12 +298,12 @@ class PSPPulse(PSPSR):
 
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         """pSp's estimate refined per image; see the module docstring. ``seed=None`` means 0."""
-        self.load()
+        self.check_input(lr)
         self.check_scale(scale)
+        scale = int(scale)
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        if lr.ndim != 4 or lr.shape[1] != 3:
-            raise RestorekitError(f"psp_pulse: expected an N×3×H×W batch, got {tuple(lr.shape)}")
+        self.load()
         self._check_input(lr)
         self._keep_memory()  # every search step allocates the generator's activations and gradients again
         assert self.w_std is not None
