@@ -30,6 +30,7 @@ from restorekit.errors import RestorekitError
 from restorekit.interfaces import Generator, Method, MethodInfo, Options, OptionsModel
 from restorekit.memory import keep_freed_memory_for
 from restorekit.options import WeightsRef
+from restorekit.seeds import mix_seed
 
 from .spherical import GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents
 
@@ -147,9 +148,11 @@ def _build_generator(name: str, weights: str | None, extra: dict[str, Any], devi
     return gen.to(device).eval()
 
 
-def _sample_seed(seed: int, attempt: int) -> int:
-    """The RNG seed of one try; independent of the image's position in the batch."""
-    return (seed * 1_000_003 + attempt * 7_919) % (2**63 - 1)
+def _sample_rngs(seed: int, attempt: int, samples: list[int]) -> list[torch.Generator]:
+    """One generator per sample of one try, seeded from ``(seed, attempt, sample index)``: a sample's
+    start and noise do not depend on the image's position in the batch, on ``n_samples``, or on
+    which other samples a try repeats."""
+    return [torch.Generator().manual_seed(mix_seed(seed, attempt, k)) for k in samples]
 
 
 #: The smallest aligned crop :meth:`Pulse.face_input_size` asks for (smaller: the pipeline's default).
@@ -255,7 +258,7 @@ class Pulse(Method):
         todo = list(range(n))
         for attempt in range(self.options.tries):
             rows = torch.tensor(todo, device=target.device)
-            rng = torch.Generator().manual_seed(_sample_seed(seed, attempt))
+            rng = _sample_rngs(seed, attempt, todo)
             stage = f"{label} try {attempt + 1}"
             bar = self._progress(stage)
 

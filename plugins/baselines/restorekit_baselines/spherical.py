@@ -27,7 +27,7 @@ when its downscale MSE drops below ``eps``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -97,7 +97,14 @@ class OptimiseResult:
     latents: list[Tensor] = field(default_factory=list)  # per step (when recorded): the optimised latents
 
 
-def _noise_maps(generator: Generator, n: int, config: OptimiseConfig, rng: torch.Generator,
+def _randn(shape: tuple[int, ...], rngs: list[torch.Generator]) -> Tensor:
+    """``shape`` normal draws, row ``k`` from ``rngs[k]`` (one generator: all rows from it)."""
+    if len(rngs) == 1:
+        return torch.randn(shape, generator=rngs[0])
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in rngs])
+
+
+def _noise_maps(generator: Generator, n: int, config: OptimiseConfig, rngs: list[torch.Generator],
                 device: torch.device) -> tuple[list[Tensor] | None, list[Tensor]]:
     """The per-layer noise list for ``synthesize`` and the subset that is optimised."""
     buffers = generator.noise_buffers()
@@ -112,7 +119,7 @@ def _noise_maps(generator: Generator, n: int, config: OptimiseConfig, rng: torch
         elif config.noise == "const":
             t = buf.detach().expand(shape).clone()
         else:
-            t = torch.randn(shape, generator=rng).to(device)
+            t = _randn(shape, rngs).to(device)
             if config.noise == "trainable" and i < config.trainable_noise_layers:
                 t.requires_grad_(True)
                 trainable.append(t)
@@ -131,7 +138,7 @@ def optimise_latents(
     *,
     config: OptimiseConfig | None = None,
     fit: GaussianFit | None = None,
-    rng: torch.Generator | None = None,
+    rng: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: Callable[[int, Tensor], None] | None = None,
     record_latents: bool = False,
 ) -> OptimiseResult:
@@ -139,14 +146,19 @@ def optimise_latents(
 
     ``init_w_plus`` (``N×n_styles×style_dim``, W+ mode only) starts from given latents (e.g. an
     encoder's), mapped into the whitened space with ``fit`` and kept on their own spheres;
-    without it the start is random from ``rng`` on the sphere of radius √dim. ``fit`` is
+    without it the start is random from ``rng`` on the sphere of radius √dim. ``rng`` may be one
+    generator per row, each drawing its row's start and noise maps, so that a row's result does
+    not depend on the other rows (how many, or which of them are retried). ``fit`` is
     required in W+ mode (see :func:`fit_gaussian`). ``progress(step, mse)`` is called after every
     step. The generator's parameters are not changed and receive no gradients.
     """
     cfg = config or OptimiseConfig()
-    rng = rng if rng is not None else torch.Generator().manual_seed(0)
     device = lr.device
     n, size = lr.shape[0], (lr.shape[-2], lr.shape[-1])
+    rngs = [rng] if isinstance(rng, torch.Generator) else [torch.Generator().manual_seed(0)] if rng is None \
+        else list(rng)
+    if len(rngs) not in (1, n):
+        raise ValueError(f"optimise_latents: {len(rngs)} generators for {n} rows (give one, or one per row)")
     target = lr.detach().float()
     layers = 1 if cfg.tile_latent else generator.n_styles
     if cfg.latent == "w+":
@@ -170,10 +182,10 @@ def optimise_latents(
         latent = start.clone().requires_grad_(True)
         radius = sphere_radius(latent.detach())
     else:
-        start = torch.randn(n, layers, dim, generator=rng).to(device)
+        start = _randn((n, layers, dim), rngs).to(device)
         radius = torch.full((n, layers, 1), math.sqrt(dim), device=device)
         latent = project_to_sphere(start, radius).requires_grad_(True)
-    noise, noise_vars = _noise_maps(generator, n, cfg, rng, device)
+    noise, noise_vars = _noise_maps(generator, n, cfg, rngs, device)
 
     params = [latent, *noise_vars]
     opt = SphericalOptimizer(params, cfg.learning_rate,

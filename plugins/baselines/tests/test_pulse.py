@@ -316,7 +316,8 @@ def test_consistency_steps_project_the_searched_face(tiny_registered: str, gen: 
     # The report's figure is the returned output's, as psp_pulse's; the search's own (the searched
     # face before the projection) is beside it.
     rep = m.last_reports[0]
-    assert rep["downscale_mse_searched"] == pytest.approx(float(downscale_error(plain[:1], lr)), rel=1e-3)
+    # (1 %: the search measures the face before the output's clamp to [0, 1])
+    assert rep["downscale_mse_searched"] == pytest.approx(float(downscale_error(plain[:1], lr)), rel=1e-2)
     assert rep["downscale_mse"] == pytest.approx(float(downscale_error(out[:1], lr)), rel=1e-5)
     assert rep["downscale_mse"] < 0.1 * rep["downscale_mse_searched"]
 
@@ -417,3 +418,16 @@ def test_generator_options_unlike_its_weights_are_a_usage_error(rk_home: Path, t
                      "'stylegan2-faces128' do not match the requested config: resolution=64 (file has 128) "
                      "(change --opt generator_options, or pick generator_weights that match them)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sample_does_not_depend_on_n_samples(tiny_registered: str, gen: TinyGenerator, fit: GaussianFit) -> None:
+    """Each sample draws its start and noise from its own generator (seed, try, sample index): sample
+    k is the same face whether 1, 2 or 4 were asked for."""
+    m = Pulse(_opts(), device="cpu")
+    m.load()
+    lr = _target(gen, fit, 6)
+    one = m.restore(lr, 4, seed=3, n_samples=1)
+    two = m.restore(lr, 4, seed=3, n_samples=2)
+    four = m.restore(lr, 4, seed=3, n_samples=4)
+    torch.testing.assert_close(two[0], one[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(four[:2], two, atol=1e-5, rtol=0)
