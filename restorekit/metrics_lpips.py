@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .interfaces import Metric
+from .interfaces import Metric, check_image_batch
 from .networks.lpips_net import Backbone, LPIPSDistance, weights_name
 
 
@@ -42,6 +42,8 @@ class _LPIPSMetric(Metric):
 
     @torch.no_grad()
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor | None = None, scale: int = 1) -> Tensor:
+        check_image_batch(pred, f"{self.name}: prediction")  # a 0-255 image would give a plausible number
+        check_image_batch(target, f"{self.name}: target")
         if pred.shape != target.shape:
             raise ValueError(f"{self.name}: prediction {tuple(pred.shape)} and target "
                              f"{tuple(target.shape)} differ in shape")

@@ -170,7 +170,9 @@ class OnnxMethod(Method):
         self.inner.check_scale(scale)
 
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
+        self.check_input(lr)
         self.check_scale(scale)
+        scale = int(scale)
         if n_samples > 1 and not self.info.deterministic:
             raise OnnxBackendError(f"{self.info.name}: --backend onnxruntime makes one output per input "
                                    f"(n_samples={n_samples} needs --backend torch)")

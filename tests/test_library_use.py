@@ -3,6 +3,7 @@ fix, integer-like scales pass, weights options take paths, metrics refuse what t
 
 from __future__ import annotations
 
+import math
 import typing
 from pathlib import Path
 from typing import ClassVar
@@ -163,3 +164,24 @@ def test_lr_consistency_checks_the_lr() -> None:
     pred, hr, lr = _pair()
     with pytest.raises(ValueError, match="^lr_consistency: lr has values from"):
         LrConsistency()(pred, hr, lr=lr * 255, scale=2)
+
+
+def test_psnr_of_an_image_with_a_nan_is_nan_not_a_perfect_score() -> None:
+    from restorekit.harness.metrics import PsnrRgb, PsnrYCrop
+
+    a = torch.rand(2, 3, 16, 16)
+    b = a.clone()
+    b[1, 0, 3, 3] = float("nan")
+    for m in (PsnrRgb(), PsnrYCrop()):
+        v = m(b, a, lr=a[..., ::2, ::2], scale=2)
+        assert math.isinf(float(v[0])) and math.isnan(float(v[1]))
+
+
+@pytest.mark.parametrize("name", ["lpips_alex_v0.1", "identity_dlib"])
+def test_network_metrics_refuse_0_255_images_before_loading_anything(name: str) -> None:
+    from restorekit.plugins import registry
+
+    metric = registry().metric(name)()
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="divide by 255"):
+        metric(x * 255, x, lr=x[..., ::4, ::4], scale=4)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..interfaces import Metric
+from ..interfaces import Metric, check_image_batch
 from .align import similarity_fit as similarity_transform
 from .insightface_models import (
     DEFAULT_PACK,
@@ -181,6 +181,8 @@ class IdentityArcface(Metric):
         return feats / np.maximum(norms, 1e-12)
 
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor | None = None, scale: int = 1) -> Tensor:
+        check_image_batch(pred, f"{self.name}: prediction")
+        check_image_batch(target, f"{self.name}: target")
         if self._detector is None or self._recognizer is None:
             self.setup(self._device or pred.device)
         if pred.shape[0] != target.shape[0]:

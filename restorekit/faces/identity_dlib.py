@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..interfaces import FaceEmbedder, Metric
+from ..interfaces import FaceEmbedder, Metric, check_image_batch
 from .chips import chip_geometry, extract_face_chips
 from .dlib_resnet import CHIP_SIZE, DlibFaceDescriptor, load_dlib_face_descriptor
 
@@ -212,6 +212,8 @@ class _DlibIdentityBase(Metric):
         """Per-pair values from raw pred/target descriptors (M×128 each)."""
 
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor | None = None, scale: int = 1) -> Tensor:
+        check_image_batch(pred, f"{self.name}: prediction")
+        check_image_batch(target, f"{self.name}: target")
         dp, dt, m = self.pair_descriptors(pred, target)
         out = torch.full((len(m),), math.nan, dtype=torch.float64)
         if len(dp):

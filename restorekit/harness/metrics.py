@@ -58,9 +58,10 @@ def crop_border(x: Tensor, border: int) -> Tensor:
 
 
 def psnr(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> Tensor:
-    """Per-image PSNR in dB of ``N×C×H×W`` float64 tensors on the ``data_range`` scale (+inf when equal)."""
+    """Per-image PSNR in dB of ``N×C×H×W`` float64 tensors on the ``data_range`` scale (+inf when
+    equal; NaN when either image has a NaN, as SSIM gives, not the +inf of a perfect score)."""
     mse = (pred - target).pow(2).flatten(1).mean(1)
-    out = torch.full_like(mse, math.inf)
+    out = torch.where(mse == 0, math.inf, math.nan).to(mse)
     nz = mse > 0
     out[nz] = 10.0 * torch.log10(data_range**2 / mse[nz])
     return out
