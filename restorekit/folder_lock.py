@@ -19,8 +19,7 @@ from .errors import RestorekitError
 @contextlib.contextmanager
 def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitError]) -> Iterator[None]:
     """Hold ``folder/lock_name`` exclusively for the block (``folder`` is made if missing); when
-    another process holds it, raise ``refused()``. Once held, the temp files an earlier holder left
-    when it was killed mid-write are removed (:func:`~restorekit.images.sweep_temp_files`)."""
+    another process holds it, raise ``refused()``."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system
@@ -33,9 +32,6 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise refused() from None
-        from .images import sweep_temp_files
-
-        sweep_temp_files(folder)
         yield
     finally:
         os.close(fd)

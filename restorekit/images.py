@@ -55,12 +55,13 @@ import glob as globmod
 import hashlib
 import io
 import os
+import re
 import sys
 import tempfile
 import threading
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -614,23 +615,36 @@ def temp_prefix(name: str, limit: int = 200) -> str:
     return f".{cut}."
 
 
-def sweep_temp_files(folder: Path, *, older_than_s: float = 60.0) -> int:
-    """Remove the temp files :func:`atomic_write_bytes` leaves when its process is killed mid-write
-    (``.NAME.<random>.part``) under ``folder``, if last written over ``older_than_s`` seconds ago (a
-    write in progress, by another process of the same job, is younger). For a folder whose holder
-    is known to be the only writer (a lock); returns how many were removed."""
+# The name atomic_write_bytes' temp files have: temp_prefix(NAME), mkstemp's 8 random characters, .part.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is that of a temp file :func:`atomic_write_bytes` writes (``.NAME.<8>.part``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0) -> int:
+    """Remove, in each of ``folders`` (not below them), the temp files :func:`atomic_write_bytes`
+    left when its process was killed mid-write, if last written over ``older_than_s`` seconds ago
+    (a write in progress, by another process of the same job, is younger). Only names of exactly
+    that shape (:func:`is_temp_name`); for folders restorekit writes whose holder is known to be
+    the only writer (a lock). Returns how many were removed."""
     import time
 
     cutoff = time.time() - older_than_s
     removed = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            if not (name.startswith(".") and name.endswith(".part")):
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not there (yet)
+            continue
+        for e in entries:
+            if not is_temp_name(e.name):
                 continue
-            p = Path(root) / name
             try:
-                if p.lstat().st_mtime < cutoff:
-                    p.unlink()
+                if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(e.path)
                     removed += 1
             except OSError:  # gone meanwhile, or not ours to remove: left
                 pass

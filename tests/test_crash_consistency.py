@@ -51,8 +51,11 @@ def test_a_cut_short_realism_cache_entry_reads_as_unreadable(tmp_path: Path) -> 
 def test_a_leftover_temp_file_is_not_an_output(tmp_path: Path) -> None:
     folder = tmp_path / "outputs" / "m"
     folder.mkdir(parents=True)
-    (folder / ".img0.png.abc123.part").write_bytes(b"half")
+    (folder / ".img0.png.abc123de.part").write_bytes(b"half")
     assert not has_outputs(tmp_path, "m")
+    (folder / ".a.png").write_bytes(b"png")  # an input named .a.png: a real output, hidden or not
+    assert has_outputs(tmp_path, "m")
+    (folder / ".a.png").unlink()
     (folder / "img0.png").write_bytes(b"png")
     assert has_outputs(tmp_path, "m")
 
@@ -80,26 +83,52 @@ def test_trim_log_replaces_the_log_whole(tmp_path: Path, monkeypatch: pytest.Mon
     assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
 
 
-def test_the_lock_holder_removes_temp_files_a_killed_holder_left(tmp_path: Path) -> None:
-    """compare's --out and train's run folder: the next holder of the lock sweeps the leftovers of
-    a write cut short by a kill; a temp file younger than a minute (another rank writing) stays."""
+def test_a_compare_or_train_folder_loses_only_its_own_leftover_temp_files(tmp_path: Path) -> None:
+    """compare's --out (once accepted) and train's run folder: the temp files a write cut short by a
+    kill left (.NAME.<8 random>.part), in the folders restorekit writes, older than a minute (another
+    rank's write in progress is younger). A user's own files, even named *.part, stay."""
     import os
     import time
 
-    from restorekit.errors import RestorekitError as Refused
-    from restorekit.folder_lock import held_alone
+    from restorekit.images import is_temp_name, sweep_temp_files
+    from restorekit.training.trainer import run_folder_lock
 
-    pytest.importorskip("fcntl")
-    nested = tmp_path / "outputs" / "m"
-    nested.mkdir(parents=True)
-    old = [tmp_path / ".results.json.k2j3.part", nested / ".img0.png.a8b1.part"]
-    young = nested / ".img1.png.q9z8.part"
-    kept = [nested / "img0.png", tmp_path / "notes.part", nested / ".hidden"]
+    assert is_temp_name(".img0.png.a8b1k2z_.part") and not is_temp_name(".film.mkv.part")
+    nested = tmp_path / "val"
+    deep = nested / "user"
+    deep.mkdir(parents=True)
+    old = [tmp_path / ".log.jsonl.k2j3x9a1.part", nested / ".img0.png.a8b1k2z_.part"]
+    young = nested / ".img1.png.q9z8w7v6.part"
+    kept = [nested / "img0.png", tmp_path / "notes.part", tmp_path / ".film.mkv.part", nested / ".hidden",
+            deep / ".img2.png.a8b1k2z_.part"]  # not a folder restorekit writes
     for p in [*old, young, *kept]:
         p.write_bytes(b"x")
     hour_ago = time.time() - 3600
     for p in [*old, *kept]:
         os.utime(p, (hour_ago, hour_ago))
-    with held_alone(tmp_path, ".lock", lambda: Refused("busy")):
+    with run_folder_lock(tmp_path):
         assert not any(p.exists() for p in old)
         assert young.exists() and all(p.exists() for p in kept)
+    assert sweep_temp_files([tmp_path / "missing"]) == 0
+
+
+def test_compare_sweeps_only_once_the_folder_is_accepted(hr_folder: Path, tmp_path: Path) -> None:
+    import os
+    import time
+
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    out = tmp_path / "out"
+    args = ["compare", "--methods", "bicubic", "--scale", "2", "--data", str(hr_folder), "--out", str(out),
+            "--metrics", "psnr_rgb", "--device", "cpu"]
+    assert CliRunner().invoke(build_cli(), args).exit_code == 0
+    left = out / "outputs" / "bicubic" / ".img0.png.zz11yy22.part"
+    left.write_bytes(b"half")
+    hour_ago = time.time() - 3600
+    os.utime(left, (hour_ago, hour_ago))
+    refused = CliRunner().invoke(build_cli(), [*args[:5], "4", *args[6:]])  # another scale: refused
+    assert refused.exit_code == 2 and left.exists()
+    assert CliRunner().invoke(build_cli(), args).exit_code == 0
+    assert not left.exists()

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..images import atomic_write_bytes
+from ..images import atomic_write_bytes, is_temp_name, sweep_temp_files
 
 if TYPE_CHECKING:
     from .runner import Plan
@@ -66,8 +66,8 @@ def has_outputs(out: Path, method: str) -> bool:
     from .store import safe_name
 
     folder = out / "outputs" / safe_name(method)
-    # Dot-files are not outputs: a write cut short by a kill leaves its hidden temp file behind.
-    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+    # A temp file is not an output: a write cut short by a kill leaves it behind.
+    return folder.is_dir() and any(not is_temp_name(p.name) for p in folder.iterdir())
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | None = None) -> list[str]:
@@ -162,6 +162,15 @@ def claim(p: Plan) -> None:
         methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
         inputs = [p.config.data.lstrip("@"), *([p.config.lr_dir] if p.config.lr_dir is not None else [])]
         _remove_owned(out, methods, [Path(i) for i in inputs])
+    # Accepted, and held (exclusive): the temp files a killed run left in the folders compare writes.
+    sweep_temp_files([out, out / "results", *_subfolders(out / "outputs"), *_subfolders(out / "inputs")])
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [e for e in folder.iterdir() if e.is_dir() and not e.is_symlink()]
+    except OSError:
+        return []
 
 
 LOCK_FILE = ".compare.lock"

@@ -359,18 +359,24 @@ def trim_log(path: Path, step: int) -> None:
 RUN_LOCK = ".train.lock"
 
 
-def run_folder_lock(out: str | Path) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def run_folder_lock(out: str | Path) -> Iterator[None]:
     """Hold a run folder for one training process (the main one of a job) while it trains
     (:func:`~restorekit.folder_lock.held_alone` on ``OUT/.train.lock``).
 
     A second run on the same ``--out`` had started silently: it deleted the first's log, then
-    both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder."""
+    both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder.
+    Once held, the temp files a killed run left in it and its subfolders (val, snapshot…) go."""
     from ..folder_lock import held_alone
+    from ..images import sweep_temp_files
 
     folder = Path(out)
-    return held_alone(folder, RUN_LOCK, lambda: TrainingError(
-        f"{folder}: another training run is using this folder; wait for it to end (then --resume continues "
-        "it), or choose another --out"))
+    with held_alone(folder, RUN_LOCK, lambda: TrainingError(
+            f"{folder}: another training run is using this folder; wait for it to end (then --resume continues "
+            "it), or choose another --out")):
+        subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
+        sweep_temp_files([folder, *subfolders])
+        yield
 
 def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
     """Ready a run's ``log`` (on the ``main`` process): resumed at a step, the lines past it go (they
