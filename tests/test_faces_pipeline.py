@@ -260,7 +260,8 @@ def test_every_face_restored_and_pasted_without_seam(group, group_faces, tmp_pat
     side = json.loads(json.dumps(res.sidecar()))
     assert side["faces_found"] == side["faces_restored"] == len(truth)
     f0 = side["faces"][0]
-    assert {"box", "score", "landmarks", "quad", "action", "crop_size", "color_match"} <= set(f0)
+    assert {"box", "score", "landmarks", "quad", "action", "crop_size"} <= set(f0)
+    assert "color_match" not in f0  # off by default: nothing measured, nothing recorded
     save_image(torch.cat([bic, out], -1), tmp_path / "before_after.png")
 
 
@@ -275,14 +276,16 @@ def test_identity_restorer_gives_back_the_bicubic_photo(group, group_faces):
     mse = ((res.image - bic)[0][:, inside] ** 2).mean().item()
     print("identity PSNR inside faces", 10 * math.log10(1 / mse))
     assert 10 * math.log10(1 / mse) > 33
-    assert not any(r.color_match["applied"] for r in res.records)
+    assert all(r.color_match is None for r in res.records)  # off by default
 
 
 @needs_mtcnn
 def test_colour_shift_is_matched_to_the_surroundings(group, group_faces):
     photo, _ = group
-    shifted = FacePipeline(RedderFace(), SCALE, colour_match=False).run(photo, faces=group_faces).image
-    matched_res = FacePipeline(RedderFace(), SCALE).run(photo, faces=group_faces)
+    shifted_res = FacePipeline(RedderFace(), SCALE).run(photo, faces=group_faces)  # off by default
+    assert all(r.color_match is None for r in shifted_res.records)
+    shifted = shifted_res.image
+    matched_res = FacePipeline(RedderFace(), SCALE, colour_match=True).run(photo, faces=group_faces)
     bic = upscale(photo, SCALE)
     assert all(r.color_match["applied"] for r in matched_res.records)
     m = union_mask(matched_res, photo.shape[-2], photo.shape[-1], 0.1)
@@ -713,3 +716,13 @@ def test_couple_with_only_faces_is_refused_not_dropped(tmp_path):
                                          "2", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
     assert r.exit_code == 2 and "--couple" in r.output and "--only-faces" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_colour_match_is_a_faces_detect_option() -> None:
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["run", "bicubic", "--scale", "2", "--input", "x.png", "--output", "o",
+                                         "--colour-match"])
+    assert r.exit_code == 2 and "--colour-match only apply with --faces detect" in r.output

@@ -58,6 +58,9 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--require-face", is_flag=True, help="--faces detect: a photo without a face fails (exit 1).")
 @click.option("--max-shrink", type=click.FloatRange(min=1), default=None,
               help="--faces detect: skip faces whose crop the method would shrink more than this (default: 3).")
+@click.option("--colour-match", is_flag=True,
+              help="--faces detect: correct a restored face's colours toward the photo's around it (off by "
+                   "default: measured on psp_sr, it cast the background's colour onto the skin).")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run the network in PyTorch or in onnxruntime (exported on first use into the cache, or --onnx).")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -68,7 +71,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             couple: bool, max_pixels: int, max_output_pixels: int, quiet: bool, as_json: bool, faces_mode: str,
             detector: str | None,
             background: str | None, only_faces: bool, min_face: float | None, require_face: bool,
-            max_shrink: float | None, backend: str, onnx_path: Path | None) -> None:
+            max_shrink: float | None, colour_match: bool, backend: str, onnx_path: Path | None) -> None:
     """Restore images with METHOD at --scale.
 
     Under torchrun (torchrun --nproc_per_node N -m restorekit run ...) every process restores
@@ -79,7 +82,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
 
     if faces_mode == "aligned":
         used = [f for f, v in (("--detector", detector), ("--background", background), ("--only-faces", only_faces),
-                               ("--min-face", min_face), ("--require-face", require_face), ("--max-shrink", max_shrink))
+                               ("--min-face", min_face), ("--require-face", require_face), ("--max-shrink", max_shrink),
+                               ("--colour-match", colour_match))
                 if v is not None and v is not False]
         if used:
             fail_usage(f"{', '.join(used)} only apply with --faces detect")
@@ -148,7 +152,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             from ..faces.pipeline import run_detect
 
             run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
-                       only_faces=only_faces, require_face=require_face, max_shrink=max_shrink, seed=seed,
+                       only_faces=only_faces, require_face=require_face, max_shrink=max_shrink,
+                       colour_match=colour_match, seed=seed,
                        n_samples=n_samples, ext=ext,
                        overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
                        max_output_pixels=max_output_pixels, backend=backend)
