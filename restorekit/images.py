@@ -582,7 +582,11 @@ def _swap_umask() -> int:
 
 def _read_umask_once() -> int:
     mask = _proc_umask()
-    return _swap_umask() if mask is None else mask
+    if mask is not None:
+        return mask
+    # Set-and-restore only while no other thread could create a file meanwhile (imported from a
+    # worker thread of a program that runs others: take the usual 022 instead).
+    return _swap_umask() if threading.active_count() == 1 else 0o022
 
 
 # Read at import (on the main thread, before serve or anything else starts a thread), so that a

@@ -159,7 +159,8 @@ def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:
 
 
 def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
-               max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0) -> tuple[Tensor, Tensor]:
+               max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0,
+               image_seed: int | None = None) -> tuple[Tensor, Tensor]:
     """compare's LR of one HR image (and ``restorekit degrade``'s): ``(hr cropped to a multiple of
     scale, lr in [0,1])``.
 
@@ -167,12 +168,13 @@ def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
     randomness seeded from its pixels and ``seed`` (:func:`degradation_seed`), clamped, and checked to be HR /
     ``scale`` and within ``max_pixels`` (the check the LR file gets when read back). The LR is
     not yet rounded to 8 bits: that happens when it is written (``to_pil``). ``where`` names the
-    image in errors.
+    image in errors; ``image_seed``: :func:`degradation_seed` of ``hr`` and ``seed`` when the caller
+    has it already (the pixels are not hashed twice).
     """
     if min(hr.shape[-2:]) < scale:  # named by its own size: the crop would leave 0 px of it
         raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale} "
                          f"(each side must be ≥ {scale} px)")
-    g = torch.Generator().manual_seed(degradation_seed(hr, seed))
+    g = torch.Generator().manual_seed(degradation_seed(hr, seed) if image_seed is None else image_seed)
     hr = crop_to_multiple(hr, scale)
     lr = chain(hr, generator=g).clamp(0, 1)
     want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
@@ -229,7 +231,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 hr = read_image(item.path, max_pixels=max_pixels)
                 t0 = time.perf_counter()
                 seed = degradation_seed(hr)
-                hr, lr = degrade_hr(hr, chain, scale, where=item.path, max_pixels=max_pixels)
+                hr, lr = degrade_hr(hr, chain, scale, where=item.path, max_pixels=max_pixels, image_seed=seed)
                 tick("degrade", time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 pil = to_pil(lr)

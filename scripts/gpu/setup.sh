@@ -11,7 +11,7 @@ T0=$(date +%s)
 log() { echo "[$(basename "$0") +$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/run.log"; }
 
 log "host: $(hostname); $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1)"
-if [ ! -d "$WORK/site/pydantic" ]; then
+if [ ! -d "$WORK/site/pydantic" ] || [ ! -x "$WORK/site/bin/ninja" ]; then  # (a machine warm from before ninja travelled)
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
         .gpu/whl/*.whl >>"$OUT/run.log" 2>&1 || { log "wheel install failed"; exit 3; }
 fi

@@ -103,9 +103,9 @@ class ConvSamples:
 
 def measure_samples(fn: Any, device: torch.device, dtype: torch.dtype = torch.float32, *,
                     repeats: int = 3) -> ConvSamples:
-    """:func:`.conv_reference.measure_against_convs`, keeping every round: ``fn`` (already warmed
-    up) and its dense convolutions replayed in its layout and on NCHW tensors, timed alternately
-    ``repeats`` times after one replay warm-up; the measure holds the medians."""
+    """``fn`` (already warmed up) against its dense convolutions (:mod:`.conv_reference`), replayed
+    in its layout and on NCHW tensors, timed alternately ``repeats`` times after one replay warm-up;
+    the measure holds the medians, and every round is kept."""
     import statistics
     import time
 

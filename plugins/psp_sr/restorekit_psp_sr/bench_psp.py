@@ -1,11 +1,11 @@
 """pSp's two networks each timed against their own convolutions (``restorekit bench method psp_sr``).
 
 :func:`psp_breakdown` times the encoder (``PSP.encode`` on encoder-sized inputs) and the
-generator (``PSP.decode`` of those codes) separately with :func:`.conv_reference.measure_against_convs`:
-milliseconds per image, FLOPs, and the fraction of the plain-convolution rate measured on the same
-shapes in the same run — in the layout the network used, and on ``NCHW`` tensors. Times are the
-medians of the rounds and ratios the ratios of the medians, each with its range (``*_range``;
-:func:`.bench_generator.measure_samples`).
+generator (``PSP.decode`` of those codes) separately against their own convolutions
+(:func:`.bench_generator.measure_samples`): milliseconds per image, FLOPs, and the fraction of
+the plain-convolution rate measured on the same shapes in the same run — in the layout the
+network used, and on ``NCHW`` tensors. Times are the medians of the rounds and ratios the ratios
+of the medians, each with its range (``*_range``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """A network's time against its own convolutions alone: the plain-convolution reference.
 
-:func:`measure_against_convs` runs a callable once under ``FlopCounterMode`` and a dispatch-level
-recorder of every ``aten.convolution`` it issues (so transposed convolutions stay transposed),
-then times the callable and, alternately in the same run, a replay of its dense convolutions
-(``groups == 1``, not 1→1-channel) with ``aten.convolution`` on random tensors of the same
-shapes. The replay runs twice: in the memory layout the network used (``channels_last`` or not),
-and on contiguous ``NCHW`` tensors, the layout plain PyTorch code uses. Alternating keeps load
-from other processes on a shared machine hitting all three alike; the fastest of each counts.
+:func:`record` runs a callable once under ``FlopCounterMode`` and a dispatch-level recorder of
+every ``aten.convolution`` it issues (so transposed convolutions stay transposed); a
+:class:`Replay` runs its dense convolutions (``groups == 1``, not 1→1-channel) with
+``aten.convolution`` on random tensors of the same shapes, in the memory layout the network used
+(``channels_last`` or not) or on contiguous ``NCHW`` tensors, the layout plain PyTorch code uses.
+:func:`.bench_generator.measure_samples` times the callable and the two replays alternately in
+the same run (so load from other processes on a shared machine hits all three alike) and keeps
+the medians with their ranges.
 
 ``fraction = conv_s / seconds``: the network's conv-FLOP rate as a share of the plain
 convolutions' rate on the same FLOPs, i.e. the share of its time its convolutions alone would
@@ -166,29 +167,6 @@ def record(fn: Callable[[], object]) -> tuple[list[ConvCall], float]:
     with torch.inference_mode(False), torch.no_grad(), FlopCounterMode(display=False) as fc, rec:
         fn()
     return rec.calls, float(fc.get_total_flops())
-
-
-def measure_against_convs(fn: Callable[[], object], device: torch.device, dtype: torch.dtype = torch.float32,
-                          *, repeats: int = 2) -> ConvMeasure:
-    """Time ``fn`` (already warmed up) against its dense convolutions; see the module docstring."""
-    calls, flops = record(fn)
-    main = dense(calls)
-    replays = [Replay(main, device, dtype, "recorded"), Replay(main, device, dtype, "nchw")]
-    for r in replays:
-        r.run()  # warm-up: primitive creation, first touch of the random tensors
-    best = conv_s = conv_nchw_s = float("inf")
-    for _ in range(max(1, repeats)):
-        with torch.inference_mode():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            best = min(best, time.perf_counter() - t0)
-        conv_s = min(conv_s, replays[0].run())
-        conv_nchw_s = min(conv_nchw_s, replays[1].run())
-    del replays
-    return ConvMeasure(seconds=best, flops=flops, n_convs=len(main), conv_flops=conv_flops(main), conv_s=conv_s,
-                       conv_nchw_s=conv_nchw_s, layout=layout_of(main))
 
 
 def layout_of(calls: list[ConvCall]) -> str:
