@@ -166,6 +166,7 @@ class _Crash(Exception):
 def test_results_json_is_written_last(hr_folder, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     assert _compare(hr_folder, out).exit_code == 0
+    assert (out / "results.json").is_file()
     _index_is_consistent(out)
     for stage in ("write_html", "write_csv", "write_json"):
         for p in (out / "report.html", out / "results.json"):
@@ -181,6 +182,7 @@ def test_results_json_is_written_last(hr_folder, tmp_path, monkeypatch):
         assert not (out / "results.json").exists(), stage
         _index_is_consistent(out)
     assert _compare(hr_folder, out).exit_code == 0
+    assert (out / "results.json").is_file()
     _index_is_consistent(out)
 
 

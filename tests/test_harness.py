@@ -349,6 +349,7 @@ def test_values_of_another_metric_version_are_scored_again(harness_plugin, hr5, 
             "--seeds", "0", "--metrics", "psnr_y_crop,psnr_rgb", "--device", "cpu", "-q"]
     assert invoke(*args).exit_code == 0
     before = {img["image"]: img["metrics"] for img in _doc(out)["images"]}
+    assert len(before) == len(_doc(out)["images"]) == 5  # hr5: five images, one method, one seed
     versions = {img["image"]: img["metric_versions"] for img in _doc(out)["images"]}
     assert all(set(v) == {"psnr_y_crop", "psnr_rgb"} and len(v["psnr_y_crop"]) == 16 for v in versions.values())
     fixed = M.PsnrYCrop.__call__
@@ -362,6 +363,7 @@ def test_values_of_another_metric_version_are_scored_again(harness_plugin, hr5, 
     assert invoke(*args).exit_code == 0
     assert _calls(harness_plugin) == []  # outputs rescored, methods not run
     doc = _doc(out)
+    assert sorted(img["image"] for img in doc["images"]) == sorted(before)  # every image rescored, once
     assert all(img["reused"] for img in doc["images"])
     for img in doc["images"]:
         assert img["metrics"]["psnr_y_crop"] == pytest.approx(before[img["image"]]["psnr_y_crop"] + 1.0, abs=1e-9)

@@ -228,13 +228,20 @@ def _blob_image(lm: np.ndarray, size: int = 256) -> np.ndarray:
     return np.repeat((np.clip(img, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
-def test_alignment_puts_landmarks_on_the_arcface_template() -> None:
-    from restorekit.faces.identity_arcface import ARCFACE_TEMPLATE, _warp_bilinear, align_arcface, arcface_affine, norm_crop
+def _rotated_template_face() -> tuple[np.ndarray, np.ndarray]:
+    """A blob image of the ArcFace template rotated by 12°, scaled by 1.9 and shifted, and its landmarks."""
+    from restorekit.faces.identity_arcface import ARCFACE_TEMPLATE
 
     th, s, t = math.radians(12), 1.9, np.array([40.0, 30.0])
     rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
     lm = ARCFACE_TEMPLATE @ (s * rot).T + t
-    img = _blob_image(lm)
+    return _blob_image(lm), lm
+
+
+def test_alignment_puts_landmarks_on_the_arcface_template() -> None:
+    from restorekit.faces.identity_arcface import ARCFACE_TEMPLATE, _warp_bilinear, align_arcface, arcface_affine, norm_crop
+
+    img, lm = _rotated_template_face()
     for crop in (align_arcface(img, lm), norm_crop(img, lm), _warp_bilinear(img, arcface_affine(lm), 112)):
         assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
         g = crop[..., 0].astype(np.float64)
@@ -244,8 +251,14 @@ def test_alignment_puts_landmarks_on_the_arcface_template() -> None:
             w = g * win
             cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
             assert abs(cx - tx) < 0.35 and abs(cy - ty) < 0.35, (cx, cy, tx, ty)
-    if _NO_INSIGHTFACE or not HAVE_CV2:
-        return
+
+
+@needs_insightface
+@pytest.mark.skipif(not HAVE_CV2, reason="needs OpenCV (cv2)")
+def test_alignment_matches_insightface_norm_crop() -> None:
+    from restorekit.faces.identity_arcface import _warp_bilinear, align_arcface, arcface_affine, norm_crop
+
+    img, lm = _rotated_template_face()
     assert np.array_equal(align_arcface(img, lm), norm_crop(img, lm))  # same estimate, same cv2 warp
     smooth = (np.stack(np.meshgrid(np.linspace(0, 255, 256), np.linspace(255, 0, 256)), -1) @ [[1, 0.5, 0], [0, 0.5, 1]])
     smooth = smooth.clip(0, 255).astype(np.uint8)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from restorekit.harness.metrics import LrConsistency, PsnrRgb, PsnrYCrop, SsimRgb, SsimYCrop
 from restorekit.images import to_pil
@@ -120,7 +120,7 @@ def test_a_weights_option_takes_a_path(tmp_path: Path) -> None:
     assert validate(WeightsModel, {"weights": "stylegan2-faces128"}, label="m").weights == "stylegan2-faces128"
     assert validate(WeightsModel, {"weights": "none"}, label="m").weights is None
     assert validate(WeightsModel, {"weights": f}, label="m").weights == str(f)
-    with pytest.raises(Exception, match="valid string"):
+    with pytest.raises(ValidationError, match="valid string"):
         WeightsModel(weights=3)
     # To option parsing and `methods show` the field is still `str | None`.
     assert WeightsModel.model_fields["weights"].annotation == (str | None)

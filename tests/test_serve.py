@@ -100,6 +100,7 @@ def test_two_methods_give_the_harness_numbers_and_pngs_of_the_right_size(server:
     job = run_job(server, {"upload": up["id"], "methods": ["bicubic", "pix2pixhd"], "scale": 4, "degrade": True})
     assert job["status"] == "done", job
     r = job["result"]
+    assert [row["name"] for row in r["methods"]] == ["bicubic", "pix2pixhd"]
     roles = {i["role"]: i for i in r["images"]}
     assert (roles["lr"]["width"], roles["lr"]["height"]) == (16, 16)
     assert (roles["hr"]["width"], roles["hr"]["height"]) == (64, 64)
@@ -131,6 +132,7 @@ def test_two_methods_give_the_harness_numbers_and_pngs_of_the_right_size(server:
     assert headers["content-disposition"] == 'attachment; filename="face_x4_results.json"'
     numbers = json.loads(body)
     assert [m["metrics"] for m in numbers["methods"]] == [m["metrics"] for m in r["methods"]]
+    assert [m["name"] for m in numbers["methods"]] == ["bicubic", "pix2pixhd"]
     assert numbers["backend"]["torch"] == torch.__version__
 
 
@@ -165,6 +167,7 @@ def test_a_jobs_outputs_are_those_of_the_float_image(server: RunningServer, bits
     assert job["status"] == "done", job
     [lr] = [i for i in job["result"]["images"] if i["role"] == "lr"]
     assert Image.open(io.BytesIO(fetch(server, lr["url"])[2])).tobytes() == to_pil(x).tobytes()
+    assert [row["name"] for row in job["result"]["methods"]] == methods and "bicubic" in methods
     for row in job["result"]["methods"]:
         assert row["status"] == "ok", row
         with torch.no_grad():

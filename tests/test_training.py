@@ -59,10 +59,10 @@ def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
     train, val = split_files(files, faces, split_file=js)
     assert [p.name for p in train] == ["img_03.png", "img_00.png"] and [p.name for p in val] == ["img_01.png"]
     js.write_text(json.dumps({"train": ["a/img_01.png"], "val": ["a/img_01.png"]}))
-    with pytest.raises(Exception, match="both train and val"):
+    with pytest.raises(DataError, match="both train and val"):
         split_files(files, faces, split_file=js)
     txt.write_text("zz/missing.png\n")
-    with pytest.raises(Exception, match="not under"):
+    with pytest.raises(DataError, match="not under"):
         split_files(files, faces, split_file=txt)
     # Files that are not splits: one line each, naming the file.
     for content, msg in [(b"{not json", "not valid JSON"), (json.dumps({"val": "a/img_01.png"}).encode(),

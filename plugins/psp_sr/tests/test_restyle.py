@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from restorekit.errors import RestorekitError
 from restorekit.losses import L2Loss, WNormLoss
 from restorekit.testing.data import smooth_batch
 from restorekit.training import sr_datasets
@@ -180,7 +181,7 @@ def test_pass_one_of_a_restyle_encoder_started_from_psp_is_psp(tmp_path: Path) -
     assert stem.grad is not None and stem.grad[:, 3:].abs().max() > 0
     # The other way round is refused: a ReStyle model does not become a one-pass encoder.
     path = save_psp_safetensors(restyle.eval(), tmp_path / "restyle.safetensors", factors=[1], license="CC0-1.0")
-    with pytest.raises(Exception, match="reads 6 channels, this config.s 3"):
+    with pytest.raises(RestorekitError, match="reads 6 channels, this config.s 3"):
         build_psp(tiny_config(tmp_path / "run2", init=str(path), encoder_backbone="ir_se_light", head_channels=16,
                               impl="ref"))
     # The widening leaves a stem that already reads six channels, or none, untouched.

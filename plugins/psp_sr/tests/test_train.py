@@ -205,7 +205,7 @@ def test_generator_files_and_build_from_config(faces: Path, tmp_path: Path) -> N
     model = build_psp(cfg)
     assert model.n_styles == g.n_styles and model.input_size == 32
     torch.testing.assert_close(model.latent_avg[0], g.mean_latent())
-    with pytest.raises(Exception, match="generator"):
+    with pytest.raises(RestorekitError, match="needs a pretrained StyleGAN2: set `generator`"):
         build_psp(tiny_config(tmp_path / "c"))
     # The trainer's initial encoder depends on the config's seed alone, not on the process's RNG.
     cfg = tiny_config(tmp_path / "d", generator=str(st), encoder_backbone="ir_se_light", head_channels=16,
