@@ -76,4 +76,4 @@ def test_compare_does_not_extend_a_folder_made_by_other_core_code(hr_folder: Pat
     monkeypatch.setattr(runner, "code_fingerprint",
                         lambda m: "0" * 16 if m.split(".")[0] == "restorekit" else real(m))
     r = CliRunner().invoke(build_cli(), args[:-2])
-    assert r.exit_code == 2 and "core_code" in r.output, r.output
+    assert r.exit_code == 2 and "made by other restorekit code" in r.output, r.output
