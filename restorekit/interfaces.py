@@ -151,7 +151,8 @@ class Method(ABC):
         ``__index__``); ``bool``, floats and non-positive values do not. Compute sizes from
         ``int(scale)`` after this check."""
         try:
-            if isinstance(scale, bool) or (isinstance(scale, torch.Tensor) and scale.dtype == torch.bool):
+            if isinstance(scale, bool) or (isinstance(scale, torch.Tensor) and (scale.dtype == torch.bool
+                                                                                or scale.dim() > 0)):
                 raise TypeError
             value = operator.index(scale)
         except (TypeError, RuntimeError):  # RuntimeError: a tensor of more than one element

@@ -88,7 +88,7 @@ def test_check_scale_takes_any_integer(scale: object) -> None:
 
 
 @pytest.mark.parametrize("scale", [True, False, 4.0, 2.5, np.float64(4), torch.tensor(4.0), torch.tensor(True),
-                                   torch.tensor([4, 2]), 0, -2, np.int64(0), "4", None])
+                                   torch.tensor([4, 2]), torch.tensor([4]), 0, -2, np.int64(0), "4", None])
 def test_check_scale_still_refuses_non_integers_and_non_positive(scale: object) -> None:
     with pytest.raises(ValueError, match="scale must be a positive integer"):
         Nearest().check_scale(scale)  # type: ignore[arg-type]

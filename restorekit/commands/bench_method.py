@@ -99,7 +99,7 @@ def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, wa
             times.append((time.perf_counter() - t0) * 1000)
         if out is not None:  # the time of a wrong output is no figure: size, dtype, NaN and range, as run checks
             check_restored(method.info.name, out, lr, scale)
-        parts: dict[str, float] = {}
+        parts: dict[str, dict[str, Any]] = {}
         bench_parts = getattr(method, "bench_parts", None)
         if callable(bench_parts):
             runs = [bench_parts(lr, scale) for _ in range(repeat)]

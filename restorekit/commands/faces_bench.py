@@ -27,6 +27,7 @@ import torch
 
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread, table
 
+
 def synthetic_group_photo() -> tuple[torch.Tensor, int]:
     """The benchmark's default photo (400×300, five faces) and its number of faces."""
     try:
