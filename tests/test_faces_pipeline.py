@@ -373,6 +373,11 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
     expect = (upscale(cup_in, 2) * 255).round()
     assert torch.equal((read_image(out / "cup.png") * 255).round(), expect)
 
+    # Into the same folder with other settings: refused before any work, not the old photos kept.
+    r = CliRunner().invoke(build_cli(), args[:-1] + ["--colour-match"])
+    assert r.exit_code == 2 and "group" in r.output and "colour match: off → on" in r.output, r.output
+    assert "--overwrite to remake them" in r.output
+
     r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos / "cup.png"),
                                          "--output", str(out), "--faces", "detect", "--require-face", "--overwrite"])
     assert r.exit_code == 1 and "no face found (--require-face)" in r.output
@@ -726,3 +731,22 @@ def test_colour_match_is_a_faces_detect_option() -> None:
     r = CliRunner().invoke(build_cli(), ["run", "bicubic", "--scale", "2", "--input", "x.png", "--output", "o",
                                          "--colour-match"])
     assert r.exit_code == 2 and "--colour-match only apply with --faces detect" in r.output
+
+
+def test_a_rerun_with_other_settings_does_not_keep_photos_made_otherwise(tmp_path) -> None:
+    """run --faces detect skips photos whose outputs exist: with other settings than their sidecars
+    record, that would leave old results under the new command, so it is refused before any work."""
+    from restorekit.faces.pipeline import settings_changed
+
+    out = tmp_path / "out"
+    out.mkdir()
+    face = {"index": 0, "action": "restored", "color_match": {"applied": True}}
+    (out / "a.json").write_text(json.dumps({"method": "psp_sr", "scale": 4, "detector": "mtcnn",
+                                            "background": "bicubic", "faces": [face]}), encoding="utf-8")
+    (out / "b.json").write_text(json.dumps({"method": "psp_sr", "scale": 4, "detector": "mtcnn",
+                                            "background": "bicubic", "faces": []}), encoding="utf-8")
+    now = {"method": "psp_sr", "scale": 4, "detector": "mtcnn", "background": "bicubic", "colour match": "off"}
+    assert settings_changed(out, ["a", "b", "c"], now) == (["a"], ["colour match: on → off"])
+    assert settings_changed(out, ["b", "c"], now) is None  # no restored face: nothing says how it was matched
+    now8 = {**now, "scale": 8, "colour match": "on"}
+    assert settings_changed(out, ["a", "b"], now8) == (["a", "b"], ["scale: 4 → 8"])

@@ -525,6 +525,32 @@ def not_a_face_method(info: MethodInfo) -> str | None:
             "its face crops are restored like any image")
 
 
+def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tuple[list[str], list[str]] | None:
+    """The photos among ``stems`` whose sidecar in ``outdir`` records other settings than ``now``
+    (method, scale, detector, background; colour match where a restored face shows it), and the
+    differences (``key: old → new``); None when there are none. A rerun would keep their outputs."""
+    import json
+
+    stems_changed: list[str] = []
+    diffs: dict[str, None] = {}
+    for stem in stems:
+        try:
+            side = json.loads((outdir / f"{stem}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none (not done yet), or unreadable: the photo is made again
+            continue
+        if not isinstance(side, dict):
+            continue
+        faces = [f for f in side.get("faces") or [] if isinstance(f, dict) and f.get("action") == "restored"]
+        old = {k: side.get(k) for k in ("method", "scale", "detector", "background")}
+        if faces:
+            old["colour match"] = "on" if any("color_match" in f for f in faces) else "off"
+        found = [f"{k}: {old[k]} → {now[k]}" for k in old if k in now and old[k] is not None and old[k] != now[k]]
+        if found:
+            stems_changed.append(stem)
+            diffs.update(dict.fromkeys(found))
+    return (stems_changed, list(diffs)) if stems_changed else None
+
+
 def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
                background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
                max_shrink: float | None = None, colour_match: bool = False,
@@ -565,6 +591,15 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         warn(note)
     outdir = Path(output)
     sidecars: dict[str, dict[str, Any]] = {}
+    if not overwrite:
+        now = {"method": method.info.name, "scale": scale, "detector": det_name,
+               "background": pipe.background_name, "colour match": "on" if colour_match else "off"}
+        changed = settings_changed(outdir, [item.stem for item in items], now)
+        if changed:
+            stems, diffs = changed
+            fail_usage(f"{outdir}: the outputs of {len(stems)} of these photos ({', '.join(stems[:3])}"
+                       f"{', …' if len(stems) > 3 else ''}) were made with other settings ({'; '.join(diffs)}); "
+                       f"use another --output, or --overwrite to remake them")
 
     def restore(image: Tensor, item: Any) -> list[tuple[str, Tensor]]:
         outs, sidecar = photo_outputs(pipe, image, item.stem, seed=seed, n_samples=n_samples,
