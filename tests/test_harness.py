@@ -303,7 +303,7 @@ def test_results_of_changed_method_code_are_not_reused(harness_plugin, hr5, tmp_
     assert code_fingerprint("thirdparty_harness") != before
     harness_plugin.unlink()
     r = invoke(*args)
-    assert r.exit_code == 2 and f"noisy3p.code: {before} → " in r.output, r.output
+    assert r.exit_code == 2 and "the code of noisy3p changed" in r.output, r.output
     assert _calls(harness_plugin) == []
     r = invoke(*args, "--fresh")
     assert r.exit_code == 0 and _calls(harness_plugin).count("noisy3p") == 5

@@ -79,17 +79,23 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
     pairs += [(f"{name}.", old_methods[name], settings) for name, settings in current["methods"].items()
               if name in old_methods and (out is None or has_outputs(out, name))]
     core_changed = False
+    code_changed: list[str] = []  # methods whose package's files changed (a plugin upgraded or edited)
     for prefix, old, new in pairs:
         a, b = _flat(old), _flat(new)
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
                 if key == "core_code":  # one line for all: restorekit itself, not a setting, changed
                     core_changed = True
-                    continue
-                diffs.append(f"{prefix}{key}: {a.get(key, '—')} → {b.get(key, '—')}")
+                elif key == "code" and prefix:
+                    code_changed.append(prefix[:-1])
+                else:
+                    diffs.append(f"{prefix}{key}: {a.get(key, '—')} → {b.get(key, '—')}")
+    if code_changed:
+        diffs.insert(0, f"the code of {', '.join(code_changed)} changed — its plugin upgraded or edited — so "
+                        "its numbers could differ")
     if core_changed:
-        diffs.insert(0, "made by other restorekit code (an upgrade, or an edit of an editable install: its "
-                        "numbers could differ)")
+        diffs.insert(0, "made by other restorekit code — an upgrade, or an edit of an editable install — so "
+                        "its numbers could differ")
     return diffs
 
 
