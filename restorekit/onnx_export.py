@@ -152,6 +152,11 @@ def find_export_spec(method: Any) -> ExportSpec:
         spec = _package_exporter(type(method), name)(method)
     if not isinstance(spec, ExportSpec):
         raise OnnxExportError(f"method '{name}': its exporter returned {type(spec).__name__}, not an ExportSpec")
+    from .onnx_backend import export_code_fingerprint
+
+    # The code that builds the graph, recorded in the sidecar's source: a graph a user keeps
+    # (`run --onnx FILE`) is told apart from one the current code would export.
+    spec.metadata.setdefault("code", export_code_fingerprint(type(method).__module__))
     return spec
 
 

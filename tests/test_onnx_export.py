@@ -250,7 +250,7 @@ def test_registry_free_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.syspath_prepend(str(tmp_path))
     from onnxlookup_pkg.methods import Found, Missing  # type: ignore[import-not-found]
 
-    assert find_export_spec(Found()).metadata == {"by": "lookup"}
+    assert find_export_spec(Found()).metadata["by"] == "lookup"
     with pytest.raises(OnnxExportError, match=r"'missing' cannot be exported.*exports: found"):
         find_export_spec(Missing())
     with pytest.raises(OnnxExportError, match="has no export_module\\(\\) and its package has no"):

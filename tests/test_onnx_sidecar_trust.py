@@ -141,3 +141,27 @@ def test_the_cache_key_covers_the_code_of_the_methods_package(tmp_path: Path,
     assert cache_path(Keyed().export_module(), "keyed_onnx", method_module=Keyed.__module__) not in (first, second)
     sys.modules.pop("onnxkey_pkg.methods", None)
     sys.modules.pop("onnxkey_pkg", None)
+
+
+def test_a_kept_graph_from_other_code_is_run_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --onnx FILE`: the sidecar records the code that built the graph; a graph from other code
+    (an upgrade, an edit) still runs — its hashes tie it to the weights — but the user is told."""
+    import json as _json
+
+    from restorekit.methods import build_method
+    from restorekit.onnx_backend import onnx_method
+    from restorekit.onnx_export import export_onnx, find_export_spec, sidecar_path
+
+    pytest.importorskip("restorekit_baselines")
+    method = build_method("pix2pixhd")
+    graph = tmp_path / "p.onnx"
+    export_onnx(find_export_spec(method), graph)
+    side = _json.loads(sidecar_path(graph).read_text(encoding="utf-8"))
+    assert len(side["source"]["code"]) == 16
+    notes: list[str] = []
+    onnx_method(method, onnx_path=graph, log=notes.append)
+    assert not any("other code" in n for n in notes)
+    side["source"]["code"] = "0" * 16
+    sidecar_path(graph).write_text(_json.dumps(side), encoding="utf-8")
+    onnx_method(method, onnx_path=graph, log=notes.append)
+    assert any("exported by other code" in n and "--overwrite" in n for n in notes)
