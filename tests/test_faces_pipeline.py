@@ -750,3 +750,15 @@ def test_a_rerun_with_other_settings_does_not_keep_photos_made_otherwise(tmp_pat
     assert settings_changed(out, ["b", "c"], now) is None  # no restored face: nothing says how it was matched
     now8 = {**now, "scale": 8, "colour match": "on"}
     assert settings_changed(out, ["a", "b"], now8) == (["a", "b"], ["scale: 4 → 8"])
+
+
+def test_the_end_line_counts_the_faces_left_to_the_background() -> None:
+    from restorekit.faces.pipeline import faces_summary
+
+    sides = [{"faces_found": 3, "faces_restored": 1, "faces": [
+        {"action": "restored"}, {"action": "skipped", "reason": "face 12 px < --min-face 20 px"},
+        {"action": "skipped", "reason": "the face crop spans 52 input px, 3.3× (--max-shrink 3; …)"}]},
+        {"faces_found": 0, "faces_restored": 0, "faces": []}, None]
+    assert faces_summary(sides) == ("1 of 3 faces restored; 1 under --min-face, 1 over --max-shrink: "
+                                    "left to the background")
+    assert faces_summary([{"faces_found": 2, "faces_restored": 2, "faces": []}]) == "2 faces restored"

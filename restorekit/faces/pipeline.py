@@ -272,7 +272,8 @@ class FacePipeline:
             rec = FaceRecord(i, tuple(float(v) for v in f.box), float(f.score),  # type: ignore[arg-type]
                              [(float(x), float(y)) for x, y in f.landmarks], self.layout, px)
             if px < self.min_face:
-                rec.reason = f"face {px:.0f} px < --min-face {self.min_face:g} px"
+                shown = f"{px:.0f}" if round(px) < self.min_face else f"{px:.1f}"  # never "8 px < 8 px"
+                rec.reason = f"face {shown} px < --min-face {self.min_face:g} px"
             else:
                 try:
                     quad = quad_from_points(named_points(f, self.layout))
@@ -525,6 +526,33 @@ def not_a_face_method(info: MethodInfo) -> str | None:
             "its face crops are restored like any image")
 
 
+def faces_summary(sidecars: Any) -> str:
+    """``9 of 72 faces restored; 32 under --min-face, 31 over --max-shrink: left to the background``
+    over the sidecars of a run (the photos it made now); just ``N faces restored`` when none was
+    left out."""
+    found = restored = small = shrink = other = 0
+    for side in sidecars:
+        if not isinstance(side, dict):
+            continue
+        found += int(side.get("faces_found", 0) or 0)
+        restored += int(side.get("faces_restored", 0) or 0)
+        for f in side.get("faces") or []:
+            if not isinstance(f, dict) or f.get("action") == "restored":
+                continue
+            reason = str(f.get("reason", ""))
+            if "--min-face" in reason:
+                small += 1
+            elif "--max-shrink" in reason:
+                shrink += 1
+            else:
+                other += 1
+    if restored == found:
+        return f"{restored} faces restored"
+    parts = [f"{n} {what}" for n, what in ((small, "under --min-face"), (shrink, "over --max-shrink"),
+                                           (other, "not restored otherwise")) if n]
+    return f"{restored} of {found} faces restored; {', '.join(parts)}: left to the background"
+
+
 def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tuple[list[str], list[str]] | None:
     """The photos among ``stems`` whose sidecar in ``outdir`` records other settings than ``now``
     (method, scale, detector, background; colour match where a restored face shows it), and the
@@ -638,7 +666,6 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
                    "faces": "detect",
                    "detector": det_name, "background": pipe.background_name, **result.as_dict()})
     elif not quiet:
-        n_faces = sum(s.get("faces_restored", 0) for s in result.reports.values() if isinstance(s, dict))
-        click.echo(f"{len(result.written)} written ({n_faces} faces restored), {result.skipped_text()}, "
-                   f"{len(result.failed)} failed → {outdir}", err=True)
+        click.echo(f"{len(result.written)} written ({faces_summary(result.reports.values())}), "
+                   f"{result.skipped_text()}, {len(result.failed)} failed → {outdir}", err=True)
     raise SystemExit(result.exit_code)
