@@ -750,6 +750,16 @@ def test_a_rerun_with_other_settings_does_not_keep_photos_made_otherwise(tmp_pat
     assert settings_changed(out, ["b", "c"], now) is None  # no restored face: nothing says how it was matched
     now8 = {**now, "scale": 8, "colour match": "on"}
     assert settings_changed(out, ["a", "b"], now8) == (["a", "b"], ["scale: 4 → 8"])
+    # Sidecars record the method's options, min_face, max_shrink and seed too (older ones do not).
+    (out / "c.json").write_text(json.dumps({"method": "psp_sr", "scale": 4, "detector": "mtcnn",
+                                            "background": "bicubic", "faces": [], "min_face": 20.0,
+                                            "max_shrink": 3.0, "seed": None,
+                                            "options": {"consistency_steps": 0, "weights": None}}),
+                                encoding="utf-8")
+    later = {**now, "min_face": 8.0, "max_shrink": 3.0, "seed": None,
+             "options": {"consistency_steps": 3, "weights": None}}
+    assert settings_changed(out, ["b", "c"], later) == (["c"], ["min_face: 20.0 → 8.0",
+                                                               "--opt consistency_steps: 0 → 3"])
 
 
 def test_the_end_line_counts_the_faces_left_to_the_background() -> None:

@@ -555,8 +555,9 @@ def faces_summary(sidecars: Any) -> str:
 
 def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tuple[list[str], list[str]] | None:
     """The photos among ``stems`` whose sidecar in ``outdir`` records other settings than ``now``
-    (method, scale, detector, background; colour match where a restored face shows it), and the
-    differences (``key: old → new``); None when there are none. A rerun would keep their outputs."""
+    (method, scale, detector, background, the method's options, min_face, max_shrink, seed; colour
+    match where a restored face shows it), and the differences (``key: old → new``); None when
+    there are none. A rerun would keep their outputs."""
     import json
 
     stems_changed: list[str] = []
@@ -573,6 +574,14 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tupl
         if faces:
             old["colour match"] = "on" if any("color_match" in f for f in faces) else "off"
         found = [f"{k}: {old[k]} → {now[k]}" for k in old if k in now and old[k] is not None and old[k] != now[k]]
+        # Recorded since sidecars carry them (an older sidecar's absent key is not a difference).
+        for k in ("min_face", "max_shrink", "seed"):
+            if k in side and k in now and side[k] != now[k]:
+                found.append(f"{k}: {side[k]} → {now[k]}")
+        if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
+            a, b = side["options"], now["options"]
+            found += [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
+                      if a.get(k) != b.get(k)]
         if found:
             stems_changed.append(stem)
             diffs.update(dict.fromkeys(found))
@@ -619,9 +628,12 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         warn(note)
     outdir = Path(output)
     sidecars: dict[str, dict[str, Any]] = {}
+    # What else decides a photo's outputs, recorded in its sidecar and checked on a re-run.
+    recorded = {"options": method.options.model_dump(mode="json"), "min_face": pipe.min_face,
+                "max_shrink": pipe.max_shrink, "seed": seed}
     if not overwrite:
         now = {"method": method.info.name, "scale": scale, "detector": det_name,
-               "background": pipe.background_name, "colour match": "on" if colour_match else "off"}
+               "background": pipe.background_name, "colour match": "on" if colour_match else "off", **recorded}
         changed = settings_changed(outdir, [item.stem for item in items], now)
         if changed:
             stems, diffs = changed
@@ -633,7 +645,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         outs, sidecar = photo_outputs(pipe, image, item.stem, seed=seed, n_samples=n_samples,
                                       only_faces=only_faces, require_face=require_face,
                                       warn=None if quiet else warn)
-        sidecar = {"input": str(item.path), "method": method.info.name, **sidecar}
+        sidecar = {"input": str(item.path), "method": method.info.name, **recorded, **sidecar}
         sidecars[str(item.path)] = sidecar
         if only_faces and not outs:  # counted as skipped, with the reason, not lost from the summary
             write_sidecar(item)  # nothing else to write: the sidecar marks the photo done
