@@ -16,7 +16,6 @@ export settings, and exported again when its sidecar does not belong to it.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -253,31 +252,6 @@ def _graph_differences(exported: Any, current: Any) -> list[str]:
             if exported.get(k) != now.get(k)]
 
 
-def drop_stale_exports(path: Path, method_name: str, code: str | None) -> list[Path]:
-    """Remove the cached graphs (and sidecars) of ``method_name`` beside ``path`` — the same weights
-    (its ``<method>-<weights>-`` prefix) — that other code exported: the cache key holds the code,
-    so this code never serves them again, and each upgrade would otherwise leave a copy of every
-    network behind. Graphs of other settings by this code, and anything unreadable, stay."""
-    if not code:
-        return []
-    prefix = path.name.rsplit("-", 1)[0] + "-"
-    dropped: list[Path] = []
-    for other in path.parent.glob(f"{glob.escape(prefix)}*.onnx"):
-        if other == path or other.name.count("-") != path.name.count("-"):
-            continue
-        side = read_sidecar(other)
-        old = ((side or {}).get("source") or {}).get("code")
-        if side is None or (side.get("source") or {}).get("method", method_name) != method_name or old == code:
-            continue  # unreadable, another method's, or this code's (a graph without `code` predates it)
-        for p in (other, sidecar_path(other)):
-            try:
-                p.unlink()
-                dropped.append(p)
-            except OSError:
-                pass
-    return dropped
-
-
 def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,
                 opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
     """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
@@ -349,7 +323,6 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                     if log is not None:
                         log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
                     side = export_onnx(spec, path, opset=opset, log=log).info
-                    drop_stale_exports(path, name, spec.metadata.get("code"))
     session = OnnxSession(path, device=method.device, threads=threads, sidecar=side)
     if method.device.type == "cuda" and session.device != "cuda" and log is not None:
         log(f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU")

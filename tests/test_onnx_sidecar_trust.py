@@ -165,25 +165,3 @@ def test_a_kept_graph_from_other_code_is_run_with_a_note(tmp_path: Path, monkeyp
     sidecar_path(graph).write_text(_json.dumps(side), encoding="utf-8")
     onnx_method(method, onnx_path=graph, log=notes.append)
     assert any("exported by other code" in n and "--overwrite" in n for n in notes)
-
-
-def test_an_export_by_this_code_drops_the_same_weights_graphs_of_other_code(tmp_path: Path) -> None:
-    import json as _json
-
-    from restorekit.onnx_backend import drop_stale_exports
-
-    def graph(name: str, code: str | None, method: str = "psp_sr") -> Path:
-        p = tmp_path / name
-        p.write_bytes(b"onnx")
-        source = {"method": method, **({"code": code} if code else {})}
-        (tmp_path / (name + ".json")).write_text(_json.dumps({"source": source}), encoding="utf-8")
-        return p
-
-    new = graph("psp_sr-aaaaaaaaaaaaaaaa-11111111.onnx", "new")
-    stale = graph("psp_sr-aaaaaaaaaaaaaaaa-22222222.onnx", "old")
-    same_code = graph("psp_sr-aaaaaaaaaaaaaaaa-33333333.onnx", "new")  # other settings (fp16, opset)
-    no_code = graph("psp_sr-aaaaaaaaaaaaaaaa-44444444.onnx", None)
-    other_weights = graph("psp_sr-bbbbbbbbbbbbbbbb-55555555.onnx", "old")
-    dropped = drop_stale_exports(new, "psp_sr", "new")
-    assert sorted(p.name for p in dropped) == [stale.name, stale.name + ".json", no_code.name, no_code.name + ".json"]
-    assert all(p.exists() for p in (new, same_code, other_weights)) and not stale.exists() and not no_code.exists()
