@@ -278,7 +278,8 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         source = side.get("source") or {}
         if source.get("method") not in (None, name):
             raise OnnxBackendError(f"--onnx {path}: a graph of {source['method']}, not of {name}")
-        if log is not None and source.get("code") != spec.metadata.get("code"):
+        code_key = "restorekit_export_code"  # (named so that no exporter's own metadata key is taken for it)
+        if log is not None and source.get(code_key) != spec.metadata.get(code_key):
             log(f"{name}: --onnx {path} was exported by other code than this {name}'s (an upgrade, or an edit); "
                 f"re-export it with `restorekit export {name} --out {path} --overwrite` if its results matter")
         diffs = _graph_differences(source.get("graph"), spec.metadata.get("graph"))

@@ -156,7 +156,7 @@ def find_export_spec(method: Any) -> ExportSpec:
 
     # The code that builds the graph, recorded in the sidecar's source: a graph a user keeps
     # (`run --onnx FILE`) is told apart from one the current code would export.
-    spec.metadata.setdefault("code", export_code_fingerprint(type(method).__module__))
+    spec.metadata["restorekit_export_code"] = export_code_fingerprint(type(method).__module__)
     return spec
 
 

@@ -393,6 +393,9 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
              str(tmp_path / "crops"), "--faces", "detect", "--only-faces", "--json"]
     r = CliRunner().invoke(build_cli(), rerun)
     assert r.exit_code == 0 and len(json.loads(r.output)["skipped"]) == len(PLACEMENTS), r.output
+    # The crops alone do not depend on colour matching: not a difference for --only-faces.
+    r = CliRunner().invoke(build_cli(), rerun + ["--colour-match"])
+    assert r.exit_code == 0 and len(json.loads(r.output)["skipped"]) == len(PLACEMENTS), r.output
     (tmp_path / "crops" / "group_face1.png").unlink()
     r = CliRunner().invoke(build_cli(), rerun)
     assert r.exit_code == 0 and (tmp_path / "crops" / "group_face1.png").is_file(), r.output
@@ -760,6 +763,10 @@ def test_a_rerun_with_other_settings_does_not_keep_photos_made_otherwise(tmp_pat
              "options": {"consistency_steps": 3, "weights": None}}
     assert settings_changed(out, ["b", "c"], later) == (["c"], ["min_face: 20.0 → 8.0",
                                                                "--opt consistency_steps: 0 → 3"])
+    # A sidecar of another shape is not a crash: that photo is made again.
+    for garbage in ('{"method": "x", "faces": 5}', '{"faces": [1, "a"]}', '[1, 2]', '"s"'):
+        (out / "g.json").write_text(garbage, encoding="utf-8")
+        assert settings_changed(out, ["g"], {**now, "method": "x"}) is None
 
 
 def test_the_end_line_counts_the_faces_left_to_the_background() -> None:

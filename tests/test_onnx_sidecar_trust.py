@@ -157,11 +157,11 @@ def test_a_kept_graph_from_other_code_is_run_with_a_note(tmp_path: Path, monkeyp
     graph = tmp_path / "p.onnx"
     export_onnx(find_export_spec(method), graph)
     side = _json.loads(sidecar_path(graph).read_text(encoding="utf-8"))
-    assert len(side["source"]["code"]) == 16
+    assert len(side["source"]["restorekit_export_code"]) == 16
     notes: list[str] = []
     onnx_method(method, onnx_path=graph, log=notes.append)
     assert not any("other code" in n for n in notes)
-    side["source"]["code"] = "0" * 16
+    side["source"]["restorekit_export_code"] = "0" * 16
     sidecar_path(graph).write_text(_json.dumps(side), encoding="utf-8")
     onnx_method(method, onnx_path=graph, log=notes.append)
     assert any("exported by other code" in n and "--overwrite" in n for n in notes)

@@ -245,12 +245,12 @@ class FacePipeline:
                  max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
         method.check_scale(scale)
         self.max_output_pixels = max_output_pixels
-        if max_shrink is not None and max_shrink < 1:
+        if max_shrink is not None and not max_shrink >= 1:  # NaN too
             raise RestorekitError(f"--max-shrink must be ≥ 1, got {max_shrink}")
         self.max_shrink = max_shrink
         if not 0 < feather <= 0.5:
             raise RestorekitError(f"feather must be in (0, 0.5] of the crop side, got {feather}")
-        if min_face < 0:
+        if not min_face >= 0:  # NaN too
             raise RestorekitError(f"--min-face must be ≥ 0 px, got {min_face}")
         self.method = method
         self.scale = scale
@@ -272,7 +272,7 @@ class FacePipeline:
             rec = FaceRecord(i, tuple(float(v) for v in f.box), float(f.score),  # type: ignore[arg-type]
                              [(float(x), float(y)) for x, y in f.landmarks], self.layout, px)
             if px < self.min_face:
-                shown = f"{px:.0f}" if round(px) < self.min_face else f"{px:.1f}"  # never "8 px < 8 px"
+                shown = f"{px:.0f}" if round(px) < self.min_face else f"{math.floor(px * 100) / 100:g}"  # not "8 < 8"
                 rec.reason = f"face {shown} px < --min-face {self.min_face:g} px"
             else:
                 try:
@@ -511,7 +511,7 @@ def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
     try:
         sidecar = json.loads((Path(outdir) / f"{stem}.json").read_text(encoding="utf-8"))
         faces = [int(f["index"]) for f in sidecar["faces"] if f.get("action") == "restored"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a sidecar of another shape
         return [f"{stem}_face0"]
     if not faces:
         raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))
@@ -569,13 +569,15 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tupl
             continue
         if not isinstance(side, dict):
             continue
-        faces = [f for f in side.get("faces") or [] if isinstance(f, dict) and f.get("action") == "restored"]
+        listed = side.get("faces")
+        faces = [f for f in listed if isinstance(f, dict) and f.get("action") == "restored"] \
+            if isinstance(listed, list) else []
         old = {k: side.get(k) for k in ("method", "scale", "detector", "background")}
         if faces:
             old["colour match"] = "on" if any("color_match" in f for f in faces) else "off"
         found = [f"{k}: {old[k]} → {now[k]}" for k in old if k in now and old[k] is not None and old[k] != now[k]]
         # Recorded since sidecars carry them (an older sidecar's absent key is not a difference).
-        for k in ("min_face", "max_shrink", "seed"):
+        for k in ("min_face", "max_shrink", "seed", "couple"):
             if k in side and k in now and side[k] != now[k]:
                 found.append(f"{k}: {side[k]} → {now[k]}")
         if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
@@ -629,11 +631,17 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     outdir = Path(output)
     sidecars: dict[str, dict[str, Any]] = {}
     # What else decides a photo's outputs, recorded in its sidecar and checked on a re-run.
-    recorded = {"options": method.options.model_dump(mode="json"), "min_face": pipe.min_face,
-                "max_shrink": pipe.max_shrink, "seed": seed}
+    recorded: dict[str, Any] = {
+        "options": method.options.model_dump(mode="json"), "min_face": pipe.min_face,
+        # no limit (None or inf) as null: strict JSON has no Infinity
+        "max_shrink": pipe.max_shrink if pipe.max_shrink is not None and math.isfinite(pipe.max_shrink) else None,
+        "couple": bool(couple)}
+    if not method.info.deterministic:
+        recorded["seed"] = seed  # a deterministic method's outputs do not depend on it
     if not overwrite:
-        now = {"method": method.info.name, "scale": scale, "detector": det_name,
-               "background": pipe.background_name, "colour match": "on" if colour_match else "off", **recorded}
+        now = {"method": method.info.name, "scale": scale, "detector": det_name, **recorded}
+        if not only_faces:  # the restored crops alone do not depend on the background or colour matching
+            now.update(background=pipe.background_name, **{"colour match": "on" if colour_match else "off"})
         changed = settings_changed(outdir, [item.stem for item in items], now)
         if changed:
             stems, diffs = changed
