@@ -16,6 +16,7 @@ export settings, and exported again when its sidecar does not belong to it.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -252,6 +253,55 @@ def _graph_differences(exported: Any, current: Any) -> list[str]:
             if exported.get(k) != now.get(k)]
 
 
+#: A cached graph of other code unused this long is removed when the same weights are exported again.
+STALE_EXPORT_DAYS = 30
+
+
+def _mark_used(path: Path) -> None:
+    """Note that the cached graph at ``path`` was served (its sidecar's mtime), so that another
+    install sharing the cache (another venv, an editable checkout) does not take it for stale."""
+    try:
+        os.utime(sidecar_path(path))
+    except OSError:  # a read-only cache: nothing is pruned there either
+        pass
+
+
+def drop_unused_exports(path: Path, method_name: str, code: str | None, *,
+                        days: float = STALE_EXPORT_DAYS) -> list[Path]:
+    """Remove the cached graphs of ``method_name`` beside ``path`` for the same weights (its
+    ``<method>-<weights>-`` prefix) that other code exported and nothing served for ``days``: the
+    cache key holds the code, so after an upgrade they are never served again here, and each
+    would otherwise leave a copy of every network behind. A graph another live install uses is
+    marked at each use (:func:`_mark_used`) and stays. Returns the files removed."""
+    import time
+
+    if not code:
+        return []
+    cutoff = time.time() - days * 86400
+    prefix = path.name.rsplit("-", 1)[0] + "-"
+    dropped: list[Path] = []
+    for other in path.parent.glob(f"{glob.escape(prefix)}*.onnx"):
+        if other == path or other.name.count("-") != path.name.count("-"):
+            continue
+        side_file = sidecar_path(other)
+        side = read_sidecar(other)
+        source = (side or {}).get("source") or {}
+        try:
+            used = side_file.stat().st_mtime
+        except OSError:
+            continue
+        if side is None or source.get("method", method_name) != method_name or \
+                source.get("restorekit_export_code") == code or used >= cutoff:
+            continue  # unreadable, another method's, this code's, or used lately
+        for p in (other, side_file, other.with_name(other.name + ".lock")):
+            try:
+                p.unlink()
+                dropped.append(p)
+            except OSError:
+                pass
+    return dropped
+
+
 def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,
                 opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
     """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
@@ -311,7 +361,9 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
             return side
 
         side = cached()
-        if side is None:
+        if side is not None:
+            _mark_used(path)
+        else:
             from .weights import cache_folder
             from .weights.cache import file_lock
 
@@ -324,6 +376,7 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                     if log is not None:
                         log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
                     side = export_onnx(spec, path, opset=opset, log=log).info
+                    drop_unused_exports(path, name, spec.metadata.get("restorekit_export_code"))
     session = OnnxSession(path, device=method.device, threads=threads, sidecar=side)
     if method.device.type == "cuda" and session.device != "cuda" and log is not None:
         log(f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU")

@@ -165,3 +165,37 @@ def test_a_kept_graph_from_other_code_is_run_with_a_note(tmp_path: Path, monkeyp
     sidecar_path(graph).write_text(_json.dumps(side), encoding="utf-8")
     onnx_method(method, onnx_path=graph, log=notes.append)
     assert any("exported by other code" in n and "--overwrite" in n for n in notes)
+
+
+def test_an_export_drops_graphs_of_other_code_nothing_used_for_a_month(tmp_path: Path) -> None:
+    """After an upgrade the cache holds graphs older code made, which this code never serves; those
+    unused for 30 days go when the same weights are exported again. A graph another install
+    still uses (its sidecar's mtime, renewed at each use) stays, as do graphs of this code."""
+    import json as _json
+    import os
+    import time
+
+    from restorekit.onnx_backend import _mark_used, drop_unused_exports
+
+    def graph(name: str, code: str | None, age_days: float = 60, method: str = "psp_sr") -> Path:
+        p = tmp_path / name
+        p.write_bytes(b"onnx")
+        source = {"method": method, **({"restorekit_export_code": code} if code else {})}
+        side = tmp_path / (name + ".json")
+        side.write_text(_json.dumps({"source": source}), encoding="utf-8")
+        then = time.time() - age_days * 86400
+        os.utime(side, (then, then))
+        return p
+
+    new = graph("psp_sr-aaaaaaaaaaaaaaaa-11111111.onnx", "new", 0)
+    stale = graph("psp_sr-aaaaaaaaaaaaaaaa-22222222.onnx", "old")
+    (tmp_path / (stale.name + ".lock")).write_bytes(b"")
+    no_code = graph("psp_sr-aaaaaaaaaaaaaaaa-44444444.onnx", None)  # from before the code was recorded
+    in_use = graph("psp_sr-aaaaaaaaaaaaaaaa-66666666.onnx", "other install")
+    _mark_used(in_use)  # served today by the install that made it
+    same_code = graph("psp_sr-aaaaaaaaaaaaaaaa-33333333.onnx", "new")  # other settings (fp16, opset)
+    other_weights = graph("psp_sr-bbbbbbbbbbbbbbbb-55555555.onnx", "old")
+    other_method = graph("psp_sr-aaaaaaaaaaaaaaaa-77777777.onnx", "old", method="pulse")
+    dropped = {p.name for p in drop_unused_exports(new, "psp_sr", "new")}
+    assert dropped == {stale.name, stale.name + ".json", stale.name + ".lock", no_code.name, no_code.name + ".json"}
+    assert all(p.exists() for p in (new, in_use, same_code, other_weights, other_method))
