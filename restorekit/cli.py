@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -336,10 +336,13 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)].rstrip() + "…"
 
 
-def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
+def table(title: str | None, columns: list[str], rows: list[list[str]], *,
+          overflow: Literal["ellipsis", "fold"] = "ellipsis") -> None:
+    """A rich table on stdout; ``overflow="fold"`` folds a cell too wide for its column onto the next
+    line instead of ending it in an ellipsis (a range such as ``41.70–52.10`` is one word)."""
     t = Table(title=title, show_lines=False)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow=overflow)
     for r in rows:
         t.add_row(*r)
     Console().print(t)

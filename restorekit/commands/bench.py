@@ -4,7 +4,8 @@ Every bench reports each timed figure as the median over its repeats with the ra
 and largest repeat) beside it, and each ratio as the ratio of the two medians with the range of
 the ratio over every pairing of one side's repeats with the other's (so a 1.3× whose range is
 0.9–1.8× is within the noise of the run). :func:`spread` and :func:`ratio_spread` compute them;
-:func:`fmt_spread` and :func:`fmt_ratio` print them alike in every bench.
+:func:`fmt_spread` and :func:`fmt_ratio` print them alike in every bench, in tables whose cells
+fold rather than end in an ellipsis (``restorekit.cli.table(..., overflow="fold")``).
 """
 
 from __future__ import annotations
@@ -48,20 +49,6 @@ def fmt_ratio(r: dict[str, Any] | None, digits: int = 2) -> str:
         return "-"
     med, lo, hi = (f"{r[k]:.{digits}f}" for k in ("ratio", "min", "max"))
     return f"{med}×" if lo == hi else f"{med}× ({lo}–{hi}×)"
-
-
-def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
-    """:func:`restorekit.cli.table`, but a cell too wide for its column folds onto the next line
-    instead of ending in an ellipsis (a range such as ``41.70–52.10`` is one word)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*r)
-    Console().print(t)
 
 
 @click.group("bench")

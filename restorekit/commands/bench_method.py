@@ -29,8 +29,8 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage
-from .bench import fmt_ratio, fmt_spread, ratio_spread, spread, table
+from ..cli import emit_json, fail_usage, table
+from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
 from ..interfaces import Method
 from ..methods import build_method, check_restored, method_class, method_values, validate_options
@@ -271,7 +271,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
             ", ".join(f"{p} {cell(r, 'parts_ms', p)}" for p in r["parts_ms"]) or "-",
             "n/a" if r["peak_memory_mib"] is None else
             f"{r['peak_memory_mib']:.0f} ({'cuda' if r['memory_kind'].startswith('cuda') else 'rss'})"]
-           for r in rows + result.get("compare_results", [])])
+           for r in rows + result.get("compare_results", [])], overflow="fold")
     parts = [(r, part, p) for r in rows + result.get("compare_results", []) for part, p in r["breakdown"].items()]
     if parts:
         table("per part, against its own convolutions replayed as plain aten.convolution on the same shapes",
@@ -280,7 +280,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
               [[label(r), str(r["batch"]), part, _part_cell(p, "ms_per_image", 1), f"{p['gflop_per_image']:.1f}",
                 f"{_part_cell(p, 'conv_ms_per_image', 1)} ({p['layout']})", _part_cell(p, "fraction", 2),
                 _part_cell(p, "conv_nchw_ms_per_image", 1), _part_cell(p, "fraction_nchw", 2)]
-               for r, part, p in parts])
+               for r, part, p in parts], overflow="fold")
     for b in result.get("backend_ratio", {}):
         click.echo(f"{name}: onnxruntime is {ratio_text('backend_ratio', b)} as fast as torch per image (batch {b}; "
                    f"ratio of the medians, range over all pairs of runs)")

@@ -25,7 +25,8 @@ from typing import Any
 import click
 import torch
 
-from .bench import fmt_ratio, fmt_spread, ratio_spread, spread, table
+from ..cli import table
+from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 
 
 def synthetic_group_photo() -> tuple[torch.Tensor, int]:
@@ -211,7 +212,7 @@ def faces_bench_cmd(detectors: tuple[str, ...], input_spec: str | None, repeat: 
            "first call ms", "load ms"],
           [[r["detector"], str(r["faces"]), cell(r, "detect_ms_per_image", 1), ratio(r, "detect_to_decode"),
             cell(r, "detect_ms_per_face", 1), cell(r, "align_ms_per_face", 2), ratio(r, "align_per_face_to_decode"),
-            f"{r['first_call_ms']:.1f}", f"{r['load_ms']:.1f}"] for r in rows])
+            f"{r['first_call_ms']:.1f}", f"{r['load_ms']:.1f}"] for r in rows], overflow="fold")
     for r in rows:
         if r["detector"] != r["fastest"]:
             click.echo(f"{r['detector']} detection takes {ratio(r, 'detect_to_fastest')} the time of "
