@@ -628,6 +628,14 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_NAME.fullmatch(name) is not None
 
 
+def subfolders(folder: Path) -> list[Path]:
+    """The folders directly in ``folder`` (not links to folders); none when it is not there."""
+    try:
+        return [e for e in folder.iterdir() if e.is_dir() and not e.is_symlink()]
+    except OSError:
+        return []
+
+
 def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0) -> int:
     """Remove, in each of ``folders`` (not below them), the temp files :func:`atomic_write_bytes`
     left when its process was killed mid-write, if last written over ``older_than_s`` seconds ago
@@ -835,11 +843,11 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 
 def check_batch(images: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless ``images`` follows the image convention."""
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"expected a tensor, got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected N×3×H×W, got {tuple(images.shape)}")
+    """Raise ``ValueError`` unless ``images`` follows the image convention in float32 exactly
+    (:func:`restorekit.interfaces.check_image_batch`, which lets any floating type pass)."""
+    from .interfaces import check_image_batch
+
+    check_image_batch(images, "images")
     if images.dtype != torch.float32:
         raise ValueError(f"expected float32, got {images.dtype}")
 
