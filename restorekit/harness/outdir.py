@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..images import atomic_write_bytes, is_temp_name, sweep_temp_files
+from ..images import atomic_write_bytes, is_temp_name, subfolders, sweep_temp_files
 
 if TYPE_CHECKING:
     from .runner import Plan
@@ -176,14 +176,7 @@ def claim(p: Plan) -> None:
         inputs = [p.config.data.lstrip("@"), *([p.config.lr_dir] if p.config.lr_dir is not None else [])]
         _remove_owned(out, methods, [Path(i) for i in inputs])
     # Accepted, and held (exclusive): the temp files a killed run left in the folders compare writes.
-    sweep_temp_files([out, out / "results", *_subfolders(out / "outputs"), *_subfolders(out / "inputs")])
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    try:
-        return [e for e in folder.iterdir() if e.is_dir() and not e.is_symlink()]
-    except OSError:
-        return []
+    sweep_temp_files([out, out / "results", *subfolders(out / "outputs"), *subfolders(out / "inputs")])
 
 
 LOCK_FILE = ".compare.lock"

@@ -368,14 +368,13 @@ def run_folder_lock(out: str | Path) -> Iterator[None]:
     both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder.
     Once held, the temp files a killed run left in it and its subfolders (val, snapshot…) go."""
     from ..folder_lock import held_alone
-    from ..images import sweep_temp_files
+    from ..images import subfolders, sweep_temp_files
 
     folder = Path(out)
     with held_alone(folder, RUN_LOCK, lambda: TrainingError(
             f"{folder}: another training run is using this folder; wait for it to end (then --resume continues "
             "it), or choose another --out")):
-        subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
-        sweep_temp_files([folder, *subfolders])
+        sweep_temp_files([folder, *subfolders(folder)])
         yield
 
 def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
