@@ -773,8 +773,9 @@ def test_the_end_line_counts_the_faces_left_to_the_background() -> None:
     from restorekit.faces.pipeline import faces_summary
 
     sides = [{"faces_found": 3, "faces_restored": 1, "faces": [
-        {"action": "restored"}, {"action": "skipped", "reason": "face 12 px < --min-face 20 px"},
-        {"action": "skipped", "reason": "the face crop spans 52 input px, 3.3× (--max-shrink 3; …)"}]},
+        {"action": "restored"}, {"action": "skipped", "reason": "face 12 px < --min-face 20 px", "limit": "min_face"},
+        {"action": "skipped", "reason": "the face crop spans 52 input px, 3.3× (--max-shrink 3; …)",
+         "limit": "max_shrink"}]},
         {"faces_found": 0, "faces_restored": 0, "faces": []}, None]
     assert faces_summary(sides) == ("1 of 3 faces restored; 1 under --min-face, 1 over --max-shrink: "
                                     "left to the background")

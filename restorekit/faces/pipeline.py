@@ -80,6 +80,8 @@ class FaceRecord:
     face_px: float
     action: Literal["restored", "skipped"] = "skipped"
     reason: str = ""
+    # The option whose limit left a skipped face to the background ("min_face", "max_shrink").
+    limit: str | None = None
     quad: list[tuple[float, float]] | None = None
     crop_size: int | None = None
     restored_size: int | None = None
@@ -97,6 +99,8 @@ class FaceRecord:
         }
         if self.reason:
             out["reason"] = self.reason
+        if self.limit:
+            out["limit"] = self.limit
         if self.quad is not None:
             out["quad"] = [[r2(x), r2(y)] for x, y in self.quad]
             out["crop_size"] = self.crop_size
@@ -273,7 +277,7 @@ class FacePipeline:
                              [(float(x), float(y)) for x, y in f.landmarks], self.layout, px)
             if px < self.min_face:
                 shown = f"{px:.0f}" if round(px) < self.min_face else f"{math.floor(px * 100) / 100:g}"  # not "8 < 8"
-                rec.reason = f"face {shown} px < --min-face {self.min_face:g} px"
+                rec.reason, rec.limit = f"face {shown} px < --min-face {self.min_face:g} px", "min_face"
             else:
                 try:
                     quad = quad_from_points(named_points(f, self.layout))
@@ -287,7 +291,7 @@ class FacePipeline:
                     rec.action = "restored"
                     across = rec.source_px_per_crop_px * self.crop_size
                     if self.max_shrink is not None and rec.source_px_per_crop_px > self.max_shrink:
-                        rec.action = "skipped"
+                        rec.action, rec.limit = "skipped", "max_shrink"
                         rec.reason = (f"the face crop spans {across:.0f} input px, {rec.source_px_per_crop_px:.1f}× "
                                       f"the method's {self.crop_size}-px input: restoring would lose detail "
                                       f"(--max-shrink {self.max_shrink:g}; a lower --scale gives larger crops)")
@@ -539,10 +543,9 @@ def faces_summary(sidecars: Any) -> str:
         for f in side.get("faces") or []:
             if not isinstance(f, dict) or f.get("action") == "restored":
                 continue
-            reason = str(f.get("reason", ""))
-            if "--min-face" in reason:
+            if f.get("limit") == "min_face":
                 small += 1
-            elif "--max-shrink" in reason:
+            elif f.get("limit") == "max_shrink":
                 shrink += 1
             else:
                 other += 1
