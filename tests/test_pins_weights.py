@@ -24,6 +24,16 @@ def _rewrite_record(name: str, filename: str, **changes: Any) -> None:
     cache.write_manifest(folder, name, recs)
 
 
+def _trusted_unpinned(tmp_path: Path, specs: dict[str, W.WeightSpec], seed: int) -> tuple[bytes, Path]:
+    """A 100-byte checkpoint imported with --trust under the unpinned spec 'nohash' (n.pt)."""
+    data = ckpt_bytes(seed, 100)
+    src = tmp_path / "n.pt"
+    src.write_bytes(data)
+    specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)
+    dest, _ = W.import_file("nohash", src, trust=True)
+    return data, dest
+
+
 def test_pin_manifest_sha_differing_from_the_pinned_sha_is_refused(tmp_path: Path, specs) -> None:
     data = ckpt_bytes(1)
     src = tmp_path / "w.pt"
@@ -39,11 +49,7 @@ def test_pin_manifest_sha_differing_from_the_pinned_sha_is_refused(tmp_path: Pat
 
 
 def test_pin_manifest_sha_differing_from_the_first_use_record_is_refused(tmp_path: Path, specs) -> None:
-    data = ckpt_bytes(2, 100)
-    src = tmp_path / "n.pt"
-    src.write_bytes(data)
-    specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)
-    dest, _ = W.import_file("nohash", src, trust=True)
+    _, dest = _trusted_unpinned(tmp_path, specs, 2)
     assert W.resolve("nohash") == dest
     _rewrite_record("nohash", "n.pt", sha256="1" * 64)
     with pytest.raises(IntegrityError, match="first copy"):
@@ -51,11 +57,7 @@ def test_pin_manifest_sha_differing_from_the_first_use_record_is_refused(tmp_pat
 
 
 def test_pin_unpinned_cached_file_of_another_size_than_recorded_is_refused(tmp_path: Path, specs) -> None:
-    data = ckpt_bytes(3, 100)
-    src = tmp_path / "n.pt"
-    src.write_bytes(data)
-    specs["nohash"] = spec_for("nohash", "n.pt", known_hash=False, size=False)
-    dest, _ = W.import_file("nohash", src, trust=True)
+    data, dest = _trusted_unpinned(tmp_path, specs, 3)
     st = dest.stat()
     mode = st.st_mode
     os.chmod(dest, 0o644)
