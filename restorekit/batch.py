@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -255,6 +256,7 @@ def process_files(
     job: Job | None = None,
     finish: Callable[[ImageItem], None] | None = None,
     finished: Callable[[ImageItem], bool] | None = None,
+    note: Callable[[ImageItem, str], Mapping[str, Any] | None] | None = None,
 ) -> BatchResult:
     """Read each input, call ``fn(image, item) -> [(name, image), …]`` and write each output.
 
@@ -267,7 +269,8 @@ def process_files(
     (:func:`check_inputs`), so an input that cannot succeed fails before any work. An output
     that would replace an input file (an expected one fails before any work, ``overwrite`` or
     not: an input is never taken for a finished output), or that another input of this batch
-    already wrote, is refused.
+    already wrote, is refused. ``note(item, name)``, when given, is recorded inside each output
+    file written (:mod:`restorekit.provenance`).
 
     As one rank of a ``torchrun`` job (``job``, default the current one) each rank checks its
     share of the inputs, the inputs left to do are dealt out evenly (a resumed job splits what
@@ -355,7 +358,7 @@ def process_files(
                     if dest.exists() and not overwrite:
                         one.add_exists(dest)
                         continue
-                    save_image(out, dest)
+                    save_image(out, dest, note=note(item, stem) if note is not None else None)
                     one.written.append(str(dest))
                 if finish is not None:
                     finish(item)

@@ -28,7 +28,8 @@ Conversion rule for files (pillow):
   ``warning:`` line naming the file.
 - CMYK and YCbCr are converted with pillow's own conversion (CMYK with a profile: see above).
 Files are written as 8-bit images by rounding ``x·255`` to the nearest integer, untagged (no ICC
-profile: the values are sRGB); writes are atomic.
+profile: the values are sRGB), with what made them inside where the writer says
+(:mod:`restorekit.provenance`); writes are atomic.
 
 Every image restorekit reads or makes passes :func:`check_size` (at least ``MIN_SIDE`` px a side, at
 most ``max_pixels``), whatever it comes from, so a result never depends on whether an image was
@@ -61,10 +62,11 @@ import tempfile
 import threading
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -685,15 +687,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95) -> Path:
-    """Write one image atomically; the format follows the suffix (png, jpg, webp)."""
+def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95,
+               note: Mapping[str, Any] | None = None) -> Path:
+    """Write one image atomically; the format follows the suffix (png, jpg, webp). ``note``: what
+    made it, recorded inside the file (:mod:`restorekit.provenance`)."""
+    from .provenance import save_args
+
     p = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(p.suffix.lower())
     if fmt is None:
         raise ImageError(f"{p}: unsupported output format '{p.suffix}' (use png, jpg or webp)")
     buf = io.BytesIO()
-    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    to_pil(image).save(buf, fmt, **kwargs)
+    kwargs: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    to_pil(image).save(buf, fmt, **kwargs, **save_args(fmt, note))
     atomic_write_bytes(p, buf.getvalue())
     return p
 

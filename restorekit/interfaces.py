@@ -24,6 +24,18 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
+    #: Fields that change how a method runs (progress and notes, memory use, kernels, inference
+    #: optimisations) but not what it returns beyond float rounding. ``run`` leaves them out of
+    #: the settings it records in its outputs and checks on a rerun (:func:`result_options`), so
+    #: that a rerun with ``-q`` or another kernel resumes a folder instead of being refused.
+    result_neutral: ClassVar[frozenset[str]] = frozenset()
+
+
+def result_options(options: Options) -> dict[str, Any]:
+    """``options`` as JSON values, without its :attr:`~Options.result_neutral` fields: what of
+    them decides a method's results."""
+    return {k: v for k, v in options.model_dump(mode="json").items() if k not in type(options).result_neutral}
+
 
 #: The :class:`Options` base class under a second name, for annotations inside classes whose
 #: ``Options`` attribute (the class's own options model) hides the module-level name.

@@ -115,6 +115,14 @@ class UpUndocumented(Up):
     Options = UndocumentedOptions
 
 
+class MisnamedNeutral(UpOptions):
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"quiet"})  # no such field
+
+
+class UpMisnamedNeutral(Up):
+    Options = MisnamedNeutral
+
+
 class OutOfBoundsDefault(Options):
     gain: float = Field(10.0, ge=0, le=2, description="multiplies the output")
 
@@ -255,6 +263,7 @@ def test_check_method_passes_a_correct_method():
     (UpSampleMajor, "image-major"),
     (UpOddSizes, "an 11×9 input gave"),
     (UpUndocumented, "field 'gain' needs a description"),
+    (UpMisnamedNeutral, "Options.result_neutral names no field of it: quiet"),
     (UpBadDefault, "Options defaults are not valid values: ValidationError: .*gain"),
     (UpBadName, "method names use letters"),
     (UpMissingWeights, "no-such-weights"),

@@ -15,6 +15,7 @@ from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, 
                       side_by_side)
 from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, method_class,
                        method_values, validate_options)
+from ..run_record import changed_outputs, run_settings
 from ..seeds import SEED
 
 
@@ -117,14 +118,27 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 warn(f"{method} is deterministic: its {n_samples} samples will be identical")
             items = list_inputs(input_spec)
             check_output_folder(input_spec, output, ext)
+            settings = run_settings(cls, validate_options(cls, values), scale=scale, seed=seed, n_samples=n_samples,
+                                    couple=couple, backend=backend)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         if not items:
             raise UsageProblem(f"{input_spec}: no input images")
-        return values, items
+        if faces_mode == "aligned" and not overwrite:  # (--faces detect checks its sidecars)
+            changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
+                                      ignore_options=cls.Options.result_neutral)
+            if changed:
+                paths, diffs = changed
+                raise UsageProblem(f"{output}: {len(paths)} of the outputs ({', '.join(p.name for p in paths[:3])}"
+                                   f"{', …' if len(paths) > 3 else ''}) were made with other settings "
+                                   f"({'; '.join(diffs)}); use another --output, or --overwrite to remake them")
+        return values, items, settings
+
+    def stems(item: ImageItem) -> list[str]:
+        return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
 
     with job_for(device) as job:  # one process, or one rank of a torchrun job
-        values, items = job.together(prepare)
+        values, items, settings = job.together(prepare)
         limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
                   "max_output_pixels": max_output_pixels}
         if not any(job.gather(bool(check_inputs(job.part(items), **limits)[0]))):
@@ -158,9 +172,6 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                        overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
                        max_output_pixels=max_output_pixels, backend=backend)
 
-        def stems(item: ImageItem) -> list[str]:
-            return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
-
         def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
             # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
             try:
@@ -178,7 +189,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
 
         result = process_files(items, output, restore, ext=ext, overwrite=overwrite,
                                quiet=quiet, label=method, on_error=error_line, expected=stems,
-                               report=lambda item: list(m.last_reports), job=job, **limits)
+                               report=lambda item: list(m.last_reports), job=job,
+                               note=lambda item, name: {**settings, "input": item.path.name}, **limits)
         if as_json and job.is_main:
             emit_json({"method": method, "scale": scale, "device": job.describe_devices(devices),
                        "backend": backend, **({"processes": job.world} if job.distributed else {}),

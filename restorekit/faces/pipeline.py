@@ -48,7 +48,7 @@ from torch import Tensor
 from ..degradations import bicubic_resize, upscale
 from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
-from ..interfaces import Face, FaceDetector, Method, MethodInfo
+from ..interfaces import Face, FaceDetector, Method, MethodInfo, result_options
 from ..methods import check_values
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match, grey, is_grey
@@ -556,9 +556,11 @@ def faces_summary(sidecars: Any) -> str:
     return f"{restored} of {found} faces restored; {', '.join(parts)}: left to the background"
 
 
-def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tuple[list[str], list[str]] | None:
+def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
+                     ignore_options: frozenset[str] = frozenset()) -> tuple[list[str], list[str]] | None:
     """The photos among ``stems`` whose sidecar in ``outdir`` records other settings than ``now``
-    (method, scale, detector, background, the method's options, min_face, max_shrink, seed; colour
+    (method, scale, detector, background, the method's options but ``ignore_options`` — its
+    result-neutral ones, which older sidecars recorded —, min_face, max_shrink, seed; colour
     match where a restored face shows it), and the differences (``key: old → new``); None when
     there are none. A rerun would keep their outputs."""
     import json
@@ -586,7 +588,7 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any]) -> tupl
         if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
             a, b = side["options"], now["options"]
             found += [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
-                      if a.get(k) != b.get(k)]
+                      if a.get(k) != b.get(k) and k not in ignore_options]
         if found:
             stems_changed.append(stem)
             diffs.update(dict.fromkeys(found))
@@ -635,7 +637,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     sidecars: dict[str, dict[str, Any]] = {}
     # What else decides a photo's outputs, recorded in its sidecar and checked on a re-run.
     recorded: dict[str, Any] = {
-        "options": method.options.model_dump(mode="json"), "min_face": pipe.min_face,
+        "options": result_options(method.options), "min_face": pipe.min_face,
         # no limit (None or inf) as null: strict JSON has no Infinity
         "max_shrink": pipe.max_shrink if pipe.max_shrink is not None and math.isfinite(pipe.max_shrink) else None,
         "couple": bool(couple)}
@@ -645,7 +647,8 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         now = {"method": method.info.name, "scale": scale, "detector": det_name, **recorded}
         if not only_faces:  # the restored crops alone do not depend on the background or colour matching
             now.update(background=pipe.background_name, **{"colour match": "on" if colour_match else "off"})
-        changed = settings_changed(outdir, [item.stem for item in items], now)
+        changed = settings_changed(outdir, [item.stem for item in items], now,
+                                   ignore_options=type(method.options).result_neutral)
         if changed:
             stems, diffs = changed
             fail_usage(f"{outdir}: the outputs of {len(stems)} of these photos ({', '.join(stems[:3])}"

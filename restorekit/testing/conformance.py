@@ -60,6 +60,8 @@ def _check_options_model(label: str, model: Any, what: str = "Options") -> None:
     for name, field in model.model_fields.items():
         _require(bool(field.description), f"{label}: {what} field '{name}' needs a description "
                  "(Field(..., description=...)); `methods show` prints it")
+    unknown = sorted(set(model.result_neutral) - set(model.model_fields))
+    _require(not unknown, f"{label}: {what}.result_neutral names no field of it: {', '.join(unknown)}")
     if not any(f.is_required() for f in model.model_fields.values()):
         try:  # every default within its own field's constraints (Options validates defaults)
             model()

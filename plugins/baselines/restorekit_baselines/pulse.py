@@ -41,6 +41,8 @@ DEFAULT_STYLEGAN2_WEIGHTS = "stylegan2-faces128"
 
 
 class PulseOptions(Options):
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"keep_memory", "quiet"})
+
     generator: str = Field("stylegan2", description="registered generator (`restorekit plugins` lists them)")
     generator_weights: WeightsRef = Field(
         None, validation_alias=AliasChoices("generator_weights", "weights"),

@@ -351,6 +351,8 @@ def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tup
 class PSPSROptions(Options):
     """Options of ``psp_sr``."""
 
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"impl", "optimize", "keep_memory"})
+
     weights: WeightsRef = Field(
         None, description="model: a weights name or a file (restorekit .safetensors or official pSp .pt); "
                           "default: the model embedded in the package")

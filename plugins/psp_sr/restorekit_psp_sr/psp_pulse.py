@@ -79,6 +79,8 @@ LPIPS_MIN_SIDE = 31
 class PSPPulseOptions(PSPSROptions):
     """Options of ``psp_pulse`` (``psp_sr``'s, plus the search)."""
 
+    result_neutral: ClassVar[frozenset[str]] = PSPSROptions.result_neutral | {"quiet"}
+
     # 50 steps at a peak rate of 0.1 on PULSE's one-cycle schedule: on the adversarial 128-px prior
     # (358 kimg; ×8, 47 validation faces, recipes/prior128/README.md) the best of eleven settings within
     # half of PULSE's time — LR-consistency 1.3× PULSE's at 40% of its time, against 1.9× for 30 fixed

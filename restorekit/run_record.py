@@ -1,0 +1,88 @@
+"""What decides ``restorekit run``'s outputs: recorded in each output, checked on a rerun.
+
+A rerun into a folder skips the outputs that exist: that is how an interrupted run resumes. An
+output made with other settings (another method, scale, option, weights file, seed) is not a
+finished output of this run, and a folder holding both would look like one run's results; so the
+rerun refuses, naming what changed. An output without a record (another program's, an older
+restorekit's) is taken as finished, as before. The record is a note inside the file
+(:mod:`restorekit.provenance`); options that name files are recorded by file name and sha256, not
+by their folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .interfaces import Method, Options, result_options
+from .provenance import read_note
+
+#: Keys of a record compared on a rerun ("options" key by key).
+COMPARED = ("method", "scale", "couple", "seed", "default_weights", "option_files")
+
+
+def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int | None, n_samples: int,
+                 couple: bool, backend: str) -> dict[str, Any]:
+    """The settings of one ``run``, as recorded in each of its outputs."""
+    from .harness.runner import default_weights_pin, option_files_pin
+
+    values = result_options(options)
+    files = option_files_pin(options) or {}
+    for label in files:  # a file by its name: an output shared publicly does not show the user's folders
+        key, _, index = label.partition("[")
+        if index:
+            values[key][int(index.rstrip("]"))] = Path(values[key][int(index.rstrip("]"))]).name
+        else:
+            values[key] = Path(values[key]).name
+    settings: dict[str, Any] = {"method": cls.info.name, "scale": scale, "options": values,
+                                "couple": bool(couple), "backend": backend}
+    if not (cls.info.one_sample_ignores_seed if n_samples == 1 else cls.info.deterministic):
+        settings["seed"] = seed  # outputs that do not depend on it do not record it
+    pin = default_weights_pin(cls)
+    if pin:
+        settings["default_weights"] = pin
+    if files:
+        settings["option_files"] = files
+    return settings
+
+
+def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
+                ignore_options: frozenset[str] = frozenset()) -> list[str]:
+    """What differs between a recorded run and this one, in words (``key: old → new``); options
+    in ``ignore_options`` (result-neutral ones) are not compared."""
+    found: list[str] = []
+    other_method = old.get("method") != now.get("method")  # then its options and weights say nothing more
+    for key in COMPARED:
+        if other_method and key in ("default_weights", "option_files"):
+            continue
+        if key in ("default_weights", "option_files"):
+            a, b = old.get(key) or {}, now.get(key) or {}
+            if isinstance(a, dict) and isinstance(b, dict):
+                what = "default weights" if key == "default_weights" else "the file of --opt"
+                found += [f"{what} {k}: {'changed' if k in a and k in b else 'other'}"
+                          for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+        elif (key in old or key in now) and old.get(key) != now.get(key):
+            found.append(f"{key}: {old.get(key)} → {now.get(key)}")
+    a, b = old.get("options"), now.get("options")
+    if isinstance(a, dict) and isinstance(b, dict) and not other_method:
+        found += [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
+                  if a.get(k) != b.get(k) and k not in ignore_options]
+    return found
+
+
+def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,
+                    ignore_options: frozenset[str] = frozenset()) -> tuple[list[Path], list[str]] | None:
+    """The outputs among ``outputs`` that exist and record other settings than ``now`` (options
+    but ``ignore_options``), and what differs (each difference once); None when there are none."""
+    changed: list[Path] = []
+    diffs: dict[str, None] = {}
+    for path in outputs:
+        note = read_note(path)
+        if note is None:
+            continue
+        found = differences(note, now, ignore_options=ignore_options)
+        if found:
+            changed.append(path)
+            diffs.update(dict.fromkeys(found))
+    return (changed, list(diffs)) if changed else None

@@ -1,0 +1,178 @@
+"""What made an output is recorded inside it, and a rerun into the same folder with other settings
+is refused (naming what changed) instead of leaving a folder of mixed results; the same settings,
+``-q`` or another kernel resume it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image, PngImagePlugin
+
+from restorekit import __version__
+from restorekit.cli import build_cli
+from restorekit.faces.pipeline import settings_changed
+from restorekit.images import read_image, save_image
+from restorekit.interfaces import result_options
+from restorekit.plugins import registry
+from restorekit.provenance import MAX_EXIF_NOTE, read_note
+from restorekit.run_record import changed_outputs, differences, run_settings
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
+
+
+def inputs(folder: Path, n: int = 3) -> Path:
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        save_image(torch.rand(1, 3, 8, 8, generator=g), folder / f"in{i}.png")
+    return folder
+
+
+# -- the note inside the file ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp"])
+def test_a_note_round_trips_through_each_output_format(tmp_path, ext):
+    image = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    note = {"method": "m", "scale": 4, "options": {"a": "é", "b": [1, 2.5, None]}}
+    plain, noted = save_image(image, tmp_path / f"plain.{ext}"), save_image(image, tmp_path / f"noted.{ext}", note=note)
+    assert read_note(noted) == {"restorekit": __version__, **note}
+    assert read_note(plain) is None
+    assert torch.equal(read_image(noted), read_image(plain))  # the pixels are the same
+
+
+def test_files_of_others_carry_no_note(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("restorekit", json.dumps({"method": "m"}))  # our key, not our note (no version)
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png", pnginfo=info)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("restorekit", "{not json")
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png", pnginfo=info)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    exif = Image.Exif()
+    exif[0x010E] = "A holiday photo"
+    Image.new("RGB", (4, 4)).save(tmp_path / "d.jpg", exif=exif.tobytes())
+    for name in ("a.png", "b.png", "c.png", "d.jpg", "missing.png"):
+        assert read_note(tmp_path / name) is None, name
+
+
+def test_a_note_too_long_for_exif_is_left_out_of_a_jpeg_not_the_image(tmp_path):
+    note = {"options": {"text": "x" * MAX_EXIF_NOTE}}
+    save_image(torch.full((1, 3, 4, 4), 0.5), tmp_path / "a.jpg", note=note)
+    save_image(torch.full((1, 3, 4, 4), 0.5), tmp_path / "a.png", note=note)
+    assert read_note(tmp_path / "a.jpg") is None
+    assert read_note(tmp_path / "a.png") == {"restorekit": __version__, **note}
+
+
+# -- run: recorded, resumed, refused -----------------------------------------------------------------------
+
+def test_run_records_its_settings_and_the_input_in_each_output(tmp_path):
+    src = inputs(tmp_path / "in")
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(tmp_path / "o"), "--ext", "jpg")
+    assert r.exit_code == 0, r.output
+    note = read_note(tmp_path / "o" / "in1.jpg")
+    assert note == {"restorekit": __version__, "method": "bicubic", "scale": 2, "couple": False, "backend": "torch",
+                    "options": {"antialias": True, "clamp": "clip"}, "input": "in1.png"}
+
+
+def test_a_rerun_with_another_scale_is_refused_before_any_work_and_names_the_change(tmp_path):
+    src, out = inputs(tmp_path / "in"), tmp_path / "o"
+    assert invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out)).exit_code == 0
+    (out / "in2.png").unlink()  # an interrupted run: one output missing
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = invoke("run", "bicubic", "--scale", "3", "--input", str(src), "--output", str(out))
+    assert r.exit_code == 2
+    assert (f"{out}: 2 of the outputs (in0.png, in1.png) were made with other settings (scale: 2 → 3); use another "
+            "--output, or --overwrite to remake them") in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written, in2 not made
+    r = invoke("run", "bicubic", "--scale", "3", "--input", str(src), "--output", str(out), "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert {read_note(p)["scale"] for p in out.iterdir()} == {3}
+    assert read_image(out / "in0.png").shape[-1] == 24
+
+
+def test_a_rerun_with_the_same_settings_resumes(tmp_path):
+    src, out = inputs(tmp_path / "in"), tmp_path / "o"
+    assert invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out)).exit_code == 0
+    (out / "in2.png").unlink()
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out), "--json", "-q")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["written"] == [str(out / "in2.png")] and len(doc["skipped"]) == 2
+
+
+def test_an_option_or_method_change_is_named(tmp_path):
+    src, out = inputs(tmp_path / "in"), tmp_path / "o"
+    assert invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out)).exit_code == 0
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out), "--opt", "clamp=none")
+    assert r.exit_code == 2 and "(--opt clamp: clip → none)" in r.stderr
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out), "--couple")
+    assert r.exit_code == 2 and "(couple: False → True)" in r.stderr
+    r = invoke("run", "psp_sr", "--scale", "2", "--input", str(src), "--output", str(out))
+    assert r.exit_code == 2 and "(method: bicubic → psp_sr)" in r.stderr  # not every option of both
+
+
+def test_outputs_without_a_note_are_taken_as_finished(tmp_path):
+    """Another program's file, or an older restorekit's, under the output's name: skipped, as before."""
+    src, out = inputs(tmp_path / "in", 1), tmp_path / "o"
+    out.mkdir()
+    Image.new("RGB", (5, 5)).save(out / "in0.png")
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out), "--json", "-q")
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"][0]["path"] == str(out / "in0.png")
+
+
+# -- what is recorded and compared ------------------------------------------------------------------------
+
+def test_result_neutral_options_are_real_fields_and_left_out():
+    reg = registry()
+    for name in reg.names("methods"):
+        opts_cls = reg.method(name).Options
+        assert opts_cls.result_neutral <= set(opts_cls.model_fields), name
+    pulse = reg.method("pulse").Options(quiet=True, steps=3)
+    assert {"quiet", "keep_memory"} <= set(type(pulse).model_fields) and not {"quiet", "keep_memory"} & set(
+        result_options(pulse))
+    assert result_options(pulse)["steps"] == 3
+    assert {"impl", "optimize", "keep_memory", "quiet"} == reg.method("psp_pulse").Options.result_neutral
+
+
+def test_differences_compare_what_decides_results():
+    old = {"method": "pulse", "scale": 8, "seed": 1, "options": {"steps": 10, "quiet": False}}
+    assert differences(old, {**old, "options": {"steps": 10}}, ignore_options=frozenset({"quiet"})) == []
+    assert differences(old, {**old, "options": {"steps": 10}}) == ["--opt quiet: False → —"]
+    assert differences(old, {**old, "seed": 2, "backend": "onnxruntime"}) == ["seed: 1 → 2"]
+    assert differences({**old, "default_weights": {"w": ["a"]}}, {**old, "default_weights": {"w": ["b"]}}) == [
+        "default weights w: changed"]
+
+
+def test_a_weights_file_is_recorded_by_name_and_pinned_by_content(tmp_path):
+    cls = registry().method("psp_sr")
+    weights = tmp_path / "private" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"first")
+    first = run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=1, couple=False,
+                         backend="torch")
+    assert first["options"]["weights"] == "model.safetensors" and "private" not in json.dumps(first)
+    assert "seed" not in first  # one psp_sr sample does not depend on it
+    assert "seed" in run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=2,
+                                  couple=False, backend="torch")
+    weights.write_bytes(b"retrained")
+    second = run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=1, couple=False,
+                          backend="torch")
+    assert differences(first, second) == ["the file of --opt weights: changed"]
+    out = tmp_path / "a.png"
+    save_image(torch.zeros(1, 3, 4, 4), out, note=first)
+    assert changed_outputs([out, tmp_path / "missing.png"], second) == ([out], ["the file of --opt weights: changed"])
+    assert changed_outputs([out], first) is None
+
+
+def test_faces_sidecars_of_older_runs_with_neutral_options_still_resume(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"method": "pulse", "scale": 2, "options": {"steps": 2, "quiet": False}}))
+    now = {"method": "pulse", "scale": 2, "options": {"steps": 2}}
+    assert settings_changed(tmp_path, ["p"], now, ignore_options=frozenset({"quiet"})) is None
+    assert settings_changed(tmp_path, ["p"], {**now, "options": {"steps": 3}},
+                            ignore_options=frozenset({"quiet"})) == (["p"], ["--opt steps: 2 → 3"])
