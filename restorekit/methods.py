@@ -88,6 +88,27 @@ def check_restored(name: str, out: Any, lr: torch.Tensor, scale: int, n_samples:
     return check_values(name, out)
 
 
+def keep_black_and_white(method: Method, lr: torch.Tensor, out: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
+    """``out`` (checked, image-major) with the samples of each black-and-white input (channels
+    within 1/255 of each other everywhere) replaced by their BT.601 luma, for a super-resolution
+    method: a colour model tints grey faces, and an old black-and-white photo should come back
+    black and white. ``run``, ``compare`` and ``serve`` apply it as the face pipeline does; a
+    method of another ``task`` (colourisation) keeps its colours, and so does ``restore`` called
+    from Python."""
+    if method.info.task != "super-resolution":
+        return out
+    from .faces.compose import grey, is_grey
+
+    rows = [i for i in range(lr.shape[0]) if is_grey(lr[i:i + 1])]
+    if not rows:
+        return out
+    out = out.clone()
+    for i in rows:
+        part = out[i * n_samples:(i + 1) * n_samples]
+        out[i * n_samples:(i + 1) * n_samples] = grey(part)
+    return out
+
+
 def check_values(name: str, out: Any) -> torch.Tensor:
     """The value part of :func:`check_restored`, for callers that accept other sizes (the face
     pipeline resizes a method's native-size crops): a floating-point tensor, finite, in [0, 1] (an

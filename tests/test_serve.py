@@ -136,6 +136,19 @@ def test_two_methods_give_the_harness_numbers_and_pngs_of_the_right_size(server:
     assert numbers["backend"]["torch"] == torch.__version__
 
 
+def test_a_black_and_white_face_comes_back_black_and_white(server: RunningServer) -> None:
+    """psp_sr, a colour model, tints grey faces; the served output is grey, as run writes it."""
+    status, up = upload(server.url, png(generated_face(64).convert("L").convert("RGB")), "grey.png")
+    assert status == 201, up
+    job = run_job(server, {"upload": up["id"], "methods": ["psp_sr"], "scale": 4, "degrade": True})
+    assert job["status"] == "done", job
+    [row] = job["result"]["methods"]
+    assert row["status"] == "ok", row
+    status, _, body = fetch(server, row["outputs"][0]["url"])
+    y = from_pil(Image.open(io.BytesIO(body)))
+    assert status == 200 and torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])
+
+
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_jobs_outputs_are_those_of_the_float_image(server: RunningServer, bits: int) -> None:
     """The store holds an 8-bit upload as uint8 (a 16-bit one as uint16) and converts it when a job

@@ -13,8 +13,8 @@ from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError, exception_line
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
-from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, method_class,
-                       method_values, validate_options)
+from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, keep_black_and_white,
+                       method_class, method_values, validate_options)
 from ..run_record import changed_outputs, run_settings
 from ..seeds import SEED
 
@@ -181,7 +181,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 raise
             except (ValueError, RuntimeError, OSError) as exc:  # the method's refusal: one line naming it
                 raise RestorekitError(f"{method}: {exception_line(exc)}") from exc
-            out = check_restored(method, out, image, scale, n_samples).cpu()
+            out = keep_black_and_white(m, image.cpu(), check_restored(method, out, image, scale, n_samples).cpu(),
+                                       n_samples)
             outs = [out[i:i + 1] for i in range(out.shape[0])]
             if couple:
                 outs = [side_by_side(image, o) for o in outs]

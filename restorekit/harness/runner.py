@@ -41,7 +41,8 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError, WeightsMissing, describe_os_error, exception_line
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
-from ..methods import check_output_size_contract, check_restored, resolve_device, validate_options
+from ..methods import (check_output_size_contract, check_restored, keep_black_and_white, resolve_device,
+                       validate_options)
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
@@ -842,6 +843,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
             raise ValueError(f"output is {y.shape[-1]}×{y.shape[-2]}, expected {hr.shape[-1]}×{hr.shape[-2]} "
                              f"({scale}× the {lr.shape[-1]}×{lr.shape[-2]} input)")
         y = check_restored(mp.name, y, x, scale)  # dtype, NaN, range: one line naming the method
+        y = keep_black_and_white(method, x.to(y.device), y)  # as run gives it
         # The method's own report, unless the face pipeline ran it (once per face): then the
         # per-face records stay the report.
         reports = getattr(method, "last_reports", None)

@@ -36,7 +36,7 @@ from ..harness.runner import backend_info, metric_device, score
 from ..harness.store import Record, dumps, jsonable
 from ..images import check_output_size, check_size, from_pil, to_pil
 from ..interfaces import Face
-from ..methods import check_restored
+from ..methods import check_restored, keep_black_and_white
 from ..plugins import failure_reason
 from ..progress import reporting
 from .catalogue import Catalogue, MethodEntry
@@ -272,6 +272,7 @@ class Restorer:
                 with torch.no_grad():
                     y = m.restore(lr.to(m.device), k, seed=seed, n_samples=n)
                 y = check_restored(entry.name, y, lr, k, n).cpu()  # size, dtype, NaN, range: as run and compare
+                y = keep_black_and_white(m, lr.cpu(), y, n)
                 outs, crops = [y[j:j + 1] for j in range(n)], {}
             if not all(bool(torch.isfinite(o).all()) for o in outs):
                 raise RestorekitError(f"{entry.name}: output contains NaN or inf")
