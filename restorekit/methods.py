@@ -99,13 +99,13 @@ def keep_black_and_white(method: Method, lr: torch.Tensor, out: torch.Tensor, n_
         return out
     from .faces.compose import grey, is_grey
 
-    rows = [i for i in range(lr.shape[0]) if is_grey(lr[i:i + 1])]
+    rows = [i for i in range(lr.shape[0]) if is_grey(lr[i:i + 1])
+            and not is_grey(out[i * n_samples:(i + 1) * n_samples], 0.0)]  # grey already: bit for bit
     if not rows:
         return out
     out = out.clone()
     for i in rows:
-        part = out[i * n_samples:(i + 1) * n_samples]
-        out[i * n_samples:(i + 1) * n_samples] = grey(part)
+        out[i * n_samples:(i + 1) * n_samples] = grey(out[i * n_samples:(i + 1) * n_samples])
     return out
 
 

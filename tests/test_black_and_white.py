@@ -51,6 +51,8 @@ def test_grey_inputs_samples_become_their_luma_and_colour_ones_are_kept():
     assert torch.equal(kept[3:], out[3:])  # image 1 (colour): untouched
     assert not torch.equal(out[:3, 0], out[:3, 2])  # the input to it was tinted
     assert torch.equal(keep_black_and_white(Colourise(NoOptions()), lr, out, n_samples=3), out)
+    exact = lr.repeat_interleave(2, -1).repeat_interleave(2, -2)[:1] * 0.999  # a grey output: left as it is
+    assert keep_black_and_white(m, lr[:1], exact) is exact
 
 
 def test_a_near_grey_input_within_one_level_counts_as_grey():
