@@ -176,3 +176,25 @@ def test_faces_sidecars_of_older_runs_with_neutral_options_still_resume(tmp_path
     assert settings_changed(tmp_path, ["p"], now, ignore_options=frozenset({"quiet"})) is None
     assert settings_changed(tmp_path, ["p"], {**now, "options": {"steps": 3}},
                             ignore_options=frozenset({"quiet"})) == (["p"], ["--opt steps: 2 → 3"])
+
+
+def test_faces_sidecars_pin_the_weights_by_content(tmp_path):
+    """A re-shipped default model (or a model retrained into the same file) is not the one that made
+    the outputs: the sidecar records the weights' sha256 and a rerun names the change."""
+    photo = tmp_path / "photo.png"
+    save_image(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(2)), photo)
+    args = ["run", "psp_sr", "--faces", "detect", "--detector", "dlib_hog", "--scale", "2", "--input", str(photo),
+            "--output", str(tmp_path / "o"), "-q"]
+    r = invoke(*args)
+    if r.exit_code == 2 and "dlib" in r.stderr:
+        pytest.skip(r.stderr.strip())
+    assert r.exit_code == 0, r.output
+    side_path = tmp_path / "o" / "photo.json"
+    side = json.loads(side_path.read_text())
+    [sha] = side["default_weights"]["psp-sr-faces128"]
+    assert len(sha) == 64
+    assert invoke(*args).exit_code == 0  # the same model: resumed
+    side["default_weights"]["psp-sr-faces128"] = ["0" * 64]
+    side_path.write_text(json.dumps(side))
+    r = invoke(*args)
+    assert r.exit_code == 2 and "(default weights psp-sr-faces128: changed)" in r.stderr

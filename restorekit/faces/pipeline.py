@@ -585,6 +585,12 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
         for k in ("min_face", "max_shrink", "seed", "couple"):
             if k in side and k in now and side[k] != now[k]:
                 found.append(f"{k}: {side[k]} → {now[k]}")
+        for k, what in (("default_weights", "default weights"), ("option_files", "the file of --opt")):
+            if k in side and isinstance(side[k], dict) and isinstance(now.get(k, {}), dict) \
+                    and old["method"] == now.get("method"):
+                a, b = side[k], now.get(k, {})
+                found += [f"{what} {name}: {'changed' if name in a and name in b else 'other'}"
+                          for name in sorted(a.keys() | b.keys()) if a.get(name) != b.get(name)]
         if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
             a, b = side["options"], now["options"]
             found += [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
@@ -643,6 +649,15 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         "couple": bool(couple)}
     if not method.info.deterministic:
         recorded["seed"] = seed  # a deterministic method's outputs do not depend on it
+    # The weights by content: a model retrained into the same file, or a re-shipped default, is not
+    # the model that made the outputs there.
+    from ..harness.runner import default_weights_pin, option_files_pin
+
+    try:  # (the method itself: an ONNX-backed one carries the info of the method it runs)
+        recorded.update({k: v for k, v in (("default_weights", default_weights_pin(method)),
+                                           ("option_files", option_files_pin(method.options))) if v})
+    except RestorekitError as exc:
+        fail_usage(str(exc))
     if not overwrite:
         now = {"method": method.info.name, "scale": scale, "detector": det_name, **recorded}
         if not only_faces:  # the restored crops alone do not depend on the background or colour matching

@@ -204,7 +204,7 @@ def code_fingerprint(module: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def default_weights_pin(cls: type[Method]) -> dict[str, list[str | None]] | None:
+def default_weights_pin(cls: type[Method] | Method) -> dict[str, list[str | None]] | None:
     """The registry's sha256 of each file of a method's default weights (None: it has none, or
     they are not registered). Part of the method's settings beside :func:`code_fingerprint`, which
     sees only the method's own package: a default shipped in another one (pulse's face prior lives
