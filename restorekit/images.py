@@ -5,20 +5,37 @@ Inside restorekit an image batch is ``torch.float32``, ``N×3×H×W``, RGB, valu
 Conversion rule for files (pillow):
 - Only the raster formats of :data:`FILE_FORMATS` are decoded, whatever a file's extension (never
   EPS, PDF or another format pillow hands to an external program); another format is a one-line
-  error naming the file and the format its first bytes show. Uploads: :data:`UPLOAD_FORMATS`.
+  error naming the file and the format its first bytes show (HEIC, AVIF: their ``ftyp`` box), and
+  a file whose first bytes show no format is said to be one. A TIFF pillow cannot open is called
+  damaged or of a sample layout pillow cannot decode, which the message gives (``3 samples a pixel
+  of 32-bit float, RGB``). Uploads: :data:`UPLOAD_FORMATS`. A folder lists the files of
+  :data:`IMAGE_EXTS`: every extension pillow registers for these formats.
 - EXIF orientation is applied first. Of a multi-frame file (animated GIF/PNG/WebP, multi-page
   TIFF) the first frame is read.
 - An embedded ICC profile (``icc_profile``) is applied next: the pixels are converted from it to
   sRGB with littlecms (``PIL.ImageCms``), relative colorimetric intent, no black-point
-  compensation (RGB, grayscale and CMYK profiles; alpha is kept for the compositing below). A
-  profile that cannot be used (does not parse, does not fit the pixels, 16-bit/32-bit/float
-  grayscale) leaves the pixels as they are, taken as sRGB, with one ``warning:`` line naming the
-  file. Without a profile pixels are taken as sRGB.
-- Grayscale (``L``, ``I;16``, ``I``, ``F``) is replicated to three channels; 16-bit integer data
-  is scaled by its full range (``/65535``); 32-bit integer data (``I``, whose files say nothing of
-  the range used) by ``/65535`` when any value exceeds 255, else ``/255`` (8-bit values stored
-  wide); float data is clipped to [0, 1] (NaN or infinite values are refused). 16-bit *colour*
-  (48/64-bit PNG, TIFF) is reduced to 8 bits a channel by pillow's decoder (the high byte).
+  compensation (RGB, grayscale and CMYK profiles, and Lab profiles on CIELab ``LAB`` pixels; alpha
+  is kept for the compositing below). A profile that cannot be used (does not parse, does not fit
+  the pixels, 16-bit/32-bit/float grayscale) leaves the pixels as they are, taken as sRGB, with one
+  ``warning:`` line naming the file. Without a profile pixels are taken as sRGB.
+- Grayscale (``L``, ``I;16``, ``I``, ``F``) is replicated to three channels. 16-bit integer data
+  is scaled by its full range (``/65535``), and so is 16-bit Netpbm (PGM/PPM with a maxval over
+  255), which pillow has already scaled from its maxval to 0..65535 (mode ``I``): a dark frame
+  stays dark. Other 32-bit integer data (``I``: 32-bit TIFF, signed 16-bit TIFF; such files say
+  nothing of the range used) is scaled by ``/255`` when no value exceeds 255 (8-bit values stored
+  wide), else ``/65535`` when none exceeds 65535 (16-bit values stored wide), else by the full
+  range of its sample type (``/(2**32-1)`` unsigned, ``/(2**31-1)`` signed; pillow's negative
+  reading of unsigned values above 2**31 is undone): never clipped to white. Negative values are
+  clipped to 0 with a ``warning:`` line while they are stray (at most :data:`STRAY_SHARE` of the
+  pixels); more, and the file is refused (signed data has no scale to guess). Float data (``F``)
+  is read as 0–1: values up to :data:`FLOAT_SLACK` outside it (overshoot of resampling or
+  sharpening) are clipped quietly, a few beyond that (at most :data:`STRAY_SHARE` of the pixels)
+  clipped with a ``warning:`` line, and an image with more is refused, naming its range ("float
+  pixels range from 0 to 255; restorekit reads float images as 0–1"): it is on another scale
+  (0–255, 0–65535, HDR radiance), which a float file does not state, and a guess that is wrong
+  (dividing HDR by 255) would give a plausible but wrong picture, where the refusal names the fix;
+  clipping it would whiten it whole. NaN or infinite values are refused. 16-bit *colour* (48/64-bit
+  PNG, TIFF) is reduced to 8 bits a channel by pillow's decoder (the high byte).
 - Palette (``P``) images are expanded through their palette.
 - Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces;
   so are the pixels a transparency colour key (PNG ``tRNS``, GIF: ``info["transparency"]``) marks
@@ -45,7 +62,8 @@ relative to the folder all inputs share, extension included, with ``/`` written 
 (``<10 hex>__…er__x__a.png``), so that it still fits a file system's 255-byte names. The rule
 repeats until every name is unique ignoring case, and two inputs it cannot tell apart (``a.png``
 and ``A.png`` in one folder) are refused up front, naming both. The same file given twice is used
-once.
+once, under the name listed first: the same by its device and inode, so a symbolic link and its
+target, two links to one file (hard links too) and two spellings of one path are one input.
 """
 
 from __future__ import annotations
@@ -74,7 +92,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+#: The file extensions a folder listing takes (:func:`list_inputs`), training sets too: every one
+#: pillow registers for a format of :data:`FILE_FORMATS` (and MPO, pillow's name for many phones'
+#: JPEGs), the common ones first. A fixed list, so that a listing does not change with pillow's
+#: version; ``tests/test_image_zoo.py`` checks it against ``Image.registered_extensions()``.
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+              ".jpe", ".jfif", ".mpo", ".apng", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".tga", ".icb", ".vda",
+              ".vst", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".ico")
 SAVE_EXTS = ("png", "jpg", "webp")
 DEFAULT_MAX_PIXELS = 64_000_000
 # What one input may make (output pixels × samples): a float32 RGB image takes 12 bytes a pixel and
@@ -237,6 +261,10 @@ def _bomb(p: Path, max_pixels: int) -> ImageError:
 FILE_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF", "PPM", "TGA", "JPEG2000", "ICO")
 
 
+#: What a file whose first bytes show no format is called (after its name).
+NO_FORMAT = "not a readable image (its first bytes match no image format restorekit reads)"
+
+
 def sniff_format(prefix: bytes) -> str | None:
     """The pillow format whose signature ``prefix`` (a file's first 16 bytes) has, or None; for
     messages only: nothing is opened or decoded (formats without a signature are never named)."""
@@ -254,6 +282,57 @@ def sniff_format(prefix: bytes) -> str | None:
     return None
 
 
+#: What the major brand of an ISO media file (``ftyp`` box at byte 4) says it holds; pillow knows
+#: none of HEIC and takes any ``mif1`` file (HEIC's usual compatible brand) for AVIF.
+_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC",
+                b"hevx": "HEIC", b"hevm": "HEIC", b"hevs": "HEIC", b"avif": "AVIF", b"avis": "AVIF",
+                b"mif1": "HEIF", b"msf1": "HEIF"}
+
+
+def _ftyp_format(prefix: bytes) -> str | None:
+    """HEIC, AVIF or HEIF from an ISO media file's ``ftyp`` box (its major brand), or None."""
+    return _FTYP_BRANDS.get(prefix[8:12]) if prefix[4:8] == b"ftyp" else None
+
+
+_TIFF_SAMPLES = {1: "unsigned integer", 2: "signed integer", 3: "float", 4: "untyped", 5: "complex integer",
+                 6: "complex float"}
+_TIFF_PHOTOMETRIC = {0: "grey", 1: "grey", 2: "RGB", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr", 8: "CIELab",
+                     9: "ICCLab", 10: "ITULab", 32844: "LogL", 32845: "LogLuv"}
+
+
+def _tiff_layout(p: Path, data: bytes | None) -> str | None:
+    """The sample layout a TIFF's first directory declares, in words (``3 samples a pixel of 32-bit
+    float, RGB``), for the message of one pillow cannot open; None when that directory does not read
+    whole or lacks the tags that declare an image (then the file is simply damaged)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with (io.BytesIO(data) if data is not None else open(p, "rb")) as fp, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            head = fp.read(16)
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(head if head[2:4] in (b"\0+", b"+\0") else head[:8])
+            fp.seek(ifd.next)
+            ifd.load(fp)
+        tags = dict(ifd)
+        if caught or not {256, 257, 258, 262} <= tags.keys():  # a directory cut short (pillow warns), or no image's
+            return None
+
+        def first(tag: int, default: int) -> int:
+            v = tags.get(tag, default)
+            return int(v[0] if isinstance(v, tuple) and v else v)
+
+        spp, bits = first(277, 1), first(258, 1)
+        kind = _TIFF_SAMPLES.get(first(339, 1), "unknown")
+        photometric = _TIFF_PHOTOMETRIC.get(first(262, -1), f"photometric {first(262, -1)}")
+        extra = tags.get(338, ())
+        n_extra = len(extra) if isinstance(extra, tuple) else 1
+    except Exception:  # noqa: BLE001 - a header that does not parse: the plain message
+        return None
+    more = f" with {n_extra} extra sample{'s' if n_extra != 1 else ''}" if n_extra else ""
+    return f"{spp} sample{'s' if spp != 1 else ''} a pixel of {bits}-bit {kind}, {photometric}{more}"
+
+
 def _refused_format(p: Path, data: bytes | None, formats: Sequence[str], unknown: str | None = None) -> str:
     """The message for a file pillow cannot open as one of ``formats``: its detected format, if any
     (``unknown``: the message when no format is recognised, if not the default)."""
@@ -268,14 +347,21 @@ def _refused_format(p: Path, data: bytes | None, formats: Sequence[str], unknown
     fmt = None
     if set(formats) != set(FILE_FORMATS):  # a narrower list (uploads): the safe decoders name the format
         try:  # (headers only) better than signatures, which formats without one (TGA) are mistaken by
-            with Image.open(p if data is None else io.BytesIO(data), formats=list(FILE_FORMATS)) as im:
-                fmt = im.format
+            with warnings.catch_warnings():  # a damaged header's pillow warnings: this read only names it
+                warnings.simplefilter("ignore")
+                with Image.open(p if data is None else io.BytesIO(data), formats=list(FILE_FORMATS)) as im:
+                    fmt = im.format
         except Exception:
             fmt = None
     if fmt is None:
-        fmt = "PDF" if prefix.startswith(b"%PDF") else sniff_format(prefix)  # pillow only writes PDF
+        # pillow only writes PDF; it knows no HEIC and takes a HEIF file (``mif1``) for AVIF: their ftyp box
+        fmt = "PDF" if prefix.startswith(b"%PDF") else _ftyp_format(prefix) or sniff_format(prefix)
     if fmt is None:
-        return unknown or f"{p}: not a readable image (UnidentifiedImageError)"
+        return unknown or f"{p}: {NO_FORMAT}"
+    if fmt == "TIFF" and fmt in formats:
+        layout = _tiff_layout(p, data)
+        if layout:
+            return f"{p}: a damaged TIFF, or one whose sample layout pillow cannot decode ({layout})"
     if fmt in formats or (fmt == "MPO" and "JPEG" in formats):
         return f"{p}: a damaged or unreadable {fmt} file (its first bytes are {fmt}'s, but it does not decode)"
     return f"{p}: its format is {fmt}, which is not read here (image files may be {', '.join(formats)})"
@@ -304,13 +390,13 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(p, max_pixels) from None
-    except UnidentifiedImageError as exc:
+    except UnidentifiedImageError:
         if formats is FILE_FORMATS:
             raise ImageError(_refused_format(p, data, formats)) from None
         if formats is not None:  # uploads: the same detection, their own list
             raise ImageError(_refused_format(p, data, formats, unknown=f"{p}: not an image in a format read "
                                                                        f"here ({', '.join(formats)})")) from None
-        raise ImageError(f"{p}: not a readable image ({exc.__class__.__name__})") from None
+        raise ImageError(f"{p}: {NO_FORMAT}") from None
     except PermissionError:
         raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
     except PixelValueError as exc:
@@ -330,11 +416,48 @@ class PixelValueError(ValueError):
     """Decoded pixels that are not an image's (NaN or infinite floating-point data)."""
 
 
-def to_numpy_pixels(img: Image.Image) -> np.ndarray:
+#: Float (``F``) pixel values at most this far outside [0, 1] are overshoot (of resampling or
+#: sharpening), clipped quietly, as an 8-bit writer clips them.
+FLOAT_SLACK = 0.25
+#: The share of an image's pixels beyond that (float) or below 0 (integer grey) up to which they are
+#: stray values, clipped with a ``warning:`` line; above it the image is on another scale (float
+#: 0–255 or 0–65535, HDR, signed data) and is refused: clipping would whiten or blacken it whole.
+STRAY_SHARE = 0.1
+
+
+def _number(v: float) -> str:
+    """A pixel value for a message: an integral value in full (``255``, ``65535``), else 4 digits."""
+    return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+
+
+def _int_layout(img: Image.Image) -> str:
+    """How the 32-bit integer (``I``) pixels of ``img``, as opened, were stored: ``"netpbm16"`` (a
+    PGM/PPM with maxval above 255, which pillow has already scaled to 0..65535 whatever the
+    maxval), ``"uint32"`` (a TIFF of unsigned 32-bit samples, which pillow holds as signed: values
+    above 2**31 come out negative until reinterpreted), else ``"int32"`` (signed 32- or 16-bit TIFF
+    samples, an image made in memory). A copy (``exif_transpose``) has lost what this reads."""
+    if img.format == "PPM":
+        return "netpbm16"
+    if img.format == "TIFF":
+        tags = getattr(img, "tag_v2", None) or {}
+
+        def first(v: Any) -> Any:
+            return v[0] if isinstance(v, tuple) and v else v
+
+        if first(tags.get(258)) == 32 and first(tags.get(339, 1)) == 1:  # SampleFormat 1 (the default): unsigned
+            return "uint32"
+    return "int32"
+
+
+def to_numpy_pixels(img: Image.Image, where: object = "image", *, int_layout: str | None = None) -> np.ndarray:
     """A pillow image to ``H×W×3`` as decoded, before the scaling to [0,1] of :func:`to_numpy_rgb`:
     ``uint8`` for 8-bit data (every mode but those below, after palette, alpha and mode conversion),
     ``uint16`` for 16-bit grayscale (``I;16``), and already ``float32`` in [0,1] for 32-bit integer
-    (``I``: its scale depends on its values) and float (``F``) data."""
+    (``I``: its scale depends on how it was stored and on its values) and float (``F``) data, by the
+    module's rule. ``where`` names the image in a ``warning:`` line (stray values clipped);
+    ``int_layout`` (:func:`_int_layout`) is taken from ``img`` when not given: pass it for an image
+    copied since it was opened. Raises :class:`PixelValueError` for values that are no image's (NaN,
+    infinite; float or signed data on another scale)."""
     mode = img.mode
     key = _colour_key(img)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -343,8 +466,24 @@ def to_numpy_pixels(img: Image.Image) -> np.ndarray:
             arr = np.where(arr == key, np.uint16(65535), arr)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "I":
-        raw = np.asarray(img, dtype=np.float64)
-        scale = 65535.0 if raw.max(initial=0) > 255 else 255.0
+        layout = int_layout or _int_layout(img)
+        vals = np.asarray(img)
+        if layout == "uint32":
+            vals = vals.astype(np.int32, copy=False).view(np.uint32)
+        raw = vals.astype(np.float64)
+        if layout == "netpbm16":  # pillow scaled maxval to 65535: no guess, a dark frame stays dark
+            scale = 65535.0
+        else:
+            negative = int((raw < 0).sum())
+            if negative > STRAY_SHARE * raw.size:
+                raise PixelValueError(f"integer pixels range from {_number(raw.min())} to {_number(raw.max())}; "
+                                      "restorekit reads integer grey from 0 up (signed data, mostly negative "
+                                      "here, has no scale it could take)")
+            if negative:
+                _note_once(where, f"{negative} negative integer pixel value(s) clipped to 0")
+            top = raw.max(initial=0)
+            scale = (255.0 if top <= 255 else 65535.0 if top <= 65535
+                     else float(2**32 - 1) if layout == "uint32" else float(2**31 - 1))
         arr = np.clip(raw / scale, 0, 1)
         if key is not None:
             arr = np.where(raw == key, 1.0, arr)
@@ -353,6 +492,13 @@ def to_numpy_pixels(img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32)
         if not np.isfinite(arr).all():  # np.clip keeps NaN: it would reach every method and metric
             raise PixelValueError(f"holds {int((~np.isfinite(arr)).sum())} NaN or infinite pixel value(s)")
+        far = int(((arr < -FLOAT_SLACK) | (arr > 1 + FLOAT_SLACK)).sum())
+        if far:
+            span = f"from {_number(arr.min())} to {_number(arr.max())}"
+            if far > STRAY_SHARE * arr.size:
+                raise PixelValueError(f"float pixels range {span}; restorekit reads float images as 0–1 "
+                                      "(convert it to 8 or 16 bits, or scale it to 0–1)")
+            _note_once(where, f"{far} float pixel value(s) far outside 0–1 ({span}) clipped")
         return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
@@ -390,6 +536,7 @@ _ICC_FITS = {
             "YCbCr": "RGB"},
     "GRAY": {"L": None, "LA": None, "La": "LA", "1": "L"},
     "CMYK": {"CMYK": None},
+    "Lab": {"LAB": None},  # CIELab TIFF: littlecms converts LAB pixels itself
 }
 
 
@@ -495,6 +642,7 @@ def _key_unmatchable(im: Image.Image) -> bool:
 def _pixels(im: Image.Image, where: object) -> torch.Tensor:
     icc = im.info.get("icc_profile")
     drop_key = _key_unmatchable(im)
+    layout = _int_layout(im)  # before exif_transpose, whose copy has no format or TIFF tags
     im = ImageOps.exif_transpose(im)
     im.load()
     if icc and not im.info.get("icc_profile"):
@@ -503,7 +651,7 @@ def _pixels(im: Image.Image, where: object) -> torch.Tensor:
         im.info.pop("transparency", None)
         _note_once(where, "its transparency colour key is not applied (16-bit colour is read as 8 bits a "
                           "channel, which the key cannot match exactly); pixels read as opaque")
-    arr = to_numpy_pixels(to_srgb(im, where))
+    arr = to_numpy_pixels(to_srgb(im, where), where, int_layout=layout)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
 
@@ -517,7 +665,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         return _decoded(im, path)
 
 
-# The still-image formats of IMAGE_EXTS: what an image sent over a network may be decoded as.
+# The common still-image formats: what an image sent over a network may be decoded as.
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 
 
@@ -776,11 +924,24 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             paths = [p]
         else:
             raise ImageError(f"{p}: no such file or folder")
-    unique: dict[Path, Path] = {}
-    for q in paths:  # the same file twice is one input
-        unique.setdefault(Path(os.path.abspath(q)), q)
+    unique: dict[tuple[Any, ...], Path] = {}
+    for q in paths:  # the same file twice (by any name) is one input, under the name listed first
+        unique.setdefault(_file_key(q), q)
     kept = list(unique.values())
     return [ImageItem(q, name) for q, name in zip(kept, output_names(kept))]
+
+
+def _file_key(q: Path) -> tuple[Any, ...]:
+    """What makes two listed paths one file: its device and inode, which a symbolic link and its
+    target, two links to one file (hard links too) and two spellings of one path share; the real
+    path (links resolved) where the file cannot be examined (a broken link) or has no inode number."""
+    try:
+        st = os.stat(q)
+    except (OSError, ValueError):
+        st = None
+    if st is not None and st.st_ino:
+        return ("inode", st.st_dev, st.st_ino)
+    return ("path", os.path.realpath(q))
 
 
 def _list_lines(lst: Path) -> list[str]:
