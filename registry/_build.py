@@ -23,10 +23,26 @@ class BuildPyWithRegistry(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return  # editable installs read registry/ in place
-        src = Path(__file__).resolve().parent
-        dest = Path(self.build_lib, "restorekit", "_registry")
-        for sub in SUBFOLDERS:
-            for entry in sorted((src / sub).glob("*.toml")):
-                target = dest / sub / entry.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(entry, target)
+        copy_registry(Path(self.build_lib, "restorekit", "_registry"))
+
+
+def copy_registry(dest: Path, src: Path | None = None) -> list[Path]:
+    """Make ``dest`` hold exactly ``src/{weights,plugins}/*.toml`` (``src``: this folder); returns the copies.
+
+    ``dest`` is emptied first: ``build/lib`` outlives a build, so an entry removed from
+    ``registry/`` would otherwise still ship in the next wheel.
+    """
+    src = Path(__file__).resolve().parent if src is None else Path(src)
+    dest = Path(dest)
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()
+    elif dest.exists():
+        shutil.rmtree(dest)
+    copied = []
+    for sub in SUBFOLDERS:
+        for entry in sorted((src / sub).glob("*.toml")):
+            target = dest / sub / entry.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(entry, target)
+            copied.append(target)
+    return copied

@@ -665,7 +665,7 @@ def test_plugin_new_writes_a_complete_project(tmp_path, license_id):
     info = json.loads(r.output)
     root = Path(info["path"])
     assert root == tmp_path / "restorekit-kit-gen"
-    assert info["files"] == sorted(["pyproject.toml", "README.md", "LICENSE", ".gitignore", ".github/workflows/tests.yml",
+    assert info["files"] == sorted(["pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", ".gitignore", ".github/workflows/tests.yml",
                                     "registry/plugins/restorekit-kit-gen.toml", "tests/test_plugin.py",
                                     "src/restorekit_kit_gen/__init__.py", "src/restorekit_kit_gen/plugin.py",
                                     "src/restorekit_kit_gen/method.py", "src/restorekit_kit_gen/py.typed"])
@@ -958,3 +958,28 @@ def test_native_threads_lists_this_process_threads_by_marker():
         stop.set()
         t.join()
     assert native_threads("rk-marker") == []
+
+
+def test_generated_plugin_sdist_carries_what_its_tests_read(tmp_path):
+    """The generated project's sdist holds its tests and the registry entry they validate (MANIFEST.in),
+    so its own tests pass from an unpacked sdist; and it asks for the torch restorekit needs."""
+    import tarfile
+
+    _needs_build_tools()
+    r = invoke("plugin", "new", "kitsdist", "--dir", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    root = Path(json.loads(r.output)["path"])
+    assert "include registry/plugins/restorekit-kitsdist.toml" in (root / "MANIFEST.in").read_text().splitlines()
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    core = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert [d for d in deps if d.startswith("torch")] == [d for d in core["dependencies"] if d.startswith("torch>")]
+    out = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-c", "import sys, setuptools.build_meta as b; "
+                            "print(b.build_sdist(sys.argv[1]))", str(out)],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    (sdist,) = out.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"registry/plugins/restorekit-kitsdist.toml", "tests/test_plugin.py", "LICENSE", "README.md",
+            "pyproject.toml", "src/restorekit_kitsdist/py.typed"} <= names

@@ -19,10 +19,13 @@ from PIL import Image, ImageDraw
 
 from ..cli import emit_json, fail_usage, table, warn
 from ..degradations import downscale
-from ..errors import RestorekitError, WeightsMissing
+from ..errors import RestorekitError, UnknownNameError, WeightsMissing
 from ..images import atomic_write_bytes, save_image
 from ..samples import ASTRONAUT_CREDIT, astronaut
 
+#: The methods the demo runs when --methods is not given, and the distribution each comes with.
+#: Neither plugin depends on the other, so either may be missing; the demo runs those installed.
+DEFAULT_METHODS = {"psp_sr": "restorekit-psp-sr", "bicubic": "restorekit-baselines"}
 DEMO_METRICS = ("psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dlib", "identity_dlib_dist",
                 "lr_consistency")
 
@@ -39,6 +42,28 @@ def labelled_row(images: list[torch.Tensor], labels: list[str], size: int) -> Im
         canvas.paste(Image.fromarray(arr), (i * size, strip))
         draw.text((i * size + 4, 3), label, fill="black")
     return canvas
+
+
+def _installed(distribution: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, distribution as dist
+
+    try:
+        dist(distribution)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_default_reason(distribution: str) -> str:
+    """Why a default method's plugin is not there, and what to do about it (one clause)."""
+    if _installed(distribution):
+        import os
+
+        limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
+        why = (f"RESTOREKIT_LOAD_PLUGINS={limit} leaves it out" if limit is not None
+               else "restorekit plugins shows why")
+        return f"{distribution} is installed but its plugin is not loaded ({why})"
+    return f"{distribution} is not installed (pip install {distribution})"
 
 
 def score(name: str, pred: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: int) -> float | str:
@@ -59,11 +84,14 @@ def score(name: str, pred: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, sca
 @click.command("demo")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
 @click.option("--scale", type=click.Choice(["4", "8"]), default="8", show_default=True)
-@click.option("--methods", default="psp_sr,bicubic", show_default=True, help="Methods to run, comma-separated.")
+@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
+              help="Methods to run, comma-separated (by default: those of these that are installed).")
 @click.option("--detector", default=None, help="Face detector (default: the pipeline's default).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet: bool, as_json: bool) -> None:
+@click.pass_context
+def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detector: str | None, quiet: bool,
+             as_json: bool) -> None:
     """Restore a public-domain face photo (×8 by default) and write a side-by-side PNG + metrics."""
     from ..faces.detectors import DEFAULT_DETECTOR
     from ..methods import build_method, method_class
@@ -72,13 +100,30 @@ def demo_cmd(output: Path, scale: str, methods: str, detector: str | None, quiet
     names = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
     if not names:
         fail_usage(f"--methods '{methods}' names no method")
+    unavailable: dict[str, str] = {}
+    if ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT:
+        # The defaults come from two plugins: run those installed, say once what the others need.
+        missing = {}
+        for n in names:
+            try:
+                method_class(n)
+            except UnknownNameError:
+                missing[n] = DEFAULT_METHODS[n]
+        if missing:
+            names = [n for n in names if n not in missing]
+            dists = sorted(set(missing.values()))
+            reason = "; ".join(missing_default_reason(d) for d in dists)
+            if not names:
+                raise RestorekitError(f"demo: none of its default methods ({', '.join(missing)}) is available: {reason}")
+            for n, d in missing.items():
+                unavailable[n] = missing_default_reason(d)
+            click.echo(f"note: the demo leaves out {', '.join(missing)}: {reason}", err=True)
     for n in names:  # a name that is not a method is a typo, not a method missing its weights
         try:
             method_class(n)
         except RestorekitError as exc:
             fail_usage(str(exc))
     built: dict[str, Any] = {}
-    unavailable: dict[str, str] = {}
     for n in names:
         try:
             built[n] = build_method(n, {}, "auto")

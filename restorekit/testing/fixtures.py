@@ -1,34 +1,42 @@
 """pytest fixtures for plugin authors (loaded through the ``pytest11`` entry point ``restorekit``).
 
-Every project with restorekit installed gets these in its tests without any conftest.
+Every project with restorekit installed gets these in its tests without any conftest, so this
+module is imported by every pytest run in such an environment: it imports nothing heavy (torch,
+numpy) at module level; each fixture imports what it needs when it is used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
-import torch
 
-from .data import sample_batch, smooth_batch
+if TYPE_CHECKING:
+    import torch
 
 
 @pytest.fixture
 def rk_batch() -> torch.Tensor:
     """A random 2×3×12×10 batch in the image convention (non-square on purpose)."""
+    from .data import sample_batch
+
     return sample_batch()
 
 
 @pytest.fixture
 def rk_odd_batch() -> torch.Tensor:
     """A random 1×3×11×9 batch: odd sides catch off-by-one resizing."""
+    from .data import sample_batch
+
     return sample_batch(1, 11, 9, seed=3)
 
 
 @pytest.fixture
 def rk_smooth_batch() -> torch.Tensor:
     """Two smooth 32×32 images (what SR is judged on; white noise is not)."""
+    from .data import smooth_batch
+
     return smooth_batch(2, 32, 32)
 
 

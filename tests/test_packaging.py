@@ -1,0 +1,190 @@
+"""What the three distributions declare (read from the pyproject files; no wheel is built here) and the
+build hook that ships registry/ inside the restorekit wheel."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECTS = {"restorekit": ROOT / "pyproject.toml",
+              "psp_sr": ROOT / "plugins" / "psp_sr" / "pyproject.toml",
+              "baselines": ROOT / "plugins" / "baselines" / "pyproject.toml"}
+PLUGIN_PACKAGES = {"psp_sr": "restorekit_psp_sr", "baselines": "restorekit_baselines"}
+TEMPLATE = ROOT / "restorekit" / "templates" / "plugin"
+
+# Oldest releases with what restorekit calls: torch.serialization.safe_globals and
+# torch.onnx.export(dynamo=...) (2.5), torch.amp.GradScaler("cuda") and torch.uint16 (2.3).
+TORCH_MIN, TORCHVISION_MIN = Version("2.5"), Version("0.20")
+# Import name -> distribution, for the plugins' direct imports.
+IMPORT_TO_DIST = {"PIL": "pillow", "torch": "torch", "numpy": "numpy", "pydantic": "pydantic",
+                  "safetensors": "safetensors", "click": "click", "rich": "rich", "restorekit": "restorekit",
+                  "torchvision": "torchvision", "pluggy": "pluggy", "packaging": "packaging",
+                  "platformdirs": "platformdirs", "lpips": "lpips"}
+
+
+def project(which: str) -> dict:
+    return tomllib.loads(PYPROJECTS[which].read_text())
+
+
+def requirements(proj: dict) -> dict[str, Requirement]:
+    reqs = [Requirement(r) for r in proj["project"]["dependencies"]]
+    return {r.name.lower(): r for r in reqs}
+
+
+def lower_bound(req: Requirement) -> Version:
+    bounds = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
+    assert bounds, f"{req} has no lower bound"
+    return max(bounds)
+
+
+@pytest.mark.parametrize("which", PYPROJECTS)
+def test_build_system_can_read_spdx_license_expressions(which):
+    proj = project(which)
+    [req] = [Requirement(r) for r in proj["build-system"]["requires"] if r.startswith("setuptools")]
+    # PEP 639 `license = "SPDX expression"` and `license-files` need setuptools 77.
+    assert isinstance(proj["project"]["license"], str) and lower_bound(req) >= Version("77")
+
+
+@pytest.mark.parametrize("which", PYPROJECTS)
+def test_torch_lower_bound_covers_the_apis_used(which):
+    reqs = requirements(project(which))
+    assert lower_bound(reqs["torch"]) >= TORCH_MIN
+    if "torchvision" in reqs:
+        assert lower_bound(reqs["torchvision"]) >= TORCHVISION_MIN
+
+
+def test_the_plugin_template_asks_for_the_same_torch():
+    text = (TEMPLATE / "pyproject.toml.tmpl").read_text()
+    torch_req = re.search(r'"(torch[^"]*)"', text).group(1)
+    assert Requirement(torch_req).specifier == requirements(project("restorekit"))["torch"].specifier
+    assert 'requires = ["setuptools>=77"]' in text
+
+
+@pytest.mark.parametrize("which", PYPROJECTS)
+def test_license_files_exist(which):
+    proj = project(which)["project"]
+    files = proj["license-files"]
+    assert "LICENSE" in files
+    for name in files:
+        assert (PYPROJECTS[which].parent / name).is_file(), name
+    text = (PYPROJECTS[which].parent / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+
+
+@pytest.mark.parametrize("which", PLUGIN_PACKAGES)
+def test_plugins_declare_their_bundled_research_only_weights(which):
+    from restorekit.registry_schema import load_dir
+    from restorekit.weights import WeightSpec
+
+    proj = project(which)["project"]
+    folder = PYPROJECTS[which].parent
+    assert proj["license"] == "Apache-2.0 AND LicenseRef-research-only"
+    assert "WEIGHTS-LICENSE.md" in proj["license-files"]
+    notice = (folder / "WEIGHTS-LICENSE.md").read_text()
+    bundled = sorted((folder / PLUGIN_PACKAGES[which] / "weights").glob("*.safetensors"))
+    assert bundled
+    specs = {f.filename: e for e in load_dir(ROOT / "registry") if isinstance(e, WeightSpec)
+             for f in e.files if f.bundled}
+    for path in bundled:  # every bundled file named, with its registry entry and that entry's license
+        spec = specs[path.name]
+        assert f"{PLUGIN_PACKAGES[which]}/weights/{path.name}" in notice and spec.name in notice
+        assert spec.license == "LicenseRef-research-only" and spec.license in notice
+    assert "CC BY-NC-SA 4.0" in notice and "All-Age-Faces" in notice
+
+
+@pytest.mark.parametrize("which", PLUGIN_PACKAGES)
+def test_plugins_pin_the_core_minor_and_declare_what_they_import(which):
+    from restorekit import __version__
+
+    proj = project(which)
+    reqs = requirements(proj)
+    core = reqs["restorekit"]
+    major, minor = Version(__version__).release[:2]
+    assert Version(__version__) in core.specifier
+    assert Version(f"{major}.{minor + 1}") not in core.specifier  # lockstep: a new minor may change the plugin API
+    package = PYPROJECTS[which].parent / PLUGIN_PACKAGES[which]
+    imported: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != PLUGIN_PACKAGES[which]}
+    unknown = third_party - set(IMPORT_TO_DIST)
+    assert not unknown, f"{which} imports {sorted(unknown)}: add them to IMPORT_TO_DIST and the dependencies"
+    missing = {IMPORT_TO_DIST[m] for m in third_party} - set(reqs)
+    assert not missing, f"{which} imports {sorted(missing)} without declaring them"
+
+
+@pytest.mark.parametrize("which", PLUGIN_PACKAGES)
+def test_plugins_ship_py_typed(which):
+    package = PLUGIN_PACKAGES[which]
+    assert (PYPROJECTS[which].parent / package / "py.typed").is_file()
+    assert "py.typed" in project(which)["tool"]["setuptools"]["package-data"][package]
+
+
+def test_pytest_plugin_module_imports_nothing_heavy_at_module_level():
+    """restorekit.testing.fixtures is loaded by every pytest run where restorekit is installed."""
+    tree = ast.parse((ROOT / "restorekit" / "testing" / "fixtures.py").read_text())
+    top = []
+    for node in tree.body:
+        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports are never executed
+            continue
+        if isinstance(node, ast.Import):
+            top += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            top.append("." * node.level + (node.module or ""))
+    assert not [m for m in top if m.split(".")[0] in ("torch", "numpy") or m.startswith(".")], top
+
+
+def test_pytest_plugin_does_not_import_torch():
+    """What a plugin author's `pytest` pays for restorekit's fixtures: no torch import (~2 s)."""
+    code = "import sys, restorekit.testing.fixtures; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def run_python(code: str, cwd: Path) -> str:
+    """``code`` in a fresh interpreter (setuptools is not imported here: it patches distutils)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_registry_build_hook_removes_stale_entries(tmp_path):
+    src = tmp_path / "registry"
+    for sub in ("weights", "plugins"):
+        (src / sub).mkdir(parents=True)
+    (src / "weights" / "kept.toml").write_text('name = "kept"\n')
+    (src / "plugins" / "restorekit-x.toml").write_text('name = "restorekit-x"\n')
+    (src / "weights" / "notes.txt").write_text("not an entry")
+    dest = tmp_path / "build" / "lib" / "restorekit" / "_registry"
+    (dest / "weights").mkdir(parents=True)
+    (dest / "weights" / "removed.toml").write_text('name = "removed"\n')  # left by an earlier build
+    (dest / "weights" / "kept.toml").write_text('name = "old"\n')
+    (dest / "leftover").mkdir()
+    code = ("from pathlib import Path; from registry._build import copy_registry; "
+            f"copy_registry(Path({str(dest)!r}), Path({str(src)!r}))")
+    run_python(code, tmp_path)
+    shipped = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
+    assert shipped == ["plugins", "plugins/restorekit-x.toml", "weights", "weights/kept.toml"]
+    assert (dest / "weights" / "kept.toml").read_text() == 'name = "kept"\n'
+
+    # By default the source is the repository's registry/: the build holds exactly its entries.
+    run_python(f"from pathlib import Path; from registry._build import copy_registry; copy_registry(Path({str(dest)!r}))",
+               tmp_path)
+    want = sorted(p.relative_to(ROOT / "registry").as_posix() for sub in ("weights", "plugins")
+                  for p in (ROOT / "registry" / sub).glob("*.toml"))
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.toml")) == want
