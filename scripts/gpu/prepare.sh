@@ -24,7 +24,8 @@ tar -czf .gpu/faces.tgz -C "$FACES" .  # gzip: webp does not shrink, the tar hea
 # the code, the registry and the shipped weights are imported from the checkout, which travels
 # anyway (whole wheels would carry every shipped weight file a second time).
 TMPW=$(mktemp -d)
-"$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$TMPW" . plugins/psp_sr plugins/baselines
+# (build isolation: the projects need setuptools>=77, which a venv's own may not be)
+"$PY" -m pip wheel -q --no-deps -w "$TMPW" . plugins/psp_sr plugins/baselines
 rm -rf build plugins/psp_sr/build plugins/baselines/build  # setuptools' leftovers would travel too
 mkdir -p .gpu/dist
 for w in "$TMPW"/*.whl; do
