@@ -106,14 +106,20 @@ class InputSet:
         if tuple(hr.shape[-2:]) != want:
             raise ImageError(f"{pair.hr_path}: HR {hr.shape[-1]}×{hr.shape[-2]} (cropped to a multiple of "
                              f"{self.scale}) is not {self.scale}× its LR {lr.shape[-1]}×{lr.shape[-2]}")
-        size = (lr.numel() + hr.numel()) * 4
-        if size <= CACHE_BYTES:
-            self._cache[pair.stem] = (lr, hr)
-            self._cached_bytes += size
-            while self._cached_bytes > CACHE_BYTES and self._cache:
-                _, (a, b) = self._cache.popitem(last=False)
-                self._cached_bytes -= (a.numel() + b.numel()) * 4
+        self.remember(pair.stem, lr, hr)
         return lr, hr
+
+    def remember(self, stem: str, lr: Tensor, hr: Tensor) -> None:
+        """Keep ``(lr, hr)`` for the next :meth:`load`, the least recently used pairs leaving as
+        the cache passes ``CACHE_BYTES`` (a pair larger than that is not kept)."""
+        size = (lr.numel() + hr.numel()) * 4
+        if size > CACHE_BYTES:
+            return
+        self._cache[stem] = (lr, hr)
+        self._cached_bytes += size
+        while self._cached_bytes > CACHE_BYTES and self._cache:
+            _, (a, b) = self._cache.popitem(last=False)
+            self._cached_bytes -= (a.numel() + b.numel()) * 4
 
 
 def _hash_bytes(*parts: bytes) -> str:
@@ -241,8 +247,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 inputs.made[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
                                           "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),
                                           "seed": str(seed)}
-                inputs._cache[item.stem] = (from_pil(pil), hr)  # what reading the PNG gives
-                inputs._cached_bytes += (lr.numel() + hr.numel()) * 4
+                inputs.remember(item.stem, from_pil(pil), hr)  # what reading the PNG gives
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))
         except (RestorekitError, OSError, ValueError, RuntimeError) as exc:
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
@@ -250,9 +255,6 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     if inputs.made and world == 1:
         _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made})
         inputs.made = {}
-    while inputs._cached_bytes > CACHE_BYTES and inputs._cache:
-        _, (a, b) = inputs._cache.popitem(last=False)
-        inputs._cached_bytes -= (a.numel() + b.numel()) * 4
     return inputs
 
 
