@@ -14,7 +14,7 @@ published FIDs: compare them only with each other, at the same sample count and 
 from .evaluate import (NOT_FID_NOTE, FaceShare, RealismReport, SpaceFigure, default_cache_dir,
                        evaluate_generator, evaluate_images, face_share, feature_statistics,
                        generator_batches, generator_latents, image_batches, load_statistics,
-                       multi_statistics, reference_key, reference_statistics, save_statistics)
+                       file_digests, multi_statistics, reference_key, reference_statistics, save_statistics)
 from .frechet import FeatureStats, StatsAccumulator, frechet_distance, psd_sqrt, stats_of
 from .spaces import (DEFAULT_SPACES, SPACE_ALIASES, SPACE_SUMMARIES, DlibDescriptorSpace, FeatureSpace,
                      LpipsBackboneSpace, build_space, canonical_space)
@@ -22,7 +22,7 @@ from .spaces import (DEFAULT_SPACES, SPACE_ALIASES, SPACE_SUMMARIES, DlibDescrip
 __all__ = [
     "NOT_FID_NOTE", "FaceShare", "RealismReport", "SpaceFigure", "default_cache_dir", "evaluate_generator",
     "evaluate_images", "face_share", "feature_statistics", "generator_batches", "generator_latents",
-    "image_batches", "load_statistics", "multi_statistics", "reference_key", "reference_statistics",
+    "file_digests", "image_batches", "load_statistics", "multi_statistics", "reference_key", "reference_statistics",
     "save_statistics", "FeatureStats", "StatsAccumulator", "frechet_distance", "psd_sqrt", "stats_of",
     "DEFAULT_SPACES", "SPACE_ALIASES", "SPACE_SUMMARIES", "DlibDescriptorSpace", "FeatureSpace",
     "LpipsBackboneSpace", "build_space", "canonical_space",

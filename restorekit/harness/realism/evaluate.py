@@ -39,7 +39,7 @@ from .spaces import DEFAULT_SPACES, FeatureSpace, build_space, canonical_space
 
 __all__ = [
     "NOT_FID_NOTE", "SpaceFigure", "FaceShare", "RealismReport", "feature_statistics",
-    "multi_statistics", "image_batches", "generator_latents", "generator_batches", "reference_key",
+    "multi_statistics", "image_batches", "generator_latents", "generator_batches", "reference_key", "file_digests",
     "reference_statistics", "save_statistics", "load_statistics", "face_share",
     "evaluate_generator", "evaluate_images", "default_cache_dir",
 ]
@@ -220,11 +220,20 @@ def default_cache_dir() -> Path:
     return cache_dir() / "realism"
 
 
-def reference_key(paths: Sequence[str | os.PathLike[str]], space: FeatureSpace) -> str:
-    """sha256 of the space's identity and the sorted sha256 of every file's bytes."""
-    digests = sorted(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths)
+def file_digests(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The sorted sha256 of every file's bytes (read in chunks): a reference set's content, hashed
+    once for all the spaces of a run."""
+    from ...weights.checksum import sha256_file
+
+    return sorted(sha256_file(Path(p)) for p in paths)
+
+
+def reference_key(paths: Sequence[str | os.PathLike[str]], space: FeatureSpace, *,
+                  digests: Sequence[str] | None = None) -> str:
+    """sha256 of the space's identity and the sorted sha256 of every file's bytes (``digests``:
+    :func:`file_digests` of ``paths``, when already computed)."""
     h = hashlib.sha256(space.identity.encode())
-    for d in digests:
+    for d in file_digests(paths) if digests is None else digests:
         h.update(d.encode())
     return h.hexdigest()
 
@@ -281,11 +290,12 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
     todo: list[FeatureSpace] = []
     keys: dict[str, str] = {}
     replay: list[str] | None = None
+    digests = file_digests(paths) if cache_dir is not None else None
     for s in spaces:
         if cache_dir is None:
             todo.append(s)
             continue
-        keys[s.name] = reference_key(paths, s)
+        keys[s.name] = reference_key(paths, s, digests=digests)
         f = Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz"
         if f.is_file():
             try:
