@@ -21,19 +21,28 @@ machine's name; either way the ``--allow-host`` names), so a web page elsewhere 
 through DNS rebinding; a request that changes something must not come from another origin (its
 ``Origin``, if sent, is ``http://`` or ``https://`` and the request's ``Host``: see :func:`same_origin`); and
 every response forbids framing, MIME sniffing and resources from elsewhere. Every refusal is JSON ``{"error": "one line"}``.
+
+Limits on what a request may hold (docs/serve.md, "Limits on connections"): a body must keep coming
+(:func:`read_body`: ``408`` otherwise), at most ``max_concurrent_uploads`` uploads are read and
+decoded at once (``503`` with ``Retry-After`` when no turn comes within ``upload_wait`` s), files are
+streamed from disk, and a client that goes away mid-upload is dropped without a word in the log.
+The connection cap and the header deadline are the server's (:func:`restorekit.web.server.protocol_class`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
-from collections.abc import Collection
+import os
+from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,8 +68,15 @@ SECURITY_HEADERS = [
 ]
 
 
-def error(msg: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": msg}, status_code=status, headers={"Cache-Control": "no-store"})
+#: Seconds a client is told to wait (``Retry-After``) when the job queue, or the upload slots, are full.
+RETRY_QUEUE_FULL = 5
+RETRY_UPLOADS_BUSY = 2
+#: The size of the pieces a file is sent in.
+FILE_CHUNK = 64 * 1024
+
+
+def error(msg: str, status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": msg}, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def guard_options(config: Any) -> dict[str, Any]:
@@ -71,6 +87,8 @@ def guard_options(config: Any) -> dict[str, Any]:
 def host_name(header: str) -> str:
     """The host of a ``Host`` header, without port or IPv6 brackets (``[::1]:80`` → ``::1``); ``""``
     for one that is not a host (``[::1`` or ``[name]``: refused as any foreign host is)."""
+    if any(ch in header for ch in "@#/?\\"):  # userinfo, fragment, path, query: not a Host (``a@127.0.0.1``)
+        return ""
     try:
         return (urlsplit(f"//{header}").hostname or "").lower()
     except ValueError:
@@ -139,17 +157,84 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it (or its declared length) is over ``limit`` bytes."""
+class BodyTooLarge(Exception):
+    """The body (or its declared length) is over the limit."""
+
+
+class BodyTooSlow(Exception):
+    """The body did not come fast enough (answered 408)."""
+
+
+async def read_body(request: Request, limit: int, config: Any) -> bytes:
+    """The request body (``bytes``, not copied once more: the decoder reads it in place).
+
+    Raises :class:`BodyTooLarge` as soon as it (or its declared length) is over ``limit`` bytes;
+    :class:`BodyTooSlow` when nothing comes for ``config.body_timeout`` s, when it falls behind
+    ``config.body_min_rate_kb`` KB/s by more than that (at any moment ``t`` s after reading began,
+    at least ``(t - body_timeout) × rate`` bytes have come), or when it takes over
+    ``config.body_max_time`` s; starlette's ``ClientDisconnect`` when the client goes away."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    rate, pause = config.body_min_rate_kb * 1000.0, config.body_timeout
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    buf = io.BytesIO()  # grows in place; getvalue() hands its buffer over without copying it
+    received = 0
+    try:
+        async with asyncio.timeout_at(start + min(config.body_max_time, pause)) as deadline:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise BodyTooLarge
+                buf.write(chunk)
+                deadline.reschedule(min(start + config.body_max_time, start + pause + received / rate,
+                                        loop.time() + pause))
+    except TimeoutError:
+        raise BodyTooSlow from None
+    return buf.getvalue()
+
+
+def too_slow(config: Any) -> JSONResponse:
+    """The answer to a body that came too slowly (the connection is closed after it)."""
+    return error(f"request body too slow: it must come at {config.body_min_rate_kb:g} KB/s or more and take at most "
+                 f"{config.body_max_time:g} s", 408, {"Connection": "close"})
+
+
+class OpenFileResponse(Response):
+    """A file sent from an open handle, piece by piece (never read whole into memory): a file
+    deleted once it is open is still sent whole; the handle is closed however sending ends."""
+
+    def __init__(self, handle: Any, size: int, media_type: str, headers: Mapping[str, str]) -> None:
+        super().__init__(content=None, media_type=media_type, headers=dict(headers))
+        self.handle = handle
+        self.headers["content-length"] = str(size)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            more = scope.get("method") != "HEAD"
+            while more:
+                chunk = await run_in_threadpool(self.handle.read, FILE_CHUNK)
+                more = len(chunk) == FILE_CHUNK
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if scope.get("method") == "HEAD":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.handle.close()
+
+
+def open_file(path: Any) -> tuple[Any, int] | None:
+    """``path`` opened for reading, and its size; None when it is gone."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed by OpenFileResponse)
+    except OSError:
         return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+    try:
+        return handle, os.fstat(handle.fileno()).st_size
+    except OSError:
+        handle.close()
+        return None
 
 
 def job_view(state: Any, job: Job) -> dict[str, Any]:
@@ -190,17 +275,42 @@ def create_app(state: Any) -> Starlette:
             "sample": find_spec("skimage") is not None,
         })
 
+    # Uploads read and decoded at once: each holds its bytes (up to max_upload_mb) and, decoding,
+    # several times its pixels; made on first use, inside the server's event loop.
+    upload_slots: list[asyncio.Semaphore] = []
+
     async def upload(request: Request) -> Response:
         name = display_name(unquote(request.headers.get("x-filename", "")))
-        data = await read_body(request, cfg.max_upload_bytes)
-        if data is None:
-            declared = request.headers.get("content-length")
-            size = int(declared) if declared and declared.isdigit() else None
+        declared = request.headers.get("content-length")
+        size = int(declared) if declared and declared.isdigit() else None
+        if size is not None and size > cfg.max_upload_bytes:  # refused before waiting for a turn
             return error(str(state.uploads.too_large(name, size)), 413)
+        if not upload_slots:
+            upload_slots.append(asyncio.Semaphore(cfg.max_concurrent_uploads))
+        slots = upload_slots[0]
         try:
-            up = await run_in_threadpool(state.uploads.accept, data, name)
-        except RestorekitError as exc:
-            return error(str(exc), 400)
+            async with asyncio.timeout(cfg.upload_wait):
+                await slots.acquire()
+        except TimeoutError:
+            return error(f"{name}: the server is busy reading {cfg.max_concurrent_uploads} other upload(s); "
+                         "try again in a moment", 503, {"Retry-After": str(RETRY_UPLOADS_BUSY)})
+        try:
+            try:
+                data = await read_body(request, cfg.max_upload_bytes, cfg)
+            except BodyTooLarge:
+                return error(str(state.uploads.too_large(name, size)), 413)
+            except BodyTooSlow:
+                return too_slow(cfg)
+            except ClientDisconnect:  # the client went away: nobody to answer, nothing to log
+                return Response(status_code=400)
+            try:
+                up = await run_in_threadpool(state.uploads.accept, data, name)
+            except RestorekitError as exc:
+                return error(str(exc), 400)
+            finally:
+                del data
+        finally:
+            slots.release()
         return JSONResponse(up.public(), status_code=201)
 
     async def upload_sample(request: Request) -> Response:
@@ -213,21 +323,28 @@ def create_app(state: Any) -> Starlette:
         return JSONResponse(up.public(), status_code=201)
 
     async def submit(request: Request) -> Response:
-        data = await read_body(request, MAX_JSON_BYTES)
-        if data is None:
+        try:
+            data = await read_body(request, MAX_JSON_BYTES, cfg)
+        except BodyTooLarge:
             return error(f"a job request is at most {MAX_JSON_BYTES} bytes", 413)
+        except BodyTooSlow:
+            return too_slow(cfg)
+        except ClientDisconnect:
+            return Response(status_code=400)
         try:
             payload = json.loads(data)
         except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
             return error("a job request is a JSON object", 400)
         try:
             settings = read_settings(payload)
-            await run_in_threadpool(state.restorer.check, settings)
-            job = state.queue.submit(settings)
+            held = await run_in_threadpool(state.restorer.check, settings)
+            job = state.queue.submit(settings, upload=held)  # the job holds its upload until it ends
         except RestorekitError as exc:
             from .jobs import QueueFull
 
-            return error(str(exc), 429 if isinstance(exc, QueueFull) else 400)
+            if isinstance(exc, QueueFull):
+                return error(str(exc), 429, {"Retry-After": str(RETRY_QUEUE_FULL)})
+            return error(str(exc), 400)
         return JSONResponse(job_view(state, job), status_code=202)
 
     async def job_status(request: Request) -> Response:
@@ -246,14 +363,13 @@ def create_app(state: Any) -> Starlette:
         found = state.files.get(request.path_params["token"])
         if found is None:
             return error("no such file", 404)
-        try:
-            data = await run_in_threadpool(found.path.read_bytes)
-        except OSError:
+        opened = await run_in_threadpool(open_file, found.path)
+        if opened is None:
             return error("no such file (it was deleted with its job)", 404)
         disposition = "attachment" if request.query_params.get("download") else "inline"
-        return Response(data, media_type=found.media_type,
-                        headers={"Content-Disposition": f'{disposition}; filename="{found.download_name}"',
-                                 "Cache-Control": "no-store"})
+        return OpenFileResponse(*opened, media_type=found.media_type,
+                                headers={"Content-Disposition": f'{disposition}; filename="{found.download_name}"',
+                                         "Cache-Control": "no-store"})
 
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204)
@@ -262,7 +378,7 @@ def create_app(state: Any) -> Starlette:
         return error("not found", 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error(f"{request.method} is not allowed here", 405)
+        return error(f"{request.method} is not allowed here", 405, getattr(exc, "headers", None))  # its Allow
 
     routes = [
         Route("/", index, methods=["GET"]),

@@ -45,6 +45,25 @@ class ServeConfig(Options):
     keep_uploads: int = Field(16, ge=1, description="uploads kept in memory")
     temp_parent: Path | None = Field(None, description="where the server's temporary folder is made "
                                                        "(None: the system's temporary folder)")
+    # Connections and slow clients (docs/serve.md, "Limits on connections"): generous for a slow real
+    # link, but nothing a client does not send holds the server's connections or memory for long.
+    max_connections: int = Field(64, ge=1, description="open connections at once; one more is answered 503 "
+                                                       "(Retry-After) and closed")
+    header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                  description="seconds a connection may take to send a request's headers (from "
+                                              "connecting, or from the previous response); then it is closed")
+    body_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                description="seconds a request body may pause, or fall behind body_min_rate_kb; "
+                                            "then it is answered 408")
+    body_min_rate_kb: float = Field(32.0, gt=0, allow_inf_nan=False,
+                                    description="the slowest a request body may arrive on average, "
+                                                "in KB/s (10^3 bytes)")
+    body_max_time: float = Field(300.0, gt=0, allow_inf_nan=False,
+                                 description="seconds a request body may take at most, however fast it comes (408)")
+    max_concurrent_uploads: int = Field(2, ge=1, description="uploads read and decoded at once; another waits "
+                                                             "upload_wait seconds for a turn, then is answered 503")
+    upload_wait: float = Field(5.0, ge=0, allow_inf_nan=False,
+                               description="seconds an upload waits for its turn before it is answered 503")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -6,15 +6,19 @@ Progress comes from :mod:`restorekit.progress` (a method that reports its steps,
 shows them; every method shows its start). Cancelling a waiting job removes it; cancelling the
 running one stops it at its next step (PULSE: the next optimisation step; another method: when
 its current restore returns) — what was finished by then stays on the page.
+
+A job holds what it works on (``Job.upload``: the upload's decoded pixels, given at submission) from
+submission until it ends, so newer uploads pushing it out of the upload store cannot fail a job that
+waits; at most ``max_waiting`` + 1 jobs hold one. A job cancelled while waiting leaves the line at
+once (and lets its upload go), so submitting and cancelling over and over holds nothing.
 """
 
 from __future__ import annotations
 
-import queue
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -73,6 +77,8 @@ class Job:
     units: int = 0
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: What the job works on, held from submission until it ends (then None): the upload object.
+    upload: Any = None
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
@@ -108,22 +114,31 @@ class JobQueue:
         self.max_waiting = max_waiting
         self.keep = keep
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._waiting: queue.Queue[Job | None] = queue.Queue()
+        self._waiting: deque[Job] = deque()  # the jobs in line, in order (a cancelled one leaves it)
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # a job joined the line, or the queue closes
+        self._closing = False
         self._ended = threading.Event()
         self._thread = threading.Thread(target=self._work, name="restorekit-serve-jobs", daemon=True)
         self._thread.start()
 
-    def submit(self, settings: JobSettings) -> Job:
+    def submit(self, settings: JobSettings, upload: Any = None) -> Job:
+        """Put a job in line; ``upload``: what it works on, held by the job until it ends."""
         with self._lock:
-            waiting = sum(j.status == "queued" for j in self._jobs.values())
+            waiting = len(self._waiting)
             if waiting >= self.max_waiting:
                 raise QueueFull(f"{waiting} jobs are already waiting; try again when one has finished")
-            job = Job(secrets.token_hex(8), settings)
+            job = Job(secrets.token_hex(8), settings, upload=upload)
             self._jobs[job.id] = job
             self._trim()
-        self._waiting.put(job)
+            self._waiting.append(job)
+            self._wake.notify()
         return job
+
+    def waiting(self) -> int:
+        """How many jobs wait in line (not the running one)."""
+        with self._lock:
+            return len(self._waiting)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -150,6 +165,12 @@ class JobQueue:
         with self._lock:
             if job.status == "queued":
                 job.status, job.stage, job.finished = "cancelled", "cancelled before it started", time.time()
+                job.upload = None
+                try:
+                    self._waiting.remove(job)
+                except ValueError:  # the worker has just taken it: it sees the status and skips it
+                    pass
+                self._trim()
         return job
 
     def busy(self) -> bool:
@@ -168,7 +189,8 @@ class JobQueue:
         with self._lock:
             for job in self._jobs.values():
                 job.cancel_requested.set()
-        self._waiting.put(None)
+            self._closing = True
+            self._wake.notify_all()
         self._thread.join(timeout=30)
 
     def _trim(self) -> None:
@@ -185,10 +207,11 @@ class JobQueue:
 
     def _serve_jobs(self) -> None:
         while True:
-            job = self._waiting.get()
-            if job is None:
-                return
             with self._lock:
+                self._wake.wait_for(lambda: self._closing or bool(self._waiting))
+                if self._closing:
+                    return
+                job = self._waiting.popleft()
                 if job.status != "queued":  # cancelled while waiting
                     continue
                 job.status, job.started, job.stage = "running", time.time(), "starting"
@@ -205,5 +228,6 @@ class JobQueue:
                 status, job.error = "failed", f"unexpected {failure_reason(exc)}"
             with self._lock:
                 job.status, job.finished, job.step = status, time.time(), None
+                job.upload = None  # a finished job keeps its files and numbers, not the pixels
                 job.stage = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[status]
                 self._trim()

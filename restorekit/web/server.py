@@ -5,10 +5,15 @@ and makes the server's temporary folder; :func:`serve_forever` (the command) and
 (a background thread: tests, notebooks) listen on a socket bound here, so ``port=0`` gets a free
 port whose number is known before the first request. Stopping cancels the running job at its next
 step and deletes the temporary folder.
+
+uvicorn runs with :func:`protocol_class`'s HTTP/1.1 protocol (its h11 one, with a connection cap and
+a deadline for request headers), ``limit_concurrency`` (requests in flight) and without reading
+``X-Forwarded-*`` headers (docs/serve.md, "Limits on connections").
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -90,13 +95,109 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def protocol_class(config: ServeConfig) -> type:
+    """uvicorn's h11 HTTP/1.1 protocol with two limits of the server's own:
+
+    - at most ``config.max_connections`` connections at once: one more is answered ``503`` (JSON,
+      ``Retry-After: 1``) as soon as it is accepted and closed, so a crowd of idle sockets holds
+      neither file descriptors nor memory (uvicorn's ``limit_concurrency`` answers 503 only once a
+      request's headers have come, and keeps the connection until then);
+    - a request's headers must have come ``config.header_timeout`` s after the connection was made
+      or the previous response was sent, else the connection is closed (uvicorn's keep-alive timeout
+      is cancelled by any byte, so a client sending one header byte now and then held a connection
+      forever). The body has its own deadline (:func:`restorekit.web.app.read_body`); the rest of a
+      body answered before it was read (a ``413``, an upload told to come back later) may go on
+      coming while it comes at ``body_min_rate_kb``, for at most ``body_max_time`` s.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    # What is overridden or read here (uvicorn 0.29-0.55); another uvicorn without them gets its plain
+    # protocol and a warning, not a server that fails on its first connection.
+    needed = ("connection_made", "connection_lost", "data_received", "handle_events", "on_response_complete")
+    if not all(callable(getattr(H11Protocol, name, None)) for name in needed):
+        import sys
+
+        print("warning: serve: this uvicorn's HTTP protocol lacks what the connection cap and header "
+              "deadline use; they are off (limit_concurrency and the body deadline still hold)", file=sys.stderr)
+        return H11Protocol
+
+    body = json.dumps({"error": f"the server is busy ({config.max_connections} connections at once); "
+                                "try again in a moment"}).encode()
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nretry-after: 1\r\ncache-control: no-store\r\n"
+            b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\n" % len(body)) + body
+    max_connections, header_timeout = config.max_connections, config.header_timeout
+    min_bytes = config.body_min_rate_kb * 1000.0 * header_timeout  # per deadline, of a body already answered
+    body_max_time = config.body_max_time
+
+    class LimitedH11Protocol(H11Protocol):  # type: ignore[misc]
+        _deadline: Any = None
+        _received = 0  # bytes received on this connection
+        _mark = 0  # … when the deadline was armed
+        _answered = 0.0  # when the last response was complete
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(busy)
+                transport.close()
+                return
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._received += len(data)
+            super().data_received(data)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._mark = self._received
+            self._deadline = self.loop.call_later(header_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+                return  # closed already, or a request runs (its body has read_body's deadline)
+            if (self.conn.their_state is h11.SEND_BODY and self._received - self._mark >= min_bytes
+                    and self.loop.time() - self._answered < body_max_time):
+                self._arm()  # the rest of a body already answered still comes, fast enough: let it end
+                return
+            self.transport.close()  # no (complete) request: idle, or sending it too slowly
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a request's headers came: its body has read_body's deadline
+
+        def on_response_complete(self) -> None:
+            self._answered = self.loop.time()
+            self._arm()  # for the next request's headers (a pipelined one disarms it at once)
+            super().on_response_complete()
+
+    return LimitedH11Protocol
+
+
 def _server(state: ServeState) -> Any:
     import uvicorn
 
     from .app import create_app
 
+    cfg = state.config
     config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off", access_log=False,
-                            server_header=False, timeout_graceful_shutdown=5)
+                            server_header=False, timeout_graceful_shutdown=5, http=protocol_class(cfg),
+                            # requests in flight (a closed connection's request may still run): one more
+                            # than the connections, so that every allowed connection is answered
+                            limit_concurrency=cfg.max_connections + 1, backlog=128,
+                            proxy_headers=False)  # X-Forwarded-* are not read (docs/serve.md)
     return uvicorn.Server(config)
 
 

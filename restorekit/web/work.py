@@ -95,10 +95,13 @@ class Restorer:
                  if isinstance(getattr(e.method, "resolution", None), int)]
         return max(sizes) if sizes else CROP_SIZE
 
-    def check(self, settings: JobSettings) -> None:
-        """Everything a request can get wrong, before it waits in the queue: one line naming it."""
+    def check(self, settings: JobSettings, upload: Upload | None = None) -> Upload:
+        """Everything a request can get wrong, before it waits in the queue: one line naming it.
+        Returns the upload (``upload``, else the one the store holds under ``settings.upload``),
+        which the job then holds until it ends."""
         cfg = self.config
-        upload = self.upload_of(settings)
+        if upload is None:
+            upload = self.upload_of(settings)
         entries = self.entries(settings)
         k = settings.scale
         if k > cfg.max_scale:
@@ -130,6 +133,7 @@ class Restorer:
             check_size(w, h, f"{upload.name}: its ×{k} LR", max_pixels=cfg.max_pixels)
         n_out = max((self._samples(e, settings)[1] for e in entries), default=1)
         check_output_size(w, h, k, upload.name, max_output_pixels=cfg.max_output_pixels, n_outputs=n_out)
+        return upload
 
     @staticmethod
     def _samples(entry: MethodEntry, settings: JobSettings) -> tuple[int | None, int]:
@@ -166,8 +170,9 @@ class Restorer:
 
     def _run(self, job: Job) -> None:
         s = job.settings
-        self.check(s)  # again: the upload may have gone while the job waited
-        upload = self.upload_of(s)
+        # Checked again (the catalogue is the same, but a job submitted without its upload is looked
+        # up here); the job holds its upload from submission, so newer uploads cannot push it out.
+        upload = self.check(s, job.upload)
         entries = self.entries(s)
         k = s.scale
         stem = upload.stem
