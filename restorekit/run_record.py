@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .degradations import Chain
 from .interfaces import Method, Options, result_options
 from .provenance import read_note
 
 #: Keys of a record compared on a rerun ("options" key by key).
-COMPARED = ("method", "scale", "couple", "seed", "default_weights", "option_files")
+COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "default_weights", "option_files")
 
 
 def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int | None, n_samples: int,
@@ -35,7 +36,7 @@ def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int |
             values[key][int(index.rstrip("]"))] = Path(values[key][int(index.rstrip("]"))]).name
         else:
             values[key] = Path(values[key]).name
-    settings: dict[str, Any] = {"method": cls.info.name, "scale": scale, "options": values,
+    settings: dict[str, Any] = {"command": "run", "method": cls.info.name, "scale": scale, "options": values,
                                 "couple": bool(couple), "backend": backend}
     if not (cls.info.one_sample_ignores_seed if n_samples == 1 else cls.info.deterministic):
         settings["seed"] = seed  # outputs that do not depend on it do not record it
@@ -47,10 +48,29 @@ def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int |
     return settings
 
 
+def degrade_settings(chain: Chain, *, seed: int) -> dict[str, Any]:
+    """The settings of one ``degrade``, as recorded in each of its outputs: the spec, and the seed
+    where the chain draws from it (tried on a small image: a chain without random steps ignores it)."""
+    import torch
+
+    probe = torch.rand(1, 3, 16 * chain.scale, 16 * chain.scale, generator=torch.Generator().manual_seed(0))
+    try:
+        seeded = not torch.equal(chain(probe, generator=torch.Generator().manual_seed(1)),
+                                 chain(probe, generator=torch.Generator().manual_seed(2)))
+    except Exception:  # noqa: BLE001 - a step that cannot take the probe: take the seed as used
+        seeded = True
+    settings: dict[str, Any] = {"command": "degrade", "spec": chain.spec()}
+    if seeded:
+        settings["seed"] = seed
+    return settings
+
+
 def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
                 ignore_options: frozenset[str] = frozenset()) -> list[str]:
     """What differs between a recorded run and this one, in words (``key: old → new``); options
     in ``ignore_options`` (result-neutral ones) are not compared."""
+    if old.get("command", "run") != now.get("command", "run"):  # (notes before "command" were run's)
+        return [f"made by restorekit {old.get('command', 'run')}, not {now.get('command', 'run')}"]
     found: list[str] = []
     other_method = old.get("method") != now.get("method")  # then its options and weights say nothing more
     for key in COMPARED:

@@ -76,7 +76,7 @@ def test_run_records_its_settings_and_the_input_in_each_output(tmp_path):
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(tmp_path / "o"), "--ext", "jpg")
     assert r.exit_code == 0, r.output
     note = read_note(tmp_path / "o" / "in1.jpg")
-    assert note == {"restorekit": __version__, "method": "bicubic", "scale": 2, "couple": False, "backend": "torch",
+    assert note == {"restorekit": __version__, "command": "run", "method": "bicubic", "scale": 2, "couple": False, "backend": "torch",
                     "options": {"antialias": True, "clamp": "clip"}, "input": "in1.png"}
 
 
@@ -198,3 +198,26 @@ def test_faces_sidecars_pin_the_weights_by_content(tmp_path):
     side_path.write_text(json.dumps(side))
     r = invoke(*args)
     assert r.exit_code == 2 and "(default weights psp-sr-faces128: changed)" in r.stderr
+
+
+def test_degrade_records_its_spec_and_refuses_another_into_the_same_folder(tmp_path):
+    src, out = inputs(tmp_path / "in"), tmp_path / "lr"
+    assert invoke("degrade", "--spec", "bicubic:2", "--input", str(src), "--output", str(out), "-q").exit_code == 0
+    note = read_note(out / "in0.png")
+    assert note == {"restorekit": __version__, "command": "degrade", "spec": "bicubic:2", "input": "in0.png"}
+    r = invoke("degrade", "--spec", "bicubic:2", "--input", str(src), "--output", str(out), "--seed", "7", "-q")
+    assert r.exit_code == 0  # bicubic draws nothing from the seed: the same outputs, resumed
+    r = invoke("degrade", "--spec", "bicubic:4", "--input", str(src), "--output", str(out))
+    assert r.exit_code == 2 and "(spec: bicubic:2 → bicubic:4)" in r.stderr
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out))
+    assert r.exit_code == 2 and "(made by restorekit degrade, not run)" in r.stderr
+
+
+def test_degrade_with_noise_records_the_seed(tmp_path):
+    src, out = inputs(tmp_path / "in"), tmp_path / "lr"
+    args = ["degrade", "--spec", "noise:5+bicubic:2", "--input", str(src), "--output", str(out), "-q"]
+    assert invoke(*args, "--seed", "3").exit_code == 0
+    assert read_note(out / "in0.png")["seed"] == 3
+    assert invoke(*args, "--seed", "3").exit_code == 0
+    r = invoke(*args, "--seed", "4")
+    assert r.exit_code == 2 and "(seed: 3 → 4)" in r.stderr

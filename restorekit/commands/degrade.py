@@ -13,6 +13,7 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..run_record import changed_outputs, degrade_settings
 from ..seeds import SEED
 
 
@@ -45,6 +46,14 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
+    settings = degrade_settings(chain, seed=seed)
+    if not overwrite:  # outputs made with another spec or seed are not this run's to skip
+        changed = changed_outputs((output / f"{item.stem}.{ext}" for item in items), settings)
+        if changed:
+            paths, diffs = changed
+            fail_usage(f"{output}: {len(paths)} of the outputs ({', '.join(p.name for p in paths[:3])}"
+                       f"{', …' if len(paths) > 3 else ''}) were made with other settings ({'; '.join(diffs)}); "
+                       "use another --output, or --overwrite to remake them")
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
         # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
@@ -53,7 +62,8 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
 
     with job_for("cpu") as job:  # one process, or one rank of a torchrun job
         result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
-                               quiet=quiet, label="degrade", on_error=error_line, job=job)
+                               quiet=quiet, label="degrade", on_error=error_line, job=job,
+                               note=lambda item, name: {**settings, "input": item.path.name})
         if as_json and job.is_main:
             emit_json({"spec": chain.spec(), **({"processes": job.world} if job.distributed else {}),
                        **result.as_dict()})
