@@ -46,7 +46,7 @@ from ..methods import (check_output_size_contract, check_restored, keep_black_an
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
-from ..weights.catalogue import get_spec
+from ..weights.catalogue import get_spec, registered_name
 from ..weights.checksum import sha256_file
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim, record
@@ -229,9 +229,13 @@ def option_files_pin(options: Options) -> dict[str, str] | None:
             if not isinstance(item, str) or not item.strip():
                 continue
             label = key if not isinstance(value, list) else f"{key}[{i}]"
+            try:  # a registered name means those weights even beside a file of that name (weights_source)
+                name = registered_name(item)
+            except RestorekitError:
+                name = None
             try:
                 path = Path(item).expanduser()
-                is_file = path.is_file()
+                is_file = name is None and path.is_file()
             except (OSError, ValueError):  # not a path (too long, a NUL): nothing to pin
                 continue
             if is_file:
