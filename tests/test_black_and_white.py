@@ -97,3 +97,16 @@ def test_compare_measures_what_run_writes_for_a_grey_face(tmp_path, method):
     assert saved, sorted(str(p) for p in out.rglob("*.png"))
     y = read_image(saved[0])
     assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])
+
+
+def test_one_level_apart_is_grey_at_every_level():
+    """(v + 1)/255 − v/255 is a hair over 1/255 in float32 for some v (3, 7, …, 127): those faces
+    were taken for colour ones, others one level apart for grey."""
+    from restorekit.faces.compose import is_grey
+
+    for v in range(255):
+        x = torch.full((1, 3, 2, 2), v / 255)
+        x[:, 0] = (v + 1) / 255
+        assert is_grey(x), v
+        x[:, 0] = min(v + 2, 255) / 255 if v < 253 else (v - 2) / 255
+        assert not is_grey(x), v
