@@ -131,17 +131,21 @@ def even_identity(pulse_cs: Run) -> str:
 
 
 def card_table(run: Run, title: str, ffhq: set[str]) -> list[str]:
-    head = [title] + [h for _, h, _ in COLUMNS] + ["win vs bicubic (all / FFHQ / AAF)", "ms/face"]
+    # As the card: the win column before LR-consistency.
+    before, after = [c for c in COLUMNS if c[0] != LRC], [c for c in COLUMNS if c[0] == LRC]
+    head = [title] + [h for _, h, _ in before] + ["win vs bicubic (all / FFHQ / AAF)"] + [h for _, h, _ in after] \
+        + ["ms/face"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in run.methods:
         cells = [f"**{m}**" if m == "psp_sr" else m]
-        cells += [fmt(run.mean(m, metric), spec) for metric, _, spec in COLUMNS]
+        cells += [fmt(run.mean(m, metric), spec) for metric, _, spec in before]
         if m == "bicubic" or "bicubic" not in run.methods:
             cells.append("–")
         else:
             wins = [run.paired(m, "bicubic", DIST, keep).win for keep in
                     (lambda _: True, lambda k: k in ffhq, lambda k: k not in ffhq)]
             cells.append(" / ".join(fmt(x, "{:.0%}") for x in wins))
+        cells += [fmt(run.mean(m, metric), spec) for metric, _, spec in after]
         cells.append(fmt(run.ms(m), "{:.1f}" if run.ms(m) < 100 else "{:.0f}"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -137,6 +137,7 @@ def test_check_bars_all_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "-0.250" in out  # LPIPS 0.30 − 0.55
     assert "1.25×" in out  # LR-consistency 2.0e-3 / 1.6e-3
     assert "| 75% / 100% / 50% |" in out  # win all / FFHQ (img0, img1) / AAF (img2, img3)
+    assert ("| dlib distance ↓ | win vs bicubic (all / FFHQ / AAF) | LR-consistency ↓ | ms/face |" in out)  # the card's order
     assert "267×" in out  # PULSE 8000 ms / psp_sr 30 ms
 
 
