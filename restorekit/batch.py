@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .cli import debugging, describe_unexpected
+from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
 from .images import ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image
 from .sharding import Job, current_job
@@ -222,11 +222,25 @@ def check_writable(folder: Path) -> None:
         raise FileSystemError(f"{folder}: output folder cannot be written ({exc.strerror or exc}); {fix}") from None
 
 
+def require_inputs(items: list[ImageItem], spec: str) -> list[ImageItem]:
+    """``items`` when there is at least one; else a usage error (exit 2), ``SPEC: no input images``:
+    the same refusal in every command that takes an input spec (``run``, ``degrade``, ``bench faces``)."""
+    if not items:
+        raise UsageProblem(f"{spec}: no input images")
+    return items
+
+
+def bar_disabled(console: Console, total: int, quiet: bool) -> bool:
+    """Whether a progress bar stays off: ``quiet``, at most one step, or stderr not a terminal (a
+    log file, a pipe: rich would leave only a stray blank line there)."""
+    return quiet or total <= 1 or not console.is_terminal
+
+
 @contextmanager
 def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on stderr; yields ``advance(description)``."""
+    """A rich progress bar on stderr (a terminal only); yields ``advance(description)``."""
     console = Console(stderr=True)
-    disable = quiet or total <= 1
+    disable = bar_disabled(console, total, quiet)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=disable) as prog:
         task = prog.add_task(label, total=total)

@@ -194,9 +194,12 @@ class Job:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from .batch import bar_disabled
+
+        console = Console(stderr=True)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-                      disable=quiet or total <= 1) as prog:
+                      TimeRemainingColumn(), console=console, transient=True,
+                      disable=bar_disabled(console, total, quiet)) as prog:
             task = prog.add_task(f"{label} ({self.world} processes)", total=total)
 
             def refresh(desc: str | None = None) -> None:

@@ -149,9 +149,12 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
 @click.option("--size", type=click.IntRange(min=2), default=None,
               help="Input side in px (default: the method's preferred size for --scale, else 64).")
 @click.option("--batch", "batches", default="1,4", show_default=True, help="Batch sizes to time.")
-@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--repeat", "--repeats", "repeat", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed runs per batch size (median and range).")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed runs before the timed ones.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else CPU.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Option of NAME (repeatable).")
 @click.option("--weights", default=None, help="Weights name or path for NAME.")
 @click.option("--compare-to", "other", default=None, help="A second method timed on the same input.")

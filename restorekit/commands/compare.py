@@ -75,13 +75,14 @@ def _check_exportable(names: list[str]) -> None:
               help="Seeds for stochastic methods (deterministic ones run once), e.g. 0,1,2 or 0-4 (each 0 to "
                    f"2**64-1; at most {MAX_COMPARE_SEEDS:,}).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
+@click.option("--out", "--output", "out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
               help="Folder for inputs, outputs, the result store and the reports.")
 @click.option("--metrics", default=None, help="Comma-separated metric names (default: all registered).")
 @click.option("--baseline", default=None, metavar="METHOD",
               help="One of --methods: compare each other method with it image by image (win share, mean "
                    "difference with a bootstrap CI, sign-test p) in a second table and paired.csv.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else CPU.")
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE", help="Method option (repeatable).")
 @click.option("--fresh", is_flag=True, help="Recompute everything instead of reusing stored results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (without per-image rows) as JSON.")
@@ -154,10 +155,9 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                 raise SystemExit(res.exit_code)
             sm = summarize_result(res)
             write_all(sm, out)
-        if as_json or quiet:  # otherwise the table's footnotes name each skipped metric, once
-            for m in p.metrics:
-                if m.status != "ok":
-                    warn(f"metric {m.name} skipped: {m.reason}")
+        for m in p.metrics:  # on stderr whatever the output (the table's footnotes name them too)
+            if m.status != "ok":
+                warn(f"metric {m.name} skipped: {m.reason}")
         if as_json:
             emit_json(jsonable(results_document(sm, include_images=False))
                       | {"results_json": str(out / "results.json")})

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from ..batch import check_output_folder, process_files
+from ..batch import check_output_folder, process_files, require_inputs
 from ..cli import emit_json, error_line, fail_usage
 from ..degradations import parse_spec
 from ..errors import RestorekitError
@@ -20,14 +20,15 @@ from ..seeds import SEED
 @click.command("degrade")
 @click.option("--spec", required=True, help="e.g. bicubic:8 or blur:1.5+bicubic:4+jpeg:60")
 @click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for random steps (noise; 0 to 2**64-1).")
-@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True)
+@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True,
+              help="Output file format.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse inputs larger than this many pixels.")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, overwrite: bool,
                 max_pixels: int, quiet: bool, as_json: bool) -> None:
@@ -41,7 +42,7 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
 
     try:
         chain = parse_spec(spec)
-        items = list_inputs(input_spec)
+        items = require_inputs(list_inputs(input_spec), input_spec)
         check_output_folder(input_spec, output, ext)
     except RestorekitError as exc:
         fail_usage(str(exc))

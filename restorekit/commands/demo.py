@@ -82,12 +82,14 @@ def score(name: str, pred: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, sca
 
 
 @click.command("demo")
-@click.option("--output", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
-@click.option("--scale", type=click.Choice(["4", "8"]), default="8", show_default=True)
+@click.option("--output", "--out", "output", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
+              help="Folder for the side-by-side PNG, the images and metrics.json.")
+@click.option("--scale", type=click.Choice(["4", "8"]), default="8", show_default=True,
+              help="Restore from a 1/scale low-resolution face.")
 @click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
               help="Methods to run, comma-separated (by default: those of these that are installed).")
 @click.option("--detector", default=None, help="Face detector (default: the pipeline's default).")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No notes, table or summary line (errors and warnings stay).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detector: str | None, quiet: bool,
@@ -117,7 +119,8 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
                 raise RestorekitError(f"demo: none of its default methods ({', '.join(missing)}) is available: {reason}")
             for n, d in missing.items():
                 unavailable[n] = missing_default_reason(d)
-            click.echo(f"note: the demo leaves out {', '.join(missing)}: {reason}", err=True)
+            if not quiet:
+                click.echo(f"note: the demo leaves out {', '.join(missing)}: {reason}", err=True)
     for n in names:  # a name that is not a method is a typo, not a method missing its weights
         try:
             method_class(n)
@@ -178,12 +181,14 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
         return
     skipped = {m for r in results.values() for m, v in r.items() if isinstance(v, str)}
     shown = [m for m in DEMO_METRICS if m not in skipped]
-    table(f"astronaut ×{k} ({lr.shape[-1]} → {res} px)", ["method", *shown],
-          [[n, *(f"{results[n][m]:.4f}" for m in shown)] for n in results])
+    if not quiet:
+        table(f"astronaut ×{k} ({lr.shape[-1]} → {res} px)", ["method", *shown],
+              [[n, *(f"{results[n][m]:.4f}" for m in shown)] for n in results])
     for m in sorted(skipped):
         reason = next(v for r in results.values() for mm, v in r.items() if mm == m and isinstance(v, str))
         warn(f"{m} {reason}")
-    click.echo(f"side by side: {output / f'astronaut_x{k}.png'}; numbers: {output / 'metrics.json'}", err=True)
+    if not quiet:
+        click.echo(f"side by side: {output / f'astronaut_x{k}.png'}; numbers: {output / 'metrics.json'}", err=True)
 
 
 def attach(cli: click.Group) -> None:

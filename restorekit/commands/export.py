@@ -23,7 +23,7 @@ from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutput
 @click.command("export")
 @click.argument("method")
 @click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
-@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+@click.option("--out", "--output", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="The .onnx file to write (a <file>.json sidecar goes beside it).")
 @click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset version (up to the highest this torch exports).")
@@ -34,9 +34,10 @@ from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutput
               help="Largest |onnxruntime − PyTorch| allowed on the export check [default: 1e-3; 3e-2 with --fp16].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
 def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_batch: bool, fp16: bool,
-               tolerance: float | None, opts: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
+               tolerance: float | None, opts: tuple[str, ...], overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Export METHOD's network to ONNX (checked against PyTorch before the file is written)."""
     # Said at once here; export_onnx checks again when it puts the file in place (it may appear meanwhile).
     if out.exists() and not overwrite:
@@ -69,13 +70,16 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
         return
     try:
         result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
-                             overwrite=overwrite, log=None if as_json else (lambda msg: click.echo(msg, err=True)))
+                             overwrite=overwrite,
+                             log=None if as_json or quiet else (lambda msg: click.echo(msg, err=True)))
     except OnnxOutputExists as exc:
         fail_usage(f"{exc}: it appeared while exporting (--overwrite replaces it)")
         return
     if as_json:
         emit_json({"path": str(result.path), "sidecar": str(result.sidecar), "seconds": round(result.seconds, 2),
                    **result.info})
+        return
+    if quiet:
         return
     shape_in = "×".join(str(d) for d in result.info["input"]["shape"])
     shape_out = "×".join(str(d) for d in result.info["output"]["shape"])

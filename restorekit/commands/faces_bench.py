@@ -143,7 +143,7 @@ def add_ratios(rows: list[dict[str, Any]], reference: dict[str, Any]) -> None:
 @click.command("faces")
 @click.option("--detector", "detectors", multiple=True, help="Detector to time (repeatable; default: all registered).")
 @click.option("--input", "input_spec", default=None, help="Photos (file, folder, glob); default: a synthetic group photo.")
-@click.option("--repeat", type=click.IntRange(1, 100), default=5, show_default=True,
+@click.option("--repeat", "--repeats", "repeat", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Timed runs per photo (medians and their range).")
 @click.option("--crop", type=click.IntRange(8, 2048), default=256, show_default=True, help="Aligned crop side.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads (default: unchanged).")
@@ -154,11 +154,18 @@ def faces_bench_cmd(detectors: tuple[str, ...], input_spec: str | None, repeat: 
     ratios to decoding the same photos (measured in the same run)."""
     import tempfile
 
-    from ..cli import emit_json, warn
+    from ..cli import UsageProblem, emit_json, fail_usage, warn
     from ..errors import RestorekitError
     from ..images import list_inputs, read_image
     from ..plugins import registry
 
+    from ..errors import UnknownNameError
+
+    for name in detectors:  # a typo is a usage error, before any photo is read
+        try:
+            registry().get("face_detectors", name)
+        except UnknownNameError as exc:
+            fail_usage(str(exc))
     if threads is not None:
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="restorekit-bench-faces-") as tmp:
@@ -171,7 +178,13 @@ def faces_bench_cmd(detectors: tuple[str, ...], input_spec: str | None, repeat: 
             arr = (photo[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             Image.fromarray(arr).save(paths[0])
         else:
-            paths = [Path(it.path) for it in list_inputs(input_spec)]
+            from ..batch import require_inputs
+
+            try:
+                items = list_inputs(input_spec)
+            except RestorekitError as exc:
+                raise UsageProblem(str(exc)) from None
+            paths = [Path(it.path) for it in require_inputs(items, input_spec)]
             photos = [read_image(p) for p in paths]
             source = input_spec
         reference = bench_decode(paths, repeat)

@@ -19,8 +19,8 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage
-from ..errors import RestorekitError
+from ..cli import emit_json, error_line, fail_usage
+from ..errors import RestorekitError, UnknownNameError
 from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
 from ..options import parse_pairs, weights_option
@@ -77,13 +77,23 @@ def generator_weights_options(command: Any) -> Any:
                              "if any).")(command)
 
 
-def build_generator(name: str, weights: str | None, opts: tuple[str, ...], device: torch.device) -> Any:
+def check_generator(name: str) -> None:
+    """Refuse an unknown generator name as a usage error (exit 2, with a did-you-mean), before any work."""
+    try:
+        registry().get("generators", name)
+    except UnknownNameError as exc:
+        fail_usage(str(exc))
+
+
+def build_generator(name: str, weights: str | None, opts: tuple[str, ...], device: torch.device, *,
+                    quiet: bool = False) -> Any:
     """The registered generator ``name`` from a command's ``--weights`` and ``--opt`` words, in eval
-    mode on ``device``; its notes (which weights, their license) go to stderr.
+    mode on ``device``; its notes (which weights, their license) go to stderr unless ``quiet``.
 
     The factory's options model reads every value (``allow_unsafe=false`` is False, not a truthy
     string); a bad value or argument is a usage error (exit 2).
     """
+    check_generator(name)
     factory = registry().get("generators", name)
     label = f"generator '{name}'"
     config: dict[str, object] = dict(parse_pairs(opts))
@@ -109,8 +119,9 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
         except RestorekitError:
             raise exc from None
         raise again(path) from None
-    for note in getattr(gen, "notes", []):
-        click.echo(note, err=True)
+    if not quiet:
+        for note in getattr(gen, "notes", []):
+            click.echo(note, err=True)
     return gen
 
 
@@ -119,20 +130,25 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
 @generator_weights_options
 @click.option("--seeds", "seed_list", default="0-7", show_default=True, callback=_seeds,
               help=f"Seeds, e.g. 0-7,12 (each 0 to 2**64-1; at most {MAX_SEEDS:,}).")
-@click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True)
-@click.option("--output", type=click.Path(path_type=Path), required=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="Pull each latent toward the mean latent (1: none; lower: more typical, less varied).")
+@click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True,
+              help="Output folder (seedNNNN.png and generate.json).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace images that already exist (else those made with the same "
                                                 "settings, as generate.json records, are skipped, and others refused).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_list: list[int], truncation: float,
-                 output: Path, device: str, overwrite: bool, as_json: bool) -> None:
+                 output: Path, device: str, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Write one image per seed from GENERATOR (truncated towards its mean latent).
 
     Without --weights the generator's factory picks its default (stylegan2: the shipped face prior,
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
+    check_generator(name)
     dev = resolve_device(device)
-    gen = build_generator(name, weights, opts, dev)
+    gen = build_generator(name, weights, opts, dev, quiet=quiet)
     settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen)}
     manifest_path = output / MANIFEST
     manifest = _read_manifest(manifest_path)
@@ -162,6 +178,7 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
 
     written: list[str] = []
     skipped: list[str] = []
+    failed: list[dict[str, str]] = []  # an image that could not be written; the other seeds go on
     with torch.inference_mode():
         w_avg = gen.mean_latent()
         for seed, path in targets:
@@ -173,14 +190,36 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
             img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
             # An image made with other settings (--overwrite) goes before the manifest lists this one
             # under these: a kill between the two steps must leave it missing, never old and listed.
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. a folder where the image goes: this seed fails, not the run
+                failed.append(_failure(path, exc))
+                continue
             record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
-            written.append(str(save_image(img.cpu(), path)))  # and the rerun makes it (it does not exist)
+            try:  # and the rerun makes it (it does not exist)
+                written.append(str(save_image(img.cpu(), path)))
+            except (RestorekitError, OSError) as exc:
+                failed.append(_failure(path, exc))
     if as_json:
-        emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped})
-    else:
+        emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped,
+                   "failed": failed})
+    elif not quiet:
         extra = f", {len(skipped)} skipped (exist; --overwrite replaces them)" if skipped else ""
-        click.echo(f"{len(written)} images{extra} → {output}", err=True)
+        bad = f", {len(failed)} failed" if failed else ""
+        click.echo(f"{len(written)} images{extra}{bad} → {output}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def _failure(path: Path, exc: Exception) -> dict[str, str]:
+    """``{"path", "error"}`` for a seed's image that could not be written, said on stderr at once."""
+    from ..errors import describe_os_error
+
+    msg = str(exc) if isinstance(exc, RestorekitError) else describe_os_error(exc, path)
+    if str(path) not in msg:
+        msg = f"{path}: {msg}"
+    error_line(msg)
+    return {"path": str(path), "error": msg}
 
 
 def attach(cli: click.Group) -> None:

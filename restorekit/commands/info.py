@@ -8,7 +8,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import click
 
-from ..cli import emit_json, listing
+from ..cli import emit_json, fail_usage, listing
+from ..errors import UnknownNameError
 from ..interfaces import Method
 from ..plugins import BUILTIN, registry
 
@@ -77,7 +78,10 @@ def method_weights_state(cls: type[Method]) -> str:
 def methods_show(name: str, as_json: bool) -> None:
     """Show one method's metadata and options."""
     reg = registry()
-    cls = reg.method(name)
+    try:
+        cls = reg.method(name)
+    except UnknownNameError as exc:  # as run and compare say it: a usage error, exit 2
+        fail_usage(str(exc))
     data = method_summary(cls, reg.owner["methods"][name])
     data["options"] = options_schema(cls)
     if as_json:

@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 
 from ..cli import emit_json, error_line, fail_usage, table
+from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
 from ..seeds import SEED
-from .generate import build_generator, generator_weights_options
+from .generate import build_generator, check_generator, generator_weights_options
 
 
 def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -21,6 +22,30 @@ def _space_weights(pairs: tuple[str, ...]) -> dict[str, str]:
     from ..options import parse_pairs
 
     return {canonical_space(key): value for key, value in parse_pairs(pairs, flag="--space-weights").items()}
+
+
+def _count_images(flag: str, spec: str, what: str) -> list[str]:
+    """The image files of ``spec`` (as strings), refusing (usage error, naming ``flag``) a spec that
+    lists none or fewer than the 2 a Fréchet distance needs."""
+    from ..images import list_inputs
+
+    try:
+        paths = [str(item.path) for item in list_inputs(spec)]
+    except RestorekitError as exc:
+        fail_usage(f"{flag} {exc}")
+    if len(paths) < 2:
+        fail_usage(f"{flag} {spec}: {what} needs at least 2 images, got {len(paths)}")
+    return paths
+
+
+def _failures(lines: tuple[str, ...], paths: list[str]) -> list[dict[str, str]]:
+    """``[{"path", "error"}]`` of the files left out, from their one-line errors (each begins with
+    its path; the longest listed input that begins the line is it)."""
+    out = []
+    for line in lines:
+        path = max((p for p in paths if line.startswith(f"{p}: ")), key=len, default=None)
+        out.append({"path": path if path is not None else line.split(": ", 1)[0], "error": line})
+    return out
 
 
 #: Ceilings of --n and --detect-n: each count's noise is drawn in one piece (z_dim floats a
@@ -36,7 +61,8 @@ MAX_DETECT_SAMPLES = 10_000
 @click.option("--data", required=True, help="Reference images: folder, glob or @list.txt.")
 @click.option("--n", "n_samples", type=click.IntRange(2, MAX_SAMPLES), default=1000, show_default=True,
               help="Generator samples for the Fréchet distances (their noise is drawn at once).")
-@click.option("--truncation", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+@click.option("--truncation", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Truncation of the samples for the Fréchet distances (1: none).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the samples (0 to 2**64-1).")
 @click.option("--spaces", default="alex,dlib", show_default=True,
               help="Feature spaces: alex (alex_conv5), dlib (dlib128), vgg (vgg_conv5).")
@@ -48,15 +74,18 @@ MAX_DETECT_SAMPLES = 10_000
               help="Samples searched for a face.")
 @click.option("--detect-truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
               help="Truncation of the samples searched for a face.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", "--batch", "batch_size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per forward pass of the feature networks (and the generator).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else CPU.")
 @click.option("--cache", default=None, help="Folder for cached reference statistics ('none': no cache; "
                                             "default: <restorekit cache>/realism).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (unreadable images under failed).")
 def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...], images: str | None, data: str,
                 n_samples: int, truncation: float, seed: int, spaces: str, space_weights: tuple[str, ...],
                 detector: str, detect_n: int, detect_truncation: float, batch_size: int, device: str,
-                cache: str | None, as_json: bool) -> None:
+                cache: str | None, quiet: bool, as_json: bool) -> None:
     """Fréchet distances between generated samples (or --images) and reference images in offline
     networks' feature spaces, and the share of samples with a detectable face. NOT FID."""
     from ..harness import realism as R
@@ -72,6 +101,11 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             fail_usage(f"{', '.join(given)} apply to --generator sampling, not to --images")
+    if gen_name is not None:
+        check_generator(gen_name)
+    listed = _count_images("--data", data, "the reference set")
+    if images is not None:
+        listed += _count_images("--images", images, "the image set")
     names = [s for s in (p.strip() for p in spaces.split(",")) if s]
     if not names:
         fail_usage("--spaces: no feature space given")
@@ -89,14 +123,17 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     if det is not None:
         from ..faces.detectors import check_available
 
-        registry().get("face_detectors", det)  # unknown names: one line with a suggestion
+        try:
+            registry().get("face_detectors", det)
+        except UnknownNameError as exc:  # a usage error with a suggestion, as run's and compare's
+            fail_usage(str(exc))
         check_available(det)
 
     if gen_name is not None:
         import torch
 
         torch.manual_seed(seed)  # a generator built with random weights is then the same on every run
-        gen = build_generator(gen_name, weights, opts, dev)
+        gen = build_generator(gen_name, weights, opts, dev, quiet=quiet)
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
         report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
                                       spaces=built, batch_size=batch_size, device=dev, detector=det,
@@ -110,7 +147,9 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     for line in report.skipped:  # one line each, then the figures of the others, and exit 1
         error_line(f"{line} (left out)")
     if as_json:
-        emit_json(report.as_dict())
+        # failed: [{path, error}], as run's and degrade's; skipped (the bare lines) stays for one
+        # release, for scripts that read it (deprecated).
+        emit_json({**report.as_dict(), "failed": _failures(report.skipped, listed)})
         if report.skipped:
             click.get_current_context().exit(1)
         return
@@ -126,7 +165,8 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         share = "n/a" if math.isnan(f.share) else f"{100 * f.share:.0f}%"
         at = f" at truncation {f.truncation}" if f.truncation is not None else ""
         click.echo(f"faces found by {f.detector}: {f.found}/{f.n} ({share}){at}")
-    click.echo(f"note: {report.note}")
+    if not quiet:
+        click.echo(f"note: {report.note}", err=True)
     if report.skipped:
         click.echo(f"{len(report.skipped)} image file(s) could not be read and were left out", err=True)
         click.get_current_context().exit(1)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import torch
 
-from ..batch import check_inputs, check_output_folder, process_files
+from ..batch import check_inputs, check_output_folder, process_files, require_inputs
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..errors import RestorekitError, exception_line
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
@@ -30,14 +30,15 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--scale", type=int, required=True, callback=positive_int,
               help="Output size = scale × input size.")
 @click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else the CPU.")
 @click.option("--seed", type=SEED, default=None, help="Seed for stochastic methods (0 to 2**64-1).")
 @click.option("--n-samples", type=int, default=1, callback=positive_int, show_default=True,
               help="Outputs per input (stochastic methods).")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
-@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True)
+@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True, help="Output file format.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--couple", is_flag=True, help="Write input | output side by side.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -122,8 +123,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                                     couple=couple, backend=backend)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
-        if not items:
-            raise UsageProblem(f"{input_spec}: no input images")
+        require_inputs(items, input_spec)
         if faces_mode == "aligned" and not overwrite:  # (--faces detect checks its sidecars)
             changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
                                       ignore_options=cls.Options.result_neutral)

@@ -157,7 +157,7 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                   help="Folder of HR images (recursive).")
     @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
                   help="TOML (or YAML) config file.")
-    @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+    @click.option("--out", "--output", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
                   help="Run folder: checkpoints, log.jsonl, validation grids, the exported model.")
     @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimizer steps.")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -167,7 +167,8 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                   help="Stop (with a checkpoint) after this many minutes; --resume continues later.")
     @click.option("--until", type=click.IntRange(min=1), default=None, metavar="STEP",
                   help="Stop (with a checkpoint) at this step; the schedule still ends at --steps.")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                  help="auto: CUDA when available, else CPU (default: the config's).")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
     def cmd(data: Path | None, config: Path | None, out: Path | None, steps: int | None, sets: tuple[str, ...],

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import weights as W
+from ..cli import UsageProblem
 from ..errors import FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 from ..weights.load import OutputExistsError, UnreadableWeightsError
 
@@ -34,9 +35,22 @@ def _human(size: int | None) -> str:
     return f"{size} B"
 
 
+class WeightsCommand(click.Command):
+    """A ``weights`` subcommand: an unknown weights name is a usage error (exit 2), in click's usage
+    style as ``run`` and ``compare`` say an unknown method."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UnknownNameError as exc:
+            raise UsageProblem(str(exc), ctx=ctx) from None
+
+
 class WeightsGroup(click.Group):
-    """Reports restorekit errors as one line: exit 2 for unknown names, a file that is not readable as
-    weights, an output that exists and an unusable cache; 1 otherwise."""
+    """Reports restorekit errors as one line: exit 2 for a file that is not readable as weights, an
+    output that exists and an unusable cache; 1 otherwise (unknown names: :class:`WeightsCommand`)."""
+
+    command_class = WeightsCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -206,7 +220,8 @@ def _integrity_line(spec: W.WeightSpec, f: W.WeightFile, info: dict[str, Any], r
 @click.argument("names", nargs=-1, required=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--trust", is_flag=True, help="Accept files whose spec has no sha256 and record their hash.")
-@click.option("--retries", default=2, show_default=True, help="Resume attempts per mirror.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Resume attempts per mirror.")
 def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> None:
     """Download weights (verified by sha256, moved into the cache atomically)."""
     specs = {name: W.get_spec(name) for name in names}  # every name checked before any download
@@ -335,7 +350,8 @@ def rm_cmd(names: tuple[str, ...], onnx_cache: bool) -> None:
 
 @weights_group.command("convert")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--to", "fmt", type=click.Choice(["safetensors"]), default="safetensors", show_default=True)
+@click.option("--to", "fmt", type=click.Choice(["safetensors"]), default="safetensors", show_default=True,
+              help="Output format.")
 @click.option("--key", default=None, help="Sub-dict to keep (e.g. g_ema, state_dict; dotted for deeper).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: FILE with .safetensors).")

@@ -223,13 +223,15 @@ def format_report(data: dict[str, Any]) -> str:
 @click.command("harness")
 @click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="HR side in px.")
-@click.option("--scale", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--scale", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Output size = scale × LR size.")
 @click.option("--method", default="bicubic", show_default=True, help="The real method timed beside the stand-in.")
 @click.option("--standin-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
               help="Time per image of the stand-in method.")
 @click.option("--metrics", default=None, help="Comma-separated metrics (default: all registered).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the methods and metrics run (auto: CUDA when available).")
+@click.option("--repeats", "--repeat", "repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
               help="Timed runs of each method, alternating; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: float, metrics: str | None, device: str,

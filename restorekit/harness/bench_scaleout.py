@@ -211,15 +211,17 @@ def format_scaleout(d: dict[str, Any]) -> str:
 @click.command("scaleout")
 @click.option("--n", "n", type=click.IntRange(min=2), default=16, show_default=True, help="Number of images.")
 @click.option("--size", type=click.IntRange(min=16), default=64, show_default=True, help="HR side in px.")
-@click.option("--scale", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--scale", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Output size = scale × LR size.")
 @click.option("--processes", type=click.IntRange(min=2), default=2, show_default=True,
               help="Processes of the second run (the first has one).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads per process (OMP_NUM_THREADS), in both runs.")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
               help="The stand-in's gradient steps per image (its work per image).")
-@click.option("--metrics", default="psnr_y_crop,ssim_y_crop", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
+@click.option("--metrics", default="psnr_y_crop,ssim_y_crop", show_default=True,
+              help="Comma-separated metrics scored in both runs.")
+@click.option("--repeats", "--repeat", "repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
               help="Run both this many times, alternately; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_scaleout_cmd(n: int, size: int, scale: int, processes: int, threads: int, steps: int, metrics: str,

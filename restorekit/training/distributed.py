@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..errors import RestorekitError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,7 +43,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device cuda: no CUDA device is available")
+            raise RestorekitError(  # resolve_device's message: one line, exit 2
+                "--device cuda: no CUDA device is available (use --device cpu or auto)")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)

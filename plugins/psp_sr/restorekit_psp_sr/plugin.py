@@ -118,18 +118,21 @@ def register_commands(cli: Any) -> None:
 
     @click.command("generator")
     @click.option("--resolution", type=click.Choice(["32", "64", "128", "256", "512", "1024"]),
-                  default="1024", show_default=True)
-    @click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
-    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-    @click.option("--channel-multiplier", type=click.IntRange(1, 8), default=2, show_default=True)
+                  default="1024", show_default=True, help="Output side of the synthesis network, px.")
+    @click.option("--batch", "--batch-size", "batch", type=click.IntRange(1, 256), default=1, show_default=True,
+                  help="Images per synthesis call.")
+    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                  help="Where the networks run.")
+    @click.option("--channel-multiplier", type=click.IntRange(1, 8), default=2, show_default=True,
+                  help="StyleGAN2's channel multiplier (2 for config-f).")
     @click.option("--channel-max", type=click.IntRange(1, 512), default=512, show_default=True,
                   help="Cap every layer's width (512 is StyleGAN2; smaller for quick checks).")
-    @click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
+    @click.option("--repeats", "--repeat", "repeats", type=click.IntRange(1, 20), default=3, show_default=True,
                   help="Timed rounds (generator, then plain convs); medians with their range.")
     @click.option("--profile", is_flag=True, help="Add the top ops of one profiled synthesis.")
     @click.option("--optimize/--no-optimize", default=True, show_default=True,
                   help="The inference settings psp_sr runs the generator with (or the modules as trained).")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def generator_cmd(resolution: str, batch: int, device: str, channel_multiplier: int,
                       channel_max: int, repeats: int, profile: bool, optimize: bool, as_json: bool) -> None:
         """StyleGAN2 synthesis speed vs plain convolutions on the same shapes (random weights)."""

@@ -149,6 +149,12 @@ def _paths(source: ImageSource) -> list[Path]:
     return [Path(p) for p in source]
 
 
+def _named(source: ImageSource) -> str:
+    """``"SPEC: "`` for a message about an image set given by a spec (folder, glob, ``@list.txt``);
+    ``""`` for a list of paths."""
+    return f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
+
+
 def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64,
                   skipped: list[str] | None = None) -> Iterator[Tensor]:
     """Read image files into batches (consecutive files of one size share a batch). With
@@ -285,7 +291,7 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
     lines replayed from it, so a cached run reports (and fails on) them as the first one did."""
     paths = _paths(source)
     if len(paths) < 2:
-        raise RestorekitError(f"the reference set needs at least 2 images, got {len(paths)}")
+        raise RestorekitError(f"{_named(source)}the reference set needs at least 2 images, got {len(paths)}")
     out: dict[str, FeatureStats] = {}
     todo: list[FeatureSpace] = []
     keys: dict[str, str] = {}
@@ -441,7 +447,7 @@ def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
     ref, ref_label = _reference(reference, built, batch_size, cache_dir, skipped)
     paths = _paths(images)
     if len(paths) < 2:
-        raise RestorekitError(f"the image set needs at least 2 images, got {len(paths)}")
+        raise RestorekitError(f"{_named(images)}the image set needs at least 2 images, got {len(paths)}")
     faces = None
     if detector is None:
         samples = multi_statistics(image_batches(paths, batch_size, skipped), built)
