@@ -106,3 +106,11 @@ def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,
             changed.append(path)
             diffs.update(dict.fromkeys(found))
     return (changed, list(diffs)) if changed else None
+
+
+def refusal(output: Path, changed: tuple[list[Path], list[str]]) -> str:
+    """The one-line refusal of a rerun over outputs :func:`changed_outputs` found made otherwise."""
+    paths, diffs = changed
+    names = ", ".join(p.name for p in paths[:3]) + (", …" if len(paths) > 3 else "")
+    return (f"{output}: {len(paths)} of the outputs ({names}) were made with other settings ({'; '.join(diffs)}); "
+            "use another --output, or --overwrite to remake them")

@@ -13,7 +13,7 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
-from ..run_record import changed_outputs, degrade_settings
+from ..run_record import changed_outputs, degrade_settings, refusal
 from ..seeds import SEED
 
 
@@ -51,10 +51,7 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     if not overwrite:  # outputs made with another spec or seed are not this run's to skip
         changed = changed_outputs((output / f"{item.stem}.{ext}" for item in items), settings)
         if changed:
-            paths, diffs = changed
-            fail_usage(f"{output}: {len(paths)} of the outputs ({', '.join(p.name for p in paths[:3])}"
-                       f"{', …' if len(paths) > 3 else ''}) were made with other settings ({'; '.join(diffs)}); "
-                       "use another --output, or --overwrite to remake them")
+            fail_usage(refusal(output, changed))
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
         # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.

@@ -15,7 +15,7 @@ from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, 
                       side_by_side)
 from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, keep_black_and_white,
                        method_class, method_values, validate_options)
-from ..run_record import changed_outputs, run_settings
+from ..run_record import changed_outputs, refusal, run_settings
 from ..seeds import SEED
 
 
@@ -128,10 +128,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
                                       ignore_options=cls.Options.result_neutral)
             if changed:
-                paths, diffs = changed
-                raise UsageProblem(f"{output}: {len(paths)} of the outputs ({', '.join(p.name for p in paths[:3])}"
-                                   f"{', …' if len(paths) > 3 else ''}) were made with other settings "
-                                   f"({'; '.join(diffs)}); use another --output, or --overwrite to remake them")
+                raise UsageProblem(refusal(output, changed))
         return values, items, settings
 
     def stems(item: ImageItem) -> list[str]:
