@@ -237,12 +237,3 @@ def test_demo_quiet_prints_nothing_but_problems(tmp_path: Path) -> None:
     assert r.stdout == ""
     assert "side by side" not in r.stderr and "note:" not in r.stderr
     assert (tmp_path / "demo" / "metrics.json").exists()
-
-
-def test_compare_names_skipped_metrics_on_stderr_with_the_table(hr_folder: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))  # no cached weights: lpips-vgg is skipped
-    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--limit", "2",
-               "--metrics", "psnr_y_crop,lpips_vgg_v0.1", "--out", tmp_path / "rep", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    assert "warning: metric lpips_vgg_v0.1 skipped" in r.stderr, r.stderr

@@ -155,9 +155,10 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                 raise SystemExit(res.exit_code)
             sm = summarize_result(res)
             write_all(sm, out)
-        for m in p.metrics:  # on stderr whatever the output (the table's footnotes name them too)
-            if m.status != "ok":
-                warn(f"metric {m.name} skipped: {m.reason}")
+        if as_json or quiet:  # otherwise the table's footnotes name each skipped metric, once
+            for m in p.metrics:
+                if m.status != "ok":
+                    warn(f"metric {m.name} skipped: {m.reason}")
         if as_json:
             emit_json(jsonable(results_document(sm, include_images=False))
                       | {"results_json": str(out / "results.json")})

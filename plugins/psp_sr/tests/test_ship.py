@@ -361,6 +361,10 @@ def test_generate_without_shipped_weights_is_a_usage_error(nothing_shipped: None
 
 def test_realism_without_shipped_weights_is_a_usage_error(nothing_shipped: None, rk_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "ref").mkdir()
+    from restorekit.images import save_image
+
+    for i in range(2):  # a usable reference set (an empty one is refused first, naming --data)
+        save_image(torch.full((1, 3, 8, 8), 0.2 + 0.3 * i), tmp_path / "ref" / f"{i}.png")
     alex = _random_alexnet(tmp_path / "alex.safetensors")
     r = rk_cli("realism", "--generator", "stylegan2", "--data", tmp_path / "ref", "--spaces", "alex",
                "--space-weights", f"alex={alex}", "--detector", "none")
