@@ -528,11 +528,11 @@ def test_plugin_check_command(plugin_site):
         '"nearest3p"', '"unclamped3p"').replace('"mean_abs_3p"', '"mean_abs2_3p"').replace(".clamp(0, 1)", ".mul(2)"))
     r = invoke("plugin", "check", "thirdparty_nearest", "--json")
     assert r.exit_code == 0, r.output
-    assert [(x["id"], x["status"]) for x in json.loads(r.output)] == [("method:nearest3p", "ok"),
+    assert [(x["id"], x["status"]) for x in json.loads(r.stdout)] == [("method:nearest3p", "ok"),
                                                                      ("metric:mean_abs_3p", "ok")]
     r = invoke("plugin", "check", "thirdparty_unclamped", "--json")
     assert r.exit_code == 1
-    rows = {x["id"]: x for x in json.loads(r.output)}
+    rows = {x["id"]: x for x in json.loads(r.stdout)}
     assert rows["method:unclamped3p"]["status"] == "failed" and "leaves [0,1]" in rows["method:unclamped3p"]["detail"]
     assert rows["metric:mean_abs2_3p"]["status"] == "ok"
     r = invoke("plugin", "check", "thirdparty_nearst")
@@ -983,3 +983,22 @@ def test_generated_plugin_sdist_carries_what_its_tests_read(tmp_path):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"registry/plugins/restorekit-kitsdist.toml", "tests/test_plugin.py", "LICENSE", "README.md",
             "pyproject.toml", "src/restorekit_kitsdist/py.typed"} <= names
+
+
+def test_plugin_check_takes_cheap_options_and_names_each_component_as_it_starts():
+    """PULSE at its default steps made `plugin check baselines` run past 15 minutes, silently."""
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    run = CliRunner().invoke
+    r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "pulse.steps=2",
+                          "--opt", "pulse.gaussian_fit_samples=2000", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    results = {x["id"]: x for x in json.loads(r.stdout)}
+    assert results["method:pulse"]["status"] == "ok" and results["method:pulse"]["seconds"] < 120
+    assert "checking method:pulse …" in r.stderr and "checking method:bicubic …" in r.stderr
+    r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "nope.steps=2"])
+    assert r.exit_code == 2 and "configs name ['nope']" in r.stderr
+    r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "steps=2"])
+    assert r.exit_code == 2 and "expected COMPONENT.KEY=VALUE" in r.stderr

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -242,27 +243,50 @@ def plugin_new(name: str, parent: Path, author: str, description: str, license_i
 @click.argument("name")
 @click.option("--missing-weights", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="What a component whose weights are not cached counts as.")
+@click.option("--opt", "opts", multiple=True, metavar="COMPONENT.KEY=VALUE",
+              help="An option of one component for its checks (repeatable), e.g. pulse.steps=2: a slow "
+                   "method checked at cheap settings.")
+@click.option("--quiet", "-q", is_flag=True, help="No line per component as it starts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def plugin_check(name: str, missing_weights: str, as_json: bool) -> None:
-    """Run the conformance suite over everything plugin NAME registers (default arguments).
+def plugin_check(name: str, missing_weights: str, opts: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+    """Run the conformance suite over everything plugin NAME registers (default options, or --opt).
 
-    Components that need arguments (tiny sizes, weights) are better checked from the plugin's
-    tests with conformance_cases(configs=...). Exit code 1 when any check fails.
+    Each component's checks call it a few dozen times (batches, seeds, samples, scales), so a slow
+    method at its defaults takes long (PULSE: many minutes): give it cheap settings with --opt, or
+    check it from the plugin's tests with conformance_cases(configs=...). A line on stderr names
+    each component as it starts. Exit code 1 when any check fails.
     """
     from ..cli import table
+    from ..options import OptionError, parse_pairs
     from ..testing.cases import run_conformance
     from ..testing.conformance import ConformanceError
 
+    configs: dict[str, dict[str, Any]] = {}
     try:
-        results = run_conformance(name, missing_weights=missing_weights)  # type: ignore[arg-type]
+        for key, value in parse_pairs(opts).items():
+            component, dot, option = key.partition(".")
+            if not dot or not component or not option:
+                raise OptionError(f"--opt '{key}={value}': expected COMPONENT.KEY=VALUE")
+            configs.setdefault(component, {}).setdefault("options", {})[option] = value
+    except OptionError as exc:
+        fail_usage(str(exc))
+        return
+
+    def starting(case_id: str) -> None:
+        if not quiet:
+            click.echo(f"checking {case_id} …", err=True)
+
+    try:
+        results = run_conformance(name, missing_weights=missing_weights,  # type: ignore[arg-type]
+                                  configs=configs, starting=starting)
     except ConformanceError as exc:
         fail_usage(str(exc))
         return
     if as_json:
         emit_json([asdict(r) for r in results])
     else:
-        table(f"Conformance of plugin '{name}'", ["component", "status", "detail"],
-              [[r.id, r.status, r.detail] for r in results])
+        table(f"Conformance of plugin '{name}'", ["component", "status", "seconds", "detail"],
+              [[r.id, r.status, f"{r.seconds:.1f}", r.detail] for r in results])
     if any(r.status == "failed" for r in results):
         raise SystemExit(1)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -212,24 +213,30 @@ class CaseResult:
     id: str
     status: Literal["ok", "skipped", "failed"]
     detail: str = ""
+    seconds: float = 0.0
 
 
-def run_conformance(plugin: str | None = None, **kwargs: Any) -> list[CaseResult]:
+def run_conformance(plugin: str | None = None, *, starting: Callable[[str], None] | None = None,
+                    **kwargs: Any) -> list[CaseResult]:
     """Run every case of ``plugin`` without pytest; failures are collected, not raised.
 
-    Missing weights give ``skipped`` (or ``failed`` with ``missing_weights="fail"``).
+    Missing weights give ``skipped`` (or ``failed`` with ``missing_weights="fail"``). ``starting(id)``
+    is called before each case (a slow one — PULSE at its default steps — must not look hung).
     """
     results = []
     for case in collect_cases(plugin, **kwargs):
+        if starting is not None:
+            starting(case.id)
+        t0 = time.perf_counter()
         try:
             case.check()
         except WeightsMissing as exc:
             status: Literal["skipped", "failed"] = "failed" if case.missing_weights == "fail" else "skipped"
-            results.append(CaseResult(case.id, status, str(exc)))
+            results.append(CaseResult(case.id, status, str(exc), time.perf_counter() - t0))
         except c.ConformanceError as exc:
-            results.append(CaseResult(case.id, "failed", str(exc)))
+            results.append(CaseResult(case.id, "failed", str(exc), time.perf_counter() - t0))
         except Exception as exc:  # a crash inside the component is a failure of that component
-            results.append(CaseResult(case.id, "failed", f"{type(exc).__name__}: {exc}"))
+            results.append(CaseResult(case.id, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
         else:
-            results.append(CaseResult(case.id, "ok"))
+            results.append(CaseResult(case.id, "ok", seconds=time.perf_counter() - t0))
     return results
