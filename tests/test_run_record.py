@@ -221,3 +221,18 @@ def test_degrade_with_noise_records_the_seed(tmp_path):
     assert invoke(*args, "--seed", "3").exit_code == 0
     r = invoke(*args, "--seed", "4")
     assert r.exit_code == 2 and "(seed: 3 → 4)" in r.stderr
+
+
+def test_a_rerun_of_a_finished_folder_reads_no_input_and_builds_no_method(tmp_path, monkeypatch):
+    src, out = inputs(tmp_path / "in"), tmp_path / "o"
+    assert invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out)).exit_code == 0
+    import restorekit.commands.run as run_mod
+
+    probed: list[str] = []
+    real = run_mod.check_inputs
+    monkeypatch.setattr(run_mod, "check_inputs", lambda items, **kw: probed.extend(str(i.path) for i in items)
+                        or real(items, **kw))
+    monkeypatch.setattr(run_mod, "build_method", lambda *a, **k: pytest.fail("built the method"))
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out))
+    assert r.exit_code == 0 and probed == []
+    assert "0 written, 3 skipped (exist; --overwrite replaces), 0 failed" in r.stderr

@@ -138,14 +138,18 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         values, items, settings = job.together(prepare)
         limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
                   "max_output_pixels": max_output_pixels}
-        if not any(job.gather(bool(check_inputs(job.part(items), **limits)[0]))):
-            # nothing can succeed: say why without building the method
+        # Inputs whose outputs all exist are skipped: only the others' headers are read here (a rerun
+        # of a finished folder reads none, and builds no method).
+        pending = [it for it in job.part(items) if overwrite or faces_mode != "aligned"
+                   or not all((output / f"{stem}.{ext}").exists() for stem in stems(it))]
+        if not any(job.gather(bool(check_inputs(pending, **limits)[0]))):
+            # nothing to do, or nothing can succeed: say why without building the method
             result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
                                    quiet=quiet, label=method, on_error=error_line, job=job, **limits)
             if as_json and job.is_main:
                 emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
             elif not quiet and job.is_main:
-                click.echo(f"0 written, {len(result.skipped)} skipped, {len(result.failed)} failed → {output}",
+                click.echo(f"0 written, {result.skipped_text()}, {len(result.failed)} failed → {output}",
                            err=True)
             raise SystemExit(result.exit_code)
         m = job.together(lambda: build_method(method, values, job.device_for(device)))
