@@ -28,14 +28,9 @@ def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int |
     """The settings of one ``run``, as recorded in each of its outputs."""
     from .harness.runner import default_weights_pin, option_files_pin
 
-    values = result_options(options)
     files = option_files_pin(options) or {}
-    for label in files:  # a file by its name: an output shared publicly does not show the user's folders
-        key, _, index = label.partition("[")
-        if index:
-            values[key][int(index.rstrip("]"))] = Path(values[key][int(index.rstrip("]"))]).name
-        else:
-            values[key] = Path(values[key]).name
+    # A file by its name (its content is pinned): an output shared publicly does not show the user's folders.
+    values = {key: _names_only(value, key, files) for key, value in result_options(options).items()}
     settings: dict[str, Any] = {"command": "run", "method": cls.info.name, "scale": scale, "options": values,
                                 "couple": bool(couple), "backend": backend}
     if not (cls.info.one_sample_ignores_seed if n_samples == 1 else cls.info.deterministic):
@@ -48,17 +43,33 @@ def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int |
     return settings
 
 
+def _names_only(value: Any, label: str, files: Mapping[str, str]) -> Any:
+    """``value`` with each string that :func:`option_files_pin` pinned as a file (by its label,
+    at any depth) reduced to the file's name."""
+    if isinstance(value, str):
+        return Path(value).name if label in files else value
+    if isinstance(value, list):
+        return [_names_only(v, f"{label}[{i}]", files) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _names_only(v, f"{label}.{k}", files) for k, v in value.items()}
+    return value
+
+
 def degrade_settings(chain: Chain, *, seed: int) -> dict[str, Any]:
     """The settings of one ``degrade``, as recorded in each of its outputs: the spec, and the seed
     where the chain draws from it (tried on a small image: a chain without random steps ignores it)."""
     import torch
 
-    probe = torch.rand(1, 3, 16 * chain.scale, 16 * chain.scale, generator=torch.Generator().manual_seed(0))
-    try:
-        seeded = not torch.equal(chain(probe, generator=torch.Generator().manual_seed(1)),
-                                 chain(probe, generator=torch.Generator().manual_seed(2)))
-    except Exception:  # noqa: BLE001 - a step that cannot take the probe: take the seed as used
-        seeded = True
+    seeded = True  # unless the probe shows otherwise: a chain too large to probe, or one that fails on it
+    if chain.scale <= 32:  # (a probe of 8·scale px a side: at most 256 px)
+        try:
+            probe = torch.rand(1, 3, 8 * chain.scale, 8 * chain.scale, generator=torch.Generator().manual_seed(0))
+            first = chain(probe, generator=torch.Generator().manual_seed(1))
+            # Eight seeds: a step drawing a discrete choice (a coin flip) would agree for two by chance.
+            seeded = any(not torch.equal(first, chain(probe, generator=torch.Generator().manual_seed(s)))
+                         for s in range(2, 9))
+        except Exception:  # noqa: BLE001 - a step that cannot take the probe: take the seed as used
+            seeded = True
     settings: dict[str, Any] = {"command": "degrade", "spec": chain.spec()}
     if seeded:
         settings["seed"] = seed

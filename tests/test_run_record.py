@@ -236,3 +236,47 @@ def test_a_rerun_of_a_finished_folder_reads_no_input_and_builds_no_method(tmp_pa
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out))
     assert r.exit_code == 0 and probed == []
     assert "0 written, 3 skipped (exist; --overwrite replaces), 0 failed" in r.stderr
+
+
+def test_a_file_named_inside_a_dict_option_is_pinned_and_recorded_by_name(tmp_path):
+    """pulse's generator_options may name the generator's weights: that path reached every output."""
+    cls = registry().method("pulse")
+    gen = tmp_path / "private" / "gen.pt"
+    gen.parent.mkdir()
+    gen.write_bytes(b"weights")
+    opts = cls.Options(generator_options={"weights": str(gen), "impl": "ref"})
+    settings = run_settings(cls, opts, scale=8, seed=1, n_samples=1, couple=False, backend="torch")
+    assert settings["options"]["generator_options"] == {"weights": "gen.pt", "impl": "ref"}
+    assert list(settings["option_files"]) == ["generator_options.weights"]
+    assert str(tmp_path) not in json.dumps(settings)
+
+
+def test_a_finished_folder_of_several_samples_is_skipped_whole(tmp_path):
+    src, out = inputs(tmp_path / "in"), tmp_path / "o"
+    args = ["run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out), "--n-samples", "2"]
+    assert invoke(*args, "-q").exit_code == 0
+    r = invoke(*args, "--json", "-q")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["skipped"]) == 6 and json.loads(r.stdout)["written"] == []
+
+
+class _CoinFlip:
+    """A step drawing one discrete choice: two seeds often agree on it."""
+
+    params = object()  # no scale
+
+    def __call__(self, hr, *, generator=None):
+        return hr.flip(-1) if float(torch.rand(1, generator=generator)) < 0.5 else hr
+
+    def spec(self):
+        return "coinflip"
+
+
+def test_degrade_takes_a_chain_with_a_discrete_random_step_as_seeded():
+    from restorekit.degradations import Chain, parse_spec
+    from restorekit.run_record import degrade_settings
+
+    chain = Chain([_CoinFlip()])  # type: ignore[list-item]
+    assert degrade_settings(chain, seed=5)["seed"] == 5
+    assert "seed" not in degrade_settings(parse_spec("blur:1.5+bicubic:4+jpeg:60"), seed=5)
+    big = parse_spec("bicubic:64+bicubic:64")  # not probed (a 4096-px-scale image): taken as seeded
+    assert degrade_settings(big, seed=5)["seed"] == 5

@@ -145,7 +145,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         if not any(job.gather(bool(check_inputs(pending, **limits)[0]))):
             # nothing to do, or nothing can succeed: say why without building the method
             result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
-                                   quiet=quiet, label=method, on_error=error_line, job=job, **limits)
+                                   quiet=quiet, label=method, on_error=error_line, job=job, expected=stems,
+                                   **limits)
             if as_json and job.is_main:
                 emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
             elif not quiet and job.is_main:

@@ -101,8 +101,9 @@ def blend(base: Tensor, face: Tensor, mask: Tensor) -> Tensor:
 def is_grey(image: Tensor, tolerance: float = GREY_TOLERANCE) -> bool:
     """Whether ``image`` (N×3×H×W) is black and white: its channels differ by at most ``tolerance``
     (with a margin for float rounding, so that channels one 8-bit level apart count alike at every
-    level: (v + 1)/255 − v/255 exceeds 1/255 for some v)."""
-    return bool((image[:, 1:] - image[:, :1]).abs().max() <= tolerance + 1e-6)
+    level: (v + 1)/255 − v/255 exceeds 1/255 for some v); ``tolerance=0``: exactly equal channels."""
+    margin = 1e-6 if tolerance > 0 else 0.0
+    return bool((image[:, 1:] - image[:, :1]).abs().max() <= tolerance + margin)
 
 
 def grey(image: Tensor) -> Tensor:

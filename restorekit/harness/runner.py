@@ -219,16 +219,29 @@ def default_weights_pin(cls: type[Method] | Method) -> dict[str, list[str | None
     return {name: [f.sha256 for f in spec.files]}
 
 
+def option_strings(value: Any, label: str) -> Iterator[tuple[str, str]]:
+    """Each string inside an option's JSON value, with its label: ``key``, ``key[i]``, ``key.sub``."""
+    if isinstance(value, str):
+        yield label, value
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from option_strings(item, f"{label}[{i}]")
+    elif isinstance(value, dict):
+        for sub, item in value.items():
+            yield from option_strings(item, f"{label}.{sub}")
+
+
 def option_files_pin(options: Options) -> dict[str, str] | None:
     """The sha256 of each file an option names (``--opt psp_sr.weights=FILE``): the option's value
     is only a path, and a model retrained into the same file must not pass for the old one when a
-    run is resumed. A registered weights name is pinned by the registry's sha256s instead."""
+    run is resumed. A registered weights name is pinned by the registry's sha256s instead. Values in
+    lists and dicts are looked at too (pulse's ``generator_options`` may name the generator's
+    weights), labelled ``key[i]`` and ``key.sub``."""
     pins: dict[str, str] = {}
     for key, value in options.model_dump(mode="json").items():
-        for i, item in enumerate(value if isinstance(value, list) else [value]):
-            if not isinstance(item, str) or not item.strip():
+        for label, item in option_strings(value, key):
+            if not item.strip():
                 continue
-            label = key if not isinstance(value, list) else f"{key}[{i}]"
             try:  # a registered name means those weights even beside a file of that name (weights_source)
                 name = registered_name(item)
             except RestorekitError:
