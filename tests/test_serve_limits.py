@@ -161,6 +161,11 @@ def test_a_thousand_idle_connections_leave_the_server_answering(server: RunningS
     try:
         for _ in range(300):
             socks.append(connect(server))
+        # Each one over the cap is closed as it comes; the server forgets it on its loop's next turn.
+        deadline = time.monotonic() + 3
+        while len(server._server.server_state.connections) > LIMITS["max_connections"] + 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(server._server.server_state.connections) <= LIMITS["max_connections"] + 1
         time.sleep(LIMITS["header_timeout"] + 0.3)  # the last ones accepted are closed by the deadline
         quiet(server)
@@ -266,22 +271,53 @@ def test_a_client_that_goes_away_mid_upload_is_dropped_without_a_traceback(
     assert upload(server.url, png(generated_face(32)), "face.png")[0] == 201  # the upload slot was let go
 
 
-def test_only_so_many_uploads_are_read_at_once_the_next_is_told_to_retry(server: RunningServer) -> None:
+def test_a_slow_sender_does_not_hold_up_the_uploads_of_others(server: RunningServer) -> None:
+    """The turn used to be taken before the body was read: two slow links held every other upload off."""
     quiet(server)
     data = png(generated_face(32))
     first = connect(server, post_head(server, "/api/uploads", len(data), "first.png") + data[:100])
     try:
-        time.sleep(0.1)  # the first holds the only slot, its body still coming
+        time.sleep(0.1)  # the first's body still coming
         t0 = time.monotonic()
-        status, headers, body = request(server.url, "POST", "/api/uploads", data, {"X-Filename": "second.png"})
-        assert (status, headers.get("retry-after")) == (503, "2"), body
-        assert 0.25 < time.monotonic() - t0 < 2.0  # it waited upload_wait for a turn
-        assert json.loads(body)["error"] == ("second.png: the server is busy reading 1 other upload(s); "
-                                             "try again in a moment")
+        assert upload(server.url, data, "second.png")[0] == 201
+        assert time.monotonic() - t0 < 0.25  # no wait for the slow one
         first.sendall(data[100:])
         assert status_of(read_response(first)) == 201
     finally:
         first.close()
+
+
+def test_only_so_many_uploads_are_decoded_at_once_the_next_is_told_to_retry(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    quiet(server)
+    data = png(generated_face(32))
+    release, started = threading.Event(), threading.Event()
+    real = server.state.uploads.accept
+
+    def slow_accept(body: bytes, name: str) -> Any:
+        if name == "first.png":
+            started.set()
+            release.wait(5)
+        return real(body, name)
+
+    monkeypatch.setattr(server.state.uploads, "accept", slow_accept)
+    results: list[int] = []
+    t = threading.Thread(target=lambda: results.append(upload(server.url, data, "first.png")[0]))
+    t.start()
+    try:
+        assert started.wait(5)  # the first holds the only turn, decoding
+        t0 = time.monotonic()
+        status, headers, body = request(server.url, "POST", "/api/uploads", data, {"X-Filename": "second.png"})
+        assert (status, headers.get("retry-after")) == (503, "2"), body
+        assert 0.25 < time.monotonic() - t0 < 2.0  # it waited upload_wait for a turn
+        assert json.loads(body)["error"] == ("second.png: the server is busy decoding 1 other upload(s); "
+                                             "try again in a moment")
+    finally:
+        release.set()
+        t.join(10)
+    assert results == [201]
     assert upload(server.url, data, "third.png")[0] == 201
 
 

@@ -23,8 +23,9 @@ through DNS rebinding; a request that changes something must not come from anoth
 every response forbids framing, MIME sniffing and resources from elsewhere. Every refusal is JSON ``{"error": "one line"}``.
 
 Limits on what a request may hold (docs/serve.md, "Limits on connections"): a body must keep coming
-(:func:`read_body`: ``408`` otherwise), at most ``max_concurrent_uploads`` uploads are read and
-decoded at once (``503`` with ``Retry-After`` when no turn comes within ``upload_wait`` s), files are
+(:func:`read_body`: ``408`` otherwise), at most ``max_concurrent_uploads`` uploads are decoded at
+once (``503`` with ``Retry-After`` when no turn comes within ``upload_wait`` s; bodies are read
+without a turn, so a slow sender blocks nobody else), files are
 streamed from disk, and a client that goes away mid-upload is dropped without a word in the log.
 The connection cap and the header deadline are the server's (:func:`restorekit.web.server.protocol_class`).
 """
@@ -275,8 +276,8 @@ def create_app(state: Any) -> Starlette:
             "sample": find_spec("skimage") is not None,
         })
 
-    # Uploads read and decoded at once: each holds its bytes (up to max_upload_mb) and, decoding,
-    # several times its pixels; made on first use, inside the server's event loop.
+    # Turns to decode an upload (decoding holds several times its pixels); made on first use, inside
+    # the server's event loop.
     upload_slots: list[asyncio.Semaphore] = []
 
     async def upload(request: Request) -> Response:
@@ -285,6 +286,17 @@ def create_app(state: Any) -> Starlette:
         size = int(declared) if declared and declared.isdigit() else None
         if size is not None and size > cfg.max_upload_bytes:  # refused before waiting for a turn
             return error(str(state.uploads.too_large(name, size)), 413)
+        # The body is read without a turn (a slow link holds only its own bytes: at most max_connections
+        # bodies of max_upload_bytes); decoding, which holds the pixels as well, takes one of the
+        # max_concurrent_uploads turns.
+        try:
+            data = await read_body(request, cfg.max_upload_bytes, cfg)
+        except BodyTooLarge:
+            return error(str(state.uploads.too_large(name, size)), 413)
+        except BodyTooSlow:
+            return too_slow(cfg)
+        except ClientDisconnect:  # the client went away: nobody to answer, nothing to log
+            return Response(status_code=400)
         if not upload_slots:
             upload_slots.append(asyncio.Semaphore(cfg.max_concurrent_uploads))
         slots = upload_slots[0]
@@ -292,24 +304,14 @@ def create_app(state: Any) -> Starlette:
             async with asyncio.timeout(cfg.upload_wait):
                 await slots.acquire()
         except TimeoutError:
-            return error(f"{name}: the server is busy reading {cfg.max_concurrent_uploads} other upload(s); "
+            return error(f"{name}: the server is busy decoding {cfg.max_concurrent_uploads} other upload(s); "
                          "try again in a moment", 503, {"Retry-After": str(RETRY_UPLOADS_BUSY)})
         try:
-            try:
-                data = await read_body(request, cfg.max_upload_bytes, cfg)
-            except BodyTooLarge:
-                return error(str(state.uploads.too_large(name, size)), 413)
-            except BodyTooSlow:
-                return too_slow(cfg)
-            except ClientDisconnect:  # the client went away: nobody to answer, nothing to log
-                return Response(status_code=400)
-            try:
-                up = await run_in_threadpool(state.uploads.accept, data, name)
-            except RestorekitError as exc:
-                return error(str(exc), 400)
-            finally:
-                del data
+            up = await run_in_threadpool(state.uploads.accept, data, name)
+        except RestorekitError as exc:
+            return error(str(exc), 400)
         finally:
+            del data
             slots.release()
         return JSONResponse(up.public(), status_code=201)
 

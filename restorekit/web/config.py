@@ -60,10 +60,12 @@ class ServeConfig(Options):
                                                 "in KB/s (10^3 bytes)")
     body_max_time: float = Field(300.0, gt=0, allow_inf_nan=False,
                                  description="seconds a request body may take at most, however fast it comes (408)")
-    max_concurrent_uploads: int = Field(2, ge=1, description="uploads read and decoded at once; another waits "
-                                                             "upload_wait seconds for a turn, then is answered 503")
-    upload_wait: float = Field(5.0, ge=0, allow_inf_nan=False,
-                               description="seconds an upload waits for its turn before it is answered 503")
+    max_concurrent_uploads: int = Field(2, ge=1, description="uploads decoded at once (bodies are read without "
+                                                             "a turn); another waits upload_wait seconds for a "
+                                                             "turn, then is answered 503")
+    upload_wait: float = Field(30.0, ge=0, allow_inf_nan=False,
+                               description="seconds a received upload waits for its turn to be decoded before it "
+                                           "is answered 503")
 
     @property
     def max_upload_bytes(self) -> int:
