@@ -23,9 +23,10 @@ Conversion rule for files (pillow):
   255), which pillow has already scaled from its maxval to 0..65535 (mode ``I``): a dark frame
   stays dark. Other 32-bit integer data (``I``: 32-bit TIFF, signed 16-bit TIFF; such files say
   nothing of the range used) is scaled by ``/255`` when no value exceeds 255 (8-bit values stored
-  wide), else ``/65535`` when none exceeds 65535 (16-bit values stored wide), else by the full
-  range of its sample type (``/(2**32-1)`` unsigned, ``/(2**31-1)`` signed; pillow's negative
-  reading of unsigned values above 2**31 is undone): never clipped to white. Negative values are
+  wide), else ``/65535`` when none exceeds 65535 (16-bit values stored wide), else by the
+  smallest bit depth that holds its maximum (``/(2**k-1)``, 17 ≤ k ≤ 32: 18- or 24-bit data stored
+  wide), with a ``warning:`` line naming it (pillow's negative reading of unsigned values above
+  2**31 is undone): never clipped to white, never nearly black. Negative values are
   clipped to 0 with a ``warning:`` line while they are stray (at most :data:`STRAY_SHARE` of the
   pixels); more, and the file is refused (signed data has no scale to guess). Float data (``F``)
   is read as 0–1: values up to :data:`FLOAT_SLACK` outside it (overshoot of resampling or
@@ -482,8 +483,12 @@ def to_numpy_pixels(img: Image.Image, where: object = "image", *, int_layout: st
             if negative:
                 _note_once(where, f"{negative} negative integer pixel value(s) clipped to 0")
             top = raw.max(initial=0)
-            scale = (255.0 if top <= 255 else 65535.0 if top <= 65535
-                     else float(2**32 - 1) if layout == "uint32" else float(2**31 - 1))
+            if top <= 65535:
+                scale = 255.0 if top <= 255 else 65535.0
+            else:  # 17- to 32-bit data stored wide: the smallest bit depth that holds its maximum, said
+                bits = int(top).bit_length()
+                scale = float(2**bits - 1)
+                _note_once(where, f"integer pixels up to {_number(top)}: read as {bits}-bit data (÷{2**bits - 1})")
         arr = np.clip(raw / scale, 0, 1)
         if key is not None:
             arr = np.where(raw == key, 1.0, arr)
@@ -926,7 +931,9 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             raise ImageError(f"{p}: no such file or folder")
     unique: dict[tuple[Any, ...], Path] = {}
     for q in paths:  # the same file twice (by any name) is one input, under the name listed first
-        unique.setdefault(_file_key(q), q)
+        first = unique.setdefault(_file_key(q), q)
+        if os.path.abspath(first) != os.path.abspath(q):  # a link, not a second spelling: said, not silent
+            _note_once(q, f"the same file as {_shown_name(first)} (a link); used once, under that name")
     kept = list(unique.values())
     return [ImageItem(q, name) for q, name in zip(kept, output_names(kept))]
 

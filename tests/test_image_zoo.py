@@ -105,6 +105,18 @@ def test_unsigned_32_bit_grey_above_65535_is_scaled_by_its_full_range_not_clippe
     np.testing.assert_allclose(grey(read_image(tmp_path / "n32.tif"))[0], narrow[0] / 65535, atol=1e-7)
 
 
+def test_grey_just_above_16_bits_is_read_at_the_bit_depth_that_holds_it(tmp_path, capsys):
+    """A maximum of 70000 was divided by 2**32-1: the image came out black (1.6e-5), silently."""
+    vals = np.array([[0, 1000, 40_000, 70_000]] * 4, dtype=np.uint32)
+    _tiff(tmp_path / "u17.tif", vals, sample_format=1)
+    x = grey(read_image(tmp_path / "u17.tif"))
+    np.testing.assert_allclose(x[0], vals[0] / (2**17 - 1), atol=1e-7)
+    assert "u17.tif: integer pixels up to 70000: read as 17-bit data (÷131071)" in capsys.readouterr().err
+    vals24 = np.array([[0, 2**23, 2**24 - 1, 5]] * 4, dtype=np.uint32)
+    _tiff(tmp_path / "u24.tif", vals24, sample_format=1)
+    np.testing.assert_allclose(grey(read_image(tmp_path / "u24.tif"))[0], vals24[0] / (2**24 - 1), atol=1e-7)
+
+
 def test_signed_grey_that_is_mostly_negative_is_refused_and_a_stray_negative_clipped(tmp_path, capsys):
     arr = np.tile(np.linspace(-1000, 1000, 16).astype(np.int16), (16, 1))
     _tiff(tmp_path / "s16.tif", arr, sample_format=2)
@@ -159,7 +171,7 @@ def test_a_folder_lists_every_extension_of_the_formats_read_and_only_those(tmp_p
 
 # -- one file under two names -----------------------------------------------------------------------------------
 
-def test_a_link_and_its_target_are_one_input_under_the_first_name(tmp_path):
+def test_a_link_and_its_target_are_one_input_under_the_first_name(tmp_path, capsys):
     d = tmp_path / "in"
     d.mkdir()
     Image.new("RGB", (8, 8), (1, 2, 3)).save(d / "b.png")
@@ -171,6 +183,9 @@ def test_a_link_and_its_target_are_one_input_under_the_first_name(tmp_path):
     os.link(d / "b.png", d / "d.png")  # a hard link: the same file too
     Image.new("RGB", (8, 8), (1, 2, 3)).save(d / "e.png")  # equal bytes, another file: kept
     assert [(i.path.name, i.stem) for i in list_inputs(d)] == [("a.png", "a"), ("e.png", "e")]
+    err = capsys.readouterr().err  # each name left out is said, once (DVC or annex folders of links)
+    assert [ln.split(": ", 1)[1] for ln in err.splitlines()] == [
+        f"{d / n}.png: the same file as {d / 'a.png'} (a link); used once, under that name" for n in "bcd"]
     assert [i.path.name for i in list_inputs(str(d / "[bc].png"))] == ["b.png"]
     (tmp_path / "list.txt").write_text("in/c.png\nin/b.png\nin/./b.png\nin/e.png\n")
     assert [i.path.name for i in list_inputs(tmp_path / "list.txt")] == ["c.png", "e.png"]

@@ -188,3 +188,10 @@ def test_registry_build_hook_removes_stale_entries(tmp_path):
     want = sorted(p.relative_to(ROOT / "registry").as_posix() for sub in ("weights", "plugins")
                   for p in (ROOT / "registry" / sub).glob("*.toml"))
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.toml")) == want
+
+
+def test_restorekit_testing_submodules_stay_attributes():
+    """The lazy package still hands out its submodules as attributes (``restorekit.testing.cases``)."""
+    import restorekit.testing as t
+
+    assert t.cases.collect_cases is t.collect_cases and t.conformance.check_method is t.check_method

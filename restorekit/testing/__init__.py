@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("cases", "cli", "conformance", "data", "distributed", "fixtures"):  # the submodules, as before
+        return import_module(f".{name}", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

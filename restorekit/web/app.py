@@ -209,16 +209,21 @@ class OpenFileResponse(Response):
     def __init__(self, handle: Any, size: int, media_type: str, headers: Mapping[str, str]) -> None:
         super().__init__(content=None, media_type=media_type, headers=dict(headers))
         self.handle = handle
+        self.size = size
         self.headers["content-length"] = str(size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            more = scope.get("method") != "HEAD"
-            while more:
-                chunk = await run_in_threadpool(self.handle.read, FILE_CHUNK)
-                more = len(chunk) == FILE_CHUNK
+            left = self.size if scope.get("method") != "HEAD" else 0
+            more = left > 0
+            while more:  # exactly the declared length, even of a file that grew since
+                chunk = await run_in_threadpool(self.handle.read, min(FILE_CHUNK, left))
+                left -= len(chunk)
+                more = bool(chunk) and left > 0
                 await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if self.size == 0 and scope.get("method") != "HEAD":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             if scope.get("method") == "HEAD":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
