@@ -183,7 +183,8 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
     shown = [m for m in DEMO_METRICS if m not in skipped]
     if not quiet:
         table(f"astronaut ×{k} ({lr.shape[-1]} → {res} px)", ["method", *shown],
-              [[n, *(f"{results[n][m]:.4f}" for m in shown)] for n in results])
+              [[n, *(f"{results[n][m]:.4f}" for m in shown)] for n in results],
+              overflow="fold")  # a metric's name folds onto a second line, never cut (80 columns)
     for m in sorted(skipped):
         reason = next(v for r in results.values() for mm, v in r.items() if mm == m and isinstance(v, str))
         warn(f"{m} {reason}")
