@@ -27,7 +27,7 @@ from restorekit.web.config import ServeConfig  # noqa: E402
 from restorekit.web.jobs import Job, JobQueue, JobSettings  # noqa: E402
 from restorekit.web.server import RunningServer, start  # noqa: E402
 
-LIMITS = dict(max_connections=4, header_timeout=0.5, body_timeout=0.5, body_min_rate_kb=1.0, body_max_time=2.0,
+LIMITS = dict(max_connections=4, header_timeout=0.5, write_timeout=0.5, body_timeout=0.5, body_min_rate_kb=1.0, body_max_time=2.0,
               max_concurrent_uploads=1, upload_wait=0.3, keep_uploads=1, max_queue=2)
 
 
@@ -354,6 +354,33 @@ def test_files_are_streamed_from_disk_with_the_same_headers(server: RunningServe
     stored.path.unlink()  # gone from disk (its job was deleted meanwhile): 404, not a 500
     status, _, body = request(server.url, "GET", "/" + up["preview"])
     assert status == 404 and json.loads(body)["error"] == "no such file (it was deleted with its job)"
+
+
+def test_a_client_that_never_reads_its_download_is_dropped(server: RunningServer) -> None:
+    """A download the client does not read held its connection (one of the capped few) forever."""
+    quiet(server)
+    status, up = upload(server.url, png(generated_face(48)), "face.png")
+    assert status == 201
+    stored = server.state.files.get(up["preview"].split("/")[1])
+    size = 32 * 2**20  # more than the kernel's buffers on both sides hold
+    stored.path.write_bytes(b"\0" * size)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port_of(server)))
+    try:
+        sock.sendall(b"GET /" + up["preview"].encode() + b" HTTP/1.1\r\nHost: " + host(server) + b"\r\n\r\n")
+        time.sleep(LIMITS["write_timeout"] + 1.5)  # not reading: the server's buffer fills, then it waits
+        got, t0 = 0, time.monotonic()
+        try:
+            while chunk := sock.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert got < size and time.monotonic() - t0 < 5  # cut off, not sent whole
+    finally:
+        sock.close()
+    quiet(server)
 
 
 # ------------------------------------------------------------------------------------------ jobs

@@ -52,6 +52,9 @@ class ServeConfig(Options):
     header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
                                   description="seconds a connection may take to send a request's headers (from "
                                               "connecting, or from the previous response); then it is closed")
+    write_timeout: float = Field(30.0, gt=0, allow_inf_nan=False,
+                                 description="seconds a response may wait for the client to read it (its send "
+                                             "buffer full); then the connection is dropped")
     body_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
                                 description="seconds a request body may pause, or fall behind body_min_rate_kb; "
                                             "then it is answered 408")

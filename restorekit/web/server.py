@@ -107,14 +107,18 @@ def protocol_class(config: ServeConfig) -> type:
       is cancelled by any byte, so a client sending one header byte now and then held a connection
       forever). The body has its own deadline (:func:`restorekit.web.app.read_body`); the rest of a
       body answered before it was read (a ``413``, an upload told to come back later) may go on
-      coming while it comes at ``body_min_rate_kb``, for at most ``body_max_time`` s.
+      coming while it comes at ``body_min_rate_kb``, for at most ``body_max_time`` s;
+    - a response whose client stops reading (the send buffer full) for ``config.write_timeout`` s
+      has its connection dropped, so a crowd of clients that ask and never read cannot hold the
+      connection cap.
     """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     # What is overridden or read here (uvicorn 0.29-0.55); another uvicorn without them gets its plain
     # protocol and a warning, not a server that fails on its first connection.
-    needed = ("connection_made", "connection_lost", "data_received", "handle_events", "on_response_complete")
+    needed = ("connection_made", "connection_lost", "data_received", "handle_events", "on_response_complete",
+              "pause_writing", "resume_writing")
     if not all(callable(getattr(H11Protocol, name, None)) for name in needed):
         import sys
 
@@ -129,10 +133,11 @@ def protocol_class(config: ServeConfig) -> type:
             b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\n" % len(body)) + body
     max_connections, header_timeout = config.max_connections, config.header_timeout
     min_bytes = config.body_min_rate_kb * 1000.0 * header_timeout  # per deadline, of a body already answered
-    body_max_time = config.body_max_time
+    body_max_time, write_timeout = config.body_max_time, config.write_timeout
 
     class LimitedH11Protocol(H11Protocol):  # type: ignore[misc]
         _deadline: Any = None
+        _stall: Any = None  # armed while the client does not read what is sent (the send buffer full)
         _received = 0  # bytes received on this connection
         _mark = 0  # … when the deadline was armed
         _answered = 0.0  # when the last response was complete
@@ -147,7 +152,25 @@ def protocol_class(config: ServeConfig) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stall is None:
+                self._stall = self.loop.call_later(write_timeout, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+
+        def _stalled(self) -> None:
+            self._stall = None
+            self.transport.abort()  # not close(): that would wait for the unread bytes to leave
 
         def data_received(self, data: bytes) -> None:
             self._received += len(data)
