@@ -76,6 +76,23 @@ def degrade_settings(chain: Chain, *, seed: int) -> dict[str, Any]:
     return settings
 
 
+#: The weights pins a record may carry, and how a difference in one is named.
+PINS = {"default_weights": "default weights", "option_files": "the file of --opt"}
+
+
+def pin_differences(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The weights of pin ``key`` (:data:`PINS`) that differ between two records' pins, in words."""
+    return [f"{PINS[key]} {name}: {'changed' if name in a and name in b else 'other'}"
+            for name in sorted(a.keys() | b.keys()) if a.get(name) != b.get(name)]
+
+
+def option_differences(a: Mapping[str, Any], b: Mapping[str, Any], *,
+                       ignore_options: frozenset[str] = frozenset()) -> list[str]:
+    """The options that differ between two records (``--opt KEY: old → new``), but ``ignore_options``."""
+    return [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k not in ignore_options]
+
+
 def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
                 ignore_options: frozenset[str] = frozenset()) -> list[str]:
     """What differs between a recorded run and this one, in words (``key: old → new``); options
@@ -85,20 +102,15 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
     found: list[str] = []
     other_method = old.get("method") != now.get("method")  # then its options and weights say nothing more
     for key in COMPARED:
-        if other_method and key in ("default_weights", "option_files"):
-            continue
-        if key in ("default_weights", "option_files"):
+        if key in PINS:
             a, b = old.get(key) or {}, now.get(key) or {}
-            if isinstance(a, dict) and isinstance(b, dict):
-                what = "default weights" if key == "default_weights" else "the file of --opt"
-                found += [f"{what} {k}: {'changed' if k in a and k in b else 'other'}"
-                          for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+            if isinstance(a, dict) and isinstance(b, dict) and not other_method:
+                found += pin_differences(key, a, b)
         elif (key in old or key in now) and old.get(key) != now.get(key):
             found.append(f"{key}: {old.get(key)} → {now.get(key)}")
     a, b = old.get("options"), now.get("options")
     if isinstance(a, dict) and isinstance(b, dict) and not other_method:
-        found += [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
-                  if a.get(k) != b.get(k) and k not in ignore_options]
+        found += option_differences(a, b, ignore_options=ignore_options)
     return found
 
 

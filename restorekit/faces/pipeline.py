@@ -50,6 +50,7 @@ from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
 from ..interfaces import Face, FaceDetector, Method, MethodInfo, result_options
 from ..methods import check_values
+from ..run_record import PINS, option_differences, pin_differences
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match, grey, is_grey
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
@@ -585,16 +586,12 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
         for k in ("min_face", "max_shrink", "seed", "couple"):
             if k in side and k in now and side[k] != now[k]:
                 found.append(f"{k}: {side[k]} → {now[k]}")
-        for k, what in (("default_weights", "default weights"), ("option_files", "the file of --opt")):
+        for k in PINS:  # (a sidecar written before the pins were recorded is checked on the rest)
             if k in side and isinstance(side[k], dict) and isinstance(now.get(k, {}), dict) \
                     and old["method"] == now.get("method"):
-                a, b = side[k], now.get(k, {})
-                found += [f"{what} {name}: {'changed' if name in a and name in b else 'other'}"
-                          for name in sorted(a.keys() | b.keys()) if a.get(name) != b.get(name)]
+                found += pin_differences(k, side[k], now.get(k, {}))
         if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
-            a, b = side["options"], now["options"]
-            found += [f"--opt {k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(a.keys() | b.keys())
-                      if a.get(k) != b.get(k) and k not in ignore_options]
+            found += option_differences(side["options"], now["options"], ignore_options=ignore_options)
         if found:
             stems_changed.append(stem)
             diffs.update(dict.fromkeys(found))
