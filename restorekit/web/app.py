@@ -281,9 +281,9 @@ def create_app(state: Any) -> Starlette:
             "sample": find_spec("skimage") is not None,
         })
 
-    # Turns to decode an upload (decoding holds several times its pixels); made on first use, inside
-    # the server's event loop.
-    upload_slots: list[asyncio.Semaphore] = []
+    # Turns to decode an upload (decoding holds several times its pixels). An asyncio semaphore binds
+    # to the event loop that first waits on it: the server's.
+    slots = asyncio.Semaphore(cfg.max_concurrent_uploads)
 
     async def upload(request: Request) -> Response:
         name = display_name(unquote(request.headers.get("x-filename", "")))
@@ -302,9 +302,6 @@ def create_app(state: Any) -> Starlette:
             return too_slow(cfg)
         except ClientDisconnect:  # the client went away: nobody to answer, nothing to log
             return Response(status_code=400)
-        if not upload_slots:
-            upload_slots.append(asyncio.Semaphore(cfg.max_concurrent_uploads))
-        slots = upload_slots[0]
         try:
             async with asyncio.timeout(cfg.upload_wait):
                 await slots.acquire()
