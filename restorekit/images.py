@@ -301,6 +301,12 @@ _TIFF_PHOTOMETRIC = {0: "grey", 1: "grey", 2: "RGB", 3: "palette", 4: "mask", 5:
                      9: "ICCLab", 10: "ITULab", 32844: "LogL", 32845: "LogLuv"}
 
 
+def _tiff_tag(tags: Any, tag: int, default: int) -> int:
+    """A TIFF tag's (first) value as an integer, ``default`` when the directory lacks it."""
+    v = tags.get(tag, default)
+    return int(v[0] if isinstance(v, tuple) and v else v)
+
+
 def _tiff_layout(p: Path, data: bytes | None) -> str | None:
     """The sample layout a TIFF's first directory declares, in words (``3 samples a pixel of 32-bit
     float, RGB``), for the message of one pillow cannot open; None when that directory does not read
@@ -318,14 +324,9 @@ def _tiff_layout(p: Path, data: bytes | None) -> str | None:
         tags = dict(ifd)
         if caught or not {256, 257, 258, 262} <= tags.keys():  # a directory cut short (pillow warns), or no image's
             return None
-
-        def first(tag: int, default: int) -> int:
-            v = tags.get(tag, default)
-            return int(v[0] if isinstance(v, tuple) and v else v)
-
-        spp, bits = first(277, 1), first(258, 1)
-        kind = _TIFF_SAMPLES.get(first(339, 1), "unknown")
-        photometric = _TIFF_PHOTOMETRIC.get(first(262, -1), f"photometric {first(262, -1)}")
+        spp, bits = _tiff_tag(tags, 277, 1), _tiff_tag(tags, 258, 1)
+        kind = _TIFF_SAMPLES.get(_tiff_tag(tags, 339, 1), "unknown")
+        photometric = _TIFF_PHOTOMETRIC.get(_tiff_tag(tags, 262, -1), f"photometric {_tiff_tag(tags, 262, -1)}")
         extra = tags.get(338, ())
         n_extra = len(extra) if isinstance(extra, tuple) else 1
     except Exception:  # noqa: BLE001 - a header that does not parse: the plain message
@@ -441,11 +442,7 @@ def _int_layout(img: Image.Image) -> str:
         return "netpbm16"
     if img.format == "TIFF":
         tags = getattr(img, "tag_v2", None) or {}
-
-        def first(v: Any) -> Any:
-            return v[0] if isinstance(v, tuple) and v else v
-
-        if first(tags.get(258)) == 32 and first(tags.get(339, 1)) == 1:  # SampleFormat 1 (the default): unsigned
+        if _tiff_tag(tags, 258, 0) == 32 and _tiff_tag(tags, 339, 1) == 1:  # SampleFormat 1 (the default): unsigned
             return "uint32"
     return "int32"
 
