@@ -113,12 +113,11 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
                 missing[n] = DEFAULT_METHODS[n]
         if missing:
             names = [n for n in names if n not in missing]
-            dists = sorted(set(missing.values()))
-            reason = "; ".join(missing_default_reason(d) for d in dists)
+            why = {d: missing_default_reason(d) for d in sorted(set(missing.values()))}
+            reason = "; ".join(why.values())
             if not names:
                 raise RestorekitError(f"demo: none of its default methods ({', '.join(missing)}) is available: {reason}")
-            for n, d in missing.items():
-                unavailable[n] = missing_default_reason(d)
+            unavailable.update({n: why[d] for n, d in missing.items()})
             if not quiet:
                 click.echo(f"note: the demo leaves out {', '.join(missing)}: {reason}", err=True)
     for n in names:  # a name that is not a method is a typo, not a method missing its weights

@@ -89,11 +89,11 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
                     quiet: bool = False) -> Any:
     """The registered generator ``name`` from a command's ``--weights`` and ``--opt`` words, in eval
     mode on ``device``; its notes (which weights, their license) go to stderr unless ``quiet``.
+    Callers refuse an unknown ``name`` first, before any other work (:func:`check_generator`).
 
     The factory's options model reads every value (``allow_unsafe=false`` is False, not a truthy
     string); a bad value or argument is a usage error (exit 2).
     """
-    check_generator(name)
     factory = registry().get("generators", name)
     label = f"generator '{name}'"
     config: dict[str, object] = dict(parse_pairs(opts))
