@@ -65,6 +65,21 @@ def parse_pairs(pairs: list[str] | tuple[str, ...], flag: str = "--opt") -> dict
     return out
 
 
+def parse_targeted_pairs(pairs: list[str] | tuple[str, ...], what: str = "METHOD",
+                         flag: str = "--opt") -> dict[str, dict[str, str]]:
+    """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``: options for one of
+    several components (dashes in keys become underscores); ``WHAT.KEY=VALUE`` is the form a
+    malformed pair is told to take."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        target, sep, value = pair.partition("=")
+        name, dot, key = target.partition(".")
+        if not sep or not dot or not name.strip() or not key.strip():
+            raise OptionError(f"{flag} '{pair}': expected {what}.KEY=VALUE")
+        out.setdefault(name.strip(), {})[key.strip().replace("-", "_")] = value
+    return out
+
+
 def parse_bool(key: str, raw: str) -> bool:
     """``true/1/yes`` → True, ``false/0/no`` → False (any case); anything else is an error."""
     word = raw.strip().lower()

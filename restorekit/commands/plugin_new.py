@@ -257,17 +257,13 @@ def plugin_check(name: str, missing_weights: str, opts: tuple[str, ...], quiet: 
     each component as it starts. Exit code 1 when any check fails.
     """
     from ..cli import table
-    from ..options import OptionError, parse_pairs
+    from ..options import OptionError, parse_targeted_pairs
     from ..testing.cases import run_conformance
     from ..testing.conformance import ConformanceError
 
-    configs: dict[str, dict[str, Any]] = {}
     try:
-        for key, value in parse_pairs(opts).items():
-            component, dot, option = key.partition(".")
-            if not dot or not component or not option:
-                raise OptionError(f"--opt '{key}={value}': expected COMPONENT.KEY=VALUE")
-            configs.setdefault(component, {}).setdefault("options", {})[option] = value
+        configs: dict[str, dict[str, Any]] = {component: {"options": values} for component, values
+                                              in parse_targeted_pairs(opts, "COMPONENT").items()}
     except OptionError as exc:
         fail_usage(str(exc))
         return

@@ -43,6 +43,7 @@ from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write
 from ..interfaces import Method, Metric, Options
 from ..methods import (check_output_size_contract, check_restored, keep_black_and_white, resolve_device,
                        validate_options)
+from ..options import OptionError, parse_targeted_pairs
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
@@ -270,18 +271,18 @@ VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
-    """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``."""
+    """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``, each method one
+    of ``methods``."""
     out: dict[str, dict[str, str]] = {}
-    for pair in pairs:
-        target, sep, value = pair.partition("=")
-        method, dot, key = target.partition(".")
-        if not sep or not dot or not method.strip() or not key.strip():
-            raise CompareUsageError(f"--opt '{pair}': expected METHOD.KEY=VALUE")
-        method = method.strip()
+    for pair in pairs:  # one at a time: the first pair that is wrong, either way, is named
+        try:
+            ((method, values),) = parse_targeted_pairs([pair]).items()
+        except OptionError as exc:
+            raise CompareUsageError(str(exc)) from None
         if method not in methods:
             raise CompareUsageError(f"--opt '{pair}': method '{method}' is not in --methods"
                                     f"{suggest(method, methods)}")
-        out.setdefault(method, {})[key.strip().replace("-", "_")] = value
+        out.setdefault(method, {}).update(values)
     return out
 
 
