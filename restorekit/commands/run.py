@@ -101,7 +101,6 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             values = method_values(cls, opts, weights)
             if quiet and "quiet" in cls.Options.model_fields and "quiet" not in values:
                 values["quiet"] = True  # -q: the method's own notes and progress too (pulse's)
-            validate_options(cls, values)
             probe = cls(validate_options(cls, values))
             try:
                 probe.check_scale(scale)
@@ -119,8 +118,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 warn(f"{method} is deterministic: its {n_samples} samples will be identical")
             items = list_inputs(input_spec)
             check_output_folder(input_spec, output, ext)
-            settings = run_settings(cls, validate_options(cls, values), scale=scale, seed=seed, n_samples=n_samples,
-                                    couple=couple, backend=backend)
+            settings = run_settings(cls, probe.options, scale=scale, seed=seed, n_samples=n_samples, couple=couple,
+                                    backend=backend)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         require_inputs(items, input_spec)
