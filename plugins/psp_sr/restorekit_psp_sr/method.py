@@ -574,11 +574,11 @@ class PSPSR(Method):
     def _check_input(self, lr: Tensor) -> None:
         h, w = lr.shape[-2:]
         if h != w:
-            self._note_once("square", f"a {w}×{h} input is not square: it is stretched to the square model input "
+            self._note_once(f"square {w}x{h}", f"a {w}×{h} input is not square: it is stretched to the square model input "
                                       f"and the output back to scale × its size (aspect distorted; pSp expects "
                                       f"aligned square face crops)")
         elif h not in self.input_sizes():
-            self._note_once("size", f"{h}-px inputs are outside the sizes the model was trained for "
+            self._note_once(f"size {h}", f"{h}-px inputs are outside the sizes the model was trained for "
                                     f"({', '.join(map(str, self.input_sizes()))} px); results may be poor")
 
     def _keep_memory(self) -> None:

@@ -142,7 +142,10 @@ def test_weights_info_and_non_square_inputs(model_file: Path, capsys: pytest.Cap
     assert out.shape == (1, 3, 32, 24)
     m.restore(smooth_batch(1, 16, 12, seed=3), 2)
     err = capsys.readouterr().err
-    assert err.count("not square") == 1  # said once
+    assert err.count("not square") == 1  # said once per shape
+    m.restore(smooth_batch(1, 20, 12, seed=3), 2)
+    m.restore(smooth_batch(1, 20, 12, seed=3), 2)
+    assert capsys.readouterr().err.count("a 12×20 input is not square") == 1  # another shape: said again
 
 
 def test_official_checkpoint_loads(model_file: Path, tmp_path: Path) -> None:
