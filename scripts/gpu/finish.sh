@@ -17,7 +17,7 @@
 #   bars            check_bars.py: issue #18's "done when" bars, pass or fail, and the card's tables
 # Settings: FACES (../shared/data/faces), W (runs/prior128_finish), STAGE2_STEPS (the recipe's 5000;
 # 3000 when continuing a GPU part), STAGE2_MINUTES (a time limit for this session's share), KIMG
-# (for the data note; read from metrics.jsonl), TRAINED_ON (the data note's hardware: "one H200"; the
+# (for the data note; read from metrics.jsonl), TRAINED_ON (the data note's hardware; default: the GPU named in RETURNED/run.log; the
 # CPU route's snapshot folder as RETURNED: "a 2-core CPU"), EVAL_LIMIT (compare only the first N faces
 # of each list: rehearsals).
 set -euo pipefail
@@ -39,7 +39,10 @@ grep /ffhq128/ "$W/val.txt" > "$W/val_ffhq.txt"  # check_bars.py: the per-source
 # 47 faces from both sources, for the slow methods; not the 47 (NR % 9 == 1) psp_pulse's defaults were chosen on
 awk 'NR % 9 == 5' "$W/val.txt" > "$W/val_pulse.txt"
 KIMG=${KIMG:-$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg']))" "$RETURNED/metrics.jsonl" 2>/dev/null || echo '?')}
-NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on ${TRAINED_ON:-one H200}"
+# The GPU the run trained on, as setup.sh logged it ("… cuda True NVIDIA H100 80GB HBM3").
+GPU_NAME=$(grep -m1 "host:" "$RETURNED/run.log" 2>/dev/null | sed -n 's/.* cuda True //p' || true)
+TRAINED_ON=${TRAINED_ON:-${GPU_NAME:+one $GPU_NAME}}
+NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on ${TRAINED_ON:-one GPU}"
 METRICS=psnr_y_crop,ssim_y_crop,lpips_alex_v0.1,identity_dlib_dist,lr_consistency
 
 stage_realism() {
