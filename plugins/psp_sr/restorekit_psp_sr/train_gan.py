@@ -7,14 +7,16 @@ DiffAugment instead of ADA (no tuning, differentiable, applied to real and fake 
 players' steps):
 
 * non-saturating logistic loss; lazy R1 on real images every ``r1_every`` D steps (weight
-  ``r1_gamma/2·r1_every``), added to that step's D loss: one optimizer step per batch, so Adam's
+  ``r1_gamma/2·r1_every``; the gradient taken as StyleGAN2 takes it, :func:`r1_penalty`), added to that step's D loss: one optimizer step per batch, so Adam's
   learning rate and betas stay as set (StyleGAN2-ADA scales them by ``r1_every/(r1_every+1)``
   because it takes R1 as an extra optimizer step);
 * style mixing with probability ``style_mixing`` (one cut per batch); random noise inputs;
 * an exponential moving average of G (half-life ``ema_kimg`` thousand images, ramped up over
   the first ``ema_rampup`` of the images seen) — the generator that is exported;
-* Adam (lr 0.0025, betas 0/0.99) for both players; no path-length regularisation (optional in
-  StyleGAN2-ADA at this size, and its cost buys nothing measurable in minutes of training).
+* Adam (lr 0.0025, betas 0/0.99) for both players; no path-length regularisation, by choice:
+  StyleGAN2-ADA's configs use it at every resolution (weight 2, every 4 G steps; off only for
+  CIFAR), for smoother latent paths — left out here to spend the few minutes of a GPU on
+  adversarial steps.
 
 The discriminator is StyleGAN2's residual D (:mod:`.discriminator`), or with ``d_arch =
 "projected"`` small patch heads on frozen ImageNet AlexNet features (:mod:`.projected_d`,
@@ -55,6 +57,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -320,6 +323,18 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
+def r1_penalty(d: Callable[[Tensor], Tensor], real: Tensor) -> tuple[Tensor, Tensor]:
+    """R1, the mean squared gradient norm of ``d`` at ``real`` ([0,1] images), and ``d``'s logits.
+
+    In StyleGAN2's units: the gradient with respect to the [-1, 1] image its discriminator takes
+    (ours maps [0,1] to [-1,1] inside), a quarter of the squared norm with respect to [0,1] pixels —
+    so that ``r1_gamma`` means what it means there (0.0002·res²/batch and its configs)."""
+    x = real.detach().requires_grad_(True)
+    out = d(x)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad.square().sum(dim=(1, 2, 3)).mean() / 4, out
+
+
 def ema_beta(cfg: GANConfig, nimg: int) -> float:
     """StyleGAN2-ADA's EMA decay for one step at ``nimg`` images seen."""
     if cfg.ema_kimg <= 0:
@@ -471,10 +486,7 @@ class GANTrainer:
                     logit_fake=logits_fake.detach().float().mean(),
                     real_sign=logits_real.detach().float().sign().mean())
         if cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0:
-            x = real.detach().requires_grad_(True)
-            out = self.D(self._d_input(x))  # fp32: the penalty is a second-order quantity
-            (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            r1, out = r1_penalty(lambda x: self.D(self._d_input(x)), real)  # fp32: a second-order quantity
             (r1 * (cfg.r1_gamma / 2 * cfg.r1_every) + out.mean() * 0).backward()
             logs["r1"] = r1.detach()
         _allreduce_grads(self.d_params, self.dist)
@@ -736,4 +748,4 @@ def load_trainer() -> type[GANTrainer]:
 
 
 __all__ = ["GANConfig", "GANModels", "GANTrainer", "batch_indices", "draw_batch", "ema_beta", "epoch_order",
-           "load_face_tensor", "mixed_styles", "training_files", "update_ema"]
+           "load_face_tensor", "mixed_styles", "r1_penalty", "training_files", "update_ema"]

@@ -18,7 +18,7 @@ from PIL import Image
 from restorekit_psp_sr.diffaugment import brightness, contrast, cutout, diff_augment, parse_policy, saturation, translation
 from restorekit_psp_sr.discriminator import StyleGAN2Discriminator, minibatch_stddev
 from restorekit_psp_sr.train_gan import (GANConfig, GANTrainer, draw_batch, ema_beta, load_face_tensor, mixed_styles,
-                                         update_ema)
+                                         r1_penalty, update_ema)
 
 TINY = {"resolution": 32, "style_dim": 16, "n_mlp": 2, "channels": {4: 16, 8: 16, 16: 8, 32: 8},
         "batch_size": 4, "num_threads": 1, "device": "cpu", "log_every": 2, "ckpt_every": 3,
@@ -143,6 +143,23 @@ def test_r1_penalty_second_order_gradient_matches_finite_differences() -> None:
     w = d.state_dict()[name].clone().requires_grad_(True)
     assert r1_of(w) > 0
     assert torch.autograd.gradcheck(r1_of, (w,), eps=1e-6, atol=1e-5)
+
+
+def test_r1_penalty_is_in_stylegan2_units() -> None:
+    """γ as StyleGAN2 means it: the gradient with respect to the [-1, 1] image D takes (a quarter
+    of the [0,1] pixels' squared norm; the penalty was once 4× too strong)."""
+    torch.manual_seed(0)
+    d = StyleGAN2Discriminator(8, channels={4: 3, 8: 2}, impl="ref").double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    r1, logits = r1_penalty(d, x)
+    y = (x * 2 - 1).requires_grad_(True)  # the image as StyleGAN2's D sees it
+    (g,) = torch.autograd.grad(d((y + 1) / 2).sum(), y)
+    torch.testing.assert_close(r1, g.square().sum((1, 2, 3)).mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(logits, d(x))
+    # A D linear in its [-1, 1] input: R1 is the squared norm of its weights.
+    w = torch.randn(3 * 8 * 8, dtype=torch.float64)
+    r1_lin, _ = r1_penalty(lambda im: (im * 2 - 1).flatten(1) @ w, x)
+    torch.testing.assert_close(r1_lin, w.square().sum())
 
 
 # -- pieces of the loop ---------------------------------------------------------------------------
