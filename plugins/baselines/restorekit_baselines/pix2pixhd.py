@@ -253,12 +253,14 @@ class MultiscaleDiscriminator(nn.Module):
 
 # -- losses ---------------------------------------------------------------------------------
 def lsgan_loss(outputs: list[list[Tensor]], real: bool) -> Tensor:
-    """LSGAN: mean over scales of ``mean((pred − target)²)``, target 1 (real) or 0 (fake)."""
+    """LSGAN: the sum over scales of ``mean((pred − target)²)``, target 1 (real) or 0 (fake) —
+    summed as pix2pixHD's ``GANLoss`` does, so the adversarial term weighs what it does there
+    against feature matching and VGG (which are averaged over scales)."""
     total = outputs[0][-1].new_zeros(())
     for feats in outputs:
         pred = feats[-1]
         total = total + F.mse_loss(pred, torch.full_like(pred, 1.0 if real else 0.0))
-    return total / len(outputs)
+    return total
 
 
 def feature_matching_loss(fake: list[list[Tensor]], real: list[list[Tensor]], n_layers: int) -> Tensor:

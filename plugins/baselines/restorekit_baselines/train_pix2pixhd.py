@@ -5,10 +5,15 @@
 ``F×`` bicubic downscale upscaled back to ``size``). One training step:
 
 1. ``fake = G(lr_up)``;
-2. discriminator step (its own Adam, :attr:`Pix2PixHDTrainConfig.lr_d`):
+2. discriminator step (its own Adam, :attr:`Pix2PixHDTrainConfig.lr_d`, on G's learning-rate
+   schedule scaled by ``lr_d / lr``):
    ``½·(LSGAN(D(lr_up, hr), real) + LSGAN(D(lr_up, fake.detach()), fake))``;
 3. generator loss, returned to the shared :class:`~restorekit.training.Trainer` which steps G:
-   ``λ_gan·LSGAN(D(lr_up, fake), real) + λ_feat·FM + λ_vgg·VGG (+ λ_l1·L1 + λ_lpips·LPIPS)``.
+   ``λ_gan·LSGAN(D(lr_up, fake), real) + λ_feat·FM + λ_vgg·VGG (+ λ_l1·L1 + λ_lpips·LPIPS)``,
+   LSGAN summed over D's scales and FM averaged, as pix2pixHD. Unlike pix2pixHD, which takes both
+   players' losses from one forward pass and steps G first, G's loss is taken against the D just
+   updated (the shared loop steps G after this function returns, and a D stepped in place cannot
+   stay in G's graph).
 
 With ``lambda_gan = 0`` (and ``lambda_feat = 0``) there is no discriminator at all: the same
 generator trained as a plain regression CNN, e.g. on L1 + LPIPS — the reference that shows what
@@ -190,6 +195,10 @@ class Pix2PixHDTrainer(Trainer):
         self.d_optimizer = torch.optim.Adam(self.model.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
 
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        cfg = self.config
+        if cfg.lr_schedule != "constant":  # D follows G's schedule, as pix2pixHD decays both
+            for group in self.d_optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step) * (cfg.lr_d or cfg.lr) / cfg.lr
         return pix2pixhd_step(net, batch, self.config, self.vgg, self.d_optimizer, self.lpips)
 
     def validation_step(self, batch: dict[str, Any]) -> tuple[list[Tensor], dict[str, Tensor]]:

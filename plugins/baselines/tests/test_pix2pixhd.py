@@ -80,7 +80,9 @@ def test_discriminator_features_and_losses() -> None:
     assert out[0][-1].shape[-1] > out[1][-1].shape[-1] > out[2][-1].shape[-1]
     ones = [[torch.ones(2, 1, 4, 4)], [torch.ones(2, 1, 2, 2)]]
     assert lsgan_loss(ones, True).item() == 0.0
-    assert lsgan_loss(ones, False).item() == pytest.approx(1.0)
+    assert lsgan_loss(ones, False).item() == pytest.approx(2.0)  # summed over the 2 scales, as pix2pixHD
+    halves = [[torch.full((2, 1, 4, 4), 0.5)], [torch.zeros(2, 1, 2, 2)]]
+    assert lsgan_loss(halves, True).item() == pytest.approx(0.25 + 1.0)
     assert feature_matching_loss(out, out, 3).item() == 0.0
     shifted = [[t + 0.5 for t in f] for f in out]
     # Every intermediate map differs by 0.5: 3 scales × 4 maps × (1/3) × (4/4) × 0.5.
@@ -126,6 +128,24 @@ def test_tiny_training_learns(faces: Path, tmp_path: Path) -> None:
     assert all(b < a for a, b in zip(l1, l1[1:])) and l1[-1] < 0.9 * l1[0], l1
     assert (tmp_path / "run" / EXPORT_NAME).is_file()
     assert summary["exported"] == str(tmp_path / "run" / EXPORT_NAME)
+
+
+def test_the_discriminator_follows_the_learning_rate_schedule(faces: Path, tmp_path: Path) -> None:
+    """pix2pixHD decays both players' learning rates: D's follows G's schedule, scaled by lr_d/lr."""
+    cfg = _tiny_config(tmp_path, steps=4, lr_d=4e-3, lr_schedule="cosine", lr_decay_start=1, lr_final_ratio=0.1)
+    trainer = build_trainer(cfg, faces, quiet=True)
+    seen: list[float] = []
+    step = trainer.train_step
+
+    def spy(net, batch):  # type: ignore[no-untyped-def]
+        out = step(net, batch)
+        seen.append(trainer.d_optimizer.param_groups[0]["lr"])
+        return out
+
+    trainer.train_step = spy  # type: ignore[method-assign]
+    trainer.fit()
+    expected = [2 * trainer.lr_at(i) for i in range(4)]
+    assert seen == pytest.approx(expected, rel=1e-12) and seen[0] == pytest.approx(4e-3) and seen[-1] < 3e-3
 
 
 def test_plain_cnn_without_discriminator(faces: Path, tmp_path: Path) -> None:
