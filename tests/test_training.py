@@ -175,6 +175,16 @@ def test_lookahead_matches_hand_computation() -> None:
     torch.testing.assert_close(a.detach(), b.detach())
 
 
+def test_ranger_defaults_are_psps() -> None:
+    """pSp's Ranger: RAdam with betas (0.95, 0.999) and eps 1e-5 inside Lookahead (k 6, alpha 0.5)."""
+    from restorekit.training.optim import build_optimizer
+
+    opt = build_optimizer([nn.Parameter(torch.zeros(3))], TrainConfig(optimizer="ranger", lr=1e-4))
+    group = opt.param_groups[0]
+    assert (group["betas"], group["eps"], group["lr"]) == ((0.95, 0.999), 1e-5, 1e-4)
+    assert (opt.k, opt.alpha) == (6, 0.5)
+
+
 def test_ranger_minimises_and_state_round_trips(tmp_path: Path) -> None:
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(32))  # 1-D: gradient centralization leaves it alone

@@ -83,7 +83,7 @@ class TrainConfig(_Strict):
     lr_decay_start: int = Field(default=0, ge=0)
     lr_final_ratio: float = Field(default=0.1, ge=0, le=1)
     optimizer: Literal["adam", "ranger"] = "ranger"
-    # None: the optimizer's defaults (adam: 0.9, 0.999 / 1e-8; ranger: 0.95, 0.999 / 6.1e-5 as pSp's).
+    # None: the optimizer's defaults (adam: 0.9, 0.999 / 1e-8; ranger: 0.95, 0.999 / 1e-5 as pSp's).
     betas: Betas | None = None
     eps: float | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)

@@ -5,7 +5,7 @@ Ranger is what pSp trains with. Here it is ``torch.optim.RAdam`` wrapped in :cla
 fast ones and the fast weights restart from there), with gradient centralization (Yong et al.
 2020: each gradient of a tensor with more than one dimension has its mean over all but the
 first dimension removed) applied before the inner step, as pSp's Ranger does. The defaults are
-pSp's: betas (0.95, 0.999), eps 6.1e-5, k = 6, alpha = 0.5.
+pSp's: betas (0.95, 0.999), eps 1e-5, k = 6, alpha = 0.5.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Lookahead:
 
 
 def ranger(params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.95, 0.999),
-           eps: float = 6.1e-5, weight_decay: float = 0.0, k: int = 6, alpha: float = 0.5,
+           eps: float = 1e-5, weight_decay: float = 0.0, k: int = 6, alpha: float = 0.5,
            grad_centralization: bool = True) -> Lookahead:
     """Ranger as pSp uses it: RAdam + Lookahead(k, alpha) + gradient centralization."""
     base = torch.optim.RAdam(list(params), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -105,7 +105,7 @@ def build_optimizer(params: Iterable[Tensor], config: Any) -> torch.optim.Optimi
         return torch.optim.Adam(params, lr=config.lr, betas=config.betas or (0.9, 0.999),
                                 eps=config.eps or 1e-8, weight_decay=config.weight_decay)
     if config.optimizer == "ranger":
-        return ranger(params, lr=config.lr, betas=config.betas or (0.95, 0.999), eps=config.eps or 6.1e-5,
+        return ranger(params, lr=config.lr, betas=config.betas or (0.95, 0.999), eps=config.eps or 1e-5,
                       weight_decay=config.weight_decay, k=config.lookahead_k, alpha=config.lookahead_alpha,
                       grad_centralization=config.grad_centralization)
     raise ValueError(f"unknown optimizer '{config.optimizer}'; known: adam, ranger")
