@@ -35,8 +35,9 @@ Snapshots every ``snapshot_minutes`` (and at the end) go to ``OUT/snapshot/`` an
 run cut short still returns its latest generator: ``generator.safetensors`` (EMA, fp16,
 restorekit StyleGAN2 format), ``samples.png`` (fixed latents, truncation 1 and 0.7),
 ``metrics.jsonl``, and ``resume_g.safetensors``/``resume_d.safetensors`` (fp16 weights of the
-training G and D, what ``init_from`` continues from on another machine — without Adam's state,
-which a GAN rebuilds in a few hundred steps). With ``init_widen`` the snapshot may come from a
+training G and D, what ``init_from`` continues from on another machine — its step and image
+counts too, so that batches and random draws go on instead of replaying the snapshot run's first
+steps; without Adam's state, which a GAN rebuilds in a few hundred steps). With ``init_widen`` the snapshot may come from a
 run with fewer channels at some resolutions: its networks are widened to this config's without
 changing what they compute (``widen.py``), so a run found too narrow goes on instead of starting over.
 
@@ -67,6 +68,7 @@ from torch import Tensor, nn
 
 from restorekit.errors import ImageError, exception_line
 from restorekit.images import IMAGE_EXTS
+from restorekit.seeds import mix_seed
 from restorekit.training import Betas, TrainConfig, load_optimizer_state
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
@@ -613,7 +615,10 @@ class GANTrainer:
         from safetensors import safe_open
 
         with safe_open(str(f / "resume_g.safetensors"), "pt") as sf:
-            self.nimg = int((sf.metadata() or {}).get("nimg", "0"))
+            meta = sf.metadata() or {}
+        # The count goes on, so that batches and the random draws seeded below continue where the
+        # snapshot's run was, instead of replaying its first steps.
+        self.nimg, self.step = int(meta.get("nimg", "0")), int(meta.get("step", "0"))
 
     def save_checkpoint(self) -> Path | None:
         rngs = all_gather_objects(self.dist, rng_state())
@@ -675,9 +680,11 @@ class GANTrainer:
         if not resume:
             if cfg.init_from:
                 self.init_weights(cfg.init_from)
-            seed_everything(cfg.seed + self.dist.rank)
+            # From a snapshot (init_from) at step > 0: other latents, noise and augmentation than its run's.
+            seed = cfg.seed if self.step == 0 else mix_seed(cfg.seed, self.step) % 2**63
+            seed_everything(seed + self.dist.rank)
             if self.device.type == "cuda":
-                torch.cuda.manual_seed(cfg.seed + self.dist.rank)
+                torch.cuda.manual_seed(seed + self.dist.rank)
         check_stop_steps(self.step, cfg.steps, until)
         self.load_data()
         barrier(self.dist)

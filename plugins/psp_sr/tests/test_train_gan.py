@@ -278,7 +278,10 @@ def test_init_from_a_snapshot_folder(faces: Path, tmp_path: Path) -> None:
     second.init_weights(tmp_path / "a" / "snapshot")
     for k, v in first.D.state_dict().items():
         assert torch.allclose(second.D.state_dict()[k], v, atol=2e-3, rtol=2e-3), k
-    assert second.nimg == 8
+    assert (second.nimg, second.step) == (8, 2)  # the counts go on: batches and draws do not replay
+    res = GANTrainer.build(tiny_config(faces, tmp_path / "e", steps=4, init_from=str(tmp_path / "a" / "snapshot")),
+                           quiet=True).fit()
+    assert res["finished"] and res["step"] == 4 and res["kimg"] == 0.016  # 2 more steps of 4 images
     other = tiny_config(faces, tmp_path / "c", steps=3, channels={4: 8, 8: 8, 16: 8, 32: 8},
                         init_from=str(tmp_path / "a" / "snapshot"))
     from restorekit.training.trainer import TrainingError
