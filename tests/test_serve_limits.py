@@ -152,6 +152,44 @@ def test_one_connection_over_the_cap_is_answered_503_at_once_and_idle_ones_close
     assert not [r for r in uvicorn_log if r.levelno >= logging.ERROR]
 
 
+def test_one_client_holds_at_most_its_share_of_the_connections(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_client_connections: one more from the same remote client is answered 503 at once, and
+    its connections count again once closed (loopback peers are not counted: here every
+    connection is made to count as one remote client's)."""
+    import restorekit.web.server as server_module
+
+    monkeypatch.setattr(server_module, "client_key", lambda peer: "203.0.113.7")
+    cfg = ServeConfig(port=0, device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"], temp_parent=tmp_path,
+                      **{**LIMITS, "max_connections": 6, "max_client_connections": 2, "header_timeout": 5.0})
+    srv = start(cfg)
+    try:
+        held = [connect(srv) for _ in range(2)]
+        time.sleep(0.1)
+        elapsed, raw = closed_after(connect(srv))
+        assert status_of(raw) == 503 and elapsed < 0.4, raw
+        assert headers_of(raw)["retry-after"] == "1"
+        assert json.loads(raw.split(b"\r\n\r\n", 1)[1])["error"].startswith(
+            "too many connections from your address (2 at once)")
+        for sock in held:
+            sock.close()
+        quiet(srv)
+        assert get_json(srv.url, "/api/info")[0] == 200  # closed ones no longer count
+    finally:
+        srv.stop()
+
+
+def test_client_key_counts_remote_clients_not_this_machine() -> None:
+    from restorekit.web.server import client_key
+
+    assert client_key(("203.0.113.7", 5000)) == client_key(("203.0.113.7", 6000)) == "203.0.113.7"
+    assert client_key(("::ffff:203.0.113.7", 1, 0, 0)) == "203.0.113.7"
+    assert client_key(("2001:db8::1", 1, 0, 0)) == client_key(("2001:db8::ffff:2", 1, 0, 0)) == "2001:db8::/64"
+    assert client_key(("2001:db8:0:1::1", 1, 0, 0)) != "2001:db8::/64"
+    for own in (("127.0.0.1", 1), ("127.8.0.1", 1), ("::1", 1, 0, 0), ("::ffff:127.0.0.1", 1, 0, 0), None, "/run/s"):
+        assert client_key(own) is None, own
+
+
 def test_a_thousand_idle_connections_leave_the_server_answering(server: RunningServer,
                                                                  uvicorn_log: list[logging.LogRecord]) -> None:
     """The audit's 1100 idle sockets exhausted file descriptors (170 000 tracebacks); now all but the

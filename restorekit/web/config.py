@@ -49,6 +49,11 @@ class ServeConfig(Options):
     # link, but nothing a client does not send holds the server's connections or memory for long.
     max_connections: int = Field(64, ge=1, description="open connections at once; one more is answered 503 "
                                                        "(Retry-After) and closed")
+    max_client_connections: int = Field(16, ge=1,
+                                        description="open connections at once from one remote client (an IPv4 "
+                                                    "address, an IPv6 /64); one more is answered 503 and closed. "
+                                                    "This machine's own connections are not counted: its user, "
+                                                    "or a reverse proxy speaking for many clients")
     header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
                                   description="seconds a connection may take to send a request's headers (from "
                                               "connecting, or from the previous response); then it is closed")

@@ -13,9 +13,11 @@ a deadline for request headers), ``limit_concurrency`` (requests in flight) and 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,13 +97,34 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def client_key(peername: Any) -> str | None:
+    """The client a connection counts against (:attr:`ServeConfig.max_client_connections`): its IPv4
+    address, or its IPv6 /64 (one host's usual share); None for this machine's own connections —
+    loopback peers (the user, or a reverse proxy speaking for many clients) and Unix sockets."""
+    if not isinstance(peername, (tuple, list)) or not peername or not isinstance(peername[0], str):
+        return None
+    try:
+        ip = ipaddress.ip_address(peername[0].split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def protocol_class(config: ServeConfig) -> type:
     """uvicorn's h11 HTTP/1.1 protocol with two limits of the server's own:
 
     - at most ``config.max_connections`` connections at once: one more is answered ``503`` (JSON,
       ``Retry-After: 1``) as soon as it is accepted and closed, so a crowd of idle sockets holds
       neither file descriptors nor memory (uvicorn's ``limit_concurrency`` answers 503 only once a
-      request's headers have come, and keeps the connection until then);
+      request's headers have come, and keeps the connection until then); and at most
+      ``config.max_client_connections`` of them from one remote client (:func:`client_key`), so
+      that one client cannot hold all of them;
     - a request's headers must have come ``config.header_timeout`` s after the connection was made
       or the previous response was sent, else the connection is closed (uvicorn's keep-alive timeout
       is cancelled by any byte, so a client sending one header byte now and then held a connection
@@ -126,12 +149,18 @@ def protocol_class(config: ServeConfig) -> type:
               "deadline use; they are off (limit_concurrency and the body deadline still hold)", file=sys.stderr)
         return H11Protocol
 
-    body = json.dumps({"error": f"the server is busy ({config.max_connections} connections at once); "
-                                "try again in a moment"}).encode()
-    busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nretry-after: 1\r\ncache-control: no-store\r\n"
-            b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\n" % len(body)) + body
+    def refusal(message: str) -> bytes:  # a 503 written before the connection is closed
+        body = json.dumps({"error": message}).encode()
+        return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nretry-after: 1\r\ncache-control: no-store\r\n"
+                b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\n" % len(body)) + body
+
+    busy = refusal(f"the server is busy ({config.max_connections} connections at once); try again in a moment")
+    client_busy = refusal(f"too many connections from your address ({config.max_client_connections} at once); "
+                          "try again in a moment")
     max_connections, header_timeout = config.max_connections, config.header_timeout
+    per_client = config.max_client_connections
+    clients: Counter[str] = Counter()  # open connections per remote client, across this server's connections
     min_bytes = config.body_min_rate_kb * 1000.0 * header_timeout  # per deadline, of a body already answered
     body_max_time, write_timeout = config.body_max_time, config.write_timeout
 
@@ -141,6 +170,7 @@ def protocol_class(config: ServeConfig) -> type:
         _received = 0  # bytes received on this connection
         _mark = 0  # … when the deadline was armed
         _answered = 0.0  # when the last response was complete
+        _client: str | None = None  # the remote client this connection counts against
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -148,9 +178,21 @@ def protocol_class(config: ServeConfig) -> type:
                 transport.write(busy)
                 transport.close()
                 return
+            self._client = client_key(transport.get_extra_info("peername"))
+            if self._client is not None:
+                clients[self._client] += 1  # undone in connection_lost, which follows every close
+                if clients[self._client] > per_client:
+                    transport.write(client_busy)
+                    transport.close()
+                    return
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._client is not None:
+                clients[self._client] -= 1
+                if clients[self._client] <= 0:
+                    del clients[self._client]
+                self._client = None
             self._disarm()
             if self._stall is not None:
                 self._stall.cancel()
