@@ -5,8 +5,12 @@ Rules:
   (e.g. no face found) left out and counted; images where the metric raised are counted apart. ``+inf`` (PSNR of a perfect output) is a value:
   a mean containing it is ``+inf``.
 - Stochastic methods: the mean over images is taken per seed, and the table shows the mean ±
-  population standard deviation (ddof = 0) of those per-seed means. Deterministic methods run
-  once and have no ± part.
+  population standard deviation (ddof = 0) of those per-seed means. The per-seed means are over
+  the same images: those every seed has a (finite or infinite) value for; an image some seed has
+  none for (it failed there, the metric raised, or NaN) is left out for all of them and counted
+  (``seed_left_out``), so that a seed failing on a hard image does not raise its mean. A seed
+  with no value at all is not one of "every seed" (its failures are counted as such).
+  Deterministic methods run once and have no ± part.
 - Runtime: mean ms per call over the successful calls, warm-up calls left out (when the only
   timed call was the warm-up, it is used and flagged). Peak memory: the maximum over calls.
 """
@@ -14,7 +18,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .store import Record
@@ -23,16 +27,20 @@ from .store import Record
 @dataclass
 class Stat:
     """An aggregate value: ``mean`` (± ``std`` over seeds when stochastic) of ``n`` values, ``nan`` left
-    out; ``inf`` of the ``n`` are infinite (then so is the mean)."""
+    out; ``inf`` of the ``n`` are infinite (then so is the mean). ``seed_left_out``: images of a
+    stochastic method left out because not every seed has a value there (their values are in
+    neither ``n`` nor ``nan``)."""
 
     mean: float = math.nan
     std: float | None = None
     n: int = 0
     nan: int = 0
     inf: int = 0
+    seed_left_out: int = 0
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "nan": self.nan, "inf": self.inf}
+        return {"mean": self.mean, "std": self.std, "n": self.n, "nan": self.nan, "inf": self.inf,
+                "seed_left_out": self.seed_left_out}
 
 
 @dataclass
@@ -80,8 +88,8 @@ def _pstd(xs: list[float]) -> float | None:
 
 def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Stat:
     """Aggregate one metric over the successful records of one method."""
-    by_seed: dict[int | None, list[float]] = {}
-    nan = n = inf = 0
+    by_seed: dict[int | None, list[tuple[str, float]]] = {}
+    nan = 0
     for r in records:
         if r.status != "ok" or r.metrics is None or metric not in r.metrics:
             continue
@@ -91,15 +99,24 @@ def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Sta
         if math.isnan(v):
             nan += 1
             continue
-        n += 1
-        inf += math.isinf(v)
-        by_seed.setdefault(r.seed, []).append(v)
+        by_seed.setdefault(r.seed, []).append((r.image, v))
     if not by_seed:
         return Stat(math.nan, None, 0, nan)
+    left_out = 0
+    if stochastic and len(by_seed) > 1:  # the seeds compared on the same images
+        images = [{img for img, _ in v} for v in by_seed.values()]
+        common = set.intersection(*images)
+        left_out = len(set.union(*images) - common)
+        by_seed = {seed: [(img, x) for img, x in v if img in common] for seed, v in by_seed.items()}
+    values = [x for v in by_seed.values() for _, x in v]
+    n, inf = len(values), sum(math.isinf(x) for x in values)
+    if not values:
+        return Stat(math.nan, None, 0, nan, 0, left_out)
     if stochastic:
-        means = [_mean(v) for _, v in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-        return Stat(_mean(means), _pstd(means), n, nan, inf)
-    return Stat(_mean([x for v in by_seed.values() for x in v]), None, n, nan, inf)
+        means = [_mean([x for _, x in v])
+                 for _, v in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+        return Stat(_mean(means), _pstd(means), n, nan, inf, left_out)
+    return Stat(_mean(values), None, n, nan, inf)
 
 
 def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images: int,
@@ -128,10 +145,13 @@ def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images:
     return s
 
 
-def best_per_column(summaries: list[MethodSummary], directions: dict[str, bool]) -> dict[str, set[str]]:
+def best_per_column(summaries: list[MethodSummary], directions: dict[str, bool],
+                    shown: Callable[[str, float], str] | None = None) -> dict[str, set[str]]:
     """For each metric (``directions``: name → higher is better) and ``runtime``, the best method(s).
 
-    A column is marked only when at least two methods have a value in it.
+    A column is marked only when at least two methods have a value in it. With ``shown`` (column,
+    mean → the text a report prints), means are compared as printed, so every method whose number
+    reads the same as the best one is marked too.
     """
     out: dict[str, set[str]] = {}
     columns: dict[str, tuple[bool, dict[str, float]]] = {
@@ -139,12 +159,22 @@ def best_per_column(summaries: list[MethodSummary], directions: dict[str, bool])
     columns["runtime"] = (False, {s.name: s.runtime_ms.mean for s in summaries})
     for col, (hib, values) in columns.items():
         vals = {k: v for k, v in values.items() if not math.isnan(v)}
+        if shown is not None:
+            vals = {k: _as_printed(shown, col, v) for k, v in vals.items()}
         if len(vals) < 2:
             out[col] = set()
             continue
         target = max(vals.values()) if hib else min(vals.values())
         out[col] = {k for k, v in vals.items() if v == target}
     return out
+
+
+def _as_printed(shown: Callable[[str, float], str], col: str, v: float) -> float:
+    """``v`` rounded as ``shown`` prints it (``v`` itself when the text is not a number)."""
+    try:
+        return float(shown(col, v).replace(",", "").removesuffix("%"))
+    except ValueError:
+        return v
 
 
 def failure_groups(summary: MethodSummary) -> list[tuple[str, list[str]]]:

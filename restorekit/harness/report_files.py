@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,28 @@ def _csv_text(v: object) -> str:
     return "'" + s if s.startswith(_FORMULA_START) else s
 
 
+#: results.json ``settings.conventions``: rules that change what is scored or what a metric compares.
+BLACK_AND_WHITE = ("a super-resolution method's output for a black-and-white LR input (channels within 1/255 of "
+                   "each other everywhere) is replaced by its BT.601 luma before saving and scoring; methods of "
+                   "another task (colourisation) keep their colours")
+LR_CONSISTENCY = ("lr_consistency compares the LR input with the output downscaled by antialiased bicubic "
+                  "(PIL convention), whatever degradation or --lr-dir made the LR images")
+
+
 def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     """``results.csv`` (per image) and ``summary.csv`` (per method)."""
     names = [m.name for m in sm.active_metrics]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "image", "seed", "status", "ms", "warmup", "peak_mem_mb", *names, "output", "error"])
+    w.writerow(["method", "image", "seed", "status", "ms", "warmup", "peak_mem_mb", *names, "output", "error",
+                "metric_errors"])
     for r in sm.result.records:
+        errors = {n: r.metric_errors[n] for n in names if r.metric_errors and n in r.metric_errors}
         w.writerow([_csv_text(r.method), _csv_text(r.image), "" if r.seed is None else r.seed, r.status,
                     _csv_num(r.ms), int(r.warmup), _csv_num(r.peak_mem_mb),
                     *[_csv_num((r.metrics or {}).get(n)) for n in names], _csv_text(r.output or ""),
-                    _csv_text(r.error or "")])
+                    _csv_text(r.error or ""),
+                    _csv_text(json.dumps(errors, ensure_ascii=False) if errors else "")])
     per_image = out / "results.csv"
     atomic_write_bytes(per_image, buf.getvalue().encode())
 
@@ -53,7 +65,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     w = csv.writer(buf, lineterminator="\n")
     head = ["method", "deterministic", "seeds", "images", "ok", "failed"]
     for n in names:
-        head += [f"{n}_mean", f"{n}_std", f"{n}_nan"]
+        head += [f"{n}_mean", f"{n}_std", f"{n}_nan", f"{n}_n", f"{n}_inf", f"{n}_errors"]
     w.writerow(head + ["ms_per_image", "ms_std", "runtime_is_warmup", "warmup_ms", "peak_mem_mb", "device",
                        "precision", "backend"])
     plans = {mp.name: mp for mp in sm.result.plan.methods}
@@ -62,7 +74,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
                           s.images, s.ok, s.failed]
         for n in names:
             st = s.metrics[n]
-            row += [_csv_num(st.mean), _csv_num(st.std), st.nan]
+            row += [_csv_num(st.mean), _csv_num(st.std), st.nan, st.n, st.inf, s.metric_errors.get(n, 0)]
         row += [_csv_num(s.runtime_ms.mean), _csv_num(s.runtime_ms.std), int(s.runtime_is_warmup),
                 _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
                 *map(_csv_text, (plans[s.name].device, plans[s.name].precision, plans[s.name].backend))]
@@ -118,7 +130,9 @@ def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, A
                      "out": str(cfg.out),
                      "conventions": {"predictions": "rounded to 8 bits (as saved) before scoring",
                                      "degradation_seed": "sha256 of the decoded HR pixels, mixed (splitmix64)",
-                                     "hr": "cropped bottom/right to a multiple of the scale"}},
+                                     "hr": "cropped bottom/right to a multiple of the scale",
+                                     "black_and_white": BLACK_AND_WHITE,
+                                     "lr_consistency": LR_CONSISTENCY}},
         "device": str(res.plan.device),
         "backend": backend_info(res.plan.device),
         "plugins": plugin_versions(res.plan.registry),

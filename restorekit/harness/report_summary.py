@@ -34,12 +34,18 @@ def summarize_result(res: CompareResult) -> Summary:
         recs = [r for r in res.records if r.method == mp.name]
         rows.append(summarize(mp.name, mp.deterministic, mp.seeds, len(res.inputs.pairs), recs, names))
     directions = {m.name: m.higher_is_better for m in metrics}
-    best = best_per_column(rows, directions)
+    fmts: dict[str, str | None] = {m.name: m.fmt for m in metrics}
+    fmts["runtime"] = RUNTIME_FMT
+    best = best_per_column(rows, directions, lambda col, v: fmt_number(v, fmts[col]))  # as printed
     baseline = res.plan.config.baseline
     paired = None
     if baseline is not None:
         paired = compare_to_baseline(res.records, baseline, [mp.name for mp in res.plan.methods], directions)
     return Summary(res, rows, best, paired)
+
+
+#: The format of ms/img in the tables.
+RUNTIME_FMT = ".1f"
 
 
 def fmt_number(v: float | None, fmt: str | None = None) -> str:

@@ -8,7 +8,7 @@ import math
 
 from .aggregate import MethodSummary, failure_groups
 from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL
-from .report_summary import Summary, fmt_number, fmt_signed, fmt_stat, magnitude_fmt
+from .report_summary import RUNTIME_FMT, Summary, fmt_number, fmt_signed, fmt_stat, magnitude_fmt
 from .runner import MetricState
 
 ARROW = {True: "↑", False: "↓"}
@@ -16,7 +16,7 @@ Rows = list[list[tuple[str, bool]]]  # a table's rows of cells: (text, is-best)
 
 
 def _runtime_cell(s: MethodSummary) -> str:
-    text = fmt_number(s.runtime_ms.mean, ".1f")
+    text = fmt_number(s.runtime_ms.mean, RUNTIME_FMT)
     return text + " (warm-up)" if s.runtime_is_warmup else text
 
 
@@ -150,12 +150,18 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
     out = [f"* best in {best_in}. Runtime: mean ms per image, warm-up call excluded; device {'; '.join(devices)}; "
            f"precision {', '.join(precisions)}."]
     if any(not s.deterministic for s in sm.methods):
-        out.append("Stochastic methods: mean ± std (population) over seeds of the per-seed mean over images.")
+        out.append("Stochastic methods: mean ± std (population) over seeds of the per-seed mean over the "
+                   "images every seed has a value for.")
     for m in sm.active_metrics:
-        counts = [f"{s.name} {s.metrics[m.name].nan}/{s.metrics[m.name].nan + s.metrics[m.name].n}"
+        counts = [f"{s.name} {s.metrics[m.name].nan}/{_scored(sm, s.name, m.name)}"
                   for s in sm.methods if s.metrics[m.name].nan]
         if counts:
             out.append(f"{m.name}: {m.nan_label}: {', '.join(counts)} (left out of the mean)")
+        dropped = [f"{s.name} {k} image{'s' if k > 1 else ''}" for s in sm.methods
+                   if (k := s.metrics[m.name].seed_left_out)]
+        if dropped:
+            out.append(f"{m.name}: left out of the mean ± std because not every seed has a value there (the seeds "
+                       f"are compared on the same images): {', '.join(dropped)}")
         infs = [f"{s.name} {s.metrics[m.name].inf}/{s.metrics[m.name].n}" for s in sm.methods if s.metrics[m.name].inf]
         if infs:
             out.append(f"{m.name}: infinite values (e.g. a perfect output's PSNR): {', '.join(infs)} — such a mean "
@@ -166,6 +172,9 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
                           if r.metric_errors and m.name in r.metric_errors), None)
             why = f" (first: {first[0]}: {first[1]})" if first else ""
             out.append(f"{m.name}: could not be computed for some images: {', '.join(errs)}{why}")
+    lr_note = _lr_consistency_note(sm)
+    if lr_note:
+        out.append(lr_note)
     for m in res.plan.metrics:
         if m.status != "ok":
             out.append(f"metric {m.name} skipped: {m.reason}")
@@ -173,6 +182,24 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
         out.append(f"{len(res.unmatched)} file(s) without a partner of the same stem were left out: "
                    f"{', '.join(res.unmatched[:8])}{' …' if len(res.unmatched) > 8 else ''}")
     return out
+
+
+def _scored(sm: Summary, method: str, metric: str) -> int:
+    """How many of ``method``'s results have a value of ``metric`` (NaN included, errors not)."""
+    return sum(1 for r in sm.result.records if r.method == method and r.status == "ok" and r.metrics
+               and metric in r.metrics and not (r.metric_errors and metric in r.metric_errors))
+
+
+def _lr_consistency_note(sm: Summary) -> str | None:
+    """What ``lr_consistency`` measures when the LR images were not made by plain ``bicubic:K``."""
+    if not any(m.name == "lr_consistency" for m in sm.active_metrics):
+        return None
+    scale, deg = sm.result.plan.config.scale, sm.result.plan.degradation
+    if deg == f"bicubic:{scale}":
+        return None
+    made = "the LR images come from --lr-dir" if deg is None else f"the LR images were made by {deg}"
+    return (f"lr_consistency: {made}; it measures agreement with an antialiased bicubic downscale "
+            f"(bicubic:{scale}) of the output, not with the degradation that made the input.")
 
 
 def failure_lines(sm: Summary) -> list[str]:

@@ -5,11 +5,14 @@ second table "vs BASELINE" (terminal, HTML), ``paired.csv`` (one row per method 
 ``"paired"`` section of ``results.json``. Without it, none of these exist (a stale ``paired.csv``
 is removed).
 
-- ``results.csv``: one row per (method, image, seed): status, runtime, memory, every metric.
+- ``results.csv``: one row per (method, image, seed): status, runtime, memory, every metric, and
+  last ``metric_errors`` (JSON: metric → message, for a metric that raised; empty when none).
   ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell. In every CSV file a text
   cell that a spreadsheet would read as a formula (starting with ``= + - @``, tab or CR: an image
   named ``=HYPERLINK(…).png``) gets a leading ``'``; results.json keeps the names as they are.
-- ``summary.csv``: one row per method: mean, std (over seeds) and NaN count per metric, runtime
+- ``summary.csv``: one row per method: per metric ``_mean``, ``_std`` (over seeds), ``_nan`` (NaN
+  values left out), ``_n`` (values the mean is over: images × seeds), ``_inf`` (of those, infinite)
+  and ``_errors`` (results where the metric raised); runtime
   (``ms_per_image`` and its ``ms_std`` over the timed calls; ``runtime_is_warmup`` 1 when the only
   call was the warm-up, which then stands in), the warm-up call's time and the peak memory.
 - ``results.json``: both of the above plus the settings, device and backend, the versions of
