@@ -92,7 +92,9 @@ compare() {  # OUT METHODS SCALE LIST [extra…]
     local out=$1 methods=$2 scale=$3 list=$4; shift 4
     [ -s "$out/results.json" ] && return
     log "compare ×$scale $methods on $(wc -l < "$list") faces → $out"
-    $RK compare --methods "$methods" --baseline bicubic --scale "$scale" --data "@$list" --out "$out" \
+    # One thread, as the card's figures: PULSE's and psp_pulse's outputs depend on the thread count
+    # (float summation order, amplified by their search), and the card's ms/face are one thread's.
+    OMP_NUM_THREADS=1 $RK compare --methods "$methods" --baseline bicubic --scale "$scale" --data "@$list" --out "$out" \
         --metrics "$METRICS" --quiet ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} "$@"
 }
 
