@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import torch
 
+from .devices import resolve_device as _resolve
 from .errors import RestorekitError
 from .interfaces import Method, Options
 from .options import OptionError, parse_pairs, validate, weights_option
@@ -19,14 +20,12 @@ __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "m
 OUTPUT_RANGE = (-0.5, 1.5)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RestorekitError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return dev
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` is the current GPU (``cuda:0``, or the one
+    ``torch.cuda.set_device`` chose), given with its index; ``cuda:N`` past this machine's GPUs,
+    ``cuda`` without a GPU, a device other than the CPU and CUDA, and a malformed value are
+    :class:`RestorekitError` (see :mod:`restorekit.devices`)."""
+    return _resolve(device)
 
 
 def parse_opts(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .devices import normalize_device
 from .interfaces import Metric, check_image_batch
 from .networks.lpips_net import Backbone, LPIPSDistance, weights_name
 
@@ -38,7 +39,7 @@ class _LPIPSMetric(Metric):
 
             self._net = lpips_from_registry(self.backbone)
         self._net.to(device)
-        self._device = torch.device(device)
+        self._device = normalize_device(device)  # cuda → cuda:<current>, as tensors' .device reads
 
     @torch.no_grad()
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor | None = None, scale: int = 1) -> Tensor:
@@ -47,7 +48,7 @@ class _LPIPSMetric(Metric):
         if pred.shape != target.shape:
             raise ValueError(f"{self.name}: prediction {tuple(pred.shape)} and target "
                              f"{tuple(target.shape)} differ in shape")
-        if self._net is None or self._device != pred.device:
+        if self._net is None or self._device != normalize_device(pred.device):
             self.setup(pred.device)
         assert self._net is not None
         out = [self._net(p.float(), t.float()) for p, t in

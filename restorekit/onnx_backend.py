@@ -20,6 +20,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,12 +49,14 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def providers_for(device: torch.device | str) -> list[str]:
-    """``["CUDAExecutionProvider", "CPUExecutionProvider"]`` for a CUDA device when onnxruntime has
-    the CUDA provider, else ``["CPUExecutionProvider"]``."""
+def providers_for(device: torch.device | str) -> list[Any]:
+    """``[("CUDAExecutionProvider", {"device_id": N}), "CPUExecutionProvider"]`` for a CUDA device
+    when onnxruntime has the CUDA provider (``N``: the device's index, the current CUDA device for
+    a bare ``cuda``), else ``["CPUExecutionProvider"]``."""
     dev = torch.device(device)
     if dev.type == "cuda" and "CUDAExecutionProvider" in _ort().get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -91,8 +94,11 @@ class OnnxSession:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = providers_for(device)
+        first = providers[0]
+        self.device_id: int | None = int(first[1]["device_id"]) if isinstance(first, tuple) else None
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers_for(device))
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as exc:
             raise OnnxBackendError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -110,7 +116,10 @@ class OnnxSession:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.providers and self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        """Where the graph runs: ``cuda:N`` with the CUDA provider, else ``cpu``."""
+        if self.providers and self.providers[0] == "CUDAExecutionProvider":
+            return "cuda" if self.device_id is None else f"cuda:{self.device_id}"
+        return "cpu"
 
     def describe(self) -> str:
         dims = "×".join("N" if i == 0 and d is None else "?" if d is None else str(d)
@@ -158,6 +167,12 @@ class OnnxMethod(Method):
         sidecar = session.sidecar or {}
         self.precision = str(sidecar.get("precision", "float32"))
 
+    @property
+    def run_device(self) -> torch.device:
+        """Where the graph runs (the session's device: the CPU when onnxruntime has no CUDA
+        provider, even for a method on CUDA, whose pre- and post-processing stay on ``device``)."""
+        return torch.device(self.session.device)
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes this object lacks; "inner" itself must not recurse.
         if name == "inner":
@@ -203,8 +218,6 @@ def export_code_fingerprint(method_module: str | None) -> str:
     Computed once per process and module."""
     key = method_module or ""
     if key not in _FINGERPRINTS:
-        import sys
-
         from . import onnx_export
         from .harness.runner import code_fingerprint
         from .weights.checksum import sha256_file
@@ -378,6 +391,10 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                     side = export_onnx(spec, path, opset=opset, log=log).info
                     drop_unused_exports(path, name, spec.metadata.get("restorekit_export_code"))
     session = OnnxSession(path, device=method.device, threads=threads, sidecar=side)
-    if method.device.type == "cuda" and session.device != "cuda" and log is not None:
-        log(f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU")
+    if method.device.type == "cuda" and session.device == "cpu":
+        msg = f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU"
+        if log is not None:
+            log(msg)
+        else:  # compare and bench method give no log: the user must still hear it
+            print(f"warning: {msg}", file=sys.stderr, flush=True)
     return OnnxMethod(method, spec, session)

@@ -30,6 +30,7 @@ import click
 import torch
 
 from ..cli import emit_json, fail_usage, table
+from ..devices import DEVICE, DEVICE_HELP, precision_label, run_device
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
 from ..interfaces import Method
@@ -153,8 +154,8 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
               help="Timed runs per batch size (median and range).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
               help="Untimed runs before the timed ones.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Option of NAME (repeatable).")
 @click.option("--weights", default=None, help="Weights name or path for NAME.")
 @click.option("--compare-to", "other", default=None, help="A second method timed on the same input.")
@@ -222,12 +223,17 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         return int(session.threads) if session is not None else torch.get_num_threads()
 
     parts_repeats = max(2, repeat)
-    rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm),
+    def precision(m: Method, be: str) -> str:  # as compare records it (TF32 convolutions on recent GPUs)
+        own = str(getattr(m, "precision", None) or "float32")
+        return precision_label(run_device(m), own) if be == "torch" else own
+
+    rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm), device=str(run_device(mm)),
+                 precision=precision(mm, be),
                  **time_method(mm, lr_all[:b], k, repeat=repeat, warmup=warmup),
                  breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
             for be, mm in variants for b in sizes]
     result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),
-                              "dtype": "float32", "backends": backend_list, "results": rows}
+                              "dtype": precision(method, "torch"), "backends": backend_list, "results": rows}
     if res is not None:
         result["resolution"] = res
     def per_image(r: dict[str, Any]) -> list[float]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..cli import UsageProblem, emit_json, error_line, warn
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS
 
@@ -81,8 +82,8 @@ def _check_exportable(names: list[str]) -> None:
 @click.option("--baseline", default=None, metavar="METHOD",
               help="One of --methods: compare each other method with it image by image (win share, mean "
                    "difference with a bootstrap CI, sign-test p) in a second table and paired.csv.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE", help="Method option (repeatable).")
 @click.option("--fresh", is_flag=True, help="Recompute everything instead of reusing stored results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (without per-image rows) as JSON.")

@@ -20,6 +20,7 @@ import click
 import torch
 
 from ..cli import emit_json, error_line, fail_usage
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
@@ -134,8 +135,8 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
               help="Pull each latent toward the mean latent (1: none; lower: more typical, less varied).")
 @click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True,
               help="Output folder (seedNNNN.png and generate.json).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Replace images that already exist (else those made with the same "
                                                 "settings, as generate.json records, are skipped, and others refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..cli import emit_json, error_line, fail_usage, table
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
 from ..seeds import SEED
@@ -76,8 +77,8 @@ MAX_DETECT_SAMPLES = 10_000
               help="Truncation of the samples searched for a face.")
 @click.option("--batch-size", "--batch", "batch_size", type=click.IntRange(1), default=32, show_default=True,
               help="Images per forward pass of the feature networks (and the generator).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--cache", default=None, help="Folder for cached reference statistics ('none': no cache; "
                                             "default: <restorekit cache>/realism).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")

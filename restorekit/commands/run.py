@@ -10,6 +10,7 @@ import torch
 
 from ..batch import check_inputs, check_output_folder, process_files, require_inputs
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, exception_line
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
@@ -31,8 +32,8 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
               help="Output size = scale × input size.")
 @click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
 @click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--seed", type=SEED, default=None, help="Seed for stochastic methods (0 to 2**64-1).")
 @click.option("--n-samples", type=int, default=1, callback=positive_int, show_default=True,
               help="Outputs per input (stochastic methods).")

@@ -11,6 +11,7 @@ import sys
 import click
 
 from ..cli import INTERRUPTED, UsageProblem, warn
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..web.config import MAX_UPLOAD_MB
 
@@ -25,8 +26,8 @@ from ..web.config import MAX_UPLOAD_MB
                    "--host, any address), so that a web page elsewhere cannot reach it by DNS rebinding.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
               help="Port (0: any free port).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else CPU.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--methods", default=None, help="Methods to offer, comma-separated (default: every installed one).")
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE",
               help="A method's option, as compare's (repeatable).")

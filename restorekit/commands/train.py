@@ -35,6 +35,7 @@ from typing import Any
 import click
 
 from ..cli import emit_json, error_line
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 
 TrainerLoader = Callable[[], Any]
@@ -167,8 +168,8 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                   help="Stop (with a checkpoint) after this many minutes; --resume continues later.")
     @click.option("--until", type=click.IntRange(min=1), default=None, metavar="STEP",
                   help="Stop (with a checkpoint) at this step; the schedule still ends at --steps.")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-                  help="auto: CUDA when available, else CPU (default: the config's).")
+    @click.option("--device", type=DEVICE, default=None,
+                  help=DEVICE_HELP[:-1] + " (default: the config's).")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
     def cmd(data: Path | None, config: Path | None, out: Path | None, steps: int | None, sets: tuple[str, ...],

@@ -183,14 +183,14 @@ def _greedy_nms(boxes: Tensor, scores: Tensor, thresh: float, *, union: bool, in
         h = (torch.minimum(bs[:, None, 3], bs[None, :, 3]) - torch.maximum(bs[:, None, 1], bs[None, :, 1]) + e).clamp(min=0)
         inter = w * h
         denom = a[:, None] + a[None, :] - inter if union else torch.minimum(a[:, None], a[None, :])
-        over = (inter / denom.clamp(min=1e-12) > thresh).numpy()
+        over = (inter / denom.clamp(min=1e-12) > thresh).cpu().numpy()  # boxes may be on a GPU
         suppressed = np.zeros(n, dtype=bool)
         kept: list[int] = []
         for i in range(n):
             if not suppressed[i]:
                 kept.append(i)
                 suppressed |= over[i]
-        return order[torch.tensor(kept, dtype=torch.long)]
+        return order[torch.tensor(kept, dtype=torch.long, device=order.device)]
     keep: list[int] = []
     while order.numel():
         i = int(order[0])
@@ -263,7 +263,7 @@ def _crops(img: Tensor, boxes: Tensor, size: int, table: Tensor | None = None) -
     x0, y0, x1, y1 = x0[ok], y0[ok], x1[ok], y1[ok]
     if table is None:
         table = _summed_area(img)
-    i = torch.arange(size)
+    i = torch.arange(size, device=boxes.device)
 
     def cells(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         n = (hi - lo)[:, None]

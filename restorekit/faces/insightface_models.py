@@ -97,7 +97,7 @@ def onnx_providers(device: str | torch.device = "cpu") -> list[Any]:
         raise RestorekitError(f"insightface models need onnxruntime ({exc}); {INSIGHTFACE_HINT}") from None
     dev = torch.device(device)
     if dev.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        opts = {"device_id": dev.index or 0}
+        opts = {"device_id": dev.index if dev.index is not None else torch.cuda.current_device()}
         return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 

@@ -37,6 +37,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
+from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..interfaces import Method, MethodInfo, Options
 
@@ -229,8 +230,8 @@ def format_report(data: dict[str, Any]) -> str:
 @click.option("--standin-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
               help="Time per image of the stand-in method.")
 @click.option("--metrics", default=None, help="Comma-separated metrics (default: all registered).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the methods and metrics run (auto: CUDA when available).")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True,
+              help="Where the methods and metrics run: " + DEVICE_HELP)
 @click.option("--repeats", "--repeat", "repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
               help="Timed runs of each method, alternating; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

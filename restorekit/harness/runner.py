@@ -38,6 +38,7 @@ from torch import Tensor
 
 from .. import __version__
 from ..degradations import parse_spec
+from ..devices import precision_label, run_device
 from ..errors import RestorekitError, WeightsMissing, describe_os_error, exception_line
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
@@ -574,9 +575,12 @@ def _build(mp: MethodPlan, device: torch.device, backend: str = "torch") -> Meth
     except Exception as exc:
         mp.load_error = f"could not load {mp.name}: {type(exc).__name__}: {exc}"
         return None
-    mp.device = _device_name(m.device)
+    runs_on = run_device(m)  # an onnxruntime graph runs where its session does (maybe the CPU)
+    mp.device = _device_name(runs_on)
     opt_prec = getattr(mp.options, "precision", None) or getattr(mp.options, "dtype", None)
     mp.precision = str(getattr(m, "precision", None) or opt_prec or "float32")
+    if mp.backend == "torch":  # cuDNN's TF32 convolutions (Ampere and later); the CPU's stays "float32"
+        mp.precision = precision_label(runs_on, mp.precision)
     info = getattr(m, "weights_info", None)
     mp.weights_info = dict(info) if isinstance(info, dict) else None
     return m

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
-from ..errors import RestorekitError
+from ..devices import check_device, resolve_device
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,15 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when present (``cuda:LOCAL_RANK``), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    """``auto``: CUDA when present (``cuda:LOCAL_RANK``), else CPU; ``cuda``: ``cuda:LOCAL_RANK``;
+    ``cuda:N`` as given. Checked as :func:`restorekit.devices.resolve_device` checks ``--device``
+    (one-line :class:`RestorekitError`, exit 2)."""
+    text = check_device(name)
+    default = None
+    if text in ("auto", "cuda") and torch.cuda.is_available():
+        default = local_rank % torch.cuda.device_count()
+    dev = resolve_device(text, default_index=default)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RestorekitError(  # resolve_device's message: one line, exit 2
-                "--device cuda: no CUDA device is available (use --device cpu or auto)")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     return dev
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from ..devices import check_device
+from ..errors import RestorekitError
 from ..hosts import is_loopback
 from ..interfaces import Options
 
@@ -26,7 +28,8 @@ class ServeConfig(Options):
     allowed_hosts: list[str] = Field(
         default_factory=list, description="more names a request's Host may give (addresses and localhost need none)")
     port: int = Field(7860, ge=0, le=65535, description="port (0: any free port)")
-    device: str = Field("auto", description="auto, cpu or cuda")
+    device: str = Field("auto", description="auto (CUDA when available, else the CPU), cpu, cuda (the current GPU) "
+                                            "or cuda:N (GPU N)")
     methods: list[str] | None = Field(None, description="methods offered (None: every installed one)")
     method_options: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="options per method, as compare's --opt METHOD.KEY=VALUE")
@@ -74,6 +77,15 @@ class ServeConfig(Options):
     upload_wait: float = Field(30.0, ge=0, allow_inf_nan=False,
                                description="seconds a received upload waits for its turn to be decoded before it "
                                            "is answered 503")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: object) -> str:
+        """A ``--device`` value (``auto``, ``cpu``, ``cuda`` or ``cuda:N``), as the command line checks it."""
+        try:
+            return check_device(value if isinstance(value, str) else str(value))
+        except RestorekitError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def max_upload_bytes(self) -> int:

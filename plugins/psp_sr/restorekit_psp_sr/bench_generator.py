@@ -157,9 +157,9 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
     warm-up — the median of each counts, with its range — and optionally one synthesis under
     ``torch.profiler``.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("bench generator: --device cuda but CUDA is not available")
+    from restorekit.methods import resolve_device
+
+    dev = resolve_device(device)  # one line for no GPU, cuda:N past the GPUs, another device
     torch.manual_seed(seed)
     g = StyleGAN2Generator(resolution, 512, 8, channel_multiplier, channel_max=channel_max).to(dev).eval().requires_grad_(False)
     if optimize:

@@ -108,6 +108,9 @@ def register_generators(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     import click
 
+    from restorekit.devices import DEVICE, DEVICE_HELP
+    from restorekit.errors import RestorekitError
+
     bench = cli.commands.get("bench")
     if bench is None:
         @click.group("bench")
@@ -121,8 +124,8 @@ def register_commands(cli: Any) -> None:
                   default="1024", show_default=True, help="Output side of the synthesis network, px.")
     @click.option("--batch", "--batch-size", "batch", type=click.IntRange(1, 256), default=1, show_default=True,
                   help="Images per synthesis call.")
-    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-                  help="Where the networks run.")
+    @click.option("--device", type=DEVICE, default="cpu", show_default=True,
+                  help=f"Where the networks run: {DEVICE_HELP}")
     @click.option("--channel-multiplier", type=click.IntRange(1, 8), default=2, show_default=True,
                   help="StyleGAN2's channel multiplier (2 for config-f).")
     @click.option("--channel-max", type=click.IntRange(1, 512), default=512, show_default=True,
@@ -143,7 +146,7 @@ def register_commands(cli: Any) -> None:
         try:
             r = bench_generator(int(resolution), batch, device, channel_multiplier,
                                 channel_max=channel_max, repeats=repeats, profile=profile, optimize=optimize)
-        except RuntimeError as exc:
+        except (RuntimeError, RestorekitError) as exc:
             fail_usage(str(exc))
             return
         if as_json:

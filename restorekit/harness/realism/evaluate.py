@@ -349,10 +349,13 @@ def _cache_statistics(path: Path, stats: FeatureStats, *, space: str, key: str, 
 
 def face_share(images: Iterable[Tensor], detector: str, *, device: str | torch.device = "cpu",
                truncation: float | None = None) -> FaceShare:
-    """Count the images in which the registered face ``detector`` finds at least one face."""
+    """Count the images in which the registered face ``detector`` finds at least one face.
+
+    The detector runs on the CPU, as in the face pipeline, whatever ``device`` (kept for callers
+    that pass the feature networks' device) says."""
     from ...faces.pipeline import build_detector
 
-    det = build_detector(detector, device=device)
+    det = build_detector(detector)  # on the CPU, where the face pipeline runs detectors
     n = found = 0
     for batch in images:
         for img in _check_batch(batch):
@@ -454,7 +457,7 @@ def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
     else:
         from ...faces.pipeline import build_detector
 
-        det = build_detector(detector, device=device)
+        det = build_detector(detector)  # on the CPU, where the face pipeline runs detectors
         counts = [0, 0]
 
         def count(batch: Tensor) -> None:
