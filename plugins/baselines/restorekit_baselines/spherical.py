@@ -97,6 +97,11 @@ class OptimiseResult:
     latents: list[Tensor] = field(default_factory=list)  # per step (when recorded): the optimised latents
 
 
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    """A per-sample boolean ``mask`` (``N``) shaped to broadcast over ``like`` (``N×…``)."""
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
 def _randn(shape: tuple[int, ...], rngs: list[torch.Generator]) -> Tensor:
     """``shape`` normal draws, row ``k`` from ``rngs[k]`` (one generator: all rows from it)."""
     if len(rngs) == 1:
@@ -232,20 +237,20 @@ def optimise_latents(
                 if best_img is None:
                     best_img, best_w = img.detach().clone(), w_plus.detach().clone()
                     best_noise = [t.detach().clone() for t in noise] if noise is not None else None
-                else:
+                else:  # torch.where, not masked assignment: no wait for the device on the way
                     assert best_w is not None
-                    best_img[better] = img.detach()[better]
-                    best_w[better] = w_plus.detach()[better]
+                    best_img = torch.where(_rows(better, img), img.detach(), best_img)
+                    best_w = torch.where(_rows(better, w_plus), w_plus.detach(), best_w)
                     if best_noise is not None and noise_vars:
-                        for b, t in zip(best_noise, noise):
-                            b[better] = t.detach()[better]
+                        best_noise = [torch.where(_rows(better, t), t.detach(), b) for b, t in zip(best_noise, noise)]
                 best_mse = torch.where(better, mse.detach(), best_mse)
                 best_loss = torch.where(better, per.detach(), best_loss)
-                history.append(mse.detach().cpu().tolist())
+                values = mse.detach().cpu().tolist()  # the step's one copy to the host (the eps check needs it)
+                history.append(values)
                 if record_latents:
                     recorded.append(latent.detach().clone())
                 for i in range(n):
-                    if not reached[i] and float(mse[i]) < cfg.eps:
+                    if not reached[i] and values[i] < cfg.eps:
                         reached[i] = True
                         steps_taken[i] = step + 1
                         done[i] = True
@@ -258,7 +263,7 @@ def optimise_latents(
             per.sum().backward()
             opt.step()
             sched.step()
-            if cfg.stop_at_eps and bool(done.any()):
+            if cfg.stop_at_eps and any(reached):
                 # Samples that reached eps stay where they were (PULSE's eps ends their data term).
                 with torch.no_grad():
                     for p, snap in zip(params, frozen):
