@@ -4,7 +4,8 @@
 # 1. installs the carried wheels (what the device's Python lacks) and makes restorekit's distributions,
 #    which run from this checkout, known to importlib.metadata;
 # 2. unpacks the faces;
-# 3. runs the CUDA-op tests (kernels vs the PyTorch references) in the background, into $OUT;
+# 3. runs the CUDA-op tests (kernels vs the PyTorch references), then tests/test_cuda_paths.py (methods,
+#    metrics, compare and run on cuda against the CPU), in the background, into $OUT;
 # 4. trains the face prior (`restorekit train stylegan2`) for TRAIN_MINUTES of wall clock, writing
 #    a snapshot into $OUT every `snapshot_minutes` — generator.safetensors (EMA, fp16),
 #    samples.png, metrics.jsonl, resume_g/resume_d.safetensors — so a run cut short still returns
@@ -40,6 +41,11 @@ if [ "${OPS_TESTS:-1}" = 1 ]; then
           plugins/psp_sr/tests/test_ops.py "plugins/psp_sr/tests/test_stylegan2.py::test_generator_cuda_kernels_match_reference" \
           plugins/psp_sr/tests/test_inference.py::test_optimized_model_on_cuda_equals_plain_on_cpu \
           >> "$WORK/gpu_tests.txt" 2>&1; echo "pytest exit $?" >> "$WORK/gpu_tests.txt"
+      tail -c 12000 "$WORK/gpu_tests.txt" > "$OUT/gpu_tests.txt"
+      # Then what users run on a GPU, end to end (methods, metrics, compare and run on cuda against
+      # the CPU), reusing the kernels just built.
+      timeout -s INT -k 20 180 $PY -m pytest -q -p no:cacheprovider -o addopts="" --import-mode=importlib -rs \
+          tests/test_cuda_paths.py >> "$WORK/gpu_tests.txt" 2>&1; echo "pytest (cuda paths) exit $?" >> "$WORK/gpu_tests.txt"
       tail -c 12000 "$WORK/gpu_tests.txt" > "$OUT/gpu_tests.txt" ) &
     TESTS_PID=$!
 fi
