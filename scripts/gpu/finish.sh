@@ -6,8 +6,11 @@
 # RETURNED: the first call's files (generator.safetensors, metrics.jsonl, samples.png, …), copied
 # out of the device tool's read-only folder; PART: the second call's encoder part, if there was one.
 # Stages, in order (default: all):
-#   realism         Fréchet figures and the face share of the returned generator → $W/realism.json
-#   ship-generator  the generator becomes `stylegan2-faces128` (scripts/ship_embedded_model.py)
+#   realism         Fréchet figures and the face share of the returned generator → $W/realism.json, and
+#                   of the prior shipped now → $W/realism_before.json
+#   ship-generator  the generator becomes `stylegan2-faces128` (scripts/ship_embedded_model.py), only
+#                   when it is better than the shipped one (dlib Fréchet distance, >= 80% faces;
+#                   SHIP_ANYWAY=1: regardless)
 #   stage2          the pSp encoder on both cores against the shipped generator (from PART if given)
 #   ship-psp        psp_sr's default `psp-sr-faces128`, naming the generator
 #   evaluate        compare on the validation split: ×8 and ×4 (bicubic, pix2pixhd, psp_sr, all 420
@@ -45,18 +48,43 @@ TRAINED_ON=${TRAINED_ON:-${GPU_NAME:+one $GPU_NAME}}
 NOTE="FFHQ thumbnails + All-Age-Faces, 128 px, faces128/val.txt held out; $KIMG kimg on ${TRAINED_ON:-one GPU}"
 METRICS=psnr_y_crop,ssim_y_crop,lpips_alex_v0.1,identity_dlib_dist,lr_consistency
 
+realism_of() {  # OUT [--weights FILE]: the card's realism figures of a generator (default: the shipped one)
+    local out=$1; shift
+    [ -s "$out" ] && return
+    $RK realism --generator stylegan2 "$@" --data "@$W/val.txt" --n 1000 --spaces alex,dlib \
+        --detector mtcnn --detect-n 32 --detect-truncation 0.7 --json > "$out.part"
+    mv "$out.part" "$out"
+}
+
 stage_realism() {
-    [ -s "$W/realism.json" ] && return
     log "realism of $GEN (1000 samples, alex + dlib, mtcnn on 32 samples at truncation 0.7)"
-    $RK realism --generator stylegan2 --weights "$GEN" --data "@$W/val.txt" --n 1000 --spaces alex,dlib \
-        --detector mtcnn --detect-n 32 --detect-truncation 0.7 --json > "$W/realism.json.part"
-    mv "$W/realism.json.part" "$W/realism.json"
+    realism_of "$W/realism.json" --weights "$GEN"
+    # The prior shipped now, measured the same way: ship-generator replaces it only by a better one.
+    [ -s "$W/shipped-generator.json" ] || { log "realism of the shipped prior, for comparison"; realism_of "$W/realism_before.json"; }
 }
 
 # The ship stages are skipped on their record in $W, not on the registry entries: those are
 # committed, and a new run (e.g. a GPU prior replacing the CPU route's) must ship over them.
 stage_ship_generator() {
     [ -s "$W/shipped-generator.json" ] && return
+    # Never replace the shipped prior by a worse one (a short or failed GPU run): the returned generator
+    # must have the lower Fréchet distance in dlib's face-descriptor space, and a face in >= 80% of
+    # the samples. SHIP_ANYWAY=1 ships it regardless.
+    if [ "${SHIP_ANYWAY:-0}" != 1 ] && [ -s "$W/realism_before.json" ]; then
+        if ! $PY - "$W/realism.json" "$W/realism_before.json" <<'PYEOF'
+import json, sys
+new, old = (json.load(open(p)) for p in sys.argv[1:3])
+fig = lambda r, s: next(f["distance"] for f in r["figures"] if f["space"].startswith(s))
+better = fig(new, "dlib") < fig(old, "dlib") and new["faces"]["share"] >= 0.8
+print(f"returned: dlib {fig(new, 'dlib'):.4f}, alex {fig(new, 'alex'):.2f}, faces {new['faces']['share']:.0%}; "
+      f"shipped: dlib {fig(old, 'dlib'):.4f}, alex {fig(old, 'alex'):.2f}, faces {old['faces']['share']:.0%}")
+sys.exit(0 if better else 1)
+PYEOF
+        then
+            log "the returned generator is not better than the shipped prior (above): not shipped (SHIP_ANYWAY=1 ships it)"
+            exit 3
+        fi
+    fi
     log "ship the generator ($NOTE)"
     $PY scripts/ship_embedded_model.py stylegan2 "$GEN" --data-note "$NOTE" > "$W/shipped-generator.json.part"
     mv "$W/shipped-generator.json.part" "$W/shipped-generator.json"
