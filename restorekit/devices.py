@@ -130,10 +130,24 @@ def precision_label(device: str | torch.device, precision: str = "float32") -> s
     ``torch.backends.cudnn.allow_tf32`` is on (torch's default), whose convolutions then round
     their inputs to TF32's 10-bit mantissa; ``precision`` unchanged otherwise (the CPU above all)."""
     dev = torch.device(device)
-    if precision != "float32" or dev.type != "cuda" or not torch.backends.cudnn.allow_tf32:
+    if precision != "float32" or dev.type != "cuda" or not _tf32_convolutions():
         return precision
     try:
         major, _ = torch.cuda.get_device_capability(dev.index if dev.index is not None else None)
     except Exception:  # no driver to ask: say nothing rather than guess
         return precision
     return precision + TF32_SUFFIX if major >= 8 else precision
+
+
+def _tf32_convolutions() -> bool:
+    """Whether cuDNN runs float32 convolutions in TF32: torch's newer per-operator setting
+    (``torch.backends.cudnn.conv.fp32_precision``, torch ≥ 2.9) where it exists and is set, else
+    the legacy ``allow_tf32`` (reading which raises once the two APIs were mixed)."""
+    try:
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        setting = getattr(conv, "fp32_precision", None)
+        if isinstance(setting, str) and setting != "none":
+            return setting == "tf32"
+        return bool(torch.backends.cudnn.allow_tf32)
+    except Exception:  # neither can be read: say nothing rather than guess
+        return False

@@ -392,7 +392,8 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                     drop_unused_exports(path, name, spec.metadata.get("restorekit_export_code"))
     session = OnnxSession(path, device=method.device, threads=threads, sidecar=side)
     if method.device.type == "cuda" and session.device == "cpu":
-        msg = f"{name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); the graph runs on the CPU"
+        msg = (f"{name}: onnxruntime runs the graph on the CPU: it has no CUDA provider, or its CUDA provider did not "
+               "load (install onnxruntime-gpu built for this CUDA)")
         if log is not None:
             log(msg)
         else:  # compare and bench method give no log: the user must still hear it

@@ -193,6 +193,16 @@ def test_compare_records_tf32_on_ampere_and_later(monkeypatch: pytest.MonkeyPatc
     assert mp.device == "cuda:0 (FAKE H100)"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert precision_label("cuda:0") == "float32"
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's per-operator setting
+        before = conv.fp32_precision
+        try:
+            conv.fp32_precision = "ieee"  # reading allow_tf32 now raises: the two APIs were mixed
+            assert precision_label("cuda:0") == "float32"
+            conv.fp32_precision = "tf32"
+            assert precision_label("cuda:0") == "float32 (TF32 convolutions)"
+        finally:
+            conv.fp32_precision = before
 
 
 def test_compare_records_float32_before_ampere_and_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,8 +301,9 @@ def test_no_cuda_provider_warning_reaches_callers_without_a_log(monkeypatch: pyt
     _patch_cached_export(monkeypatch, tmp_path, _FakeOrt(["CPUExecutionProvider"]))
     om = ob.onnx_method(_method_on("cuda:0"))
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["warning: bicubic: this onnxruntime has no CUDA provider (install "
-                                        "onnxruntime-gpu); the graph runs on the CPU"]
+    assert err.strip().splitlines() == ["warning: bicubic: onnxruntime runs the graph on the CPU: it has no CUDA "
+                                        "provider, or its CUDA provider did not load (install onnxruntime-gpu "
+                                        "built for this CUDA)"]
     assert run_device(om) == torch.device("cpu")
     logged: list[str] = []
     ob.onnx_method(_method_on("cuda:0"), log=logged.append)

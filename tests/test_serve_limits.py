@@ -506,3 +506,23 @@ def test_405_names_the_methods_allowed(server: RunningServer) -> None:
 def test_a_host_with_userinfo_a_path_or_a_fragment_is_refused(server: RunningServer, bad: str) -> None:
     status, _, body = request(server.url, "GET", "/api/info", headers={"Host": bad.format(h=host(server).decode())})
     assert status == 400 and "is not this machine" in json.loads(body)["error"]
+
+
+def test_the_serve_command_passes_its_connection_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import restorekit.web.server as server_module
+    from restorekit.cli import build_cli
+    from restorekit.errors import RestorekitError
+
+    seen: list[ServeConfig] = []
+
+    def capture(config: ServeConfig, log: Any = None) -> Any:
+        seen.append(config)
+        raise RestorekitError("stop here")
+
+    monkeypatch.setattr(server_module, "build_state", capture)
+    res = CliRunner().invoke(build_cli(), ["serve", "--methods", "bicubic", "--max-connections", "40",
+                                           "--max-client-connections", "40", "-q"])
+    assert res.exit_code == 2 and "stop here" in res.output
+    assert (seen[0].max_connections, seen[0].max_client_connections) == (40, 40)

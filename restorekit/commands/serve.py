@@ -45,6 +45,10 @@ from ..web.config import MAX_UPLOAD_MB
               help="Most samples per stochastic method.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
               help="Open connections at once; one more is answered 503 (Retry-After) and closed.")
+@click.option("--max-client-connections", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Of those, at most this many from one remote client (an IPv4 address, an IPv6 /64; this "
+                   "machine's loopback connections are not counted). Behind a proxy on another address, or "
+                   "for many users behind one NAT, raise it to --max-connections.")
 @click.option("--body-min-rate-kb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
               help="The slowest an upload may come on average (KB/s); slower is answered 408.")
 @click.option("--body-max-time", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
@@ -52,8 +56,8 @@ from ..web.config import MAX_UPLOAD_MB
 @click.option("--quiet", "-q", is_flag=True, help="Print only the address.")
 def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, methods: str | None, opts: tuple[str, ...], metrics: str | None,
               detector: str | None, max_upload_mb: float, max_pixels: int, max_output_pixels: int, max_scale: int,
-              max_samples: int, max_connections: int, body_min_rate_kb: float, body_max_time: float,
-              quiet: bool) -> None:
+              max_samples: int, max_connections: int, max_client_connections: int, body_min_rate_kb: float,
+              body_max_time: float, quiet: bool) -> None:
     """Serve a page to restore and compare faces: upload a face or a photo, pick methods, download results.
 
     Listens on http://127.0.0.1:7860 by default. Methods are loaded once and reused; jobs run one
@@ -79,7 +83,8 @@ def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, m
             metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
             detector=detector, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             max_output_pixels=max_output_pixels, max_scale=max_scale, max_samples=max_samples,
-            max_connections=max_connections, body_min_rate_kb=body_min_rate_kb, body_max_time=body_max_time)
+            max_connections=max_connections, max_client_connections=max_client_connections,
+            body_min_rate_kb=body_min_rate_kb, body_max_time=body_max_time)
         log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
         state = build_state(config, log=log)
     except RestorekitError as exc:

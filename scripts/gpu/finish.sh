@@ -70,7 +70,9 @@ stage_ship_generator() {
     # Never replace the shipped prior by a worse one (a short or failed GPU run): the returned generator
     # must have the lower Fréchet distance in dlib's face-descriptor space, and a face in >= 80% of
     # the samples. SHIP_ANYWAY=1 ships it regardless.
-    if [ "${SHIP_ANYWAY:-0}" != 1 ] && [ -s "$W/realism_before.json" ]; then
+    if [ "${SHIP_ANYWAY:-0}" != 1 ]; then
+        realism_of "$W/realism.json" --weights "$GEN"  # (this stage alone: measured here)
+        realism_of "$W/realism_before.json"
         if ! $PY - "$W/realism.json" "$W/realism_before.json" <<'PYEOF'
 import json, sys
 new, old = (json.load(open(p)) for p in sys.argv[1:3])

@@ -267,7 +267,7 @@ def optimise_latents(
                 # Samples that reached eps stay where they were (PULSE's eps ends their data term).
                 with torch.no_grad():
                     for p, snap in zip(params, frozen):
-                        p[done] = snap[done]
+                        p.copy_(torch.where(_rows(done, p), snap, p))
     finally:
         for p, r in zip(generator.parameters(), requires):
             p.requires_grad_(r)

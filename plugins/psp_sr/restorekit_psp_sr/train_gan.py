@@ -130,7 +130,8 @@ class GANConfig(TrainConfig):
     snapshot_minutes: float = Field(2.0, gt=0, description="wall-clock minutes between snapshots")
     snapshot_dir: str | None = Field(None, description="also write each snapshot here (e.g. a GPU job's $OUT)")
     n_sample_grid: int = Field(16, ge=1, le=64)
-    init_from: str | None = Field(None, description="start from a snapshot folder's resume_g/resume_d weights")
+    init_from: str | None = Field(None, description="start from a snapshot folder's resume_g/resume_d weights; its "
+                                                    "step and image counts go on (steps counts from its step)")
     init_widen: bool = Field(False, description="init_from a run with fewer channels at some resolutions: widen "
                                                 "its G, D and EMA to this config, computing what they computed "
                                                 "(new channels start disconnected from the old; see widen.py)")
