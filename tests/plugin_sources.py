@@ -37,7 +37,7 @@ class Nearest(Method):
 
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         self.check_scale(scale)
-        out = torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest") * self.options.gain
+        out = torch.nn.functional.interpolate(lr.float(), scale_factor=scale, mode="nearest") * self.options.gain
         return out.clamp(0, 1).repeat_interleave(n_samples, 0)
 
 

@@ -54,7 +54,7 @@ class Up(Method):
 
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         self.check_scale(scale)
-        out = F.interpolate(lr, scale_factor=scale, mode="nearest") * self.options.gain
+        out = F.interpolate(lr.float(), scale_factor=scale, mode="nearest") * self.options.gain
         return out.clamp(0, 1).repeat_interleave(n_samples, 0)
 
 
@@ -84,7 +84,7 @@ class UpFloatScale(Up):
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         if scale < 1:
             raise ValueError("bad scale")
-        out = F.interpolate(lr, scale_factor=scale, mode="nearest")
+        out = F.interpolate(lr.float(), scale_factor=scale, mode="nearest")
         return out.clamp(0, 1).repeat_interleave(n_samples, 0)
 
 
@@ -104,7 +104,7 @@ class UpOddSizes(Up):
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         self.check_scale(scale)
         h, w = (lr.shape[-2] // 2) * 2 * scale, (lr.shape[-1] // 2) * 2 * scale
-        return F.interpolate(lr, size=(h, w), mode="nearest").repeat_interleave(n_samples, 0)
+        return F.interpolate(lr.float(), size=(h, w), mode="nearest").repeat_interleave(n_samples, 0)
 
 
 class UndocumentedOptions(Options):
@@ -144,7 +144,7 @@ class UpFixedScale(Up):
 
     def restore(self, lr, scale, *, seed=None, n_samples=1):
         self.check_scale(scale)
-        return F.interpolate(lr, scale_factor=2, mode="nearest").clamp(0, 1).repeat_interleave(n_samples, 0)
+        return F.interpolate(lr.float(), scale_factor=2, mode="nearest").clamp(0, 1).repeat_interleave(n_samples, 0)
 
 
 class UpFixedScaleListed(UpFixedScale):
@@ -996,7 +996,8 @@ def test_plugin_check_takes_cheap_options_and_names_each_component_as_it_starts(
                           "--opt", "pulse.gaussian_fit_samples=2000", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     results = {x["id"]: x for x in json.loads(r.stdout)}
-    assert results["method:pulse"]["status"] == "ok" and results["method:pulse"]["seconds"] < 120
+    # ~60 s of PULSE calls on a shared 2-core CPU before the layout/constant-image/scale-1/seed checks, ~100 s since.
+    assert results["method:pulse"]["status"] == "ok" and results["method:pulse"]["seconds"] < 240
     assert "checking method:pulse …" in r.stderr and "checking method:bicubic …" in r.stderr
     r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "nope.steps=2"])
     assert r.exit_code == 2 and "configs name ['nope']" in r.stderr

@@ -236,7 +236,7 @@ def run_conformance(plugin: str | None = None, *, starting: Callable[[str], None
         except c.ConformanceError as exc:
             results.append(CaseResult(case.id, "failed", str(exc), time.perf_counter() - t0))
         except Exception as exc:  # a crash inside the component is a failure of that component
-            results.append(CaseResult(case.id, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
+            results.append(CaseResult(case.id, "failed", exception_line(exc), time.perf_counter() - t0))
         else:
             results.append(CaseResult(case.id, "ok", seconds=time.perf_counter() - t0))
     return results

@@ -9,10 +9,13 @@ checks let that propagate so the parametrized cases (:mod:`restorekit.testing.ca
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +77,88 @@ def _unchanged(label: str, before: Tensor, after: Tensor, what: str) -> None:
     _require(bool(torch.equal(before, after)), f"{label}: {what} modified its input in place")
 
 
+# -- global state a component must leave as it found it ---------------------------------------
+
+def _global_state() -> dict[str, Any]:
+    """Process-wide settings and RNG states a component's calls must not leave changed."""
+    state: dict[str, Any] = {
+        "torch.get_num_threads()": torch.get_num_threads(),
+        "torch.is_grad_enabled()": torch.is_grad_enabled(),
+        "torch.get_default_dtype()": torch.get_default_dtype(),
+        "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark,
+        "torch.backends.cudnn.deterministic": torch.backends.cudnn.deterministic,
+        "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
+        "torch.is_deterministic_algorithms_warn_only_enabled()": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "the global torch RNG (torch.get_rng_state())": torch.get_rng_state(),
+        "numpy's global RNG (np.random.get_state())": np.random.get_state(),
+        "Python's global RNG (random.getstate())": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["the CUDA RNG (torch.cuda.get_rng_state_all())"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.shape == b.shape and bool(np.array_equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def _set_global_state(state: dict[str, Any]) -> None:
+    torch.set_num_threads(state["torch.get_num_threads()"])
+    torch.set_grad_enabled(state["torch.is_grad_enabled()"])
+    torch.set_default_dtype(state["torch.get_default_dtype()"])
+    torch.backends.cudnn.benchmark = state["torch.backends.cudnn.benchmark"]
+    torch.backends.cudnn.deterministic = state["torch.backends.cudnn.deterministic"]
+    torch.use_deterministic_algorithms(state["torch.are_deterministic_algorithms_enabled()"],
+                                       warn_only=state["torch.is_deterministic_algorithms_warn_only_enabled()"])
+    torch.set_rng_state(state["the global torch RNG (torch.get_rng_state())"])
+    np.random.set_state(state["numpy's global RNG (np.random.get_state())"])
+    random.setstate(state["Python's global RNG (random.getstate())"])
+    cuda = state.get("the CUDA RNG (torch.cuda.get_rng_state_all())")
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, torch.dtype):
+        return str(v).replace("torch.", "")
+    return repr(v)
+
+
+@contextlib.contextmanager
+def _keeps_global_state(label: str, what: str) -> Iterator[None]:
+    """Fail when the calls inside leave global state changed (thread count, grad mode, default
+    dtype, cuDNN/determinism flags, the torch/numpy/Python RNGs), naming what changed; the state is
+    put back either way, so one failure does not leak into later tests."""
+    before = _global_state()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        after = _global_state()
+        changed = [k for k, v in before.items() if k in after and not _same_value(v, after[k])]
+        if changed:
+            _set_global_state(before)
+        if changed and ok:
+            parts = []
+            for k in changed:
+                if "RNG" in k:
+                    parts.append(f"{k} was advanced or reseeded")
+                else:
+                    parts.append(f"{k} {_show(before[k])} → {_show(after[k])}")
+            rng = any("RNG" in k for k in changed)
+            fix = ("draw randomness from a local torch.Generator / np.random.default_rng(seed), never the global RNG"
+                   if rng else "set it back before returning: try/finally, or a context manager such as "
+                   "torch.no_grad()")
+            raise ConformanceError(f"{label}: {what} left global state changed: {'; '.join(parts)}. Fix: {fix}")
+
+
 # -- methods ---------------------------------------------------------------------------------
 
 def check_method_info(cls: type[Method]) -> MethodInfo:
@@ -122,6 +207,35 @@ def _second_scale(info: MethodInfo, s: int) -> int | None:
     return 3 if s != 3 else 2
 
 
+def _other_scales(info: MethodInfo, s: int, most: int = 4) -> list[int]:
+    """The scales to try besides ``s``: every declared one (at most ``most``, evenly chosen, the
+    largest included); with ``scales=None``, 3 (or 2) and 1."""
+    if info.scales is None:
+        return [t for t in (3 if s != 3 else 2, 1) if t != s]
+    others = sorted(t for t in dict.fromkeys(info.scales) if t != s)
+    if len(others) <= most:
+        return others
+    idx = sorted({round(i * (len(others) - 1) / (most - 1)) for i in range(most)})
+    return [others[i] for i in idx]
+
+
+def _options_or_fail(label: str, model: type[Options], values: dict[str, Any] | None, what: str,
+                     how: Callable[[str], str]) -> Any:
+    """Validate ``values``; a required field without a value or an invalid value is one line naming
+    the field and how to give it."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values or {})
+    except ValidationError as exc:
+        missing = [".".join(str(p) for p in e["loc"]) for e in exc.errors() if e.get("type") == "missing"]
+        if missing:
+            fields = ", ".join(f"'{m}'" for m in missing)
+            raise ConformanceError(f"{label}: {what} field(s) {fields} have no default, so the check needs a "
+                                   f"value: {how(missing[0].split('.')[0])}") from None
+        raise ConformanceError(f"{label}: {what} {values!r} are not valid: {exception_line(exc)}") from None
+
+
 def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, scale: int | None = None,
                  lr: Tensor | None = None, device: str = "cpu", atol: float = 1e-5,
                  samples_batch_independent: bool = True) -> Method:
@@ -136,22 +250,28 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
     output is image-major: the samples of image 0 restored alone are the first rows of the
     batch's (``samples_batch_independent=False`` lifts that for a stochastic method that
     documents that its samples depend on the other images of the batch); bad scales are refused
-    with ``ValueError``.
+    with ``ValueError``. Also: every declared scale is tried (at most 4 besides ``scale``, evenly
+    chosen; ``scales=None``: 3 and 1); a batch of constant images (0, 1, 0.5) gives finite output in
+    range; the batch as channels_last, strided and float64 tensors gives the same float32 output;
+    a stochastic method gives image 1 another output than image 0 and depends on the seed or
+    differs across ``n_samples``; the ``restore`` calls leave global state (threads, grad mode,
+    default dtype, cuDNN/determinism flags, global RNGs) as they found it (``load`` may change it);
+    a required option without a value is a one-line error naming it.
     ``lr`` replaces the default input (2×3×12×10 random; 16×16 smooth for aligned faces).
     """
     info = check_method_info(cls)
     name = info.name
     _check_options_model(name, cls.Options)
-    opts = cls.Options.model_validate(options or {})
+    opts = _options_or_fail(name, cls.Options, options, "Options", lambda key: (
+        f"`restorekit plugin check --opt {name}.{key}=VALUE`, "
+        f"conformance_cases(configs={{'{name}': {{'options': {{'{key}': ...}}}}}}) "
+        f"or check_method(options={{'{key}': ...}})"))
     method = cls(opts, device=device)
     _require(method.device == torch.device(device), f"{name}: __init__ must pass device to Method.__init__")
     method.load()
     method.load()  # idempotent
     s = scale if scale is not None else (info.scales[0] if info.scales else 2)
     x = lr if lr is not None else _default_lr(info)
-    n = x.shape[0]
-    batch = f"the {n}-image batch" if n > 1 else "the one-image input"
-    loose = max(atol, 1e-4)  # the same image computed in batches of different sizes
 
     def restore(inp: Tensor, sc: int, what: str, samples: int = 1, **kw: Any) -> Tensor:
         """One call, checked: it must not raise, must leave ``inp`` alone and must return
@@ -175,6 +295,17 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
         _require(lo >= 0 and hi <= 1, f"{name}: output leaves [0,1] for {what} (min {lo:.4g}, max {hi:.4g})")
         return out
 
+    with _keeps_global_state(name, "restore()"):
+        _method_calls(name, info, method, restore, x, s, lr is None, atol, samples_batch_independent)
+    return method
+
+
+def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable[..., Tensor], x: Tensor, s: int,
+                  default_lr: bool, atol: float, samples_batch_independent: bool) -> None:
+    """The restore() calls of :func:`check_method` and what is required of their outputs."""
+    n = x.shape[0]
+    batch = f"the {n}-image batch" if n > 1 else "the one-image input"
+    loose = max(atol, 1e-4)  # the same image computed in batches of different sizes
     first = f"{batch} (scale {s}, seed 0)"
     out = restore(x, s, first, seed=0)
     _require(isinstance(method.last_reports, list), f"{name}: last_reports must stay a list")
@@ -188,6 +319,7 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
             single = restore(x[1:2], s, "image 1 alone", seed=0)
             _require(_close(single, out[1:2], loose),
                      f"{name}: image 1 restored alone differs from the same image in a batch")
+            one = ("image 1 alone", x[1:2], single)  # the reference of the layout checks below
     # `run` passes seed=None unless --seed is given, and the face pipeline passes no seed at all.
     unseeded = restore(x, s, f"{batch} with seed=None", seed=None)
     if info.one_sample_ignores_seed:
@@ -210,11 +342,28 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
                  "n_samples=2 output: n_samples must be image-major (samples of image 0 first) and an image's "
                  "samples must not depend on the other images (check_method(samples_batch_independent=False) "
                  "for a method that documents that they do)")
-    if lr is None and info.input_kind == "any":
+    if not info.one_sample_ignores_seed:
+        # Deterministic methods compare image 1 alone with the batch above; a stochastic one at least
+        # must not hand image 0's result to every image.
+        if n > 1 and not _close(x[0], x[1], 1e-3):
+            _require(not _close(out[0], out[1], atol),
+                     f"{name}: image 1's output equals image 0's though the inputs differ (seed 0): restore must "
+                     "process every image of the batch, not only the first")
+    if not (info.one_sample_ignores_seed and n > 1):
+        one = ("image 0 alone", x[:1], restore(x[:1], s, "image 0 alone (seed 0)", seed=0))
+    if not info.one_sample_ignores_seed:
+        seed1 = restore(x[:1], s, "image 0 alone with seed 1", seed=1)
+        _require(not (_close(one[2], seed1, atol) and _close(multi[0], multi[1], atol)),
+                 f"{name}: declared deterministic=False but neither the seed (0 vs 1) nor n_samples=2 changes the "
+                 "output: declare deterministic=True, or draw the randomness from `seed`")
+    _same_for_layouts(name, restore, one[1], s, one[2], one[0], loose)
+    h, w = x.shape[-2:]  # flat backgrounds, black borders, blown-out highlights: no NaN, no range error
+    flat = torch.cat([torch.full((1, 3, h, w), v) for v in (0.0, 1.0, 0.5)])
+    restore(flat, s, f"a batch of constant images (all 0, all 1, all 0.5; {h}×{w})", seed=0)
+    if default_lr and info.input_kind == "any":
         odd = sample_batch(1, 11, 9, seed=3)
         restore(odd, s, "an 11×9 input", seed=0)
-    s2 = _second_scale(info, s)
-    if s2 is not None:
+    for s2 in _other_scales(info, s):
         restore(x[:1], s2, f"one image at scale {s2}", seed=0)
     for bad in (0, -2, 2.5):
         try:
@@ -233,7 +382,45 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
             pass
         else:
             raise ConformanceError(f"{name}: unsupported scale {unsupported} must raise ValueError")
-    return method
+
+
+def _same_for_layouts(name: str, restore: Callable[..., Tensor], x: Tensor, s: int, out: Tensor, label: str,
+                      tol: float) -> None:
+    """channels_last, strided (non-contiguous) and float64 inputs hold the same image as ``x``:
+    they must give the same output ``out`` (``restore`` checks it is float32). Two calls: a
+    channels_last view sliced out of a wider tensor, and a float64 transposed view (dense, so
+    ``.float()`` keeps its strides); when one differs or fails, its layouts run apart to name the
+    one at fault."""
+    w = x.shape[-1]
+    wide = torch.cat([x, x.flip(-1)], dim=-1)
+    transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    calls = [
+        ("non-contiguous channels_last (sliced view)", wide.contiguous(memory_format=torch.channels_last)[..., :w],
+         [("channels_last", x.contiguous(memory_format=torch.channels_last)),
+          ("non-contiguous (sliced view)", wide[..., :w])]),
+        ("float64 non-contiguous (transposed view)", transposed.double(),
+         [("non-contiguous (transposed view)", transposed), ("float64", x.double())]),
+    ]
+
+    def differs(what: str, inp: Tensor) -> str:
+        res = restore(inp, s, f"{label} as a {what} tensor (seed 0)", seed=0)
+        diff = float((res - out.float()).abs().max())
+        if diff <= tol:
+            return ""
+        return (f"{name}: {label} as a {what} tensor gives another output than as a contiguous float32 tensor "
+                f"(max diff {diff:.3g}): read the input through its strides and convert it (.contiguous(), "
+                ".float()) before any raw memory access")
+
+    for what, inp, apart in calls:
+        try:
+            problem = differs(what, inp)
+        except ConformanceError as exc:
+            problem = str(exc)
+        if problem:
+            for one_what, one in apart:  # which layout is at fault; a call that raises says so itself
+                one_problem = differs(one_what, one)
+                _require(not one_problem, one_problem)
+        _require(not problem, problem)
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -261,6 +448,12 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
     noisy = pred if pred is not None else (hr + 0.05 * (sample_batch(*hr.shape[:1], *hr.shape[-2:], seed=1) - 0.5)
                                            ).clamp(0, 1)
     lr = downscale(hr, scale)
+    with _keeps_global_state(str(name), "__call__"):
+        return _metric_calls(cls, m, str(name), hr, noisy, lr, scale, allow_nan)
+
+
+def _metric_calls(cls: type[Metric], m: Metric, name: str, hr: Tensor, noisy: Tensor, lr: Tensor, scale: int,
+                  allow_nan: bool) -> Metric:
     copies = (hr.clone(), noisy.clone(), lr.clone())
     v = m(noisy, hr, lr=lr, scale=scale)
     _unchanged(name, copies[0], hr, "__call__ (target)")
@@ -330,17 +523,68 @@ def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None =
     input untouched, randomness only from the given ``torch.Generator`` (same seed, same
     output), and ``spec()`` rebuilding an equal degradation through the spec parser.
     """
-    from ..degradations import parse_spec
-
     name = getattr(cls, "name", None)
     _require(isinstance(name, str) and bool(DEGRADATION_NAME.match(name)),
              f"{cls.__name__}.name must be lower-case letters, digits and '_' (it appears in spec strings)")
     _check_options_model(str(name), getattr(cls, "Params", None), "Params")
-    p = cls.Params.model_validate(params) if params is not None else example_params(cls.Params)
+    p = (_options_or_fail(str(name), cls.Params, params, "Params", lambda key: (
+        f"check_degradation(params={{'{key}': ...}}) or conformance_cases(configs={{'{name}': "
+        f"{{'params': {{'{key}': ...}}}}}})")) if params is not None else example_params(cls.Params))
     d = cls(p)
     scale = getattr(p, "scale", None)
     s = int(scale) if isinstance(scale, int) else 1
     x = hr if hr is not None else smooth_batch(2, 12 * s, 10 * s)
+    with _keeps_global_state(str(name), "__call__"):
+        _degradation_calls(cls, d, str(name), x, scale)
+    _spec_round_trips(cls, d, str(name))
+    for field, value in _non_default_values(cls.Params, p):
+        try:
+            other = cls.Params.model_validate({**p.model_dump(), field: value})
+        except Exception:
+            continue  # a value another validator refuses: nothing to learn from it
+        _spec_round_trips(cls, cls(other), str(name), f" (at the non-default {field}={value!r})")
+    return d
+
+
+def _non_default_values(model: type[Options], p: Options) -> list[tuple[str, Any]]:
+    """One other valid value per int/float field (the default moved by 1 or 0.25 inside its bounds)."""
+    out: list[tuple[str, Any]] = []
+    for fname, field in model.model_fields.items():
+        ann = field.annotation
+        cur = getattr(p, fname, None)
+        if ann not in (int, float) or isinstance(cur, bool) or not isinstance(cur, (int, float)):
+            continue
+        lo, hi = -math.inf, math.inf
+        for meta in field.metadata:
+            for attr in ("ge", "gt", "le", "lt"):
+                val = getattr(meta, attr, None)
+                if val is None:
+                    continue
+                step = (1 if ann is int else 1e-3) if attr in ("gt", "lt") else 0
+                if attr in ("ge", "gt"):
+                    lo = max(lo, val + step)
+                else:
+                    hi = min(hi, val - step)
+        delta = 1 if ann is int else 0.25
+        for cand in (cur + delta, cur - delta, (cur + lo) / 2 if ann is float and math.isfinite(lo) else None):
+            if cand is not None and lo <= cand <= hi and cand != cur:
+                out.append((fname, int(cand) if ann is int else float(cand)))
+                break
+    return out
+
+
+def _spec_round_trips(cls: type[Degradation], d: Degradation, name: str, where: str = "") -> None:
+    from ..degradations import parse_spec
+
+    spec = d.spec()
+    _require(isinstance(spec, str) and spec.split(":")[0] == name, f"{name}: spec() must start with the name, got {spec!r}")
+    rebuilt = parse_spec(spec, {name: cls}).steps[0]
+    _require(rebuilt.params == d.params, f"{name}: spec {spec!r} rebuilds params {rebuilt.params!r}, not "
+             f"{d.params!r}{where}: spec() must write every value exactly")
+    _require(rebuilt.spec() == spec, f"{name}: spec() does not round-trip ({spec!r} → {rebuilt.spec()!r}){where}")
+
+
+def _degradation_calls(cls: type[Degradation], d: Degradation, name: str, x: Tensor, scale: Any) -> None:
     x_copy = x.clone()
     out = d(x, generator=torch.Generator().manual_seed(0))
     _unchanged(str(name), x_copy, x, "__call__")
@@ -356,12 +600,6 @@ def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None =
     _require(bool(out.min() >= -1e-5) and bool(out.max() <= 1 + 1e-5), f"{name}: output leaves [0,1]")
     again = d(x, generator=torch.Generator().manual_seed(0))
     _require(bool(torch.equal(out, again)), f"{name}: same generator seed must give the same output")
-    spec = d.spec()
-    _require(isinstance(spec, str) and spec.split(":")[0] == name, f"{name}: spec() must start with the name, got {spec!r}")
-    rebuilt = parse_spec(spec, {str(name): cls}).steps[0]
-    _require(rebuilt.params == d.params, f"{name}: spec {spec!r} rebuilds params {rebuilt.params!r}, not {d.params!r}")
-    _require(rebuilt.spec() == spec, f"{name}: spec() does not round-trip ({spec!r} → {rebuilt.spec()!r})")
-    return d
 
 
 # -- losses ----------------------------------------------------------------------------------
@@ -388,6 +626,11 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
             out[k] = v.detach().clone().requires_grad_(v.is_floating_point()) if isinstance(v, Tensor) else v
         return out
 
+    with _keeps_global_state(str(name), "__call__ (and backward)"):
+        return _loss_calls(loss, str(name), target, wrong, ctx)
+
+
+def _loss_calls(loss: Loss, name: str, target: Tensor, wrong: Tensor, ctx: Callable[[], dict[str, Any]]) -> Loss:
     pred = wrong.clone().requires_grad_(True)
     c = ctx()
     t_copy = target.clone()
