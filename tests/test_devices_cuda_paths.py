@@ -25,6 +25,8 @@ from restorekit.methods import build_method, resolve_device
 from restorekit.training.distributed import pick_device
 from restorekit.web.config import ServeConfig
 
+from cli_commands import all_commands
+
 
 def fake_cuda(monkeypatch: pytest.MonkeyPatch, count: int = 1, current: int = 0, capability: tuple[int, int] = (9, 0)):
     """``torch.cuda`` as a machine with ``count`` GPUs reports it (nothing is allocated)."""
@@ -115,26 +117,14 @@ def test_serve_config_device_is_validated_the_same_way() -> None:
 
 
 def _device_options() -> list[tuple[str, click.Parameter]]:
-    out = []
-
-    def walk(cmd: click.Command, path: list[str], ctx: click.Context) -> None:
-        for p in cmd.params:
-            if p.name == "device" and (cmd.callback is None or cmd.callback.__module__.startswith("restorekit.")):
-                out.append((" ".join(path), p))
-        if isinstance(cmd, click.Group):
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                if sub is not None:
-                    walk(sub, [*path, name], click.Context(sub, parent=ctx, info_name=name))
-
-    root = build_cli()
-    walk(root, [], click.Context(root, info_name="restorekit"))
-    return out
+    """The ``--device`` options of restorekit's commands and its first-party plugins' (not test plugins')."""
+    return [(path, p) for path, cmd in all_commands() for p in cmd.params
+            if p.name == "device" and (cmd.callback is None or cmd.callback.__module__.startswith("restorekit"))]
 
 
 def test_every_core_device_option_takes_cuda_n() -> None:
     found = dict(_device_options())
-    for cmd in ("run", "compare", "serve", "generate", "realism", "bench method", "bench harness"):
+    for cmd in ("run", "compare", "serve", "generate", "realism", "bench method", "bench harness", "bench generator"):
         assert cmd in found, sorted(found)
     wrong = {path: type(p.type).__name__ for path, p in found.items() if not isinstance(p.type, DeviceType)}
     assert not wrong, wrong
