@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from restorekit.harness.report_console import print_table, summary_tables
-from restorekit.harness.report_summary import Summary, summarize_result
+from restorekit.harness.report_summary import RUNTIME_FMT, Summary, fmt_number, summarize_result
 from restorekit.harness.runner import CompareConfig, execute, plan
 
 # Three cheap methods beside bicubic; a stochastic one makes "mean ± std" cells and a "(2 seeds)" label.
@@ -132,13 +132,22 @@ def turned_cells(found: list[Table]) -> dict[tuple[str, str], str]:
     return cells
 
 
+def _printed(v: float, fmt: str | None) -> float:
+    """``v`` as the table prints it (so equal-looking numbers tie), NaN and inf as they are."""
+    try:
+        return float(fmt_number(v, fmt).replace(",", ""))
+    except ValueError:
+        return v
+
+
 def expected_best(sm: Summary) -> dict[str, set[str]]:
-    """Per column label, the methods that should be starred: best finite mean when two or more have one."""
+    """Per column label, the methods that should be starred: best finite mean as printed (ties all
+    starred) when two or more have one."""
     labels = {s.name: s.name if s.deterministic else f"{s.name} (2 seeds)" for s in sm.methods}
     columns = {f"{m.name} {'↑' if m.higher_is_better else '↓'}":
-               (m.higher_is_better, {s.name: s.metrics[m.name].mean for s in sm.methods})
+               (m.higher_is_better, {s.name: _printed(s.metrics[m.name].mean, m.fmt) for s in sm.methods})
                for m in sm.active_metrics}
-    columns["ms/img (cpu) ↓"] = (False, {s.name: s.runtime_ms.mean for s in sm.methods})
+    columns["ms/img (cpu) ↓"] = (False, {s.name: _printed(s.runtime_ms.mean, RUNTIME_FMT) for s in sm.methods})
     best: dict[str, set[str]] = {}
     for col, (hib, means) in columns.items():
         finite = {k: v for k, v in means.items() if not math.isnan(v)}
