@@ -483,6 +483,23 @@ def _metric_calls(cls: type[Metric], m: Metric, name: str, hr: Tensor, noisy: Te
 
 # -- degradations ----------------------------------------------------------------------------
 
+def _field_bounds(field: Any, ann: Any) -> tuple[float, float]:
+    """The closed range a number field's ``ge``/``gt``/``le``/``lt`` allow (open bounds moved in by
+    1 for ints, 1e-3 for floats); unbounded sides are infinite."""
+    lo, hi = -math.inf, math.inf
+    for meta in field.metadata:
+        for attr in ("ge", "gt", "le", "lt"):
+            val = getattr(meta, attr, None)
+            if val is None:
+                continue
+            step = (1 if ann is int else 1e-3) if attr in ("gt", "lt") else 0
+            if attr in ("ge", "gt"):
+                lo = max(lo, val + step)
+            else:
+                hi = min(hi, val - step)
+    return lo, hi
+
+
 def example_params(model: type[Options]) -> Options:
     """Option values for a check: defaults, and a small valid value for required numbers.
 
@@ -497,17 +514,7 @@ def example_params(model: type[Options]) -> Options:
         if ann not in (int, float):
             raise ConformanceError(f"{model.__name__}: field '{name}' is required and not a number; "
                                    "pass params={...} for the check")
-        lo, hi = -math.inf, math.inf
-        for meta in field.metadata:
-            for attr, bound in (("ge", "lo"), ("gt", "lo"), ("le", "hi"), ("lt", "hi")):
-                val = getattr(meta, attr, None)
-                if val is None:
-                    continue
-                step = (1 if ann is int else 1e-3) if attr in ("gt", "lt") else 0
-                if bound == "lo":
-                    lo = max(lo, val + step)
-                else:
-                    hi = min(hi, val - step)
+        lo, hi = _field_bounds(field, ann)
         guess: float = 2 if ann is int else 1.0
         guess = min(max(guess, lo), hi)
         values[name] = int(guess) if ann is int else float(guess)
@@ -554,17 +561,7 @@ def _non_default_values(model: type[Options], p: Options) -> list[tuple[str, Any
         cur = getattr(p, fname, None)
         if ann not in (int, float) or isinstance(cur, bool) or not isinstance(cur, (int, float)):
             continue
-        lo, hi = -math.inf, math.inf
-        for meta in field.metadata:
-            for attr in ("ge", "gt", "le", "lt"):
-                val = getattr(meta, attr, None)
-                if val is None:
-                    continue
-                step = (1 if ann is int else 1e-3) if attr in ("gt", "lt") else 0
-                if attr in ("ge", "gt"):
-                    lo = max(lo, val + step)
-                else:
-                    hi = min(hi, val - step)
+        lo, hi = _field_bounds(field, ann)
         delta = 1 if ann is int else 0.25
         for cand in (cur + delta, cur - delta, (cur + lo) / 2 if ann is float and math.isfinite(lo) else None):
             if cand is not None and lo <= cand <= hi and cand != cur:
