@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import torch
 
-from .devices import resolve_device as _resolve
+from .devices import resolve_device  # the --device rules (re-exported: methods.resolve_device is public)
 from .errors import RestorekitError
 from .interfaces import Method, Options
 from .options import OptionError, parse_pairs, validate, weights_option
@@ -18,14 +18,6 @@ __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "m
 # How far outside [0, 1] a restored image may reach before it is taken for another convention
 # ([0, 255], [-1, 1]) rather than an unclipped interpolation's overshoot (bicubic's clamp=none).
 OUTPUT_RANGE = (-0.5, 1.5)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` is the current GPU (``cuda:0``, or the one
-    ``torch.cuda.set_device`` chose), given with its index; ``cuda:N`` past this machine's GPUs,
-    ``cuda`` without a GPU, a device other than the CPU and CUDA, and a malformed value are
-    :class:`RestorekitError` (see :mod:`restorekit.devices`)."""
-    return _resolve(device)
 
 
 def parse_opts(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
