@@ -41,6 +41,11 @@ class _LPIPSMetric(Metric):
         self._net.to(device)
         self._device = normalize_device(device)  # cuda → cuda:<current>, as tensors' .device reads
 
+    def _ensure(self, device: torch.device) -> None:
+        """Set up for ``device`` unless already there (``cuda`` and ``cuda:<current>`` are one)."""
+        if self._net is None or self._device != normalize_device(device):
+            self.setup(device)
+
     @torch.no_grad()
     def __call__(self, pred: Tensor, target: Tensor, *, lr: Tensor | None = None, scale: int = 1) -> Tensor:
         check_image_batch(pred, f"{self.name}: prediction")  # a 0-255 image would give a plausible number
@@ -48,8 +53,7 @@ class _LPIPSMetric(Metric):
         if pred.shape != target.shape:
             raise ValueError(f"{self.name}: prediction {tuple(pred.shape)} and target "
                              f"{tuple(target.shape)} differ in shape")
-        if self._net is None or self._device != normalize_device(pred.device):
-            self.setup(pred.device)
+        self._ensure(pred.device)
         assert self._net is not None
         out = [self._net(p.float(), t.float()) for p, t in
                zip(pred.split(self.chunk), target.split(self.chunk))]

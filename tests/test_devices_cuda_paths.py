@@ -383,6 +383,10 @@ def test_lpips_compares_devices_normalised(monkeypatch: pytest.MonkeyPatch) -> N
     metric = LPIPSAlex(net=net)  # type: ignore[arg-type]
     metric.setup(torch.device("cuda"))
     assert metric._device == torch.device("cuda", 1)
+    metric._ensure(torch.device("cuda", 1))  # what a batch on the current GPU reports
+    assert moves == [torch.device("cuda")]
+    metric._ensure(torch.device("cuda", 0))
+    assert moves == [torch.device("cuda"), torch.device("cuda", 0)]
     assert normalize_device("cuda") == torch.device("cuda", 1) == normalize_device(torch.device("cuda", 1))
     assert normalize_device("cpu") == torch.device("cpu")
 
