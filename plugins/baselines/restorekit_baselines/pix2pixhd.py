@@ -489,6 +489,10 @@ class Pix2PixHDOptions(Options):
                                                "(restorekit.consistency); 0: the network's output as is, as in the paper")
 
 
+#: The smallest aligned crop :meth:`Pix2PixHD.face_input_size` asks for (smaller: the pipeline's default).
+MIN_FACE_CROP = 8
+
+
 class Pix2PixHD(Method):
     """pix2pixHD conditional GAN applied to the bicubic-upscaled input."""
 
@@ -548,6 +552,17 @@ class Pix2PixHD(Method):
         if "factors" in self.trained:
             size = f" on {self.trained['input_size']}-px images" if "input_size" in self.trained else ""
             self.notes.append(f"pix2pixhd: these weights were trained for scale(s) {self.trained['factors']}{size}")
+
+    def face_input_size(self, scale: int) -> int | None:
+        """Aligned-crop size for photos (``--faces detect``): the size the weights were trained on
+        (or ``input_size``) ÷ ``scale`` where it divides, so that faces reach the network at the
+        size of its training faces (the pipeline's default, 256-px restored crops, would give this
+        fully convolutional network faces twice that size); otherwise the pipeline's default."""
+        self.load()
+        size = self.options.input_size or self.trained.get("input_size")
+        if size and size % scale == 0 and size // scale >= MIN_FACE_CROP:
+            return size // scale
+        return None
 
     @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:

@@ -279,6 +279,20 @@ def test_method_matches_generator_on_bicubic_input(tiny_weights: Path, capsys: p
     assert float(downscale_error(projected, lr)) < 0.2 * float(downscale_error(out, lr))
 
 
+def test_photo_crops_reach_the_network_at_its_trained_size(tiny_weights: Path) -> None:
+    """--faces detect hands pix2pixHD aligned crops of (trained size ÷ scale) px, so that its
+    output is a face of the size it was trained on (the tiny weights: 32 px); where that does
+    not divide or would be tiny, the pipeline's default (256-px restored crops)."""
+    from restorekit.faces.pipeline import face_input_size
+
+    m = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights)))
+    assert face_input_size(m, 2) == 16 and face_input_size(m, 4) == 8
+    assert face_input_size(m, 3) == 256 // 3
+    assert face_input_size(m, 8) == 32  # 32 ÷ 8 = 4 px is below MIN_FACE_CROP
+    sized = Pix2PixHD(Pix2PixHD.Options(weights=str(tiny_weights), input_size=64))
+    assert face_input_size(sized, 8) == 8
+
+
 @pytest.mark.parametrize("size,scale", [((2, 2), 1), ((2, 2), 2), ((3, 3), 1), ((2, 40), 2), ((4, 3), 1)])
 def test_inputs_smaller_than_the_networks_stride_restore(tiny_weights: Path, size: tuple[int, int],
                                                          scale: int) -> None:
