@@ -670,7 +670,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     def restore(image: Tensor, item: Any) -> list[tuple[str, Tensor]]:
         outs, sidecar = photo_outputs(pipe, image, item.stem, seed=seed, n_samples=n_samples,
                                       only_faces=only_faces, require_face=require_face,
-                                      warn=None if quiet else warn)
+                                      warn=warn)  # -q too: the photo is only upscaled by the background
         sidecar = {"input": str(item.path), "method": method.info.name, **recorded, **sidecar}
         sidecars[str(item.path)] = sidecar
         if only_faces and not outs:  # counted as skipped, with the reason, not lost from the summary
