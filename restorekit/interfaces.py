@@ -255,17 +255,40 @@ class Encoder(nn.Module, ABC):
         """``N×3×H×W`` in [0,1] to ``N×n_styles×style_dim``."""
 
 
+@dataclass(frozen=True)
+class LossContext:
+    """One ``context`` entry a :class:`Loss` reads: a float tensor named ``name``.
+
+    ``shape`` is an example shape of one image's entry (``per_image=True``: the tensor is
+    ``N×shape``) or of the whole entry (``per_image=False``, e.g. a latent average broadcast over
+    the batch). The conformance kit builds a random float32 tensor of this shape for each declared
+    entry the check is not given; ``required=False`` marks an entry the loss can do without.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    per_image: bool = True
+    required: bool = True
+    description: str = ""
+
+
 class Loss(ABC):
-    """A training objective term; composed into a weighted sum by the trainer."""
+    """A training objective term; composed into a weighted sum by the trainer.
+
+    ``context_inputs`` declares the ``context`` entries the loss reads (``w_norm``: ``latents``,
+    ``latent_avg``); a loss that reads only ``pred`` and ``target`` declares none.
+    """
 
     name: ClassVar[str]
+    context_inputs: ClassVar[tuple[LossContext, ...]] = ()
 
     def __init__(self, weight: float = 1.0) -> None:
         self.weight = weight
 
     @abstractmethod
     def __call__(self, pred: Tensor, target: Tensor, **context: Any) -> Tensor:
-        """Scalar loss for ``pred`` against ``target`` (both in [0,1]); context carries extras."""
+        """Scalar loss for ``pred`` against ``target`` (both in [0,1]); context carries the extras
+        ``context_inputs`` declares."""
 
 
 class Metric(ABC):
@@ -276,6 +299,9 @@ class Metric(ABC):
     summary: ClassVar[str] = ""
     # Weight names that must be present before the metric can run.
     requires_weights: ClassVar[tuple[str, ...]] = ()
+    # What a NaN value means ("faces not found"): a metric that returns NaN for an image it cannot
+    # measure declares it (reports count NaNs under this label); "" (the default): never NaN.
+    nan_label: ClassVar[str] = ""
 
     def setup(self, device: torch.device) -> None:
         """Load networks or weights; raise ``restorekit.errors.WeightsMissing`` when absent."""

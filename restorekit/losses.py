@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from .interfaces import Loss
+from .interfaces import Loss, LossContext
 from .networks.lpips_net import Backbone, LPIPSDistance
 
 ValueRange = Literal["unit", "symmetric"]
@@ -108,6 +108,11 @@ class WNormLoss(Loss):
     """
 
     name: ClassVar[str] = "w_norm"
+    context_inputs: ClassVar[tuple[LossContext, ...]] = (
+        LossContext("latents", (4, 8), description="W+ latents, N×n_styles×dim"),
+        LossContext("latent_avg", (4, 8), per_image=False, required=False,
+                    description="the average latent (n_styles×dim or dim), subtracted when given"),
+    )
 
     def __init__(self, weight: float = 1.0, squared: bool = False) -> None:
         super().__init__(weight)

@@ -56,24 +56,48 @@ def leaking(base, action, label):
     return Leak
 
 
-# Values other than the ones the session starts with (a leak sets one, the same every call).
-OTHER_THREADS = 1 if torch.get_num_threads() != 1 else 2
-BENCHMARK, CUDNN_DET = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+def other_value(get, set_, other):
+    """A leak that sets a value other than the one found at its first call, the same every call.
 
+    The value is chosen when the check runs, not at import: other test modules change these
+    settings when they are imported (test_dlib_port sets one thread), so a value chosen at import
+    may be the current one by the time the check runs, and then the "leak" changes nothing."""
+    chosen = []
+
+    def action():
+        if not chosen:
+            chosen.append(other(get()))
+        set_(chosen[0])
+    return action
+
+
+def other_threads():
+    return other_value(torch.get_num_threads, torch.set_num_threads, lambda n: 1 if n != 1 else 2)
+
+
+def flag_flip(obj, attr):
+    return other_value(lambda: getattr(obj, attr), lambda v: setattr(obj, attr, v), lambda v: not v)
+
+
+# (id, a factory of the leaking action, what the message says)
 LEAKS = [
-    ("threads", lambda: torch.set_num_threads(OTHER_THREADS),
-     r"torch.get_num_threads\(\) \d+ → \d+"),
-    ("grad", lambda: torch.set_grad_enabled(False), r"torch.is_grad_enabled\(\) True → False"),
-    ("dtype", lambda: torch.set_default_dtype(torch.float64), r"torch.get_default_dtype\(\) float32 → float64"),
-    ("benchmark", lambda: setattr(torch.backends.cudnn, "benchmark", not BENCHMARK),
-     r"torch.backends.cudnn.benchmark"),
-    ("cudnn_det", lambda: setattr(torch.backends.cudnn, "deterministic", not CUDNN_DET),
-     r"torch.backends.cudnn.deterministic"),
-    ("det_algos", lambda: torch.use_deterministic_algorithms(True),
+    ("threads", other_threads, r"torch.get_num_threads\(\) \d+ → \d+"),
+    ("grad", lambda: lambda: torch.set_grad_enabled(False), r"torch.is_grad_enabled\(\) True → False"),
+    ("dtype", lambda: lambda: torch.set_default_dtype(torch.float64),
+     r"torch.get_default_dtype\(\) float32 → float64"),
+    ("benchmark", lambda: flag_flip(torch.backends.cudnn, "benchmark"), r"torch.backends.cudnn.benchmark"),
+    ("cudnn_det", lambda: flag_flip(torch.backends.cudnn, "deterministic"), r"torch.backends.cudnn.deterministic"),
+    ("det_algos", lambda: lambda: torch.use_deterministic_algorithms(True),
      r"torch.are_deterministic_algorithms_enabled\(\) False → True"),
-    ("torch_rng", lambda: torch.manual_seed(0), r"the global torch RNG \(torch.get_rng_state\(\)\) was advanced"),
-    ("numpy_rng", lambda: np.random.seed(0), r"numpy's global RNG"),
-    ("python_rng", lambda: random.seed(0), r"Python's global RNG"),
+    ("matmul_tf32", lambda: other_value(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision,
+                                        lambda v: "high" if v == "highest" else "highest"),
+     r"torch.get_float32_matmul_precision\(\) '\w+' → '\w+'"),
+    ("cudnn_tf32", lambda: flag_flip(torch.backends.cudnn, "allow_tf32"),
+     r"TF32 convolutions \(torch.backends.cudnn.allow_tf32 / .conv.fp32_precision\) (True → False|False → True)"),
+    ("torch_rng", lambda: lambda: torch.manual_seed(0),
+     r"the global torch RNG \(torch.get_rng_state\(\)\) was advanced"),
+    ("numpy_rng", lambda: lambda: np.random.seed(0), r"numpy's global RNG"),
+    ("python_rng", lambda: lambda: random.seed(0), r"Python's global RNG"),
 ]
 
 
@@ -81,7 +105,8 @@ def _state():
     return (torch.get_num_threads(), torch.is_grad_enabled(), torch.get_default_dtype(),
             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
             torch.are_deterministic_algorithms_enabled(), torch.get_rng_state().clone(),
-            np.random.get_state()[1].copy(), random.getstate())
+            np.random.get_state()[1].copy(), random.getstate(), torch.get_float32_matmul_precision(),
+            torch.backends.cudnn.allow_tf32)
 
 
 def _same(a, b):
@@ -89,11 +114,11 @@ def _same(a, b):
                bool(np.array_equal(x, y)) if isinstance(x, np.ndarray) else x == y for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("what, action, message", LEAKS, ids=[x[0] for x in LEAKS])
-def test_a_method_that_leaves_global_state_changed_fails_and_the_state_is_put_back(what, action, message):
+@pytest.mark.parametrize("what, make_action, message", LEAKS, ids=[x[0] for x in LEAKS])
+def test_a_method_that_leaves_global_state_changed_fails_and_the_state_is_put_back(what, make_action, message):
     before = _state()
     with pytest.raises(ConformanceError, match=r"near_hk: restore\(\) left global state changed: " + message):
-        check_method(leaking(Near, action, what))
+        check_method(leaking(Near, make_action(), what))
     assert _same(before, _state())
 
 
@@ -155,9 +180,13 @@ class L1(Loss):
 
 
 class L1NoGrad(L1):
+    def __init__(self, weight=1.0):
+        super().__init__(weight)
+        self.leak = other_threads()
+
     def __call__(self, pred, target, **ctx):
         value = super().__call__(pred, target, **ctx)
-        torch.set_num_threads(OTHER_THREADS)
+        self.leak()
         return value
 
 
@@ -318,8 +347,8 @@ def test_a_required_option_is_one_line_naming_the_field_and_how_to_give_it():
         check_method(Required)
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith("near_hk: Options field(s) 'amount' have no default, so the check needs a value: "
-                          "`restorekit plugin check --opt near_hk.amount=VALUE`"), msg
+    assert msg.startswith("near_hk: Options field(s) 'amount' have no default (and no examples), so the check "
+                          "needs a value: `restorekit plugin check --opt near_hk.amount=VALUE`"), msg
     assert "conformance_cases(configs={'near_hk': {'options': {'amount': ...}}})" in msg
     check_method(Required, options={"amount": 1.0})
     with pytest.raises(ConformanceError, match=r"near_hk: Options \{'amount': -1\} are not valid: ValidationError: "

@@ -144,10 +144,23 @@ class DlibFaceDescriptor(nn.Module):
     def from_dat(cls, path: str | Path | None = None) -> DlibFaceDescriptor:
         """Build from dlib's ``dlib_face_recognition_resnet_model_v1.dat`` or its safetensors export
         (located if ``None``)."""
-        sd = convert_dat(path)
+        return cls.from_state_dict(convert_dat(path))
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Tensor]) -> DlibFaceDescriptor:
+        """Build from a state dict with its ``mean_rgb`` (:func:`convert_dat`'s layout, float).
+
+        Built on the meta device, then given the tensors: no random init to throw away, and none
+        drawn from the global torch RNG (a metric or loss building this on first use must not
+        change it). ``RuntimeError`` (torch's) when the tensors do not fit the network.
+        """
         mean = tuple(float(v) for v in sd["mean_rgb"].flatten())
-        model = cls(mean_rgb=mean)  # type: ignore[arg-type]
-        model.load_state_dict(sd)
+        with torch.device("meta"):
+            model = cls(mean_rgb=mean)  # type: ignore[arg-type]
+        model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True, assign=True)
+        left = [k for k, v in model.state_dict().items() if v.is_meta]
+        if left:
+            raise DlibFormatError(f"dlib face descriptor: '{left[0]}' was not loaded")
         return model.eval()
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..devices import TF32_SUFFIX, _tf32_convolutions, precision_label
 from ..errors import WeightsMissing, exception_line
-from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss,
+from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss, LossContext,
                           Method, MethodInfo, Metric, Options)
 from .data import sample_batch, smooth_batch
 
@@ -79,6 +80,68 @@ def _unchanged(label: str, before: Tensor, after: Tensor, what: str) -> None:
 
 # -- global state a component must leave as it found it ---------------------------------------
 
+_UNREADABLE = "unreadable (the legacy allow_tf32 and the new fp32_precision APIs were mixed)"
+# Keys of the float32-precision settings: compared by their effect, put back through both APIs.
+_MATMUL = "torch.get_float32_matmul_precision()"
+_CONV_TF32 = "TF32 convolutions (torch.backends.cudnn.allow_tf32 / .conv.fp32_precision)"
+_PRECISION_KEYS = (_MATMUL, _CONV_TF32)
+_RAW_PRECISION = "_raw float32 precision settings"  # not compared: only put back
+
+
+def _read(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except Exception:  # torch raises on reading a legacy flag after the new API set it
+        return _UNREADABLE
+
+
+def _precision_objects() -> list[tuple[str, Any]]:
+    """The objects with a per-operator ``fp32_precision`` (torch ≥ 2.9; none before)."""
+    b = torch.backends
+    out = []
+    for path in ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul", "mkldnn.conv",
+                 "mkldnn.rnn"):
+        obj: Any = b
+        for part in filter(None, path.split(".")):
+            obj = getattr(obj, part, None)
+        if obj is not None and isinstance(getattr(obj, "fp32_precision", None), str):
+            out.append((path, obj))
+    return out
+
+
+def _precision_state() -> dict[str, Any]:
+    """TF32 for float32 matmuls and cuDNN convolutions, read safely (as :mod:`restorekit.devices`
+    does), and the raw settings of both APIs to put them back."""
+    raw = {
+        "legacy": {"cuda.matmul.allow_tf32": _read(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
+                   "cudnn.allow_tf32": _read(lambda: bool(torch.backends.cudnn.allow_tf32))},
+        "fp32_precision": {path: obj.fp32_precision for path, obj in _precision_objects()},
+    }
+    return {_MATMUL: _read(torch.get_float32_matmul_precision), _CONV_TF32: _tf32_convolutions(),
+            _RAW_PRECISION: raw}
+
+
+def _set_precision_state(state: dict[str, Any]) -> None:
+    """Put the float32 precision settings back: the legacy flags and the matmul precision first
+    (when they were readable), then every per-operator setting that still differs."""
+    raw = state[_RAW_PRECISION]
+    legacy = raw["legacy"]
+    setters: list[tuple[Any, Callable[[Any], None]]] = [
+        (legacy["cuda.matmul.allow_tf32"], lambda v: setattr(torch.backends.cuda.matmul, "allow_tf32", v)),
+        (legacy["cudnn.allow_tf32"], lambda v: setattr(torch.backends.cudnn, "allow_tf32", v)),
+        (state[_MATMUL], torch.set_float32_matmul_precision),
+    ]
+    for value, setter in setters:
+        if value != _UNREADABLE:
+            with contextlib.suppress(Exception):
+                setter(value)
+    for path, obj in _precision_objects():
+        want = raw["fp32_precision"].get(path)
+        if want is not None and obj.fp32_precision != want:
+            with contextlib.suppress(Exception):
+                obj.fp32_precision = want
+
+
 def _global_state() -> dict[str, Any]:
     """Process-wide settings and RNG states a component's calls must not leave changed."""
     state: dict[str, Any] = {
@@ -95,6 +158,7 @@ def _global_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["the CUDA RNG (torch.cuda.get_rng_state_all())"] = torch.cuda.get_rng_state_all()
+    state.update(_precision_state())
     return state
 
 
@@ -122,6 +186,7 @@ def _set_global_state(state: dict[str, Any]) -> None:
     cuda = state.get("the CUDA RNG (torch.cuda.get_rng_state_all())")
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
+    _set_precision_state(state)
 
 
 def _show(v: Any) -> str:
@@ -130,11 +195,34 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
+_RNG_FIX = ("draw randomness from a local torch.Generator / np.random.default_rng(seed), never the global RNG; "
+            "building an nn.Module draws from the global torch RNG (its parameter init): build it in load(), on "
+            "torch.device('meta') (then load_state_dict(..., assign=True)), or inside "
+            "torch.random.fork_rng(devices=[]); a library that must use the global RNG: save and restore it "
+            "around the call (torch.random.fork_rng(), np.random.get_state()/set_state(), "
+            "random.getstate()/setstate())")
+_SETTING_FIX = ("set it back before returning: try/finally, or a context manager such as torch.no_grad() "
+                "(TF32 / matmul precision: save the old value and restore it in a finally block)")
+
+
+@contextlib.contextmanager
+def _puts_back_global_state() -> Iterator[None]:
+    """Run the calls inside without checking them, then put the global state back as it was (a
+    warm-up call: one-time lazy initialisation may draw from the global RNG)."""
+    before = _global_state()
+    try:
+        yield
+    finally:
+        after = _global_state()
+        if any(k in after and not k.startswith("_") and not _same_value(v, after[k]) for k, v in before.items()):
+            _set_global_state(before)
+
+
 @contextlib.contextmanager
 def _keeps_global_state(label: str, what: str) -> Iterator[None]:
     """Fail when the calls inside leave global state changed (thread count, grad mode, default
-    dtype, cuDNN/determinism flags, the torch/numpy/Python RNGs), naming what changed; the state is
-    put back either way, so one failure does not leak into later tests."""
+    dtype, cuDNN/determinism flags, TF32/matmul precision, the torch/numpy/Python RNGs), naming what
+    changed; the state is put back either way, so one failure does not leak into later tests."""
     before = _global_state()
     ok = False
     try:
@@ -142,7 +230,8 @@ def _keeps_global_state(label: str, what: str) -> Iterator[None]:
         ok = True
     finally:
         after = _global_state()
-        changed = [k for k, v in before.items() if k in after and not _same_value(v, after[k])]
+        changed = [k for k, v in before.items()
+                   if k in after and not k.startswith("_") and not _same_value(v, after[k])]
         if changed:
             _set_global_state(before)
         if changed and ok:
@@ -153,10 +242,11 @@ def _keeps_global_state(label: str, what: str) -> Iterator[None]:
                 else:
                     parts.append(f"{k} {_show(before[k])} → {_show(after[k])}")
             rng = any("RNG" in k for k in changed)
-            fix = ("draw randomness from a local torch.Generator / np.random.default_rng(seed), never the global RNG"
-                   if rng else "set it back before returning: try/finally, or a context manager such as "
-                   "torch.no_grad()")
-            raise ConformanceError(f"{label}: {what} left global state changed: {'; '.join(parts)}. Fix: {fix}")
+            setting = any("RNG" not in k for k in changed)
+            fixes = ([f"for the RNG, {_RNG_FIX}"] if rng and setting else [_RNG_FIX] if rng else []) + (
+                [f"for the setting, {_SETTING_FIX}"] if rng and setting else [_SETTING_FIX] if setting else [])
+            raise ConformanceError(f"{label}: {what} left global state changed: {'; '.join(parts)}. "
+                                   f"Fix: {'. '.join(fixes)}")
 
 
 # -- methods ---------------------------------------------------------------------------------
@@ -199,14 +289,6 @@ def _default_lr(info: MethodInfo) -> Tensor:
     return sample_batch()
 
 
-def _second_scale(info: MethodInfo, s: int) -> int | None:
-    """Another scale to check the output size at: the method's next supported scale, else 3 (or 2)."""
-    if info.scales is not None:
-        others = [t for t in info.scales if t != s]
-        return others[0] if others else None
-    return 3 if s != 3 else 2
-
-
 def _other_scales(info: MethodInfo, s: int, most: int = 4) -> list[int]:
     """The scales to try besides ``s``: every declared one (at most ``most``, evenly chosen, the
     largest included); with ``scales=None``, 3 (or 2) and 1."""
@@ -219,21 +301,36 @@ def _other_scales(info: MethodInfo, s: int, most: int = 4) -> list[int]:
     return [others[i] for i in idx]
 
 
+def _with_examples(model: type[Options], values: dict[str, Any] | None) -> dict[str, Any]:
+    """``values`` plus, for each required field they leave out that has ``examples``, its first example."""
+    out = dict(values or {})
+    for fname, field in model.model_fields.items():
+        if field.is_required() and fname not in out and field.alias not in out and field.examples:
+            out[fname] = field.examples[0]
+    return out
+
+
 def _options_or_fail(label: str, model: type[Options], values: dict[str, Any] | None, what: str,
-                     how: Callable[[str], str]) -> Any:
-    """Validate ``values``; a required field without a value or an invalid value is one line naming
-    the field and how to give it."""
+                     how: Callable[[list[str]], str]) -> Any:
+    """Validate ``values`` (a required field left out takes its first ``examples`` value, if it
+    has one); a required field without a value or an invalid value is one line naming every such
+    field and how to give them all."""
     from pydantic import ValidationError
 
     try:
-        return model.model_validate(values or {})
+        return model.model_validate(_with_examples(model, values))
     except ValidationError as exc:
         missing = [".".join(str(p) for p in e["loc"]) for e in exc.errors() if e.get("type") == "missing"]
         if missing:
             fields = ", ".join(f"'{m}'" for m in missing)
-            raise ConformanceError(f"{label}: {what} field(s) {fields} have no default, so the check needs a "
-                                   f"value: {how(missing[0].split('.')[0])}") from None
+            keys = list(dict.fromkeys(m.split(".")[0] for m in missing))
+            raise ConformanceError(f"{label}: {what} field(s) {fields} have no default (and no examples), so "
+                                   f"the check needs a value: {how(keys)}") from None
         raise ConformanceError(f"{label}: {what} {values!r} are not valid: {exception_line(exc)}") from None
+
+
+def _dict_hint(keys: list[str]) -> str:
+    return "{" + ", ".join(f"'{k}': ..." for k in keys) + "}"
 
 
 def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, scale: int | None = None,
@@ -244,28 +341,30 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
     Checks: metadata present and well-formed, options model valid and strict, output follows
     the image convention (float32, finite, in [0,1], ``scale`` × the input size, on the method's
     device) on every call: a batch, ``seed=None`` (what ``run`` passes by default), ``n_samples=2``,
-    a second scale (the next of ``info.scales``, else 3) and, for ``input_kind="any"``, a single
-    image with odd sizes; the input is untouched after every call; the same seed gives the same
+    every declared scale (below) and, for ``input_kind="any"``, a single image with odd sizes; the input is untouched after every call; the same seed gives the same
     output; ``deterministic`` methods ignore the seed and the rest of the batch; ``n_samples``
     output is image-major: the samples of image 0 restored alone are the first rows of the
     batch's (``samples_batch_independent=False`` lifts that for a stochastic method that
     documents that its samples depend on the other images of the batch); bad scales are refused
     with ``ValueError``. Also: every declared scale is tried (at most 4 besides ``scale``, evenly
     chosen; ``scales=None``: 3 and 1); a batch of constant images (0, 1, 0.5) gives finite output in
-    range; the batch as channels_last, strided and float64 tensors gives the same float32 output;
+    range; the batch as channels_last, strided and float64 tensors gives the same float32 output
+    (within ``max(atol, 1e-4)``; 1e-2 on CUDA with TF32 convolutions, whose cuDNN kernels for
+    the two layouts round differently);
     a stochastic method gives image 1 another output than image 0 and depends on the seed or
     differs across ``n_samples``; the ``restore`` calls leave global state (threads, grad mode,
-    default dtype, cuDNN/determinism flags, global RNGs) as they found it (``load`` may change it);
-    a required option without a value is a one-line error naming it.
+    default dtype, cuDNN/determinism flags, TF32/matmul precision, global RNGs) as they found it
+    (``load`` may change it); a required option without a value takes its first ``examples``
+    value, and one without examples either is a one-line error naming it.
     ``lr`` replaces the default input (2×3×12×10 random; 16×16 smooth for aligned faces).
     """
     info = check_method_info(cls)
     name = info.name
     _check_options_model(name, cls.Options)
-    opts = _options_or_fail(name, cls.Options, options, "Options", lambda key: (
-        f"`restorekit plugin check --opt {name}.{key}=VALUE`, "
-        f"conformance_cases(configs={{'{name}': {{'options': {{'{key}': ...}}}}}}) "
-        f"or check_method(options={{'{key}': ...}})"))
+    opts = _options_or_fail(name, cls.Options, options, "Options", lambda keys: (
+        "`restorekit plugin check " + " ".join(f"--opt {name}.{k}=VALUE" for k in keys) + "`, "
+        f"conformance_cases(configs={{'{name}': {{'options': {_dict_hint(keys)}}}}}) "
+        f"or check_method(options={_dict_hint(keys)})"))
     method = cls(opts, device=device)
     _require(method.device == torch.device(device), f"{name}: __init__ must pass device to Method.__init__")
     method.load()
@@ -349,14 +448,14 @@ def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable
             _require(not _close(out[0], out[1], atol),
                      f"{name}: image 1's output equals image 0's though the inputs differ (seed 0): restore must "
                      "process every image of the batch, not only the first")
-    if not (info.one_sample_ignores_seed and n > 1):
-        one = ("image 0 alone", x[:1], restore(x[:1], s, "image 0 alone (seed 0)", seed=0))
+    if not (info.one_sample_ignores_seed and n > 1):  # with one image, that is the first call again
+        one = ("image 0 alone", x[:1], out if n == 1 else restore(x[:1], s, "image 0 alone (seed 0)", seed=0))
     if not info.one_sample_ignores_seed:
         seed1 = restore(x[:1], s, "image 0 alone with seed 1", seed=1)
         _require(not (_close(one[2], seed1, atol) and _close(multi[0], multi[1], atol)),
                  f"{name}: declared deterministic=False but neither the seed (0 vs 1) nor n_samples=2 changes the "
                  "output: declare deterministic=True, or draw the randomness from `seed`")
-    _same_for_layouts(name, restore, one[1], s, one[2], one[0], loose)
+    _same_for_layouts(name, restore, one[1], s, one[2], one[0], _layout_tolerance(method.device, loose))
     h, w = x.shape[-2:]  # flat backgrounds, black borders, blown-out highlights: no NaN, no range error
     flat = torch.cat([torch.full((1, 3, h, w), v) for v in (0.0, 1.0, 0.5)])
     restore(flat, s, f"a batch of constant images (all 0, all 1, all 0.5; {h}×{w})", seed=0)
@@ -382,6 +481,15 @@ def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable
             pass
         else:
             raise ConformanceError(f"{name}: unsupported scale {unsupported} must raise ValueError")
+
+
+def _layout_tolerance(device: torch.device, tol: float) -> float:
+    """The tolerance of the layout comparison: ``tol``, but at least 1e-2 on a CUDA device whose
+    float32 convolutions run in TF32 (channels_last and contiguous inputs take different cuDNN
+    kernels, which round TF32's 10-bit mantissa differently: about 1e-3 apart for a correct net)."""
+    if device.type == "cuda" and precision_label(device).endswith(TF32_SUFFIX):
+        return max(tol, 1e-2)
+    return tol
 
 
 def _same_for_layouts(name: str, restore: Callable[..., Tensor], x: Tensor, s: int, out: Tensor, label: str,
@@ -425,15 +533,21 @@ def _same_for_layouts(name: str, restore: Callable[..., Tensor], x: Tensor, s: i
 
 # -- metrics ---------------------------------------------------------------------------------
 
-def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan: bool = False,
-                 pred: Tensor | None = None, target: Tensor | None = None) -> Metric:
+def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan: bool | None = None,
+                 pred: Tensor | None = None, target: Tensor | None = None, face_image: Tensor | None = None,
+                 require_face: bool = True) -> Metric:
     """Metric contract; returns the set-up metric.
 
     Checks: name and direction declared, ``setup`` works, one float64 value per image,
-    no NaN (unless ``allow_nan``: "not measurable", e.g. no face found), per-image values do not
-    depend on the rest of the batch, a perfect prediction scores at least as well as a perturbed
-    one, inputs untouched. ``target`` (HR, default 2 smooth ``size``² images) and ``pred`` replace
-    the synthetic pair; LR is the bicubic downscale of the target.
+    no NaN, per-image values do not depend on the rest of the batch, a perfect prediction scores
+    at least as well as a perturbed one, inputs untouched. ``target`` (HR, default 2 smooth
+    ``size``² images) and ``pred`` replace the synthetic pair; LR is the bicubic downscale of the
+    target. A metric that declares ``nan_label`` (what its NaN means, e.g. "faces not found") may
+    give NaN on those images; it must instead give finite values, a perfect prediction scoring at
+    least as well, on a face photo (``face_image``, by default scikit-image's astronaut when it is
+    installed; ``require_face=False`` skips that). ``allow_nan`` overrides the declaration for the
+    synthetic images. The calls leave global state alone; one warm-up call before them may
+    change it (lazy initialisation), and the check puts it back.
     """
     from ..degradations import downscale
 
@@ -442,14 +556,49 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
     _require(bool(COMPONENT_NAME.match(str(name))), f"metric name {name!r}: letters, digits, '_', '.', '-' only")
     _require(isinstance(getattr(cls, "higher_is_better", None), bool), f"{name}: higher_is_better is required")
     _require(isinstance(cls.requires_weights, tuple), f"{name}: requires_weights must be a tuple")
+    nan_label = getattr(cls, "nan_label", "")
+    _require(isinstance(nan_label, str), f"{name}: nan_label must be a str (what a NaN value means), "
+             f"got {type(nan_label).__name__}")
     m = cls()
     m.setup(torch.device("cpu"))
     hr = target if target is not None else smooth_batch(2, size, size)
     noisy = pred if pred is not None else (hr + 0.05 * (sample_batch(*hr.shape[:1], *hr.shape[-2:], seed=1) - 0.5)
                                            ).clamp(0, 1)
     lr = downscale(hr, scale)
+    face = None
+    if nan_label and require_face:
+        img = face_image if face_image is not None else default_face_image()
+        if img is not None:
+            face_hr = (img if img.dim() == 4 else img[None]).float()
+            face_pred = (face_hr + 0.05 * (sample_batch(face_hr.shape[0], *face_hr.shape[-2:], seed=2) - 0.5)
+                         ).clamp(0, 1)
+            face = (face_hr, face_pred, downscale(face_hr, scale))
+    with _puts_back_global_state():  # warm-up: lazy initialisation on first use is not a leak
+        m(noisy.clone(), hr.clone(), lr=lr.clone(), scale=scale)
+        if face is not None:
+            m(face[1].clone(), face[0].clone(), lr=face[2].clone(), scale=scale)
     with _keeps_global_state(str(name), "__call__"):
-        return _metric_calls(cls, m, str(name), hr, noisy, lr, scale, allow_nan)
+        _metric_calls(cls, m, str(name), hr, noisy, lr, scale, bool(nan_label) if allow_nan is None else allow_nan)
+        if face is not None:
+            _metric_on_face(cls, m, str(name), face, scale, nan_label)
+    return m
+
+
+def _metric_on_face(cls: type[Metric], m: Metric, name: str, face: tuple[Tensor, Tensor, Tensor], scale: int,
+                    nan_label: str) -> None:
+    hr, noisy, lr = face
+    v = m(noisy, hr, lr=lr, scale=scale)
+    same = m(hr, hr, lr=lr, scale=scale)
+    for what, vals in (("a perturbed", v), ("a perfect", same)):
+        _require(isinstance(vals, Tensor) and tuple(vals.shape) == (hr.shape[0],) and bool(torch.isfinite(vals).all()),
+                 f"{name}: {what} prediction of a face photo ({hr.shape[-1]}×{hr.shape[-2]}) scores "
+                 f"{getattr(vals, 'tolist', lambda: vals)()}: a metric whose NaN means '{nan_label}' must measure "
+                 "an image where a face is plainly there (check_metric(face_image=...) for another photo, "
+                 "require_face=False for a metric that is not about faces)")
+    for a, b in zip(same.tolist(), v.tolist()):
+        better_or_equal = a >= b - 1e-9 if cls.higher_is_better else a <= b + 1e-9
+        _require(better_or_equal, f"{name}: on a face photo a perfect prediction scores {a} but a perturbed one {b} "
+                 f"(higher_is_better={cls.higher_is_better})")
 
 
 def _metric_calls(cls: type[Metric], m: Metric, name: str, hr: Tensor, noisy: Tensor, lr: Tensor, scale: int,
@@ -464,7 +613,8 @@ def _metric_calls(cls: type[Metric], m: Metric, name: str, hr: Tensor, noisy: Te
              f"{name}: expected one value per image, got {tuple(getattr(v, 'shape', ()))}")
     _require(v.dtype == torch.float64, f"{name}: values must be float64")
     if not allow_nan:
-        _require(not bool(torch.isnan(v).any()), f"{name}: NaN on ordinary images")
+        _require(not bool(torch.isnan(v).any()), f"{name}: NaN on ordinary images (a metric whose NaN means "
+                 "'not measurable here' declares what it means: nan_label = 'faces not found')")
     same = m(hr, hr, lr=lr, scale=scale)
     for i in range(n):
         a, b = float(same[i]), float(v[i])
@@ -503,12 +653,16 @@ def _field_bounds(field: Any, ann: Any) -> tuple[float, float]:
 def example_params(model: type[Options]) -> Options:
     """Option values for a check: defaults, and a small valid value for required numbers.
 
-    Required ints get 2 and floats 1.0 (moved inside the field's bounds); anything else
-    required has no guessable value and must be given.
+    Required fields with ``examples`` get the first; other required ints get 2 and floats 1.0
+    (moved inside the field's bounds); anything else required has no guessable value and must be
+    given.
     """
     values: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         if not field.is_required():
+            continue
+        if field.examples:
+            values[name] = field.examples[0]
             continue
         ann = field.annotation
         if ann not in (int, float):
@@ -534,9 +688,9 @@ def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None =
     _require(isinstance(name, str) and bool(DEGRADATION_NAME.match(name)),
              f"{cls.__name__}.name must be lower-case letters, digits and '_' (it appears in spec strings)")
     _check_options_model(str(name), getattr(cls, "Params", None), "Params")
-    p = (_options_or_fail(str(name), cls.Params, params, "Params", lambda key: (
-        f"check_degradation(params={{'{key}': ...}}) or conformance_cases(configs={{'{name}': "
-        f"{{'params': {{'{key}': ...}}}}}})")) if params is not None else example_params(cls.Params))
+    p = (_options_or_fail(str(name), cls.Params, params, "Params", lambda keys: (
+        f"check_degradation(params={_dict_hint(keys)}) or conformance_cases(configs={{'{name}': "
+        f"{{'params': {_dict_hint(keys)}}}}})")) if params is not None else example_params(cls.Params))
     d = cls(p)
     scale = getattr(p, "scale", None)
     s = int(scale) if isinstance(scale, int) else 1
@@ -607,22 +761,43 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
 
     Checks: a name, ``weight`` accepted and stored, a finite 0-dim float tensor, a perfect
     prediction no worse than a wrong one, differentiable (finite gradients reaching ``pred``
-    or a context tensor), inputs untouched. ``kwargs`` go to the constructor, ``context`` to
-    every call (tensors in it are cloned and made to require gradients).
+    or a context tensor), inputs untouched, global state left alone (after one warm-up call,
+    whose changes — lazy initialisation — are put back). ``kwargs`` go to the constructor,
+    ``context`` to every call (tensors in it are cloned and made to require gradients); each
+    entry the loss declares in ``context_inputs`` and ``context`` leaves out is a random float32
+    tensor of the declared shape (``N×shape`` per image, ``N`` = 2).
     """
     name = getattr(cls, "name", None)
     _require(isinstance(name, str) and bool(COMPONENT_NAME.match(name)), f"{cls.__name__}.name is required")
+    declared = getattr(cls, "context_inputs", ())
+    _require(isinstance(declared, tuple) and all(isinstance(d, LossContext) for d in declared),
+             f"{name}: context_inputs must be a tuple of restorekit.interfaces.LossContext")
     loss = cls(weight=0.5, **(kwargs or {}))
     _require(getattr(loss, "weight", None) == 0.5, f"{name}: the constructor must store weight (Loss.__init__)")
-    target = smooth_batch(2, size, size)
-    wrong = smooth_batch(2, size, size, seed=7)
+    n = 2
+    target = smooth_batch(n, size, size)
+    wrong = smooth_batch(n, size, size, seed=7)
+    given = dict(context or {})
+    gen = torch.Generator().manual_seed(3)
+    for d in declared:  # what the loss declares it reads and the check was not given: random, of its shape
+        if d.name not in given:
+            given[d.name] = torch.randn((n, *d.shape) if d.per_image else tuple(d.shape), generator=gen)
 
     def ctx() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for k, v in (context or {}).items():
+        for k, v in given.items():
             out[k] = v.detach().clone().requires_grad_(v.is_floating_point()) if isinstance(v, Tensor) else v
         return out
 
+    with _puts_back_global_state():  # warm-up: lazy initialisation on first use is not a leak
+        try:
+            loss(wrong.clone().requires_grad_(True), target.clone(), **ctx())
+        except (ConformanceError, WeightsMissing):
+            raise
+        except Exception as exc:
+            hint = ("; a loss that reads context entries declares them: context_inputs = (LossContext(...),), "
+                    "or give them with check_loss(context=...)" if not declared and not context else "")
+            raise ConformanceError(f"{name}: __call__ raised: {exception_line(exc)}{hint}") from exc
     with _keeps_global_state(str(name), "__call__ (and backward)"):
         return _loss_calls(loss, str(name), target, wrong, ctx)
 

@@ -188,15 +188,12 @@ def _dlib_net(weights: WeightsArg, allow_random: bool) -> nn.Module:
         raise RestorekitError("dlib descriptor weights: no 'mean_rgb' entry (expected the state dict "
                               "of restorekit.faces.dlib_resnet.convert_dat)")
     sd = dequantize(sd)  # float32; an int8 export's weights times their scales
-    mean = tuple(float(v) for v in sd["mean_rgb"].flatten())
-    net = DlibFaceDescriptor(mean_rgb=mean)  # type: ignore[arg-type]
     try:
-        net.load_state_dict(sd)
+        return DlibFaceDescriptor.from_state_dict(sd)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise RestorekitError(f"dlib descriptor weights do not fit the network: "
                               f"{first[1].strip() if len(first) > 1 else first[0]}") from None
-    return net.eval()
 
 
 class DlibDescriptorSpace(FeatureSpace):
