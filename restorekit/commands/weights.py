@@ -229,10 +229,16 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
         spec = specs[name]
         if spec.license_note and not quiet:
             _err.print(escape(f"note: '{name}' are licensed {_license(spec)}"))
+        # Files with no reference sha256 and none recorded yet: those this pull records on the user's word
+        unrecorded = [f.filename for f in spec.files if f.sha256 is None and f.package_source is None
+                      and not f.bundled and W.first_use(name, f.filename) is None] if trust else []
         paths = W.pull(name, quiet=quiet, trust=trust, retries=retries)
-        untrusted = [f for f in spec.files if f.sha256 is None and f.package_source is None]
-        if trust and untrusted:
-            _err.print(f"[yellow]warning:[/] '{escape(name)}' had no reference sha256; recorded what was downloaded")
+        for filename in unrecorded:  # (not when it was cached already and nothing was downloaded)
+            rec = W.first_use(name, filename)
+            if rec is not None:
+                _err.print("[yellow]warning:[/] " + escape(f"'{name}' had no reference sha256; recorded what was "
+                                                        f"downloaded ({filename}: sha256 {rec.sha256}); later "
+                                                        "pulls and imports must match it"))
         for p in paths:
             click.echo(str(p))
 

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ..errors import IntegrityError, RestorekitError
-from . import cache, checksum, download, load, tofu
+from . import cache, checksum, download, fetch, load, tofu
 from .spec import WeightFile, WeightSpec
 
 __all__ = ["wants_archive_import", "import_spec_archive", "ArchiveImport"]
@@ -198,7 +198,8 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
             for wf, tmp, sha, where, hashed in staged:
                 dest = folder / wf.filename
                 os.replace(tmp, dest)
-                tofu.record_cached(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None, hashed=hashed)
+                fetch.record_moved_in(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None,
+                                      hashed=hashed)
                 paths.append(dest)
         except BaseException:
             for _, tmp, _, _, _ in staged:

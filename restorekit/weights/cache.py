@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from ..errors import CacheError, IntegrityError, UnknownNameError
 from .spec import MANIFEST, NAME_PATTERN
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
-           "read_manifest", "write_manifest", "cached_files", "remove", "cleanup_empty", "now", "locked",
-           "file_lock", "import_temp", "stray_imports", "remove_stray_imports"]
+           "read_record", "write_text_atomic", "read_manifest", "write_manifest", "cached_files", "remove",
+           "cleanup_empty", "now", "locked", "file_lock", "import_temp", "stray_imports", "remove_stray_imports"]
 
 
 def cache_dir() -> Path:
@@ -41,8 +42,10 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("restorekit"))
 
 
-def cache_error(exc: OSError, path: Path) -> CacheError:
-    """A cache write failure as one line: the path, the reason and how to point the cache elsewhere."""
+def cache_error(exc: OSError, path: Path, *, detail: str = "", action: str = "written") -> CacheError:
+    """A cache write failure as one line: the path, the reason and how to point the cache elsewhere.
+
+    ``detail`` is added after the reason, in parentheses; ``action="read"`` for a file that cannot be read."""
     if isinstance(exc, CacheError):
         return exc
     env = os.environ.get("RESTOREKIT_HOME")
@@ -50,8 +53,52 @@ def cache_error(exc: OSError, path: Path) -> CacheError:
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         reason += " (a file stands where a cache folder is needed)"
-    return CacheError(f"the restorekit cache cannot be written at {path}: {reason}; {where}: set "
-                      "RESTOREKIT_HOME to a writable folder, or fix that one")
+    if detail:
+        reason += f" ({detail})"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space there, or set RESTOREKIT_HOME to a folder with room"
+    else:
+        usable = "a writable folder" if action == "written" else "a folder you can use"
+        fix = f"set RESTOREKIT_HOME to {usable}, or fix that one"
+    return CacheError(f"the restorekit cache cannot be {action} at {path}: {reason}; {where}: {fix}")
+
+
+def read_record(path: Path) -> str | None:
+    """The text of a cache record file (a manifest, the first-use record); None when there is none,
+    also when it was removed this instant (``weights rm`` racing a reader). One that exists but
+    cannot be read is a one-line :class:`CacheError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        raise cache_error(exc, path, action="read") from exc
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace the cache record file ``path`` with ``text`` atomically (temp file + rename).
+
+    The temp file is created like any plain file (``0o666`` less the umask, as the cached weights
+    files are), not 0600 as ``mkstemp`` would, so a cache shared by several users stays readable
+    to them. An ``OSError`` becomes a one-line :class:`CacheError` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            tmp = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            except FileExistsError:
+                continue
+            break
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise cache_error(exc, path) from exc
 
 
 def cache_folder(folder: Path) -> Path:
@@ -260,34 +307,24 @@ def now() -> str:
 
 
 def read_manifest(folder: Path) -> dict[str, CachedFile]:
-    """The records of ``folder``'s manifest by file name (empty when there is none)."""
+    """The records of ``folder``'s manifest by file name (empty when there is none, also when
+    ``weights rm`` removes it this instant); one that cannot be read is a one-line :class:`CacheError`."""
     path = folder / MANIFEST
-    if not path.is_file():
-        return {}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = read_record(path)
+        if text is None:
+            return {}
+        raw = json.loads(text)
         return {k: CachedFile(**v) for k, v in raw.get("files", {}).items()}
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"cache manifest {path} is unreadable ({exc}); run `restorekit weights rm` "
                              "for it and pull again") from exc
 
 
 def write_manifest(folder: Path, name: str, files: Mapping[str, CachedFile]) -> None:
-    """Replace ``folder``'s manifest atomically (temp file + rename)."""
+    """Replace ``folder``'s manifest atomically (:func:`write_text_atomic`)."""
     data = {"name": name, "files": {k: v.as_dict() for k, v in sorted(files.items())}}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, folder / MANIFEST)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise cache_error(exc, folder / MANIFEST) from exc
+    write_text_atomic(folder / MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
 def cached_files(name: str) -> dict[str, CachedFile]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PluginError, RestorekitError, UnknownNameError
+from ..errors import FileSystemError, PluginError, RestorekitError, UnknownNameError, WeightsMissing
 from . import archive, checksum, fetch, load, tofu
 from .archive import ArchiveImport
 from .spec import WeightSpec, changed_fields
@@ -289,7 +289,13 @@ def load_checkpoint(name_or_path: str | os.PathLike[str], *, allowed_globals: It
     ``name_or_path`` is a registered weights name (resolved in the cache) or a file path;
     ``allowed_globals`` extends the weights-only allowlist for this call.
     """
-    return load.read_checkpoint(weights_file(name_or_path), allowed_globals=allowed_globals)
+    path, name = weights_source(name_or_path)
+    try:
+        return load.read_checkpoint(path, allowed_globals=allowed_globals)
+    except FileSystemError as exc:
+        if name is not None and isinstance(exc.__cause__, FileNotFoundError):  # `weights rm` since the check
+            raise WeightsMissing(name) from None
+        raise
 
 
 def load_state_dict(name_or_path: str | os.PathLike[str], *, key: str | None = None) -> dict[str, Tensor]:

@@ -80,9 +80,13 @@ def check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
     folder = cache.weights_dir(spec.name)
     path = folder / wf.filename
     rec = cache.read_manifest(folder).get(wf.filename)
+    missing = WeightsMissing(spec.name, "" if len(spec.files) == 1 else f"file {wf.filename} not cached")
     if not path.is_file() or rec is None:
-        raise WeightsMissing(spec.name, "" if len(spec.files) == 1 else f"file {wf.filename} not cached")
-    st = path.stat()
+        raise missing
+    try:
+        st = path.stat()
+    except FileNotFoundError:  # removed this instant (`weights rm` while a load looks)
+        raise missing from None
     if (wf.size is not None and st.st_size != wf.size) or st.st_size != rec.size:
         raise IntegrityError(f"cached {path} has {st.st_size} bytes, expected {wf.size or rec.size}; "
                              f"run `restorekit weights rm {spec.name}` and pull or import it again")
@@ -95,7 +99,10 @@ def check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
                              f"took ({first.time}) had {first.sha256}; run `restorekit weights rm {spec.name}` and "
                              f"pull or import it again (or `restorekit weights forget {spec.name}`)")
     if full or st.st_mtime_ns != rec.mtime_ns:
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            raise missing from None
         expected = _expected_sha(wf, rec)
         if actual != expected:
             raise IntegrityError(f"cached {path} has sha256 {actual}, expected {expected} (modified or "

