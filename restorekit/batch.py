@@ -10,7 +10,7 @@ import os
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,63 @@ def check_writable(folder: Path) -> None:
         raise FileSystemError(f"{folder}: output folder cannot be written ({exc.strerror or exc}); {fix}") from None
 
 
+class OutputFolderBusy(RestorekitError):
+    """Another ``run``, ``degrade`` or ``generate`` is writing into the output folder (exit 2, one line)."""
+
+
+#: The lock file ``run``, ``degrade`` and ``generate`` hold in their ``--output`` folder while they run
+#: (hidden: never an input; removed at the end).
+OUTPUT_LOCK = ".output.lock"
+
+
+@contextmanager
+def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[None]:
+    """Hold ``outdir`` for this one ``restorekit COMMAND`` for the block (rank 0 of a ``torchrun``
+    job holds it for every rank): a second ``run``, ``degrade`` or ``generate`` writing there
+    meanwhile is refused at once (exit 2), naming the folder and the process holding it.
+
+    Each command checks the outputs already there (their settings) and skips those that exist:
+    two at once had both found the folder empty, then skipped each other's files as their own.
+    Take it before that check. A folder not made yet is made here (or refused in one line, as
+    :func:`check_writable` does); one this process cannot write to is no error here (a finished
+    run, every output skipped, writes nothing)."""
+    from .folder_lock import held_alone, holder
+
+    job = job or current_job()
+
+    def refused() -> OutputFolderBusy:
+        who = holder(outdir, OUTPUT_LOCK)
+        other = (f"another restorekit {who[1] or 'command'} (process {who[0]})" if who is not None
+                 else "another restorekit command")
+        return OutputFolderBusy(f"{outdir}: {other} is writing into this folder; wait for it to end (a rerun "
+                                "then skips what it made), or use another --output")
+
+    made = False
+    try:
+        with ExitStack() as held:
+            def take() -> None:
+                nonlocal made
+                if not job.is_main:
+                    return
+                if not outdir.is_dir():
+                    check_writable(outdir)  # made here, or one line saying why not
+                    made = True
+                try:
+                    held.enter_context(held_alone(outdir, OUTPUT_LOCK, refused, read_only_ok=True, note=command,
+                                                  remove=True))
+                except OSError as exc:
+                    if isinstance(exc, RestorekitError):
+                        raise
+                    raise FileSystemError(describe_os_error(exc, outdir / OUTPUT_LOCK)) from None
+
+            job.together(take)
+            yield
+    finally:
+        if made:  # a command that failed before writing anything leaves no folder it made
+            with suppress(OSError):
+                outdir.rmdir()  # only when empty
+
+
 def require_inputs(items: list[ImageItem], spec: str) -> list[ImageItem]:
     """``items`` when there is at least one; else a usage error (exit 2), ``SPEC: no input images``:
     the same refusal in every command that takes an input spec (``run``, ``degrade``, ``bench faces``)."""
@@ -284,7 +341,9 @@ def process_files(
     that would replace an input file (an expected one fails before any work, ``overwrite`` or
     not: an input is never taken for a finished output), or that another input of this batch
     already wrote, is refused. ``note(item, name)``, when given, is recorded inside each output
-    file written (:mod:`restorekit.provenance`).
+    file written (:mod:`restorekit.provenance`). ``outdir`` is made, and proven writable
+    (:func:`check_writable`), only when some input is left to do: a rerun of a finished folder
+    that was made read-only since skips every output.
 
     As one rank of a ``torchrun`` job (``job``, default the current one) each rank checks its
     share of the inputs, the inputs left to do are dealt out evenly (a resumed job splits what
@@ -292,7 +351,6 @@ def process_files(
     each failure is named on stderr by the rank it happens on.
     """
     job = job or current_job()
-    check_writable(outdir)
     input_paths = {_resolved(it.path) for it in items}
 
     # 1. Which inputs are done, which cannot succeed, which need work (each rank checks its share).
@@ -350,6 +408,8 @@ def process_files(
     for i in sorted(all_early):
         result.failed.append(all_early[i])
     todo = sorted(i for share in shares for i in share[2])
+    if todo:  # only when something will be written: a finished folder, made read-only since, is rerun
+        job.together(lambda: check_writable(outdir))
 
     # 2. This rank's share of the work.
     done: dict[int, BatchResult] = {}

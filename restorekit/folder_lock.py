@@ -1,37 +1,99 @@
 """One process at a time in a folder: a non-blocking ``flock`` held while a command writes there.
 
-``compare`` (its ``--out``) and ``train`` (its run folder) hold one: a second process that
-starts meanwhile is refused at once with the command's own message, instead of both checking the
-folder, then writing into it together. The lock file stays; the lock goes when its holder ends,
-however it ends. Where the platform has no ``flock`` nothing is locked.
+``compare`` (its ``--out``), ``train`` (its run folder), ``run``, ``degrade`` and ``generate``
+(their ``--output``) hold one: a second process that starts meanwhile is refused at once with the
+command's own message, instead of both checking the folder, then writing into it together. The
+holder's process id is written into the lock file (:func:`holder` reads it back, for the refusal).
+The lock file stays (``run``, ``degrade`` and ``generate`` remove theirs at the end: the folder
+is the user's); the lock goes when its holder ends, however it ends. Where the platform has no
+``flock`` nothing is locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import RestorekitError
 
+#: Why a lock file cannot be opened for writing in a folder this process cannot write to.
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 
 @contextlib.contextmanager
-def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitError]) -> Iterator[None]:
+def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitError], *,
+               read_only_ok: bool = False, note: str = "", remove: bool = False) -> Iterator[None]:
     """Hold ``folder/lock_name`` exclusively for the block (``folder`` is made if missing); when
-    another process holds it, raise ``refused()``."""
+    another process holds it, raise ``refused()``. Once held, the lock file says this process's
+    id, then ``note`` (e.g. the command), for :func:`holder`.
+
+    ``read_only_ok``: a folder this process cannot write to (nor the lock file in it) is no error
+    here: the lock is taken through an existing lock file opened for reading, or not at all when
+    there is none (the command then finds what it cannot write, if it writes anything).
+    ``remove``: the lock file goes at the end of the block (a folder of the user's, not one the
+    command owns); a lock taken on a file removed meanwhile is taken again on the new one."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system
         yield
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    path = folder / lock_name
+    for _ in range(100):
+        writable = True
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not (read_only_ok and exc.errno in _UNWRITABLE and folder.is_dir()):
+                raise
+            writable = False
+        if not writable:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:  # no lock file, and this process can make none: it goes on unlocked
+                yield
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise refused() from None
+        if not (remove and writable) or _same_file(fd, path):
+            break
+        os.close(fd)  # its holder removed it as this process opened it: lock the one there now
+    else:
+        raise refused()
+    try:
+        if writable:
+            with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {note}".strip().encode("utf-8", "replace") + b"\n")
         yield
     finally:
+        if remove and writable:  # while still held: nobody can take the file on its way out
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
+    """``(process id, note)`` that the holder of ``folder/lock_name`` wrote there
+    (:func:`held_alone`), or None when unknown (not written yet, unreadable)."""
+    try:
+        line = (folder / lock_name).read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+    except OSError:
+        return None
+    pid, _, note = line.strip().partition(" ")
+    return (int(pid), note.strip()) if pid.isdigit() else None

@@ -910,6 +910,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     elif _is_glob_spec(s):
         paths = [Path(p) for p in sorted(globmod.glob(s)) if Path(p).is_file() or _broken_image_link(Path(p))]
         if not paths:
+            _check_glob_folder(s)  # a folder it cannot list is said as such, not as "no match"
             raise ImageError(f"{s}: the pattern matches no file")
     else:
         p = Path(s)
@@ -933,6 +934,22 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             _note_once(q, f"the same file as {_shown_name(first)} (a link); used once, under that name")
     kept = list(unique.values())
     return [ImageItem(q, name) for q, name in zip(kept, output_names(kept))]
+
+
+def _check_glob_folder(pattern: str) -> None:
+    """Raise :class:`ImageError` (``cannot list DIR: …``, as a folder spec says it) when the folder
+    named before a glob's first wildcard exists but cannot be listed (no read permission): glob
+    then finds nothing, which is not that the pattern matches no file."""
+    parts = Path(pattern).parts
+    first = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), len(parts))
+    folder = Path(*parts[:first]) if first else Path(".")
+    try:
+        with os.scandir(folder):
+            pass
+    except (FileNotFoundError, ValueError):  # not there (as before: no match), or no path at all
+        return
+    except OSError as exc:
+        raise ImageError(describe_os_error(exc, folder, action="list")) from None
 
 
 def _file_key(q: Path) -> tuple[Any, ...]:

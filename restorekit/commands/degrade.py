@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from ..batch import check_output_folder, process_files, require_inputs
+from ..batch import check_output_folder, output_held, process_files, require_inputs
 from ..cli import emit_json, error_line, fail_usage
 from ..degradations import parse_spec
 from ..errors import RestorekitError
@@ -48,17 +48,20 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
         fail_usage(str(exc))
         return
     settings = degrade_settings(chain, seed=seed)
-    if not overwrite:  # outputs made with another spec or seed are not this run's to skip
-        changed = changed_outputs((output / f"{item.stem}.{ext}" for item in items), settings)
-        if changed:
-            fail_usage(refusal(output, changed))
+
+    def check_settings() -> None:
+        if not overwrite:  # outputs made with another spec or seed are not this run's to skip
+            changed = changed_outputs((output / f"{item.stem}.{ext}" for item in items), settings)
+            if changed:
+                fail_usage(refusal(output, changed))
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
         # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
         _, lr = degrade_hr(image, chain, chain.scale, where=item.path, max_pixels=max_pixels, seed=seed)
         return [(item.stem, lr)]
 
-    with job_for("cpu") as job:  # one process, or one rank of a torchrun job
+    with job_for("cpu") as job, output_held(output, "degrade", job):  # this run alone writes into --output
+        job.together(check_settings)  # under the lock: another run's outputs are not this one's to skip
         result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                                quiet=quiet, label="degrade", on_error=error_line, job=job,
                                note=lambda item, name: {**settings, "input": item.path.name})

@@ -19,6 +19,7 @@ from typing import Any
 import click
 import torch
 
+from ..batch import output_held
 from ..cli import emit_json, error_line, fail_usage
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
@@ -151,65 +152,68 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     dev = resolve_device(device)
     gen = build_generator(name, weights, opts, dev, quiet=quiet)
     settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen)}
-    manifest_path = output / MANIFEST
-    manifest = _read_manifest(manifest_path)
-    if manifest is not None and manifest["settings"] != settings:
-        if not overwrite:
-            diffs = "; ".join(_settings_differences(manifest["settings"], settings))
-            fail_usage(f"{output}: holds images made with other settings ({diffs}; see {manifest_path}); use "
-                       f"another --output, or --overwrite to replace them")
-        manifest = None  # --overwrite: a new manifest, listing only the images made now
-    made = {str(n) for n in (manifest or {}).get("images", [])}
-    targets = [(seed, output / f"seed{seed:04d}.png") for seed in seed_list]
-    unknown = [p for _, p in targets if (p.exists() or p.is_symlink()) and p.name not in made]
-    if unknown and not overwrite:  # images of unknown settings would be left as if made now
-        them = f"{unknown[0]}{f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''}"
-        it = "it" if len(unknown) == 1 else "them"
-        if manifest is None:  # a folder made before generate recorded its settings, or by something else
-            fail_usage(f"{output}: has no {MANIFEST}, so the settings that made {them} are unknown (a folder "
-                       f"made before restorekit recorded them in {MANIFEST}, or by something else); use another "
-                       f"--output, or --overwrite to replace {it}")
-        fail_usage(f"{them}: made with settings {manifest_path} does not record; use another --output, or "
-                   f"--overwrite to replace {it}")
+    # This run alone writes into --output, from the check of what is there to its last image: two at
+    # once had both read the manifest, then each rewritten it, listing the other's images as its own.
+    with output_held(output, "generate"):
+        manifest_path = output / MANIFEST
+        manifest = _read_manifest(manifest_path)
+        if manifest is not None and manifest["settings"] != settings:
+            if not overwrite:
+                diffs = "; ".join(_settings_differences(manifest["settings"], settings))
+                fail_usage(f"{output}: holds images made with other settings ({diffs}; see {manifest_path}); use "
+                           f"another --output, or --overwrite to replace them")
+            manifest = None  # --overwrite: a new manifest, listing only the images made now
+        made = {str(n) for n in (manifest or {}).get("images", [])}
+        targets = [(seed, output / f"seed{seed:04d}.png") for seed in seed_list]
+        unknown = [p for _, p in targets if (p.exists() or p.is_symlink()) and p.name not in made]
+        if unknown and not overwrite:  # images of unknown settings would be left as if made now
+            them = f"{unknown[0]}{f' and {len(unknown) - 1} more' if len(unknown) > 1 else ''}"
+            it = "it" if len(unknown) == 1 else "them"
+            if manifest is None:  # a folder made before generate recorded its settings, or by something else
+                fail_usage(f"{output}: has no {MANIFEST}, so the settings that made {them} are unknown (a folder "
+                           f"made before restorekit recorded them in {MANIFEST}, or by something else); use another "
+                           f"--output, or --overwrite to replace {it}")
+            fail_usage(f"{them}: made with settings {manifest_path} does not record; use another --output, or "
+                       f"--overwrite to replace {it}")
 
-    def record(file_name: str) -> None:
-        made.add(file_name)
-        doc = {"format": MANIFEST_FORMAT, "settings": settings, "images": sorted(made)}
-        atomic_write_bytes(manifest_path, (json.dumps(doc, indent=2) + "\n").encode())
+        def record(file_name: str) -> None:
+            made.add(file_name)
+            doc = {"format": MANIFEST_FORMAT, "settings": settings, "images": sorted(made)}
+            atomic_write_bytes(manifest_path, (json.dumps(doc, indent=2) + "\n").encode())
 
-    written: list[str] = []
-    skipped: list[str] = []
-    failed: list[dict[str, str]] = []  # an image that could not be written; the other seeds go on
-    with torch.inference_mode():
-        w_avg = gen.mean_latent()
-        for seed, path in targets:
-            if not overwrite and (path.exists() or path.is_symlink()):
-                skipped.append(str(path))  # made with these settings (the manifest says so): kept
-                continue
-            z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
-            w = w_avg + truncation * (gen.map(z) - w_avg)
-            img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
-            # An image made with other settings (--overwrite) goes before the manifest lists this one
-            # under these: a kill between the two steps must leave it missing, never old and listed.
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:  # e.g. a folder where the image goes: this seed fails, not the run
-                failed.append(_failure(path, exc))
-                continue
-            record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
-            try:  # and the rerun makes it (it does not exist)
-                written.append(str(save_image(img.cpu(), path)))
-            except (RestorekitError, OSError) as exc:
-                failed.append(_failure(path, exc))
-    if as_json:
-        emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped,
-                   "failed": failed})
-    elif not quiet:
-        extra = f", {len(skipped)} skipped (exist; --overwrite replaces them)" if skipped else ""
-        bad = f", {len(failed)} failed" if failed else ""
-        click.echo(f"{len(written)} images{extra}{bad} → {output}", err=True)
-    if failed:
-        raise SystemExit(1)
+        written: list[str] = []
+        skipped: list[str] = []
+        failed: list[dict[str, str]] = []  # an image that could not be written; the other seeds go on
+        with torch.inference_mode():
+            w_avg = gen.mean_latent()
+            for seed, path in targets:
+                if not overwrite and (path.exists() or path.is_symlink()):
+                    skipped.append(str(path))  # made with these settings (the manifest says so): kept
+                    continue
+                z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+                w = w_avg + truncation * (gen.map(z) - w_avg)
+                img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
+                # An image made with other settings (--overwrite) goes before the manifest lists this one
+                # under these: a kill between the two steps must leave it missing, never old and listed.
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # e.g. a folder where the image goes: this seed fails, not the run
+                    failed.append(_failure(path, exc))
+                    continue
+                record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
+                try:  # and the rerun makes it (it does not exist)
+                    written.append(str(save_image(img.cpu(), path)))
+                except (RestorekitError, OSError) as exc:
+                    failed.append(_failure(path, exc))
+        if as_json:
+            emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped,
+                       "failed": failed})
+        elif not quiet:
+            extra = f", {len(skipped)} skipped (exist; --overwrite replaces them)" if skipped else ""
+            bad = f", {len(failed)} failed" if failed else ""
+            click.echo(f"{len(written)} images{extra}{bad} → {output}", err=True)
+        if failed:
+            raise SystemExit(1)
 
 
 def _failure(path: Path, exc: Exception) -> dict[str, str]:

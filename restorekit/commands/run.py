@@ -8,7 +8,7 @@ from typing import Any
 import click
 import torch
 
-from ..batch import check_inputs, check_output_folder, process_files, require_inputs
+from ..batch import check_inputs, check_output_folder, output_held, process_files, require_inputs
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, exception_line
@@ -124,84 +124,99 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         require_inputs(items, input_spec)
+        return values, items, settings
+
+    def check_settings() -> None:
+        """Refuse outputs made with other settings (under the folder's lock: another run writing
+        there meanwhile would have been counted as this one's skipped outputs)."""
         if faces_mode == "aligned" and not overwrite:  # (--faces detect checks its sidecars)
             changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
-                                      ignore_options=cls.Options.result_neutral)
+                                      ignore_options=method_class(method).Options.result_neutral)
             if changed:
                 raise UsageProblem(refusal(output, changed))
-        return values, items, settings
 
     def stems(item: ImageItem) -> list[str]:
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
 
     with job_for(device) as job:  # one process, or one rank of a torchrun job
         values, items, settings = job.together(prepare)
-        limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
-                  "max_output_pixels": max_output_pixels}
-        # Inputs whose outputs all exist are skipped: only the others' headers are read here (a rerun
-        # of a finished folder reads none, and builds no method).
-        pending = [it for it in job.part(items) if overwrite or faces_mode != "aligned"
-                   or not all((output / f"{stem}.{ext}").exists() for stem in stems(it))]
-        if not any(job.gather(bool(check_inputs(pending, **limits)[0]))):
-            # nothing to do, or nothing can succeed: say why without building the method
-            result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
-                                   quiet=quiet, label=method, on_error=error_line, job=job, expected=stems,
-                                   **limits)
+        with output_held(output, "run", job):  # this run alone writes into --output, to its end
+            job.together(check_settings)
+            limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
+                      "max_output_pixels": max_output_pixels}
+            # Inputs whose outputs all exist are skipped: only the others' headers are read here (a rerun
+            # of a finished folder reads none, and builds no method).
+            pending = [it for it in job.part(items) if overwrite or faces_mode != "aligned"
+                       or not all(_exists(output / f"{stem}.{ext}") for stem in stems(it))]
+            if not any(job.gather(bool(check_inputs(pending, **limits)[0]))):
+                # nothing to do, or nothing can succeed: say why without building the method
+                result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
+                                       quiet=quiet, label=method, on_error=error_line, job=job, expected=stems,
+                                       **limits)
+                if as_json and job.is_main:
+                    emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
+                elif not quiet and job.is_main:
+                    click.echo(f"0 written, {result.skipped_text()}, {len(result.failed)} failed → {output}",
+                               err=True)
+                raise SystemExit(result.exit_code)
+            m = job.together(lambda: build_method(method, values, job.device_for(device)))
+            devices = job.gather(str(m.device))
+            if backend == "onnxruntime":
+                from ..onnx_backend import onnx_method
+
+                m = onnx_method(m, onnx_path=onnx_path,
+                                log=None if quiet or not job.is_main else (lambda msg: click.echo(msg, err=True)))
+            if not quiet and job.is_main:
+                for note in getattr(m, "notes", []):
+                    click.echo(note, err=True)
+
+            if faces_mode == "detect":
+                from ..faces.pipeline import run_detect
+
+                run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
+                           only_faces=only_faces, require_face=require_face, max_shrink=max_shrink,
+                           colour_match=colour_match, seed=seed,
+                           n_samples=n_samples, ext=ext,
+                           overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
+                           max_output_pixels=max_output_pixels, backend=backend)
+
+            def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
+                # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
+                try:
+                    with torch.no_grad():
+                        out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples)
+                except RestorekitError:
+                    raise
+                except (ValueError, RuntimeError, OSError) as exc:  # the method's refusal: one line naming it
+                    raise RestorekitError(f"{method}: {exception_line(exc)}") from exc
+                out = keep_black_and_white(m, image.cpu(), check_restored(method, out, image, scale, n_samples).cpu(),
+                                           n_samples)
+                outs = [out[i:i + 1] for i in range(out.shape[0])]
+                if couple:
+                    outs = [side_by_side(image, o) for o in outs]
+                return list(zip(stems(item), outs))
+
+            result = process_files(items, output, restore, ext=ext, overwrite=overwrite,
+                                   quiet=quiet, label=method, on_error=error_line, expected=stems,
+                                   report=lambda item: list(m.last_reports), job=job,
+                                   note=lambda item, name: {**settings, "input": item.path.name}, **limits)
             if as_json and job.is_main:
-                emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
+                emit_json({"method": method, "scale": scale, "device": job.describe_devices(devices),
+                           "backend": backend, **({"processes": job.world} if job.distributed else {}),
+                           **result.as_dict()})
             elif not quiet and job.is_main:
-                click.echo(f"0 written, {result.skipped_text()}, {len(result.failed)} failed → {output}",
-                           err=True)
+                click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped (exist; --overwrite "
+                           f"replaces), {len(result.failed)} failed → {output}", err=True)
             raise SystemExit(result.exit_code)
-        m = job.together(lambda: build_method(method, values, job.device_for(device)))
-        devices = job.gather(str(m.device))
-        if backend == "onnxruntime":
-            from ..onnx_backend import onnx_method
 
-            m = onnx_method(m, onnx_path=onnx_path,
-                            log=None if quiet or not job.is_main else (lambda msg: click.echo(msg, err=True)))
-        if not quiet and job.is_main:
-            for note in getattr(m, "notes", []):
-                click.echo(note, err=True)
 
-        if faces_mode == "detect":
-            from ..faces.pipeline import run_detect
-
-            run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
-                       only_faces=only_faces, require_face=require_face, max_shrink=max_shrink,
-                       colour_match=colour_match, seed=seed,
-                       n_samples=n_samples, ext=ext,
-                       overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
-                       max_output_pixels=max_output_pixels, backend=backend)
-
-        def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
-            # no_grad, not inference_mode: optimisation-based methods (PULSE) enable grad inside restore.
-            try:
-                with torch.no_grad():
-                    out = m.restore(image.to(m.device), scale, seed=seed, n_samples=n_samples)
-            except RestorekitError:
-                raise
-            except (ValueError, RuntimeError, OSError) as exc:  # the method's refusal: one line naming it
-                raise RestorekitError(f"{method}: {exception_line(exc)}") from exc
-            out = keep_black_and_white(m, image.cpu(), check_restored(method, out, image, scale, n_samples).cpu(),
-                                       n_samples)
-            outs = [out[i:i + 1] for i in range(out.shape[0])]
-            if couple:
-                outs = [side_by_side(image, o) for o in outs]
-            return list(zip(stems(item), outs))
-
-        result = process_files(items, output, restore, ext=ext, overwrite=overwrite,
-                               quiet=quiet, label=method, on_error=error_line, expected=stems,
-                               report=lambda item: list(m.last_reports), job=job,
-                               note=lambda item, name: {**settings, "input": item.path.name}, **limits)
-        if as_json and job.is_main:
-            emit_json({"method": method, "scale": scale, "device": job.describe_devices(devices),
-                       "backend": backend, **({"processes": job.world} if job.distributed else {}),
-                       **result.as_dict()})
-        elif not quiet and job.is_main:
-            click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped (exist; --overwrite "
-                       f"replaces), {len(result.failed)} failed → {output}", err=True)
-        raise SystemExit(result.exit_code)
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; False where asking fails (a name too long for the file system: the
+    input is left to :func:`process_files`, which fails it alone)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def attach(cli: click.Group) -> None:

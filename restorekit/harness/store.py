@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import FileSystemError, describe_os_error
 from ..images import atomic_write_bytes
 from ..weights.checksum import sha256_file
 
@@ -140,6 +142,17 @@ class Record:
                    metric_versions=dict(d.get("metric_versions") or {}), report=d.get("report") or {})
 
 
+def _ends_line(path: Path, size: int) -> bool:
+    """Whether the file at ``path`` (``size`` bytes, not empty) ends with a line break (an unreadable
+    one is taken to)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - 1)
+            return f.read(1) in (b"\n", b"")
+    except OSError:
+        return True
+
+
 class ResultStore:
     """``OUT/results/<method>.jsonl`` files, appended to as results arrive (crash-safe resume).
 
@@ -227,16 +240,42 @@ class ResultStore:
                 pass
 
     def append(self, rec: Record) -> None:
+        """Add one line to ``method``'s file (or this rank's part), written through at once.
+
+        A write that fails (a full disk) leaves no cut-off line: the file is cut back to where it
+        was, and raises :class:`~restorekit.errors.FileSystemError` naming it. A file that ends in a
+        cut-off line all the same (a crash mid-write) gets a line break first, so that the line
+        added is never glued onto it (each loads, the cut-off one is skipped)."""
+        path = self._append_path(rec.method)
+        line = (dumps(rec.to_json()) + "\n").encode("utf-8")
         f = self._handles.get(rec.method)
-        if f is None:
-            if self.part is None:
-                path = self.path(rec.method)
-            else:
-                path = self.parts_folder(rec.method) / f"{self.part}.jsonl"
+        opened = f is None
+        try:
+            if f is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            f = self._handles[rec.method] = open(path, "a", encoding="utf-8")
-        f.write(dumps(rec.to_json()) + "\n")
-        f.flush()
+                f = self._handles[rec.method] = open(path, "ab", buffering=0)  # noqa: SIM115 (kept open)
+            start = os.fstat(f.fileno()).st_size  # where this line goes (one writer per file)
+        except OSError as exc:
+            self.close(rec.method)
+            raise FileSystemError(describe_os_error(exc, path)) from exc
+        if opened and start and not _ends_line(path, start):  # (later: this handle's own whole lines)
+            line = b"\n" + line
+        try:
+            view = memoryview(line)
+            while view:  # a raw write may take part of it
+                view = view[f.write(view):]
+        except OSError as exc:
+            try:
+                os.ftruncate(f.fileno(), start)  # no cut-off line left for the next run to glue onto
+            except OSError:
+                pass  # the next append starts a fresh line (above)
+            self.close(rec.method)
+            raise FileSystemError(describe_os_error(exc, path)) from exc
+
+    def _append_path(self, method: str) -> Path:
+        if self.part is None:
+            return self.path(method)
+        return self.parts_folder(method) / f"{self.part}.jsonl"
 
     def close(self, method: str | None = None) -> None:
         for m in [method] if method is not None else list(self._handles):
