@@ -253,16 +253,17 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
         return OutputFolderBusy(f"{outdir}: {other} is writing into this folder; wait for it to end (a rerun "
                                 "then skips what it made), or use another --output")
 
-    made = False
+    made: list[Path] = []  # the folders made here, deepest first
+    ended_early = True
     try:
         with ExitStack() as held:
             def take() -> None:
-                nonlocal made
                 if not job.is_main:
                     return
                 if not outdir.is_dir():
+                    missing = [p for p in (outdir, *outdir.parents) if not p.exists()]
                     check_writable(outdir)  # made here, or one line saying why not
-                    made = True
+                    made.extend(missing)
                 try:
                     held.enter_context(held_alone(outdir, OUTPUT_LOCK, refused, read_only_ok=True, note=command,
                                                   remove=True))
@@ -272,11 +273,21 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
                     raise FileSystemError(describe_os_error(exc, outdir / OUTPUT_LOCK)) from None
 
             job.together(take)
-            yield
+            try:
+                yield
+            except SystemExit as exc:  # the command's own end: 0, or 1 when some inputs failed
+                ended_early = exc.code not in (None, 0, 1)
+                raise
+            ended_early = False
     finally:
-        if made:  # a command that failed before writing anything leaves no folder it made
-            with suppress(OSError):
-                outdir.rmdir()  # only when empty
+        # A command stopped before its work (missing weights, a usage error) leaves no folder it
+        # made; one that ran keeps its folder, empty or not, as its summary names it.
+        if ended_early:
+            for folder in made:
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
 
 
 def require_inputs(items: list[ImageItem], spec: str) -> list[ImageItem]:

@@ -6,7 +6,7 @@ command's own message, instead of both checking the folder, then writing into it
 holder's process id is written into the lock file (:func:`holder` reads it back, for the refusal).
 The lock file stays (``run``, ``degrade`` and ``generate`` remove theirs at the end: the folder
 is the user's); the lock goes when its holder ends, however it ends. Where the platform has no
-``flock`` nothing is locked.
+``flock``, or the file system refuses it (NFS without its lock service), nothing is locked.
 """
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
         except BlockingIOError:
             os.close(fd)
             raise refused() from None
-        if not (remove and writable) or _same_file(fd, path):
+        except OSError:  # no locks on this file system (NFS without its lock service …): as without flock
+            os.close(fd)
+            yield
+            return
+        if not remove or _same_file(fd, path):
             break
         os.close(fd)  # its holder removed it as this process opened it: lock the one there now
     else:
@@ -96,4 +100,4 @@ def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
     except OSError:
         return None
     pid, _, note = line.strip().partition(" ")
-    return (int(pid), note.strip()) if pid.isdigit() else None
+    return (int(pid), note.strip()) if pid.isascii() and pid.isdigit() else None

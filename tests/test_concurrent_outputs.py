@@ -352,3 +352,83 @@ def test_outputs_are_images_of_the_run_that_holds_the_folder(hr_folder, tmp_path
     r = invoke(*command("run", hr_folder, out, "--json"))
     assert r.exit_code == 0
     assert read_image(out / "img0.png").shape[-1] == 128
+
+
+# -- the lock's edges ----------------------------------------------------------------------------------
+def test_a_read_only_lock_on_a_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """A process that can only read the lock file locks it; if its holder removed it meanwhile and
+    a third process holds a new one, the lock on the removed file is no lock: it is refused."""
+    from restorekit.folder_lock import held_alone
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / LOCK).write_text("")
+    real_open, real_flock = os.open, fcntl.flock
+    other: list[int] = []
+
+    def no_write(path, flags, *a):
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *a)
+
+    def flock(fd, op):
+        if not other:  # the holder ends (its file goes) and a third process takes a fresh one
+            os.unlink(folder / LOCK)
+            other.append(real_open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644))
+            real_flock(other[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(os, "open", no_write)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    try:
+        with pytest.raises(FileSystemError, match="busy"):
+            with held_alone(folder, LOCK, lambda: FileSystemError("busy"), read_only_ok=True, remove=True):
+                pass
+    finally:
+        os.close(other[0])
+
+
+def test_a_file_system_without_locks_goes_on_unlocked(tmp_path, monkeypatch):
+    from restorekit.folder_lock import held_alone
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with held_alone(tmp_path / "f", LOCK, lambda: FileSystemError("busy"), remove=True):
+        ran.append(True)
+    assert ran == [True]
+
+
+def test_an_odd_lock_file_names_no_holder(tmp_path):
+    from restorekit.folder_lock import holder
+
+    (tmp_path / LOCK).write_text("\u00b2 run\n", encoding="utf-8")
+    assert holder(tmp_path, LOCK) is None
+    (tmp_path / LOCK).write_text("123 degrade\n", encoding="utf-8")
+    assert holder(tmp_path, LOCK) == (123, "degrade")
+
+
+def test_a_run_stopped_before_its_work_leaves_no_folders_it_made(hr_folder, tmp_path, monkeypatch):
+    import restorekit.commands.run as run_module
+    from restorekit.errors import RestorekitError
+
+    def no_method(*a, **kw):
+        raise RestorekitError("bicubic: cannot be built here")
+
+    monkeypatch.setattr(run_module, "build_method", no_method)
+    out = tmp_path / "new" / "a" / "b"
+    r = invoke(*command("run", hr_folder, out))
+    assert r.exit_code == 2 and "cannot be built here" in r.output, r.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_whose_every_input_failed_keeps_the_folder_its_summary_names(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not an image")
+    out = tmp_path / "new" / "out"
+    r = invoke("run", "bicubic", "--scale", "2", "--input", bad, "--output", out)
+    assert r.exit_code == 1 and f"1 failed → {out}" in r.output, r.output
+    assert out.is_dir() and list(out.iterdir()) == []

@@ -164,6 +164,30 @@ def test_one_time_lazy_initialisation_passes_and_drawing_on_every_call_fails():
     assert torch.equal(before, torch.get_rng_state())
 
 
+class SetsAtFirstUse(MeanAbs):
+    """Changes a process-wide setting on its first call only (and never sets it back)."""
+
+    def __init__(self):
+        self.built = False
+
+    def __call__(self, pred, target, *, lr, scale):
+        if not self.built:
+            torch.set_float32_matmul_precision("high" if torch.get_float32_matmul_precision() == "highest"
+                                              else "highest")
+            self.built = True
+        return super().__call__(pred, target, lr=lr, scale=scale)
+
+
+def test_a_setting_changed_at_the_warm_up_still_fails():
+    """The warm-up forgives the first call's RNG draws only: a setting it changes stays changed in
+    real use, so it fails (and is put back)."""
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(ConformanceError, match=r"meanabs_ck: the first __call__ \(warm-up\) left global state "
+                                               r"changed: torch.get_float32_matmul_precision\(\)"):
+        check_metric(SetsAtFirstUse)
+    assert torch.get_float32_matmul_precision() == before
+
+
 # -- messages ------------------------------------------------------------------------------------
 
 class NoOpts(Options):
@@ -324,3 +348,20 @@ def test_building_the_dlib_descriptor_leaves_the_global_rng_alone():
     assert torch.equal(before, torch.get_rng_state())
     assert not any(t.is_meta for t in net.state_dict().values())
     assert net.mean_rgb.flatten().tolist() == pytest.approx([122.782, 117.001, 104.298], abs=1e-3)
+
+
+def test_the_dlib_descriptor_from_a_half_precision_state_dict_is_float32():
+    """``from_state_dict`` assigns the tensors it is given; a float16 state dict (an fp16 export)
+    still gives a float32 network that runs on float32 chips, as its own init would."""
+    from restorekit.errors import WeightsMissing
+    from restorekit.faces.dlib_resnet import DlibFaceDescriptor, load_dlib_face_descriptor
+
+    try:
+        net = load_dlib_face_descriptor()
+    except WeightsMissing as exc:
+        pytest.skip(str(exc))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    again = DlibFaceDescriptor.from_state_dict(half)
+    assert {t.dtype for t in again.state_dict().values() if t.is_floating_point()} == {torch.float32}
+    chips = torch.rand(1, 3, 150, 150, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.descriptor(chips), net.descriptor(chips), atol=2e-2, rtol=0)

@@ -157,7 +157,8 @@ class DlibFaceDescriptor(nn.Module):
         mean = tuple(float(v) for v in sd["mean_rgb"].flatten())
         with torch.device("meta"):
             model = cls(mean_rgb=mean)  # type: ignore[arg-type]
-        model.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=True, assign=True)
+        model.load_state_dict({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()},
+                              strict=True, assign=True)  # float32 whatever the file holds (assign keeps dtypes)
         left = [k for k, v in model.state_dict().items() if v.is_meta]
         if left:
             raise DlibFormatError(f"dlib face descriptor: '{left[0]}' was not loaded")

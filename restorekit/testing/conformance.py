@@ -206,23 +206,13 @@ _SETTING_FIX = ("set it back before returning: try/finally, or a context manager
 
 
 @contextlib.contextmanager
-def _puts_back_global_state() -> Iterator[None]:
-    """Run the calls inside without checking them, then put the global state back as it was (a
-    warm-up call: one-time lazy initialisation may draw from the global RNG)."""
-    before = _global_state()
-    try:
-        yield
-    finally:
-        after = _global_state()
-        if any(k in after and not k.startswith("_") and not _same_value(v, after[k]) for k, v in before.items()):
-            _set_global_state(before)
-
-
-@contextlib.contextmanager
-def _keeps_global_state(label: str, what: str) -> Iterator[None]:
+def _keeps_global_state(label: str, what: str, *, rng_once: bool = False) -> Iterator[None]:
     """Fail when the calls inside leave global state changed (thread count, grad mode, default
     dtype, cuDNN/determinism flags, TF32/matmul precision, the torch/numpy/Python RNGs), naming what
-    changed; the state is put back either way, so one failure does not leak into later tests."""
+    changed; the state is put back either way, so one failure does not leak into later tests.
+
+    ``rng_once``: a warm-up call, where one-time lazy initialisation (building a network) may draw
+    from the global RNGs: those are put back, not failed; a changed setting still fails."""
     before = _global_state()
     ok = False
     try:
@@ -234,6 +224,8 @@ def _keeps_global_state(label: str, what: str) -> Iterator[None]:
                    if k in after and not k.startswith("_") and not _same_value(v, after[k])]
         if changed:
             _set_global_state(before)
+        if rng_once:
+            changed = [k for k in changed if "RNG" not in k]
         if changed and ok:
             parts = []
             for k in changed:
@@ -546,8 +538,8 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
     give NaN on those images; it must instead give finite values, a perfect prediction scoring at
     least as well, on a face photo (``face_image``, by default scikit-image's astronaut when it is
     installed; ``require_face=False`` skips that). ``allow_nan`` overrides the declaration for the
-    synthetic images. The calls leave global state alone; one warm-up call before them may
-    change it (lazy initialisation), and the check puts it back.
+    synthetic images. The calls leave global state alone; a first (warm-up) call may draw from the
+    global RNGs (lazy initialisation), which the check puts back.
     """
     from ..degradations import downscale
 
@@ -573,7 +565,7 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
             face_pred = (face_hr + 0.05 * (sample_batch(face_hr.shape[0], *face_hr.shape[-2:], seed=2) - 0.5)
                          ).clamp(0, 1)
             face = (face_hr, face_pred, downscale(face_hr, scale))
-    with _puts_back_global_state():  # warm-up: lazy initialisation on first use is not a leak
+    with _keeps_global_state(str(name), "the first __call__ (warm-up)", rng_once=True):  # lazy init may draw
         m(noisy.clone(), hr.clone(), lr=lr.clone(), scale=scale)
         if face is not None:
             m(face[1].clone(), face[0].clone(), lr=face[2].clone(), scale=scale)
@@ -761,8 +753,8 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
 
     Checks: a name, ``weight`` accepted and stored, a finite 0-dim float tensor, a perfect
     prediction no worse than a wrong one, differentiable (finite gradients reaching ``pred``
-    or a context tensor), inputs untouched, global state left alone (after one warm-up call,
-    whose changes — lazy initialisation — are put back). ``kwargs`` go to the constructor,
+    or a context tensor), inputs untouched, global state left alone (a first, warm-up call may
+    draw from the global RNGs — lazy initialisation — which are put back). ``kwargs`` go to the constructor,
     ``context`` to every call (tensors in it are cloned and made to require gradients); each
     entry the loss declares in ``context_inputs`` and ``context`` leaves out is a random float32
     tensor of the declared shape (``N×shape`` per image, ``N`` = 2).
@@ -789,7 +781,7 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
             out[k] = v.detach().clone().requires_grad_(v.is_floating_point()) if isinstance(v, Tensor) else v
         return out
 
-    with _puts_back_global_state():  # warm-up: lazy initialisation on first use is not a leak
+    with _keeps_global_state(name, "the first __call__ (warm-up)", rng_once=True):  # lazy init may draw
         try:
             loss(wrong.clone().requires_grad_(True), target.clone(), **ctx())
         except (ConformanceError, WeightsMissing):
