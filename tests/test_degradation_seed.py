@@ -77,3 +77,17 @@ def test_compare_does_not_extend_a_folder_made_by_other_core_code(hr_folder: Pat
                         lambda m: "0" * 16 if m.split(".")[0] == "restorekit" else real(m))
     r = CliRunner().invoke(build_cli(), args[:-2])
     assert r.exit_code == 2 and "made by other restorekit code" in r.output, r.output
+
+
+def test_a_switch_to_lr_dir_is_named_as_such_not_as_other_code(hr_folder: Path, tmp_path: Path) -> None:
+    """--lr-dir runs record no core_code (restorekit made no LR): a rerun that swaps --degradation
+    for --lr-dir is refused for its source, not for code that did not change."""
+    args = ["compare", "--methods", "bicubic", "--scale", "4", "--data", str(hr_folder), "--out",
+            str(tmp_path / "out"), "--metrics", "psnr_rgb", "--device", "cpu", "--limit", "2"]
+    assert CliRunner().invoke(build_cli(), args).exit_code == 0
+    lr = tmp_path / "lr"
+    r = CliRunner().invoke(build_cli(), ["degrade", "--spec", "bicubic:4", "--input", str(hr_folder), "--output", str(lr)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(build_cli(), args + ["--lr-dir", str(lr)])
+    assert r.exit_code == 2 and "source: degradation:bicubic:4 → lr-dir:" in r.output, r.output
+    assert "other restorekit code" not in r.output

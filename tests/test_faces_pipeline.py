@@ -784,3 +784,22 @@ def test_the_end_line_counts_the_faces_left_to_the_background() -> None:
     assert faces_summary(sides) == ("1 of 3 faces restored; 1 under --min-face, 1 over --max-shrink: "
                                     "left to the background")
     assert faces_summary([{"faces_found": 2, "faces_restored": 2, "faces": []}]) == "2 faces restored"
+
+
+def test_a_seed_the_outputs_do_not_depend_on_is_not_checked_on_a_rerun(group, mtcnn, tmp_path):
+    """psp_sr ignores the seed for one sample (``one_sample_ignores_seed``), as ``run`` records it in
+    aligned mode: a rerun with another --seed skips the photos; with --n-samples 2 it is refused."""
+    from restorekit.cli import build_cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save_image(group[0], photos / "group.png")
+    base = ["run", "psp_sr", "--scale", "2", "--input", str(photos), "--faces", "detect", "-q"]
+    one = base + ["--output", str(tmp_path / "one")]
+    assert CliRunner().invoke(build_cli(), one + ["--seed", "1"]).exit_code == 0
+    r = CliRunner().invoke(build_cli(), one + ["--seed", "2", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout[r.stdout.index("{"):])["written"] == [], r.output
+    two = base + ["--output", str(tmp_path / "two"), "--n-samples", "2"]
+    assert CliRunner().invoke(build_cli(), two + ["--seed", "1"]).exit_code == 0
+    r = CliRunner().invoke(build_cli(), two + ["--seed", "2"])
+    assert r.exit_code == 2 and "seed: 1 → 2" in r.output, r.output

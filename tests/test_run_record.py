@@ -280,3 +280,12 @@ def test_degrade_takes_a_chain_with_a_discrete_random_step_as_seeded():
     assert "seed" not in degrade_settings(parse_spec("blur:1.5+bicubic:4+jpeg:60"), seed=5)
     big = parse_spec("bicubic:64+bicubic:64")  # not probed (a 4096-px-scale image): taken as seeded
     assert degrade_settings(big, seed=5)["seed"] == 5
+
+
+def test_a_rerun_with_nothing_to_do_reports_the_same_json_keys(tmp_path):
+    """The rerun builds no method, so it names no device (null), but its summary has every key."""
+    args = ["run", "bicubic", "--scale", "2", "--input", str(inputs(tmp_path / "in")), "--output", str(tmp_path / "out"),
+            "--json", "-q"]
+    first, again = (json.loads(invoke(*args).stdout) for _ in range(2))
+    assert set(first) == set(again) and first["device"] == "cpu" and again["device"] is None
+    assert len(first["written"]) == 3 and len(again["skipped"]) == 3

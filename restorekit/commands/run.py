@@ -46,7 +46,8 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
               help="Refuse inputs larger than this many pixels.")
 @click.option("--max-output-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse inputs whose output (× --n-samples) would be larger than this "
-                                      "many pixels, before any work.")
+                                      "many pixels, before any work (the restored image: a --couple file, input "
+                                      "beside it, is twice as wide).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--faces", "faces_mode", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
@@ -154,7 +155,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                                        quiet=quiet, label=method, on_error=error_line, job=job, expected=stems,
                                        **limits)
                 if as_json and job.is_main:
-                    emit_json({"method": method, "scale": scale, "backend": backend, **result.as_dict()})
+                    emit_json({"method": method, "scale": scale, "device": None,  # no method was built
+                               "backend": backend, **result.as_dict()})
                 elif not quiet and job.is_main:
                     click.echo(f"0 written, {result.skipped_text()}, {len(result.failed)} failed → {output}",
                                err=True)

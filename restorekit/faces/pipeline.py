@@ -644,8 +644,9 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         # no limit (None or inf) as null: strict JSON has no Infinity
         "max_shrink": pipe.max_shrink if pipe.max_shrink is not None and math.isfinite(pipe.max_shrink) else None,
         "couple": bool(couple)}
-    if not method.info.deterministic:
-        recorded["seed"] = seed  # a deterministic method's outputs do not depend on it
+    info = method.info
+    if not (info.one_sample_ignores_seed if n_samples == 1 else info.deterministic):
+        recorded["seed"] = seed  # outputs that do not depend on it do not record it (as run_settings)
     # The weights by content: a model retrained into the same file, or a re-shipped default, is not
     # the model that made the outputs there.
     from ..harness.runner import default_weights_pin, option_files_pin

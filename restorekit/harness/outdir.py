@@ -85,7 +85,8 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
                 if key == "core_code":  # one line for all: restorekit itself, not a setting, changed
-                    core_changed = True
+                    # (only --lr-dir runs record none: a switch to or from --lr-dir is its source line)
+                    core_changed = core_changed or (key in a and key in b) or a.get("source") == b.get("source")
                 elif key == "code" and prefix:
                     code_changed.append(prefix[:-1])
                 else:

@@ -351,7 +351,7 @@ def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tup
 class PSPSROptions(Options):
     """Options of ``psp_sr``."""
 
-    result_neutral: ClassVar[frozenset[str]] = frozenset({"impl", "optimize", "keep_memory"})
+    result_neutral: ClassVar[frozenset[str]] = frozenset({"impl", "optimize", "keep_memory", "quiet"})
 
     weights: WeightsRef = Field(
         None, description="model: a weights name or a file (restorekit .safetensors or official pSp .pt); "
@@ -382,6 +382,8 @@ class PSPSROptions(Options):
                                                     "256-px inputs, config-f generator): benchmarks and tests only")
     resolution: int | None = Field(None, description="random_weights: the generator's resolution, 32-1024 "
                                                      "(default 1024, the paper's)")
+    quiet: bool = Field(False, description="no notes on stderr (inputs of sizes it was not trained on…; run -q sets "
+                                           "it)")
 
 
 class PSPSR(Method):
@@ -559,7 +561,8 @@ class PSPSR(Method):
     def _note_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            print(f"psp_sr: {msg}", file=sys.stderr)
+            if not self.options.quiet:
+                print(f"{self.info.name}: {msg}", file=sys.stderr)
 
     # -- inference ---------------------------------------------------------------------------
     def _to_input(self, lr: Tensor) -> Tensor:

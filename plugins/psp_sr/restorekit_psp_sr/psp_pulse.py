@@ -79,8 +79,6 @@ LPIPS_MIN_SIDE = 31
 class PSPPulseOptions(PSPSROptions):
     """Options of ``psp_pulse`` (``psp_sr``'s, plus the search)."""
 
-    result_neutral: ClassVar[frozenset[str]] = PSPSROptions.result_neutral | {"quiet"}
-
     # 50 steps at a peak rate of 0.1 on PULSE's one-cycle schedule: on the adversarial 128-px prior
     # (358 kimg; ×8, 47 validation faces, recipes/prior128/README.md) the best of eleven settings within
     # half of PULSE's time — LR-consistency 1.3× PULSE's at 40% of its time, against 1.9× for 30 fixed
@@ -108,7 +106,6 @@ class PSPPulseOptions(PSPSROptions):
         3, ge=0, le=100, description="back-projection steps after the search that make the output downscale to "
                                      "the input (restorekit.consistency); 0: the searched face as is; None: as "
                                      "many as the model was trained with")
-    quiet: bool = Field(False, description="no notes on stderr")
 
 
 @dataclass

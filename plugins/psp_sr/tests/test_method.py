@@ -146,6 +146,10 @@ def test_weights_info_and_non_square_inputs(model_file: Path, capsys: pytest.Cap
     m.restore(smooth_batch(1, 20, 12, seed=3), 2)
     m.restore(smooth_batch(1, 20, 12, seed=3), 2)
     assert capsys.readouterr().err.count("a 12×20 input is not square") == 1  # another shape: said again
+    quiet = make(model_file, quiet=True)  # run -q sets it
+    quiet.restore(smooth_batch(1, 16, 12, seed=3), 2)
+    assert torch.equal(quiet.restore(smooth_batch(1, 16, 12, seed=3), 2), out)
+    assert capsys.readouterr().err == ""
 
 
 def test_official_checkpoint_loads(model_file: Path, tmp_path: Path) -> None:
