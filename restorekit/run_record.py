@@ -35,7 +35,7 @@ def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int |
                                 "couple": bool(couple), "backend": backend}
     if not (cls.info.one_sample_ignores_seed if n_samples == 1 else cls.info.deterministic):
         settings["seed"] = seed  # outputs that do not depend on it do not record it
-    pin = default_weights_pin(cls)
+    pin = default_weights_pin(cls, options)
     if pin:
         settings["default_weights"] = pin
     if files:
@@ -102,8 +102,8 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
     found: list[str] = []
     other_method = old.get("method") != now.get("method")  # then its options and weights say nothing more
     for key in COMPARED:
-        if key in PINS:
-            a, b = old.get(key) or {}, now.get(key) or {}
+        if key in PINS:  # in one record only: the weights options differ, and say so themselves
+            a, b = old.get(key), now.get(key)
             if isinstance(a, dict) and isinstance(b, dict) and not other_method:
                 found += pin_differences(key, a, b)
         elif (key in old or key in now) and old.get(key) != now.get(key):

@@ -157,6 +157,11 @@ def test_a_weights_file_is_recorded_by_name_and_pinned_by_content(tmp_path):
     first = run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=1, couple=False,
                          backend="torch")
     assert first["options"]["weights"] == "model.safetensors" and "private" not in json.dumps(first)
+    # The embedded default is not what runs: a re-shipped default does not make these outputs stale.
+    assert "default_weights" not in first
+    default = run_settings(cls, cls.Options(), scale=8, seed=5, n_samples=1, couple=False, backend="torch")
+    assert list(default["default_weights"]) == ["psp-sr-faces128"]
+    assert differences({**first, "default_weights": default["default_weights"]}, first) == []  # older notes
     assert "seed" not in first  # one psp_sr sample does not depend on it
     assert "seed" in run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=2,
                                   couple=False, backend="torch")

@@ -62,8 +62,12 @@ def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="both train and val"):
         split_files(files, faces, split_file=js)
     txt.write_text("zz/missing.png\n")
-    with pytest.raises(DataError, match="not under"):
+    with pytest.raises(DataError, match="not under.*relative to the data folder"):
         split_files(files, faces, split_file=txt)
+    # ./name, a doubled slash and an absolute path inside the data folder name the same images.
+    txt.write_text(f"./a/img_01.png\nb//img_04.png\n{(faces / 'a' / 'img_03.png').resolve()}\n")
+    _, val = split_files(files, faces, split_file=txt)
+    assert [p.relative_to(faces).as_posix() for p in val] == ["a/img_01.png", "a/img_03.png", "b/img_04.png"]
     # Files that are not splits: one line each, naming the file.
     for content, msg in [(b"{not json", "not valid JSON"), (json.dumps({"val": "a/img_01.png"}).encode(),
                                                            "'val' must be a list of image paths, not str"),
@@ -137,6 +141,10 @@ def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
         (30, "adam", 0.5, [1, 4], False, "runs/x")
     with pytest.raises(ConfigError, match="unknown setting 'stepz'.*did you mean 'steps'"):
         load_config(TrainConfig, cfg_file, ["stepz=3"])
+    with pytest.raises(ConfigError, match=r"unknown setting 'data.factorz' \(did you mean 'data.factors'\?\)"):
+        load_config(TrainConfig, cfg_file, ["data.factorz=[1]"])
+    with pytest.raises(ConfigError, match=r"unknown setting 'factorz' \(did you mean 'data.factors'\?\)"):
+        load_config(TrainConfig, cfg_file, ["factorz=[1]"])
     with pytest.raises(ConfigError, match="optimizer"):
         load_config(TrainConfig, cfg_file, ["optimizer=sgd"])
     with pytest.raises(ConfigError, match="no such config"):

@@ -179,6 +179,7 @@ def test_resume_from_a_checkpoint_of_another_network_size_names_the_difference(c
     assert code == 2, text
     assert "step_00000002.pt does not fit this config" in text and "width: 8 in the checkpoint, now 4" in text
     assert "unexpected" not in text
+    assert text.index("width: 8") < text.index("steps: ")  # the cause first, what resume may change after
     # The run is untouched and continues with the settings it was made with.
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "4", "-q", "--json")
     assert code == 0 and json.loads(text)["step"] == 4
@@ -244,7 +245,8 @@ def test_an_unreadable_image_is_replaced_by_the_next_readable_one(faces: Path) -
     ds = SRPairDataset(files, 16, train=False, factors=[2])
     got = ds[3]
     assert got["index"] == 4 and torch.equal(got["hr"], whole[4]["hr"])
-    assert "f3.png: corrupt or truncated image" in got["left_out"] and "left out of training" in got["left_out"]
+    assert "f3.png: corrupt or truncated image" in got["left_out"] and "left out of validation" in got["left_out"]
+    assert "left out of training" in SRPairDataset(files, 16, train=True, factors=[2])._load_readable(3)[2][0]
     again = ds[3]  # the file is known to be bad: passed over at once, without a second word
     assert again["index"] == 4 and again["left_out"] == "" and ds[2]["index"] == 2
     stop = SRPairDataset(files, 16, train=False, factors=[2], bad_images="stop")

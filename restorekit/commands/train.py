@@ -157,7 +157,7 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
     @click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None,
                   help="Folder of HR images (recursive).")
     @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                  help="TOML (or YAML) config file.")
+                  help="TOML config file (or YAML, with pyyaml installed).")
     @click.option("--out", "--output", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
                   help="Run folder: checkpoints, log.jsonl, validation grids, the exported model.")
     @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimizer steps.")

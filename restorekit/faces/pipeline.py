@@ -587,9 +587,9 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
             if k in side and k in now and side[k] != now[k]:
                 found.append(f"{k}: {side[k]} → {now[k]}")
         for k in PINS:  # (a sidecar written before the pins were recorded is checked on the rest)
-            if k in side and isinstance(side[k], dict) and isinstance(now.get(k, {}), dict) \
-                    and old["method"] == now.get("method"):
-                found += pin_differences(k, side[k], now.get(k, {}))
+            # (in one of them only: the weights options differ, and say so themselves)
+            if isinstance(side.get(k), dict) and isinstance(now.get(k), dict) and old["method"] == now.get("method"):
+                found += pin_differences(k, side[k], now[k])
         if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
             found += option_differences(side["options"], now["options"], ignore_options=ignore_options)
         if found:
@@ -652,7 +652,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     from ..harness.runner import default_weights_pin, option_files_pin
 
     try:  # (the method itself: an ONNX-backed one carries the info of the method it runs)
-        recorded.update({k: v for k, v in (("default_weights", default_weights_pin(method)),
+        recorded.update({k: v for k, v in (("default_weights", default_weights_pin(method, method.options)),
                                            ("option_files", option_files_pin(method.options))) if v})
     except RestorekitError as exc:
         fail_usage(str(exc))

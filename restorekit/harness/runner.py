@@ -44,7 +44,7 @@ from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write
 from ..interfaces import Method, Metric, Options
 from ..methods import (check_output_size_contract, check_restored, keep_black_and_white, resolve_device,
                        validate_options)
-from ..options import OptionError, parse_targeted_pairs
+from ..options import OptionError, parse_targeted_pairs, weights_option
 from ..plugins import Registry, registry, suggest
 from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
@@ -206,14 +206,19 @@ def code_fingerprint(module: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def default_weights_pin(cls: type[Method] | Method) -> dict[str, list[str | None]] | None:
-    """The registry's sha256 of each file of a method's default weights (None: it has none, or
-    they are not registered). Part of the method's settings beside :func:`code_fingerprint`, which
-    sees only the method's own package: a default shipped in another one (pulse's face prior lives
-    in psp_sr's package) can be re-shipped without the method's code changing."""
+def default_weights_pin(cls: type[Method] | Method, options: Options | None = None
+                        ) -> dict[str, list[str | None]] | None:
+    """The registry's sha256 of each file of a method's default weights (None: it has none, they
+    are not registered, or ``options`` set its weights option to other weights). Part of the
+    method's settings beside :func:`code_fingerprint`, which sees only the method's own package: a
+    default shipped in another one (pulse's face prior lives in psp_sr's package) can be re-shipped
+    without the method's code changing."""
     name = cls.info.default_weights
     if not name:
         return None
+    field = weights_option(type(options)) if options is not None else None
+    if field is not None and getattr(options, field, None) is not None:
+        return None  # the default is not what runs
     try:
         spec = get_spec(name)
     except RestorekitError:
@@ -370,7 +375,7 @@ def plan(config: CompareConfig) -> Plan:
                     "code": code_fingerprint(cls.__module__), "core_code": core}
         if at:
             settings["variant"] = label
-        pin = default_weights_pin(cls)
+        pin = default_weights_pin(cls, options)
         if pin:
             settings["default_weights"] = pin
         files = option_files_pin(options)

@@ -9,6 +9,7 @@ string, so ``--set optimizer=adam`` works without quotes.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -313,9 +314,7 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
         elif layer is not None:
             source, hint = layer.source, layer.hint
         if err["type"] == "extra_forbidden":
-            from ..plugins import suggest
-
-            tail = f" {hint}" if hint else suggest(key.split(".")[-1], _all_keys(cls))
+            tail = f" {hint}" if hint else _suggest_key(key, cls)
             raise ConfigError(f"{source}: unknown setting '{key}'{tail}") from None
         tail = f", {hint}" if hint else ""
         if not parts or isinstance(err.get("input"), dict):
@@ -349,12 +348,27 @@ def _override_for(key: str, pairs: list[str] | tuple[str, ...]) -> str | None:
 
 
 def _all_keys(cls: type[BaseModel]) -> list[str]:
+    """Every setting of ``cls``, dotted for tables (``lr``, ``data.factors``)."""
     keys = list(cls.model_fields)
-    for f in cls.model_fields.values():
+    for name, f in cls.model_fields.items():
         ann = f.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += list(ann.model_fields)
+            keys += [f"{name}.{sub}" for sub in ann.model_fields]
     return keys
+
+
+def _suggest_key(key: str, cls: type[BaseModel]) -> str:
+    """' (did you mean X?)' with X a whole dotted key: ``data.factorz`` → ``data.factors``, and a
+    table's setting given without its table (``factorz``) → ``data.factors`` too."""
+    from ..plugins import suggest
+
+    keys = _all_keys(cls)
+    close = suggest(key, keys)
+    if close:
+        return close
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}  # a top-level name wins a tie
+    leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
+    return f" (did you mean '{by_leaf[leaf[0]]}'?)" if leaf else ""
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

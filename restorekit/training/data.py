@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -41,14 +42,14 @@ class DataError(RestorekitError):
     """A training data folder or split file is unusable."""
 
 
-def unreadable(exc: ImageError, policy: BadImages) -> str:
-    """The warning for a training image that cannot be read (``"skip"``: it is left out), or a
-    :class:`DataError` with the reader's one-line message (``"stop"``)."""
+def unreadable(exc: ImageError, policy: BadImages, *, part: str = "training") -> str:
+    """The warning for an image of the ``part`` ("training" or "validation") that cannot be read
+    (``"skip"``: it is left out), or a :class:`DataError` with the reader's one-line message (``"stop"``)."""
     # A reader's hint for the commands that have it (--max-pixels): train has none, it reads at the default.
     text = str(exc).replace(" (raise it with --max-pixels)", "")
     if policy == "stop":
         raise DataError(f"{text} (data.bad_images = \"skip\" would leave it out and go on)") from None
-    return f"{text}; left out of training (data.bad_images = \"stop\" stops instead)"
+    return f"{text}; left out of {part} (data.bad_images = \"stop\" stops instead)"
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -82,6 +83,19 @@ def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str]]:
     return None, [ln for ln in lines if ln and not ln.startswith("#")]
 
 
+def _split_name(line: str, base: Path) -> str:
+    """A split file's entry as the data folder's relative POSIX path: ``./a.png`` and ``sub//a.png``
+    as ``a.png`` and ``sub/a.png``; an absolute path inside ``base`` relative to it (outside: as is,
+    to be named as not under it)."""
+    p = Path(line)
+    if p.is_absolute():
+        try:
+            return p.resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            return line
+    return posixpath.normpath(p.as_posix())
+
+
 def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Path | None = None,
                 holdout_fraction: float = 0.0) -> tuple[list[Path], list[Path]]:
     """``(train, val)``: by a split file (paths relative to ``root``), else the last
@@ -96,9 +110,12 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
         if not sp.is_file():
             raise DataError(f"{sp}: no such split file")
         train_names, val_names = _read_split(sp, base)
+        val_names = [_split_name(v, base) for v in val_names]
+        train_names = None if train_names is None else [_split_name(t, base) for t in train_names]
         missing = [v for v in val_names + (train_names or []) if v not in rel]
         if missing:
-            raise DataError(f"{sp}: {len(missing)} listed images are not under {base} (first: {missing[0]})")
+            raise DataError(f"{sp}: {len(missing)} listed images are not under {base} (first: {missing[0]}; "
+                            "paths are relative to the data folder, as sub/name.png)")
         val_set = set(val_names)
         val = [rel[v] for v in sorted(val_set)]
         names = train_names if train_names is not None else sorted(rel)
@@ -220,7 +237,7 @@ class SRPairDataset(Dataset[dict[str, Any]]):
             try:
                 return i, self.load_hr(i), said
             except ImageError as exc:
-                said.append(unreadable(exc, self.bad_images))
+                said.append(unreadable(exc, self.bad_images, part="training" if self.train else "validation"))
                 self._bad.add(i)
         what = "training" if self.train else "validation"
         raise DataError(f"none of the {n} {what} images can be read ({self.files[0].parent} …)")

@@ -305,7 +305,9 @@ def restoring(path: Path, ckpt: dict[str, Any], config: TrainConfig) -> Iterator
         yield
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        diffs = config_differences(ckpt, config)
+        # The settings resume may change (steps, out …) last: the cause is among the others.
+        exempt = type(config).RESUME_EXEMPT
+        diffs = sorted(config_differences(ckpt, config), key=lambda d: d.split(":", 1)[0] in exempt)
         said = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         hint = f"settings that differ: {said}" if diffs else "the settings are the same (a different code version?)"
         raise TrainingError(f"{path} does not fit this config ({first.rstrip(':')}); {hint}. Resume without "
