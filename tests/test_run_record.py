@@ -161,6 +161,9 @@ def test_a_weights_file_is_recorded_by_name_and_pinned_by_content(tmp_path):
     assert "default_weights" not in first
     default = run_settings(cls, cls.Options(), scale=8, seed=5, n_samples=1, couple=False, backend="torch")
     assert list(default["default_weights"]) == ["psp-sr-faces128"]
+    named = run_settings(cls, cls.Options(weights="psp-sr-faces128"), scale=8, seed=5, n_samples=1, couple=False,
+                         backend="torch")
+    assert named["default_weights"] == default["default_weights"]  # the default, by its name: pinned
     assert differences({**first, "default_weights": default["default_weights"]}, first) == []  # older notes
     assert "seed" not in first  # one psp_sr sample does not depend on it
     assert "seed" in run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=2,

@@ -217,8 +217,8 @@ def default_weights_pin(cls: type[Method] | Method, options: Options | None = No
     if not name:
         return None
     field = weights_option(type(options)) if options is not None else None
-    if field is not None and getattr(options, field, None) is not None:
-        return None  # the default is not what runs
+    if field is not None and getattr(options, field, None) not in (None, name):
+        return None  # the default is not what runs (its registered name given explicitly: it is)
     try:
         spec = get_spec(name)
     except RestorekitError:
