@@ -223,7 +223,24 @@ def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -
 
 
 def format_error(model: type[BaseModel], exc: ValidationError, label: str) -> str:
-    """The first validation error as ``LABEL: option 'KEY': problem (got VALUE)``."""
+    """The first validation error as ``LABEL: option 'KEY': problem (got VALUE)``; options left out
+    that have no default are named all at once, with how to give them (``--opt KEY=VALUE`` on one
+    component's command, ``--opt LABEL.KEY=VALUE`` where several are named: compare, serve) and the
+    field's first example value when it has one."""
+    missing = [e for e in exc.errors() if e["type"] == "missing" and e["loc"]]
+    if missing:
+        keys = list(dict.fromkeys(".".join(str(p) for p in e["loc"]) for e in missing))
+
+        def example(key: str) -> str:
+            field = model.model_fields.get(key)
+            examples = getattr(field, "examples", None) if field is not None else None
+            return f" (e.g. {examples[0]!r})" if examples else ""
+
+        one = " ".join(f"--opt {k}=VALUE{example(k)}" for k in keys)
+        several = " ".join(f"--opt {label}.{k}=VALUE" for k in keys)
+        names = ", ".join(f"'{k}'" for k in keys)
+        return (f"{label}: required option{'s' if len(keys) > 1 else ''} {names} not given: pass {one} "
+                f"(commands that name the method in --opt, compare and serve: {several})")
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "?"
     known = list(model.model_fields)

@@ -1000,6 +1000,6 @@ def test_plugin_check_takes_cheap_options_and_names_each_component_as_it_starts(
     assert results["method:pulse"]["status"] == "ok" and results["method:pulse"]["seconds"] < 240
     assert "checking method:pulse …" in r.stderr and "checking method:bicubic …" in r.stderr
     r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "nope.steps=2"])
-    assert r.exit_code == 2 and "configs name ['nope']" in r.stderr
+    assert r.exit_code == 2 and "plugin 'baselines' registers no component 'nope'" in r.stderr
     r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "steps=2"])
     assert r.exit_code == 2 and "expected COMPONENT.KEY=VALUE" in r.stderr

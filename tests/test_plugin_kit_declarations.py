@@ -6,17 +6,23 @@ the messages give every fix. The built-in components pass their own plugin's che
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import re
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from pydantic import Field
 
 from restorekit.interfaces import Loss, LossContext, Method, MethodInfo, Metric, Options
 from restorekit.testing import ConformanceError, check_loss, check_method, check_metric, run_conformance
 from restorekit.testing import conformance as conf
+from restorekit.testing.data import smooth_batch
 
 
 # -- losses: declared context ------------------------------------------------------------------
@@ -183,7 +189,8 @@ def test_a_setting_changed_at_the_warm_up_still_fails():
     real use, so it fails (and is put back)."""
     before = torch.get_float32_matmul_precision()
     with pytest.raises(ConformanceError, match=r"meanabs_ck: the first __call__ \(warm-up\) left global state "
-                                               r"changed: torch.get_float32_matmul_precision\(\)"):
+                                               r"changed: (torch.backends.cuda.matmul.fp32_precision|"
+                                               r"torch.get_float32_matmul_precision\(\))"):
         check_metric(SetsAtFirstUse)
     assert torch.get_float32_matmul_precision() == before
 
@@ -259,7 +266,7 @@ def test_the_required_option_hint_names_every_field_and_examples_are_used():
     msg = str(err.value)
     assert "\n" not in msg
     assert "'amount', 'radius'" in msg, msg
-    assert "`restorekit plugin check --opt near_ck.amount=VALUE --opt near_ck.radius=VALUE`" in msg, msg
+    assert "`restorekit plugin check PLUGIN --opt near_ck.amount=VALUE --opt near_ck.radius=VALUE`" in msg, msg
     assert "configs={'near_ck': {'options': {'amount': ..., 'radius': ...}}}" in msg, msg
     assert "check_method(options={'amount': ..., 'radius': ...})" in msg, msg
     method = check_method(HasExamples)
@@ -365,3 +372,427 @@ def test_the_dlib_descriptor_from_a_half_precision_state_dict_is_float32():
     assert {t.dtype for t in again.state_dict().values() if t.is_floating_point()} == {torch.float32}
     chips = torch.rand(1, 3, 150, 150, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again.descriptor(chips), net.descriptor(chips), atol=2e-2, rtol=0)
+
+
+# -- plugin-author walkthrough fixes (PA findings 1-10) ------------------------------------------
+
+_B = torch.backends
+_PER_OP = all(hasattr(o, "fp32_precision") for o in (_B.cuda.matmul, _B.cudnn.rnn, _B.mkldnn.conv, _B.mkldnn.rnn))
+needs_per_op = pytest.mark.skipif(not _PER_OP, reason="torch < 2.9 has no per-operator fp32_precision")
+
+
+def _raw_precision():
+    return {path: conf._read(lambda o=o: o.fp32_precision) for path, o in conf._precision_objects()}
+
+
+class FacePSNR(Metric):
+    name: ClassVar[str] = "face_psnr_ck"
+    higher_is_better: ClassVar[bool] = True
+    nan_label: ClassVar[str] = "faces not found"
+
+    def __call__(self, pred, target, *, lr, scale):
+        found = target.flatten(1).std(1) > 0.01
+        psnr = -10 * torch.log10((pred - target).pow(2).flatten(1).mean(1).double())
+        return torch.where(found, psnr, torch.full_like(psnr, float("nan")))
+
+
+def test_a_perfect_prediction_may_score_inf_on_the_face_photo_but_not_nan():
+    """PA 1: +inf is psnr_rgb's score for a perfect prediction; only NaN means 'no face'."""
+    face = smooth_batch(1, 64, 64, seed=5)[0]
+    check_metric(FacePSNR, face_image=face)
+
+    class NaNOnFace(FacePSNR):
+        def __call__(self, pred, target, *, lr, scale):
+            return torch.full((pred.shape[0],), float("nan"), dtype=torch.float64)
+
+    with pytest.raises(ConformanceError, match=r"face_psnr_ck: a perturbed prediction of a face photo .* scores \[nan"):
+        check_metric(NaNOnFace, face_image=face)
+
+
+def _in_restore(make_cm):
+    class Sets(Near):
+        def restore(self, lr, scale, *, seed=None, n_samples=1):
+            with make_cm():
+                return super().restore(lr, scale, seed=seed, n_samples=n_samples)
+    return Sets
+
+
+def _setting(path, value):
+    @contextlib.contextmanager
+    def cm():
+        obj = _B
+        for part in filter(None, path.split(".")):
+            obj = getattr(obj, part)
+        obj.fp32_precision = value
+        yield
+    return cm
+
+
+@contextlib.contextmanager
+def _legacy_restored():
+    old = _B.cuda.matmul.allow_tf32, _B.cudnn.allow_tf32
+    _B.cuda.matmul.allow_tf32, _B.cudnn.allow_tf32 = not old[0], not old[1]
+    try:
+        yield
+    finally:
+        _B.cuda.matmul.allow_tf32, _B.cudnn.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def _new_api_restored():
+    objs = [_B.cuda.matmul, _B.cudnn.conv, _B.mkldnn.conv, _B]
+    old = [o.fp32_precision for o in objs]
+    _B.cuda.matmul.fp32_precision, _B.cudnn.conv.fp32_precision = "tf32", "ieee"
+    _B.mkldnn.conv.fp32_precision, _B.fp32_precision = "bf16", "tf32"
+    try:
+        yield
+    finally:
+        for o, v in zip(objs, old):
+            o.fp32_precision = v
+
+
+@contextlib.contextmanager
+def _new_set_legacy_restored():
+    old = _B.cudnn.allow_tf32
+    _B.cudnn.conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        _B.cudnn.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def _legacy_set_matmul_precision_restored():
+    old = torch.get_float32_matmul_precision()
+    _B.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+@contextlib.contextmanager
+def _matmul_precision_restored():
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+@needs_per_op
+@pytest.mark.parametrize("make_cm", [_legacy_restored, _new_api_restored, _new_set_legacy_restored,
+                                     _legacy_set_matmul_precision_restored, _matmul_precision_restored,
+                                     lambda: _B.cudnn.flags(enabled=True, allow_tf32=False),
+                                     _setting("mkldnn.matmul", "ieee")],  # the default spelt out: no effect
+                         ids=["legacy", "new_api", "new_then_legacy", "legacy_then_matmul_precision",
+                              "matmul_precision", "cudnn_flags", "same_effect"])
+def test_tf32_set_and_restored_through_either_api_passes_and_every_raw_value_is_put_back(make_cm):
+    before = _raw_precision()
+    check_method(_in_restore(make_cm))
+    assert _raw_precision() == before
+
+
+@needs_per_op
+@pytest.mark.parametrize("path, value, named", [
+    ("mkldnn.conv", "bf16", r"torch.backends.mkldnn.conv.fp32_precision 'ieee' → 'bf16'"),
+    ("mkldnn.rnn", "bf16", r"torch.backends.mkldnn.rnn.fp32_precision 'ieee' → 'bf16'"),
+    ("mkldnn.matmul", "bf16", r"torch.backends.mkldnn.matmul.fp32_precision 'ieee' → 'bf16'"),
+    ("cuda.matmul", "tf32", r"torch.backends.cuda.matmul.fp32_precision 'ieee' → 'tf32'"),  # PA 3: not 'unreadable'
+    ("", "tf32", r"torch.backends.(mkldnn|cuda).\w+.fp32_precision 'ieee' → 'tf32'.*the raw settings that changed: "
+                 r"torch.backends.fp32_precision 'none' → 'tf32'"),
+])
+def test_a_per_operator_precision_left_changed_fails_naming_it_and_is_put_back(path, value, named):
+    """PA 2 and 3: the mkldnn settings were only recorded; the new API alone read as 'unreadable'."""
+    before = _raw_precision()
+    with pytest.raises(ConformanceError) as err:
+        check_method(_in_restore(_setting(path, value)))
+    msg = str(err.value)
+    assert re.search(r"near_ck: restore\(\) left global state changed: " + named, msg), msg
+    assert "unreadable" not in msg and "TF32 convolutions" not in msg, msg
+    assert _raw_precision() == before
+
+
+@needs_per_op
+def test_legacy_set_and_new_api_restore_that_leaves_cudnn_rnn_changed_fails():
+    """PA 2: allow_tf32=False sets conv and rnn; restoring conv alone leaves rnn at IEEE."""
+    @contextlib.contextmanager
+    def cm():
+        old = _B.cudnn.conv.fp32_precision
+        _B.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            _B.cudnn.conv.fp32_precision = old
+
+    before = _raw_precision()
+    with pytest.raises(ConformanceError, match=r"torch.backends.cudnn.rnn.fp32_precision 'tf32' → 'ieee'"):
+        check_method(_in_restore(cm))
+    assert _raw_precision() == before
+
+
+class SetsThreads(Near):
+    chosen: ClassVar[list] = []
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        if not SetsThreads.chosen:
+            SetsThreads.chosen.append(1 if torch.get_num_threads() != 1 else 2)
+        torch.set_num_threads(SetsThreads.chosen[0])
+        return super().restore(lr, scale, seed=seed, n_samples=n_samples)
+
+
+def test_the_fix_text_fits_the_setting():
+    """PA 9: the thread fix does not talk about TF32; the precision fix does."""
+    threads = torch.get_num_threads()
+    SetsThreads.chosen.clear()
+    with pytest.raises(ConformanceError) as err:
+        check_method(SetsThreads)
+    assert torch.get_num_threads() == threads
+    msg = str(err.value)
+    assert "torch.set_num_threads" in msg and "TF32" not in msg and "tf32" not in msg, msg
+    if _PER_OP:
+        with pytest.raises(ConformanceError) as err:
+            check_method(_in_restore(_setting("cuda.matmul", "tf32")))
+        assert "allow_tf32" in str(err.value) and "set_num_threads" not in str(err.value)
+
+
+class BadExample(Options):
+    gain: float = Field(description="multiply", ge=0, le=2, examples=[5.0])
+
+
+class UsesBadExample(Near):
+    Options = BadExample
+
+
+def test_an_invalid_example_is_named_as_the_example():
+    """PA 9: 'Options None are not valid: ValidationError …' named neither the field's examples nor a fix."""
+    with pytest.raises(ConformanceError) as err:
+        check_method(UsesBadExample)
+    msg = str(err.value)
+    assert msg.startswith("near_ck: Options are not valid: 'gain': its examples[0] 5.0, which the check used as "
+                          "the value, is not valid (Input should be less than or equal to 2)"), msg
+    assert "None" not in msg and "errors.pydantic.dev" not in msg, msg
+    assert "--opt near_ck.gain=VALUE" in msg, msg
+
+
+class OptionalAvg(Loss):
+    name: ClassVar[str] = "optional_avg_ck"
+    context_inputs: ClassVar[tuple[LossContext, ...]] = (
+        LossContext("latents", (4, 8)), LossContext("latent_avg", (4, 8), per_image=False, required=False))
+
+    def __call__(self, pred, target, **context):
+        lat = context["latents"]
+        avg = context.get("latent_avg")
+        return (pred - target).abs().mean() + (lat if avg is None else lat - avg).pow(2).mean()
+
+
+class NeedsItAfterAll(OptionalAvg):
+    def __call__(self, pred, target, **context):
+        return (pred - target).abs().mean() + (context["latents"] - context["latent_avg"]).pow(2).mean()
+
+
+class ReadsAnotherName(Loss):
+    name: ClassVar[str] = "typo_ck"
+    context_inputs: ClassVar[tuple[LossContext, ...]] = (LossContext("latent", (4, 8)),)
+
+    def __call__(self, pred, target, **context):
+        return (pred - target).abs().mean() + context["latents"].pow(2).mean()
+
+
+def test_an_entry_declared_not_required_is_left_out_once_and_a_misspelt_entry_is_named():
+    """PA 8b and 9: LossContext.required had no effect; a KeyError on another name had no hint."""
+    check_loss(OptionalAvg)
+    with pytest.raises(ConformanceError, match=r"optional_avg_ck: __call__ without the context entries declared "
+                                               r"required=False \('latent_avg'\) raised: KeyError: 'latent_avg'"):
+        check_loss(NeedsItAfterAll)
+    with pytest.raises(ConformanceError, match=r"typo_ck: __call__ raised: KeyError: 'latents'; it reads context "
+                                               r"entry 'latents' but context_inputs declares only 'latent' "
+                                               r"\(did you mean 'latent'\?\)"):
+        check_loss(ReadsAnotherName)
+
+
+class NaNOnFlat(MeanAbs):
+    name: ClassVar[str] = "relative_ck"
+
+    def __call__(self, pred, target, *, lr, scale):  # 0/0 on an all-black image
+        return ((pred - target).abs().flatten(1).mean(1) / target.flatten(1).mean(1)).double()
+
+
+def test_a_metric_without_nan_label_is_scored_on_constant_images():
+    """PA 8a: NaN only on flat images passed, and showed up first in someone's compare."""
+    check_metric(MeanAbs)
+    with pytest.raises(ConformanceError, match=r"relative_ck: a perfect prediction of a batch of constant images "
+                                               r"\(all 0, all 1, all 0.5; 32×32\) scores \[nan"):
+        check_metric(NaNOnFlat)
+
+
+def test_a_missing_required_option_names_every_field_with_its_example_and_both_opt_forms():
+    """PA 7: run/compare said "option 'gain': Field required (got {})"."""
+    from restorekit.options import OptionError, validate
+
+    class Two(Options):
+        gain: float = Field(description="g", examples=[0.9])
+        bias: float = Field(description="b")
+
+    with pytest.raises(OptionError) as err:
+        validate(Two, {}, label="fp_gain")
+    assert str(err.value) == ("fp_gain: required options 'gain', 'bias' not given: pass --opt gain=VALUE (e.g. 0.9) "
+                              "--opt bias=VALUE (commands that name the method in --opt, compare and serve: "
+                              "--opt fp_gain.gain=VALUE --opt fp_gain.bias=VALUE)")
+
+
+KIT_PLUGIN = '''
+from typing import ClassVar, Literal
+from pydantic import Field
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Degradation, Loss, Method, MethodInfo, Metric, Options
+import torch
+
+
+class GainOptions(Options):
+    gain: float = Field(ge=0, le=2, examples=[0.9], description="multiply the output")
+
+
+class Gain(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="gain3p", summary="nearest, times gain")
+    Options = GainOptions
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        self.check_scale(scale)
+        out = torch.nn.functional.interpolate(lr.float(), scale_factor=scale, mode="nearest") * self.options.gain
+        return out.clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class Leaky(Gain):
+    info: ClassVar[MethodInfo] = MethodInfo(name="leaky3p", summary="leaves a precision setting changed")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        return super().restore(lr, scale, seed=seed, n_samples=n_samples)
+
+
+class Mode(Degradation):
+    name: ClassVar[str] = "mode3p"
+
+    class Params(Options):
+        mode: Literal["dark", "light"] = Field(description="which way")
+
+    def __call__(self, hr, *, generator=None):
+        return (hr * 0.5 + (0.5 if self.params.mode == "light" else 0.0)).clamp(0, 1)
+
+    def spec(self):
+        return f"{self.name}:{self.params.mode}"
+
+
+class Charb(Loss):
+    name: ClassVar[str] = "charb3p"
+
+    def __init__(self, weight: float = 1.0, eps: float = 1e-3):
+        super().__init__(weight)
+        assert isinstance(eps, float), type(eps)
+        self.eps = eps
+
+    def __call__(self, pred, target, **context):
+        return ((pred - target) ** 2 + self.eps ** 2).sqrt().mean()
+
+
+class MeanAbs(Metric):
+    name: ClassVar[str] = "meanabs3p"
+    higher_is_better: ClassVar[bool] = False
+
+    def __call__(self, pred, target, *, lr, scale):
+        return (pred - target).abs().flatten(1).mean(1).double()
+
+
+@hookimpl
+def register_methods(register):
+    register(Gain)
+    if LEAKY:
+        register(Leaky)
+
+
+@hookimpl
+def register_degradations(register):
+    register(Mode)
+
+
+@hookimpl
+def register_losses(register):
+    register(Charb)
+
+
+@hookimpl
+def register_metrics(register):
+    register(MeanAbs)
+'''
+
+
+def _kit_cli(*args, env=None):
+    from restorekit.cli import build_cli
+
+    return CliRunner(env=env).invoke(build_cli(), ["plugin", "check", *args])
+
+
+def test_plugin_check_opt_reaches_every_kind_and_refuses_what_it_cannot_set(plugin_site):
+    """PA 4, 5, 9: --opt went to a method's options only; the hint's command lacked the plugin name;
+    a misspelt component had no did-you-mean."""
+    plugin_site("thirdparty-kitopts", "thirdparty_kitopts", KIT_PLUGIN.replace("LEAKY", "False"))
+    r = _kit_cli("thirdparty_kitopts", "--json", "-q")
+    assert r.exit_code == 1
+    rows = {x["id"]: x for x in json.loads(r.stdout)}
+    assert rows["method:gain3p"]["status"] == "ok"  # its example fills the required option
+    assert ("`restorekit plugin check thirdparty_kitopts --opt mode3p.mode=VALUE`"
+            in rows["degradation:mode3p"]["detail"]), rows
+    r = _kit_cli("thirdparty_kitopts", "--json", "-q", "--opt", "mode3p.mode=light", "--opt", "gain3p.gain=0.5",
+                 "--opt", "charb3p.eps=0.01")
+    assert r.exit_code == 0, r.output
+    assert {x["status"] for x in json.loads(r.stdout)} == {"ok"}
+    for opt, message in [
+        ("meanabs3p.x=1", "'meanabs3p' is a metric, which takes no options"),
+        ("gian3p.gain=1", "plugin 'thirdparty_kitopts' registers no component 'gian3p' (did you mean 'gain3p'?)"),
+        ("gain3p.gian=1", "method 'gain3p' has no option 'gian' (did you mean 'gain'?)"),
+        ("mode3p.mood=light", "degradation 'mode3p' has no option 'mood' (did you mean 'mode'?)"),
+        ("charb3p.weight=2", "the check sets a loss's weight itself"),
+    ]:
+        r = _kit_cli("thirdparty_kitopts", "--opt", opt)
+        assert r.exit_code == 2 and message in r.stderr, (opt, r.output)
+        assert len(r.stderr.strip().splitlines()[-1]) > 20  # one line
+
+
+@needs_per_op
+def test_plugin_check_table_folds_the_detail_at_80_columns(plugin_site):
+    """PA 10: at 80 columns the detail ended in '…' before the name of the changed setting."""
+    plugin_site("thirdparty-kitleak", "thirdparty_kitleak", KIT_PLUGIN.replace("LEAKY", "True"))
+    before = _raw_precision()
+    r = _kit_cli("thirdparty_kitleak", "-q", "--opt", "mode3p.mode=dark", env={"COLUMNS": "80"})
+    assert _raw_precision() == before
+    assert r.exit_code == 1
+    assert "…" not in r.stdout, r.stdout
+    detail = "".join(line.split("│")[-2].strip() for line in r.stdout.splitlines() if line.count("│") >= 5)
+    assert "torch.backends.mkldnn.conv.fp32_precision'ieee'→'bf16'" in detail.replace(" ", ""), r.stdout
+
+
+def test_methods_show_lists_an_options_examples(plugin_site):
+    """PA 7: `methods show` printed 'gain float required' without the example."""
+    from restorekit.cli import build_cli
+
+    plugin_site("thirdparty-kitopts", "thirdparty_kitopts", KIT_PLUGIN.replace("LEAKY", "False"))
+    r = CliRunner().invoke(build_cli(), ["methods", "show", "gain3p"])
+    assert r.exit_code == 0, r.output
+    assert "gain  float required (e.g. 0.9)" in r.output, r.output
+    r = CliRunner().invoke(build_cli(), ["methods", "show", "gain3p", "--json"])
+    assert json.loads(r.stdout)["options"][0]["examples"] == [0.9]
+
+
+def test_the_docs_explain_nan_label_in_the_metrics_section_and_its_snippet_passes():
+    """PA 6: nan_label was explained under register_losses."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    metrics = text[text.index("### `register_metrics"):text.index("### `register_degradations")]
+    losses = text[text.index("### `register_losses"):text.index("### Factory kinds")]
+    assert "nan_label" in metrics and "nan_label" not in losses and "LossContext" in losses
+    assert "required=False" in losses and "context.get(" in losses
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", metrics, re.S) if "nan_label" in b)
+    space: dict = {}
+    exec(compile(snippet, "plugins.md", "exec"), space)
+    check_metric(space["FacePSNR"], face_image=smooth_batch(1, 64, 64, seed=5)[0])

@@ -34,7 +34,8 @@ def options_schema(cls: type[Method]) -> list[dict[str, Any]]:
             type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         out.append({"name": name, "type": type_name,
                     "default": None if f.is_required() else f.get_default(call_default_factory=True),
-                    "required": f.is_required(), "description": f.description or ""})
+                    "required": f.is_required(), "description": f.description or "",
+                    "examples": list(f.examples or [])})
     return out
 
 
@@ -104,7 +105,8 @@ def echo_options(options: list[dict[str, Any]]) -> None:
     pad = max((len(o["name"]) for o in options), default=0)
     for o in options:
         default = "required" if o["required"] else f"= {o['default']!r}"
-        click.echo(f"  {o['name']:<{pad}}  {o['type']} {default}")
+        examples = f" (e.g. {', '.join(repr(e) for e in o['examples'])})" if o.get("examples") else ""
+        click.echo(f"  {o['name']:<{pad}}  {o['type']} {default}{examples}")
         if o["description"]:
             click.echo(textwrap.fill(o["description"], width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
 

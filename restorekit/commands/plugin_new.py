@@ -244,8 +244,10 @@ def plugin_new(name: str, parent: Path, author: str, description: str, license_i
 @click.option("--missing-weights", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="What a component whose weights are not cached counts as.")
 @click.option("--opt", "opts", multiple=True, metavar="COMPONENT.KEY=VALUE",
-              help="An option of one component for its checks (repeatable), e.g. pulse.steps=2: a slow "
-                   "method checked at cheap settings.")
+              help="A value for one component's checks (repeatable), e.g. pulse.steps=2: a slow method checked "
+                   "at cheap settings. It sets a method's option, a degradation's parameter, a loss's or a "
+                   "generator/encoder/face embedder/face detector's constructor argument; metrics and weights "
+                   "take none.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per component as it starts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def plugin_check(name: str, missing_weights: str, opts: tuple[str, ...], quiet: bool, as_json: bool) -> None:
@@ -256,14 +258,15 @@ def plugin_check(name: str, missing_weights: str, opts: tuple[str, ...], quiet: 
     check it from the plugin's tests with conformance_cases(configs=...). A line on stderr names
     each component as it starts. Exit code 1 when any check fails.
     """
+    from rich.markup import escape
+
     from ..cli import table
     from ..options import OptionError, parse_targeted_pairs
     from ..testing.cases import run_conformance
     from ..testing.conformance import ConformanceError
 
     try:
-        configs: dict[str, dict[str, Any]] = {component: {"options": values} for component, values
-                                              in parse_targeted_pairs(opts, "COMPONENT").items()}
+        configs = _check_configs(name, parse_targeted_pairs(opts, "COMPONENT"))
     except OptionError as exc:
         fail_usage(str(exc))
         return
@@ -280,11 +283,78 @@ def plugin_check(name: str, missing_weights: str, opts: tuple[str, ...], quiet: 
         return
     if as_json:
         emit_json([asdict(r) for r in results])
-    else:
+    else:  # fold, not cut: the detail names the contract and the setting that broke it
         table(f"Conformance of plugin '{name}'", ["component", "status", "seconds", "detail"],
-              [[r.id, r.status, f"{r.seconds:.1f}", r.detail] for r in results])
+              [[r.id, r.status, f"{r.seconds:.1f}", escape(r.detail)] for r in results], overflow="fold")
     if any(r.status == "failed" for r in results):
         raise SystemExit(1)
+
+
+# The keyword argument of each kind's check that `plugin check --opt COMPONENT.KEY=VALUE` fills.
+_OPT_ARGUMENT = {"methods": "options", "degradations": "params", "losses": "kwargs", "generators": "kwargs",
+                 "encoders": "kwargs", "face_embedders": "kwargs", "face_detectors": "kwargs"}
+
+
+def _check_configs(plugin: str, targeted: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """``--opt COMPONENT.KEY=VALUE`` values as the configs of ``plugin``'s checks, each under its
+    kind's argument (a method's options, a degradation's params, a constructor's kwargs), read by
+    the types of the component's options; an unknown component or key, or a kind that takes no
+    options (metrics, weights), is an :class:`OptionError` naming it. An uninstalled plugin: no
+    configs (the check says it is not installed)."""
+    from ..options import OptionError, _field, coerce_values, model_from_signature, validate
+    from ..plugins import KINDS, registry, suggest
+    from ..testing.cases import _SINGULAR
+
+    reg = registry()
+    if not targeted or plugin not in reg.plugins:
+        return {}
+    owned = {kind: [n for n in reg.names(kind) if reg.owner[kind][n] == plugin] for kind in KINDS}
+    everything = [n for names in owned.values() for n in names]
+    configs: dict[str, dict[str, Any]] = {}
+    for component, values in targeted.items():
+        kinds = [kind for kind, names in owned.items() if component in names]
+        example = f"--opt {component}.{next(iter(values))}=…"
+        if not kinds:
+            raise OptionError(f"{example}: plugin '{plugin}' registers no component '{component}'"
+                              f"{suggest(component, everything)}; it registers: {', '.join(everything) or 'nothing'}")
+        takes = [k for k in kinds if k in _OPT_ARGUMENT]
+        if not takes:
+            what = " and a ".join(_SINGULAR[k] for k in kinds)
+            raise OptionError(f"{example}: '{component}' is a {what}, which takes no options: --opt sets a method's "
+                              "options, a degradation's params or a loss's (or factory's) constructor arguments")
+        for kind in takes:
+            obj = reg.items[kind][component]
+            if kind == "methods":
+                model = obj.Options
+            elif kind == "degradations":
+                model = obj.Params
+            elif hasattr(obj, "options_model"):
+                model = obj.options_model()
+            else:
+                model = model_from_signature(obj, component)
+            label = f"{_SINGULAR[kind]} '{component}'"
+            if model.model_config.get("extra") != "allow":
+                known = list(model.model_fields)
+                if kind == "losses":
+                    known = [k for k in known if k != "weight"]  # the check sets the weight itself
+                unknown = [k for k in values if _field(model, k) is None or (kind == "losses" and k == "weight")]
+                if unknown == ["weight"] and kind == "losses":
+                    raise OptionError(f"--opt {component}.weight: the check sets a loss's weight itself (0.5); "
+                                      f"--opt gives {label} the other arguments of its constructor: "
+                                      f"{', '.join(known) or 'it takes none'}")
+                if unknown:
+                    raise OptionError(f"--opt {component}.{unknown[0]}: {label} has no option '{unknown[0]}'"
+                                      f"{suggest(unknown[0], known)}; it takes: {', '.join(known) or 'none'}")
+            if _OPT_ARGUMENT[kind] == "kwargs":  # passed to the constructor as they are: read and checked here
+                opts = validate(model, values, label=label)
+                given: dict[str, Any] = {k: getattr(opts, k) for k in opts.model_fields_set}
+            else:  # the check validates them against the model itself (and names a bad value)
+                try:
+                    given = coerce_values(model, values)
+                except OptionError as exc:
+                    raise OptionError(f"{label}: {exc}") from None
+            configs[f"{_SINGULAR[kind]}:{component}"] = {_OPT_ARGUMENT[kind]: given}
+    return configs
 
 
 def attach(cli: click.Group) -> None:

@@ -101,9 +101,13 @@ class ConformanceCase:
         if unknown:
             raise c.ConformanceError(f"{self.id}: config keys {unknown} are not arguments of {check.__name__} "
                                      f"(it takes: {', '.join(p.name for p in accepted)})")
-        if self.kind == "weights":
-            return check(self.obj, name=self.name, plugin=self.plugin, **self.config)
-        return check(self.obj, **self.config)
+        token = c._CHECKED_PLUGIN.set(self.plugin)  # the hints' `restorekit plugin check PLUGIN` commands
+        try:
+            if self.kind == "weights":
+                return check(self.obj, name=self.name, plugin=self.plugin, **self.config)
+            return check(self.obj, **self.config)
+        finally:
+            c._CHECKED_PLUGIN.reset(token)
 
     def run(self) -> Any:
         """Run the check under pytest: skips when weights are missing and ``missing_weights="skip"``."""

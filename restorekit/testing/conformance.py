@@ -10,6 +10,7 @@ checks let that propagate so the parametrized cases (:mod:`restorekit.testing.ca
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import random
 import re
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..devices import TF32_SUFFIX, _tf32_convolutions, precision_label
+from ..devices import TF32_SUFFIX, precision_label
 from ..errors import WeightsMissing, exception_line
 from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss, LossContext,
                           Method, MethodInfo, Metric, Options)
@@ -80,12 +81,22 @@ def _unchanged(label: str, before: Tensor, after: Tensor, what: str) -> None:
 
 # -- global state a component must leave as it found it ---------------------------------------
 
-_UNREADABLE = "unreadable (the legacy allow_tf32 and the new fp32_precision APIs were mixed)"
-# Keys of the float32-precision settings: compared by their effect, put back through both APIs.
+_UNREADABLE = "unreadable (torch raised on the read: the legacy allow_tf32 and the new fp32_precision APIs were mixed)"
+# Without torch's per-operator settings (torch < 2.9) the float32 precision is compared through these two.
 _MATMUL = "torch.get_float32_matmul_precision()"
-_CONV_TF32 = "TF32 convolutions (torch.backends.cudnn.allow_tf32 / .conv.fp32_precision)"
-_PRECISION_KEYS = (_MATMUL, _CONV_TF32)
-_RAW_PRECISION = "_raw float32 precision settings"  # not compared: only put back
+_CONV_TF32 = "TF32 convolutions (torch.backends.cudnn.allow_tf32)"
+_RAW_PRECISION = "_raw float32 precision settings"  # not compared: put back whenever they differ
+# The per-operator settings whose effective value is compared (a value of 'none' inherits from its
+# parent, up to torch.backends.fp32_precision, whose 'none' is torch's default, 'ieee').
+_PRECISION_LEAVES = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
+
+
+def _precision_key(path: str) -> str:
+    return f"torch.backends.{path}.fp32_precision"
+
+
+def _is_precision_key(key: str) -> bool:
+    return key in (_MATMUL, _CONV_TF32) or (key.startswith("torch.backends.") and key.endswith(".fp32_precision"))
 
 
 def _read(get: Callable[[], Any]) -> Any:
@@ -96,7 +107,7 @@ def _read(get: Callable[[], Any]) -> Any:
 
 
 def _precision_objects() -> list[tuple[str, Any]]:
-    """The objects with a per-operator ``fp32_precision`` (torch ≥ 2.9; none before)."""
+    """The objects with a per-operator ``fp32_precision`` (torch ≥ 2.9; none before), parents first."""
     b = torch.backends
     out = []
     for path in ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul", "mkldnn.conv",
@@ -104,42 +115,67 @@ def _precision_objects() -> list[tuple[str, Any]]:
         obj: Any = b
         for part in filter(None, path.split(".")):
             obj = getattr(obj, part, None)
-        if obj is not None and isinstance(getattr(obj, "fp32_precision", None), str):
+        if obj is not None and isinstance(_read(lambda: obj.fp32_precision), str):
             out.append((path, obj))
     return out
 
 
+def _effective_precision(raw: dict[str, Any], leaf: str) -> Any:
+    """What ``leaf``'s float32 precision is in effect: its own value unless 'none', else its
+    parent's (``cudnn.conv`` → ``cudnn`` → the top ``torch.backends``); all 'none': 'ieee'. A read
+    that raised is its own value."""
+    path: str | None = leaf
+    while path is not None:
+        value = raw.get(path)
+        if value is not None and value != "none":
+            return value
+        path = (path.rsplit(".", 1)[0] if "." in path else "") if path else None
+    return "ieee"
+
+
 def _precision_state() -> dict[str, Any]:
-    """TF32 for float32 matmuls and cuDNN convolutions, read safely (as :mod:`restorekit.devices`
-    does), and the raw settings of both APIs to put them back."""
+    """The float32 precision each operator runs at (per-operator settings, torch ≥ 2.9; before:
+    the matmul precision and cuDNN's TF32 flag), read safely (as :mod:`restorekit.devices` does),
+    and the raw settings of both APIs to put them back."""
+    objects = _precision_objects()
     raw = {
         "legacy": {"cuda.matmul.allow_tf32": _read(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
-                   "cudnn.allow_tf32": _read(lambda: bool(torch.backends.cudnn.allow_tf32))},
-        "fp32_precision": {path: obj.fp32_precision for path, obj in _precision_objects()},
+                   "cudnn.allow_tf32": _read(lambda: bool(torch.backends.cudnn.allow_tf32)),
+                   "matmul_precision": _read(torch.get_float32_matmul_precision)},
+        "fp32_precision": {path: _read(lambda obj=obj: obj.fp32_precision) for path, obj in objects},
     }
-    return {_MATMUL: _read(torch.get_float32_matmul_precision), _CONV_TF32: _tf32_convolutions(),
-            _RAW_PRECISION: raw}
+    state: dict[str, Any] = {_RAW_PRECISION: raw}
+    leaves = [leaf for leaf in _PRECISION_LEAVES if leaf in raw["fp32_precision"]]
+    if leaves:
+        for leaf in leaves:
+            state[_precision_key(leaf)] = _effective_precision(raw["fp32_precision"], leaf)
+    else:
+        state[_MATMUL] = raw["legacy"]["matmul_precision"]
+        state[_CONV_TF32] = raw["legacy"]["cudnn.allow_tf32"]
+    return state
 
 
 def _set_precision_state(state: dict[str, Any]) -> None:
     """Put the float32 precision settings back: the legacy flags and the matmul precision first
-    (when they were readable), then every per-operator setting that still differs."""
+    (when they were readable), then every per-operator setting that differs (parents first, as
+    setting a parent may change its children; twice, for one a later setter moved)."""
     raw = state[_RAW_PRECISION]
     legacy = raw["legacy"]
     setters: list[tuple[Any, Callable[[Any], None]]] = [
         (legacy["cuda.matmul.allow_tf32"], lambda v: setattr(torch.backends.cuda.matmul, "allow_tf32", v)),
         (legacy["cudnn.allow_tf32"], lambda v: setattr(torch.backends.cudnn, "allow_tf32", v)),
-        (state[_MATMUL], torch.set_float32_matmul_precision),
+        (legacy["matmul_precision"], torch.set_float32_matmul_precision),
     ]
     for value, setter in setters:
         if value != _UNREADABLE:
             with contextlib.suppress(Exception):
                 setter(value)
-    for path, obj in _precision_objects():
-        want = raw["fp32_precision"].get(path)
-        if want is not None and obj.fp32_precision != want:
-            with contextlib.suppress(Exception):
-                obj.fp32_precision = want
+    for _ in range(2):
+        for path, obj in _precision_objects():
+            want = raw["fp32_precision"].get(path)
+            if want is not None and want != _UNREADABLE and _read(lambda: obj.fp32_precision) != want:
+                with contextlib.suppress(Exception):
+                    obj.fp32_precision = want
 
 
 def _global_state() -> dict[str, Any]:
@@ -201,15 +237,43 @@ _RNG_FIX = ("draw randomness from a local torch.Generator / np.random.default_rn
             "torch.random.fork_rng(devices=[]); a library that must use the global RNG: save and restore it "
             "around the call (torch.random.fork_rng(), np.random.get_state()/set_state(), "
             "random.getstate()/setstate())")
-_SETTING_FIX = ("set it back before returning: try/finally, or a context manager such as torch.no_grad() "
-                "(TF32 / matmul precision: save the old value and restore it in a finally block)")
+def _raw_precision_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, str]:
+    """``{'torch.backends.cudnn.fp32_precision': "'none' → 'tf32'", …}``: the raw per-operator
+    settings that differ (the effective values name what runs differently; these, what was set)."""
+    a, b = before["fp32_precision"], after["fp32_precision"]
+    return {_precision_key(p) if p else "torch.backends.fp32_precision": f"{_show(a.get(p))} → {_show(b.get(p))}"
+            for p in dict.fromkeys([*a, *b]) if a.get(p) != b.get(p)}
+
+
+_SETTING_FIX = "set it back before returning: try/finally, or a context manager such as torch.no_grad()"
+_THREADS_FIX = ("don't call torch.set_num_threads in the component (the user and the commands choose the thread "
+                "count), or set the old count back in a finally block")
+_PRECISION_FIX = ("save the old value and restore it in a finally block through the same API that set it "
+                  "(torch.backends.cudnn.flags(allow_tf32=...) is a context manager); "
+                  "torch.set_float32_matmul_precision and the legacy allow_tf32 flags also set the per-operator "
+                  "torch.backends.*.fp32_precision values, so restoring through the other API may leave one changed")
+
+
+def _fix_kind(key: str) -> str:
+    if "RNG" in key:
+        return "RNG"
+    if key == "torch.get_num_threads()":
+        return "thread count"
+    if _is_precision_key(key):
+        return "float32 precision"
+    return "setting"
+
+
+_FIXES = {"RNG": _RNG_FIX, "thread count": _THREADS_FIX, "float32 precision": _PRECISION_FIX,
+          "setting": _SETTING_FIX}
 
 
 @contextlib.contextmanager
 def _keeps_global_state(label: str, what: str, *, rng_once: bool = False) -> Iterator[None]:
     """Fail when the calls inside leave global state changed (thread count, grad mode, default
-    dtype, cuDNN/determinism flags, TF32/matmul precision, the torch/numpy/Python RNGs), naming what
-    changed; the state is put back either way, so one failure does not leak into later tests.
+    dtype, cuDNN/determinism flags, the effective float32 precision of each operator, the
+    torch/numpy/Python RNGs), naming what changed; the state, and every raw precision setting of
+    both TF32 APIs, is put back either way, so one failure does not leak into later tests.
 
     ``rng_once``: a warm-up call, where one-time lazy initialisation (building a network) may draw
     from the global RNGs: those are put back, not failed; a changed setting still fails."""
@@ -224,6 +288,8 @@ def _keeps_global_state(label: str, what: str, *, rng_once: bool = False) -> Ite
                    if k in after and not k.startswith("_") and not _same_value(v, after[k])]
         if changed:
             _set_global_state(before)
+        elif not _same_value(before[_RAW_PRECISION], after[_RAW_PRECISION]):
+            _set_precision_state(before)  # the same effect through other raw values: put back all the same
         if rng_once:
             changed = [k for k in changed if "RNG" not in k]
         if changed and ok:
@@ -233,10 +299,12 @@ def _keeps_global_state(label: str, what: str, *, rng_once: bool = False) -> Ite
                     parts.append(f"{k} was advanced or reseeded")
                 else:
                     parts.append(f"{k} {_show(before[k])} → {_show(after[k])}")
-            rng = any("RNG" in k for k in changed)
-            setting = any("RNG" not in k for k in changed)
-            fixes = ([f"for the RNG, {_RNG_FIX}"] if rng and setting else [_RNG_FIX] if rng else []) + (
-                [f"for the setting, {_SETTING_FIX}"] if rng and setting else [_SETTING_FIX] if setting else [])
+            raw = _raw_precision_changes(before[_RAW_PRECISION], after[_RAW_PRECISION])
+            if raw and any(_is_precision_key(k) for k in changed) and set(raw) != {
+                    p.split(" ")[0] for p in parts if _is_precision_key(p.split(" ")[0])}:
+                parts.append(f"the raw settings that changed: {', '.join(f'{k} {v}' for k, v in raw.items())}")
+            kinds = list(dict.fromkeys(_fix_kind(k) for k in changed))
+            fixes = [f"for the {kind}, {_FIXES[kind]}" if len(kinds) > 1 else _FIXES[kind] for kind in kinds]
             raise ConformanceError(f"{label}: {what} left global state changed: {'; '.join(parts)}. "
                                    f"Fix: {'. '.join(fixes)}")
 
@@ -306,19 +374,37 @@ def _options_or_fail(label: str, model: type[Options], values: dict[str, Any] | 
                      how: Callable[[list[str]], str]) -> Any:
     """Validate ``values`` (a required field left out takes its first ``examples`` value, if it
     has one); a required field without a value or an invalid value is one line naming every such
-    field and how to give them all."""
+    field and how to give them all (an invalid value taken from ``examples`` says so)."""
     from pydantic import ValidationError
 
+    filled = _with_examples(model, values)
     try:
-        return model.model_validate(_with_examples(model, values))
+        return model.model_validate(filled)
     except ValidationError as exc:
         missing = [".".join(str(p) for p in e["loc"]) for e in exc.errors() if e.get("type") == "missing"]
         if missing:
             fields = ", ".join(f"'{m}'" for m in missing)
             keys = list(dict.fromkeys(m.split(".")[0] for m in missing))
             raise ConformanceError(f"{label}: {what} field(s) {fields} have no default (and no examples), so "
-                                   f"the check needs a value: {how(keys)}") from None
-        raise ConformanceError(f"{label}: {what} {values!r} are not valid: {exception_line(exc)}") from None
+                                   f"the check needs a value: {how(keys)}, or give the field an example value: "
+                                   "Field(..., examples=[...])") from None
+        from_examples = {f for f in set(filled) - set(values or {}) if f in model.model_fields}
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(the model)"
+            top = str(e["loc"][0]) if e["loc"] else ""
+            if top in from_examples:
+                problems.append(f"'{loc}': its examples[0] {e.get('input')!r}, which the check used as the value, "
+                                f"is not valid ({e['msg']}): fix the field's examples, or give a value: {how([top])}")
+            else:
+                problems.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
+        given = f" {dict(values)!r}" if values else ""
+        raise ConformanceError(f"{label}: {what}{given} are not valid: {'; '.join(problems)}") from None
+
+
+#: The plugin whose case is being checked (``ConformanceCase.check`` sets it), for the hints'
+#: ``restorekit plugin check PLUGIN ...`` commands.
+_CHECKED_PLUGIN: contextvars.ContextVar[str] = contextvars.ContextVar("restorekit_checked_plugin", default="PLUGIN")
 
 
 def _dict_hint(keys: list[str]) -> str:
@@ -354,7 +440,8 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
     name = info.name
     _check_options_model(name, cls.Options)
     opts = _options_or_fail(name, cls.Options, options, "Options", lambda keys: (
-        "`restorekit plugin check " + " ".join(f"--opt {name}.{k}=VALUE" for k in keys) + "`, "
+        f"`restorekit plugin check {_CHECKED_PLUGIN.get()} " + " ".join(f"--opt {name}.{k}=VALUE" for k in keys)
+        + "`, "
         f"conformance_cases(configs={{'{name}': {{'options': {_dict_hint(keys)}}}}}) "
         f"or check_method(options={_dict_hint(keys)})"))
     method = cls(opts, device=device)
@@ -535,11 +622,14 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
     at least as well as a perturbed one, inputs untouched. ``target`` (HR, default 2 smooth
     ``size``² images) and ``pred`` replace the synthetic pair; LR is the bicubic downscale of the
     target. A metric that declares ``nan_label`` (what its NaN means, e.g. "faces not found") may
-    give NaN on those images; it must instead give finite values, a perfect prediction scoring at
-    least as well, on a face photo (``face_image``, by default scikit-image's astronaut when it is
-    installed; ``require_face=False`` skips that). ``allow_nan`` overrides the declaration for the
-    synthetic images. The calls leave global state alone; a first (warm-up) call may draw from the
-    global RNGs (lazy initialisation), which the check puts back.
+    give NaN on those images; it must instead give no NaN (+inf is a score), a perfect prediction
+    scoring at least as well, on a face photo (``face_image``, by default scikit-image's astronaut
+    when it is installed; ``require_face=False`` skips that). One without ``nan_label`` must also
+    give no NaN on a batch of constant images (all 0, all 1, all 0.5), perfect and perturbed.
+    ``allow_nan`` overrides the declaration for the synthetic and constant images. The calls leave
+    global state alone; a first (warm-up) call may draw from the global RNGs (lazy
+    initialisation), which the check puts back. ``setup`` (like a method's ``load``) runs before
+    the checked calls: what it changes is not checked.
     """
     from ..degradations import downscale
 
@@ -570,10 +660,30 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
         if face is not None:
             m(face[1].clone(), face[0].clone(), lr=face[2].clone(), scale=scale)
     with _keeps_global_state(str(name), "__call__"):
-        _metric_calls(cls, m, str(name), hr, noisy, lr, scale, bool(nan_label) if allow_nan is None else allow_nan)
+        nan_ok = bool(nan_label) if allow_nan is None else allow_nan
+        _metric_calls(cls, m, str(name), hr, noisy, lr, scale, nan_ok)
+        if not nan_ok:
+            _metric_on_flat(m, str(name), hr.shape[-2], hr.shape[-1], scale)
         if face is not None:
             _metric_on_face(cls, m, str(name), face, scale, nan_label)
     return m
+
+
+def _metric_on_flat(m: Metric, name: str, h: int, w: int, scale: int) -> None:
+    """A metric without ``nan_label`` scores a batch of constant images (all 0, all 1, all 0.5:
+    black borders, blown-out highlights, flat backgrounds), perfect and perturbed, without NaN."""
+    from ..degradations import downscale
+
+    flat = torch.cat([torch.full((1, 3, h, w), v) for v in (0.0, 1.0, 0.5)])
+    bumped = (flat + 0.05 * (sample_batch(3, h, w, seed=4) - 0.5)).clamp(0, 1)
+    lr = downscale(flat, scale)
+    for what, pred in (("a perfect", flat), ("a perturbed", bumped)):
+        vals = m(pred.clone(), flat.clone(), lr=lr.clone(), scale=scale)
+        _require(isinstance(vals, Tensor) and not bool(torch.isnan(vals).any()),
+                 f"{name}: {what} prediction of a batch of constant images (all 0, all 1, all 0.5; {h}×{w}) scores "
+                 f"{getattr(vals, 'tolist', lambda: vals)()}: flat backgrounds, black borders and blown-out "
+                 "highlights are ordinary images: guard the 0/0 (an epsilon in a denominator), or, for an image "
+                 "the metric cannot score, declare what its NaN means: nan_label = 'faces not found'")
 
 
 def _metric_on_face(cls: type[Metric], m: Metric, name: str, face: tuple[Tensor, Tensor, Tensor], scale: int,
@@ -582,7 +692,8 @@ def _metric_on_face(cls: type[Metric], m: Metric, name: str, face: tuple[Tensor,
     v = m(noisy, hr, lr=lr, scale=scale)
     same = m(hr, hr, lr=lr, scale=scale)
     for what, vals in (("a perturbed", v), ("a perfect", same)):
-        _require(isinstance(vals, Tensor) and tuple(vals.shape) == (hr.shape[0],) and bool(torch.isfinite(vals).all()),
+        # NaN only: +inf is a valid score (psnr_rgb gives it for a perfect prediction)
+        _require(isinstance(vals, Tensor) and tuple(vals.shape) == (hr.shape[0],) and not bool(torch.isnan(vals).any()),
                  f"{name}: {what} prediction of a face photo ({hr.shape[-1]}×{hr.shape[-2]}) scores "
                  f"{getattr(vals, 'tolist', lambda: vals)()}: a metric whose NaN means '{nan_label}' must measure "
                  "an image where a face is plainly there (check_metric(face_image=...) for another photo, "
@@ -667,6 +778,18 @@ def example_params(model: type[Options]) -> Options:
     return model.model_validate(values)
 
 
+def _guessed_params(model: type[Options]) -> dict[str, Any]:
+    """A small valid value for each required number without ``examples`` (as :func:`example_params`
+    guesses it); other required fields are left out (the check names them)."""
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if field.is_required() and not field.examples and field.annotation in (int, float):
+            lo, hi = _field_bounds(field, field.annotation)
+            guess = min(max(2 if field.annotation is int else 1.0, lo), hi)
+            values[name] = int(guess) if field.annotation is int else float(guess)
+    return values
+
+
 def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None = None,
                       hr: Tensor | None = None) -> Degradation:
     """Degradation contract; returns the built degradation.
@@ -680,9 +803,11 @@ def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None =
     _require(isinstance(name, str) and bool(DEGRADATION_NAME.match(name)),
              f"{cls.__name__}.name must be lower-case letters, digits and '_' (it appears in spec strings)")
     _check_options_model(str(name), getattr(cls, "Params", None), "Params")
-    p = (_options_or_fail(str(name), cls.Params, params, "Params", lambda keys: (
-        f"check_degradation(params={_dict_hint(keys)}) or conformance_cases(configs={{'{name}': "
-        f"{{'params': {_dict_hint(keys)}}}}})")) if params is not None else example_params(cls.Params))
+    p = _options_or_fail(str(name), cls.Params, params if params is not None else _guessed_params(cls.Params),
+                         "Params", lambda keys: (
+        f"`restorekit plugin check {_CHECKED_PLUGIN.get()} " + " ".join(f"--opt {name}.{k}=VALUE" for k in keys)
+        + f"`, check_degradation(params={_dict_hint(keys)}) or conformance_cases(configs={{'{name}': "
+        f"{{'params': {_dict_hint(keys)}}}}})"))
     d = cls(p)
     scale = getattr(p, "scale", None)
     s = int(scale) if isinstance(scale, int) else 1
@@ -757,7 +882,10 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
     draw from the global RNGs — lazy initialisation — which are put back). ``kwargs`` go to the constructor,
     ``context`` to every call (tensors in it are cloned and made to require gradients); each
     entry the loss declares in ``context_inputs`` and ``context`` leaves out is a random float32
-    tensor of the declared shape (``N×shape`` per image, ``N`` = 2).
+    tensor of the declared shape (``N×shape`` per image, ``N`` = 2). The loss is also called once
+    without the entries it declares ``required=False``, and must then still return a finite 0-dim
+    float tensor. A ``KeyError`` on a context entry names what the loss declares. The constructor
+    runs before the checked calls: what it changes is not checked.
     """
     name = getattr(cls, "name", None)
     _require(isinstance(name, str) and bool(COMPONENT_NAME.match(name)), f"{cls.__name__}.name is required")
@@ -787,14 +915,52 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
         except (ConformanceError, WeightsMissing):
             raise
         except Exception as exc:
-            hint = ("; a loss that reads context entries declares them: context_inputs = (LossContext(...),), "
-                    "or give them with check_loss(context=...)" if not declared and not context else "")
-            raise ConformanceError(f"{name}: __call__ raised: {exception_line(exc)}{hint}") from exc
+            raise ConformanceError(f"{name}: __call__ raised: {exception_line(exc)}"
+                                   f"{_context_hint(exc, declared, given)}") from exc
     with _keeps_global_state(str(name), "__call__ (and backward)"):
-        return _loss_calls(loss, str(name), target, wrong, ctx)
+        _loss_calls(loss, str(name), target, wrong, ctx)
+        optional = [d.name for d in declared if not d.required]
+        if optional:
+            _loss_without(loss, str(name), target, wrong, {k: v for k, v in ctx().items() if k not in optional},
+                          optional)
+    return loss
 
 
-def _loss_calls(loss: Loss, name: str, target: Tensor, wrong: Tensor, ctx: Callable[[], dict[str, Any]]) -> Loss:
+def _context_hint(exc: Exception, declared: tuple[LossContext, ...], given: dict[str, Any]) -> str:
+    """What a loss's KeyError on a context entry it did not get most likely means."""
+    if not declared and not given:
+        return ("; a loss that reads context entries declares them: context_inputs = (LossContext(...),), "
+                "or give them with check_loss(context=...) / conformance_cases(configs={'NAME': {'context': {...}}})")
+    if not isinstance(exc, KeyError) or not exc.args or exc.args[0] in given:
+        return ""
+    key = exc.args[0]
+    names = [d.name for d in declared] or list(given)
+    from ..plugins import suggest
+
+    return (f"; it reads context entry {key!r} but {'context_inputs declares' if declared else 'the check got'} only "
+            f"{', '.join(repr(n) for n in names)}{suggest(str(key), names)}: declare every entry it reads "
+            f"(context_inputs = (LossContext({key!r}, ...),)) or give it with check_loss(context=...)")
+
+
+def _loss_without(loss: Loss, name: str, target: Tensor, wrong: Tensor, c: dict[str, Any],
+                  optional: list[str]) -> None:
+    """The loss called without the context entries it declares ``required=False``: it must work."""
+    what = ", ".join(repr(o) for o in optional)
+    try:
+        value = loss(wrong.clone().requires_grad_(True), target.clone(), **c)
+    except (ConformanceError, WeightsMissing):
+        raise
+    except Exception as exc:
+        raise ConformanceError(f"{name}: __call__ without the context entries declared required=False ({what}) "
+                               f"raised: {exception_line(exc)}: a loss that can do without an entry reads it with "
+                               "context.get(...); one it needs is declared required=True (the default)") from exc
+    _require(isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point()
+             and bool(torch.isfinite(value.detach())),
+             f"{name}: without the context entries declared required=False ({what}) it must still return a "
+             f"finite 0-dim float tensor, got {value!r}"[:400])
+
+
+def _loss_calls(loss: Loss, name: str, target: Tensor, wrong: Tensor, ctx: Callable[[], dict[str, Any]]) -> None:
     pred = wrong.clone().requires_grad_(True)
     c = ctx()
     t_copy = target.clone()
@@ -814,7 +980,6 @@ def _loss_calls(loss: Loss, name: str, target: Tensor, wrong: Tensor, ctx: Calla
         perfect = float(loss(target.clone(), target, **ctx()))
         worse = float(loss(wrong, target, **ctx()))
     _require(perfect <= worse + 1e-6, f"{name}: a perfect prediction costs {perfect}, a wrong one {worse}")
-    return loss
 
 
 # -- factories: generators, encoders, face embedders, face detectors ------------------------
