@@ -91,3 +91,16 @@ def test_a_switch_to_lr_dir_is_named_as_such_not_as_other_code(hr_folder: Path, 
     r = CliRunner().invoke(build_cli(), args + ["--lr-dir", str(lr)])
     assert r.exit_code == 2 and "source: degradation:bicubic:4 → lr-dir:" in r.output, r.output
     assert "other restorekit code" not in r.output
+
+
+def test_a_weights_pin_in_one_record_only_is_left_to_the_options() -> None:
+    """compare, as run: a folder whose method recorded the default's pin (made before a method run
+    with its own weights stopped recording it) is compared on the options, which name the weights."""
+    from restorekit.harness.outdir import differences
+
+    inputs = {"data": "/d", "scale": 4, "source": "degradation:bicubic:4", "core_code": "c"}
+    own = {"options": {"weights": "own.safetensors"}, "option_files": {"weights": "1" * 64}}
+    old = {"inputs": inputs, "methods": {"p": {**own, "default_weights": {"p-faces": ["a" * 64]}}}}
+    assert differences(old, {"inputs": inputs, "methods": {"p": own}}) == []
+    changed = {"inputs": inputs, "methods": {"p": {**own, "default_weights": {"p-faces": ["b" * 64]}}}}
+    assert differences(old, changed) == ["p.default_weights.p-faces: ['" + "a" * 64 + "'] → ['" + "b" * 64 + "']"]

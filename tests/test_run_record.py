@@ -163,7 +163,12 @@ def test_a_weights_file_is_recorded_by_name_and_pinned_by_content(tmp_path):
     assert list(default["default_weights"]) == ["psp-sr-faces128"]
     named = run_settings(cls, cls.Options(weights="psp-sr-faces128"), scale=8, seed=5, n_samples=1, couple=False,
                          backend="torch")
-    assert named["default_weights"] == default["default_weights"]  # the default, by its name: pinned
+    # The default by its name: pinned once, as the file of --opt weights (a re-shipped default shows there).
+    assert "default_weights" not in named
+    assert named["option_files"]["weights"] == default["default_weights"]["psp-sr-faces128"][0]
+    untrained = run_settings(cls, cls.Options(random_weights=True, resolution=32), scale=8, seed=5, n_samples=1,
+                             couple=False, backend="torch")
+    assert "default_weights" not in untrained  # no weights at all
     assert differences({**first, "default_weights": default["default_weights"]}, first) == []  # older notes
     assert "seed" not in first  # one psp_sr sample does not depend on it
     assert "seed" in run_settings(cls, cls.Options(weights=str(weights)), scale=8, seed=5, n_samples=2,

@@ -68,6 +68,18 @@ def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
     txt.write_text(f"./a/img_01.png\nb//img_04.png\n{(faces / 'a' / 'img_03.png').resolve()}\n")
     _, val = split_files(files, faces, split_file=txt)
     assert [p.relative_to(faces).as_posix() for p in val] == ["a/img_01.png", "a/img_03.png", "b/img_04.png"]
+    # An image that is a symbolic link to a file elsewhere is inside the folder as written.
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(files[0].read_bytes())
+    (faces / "a" / "linked.png").symlink_to(elsewhere)
+    txt.write_text(f"{faces.absolute() / 'a' / 'linked.png'}\n")
+    _, val = split_files(list_images(faces), faces, split_file=txt)
+    assert [p.name for p in val] == ["linked.png"]
+    (faces / "a" / "linked.png").unlink()
+    # One image listed twice (./a and a) is trained on once.
+    js.write_text(json.dumps({"train": ["a/img_03.png", "./a/img_03.png"], "val": ["a/img_01.png"]}))
+    train, _ = split_files(files, faces, split_file=js)
+    assert [p.name for p in train] == ["img_03.png"]
     # Files that are not splits: one line each, naming the file.
     for content, msg in [(b"{not json", "not valid JSON"), (json.dumps({"val": "a/img_01.png"}).encode(),
                                                            "'val' must be a list of image paths, not str"),
@@ -145,6 +157,8 @@ def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
         load_config(TrainConfig, cfg_file, ["data.factorz=[1]"])
     with pytest.raises(ConfigError, match=r"unknown setting 'factorz' \(did you mean 'data.factors'\?\)"):
         load_config(TrainConfig, cfg_file, ["factorz=[1]"])
+    with pytest.raises(ConfigError, match=r"unknown setting 'data.lr' \(did you mean 'lr'\?\)"):
+        load_config(TrainConfig, cfg_file, ["data.lr=0.1"])
     with pytest.raises(ConfigError, match="optimizer"):
         load_config(TrainConfig, cfg_file, ["optimizer=sgd"])
     with pytest.raises(ConfigError, match="no such config"):

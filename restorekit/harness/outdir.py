@@ -80,7 +80,12 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
               if name in old_methods and (out is None or has_outputs(out, name))]
     core_changed = False
     code_changed: list[str] = []  # methods whose package's files changed (a plugin upgraded or edited)
+    from ..run_record import PINS
+
     for prefix, old, new in pairs:
+        if prefix:  # a weights pin in one record only: the weights options differ, and say so themselves
+            one_sided = [k for k in PINS if isinstance(old.get(k), dict) != isinstance(new.get(k), dict)]
+            old, new = ({k: v for k, v in d.items() if k not in one_sided} for d in (old, new))
         a, b = _flat(old), _flat(new)
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):

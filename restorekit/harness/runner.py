@@ -216,9 +216,12 @@ def default_weights_pin(cls: type[Method] | Method, options: Options | None = No
     name = cls.info.default_weights
     if not name:
         return None
-    field = weights_option(type(options)) if options is not None else None
-    if field is not None and getattr(options, field, None) not in (None, name):
-        return None  # the default is not what runs (its registered name given explicitly: it is)
+    if options is not None:
+        field = weights_option(type(options))
+        if field is not None and getattr(options, field, None) is not None:
+            return None  # other weights (the default by its name: option_files_pin pins it)
+        if getattr(options, "random_weights", False) or getattr(options, "random_generator", False):
+            return None  # an untrained network: no weights at all
     try:
         spec = get_spec(name)
     except RestorekitError:

@@ -363,10 +363,13 @@ def _suggest_key(key: str, cls: type[BaseModel]) -> str:
     from ..plugins import suggest
 
     keys = _all_keys(cls)
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}  # a top-level name wins a tie
+    exact = by_leaf.get(key.rsplit(".", 1)[-1])
+    if exact is not None and exact != key:  # a setting put in the wrong table (data.lr → lr)
+        return f" (did you mean '{exact}'?)"
     close = suggest(key, keys)
     if close:
         return close
-    by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}  # a top-level name wins a tie
     leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
     return f" (did you mean '{by_leaf[leaf[0]]}'?)" if leaf else ""
 

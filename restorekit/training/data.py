@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,10 +90,13 @@ def _split_name(line: str, base: Path) -> str:
     to be named as not under it)."""
     p = Path(line)
     if p.is_absolute():
-        try:
-            return p.resolve().relative_to(base.resolve()).as_posix()
-        except ValueError:
-            return line
+        for inside, folder in ((Path(os.path.abspath(p)), Path(os.path.abspath(base))),  # as written (a
+                               (p.resolve(), base.resolve())):  # symlinked image stays inside), else real
+            try:
+                return inside.relative_to(folder).as_posix()
+            except ValueError:
+                pass
+        return line
     return posixpath.normpath(p.as_posix())
 
 
@@ -118,7 +122,7 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
                             "paths are relative to the data folder, as sub/name.png)")
         val_set = set(val_names)
         val = [rel[v] for v in sorted(val_set)]
-        names = train_names if train_names is not None else sorted(rel)
+        names = list(dict.fromkeys(train_names)) if train_names is not None else sorted(rel)  # each image once
         overlap = val_set.intersection(names) if train_names is not None else set()
         if overlap:
             raise DataError(f"{sp}: {len(overlap)} images are in both train and val (first: {sorted(overlap)[0]})")
