@@ -14,13 +14,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import RestorekitError
+from .errors import FileSystemError, RestorekitError
 
 #: Why a lock file cannot be opened for writing in a folder this process cannot write to.
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+#: A lock file is never followed through a symbolic link: in a folder others can write to, one
+#: pointing at a file of the user's would have that file truncated and written (the holder's note).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @contextlib.contextmanager
@@ -45,17 +49,25 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
         writable = True
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _symlink(path) from None
             if not (read_only_ok and exc.errno in _UNWRITABLE and folder.is_dir()):
                 raise
             writable = False
         if not writable:
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:  # no lock file, and this process can make none: it goes on unlocked
-                yield
+                fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _symlink(path) from None
+                yield  # no lock file, and this process can make none: it goes on unlocked
                 return
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, a device …: not a lock file of ours
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file (a lock file is one)", str(path))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -71,7 +83,7 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
     else:
         raise refused()
     try:
-        if writable:
+        if writable and os.fstat(fd).st_nlink == 1:  # (a hard link's other name is not ours to write)
             with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()} {note}".strip().encode("utf-8", "replace") + b"\n")
@@ -81,6 +93,11 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
             with contextlib.suppress(OSError):
                 os.unlink(path)
         os.close(fd)
+
+
+def _symlink(path: Path) -> FileSystemError:
+    return FileSystemError(f"{path}: a symbolic link stands where restorekit keeps its lock file; it is not "
+                           "followed (it could point at any file): remove it, or use another folder")
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -432,3 +432,27 @@ def test_a_run_whose_every_input_failed_keeps_the_folder_its_summary_names(tmp_p
     r = invoke("run", "bicubic", "--scale", "2", "--input", bad, "--output", out)
     assert r.exit_code == 1 and f"1 failed → {out}" in r.output, r.output
     assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(hr_folder, tmp_path):
+    """In a folder others can write to, a link named like the lock file could point at any file of
+    the user's: it is refused in one line, and the file it points at stays as it was."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / LOCK).symlink_to(victim)
+    r = invoke(*command("run", hr_folder, out))
+    assert r.exit_code == 2 and "symbolic link" in r.output and len(error_lines(r.output)) == 1, r.output
+    assert victim.read_text() == "keep me\n"
+
+
+def test_a_hard_linked_lock_file_is_locked_but_not_written(hr_folder, tmp_path):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "shared"
+    out.mkdir()
+    os.link(victim, out / LOCK)
+    r = invoke(*command("run", hr_folder, out))
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "keep me\n"
