@@ -366,6 +366,19 @@ def _allreduce_grads(params: list[nn.Parameter], dist: DistInfo) -> None:
 
 
 # -- the trainer --------------------------------------------------------------------------------
+
+def _exported_step(path: Path) -> int | None:
+    """The training step an exported generator file records (None: no file, or none recorded)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        steps = json.loads(meta.get("config", "{}")).get("training", {}).get("steps")
+    except Exception:  # missing, cut short, foreign (safetensors raises its own errors)
+        return None
+    return steps if isinstance(steps, int) else None
+
 class GANTrainer:
     """Adversarial training of a StyleGAN2 generator (see the module docstring)."""
 
@@ -529,6 +542,8 @@ class GANTrainer:
         return image_grid(cols, max_rows=2 * math.ceil(len(z) / per_row))
 
     def _export_generator(self, path: Path, *, dtype: torch.dtype = torch.float16) -> Path:
+        """The EMA generator as a StyleGAN2 safetensors file; its config's ``training.steps`` is
+        this step (:func:`_exported_step`)."""
         from .train import save_stylegan2_safetensors
 
         g = copy.deepcopy(self.G_ema).float().cpu()
@@ -740,6 +755,8 @@ class GANTrainer:
             if getattr(self, "snapshot_step", None) != self.step:
                 self.snapshot()
             exported = self._export_generator(model_file, dtype=torch.float32)
+        elif self.dist.is_main and finished and _exported_step(model_file) == self.step:
+            exported = model_file  # a resume at the step a stopped run exported at: that file is the model
         signum = signal_across(self.dist, stop.signum)
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,

@@ -310,6 +310,9 @@ def test_time_limit_stops_with_a_checkpoint(faces: Path, tmp_path: Path) -> None
     assert res["stopped_early"] and not res["finished"] and res["step"] == 1
     assert res["checkpoint"].endswith("step_00000001.pt")
     assert (tmp_path / "run" / "generator.safetensors").is_file()  # a run cut short still exports
+    # Resumed to end at the step it stopped at ("--resume --steps 1"): finished, and that export is the model.
+    end = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=1), quiet=True).fit(resume=True)
+    assert end["finished"] and end["exported"] == str(tmp_path / "run" / "generator.safetensors")
 
 
 def test_bf16_autocast_step_runs_and_keeps_r1_in_float32(faces: Path, tmp_path: Path) -> None:
