@@ -93,6 +93,15 @@ def option_differences(a: Mapping[str, Any], b: Mapping[str, Any], *,
             if a.get(k) != b.get(k) and k not in ignore_options]
 
 
+def same_files(old: Mapping[str, Any], now: Mapping[str, Any]) -> frozenset[str]:
+    """The options whose file both records pin to the same content (``option_files``): one file
+    spelled two ways (a registered name and its file, another path) is not another setting."""
+    a, b = old.get("option_files"), now.get("option_files")
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return frozenset()
+    return frozenset(k for k, v in a.items() if v and b.get(k) == v)
+
+
 def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
                 ignore_options: frozenset[str] = frozenset()) -> list[str]:
     """What differs between a recorded run and this one, in words (``key: old → new``); options
@@ -110,7 +119,7 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
             found.append(f"{key}: {old.get(key)} → {now.get(key)}")
     a, b = old.get("options"), now.get("options")
     if isinstance(a, dict) and isinstance(b, dict) and not other_method:
-        found += option_differences(a, b, ignore_options=ignore_options)
+        found += option_differences(a, b, ignore_options=ignore_options | same_files(old, now))
     return found
 
 

@@ -161,11 +161,20 @@ def test_a_weights_file_is_recorded_by_name_and_pinned_by_content(tmp_path):
     assert "default_weights" not in first
     default = run_settings(cls, cls.Options(), scale=8, seed=5, n_samples=1, couple=False, backend="torch")
     assert list(default["default_weights"]) == ["psp-sr-faces128"]
+    from restorekit.weights import resolve
+
+    default_file = resolve("psp-sr-faces128")
     named = run_settings(cls, cls.Options(weights="psp-sr-faces128"), scale=8, seed=5, n_samples=1, couple=False,
                          backend="torch")
     # The default by its name: pinned once, as the file of --opt weights (a re-shipped default shows there).
     assert "default_weights" not in named
     assert named["option_files"]["weights"] == default["default_weights"]["psp-sr-faces128"][0]
+    # The same file by another spelling (its registered name, a copy elsewhere): not another setting.
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(default_file.read_bytes())
+    by_file = run_settings(cls, cls.Options(weights=str(copy)), scale=8, seed=5, n_samples=1, couple=False,
+                           backend="torch")
+    assert by_file["options"]["weights"] != named["options"]["weights"] and differences(named, by_file) == []
     untrained = run_settings(cls, cls.Options(random_weights=True, resolution=32), scale=8, seed=5, n_samples=1,
                              couple=False, backend="torch")
     assert "default_weights" not in untrained  # no weights at all

@@ -50,7 +50,7 @@ from ..errors import RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
 from ..interfaces import Face, FaceDetector, Method, MethodInfo, result_options
 from ..methods import check_values
-from ..run_record import PINS, option_differences, pin_differences
+from ..run_record import PINS, option_differences, pin_differences, same_files
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match, grey, is_grey
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
@@ -591,7 +591,8 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
             if isinstance(side.get(k), dict) and isinstance(now.get(k), dict) and old["method"] == now.get("method"):
                 found += pin_differences(k, side[k], now[k])
         if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
-            found += option_differences(side["options"], now["options"], ignore_options=ignore_options)
+            found += option_differences(side["options"], now["options"],
+                                        ignore_options=ignore_options | same_files(side, now))
         if found:
             stems_changed.append(stem)
             diffs.update(dict.fromkeys(found))
