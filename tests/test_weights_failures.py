@@ -247,12 +247,18 @@ def test_an_unreadable_record_is_one_line_naming_it(which: str, tmp_path: Path, 
 # --- 4. `weights rm` while a load looks: "not cached", never a raw FileNotFoundError ----------
 
 
-def test_a_manifest_removed_while_it_is_read_is_not_cached(tmp_path: Path, specs: dict[str, W.WeightSpec],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    blob = ckpt_bytes(12, 100)
+def toy_file(tmp_path: Path, specs: dict[str, W.WeightSpec], seed: int) -> Path:
+    """A small checkpoint file registered as ``toy`` (pinned to its bytes), to import."""
+    blob = ckpt_bytes(seed, 100)
     src = tmp_path / "toy.pt"
     src.write_bytes(blob)
     specs["toy"] = spec_for("toy", "toy.pt", data=blob)
+    return src
+
+
+def test_a_manifest_removed_while_it_is_read_is_not_cached(tmp_path: Path, specs: dict[str, W.WeightSpec],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    src = toy_file(tmp_path, specs, 12)
     W.import_file("toy", src)
     # the manifest is there when looked for, and gone when read (rmtree in between)
     _read_text_failing(monkeypatch, W.MANIFEST, FileNotFoundError(errno.ENOENT, "No such file or directory"))
@@ -266,10 +272,7 @@ def test_a_manifest_removed_while_it_is_read_is_not_cached(tmp_path: Path, specs
 def test_a_weights_file_removed_while_it_is_checked_is_not_cached(full: bool, tmp_path: Path,
                                                                   specs: dict[str, W.WeightSpec],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    blob = ckpt_bytes(13, 100)
-    src = tmp_path / "toy.pt"
-    src.write_bytes(blob)
-    specs["toy"] = spec_for("toy", "toy.pt", data=blob)
+    src = toy_file(tmp_path, specs, 13)
     dest, _ = W.import_file("toy", src)
     dest.unlink()  # removed after is_file() said it was there
     real = Path.is_file
@@ -282,10 +285,7 @@ def test_a_weights_file_removed_while_it_is_checked_is_not_cached(full: bool, tm
 def test_a_weights_file_removed_between_its_check_and_its_load_is_not_cached(tmp_path: Path,
                                                                             specs: dict[str, W.WeightSpec],
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    blob = ckpt_bytes(15, 100)
-    src = tmp_path / "toy.pt"
-    src.write_bytes(blob)
-    specs["toy"] = spec_for("toy", "toy.pt", data=blob)
+    src = toy_file(tmp_path, specs, 15)
     W.import_file("toy", src)
     real = W.resolve
 
