@@ -57,8 +57,15 @@ class _FillsUp:
 
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The download's ``.part`` takes 1000 bytes, then the disk is full."""
-    monkeypatch.setattr(download, "open", lambda path, mode: _FillsUp(open(path, mode), 1000), raising=False)
+    """The download's ``.part`` takes 1000 bytes, then the disk is full (a new one or a resumed one)."""
+    fresh, resumed = download._fresh_part, download._resumed_part
+
+    def resumed_fills_up(part: Path) -> Any:
+        f = resumed(part)
+        return None if f is None else _FillsUp(f, 1000)
+
+    monkeypatch.setattr(download, "_fresh_part", lambda part: _FillsUp(fresh(part), 1000))
+    monkeypatch.setattr(download, "_resumed_part", resumed_fills_up)
     yield
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from .. import safe_open
 from ..errors import IntegrityError, RestorekitError
 from . import cache, checksum, download, fetch, load, tofu
 from .spec import WeightFile, WeightSpec
@@ -91,11 +92,12 @@ def _too_large(spec: WeightSpec, wf: WeightFile, where: str, limit: int, *, pinn
 
 
 def _copy_hashing(src: IO[bytes], dest: Path | None, limit: int | None) -> tuple[int, str]:
-    """``(bytes read, sha256)`` of ``src``, copied to ``dest`` (None: hashed only); ``""`` for the
-    hash when more than ``limit`` bytes come (reading stops there)."""
+    """``(bytes read, sha256)`` of ``src``, copied to the new file ``dest`` (None: hashed only),
+    which is made with ``O_EXCL`` and never through a link (the cache may be a folder other users
+    write to); ``""`` for the hash when more than ``limit`` bytes come (reading stops there)."""
     h = hashlib.sha256()
     n = 0
-    with open(dest, "wb") if dest is not None else contextlib.nullcontext() as out:
+    with safe_open.create_exclusive(dest) if dest is not None else contextlib.nullcontext() as out:
         while block := src.read(_CHUNK):
             n += len(block)
             if limit is not None and n > limit:  # larger than the spec allows: stop reading (zip bombs)
@@ -118,6 +120,7 @@ def import_spec_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link:
     (:func:`.cache.locked`), as pulls and single-file imports do.
     """
     with cache.locked(spec.name):
+        cache.refuse_linked_folder(cache.weights_dir(spec.name))
         cache.remove_stray_imports(spec.name)  # copies of imports killed midway (none runs: we hold the lock)
         return _import_archive(spec, path, link=link, trust=trust, allow_unsafe=allow_unsafe)
 
@@ -144,16 +147,15 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                 raise RestorekitError(f"{src} holds {wf.filename} more than once ({', '.join(found)}); "
                                       "import the one you mean as a file with --filename")
             chosen[wf.filename] = found[0]
-        folder = cache.cache_folder(cache.weights_dir(name))
-        staged: list[tuple[WeightFile, Path, str, str, os.stat_result | None]] = []
+        folder = cache.plain_cache_folder(cache.weights_dir(name))
+        # (file, its temporary name, sha256, where from, stat: the source a link points at; else the copy written)
+        staged: list[tuple[WeightFile, Path, str, str, os.stat_result]] = []
+        temps: list[Path] = []  # every temporary name made, removed if anything fails
         warnings: list[str] = []
         try:
             for wf in spec.files:
                 member = chosen[wf.filename]
                 where = f"{src}/{member}" if is_dir else f"{src}:{member}"
-                tmp = cache.import_temp(folder, wf.filename)
-                staged.append((wf, tmp, "", where, None))
-                hashed = None
                 # The copy never exceeds the pinned size, else the size recorded at first use, else
                 # download.MAX_UNSIZED (a zip's member may inflate to anything)
                 limit = wf.size if wf.size is not None else download.MAX_UNSIZED
@@ -168,41 +170,44 @@ def _import_archive(spec: WeightSpec, path: str | os.PathLike[str], *, link: boo
                         if not sha:
                             raise _too_large(spec, wf, where, limit, pinned=False)
                         _check(spec, wf, where, size, sha, trust)
-                if is_dir:
+                tmp: Path | None = None
+                if link:  # (a folder's file)
                     file = src / member
-                    if link:
-                        hashed = file.stat()
-                        size, sha = hashed.st_size, checksum.sha256_file(file)
-                        checksum.unchanged_since(file, hashed, where)  # the cache will read the file itself
-                    else:
-                        with open(file, "rb") as f:
-                            size, sha = _copy_hashing(f, tmp, limit)
+                    st = file.stat()
+                    size, sha = st.st_size, checksum.sha256_file(file)
+                    checksum.unchanged_since(file, st, where)  # the cache will read the file itself
                 else:
-                    with zf.open(member) as f:  # type: ignore[union-attr]
+                    tmp = cache.import_temp(folder, wf.filename)  # (a random name: none planted there)
+                    temps.append(tmp)
+                    with (open(src / member, "rb") if is_dir else zf.open(member)) as f:  # type: ignore[union-attr]
                         size, sha = _copy_hashing(f, tmp, limit)
                 if not sha:  # the copy stopped at the limit
                     raise _too_large(spec, wf, where, limit, pinned=wf.size is not None or first_size)
+                if tmp is not None:  # only the file just written, with that hash, is moved into place
+                    st = checksum.checked_copy(tmp, sha, where)
+                read = src / member if tmp is None else tmp
                 if wf.sha256 is None and tofu.first_use(name, wf.filename) is None:  # its hash would become
-                    load.check_format(src / member if link else tmp, wf.filename, where)  # the trusted one
+                    load.check_format(read, wf.filename, where)  # the trusted one
                 warning = _check(spec, wf, where, size, sha, trust)
-                load.refuse_unsafe(src / member if link else tmp, where, allow_unsafe=allow_unsafe)
-                if link:
-                    tmp.unlink(missing_ok=True)
-                    tmp.symlink_to(src / member)
-                elif checksum.sha256_file(tmp) != sha:
-                    raise IntegrityError(f"copy of {where} into the cache does not match its hash; refused")
-                staged[-1] = (wf, tmp, sha, where, hashed)
+                load.refuse_unsafe(read, where, allow_unsafe=allow_unsafe)
+                if tmp is None:
+                    tmp = fetch._fresh_link(folder, wf.filename, src / member)
+                    temps.append(tmp)
+                staged.append((wf, tmp, sha, where, st))
                 if warning:
                     warnings.append(warning)
             paths = []
-            for wf, tmp, sha, where, hashed in staged:
+            for wf, tmp, sha, where, st in staged:
                 dest = folder / wf.filename
-                os.replace(tmp, dest)
+                if link:
+                    os.replace(tmp, dest)  # (a link this import just made, at a fresh name)
+                else:
+                    cache.move_into_place(tmp, dest, st)  # only the copy written and checked
                 fetch.record_moved_in(spec, wf, dest, sha, f"import:{where}", trusted=wf.sha256 is None,
-                                      hashed=hashed)
+                                      hashed=st if link else None)
                 paths.append(dest)
         except BaseException:
-            for _, tmp, _, _, _ in staged:
+            for tmp in temps:
                 tmp.unlink(missing_ok=True)
             cache.cleanup_empty(folder)
             raise

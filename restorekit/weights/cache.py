@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import safe_open
 from ..errors import CacheError, IntegrityError, UnknownNameError
 from .spec import MANIFEST, NAME_PATTERN
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
            "read_record", "write_text_atomic", "read_manifest", "write_manifest", "cached_files", "remove",
-           "cleanup_empty", "now", "locked", "file_lock", "import_temp", "stray_imports", "remove_stray_imports"]
+           "cleanup_empty", "now", "locked", "file_lock", "import_temp", "move_into_place", "stray_imports",
+           "remove_stray_imports", "plain_cache_folder", "refuse_linked_folder"]
 
 
 def cache_dir() -> Path:
@@ -113,6 +116,23 @@ def cache_folder(folder: Path) -> Path:
     return folder
 
 
+def refuse_linked_folder(folder: Path) -> None:
+    """A one-line :class:`CacheError` when ``folder`` is a symbolic link: in a cache other users
+    may write to, whoever planted it would choose the folder restorekit writes files into."""
+    if folder.is_symlink():
+        raise cache_error(OSError(errno.ELOOP, "a symbolic link stands where a cache folder is needed; it is not "
+                                               "followed (it could point at any folder)"), folder)
+
+
+def plain_cache_folder(folder: Path) -> Path:
+    """:func:`cache_folder` for a folder restorekit makes and writes files into (a weights spec's),
+    refused when it is a symbolic link (:func:`refuse_linked_folder`), made or not."""
+    refuse_linked_folder(folder)
+    cache_folder(folder)
+    refuse_linked_folder(folder)  # (planted while it was made)
+    return folder
+
+
 def onnx_cache_dir() -> Path:
     """Where ``--backend onnxruntime`` keeps the ONNX files it exports on first use."""
     return cache_dir() / "onnx"
@@ -148,18 +168,20 @@ def file_lock(path: Path) -> Iterator[None]:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a symbolic link (it would make the file it names), never a FIFO (no hang):
+        # a regular file with one name, or a one-line refusal naming the path.
+        lock = safe_open.open_append(path, 0o644)
     except OSError as exc:
         raise cache_error(exc, path) from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         held.add(key)
         try:
             yield
         finally:
             held.discard(key)
     finally:
-        os.close(fd)  # closing the file releases the lock
+        lock.close()  # closing the file releases the lock
 
 
 def locked(name: str) -> contextlib.AbstractContextManager[None]:
@@ -175,9 +197,35 @@ def locked(name: str) -> contextlib.AbstractContextManager[None]:
 
 
 def import_temp(folder: Path, filename: str) -> Path:
-    """The hidden file an import copies ``filename`` to before its atomic move into place:
-    ``.<filename>.import-<pid>``."""
-    return folder / f".{filename}.import-{os.getpid()}"
+    """A fresh name for the hidden file an import puts ``filename`` at before its atomic move into
+    place: ``.<filename>.import-<pid>-<random>``. The random part makes the name one that no one
+    else can plant a link at beforehand; the process id lets :func:`stray_imports` tell a killed
+    import's leftover. Nothing is created: a copy is made there with
+    :func:`restorekit.safe_open.create_exclusive` (``O_EXCL``, never through a link), a ``--link``
+    import's symbolic link with ``symlink_to`` (which never follows one either)."""
+    return folder / f".{filename}.import-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def move_into_place(tmp: Path, dest: Path, written: os.stat_result) -> None:
+    """``os.replace(tmp, dest)``, but only while ``tmp`` is still the regular file this process
+    wrote (``written``: its ``fstat``). In a folder other users may write to, the file at ``tmp``
+    could have been swapped (for a link to any file, or other bytes) since it was checked: then
+    nothing is moved (one-line :class:`CacheError` naming ``tmp``), and a swap made in the instant
+    between that check and the move is taken out of ``dest`` again."""
+    def same(st: os.stat_result) -> bool:
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (written.st_dev, written.st_ino)
+
+    swapped = cache_error(OSError(errno.EBUSY, "something else was put in its place after it was written; not "
+                                               "moved into the cache"), tmp)
+    try:
+        if not same(os.lstat(tmp)):
+            raise swapped
+        os.replace(tmp, dest)
+        if not same(os.lstat(dest)):
+            dest.unlink()
+            raise swapped
+    except OSError as exc:
+        raise cache_error(exc, dest) from exc
 
 
 def _pid_alive(pid: int) -> bool:
@@ -242,15 +290,16 @@ def _pid_alive_nt(pid: int, api: tuple[Any, Any] | None = None) -> bool:
 
 
 def _import_temps(name: str) -> list[tuple[Path, int | None]]:
-    """Every ``.<file>.import-<pid>`` in ``name``'s folder with its process id (None if unreadable)."""
+    """Every ``.<file>.import-<pid>-<random>`` (:func:`import_temp`; ``.<file>.import-<pid>`` as
+    earlier versions named them) in ``name``'s folder with its process id (None if unreadable)."""
     folder = weights_dir(name)
     try:
-        candidates = sorted(folder.glob(".*.import-*")) if folder.is_dir() else []
+        candidates = sorted(folder.glob(".*.import-*")) if safe_open.is_plain_folder(folder) else []
     except OSError:
         return []
     found = []
     for p in candidates:
-        tail = p.name.rpartition(".import-")[2]
+        tail = p.name.rpartition(".import-")[2].partition("-")[0]
         found.append((p, int(tail) if tail.isascii() and tail.isdigit() else None))  # not '²': int() refuses it
     return found
 
@@ -322,7 +371,9 @@ def read_manifest(folder: Path) -> dict[str, CachedFile]:
 
 
 def write_manifest(folder: Path, name: str, files: Mapping[str, CachedFile]) -> None:
-    """Replace ``folder``'s manifest atomically (:func:`write_text_atomic`)."""
+    """Replace ``folder``'s manifest atomically (:func:`write_text_atomic`); never into a folder
+    that is a symbolic link (:func:`refuse_linked_folder`)."""
+    refuse_linked_folder(folder)
     data = {"name": name, "files": {k: v.as_dict() for k, v in sorted(files.items())}}
     write_text_atomic(folder / MANIFEST, json.dumps(data, indent=2) + "\n")
 

@@ -9,6 +9,7 @@ and always hashed in full.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import os
@@ -19,7 +20,8 @@ from . import cache, tofu
 from .cache import CachedFile
 from .spec import WeightFile, WeightSpec
 
-__all__ = ["sha256_file", "bundled_path", "check_cached", "spec_is_cached", "spec_problems", "unchanged_since"]
+__all__ = ["sha256_file", "sha256_fd", "checked_copy", "bundled_path", "check_cached", "spec_is_cached",
+           "spec_problems", "unchanged_since"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -29,6 +31,45 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of the whole file open as ``fd`` (read from its start, not by its name again;
+    the file's position is moved)."""
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while block := os.read(fd, chunk):
+        h.update(block)
+    return h.hexdigest()
+
+
+def checked_copy(tmp: Path, sha256: str, where: str) -> os.stat_result:
+    """The copy an import just wrote at ``tmp`` (in the cache, a folder other users may write to),
+    opened without following a link: it must be a regular file with one name, this user's, whose
+    sha256 is ``sha256`` (else :class:`IntegrityError`, "the copy of ``where``"); returns its
+    ``fstat``, for :func:`.cache.move_into_place` to move that file and no other. A link, a FIFO
+    or another user's file found there instead is a one-line :class:`~restorekit.errors.CacheError`."""
+    from .. import safe_open
+
+    try:
+        fd = os.open(tmp, os.O_RDONLY | safe_open.NOFOLLOW | safe_open.NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise cache.cache_error(exc, tmp) from exc
+    try:
+        try:
+            safe_open.check_plain_file(fd, tmp)
+            st = os.fstat(fd)
+            if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+                raise OSError(errno.EPERM, "another user's file stands where this import's copy was written", str(tmp))
+            digest = sha256_fd(fd)
+        except OSError as exc:
+            raise cache.cache_error(exc, tmp) from exc
+        if digest != sha256:  # the copy itself went wrong (disk, a concurrent write)
+            raise IntegrityError(f"copy of {where} into the cache does not match its hash; refused")
+    finally:
+        os.close(fd)
+    return st
 
 
 def unchanged_since(path: Path, before: os.stat_result, where: str) -> None:

@@ -23,14 +23,16 @@ import http.client
 import os
 import re
 import socket
+import stat
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
-from .. import __version__
+from .. import __version__, safe_open
 from ..errors import CacheError, IntegrityError, RestorekitError
 from ..hosts import is_loopback
 from . import cache
@@ -94,23 +96,88 @@ def _write_failed(exc: OSError, part: Path, total: int | None) -> CacheError:
     return cache.cache_error(exc, part, detail=need + left)
 
 
-def _hash_prefix(path: Path) -> tuple[hashlib._Hash, int]:
+# The .part sits in the cache, a folder other users may write to (a shared RESTOREKIT_HOME): whoever
+# can write it could plant a symbolic link (or a hard link, a FIFO) at the .part's name, and an
+# open by name would then write the download into the file it points at, and move the link into
+# the cache. So the .part is only ever written through a file this process opened without
+# following links (:mod:`restorekit.safe_open`), its bytes are hashed through that same file, and
+# only that file is moved into place.
+
+
+def _resumed_part(part: Path) -> BinaryIO | None:
+    """The ``.part`` an earlier attempt left, opened to append to (and read); None when there is
+    none. Anything there but a regular file with one name (a symbolic or hard link, a FIFO) is
+    not this download's: its name is removed, never followed, and the download starts over."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        part.unlink()
+        return None
+    return safe_open.open_append(part)
+
+
+def _fresh_part(part: Path) -> BinaryIO:
+    """A new, empty ``.part``, created exclusively (whatever stood at its name removed first, a
+    link included, and never followed)."""
+    part.unlink(missing_ok=True)
+    return safe_open.create_exclusive(part)
+
+
+def _hash_prefix(f: BinaryIO | None) -> tuple[hashlib._Hash, int]:
+    """sha256 and length of what the open ``.part`` ``f`` holds (read through ``f``, not its name)."""
     h = hashlib.sha256()
     n = 0
-    if path.exists():
-        with open(path, "rb") as f:
-            while block := f.read(_CHUNK):
-                h.update(block)
-                n += len(block)
+    if f is not None:  # (opened to append: every write goes to its end, wherever reading left off)
+        os.lseek(f.fileno(), 0, os.SEEK_SET)
+        while block := os.read(f.fileno(), _CHUNK):
+            h.update(block)
+            n += len(block)
     return h, n
 
 
+def _write_all(f: BinaryIO, block: bytes) -> None:
+    """Write all of ``block`` to ``f`` (a resumed ``.part`` is unbuffered: one write may take less)."""
+    view = memoryview(block)
+    while view:
+        view = view[f.write(view) or 0:]
+
+
+def _close(f: BinaryIO) -> os.stat_result:
+    """Close the ``.part`` ``f`` after writing it; returns what it is (to move only that file)."""
+    with f:
+        f.flush()
+        return os.fstat(f.fileno())
+
+
 def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: object | None,
-           label: str, pinned: bool = True) -> str:
-    """Bring ``part`` to the complete file from ``url``; return its sha256. ``pinned=False``: the
-    caller has no sha256 to check the result by (redirects off https are refused)."""
-    h, have = _hash_prefix(part)
+           label: str, pinned: bool = True) -> tuple[str, os.stat_result]:
+    """Bring ``part`` to the complete file from ``url``; return its sha256 and the file written
+    (``fstat``). ``pinned=False``: the caller has no sha256 to check the result by (redirects off
+    https are refused)."""
+    try:
+        f = _resumed_part(part)
+    except OSError as exc:
+        raise cache.cache_error(exc, part) from exc
+    try:
+        return _fetch_into(f, url, part, size=size, timeout=timeout, progress=progress, label=label, pinned=pinned)
+    finally:
+        if f is not None:
+            f.close()  # (no-op when _fetch_into wrote and closed it)
+
+
+def _fetch_into(f: BinaryIO | None, url: str, part: Path, *, size: int | None, timeout: float,
+                progress: object | None, label: str, pinned: bool) -> tuple[str, os.stat_result]:
+    """:func:`_fetch` with the ``.part`` an earlier attempt left open as ``f`` (None: none)."""
+    try:
+        h, have = _hash_prefix(f)
+    except OSError as exc:
+        raise cache.cache_error(exc, part, action="read") from exc
     if size is not None and have > size:  # stale partial from a different file
+        assert f is not None
+        f.close()
+        f = None
         part.unlink()
         h, have = hashlib.sha256(), 0
     headers = {"User-Agent": f"restorekit/{__version__}", "Accept-Encoding": "identity"}
@@ -127,7 +194,8 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
             m = re.fullmatch(r"bytes \*/(\d+)", (exc.headers.get("Content-Range", "") if exc.headers else "").strip())
             served = int(m.group(1)) if m else None
             if (size if size is not None else served) == have and served in (None, have):
-                return h.hexdigest()
+                assert f is not None  # (have > 0 bytes came from it)
+                return h.hexdigest(), os.fstat(f.fileno())
         if exc.code == 416:
             part.unlink(missing_ok=True)
             raise _Interrupted(f"server refused to resume ({exc.code}); starting over") from exc
@@ -144,12 +212,12 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
             if not m or int(m.group(1)) != have:
                 raise _Interrupted("server answered a different range; starting over")
             total = int(m.group(3)) if m.group(3) != "*" else size
-            mode = "ab"
+            fresh = f is None  # (a 206 for bytes 0- when nothing was asked for)
         else:
             h, have = hashlib.sha256(), 0
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else size
-            mode = "wb"
+            fresh = True
         if size is not None and total is not None and total != size:
             raise IntegrityError(f"{url} serves {total} bytes, expected {size}; refused")
         # Never more than the file can be: its pinned size; with none, what the server announces but
@@ -165,7 +233,12 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
         try:
             # Only reading is the network's doing (retried, the .part kept to resume from); an
             # OSError from open, write, flush or close is this machine's disk (full, read-only, gone).
-            with open(part, mode) as f:
+            if fresh:
+                if f is not None:
+                    f.close()
+                f = _fresh_part(part)
+            assert f is not None
+            with f:
                 try:
                     while True:
                         try:
@@ -179,7 +252,7 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
                             break
                         if have + len(block) > limit:
                             raise IntegrityError(f"{url} sends more than the {limit} bytes {label} can have; refused")
-                        f.write(block)
+                        _write_all(f, block)
                         h.update(block)
                         have += len(block)
                         if task is not None:
@@ -187,13 +260,14 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float, progress: 
                 finally:
                     if task is not None:
                         progress.remove_task(task)  # type: ignore[attr-defined]
+                written = _close(f)
         except OSError as exc:
             raise _write_failed(exc, part, total) from exc
         if interrupted is not None:
             raise interrupted
         if total is not None and have < total:
             raise _Interrupted(f"connection ended after {have} of {total} bytes")
-    return h.hexdigest()
+    return h.hexdigest(), written
 
 
 def _progress(quiet: bool) -> object | None:
@@ -223,7 +297,9 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
     dest = Path(dest)
     if not urls:
         raise DownloadError(f"no URL to download {dest.name} from")
+    cache.refuse_linked_folder(dest.parent)  # (a weights spec's folder: never written through a link)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    cache.refuse_linked_folder(dest.parent)
     part = part_path(dest)
     if sha256 is None:
         # Nothing will check the result, so bytes an earlier run left (perhaps of another version
@@ -243,8 +319,8 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                 continue
             for attempt in range(1 + retries):
                 try:
-                    digest = _fetch(url, part, size=size, timeout=timeout, progress=progress, label=label,
-                                    pinned=sha256 is not None)
+                    digest, written = _fetch(url, part, size=size, timeout=timeout, progress=progress,
+                                             label=label, pinned=sha256 is not None)
                 except _Interrupted as exc:
                     failures.append(f"{url}: {exc}")
                     if attempt < retries:
@@ -263,10 +339,7 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                     reason = getattr(exc, "reason", None) or exc
                     failures.append(f"{url}: {reason}")
                     break
-                try:
-                    got = part.stat().st_size
-                except OSError as exc:
-                    raise cache.cache_error(exc, part) from exc
+                got = written.st_size  # (the file written, by its fd: not whatever its name holds now)
                 if size is not None and got != size:
                     part.unlink(missing_ok=True)
                     mismatch = IntegrityError(f"{url} gave {got} bytes for {dest.name}, expected {size}; refused")
@@ -276,10 +349,7 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                     mismatch = IntegrityError(f"{url} gave {dest.name} with sha256 {digest}, expected {sha256}; "
                                               "refused and deleted")
                     break
-                try:
-                    os.replace(part, dest)
-                except OSError as exc:
-                    raise cache.cache_error(exc, dest) from exc
+                cache.move_into_place(part, dest, written)  # only the file written and checked
                 return digest, url
     finally:
         if progress is not None:

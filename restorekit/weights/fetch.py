@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .. import safe_open
 from ..errors import IntegrityError, RestorekitError, WeightsMissing
 from . import cache, checksum, load, tofu
 from .spec import WeightFile, WeightSpec
@@ -70,6 +71,7 @@ def _all_cached(spec: WeightSpec) -> list[Path] | None:
 def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, timeout: float) -> list[Path]:
     name = spec.name
     folder = cache.weights_dir(name)
+    cache.refuse_linked_folder(folder)  # (nothing is removed or written through a planted link)
     out = []
     for wf in spec.files:
         try:
@@ -148,6 +150,7 @@ def import_spec_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename
                            verified_cached=True)  # same sha256 as the cached copy: the scan only
         return same, None
     with cache.locked(spec.name):
+        cache.refuse_linked_folder(cache.weights_dir(spec.name))
         cache.remove_stray_imports(spec.name)  # copies of imports killed midway (none runs: we hold the lock)
         return _import_file(spec, file, filename=filename, link=link, trust=trust, allow_unsafe=allow_unsafe)
 
@@ -204,6 +207,17 @@ def _same_as_cached(spec: WeightSpec, file: str | os.PathLike[str], *, filename:
         return None
 
 
+def _fresh_link(folder: Path, filename: str, target: Path) -> Path:
+    """A symbolic link to ``target`` at a fresh :func:`.cache.import_temp` name (a ``--link`` import)."""
+    while True:
+        tmp = cache.import_temp(folder, filename)
+        try:
+            tmp.symlink_to(target)
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: str | None, link: bool, trust: bool,
                  allow_unsafe: bool) -> tuple[Path, str | None]:
     name = spec.name
@@ -229,19 +243,25 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
         raise IntegrityError(f"{src} has sha256 {actual} but weights '{name}' ({wf.filename}) need "
                              f"{wf.sha256}; refused")
     load.refuse_unsafe(src, str(src), allow_unsafe=allow_unsafe)
-    folder = cache.cache_folder(cache.weights_dir(name))
+    folder = cache.plain_cache_folder(cache.weights_dir(name))
     dest = folder / wf.filename
-    tmp = cache.import_temp(folder, wf.filename)
+    tmp: Path | None = None
     try:
         if link:
-            tmp.symlink_to(src)
+            tmp = _fresh_link(folder, wf.filename, src)
+            os.replace(tmp, dest)
         else:
-            shutil.copyfile(src, tmp)
-            if checksum.sha256_file(tmp) != actual:  # the copy itself went wrong (disk, concurrent write)
-                raise IntegrityError(f"copy of {src} into the cache does not match its hash; refused")
-        os.replace(tmp, dest)
+            # A new file at a random name (no one could plant a link there beforehand), made with
+            # O_EXCL and never through a link, then checked (its hash, that it is still this user's
+            # regular file) through a handle opened without following links: only that file is moved.
+            tmp = cache.import_temp(folder, wf.filename)
+            with safe_open.create_exclusive(tmp) as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+            written = checksum.checked_copy(tmp, actual, str(src))
+            cache.move_into_place(tmp, dest, written)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         cache.cleanup_empty(folder)
         if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
             raise cache.cache_error(exc, dest) from exc

