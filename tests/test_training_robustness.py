@@ -760,3 +760,100 @@ def test_a_process_ending_with_loader_workers_it_did_not_stop_still_ends() -> No
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "leaving", proc.stderr
+
+
+# -- a run folder that other users may write to -------------------------------------------------------
+needs_nofollow = pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="no O_NOFOLLOW on this platform")
+
+
+def tiny_trainer(faces: Path, out: Path, **kw: object) -> TinyTrainer:
+    settings = {"steps": 2, "batch_size": 2, "optimizer": "adam", "lr": 0.01, "log_every": 1, "ckpt_every": 2,
+                "device": "cpu", "out": str(out), "data": {"root": str(faces), "factors": [1, 2]}, **kw}
+    return TinyTrainer.build(TinyConfig(**settings), quiet=True)
+
+
+@needs_nofollow
+def test_the_log_is_opened_once_so_a_link_swapped_in_during_the_run_is_not_followed(faces: Path,
+                                                                                     tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    t = tiny_trainer(faces, tmp_path / "run")
+    t.log({"step": 1, "loss": 0.5})
+    os.rename(t.log_path, tmp_path / "moved")  # another user of the folder, mid-run
+    t.log_path.symlink_to(victim)
+    t.log({"step": 2, "loss": 0.25})
+    t.close()
+    assert victim.read_text() == "mine\n"
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "moved").read_text().splitlines()] == [1, 2]
+
+
+@needs_nofollow
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_a_log_planted_as_a_link_is_refused_in_one_line_naming_it(faces: Path, tmp_path: Path, plant: str) -> None:
+    from restorekit.errors import FileSystemError
+
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    t = tiny_trainer(faces, tmp_path / "run")
+    t.out.mkdir()
+    if plant == "symlink":
+        t.log_path.symlink_to(victim)
+    else:
+        os.link(victim, t.log_path)
+    with pytest.raises(FileSystemError, match=f"cannot write {t.log_path}: ") as exc:
+        t.log({"step": 1, "loss": 0.5})
+    assert "\n" not in str(exc.value)
+    assert victim.read_text() == "mine\n"
+
+
+def test_a_run_closes_its_log_at_the_end_and_a_resume_opens_the_trimmed_one(faces: Path, tmp_path: Path) -> None:
+    t = tiny_trainer(faces, tmp_path / "run", steps=4)
+    assert t.fit(until=2)["step"] == 2
+    assert t.logs._files == {}  # closed with the run
+    log = tmp_path / "run" / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"kind": "train", "step": 3, "loss": 1}\n{"kind": "train", "st')  # past the checkpoint, cut short
+    t = tiny_trainer(faces, tmp_path / "run", steps=4)
+    # A record before the run, on a line of its own after the cut one; the resume's trim replaces the
+    # file (a handle kept on the old one would lose steps 3 and 4).
+    t.log({"kind": "note", "step": 0})
+    assert t.fit(resume=True)["step"] == 4 and t.logs._files == {}
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 0, 3, 4]
+
+
+def test_only_the_main_process_writes_the_log(faces: Path, tmp_path: Path) -> None:
+    from restorekit.training.distributed import DistInfo
+
+    t = tiny_trainer(faces, tmp_path / "run")
+    t.dist = DistInfo(rank=1, world_size=1)
+    t.log({"step": 1, "loss": 0.5})
+    assert not t.log_path.exists() and t.logs._files == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="no os.fchmod on this platform")
+def test_a_checkpoint_gets_its_permissions_on_the_open_file_not_by_name(tmp_path: Path, monkeypatch) -> None:
+    """Between the temp file's creation and its permissions, another user of the folder could move
+    it away and put a link to one of the victim's files in its place: a chmod by name would make
+    that file readable by all."""
+    from restorekit.training import trainer as T
+
+    victim = tmp_path / "victim_key"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    save = torch.save
+
+    def save_then_swap(obj, f):  # the attacker's move, just after the write
+        save(obj, f)
+        f.flush()
+        (tmp,) = (tmp_path / "run").glob(".a.pt.*.tmp")
+        os.rename(tmp, tmp_path / "stolen")
+        tmp.symlink_to(victim)
+
+    monkeypatch.setattr(T.torch, "save", save_then_swap)
+    old = os.umask(0o022)
+    try:
+        T.atomic_save({"x": 1}, tmp_path / "run" / "a.pt")
+    finally:
+        os.umask(old)
+    assert victim.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "stolen").stat().st_mode & 0o777 == 0o644  # the file written got them

@@ -516,7 +516,9 @@ def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
     try:
         sidecar = json.loads((Path(outdir) / f"{stem}.json").read_text(encoding="utf-8"))
         faces = [int(f["index"]) for f in sidecar["faces"] if f.get("action") == "restored"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a sidecar of another shape
+        if any(not 0 <= i < 10**6 for i in faces):  # no face index of a photo's
+            raise ValueError("a face index out of range")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):  # a sidecar of another shape
         return [f"{stem}_face0"]
     if not faces:
         raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))

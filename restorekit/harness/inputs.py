@@ -152,7 +152,9 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
         images = json.loads(path.read_text(encoding="utf-8")).get("images", {})
     except (OSError, ValueError, AttributeError):
         return {}
-    return images if isinstance(images, dict) else {}
+    # Only well-formed entries (an object per image): any other is an LR file to make again.
+    return {stem: entry for stem, entry in images.items() if isinstance(entry, dict)} \
+        if isinstance(images, dict) else {}
 
 
 def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:

@@ -151,6 +151,13 @@ def _remove_owned(out: Path, methods: set[str], keep: list[Path]) -> None:
             folder.rmdir()
 
 
+def _of_its_shape(recorded: dict[str, Any]) -> bool:
+    """Whether a read-back ``compare.json`` has the shape :func:`record` writes: ``inputs`` an
+    object, ``methods`` an object of objects (either may be absent)."""
+    inputs, methods = recorded.get("inputs") or {}, recorded.get("methods") or {}
+    return isinstance(inputs, dict) and isinstance(methods, dict) and all(isinstance(v, dict) for v in methods.values())
+
+
 def claim(p: Plan) -> None:
     """Check ``--out`` against its recorded configuration (with ``--fresh``, clear what compare
     wrote there when it differs); :func:`record` writes this run's once its inputs exist.
@@ -170,6 +177,8 @@ def claim(p: Plan) -> None:
             recorded = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(recorded, dict):
                 raise ValueError("not an object")
+            if not _of_its_shape(recorded):  # ("methods": 5, a method's settings a list…)
+                raise ValueError("not of the shape compare writes")
             diffs = differences(recorded, current, out)
         except (OSError, ValueError) as exc:
             recorded, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
@@ -212,7 +221,8 @@ def record(p: Plan) -> None:
         recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     except (OSError, ValueError):
         recorded = None
-    methods = dict((recorded if isinstance(recorded, dict) else {}).get("methods") or {})
+    methods = dict(recorded["methods"]) if isinstance(recorded, dict) and _of_its_shape(recorded) \
+        and recorded.get("methods") else {}
     methods.update(current["methods"])
     doc = {"inputs": current["inputs"], "methods": methods}
     atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode())

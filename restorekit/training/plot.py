@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
+from typing import Any
 
 Series = dict[str, list[tuple[int, float]]]
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -12,18 +15,57 @@ COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
 SKIP = {"step", "time", "lr", "epoch", "kind", "images_per_s", "samples"}
 
 
+def _read_text(log_path: str | Path) -> str:
+    """The log's text, read without following a symbolic link or opening a FIFO (which would hang
+    the end of a run): those, like a missing file, read as empty."""
+    from ..safe_open import NOFOLLOW, NONBLOCK
+
+    try:
+        fd = os.open(log_path, os.O_RDONLY | NOFOLLOW | NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float (an int too large for one, a bool, a string: None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _step(value: Any) -> int | None:
+    """A record's step: a whole number (written as a float too) that a plot can place, else None."""
+    x = _number(value)
+    return int(x) if x is not None and x.is_integer() and abs(x) <= 2**53 else None
+
+
 def read_series(log_path: str | Path, kind: str = "train") -> Series:
-    """``{loss name: [(step, value), …]}`` from the JSONL lines of ``kind``."""
+    """``{loss name: [(step, value), …]}`` from the JSONL lines of ``kind``; a line that is not a
+    record (one cut short by a kill, say) or has no whole-number step is skipped."""
     out: Series = {}
-    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+    for line in _read_text(log_path).splitlines():
         if not line.strip():
             continue
-        rec = json.loads(line)
-        if rec.get("kind", "train") != kind:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or rec.get("kind", "train") != kind:
+            continue
+        step = _step(rec.get("step"))
+        if step is None:
             continue
         for k, v in rec.items():
-            if k not in SKIP and isinstance(v, (int, float)) and math.isfinite(v):
-                out.setdefault(k, []).append((int(rec["step"]), float(v)))
+            if k not in SKIP and (x := _number(v)) is not None:
+                out.setdefault(k, []).append((step, x))
     return out
 
 

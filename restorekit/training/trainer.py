@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -100,8 +100,10 @@ def atomic_save(obj: Any, path: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
+            # mkstemp makes 0600; checkpoints get the usual permissions — set on the open file, not by
+            # name: another user of a shared run folder could have put a link where the temp file was.
+            os.fchmod(f.fileno(), new_file_mode())
             os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; checkpoints get the usual permissions
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -352,10 +354,51 @@ def trim_log(path: Path, step: int) -> None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
+        if not isinstance(record, dict):
+            continue
+        at = record.get("step", 0)
+        # (a step that is not a whole number — "7", null, true — is no line of a run's: dropped)
+        if isinstance(at, int) and not isinstance(at, bool) and at <= step:
             keep.append(line)
     # Replaced whole (temp file, then rename): a kill mid-write must not cut the history short.
     atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode("utf-8"))
+
+
+class LogFiles:
+    """The JSON-lines files a run appends to (``log.jsonl``, ``metrics.jsonl``), each opened once
+    for the run with :func:`~restorekit.safe_open.open_append` and kept: opened again by name for
+    each record, a symbolic link that another user of a shared run folder put there meanwhile would
+    have been followed. :meth:`close` at the end of the run (and before a file is replaced whole,
+    as :func:`trim_log` does on a resume: the next record opens the new file)."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, BinaryIO] = {}
+
+    def append(self, path: Path, record: dict[str, Any]) -> None:
+        """Add ``record`` as one line to ``path`` (made, with its folder, when missing); an
+        ``OSError`` is a :class:`FileSystemError` naming ``path``."""
+        from ..safe_open import ends_line, open_append
+
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            f = self._files.get(path)
+            if f is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open_append(path)
+                self._files[path] = f
+                if not ends_line(f):  # a line a kill cut short: this record starts a line of its own
+                    data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+        except OSError as exc:
+            raise FileSystemError(describe_os_error(exc, path)) from exc
+
+    def close(self) -> None:
+        files, self._files = list(self._files.values()), {}
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.close()
 
 
 RUN_LOCK = ".train.lock"
@@ -584,11 +627,13 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.epoch = 0
         self._left_out: set[str] = set()  # warnings given about unreadable training images
+        self.logs = LogFiles()  # log.jsonl, opened once (rank 0 writes)
 
     def close(self) -> None:
         """Drop the DDP wrapper, which holds the process group, before leaving the group
-        (:func:`~restorekit.training.distributed.cleanup`); ``model`` stays usable."""
+        (:func:`~restorekit.training.distributed.cleanup`); ``model`` stays usable. The log is closed."""
         self.net = self.model
+        self.logs.close()
 
     # -- what subclasses provide -------------------------------------------------------------
     def train_step(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -666,9 +711,7 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        self.logs.append(self.log_path, record)
 
     # -- data --------------------------------------------------------------------------------
     def _batches(self) -> Iterator[Any]:
@@ -829,13 +872,23 @@ class Trainer:
         a run split at any step reproduces the uninterrupted one.
 
         Returns a summary: final step, output folder, last losses and validation metrics,
-        the last checkpoint, and whether the run finished.
+        the last checkpoint, and whether the run finished. The run's log is closed when it ends,
+        however it ends.
         """
+        try:
+            return self._fit(resume=resume, time_limit=time_limit, until=until)
+        finally:
+            self.logs.close()
+
+    def _fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
+             until: int | None = None) -> dict[str, Any]:
+        """:meth:`fit`, but for closing the log."""
         cfg = self.config
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume(None if resume is True else resume)
+        self.logs.close()  # (a log replaced whole now is opened again by the next record)
         start_log(self.out, self.log_path, resumed_at=self.step if resume else None, main=self.dist.is_main)
         if not resume:
             seed_everything(cfg.seed + self.dist.rank)
@@ -891,6 +944,7 @@ class Trainer:
         if self.dist.is_main:
             if finished:
                 exported = self.export(self.out)
+            self.logs.close()  # all written: the plot reads it
             if self.log_path.exists():
                 from .plot import plot_losses
 
@@ -908,7 +962,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["Trainer", "TrainingError", "atomic_save", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
+__all__ = ["LogFiles", "Trainer", "TrainingError", "atomic_save", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
            "latest_checkpoint", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
            "resume_warning", "rng_state", "set_rng_state", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

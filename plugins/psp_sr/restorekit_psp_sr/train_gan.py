@@ -73,7 +73,7 @@ from restorekit.training import Betas, TrainConfig, load_optimizer_state
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
                                              signal_across)
-from restorekit.training.trainer import (CKPT_FORMAT, TrainingError, amp_enabled, atomic_save, check_stop_steps,
+from restorekit.training.trainer import (CKPT_FORMAT, LogFiles, TrainingError, amp_enabled, atomic_save, check_stop_steps,
                                          checkpoint_path, prune_checkpoints, restoring, resume_checkpoint, rng_state,
                                          resume_warning, seed_everything, set_rng_state, start_log, trim_log,
                                          warn_changed_settings, warn_optimizer_changes)
@@ -398,6 +398,7 @@ class GANTrainer:
         if cfg.out is None:
             raise TrainingError("no output folder: pass --out")
         self.out = Path(cfg.out)
+        self.logs = LogFiles()  # log.jsonl and the snapshots' metrics.jsonl, each opened once (rank 0 writes)
         self.quiet = quiet
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -588,8 +589,7 @@ class GANTrainer:
             if target != folder:
                 for name in files:
                     atomic_write_bytes(target / name, (folder / name).read_bytes())
-            with (target / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            self.logs.append(target / "metrics.jsonl", record)
         self._say(f"stylegan2: snapshot at step {self.step} ({record['kimg']} kimg) in {time.monotonic() - t0:.1f} s")
         self.snapshot_step = self.step
         return record
@@ -673,14 +673,20 @@ class GANTrainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            self.logs.append(self.out / "log.jsonl", record)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
             until: int | None = None) -> dict[str, Any]:
-        """Train to ``config.steps`` G steps (or ``until``/``time_limit`` seconds, with a checkpoint)."""
+        """Train to ``config.steps`` G steps (or ``until``/``time_limit`` seconds, with a checkpoint);
+        the run's log files are closed when it ends (however it ends)."""
+        try:
+            return self._fit(resume=resume, time_limit=time_limit, until=until)
+        finally:
+            self.logs.close()
+
+    def _fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
+             until: int | None = None) -> dict[str, Any]:
         from restorekit.training import StopFlag
 
         cfg = self.config
@@ -689,6 +695,7 @@ class GANTrainer:
         log = self.out / "log.jsonl"
         if resume:
             self.resume(None if resume is True else resume)
+        self.logs.close()  # (a log replaced whole now is opened again by the next record)
         start_log(self.out, log, resumed_at=self.step if resume else None, main=self.dist.is_main)
         if resume and self.dist.is_main:  # the snapshot rows past the checkpoint are written again
             for folder in [self.out / "snapshot", *([Path(cfg.snapshot_dir)] if cfg.snapshot_dir else [])]:

@@ -680,3 +680,37 @@ def test_resuming_a_checkpoint_whose_optimizer_was_built_otherwise_says_so(faces
     assert "D's optimizer's settings differ from the checkpoint's (lr 0.00166667 → 0.0025; betas" in err
     assert "G's optimizer" not in err
     assert again.opt_D.param_groups[0]["lr"] == 0.0025
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="no O_NOFOLLOW on this platform")
+def test_log_and_metrics_are_opened_once_so_links_swapped_in_during_the_run_are_not_followed(
+        faces: Path, tmp_path: Path) -> None:
+    from restorekit.errors import FileSystemError
+
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    run = tmp_path / "run"
+    t = GANTrainer.build(tiny_config(faces, run, steps=2), quiet=True)
+    t._log({"kind": "train", "step": 1})
+    t.snapshot()
+    for name in ("log.jsonl", "snapshot/metrics.jsonl"):  # another user of the run folder, mid-run
+        os.rename(run / name, tmp_path / name.replace("/", "_"))
+        (run / name).symlink_to(victim)
+    t._log({"kind": "train", "step": 2})
+    t.snapshot()
+    t.logs.close()
+    assert victim.read_text() == "mine\n"
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "snapshot_metrics.jsonl").read_text().splitlines()) == 2
+    # Planted before they are opened: refused in one line naming the file.
+    with pytest.raises(FileSystemError, match=f"cannot write {run / 'log.jsonl'}: .*symbolic link"):
+        t._log({"kind": "train", "step": 3})
+    assert victim.read_text() == "mine\n"
+
+
+def test_a_run_closes_its_log_files_when_it_ends(faces: Path, tmp_path: Path) -> None:
+    t = GANTrainer.build(tiny_config(faces, tmp_path / "run", steps=2, log_every=1), quiet=True)
+    t.fit()
+    assert t.logs._files == {}
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "run" / "snapshot" / "metrics.jsonl").read_text().splitlines()] == [2]
