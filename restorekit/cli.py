@@ -42,13 +42,14 @@ def emit_json(data: Any) -> None:
 
 
 def shown(text: str) -> str:
-    """``text`` safe to print on a terminal: control and other unprintable characters (a file named
-    with an escape sequence that would clear the screen or retitle the window) as ``\\xNN`` /
-    ``\\uNNNN``; newlines kept."""
+    """``text`` safe to print on a terminal as the one line it is: control and other unprintable
+    characters (a file named with an escape sequence that would clear the screen or retitle the
+    window) as ``\\xNN`` / ``\\uNNNN``, and line breaks as ``\\n`` / ``\\r`` (a file named
+    ``x\\nnote: all inputs verified OK`` would otherwise print a line of its own making) — the
+    rule of ``restorekit.images._shown_name``."""
     if text.isprintable():
         return text
-    return "\n".join("".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
-                     for line in text.split("\n"))
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def warn(msg: str) -> None:

@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import FileSystemError, RestorekitError
+from .safe_open import NOFOLLOW, NONBLOCK
 
 #: Why a lock file cannot be opened for writing in a folder this process cannot write to.
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 #: A lock file is never followed through a symbolic link: in a folder others can write to, one
 #: pointing at a file of the user's would have that file truncated and written (the holder's note).
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+#: Nor waited on: opened without blocking, a FIFO planted there is refused below instead of hanging
+#: the command until someone writes to it.
+_NOT_FOLLOWED = NOFOLLOW | NONBLOCK
 
 
 @contextlib.contextmanager
@@ -49,7 +52,7 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
         writable = True
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOT_FOLLOWED, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise _symlink(path) from None
@@ -58,7 +61,7 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
             writable = False
         if not writable:
             try:
-                fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+                fd = os.open(path, os.O_RDONLY | _NOT_FOLLOWED)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise _symlink(path) from None
@@ -68,6 +71,7 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
         if not stat.S_ISREG(st.st_mode):  # a FIFO, a device …: not a lock file of ours
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file (a lock file is one)", str(path))
+        os.set_blocking(fd, True)  # (opened without: a regular file's writes are as ever)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,9 +116,18 @@ def _same_file(fd: int, path: Path) -> bool:
 def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
     """``(process id, note)`` that the holder of ``folder/lock_name`` wrote there
     (:func:`held_alone`), or None when unknown (not written yet, unreadable)."""
-    try:
-        line = (folder / lock_name).read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+    try:  # (as held_alone opens it: a link, a FIFO planted there since is not followed nor waited on)
+        fd = os.open(folder / lock_name, os.O_RDONLY | _NOT_FOLLOWED)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        line = os.read(fd, 4096).decode("utf-8", "replace").partition("\n")[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     pid, _, note = line.strip().partition(" ")
-    return (int(pid), note.strip()) if pid.isascii() and pid.isdigit() else None
+    # (a process id has a few digits: a line of thousands is no holder's, and too long for int())
+    return (int(pid), note.strip()) if pid.isascii() and pid.isdigit() and len(pid) <= 20 else None

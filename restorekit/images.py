@@ -827,8 +827,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise FileSystemError(describe_os_error(exc, path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes 0600; outputs get the usual permissions. Set on the open file, never by
+            # name: in a folder others can write to, the name may meanwhile be a link to any file
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), new_file_mode())
+            else:  # (Windows before Python 3.13: a mode there is only the read-only flag)
+                os.chmod(tmp, new_file_mode())
             f.write(data)
-        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; outputs get the usual permissions
+            written = os.fstat(f.fileno())
+        now = os.lstat(tmp)
+        if written.st_ino and (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
+            # renamed away and something else (a link to any file) put in its place meanwhile: not
+            # to be moved to ``path``
+            raise FileSystemError(f"{path}: its temporary file {tmp} was replaced by something else while being "
+                                  "written (does another user write into this folder?); nothing written")
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -303,6 +303,15 @@ def sidecar_incomplete(side: dict[str, Any] | None) -> str | None:
     return None
 
 
+def _fchmod(fd: int, name: str, mode: int) -> None:
+    """``mode`` for the file open as ``fd`` (by ``name`` only where there is no ``os.fchmod``:
+    Windows before Python 3.13, whose mode is only the read-only flag)."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:
+        os.chmod(name, mode)
+
+
 def _link_new(tmp: Path, out: Path) -> None:
     """Put the finished file ``tmp`` at ``out`` unless ``out`` exists, atomically: a hard link is not
     made over an existing file (a file system without hard links: ``out`` is created exclusively,
@@ -406,7 +415,15 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".part", dir=out.parent)
     except OSError as exc:  # named by the file asked for, not by a hidden temporary one
         raise FileSystemError(describe_os_error(exc, out)) from exc
-    os.close(fd)
+    # mkstemp makes 0600: the usual permissions, set on the open file now, never by name later (in
+    # a folder others can write to, the name may by then be a link to any file of the user's)
+    try:
+        _fchmod(fd, tmp_name, new_file_mode())
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise FileSystemError(describe_os_error(exc, out)) from exc
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     side_tmp: Path | None = None
     try:
@@ -493,11 +510,9 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             raise FileSystemError(describe_os_error(exc, side)) from exc
         side_tmp = Path(side_name)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            _fchmod(f.fileno(), side_name, new_file_mode())
             json.dump(info, f, indent=2)
             f.write("\n")
-        mode = new_file_mode()
-        os.chmod(tmp, mode)
-        os.chmod(side_tmp, mode)
         target = out  # what an OS error is about: the files asked for, not the hidden temporary ones
         try:
             if overwrite:

@@ -8,7 +8,6 @@ run's first record was glued onto (and lost with it)."""
 
 from __future__ import annotations
 
-import builtins
 import errno
 import json
 import os
@@ -23,6 +22,7 @@ from restorekit.cli import build_cli
 from restorekit.errors import FileSystemError, ImageError
 from restorekit.harness.store import Record, ResultStore
 from restorekit.images import list_inputs, read_image
+from restorekit.safe_open import open_append
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -224,13 +224,11 @@ def rec(image: str) -> Record:
 
 
 def appending_to(full):
-    """``open`` for the store's module: its appends go to a ``full(file)``, reads as usual."""
-    def fake_open(p, mode="r", *a, **kw):
-        if mode.startswith("a"):
-            return full(builtins.open(p, "ab", buffering=0))
-        return builtins.open(p, mode, *a, **kw)
+    """``open_append`` for the store's module: its appends go to a ``full(file)``."""
+    def fake_open_append(p, *a, **kw):
+        return full(open_append(p, *a, **kw))
 
-    return fake_open
+    return fake_open_append
 
 
 def test_a_full_disk_names_the_file_and_leaves_no_cut_off_line(tmp_path, monkeypatch):
@@ -255,7 +253,7 @@ def test_a_full_disk_names_the_file_and_leaves_no_cut_off_line(tmp_path, monkeyp
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(store_mod, "open", appending_to(Full), raising=False)
+    monkeypatch.setattr(store_mod, "open_append", appending_to(Full))
     full = ResultStore(tmp_path)
     with pytest.raises(FileSystemError) as caught:
         full.append(rec("c"))
@@ -300,7 +298,7 @@ def test_a_cut_that_cannot_be_undone_still_leaves_the_next_record_whole(tmp_path
             return getattr(self.f, name)
 
     store.close()
-    monkeypatch.setattr(store_mod, "open", appending_to(Full), raising=False)
+    monkeypatch.setattr(store_mod, "open_append", appending_to(Full))
 
     def no_truncate(fd, size):
         raise OSError(errno.EIO, "Input/output error")

@@ -20,7 +20,8 @@ CLEAR_AND_RETITLE = "x\x1b[2J\x1b]0;OWNED\x07y"
 def test_shown_escapes_control_characters_and_keeps_the_rest() -> None:
     assert shown("faces/café 01.png") == "faces/café 01.png"
     assert shown(CLEAR_AND_RETITLE) == "x\\x1b[2J\\x1b]0;OWNED\\x07y"
-    assert shown("a\nb\u2028c") == "a\nb\\u2028c"  # newlines kept; a Unicode line separator is not one
+    # One line: line breaks escaped too (a file name could otherwise forge a line of its own).
+    assert shown("a\nb\u2028c\rd") == "a\\nb\\u2028c\\rd"
 
 
 def test_error_lines_never_carry_escape_sequences(tmp_path: Path) -> None:

@@ -15,11 +15,13 @@ string ``"Infinity"``, ``-inf`` as ``"-Infinity"``, NaN (a missing value) as ``n
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 from ..errors import FileSystemError, describe_os_error
 from ..images import atomic_write_bytes
+from ..safe_open import NOFOLLOW, NONBLOCK, ends_line, open_append
 from ..weights.checksum import sha256_file
 
 Key = tuple[str, str, "int | None", str, str]
@@ -132,25 +135,98 @@ class Record:
         return jsonable(d)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Record:
-        return cls(method=d["method"], image=d["image"], seed=d.get("seed"), settings=d["settings"],
-                   input=d["input"], status=d["status"], error=d.get("error"), ms=d.get("ms"),
-                   warmup=bool(d.get("warmup", False)), peak_mem_mb=d.get("peak_mem_mb"),
-                   output=d.get("output"), output_sha256=d.get("output_sha256"),
-                   metrics={k: decode_float(v) for k, v in (d.get("metrics") or {}).items()},
-                   metric_errors=dict(d.get("metric_errors") or {}),
-                   metric_versions=dict(d.get("metric_versions") or {}), report=d.get("report") or {})
+    def from_json(cls, d: Any) -> Record:
+        """A record read back; ``ValueError`` for a line that is not one (a damaged or crafted file:
+        a field of the wrong type, a number no float holds), which :meth:`ResultStore.load` skips
+        like a line cut short."""
+        if not isinstance(d, dict):
+            raise ValueError("not a record")
+        seed = d.get("seed")
+        if seed is not None and (type(seed) is not int or not -2**63 <= seed < 2**64):
+            raise ValueError("not a seed")
+        return cls(method=_text(d["method"]), image=_text(d["image"]), seed=seed, settings=_text(d["settings"]),
+                   input=_text(d["input"]), status=_text(d["status"]), error=_text_or_none(d.get("error")),
+                   ms=_number_or_none(d.get("ms")), warmup=bool(d.get("warmup", False)),
+                   peak_mem_mb=_number_or_none(d.get("peak_mem_mb")), output=_text_or_none(d.get("output")),
+                   output_sha256=_text_or_none(d.get("output_sha256")),
+                   metrics={k: _number(v) for k, v in _mapping(d.get("metrics")).items()},
+                   metric_errors={k: _text(v) for k, v in _mapping(d.get("metric_errors")).items()},
+                   metric_versions={k: _text(v) for k, v in _mapping(d.get("metric_versions")).items()},
+                   report=_mapping(d.get("report")))
 
 
-def _ends_line(path: Path, size: int) -> bool:
-    """Whether the file at ``path`` (``size`` bytes, not empty) ends with a line break (an unreadable
-    one is taken to)."""
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("not a string")
+    return v
+
+
+def _text_or_none(v: Any) -> str | None:
+    return None if v is None else _text(v)
+
+
+def _mapping(v: Any) -> dict[str, Any]:
+    """A JSON object (missing or null: empty); anything else is ``ValueError``."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError("not an object")
+    return v
+
+
+def _number(v: Any) -> float:
+    """:func:`decode_float` of a stored number; ``ValueError`` for anything else (a bool, a list,
+    a string other than the infinities, an integer too large for a float)."""
+    if isinstance(v, bool) or not (v is None or isinstance(v, (int, float)) or v in ("Infinity", "-Infinity")):
+        raise ValueError("not a number")
     try:
-        with open(path, "rb") as f:
-            f.seek(size - 1)
-            return f.read(1) in (b"\n", b"")
+        return decode_float(v)
+    except OverflowError:
+        raise ValueError("a number too large for a float") from None
+
+
+def _number_or_none(v: Any) -> float | None:
+    return None if v is None else _number(v)
+
+
+def _ends_line(f: Any) -> bool:
+    """Whether the open file ``f`` is empty or ends with a line break (read through ``f`` itself, not
+    by its name again; an unreadable one is taken to)."""
+    try:
+        return ends_line(f)
     except OSError:
         return True
+
+
+def _read_plain(p: Path) -> str | None:
+    """The text of the regular file ``p`` (None when there is none), read without following a
+    symbolic link or waiting on a FIFO planted there (``FileSystemError``, one line): a link to a
+    file of the user's would have that file's records (or, for the meta file, its JSON) taken in
+    and written back out into ``--out``."""
+    try:
+        fd = os.open(p, os.O_RDONLY | NOFOLLOW | NONBLOCK | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileSystemError(f"cannot read {p}: a symbolic link stands where restorekit keeps its result "
+                                  "file; it is not followed (it could point at any file): remove it, or use "
+                                  "another --out") from None
+        raise FileSystemError(describe_os_error(exc, p, action="read")) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileSystemError(f"cannot read {p}: not a regular file (something else stands where restorekit "
+                                  "keeps its result file): remove it, or use another --out")
+        if NONBLOCK:
+            os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except FileSystemError:
+        raise
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, p, action="read")) from exc
+    finally:
+        os.close(fd)
 
 
 class ResultStore:
@@ -184,15 +260,14 @@ class ResultStore:
         """The latest record per key for ``method``: main file, then parts (unreadable lines are ignored)."""
         out: dict[Key, Record] = {}
         for p in [self.path(method), *self.part_paths(method)]:
-            try:
-                text = p.read_text(encoding="utf-8", errors="replace")  # a bad line is skipped below
-            except FileNotFoundError:
+            text = _read_plain(p)  # (a bad line is skipped below)
+            if text is None:
                 continue
             for line in text.splitlines():
                 try:
                     rec = Record.from_json(json.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    continue  # a line cut short by a crash (or not a record: wrong types)
                 out[rec.key] = rec
         return out
 
@@ -219,8 +294,9 @@ class ResultStore:
     def _read_meta(self, method: str) -> dict[str, Any]:
         p = self.meta_path(method)
         try:
-            data = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
-        except ValueError:
+            text = _read_plain(p)
+            data = json.loads(text) if text is not None else {}
+        except (ValueError, RecursionError):
             data = {}
         return data if isinstance(data, dict) else {}
 
@@ -252,13 +328,17 @@ class ResultStore:
         opened = f is None
         try:
             if f is None:
+                self._check_folders(path.parent)  # (before making what is missing, and after)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                f = self._handles[rec.method] = open(path, "ab", buffering=0)  # noqa: SIM115 (kept open)
+                self._check_folders(path.parent)
+                # never through a symbolic link, onto a FIFO or into a hard-linked file that someone
+                # who can write --out planted there (safe_open): refused in one line naming it
+                f = self._handles[rec.method] = open_append(path)
             start = os.fstat(f.fileno()).st_size  # where this line goes (one writer per file)
         except OSError as exc:
             self.close(rec.method)
             raise FileSystemError(describe_os_error(exc, path)) from exc
-        if opened and start and not _ends_line(path, start):  # (later: this handle's own whole lines)
+        if opened and start and not _ends_line(f):  # (later: this handle's own whole lines)
             line = b"\n" + line
         try:
             view = memoryview(line)
@@ -271,6 +351,18 @@ class ResultStore:
                 pass  # the next append starts a fresh line (above)
             self.close(rec.method)
             raise FileSystemError(describe_os_error(exc, path)) from exc
+
+    def _check_folders(self, folder: Path) -> None:
+        """Refuse (``FileSystemError``) a symbolic link standing for ``results/`` or a folder under it
+        on the way to ``folder``: a file appended there would land in whatever folder it points at."""
+        chain = [folder, *folder.parents]
+        if self.folder not in chain:
+            return
+        for d in chain[:chain.index(self.folder) + 1]:
+            if d.is_symlink():
+                raise FileSystemError(f"{d}: a symbolic link stands where restorekit keeps its result files; it "
+                                      "is not followed (it could point at any folder): remove it, or use another "
+                                      "--out")
 
     def _append_path(self, method: str) -> Path:
         if self.part is None:
