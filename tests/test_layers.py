@@ -18,8 +18,9 @@ from restorekit.weights import cache, catalogue
 CORE = Path(__file__).resolve().parents[1] / "restorekit"
 WEIGHTS = CORE / "weights"
 # What the weights layers may import from the rest of the core: the version string, the error
-# types and the host-name helpers, none of which imports a restorekit module.
-BOTTOM = ("restorekit", "restorekit.errors", "restorekit.hosts")
+# types, the host-name helpers and the openers that refuse planted links, none of which imports a
+# restorekit module.
+BOTTOM = ("restorekit", "restorekit.errors", "restorekit.hosts", "restorekit.safe_open")
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
