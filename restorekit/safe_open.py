@@ -15,7 +15,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["open_append", "create_exclusive", "check_plain_file", "ends_line", "is_plain_folder", "NOFOLLOW", "NONBLOCK"]
+__all__ = ["open_append", "create_exclusive", "read_plain", "check_plain_file", "ends_line", "is_plain_folder",
+           "NOFOLLOW", "NONBLOCK"]
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -60,6 +61,29 @@ def open_append(path: str | os.PathLike[str], mode: int = 0o666) -> BinaryIO:
     never through a symbolic link, onto a FIFO or into a hard-linked file (``OSError``)."""
     fd = _opened(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, mode)  # (read too: ends_line)
     return os.fdopen(fd, "ab", buffering=0)
+
+
+def read_plain(path: str | os.PathLike[str]) -> bytes | None:
+    """The bytes of the file at ``path`` (None when there is none), read without following a
+    symbolic link or waiting on a FIFO planted there (``OSError`` saying so)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW | NONBLOCK | _CLOEXEC | _BINARY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link stands where a file is read; it is not followed "
+                                       "(it could point at any file)", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (something else stands where a file is read)",
+                          str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def create_exclusive(path: str | os.PathLike[str], mode: int = 0o666) -> BinaryIO:

@@ -103,3 +103,24 @@ def test_a_sidecar_with_a_face_index_out_of_range_is_unreadable(tmp_path: Path, 
     assert _expected_firsts(tmp_path, "p", True) == ["p_face0"]
     (tmp_path / "p.json").write_text('{"faces": [{"index": 2, "action": "restored"}]}')
     assert _expected_firsts(tmp_path, "p", True) == ["p_face2"]
+
+
+def test_a_resume_does_not_read_a_log_through_a_planted_link(tmp_path: Path) -> None:
+    """In a shared run folder a link at log.jsonl would copy the lines of any file of the user's
+    into the run's log (and a FIFO would hang the resume): refused in one line, the file untouched."""
+    import os
+
+    from restorekit.errors import FileSystemError
+    from restorekit.training.trainer import trim_log
+
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text('{"step": 1, "secret": "x"}\n')
+    log = tmp_path / "log.jsonl"
+    log.symlink_to(victim)
+    with pytest.raises(FileSystemError, match="symbolic link"):
+        trim_log(log, 5)
+    assert log.is_symlink() and victim.read_text() == '{"step": 1, "secret": "x"}\n'
+    log.unlink()
+    os.mkfifo(log)
+    with pytest.raises(FileSystemError, match="not a regular file"):
+        trim_log(log, 5)

@@ -48,3 +48,18 @@ def test_a_planted_hard_link_or_fifo_is_refused_without_hanging(tmp_path: Path) 
     with pytest.raises(OSError, match="not a regular file"):
         open_append(tmp_path / "fifo.jsonl")
     assert victim.read_bytes() == b"keep"
+
+
+@posix
+def test_read_plain_refuses_links_and_fifos_without_hanging(tmp_path: Path) -> None:
+    from restorekit.safe_open import read_plain
+
+    assert read_plain(tmp_path / "none") is None
+    (tmp_path / "a").write_bytes(b"x\n")
+    assert read_plain(tmp_path / "a") == b"x\n"
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    with pytest.raises(OSError, match="symbolic link"):
+        read_plain(tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        read_plain(tmp_path / "fifo")

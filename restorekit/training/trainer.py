@@ -346,10 +346,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 def trim_log(path: Path, step: int) -> None:
     """Keep the JSON lines of ``path`` up to ``step``; drop later ones (written after the
     checkpoint a run resumes from) and any line cut short by a kill mid-write."""
-    if not path.exists():
+    from ..safe_open import read_plain
+
+    try:  # (in a shared run folder a link planted there is not followed, nor a FIFO waited on)
+        data = read_plain(path)
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, path, action="read")) from exc
+    if data is None:
         return
     keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
