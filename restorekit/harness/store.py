@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from ..errors import FileSystemError, describe_os_error
 from ..images import atomic_write_bytes
-from ..safe_open import NOFOLLOW, NONBLOCK, ends_line, open_append
+from ..safe_open import ends_line, open_append, read_plain
 from ..weights.checksum import sha256_file
 
 Key = tuple[str, str, "int | None", str, str]
@@ -200,33 +199,21 @@ def _ends_line(f: Any) -> bool:
 
 def _read_plain(p: Path) -> str | None:
     """The text of the regular file ``p`` (None when there is none), read without following a
-    symbolic link or waiting on a FIFO planted there (``FileSystemError``, one line): a link to a
-    file of the user's would have that file's records (or, for the meta file, its JSON) taken in
-    and written back out into ``--out``."""
+    symbolic link or waiting on a FIFO planted there (:func:`~restorekit.safe_open.read_plain`;
+    ``FileSystemError``, one line): a link to a file of the user's would have that file's records
+    (or, for the meta file, its JSON) taken in and written back out into ``--out``."""
     try:
-        fd = os.open(p, os.O_RDONLY | NOFOLLOW | NONBLOCK | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        return None
+        data = read_plain(p)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise FileSystemError(f"cannot read {p}: a symbolic link stands where restorekit keeps its result "
                                   "file; it is not followed (it could point at any file): remove it, or use "
                                   "another --out") from None
-        raise FileSystemError(describe_os_error(exc, p, action="read")) from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if exc.errno == errno.EINVAL:
             raise FileSystemError(f"cannot read {p}: not a regular file (something else stands where restorekit "
-                                  "keeps its result file): remove it, or use another --out")
-        if NONBLOCK:
-            os.set_blocking(fd, True)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except FileSystemError:
-        raise
-    except OSError as exc:
+                                  "keeps its result file): remove it, or use another --out") from None
         raise FileSystemError(describe_os_error(exc, p, action="read")) from exc
-    finally:
-        os.close(fd)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 class ResultStore:

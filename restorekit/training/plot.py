@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,13 @@ SKIP = {"step", "time", "lr", "epoch", "kind", "images_per_s", "samples"}
 def _read_text(log_path: str | Path) -> str:
     """The log's text, read without following a symbolic link or opening a FIFO (which would hang
     the end of a run): those, like a missing file, read as empty."""
-    from ..safe_open import NOFOLLOW, NONBLOCK
+    from ..safe_open import read_plain
 
     try:
-        fd = os.open(log_path, os.O_RDONLY | NOFOLLOW | NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        data = read_plain(log_path)
     except OSError:
         return ""
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return f.read().decode("utf-8", errors="replace")
+    return "" if data is None else data.decode("utf-8", errors="replace")
 
 
 def _number(value: Any) -> float | None:

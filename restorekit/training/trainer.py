@@ -406,6 +406,13 @@ class LogFiles:
             with contextlib.suppress(OSError):
                 f.close()
 
+    def __enter__(self) -> LogFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A run's ``with`` block: its logs are closed however it ends."""
+        self.close()
+
 
 RUN_LOCK = ".train.lock"
 
@@ -881,10 +888,8 @@ class Trainer:
         the last checkpoint, and whether the run finished. The run's log is closed when it ends,
         however it ends.
         """
-        try:
+        with self.logs:
             return self._fit(resume=resume, time_limit=time_limit, until=until)
-        finally:
-            self.logs.close()
 
     def _fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
              until: int | None = None) -> dict[str, Any]:

@@ -680,10 +680,8 @@ class GANTrainer:
             until: int | None = None) -> dict[str, Any]:
         """Train to ``config.steps`` G steps (or ``until``/``time_limit`` seconds, with a checkpoint);
         the run's log files are closed when it ends (however it ends)."""
-        try:
+        with self.logs:
             return self._fit(resume=resume, time_limit=time_limit, until=until)
-        finally:
-            self.logs.close()
 
     def _fit(self, *, resume: bool | str | Path = False, time_limit: float | None = None,
              until: int | None = None) -> dict[str, Any]:
