@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
 from .images import ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image
+from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
 # Errors a single input may raise without stopping the batch.
@@ -253,7 +254,7 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
         return OutputFolderBusy(f"{outdir}: {other} is writing into this folder; wait for it to end (a rerun "
                                 "then skips what it made), or use another --output")
 
-    made: list[Path] = []  # the folders made here, deepest first
+    made: list[tuple[Path, os.stat_result]] = []  # the folders made here, deepest first, as made
     ended_early = True
     try:
         with ExitStack() as held:
@@ -263,7 +264,7 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
                 if not outdir.is_dir():
                     missing = [p for p in (outdir, *outdir.parents) if not p.exists()]
                     check_writable(outdir)  # made here, or one line saying why not
-                    made.extend(missing)
+                    made.extend((p, os.lstat(p)) for p in missing)
                 try:
                     held.enter_context(held_alone(outdir, OUTPUT_LOCK, refused, read_only_ok=True, note=command,
                                                   remove=True))
@@ -281,12 +282,11 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
             ended_early = False
     finally:
         # A command stopped before its work (missing weights, a usage error) leaves no folder it
-        # made; one that ran keeps its folder, empty or not, as its summary names it.
+        # made; one that ran keeps its folder, empty or not, as its summary names it. Only the very
+        # folders made: not one that a link, planted since in a shared parent, leads to.
         if ended_early:
-            for folder in made:
-                try:
-                    folder.rmdir()  # only when empty
-                except OSError:
+            for folder, as_made in made:
+                if not remove_made_folder(folder, as_made):  # (only when empty)
                     break
 
 

@@ -77,12 +77,11 @@ import io
 import os
 import re
 import sys
-import tempfile
 import threading
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +91,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
+from .safe_open import NOFOLLOW, Folder, LinkedFolderError, open_folder
 
 #: The file extensions a folder listing takes (:func:`list_inputs`), training sets too: every one
 #: pillow registers for a format of :data:`FILE_FORMATS` (and MPO, pillow's name for many phones'
@@ -788,71 +788,116 @@ def subfolders(folder: Path) -> list[Path]:
         return []
 
 
-def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0) -> int:
+def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, root: Path | None = None) -> int:
     """Remove, in each of ``folders`` (not below them), the temp files :func:`atomic_write_bytes`
     left when its process was killed mid-write, if last written over ``older_than_s`` seconds ago
     (a write in progress, by another process of the same job, is younger). Only names of exactly
     that shape (:func:`is_temp_name`); for folders restorekit writes whose holder is known to be
-    the only writer (a lock). Returns how many were removed."""
+    the only writer (a lock). ``root``: ``folders`` lie below this output folder, and one reached
+    through a symbolic link is left alone (:func:`~restorekit.safe_open.open_folder`). Returns how
+    many were removed."""
     import time
 
     cutoff = time.time() - older_than_s
     removed = 0
-    for folder in folders:
+    for path in folders:
         try:
-            entries = list(os.scandir(folder))
-        except OSError:  # not there (yet)
+            folder = open_folder(root, path.relative_to(root), create=False) if root is not None \
+                else Folder(Path(path), None)
+        except OSError:  # not there (yet), or a link: nothing of this run's
             continue
-        for e in entries:
-            if not is_temp_name(e.name):
-                continue
+        with folder:
             try:
-                if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(e.path)
-                    removed += 1
-            except OSError:  # gone meanwhile, or not ours to remove: left
-                pass
+                entries = folder.entries()
+            except OSError:
+                continue
+            for e in entries:
+                if not is_temp_name(e.name):
+                    continue
+                try:
+                    if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                        folder.unlink(e.name, missing_ok=False)
+                        removed += 1
+                except OSError:  # gone meanwhile, or not ours to remove: left
+                    pass
     return removed
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+_TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def _new_temp(folder: Folder, name: str) -> tuple[int, str]:
+    """A new file ``.NAME.<8>.part`` in ``folder`` (:func:`is_temp_name`), made 0600, never through a link."""
+    import secrets
+
+    for _ in range(100):
+        tmp = f"{temp_prefix(name)}{secrets.token_hex(4)}.part"
+        try:
+            return os.open(folder.at(tmp), _TEMP_FLAGS, 0o600, dir_fd=folder.fd), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder.path / name))
+
+
+def _fs_error(exc: OSError, path: Path) -> FileSystemError:
+    """One line for a failed write of ``path`` (a folder refused as a link names itself)."""
+    return FileSystemError(str(exc) if isinstance(exc, LinkedFolderError) else describe_os_error(exc, path))
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
     A failure leaves nothing behind and raises :class:`FileSystemError` naming ``path`` and the fix.
+    ``root``: ``path`` lies below this output folder (``compare --out``), which others may write
+    to: the folders from ``root`` down are opened without following a symbolic link (one there is
+    refused in one line) and made when missing, and the temp file is written and renamed in the
+    folder so opened, so a folder swapped for a link meanwhile is never written through. Without
+    ``root`` the whole path is the caller's, taken as given.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".part", dir=path.parent)
+        if root is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folder = Folder(path.parent, None)
+        else:
+            folder = open_folder(root, path.parent.relative_to(root))
     except OSError as exc:
-        raise FileSystemError(describe_os_error(exc, path)) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp makes 0600; outputs get the usual permissions. Set on the open file, never by
-            # name: in a folder others can write to, the name may meanwhile be a link to any file
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), new_file_mode())
-            else:  # (Windows before Python 3.13: a mode there is only the read-only flag)
-                os.chmod(tmp, new_file_mode())
-            f.write(data)
-            written = os.fstat(f.fileno())
-        now = os.lstat(tmp)
-        if written.st_ino and (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
-            # renamed away and something else (a link to any file) put in its place meanwhile: not
-            # to be moved to ``path``
-            raise FileSystemError(f"{path}: its temporary file {tmp} was replaced by something else while being "
-                                  "written (does another user write into this folder?); nothing written")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, FileSystemError):
-            raise FileSystemError(describe_os_error(exc, path)) from exc
-        raise
+        raise _fs_error(exc, path) from exc
+    with folder:
+        tmp: str | None = None
+        try:
+            fd, tmp = _new_temp(folder, path.name)
+            with os.fdopen(fd, "wb") as f:
+                # 0600 at first; outputs get the usual permissions. Set on the open file, never by
+                # name: in a folder others can write to, the name may meanwhile be a link to any file
+                if hasattr(os, "fchmod"):
+                    os.fchmod(f.fileno(), new_file_mode())
+                else:  # (Windows before Python 3.13: a mode there is only the read-only flag)
+                    os.chmod(folder.at(tmp), new_file_mode(), dir_fd=folder.fd)
+                f.write(data)
+                written = os.fstat(f.fileno())
+            now = folder.lstat(tmp)
+            if written.st_ino and (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
+                # renamed away and something else (a link to any file) put in its place meanwhile: not
+                # to be moved to ``path``
+                raise FileSystemError(f"{path}: its temporary file {folder.path / tmp} was replaced by something "
+                                      "else while being written (does another user write into this folder?); "
+                                      "nothing written")
+            folder.replace(tmp, path.name)
+        except BaseException as exc:
+            if tmp is not None:
+                with suppress(OSError):
+                    folder.unlink(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, FileSystemError):
+                raise _fs_error(exc, path) from exc
+            raise
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95,
-               note: Mapping[str, Any] | None = None) -> Path:
+               note: Mapping[str, Any] | None = None, root: Path | None = None) -> Path:
     """Write one image atomically; the format follows the suffix (png, jpg, webp). ``note``: what
-    made it, recorded inside the file (:mod:`restorekit.provenance`)."""
+    made it, recorded inside the file (:mod:`restorekit.provenance`); ``root``: as
+    :func:`atomic_write_bytes`'."""
     from .provenance import save_args
 
     p = Path(path)
@@ -862,7 +907,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: in
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     to_pil(image).save(buf, fmt, **kwargs, **save_args(fmt, note))
-    atomic_write_bytes(p, buf.getvalue())
+    atomic_write_bytes(p, buf.getvalue(), root=root)
     return p
 
 

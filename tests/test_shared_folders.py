@@ -122,7 +122,7 @@ def test_the_result_store_does_not_write_into_a_symlinked_folder(tmp_path, linke
     (out / linked).parent.mkdir(parents=True, exist_ok=True)
     (out / linked).symlink_to(elsewhere, target_is_directory=True)
     store = ResultStore(out, part="rank0")
-    with pytest.raises(FileSystemError, match="a symbolic link stands where restorekit keeps its result files"):
+    with pytest.raises(FileSystemError, match="is a symbolic link; restorekit does not write through links"):
         store.append(rec("a"))
     assert list(elsewhere.rglob("*.jsonl")) == []
 

@@ -35,9 +35,10 @@ from PIL import Image
 from torch import Tensor
 
 from ..degradations import Chain, crop_to_multiple
-from ..errors import ImageError, RestorekitError
+from ..errors import FileSystemError, ImageError, RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, ImageItem, atomic_write_bytes, check_output_size,
                       check_size, from_pil, list_inputs, probe_size, read_image, to_pil)
+from ..safe_open import LinkedFolderError, open_folder
 from ..seeds import mix_seed
 
 # Decoded inputs kept in memory between methods (bytes of float32 tensors).
@@ -144,7 +145,9 @@ def merge_shards(shards: list[InputSet], local: InputSet) -> InputSet:
 
 
 def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[str, str]]) -> None:
-    atomic_write_bytes(path, json.dumps({"degradation": spec, "scale": scale, "images": images}, indent=1).encode())
+    """Write ``OUT/inputs/<key>/manifest.json``, its folders reached from ``OUT`` without following a link."""
+    atomic_write_bytes(path, json.dumps({"degradation": spec, "scale": scale, "images": images}, indent=1).encode(),
+                       root=path.parents[2])
 
 
 def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
@@ -213,7 +216,10 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     spec = chain.spec()
     key = hashlib.sha256(f"{spec}|{scale}".encode()).hexdigest()[:12]
     folder = out / "inputs" / f"{key}"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:  # made, from --out down without following a link: one planted there is refused in one line
+        open_folder(out, folder.relative_to(out)).close()
+    except LinkedFolderError as exc:
+        raise FileSystemError(str(exc)) from None
     manifest_path = folder / "manifest.json"
     manifest: dict[str, dict[str, str]] = {}
     if manifest_path.exists() and not fresh:
@@ -244,7 +250,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                 t0 = time.perf_counter()
                 pil = to_pil(lr)
                 lr_bytes = png_bytes(pil)
-                atomic_write_bytes(lr_path, lr_bytes)
+                atomic_write_bytes(lr_path, lr_bytes, root=out)
                 tick("write_lr", time.perf_counter() - t0)
                 inputs.made[item.stem] = {"hr": str(item.path), "hr_sha256": hr_sha,
                                           "lr_sha256": hashlib.sha256(lr_bytes).hexdigest(),

@@ -18,11 +18,12 @@ import contextlib
 import json
 import os
 import re
-import shutil
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from ..errors import FileSystemError
 from ..images import atomic_write_bytes, is_temp_name, subfolders, sweep_temp_files
+from ..safe_open import LinkedFolderError, open_folder
 
 if TYPE_CHECKING:
     from .runner import Plan
@@ -105,11 +106,34 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
     return diffs
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _remove(out: Path, path: Path) -> None:
+    """Remove ``path`` (a file, a link itself, or a folder with all in it), reached from ``out``
+    without following a link on the way (a folder swapped for one since is refused)."""
+    rel = path.relative_to(out)
+    try:
+        with open_folder(out, rel.parent, create=False) as folder:
+            folder.remove(rel.name)
+    except FileNotFoundError:
+        pass
+    except LinkedFolderError as exc:
+        raise FileSystemError(str(exc)) from None
+
+
+def _refuse_links(out: Path, methods: set[str]) -> None:
+    """Refuse (``FileSystemError``, one line naming it) a symbolic link standing for a folder
+    compare writes in or removes from below ``out``: ``inputs/`` and its LR folders, ``outputs/``
+    and ``results/`` and each of ``methods``' folders there. Its files would be written into (or,
+    with ``--fresh``, removed from) whatever folder it points at. ``out`` itself is the user's."""
+    from .store import safe_name
+
+    names = sorted({safe_name(m) for m in methods})
+    folders = [out / f for f in (*OWNED_FOLDERS, "results/parts")]
+    folders += [out / "outputs" / n for n in names] + [out / "results" / "parts" / n for n in names]
+    with contextlib.suppress(OSError):
+        folders += [e for e in (out / "inputs").iterdir() if _LR_FOLDER.match(e.name)]
+    linked = next((f for f in folders if f.is_symlink()), None)
+    if linked is not None:
+        raise FileSystemError(str(LinkedFolderError(linked)))
 
 
 def _written_by_compare(out: Path, methods: set[str]) -> list[Path]:
@@ -144,11 +168,10 @@ def _remove_owned(out: Path, methods: set[str], keep: list[Path]) -> None:
             raise CompareUsageError(f"--fresh would remove {hit}, which holds this run's input {given}: "
                                     "move the input out of the --out folder, or use another --out")
     for path in doomed:
-        _remove(path)
-    for name in ("results/parts", *OWNED_FOLDERS):
-        folder = out / name
-        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-            folder.rmdir()
+        _remove(out, path)
+    for name in map(PurePath, ("results/parts", *OWNED_FOLDERS)):
+        with contextlib.suppress(OSError), open_folder(out, name.parent, create=False) as parent:
+            parent.rmdir(name.name)  # (only an empty folder; never a link)
 
 
 def _of_its_shape(recorded: dict[str, Any]) -> bool:
@@ -182,16 +205,17 @@ def claim(p: Plan) -> None:
             diffs = differences(recorded, current, out)
         except (OSError, ValueError) as exc:
             recorded, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
+    methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
+    _refuse_links(out, methods)  # before anything is removed or written
     if diffs:
         if not p.config.fresh:
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
             raise CompareUsageError(f"{out} holds the results of another configuration ({shown}): use another "
                                     "--out, or add --fresh to discard them and start over")
-        methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
         inputs = [p.config.data.lstrip("@"), *([p.config.lr_dir] if p.config.lr_dir is not None else [])]
         _remove_owned(out, methods, [Path(i) for i in inputs])
     # Accepted, and held (exclusive): the temp files a killed run left in the folders compare writes.
-    sweep_temp_files([out, out / "results", *subfolders(out / "outputs"), *subfolders(out / "inputs")])
+    sweep_temp_files([out, out / "results", *subfolders(out / "outputs"), *subfolders(out / "inputs")], root=out)
 
 
 LOCK_FILE = ".compare.lock"
@@ -225,4 +249,4 @@ def record(p: Plan) -> None:
         and recorded.get("methods") else {}
     methods.update(current["methods"])
     doc = {"inputs": current["inputs"], "methods": methods}
-    atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode(), root=out)

@@ -890,7 +890,7 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
     data = png_bytes(pil)
     rel = _output_rel(mp.name, pair.stem, seed)
     try:
-        atomic_write_bytes(p.config.out / rel, data)
+        atomic_write_bytes(p.config.out / rel, data, root=p.config.out)  # (no folder on the way a link)
     except OSError as exc:
         rec.error = describe_os_error(exc, p.config.out / rel)
         return rec

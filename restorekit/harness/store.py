@@ -15,6 +15,7 @@ string ``"Infinity"``, ``-inf`` as ``"-Infinity"``, NaN (a missing value) as ``n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..errors import FileSystemError, describe_os_error
 from ..images import atomic_write_bytes
-from ..safe_open import ends_line, open_append, read_plain
+from ..safe_open import Folder, LinkedFolderError, ends_line, open_append, open_folder, read_plain
 from ..weights.checksum import sha256_file
 
 Key = tuple[str, str, "int | None", str, str]
@@ -197,13 +198,14 @@ def _ends_line(f: Any) -> bool:
         return True
 
 
-def _read_plain(p: Path) -> str | None:
+def _read_plain(p: Path, folder: Folder | None = None) -> str | None:
     """The text of the regular file ``p`` (None when there is none), read without following a
     symbolic link or waiting on a FIFO planted there (:func:`~restorekit.safe_open.read_plain`;
     ``FileSystemError``, one line): a link to a file of the user's would have that file's records
-    (or, for the meta file, its JSON) taken in and written back out into ``--out``."""
+    (or, for the meta file, its JSON) taken in and written back out into ``--out``. ``folder``:
+    ``p``'s folder, open (read by name there)."""
     try:
-        data = read_plain(p)
+        data = read_plain(p) if folder is None else read_plain(folder.at(p.name), dir_fd=folder.fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise FileSystemError(f"cannot read {p}: a symbolic link stands where restorekit keeps its result "
@@ -226,7 +228,8 @@ class ResultStore:
     def __init__(self, out: Path, part: str | None = None) -> None:
         self.out = out
         self.folder = out / "results"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(LinkedFolderError), open_folder(out, "results"):
+            pass  # made here (a link there is refused by each use below)
         self.part = part
         self._handles: dict[str, Any] = {}
 
@@ -236,18 +239,41 @@ class ResultStore:
     def parts_folder(self, method: str) -> Path:
         return self.folder / "parts" / safe_name(method)
 
+    def _open(self, folder: Path, create: bool = False) -> Folder:
+        """``folder`` (``results/`` or below) open, reached from ``--out`` without following a
+        symbolic link (:func:`~restorekit.safe_open.open_folder`): a file written or removed there
+        can land in no other folder. A link on the way is refused (``FileSystemError``, one line)."""
+        try:
+            return open_folder(self.out, folder.relative_to(self.out), create=create)
+        except LinkedFolderError as exc:
+            raise FileSystemError(str(exc)) from None
+
+    def _parts(self, method: str) -> Folder | None:
+        """``method``'s parts folder, open; None when there is none."""
+        try:
+            return self._open(self.parts_folder(method))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def part_paths(self, method: str) -> list[Path]:
         """The parts of ``method`` that ranks appended to, oldest first."""
-        folder = self.parts_folder(method)
-        if not folder.is_dir():
+        folder = self._parts(method)
+        if folder is None:
             return []
-        return sorted(folder.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        with folder:
+            found = [(e.stat(follow_symlinks=False).st_mtime_ns, e.name) for e in folder.entries()
+                     if e.name.endswith(".jsonl")]
+        return [self.parts_folder(method) / name for _, name in sorted(found)]
 
     def load(self, method: str) -> dict[Key, Record]:
         """The latest record per key for ``method``: main file, then parts (unreadable lines are ignored)."""
         out: dict[Key, Record] = {}
         for p in [self.path(method), *self.part_paths(method)]:
-            text = _read_plain(p)  # (a bad line is skipped below)
+            try:
+                with self._open(p.parent) as folder:
+                    text = _read_plain(p, folder)  # (a bad line is skipped below)
+            except (FileNotFoundError, NotADirectoryError):
+                text = None
             if text is None:
                 continue
             for line in text.splitlines():
@@ -272,7 +298,7 @@ class ResultStore:
         """What is only known once a method is built (device, precision, weights), per settings hash."""
         data = self._read_meta(method)
         data[settings] = meta
-        atomic_write_bytes(self.meta_path(method), dumps(data, indent=1).encode())
+        atomic_write_bytes(self.meta_path(method), dumps(data, indent=1).encode(), root=self.out)
 
     def load_meta(self, method: str, settings: str) -> dict[str, Any] | None:
         found = self._read_meta(method).get(settings)
@@ -281,26 +307,35 @@ class ResultStore:
     def _read_meta(self, method: str) -> dict[str, Any]:
         p = self.meta_path(method)
         try:
-            text = _read_plain(p)
+            with self._open(p.parent) as folder:
+                text = _read_plain(p, folder)
             data = json.loads(text) if text is not None else {}
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError, FileNotFoundError, NotADirectoryError):
             data = {}
         return data if isinstance(data, dict) else {}
 
     def clear(self, method: str) -> None:
         self.close(method)
-        self.path(method).unlink(missing_ok=True)
-        self.meta_path(method).unlink(missing_ok=True)
+        try:
+            with self._open(self.folder) as folder:
+                folder.unlink(self.path(method).name)
+                folder.unlink(self.meta_path(method).name)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
         self._remove_parts(method)
 
     def _remove_parts(self, method: str) -> None:
-        for p in self.part_paths(method):
-            p.unlink(missing_ok=True)
-        for folder in (self.parts_folder(method), self.folder / "parts"):
-            try:
-                folder.rmdir()
-            except OSError:  # absent, or other methods' parts are still there
-                pass
+        folder = self._parts(method)
+        if folder is None:
+            return
+        with folder:
+            for e in folder.entries():
+                if e.name.endswith(".jsonl"):
+                    folder.unlink(e.name)
+        with contextlib.suppress(OSError), self._open(self.folder / "parts") as parts:
+            if parts.rmdir(safe_name(method)):  # (absent, or not empty: left)
+                with self._open(self.folder) as results:
+                    results.rmdir("parts")  # once no other method's parts are there
 
     def append(self, rec: Record) -> None:
         """Add one line to ``method``'s file (or this rank's part), written through at once.
@@ -315,15 +350,16 @@ class ResultStore:
         opened = f is None
         try:
             if f is None:
-                self._check_folders(path.parent)  # (before making what is missing, and after)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._check_folders(path.parent)
-                # never through a symbolic link, onto a FIFO or into a hard-linked file that someone
-                # who can write --out planted there (safe_open): refused in one line naming it
-                f = self._handles[rec.method] = open_append(path)
+                # its folders from --out down never through a symbolic link, nor the file through a
+                # link, onto a FIFO or into a hard-linked file that someone who can write --out
+                # planted there (safe_open): refused in one line naming it
+                with self._open(path.parent, create=True) as folder:
+                    f = self._handles[rec.method] = open_append(folder.at(path.name), dir_fd=folder.fd)
             start = os.fstat(f.fileno()).st_size  # where this line goes (one writer per file)
         except OSError as exc:
             self.close(rec.method)
+            if isinstance(exc, FileSystemError):
+                raise
             raise FileSystemError(describe_os_error(exc, path)) from exc
         if opened and start and not _ends_line(f):  # (later: this handle's own whole lines)
             line = b"\n" + line
@@ -338,18 +374,6 @@ class ResultStore:
                 pass  # the next append starts a fresh line (above)
             self.close(rec.method)
             raise FileSystemError(describe_os_error(exc, path)) from exc
-
-    def _check_folders(self, folder: Path) -> None:
-        """Refuse (``FileSystemError``) a symbolic link standing for ``results/`` or a folder under it
-        on the way to ``folder``: a file appended there would land in whatever folder it points at."""
-        chain = [folder, *folder.parents]
-        if self.folder not in chain:
-            return
-        for d in chain[:chain.index(self.folder) + 1]:
-            if d.is_symlink():
-                raise FileSystemError(f"{d}: a symbolic link stands where restorekit keeps its result files; it "
-                                      "is not followed (it could point at any folder): remove it, or use another "
-                                      "--out")
 
     def _append_path(self, method: str) -> Path:
         if self.part is None:
@@ -371,5 +395,5 @@ class ResultStore:
         current = {r.key for r in keep}
         others = [r for k, r in self.load(method).items() if k not in current and r.status == "ok"]
         lines = [dumps(r.to_json()) for r in others + keep]
-        atomic_write_bytes(self.path(method), ("\n".join(lines) + "\n").encode() if lines else b"")
+        atomic_write_bytes(self.path(method), ("\n".join(lines) + "\n").encode() if lines else b"", root=self.out)
         self._remove_parts(method)

@@ -1,0 +1,248 @@
+"""Folders below a shared output folder that another local user swaps for symbolic links.
+
+Whoever can write a lab's group ``--out`` can replace ``outputs/<method>/``, ``inputs/<hash>/``,
+``outputs/`` or ``results/`` with a link to a folder of the user's, between runs or mid-run:
+compare then wrote its PNGs and manifests into that folder, ``--fresh`` removed files there
+(``thesis.tex`` in the case below), and the sweep of leftover temp files swept it. ``run`` removed,
+when stopped early, an empty folder a link planted in a shared parent led to. Each is refused now
+in one line naming the folder (the ``--out`` folder itself and its parents are the user's choice
+and may be links), and writes walk from the root by open folder, so a swap midway is not followed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from restorekit.cli import build_cli
+from restorekit.errors import FileSystemError
+
+if not getattr(os, "O_NOFOLLOW", 0) or not hasattr(os, "symlink"):
+    pytest.skip("needs O_NOFOLLOW and symbolic links (POSIX)", allow_module_level=True)
+
+REFUSAL = "is a symbolic link; restorekit does not write through links in an output folder"
+OLD_TEMP = ".keep.png.abcd1234.part"  # the shape of restorekit's temp files: a sweep takes it for one
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(build_cli(), [str(a) for a in args])
+
+
+def compare(data: Path, out: Path, *extra: object):
+    return invoke("compare", "--methods", "bicubic", "--scale", 4, "--data", data, "--out", out,
+                  "--metrics", "psnr_rgb", "--device", "cpu", "-q", *extra)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (links not followed) with its bytes: what must stay as it is."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def victim_folder(tmp_path: Path, *names: str) -> Path:
+    """A folder of the user's outside --out, holding ``names`` (and an old file named like a temp file)."""
+    v = tmp_path / "victim"
+    for name in (*names, OLD_TEMP):
+        (v / name).parent.mkdir(parents=True, exist_ok=True)
+        (v / name).write_text(f"the user's {name}\n")
+    hour_ago = time.time() - 3600
+    for p in v.rglob(OLD_TEMP):
+        os.utime(p, (hour_ago, hour_ago))
+    return v
+
+
+def plant(out: Path, rel: str, target: Path) -> Path:
+    """``out/rel`` replaced by a link to ``target`` (what was there moved aside, as an attacker would)."""
+    link = out / rel
+    if link.exists():
+        link.rename(out / f"moved-{rel.replace('/', '-')}")
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def one_error_naming(output: str, link: Path) -> bool:
+    errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    return len(errors) == 1 and f"{link} {REFUSAL}" in errors[0]
+
+
+# -- compare: a link planted between runs --------------------------------------------------------
+@pytest.mark.parametrize("rel", ["outputs/bicubic", "inputs/<lr>", "outputs", "results"])
+def test_compare_writes_nothing_through_a_folder_linked_between_runs(hr_folder, tmp_path, rel):
+    out = tmp_path / "out"
+    assert compare(hr_folder, out).exit_code == 0
+    if rel == "inputs/<lr>":
+        rel = f"inputs/{next((out / 'inputs').iterdir()).name}"
+    victim = victim_folder(tmp_path, "mine.txt", "bicubic/mine.txt")
+    before = snapshot(victim)
+    link = plant(out, rel, victim)
+    r = compare(hr_folder, out)  # (its outputs are not in the linked folder: they would be written again)
+    assert snapshot(victim) == before and link.is_symlink(), r.output
+    assert r.exit_code == 2 and one_error_naming(r.output, link), r.output
+
+
+@pytest.mark.parametrize("rel", ["outputs", "outputs/bicubic", "results", "inputs/<lr>"])
+def test_fresh_removes_nothing_through_a_linked_folder(hr_folder, tmp_path, rel):
+    """--fresh (another configuration) removes what compare wrote: never what a linked folder holds
+    (``outputs`` linked: the rmtree of ``outputs/bicubic`` went into the user's folder)."""
+    out = tmp_path / "out"
+    assert compare(hr_folder, out).exit_code == 0
+    if rel == "inputs/<lr>":
+        rel = f"inputs/{next((out / 'inputs').iterdir()).name}"
+    victim = victim_folder(tmp_path, "bicubic/thesis.tex", "bicubic.jsonl", "bicubic.meta.json", "manifest.json",
+                           "img0.png")
+    before = snapshot(victim)
+    link = plant(out, rel, victim)
+    r = invoke("compare", "--methods", "bicubic", "--scale", 2, "--data", hr_folder, "--out", out,
+               "--metrics", "psnr_rgb", "--device", "cpu", "-q", "--fresh")
+    assert snapshot(victim) == before and link.is_symlink(), r.output
+    assert r.exit_code == 2 and one_error_naming(r.output, link), r.output
+
+
+def test_the_out_folder_itself_may_be_a_link(hr_folder, tmp_path):
+    """--out and its parents are the user's choice: a link there is followed, as any path is."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "out").symlink_to(real, target_is_directory=True)
+    r = compare(hr_folder, tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert len(list((real / "outputs" / "bicubic").glob("*.png"))) == 4
+
+
+# -- compare: a link planted mid-run --------------------------------------------------------------
+@pytest.mark.parametrize("rel", ["outputs", "outputs/bicubic"])
+def test_a_folder_swapped_for_a_link_mid_run_is_not_written_through(hr_folder, tmp_path, monkeypatch, rel):
+    import restorekit.harness.runner as runner
+
+    out = tmp_path / "out"
+    victim = victim_folder(tmp_path, "mine.txt", "bicubic/mine.txt")
+    before = snapshot(victim)
+    real_record = runner.record
+    planted: list[Path] = []
+
+    def record_then_plant(p):  # once the folder is accepted and the inputs made, before any output
+        real_record(p)
+        (out / "outputs").mkdir(exist_ok=True)
+        planted.append(plant(out, rel, victim))
+
+    monkeypatch.setattr(runner, "record", record_then_plant)
+    r = invoke("compare", "--methods", "bicubic", "--scale", 4, "--data", hr_folder, "--out", out,
+               "--metrics", "psnr_rgb", "--device", "cpu", "--json")
+    assert planted and snapshot(victim) == before, r.output
+    assert r.exit_code == 1 and f"{planted[0]} {REFUSAL}" in r.output, r.output
+
+
+def test_an_atomic_write_stays_in_the_folder_it_opened(tmp_path, monkeypatch):
+    """The folder is walked once, by open descriptor: swapped for a link while the file is being
+    written, the file still lands in the folder opened (moved aside), never in the linked one."""
+    from restorekit import images
+
+    out = tmp_path / "out"
+    (out / "outputs" / "m").mkdir(parents=True)
+    victim = victim_folder(tmp_path, "mine.txt")
+    before = snapshot(victim)
+    real_fdopen = os.fdopen
+
+    def fdopen_then_swap(fd, *a, **kw):
+        plant(out, "outputs/m", victim)
+        return real_fdopen(fd, *a, **kw)
+
+    monkeypatch.setattr(images.os, "fdopen", fdopen_then_swap)
+    images.atomic_write_bytes(out / "outputs" / "m" / "a.png", b"data", root=out)
+    monkeypatch.undo()
+    assert snapshot(victim) == before
+    assert (out / "moved-outputs-m" / "a.png").read_bytes() == b"data"
+    assert [p.name for p in (out / "moved-outputs-m").iterdir()] == ["a.png"]  # no temp file left
+
+
+def test_an_atomic_write_below_a_root_refuses_a_link_in_one_line(tmp_path):
+    from restorekit import images
+
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = victim_folder(tmp_path, "mine.txt")
+    link = plant(out, "outputs", victim)
+    with pytest.raises(FileSystemError) as caught:
+        images.save_image(__import__("torch").zeros(1, 3, 2, 2), out / "outputs" / "m" / "a.png", root=out)
+    assert str(caught.value) == (f"{link} {REFUSAL} (it could point at any folder): remove it, or use another "
+                                 "folder")
+    assert snapshot(victim) == {"mine.txt": b"the user's mine.txt\n", OLD_TEMP: b"the user's " + OLD_TEMP.encode()
+                                + b"\n"}
+    images.atomic_write_bytes(out / "top.json", b"{}", root=out)  # (a file in the root itself)
+    assert (out / "top.json").read_bytes() == b"{}"
+
+
+def test_the_temp_file_sweep_skips_a_linked_folder(tmp_path):
+    from restorekit.images import sweep_temp_files
+
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    victim = victim_folder(tmp_path)
+    plant(out, "outputs", victim)
+    mine = out / "results" / OLD_TEMP
+    mine.write_bytes(b"x")
+    os.utime(mine, (time.time() - 3600,) * 2)
+    assert sweep_temp_files([out / "results", out / "outputs", out / "missing"], root=out) == 1
+    assert (victim / OLD_TEMP).exists() and not mine.exists()
+
+
+def test_the_result_store_removes_nothing_through_a_linked_folder(tmp_path):
+    from restorekit.harness.store import ResultStore
+
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = victim_folder(tmp_path, "m.jsonl", "m.meta.json", "parts/m/rank0.jsonl")
+    before = snapshot(victim)
+    plant(out, "results", victim)
+    store = ResultStore(out)
+    for act in (lambda: store.clear("m"), lambda: store.save_meta("m", "s", {}), lambda: store.compact("m", [])):
+        with pytest.raises(FileSystemError, match=REFUSAL):
+            act()
+    assert snapshot(victim) == before
+
+
+def test_open_folder_walks_without_following_links(tmp_path):
+    from restorekit.safe_open import LinkedFolderError, open_folder
+
+    root = tmp_path / "root"
+    with open_folder(root, "a/b") as f:  # made, root included
+        os.close(os.open(f.at("x"), os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=f.fd))
+    assert (root / "a" / "b" / "x").is_file()
+    plant(root, "a/b", tmp_path)
+    with pytest.raises(LinkedFolderError) as caught:
+        open_folder(root, "a/b/c")
+    assert caught.value.filename == str(root / "a" / "b") and not (tmp_path / "c").exists()
+    with pytest.raises(FileNotFoundError):
+        open_folder(root, "a/none", create=False)
+    with pytest.raises(ValueError):
+        open_folder(root, "a/../..")
+    (tmp_path / "via").symlink_to(root, target_is_directory=True)
+    with open_folder(tmp_path / "via") as f:  # the root itself may be a link
+        assert sorted(e.name for e in f.entries()) == ["a", "moved-a-b"]
+
+
+# -- run: the folders a stopped run made ----------------------------------------------------------
+def test_a_stopped_run_removes_no_folder_a_planted_link_leads_to(hr_folder, tmp_path, monkeypatch):
+    """``run`` stopped before its work removes the folders it made for ``--output``: by name, it
+    had removed an empty folder of the user's once a shared parent it made was swapped for a link."""
+    import restorekit.commands.run as run_module
+    from restorekit.errors import RestorekitError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    home = tmp_path / "home"
+    (home / "out").mkdir(parents=True)  # the user's own, empty
+    out = shared / "new" / "out"
+
+    def swap_then_fail(*a, **kw):
+        (shared / "new").rename(shared / "moved")
+        (shared / "new").symlink_to(home, target_is_directory=True)
+        raise RestorekitError("bicubic: cannot be built here")
+
+    monkeypatch.setattr(run_module, "build_method", swap_then_fail)
+    r = invoke("run", "bicubic", "--scale", 2, "--input", hr_folder, "--output", out, "-q")
+    assert r.exit_code == 2 and "cannot be built here" in r.output, r.output
+    assert (home / "out").is_dir()
+    assert (shared / "new").is_symlink()  # (the link is left; the folders it made were moved aside)
