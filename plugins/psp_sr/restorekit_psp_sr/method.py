@@ -584,6 +584,16 @@ class PSPSR(Method):
             self._note_once(f"size {h}", f"{h}-px inputs are outside the sizes the model was trained for "
                                     f"({', '.join(map(str, self.input_sizes()))} px); results may be poor")
 
+    def _check_detail(self, lr: Tensor) -> None:
+        """Say once when the input holds detail the plain output drops: from a quarter of the
+        generator's size up (×4 and less, at 128 px), psp_sr re-draws the face from its prior and
+        bicubic keeps the person better (model card); back-projection gives the detail back."""
+        side = min(lr.shape[-2:])
+        if self.consistency_steps() == 0 and 4 * side >= self.resolution:
+            self._note_once("detail", f"{side}-px inputs show more than the prior keeps: psp_sr re-draws the face "
+                                      f"(at ×2 and ×4 the shipped model is further from the person than bicubic); "
+                                      f"--opt consistency_steps=3 projects the output onto the input")
+
     def _keep_memory(self) -> None:
         if self.options.keep_memory:
             from restorekit.memory import keep_freed_memory_for
@@ -598,6 +608,7 @@ class PSPSR(Method):
         self.load()
         self._keep_memory()
         self._check_input(lr)
+        self._check_detail(lr)
         lr = lr.to(self.device, torch.float32)
         x = self._to_input(lr)
         if n_samples == 1:

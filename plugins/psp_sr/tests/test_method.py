@@ -152,6 +152,22 @@ def test_weights_info_and_non_square_inputs(model_file: Path, capsys: pytest.Cap
     assert capsys.readouterr().err == ""
 
 
+def test_inputs_with_detail_the_prior_drops_name_back_projection(model_file: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # The tiny model draws 32 px: inputs from 8 px up (×4 and less) hold detail psp_sr re-draws.
+    m = make(model_file)
+    m.restore(smooth_batch(1, 4, 4, seed=3), 8)
+    assert "consistency_steps" not in capsys.readouterr().err  # ×8 of 4 px: the prior's job
+    m.restore(smooth_batch(1, 8, 8, seed=3), 4)
+    m.restore(smooth_batch(1, 16, 16, seed=3), 2)
+    err = capsys.readouterr().err
+    assert err.count("8-px inputs show more than the prior keeps") == 1  # said once
+    assert err.count("--opt consistency_steps=3") == 1
+    make(model_file, consistency_steps=3).restore(smooth_batch(1, 16, 16, seed=3), 2)
+    make(model_file, quiet=True).restore(smooth_batch(1, 16, 16, seed=3), 2)
+    assert "consistency_steps" not in capsys.readouterr().err  # projected already; or quiet
+
+
 def test_official_checkpoint_loads(model_file: Path, tmp_path: Path) -> None:
     model = tiny_psp(seed=3)
     pt = save_psp_official(model, tmp_path / "official.pt", opts={"resize_factors": "1,2", "start_from_latent_avg": True})
@@ -198,7 +214,7 @@ def test_cli_run_and_bench(model_file: Path, tmp_path: Path) -> None:
                                          "--opt", "impl=ref", "--compare-to", "bicubic", "--compare-batch", "1,2",
                                          "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output[r.output.index("{"):])
+    res = json.loads(r.stdout)  # notes (a 16-px input shows detail psp_sr re-draws) go to stderr
     assert res["input_size"] == 16 and [x["batch"] for x in res["results"]] == [1, 2]
     assert set(res["results"][0]["parts_ms"]) == {"encoder", "generator"}
     assert all(v > 0 for v in res["results"][0]["parts_ms"].values())
