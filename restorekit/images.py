@@ -827,12 +827,12 @@ _TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_
                | getattr(os, "O_BINARY", 0))
 
 
-def _new_temp(folder: Folder, name: str) -> tuple[int, str]:
-    """A new file ``.NAME.<8>.part`` in ``folder`` (:func:`is_temp_name`), made 0600, never through a link."""
+def _new_temp(folder: Folder, name: str, suffix: str) -> tuple[int, str]:
+    """A new file ``.NAME.<8>SUFFIX`` in ``folder`` (:func:`is_temp_name`), made 0600, never through a link."""
     import secrets
 
     for _ in range(100):
-        tmp = f"{temp_prefix(name)}{secrets.token_hex(4)}.part"
+        tmp = f"{temp_prefix(name)}{secrets.token_hex(4)}{suffix}"
         try:
             return os.open(folder.at(tmp), _TEMP_FLAGS, 0o600, dir_fd=folder.fd), tmp
         except FileExistsError:
@@ -845,16 +845,18 @@ def _fs_error(exc: OSError, path: Path) -> FileSystemError:
     return FileSystemError(str(exc) if isinstance(exc, LinkedFolderError) else describe_os_error(exc, path))
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | None = None, suffix: str = ".part",
+                   fsync: bool = False) -> None:
+    """Make ``path`` whole or not at all: ``write`` fills a new temp file (a binary file object) in
+    the same folder, which is then renamed onto ``path``; on any failure the temp file is removed
+    and the error raised as it came (a folder refused, or the temp file swapped meanwhile: a
+    :class:`FileSystemError`). ``fsync``: flushed to the disk before the rename (checkpoints).
 
-    A failure leaves nothing behind and raises :class:`FileSystemError` naming ``path`` and the fix.
-    ``root``: ``path`` lies below this output folder (``compare --out``), which others may write
-    to: the folders from ``root`` down are opened without following a symbolic link (one there is
-    refused in one line) and made when missing, and the temp file is written and renamed in the
-    folder so opened, so a folder swapped for a link meanwhile is never written through. Without
-    ``root`` the whole path is the caller's, taken as given.
-    """
+    ``root``: ``path`` lies below this output folder (``compare --out``, a run folder), which
+    others may write to: the folders from ``root`` down are opened without following a symbolic
+    link (one there is refused in one line) and made when missing, and the temp file is written and
+    renamed in the folder so opened, so a folder swapped for a link meanwhile is never written
+    through. Without ``root`` the whole path is the caller's, taken as given."""
     try:
         if root is None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -866,7 +868,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> 
     with folder:
         tmp: str | None = None
         try:
-            fd, tmp = _new_temp(folder, path.name)
+            fd, tmp = _new_temp(folder, path.name, suffix)
             with os.fdopen(fd, "wb") as f:
                 # 0600 at first; outputs get the usual permissions. Set on the open file, never by
                 # name: in a folder others can write to, the name may meanwhile be a link to any file
@@ -874,7 +876,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> 
                     os.fchmod(f.fileno(), new_file_mode())
                 else:  # (Windows before Python 3.13: a mode there is only the read-only flag)
                     os.chmod(folder.at(tmp), new_file_mode(), dir_fd=folder.fd)
-                f.write(data)
+                write(f)
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
                 written = os.fstat(f.fileno())
             now = folder.lstat(tmp)
             if written.st_ino and (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
@@ -884,13 +889,25 @@ def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> 
                                       "else while being written (does another user write into this folder?); "
                                       "nothing written")
             folder.replace(tmp, path.name)
-        except BaseException as exc:
+        except BaseException:
             if tmp is not None:
                 with suppress(OSError):
                     folder.unlink(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, FileSystemError):
-                raise _fs_error(exc, path) from exc
             raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename
+    (:func:`write_via_temp`, ``root`` as there).
+
+    A failure leaves nothing behind and raises :class:`FileSystemError` naming ``path`` and the fix.
+    """
+    try:
+        write_via_temp(path, lambda f: f.write(data), root=root)
+    except OSError as exc:
+        if isinstance(exc, FileSystemError):
+            raise
+        raise _fs_error(exc, path) from exc
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95,

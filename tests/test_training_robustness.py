@@ -835,6 +835,7 @@ def test_a_checkpoint_gets_its_permissions_on_the_open_file_not_by_name(tmp_path
     """Between the temp file's creation and its permissions, another user of the folder could move
     it away and put a link to one of the victim's files in its place: a chmod by name would make
     that file readable by all."""
+    from restorekit.errors import FileSystemError
     from restorekit.training import trainer as T
 
     victim = tmp_path / "victim_key"
@@ -852,8 +853,11 @@ def test_a_checkpoint_gets_its_permissions_on_the_open_file_not_by_name(tmp_path
     monkeypatch.setattr(T.torch, "save", save_then_swap)
     old = os.umask(0o022)
     try:
-        T.atomic_save({"x": 1}, tmp_path / "run" / "a.pt")
+        with pytest.raises(FileSystemError, match="was replaced by something else"):
+            T.atomic_save({"x": 1}, tmp_path / "run" / "a.pt")
     finally:
         os.umask(old)
     assert victim.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "stolen").stat().st_mode & 0o777 == 0o644  # the file written got them
+    # ... and the link swapped in is not moved onto the checkpoint's name
+    assert not (tmp_path / "run" / "a.pt").exists() and victim.read_text() == "secret"

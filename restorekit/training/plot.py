@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -64,20 +65,23 @@ def read_series(log_path: str | Path, kind: str = "train") -> Series:
     return out
 
 
-def plot_losses(log_path: str | Path, png_path: str | Path) -> Path | None:
-    """Draw the training losses of ``log_path`` to ``png_path`` (log y when all positive)."""
+def plot_losses(log_path: str | Path, png_path: str | Path, *, root: Path | None = None) -> Path | None:
+    """Draw the training losses of ``log_path`` to ``png_path`` (log y when all positive).
+
+    Written whole, through a temp file and a rename (never by opening ``png_path``, which in a
+    shared run folder could be a link to any file); ``root``: as
+    :func:`~restorekit.images.atomic_write_bytes`'s (the folders below it are not followed when links)."""
     series = read_series(log_path)
     if not any(series.values()):
         return None
     png = Path(png_path)
-    png.parent.mkdir(parents=True, exist_ok=True)
     try:
         import matplotlib  # type: ignore[import-not-found]
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ImportError:
-        return _plot_pil(series, png)
+        return _plot_pil(series, png, root)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     for name, pts in sorted(series.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
@@ -88,12 +92,16 @@ def plot_losses(log_path: str | Path, png_path: str | Path) -> Path | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    from ..images import atomic_write_bytes
+
+    atomic_write_bytes(png, buf.getvalue(), root=root)
     return png
 
 
-def _plot_pil(series: Series, png: Path) -> Path:
+def _plot_pil(series: Series, png: Path, root: Path | None = None) -> Path:
     from PIL import Image, ImageDraw
 
     w, h, ml, mr, mt, mb = 800, 400, 70, 150, 20, 40
@@ -131,9 +139,8 @@ def _plot_pil(series: Series, png: Path) -> Path:
         d.line([w - mr + 10, mt + 10 + 16 * i, w - mr + 30, mt + 10 + 16 * i], fill=c, width=3)
         d.text((w - mr + 35, mt + 4 + 16 * i), name, fill=(0, 0, 0))
     from ..images import atomic_write_bytes
-    import io
 
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    atomic_write_bytes(png, buf.getvalue())
+    atomic_write_bytes(png, buf.getvalue(), root=root)
     return png

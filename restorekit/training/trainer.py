@@ -33,7 +33,6 @@ import re
 import signal
 import sys
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,7 +45,8 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
-from ..images import atomic_write_bytes, new_file_mode, temp_prefix
+from ..images import atomic_write_bytes, write_via_temp
+from ..safe_open import Folder
 from .config import TrainConfig, absolute_settings
 from .data import DataError
 from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
@@ -69,17 +69,70 @@ class RunStopped(TrainingError):
 
 
 # -- checkpoints ------------------------------------------------------------------------------
+#: A run folder's subfolders for checkpoints and validation grids.
+CKPT_DIR = "checkpoints"
+VAL_DIR = "val"
+# The temp files atomic_save writes: ``.step_XXXXXXXX.pt.<8 random>.tmp`` (a kill mid-write leaves one).
+_CKPT_TEMP_RE = re.compile(r"^\.step_\d{8,}\.pt\..+\.tmp$")
+
+
 def checkpoint_path(out: str | Path, step: int) -> Path:
-    return Path(out) / "checkpoints" / f"step_{step:08d}.pt"
+    return Path(out) / CKPT_DIR / f"step_{step:08d}.pt"
+
+
+def linked_folder_error(exc: OSError, path: Path, action: str = "write") -> FileSystemError:
+    """One line for ``exc``, met opening ``path`` (a folder of a run): a folder refused as a symbolic
+    link (:class:`~restorekit.safe_open.LinkedFolderError`) names itself."""
+    from ..safe_open import LinkedFolderError
+
+    if isinstance(exc, LinkedFolderError):
+        return FileSystemError(str(exc))
+    return FileSystemError(describe_os_error(exc, path, action=action))
+
+
+def run_subfolder(out: str | Path, name: str, *, create: bool = False) -> Folder | None:
+    """``out/name`` opened without following a symbolic link (another user of a shared run folder
+    could have swapped it for a link to a folder of the user's: it is refused, a
+    :class:`FileSystemError` naming it); ``None`` when it is not there and not ``create``."""
+    from ..safe_open import open_folder
+
+    try:
+        return open_folder(out, name, create=create)
+    except (FileNotFoundError, NotADirectoryError) as exc:  # (not there, or a file: nothing to list)
+        if create:
+            raise linked_folder_error(exc, Path(out) / name) from None
+        return None
+    except OSError as exc:
+        raise linked_folder_error(exc, Path(out) / name) from None
+
+
+def check_run_folders(out: str | Path, names: tuple[str, ...]) -> None:
+    """Refuse, before a run writes anything, a run folder whose subfolder ``names`` (checkpoints,
+    val…) is a symbolic link: checkpoints and images would be written into the folder it points
+    at, and old checkpoints removed from it. One line naming it (:class:`FileSystemError`)."""
+    for name in names:
+        folder = run_subfolder(out, name)
+        if folder is not None:
+            folder.close()
+
+
+def _step_files(folder: Folder) -> list[tuple[int, str]]:
+    """``(step, name)`` of the step checkpoints in the open ``folder``, oldest first."""
+    return sorted((int(m.group(1)), e.name) for e in folder.entries() if (m := CKPT_RE.match(e.name)))
 
 
 def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the step checkpoints under ``out``, oldest first."""
-    folder = Path(out) / "checkpoints"
-    if not folder.is_dir():
+    """``(step, path)`` of the step checkpoints under ``out``, oldest first; a ``checkpoints``
+    folder that is a symbolic link is refused (:func:`run_subfolder`), not listed through."""
+    folder = run_subfolder(out, CKPT_DIR)
+    if folder is None:
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name))]
-    return sorted(found)
+    with folder:
+        try:
+            found = _step_files(folder)
+        except OSError as exc:
+            raise linked_folder_error(exc, folder.path, action="read") from None
+    return [(step, Path(out) / CKPT_DIR / name) for step, name in found]
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
@@ -87,30 +140,21 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``. A failed write
-    (a full disk: torch says so as a RuntimeError of its zip writer) is a :class:`FileSystemError`
+def atomic_save(obj: Any, path: Path, *, root: Path | None = None) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then a rename onto ``path``
+    (:func:`~restorekit.images.write_via_temp`; ``root``: the run folder, as there: no folder below
+    it followed when a link, nor a temp file swapped meanwhile moved into place). A failed write (a
+    full disk: torch says so as a RuntimeError of its zip writer) is a :class:`FileSystemError`
     naming ``path``; nothing is left behind."""
+    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        write_via_temp(path, lambda f: torch.save(obj, f), root=root, suffix=".tmp", fsync=True)
+    except FileSystemError:
+        raise
     except OSError as exc:
         raise FileSystemError(describe_os_error(exc, path)) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            # mkstemp makes 0600; checkpoints get the usual permissions — set on the open file, not by
-            # name: another user of a shared run folder could have put a link where the temp file was.
-            os.fchmod(f.fileno(), new_file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, FileSystemError):
-            raise FileSystemError(describe_os_error(exc, path)) from exc
-        if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "write" in str(exc).lower()):
+    except RuntimeError as exc:
+        if "inline_container" in str(exc) or "write" in str(exc).lower():
             free = shutil.disk_usage(path.parent).free
             raise FileSystemError(f"cannot write {path}: the write failed ({free / 2**20:.0f} MiB free in its "
                                   f"folder; a full disk?)") from exc
@@ -120,14 +164,26 @@ def atomic_save(obj: Any, path: Path) -> None:
 def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -> None:
     """Delete all but the newest ``keep`` step checkpoints under ``out``, never ``protect`` (the
     one just written: a damaged file of a later step may sort after it), and the temp files of
-    writes a kill cut short (only one process writes, so none is in progress)."""
-    for _, old in list_checkpoints(out)[:-keep]:
-        if protect is None or old != protect:
-            with contextlib.suppress(OSError):
-                old.unlink()
-    for stale in (Path(out) / "checkpoints").glob(".step_*.pt.*.tmp"):
+    writes a kill cut short (only one process writes, so none is in progress). Removed by name in
+    the ``checkpoints`` folder opened without following a link: one that is a link is refused
+    (:func:`run_subfolder`) and nothing is removed from where it points."""
+    folder = run_subfolder(out, CKPT_DIR)
+    if folder is None:
+        return
+    with folder:
+        try:
+            found = _step_files(folder)
+        except OSError as exc:
+            raise linked_folder_error(exc, folder.path, action="read") from None
+        for _, name in found[:-keep]:
+            if protect is None or Path(out) / CKPT_DIR / name != Path(protect):
+                with contextlib.suppress(OSError):
+                    folder.unlink(name)
         with contextlib.suppress(OSError):
-            stale.unlink()
+            for e in folder.entries():
+                if _CKPT_TEMP_RE.match(e.name) and not e.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        folder.unlink(e.name)
 
 
 def resume_checkpoint(out: str | Path, path: str | Path | None, trainer: str, *,
@@ -343,15 +399,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return ckpt
 
 
-def trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
     """Keep the JSON lines of ``path`` up to ``step``; drop later ones (written after the
-    checkpoint a run resumes from) and any line cut short by a kill mid-write."""
-    from ..safe_open import read_plain
+    checkpoint a run resumes from) and any line cut short by a kill mid-write. ``root``: ``path``
+    lies below this run folder, and a folder between them that is a symbolic link is refused, not
+    read or written through (as :func:`atomic_save`'s)."""
+    from ..safe_open import open_folder, read_plain
 
     try:  # (in a shared run folder a link planted there is not followed, nor a FIFO waited on)
-        data = read_plain(path)
+        if root is None:
+            data = read_plain(path)
+        else:
+            try:
+                folder = open_folder(root, path.parent.relative_to(root), create=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # no folder, so no log to trim
+            with folder:
+                data = read_plain(folder.at(path.name), dir_fd=folder.fd)
     except OSError as exc:
-        raise FileSystemError(describe_os_error(exc, path, action="read")) from exc
+        raise linked_folder_error(exc, path, action="read") from exc
     if data is None:
         return
     keep = []
@@ -367,7 +433,7 @@ def trim_log(path: Path, step: int) -> None:
         if isinstance(at, int) and not isinstance(at, bool) and at <= step:
             keep.append(line)
     # Replaced whole (temp file, then rename): a kill mid-write must not cut the history short.
-    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode("utf-8"))
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode("utf-8"), root=root)
 
 
 class LogFiles:
@@ -380,17 +446,23 @@ class LogFiles:
     def __init__(self) -> None:
         self._files: dict[Path, BinaryIO] = {}
 
-    def append(self, path: Path, record: dict[str, Any]) -> None:
+    def append(self, path: Path, record: dict[str, Any], *, root: Path | None = None) -> None:
         """Add ``record`` as one line to ``path`` (made, with its folder, when missing); an
-        ``OSError`` is a :class:`FileSystemError` naming ``path``."""
-        from ..safe_open import ends_line, open_append
+        ``OSError`` is a :class:`FileSystemError` naming ``path``. ``root``: ``path`` lies below
+        this run folder, and its folders are opened from there without following a link (one there
+        is refused, naming it), as :func:`atomic_save`'s are."""
+        from ..safe_open import ends_line, open_append, open_folder
 
         data = (json.dumps(record) + "\n").encode("utf-8")
         try:
             f = self._files.get(path)
             if f is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                f = open_append(path)
+                if root is None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    f = open_append(path)
+                else:
+                    with open_folder(root, path.parent.relative_to(root)) as folder:
+                        f = open_append(folder.at(path.name), dir_fd=folder.fd)
                 self._files[path] = f
                 if not ends_line(f):  # a line a kill cut short: this record starts a line of its own
                     data = b"\n" + data
@@ -398,7 +470,7 @@ class LogFiles:
             while view:
                 view = view[f.write(view):]
         except OSError as exc:
-            raise FileSystemError(describe_os_error(exc, path)) from exc
+            raise linked_folder_error(exc, path) from exc
 
     def close(self) -> None:
         files, self._files = list(self._files.values()), {}
@@ -424,7 +496,8 @@ def run_folder_lock(out: str | Path) -> Iterator[None]:
 
     A second run on the same ``--out`` had started silently: it deleted the first's log, then
     both wrote log lines, checkpoints and the export. Refused at once instead, naming the folder.
-    Once held, the temp files a killed run left in it and its subfolders (val, snapshot…) go."""
+    Once held, the temp files a killed run left in it and its subfolders (val, snapshot…) go; a
+    subfolder that is a symbolic link is left alone (nothing of this run's is in it)."""
     from ..folder_lock import held_alone
     from ..images import subfolders, sweep_temp_files
 
@@ -432,7 +505,7 @@ def run_folder_lock(out: str | Path) -> Iterator[None]:
     with held_alone(folder, RUN_LOCK, lambda: TrainingError(
             f"{folder}: another training run is using this folder; wait for it to end (then --resume continues "
             "it), or choose another --out")):
-        sweep_temp_files([folder, *subfolders(folder)])
+        sweep_temp_files([folder, *subfolders(folder)], root=folder)
         yield
 
 def start_log(out: Path, log: Path, *, resumed_at: int | None, main: bool) -> None:
@@ -594,6 +667,9 @@ class Trainer:
     """
 
     name: str = "trainer"
+    #: The subfolders of the run folder this trainer writes to: one that is a symbolic link is
+    #: refused when :meth:`fit` starts (:func:`check_run_folders`); a subclass writing others adds them.
+    run_folders: tuple[str, ...] = (CKPT_DIR, VAL_DIR)
     # The config model `restorekit train NAME` validates files and --set overrides against.
     Config: type[TrainConfig] = TrainConfig
 
@@ -694,7 +770,7 @@ class Trainer:
             "model": self.model_state(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
             "config": self.config.saved_settings(), "elapsed": elapsed, "extra": self.extra_state(),
-        }, path)
+        }, path, root=self.out)
         prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path
 
@@ -793,7 +869,7 @@ class Trainer:
         metrics_mean = {k: v / max(count, 1) for k, v in sums.items()}
         if columns:
             merged = [torch.cat([c[i] for c in columns]) for i in range(len(columns[0]))]
-            save_image(image_grid(merged), self.out / "val" / f"step_{self.step:08d}.png")
+            save_image(image_grid(merged), self.out / VAL_DIR / f"step_{self.step:08d}.png", root=self.out)
         self.log({"kind": "val", "step": self.step, **metrics_mean})
         self.last_val = metrics_mean
         self.set_train_mode()
@@ -897,6 +973,7 @@ class Trainer:
         cfg = self.config
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            check_run_folders(self.out, self.run_folders)
         if resume:
             self.resume(None if resume is True else resume)
         self.logs.close()  # (a log replaced whole now is opened again by the next record)
@@ -959,7 +1036,7 @@ class Trainer:
             if self.log_path.exists():
                 from .plot import plot_losses
 
-                plot_losses(self.log_path, self.out / "loss.png")
+                plot_losses(self.log_path, self.out / "loss.png", root=self.out)
         signum = signal_across(self.dist, stop.signum)
         barrier(self.dist)
         return {"rank": self.dist.rank, "world_size": self.dist.world_size, "step": self.step, "steps": cfg.steps,
@@ -973,7 +1050,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["LogFiles", "Trainer", "TrainingError", "atomic_save", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
-           "resume_warning", "rng_state", "set_rng_state", "seed_everything", "setting_changes", "start_log", "trim_log",
+__all__ = ["LogFiles", "Trainer", "TrainingError", "CKPT_DIR", "VAL_DIR", "atomic_save", "check_run_folders", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
+           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "resume_warning", "rng_state", "run_subfolder", "set_rng_state", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

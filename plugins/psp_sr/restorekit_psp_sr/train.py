@@ -91,10 +91,13 @@ class PSPTrainConfig(TrainConfig):
 
 
 def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str = "unknown", name: str = "",
-                               training: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+                               training: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
+                               root: Path | None = None) -> Path:
     """A StyleGAN2 generator as ``.safetensors``: rosinality tensor names, ``latent_avg`` when
     known, and metadata ``format = restorekit.stylegan2/1`` + ``config`` (JSON architecture).
-    ``dtype=torch.float16`` halves the file (loading converts back to float32)."""
+    ``dtype=torch.float16`` halves the file (loading converts back to float32). ``root``: as
+    :func:`restorekit.images.atomic_write_bytes`' (a run folder whose subfolders are not followed
+    when links)."""
     from safetensors.torch import save
 
     from restorekit.images import atomic_write_bytes
@@ -106,7 +109,7 @@ def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str
         tensors["latent_avg"] = generator.latent_avg.detach().to("cpu", dtype).reshape(-1).contiguous().clone()
     config = {"generator": generator_config(generator), "license": license, "name": name, "training": training or {}}
     p = Path(path)
-    atomic_write_bytes(p, save(tensors, metadata={"format": STYLEGAN2_FORMAT, "config": json.dumps(config)}))
+    atomic_write_bytes(p, save(tensors, metadata={"format": STYLEGAN2_FORMAT, "config": json.dumps(config)}), root=root)
     return p
 
 

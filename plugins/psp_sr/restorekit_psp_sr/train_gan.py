@@ -73,12 +73,15 @@ from restorekit.training import Betas, TrainConfig, load_optimizer_state
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
                                              signal_across)
-from restorekit.training.trainer import (CKPT_FORMAT, LogFiles, TrainingError, amp_enabled, atomic_save, check_stop_steps,
-                                         checkpoint_path, prune_checkpoints, restoring, resume_checkpoint, rng_state,
-                                         resume_warning, seed_everything, set_rng_state, start_log, trim_log,
+from restorekit.training.trainer import (CKPT_DIR, CKPT_FORMAT, LogFiles, TrainingError, amp_enabled, atomic_save,
+                                         check_run_folders, check_stop_steps, checkpoint_path, linked_folder_error,
+                                         prune_checkpoints, restoring, resume_checkpoint, rng_state, resume_warning,
+                                         run_subfolder, seed_everything, set_rng_state, start_log, trim_log,
                                          warn_changed_settings, warn_optimizer_changes)
 
 TRAINER_NAME = "stylegan2"
+#: The run folder's snapshot subfolder; like ``checkpoints/``, refused when it is a symbolic link.
+SNAPSHOT_DIR = "snapshot"
 
 
 class GANConfig(TrainConfig):
@@ -542,9 +545,10 @@ class GANTrainer:
         cols = [torch.cat([r[i::per_row] for r in rows]) for i in range(per_row)]
         return image_grid(cols, max_rows=2 * math.ceil(len(z) / per_row))
 
-    def _export_generator(self, path: Path, *, dtype: torch.dtype = torch.float16) -> Path:
+    def _export_generator(self, path: Path, *, dtype: torch.dtype = torch.float16, root: Path | None = None) -> Path:
         """The EMA generator as a StyleGAN2 safetensors file; its config's ``training.steps`` is
-        this step (:func:`_exported_step`)."""
+        this step (:func:`_exported_step`). ``root``: ``path`` lies below this run folder, whose
+        subfolders are not written through when links (as :func:`atomic_save`'s ``root``)."""
         from .train import save_stylegan2_safetensors
 
         g = copy.deepcopy(self.G_ema).float().cpu()
@@ -554,42 +558,56 @@ class GANTrainer:
                     "r1_gamma": self.config.r1_gamma, "seconds": round(self._elapsed(), 1),
                     "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"}
         return save_stylegan2_safetensors(g, path, license=self.config.license, name=self.config.model_name,
-                                          training=training, dtype=dtype)
+                                          training=training, dtype=dtype, root=root)
 
-    def _save_weights(self, module: nn.Module, path: Path, meta: dict[str, str]) -> None:
+    def _save_weights(self, module: nn.Module, path: Path, meta: dict[str, str], *, root: Path | None = None) -> None:
         from safetensors.torch import save
 
         from restorekit.images import atomic_write_bytes
 
         tensors = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
                    for k, v in module.state_dict().items()}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        atomic_write_bytes(path, save(tensors, metadata=meta), root=root)
 
     def snapshot(self) -> dict[str, Any]:
-        """Write the snapshot files to ``OUT/snapshot`` (and ``snapshot_dir``); rank 0 only."""
+        """Write the snapshot files to ``OUT/snapshot`` (and ``snapshot_dir``); rank 0 only.
+        ``OUT/snapshot`` is written through the folder opened from ``OUT`` without following a
+        link: one swapped for a link is refused (``FileSystemError`` naming it), not written into."""
         if not self.dist.is_main:
             return {}
         from restorekit.images import atomic_write_bytes, save_image
+        from restorekit.safe_open import read_plain
 
         t0 = time.monotonic()
-        folder = self.out / "snapshot"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.out / SNAPSHOT_DIR
         # The losses are the last log line's (every log_every steps), named by its step.
         record = {"step": self.step, "kimg": round(self.nimg / 1000, 3), "seconds": round(self._elapsed(), 1),
                   "losses_at_step": self.last_logs_step, **self.last_logs}
         meta = {"format": "restorekit.stylegan2-train-weights/1", "step": str(self.step), "nimg": str(self.nimg),
                 "config": json.dumps(self.config.saved_settings())}
         files = ("generator.safetensors", "samples.png", "resume_g.safetensors", "resume_d.safetensors")
-        self._export_generator(folder / files[0])
-        save_image(self.sample_grid(), folder / files[1])
-        self._save_weights(self.G, folder / files[2], meta)
-        self._save_weights(self.D, folder / files[3], meta)
+        self._export_generator(folder / files[0], root=self.out)
+        save_image(self.sample_grid(), folder / files[1], root=self.out)
+        self._save_weights(self.G, folder / files[2], meta, root=self.out)
+        self._save_weights(self.D, folder / files[3], meta, root=self.out)
         mirrors = [Path(self.config.snapshot_dir)] if self.config.snapshot_dir else []
-        for target in [folder, *mirrors]:  # the mirror gets the same bytes, written once
+        data: dict[str, bytes | None] = {}
+        if mirrors:  # the mirror gets the same bytes, written once: read back from the folder opened
+            snap = run_subfolder(self.out, SNAPSHOT_DIR, create=True)
+            assert snap is not None
+            with snap:
+                for name in files:
+                    try:
+                        data[name] = read_plain(snap.at(name), dir_fd=snap.fd)
+                    except OSError as exc:
+                        raise linked_folder_error(exc, folder / name, action="read") from None
+        for target in [folder, *mirrors]:
             if target != folder:
                 for name in files:
-                    atomic_write_bytes(target / name, (folder / name).read_bytes())
-            self.logs.append(target / "metrics.jsonl", record)
+                    if (content := data.get(name)) is None:
+                        raise TrainingError(f"{folder / name}: gone before it was copied to {target}")
+                    atomic_write_bytes(target / name, content)
+            self.logs.append(target / "metrics.jsonl", record, root=self.out if target == folder else None)
         self._say(f"stylegan2: snapshot at step {self.step} ({record['kimg']} kimg) in {time.monotonic() - t0:.1f} s")
         self.snapshot_step = self.step
         return record
@@ -645,7 +663,7 @@ class GANTrainer:
                      "model": self.models.state_dict(), "optimizer": self.opt_G.state_dict(),
                      "optimizer_d": self.opt_D.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
                      "config": self.config.saved_settings(), "elapsed": self._elapsed(), "extra": {}},
-                    path)
+                    path, root=self.out)
         prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path
 
@@ -690,14 +708,16 @@ class GANTrainer:
         cfg = self.config
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            check_run_folders(self.out, (CKPT_DIR, SNAPSHOT_DIR))  # a link there: refused before any write
         log = self.out / "log.jsonl"
         if resume:
             self.resume(None if resume is True else resume)
         self.logs.close()  # (a log replaced whole now is opened again by the next record)
         start_log(self.out, log, resumed_at=self.step if resume else None, main=self.dist.is_main)
         if resume and self.dist.is_main:  # the snapshot rows past the checkpoint are written again
-            for folder in [self.out / "snapshot", *([Path(cfg.snapshot_dir)] if cfg.snapshot_dir else [])]:
-                trim_log(folder / "metrics.jsonl", self.step)
+            trim_log(self.out / SNAPSHOT_DIR / "metrics.jsonl", self.step, root=self.out)
+            if cfg.snapshot_dir:  # (the mirror is the user's own choice of folder, taken as given)
+                trim_log(Path(cfg.snapshot_dir) / "metrics.jsonl", self.step)
         if not resume:
             if cfg.init_from:
                 self.init_weights(cfg.init_from)
