@@ -12,7 +12,10 @@ landmarks into the named points ``quad_from_points`` takes.
   the authors' Caffe models). The cascade and its three networks are implemented here and
   only the three ``.pt`` state dicts are read from that package, with ``weights_only=True``:
   importing ``facenet_pytorch`` itself needs ``requests`` and pins ``numpy<2``/``torch<2.3``,
-  so the package is installed with ``--no-deps`` and never imported.
+  so the package is installed with ``--no-deps`` and never imported. One departure from
+  facenet-pytorch, back to the original: R-Net/O-Net crops of boxes that cross the image
+  border are zero-padded, not clipped and stretched (see ``_crops``), so faces cut by the
+  frame keep their landmarks; faces inside the image give the same results as facenet-pytorch.
 * ``dlib_hog`` — dlib's HOG frontal detector + 5-point predictor (eye corners, nose base;
   public domain models from ``face-recognition-models``). No mouth corners: the crop comes from
   a similarity fit onto the FFHQ template (``quad_from_points``).
@@ -245,19 +248,22 @@ def _summed_area(img: Tensor) -> Tensor:
 
 
 def _crops(img: Tensor, boxes: Tensor, size: int, table: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Area-resized ``size×size`` crops of 1-based inclusive integer boxes clipped to the image.
+    """Area-resized ``size×size`` crops of 1-based inclusive integer boxes, zero outside the image.
 
-    Equal to ``F.interpolate(region, size, mode="area")`` per box (adaptive average pooling:
-    output cell ``i`` averages input rows ``floor(i·h/size)`` to ``ceil((i+1)·h/size)``), computed
-    for all boxes at once from one summed-area table (``_summed_area(img)``, built when not
-    given). Returns the crops and the indices of the
-    boxes that kept a non-empty region.
+    A box that crosses the border is cropped whole, the part outside the image black (0 on the
+    0–255 scale), as in the original MTCNN's ``pad()``: the networks' landmarks are fractions of
+    the whole box, so stretching only the visible part (facenet-pytorch's shortcut) misplaces
+    them. Equal to ``F.interpolate(region, size, mode="area")`` per box (adaptive average
+    pooling: output cell ``i`` averages input rows ``floor(i·h/size)`` to ``ceil((i+1)·h/size)``),
+    computed for all boxes at once from one summed-area table (``_summed_area(img)``, built when
+    not given): cell corners outside the image are clamped to it, which adds the zeros for free.
+    Returns the crops and the indices of the boxes that overlap the image.
     """
     h, w = img.shape[-2:]
     b = boxes[:, :4].trunc().long()
-    x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
-    x1, y1 = b[:, 2].clamp(max=w), b[:, 3].clamp(max=h)
-    ok = torch.nonzero((x1 > x0) & (y1 > y0)).flatten()
+    x0, y0, x1, y1 = b[:, 0] - 1, b[:, 1] - 1, b[:, 2], b[:, 3]
+    visible = (x1.clamp(max=w) > x0.clamp(min=0)) & (y1.clamp(max=h) > y0.clamp(min=0))
+    ok = torch.nonzero(visible).flatten()
     if not len(ok):
         return img.new_zeros(0, 3, size, size), ok
     x0, y0, x1, y1 = x0[ok], y0[ok], x1[ok], y1[ok]
@@ -272,8 +278,10 @@ def _crops(img: Tensor, boxes: Tensor, size: int, table: Tensor | None = None) -
     rs, re = cells(y0, y1)
     cs, ce = cells(x0, x1)
     r0, r1, c0, c1 = rs[:, :, None], re[:, :, None], cs[:, None, :], ce[:, None, :]
+    area = (r1 - r0) * (c1 - c0)  # of the whole cell, outside part included
+    r0, r1, c0, c1 = r0.clamp(0, h), r1.clamp(0, h), c0.clamp(0, w), c1.clamp(0, w)
     total = table[:, r1, c1] - table[:, r0, c1] - table[:, r1, c0] + table[:, r0, c0]
-    crops = (total / ((r1 - r0) * (c1 - c0))).permute(1, 0, 2, 3)
+    crops = (total / area).permute(1, 0, 2, 3)
     return crops.to(img.dtype).contiguous(), ok
 
 
