@@ -21,7 +21,8 @@ from ..web.config import MAX_UPLOAD_MB
               help="Address to listen on. The default answers this machine only; another address lets "
                    "anyone who can reach it use the page (there is no login).")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
-              help="Another name the page may be reached by (repeatable). Requests name the server in their "
+              help="Another name the page may be reached by (repeatable): a bare host name or address, without "
+                   "scheme, port or path. Requests name the server in their "
                    "Host header; only this machine's addresses and names are answered (and, with another "
                    "--host, any address), so that a web page elsewhere cannot reach it by DNS rebinding.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
@@ -72,14 +73,15 @@ def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, m
     from pydantic import ValidationError
 
     from ..options import format_error
-    from ..web.config import DEFAULT_METRICS, ServeConfig
+    from ..web.config import DEFAULT_METRICS, ServeConfig, check_host_name
     from ..web.server import bind, build_state, serve_forever, url_of
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     try:
+        allowed = [check_host_name(h) for h in allow_hosts]  # one line naming the value, before loading anything
         offered = names if names is not None else registry().names("methods")
         config = ServeConfig(
-            host=host, allowed_hosts=list(allow_hosts), port=port, device=device, methods=names, method_options=parse_method_opts(opts, offered),
+            host=host, allowed_hosts=allowed, port=port, device=device, methods=names, method_options=parse_method_opts(opts, offered),
             metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
             detector=detector, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             max_output_pixels=max_output_pixels, max_scale=max_scale, max_samples=max_samples,

@@ -11,7 +11,10 @@ handled in five steps:
    corners, else a similarity fit to the FFHQ template), resampled (antialiased) to the method's
    input size — ``method.face_input_size`` (an int, or a function of the scale) when the method
    has one, else ``256 // scale`` (so the restored crop is 256 px; at least 16).
-3. **Restore** all crops in one batch: ``crop_size`` → ``crop_size·scale``.
+3. **Restore** the crops, at most ``face_batch`` (8) to a call of the method: ``crop_size`` →
+   ``crop_size·scale``. The restored crops count toward ``max_output_pixels`` with the composites
+   (faces × (crop_size·scale)² × samples): a photo of a thousand small faces is refused in one line,
+   after detection and before anything is restored, as a photo too large to paste back is.
 4. **Background**: the whole photo upscaled by ``scale`` with the background method
    (``bicubic``, built in, or any registered method by name).
 5. **Paste**: each restored crop is warped back into the upscaled photo through the inverse of
@@ -25,6 +28,9 @@ handled in five steps:
 (faces pasted into gradients and blurred photos), it raised the face's LPIPS in 18–19 of 21–22
 photos (+0.03) and tripled its red–green error, because the feather band it measures is mostly
 background and hair, whose colour it then cast onto the skin.
+
+Each face aligned, each batch restored and each face pasted is a :func:`restorekit.progress.report`
+step, so a caller that follows progress (``serve``) sees it and can cancel there.
 
 Outside every face mask the result is exactly the background. :func:`restore_photo` is the
 one-call form (``compare --faces detect`` uses it per image); :class:`FacePipeline` keeps the
@@ -46,17 +52,19 @@ import torch
 from torch import Tensor
 
 from ..degradations import bicubic_resize, upscale
-from ..errors import RestorekitError
-from ..images import DEFAULT_MAX_OUTPUT_PIXELS, check_output_size, side_by_side
+from ..errors import ImageError, RestorekitError
+from ..images import DEFAULT_MAX_OUTPUT_PIXELS, _mp, check_output_size, side_by_side
 from ..interfaces import Face, FaceDetector, Method, MethodInfo, result_options
 from ..methods import check_values
+from ..progress import report
 from ..run_record import PINS, option_differences, pin_differences, same_files
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match, grey, is_grey
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
 
 __all__ = [
-    "DEFAULT_MIN_FACE", "DEFAULT_MAX_SHRINK", "DEFAULT_FEATHER", "FaceRecord", "PhotoResult", "face_input_size",
+    "DEFAULT_MIN_FACE", "DEFAULT_MAX_SHRINK", "DEFAULT_FEATHER", "FACE_BATCH", "FaceRecord", "PhotoResult",
+    "face_input_size",
     "build_detector", "build_background", "paste_warp", "FacePipeline", "restore_photo", "largest_face_crop",
 ]
 
@@ -65,6 +73,9 @@ DEFAULT_MIN_FACE = 20.0
 DEFAULT_MAX_SHRINK = 3.0
 DEFAULT_FEATHER = 0.1
 MIN_CROP = 16
+#: Faces restored in one call of the method: its activations grow with the batch (a PULSE search holds
+#: a generator pass per face), so a photo of many faces is restored a few at a time.
+FACE_BATCH = 8
 
 Background = Callable[[Tensor, int], Tensor]
 
@@ -247,9 +258,12 @@ class FacePipeline:
                  background: str | Method | Background = "bicubic", min_face: float = DEFAULT_MIN_FACE,
                  feather: float = DEFAULT_FEATHER, colour_match: bool = False,
                  crop_size: int | None = None, max_shrink: float | None = DEFAULT_MAX_SHRINK,
-                 max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
+                 max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS, face_batch: int = FACE_BATCH) -> None:
         method.check_scale(scale)
         self.max_output_pixels = max_output_pixels
+        if face_batch < 1:
+            raise RestorekitError(f"face_batch must be ≥ 1, got {face_batch}")
+        self.face_batch = int(face_batch)
         if max_shrink is not None and not max_shrink >= 1:  # NaN too
             raise RestorekitError(f"--max-shrink must be ≥ 1, got {max_shrink}")
         self.max_shrink = max_shrink
@@ -306,17 +320,43 @@ class FacePipeline:
             recs.append(rec)
         return recs
 
+    def output_pixels(self, width: int, height: int, n_faces: int, n_samples: int = 1) -> tuple[int, int]:
+        """``(composite pixels, restored-crop pixels)`` one photo of ``width``×``height`` with
+        ``n_faces`` faces to restore makes (each × ``n_samples``)."""
+        s, side = self.scale, self.crop_size * self.scale
+        return width * s * height * s * n_samples, n_faces * side * side * n_samples
+
+    def check_outputs(self, width: int, height: int, n_faces: int, n_samples: int = 1, where: object = "photo",
+                      fix: str = "raise --min-face to leave small faces to the background, or raise "
+                                 "--max-output-pixels") -> None:
+        """Refuse (:class:`ImageError`, one line naming the count and the limit, ``fix`` in brackets)
+        a photo whose composites and restored face crops together pass ``max_output_pixels``: the
+        crops are made and held (and written by ``--only-faces`` and ``serve``) as the composites are.
+        (A lower scale would not help: a method's crops are about 256 px restored at any scale.)"""
+        photo, crops = self.output_pixels(width, height, n_faces, n_samples)
+        if n_faces and photo + crops > self.max_output_pixels:
+            side = self.crop_size * self.scale
+            many = f" × {n_samples} samples" if n_samples > 1 else ""
+            raise ImageError(f"{where}: {n_faces:,} faces to restore make {n_faces:,} × {side}×{side}{many} = "
+                             f"{_mp(crops)} of face crops besides the ×{self.scale} photo's {_mp(photo)}, over the "
+                             f"output limit of {_mp(self.max_output_pixels)} ({fix})")
+
+    def restorable(self, faces: list[Face]) -> int:
+        """How many of ``faces`` the pipeline would restore (the others are left to the background)."""
+        return sum(r.action == "restored" for r in self.records_for(faces))
+
     @torch.no_grad()  # not inference_mode: optimisation-based methods (PULSE) enable grad inside restore
     def run(self, image: Tensor, *, seed: int | None = None, n_samples: int = 1,
-            faces: list[Face] | None = None) -> PhotoResult:
-        """Restore every face of one 1×3×H×W photo; ``faces`` skips detection (given detections)."""
+            faces: list[Face] | None = None, where: object = "photo") -> PhotoResult:
+        """Restore every face of one 1×3×H×W photo; ``faces`` skips detection (given detections);
+        ``where`` names the photo in a refusal."""
         if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
             raise ValueError(f"expected one 1×3×H×W photo, got {tuple(image.shape)}")
         image = image.detach().float().cpu()
         s = self.scale
+        H0, W0 = int(image.shape[-2]), int(image.shape[-1])
         # The paste-back holds one composite per sample at scale × the photo: refuse before any work.
-        check_output_size(image.shape[-1], image.shape[-2], s, "photo", max_output_pixels=self.max_output_pixels,
-                          n_outputs=n_samples)
+        check_output_size(W0, H0, s, where, max_output_pixels=self.max_output_pixels, n_outputs=n_samples)
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         if faces is None:
@@ -324,11 +364,15 @@ class FacePipeline:
         t["detect"] = (time.perf_counter() - t0) * 1e3
         records = self.records_for(faces)
         todo = [r for r in records if r.action == "restored"]
+        # … and the restored crops too, once the faces are known: before any is aligned or restored.
+        self.check_outputs(W0, H0, len(todo), n_samples, where)
+        name = self.method.info.name
 
         t0 = time.perf_counter()
         geoms: dict[int, AlignedFace] = {}
         crops = []
-        for r in todo:
+        for i, r in enumerate(todo):
+            report(f"{name}: aligning faces", i, len(todo))
             crop, geom = align_face(image, np.asarray(r.quad), self.crop_size)
             geoms[r.index] = geom
             crops.append(crop)
@@ -337,15 +381,22 @@ class FacePipeline:
         t0 = time.perf_counter()
         restored: Tensor | None = None
         if crops:
-            batch = torch.cat(crops).to(self.method.device)
-            restored = check_values(self.method.info.name,
-                                    self.method.restore(batch, s, seed=seed, n_samples=n_samples)).cpu()
             want = self.crop_size * s
-            if restored.shape[0] != len(crops) * n_samples:
-                raise RestorekitError(f"{self.method.info.name} returned {restored.shape[0]} images for "
-                                      f"{len(crops)} faces × {n_samples} samples")
-            if tuple(restored.shape[-2:]) != (want, want):
-                restored = bicubic_resize(restored, (want, want)).clamp(0, 1)
+            parts: list[Tensor] = []
+            for b in range(0, len(crops), self.face_batch):
+                report(f"{name}: restoring faces", b, len(crops))
+                chunk = crops[b:b + self.face_batch]
+                out = check_values(name, self.method.restore(torch.cat(chunk).to(self.method.device), s,
+                                                             seed=seed, n_samples=n_samples)).cpu()
+                if out.shape[0] != len(chunk) * n_samples:
+                    raise RestorekitError(f"{name} returned {out.shape[0]} images for "
+                                          f"{len(chunk)} faces × {n_samples} samples")
+                if tuple(out.shape[-2:]) != (want, want):
+                    out = bicubic_resize(out, (want, want)).clamp(0, 1)
+                parts.append(out)
+            del crops
+            restored = torch.cat(parts) if len(parts) > 1 else parts[0]
+            del parts
         # A black-and-white photo stays so: a colour model's faces (and background) are made grey.
         grey_photo = is_grey(image)
         if grey_photo and restored is not None:
@@ -368,7 +419,8 @@ class FacePipeline:
         # Coarsest crops first, finest last: a large face's crop square covers the faces beside it,
         # and each pixel keeps the restoration of the finest crop over it (a small face its own).
         order = sorted(range(len(todo)), key=lambda k: -geoms[todo[k].index].scale)
-        for k in order:
+        for done, k in enumerate(order):
+            report(f"{name}: pasting faces", done, len(order))
             r = todo[k]
             geom = geoms[r.index]
             win = _window(geom, s, H, W)
@@ -453,15 +505,16 @@ class NoFaceError(RestorekitError):
 
 def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | None = None,
                   n_samples: int = 1, only_faces: bool = False, require_face: bool = False,
-                  warn: Callable[[str], None] | None = None) -> tuple[list[tuple[str, Tensor]], dict[str, Any]]:
+                  warn: Callable[[str], None] | None = None,
+                  where: object = "photo") -> tuple[list[tuple[str, Tensor]], dict[str, Any]]:
     """What ``run --faces detect`` writes for one photo: ``[(stem, image), …]`` and the sidecar.
 
     Outputs are ``<stem>`` (``<stem>_s<j>`` per sample), or with ``only_faces`` the restored
     crops ``<stem>_face<i>`` (``_s<j>``), ``i`` being the face's index in the sidecar. A photo in
     which no face was restored is passed through as the background upscale with a warning, or
-    raises :class:`NoFaceError` when ``require_face``.
+    raises :class:`NoFaceError` when ``require_face``. ``where`` names the photo in a refusal.
     """
-    result = pipe.run(image, seed=seed, n_samples=n_samples)
+    result = pipe.run(image, seed=seed, n_samples=n_samples, where=where)
     sidecar = result.sidecar()
     if result.n_restored == 0:
         why = "no face found" if not result.records else (
@@ -674,6 +727,7 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
     def restore(image: Tensor, item: Any) -> list[tuple[str, Tensor]]:
         outs, sidecar = photo_outputs(pipe, image, item.stem, seed=seed, n_samples=n_samples,
                                       only_faces=only_faces, require_face=require_face,
+                                      where=item.path,
                                       warn=warn)  # -q too: the photo is only upscaled by the background
         sidecar = {"input": str(item.path), "method": method.info.name, **recorded, **sidecar}
         sidecars[str(item.path)] = sidecar

@@ -80,6 +80,15 @@ def error(msg: str, status: int, headers: Mapping[str, str] | None = None) -> JS
     return JSONResponse({"error": msg}, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
+def status_for(exc: RestorekitError) -> int:
+    """The status a refused upload is answered with: the server's own storage failing is not the
+    request's fault (507 disk full, else 500: :class:`~restorekit.web.files.StorageError`); anything
+    else about the upload is a 400."""
+    from .files import StorageError
+
+    return exc.status if isinstance(exc, StorageError) else 400
+
+
 def guard_options(config: Any) -> dict[str, Any]:
     """The :class:`Guard`'s settings for a server's :class:`~restorekit.web.config.ServeConfig`."""
     return {"local_only": config.loopback, "names": config.host_names()}
@@ -311,7 +320,7 @@ def create_app(state: Any) -> Starlette:
         try:
             up = await run_in_threadpool(state.uploads.accept, data, name)
         except RestorekitError as exc:
-            return error(str(exc), 400)
+            return error(str(exc), status_for(exc))
         finally:
             del data
             slots.release()
@@ -323,7 +332,7 @@ def create_app(state: Any) -> Starlette:
         try:
             up = await run_in_threadpool(sample_upload, state.uploads)
         except RestorekitError as exc:
-            return error(str(exc), 400)
+            return error(str(exc), status_for(exc))
         return JSONResponse(up.public(), status_code=201)
 
     async def submit(request: Request) -> Response:

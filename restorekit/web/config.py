@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from pydantic import Field, field_validator
 
 from ..devices import check_device
 from ..errors import RestorekitError
-from ..hosts import is_loopback
+from ..hosts import is_address, is_loopback
 from ..interfaces import Options
 
 #: What the page scores against the HR, as ``restorekit demo`` does (a metric whose weights are
@@ -19,6 +20,32 @@ DEFAULT_METRICS = ("psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dl
 
 #: The largest --max-upload-mb: an upload is held in memory, decoded, while the page uses it.
 MAX_UPLOAD_MB = 100_000.0
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def check_host_name(value: str) -> str:
+    """An ``--allow-host`` value as the ``Host`` check compares it: a bare host name (lower case,
+    an international one as its ``xn--`` form, which is what browsers send) or an IP address
+    (brackets around IPv6 dropped). Anything a ``Host`` header never holds as its host — a scheme,
+    a port, a path, ``user@``, a wildcard — never matches a request, so it is refused
+    (:class:`RestorekitError`, one line) rather than silently ignored."""
+    raw = value if isinstance(value, str) else str(value)
+    text = raw.strip()
+    bracketed = text.startswith("[") and text.endswith("]")
+    inner = text[1:-1] if bracketed else text
+    if not any(ch in inner for ch in "[]") and is_address(inner) and (":" in inner or not bracketed):
+        return inner.lower()
+    try:
+        name = text.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        name = ""
+    numeric_tld = bool(re.fullmatch(r"[0-9]+", name.rstrip(".").rsplit(".", 1)[-1])) if name else False
+    if not name or len(name.rstrip(".")) > 253 or not _HOST_NAME.fullmatch(name) or numeric_tld:
+        raise RestorekitError(f"--allow-host {raw!r}: not a bare host name or IP address (give the name alone, as "
+                              "in the browser's address bar without http://, port or path: e.g. faces.example.org)")
+    return name
 
 
 class ServeConfig(Options):
@@ -84,6 +111,15 @@ class ServeConfig(Options):
         """A ``--device`` value (``auto``, ``cpu``, ``cuda`` or ``cuda:N``), as the command line checks it."""
         try:
             return check_device(value if isinstance(value, str) else str(value))
+        except RestorekitError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        """Each name as :func:`check_host_name` gives it (one that can never match is refused)."""
+        try:
+            return [check_host_name(v) for v in value]
         except RestorekitError as exc:
             raise ValueError(str(exc)) from None
 

@@ -11,13 +11,19 @@ A job holds what it works on (``Job.upload``: the upload's decoded pixels, given
 submission until it ends, so newer uploads pushing it out of the upload store cannot fail a job that
 waits; at most ``max_waiting`` + 1 jobs hold one. A job cancelled while waiting leaves the line at
 once (and lets its upload go), so submitting and cancelling over and over holds nothing.
+
+A job that fails unexpectedly (a bug, a plugin's exception, a file that could not be written) shows
+one line on the page and leaves its traceback on the server's stderr, for its operator; a failed
+write's line names no path of the server's (:func:`restorekit.web.files.storage_error`).
 """
 
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,12 +228,29 @@ class JobQueue:
                 status = "cancelled"
             except RestorekitError as exc:
                 status, job.error = "failed", str(exc)
+            except OSError as exc:  # a write or read of the server's own: the page is not told its paths
+                from .files import storage_error
+
+                _log_failure(job, exc)
+                status, job.error = "failed", str(storage_error(exc))
             except Exception as exc:  # a bug must not stop the queue; the page says what happened
+                _log_failure(job, exc)
                 status, job.error = "failed", f"unexpected {type(exc).__name__}: {exc}"
             except BaseException as exc:  # sys.exit() in a plugin would end this thread: no job would run again
+                _log_failure(job, exc)
                 status, job.error = "failed", f"unexpected {failure_reason(exc)}"
             with self._lock:
                 job.status, job.finished, job.step = status, time.time(), None
                 job.upload = None  # a finished job keeps its files and numbers, not the pixels
                 job.stage = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[status]
                 self._trim()
+
+
+def _log_failure(job: Job, exc: BaseException) -> None:
+    """An unexpected failure of ``job`` with its traceback on the server's stderr (the page has one line)."""
+    try:
+        print(f"restorekit serve: job {job.id} failed unexpectedly:", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - a closed stderr must not stop the queue
+        pass

@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import RestorekitError
 from .catalogue import Catalogue
 from .config import ServeConfig
-from .files import FileStore
+from .files import FileStore, remove_stale_folders
 from .jobs import JobQueue
 from .uploads import UploadStore
 from .work import Restorer, forget_job
@@ -55,10 +55,15 @@ class ServeState:
 
 
 def build_state(config: ServeConfig, log: Callable[[str], None] | None = None) -> ServeState:
-    """Load the methods, metrics and detector once; make the temporary folder (deleted again when
-    anything after it fails)."""
+    """Load the methods, metrics and detector once; remove the folders that killed servers left
+    (:func:`~restorekit.web.files.remove_stale_folders`, said in one line through ``log``); make the
+    temporary folder (deleted again when anything after it fails)."""
     catalogue = Catalogue(config, log=log)
     catalogue.load()
+    stale = remove_stale_folders(config.temp_parent)
+    if stale and log is not None:
+        log(f"removed {len(stale)} temporary folder(s) of photos left by servers that were killed "
+            f"({', '.join(p.name for p in stale[:3])}{', …' if len(stale) > 3 else ''} in {stale[0].parent})")
     files = FileStore(config.temp_parent)
     try:
         uploads = UploadStore(files, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels,

@@ -7,7 +7,10 @@
    spec, default ``bicubic:K``), rounded to 8 bits as compare's LR file. Otherwise the upload is the LR.
 3. Each method restores the LR ×scale (``detect`` mode: as ``run --faces detect``, through
    :class:`restorekit.faces.pipeline.FacePipeline` — every face found once on the LR photo,
-   aligned, restored, pasted back over the bicubic-upscaled photo).
+   aligned, restored, pasted back over the bicubic-upscaled photo). Once the faces are found, the
+   job is refused (one line) when any method's composites and restored face crops together would
+   pass ``--max-output-pixels``, before anything is restored; each face aligned, restored, pasted
+   and written is a progress step, where a cancel stops the job.
 4. Every output is rounded to 8 bits, written (PNG) and, with an HR, scored by the harness
    (:func:`restorekit.harness.runner.score`; samples of a stochastic method aggregated by
    :func:`restorekit.harness.aggregate.summarize`: mean ± population std).
@@ -41,7 +44,7 @@ from ..plugins import failure_reason
 from ..progress import reporting
 from .catalogue import Catalogue, MethodEntry
 from .config import ServeConfig
-from .files import FileStore, safe_download_name
+from .files import FileStore, StorageError, safe_download_name
 from .jobs import Job, JobSettings
 from .uploads import Upload, UploadStore
 
@@ -218,6 +221,13 @@ class Restorer:
             boxes = [(i, f.box, True) for i, f in enumerate(faces)]
             job.publish("notes", f"{len(faces)} face(s) found by {self.catalogue.detector_name} in the "
                                  f"{lr.shape[-1]}×{lr.shape[-2]} input", append=True)
+            # The restored crops are outputs too (shown, written): refused before any method restores.
+            for entry in entries:
+                job.check_cancel()
+                pipe = self._pipeline(entry, k)
+                pipe.check_outputs(int(lr.shape[-1]), int(lr.shape[-2]), pipe.restorable(faces),
+                                   self._samples(entry, s)[1], upload.name,
+                                   "crop the photo to fewer faces; the limit is restorekit serve --max-output-pixels")
         h, w = int(lr.shape[-2]), int(lr.shape[-1])
         job.publish("images", self._image(job, lr, f"input (LR) {w}×{h}", f"{stem}_lr_x{k}.png", "lr"), append=True)
         if hr is not None:
@@ -277,7 +287,8 @@ class Restorer:
         t0 = time.perf_counter()
         try:
             if detect:
-                result = self._pipeline(entry, k).run(lr, seed=seed, n_samples=n, faces=faces)
+                result = self._pipeline(entry, k).run(lr, seed=seed, n_samples=n, faces=faces,
+                                                      where=job.upload.name if job.upload is not None else "photo")
                 outs = result.images
                 row["faces"] = [r.as_dict() for r in result.records]
                 if not result.n_restored:
@@ -306,23 +317,31 @@ class Restorer:
         if isinstance(reports, list) and any(reports) and not detect:
             row["reports"] = jsonable(reports)
         records: list[Record] = []
-        for j, out in enumerate(outs):
-            suffix = "" if n == 1 else f"_s{j}"
-            pil = to_pil(out)
-            label = entry.name + (f" sample {j}" if n > 1 else "") + f" {pil.width}×{pil.height}"
-            row["outputs"].append(self._image(job, pil, label, f"{stem}_x{k}_{entry.name}{suffix}.png", "output"))
-            rec = Record(entry.name, stem, j if n > 1 else seed, "", "", "ok", ms=ms / n)
-            if hr is not None:
-                values, errors = score(active, from_pil(pil), hr, lr, k, mdev)
-                rec.metrics, rec.metric_errors = values, errors
-                if errors:
-                    row.setdefault("metric_errors", {}).update(errors)
-            records.append(rec)
-        for index, samples in sorted(crops.items()):
-            for j, crop in enumerate(samples):
+        try:  # each output and face crop written is a step: a cancel there keeps what was written
+            for j, out in enumerate(outs):
+                job.report(f"{entry.name}: writing outputs", j, len(outs))
                 suffix = "" if n == 1 else f"_s{j}"
-                row["crops"].append(self._image(job, crop, f"face {index}" + (f" sample {j}" if n > 1 else ""),
-                                                f"{stem}_x{k}_{entry.name}_face{index}{suffix}.png", "crop"))
+                pil = to_pil(out)
+                label = entry.name + (f" sample {j}" if n > 1 else "") + f" {pil.width}×{pil.height}"
+                row["outputs"].append(self._image(job, pil, label, f"{stem}_x{k}_{entry.name}{suffix}.png", "output"))
+                rec = Record(entry.name, stem, j if n > 1 else seed, "", "", "ok", ms=ms / n)
+                if hr is not None:
+                    values, errors = score(active, from_pil(pil), hr, lr, k, mdev)
+                    rec.metrics, rec.metric_errors = values, errors
+                    if errors:
+                        row.setdefault("metric_errors", {}).update(errors)
+                records.append(rec)
+            n_crops = sum(len(samples) for samples in crops.values())
+            for index, samples in sorted(crops.items()):
+                for j, crop in enumerate(samples):
+                    job.report(f"{entry.name}: writing face crops", len(row["crops"]), n_crops)
+                    suffix = "" if n == 1 else f"_s{j}"
+                    row["crops"].append(self._image(job, crop, f"face {index}" + (f" sample {j}" if n > 1 else ""),
+                                                    f"{stem}_x{k}_{entry.name}_face{index}{suffix}.png", "crop"))
+        except Cancelled:
+            row.update(status="cancelled")
+            job.publish("methods", row, append=True)
+            raise
         return row, records
 
     def _write_numbers(self, job: Job) -> None:
@@ -334,7 +353,11 @@ class Restorer:
         stem = str(job.result.get("stem", "upload"))
         text = dumps(data, indent=2)
         name = f"{stem}_x{job.settings.scale}_results.json"
-        token = self.files.add(text.encode(), "json", name, f"j{job.id}")
+        try:
+            token = self.files.add(text.encode(), "json", name, f"j{job.id}")
+        except StorageError as exc:  # (in a finally: the job's own error, if any, is what the page shows)
+            job.publish("notes", f"the numbers could not be written: {exc}", append=True)
+            return
         job.publish("numbers", {"url": f"files/{token}", "download": safe_download_name(name)})
 
 
