@@ -24,7 +24,7 @@ from ..seeds import SEED
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for random steps (noise; 0 to 2**64-1).")
 @click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True,
-              help="Output file format.")
+              help="Output file format (jpg and webp: lossy, quality 95: artefacts the spec does not name).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse inputs larger than this many pixels.")
