@@ -7,11 +7,16 @@ the same number of threads). A graph exported with a fixed batch size is run row
 
 :func:`onnx_method` turns a loaded method into an :class:`OnnxMethod` whose ``restore`` is
 ``finish(session(prepare(lr)))`` — the method's own PyTorch pre- and post-processing around the
-graph (see :class:`restorekit.onnx_export.ExportSpec`). The graph comes from ``--onnx PATH``
-(refused when its sidecar names other weights than the method loaded, or belongs to another
-graph: its ``sha256`` is not the file's) or from the export cache ``<cache>/onnx/``
-(``$RESTOREKIT_HOME``), where it is exported on first use, keyed by the weights' sha256 and the
-export settings, and exported again when its sidecar does not belong to it.
+graph (see :class:`restorekit.onnx_export.ExportSpec`), after the spec's ``preflight`` check.
+The graph comes from ``--onnx PATH`` or from the export cache ``<cache>/onnx/``
+(``$RESTOREKIT_HOME``), where it is exported on first use, keyed by the weights' sha256, the
+state of the network the method loaded, the options that may be in the graph and the export
+settings. Either way a graph is used only when its sidecar belongs to it (its ``sha256`` is the
+file's) and records the state of the network the method loaded (``state_sha256``: a weights file
+can change between its load and its hashing, so its sha256 alone does not say what was loaded);
+a cached graph whose sidecar does not is exported again, an ``--onnx`` one is refused, as is one
+exported with other options (:func:`restorekit.onnx_export.export_options`) or another
+``graph`` description.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from torch import Tensor
 
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
-from .onnx_export import (DEFAULT_OPSET, ExportSpec, export_onnx, find_export_spec, read_sidecar, sidecar_incomplete,
-                          sidecar_path, sidecar_problem, state_sha256)
+from .onnx_export import (DEFAULT_OPSET, OPTIONS_KEY, ExportSpec, export_onnx, find_export_spec, read_sidecar,
+                          sidecar_incomplete, sidecar_path, sidecar_problem, state_sha256)
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -192,6 +197,8 @@ class OnnxMethod(Method):
         if n_samples > 1 and not self.info.deterministic:
             raise OnnxBackendError(f"{self.info.name}: --backend onnxruntime makes one output per input "
                                    f"(n_samples={n_samples} needs --backend torch)")
+        if self.spec.preflight is not None:  # the method's own refusals, before any work (as with torch)
+            self.spec.preflight(lr, scale, self.run_device)
         lr = lr.to(self.device, torch.float32)
         x = self.spec.prepare(lr, scale) if self.spec.prepare is not None else lr
         y = self.session.run(x).to(self.device)
@@ -239,17 +246,21 @@ def export_code_fingerprint(method_module: str | None) -> str:
 
 
 def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET, fp16: bool = False,
-               method_module: str | None = None) -> Path:
+               method_module: str | None = None, state: str | None = None) -> Path:
     """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``; the settings hash
-    covers the export settings and :func:`export_code_fingerprint` of ``method_module`` (the
-    method class's module)."""
+    covers the export settings, the state of the network (``state``: :func:`state_sha256` of
+    ``spec.module``, computed when not given), the options that may be in the graph (the
+    sidecar ``source``'s ``restorekit_options``) and :func:`export_code_fingerprint` of
+    ``method_module`` (the method class's module)."""
     from . import __version__
     from .weights import onnx_cache_dir
 
-    sha = spec.metadata.get("weights_sha256") or state_sha256(spec.module)
+    state = state or state_sha256(spec.module)
+    sha = spec.metadata.get("weights_sha256") or state
     code = export_code_fingerprint(method_module)
     settings = {"opset": opset, "fp16": fp16, "restorekit": __version__, "graph": spec.metadata.get("graph"),
-                "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape), "code": code}
+                "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape), "code": code,
+                "state": state, "options": spec.metadata.get(OPTIONS_KEY) or {}}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return onnx_cache_dir() / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
 
@@ -297,8 +308,12 @@ def drop_unused_exports(path: Path, method_name: str, code: str | None, *,
         if other == path or other.name.count("-") != path.name.count("-"):
             continue
         side_file = sidecar_path(other)
-        side = read_sidecar(other)
-        source = (side or {}).get("source") or {}
+        try:
+            side = read_sidecar(other)
+        except RestorekitError:  # unreadable: not ours to judge
+            continue
+        source = (side or {}).get("source")
+        source = source if isinstance(source, dict) else {}
         try:
             used = side_file.stat().st_mtime
         except OSError:
@@ -315,12 +330,42 @@ def drop_unused_exports(path: Path, method_name: str, code: str | None, *,
     return dropped
 
 
+def _check_options(path: Path, name: str, source: dict[str, Any], spec: ExportSpec, log: Any) -> None:
+    """``--onnx``: refuse a graph exported with other options (:data:`OPTIONS_KEY`) than the method
+    has now, unless its exporter describes what the graph holds (``metadata["graph"]``, compared
+    before): then the options differ only outside the graph, and a note says which."""
+    want = spec.metadata.get(OPTIONS_KEY) or {}
+    have = source.get(OPTIONS_KEY)
+    if have is None and not want:
+        return
+    described = spec.metadata.get("graph") is not None
+    if have is None:
+        if described:
+            return
+        raise OnnxBackendError(f"--onnx {path}: its sidecar does not record the options it was exported with, and "
+                               f"{name}'s options may be built into its graph; export again with `restorekit export "
+                               f"{name} --out {path} --overwrite` and these options")
+    diffs = _graph_differences(have, want)
+    if not diffs:
+        return
+    if described:
+        if log is not None:
+            log(f"{name}: --onnx {path} was exported with other options ({'; '.join(diffs[:3])}); the graph they "
+                f"describe is the same, so they change only what runs around it")
+        return
+    raise OnnxBackendError(f"--onnx {path}: exported with other options than {name} has now "
+                           f"({'; '.join(diffs[:3])}); export again with `restorekit export {name} --out {path} "
+                           f"--overwrite` and these options")
+
+
 def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = None, threads: int | None = None,
                 opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
     """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
     method.load()
     spec = find_export_spec(method)
     name = method.info.name
+    # What the method loaded, hashed once: a graph serves it only when its sidecar records the same.
+    state = state_sha256(spec.module)
     if onnx_path is not None:
         path = Path(onnx_path).expanduser()
         if not path.is_file():
@@ -349,27 +394,33 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         if diffs:  # options built into the graph (e.g. unrolled ReStyle passes) that these options change
             raise OnnxBackendError(f"--onnx {path}: exported with other settings than {name} has now "
                                    f"({'; '.join(diffs[:3])}); export again with these options")
+        _check_options(path, name, source, spec, log)
         want = spec.metadata.get("weights_sha256")
         have = side.get("weights_sha256")
-        if want and have:
-            if want != have:
-                raise OnnxBackendError(f"--onnx {path}: exported from weights sha256 {have[:12]}…, but {name} "
-                                       f"loaded weights {want[:12]}…; export again with `restorekit export {name}`")
-        elif side.get("state_sha256"):
-            # No weights file hash on one side (an embedded default, random weights): compare the
-            # networks' state instead, so a graph of other weights does not run under this name.
-            if state_sha256(spec.module) != side["state_sha256"]:
-                source = (side.get("source") or {}).get("weights")
-                source = f" ('{source}')" if source else ""
-                raise OnnxBackendError(f"--onnx {path}: exported from other weights{source} than {name} loaded; "
-                                       f"export again with `restorekit export {name}`")
+        if want and have and want != have:
+            raise OnnxBackendError(f"--onnx {path}: exported from weights sha256 {have[:12]}…, but {name} "
+                                   f"loaded weights {want[:12]}…; export again with `restorekit export {name}`")
+        # Always the networks' state too: a file hash may be missing on one side (an embedded default,
+        # random weights), or be of a file that changed after the method (or the export) loaded it.
+        if state != side["state_sha256"]:
+            weights = source.get("weights")
+            weights = f" ('{weights}')" if weights else ""
+            raise OnnxBackendError(f"--onnx {path}: exported from other weights{weights} than {name} loaded (its "
+                                   f"state_sha256 is not the loaded network's); export again with "
+                                   f"`restorekit export {name}`")
     else:
-        path = cache_path(spec, name, opset=opset, method_module=type(method).__module__)
+        path = cache_path(spec, name, opset=opset, method_module=type(method).__module__, state=state)
 
         def cached() -> dict[str, Any] | None:
-            """The cached graph's sidecar when both are there and belong together."""
-            side = read_sidecar(path) if path.is_file() else None
+            """The cached graph's sidecar when both are there, belong together and hold the network
+            the method loaded."""
+            try:
+                side = read_sidecar(path) if path.is_file() else None
+            except RestorekitError:  # an unreadable sidecar: exported again
+                return None
             if side is None or sidecar_incomplete(side) is not None or sidecar_problem(path, side) is not None:
+                return None
+            if side["state_sha256"] != state:
                 return None
             return side
 

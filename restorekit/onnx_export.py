@@ -15,17 +15,21 @@ Methods offer an export in one of two ways, tried in this order by :func:`find_e
    First-party plugins use this, which keeps the export code out of their method modules;
    third-party plugins may use either.
 
-:func:`export_onnx` writes atomically: the graph goes to a temporary file beside the target,
-is checked with ``onnx.checker`` and run with onnxruntime on a seeded test batch (two rows
+:func:`export_onnx` writes atomically: the graph is exported into memory, where it is checked
+with ``onnx.checker`` and run with onnxruntime on a seeded test batch (two rows
 when the batch axis is dynamic, which also proves the graph does not bake the batch size in;
 with ``dynamic_spatial`` once more at a second, non-square size on ``spatial_multiple``, which
 proves the same of height and width); the largest absolute difference from the PyTorch output
-is reported and must not exceed the tolerance, else the temporary file is deleted and
-:class:`OnnxExportError` is raised — no file is left behind. A JSON sidecar ``<file>.json``
+is reported and must not exceed the tolerance, else :class:`OnnxExportError` is raised — no file
+is left behind. Only then are the checked bytes written, through the descriptor of a temporary
+file opened beside the target before the export (never by its name, which another user of a shared
+folder could have swapped for a link meanwhile), and renamed into place. A JSON sidecar ``<file>.json``
 records the source weights' sha256 (the weights file's, when the spec names one, and always
 the module state's: :func:`state_sha256`), opset, input/output names and shapes, dynamic
 axes, precision, the tolerance and the difference reached, and the versions involved, and
-the sha256 of the graph file itself: the two files are renamed into place one after the other,
+the sha256 of the graph file itself (its key fields — method, weights, their sha256 and license,
+the state's — are also in the graph's own ``metadata_props``, named ``restorekit.*``, for
+whoever gets the ``.onnx`` without its sidecar): the two files are renamed into place one after the other,
 so a graph can end up beside another export's sidecar (two exports to one path at once, an
 export killed between the renames, one file copied without the other); whoever uses the graph
 checks that with :func:`sidecar_problem`. With ``overwrite=False`` the graph is linked into
@@ -40,7 +44,9 @@ of one to a fixed batch size.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
+import io
 import json
 import os
 import tempfile
@@ -94,7 +100,16 @@ class ExportSpec:
     ``metadata``: recorded in the sidecar; ``weights_sha256`` keys the export cache.
     ``prepare(lr, scale)`` turns a method input into the graph input and
     ``finish(out, lr, scale)`` the graph output into the method's result; both are PyTorch code
-    run outside the graph (identity when ``None``).
+    run outside the graph (identity when ``None``). ``preflight(lr, scale, device)`` runs before
+    them on every onnxruntime call (``device``: where the graph runs): the method's own refusals
+    and notes that its PyTorch ``restore`` gives before any work (a memory estimate, a scale it
+    was not trained for), so both backends refuse the same inputs.
+
+    ``metadata["graph"]``: what the graph holds that the method's options decide (an unrolled
+    pass count, a fixed size), as a JSON object. A graph whose sidecar records another is refused
+    by ``--onnx``; when it is given, options that differ only outside the graph (in ``prepare``
+    and ``finish``) do not refuse it. Without it, every option that is not result-neutral is
+    taken to be in the graph (see :func:`export_options`).
     """
 
     module: nn.Module
@@ -104,6 +119,7 @@ class ExportSpec:
     spatial_multiple: int = 1
     prepare: Callable[[Tensor, int], Tensor] | None = None
     finish: Callable[[Tensor, Tensor, int], Tensor] | None = None
+    preflight: Callable[[Tensor, int, torch.device], None] | None = None
 
 
 @runtime_checkable
@@ -141,6 +157,24 @@ def check_exportable(cls: type) -> None:
         _package_exporter(cls, name)
 
 
+#: The sidecar ``source`` key of :func:`export_options` (prefixed like ``restorekit_export_code``,
+#: so that no exporter's own metadata key is taken for it).
+OPTIONS_KEY = "restorekit_options"
+
+
+def export_options(method: Any) -> dict[str, Any]:
+    """The method's options that may be built into its graph: its validated options as JSON values
+    without the result-neutral ones (:func:`restorekit.interfaces.result_options`) and without
+    ``weights``, whose file and state hashes identify what was loaded better than its spelling.
+    Part of the export cache key and recorded in the sidecar's ``source``."""
+    from .interfaces import Options, result_options
+
+    options = getattr(method, "options", None)
+    if not isinstance(options, Options):
+        return {}
+    return {k: v for k, v in result_options(options).items() if k != "weights"}
+
+
 def find_export_spec(method: Any) -> ExportSpec:
     """The :class:`ExportSpec` of a loaded method: its ``export_module()``, else its package's
     ``onnx_graph.ONNX_EXPORTERS[name]``; :class:`OnnxExportError` when it offers neither."""
@@ -157,6 +191,7 @@ def find_export_spec(method: Any) -> ExportSpec:
     # The code that builds the graph, recorded in the sidecar's source: a graph a user keeps
     # (`run --onnx FILE`) is told apart from one the current code would export.
     spec.metadata["restorekit_export_code"] = export_code_fingerprint(type(method).__module__)
+    spec.metadata[OPTIONS_KEY] = export_options(method)
     return spec
 
 
@@ -238,9 +273,8 @@ def check_opset(opset: int) -> None:
 
 def state_sha256(module: nn.Module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes, values): what identifies its
-    weights when no weights file (and so no file sha256) is known."""
-    import hashlib
-
+    weights when no weights file (and so no file sha256) is known, and what a graph is checked
+    against before it is used (the weights file may have changed since it was loaded)."""
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
         t = v.detach().cpu().contiguous()
@@ -300,7 +334,30 @@ def sidecar_incomplete(side: dict[str, Any] | None) -> str | None:
     missing = [k for k in ("sha256", "state_sha256") if not isinstance(side.get(k), str) or not side.get(k)]
     if missing:
         return f"its sidecar lacks {' and '.join(missing)}, so nothing says which weights the graph holds"
-    return None
+    return _mistyped(side)
+
+
+# What the backend reads from a sidecar besides its hashes, and the JSON types it must have (absent
+# or null is allowed for each): a hand-edited sidecar is a one-line refusal, not a crash.
+_SIDECAR_TYPES: dict[str, tuple[type, ...]] = {"weights_sha256": (str,), "precision": (str,), "source": (dict,)}
+_SOURCE_TYPES: dict[str, tuple[type, ...]] = {"method": (str,), "weights": (str,), "graph": (dict,),
+                                             "restorekit_export_code": (str,), OPTIONS_KEY: (dict,)}
+_JSON_NAMES = {str: "a string", dict: "an object", int: "a number", float: "a number", bool: "true or false",
+               list: "an array"}
+
+
+def _mistyped(side: dict[str, Any]) -> str | None:
+    """``its sidecar's 'KEY' is …, not …`` for the first field of another JSON type than expected."""
+    def check(where: dict[str, Any], types: dict[str, tuple[type, ...]], prefix: str) -> str | None:
+        for key, allowed in types.items():
+            value = where.get(key)
+            if value is not None and not isinstance(value, allowed):
+                got = _JSON_NAMES.get(type(value), type(value).__name__)
+                want = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in allowed)
+                return f"its sidecar's '{prefix}{key}' is {got}, not {want}"
+        return None
+
+    return check(side, _SIDECAR_TYPES, "") or check(side.get("source") or {}, _SOURCE_TYPES, "source.")
 
 
 def _fchmod(fd: int, name: str, mode: int) -> None:
@@ -331,6 +388,19 @@ def _link_new(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def _check_own(written: os.stat_result, path: Path, out: Path) -> None:
+    """:class:`~restorekit.errors.FileSystemError` unless ``path`` is (not links to) the file
+    ``written`` describes: the export's own temporary file, or the graph renamed into place."""
+    try:
+        now = os.lstat(path)
+        same = (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        raise FileSystemError(f"{out}: the export's file {path.name} was replaced or removed by someone else while "
+                              f"exporting (in {out.parent}, which others can write to?); nothing more written")
+
+
 def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
     """A seeded ``batch×3×H×W`` batch in [0, 1] the size of ``example``: smooth ramps plus noise,
     different in every row (so a graph that mixed rows up would show it)."""
@@ -347,8 +417,8 @@ def _shape(t: Tensor, dyn: dict[int, str]) -> list[int | str]:
     return [dyn.get(i, int(s)) for i, s in enumerate(t.shape)]
 
 
-def run_onnxruntime(path: str | os.PathLike[str], x: Tensor, threads: int = 1) -> Tensor:
-    """One CPU onnxruntime run of the graph at ``path`` on ``x`` (the export check)."""
+def run_onnxruntime(graph: bytes | str | os.PathLike[str], x: Tensor, threads: int = 1) -> Tensor:
+    """One CPU onnxruntime run of a graph (its serialized bytes, or its file) on ``x`` (the export check)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -357,7 +427,8 @@ def run_onnxruntime(path: str | os.PathLike[str], x: Tensor, threads: int = 1) -
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 4  # a failed run is reported by the caller, in one line
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    source = graph if isinstance(graph, bytes) else str(graph)
+    sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     out = sess.run(None, {name: x.detach().cpu().float().contiguous().numpy()})[0]
     return torch.from_numpy(out)
@@ -391,6 +462,8 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
     check_opset(opset)
     if spec.example.ndim != 4 or spec.example.shape[1] != 3:
         raise OnnxExportError(f"export example must be 1×3×H×W, got {tuple(spec.example.shape)}")
+    state = state_sha256(spec.module)
+    props = _metadata_props(spec.metadata, state, __version__)
     # The module is used as it is when already on the CPU in float32 (no copy of a large model).
     tensors = list(spec.module.parameters()) + list(spec.module.buffers())
     on_cpu_fp32 = all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point())
@@ -410,28 +483,25 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         dyn_out.update({2: "out_height", 3: "out_width"})
     dynamic_axes = {INPUT_NAME: dyn_in, OUTPUT_NAME: dyn_out} if dyn_in else None
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".part", dir=out.parent)
-    except OSError as exc:  # named by the file asked for, not by a hidden temporary one
-        raise FileSystemError(describe_os_error(exc, out)) from exc
-    # mkstemp makes 0600: the usual permissions, set on the open file now, never by name later (in
-    # a folder others can write to, the name may by then be a link to any file of the user's)
-    try:
-        _fchmod(fd, tmp_name, new_file_mode())
-    except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise FileSystemError(describe_os_error(exc, out)) from exc
-    finally:
-        os.close(fd)
-    tmp = Path(tmp_name)
+    fd: int | None = None
+    tmp: Path | None = None
     side_tmp: Path | None = None
     try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".part", dir=out.parent)
+            tmp = Path(tmp_name)
+            # mkstemp makes 0600: the usual permissions, set on the open file now, never by name later (in
+            # a folder others can write to, the name may by then be a link to any file of the user's)
+            _fchmod(fd, tmp_name, new_file_mode())
+        except OSError as exc:  # named by the file asked for, not by a hidden temporary one
+            raise FileSystemError(describe_os_error(exc, out)) from exc
         with torch.no_grad(), warnings.catch_warnings(), _half_safe_symbolics(opset, fp16):
             # The TorchScript exporter warns about its deprecation and about traced shape checks.
             warnings.simplefilter("ignore")
+            buffer = io.BytesIO()  # into memory: nothing is written by a name that could be swapped meanwhile
             try:
-                torch.onnx.export(graph_module, (example,), str(tmp), dynamo=False, opset_version=opset,
+                torch.onnx.export(graph_module, (example,), buffer, dynamo=False, opset_version=opset,
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes=dynamic_axes, do_constant_folding=True)
             except Exception as exc:
@@ -439,7 +509,9 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
                 raise OnnxExportError(f"{out}: torch.onnx.export failed: {first}") from exc
             example_out = reference(example)
         try:
-            onnx.checker.check_model(str(tmp))
+            graph = _with_metadata_props(buffer.getvalue(), props)
+            del buffer
+            onnx.checker.check_model(graph)
         except Exception as exc:
             raise OnnxExportError(f"{out}: the exported graph is not valid ONNX: {exc}") from exc
 
@@ -459,7 +531,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             with torch.no_grad():
                 expected = reference(x)
             try:
-                got = run_onnxruntime(tmp, x)
+                got = run_onnxruntime(graph, x)
             except OnnxExportError:
                 raise
             except Exception as exc:
@@ -482,7 +554,7 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         info: dict[str, Any] = {
             "format": SIDECAR_FORMAT,
             "file": out.name,
-            "sha256": sha256_file(tmp),
+            "sha256": hashlib.sha256(graph).hexdigest(),  # of the bytes checked, which are the bytes written
             "opset": opset,
             "exporter": "torch.onnx (TorchScript)",
             "precision": "float16" if fp16 else "float32",
@@ -498,42 +570,83 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
             "check_sizes": [list(hw) for hw in sizes],
             "source": spec.metadata,
             "weights_sha256": spec.metadata.get("weights_sha256"),
-            "state_sha256": state_sha256(spec.module),
+            "state_sha256": state,
+            "metadata_props": sorted(props),
             "versions": {"restorekit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": onnxruntime.__version__},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        try:  # through the descriptor opened before the export, not by the temporary name
+            with os.fdopen(fd, "wb") as f:
+                fd = None
+                f.write(graph)
+                written = os.fstat(f.fileno())
+        except OSError as exc:
+            raise FileSystemError(describe_os_error(exc, out)) from exc
         side = sidecar_path(out)
         try:
-            fd, side_name = tempfile.mkstemp(prefix=temp_prefix(side.name), suffix=".part", dir=out.parent)
+            side_fd, side_name = tempfile.mkstemp(prefix=temp_prefix(side.name), suffix=".part", dir=out.parent)
         except OSError as exc:
             raise FileSystemError(describe_os_error(exc, side)) from exc
         side_tmp = Path(side_name)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(side_fd, "w", encoding="utf-8") as f:
             _fchmod(f.fileno(), side_name, new_file_mode())
             json.dump(info, f, indent=2)
             f.write("\n")
-        target = out  # what an OS error is about: the files asked for, not the hidden temporary ones
+        # Renamed by name: in a folder others can write to, the name may hold another file by now.
+        _check_own(written, tmp, out)
         try:
             if overwrite:
                 os.replace(tmp, out)
             else:
                 _link_new(tmp, out)
-            target = side
-            try:
-                if overwrite:
-                    os.replace(side_tmp, side)
-                else:  # a file kept at <out>.json is not to be lost either
-                    _link_new(side_tmp, side)
-            except BaseException:
-                out.unlink(missing_ok=True)
-                raise
-        except OSError as exc:
-            raise FileSystemError(describe_os_error(exc, target)) from exc
+        except OSError as exc:  # what an OS error is about: the file asked for, not the hidden temporary one
+            raise FileSystemError(describe_os_error(exc, out)) from exc
+        _check_own(written, out, out)  # the sidecar is not put beside a graph that is not this one
+        try:
+            if overwrite:
+                os.replace(side_tmp, side)
+            else:  # a file kept at <out>.json is not to be lost either
+                _link_new(side_tmp, side)
+        except BaseException as exc:
+            out.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
+                raise FileSystemError(describe_os_error(exc, side)) from exc
+            raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if side_tmp is not None:
             side_tmp.unlink(missing_ok=True)
         for m, mode in modes:
             m.training = mode
     return ExportResult(out, side, diff, tol, time.perf_counter() - t_start, info)
+
+
+#: The sidecar fields copied into the graph's own ``metadata_props`` (as ``restorekit.KEY``).
+_PROPS_FROM_SOURCE = ("method", "weights", "weights_file", "weights_sha256", "license")
+
+
+def _metadata_props(metadata: dict[str, Any], state: str, version: str) -> dict[str, str]:
+    """``restorekit.*`` key fields for the graph's ``metadata_props`` (string values; unknown ones left out)."""
+    props = {f"restorekit.{k}": metadata.get(k) for k in _PROPS_FROM_SOURCE}
+    props.update({"restorekit.sidecar_format": SIDECAR_FORMAT, "restorekit.state_sha256": state,
+                  "restorekit.version": version})
+    return {k: str(v) for k, v in props.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+
+
+def _with_metadata_props(graph: bytes, props: dict[str, str]) -> bytes:
+    """The serialized ``graph`` with ``props`` added to its ``metadata_props`` (replacing equal keys)."""
+    if not props:
+        return graph
+    import onnx
+
+    model = onnx.load_model_from_string(graph)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *sorted(props.items())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()

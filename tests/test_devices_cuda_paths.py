@@ -276,9 +276,11 @@ def _patch_cached_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ort: _
     graph = tmp_path / "cached.onnx"
     graph.write_bytes(b"x")
     monkeypatch.setattr(ob, "_ort", lambda: ort)
-    monkeypatch.setattr(ob, "find_export_spec", lambda m: SimpleNamespace(prepare=None, finish=None))
+    monkeypatch.setattr(ob, "find_export_spec", lambda m: SimpleNamespace(prepare=None, finish=None, preflight=None,
+                                                                          module=None))
+    monkeypatch.setattr(ob, "state_sha256", lambda module: "state")  # the graph holds what the method loaded
     monkeypatch.setattr(ob, "cache_path", lambda *a, **k: graph)
-    monkeypatch.setattr(ob, "read_sidecar", lambda p: {"precision": "float32"})
+    monkeypatch.setattr(ob, "read_sidecar", lambda p: {"precision": "float32", "state_sha256": "state"})
     monkeypatch.setattr(ob, "sidecar_incomplete", lambda side: None)
     monkeypatch.setattr(ob, "sidecar_problem", lambda p, side: None)
     monkeypatch.setattr(ob, "_mark_used", lambda p: None)

@@ -278,19 +278,19 @@ def test_onnx_export_sets_the_mode_on_the_open_file_not_by_name(tmp_path, victim
         def forward(self, x):
             return torch.sigmoid(self.a(x))
 
-    real_sha = onnx_export.sha256_file
+    real_run = onnx_export.run_onnxruntime
     swapped: list[Path] = []
 
-    def sha_then_swap(p):  # read once the graph is checked, before the sidecar is written
-        digest = real_sha(p)
-        p = Path(p)
-        if p.suffix == ".part" and not swapped:
-            os.rename(p, tmp_path / "stolen.onnx")
-            os.symlink(victim, p)
-            swapped.append(p)
-        return digest
+    def run_then_swap(graph, x, threads=1):  # the graph's check, before its bytes and sidecar are written
+        out = real_run(graph, x, threads)
+        for p in tmp_path.glob(".m.onnx.*.part"):
+            if not swapped:
+                os.rename(p, tmp_path / "stolen.onnx")
+                os.symlink(victim, p)
+                swapped.append(p)
+        return out
 
-    monkeypatch.setattr(onnx_export, "sha256_file", sha_then_swap)
+    monkeypatch.setattr(onnx_export, "run_onnxruntime", run_then_swap)
     spec = onnx_export.ExportSpec(Net().eval(), torch.full((1, 3, 8, 8), 0.5), metadata={"method": "tiny"})
     try:
         onnx_export.export_onnx(spec, tmp_path / "m.onnx", overwrite=True)

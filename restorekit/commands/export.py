@@ -9,6 +9,7 @@ run METHOD --backend onnxruntime --onnx model.onnx`` runs it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -40,10 +41,12 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
                tolerance: float | None, opts: tuple[str, ...], overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Export METHOD's network to ONNX (checked against PyTorch before the file is written)."""
     # Said at once here; export_onnx checks again when it puts the file in place (it may appear meanwhile).
-    if out.exists() and not overwrite:
-        fail_usage(f"{out} exists (--overwrite replaces it)")
-    if sidecar_path(out).exists() and not overwrite:
-        fail_usage(f"{sidecar_path(out)} exists, where the export's sidecar goes (--overwrite replaces it)")
+    # lexists: a link there counts, also one to nothing (the export would not replace it either).
+    if not overwrite:
+        for path, what in ((out, ""), (sidecar_path(out), ", where the export's sidecar goes")):
+            if os.path.lexists(path):
+                dangling = " as a link to nothing" if not path.exists() else ""
+                fail_usage(f"{path} exists{dangling}{what} (--overwrite replaces it)")
     try:
         check_opset(opset)
     except OnnxExportError as exc:

@@ -13,6 +13,7 @@ around the graph, shared by the torch and onnxruntime backends.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -20,9 +21,11 @@ from torch import Tensor, nn
 
 from restorekit.consistency import back_project
 from restorekit.degradations import bicubic_resize
+from restorekit.errors import RestorekitError
 from restorekit.onnx_export import ExportSpec
 
-from .pix2pixhd import Pix2PixHDGenerator, pad_to_stride
+from .pix2pixhd import (DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, WEIGHTS_DIR, Pix2PixHDGenerator, load_generator,
+                        pad_to_stride)
 
 
 class Pix2PixHDInferenceGraph(nn.Module):
@@ -40,13 +43,50 @@ class Pix2PixHDInferenceGraph(nn.Module):
         return self.generator(x).clamp(0, 1)
 
 
-def _weights_sha256(method: Any) -> str | None:
-    from restorekit.weights import sha256_file, weights_file
+def _file_identity(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _sha256_of_loaded(path: Path, graph: Pix2PixHDInferenceGraph) -> str | None:
+    """The sha256 of ``path`` when its bytes are the weights ``graph`` holds, else ``None``.
+
+    The method loaded the file earlier: it may have been rewritten since (a trainer saving its
+    checkpoint while an eval runs), and its hash now would name weights the graph does not hold.
+    So the file is read again and hashed, unchanged in between, and the network it makes must
+    be the one loaded."""
+    from restorekit.onnx_export import state_sha256
+    from restorekit.weights import sha256_file
+
+    try:
+        before = _file_identity(path)
+        with torch.random.fork_rng(devices=[]):  # building the network draws from torch's RNG
+            reread, _ = load_generator(path)
+        sha = sha256_file(path)
+        if _file_identity(path) != before:
+            return None
+    except (OSError, RestorekitError):  # gone or rewritten half-way: nothing vouches for a hash
+        return None
+    return sha if state_sha256(reread) == state_sha256(graph.generator) else None
+
+
+def _provenance(method: Any, graph: Pix2PixHDInferenceGraph) -> dict[str, Any]:
+    """``weights`` (a registered name, else the file's name: never a path), ``weights_file``,
+    ``weights_sha256`` (of the bytes the graph holds; ``None`` when that cannot be said) and
+    ``license`` (``None`` for an unregistered file) of the weights ``method`` loaded."""
+    from restorekit.weights import get_spec, weights_source
 
     w = method.options.weights
-    if w is None:
-        return None
-    return sha256_file(weights_file(w))
+    if w is None:  # the embedded default, checked against its registry entry (size, sha256) when loaded
+        spec = get_spec(DEFAULT_MODEL_NAME)
+        entry = spec.file()
+        sha = entry.sha256 or _sha256_of_loaded(WEIGHTS_DIR / DEFAULT_MODEL_FILE, graph)
+        return {"weights": DEFAULT_MODEL_NAME, "weights_file": entry.filename, "weights_sha256": sha,
+                "license": spec.license}
+    path, registered = weights_source(w)
+    return {"weights": registered or path.name, "weights_file": path.name,
+            "weights_sha256": _sha256_of_loaded(path, graph),
+            "license": get_spec(registered).license if registered else None}
 
 
 def pix2pixhd_export_spec(method: Any) -> ExportSpec:
@@ -60,8 +100,7 @@ def pix2pixhd_export_spec(method: Any) -> ExportSpec:
     side = size if size is not None else m * max(1, 64 // m)
     metadata = {
         "method": "pix2pixhd",
-        "weights": method.options.weights,
-        "weights_sha256": _weights_sha256(method),
+        **_provenance(method, graph),
         "graph": {"generator": dict(vars(method.generator.cfg)), "multiple": m,
                   "input": f"the bicubic-upscaled image in [0, 1], sides multiples of {m} (padded by the caller)",
                   "output": "same size, in [0, 1], clamped"},
@@ -83,7 +122,8 @@ def pix2pixhd_export_spec(method: Any) -> ExportSpec:
         return back_project(out.clamp(0, 1).float(), lr, steps=method.options.consistency_steps)
 
     return ExportSpec(module=graph, example=torch.full((1, 3, side, side), 0.5), metadata=metadata,
-                      dynamic_spatial=True, spatial_multiple=m, prepare=prepare, finish=finish)
+                      dynamic_spatial=True, spatial_multiple=m, prepare=prepare, finish=finish,
+                      preflight=method.preflight)  # the torch backend's note and memory guard
 
 
 # Registry-free lookup by restorekit.onnx_export.find_export_spec: method name → builder.

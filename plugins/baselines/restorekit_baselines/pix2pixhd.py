@@ -564,6 +564,27 @@ class Pix2PixHD(Method):
             return size // scale
         return None
 
+    def preflight(self, lr: Tensor, scale: int, device: torch.device | None = None) -> None:
+        """Before any work, on either backend (the ONNX export spec's ``preflight``): the note on a
+        scale the weights were not trained for, once per scale, and the refusal of an input whose
+        working memory ``device`` (default: the method's) does not have."""
+        self.load()
+        assert self.generator is not None
+        scale = int(scale)
+        factors = self.trained.get("factors")
+        if factors and scale not in factors and scale not in self._warned:
+            self._warned.add(scale)
+            print(f"pix2pixhd: these weights were trained for scale(s) {factors}, not {scale}; "
+                  "expect weaker results", file=sys.stderr)
+        h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
+        side = self.options.input_size or max(h, w)
+        check_working_memory(
+            lr.shape[0] * (h * w * BYTES_PER_OUTPUT_PIXEL + side * side * self.generator.bytes_per_pixel()),
+            torch.device(device) if device is not None else self.device,
+            f"pix2pixhd at ×{scale} ({w}×{h}{f' × {lr.shape[0]} images' if lr.shape[0] > 1 else ''})",
+            "its network runs at the output's full size: lower --scale, restore the faces alone (--faces detect), "
+            "or use a machine with more memory")
+
     @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.check_input(lr)
@@ -571,20 +592,10 @@ class Pix2PixHD(Method):
         scale = int(scale)
         self.load()
         assert self.generator is not None
+        self.preflight(lr, scale)
         lr = lr.to(self.device, torch.float32)
-        factors = self.trained.get("factors")
-        if factors and scale not in factors and scale not in self._warned:
-            self._warned.add(scale)
-            print(f"pix2pixhd: these weights were trained for scale(s) {factors}, not {scale}; "
-                  "expect weaker results", file=sys.stderr)
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
         size = self.options.input_size
-        side = size or max(h, w)
-        check_working_memory(
-            lr.shape[0] * (h * w * BYTES_PER_OUTPUT_PIXEL + side * side * self.generator.bytes_per_pixel()),
-            self.device, f"pix2pixhd at ×{scale} ({w}×{h}{f' × {lr.shape[0]} images' if lr.shape[0] > 1 else ''})",
-            "its network runs at the output's full size: lower --scale, restore the faces alone (--faces detect), "
-            "or use a machine with more memory")
         x = bicubic_resize(lr, (h, w)).clamp(0, 1)
         if size is not None:
             m = self.generator.cfg.multiple

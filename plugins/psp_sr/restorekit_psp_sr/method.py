@@ -483,10 +483,27 @@ class PSPSR(Method):
             self._load_random()
             return
         path, name = self._model_path()
-        # Building the modules initialises their layers from torch's global RNG before the weights
-        # replace them: fork it (CPU), so a caller's torch.manual_seed(…) sequence is not moved by a load.
-        with torch.random.fork_rng(devices=[]):
-            model, config = load_psp_model(path, impl=self.options.impl)
+        from restorekit.weights import sha256_file
+
+        def identity() -> tuple[int, ...]:
+            st = os.stat(path)
+            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+        # The sha256 recorded (weights_info: run records, ONNX sidecars and their cache key) must be
+        # of the bytes loaded: a file rewritten meanwhile (a trainer saving its checkpoint while an
+        # eval runs) is loaded again, so the hash is never of other weights than the model's.
+        for _ in range(3):
+            before = identity()
+            # Building the modules initialises their layers from torch's global RNG before the weights
+            # replace them: fork it (CPU), so a caller's torch.manual_seed(…) sequence is not moved by a load.
+            with torch.random.fork_rng(devices=[]):
+                model, config = load_psp_model(path, impl=self.options.impl)
+            sha = sha256_file(path)
+            if identity() == before:
+                break
+        else:
+            raise PSPModelError(f"{path}: the weights file changed each time it was read; load it once it is "
+                                f"written")
         passes = self.options.restyle_iterations
         if passes is not None:
             if model.restyle_iterations is None:
@@ -495,15 +512,13 @@ class PSPSR(Method):
             model.set_restyle_iterations(passes)
         self._place(model)
         self.model_config = config
-        from restorekit.weights import sha256_file
-
         license_ = config.get("license") or ""
         if name:
             from restorekit.weights import get_spec
 
             license_ = get_spec(name).license or license_
         self.weights_info = {"name": name or config.get("name") or path.name, "file": str(path),
-                             "sha256": sha256_file(path), "license": license_ or "unknown",
+                             "sha256": sha, "license": license_ or "unknown",
                              "format": config.get("format", PSP_FORMAT)}
         sizes = ", ".join(str(s) for s in self.input_sizes())
         factors = ",".join(str(f) for f in self.factors)

@@ -37,6 +37,7 @@ export fails ("convolution for kernel of unknown shape"); ``c = int(x.shape[1])`
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -148,7 +149,7 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
     metadata = {
         "method": "psp_sr",
         "weights": info.get("name"),
-        "weights_file": info.get("file"),
+        "weights_file": Path(info["file"]).name if info.get("file") else None,  # its name: no user's path
         "weights_sha256": info.get("sha256"),
         "license": info.get("license"),
         "graph": {"input_size": s, "resolution": r, "noise": "const (stored buffers)",

@@ -305,7 +305,7 @@ def test_bench_method_breakdown_json(tiny_file) -> None:
                                          "--compare-opt", f"weights={tiny_file}", "--compare-opt", "optimize=false",
                                          "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output[r.output.index("{"):])
+    res = json.loads(r.stdout)  # (notes go to stderr)
     fast, plain = res["results"][0], res["compare_results"][0]
     assert plain["options"] == ["impl=ref", f"weights={tiny_file}", "optimize=false"]
     for row in (fast, plain):
