@@ -21,6 +21,10 @@ from .provenance import read_note
 
 #: Keys of a record compared on a rerun ("options" key by key).
 COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "default_weights", "option_files")
+#: Keys a ``run --faces detect`` record adds (:mod:`restorekit.faces.reruns`), compared where both
+#: records have them (colour matching is recorded only for photos with a restored face), by name.
+FACES_COMPARED = {"detector": "detector", "background": "background", "min_face": "min_face",
+                  "max_shrink": "max_shrink", "colour_match": "colour match", "only_faces": "only faces"}
 
 
 def run_settings(cls: type[Method], options: Options, *, scale: int, seed: int | None, n_samples: int,
@@ -108,6 +112,9 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
     in ``ignore_options`` (result-neutral ones) are not compared."""
     if old.get("command", "run") != now.get("command", "run"):  # (notes before "command" were run's)
         return [f"made by restorekit {old.get('command', 'run')}, not {now.get('command', 'run')}"]
+    if old.get("faces", "aligned") != now.get("faces", "aligned"):  # a photo with faces pasted back ≠ a face
+        return [f"made by run --faces {old.get('faces', 'aligned')}, not --faces {now.get('faces', 'aligned')}",
+                *([f"method: {old.get('method')} → {now.get('method')}"] if old.get("method") != now.get("method") else [])]
     found: list[str] = []
     other_method = old.get("method") != now.get("method")  # then its options and weights say nothing more
     for key in COMPARED:
@@ -117,10 +124,17 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
                 found += pin_differences(key, a, b)
         elif (key in old or key in now) and old.get(key) != now.get(key):
             found.append(f"{key}: {old.get(key)} → {now.get(key)}")
+    found += [f"{label}: {_shown(old[key])} → {_shown(now[key])}" for key, label in FACES_COMPARED.items()
+              if key in old and key in now and old[key] != now[key]]
     a, b = old.get("options"), now.get("options")
     if isinstance(a, dict) and isinstance(b, dict) and not other_method:
         found += option_differences(a, b, ignore_options=ignore_options | same_files(old, now))
     return found
+
+
+def _shown(value: Any) -> str:
+    """A recorded value in a difference: on/off for a switch."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,

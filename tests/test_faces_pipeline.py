@@ -364,10 +364,10 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
     r = CliRunner().invoke(build_cli(), args)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout[r.stdout.index("{"):])["backend"] == "torch"  # as aligned mode says it
-    side = json.loads((out / "group.json").read_text())
+    side = json.loads((out / "group.png.json").read_text())
     assert side["faces_restored"] == len(PLACEMENTS) and side["detector"] == "mtcnn"
     assert read_image(out / "group.png").shape[-2:] == (600, 800)
-    cup = json.loads((out / "cup.json").read_text())
+    cup = json.loads((out / "cup.png.json").read_text())
     assert cup["faces_found"] == 0 and cup["warning"] == "no face found"
     cup_in = read_image(photos / "cup.png")
     expect = (upscale(cup_in, 2) * 255).round()
@@ -659,6 +659,7 @@ def test_the_sidecar_is_written_after_the_images_so_a_failed_save_leaves_none(pl
     args = ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos), "--output", str(out), "--faces",
             "detect", "--detector", "wide3p", "--n-samples", "2", "--json"] + (["--only-faces"] if only_faces else [])
     first = "b0_face0_s0.png" if only_faces else "b0_s0.png"
+    sidecar = "b0_faces.png.json" if only_faces else "b0.png.json"  # one per format and kind of output
     real_save = batch.save_image
 
     def disk_full(image, path, **kw):
@@ -684,14 +685,14 @@ def test_the_sidecar_is_written_after_the_images_so_a_failed_save_leaves_none(pl
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [Path(w).name for w in doc["written"]] == [first.replace("_s0", "_s1")]
-    assert sorted(p.name for p in out.iterdir()) == sorted([first, first.replace("_s0", "_s1"), "b0.json"])
-    assert json.loads((out / "b0.json").read_text())["faces_restored"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([first, first.replace("_s0", "_s1"), sidecar])
+    assert json.loads((out / sidecar).read_text())["faces_restored"] == 1
     r = CliRunner().invoke(build_cli(), args)  # now finished: skipped
     assert r.exit_code == 0 and json.loads(r.stdout)["written"] == [], r.output
 
-    (out / "b0.json").unlink()  # images there, sidecar not (interrupted just before it): done again
+    (out / sidecar).unlink()  # images there, sidecar not (interrupted just before it): done again
     r = CliRunner().invoke(build_cli(), args)
-    assert r.exit_code == 0 and (out / "b0.json").is_file(), r.output
+    assert r.exit_code == 0 and (out / sidecar).is_file(), r.output
 
 
 @pytest.mark.parametrize("size,scale", [(16, 8), (32, 4), (64, 2)])

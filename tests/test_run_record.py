@@ -211,7 +211,7 @@ def test_faces_sidecars_pin_the_weights_by_content(tmp_path):
     if r.exit_code == 2 and "dlib" in r.stderr:
         pytest.skip(r.stderr.strip())
     assert r.exit_code == 0, r.output
-    side_path = tmp_path / "o" / "photo.json"
+    side_path = tmp_path / "o" / "photo.png.json"
     side = json.loads(side_path.read_text())
     [sha] = side["default_weights"]["psp-sr-faces128"]
     assert len(sha) == 64

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import torch
@@ -18,6 +18,9 @@ from ..methods import (OptionError, build_method, check_output_size_contract, ch
                        method_class, method_values, validate_options)
 from ..run_record import changed_outputs, refusal, run_settings
 from ..seeds import SEED
+
+if TYPE_CHECKING:
+    from ..faces.reruns import DetectPlan
 
 
 def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -39,7 +42,7 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
               help="Outputs per input (stochastic methods).")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
-@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True, help="Output file format.")
+@click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True, help="Output file format (jpg and webp: lossy, quality 95).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--couple", is_flag=True, help="Write input | output side by side.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -52,7 +55,7 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--faces", "faces_mode", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
               help="aligned: each input is an aligned face crop; detect: find, align, restore and paste back "
-                   "every face of whole photos (writes a <stem>.json sidecar).")
+                   "every face of whole photos (writes a <stem>.<ext>.json sidecar).")
 @click.option("--detector", default=None, help="--faces detect: face detector (default: mtcnn).")
 @click.option("--background", default=None, help="--faces detect: method upscaling the photo around the faces "
                                                   "(default: bicubic).")
@@ -97,7 +100,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
     if onnx_path is not None and backend != "onnxruntime":
         fail_usage("--onnx only applies with --backend onnxruntime")
 
-    def prepare() -> tuple[dict[str, Any], list[ImageItem]]:
+    def prepare() -> tuple[dict[str, Any], list[ImageItem], dict[str, Any], DetectPlan | None]:
         try:
             cls = method_class(method)
             values = method_values(cls, opts, weights)
@@ -122,38 +125,56 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             check_output_folder(input_spec, output, ext)
             settings = run_settings(cls, probe.options, scale=scale, seed=seed, n_samples=n_samples, couple=couple,
                                     backend=backend)
+            plan = None
+            if faces_mode == "detect":  # what decides its outputs, before the method is built
+                from ..faces.pipeline import detect_plan
+
+                plan = detect_plan(cls, probe.options, settings, output, scale=scale, detector=detector,
+                                   background=background, min_face=min_face, max_shrink=max_shrink,
+                                   colour_match=colour_match, only_faces=only_faces, n_samples=n_samples, ext=ext)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         require_inputs(items, input_spec)
-        return values, items, settings
+        return values, items, settings, plan
 
     def check_settings() -> None:
         """Refuse outputs made with other settings (under the folder's lock: another run writing
         there meanwhile would have been counted as this one's skipped outputs)."""
-        if faces_mode == "aligned" and not overwrite:  # (--faces detect checks its sidecars)
-            changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
-                                      ignore_options=method_class(method).Options.result_neutral)
-            if changed:
-                raise UsageProblem(refusal(output, changed))
+        if overwrite:
+            return
+        if plan is not None:  # --faces detect: the outputs' records and the photos' sidecars
+            problem = plan.refusal(items)
+            if problem:
+                raise UsageProblem(problem)
+            return
+        changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
+                                  ignore_options=method_class(method).Options.result_neutral)
+        if changed:
+            raise UsageProblem(refusal(output, changed))
 
     def stems(item: ImageItem) -> list[str]:
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
 
     with job_for(device) as job:  # one process, or one rank of a torchrun job
-        values, items, settings = job.together(prepare)
+        values, items, settings, plan = job.together(prepare)
         with output_held(output, "run", job):  # this run alone writes into --output, to its end
             job.together(check_settings)
             limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
                       "max_output_pixels": max_output_pixels}
-            # Inputs whose outputs all exist are skipped: only the others' headers are read here (a rerun
-            # of a finished folder reads none, and builds no method).
-            pending = [it for it in job.part(items) if overwrite or faces_mode != "aligned"
-                       or not all(_exists(output / f"{stem}.{ext}") for stem in stems(it))]
+            # Inputs whose outputs all exist are skipped (photos: finished ones): only the others' headers
+            # are read here (a rerun of a finished folder reads none, and builds no method).
+            pending = [it for it in job.part(items) if overwrite or not (
+                plan.done(it) if plan is not None else all(_exists(output / f"{stem}.{ext}") for stem in stems(it)))]
             if not any(job.gather(bool(check_inputs(pending, **limits)[0]))):
                 # nothing to do, or nothing can succeed: say why without building the method
+                done: dict[str, Any] = {"expected": stems} if plan is None else \
+                    {"expected": plan.expected, "finished": plan.finished}
                 result = process_files(items, output, lambda image, item: [], ext=ext, overwrite=overwrite,
-                                       quiet=quiet, label=method, on_error=error_line, job=job, expected=stems,
-                                       **limits)
+                                       quiet=quiet, label=method, on_error=error_line, job=job, **done, **limits)
+                if plan is not None:
+                    from ..faces.pipeline import end_of_run
+
+                    end_of_run(plan, result, device=None, backend=backend, as_json=as_json, quiet=quiet)
                 if as_json and job.is_main:
                     emit_json({"method": method, "scale": scale, "device": None,  # no method was built
                                "backend": backend, **result.as_dict()})
@@ -172,14 +193,11 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 for note in getattr(m, "notes", []):
                     click.echo(note, err=True)
 
-            if faces_mode == "detect":
+            if plan is not None:
                 from ..faces.pipeline import run_detect
 
-                run_detect(m, scale, items, output, detector=detector, background=background, min_face=min_face,
-                           only_faces=only_faces, require_face=require_face, max_shrink=max_shrink,
-                           colour_match=colour_match, seed=seed,
-                           n_samples=n_samples, ext=ext,
-                           overwrite=overwrite, couple=couple, max_pixels=max_pixels, quiet=quiet, as_json=as_json,
+                run_detect(m, plan, items, require_face=require_face, seed=seed, overwrite=overwrite, couple=couple,
+                           max_pixels=max_pixels, quiet=quiet, as_json=as_json,
                            max_output_pixels=max_output_pixels, backend=backend)
 
             def restore(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:

@@ -45,7 +45,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -57,10 +57,12 @@ from ..images import DEFAULT_MAX_OUTPUT_PIXELS, _mp, check_output_size, side_by_
 from ..interfaces import Face, FaceDetector, Method, MethodInfo, result_options
 from ..methods import check_values
 from ..progress import report
-from ..run_record import PINS, option_differences, pin_differences, same_files
+from ..run_record import PINS
 from .align import AlignedFace, align_face, face_mask, quad_from_points, warp
 from .compose import ColorMatch, blend, color_match, grey, is_grey
 from .detectors import DEFAULT_DETECTOR, layout_of, named_points
+# (NO_FACE, _expected_firsts and settings_changed lived here before reruns.py: importable from here still)
+from .reruns import NO_FACE, DetectPlan, _expected_firsts, _nothing_to_write, settings_changed  # noqa: F401
 
 __all__ = [
     "DEFAULT_MIN_FACE", "DEFAULT_MAX_SHRINK", "DEFAULT_FEATHER", "FACE_BATCH", "FaceRecord", "PhotoResult",
@@ -148,7 +150,7 @@ class PhotoResult:
         return sum(r.action == "restored" for r in self.records)
 
     def sidecar(self) -> dict[str, Any]:
-        """The JSON-able description written next to each output (``<stem>.json``)."""
+        """The JSON-able description written next to each photo's outputs (``reruns.sidecar_name``)."""
         return {
             "scale": self.scale, "detector": self.detector, "background": self.background,
             "crop_size": self.crop_size, **({"grey": True} if self.grey else {}), "faces_found": len(self.records),
@@ -215,14 +217,23 @@ def build_background(name: str | Method | Background, device: str | torch.device
         return getattr(name, "__name__", "custom"), name
     if name == "bicubic":
         return "bicubic", upscale
-    from ..methods import build_method, method_class
+    from ..methods import build_method
 
-    cls = method_class(name)
-    if cls.info.input_kind == "aligned_face":
-        raise RestorekitError(f"--background {name}: it restores aligned faces, not whole photos; "
-                              "use bicubic or another whole-image method")
+    check_background(name)
     m = build_method(name, {}, str(device) if not isinstance(device, str) else device)
     return name, lambda img, s: m.restore(img.to(m.device), s).cpu()
+
+
+def check_background(name: str) -> None:
+    """Refuse (one line) a background method name that is not registered, or names a method of
+    aligned faces (it cannot upscale a whole photo); ``bicubic`` is built in."""
+    if name == "bicubic":
+        return
+    from ..methods import method_class
+
+    if method_class(name).info.input_kind == "aligned_face":
+        raise RestorekitError(f"--background {name}: it restores aligned faces, not whole photos; "
+                              "use bicubic or another whole-image method")
 
 
 def paste_warp(crop: Tensor, geom: AlignedFace, out_h: int, out_w: int, scale: float) -> Tensor:
@@ -545,39 +556,6 @@ def sidecar_json(data: dict[str, Any]) -> str:
                   lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
-NO_FACE = "no face"  # how the end-of-run line counts --only-faces photos with nothing to write
-
-
-def _nothing_to_write(why: str) -> Any:
-    """The skip of a photo in which no face was restored, under ``--only-faces``."""
-    from ..batch import SkipInput
-
-    return SkipInput(f"{why}; nothing to write (--only-faces)", NO_FACE)
-
-
-def _expected_firsts(outdir: Any, stem: str, only_faces: bool) -> list[str]:
-    """Output stems (before sample suffixes) a finished photo has: ``<stem>``, or with
-    ``only_faces`` one ``<stem>_face<i>`` per face its sidecar lists as restored (a photo without
-    a sidecar, or whose sidecar does not parse, is not finished: ``run_detect`` asks for the
-    sidecar too, since it is written after the images). A photo whose sidecar lists no
-    restored face raises :class:`~restorekit.batch.SkipInput` (done before, nothing to write)."""
-    if not only_faces:
-        return [stem]
-    import json
-    from pathlib import Path
-
-    try:
-        sidecar = json.loads((Path(outdir) / f"{stem}.json").read_text(encoding="utf-8"))
-        faces = [int(f["index"]) for f in sidecar["faces"] if f.get("action") == "restored"]
-        if any(not 0 <= i < 10**6 for i in faces):  # no face index of a photo's
-            raise ValueError("a face index out of range")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):  # a sidecar of another shape
-        return [f"{stem}_face0"]
-    if not faces:
-        raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))
-    return [f"{stem}_face{i}" for i in faces]
-
-
 def not_a_face_method(info: MethodInfo) -> str | None:
     """What to tell a user who runs a method that is not a face method through the face pipeline."""
     if info.input_kind == "aligned_face":
@@ -612,125 +590,109 @@ def faces_summary(sidecars: Any) -> str:
     return f"{restored} of {found} faces restored; {', '.join(parts)}: left to the background"
 
 
-def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
-                     ignore_options: frozenset[str] = frozenset()) -> tuple[list[str], list[str]] | None:
-    """The photos among ``stems`` whose sidecar in ``outdir`` records other settings than ``now``
-    (method, scale, detector, background, the method's options but ``ignore_options`` — its
-    result-neutral ones, which older sidecars recorded —, min_face, max_shrink, seed; colour
-    match where a restored face shows it), and the differences (``key: old → new``); None when
-    there are none. A rerun would keep their outputs."""
-    import json
+def detect_plan(cls: type[Method], options: Any, settings: dict[str, Any], output: Any, *, scale: int,
+                detector: str | None, background: str | None, min_face: float | None, max_shrink: float | None,
+                colour_match: bool, only_faces: bool, n_samples: int, ext: str) -> DetectPlan:
+    """The :class:`~restorekit.faces.reruns.DetectPlan` of one ``run --faces detect`` of method
+    ``cls`` (``options`` validated; ``settings`` its :func:`~restorekit.run_record.run_settings`),
+    before the method is built: the detector and background are checked here (one line naming
+    what is missing), and the defaults filled in as :func:`run_detect` runs them."""
+    from pathlib import Path
 
-    stems_changed: list[str] = []
-    diffs: dict[str, None] = {}
-    for stem in stems:
-        try:
-            side = json.loads((outdir / f"{stem}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # none (not done yet), or unreadable: the photo is made again
-            continue
-        if not isinstance(side, dict):
-            continue
-        listed = side.get("faces")
-        faces = [f for f in listed if isinstance(f, dict) and f.get("action") == "restored"] \
-            if isinstance(listed, list) else []
-        old = {k: side.get(k) for k in ("method", "scale", "detector", "background")}
-        if faces:
-            old["colour match"] = "on" if any("color_match" in f for f in faces) else "off"
-        found = [f"{k}: {old[k]} → {now[k]}" for k in old if k in now and old[k] is not None and old[k] != now[k]]
-        # Recorded since sidecars carry them (an older sidecar's absent key is not a difference).
-        for k in ("min_face", "max_shrink", "seed", "couple"):
-            if k in side and k in now and side[k] != now[k]:
-                found.append(f"{k}: {side[k]} → {now[k]}")
-        for k in PINS:  # (a sidecar written before the pins were recorded is checked on the rest)
-            # (in one of them only: the weights options differ, and say so themselves)
-            if isinstance(side.get(k), dict) and isinstance(now.get(k), dict) and old["method"] == now.get("method"):
-                found += pin_differences(k, side[k], now[k])
-        if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
-            found += option_differences(side["options"], now["options"],
-                                        ignore_options=ignore_options | same_files(side, now))
-        if found:
-            stems_changed.append(stem)
-            diffs.update(dict.fromkeys(found))
-    return (stems_changed, list(diffs)) if stems_changed else None
+    from ..plugins import registry
+    from .detectors import check_available
+
+    det_name = detector or DEFAULT_DETECTOR
+    registry().get("face_detectors", det_name)
+    check_available(det_name)
+    bg_name = background or "bicubic"
+    check_background(bg_name)
+    mf = float(DEFAULT_MIN_FACE if min_face is None else min_face)
+    if not mf >= 0:  # NaN too (FacePipeline says so again)
+        raise RestorekitError(f"--min-face must be ≥ 0 px, got {min_face}")
+    ms = DEFAULT_MAX_SHRINK if max_shrink is None else max_shrink
+    if not ms >= 1:  # NaN too
+        raise RestorekitError(f"--max-shrink must be ≥ 1, got {max_shrink}")
+    shrink = float(ms) if math.isfinite(ms) else None  # no limit as null: strict JSON has no Infinity
+    pins = {k: settings[k] for k in PINS if k in settings}
+    recorded: dict[str, Any] = {"options": result_options(options), "min_face": mf, "max_shrink": shrink,
+                                "couple": bool(settings.get("couple")),
+                                **({"seed": settings["seed"]} if "seed" in settings else {}), **pins}
+    note = {**settings, "faces": "detect", "detector": det_name, "min_face": mf, "max_shrink": shrink,
+            "only_faces": bool(only_faces)}
+    sidecar_now = {"method": cls.info.name, "scale": scale, "detector": det_name, **recorded}
+    if not only_faces:  # the restored crops alone do not depend on the background or colour matching
+        note["background"] = bg_name
+        sidecar_now.update(background=bg_name, **{"colour match": "on" if colour_match else "off"})
+    return DetectPlan(outdir=Path(output), method=cls.info.name, scale=scale, detector=det_name, background=bg_name,
+                      colour_match=bool(colour_match), only_faces=bool(only_faces), n_samples=n_samples, ext=ext,
+                      note=note, sidecar_now=sidecar_now, recorded=recorded,
+                      ignore_options=frozenset(type(options).result_neutral))
 
 
-def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, detector: str | None,
-               background: str | None, min_face: float | None, only_faces: bool, require_face: bool,
-               max_shrink: float | None = None, colour_match: bool = False,
-               seed: int | None, n_samples: int, ext: str, overwrite: bool, couple: bool, max_pixels: int,
+def end_of_run(plan: DetectPlan, result: Any, *, device: str | None, backend: str, as_json: bool,
+               quiet: bool) -> NoReturn:
+    """Say how ``run --faces detect`` went (``--json``, or one line unless ``quiet``; rank 0 only,
+    under torchrun) and exit like ``run`` (0, or 1 when some inputs failed). ``device`` None: no
+    method was built (every photo was finished, or none could be read)."""
+    import click
+
+    from ..cli import emit_json
+    from ..sharding import current_job
+
+    if current_job().is_main:  # under torchrun, rank 0 prints the whole job's summary
+        if as_json:
+            emit_json({"method": plan.method, "scale": plan.scale, "device": device, "backend": backend,
+                       "faces": "detect", "detector": plan.detector, "background": plan.background,
+                       **result.as_dict()})
+        elif not quiet:
+            click.echo(f"{len(result.written)} written ({faces_summary(result.reports.values())}), "
+                       f"{result.skipped_text()}, {len(result.failed)} failed → {plan.outdir}", err=True)
+    raise SystemExit(result.exit_code)
+
+
+def run_detect(method: Method, plan: DetectPlan, items: list[Any], *, require_face: bool,
+               seed: int | None, overwrite: bool, couple: bool, max_pixels: int,
                quiet: bool, as_json: bool, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
                backend: str = "torch") -> None:
     """The body of ``restorekit run --faces detect``: every photo through :class:`FacePipeline`.
 
-    Writes the outputs of :func:`photo_outputs` and then ``<stem>.json`` per photo (atomically,
-    last: a photo is finished once its sidecar is there, so an interrupted one is done again);
-    exits like ``run`` (0, or 1 when some inputs failed).
+    The rerun checks are :class:`~restorekit.faces.reruns.DetectPlan`'s, made before the method
+    was built. Writes the outputs of :func:`photo_outputs`, each recording ``plan.note_for``
+    inside, and then the photo's sidecar (:func:`~restorekit.faces.reruns.sidecar_name`,
+    atomically, last: a photo is finished once its sidecar is there, so an interrupted one is
+    done again) — only where every output there is this run's (one kept from another program gets
+    none, one made with other settings fails the photo); exits like ``run``.
     """
-    from pathlib import Path
-
-    import click
-
     from ..batch import process_files
-    from ..cli import emit_json, error_line, fail_usage, warn
+    from ..cli import error_line, fail_usage, warn
     from ..images import atomic_write_bytes
-    from ..sharding import current_job
-    from .detectors import check_available
 
-    det_name = detector or DEFAULT_DETECTOR
     try:
-        from ..plugins import registry
-
-        registry().get("face_detectors", det_name)
-        check_available(det_name)
-        pipe = FacePipeline(method, scale, detector=det_name, background=background or "bicubic",
-                            min_face=DEFAULT_MIN_FACE if min_face is None else min_face,
-                            max_shrink=DEFAULT_MAX_SHRINK if max_shrink is None else max_shrink,
-                            colour_match=colour_match, max_output_pixels=max_output_pixels)
+        pipe = FacePipeline(method, plan.scale, detector=plan.detector, background=plan.background,
+                            min_face=plan.recorded["min_face"], max_shrink=plan.recorded["max_shrink"],
+                            colour_match=plan.colour_match, max_output_pixels=max_output_pixels)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return
     note = not_a_face_method(method.info)
     if note and not quiet:
         warn(note)
-    outdir = Path(output)
+    outdir, ext, n_samples, only_faces = plan.outdir, plan.ext, plan.n_samples, plan.only_faces
     sidecars: dict[str, dict[str, Any]] = {}
-    # What else decides a photo's outputs, recorded in its sidecar and checked on a re-run.
-    recorded: dict[str, Any] = {
-        "options": result_options(method.options), "min_face": pipe.min_face,
-        # no limit (None or inf) as null: strict JSON has no Infinity
-        "max_shrink": pipe.max_shrink if pipe.max_shrink is not None and math.isfinite(pipe.max_shrink) else None,
-        "couple": bool(couple)}
-    info = method.info
-    if not (info.one_sample_ignores_seed if n_samples == 1 else info.deterministic):
-        recorded["seed"] = seed  # outputs that do not depend on it do not record it (as run_settings)
-    # The weights by content: a model retrained into the same file, or a re-shipped default, is not
-    # the model that made the outputs there.
-    from ..harness.runner import default_weights_pin, option_files_pin
+    planned: dict[str, list[Any]] = {}  # each photo's output paths, as restore made them
 
-    try:  # (the method itself: an ONNX-backed one carries the info of the method it runs)
-        recorded.update({k: v for k, v in (("default_weights", default_weights_pin(method, method.options)),
-                                           ("option_files", option_files_pin(method.options))) if v})
-    except RestorekitError as exc:
-        fail_usage(str(exc))
-    if not overwrite:
-        now = {"method": method.info.name, "scale": scale, "detector": det_name, **recorded}
-        if not only_faces:  # the restored crops alone do not depend on the background or colour matching
-            now.update(background=pipe.background_name, **{"colour match": "on" if colour_match else "off"})
-        changed = settings_changed(outdir, [item.stem for item in items], now,
-                                   ignore_options=type(method.options).result_neutral)
-        if changed:
-            stems, diffs = changed
-            fail_usage(f"{outdir}: the outputs of {len(stems)} of these photos ({', '.join(stems[:3])}"
-                       f"{', …' if len(stems) > 3 else ''}) were made with other settings ({'; '.join(diffs)}); "
-                       f"use another --output, or --overwrite to remake them")
+    def restored(item: Any) -> bool:
+        return bool(sidecars[str(item.path)].get("faces_restored"))
 
     def restore(image: Tensor, item: Any) -> list[tuple[str, Tensor]]:
         outs, sidecar = photo_outputs(pipe, image, item.stem, seed=seed, n_samples=n_samples,
                                       only_faces=only_faces, require_face=require_face,
                                       where=item.path,
                                       warn=warn)  # -q too: the photo is only upscaled by the background
-        sidecar = {"input": str(item.path), "method": method.info.name, **recorded, **sidecar}
+        sidecar = {"input": str(item.path), "method": method.info.name, **plan.recorded, **sidecar}
         sidecars[str(item.path)] = sidecar
+        planned[str(item.path)] = [outdir / f"{stem}.{ext}" for stem, _ in outs]
         if only_faces and not outs:  # counted as skipped, with the reason, not lost from the summary
             write_sidecar(item)  # nothing else to write: the sidecar marks the photo done
             raise _nothing_to_write(str(sidecar.get("warning") or "no face restored"))
@@ -739,29 +701,21 @@ def run_detect(method: Method, scale: int, items: list[Any], output: Any, *, det
         return outs
 
     def write_sidecar(item: Any) -> None:
-        """After the photo's images are saved (process_files' ``finish``): never a sidecar without them."""
-        atomic_write_bytes(outdir / f"{item.stem}.json", (sidecar_json(sidecars[str(item.path)]) + "\n").encode())
-
-    def expected(item: Any) -> list[str]:
-        suffixes = [""] if n_samples == 1 else [f"_s{j}" for j in range(n_samples)]
-        return [f"{first}{sfx}" for first in _expected_firsts(outdir, item.stem, only_faces) for sfx in suffixes]
-
-    def finished(item: Any) -> bool:
-        """A photo whose images exist is done only with its sidecar (written last)."""
-        return (outdir / f"{item.stem}.json").is_file()
+        """After the photo's images are saved (process_files' ``finish``): never a sidecar without
+        them, nor for images kept there that this run did not make."""
+        problem = plan.kept_problem(item, planned.get(str(item.path), []), restored(item))
+        if problem is not None:
+            msg, fails = problem
+            if fails:
+                raise ImageError(msg)
+            warn(msg)
+            return
+        atomic_write_bytes(plan.sidecar_path(item.stem), (sidecar_json(sidecars[str(item.path)]) + "\n").encode())
 
     result = process_files(items, outdir, restore, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                            quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
-                           expected=expected, report=lambda item: sidecars.get(str(item.path)),
-                           out_scale=scale, n_outputs=n_samples, max_output_pixels=max_output_pixels,
-                           finish=write_sidecar, finished=finished)
-    if not current_job().is_main:  # under torchrun, rank 0 prints the whole job's summary
-        raise SystemExit(result.exit_code)
-    if as_json:
-        emit_json({"method": method.info.name, "scale": scale, "device": str(method.device), "backend": backend,
-                   "faces": "detect",
-                   "detector": det_name, "background": pipe.background_name, **result.as_dict()})
-    elif not quiet:
-        click.echo(f"{len(result.written)} written ({faces_summary(result.reports.values())}), "
-                   f"{result.skipped_text()}, {len(result.failed)} failed → {outdir}", err=True)
-    raise SystemExit(result.exit_code)
+                           expected=plan.expected, report=lambda item: sidecars.get(str(item.path)),
+                           out_scale=plan.scale, n_outputs=n_samples, max_output_pixels=max_output_pixels,
+                           finish=write_sidecar, finished=plan.finished,
+                           note=lambda item, name: plan.note_for(item, restored(item)))
+    end_of_run(plan, result, device=str(method.device), backend=backend, as_json=as_json, quiet=quiet)
