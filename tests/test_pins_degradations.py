@@ -31,10 +31,16 @@ def test_pin_crop_to_multiple_crops_height_and_width_separately():
 
 
 def test_pin_noise_is_sigma_over_255_from_the_generator():
-    hr = torch.full((1, 3, 16, 16), 0.5)
+    # A colour image (channels 0.4, 0.5, 0.6): one draw of the whole batch's shape.
+    hr = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous()
     out = parse_spec("noise:5")(hr, generator=torch.Generator().manual_seed(0))
     n = torch.randn(hr.shape, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(out, 0.5 + n * (5 / 255.0), atol=1e-7, rtol=0)
+    assert torch.allclose(out, hr + n * (5 / 255.0), atol=1e-7, rtol=0)
+    # A black-and-white one (every channel equal): one plane, on every channel.
+    grey = torch.full((1, 3, 16, 16), 0.5)
+    out = parse_spec("noise:5")(grey, generator=torch.Generator().manual_seed(0))
+    plane = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, 0.5 + plane.expand(1, 3, 16, 16) * (5 / 255.0), atol=1e-7, rtol=0)
 
 
 def test_pin_noise_is_clipped_to_unit_range():

@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 
 from ..batch import check_output_folder, output_held, process_files, require_inputs
 from ..cli import emit_json, error_line, fail_usage
-from ..degradations import parse_spec
+from ..degradations import Chain, parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..provenance import read_note
 from ..run_record import changed_outputs, degrade_settings, refusal
 from ..seeds import SEED
+
+#: The key of a degrade record naming the spec's steps from plugins (distribution, version, code).
+PLUGIN_STEPS = "degradation_plugins"
+
+
+def plugin_step_changes(outputs: Iterable[Path], now: Mapping[str, Any]) -> tuple[list[Path], list[str]] | None:
+    """The outputs whose record names other code for a step from a plugin than ``now`` (its
+    :data:`PLUGIN_STEPS`), and what differs; None when none do. The spec and seed are compared by
+    :func:`~restorekit.run_record.changed_outputs`; an output recorded without the key (before it
+    was recorded, or of a spec of built-in steps) is left to that."""
+    steps = now.get(PLUGIN_STEPS)
+    if not isinstance(steps, dict):
+        return None
+    changed: list[Path] = []
+    diffs: dict[str, None] = {}
+    for path in outputs:
+        note = read_note(path)
+        old = note.get(PLUGIN_STEPS) if isinstance(note, dict) and note.get("spec") == now.get("spec") else None
+        if not isinstance(old, dict):
+            continue
+        found = [f"the code of degradation step '{name}' changed (its plugin upgraded or edited)"
+                 if isinstance(old.get(name), dict) and {**old[name], "code": None} == {**info, "code": None}
+                 else f"degradation step '{name}': {_made_by(old.get(name))} → {_made_by(info)}"
+                 for name, info in steps.items() if old.get(name) != info]
+        if found:
+            changed.append(path)
+            diffs.update(dict.fromkeys(found))
+    return (changed, list(diffs)) if changed else None
+
+
+def _made_by(info: Any) -> str:
+    """A plugin step's record in words: ``distribution version``."""
+    return f"{info.get('distribution', '?')} {info.get('version', '?')}" if isinstance(info, dict) else "—"
+
+
+def _merged(*found: tuple[list[Path], list[str]] | None) -> tuple[list[Path], list[str]] | None:
+    """Several :func:`changed_outputs`-shaped findings as one (each output and difference once)."""
+    paths = list(dict.fromkeys(p for f in found if f for p in f[0]))
+    diffs = list(dict.fromkeys(d for f in found if f for d in f[1]))
+    return (paths, diffs) if paths else None
 
 
 @click.command("degrade")
@@ -48,10 +91,14 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
         fail_usage(str(exc))
         return
     settings = degrade_settings(chain, seed=seed)
+    steps = _plugin_steps(chain)
+    if steps:  # what the spec's steps from plugins are: their outputs change with their code
+        settings[PLUGIN_STEPS] = steps
 
     def check_settings() -> None:
-        if not overwrite:  # outputs made with another spec or seed are not this run's to skip
-            changed = changed_outputs((output / f"{item.stem}.{ext}" for item in items), settings)
+        if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
+            paths = [output / f"{item.stem}.{ext}" for item in items]
+            changed = _merged(changed_outputs(paths, settings), plugin_step_changes(paths, settings))
             if changed:
                 fail_usage(refusal(output, changed))
 
@@ -72,6 +119,14 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
             click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped, "
                        f"{len(result.failed)} failed → {output}", err=True)
         raise SystemExit(result.exit_code)
+
+
+def _plugin_steps(chain: Chain) -> dict[str, dict[str, str]]:
+    """compare's record of the chain's steps from plugins (:func:`~restorekit.harness.runner.degradation_plugins`)."""
+    from ..harness.runner import degradation_plugins
+    from ..plugins import registry
+
+    return degradation_plugins(chain, registry())
 
 
 def attach(cli: click.Group) -> None:

@@ -4,7 +4,9 @@ Two sources:
 - HR images plus a degradation spec: each HR is cropped (bottom/right) to a multiple of the
   scale, degraded with a generator seeded from the image's pixels (so a noisy degradation gives
   the same LR whatever the image's name, the other images, their order or ``--limit``), rounded
-  to 8 bits and written as PNG to ``OUT/inputs/<spec-hash>/``. A later run reuses the PNG while its HR file is unchanged.
+  to 8 bits and written as PNG to ``OUT/inputs/<key>/``, the key a hash of the spec, the scale and
+  what the plugins' steps of the spec are (their distribution, version and code fingerprint:
+  ``step_code``). A later run reuses the PNG while its HR file is unchanged.
 - Given LR/HR pairs, matched by output name (see :func:`restorekit.images.output_names`): the HR
   is cropped to a multiple of the scale and must then be exactly ``scale`` times the LR.
 
@@ -26,9 +28,10 @@ import io
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -144,10 +147,23 @@ def merge_shards(shards: list[InputSet], local: InputSet) -> InputSet:
     return merged
 
 
-def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[str, str]]) -> None:
+def lr_folder_key(spec: str, scale: int, step_code: Mapping[str, Any] | None = None) -> str:
+    """The name of the LR folder ``OUT/inputs/<key>/`` of a degradation: a hash of the spec, the
+    scale and, when the spec has steps from plugins, what they are (``step_code``), so that LR
+    files made by another version or edit of a plugin's step are not reused. Built-in steps only:
+    the key of ``spec|scale`` (as before plugins' steps counted)."""
+    text = f"{spec}|{scale}" + (f"|{json.dumps(step_code, sort_keys=True)}" if step_code else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[str, str]],
+                    step_code: Mapping[str, Any] | None = None) -> None:
     """Write ``OUT/inputs/<key>/manifest.json``, its folders reached from ``OUT`` without following a link."""
-    atomic_write_bytes(path, json.dumps({"degradation": spec, "scale": scale, "images": images}, indent=1).encode(),
-                       root=path.parents[2])
+    doc: dict[str, Any] = {"degradation": spec, "scale": scale}
+    if step_code:
+        doc["degradation_plugins"] = dict(step_code)
+    doc["images"] = images
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode(), root=path.parents[2])
 
 
 def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
@@ -160,13 +176,13 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
         if isinstance(images, dict) else {}
 
 
-def update_manifest(inputs: InputSet, spec: str, fresh: bool) -> None:
+def update_manifest(inputs: InputSet, spec: str, fresh: bool, step_code: Mapping[str, Any] | None = None) -> None:
     """Record the LR files every shard made (rank 0, after :func:`merge_shards`); as one process would."""
     if inputs.manifest is None or not inputs.made:
         return
     manifest = {} if fresh else _read_manifest(inputs.manifest)
     manifest.update(sorted(inputs.made.items(), key=lambda kv: inputs.order.get(kv[0], -1)))
-    _write_manifest(inputs.manifest, spec, inputs.scale, manifest)
+    _write_manifest(inputs.manifest, spec, inputs.scale, manifest, step_code)
 
 
 def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
@@ -200,13 +216,15 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                      fresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
                      clock: Callable[[str, float], None] | None = None,
-                     shard: tuple[int, int] = (0, 1)) -> InputSet:
+                     shard: tuple[int, int] = (0, 1),
+                     step_code: Mapping[str, Any] | None = None) -> InputSet:
     """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures.
 
     ``clock(stage, seconds)``, when given, receives the time spent degrading (``degrade``) and
     encoding and writing the LR files (``write_lr``), for ``bench harness``. ``shard=(rank,
     world)`` with ``world > 1``: only that share of the images, and the manifest is left to
-    :func:`update_manifest`.
+    :func:`update_manifest`. ``step_code``: what the chain's steps from plugins are
+    (:func:`~restorekit.harness.runner.degradation_plugins`), part of the LR folder's key.
     """
     tick = clock or (lambda stage, seconds: None)
     rank, world = shard
@@ -214,8 +232,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     if not items:
         raise RestorekitError(f"{hr_spec}: no HR images")
     spec = chain.spec()
-    key = hashlib.sha256(f"{spec}|{scale}".encode()).hexdigest()[:12]
-    folder = out / "inputs" / f"{key}"
+    folder = out / "inputs" / lr_folder_key(spec, scale, step_code)
     try:  # made, from --out down without following a link: one planted there is refused in one line
         open_folder(out, folder.relative_to(out)).close()
     except LinkedFolderError as exc:
@@ -261,7 +278,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
             inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
     if inputs.made and world == 1:
-        _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made})
+        _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code)
         inputs.made = {}
     return inputs
 

@@ -50,6 +50,8 @@ def folder_config(p: Plan) -> dict[str, Any]:
     inputs: dict[str, Any] = {"data": _spec(cfg.data), "scale": cfg.scale, "source": source}
     if cfg.lr_dir is None:  # the LR files were made by restorekit's degradation code
         inputs["core_code"] = p.core_code
+        if p.degradation_code:  # and by plugins' steps: their distribution, version and code
+            inputs["degradation_plugins"] = p.degradation_code
     return {"inputs": inputs, "methods": {mp.name: mp.settings for mp in p.methods}}
 
 
@@ -81,6 +83,7 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
               if name in old_methods and (out is None or has_outputs(out, name))]
     core_changed = False
     code_changed: list[str] = []  # methods whose package's files changed (a plugin upgraded or edited)
+    steps_changed: list[str] = []  # degradation steps whose plugin's files changed
     from ..run_record import PINS
 
     for prefix, old, new in pairs:
@@ -95,8 +98,16 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
                     core_changed = core_changed or (key in a and key in b) or a.get("source") == b.get("source")
                 elif key == "code" and prefix:
                     code_changed.append(prefix[:-1])
+                elif not prefix and key.startswith("degradation_plugins.") and (
+                        a.get("source") != b.get("source") or key.endswith(".code")):
+                    # (another spec: its source line says it; the same: one line per step's code)
+                    if a.get("source") == b.get("source"):
+                        steps_changed.append(key[len("degradation_plugins."):-len(".code")])
                 else:
                     diffs.append(f"{prefix}{key}: {a.get(key, '—')} → {b.get(key, '—')}")
+    if steps_changed:
+        diffs.insert(0, f"the code of degradation step {', '.join(repr(s) for s in steps_changed)} changed — its "
+                        "plugin upgraded or edited — so its LR inputs could differ")
     if code_changed:
         diffs.insert(0, f"the code of {', '.join(code_changed)} changed — its plugin upgraded or edited — so "
                         "its numbers could differ")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..degradations import parse_spec
+from ..degradations import Chain, parse_spec
 from ..devices import precision_label, run_device
 from ..errors import RestorekitError, WeightsMissing, describe_os_error, exception_line
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
@@ -153,6 +153,9 @@ class Plan:
     # through it (degradations, resizing, back-projection), so stored results made by other core
     # code are not reused, and an --out folder made by it is not extended.
     core_code: str = ""
+    # The degradation's steps that plugins registered (:func:`degradation_plugins`): what the LR
+    # files depend on beyond the core, so that they and the folder are not reused after a change.
+    degradation_code: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,6 +207,27 @@ def code_fingerprint(module: str) -> str:
     for f in files:
         digest.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def degradation_plugins(chain: Chain, reg: Registry) -> dict[str, dict[str, str]]:
+    """``{step name: {plugin, distribution, version, code}}`` for each step of ``chain`` that a
+    plugin other than restorekit's own registered (:func:`code_fingerprint` of its module): what
+    LR files made by the chain depend on beyond the core code, so that an upgrade or edit of the
+    plugin is seen (``core_code`` covers the built-in steps). ``{}`` for built-in steps only."""
+    from ..plugins import BUILTIN
+
+    kinds = reg.items.get("degradations", {})
+    owners = reg.owner.get("degradations", {})
+    found: dict[str, dict[str, str]] = {}
+    for step in chain.steps:
+        cls = type(step)
+        name = next((n for n, c in kinds.items() if c is cls), str(getattr(cls, "name", cls.__name__)))
+        plugin = owners.get(name, "?")
+        if plugin == BUILTIN or name in found:
+            continue
+        dist, ver = _dist_of(reg, plugin)
+        found[name] = {"plugin": plugin, "distribution": dist, "version": ver, "code": code_fingerprint(cls.__module__)}
+    return found
 
 
 def default_weights_pin(cls: type[Method] | Method, options: Options | None = None
@@ -334,6 +358,7 @@ def plan(config: CompareConfig) -> Plan:
         raise CompareUsageError(str(exc)) from None
 
     degradation: str | None = None
+    degradation_code: dict[str, dict[str, str]] = {}
     if config.lr_dir is None:
         try:
             chain = parse_spec(config.degradation or f"bicubic:{config.scale}")
@@ -343,6 +368,7 @@ def plan(config: CompareConfig) -> Plan:
             raise CompareUsageError(f"degradation '{chain.spec()}' downsizes by {chain.scale}, but --scale is "
                                     f"{config.scale}")
         degradation = chain.spec()
+        degradation_code = degradation_plugins(chain, reg)
 
     core = code_fingerprint(__name__)
     methods: list[MethodPlan] = []
@@ -404,7 +430,7 @@ def plan(config: CompareConfig) -> Plan:
             build_detector(config.detector or DEFAULT_DETECTOR)
         except RestorekitError as exc:
             raise CompareUsageError(f"--detector {config.detector or DEFAULT_DETECTOR}: {exc}") from None
-    return Plan(config, device, degradation, methods, metrics, reg, core)
+    return Plan(config, device, degradation, methods, metrics, reg, core, degradation_code)
 
 
 def metric_fingerprint(cls: type[Metric], distribution: str, version_: str) -> str:
@@ -614,7 +640,8 @@ def _make_inputs(p: Plan, job: Job, clock: _Clock) -> tuple[InputSet, list[str]]
                           max_output_pixels=cfg.max_output_pixels, shard=shard)
     inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, cfg.out, limit=cfg.limit,
                               fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels,
-                              clock=clock.add, shard=shard)  # "degrade" and "write_lr" are also inside "inputs"
+                              clock=clock.add, shard=shard, step_code=p.degradation_code)
+    # ("degrade" and "write_lr" are also inside "inputs")
     return inputs, []
 
 
@@ -665,7 +692,7 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
     if job.distributed:
         inputs = merge_shards(job.gather(inputs.portable()), inputs)
         if job.is_main and p.degradation is not None:
-            update_manifest(inputs, p.degradation, cfg.fresh)
+            update_manifest(inputs, p.degradation, cfg.fresh, p.degradation_code)
     if job.is_main:
         record(p)  # the inputs exist: the folder is this configuration's from now on
     clock.add("inputs", time.perf_counter() - t0)

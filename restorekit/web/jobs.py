@@ -51,7 +51,8 @@ class JobSettings(Options):
                                "FFHQ-aligned (as restorekit demo); detect: every face, pasted back into the photo")
     degrade: bool = Field(False, description="the upload is a sharp (HR) image: make its LR here and score "
                                              "each output against it")
-    degradation: str | None = Field(None, description="degradation spec (default bicubic:SCALE)")
+    degradation: str | None = Field(None, max_length=1000,  # degradations.MAX_SPEC_LENGTH
+                                    description="degradation spec (default bicubic:SCALE)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of stochastic methods")
     samples: int = Field(1, ge=1, description="samples per stochastic method")
 
