@@ -36,7 +36,9 @@ Conversion rule for files (pillow):
   (0–255, 0–65535, HDR radiance), which a float file does not state, and a guess that is wrong
   (dividing HDR by 255) would give a plausible but wrong picture, where the refusal names the fix;
   clipping it would whiten it whole. NaN or infinite values are refused. 16-bit *colour* (48/64-bit
-  PNG, TIFF) is reduced to 8 bits a channel by pillow's decoder (the high byte).
+  PNG, TIFF) is reduced to 8 bits a channel by pillow's decoder (the high byte); so is 16-bit
+  grayscale with alpha (PNG colour type 4: pillow has no 16-bit grey + alpha mode and decodes it as
+  8-bit RGBA), which, unlike 16-bit grayscale, loses its precision: one ``warning:`` line names it.
 - Palette (``P``) images are expanded through their palette.
 - Alpha (``RGBA``, ``LA``, ``PA``) is composited over white: restoration models see opaque faces;
   so are the pixels a transparency colour key (PNG ``tRNS``, GIF: ``info["transparency"]``) marks
@@ -641,9 +643,19 @@ def _key_unmatchable(im: Image.Image) -> bool:
     return any(";16" in str(getattr(t, "args", "")) for t in (getattr(im, "tile", None) or ()))
 
 
+def _grey_alpha_16(im: Image.Image) -> bool:
+    """Whether ``im`` (opened, not yet loaded) is a PNG of 16-bit grey + alpha (IHDR bit depth 16,
+    colour type 4), which pillow decodes as 8-bit RGBA (the high byte of each sample): its tile's raw
+    mode, which pillow takes from that header, is ``LA;16B``."""
+    return im.format == "PNG" and any(getattr(t, "args", None) == "LA;16B" for t in (getattr(im, "tile", None) or ()))
+
+
 def _pixels(im: Image.Image, where: object) -> torch.Tensor:
     icc = im.info.get("icc_profile")
     drop_key = _key_unmatchable(im)
+    if _grey_alpha_16(im):
+        _note_once(where, "16-bit grayscale with alpha is read at 8 bits (pillow decodes it as 8-bit RGBA, the "
+                          "high byte of each sample); save it as 16-bit grayscale without alpha to keep its precision")
     layout = _int_layout(im)  # before exif_transpose, whose copy has no format or TIFF tags
     im = ImageOps.exif_transpose(im)
     im.load()

@@ -8,9 +8,10 @@ Usage (the face prior first: psp_sr's shipped file names it instead of holding a
 Writes the model into the plugin's ``weights/`` folder (float16 tensors, the JSON config kept in
 the safetensors metadata, the license and data note added), a registry entry
 ``registry/weights/<name>.toml`` (size, sha256, license, ``bundled`` source) listed in the plugin's
-registry entry, and ``<file>.golden.json``: the shipped model's output on a fixed input, which the
-plugin's embedded-model test checks later versions of the code against. Then it checks that
-restorekit resolves the name to the file just written (registry found, sha256 verified).
+registry entry, and ``<file>.golden.json``: the shipped model's output on a fixed input, and that of
+the methods using it in other ways (:data:`PINS`; the generator's also as ``generate`` writes each
+seed), which the plugins' embedded-model tests check later versions of the code against. Then it
+checks that restorekit resolves the name to the file just written (registry found, sha256 verified).
 Reproducible: the same input file gives the same output bytes.
 
 ``psp_sr`` keeps only the encoder, ``latent_avg`` and config, and names the generator weights
@@ -29,6 +30,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import save
@@ -66,8 +68,68 @@ class Target:
     formats: tuple[str, ...]  # safetensors metadata formats this target ships
 
 
+@dataclass(frozen=True)
+class Pin:
+    """One run of a method on a shipped file that its golden records under ``variants``: on
+    ``smooth_batch(1, input_size, input_size, seed=0)``, with ``options`` (the file passed as the
+    method's weights), ``seed`` and ``n_samples``. The plugins' embedded-model tests repeat each
+    with the defaults (the shipped file) and compare."""
+
+    method: str
+    options: dict[str, Any]
+    input_size: int
+    scale: int
+    seed: int | None = None
+    n_samples: int = 1
+
+
+#: What the golden of each shipped file pins beyond its base output: paths the base leaves open
+#: (psp_sr's ×4 input, back-projection, style mixing) and the searches decoding with it, at few
+#: steps (a search's default steps move the output by 0.1 between thread counts; 5 steps by < 1e-6).
+PINS: dict[str, dict[str, Pin]] = {
+    "stylegan2": {"pulse steps=5": Pin("pulse", {"steps": 5}, 16, 8, seed=0)},
+    "psp_sr": {
+        "psp_sr x4": Pin("psp_sr", {}, 32, 4),
+        "psp_sr consistency_steps=3": Pin("psp_sr", {"consistency_steps": 3}, 16, 8),
+        "psp_sr n_samples=2 seed=0": Pin("psp_sr", {}, 16, 8, seed=0, n_samples=2),
+        "psp_pulse steps=5": Pin("psp_pulse", {"steps": 5}, 16, 8, seed=0),
+    },
+}
+
+
+def pin_record(pin: Pin, path: Path) -> dict:
+    """``pin`` run on the file ``path`` (one thread): every 32nd pixel of each output row, the mean,
+    each row's downscale error against the input (:func:`restorekit.consistency.downscale_error`)
+    and, for a method that reports one (pulse, psp_pulse), its reported ``downscale_mse``."""
+    import torch
+
+    from restorekit.consistency import downscale_error
+    from restorekit.methods import build_method, method_class, method_values
+    from restorekit.testing.data import smooth_batch
+
+    torch.set_num_threads(1)
+    values = {**method_values(method_class(pin.method), (), weights=str(path)), **pin.options, "quiet": True}
+    m = build_method(pin.method, values, "cpu")
+    lr = smooth_batch(1, pin.input_size, pin.input_size, seed=0)
+    out = m.restore(lr, pin.scale, seed=pin.seed, n_samples=pin.n_samples)
+    record = {"method": pin.method, "options": pin.options,
+              "input": f"smooth_batch(1, {pin.input_size}, {pin.input_size}, seed=0)", "input_size": pin.input_size,
+              "scale": pin.scale, "seed": pin.seed, "n_samples": pin.n_samples,
+              "samples_every_32px": out[:, :, ::32, ::32].tolist(), "mean": float(out.mean()),
+              "downscale_error": downscale_error(out, lr.expand(out.shape[0], -1, -1, -1)).tolist()}
+    reported = [r["downscale_mse"] for r in m.last_reports if "downscale_mse" in r]
+    if reported:
+        record["reported_downscale_mse"] = reported
+    return record
+
+
+def _variants(kind: str, path: Path) -> dict:
+    return {"variants": {name: pin_record(pin, path) for name, pin in PINS[kind].items()}}
+
+
 def _psp_golden(path: Path) -> dict:
-    """×8 output on ``smooth_batch(1, 16, 16, seed=0)``: every 32nd pixel and the mean (one thread)."""
+    """×8 output on ``smooth_batch(1, 16, 16, seed=0)``: every 32nd pixel and the mean (one thread);
+    and the :data:`PINS` variants."""
     import torch
 
     from restorekit.testing.data import smooth_batch
@@ -76,12 +138,44 @@ def _psp_golden(path: Path) -> dict:
     torch.set_num_threads(1)
     out = PSPSR(PSPSROptions(weights=str(path))).restore(smooth_batch(1, 16, 16, seed=0), 8)
     return {"input": "smooth_batch(1, 16, 16, seed=0)", "scale": 8,
-            "samples_every_32px": out[0, :, ::32, ::32].tolist(), "mean": float(out.mean())}
+            "samples_every_32px": out[0, :, ::32, ::32].tolist(), "mean": float(out.mean()),
+            **_variants("psp_sr", path)}
+
+
+GENERATE_SEEDS = (0, 1)
+GENERATE_TRUNCATION = 0.7
+
+
+def generate_draws(path: Path) -> dict:
+    """The faces ``restorekit generate`` writes for seeds 0 and 1 (each seed its own draw) at
+    truncation 0.7, as written (8-bit levels): every 32nd pixel and the mean level / 255."""
+    import tempfile
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from restorekit.cli import build_cli
+
+    seeds = f"{GENERATE_SEEDS[0]}-{GENERATE_SEEDS[-1]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        r = CliRunner().invoke(build_cli(), ["generate", "--generator", "stylegan2", "--weights", str(path), "--seeds",
+                                             seeds, "--truncation", str(GENERATE_TRUNCATION), "--output", tmp,
+                                             "--device", "cpu", "-q"])
+        if r.exit_code != 0:
+            raise ShipError(f"{path}: `restorekit generate` failed on it: {r.output.strip()}")
+        levels = np.stack([np.asarray(Image.open(Path(tmp) / f"seed{s:04d}.png").convert("RGB")).transpose(2, 0, 1)
+                           for s in GENERATE_SEEDS])
+    return {"command": f"restorekit generate --generator stylegan2 --seeds {seeds} --truncation {GENERATE_TRUNCATION}",
+            "seeds": list(GENERATE_SEEDS), "truncation": GENERATE_TRUNCATION,
+            "levels_every_32px": levels[:, :, ::32, ::32].tolist(), "mean": float(levels.mean() / 255)}
 
 
 def _stylegan2_golden(path: Path) -> dict:
-    """Two samples (seeds 0-1, truncation 0.7, as `restorekit generate`/`realism` draw them): every
-    32nd pixel and the mean (one thread)."""
+    """Realism's draw of two samples (``generator_batches``: one seed-0 draw of two latents,
+    truncation 0.7): every 32nd pixel and the mean (one thread); ``generate``'s faces for seeds 0
+    and 1 (:func:`generate_draws`; each seed draws alone, so row 1 above is not seed 1's face); and
+    the :data:`PINS` variants."""
     import torch
 
     from restorekit.harness.realism.evaluate import generator_batches
@@ -90,8 +184,11 @@ def _stylegan2_golden(path: Path) -> dict:
     torch.set_num_threads(1)
     g = build_stylegan2(weights=str(path), impl="ref").eval()
     out = next(generator_batches(g, 2, truncation=0.7, seed=0))
-    return {"input": "generator_batches(g, 2, truncation=0.7, seed=0)", "seeds": [0, 1], "truncation": 0.7,
-            "samples_every_32px": out[:, :, ::32, ::32].tolist(), "mean": float(out.mean())}
+    return {"input": "generator_batches(g, 2, truncation=0.7, seed=0)", "n": 2, "truncation": 0.7,
+            "rows": "both rows of one seed-0 draw of two latents, as `restorekit realism` samples; not "
+                    "`generate --seeds 0-1` (each seed its own draw): see `generate`",
+            "samples_every_32px": out[:, :, ::32, ::32].tolist(), "mean": float(out.mean()),
+            "generate": generate_draws(path), **_variants("stylegan2", path)}
 
 
 def _pix2pixhd_golden(path: Path) -> dict:
@@ -224,14 +321,22 @@ bundled = "{target.module}:weights/{target.file.name}"
 ''')
     list_in_plugin_entry(registry / "plugins" / f"{target.plugin_entry}.toml", target.name)
     check_resolves(target)
-    golden = target.file.with_suffix(".golden.json")
-    golden.write_text(json.dumps(target.golden(target.file), indent=1) + "\n")
+    golden = write_golden(target)
     total = shipped_total(registry)
     if total > SHIPPED_BUDGET:
         print(f"warning: the weights shipped inside packages now total {total / 1e6:.1f} MB, over the "
               f"{SHIPPED_BUDGET / 1e6:.0f} MB budget of issue #18", file=sys.stderr)
     return {"file": str(target.file), "size": len(blob), "sha256": sha, "entry": str(entry), "golden": str(golden),
             "decoder_weights": config.get("decoder_weights"), "shipped_total_bytes": total}
+
+
+def write_golden(target: Target) -> Path:
+    """Write ``<file>.golden.json`` beside ``target``'s shipped file (atomically) from what it gives now."""
+    golden = target.file.with_suffix(".golden.json")
+    part = golden.with_name(golden.name + ".part")
+    part.write_text(json.dumps(target.golden(target.file), indent=1) + "\n")
+    part.replace(golden)
+    return golden
 
 
 def check_resolves(target: Target) -> None:

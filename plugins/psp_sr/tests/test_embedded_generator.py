@@ -43,12 +43,41 @@ def test_default_is_announced_and_draws_as_recorded() -> None:
                        "selects another), license LicenseRef-research-only"]
     assert g.resolution == 128
     golden = json.loads(BUNDLED.with_suffix(".golden.json").read_text())
+    assert golden["input"] == "generator_batches(g, 2, truncation=0.7, seed=0)" and "seeds" not in golden
     g = build_stylegan2(impl="ref")
-    imgs = next(generator_batches(g, len(golden["seeds"]), truncation=golden["truncation"], seed=0))
+    imgs = next(generator_batches(g, golden["n"], truncation=golden["truncation"], seed=0))
     # The tolerance covers float32 differences between CPUs, not changes to the model's code.
     torch.testing.assert_close(imgs[:, :, ::32, ::32], torch.tensor(golden["samples_every_32px"]), rtol=0, atol=3e-3)
     assert abs(float(imgs.mean()) - golden["mean"]) < 1e-3
-    assert (imgs[0] - imgs[1]).abs().mean() > 0.02  # different seeds, different faces
+    assert (imgs[0] - imgs[1]).abs().mean() > 0.02  # different latents, different faces
+
+
+def test_generate_writes_each_seed_as_recorded(tmp_path: Path) -> None:
+    """`generate --seeds 0-1` draws each seed alone (not realism's one seed-0 draw of two): its
+    images as written (8-bit levels), recorded by scripts/ship_embedded_model.py, so seed 1's
+    path is pinned too."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from restorekit.cli import build_cli
+
+    golden = json.loads(BUNDLED.with_suffix(".golden.json").read_text())
+    rec = golden["generate"]
+    assert rec["seeds"] == [0, 1]
+    torch.set_num_threads(1)
+    r = CliRunner().invoke(build_cli(), ["generate", "--generator", "stylegan2", "--seeds", "0-1", "--truncation",
+                                         str(rec["truncation"]), "--output", str(tmp_path), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    levels = np.stack([np.asarray(Image.open(tmp_path / f"seed{s:04d}.png").convert("RGB")).transpose(2, 0, 1)
+                       for s in rec["seeds"]]).astype(np.int64)
+    # Float32 differences between CPUs may round a level either way, nothing more.
+    assert np.abs(levels[:, :, ::32, ::32] - np.array(rec["levels_every_32px"])).max() <= 1
+    assert abs(levels.mean() / 255 - rec["mean"]) < 1e-3
+    # Seed 0 is realism's first row too; seed 1 is not its second row.
+    batch = np.array(golden["samples_every_32px"])
+    assert np.abs(levels[0, :, ::32, ::32] / 255 - batch[0]).max() < 3e-3
+    assert np.abs(levels[1, :, ::32, ::32] / 255 - batch[1]).mean() > 0.05
 
 
 def test_generate_without_weights_writes_its_faces(tmp_path: Path) -> None:
