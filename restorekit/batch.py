@@ -339,6 +339,7 @@ def process_files(
     finish: Callable[[ImageItem], None] | None = None,
     finished: Callable[[ImageItem], bool] | None = None,
     note: Callable[[ImageItem, str], Mapping[str, Any] | None] | None = None,
+    lossless: bool = False,
 ) -> BatchResult:
     """Read each input, call ``fn(image, item) -> [(name, image), …]`` and write each output.
 
@@ -352,7 +353,8 @@ def process_files(
     that would replace an input file (an expected one fails before any work, ``overwrite`` or
     not: an input is never taken for a finished output), or that another input of this batch
     already wrote, is refused. ``note(item, name)``, when given, is recorded inside each output
-    file written (:mod:`restorekit.provenance`). ``outdir`` is made, and proven writable
+    file written (:mod:`restorekit.provenance`); ``lossless``: WebP outputs without loss
+    (``degrade``: an LR file is what the spec made). ``outdir`` is made, and proven writable
     (:func:`check_writable`), only when some input is left to do: a rerun of a finished folder
     that was made read-only since skips every output.
 
@@ -443,7 +445,7 @@ def process_files(
                     if dest.exists() and not overwrite:
                         one.add_exists(dest)
                         continue
-                    save_image(out, dest, note=note(item, stem) if note is not None else None)
+                    save_image(out, dest, note=note(item, stem) if note is not None else None, lossless=lossless)
                     one.written.append(str(dest))
                 if finish is not None:
                     finish(item)

@@ -923,10 +923,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> 
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95,
-               note: Mapping[str, Any] | None = None, root: Path | None = None) -> Path:
+               note: Mapping[str, Any] | None = None, root: Path | None = None, lossless: bool = False) -> Path:
     """Write one image atomically; the format follows the suffix (png, jpg, webp). ``note``: what
     made it, recorded inside the file (:mod:`restorekit.provenance`); ``root``: as
-    :func:`atomic_write_bytes`'."""
+    :func:`atomic_write_bytes`'; ``lossless``: WebP without loss (JPEG has none: ``quality``)."""
     from .provenance import save_args
 
     p = Path(path)
@@ -935,6 +935,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: in
         raise ImageError(f"{p}: unsupported output format '{p.suffix}' (use png, jpg or webp)")
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "WEBP" and lossless:
+        kwargs["lossless"] = True
     to_pil(image).save(buf, fmt, **kwargs, **save_args(fmt, note))
     atomic_write_bytes(p, buf.getvalue(), root=root)
     return p

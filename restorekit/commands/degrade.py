@@ -67,7 +67,8 @@ def _merged(*found: tuple[list[Path], list[str]] | None) -> tuple[list[Path], li
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for random steps (noise; 0 to 2**64-1).")
 @click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True,
-              help="Output file format (jpg and webp: lossy, quality 95: artefacts the spec does not name).")
+              help="Output file format (webp: lossless; jpg: re-encoded at quality 95, artefacts the spec does "
+                   "not name).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse inputs larger than this many pixels.")
@@ -107,11 +108,14 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
         _, lr = degrade_hr(image, chain, chain.scale, where=item.path, max_pixels=max_pixels, seed=seed)
         return [(item.stem, lr)]
 
+    if ext == "jpg" and not quiet:  # the LR the spec made is not the file written
+        click.echo("warning: --ext jpg re-encodes each LR at JPEG quality 95 after the spec: artefacts the spec "
+                   "does not name (png or webp are lossless)", err=True)
     with job_for("cpu") as job, output_held(output, "degrade", job):  # this run alone writes into --output
         job.together(check_settings)  # under the lock: another run's outputs are not this one's to skip
         result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                                quiet=quiet, label="degrade", on_error=error_line, job=job,
-                               note=lambda item, name: {**settings, "input": item.path.name})
+                               note=lambda item, name: {**settings, "input": item.path.name}, lossless=True)
         if as_json and job.is_main:
             emit_json({"spec": chain.spec(), **({"processes": job.world} if job.distributed else {}),
                        **result.as_dict()})
