@@ -249,9 +249,11 @@ def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET
                method_module: str | None = None, state: str | None = None) -> Path:
     """``<cache>/onnx/<method>-<weights sha256[:16]>-<settings hash>.onnx``; the settings hash
     covers the export settings, the state of the network (``state``: :func:`state_sha256` of
-    ``spec.module``, computed when not given), the options that may be in the graph (the
-    sidecar ``source``'s ``restorekit_options``) and :func:`export_code_fingerprint` of
-    ``method_module`` (the method class's module)."""
+    ``spec.module``, computed when not given), what options put into the graph — the spec's
+    ``metadata["graph"]`` when it says so, else every option (the sidecar ``source``'s
+    ``restorekit_options``: any may be a constant in the graph) — and
+    :func:`export_code_fingerprint` of ``method_module`` (the method class's module). Options
+    that act only around a described graph (back-projection steps) share one export."""
     from . import __version__
     from .weights import onnx_cache_dir
 
@@ -260,7 +262,8 @@ def cache_path(spec: ExportSpec, method_name: str, *, opset: int = DEFAULT_OPSET
     code = export_code_fingerprint(method_module)
     settings = {"opset": opset, "fp16": fp16, "restorekit": __version__, "graph": spec.metadata.get("graph"),
                 "dynamic_spatial": spec.dynamic_spatial, "example": list(spec.example.shape), "code": code,
-                "state": state, "options": spec.metadata.get(OPTIONS_KEY) or {}}
+                "state": state,
+                "options": (spec.metadata.get(OPTIONS_KEY) or {}) if spec.metadata.get("graph") is None else None}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return onnx_cache_dir() / f"{method_name}-{str(sha)[:16]}-{key}.onnx"
 

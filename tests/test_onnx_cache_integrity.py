@@ -176,6 +176,28 @@ def test_options_built_into_a_graph_key_the_cache_and_are_checked_by_onnx(
     assert any("other options (steps: 2 → —)" in n for n in notes)
 
 
+class PostOptions(GainOptions):
+    post: int = Field(0, description="a step after the graph (as back-projection)")
+
+
+class DescribedPost(DescribedGain):
+    Options = PostOptions
+
+    def __init__(self, **opts: Any) -> None:
+        Method.__init__(self, PostOptions(**opts))
+        self.net = Gain(self.options.gain).eval()
+
+
+def test_options_outside_a_described_graph_share_one_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exporter that describes its graph keys the cache by that description: an option acting
+    only around the graph (psp_sr's consistency_steps) exported the same network again, and kept
+    one more copy per value."""
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
+    paths = {onnx_method(DescribedPost(gain=1.0, post=k), threads=1).session.path for k in (0, 3)}
+    assert len(paths) == 1
+    assert onnx_method(DescribedPost(gain=2.0), threads=1).session.path not in paths  # in the graph
+
+
 class Checked(Method):
     info = MethodInfo(name="checked_onnx", summary="test")
 

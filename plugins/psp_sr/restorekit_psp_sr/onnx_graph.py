@@ -166,12 +166,15 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
         method._check_input(lr)
         return method._to_input(lr)
 
+    def preflight(lr: Tensor, scale: int, device: torch.device) -> None:
+        method._check_detail(lr)  # the torch backend's note on inputs with detail the prior re-draws
+
     def finish(y: Tensor, lr: Tensor, scale: int) -> Tensor:
         method.last_reports = [{"native_size": r, "seed": None} for _ in range(y.shape[0])]
         return method.finish(y, lr, scale)  # the torch backend's resize and consistency steps
 
     return ExportSpec(module=graph, example=torch.full((1, 3, s, s), 0.5), metadata=metadata,
-                      prepare=prepare, finish=finish)
+                      prepare=prepare, finish=finish, preflight=preflight)
 
 
 # Registry-free lookup by restorekit.onnx_export.find_export_spec: method name → builder.

@@ -130,6 +130,14 @@ def test_backend_restore_matches_torch(exported: Path, model_file: Path) -> None
     assert find_export_spec(m).metadata["weights_sha256"] == m.weights_info["sha256"]
 
 
+def test_backend_gives_the_torch_backends_detail_note(exported: Path, model_file: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    om = onnx_method(make(model_file), onnx_path=exported, threads=1)
+    capsys.readouterr()
+    om.restore(smooth_batch(1, 16, 16, seed=2), 2)  # 16 px of a 32-px generator: detail re-drawn
+    assert "16-px inputs show more than the prior keeps" in capsys.readouterr().err
+
+
 def test_cli_run_backends_agree(exported: Path, model_file: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "home"))
