@@ -552,7 +552,7 @@ def test_linked_file_still_being_written_is_refused(tmp_path: Path, specs: dict[
 
 
 def test_verify_detects_tampering(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
-    blob = os.urandom(20_000)
+    blob = b"opaque weights\n" + os.urandom(20_000)  # never a pickle (test_import_checks_hash)
     f = tmp_path / "w.pt"
     f.write_bytes(blob)
     specs["toy"] = spec_for("toy", "toy.pt", data=blob)
