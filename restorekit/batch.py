@@ -19,9 +19,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from . import cli
 from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
-from .images import ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image
+from .images import (ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image,
+                     sweep_temp_files)
 from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
@@ -272,6 +274,10 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
                     if isinstance(exc, RestorekitError):
                         raise
                     raise FileSystemError(describe_os_error(exc, outdir / OUTPUT_LOCK)) from None
+                # Held alone now: a temp file over a minute old is one a killed run left mid-write
+                # (.x.png.<8>.part), which no rerun would ever replace. (A younger one may be a write
+                # still under way, e.g. by a run that took the folder before this one: left.)
+                sweep_temp_files([outdir])
 
             job.together(take)
             try:
@@ -306,8 +312,10 @@ def bar_disabled(console: Console, total: int, quiet: bool) -> bool:
 
 @contextmanager
 def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on stderr (a terminal only); yields ``advance(description)``."""
-    console = Console(stderr=True)
+    """A rich progress bar on stderr (a terminal only); yields ``advance(description)``. It draws
+    on the console that error and warning lines are printed through (:data:`restorekit.cli.err_console`),
+    so a line said mid-run goes above the bar, not onto its line."""
+    console = cli.err_console
     disable = bar_disabled(console, total, quiet)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True, disable=disable) as prog:

@@ -191,12 +191,11 @@ class Job:
         if not self.is_main:
             yield lambda desc: store.add(key, 1)
             return
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from .batch import bar_disabled
+        from .cli import err_console as console  # error lines go through it: above the bar, not onto it
 
-        console = Console(stderr=True)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console, transient=True,
                       disable=bar_disabled(console, total, quiet)) as prog:

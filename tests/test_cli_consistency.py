@@ -165,7 +165,8 @@ def test_weights_pull_refuses_negative_retries() -> None:
 def test_degrade_on_a_file_stderr_has_no_stray_blank_line(hr_folder: Path, tmp_path: Path) -> None:
     r = rk("degrade", "--spec", "bicubic:2", "--input", hr_folder, "--output", tmp_path / "lr")
     assert r.returncode == 0, r.stderr
-    assert r.stderr == f"4 written, 0 skipped, 0 failed → {tmp_path / 'lr'}\n", repr(r.stderr)
+    want = f"4 written, 0 skipped (exist; --overwrite replaces), 0 failed → {tmp_path / 'lr'}\n"  # run's words
+    assert r.stderr == want, repr(r.stderr)
 
 
 def test_progress_bar_is_off_when_stderr_is_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,7 +120,7 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
             emit_json({"spec": chain.spec(), **({"processes": job.world} if job.distributed else {}),
                        **result.as_dict()})
         elif not quiet and job.is_main:
-            click.echo(f"{len(result.written)} written, {len(result.skipped)} skipped, "
+            click.echo(f"{len(result.written)} written, {result.skipped_text()}, "
                        f"{len(result.failed)} failed → {output}", err=True)
         raise SystemExit(result.exit_code)
 

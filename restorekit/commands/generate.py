@@ -2,8 +2,12 @@
 
 The images are named by seed (``seed0007.png``); what made them — the generator, its weights
 (the sha256 of the loaded state) and ``--truncation`` — is recorded in ``generate.json`` beside
-them (written atomically before each image is, listing it), with the names of the images made
-so: an image listed but missing (a run killed before writing it) is made by the next run. A
+them, with the names of the images made so: each image is listed before it is written, so an
+image listed but missing (a run killed before writing it) is made by the next run. The manifest
+is written once before the first image and once at the end; in between each image adds one line
+to a journal (``.generate.journal``): rewriting the whole list per image made a long run
+quadratic (100,000 seeds: hours and ~100 GB written). A journal a killed run left is folded into
+``generate.json`` by the next run before anything else. A
 later run into the same folder with other settings, or onto images the manifest does not list
 (a folder made before ``generate.json`` existed, too), is refused before any work (exit 2)
 unless ``--overwrite``, which replaces them and starts a new manifest: an image that exists is
@@ -13,8 +17,11 @@ skipped only when it was made with the same settings.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 import torch
@@ -22,16 +29,20 @@ import torch
 from ..batch import output_held
 from ..cli import emit_json, error_line, fail_usage
 from ..devices import DEVICE, DEVICE_HELP
-from ..errors import RestorekitError, UnknownNameError
+from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
 from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
 from ..options import parse_pairs, weights_option
 from ..plugins import registry
+from ..safe_open import ends_line, open_append, read_plain
 from ..seeds import MAX_SEEDS, parse_seeds
 
 
 MANIFEST = "generate.json"
 MANIFEST_FORMAT = "restorekit.generate/1"
+#: One line per image listed since ``generate.json`` was last written (hidden: never an input).
+JOURNAL = ".generate.journal"
+JOURNAL_FORMAT = "restorekit.generate-journal/1"
 
 
 def _state_sha256(gen: Any) -> str | None:
@@ -54,6 +65,105 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
             and isinstance(data.get("images"), list)):
         fail_usage(f"{path}: not a {MANIFEST_FORMAT} manifest; use another --output, or remove it")
     return data
+
+
+def _write_manifest(path: Path, settings: dict[str, Any], images: set[str]) -> None:
+    doc = {"format": MANIFEST_FORMAT, "settings": settings, "images": sorted(images)}
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def _parsed(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:  # a line cut off by a kill mid-append (its image was not written yet)
+        return None
+
+
+def _read_journal(path: Path) -> tuple[Any, set[str]] | None:
+    """``(settings, names)`` of the journal a killed run left at ``path`` (None: there is none).
+    ``settings`` is None when its first line is not a journal header (cut off before any name)."""
+    try:
+        data = read_plain(path)
+    except OSError as exc:
+        fail_usage(f"{path}: unreadable generate journal ({describe_os_error(exc, path)}); remove it")
+    if data is None:
+        return None
+    head, *rest = data.split(b"\n")
+    header = _parsed(head)
+    ok = isinstance(header, dict) and header.get("format") == JOURNAL_FORMAT
+    return (header.get("settings") if ok else None), {v for v in map(_parsed, rest) if isinstance(v, str)}
+
+
+def _fold_left_journal(manifest_path: Path, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``manifest`` with the images a killed run's journal listed, written back, and the journal
+    removed; done before anything reads what the folder holds. A journal whose settings are not the
+    manifest's is dropped: the images it names stay of unknown settings (refused without --overwrite)."""
+    journal = manifest_path.parent / JOURNAL
+    left = _read_journal(journal)
+    if left is None:
+        return manifest
+    settings, names = left
+    if manifest is not None and settings == manifest["settings"] and not names <= set(manifest["images"]):
+        manifest = {**manifest, "images": sorted({str(n) for n in manifest["images"]} | names)}
+        _write_manifest(manifest_path, manifest["settings"], set(manifest["images"]))
+    try:
+        journal.unlink(missing_ok=True)
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, journal)) from None
+    return manifest
+
+
+class _Journal:
+    """Lists each image in ``generate.json`` before it is written, at a cost that does not grow
+    with the run: the first by writing the manifest, the others by one line each appended to
+    :data:`JOURNAL`; :meth:`fold` writes them into the manifest and removes the journal."""
+
+    def __init__(self, manifest_path: Path, settings: dict[str, Any]) -> None:
+        self.manifest_path = manifest_path
+        self.path = manifest_path.parent / JOURNAL
+        self.settings = settings
+        self._f: BinaryIO | None = None
+
+    def add(self, made: set[str], name: str) -> None:
+        """List ``name`` (``made`` holds it and every image listed before)."""
+        if self._f is None:
+            _write_manifest(self.manifest_path, self.settings, made)
+            try:
+                self._f = open_append(self.path)
+            except OSError as exc:
+                raise FileSystemError(describe_os_error(exc, self.path)) from None
+            header = {"format": JOURNAL_FORMAT, "settings": self.settings}
+            self._append(json.dumps(header) + "\n", fresh=True)
+        else:
+            self._append(json.dumps(name) + "\n")
+
+    def _append(self, text: str, fresh: bool = False) -> None:
+        assert self._f is not None
+        f, data, start = self._f, text.encode(), -1
+        try:
+            start = os.fstat(f.fileno()).st_size
+            if fresh and start and not ends_line(f):
+                data = b"\n" + data  # never glued onto a line cut off in a file found there
+            view = memoryview(data)
+            while view:  # a raw write may take part of it
+                view = view[f.write(view):]
+        except OSError as exc:
+            if start >= 0:
+                with suppress(OSError):
+                    os.ftruncate(f.fileno(), start)  # no cut-off line left behind (a full disk)
+            raise FileSystemError(describe_os_error(exc, self.path)) from None
+
+    def fold(self, made: set[str]) -> None:
+        """Write every image of ``made`` into the manifest and remove the journal (when one was begun)."""
+        if self._f is None:
+            return
+        self._f.close()
+        self._f = None
+        _write_manifest(self.manifest_path, self.settings, made)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise FileSystemError(describe_os_error(exc, self.path)) from None
 
 
 def _settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -156,7 +266,7 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     # once had both read the manifest, then each rewritten it, listing the other's images as its own.
     with output_held(output, "generate"):
         manifest_path = output / MANIFEST
-        manifest = _read_manifest(manifest_path)
+        manifest = _fold_left_journal(manifest_path, _read_manifest(manifest_path))
         if manifest is not None and manifest["settings"] != settings:
             if not overwrite:
                 diffs = "; ".join(_settings_differences(manifest["settings"], settings))
@@ -176,35 +286,22 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
             fail_usage(f"{them}: made with settings {manifest_path} does not record; use another --output, or "
                        f"--overwrite to replace {it}")
 
+        journal = _Journal(manifest_path, settings)
+
         def record(file_name: str) -> None:
             made.add(file_name)
-            doc = {"format": MANIFEST_FORMAT, "settings": settings, "images": sorted(made)}
-            atomic_write_bytes(manifest_path, (json.dumps(doc, indent=2) + "\n").encode())
+            journal.add(made, file_name)
 
         written: list[str] = []
         skipped: list[str] = []
         failed: list[dict[str, str]] = []  # an image that could not be written; the other seeds go on
-        with torch.inference_mode():
-            w_avg = gen.mean_latent()
-            for seed, path in targets:
-                if not overwrite and (path.exists() or path.is_symlink()):
-                    skipped.append(str(path))  # made with these settings (the manifest says so): kept
-                    continue
-                z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
-                w = w_avg + truncation * (gen.map(z) - w_avg)
-                img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
-                # An image made with other settings (--overwrite) goes before the manifest lists this one
-                # under these: a kill between the two steps must leave it missing, never old and listed.
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError as exc:  # e.g. a folder where the image goes: this seed fails, not the run
-                    failed.append(_failure(path, exc))
-                    continue
-                record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
-                try:  # and the rerun makes it (it does not exist)
-                    written.append(str(save_image(img.cpu(), path)))
-                except (RestorekitError, OSError) as exc:
-                    failed.append(_failure(path, exc))
+        try:
+            _generate_all(gen, targets, truncation, dev, overwrite, record, written, skipped, failed)
+        except BaseException:  # (Ctrl-C too) listed so far; failing that, the next run folds the journal
+            with suppress(OSError):
+                journal.fold(made)
+            raise
+        journal.fold(made)
         if as_json:
             emit_json({"generator": name, "truncation": truncation, "written": written, "skipped": skipped,
                        "failed": failed})
@@ -214,6 +311,33 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
             click.echo(f"{len(written)} images{extra}{bad} → {output}", err=True)
         if failed:
             raise SystemExit(1)
+
+
+def _generate_all(gen: Any, targets: list[tuple[int, Path]], truncation: float, dev: torch.device,
+                  overwrite: bool, record: Callable[[str], None], written: list[str], skipped: list[str],
+                  failed: list[dict[str, str]]) -> None:
+    """Make each target's image (``record`` lists it first), filling ``written``, ``skipped``, ``failed``."""
+    with torch.inference_mode():
+        w_avg = gen.mean_latent()
+        for seed, path in targets:
+            if not overwrite and (path.exists() or path.is_symlink()):
+                skipped.append(str(path))  # made with these settings (the manifest says so): kept
+                continue
+            z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+            w = w_avg + truncation * (gen.map(z) - w_avg)
+            img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
+            # An image made with other settings (--overwrite) goes before the manifest lists this one
+            # under these: a kill between the two steps must leave it missing, never old and listed.
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. a folder where the image goes: this seed fails, not the run
+                failed.append(_failure(path, exc))
+                continue
+            record(path.name)  # first: a kill before the image is written leaves it listed, not unknown,
+            try:  # and the rerun makes it (it does not exist)
+                written.append(str(save_image(img.cpu(), path)))
+            except (RestorekitError, OSError) as exc:
+                failed.append(_failure(path, exc))
 
 
 def _failure(path: Path, exc: Exception) -> dict[str, str]:

@@ -26,12 +26,15 @@ Rules (per method and metric; every metric has a direction, ``higher_is_better``
   ``min(1, 2·P[X ≤ min(better, worse)])`` with ``X ~ Binomial(better + worse, ½)``. Exact in
   integers up to 20,000 untied images (:data:`EXACT_SIGN_TEST_MAX_N`), in log space above. It tests
   the direction only (not the size of the difference) and assumes nothing about the distribution.
-  ``p = 1`` when every pair ties; every statistic is NaN when nothing is paired.
+  ``p = 1`` when every pair ties; every statistic is NaN when nothing is paired. A p-value below
+  the smallest positive normal float (:data:`P_FLOOR`, about 2.2e-308: e.g. 3,000 images, all
+  better) is reported as that float, an upper bound: never 0, which would claim certainty.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +46,8 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
 EXACT_SIGN_TEST_MAX_N = 20_000
+#: The smallest p-value reported (the smallest positive normal float): a smaller one is this.
+P_FLOOR = sys.float_info.min
 _BOOTSTRAP_CHUNK = 1 << 22  # resampled values drawn at a time (memory bound for large n)
 
 
@@ -108,7 +113,8 @@ def image_values(records: Iterable[Record], metric: str) -> dict[str, float]:
 
 
 def sign_test_p(better: int, worse: int) -> float:
-    """Two-sided exact sign test p-value for ``better`` vs ``worse`` (ties already dropped)."""
+    """Two-sided exact sign test p-value for ``better`` vs ``worse`` (ties already dropped); at
+    least :data:`P_FLOOR` (a float holds no smaller, and 0 would read as certainty)."""
     if better < 0 or worse < 0:
         raise ValueError(f"counts must be non-negative, got {better} and {worse}")
     n, k = better + worse, min(better, worse)
@@ -119,8 +125,10 @@ def sign_test_p(better: int, worse: int) -> float:
         for i in range(k + 1):  # Σ_{i ≤ k} C(n, i), C(n, i+1) = C(n, i)·(n−i)/(i+1)
             tail += c
             c = c * (n - i) // (i + 1)
-        return min(1.0, 2 * tail / 2**n)  # int / int: correctly rounded
-    return min(1.0, math.exp(math.log(2.0) + _log_binomial_tail(n, k)))
+        p = 2 * tail / 2**n  # int / int: correctly rounded (0.0 once below every float)
+    else:
+        p = math.exp(math.log(2.0) + _log_binomial_tail(n, k))  # 0.0 below e**-745
+    return min(1.0, max(p, P_FLOOR))
 
 
 def _log_binomial_tail(n: int, k: int) -> float:
