@@ -93,7 +93,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
-from .safe_open import NOFOLLOW, Folder, LinkedFolderError, open_folder
+from .safe_open import NOFOLLOW, Folder, open_folder, refused_link
 
 #: The file extensions a folder listing takes (:func:`list_inputs`), training sets too: every one
 #: pillow registers for a format of :data:`FILE_FORMATS` (and MPO, pillow's name for many phones'
@@ -793,9 +793,10 @@ def is_temp_name(name: str) -> bool:
 
 
 def subfolders(folder: Path) -> list[Path]:
-    """The folders directly in ``folder`` (not links to folders); none when it is not there."""
+    """The folders directly in ``folder`` (not links to folders, but for the user's own:
+    :func:`~restorekit.safe_open.own_link`); none when it is not there."""
     try:
-        return [e for e in folder.iterdir() if e.is_dir() and not e.is_symlink()]
+        return [e for e in folder.iterdir() if e.is_dir() and not refused_link(e)]
     except OSError:
         return []
 
@@ -806,8 +807,8 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
     (a write in progress, by another process of the same job, is younger). Only names of exactly
     that shape (:func:`is_temp_name`); for folders restorekit writes whose holder is known to be
     the only writer (a lock). ``root``: ``folders`` lie below this output folder, and one reached
-    through a symbolic link is left alone (:func:`~restorekit.safe_open.open_folder`). Returns how
-    many were removed."""
+    through a symbolic link another user owns is left alone (:func:`~restorekit.safe_open.open_folder`).
+    Returns how many were removed."""
     import time
 
     cutoff = time.time() - older_than_s
@@ -816,7 +817,7 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
         try:
             folder = open_folder(root, path.relative_to(root), create=False) if root is not None \
                 else Folder(Path(path), None)
-        except OSError:  # not there (yet), or a link: nothing of this run's
+        except OSError:  # not there (yet), or another user's link: nothing of this run's
             continue
         with folder:
             try:
@@ -852,29 +853,35 @@ def _new_temp(folder: Folder, name: str, suffix: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder.path / name))
 
 
-def _fs_error(exc: OSError, path: Path) -> FileSystemError:
-    """One line for a failed write of ``path`` (a folder refused as a link names itself)."""
-    return FileSystemError(str(exc) if isinstance(exc, LinkedFolderError) else describe_os_error(exc, path))
+def _fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> FileSystemError:
+    """``exc`` as one line naming ``path`` (else the file it names) and the fix (a
+    :class:`FileSystemError` already, such as a folder refused as a link, says its own line)."""
+    return FileSystemError(describe_os_error(exc, path, action=action))
 
 
 def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | None = None, suffix: str = ".part",
-                   fsync: bool = False) -> None:
+                   fsync: bool = False, exclusive: bool = False) -> None:
     """Make ``path`` whole or not at all: ``write`` fills a new temp file (a binary file object) in
     the same folder, which is then renamed onto ``path``; on any failure the temp file is removed
     and the error raised as it came (a folder refused, or the temp file swapped meanwhile: a
     :class:`FileSystemError`). ``fsync``: flushed to the disk before the rename (checkpoints).
+    ``exclusive``: nothing at ``path`` is replaced, not even what appeared while writing
+    (``FileExistsError``): the file is linked into place (:meth:`~restorekit.safe_open.Folder.link_new`).
 
     ``root``: ``path`` lies below this output folder (``compare --out``, a run folder), which
     others may write to: the folders from ``root`` down are opened without following a symbolic
-    link (one there is refused in one line) and made when missing, and the temp file is written and
-    renamed in the folder so opened, so a folder swapped for a link meanwhile is never written
-    through. Without ``root`` the whole path is the caller's, taken as given."""
+    link another user owns (one there is refused in one line; the user's own is followed:
+    :func:`~restorekit.safe_open.open_folder`) and made when missing, and the temp file is written
+    and renamed in the folder so opened, so a folder swapped for such a link meanwhile is never
+    written through. Without ``root`` the whole path is the caller's, taken as given."""
     try:
         if root is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             folder = Folder(path.parent, None)
         else:
             folder = open_folder(root, path.parent.relative_to(root))
+    except FileSystemError:  # (a folder refused as a link: its own line)
+        raise
     except OSError as exc:
         raise _fs_error(exc, path) from exc
     with folder:
@@ -900,7 +907,11 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
                 raise FileSystemError(f"{path}: its temporary file {folder.path / tmp} was replaced by something "
                                       "else while being written (does another user write into this folder?); "
                                       "nothing written")
-            folder.replace(tmp, path.name)
+            if exclusive:
+                folder.link_new(tmp, path.name)
+                folder.unlink(tmp)
+            else:
+                folder.replace(tmp, path.name)
         except BaseException:
             if tmp is not None:
                 with suppress(OSError):

@@ -21,9 +21,10 @@ when the batch axis is dynamic, which also proves the graph does not bake the ba
 with ``dynamic_spatial`` once more at a second, non-square size on ``spatial_multiple``, which
 proves the same of height and width); the largest absolute difference from the PyTorch output
 is reported and must not exceed the tolerance, else :class:`OnnxExportError` is raised — no file
-is left behind. Only then are the checked bytes written, through the descriptor of a temporary
-file opened beside the target before the export (never by its name, which another user of a shared
-folder could have swapped for a link meanwhile), and renamed into place. A JSON sidecar ``<file>.json``
+is left behind. Only then are the checked bytes written, as every output is
+(:func:`~restorekit.images.write_via_temp`: through the descriptor of a temporary file beside the
+target, never by its name, which another user of a shared folder could swap for a link, and
+renamed into place only while it is still that file). A JSON sidecar ``<file>.json``
 records the source weights' sha256 (the weights file's, when the spec names one, and always
 the module state's: :func:`state_sha256`), opset, input/output names and shapes, dynamic
 axes, precision, the tolerance and the difference reached, and the versions involved, and
@@ -49,7 +50,6 @@ import importlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import FileSystemError, RestorekitError, describe_os_error
-from .images import new_file_mode, temp_prefix
+from .images import write_via_temp
 from .weights.checksum import sha256_file
 
 SIDECAR_FORMAT = "restorekit.onnx/1"
@@ -360,45 +360,18 @@ def _mistyped(side: dict[str, Any]) -> str | None:
     return check(side, _SIDECAR_TYPES, "") or check(side.get("source") or {}, _SOURCE_TYPES, "source.")
 
 
-def _fchmod(fd: int, name: str, mode: int) -> None:
-    """``mode`` for the file open as ``fd`` (by ``name`` only where there is no ``os.fchmod``:
-    Windows before Python 3.13, whose mode is only the read-only flag)."""
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, mode)
-    else:
-        os.chmod(name, mode)
-
-
-def _link_new(tmp: Path, out: Path) -> None:
-    """Put the finished file ``tmp`` at ``out`` unless ``out`` exists, atomically: a hard link is not
-    made over an existing file (a file system without hard links: ``out`` is created exclusively,
-    then replaced). :class:`OnnxOutputExists` when ``out`` exists; ``tmp`` is left for the caller."""
+def _put(path: Path, data: bytes, *, exclusive: bool) -> None:
+    """``data`` written whole at ``path`` (:func:`~restorekit.images.write_via_temp`: a temp file
+    written through its descriptor, checked to be still the one written, then renamed or, with
+    ``exclusive``, linked into place, so nothing there is replaced: :class:`OnnxOutputExists`)."""
     try:
-        os.link(tmp, out)
-        return
+        write_via_temp(path, lambda f: f.write(data), exclusive=exclusive)
     except FileExistsError:
-        raise OnnxOutputExists(f"{out} exists") from None
-    except OSError:
-        pass
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise OnnxOutputExists(f"{out} exists") from None
-    os.close(fd)
-    os.replace(tmp, out)
-
-
-def _check_own(written: os.stat_result, path: Path, out: Path) -> None:
-    """:class:`~restorekit.errors.FileSystemError` unless ``path`` is (not links to) the file
-    ``written`` describes: the export's own temporary file, or the graph renamed into place."""
-    try:
-        now = os.lstat(path)
-        same = (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino)
-    except OSError:
-        same = False
-    if not same:
-        raise FileSystemError(f"{out}: the export's file {path.name} was replaced or removed by someone else while "
-                              f"exporting (in {out.parent}, which others can write to?); nothing more written")
+        raise OnnxOutputExists(f"{path} exists") from None
+    except RestorekitError:
+        raise
+    except OSError as exc:  # named by the file asked for, not by a hidden temporary one
+        raise FileSystemError(describe_os_error(exc, path)) from exc
 
 
 def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
@@ -483,18 +456,10 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         dyn_out.update({2: "out_height", 3: "out_width"})
     dynamic_axes = {INPUT_NAME: dyn_in, OUTPUT_NAME: dyn_out} if dyn_in else None
 
-    fd: int | None = None
-    tmp: Path | None = None
-    side_tmp: Path | None = None
     try:
-        try:
+        try:  # (a folder that cannot be made fails before the export, not after it)
             out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=".part", dir=out.parent)
-            tmp = Path(tmp_name)
-            # mkstemp makes 0600: the usual permissions, set on the open file now, never by name later (in
-            # a folder others can write to, the name may by then be a link to any file of the user's)
-            _fchmod(fd, tmp_name, new_file_mode())
-        except OSError as exc:  # named by the file asked for, not by a hidden temporary one
+        except OSError as exc:
             raise FileSystemError(describe_os_error(exc, out)) from exc
         with torch.no_grad(), warnings.catch_warnings(), _half_safe_symbolics(opset, fp16):
             # The TorchScript exporter warns about its deprecation and about traced shape checks.
@@ -576,50 +541,14 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
                          "onnxruntime": onnxruntime.__version__},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        try:  # through the descriptor opened before the export, not by the temporary name
-            with os.fdopen(fd, "wb") as f:
-                fd = None
-                f.write(graph)
-                written = os.fstat(f.fileno())
-        except OSError as exc:
-            raise FileSystemError(describe_os_error(exc, out)) from exc
+        _put(out, graph, exclusive=not overwrite)
         side = sidecar_path(out)
         try:
-            side_fd, side_name = tempfile.mkstemp(prefix=temp_prefix(side.name), suffix=".part", dir=out.parent)
-        except OSError as exc:
-            raise FileSystemError(describe_os_error(exc, side)) from exc
-        side_tmp = Path(side_name)
-        with os.fdopen(side_fd, "w", encoding="utf-8") as f:
-            _fchmod(f.fileno(), side_name, new_file_mode())
-            json.dump(info, f, indent=2)
-            f.write("\n")
-        # Renamed by name: in a folder others can write to, the name may hold another file by now.
-        _check_own(written, tmp, out)
-        try:
-            if overwrite:
-                os.replace(tmp, out)
-            else:
-                _link_new(tmp, out)
-        except OSError as exc:  # what an OS error is about: the file asked for, not the hidden temporary one
-            raise FileSystemError(describe_os_error(exc, out)) from exc
-        _check_own(written, out, out)  # the sidecar is not put beside a graph that is not this one
-        try:
-            if overwrite:
-                os.replace(side_tmp, side)
-            else:  # a file kept at <out>.json is not to be lost either
-                _link_new(side_tmp, side)
-        except BaseException as exc:
+            _put(side, (json.dumps(info, indent=2) + "\n").encode("utf-8"), exclusive=not overwrite)
+        except BaseException:  # the graph is not left without its sidecar
             out.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and not isinstance(exc, RestorekitError):
-                raise FileSystemError(describe_os_error(exc, side)) from exc
             raise
     finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if side_tmp is not None:
-            side_tmp.unlink(missing_ok=True)
         for m, mode in modes:
             m.training = mode
     return ExportResult(out, side, diff, tol, time.perf_counter() - t_start, info)

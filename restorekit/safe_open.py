@@ -4,13 +4,21 @@ A results folder, a training run folder or a weights cache can be shared (a lab'
 scratch disk). Whoever can write such a folder can put a symbolic link, a hard link or a FIFO
 where restorekit is about to write: an ``open(path, "a")`` would then append to the file the link
 points at (a shell start-up file, say), and a blocking open of a FIFO would hang. These openers
-refuse all three, in one line naming the path. Torch-free, so the weights cache can use them.
+refuse all three, in one line naming the path. Torch-free (they import only the error types), so
+the weights cache can use them.
 
 The same holds for the folders below an output root (``compare --out``): whoever can write there
 can swap ``outputs/<method>/`` for a link to a folder of the user's, and files would be written
 into it, or removed from it by ``--fresh``. :func:`open_folder` walks from the root one folder at a
-time without following a link (:class:`LinkedFolderError`), and what is then written, listed or
+time without following such a link (:class:`LinkedFolderError`), and what is then written, listed or
 removed is named relative to the open folder (``dir_fd``), so a swap midway is never followed.
+
+A link the current user owns is the user's own setup (``outputs -> /bigdisk/outputs``,
+``checkpoints -> /scratch/ckpts``) and is followed: its target is opened from the folder holding
+it, as the link itself would be. One owned by anyone else is refused — the rule Linux's
+``fs.protected_symlinks`` applies in shared sticky folders (:func:`own_link`, the one test every
+check here uses). Where there are no user ids (Windows) every link there is refused. This is for
+folders only: a link where a file is written or read is refused whoever owns it.
 """
 
 from __future__ import annotations
@@ -19,11 +27,15 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
+from .errors import FileSystemError
+
 __all__ = ["open_append", "create_exclusive", "read_plain", "check_plain_file", "ends_line", "is_plain_folder",
-           "NOFOLLOW", "NONBLOCK", "Folder", "LinkedFolderError", "open_folder", "remove_made_folder"]
+           "NOFOLLOW", "NONBLOCK", "Folder", "LinkedFolderError", "own_link", "refused_link", "open_folder",
+           "check_folders", "remove_made_folder"]
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -33,7 +45,8 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 #: Whether folders can be walked and used by open descriptor (POSIX); elsewhere by name, each step
 #: checked with ``lstat`` first (a swap between the check and the use is then not caught).
 DIR_FDS = bool(_DIRECTORY and NOFOLLOW) and {os.open, os.mkdir, os.stat, os.unlink, os.rmdir, os.rename,
-                                             os.chmod} <= os.supports_dir_fd and os.scandir in os.supports_fd
+                                             os.chmod, os.readlink} <= os.supports_dir_fd \
+    and os.scandir in os.supports_fd
 
 
 def check_plain_file(fd: int, path: str | os.PathLike[str]) -> None:
@@ -119,17 +132,41 @@ def is_plain_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
-class LinkedFolderError(OSError):
-    """A folder below an output root is a symbolic link: nothing is written, listed or removed
-    through it (it could point at any folder of the user's). One line naming it."""
+class LinkedFolderError(FileSystemError):
+    """A folder below an output root is a symbolic link another user owns (:func:`own_link`):
+    nothing is written, listed or removed through it (it could point at any folder of the user's).
+    A :class:`~restorekit.errors.FileSystemError` (so an ``OSError`` too) whose text is one line
+    naming it: callers let it through as it is."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(errno.ELOOP, "a symbolic link; restorekit does not write through links in an output "
                                       "folder", str(path))
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # (sent between processes: made again from its path)
+        return type(self), (self.filename,)
+
     def __str__(self) -> str:
+        whose = "that another user owns" if hasattr(os, "geteuid") else "on this platform"
         return (f"{self.filename} is a symbolic link; restorekit does not write through links in an output folder "
-                "(it could point at any folder): remove it, or use another folder")
+                f"{whose} (it could point at any folder): remove it, or use another folder")
+
+
+def own_link(st: os.stat_result) -> bool:
+    """Whether ``st`` (an ``lstat``) is a symbolic link the current user owns, and so is followed
+    below an output root: the user's own setup, where one owned by anyone else may have been
+    planted (Linux's ``fs.protected_symlinks`` rule). Never where there are no user ids (Windows)."""
+    geteuid = getattr(os, "geteuid", None)
+    return stat.S_ISLNK(st.st_mode) and geteuid is not None and st.st_uid == geteuid()
+
+
+def refused_link(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a symbolic link that is not followed below an output root (not
+    :func:`own_link`): for checks by name, as a listing makes."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISLNK(st.st_mode) and not own_link(st)
 
 
 class Folder:
@@ -174,17 +211,60 @@ class Folder:
         except OSError:
             return False
 
+    def link_new(self, src: str, dst: str) -> None:
+        """Give the file ``src`` of this folder the name ``dst`` too, never over anything there
+        (``FileExistsError``): a hard link, or where the file system has none, ``dst`` made
+        exclusively, then replaced. ``src`` is left for the caller to remove."""
+        try:
+            if self.fd is None:
+                os.link(self.at(src), self.at(dst), follow_symlinks=False)
+            else:
+                os.link(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+            return
+        except FileExistsError:
+            raise
+        except OSError:
+            pass
+        os.close(os.open(self.at(dst), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | _CLOEXEC, 0o600,
+                         dir_fd=self.fd))
+        self.replace(src, dst)
+
+    def open(self, name: str, *, create: bool = False) -> Folder:
+        """The folder ``name`` in this one, open (:func:`open_folder`'s rule for one step)."""
+        if self.fd is None:
+            return Folder(_by_name_step(self.path / name, create), None)
+        return Folder(self.path / name, _open_step(self, name, create))
+
     def remove(self, name: str) -> None:
-        """Remove ``name``: a file, a link (the link itself, never what it points at), or a folder
-        with all in it (``shutil.rmtree``, which follows no link inside)."""
+        """Remove ``name``: a file, a folder with all in it (``shutil.rmtree``, which follows no
+        link inside), or a link itself, never what it points at — but for a link of the user's own
+        to a folder (:func:`own_link`), which stands for that folder: what is in it is removed and
+        the link kept (``outputs/m -> /bigdisk/m`` stays set up)."""
         try:
             st = self.lstat(name)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(self.at(name), dir_fd=self.fd)  # (refuses a folder swapped for a link meanwhile)
-        else:
-            self.unlink(name)
+            return
+        if own_link(st):
+            try:
+                target = self.open(name)
+            except OSError:  # a link to a file, or to nothing: the link goes
+                pass
+            else:
+                with target:
+                    target.clear()
+                return
+        self.unlink(name)
+
+    def clear(self) -> None:
+        """Remove everything in this folder (links themselves, not what they point at)."""
+        for e in self.entries():
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(self.at(e.name), dir_fd=self.fd)
+            else:
+                self.unlink(e.name)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -205,53 +285,111 @@ def _steps(rel: str | os.PathLike[str]) -> tuple[str, ...]:
     return parts
 
 
-def _is_link(parent: Folder, name: str) -> bool:
+_DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _CLOEXEC
+
+
+def _open_step(parent: Folder, name: str, create: bool) -> int:
+    """The descriptor of the folder ``name`` in ``parent`` (made when missing and ``create``):
+    opened without following a link, first; a link :func:`own_link` allows is then followed by
+    its target, read from that very link and opened from ``parent`` (as the system resolves it);
+    any other link is a :class:`LinkedFolderError`."""
+    where = parent.path / name
     try:
-        return stat.S_ISLNK(parent.lstat(name).st_mode)
-    except OSError:
-        return False
+        return os.open(name, _DIR_FLAGS | NOFOLLOW, dir_fd=parent.fd)
+    except FileNotFoundError:
+        if not create:
+            raise FileNotFoundError(errno.ENOENT, "no such folder", str(where)) from None
+        try:
+            os.mkdir(name, 0o777, dir_fd=parent.fd)
+        except FileExistsError:  # made meanwhile (by another process of the run, say)
+            pass
+        return _open_step(parent, name, False)
+    except OSError as exc:  # a link: ELOOP, or ENOTDIR on Linux, where O_DIRECTORY is checked first
+        try:
+            st = parent.lstat(name)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            raise OSError(exc.errno, exc.strerror, str(where)) from None
+    if not own_link(st):
+        raise LinkedFolderError(where)
+    try:
+        target = os.readlink(name, dir_fd=parent.fd)
+        again = parent.lstat(name)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(where)) from None
+    if (again.st_dev, again.st_ino, again.st_ctime_ns) != (st.st_dev, st.st_ino, st.st_ctime_ns) \
+            or not own_link(again):  # swapped between the owner's check and the read: not this link's target
+        raise LinkedFolderError(where)
+    try:
+        return os.open(target, _DIR_FLAGS, dir_fd=parent.fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (the folder the symbolic link {where} points at, {target})",
+                      str(where)) from None
+
+
+def _by_name_step(where: Path, create: bool) -> Path:
+    """:func:`_open_step` where folders have no descriptors: checked by name (``lstat``), so a
+    swap between the check and the use is not caught there."""
+    try:
+        st = os.lstat(where)
+    except FileNotFoundError:
+        if not create:
+            raise FileNotFoundError(errno.ENOENT, "no such folder", str(where)) from None
+        where.mkdir(exist_ok=True)
+        return _by_name_step(where, False)
+    if stat.S_ISLNK(st.st_mode) and not own_link(st):
+        raise LinkedFolderError(where)
+    if not where.is_dir():
+        if stat.S_ISLNK(st.st_mode) and not where.exists():
+            raise FileNotFoundError(errno.ENOENT, f"{where} is a symbolic link to no folder", str(where))
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(where))
+    return where
 
 
 def open_folder(root: str | os.PathLike[str], rel: str | os.PathLike[str] = "", *, create: bool = True) -> Folder:
     """``root/rel`` open as a :class:`Folder`. ``root`` is taken as given (made when missing and
     ``create``): it and its parents are the user's choice, links included. Each folder of ``rel``
-    is opened from the one above it without following a symbolic link (:class:`LinkedFolderError`
-    naming it) and made when missing and ``create`` (else ``FileNotFoundError``): a folder swapped
-    for a link meanwhile is refused, not entered. ``rel`` may not climb (``..``)."""
+    is opened from the one above it without following a symbolic link that another user owns
+    (:class:`LinkedFolderError` naming it; one of the user's own is followed, :func:`own_link`) and
+    made when missing and ``create`` (else ``FileNotFoundError``): a folder swapped for such a link
+    meanwhile is refused, not entered. ``rel`` may not climb (``..``)."""
     steps, where = _steps(rel), Path(root)
-    if create:
-        where.mkdir(parents=True, exist_ok=True)
-    if not DIR_FDS:  # by name: each step checked with lstat
+    if not DIR_FDS:
+        if create and not where.is_dir():
+            where.mkdir(parents=True, exist_ok=True)
         for name in steps:
-            where = where / name
-            if where.is_symlink():
-                raise LinkedFolderError(where)
-            if create:
-                where.mkdir(exist_ok=True)
-            elif not where.is_dir():
-                raise FileNotFoundError(errno.ENOENT, "no such folder", str(where))
+            where = _by_name_step(where / name, create)
         return Folder(where, None)
-    folder = Folder(where, os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC))
+    try:  # opened first; made (with its parents) only when missing: a write walks no more than it must
+        fd = os.open(root, _DIR_FLAGS)
+    except FileNotFoundError:
+        if not create:
+            raise
+        where.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, _DIR_FLAGS)
+    folder = Folder(where, fd)
     try:
         for name in steps:
-            if create:
-                try:
-                    os.mkdir(name, 0o777, dir_fd=folder.fd)
-                except FileExistsError:
-                    pass
-            try:
-                fd = os.open(name, os.O_RDONLY | _DIRECTORY | NOFOLLOW | _CLOEXEC, dir_fd=folder.fd)
-            except OSError as exc:  # (a link: ELOOP, or ENOTDIR on Linux, where O_DIRECTORY is checked first)
-                if _is_link(folder, name):
-                    raise LinkedFolderError(where / name) from None
-                raise OSError(exc.errno, exc.strerror, str(where / name)) from None
+            fd = _open_step(folder, name, create)
             folder.close()
-            where = where / name
-            folder = Folder(where, fd)
+            folder = Folder(folder.path / name, fd)
     except BaseException:
         folder.close()
         raise
     return folder
+
+
+def check_folders(root: str | os.PathLike[str], rels: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse, before anything is written or removed, a symbolic link another user owns standing
+    for any of the folders ``rels`` below ``root`` or a folder on their way (:class:`LinkedFolderError`,
+    the first met); those not there are skipped, nothing is made. The check :func:`open_folder`
+    makes at each step, so the two never disagree."""
+    for rel in rels:
+        try:
+            open_folder(root, rel, create=False).close()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
 
 
 def remove_made_folder(path: Path, made: os.stat_result) -> bool:

@@ -242,29 +242,33 @@ def test_the_spec_preflight_runs_before_any_work_on_onnxruntime(tmp_path: Path,
 def test_export_writes_from_memory_not_through_a_swapped_temporary_name(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """In a folder others can write to, the temporary file could be swapped for a link while the
-    network was traced: the exporter then wrote the graph through the link into the linked file."""
+    network was traced (the exporter then wrote the graph through the link into the linked file),
+    or now while its bytes are written (as every output: images.write_via_temp)."""
+    import restorekit.images as images
+
     folder = tmp_path / "shared"
     folder.mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    real = torch.onnx.export
+    real = images._new_temp
 
-    def swapping(*args: Any, **kwargs: Any) -> Any:
-        for part in folder.glob(".m.onnx.*.part"):  # another user of the folder swaps it now
-            part.unlink()
-            part.symlink_to(victim)
-        return real(*args, **kwargs)
+    def swapping(where: Any, name: str, suffix: str) -> Any:
+        fd, tmp = real(where, name, suffix)
+        part = where.path / tmp  # another user of the folder swaps it now
+        part.unlink()
+        part.symlink_to(victim)
+        return fd, tmp
 
-    monkeypatch.setattr(torch.onnx, "export", swapping)
+    monkeypatch.setattr(images, "_new_temp", swapping)
     spec = ExportSpec(net(4), torch.zeros(1, 3, 8, 8), {"method": "x"})
     with pytest.raises(FileSystemError) as err:
         export_onnx(spec, folder / "m.onnx")
     assert victim.read_text() == "precious\n"
-    assert "replaced or removed by someone else" in str(err.value) and "\n" not in str(err.value)
+    assert "was replaced by something else while being written" in str(err.value) and "\n" not in str(err.value)
     assert not (folder / "m.onnx").exists() and not sidecar_path(folder / "m.onnx").exists()
-    assert [p.name for p in folder.iterdir() if not p.is_symlink()] == []
+    assert list(folder.iterdir()) == []
     # Without a swap the same export writes the bytes it checked.
-    monkeypatch.setattr(torch.onnx, "export", real)
+    monkeypatch.setattr(images, "_new_temp", real)
     res = export_onnx(spec, folder / "ok.onnx")
     assert onnx_export.sha256_file(res.path) == res.info["sha256"]
 

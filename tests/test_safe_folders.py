@@ -7,6 +7,11 @@ compare then wrote its PNGs and manifests into that folder, ``--fresh`` removed 
 when stopped early, an empty folder a link planted in a shared parent led to. Each is refused now
 in one line naming the folder (the ``--out`` folder itself and its parents are the user's choice
 and may be links), and writes walk from the root by open folder, so a swap midway is not followed.
+
+A link the user owns is the user's own setup (``outputs -> /bigdisk/...``) and is followed; the links
+these tests plant are made by this very process, so each test runs as if it were another user
+(``os.geteuid`` patched) unless marked ``own_links``. Each runs twice: by open folder descriptor and
+by name (``DIR_FDS`` off, as on Windows), but for those that only the descriptors can pass.
 """
 
 from __future__ import annotations
@@ -18,13 +23,46 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from restorekit import safe_open
 from restorekit.cli import build_cli
 from restorekit.errors import FileSystemError
 
-if not getattr(os, "O_NOFOLLOW", 0) or not hasattr(os, "symlink"):
-    pytest.skip("needs O_NOFOLLOW and symbolic links (POSIX)", allow_module_level=True)
+if not getattr(os, "O_NOFOLLOW", 0) or not hasattr(os, "symlink") or not hasattr(os, "geteuid"):
+    pytest.skip("needs O_NOFOLLOW, symbolic links and user ids (POSIX)", allow_module_level=True)
 
-REFUSAL = "is a symbolic link; restorekit does not write through links in an output folder"
+REFUSAL = "is a symbolic link; restorekit does not write through links in an output folder that another user owns"
+
+
+@pytest.fixture()
+def own_links() -> None:
+    """Asked for by a test whose links are the user's own (see :func:`as_another_user`)."""
+
+
+@pytest.fixture()
+def descriptors_only() -> None:
+    """Asked for by a test that only folder descriptors can pass (a swap midway: by name, it is followed)."""
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["dir_fds", "by_name"])
+def dir_fds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Folders walked by open descriptor (POSIX), then by name (``safe_open.DIR_FDS`` off, as on Windows)."""
+    if request.param and not safe_open.DIR_FDS:
+        pytest.skip("no folder descriptors here")
+    if not request.param and "descriptors_only" in request.fixturenames:
+        pytest.skip("caught only by folder descriptors")
+    monkeypatch.setattr(safe_open, "DIR_FDS", request.param)
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def as_another_user(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The links a test plants count as another user's (as if this process ran as another uid),
+    but in a test that asks for :func:`own_links`."""
+    if "own_links" not in request.fixturenames:
+        uid = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+
+
 OLD_TEMP = ".keep.png.abcd1234.part"  # the shape of restorekit's temp files: a sweep takes it for one
 
 
@@ -134,7 +172,8 @@ def test_a_folder_swapped_for_a_link_mid_run_is_not_written_through(hr_folder, t
     assert r.exit_code == 1 and f"{planted[0]} {REFUSAL}" in r.output, r.output
 
 
-def test_an_atomic_write_stays_in_the_folder_it_opened(tmp_path, monkeypatch):
+@pytest.mark.skipif(not safe_open.DIR_FDS, reason="by name, a folder swapped midway is followed")
+def test_an_atomic_write_stays_in_the_folder_it_opened(tmp_path, monkeypatch, descriptors_only):
     """The folder is walked once, by open descriptor: swapped for a link while the file is being
     written, the file still lands in the folder opened (moved aside), never in the linked one."""
     from restorekit import images
@@ -168,6 +207,9 @@ def test_an_atomic_write_below_a_root_refuses_a_link_in_one_line(tmp_path):
         images.save_image(__import__("torch").zeros(1, 3, 2, 2), out / "outputs" / "m" / "a.png", root=out)
     assert str(caught.value) == (f"{link} {REFUSAL} (it could point at any folder): remove it, or use another "
                                  "folder")
+    assert type(caught.value) is safe_open.LinkedFolderError  # itself, not a copy of its line
+    again = __import__("pickle").loads(__import__("pickle").dumps(caught.value))  # (as a worker hands it back)
+    assert type(again) is safe_open.LinkedFolderError and str(again) == str(caught.value)
     assert snapshot(victim) == {"mine.txt": b"the user's mine.txt\n", OLD_TEMP: b"the user's " + OLD_TEMP.encode()
                                 + b"\n"}
     images.atomic_write_bytes(out / "top.json", b"{}", root=out)  # (a file in the root itself)
@@ -246,3 +288,155 @@ def test_a_stopped_run_removes_no_folder_a_planted_link_leads_to(hr_folder, tmp_
     assert r.exit_code == 2 and "cannot be built here" in r.output, r.output
     assert (home / "out").is_dir()
     assert (shared / "new").is_symlink()  # (the link is left; the folders it made were moved aside)
+
+
+# -- the user's own links: followed -----------------------------------------------------------------
+def test_compare_follows_the_users_own_links_and_fresh_keeps_them(hr_folder, tmp_path, own_links):
+    """``report/outputs -> /bigdisk/...`` made by the user: written through, reused, and with
+    ``--fresh`` emptied, not replaced by a folder of its own (it had been refused outright)."""
+    out, big = tmp_path / "report", tmp_path / "bigdisk"
+    out.mkdir()
+    for name in ("outputs", "inputs"):
+        (big / name).mkdir(parents=True)
+        (out / name).symlink_to(big / name, target_is_directory=True)
+    r = compare(hr_folder, out)
+    assert r.exit_code == 0, r.output
+    assert len(list((big / "outputs" / "bicubic").glob("*.png"))) == 4
+    assert [p.name for p in (big / "inputs").iterdir()] and (out / "outputs").is_symlink()
+    assert compare(hr_folder, out).exit_code == 0  # reused: the same folder holds the same configuration
+    (big / "outputs" / "bicubic" / "stale.png").write_bytes(b"old")
+    r = compare(hr_folder, out, "--scale", 2, "--fresh")  # (the last --scale wins) another configuration
+    assert r.exit_code == 0, r.output
+    assert (out / "outputs").is_symlink() and (out / "inputs").is_symlink()
+    assert sorted(p.name for p in (big / "outputs" / "bicubic").iterdir()) == [f"img{i}.png" for i in range(4)]
+    assert len(list((big / "inputs").iterdir())) == 1  # the ×4 LR folder went, the ×2 one is there
+
+
+def test_a_method_folder_linked_by_the_user_is_emptied_by_fresh_not_unlinked(hr_folder, tmp_path, own_links):
+    out, big = tmp_path / "report", tmp_path / "bigdisk" / "bicubic"
+    (out / "outputs").mkdir(parents=True)
+    big.mkdir(parents=True)
+    (out / "outputs" / "bicubic").symlink_to(big, target_is_directory=True)
+    assert compare(hr_folder, out).exit_code == 0
+    assert len(list(big.glob("*.png"))) == 4
+    r = compare(hr_folder, out, "--scale", 2, "--fresh")
+    assert r.exit_code == 0, r.output
+    assert (out / "outputs" / "bicubic").is_symlink() and len(list(big.glob("*.png"))) == 4
+
+
+def test_open_folder_follows_only_the_users_own_links(tmp_path, monkeypatch, own_links):
+    """The one rule (``safe_open.own_link``): the owner of the link is the user running restorekit."""
+    from restorekit.images import atomic_write_bytes
+
+    root, target = tmp_path / "root", tmp_path / "target"
+    target.mkdir()
+    root.mkdir()
+    (root / "outputs").symlink_to("../target", target_is_directory=True)  # relative: from the link's folder
+    atomic_write_bytes(root / "outputs" / "m" / "a.png", b"data", root=root)
+    assert (target / "m" / "a.png").read_bytes() == b"data"
+    safe_open.check_folders(root, ["outputs", "outputs/m", "outputs/none", "none"])  # no refusal
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)  # the same link, another user's now
+    with pytest.raises(safe_open.LinkedFolderError):
+        safe_open.check_folders(root, ["outputs/m"])
+    with pytest.raises(safe_open.LinkedFolderError):
+        atomic_write_bytes(root / "outputs" / "m" / "b.png", b"data", root=root)
+    monkeypatch.delattr(os, "geteuid")  # no user ids (Windows): no link is the user's
+    with pytest.raises(safe_open.LinkedFolderError, match="on this platform"):
+        safe_open.open_folder(root, "outputs")
+    assert not (target / "m" / "b.png").exists()
+
+
+@pytest.mark.skipif(not safe_open.DIR_FDS, reason="folder descriptors")
+def test_a_link_swapped_between_its_owner_check_and_its_read_is_refused(tmp_path, monkeypatch, own_links,
+                                                                        descriptors_only):
+    root, mine, victim = tmp_path / "root", tmp_path / "mine", victim_folder(tmp_path, "mine.txt")
+    mine.mkdir()
+    root.mkdir()
+    (root / "outputs").symlink_to(mine, target_is_directory=True)
+    real_readlink = os.readlink
+
+    def swap_then_read(path, *, dir_fd=None):  # another link in its place, right after the owner's check
+        os.rename(path, "aside", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # (kept: its inode is not reused)
+        os.symlink(victim, path, dir_fd=dir_fd)
+        return real_readlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(safe_open.os, "readlink", swap_then_read)
+    with pytest.raises(safe_open.LinkedFolderError):
+        safe_open.open_folder(root, "outputs/m")
+    assert sorted(p.name for p in victim.iterdir()) == sorted(["mine.txt", OLD_TEMP])
+
+
+def test_a_users_link_to_nothing_is_one_line_naming_it(tmp_path, own_links):
+    from restorekit.images import atomic_write_bytes
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "outputs").symlink_to(tmp_path / "unmounted", target_is_directory=True)
+    with pytest.raises(FileSystemError) as caught:
+        atomic_write_bytes(root / "outputs" / "a.png", b"x", root=root)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith(f"cannot write {root / 'outputs' / 'a.png'}: "), text
+    assert not (tmp_path / "unmounted").exists()  # not made: the link's target is the user's to mount or make
+
+
+# -- a FIFO planted where compare reads its records ---------------------------------------------------
+def in_thread(fn, fifo: Path, timeout: float = 60.0):
+    """``fn()`` run in a thread: its result within ``timeout``, else the test fails (after a write
+    end is opened on ``fifo`` so that the thread stuck reading it ends)."""
+    import threading
+
+    box: dict[str, object] = {}
+    t = threading.Thread(target=lambda: box.update(value=fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+        t.join(10)
+        pytest.fail(f"hung reading the FIFO {fifo}")
+    return box.get("value")
+
+
+def test_a_fifo_planted_as_an_lr_manifest_does_not_hang_compare(hr_folder, tmp_path):
+    out = tmp_path / "out"
+    assert compare(hr_folder, out).exit_code == 0
+    manifest = next((out / "inputs").iterdir()) / "manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    r = in_thread(lambda: compare(hr_folder, out), manifest)
+    assert r.exit_code == 0, r.output
+    assert manifest.is_file() and '"images"' in manifest.read_text()  # remade, the FIFO replaced
+
+
+def test_a_fifo_planted_as_compare_json_does_not_hang_compare(hr_folder, tmp_path):
+    out = tmp_path / "out"
+    assert compare(hr_folder, out).exit_code == 0
+    (out / "compare.json").unlink()
+    os.mkfifo(out / "compare.json")
+    r = in_thread(lambda: compare(hr_folder, out), out / "compare.json")
+    assert r.exit_code == 2 and "compare.json is unreadable" in r.output, r.output
+    r = in_thread(lambda: compare(hr_folder, out, "--fresh"), out / "compare.json")
+    assert r.exit_code == 0 and (out / "compare.json").is_file(), r.output
+
+
+# -- how much a write walks ---------------------------------------------------------------------------
+def test_a_write_into_existing_folders_makes_no_folder(tmp_path, monkeypatch):
+    """Each write below a root had made the root (``mkdir -p``) and tried to make each folder on the
+    way (``EEXIST``): 3,000 outputs took a third longer. Now folders are opened first, made when missing."""
+    from restorekit.images import atomic_write_bytes
+
+    root = tmp_path / "out"
+    atomic_write_bytes(root / "outputs" / "m" / "a.png", b"1", root=root)  # makes them
+    made: list[str] = []
+    real_mkdir = os.mkdir
+
+    def counting_mkdir(path, *a, **kw):
+        made.append(str(path))
+        return real_mkdir(path, *a, **kw)
+
+    monkeypatch.setattr(os, "mkdir", counting_mkdir)
+    atomic_write_bytes(root / "outputs" / "m" / "b.png", b"2", root=root)
+    assert made == []
+    atomic_write_bytes(root / "outputs" / "n" / "c.png", b"3", root=root)
+    assert [Path(p).name for p in made] == ["n"]
+    assert (root / "outputs" / "n" / "c.png").read_bytes() == b"3"

@@ -1,6 +1,11 @@
 """A training run folder (``--out``) in a place others can write to: a subfolder of it (checkpoints/,
 val/, the GAN's snapshot/) swapped for a symbolic link to a folder of the user's is refused in one
-line naming it, and nothing is written into, or removed from, the folder it points at."""
+line naming it, and nothing is written into, or removed from, the folder it points at.
+
+A link the user owns (``run/checkpoints -> /scratch/ckpts``) is the user's setup and followed; the
+links these tests plant are this process's own, so each test runs as if it were another user
+(``os.geteuid`` patched) unless it asks for ``own_links``; each runs by open folder descriptor
+and by name (``DIR_FDS`` off, as on Windows)."""
 
 from __future__ import annotations
 
@@ -13,14 +18,38 @@ import pytest
 import torch
 from torch import nn
 
+from restorekit import safe_open
 from restorekit.errors import FileSystemError
 from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
 from restorekit.training import DataConfig, TrainConfig, Trainer, psnr, sr_datasets
 from restorekit.training import trainer as T
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32",
-                                reason="symbolic links need privileges on Windows")
+pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or not hasattr(os, "geteuid"),
+                                reason="symbolic links and user ids (POSIX)")
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["dir_fds", "by_name"])
+def dir_fds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Folders walked by open descriptor (POSIX), then by name (``safe_open.DIR_FDS`` off, as on Windows)."""
+    if request.param and not safe_open.DIR_FDS:
+        pytest.skip("no folder descriptors here")
+    monkeypatch.setattr(safe_open, "DIR_FDS", request.param)
+    return request.param
+
+
+@pytest.fixture()
+def own_links() -> None:
+    """Asked for by a test whose links are the user's own (see :func:`as_another_user`)."""
+
+
+@pytest.fixture(autouse=True)
+def as_another_user(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The links a test plants count as another user's (as if this process ran as another uid),
+    but in a test that asks for :func:`own_links`."""
+    if "own_links" not in request.fixturenames:
+        uid = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
 
 
 class Tiny(nn.Module):
@@ -269,3 +298,40 @@ def test_a_gan_snapshot_folder_swapped_mid_run_is_not_written_into(faces: Path, 
         t.snapshot()
     one_line_naming(info.value, run / "snapshot")
     assert contents(victim) == before
+
+
+# -- the user's own links: followed -----------------------------------------------------------------
+def test_a_run_writes_resumes_and_prunes_through_the_users_own_links(faces: Path, tmp_path: Path,
+                                                                     own_links: None) -> None:
+    """``run/checkpoints -> /scratch/ckpts`` made by the user (it had been refused outright)."""
+    scratch, run = tmp_path / "scratch", tmp_path / "run"
+    (scratch / "ckpts").mkdir(parents=True)
+    (scratch / "val").mkdir()
+    run.mkdir()
+    (run / "checkpoints").symlink_to(scratch / "ckpts")
+    (run / "val").symlink_to("../scratch/val")  # relative: from the link's folder
+    T.check_run_folders(run, ("checkpoints", "val"))
+    trainer(faces, run, 2, keep_ckpts=1).fit()
+    assert sorted(os.listdir(scratch / "ckpts")) == ["step_00000002.pt"]
+    assert os.listdir(scratch / "val")
+    result = trainer(faces, run, 3, keep_ckpts=1).fit(resume=True)  # (a new run is refused: checkpoints there)
+    assert result["step"] == 3 and result["finished"]
+    assert sorted(os.listdir(scratch / "ckpts")) == ["step_00000003.pt"]  # written and pruned there
+    assert (run / "checkpoints").is_symlink() and (run / "val").is_symlink()
+    assert [s for s, _ in T.list_checkpoints(run)] == [3]
+
+
+def test_the_same_links_another_user_owns_are_refused(faces: Path, tmp_path: Path, own_links: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch, run = tmp_path / "scratch", tmp_path / "run"
+    scratch.mkdir()
+    run.mkdir()
+    (run / "checkpoints").symlink_to(scratch)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
+    with pytest.raises(FileSystemError) as info:
+        T.check_run_folders(run, ("val", "checkpoints"))
+    one_line_naming(info.value, run / "checkpoints")
+    with pytest.raises(FileSystemError):
+        trainer(faces, run, 1).fit()
+    assert os.listdir(scratch) == []

@@ -115,12 +115,14 @@ def test_the_result_store_does_not_hang_on_a_planted_fifo(tmp_path):
 
 
 @pytest.mark.parametrize("linked", ["results", "results/parts", "results/parts/m"])
-def test_the_result_store_does_not_write_into_a_symlinked_folder(tmp_path, linked):
+def test_the_result_store_does_not_write_into_a_symlinked_folder(tmp_path, linked, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "out"
     (out / linked).parent.mkdir(parents=True, exist_ok=True)
     (out / linked).symlink_to(elsewhere, target_is_directory=True)
+    uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: uid + 1)  # planted by another user (the user's own is followed)
     store = ResultStore(out, part="rank0")
     with pytest.raises(FileSystemError, match="is a symbolic link; restorekit does not write through links"):
         store.append(rec("a"))
@@ -278,19 +280,19 @@ def test_onnx_export_sets_the_mode_on_the_open_file_not_by_name(tmp_path, victim
         def forward(self, x):
             return torch.sigmoid(self.a(x))
 
-    real_run = onnx_export.run_onnxruntime
+    real_new_temp = images._new_temp
     swapped: list[Path] = []
 
-    def run_then_swap(graph, x, threads=1):  # the graph's check, before its bytes and sidecar are written
-        out = real_run(graph, x, threads)
-        for p in tmp_path.glob(".m.onnx.*.part"):
-            if not swapped:
-                os.rename(p, tmp_path / "stolen.onnx")
-                os.symlink(victim, p)
-                swapped.append(p)
-        return out
+    def new_temp_then_swap(folder, name, suffix):  # the graph's temp file, made: swapped before its mode is set
+        fd, tmp = real_new_temp(folder, name, suffix)
+        p = folder.path / tmp
+        if name == "m.onnx" and not swapped:
+            os.rename(p, tmp_path / "stolen.onnx")
+            os.symlink(victim, p)
+            swapped.append(p)
+        return fd, tmp
 
-    monkeypatch.setattr(onnx_export, "run_onnxruntime", run_then_swap)
+    monkeypatch.setattr(images, "_new_temp", new_temp_then_swap)
     spec = onnx_export.ExportSpec(Net().eval(), torch.full((1, 3, 8, 8), 0.5), metadata={"method": "tiny"})
     try:
         onnx_export.export_onnx(spec, tmp_path / "m.onnx", overwrite=True)

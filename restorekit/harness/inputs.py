@@ -38,10 +38,10 @@ from PIL import Image
 from torch import Tensor
 
 from ..degradations import Chain, crop_to_multiple
-from ..errors import FileSystemError, ImageError, RestorekitError
+from ..errors import ImageError, RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, ImageItem, atomic_write_bytes, check_output_size,
                       check_size, from_pil, list_inputs, probe_size, read_image, to_pil)
-from ..safe_open import LinkedFolderError, open_folder
+from ..safe_open import open_folder, read_plain
 from ..seeds import mix_seed
 
 # Decoded inputs kept in memory between methods (bytes of float32 tensors).
@@ -167,8 +167,15 @@ def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[st
 
 
 def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
+    """The images of ``OUT/inputs/<key>/manifest.json`` (none when it is missing or unreadable), read
+    in its folder opened from ``OUT`` (:func:`~restorekit.safe_open.open_folder`): neither through a
+    link nor waiting on a FIFO planted there."""
     try:
-        images = json.loads(path.read_text(encoding="utf-8")).get("images", {})
+        with open_folder(path.parents[2], path.parent.relative_to(path.parents[2]), create=False) as folder:
+            data = read_plain(folder.at(path.name), dir_fd=folder.fd)
+        images = json.loads(data.decode("utf-8")).get("images", {}) if data is not None else {}
+    except RestorekitError:  # (a folder refused as another user's link: said, not taken for no manifest)
+        raise
     except (OSError, ValueError, AttributeError):
         return {}
     # Only well-formed entries (an object per image): any other is an LR file to make again.
@@ -233,14 +240,11 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
         raise RestorekitError(f"{hr_spec}: no HR images")
     spec = chain.spec()
     folder = out / "inputs" / lr_folder_key(spec, scale, step_code)
-    try:  # made, from --out down without following a link: one planted there is refused in one line
-        open_folder(out, folder.relative_to(out)).close()
-    except LinkedFolderError as exc:
-        raise FileSystemError(str(exc)) from None
+    # made, from --out down without following a link another user owns: one planted there is
+    # refused in one line (LinkedFolderError)
+    open_folder(out, folder.relative_to(out)).close()
     manifest_path = folder / "manifest.json"
-    manifest: dict[str, dict[str, str]] = {}
-    if manifest_path.exists() and not fresh:
-        manifest = _read_manifest(manifest_path)
+    manifest = {} if fresh else _read_manifest(manifest_path)
     inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels, manifest=manifest_path)
     for index in range(rank, len(items), world):
         item = items[index]

@@ -21,9 +21,8 @@ import re
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FileSystemError
 from ..images import atomic_write_bytes, is_temp_name, subfolders, sweep_temp_files
-from ..safe_open import LinkedFolderError, open_folder
+from ..safe_open import check_folders, open_folder, read_plain, refused_link
 
 if TYPE_CHECKING:
     from .runner import Plan
@@ -118,33 +117,33 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
 
 
 def _remove(out: Path, path: Path) -> None:
-    """Remove ``path`` (a file, a link itself, or a folder with all in it), reached from ``out``
-    without following a link on the way (a folder swapped for one since is refused)."""
+    """Remove ``path`` (a file, a link itself, or a folder with all in it; what is in a folder a
+    link of the user's own stands for), reached from ``out`` without following another user's link
+    on the way (a folder swapped for one since is refused: :class:`~restorekit.safe_open.LinkedFolderError`)."""
     rel = path.relative_to(out)
     try:
         with open_folder(out, rel.parent, create=False) as folder:
             folder.remove(rel.name)
     except FileNotFoundError:
         pass
-    except LinkedFolderError as exc:
-        raise FileSystemError(str(exc)) from None
 
 
 def _refuse_links(out: Path, methods: set[str]) -> None:
-    """Refuse (``FileSystemError``, one line naming it) a symbolic link standing for a folder
-    compare writes in or removes from below ``out``: ``inputs/`` and its LR folders, ``outputs/``
-    and ``results/`` and each of ``methods``' folders there. Its files would be written into (or,
-    with ``--fresh``, removed from) whatever folder it points at. ``out`` itself is the user's."""
+    """Refuse (:class:`~restorekit.safe_open.LinkedFolderError`, one line naming it) a symbolic
+    link another user owns standing for a folder compare writes in or removes from below ``out``:
+    ``inputs/`` and its LR folders, ``outputs/`` and ``results/`` and each of ``methods``' folders
+    there. Its files would be written into (or, with ``--fresh``, removed from) whatever folder it
+    points at. ``out`` itself is the user's, and so are links the user owns below it (followed)."""
     from .store import safe_name
 
     names = sorted({safe_name(m) for m in methods})
-    folders = [out / f for f in (*OWNED_FOLDERS, "results/parts")]
-    folders += [out / "outputs" / n for n in names] + [out / "results" / "parts" / n for n in names]
-    with contextlib.suppress(OSError):
-        folders += [e for e in (out / "inputs").iterdir() if _LR_FOLDER.match(e.name)]
-    linked = next((f for f in folders if f.is_symlink()), None)
-    if linked is not None:
-        raise FileSystemError(str(LinkedFolderError(linked)))
+    check_folders(out, [*OWNED_FOLDERS, "results/parts", *(f"outputs/{n}" for n in names),
+                        *(f"results/parts/{n}" for n in names)])
+    lr: list[str] = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), \
+            open_folder(out, "inputs", create=False) as inputs:
+        lr = [f"inputs/{e.name}" for e in inputs.entries() if _LR_FOLDER.match(e.name)]
+    check_folders(out, lr)
 
 
 def _written_by_compare(out: Path, methods: set[str]) -> list[Path]:
@@ -155,8 +154,8 @@ def _written_by_compare(out: Path, methods: set[str]) -> list[Path]:
 
     found = [out / name for name in OWNED_FILES if (out / name).exists() or (out / name).is_symlink()]
     inputs = out / "inputs"
-    if inputs.is_dir() and not inputs.is_symlink():
-        found += [d for d in sorted(inputs.iterdir()) if d.is_dir() and not d.is_symlink()
+    if inputs.is_dir() and not refused_link(inputs):
+        found += [d for d in sorted(inputs.iterdir()) if d.is_dir() and not refused_link(d)
                   and _LR_FOLDER.match(d.name) and (d / "manifest.json").is_file()]
     for name in sorted({safe_name(m) for m in methods}):
         for path in (out / "outputs" / name, out / "results" / f"{name}.jsonl", out / "results" / "parts" / name):
@@ -206,9 +205,15 @@ def claim(p: Plan) -> None:
     path = out / CONFIG_FILE
     recorded: dict[str, Any] | None = None
     diffs: list[str] = []
-    if path.exists():
+    try:  # (not through a link, nor waiting on a FIFO, planted there)
+        data = read_plain(path)
+    except NotADirectoryError:  # (--out is a file: said when it is written)
+        data = None
+    except OSError as exc:
+        data, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
+    if data is not None:
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
+            recorded = json.loads(data.decode("utf-8"))
             if not isinstance(recorded, dict):
                 raise ValueError("not an object")
             if not _of_its_shape(recorded):  # ("methods": 5, a method's settings a list…)
@@ -253,7 +258,8 @@ def record(p: Plan) -> None:
     path = out / CONFIG_FILE
     recorded: Any = None
     try:  # claim() accepted it, or --fresh removed it (also an unreadable one)
-        recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        data = read_plain(path)
+        recorded = json.loads(data.decode("utf-8")) if data is not None else None
     except (OSError, ValueError):
         recorded = None
     methods = dict(recorded["methods"]) if isinstance(recorded, dict) and _of_its_shape(recorded) \

@@ -241,12 +241,10 @@ class ResultStore:
 
     def _open(self, folder: Path, create: bool = False) -> Folder:
         """``folder`` (``results/`` or below) open, reached from ``--out`` without following a
-        symbolic link (:func:`~restorekit.safe_open.open_folder`): a file written or removed there
-        can land in no other folder. A link on the way is refused (``FileSystemError``, one line)."""
-        try:
-            return open_folder(self.out, folder.relative_to(self.out), create=create)
-        except LinkedFolderError as exc:
-            raise FileSystemError(str(exc)) from None
+        symbolic link another user owns (:func:`~restorekit.safe_open.open_folder`): a file written
+        or removed there can land in no other folder. Such a link on the way is refused
+        (:class:`~restorekit.safe_open.LinkedFolderError`, a ``FileSystemError``: one line)."""
+        return open_folder(self.out, folder.relative_to(self.out), create=create)
 
     def _parts(self, method: str) -> Folder | None:
         """``method``'s parts folder, open; None when there is none."""

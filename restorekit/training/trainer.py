@@ -45,8 +45,8 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
-from ..images import atomic_write_bytes, write_via_temp
-from ..safe_open import Folder
+from ..images import _fs_error, atomic_write_bytes, write_via_temp
+from ..safe_open import Folder, check_folders, open_folder
 from .config import TrainConfig, absolute_settings
 from .data import DataError
 from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
@@ -81,23 +81,21 @@ def checkpoint_path(out: str | Path, step: int) -> Path:
 
 
 def linked_folder_error(exc: OSError, path: Path, action: str = "write") -> FileSystemError:
-    """One line for ``exc``, met opening ``path`` (a folder of a run): a folder refused as a symbolic
-    link (:class:`~restorekit.safe_open.LinkedFolderError`) names itself."""
-    from ..safe_open import LinkedFolderError
-
-    if isinstance(exc, LinkedFolderError):
-        return FileSystemError(str(exc))
-    return FileSystemError(describe_os_error(exc, path, action=action))
+    """One line for ``exc``, met opening ``path`` (a folder of a run), naming it and the fix (one
+    that is a :class:`FileSystemError` already — a folder refused as another user's symbolic link,
+    :class:`~restorekit.safe_open.LinkedFolderError` — says its own)."""
+    return _fs_error(exc, path, action)
 
 
 def run_subfolder(out: str | Path, name: str, *, create: bool = False) -> Folder | None:
-    """``out/name`` opened without following a symbolic link (another user of a shared run folder
-    could have swapped it for a link to a folder of the user's: it is refused, a
-    :class:`FileSystemError` naming it); ``None`` when it is not there and not ``create``."""
-    from ..safe_open import open_folder
-
+    """``out/name`` opened without following a symbolic link that another user owns (one could
+    have been swapped in for a folder of the user's in a shared run folder: it is refused, a
+    :class:`FileSystemError` naming it; the user's own link is followed); ``None`` when it is not
+    there and not ``create``."""
     try:
         return open_folder(out, name, create=create)
+    except FileSystemError:
+        raise
     except (FileNotFoundError, NotADirectoryError) as exc:  # (not there, or a file: nothing to list)
         if create:
             raise linked_folder_error(exc, Path(out) / name) from None
@@ -108,12 +106,15 @@ def run_subfolder(out: str | Path, name: str, *, create: bool = False) -> Folder
 
 def check_run_folders(out: str | Path, names: tuple[str, ...]) -> None:
     """Refuse, before a run writes anything, a run folder whose subfolder ``names`` (checkpoints,
-    val…) is a symbolic link: checkpoints and images would be written into the folder it points
-    at, and old checkpoints removed from it. One line naming it (:class:`FileSystemError`)."""
-    for name in names:
-        folder = run_subfolder(out, name)
-        if folder is not None:
-            folder.close()
+    val…) is a symbolic link another user owns: checkpoints and images would be written into the
+    folder it points at, and old checkpoints removed from it. One line naming it
+    (:func:`~restorekit.safe_open.check_folders`, the check every write below the run folder makes)."""
+    try:
+        check_folders(out, names)
+    except FileSystemError:
+        raise
+    except OSError as exc:  # (named by the folder it met)
+        raise _fs_error(exc, action="read") from None
 
 
 def _step_files(folder: Folder) -> list[tuple[int, str]]:
@@ -123,7 +124,7 @@ def _step_files(folder: Folder) -> list[tuple[int, str]]:
 
 def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of the step checkpoints under ``out``, oldest first; a ``checkpoints``
-    folder that is a symbolic link is refused (:func:`run_subfolder`), not listed through."""
+    folder that is another user's symbolic link is refused (:func:`run_subfolder`), not listed through."""
     folder = run_subfolder(out, CKPT_DIR)
     if folder is None:
         return []
@@ -165,8 +166,8 @@ def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -
     """Delete all but the newest ``keep`` step checkpoints under ``out``, never ``protect`` (the
     one just written: a damaged file of a later step may sort after it), and the temp files of
     writes a kill cut short (only one process writes, so none is in progress). Removed by name in
-    the ``checkpoints`` folder opened without following a link: one that is a link is refused
-    (:func:`run_subfolder`) and nothing is removed from where it points."""
+    the ``checkpoints`` folder opened without following another user's link: one that is such a
+    link is refused (:func:`run_subfolder`) and nothing is removed from where it points."""
     folder = run_subfolder(out, CKPT_DIR)
     if folder is None:
         return
@@ -402,9 +403,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
     """Keep the JSON lines of ``path`` up to ``step``; drop later ones (written after the
     checkpoint a run resumes from) and any line cut short by a kill mid-write. ``root``: ``path``
-    lies below this run folder, and a folder between them that is a symbolic link is refused, not
-    read or written through (as :func:`atomic_save`'s)."""
-    from ..safe_open import open_folder, read_plain
+    lies below this run folder, and a folder between them that is another user's symbolic link is
+    refused, not read or written through (as :func:`atomic_save`'s)."""
+    from ..safe_open import read_plain
 
     try:  # (in a shared run folder a link planted there is not followed, nor a FIFO waited on)
         if root is None:
@@ -416,6 +417,8 @@ def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
                 return  # no folder, so no log to trim
             with folder:
                 data = read_plain(folder.at(path.name), dir_fd=folder.fd)
+    except FileSystemError:
+        raise
     except OSError as exc:
         raise linked_folder_error(exc, path, action="read") from exc
     if data is None:
@@ -451,7 +454,7 @@ class LogFiles:
         ``OSError`` is a :class:`FileSystemError` naming ``path``. ``root``: ``path`` lies below
         this run folder, and its folders are opened from there without following a link (one there
         is refused, naming it), as :func:`atomic_save`'s are."""
-        from ..safe_open import ends_line, open_append, open_folder
+        from ..safe_open import ends_line, open_append
 
         data = (json.dumps(record) + "\n").encode("utf-8")
         try:
@@ -469,6 +472,8 @@ class LogFiles:
             view = memoryview(data)
             while view:
                 view = view[f.write(view):]
+        except FileSystemError:
+            raise
         except OSError as exc:
             raise linked_folder_error(exc, path) from exc
 
