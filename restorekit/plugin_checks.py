@@ -18,9 +18,10 @@ from pydantic import BaseModel
 from .errors import PluginError
 
 # Names travel through comma lists (--methods a,b), specs (blur:1+bicubic:4), METHOD.KEY options
-# and file names: letters, digits, '_', '-' and (except methods) '.'.
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_METHOD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+# and file names: letters, digits, '_', '-' and (except methods) '.'. Matched whole (fullmatch: a
+# '$' would also match before a trailing newline, letting 'bicubic\n' through).
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_METHOD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 INPUT_KINDS = ("any", "aligned_face")
 
 
@@ -35,7 +36,7 @@ def _qualname(obj: Any) -> str:
 def check_name(kind: str, name: Any) -> None:
     """A registered name: a non-empty string of the allowed characters."""
     pattern = _METHOD_NAME if kind == "methods" else _NAME
-    if not isinstance(name, str) or not pattern.match(name):
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         allowed = "letters, digits, '_' and '-'" + ("" if kind == "methods" else " and '.'")
         raise PluginError(f"{_label(kind)} name {name!r} is not valid (use {allowed})")
 
@@ -79,17 +80,47 @@ def check_method(obj: Any) -> None:
     options = getattr(obj, "Options", None)
     if not (isinstance(options, type) and issubclass(options, BaseModel)):
         problems.append(f"Options must be a pydantic model class (restorekit.interfaces.Options), not {options!r}")
+    else:
+        problems += _json_problems(options)
     if problems:
         raise PluginError(f"method '{info.name}' ({_qualname(obj)}): " + "; ".join(problems))
 
 
+def _json_problems(options: type[BaseModel]) -> list[str]:
+    """Why ``options`` cannot be described or recorded as JSON (``methods show``, the settings that
+    ``run`` and ``compare`` record): its JSON schema, or its defaults written as JSON, fail."""
+    import json
+
+    try:
+        options.model_json_schema()
+    except Exception as exc:
+        return [f"Options {options.__qualname__} has no JSON schema ({_first_line(exc)}): give every field a "
+                "JSON type (str, int, float, bool, a list or Literal of them)"]
+    try:
+        json.dumps(options.model_construct().model_dump(mode="json"))
+    except Exception as exc:
+        return [f"the defaults of Options {options.__qualname__} cannot be written as JSON ({_first_line(exc)})"]
+    return []
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def check_metric(obj: Any) -> None:
-    """A ``Metric`` subclass with a valid ``name`` and a boolean ``higher_is_better``."""
+    """A ``Metric`` subclass with a valid ``name`` (that no fixed report column has) and a boolean
+    ``higher_is_better``."""
+    from .harness.report_columns import metric_name_clash
     from .interfaces import Metric
 
     _subclass("metrics", obj, Metric)
     name = getattr(obj, "name", None)
     check_name("metrics", name)
+    clash = metric_name_clash(name)
+    if clash is not None:
+        raise PluginError(f"metric name '{name}' ({_qualname(obj)}) is taken by compare's reports ({clash}): "
+                          "choose another name")
     if not isinstance(getattr(obj, "higher_is_better", None), bool):
         raise PluginError(f"metric '{name}' ({_qualname(obj)}): higher_is_better must be true or false")
     if not isinstance(getattr(obj, "summary", ""), str) or not _str_tuple(getattr(obj, "requires_weights", ())):

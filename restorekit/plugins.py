@@ -17,12 +17,22 @@ against the core's own names, ``restorekit.builtin``: a plugin taking one breaks
 collections of the plugins that came through are merged: a name registered by two or more of them
 breaks every one of them, each with one line naming the name(s) and the plugins; the others are
 added. A plugin broken while collecting registers nothing, so the names it reached take no part.
+The first-party plugins (:data:`FIRST_PARTY`) go through both steps before any other, so their
+names are like the core's: a third-party plugin registering one breaks alone.
+
+A plugin cannot change how the others compute either: the process-wide torch, NumPy and Python
+state it changes while it is imported and registered (:mod:`restorekit.global_state`) is put
+back, with a warning naming it (:func:`kept_global_state`), and what it writes to stdout, even to
+file descriptor 1, goes to stderr (:func:`output_to_stderr`). Installed distributions are read one
+by one, so one with unreadable entry points is skipped with a warning instead of failing every
+command.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import importlib
 import os
 import signal
@@ -33,7 +43,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -41,6 +51,7 @@ import pluggy
 from pydantic import BaseModel
 
 from . import ENTRY_POINT_GROUP, hookspecs
+from .entry_points import dist_label, installed_entry_points, normalised_name as _normalised
 from .errors import PluginError, UnknownNameError, exception_line
 
 GROUP = ENTRY_POINT_GROUP
@@ -49,6 +60,9 @@ KINDS = ("methods", "generators", "encoders", "losses", "degradations", "metrics
 # Kinds whose register() takes a (name, factory) pair instead of a class or spec.
 FACTORY_KINDS = ("generators", "encoders", "face_embedders", "face_detectors")
 BUILTIN = "restorekit"
+#: This repository's plugin distributions (normalised names): loaded and merged before any other,
+#: so a third-party plugin registering one of their names breaks alone, as for a core name.
+FIRST_PARTY = frozenset({"restorekit-baselines", "restorekit-psp-sr"})
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,12 @@ class Registry:
         # CLI has not), and per plugin the command paths ('hello', 'train mytrainer') it added.
         self.commands_checked = False
         self.added_commands: dict[str, list[tuple[str, Any]]] = {}
+        # (kind, name) -> the broken plugins that registered it before they broke (and lost it): an
+        # unknown name that one of them had is named with their reason.
+        self.lost: dict[tuple[str, str], list[str]] = {}
+        # Plugin -> the global settings its import and hooks changed (put back, and warned about):
+        # 'torch.get_default_dtype() float32 → float64; …'.
+        self.state_changes: dict[str, str] = {}
         self._registry_weights: dict[str, Any] | None = None
 
     def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
@@ -178,12 +198,25 @@ class Registry:
                 self._registry_weights = {}
         return self._registry_weights
 
+    def first_party(self, plugin: str) -> bool:
+        """Whether ``plugin`` comes from one of this repository's distributions (:data:`FIRST_PARTY`)."""
+        rec = self.plugins.get(plugin)
+        return rec is not None and _normalised(rec.distribution) in FIRST_PARTY
+
+    def note_lost(self, plugin: str, keys: Any) -> None:
+        """Remember that broken ``plugin`` had registered ``keys`` (``(kind, name)`` pairs)."""
+        for key in keys:
+            owners = self.lost.setdefault(key, [])
+            if plugin not in owners:
+                owners.append(plugin)
+
     def drop_plugin(self, plugin: str, reason: str) -> None:
         """Mark ``plugin`` broken with ``reason`` and remove everything it registered."""
         for kind in KINDS:
             for name in [n for n, owner in self.owner[kind].items() if owner == plugin]:
                 del self.items[kind][name]
                 del self.owner[kind][name]
+                self.note_lost(plugin, [(kind, name)])
         self.commands = [c for c in self.commands if c.plugin != plugin]
         self.added_commands.pop(plugin, None)
         rec = self.plugins.get(plugin)
@@ -197,13 +230,27 @@ class Registry:
         except KeyError:
             names = sorted(self.items[kind])
             label = kind[:-1].replace("_", " ")
+            lost = self._lost_line(kind, name)
+            if lost:
+                raise UnknownNameError(f"{label} '{name}' is unavailable: {lost}; see `restorekit plugins`") from None
             known = ", ".join(names) if names else "none registered"
             limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
             typos = "".join(f"; '{n}' is not installed{self.not_installed_hints.get(n, '')}" for n in self.not_installed)
             limited = (f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded{typos})"
                        if limit is not None else "")
+            broken = sorted(p for p, rec in self.plugins.items() if rec.status != "ok")
+            unsure = (f"; broken plugins, which may have had it: {', '.join(repr(p) for p in broken)} (see "
+                      "`restorekit plugins`)") if broken else ""
             raise UnknownNameError(
-                f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{limited}") from None
+                f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{limited}{unsure}") from None
+
+    def _lost_line(self, kind: str, name: str) -> str:
+        """Why ``name`` is missing when broken plugins had registered it: ``plugin 'x' is broken: …``."""
+        for plugin in self.lost.get((kind, name), []):
+            rec = self.plugins.get(plugin)
+            if rec is not None and rec.status != "ok":
+                return f"plugin '{plugin}' is {rec.status}"
+        return ""
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
@@ -303,13 +350,17 @@ def _collect_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> _Co
         hooks = "" if all("did you mean" in u for u in unknown) else f" (the hooks are {', '.join(HOOK_NAMES)})"
         raise PluginError(f"{', '.join(unknown)} {what}, so it registers nothing{hooks}")
     collected = _Collected(record)
-    for kind in KINDS:
-        fn = getattr(plugin_obj, f"register_{kind}", None)
-        if fn is not None:
-            fn(register=_make_register(reg, kind, collected))
-    refused = reg.refused.get(record.name)
-    if refused:  # the plugin caught the error and went on: it is still broken
-        raise PluginError(refused[0])
+    try:
+        for kind in KINDS:
+            fn = getattr(plugin_obj, f"register_{kind}", None)
+            if fn is not None:
+                fn(register=_make_register(reg, kind, collected))
+        refused = reg.refused.get(record.name)
+        if refused:  # the plugin caught the error and went on: it is still broken
+            raise PluginError(refused[0])
+    except BaseException:
+        reg.note_lost(record.name, collected.entries)  # what it had registered is named as lost with it
+        raise
     collected.commands = getattr(plugin_obj, "register_commands", None)
     # No hook at all is a plugin that cannot do anything (its hooks misspelt or missing). Hooks that
     # registered nothing are fine: a plugin may register only when an optional dependency is there.
@@ -421,8 +472,121 @@ def unmet_core_requirement(dist: Any, core_version: str) -> str | None:
     return None
 
 
+def _warn(line: str) -> None:
+    """A warning while plugins load: one line on stderr (the CLI's console may not exist yet)."""
+    print(f"restorekit: warning: {line}", file=sys.stderr)
+
+
+def is_first_party(dist: Any) -> bool:
+    """Whether ``dist`` is one of this repository's plugin distributions (:data:`FIRST_PARTY`)."""
+    name = getattr(dist, "name", None) if dist is not None else None
+    return isinstance(name, str) and _normalised(name) in FIRST_PARTY
+
+
+_OUT_LOCK = threading.RLock()
+_out_depth = 0
+_out_saved: tuple[int | None, Any] = (None, None)
+
+
+def _flush(*streams: Any) -> None:
+    for stream in streams:
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+
+@contextmanager
+def output_to_stderr() -> Iterator[None]:
+    """Inside, whatever is written to stdout goes to stderr: ``print()`` and ``sys.stdout``, and also
+    ``sys.__stdout__`` and file descriptor 1 (``os.write(1, …)``, a C library's ``printf``). stdout is
+    the commands' (``--json``): plugin code runs inside (its import and hooks, and a method's load
+    and restore under ``--json``). Nests and may be entered from several threads: the outermost
+    exit puts stdout back. Where fd 1 or 2 is missing, only the Python streams are redirected."""
+    global _out_depth, _out_saved
+    with _OUT_LOCK:
+        if _out_depth == 0:
+            _flush(sys.stdout, sys.__stdout__)  # what was written before goes where it was meant to
+            saved: int | None = None
+            try:
+                saved = os.dup(1)
+                os.dup2(2, 1)
+            except OSError:
+                if saved is not None:
+                    os.close(saved)
+                saved = None
+            _out_saved = (saved, sys.stdout)
+            sys.stdout = sys.stderr
+        _out_depth += 1
+    try:
+        yield
+    finally:
+        with _OUT_LOCK:
+            _out_depth -= 1
+            if _out_depth == 0:
+                saved, stdout = _out_saved
+                _flush(sys.stdout, sys.__stdout__)  # sys.__stdout__'s buffer holds what fd 1 (stderr) gets
+                sys.stdout = stdout
+                if saved is not None:
+                    os.dup2(saved, 1)
+                    os.close(saved)
+                _out_saved = (None, None)
+
+
+def to_stderr(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` called inside :func:`output_to_stderr`."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with output_to_stderr():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@contextmanager
+def kept_global_state(who: str, when: str, on_change: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Put back the process-wide state (:func:`restorekit.global_state.snapshot`: thread count, grad
+    mode, default dtype, cuDNN and determinism flags, float32 precision, the global RNGs) that the
+    code inside changes, so that one plugin cannot change how the others compute. A changed setting
+    is reported as one line (``on_change``; by default a warning on stderr) naming ``who`` and what
+    changed (``on_change`` gets what changed alone); the RNGs are put back without one (building a
+    network draws from them)."""
+    from . import global_state as gs
+
+    before = gs.snapshot()
+    try:
+        yield
+    finally:
+        after = gs.snapshot()
+        changed = [k for k in gs.put_back(before, after) if not gs.is_rng_key(k)]
+        if changed:
+            what = "; ".join(gs.describe(before, after, changed))
+            if on_change is not None:
+                on_change(what)
+            else:
+                _warn(state_change_line(who, when, what))
+
+
+def state_change_line(who: str, when: str, what: str) -> str:
+    """The warning for global state that ``who`` changed ``when`` (``what``) and that was put back."""
+    return (f"{who} changed global state {when}: {what} (put back; set such state only inside the calls "
+            "that need it, and back in a finally block)")
+
+
+def method_plugin(name: str) -> str:
+    """The plugin that registered method ``name`` ('?' if none)."""
+    return registry().owner["methods"].get(name, "?")
+
+
+def _entry_point_problem(ep: EntryPoint) -> str | None:
+    """Why ``ep`` cannot be loaded before trying (a value importlib would fail on with an AttributeError)."""
+    pattern = getattr(ep, "pattern", None)
+    if pattern is not None and pattern.match(ep.value) is None:
+        return f"entry point value '{ep.value}' is not module[:attr]"
+    return None
+
+
 def load_registry(strict: bool | None = None) -> Registry:
-    """Discover built-ins and entry-point plugins and collect their registrations."""
+    """Discover built-ins and entry-point plugins and collect their registrations: the core's, then
+    the first-party plugins', then the others' (each group collected, then merged)."""
     strict = _strict_from_env() if strict is None else strict
     allowed = _allowed_from_env()
     pm = pluggy.PluginManager(GROUP)
@@ -438,11 +602,11 @@ def load_registry(strict: bool | None = None) -> Registry:
     _register_plugin(reg, builtin, rec)
     rec.load_seconds = time.perf_counter() - t0
 
-    collected: list[_Collected] = []  # plugins whose hooks all went through, in load order
-    found = sorted(entry_points(group=GROUP), key=lambda e: (e.name, e.dist.name if e.dist else ""))
-    claimants: dict[str, list[str]] = {}
+    found = sorted(installed_entry_points(GROUP, warn=_warn),
+                   key=lambda e: (not is_first_party(e.dist), e.name, dist_label(e.dist)))
+    claimants: dict[str, list[Any]] = {}
     for ep in found:
-        claimants.setdefault(ep.name, []).append(ep.dist.name if ep.dist else "?")
+        claimants.setdefault(ep.name, []).append(ep.dist)
     reg.not_installed = sorted((allowed or set()) - set(claimants) - {BUILTIN})
     reg.not_installed_hints = {n: suggest(n, sorted(claimants)) for n in reg.not_installed}
     if reg.not_installed and strict:
@@ -450,53 +614,77 @@ def load_registry(strict: bool | None = None) -> Registry:
         raise PluginError(f"RESTOREKIT_LOAD_PLUGINS names {named}, which no installed plugin declares (installed: "
                           f"{', '.join(sorted(claimants)) or 'none'})")
     for n in reg.not_installed:  # a typo loads nothing: say so at once, with the likely name
-        print(f"restorekit: warning: RESTOREKIT_LOAD_PLUGINS names '{n}', which no installed plugin declares"
-              f"{reg.not_installed_hints[n]}", file=sys.stderr)
-    for ep in found:
-        if allowed is not None and ep.name not in allowed:
-            continue
-        dist = ep.dist
-        rec = PluginRecord(ep.name, dist.name if dist else "?", dist.version if dist else "?")
-        clash = claimants[ep.name] if len(claimants[ep.name]) > 1 else None
-        if ep.name in reg.plugins or clash:
-            # A plugin name two distributions declare is neither's: which one Python finds first is
-            # an accident of the path (as for a method name two plugins register).
-            rec.status = (f"broken: plugin name '{ep.name}' is declared by {' and '.join(clash)}; neither is "
-                          f"loaded (uninstall one)" if clash else
-                          f"broken: plugin name '{ep.name}' is already taken by {reg.plugins[ep.name].distribution}")
-            reg.plugins[f"{ep.name} ({rec.distribution})"] = rec
+        _warn(f"RESTOREKIT_LOAD_PLUGINS names '{n}', which no installed plugin declares{reg.not_installed_hints[n]}")
+    wanted = [ep for ep in found if allowed is None or ep.name in allowed]
+    for first_party in (True, False):  # the first-party plugins' names are taken before the others collect
+        collected = [c for ep in wanted if is_first_party(ep.dist) == first_party
+                     for c in [_load_plugin(reg, pm, ep, claimants[ep.name], __version__, strict)] if c is not None]
+        _merge(reg, pm, collected, strict)
+    return reg
+
+
+def _load_plugin(reg: Registry, pm: pluggy.PluginManager, ep: EntryPoint, claimants: list[Any], core_version: str,
+                 strict: bool) -> _Collected | None:
+    """Import one plugin and collect what its hooks register, in isolation (see the module's
+    docstring); None when it is broken."""
+    dist = ep.dist
+    rec = PluginRecord(ep.name, dist_label(dist), str(getattr(dist, "version", None) or "?"))
+    # A plugin name two distributions declare is neither's: which one Python finds first is an
+    # accident of the path (as for a method name two plugins register). The first-party plugin
+    # keeps its own name (it loads first: the other finds it taken).
+    clash = None if len(claimants) < 2 or sum(map(is_first_party, claimants)) == 1 else claimants
+    if ep.name in reg.plugins or clash:
+        rec.status = (f"broken: plugin name '{ep.name}' is declared by {' and '.join(map(dist_label, clash))}; "
+                      f"neither is loaded (uninstall one)" if clash else
+                      f"broken: plugin name '{ep.name}' is already taken by {reg.plugins[ep.name].distribution}")
+        reg.plugins[f"{ep.name} ({rec.distribution})"] = rec
+        if strict:
+            raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is {rec.status}")
+        return None
+    reg.plugins[ep.name] = rec
+    unmet = unmet_core_requirement(dist, core_version) if dist is not None else None
+    if unmet is not None:  # not imported: its code was written for another restorekit
+        reg.drop_plugin(ep.name, unmet)
+        if strict:
+            raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {unmet}")
+        return None
+
+    def changed_state(what: str) -> None:
+        reg.state_changes[ep.name] = what
+        _warn(state_change_line(f"plugin '{ep.name}'", "while it was imported and registered", what))
+
+    with user_interrupts() as pressed:
+        t0 = time.perf_counter()
+        try:
+            # stdout is the commands' (--json); the global state is everyone's
+            with output_to_stderr(), kept_global_state(f"plugin '{ep.name}'", "while it was imported and "
+                                                       "registered", changed_state):
+                problem = _entry_point_problem(ep)
+                if problem is not None:
+                    raise PluginError(problem)
+                module = ep.load()
+                pm.register(module, name=ep.name)
+                pm.check_pending()  # a @hookimpl no spec knows: a misspelt hook registers nothing
+                return _collect_plugin(reg, module, rec)
+        except BaseException as exc:  # isolation: one broken plugin must not take the rest down
+            if isinstance(exc, KeyboardInterrupt) and pressed():
+                raise
+            reason = failure_reason(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                reason += " (raised by the plugin, not by the user)"
+            if pm.has_plugin(ep.name):
+                pm.unregister(name=ep.name)
+            reg.drop_plugin(ep.name, reason)
             if strict:
-                raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is {rec.status}")
-            continue
-        reg.plugins[ep.name] = rec
-        unmet = unmet_core_requirement(dist, __version__) if dist is not None else None
-        if unmet is not None:  # not imported: its code was written for another restorekit
-            reg.drop_plugin(ep.name, unmet)
-            if strict:
-                raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {unmet}")
-            continue
-        with user_interrupts() as pressed:
-            t0 = time.perf_counter()
-            try:
-                with contextlib.redirect_stdout(sys.stderr):  # stdout is the commands' (--json)
-                    module = ep.load()
-                    pm.register(module, name=ep.name)
-                    pm.check_pending()  # a @hookimpl no spec knows: a misspelt hook registers nothing
-                    collected.append(_collect_plugin(reg, module, rec))
-            except BaseException as exc:  # isolation: one broken plugin must not take the rest down
-                if isinstance(exc, KeyboardInterrupt) and pressed():
-                    raise
-                reason = failure_reason(exc)
-                if isinstance(exc, KeyboardInterrupt):
-                    reason += " (raised by the plugin, not by the user)"
-                if pm.has_plugin(ep.name):
-                    pm.unregister(name=ep.name)
-                reg.drop_plugin(ep.name, reason)
-                if strict:
-                    raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {reason}") from None
-            finally:
-                rec.load_seconds = time.perf_counter() - t0
-    # The merge: a name two plugins register is neither's, whichever loaded first.
+                raise PluginError(f"plugin '{ep.name}' ({rec.distribution}) is broken: {reason}") from None
+            return None
+        finally:
+            rec.load_seconds = time.perf_counter() - t0
+
+
+def _merge(reg: Registry, pm: pluggy.PluginManager, collected: list[_Collected], strict: bool) -> None:
+    """Add what each plugin in ``collected`` registered; a name two of them register is neither's,
+    whichever loaded first: those plugins are broken and register nothing."""
     clashes = _clashes(collected, reg.clashed)
     for c in collected:
         name, rec = c.record.name, c.record
@@ -506,10 +694,10 @@ def load_registry(strict: bool | None = None) -> Registry:
         if pm.has_plugin(name):
             pm.unregister(name=name)
         reason = f"PluginError: {clashes[name]}"
+        reg.note_lost(name, c.entries)
         reg.drop_plugin(name, reason)
         if strict:
             raise PluginError(f"plugin '{name}' ({rec.distribution}) is broken: {reason}")
-    return reg
 
 
 # click group -> {command name: the plugin whose hook added it}; a command no plugin added is the
@@ -631,9 +819,9 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
 
     A plugin's hook may add commands and sub-commands. One that raises (anything but the user's
     Ctrl-C), removes or changes a command it did not add (its options, help or callback), or adds a
-    command the core has, is undone, listed as broken and loses all its registrations. A command
-    two plugins add is neither's, whichever runs first: both are broken with one line naming both
-    (as for a method name). What each plugin adds is recorded (``reg.added_commands``,
+    command the core or a first-party plugin has, is undone, listed as broken and loses all its
+    registrations. A command two other plugins add is neither's, whichever runs first: both are
+    broken with one line naming both (as for a method name). What each plugin adds is recorded (``reg.added_commands``,
     and ``commands`` in what ``restorekit plugins`` lists).
     """
     import click
@@ -675,7 +863,7 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
                     else:
                         message = _command_clash(path, [owner, plugin])
                         reasons.append(message)
-                        if owner != BUILTIN:
+                        if owner != BUILTIN and not reg.first_party(owner):  # the core's and ours stay
                             partners[owner] = message
                             contested[(id(node.group), name)] = (path, sorted([owner, plugin]))
             if removed:

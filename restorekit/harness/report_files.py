@@ -13,6 +13,7 @@ from typing import Any
 from ..images import atomic_write_bytes
 from .aggregate import MethodSummary
 from .paired import PairedStat
+from .report_columns import METRIC_SUFFIXES, RESULTS_HEAD, RESULTS_TAIL, SUMMARY_HEAD, SUMMARY_TAIL
 from .report_summary import Summary
 from .report_text import notes, paired_notes
 from .runner import MethodPlan, backend_info, plugin_versions, restorekit_version
@@ -49,8 +50,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
     names = [m.name for m in sm.active_metrics]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "image", "seed", "status", "ms", "warmup", "peak_mem_mb", *names, "output", "error",
-                "metric_errors"])
+    w.writerow([*RESULTS_HEAD, *names, *RESULTS_TAIL])
     for r in sm.result.records:
         errors = {n: r.metric_errors[n] for n in names if r.metric_errors and n in r.metric_errors}
         w.writerow([_csv_text(r.method), _csv_text(r.image), "" if r.seed is None else r.seed, r.status,
@@ -63,11 +63,10 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["method", "deterministic", "seeds", "images", "ok", "failed"]
+    head = list(SUMMARY_HEAD)
     for n in names:
-        head += [f"{n}_mean", f"{n}_std", f"{n}_nan", f"{n}_n", f"{n}_inf", f"{n}_errors"]
-    w.writerow(head + ["ms_per_image", "ms_std", "runtime_is_warmup", "warmup_ms", "peak_mem_mb", "device",
-                       "precision", "backend"])
+        head += [f"{n}_{suffix}" for suffix in METRIC_SUFFIXES]
+    w.writerow(head + list(SUMMARY_TAIL))
     plans = {mp.name: mp for mp in sm.result.plan.methods}
     for s in sm.methods:
         row: list[Any] = [_csv_text(s.name), int(s.deterministic), " ".join("-" if x is None else str(x) for x in s.seeds),

@@ -598,13 +598,18 @@ class _Clock:
 
 
 def _build(mp: MethodPlan, device: torch.device, backend: str = "torch") -> Method | None:
-    try:
-        m = mp.cls(mp.options, device=device)
-        m.load()
-        if backend == "onnxruntime":
-            from ..onnx_backend import onnx_method
+    from ..plugins import kept_global_state
 
-            m = onnx_method(m)
+    try:
+        # What its load() changes of the global torch state is put back (with a warning), so that
+        # the methods after it, and the metrics, compute as they would without it.
+        with kept_global_state(f"method '{mp.name}' (plugin '{mp.plugin}')", "while it loaded"):
+            m = mp.cls(mp.options, device=device)
+            m.load()
+            if backend == "onnxruntime":
+                from ..onnx_backend import onnx_method
+
+                m = onnx_method(m)
         mp.backend = str(getattr(m, "backend", "torch"))
     except Exception as exc:
         mp.load_error = f"could not load {mp.name}: {type(exc).__name__}: {exc}"

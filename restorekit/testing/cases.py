@@ -161,6 +161,12 @@ def collect_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ..
     cases: list[ConformanceCase] = []
     if plugin is not None and reg.plugins[plugin].status != "ok":
         return [ConformanceCase(plugin, "plugin", plugin, None, broken=reg.plugins[plugin].status)]
+    # Global state changed at import is put back for users (with a warning); the plugin's own check fails.
+    for owner, change in sorted(reg.state_changes.items()):
+        if plugin is None or owner == plugin:
+            cases.append(ConformanceCase(owner, "plugin", owner, None, broken=(
+                f"changing global state while it is imported and registered: {change} (restorekit puts it back "
+                "and warns; set such state only inside the calls that need it, and back in a finally block)")))
     for kind in wanted:
         if kind == COMMANDS:
             continue

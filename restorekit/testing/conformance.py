@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import random
 import re
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..devices import TF32_SUFFIX, precision_label
 from ..errors import WeightsMissing, exception_line
+from ..global_state import describe as _describe, is_precision_key as _is_precision_key, put_back as _put_back
+from ..global_state import precision_objects as _precision_objects, read as _read  # noqa: F401 (tests use them)
+from ..global_state import snapshot as _global_state
 from ..interfaces import (Degradation, Encoder, Face, FaceDetector, FaceEmbedder, Generator, Loss, LossContext,
                           Method, MethodInfo, Metric, Options)
 from .data import sample_batch, smooth_batch
@@ -81,155 +82,7 @@ def _unchanged(label: str, before: Tensor, after: Tensor, what: str) -> None:
 
 # -- global state a component must leave as it found it ---------------------------------------
 
-_UNREADABLE = "unreadable (torch raised on the read: the legacy allow_tf32 and the new fp32_precision APIs were mixed)"
-# Without torch's per-operator settings (torch < 2.9) the float32 precision is compared through these two.
-_MATMUL = "torch.get_float32_matmul_precision()"
-_CONV_TF32 = "TF32 convolutions (torch.backends.cudnn.allow_tf32)"
-_RAW_PRECISION = "_raw float32 precision settings"  # not compared: put back whenever they differ
-# The per-operator settings whose effective value is compared (a value of 'none' inherits from its
-# parent, up to torch.backends.fp32_precision, whose 'none' is torch's default, 'ieee').
-_PRECISION_LEAVES = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
-
-
-def _precision_key(path: str) -> str:
-    return f"torch.backends.{path}.fp32_precision"
-
-
-def _is_precision_key(key: str) -> bool:
-    return key in (_MATMUL, _CONV_TF32) or (key.startswith("torch.backends.") and key.endswith(".fp32_precision"))
-
-
-def _read(get: Callable[[], Any]) -> Any:
-    try:
-        return get()
-    except Exception:  # torch raises on reading a legacy flag after the new API set it
-        return _UNREADABLE
-
-
-def _precision_objects() -> list[tuple[str, Any]]:
-    """The objects with a per-operator ``fp32_precision`` (torch ≥ 2.9; none before), parents first."""
-    b = torch.backends
-    out = []
-    for path in ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul", "mkldnn.conv",
-                 "mkldnn.rnn"):
-        obj: Any = b
-        for part in filter(None, path.split(".")):
-            obj = getattr(obj, part, None)
-        if obj is not None and isinstance(_read(lambda: obj.fp32_precision), str):
-            out.append((path, obj))
-    return out
-
-
-def _effective_precision(raw: dict[str, Any], leaf: str) -> Any:
-    """What ``leaf``'s float32 precision is in effect: its own value unless 'none', else its
-    parent's (``cudnn.conv`` → ``cudnn`` → the top ``torch.backends``); all 'none': 'ieee'. A read
-    that raised is its own value."""
-    path: str | None = leaf
-    while path is not None:
-        value = raw.get(path)
-        if value is not None and value != "none":
-            return value
-        path = (path.rsplit(".", 1)[0] if "." in path else "") if path else None
-    return "ieee"
-
-
-def _precision_state() -> dict[str, Any]:
-    """The float32 precision each operator runs at (per-operator settings, torch ≥ 2.9; before:
-    the matmul precision and cuDNN's TF32 flag), read safely (as :mod:`restorekit.devices` does),
-    and the raw settings of both APIs to put them back."""
-    objects = _precision_objects()
-    raw = {
-        "legacy": {"cuda.matmul.allow_tf32": _read(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
-                   "cudnn.allow_tf32": _read(lambda: bool(torch.backends.cudnn.allow_tf32)),
-                   "matmul_precision": _read(torch.get_float32_matmul_precision)},
-        "fp32_precision": {path: _read(lambda obj=obj: obj.fp32_precision) for path, obj in objects},
-    }
-    state: dict[str, Any] = {_RAW_PRECISION: raw}
-    leaves = [leaf for leaf in _PRECISION_LEAVES if leaf in raw["fp32_precision"]]
-    if leaves:
-        for leaf in leaves:
-            state[_precision_key(leaf)] = _effective_precision(raw["fp32_precision"], leaf)
-    else:
-        state[_MATMUL] = raw["legacy"]["matmul_precision"]
-        state[_CONV_TF32] = raw["legacy"]["cudnn.allow_tf32"]
-    return state
-
-
-def _set_precision_state(state: dict[str, Any]) -> None:
-    """Put the float32 precision settings back: the legacy flags and the matmul precision first
-    (when they were readable), then every per-operator setting that differs (parents first, as
-    setting a parent may change its children; twice, for one a later setter moved)."""
-    raw = state[_RAW_PRECISION]
-    legacy = raw["legacy"]
-    setters: list[tuple[Any, Callable[[Any], None]]] = [
-        (legacy["cuda.matmul.allow_tf32"], lambda v: setattr(torch.backends.cuda.matmul, "allow_tf32", v)),
-        (legacy["cudnn.allow_tf32"], lambda v: setattr(torch.backends.cudnn, "allow_tf32", v)),
-        (legacy["matmul_precision"], torch.set_float32_matmul_precision),
-    ]
-    for value, setter in setters:
-        if value != _UNREADABLE:
-            with contextlib.suppress(Exception):
-                setter(value)
-    for _ in range(2):
-        for path, obj in _precision_objects():
-            want = raw["fp32_precision"].get(path)
-            if want is not None and want != _UNREADABLE and _read(lambda: obj.fp32_precision) != want:
-                with contextlib.suppress(Exception):
-                    obj.fp32_precision = want
-
-
-def _global_state() -> dict[str, Any]:
-    """Process-wide settings and RNG states a component's calls must not leave changed."""
-    state: dict[str, Any] = {
-        "torch.get_num_threads()": torch.get_num_threads(),
-        "torch.is_grad_enabled()": torch.is_grad_enabled(),
-        "torch.get_default_dtype()": torch.get_default_dtype(),
-        "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark,
-        "torch.backends.cudnn.deterministic": torch.backends.cudnn.deterministic,
-        "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
-        "torch.is_deterministic_algorithms_warn_only_enabled()": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "the global torch RNG (torch.get_rng_state())": torch.get_rng_state(),
-        "numpy's global RNG (np.random.get_state())": np.random.get_state(),
-        "Python's global RNG (random.getstate())": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["the CUDA RNG (torch.cuda.get_rng_state_all())"] = torch.cuda.get_rng_state_all()
-    state.update(_precision_state())
-    return state
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape == b.shape and bool(torch.equal(a, b))
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return a.shape == b.shape and bool(np.array_equal(a, b))
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
-    return bool(a == b)
-
-
-def _set_global_state(state: dict[str, Any]) -> None:
-    torch.set_num_threads(state["torch.get_num_threads()"])
-    torch.set_grad_enabled(state["torch.is_grad_enabled()"])
-    torch.set_default_dtype(state["torch.get_default_dtype()"])
-    torch.backends.cudnn.benchmark = state["torch.backends.cudnn.benchmark"]
-    torch.backends.cudnn.deterministic = state["torch.backends.cudnn.deterministic"]
-    torch.use_deterministic_algorithms(state["torch.are_deterministic_algorithms_enabled()"],
-                                       warn_only=state["torch.is_deterministic_algorithms_warn_only_enabled()"])
-    torch.set_rng_state(state["the global torch RNG (torch.get_rng_state())"])
-    np.random.set_state(state["numpy's global RNG (np.random.get_state())"])
-    random.setstate(state["Python's global RNG (random.getstate())"])
-    cuda = state.get("the CUDA RNG (torch.cuda.get_rng_state_all())")
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    _set_precision_state(state)
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, torch.dtype):
-        return str(v).replace("torch.", "")
-    return repr(v)
-
+# What is read, compared and put back: restorekit.global_state (imported above).
 
 _RNG_FIX = ("draw randomness from a local torch.Generator / np.random.default_rng(seed), never the global RNG; "
             "building an nn.Module draws from the global torch RNG (its parameter init): build it in load(), on "
@@ -237,12 +90,6 @@ _RNG_FIX = ("draw randomness from a local torch.Generator / np.random.default_rn
             "torch.random.fork_rng(devices=[]); a library that must use the global RNG: save and restore it "
             "around the call (torch.random.fork_rng(), np.random.get_state()/set_state(), "
             "random.getstate()/setstate())")
-def _raw_precision_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, str]:
-    """``{'torch.backends.cudnn.fp32_precision': "'none' → 'tf32'", …}``: the raw per-operator
-    settings that differ (the effective values name what runs differently; these, what was set)."""
-    a, b = before["fp32_precision"], after["fp32_precision"]
-    return {_precision_key(p) if p else "torch.backends.fp32_precision": f"{_show(a.get(p))} → {_show(b.get(p))}"
-            for p in dict.fromkeys([*a, *b]) if a.get(p) != b.get(p)}
 
 
 _SETTING_FIX = "set it back before returning: try/finally, or a context manager such as torch.no_grad()"
@@ -284,25 +131,11 @@ def _keeps_global_state(label: str, what: str, *, rng_once: bool = False) -> Ite
         ok = True
     finally:
         after = _global_state()
-        changed = [k for k, v in before.items()
-                   if k in after and not k.startswith("_") and not _same_value(v, after[k])]
-        if changed:
-            _set_global_state(before)
-        elif not _same_value(before[_RAW_PRECISION], after[_RAW_PRECISION]):
-            _set_precision_state(before)  # the same effect through other raw values: put back all the same
+        changed = _put_back(before, after)  # the raw precision settings too, also when only their spelling changed
         if rng_once:
             changed = [k for k in changed if "RNG" not in k]
         if changed and ok:
-            parts = []
-            for k in changed:
-                if "RNG" in k:
-                    parts.append(f"{k} was advanced or reseeded")
-                else:
-                    parts.append(f"{k} {_show(before[k])} → {_show(after[k])}")
-            raw = _raw_precision_changes(before[_RAW_PRECISION], after[_RAW_PRECISION])
-            if raw and any(_is_precision_key(k) for k in changed) and set(raw) != {
-                    p.split(" ")[0] for p in parts if _is_precision_key(p.split(" ")[0])}:
-                parts.append(f"the raw settings that changed: {', '.join(f'{k} {v}' for k, v in raw.items())}")
+            parts = _describe(before, after, changed)
             kinds = list(dict.fromkeys(_fix_kind(k) for k in changed))
             fixes = [f"for the {kind}, {_FIXES[kind]}" if len(kinds) > 1 else _FIXES[kind] for kind in kinds]
             raise ConformanceError(f"{label}: {what} left global state changed: {'; '.join(parts)}. "
@@ -317,11 +150,11 @@ def check_method_info(cls: type[Method]) -> MethodInfo:
     _require(isinstance(info, MethodInfo), f"{cls.__name__}.info must be a MethodInfo")
     assert isinstance(info, MethodInfo)
     _require(bool(info.name) and bool(info.summary), f"{cls.__name__}: info.name and info.summary are required")
-    _require(bool(METHOD_NAME.match(info.name)),
+    _require(bool(METHOD_NAME.fullmatch(info.name)),
              f"{info.name!r}: method names use letters, digits, '_' and '-' only (they go into "
              "--methods a,b and --opt METHOD.KEY=VALUE)")
     _require(bool(info.task), f"{info.name}: info.task is required (e.g. 'super-resolution')")
-    _require(bool(info.license) and bool(LICENSE.match(info.license)),
+    _require(bool(info.license) and bool(LICENSE.fullmatch(info.license)),
              f"{info.name}: info.license must be an SPDX id or LicenseRef-…, got {info.license!r}")
     _require(isinstance(info.deterministic, bool), f"{info.name}: info.deterministic must be a bool")
     _require(isinstance(info.single_sample_deterministic, bool),
@@ -635,7 +468,7 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
 
     name = getattr(cls, "name", None)
     _require(isinstance(name, str) and bool(name), f"{cls.__name__}.name is required")
-    _require(bool(COMPONENT_NAME.match(str(name))), f"metric name {name!r}: letters, digits, '_', '.', '-' only")
+    _require(bool(COMPONENT_NAME.fullmatch(str(name))), f"metric name {name!r}: letters, digits, '_', '.', '-' only")
     _require(isinstance(getattr(cls, "higher_is_better", None), bool), f"{name}: higher_is_better is required")
     _require(isinstance(cls.requires_weights, tuple), f"{name}: requires_weights must be a tuple")
     nan_label = getattr(cls, "nan_label", "")
@@ -800,7 +633,7 @@ def check_degradation(cls: type[Degradation], *, params: dict[str, Any] | None =
     output), and ``spec()`` rebuilding an equal degradation through the spec parser.
     """
     name = getattr(cls, "name", None)
-    _require(isinstance(name, str) and bool(DEGRADATION_NAME.match(name)),
+    _require(isinstance(name, str) and bool(DEGRADATION_NAME.fullmatch(name)),
              f"{cls.__name__}.name must be lower-case letters, digits and '_' (it appears in spec strings)")
     _check_options_model(str(name), getattr(cls, "Params", None), "Params")
     p = _options_or_fail(str(name), cls.Params, params if params is not None else _guessed_params(cls.Params),
@@ -888,7 +721,7 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
     runs before the checked calls: what it changes is not checked.
     """
     name = getattr(cls, "name", None)
-    _require(isinstance(name, str) and bool(COMPONENT_NAME.match(name)), f"{cls.__name__}.name is required")
+    _require(isinstance(name, str) and bool(COMPONENT_NAME.fullmatch(name)), f"{cls.__name__}.name is required")
     declared = getattr(cls, "context_inputs", ())
     _require(isinstance(declared, tuple) and all(isinstance(d, LossContext) for d in declared),
              f"{name}: context_inputs must be a tuple of restorekit.interfaces.LossContext")

@@ -179,13 +179,12 @@ def _copy(src: Any, out: Any) -> None:
 
 
 def converter_packages() -> frozenset[str]:
-    """Top-level packages a converter may come from: restorekit and the installed plugins'."""
-    from importlib.metadata import entry_points
-
-    from .. import ENTRY_POINT_GROUP
+    """Top-level packages a converter may come from: restorekit and the installed plugins' (a
+    distribution whose entry points cannot be read is left out, as when plugins load)."""
+    from ..entry_points import installed_entry_points
 
     return frozenset({"restorekit"} | {ep.value.split(".", 1)[0].split(":", 1)[0]
-                                       for ep in entry_points(group=ENTRY_POINT_GROUP)})
+                                       for ep in installed_entry_points()})
 
 
 def load_converter(dotted: str) -> Callable[[Path], Mapping[str, Tensor]]:
