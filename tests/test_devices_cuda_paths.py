@@ -165,7 +165,7 @@ def test_cli_accepts_cuda_n_then_says_there_is_no_gpu(hr_folder: Path, tmp_path:
 
 
 def _plan(method) -> SimpleNamespace:
-    return SimpleNamespace(name="bicubic", cls=lambda options, device: method, options=method.options,
+    return SimpleNamespace(name="bicubic", plugin="baselines", cls=lambda options, device: method, options=method.options,
                            backend="torch", device="", precision="float32", weights_info=None, load_error=None)
 
 
