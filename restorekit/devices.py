@@ -3,7 +3,9 @@ device and precision are described.
 
 ``--device`` takes ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` (the current
 CUDA device: ``cuda:0``, or ``cuda:LOCAL_RANK`` under ``torchrun``) or ``cuda:N``. Anything
-else (``mps``, ``cuda:x``) is refused with one line; so is ``cuda:N`` past this machine's GPUs.
+else (``mps``, ``cuda:x``) is refused with one line; so is ``cuda`` on a machine without a GPU
+and ``cuda:N`` past this machine's GPUs — by every command, while its options are read
+(:class:`DeviceType`), with restorekit's one ``error:`` line rather than click's usage block.
 """
 
 from __future__ import annotations
@@ -65,9 +67,7 @@ def resolve_device(device: str | torch.device, *, default_index: int | None = No
         text = "cuda" if torch.cuda.is_available() else "cpu"
     if text == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RestorekitError(f"--device {text}: no CUDA device is available (use --device cpu or auto)")
-    n = torch.cuda.device_count()
+    n = _check_present(text)
     index = int(text.split(":", 1)[1]) if ":" in text else None
     if index is None:
         index = torch.cuda.current_device() if default_index is None else int(default_index)
@@ -76,9 +76,24 @@ def resolve_device(device: str | torch.device, *, default_index: int | None = No
     return torch.device("cuda", index)
 
 
+def _check_present(text: str) -> int:
+    """The number of CUDA devices, for a well-formed ``cuda``/``cuda:N`` value; :class:`RestorekitError`
+    (one line) without a GPU or with ``N`` past them. Initialises no CUDA context (no
+    ``current_device``), so it is safe before ``torchrun`` forks or a worker picks its GPU."""
+    if not torch.cuda.is_available():
+        raise RestorekitError(f"--device {text}: no CUDA device is available (use --device cpu or auto)")
+    n = torch.cuda.device_count()
+    if ":" in text and int(text.split(":", 1)[1]) >= n:
+        raise RestorekitError(f"--device {text}: this machine has {_count(n)}")
+    return n
+
+
 class DeviceType(click.ParamType):
-    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked for form here; whether the
-    GPU is there is checked where the device is resolved, so ``--help`` needs no GPU)."""
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked for form (a click usage
+    error) and, for ``cuda``/``cuda:N``, for the GPU being there: that refusal is a
+    :class:`RestorekitError`, which restorekit's command group prints as one ``error:`` line (exit
+    2) for every command alike — raised from inside a command, as a usage error, click had printed
+    its usage block above it. ``--help`` is read first, so it needs no GPU; ``auto`` looks for none."""
 
     name = "device"
 
@@ -89,6 +104,8 @@ class DeviceType(click.ParamType):
         problem = _problem(text)
         if problem is not None:
             self.fail(f"'{value}': {problem}", param, ctx)
+        if text.startswith("cuda"):
+            _check_present(text)
         return text
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # type: ignore[override]

@@ -49,6 +49,12 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def kept() -> bool:
+    """Whether :func:`keep_freed_memory` is in effect in this process (it cannot be undone: a
+    benchmark that times a side without it must do so before anything asks for it)."""
+    return _applied is True
+
+
 #: Below this output resolution a generator's activations are a few MB; faulting them in again
 #: on every call costs next to nothing, so the process's malloc is left alone.
 MIN_RESOLUTION = 256

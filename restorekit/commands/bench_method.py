@@ -7,11 +7,20 @@ allocated by torch; CPU: the process's peak resident set, which includes everyth
 far). A method may expose ``bench_parts(lr, scale) -> {part: ms}`` (pSp: encoder, generator),
 shown beside the total. ``--compare-to OTHER`` times a second method on the same input in the
 same run (``--compare-repeat`` runs) and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch
-size: the ratio of the medians, with its range over every pairing of a run of one with a run of
-the other (``speed_ratio_range``); a range that spans 1.0 is a difference within the noise.
+size (against NAME's first ``--backend``: ``speed_ratio_backend``): the ratio of the medians, with its
+range over every pairing of a run of one with a run of the other (``speed_ratio_range``); a range
+that spans 1.0 is a difference within the noise.
 ``--backend torch,onnxruntime`` times NAME's network in each backend side by side (the
 onnxruntime one exported on first use, see :mod:`restorekit.onnx_backend`) and prints
 ``torch ms/image ÷ onnxruntime ms/image``; ``--threads`` sets both backends' thread counts.
+
+At each batch size the runs of everything timed there (NAME's backends, OTHER) are interleaved
+— each gets ``--warmup`` untimed runs, then their timed runs alternate in proportion to their
+counts — so a change in the machine's load during the run hits both sides of a ratio alike.
+One exception: :mod:`restorekit.memory`'s ``keep_memory`` is process-wide and cannot be undone
+once a method switched it on, so when one side asks for it on the CPU and the other does not
+(``--compare-opt keep_memory=false``, or a method without the option), the side without it is
+timed first, all of it, then the other (said on stderr and in the JSON's ``timing``).
 
 ``--resolution R`` benchmarks an untrained model of the method's paper shapes at output
 resolution ``R`` (methods with a ``bench_model_options(R)`` class hook; psp_sr: IR-SE50 encoder,
@@ -29,7 +38,7 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage, table
+from ..cli import emit_json, fail_usage, table, warn
 from ..devices import DEVICE, DEVICE_HELP, precision_label, run_device
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
@@ -80,39 +89,96 @@ def peak_memory_mib(device: torch.device) -> float | None:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, warmup: int) -> dict[str, Any]:
-    """Median ms per call (and the range of the ``repeat`` runs), ms per image, the parts (if any,
-    medians and ranges) and peak memory for one input batch."""
-    dev = method.device
-    lr = lr.to(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+class _Side:
+    """One method timed on one input batch: its timed runs (ms), its last output, its CUDA peak."""
+
+    def __init__(self, method: Method, lr: torch.Tensor, repeat: int) -> None:
+        self.method, self.lr, self.repeat = method, lr.to(method.device), repeat
+        self.times: list[float] = []
+        self.out: Any = None
+        self.cuda_peak: float | None = None
+
+    def call(self, scale: int) -> float:
+        """One synchronised call; its milliseconds (and, on CUDA, the peak allocation it reached)."""
+        dev = self.method.device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        self.out = self.method.restore(self.lr, scale)
+        _sync(dev)
+        ms = (time.perf_counter() - t0) * 1000
+        if dev.type == "cuda":
+            self.cuda_peak = max(self.cuda_peak or 0.0, torch.cuda.max_memory_allocated(dev) / 2**20)
+        return ms
+
+
+def interleaved_order(repeats: list[int]) -> list[int]:
+    """The order of the timed runs of sides with these run counts: side ``i``'s ``k``-th run at
+    ``(k + ½) / repeats[i]`` of the way through, so unequal counts still alternate evenly (ties:
+    the earlier side first)."""
+    return [i for _, i in sorted(((k + 0.5) / n, i) for i, n in enumerate(repeats) for k in range(n))]
+
+
+def time_interleaved(sides: list[tuple[Method, torch.Tensor, int]], scale: int, *,
+                     warmup: int) -> list[dict[str, Any]]:
+    """:func:`time_method`'s figures for several ``(method, input, repeat)`` at once: each gets
+    ``warmup`` untimed runs (round robin), then their timed runs alternate
+    (:func:`interleaved_order`), so load that comes and goes during the run hits every side alike.
+    Parts (``bench_parts``) are timed after all the runs, side by side."""
+    runs = [_Side(m, lr, repeat) for m, lr, repeat in sides]
     with torch.inference_mode():
         for _ in range(warmup):
-            method.restore(lr, scale)
-        _sync(dev)
-        times = []
-        out: Any = None
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            out = method.restore(lr, scale)
-            _sync(dev)
-            times.append((time.perf_counter() - t0) * 1000)
-        if out is not None:  # the time of a wrong output is no figure: size, dtype, NaN and range, as run checks
-            check_restored(method.info.name, out, lr, scale)
-        parts: dict[str, dict[str, Any]] = {}
-        bench_parts = getattr(method, "bench_parts", None)
-        if callable(bench_parts):
-            runs = [bench_parts(lr, scale) for _ in range(repeat)]
-            parts = {k: spread([r[k] for r in runs]) for k in runs[0]}
+            for s in runs:
+                s.method.restore(s.lr, scale)
+        for s in runs:
+            _sync(s.method.device)
+        for i in interleaved_order([s.repeat for s in runs]):
+            runs[i].times.append(runs[i].call(scale))
+        return [_figures(s, scale) for s in runs]
+
+
+def _figures(side: _Side, scale: int) -> dict[str, Any]:
+    """One side's row: the median and range of its runs, per call and per image, its parts and peak memory."""
+    method, lr, times = side.method, side.lr, side.times
+    dev = method.device
+    if side.out is not None:  # the time of a wrong output is no figure: size, dtype, NaN and range, as run checks
+        check_restored(method.info.name, side.out, lr, scale)
+    parts: dict[str, dict[str, Any]] = {}
+    bench_parts = getattr(method, "bench_parts", None)
+    if callable(bench_parts):
+        part_runs = [bench_parts(lr, scale) for _ in range(side.repeat)]
+        parts = {k: spread([r[k] for r in part_runs]) for k in part_runs[0]}
     s, b = spread(times), int(lr.shape[0])
+    peak = side.cuda_peak if dev.type == "cuda" else peak_memory_mib(dev)
     return {"batch": b, "repeats": len(times), "ms_per_call": s["median"], "ms_per_call_range": [s["min"], s["max"]],
             "ms_per_image": s["median"] / b, "ms_per_image_range": [s["min"] / b, s["max"] / b],
             "ms_per_call_samples": times,
             "parts_ms": {k: p["median"] for k, p in parts.items()},
             "parts_ms_range": {k: [p["min"], p["max"]] for k, p in parts.items()},
-            "peak_memory_mib": None if (peak := peak_memory_mib(dev)) is None else round(peak, 1),
+            "peak_memory_mib": None if peak is None else round(peak, 1),
             "memory_kind": "cuda_peak_allocated" if dev.type == "cuda" else "process_peak_rss"}
+
+
+def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, warmup: int) -> dict[str, Any]:
+    """Median ms per call (and the range of the ``repeat`` runs), ms per image, the parts (if any,
+    medians and ranges) and peak memory for one input batch."""
+    return time_interleaved([(method, lr, repeat)], scale, warmup=warmup)[0]
+
+
+def switches_memory(method: Method) -> bool:
+    """Whether timing ``method`` switches on :mod:`restorekit.memory`'s process-wide keep_memory:
+    its ``keep_memory`` option is on, it runs on the CPU and its generator is
+    :data:`~restorekit.memory.MIN_RESOLUTION` px or more (one that does not tell its resolution
+    counts as one that is)."""
+    from ..memory import MIN_RESOLUTION
+
+    if getattr(getattr(method, "options", None), "keep_memory", None) is not True or run_device(method).type != "cpu":
+        return False
+    try:
+        res = getattr(method, "resolution", None) or getattr(getattr(method, "generator", None), "resolution", None)
+        return res is None or int(res) >= MIN_RESOLUTION
+    except Exception:  # a property of a model not loaded: assume it asks
+        return True
 
 
 def bench_model_opts(name: str, resolution: int | None, *, required: bool = True) -> tuple[str, ...]:
@@ -179,6 +245,15 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     """Time METHOD per image at each --batch size (and against --compare-to)."""
     from ..testing.data import smooth_batch
 
+    if other is None:  # options of a second method that is not there: said, not silently ignored
+        ctx = click.get_current_context()
+        loose = [flag for key, flag in (("other_opts", "--compare-opt"), ("compare_repeat", "--compare-repeat"),
+                                        ("other_batches", "--compare-batch"))
+                 if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE]
+        if loose:
+            fail_usage(f"{', '.join(loose)} {'applies' if len(loose) == 1 else 'apply'} to the second method of "
+                       f"--compare-to OTHER, which is not given")
+            return
     sizes = parse_batches(batches)
     other_sizes = parse_batches(other_batches) if other_batches is not None else [min(sizes)]
     if other and not set(sizes) & set(other_sizes):
@@ -227,13 +302,47 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         own = str(getattr(m, "precision", None) or "float32")
         return precision_label(run_device(m), own) if be == "torch" else own
 
-    rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm), device=str(run_device(mm)),
-                 precision=precision(mm, be),
-                 **time_method(mm, lr_all[:b], k, repeat=repeat, warmup=warmup),
-                 breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
+    # What is timed: (side, backend, batch) → method and runs. NAME's backends and OTHER at each batch
+    # size are timed interleaved, unless keep_memory (process-wide, permanent) sets them apart.
+    plan: dict[tuple[str, str, int], tuple[Method, int]] = {("name", be, b): (mm, repeat) for be, mm in variants
+                                                            for b in sizes}
+    if other_m is not None:
+        plan.update({("other", "torch", b): (other_m, compare_repeat) for b in other_sizes})
+    phases: list[tuple[str, ...]] = [("name", "other")]
+    timing: dict[str, Any] = {"order": "interleaved"}
+    if other_m is not None and switches_memory(method) != switches_memory(other_m):
+        first, then = ("other", "name") if switches_memory(method) else ("name", "other")
+        plain = " ".join([other, *other_opts] if first == "other" else [name, *opts])  # the side without it
+        from ..memory import kept
+
+        if kept():
+            fail_usage(f"{plain} would be timed with keep_memory on: this process already keeps freed memory "
+                       f"(restorekit.memory: process-wide, cannot be undone); time it in a fresh process")
+            return
+        phases = [(first,), (then,)]
+        timing = {"order": "sequential", "first": first,
+                  "reason": f"keep_memory: {plain} runs without it, and once the other side has switched it on "
+                            f"(process-wide, permanent) it stays on; so {plain} is timed first, all of it, "
+                            f"then the other, not interleaved"}
+        warn(f"{' '.join([name, *opts])} and --compare-to {' '.join([other, *other_opts])} differ in keep_memory "
+             f"(process-wide and permanent once on), so {plain} is timed first and the other after it, not "
+             f"interleaved: a change in load between the two shows in the ratio")
+    figures: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for phase in phases:
+        for b in dict.fromkeys(sizes + (other_sizes if other_m is not None else [])):
+            keys = [key for key in plan if key[0] in phase and key[2] == b]
+            if not keys:
+                continue
+            rows_b = time_interleaved([(plan[key][0], lr_all[:b], plan[key][1]) for key in keys], k, warmup=warmup)
+            for key, row in zip(keys, rows_b):
+                mm = plan[key][0]
+                figures[key] = dict(device=str(run_device(mm)), precision=precision(mm, key[1]), **row,
+                                    breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
+    rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm), **figures[("name", be, b)])
             for be, mm in variants for b in sizes]
     result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),
-                              "dtype": precision(method, "torch"), "backends": backend_list, "results": rows}
+                              "dtype": precision(method, "torch"), "backends": backend_list, "timing": timing,
+                              "results": rows}
     if res is not None:
         result["resolution"] = res
     def per_image(r: dict[str, Any]) -> list[float]:
@@ -250,11 +359,11 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         ratios({str(b): (by[("torch", b)], by[("onnxruntime", b)]) for b in sizes}, "backend_ratio")
     if other_m is not None:
         other_rows = [dict(method=other, options=list(other_opts), backend="torch", threads=torch.get_num_threads(),
-                           **time_method(other_m, lr_all[:b], k, repeat=compare_repeat, warmup=min(warmup, 1)),
-                           breakdown=time_breakdown(other_m, lr_all[:b], k, repeats=parts_repeats))
+                           **figures[("other", "torch", b)])
                       for b in other_sizes]
         result["compare_to"] = other
         result["compare_results"] = other_rows
+        result["speed_ratio_backend"] = backend_list[0]  # NAME's rows the ratio is taken against
         mine = {r["batch"]: r for r in rows if r["backend"] == backend_list[0]}
         # Only at batch sizes both lists share (a list with none in common is refused above).
         ratios({str(r["batch"]): (r, mine[r["batch"]]) for r in other_rows if r["batch"] in mine}, "speed_ratio")
@@ -273,7 +382,9 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         rng = result[f"{key}_range"][b]
         return fmt_ratio({"ratio": result[key][b], "min": rng[0], "max": rng[1]} if rng else None)
 
-    table(f"{name} ×{k} on {side}×{side} input, {result['device']}: median of the runs (smallest–largest)",
+    first_label = " ".join([name, *opts] if timing.get("first") == "name" else [str(other), *other_opts])
+    order = "runs interleaved" if timing["order"] == "interleaved" else f"timed one after the other, {first_label} first"
+    table(f"{name} ×{k} on {side}×{side} input, {result['device']}: median of the runs (smallest–largest); {order}",
           ["method", "backend", "threads", "batch", "runs", "ms/call", "ms/image", "parts (ms)", "peak MiB"],
           [[label(r), r["backend"], str(r["threads"]), str(r["batch"]), str(r["repeats"]), cell(r, "ms_per_call"),
             cell(r, "ms_per_image"),
@@ -293,10 +404,11 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     for b in result.get("backend_ratio", {}):
         click.echo(f"{name}: onnxruntime is {ratio_text('backend_ratio', b)} as fast as torch per image (batch {b}; "
                    f"ratio of the medians, range over all pairs of runs)")
+    mine_label = " ".join([name, *opts]) + (f" ({backend_list[0]})" if backend_list != ["torch"] else "")
     for b in result.get("speed_ratio", {}):
-        click.echo(f"{' '.join([name, *opts])} is {ratio_text('speed_ratio', b)} as fast as "
+        click.echo(f"{mine_label} is {ratio_text('speed_ratio', b)} as fast as "
                    f"{' '.join([str(other), *other_opts])} per image (batch {b}; ratio of the medians, range over all "
-                   f"pairs of runs)")
+                   f"pairs of runs; {order})")
 
 
 def _part_cell(p: dict[str, Any], key: str, digits: int) -> str:

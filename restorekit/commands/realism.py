@@ -6,7 +6,9 @@ Not FID (Inception weights are not available offline); every output says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +16,7 @@ from ..cli import emit_json, error_line, fail_usage, table
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
+from ..options import parse_pairs
 from ..seeds import SEED
 from .generate import build_generator, check_generator, generator_weights_options
 
@@ -70,7 +73,8 @@ MAX_DETECT_SAMPLES = 10_000
 @click.option("--space-weights", "space_weights", multiple=True, metavar="SPACE=FILE",
               help="Weights file for a space instead of the cache (e.g. alex=lpips-alex.safetensors).")
 @click.option("--detector", default="mtcnn", show_default=True,
-              help="Face detector for the face share (a registered one; 'none' to skip).")
+              help="Face detector for the face share (a registered one; 'none' to skip). With --images it "
+                   "runs on every image.")
 @click.option("--detect-n", type=click.IntRange(1, MAX_DETECT_SAMPLES), default=32, show_default=True,
               help="Samples searched for a face.")
 @click.option("--detect-truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
@@ -136,10 +140,12 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         torch.manual_seed(seed)  # a generator built with random weights is then the same on every run
         gen = build_generator(gen_name, weights, opts, dev, quiet=quiet)
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
+        # Which generator: two runs of one name with other weights or options read alike otherwise.
+        provenance = R.generator_provenance(gen_name, gen, weights=weights, options=parse_pairs(opts))
         report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
                                       spaces=built, batch_size=batch_size, device=dev, detector=det,
                                       detect_n=detect_n, detect_truncation=detect_truncation,
-                                      cache_dir=cache_dir, label=label)
+                                      cache_dir=cache_dir, label=label, provenance=provenance)
     else:
         assert images is not None
         report = R.evaluate_images(images, data, spaces=built, batch_size=batch_size, device=dev,
@@ -159,6 +165,8 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
              else "image set")
     table(f"realism of {report.source} vs {report.reference} ({where}) — NOT FID",
           ["Fréchet distance (lower is better)", "value", "samples", "reference"], rows)
+    if report.generator is not None:
+        click.echo(generator_line(report.generator))
     for f in report.figures:
         click.echo(f"{f.space}: {f.summary}")
     if report.faces is not None:
@@ -171,6 +179,15 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     if report.skipped:
         click.echo(f"{len(report.skipped)} image file(s) could not be read and were left out", err=True)
         click.get_current_context().exit(1)
+
+
+def generator_line(g: Mapping[str, Any]) -> str:
+    """The report's generator in one line: name, weights (and which, from its notes), state sha256, options."""
+    which = [n.split(": ", 1)[-1] for n in g.get("notes") or [] if "weights" in n]  # "weights NAME …, license …"
+    weights = (f"weights {g['weights']}" if g.get("weights") else which[0] if which else "its default weights")
+    opts = ", ".join(f"{k}={v}" for k, v in (g.get("options") or {}).items()) or "none"
+    return (f"generator: {g['name']}, {weights}; state sha256 {g.get('weights_state_sha256') or 'n/a'}; "
+            f"--opt {opts}")
 
 
 def attach(cli: click.Group) -> None:

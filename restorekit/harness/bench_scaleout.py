@@ -13,12 +13,16 @@ throughputs with its range over every pairing of a one-process run with an N-pro
 (:func:`restorekit.commands.bench.ratio_spread`). Every run's per-image metrics are compared too: they
 must be the same numbers. "cores busy" is each launch's CPU time over its wall time (start-up
 included): on a machine shared with other work it shows how much of the cores a run got.
+``--metrics`` and ``--size``/``--scale`` are checked before the first launch
+(:func:`check_settings`); a launch that fails anyway is reported by its worker's own error line
+(:func:`worker_error`), not by torchrun's summary.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -123,8 +127,8 @@ def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps
     if res.returncode != 0:
         from ..errors import RestorekitError
 
-        tail = " | ".join(res.stderr.strip().splitlines()[-3:])
-        raise RestorekitError(f"bench scaleout: compare with {processes} processes failed ({tail})")
+        raise RestorekitError(f"bench scaleout: compare with {processes} process{'es' if processes > 1 else ''} "
+                              f"failed: {worker_error(res.stderr)}")
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     n = sum(1 for img in doc["images"] if img["status"] == "ok")
     return {"processes": processes, "threads": threads, "images": n, "wall_s": doc["wall_s"],
@@ -133,6 +137,44 @@ def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps
             "method_ms_per_image": doc["methods"][0]["aggregate"]["runtime_ms"]["mean"],
             "numbers": [(img["image"], img["seed"], img["metrics"], img["output_sha256"]) for img in doc["images"]],
             "aggregate": doc["methods"][0]["aggregate"]["metrics"]}
+
+
+_ERROR_LINE = re.compile(r"^(?:\[[^\]]*\]:?\s*)?(?:error|Error): (.+)$")
+
+
+def worker_error(stderr: str) -> str:
+    """What a failed ``compare`` under ``torchrun`` said: its first ``error:`` line (restorekit's
+    one-line errors, click's ``Error:``; a ``[rank0]:`` prefix dropped), rather than torchrun's
+    summary below it, which names no cause; the last lines when there is none."""
+    for line in stderr.splitlines():
+        m = _ERROR_LINE.match(line.strip())
+        if m:
+            return m.group(1).strip()
+    return " | ".join(stderr.strip().splitlines()[-3:]) or "no message"
+
+
+def check_settings(size: int, scale: int, metrics: str) -> list[str]:
+    """The metric names of ``metrics``, checked before any launch: known to the registry, and
+    low-resolution inputs (``size // scale``) of at least the 2 px a side compare takes. :class:`RestorekitError`
+    (one line) otherwise: a mistake found by the first worker after torchrun's start-up cost
+    half a minute and came back as torchrun's summary."""
+    from ..errors import RestorekitError
+    from ..plugins import registry
+
+    if size // scale < 2:  # compare's own floor for an LR side
+        raise RestorekitError(f"bench scaleout: --size {size} at --scale {scale} gives {size // scale}-px "
+                              f"low-resolution inputs; compare needs at least 2 px a side: use --size "
+                              f"{2 * scale} or more, or a smaller --scale")
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise RestorekitError(f"bench scaleout: --metrics '{metrics}' names no metric")
+    reg = registry()
+    for name in names:
+        try:
+            reg.metric(name)
+        except RestorekitError as exc:  # unknown: with a did-you-mean and the known names
+            raise RestorekitError(f"bench scaleout: --metrics: {exc}") from None
+    return names
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -159,6 +201,7 @@ def run_scaleout(n: int, size: int, scale: int, processes: int, threads: int, st
 
     from ..testing.data import smooth_image
 
+    check_settings(size, scale, metrics)
     runs: dict[int, list[dict[str, Any]]] = {1: [], processes: []}
     with tempfile.TemporaryDirectory(prefix="restorekit-scaleout-") as tmp:
         hr = Path(tmp) / "hr"

@@ -41,12 +41,13 @@ __all__ = [
     "NOT_FID_NOTE", "SpaceFigure", "FaceShare", "RealismReport", "feature_statistics",
     "multi_statistics", "image_batches", "generator_latents", "generator_batches", "reference_key", "file_digests",
     "reference_statistics", "save_statistics", "load_statistics", "face_share",
-    "evaluate_generator", "evaluate_images", "default_cache_dir",
+    "evaluate_generator", "evaluate_images", "default_cache_dir", "generator_provenance",
 ]
 
 NOT_FID_NOTE = ("These are Fréchet distances in the feature spaces of other networks (named per row), "
                 "NOT FID: FID's Inception weights are not available offline. They are not comparable "
-                "with published FIDs, only with each other at the same sample count and reference set.")
+                "with published FIDs, only with each other at the same sample count, reference set and "
+                "--seed (the seed alone moves them by several per cent at 1000 samples).")
 
 ImageSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 ReferenceArg = Mapping[str, FeatureStats] | ImageSource
@@ -93,6 +94,9 @@ class RealismReport:
     seconds: float = 0.0
     note: str = field(default=NOT_FID_NOTE)
     skipped: tuple[str, ...] = ()  # one line per image file left out (unreadable)
+    #: Which generator made the samples (None for an image set): name, weights as asked for,
+    #: the sha256 of its loaded state, its options and its notes (which weights were loaded).
+    generator: Mapping[str, Any] | None = None
 
     def distance(self, space: str) -> float:
         """The Fréchet distance of one space (name or alias)."""
@@ -104,6 +108,7 @@ class RealismReport:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["generator"] = None if self.generator is None else dict(self.generator)
         d["figures"] = [asdict(f) for f in self.figures]
         if self.faces is not None:
             d["faces"] = {**asdict(self.faces), "share": self.faces.share}
@@ -126,14 +131,23 @@ def multi_statistics(images: Iterable[Tensor], spaces: Sequence[FeatureSpace],
                      on_batch: Callable[[Tensor], None] | None = None) -> dict[str, FeatureStats]:
     """Statistics of ``images`` (an iterable of ``N×3×H×W`` batches in [0, 1]) in every space,
     in one pass over the images; ``on_batch`` sees each batch too."""
+    accs, _ = _accumulate(images, spaces, on_batch)
+    return {name: acc.stats() for name, acc in accs.items()}
+
+
+def _accumulate(images: Iterable[Tensor], spaces: Sequence[FeatureSpace],
+                on_batch: Callable[[Tensor], None] | None = None) -> tuple[dict[str, StatsAccumulator], int]:
+    """Every space's running statistics of ``images``, and the number of images seen."""
     accs = {s.name: StatsAccumulator() for s in spaces}
+    n = 0
     for batch in images:
         _check_batch(batch)
         for s in spaces:
             accs[s.name].add(s.features(batch))
+        n += int(batch.shape[0])
         if on_batch is not None:
             on_batch(batch)
-    return {name: acc.stats() for name, acc in accs.items()}
+    return accs, n
 
 
 def feature_statistics(images: Iterable[Tensor], space: FeatureSpace) -> FeatureStats:
@@ -180,6 +194,26 @@ def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64,
         pending.append(img)
     if pending:
         yield torch.cat(pending)
+
+
+def _file_statistics(paths: Sequence[Path], spaces: Sequence[FeatureSpace], batch_size: int,
+                     skipped: list[str] | None, what: str, source: ImageSource,
+                     on_batch: Callable[[Tensor], None] | None = None) -> dict[str, FeatureStats]:
+    """:func:`multi_statistics` of image files, files that cannot be read left out into ``skipped``
+    (raised without it); fewer than the 2 readable images a covariance needs is a
+    :class:`RestorekitError` naming the set and the files left out, not a bare ``ValueError``."""
+    left_out: list[str] = []
+    try:
+        accs, n = _accumulate(image_batches(paths, batch_size, left_out if skipped is not None else None),
+                              spaces, on_batch)
+    finally:
+        if skipped is not None:
+            skipped.extend(left_out)
+    if n < 2:
+        shown = "; ".join(left_out[:3]) + (f"; and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+        raise RestorekitError(f"{_named(source)}{what} needs at least 2 readable images, got {n} of {len(paths)}"
+                              + (f" (left out: {shown})" if left_out else ""))
+    return {name: acc.stats() for name, acc in accs.items()}
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -316,8 +350,8 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
         todo.append(s)
     if todo:
         left_out: list[str] = []
-        computed = multi_statistics(image_batches(paths, batch_size, left_out if skipped is not None else None),
-                                    todo)
+        computed = _file_statistics(paths, todo, batch_size, left_out if skipped is not None else None,
+                                    "the reference set", source)
         for s in todo:
             out[s.name] = computed[s.name]
             if cache_dir is not None:
@@ -410,14 +444,15 @@ def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_sampl
                        device: str | torch.device | None = None, detector: str | None = None,
                        detect_n: int = 32, detect_truncation: float | None = 0.7,
                        cache_dir: str | os.PathLike[str] | None = None,
-                       label: str = "generator") -> RealismReport:
+                       label: str = "generator", provenance: Mapping[str, Any] | None = None) -> RealismReport:
     """Fréchet distances between ``n_samples`` samples of ``generator`` and ``reference``.
 
     ``reference``: statistics per space (e.g. from :func:`reference_statistics`) or image files.
     ``spaces``: names (built on ``device`` from the weights cache) or built spaces.
     ``device``: where the feature networks run (default: the generator's device; the generator
     is not moved). With ``detector``, the first ``detect_n`` samples of the same seed, drawn at
-    ``detect_truncation`` (``None``: ``truncation``), are searched for faces.
+    ``detect_truncation`` (``None``: ``truncation``), are searched for faces. ``provenance``: what
+    says which generator this is (the report's ``generator``; :func:`generator_provenance`).
     """
     if n_samples < 2:
         raise ValueError(f"n_samples must be at least 2, got {n_samples}")
@@ -436,7 +471,23 @@ def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_sampl
                            detector, device=dev, truncation=t)
     return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
                          truncation=truncation, seed=seed, faces=faces,
-                         seconds=round(time.perf_counter() - t0, 3), skipped=tuple(skipped))
+                         seconds=round(time.perf_counter() - t0, 3), skipped=tuple(skipped),
+                         generator=None if provenance is None else dict(provenance))
+
+
+def generator_provenance(name: str, generator: Any, *, weights: str | None = None,
+                         options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Which generator a report is about, as ``generate`` records it: the registered ``name``,
+    ``weights`` as asked for (None: the factory's default, which ``notes`` name), the sha256 of
+    its loaded state (two runs of the same name with other weights differ there), its options
+    (``--opt``) and its ``notes``."""
+    sha = None
+    if isinstance(generator, torch.nn.Module):
+        from ...onnx_export import state_sha256
+
+        sha = state_sha256(generator)
+    return {"name": name, "weights": weights, "weights_state_sha256": sha, "options": dict(options or {}),
+            "notes": [str(n) for n in getattr(generator, "notes", [])]}
 
 
 def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
@@ -453,7 +504,7 @@ def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
         raise RestorekitError(f"{_named(images)}the image set needs at least 2 images, got {len(paths)}")
     faces = None
     if detector is None:
-        samples = multi_statistics(image_batches(paths, batch_size, skipped), built)
+        samples = _file_statistics(paths, built, batch_size, skipped, "the image set", images)
     else:
         from ...faces.pipeline import build_detector
 
@@ -465,7 +516,7 @@ def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
                 counts[0] += 1
                 counts[1] += bool(det.detect(img.float().cpu()))
 
-        samples = multi_statistics(image_batches(paths, batch_size, skipped), built, on_batch=count)
+        samples = _file_statistics(paths, built, batch_size, skipped, "the image set", images, on_batch=count)
         faces = FaceShare(detector=detector, n=counts[0], found=counts[1], truncation=None)
     label = str(images) if isinstance(images, (str, os.PathLike)) else f"{len(paths)} files"
     return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
