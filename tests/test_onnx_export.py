@@ -215,8 +215,11 @@ def test_concurrent_first_uses_export_once(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(backend, "export_onnx", slow_export)
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(onnx_method(TinyMethod(), threads=1)))
-               for _ in range(3)]
+    # Built before the threads start: TinyNet seeds torch's one global generator, which threads
+    # building at once would share (processes, which these stand for, each have their own), and
+    # networks of other weights rightly get other exports.
+    methods = [TinyMethod() for _ in range(3)]
+    threads = [threading.Thread(target=lambda m=m: results.append(onnx_method(m, threads=1))) for m in methods]
     for t in threads:
         t.start()
     for t in threads:
