@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, upload: null, job: null, timer: null };
+const state = { info: null, upload: null, job: null, timer: null, submitting: false, said: "", running: [],
+                drawn: "" };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -20,6 +21,29 @@ function showError(msg) {
   const box = $("error");
   box.textContent = msg || "";
   box.hidden = !msg;
+}
+
+// What a screen reader should hear as it happens (the #announce status region, read politely):
+// the upload read, the job started, waiting, finished. Emptied first, so a line said again is read again.
+let announceTimer = null;
+function announce(msg) {
+  const region = $("announce");
+  clearTimeout(announceTimer);
+  region.textContent = "";
+  announceTimer = setTimeout(() => { region.textContent = msg; }, 60);
+}
+
+// Focus goes on with the work when the control that held it goes away (Restore disabled while a
+// job runs, Cancel hidden when it ends): to Cancel, else Restore, else the results.
+function moveFocus() {
+  if (!$("cancel").hidden) $("cancel").focus();
+  else if (!$("run").disabled) $("run").focus();
+  else if (!$("results").hidden) $("results-h").focus();
+}
+
+// "a, b and c"
+function list(names) {
+  return names.length < 2 ? names.join("") : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
 }
 
 async function api(path, options = {}) {
@@ -60,8 +84,9 @@ async function init() {
   const box = $("methods");
   for (const m of info.methods) {
     const id = "m-" + m.name;
+    const why = m.available ? (m.notes.length ? id + "-notes" : null) : id + "-why";
     const input = el("input", { type: "checkbox", id, value: m.name, "data-method": m.name,
-                                checked: m.available, disabled: !m.available });
+                                checked: m.available, disabled: !m.available, "aria-describedby": why });
     input.addEventListener("change", refresh);
     const label = el("label", { for: id }, input, document.createTextNode(" "), el("b", { text: m.name }),
                      document.createTextNode(m.stochastic ? " (stochastic) " : " "),
@@ -69,9 +94,9 @@ async function init() {
     const item = el("div", { class: "method" + (m.available ? "" : " off"), "data-method": m.name }, label);
     if (!m.available) {
       item.append(el("details", { class: "why muted" }, el("summary", { text: "cannot run here — why" }),
-                     el("span", { class: "reason", text: m.reason })));
+                     el("span", { class: "reason", id: why, text: m.reason })));
     } else if (m.notes.length) {
-      item.append(el("div", { class: "why muted", text: m.notes.join(" · ") }));
+      item.append(el("div", { class: "why muted", id: why, text: m.notes.join(" · ") }));
     }
     box.append(item);
   }
@@ -111,8 +136,11 @@ function chosenMethods() {
 }
 
 function refresh() {
-  const busy = state.job && !state.job.finished;
-  $("run").disabled = !state.upload || chosenMethods().length === 0 || busy;
+  const busy = (state.job && !state.job.finished) || state.submitting;
+  const none = chosenMethods().length === 0;
+  $("run").disabled = !state.upload || none || busy;
+  // Why Restore cannot be pressed, next to it (and its description), rather than a greyed button alone.
+  $("run-why").textContent = busy ? "" : !state.upload ? "choose an image first" : none ? "choose a method first" : "";
   const degrade = $("degrade").checked;
   $("degradation").disabled = !degrade;
   $("degradation").placeholder = `bicubic:${$("scale").value}`;
@@ -137,6 +165,7 @@ async function sendUpload(path, options) {
   showError("");
   state.upload = null;
   $("upload").replaceChildren(el("span", { class: "muted", text: "reading…" }));
+  announce("reading the image…");
   refresh();
   try {
     const up = await api(path, options);
@@ -144,10 +173,12 @@ async function sendUpload(path, options) {
     $("upload").replaceChildren(
       el("div", { id: "upload-name", text: `${up.name}: ${up.width}×${up.height} px` }),
       ...(up.notes || []).map((note) => el("div", { class: "upload-note muted", text: `note: ${note}` })),
-      el("img", { src: up.preview, alt: up.name, id: "upload-preview" }));
+      el("img", { src: up.preview, alt: `preview of ${up.name}`, id: "upload-preview" }));
+    announce([`${up.name}: ${up.width}×${up.height} px, ready`, ...(up.notes || [])].join("; "));
   } catch (e) {
     $("upload").replaceChildren();
-    showError(e.message);
+    announce("");
+    showError(e.message);  // said by the alert
   }
   refresh();
 }
@@ -155,6 +186,8 @@ async function sendUpload(path, options) {
 // ---------------------------------------------------------------- jobs
 
 async function run() {
+  if (state.submitting || $("run").disabled) return;
+  const hadFocus = document.activeElement === $("run");
   showError("");
   const degradation = $("degradation").value.trim();
   const settings = {
@@ -163,14 +196,24 @@ async function run() {
     degradation: $("degrade").checked && degradation ? degradation : null,
     seed: Number($("seed").value) || 0, samples: Math.max(1, Number($("samples").value) || 1),
   };
+  state.submitting = true;  // a second Enter while the request is on its way sends no second job
+  state.running = settings.methods;
+  refresh();
+  let job = null;
   try {
-    const job = await api("api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                         body: JSON.stringify(settings) });
-    show(job);
-    poll();
+    job = await api("api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+                                  body: JSON.stringify(settings) });
   } catch (e) {
     showError(e.message);
   }
+  state.submitting = false;
+  if (job) {
+    show(job);
+    poll();
+  } else {
+    refresh();
+  }
+  if (hadFocus) moveFocus();
 }
 
 async function cancel() {
@@ -201,10 +244,12 @@ function poll(delay = 300, failures = 0) {
 }
 
 function show(job) {
+  const onCancel = document.activeElement === $("cancel");
   state.job = job;
   refresh();
   $("cancel").hidden = job.finished;
   $("progress").hidden = job.finished;
+  $("results").setAttribute("aria-busy", String(!job.finished));
   let stage = job.stage;
   if (job.status === "queued") stage = job.position ? `waiting: ${job.position} job(s) ahead` : "waiting";
   if (job.step && job.step[1] > 1) stage += ` — step ${job.step[0]} of ${job.step[1]}`;
@@ -213,16 +258,51 @@ function show(job) {
   $("bar").value = job.units ? Math.min(1, (job.units_done + part) / job.units) : 0;
   if (job.error) showError(job.error);
   renderResults(job);
+  const said = `${job.id} ${job.status}`;
+  if (said !== state.said) {
+    state.said = said;
+    announce(statusLine(job));
+  }
+  if (onCancel && job.finished) moveFocus();
+}
+
+// The line said when a job changes status (not at each step: a step count read aloud every 300 ms
+// would drown everything else).
+function statusLine(job) {
+  const r = job.result || {};
+  if (job.status === "queued") return job.position ? `waiting: ${job.position} job(s) ahead` : "waiting";
+  if (job.status === "running") {
+    return state.running.length ? `restoring with ${list(state.running)}…` : "restoring…";
+  }
+  if (job.status === "failed") return "restore failed: the error is shown above the results";
+  const rows = r.methods || [];
+  const ok = rows.filter((m) => m.status === "ok").map((m) => m.name);
+  const other = rows.filter((m) => m.status !== "ok").map((m) => `${m.name} ${m.status}`);
+  const what = [ok.length ? `${list(ok)} finished` : "", ...other].filter(Boolean).join(", ");
+  const head = job.status === "cancelled" ? "restore cancelled" : "restore done";
+  return what ? `${head}: ${what}; the results are below` : head;
 }
 
 // ---------------------------------------------------------------- results
 
-function figure(image, method) {
-  const img = el("img", { src: image.url, alt: image.label, "data-role": image.role, "data-method": method,
-                          "data-download": image.download });
+// An image's text alternative: what it is, by which method and at which scale, and its size.
+function altText(image, method, scale) {
+  const size = `${image.width}×${image.height} px`;
+  if (image.role === "output") {
+    const sample = (/ sample \d+/.exec(image.label) || [""])[0];
+    return `${method}${sample} output, restored ×${scale}: ${size}`;
+  }
+  if (image.role === "crop") return `${image.label} restored by ${method} at ×${scale}: ${size}`;
+  return `${image.label.replace(/ \d+×\d+$/, "")}: ${size}`;  // the inputs and the faces found
+}
+
+function figure(image, method, scale) {
+  const img = el("img", { src: image.url, alt: altText(image, method, scale), "data-role": image.role,
+                          "data-method": method, "data-download": image.download });
   if (image.width < 128) img.classList.add("pixelated");
   const link = el("a", { href: image.url + "?download=1", download: image.download, class: "download",
-                         text: "download", "data-role": image.role, "data-method": method });
+                         text: "download", "aria-label": `download ${image.download}`,
+                         "data-role": image.role, "data-method": method });
   return el("figure", {}, img, el("figcaption", {}, el("span", { text: image.label }), link));
 }
 
@@ -234,24 +314,36 @@ function fmt(v) {
   return v.toFixed(a >= 10 ? 2 : 4);
 }
 
+// Drawn again only when the results change (not at each poll), and the link that had the focus keeps
+// it: a keyboard or screen-reader user reading the results while a job runs is not thrown back.
 function renderResults(job) {
   const r = job.result || {};
   $("results").hidden = !r.input;
   if (!r.input) return;
+  const drawn = JSON.stringify([job.id, job.status, r]);
+  if (drawn === state.drawn) return;
+  state.drawn = drawn;
+  const focused = $("results").contains(document.activeElement) ? document.activeElement.getAttribute("href") : null;
+  const aboutOpen = !!document.querySelector("#table details[open]");
   $("status").textContent = `${job.status}${r.settings ? ` · ×${r.settings.scale}` : ""}`;
   $("notes").replaceChildren(...(r.notes || []).map((n) => el("li", { text: n })));
   const widest = Math.max(0, ...(r.methods || []).flatMap((m) => m.outputs.map((o) => o.width)),
                           ...(r.images || []).filter((i) => i.role === "hr").map((i) => i.width));
   document.documentElement.style.setProperty("--cell", Math.min(384, Math.max(192, widest || 256)) + "px");
-  $("inputs").replaceChildren(...(r.images || []).map((i) => figure(i, "")));
+  const scale = r.settings ? r.settings.scale : null;
+  $("inputs").replaceChildren(...(r.images || []).map((i) => figure(i, "", scale)));
   renderTable(r);
-  $("outputs").replaceChildren(...(r.methods || []).map(methodBlock));
+  $("outputs").replaceChildren(...(r.methods || []).map((m) => methodBlock(m, scale)));
   const numbers = $("numbers");
   numbers.hidden = !r.numbers;
   if (r.numbers) { numbers.href = r.numbers.url + "?download=1"; numbers.setAttribute("download", r.numbers.download); }
+  if (aboutOpen && $("table").querySelector("details")) $("table").querySelector("details").open = true;
+  const links = [...$("results").querySelectorAll("a[href]")];
+  const again = focused && links.find((a) => a.getAttribute("href") === focused);
+  if (again) again.focus();
 }
 
-function methodBlock(m) {
+function methodBlock(m, scale) {
   const head = el("h3", {}, document.createTextNode(m.name + " "),
                   el("span", { class: m.status === "ok" ? "muted" : "failed",
                                text: m.status === "ok" ? `${m.ms} ms` + (m.samples > 1 ? ` for ${m.samples} samples` : "")
@@ -262,13 +354,15 @@ function methodBlock(m) {
   for (const f of m.faces || []) {  // --faces detect: why a face was left to the background
     if (f.action !== "restored") block.append(el("p", { class: "muted", text: `face ${f.index} skipped: ${f.reason}` }));
   }
-  block.append(el("div", { class: "grid" }, ...m.outputs.map((o) => figure(o, m.name))));
+  block.append(el("div", { class: "grid" }, ...m.outputs.map((o) => figure(o, m.name, scale))));
   if (m.crops && m.crops.length) {
     block.append(el("p", { class: "muted", text: "restored faces" }),
-                 el("div", { class: "grid crops" }, ...m.crops.map((c) => figure(c, m.name))));
+                 el("div", { class: "grid crops" }, ...m.crops.map((c) => figure(c, m.name, scale))));
   }
   return block;
 }
+
+const MS_COLUMN = "milliseconds per output (a stochastic method's samples share its time)";
 
 function renderTable(r) {
   const metrics = (r.metrics || []).filter((m) => m.status === "ok");
@@ -278,11 +372,16 @@ function renderTable(r) {
   const done = (r.methods || []).filter((m) => m.status === "ok");
   if (!metrics.length || !done.length) return;
   const best = r.best || {};
-  const head = el("tr", {}, el("th", { text: "method" }),
-                  ...metrics.map((m) => el("th", { title: m.summary, text: `${m.name} ${m.higher_is_better ? "↑" : "↓"}` })),
-                  el("th", { title: "milliseconds per output (a stochastic method's samples share its time)",
-                             text: "ms / output" }));
-  const rows = done.map((m) => el("tr", { "data-method": m.name }, el("td", { text: m.name }),
+  // Which way is better is said in words too (the arrow is hidden from screen readers), and what each
+  // column means is written under the table, not only in a tooltip.
+  const head = el("tr", {}, el("th", { scope: "col", text: "method" }),
+                  ...metrics.map((m) => el("th", { scope: "col", title: m.summary },
+                    document.createTextNode(m.name + " "),
+                    el("span", { "aria-hidden": "true", text: m.higher_is_better ? "↑" : "↓" }),
+                    el("span", { class: "visually-hidden", text: m.higher_is_better ? "(higher is better)"
+                                                                                      : "(lower is better)" }))),
+                  el("th", { scope: "col", title: MS_COLUMN, text: "ms / output" }));
+  const rows = done.map((m) => el("tr", { "data-method": m.name }, el("th", { scope: "row", text: m.name }),
     ...metrics.map((x) => {
       const st = (m.metrics || {})[x.name];
       let text = st ? fmt(st.mean) : "–";
@@ -293,8 +392,13 @@ function renderTable(r) {
     }),
     el("td", { "data-metric": "ms", class: (best.runtime || []).includes(m.name) ? "best" : null,
                text: String(m.ms_per_output) })));
-  const table = el("table", { id: "metrics" }, el("thead", {}, head), el("tbody", {}, ...rows));
-  holder.append(table);
+  const caption = el("caption", { text: "Scores against the HR: ↑ higher is better, ↓ lower is better; " +
+                                        "★ marks the best of each column" });
+  const table = el("table", { id: "metrics" }, caption, el("thead", {}, head), el("tbody", {}, ...rows));
+  const about = el("details", { class: "about-columns muted" }, el("summary", { text: "what the columns mean" }),
+                   el("dl", {}, ...metrics.flatMap((m) => [el("dt", { text: m.name }), el("dd", { text: m.summary })]),
+                      el("dt", { text: "ms / output" }), el("dd", { text: MS_COLUMN })));
+  holder.append(table, about);
   for (const m of skipped) holder.append(el("p", { class: "muted", text: `${m.name} skipped: ${m.reason}` }));
 }
 
