@@ -853,9 +853,10 @@ def _new_temp(folder: Folder, name: str, suffix: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder.path / name))
 
 
-def _fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> FileSystemError:
+def fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> FileSystemError:
     """``exc`` as one line naming ``path`` (else the file it names) and the fix (a
-    :class:`FileSystemError` already, such as a folder refused as a link, says its own line)."""
+    :class:`FileSystemError` already, such as a folder refused as another user's link,
+    :class:`~restorekit.safe_open.LinkedFolderError`, says its own line)."""
     return FileSystemError(describe_os_error(exc, path, action=action))
 
 
@@ -883,7 +884,7 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
     except FileSystemError:  # (a folder refused as a link: its own line)
         raise
     except OSError as exc:
-        raise _fs_error(exc, path) from exc
+        raise fs_error(exc, path) from exc
     with folder:
         tmp: str | None = None
         try:
@@ -930,7 +931,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> 
     except OSError as exc:
         if isinstance(exc, FileSystemError):
             raise
-        raise _fs_error(exc, path) from exc
+        raise fs_error(exc, path) from exc
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: int = 95,

@@ -10,7 +10,7 @@ from .devices import resolve_device  # the --device rules (re-exported: methods.
 from .errors import RestorekitError
 from .interfaces import Method, Options
 from .options import OptionError, parse_pairs, validate, weights_option
-from .plugins import registry
+from .plugins import kept_global_state, method_plugin, registry
 
 __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "method_values", "method_class",
            "build_method", "check_restored", "check_output_size_contract", "OUTPUT_RANGE"]
@@ -56,11 +56,17 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_method(name: str, options: dict[str, Any] | None = None, device: str = "cpu") -> Method:
-    """Instantiate and load a method by name with validated options."""
+    """Instantiate and load a method by name with validated options.
+
+    What its constructor and ``load()`` change of the process-wide state (default dtype, thread
+    count, precision, RNGs…) is put back with a warning naming it
+    (:func:`~restorekit.plugins.kept_global_state`): every command that builds a method (run,
+    serve, demo, bench, export, the face pipeline) computes as it would without that plugin."""
     cls = method_class(name)
     opts = validate_options(cls, options or {})
-    method = cls(opts, device=resolve_device(device))
-    method.load()
+    with kept_global_state(f"method '{name}' (plugin '{method_plugin(name)}')", "while it loaded"):
+        method = cls(opts, device=resolve_device(device))
+        method.load()
     return method
 
 

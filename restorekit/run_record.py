@@ -11,13 +11,15 @@ by their folder.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .degradations import Chain
 from .interfaces import Method, Options, result_options
 from .provenance import read_note
+
+T = TypeVar("T")
 
 #: Keys of a record compared on a rerun ("options" key by key).
 COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "default_weights", "option_files")
@@ -137,21 +139,30 @@ def _shown(value: Any) -> str:
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
+def changed_among(items: Iterable[T], read: Callable[[T], Any],
+                  diff: Callable[[Any], list[str]]) -> tuple[list[T], list[str]] | None:
+    """The items whose record (``read(item)``; ``None`` or not a dict: passed over) differs from
+    this run (``diff(record)``, the differences in words), and those differences, each once; None
+    when no item's record differs. What a rerun over earlier outputs checks, whatever records them
+    (an output's embedded note, a photo's sidecar)."""
+    changed: list[T] = []
+    diffs: dict[str, None] = {}
+    for item in items:
+        record = read(item)
+        if not isinstance(record, dict):
+            continue
+        found = diff(record)
+        if found:
+            changed.append(item)
+            diffs.update(dict.fromkeys(found))
+    return (changed, list(diffs)) if changed else None
+
+
 def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,
                     ignore_options: frozenset[str] = frozenset()) -> tuple[list[Path], list[str]] | None:
     """The outputs among ``outputs`` that exist and record other settings than ``now`` (options
     but ``ignore_options``), and what differs (each difference once); None when there are none."""
-    changed: list[Path] = []
-    diffs: dict[str, None] = {}
-    for path in outputs:
-        note = read_note(path)
-        if note is None:
-            continue
-        found = differences(note, now, ignore_options=ignore_options)
-        if found:
-            changed.append(path)
-            diffs.update(dict.fromkeys(found))
-    return (changed, list(diffs)) if changed else None
+    return changed_among(outputs, read_note, lambda note: differences(note, now, ignore_options=ignore_options))
 
 
 def refusal(output: Path, changed: tuple[list[Path], list[str]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 
 import torch
 
@@ -42,5 +43,68 @@ def test_the_cache_stays_within_its_limit_while_lr_files_are_made(tmp_path, monk
     assert len(made.pairs) == 24 and len(alive) == 24
     assert most[0] <= 3, most[0]  # was 23: every image kept until the loop ended
     assert made._cached_bytes <= 3 * pair_bytes and len(made._cache) == 3
-    lr, hr_t = made.load(made.pairs[-1])  # the newest pairs are the ones kept
-    assert lr.shape[-1] == 16 and hr_t.shape[-1] == 32
+
+
+def test_each_pass_over_a_set_larger_than_the_cache_reads_what_fits_from_memory(tmp_path, monkeypatch):
+    """Methods read the pairs in the same order, one pass each: a least-recently-used cache smaller
+    than the set missed on every read of every pass (each pair evicted just before it was needed)."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        save_image(torch.rand(1, 3, 32, 32, generator=g), hr / f"{i:02d}.png")
+    pair_bytes = (16 * 16 + 32 * 32) * 3 * 4
+    monkeypatch.setattr(inputs_mod, "CACHE_BYTES", 4 * pair_bytes)
+    made = inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "lr")
+    reads: list[str] = []
+    real_read = inputs_mod.read_image
+
+    def read_image(path, **kw):
+        reads.append(path.name)
+        return real_read(path, **kw)
+
+    monkeypatch.setattr(inputs_mod, "read_image", read_image)
+    for _ in range(3):  # three methods, each over every pair
+        got = [made.load(p) for p in made.pairs]
+        assert [lr.shape[-1] for lr, _ in got] == [16] * 10
+    # the first four pairs come from memory each pass; the other six are read (LR and HR) each pass
+    assert len(reads) == 3 * 6 * 2, reads
+    assert made._cached_bytes <= 4 * pair_bytes
+
+
+def test_lr_files_made_before_a_stop_are_reused_by_the_next_run(tmp_path, monkeypatch):
+    """The LR manifest was written only once every LR file was made: compare stopped part-way
+    through a large set made every LR file again on the next run."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(8):
+        save_image(torch.rand(1, 3, 32, 32, generator=g), hr / f"{i:02d}.png")
+    monkeypatch.setattr(inputs_mod, "MANIFEST_EVERY_S", 0.0)  # write after every LR file
+    made: list[int] = []
+    real_degrade = inputs_mod.degrade_hr
+
+    def degrade_hr(*a, **kw):
+        if len(made) == 5:
+            raise KeyboardInterrupt  # the run is stopped while making the sixth
+        made.append(1)
+        return real_degrade(*a, **kw)
+
+    monkeypatch.setattr(inputs_mod, "degrade_hr", degrade_hr)
+    try:
+        inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out")
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the stand-in stop did not happen")
+    monkeypatch.setattr(inputs_mod, "degrade_hr", real_degrade)
+    again: list[str] = []
+
+    def counting(hr_t, *a, **kw):
+        again.append(str(kw.get("where")))
+        return real_degrade(hr_t, *a, **kw)
+
+    monkeypatch.setattr(inputs_mod, "degrade_hr", counting)
+    second = inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out")
+    assert len(second.pairs) == 8 and not second.failures
+    assert sorted(Path(w).stem for w in again) == ["05", "06", "07"], again

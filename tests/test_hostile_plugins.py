@@ -396,3 +396,21 @@ def test_the_conformance_suite_matches_names_and_licenses_whole(field):
 
     with pytest.raises(ConformanceError):
         check_method_info(M)
+
+
+def test_every_command_that_builds_a_method_puts_back_what_its_load_changes(plugin_site, tmp_path, capsys):
+    # build_method (bench, serve, demo, export, the face pipeline) left a leaked default dtype in place
+    plugin_site("thirdparty-leak", "thirdparty_leak", LEAKY_LOAD)
+    r = _invoke("bench", "method", "leak3p", "--scale", "2", "--size", "8", "--batch", "1", "--repeat", "1",
+                "--warmup", "0", "--device", "cpu", "--compare-to", "probe3p", "--compare-repeat", "1")
+    assert r.exit_code == 0, r.output
+    assert torch.get_default_dtype() == torch.float32
+    assert "method 'leak3p' (plugin 'thirdparty_leak') changed global state while it loaded" in r.stderr
+
+    from restorekit.methods import build_method
+
+    capsys.readouterr()
+    build_method("leak3p", {}, "cpu")
+    assert torch.get_default_dtype() == torch.float32
+    assert "method 'leak3p' (plugin 'thirdparty_leak') changed global state while it loaded: " \
+           "torch.get_default_dtype() float32 → float64" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from pydantic import ValidationError  # noqa: E402
 from serve_helpers import generated_face, png, post_json, upload, wait_job  # noqa: E402
 
 import restorekit.web.files as files_module  # noqa: E402
-from restorekit.images import _fs_error  # noqa: E402
+from restorekit.images import fs_error  # noqa: E402
 from restorekit.web.config import ServeConfig, check_host_name  # noqa: E402
 from restorekit.web.files import FileStore, StorageError  # noqa: E402
 from restorekit.web.jobs import JobQueue, JobSettings  # noqa: E402
@@ -39,7 +39,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     def write(path: Path, data: bytes, **kw: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)  # as the real one: the folder is made first
         cause = OSError(errno.ENOSPC, "No space left on device")
-        raise _fs_error(cause, path) from cause
+        raise fs_error(cause, path) from cause
 
     monkeypatch.setattr(files_module, "atomic_write_bytes", write)
 
@@ -84,7 +84,7 @@ def test_a_failed_write_other_than_a_full_disk_names_no_path_either(tmp_path: Pa
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def write(path: Path, data: bytes, **kw: Any) -> None:
         cause = PermissionError(errno.EACCES, "Permission denied", str(path))
-        raise _fs_error(cause, path) from cause
+        raise fs_error(cause, path) from cause
 
     store = FileStore(tmp_path)
     try:

@@ -194,7 +194,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                 raise SystemExit(result.exit_code)
 
             def built() -> Any:
-                with plugin_output(), kept_global_state(loading, "while it loaded"):
+                with plugin_output():  # (build_method puts back the global state its load changes)
                     return build_method(method, values, job.device_for(device))
 
             m = job.together(built)

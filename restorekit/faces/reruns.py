@@ -24,7 +24,7 @@ from typing import Any
 
 from ..batch import SkipInput
 from ..provenance import read_note
-from ..run_record import PINS, changed_outputs, differences, option_differences, pin_differences, same_files
+from ..run_record import PINS, changed_among, changed_outputs, differences, option_differences, pin_differences, same_files
 
 NO_FACE = "no face"  # how the end-of-run line counts --only-faces photos with nothing to write
 
@@ -121,18 +121,11 @@ def settings_changed(outdir: Any, stems: list[str], now: dict[str, Any], *,
     (:func:`sidecar_differences`), and the differences; None when there are none. A sidecar that
     is missing or of another shape is passed over (that photo is made again)."""
     outdir = Path(outdir)
-    stems_changed: list[str] = []
-    diffs: dict[str, None] = {}
-    for stem in stems:
-        path = legacy_sidecar(outdir, stem) if ext is None else _sidecar_file(outdir, stem, ext, only_faces)
-        side = _read_json(path)
-        if not isinstance(side, dict):
-            continue
-        found = sidecar_differences(side, now, ignore_options=ignore_options)
-        if found:
-            stems_changed.append(stem)
-            diffs.update(dict.fromkeys(found))
-    return (stems_changed, list(diffs)) if stems_changed else None
+    return changed_among(
+        stems,
+        lambda stem: _read_json(legacy_sidecar(outdir, stem) if ext is None
+                                else _sidecar_file(outdir, stem, ext, only_faces)),
+        lambda side: sidecar_differences(side, now, ignore_options=ignore_options))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,9 @@ from ..seeds import mix_seed
 
 # Decoded inputs kept in memory between methods (bytes of float32 tensors).
 CACHE_BYTES = 1 << 30
+# Seconds between writes of the LR manifest while LR files are made: a run stopped part-way keeps
+# the LR files it made (one process; shards' entries are written by rank 0 at the end).
+MANIFEST_EVERY_S = 15.0
 
 
 def degradation_seed(hr: Tensor, seed: int = 0) -> int:
@@ -90,7 +92,7 @@ class InputSet:
     order: dict[str, int] = field(default_factory=dict)
     manifest: Path | None = None
     made: dict[str, dict[str, str]] = field(default_factory=dict)
-    _cache: OrderedDict[str, tuple[Tensor, Tensor]] = field(default_factory=OrderedDict)
+    _cache: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
     _cached_bytes: int = 0
 
     def portable(self) -> InputSet:
@@ -102,7 +104,6 @@ class InputSet:
         """``(lr, hr)`` as ``1×3×h×w`` / ``1×3×H×W`` float32 in [0,1]; HR cropped to a multiple of the scale."""
         hit = self._cache.get(pair.stem)
         if hit is not None:
-            self._cache.move_to_end(pair.stem)
             return hit
         lr = read_image(pair.lr_path, max_pixels=self.max_pixels)
         hr = crop_to_multiple(read_image(pair.hr_path, max_pixels=self.max_pixels), self.scale)
@@ -114,16 +115,17 @@ class InputSet:
         return lr, hr
 
     def remember(self, stem: str, lr: Tensor, hr: Tensor) -> None:
-        """Keep ``(lr, hr)`` for the next :meth:`load`, the least recently used pairs leaving as
-        the cache passes ``CACHE_BYTES`` (a pair larger than that is not kept)."""
+        """Keep ``(lr, hr)`` for the next :meth:`load` while the cache has room for it within
+        ``CACHE_BYTES``; once full, pairs are read from their files again.
+
+        Nothing is evicted: every method reads the pairs in the same order, and a least-recently-used
+        cache smaller than the set would miss on every read of such a scan, while keeping the first
+        pairs that fit serves that share of each later method's reads from memory."""
         size = (lr.numel() + hr.numel()) * 4
-        if size > CACHE_BYTES:
+        if stem in self._cache or self._cached_bytes + size > CACHE_BYTES:
             return
         self._cache[stem] = (lr, hr)
         self._cached_bytes += size
-        while self._cached_bytes > CACHE_BYTES and self._cache:
-            _, (a, b) = self._cache.popitem(last=False)
-            self._cached_bytes -= (a.numel() + b.numel()) * 4
 
 
 def _hash_bytes(*parts: bytes) -> str:
@@ -246,7 +248,11 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     manifest_path = folder / "manifest.json"
     manifest = {} if fresh else _read_manifest(manifest_path)
     inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels, manifest=manifest_path)
+    written = time.monotonic()
     for index in range(rank, len(items), world):
+        if world == 1 and inputs.made and time.monotonic() - written >= MANIFEST_EVERY_S:
+            _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code)
+            written = time.monotonic()
         item = items[index]
         inputs.order[item.stem] = index
         lr_path = folder / f"{item.stem}.png"

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
-from ..images import _fs_error, atomic_write_bytes, write_via_temp
+from ..images import atomic_write_bytes, fs_error, write_via_temp
 from ..safe_open import Folder, check_folders, open_folder
 from .config import TrainConfig, absolute_settings
 from .data import DataError
@@ -80,13 +80,6 @@ def checkpoint_path(out: str | Path, step: int) -> Path:
     return Path(out) / CKPT_DIR / f"step_{step:08d}.pt"
 
 
-def linked_folder_error(exc: OSError, path: Path, action: str = "write") -> FileSystemError:
-    """One line for ``exc``, met opening ``path`` (a folder of a run), naming it and the fix (one
-    that is a :class:`FileSystemError` already — a folder refused as another user's symbolic link,
-    :class:`~restorekit.safe_open.LinkedFolderError` — says its own)."""
-    return _fs_error(exc, path, action)
-
-
 def run_subfolder(out: str | Path, name: str, *, create: bool = False) -> Folder | None:
     """``out/name`` opened without following a symbolic link that another user owns (one could
     have been swapped in for a folder of the user's in a shared run folder: it is refused, a
@@ -98,10 +91,10 @@ def run_subfolder(out: str | Path, name: str, *, create: bool = False) -> Folder
         raise
     except (FileNotFoundError, NotADirectoryError) as exc:  # (not there, or a file: nothing to list)
         if create:
-            raise linked_folder_error(exc, Path(out) / name) from None
+            raise fs_error(exc, Path(out) / name) from None
         return None
     except OSError as exc:
-        raise linked_folder_error(exc, Path(out) / name) from None
+        raise fs_error(exc, Path(out) / name) from None
 
 
 def check_run_folders(out: str | Path, names: tuple[str, ...]) -> None:
@@ -114,7 +107,7 @@ def check_run_folders(out: str | Path, names: tuple[str, ...]) -> None:
     except FileSystemError:
         raise
     except OSError as exc:  # (named by the folder it met)
-        raise _fs_error(exc, action="read") from None
+        raise fs_error(exc, action="read") from None
 
 
 def _step_files(folder: Folder) -> list[tuple[int, str]]:
@@ -132,7 +125,7 @@ def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
         try:
             found = _step_files(folder)
         except OSError as exc:
-            raise linked_folder_error(exc, folder.path, action="read") from None
+            raise fs_error(exc, folder.path, action="read") from None
     return [(step, Path(out) / CKPT_DIR / name) for step, name in found]
 
 
@@ -175,7 +168,7 @@ def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -
         try:
             found = _step_files(folder)
         except OSError as exc:
-            raise linked_folder_error(exc, folder.path, action="read") from None
+            raise fs_error(exc, folder.path, action="read") from None
         for _, name in found[:-keep]:
             if protect is None or Path(out) / CKPT_DIR / name != Path(protect):
                 with contextlib.suppress(OSError):
@@ -420,7 +413,7 @@ def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
     except FileSystemError:
         raise
     except OSError as exc:
-        raise linked_folder_error(exc, path, action="read") from exc
+        raise fs_error(exc, path, action="read") from exc
     if data is None:
         return
     keep = []
@@ -475,7 +468,7 @@ class LogFiles:
         except FileSystemError:
             raise
         except OSError as exc:
-            raise linked_folder_error(exc, path) from exc
+            raise fs_error(exc, path) from exc
 
     def close(self) -> None:
         files, self._files = list(self._files.values()), {}

@@ -20,7 +20,7 @@ from . import cache, tofu
 from .cache import CachedFile
 from .spec import WeightFile, WeightSpec
 
-__all__ = ["sha256_file", "sha256_fd", "checked_copy", "bundled_path", "check_cached", "spec_is_cached",
+__all__ = ["sha256_file", "file_version", "sha256_fd", "checked_copy", "bundled_path", "check_cached", "spec_is_cached",
            "spec_problems", "unchanged_since"]
 
 
@@ -70,6 +70,14 @@ def checked_copy(tmp: Path, sha256: str, where: str) -> os.stat_result:
     finally:
         os.close(fd)
     return st
+
+
+def file_version(path: Path) -> tuple[int, ...]:
+    """What changes when ``path`` is rewritten, replaced or renamed over (device, inode, size,
+    mtime, ctime): equal before and after reading a file, the bytes read are the file's bytes then
+    (a checkpoint saved meanwhile by a trainer is noticed). Follows a link, as opening the file does."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def unchanged_since(path: Path, before: os.stat_result, where: str) -> None:

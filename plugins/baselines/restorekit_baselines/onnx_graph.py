@@ -43,11 +43,6 @@ class Pix2PixHDInferenceGraph(nn.Module):
         return self.generator(x).clamp(0, 1)
 
 
-def _file_identity(path: Path) -> tuple[int, ...]:
-    st = path.stat()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def _sha256_of_loaded(path: Path, graph: Pix2PixHDInferenceGraph) -> str | None:
     """The sha256 of ``path`` when its bytes are the weights ``graph`` holds, else ``None``.
 
@@ -56,14 +51,14 @@ def _sha256_of_loaded(path: Path, graph: Pix2PixHDInferenceGraph) -> str | None:
     So the file is read again and hashed, unchanged in between, and the network it makes must
     be the one loaded."""
     from restorekit.onnx_export import state_sha256
-    from restorekit.weights import sha256_file
+    from restorekit.weights import file_version, sha256_file
 
     try:
-        before = _file_identity(path)
+        before = file_version(path)
         with torch.random.fork_rng(devices=[]):  # building the network draws from torch's RNG
             reread, _ = load_generator(path)
         sha = sha256_file(path)
-        if _file_identity(path) != before:
+        if file_version(path) != before:
             return None
     except (OSError, RestorekitError):  # gone or rewritten half-way: nothing vouches for a hash
         return None

@@ -483,23 +483,19 @@ class PSPSR(Method):
             self._load_random()
             return
         path, name = self._model_path()
-        from restorekit.weights import sha256_file
-
-        def identity() -> tuple[int, ...]:
-            st = os.stat(path)
-            return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        from restorekit.weights import file_version, sha256_file
 
         # The sha256 recorded (weights_info: run records, ONNX sidecars and their cache key) must be
         # of the bytes loaded: a file rewritten meanwhile (a trainer saving its checkpoint while an
         # eval runs) is loaded again, so the hash is never of other weights than the model's.
         for _ in range(3):
-            before = identity()
+            before = file_version(path)
             # Building the modules initialises their layers from torch's global RNG before the weights
             # replace them: fork it (CPU), so a caller's torch.manual_seed(…) sequence is not moved by a load.
             with torch.random.fork_rng(devices=[]):
                 model, config = load_psp_model(path, impl=self.options.impl)
             sha = sha256_file(path)
-            if identity() == before:
+            if file_version(path) == before:
                 break
         else:
             raise PSPModelError(f"{path}: the weights file changed each time it was read; load it once it is "

@@ -67,14 +67,14 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from restorekit.errors import ImageError, exception_line
-from restorekit.images import IMAGE_EXTS
+from restorekit.images import IMAGE_EXTS, fs_error
 from restorekit.seeds import mix_seed
 from restorekit.training import Betas, TrainConfig, load_optimizer_state
 from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
                                              signal_across)
 from restorekit.training.trainer import (CKPT_DIR, CKPT_FORMAT, LogFiles, TrainingError, amp_enabled, atomic_save,
-                                         check_run_folders, check_stop_steps, checkpoint_path, linked_folder_error,
+                                         check_run_folders, check_stop_steps, checkpoint_path,
                                          prune_checkpoints, restoring, resume_checkpoint, rng_state, resume_warning,
                                          run_subfolder, seed_everything, set_rng_state, start_log, trim_log,
                                          warn_changed_settings, warn_optimizer_changes)
@@ -600,7 +600,7 @@ class GANTrainer:
                     try:
                         data[name] = read_plain(snap.at(name), dir_fd=snap.fd)
                     except OSError as exc:
-                        raise linked_folder_error(exc, folder / name, action="read") from None
+                        raise fs_error(exc, folder / name, action="read") from None
         for target in [folder, *mirrors]:
             if target != folder:
                 for name in files:
