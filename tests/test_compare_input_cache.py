@@ -108,3 +108,27 @@ def test_lr_files_made_before_a_stop_are_reused_by_the_next_run(tmp_path, monkey
     second = inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out")
     assert len(second.pairs) == 8 and not second.failures
     assert sorted(Path(w).stem for w in again) == ["05", "06", "07"], again
+
+
+def test_lr_files_listed_by_other_core_code_are_made_again(tmp_path, monkeypatch):
+    """A compare stopped before compare.json recorded its code left a manifest; resumed after an
+    upgrade, its LR files (another version's built-in degradations) were reused as this code's."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for i in range(3):
+        save_image(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)), hr / f"{i}.png")
+    inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="aaaa")
+    made: list[str] = []
+    real_degrade = inputs_mod.degrade_hr
+
+    def counting(hr_t, *a, **kw):
+        made.append(Path(str(kw.get("where"))).stem)
+        return real_degrade(hr_t, *a, **kw)
+
+    monkeypatch.setattr(inputs_mod, "degrade_hr", counting)
+    inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="aaaa")
+    assert made == []  # the same code: reused
+    inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="bbbb")
+    assert sorted(made) == ["0", "1", "2"]
+    inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="bbbb")
+    assert sorted(made) == ["0", "1", "2"]  # and recorded as the new code's

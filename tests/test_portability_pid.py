@@ -21,7 +21,7 @@ def no_kill(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(cache.os, "kill", refuse)
 
 
-@pytest.mark.parametrize("pid", [0, -1, -os.getpid()])
+@pytest.mark.parametrize("pid", [0, -1, -os.getpid()], ids=["zero", "minus-one", "minus-this-process"])
 def test_no_pid_at_or_below_zero_is_alive(no_kill, pid: int) -> None:  # type: ignore[no-untyped-def]
     # os.kill(0, 0) signals this process group (and on Windows sends Ctrl-C to the console).
     assert cache._pid_alive(pid) is False

@@ -1,17 +1,18 @@
 """``restorekit generate``: sample images from a registered generator, for eyeballing it.
 
 The images are named by seed (``seed0007.png``); what made them — the generator, its weights
-(the sha256 of the loaded state) and ``--truncation`` — is recorded in ``generate.json`` beside
-them, with the names of the images made so: each image is listed before it is written, so an
-image listed but missing (a run killed before writing it) is made by the next run. The manifest
-is written once before the first image and once at the end; in between each image adds one line
-to a journal (``.generate.journal``): rewriting the whole list per image made a long run
-quadratic (100,000 seeds: hours and ~100 GB written). A journal a killed run left is folded into
-``generate.json`` by the next run before anything else. A
-later run into the same folder with other settings, or onto images the manifest does not list
-(a folder made before ``generate.json`` existed, too), is refused before any work (exit 2)
-unless ``--overwrite``, which replaces them and starts a new manifest: an image that exists is
-skipped only when it was made with the same settings.
+(the sha256 of the loaded state), a fingerprint of its code and ``--truncation`` — is recorded
+in ``generate.json`` beside them, with the names of the images made so: each image is listed
+before it is written, so an image listed but missing (a run killed before writing it) is made by
+the next run. The manifest is written once before the first image and once at the end; in
+between each image adds one line to a journal (``.generate.journal``): rewriting the whole list
+per image made a long run quadratic (100,000 seeds: hours and ~100 GB written). A journal a
+killed run left is folded into ``generate.json`` by the next run before anything else. A later
+run into the same folder with other settings (other generator code, and a manifest of an earlier
+restorekit that did not record the code, too), or onto images the manifest does not list (a
+folder made before ``generate.json`` existed, too), is refused before any work (exit 2) unless
+``--overwrite``, which replaces them and starts a new manifest: an image that exists is skipped
+only when it was made with the same settings.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         fail_usage(f"{path}: unreadable generate manifest ({exc}); use another --output, or remove it")
     if not (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT and isinstance(data.get("settings"), dict)
-            and isinstance(data.get("images"), list)):
+            and isinstance(data.get("images"), list) and all(isinstance(n, str) for n in data["images"])):
         fail_usage(f"{path}: not a {MANIFEST_FORMAT} manifest; use another --output, or remove it")
     return data
 
@@ -166,12 +167,34 @@ class _Journal:
             raise FileSystemError(describe_os_error(exc, self.path)) from None
 
 
+def _generator_code(name: str) -> str:
+    """What the images depend on beyond the weights: a fingerprint of the code of the package that
+    registered generator ``name`` (:func:`~restorekit.harness.runner.code_fingerprint`, as compare
+    pins a method's code; ``""`` for a name not registered), so images an upgraded or edited
+    generator would draw otherwise are not kept as its own."""
+    from ..harness.runner import code_fingerprint
+
+    try:
+        module = getattr(registry().get("generators", name).build, "__module__", None)
+    except UnknownNameError:
+        return ""
+    return code_fingerprint(module) if isinstance(module, str) and module else ""
+
+
 def _settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     def short(v: Any) -> str:
         return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else str(v)
 
-    return [f"{k} {short(old.get(k, '—'))} → {short(new.get(k, '—'))}" for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k)]
+    found = []
+    for k in sorted(old.keys() | new.keys()):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "code":  # in words: code is no setting the user chose
+            found.append("made by an earlier restorekit, which did not record the generator's code" if k not in old
+                         else "the generator's code changed (its plugin upgraded or edited)")
+        else:
+            found.append(f"{k} {short(old.get(k, '—'))} → {short(new.get(k, '—'))}")
+    return found
 
 
 def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -261,7 +284,8 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     check_generator(name)
     dev = resolve_device(device)
     gen = build_generator(name, weights, opts, dev, quiet=quiet)
-    settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen)}
+    settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen),
+                "code": _generator_code(name)}
     # This run alone writes into --output, from the check of what is there to its last image: two at
     # once had both read the manifest, then each rewritten it, listing the other's images as its own.
     with output_held(output, "generate"):

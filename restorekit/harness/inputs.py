@@ -159,23 +159,25 @@ def lr_folder_key(spec: str, scale: int, step_code: Mapping[str, Any] | None = N
 
 
 def _write_manifest(path: Path, spec: str, scale: int, images: dict[str, dict[str, str]],
-                    step_code: Mapping[str, Any] | None = None) -> None:
+                    step_code: Mapping[str, Any] | None = None, core_code: str = "") -> None:
     """Write ``OUT/inputs/<key>/manifest.json``, its folders reached from ``OUT`` without following a link."""
-    doc: dict[str, Any] = {"degradation": spec, "scale": scale}
+    doc: dict[str, Any] = {"degradation": spec, "scale": scale, "core_code": core_code}
     if step_code:
         doc["degradation_plugins"] = dict(step_code)
     doc["images"] = images
     atomic_write_bytes(path, json.dumps(doc, indent=1).encode(), root=path.parents[2])
 
 
-def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
-    """The images of ``OUT/inputs/<key>/manifest.json`` (none when it is missing or unreadable), read
-    in its folder opened from ``OUT`` (:func:`~restorekit.safe_open.open_folder`): neither through a
-    link nor waiting on a FIFO planted there."""
+def _read_manifest(path: Path, core_code: str = "") -> dict[str, dict[str, str]]:
+    """The images of ``OUT/inputs/<key>/manifest.json`` (none when it is missing or unreadable, or
+    was written by other core code than ``core_code``: its LR files were made by another version of
+    the built-in degradations), read in its folder opened from ``OUT``
+    (:func:`~restorekit.safe_open.open_folder`): neither through a link nor waiting on a FIFO planted there."""
     try:
         with open_folder(path.parents[2], path.parent.relative_to(path.parents[2]), create=False) as folder:
             data = read_plain(folder.at(path.name), dir_fd=folder.fd)
-        images = json.loads(data.decode("utf-8")).get("images", {}) if data is not None else {}
+        doc = json.loads(data.decode("utf-8")) if data is not None else {}
+        images = doc.get("images", {}) if doc.get("core_code", "") == core_code else {}
     except RestorekitError:  # (a folder refused as another user's link: said, not taken for no manifest)
         raise
     except (OSError, ValueError, AttributeError):
@@ -185,13 +187,14 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
         if isinstance(images, dict) else {}
 
 
-def update_manifest(inputs: InputSet, spec: str, fresh: bool, step_code: Mapping[str, Any] | None = None) -> None:
+def update_manifest(inputs: InputSet, spec: str, fresh: bool, step_code: Mapping[str, Any] | None = None,
+                    core_code: str = "") -> None:
     """Record the LR files every shard made (rank 0, after :func:`merge_shards`); as one process would."""
     if inputs.manifest is None or not inputs.made:
         return
-    manifest = {} if fresh else _read_manifest(inputs.manifest)
+    manifest = {} if fresh else _read_manifest(inputs.manifest, core_code)
     manifest.update(sorted(inputs.made.items(), key=lambda kv: inputs.order.get(kv[0], -1)))
-    _write_manifest(inputs.manifest, spec, inputs.scale, manifest, step_code)
+    _write_manifest(inputs.manifest, spec, inputs.scale, manifest, step_code, core_code)
 
 
 def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
@@ -226,7 +229,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                      max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
                      clock: Callable[[str, float], None] | None = None,
                      shard: tuple[int, int] = (0, 1),
-                     step_code: Mapping[str, Any] | None = None) -> InputSet:
+                     step_code: Mapping[str, Any] | None = None, core_code: str = "") -> InputSet:
     """Make (or reuse) the LR of every HR image with ``chain``; unreadable HR files become failures.
 
     ``clock(stage, seconds)``, when given, receives the time spent degrading (``degrade``) and
@@ -234,6 +237,9 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     world)`` with ``world > 1``: only that share of the images, and the manifest is left to
     :func:`update_manifest`. ``step_code``: what the chain's steps from plugins are
     (:func:`~restorekit.harness.runner.degradation_plugins`), part of the LR folder's key.
+    ``core_code``: restorekit's code fingerprint, recorded in the manifest; LR files listed by a
+    manifest of other core code (a run stopped before ``compare.json`` recorded its code, resumed
+    after an upgrade) are made again.
     """
     tick = clock or (lambda stage, seconds: None)
     rank, world = shard
@@ -246,12 +252,12 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     # refused in one line (LinkedFolderError)
     open_folder(out, folder.relative_to(out)).close()
     manifest_path = folder / "manifest.json"
-    manifest = {} if fresh else _read_manifest(manifest_path)
+    manifest = {} if fresh else _read_manifest(manifest_path, core_code)
     inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels, manifest=manifest_path)
     written = time.monotonic()
     for index in range(rank, len(items), world):
         if world == 1 and inputs.made and time.monotonic() - written >= MANIFEST_EVERY_S:
-            _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code)
+            _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code, core_code)
             written = time.monotonic()
         item = items[index]
         inputs.order[item.stem] = index
@@ -288,7 +294,7 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
             inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
     if inputs.made and world == 1:
-        _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code)
+        _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code, core_code)
         inputs.made = {}
     return inputs
 

@@ -10,6 +10,11 @@ nothing else). A method that has no outputs in the folder (it failed on every im
 file that does not exist, say) holds nothing to protect, so its settings may change. The
 configuration is recorded (:func:`record`) only once the run's inputs exist: a run stopped by its
 inputs (no images, a missing ``--lr-dir``) leaves the folder free for the corrected one.
+
+A folder that an earlier restorekit's compare filled without recording a configuration (results,
+outputs or reports but no ``compare.json``; LR files whose noise was seeded by the image's name)
+is refused too, unless ``--fresh``: its LR files sit under the same names as this code's, and
+were reused as they were.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import zlib
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +39,8 @@ CONFIG_FILE = "compare.json"
 OWNED_FILES = ("results.csv", "summary.csv", "paired.csv", "results.json", "report.html", CONFIG_FILE)
 OWNED_FOLDERS = ("inputs", "outputs", "results")
 _LR_FOLDER = re.compile(r"^[0-9a-f]{12}$")  # inputs/<hash of degradation and scale>/, harness.inputs
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.@-]+")  # a method's name in file names (store.safe_name)
+_RESULT_FILE = re.compile(r"[A-Za-z0-9_.@-]+\.jsonl")
 
 
 def _spec(value: str) -> str:
@@ -191,6 +199,60 @@ def _of_its_shape(recorded: dict[str, Any]) -> bool:
     return isinstance(inputs, dict) and isinstance(methods, dict) and all(isinstance(v, dict) for v in methods.values())
 
 
+def _stem_seeded(manifest: Any) -> bool:
+    """Whether an LR manifest (``inputs/<key>/manifest.json``) lists a file whose degradation noise
+    was seeded from the image's name (the CRC-32 of its stem: what compare recorded as ``seed``
+    before the noise was seeded from the image's pixels) — made by an earlier restorekit, so not
+    the LR file this code makes of the same image (same folder key, other noise)."""
+    images = manifest.get("images") if isinstance(manifest, dict) else None
+    if not isinstance(images, dict):
+        return False
+    return any(isinstance(entry, dict) and entry.get("seed") == str(zlib.crc32(str(stem).encode("utf-8")))
+               for stem, entry in images.items())
+
+
+def _earlier_traces(p: Plan) -> tuple[list[str], set[str]]:
+    """What an ``--out`` without ``compare.json`` holds that an earlier restorekit's compare wrote
+    (one that recorded no configuration; today's records it before any method runs): in words, and
+    the methods whose result files are there. A run stopped while making its LR files (its
+    manifest, no ``compare.json`` yet) is not one: its LR files are reused unless made by
+    name-seeded code (:func:`_stem_seeded`)."""
+    from .inputs import lr_folder_key
+
+    out = p.config.out
+    found: list[str] = []
+    methods: set[str] = set()
+    results = out / "results"
+    if results.is_dir() and not refused_link(results):
+        with contextlib.suppress(OSError):  # (names as compare writes them: safe_name's)
+            methods |= {e.name[:-len(".jsonl")] for e in results.iterdir() if _RESULT_FILE.fullmatch(e.name)
+                        and not e.is_symlink() and e.is_file()}  # (a link there: the store refuses it)
+            parts = results / "parts"
+            if parts.is_dir() and not refused_link(parts):
+                methods |= {e.name for e in parts.iterdir() if _SAFE_NAME.fullmatch(e.name) and e.is_dir()
+                            and not refused_link(e)}
+    if methods:
+        found.append(f"results of {', '.join(sorted(methods))}")
+    outputs: list[str] = []
+    for d in subfolders(out / "outputs"):
+        with contextlib.suppress(OSError):
+            if has_outputs(out, d.name):
+                outputs.append(d.name)
+    if outputs and not methods:
+        found.append(f"outputs of {', '.join(sorted(outputs))}")
+    reports = [name for name in OWNED_FILES if name != CONFIG_FILE and (out / name).is_file()]
+    if reports and not found:
+        found.append(", ".join(reports))
+    if p.config.lr_dir is None:
+        key = lr_folder_key(p.degradation or "", p.config.scale, p.degradation_code or None)
+        manifest = out / "inputs" / key / "manifest.json"
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            data = None if refused_link(manifest.parent) else read_plain(manifest)
+            if data is not None and _stem_seeded(json.loads(data.decode("utf-8"))):
+                found.append(f"LR files made by other degradation code (inputs/{key}/)")
+    return found, methods
+
+
 def claim(p: Plan) -> None:
     """Check ``--out`` against its recorded configuration (with ``--fresh``, clear what compare
     wrote there when it differs); :func:`record` writes this run's once its inputs exist.
@@ -222,8 +284,17 @@ def claim(p: Plan) -> None:
         except (OSError, ValueError) as exc:
             recorded, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
     methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
+    earlier: list[str] = []
+    if data is None and not diffs:  # no compare.json: a new folder, a run stopped making its LR files, or
+        earlier, earlier_methods = _earlier_traces(p)  # one an earlier restorekit filled (no record)
+        methods |= earlier_methods
     _refuse_links(out, methods)  # before anything is removed or written
-    if diffs:
+    if earlier and not p.config.fresh:
+        raise CompareUsageError(f"{out} holds what an earlier restorekit's compare wrote ({'; '.join(earlier)}) "
+                                f"without recording its configuration in {CONFIG_FILE}, so its numbers could "
+                                "differ from this code's: use another --out, or add --fresh to discard them and "
+                                "start over")
+    if diffs or earlier:
         if not p.config.fresh:
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
             raise CompareUsageError(f"{out} holds the results of another configuration ({shown}): use another "

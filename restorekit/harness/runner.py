@@ -645,7 +645,8 @@ def _make_inputs(p: Plan, job: Job, clock: _Clock) -> tuple[InputSet, list[str]]
                           max_output_pixels=cfg.max_output_pixels, shard=shard)
     inputs = from_degradation(cfg.data, parse_spec(p.degradation or ""), cfg.scale, cfg.out, limit=cfg.limit,
                               fresh=cfg.fresh, max_pixels=cfg.max_pixels, max_output_pixels=cfg.max_output_pixels,
-                              clock=clock.add, shard=shard, step_code=p.degradation_code)
+                              clock=clock.add, shard=shard, step_code=p.degradation_code,
+                              core_code=p.core_code)
     # ("degrade" and "write_lr" are also inside "inputs")
     return inputs, []
 
@@ -697,7 +698,7 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
     if job.distributed:
         inputs = merge_shards(job.gather(inputs.portable()), inputs)
         if job.is_main and p.degradation is not None:
-            update_manifest(inputs, p.degradation, cfg.fresh, p.degradation_code)
+            update_manifest(inputs, p.degradation, cfg.fresh, p.degradation_code, p.core_code)
     if job.is_main:
         record(p)  # the inputs exist: the folder is this configuration's from now on
     clock.add("inputs", time.perf_counter() - t0)

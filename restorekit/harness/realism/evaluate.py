@@ -9,8 +9,9 @@ statistics, and counts the samples in which a registered face detector finds a f
 degraded copies).
 
 Reference statistics of a file set can be cached (:func:`reference_statistics`): one ``.npz`` per
-space, keyed by the space's identity (name, preprocessing, weights hash) and the sha256 of every
-file's bytes (order-independent), so a trainer compares snapshots without re-reading the data.
+space, keyed by the space's identity (name, preprocessing, weights hash, restorekit's code) and
+the sha256 of every file's bytes (order-independent), so a trainer compares snapshots without
+re-reading the data.
 """
 
 from __future__ import annotations

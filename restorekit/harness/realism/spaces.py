@@ -12,8 +12,9 @@ CUDA) to ``N×D`` float32 features, batched, under ``no_grad``:
   an FFHQ-framed face at a FIXED placement (``identity_dlib.ffhq_landmarks``: dlib's 5-point
   template for the FFHQ framing; no detector, so it batches on a GPU); raw, not normalised.
 
-A space's :attr:`~FeatureSpace.identity` names it together with a hash of its weights, so cached
-statistics computed with other weights (or a random test backbone) are never reused.
+A space's :attr:`~FeatureSpace.identity` names it together with a hash of its weights and of
+restorekit's code (which decodes the images and prepares them), so cached statistics computed with
+other weights (or a random test backbone), or by another restorekit version, are never reused.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def canonical_space(name: str) -> str:
     return key
 
 
+def _code() -> str:
+    """restorekit's code fingerprint (:func:`~restorekit.harness.runner.code_fingerprint`, as
+    compare pins it): what reads the image files into the [0, 1] convention and prepares them for a
+    network is as much a part of a space's statistics as its weights — an upgrade that decodes a
+    file otherwise (17- to 32-bit grey, float grey refused where it was clipped) changes them."""
+    from ..runner import code_fingerprint
+
+    return code_fingerprint("restorekit")
+
+
 def _hash_module(module: nn.Module, *extra: str) -> str:
     h = hashlib.sha256("\n".join(extra).encode())
     for key, t in sorted(module.state_dict().items()):
@@ -83,9 +94,10 @@ class FeatureSpace(ABC):
 
     @property
     def identity(self) -> str:
-        """``name:sha256`` of the space's preprocessing version and weights (a cache key part)."""
+        """``name:sha256`` of the space's preprocessing version, restorekit's code and the weights
+        (a cache key part)."""
         if self._identity is None:
-            self._identity = f"{self.name}:{_hash_module(self.network(), self.name, _VERSION)}"
+            self._identity = f"{self.name}:{_hash_module(self.network(), self.name, _VERSION, _code())}"
         return self._identity
 
     @abstractmethod
@@ -160,7 +172,7 @@ class LpipsBackboneSpace(FeatureSpace):
     def identity(self) -> str:
         if self._identity is None:
             self._identity = (f"{self.name}@{self.input_size}:"
-                              f"{_hash_module(self.network(), self.name, str(self.input_size), _VERSION)}")
+                              f"{_hash_module(self.network(), self.name, str(self.input_size), _VERSION, _code())}")
         return self._identity
 
     def _features(self, images: Tensor) -> Tensor:
