@@ -216,7 +216,8 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_pruning_keeps_the_good_o
     # beside the damaged step-4 file, which sorts after it.
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--until", "3", "--set", "keep_ckpts=1")
     assert code == 0, text
-    assert "step_00000004.pt is not loadable" in text and "step_00000002.pt" in text
+    assert "step_00000004.pt: not a loadable training checkpoint" in text and "resuming from" in text \
+        and "step_00000002.pt" in text
     assert 3 in [s for s, _ in list_checkpoints(out)]
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "-q", "--json")
     assert code == 0, text
@@ -227,6 +228,22 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_pruning_keeps_the_good_o
         p.write_bytes(b"")
     code, text = invoke(cli, "tiny_sr", "--out", str(out), "--resume", "--steps", "8")
     assert code == 2 and "no loadable checkpoint" in text and "step_00000006.pt" in text
+
+
+def test_resume_says_why_each_newer_checkpoint_was_passed_over(tmp_path: Path, capsys) -> None:
+    """A newer checkpoint of another format (another restorekit's) was called "cut short or damaged"."""
+    from restorekit.training.trainer import CKPT_FORMAT, checkpoint_path, newest_loadable_checkpoint
+
+    for step, doc in ((2, {"format": CKPT_FORMAT, "step": 2}), (4, {"format": "restorekit.ckpt/0", "step": 4})):
+        checkpoint_path(tmp_path, step).parent.mkdir(exist_ok=True)
+        torch.save(doc, checkpoint_path(tmp_path, step))
+    checkpoint_path(tmp_path, 6).write_bytes(b"PK\x03\x04 cut")
+    path, ckpt = newest_loadable_checkpoint(tmp_path)
+    assert path.name == "step_00000002.pt" and ckpt["step"] == 2
+    err = capsys.readouterr().err
+    assert "step_00000006.pt: not a loadable training checkpoint" in err
+    assert f"step_00000004.pt: not a restorekit training checkpoint (format {CKPT_FORMAT})" in err
+    assert err.count("\n") == 1 and "resuming from" in err and "cut short or damaged" not in err
 
 
 # -- unreadable training images ---------------------------------------------------------------------

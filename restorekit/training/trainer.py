@@ -200,18 +200,18 @@ def newest_loadable_checkpoint(out: str | Path, *, warn: bool = True,
     found = [p for _, p in reversed(list_checkpoints(out))]
     if not found:
         raise TrainingError(f"--resume: no checkpoint under {Path(out) / 'checkpoints'}")
-    for i, p in enumerate(found):
+    skipped: list[str] = []  # why each newer one was passed over (cut short, damaged, another format)
+    for p in found:
         try:
             ckpt = load_checkpoint(p, mmap=mmap)
-        except TrainingError:
+        except TrainingError as exc:
+            skipped.append(str(exc))
             continue
-        if i and warn:
-            bad = ", ".join(str(b) for b in found[:i])
-            print(f"warning: {bad} is not loadable (cut short or damaged); resuming from {p}", file=sys.stderr,
-                  flush=True)
+        if skipped and warn:
+            print(f"warning: {'; '.join(skipped)}; resuming from {p}", file=sys.stderr, flush=True)
         return p, ckpt
-    raise TrainingError(f"--resume: no loadable checkpoint under {Path(out) / 'checkpoints'} "
-                        f"({', '.join(p.name for p in found)}: cut short or damaged)")
+    shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    raise TrainingError(f"--resume: no loadable checkpoint under {Path(out) / 'checkpoints'} ({shown})")
 
 
 def checkpoint_to_resume(out: str | Path, path: str | Path | None, trainer: str) -> dict[str, Any]:
