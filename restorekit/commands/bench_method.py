@@ -2,10 +2,20 @@
 
 For each batch size: median milliseconds per call over ``--repeat`` timed runs after
 ``--warmup`` untimed ones (CUDA synchronised), with the range of the runs (smallest–largest,
-``*_range`` in the JSON, the runs themselves in ``ms_per_call_samples``), per image, and peak memory (CUDA: peak
-allocated by torch; CPU: the process's peak resident set, which includes everything loaded so
-far). A method may expose ``bench_parts(lr, scale) -> {part: ms}`` (pSp: encoder, generator),
-shown beside the total. ``--compare-to OTHER`` times a second method on the same input in the
+``*_range`` in the JSON, the runs themselves in ``ms_per_call_samples``), per image, and peak memory:
+``peak_memory_mib``, whose ``memory_kind`` (:data:`MEMORY_KINDS`; the table's label beside the
+figure) says what it is. Torch on CUDA: the peak its allocator held during that side's calls, a
+figure of that side alone. On the CPU: the process's peak resident set, which includes everything
+loaded so far and every side's calls — the same figure for each side timed at a batch size, so
+it does not tell two sides apart. onnxruntime on CUDA allocates outside torch's allocator, so its
+memory is not measured there (null). Only two figures of one per-side kind make a ratio: the
+torch and onnxruntime backends never do (in one process the CPU's resident memory cannot be
+split between them: memory one leaves to the allocator is reused by the other, and the export
+ran the torch network beforehand; measured per call with the high-water mark reset, psp_sr's
+torch rise at batch 1 was 10 MiB here against 37 MiB in a fresh process), so ``--backend
+torch,onnxruntime`` gives no memory ratio, and says why (``backend_memory_ratio`` null,
+``backend_memory_note``). A method may expose ``bench_parts(lr, scale) -> {part: ms}`` (pSp:
+encoder, generator), shown beside the total. ``--compare-to OTHER`` times a second method on the same input in the
 same run (``--compare-repeat`` runs) and prints the ratio ``OTHER ms/image ÷ NAME ms/image`` at each batch
 size (against NAME's first ``--backend``: ``speed_ratio_backend``): the ratio of the medians, with its
 range over every pairing of a run of one with a run of the other (``speed_ratio_range``); a range
@@ -76,6 +86,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: What ``peak_memory_mib`` measures, by the row's ``memory_kind`` (a kind not here starts with
+#: ``not measured:`` and says why).
+MEMORY_KINDS = {
+    "cuda_peak_allocated": "the peak CUDA memory torch's allocator held during this side's calls (weights included)",
+    "process_peak_rss": "the process's peak resident memory so far: everything loaded and every side's calls, so "
+                        "the same figure for each side timed at this batch size, not one side's own",
+}
+#: The table's label of each kind.
+MEMORY_LABELS = {"cuda_peak_allocated": "cuda, this side", "process_peak_rss": "rss, whole process"}
+#: Kinds measured on one side's own calls alone: two rows of one such kind are comparable.
+PER_SIDE_KINDS = ("cuda_peak_allocated",)
+ONNX_CUDA_UNMEASURED = "not measured: onnxruntime allocates its CUDA memory outside torch's allocator"
+NO_RESOURCE = "not measured: no resource module here"
+
+
+def runs_onnxruntime(method: Any) -> bool:
+    """Whether ``method`` is a network running on onnxruntime (it holds a session)."""
+    return getattr(method, "session", None) is not None
+
+
+def memory_kind(method: Any) -> str:
+    """How ``method``'s peak memory is measured: a key of :data:`MEMORY_KINDS`, else
+    ``not measured: why``. Decided by where its network runs (an onnxruntime graph may run on
+    the CPU for a method on CUDA) and by which backend runs it."""
+    dev = run_device(method)
+    if dev.type == "cuda":
+        return ONNX_CUDA_UNMEASURED if runs_onnxruntime(method) else "cuda_peak_allocated"
+    return "process_peak_rss" if peak_memory_mib(dev) is not None else NO_RESOURCE
+
+
+def memory_ratio(num: dict[str, Any], den: dict[str, Any]) -> tuple[float | None, str | None]:
+    """``num``'s peak memory ÷ ``den``'s (two rows), else None and why: only two figures of the
+    same per-side measure (:data:`PER_SIDE_KINDS`) make a ratio."""
+    kn, kd = num["memory_kind"], den["memory_kind"]
+    if kn != kd:
+        return None, f"they measure different things ({num['backend']}: {kn}; {den['backend']}: {kd})"
+    if kn not in PER_SIDE_KINDS:
+        return None, (f"both figures are {kn}, the whole process's, not each side's own" if kn in MEMORY_KINDS
+                      else f"both: {kn}")
+    a, b = num["peak_memory_mib"], den["peak_memory_mib"]
+    if a is None or b is None or b <= 0:
+        return None, f"{den['backend']}'s figure is {b}, no base for a ratio"
+    return a / b, None
+
+
 def peak_memory_mib(device: torch.device) -> float | None:
     """Peak CUDA allocation, or the process's peak resident set; None where neither is known
     (Windows has no ``resource``)."""
@@ -90,24 +145,27 @@ def peak_memory_mib(device: torch.device) -> float | None:
 
 
 class _Side:
-    """One method timed on one input batch: its timed runs (ms), its last output, its CUDA peak."""
+    """One method timed on one input batch: its timed runs (ms), its last output, and (CUDA, torch)
+    the peak its calls allocated; ``memory_kind`` says how its memory is measured."""
 
     def __init__(self, method: Method, lr: torch.Tensor, repeat: int) -> None:
         self.method, self.lr, self.repeat = method, lr.to(method.device), repeat
         self.times: list[float] = []
         self.out: Any = None
+        self.memory_kind = memory_kind(method)
         self.cuda_peak: float | None = None
 
     def call(self, scale: int) -> float:
-        """One synchronised call; its milliseconds (and, on CUDA, the peak allocation it reached)."""
+        """One synchronised call; its milliseconds (and, torch on CUDA, the peak allocation it reached)."""
         dev = self.method.device
-        if dev.type == "cuda":
+        cuda = self.memory_kind == "cuda_peak_allocated"
+        if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         self.out = self.method.restore(self.lr, scale)
         _sync(dev)
         ms = (time.perf_counter() - t0) * 1000
-        if dev.type == "cuda":
+        if cuda:
             self.cuda_peak = max(self.cuda_peak or 0.0, torch.cuda.max_memory_allocated(dev) / 2**20)
         return ms
 
@@ -140,7 +198,6 @@ def time_interleaved(sides: list[tuple[Method, torch.Tensor, int]], scale: int, 
 def _figures(side: _Side, scale: int) -> dict[str, Any]:
     """One side's row: the median and range of its runs, per call and per image, its parts and peak memory."""
     method, lr, times = side.method, side.lr, side.times
-    dev = method.device
     if side.out is not None:  # the time of a wrong output is no figure: size, dtype, NaN and range, as run checks
         check_restored(method.info.name, side.out, lr, scale)
     parts: dict[str, dict[str, Any]] = {}
@@ -149,14 +206,16 @@ def _figures(side: _Side, scale: int) -> dict[str, Any]:
         part_runs = [bench_parts(lr, scale) for _ in range(side.repeat)]
         parts = {k: spread([r[k] for r in part_runs]) for k in part_runs[0]}
     s, b = spread(times), int(lr.shape[0])
-    peak = side.cuda_peak if dev.type == "cuda" else peak_memory_mib(dev)
+    kind = side.memory_kind
+    peak = (side.cuda_peak if kind == "cuda_peak_allocated"
+            else peak_memory_mib(torch.device("cpu")) if kind == "process_peak_rss" else None)
     return {"batch": b, "repeats": len(times), "ms_per_call": s["median"], "ms_per_call_range": [s["min"], s["max"]],
             "ms_per_image": s["median"] / b, "ms_per_image_range": [s["min"] / b, s["max"] / b],
             "ms_per_call_samples": times,
             "parts_ms": {k: p["median"] for k, p in parts.items()},
             "parts_ms_range": {k: [p["min"], p["max"]] for k, p in parts.items()},
             "peak_memory_mib": None if peak is None else round(peak, 1),
-            "memory_kind": "cuda_peak_allocated" if dev.type == "cuda" else "process_peak_rss"}
+            "memory_kind": kind}
 
 
 def time_method(method: Method, lr: torch.Tensor, scale: int, *, repeat: int, warmup: int) -> dict[str, Any]:
@@ -357,6 +416,11 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     if len(backend_list) > 1 and "torch" in backend_list and "onnxruntime" in backend_list:
         by = {(r["backend"], r["batch"]): r for r in rows}
         ratios({str(b): (by[("torch", b)], by[("onnxruntime", b)]) for b in sizes}, "backend_ratio")
+        mem = {str(b): memory_ratio(by[("torch", b)], by[("onnxruntime", b)]) for b in sizes}
+        result["backend_memory_ratio"] = {b: r for b, (r, _) in mem.items()}
+        notes = {b: why for b, (_, why) in mem.items() if why}
+        if notes:
+            result["backend_memory_note"] = notes
     if other_m is not None:
         other_rows = [dict(method=other, options=list(other_opts), backend="torch", threads=torch.get_num_threads(),
                            **figures[("other", "torch", b)])
@@ -390,7 +454,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
             cell(r, "ms_per_image"),
             ", ".join(f"{p} {cell(r, 'parts_ms', p)}" for p in r["parts_ms"]) or "-",
             "n/a" if r["peak_memory_mib"] is None else
-            f"{r['peak_memory_mib']:.0f} ({'cuda' if r['memory_kind'].startswith('cuda') else 'rss'})"]
+            f"{r['peak_memory_mib']:.0f} ({MEMORY_LABELS[r['memory_kind']]})"]
            for r in rows + result.get("compare_results", [])], overflow="fold")
     parts = [(r, part, p) for r in rows + result.get("compare_results", []) for part, p in r["breakdown"].items()]
     if parts:
@@ -409,6 +473,28 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         click.echo(f"{mine_label} is {ratio_text('speed_ratio', b)} as fast as "
                    f"{' '.join([str(other), *other_opts])} per image (batch {b}; ratio of the medians, range over all "
                    f"pairs of runs; {order})")
+    for b, mr in result.get("backend_memory_ratio", {}).items():
+        if mr is not None:
+            click.echo(f"{name}: torch's peak memory is {mr:.2f}× onnxruntime's (batch {b})")
+    unlike: dict[str, list[str]] = {}  # each reason once, with its batch sizes
+    for b, why in result.get("backend_memory_note", {}).items():
+        unlike.setdefault(why, []).append(b)
+    for why, bs in unlike.items():
+        click.echo(f"{name}: no peak-memory ratio of torch to onnxruntime (batch {', '.join(bs)}): {why}")
+    # What each label of the peak MiB column measures (and why a row has none).
+    for kind, backends_of in _kinds(rows + result.get("compare_results", [])).items():
+        click.echo(f"peak MiB ({MEMORY_LABELS[kind]}): {MEMORY_KINDS[kind]}" if kind in MEMORY_KINDS else
+                   f"peak MiB of {', '.join(backends_of)}: {kind}")
+
+
+def _kinds(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The memory kinds of ``rows``, in order, each with the backends that have it."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        seen = out.setdefault(r["memory_kind"], [])
+        if r["backend"] not in seen:
+            seen.append(r["backend"])
+    return out
 
 
 def _part_cell(p: dict[str, Any], key: str, digits: int) -> str:

@@ -4,11 +4,24 @@ The face is NASA's portrait of astronaut Eileen Collins (public domain), which s
 scikit-image as ``skimage.data.astronaut()``. The demo detects and FFHQ-aligns the face, makes a
 low-resolution version (antialiased bicubic ÷scale), restores it with each method, scores every
 result against the aligned original, and writes a labelled side-by-side PNG plus the numbers.
+
+``metrics.json`` (also what ``--json`` prints) is strict JSON:
+
+* ``results``: one object per method that ran, every one with the same keys — each metric of
+  ``metrics`` (a number, or ``null`` where the figure is missing) and ``weights`` (``name``,
+  ``sha256``, ``license`` of the weights it restored with, each ``null`` where not recorded; the
+  whole entry ``null`` for a method without weights, such as bicubic). An infinite value (PSNR of
+  an exact match) is written ``"Infinity"``, as ``compare``'s report writes it.
+* ``missing``: why figures are ``null``, each reason once — ``[{"metric", "methods", "reason"}]``,
+  the methods in run order (a metric that cannot run here, its weights not installed, lists them
+  all; an identity metric that finds no face on the original says ``faces not found``).
+* ``metrics`` (the metric names, in column order), ``unavailable`` (methods left out, and why),
+  ``photo``, ``scale``, ``hr_size``, ``face`` (the detection) and ``side_by_side`` (the PNG).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..cli import emit_json, fail_usage, table, warn
+from ..cli import fail_usage, table, warn
 from ..degradations import downscale
-from ..errors import RestorekitError, UnknownNameError, WeightsMissing
+from ..errors import RestorekitError, UnknownNameError
+from ..harness.store import dumps
 from ..images import atomic_write_bytes, save_image
 from ..samples import ASTRONAUT_CREDIT, astronaut
 
@@ -66,19 +80,60 @@ def missing_default_reason(distribution: str) -> str:
     return f"{distribution} is not installed (pip install {distribution})"
 
 
-def score(name: str, pred: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, scale: int) -> float | str:
-    """One metric on one image; a reason string when it cannot run here."""
+def ready_metrics(names: tuple[str, ...] | list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The metrics set up on the CPU, and the reason for each one that cannot run here."""
     from ..plugins import registry
 
-    try:
-        metric = registry().metric(name)()
-        metric.setup(torch.device("cpu"))
-        value = float(metric(pred, hr, lr=lr, scale=scale)[0])
-    except WeightsMissing as exc:
-        return f"skipped: {exc}"
-    except RestorekitError as exc:
-        return f"skipped: {exc}"
-    return value
+    ready: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            metric = registry().metric(name)()
+            metric.setup(torch.device("cpu"))
+        except RestorekitError as exc:  # WeightsMissing included: its message names the fix
+            failed[name] = str(exc)
+        else:
+            ready[name] = metric
+    return ready, failed
+
+
+def score_outputs(names: tuple[str, ...] | list[str], outputs: dict[str, torch.Tensor], hr: torch.Tensor,
+                  lr: torch.Tensor, scale: int) -> tuple[dict[str, dict[str, float | None]], list[dict[str, Any]]]:
+    """Every metric of ``names`` on every output: ``{method: {metric: value or None}}``, and the
+    ``missing`` list (``{"metric", "methods", "reason"}``, one entry per metric and reason)."""
+    ready, failed = ready_metrics(names)
+    values: dict[str, dict[str, float | None]] = {}
+    why: dict[tuple[str, str], list[str]] = {}  # (metric, reason) -> methods, in order
+    for method, pred in outputs.items():
+        row: dict[str, float | None] = {}
+        for name in names:
+            value: float | None = None
+            if name in failed:
+                reason = failed[name]
+            else:
+                metric = ready[name]
+                try:
+                    value = float(metric(pred, hr, lr=lr, scale=scale)[0])
+                except RestorekitError as exc:
+                    reason = str(exc)
+                else:
+                    reason = (getattr(metric, "nan_label", "") or "not a number") if math.isnan(value) else ""
+                if reason:
+                    value = None
+            row[name] = value
+            if value is None:
+                why.setdefault((name, reason), []).append(method)
+        values[method] = row
+    missing = [{"metric": m, "methods": ms, "reason": r} for (m, r), ms in why.items()]
+    return values, missing
+
+
+def weights_entry(method: Any) -> dict[str, Any] | None:
+    """The weights a method restored with (``name``, ``sha256``, ``license``; None where not recorded)."""
+    info = getattr(method, "weights_info", None)
+    if not info:
+        return None
+    return {key: info.get(key) for key in ("name", "sha256", "license")}
 
 
 @click.command("demo")
@@ -147,7 +202,6 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
     lr = downscale(hr, k)
     lr = torch.round(lr * 255) / 255  # what a saved 8-bit LR file holds
     outputs: dict[str, torch.Tensor] = {}
-    results: dict[str, dict[str, Any]] = {}
     for name, m in built.items():
         if not quiet:
             for note in getattr(m, "notes", []):
@@ -156,10 +210,9 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
             sr = m.restore(lr.to(m.device), k, seed=0).cpu().clamp(0, 1)
         sr = torch.round(sr * 255) / 255
         outputs[name] = sr
-        results[name] = {metric: score(metric, sr, hr, lr, k) for metric in DEMO_METRICS}
-        info = getattr(m, "weights_info", None)
-        if info:
-            results[name]["weights"] = {key: info.get(key) for key in ("name", "sha256", "license") if key in info}
+    values, missing = score_outputs(DEMO_METRICS, outputs, hr, lr, k)
+    results: dict[str, dict[str, Any]] = {name: {**values[name], "weights": weights_entry(m)}
+                                          for name, m in built.items()}
     output.mkdir(parents=True, exist_ok=True)
     row = labelled_row([lr, *outputs.values(), hr], [f"input {lr.shape[-1]}px", *outputs, "original"], res)
     import io
@@ -172,21 +225,22 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
     for name, sr in outputs.items():
         save_image(sr, output / f"astronaut_x{k}_{name}.png")
     summary = {"photo": ASTRONAUT_CREDIT,
-               "scale": k, "hr_size": res, "face": record, "results": results, "unavailable": unavailable,
-               "side_by_side": str(output / f"astronaut_x{k}.png")}
-    atomic_write_bytes(output / "metrics.json", json.dumps(summary, indent=2).encode())
+               "scale": k, "hr_size": res, "face": record, "metrics": list(DEMO_METRICS), "results": results,
+               "missing": missing, "unavailable": unavailable, "side_by_side": str(output / f"astronaut_x{k}.png")}
+    text = dumps(summary, indent=2)  # strict JSON: NaN never reaches the file
+    atomic_write_bytes(output / "metrics.json", text.encode())
     if as_json:
-        emit_json(summary)
+        click.echo(text)
         return
-    skipped = {m for r in results.values() for m, v in r.items() if isinstance(v, str)}
-    shown = [m for m in DEMO_METRICS if m not in skipped]
+    # A column for each metric with a figure; a method without one shows n/a (the reason follows).
+    shown = [m for m in DEMO_METRICS if any(values[n][m] is not None for n in values)]
     if not quiet:
         table(f"astronaut ×{k} ({lr.shape[-1]} → {res} px)", ["method", *shown],
-              [[n, *(f"{results[n][m]:.4f}" for m in shown)] for n in results],
+              [[n, *("n/a" if values[n][m] is None else f"{values[n][m]:.4f}" for m in shown)] for n in values],
               overflow="fold")  # a metric's name folds onto a second line, never cut (80 columns)
-    for m in sorted(skipped):
-        reason = next(v for r in results.values() for mm, v in r.items() if mm == m and isinstance(v, str))
-        warn(f"{m} {reason}")
+    for entry in missing:
+        whom = "" if len(entry["methods"]) == len(values) else f" for {', '.join(entry['methods'])}"
+        warn(f"{entry['metric']} skipped{whom}: {entry['reason']}")
     if not quiet:
         click.echo(f"side by side: {output / f'astronaut_x{k}.png'}; numbers: {output / 'metrics.json'}", err=True)
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..errors import RestorekitError
 from ..interfaces import Face, FaceDetector
+from ..progress import report
 
 __all__ = [
     "MTCNN_HINT", "LandmarkLayout", "named_points", "MtcnnDetector", "DlibHogDetector",
@@ -49,6 +50,8 @@ LandmarkLayout = Literal["eyes_nose_mouth5", "dlib5"]
 # Chosen by measurement (docs/faces.md): best recall on multi-face photos, no false positives
 # on the non-face test images, faces down to 20 px, and it gives the mouth corners FFHQ needs.
 DEFAULT_DETECTOR = "mtcnn"
+#: The :mod:`restorekit.progress` label of MTCNN's steps (one per pyramid scale, R-Net, O-Net).
+PROGRESS_LABEL = "mtcnn: finding faces"
 
 
 def named_points(face: Face, layout: str) -> dict[str, tuple[float, float]]:
@@ -346,6 +349,10 @@ class MtcnnDetector(FaceDetector):
 
         Returns ``K×5`` boxes (x0, y0, x1, y1 in MTCNN's 1-based inclusive pixel convention,
         score) and ``K×5×2`` landmarks (0-based pixel indices), best first.
+
+        Each pyramid scale and each later stage is a :func:`restorekit.progress.report` step
+        (``mtcnn: finding faces``, reported before the step), so a caller that follows progress
+        (``serve``) can cancel a long detection on a large photo between scales.
         """
         self.load()
         assert self._nets is not None
@@ -354,10 +361,13 @@ class MtcnnDetector(FaceDetector):
         img = (image.detach().float().clamp(0, 1) * 255).round()[None].to(self.device)
         h, w = img.shape[-2:]
         empty = (torch.zeros(0, 5), torch.zeros(0, 5, 2))
+        scales = self.scales(h, w)
+        steps = len(scales) + 2  # the pyramid's scales, R-Net, O-Net
 
         # Stage 1: P-Net over the pyramid; per-scale NMS 0.5, then NMS 0.7 over all scales.
         found = []
-        for s in self.scales(h, w):
+        for i, s in enumerate(scales):
+            report(PROGRESS_LABEL, i, steps)
             x = F.interpolate(img, size=(int(h * s + 1), int(w * s + 1)), mode="area")
             logits, reg = pnet((x - 127.5) * 0.0078125)
             prob = torch.softmax(logits, dim=1)[0, 1]
@@ -377,6 +387,7 @@ class MtcnnDetector(FaceDetector):
         boxes = torch.cat([boxes, cand[:, 4:5]], 1)
 
         # Stage 2: R-Net on 24-px crops.
+        report(PROGRESS_LABEL, len(scales), steps)
         table = _summed_area(img)
         crops, ok = _crops(img, boxes, 24, table)
         if not len(ok):
@@ -394,6 +405,7 @@ class MtcnnDetector(FaceDetector):
         boxes = torch.cat([_square(_regress(boxes[:, :4], reg, inclusive=True)), boxes[:, 4:5]], 1)
 
         # Stage 3: O-Net on 48-px crops: final boxes, scores and landmarks.
+        report(PROGRESS_LABEL, len(scales) + 1, steps)
         crops, ok = _crops(img, boxes, 48, table)
         if not len(ok):
             return empty
