@@ -404,3 +404,16 @@ def test_mtcnn_on_cuda_matches_the_cpu() -> None:
     gpu = MtcnnDetector(device="cuda").detect_raw(img)
     assert len(cpu[0]) == len(gpu[0]) >= 1
     torch.testing.assert_close(gpu[0], cpu[0], atol=0.5, rtol=0)
+
+
+def test_compare_measures_memory_where_the_network_runs() -> None:
+    """compare recorded torch's CUDA allocator peak for an onnxruntime graph on CUDA (which holds
+    only the call's input and output), and nothing for a graph on the CPU of a method on CUDA."""
+    from types import SimpleNamespace
+
+    torch_on_cuda = SimpleNamespace(device=torch.device("cuda", 0), run_device=None)
+    ort_on_cuda = SimpleNamespace(device=torch.device("cuda", 0), run_device="cuda:0", session=object())
+    ort_on_cpu = SimpleNamespace(device=torch.device("cuda", 0), run_device="cpu", session=object())
+    assert runner.memory_measure(torch_on_cuda) == (torch.device("cuda", 0), "cuda")
+    assert runner.memory_measure(ort_on_cuda) == (torch.device("cuda", 0), "none")
+    assert runner.memory_measure(ort_on_cpu) == (torch.device("cpu"), "cpu")

@@ -6,8 +6,8 @@ single (method, image): a failure is recorded with its reason and the rest go on
 
 Per (method, image, seed) the runner records: the restore time (``time.perf_counter`` around
 ``restore`` only, CUDA synchronised; the first call of each method in a run is the warm-up, kept
-but flagged and left out of the runtime column), the peak memory (CUDA: ``max_memory_allocated``
-since a reset before the call; CPU: the call's peak resident memory above the process's size when
+but flagged and left out of the runtime column), the peak memory (where the network runs; CUDA: ``max_memory_allocated``
+since a reset before the call, none for an onnxruntime graph, which allocates outside torch; CPU: the call's peak resident memory above the process's size when
 it began — on Linux the high-water mark is reset before each call, so an earlier hungrier method
 does not hide it; elsewhere only the growth of the process's maximum),
 the output PNG and every metric's value. Predictions are rounded to 8 bits (what is saved) before
@@ -502,6 +502,17 @@ def _cpu_peak_start() -> tuple[str, float] | None:
     return None if base is None else ("maxrss", base)
 
 
+def memory_measure(method: Method) -> tuple[torch.device, str]:
+    """Where ``method``'s network runs and how a call's peak memory is measured there: ``cuda``
+    (torch's allocator on that GPU), ``cpu`` (the process's resident memory) or ``none``: an
+    onnxruntime graph on CUDA allocates outside torch's allocator, whose peak would hold only the
+    call's input and output. An onnxruntime graph may run on the CPU for a method on CUDA."""
+    runs_on = run_device(method)
+    if runs_on.type != "cuda":
+        return runs_on, "cpu"
+    return runs_on, "none" if getattr(method, "session", None) is not None else "cuda"
+
+
 def _cpu_peak_mib(start: tuple[str, float] | None) -> float | None:
     """The call's peak resident memory above what the process held when it began (MiB); without
     the Linux reset, only the growth of the process's maximum (0 after a hungrier call)."""
@@ -874,12 +885,15 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
     clock.add("inputs", time.perf_counter() - t0)
     dev = method.device
     cuda = dev.type == "cuda"
+    runs_on, measure = memory_measure(method)
+    torch_cuda = measure == "cuda"
     try:
         x = lr.to(dev)
         if cuda:
             torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-        cpu_peak = None if cuda else _cpu_peak_start()
+        if torch_cuda:
+            torch.cuda.reset_peak_memory_stats(runs_on)
+        cpu_peak = _cpu_peak_start() if measure == "cpu" else None
         t0 = time.perf_counter()
         with torch.no_grad():
             if p.config.faces == "detect" and method.info.input_kind == "aligned_face":
@@ -895,10 +909,10 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
         clock.add("restore", dt)
-        if cuda:
-            rec.peak_mem_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+        if torch_cuda:
+            rec.peak_mem_mb = torch.cuda.max_memory_allocated(runs_on) / 2**20
         else:
-            rec.peak_mem_mb = _cpu_peak_mib(cpu_peak)
+            rec.peak_mem_mb = _cpu_peak_mib(cpu_peak)  # (None for onnxruntime on CUDA)
         rec.ms, rec.warmup = dt * 1000.0, warmup
         if not isinstance(y, Tensor) or y.dim() != 4 or tuple(y.shape[:2]) != (1, 3):
             raise ValueError(f"restore returned {getattr(y, 'shape', type(y).__name__)}, expected 1×3×H×W")
