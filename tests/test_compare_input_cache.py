@@ -3,7 +3,6 @@ after: a folder of thousands of images must not be held in memory at once."""
 
 from __future__ import annotations
 
-import gc
 import weakref
 from pathlib import Path
 
@@ -13,15 +12,21 @@ from restorekit.degradations import parse_spec
 from restorekit.harness import inputs as inputs_mod
 from restorekit.images import save_image
 
+PAIR_BYTES = (16 * 16 + 32 * 32) * 3 * 4  # one ×2 pair of a 32-px image, float32
 
-def test_the_cache_stays_within_its_limit_while_lr_files_are_made(tmp_path, monkeypatch):
+
+def _hr_folder(tmp_path: Path, n: int, side: int = 32) -> Path:
     hr = tmp_path / "hr"
     hr.mkdir()
     g = torch.Generator().manual_seed(0)
-    for i in range(24):
-        save_image(torch.rand(1, 3, 32, 32, generator=g), hr / f"{i:02d}.png")
-    pair_bytes = (16 * 16 + 32 * 32) * 3 * 4
-    monkeypatch.setattr(inputs_mod, "CACHE_BYTES", 3 * pair_bytes)  # room for three pairs
+    for i in range(n):
+        save_image(torch.rand(1, 3, side, side, generator=g), hr / f"{i:02d}.png")
+    return hr
+
+
+def test_the_cache_stays_within_its_limit_while_lr_files_are_made(tmp_path, monkeypatch):
+    hr = _hr_folder(tmp_path, 10)
+    monkeypatch.setattr(inputs_mod, "CACHE_BYTES", 3 * PAIR_BYTES)  # room for three pairs
 
     alive: list[weakref.ref] = []
     most = [0]
@@ -32,29 +37,23 @@ def test_the_cache_stays_within_its_limit_while_lr_files_are_made(tmp_path, monk
         alive.append(weakref.ref(t))
         return t
 
-    def png_bytes(pil):  # once per image made: how many earlier LR tensors are still held
-        gc.collect()
+    def png_bytes(pil):  # once per image made: how many earlier LR tensors are still held (freed by refcount)
         most[0] = max(most[0], sum(r() is not None for r in alive))
         return real_png_bytes(pil)
 
     monkeypatch.setattr(inputs_mod, "from_pil", from_pil)
     monkeypatch.setattr(inputs_mod, "png_bytes", png_bytes)
     made = inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "lr")
-    assert len(made.pairs) == 24 and len(alive) == 24
-    assert most[0] <= 3, most[0]  # was 23: every image kept until the loop ended
-    assert made._cached_bytes <= 3 * pair_bytes and len(made._cache) == 3
+    assert len(made.pairs) == 10 and len(alive) == 10
+    assert most[0] <= 3, most[0]  # was 9: every image kept until the loop ended
+    assert made._cached_bytes <= 3 * PAIR_BYTES and len(made._cache) == 3
 
 
 def test_each_pass_over_a_set_larger_than_the_cache_reads_what_fits_from_memory(tmp_path, monkeypatch):
     """Methods read the pairs in the same order, one pass each: a least-recently-used cache smaller
     than the set missed on every read of every pass (each pair evicted just before it was needed)."""
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(10):
-        save_image(torch.rand(1, 3, 32, 32, generator=g), hr / f"{i:02d}.png")
-    pair_bytes = (16 * 16 + 32 * 32) * 3 * 4
-    monkeypatch.setattr(inputs_mod, "CACHE_BYTES", 4 * pair_bytes)
+    hr = _hr_folder(tmp_path, 10)
+    monkeypatch.setattr(inputs_mod, "CACHE_BYTES", 4 * PAIR_BYTES)
     made = inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "lr")
     reads: list[str] = []
     real_read = inputs_mod.read_image
@@ -69,17 +68,13 @@ def test_each_pass_over_a_set_larger_than_the_cache_reads_what_fits_from_memory(
         assert [lr.shape[-1] for lr, _ in got] == [16] * 10
     # the first four pairs come from memory each pass; the other six are read (LR and HR) each pass
     assert len(reads) == 3 * 6 * 2, reads
-    assert made._cached_bytes <= 4 * pair_bytes
+    assert made._cached_bytes <= 4 * PAIR_BYTES
 
 
 def test_lr_files_made_before_a_stop_are_reused_by_the_next_run(tmp_path, monkeypatch):
     """The LR manifest was written only once every LR file was made: compare stopped part-way
     through a large set made every LR file again on the next run."""
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(8):
-        save_image(torch.rand(1, 3, 32, 32, generator=g), hr / f"{i:02d}.png")
+    hr = _hr_folder(tmp_path, 8)
     monkeypatch.setattr(inputs_mod, "MANIFEST_EVERY_S", 0.0)  # write after every LR file
     made: list[int] = []
     real_degrade = inputs_mod.degrade_hr
@@ -113,10 +108,7 @@ def test_lr_files_made_before_a_stop_are_reused_by_the_next_run(tmp_path, monkey
 def test_lr_files_listed_by_other_core_code_are_made_again(tmp_path, monkeypatch):
     """A compare stopped before compare.json recorded its code left a manifest; resumed after an
     upgrade, its LR files (another version's built-in degradations) were reused as this code's."""
-    hr = tmp_path / "hr"
-    hr.mkdir()
-    for i in range(3):
-        save_image(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)), hr / f"{i}.png")
+    hr = _hr_folder(tmp_path, 3, side=16)
     inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="aaaa")
     made: list[str] = []
     real_degrade = inputs_mod.degrade_hr
@@ -129,6 +121,6 @@ def test_lr_files_listed_by_other_core_code_are_made_again(tmp_path, monkeypatch
     inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="aaaa")
     assert made == []  # the same code: reused
     inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="bbbb")
-    assert sorted(made) == ["0", "1", "2"]
+    assert sorted(made) == ["00", "01", "02"]
     inputs_mod.from_degradation(str(hr), parse_spec("bicubic:2"), 2, tmp_path / "out", core_code="bbbb")
-    assert sorted(made) == ["0", "1", "2"]  # and recorded as the new code's
+    assert sorted(made) == ["00", "01", "02"]  # and recorded as the new code's
