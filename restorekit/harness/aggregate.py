@@ -131,7 +131,8 @@ def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images:
         if errs:
             s.metric_errors[m] = errs
     timed = [r.ms for r in ok if r.ms is not None and not r.warmup]
-    warm = [r.ms for r in records if r.ms is not None and r.warmup]
+    # (successful calls only: a call that failed on its output was timed before it was checked)
+    warm = [r.ms for r in ok if r.ms is not None and r.warmup]
     if not timed and warm:
         timed, s.runtime_is_warmup = warm[:1], True
     if timed:
