@@ -5,17 +5,34 @@ float32 precision each operator runs at, and the global torch/CUDA/NumPy/Python 
 conformance suite fails a component whose calls change them; loading plugins and building methods
 (:func:`restorekit.plugins.kept_global_state`) puts them back, so one plugin cannot change how
 everything after it computes.
+
+Threads. All of this is the process's, not a thread's — grad mode aside, which torch keeps per
+thread (so it is read and put back in the thread that changed it). A snapshot taken and put back
+in one thread therefore undoes what other threads did meanwhile: a default dtype another thread
+set for the length of one call would be set back (or made permanent), and another thread's
+``torch.manual_seed(…)`` and its draws from the global RNG would be rewound. :data:`LOCK` keeps them
+apart: :func:`~restorekit.plugins.kept_global_state` holds it from its snapshot to its put-back
+(plugin loads and method builds in two threads run one after the other), and code in another
+thread that seeds or draws from the global RNGs, or changes any setting above for a while, holds
+it as well where a method may be built or a plugin loaded at the same time. A loaded method's
+``restore`` needs it only if it touches this state even for the length of the call; restorekit's
+own do not (they draw from their own ``torch.Generator``s).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import threading
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+#: Held while process-wide state is snapshot, changed and put back (see the module's docstring):
+#: re-entrant, so a plugin loaded while a method is built (in the same thread) does not wait.
+LOCK = threading.RLock()
 
 UNREADABLE = "unreadable (torch raised on the read: the legacy allow_tf32 and the new fp32_precision APIs were mixed)"
 # Without torch's per-operator settings (torch < 2.9) the float32 precision is compared through these two.

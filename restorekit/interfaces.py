@@ -135,6 +135,12 @@ class Method(ABC):
     another convention (uint8, 0-255, H×W×3, a numpy array) is a one-line ``ValueError`` rather
     than a wrong result. (Annotate an options argument as :data:`OptionsModel`: inside the class,
     ``Options`` names the class attribute.)
+
+    Threads: call :meth:`load` before sharing an instance. restorekit's own methods, once loaded,
+    may then be called from several threads at once and give what each call gives alone; what a
+    call leaves on the instance (``last_reports``, PULSE's ``last_w_plus``) is the last finished
+    call's, so a caller reading it uses one instance per thread or a lock. ``serve`` calls one
+    method at a time.
     """
 
     info: ClassVar[MethodInfo]

@@ -548,21 +548,26 @@ def kept_global_state(who: str, when: str, on_change: Callable[[str], None] | No
     code inside changes, so that one plugin cannot change how the others compute. A changed setting
     is reported as one line (``on_change``; by default a warning on stderr) naming ``who`` and what
     changed (``on_change`` gets what changed alone); the RNGs are put back without one (building a
-    network draws from them)."""
+    network draws from them).
+
+    The block holds :data:`restorekit.global_state.LOCK` from the snapshot to the put-back: a
+    build or plugin load in another thread waits for it, rather than snapshotting what this one
+    changes and later putting that back for good (and being named for it)."""
     from . import global_state as gs
 
-    before = gs.snapshot()
-    try:
-        yield
-    finally:
-        after = gs.snapshot()
-        changed = [k for k in gs.put_back(before, after) if not gs.is_rng_key(k)]
-        if changed:
-            what = "; ".join(gs.describe(before, after, changed))
-            if on_change is not None:
-                on_change(what)
-            else:
-                _warn(state_change_line(who, when, what))
+    with gs.LOCK:
+        before = gs.snapshot()
+        try:
+            yield
+        finally:
+            after = gs.snapshot()
+            changed = [k for k in gs.put_back(before, after) if not gs.is_rng_key(k)]
+            if changed:
+                what = "; ".join(gs.describe(before, after, changed))
+                if on_change is not None:
+                    on_change(what)
+                else:
+                    _warn(state_change_line(who, when, what))
 
 
 def state_change_line(who: str, when: str, what: str) -> str:
@@ -956,12 +961,20 @@ def core_cli() -> Any:
 _REGISTRY: Registry | None = None
 
 
+_REGISTRY_LOCK = threading.RLock()
+
+
 def registry(strict: bool | None = None) -> Registry:
-    """The process-wide registry, loaded on first use."""
+    """The process-wide registry, loaded on first use (once: threads asking at once wait for the
+    first load rather than each loading the plugins, warning twice and holding two registries)."""
     global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = load_registry(strict)
-    return _REGISTRY
+    reg = _REGISTRY
+    if reg is None:
+        with _REGISTRY_LOCK:
+            if _REGISTRY is None:
+                _REGISTRY = load_registry(strict)
+            reg = _REGISTRY
+    return reg
 
 
 def reset() -> None:

@@ -6,6 +6,12 @@ steps (an optimisation step, a face, a sample). The reporter may raise :class:`C
 unwinds the restore like any other error: methods restore their own state in ``finally`` blocks
 and callers write outputs atomically, so nothing is left half-done. Without a reporter,
 :func:`report` costs one context-variable lookup, so methods call it unconditionally.
+
+The reporter lives in a context variable: it is the installing thread's (or asyncio task's) alone.
+Other threads see none, unless they run in a copy of that context (``contextvars.copy_context().run``,
+``asyncio.to_thread``; a thread started inside the block on a free-threaded Python ≥ 3.14, which
+starts threads in a copy of their starter's context), which is how a caller hands it on; and it is
+gone when the block ends. So one job's reporter never hears, nor cancels, another job's restore.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class MethodEntry:
 
 
 class Catalogue:
-    """Methods, metrics and the detector, built once; ``lock`` serialises their use (one job at a time)."""
+    """Methods, metrics and the detector, built once; ``lock`` serialises their building and their
+    use (one job at a time: a method's ``restore`` is never called from two threads at once)."""
 
     def __init__(self, config: ServeConfig, log: Any = None) -> None:
         self.config = config
@@ -84,7 +85,14 @@ class Catalogue:
         self.detector_reason: str | None = None
 
     def load(self) -> None:
-        """Build every method, set up the metrics and the detector (once; failures become reasons)."""
+        """Build every method, set up the metrics and the detector (once; failures become reasons).
+
+        Holds ``lock``, as a job does: a build puts back the process-wide state it changes
+        (:func:`~restorekit.plugins.kept_global_state`), which would also undo a running job's."""
+        with self.lock:
+            self._load()
+
+    def _load(self) -> None:
         for entry in self.methods.values():
             self._log(f"loading {entry.name} …")
             try:

@@ -99,8 +99,9 @@ class EqualLinear(nn.Module):
             return wt * self.scale, bt * self.lr_mul if bt is not None else None
         key = (wt.data_ptr(), wt._version, None if bt is None else (bt.data_ptr(), bt._version),
                torch.is_inference_mode_enabled())
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        cache = self._cache  # read once: another thread may replace it between a check and a use
+        if cache is not None and cache[0] == key:
+            return cache[1]
         scaled = (wt * self.scale, bt * self.lr_mul if bt is not None else None)
         self._cache = (key, scaled)
         return scaled
@@ -228,8 +229,9 @@ class ModulatedConv2d(nn.Module):
         fmt = self.memory_format
         key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled(), fmt) \
             if cacheable else None
-        if cacheable and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        cache = self._cache  # read once: another thread may replace it between a check and a use
+        if cacheable and cache is not None and cache[0] == key:
+            return cache[1]
         w = wt[0] * self.scale
         w2 = w.square().sum([2, 3]) if self.demodulate else w.new_empty(0)
         w_t = w.transpose(0, 1).contiguous() if self.upsample else None
