@@ -205,9 +205,9 @@ def optimise_latents(
             w = generator.map(u.reshape(-1, dim)).reshape(n, u.shape[1], generator.style_dim)
         return w.expand(n, generator.n_styles, generator.style_dim) if w.shape[1] == 1 else w
 
-    requires = [p.requires_grad for p in generator.parameters()]
-    for p in generator.parameters():
-        p.requires_grad_(False)
+    # The search's gradients are taken for ``params`` alone (torch.autograd.grad): the generator's
+    # parameters are never switched off and on (which, on a generator shared with another thread or
+    # being trained, would leave them frozen) and never get a .grad.
     best_mse = torch.full((n,), math.inf, device=device)
     best_loss = torch.full((n,), math.inf, device=device)
     best_img: Tensor | None = None
@@ -260,7 +260,9 @@ def optimise_latents(
                 progress(step + 1, mse.detach())
             if cfg.stop_at_eps and all(reached):
                 break
-            per.sum().backward()
+            grads = torch.autograd.grad(per.sum(), params, allow_unused=True)
+            for p, g in zip(params, grads):
+                p.grad = g
             opt.step()
             sched.step()
             if cfg.stop_at_eps and any(reached):
@@ -269,8 +271,8 @@ def optimise_latents(
                     for p, snap in zip(params, frozen):
                         p.copy_(torch.where(_rows(done, p), snap, p))
     finally:
-        for p, r in zip(generator.parameters(), requires):
-            p.requires_grad_(r)
+        for p in params:
+            p.grad = None
     assert best_img is not None and best_w is not None
     return OptimiseResult(images=best_img.clamp(0, 1), w_plus=best_w, mse=best_mse, loss=best_loss,
                           steps=steps_taken, reached=reached, noise=best_noise, history=history,

@@ -151,6 +151,30 @@ def test_downscale_error_falls_and_latents_stay_on_sphere(gen: TinyGenerator, fi
     assert torch.allclose(res.mse, torch.tensor(res.history).min(0).values, rtol=1e-6)
 
 
+def test_the_search_leaves_a_trainable_generator_as_it_was(gen: TinyGenerator, fit: GaussianFit) -> None:
+    """The search switched the generator's parameters off and back on: on a generator shared with
+    another thread, or being trained, two searches at once left them frozen. It now takes its
+    gradients for its own latents and noise alone; the generator's parameters get no .grad."""
+    trainable = TinyGenerator().eval()
+    trainable.load_state_dict(gen.state_dict())
+    assert all(p.requires_grad for p in trainable.parameters())
+    seen: list[bool] = []
+    real_synth = trainable.synthesize
+
+    def synth(*a, **kw):  # the parameters as the search sees them
+        seen.append(all(p.requires_grad for p in trainable.parameters()))
+        return real_synth(*a, **kw)
+
+    trainable.synthesize = synth  # type: ignore[method-assign]
+    cfg = OptimiseConfig(steps=5, stop_at_eps=False, eps=0.0)
+    res = optimise_latents(trainable, _target(gen, fit, 0), config=cfg, fit=fit, rng=torch.Generator().manual_seed(3))
+    same = optimise_latents(gen.requires_grad_(False), _target(gen, fit, 0), config=cfg, fit=fit,
+                            rng=torch.Generator().manual_seed(3))
+    gen.requires_grad_(True)
+    assert seen == [True] * 5 and all(p.requires_grad and p.grad is None for p in trainable.parameters())
+    assert torch.equal(res.images, same.images)  # the same search as on a frozen generator
+
+
 def test_eps_stop_fires(gen: TinyGenerator, fit: GaussianFit) -> None:
     lr = _target(gen, fit, 1)
     rng = torch.Generator().manual_seed(0)
