@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import click
@@ -306,6 +307,9 @@ def test_bad_images_stop_ends_the_run_in_one_line_naming_the_file(cli: click.Gro
     assert len(lines) == 1 and lines[0].startswith("error: "), text  # not a usage problem, no worker traceback
     assert "f3.png: corrupt or truncated image" in lines[0] and 'data.bad_images = "skip"' in lines[0]
     assert "--resume continues it" in lines[0]
+    # its loader workers ended with the run (kept alive by the error's traceback, they were left to
+    # the garbage collector: the command hung a minute before exiting)
+    assert multiprocessing.active_children() == []
 
 
 class FailingAt(Dataset):
@@ -767,7 +771,7 @@ def test_a_process_ending_with_loader_workers_it_did_not_stop_still_ends() -> No
     code = textwrap.dedent("""
         import restorekit.training.trainer as T
         from torch.utils.data import DataLoader
-        T.WORKER_TERM_GRACE_S = 1.0
+        T.WORKER_TERM_GRACE_S = 0.2
         it = iter(DataLoader(list(range(100)), batch_size=2, num_workers=2,
                              worker_init_fn=T._worker_leaves_stopping_to_the_run))
         next(it)
