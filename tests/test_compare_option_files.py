@@ -4,20 +4,20 @@ retrained into the same file does not pass for the old one when compare resumes 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from PIL import Image
 
+from restorekit.cli import build_cli
 from restorekit.testing.data import smooth_image
 
 
-def compare(data: Path, out: Path, weights: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "restorekit", "compare", "--methods", "bicubic,pix2pixhd", "--scale",
-                           "2", "--data", str(data), "--out", str(out), "--metrics", "psnr_rgb",
-                           "--opt", f"pix2pixhd.weights={weights}", "-q"], capture_output=True, text=True, timeout=300)
+def compare(data: Path, out: Path, weights: Path) -> Result:
+    return CliRunner().invoke(build_cli(), ["compare", "--methods", "bicubic,pix2pixhd", "--scale", "2", "--data",
+                                            str(data), "--out", str(out), "--metrics", "psnr_rgb",
+                                            "--opt", f"pix2pixhd.weights={weights}", "-q"], catch_exceptions=False)
 
 
 def test_a_weights_file_rewritten_in_place_is_not_taken_for_the_stored_results(tmp_path: Path) -> None:
@@ -31,8 +31,10 @@ def test_a_weights_file_rewritten_in_place_is_not_taken_for_the_stored_results(t
     weights = tmp_path / "model.safetensors"
     shutil.copyfile(next(WEIGHTS_DIR.glob("pix2pixhd_*.safetensors")), weights)
     out = tmp_path / "out"
-    assert compare(data, out, weights).returncode == 0
-    assert compare(data, out, weights).returncode == 0  # the same file again: its results are reused
+    r = compare(data, out, weights)
+    assert r.exit_code == 0, r.output
+    r = compare(data, out, weights)
+    assert r.exit_code == 0, r.output  # the same file again: its results are reused
     # Retrained into the same path: the stored results are another model's.
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -44,5 +46,5 @@ def test_a_weights_file_rewritten_in_place_is_not_taken_for_the_stored_results(t
     tensors[key] = tensors[key] + 0.1
     save_file(tensors, str(weights), metadata=meta)
     r = compare(data, out, weights)
-    assert r.returncode == 2
+    assert r.exit_code == 2
     assert "pix2pixhd.option_files.weights:" in r.stderr and "another configuration" in r.stderr

@@ -62,8 +62,8 @@ def test_cache_that_is_a_file_is_one_line_with_the_fix(test_registry, weights_fi
         (home / "weights").write_text("not a folder")
     monkeypatch.setenv("RESTOREKIT_HOME", str(home))
     for args in (["weights", "import", "test-a", weights_file], ["weights", "pull", "test-url"]):
-        r = rk(*args)
-        assert r.returncode == 2, (args, r.stderr)
+        r = invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
         line = error_line(r.stderr)
         assert f"the restorekit cache cannot be written at {home}" in line
         assert "a file stands where a cache folder is needed" in line
@@ -140,19 +140,27 @@ def register_methods(register):
 '''
 
 
-def test_unexpected_errors_show_a_traceback_only_with_debug(plugin_site, hr_folder, tmp_path):
+def test_unexpected_errors_show_a_traceback_only_with_debug(plugin_site, hr_folder, tmp_path, monkeypatch):
+    from restorekit import cli
+
     plugin_site("thirdparty-crash", "thirdparty_crash", CRASHING_PLUGIN)
     args = ["run", "crash3p", "--scale", "2", "--input", hr_folder / "img0.png", "--output", tmp_path / "o", "-q"]
+    # A fresh process: nothing but the one line reaches the real stderr.
     r = rk(*args)
     assert r.returncode == 1
     line = error_line(r.stderr)
     # One image: that image's failure, its path first (as every per-image error), then the unexpected error.
     assert line.startswith(f"error: {hr_folder / 'img0.png'}: unexpected TypeError: unsupported operand")
     assert "--debug" in line
-    r = rk("--debug", *args)
-    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "None + lr" in r.stderr
-    r = rk(*args, env={"RESTOREKIT_DEBUG": "1"})
-    assert "Traceback (most recent call last)" in r.stderr
+    monkeypatch.setattr(cli, "_DEBUG", False)  # --debug holds for the rest of a process: undone after the test
+    r = invoke(*args)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr and "--debug" in error_line(r.stderr)
+    r = invoke("--debug", *args)
+    assert r.exit_code == 1 and "Traceback (most recent call last)" in r.stderr and "None + lr" in r.stderr
+    monkeypatch.setattr(cli, "_DEBUG", False)
+    monkeypatch.setenv("RESTOREKIT_DEBUG", "1")
+    r = invoke(*args)
+    assert r.exit_code == 1 and "Traceback (most recent call last)" in r.stderr
 
 
 def test_a_methods_own_error_is_one_line_naming_the_method(plugin_site, hr_folder, tmp_path):
@@ -199,8 +207,8 @@ def test_bench_method_refuses_to_time_a_wrong_output(plugin_site, tmp_path):
         "return torch.nn.functional.interpolate(lr, scale_factor=scale / 2)").replace(
         "from restorekit.interfaces import Method, MethodInfo", "import torch\nfrom restorekit.interfaces import Method, MethodInfo").replace(
         "crash3p", "halfsize3p"))
-    r = rk("bench", "method", "halfsize3p", "--scale", "4", "--batch", "1", "--repeat", "1", "--warmup", "0")
-    assert r.returncode == 2
+    r = invoke("bench", "method", "halfsize3p", "--scale", "4", "--batch", "1", "--repeat", "1", "--warmup", "0")
+    assert r.exit_code == 2
     assert "halfsize3p: restore returned (1, 3, " in error_line(r.stderr) and "expected (1, 3, " in r.stderr
 
 

@@ -931,6 +931,7 @@ def test_author_fixtures(rk_batch, rk_odd_batch, rk_smooth_batch, rk_face, rk_ho
 
 def test_native_threads_lists_this_process_threads_by_marker():
     import threading
+    import time
     from pathlib import Path
 
     from restorekit.testing.distributed import native_threads
@@ -957,6 +958,10 @@ def test_native_threads_lists_this_process_threads_by_marker():
     finally:
         stop.set()
         t.join()
+    # join() returns as the thread's last Python step ends: the OS thread leaves /proc a moment later.
+    deadline = time.monotonic() + 10
+    while native_threads("rk-marker") and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert native_threads("rk-marker") == []
 
 

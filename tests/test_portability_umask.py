@@ -13,19 +13,22 @@ import pytest
 from restorekit import images
 
 
-def _race(tmp_path: Path, files: int = 3000) -> list[str]:
+def _race(tmp_path: Path, files: int = 1000) -> list[str]:
     """Create files while another thread reads the file mode in a loop; those left group- or
-    world-writable (the umask was 0 when they were made)."""
-    stop = threading.Event()
+    world-writable (the umask was 0 when they were made). With a read that sets the umask to 0 and
+    back, a few hundred of 1000 files are caught so."""
+    stop, reading = threading.Event(), threading.Event()
 
     def reader() -> None:
         while not stop.is_set():
             images.new_file_mode()
+            reading.set()
 
     old = os.umask(0o022)
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
+        assert reading.wait(10)  # the race runs from the first file on
         for i in range(files):
             fd = os.open(tmp_path / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o666)
             os.close(fd)
