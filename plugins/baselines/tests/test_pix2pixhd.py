@@ -150,7 +150,7 @@ def test_the_discriminator_follows_the_learning_rate_schedule(faces: Path, tmp_p
 
 def test_plain_cnn_without_discriminator(faces: Path, tmp_path: Path) -> None:
     """lambda_gan = 0: G alone on L1 + LPIPS; D is never run nor stepped; no VGG is built."""
-    cfg = _tiny_config(tmp_path, size=64, lambda_gan=0.0, lambda_feat=0.0, lambda_vgg=0.0, lambda_l1=1.0,
+    cfg = _tiny_config(tmp_path, size=32, lambda_gan=0.0, lambda_feat=0.0, lambda_vgg=0.0, lambda_l1=1.0,
                        lambda_lpips=0.5, allow_random_vgg=False, allow_random_lpips=True)
     trainer = build_trainer(cfg, faces, quiet=True)
     assert trainer.vgg is None and trainer.lpips is not None

@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from restorekit.weights import sha256_file
 from restorekit_psp_sr.method import load_psp_model, save_psp_safetensors
+from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
 from restorekit_psp_sr.train import load_generator, save_stylegan2_safetensors
 from tiny_models import REPO, tiny_generator, tiny_psp_on
 
@@ -35,9 +36,11 @@ def script(name: str, folder: Path = SCRIPTS) -> ModuleType:
 
 
 # -- psp_parts.py ------------------------------------------------------------------------------------
-@pytest.fixture()
-def trained(tmp_path: Path) -> tuple[Path, Path]:
-    """A generator as the device returns it (fp16 snapshot) and a pSp model trained against it."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A generator as the device returns it (fp16 snapshot) and a pSp model trained against it
+    (read only: the tests write into their own folders)."""
+    tmp_path = tmp_path_factory.mktemp("trained")
     gen = save_stylegan2_safetensors(tiny_generator(3), tmp_path / "generator.safetensors", dtype=torch.float16)
     model = save_psp_safetensors(tiny_psp_on(load_generator(str(gen), impl="ref"), seed=4),
                                  tmp_path / "model.safetensors", factors=[1, 2, 4], license="unknown", name="t")
@@ -249,10 +252,17 @@ def test_mirrored_identity_counts_only_faces_both_methods_have() -> None:
 
 
 # -- ../psp_warm_start.py ----------------------------------------------------------------------------
+def small_generator(seed: int = 0) -> StyleGAN2Generator:
+    """A 32-px generator (8 styles of 16): the encoder's own input size, so that a warm-start step
+    spends its time on the encoder rather than on drawing faces."""
+    torch.manual_seed(seed)
+    return StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref").eval()
+
+
 @pytest.fixture()
 def warm_setup(tmp_path: Path) -> tuple[Path, Path]:
-    """A tiny generator file and a stage-2 recipe shaped for it."""
-    gen = save_stylegan2_safetensors(tiny_generator(3), tmp_path / "generator.safetensors")
+    """A small generator file and a stage-2 recipe shaped for it."""
+    gen = save_stylegan2_safetensors(small_generator(3), tmp_path / "generator.safetensors")
     recipe = tmp_path / "stage2.toml"
     recipe.write_text('encoder_backbone = "ir_se_light"\nencoder_input_size = 32\nhead_channels = 16\n'
                       'start_from_latent_avg = true\nlatent_avg_samples = 256\nimpl = "ref"\nmodel_name = "tiny"\n'
@@ -305,7 +315,10 @@ def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(war
 
 
 def test_warm_start_of_a_restyle_encoder_regresses_every_pass(warm_setup, tmp_path: Path) -> None:
-    gen, recipe = warm_setup
+    """On a 64-px generator read by the 32-px encoder (as the shipped 128/64 pair): the passes'
+    reconstructions are shrunk to the encoder's size."""
+    _, recipe = warm_setup
+    gen = save_stylegan2_safetensors(tiny_generator(3), tmp_path / "generator64.safetensors")
     module = top_script("psp_warm_start")
     out = tmp_path / "warm.safetensors"
     run_warm_start(module, gen, recipe, out, "--steps", "100", "--lr", "0.003", "--set", "restyle_iterations=2")
@@ -407,7 +420,7 @@ def test_stage_two_from_an_encoder_of_an_earlier_snapshot_keeps_its_codes(warm_s
     module = top_script("psp_warm_start")
     first = tmp_path / "first.safetensors"
     run_warm_start(module, gen, recipe, first, "--steps", "3")
-    later = tiny_generator(3)
+    later = small_generator(3)
     with torch.no_grad():  # the mapping moved on, as it does between snapshots
         for p in later.style.parameters():
             p.add_(0.05 * torch.randn_like(p))

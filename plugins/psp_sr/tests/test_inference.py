@@ -215,10 +215,15 @@ def psp_model(resolution: int, encoder: GradualStyleEncoder, seed: int, **gen: o
 
 
 def assert_same_outputs(model: PSP, x: torch.Tensor) -> None:
-    fast = optimize_for_inference(copy.deepcopy(model))
+    """The model's outputs, then the same model's once optimised in place (no copy of a paper-sized
+    model: the optimisation changes no parameter's value, only layouts and how outputs are computed)."""
     with torch.inference_mode():
         want, w_want = model(x)
+    fast = optimize_for_inference(model)
+    assert fast.encoder.inference_path is not None and fast.decoder.memory_format is not None
+    with torch.inference_mode():
         got, w_got = fast(x)
+    assert fast.encoder.inference_path._backbone is not None  # the folded path ran
     assert (got - want).abs().max().item() <= 1e-4
     assert rel(w_got, w_want) <= 1e-5
     assert ((w_got - w_want).abs() / w_want.abs().clamp_min(1e-3)).max() <= 1e-4

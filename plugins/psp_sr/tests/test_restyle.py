@@ -237,15 +237,30 @@ def test_config_field_bounds() -> None:
     assert PSPTrainConfig().restyle_iterations is None
 
 
-def test_onnx_export_unrolls_the_passes(tmp_path: Path) -> None:
+def test_onnx_export_unrolls_the_passes_that_shrink_the_generators_image(tmp_path: Path) -> None:
+    """The passes are unrolled into the graph: it records their number, and running it for
+    another number is refused. Each pass brings the generator's image to the encoder's size with
+    an antialiased resize, which ONNX lacks: the export spells it as two matrix products, and the
+    graph still agrees with PyTorch (a 64-px generator read by a 32-px encoder, as the shipped
+    128/64 pair)."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from click.testing import CliRunner
 
     from restorekit.cli import build_cli
+    from restorekit.onnx_backend import OnnxBackendError, onnx_method
     from restorekit.onnx_export import read_sidecar
+    from restorekit_psp_sr.encoder import _resize_matrix
+    from tiny_models import tiny_generator as tiny_generator_64
 
-    path = save_psp_safetensors(tiny_restyle(3), tmp_path / "restyle.safetensors", factors=[1, 2], license="CC0-1.0")
+    x = torch.rand(2, 3, 64, 48)
+    ref = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(torch.einsum("ih,nchw,jw->ncij", _resize_matrix(64, 32), x, _resize_matrix(48, 32)),
+                               ref, rtol=0, atol=1e-6)
+    g = tiny_generator_64(0)
+    model = PSP(tiny_encoder(g, 6, 1), g, g.mean_latent(256), restyle_iterations=3).eval()
+    assert model.decoder.resolution == 64 and model.input_size == 32
+    path = save_psp_safetensors(model, tmp_path / "restyle.safetensors", factors=[1, 2], license="CC0-1.0")
     out = tmp_path / "restyle.onnx"
     # The export compares onnxruntime's output with PyTorch's and fails past --tolerance.
     res = CliRunner().invoke(build_cli(), ["export", "psp_sr", "--weights", str(path), "--out", str(out), "--opt",
@@ -255,10 +270,8 @@ def test_onnx_export_unrolls_the_passes(tmp_path: Path) -> None:
     side = read_sidecar(out)
     assert side is not None and side["source"]["graph"]["restyle_iterations"] == 2
     assert side["max_abs_diff"] <= side["tolerance"] == 1e-4
-    # The passes are in the graph: running it for another number of passes is refused, not
-    # silently the two-pass output; the number it was made for runs.
-    from restorekit.onnx_backend import OnnxBackendError, onnx_method
-    from restorekit_psp_sr.method import PSPSR, PSPSROptions
+    # The passes are in the graph: running it for another number of passes (the model's own 3
+    # included) is refused, not silently the two-pass output; the number it was made for runs.
 
     def method(passes: int) -> PSPSR:
         return PSPSR(PSPSROptions(weights=str(path), impl="ref", restyle_iterations=passes))
@@ -266,29 +279,6 @@ def test_onnx_export_unrolls_the_passes(tmp_path: Path) -> None:
     with pytest.raises(OnnxBackendError, match="exported with other settings .*restyle_iterations: 2 → 3"):
         onnx_method(method(3), onnx_path=out, threads=1)
     assert onnx_method(method(2), onnx_path=out, threads=1).session.path == out
-
-
-def test_onnx_export_of_passes_that_shrink_the_generators_image(tmp_path: Path) -> None:
-    """Each pass brings the generator's image to the encoder's size with an antialiased resize,
-    which ONNX lacks: the export spells it as two matrix products, and the graph still agrees
-    with PyTorch (a 64-px generator read by a 32-px encoder, as the shipped 128/64 pair)."""
-    pytest.importorskip("onnxruntime")
-    from restorekit.onnx_export import export_onnx, find_export_spec
-    from restorekit_psp_sr.encoder import _resize_matrix
-    from tiny_models import tiny_generator as tiny_generator_64
-
-    x = torch.rand(2, 3, 64, 48)
-    ref = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
-    torch.testing.assert_close(torch.einsum("ih,nchw,jw->ncij", _resize_matrix(64, 32), x, _resize_matrix(48, 32)),
-                               ref, rtol=0, atol=1e-6)
-    g = tiny_generator_64(0)
-    model = PSP(tiny_encoder(g, 6, 1), g, g.mean_latent(256), restyle_iterations=2).eval()
-    assert model.decoder.resolution == 64 and model.input_size == 32
-    path = save_psp_safetensors(model, tmp_path / "shrink.safetensors", factors=[1, 2], license="CC0-1.0")
-    m = PSPSR(PSPSROptions(weights=str(path), impl="ref"))
-    m.load()
-    res = export_onnx(find_export_spec(m), tmp_path / "shrink.onnx", tolerance=1e-4)
-    assert res.info["source"]["graph"]["restyle_iterations"] == 2 and res.info["max_abs_diff"] <= 1e-4
 
 
 def test_psp_pulse_starts_from_the_restyle_codes(tmp_path: Path) -> None:

@@ -398,29 +398,38 @@ def test_methods_without_shipped_weights_name_the_fix(nothing_shipped: None, rk_
     assert not (tmp_path / "out").exists()
 
 
-def test_a_restyle_model_ships_with_its_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_restyle_model_ships_with_its_passes(shipped: Shipped, tmp_path: Path) -> None:
     """A ReStyle encoder ships like a pSp one (naming the generator) and psp_sr's default then
-    makes its passes."""
+    makes its passes. It ships over the module's psp_sr model, whose files are put back after."""
     from restorekit_psp_sr.encoder import GradualStyleEncoder
     from restorekit_psp_sr.psp import PSP
 
-    before = _repo_state()
-    s = ship_tiny(tmp_path, monkeypatch)
-    decoder = load_generator(s.ship.DEFAULT_GENERATOR, impl="ref")
-    torch.manual_seed(3)
-    enc = GradualStyleEncoder(decoder.n_styles, decoder.style_dim, backbone="ir_se_light", input_size=32,
-                              head_channels=16, input_nc=6)
-    model = PSP(enc, decoder, decoder.mean_latent(256), restyle_iterations=3).eval()
-    run = tmp_path / "restyle.safetensors"
-    save_psp_safetensors(model, run, factors=[1, 2, 4], license="unknown", name="psp_sr_faces128",
-                         training={"generator": s.ship.DEFAULT_GENERATOR})
-    s.ship.ship(s.targets["psp_sr"], run, DATA_NOTE, generator=s.ship.DEFAULT_GENERATOR, registry=s.registry)
-    m = PSPSR(PSPSROptions(impl="ref", keep_native_size=True))
-    m.load()
-    assert m.model.restyle_iterations == 3 and "decoder_weights" in m.model_config
-    lr = smooth_batch(1, 16, 16, seed=4)
-    with torch.no_grad():
-        want = model(m._to_input(lr))[0].clamp(0, 1)
-    torch.testing.assert_close(m.restore(lr, 2), want, rtol=0, atol=2e-2)  # the encoder shipped in fp16
-    monkeypatch.undo()
-    assert _repo_state() == before, "shipping wrote into the repository"
+    ship, target = shipped.ship, shipped.targets["psp_sr"]
+    entries = shipped.registry
+    written = [target.file, target.file.with_suffix(".golden.json"),  # what ship() writes
+               entries / "weights" / f"{target.name}.toml", entries / "plugins" / "restorekit-psp-sr.toml"]
+    kept = {p: p.read_bytes() for p in written}
+    try:
+        decoder = load_generator(ship.DEFAULT_GENERATOR, impl="ref")
+        torch.manual_seed(3)
+        enc = GradualStyleEncoder(decoder.n_styles, decoder.style_dim, backbone="ir_se_light", input_size=32,
+                                  head_channels=16, input_nc=6)
+        model = PSP(enc, decoder, decoder.mean_latent(256), restyle_iterations=3).eval()
+        run = tmp_path / "restyle.safetensors"
+        save_psp_safetensors(model, run, factors=[1, 2, 4], license="unknown", name="psp_sr_faces128",
+                             training={"generator": ship.DEFAULT_GENERATOR})
+        ship.ship(target, run, DATA_NOTE, generator=ship.DEFAULT_GENERATOR, registry=entries)
+        assert target.file.read_bytes() != kept[target.file]  # the ReStyle model is the default now
+        m = PSPSR(PSPSROptions(impl="ref", keep_native_size=True))
+        m.load()
+        assert m.model.restyle_iterations == 3 and "decoder_weights" in m.model_config
+        lr = smooth_batch(1, 16, 16, seed=4)
+        with torch.no_grad():
+            want = model(m._to_input(lr))[0].clamp(0, 1)
+        torch.testing.assert_close(m.restore(lr, 2), want, rtol=0, atol=2e-2)  # the encoder shipped in fp16
+    finally:
+        for p, data in kept.items():
+            p.write_bytes(data)
+    back = PSPSR(PSPSROptions(impl="ref"))
+    back.load()
+    assert back.model.restyle_iterations is None  # the module's pSp model is the default again
