@@ -70,7 +70,7 @@ def test_an_inputs_manifest_with_entries_of_another_shape_keeps_only_the_well_fo
     good = record["images"]["img1"]
     record["images"] = {"img0": 5, "img1": good, "img2": [1], "img3": None}
     manifest.write_text(json.dumps(record))
-    assert _read_manifest(manifest) == {"img1": good}
+    assert _read_manifest(manifest, record["core_code"]) == {"img1": good}
     r = _compare(hr_folder, out)
     assert r.exit_code == 0, r.output
     assert set(json.loads(manifest.read_text())["images"]) == {"img0", "img1", "img2", "img3"}  # made again
