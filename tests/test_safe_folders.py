@@ -26,16 +26,12 @@ from click.testing import CliRunner
 from restorekit import safe_open
 from restorekit.cli import build_cli
 from restorekit.errors import FileSystemError
+from link_owners import as_another_user, own_links  # noqa: F401 (fixtures)
 
 if not getattr(os, "O_NOFOLLOW", 0) or not hasattr(os, "symlink") or not hasattr(os, "geteuid"):
     pytest.skip("needs O_NOFOLLOW, symbolic links and user ids (POSIX)", allow_module_level=True)
 
 REFUSAL = "is a symbolic link; restorekit does not write through links in an output folder that another user owns"
-
-
-@pytest.fixture()
-def own_links() -> None:
-    """Asked for by a test whose links are the user's own (see :func:`as_another_user`)."""
 
 
 @pytest.fixture()
@@ -54,13 +50,6 @@ def dir_fds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return request.param
 
 
-@pytest.fixture(autouse=True)
-def as_another_user(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The links a test plants count as another user's (as if this process ran as another uid),
-    but in a test that asks for :func:`own_links`."""
-    if "own_links" not in request.fixturenames:
-        uid = os.geteuid()
-        monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
 
 
 OLD_TEMP = ".keep.png.abcd1234.part"  # the shape of restorekit's temp files: a sweep takes it for one

@@ -24,6 +24,7 @@ from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
 from restorekit.training import DataConfig, TrainConfig, Trainer, psnr, sr_datasets
 from restorekit.training import trainer as T
+from link_owners import as_another_user, own_links  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or not hasattr(os, "geteuid"),
                                 reason="symbolic links and user ids (POSIX)")
@@ -38,18 +39,6 @@ def dir_fds(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return request.param
 
 
-@pytest.fixture()
-def own_links() -> None:
-    """Asked for by a test whose links are the user's own (see :func:`as_another_user`)."""
-
-
-@pytest.fixture(autouse=True)
-def as_another_user(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The links a test plants count as another user's (as if this process ran as another uid),
-    but in a test that asks for :func:`own_links`."""
-    if "own_links" not in request.fixturenames:
-        uid = os.geteuid()
-        monkeypatch.setattr(os, "geteuid", lambda: uid + 1)
 
 
 class Tiny(nn.Module):
