@@ -213,17 +213,17 @@ def _note_once(p: object, msg: str) -> None:
     inside :func:`collected_notes`, the note added to its list, every time)."""
     collector = _COLLECTOR.get()
     if collector is not None:
-        line = f"{_shown_name(p)}: {msg}"
+        line = f"{shown_name(p)}: {msg}"
         if line not in collector:
             collector.append(line)
         return
     key = (str(p), msg)
     if key not in _NOTED:
         _NOTED.add(key)
-        print(f"warning: {_shown_name(p)}: {msg}", file=sys.stderr, flush=True)
+        print(f"warning: {shown_name(p)}: {msg}", file=sys.stderr, flush=True)
 
 
-def _shown_name(p: object) -> str:
+def shown_name(p: object) -> str:
     """``p`` as text with its unprintable characters escaped (``\\xNN``/``\\uNNNN``, as ``ascii()``
     writes them; the rule of ``restorekit.cli.shown``), so a file name cannot move the cursor or
     forge lines on a terminal."""
@@ -1031,7 +1031,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     for q in paths:  # the same file twice (by any name) is one input, under the name listed first
         first = unique.setdefault(_file_key(q), q)
         if os.path.abspath(first) != os.path.abspath(q):  # a link, not a second spelling: said, not silent
-            _note_once(q, f"the same file as {_shown_name(first)} (a link); used once, under that name")
+            _note_once(q, f"the same file as {shown_name(first)} (a link); used once, under that name")
     kept = list(unique.values())
     return [ImageItem(q, name) for q, name in zip(kept, output_names(kept))]
 

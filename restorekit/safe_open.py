@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePath
@@ -234,37 +233,6 @@ class Folder:
         if self.fd is None:
             return Folder(_by_name_step(self.path / name, create), None)
         return Folder(self.path / name, _open_step(self, name, create))
-
-    def remove(self, name: str) -> None:
-        """Remove ``name``: a file, a folder with all in it (``shutil.rmtree``, which follows no
-        link inside), or a link itself, never what it points at — but for a link of the user's own
-        to a folder (:func:`own_link`), which stands for that folder: what is in it is removed and
-        the link kept (``outputs/m -> /bigdisk/m`` stays set up)."""
-        try:
-            st = self.lstat(name)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(self.at(name), dir_fd=self.fd)  # (refuses a folder swapped for a link meanwhile)
-            return
-        if own_link(st):
-            try:
-                target = self.open(name)
-            except OSError:  # a link to a file, or to nothing: the link goes
-                pass
-            else:
-                with target:
-                    target.clear()
-                return
-        self.unlink(name)
-
-    def clear(self) -> None:
-        """Remove everything in this folder (links themselves, not what they point at)."""
-        for e in self.entries():
-            if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(self.at(e.name), dir_fd=self.fd)
-            else:
-                self.unlink(e.name)
 
     def close(self) -> None:
         if self.fd is not None:

@@ -282,7 +282,8 @@ def test_a_stopped_run_removes_no_folder_a_planted_link_leads_to(hr_folder, tmp_
 # -- the user's own links: followed -----------------------------------------------------------------
 def test_compare_follows_the_users_own_links_and_fresh_keeps_them(hr_folder, tmp_path, own_links):
     """``report/outputs -> /bigdisk/...`` made by the user: written through, reused, and with
-    ``--fresh`` emptied, not replaced by a folder of its own (it had been refused outright)."""
+    ``--fresh`` cleared of compare's files, not replaced by a folder of its own (it had been refused
+    outright); a file of the user's there stays, and is named."""
     out, big = tmp_path / "report", tmp_path / "bigdisk"
     out.mkdir()
     for name in ("outputs", "inputs"):
@@ -297,7 +298,9 @@ def test_compare_follows_the_users_own_links_and_fresh_keeps_them(hr_folder, tmp
     r = compare(hr_folder, out, "--scale", 2, "--fresh")  # (the last --scale wins) another configuration
     assert r.exit_code == 0, r.output
     assert (out / "outputs").is_symlink() and (out / "inputs").is_symlink()
-    assert sorted(p.name for p in (big / "outputs" / "bicubic").iterdir()) == [f"img{i}.png" for i in range(4)]
+    assert sorted(p.name for p in (big / "outputs" / "bicubic").iterdir()) == [f"img{i}.png" for i in range(4)] + ["stale.png"]
+    assert (big / "outputs" / "bicubic" / "stale.png").read_bytes() == b"old"
+    assert "--fresh kept 1 file in " in r.output and "that compare did not write" in r.output, r.output
     assert len(list((big / "inputs").iterdir())) == 1  # the ×4 LR folder went, the ×2 one is there
 
 

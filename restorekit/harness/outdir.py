@@ -23,12 +23,15 @@ import contextlib
 import json
 import os
 import re
+import stat
+import sys
 import zlib
-from pathlib import Path, PurePath
+from collections.abc import Callable
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ..images import atomic_write_bytes, is_temp_name, subfolders, sweep_temp_files
-from ..safe_open import check_folders, open_folder, read_plain, refused_link
+from ..images import atomic_write_bytes, is_temp_name, shown_name, subfolders, sweep_temp_files
+from ..safe_open import Folder, check_folders, open_folder, read_plain, refused_link
 
 if TYPE_CHECKING:
     from .runner import Plan
@@ -41,6 +44,9 @@ OWNED_FOLDERS = ("inputs", "outputs", "results")
 _LR_FOLDER = re.compile(r"^[0-9a-f]{12}$")  # inputs/<hash of degradation and scale>/, harness.inputs
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.@-]+")  # a method's name in file names (store.safe_name)
 _RESULT_FILE = re.compile(r"[A-Za-z0-9_.@-]+\.jsonl")
+_MANIFEST = "manifest.json"  # an LR folder's list of the files compare made there (harness.inputs)
+# What of a folder compare wrote (see _clear): the names, given the folder open; None: every *.jsonl.
+Owned = Callable[[Folder], "set[str] | None"]
 
 
 def _spec(value: str) -> str:
@@ -124,18 +130,6 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
     return diffs
 
 
-def _remove(out: Path, path: Path) -> None:
-    """Remove ``path`` (a file, a link itself, or a folder with all in it; what is in a folder a
-    link of the user's own stands for), reached from ``out`` without following another user's link
-    on the way (a folder swapped for one since is refused: :class:`~restorekit.safe_open.LinkedFolderError`)."""
-    rel = path.relative_to(out)
-    try:
-        with open_folder(out, rel.parent, create=False) as folder:
-            folder.remove(rel.name)
-    except FileNotFoundError:
-        pass
-
-
 def _refuse_links(out: Path, methods: set[str]) -> None:
     """Refuse (:class:`~restorekit.safe_open.LinkedFolderError`, one line naming it) a symbolic
     link another user owns standing for a folder compare writes in or removes from below ``out``:
@@ -154,39 +148,148 @@ def _refuse_links(out: Path, methods: set[str]) -> None:
     check_folders(out, lr)
 
 
-def _written_by_compare(out: Path, methods: set[str]) -> list[Path]:
-    """What compare wrote in ``out`` (for ``methods``, the recorded and the current ones): its top
-    files, its LR folders (``inputs/<hash>/`` with a manifest), each method's ``outputs/<method>/``
-    and ``results/<method>.jsonl`` and ``results/parts/<method>/`` — nothing else a user keeps there."""
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` is the name of an entry of a folder itself (no separator, not ``.`` or
+    ``..``): a name read from a file (a store's record, a manifest) removes nothing elsewhere."""
+    return name not in ("", ".", "..") and "\0" not in name and \
+        not any(sep in name for sep in {"/", os.sep, os.altsep or "/"})
+
+
+def _recorded_outputs(out: Path, method: str) -> set[str]:
+    """The names in ``outputs/<method>/`` of the outputs that ``method``'s result store records
+    (read by the store itself: ``results/<method>.jsonl`` and its parts); none when there is no
+    store or it cannot be read.
+
+    The store is the one record of which files there compare wrote: its outputs are named
+    ``<image>.png`` (``<image>_s<seed>.png``), as any picture may be, so a folder of the user's
+    that a link of theirs stands for cannot be told apart by name. Without a store, what is there
+    is kept (and said): a kept output of an earlier run is never reused (that takes a record of its
+    sha256) and a new one of the same name replaces it."""
+    from .store import ResultStore, safe_name
+
+    results = out / "results"
+    if not results.is_dir() or refused_link(results):
+        return set()
+    try:
+        records = ResultStore(out).load(method)
+    except OSError:  # (a link or a FIFO where its file is: nothing read from it)
+        return set()
+    names: set[str] = set()
+    for rec in records.values():
+        parts = PurePosixPath(rec.output).parts if rec.output else ()
+        if len(parts) == 3 and parts[:2] == ("outputs", safe_name(method)) and _plain_name(parts[2]):
+            names.add(parts[2])
+    return names
+
+
+def _listed_lr_files(folder: Folder) -> set[str]:
+    """The LR files (``<image>.png``) that the manifest of the LR folder ``folder`` lists, and the
+    manifest itself: what compare wrote there (none listed when it cannot be read)."""
+    try:
+        data = read_plain(folder.at(_MANIFEST), dir_fd=folder.fd)
+        doc = json.loads(data.decode("utf-8")) if data is not None else None
+    except (OSError, ValueError, RecursionError):
+        doc = None
+    images = doc.get("images") if isinstance(doc, dict) else None
+    listed = {f"{stem}.png" for stem in images} if isinstance(images, dict) else set()
+    return {name for name in listed if _plain_name(name)} | {_MANIFEST}
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _clear(out: Path, rel: PurePath, owned: Owned) -> str | None:
+    """Remove from the folder ``out/rel`` the files compare wrote there: the names ``owned(folder)``
+    gives (None: every ``*.jsonl``, a store's parts) and its temp files (:func:`is_temp_name`) —
+    files and links themselves, never a folder, nor what a link points at. Then the folder itself
+    when it is a real one left empty; a link standing for it (the user's own, followed: another
+    user's is refused, :class:`~restorekit.safe_open.LinkedFolderError`) is kept. What is left in
+    words, for a line on stderr; None when nothing is (or there is no folder there)."""
+    try:
+        with open_folder(out, rel.parent, create=False) as parent:
+            linked = stat.S_ISLNK(parent.lstat(rel.name).st_mode)
+            with parent.open(rel.name) as folder:
+                names = owned(folder)
+                files = folders = 0
+                # (a manifest last: a removal cut short leaves the files it lists listed)
+                for e in sorted(folder.entries(), key=lambda e: (e.name == _MANIFEST, e.name)):
+                    if e.is_dir(follow_symlinks=False):
+                        folders += 1
+                    elif is_temp_name(e.name) or (e.name.endswith(".jsonl") if names is None else e.name in names):
+                        folder.unlink(e.name)
+                    else:
+                        files += 1
+            if not files and not folders:
+                if not linked:
+                    parent.rmdir(rel.name)
+                return None
+    except (FileNotFoundError, NotADirectoryError):  # none there, or a file, or a link to none: left
+        return None
+    kept = " and ".join(_count(n, what) for n, what in ((files, "file"), (folders, "folder")) if n)
+    real = Path(os.path.realpath(out / rel))
+    where = "" if real == Path(os.path.realpath(out)) / rel else f" (-> {real})"
+    return f"--fresh kept {kept} in {out / rel}{where} that compare did not write"
+
+
+def _remove_file(out: Path, path: Path) -> None:
+    """Remove the file ``path`` (a link itself, never what it points at; a folder there is not
+    compare's and is left), reached from ``out`` as :func:`_clear` reaches a folder."""
+    rel = path.relative_to(out)
+    try:
+        with open_folder(out, rel.parent, create=False) as folder:
+            if not stat.S_ISDIR(folder.lstat(rel.name).st_mode):
+                folder.unlink(rel.name)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+
+
+def _written_by_compare(out: Path, methods: set[str]) -> list[tuple[Path, Owned | None]]:
+    """Where compare wrote in ``out`` (for ``methods``, the recorded and the current ones), each
+    with what of a folder is compare's (:func:`_clear`; None: a file): each method's
+    ``outputs/<method>/`` (the outputs its store records), its LR folders (``inputs/<hash>/`` with
+    a manifest: the files it lists), each method's ``results/parts/<method>/``, ``<method>.jsonl``
+    and ``<method>.meta.json``, and its files at the top — in that order, the records last, so a
+    removal cut short leaves what the next one needs to know what to remove."""
     from .store import safe_name
 
-    found = [out / name for name in OWNED_FILES if (out / name).exists() or (out / name).is_symlink()]
+    names = sorted({safe_name(m) for m in methods})
+    found: list[tuple[Path, Owned | None]] = []
+    for name in names:
+        found.append((out / "outputs" / name, lambda folder, name=name: _recorded_outputs(out, name)))
     inputs = out / "inputs"
     if inputs.is_dir() and not refused_link(inputs):
-        found += [d for d in sorted(inputs.iterdir()) if d.is_dir() and not refused_link(d)
-                  and _LR_FOLDER.match(d.name) and (d / "manifest.json").is_file()]
-    for name in sorted({safe_name(m) for m in methods}):
-        for path in (out / "outputs" / name, out / "results" / f"{name}.jsonl", out / "results" / "parts" / name):
-            if path.exists() or path.is_symlink():
-                found.append(path)
-    return found
+        found += [(d, _listed_lr_files) for d in sorted(inputs.iterdir()) if d.is_dir() and not refused_link(d)
+                  and _LR_FOLDER.match(d.name) and (d / _MANIFEST).is_file()]
+    for name in names:
+        found.append((out / "results" / "parts" / name, lambda folder: None))
+        found += [(out / "results" / f"{name}{ext}", None) for ext in (".jsonl", ".meta.json")]
+    found += [(out / name, None) for name in sorted(OWNED_FILES, key=lambda n: n == CONFIG_FILE)]
+    return [(path, owned) for path, owned in found if path.exists() or path.is_symlink()]
 
 
 def _remove_owned(out: Path, methods: set[str], keep: list[Path]) -> None:
-    """``--fresh``: remove what compare wrote (:func:`_written_by_compare`), then its folders if
-    they are left empty. Refused when an input of this run (``keep``: ``--data``, ``--lr-dir``)
-    lies inside what would go."""
+    """``--fresh``: remove what compare wrote (:func:`_written_by_compare`; in its folders only
+    its own files, whatever else is there — a folder a link of the user's stands for may hold
+    theirs — is kept and said on stderr, one line per folder), then its folders left empty.
+    Refused when an input of this run (``keep``: ``--data``, ``--lr-dir``) lies inside what
+    would go."""
     from .runner import CompareUsageError
 
     doomed = _written_by_compare(out, methods)
     for given in keep:
         target = given.resolve()
-        hit = next((d for d in doomed if target == d.resolve() or d.resolve() in target.parents), None)
+        hit = next((d for d, _ in doomed if target == d.resolve() or d.resolve() in target.parents), None)
         if hit is not None:
             raise CompareUsageError(f"--fresh would remove {hit}, which holds this run's input {given}: "
                                     "move the input out of the --out folder, or use another --out")
-    for path in doomed:
-        _remove(out, path)
+    for path, owned in doomed:
+        if owned is None:
+            _remove_file(out, path)
+            continue
+        kept = _clear(out, PurePath(path.relative_to(out)), owned)
+        if kept is not None:
+            print(f"warning: {shown_name(kept)}", file=sys.stderr, flush=True)
     for name in map(PurePath, ("results/parts", *OWNED_FOLDERS)):
         with contextlib.suppress(OSError), open_folder(out, name.parent, create=False) as parent:
             parent.rmdir(name.name)  # (only an empty folder; never a link)
