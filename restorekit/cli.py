@@ -7,7 +7,9 @@ No traceback reaches a user: restorekit's own errors and file-system errors are 
 the path and the fix; anything unexpected is one line asking for ``--debug`` (or
 ``RESTOREKIT_DEBUG=1``), which shows the traceback instead. Ctrl-C ends a command with
 "interrupted" and exit 130, SIGTERM likewise with exit 143 (no line); atomic writes clean up
-their temporary files either way.
+their temporary files either way. An installed distribution whose ``entry_points.txt`` cannot be
+parsed (torch and pydantic fail on it when imported) is named with its file and line: in a warning
+where the command can run beside it, else in the one error line (exit 2).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def shown(text: str) -> str:
     characters (a file named with an escape sequence that would clear the screen or retitle the
     window) as ``\\xNN`` / ``\\uNNNN``, and line breaks as ``\\n`` / ``\\r`` (a file named
     ``x\\nnote: all inputs verified OK`` would otherwise print a line of its own making) — the
-    rule of ``restorekit.images._shown_name``."""
+    rule of ``restorekit.images.shown_name``."""
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
@@ -268,6 +270,7 @@ def main() -> None:
     except (ValueError, OSError):  # not the main thread
         pass
     _tolerant_streams()
+    _skip_malformed_entry_points()
     try:
         build_cli()(prog_name="restorekit")
     except SystemExit as done:
@@ -298,15 +301,107 @@ def main() -> None:
         if isinstance(exc, OSError):
             error_line(describe_os_error(exc, action="use"))
             sys.exit(2)
+        broken = metadata_failure(exc)
+        if broken is not None:
+            error_line(broken)
+            sys.exit(2)
         error_line(describe_unexpected(exc))
         sys.exit(1)
 
 
 def describe_unexpected(exc: BaseException) -> str:
-    """One line for an error nobody anticipated (a bug here or in a plugin), pointing at ``--debug``."""
+    """One line for an error nobody anticipated (a bug here or in a plugin), pointing at ``--debug``;
+    an installed distribution's malformed ``entry_points.txt`` is named instead where it is the cause
+    (:func:`metadata_failure`)."""
+    broken = metadata_failure(exc)
+    if broken is not None:
+        return broken
     text = str(exc).strip().splitlines()
     return (f"unexpected {type(exc).__name__}{': ' + text[0] if text else ''} (rerun with --debug for "
             "the traceback, and report it)")
+
+
+#: Libraries the commands import that read every installed distribution's entry points when they
+#: are imported (``importlib.metadata.entry_points(group=…)`` parses them all, and fails on one
+#: malformed ``entry_points.txt``): (library, the group it looks for, its own switch that turns
+#: the looking off, the value that does).
+ENTRY_POINT_READERS = (("torch", "torch.backends", "TORCH_DEVICE_BACKEND_AUTOLOAD", "0"),
+                       ("pydantic", "pydantic", "PYDANTIC_DISABLE_PLUGINS", "__all__"))
+
+
+def _skip_malformed_entry_points() -> None:
+    """Let the commands run beside an installed distribution whose ``entry_points.txt`` cannot be
+    parsed, on which importing torch or pydantic would fail: where no installed distribution (the
+    malformed files' sections included) declares a group those libraries look for, their own
+    switches (:data:`ENTRY_POINT_READERS`) tell them not to look, which loses nothing, and each such
+    distribution is named in one warning. Otherwise nothing changes and :func:`metadata_failure`
+    names the file when the import fails. Child processes inherit the switches."""
+    try:
+        from .entry_points import scan_entry_points
+
+        scan = scan_entry_points()
+    except Exception:  # never worse than without the check
+        return
+    if not scan.malformed or any(group in scan.groups for _, group, _, _ in ENTRY_POINT_READERS):
+        return
+    for _, _, variable, value in ENTRY_POINT_READERS:
+        os.environ[variable] = value
+    from . import ENTRY_POINT_GROUP
+
+    for bad in scan.malformed:
+        if ENTRY_POINT_GROUP not in bad.sections:  # a plugin's: the plugin registry names it
+            warn(f"ignoring the installed distribution {bad.dist}: its entry_points.txt cannot be parsed "
+                 f"({bad.problem_at()}), which fails `import torch` elsewhere (restorekit runs with torch's and "
+                 f"pydantic's entry-point plugins off, none being installed); {bad.fix()}")
+
+
+def metadata_failure(exc: BaseException) -> str | None:
+    """The one line for ``exc`` when it came out of :mod:`importlib.metadata` while a library read
+    every installed distribution's entry points, and some distribution's ``entry_points.txt`` is
+    indeed malformed: which distribution, the file and the line, and what to do. None otherwise."""
+    reader = _entry_point_reader(exc)
+    if reader is None:
+        return None
+    try:
+        from .entry_points import scan_entry_points
+
+        malformed = scan_entry_points().malformed
+    except Exception:
+        return None
+    if not malformed:
+        return None
+    library, at_import = reader
+    bad, others = malformed[0], malformed[1:]
+    also = f" (also malformed: {'; '.join(f'{o.dist}, {o.problem_at()}' for o in others)})" if others else ""
+    return (f"the installed distribution {bad.dist} has a malformed entry_points.txt ({bad.problem_at()}), and "
+            f"{library} reads every installed distribution's entry points{' when it is imported' if at_import else ''}"
+            f"; {bad.fix()}{also}")
+
+
+def _entry_point_reader(exc: BaseException) -> tuple[str, bool] | None:
+    """``(library, during its import)`` when ``exc`` (or an error it was raised from) was raised
+    inside :mod:`importlib.metadata` (or its backport ``importlib_metadata``): the package of the
+    code that called it ('a library' when none shows), and whether that package was being imported
+    then. None when it was not."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        frames: list[tuple[str, str]] = []
+        tb = error.__traceback__
+        while tb is not None:
+            frames.append((str(tb.tb_frame.f_globals.get("__name__") or ""), tb.tb_frame.f_code.co_name))
+            tb = tb.tb_next
+        inside = [i for i, (mod, _) in enumerate(frames)
+                  if mod.startswith(("importlib.metadata", "importlib_metadata"))]
+        if inside:
+            callers = [mod for mod, _ in frames[:inside[0]] if mod and not mod.startswith("importlib")]
+            if not callers:
+                return "a library", False
+            package = callers[-1].split(".")[0]
+            return package, any(mod.split(".")[0] == package and code == "<module>" for mod, code in frames)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut: tuple[str, ...] = ()) -> None:
