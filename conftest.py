@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from restorekit import plugins
+
+# One intra-op thread for the whole run: golden tensors are recorded single-threaded (a reduction's
+# order, and so its last bits, depends on the thread count), and the multi-process tests (torchrun,
+# workers) run side by side on few cores, where one thread per process is the faster. A test that
+# changes the count has it put back after it (below).
+TEST_THREADS = 1
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +23,12 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch):
     plugins.reset()
     yield
     plugins.reset()
+
+
+@pytest.fixture(autouse=True)
+def kept_thread_count():
+    """A test that sets torch's thread count (a fixture pinning it for a golden value, a plugin
+    under test) does not change it for the tests after it."""
+    yield
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)

@@ -20,8 +20,6 @@ from restorekit.faces.dlib_models import dlib_available, dlib_model_path
 from restorekit.faces.dlib_resnet import DlibFaceDescriptor, add_prev, state_dict_from_network
 from restorekit.faces.identity_dlib import DlibResnetEmbedder, IdentityDlib, IdentityDlibDist
 
-torch.set_num_threads(1)
-
 
 def _models_present() -> bool:
     try:

