@@ -6,8 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +22,8 @@ from restorekit.harness.inputs import from_degradation, merge_shards, update_man
 from restorekit.harness.store import Record, ResultStore
 from restorekit.sharding import SINGLE, Job, cpu_share, exit_code_of
 from restorekit.testing.data import smooth_image
+from background_runs import Launch, selected, torchrun
+from plugin_sources import write_plugin_dist
 
 # A throwaway plugin: a deterministic method that fails on 24-px-wide inputs and a stochastic one.
 # Each restore is logged (method, rank, LR digest, seed); with RK_DIE_AFTER=K rank 1 dies at its
@@ -81,15 +87,18 @@ METRICS = "psnr_y_crop,ssim_y_crop,psnr_rgb,lr_consistency"
 RUN_ONLY = ("ms", "warmup", "peak_mem_mb", "reused")
 
 
-@pytest.fixture
-def hr9(tmp_path: Path) -> Path:
+def write_hr9(d: Path) -> Path:
     """Eight 32×32 images and one 48-px-wide one (sharp3p fails on its ×2 LR)."""
-    d = tmp_path / "hr"
-    d.mkdir()
+    d.mkdir(parents=True)
     for i in range(8):
         Image.fromarray(smooth_image(32, 32, i)).save(d / f"img{i}.png")
     Image.fromarray(smooth_image(32, 48, 9)).save(d / "narrow.png")
     return d
+
+
+@pytest.fixture
+def hr9(tmp_path: Path) -> Path:
+    return write_hr9(tmp_path / "hr")
 
 
 @pytest.fixture
@@ -101,13 +110,26 @@ def scaleout_plugin(plugin_site, tmp_path, monkeypatch) -> Path:
     return calls
 
 
-def restorekit(*args: str, processes: int = 1, **env: str) -> subprocess.CompletedProcess[str]:
+def _command(args: Sequence[str], processes: int) -> list[str]:
     """``python -m restorekit ARGS``, or under ``torchrun --nproc_per_node PROCESSES``."""
-    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                          str(processes)]
-    cmd = [sys.executable, *launcher, "-m", "restorekit", *args]
-    env = {"PYTHONFAULTHANDLER": "1", **os.environ, **env}  # a rank that aborts shows its stacks
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    return [*([sys.executable] if processes == 1 else torchrun(processes)), "-m", "restorekit", *args]
+
+
+def restorekit_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """``restorekit ARGS`` in this process: a one-process reference without an interpreter's start-up.
+    On one thread, as ``python -m restorekit`` runs with ``OMP_NUM_THREADS=1`` and as each rank of a
+    two-process job runs on this machine's CPU share (the thread count is put back after)."""
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(build_cli(), list(args), prog_name="restorekit", catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["restorekit", *args], r.exit_code, r.stdout, r.stderr)
 
 
 def _calls(path: Path) -> list[list[str]]:
@@ -276,20 +298,166 @@ def test_store_parts_are_read_on_resume_and_folded_by_compact(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# torchrun: two CPU processes (gloo) against one
+# torchrun: two CPU processes (gloo) against one.
+#
+# Each launch spends most of its time starting interpreters that import torch, much of it on one
+# core. So the launches of the tests below start when the module's first test starts, two at a
+# time on a thread pool (:class:`Background`), and run beside the in-process tests and each
+# other; a test computes its one-process reference in this process meanwhile, then checks what
+# its launches did. Only the launches of the tests this session runs are started.
+
+COMPARE = "test_compare_on_two_processes_gives_one_process_numbers"
+RUN = "test_run_on_two_processes_writes_what_one_process_writes"
+DEGRADE = "test_degrade_on_two_processes_writes_what_one_process_writes"
+KILLED = "test_killed_compare_resumes_without_redoing_finished_work"
+KILLED_RUN = "test_killed_run_resumes_without_redoing_finished_work"
+BENCH = "test_bench_scaleout_reports_the_ratio_and_identical_results"
+
+
+class Background:
+    """Jobs on a pool of two threads; each job starts its commands with :meth:`restorekit`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        site = root / "site"
+        write_plugin_dist(site, "thirdparty-scaleout", "thirdparty_scaleout", SCALEOUT_PLUGIN)
+        # What the scaleout_plugin fixture sets for a test.
+        self.plugin_env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+                           "OMP_NUM_THREADS": "1"}
+        self._pool = ThreadPoolExecutor(max_workers=2)
+        self._lock = threading.Lock()
+        self._launches: list[Launch] = []
+        self._closed = False
+        self.jobs: dict[str, Future] = {}
+
+    def submit(self, job: Callable[[Background, Path], object], broken: bool = False) -> None:
+        """Queue ``job(self, folder)``; its inputs, :meth:`hr`, are written now (a test may read them meanwhile)."""
+        hr = write_hr9(self.root / job.__name__ / "hr")
+        if broken:
+            (hr / "broken.png").write_bytes(b"not an image")
+        self.jobs[job.__name__] = self._pool.submit(job, self, hr.parent)
+
+    def hr(self, name: str) -> Path:
+        """The input folder of job ``name``: the images of ``write_hr9`` (and a broken.png for some)."""
+        return self.root / name / "hr"
+
+    def restorekit(self, *args: str, processes: int = 1, **env: str) -> subprocess.CompletedProcess[str]:
+        """``python -m restorekit ARGS`` (under ``torchrun --nproc_per_node PROCESSES``), to its end."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the module's tests have ended")
+            launch = Launch(_command(args, processes), env)
+            self._launches.append(launch)
+        return launch.wait()
+
+    def result(self, name: str) -> Any:
+        return self.jobs[name].result(timeout=900)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for launch in self._launches:
+                launch.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+COMPARE_ARGS = ("compare", "--methods", "sharp3p,jitter3p", "--scale", "2", "--seeds", "0,1", "--metrics", METRICS,
+                "--degradation", "bicubic:2+noise:2", "--device", "cpu", "--json")
+RUN_ARGS = ("run", "jitter3p", "--scale", "2", "--seed", "3", "--n-samples", "2", "--device", "cpu", "--json")
+DEGRADE_ARGS = ("degrade", "--spec", "blur:1.2+bicubic:2+noise:5", "--seed", "4", "--json")
+
+
+def compare_job(bg: Background, d: Path) -> dict:
+    hr, calls = d / "hr", d / "calls.txt"
+    two = bg.restorekit(*COMPARE_ARGS, "--data", str(hr), "--out", str(d / "two"), processes=2,
+                        RK_TEST_CALLS=str(calls), **bg.plugin_env)
+    return {"hr": hr, "two": two, "calls": _calls(calls), "out": d / "two"}
+
+
+def run_job(bg: Background, d: Path) -> dict:
+    hr, calls = d / "hr", d / "calls.txt"
+    two = bg.restorekit(*RUN_ARGS, "--input", str(hr), "--output", str(d / "two"), processes=2,
+                        RK_TEST_CALLS=str(calls), **bg.plugin_env)
+    return {"hr": hr, "two": two, "calls": _calls(calls), "out": d / "two"}
+
+
+def run_usage_job(bg: Background, d: Path) -> subprocess.CompletedProcess[str]:
+    return bg.restorekit("run", "jitter3q", "--scale", "2", "--input", str(d / "hr"), "--output", str(d / "x"),
+                         processes=2, RK_TEST_CALLS=str(d / "calls.txt"), **bg.plugin_env)
+
+
+def degrade_job(bg: Background, d: Path) -> dict:
+    hr = d / "hr"
+    two = bg.restorekit(*DEGRADE_ARGS, "--input", str(hr), "--output", str(d / "two"), processes=2)
+    return {"hr": hr, "two": two, "out": d / "two"}
+
+
+def killed_compare_job(bg: Background, d: Path) -> dict:
+    hr, out, calls = d / "hr", d / "out", d / "calls.txt"
+    args = ["compare", "--methods", "jitter3p", "--scale", "2", "--data", str(hr), "--seeds", "0,1",
+            "--metrics", "psnr_y_crop", "--device", "cpu", "--out", str(out), "-q"]
+    killed = bg.restorekit(*args, processes=2, RK_TEST_CALLS=str(calls), RK_DIE_AFTER="3", RK_SLEEP="0.3",
+                           **bg.plugin_env)
+    stored = ResultStore(out).load("jitter3p")
+    seen = {"killed": killed, "results_json": (out / "results.json").exists(), "first": _calls(calls),
+            "finished": {(k[1], k[2]) for k, r in stored.items() if r.status == "ok" and ResultStore(out).reusable(r)},
+            "parts": (out / "results" / "parts" / "jitter3p").is_dir()}
+    calls.unlink(missing_ok=True)  # (none when the killed run never reached the method: its asserts say so)
+    seen["resumed"] = bg.restorekit(*args, processes=2, RK_TEST_CALLS=str(calls), **bg.plugin_env)
+    seen["second"] = _calls(calls)
+    seen["out"] = out
+    return seen
+
+
+def killed_run_job(bg: Background, d: Path) -> dict:
+    hr, out, calls = d / "hr", d / "out", d / "calls.txt"
+    args = ["run", "jitter3p", "--scale", "2", "--input", str(hr), "--output", str(out), "--seed", "1",
+            "--device", "cpu", "--json"]
+    killed = bg.restorekit(*args, processes=2, RK_TEST_CALLS=str(calls), RK_DIE_AFTER="2", RK_SLEEP="0.3",
+                           **bg.plugin_env)
+    seen = {"killed": killed, "done": sorted(p.name for p in out.glob("*.png")), "hidden": list(out.glob(".*"))}
+    calls.unlink(missing_ok=True)  # (none when the killed run never reached the method: its asserts say so)
+    seen["resumed"] = bg.restorekit(*args, processes=2, RK_TEST_CALLS=str(calls), **bg.plugin_env)
+    seen["second"] = _calls(calls)
+    seen["out"] = out
+    return seen
+
+
+def bench_job(bg: Background, d: Path) -> subprocess.CompletedProcess[str]:
+    return bg.restorekit("bench", "scaleout", "--n", "4", "--size", "32", "--steps", "2", "--metrics", "psnr_y_crop",
+                         "--repeats", "1", "--json", OMP_NUM_THREADS="1")
+
+
+# The bench first: its one-process launch keeps one core busy, the other jobs fill the other.
+JOBS = {BENCH: [(bench_job, False)], COMPARE: [(compare_job, False)],
+        RUN: [(run_job, True), (run_usage_job, False)], DEGRADE: [(degrade_job, True)],
+        KILLED: [(killed_compare_job, False)], KILLED_RUN: [(killed_run_job, False)]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The launches of the tests below that this session runs, started when the module's first test starts."""
+    chosen = selected(request, *JOBS)
+    if not chosen:
+        yield None
+        return
+    bg = Background(tmp_path_factory.mktemp("scaleout"))
+    for test, jobs in JOBS.items():
+        if test in chosen:
+            for job, broken in jobs:
+                bg.submit(job, broken)
+    yield bg
+    bg.close()
 
 
 @pytest.mark.slow
-def test_compare_on_two_processes_gives_one_process_numbers(scaleout_plugin, hr9, tmp_path):
-    args = ["compare", "--methods", "sharp3p,jitter3p", "--scale", "2", "--data", str(hr9), "--seeds", "0,1",
-            "--metrics", METRICS, "--degradation", "bicubic:2+noise:2", "--device", "cpu", "--json"]
-    one = restorekit(*args, "--out", str(tmp_path / "one"))
+def test_compare_on_two_processes_gives_one_process_numbers(background, scaleout_plugin, tmp_path):
+    one = restorekit_here(*COMPARE_ARGS, "--data", str(background.hr("compare_job")), "--out", str(tmp_path / "one"))
     assert one.returncode == 1, one.stderr[-2000:]  # sharp3p fails on the narrow image
     calls_one = _calls(scaleout_plugin)
-    scaleout_plugin.unlink()
-    two = restorekit(*args, "--out", str(tmp_path / "two"), processes=2)
+    job = background.result("compare_job")
+    two, calls_two, out = job["two"], job["calls"], job["out"]
     assert two.returncode != 0 and "exitcode  : 1" in two.stderr, two.stderr[-2000:]
-    calls_two = _calls(scaleout_plugin)
 
     # Each (method, image, seed) ran once, shared between both ranks.
     key = [(c[0], c[2], c[3]) for c in calls_two]
@@ -300,87 +468,86 @@ def test_compare_on_two_processes_gives_one_process_numbers(scaleout_plugin, hr9
     assert summary["processes"] == 2 and summary["exit_code"] == 1
     assert two.stderr.count("cannot handle a 24-px-wide input") == 1
     doc1 = json.loads((tmp_path / "one" / "results.json").read_text())
-    doc2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    doc2 = json.loads((out / "results.json").read_text())
     assert doc2["processes"] == 2 and "processes" not in doc1
     assert _comparable(doc1) == _comparable(doc2)  # every number, bit for bit (JSON keeps a float's exact value)
     sharp = next(m for m in doc2["methods"] if m["name"] == "sharp3p")
+    assert doc1["methods"][0]["device"].endswith(", 1 threads)")
     assert sharp["device"] == "cpu (" + doc1["methods"][0]["device"].split(" (", 1)[1] + " × 2 processes"
     assert sharp["aggregate"]["failed"] == 1 and sharp["aggregate"]["ok"] == 8
     for name in ("summary.csv", "inputs"):
-        assert (tmp_path / "two" / name).exists()
-    for f in sorted((tmp_path / "one" / "outputs").rglob("*.png")):
-        assert f.read_bytes() == (tmp_path / "two" / f.relative_to(tmp_path / "one")).read_bytes()
-    manifests = [json.loads(next((tmp_path / d / "inputs").glob("*/manifest.json")).read_text())
-                 for d in ("one", "two")]
+        assert (out / name).exists()
+    pngs = sorted((tmp_path / "one" / "outputs").rglob("*.png"))
+    assert len(pngs) == 8 + 18
+    for f in pngs:
+        assert f.read_bytes() == (out / f.relative_to(tmp_path / "one")).read_bytes()
+    manifests = [json.loads(next((d / "inputs").glob("*/manifest.json")).read_text()) for d in (tmp_path / "one", out)]
     assert manifests[0] == manifests[1]
-    store = tmp_path / "two" / "results"
+    store = out / "results"
     assert not (store / "parts").exists() and len((store / "sharp3p.jsonl").read_text().splitlines()) == 9
 
 
+def _same_lists(s1: dict, one: Path, s2: dict, two: Path) -> None:
+    """The written, skipped and failed lists of two summaries, the same but for their output folders."""
+    for k in ("written", "skipped", "failed"):
+        assert [json.dumps(x).replace(str(one), "OUT") for x in s1[k]] == \
+            [json.dumps(x).replace(str(two), "OUT") for x in s2[k]], k
+
+
 @pytest.mark.slow
-def test_run_on_two_processes_writes_what_one_process_writes(scaleout_plugin, hr9, tmp_path):
-    (hr9 / "broken.png").write_bytes(b"not an image")
-    args = ["run", "jitter3p", "--scale", "2", "--input", str(hr9), "--seed", "3", "--n-samples", "2",
-            "--device", "cpu", "--json"]
-    one = restorekit(*args, "--output", str(tmp_path / "one"))
+def test_run_on_two_processes_writes_what_one_process_writes(background, scaleout_plugin, tmp_path):
+    hr = background.hr("run_job")
+    one = restorekit_here(*RUN_ARGS, "--input", str(hr), "--output", str(tmp_path / "one"))
     assert one.returncode == 1, one.stderr[-2000:]
-    scaleout_plugin.unlink()
-    two = restorekit(*args, "--output", str(tmp_path / "two"), processes=2)
+    assert len(_calls(scaleout_plugin)) == 9
+    job = background.result("run_job")
+    two, calls = job["two"], job["calls"]
     assert two.returncode != 0, two.stderr[-2000:]
-    calls = _calls(scaleout_plugin)
     assert len(calls) == 9 and {c[1] for c in calls} == {"0", "1"}  # 9 readable inputs, each once
     s1, s2 = json.loads(one.stdout), json.loads(two.stdout)
     assert s2["processes"] == 2 and s2["device"] == "cpu × 2 processes"
-    for k in ("written", "skipped", "failed"):
-        assert [json.dumps(x).replace(str(tmp_path / "one"), "OUT") for x in s1[k]] == \
-            [json.dumps(x).replace(str(tmp_path / "two"), "OUT") for x in s2[k]], k
-    assert len(s2["written"]) == 18 and [f["path"] for f in s2["failed"]] == [str(hr9 / "broken.png")]
+    _same_lists(s1, tmp_path / "one", s2, job["out"])
+    assert len(s2["written"]) == 18 and [f["path"] for f in s2["failed"]] == [str(hr / "broken.png")]
     assert two.stderr.count("broken.png: not a readable image") == 1
-    for f in sorted((tmp_path / "one").glob("*.png")):
-        assert f.read_bytes() == (tmp_path / "two" / f.name).read_bytes(), f.name
-
+    pngs = sorted((tmp_path / "one").glob("*.png"))
+    assert len(pngs) == 18
+    for f in pngs:
+        assert f.read_bytes() == (job["out"] / f.name).read_bytes(), f.name
     # A usage error is said once, not once per rank.
-    bad = restorekit("run", "jitter3q", "--scale", "2", "--input", str(hr9), "--output", str(tmp_path / "x"),
-                     processes=2)
-    assert bad.returncode != 0 and bad.stderr.count("unknown method 'jitter3q'") == 1
+    bad = background.result("run_usage_job")
+    assert bad.returncode != 0 and bad.stderr.count("unknown method 'jitter3q'") == 1, bad.stderr[-2000:]
 
 
-def test_degrade_on_two_processes_writes_what_one_process_writes(hr9, tmp_path):
+def test_degrade_on_two_processes_writes_what_one_process_writes(background, tmp_path):
     """degrade shares its inputs out like run; random steps depend on the seed and name, not the rank."""
-    (hr9 / "broken.png").write_bytes(b"not an image")
-    args = ["degrade", "--spec", "blur:1.2+bicubic:2+noise:5", "--input", str(hr9), "--seed", "4", "--json"]
-    one = restorekit(*args, "--output", str(tmp_path / "one"))
-    two = restorekit(*args, "--output", str(tmp_path / "two"), processes=2)
+    one = restorekit_here(*DEGRADE_ARGS, "--input", str(background.hr("degrade_job")), "--output",
+                          str(tmp_path / "one"))
+    job = background.result("degrade_job")
+    two = job["two"]
     assert one.returncode == 1 and two.returncode != 0, two.stderr[-2000:]
     s1, s2 = json.loads(one.stdout), json.loads(two.stdout)
     assert s2["processes"] == 2 and "processes" not in s1
-    for k in ("written", "skipped", "failed"):
-        assert [json.dumps(x).replace(str(tmp_path / "one"), "OUT") for x in s1[k]] == \
-            [json.dumps(x).replace(str(tmp_path / "two"), "OUT") for x in s2[k]], k
+    _same_lists(s1, tmp_path / "one", s2, job["out"])
     assert len(s2["written"]) == 9 and two.stderr.count("broken.png: not a readable image") == 1
-    for f in sorted((tmp_path / "one").glob("*.png")):
-        assert f.read_bytes() == (tmp_path / "two" / f.name).read_bytes(), f.name
+    pngs = sorted((tmp_path / "one").glob("*.png"))
+    assert len(pngs) == 9
+    for f in pngs:
+        assert f.read_bytes() == (job["out"] / f.name).read_bytes(), f.name
 
 
 @pytest.mark.slow
-def test_killed_compare_resumes_without_redoing_finished_work(scaleout_plugin, hr9, tmp_path):
-    out = tmp_path / "out"
-    args = ["compare", "--methods", "jitter3p", "--scale", "2", "--data", str(hr9), "--seeds", "0,1",
-            "--metrics", "psnr_y_crop", "--device", "cpu", "--out", str(out), "-q"]
-    killed = restorekit(*args, processes=2, RK_DIE_AFTER="3", RK_SLEEP="0.3")
+def test_killed_compare_resumes_without_redoing_finished_work(background):
+    seen = background.result("killed_compare_job")
+    killed, out = seen["killed"], seen["out"]
     assert killed.returncode != 0 and "exitcode  : 17" in killed.stderr, killed.stderr[-2000:]
-    assert not (out / "results.json").exists()
-    first = _calls(scaleout_plugin)
+    assert not seen["results_json"]
     # What the killed job finished is in the store (each rank's part), with its output.
-    stored = ResultStore(out).load("jitter3p")
-    finished = {(k[1], k[2]) for k, r in stored.items() if r.status == "ok" and ResultStore(out).reusable(r)}
-    assert 3 <= len(finished) < 18 and len(first) >= len(finished)
-    assert (out / "results" / "parts" / "jitter3p").is_dir()
+    finished = seen["finished"]
+    assert 3 <= len(finished) < 18 and len(seen["first"]) >= len(finished)
+    assert seen["parts"]
 
-    scaleout_plugin.unlink()
-    resumed = restorekit(*args, processes=2)
+    resumed, second = seen["resumed"], seen["second"]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    second = _calls(scaleout_plugin)
     assert len(second) == 18 - len(finished)  # only what was not finished, each once
     assert {c[1] for c in second} == {"0", "1"}  # what was left is shared again
     doc = json.loads((out / "results.json").read_text())
@@ -390,29 +557,23 @@ def test_killed_compare_resumes_without_redoing_finished_work(scaleout_plugin, h
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_redoing_finished_work(scaleout_plugin, hr9, tmp_path):
-    out = tmp_path / "out"
-    args = ["run", "jitter3p", "--scale", "2", "--input", str(hr9), "--output", str(out), "--seed", "1",
-            "--device", "cpu", "--json"]
-    killed = restorekit(*args, processes=2, RK_DIE_AFTER="2", RK_SLEEP="0.3")
+def test_killed_run_resumes_without_redoing_finished_work(background):
+    seen = background.result("killed_run_job")
+    killed, out, done = seen["killed"], seen["out"], seen["done"]
     assert killed.returncode != 0 and "exitcode  : 17" in killed.stderr, killed.stderr[-2000:]
-    done = sorted(p.name for p in out.glob("*.png"))
-    assert 2 <= len(done) < 9 and not list(out.glob(".*"))  # no temp file left behind
-    scaleout_plugin.unlink()
-    resumed = restorekit(*args, processes=2)
+    assert 2 <= len(done) < 9 and not seen["hidden"]  # no temp file left behind
+    resumed = seen["resumed"]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads(resumed.stdout)
-    assert len(_calls(scaleout_plugin)) == 9 - len(done)
+    assert len(seen["second"]) == 9 - len(done)
     assert sorted(Path(s["path"]).name for s in summary["skipped"]) == done
     assert len(summary["written"]) == 9 - len(done) and summary["failed"] == []
     assert len(list(out.glob("*.png"))) == 9
 
 
 @pytest.mark.slow
-def test_bench_scaleout_reports_the_ratio_and_identical_results():
-    r = subprocess.run([sys.executable, "-m", "restorekit", "bench", "scaleout", "--n", "4", "--size", "32",
-                        "--steps", "2", "--metrics", "psnr_y_crop", "--repeats", "1", "--json"], capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+def test_bench_scaleout_reports_the_ratio_and_identical_results(background):
+    r = background.result("bench_job")
     assert r.returncode == 0, r.stderr[-2000:]
     d = json.loads(r.stdout)
     assert d["identical"] is True

@@ -450,35 +450,43 @@ class TinySR(nn.Module):
         return x + self.body(x)
 
 calls = 0
+term_rank1 = False
 
 def step(net, batch):
     global calls
     calls += 1
-    if TERM_RANK1 and info.rank == 1 and calls == 2:  # a TERM that reaches rank 1 alone
+    if term_rank1 and info.rank == 1 and calls == 2:  # a TERM that reaches rank 1 alone
         import os, signal
         os.kill(os.getpid(), signal.SIGTERM)
     l2 = (net(batch["lr_up"]) - batch["hr"]).square().mean()
     return {"loss": l2, "l2": l2}
 
-faces, out = sys.argv[1], Path(sys.argv[2])
-TERM_RANK1 = len(sys.argv) > 3
+# Two runs in one launch (one process group): a plain one into OUT, then one whose rank 1 alone
+# is sent a TERM at its second step into TERM_OUT.
+faces, plain_out, term_out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 info = init_distributed("cpu")
 cfg = TrainConfig(steps=4, batch_size=2, lr=1e-2, optimizer="adam", log_every=2, val_every=100, ckpt_every=2,
                   seed=3, device="cpu", num_threads=1, data=DataConfig(factors=[1, 2]))
 train, _ = sr_datasets(faces, 16, cfg.data, seed=cfg.seed)
-torch.manual_seed(info.rank)  # different initial weights per rank: DDP must broadcast rank 0's
-trainer = Trainer(cfg, TinySR(), train, out=out, step_fn=step, quiet=True, dist_info=info)
-out.mkdir(parents=True, exist_ok=True)
-# One file per rank: the ranks share stdout, where their lines can interleave.
-(out / f"rank{info.rank}.txt").write_text(f"world {info.world_size} rank {info.rank} ddp {type(trainer.net).__name__}")
-result = trainer.fit()
-(out / f"result{info.rank}.txt").write_text(f"step {result['step']} signal {result['signal']}")
-torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
-ddp = weakref.ref(trainer.net)
-trainer.close()
-assert type(trainer.net).__name__ == "TinySR"
+wrappers, trainers = [], []  # the trainers stay alive: only cleanup may free a wrapper
+for out, term_rank1 in ((plain_out, False), (term_out, True)):
+    calls = 0
+    torch.manual_seed(info.rank)  # different initial weights per rank: DDP must broadcast rank 0's
+    trainer = Trainer(cfg, TinySR(), train, out=out, step_fn=step, quiet=True, dist_info=info)
+    out.mkdir(parents=True, exist_ok=True)
+    # One file per rank: the ranks share stdout, where their lines can interleave.
+    (out / f"rank{info.rank}.txt").write_text(f"world {info.world_size} rank {info.rank} "
+                                              f"ddp {type(trainer.net).__name__}")
+    result = trainer.fit()
+    (out / f"result{info.rank}.txt").write_text(f"step {result['step']} signal {result['signal']}")
+    torch.save(trainer.model.state_dict(), out / f"rank{info.rank}.pt")
+    wrappers.append(weakref.ref(trainer.net))
+    trainer.close()
+    assert type(trainer.net).__name__ == "TinySR"
+    trainers.append(trainer)
 cleanup(info)
-assert ddp() is None, "the DDP wrapper outlived cleanup: the process group would be torn down at exit"
+assert all(ddp() is None for ddp in wrappers), (
+    "a DDP wrapper outlived cleanup: the process group would be torn down at exit")
 # Nothing else holds the group either: destroying it stopped gloo's threads, which would
 # otherwise still run at interpreter shutdown (torch.distributed.nn.functional's defaults).
 from restorekit.testing.distributed import native_threads
@@ -486,24 +494,38 @@ assert not native_threads("gloo"), f"gloo threads outlived the process group: {n
 """
 
 
-@pytest.mark.slow
-def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
+@pytest.fixture(scope="module", autouse=True)
+def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The torchrun launch of the DDP test, started with this module's first test (it then runs
+    beside the in-process tests): its folder and the launch, or None when that test is not selected."""
+    from background_runs import Launch, selected, torchrun
 
-    script = tmp_path / "ddp_train.py"
+    if not selected(request, "test_ddp_torchrun_two_processes_keep_identical_weights"):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("ddp_train")
+    faces = root / "faces"
+    write_faces(faces, 10)
+    script = root / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    out = tmp_path / "ddp"
-    # faulthandler: should a rank abort, its threads' Python stacks reach the failure message.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(faces), str(out)], capture_output=True, text=True, env=env,
-                         timeout=240)
+    launch = Launch([*torchrun(2), str(script), str(faces), str(root / "ddp"), str(root / "term")],
+                    {"OMP_NUM_THREADS": "1"})
+    yield root, launch
+    launch.stop()
+
+
+@pytest.mark.slow
+def test_ddp_torchrun_two_processes_keep_identical_weights(ddp_run) -> None:
+    root, launch = ddp_run
+    res = launch.wait()
     assert res.returncode == 0, res.stderr[-8000:]
+    out = root / "ddp"
     for rank in (0, 1):
         assert (out / f"rank{rank}.txt").read_text() == f"world 2 rank {rank} ddp DistributedDataParallel"
+    assert {(out / f"result{r}.txt").read_text() for r in (0, 1)} == {"step 4 signal None"}
     a = torch.load(out / "rank0.pt", weights_only=True)
     b = torch.load(out / "rank1.pt", weights_only=True)
+    assert len(a) > 0 and a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     torch.manual_seed(0)  # rank 0's initial weights: training moved them
@@ -513,12 +535,7 @@ def test_ddp_torchrun_two_processes_keep_identical_weights(faces: Path, tmp_path
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
     # A TERM that reaches one rank stops both after the same step, and both report it (rank 0 reports
     # the run: its exit code must say the run was stopped).
-    out = tmp_path / "term"
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(faces), str(out), "term"], capture_output=True, text=True, env=env,
-                         timeout=240)
-    assert res.returncode == 0, res.stderr[-8000:]
-    assert {(out / f"result{r}.txt").read_text() for r in (0, 1)} == {"step 2 signal 15"}
+    assert {(root / "term" / f"result{r}.txt").read_text() for r in (0, 1)} == {"step 2 signal 15"}
 
 
 def test_cosine_lr_schedule_depends_only_on_the_step():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -456,18 +454,34 @@ assert not native_threads("gloo"), f"gloo threads outlived the process group: {n
 """
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_keep_identical_players(faces: Path, tmp_path: Path) -> None:
-    script = tmp_path / "ddp_gan.py"
+@pytest.fixture(scope="module", autouse=True)
+def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The torchrun launch of the DDP test, started with this module's first test (it then runs
+    beside the in-process tests): its folder and the launch, or None when that test is not selected."""
+    from background_runs import Launch, selected, torchrun
+
+    if not selected(request, "test_ddp_two_processes_keep_identical_players"):
+        yield None
+        return
+    root = tmp_path_factory.mktemp("ddp_gan")
+    faces = write_images(root / "faces")
+    script = root / "ddp_gan.py"
     script.write_text(DDP_SCRIPT)
-    out = tmp_path / "ddp"
+    out = root / "ddp"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # an abort shows its stacks
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script), str(faces), str(out)], capture_output=True, text=True, env=env, timeout=300)
+    launch = Launch([*torchrun(2), str(script), str(faces), str(out)], {"OMP_NUM_THREADS": "1"})
+    yield out, launch
+    launch.stop()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_identical_players(ddp_run) -> None:
+    out, launch = ddp_run
+    res = launch.wait()
     assert res.returncode == 0, res.stderr[-8000:]
     a = torch.load(out / "rank0.pt", weights_only=True)
     b = torch.load(out / "rank1.pt", weights_only=True)
+    assert len(a) > 0 and a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
