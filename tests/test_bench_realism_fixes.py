@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from restorekit.cli import build_cli
 from restorekit.errors import RestorekitError
 from restorekit.harness.realism import FeatureSpace
+from restorekit.testing.data import random_alexnet_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,21 +290,7 @@ def test_a_set_with_fewer_than_two_readable_images_is_one_line_naming_the_files(
 
 def random_alex_file(tmp_path: Path) -> Path:
     """Random AlexNet weights in torchvision naming (a file passed with --space-weights)."""
-    import math
-
-    from safetensors.torch import save_file
-
-    from restorekit.networks.lpips_weights import CONV_SHAPES, FEATURE_INDICES
-
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for index, shape in zip(FEATURE_INDICES["alex"], CONV_SHAPES["alex"]):
-        fan_out = shape[0] * shape[2] * shape[3]
-        sd[f"features.{index}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2 / fan_out)
-        sd[f"features.{index}.bias"] = torch.zeros(shape[0])
-    path = tmp_path / "alex-random.safetensors"
-    save_file(sd, str(path))
-    return path
+    return random_alexnet_file(tmp_path / "alex-random.safetensors")
 
 
 def test_realism_cli_says_which_files_left_the_set_short(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from restorekit.errors import RestorekitError, UnknownNameError
 from restorekit.harness import realism as R
 from restorekit.interfaces import Generator
-from restorekit.testing.data import smooth_image
+from restorekit.testing.data import random_alexnet_file, smooth_image
 
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
 needs_dlib = pytest.mark.skipif(not HAVE_DLIB, reason="needs dlib-bin + face-recognition-models (the faces extra)")
@@ -456,19 +456,7 @@ def ref_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def alex_file(tmp_path: Path) -> Path:
     """Random AlexNet weights in torchvision naming (a file the user passes explicitly)."""
-    from safetensors.torch import save_file
-
-    from restorekit.networks.lpips_weights import CONV_SHAPES, FEATURE_INDICES
-
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for index, shape in zip(FEATURE_INDICES["alex"], CONV_SHAPES["alex"]):
-        fan_out = shape[0] * shape[2] * shape[3]
-        sd[f"features.{index}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2 / fan_out)
-        sd[f"features.{index}.bias"] = torch.zeros(shape[0])
-    path = tmp_path / "alex-random.safetensors"
-    save_file(sd, str(path))
-    return path
+    return random_alexnet_file(tmp_path / "alex-random.safetensors")
 
 
 @needs_dlib

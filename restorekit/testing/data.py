@@ -1,6 +1,10 @@
-"""Synthetic test images: no files, no downloads, reproducible."""
+"""Synthetic test images and stand-in weight files: no downloads, reproducible."""
 
 from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,3 +36,22 @@ def smooth_batch(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 def sample_batch(n: int = 2, h: int = 12, w: int = 10, seed: int = 0) -> torch.Tensor:
     """A random batch in the image convention with odd sizes."""
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def random_alexnet_file(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Random He-scaled AlexNet convolutions in torchvision naming (``features.<i>.weight``/``bias``)
+    as safetensors at ``path``: a stand-in feature space for ``--space-weights alex=…`` (realism) or
+    the LPIPS backbone in tests — never a figure to report."""
+    from safetensors.torch import save_file
+
+    from ..networks.lpips_weights import CONV_SHAPES, FEATURE_INDICES
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for index, shape in zip(FEATURE_INDICES["alex"], CONV_SHAPES["alex"]):
+        fan_out = shape[0] * shape[2] * shape[3]
+        sd[f"features.{index}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2 / fan_out)
+        sd[f"features.{index}.bias"] = torch.zeros(shape[0])
+    out = Path(path)
+    save_file(sd, str(out))
+    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from safetensors import safe_open
 
 from restorekit.errors import IntegrityError, WeightsMissing
 from restorekit.registry_schema import load_entry
-from restorekit.testing.data import smooth_batch
+from restorekit.testing.data import random_alexnet_file, smooth_batch
 from restorekit.weights import WeightSpec, resolve
 from restorekit_psp_sr import method as method_mod
 from restorekit_psp_sr.method import (
@@ -259,28 +258,13 @@ def test_generate_uses_the_shipped_generator_and_says_so(shipped: Shipped, rk_cl
     assert not torch.equal(read_image(written[0]), read_image(written[1]))
 
 
-def _random_alexnet(path: Path) -> Path:
-    """Random AlexNet convolutions in torchvision naming: a stand-in feature space (never a figure to report)."""
-    from safetensors.torch import save_file
-
-    from restorekit.networks.lpips_weights import CONV_SHAPES, FEATURE_INDICES
-
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for index, shape in zip(FEATURE_INDICES["alex"], CONV_SHAPES["alex"]):
-        sd[f"features.{index}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2 / (shape[0] * shape[2] * shape[3]))
-        sd[f"features.{index}.bias"] = torch.zeros(shape[0])
-    save_file(sd, str(path))
-    return path
-
-
 def test_realism_uses_the_shipped_generator(shipped: Shipped, rk_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from restorekit.images import save_image
 
     ref = tmp_path / "ref"
     for i in range(4):
         save_image(smooth_batch(1, 64, 64, seed=i), ref / f"{i}.png")
-    alex = _random_alexnet(tmp_path / "alex.safetensors")
+    alex = random_alexnet_file(tmp_path / "alex.safetensors")
     r = rk_cli("realism", "--generator", "stylegan2", "--data", ref, "--n", "4", "--spaces", "alex", "--space-weights",
                f"alex={alex}", "--detector", "none", "--cache", "none", "--json")
     assert r.exit_code == 0, r.output
@@ -365,7 +349,7 @@ def test_realism_without_shipped_weights_is_a_usage_error(nothing_shipped: None,
 
     for i in range(2):  # a usable reference set (an empty one is refused first, naming --data)
         save_image(torch.full((1, 3, 8, 8), 0.2 + 0.3 * i), tmp_path / "ref" / f"{i}.png")
-    alex = _random_alexnet(tmp_path / "alex.safetensors")
+    alex = random_alexnet_file(tmp_path / "alex.safetensors")
     r = rk_cli("realism", "--generator", "stylegan2", "--data", tmp_path / "ref", "--spaces", "alex",
                "--space-weights", f"alex={alex}", "--detector", "none")
     assert r.exit_code == 2
