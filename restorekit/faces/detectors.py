@@ -295,8 +295,9 @@ class MtcnnDetector(FaceDetector):
     at ``12/min_face``; ``thresholds``: the three stages' face-probability cut-offs;
     ``factor``: pyramid step. Defaults are the published ones (20, (0.6, 0.7, 0.7), 0.709).
     ``min_score``: faces below this final score are dropped by :meth:`detect` (not by
-    :meth:`detect_raw`): on composed group photos every true face scored ≥ 0.91 while the two
-    texture false positives (grass, gravel) scored 0.71 and 0.81 (docs/faces.md).
+    :meth:`detect_raw`): chosen where two texture false positives (grass, gravel) scored 0.71 and
+    0.81 and every true face ≥ 0.91; on the photo set ``scripts/detector_table.py`` builds MTCNN
+    reports no false face at all, and the cut drops one true face of 72 (docs/faces.md).
     """
 
     name: ClassVar[str] = "mtcnn"
