@@ -23,8 +23,10 @@ CLEARED = ("RESTOREKIT_LOAD_PLUGINS", "RESTOREKIT_STRICT_PLUGINS")
 
 
 def torchrun(processes: int) -> list[str]:
-    """The command line that starts ``torchrun --standalone --nproc_per_node PROCESSES``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    """The command line that starts ``torchrun --standalone --nproc_per_node PROCESSES`` (no log
+    folder: torchrun's default is a new ``/tmp/torchelastic_*`` per launch, never removed)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "--log-dir", os.devnull]
 
 
 class Launch:

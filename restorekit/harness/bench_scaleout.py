@@ -114,8 +114,9 @@ def _children_cpu_s() -> float:
 def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps: int,
             metrics: str) -> dict[str, Any]:
     """One ``compare`` under ``torchrun``; its throughput and the numbers it wrote."""
+    # (--log-dir os.devnull: torchrun's default is a new /tmp/torchelastic_* folder per launch, never removed)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-           "-m", "restorekit.harness.bench_worker", "compare", "--methods", PULSELIKE, "--scale", str(scale),
+           "--log-dir", os.devnull, "-m", "restorekit.harness.bench_worker", "compare", "--methods", PULSELIKE, "--scale", str(scale),
            "--data", str(hr), "--out", str(out), "--metrics", metrics, "--device", "cpu", "-q",
            "--opt", f"{PULSELIKE}.steps={steps}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

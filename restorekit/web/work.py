@@ -89,6 +89,9 @@ class Restorer:
         self.catalogue = catalogue
         self.files = files
         self.uploads = uploads
+        # ``detect`` jobs' pipelines, built once per (method, scale): at most the methods offered ×
+        # ``max_scale`` of them, each holding the catalogue's method and detector (built once for the
+        # server anyway) and a bicubic background — nothing that grows with the jobs.
         self._pipelines: dict[tuple[str, int], FacePipeline] = {}
 
     # ------------------------------------------------------------------ checks before queueing
