@@ -172,7 +172,10 @@ def pillow_limit(max_pixels: int) -> Iterator[Callable[[], None]]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-_NOTED: set[tuple[str, str]] = set()
+#: The (file, note) pairs :func:`_note_once` has printed, oldest first; at most :data:`NOTED_MAX`
+#: (a process reading millions of files would otherwise keep one entry per file that warned).
+_NOTED: dict[tuple[str, str], None] = {}
+NOTED_MAX = 10_000
 
 
 @contextmanager
@@ -219,7 +222,9 @@ def _note_once(p: object, msg: str) -> None:
         return
     key = (str(p), msg)
     if key not in _NOTED:
-        _NOTED.add(key)
+        _NOTED[key] = None
+        if len(_NOTED) > NOTED_MAX:
+            del _NOTED[next(iter(_NOTED))]
         print(f"warning: {shown_name(p)}: {msg}", file=sys.stderr, flush=True)
 
 

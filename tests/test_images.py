@@ -253,3 +253,19 @@ def test_damaged_exif_is_one_warning_line_naming_the_file_once(tmp_path, capsys)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"warning: {p}: damaged metadata, used as far as it reads (") and "Corrupt EXIF" in err[0]
+
+
+def test_notes_once_per_file_are_remembered_for_a_bounded_number_of_files(monkeypatch, capsys) -> None:
+    """A long-running process warns once per file and note, remembering at most NOTED_MAX pairs
+    (the oldest forgotten first), not one entry per file it ever read."""
+    from restorekit import images
+
+    monkeypatch.setattr(images, "_NOTED", {})
+    monkeypatch.setattr(images, "NOTED_MAX", 3)
+    for i in range(5):
+        images._note_once(f"f{i}.png", "note")
+    images._note_once("f4.png", "note")  # remembered: not again
+    assert list(images._NOTED) == [(f"f{i}.png", "note") for i in (2, 3, 4)]
+    images._note_once("f0.png", "note")  # forgotten: said again
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"warning: f{i}.png: note" for i in range(5)] + ["warning: f0.png: note"]
