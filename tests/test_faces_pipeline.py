@@ -26,7 +26,8 @@ from restorekit.errors import RestorekitError
 from restorekit.faces.align import AlignedFace, face_mask
 from restorekit.faces.compose import make_group_photo
 from restorekit.faces.detectors import DlibHogDetector, MtcnnDetector, named_points
-from restorekit.faces.pipeline import FacePipeline, face_input_size, photo_outputs, restore_photo
+from restorekit.faces.pipeline import (DEFAULT_PASTE_MASK, FacePipeline, face_input_size, photo_outputs,
+                                       restore_photo)
 from restorekit.images import read_image, save_image
 from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
 
@@ -222,12 +223,13 @@ def test_face_input_size_rules():
 # pipeline
 
 
-def union_mask(result, h, w, feather):
+def union_mask(result, h, w, feather, shape=DEFAULT_PASTE_MASK):
+    """Where the restored faces were pasted (the pipeline's default mask unless told)."""
     m = torch.zeros(1, 1, h * SCALE, w * SCALE)
     for r in result.records:
         if r.action == "restored":
             g = AlignedFace(np.asarray(r.quad), r.crop_size)
-            m = torch.maximum(m, face_mask(g, h * SCALE, w * SCALE, SCALE, feather))
+            m = torch.maximum(m, face_mask(g, h * SCALE, w * SCALE, SCALE, feather, shape))
     return m
 
 

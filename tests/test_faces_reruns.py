@@ -271,3 +271,27 @@ def test_no_sidecar_is_written_for_a_photo_whose_kept_output_was_made_otherwise(
                             "(--overwrite remakes it)"
     msg, fails = plan.kept_problem(item, [ours, foreign], True)
     assert not fails and msg.endswith("p_face2.png kept (not made by restorekit: no record inside); no sidecar written")
+
+
+def test_the_paste_mask_is_compared_and_a_record_without_one_was_pasted_square(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(photos, out, "--paste-mask", "square", "-q").exit_code == 0
+    r = run(photos, out)  # the default mask is another
+    assert r.exit_code == 2 and "(paste mask: square → face)" in r.output, r.output
+    (out / "p.png.json").unlink()  # the record inside the image says it too
+    r = run(photos, out)
+    assert r.exit_code == 2 and "paste mask: square → face" in r.output, r.output
+    # An older restorekit's photo (no record inside, a sidecar naming no mask) was pasted square.
+    old = tmp_path / "old"
+    assert run(photos, old, "-q").exit_code == 0
+    side = json.loads((old / "p.png.json").read_text())
+    del side["paste_mask"]
+    (old / "p.png.json").unlink()
+    (old / "p.json").write_text(json.dumps(side))
+    with Image.open(old / "p.png") as im:
+        im.load()
+        im.copy().save(old / "p.png")
+    r = run(photos, old)
+    assert r.exit_code == 2 and "(paste mask: square → face)" in r.output, r.output
+    r = run(photos, old, "--paste-mask", "square", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["written"] == [], r.output

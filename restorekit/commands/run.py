@@ -13,6 +13,7 @@ from ..batch import check_inputs, check_output_folder, output_held, process_file
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, exception_line
+from ..faces.align import PASTE_MASKS
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
 from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, keep_black_and_white,
@@ -70,6 +71,10 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--colour-match", is_flag=True,
               help="--faces detect: correct a restored face's colours toward the photo's around it (off by "
                    "default: measured on psp_sr, it cast the background's colour onto the skin).")
+@click.option("--paste-mask", type=click.Choice(PASTE_MASKS), default=None,
+              help="--faces detect: the region of each restored crop blended into the photo: face (an ellipse "
+                   "around face and hair: the crop's corners stay the background method's; the default) or square "
+                   "(the whole aligned crop, with the background the method re-drew).")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run the network in PyTorch or in onnxruntime (exported on first use into the cache, or --onnx).")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -80,7 +85,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             couple: bool, max_pixels: int, max_output_pixels: int, quiet: bool, as_json: bool, faces_mode: str,
             detector: str | None,
             background: str | None, only_faces: bool, min_face: float | None, require_face: bool,
-            max_shrink: float | None, colour_match: bool, backend: str, onnx_path: Path | None) -> None:
+            max_shrink: float | None, colour_match: bool, paste_mask: str | None, backend: str,
+            onnx_path: Path | None) -> None:
     """Restore images with METHOD at --scale.
 
     Under torchrun (torchrun --nproc_per_node N -m restorekit run ...) every process restores
@@ -92,7 +98,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
     if faces_mode == "aligned":
         used = [f for f, v in (("--detector", detector), ("--background", background), ("--only-faces", only_faces),
                                ("--min-face", min_face), ("--require-face", require_face), ("--max-shrink", max_shrink),
-                               ("--colour-match", colour_match))
+                               ("--colour-match", colour_match), ("--paste-mask", paste_mask))
                 if v is not None and v is not False]
         if used:
             fail_usage(f"{', '.join(used)} only apply with --faces detect")
@@ -133,7 +139,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
 
                 plan = detect_plan(cls, probe.options, settings, output, scale=scale, detector=detector,
                                    background=background, min_face=min_face, max_shrink=max_shrink,
-                                   colour_match=colour_match, only_faces=only_faces, n_samples=n_samples, ext=ext)
+                                   colour_match=colour_match, only_faces=only_faces, n_samples=n_samples, ext=ext,
+                                   paste_mask=paste_mask)
         except (OptionError, RestorekitError) as exc:
             raise UsageProblem(str(exc)) from None
         require_inputs(items, input_spec)

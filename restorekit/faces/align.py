@@ -10,17 +10,23 @@ from a least-squares similarity transform of those points onto ``FFHQ_TEMPLATE_1
 landmark positions measured with dlib on 400 FFHQ-aligned faces at 128 px (the measurement is
 reproduced by ``scripts/measure_ffhq_template.py``).
 
-The transform is kept (``AlignedFace.to_source``), so a restored crop can be warped back.
+The transform is kept (``AlignedFace.to_source``), so a restored crop can be warped back, blended
+with a paste mask (``face_mask``) of one of ``PASTE_MASKS``: the whole crop (``square``), or the
+ellipse ``FACE_ELLIPSE_128`` around face and hair (``face``), which leaves the crop's corners (the
+background the FFHQ framing takes in, which a face method re-draws) to the photo.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..errors import RestorekitError
 
 # Mean landmark positions in a 128×128 FFHQ-aligned image (x, y), pixel centres at +0.5.
 FFHQ_TEMPLATE_128: dict[str, tuple[float, float]] = {
@@ -31,6 +37,32 @@ FFHQ_TEMPLATE_128: dict[str, tuple[float, float]] = {
     "nose_base": (63.71, 84.58),    # dlib 5-point model, point 4
 }
 TEMPLATE_SIZE = 128
+
+
+def _face_ellipse(t: dict[str, tuple[float, float]]) -> tuple[float, float, float, float]:
+    """The face-and-hair ellipse ``(cx, cy, a, b)`` of a template, in its pixel coordinates.
+
+    Anchored on the landmarks, with proportions read off the mean of the 1,100 FFHQ-aligned faces
+    of ``ffhq128`` (``scripts/paste_masks.py --mean-face`` draws it on that mean): with ``d`` the
+    eye distance and ``m`` the eye-line-to-mouth-line distance, the hair's top lies ``1.75·m``
+    above the eye line (y ≈ 4: the hair reaches the crop's top), the chin ``0.7·m`` below the
+    mouth line (y ≈ 116), and the hair's sides ``1.45·d`` either side of the eye midpoint at the
+    eye line (x ≈ 19 and 109). The ellipse spans the first two and is centred on the eye midpoint's
+    x; it leaves out the crop's corners and the neck and shoulders below the chin.
+    """
+    (elx, ely), (erx, ery) = t["eye_left"], t["eye_right"]
+    (mlx, mly), (mrx, mry) = t["mouth_left"], t["mouth_right"]
+    eye_x, eye_y, mouth_y = (elx + erx) / 2, (ely + ery) / 2, (mly + mry) / 2
+    d, m = math.hypot(erx - elx, ery - ely), mouth_y - eye_y
+    top, chin = eye_y - 1.75 * m, mouth_y + 0.7 * m
+    return eye_x, (top + chin) / 2, 1.45 * d, (chin - top) / 2
+
+
+#: ``(cx, cy, a, b)`` of the ``face`` paste mask in a 128-px FFHQ crop (x, y semi-axes a, b): its
+#: 0.5 contour; the mask ramps from 1 to 0 across it over the feather width.
+FACE_ELLIPSE_128: tuple[float, float, float, float] = _face_ellipse(FFHQ_TEMPLATE_128)
+#: The paste masks ``face_mask`` makes: ``square`` (the whole crop) and ``face`` (FACE_ELLIPSE_128).
+PASTE_MASKS: tuple[str, ...] = ("square", "face")
 
 
 @dataclass(frozen=True)
@@ -176,17 +208,60 @@ def unalign(crop: Tensor, geom: AlignedFace, out_h: int, out_w: int, scale: floa
                 padding_mode="zeros")
 
 
-def face_mask(geom: AlignedFace, out_h: int, out_w: int, scale: float = 1.0, feather: float = 0.08) -> Tensor:
+def check_paste_mask(shape: object) -> str:
+    """``shape`` if it names one of ``PASTE_MASKS``; else a one-line ``RestorekitError``."""
+    if not isinstance(shape, str) or shape not in PASTE_MASKS:
+        raise RestorekitError(f"unknown paste mask {shape!r} (known: {', '.join(PASTE_MASKS)})")
+    return shape
+
+
+def paste_mask_at(x: Tensor, y: Tensor, n: int, feather: float = 0.08, shape: str = "square") -> Tensor:
+    """The paste mask of an ``n``-px aligned crop at crop coordinates ``x``, ``y`` (broadcast
+    together; pixel centres at +0.5), in [0, 1].
+
+    ``square``: a linear ramp over ``feather·n`` px at every edge, starting at 0 on the outermost
+    pixels. ``face``: that square times a ramp of the same width across ``FACE_ELLIPSE_128``
+    (scaled to ``n``; 0.5 on the ellipse, 1 inside it, 0 beyond), from the ellipse's first-order
+    distance ``(r − 1)/|∇r|`` (exact on its axes; ``r = √((x−cx)²/a² + (y−cy)²/b²)``): linear along
+    every ray from the ellipse's centre, so the mask falls monotonically along it.
+    """
+    check_paste_mask(shape)
+    ramp = max(1.0, feather * n)
+    m = _edge(x, n, ramp) * _edge(y, n, ramp)
+    if shape == "face":
+        k = n / TEMPLATE_SIZE
+        cx, cy, a, b = (c * k for c in FACE_ELLIPSE_128)
+        u, v = (x.double() - cx) / a, (y.double() - cy) / b
+        r = torch.sqrt(u**2 + v**2)
+        # 1/|∇r| = r / √((u/a)² + (v/b)²): between a and b, the same along a ray (at the centre,
+        # where it has no direction, min(a, b): the ramp is 1 there whatever it is).
+        span = r / torch.sqrt((u / a) ** 2 + (v / b) ** 2).clamp(min=1e-30)
+        dist = (r - 1) * torch.where(r > 0, span, torch.full_like(span, min(a, b)))
+        m = m * torch.clamp(0.5 - dist / ramp, 0, 1).float()
+    return m
+
+
+def _edge(t: Tensor, n: int, ramp: float) -> Tensor:
+    """The square mask's ramp along one axis: 0 on the outermost pixels, 1 from ``ramp`` px in."""
+    return torch.clamp((torch.minimum(t, n - t) - 0.5) / ramp, 0, 1)
+
+
+def crop_mask(n: int, feather: float = 0.08, shape: str = "square") -> Tensor:
+    """The paste mask (n×n, in [0, 1]) of an ``n``-px aligned crop (``paste_mask_at`` at its pixel
+    centres), before it is warped back."""
+    t = torch.arange(n, dtype=torch.float32) + 0.5
+    return paste_mask_at(t[None, :], t[:, None], n, feather, shape)
+
+
+def face_mask(geom: AlignedFace, out_h: int, out_w: int, scale: float = 1.0, feather: float = 0.08,
+              shape: str = "square") -> Tensor:
     """A soft mask (1×1×H×W) of the crop region in source coordinates, feathered at the edges.
 
-    ``feather`` is the ramp width as a fraction of the crop size. The ramp starts at 0 on the
-    crop's outermost pixels, so the mask warped back into the photo is 0 along the crop's border
-    and beyond it (sampling between those pixels and the outside gives 0): nothing of it is cut
-    off by a paste window around the crop, which would leave a straight seam.
+    ``shape`` is one of ``PASTE_MASKS`` (``crop_mask``): the whole crop, or the ellipse around
+    face and hair. ``feather`` is the ramp width as a fraction of the crop size. The ramp starts
+    at 0 on the crop's outermost pixels, so the mask warped back into the photo is 0 along the
+    crop's border and beyond it (sampling between those pixels and the outside gives 0): nothing of
+    it is cut off by a paste window around the crop, which would leave a straight seam.
     """
-    n = geom.size
-    ramp = max(1.0, feather * n)
-    t = torch.arange(n, dtype=torch.float32) + 0.5
-    edge = torch.clamp((torch.minimum(t, n - t) - 0.5) / ramp, 0, 1)
-    m = (edge[None, :] * edge[:, None])[None, None]
+    m = crop_mask(geom.size, feather, shape)[None, None]
     return unalign(m, geom, out_h, out_w, scale)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..batch import SkipInput
 from ..provenance import read_note
-from ..run_record import PINS, changed_among, changed_outputs, differences, option_differences, pin_differences, same_files
+from ..run_record import PASTE_MASK_BEFORE, PINS, changed_among, changed_outputs, differences, option_differences, pin_differences, same_files
 
 NO_FACE = "no face"  # how the end-of-run line counts --only-faces photos with nothing to write
 
@@ -91,9 +91,10 @@ def _expected_firsts(outdir: Any, stem: str, only_faces: bool, ext: str = "png")
 def sidecar_differences(side: Mapping[str, Any], now: Mapping[str, Any], *,
                         ignore_options: frozenset[str] = frozenset()) -> list[str]:
     """What differs between a photo's sidecar and this run's settings ``now`` (as sidecars record
-    them: method, scale, detector, background, colour match, the method's options but
+    them: method, scale, detector, background, colour match, paste mask, the method's options but
     ``ignore_options``, min_face, max_shrink, seed, couple, weights pins), ``key: old → new``. A key
-    an older sidecar lacks is not a difference; colour matching shows only where a face was restored."""
+    an older sidecar lacks is not a difference, but for the paste mask (it was ``square`` then);
+    colour matching and the mask show only where a face was restored."""
     listed = side.get("faces")
     faces = [f for f in listed if isinstance(f, dict) and f.get("action") == "restored"] \
         if isinstance(listed, list) else []
@@ -104,6 +105,10 @@ def sidecar_differences(side: Mapping[str, Any], now: Mapping[str, Any], *,
     for k in ("min_face", "max_shrink", "seed", "couple"):
         if k in side and k in now and side[k] != now[k]:
             found.append(f"{k}: {side[k]} → {now[k]}")
+    if "paste_mask" in now and faces:  # (a sidecar without one: pasted before the mask was a setting)
+        was = side.get("paste_mask", PASTE_MASK_BEFORE)
+        if was != now["paste_mask"]:
+            found.append(f"paste mask: {was} → {now['paste_mask']}")
     for k in PINS:  # (in one of them only: the weights options differ, and say so themselves)
         if isinstance(side.get(k), dict) and isinstance(now.get(k), dict) and old["method"] == now.get("method"):
             found += pin_differences(k, side[k], now[k])
