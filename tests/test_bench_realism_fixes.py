@@ -387,3 +387,15 @@ def test_device_help_and_cpu_need_no_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert DEVICE.convert("CPU", None, None) == "cpu" and DEVICE.convert("auto", None, None) == "auto"
     with pytest.raises(RestorekitError, match="no CUDA device"):
         DEVICE.convert("cuda:0", None, None)
+
+
+def test_realism_names_a_mistyped_detector_before_loading_any_space(tmp_path: Path) -> None:
+    """Usage first: a mistyped --detector is said (with a suggestion) before a space's weights are
+    looked for, here a file that is not there."""
+    write_images(tmp_path / "ref", 2)
+    write_images(tmp_path / "imgs", 2)
+    r = invoke("realism", "--images", str(tmp_path / "imgs"), "--data", str(tmp_path / "ref"), "--spaces", "alex",
+               "--space-weights", f"alex={tmp_path / 'none.safetensors'}", "--cache", "none", "--detector", "mtcnnn",
+               "--device", "cpu", "-q")
+    assert r.exit_code == 2, r.output
+    assert "mtcnnn" in r.output and "mtcnn" in r.output.replace("mtcnnn", "") and "none.safetensors" not in r.output

@@ -121,9 +121,7 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     unused = sorted(set(extra) - set(keys))
     if unused:
         fail_usage(f"--space-weights for {', '.join(unused)}, which --spaces does not list")
-    dev = resolve_device(device)
-    built = [R.build_space(k, weights=extra.get(k), device=dev) for k in keys]
-    cache_dir = None if (cache or "").lower() == "none" else Path(cache) if cache else R.default_cache_dir()
+    # Names first, then what loads weights: a mistyped detector is said before a missing space file.
     det = None if detector.lower() == "none" else detector
     if det is not None:
         from ..faces.detectors import check_available
@@ -133,6 +131,9 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         except UnknownNameError as exc:  # a usage error with a suggestion, as run's and compare's
             fail_usage(str(exc))
         check_available(det)
+    dev = resolve_device(device)
+    built = [R.build_space(k, weights=extra.get(k), device=dev) for k in keys]
+    cache_dir = None if (cache or "").lower() == "none" else Path(cache) if cache else R.default_cache_dir()
 
     if gen_name is not None:
         import torch
