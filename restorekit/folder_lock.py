@@ -4,8 +4,9 @@
 (their ``--output``) hold one: a second process that starts meanwhile is refused at once with the
 command's own message, instead of both checking the folder, then writing into it together. The
 holder's process id is written into the lock file (:func:`holder` reads it back, for the refusal).
-The lock file stays (``run``, ``degrade`` and ``generate`` remove theirs at the end: the folder
-is the user's); the lock goes when its holder ends, however it ends. Where the platform has no
+``run``, ``degrade``, ``generate`` and ``compare`` remove their lock file at the end (``remove``:
+the folder is the user's), ``train`` keeps its own; the lock goes when its holder ends, however it
+ends (a holder killed outright leaves its lock file, unlocked: the next command takes it). Where the platform has no
 ``flock``, or the file system refuses it (NFS without its lock service), nothing is locked.
 """
 

@@ -19,6 +19,7 @@ import click
 from ..cli import UsageProblem, emit_json, error_line, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError
+from ..faces.align import PASTE_MASKS
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -91,6 +92,10 @@ def _check_exportable(names: list[str]) -> None:
 @click.option("--faces", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
               help="detect: photos from the wild; face methods run through detect-align-restore-paste.")
 @click.option("--detector", default=None, help="Face detector for --faces detect (default: mtcnn).")
+@click.option("--paste-mask", type=click.Choice(PASTE_MASKS), default=None,
+              help="--faces detect: the region of each restored crop blended into the photo: face (an ellipse "
+                   "around face and hair: the crop's corners stay the background's; the default) or square (the "
+                   "whole aligned crop), as in run.")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run methods in PyTorch or as exported ONNX graphs (methods that export).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -101,7 +106,8 @@ def _check_exportable(names: list[str]) -> None:
 def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr_dir: str | None,
                 seeds: list[int], limit: int | None, out: Path, metrics: str | None, baseline: str | None,
                 device: str, opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool, faces: str,
-                detector: str | None, backend: str, max_pixels: int, max_output_pixels: int) -> None:
+                detector: str | None, paste_mask: str | None, backend: str, max_pixels: int,
+                max_output_pixels: int) -> None:
     """Compare METHODS on the HR images of --data: same LR inputs, same metrics, one table.
 
     Results are stored per (method, image, seed) under --out and reused by a later run with the
@@ -132,7 +138,8 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                 config = CompareConfig(methods=names, scale=scale, data=data, out=out, degradation=degradation,
                                        lr_dir=lr_dir, seeds=seeds, limit=limit, metrics=_name_list(metrics),
                                        device=device, opts=parse_method_opts(opts, names), fresh=fresh,
-                                       quiet=quiet, faces=faces, detector=detector, backend=backend,
+                                       quiet=quiet, faces=faces, detector=detector, paste_mask=paste_mask,
+                                       backend=backend,
                                        max_pixels=max_pixels, max_output_pixels=max_output_pixels,
                                        baseline=baseline.strip() if baseline is not None else None)
                 if backend == "onnxruntime":

@@ -7,7 +7,9 @@ fingerprint of the code and weights shipped in its package). A run may extend a 
 methods, seeds, images or metrics); one whose inputs or any method's settings differ is refused,
 naming the differences, unless ``--fresh``, which first removes what compare wrote there (and
 nothing else). A method that has no outputs in the folder (it failed on every image: a weights
-file that does not exist, say) holds nothing to protect, so its settings may change. The
+file that does not exist, say) holds nothing to protect, so its settings may change; only
+PNGs of this run's images, or that its result store records, count as its outputs
+(:func:`has_outputs`: other pictures in a folder a link of the user's stands for do not). The
 configuration is recorded (:func:`record`) only once the run's inputs exist: a run stopped by its
 inputs (no images, a missing ``--lr-dir``) leaves the folder free for the corrected one.
 
@@ -25,11 +27,13 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from ..errors import RestorekitError
 from ..images import atomic_write_bytes, is_temp_name, shown_name, subfolders, sweep_temp_files
 from ..safe_open import Folder, check_folders, open_folder, read_plain, refused_link
 
@@ -77,36 +81,88 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def has_outputs(out: Path, method: str) -> bool:
-    """Whether ``method`` wrote any output into ``out`` (its stored results may all be failures)."""
+_SEEDED_STEM = re.compile(r"(.*)_s[0-9]+")  # <image>_s<seed>: a stochastic method's output (runner._output_rel)
+
+
+def _fold(name: str) -> str:
+    """``name`` as a case-insensitive, normalising file system (macOS, Windows) tells names apart."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def has_outputs(out: Path, method: str, stems: Collection[str] | None = None) -> bool:
+    """Whether ``outputs/<method>/`` in ``out`` holds what compare writes there (its stored results
+    may all be failures): a PNG named ``<image>.png`` or ``<image>_s<seed>.png`` — not a temp file,
+    which a write cut short by a kill leaves behind, nor a folder.
+
+    Given ``stems`` (the images of this run's ``--data``), only outputs of those images count, and
+    those the method's result store records (:func:`_recorded_outputs`): the files compare would
+    write over, and those it is known to have written. Any other picture there (a folder of the
+    user's that a link of theirs stands for: ``outputs/<m> -> ~/pictures``) is none of compare's,
+    is never read by it, and stays. Names are compared as a case-insensitive disk sees them."""
     from .store import safe_name
 
     folder = out / "outputs" / safe_name(method)
-    # A temp file is not an output: a write cut short by a kill leaves it behind.
-    return folder.is_dir() and any(not is_temp_name(p.name) for p in folder.iterdir())
+    try:
+        names = [e.name for e in folder.iterdir() if not is_temp_name(e.name) and _fold(e.name).endswith(".png")
+                 and not e.is_dir()]
+    except OSError:  # (none there, a file, unreadable: no outputs to protect, and none reused)
+        return False
+    if stems is None or not names:
+        return bool(names)
+    images = {_fold(s) for s in stems}
+    for name in map(_fold, names):
+        seeded = _SEEDED_STEM.fullmatch(name[:-len(".png")])
+        if name[:-len(".png")] in images or (seeded is not None and seeded[1] in images):
+            return True
+    try:
+        recorded = {_fold(n) for n in _recorded_outputs(out, method)}
+    except RestorekitError:  # (a link of another user's in results/: refused by claim, naming it)
+        return True
+    return any(_fold(n) in recorded for n in names)
 
 
-def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | None = None) -> list[str]:
+def _input_stems(p: Plan) -> set[str] | None:
+    """The image stems of this run's ``--data`` (its outputs are named by them); None when it
+    cannot be listed (then every PNG counts, :func:`has_outputs`)."""
+    from ..images import list_inputs
+
+    try:
+        return {item.stem for item in list_inputs(p.config.data)}
+    except (RestorekitError, OSError, ValueError):
+        return None
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | None = None,
+                stems: Collection[str] | None = None) -> list[str]:
     """``key: old → new`` for the inputs and for each method of ``current`` that ``recorded`` also has
-    (and, given ``out``, that has outputs there)."""
+    (and, given ``out``, that has outputs there: :func:`has_outputs` with ``stems``). A key one
+    record lacks is a difference (``—`` stands for the missing value): the other record was made
+    by code that did not record it, so the setting may have differed too."""
     diffs: list[str] = []
     pairs = [("", recorded.get("inputs") or {}, current["inputs"])]
     old_methods = recorded.get("methods") or {}
     pairs += [(f"{name}.", old_methods[name], settings) for name, settings in current["methods"].items()
-              if name in old_methods and (out is None or has_outputs(out, name))]
+              if name in old_methods and (out is None or has_outputs(out, name, stems))]
     core_changed = False
     code_changed: list[str] = []  # methods whose package's files changed (a plugin upgraded or edited)
     steps_changed: list[str] = []  # degradation steps whose plugin's files changed
-    from ..run_record import PINS
+    from ..run_record import PASTE_MASK_BEFORE, PINS
 
     for prefix, old, new in pairs:
         if prefix:  # a weights pin in one record only: the weights options differ, and say so themselves
             one_sided = [k for k in PINS if isinstance(old.get(k), dict) != isinstance(new.get(k), dict)]
             old, new = ({k: v for k, v in d.items() if k not in one_sided} for d in (old, new))
         a, b = _flat(old), _flat(new)
+        if prefix and a.get("faces.mode") == "detect" and "faces.paste_mask" in b:
+            # The one exception to "missing is a difference shown as —": a --faces detect method
+            # recorded before the paste mask was a setting pasted the whole crop, and the default
+            # has since changed (to "face"), so a record without it reads as "square", by name.
+            a.setdefault("faces.paste_mask", PASTE_MASK_BEFORE)
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
-                if key == "core_code":  # one line for all: restorekit itself, not a setting, changed
+                if key == "faces.paste_mask":  # (in run's words)
+                    diffs.append(f"{prefix}paste mask: {a.get(key, '—')} → {b.get(key, '—')}")
+                elif key == "core_code":  # one line for all: restorekit itself, not a setting, changed
                     # (only --lr-dir runs record none: a switch to or from --lr-dir is its source line)
                     core_changed = core_changed or (key in a and key in b) or a.get("source") == b.get("source")
                 elif key == "code" and prefix:
@@ -337,9 +393,10 @@ def _earlier_traces(p: Plan) -> tuple[list[str], set[str]]:
     if methods:
         found.append(f"results of {', '.join(sorted(methods))}")
     outputs: list[str] = []
+    stems = _input_stems(p)  # (outputs of other images: none of this run's business, never read)
     for d in subfolders(out / "outputs"):
         with contextlib.suppress(OSError):
-            if has_outputs(out, d.name):
+            if has_outputs(out, d.name, stems):
                 outputs.append(d.name)
     if outputs and not methods:
         found.append(f"outputs of {', '.join(sorted(outputs))}")
@@ -383,7 +440,7 @@ def claim(p: Plan) -> None:
                 raise ValueError("not an object")
             if not _of_its_shape(recorded):  # ("methods": 5, a method's settings a list…)
                 raise ValueError("not of the shape compare writes")
-            diffs = differences(recorded, current, out)
+            diffs = differences(recorded, current, out, _input_stems(p))
         except (OSError, ValueError) as exc:
             recorded, diffs = None, [f"its {CONFIG_FILE} is unreadable ({exc})"]
     methods = set(current["methods"]) | set(((recorded or {}).get("methods") or {}))
@@ -416,13 +473,15 @@ def exclusive(out: Path) -> contextlib.AbstractContextManager[None]:
     (:func:`~restorekit.folder_lock.held_alone` on ``OUT/.compare.lock``).
 
     Two runs with different settings had both been accepted (each checked the folder before the
-    other recorded) and mixed their outputs and results; a second run is refused at once."""
+    other recorded) and mixed their outputs and results; a second run is refused at once. The lock
+    file is removed at the end, as ``run``'s is (``remove``: while still held, and a run that opened
+    it meanwhile takes its lock on a new one, never on the removed file)."""
     from ..folder_lock import held_alone
     from .runner import CompareUsageError
 
     return held_alone(out, LOCK_FILE, lambda: CompareUsageError(
         f"{out}: another compare is writing into this folder; wait for it to end (then rerun: what it "
-        "stored is reused), or use another --out"))
+        "stored is reused), or use another --out"), note="compare", remove=True)
 
 def record(p: Plan) -> None:
     """Record this run's configuration in ``--out`` (merged with the methods recorded before),

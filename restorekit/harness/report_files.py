@@ -126,7 +126,9 @@ def results_document(sm: Summary, *, include_images: bool = True) -> dict[str, A
         "settings": {"methods": cfg.methods, "scale": cfg.scale, "data": cfg.data, "lr_dir": cfg.lr_dir,
                      "degradation": res.plan.degradation, "seeds": cfg.seeds, "limit": cfg.limit,
                      "metrics": cfg.metrics, "device": cfg.device, "opts": cfg.opts, "fresh": cfg.fresh,
-                     "out": str(cfg.out),
+                     "out": str(cfg.out), "faces": cfg.faces,
+                     **({"detector": cfg.detector, "paste_mask": res.plan.paste_mask} if cfg.faces == "detect"
+                        else {}),
                      "conventions": {"predictions": "rounded to 8 bits (as saved) before scoring",
                                      "degradation_seed": "sha256 of the decoded HR pixels, mixed (splitmix64)",
                                      "hr": "cropped bottom/right to a multiple of the scale",

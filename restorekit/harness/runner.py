@@ -80,6 +80,9 @@ class CompareConfig:
     # methods run through the detect-align-restore-paste pipeline.
     faces: str = "aligned"
     detector: str | None = None
+    # "detect": the region of each restored crop pasted into the photo (faces.align.PASTE_MASKS;
+    # None: faces.pipeline.DEFAULT_PASTE_MASK). Refused with "aligned".
+    paste_mask: str | None = None
     backend: str = "torch"
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
@@ -156,6 +159,9 @@ class Plan:
     # The degradation's steps that plugins registered (:func:`degradation_plugins`): what the LR
     # files depend on beyond the core, so that they and the folder are not reused after a change.
     degradation_code: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ``--faces detect``: the paste mask the face methods' crops are blended in with (the default
+    # resolved); None otherwise.
+    paste_mask: str | None = None
 
 
 @dataclass
@@ -352,6 +358,19 @@ def plan(config: CompareConfig) -> Plan:
     for flag, value in (("--max-pixels", config.max_pixels), ("--max-output-pixels", config.max_output_pixels)):
         if value < 1:
             raise CompareUsageError(f"{flag} must be a positive integer, got {value}")
+    paste_mask: str | None = None
+    if config.faces == "detect":
+        from ..faces.align import check_paste_mask
+        from ..faces.pipeline import DEFAULT_PASTE_MASK
+
+        try:  # recorded as resolved: a later change of the default is a change of settings
+            paste_mask = check_paste_mask(DEFAULT_PASTE_MASK if config.paste_mask is None else config.paste_mask)
+        except RestorekitError as exc:
+            raise CompareUsageError(f"--paste-mask: {exc}") from None
+    elif config.paste_mask is not None:
+        raise CompareUsageError("--paste-mask only applies with --faces detect")
+    if config.faces != "detect" and config.detector is not None:
+        raise CompareUsageError("--detector only applies with --faces detect")
     try:
         device = resolve_device(config.device)
     except RestorekitError as exc:
@@ -411,7 +430,11 @@ def plan(config: CompareConfig) -> Plan:
         if files:
             settings["option_files"] = files
         if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
-            settings["faces"] = {"mode": config.faces, "detector": config.detector}
+            from ..faces.detectors import DEFAULT_DETECTOR
+
+            # (the detector resolved, as the mask: naming the default is no change, a new default is one)
+            settings["faces"] = {"mode": config.faces, "detector": config.detector or DEFAULT_DETECTOR,
+                                 "paste_mask": paste_mask}
         if config.backend != "torch":
             settings["backend"] = config.backend
         methods.append(MethodPlan(name, cls, options, plugin, dist, ver, seeds, settings, settings_hash(settings)))
@@ -430,7 +453,7 @@ def plan(config: CompareConfig) -> Plan:
             build_detector(config.detector or DEFAULT_DETECTOR)
         except RestorekitError as exc:
             raise CompareUsageError(f"--detector {config.detector or DEFAULT_DETECTOR}: {exc}") from None
-    return Plan(config, device, degradation, methods, metrics, reg, core, degradation_code)
+    return Plan(config, device, degradation, methods, metrics, reg, core, degradation_code, paste_mask)
 
 
 def metric_fingerprint(cls: type[Metric], distribution: str, version_: str) -> str:
@@ -897,11 +920,11 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
         t0 = time.perf_counter()
         with torch.no_grad():
             if p.config.faces == "detect" and method.info.input_kind == "aligned_face":
-                from ..faces.detectors import DEFAULT_DETECTOR
                 from ..faces.pipeline import restore_photo
 
-                y, faces = restore_photo(method, x, scale, p.config.detector or DEFAULT_DETECTOR, seed=seed,
-                                         max_output_pixels=p.config.max_output_pixels)
+                y, faces = restore_photo(method, x, scale, mp.settings["faces"]["detector"], seed=seed,
+                                         max_output_pixels=p.config.max_output_pixels,
+                                         paste_mask=mp.settings["faces"]["paste_mask"])  # (as recorded)
                 rec.report = {"faces": faces}
             else:
                 y = method.restore(x, scale, seed=seed, n_samples=1)
