@@ -10,8 +10,9 @@ from restorekit import plugins
 # One intra-op thread for the whole run: golden tensors are recorded single-threaded (a reduction's
 # order, and so its last bits, depends on the thread count), and the multi-process tests (torchrun,
 # workers) run side by side on few cores, where one thread per process is the faster. A test that
-# changes the count has it put back after it (below).
-TEST_THREADS = 1
+# changes the count has it put back after it (below). On a machine with a GPU (the GPU checks of
+# scripts/gpu, beside a training run) the CPU references keep torch's own count, as they were timed.
+TEST_THREADS = torch.get_num_threads() if torch.cuda.is_available() else 1
 torch.set_num_threads(TEST_THREADS)
 
 
