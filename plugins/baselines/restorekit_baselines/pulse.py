@@ -160,6 +160,10 @@ def _sample_rngs(seed: int, attempt: int, samples: list[int]) -> list[torch.Gene
 #: The smallest aligned crop :meth:`Pulse.face_input_size` asks for (smaller: the pipeline's default).
 MIN_FACE_CROP = 8
 
+#: Seed of torch's CPU generator while the generator is built (inside a fork of it): the layers of
+#: an untrained generator (``random_generator=true``) are the same in every process.
+RANDOM_GENERATOR_SEED = 0
+
 
 class Pulse(Method):
     """PULSE face super-resolution by spherical latent search in a pretrained generator."""
@@ -197,7 +201,10 @@ class Pulse(Method):
         # No weights: the factory's default (stylegan2: the shipped prior, announced in its notes).
         # Building the generator initialises its layers from torch's global RNG (before any weights
         # replace them): fork it (CPU), so a caller's torch.manual_seed(…) sequence is not moved by a load.
+        # Inside the fork the CPU generator is seeded, so an untrained generator (random_generator=true)
+        # is the same in every process: its results are as reproducible as a trained one's.
         with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(RANDOM_GENERATOR_SEED)
             gen = _build_generator(o.generator, weights, o.generator_options, self.device, o.allow_unsafe,
                                    random_weights=o.random_generator)
         if o.latent == "w+":
