@@ -138,7 +138,9 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     if gen_name is not None:
         import torch
 
-        torch.manual_seed(seed)  # a generator built with random weights is then the same on every run
+        # (a plugin's generator built with random weights from the global RNG is then the same on
+        # every run; the shipped stylegan2 seeds its own)
+        torch.manual_seed(seed)
         gen = build_generator(gen_name, weights, opts, dev, quiet=quiet)
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
         # Which generator: two runs of one name with other weights or options read alike otherwise.

@@ -361,16 +361,15 @@ def export_safetensors(out: str | Path, path: str | Path | None = None, *,
     move by about 0.02 and distances between faces by under 0.01 (dlib's same-person threshold is
     0.6), enough for a training loss, not for reporting figures.
     """
-    from safetensors.torch import save
-
     from ..images import atomic_write_bytes
+    from ..weights.st_bytes import safetensors_bytes
 
     tensors = export_tensors(convert_dat(path), dtype)
     meta = {"format": "restorekit.dlib-face-descriptor/1", "source": "dlib_face_recognition_resnet_model_v1.dat"}
     if dtype == torch.int8:
         meta["quantized"] = "int8, symmetric, per output channel"
     target = Path(out)
-    atomic_write_bytes(target, save(tensors, metadata=meta))
+    atomic_write_bytes(target, safetensors_bytes(tensors, meta))
     return target
 
 

@@ -42,9 +42,9 @@ def random_alexnet_file(path: str | os.PathLike[str], seed: int = 0) -> Path:
     """Random He-scaled AlexNet convolutions in torchvision naming (``features.<i>.weight``/``bias``)
     as safetensors at ``path``: a stand-in feature space for ``--space-weights alex=…`` (realism) or
     the LPIPS backbone in tests — never a figure to report."""
-    from safetensors.torch import save_file
-
+    from ..images import atomic_write_bytes
     from ..networks.lpips_weights import CONV_SHAPES, FEATURE_INDICES
+    from ..weights.st_bytes import safetensors_bytes
 
     g = torch.Generator().manual_seed(seed)
     sd = {}
@@ -53,5 +53,5 @@ def random_alexnet_file(path: str | os.PathLike[str], seed: int = 0) -> Path:
         sd[f"features.{index}.weight"] = torch.randn(shape, generator=g) * math.sqrt(2 / fan_out)
         sd[f"features.{index}.bias"] = torch.zeros(shape[0])
     out = Path(path)
-    save_file(sd, str(out))
+    atomic_write_bytes(out, safetensors_bytes(sd))
     return out

@@ -2,6 +2,7 @@
 
 The package is layered; each module imports only those listed before it::
 
+    st_bytes        safetensors bytes with sorted metadata: the same file for the same contents
     spec            what a weight spec is (pydantic schema; no I/O)
     cache           where cached files live; the per-folder manifest
     tofu            trust on first use: hashes recorded for files whose spec pins none

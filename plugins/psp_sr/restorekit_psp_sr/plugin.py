@@ -13,6 +13,10 @@ from typing import Any, Literal
 #: ``weights`` value naming the decoder of psp_sr's default (embedded) model.
 PSP_DEFAULT_DECODER = "psp_sr:default"
 
+#: Seed of torch's CPU generator while an untrained generator (``random_weights=True``) is built,
+#: inside a fork of it: its layers are the same in every process and the caller's RNG is not moved.
+RANDOM_WEIGHTS_SEED = 0
+
 
 def _psp_model_file(weights: str | os.PathLike[str]) -> Path | None:
     """The restorekit pSp ``.safetensors`` file whose decoder ``weights`` names, else None."""
@@ -50,7 +54,8 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
     embedded model; the architecture is read off the file and any config given must agree with it).
     Without ``weights``: the shipped face prior ``stylegan2-faces128`` (checked against its registry
     entry), else ``WeightsMissing`` naming the fix — never random weights unless asked for with
-    ``random_weights=True`` (an untrained generator of the given config: tests, benchmarks).
+    ``random_weights=True`` (an untrained generator of the given config: tests, benchmarks; its layers
+    come from a fork of torch's CPU RNG seeded with :data:`RANDOM_WEIGHTS_SEED`, the same everywhere).
     ``allow_unsafe`` lets a rosinality training checkpoint (pickled Python objects) be unpickled:
     only for a file you trust. The generator's ``notes`` say which registered weights it holds
     and their license (commands print them). Registered without an options model: the registry
@@ -62,8 +67,12 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
     if random_weights:
         if weights is not None:
             raise ValueError(f"random_weights=true and weights={str(weights)!r} exclude each other")
-        g = StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8, channel_multiplier or 2,
-                               channel_max=channel_max or 512, impl=impl)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
+            g = StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8, channel_multiplier or 2,
+                                   channel_max=channel_max or 512, impl=impl)
         g.notes = [f"stylegan2: random weights (random_weights=true): an untrained {g.resolution}-px generator"]
         return g
     from .train import load_generator

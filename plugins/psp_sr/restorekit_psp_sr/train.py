@@ -98,9 +98,8 @@ def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str
     ``dtype=torch.float16`` halves the file (loading converts back to float32). ``root``: as
     :func:`restorekit.images.atomic_write_bytes`' (a run folder whose subfolders are not followed
     when links)."""
-    from safetensors.torch import save
-
     from restorekit.images import atomic_write_bytes
+    from restorekit.weights.st_bytes import safetensors_bytes
 
     from .method import generator_config
 
@@ -109,7 +108,8 @@ def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str
         tensors["latent_avg"] = generator.latent_avg.detach().to("cpu", dtype).reshape(-1).contiguous().clone()
     config = {"generator": generator_config(generator), "license": license, "name": name, "training": training or {}}
     p = Path(path)
-    atomic_write_bytes(p, save(tensors, metadata={"format": STYLEGAN2_FORMAT, "config": json.dumps(config)}), root=root)
+    atomic_write_bytes(p, safetensors_bytes(tensors, {"format": STYLEGAN2_FORMAT, "config": json.dumps(config)}),
+                       root=root)
     return p
 
 

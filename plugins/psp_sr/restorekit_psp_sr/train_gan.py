@@ -561,13 +561,12 @@ class GANTrainer:
                                           training=training, dtype=dtype, root=root)
 
     def _save_weights(self, module: nn.Module, path: Path, meta: dict[str, str], *, root: Path | None = None) -> None:
-        from safetensors.torch import save
-
         from restorekit.images import atomic_write_bytes
+        from restorekit.weights.st_bytes import safetensors_bytes
 
         tensors = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
                    for k, v in module.state_dict().items()}
-        atomic_write_bytes(path, save(tensors, metadata=meta), root=root)
+        atomic_write_bytes(path, safetensors_bytes(tensors, meta), root=root)
 
     def snapshot(self) -> dict[str, Any]:
         """Write the snapshot files to ``OUT/snapshot`` (and ``snapshot_dir``); rank 0 only.
