@@ -18,8 +18,13 @@ VGG features: pix2pixHD uses VGG19 relu1_1…relu5_1 with weights 1/32, 1/16, 1/
 only ImageNet VGG that reaches an offline machine through restorekit's weights registry is
 VGG16 (``lpips-vgg``: torchvision's ``vgg16().features`` layout), so :class:`VGGLoss` uses
 VGG16's relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 with the same weights, on inputs
-normalised with the ImageNet mean/std the torchvision weights expect. It refuses random
-backbone weights unless ``allow_random_vgg=True`` (tests only).
+normalised with the ImageNet mean/std the torchvision weights expect (pix2pixHD feeds its VGG19
+the raw [-1, 1] image, un-normalised: its first-layer input is about 2.2× smaller than ours, so
+the VGG term weighs differently against LSGAN and feature matching at the same λ). It refuses
+random backbone weights unless ``allow_random_vgg=True`` (tests only).
+
+Initialisation: the networks keep PyTorch's default init; pix2pixHD draws every conv weight from
+N(0, 0.02) (this matters most for D's first conv, which no norm follows).
 
 Modules take and return images in restorekit's ``[0, 1]`` convention and convert to the
 ``[-1, 1]`` range the networks use inside themselves.

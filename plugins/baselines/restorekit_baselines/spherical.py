@@ -16,7 +16,10 @@ input. Three ideas make the search stay on "natural" faces; their building block
   step it is rescaled to its radius (:class:`SphericalOptimizer`). Random starts are put on the
   sphere of radius √dim; a given start keeps the radius it has (PULSE keeps initial radii).
 * **GEOCROSS.** In W+ the per-layer latents may drift apart; :func:`geocross` penalises the mean
-  squared geodesic (angular) distance between them.
+  squared geodesic (angular) distance between them. It acts on the whitened ``u``, where PULSE
+  takes it on ``w = to_w(u)``; deliberately: on ten FFHQ faces at ×8 with the 128-px prior,
+  GEOCROSS on ``w`` reached eps in 2 searches of 10 against 6 here, at LR-MSE 0.0026 vs 0.0021,
+  LPIPS 0.261 vs 0.255 and about the same dlib identity distance (0.772 vs 0.779).
 
 The data term downsamples the generated image with restorekit's antialiased bicubic
 (:func:`restorekit.degradations.bicubic_resize`, PIL's convention, not clamped so gradients reach
@@ -266,7 +269,9 @@ def optimise_latents(
             opt.step()
             sched.step()
             if cfg.stop_at_eps and any(reached):
-                # Samples that reached eps stay where they were (PULSE's eps ends their data term).
+                # Samples that reached eps stay where they were. PULSE instead clamps the data term
+                # at eps, keeps stepping on GEOCROSS and returns its last iterate (nothing when eps
+                # is missed); measured on ten faces the results are the same (dlib distance ±0.002).
                 with torch.no_grad():
                     for p, snap in zip(params, frozen):
                         p.copy_(torch.where(_rows(done, p), snap, p))

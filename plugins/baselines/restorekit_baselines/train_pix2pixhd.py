@@ -46,7 +46,10 @@ EXPORT_NAME = "pix2pixhd.safetensors"
 
 
 class Pix2PixHDTrainConfig(TrainConfig):
-    """pix2pixHD's defaults (Adam 2e-4, β = 0.5/0.999; λ_feat = λ_vgg = 10; 3 D scales of 3 layers)."""
+    """pix2pixHD's defaults (Adam 2e-4, β = 0.5/0.999; λ_feat = λ_vgg = 10; 3 D scales of 3 layers, the
+    paper's count: its code defaults to 2). Not its schedule: pix2pixHD keeps lr constant, then decays
+    both players' lr linearly to 0; here the default is constant throughout, and ``lr_schedule``
+    offers cosine decay, not the linear one."""
 
     size: int = Field(256, ge=16, description="square training size (input and target)")
     ngf: int = Field(64, ge=1)

@@ -6,12 +6,21 @@ inputs are HR faces downscaled by a random factor and upscaled back to the encod
 (:class:`restorekit.training.SRPairDataset`); loss ``1·L2 + 0.8·LPIPS(alex) + 0.1·ID +
 0.005·‖w − w_avg‖`` with the pixel losses on [-1, 1] images as pSp computes them
 (``pixel_range="symmetric"``), on outputs average-pooled to 256 px when the generator is larger
-(no pooling for generators of 256 px or less); Ranger, lr 1e-4, batch 8. Every weight is a
+(no pooling for generators of 256 px or less); Ranger, lr 1e-4, batch 8; the generator's noise
+drawn afresh every step (``train_noise="random"``, pSp's ``randomize_noise``). Every weight is a
 config field; a zero weight skips that loss (and its network).
+
+Where the defaults are not pSp's: ``id_embedder`` is dlib's ResNet, not pSp's ArcFace IR-SE50,
+while ``id_lambda`` stays the paper's 0.1 (see the field); ``data.factors`` is 1…16, pSp's
+1…32 (add 32 for 256-px inputs that may come from 8 px); HR and inputs are resized with
+bicubic, where pSp resizes with PIL bilinear (:mod:`restorekit.training.data`); half the
+samples are flipped horizontally (``data.flip``), which pSp's SR transforms do not do.
 
 With ``restyle_iterations`` the encoder is ReStyle's (:mod:`.psp`): it refines its codes in that
 many passes, reading the input beside the current reconstruction, with the losses taken after
-every pass (ReStyle trains pSp's encoder this way, five passes a batch).
+every pass (ReStyle trains pSp's encoder this way, five passes a batch). The step minimises the
+mean of the pass losses where ReStyle back-propagates each pass's loss and sums the gradients:
+the gradient is 1/passes as large, which Ranger's normalised step all but cancels.
 
 The generator comes from ``generator`` (a weights name or a file): a rosinality ``.pt``
 (``g_ema``), a restorekit StyleGAN2 ``.safetensors`` (what ``restorekit train stylegan2_ae``
@@ -22,6 +31,7 @@ exports), or a restorekit pSp model (its decoder). The result is exported as
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -61,7 +71,10 @@ class PSPTrainConfig(TrainConfig):
     # -- losses (pSp's SR lambdas) ---------------------------------------------------------
     l2_lambda: float = Field(1.0, ge=0)
     lpips_lambda: float = Field(0.8, ge=0)
-    id_lambda: float = Field(0.1, ge=0)
+    id_lambda: float = Field(0.1, ge=0, description="ID-loss weight: 0.1 is the paper's, for its ArcFace-class "
+                                                   "embedder (1 − cos ≈ 0.3–1 between faces); dlib's distances "
+                                                   "are several times smaller, and the faces128 recipe uses 1.0 "
+                                                   "with dlib_resnet")
     w_norm_lambda: float = Field(0.005, ge=0)
     lpips_backbone: Literal["alex", "vgg"] = "alex"
     id_embedder: str = "dlib_resnet"
@@ -71,6 +84,11 @@ class PSPTrainConfig(TrainConfig):
                                    description="losses on the output back-projected onto its LR input in this many "
                                                "steps (restorekit.consistency), as psp_sr then infers by default: "
                                                "the encoder is trained for the details the input does not hold")
+    train_noise: Literal["random", "const"] = Field(
+        "random", description="the generator's noise while training: drawn afresh every step from the run's "
+                              "(seeded, checkpointed) random stream, as pSp trains, or its fixed maps "
+                              "('const', what inference uses either way); a run checkpointed before this "
+                              "setting existed trained with 'const' and resumes with it")
     # -- export ------------------------------------------------------------------------------
     model_name: str = "psp_sr"
     license: str = Field("unknown", description="license of the trained model (data + generator terms)")
@@ -312,7 +330,8 @@ class PSPTrainer(Trainer):
         """The losses after every pass (pSp makes one; with ReStyle each pass's gradient reaches
         only its own step); ``loss`` is their mean, the named terms the last pass's, so a log
         reads what the model infers."""
-        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size, all_passes=True)
+        y_hat, latents = net(batch["lr_up"], resize_output=self.loss_size, all_passes=True,
+                             noise_mode=self.config.train_noise)
         y = batch["hr"]
         if y_hat.shape[-2:] != y.shape[-2:]:
             raise RestorekitError(f"psp_sr training: output {tuple(y_hat.shape[-2:])} vs target "
@@ -324,6 +343,22 @@ class PSPTrainer(Trainer):
         out = dict(passes[-1])
         out["loss"] = torch.stack([p["loss"] for p in passes]).mean()
         return out
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """As :meth:`Trainer.resume`; a checkpoint saved before ``train_noise`` was a setting trained
+        with the fixed noise, and continues with it unless this run's config sets ``train_noise``."""
+        from restorekit.training.trainer import resume_checkpoint
+
+        p, ckpt = resume_checkpoint(self.out, path, self.name, warn=False, mmap=True)  # the settings only
+        older = "train_noise" not in (ckpt.get("config") or {})
+        del ckpt
+        step = super().resume(p)
+        if older and "train_noise" not in self.config.model_fields_set:
+            self.config.train_noise = "const"
+        elif older and self.config.train_noise != "const" and self.dist.is_main:
+            print(f"warning: {p} trained with train_noise=const (saved before the setting existed); continuing with "
+                  f"{self.config.train_noise} is not an exact continuation", file=sys.stderr, flush=True)
+        return step
 
     def lr_targets(self, hr: Tensor, factors: Any) -> dict[int, tuple[Tensor, Tensor]]:
         """Per factor in the batch: ``(rows, LR)``, the LR remade from the HR target as the dataset
@@ -358,7 +393,8 @@ class PSPTrainer(Trainer):
                     "optimizer": cfg.optimizer, "lr": cfg.lr,
                     "losses": {k: float(v.weight) for k, v in self.losses.items()},
                     "pixel_range": cfg.pixel_range, "generator": cfg.generator, "val": self.last_val,
-                    "restyle_iterations": cfg.restyle_iterations, "consistency_steps": cfg.consistency_steps}
+                    "restyle_iterations": cfg.restyle_iterations, "consistency_steps": cfg.consistency_steps,
+                    "train_noise": cfg.train_noise}
         return save_psp_safetensors(self.model, folder / "model.safetensors", factors=cfg.data.factors,
                                     license=cfg.license, name=cfg.model_name, training=training)
 

@@ -1,0 +1,104 @@
+"""psp_sr training's decoder noise (``train_noise``): fresh draws every step as pSp trains, from
+the run's checkpointed random stream (so resuming stays exact), or the generator's fixed maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from restorekit.losses import L2Loss, WNormLoss
+from restorekit.training import sr_datasets
+from restorekit.training.trainer import list_checkpoints, load_checkpoint
+from restorekit_psp_sr.encoder import GradualStyleEncoder
+from restorekit_psp_sr.psp import PSP
+from restorekit_psp_sr.stylegan2 import NoiseInjection, StyleGAN2Generator
+from restorekit_psp_sr.train import PSPTrainer
+
+from tiny_models import tiny_train_config, write_faces  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_faces(tmp_path_factory.mktemp("faces"))
+
+
+def noisy_psp() -> PSP:
+    """A tiny pSp whose generator adds its noise at strength 0.5 (a fresh generator's is 0)."""
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(32, style_dim=16, n_mlp=2, channel_multiplier=1, channel_max=16, impl="ref").eval()
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, NoiseInjection):
+                m.weight.fill_(0.5)
+    torch.manual_seed(1)
+    enc = GradualStyleEncoder(g.n_styles, 16, backbone="ir_se_light", input_size=32, head_channels=16)
+    return PSP(enc, g, g.mean_latent(256))
+
+
+def make(faces: Path, out: Path, **over: object) -> PSPTrainer:
+    cfg = tiny_train_config(out, **over)
+    train, val = sr_datasets(faces, 32, cfg.data, hr_size=32, seed=cfg.seed)
+    losses = {"l2": L2Loss(1.0, value_range="symmetric"), "w_norm": WNormLoss(0.005)}
+    return PSPTrainer(cfg, noisy_psp(), train, val, losses=losses, quiet=True)
+
+
+def train_losses(out: Path) -> list[float]:
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_random_noise_differs_per_step_and_const_is_the_fixed_maps(faces: Path, tmp_path: Path) -> None:
+    assert tiny_train_config(tmp_path).train_noise == "random"  # pSp's randomize_noise
+    trainer = make(faces, tmp_path / "r")
+    batch = default_collate([trainer.train_data[i] for i in range(2)])
+    trainer.model.eval()
+    with torch.no_grad():
+        a, b = (float(trainer.train_step(trainer.model, batch)["l2"]) for _ in range(2))
+        # Same codes, another noise draw: another image, so another loss.
+        assert a != b
+        trainer.config.train_noise = "const"
+        c, d = (float(trainer.train_step(trainer.model, batch)["l2"]) for _ in range(2))
+        y, w = trainer.model(batch["lr_up"], noise_mode="const")
+        fixed = float(trainer.compute_losses(y, batch["hr"], w)["l2"])
+    assert c == d == pytest.approx(fixed, rel=1e-6)
+
+
+def test_a_random_noise_run_resumes_exactly(faces: Path, tmp_path: Path) -> None:
+    kw: dict = dict(ckpt_every=1, val_every=100)
+    full = make(faces, tmp_path / "full", steps=2, **kw)
+    full.fit()
+    assert make(faces, tmp_path / "part", steps=1, **kw).fit()["step"] == 1
+    resumed = make(faces, tmp_path / "part", steps=2, **kw)
+    assert resumed.fit(resume=True)["step"] == 2
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+    for (k, x), y in zip(full.model.encoder.state_dict().items(), resumed.model.encoder.state_dict().values()):
+        assert torch.equal(x, y), k
+    # The const run is another run (the draws change the losses), itself reproducible.
+    make(faces, tmp_path / "const", steps=2, train_noise="const", **kw).fit()
+    assert train_losses(tmp_path / "const") != train_losses(tmp_path / "full")
+
+
+def test_a_checkpoint_from_before_the_setting_resumes_with_const(faces: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    kw: dict = dict(ckpt_every=1, val_every=100)
+    make(faces, tmp_path / "full", steps=2, train_noise="const", **kw).fit()
+    make(faces, tmp_path / "part", steps=1, train_noise="const", **kw).fit()
+    path = list_checkpoints(tmp_path / "part")[-1][1]  # step 1
+    ckpt = load_checkpoint(path)
+    del ckpt["config"]["train_noise"]  # as saved before the setting existed
+    torch.save(ckpt, path)
+    resumed = make(faces, tmp_path / "part", steps=2, **kw)  # train_noise not given
+    resumed.fit(resume=True)
+    assert resumed.config.train_noise == "const"
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
+    assert load_checkpoint(list_checkpoints(tmp_path / "part")[-1][1])["config"]["train_noise"] == "const"
+    assert "not an exact continuation" not in capsys.readouterr().err
+    # Given explicitly, the new setting applies, and the change is said.
+    again = make(faces, tmp_path / "part", steps=2, train_noise="random", **kw)
+    again.fit(resume=path)
+    assert again.config.train_noise == "random"
+    assert "trained with train_noise=const" in capsys.readouterr().err
