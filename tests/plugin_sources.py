@@ -352,3 +352,52 @@ from torch.serialization import register_package  # noqa: F401
 def quiet_plugin_source(case: str) -> str:
     """The module source of :data:`QUIET_PLUGINS` ``case`` (names made unique per case)."""
     return (_BAD_HEADER + QUIET_PLUGINS[case]).replace("CASE", case)
+
+
+ONE_FACE_PLUGIN = '''
+from typing import ClassVar
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
+from restorekit.degradations import upscale
+
+
+class BrightFace(Method):
+    """A face method visibly unlike bicubic: ×scale, then brighter."""
+
+    info: ClassVar[MethodInfo] = MethodInfo(name="bright_face_{suffix}", summary="test face method",
+                                            input_kind="aligned_face")
+    face_input_size = {input_size}
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return (upscale(lr, scale) * 0.5 + 0.5).clamp(0, 1).repeat_interleave(n_samples, 0)
+
+
+class OneFace(FaceDetector):
+    name = "one_{suffix}"
+
+    def detect(self, image):
+        if image.shape[-1] < {min_width}:
+            return []
+        x, y, d = {x}, {y}, {d}
+        lm = [(x - d / 2, y), (x + d / 2, y), (x, y + 0.7 * d), (x - 0.464 * d, y + 1.04 * d),
+              (x + 0.464 * d, y + 1.04 * d)]
+        return [Face((x - d, y - 0.6 * d, x + d, y + 1.5 * d), 0.99, lm)]
+
+
+@hookimpl
+def register_methods(register):
+    register(BrightFace)
+
+
+@hookimpl
+def register_face_detectors(register):
+    register("one_{suffix}", OneFace, summary="test: one face in photos {min_width} px wide or more")
+'''
+
+
+def one_face_plugin_source(suffix: str, *, input_size: int, x: float, y: float, d: float, min_width: int = 0) -> str:
+    """A plugin with a face method ``bright_face_<suffix>`` (``face_input_size`` ``input_size``;
+    ×scale, then brighter: unlike bicubic wherever it is pasted) and a detector ``one_<suffix>``
+    finding one face, eyes ``d`` apart around (``x``, ``y``), in photos ``min_width`` px wide or more."""
+    return ONE_FACE_PLUGIN.format(suffix=suffix, input_size=input_size, x=float(x), y=float(y), d=float(d),
+                                  min_width=min_width)

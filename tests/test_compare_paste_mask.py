@@ -19,44 +19,11 @@ from click.testing import CliRunner
 from restorekit.cli import build_cli
 from restorekit.degradations import upscale
 from restorekit.images import read_image, save_image
+from plugin_sources import one_face_plugin_source
 
 METHOD = "bright_face_cm3p"
 
-PLUGIN = '''
-from typing import ClassVar
-from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
-from restorekit.degradations import upscale
-
-
-class BrightFace(Method):
-    info: ClassVar[MethodInfo] = MethodInfo(name="bright_face_cm3p", summary="test face method",
-                                            input_kind="aligned_face")
-    face_input_size = 32
-
-    def restore(self, lr, scale, *, seed=None, n_samples=1):
-        return (upscale(lr, scale) * 0.5 + 0.5).clamp(0, 1).repeat_interleave(n_samples, 0)
-
-
-class OneFace(FaceDetector):
-    name = "one_cm3p"
-
-    def detect(self, image):
-        x, y, d = 64.0, 40.0, 16.0
-        lm = [(x - d / 2, y), (x + d / 2, y), (x, y + 0.7 * d), (x - 0.464 * d, y + 1.04 * d),
-              (x + 0.464 * d, y + 1.04 * d)]
-        return [Face((x - d, y - 0.6 * d, x + d, y + 1.5 * d), 0.99, lm)]
-
-
-@hookimpl
-def register_methods(register):
-    register(BrightFace)
-
-
-@hookimpl
-def register_face_detectors(register):
-    register("one_cm3p", OneFace, summary="test: one face")
-'''
+PLUGIN = one_face_plugin_source("cm3p", input_size=32, x=64, y=40, d=16)
 
 
 def _photo_folder(tmp_path: Path) -> Path:

@@ -19,47 +19,9 @@ from PIL import Image
 from restorekit.cli import build_cli
 from restorekit.images import save_image
 from restorekit.provenance import read_note
+from plugin_sources import one_face_plugin_source
 
-PLUGIN = '''
-from typing import ClassVar
-import torch
-from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
-from restorekit.degradations import upscale
-
-
-class BrightFace(Method):
-    """A face method visibly unlike bicubic: ×scale, then brighter."""
-
-    info: ClassVar[MethodInfo] = MethodInfo(name="bright_face3p", summary="test face method",
-                                            input_kind="aligned_face")
-    face_input_size = 64
-
-    def restore(self, lr, scale, *, seed=None, n_samples=1):
-        return (upscale(lr, scale) * 0.5 + 0.5).clamp(0, 1).repeat_interleave(n_samples, 0)
-
-
-class OneFace(FaceDetector):
-    name = "one3p"
-
-    def detect(self, image):
-        if image.shape[-1] < 200:
-            return []
-        x, y, d = 160.0, 100.0, 36.0
-        lm = [(x - d / 2, y), (x + d / 2, y), (x, y + 0.7 * d), (x - 0.464 * d, y + 1.04 * d),
-              (x + 0.464 * d, y + 1.04 * d)]
-        return [Face((x - d, y - 0.6 * d, x + d, y + 1.5 * d), 0.99, lm)]
-
-
-@hookimpl
-def register_methods(register):
-    register(BrightFace)
-
-
-@hookimpl
-def register_face_detectors(register):
-    register("one3p", OneFace, summary="test: one face in photos 200 px wide or more")
-'''
+PLUGIN = one_face_plugin_source("3p", input_size=64, x=160, y=100, d=36, min_width=200)
 
 
 @pytest.fixture
@@ -71,10 +33,10 @@ def photos(plugin_site, tmp_path: Path) -> Path:
     return folder
 
 
-def run(photos: Path, out: Path, *args: str, method: str = "bright_face3p", faces: bool = True):  # type: ignore[no-untyped-def]
+def run(photos: Path, out: Path, *args: str, method: str = "bright_face_3p", faces: bool = True):  # type: ignore[no-untyped-def]
     cmd = ["run", method, "--scale", "2", "--input", str(photos), "--output", str(out)]
     if faces:
-        cmd += ["--faces", "detect", "--detector", "one3p"]
+        cmd += ["--faces", "detect", "--detector", "one_3p"]
     return CliRunner().invoke(build_cli(), [*cmd, *args])
 
 
@@ -89,15 +51,15 @@ def test_faces_outputs_record_what_made_them_and_an_aligned_run_refuses_them(pho
     r = run(photos, out, "-q")
     assert r.exit_code == 0, r.output
     note = read_note(out / "p.png")
-    assert note is not None and note["faces"] == "detect" and note["method"] == "bright_face3p"
+    assert note is not None and note["faces"] == "detect" and note["method"] == "bright_face_3p"
     assert {k: note[k] for k in ("detector", "background", "min_face", "max_shrink", "colour_match",
                                  "only_faces", "scale", "input")} == {
-        "detector": "one3p", "background": "bicubic", "min_face": 20.0, "max_shrink": 3.0, "colour_match": False,
+        "detector": "one_3p", "background": "bicubic", "min_face": 20.0, "max_shrink": 3.0, "colour_match": False,
         "only_faces": False, "scale": 2, "input": "p.png"}
     before = digest(out / "p.png")
     r = run(photos, out, method="bicubic", faces=False)
     assert r.exit_code == 2, r.output
-    assert "(made by run --faces detect, not --faces aligned; method: bright_face3p → bicubic)" in r.output
+    assert "(made by run --faces detect, not --faces aligned; method: bright_face_3p → bicubic)" in r.output
     r = run(photos, out, faces=False)  # the same method on the photo as if it were a face crop
     assert r.exit_code == 2 and "(made by run --faces detect, not --faces aligned)" in r.output, r.output
     assert digest(out / "p.png") == before
@@ -118,7 +80,7 @@ def test_a_faces_run_into_another_runs_outputs_is_refused_before_any_work(photos
     assert r.exit_code == 2, r.output
     line = r.output.strip().splitlines()[-1]
     assert "1 of these photos (p) were made with other settings (made by run --faces aligned, not --faces detect; " \
-           "method: bicubic → bright_face3p)" in line and "--overwrite to remake them" in line
+           "method: bicubic → bright_face_3p)" in line and "--overwrite to remake them" in line
     assert sorted(p.name for p in out.iterdir()) == ["p.png"] and digest(out / "p.png") == before
     r = run(photos, out, "--overwrite", "-q")  # remade
     assert r.exit_code == 0 and read_note(out / "p.png")["faces"] == "detect", r.output
@@ -229,18 +191,18 @@ def test_a_rerun_of_a_finished_folder_builds_no_method(photos: Path, tmp_path: P
     out = tmp_path / "out"
     for folder, args in ((out, []), (tmp_path / "crops", ["--only-faces"])):
         built.clear()
-        assert run(photos, folder, *args, "-q").exit_code == 0 and built == ["bright_face3p"]
+        assert run(photos, folder, *args, "-q").exit_code == 0 and built == ["bright_face_3p"]
         r = run(photos, folder, *args, "--json")
-        assert r.exit_code == 0 and built == ["bright_face3p"], r.output
+        assert r.exit_code == 0 and built == ["bright_face_3p"], r.output
         doc = json.loads(r.stdout)
         assert doc["written"] == [] and len(doc["skipped"]) == 1 and doc["device"] is None
-        assert (doc["faces"], doc["detector"], doc["background"]) == ("detect", "one3p", "bicubic")
+        assert (doc["faces"], doc["detector"], doc["background"]) == ("detect", "one_3p", "bicubic")
         r = run(photos, folder, *args)
         assert r.output.strip().splitlines()[-1].startswith("0 written (0 faces restored), 1 skipped"), r.output
     # A photo whose sidecar is missing (interrupted before it) is done again: the method is built.
     (out / "p.png.json").unlink()
     built.clear()
-    assert run(photos, out, "-q").exit_code == 0 and built == ["bright_face3p"] and (out / "p.png.json").is_file()
+    assert run(photos, out, "-q").exit_code == 0 and built == ["bright_face_3p"] and (out / "p.png.json").is_file()
 
 
 def test_no_sidecar_is_written_for_a_photo_whose_kept_output_was_made_otherwise(photos: Path, tmp_path: Path) -> None:
@@ -253,12 +215,12 @@ def test_no_sidecar_is_written_for_a_photo_whose_kept_output_was_made_otherwise(
     from restorekit.methods import method_class
     from restorekit.run_record import run_settings
 
-    cls = method_class("bright_face3p")
+    cls = method_class("bright_face_3p")
     options = cls.Options()
     settings = run_settings(cls, options, scale=2, seed=None, n_samples=1, couple=False, backend="torch")
     out = tmp_path / "out"
     out.mkdir()
-    plan = detect_plan(cls, options, settings, out, scale=2, detector="one3p", background=None, min_face=None,
+    plan = detect_plan(cls, options, settings, out, scale=2, detector="one_3p", background=None, min_face=None,
                        max_shrink=None, colour_match=False, only_faces=True, n_samples=1, ext="png")
     item = SimpleNamespace(path=photos / "p.png", stem="p")
     ours, other, foreign = out / "p_face0.png", out / "p_face1.png", out / "p_face2.png"

@@ -22,6 +22,7 @@ from restorekit.faces.align import (FACE_ELLIPSE_128, FFHQ_TEMPLATE_128, PASTE_M
                                     face_mask, paste_mask_at, similarity_fit, unalign)
 from restorekit.faces.pipeline import FacePipeline, restore_photo
 from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
+from plugin_sources import one_face_plugin_source
 
 SCALE = 2
 
@@ -227,41 +228,7 @@ def test_with_the_face_mask_the_crop_corners_are_the_background(photo):
 # ---------------------------------------------------------------------------------------------
 # run --paste-mask
 
-PLUGIN = '''
-from typing import ClassVar
-from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Face, FaceDetector, Method, MethodInfo
-from restorekit.degradations import upscale
-
-
-class BrightFace(Method):
-    info: ClassVar[MethodInfo] = MethodInfo(name="bright_face_pm3p", summary="test face method",
-                                            input_kind="aligned_face")
-    face_input_size = 32
-
-    def restore(self, lr, scale, *, seed=None, n_samples=1):
-        return (upscale(lr, scale) * 0.5 + 0.5).clamp(0, 1).repeat_interleave(n_samples, 0)
-
-
-class OneFace(FaceDetector):
-    name = "one_pm3p"
-
-    def detect(self, image):
-        x, y, d = 64.0, 40.0, 16.0
-        lm = [(x - d / 2, y), (x + d / 2, y), (x, y + 0.7 * d), (x - 0.464 * d, y + 1.04 * d),
-              (x + 0.464 * d, y + 1.04 * d)]
-        return [Face((x - d, y - 0.6 * d, x + d, y + 1.5 * d), 0.99, lm)]
-
-
-@hookimpl
-def register_methods(register):
-    register(BrightFace)
-
-
-@hookimpl
-def register_face_detectors(register):
-    register("one_pm3p", OneFace, summary="test: one face")
-'''
+PLUGIN = one_face_plugin_source("pm3p", input_size=32, x=64, y=40, d=16)
 
 
 def test_run_paste_mask_is_plumbed_and_recorded(plugin_site, tmp_path: Path, photo):
