@@ -92,6 +92,8 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
         if run is None:
             raise RestorekitError("--resume needs --out (the run folder to continue)")
         ckpt_path, base = _saved_config(Path(run), cls.name)
+        # A setting the checkpoint predates continues as the run trained (SETTINGS_BEFORE), not at its default.
+        base = {**cls.Config.SETTINGS_BEFORE, **base}
         saved_root = (base.get("data") or {}).get("root")
         layers.append(checkpoint_layer(ckpt_path, base))
     if config is not None:

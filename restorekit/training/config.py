@@ -110,6 +110,12 @@ class TrainConfig(_Strict):
     ddp_find_unused: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
 
+    # Settings added with a default that is not what runs did before them: the value a checkpoint
+    # saved before the setting existed trained with (``{"key": value}``, top-level settings). A
+    # resumed run takes it from such a checkpoint, and a comparison with one reads it there; a
+    # setting added with the earlier behaviour as its default needs no entry.
+    SETTINGS_BEFORE: ClassVar[dict[str, Any]] = {}
+
     # Settings (dotted for tables) that `--resume` does not report when they differ from the
     # checkpoint's: changing them on resume is expected and leaves what is trained as it was.
     # Subclasses add their own: ``RESUME_EXEMPT = {**TrainConfig.RESUME_EXEMPT, "key": "why"}``.

@@ -270,15 +270,16 @@ def _at(settings: dict[str, Any], key: str, default: Any) -> Any:
     return node
 
 
-def _filled(saved: dict[str, Any], defaults: BaseModel) -> dict[str, Any]:
-    """``saved`` with each setting it lacks taken from ``defaults`` (in its tables too, but not into
-    a dict-valued setting, whose entries are the setting)."""
+def _filled(saved: dict[str, Any], defaults: BaseModel, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``saved`` with each setting it lacks taken from ``before`` (what runs did before the setting
+    existed, ``TrainConfig.SETTINGS_BEFORE``), else from ``defaults`` (in its tables too, but not
+    into a dict-valued setting, whose entries are the setting)."""
     out = dict(saved)
     dumped = defaults.model_dump(mode="json")
     for name in type(defaults).model_fields:
         value = getattr(defaults, name)
         if name not in out:
-            out[name] = dumped[name]
+            out[name] = (before or {}).get(name, dumped[name])
         elif isinstance(value, BaseModel) and isinstance(out[name], dict):
             out[name] = _filled(out[name], value)
     return out
@@ -288,9 +289,10 @@ def _compared(ckpt: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any,
     """:func:`setting_changes` from the checkpoint's settings to ``config``'s, paths compared absolute
     on both sides (a checkpoint written before they were saved absolute holds them as given). A
     setting added after the checkpoint was written counts as its default there: that is what the
-    run trained with (new settings default to the behaviour before them)."""
+    run trained with (new settings default to the behaviour before them), or its
+    ``SETTINGS_BEFORE`` value where its default is not that."""
     cls = type(config)
-    saved = _filled(ckpt.get("config") or {}, cls.model_construct())
+    saved = _filled(ckpt.get("config") or {}, cls.model_construct(), cls.SETTINGS_BEFORE)
     return setting_changes(absolute_settings(cls, saved), absolute_settings(cls, config.model_dump(mode="json")))
 
 

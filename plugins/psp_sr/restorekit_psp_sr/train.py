@@ -31,7 +31,6 @@ exports), or a restorekit pSp model (its decoder). The result is exported as
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -88,7 +87,9 @@ class PSPTrainConfig(TrainConfig):
         "random", description="the generator's noise while training: drawn afresh every step from the run's "
                               "(seeded, checkpointed) random stream, as pSp trains, or its fixed maps "
                               "('const', what inference uses either way); a run checkpointed before this "
-                              "setting existed trained with 'const' and resumes with it")
+                              "setting existed trained with 'const' and `--resume` continues with it")
+    # A run checkpointed before train_noise existed decoded with the fixed noise maps.
+    SETTINGS_BEFORE: ClassVar[dict[str, Any]] = {**TrainConfig.SETTINGS_BEFORE, "train_noise": "const"}
     # -- export ------------------------------------------------------------------------------
     model_name: str = "psp_sr"
     license: str = Field("unknown", description="license of the trained model (data + generator terms)")
@@ -343,22 +344,6 @@ class PSPTrainer(Trainer):
         out = dict(passes[-1])
         out["loss"] = torch.stack([p["loss"] for p in passes]).mean()
         return out
-
-    def resume(self, path: str | Path | None = None) -> int:
-        """As :meth:`Trainer.resume`; a checkpoint saved before ``train_noise`` was a setting trained
-        with the fixed noise, and continues with it unless this run's config sets ``train_noise``."""
-        from restorekit.training.trainer import resume_checkpoint
-
-        p, ckpt = resume_checkpoint(self.out, path, self.name, warn=False, mmap=True)  # the settings only
-        older = "train_noise" not in (ckpt.get("config") or {})
-        del ckpt
-        step = super().resume(p)
-        if older and "train_noise" not in self.config.model_fields_set:
-            self.config.train_noise = "const"
-        elif older and self.config.train_noise != "const" and self.dist.is_main:
-            print(f"warning: {p} trained with train_noise=const (saved before the setting existed); continuing with "
-                  f"{self.config.train_noise} is not an exact continuation", file=sys.stderr, flush=True)
-        return step
 
     def lr_targets(self, hr: Tensor, factors: Any) -> dict[int, tuple[Tensor, Tensor]]:
         """Per factor in the batch: ``(rows, LR)``, the LR remade from the HR target as the dataset

@@ -84,6 +84,12 @@ def test_a_random_noise_run_resumes_exactly(faces: Path, tmp_path: Path) -> None
 
 def test_a_checkpoint_from_before_the_setting_resumes_with_const(faces: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint saved before ``train_noise`` existed trained with the fixed maps: ``--resume``
+    (the checkpoint's settings below the command's) continues with const, exactly; a resume with
+    random is told it is no exact continuation, as any changed setting is."""
+    from restorekit.commands.train import resolve_training_config
+    from restorekit_psp_sr.train import PSPTrainConfig
+
     kw: dict = dict(ckpt_every=1, val_every=100)
     make(faces, tmp_path / "full", steps=2, train_noise="const", **kw).fit()
     make(faces, tmp_path / "part", steps=1, train_noise="const", **kw).fit()
@@ -91,14 +97,20 @@ def test_a_checkpoint_from_before_the_setting_resumes_with_const(faces: Path, tm
     ckpt = load_checkpoint(path)
     del ckpt["config"]["train_noise"]  # as saved before the setting existed
     torch.save(ckpt, path)
-    resumed = make(faces, tmp_path / "part", steps=2, **kw)  # train_noise not given
-    resumed.fit(resume=True)
-    assert resumed.config.train_noise == "const"
+
+    class Loader:
+        name, Config = PSPTrainer.name, PSPTrainConfig
+
+    resolved = resolve_training_config(lambda: Loader, data=faces, config=None, out=tmp_path / "part", steps=2,
+                                       sets=(), resume=True, device=None)
+    assert resolved.config.train_noise == "const"
+    resumed = make(faces, tmp_path / "part", steps=2, train_noise=resolved.config.train_noise, **kw)
+    resumed.fit(resume=path)
     assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")
     assert load_checkpoint(list_checkpoints(tmp_path / "part")[-1][1])["config"]["train_noise"] == "const"
     assert "not an exact continuation" not in capsys.readouterr().err
-    # Given explicitly, the new setting applies, and the change is said.
+    # The new default on such a checkpoint: applied, and the change said.
     again = make(faces, tmp_path / "part", steps=2, train_noise="random", **kw)
     again.fit(resume=path)
-    assert again.config.train_noise == "random"
-    assert "trained with train_noise=const" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not an exact continuation" in err and 'train_noise: "const" → "random"' in err, err
