@@ -147,7 +147,8 @@ class PSP(nn.Module):
         """ReStyle's passes over faces ``x`` in [0, 1]: ``[(w_plus, image), …]``, one per pass.
 
         ``image`` is the generator's native output for that pass's codes (``None`` for the last
-        pass when ``decode_last`` is false: :meth:`encode` needs only its codes).
+        pass when ``decode_last`` is false: :meth:`encode` needs only its codes), decoded with
+        ``noise_mode``; the average image the first pass reads always has the fixed noise.
         """
         if self.restyle_iterations is None:
             raise ValueError("refine: this model encodes in one pass (pSp), not with ReStyle's passes")
@@ -155,7 +156,9 @@ class PSP(nn.Module):
         size = self.input_size
         target = resize_input(x, size) * 2 - 1
         codes = self._average_codes().expand(x.shape[0], -1, -1)
-        image: Tensor | None = self.average_image(x.shape[0], noise_mode=noise_mode)
+        # (the first pass's reconstruction with the fixed noise maps, as ReStyle makes it, whatever
+        # ``noise_mode`` the passes decode with: one average image, not a new draw per batch)
+        image: Tensor | None = self.average_image(x.shape[0])
         steps: list[tuple[Tensor, Tensor | None]] = []
         for t in range(n):
             assert image is not None

@@ -114,3 +114,18 @@ def test_a_checkpoint_from_before_the_setting_resumes_with_const(faces: Path, tm
     again.fit(resume=path)
     err = capsys.readouterr().err
     assert "not an exact continuation" in err and 'train_noise: "const" → "random"' in err, err
+
+
+def test_restyle_reads_the_average_image_with_the_fixed_noise_whatever_the_passes_draw() -> None:
+    """ReStyle's first pass reads G(w_avg) made with the fixed noise maps (its avg_image), also when
+    training decodes the passes with random noise: the same first step for the same input."""
+    plain = noisy_psp()
+    g = plain.decoder
+    torch.manual_seed(1)
+    enc = GradualStyleEncoder(g.n_styles, 16, backbone="ir_se_light", input_size=32, head_channels=16, input_nc=6)
+    model = PSP(enc, g, plain.latent_avg, restyle_iterations=2).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        firsts = [model.refine(x, 1, noise_mode="random")[0][0] for _ in range(2)]
+        fixed = model.refine(x, 1, noise_mode="const")[0][0]
+    assert torch.equal(firsts[0], firsts[1]) and torch.equal(firsts[0], fixed)
