@@ -78,9 +78,11 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=8, ge=1, description="images per micro-batch per process")
     grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(default=1e-4, gt=0)
-    # Learning rate as a function of the step only (so resuming reproduces it): constant, or a
-    # cosine decay from `lr` to `lr·lr_final_ratio` between `lr_decay_start` and `steps`.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Learning rate as a function of the step only (so resuming reproduces it): constant; a cosine
+    # decay from `lr` to `lr·lr_final_ratio` between `lr_decay_start` and `steps`; or linear: `lr`
+    # until `lr_decay_start`, then falling linearly to 0 at `steps` (pix2pixHD's `niter` constant
+    # epochs then `niter_decay` decaying ones, counted in steps; `lr_final_ratio` is not used).
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     lr_decay_start: int = Field(default=0, ge=0)
     lr_final_ratio: float = Field(default=0.1, ge=0, le=1)
     optimizer: Literal["adam", "ranger"] = "ranger"

@@ -897,12 +897,16 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """The configured learning rate for optimizer step ``step`` (0-based)."""
+        """The configured learning rate for optimizer step ``step`` (0-based): ``lr`` before
+        ``lr_decay_start``, then cosine to ``lr·lr_final_ratio`` or linear to 0 at ``steps``
+        (the step ``steps − 1`` takes ``lr/(steps − lr_decay_start)``, as pix2pixHD's last epoch)."""
         cfg = self.config
         if cfg.lr_schedule == "constant" or step < cfg.lr_decay_start:
             return cfg.lr
         span = max(1, cfg.steps - cfg.lr_decay_start)
         t = min(1.0, (step - cfg.lr_decay_start) / span)
+        if cfg.lr_schedule == "linear":
+            return cfg.lr * (1.0 - t)
         floor = cfg.lr * cfg.lr_final_ratio
         return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 

@@ -17,14 +17,17 @@ paper) into the high-resolution image:
 VGG features: pix2pixHD uses VGG19 relu1_1…relu5_1 with weights 1/32, 1/16, 1/8, 1/4, 1. The
 only ImageNet VGG that reaches an offline machine through restorekit's weights registry is
 VGG16 (``lpips-vgg``: torchvision's ``vgg16().features`` layout), so :class:`VGGLoss` uses
-VGG16's relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 with the same weights, on inputs
-normalised with the ImageNet mean/std the torchvision weights expect (pix2pixHD feeds its VGG19
-the raw [-1, 1] image, un-normalised: its first-layer input is about 2.2× smaller than ours, so
-the VGG term weighs differently against LSGAN and feature matching at the same λ). It refuses
-random backbone weights unless ``allow_random_vgg=True`` (tests only).
+VGG16's relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3 with the same weights. Its input
+(``vgg_input``): ``"official"`` feeds the raw [-1, 1] image, un-normalised, as pix2pixHD's VGGLoss
+does; ``"imagenet"`` normalises the [0, 1] image with the ImageNet mean/std the torchvision weights
+expect (a first-layer input about 2.2× larger, so the VGG term weighs more against LSGAN and
+feature matching at the same λ). It refuses random backbone weights unless ``allow_random_vgg=True``
+(tests only).
 
-Initialisation: the networks keep PyTorch's default init; pix2pixHD draws every conv weight from
-N(0, 0.02) (this matters most for D's first conv, which no norm follows).
+Initialisation: the networks are built with PyTorch's default init; :func:`official_init` redraws
+them as pix2pixHD's ``weights_init`` does (every conv and transposed conv weight from N(0, 0.02)),
+which the trainer applies to fresh networks (this matters most for D's first conv, which no norm
+follows). Loading weights never re-initialises.
 
 Modules take and return images in restorekit's ``[0, 1]`` convention and convert to the
 ``[-1, 1]`` range the networks use inside themselves.
@@ -38,7 +41,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +207,21 @@ class Pix2PixHDGenerator(nn.Module):
         return (out + 1) * 0.5
 
 
+def official_init(module: nn.Module) -> nn.Module:
+    """``module`` with every conv and transposed-conv weight redrawn from N(0, 0.02) (biases kept),
+    as pix2pixHD's ``weights_init`` (which also draws BatchNorm weights from N(1, 0.02); the
+    networks here normalise with parameter-free instance norm). Draws from torch's global RNG in
+    module order."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.weight.normal_(0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.normal_(1.0, 0.02)
+                m.bias.zero_()
+    return module
+
+
 # -- discriminator --------------------------------------------------------------------------
 class NLayerDiscriminator(nn.Module):
     """Conditional PatchGAN: ``n_layers`` stride-2 4×4 convs, one stride-1, a 1-channel output.
@@ -306,17 +324,26 @@ def vgg16_features() -> nn.Sequential:
 WeightsArg = Mapping[str, Tensor] | str | os.PathLike[str] | None
 
 
+VGGInput = Literal["official", "imagenet"]
+
+
 class VGGLoss(nn.Module):
     """pix2pixHD's perceptual loss on VGG16 (see the module docstring for the layer choice).
 
     ``weights``: a state dict in torchvision ``features.N`` naming, a file, or a weights-registry
     name (default ``lpips-vgg``); extra keys (LPIPS heads) are ignored. ``allow_random_vgg=True``
     with ``weights=None`` builds a random backbone — for tests only; a loss on random features
-    trains nothing meaningful, so without that flag ``weights=None`` is an error.
+    trains nothing meaningful, so without that flag ``weights=None`` is an error. ``vgg_input``:
+    what the features read of a [0, 1] image ``x``: ``"official"`` ``x·2 − 1`` (pix2pixHD's),
+    ``"imagenet"`` ``(x − mean)/std`` with ImageNet's mean and std.
     """
 
-    def __init__(self, weights: WeightsArg = "lpips-vgg", *, allow_random_vgg: bool = False) -> None:
+    def __init__(self, weights: WeightsArg = "lpips-vgg", *, allow_random_vgg: bool = False,
+                 vgg_input: VGGInput = "official") -> None:
         super().__init__()
+        if vgg_input not in ("official", "imagenet"):
+            raise RestorekitError(f"VGGLoss: vgg_input must be 'official' or 'imagenet', not {vgg_input!r}")
+        self.vgg_input = vgg_input
         self.features = vgg16_features()
         if weights is None:
             if not allow_random_vgg:
@@ -340,8 +367,8 @@ class VGGLoss(nn.Module):
         return self
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
-        """relu1_2…relu5_3 of ``x`` in [0,1] (ImageNet-normalised inside)."""
-        h = (x - self.mean) / self.std
+        """relu1_2…relu5_3 of ``x`` in [0,1] (mapped to [-1, 1] or ImageNet-normalised inside, by ``vgg_input``)."""
+        h = x * 2 - 1 if self.vgg_input == "official" else (x - self.mean) / self.std
         out = []
         for i, layer in enumerate(self.features):
             h = layer(h)

@@ -40,16 +40,21 @@ from torch import Tensor, nn
 from restorekit.training import Betas, DataConfig, TrainConfig, Trainer, TrainingError, load_optimizer_state, psnr
 
 from .pix2pixhd import (GeneratorConfig, MultiscaleDiscriminator, Pix2PixHDGenerator, VGGLoss,
-                        feature_matching_loss, lsgan_loss, save_generator)
+                        feature_matching_loss, lsgan_loss, official_init, save_generator)
 
 EXPORT_NAME = "pix2pixhd.safetensors"
 
 
 class Pix2PixHDTrainConfig(TrainConfig):
     """pix2pixHD's defaults (Adam 2e-4, β = 0.5/0.999; λ_feat = λ_vgg = 10; 3 D scales of 3 layers, the
-    paper's count: its code defaults to 2). Not its schedule: pix2pixHD keeps lr constant, then decays
-    both players' lr linearly to 0; here the default is constant throughout, and ``lr_schedule``
-    offers cosine decay, not the linear one."""
+    paper's count: its code defaults to 2; every conv weight drawn from N(0, 0.02); the VGG fed the
+    raw [-1, 1] image). Not its schedule by default: pix2pixHD keeps lr constant for ``niter`` epochs,
+    then decays both players' lr linearly to 0 over ``niter_decay``; here the default is constant
+    throughout, and ``lr_schedule = "linear"`` with ``lr_decay_start`` at the step where the decay
+    begins (pix2pixHD's defaults: half of ``steps``) gives pix2pixHD's, for G and D alike.
+
+    Checkpoints saved before ``init`` and ``vgg_input`` existed trained with PyTorch's default init
+    and the ImageNet-normalised VGG input (:attr:`SETTINGS_BEFORE`): ``--resume`` continues them so."""
 
     size: int = Field(256, ge=16, description="square training size (input and target)")
     ngf: int = Field(64, ge=1)
@@ -70,12 +75,18 @@ class Pix2PixHDTrainConfig(TrainConfig):
     lr_d: float | None = Field(None, gt=0, description="discriminator learning rate (default: lr)")
     vgg_weights: str = Field("lpips-vgg", description="VGG16 features: weights name or file")
     allow_random_vgg: bool = Field(False, description="tests only: a random VGG backbone instead of vgg_weights")
+    vgg_input: Literal["official", "imagenet"] = Field(
+        "official", description="what the VGG reads: the raw [-1, 1] image (pix2pixHD's) or ImageNet-normalised [0, 1]")
+    init: Literal["official", "pytorch"] = Field(
+        "official", description="fresh networks' weights: every conv N(0, 0.02) (pix2pixHD's) or PyTorch's default")
     # Overrides of the shared defaults.
     lr: float = Field(2e-4, gt=0)
     optimizer: Literal["adam", "ranger"] = "adam"
     betas: Betas | None = (0.5, 0.999)
     data: DataConfig = Field(default_factory=lambda: DataConfig(factors=[4]))
 
+    SETTINGS_BEFORE: ClassVar[dict[str, Any]] = {**TrainConfig.SETTINGS_BEFORE, "init": "pytorch",
+                                                  "vgg_input": "imagenet"}
     PATH_SETTINGS: ClassVar[dict[str, Literal["path", "name_or_path"]]] = {
         **TrainConfig.PATH_SETTINGS, "vgg_weights": "name_or_path",
     }
@@ -105,12 +116,15 @@ class Pix2PixHDTrainConfig(TrainConfig):
 
 
 class Pix2PixHDModel(nn.Module):
-    """G and D in one module (what the trainer checkpoints); ``forward`` dispatches by name."""
+    """G and D in one module (what the trainer checkpoints); ``forward`` dispatches by name. Fresh
+    networks, initialised as ``cfg.init`` says (a resumed run then loads its checkpoint over them)."""
 
     def __init__(self, cfg: Pix2PixHDTrainConfig) -> None:
         super().__init__()
         self.G = Pix2PixHDGenerator(cfg.generator_config())
         self.D = MultiscaleDiscriminator(3, cfg.ndf, cfg.n_layers_d, cfg.num_d)
+        if cfg.init == "official":
+            official_init(self)
 
     def forward(self, part: str, *args: Tensor) -> Any:
         if part == "G":
@@ -186,8 +200,11 @@ class Pix2PixHDTrainer(Trainer):
             model = Pix2PixHDModel(config)
             if vgg is None and config.lambda_vgg:
                 weights = None if config.allow_random_vgg else config.vgg_weights
-                vgg = VGGLoss(weights, allow_random_vgg=config.allow_random_vgg)
+                vgg = VGGLoss(weights, allow_random_vgg=config.allow_random_vgg, vgg_input=config.vgg_input)
             lpips = _build_lpips(config) if config.lambda_lpips else None
+        if vgg is not None and vgg.vgg_input != config.vgg_input:
+            raise TrainingError(f"pix2pixhd: the VGG loss given reads vgg_input={vgg.vgg_input!r}, "
+                                f"the config says {config.vgg_input!r}")
         super().__init__(config, model, train_data, val_data, out=out, params=list(model.G.parameters()),
                          quiet=quiet, dist_info=dist_info)
         if self.dist.distributed:
