@@ -115,17 +115,25 @@ def _log(run: Path) -> list[dict]:
 
 
 def test_tiny_training_learns(faces: Path, tmp_path: Path) -> None:
-    cfg = _tiny_config(tmp_path)
+    # GAN + feature matching, batch 8 (the whole training split), 32 steps. The random-VGG term is left out
+    # here: over these steps it changes nothing measurable in G's L1 (last/first 0.767-0.847 with it,
+    # 0.759-0.846 without, the same 23 runs) and costs two thirds of a step; the other training tests run it.
+    cfg = _tiny_config(tmp_path, lambda_vgg=0.0, batch_size=8, steps=32, log_every=8)
     trainer = build_trainer(cfg, faces, quiet=True)
+    assert trainer.vgg is None
     summary = trainer.fit()
-    assert summary["finished"] and summary["step"] == 16
+    assert summary["finished"] and summary["step"] == 32
     rows = [r for r in _log(tmp_path / "run") if r["kind"] == "train"]
-    assert [r["step"] for r in rows] == [4, 8, 12, 16]
+    assert [r["step"] for r in rows] == [8, 16, 24, 32]
     for r in rows:
-        for key in ("loss", "g_gan", "g_fm", "g_vgg", "d_loss", "d_real", "d_fake", "l1"):
+        for key in ("loss", "g_gan", "g_fm", "d_loss", "d_real", "d_fake", "l1"):
             assert math.isfinite(r[key]), (key, r)
+    # G's L1 to the targets (a monitor, not a loss here) falls window by window. Measured at these settings
+    # over 23 runs (seeds 0-13 here, 0-2 on three other data sets): last/first 0.759-0.846, every window at
+    # least 1.1 % below the one before. With G's gradient cut the windows stay flat: last/first 0.993-1.004,
+    # neighbours within 0.4 % in random order.
     l1 = [r["l1"] for r in rows]
-    assert all(b < a for a, b in zip(l1, l1[1:])) and l1[-1] < 0.9 * l1[0], l1
+    assert all(b < a for a, b in zip(l1, l1[1:])) and l1[-1] < 0.92 * l1[0], l1
     assert (tmp_path / "run" / EXPORT_NAME).is_file()
     assert summary["exported"] == str(tmp_path / "run" / EXPORT_NAME)
 

@@ -280,12 +280,21 @@ def run_warm_start(module: ModuleType, gen: Path, recipe: Path, out: Path, *extr
         sys.argv = old
 
 
+# How far a warm start must bring ``code_error`` below its own starting encoder's (after/before; the script
+# seeds the fresh encoder with --seed, 0). Measured at the tests' settings over generator seeds 0-9, encoder
+# seeds 0-2 and four draws of the held-out faces: 0.69-0.85 in one pass, 0.78-0.91 with ReStyle's two. With
+# the encoder's gradient cut, or lr 0, it rises instead (1.04-1.07 in one pass, 1.1-1.3 with ReStyle: only
+# the batch-norm statistics move).
+WARM_START_BAR = 0.93
+RESTYLE_WARM_START_BAR = 0.97
+
+
 def code_error(model: torch.nn.Module, module: ModuleType) -> float:
-    """The encoder's W+ error on 32 of the generator's faces it never saw (factor 1)."""
+    """The encoder's W+ error on 64 of the generator's faces it never saw (factor 1)."""
     rng = torch.Generator().manual_seed(123)
     with torch.no_grad():
         gen = model.decoder
-        codes = module.draw_codes(gen, 32, 0.5, rng)
+        codes = module.draw_codes(gen, 64, 0.5, rng)
         x = module.degraded(gen.synthesize(codes).clamp(0, 1), [1], model.input_size, rng)
         return float((model.encode(x) - codes).square().mean())
 
@@ -295,7 +304,7 @@ def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(war
     module = top_script("psp_warm_start")
     out = tmp_path / "warm.safetensors"
     gen_sha = sha256_file(gen)
-    run_warm_start(module, gen, recipe, out, "--steps", "120", "--lr", "0.003")
+    run_warm_start(module, gen, recipe, out, "--steps", "120")  # the script's lr, 1e-3
     model, info = load_psp_model(out, impl="ref")
     assert info["training"]["warm_start"]["steps"] == 120
     assert not out.with_name(out.name + ".part").exists()  # its checkpoint is gone once the file is whole
@@ -305,7 +314,7 @@ def test_warm_start_learns_the_generators_codes_and_stage2_can_start_from_it(war
     torch.manual_seed(0)
     fresh = build_psp(load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}"])).eval()
     before, after = code_error(fresh, module), code_error(model.eval(), module)
-    assert after < 0.85 * before, (before, after)
+    assert after < WARM_START_BAR * before, (before, after)
     # stage 2 starts from it: same encoder, same generator
     cfg = load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}", f"init={out}"])
     started = build_psp(cfg)
@@ -321,7 +330,7 @@ def test_warm_start_of_a_restyle_encoder_regresses_every_pass(warm_setup, tmp_pa
     gen = save_stylegan2_safetensors(tiny_generator(3), tmp_path / "generator64.safetensors")
     module = top_script("psp_warm_start")
     out = tmp_path / "warm.safetensors"
-    run_warm_start(module, gen, recipe, out, "--steps", "100", "--lr", "0.003", "--set", "restyle_iterations=2")
+    run_warm_start(module, gen, recipe, out, "--steps", "96", "--set", "restyle_iterations=2")
     model, info = load_psp_model(out, impl="ref")
     assert model.restyle_iterations == 2 and info["encoder"]["input_nc"] == 6
     from restorekit.training.config import load_config
@@ -330,7 +339,7 @@ def test_warm_start_of_a_restyle_encoder_regresses_every_pass(warm_setup, tmp_pa
     torch.manual_seed(0)
     fresh = build_psp(load_config(PSPTrainConfig, recipe, overrides=[f"generator={gen}", "restyle_iterations=2"]))
     before, after = code_error(fresh.eval(), module), code_error(model.eval(), module)
-    assert after < 0.85 * before, (before, after)
+    assert after < RESTYLE_WARM_START_BAR * before, (before, after)
     # The loss is the mean over the passes of each pass's W+ error.
     rng = torch.Generator().manual_seed(5)
     with torch.no_grad():
