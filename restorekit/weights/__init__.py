@@ -2,8 +2,8 @@
 
 The package is layered; each module imports only those listed before it::
 
-    st_bytes        safetensors bytes with sorted metadata: the same file for the same contents
     spec            what a weight spec is (pydantic schema; no I/O)
+    st_bytes        safetensors bytes with sorted metadata: the same file for the same contents
     cache           where cached files live; the per-folder manifest
     tofu            trust on first use: hashes recorded for files whose spec pins none
     checksum        sha256; checks that a cached or bundled file is still the right one
