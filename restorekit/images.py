@@ -1081,7 +1081,7 @@ def _list_lines(lst: Path) -> list[str]:
         raise ImageError(describe_os_error(exc, lst, action="read")) from None
 
 
-def _name_key(name: str) -> str:
+def name_key(name: str) -> str:
     """Two output names are one file on a case-insensitive, normalising file system (macOS,
     Windows) when their keys are equal: letter case and Unicode normalisation (NFC/NFD) ignored."""
     return unicodedata.normalize("NFC", name).casefold()
@@ -1089,11 +1089,11 @@ def _name_key(name: str) -> str:
 
 def _fitted(qualified: str, limit: int = MAX_QUALIFIED_BYTES) -> str:
     """``qualified`` itself when it is at most ``limit`` bytes (UTF-8); else a stable hash of it
-    (first 10 hex digits of the sha256 of its :func:`_name_key`, so that names equal ignoring case
+    (first 10 hex digits of the sha256 of its :func:`name_key`, so that names equal ignoring case
     stay equal and are refused as such) and ``__`` and as much of its end as fits."""
     if len(qualified.encode("utf-8")) <= limit:
         return qualified
-    digest = hashlib.sha256(_name_key(qualified).encode("utf-8")).hexdigest()[:10]
+    digest = hashlib.sha256(name_key(qualified).encode("utf-8")).hexdigest()[:10]
     room = limit - len(digest) - len(FOLDER_SEP)
     tail = qualified.encode("utf-8")[-room:].decode("utf-8", "ignore")  # a character cut in two is dropped
     return f"{digest}{FOLDER_SEP}{tail}"
@@ -1120,7 +1120,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     while True:
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(names):
-            groups.setdefault(_name_key(n), []).append(i)
+            groups.setdefault(name_key(n), []).append(i)
         clashing = [idx for idx in groups.values() if len(idx) > 1]
         if not clashing:
             return names

@@ -27,14 +27,13 @@ import os
 import re
 import stat
 import sys
-import unicodedata
 import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RestorekitError
-from ..images import atomic_write_bytes, is_temp_name, shown_name, subfolders, sweep_temp_files
+from ..images import atomic_write_bytes, is_temp_name, name_key, shown_name, subfolders, sweep_temp_files
 from ..safe_open import Folder, check_folders, open_folder, read_plain, refused_link
 
 if TYPE_CHECKING:
@@ -84,11 +83,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 _SEEDED_STEM = re.compile(r"(.*)_s[0-9]+")  # <image>_s<seed>: a stochastic method's output (runner._output_rel)
 
 
-def _fold(name: str) -> str:
-    """``name`` as a case-insensitive, normalising file system (macOS, Windows) tells names apart."""
-    return unicodedata.normalize("NFC", name).casefold()
-
-
 def has_outputs(out: Path, method: str, stems: Collection[str] | None = None) -> bool:
     """Whether ``outputs/<method>/`` in ``out`` holds what compare writes there (its stored results
     may all be failures): a PNG named ``<image>.png`` or ``<image>_s<seed>.png`` — not a temp file,
@@ -103,22 +97,22 @@ def has_outputs(out: Path, method: str, stems: Collection[str] | None = None) ->
 
     folder = out / "outputs" / safe_name(method)
     try:
-        names = [e.name for e in folder.iterdir() if not is_temp_name(e.name) and _fold(e.name).endswith(".png")
+        names = [e.name for e in folder.iterdir() if not is_temp_name(e.name) and name_key(e.name).endswith(".png")
                  and not e.is_dir()]
     except OSError:  # (none there, a file, unreadable: no outputs to protect, and none reused)
         return False
     if stems is None or not names:
         return bool(names)
-    images = {_fold(s) for s in stems}
-    for name in map(_fold, names):
+    images = {name_key(s) for s in stems}
+    for name in map(name_key, names):
         seeded = _SEEDED_STEM.fullmatch(name[:-len(".png")])
         if name[:-len(".png")] in images or (seeded is not None and seeded[1] in images):
             return True
     try:
-        recorded = {_fold(n) for n in _recorded_outputs(out, method)}
+        recorded = {name_key(n) for n in _recorded_outputs(out, method)}
     except RestorekitError:  # (a link of another user's in results/: refused by claim, naming it)
         return True
-    return any(_fold(n) in recorded for n in names)
+    return any(name_key(n) in recorded for n in names)
 
 
 def _input_stems(p: Plan) -> set[str] | None:

@@ -22,13 +22,12 @@ import json
 import math
 import os
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import FileSystemError, describe_os_error
-from ..images import atomic_write_bytes
+from ..images import atomic_write_bytes, name_key
 from ..safe_open import Folder, LinkedFolderError, ends_line, open_append, open_folder, read_plain
 from ..weights.checksum import sha256_file
 
@@ -91,7 +90,7 @@ def safe_name(name: str) -> str:
 def file_key(name: str) -> str:
     """What :func:`safe_name` of ``name`` is on a case-insensitive, normalising file system (macOS,
     Windows): two methods with the same key would share their outputs folder and result files."""
-    return unicodedata.normalize("NFC", safe_name(name)).casefold()
+    return name_key(safe_name(name))
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
