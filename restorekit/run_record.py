@@ -23,11 +23,11 @@ T = TypeVar("T")
 
 #: Keys of a record compared on a rerun ("options" key by key).
 COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "default_weights", "option_files")
-#: Keys a ``run --faces detect`` record adds (:mod:`restorekit.faces.reruns`), compared where both
-#: records have them (colour matching is recorded only for photos with a restored face), by name.
 #: The paste mask of a ``run --faces detect`` photo whose record names none: it was made before
 #: the mask was a setting, with the whole aligned crop.
 PASTE_MASK_BEFORE = "square"
+#: Keys a ``run --faces detect`` record adds (:mod:`restorekit.faces.reruns`), compared where both
+#: records have them (colour matching is recorded only for photos with a restored face), by name.
 FACES_COMPARED = {"detector": "detector", "background": "background", "min_face": "min_face",
                   "max_shrink": "max_shrink", "colour_match": "colour match", "only_faces": "only faces"}
 
@@ -131,15 +131,21 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
             found.append(f"{key}: {old.get(key)} → {now.get(key)}")
     found += [f"{label}: {_shown(old[key])} → {_shown(now[key])}" for key, label in FACES_COMPARED.items()
               if key in old and key in now and old[key] != now[key]]
-    if "paste_mask" in now and old.get("faces") == "detect" and not old.get("only_faces"):
-        # (a photo recorded before the mask was a setting was pasted with the whole crop)
-        was = old.get("paste_mask", PASTE_MASK_BEFORE)
-        if was != now["paste_mask"]:
-            found.append(f"paste mask: {was} → {now['paste_mask']}")
+    if old.get("faces") == "detect" and not old.get("only_faces"):
+        found += paste_mask_difference(old, now)
     a, b = old.get("options"), now.get("options")
     if isinstance(a, dict) and isinstance(b, dict) and not other_method:
         found += option_differences(a, b, ignore_options=ignore_options | same_files(old, now))
     return found
+
+
+def paste_mask_difference(old: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``["paste mask: A → B"]`` when ``now`` records a paste mask that differs from ``old``'s, a
+    record without one reading as :data:`PASTE_MASK_BEFORE` (made before the mask was a setting)."""
+    if "paste_mask" not in now:
+        return []
+    was = old.get("paste_mask", PASTE_MASK_BEFORE)
+    return [f"paste mask: {was} → {now['paste_mask']}"] if was != now["paste_mask"] else []
 
 
 def _shown(value: Any) -> str:

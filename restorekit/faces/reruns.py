@@ -24,7 +24,8 @@ from typing import Any
 
 from ..batch import SkipInput
 from ..provenance import read_note
-from ..run_record import PASTE_MASK_BEFORE, PINS, changed_among, changed_outputs, differences, option_differences, pin_differences, same_files
+from ..run_record import (PINS, changed_among, changed_outputs, differences, option_differences,
+                          paste_mask_difference, pin_differences, same_files)
 
 NO_FACE = "no face"  # how the end-of-run line counts --only-faces photos with nothing to write
 
@@ -105,10 +106,8 @@ def sidecar_differences(side: Mapping[str, Any], now: Mapping[str, Any], *,
     for k in ("min_face", "max_shrink", "seed", "couple"):
         if k in side and k in now and side[k] != now[k]:
             found.append(f"{k}: {side[k]} → {now[k]}")
-    if "paste_mask" in now and faces:  # (a sidecar without one: pasted before the mask was a setting)
-        was = side.get("paste_mask", PASTE_MASK_BEFORE)
-        if was != now["paste_mask"]:
-            found.append(f"paste mask: {was} → {now['paste_mask']}")
+    if faces:
+        found += paste_mask_difference(side, now)
     for k in PINS:  # (in one of them only: the weights options differ, and say so themselves)
         if isinstance(side.get(k), dict) and isinstance(now.get(k), dict) and old["method"] == now.get("method"):
             found += pin_differences(k, side[k], now[k])
