@@ -19,17 +19,9 @@ from restorekit_baselines.pix2pixhd import (
     feature_matching_loss, load_generator, lsgan_loss, save_generator, vgg16_features,
 )
 from restorekit_baselines.train_pix2pixhd import EXPORT_NAME, Pix2PixHDTrainConfig, build_trainer
+from tiny_pix2pixhd import tiny_config
 
 TINY_G = GeneratorConfig(ngf=4, n_downsampling=2, n_blocks=1, n_local_enhancers=0)
-
-
-def _tiny_config(tmp: Path, **kw) -> Pix2PixHDTrainConfig:  # type: ignore[no-untyped-def]
-    base = dict(size=16, ngf=8, n_downsampling=2, n_blocks=1, ndf=8, n_layers_d=2, num_d=2, batch_size=4,
-                steps=16, lr=2e-3, allow_random_vgg=True, device="cpu", log_every=4, val_every=1000,
-                ckpt_every=1000, seed=0, out=str(tmp / "run"),
-                data={"factors": [2], "holdout_fraction": 0.2, "quantize": False})
-    base.update(kw)
-    return Pix2PixHDTrainConfig.model_validate(base)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +110,7 @@ def test_tiny_training_learns(faces: Path, tmp_path: Path) -> None:
     # GAN + feature matching, batch 8 (the whole training split), 32 steps. The random-VGG term is left out
     # here: over these steps it changes nothing measurable in G's L1 (last/first 0.767-0.847 with it,
     # 0.759-0.846 without, the same 23 runs) and costs two thirds of a step; the other training tests run it.
-    cfg = _tiny_config(tmp_path, lambda_vgg=0.0, batch_size=8, steps=32, log_every=8)
+    cfg = tiny_config(tmp_path, lambda_vgg=0.0, batch_size=8, steps=32, log_every=8)
     trainer = build_trainer(cfg, faces, quiet=True)
     assert trainer.vgg is None
     summary = trainer.fit()
@@ -140,7 +132,7 @@ def test_tiny_training_learns(faces: Path, tmp_path: Path) -> None:
 
 def test_the_discriminator_follows_the_learning_rate_schedule(faces: Path, tmp_path: Path) -> None:
     """pix2pixHD decays both players' learning rates: D's follows G's schedule, scaled by lr_d/lr."""
-    cfg = _tiny_config(tmp_path, steps=4, lr_d=4e-3, lr_schedule="cosine", lr_decay_start=1, lr_final_ratio=0.1)
+    cfg = tiny_config(tmp_path, steps=4, lr_d=4e-3, lr_schedule="cosine", lr_decay_start=1, lr_final_ratio=0.1)
     trainer = build_trainer(cfg, faces, quiet=True)
     seen: list[float] = []
     step = trainer.train_step
@@ -158,7 +150,7 @@ def test_the_discriminator_follows_the_learning_rate_schedule(faces: Path, tmp_p
 
 def test_plain_cnn_without_discriminator(faces: Path, tmp_path: Path) -> None:
     """lambda_gan = 0: G alone on L1 + LPIPS; D is never run nor stepped; no VGG is built."""
-    cfg = _tiny_config(tmp_path, size=32, lambda_gan=0.0, lambda_feat=0.0, lambda_vgg=0.0, lambda_l1=1.0,
+    cfg = tiny_config(tmp_path, size=32, lambda_gan=0.0, lambda_feat=0.0, lambda_vgg=0.0, lambda_l1=1.0,
                        lambda_lpips=0.5, allow_random_vgg=False, allow_random_lpips=True)
     trainer = build_trainer(cfg, faces, quiet=True)
     assert trainer.vgg is None and trainer.lpips is not None
@@ -182,7 +174,7 @@ def test_plain_cnn_config_checks() -> None:
 
 
 def test_export_and_checkpoint_round_trip(faces: Path, tmp_path: Path) -> None:
-    cfg = _tiny_config(tmp_path, steps=3, log_every=1)
+    cfg = tiny_config(tmp_path, steps=3, log_every=1)
     trainer = build_trainer(cfg, faces, quiet=True)
     summary = trainer.fit()
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -207,11 +199,11 @@ def test_export_and_checkpoint_round_trip(faces: Path, tmp_path: Path) -> None:
 
 def test_resume_continues_exactly(faces: Path, tmp_path: Path) -> None:
     """2 steps + resume to 4 equals 4 uninterrupted steps (G, D and D's optimizer restored)."""
-    straight = build_trainer(_tiny_config(tmp_path / "a", steps=4), faces, quiet=True)
+    straight = build_trainer(tiny_config(tmp_path / "a", steps=4), faces, quiet=True)
     straight.fit()
-    first = build_trainer(_tiny_config(tmp_path / "b", steps=2), faces, quiet=True)
+    first = build_trainer(tiny_config(tmp_path / "b", steps=2), faces, quiet=True)
     first.fit()
-    second = build_trainer(_tiny_config(tmp_path / "b", steps=4), faces, quiet=True)
+    second = build_trainer(tiny_config(tmp_path / "b", steps=4), faces, quiet=True)
     second.fit(resume=True)
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), k

@@ -19,15 +19,12 @@ from restorekit.training.trainer import list_checkpoints, load_checkpoint
 from restorekit_baselines.pix2pixhd import VGG_LAYERS, VGG_WEIGHTS, VGGLoss, vgg16_features
 from restorekit_baselines.train_pix2pixhd import (Pix2PixHDModel, Pix2PixHDTrainConfig, Pix2PixHDTrainer,
                                                   build_trainer)
+from tiny_pix2pixhd import tiny_config
 
 
 def _config(tmp: Path, **kw: object) -> Pix2PixHDTrainConfig:
-    base: dict = dict(size=16, ngf=8, n_downsampling=2, n_blocks=1, ndf=8, n_layers_d=2, num_d=2, batch_size=2,
-                      steps=4, lr=2e-3, allow_random_vgg=True, device="cpu", log_every=1, val_every=1000,
-                      ckpt_every=1000, seed=0, out=str(tmp / "run"),
-                      data={"factors": [2], "holdout_fraction": 0.2, "quantize": False})
-    base.update(kw)
-    return Pix2PixHDTrainConfig.model_validate(base)
+    """The shared tiny config, 4 steps of 2 images, every step logged."""
+    return tiny_config(tmp, **{"batch_size": 2, "steps": 4, "log_every": 1, **kw})
 
 
 @pytest.fixture(scope="module")
