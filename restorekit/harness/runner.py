@@ -358,12 +358,19 @@ def plan(config: CompareConfig) -> Plan:
     for flag, value in (("--max-pixels", config.max_pixels), ("--max-output-pixels", config.max_output_pixels)):
         if value < 1:
             raise CompareUsageError(f"{flag} must be a positive integer, got {value}")
+    # The detector and the mask recorded as resolved: naming the default is no change, a later new
+    # default is one.
+    detector: str | None = None
+    if config.faces != "aligned":
+        from ..faces.detectors import DEFAULT_DETECTOR
+
+        detector = config.detector or DEFAULT_DETECTOR
     paste_mask: str | None = None
     if config.faces == "detect":
         from ..faces.align import check_paste_mask
         from ..faces.pipeline import DEFAULT_PASTE_MASK
 
-        try:  # recorded as resolved: a later change of the default is a change of settings
+        try:
             paste_mask = check_paste_mask(DEFAULT_PASTE_MASK if config.paste_mask is None else config.paste_mask)
         except RestorekitError as exc:
             raise CompareUsageError(f"--paste-mask: {exc}") from None
@@ -430,11 +437,7 @@ def plan(config: CompareConfig) -> Plan:
         if files:
             settings["option_files"] = files
         if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
-            from ..faces.detectors import DEFAULT_DETECTOR
-
-            # (the detector resolved, as the mask: naming the default is no change, a new default is one)
-            settings["faces"] = {"mode": config.faces, "detector": config.detector or DEFAULT_DETECTOR,
-                                 "paste_mask": paste_mask}
+            settings["faces"] = {"mode": config.faces, "detector": detector, "paste_mask": paste_mask}
         if config.backend != "torch":
             settings["backend"] = config.backend
         methods.append(MethodPlan(name, cls, options, plugin, dist, ver, seeds, settings, settings_hash(settings)))
@@ -446,13 +449,13 @@ def plan(config: CompareConfig) -> Plan:
     if config.faces == "detect" and any(mp.cls.info.input_kind == "aligned_face" for mp in methods):
         # As `run --faces detect`: a detector that cannot be built here (its weights missing) is refused
         # before any work, not met on every image of every face method.
-        from ..faces.detectors import DEFAULT_DETECTOR
         from ..faces.pipeline import build_detector
 
+        assert detector is not None  # (resolved above for --faces detect)
         try:
-            build_detector(config.detector or DEFAULT_DETECTOR)
+            build_detector(detector)
         except RestorekitError as exc:
-            raise CompareUsageError(f"--detector {config.detector or DEFAULT_DETECTOR}: {exc}") from None
+            raise CompareUsageError(f"--detector {detector}: {exc}") from None
     return Plan(config, device, degradation, methods, metrics, reg, core, degradation_code, paste_mask)
 
 
