@@ -3,9 +3,7 @@ rule and bins on hand-made detections, and its photo set being a function of the
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
@@ -16,20 +14,14 @@ import torch
 
 from restorekit.interfaces import Face, FaceDetector
 from restorekit.testing.data import smooth_image
+from script_modules import script_module
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "detector_table.py"
 
 
 @pytest.fixture(scope="module")
 def dt() -> ModuleType:
-    if "detector_table" in sys.modules:
-        return sys.modules["detector_table"]
-    spec = importlib.util.spec_from_file_location("detector_table", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["detector_table"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return script_module(SCRIPT)
 
 
 A = ((10.0, 10.0), (30.0, 10.0))     # eye distance 20

@@ -3,7 +3,6 @@ device (psp_parts.py) and the "done when" bars checked on the evaluation (check_
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from restorekit.weights import sha256_file
 from restorekit_psp_sr.method import load_psp_model, save_psp_safetensors
 from restorekit_psp_sr.stylegan2 import StyleGAN2Generator
 from restorekit_psp_sr.train import load_generator, save_stylegan2_safetensors
+from script_modules import script_module
 from tiny_models import REPO, tiny_generator, tiny_psp_on
 
 SCRIPTS = REPO / "scripts" / "gpu"
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.skipif(not (SCRIPTS / "psp_parts.py").is_file(), reason
 
 def script(name: str, folder: Path = SCRIPTS) -> ModuleType:
     """``folder/<name>.py`` imported once (monkeypatch restores what a test changes in it)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return script_module(folder / f"{name}.py")
 
 
 # -- psp_parts.py ------------------------------------------------------------------------------------

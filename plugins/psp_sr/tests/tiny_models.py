@@ -66,17 +66,9 @@ DATA_NOTE = "tiny random stand-ins (test)"
 
 def load_ship_script() -> Any:
     """The ship script as a module (it is a script, not part of any package)."""
-    import importlib.util
-    import sys
+    from script_modules import script_module
 
-    if "ship_embedded_model" in sys.modules:
-        return sys.modules["ship_embedded_model"]
-    spec = importlib.util.spec_from_file_location("ship_embedded_model", SHIP_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ship_embedded_model"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return script_module(SHIP_SCRIPT)
 
 
 def tiny_generator(seed: int = 0) -> StyleGAN2Generator:
