@@ -6,7 +6,9 @@ the field it is for, never by guessing from the string: a boolean accepts only
 ``true/false/1/0/yes/no`` (any case), so ``allow_unsafe=false`` is ``False`` and
 ``allow_unsafe=maybe`` is a usage error naming the key and the accepted words; numbers, strings
 and ``Literal`` choices are left to pydantic; lists, tuples, dicts and nested models take a JSON
-(or TOML) literal. Then the component's pydantic model validates the whole set.
+(or TOML) literal. A number field takes finite numbers only: ``nan``, ``inf`` and ``1e400`` are
+usage errors naming the key (bounds alone let ``inf`` through ``gt=0``, and NaN through no bound at
+all). Then the component's pydantic model validates the whole set.
 
 Components without a hand-written model get one from their signature
 (:func:`model_from_signature`), so no factory receives raw strings.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import tomllib
 import types
@@ -23,12 +26,14 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union
 
+import click
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
 
 from .errors import RestorekitError
 
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
-           "validate", "annotation_at", "model_from_signature", "weights_option", "WeightsRef"]
+           "validate", "annotation_at", "model_from_signature", "weights_option", "WeightsRef", "FiniteFloatRange",
+           "takes_number"]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -55,7 +60,9 @@ class OptionError(RestorekitError):
 
 
 def parse_pairs(pairs: list[str] | tuple[str, ...], flag: str = "--opt") -> dict[str, str]:
-    """``["k=v", …]`` to ``{"k": "v"}`` (dashes in keys become underscores); no ``=`` is an error."""
+    """``["k=v", …]`` to ``{"k": "v"}`` (dashes in keys become underscores; the value is what follows
+    the first ``=``, so it may hold ``=``); no ``=`` is an error. A key given twice takes its last
+    value, as a later ``--set`` overrides an earlier one."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -123,13 +130,16 @@ def _literal(text: str) -> Any:
 
 
 def coerce(key: str, annotation: Any, raw: Any) -> Any:
-    """Convert one command-line string for a field of type ``annotation`` (non-strings pass through).
+    """Convert one command-line string for a field of type ``annotation`` (other values pass
+    through, but a NaN or infinite float for a number field is refused as a string would be).
 
     ``none`` (or ``null``, any case) clears an optional field, ``str | None`` ones included: a
     weights name or file literally called ``none`` is written as a path (``./none``)."""
-    if not isinstance(raw, str):
-        return raw
     inner, nullable = _strip_optional(annotation)
+    if not isinstance(raw, str):
+        if isinstance(raw, float) and not math.isfinite(raw) and _takes_float(inner):
+            raise OptionError(f"option '{key}' takes a finite number; got {raw}")
+        return raw
     if nullable and raw.strip().lower() in ("none", "null"):
         return None
     if inner is bool:
@@ -142,8 +152,56 @@ def coerce(key: str, annotation: Any, raw: Any) -> Any:
                     return choice
         return raw
     if _is_structured(inner):
-        return _literal(raw.strip())
+        value = _literal(raw.strip())
+        if _holds_non_finite(value):
+            raise OptionError(f"option '{key}' takes finite numbers; got {raw.strip()!r} (nan and inf are refused)")
+        return value
+    if _takes_float(inner) and _non_finite_text(raw):
+        raise OptionError(f"option '{key}' takes a finite number; got {raw!r}")
     return raw  # str, int, float, Literal, Path…: pydantic converts and checks
+
+
+def _takes_float(annotation: Any) -> bool:
+    """Whether a field of this type holds a float: ``float``, or a union of it with other non-string
+    types (``int | float``); ``float | str`` may mean the word ``inf``."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is float:
+        return True
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return float in args and str not in args
+    return False
+
+
+def takes_number(annotation: Any) -> bool:
+    """Whether a field of this type holds a number and nothing else (``int``, ``float``, optional
+    or a union of the two), where ``true``/``false`` are no value but pydantic reads them as 1/0."""
+    inner, _ = _strip_optional(annotation)
+    if typing.get_origin(inner) is Annotated:
+        inner = typing.get_args(inner)[0]
+    if inner in (int, float):
+        return True
+    return typing.get_origin(inner) in (Union, types.UnionType) and set(typing.get_args(inner)) <= {int, float}
+
+
+def _non_finite_text(text: str) -> bool:
+    """Whether ``text`` reads as a float that is NaN or infinite (``nan``, ``-inf``, ``1e400``)."""
+    try:
+        return not math.isfinite(float(text.strip()))
+    except ValueError:
+        return False
+
+
+def _holds_non_finite(value: Any) -> bool:
+    """Whether a parsed literal holds a NaN or infinite float anywhere (JSON's ``NaN``, TOML's ``inf``)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_non_finite(v) for v in value)
+    return False
 
 
 def coerce_values(model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,10 +265,8 @@ def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -
     if model.model_config.get("extra") != "allow":
         unknown = [k for k in values if _field(model, k) is None]
         if unknown:
-            from .plugins import suggest
-
             known = list(model.model_fields)
-            raise OptionError(f"{label}: unknown option '{unknown[0]}'{suggest(unknown[0], known)}; "
+            raise OptionError(f"{label}: unknown option '{unknown[0]}'{_suggest_option(unknown[0], known)}; "
                               f"known: {', '.join(known) or 'none'}")
     try:
         data = coerce_values(model, values)
@@ -245,10 +301,25 @@ def format_error(model: type[BaseModel], exc: ValidationError, label: str) -> st
     key = ".".join(str(p) for p in err["loc"]) or "?"
     known = list(model.model_fields)
     if err["type"] == "extra_forbidden":
-        from .plugins import suggest
+        return (f"{label}: unknown option '{key}'{_suggest_option(key, known)}; known: {', '.join(known) or 'none'}")
+    hint = _LITERAL_HINT if err["type"] in _STRUCTURED_ERRORS and not isinstance(err.get("input"), (list, dict)) else ""
+    return f"{label}: option '{key}': {err['msg']} (got {err.get('input')!r}){hint}"
 
-        return (f"{label}: unknown option '{key}'{suggest(key, known)}; known: {', '.join(known) or 'none'}")
-    return f"{label}: option '{key}': {err['msg']} (got {err.get('input')!r})"
+
+#: Pydantic's error types for a value that is no list, tuple, set or table: given a bare ``8,9``,
+#: the user is told how such values are written.
+_STRUCTURED_ERRORS = ("list_type", "tuple_type", "set_type", "frozen_set_type", "dict_type", "model_type")
+_LITERAL_HINT = "; write a list as [8, 9] and a table as {\"key\": 1} or {key = 1} (JSON or TOML)"
+
+
+def _suggest_option(key: str, known: list[str]) -> str:
+    """' (did you mean X?)' for an unknown option: the known one it spells in another case
+    (``IMPL`` → ``impl``), else a close match, else ''."""
+    from .plugins import suggest
+
+    folded = {k.lower(): k for k in known}
+    same = folded.get(key.lower())
+    return f" (did you mean '{same}'?)" if same is not None else suggest(key, known)
 
 
 def weights_option(model: type[BaseModel]) -> str | None:
@@ -259,6 +330,17 @@ def weights_option(model: type[BaseModel]) -> str | None:
         if "weights" in _aliases(f):
             return name
     return None
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf``: click's lets NaN through any
+    bounds (every comparison with it is false), and ``inf`` through a lower bound alone."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if isinstance(number, float) and not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 # -- options models derived from a factory's signature -------------------------------------------

@@ -16,18 +16,24 @@ only when that trainer runs. Every trainer gets the same options::
 Settings apply in this order: when resuming, the config saved in the checkpoint; then the config
 file; then ``--data/--out/--steps/--device``; then ``--set``. So ``--resume`` needs only ``--out``
 (and whatever is to change); a changed setting is named in a warning (see
-:func:`~restorekit.training.trainer.resume_warning`).
+:func:`~restorekit.training.trainer.resume_warning`). Before any work, a setting that names a file
+or folder may not be empty (``--out ""`` or ``--set out=`` would train into the current folder),
+a config file's numbers must be finite and be numbers (TOML's ``inf``, or ``steps = true``, which
+pydantic reads as 1), and ``--time-limit`` must be a finite number of minutes.
 Under ``torchrun --nproc_per_node N -m restorekit train …`` training runs data-parallel; a bad
 option or setting, the same in every process, is said by each machine's first process only
 (``LOCAL_RANK`` 0), the others ending with the same exit code. Errors from building the trainer
-(data, weights) may differ between processes and are said by each.
+(data, weights) may differ between processes and are said by each. torchrun's variables
+(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) set by hand must be whole numbers that fit together, or
+the command says which one is wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ import click
 from ..cli import emit_json, error_line
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
+from ..options import FiniteFloatRange
 
 TrainerLoader = Callable[[], Any]
 
@@ -46,12 +53,113 @@ def train_group() -> None:
     """Train models (each plugin adds its trainers; `restorekit train NAME --help`)."""
 
 
+#: The process layout torchrun gives each process; ``(variable, smallest value)``.
+PROCESS_VARIABLES = (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0))
+
+
+def process_layout() -> dict[str, int]:
+    """torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` as integers (those set), refused in one line
+    where one is not a whole number, is below its least value, or ``RANK`` is missing or not below
+    ``WORLD_SIZE`` in a job of several processes (set by hand, they would otherwise end the command
+    in an unexplained error, or start a process group that never forms)."""
+    layout: dict[str, int] = {}
+    for name, least in PROCESS_VARIABLES:
+        text = os.environ.get(name)
+        if text is None:
+            continue
+        try:
+            value = int(text.strip())
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise RestorekitError(f"environment variable {name}={text!r} must be a whole number ≥ {least} "
+                                  "(torchrun sets it; unset it to train in one process)")
+        layout[name] = value
+    world = layout.get("WORLD_SIZE", 1)
+    if world > 1 and "RANK" not in layout:
+        raise RestorekitError(f"environment variable WORLD_SIZE={world} without RANK: start a job of several "
+                              "processes with torchrun, or unset WORLD_SIZE to train in one process")
+    if layout.get("RANK", 0) >= world:
+        raise RestorekitError(f"environment variable RANK={layout['RANK']} must be below WORLD_SIZE={world} "
+                              "(torchrun sets both; unset them to train in one process)")
+    return layout
+
+
+class _FolderPath(click.Path):
+    """``click.Path`` that refuses an empty value, which ``pathlib`` reads as the current folder."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("empty: give a folder (`.` for the current one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _leaves(data: Any, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` for every value of a nested settings table (lists held whole)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, (*parts, str(key)))
+    elif parts:
+        yield ".".join(parts), data
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def check_config_file(path: Path, data: dict[str, Any], model: Any) -> None:
+    """Refuse what a config file's values hold that validation lets through: a NaN or infinite
+    number (TOML ``nan``/``inf``), anywhere in the file; ``true``/``false`` for a number setting
+    (pydantic reads ``steps = true`` as 1 step)."""
+    from ..options import annotation_at, takes_number
+
+    for key, value in _leaves(data):
+        if _non_finite(value):
+            raise RestorekitError(f"{path}: setting '{key}' must be a finite number; got {value!r}")
+        if isinstance(value, bool):
+            if takes_number(annotation_at(model, key.split("."))):
+                raise RestorekitError(f"{path}: setting '{key}' takes a number; got {str(value).lower()}")
+
+
+def _given_by(key: str, sets: tuple[str, ...], layers: list[Any], fallback: str) -> str:
+    """Where the setting ``key`` (dotted) came from: the last ``--set`` that gave it or a table
+    holding it, else the last of ``layers`` holding it, else ``fallback``."""
+    for pair in reversed(sets):
+        k = pair.partition("=")[0].strip().replace("-", "_")
+        if key == k or key.startswith(k + "."):
+            return f"--set {pair}"
+    for layer in reversed(layers):
+        node: Any = layer.data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return layer.source
+    return fallback
+
+
+def _refuse_empty_paths(model: Any, data: dict[str, Any], sets: tuple[str, ...], layers: list[Any],
+                        fallback: str) -> None:
+    """An empty setting that names a file or folder (``model.PATH_SETTINGS``) is refused, naming where it
+    came from: as a path it would be the current folder (``--set out=`` would train into it)."""
+    for key in getattr(model, "PATH_SETTINGS", {}):
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str) and not node.strip():
+            raise RestorekitError(f"{_given_by(key, sets, layers, fallback)}: setting '{key}' is empty: give a "
+                                  "file or folder (`.` for the current folder), or none to leave it unset")
+
+
 def _saved_config(out: Path, trainer: str) -> tuple[Path, dict[str, Any]]:
     """The checkpoint ``--resume`` continues from and the config saved in it (refused when
     another trainer wrote it: its settings would not be this trainer's)."""
     from ..training.trainer import resume_checkpoint
 
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one warning for the run
+    main = process_layout().get("RANK", 0) == 0  # under torchrun, one warning for the run
     # Mapped: the settings are all that is read here; the trainer loads the states from this file.
     path, ckpt = resume_checkpoint(out, None, trainer, warn=main, mmap=True)
     return path, dict(ckpt["config"])
@@ -82,6 +190,9 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
 
     cls = loader()
     given = read_config_file(config) if config is not None else {}
+    if config is not None:
+        check_config_file(config, given, cls.Config)
+    source = str(config) if config is not None else "config"
     base: dict[str, Any] = {}
     saved_root: str | None = None
     ckpt_path: Path | None = None
@@ -89,6 +200,8 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
     if resume:
         # The run folder to continue: --out, else an `out` the file or a --set gives.
         run = out if out is not None else apply_overrides(given, sets, cls.Config).get("out")
+        if isinstance(run, str) and not run.strip():
+            _refuse_empty_paths(cls.Config, {"out": run}, sets, [Layer(source, given)], source)
         if run is None:
             raise RestorekitError("--resume needs --out (the run folder to continue)")
         ckpt_path, base = _saved_config(Path(run), cls.name)
@@ -111,8 +224,9 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
             raise RestorekitError(f"{config if config is not None else 'config'}: setting 'data' must be a table "
                                   f"([data] with root, factors…), not {section!r}")
         section["root"] = str(data)
-    cfg = validate_config(cls.Config, apply_overrides(base, sets, cls.Config), overrides=sets,
-                          source=str(config) if config is not None else "config", layers=layers)
+    settings = apply_overrides(base, sets, cls.Config)
+    _refuse_empty_paths(cls.Config, settings, sets, layers, source)
+    cfg = validate_config(cls.Config, settings, overrides=sets, source=source, layers=layers)
     if cfg.out is None:
         raise RestorekitError("no output folder: pass --out DIR (or set `out` in the config)")
     if cfg.data.root is None:
@@ -156,17 +270,17 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
 
     @click.command(name, help=f"{summary}\n\nSettings: with --resume the checkpoint's, then the config file, "
                               "then the options, then --set.")
-    @click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None,
+    @click.option("--data", type=_FolderPath(path_type=Path, file_okay=False), default=None,
                   help="Folder of HR images (recursive).")
     @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
                   help="TOML config file (or YAML, with pyyaml installed).")
-    @click.option("--out", "--output", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
+    @click.option("--out", "--output", "out", type=_FolderPath(path_type=Path, file_okay=False), default=None,
                   help="Run folder: checkpoints, log.jsonl, validation grids, the exported model.")
     @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimizer steps.")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a setting (dotted for tables: data.factors=[1,4]); repeatable.")
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out, with its settings.")
-    @click.option("--time-limit", type=click.FloatRange(min=0), default=None, metavar="MIN",
+    @click.option("--time-limit", type=FiniteFloatRange(min=0), default=None, metavar="MIN",
                   help="Stop (with a checkpoint) after this many minutes; --resume continues later.")
     @click.option("--until", type=click.IntRange(min=1), default=None, metavar="STEP",
                   help="Stop (with a checkpoint) at this step; the schedule still ends at --steps.")
@@ -180,18 +294,23 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
         ctx = click.get_current_context()
         made: Path | None = None  # an --out this command would create: not left behind, empty, by a refusal
         try:
+            layout = process_layout()
+        except RestorekitError as exc:  # which process this is cannot be told: each says it
+            error_line(str(exc))
+            ctx.exit(2)
+        try:
             run = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
                                           resume=resume, device=device)
             made = None if Path(run.config.out).exists() else Path(run.config.out)
             trainer = run.trainer.build(run.config, quiet=quiet)
         except RestorekitError as exc:  # a bad setting, option, data folder or weights file: the same in
-            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every process of a machine, said once a machine
+            if layout.get("LOCAL_RANK", 0) == 0:  # every process of a machine, said once a machine
                 error_line(str(exc))
             _drop_if_empty(made)
             ctx.exit(2)
         try:
             with contextlib.ExitStack() as held:
-                if int(os.environ.get("RANK", "0")) == 0:  # the run folder is this run's alone
+                if layout.get("RANK", 0) == 0:  # the run folder is this run's alone
                     from ..training.trainer import run_folder_lock
 
                     held.enter_context(run_folder_lock(run.config.out))

@@ -1,0 +1,171 @@
+"""What a user configures — ``--opt``/``--set`` values, config files, ``train``'s options, torchrun's
+variables — is refused in one line before any work where it is nonsense, and kept as given where not."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import pytest
+from click.testing import CliRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from restorekit.commands.train import add_trainer, process_layout, resolve_training_config
+from restorekit.errors import RestorekitError
+from restorekit.options import FiniteFloatRange, OptionError, validate
+from restorekit.training.config import TrainConfig
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(0.1, gt=0)
+    ratio: float | None = None  # no bounds: NaN would pass pydantic
+    pair: tuple[float, float] = (0.0, 1.0)
+    layers: list[int] | None = None
+    steps: int = Field(10, ge=1)
+    impl: Literal["auto", "ref"] = "auto"
+    name: str = "x"
+
+
+@pytest.mark.parametrize(("key", "text"), [("lr", "inf"), ("lr", "1e400"), ("ratio", "nan"), ("ratio", "-inf"),
+                                           ("ratio", " NaN "), ("pair", "[0.5, NaN]"), ("pair", "[0.5, inf]")])
+def test_non_finite_numbers_are_refused_naming_the_option(key: str, text: str) -> None:
+    with pytest.raises(OptionError, match=f"^m: option '{key}' takes (a finite number|finite numbers); got ") as exc:
+        validate(_Options, {key: text}, label="m")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_non_finite_float_from_python_is_refused_too() -> None:
+    with pytest.raises(OptionError, match="option 'ratio' takes a finite number; got inf"):
+        validate(_Options, {"ratio": math.inf}, label="m")
+
+
+def test_finite_numbers_and_strings_are_read_as_given() -> None:
+    o = validate(_Options, {"lr": "1e-3", "ratio": "-0", "steps": "1_000", "pair": "[0.5, 1]", "name": "inf",
+                            "layers": "[8, 9]"}, label="m")
+    assert (o.lr, o.steps, o.pair, o.name, o.layers) == (1e-3, 1000, (0.5, 1.0), "inf", [8, 9])
+    assert o.ratio == 0.0 and isinstance(o.steps, int)
+    # What a run records (JSON) reads back to the same settings, types kept.
+    again = validate(_Options, o.model_dump(mode="json"), label="m")
+    assert again == o and isinstance(again.pair[1], float)
+
+
+def test_an_option_in_another_case_is_suggested() -> None:
+    with pytest.raises(OptionError, match=r"unknown option 'IMPL' \(did you mean 'impl'\?\)"):
+        validate(_Options, {"IMPL": "ref"}, label="m")
+
+
+@pytest.mark.parametrize("text", ["8,9", "8"])
+def test_a_bare_list_is_told_how_lists_are_written(text: str) -> None:
+    with pytest.raises(OptionError, match=r"option 'layers': Input should be a valid list .*write a list as \[8, 9\]"):
+        validate(_Options, {"layers": text}, label="m")
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "1e400"])
+def test_finite_float_range_refuses_nan_and_inf(text: str) -> None:
+    with pytest.raises(click.BadParameter, match="not a finite number"):
+        FiniteFloatRange(min=0).convert(text, None, None)
+    assert FiniteFloatRange(min=0).convert("-0", None, None) == 0.0
+
+
+# -- train -----------------------------------------------------------------------------------------
+class _NoTrainer:
+    """Refusals come before any work: building this trainer fails the test."""
+
+    name = "cfgtest"
+    Config = TrainConfig
+
+    @classmethod
+    def build(cls, config: Any, *, quiet: bool = False) -> Any:
+        raise AssertionError("the trainer was built")
+
+
+def _resolve(tmp_path: Path, config: Path | None = None, sets: tuple[str, ...] = (), **kw: Any) -> Any:
+    args: dict[str, Any] = dict(data=tmp_path, config=config, out=tmp_path / "run", steps=None, sets=sets,
+                                resume=False, device=None)
+    args.update(kw)
+    return resolve_training_config(lambda: _NoTrainer, **args)
+
+
+@pytest.mark.parametrize(("sets", "said"), [(("out=",), "--set out=: setting 'out' is empty"),
+                                            (("data.root= ",), "--set data.root= : setting 'data.root' is empty")])
+def test_an_empty_path_setting_is_refused(tmp_path: Path, sets: tuple[str, ...], said: str) -> None:
+    """An empty folder setting would be the current folder: `--set out=` trained into it."""
+    with pytest.raises(RestorekitError) as exc:
+        _resolve(tmp_path, sets=sets, data=None if "data.root" in sets[0] else tmp_path, out=None)
+    assert str(exc.value).startswith(said)
+
+
+def test_an_empty_path_in_the_config_file_is_named_with_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('out = ""\n')
+    with pytest.raises(RestorekitError, match=f"^{re.escape(str(cfg))}: setting 'out' is empty"):
+        _resolve(tmp_path, cfg, out=None)
+
+
+@pytest.mark.parametrize(("text", "said"), [("lr = inf\n", "setting 'lr' must be a finite number; got inf"),
+                                            ("grad_clip = nan\n", "setting 'grad_clip' must be a finite number"),
+                                            ("betas = [0.9, inf]\n", "setting 'betas' must be a finite number"),
+                                            ("steps = true\n", "setting 'steps' takes a number; got true"),
+                                            ("[data]\nrepeat = {a = false}\n",
+                                             "setting 'data.repeat.a' takes a number")])
+def test_a_config_file_number_that_is_no_number_is_refused(tmp_path: Path, text: str, said: str) -> None:
+    """TOML's inf passed `lr > 0` (the run failed a step later); `steps = true` ran 1 step."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(RestorekitError, match=f"^{re.escape(str(cfg))}: {re.escape(said)}"):
+        _resolve(tmp_path, cfg)
+
+
+def test_set_refuses_inf_and_keeps_finite_values(tmp_path: Path) -> None:
+    with pytest.raises(RestorekitError, match="option 'lr' takes a finite number; got 'inf'"):
+        _resolve(tmp_path, sets=("lr=inf",))
+    cfg = _resolve(tmp_path, sets=("lr=1e-3", "steps=1_000", "data.flip=no", "out=a=b c")).config
+    assert (cfg.lr, cfg.steps, cfg.data.flip, cfg.out) == (1e-3, 1000, False, "a=b c")
+
+
+def _cli() -> click.Group:
+    @click.group()
+    def cli() -> None:
+        pass
+
+    add_trainer(cli, "cfgtest", "A trainer never built.", lambda: _NoTrainer)
+    return cli
+
+
+@pytest.mark.parametrize(("args", "said"), [(["--out", ""], "Invalid value for '--out'"),
+                                            (["--out", "r", "--data", " "], "Invalid value for '--data'"),
+                                            (["--out", "r", "--time-limit", "nan"], "'nan' is not a finite number")])
+def test_train_options_refuse_empty_folders_and_a_nan_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 args: list[str], said: str) -> None:
+    """`--out ""` trained into the current folder; `--time-limit nan` ran without a limit."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(_cli(), ["train", "cfgtest", "--data", str(tmp_path), *args])
+    assert r.exit_code == 2 and said in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("env", "said"), [({"RANK": "x"}, "RANK='x' must be a whole number"),
+                                           ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' must be a whole number ≥ 0"),
+                                           ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 without RANK"),
+                                           ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 must be below WORLD_SIZE=2")])
+def test_torchrun_variables_set_wrong_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   env: dict[str, str], said: str) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    r = CliRunner().invoke(_cli(), ["train", "cfgtest", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and r.output.startswith(f"error: environment variable {said}"), r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_torchrun_layout_read_as_integers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", " 3")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_layout() == {"WORLD_SIZE": 4, "RANK": 3}
