@@ -33,7 +33,7 @@ from .errors import RestorekitError
 
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
            "validate", "annotation_at", "model_from_signature", "weights_option", "WeightsRef", "FiniteFloatRange",
-           "takes_number"]
+           "takes_number", "structure_hint"]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -302,14 +302,19 @@ def format_error(model: type[BaseModel], exc: ValidationError, label: str) -> st
     known = list(model.model_fields)
     if err["type"] == "extra_forbidden":
         return (f"{label}: unknown option '{key}'{_suggest_option(key, known)}; known: {', '.join(known) or 'none'}")
-    hint = _LITERAL_HINT if err["type"] in _STRUCTURED_ERRORS and not isinstance(err.get("input"), (list, dict)) else ""
-    return f"{label}: option '{key}': {err['msg']} (got {err.get('input')!r}){hint}"
+    return f"{label}: option '{key}': {err['msg']} (got {err.get('input')!r}){structure_hint(err)}"
 
 
 #: Pydantic's error types for a value that is no list, tuple, set or table: given a bare ``8,9``,
 #: the user is told how such values are written.
 _STRUCTURED_ERRORS = ("list_type", "tuple_type", "set_type", "frozen_set_type", "dict_type", "model_type")
 _LITERAL_HINT = "; write a list as [8, 9] and a table as {\"key\": 1} or {key = 1} (JSON or TOML)"
+
+
+def structure_hint(err: Mapping[str, Any]) -> str:
+    """How lists and tables are written, for a pydantic error that a bare value (``8,9``) got where
+    one was wanted; '' for any other error."""
+    return _LITERAL_HINT if err["type"] in _STRUCTURED_ERRORS and not isinstance(err.get("input"), (list, dict)) else ""
 
 
 def _suggest_option(key: str, known: list[str]) -> str:

@@ -169,3 +169,42 @@ def test_torchrun_layout_read_as_integers(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("RANK", " 3")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert process_layout() == {"WORLD_SIZE": 4, "RANK": 3}
+
+
+# -- training settings built in Python (library use), and where a bad one is said to come from ----
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_training_config_built_in_python_refuses_non_finite_numbers(value: float) -> None:
+    with pytest.raises(ValueError, match="finite number"):
+        TrainConfig(lr=value)
+    with pytest.raises(ValueError, match="finite number"):
+        TrainConfig(weight_decay=value)  # ge=0 alone let inf through
+    with pytest.raises(ValueError, match="finite number"):
+        TrainConfig(eps=value)  # optional: NaN passed every bound
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64)])
+def test_a_seed_outside_what_the_generators_take_is_one_line(seed: str) -> None:
+    from restorekit.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"^--set seed={seed}: setting 'seed': ") as exc:
+        load_config(TrainConfig, overrides=[f"seed={seed}"])
+    assert "\n" not in str(exc.value)
+    assert load_config(TrainConfig, overrides=[f"seed={2**32 - 1}"]).seed == 2**32 - 1
+
+
+def test_a_setting_in_another_case_is_blamed_on_its_set_and_suggested() -> None:
+    from restorekit.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"^--set Data\.flip=false: unknown setting 'Data' \(did you mean 'data'\?\)"):
+        load_config(TrainConfig, overrides=["Data.flip=false"])
+    with pytest.raises(ConfigError, match=r"^--set LR=0\.1: unknown setting 'LR' \(did you mean 'lr'\?\)"):
+        load_config(TrainConfig, overrides=["LR=0.1"])
+
+
+def test_a_bare_list_setting_is_told_how_lists_are_written() -> None:
+    from restorekit.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"^--set data\.factors=4: setting 'data\.factors': .*write a list as \[8, 9\]"):
+        load_config(TrainConfig, overrides=["data.factors=4"])

@@ -125,32 +125,18 @@ def check_config_file(path: Path, data: dict[str, Any], model: Any) -> None:
                 raise RestorekitError(f"{path}: setting '{key}' takes a number; got {str(value).lower()}")
 
 
-def _given_by(key: str, sets: tuple[str, ...], layers: list[Any], fallback: str) -> str:
-    """Where the setting ``key`` (dotted) came from: the last ``--set`` that gave it or a table
-    holding it, else the last of ``layers`` holding it, else ``fallback``."""
-    for pair in reversed(sets):
-        k = pair.partition("=")[0].strip().replace("-", "_")
-        if key == k or key.startswith(k + "."):
-            return f"--set {pair}"
-    for layer in reversed(layers):
-        node: Any = layer.data
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            return layer.source
-    return fallback
-
-
 def _refuse_empty_paths(model: Any, data: dict[str, Any], sets: tuple[str, ...], layers: list[Any],
                         fallback: str) -> None:
     """An empty setting that names a file or folder (``model.PATH_SETTINGS``) is refused, naming where it
     came from: as a path it would be the current folder (``--set out=`` would train into it)."""
+    from ..training.config import setting_source
+
     for key in getattr(model, "PATH_SETTINGS", {}):
         node: Any = data
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, str) and not node.strip():
-            raise RestorekitError(f"{_given_by(key, sets, layers, fallback)}: setting '{key}' is empty: give a "
+            raise RestorekitError(f"{setting_source(key, sets, layers, fallback)}: setting '{key}' is empty: give a "
                                   "file or folder (`.` for the current folder), or none to leave it unset")
 
 

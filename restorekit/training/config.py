@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import RestorekitError
-from ..options import OptionError, annotation_at, coerce
+from ..options import OptionError, annotation_at, coerce, structure_hint
 
 
 class ConfigError(RestorekitError):
@@ -30,7 +30,8 @@ class ConfigError(RestorekitError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: a bound lets inf through (gt=0) and NaN through none; no setting means either.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -99,7 +100,8 @@ class TrainConfig(_Strict):
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
     amp_cpu: bool = Field(default=False, description="with amp, bf16 autocast on the CPU too: pays where the "
                                                      "CPU has AMX or AVX-512 BF16 (oneDNN), costs elsewhere")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32, description="the run's random seed (initial weights, data "
+                                                           "order, noise); below 2**32")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
                         description="auto, cpu, cuda or cuda:N")
     num_threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads")
@@ -317,8 +319,8 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
         key = ".".join(parts) or "?"
         layer = next((ly for ly in reversed(layers) if _holds(ly.data, parts)), None)
         hint = ""
-        if _override_for(key, overrides):
-            source = str(_override_for(key, overrides))
+        if override_for(key, overrides):
+            source = str(override_for(key, overrides))
         elif layer is not None:
             source, hint = layer.source, layer.hint
         if err["type"] == "extra_forbidden":
@@ -331,7 +333,18 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
             where = ", ".join([*(ly.source for ly in layers), *(f"--set {p}" for p in overrides)]) or source
             scope = f"settings{' in ' + '.'.join(parts) if parts else ''}"
             raise ConfigError(f"{where}: {scope}: {err['msg']}") from None
+        tail += structure_hint(err)
         raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r}){tail}") from None
+
+
+def setting_source(key: str, overrides: list[str] | tuple[str, ...], layers: Sequence[Layer], fallback: str) -> str:
+    """Where the setting ``key`` (dotted) came from, to start an error line: the last ``--set`` that
+    gave it, else the last of ``layers`` (lowest first) that holds it, else ``fallback``."""
+    given = override_for(key, overrides)
+    if given is not None:
+        return given
+    parts = key.split(".")
+    return next((ly.source for ly in reversed(layers) if _holds(ly.data, parts)), fallback)
 
 
 def _holds(data: dict[str, Any], parts: list[str]) -> bool:
@@ -346,11 +359,12 @@ def _holds(data: dict[str, Any], parts: list[str]) -> bool:
     return bool(parts)
 
 
-def _override_for(key: str, pairs: list[str] | tuple[str, ...]) -> str | None:
-    """``--set PAIR`` for the last of ``pairs`` that set ``key`` (or a table holding it)."""
+def override_for(key: str, pairs: list[str] | tuple[str, ...]) -> str | None:
+    """``--set PAIR`` for the last of ``pairs`` that set ``key``, a table holding it, or a setting
+    inside it (``--set Data.flip=false`` made the unknown table ``Data``)."""
     for pair in reversed(pairs):
         k = pair.partition("=")[0].strip().replace("-", "_")
-        if key == k or key.startswith(k + "."):
+        if key == k or key.startswith(k + ".") or k.startswith(key + "."):
             return f"--set {pair}"
     return None
 
@@ -371,6 +385,9 @@ def _suggest_key(key: str, cls: type[BaseModel]) -> str:
     from ..plugins import suggest
 
     keys = _all_keys(cls)
+    folded = {k.lower(): k for k in keys}
+    if key.lower() in folded:  # the setting in another case (LR → lr, Data.flip → data.flip)
+        return f" (did you mean '{folded[key.lower()]}'?)"
     by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}  # a top-level name wins a tie
     exact = by_leaf.get(key.rsplit(".", 1)[-1])
     if exact is not None and exact != key:  # a setting put in the wrong table (data.lr → lr)
