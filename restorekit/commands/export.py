@@ -16,6 +16,7 @@ import click
 
 from ..cli import emit_json, fail_usage
 from ..errors import RestorekitError
+from ..options import FiniteFloatRange
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
 from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutputExists, check_exportable, check_opset,
                            export_onnx, find_export_spec, sidecar_path)
@@ -31,7 +32,7 @@ from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutput
 @click.option("--dynamic-batch/--fixed-batch", default=True, show_default=True,
               help="One file for any batch size, or batches of one only.")
 @click.option("--fp16", is_flag=True, help="Compute in float16 inside the graph (float32 input and output).")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+@click.option("--tolerance", type=FiniteFloatRange(min=0), default=None,
               help="Largest |onnxruntime − PyTorch| allowed on the export check [default: 1e-3; 3e-2 with --fp16].")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")

@@ -16,7 +16,7 @@ from ..cli import emit_json, error_line, fail_usage, table
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
-from ..options import parse_pairs
+from ..options import FiniteFloatRange, parse_pairs
 from ..seeds import SEED
 from .generate import build_generator, check_generator, generator_weights_options
 
@@ -65,7 +65,7 @@ MAX_DETECT_SAMPLES = 10_000
 @click.option("--data", required=True, help="Reference images: folder, glob or @list.txt.")
 @click.option("--n", "n_samples", type=click.IntRange(2, MAX_SAMPLES), default=1000, show_default=True,
               help="Generator samples for the Fréchet distances (their noise is drawn at once).")
-@click.option("--truncation", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+@click.option("--truncation", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
               help="Truncation of the samples for the Fréchet distances (1: none).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the samples (0 to 2**64-1).")
 @click.option("--spaces", default="alex,dlib", show_default=True,
@@ -77,7 +77,7 @@ MAX_DETECT_SAMPLES = 10_000
                    "runs on every image.")
 @click.option("--detect-n", type=click.IntRange(1, MAX_DETECT_SAMPLES), default=32, show_default=True,
               help="Samples searched for a face.")
-@click.option("--detect-truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+@click.option("--detect-truncation", type=FiniteFloatRange(0, 1), default=0.7, show_default=True,
               help="Truncation of the samples searched for a face.")
 @click.option("--batch-size", "--batch", "batch_size", type=click.IntRange(1), default=32, show_default=True,
               help="Images per forward pass of the feature networks (and the generator).")

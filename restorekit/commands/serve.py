@@ -13,6 +13,7 @@ import click
 from ..cli import INTERRUPTED, UsageProblem, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
+from ..options import FiniteFloatRange
 from ..web.config import MAX_UPLOAD_MB
 
 
@@ -34,7 +35,7 @@ from ..web.config import MAX_UPLOAD_MB
               help="A method's option, as compare's (repeatable).")
 @click.option("--metrics", default=None, help="Metrics to score, comma-separated (default: the demo's).")
 @click.option("--detector", default=None, help="Face detector for crop and detect (default: mtcnn).")
-@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True, max=MAX_UPLOAD_MB), default=20.0,
+@click.option("--max-upload-mb", type=FiniteFloatRange(min=0, min_open=True, max=MAX_UPLOAD_MB), default=20.0,
               show_default=True,
               help="Refuse uploads larger than this (MB).")
 @click.option("--max-pixels", type=click.IntRange(min=4), default=16_000_000, show_default=True,
@@ -50,9 +51,9 @@ from ..web.config import MAX_UPLOAD_MB
               help="Of those, at most this many from one remote client (an IPv4 address, an IPv6 /64; this "
                    "machine's loopback connections are not counted). Behind a proxy on another address, or "
                    "for many users behind one NAT, raise it to --max-connections.")
-@click.option("--body-min-rate-kb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
+@click.option("--body-min-rate-kb", type=FiniteFloatRange(min=0, min_open=True), default=32.0, show_default=True,
               help="The slowest an upload may come on average (KB/s); slower is answered 408.")
-@click.option("--body-max-time", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+@click.option("--body-max-time", type=FiniteFloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds an upload may take at most (408 after); raise it for very slow links.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the address.")
 def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, methods: str | None, opts: tuple[str, ...], metrics: str | None,

@@ -39,6 +39,7 @@ from torch import Tensor
 from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
+from ..options import FiniteFloatRange
 from ..interfaces import Method, MethodInfo, Options
 
 STANDIN = "bench_standin"
@@ -227,7 +228,7 @@ def format_report(data: dict[str, Any]) -> str:
 @click.option("--scale", type=click.IntRange(min=1), default=4, show_default=True,
               help="Output size = scale × LR size.")
 @click.option("--method", default="bicubic", show_default=True, help="The real method timed beside the stand-in.")
-@click.option("--standin-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
+@click.option("--standin-ms", type=FiniteFloatRange(min=0), default=50.0, show_default=True,
               help="Time per image of the stand-in method.")
 @click.option("--metrics", default=None, help="Comma-separated metrics (default: all registered).")
 @click.option("--device", type=DEVICE, default="cpu", show_default=True,
