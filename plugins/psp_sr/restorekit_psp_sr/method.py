@@ -462,7 +462,7 @@ class PSPSR(Method):
         if o.weights is not None:
             raise PSPModelError(f"psp_sr: random_weights=true and weights={o.weights!r} exclude each other")
         try:
-            model, config = paper_shaped_psp(o.resolution or 1024, impl=o.impl)  # forks the RNG itself
+            model, config = paper_shaped_psp(1024 if o.resolution is None else o.resolution, impl=o.impl)  # forks the RNG itself
         except ValueError as exc:
             raise PSPModelError(f"psp_sr: {exc}") from None
         self._place(model)

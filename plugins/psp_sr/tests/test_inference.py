@@ -292,8 +292,9 @@ def test_random_weights_options() -> None:
         PSPSR(PSPSROptions(random_weights=True, weights="x.safetensors")).load()
     with pytest.raises(ValueError, match="resolution must be one of"):
         paper_shaped_psp(100)
-    with pytest.raises(PSPModelError, match="resolution must be one of"):
-        PSPSR(PSPSROptions(random_weights=True, resolution=100)).load()
+    for bad in (100, 0):  # 0 was read as "not given" and built the 1024-px default
+        with pytest.raises(PSPModelError, match=f"resolution must be one of .*; got {bad}$"):
+            PSPSR(PSPSROptions(random_weights=True, resolution=bad)).load()
     assert PSPSR.bench_model_options(256) == {"random_weights": True, "resolution": 256}
 
 
