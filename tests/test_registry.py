@@ -97,6 +97,22 @@ def test_registry_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert list(W.registry_specs()) == ["only"]
 
 
+def test_a_registry_override_that_is_no_folder_is_one_line(tmp_path: Path, rk_cli,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped $RESTOREKIT_REGISTRY was read as an empty registry: every registered name unknown."""
+    from restorekit.errors import RestorekitError
+
+    (tmp_path / "file").write_text("x")
+    for value, said in ((tmp_path / "missing", "no such folder"), (tmp_path / "file", "not a folder")):
+        monkeypatch.setenv("RESTOREKIT_REGISTRY", str(value))
+        with pytest.raises(RestorekitError, match=f"^RESTOREKIT_REGISTRY={value}: {said} "):
+            W.registry_specs()
+        result = rk_cli("weights", "list")
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"error: RESTOREKIT_REGISTRY={value}: {said}")
+        assert result.output.count("\n") == 1
+
+
 @pytest.mark.network
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("RESTOREKIT_TEST_NETWORK") != "1",

@@ -39,11 +39,16 @@ def registry_dirs() -> list[Path]:
 
     ``$RESTOREKIT_REGISTRY`` (a folder with ``weights/`` and ``plugins/``) overrides; else the
     copy shipped in the wheel (``restorekit/_registry``); else ``registry/`` beside the package
-    in a source checkout or editable install.
+    in a source checkout or editable install. A ``$RESTOREKIT_REGISTRY`` that is no folder is an
+    error (one line): read as an empty registry, a mistyped path made every registered name unknown.
     """
     env = os.environ.get("RESTOREKIT_REGISTRY")
     if env:
-        return [Path(env).expanduser()]
+        root = Path(env).expanduser()
+        if not root.is_dir():
+            raise RestorekitError(f"RESTOREKIT_REGISTRY={env}: {'not a folder' if root.exists() else 'no such folder'} "
+                                  "(it names a registry folder holding weights/; unset it for the shipped registry)")
+        return [root]
     package = Path(__file__).resolve().parent.parent  # restorekit/
     for candidate in (package / "_registry", package.parent / "registry"):
         if candidate.is_dir():
