@@ -74,7 +74,7 @@ def parse_pairs(pairs: list[str] | tuple[str, ...], flag: str = "--opt") -> dict
 
 def parse_targeted_pairs(pairs: list[str] | tuple[str, ...], what: str = "METHOD",
                          flag: str = "--opt") -> dict[str, dict[str, str]]:
-    """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``: options for one of
+    """``["psp_sr.mix_layers=[8,9]", …]`` to ``{"psp_sr": {"mix_layers": "[8,9]"}}``: options for one of
     several components (dashes in keys become underscores); ``WHAT.KEY=VALUE`` is the form a
     malformed pair is told to take."""
     out: dict[str, dict[str, str]] = {}

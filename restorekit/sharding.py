@@ -27,6 +27,7 @@ import click
 import torch
 
 from .errors import RestorekitError
+from .process_layout import process_layout
 
 if TYPE_CHECKING:  # imported when a job starts: ``restorekit.training`` costs a start-up otherwise
     from .training.distributed import DistInfo
@@ -39,7 +40,7 @@ _ABORT = _PREFIX + "abort"
 
 def launched() -> bool:
     """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE > 1``)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return process_layout().get("WORLD_SIZE", 1) > 1
 
 
 def exit_code_of(exc: BaseException) -> int:
@@ -245,7 +246,7 @@ def cpu_share() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local = process_layout().get("LOCAL_WORLD_SIZE", 1)
     return max(1, min(torch.get_num_threads(), cores // local))
 
 

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel, ConfigDict, Field
 
-from restorekit.commands.train import add_trainer, process_layout, resolve_training_config
+from restorekit.commands.train import add_trainer, resolve_training_config
+from restorekit.process_layout import process_layout
 from restorekit.errors import RestorekitError
 from restorekit.options import FiniteFloatRange, OptionError, validate
 from restorekit.training.config import TrainConfig
@@ -168,7 +169,24 @@ def test_torchrun_layout_read_as_integers(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", " 3")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert process_layout() == {"WORLD_SIZE": 4, "RANK": 3}
+
+
+@pytest.mark.parametrize(("name", "value"), [("WORLD_SIZE", "abc"), ("LOCAL_WORLD_SIZE", "0")])
+def test_run_says_which_torchrun_variable_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rk_cli,
+                                                   name: str, value: str) -> None:
+    """run read them with a bare int(): 'unexpected ValueError'."""
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8), (90, 60, 40)).save(tmp_path / "in" / "a.png")
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(name, value)
+    r = rk_cli("run", "bicubic", "--scale", "2", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    assert r.exit_code != 0 and r.output.startswith(f"error: environment variable {name}={value!r} must be"), r.output
+    assert len(r.output.strip().splitlines()) == 1
 
 
 # -- training settings built in Python (library use), and where a bad one is said to come from ----

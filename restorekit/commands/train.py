@@ -44,6 +44,7 @@ from ..cli import emit_json, error_line
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
+from ..process_layout import process_layout
 
 TrainerLoader = Callable[[], Any]
 
@@ -51,38 +52,6 @@ TrainerLoader = Callable[[], Any]
 @click.group("train")
 def train_group() -> None:
     """Train models (each plugin adds its trainers; `restorekit train NAME --help`)."""
-
-
-#: The process layout torchrun gives each process; ``(variable, smallest value)``.
-PROCESS_VARIABLES = (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0))
-
-
-def process_layout() -> dict[str, int]:
-    """torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` as integers (those set), refused in one line
-    where one is not a whole number, is below its least value, or ``RANK`` is missing or not below
-    ``WORLD_SIZE`` in a job of several processes (set by hand, they would otherwise end the command
-    in an unexplained error, or start a process group that never forms)."""
-    layout: dict[str, int] = {}
-    for name, least in PROCESS_VARIABLES:
-        text = os.environ.get(name)
-        if text is None:
-            continue
-        try:
-            value = int(text.strip())
-        except ValueError:
-            value = None
-        if value is None or value < least:
-            raise RestorekitError(f"environment variable {name}={text!r} must be a whole number ≥ {least} "
-                                  "(torchrun sets it; unset it to train in one process)")
-        layout[name] = value
-    world = layout.get("WORLD_SIZE", 1)
-    if world > 1 and "RANK" not in layout:
-        raise RestorekitError(f"environment variable WORLD_SIZE={world} without RANK: start a job of several "
-                              "processes with torchrun, or unset WORLD_SIZE to train in one process")
-    if layout.get("RANK", 0) >= world:
-        raise RestorekitError(f"environment variable RANK={layout['RANK']} must be below WORLD_SIZE={world} "
-                              "(torchrun sets both; unset them to train in one process)")
-    return layout
 
 
 class _FolderPath(click.Path):

@@ -310,7 +310,7 @@ VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
-    """``["psp_sr.latent_mask=8,9", …]`` to ``{"psp_sr": {"latent_mask": "8,9"}}``, each method one
+    """``["psp_sr.mix_layers=[8,9]", …]`` to ``{"psp_sr": {"mix_layers": "[8,9]"}}``, each method one
     of ``methods``."""
     out: dict[str, dict[str, str]] = {}
     for pair in pairs:  # one at a time: the first pair that is wrong, either way, is named
