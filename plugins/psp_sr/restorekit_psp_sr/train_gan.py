@@ -25,10 +25,11 @@ can race the two on the same GPU minutes and keep the winner.
 
 For a GPU lent for minutes: the whole training set lives on the device as one uint8 tensor (no
 data loader), batches and flips are drawn there; bf16 autocast for both players' forward and
-backward (R1's gradient penalty and the EMA stay in fp32) — convolutions and linear layers run in
-bf16, while the bias, noise and activation steps between them add fp32 parameters and so stay in
-fp32 (a precision margin kept on purpose; not measured against all-bf16); channels-last activations
-in D; no host synchronisation except every ``log_every`` steps. ``time_limit`` ends the run with a checkpoint.
+backward (R1's gradient penalty and the EMA stay in fp32; on CUDA R1's convolutions use TF32, which the
+trainer allows for every fp32 convolution there) — convolutions and linear layers run in bf16, while
+the bias, noise and activation steps between them add fp32 parameters and so stay in fp32 (a
+precision margin kept on purpose; not measured against all-bf16); channels-last activations in D;
+no host synchronisation except every ``log_every`` steps. ``time_limit`` ends the run with a checkpoint.
 
 Snapshots every ``snapshot_minutes`` (and at the end) go to ``OUT/snapshot/`` and, when
 ``snapshot_dir`` is set, are mirrored there — a GPU run writes them into its output folder so a
@@ -42,7 +43,11 @@ run with fewer channels at some resolutions: its networks are widened to this co
 changing what they compute (``widen.py``), so a run found too narrow goes on instead of starting over.
 
 Checkpoints (``OUT/checkpoints/step_*.pt``, every ``ckpt_every`` steps and at the end) hold both
-players, the EMA, both optimizers and every rank's RNG state, so ``--resume`` continues exactly.
+players, the EMA, both optimizers and every rank's RNG state (the CUDA generators' too), so ``--resume``
+continues exactly: bit for bit on the CPU; on CUDA with the same batches and random draws, while cuDNN's
+autotuned kernels (``cudnn.benchmark``) may round otherwise than the first process's did. A snapshot or
+checkpoint is not written over the last one when the networks' weights are no longer finite (a diverged
+run stops there instead, its last good files kept).
 Under ``torchrun`` each rank draws its share of the batch and gradients are averaged across
 ranks after each backward (no DDP wrapper: each player is stepped in a phase where the other is
 frozen, which DDP's one-backward-per-forward model does not fit).
@@ -369,6 +374,21 @@ def _allreduce_grads(params: list[nn.Parameter], dist: DistInfo) -> None:
 
 
 # -- the trainer --------------------------------------------------------------------------------
+def uses_channels_last(device: torch.device, cfg: GANConfig) -> bool:
+    """Whether D's weights and inputs are held channels-last: on CUDA with ``channels_last`` (cuDNN's
+    bf16 convolutions want that layout); a CPU run keeps the usual one."""
+    return device.type == "cuda" and cfg.channels_last
+
+
+def nonfinite_players(players: dict[str, nn.Module]) -> list[str]:
+    """The names of ``players`` whose parameters hold a NaN or an infinity (one host sync for all)."""
+    names = [name for name, m in players.items() if any(True for _ in m.parameters())]
+    if not names:
+        return []
+    flags = torch.stack([torch.stack([p.detach().isfinite().all() for p in players[name].parameters()]).all()
+                         for name in names])
+    return [name for name, ok in zip(names, flags.tolist()) if not ok]
+
 
 def _exported_step(path: Path) -> int | None:
     """The training step an exported generator file records (None: no file, or none recorded)."""
@@ -415,7 +435,8 @@ class GANTrainer:
         with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
             torch.manual_seed(cfg.seed)
             self.models = GANModels(cfg).to(self.device)
-        if self.device.type == "cuda" and cfg.channels_last:
+        self.channels_last = uses_channels_last(self.device, cfg)
+        if self.channels_last:
             self.models.D.to(memory_format=torch.channels_last)
         self.G, self.D, self.G_ema = self.models.G, self.models.D, self.models.G_ema
         betas = cfg.betas or (0.0, 0.99)
@@ -464,7 +485,7 @@ class GANTrainer:
 
     def _d_input(self, x: Tensor) -> Tensor:
         x = self._augment(x)
-        if self.device.type == "cuda" and self.config.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -571,7 +592,9 @@ class GANTrainer:
     def snapshot(self) -> dict[str, Any]:
         """Write the snapshot files to ``OUT/snapshot`` (and ``snapshot_dir``); rank 0 only.
         ``OUT/snapshot`` is written through the folder opened from ``OUT`` without following a
-        link: one swapped for a link is refused (``FileSystemError`` naming it), not written into."""
+        link: one swapped for a link is refused (``FileSystemError`` naming it), not written into.
+        Networks whose weights are not finite are refused (:meth:`_refuse_diverged`): the last
+        snapshot stays — on a GPU call, the generator that comes back."""
         if not self.dist.is_main:
             return {}
         from restorekit.images import atomic_write_bytes, save_image
@@ -579,6 +602,7 @@ class GANTrainer:
 
         t0 = time.monotonic()
         folder = self.out / SNAPSHOT_DIR
+        self._refuse_diverged("snapshot", folder)
         # The losses are the last log line's (every log_every steps), named by its step.
         record = {"step": self.step, "kimg": round(self.nimg / 1000, 3), "seconds": round(self._elapsed(), 1),
                   "losses_at_step": self.last_logs_step, **self.last_logs}
@@ -653,7 +677,17 @@ class GANTrainer:
         # snapshot's run was, instead of replaying its first steps.
         self.nimg, self.step = int(meta.get("nimg", "0")), int(meta.get("step", "0"))
 
+    def _refuse_diverged(self, what: str, where: Path) -> None:
+        """Raise when G, D or the EMA holds a NaN or an infinity: the training diverged (the loss check
+        runs every ``log_every`` steps only, while snapshots follow the wall clock and a time limit may
+        end the run between two checks), and files written now would replace the last good ones."""
+        bad = nonfinite_players({"G": self.G, "D": self.D, "EMA": self.G_ema})
+        if bad:
+            raise TrainingError(f"step {self.step}: the weights of {', '.join(bad)} are not finite (the training "
+                                f"diverged); no {what} written, what {where} holds is kept")
+
     def save_checkpoint(self) -> Path | None:
+        self._refuse_diverged("checkpoint", self.out / CKPT_DIR)  # every rank, before the collective below
         rngs = all_gather_objects(self.dist, rng_state())
         if not self.dist.is_main:
             return None
@@ -797,4 +831,5 @@ def load_trainer() -> type[GANTrainer]:
 
 
 __all__ = ["GANConfig", "GANModels", "GANTrainer", "batch_indices", "draw_batch", "ema_beta", "epoch_order",
-           "load_face_tensor", "mixed_styles", "r1_penalty", "training_files", "update_ema"]
+           "load_face_tensor", "mixed_styles", "nonfinite_players", "r1_penalty", "training_files", "update_ema",
+           "uses_channels_last"]
