@@ -226,3 +226,16 @@ def test_a_bare_list_setting_is_told_how_lists_are_written() -> None:
 
     with pytest.raises(ConfigError, match=r"^--set data\.factors=4: setting 'data\.factors': .*write a list as \[8, 9\]"):
         load_config(TrainConfig, overrides=["data.factors=4"])
+
+
+def test_a_training_process_group_says_which_torchrun_variable_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.training.distributed import init_distributed
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "one")
+    with pytest.raises(RestorekitError, match="^environment variable LOCAL_RANK='one' must be a whole number"):
+        init_distributed("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size, info.local_rank) == (0, 1, 0)

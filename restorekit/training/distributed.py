@@ -7,7 +7,6 @@ pins each process to ``cuda:LOCAL_RANK``. Without those variables everything is 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +67,11 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     ``backend``: the default is NCCL on CUDA and gloo on CPU (what gradient all-reduces want);
     ``run`` and ``compare`` pass gloo, since only Python objects travel between their ranks.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    from ..process_layout import process_layout
+
+    layout = process_layout()  # one line naming a variable that is no whole number
+    world, rank = layout.get("WORLD_SIZE", 1), layout.get("RANK", 0)
+    local = layout.get("LOCAL_RANK", rank)
     dev = pick_device(device, local)
     if world > 1 and not dist.is_initialized():
         _import_group_defaults()

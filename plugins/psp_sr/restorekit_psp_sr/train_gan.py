@@ -112,7 +112,7 @@ class GANConfig(TrainConfig):
     channel_max: int = Field(512, ge=4)
     channels: dict[int, int] | None = Field(
         None, description="explicit width per resolution (4…resolution) for G; D mirrors it unless d_channels")
-    lr_mlp: float = 0.01
+    lr_mlp: float = Field(0.01, gt=0, description="the mapping network's learning-rate multiplier")
     impl: Literal["auto", "ref", "cuda"] = "ref"
     # -- discriminator ------------------------------------------------------------------------
     d_arch: Literal["stylegan2", "projected"] = Field(

@@ -728,3 +728,15 @@ def test_a_run_closes_its_log_files_when_it_ends(faces: Path, tmp_path: Path) ->
     assert t.logs._files == {}
     assert [json.loads(ln)["step"] for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [1, 2]
     assert [json.loads(ln)["step"] for ln in (tmp_path / "run" / "snapshot" / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
+@pytest.mark.parametrize("value", [0.0, -0.01, float("nan")])
+def test_a_mapping_learning_rate_that_cannot_train_is_refused(value: float) -> None:
+    """lr_mlp had no bounds: 0 froze the mapping network, a negative one climbed the loss."""
+    from pydantic import ValidationError
+
+    from restorekit_psp_sr.train_gan import GANConfig
+
+    with pytest.raises(ValidationError, match="lr_mlp"):
+        GANConfig(lr_mlp=value)
+    assert GANConfig(lr_mlp=0.02).lr_mlp == 0.02
