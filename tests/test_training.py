@@ -277,6 +277,20 @@ def make_trainer(faces: Path, out: Path, steps: int, **over) -> Trainer:
     return Trainer(cfg, TinySR(), train, val, out=out, step_fn=tiny_step, val_fn=tiny_val, quiet=True)
 
 
+def test_a_loss_that_is_not_finite_stops_the_run_in_one_line_without_a_torch_warning(faces: Path, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """The message formatted the losses with float() on tensors that need grad: a UserWarning each."""
+    import warnings
+
+    trainer = make_trainer(faces, tmp_path / "nan", 4)
+    monkeypatch.setattr(trainer, "_step_fn", lambda net, batch: {**tiny_step(net, batch),
+                                                                "loss": tiny_step(net, batch)["loss"] * float("nan")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TrainingError, match=r"^step 1: the loss is not finite \(loss=nan, l2=\d"):
+            trainer.fit()
+
+
 def test_fit_logs_checkpoints_and_resumes_exactly(faces: Path, tmp_path: Path) -> None:
     full = make_trainer(faces, tmp_path / "full", 8)
     summary = full.fit()

@@ -946,7 +946,7 @@ class Trainer:
     def _check_finite(self, losses: dict[str, Tensor]) -> None:
         if not bool(torch.isfinite(losses["loss"])):
             raise TrainingError(f"step {self.step + 1}: the loss is not finite "
-                                f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())})")
+                                f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())})")
 
     def _progress(self) -> Any:
         from rich.console import Console
