@@ -9,7 +9,7 @@ RESULTS_HEAD = ("method", "image", "seed", "status", "ms", "warmup", "peak_mem_m
 RESULTS_TAIL = ("output", "error", "metric_errors")
 #: summary.csv's: these, ``<metric>_<suffix>`` for each metric and suffix, then :data:`SUMMARY_TAIL`.
 SUMMARY_HEAD = ("method", "deterministic", "seeds", "images", "ok", "failed")
-METRIC_SUFFIXES = ("mean", "std", "nan", "n", "inf", "errors")
+METRIC_SUFFIXES = ("mean", "std", "nan", "n", "inf", "errors", "seed_left_out")
 SUMMARY_TAIL = ("ms_per_image", "ms_std", "runtime_is_warmup", "warmup_ms", "peak_mem_mb", "device", "precision",
                 "backend")
 #: Columns of the per-method tables and of results.json's ``best`` beside the metrics' (aggregate.py).

@@ -1,16 +1,22 @@
 """The terminal tables of ``compare`` (rich): the summary, wide or turned to fit the console, then
-"vs BASELINE", each with its notes."""
+"vs BASELINE", each with its notes.
+
+Text that comes from the run (the --lr-dir or --data path in the title, image names in the notes) is
+shown as it is: never read as rich markup (a folder named ``faces [v2]`` keeps its ``[v2]``; one
+with ``[/]`` does not stop the report), and with its unprintable characters escaped
+(:func:`restorekit.images.shown_name`), so a file name cannot move the cursor or forge a line.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from rich.cells import cell_len
 from rich.console import Console, OverflowMethod
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from ..images import shown_name
 from .report_summary import Summary
 from .report_text import PAIRED_TITLE, Rows, notes, paired_notes, paired_rows, table_rows, turned_rows
 
@@ -66,9 +72,9 @@ def summary_tables(sm: Summary, console: Console, title: str) -> tuple[list[Tabl
             if _measure(console, t).minimum > width:
                 t = _turned_table(header, groups, cols, wrap="all")
         if i == 0:
-            t.title = title
-            if len(chunks) == 1 and cell_len(title) <= width:  # widen a lone table to keep its title on one line
-                t.min_width = cell_len(title)
+            shown = t.title = _plain(title)
+            if len(chunks) == 1 and shown.cell_len <= width:  # widen a lone table to keep its title on one line
+                t.min_width = shown.cell_len
         tables.append(t)
     return tables, False
 
@@ -106,7 +112,7 @@ def _rich_table(title: str | None, header: list[str], groups: list[Rows], *, hea
     console is narrow unless ``no_wrap``; ``None`` means every column but the last stays on one line
     with ``heads``, and all may wrap without. ``overflow`` is what happens to a word still too long.
     """
-    t = Table(title=title)
+    t = Table(title=None if title is None else _plain(title))
     for i, h in enumerate(header):
         nw = (heads and i < len(header) - 1) if no_wrap is None else no_wrap
         t.add_column(h, justify="left" if i in left else "right", no_wrap=nw,
@@ -128,7 +134,12 @@ def _print_rich(console: Console, title: str, header: list[str], groups: list[Ro
     _print_notes(console, lines)
 
 
+def _plain(text: str, style: str = "") -> Text:
+    """``text`` as rich shows it literally: no markup, unprintable characters escaped."""
+    return Text(shown_name(text), style=style)
+
+
 def _print_notes(console: Console, lines: list[str]) -> None:
     """Footnotes under a table, dim."""
     for line in lines:
-        console.print(Text(line, style="dim"))
+        console.print(_plain(line, "dim"))

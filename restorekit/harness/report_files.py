@@ -73,7 +73,8 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
                           s.images, s.ok, s.failed]
         for n in names:
             st = s.metrics[n]
-            row += [_csv_num(st.mean), _csv_num(st.std), st.nan, st.n, st.inf, s.metric_errors.get(n, 0)]
+            row += [_csv_num(st.mean), _csv_num(st.std), st.nan, st.n, st.inf, s.metric_errors.get(n, 0),
+                    st.seed_left_out]
         row += [_csv_num(s.runtime_ms.mean), _csv_num(s.runtime_ms.std), int(s.runtime_is_warmup),
                 _csv_num(s.warmup_ms), _csv_num(s.peak_mem_mb),
                 *map(_csv_text, (plans[s.name].device, plans[s.name].precision, plans[s.name].backend))]
@@ -107,9 +108,11 @@ def write_paired_csv(sm: Summary, out: Path) -> Path | None:
 
 def _method_doc(mp: MethodPlan, s: MethodSummary, best: dict[str, set[str]]) -> dict[str, Any]:
     info = mp.cls.info
+    # "deterministic": as this run treated the method (one sample per image: psp_sr, whose samples
+    # beyond the first draw from the seed, ran once), as summary.csv and "aggregate" say it.
     return {"name": mp.name, "plugin": mp.plugin, "distribution": mp.distribution, "version": mp.version,
             "summary": info.summary, "license": info.license, "paper": info.paper,
-            "deterministic": info.deterministic, "options": mp.options.model_dump(mode="json"),
+            "deterministic": mp.deterministic, "options": mp.options.model_dump(mode="json"),
             "settings_hash": mp.settings_hash, "device": mp.device, "precision": mp.precision, "backend": mp.backend,
             "weights": mp.weights_info, "load_error": mp.load_error,
             "best_in": sorted(c for c, names in best.items() if mp.name in names),

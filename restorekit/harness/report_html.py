@@ -138,6 +138,8 @@ def write_html(sm: Summary, out: Path) -> Path:
             caption = ""
             if first_metric is not None and rec.metrics and first_metric.name in rec.metrics:
                 caption = f"{first_metric.name} {fmt_number(rec.metrics[first_metric.name], first_metric.fmt)}"
+                if rec.seed is not None:  # this seed's value, not the table's mean over seeds
+                    caption += f" (seed {rec.seed})"
             cells.append(f"<td><img src='{_data_uri(pred)}' alt='{e(mp.name)}'>{e(caption)}</td>")
         cells.append(f"<td><img src='{_data_uri(hr_c)}' alt='HR'></td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")

@@ -5,6 +5,7 @@ carries the notes."""
 from __future__ import annotations
 
 import math
+import re
 
 from .aggregate import MethodSummary, failure_groups
 from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL
@@ -20,11 +21,27 @@ def _runtime_cell(s: MethodSummary) -> str:
     return text + " (warm-up)" if s.runtime_is_warmup else text
 
 
+def _device_kinds(description: str) -> set[str]:
+    """The device types a method's device description names: ``cuda:0 (…)`` → {cuda}; a torchrun
+    job's ``cuda (…), cpu (…) (8 processes)`` → {cuda, cpu}."""
+    return set(re.findall(r"(?:^|\), )([a-z]+)\b", description))
+
+
+def runtime_device(sm: Summary) -> str | None:
+    """The device type every method ran on (the ``ms/img`` header's), or None when they differ (an
+    onnxruntime graph that fell back to the CPU beside methods on CUDA)."""
+    kinds = set().union(*(_device_kinds(mp.device) for mp in sm.result.plan.methods if mp.device))
+    if not kinds:
+        return str(sm.result.plan.device.type)
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def table_rows(sm: Summary) -> tuple[list[str], Rows]:
     """Header and rows (cell text, is-best) shared by the terminal and HTML tables."""
     metrics = sm.active_metrics
+    dev = runtime_device(sm)
     header = (["method"] + [f"{m.name} {ARROW[m.higher_is_better]}" for m in metrics]
-              + [f"ms/img ({sm.result.plan.device.type}) ↓", "peak MiB", "ok"])
+              + [f"ms/img ({dev}) ↓" if dev else "ms/img ↓", "peak MiB", "ok"])
     rows = []
     for s in sm.methods:
         label = s.name if s.deterministic else f"{s.name} ({len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''})"
@@ -146,6 +163,8 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
     """
     res = sm.result
     devices = sorted({mp.device for mp in res.plan.methods if mp.device}) or [str(res.plan.device)]
+    if runtime_device(sm) is None:  # methods on different devices: say which ran where
+        devices = [f"{d}: {', '.join(mp.name for mp in res.plan.methods if mp.device == d)}" for d in devices]
     precisions = sorted({mp.precision for mp in res.plan.methods})
     out = [f"* best in {best_in}. Runtime: mean ms per image, warm-up call excluded; device {'; '.join(devices)}; "
            f"precision {', '.join(precisions)}."]

@@ -10,17 +10,21 @@ is removed).
   ``inf`` is written as ``inf``; a missing value (NaN) as an empty cell. In every CSV file a text
   cell that a spreadsheet would read as a formula (starting with ``= + - @``, tab or CR: an image
   named ``=HYPERLINK(…).png``) gets a leading ``'``; results.json keeps the names as they are.
-- ``summary.csv``: one row per method: per metric ``_mean``, ``_std`` (over seeds), ``_nan`` (NaN
-  values left out), ``_n`` (values the mean is over: images × seeds), ``_inf`` (of those, infinite)
-  and ``_errors`` (results where the metric raised); runtime
+- ``summary.csv``: one row per method: ``deterministic`` (1: run once per image, the seed ignored),
+  per metric ``_mean``, ``_std`` (over seeds), ``_nan`` (NaN values left out), ``_n`` (values the
+  mean is over: images × seeds), ``_inf`` (of those, infinite), ``_errors`` (results where the
+  metric raised) and ``_seed_left_out`` (images of a stochastic method left out because not every
+  seed has a value there: their values are in neither ``_n`` nor ``_nan``); runtime
   (``ms_per_image`` and its ``ms_std`` over the timed calls; ``runtime_is_warmup`` 1 when the only
-  call was the warm-up, which then stands in), the warm-up call's time and the peak memory.
-- ``results.json``: both of the above plus the settings, device and backend, the versions of
-  restorekit and of every plugin distribution, each method's license, options and weights
-  (``weights_info``: names and sha256 where the method exposes them), skipped metrics with the
-  reason, and failures. Non-finite numbers: ``"Infinity"``/``"-Infinity"``, NaN as ``null``. A
-  ``torchrun`` job adds ``processes``; its stage timings are summed over them, and every number
-  that describes the results (not the run) is the one a single process writes.
+  call was the warm-up, which then stands in), the warm-up call's time and the peak memory
+  (``peak_mem_mb``, here and in results.csv in MiB, 2²⁰ bytes: the tables' ``peak MiB``).
+- ``results.json``: both of the above (a method's ``deterministic`` as in summary.csv) plus the
+  settings, device and backend, the versions of restorekit and of every plugin distribution, each
+  method's license, options and weights (``weights_info``: names and sha256 where the method
+  exposes them), skipped metrics with the reason, and failures. Non-finite numbers:
+  ``"Infinity"``/``"-Infinity"``, NaN as ``null``. A ``torchrun`` job adds ``processes``; its stage
+  timings are summed over them, and every number that describes the results (not the run) is the
+  one a single process writes.
 - ``report.html``: one self-contained file (inline CSS, images as base64 PNG), the table and,
   per image, a row of crops ``LR | each method | HR`` at the same place.
 
