@@ -7,6 +7,7 @@ Shared by ``run`` and ``degrade``: one bad file is reported and the rest go on. 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -327,6 +328,50 @@ def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[str]
         yield advance
 
 
+class _OutputFolder:
+    """What is at each output path of one folder, asked of the file system once per question.
+
+    A batch asks of every output where it leads (an input must never be written over) and what
+    is there (a folder, a finished output). ``Path.resolve`` walks the whole path, one system call
+    per folder on the way and another to check the end, for every output. Here the folder is
+    resolved once, and again only when the folder its path leads to is another one (a link on the
+    way changed meanwhile); an output that is not a symbolic link (nothing there, a plain file or
+    folder) leads to that folder and its name, so an ``lstat`` of it and a ``stat`` of the folder
+    answer all three. A link, or any other answer, is asked as before (``resolve``, ``exists``,
+    ``is_dir``)."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir
+        self._resolved: tuple[tuple[int, int], Path] | None = None  # (the folder's device and inode, its path)
+
+    def _folder(self) -> Path | None:
+        """The folder's resolved path; None when it cannot be asked (not there yet…)."""
+        try:
+            st = os.stat(self.outdir)
+        except OSError:
+            return None
+        if not st.st_ino:  # (no inode numbers to tell folders apart)
+            return None
+        ident = (st.st_dev, st.st_ino)
+        if self._resolved is None or self._resolved[0] != ident:
+            self._resolved = (ident, self.outdir.resolve())
+        return self._resolved[1]
+
+    def look(self, path: Path) -> tuple[Path, bool, bool]:
+        """``(path.resolve(), path.exists(), path.is_dir())`` for an output path; their errors as theirs."""
+        if path.parent == self.outdir:
+            try:
+                mode: int | None = os.lstat(path).st_mode
+            except FileNotFoundError:
+                mode = None
+            except OSError:  # (a name too long…: asked as before, which says it as before)
+                mode = stat.S_IFLNK
+            folder = self._folder() if mode is None or not stat.S_ISLNK(mode) else None
+            if folder is not None:
+                return folder / path.name, mode is not None, mode is not None and stat.S_ISDIR(mode)
+        return path.resolve(), path.exists(), path.is_dir()
+
+
 def process_files(
     items: list[ImageItem],
     outdir: Path,
@@ -373,6 +418,7 @@ def process_files(
     """
     job = job or current_job()
     input_paths = {_resolved(it.path) for it in items}
+    folder = _OutputFolder(outdir)
 
     # 1. Which inputs are done, which cannot succeed, which need work (each rank checks its share).
     skipped: dict[int, list[str] | tuple[str, str]] = {}  # output paths that exist, or (reason, short)
@@ -389,11 +435,12 @@ def process_files(
         outs = [outdir / f"{s}.{ext}" for s in stems]
         try:
             # Neither an input nor a folder is a finished output: nothing to skip, nothing to write over.
-            an_input = next((o for o in outs if o.resolve() in input_paths), None)
-            a_folder = next((o for o in outs if o.is_dir()), None) if an_input is None else None
+            found = [(o, *folder.look(o)) for o in outs]
+            an_input = next((o for o, real, _, _ in found if real in input_paths), None)
+            a_folder = next((o for o, _, _, is_dir in found if is_dir), None) if an_input is None else None
             problem = _replaces_input(an_input) if an_input is not None else \
                 f"{a_folder}: is a folder, where the output goes" if a_folder is not None else None
-            done_before = (problem is None and not overwrite and all(o.exists() for o in outs)
+            done_before = (problem is None and not overwrite and all(there for _, _, there, _ in found)
                            and (finished is None or finished(items[i])))
         except (OSError, RuntimeError) as exc:  # e.g. a name longer than the file system takes
             where = next((o for o in outs if _path_problem(o)), None)  # None: the path the error names
@@ -448,9 +495,10 @@ def process_files(
                     if other is not None and other != item.path:
                         raise ImageError(f"{dest}: already written for {other} in this run; refusing to replace it")
                     written_by[dest] = item.path
-                    if dest.resolve() in input_paths:
+                    real, there, _ = folder.look(dest)
+                    if real in input_paths:
                         raise ImageError(_replaces_input(dest))
-                    if dest.exists() and not overwrite:
+                    if there and not overwrite:
                         one.add_exists(dest)
                         continue
                     save_image(out, dest, note=note(item, stem) if note is not None else None, lossless=lossless)

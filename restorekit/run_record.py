@@ -11,7 +11,7 @@ by their folder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -159,17 +159,25 @@ def changed_among(items: Iterable[T], read: Callable[[T], Any],
     this run (``diff(record)``, the differences in words), and those differences, each once; None
     when no item's record differs. What a rerun over earlier outputs checks, whatever records them
     (an output's embedded note, a photo's sidecar)."""
-    changed: list[T] = []
-    diffs: dict[str, None] = {}
+    return changed_among_each(items, read, [diff])[0]
+
+
+def changed_among_each(items: Iterable[T], read: Callable[[T], Any],
+                       diffs: Sequence[Callable[[Any], list[str]]]) -> list[tuple[list[T], list[str]] | None]:
+    """:func:`changed_among` for each of ``diffs``, reading each item's record once (a record is a
+    file read: a rerun over a folder of many outputs reads each of them once, not once per check)."""
+    changed: list[list[T]] = [[] for _ in diffs]
+    found_in: list[dict[str, None]] = [{} for _ in diffs]
     for item in items:
         record = read(item)
         if not isinstance(record, dict):
             continue
-        found = diff(record)
-        if found:
-            changed.append(item)
-            diffs.update(dict.fromkeys(found))
-    return (changed, list(diffs)) if changed else None
+        for diff, items_changed, words in zip(diffs, changed, found_in):
+            found = diff(record)
+            if found:
+                items_changed.append(item)
+                words.update(dict.fromkeys(found))
+    return [(c, list(w)) if c else None for c, w in zip(changed, found_in)]
 
 
 def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,

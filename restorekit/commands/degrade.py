@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +16,26 @@ from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
 from ..provenance import read_note
-from ..run_record import changed_outputs, degrade_settings, refusal
+from ..run_record import changed_among_each, degrade_settings, differences, refusal
 from ..seeds import SEED
 
 #: The key of a degrade record naming the spec's steps from plugins (distribution, version, code).
 PLUGIN_STEPS = "degradation_plugins"
 
 
-def plugin_step_changes(outputs: Iterable[Path], now: Mapping[str, Any]) -> tuple[list[Path], list[str]] | None:
-    """The outputs whose record names other code for a step from a plugin than ``now`` (its
-    :data:`PLUGIN_STEPS`), and what differs; None when none do. The spec and seed are compared by
-    :func:`~restorekit.run_record.changed_outputs`; an output recorded without the key (before it
-    was recorded, or of a spec of built-in steps) is left to that."""
+def plugin_step_differences(note: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs, in words, between the code of the steps from plugins an output's record
+    ``note`` names and ``now``'s (its :data:`PLUGIN_STEPS`); none when either names none. The spec
+    and seed are compared by :func:`~restorekit.run_record.differences`; an output recorded
+    without the key (before it was recorded, or of a spec of built-in steps) is left to that."""
     steps = now.get(PLUGIN_STEPS)
-    if not isinstance(steps, dict):
-        return None
-    changed: list[Path] = []
-    diffs: dict[str, None] = {}
-    for path in outputs:
-        note = read_note(path)
-        old = note.get(PLUGIN_STEPS) if isinstance(note, dict) and note.get("spec") == now.get("spec") else None
-        if not isinstance(old, dict):
-            continue
-        found = [f"the code of degradation step '{name}' changed (its plugin upgraded or edited)"
-                 if isinstance(old.get(name), dict) and {**old[name], "code": None} == {**info, "code": None}
-                 else f"degradation step '{name}': {_made_by(old.get(name))} → {_made_by(info)}"
-                 for name, info in steps.items() if old.get(name) != info]
-        if found:
-            changed.append(path)
-            diffs.update(dict.fromkeys(found))
-    return (changed, list(diffs)) if changed else None
+    old = note.get(PLUGIN_STEPS) if note.get("spec") == now.get("spec") else None
+    if not isinstance(steps, dict) or not isinstance(old, dict):
+        return []
+    return [f"the code of degradation step '{name}' changed (its plugin upgraded or edited)"
+            if isinstance(old.get(name), dict) and {**old[name], "code": None} == {**info, "code": None}
+            else f"degradation step '{name}': {_made_by(old.get(name))} → {_made_by(info)}"
+            for name, info in steps.items() if old.get(name) != info]
 
 
 def _made_by(info: Any) -> str:
@@ -54,7 +44,8 @@ def _made_by(info: Any) -> str:
 
 
 def _merged(*found: tuple[list[Path], list[str]] | None) -> tuple[list[Path], list[str]] | None:
-    """Several :func:`changed_outputs`-shaped findings as one (each output and difference once)."""
+    """Several :func:`~restorekit.run_record.changed_among`-shaped findings as one (each output and
+    difference once)."""
     paths = list(dict.fromkeys(p for f in found if f for p in f[0]))
     diffs = list(dict.fromkeys(d for f in found if f for d in f[1]))
     return (paths, diffs) if paths else None
@@ -99,7 +90,8 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     def check_settings() -> None:
         if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
             paths = [output / f"{item.stem}.{ext}" for item in items]
-            changed = _merged(changed_outputs(paths, settings), plugin_step_changes(paths, settings))
+            changed = _merged(*changed_among_each(paths, read_note, [  # (each output's record read once)
+                lambda note: differences(note, settings), lambda note: plugin_step_differences(note, settings)]))
             if changed:
                 fail_usage(refusal(output, changed))
 

@@ -182,7 +182,10 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             # are read here (a rerun of a finished folder reads none, and builds no method).
             pending = [it for it in job.part(items) if overwrite or not (
                 plan.done(it) if plan is not None else all(_exists(output / f"{stem}.{ext}") for stem in stems(it)))]
-            if not any(job.gather(bool(check_inputs(pending, **limits)[0]))):
+            # Is any of them usable? Checked up to the first one that is: process_files checks each
+            # input's header itself, so reading every header here too read each file twice.
+            usable = any(check_inputs([it], ext=ext, **limits)[0] for it in pending)
+            if not any(job.gather(usable)):
                 # nothing to do, or nothing can succeed: say why without building the method
                 done: dict[str, Any] = {"expected": stems} if plan is None else \
                     {"expected": plan.expected, "finished": plan.finished}

@@ -38,8 +38,9 @@ from torch import Tensor
 
 from ..degradations import Chain, crop_to_multiple
 from ..errors import ImageError, RestorekitError
-from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, ImageItem, atomic_write_bytes, check_output_size,
-                      check_size, from_pil, list_inputs, probe_size, read_image, to_pil)
+from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, FILE_FORMATS, ImageItem, atomic_write_bytes,
+                      check_output_size, check_size, from_pil, list_inputs, probe_size, read_image, read_image_bytes,
+                      to_pil)
 from ..safe_open import open_folder, read_plain
 from ..seeds import mix_seed
 
@@ -48,6 +49,11 @@ CACHE_BYTES = 1 << 30
 # Seconds between writes of the LR manifest while LR files are made: a run stopped part-way keeps
 # the LR files it made (one process; shards' entries are written by rank 0 at the end).
 MANIFEST_EVERY_S = 15.0
+# Each write holds every image made so far: at a fixed interval a set of 10^5-10^6 images spent a
+# growing share of its time rewriting the manifest (the work grew with the square of the set). A
+# write taking longer than this many seconds stretches the interval in proportion, so writing it
+# takes at most MANIFEST_WRITE_S / MANIFEST_EVERY_S (5%) of the time, whatever the set's size.
+MANIFEST_WRITE_S = 0.75
 
 
 def degradation_seed(hr: Tensor, seed: int = 0) -> int:
@@ -254,11 +260,14 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     manifest_path = folder / "manifest.json"
     manifest = {} if fresh else _read_manifest(manifest_path, core_code)
     inputs = InputSet([], scale, f"degradation:{spec}", max_pixels=max_pixels, manifest=manifest_path)
-    written = time.monotonic()
+    written, took = time.monotonic(), 0.0
     for index in range(rank, len(items), world):
-        if world == 1 and inputs.made and time.monotonic() - written >= MANIFEST_EVERY_S:
+        if world == 1 and inputs.made and \
+                time.monotonic() - written >= MANIFEST_EVERY_S * max(1.0, took / MANIFEST_WRITE_S):
+            t0 = time.monotonic()
             _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code, core_code)
             written = time.monotonic()
+            took = written - t0
         item = items[index]
         inputs.order[item.stem] = index
         lr_path = folder / f"{item.stem}.png"
@@ -274,8 +283,8 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                     entry = None
             else:
                 entry = None
-            if entry is None:
-                hr = read_image(item.path, max_pixels=max_pixels)
+            if entry is None:  # (decoded from the bytes hashed: not read from the disk a second time)
+                hr = read_image_bytes(hr_bytes, str(item.path), max_pixels=max_pixels, formats=FILE_FORMATS)
                 t0 = time.perf_counter()
                 seed = degradation_seed(hr)
                 hr, lr = degrade_hr(hr, chain, scale, where=item.path, max_pixels=max_pixels, image_seed=seed)

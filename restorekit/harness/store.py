@@ -154,6 +154,12 @@ class Record:
                    report=_mapping(d.get("report")))
 
 
+def _line(rec: Record) -> str:
+    """``rec`` as one line of a store. (:meth:`Record.to_json` is strict JSON already: through
+    :func:`dumps` it was walked a second time, for every record a run appends and compacts.)"""
+    return json.dumps(rec.to_json(), allow_nan=False)
+
+
 def _text(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("not a string")
@@ -342,7 +348,7 @@ class ResultStore:
         cut-off line all the same (a crash mid-write) gets a line break first, so that the line
         added is never glued onto it (each loads, the cut-off one is skipped)."""
         path = self._append_path(rec.method)
-        line = (dumps(rec.to_json()) + "\n").encode("utf-8")
+        line = (_line(rec) + "\n").encode("utf-8")
         f = self._handles.get(rec.method)
         opened = f is None
         try:
@@ -391,6 +397,6 @@ class ResultStore:
         self.close(method)
         current = {r.key for r in keep}
         others = [r for k, r in self.load(method).items() if k not in current and r.status == "ok"]
-        lines = [dumps(r.to_json()) for r in others + keep]
+        lines = [_line(r) for r in others + keep]
         atomic_write_bytes(self.path(method), ("\n".join(lines) + "\n").encode() if lines else b"", root=self.out)
         self._remove_parts(method)
