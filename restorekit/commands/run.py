@@ -18,6 +18,7 @@ from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, 
                       side_by_side)
 from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, keep_black_and_white,
                        method_class, method_values, validate_options)
+from ..options import FiniteFloatRange
 from ..plugins import kept_global_state, method_plugin, output_to_stderr, to_stderr
 from ..run_record import changed_outputs, refusal, run_settings
 from ..seeds import SEED
@@ -63,10 +64,10 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--background", default=None, help="--faces detect: method upscaling the photo around the faces "
                                                   "(default: bicubic).")
 @click.option("--only-faces", is_flag=True, help="--faces detect: write the restored crops <stem>_face<i>.")
-@click.option("--min-face", type=click.FloatRange(min=0), default=None,
+@click.option("--min-face", type=FiniteFloatRange(min=0), default=None,
               help="--faces detect: skip faces whose box is smaller than PX input pixels (default: 20).")
 @click.option("--require-face", is_flag=True, help="--faces detect: a photo without a face fails (exit 1).")
-@click.option("--max-shrink", type=click.FloatRange(min=1), default=None,
+@click.option("--max-shrink", type=FiniteFloatRange(min=1), default=None,
               help="--faces detect: skip faces whose crop the method would shrink more than this (default: 3).")
 @click.option("--colour-match", is_flag=True,
               help="--faces detect: correct a restored face's colours toward the photo's around it (off by "
