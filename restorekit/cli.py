@@ -6,10 +6,17 @@ arguments, unknown names, bad options, unwritable output or cache).
 No traceback reaches a user: restorekit's own errors and file-system errors are one line naming
 the path and the fix; anything unexpected is one line asking for ``--debug`` (or
 ``RESTOREKIT_DEBUG=1``), which shows the traceback instead. Ctrl-C ends a command with
-"interrupted" and exit 130, SIGTERM likewise with exit 143 (no line); atomic writes clean up
-their temporary files either way. An installed distribution whose ``entry_points.txt`` cannot be
-parsed (torch and pydantic fail on it when imported) is named with its file and line: in a warning
-where the command can run beside it, else in the one error line (exit 2).
+"interrupted" and exit 130, SIGTERM (a scheduler's stop) with "terminated" and exit 143; the line
+goes on with what was kept where the command knows (``kept: …`` notes on the exception, see
+:mod:`restorekit.folder_lock`); atomic writes clean up their temporary files either way. Such a stop
+is never raised inside an import (nor while the command starts): there it would be swallowed by the
+importing library (torch imports numpy so, and goes on without it), end a plugin's loading as if the
+plugin were broken, or abort the process in C++ (pybind11); it is delivered again as soon as the
+import has ended (a second Ctrl-C or TERM meanwhile stops at once).
+
+An installed distribution whose ``entry_points.txt`` cannot be parsed (torch and pydantic fail on
+it when imported) is named with its file and line: in a warning where the command can run beside
+it, else in the one error line (exit 2).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from typing import Any, Literal
 
 import click
@@ -93,10 +102,10 @@ class RestorekitGroup(click.Group):
                 raise
             error_line(describe_os_error(exc, action="use"))
             ctx.exit(2)
-        except KeyboardInterrupt:  # before click's 'Aborted!' with exit 1, the code of 'some inputs failed'
+        except KeyboardInterrupt as exc:  # before click's 'Aborted!' with exit 1, the code of 'some inputs failed'
             if debugging():
                 raise
-            _interrupted()
+            _interrupted(exc)
             ctx.exit(INTERRUPTED)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
@@ -178,15 +187,134 @@ def build_cli() -> click.Group:
 CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_bench", "bench_method", "compare", "weights", "train", "plugin_new", "export", "demo", "realism", "serve")
 
 
+class Terminated(SystemExit):
+    """What SIGTERM raises in the command (exit 128 + 15 = 143, as a shell reports it)."""
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
 
 
-def _interrupted() -> None:
-    err_console.print("interrupted")
+def _interrupted(exc: BaseException | None = None) -> None:
+    err_console.print(escape(shown(stop_line("interrupted", exc))))
+
+
+def stop_line(word: str, exc: BaseException | None) -> str:
+    """``word`` ("interrupted", "terminated"), then what the command kept, as the code that kept it
+    noted on the exception that stopped it (its innermost ``kept: …`` note,
+    :func:`restorekit.folder_lock.note_kept`)."""
+    from .folder_lock import kept_note
+
+    kept = kept_note(exc) if exc is not None else None
+    return f"{word}; {kept}" if kept else word
+
+
+# --- stop signals (Ctrl-C, SIGTERM) ----------------------------------------------------------------
+# A stop raises in the command at once (KeyboardInterrupt, Terminated), except where raising is
+# unsafe: while the command starts (its modules and the plugins load: plugin isolation would take
+# the stop for the plugin's failure) and while any import runs (torch's C++ start-up swallows an
+# exception raised in the numpy it imports, or aborts the process on it). There the signal is kept
+# and sent again every _RESEND_S until it lands where it can be raised. A stop raised in a finalizer
+# or callback that Python can only report as "Exception ignored" is sent again the same way.
+
+_RESEND_S = 0.05
+_starting = False  # main() is building the command (modules and plugins load)
+_deferred: set[int] = set()  # stop signals waiting to be delivered again
+_resending: dict[int, int] = {}  # 1 while a re-sent signal (not a second one from outside) is on its way
+_resender: threading.Thread | None = None
+
+
+def _stop_signal(signum: int, frame: Any) -> None:
+    """The handler of SIGINT and SIGTERM that main() installs (see above)."""
+    if _resending.get(signum):
+        _resending[signum] = 0  # this very delivery is the re-sent one
+        if signum not in _deferred:  # raised meanwhile (the command was built, or a second one came)
+            return
+    elif signum in _deferred:  # a second Ctrl-C (or TERM) while the first waits: stop now
+        _raise_stop(signum)
+    if _starting or _in_import(frame):
+        _defer(signum)
+        return
+    _raise_stop(signum)
+
+
+def _raise_stop(signum: int) -> None:
+    _deferred.discard(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    _terminate(signum, None)
+
+
+def _in_import(frame: Any) -> bool:
+    """Whether ``frame`` runs inside an import (importlib's bootstrap is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib."):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _defer(signum: int) -> None:
+    """Keep ``signum`` and send it again shortly (a thread re-sends every deferred signal until
+    the handler raises it)."""
+    global _resender
+    _deferred.add(signum)
+    if _resender is not None and _resender.is_alive():
+        return
+
+    def resend() -> None:
+        while _deferred:
+            time.sleep(_RESEND_S)
+            for sig in list(_deferred):
+                if not _resending.get(sig):  # (the one sent before has been taken)
+                    _resending[sig] = 1
+                    os.kill(os.getpid(), sig)
+
+    _resender = threading.Thread(target=resend, name="restorekit-stop-resend", daemon=True)
+    _resender.start()
+
+
+def _started() -> None:
+    """The command is built (its modules and the plugins are loaded): a stop kept meanwhile is raised now."""
+    global _starting
+    if not _starting:
+        return
+    _starting = False
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if sig in _deferred:
+            _raise_stop(sig)
+
+
+def _unraisable(info: Any) -> None:
+    """``sys.unraisablehook``: a stop raised where Python can only ignore it (a finalizer, a weakref
+    callback) is sent again instead of being lost with an 'Exception ignored' traceback."""
+    exc = info.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        _defer(signal.SIGINT)
+    elif isinstance(exc, Terminated) and isinstance(exc.code, int):
+        _defer(exc.code - 128)
+    else:
+        _previous_unraisable(info)
+
+
+_previous_unraisable = sys.unraisablehook
+
+
+def _install_stop_handlers() -> None:
+    global _starting, _previous_unraisable
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # (nohup, a background job: stays ignored)
+                signal.signal(sig, _stop_signal)
+    except (ValueError, OSError):  # not the main thread
+        return
+    _starting = True
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = _unraisable
 
 
 BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)  # 141, as a shell reports a command whose reader went away
@@ -265,24 +393,26 @@ def main() -> None:
     if "--strict" in _global_flags(sys.argv[1:]):  # plugins load strictly, command hooks included
         os.environ["RESTOREKIT_STRICT_PLUGINS"] = "1"
         _STRICT_FROM_START = True
-    try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except (ValueError, OSError):  # not the main thread
-        pass
+    _install_stop_handlers()
     _tolerant_streams()
     _skip_malformed_entry_points()
     try:
-        build_cli()(prog_name="restorekit")
+        command = build_cli()
+        _started()  # a stop kept while the modules and plugins loaded is raised here
+        command(prog_name="restorekit")
     except SystemExit as done:
+        if isinstance(done, Terminated):
+            err_console.print(escape(shown(stop_line("terminated", done))))
+            raise
         # click (help, usage) and rich (tables) end a write to a closed stdout with exit 1, the code
         # of 'some inputs failed'; say what happened instead, as everywhere else in restorekit.
         if done.code == 1 and _stdout_went_away():
             sys.exit(BROKEN_PIPE)
         raise
-    except KeyboardInterrupt:  # while plugins and commands load (RestorekitGroup handles the rest)
+    except KeyboardInterrupt as exc:  # while plugins and commands load (RestorekitGroup handles the rest)
         if debugging():
             raise
-        _interrupted()
+        _interrupted(exc)
         sys.exit(INTERRUPTED)
     except BrokenPipeError as exc:  # the reader of stdout left while output was still being written
         if _stdout_is_broken():

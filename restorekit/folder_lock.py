@@ -8,6 +8,11 @@ holder's process id is written into the lock file (:func:`holder` reads it back,
 the folder is the user's), ``train`` keeps its own; the lock goes when its holder ends, however it
 ends (a holder killed outright leaves its lock file, unlocked: the next command takes it). Where the platform has no
 ``flock``, or the file system refuses it (NFS without its lock service), nothing is locked.
+
+A stop (Ctrl-C, SIGTERM) that ends the hold of a folder removed at the end (``remove``: the output
+folder of ``run``, ``degrade``, ``generate`` or ``compare``, each of which a rerun of the same
+command resumes) notes on the exception what was kept there (:func:`note_kept`), which the
+command's last line says (:func:`restorekit.cli.stop_line`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,11 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()} {note}".strip().encode("utf-8", "replace") + b"\n")
         yield
+    except BaseException as exc:
+        if remove and is_stop(exc):
+            note_kept(exc, f"what {note or 'the command'} finished in {folder} is kept, none of it half-written; "
+                           "the same command again goes on from there")
+        raise
     finally:
         if remove and writable:  # while still held: nobody can take the file on its way out
             with contextlib.suppress(OSError):
@@ -132,3 +142,28 @@ def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
     pid, _, note = line.strip().partition(" ")
     # (a process id has a few digits: a line of thousands is no holder's, and too long for int())
     return (int(pid), note.strip()) if pid.isascii() and pid.isdigit() and len(pid) <= 20 else None
+
+
+#: How a note that says what a stopped command kept begins (:func:`note_kept`).
+KEPT = "kept: "
+
+
+def is_stop(exc: BaseException) -> bool:
+    """Whether ``exc`` is a stop from outside: Ctrl-C (``KeyboardInterrupt``) or a signal's exit
+    (``SystemExit`` with a code of 128 + the signal, as ``restorekit.cli`` raises on SIGTERM)."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(exc.code, int) and 128 < exc.code < 128 + 65)
+
+
+def note_kept(exc: BaseException, what: str) -> None:
+    """Note on the stop ``exc`` what the code it passes through kept (``what``: a sentence without
+    the leading "kept: "); the innermost note is the one said (:func:`kept_note`)."""
+    exc.add_note(KEPT + what)
+
+
+def kept_note(exc: BaseException) -> str | None:
+    """What the first :func:`note_kept` on ``exc`` said (without "kept: "), or None."""
+    for note in getattr(exc, "__notes__", None) or ():
+        if isinstance(note, str) and note.startswith(KEPT):
+            return note[len(KEPT):]
+    return None

@@ -83,9 +83,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
     The temp file is created like any plain file (``0o666`` less the umask, as the cached weights
     files are), not 0600 as ``mkstemp`` would, so a cache shared by several users stays readable
-    to them. An ``OSError`` becomes a one-line :class:`CacheError` naming ``path``."""
+    to them. An ``OSError`` becomes a one-line :class:`CacheError` naming ``path``. Temp files of
+    ``path`` that a process killed midway left (its id is in their name, and it is gone) are removed
+    first: nothing else would ever remove them."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temps(path)
         while True:
             tmp = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
             try:
@@ -102,6 +105,25 @@ def write_text_atomic(path: Path, text: str) -> None:
             raise
     except OSError as exc:
         raise cache_error(exc, path) from exc
+
+
+_TEMP_NAME = re.compile(r"\.(?P<stem>.+)-(?P<pid>[0-9]{1,10})-[0-9a-f]{12}\.tmp")
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Remove the ``.<stem>-<pid>-<random>.tmp`` files of ``path`` (:func:`write_text_atomic`)
+    whose process is gone: a kill between creating one and renaming it. Those of live processes
+    (another writer's, under way) stay; a file that cannot be removed is left."""
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        m = _TEMP_NAME.fullmatch(name)
+        if m is None or m["stem"] != path.stem or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            (path.parent / name).unlink()
 
 
 def cache_folder(folder: Path) -> Path:

@@ -8,7 +8,9 @@ deletes the ``.part`` and nothing is left behind. Only a verified file is moved 
 (``os.replace``, atomic within one folder). A ``.part`` that cannot be written (disk full,
 read-only) is this machine's problem, not the connection's: no retry, the ``.part`` is removed
 (a full disk is not left full; the next pull starts over) and a one-line
-:class:`~restorekit.errors.CacheError` names the path.
+:class:`~restorekit.errors.CacheError` names the path. Stopped (Ctrl-C, SIGTERM), a download keeps
+its ``.part`` where a later pull resumes it (and says so on the exception), and removes it where none
+would (no sha256: started over).
 
 With no sha256 (an unpinned file, pulled with ``--trust``) nothing would notice bytes swapped on
 the way, so such a file comes only over https: a plain-http URL, or a redirect to one, is refused
@@ -17,6 +19,7 @@ the way, so such a file comes only over https: a plain-http URL, or a redirect t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -270,6 +273,22 @@ def _fetch_into(f: BinaryIO | None, url: str, part: Path, *, size: int | None, t
     return h.hexdigest(), written
 
 
+def _note_stopped(exc: BaseException, part: Path, *, resumable: bool) -> None:
+    """A stop (Ctrl-C, SIGTERM) during :func:`download`: note on ``exc`` what is kept. A ``.part``
+    with no sha256 to check it by is removed, since nothing would resume it (the next call starts
+    over), and a partial download of gigabytes must not stay for nothing; so is an empty one."""
+    try:
+        have = os.lstat(part).st_size
+    except OSError:
+        return
+    if not resumable or not have:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        return
+    # (restorekit.folder_lock.note_kept's form, which this layer cannot import: the command's last line says it)
+    exc.add_note(f"kept: the partial download {part} ({have:,} bytes); pulling again resumes it")
+
+
 def _progress(quiet: bool) -> object | None:
     if quiet:
         return None
@@ -351,6 +370,10 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                     break
                 cache.move_into_place(part, dest, written)  # only the file written and checked
                 return digest, url
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code not in (None, 0, 1, 2)):
+            _note_stopped(exc, part, resumable=sha256 is not None)
+        raise
     finally:
         if progress is not None:
             progress.stop()  # type: ignore[attr-defined]
