@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,3 +240,24 @@ def test_a_training_process_group_says_which_torchrun_variable_is_wrong(monkeypa
     monkeypatch.delenv("LOCAL_RANK")
     info = init_distributed("cpu")
     assert (info.rank, info.world_size, info.local_rank) == (0, 1, 0)
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_inf() -> None:
+    """click's FloatRange (and float) let NaN through any bounds: each command's float option is a
+    FiniteFloatRange, the plugins' commands and trainers included."""
+    from restorekit.cli import build_cli
+
+    def walk(cmd: click.Command, path: str) -> Iterator[tuple[str, click.Parameter]]:
+        for p in cmd.params:
+            yield path, p
+        if isinstance(cmd, click.Group):
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                if sub is not None:
+                    yield from walk(sub, f"{path} {name}")
+
+    loose = [f"{where} {p.name}" for where, p in walk(build_cli(), "restorekit")
+             if isinstance(p.type, (click.FloatRange, click.types.FloatParamType))
+             and not isinstance(p.type, FiniteFloatRange)]
+    assert loose == []

@@ -33,7 +33,7 @@ from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
 from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
-from ..options import parse_pairs, weights_option
+from ..options import FiniteFloatRange, parse_pairs, weights_option
 from ..plugins import registry
 from ..safe_open import ends_line, open_append, read_plain
 from ..seeds import MAX_SEEDS, parse_seeds
@@ -265,7 +265,7 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
 @generator_weights_options
 @click.option("--seeds", "seed_list", default="0-7", show_default=True, callback=_seeds,
               help=f"Seeds, e.g. 0-7,12 (each 0 to 2**64-1; at most {MAX_SEEDS:,}).")
-@click.option("--truncation", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+@click.option("--truncation", type=FiniteFloatRange(0, 1), default=0.7, show_default=True,
               help="Pull each latent toward the mean latent (1: none; lower: more typical, less varied).")
 @click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True,
               help="Output folder (seedNNNN.png and generate.json).")
