@@ -410,14 +410,20 @@ def _register_plugin(reg: Registry, plugin_obj: Any, record: PluginRecord) -> No
 def user_interrupts() -> Iterator[Callable[[], bool]]:
     """Tell a Ctrl-C of the user from a ``KeyboardInterrupt`` a plugin raises: yields ``pressed()``.
 
-    A real SIGINT sets a flag before raising as usual. Outside the main thread (no signal
-    handlers there) every interrupt is taken as the user's.
+    A real SIGINT sets a flag, then goes to the handler it replaced where that is a Python function
+    other than Python's default (``restorekit.cli``'s, which holds a stop that lands inside an
+    import until the import has ended: raised there, torch's start-up could swallow it or abort),
+    else raises as usual. Outside the main thread (no signal handlers there) every interrupt is
+    taken as the user's.
     """
     pressed = False
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal pressed
         pressed = True
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)  # raises, or keeps the stop for later
+            return
         raise KeyboardInterrupt
 
     previous = None

@@ -55,3 +55,29 @@ def test_ctrl_c_while_the_command_starts_exits_130_with_one_line():
     r = subprocess.run([sys.executable, "-c", code, "methods"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 130, r.stderr
     assert r.stderr.strip() == "interrupted"
+
+
+def test_a_ctrl_c_during_plugin_loading_goes_to_the_commands_handler():
+    """plugins.user_interrupts raised KeyboardInterrupt itself, inside the plugin's import, past the
+    command's handler that holds a stop until an import has ended."""
+    from restorekit.plugins import user_interrupts
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # keeps it, raises nothing
+    try:
+        try:
+            with user_interrupts() as pressed:
+                signal.raise_signal(signal.SIGINT)
+                assert seen == [signal.SIGINT] and pressed()
+        except KeyboardInterrupt:
+            raise AssertionError("raised past the command's handler") from None
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with user_interrupts() as pressed:  # Python's own handler: raised here, and known as the user's
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                assert pressed()
+            else:
+                raise AssertionError("no KeyboardInterrupt")
+    finally:
+        signal.signal(signal.SIGINT, previous)
