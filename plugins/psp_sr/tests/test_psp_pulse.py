@@ -276,6 +276,7 @@ def test_stylegan2_factory_reads_psp_decoder(model_file: Path, tmp_path: Path,
         build_stylegan2(weights=PSP_DEFAULT_DECODER)
     # A file dropped in its place is not the shipped model: without a registry entry pinning it, refused.
     # (The shipped case: test_ship.py.)
+    (tmp_path / "empty-registry").mkdir()
     monkeypatch.setenv("RESTOREKIT_REGISTRY", str(tmp_path / "empty-registry"))
     shutil.copy(model_file, tmp_path / method_mod.DEFAULT_MODEL_FILE)
     with pytest.raises(WeightsMissing, match="no registry entry 'psp-sr-faces128' pins its sha256"):
