@@ -467,11 +467,11 @@ def process_files(
     all_skipped = {i: paths for share in shares for i, paths in share[0].items()}
     all_early = {i: failure for share in shares for i, failure in share[1].items()}
     for i in sorted(all_skipped):
-        done_before = all_skipped[i]
-        if isinstance(done_before, tuple):
-            result.add_skip(items[i].path, *done_before)
-        else:
-            for path in done_before:
+        why = all_skipped[i]
+        if isinstance(why, tuple):  # (reason, short): skipped for a reason
+            result.add_skip(items[i].path, *why)
+        else:  # the output paths that exist
+            for path in why:
                 result.add_exists(path)
     for i in sorted(all_early):
         result.failed.append(all_early[i])

@@ -152,7 +152,7 @@ def _sections(dist: Any) -> frozenset[str]:
     if text is None:  # not UTF-8: its section names still count (a torch backend declared there)
         folder = getattr(dist, "_path", None)
         try:
-            text = (folder / "entry_points.txt").read_bytes().decode("utf-8", "replace")
+            text = "" if folder is None else (folder / "entry_points.txt").read_bytes().decode("utf-8", "replace")
         except Exception:
             text = ""
     lines = (line.strip() for line in text.splitlines())

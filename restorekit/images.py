@@ -86,7 +86,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -94,6 +94,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
 from .safe_open import NOFOLLOW, Folder, open_folder, refused_link
+
+if TYPE_CHECKING:
+    from PIL import ImageCms
 
 #: The file extensions a folder listing takes (:func:`list_inputs`), training sets too: every one
 #: pillow registers for a format of :data:`FILE_FORMATS` (and MPO, pillow's name for many phones'
@@ -540,7 +543,7 @@ def _colour_key(img: Image.Image) -> int | tuple[int, int, int] | None:
 
 #: How an ICC profile's colour space (``xcolor_space``) is applied: the pillow modes whose pixels
 #: it fits, and the mode they are converted to first (None: as they are).
-_ICC_FITS = {
+_ICC_FITS: dict[str, dict[str, str | None]] = {
     "RGB": {"RGB": None, "RGBA": None, "RGBX": "RGB", "RGBa": "RGBA", "P": None, "PA": "RGBA",
             "YCbCr": "RGB"},
     "GRAY": {"L": None, "LA": None, "La": "LA", "1": "L"},
@@ -549,7 +552,7 @@ _ICC_FITS = {
 }
 
 
-def _srgb_profile() -> object:
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
     from PIL import ImageCms
 
     global _SRGB
@@ -558,7 +561,7 @@ def _srgb_profile() -> object:
     return _SRGB
 
 
-_SRGB: object = None
+_SRGB: ImageCms.ImageCmsProfile | None = None
 
 
 def to_srgb(img: Image.Image, where: object) -> Image.Image:

@@ -427,8 +427,8 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                 return None
             return side
 
-        side = cached()
-        if side is not None:
+        got = cached()
+        if got is not None:
             _mark_used(path)
         else:
             from .weights import cache_folder
@@ -438,12 +438,13 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
             # The processes of a torchrun job (or two commands) that find no cached export wait
             # for the first one's instead of each exporting the same graph.
             with file_lock(path.with_name(path.name + ".lock")):
-                side = cached()  # another process may have made it
-                if side is None:
+                got = cached()  # another process may have made it
+                if got is None:
                     if log is not None:
                         log(f"{name}: exporting to ONNX once for --backend onnxruntime → {path}")
-                    side = export_onnx(spec, path, opset=opset, log=log).info
+                    got = export_onnx(spec, path, opset=opset, log=log).info
                     drop_unused_exports(path, name, spec.metadata.get("restorekit_export_code"))
+        side = got
     session = OnnxSession(path, device=method.device, threads=threads, sidecar=side)
     if method.device.type == "cuda" and session.device == "cpu":
         msg = (f"{name}: onnxruntime runs the graph on the CPU: it has no CUDA provider, or its CUDA provider did not "

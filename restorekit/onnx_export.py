@@ -486,8 +486,8 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
         if spec.dynamic_spatial:
             # A second, non-square size on the spatial multiple: proves the graph does not bake
             # the example's height and width in (as the two-row batch does for the batch size).
-            m = max(1, int(spec.spatial_multiple))
-            sizes.append((h0 + m, w0 + 2 * m))
+            step = max(1, int(spec.spatial_multiple))
+            sizes.append((h0 + step, w0 + 2 * step))
         diff = 0.0
         for i, (h, w) in enumerate(sizes):
             second = i > 0

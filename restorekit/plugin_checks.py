@@ -33,12 +33,13 @@ def _qualname(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
 
-def check_name(kind: str, name: Any) -> None:
-    """A registered name: a non-empty string of the allowed characters."""
+def check_name(kind: str, name: Any) -> str:
+    """A registered name: a non-empty string of the allowed characters (returned)."""
     pattern = _METHOD_NAME if kind == "methods" else _NAME
     if not isinstance(name, str) or not pattern.fullmatch(name):
         allowed = "letters, digits, '_' and '-'" + ("" if kind == "methods" else " and '.'")
         raise PluginError(f"{_label(kind)} name {name!r} is not valid (use {allowed})")
+    return name
 
 
 def _subclass(kind: str, obj: Any, base: type) -> None:
@@ -115,8 +116,7 @@ def check_metric(obj: Any) -> None:
     from .interfaces import Metric
 
     _subclass("metrics", obj, Metric)
-    name = getattr(obj, "name", None)
-    check_name("metrics", name)
+    name = check_name("metrics", getattr(obj, "name", None))
     clash = metric_name_clash(name)
     if clash is not None:
         raise PluginError(f"metric name '{name}' ({_qualname(obj)}) is taken by compare's reports ({clash}): "

@@ -369,7 +369,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         plan.update({("other", "torch", b): (other_m, compare_repeat) for b in other_sizes})
     phases: list[tuple[str, ...]] = [("name", "other")]
     timing: dict[str, Any] = {"order": "interleaved"}
-    if other_m is not None and switches_memory(method) != switches_memory(other_m):
+    if other is not None and other_m is not None and switches_memory(method) != switches_memory(other_m):
         first, then = ("other", "name") if switches_memory(method) else ("name", "other")
         plain = " ".join([other, *other_opts] if first == "other" else [name, *opts])  # the side without it
         from ..memory import kept

@@ -160,21 +160,21 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
     unavailable: dict[str, str] = {}
     if ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT:
         # The defaults come from two plugins: run those installed, say once what the others need.
-        missing = {}
+        absent: dict[str, str] = {}  # method -> the distribution that brings it
         for n in names:
             try:
                 method_class(n)
             except UnknownNameError:
-                missing[n] = DEFAULT_METHODS[n]
-        if missing:
-            names = [n for n in names if n not in missing]
-            why = {d: missing_default_reason(d) for d in sorted(set(missing.values()))}
+                absent[n] = DEFAULT_METHODS[n]
+        if absent:
+            names = [n for n in names if n not in absent]
+            why = {d: missing_default_reason(d) for d in sorted(set(absent.values()))}
             reason = "; ".join(why.values())
             if not names:
-                raise RestorekitError(f"demo: none of its default methods ({', '.join(missing)}) is available: {reason}")
-            unavailable.update({n: why[d] for n, d in missing.items()})
+                raise RestorekitError(f"demo: none of its default methods ({', '.join(absent)}) is available: {reason}")
+            unavailable.update({n: why[d] for n, d in absent.items()})
             if not quiet:
-                click.echo(f"note: the demo leaves out {', '.join(missing)}: {reason}", err=True)
+                click.echo(f"note: the demo leaves out {', '.join(absent)}: {reason}", err=True)
     for n in names:  # a name that is not a method is a typo, not a method missing its weights
         try:
             method_class(n)

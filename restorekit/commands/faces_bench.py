@@ -41,7 +41,7 @@ def synthetic_group_photo() -> tuple[torch.Tensor, int]:
     def t(a: Any) -> torch.Tensor:
         return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
 
-    placements = [dict(face=0, x=80, y=80, eye_distance=20, angle=0, mirror=0),
+    placements: list[dict[str, float]] = [dict(face=0, x=80, y=80, eye_distance=20, angle=0, mirror=0),
                   dict(face=0, x=210, y=95, eye_distance=28, angle=14, mirror=1),
                   dict(face=0, x=330, y=80, eye_distance=17, angle=-9, mirror=0),
                   dict(face=0, x=130, y=215, eye_distance=24, angle=-18, mirror=1),

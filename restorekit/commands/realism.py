@@ -173,10 +173,10 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
     for f in report.figures:
         click.echo(f"{f.space}: {f.summary}")
     if report.faces is not None:
-        f = report.faces
-        share = "n/a" if math.isnan(f.share) else f"{100 * f.share:.0f}%"
-        at = f" at truncation {f.truncation}" if f.truncation is not None else ""
-        click.echo(f"faces found by {f.detector}: {f.found}/{f.n} ({share}){at}")
+        faces = report.faces
+        share = "n/a" if math.isnan(faces.share) else f"{100 * faces.share:.0f}%"
+        at = f" at truncation {faces.truncation}" if faces.truncation is not None else ""
+        click.echo(f"faces found by {faces.detector}: {faces.found}/{faces.n} ({share}){at}")
     if not quiet:
         click.echo(f"note: {report.note}", err=True)
     if report.skipped:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import click
 import torch
@@ -25,6 +25,16 @@ from ..seeds import SEED
 
 if TYPE_CHECKING:
     from ..faces.reruns import DetectPlan
+
+
+class _Limits(TypedDict):
+    """The size limits :func:`~restorekit.batch.check_inputs` and :func:`~restorekit.batch.process_files`
+    both take, by keyword."""
+
+    max_pixels: int
+    out_scale: int
+    n_outputs: int
+    max_output_pixels: int | None
 
 
 def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -177,7 +187,7 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             values, items, settings, plan = job.together(prepare)
         with output_held(output, "run", job):  # this run alone writes into --output, to its end
             job.together(check_settings)
-            limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
+            limits: _Limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
                       "max_output_pixels": max_output_pixels}
             # Inputs whose outputs all exist are skipped (photos: finished ones): only the others' headers
             # are read here (a rerun of a finished folder reads none, and builds no method).

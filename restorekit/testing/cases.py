@@ -148,10 +148,10 @@ def collect_cases(plugin: str | None = None, *, kinds: list[str] | tuple[str, ..
         raise c.ConformanceError(f"unknown kinds {bad}; known: {', '.join((*KINDS, COMMANDS))}")
     if not reg.commands_checked:
         add_commands(reg, core_cli(), strict=False)
-    clashing = [r for key, r in reg.plugins.items() if plugin is not None and key.startswith(f"{plugin} (")
-                and r.name == plugin]
-    if clashing:  # two distributions declare this name: listed apart, and broken
-        return [ConformanceCase(plugin, "plugin", plugin, None, broken=clashing[0].status)]
+    if plugin is not None:
+        clashing = [r for key, r in reg.plugins.items() if key.startswith(f"{plugin} (") and r.name == plugin]
+        if clashing:  # two distributions declare this name: listed apart, and broken
+            return [ConformanceCase(plugin, "plugin", plugin, None, broken=clashing[0].status)]
     if plugin is not None and plugin not in reg.plugins:
         names = sorted(reg.plugins)
         excluded = " or RESTOREKIT_LOAD_PLUGINS leaves it out" if "RESTOREKIT_LOAD_PLUGINS" in os.environ else ""

@@ -477,15 +477,15 @@ def check_metric(cls: type[Metric], *, scale: int = 2, size: int = 32, allow_nan
     m = cls()
     m.setup(torch.device("cpu"))
     hr = target if target is not None else smooth_batch(2, size, size)
-    noisy = pred if pred is not None else (hr + 0.05 * (sample_batch(*hr.shape[:1], *hr.shape[-2:], seed=1) - 0.5)
-                                           ).clamp(0, 1)
+    noisy = pred if pred is not None else (
+        hr + 0.05 * (sample_batch(hr.shape[0], hr.shape[-2], hr.shape[-1], seed=1) - 0.5)).clamp(0, 1)
     lr = downscale(hr, scale)
     face = None
     if nan_label and require_face:
         img = face_image if face_image is not None else default_face_image()
         if img is not None:
             face_hr = (img if img.dim() == 4 else img[None]).float()
-            face_pred = (face_hr + 0.05 * (sample_batch(face_hr.shape[0], *face_hr.shape[-2:], seed=2) - 0.5)
+            face_pred = (face_hr + 0.05 * (sample_batch(face_hr.shape[0], face_hr.shape[-2], face_hr.shape[-1], seed=2) - 0.5)
                          ).clamp(0, 1)
             face = (face_hr, face_pred, downscale(face_hr, scale))
     with _keeps_global_state(str(name), "the first __call__ (warm-up)", rng_once=True):  # lazy init may draw
@@ -742,7 +742,7 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
             out[k] = v.detach().clone().requires_grad_(v.is_floating_point()) if isinstance(v, Tensor) else v
         return out
 
-    with _keeps_global_state(name, "the first __call__ (warm-up)", rng_once=True):  # lazy init may draw
+    with _keeps_global_state(str(name), "the first __call__ (warm-up)", rng_once=True):  # lazy init may draw
         try:
             loss(wrong.clone().requires_grad_(True), target.clone(), **ctx())
         except (ConformanceError, WeightsMissing):

@@ -237,7 +237,8 @@ class SRPairDataset(Dataset[dict[str, Any]]):
     def _load_readable(self, index: int) -> tuple[int, Tensor, list[str]]:
         """``(i, load_hr(i), warnings)`` for the first readable file from ``index`` on (cyclically);
         a warning for each file found unreadable on the way (once per file in this process)."""
-        n, said = len(self.files), []
+        n = len(self.files)
+        said: list[str] = []
         for k in range(n):
             i = (index + k) % n
             if i in self._bad:

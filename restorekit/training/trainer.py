@@ -34,7 +34,7 @@ import signal
 import sys
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -817,7 +817,7 @@ class Trainer:
         self.logs.append(self.log_path, record)
 
     # -- data --------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[Any]:
+    def _batches(self) -> Generator[Any, None, None]:
         """Micro-batches from the current position (``step·grad_accum``), across epochs."""
         cfg = self.config
         sampler = ResumableSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
@@ -1004,7 +1004,7 @@ class Trainer:
         start = time.monotonic()
         last_ckpt: Path | None = None
         check_stop_steps(self.step, cfg.steps, until)
-        batches = self._batches() if self.step < cfg.steps else (b for b in ())
+        batches = self._batches()  # (a generator: nothing is loaded before the first step asks for a batch)
         first = self.step
         window: dict[str, Tensor] = {}
         n_window = 0

@@ -106,9 +106,10 @@ def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, tim
         from .download import download
 
         try:
-            sha, url = download(wf.urls, folder / wf.filename, sha256=wf.sha256 or (first and first.sha256),
-                                size=wf.size or (first and first.size), quiet=quiet, retries=retries,
-                                timeout=timeout, label=f"{name}/{wf.filename}")
+            sha, url = download(wf.urls, folder / wf.filename,
+                                sha256=wf.sha256 or (first.sha256 if first is not None else None),
+                                size=wf.size or (first.size if first is not None else None), quiet=quiet,
+                                retries=retries, timeout=timeout, label=f"{name}/{wf.filename}")
         except IntegrityError as exc:
             cache.cleanup_empty(folder)
             if first is None:

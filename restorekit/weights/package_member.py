@@ -161,16 +161,16 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
     except tarfile.TarError as exc:
         raise RestorekitError(f"{name} is not a readable archive: {exc}") from exc
     with tf:
-        infos = [i for i in tf.getmembers() if i.isfile() and _member_matches(i.name, member)]
-        if len(infos) != 1:
-            raise RestorekitError(f"{name} has {len(infos)} members matching '{member}'")
-        if infos[0].size > _MAX_MEMBER:
-            raise RestorekitError(f"member '{member}' of {name} is too large ({infos[0].size} bytes)")
-        src = tf.extractfile(infos[0])
-        if src is None:
+        members = [i for i in tf.getmembers() if i.isfile() and _member_matches(i.name, member)]
+        if len(members) != 1:
+            raise RestorekitError(f"{name} has {len(members)} members matching '{member}'")
+        if members[0].size > _MAX_MEMBER:
+            raise RestorekitError(f"member '{member}' of {name} is too large ({members[0].size} bytes)")
+        data = tf.extractfile(members[0])
+        if data is None:
             raise RestorekitError(f"member '{member}' of {name} cannot be read")
-        with src, open(dest, "wb") as out:
-            _copy(src, out)
+        with data, open(dest, "wb") as out:
+            _copy(data, out)
     return dest
 
 

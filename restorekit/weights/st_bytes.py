@@ -67,12 +67,19 @@ def safetensors_bytes(tensors: Mapping[str, Tensor | np.ndarray],
     tensors, or numpy arrays (all of them; then torch is not imported)."""
     import numpy as np
 
-    tensors = dict(tensors)
-    if tensors and all(isinstance(v, np.ndarray) for v in tensors.values()):
-        from safetensors.numpy import save
-    else:
-        from safetensors.torch import save
-    return canonical_header(save(tensors, metadata=dict(metadata) if metadata is not None else None))
+    meta = dict(metadata) if metadata is not None else None
+    arrays = {k: v for k, v in tensors.items() if isinstance(v, np.ndarray)}
+    others = {k: v for k, v in tensors.items() if not isinstance(v, np.ndarray)}
+    if arrays and others:
+        raise ValueError(f"safetensors_bytes: torch tensors ({next(iter(others))!r}…) and numpy arrays "
+                         f"({next(iter(arrays))!r}…) mixed; pass one kind")
+    if arrays:
+        from safetensors.numpy import save as save_arrays
+
+        return canonical_header(save_arrays(arrays, metadata=meta))
+    from safetensors.torch import save
+
+    return canonical_header(save(others, metadata=meta))
 
 
 def sort_metadata_in_place(path: str | os.PathLike[str]) -> None:

@@ -338,6 +338,9 @@ class VGGLoss(nn.Module):
     ``"imagenet"`` ``(x − mean)/std`` with ImageNet's mean and std.
     """
 
+    mean: Tensor  # buffers
+    std: Tensor
+
     def __init__(self, weights: WeightsArg = "lpips-vgg", *, allow_random_vgg: bool = False,
                  vgg_input: VGGInput = "official") -> None:
         super().__init__()
@@ -384,7 +387,7 @@ class VGGLoss(nn.Module):
         return total
 
 
-def _load_vgg_state(weights: WeightsArg) -> Mapping[str, Tensor]:
+def _load_vgg_state(weights: Mapping[str, Tensor] | str | os.PathLike[str]) -> Mapping[str, Tensor]:
     if isinstance(weights, Mapping):
         return weights
     from restorekit.weights import load_state_dict

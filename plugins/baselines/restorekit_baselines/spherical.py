@@ -244,7 +244,7 @@ def optimise_latents(
                     assert best_w is not None
                     best_img = torch.where(_rows(better, img), img.detach(), best_img)
                     best_w = torch.where(_rows(better, w_plus), w_plus.detach(), best_w)
-                    if best_noise is not None and noise_vars:
+                    if best_noise is not None and noise is not None and noise_vars:
                         best_noise = [torch.where(_rows(better, t), t.detach(), b) for b, t in zip(best_noise, noise)]
                 best_mse = torch.where(better, mse.detach(), best_mse)
                 best_loss = torch.where(better, per.detach(), best_loss)

@@ -169,20 +169,22 @@ def bench_generator(resolution: int = 1024, batch: int = 1, device: str = "cpu",
         keep_freed_memory_for(dev, resolution)  # as psp_sr's keep_memory does
     wp = torch.randn(batch, g.n_styles, g.style_dim, device=dev)
     gc.collect()
+    cuda_base = 0  # bytes allocated on the GPU
+    rss_base: float | None = None  # MB resident (None: not known here)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
+        cuda_base = torch.cuda.memory_allocated(dev)
     else:
-        base = _maxrss_mb()
+        rss_base = _maxrss_mb()
     with torch.inference_mode():
         g.synthesize(wp)
         sync(dev)
     if dev.type == "cuda":
-        peak, kind = (torch.cuda.max_memory_allocated(dev) - base) / 2**20, "cuda max_memory_allocated"
-    elif base is None or (now := _maxrss_mb()) is None:
+        peak, kind = (torch.cuda.max_memory_allocated(dev) - cuda_base) / 2**20, "cuda max_memory_allocated"
+    elif rss_base is None or (now := _maxrss_mb()) is None:
         peak, kind = 0.0, "not measured (no getrusage here)"
     else:
-        peak, kind = max(0.0, now - base), "peak RSS growth (getrusage)"
+        peak, kind = max(0.0, now - rss_base), "peak RSS growth (getrusage)"
 
     samples = measure_samples(lambda: g.synthesize(wp), dev, wp.dtype, repeats=repeats)
     m = samples.measure

@@ -366,8 +366,9 @@ def psp_official_state(model: PSP, opts: Mapping[str, Any] | None = None) -> dic
         "learn_in_w": bool(model.learn_in_w),
         "start_from_latent_avg": bool(model.start_from_latent_avg),
     }
-    if model.learn_in_w and getattr(enc, "input_size", 256) != 256:
-        derived[INPUT_SIZE_OPT] = int(enc.input_size)
+    input_size = getattr(enc, "input_size", 256)
+    if model.learn_in_w and input_size != 256:
+        derived[INPUT_SIZE_OPT] = int(input_size)
     full_opts = {k: v for k, v in dict(opts or {}).items() if k != RECON_RESIZE_OPT}
     if model.restyle_iterations is not None:
         derived["n_iters_per_batch"] = int(model.restyle_iterations)

@@ -15,14 +15,14 @@ convention and mapped to ``[-1, 1]`` inside.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops import FusedLeakyReLU, Impl, upfirdn2d
-from .stylegan2 import BLUR_KERNEL, EqualLinear, channels_for
+from .stylegan2 import BLUR_KERNEL, ChannelTable, EqualLinear, channels_for
 
 
 class EqualConv2d(nn.Module):
@@ -46,6 +46,8 @@ class EqualConv2d(nn.Module):
 
 class _Blur(nn.Module):
     """FIR low-pass before a stride-2 conv (``upfirdn2d`` with a separable filter)."""
+
+    kernel: Tensor  # buffer
 
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], impl: Impl) -> None:
         super().__init__()
@@ -108,7 +110,7 @@ class StyleGAN2Discriminator(nn.Module):
     """The residual discriminator for ``resolution``-px images; ``forward`` returns ``N`` logits."""
 
     def __init__(self, resolution: int = 1024, channel_multiplier: int = 2, *, channel_max: int = 512,
-                 channels: Mapping[int | str, int] | None = None, mbstd_group: int = 4,
+                 channels: ChannelTable | None = None, mbstd_group: int = 4,
                  blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto") -> None:
         super().__init__()
         log_size = int(math.log2(resolution))

@@ -26,12 +26,16 @@ layers as grouped convolutions, was no faster (batch 1 and 8; docs/performance.m
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fast_irse import FoldedBackbone
+
+if TYPE_CHECKING:
+    from .encoder import BackboneEncoder, BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder, _HeadedEncoder
 
 
 def _sources(module: nn.Module) -> list[Tensor]:
@@ -59,7 +63,8 @@ def _channels_last_in_place(modules: Iterable[nn.Module]) -> None:
 class InferencePath:
     """Fast eval-mode forward of a pSp encoder (see the module docstring)."""
 
-    def __init__(self, encoder: nn.Module, memory_format: torch.memory_format | None) -> None:
+    def __init__(self, encoder: _HeadedEncoder | BackboneEncoderUsingLastLayerIntoW,
+                 memory_format: torch.memory_format | None) -> None:
         self.memory_format = memory_format
         self._backbone_modules = (encoder.input_layer, encoder.body)
         self._backbone_sources = [t for m in self._backbone_modules for t in _sources(m)]
@@ -123,7 +128,7 @@ def _codes(path: InferencePath, styles: Iterable[nn.Module], feats: list[Tensor]
     return torch.baddbmm(b, torch.stack(feats), w).transpose(0, 1).contiguous()
 
 
-def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
+def gradual_style_forward(encoder: GradualStyleEncoder, path: InferencePath, x: Tensor) -> Tensor:
     """:class:`~.encoder.GradualStyleEncoder`'s forward on the inference path."""
     t1, t2, t3 = encoder._taps
     _, (c1, c2, c3) = path.backbone()(x, (t1, t2, t3))
@@ -136,13 +141,13 @@ def gradual_style_forward(encoder: nn.Module, path: InferencePath, x: Tensor) ->
     return _codes(path, styles, feats, x)
 
 
-def backbone_heads_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
+def backbone_heads_forward(encoder: BackboneEncoder, path: InferencePath, x: Tensor) -> Tensor:
     """:class:`~.encoder.BackboneEncoder`'s forward on the inference path."""
     top, _ = path.backbone()(x)
     return _codes(path, encoder.styles, [_head_features(head, top) for head in encoder.styles], x)
 
 
-def single_w_forward(encoder: nn.Module, path: InferencePath, x: Tensor) -> Tensor:
+def single_w_forward(encoder: BackboneEncoderUsingLastLayerIntoW, path: InferencePath, x: Tensor) -> Tensor:
     """:class:`~.encoder.BackboneEncoderUsingLastLayerIntoW`'s forward on the inference path."""
     top, _ = path.backbone()(x)
     w, b = path.linears([encoder.linear])
@@ -155,7 +160,9 @@ def optimize_encoder(encoder: nn.Module, *, channels_last: bool | None = None) -
 
     ``channels_last``: default on CPU (where it pays), off elsewhere.
     """
-    if not hasattr(encoder, "inference_path"):
+    from .encoder import BackboneEncoderUsingLastLayerIntoW, _HeadedEncoder
+
+    if not isinstance(encoder, (_HeadedEncoder, BackboneEncoderUsingLastLayerIntoW)):
         raise TypeError(f"{type(encoder).__name__} has no inference path (pSp's and ReStyle's encoders have)")
     if channels_last is None:
         channels_last = next(encoder.parameters()).device.type == "cpu"

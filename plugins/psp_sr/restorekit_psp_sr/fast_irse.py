@@ -64,6 +64,7 @@ class BorderCorrection:
             with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in any mode
                 full = self.bias.full(h, w).to(device=out.device, dtype=out.dtype)
                 p = self.bias.padding
+                parts: tuple[Tensor, ...]
                 if h > 2 * p and w > 2 * p:  # only the border ring is non-zero
                     parts = (full[:, :p], full[:, h - p:], full[:, p:h - p, :p], full[:, p:h - p, w - p:])
                 else:

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """``(scale, shift)`` in float64 with ``bn(x) = scale·x + shift`` in eval mode."""
+    if bn.running_var is None or bn.running_mean is None:  # track_running_stats=False: batch statistics
+        raise ValueError(f"{bn}: keeps no running statistics, so it is no fixed affine map to fold")
     var = bn.running_var.detach().double()
     mean = bn.running_mean.detach().double()
     inv = torch.rsqrt(var + bn.eps)

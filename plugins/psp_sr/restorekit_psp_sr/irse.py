@@ -17,6 +17,7 @@ widths 32-256).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -160,7 +161,7 @@ def make_body(cfg: BackboneConfig) -> nn.Sequential:
     return nn.Sequential(*[IRBlock(b.in_channel, b.depth, b.stride, red) for b in cfg.blocks()])
 
 
-def infer_backbone_config(state_dict: dict[str, Tensor], prefix: str = "") -> BackboneConfig:
+def infer_backbone_config(state_dict: Mapping[str, Tensor], prefix: str = "") -> BackboneConfig:
     """Read a :class:`BackboneConfig` back from ``body.N`` weights (stages = runs of equal width).
 
     Raises ``ValueError`` naming the problem when the keys do not describe an IR backbone.

@@ -338,9 +338,11 @@ def load_psp_model(path: str | os.PathLike[str], **generator_kwargs: Any) -> tup
 
     model = load_psp_official(p, **generator_kwargs)
     opts = model.official_opts
+    if opts is None:
+        raise RestorekitError(f"{p}: the pSp import recorded no training options")
     factors = list(opts.resize_factors) if opts.resize_factors else [1, 2, 4, 8, 16, 32]
-    cfg: dict[str, Any] = {"format": "official", "training": {"factors": factors}, "license": "", "name": p.stem,
-                           "start_from_latent_avg": model.start_from_latent_avg}
+    cfg = {"format": "official", "training": {"factors": factors}, "license": "", "name": p.stem,
+           "start_from_latent_avg": model.start_from_latent_avg}
     if model.restyle_iterations is not None:
         cfg.update(restyle_iterations=model.restyle_iterations, restyle_recon_resize=model.restyle_recon_resize)
     return model, cfg

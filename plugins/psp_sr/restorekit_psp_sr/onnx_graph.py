@@ -58,6 +58,8 @@ class StaticFIR(nn.Module):
     depthwise (transposed) convolutions whose kernel is a buffer of static shape.
     """
 
+    weight: Tensor  # buffer
+
     def __init__(self, kernel_1d: Tensor, channels: int, *, up: int = 1, pad: tuple[int, int] = (0, 0),
                  gain: float = 1.0) -> None:
         super().__init__()
@@ -146,21 +148,23 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
     graph = PSPInferenceGraph(method.model)
     s, r = graph.input_size, graph.resolution
     info = dict(getattr(method, "weights_info", {}) or {})
+    built_in: dict[str, object] = {
+        "input_size": s, "resolution": r, "noise": "const (stored buffers)",
+        "input": f"faces in [0, 1] at {s}×{s} (resized by the caller: the method's input_resize)",
+        "output": f"{r}×{r} in [0, 1], clamped (resized to scale × input by the caller)"}
+    passes = graph.psp.restyle_iterations
+    if passes is not None:  # unrolled in the graph: fixed at export (--opt restyle_iterations=N)
+        built_in["restyle_iterations"] = passes
+        if graph.psp.restyle_recon_resize != DEFAULT_RECON_RESIZE:  # absent: restorekit's own (older sidecars)
+            built_in["restyle_recon_resize"] = graph.psp.restyle_recon_resize
     metadata = {
         "method": "psp_sr",
         "weights": info.get("name"),
         "weights_file": Path(info["file"]).name if info.get("file") else None,  # its name: no user's path
         "weights_sha256": info.get("sha256"),
         "license": info.get("license"),
-        "graph": {"input_size": s, "resolution": r, "noise": "const (stored buffers)",
-                  "input": f"faces in [0, 1] at {s}×{s} (resized by the caller: the method's input_resize)",
-                  "output": f"{r}×{r} in [0, 1], clamped (resized to scale × input by the caller)"},
+        "graph": built_in,
     }
-    passes = graph.psp.restyle_iterations
-    if passes is not None:  # unrolled in the graph: fixed at export (--opt restyle_iterations=N)
-        metadata["graph"]["restyle_iterations"] = passes
-        if graph.psp.restyle_recon_resize != DEFAULT_RECON_RESIZE:  # absent: restorekit's own (older sidecars)
-            metadata["graph"]["restyle_recon_resize"] = graph.psp.restyle_recon_resize
 
     def prepare(lr: Tensor, scale: int) -> Tensor:
         method._check_input(lr)

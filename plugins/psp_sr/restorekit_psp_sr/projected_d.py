@@ -39,6 +39,9 @@ _STD = (0.229, 0.224, 0.225)
 class FrozenAlexNet(nn.Module):
     """AlexNet's convolutional trunk (torchvision layout), frozen, returning four taps."""
 
+    mean: Tensor  # buffers
+    std: Tensor
+
     def __init__(self, state: Mapping[str, Tensor] | None = None) -> None:
         super().__init__()
         self.convs = nn.ModuleDict({str(i): nn.Conv2d(cin, cout, k, stride=s, padding=p)

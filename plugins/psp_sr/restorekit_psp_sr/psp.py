@@ -34,7 +34,7 @@ generator with ``n`` styles, so the coarse and medium styles (pose, shape) stay 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ from torch import Tensor, nn
 from restorekit.interfaces import Encoder, Generator
 
 from .encoder import BackboneEncoderUsingLastLayerIntoW, pool_input, resize_input
+
+if TYPE_CHECKING:
+    from .checkpoint_psp import PSPOptions
 
 NoiseMode = Literal["const", "random"]
 #: How a ReStyle model brings the generator's images to its encoder's input size (module docstring).
@@ -111,8 +114,8 @@ class PSP(nn.Module):
         if restyle_recon_resize not in RECON_RESIZES:
             raise ValueError(f"restyle_recon_resize {restyle_recon_resize!r} is not one of {', '.join(RECON_RESIZES)}")
         self.restyle_recon_resize: ReconResize = restyle_recon_resize
-        # The official training options when imported from a pSp checkpoint (checkpoint_psp.PSPOptions).
-        self.official_opts: object | None = None
+        # The official training options when imported from a pSp checkpoint.
+        self.official_opts: PSPOptions | None = None
 
     @property
     def n_styles(self) -> int:

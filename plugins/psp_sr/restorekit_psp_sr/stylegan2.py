@@ -37,6 +37,8 @@ from .ops import FusedLeakyReLU, Impl, fused_bias_act, upfirdn2d
 
 BLUR_KERNEL = (1, 3, 3, 1)
 RESOLUTIONS = tuple(2**i for i in range(5, 11))  # 32 … 1024
+#: An explicit width per resolution: int keys, or str keys as a JSON config holds them.
+ChannelTable = Mapping[int, int] | Mapping[str, int]
 
 
 def channels_for(resolution: int, channel_multiplier: int = 2, channel_max: int = 512) -> int:
@@ -120,6 +122,9 @@ class Blur(nn.Module):
     """FIR filter (``upfirdn2d`` with up = down = 1). ``kernel`` is rosinality's 2-D buffer;
     the computation uses the equivalent separable 1-D filter."""
 
+    kernel: Tensor  # buffers
+    kernel_1d: Tensor
+
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], gain: float = 1.0,
                  impl: Impl = "auto") -> None:
         super().__init__()
@@ -162,6 +167,9 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """×2 upsampling with a FIR filter (ToRGB skip path); ``kernel`` as in rosinality."""
+
+    kernel: Tensor  # buffers
+    kernel_1d: Tensor
 
     def __init__(self, kernel: Sequence[float], factor: int = 2, impl: Impl = "auto") -> None:
         super().__init__()
@@ -230,7 +238,7 @@ class ModulatedConv2d(nn.Module):
         key = (wt.data_ptr(), wt._version, wt.dtype, wt.device, torch.is_inference_mode_enabled(), fmt) \
             if cacheable else None
         cache = self._cache  # read once: another thread may replace it between a check and a use
-        if cacheable and cache is not None and cache[0] == key:
+        if key is not None and cache is not None and cache[0] == key:
             return cache[1]
         w = wt[0] * self.scale
         w2 = w.square().sum([2, 3]) if self.demodulate else w.new_empty(0)
@@ -238,7 +246,7 @@ class ModulatedConv2d(nn.Module):
         if fmt is not None:
             w = w.contiguous(memory_format=fmt)
             w_t = w_t.contiguous(memory_format=fmt) if w_t is not None else None
-        if cacheable:
+        if key is not None:  # (cacheable)
             self._cache = (key, (w, w2, w_t))
         return w, w2, w_t
 
@@ -366,7 +374,7 @@ class StyleGAN2Generator(Generator):
     def __init__(self, resolution: int = 1024, style_dim: int = 512, n_mlp: int = 8,
                  channel_multiplier: int = 2, *, channel_max: int = 512, lr_mlp: float = 0.01,
                  blur_kernel: Sequence[float] = BLUR_KERNEL, impl: Impl = "auto",
-                 channels: Mapping[int | str, int] | None = None) -> None:
+                 channels: ChannelTable | None = None) -> None:
         super().__init__()
         if resolution not in RESOLUTIONS:
             raise ValueError(f"StyleGAN2 resolution must be a power of two in 32…1024, got {resolution}")

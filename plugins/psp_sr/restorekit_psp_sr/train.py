@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -40,8 +40,12 @@ from torch import Tensor, nn
 
 from restorekit.errors import RestorekitError, exception_line
 from restorekit.interfaces import Loss
-from restorekit.training import TrainConfig, Trainer, psnr, sr_datasets
+from restorekit.training import TrainConfig, Trainer, TrainingError, psnr, sr_datasets
 from restorekit.weights import weights_file
+
+if TYPE_CHECKING:
+    from .psp import PSP
+
 
 STYLEGAN2_FORMAT = "restorekit.stylegan2/1"
 
@@ -286,7 +290,7 @@ class PSPTrainer(Trainer):
     name: ClassVar[str] = "psp_sr"  # type: ignore[misc]
     Config: ClassVar[type[TrainConfig]] = PSPTrainConfig  # type: ignore[misc]
     config: PSPTrainConfig
-
+    model: PSP
 
     def __init__(self, config: PSPTrainConfig, model: Any, train_data: Any, val_data: Any = None, *,
                  losses: dict[str, Loss] | None = None, **kwargs: Any) -> None:
@@ -304,10 +308,13 @@ class PSPTrainer(Trainer):
     @classmethod
     def build(cls, config: TrainConfig, *, quiet: bool = False) -> "PSPTrainer":
         assert isinstance(config, PSPTrainConfig)
+        root = config.data.root
+        if root is None:  # (before the networks are built)
+            raise TrainingError("psp_sr: no training data (pass --data DIR or set data.root)")
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
             torch.manual_seed(config.seed)
             model = build_psp(config)
-        train, val = sr_datasets(config.data.root, config.encoder_input_size, config.data,
+        train, val = sr_datasets(root, config.encoder_input_size, config.data,
                                  hr_size=cls.hr_size(config, model.decoder.resolution), seed=config.seed)
         return cls(config, model, train, val, quiet=quiet)
 

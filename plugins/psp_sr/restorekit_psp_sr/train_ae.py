@@ -24,14 +24,18 @@ already inverts the generator).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from restorekit.interfaces import Loss
-from restorekit.training import Betas, TrainConfig, Trainer, psnr, sr_datasets
+from restorekit.training import Betas, TrainConfig, Trainer, TrainingError, psnr, sr_datasets
+
+if TYPE_CHECKING:
+    from .encoder import GradualStyleEncoder
+    from .stylegan2 import StyleGAN2Generator
 
 
 class AEConfig(TrainConfig):
@@ -75,9 +79,10 @@ class StyleGAN2AutoEncoder(nn.Module):
     """Encoder into W+, StyleGAN2 decoder; ``forward`` also maps ``z`` so that every trained
     parameter is used inside one call (what DistributedDataParallel needs)."""
 
-    codes_mean: Tensor
+    codes_mean: Tensor  # buffers
+    codes_seen: Tensor
 
-    def __init__(self, encoder: nn.Module, generator: nn.Module) -> None:
+    def __init__(self, encoder: GradualStyleEncoder, generator: StyleGAN2Generator) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = generator
@@ -151,6 +156,7 @@ class AETrainer(Trainer):
     name: ClassVar[str] = "stylegan2_ae"  # type: ignore[misc]
     Config: ClassVar[type[TrainConfig]] = AEConfig  # type: ignore[misc]
     config: AEConfig
+    model: StyleGAN2AutoEncoder
 
     def __init__(self, config: AEConfig, model: StyleGAN2AutoEncoder, train_data: Any, val_data: Any = None, *,
                  losses: dict[str, Loss] | None = None, **kwargs: Any) -> None:
@@ -162,11 +168,14 @@ class AETrainer(Trainer):
     @classmethod
     def build(cls, config: TrainConfig, *, quiet: bool = False) -> "AETrainer":
         assert isinstance(config, AEConfig)
+        root = config.data.root
+        if root is None:  # (before the networks are built)
+            raise TrainingError("stylegan2_ae: no training data (pass --data DIR or set data.root)")
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
             torch.manual_seed(config.seed)
             model = build_autoencoder(config)
         res = model.decoder.resolution
-        train, val = sr_datasets(config.data.root, model.encoder.input_size, config.data, hr_size=res,
+        train, val = sr_datasets(root, model.encoder.input_size, config.data, hr_size=res,
                                  seed=config.seed)
         return cls(config, model, train, val, quiet=quiet)
 

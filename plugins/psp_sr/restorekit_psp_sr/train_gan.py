@@ -64,7 +64,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,9 @@ from restorekit.training.trainer import (CKPT_DIR, CKPT_FORMAT, LogFiles, Traini
                                          prune_checkpoints, restoring, resume_checkpoint, rng_state, resume_warning,
                                          run_subfolder, seed_everything, set_rng_state, start_log, trim_log,
                                          warn_changed_settings, warn_optimizer_changes)
+
+if TYPE_CHECKING:
+    from .stylegan2 import StyleGAN2Generator
 
 TRAINER_NAME = "stylegan2"
 #: The run folder's snapshot subfolder; like ``checkpoints/``, refused when it is a symbolic link.
@@ -311,7 +314,7 @@ class GANModels(nn.Module):
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
 
 
-def mixed_styles(G: nn.Module, batch: int, style_mixing: float, device: torch.device) -> Tensor:
+def mixed_styles(G: StyleGAN2Generator, batch: int, style_mixing: float, device: torch.device) -> Tensor:
     """W+ for ``batch`` fresh latents, with StyleGAN2's style mixing (no host synchronisation)."""
     z = torch.randn(2, batch, G.z_dim, device=device)
     w = G.map(z.flatten(0, 1)).view(2, batch, -1)
@@ -327,7 +330,7 @@ def mixed_styles(G: nn.Module, batch: int, style_mixing: float, device: torch.de
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """``ema ← beta·ema + (1 − beta)·model`` for parameters; buffers copied."""
-    ep = [p for p in ema.parameters()]
+    ep: list[Tensor] = list(ema.parameters())
     mp = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ep, mp, 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
