@@ -337,10 +337,16 @@ def _stdout_is_broken() -> bool:
         return True
 
 
+#: The wrapper click puts around a closed stdout: ``_PacifyFlushWrapper`` since click 8.2, where
+#: ``PacifyFlushWrapper`` is a deprecated alias (a DeprecationWarning on every use; gone in click 9).
+_PACIFIED: tuple[type, ...] = tuple(w for w in (getattr(click.utils, "_PacifyFlushWrapper", None),)
+                                    if isinstance(w, type)) or (click.utils.PacifyFlushWrapper,)
+
+
 def _stdout_went_away() -> bool:
     """Whether a library has already handled a closed stdout: click wraps it to ignore the failed
     flush, rich points it at /dev/null."""
-    if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+    if isinstance(sys.stdout, _PACIFIED):
         return True
     now = _stdout_identity()
     try:

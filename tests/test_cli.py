@@ -301,3 +301,15 @@ def test_degrade_takes_the_largest_seed(hr_folder, tmp_path):
                "--seed", str(2**64 - 1), "-q")
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("*.png"))) == 4
+
+
+def test_the_closed_stdout_check_uses_no_deprecated_click_name():
+    """click.utils.PacifyFlushWrapper is a deprecated alias (DeprecationWarning on each use, removed in
+    click 9): the broken-pipe path read it on every exit 1."""
+    import warnings
+
+    from restorekit import cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli._stdout_went_away() in (True, False)
