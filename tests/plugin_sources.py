@@ -59,6 +59,38 @@ def register_metrics(register):
     register(MeanAbs)
 '''
 
+# A third-party degradation step ('gamma3p'); a test edits OFFSET between runs, as an upgrade would.
+GAMMA_PLUGIN = '''
+from typing import ClassVar
+from pydantic import Field
+from restorekit.degradations import spec_number
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Degradation, Options
+
+OFFSET = 0.0
+
+
+class GammaParams(Options):
+    gamma: float = Field(gt=0, le=5, description="exponent")
+
+
+class Gamma(Degradation):
+    name: ClassVar[str] = "gamma3p"
+    Params = GammaParams
+
+    def __call__(self, hr, *, generator=None):
+        return hr.clamp(0, 1) ** (self.params.gamma + OFFSET)
+
+    def spec(self):
+        return f"gamma3p:{spec_number(self.params.gamma)}"
+
+
+@hookimpl
+def register_degradations(register):
+    register(Gamma)
+'''
+
+
 BROKEN_PLUGIN = '''
 raise ImportError("this plugin is broken on purpose")
 '''

@@ -20,37 +20,7 @@ from restorekit.degradations import MAX_SPEC_LENGTH, parse_spec, spec_number
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Degradation, Options
 
-# A third-party step whose behaviour (and code) the test edits between runs, as an upgrade would.
-GAMMA_PLUGIN = '''
-from typing import ClassVar
-from pydantic import Field
-from restorekit.degradations import spec_number
-from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Degradation, Options
-
-OFFSET = 0.0
-
-
-class GammaParams(Options):
-    gamma: float = Field(gt=0, le=5, description="exponent")
-
-
-class Gamma(Degradation):
-    name: ClassVar[str] = "gamma3p"
-    Params = GammaParams
-
-    def __call__(self, hr, *, generator=None):
-        return hr.clamp(0, 1) ** (self.params.gamma + OFFSET)
-
-    def spec(self):
-        return f"gamma3p:{spec_number(self.params.gamma)}"
-
-
-@hookimpl
-def register_degradations(register):
-    register(Gamma)
-'''
-
+from plugin_sources import GAMMA_PLUGIN
 
 def invoke(*args: object):
     return CliRunner().invoke(build_cli(), [str(a) for a in args], catch_exceptions=False)

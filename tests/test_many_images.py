@@ -21,6 +21,8 @@ from restorekit.cli import build_cli
 from restorekit.degradations import parse_spec
 from restorekit.images import list_inputs, read_image
 
+from plugin_sources import GAMMA_PLUGIN
+
 N = 100
 
 
@@ -135,35 +137,6 @@ def test_an_output_folder_link_pointed_at_the_inputs_midway_is_noticed(tmp_path)
     assert all("is an input file" in f["error"] for f in result.failed)
     assert sorted(p.name for p in first.iterdir()) == [f"img{i:04d}.png" for i in range(9)]
     assert sorted(p.name for p in src.iterdir()) == [f"img{i:04d}.png" for i in range(20)]
-
-
-GAMMA_PLUGIN = '''
-from typing import ClassVar
-from pydantic import Field
-from restorekit.degradations import spec_number
-from restorekit.hookspecs import hookimpl
-from restorekit.interfaces import Degradation, Options
-
-
-class GammaParams(Options):
-    gamma: float = Field(gt=0, le=5, description="exponent")
-
-
-class Gamma(Degradation):
-    name: ClassVar[str] = "gamma3p"
-    Params = GammaParams
-
-    def __call__(self, hr, *, generator=None):
-        return hr.clamp(0, 1) ** self.params.gamma
-
-    def spec(self):
-        return f"gamma3p:{spec_number(self.params.gamma)}"
-
-
-@hookimpl
-def register_degradations(register):
-    register(Gamma)
-'''
 
 
 def test_degrade_rerun_reads_each_output_record_once(tmp_path, monkeypatch, plugin_site):
