@@ -33,7 +33,7 @@ from .errors import RestorekitError
 
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
            "validate", "annotation_at", "model_from_signature", "weights_option", "WeightsRef", "FiniteFloatRange",
-           "takes_number", "structure_hint"]
+           "takes_number", "structure_hint", "holds_non_finite"]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -153,7 +153,7 @@ def coerce(key: str, annotation: Any, raw: Any) -> Any:
         return raw
     if _is_structured(inner):
         value = _literal(raw.strip())
-        if _holds_non_finite(value):
+        if holds_non_finite(value):
             raise OptionError(f"option '{key}' takes finite numbers; got {raw.strip()!r} (nan and inf are refused)")
         return value
     if _takes_float(inner) and _non_finite_text(raw):
@@ -193,14 +193,14 @@ def _non_finite_text(text: str) -> bool:
         return False
 
 
-def _holds_non_finite(value: Any) -> bool:
+def holds_non_finite(value: Any) -> bool:
     """Whether a parsed literal holds a NaN or infinite float anywhere (JSON's ``NaN``, TOML's ``inf``)."""
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(_holds_non_finite(v) for v in value.values())
+        return any(holds_non_finite(v) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return any(_holds_non_finite(v) for v in value)
+        return any(holds_non_finite(v) for v in value)
     return False
 
 

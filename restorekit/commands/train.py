@@ -31,8 +31,6 @@ the command says which one is wrong.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,22 +70,14 @@ def _leaves(data: Any, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]
         yield ".".join(parts), data
 
 
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, (list, tuple)):
-        return any(_non_finite(v) for v in value)
-    return False
-
-
 def check_config_file(path: Path, data: dict[str, Any], model: Any) -> None:
     """Refuse what a config file's values hold that validation lets through: a NaN or infinite
     number (TOML ``nan``/``inf``), anywhere in the file; ``true``/``false`` for a number setting
     (pydantic reads ``steps = true`` as 1 step)."""
-    from ..options import annotation_at, takes_number
+    from ..options import annotation_at, holds_non_finite, takes_number
 
     for key, value in _leaves(data):
-        if _non_finite(value):
+        if holds_non_finite(value):
             raise RestorekitError(f"{path}: setting '{key}' must be a finite number; got {value!r}")
         if isinstance(value, bool):
             if takes_number(annotation_at(model, key.split("."))):
