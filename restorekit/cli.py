@@ -8,7 +8,7 @@ the path and the fix; anything unexpected is one line asking for ``--debug`` (or
 ``RESTOREKIT_DEBUG=1``), which shows the traceback instead. Ctrl-C ends a command with
 "interrupted" and exit 130, SIGTERM (a scheduler's stop) with "terminated" and exit 143; the line
 goes on with what was kept where the command knows (``kept: …`` notes on the exception, see
-:mod:`restorekit.folder_lock`); atomic writes clean up their temporary files either way. Such a stop
+:func:`restorekit.errors.note_kept`); atomic writes clean up their temporary files either way. Such a stop
 is never raised inside an import (nor while the command starts): there it would be swallowed by the
 importing library (torch imports numpy so, and goes on without it), end a plugin's loading as if the
 plugin were broken, or abort the process in C++ (pybind11); it is delivered again as soon as the
@@ -205,8 +205,8 @@ def _interrupted(exc: BaseException | None = None) -> None:
 def stop_line(word: str, exc: BaseException | None) -> str:
     """``word`` ("interrupted", "terminated"), then what the command kept, as the code that kept it
     noted on the exception that stopped it (its innermost ``kept: …`` note,
-    :func:`restorekit.folder_lock.note_kept`)."""
-    from .folder_lock import kept_note
+    :func:`restorekit.errors.note_kept`)."""
+    from .errors import kept_note
 
     kept = kept_note(exc) if exc is not None else None
     return f"{word}; {kept}" if kept else word

@@ -92,3 +92,30 @@ def describe_os_error(exc: OSError, path: object = None, action: str = "write") 
     where = path if path is not None else (exc.filename if exc.filename is not None else "a file")
     reason = exc.strerror or str(exc) or type(exc).__name__
     return f"cannot {action} {where}: {reason}; {os_error_fix(exc)}"
+
+
+# -- stops (Ctrl-C, SIGTERM) and what a stopped command kept ----------------------------------
+
+#: How a note that says what a stopped command kept begins (:func:`note_kept`).
+KEPT = "kept: "
+
+
+def is_stop(exc: BaseException) -> bool:
+    """Whether ``exc`` is a stop from outside: Ctrl-C (``KeyboardInterrupt``) or a signal's exit
+    (``SystemExit`` with a code of 128 + the signal, as ``restorekit.cli`` raises on SIGTERM)."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(exc.code, int) and 128 < exc.code < 128 + 65)
+
+
+def note_kept(exc: BaseException, what: str) -> None:
+    """Note on the stop ``exc`` what the code it passes through kept (``what``: a sentence without
+    the leading "kept: "); the innermost note is the one said (:func:`kept_note`)."""
+    exc.add_note(KEPT + what)
+
+
+def kept_note(exc: BaseException) -> str | None:
+    """What the first :func:`note_kept` on ``exc`` said (without "kept: "), or None."""
+    for note in getattr(exc, "__notes__", None) or ():
+        if isinstance(note, str) and note.startswith(KEPT):
+            return note[len(KEPT):]
+    return None

@@ -11,7 +11,7 @@ ends (a holder killed outright leaves its lock file, unlocked: the next command 
 
 A stop (Ctrl-C, SIGTERM) that ends the hold of a folder removed at the end (``remove``: the output
 folder of ``run``, ``degrade``, ``generate`` or ``compare``, each of which a rerun of the same
-command resumes) notes on the exception what was kept there (:func:`note_kept`), which the
+command resumes) notes on the exception what was kept there (:func:`restorekit.errors.note_kept`), which the
 command's last line says (:func:`restorekit.cli.stop_line`).
 """
 
@@ -24,7 +24,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import FileSystemError, RestorekitError
+from .errors import FileSystemError, RestorekitError, is_stop, note_kept
 from .safe_open import NOFOLLOW, NONBLOCK
 
 #: Why a lock file cannot be opened for writing in a folder this process cannot write to.
@@ -142,28 +142,3 @@ def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
     pid, _, note = line.strip().partition(" ")
     # (a process id has a few digits: a line of thousands is no holder's, and too long for int())
     return (int(pid), note.strip()) if pid.isascii() and pid.isdigit() and len(pid) <= 20 else None
-
-
-#: How a note that says what a stopped command kept begins (:func:`note_kept`).
-KEPT = "kept: "
-
-
-def is_stop(exc: BaseException) -> bool:
-    """Whether ``exc`` is a stop from outside: Ctrl-C (``KeyboardInterrupt``) or a signal's exit
-    (``SystemExit`` with a code of 128 + the signal, as ``restorekit.cli`` raises on SIGTERM)."""
-    return isinstance(exc, KeyboardInterrupt) or (
-        isinstance(exc, SystemExit) and isinstance(exc.code, int) and 128 < exc.code < 128 + 65)
-
-
-def note_kept(exc: BaseException, what: str) -> None:
-    """Note on the stop ``exc`` what the code it passes through kept (``what``: a sentence without
-    the leading "kept: "); the innermost note is the one said (:func:`kept_note`)."""
-    exc.add_note(KEPT + what)
-
-
-def kept_note(exc: BaseException) -> str | None:
-    """What the first :func:`note_kept` on ``exc`` said (without "kept: "), or None."""
-    for note in getattr(exc, "__notes__", None) or ():
-        if isinstance(note, str) and note.startswith(KEPT):
-            return note[len(KEPT):]
-    return None

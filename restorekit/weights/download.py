@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import __version__, safe_open
-from ..errors import CacheError, IntegrityError, RestorekitError
+from ..errors import CacheError, IntegrityError, RestorekitError, is_stop, note_kept
 from ..hosts import is_loopback
 from . import cache
 
@@ -285,8 +285,7 @@ def _note_stopped(exc: BaseException, part: Path, *, resumable: bool) -> None:
         with contextlib.suppress(OSError):
             part.unlink()
         return
-    # (restorekit.folder_lock.note_kept's form, which this layer cannot import: the command's last line says it)
-    exc.add_note(f"kept: the partial download {part} ({have:,} bytes); pulling again resumes it")
+    note_kept(exc, f"the partial download {part} ({have:,} bytes); pulling again resumes it")
 
 
 def _progress(quiet: bool) -> object | None:
@@ -371,7 +370,7 @@ def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str |
                 cache.move_into_place(part, dest, written)  # only the file written and checked
                 return digest, url
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code not in (None, 0, 1, 2)):
+        if is_stop(exc):
             _note_stopped(exc, part, resumable=sha256 is not None)
         raise
     finally:
