@@ -265,8 +265,10 @@ def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -
     if model.model_config.get("extra") != "allow":
         unknown = [k for k in values if _field(model, k) is None]
         if unknown:
+            from .plugins import suggest
+
             known = list(model.model_fields)
-            raise OptionError(f"{label}: unknown option '{unknown[0]}'{_suggest_option(unknown[0], known)}; "
+            raise OptionError(f"{label}: unknown option '{unknown[0]}'{suggest(unknown[0], known)}; "
                               f"known: {', '.join(known) or 'none'}")
     try:
         data = coerce_values(model, values)
@@ -301,7 +303,9 @@ def format_error(model: type[BaseModel], exc: ValidationError, label: str) -> st
     key = ".".join(str(p) for p in err["loc"]) or "?"
     known = list(model.model_fields)
     if err["type"] == "extra_forbidden":
-        return (f"{label}: unknown option '{key}'{_suggest_option(key, known)}; known: {', '.join(known) or 'none'}")
+        from .plugins import suggest
+
+        return (f"{label}: unknown option '{key}'{suggest(key, known)}; known: {', '.join(known) or 'none'}")
     return f"{label}: option '{key}': {err['msg']} (got {err.get('input')!r}){structure_hint(err)}"
 
 
@@ -315,16 +319,6 @@ def structure_hint(err: Mapping[str, Any]) -> str:
     """How lists and tables are written, for a pydantic error that a bare value (``8,9``) got where
     one was wanted; '' for any other error."""
     return _LITERAL_HINT if err["type"] in _STRUCTURED_ERRORS and not isinstance(err.get("input"), (list, dict)) else ""
-
-
-def _suggest_option(key: str, known: list[str]) -> str:
-    """' (did you mean X?)' for an unknown option: the known one it spells in another case
-    (``IMPL`` → ``impl``), else a close match, else ''."""
-    from .plugins import suggest
-
-    folded = {k.lower(): k for k in known}
-    same = folded.get(key.lower())
-    return f" (did you mean '{same}'?)" if same is not None else suggest(key, known)
 
 
 def weights_option(model: type[BaseModel]) -> str | None:

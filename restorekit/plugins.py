@@ -127,7 +127,11 @@ def _name_of(obj: Any) -> str:
 
 
 def suggest(name: str, choices: list[str]) -> str:
-    """' (did you mean X?)' when a close match exists, else ''."""
+    """' (did you mean X?)' for the choice ``name`` spells in another case (``LR`` → ``lr``, which
+    difflib scores 0), else a close match, else ''."""
+    same = next((c for c in choices if c.lower() == name.lower()), None)
+    if same is not None and same != name:
+        return f" (did you mean '{same}'?)"
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

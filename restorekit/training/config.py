@@ -385,9 +385,6 @@ def _suggest_key(key: str, cls: type[BaseModel]) -> str:
     from ..plugins import suggest
 
     keys = _all_keys(cls)
-    folded = {k.lower(): k for k in keys}
-    if key.lower() in folded:  # the setting in another case (LR → lr, Data.flip → data.flip)
-        return f" (did you mean '{folded[key.lower()]}'?)"
     by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}  # a top-level name wins a tie
     exact = by_leaf.get(key.rsplit(".", 1)[-1])
     if exact is not None and exact != key:  # a setting put in the wrong table (data.lr → lr)
