@@ -55,7 +55,7 @@ if [ -n "$KEEP" ]; then
     for f in "${KEPT[@]}"; do mv "$KEEP/$f.part" "$KEEP/$f"; done
     log "the snapshot is kept in $KEEP (commit it: the run folder does not outlast this machine)"
 fi
-KIMG=$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg'], 1))" \
+KIMG=$($PY -c "import sys; from restorekit.training.plot import read_records; print(round(read_records(sys.argv[1])[-1]['kimg'], 1))" \
        "$SNAP/metrics.jsonl")
 sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$PROGRESS/val.txt"
 log "measuring the snapshot at $KIMG kimg"

@@ -18,7 +18,7 @@ file; then ``--data/--out/--steps/--device``; then ``--set``. So ``--resume`` ne
 (and whatever is to change); a changed setting is named in a warning (see
 :func:`~restorekit.training.trainer.resume_warning`). Before any work, a setting that names a file
 or folder may not be empty (``--out ""`` or ``--set out=`` would train into the current folder),
-a config file's numbers must be finite and be numbers (TOML's ``inf``, or ``steps = true``, which
+a config file's numbers must be finite (TOML's ``inf``) and be numbers (``steps = true``, which
 pydantic reads as 1), and ``--time-limit`` must be a finite number of minutes.
 Under ``torchrun --nproc_per_node N -m restorekit train …`` training runs data-parallel; a bad
 option or setting, the same in every process, is said by each machine's first process only
@@ -71,14 +71,12 @@ def _leaves(data: Any, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]
 
 
 def check_config_file(path: Path, data: dict[str, Any], model: Any) -> None:
-    """Refuse what a config file's values hold that validation lets through: a NaN or infinite
-    number (TOML ``nan``/``inf``), anywhere in the file; ``true``/``false`` for a number setting
-    (pydantic reads ``steps = true`` as 1 step)."""
-    from ..options import annotation_at, holds_non_finite, takes_number
+    """Refuse what a config file's values hold that validation lets through: ``true``/``false`` for
+    a number setting (pydantic reads ``steps = true`` as 1 step). A NaN or infinite number (TOML
+    ``nan``/``inf``) is refused by validation itself, naming the file and the setting."""
+    from ..options import annotation_at, takes_number
 
     for key, value in _leaves(data):
-        if holds_non_finite(value):
-            raise RestorekitError(f"{path}: setting '{key}' must be a finite number; got {value!r}")
         if isinstance(value, bool):
             if takes_number(annotation_at(model, key.split("."))):
                 raise RestorekitError(f"{path}: setting '{key}' takes a number; got {str(value).lower()}")

@@ -333,8 +333,25 @@ def validate_config(cls: type[C], data: dict[str, Any], *, source: str = "config
             where = ", ".join([*(ly.source for ly in layers), *(f"--set {p}" for p in overrides)]) or source
             scope = f"settings{' in ' + '.'.join(parts) if parts else ''}"
             raise ConfigError(f"{where}: {scope}: {err['msg']}") from None
+        if err["type"] == "finite_number":  # TOML's inf/nan, YAML's .inf/.nan: named by the setting holding it
+            setting, value = _setting_of(data, parts)
+            raise ConfigError(f"{source}: setting '{setting}' must be a finite number; got {value!r}{tail}") from None
         tail += structure_hint(err)
         raise ConfigError(f"{source}: setting '{key}': {err['msg']} (got {err.get('input')!r}){tail}") from None
+
+
+def _setting_of(data: dict[str, Any], parts: list[str]) -> tuple[str, Any]:
+    """The dotted key and value of the setting at ``parts`` (an error's location) as ``data`` gives
+    it: a list is one setting (``betas``, not ``betas.1``), a table's entries are named
+    (``data.repeat.a``)."""
+    node: Any = data
+    names: list[str] = []
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            break
+        names.append(part)
+        node = node[part]
+    return ".".join(names or parts), node if names else None
 
 
 def setting_source(key: str, overrides: list[str] | tuple[str, ...], layers: Sequence[Layer], fallback: str) -> str:

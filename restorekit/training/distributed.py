@@ -2,7 +2,8 @@
 
 ``torchrun --nproc_per_node N`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with
 ``WORLD_SIZE > 1`` :func:`init_distributed` joins the group (NCCL on CUDA, gloo on CPU) and
-pins each process to ``cuda:LOCAL_RANK``. Without those variables everything is one process.
+pins each process to ``cuda:LOCAL_RANK``, to which NCCL's group is bound (``device_id``).
+Without those variables everything is one process.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     dev = pick_device(device, local)
     if world > 1 and not dist.is_initialized():
         _import_group_defaults()
-        dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"))
+        chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
+        # NCCL bound to this process's GPU: its first collective need not guess the device
+        # (from the current device or the rank), and torch says so instead of warning.
+        bound = {"device_id": dev} if chosen == "nccl" and dev.type == "cuda" and dev.index is not None else {}
+        dist.init_process_group(backend=chosen, **bound)
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)

@@ -1,4 +1,11 @@
-"""Loss curves from a ``log.jsonl``: matplotlib when installed, else a small pillow drawing."""
+"""A run's JSON-lines logs (``log.jsonl``, a snapshot's ``metrics.jsonl``) read back, and loss
+curves drawn from ``log.jsonl``: matplotlib when installed, else a small pillow drawing.
+
+The logs are strict JSON, a number that is not finite written as results.json writes it
+(``"Infinity"``, ``"-Infinity"``, NaN as ``null``: :func:`~restorekit.training.trainer.log_line`);
+a log written before that holds bare ``Infinity``/``NaN``, and a resumed run appends to it:
+:func:`read_record` reads both.
+"""
 
 from __future__ import annotations
 
@@ -43,18 +50,49 @@ def _step(value: Any) -> int | None:
     return int(x) if x is not None and x.is_integer() and abs(x) <= 2**53 else None
 
 
+#: How a log writes a number that is not finite (NaN is ``null``), as results.json does.
+_NOT_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _decoded(value: Any) -> Any:
+    """``value`` read back: the strings of an infinity as floats, an older log's bare NaN as ``None``."""
+    if isinstance(value, str):
+        return _NOT_FINITE.get(value, value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    return value
+
+
+def read_record(line: str) -> dict[str, Any] | None:
+    """One line of a run's log as a dict, or ``None`` when it is no JSON object (a line cut short by
+    a kill, say). Infinities come back as floats, whether written as now (``"Infinity"``,
+    ``"-Infinity"``) or bare, as older logs have them; NaN as ``None``, written ``null`` now and a
+    bare ``NaN`` before: a line reads the same whichever way it was written."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return _decoded(rec) if isinstance(rec, dict) else None
+
+
+def read_records(log_path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's JSON-lines log, oldest first (:func:`read_record`; lines that are no
+    record left out). A missing file, a symbolic link or a FIFO reads as no records."""
+    records = (read_record(line) for line in _read_text(log_path).splitlines() if line.strip())
+    return [rec for rec in records if rec is not None]
+
+
 def read_series(log_path: str | Path, kind: str = "train") -> Series:
     """``{loss name: [(step, value), …]}`` from the JSONL lines of ``kind``; a line that is not a
-    record (one cut short by a kill, say) or has no whole-number step is skipped."""
+    record (one cut short by a kill, say) or has no whole-number step is skipped, and so is a value
+    that is not a finite number."""
     out: Series = {}
-    for line in _read_text(log_path).splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or rec.get("kind", "train") != kind:
+    for rec in read_records(log_path):
+        if rec.get("kind", "train") != kind:
             continue
         step = _step(rec.get("step"))
         if step is None:

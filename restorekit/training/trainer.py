@@ -7,7 +7,8 @@ The loop provides:
 - optimizer (Adam or Ranger), gradient accumulation, gradient clipping, autocast on CUDA;
 - a rich progress bar with the running losses and ETA, and ``log.jsonl`` (one JSON object per
   logged step: ``kind``, ``step``, losses, ``lr``, ``time``; validation lines have
-  ``kind="val"``) plus ``loss.png`` at the end;
+  ``kind="val"``; strict JSON, a number that is not finite written as in results.json:
+  :func:`log_line`) plus ``loss.png`` at the end;
 - periodic validation on rank 0: an image grid ``val/step_XXXXXXXX.png`` (one row per image,
   the columns ``validation_step`` returns) and mean metrics;
 - checkpoints ``checkpoints/step_XXXXXXXX.pt`` every ``ckpt_every`` steps and at the end,
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
+from ..harness.store import jsonable
 from ..images import atomic_write_bytes, fs_error, write_via_temp
 from ..safe_open import Folder, check_folders, open_folder
 from .config import TrainConfig, absolute_settings
@@ -368,16 +370,19 @@ def warn_optimizer_changes(path: Path, name: str, changes: list[str], *, main: b
 def restoring(path: Path, ckpt: dict[str, Any], config: TrainConfig) -> Iterator[None]:
     """Load a checkpoint's states inside this block: a state that does not fit the networks
     or optimizers built from ``config`` is a :class:`TrainingError` naming the settings that
-    differ from the checkpoint's, not a bare ``load_state_dict`` traceback."""
+    differ from the checkpoint's, not a bare ``load_state_dict`` traceback. Those resume may change
+    (``config.RESUME_EXEMPT``: steps, out …) are left out: they are not what refuses the state."""
     try:
         yield
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        # The settings resume may change (steps, out …) last: the cause is among the others.
         exempt = type(config).RESUME_EXEMPT
-        diffs = sorted(config_differences(ckpt, config), key=lambda d: d.split(":", 1)[0] in exempt)
+        compared = _compared(ckpt, config)
+        diffs = [f"{key}: {json.dumps(a)} in the checkpoint, now {json.dumps(b)}"
+                 for key, a, b in compared if key not in exempt]
         said = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        hint = f"settings that differ: {said}" if diffs else "the settings are the same (a different code version?)"
+        same = "no setting differs but those --resume may change" if compared else "the settings are the same"
+        hint = f"settings that differ: {said}" if diffs else f"{same} (a different code version?)"
         raise TrainingError(f"{path} does not fit this config ({first.rstrip(':')}); {hint}. Resume without "
                             "--config/--set to continue as the run was made, or choose another --out") from None
 
@@ -435,7 +440,7 @@ def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
     keep = []
     for line in data.decode("utf-8", errors="replace").splitlines():
         try:
-            record = json.loads(line)
+            record = json.loads(line)  # (an older log's bare Infinity/NaN read too)
         except ValueError:
             continue
         if not isinstance(record, dict):
@@ -443,9 +448,33 @@ def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
         at = record.get("step", 0)
         # (a step that is not a whole number — "7", null, true — is no line of a run's: dropped)
         if isinstance(at, int) and not isinstance(at, bool) and at <= step:
-            keep.append(line)
+            # A line of an older log with a bare Infinity/NaN is written again as strict JSON, so
+            # that the log a resumed run appends to is strict JSON throughout.
+            keep.append(line if _strict_json(line) else log_line(record))
     # Replaced whole (temp file, then rename): a kill mid-write must not cut the history short.
     atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode("utf-8"), root=root)
+
+
+def log_line(record: dict[str, Any]) -> str:
+    """``record`` as one line of strict JSON (what any JSON parser reads; ``allow_nan=False``):
+    a number that is not finite written as results.json writes it
+    (:func:`~restorekit.harness.store.encode_float`: ``+inf`` the string ``"Infinity"``, ``-inf``
+    ``"-Infinity"``, NaN ``null``). :func:`~restorekit.training.plot.read_record` reads it back,
+    and an older log's bare ``Infinity``/``NaN`` too."""
+    return json.dumps(jsonable(record), allow_nan=False)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def _strict_json(line: str) -> bool:
+    """Whether ``line`` parses without JSON's non-standard ``Infinity``/``-Infinity``/``NaN``."""
+    try:
+        json.loads(line, parse_constant=_no_constant)
+    except ValueError:
+        return False
+    return True
 
 
 class LogFiles:
@@ -459,13 +488,14 @@ class LogFiles:
         self._files: dict[Path, BinaryIO] = {}
 
     def append(self, path: Path, record: dict[str, Any], *, root: Path | None = None) -> None:
-        """Add ``record`` as one line to ``path`` (made, with its folder, when missing); an
+        """Add ``record`` as one line of strict JSON (:func:`log_line`) to ``path`` (made, with its
+        folder, when missing); an
         ``OSError`` is a :class:`FileSystemError` naming ``path``. ``root``: ``path`` lies below
         this run folder, and its folders are opened from there without following a link (one there
         is refused, naming it), as :func:`atomic_save`'s are."""
         from ..safe_open import ends_line, open_append
 
-        data = (json.dumps(record) + "\n").encode("utf-8")
+        data = (log_line(record) + "\n").encode("utf-8")
         try:
             f = self._files.get(path)
             if f is None:
@@ -552,13 +582,31 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` saved. A state without the CUDA generators' (written where
+    CUDA was not in use: a checkpoint of a CPU session) resumed on a CUDA machine seeds them with
+    :func:`cuda_seed_of` it, a function of the saved CPU state: left alone, they would start where
+    the process starts them, and every rank and every such resume would draw the same noise again."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        return
+    if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+    else:
+        torch.cuda.manual_seed_all(cuda_seed_of(state))
+
+
+def cuda_seed_of(state: dict[str, Any]) -> int:
+    """A 64-bit seed for the CUDA generators derived from a saved :func:`rng_state`'s torch CPU
+    state, which the run's seed, the process's rank and the step taken make: the same checkpoint
+    gives the same seed, another step or rank another."""
+    import hashlib
+
+    data = torch.as_tensor(state["torch"]).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(b"restorekit.cuda-seed/1" + data).digest()[:8], "little")
 
 
 def seed_everything(seed: int) -> None:
@@ -1070,6 +1118,6 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["LogFiles", "Trainer", "TrainingError", "CKPT_DIR", "VAL_DIR", "atomic_save", "check_run_folders", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
-           "resume_warning", "rng_state", "run_subfolder", "set_rng_state", "seed_everything", "setting_changes", "start_log", "trim_log",
+           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "resume_warning", "rng_state", "run_subfolder", "set_rng_state", "cuda_seed_of", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

@@ -41,7 +41,7 @@ sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep
 grep /ffhq128/ "$W/val.txt" > "$W/val_ffhq.txt"  # check_bars.py: the per-source win shares
 # 47 faces from both sources, for the slow methods; not the 47 (NR % 9 == 1) psp_pulse's defaults were chosen on
 awk 'NR % 9 == 5' "$W/val.txt" > "$W/val_pulse.txt"
-KIMG=${KIMG:-$($PY -c "import json, sys; print(round([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['kimg']))" "$RETURNED/metrics.jsonl" 2>/dev/null || echo '?')}
+KIMG=${KIMG:-$($PY -c "import sys; from restorekit.training.plot import read_records; print(round(read_records(sys.argv[1])[-1]['kimg']))" "$RETURNED/metrics.jsonl" 2>/dev/null || echo '?')}
 # The GPU the run trained on, as setup.sh logged it ("… cuda True NVIDIA H100 80GB HBM3").
 GPU_NAME=$(grep -m1 "host:" "$RETURNED/run.log" 2>/dev/null | sed -n 's/.* cuda True //p' || true)
 TRAINED_ON=${TRAINED_ON:-${GPU_NAME:+one $GPU_NAME}}
@@ -110,7 +110,7 @@ stage_stage2() {
 stage_ship_psp() {
     [ -s "$W/shipped-psp.json" ] && return
     local steps
-    steps=$($PY -c "import json, sys; print([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]['step'])" "$PSP_RUN/log.jsonl")
+    steps=$($PY -c "import sys; from restorekit.training.plot import read_records; print(read_records(sys.argv[1])[-1]['step'])" "$PSP_RUN/log.jsonl")
     log "ship psp_sr ($steps steps)"
     $PY scripts/ship_embedded_model.py psp_sr "$PSP_RUN/model.safetensors" --generator stylegan2-faces128 \
         --data-note "as stylegan2-faces128; stage 2: $steps steps, batch 8${PART:+, continuing a GPU stage 2}" \

@@ -7,14 +7,16 @@ Each ``NAME=FOLDER`` holds a ``restorekit train stylegan2`` snapshot (``generato
 All are sampled with the same seed and count and compared with the same validation faces, so the
 figures rank them (they are not FID; see ``restorekit realism``). ``run.sh`` ranks in dlib's
 descriptor space (``--space dlib128``) when it has the weights: a projected D trained on AlexNet
-features would be favoured by AlexNet's own space (the default, ``alex_conv5``). Writes the figures as JSON and
-prints the winner's name on the last line (lowest distance).
+features would be favoured by AlexNet's own space (the default, ``alex_conv5``). Writes the figures as
+strict JSON and prints the winner's name on the last line (lowest distance); a snapshot whose distance
+is not finite is written but not ranked (none finite: no winner, exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from restorekit.harness.realism.evaluate import NOT_FID_NOTE, evaluate_generator, reference_statistics
     from restorekit.harness.realism.spaces import build_space
+    from restorekit.harness.store import jsonable
+    from restorekit.images import atomic_write_bytes
+    from restorekit.training.plot import read_records
     from restorekit_psp_sr.train import load_generator
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         # process (run.sh), and a ranking must not depend on kernels that never ran on a GPU.
         g = load_generator(str(path), impl="ref").to(dev).eval()
         rep = evaluate_generator(g, ref, n_samples=args.n, spaces=[space], device=dev, label=name)
-        with (Path(folder) / "metrics.jsonl").open(encoding="utf-8") as f:
-            last = [json.loads(ln) for ln in f if ln.strip()][-1]
+        # The snapshot's last row (strict JSON now, bare Infinity/NaN in a run's older lines: both read).
+        last = ([{}] + read_records(Path(folder) / "metrics.jsonl"))[-1]
         results[name] = {"frechet": rep.figures[0].distance, "kimg": last.get("kimg"), "step": last.get("step"),
                          "seconds": last.get("seconds")}
         print(f"race: {name}: {rep.figures[0].metric} {rep.figures[0].distance:.3f} at {last.get('kimg')} kimg",
@@ -63,10 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("race: no snapshot to rank", file=sys.stderr)
         return 1
-    winner = min(results, key=lambda k: results[k]["frechet"])
-    args.out.write_text(json.dumps({"space": args.space, "n_samples": args.n, "n_reference": len(val),
-                                    "note": NOT_FID_NOTE, "runs": results, "winner": winner,
-                                    "seconds": round(time.perf_counter() - t0, 1)}, indent=2), encoding="utf-8")
+    ranked = {k: r["frechet"] for k, r in results.items() if math.isfinite(r["frechet"])}
+    winner = min(ranked, key=lambda k: ranked[k]) if ranked else None
+    doc = {"space": args.space, "n_samples": args.n, "n_reference": len(val), "note": NOT_FID_NOTE, "runs": results,
+           "winner": winner, "seconds": round(time.perf_counter() - t0, 1)}
+    # Strict JSON, a distance that is not finite as results.json writes one ("Infinity", NaN null).
+    atomic_write_bytes(args.out, json.dumps(jsonable(doc), indent=2, allow_nan=False).encode("utf-8"))
+    if winner is None:
+        print("race: no snapshot has a finite distance", file=sys.stderr)
+        return 1
     print(winner)
     return 0
 
