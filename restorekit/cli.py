@@ -21,7 +21,6 @@ it, else in the one error line (exit 2).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -49,7 +48,11 @@ def fail_usage(msg: str) -> None:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """``data`` printed as strict JSON (what jq and every parser read): a number that is not finite
+    as results.json writes it (``"Infinity"``, ``"-Infinity"``, NaN ``null``), other objects as text."""
+    from .harness.store import dumps
+
+    click.echo(dumps(data, indent=2))
 
 
 def shown(text: str) -> str:
@@ -271,10 +274,20 @@ def _defer(signum: int) -> None:
             for sig in list(_deferred):
                 if not _resending.get(sig):  # (the one sent before has been taken)
                     _resending[sig] = 1
-                    os.kill(os.getpid(), sig)
+                    _send_again(sig)
 
     _resender = threading.Thread(target=resend, name="restorekit-stop-resend", daemon=True)
     _resender.start()
+
+
+def _send_again(sig: int) -> None:
+    """Deliver ``sig`` to this process once more: ``os.kill`` on POSIX systems, which interrupts a
+    main thread blocked in a system call; on Windows ``os.kill`` with SIGINT/SIGTERM would end the
+    process outright (TerminateProcess, no handler, no clean-up), so the signal is raised in-process."""
+    if sys.platform == "win32":
+        signal.raise_signal(sig)
+    else:
+        os.kill(os.getpid(), sig)
 
 
 def _started() -> None:

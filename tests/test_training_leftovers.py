@@ -172,15 +172,25 @@ def test_a_cpu_checkpoint_resumed_on_cuda_seeds_the_cuda_generators_from_its_sta
     assert seeded[0] not in (0, 1, 67280421310721)  # not a fresh run's, nor the process's default
 
 
-def test_a_saved_cuda_state_is_put_back_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_saved_cuda_state_is_put_back_on_the_gpus_this_machine_has(monkeypatch: pytest.MonkeyPatch) -> None:
     state = rng_state()
-    cuda = [torch.arange(16, dtype=torch.uint8)]
-    restored: list[Any] = []
+    cuda = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # saved where 4 GPUs were visible
+    restored: list[tuple[int, list[int]]] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s.tolist())))
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: pytest.fail("the saved state is there"))
     set_rng_state({**state, "cuda": cuda})
-    assert restored == [cuda]
+    assert restored == [(0, [0] * 16), (1, [1] * 16)]
+
+
+def test_emit_json_prints_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from restorekit.cli import emit_json
+
+    emit_json({"psnr": math.inf, "loss": math.nan, "low": -math.inf, "path": Path("a/b"), "n": 3, "ok": True})
+    text = capsys.readouterr().out
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "psnr": "Infinity", "loss": None, "low": "-Infinity", "path": "a/b", "n": 3, "ok": True}
 
 
 # -- 4. NCCL bound to the process's GPU -----------------------------------------------------------

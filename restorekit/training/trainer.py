@@ -594,7 +594,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if not torch.cuda.is_available():
         return
     if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw: a machine with fewer puts back those it has.
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     else:
         torch.cuda.manual_seed_all(cuda_seed_of(state))
 
