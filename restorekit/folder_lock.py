@@ -1,4 +1,4 @@
-"""One process at a time in a folder: a non-blocking ``flock`` held while a command writes there.
+"""One process at a time in a folder: a non-blocking file lock held while a command writes there.
 
 ``compare`` (its ``--out``), ``train`` (its run folder), ``run``, ``degrade`` and ``generate``
 (their ``--output``) hold one: a second process that starts meanwhile is refused at once with the
@@ -6,8 +6,14 @@ command's own message, instead of both checking the folder, then writing into it
 holder's process id is written into the lock file (:func:`holder` reads it back, for the refusal).
 ``run``, ``degrade``, ``generate`` and ``compare`` remove their lock file at the end (``remove``:
 the folder is the user's), ``train`` keeps its own; the lock goes when its holder ends, however it
-ends (a holder killed outright leaves its lock file, unlocked: the next command takes it). Where the platform has no
-``flock``, or the file system refuses it (NFS without its lock service), nothing is locked.
+ends (a holder killed outright leaves its lock file, unlocked: the next command takes it).
+
+The lock is ``flock`` on POSIX systems and, on Windows (no ``fcntl``), ``msvcrt.locking`` on one
+byte far past the holder's note (Windows' locks are mandatory: a lock on the note would keep others
+from reading it); there a lock file to remove is removed once closed (an open file cannot be removed),
+and stays while another process has it open, waiting to take it. A platform with neither is
+refused in one line rather than run unlocked. Where the file system refuses locks (NFS
+without its lock service), nothing is locked.
 
 A stop (Ctrl-C, SIGTERM) that ends the hold of a folder removed at the end (``remove``: the output
 folder of ``run``, ``degrade``, ``generate`` or ``compare``, each of which a rerun of the same
@@ -25,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import FileSystemError, RestorekitError, is_stop, note_kept
+from .file_locks import lock_api
 from .safe_open import NOFOLLOW, NONBLOCK
 
 #: Why a lock file cannot be opened for writing in a folder this process cannot write to.
@@ -34,6 +41,12 @@ _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 #: Nor waited on: opened without blocking, a FIFO planted there is refused below instead of hanging
 #: the command until someone writes to it.
 _NOT_FOLLOWED = NOFOLLOW | NONBLOCK
+#: Windows opens a descriptor in text mode unless told (``\n`` written as ``\r\n``): the note is bytes.
+_BINARY = getattr(os, "O_BINARY", 0)
+def _no_locks(path: Path, what: str) -> FileSystemError:
+    """The refusal on a platform without file locks (:func:`~restorekit.file_locks.lock_api` None)."""
+    return FileSystemError(f"{path}: this platform has no file locks (neither fcntl nor msvcrt), so restorekit "
+                           f"cannot keep two processes from writing {what} at once; it does not write there unlocked")
 
 
 @contextlib.contextmanager
@@ -48,17 +61,15 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
     there is none (the command then finds what it cannot write, if it writes anything).
     ``remove``: the lock file goes at the end of the block (a folder of the user's, not one the
     command owns); a lock taken on a file removed meanwhile is taken again on the new one."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        yield
-        return
     path = folder / lock_name
+    api = lock_api()
+    if api is None:
+        raise _no_locks(path, f"into {folder}")
     for _ in range(100):
         writable = True
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOT_FOLLOWED, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOT_FOLLOWED | _BINARY, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise _symlink(path) from None
@@ -67,7 +78,7 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
             writable = False
         if not writable:
             try:
-                fd = os.open(path, os.O_RDONLY | _NOT_FOLLOWED)
+                fd = os.open(path, os.O_RDONLY | _NOT_FOLLOWED | _BINARY)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise _symlink(path) from None
@@ -77,16 +88,17 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
         if not stat.S_ISREG(st.st_mode):  # a FIFO, a device …: not a lock file of ours
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file (a lock file is one)", str(path))
-        os.set_blocking(fd, True)  # (opened without: a regular file's writes are as ever)
+        if NONBLOCK:  # (opened without blocking: a regular file's writes are as ever; Windows has no such flag)
+            os.set_blocking(fd, True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise refused() from None
-        except OSError:  # no locks on this file system (NFS without its lock service …): as without flock
+            locked = api.try_lock(fd)
+        except OSError:  # no locks on this file system (NFS without its lock service …): nothing is locked
             os.close(fd)
             yield
             return
+        if not locked:
+            os.close(fd)
+            raise refused()
         if not remove or _same_file(fd, path):
             break
         os.close(fd)  # its holder removed it as this process opened it: lock the one there now
@@ -104,10 +116,17 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
                            "the same command again goes on from there")
         raise
     finally:
-        if remove and writable:  # while still held: nobody can take the file on its way out
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        os.close(fd)
+        if api.kind == "flock":
+            if remove and writable:  # while still held: nobody can take the file on its way out
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            os.close(fd)
+        else:  # Windows: an open file cannot be removed; once closed, not while another has it open
+            api.unlock(fd)
+            os.close(fd)
+            if remove and writable:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _symlink(path: Path) -> FileSystemError:
@@ -128,7 +147,7 @@ def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
     """``(process id, note)`` that the holder of ``folder/lock_name`` wrote there
     (:func:`held_alone`), or None when unknown (not written yet, unreadable)."""
     try:  # (as held_alone opens it: a link, a FIFO planted there since is not followed nor waited on)
-        fd = os.open(folder / lock_name, os.O_RDONLY | _NOT_FOLLOWED)
+        fd = os.open(folder / lock_name, os.O_RDONLY | _NOT_FOLLOWED | _BINARY)
     except OSError:
         return None
     try:

@@ -73,7 +73,8 @@ def _opened(path: str | os.PathLike[str], flags: int, mode: int, dir_fd: int | N
         raise
     try:
         check_plain_file(fd, path)
-        os.set_blocking(fd, True)
+        if NONBLOCK:  # (Windows has no such flag, nor os.set_blocking for a file before 3.12)
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -105,7 +106,8 @@ def read_plain(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> by
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file (something else stands where a file is read)",
                           str(path))
-        os.set_blocking(fd, True)
+        if NONBLOCK:
+            os.set_blocking(fd, True)
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read()
     finally:

@@ -24,12 +24,14 @@ use no flip and cycle through the factors (``factors[i % len]``) so every factor
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
 import posixpath
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import torch
@@ -38,7 +40,7 @@ from torch.utils.data import Dataset
 
 from ..degradations import bicubic_resize, downscale
 from ..errors import ImageError, RestorekitError
-from ..images import IMAGE_EXTS, read_image
+from ..images import IMAGE_EXTS, name_key, read_image
 
 BadImages = Literal["skip", "stop"]
 
@@ -104,10 +106,52 @@ def _split_name(line: str, base: Path) -> str:
     return posixpath.normpath(p.as_posix())
 
 
+def _identities(rel: dict[str, Path]) -> dict[tuple[int, int], str]:
+    """The listed files (``rel``: relative name to path) by device and inode number (files on a file
+    system without inode numbers left out)."""
+    found: dict[tuple[int, int], str] = {}
+    for listed, path in rel.items():
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            if st.st_ino:
+                found.setdefault((st.st_dev, st.st_ino), listed)
+    return found
+
+
+def _listed_as(name: str, rel: dict[str, Path], base: Path,
+               identities: Callable[[], dict[tuple[int, int], str]]) -> str:
+    """The data folder's own name for a split file's entry ``name`` (:func:`_split_name`) that it does
+    not list as written: ``sub\\a.png`` (a split file written on Windows) as ``sub/a.png``; else the
+    listed image that a case-insensitive or normalising file system (macOS, Windows) opens by that
+    name: ``Face.PNG`` for ``face.png``, ``é`` as one code point for the two that a folder lists
+    (the same file, by :func:`_identities`, whose name differs only so: :func:`~restorekit.images.name_key`).
+    ``name`` itself when neither."""
+    if name in rel:
+        return name
+    spellings = [name]
+    if "\\" in name:
+        spellings.insert(0, posixpath.normpath(name.replace("\\", "/")))
+        if spellings[0] in rel:
+            return spellings[0]
+    for spelling in spellings:
+        if PurePosixPath(spelling).is_absolute() or spelling.startswith("../"):
+            continue
+        try:
+            st = (base / spelling).stat()
+        except (OSError, ValueError):
+            continue
+        found = identities().get((st.st_dev, st.st_ino)) if st.st_ino else None
+        if found is not None and name_key(found) == name_key(spelling):
+            return found
+    return name
+
+
 def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Path | None = None,
                 holdout_fraction: float = 0.0) -> tuple[list[Path], list[Path]]:
-    """``(train, val)``: by a split file (paths relative to ``root``), else the last
-    ``holdout_fraction`` of the sorted list (at least one image when the fraction is > 0).
+    """``(train, val)``: by a split file (paths relative to ``root``; one written on Windows, or
+    spelled in another letter case that this file system opens as a listed image, names that
+    image: :func:`_listed_as`), else the last ``holdout_fraction`` of the sorted list (at least one
+    image when the fraction is > 0).
 
     Validation images are never in the training list.
     """
@@ -118,8 +162,10 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
         if not sp.is_file():
             raise DataError(f"{sp}: no such split file")
         train_names, val_names = _read_split(sp, base)
-        val_names = [_split_name(v, base) for v in val_names]
-        train_names = None if train_names is None else [_split_name(t, base) for t in train_names]
+        identities = functools.cache(lambda: _identities(rel))
+        val_names = [_listed_as(_split_name(v, base), rel, base, identities) for v in val_names]
+        train_names = None if train_names is None else [_listed_as(_split_name(t, base), rel, base, identities)
+                                                        for t in train_names]
         missing = [v for v in val_names + (train_names or []) if v not in rel]
         if missing:
             raise DataError(f"{sp}: {len(missing)} listed images are not under {base} (first: {missing[0]}; "

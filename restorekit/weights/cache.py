@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import safe_open
 from ..errors import CacheError, IntegrityError, UnknownNameError
+from ..file_locks import lock_api
 from .spec import MANIFEST, NAME_PATTERN
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
@@ -174,8 +175,9 @@ _held = threading.local()  # lock files this thread holds (a nested request for 
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing, never deleted) until the block ends.
 
-    Other processes and other threads wait for it (``flock``; where the platform has none, no
-    lock is taken). Re-entering it in the thread that holds it does not wait.
+    Other processes and other threads wait for it: ``flock`` on POSIX systems, ``msvcrt.locking``
+    on Windows (:mod:`restorekit.file_locks`); a platform with neither is refused (:class:`CacheError`),
+    never written unlocked. Re-entering it in the thread that holds it does not wait.
     """
     held: set[str] = getattr(_held, "paths", None) or set()
     _held.paths = held
@@ -183,11 +185,11 @@ def file_lock(path: Path) -> Iterator[None]:
     if key in held:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        yield
-        return
+    api = lock_api()
+    if api is None:
+        raise CacheError(f"{path}: this platform has no file locks (neither fcntl nor msvcrt), so the restorekit "
+                         "cache cannot keep two processes from writing the same weights at once; it is not "
+                         "written unlocked")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Never through a symbolic link (it would make the file it names), never a FIFO (no hang):
@@ -196,12 +198,13 @@ def file_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise cache_error(exc, path) from exc
     try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        unlock = api.wait_lock(lock.fileno())
         held.add(key)
         try:
             yield
         finally:
             held.discard(key)
+            unlock()
     finally:
         lock.close()  # closing the file releases the lock
 
@@ -340,10 +343,9 @@ def remove_stray_imports(name: str) -> list[Path]:
     locks work every copy but this process's own is a leftover (even if its process id has been
     reused since); elsewhere only those of processes that are gone (:func:`stray_imports`) are
     removed. A file that cannot be removed is left, and the import goes on."""
-    try:
-        import fcntl  # noqa: F401 - file_lock locks only where this exists
+    if lock_api() is not None:  # (file_lock locks wherever there is one: it refuses to go on without)
         stale = [(p, pid) for p, pid in _import_temps(name) if pid != os.getpid()]
-    except ImportError:
+    else:
         stale = stray_imports(name)
     removed = []
     for p, _ in stale:
