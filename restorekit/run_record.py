@@ -11,6 +11,7 @@ by their folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,9 +21,14 @@ from .interfaces import Method, Options, result_options
 from .provenance import read_note
 
 T = TypeVar("T")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 #: Keys of a record compared on a rerun ("options" key by key).
 COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "default_weights", "option_files")
+#: Keys of :data:`COMPARED` added to the record after it was first written, with the value an
+#: output whose record lacks the key was made with: the first records (``run``'s alone) had no
+#: "command". A record without the key reads as that value, not as a change.
+RECORDED_BEFORE: dict[str, Any] = {"command": "run"}
 #: The paste mask of a ``run --faces detect`` photo whose record names none: it was made before
 #: the mask was a setting, with the whole aligned crop.
 PASTE_MASK_BEFORE = "square"
@@ -104,11 +110,19 @@ def option_differences(a: Mapping[str, Any], b: Mapping[str, Any], *,
 
 def same_files(old: Mapping[str, Any], now: Mapping[str, Any]) -> frozenset[str]:
     """The options whose file both records pin to the same content (``option_files``): one file
-    spelled two ways (a registered name and its file, another path) is not another setting."""
+    spelled two ways (a registered name and its file, another path) is not another setting. A pin
+    that holds no sha256 (``"?"``: registered weights whose spec publishes none) says nothing of
+    the content: two such weights are told apart by their names."""
     a, b = old.get("option_files"), now.get("option_files")
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return frozenset()
-    return frozenset(k for k, v in a.items() if v and b.get(k) == v)
+    return frozenset(k for k, v in a.items() if _known_content(v) and b.get(k) == v)
+
+
+def _known_content(pin: Any) -> bool:
+    """Whether an ``option_files`` pin names content: one sha256, or several joined by commas
+    (a registered name of several files), none of them unknown."""
+    return isinstance(pin, str) and bool(pin) and all(_SHA256.fullmatch(part) for part in pin.split(","))
 
 
 def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
@@ -127,8 +141,10 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
             a, b = old.get(key), now.get(key)
             if isinstance(a, dict) and isinstance(b, dict) and not other_method:
                 found += pin_differences(key, a, b)
-        elif (key in old or key in now) and old.get(key) != now.get(key):
-            found.append(f"{key}: {old.get(key)} → {now.get(key)}")
+        elif key in old or key in now:
+            was, value = old.get(key, RECORDED_BEFORE.get(key)), now.get(key, RECORDED_BEFORE.get(key))
+            if was != value:
+                found.append(f"{key}: {was} → {value}")
     found += [f"{label}: {_shown(old[key])} → {_shown(now[key])}" for key, label in FACES_COMPARED.items()
               if key in old and key in now and old[key] != now[key]]
     if old.get("faces") == "detect" and not old.get("only_faces"):
