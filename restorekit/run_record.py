@@ -197,10 +197,32 @@ def changed_among_each(items: Iterable[T], read: Callable[[T], Any],
 
 
 def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,
-                    ignore_options: frozenset[str] = frozenset()) -> tuple[list[Path], list[str]] | None:
+                    ignore_options: frozenset[str] = frozenset(),
+                    read: Callable[[Path], Any] = read_note) -> tuple[list[Path], list[str]] | None:
     """The outputs among ``outputs`` that exist and record other settings than ``now`` (options
-    but ``ignore_options``), and what differs (each difference once); None when there are none."""
-    return changed_among(outputs, read_note, lambda note: differences(note, now, ignore_options=ignore_options))
+    but ``ignore_options``), and what differs (each difference once); None when there are none.
+    ``read``: how an output's record is read (:func:`reading_notes` also notes those without one)."""
+    return changed_among(outputs, read, lambda note: differences(note, now, ignore_options=ignore_options))
+
+
+def reading_notes(unrecorded: list[Path]) -> Callable[[Path], dict[str, Any] | None]:
+    """:func:`~restorekit.provenance.read_note` that also adds to ``unrecorded`` each output that
+    exists without a record (another program's, an older restorekit's, one that cannot be read):
+    a rerun keeps those as finished without comparing them, and says so (:func:`unrecorded_warning`)."""
+    def read(path: Path) -> dict[str, Any] | None:
+        note = read_note(path)
+        if note is None and path.exists():
+            unrecorded.append(path)
+        return note
+    return read
+
+
+def unrecorded_warning(output: Path, paths: Sequence[Path]) -> str:
+    """The warning of a rerun over outputs that carry no record (:func:`reading_notes`)."""
+    names = ", ".join(p.name for p in paths[:3]) + (", …" if len(paths) > 3 else "")
+    return (f"{output}: {len(paths)} existing output{'s' if len(paths) > 1 else ''} ({names}) carry no "
+            "record of what made them (another program's, an older restorekit's): kept as finished without "
+            "comparing settings; --overwrite remakes them")
 
 
 def refusal(output: Path, changed: tuple[list[Path], list[str]]) -> str:

@@ -142,7 +142,6 @@ def test_an_output_folder_link_pointed_at_the_inputs_midway_is_noticed(tmp_path)
 def test_degrade_rerun_reads_each_output_record_once(tmp_path, monkeypatch, plugin_site):
     """With a step from a plugin, a rerun read every output's record twice: once to compare the
     spec and seed, once more to compare the plugin's code."""
-    import restorekit.commands.degrade as degrade_mod
     import restorekit.run_record as record_mod
     from restorekit import plugins
     from restorekit.harness.runner import code_fingerprint
@@ -154,14 +153,13 @@ def test_degrade_rerun_reads_each_output_record_once(tmp_path, monkeypatch, plug
         args = ["degrade", "--spec", "gamma3p:2+bicubic:2", "--input", src, "--output", tmp_path / "lr", "-q"]
         assert invoke(*args).exit_code == 0
         reads: list[str] = []
-        real = degrade_mod.read_note
+        real = record_mod.read_note
 
         def read_note(path):
             reads.append(Path(path).name)
             return real(path)
 
-        monkeypatch.setattr(degrade_mod, "read_note", read_note)
-        monkeypatch.setattr(record_mod, "read_note", read_note)
+        monkeypatch.setattr(record_mod, "read_note", read_note)  # (degrade reads records through run_record)
         r = invoke(*args, "--json")
         assert r.exit_code == 0, r.output
         assert len(json.loads(r.stdout)["skipped"]) == N

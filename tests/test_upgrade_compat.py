@@ -104,3 +104,28 @@ def test_a_registry_entry_of_an_earlier_schema_says_what_to_add(tmp_path: Path) 
     entry.write_text(entry.read_text().replace('license = "MIT"\n', ""))
     with pytest.raises(PluginError, match=r"license: Field required"):
         load_entry(entry)
+
+
+@pytest.mark.parametrize("command", ["run", "degrade"])
+def test_outputs_without_a_record_are_kept_with_a_warning_that_counts_them(tmp_path: Path, command: str) -> None:
+    """Outputs of another program, or of a restorekit that recorded nothing (before bb3f33b), are
+    kept as finished whatever the settings; the rerun says how many it did not compare."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        save_image(torch.rand(1, 3, 8, 8, generator=g), src / f"in{i}.png")
+    for i in range(2):  # no record: written as a plain PNG
+        to_pil(torch.rand(3, 16 if command == "run" else 4, 16 if command == "run" else 4, generator=g)).save(
+            out / f"in{i}.png")
+    args = (["run", "bicubic", "--scale", "2", "--device", "cpu"] if command == "run"
+            else ["degrade", "--spec", "bicubic:2"])
+    r = CliRunner().invoke(build_cli(), [*args, "--input", str(src), "--output", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "1 written, 2 skipped" in r.output
+    assert ("2 existing outputs (in0.png, in1.png) carry no record of what made them" in r.output
+            and "--overwrite remakes them" in r.output)
+    r = CliRunner().invoke(build_cli(), [*args, "--input", str(src), "--output", str(out), "-q"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "carry no record" not in r.output  # -q: no notes

@@ -10,13 +10,12 @@ import click
 import torch
 
 from ..batch import check_output_folder, output_held, process_files, require_inputs
-from ..cli import emit_json, error_line, fail_usage
+from ..cli import emit_json, error_line, fail_usage, warn
 from ..degradations import Chain, parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
-from ..provenance import read_note
-from ..run_record import changed_among_each, degrade_settings, differences, refusal
+from ..run_record import changed_among_each, degrade_settings, differences, reading_notes, refusal, unrecorded_warning
 from ..seeds import SEED
 
 #: The key of a degrade record naming the spec's steps from plugins (distribution, version, code).
@@ -90,10 +89,13 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     def check_settings() -> None:
         if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
             paths = [output / f"{item.stem}.{ext}" for item in items]
-            changed = _merged(*changed_among_each(paths, read_note, [  # (each output's record read once)
+            unrecorded: list[Path] = []
+            changed = _merged(*changed_among_each(paths, reading_notes(unrecorded), [  # (each record read once)
                 lambda note: differences(note, settings), lambda note: plugin_step_differences(note, settings)]))
             if changed:
                 fail_usage(refusal(output, changed))
+            if unrecorded and not quiet and job.is_main:
+                warn(unrecorded_warning(output, unrecorded))
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
         # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.

@@ -20,7 +20,7 @@ from ..methods import (OptionError, build_method, check_output_size_contract, ch
                        method_class, method_values, validate_options)
 from ..options import FiniteFloatRange
 from ..plugins import kept_global_state, method_plugin, output_to_stderr, to_stderr
-from ..run_record import changed_outputs, refusal, run_settings
+from ..run_record import changed_outputs, reading_notes, refusal, run_settings, unrecorded_warning
 from ..seeds import SEED
 
 if TYPE_CHECKING:
@@ -167,10 +167,14 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
             if problem:
                 raise UsageProblem(problem)
             return
+        unrecorded: list[Path] = []
         changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
-                                  ignore_options=method_class(method).Options.result_neutral)
+                                  ignore_options=method_class(method).Options.result_neutral,
+                                  read=reading_notes(unrecorded))
         if changed:
             raise UsageProblem(refusal(output, changed))
+        if unrecorded and not quiet and job.is_main:
+            warn(unrecorded_warning(output, unrecorded))
 
     def stems(item: ImageItem) -> list[str]:
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
