@@ -344,3 +344,39 @@ def test_a_deferred_stop_is_sent_again_in_process_on_windows(monkeypatch: pytest
     monkeypatch.setattr(sys, "platform", "linux")
     cli._send_again(signal.SIGTERM)
     assert sent == [("raise", signal.SIGINT), ("kill", signal.SIGTERM)]
+
+
+@pytest.mark.parametrize(("name", "filename", "said"), [
+    ("ok", "D:evil.pt", "holds :"),            # a path on drive D, outside the cache, on Windows
+    ("ok", "w.pt:stream", "holds :"),          # an NTFS alternate stream
+    ("ok", "NUL.safetensors", "keeps for a device"),
+    ("ok", "w.pt.", "ends in a dot"),
+    ("con", "w.pt", "keeps for a device"),     # the cache folder of the spec
+    ("w.", "w.pt", "ends in a dot"),
+])
+def test_weight_specs_name_only_files_every_platform_can_hold(name: str, filename: str, said: str) -> None:
+    from pydantic import ValidationError
+
+    from restorekit.weights.spec import WeightSpec
+
+    with pytest.raises(ValidationError, match=said):
+        WeightSpec(name=name, architecture="a", plugin="p", license="MIT", files=({"filename": filename},))
+    WeightSpec(name="console", architecture="a", plugin="p", license="MIT", files=({"filename": "nul_free.pt"},))
+
+
+def test_file_names_of_a_spec_differ_in_more_than_case() -> None:
+    from pydantic import ValidationError
+
+    from restorekit.weights.spec import WeightSpec
+
+    with pytest.raises(ValidationError, match="in any case"):
+        WeightSpec(name="w", architecture="a", plugin="p", license="MIT",
+                   files=({"filename": "G.pt"}, {"filename": "g.pt"}))
+
+
+def test_the_cache_folder_of_a_reserved_name_is_refused_naming_why() -> None:
+    from restorekit.errors import UnknownNameError
+    from restorekit.weights.cache import weights_dir
+
+    with pytest.raises(UnknownNameError, match="'aux' is not a valid weights name: it is a name Windows keeps"):
+        weights_dir("aux")

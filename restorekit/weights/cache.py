@@ -28,7 +28,7 @@ from typing import Any
 from .. import safe_open
 from ..errors import CacheError, IntegrityError, UnknownNameError
 from ..file_locks import lock_api
-from .spec import MANIFEST, NAME_PATTERN
+from .spec import MANIFEST, NAME_PATTERN, unportable
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
            "read_record", "write_text_atomic", "read_manifest", "write_manifest", "cached_files", "remove",
@@ -165,6 +165,9 @@ def weights_dir(name: str) -> Path:
     """The cache folder of one weight spec."""
     if not re.match(NAME_PATTERN, name):
         raise UnknownNameError(f"'{name}' is not a valid weights name")
+    problem = unportable(name)
+    if problem:
+        raise UnknownNameError(f"'{name}' is not a valid weights name: it {problem}")
     return cache_dir() / "weights" / name
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import UnknownNameError
 
-__all__ = ["PackageSource", "WeightFile", "WeightSpec", "MANIFEST", "NAME_PATTERN", "changed_fields"]
+__all__ = ["PackageSource", "WeightFile", "WeightSpec", "MANIFEST", "NAME_PATTERN", "changed_fields", "unportable"]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 """A weights name: lowercase letters, digits, ``.``, ``_`` and ``-``; it is also a cache folder name."""
@@ -25,6 +25,26 @@ MANIFEST = "manifest.json"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONVERTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+#: Characters Windows refuses in a file name (``:`` would also name a drive or an NTFS stream).
+_NOT_ON_WINDOWS = set('<>:"|?*')
+#: Names Windows keeps for devices, with any extension (``nul.safetensors`` is the null device).
+_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def unportable(name: str) -> str | None:
+    """Why ``name`` cannot be a file or folder name in a weights cache on every platform restorekit
+    runs on (Windows' rules: ``D:x`` is a path on drive D, ``x.pt:s`` an NTFS stream, ``nul`` the
+    null device, a trailing dot or space is dropped), or None when it can."""
+    bad = sorted(set(name) & _NOT_ON_WINDOWS)
+    if bad:
+        return f"holds {' '.join(bad)}, which Windows does not allow in a file name"
+    if name.split(".", 1)[0].rstrip(" ").lower() in _DEVICE_NAMES:
+        return "is a name Windows keeps for a device (CON, NUL, AUX, PRN, COM1…, LPT1…), with any extension"
+    if name.endswith((".", " ")):
+        return "ends in a dot or a space, which Windows drops from a file name"
+    return None
 
 
 def _check_sha256(value: str | None) -> str | None:
@@ -100,6 +120,9 @@ class WeightFile(_Frozen):
                 or any(ord(c) < 32 or ord(c) == 127 for c in v)):
             raise ValueError(f"filename {v!r} must be a plain file name (no folders or control characters, "
                              f"not '{MANIFEST}', not ending in .part)")
+        problem = unportable(v)
+        if problem:
+            raise ValueError(f"filename {v!r} {problem}")
         return v
 
     @field_validator("bundled")
@@ -145,6 +168,14 @@ class WeightSpec(_Frozen):
     paper: str = ""
     description: str = ""
 
+    @field_validator("name")
+    @classmethod
+    def _portable_name(cls, v: str) -> str:
+        problem = unportable(v)  # (the name is the cache folder's)
+        if problem:
+            raise ValueError(f"name {v!r} {problem}")
+        return v
+
     @field_validator("license")
     @classmethod
     def _spdx_like(cls, v: str) -> str:
@@ -154,9 +185,10 @@ class WeightSpec(_Frozen):
 
     @model_validator(mode="after")
     def _unique_files(self) -> WeightSpec:
-        names = [f.filename for f in self.files]
+        names = [f.filename.casefold() for f in self.files]
         if len(set(names)) != len(names):
-            raise ValueError("file names within a spec must be unique")
+            raise ValueError("file names within a spec must be unique (in any case: macOS and Windows "
+                             "do not tell 'A.pt' from 'a.pt')")
         return self
 
     def file(self, filename: str | None = None) -> WeightFile:
