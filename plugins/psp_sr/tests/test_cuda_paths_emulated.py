@@ -224,21 +224,23 @@ def test_a_checkpoint_keeps_the_cuda_generators_states_and_resume_restores_them(
         faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rng_state`` on a CUDA machine: ``torch.cuda.get_rng_state_all()``'s byte tensors (one a device,
     on the CPU) travel in the checkpoint, which still loads with ``weights_only``, and ``--resume`` gives
-    them back to ``torch.cuda.set_rng_state_all`` as they were."""
+    them back to ``torch.cuda.set_rng_state``, each to its device, as they were."""
     t = GANTrainer.build(config(faces, tmp_path / "run", steps=3), quiet=True)
     t.fit(until=1)
     again = GANTrainer.build(config(faces, tmp_path / "run", steps=3), quiet=True)
     states = [torch.randint(0, 256, (16,), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
               for i in range(2)]
-    restored: list[list[torch.Tensor]] = []
+    restored: dict[int, torch.Tensor] = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append(list(new)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device: restored.setdefault(device, new))
     assert t.save_checkpoint() is not None  # over the step-1 checkpoint, now with the CUDA states
     assert again.resume() == 1
-    assert len(restored) == 1 and len(restored[0]) == 2
-    for got, want in zip(restored[0], states):
+    assert sorted(restored) == [0, 1]
+    for device, want in enumerate(states):
+        got = restored[device]
         assert got.device.type == "cpu" and got.dtype == torch.uint8 and torch.equal(got, want)
 
 
