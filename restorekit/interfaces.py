@@ -7,10 +7,16 @@ range (StyleGAN's and LPIPS' ``[-1, 1]``) convert inside themselves, never at ca
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import operator
+import threading
+import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -50,13 +56,26 @@ class NoOptions(Options):
 INPUT_RANGE_SLACK = 0.5
 
 
-def check_image_batch(x: object, what: str = "input") -> None:
+def refuse_nan(x: object, what: str = "input") -> None:
+    """Raise ``ValueError`` (one line, starting with ``what``) when ``x`` is a floating-point tensor
+    holding NaN: a method would return it as a NaN image (or a plausible one made of it). Anything
+    else passes (:func:`check_image_batch` says what is wrong with it)."""
+    if (isinstance(x, torch.Tensor) and x.is_floating_point() and x.device.type != "meta" and x.numel()
+            and bool(torch.isnan(x.detach()).any())):
+        bad = int(torch.isnan(x.detach()).sum())
+        raise ValueError(f"{what} holds {bad} NaN value(s) of {x.numel()}; images are finite values in [0, 1]")
+
+
+def check_image_batch(x: object, what: str = "input", *, finite: bool = False) -> None:
     """Raise ``ValueError`` (one line, starting with ``what``) unless ``x`` is an image batch by the
     convention: a floating-point tensor ``N×3×H×W`` (N, H, W ≥ 1), values in ``[0, 1]``.
 
     Any floating dtype passes (float16, float64: the receiver converts). The range test is one
     ``aminmax`` and tolerates an overshoot of :data:`INPUT_RANGE_SLACK` (a resampled image rings past
-    [0, 1]); it catches [0, 255] and [-1, 1] images, not every out-of-range value. NaN is not checked.
+    [0, 1]); it catches [0, 255] and [-1, 1] images, not every out-of-range value. Infinite values
+    are refused; NaN only with ``finite=True`` (a metric scores an image holding one as NaN, and
+    :meth:`Method.restore` refuses it where its caller hands it over: :func:`refuse_nan`). A tensor
+    on the meta device (no values) is refused.
     """
     if not isinstance(x, torch.Tensor):
         module = type(x).__module__ or ""
@@ -87,7 +106,17 @@ def check_image_batch(x: object, what: str = "input") -> None:
     if not x.is_floating_point():
         raise ValueError(f"{what} must be a floating-point tensor in [0, 1], got {x.dtype}: for 8-bit values "
                          f"use x.float() / 255")
+    if x.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device, which holds shapes but no values: make it on the cpu or "
+                         f"a GPU")
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo != lo:  # aminmax propagates NaN: a batch holding one has NaN bounds
+        if finite:
+            refuse_nan(x, what)
+        return
+    if math.isinf(lo) or math.isinf(hi):
+        bad = int(torch.isinf(x.detach()).sum())
+        raise ValueError(f"{what} holds {bad} infinite value(s) of {x.numel()}; images are finite values in [0, 1]")
     if hi > 1 + INPUT_RANGE_SLACK or lo < -INPUT_RANGE_SLACK:
         if lo < -INPUT_RANGE_SLACK and hi <= 1 + INPUT_RANGE_SLACK:
             hint = "a [-1, 1] image? use (x + 1) / 2"
@@ -124,6 +153,90 @@ class MethodInfo:
         return self.deterministic or self.single_sample_deterministic
 
 
+#: The device types whose autocast :func:`float32_compute` turns off.
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
+
+@contextlib.contextmanager
+def float32_compute(device: str | torch.device = "cpu") -> Iterator[None]:
+    """Inside, torch's autocast is off on the CPU and on ``device``'s type: the image convention
+    is float32, and a caller's mixed precision (a training loop's ``torch.autocast``) would
+    otherwise change a method's results or fail in a kernel without bfloat16. Every
+    :meth:`Method.restore` runs inside it (see :class:`Method`)."""
+    with contextlib.ExitStack() as stack:
+        for kind in dict.fromkeys(("cpu", torch.device(device).type)):
+            if kind in AUTOCAST_DEVICE_TYPES:
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+        yield
+
+
+# One lock per Method instance for its load() (weakly keyed: it goes with the instance, and an
+# instance stays picklable); an instance that cannot be weakly referenced shares the coarse one.
+_LOAD_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOAD_LOCKS_GUARD = threading.Lock()
+_COARSE_LOAD_LOCK = threading.RLock()
+
+
+def load_lock(method: object) -> threading.RLock:
+    """The re-entrant lock that ``method``'s :meth:`Method.load` holds while it runs."""
+    with _LOAD_LOCKS_GUARD:
+        try:
+            lock = _LOAD_LOCKS.get(method)
+            if lock is None:
+                lock = _LOAD_LOCKS[method] = threading.RLock()
+        except TypeError:  # not hashable or not weakly referenceable
+            lock = _COARSE_LOAD_LOCK
+    return lock
+
+
+def _serialised_load(load: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(load)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        with load_lock(self):
+            return load(self, *args, **kwargs)
+
+    setattr(wrapper, "_restorekit_wrapped", True)
+    return wrapper
+
+
+# How deep this thread is in Method.restore calls: a method's input is checked for NaN where the
+# caller hands it over (depth 0), not where a subclass passes its own intermediate to its parent.
+_RESTORING = threading.local()
+
+
+def _checked_restore(restore: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    @functools.wraps(restore)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Tensor:
+        depth = getattr(_RESTORING, "depth", 0)
+        if depth == 0:
+            lr = args[0] if args else kwargs.get("lr")
+            refuse_nan(lr, f"{getattr(getattr(self, 'info', None), 'name', type(self).__name__)}: lr")
+        _RESTORING.depth = depth + 1
+        try:
+            with float32_compute(getattr(self, "device", "cpu")):
+                return restore(self, *args, **kwargs)
+        finally:
+            _RESTORING.depth = depth
+
+    setattr(wrapper, "_restorekit_wrapped", True)
+    return wrapper
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as an int when it is an integer (``int``, ``numpy.int64``, a 0-d integer tensor:
+    whatever has ``__index__``), else None; ``bool`` is not one."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.dim() > 0)):
+        return None
+    try:
+        return operator.index(cast(Any, value))
+    except (TypeError, RuntimeError):  # RuntimeError: a tensor of more than one element
+        return None
+
+
+#: Outputs needing less than this are not checked against the memory left (reading it costs more).
+_SMALL_OUTPUT_BYTES = 64 * 2**20
+
+
 class Method(ABC):
     """A restoration method, as `run` and `compare` call it.
 
@@ -136,11 +249,23 @@ class Method(ABC):
     than a wrong result. (Annotate an options argument as :data:`OptionsModel`: inside the class,
     ``Options`` names the class attribute.)
 
-    Threads: call :meth:`load` before sharing an instance. restorekit's own methods, once loaded,
-    may then be called from several threads at once and give what each call gives alone; what a
-    call leaves on the instance (``last_reports``, PULSE's ``last_w_plus``) is the last finished
-    call's, so a caller reading it uses one instance per thread or a lock. ``serve`` calls one
-    method at a time.
+    :meth:`check_sampling` checks ``seed`` and ``n_samples`` alike, and
+    :meth:`check_output_memory` refuses an output that would not fit the memory left.
+
+    Every subclass's :meth:`load` and :meth:`restore` are wrapped where the class is made:
+    ``load`` holds the instance's lock (:func:`load_lock`) while it runs, so two threads whose
+    first ``restore`` loads the method at once load it once, and neither computes with a model the
+    other is still setting up; ``restore`` refuses a caller's batch holding NaN (:func:`refuse_nan`;
+    a subclass handing its own intermediate to its parent's ``restore`` is not checked again) and
+    runs with torch's autocast off (:func:`float32_compute`), so a caller's mixed precision does
+    not change what it returns.
+
+    Threads: restorekit's own methods may be called from several threads at once and give what
+    each call gives alone; what a call leaves on the instance (``last_reports``, PULSE's
+    ``last_w_plus``) is the last finished call's, so a caller reading it uses one instance per
+    thread or a lock. Loading draws from torch's global RNG inside ``torch.random.fork_rng``, which
+    puts that RNG back for every thread: call :meth:`load` before sharing an instance with threads
+    that draw from it. ``serve`` calls one method at a time.
     """
 
     info: ClassVar[MethodInfo]
@@ -152,12 +277,21 @@ class Method(ABC):
         # Per-image notes from the last restore() call (e.g. steps taken, eps reached).
         self.last_reports: list[dict[str, Any]] = []
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("load", _serialised_load), ("restore", _checked_restore)):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
+                    fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
+                setattr(cls, name, wrap(fn))
+
     def load(self) -> None:
         """Build models and load weights; idempotent."""
 
     def check_input(self, lr: Tensor) -> None:
         """Raise ``ValueError`` (one line naming the fix) unless ``lr`` follows the image convention:
-        a floating-point ``N×3×H×W`` tensor with values in [0, 1] (:func:`check_image_batch`).
+        a floating-point ``N×3×H×W`` tensor with values in [0, 1] (:func:`check_image_batch`; a NaN
+        in the caller's batch is refused before ``restore`` runs, see :class:`Method`).
 
         float16 and float64 pass; :meth:`restore` converts. Cheap: one ``aminmax`` over the batch."""
         check_image_batch(lr, f"{getattr(getattr(self, 'info', None), 'name', type(self).__name__)}: lr")
@@ -168,19 +302,51 @@ class Method(ABC):
         Any integer passes (``int``, ``numpy.int64``, a 0-d integer tensor: whatever has
         ``__index__``); ``bool``, floats and non-positive values do not. Compute sizes from
         ``int(scale)`` after this check."""
-        try:
-            if isinstance(scale, bool) or (isinstance(scale, torch.Tensor) and (scale.dtype == torch.bool
-                                                                                or scale.dim() > 0)):
-                raise TypeError
-            value = operator.index(scale)
-        except (TypeError, RuntimeError):  # RuntimeError: a tensor of more than one element
-            raise ValueError(f"scale must be a positive integer, got {scale!r}") from None
-        if value < 1:
-            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        value = _integer(scale)
+        if value is None or value < 1:
+            name = getattr(getattr(self, "info", None), "name", type(self).__name__)
+            raise ValueError(f"{name}: scale must be a positive integer, got {scale!r}")
         scales = self.info.scales
         if scales is not None and value not in scales:
             allowed = ", ".join(str(s) for s in scales)
             raise ValueError(f"{self.info.name} supports --scale {allowed}; got {value}")
+
+    def check_sampling(self, seed: int | None, n_samples: int) -> None:
+        """Raise ``ValueError`` (one line naming the method) unless ``n_samples`` is a positive
+        integer and ``seed`` is None or an integer from 0 to 2**64 − 1 (what
+        ``torch.Generator.manual_seed`` takes, and ``run --seed``'s range). Integer-likes pass as
+        in :meth:`check_scale`; compute with ``int(...)`` after this check. A deterministic method
+        checks them too: a seed it ignores is still no string."""
+        from .seeds import SEED_MAX
+
+        name = getattr(getattr(self, "info", None), "name", type(self).__name__)
+        count = _integer(n_samples)
+        if count is None or count < 1:
+            raise ValueError(f"{name}: n_samples must be a positive integer, got {n_samples!r}")
+        if seed is not None:
+            value = _integer(seed)
+            if value is None or not 0 <= value <= SEED_MAX:
+                raise ValueError(f"{name}: seed must be None or an integer from 0 to 2**64 - 1, got {seed!r}")
+
+    def check_output_memory(self, lr: Tensor, scale: int, n_samples: int = 1, *, copies: float = 2.0,
+                            device: torch.device | None = None) -> None:
+        """Raise :class:`~restorekit.errors.InsufficientMemory` (one line) before any work when
+        ``copies`` float32 copies of the output (``N·n_samples×3×(h·scale)×(w·scale)``; 2: a resize
+        to the output size and its clamp, at their peak) would not fit the memory ``device``
+        (default: the method's) has left. On the CPU, Linux does not fail such an allocation: it kills
+        the process once the pages are touched, and a service with it. Call after the checks above."""
+        from .device_memory import check_working_memory
+
+        k = int(scale)
+        h, w = int(lr.shape[-2]) * k, int(lr.shape[-1]) * k
+        rows = int(lr.shape[0]) * int(n_samples)
+        need = int(copies * rows * 3 * h * w * 4)
+        if need < _SMALL_OUTPUT_BYTES:
+            return
+        name = getattr(getattr(self, "info", None), "name", type(self).__name__)
+        images = f" × {rows} outputs" if rows > 1 else ""
+        check_working_memory(need, device if device is not None else self.device, f"{name} at ×{k} ({w}×{h}{images})",
+                             "lower the scale, or restore fewer images or samples at once")
 
     @property
     def keeps_native_size(self) -> bool:

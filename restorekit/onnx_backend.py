@@ -193,7 +193,8 @@ class OnnxMethod(Method):
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.check_input(lr)
         self.check_scale(scale)
-        scale = int(scale)
+        self.check_sampling(seed, n_samples)
+        scale, n_samples = int(scale), int(n_samples)
         if n_samples > 1 and not self.info.deterministic:
             raise OnnxBackendError(f"{self.info.name}: --backend onnxruntime makes one output per input "
                                    f"(n_samples={n_samples} needs --backend torch)")

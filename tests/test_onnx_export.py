@@ -186,6 +186,10 @@ def test_onnx_method_matches_torch_and_caches(tmp_path: Path, monkeypatch: pytes
     assert om.last_reports == [{"backend": "onnxruntime"}] * 3 and om.bench_parts is None
     # Deterministic methods repeat their single output for n_samples.
     assert torch.equal(om.restore(lr[:1], 2, n_samples=2), out[:1].repeat(2, 1, 1, 1))
+    # ... and check n_samples and seed as the torch backend does (n_samples=0 gave one output).
+    for bad, said in (({"n_samples": 0}, "n_samples must be a positive integer"), ({"seed": -1}, "seed must be None")):
+        with pytest.raises(ValueError, match=f"tiny_onnx: {said}"):
+            om.restore(lr[:1], 2, **bad)
     # The second time the cached export is used as it is.
     monkeypatch.setattr("restorekit.onnx_backend.export_onnx", lambda *a, **k: pytest.fail("exported again"))
     assert isinstance(onnx_method(TinyMethod(), threads=1), OnnxMethod)

@@ -34,7 +34,9 @@ class Bicubic(Method):
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.check_input(lr)
         self.check_scale(scale)
-        scale = int(scale)
+        self.check_sampling(seed, n_samples)
+        scale, n_samples = int(scale), int(n_samples)
+        self.check_output_memory(lr, scale, n_samples)
         # float32 whatever the input's float type (the image convention; float16 has no CPU kernel).
         out = bicubic_resize(lr.to(self.device, torch.float32), (lr.shape[-2] * scale, lr.shape[-1] * scale))
         if self.options.clamp == "clip":

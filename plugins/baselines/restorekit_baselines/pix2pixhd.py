@@ -623,10 +623,13 @@ class Pix2PixHD(Method):
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.check_input(lr)
         self.check_scale(scale)
-        scale = int(scale)
+        self.check_sampling(seed, n_samples)
+        scale, n_samples = int(scale), int(n_samples)
         self.load()
         assert self.generator is not None
         self.preflight(lr, scale)
+        if n_samples > 1:  # the samples (one deterministic output, repeated) beside the network's working memory
+            self.check_output_memory(lr, scale, n_samples, copies=1)
         lr = lr.to(self.device, torch.float32)
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
         size = self.options.input_size

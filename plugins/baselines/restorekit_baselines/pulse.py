@@ -320,9 +320,10 @@ class Pulse(Method):
         """
         self.check_input(lr)
         self.check_scale(scale)
-        scale = int(scale)
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be ≥ 1, got {n_samples}")
+        self.check_sampling(seed, n_samples)
+        scale, n_samples = int(scale), int(n_samples)
+        if not self.options.keep_native_size:
+            self.check_output_memory(lr, scale, n_samples)
         self.load()
         assert self.generator is not None
         seed = 0 if seed is None else int(seed)

@@ -449,13 +449,14 @@ class PSPSR(Method):
         if bad:
             raise PSPModelError(f"psp_sr: mix_layers {bad}: this model has {model.n_styles} styles "
                                 f"(0…{model.n_styles - 1})")
-        self.model = model.to(self.device).eval()
-        for p in self.model.parameters():
+        model = model.to(self.device).eval()
+        for p in model.parameters():
             p.requires_grad_(False)
         if self.options.optimize:
             from .inference import optimize_for_inference
 
-            optimize_for_inference(self.model)
+            optimize_for_inference(model)
+        self.model = model  # set once ready: `model is not None` is what load() and restore() go by
 
     def _load_random(self) -> None:
         from .random_model import paper_shaped_psp
@@ -616,7 +617,10 @@ class PSPSR(Method):
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
         self.check_input(lr)
         self.check_scale(scale)
-        scale = int(scale)
+        self.check_sampling(seed, n_samples)
+        scale, n_samples = int(scale), int(n_samples)
+        if not self.options.keep_native_size:
+            self.check_output_memory(lr, scale, n_samples)
         self.load()
         self._keep_memory()
         self._check_input(lr)

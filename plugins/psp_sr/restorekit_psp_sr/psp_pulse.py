@@ -299,9 +299,10 @@ class PSPPulse(PSPSR):
         """pSp's estimate refined per image; see the module docstring. ``seed=None`` means 0."""
         self.check_input(lr)
         self.check_scale(scale)
-        scale = int(scale)
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        self.check_sampling(seed, n_samples)
+        scale, n_samples = int(scale), int(n_samples)
+        if not self.options.keep_native_size:
+            self.check_output_memory(lr, scale, n_samples)
         self.load()
         self._check_input(lr)
         self._keep_memory()  # every search step allocates the generator's activations and gradients again
