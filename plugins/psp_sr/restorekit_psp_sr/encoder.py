@@ -31,6 +31,7 @@ from restorekit.interfaces import Encoder
 from .fast_encoder import InferencePath, backbone_heads_forward, gradual_style_forward, single_w_forward
 from .irse import BackboneConfig, backbone_config, make_body, make_input_layer
 from .stylegan2 import EqualLinear  # rosinality naming: weight, bias; lr_mul/sqrt(in) at run time
+from .stylegan2 import in_onnx_export
 
 
 def resize_input(x: Tensor, size: int) -> Tensor:
@@ -41,7 +42,7 @@ def resize_input(x: Tensor, size: int) -> Tensor:
     """
     if x.shape[-2:] == (size, size):
         return x
-    if torch.onnx.is_in_onnx_export():  # ONNX has no antialiased resize: the same, as two matrix products
+    if in_onnx_export():  # ONNX has no antialiased resize: the same, as two matrix products
         rows = _resize_matrix(int(x.shape[-2]), size).to(x.dtype)
         cols = _resize_matrix(int(x.shape[-1]), size).to(x.dtype)
         return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)
@@ -58,7 +59,7 @@ def pool_input(x: Tensor, size: int) -> Tensor:
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if (h, w) == (size, size):
         return x
-    if torch.onnx.is_in_onnx_export():
+    if in_onnx_export():
         if h % size == 0 and w % size == 0:
             return F.avg_pool2d(x, (h // size, w // size))
         rows, cols = _pool_matrix(h, size).to(x.dtype), _pool_matrix(w, size).to(x.dtype)

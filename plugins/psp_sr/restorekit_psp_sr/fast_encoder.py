@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fast_irse import FoldedBackbone
+from .stylegan2 import in_onnx_export
 
 if TYPE_CHECKING:
     from .encoder import BackboneEncoder, BackboneEncoderUsingLastLayerIntoW, GradualStyleEncoder, _HeadedEncoder
@@ -82,7 +83,7 @@ class InferencePath:
             return False
         if torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters()):
             return False
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or in_onnx_export():
             return (_shape_key(x) in self._served and self._backbone is not None
                     and _stamp(self._backbone_sources) == self._stamp)
         return True

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .fold import BorderBias, fold_bn_after, fold_bn_before
 from .irse import IRBlock, SEModule
+from .stylegan2 import in_onnx_export
 
 
 def _fmt(t: Tensor, memory_format: torch.memory_format | None) -> Tensor:
@@ -75,7 +76,7 @@ class BorderCorrection:
 
     def __call__(self, out: Tensor) -> Tensor:
         full, parts = self._entry(out)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or in_onnx_export():
             return out + full  # one constant, out of place: what graph exporters handle well
         if len(parts) == 1:
             return out.add_(parts[0])

@@ -9,7 +9,9 @@ organised for speed:
 * Modulated convs never build per-sample weights for a batch: activations are scaled by the
   style, convolved with the shared weight and scaled by the demodulation coefficients, which is
   the same function as weight modulation and exports to ONNX for any batch size. For a batch of
-  one in eager mode the weight is modulated instead (cheaper: the weight is small).
+  one in eager mode the weight is modulated instead (cheaper: the weight is small); with the
+  inference settings, only where that is fewer products and the style needs no gradient (in a
+  latent search the modulated weight's gradient would cost one more convolution per layer).
 * On CPU (and with ``impl="ref"``) bias, activation gain and demodulation are folded into the
   convolution where that is exact, leaving two element-wise passes per layer; on CUDA the layer
   runs conv → noise → :func:`fused_bias_act` kernel.
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 from restorekit.interfaces import Generator
 
 from .ops import FusedLeakyReLU, Impl, fused_bias_act, upfirdn2d
+from .ops.upfirdn2d import _pad2
 
 BLUR_KERNEL = (1, 3, 3, 1)
 RESOLUTIONS = tuple(2**i for i in range(5, 11))  # 32 … 1024
@@ -54,9 +57,41 @@ def _kernel2d(k: Sequence[float]) -> Tensor:
     return t / t.sum()
 
 
+def _shape_only() -> bool:
+    """Whether modules are being built on the meta device: shapes without values, as the weight
+    loaders build a network to check a file against its config before allocating anything."""
+    return torch.get_default_device().type == "meta"
+
+
+def _randn(*shape: int) -> Tensor:
+    """``torch.randn(*shape)``; on the meta device an empty tensor. Meta's ``randn`` and tensor
+    arithmetic run Python decompositions whose first use imports sympy and ``torch._dynamo``
+    (seconds, once per process: most of a one-image ``restorekit run``), for values a
+    shape-only build never has."""
+    return torch.empty(*shape) if _shape_only() else torch.randn(*shape)
+
+
+def _filter_kernels(kernel: Sequence[float], gain: float) -> tuple[Tensor, Tensor]:
+    """``(rosinality's 2-D kernel·gain, the 1-D kernel normalised to sum 1)``; on the meta device
+    computed on the CPU and moved there (see :func:`_randn`)."""
+    if _shape_only():
+        with torch.device("cpu"):
+            k2, k1 = _filter_kernels(kernel, gain)
+        return k2.to("meta"), k1.to("meta")
+    k1 = torch.tensor(kernel, dtype=torch.float32)
+    return _kernel2d(kernel) * gain, k1 / k1.sum()
+
+
+def in_onnx_export() -> bool:
+    """``torch.onnx.is_in_onnx_export()`` without importing ``torch.onnx`` when nothing has (an
+    export imports it first): that import took a quarter of a second of a process's first image."""
+    onnx = sys.modules.get("torch.onnx")
+    return bool(onnx is not None and onnx.is_in_onnx_export())
+
+
 def _exporting() -> bool:
     """Tracing, ONNX export or torch.compile: shapes must not depend on the batch size."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or in_onnx_export():
         return True
     # Asking torch.compiler would import dynamo (seconds); no dynamo loaded means not compiling.
     dynamo = sys.modules.get("torch._dynamo")
@@ -77,7 +112,8 @@ class EqualLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0,
                  lr_mul: float = 1.0, activation: bool = False, impl: Impl = "auto") -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim) if _shape_only() else  # (see _randn)
+                                   torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
         self.scale = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul
@@ -128,9 +164,9 @@ class Blur(nn.Module):
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], gain: float = 1.0,
                  impl: Impl = "auto") -> None:
         super().__init__()
-        self.register_buffer("kernel", _kernel2d(kernel) * gain)
-        k1 = torch.tensor(kernel, dtype=torch.float32)
-        self.register_buffer("kernel_1d", k1 / k1.sum(), persistent=False)
+        k2, k1 = _filter_kernels(kernel, gain)
+        self.register_buffer("kernel", k2)
+        self.register_buffer("kernel_1d", k1, persistent=False)
         self.pad = pad
         self.gain = gain
         self.impl: Impl = impl
@@ -166,7 +202,13 @@ class Blur(nn.Module):
 
 
 class Upsample(nn.Module):
-    """×2 upsampling with a FIR filter (ToRGB skip path); ``kernel`` as in rosinality."""
+    """×2 upsampling with a FIR filter (ToRGB skip path); ``kernel`` as in rosinality.
+
+    Off CUDA the filter runs as :func:`upfirdn2d`'s reference does it (one transposed depthwise
+    convolution, then a crop), with its ``C×1×k×k`` weight made once instead of on every call:
+    the same numbers, bit for bit, without the per-call filter set-up that cost more than the
+    convolution itself on the 3-channel skip images.
+    """
 
     kernel: Tensor  # buffers
     kernel_1d: Tensor
@@ -174,16 +216,39 @@ class Upsample(nn.Module):
     def __init__(self, kernel: Sequence[float], factor: int = 2, impl: Impl = "auto") -> None:
         super().__init__()
         self.factor = factor
-        self.register_buffer("kernel", _kernel2d(kernel) * factor**2)
-        k1 = torch.tensor(kernel, dtype=torch.float32)
-        self.register_buffer("kernel_1d", k1 / k1.sum(), persistent=False)
+        k2, k1 = _filter_kernels(kernel, factor**2)
+        self.register_buffer("kernel", k2)
+        self.register_buffer("kernel_1d", k1, persistent=False)
         p = len(kernel) - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
         self.impl: Impl = impl
+        self._depthwise: Tensor | None = None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        self._depthwise = None
+        return super()._apply(fn, recurse)
+
+    def _depthwise_weight(self, x: Tensor) -> Tensor:
+        """``C×1×k×k``: ``upfirdn2d_ref``'s filter for ``x`` (``outer(k, k)·factor²``, unflipped:
+        a transposed convolution applies it as a true convolution), one copy per channel."""
+        w, c = self._depthwise, x.shape[1]
+        if w is None or w.shape[0] != c or w.dtype != x.dtype or w.device != x.device:
+            # A plain tensor even under inference mode: it may serve a call that needs gradients later.
+            with torch.inference_mode(False), torch.no_grad():
+                k = self.kernel_1d.to(device=x.device, dtype=x.dtype)
+                f2 = torch.outer(k, k) * self.factor**2
+                w = f2.reshape(1, 1, *f2.shape).expand(c, 1, -1, -1).contiguous()
+            self._depthwise = w
+        return w
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel_1d, up=self.factor, pad=self.pad, gain=self.factor**2,
-                         impl=self.impl)
+        k = self.kernel_1d.shape[0]
+        if x.is_cuda or self.impl == "cuda" or k > 6 or x.ndim != 4 or _exporting():
+            return upfirdn2d(x, self.kernel_1d, up=self.factor, pad=self.pad, gain=self.factor**2,
+                             impl=self.impl)
+        f, (p0, p1) = self.factor, self.pad
+        y = F.conv_transpose2d(x, self._depthwise_weight(x), stride=f, groups=x.shape[1])
+        return _pad2(y, p0 - k + 1, p1 + f - k, p0 - k + 1, p1 + f - k)
 
 
 class ModulatedConv2d(nn.Module):
@@ -209,7 +274,7 @@ class ModulatedConv2d(nn.Module):
                              gain=factor**2, impl=impl)
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
-        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.weight = nn.Parameter(_randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1, impl=impl)
         # None: weight modulation for a batch of one in eager mode, activation modulation otherwise.
         self.fused: bool | None = None
@@ -254,9 +319,15 @@ class ModulatedConv2d(nn.Module):
         self._cache = None  # .to()/.half() etc. move the parameter: drop derived tensors
         return super()._apply(fn, recurse)
 
-    def _weight_modulation_pays(self, x: Tensor) -> bool:
+    def _weight_modulation_pays(self, x: Tensor, s: Tensor) -> bool:
         """Whether scaling the weight (``out·in·k²`` products) costs less than scaling the
-        activations before and after the convolution (``in·H·W + out·H'·W'``)."""
+        activations before and after the convolution (``in·H·W + out·H'·W'``).
+
+        Never while the style needs a gradient (a latent search such as psp_pulse's): the
+        backward pass of a modulated weight is a weight-gradient convolution, as costly as the
+        forward one (``H·W·in·out·k²``), where scaled activations cost two element-wise passes."""
+        if s.requires_grad and torch.is_grad_enabled():
+            return False
         hw = x.shape[2] * x.shape[3]
         return self.weight.numel() <= hw * (self.in_channel + self.out_channel * (4 if self.upsample else 1))
 
@@ -269,7 +340,7 @@ class ModulatedConv2d(nn.Module):
         # Demodulation: Σ_i,k (w_oik s_ni)² = (s²)·(Σ_k w_oik²)ᵀ — no N×out×in×k×k tensor needed.
         d = torch.rsqrt(s.square() @ w2.t() + self.eps) if self.demodulate else None  # N × out
         fused = self.fused if self.fused is not None else (n == 1 and not _exporting() and (
-            not self.modulate_by_cost or self._weight_modulation_pays(x)))
+            not self.modulate_by_cost or self._weight_modulation_pays(x, s)))
         if fused and n == 1:
             col = d[0] * gain if d is not None else torch.full_like(s[0, :1], gain).expand(self.out_channel)
             coef = col[:, None] * s[0][None, :]  # out × in: one pass over the weight below
@@ -308,7 +379,7 @@ class ConstantInput(nn.Module):
 
     def __init__(self, channel: int, size: int = 4) -> None:
         super().__init__()
-        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+        self.input = nn.Parameter(_randn(1, channel, size, size))
 
     def forward(self, batch: int) -> Tensor:
         return self.input.expand(batch, -1, -1, -1)
@@ -416,7 +487,7 @@ class StyleGAN2Generator(Generator):
         self.noises = nn.Module()
         for i in range(self.num_layers):
             r = 2 ** ((i + 5) // 2)
-            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+            self.noises.register_buffer(f"noise_{i}", _randn(1, 1, r, r))
         in_ch = c4
         for i in range(3, self.log_size + 1):
             out_ch = self.channels[2**i]
