@@ -73,11 +73,14 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import functools
 import glob as globmod
 import hashlib
 import io
 import os
 import re
+import socket
+import stat
 import sys
 import threading
 import unicodedata
@@ -93,6 +96,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
+from .memory import process_id, status_fields
 from .safe_open import NOFOLLOW, Folder, open_folder, refused_link
 
 if TYPE_CHECKING:
@@ -240,6 +244,18 @@ def shown_name(p: object) -> str:
 
 
 def _check_file(p: Path) -> None:
+    """A one-line ``ImageError`` unless ``p`` is a file with something in it; one ``stat`` when it
+    is (a missing file, a folder, an empty file and a broken link are each said as such)."""
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError):  # asked again below, each case with its own answer or error
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{p}: is a folder, not an image")
+        if st.st_size == 0:
+            raise ImageError(f"{p}: empty file (0 bytes)")
+        return
     if not p.exists():
         if p.is_symlink():  # exists() follows the link: a dangling link or a loop
             try:
@@ -732,15 +748,13 @@ def from_pil(img: Image.Image) -> torch.Tensor:
 
 def _proc_umask() -> int | None:
     """The process's umask as Linux shows it (``Umask:`` in ``/proc/self/status``, Linux 4.7 on),
-    read without changing it; None where there is no such line."""
+    read now without changing it (one system call: :func:`~restorekit.memory.status_fields`);
+    None where there is no such line."""
+    fields = status_fields("Umask")
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8) & 0o777
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return int(fields["Umask"].split()[0], 8) & 0o777 if fields and "Umask" in fields else None
+    except (ValueError, IndexError):
+        return None
 
 
 def _swap_umask() -> int:
@@ -791,13 +805,36 @@ def temp_prefix(name: str, limit: int = 200) -> str:
     return f".{cut}."
 
 
-# The name atomic_write_bytes' temp files have: temp_prefix(NAME), mkstemp's 8 random characters, .part.
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part")
+# The name atomic_write_bytes' temp files have: temp_prefix(NAME), then the writer's process id, its
+# host (:func:`_host_tag`) and 8 random hex digits, then .part: ``.x.png.4242-1a2b3c4d-5e6f7a8b.part``.
+_TEMP_NAME = re.compile(r"\..+\.(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}\.part")
+# The name earlier versions gave them (8 random characters, no process id): swept by age only.
+_OLD_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part")
 
 
 def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is that of a temp file :func:`atomic_write_bytes` writes (``.NAME.<8>.part``)."""
-    return _TEMP_NAME.fullmatch(name) is not None
+    """Whether ``name`` is that of a temp file :func:`atomic_write_bytes` writes
+    (``.NAME.<pid>-<host>-<8>.part``, or an earlier version's ``.NAME.<8>.part``)."""
+    return _TEMP_NAME.fullmatch(name) is not None or _OLD_TEMP_NAME.fullmatch(name) is not None
+
+
+@functools.cache
+def _host_tag() -> str:
+    """8 hex digits naming where this process's ids mean something: its host and (Linux) its
+    process-id namespace. A temp file of another tag (another machine writing to a shared folder,
+    another container) is not judged by whether its process id runs here."""
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except (OSError, ValueError):
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{ns}".encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _temp_writer(name: str) -> int | None:
+    """The process id in a temp file's name when that process ran on this host (and process-id
+    namespace), else None (another host's, or an earlier version's name without one)."""
+    m = _TEMP_NAME.fullmatch(name)
+    return int(m["pid"]) if m is not None and m["host"] == _host_tag() else None
 
 
 def subfolders(folder: Path) -> list[Path]:
@@ -811,16 +848,21 @@ def subfolders(folder: Path) -> list[Path]:
 
 def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, root: Path | None = None) -> int:
     """Remove, in each of ``folders`` (not below them), the temp files :func:`atomic_write_bytes`
-    left when its process was killed mid-write, if last written over ``older_than_s`` seconds ago
-    (a write in progress, by another process of the same job, is younger). Only names of exactly
-    that shape (:func:`is_temp_name`); for folders restorekit writes whose holder is known to be
-    the only writer (a lock). ``root``: ``folders`` lie below this output folder, and one reached
-    through a symbolic link another user owns is left alone (:func:`~restorekit.safe_open.open_folder`).
-    Returns how many were removed."""
+    left when its process was killed mid-write: at once when its name says a process of this host
+    that no longer runs (:func:`_temp_writer`), never while that process runs (this one included);
+    otherwise (another host's, an earlier version's name) if last written over ``older_than_s``
+    seconds ago (a write in progress, by another process of the same job, is younger). Only names
+    of exactly that shape (:func:`is_temp_name`); for folders restorekit writes whose holder is
+    known to be the only writer (a lock). ``root``: ``folders`` lie below this output folder, and
+    one reached through a symbolic link another user owns is left alone
+    (:func:`~restorekit.safe_open.open_folder`). Returns how many were removed."""
     import time
+
+    from .weights.cache import _pid_alive
 
     cutoff = time.time() - older_than_s
     removed = 0
+    alive: dict[int, bool] = {}
     for path in folders:
         try:
             folder = open_folder(root, path.relative_to(root), create=False) if root is not None \
@@ -835,8 +877,15 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
             for e in entries:
                 if not is_temp_name(e.name):
                     continue
+                pid = _temp_writer(e.name)
+                if pid is not None:
+                    if pid not in alive:  # (this process counts as running: another thread may be writing)
+                        alive[pid] = pid == process_id() or _pid_alive(pid)
+                    if alive[pid]:
+                        continue  # a write under way: never removed, however long it takes
                 try:
-                    if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if e.is_file(follow_symlinks=False) and (
+                            pid is not None or e.stat(follow_symlinks=False).st_mtime < cutoff):
                         folder.unlink(e.name, missing_ok=False)
                         removed += 1
                 except OSError:  # gone meanwhile, or not ours to remove: left
@@ -849,11 +898,13 @@ _TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_
 
 
 def _new_temp(folder: Folder, name: str, suffix: str) -> tuple[int, str]:
-    """A new file ``.NAME.<8>SUFFIX`` in ``folder`` (:func:`is_temp_name`), made 0600, never through a link."""
+    """A new file ``.NAME.<pid>-<host>-<8>SUFFIX`` in ``folder`` (:func:`is_temp_name`), made 0600,
+    never through a link: the writer's process id and host (:func:`_host_tag`) in its name tell a
+    sweep whether a live process is still writing it (:func:`sweep_temp_files`)."""
     import secrets
 
     for _ in range(100):
-        tmp = f"{temp_prefix(name)}{secrets.token_hex(4)}{suffix}"
+        tmp = f"{temp_prefix(name)}{process_id()}-{_host_tag()}-{secrets.token_hex(4)}{suffix}"
         try:
             return os.open(folder.at(tmp), _TEMP_FLAGS, 0o600, dir_fd=folder.fd), tmp
         except FileExistsError:
@@ -866,6 +917,21 @@ def fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> F
     :class:`FileSystemError` already, such as a folder refused as another user's link,
     :class:`~restorekit.safe_open.LinkedFolderError`, says its own line)."""
     return FileSystemError(describe_os_error(exc, path, action=action))
+
+
+#: The folders :func:`write_via_temp` (without ``root``) made or found in this process, by their
+#: path as given: a write into one asks for it no more (a ``mkdir`` and a ``stat`` per file). At
+#: most :data:`KNOWN_FOLDERS_MAX` (then forgotten all at once: asked again).
+_KNOWN_FOLDERS: set[str] = set()
+KNOWN_FOLDERS_MAX = 1024
+
+
+def _made_folder(path: Path) -> None:
+    """``path``'s folder made when missing (with its parents), and known from now on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(_KNOWN_FOLDERS) >= KNOWN_FOLDERS_MAX:
+        _KNOWN_FOLDERS.clear()
+    _KNOWN_FOLDERS.add(str(path.parent))
 
 
 def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | None = None, suffix: str = ".part",
@@ -882,10 +948,14 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
     link another user owns (one there is refused in one line; the user's own is followed:
     :func:`~restorekit.safe_open.open_folder`) and made when missing, and the temp file is written
     and renamed in the folder so opened, so a folder swapped for such a link meanwhile is never
-    written through. Without ``root`` the whole path is the caller's, taken as given."""
+    written through. Without ``root`` the whole path is the caller's, taken as given: its folder is
+    made when missing, asked for once per process (:data:`_KNOWN_FOLDERS`), and made again should
+    it be gone at a later write."""
+    known = root is None and str(path.parent) in _KNOWN_FOLDERS
     try:
         if root is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not known:
+                _made_folder(path)
             folder = Folder(path.parent, None)
         else:
             folder = open_folder(root, path.parent.relative_to(root))
@@ -896,7 +966,18 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
     with folder:
         tmp: str | None = None
         try:
-            fd, tmp = _new_temp(folder, path.name, suffix)
+            try:
+                fd, tmp = _new_temp(folder, path.name, suffix)
+            except OSError:
+                if not known:
+                    raise
+                # (removed, or replaced, since it was made: as on a first write, made again or said why not)
+                _KNOWN_FOLDERS.discard(str(path.parent))
+                try:
+                    _made_folder(path)
+                except OSError as exc:
+                    raise fs_error(exc, path) from exc
+                fd, tmp = _new_temp(folder, path.name, suffix)
             with os.fdopen(fd, "wb") as f:
                 # 0600 at first; outputs get the usual permissions. Set on the open file, never by
                 # name: in a folder others can write to, the name may meanwhile be a link to any file
@@ -1004,6 +1085,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     listed, so that it fails with its own line.
     """
     s = str(spec)
+    stats: dict[Path, os.stat_result] = {}  # what listing a path learnt of it (links followed)
     if _is_list_spec(s):
         lst = Path(s[1:] if s.startswith("@") else s)
         if not lst.is_file():
@@ -1016,28 +1098,33 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             q = Path(line)
             paths.append(q if q.is_absolute() else lst.parent / q)
     elif _is_glob_spec(s):
-        paths = [Path(p) for p in sorted(globmod.glob(s)) if Path(p).is_file() or _broken_image_link(Path(p))]
+        found = [_listed(Path(p)) for p in sorted(globmod.glob(s))]
+        paths = [q for q, is_file, broken, _ in found if is_file or broken]
+        stats.update((q, st) for q, _, _, st in found if st is not None)
         if not paths:
             _check_glob_folder(s)  # a folder it cannot list is said as such, not as "no match"
             raise ImageError(f"{s}: the pattern matches no file")
     else:
         p = Path(s)
         if p.is_dir():
-            try:
-                entries = sorted(q for q in p.iterdir() if not q.name.startswith("."))
+            try:  # (each entry's type from the listing; one stat of each, which the file key reuses)
+                with os.scandir(p) as it:
+                    listed = sorted(((p / e.name, e) for e in it if not e.name.startswith(".")), key=lambda qe: qe[0])
             except OSError as exc:
                 raise ImageError(describe_os_error(exc, p, action="list")) from None
-            files = [q for q in entries if q.is_file()]
+            found = [_listed(q, e) for q, e in listed]
+            files = [q for q, is_file, _, _ in found if is_file]
             # Folders hold other files too: only take image-like names (bad images still fail later).
-            images = [q for q in entries if (q.is_file() and q.suffix.lower() in IMAGE_EXTS) or _broken_image_link(q)]
+            images = [q for q, is_file, broken, _ in found if (is_file and q.suffix.lower() in IMAGE_EXTS) or broken]
             paths = images or files
+            stats.update((q, st) for q, _, _, st in found if st is not None)
         elif p.exists():
             paths = [p]
         else:
             raise ImageError(f"{p}: no such file or folder")
     unique: dict[tuple[Any, ...], Path] = {}
     for q in paths:  # the same file twice (by any name) is one input, under the name listed first
-        first = unique.setdefault(_file_key(q), q)
+        first = unique.setdefault(_file_key(q, stats.get(q)), q)
         if os.path.abspath(first) != os.path.abspath(q):  # a link, not a second spelling: said, not silent
             _note_once(q, f"the same file as {shown_name(first)} (a link); used once, under that name")
     kept = list(unique.values())
@@ -1060,14 +1147,31 @@ def _check_glob_folder(pattern: str) -> None:
         raise ImageError(describe_os_error(exc, folder, action="list")) from None
 
 
-def _file_key(q: Path) -> tuple[Any, ...]:
+def _listed(q: Path, entry: os.DirEntry[str] | None = None
+            ) -> tuple[Path, bool, bool, os.stat_result | None]:
+    """``(q, is a file, is a broken image link, its stat)`` for a listed path, with one ``stat``
+    (links followed; ``entry``: its folder listing's, which may have it already): the answers of
+    ``Path.is_file`` and :func:`_broken_image_link`. Where that ``stat`` fails, those are asked
+    as such, with their own answers and errors (the stat is then None)."""
+    try:
+        st = entry.stat() if entry is not None else os.stat(q)
+    except (OSError, ValueError):
+        is_file = q.is_file()
+        return q, is_file, not is_file and _broken_image_link(q), None
+    return q, stat.S_ISREG(st.st_mode), False, st
+
+
+def _file_key(q: Path, st: os.stat_result | None = None) -> tuple[Any, ...]:
     """What makes two listed paths one file: its device and inode, which a symbolic link and its
     target, two links to one file (hard links too) and two spellings of one path share; the real
-    path (links resolved) where the file cannot be examined (a broken link) or has no inode number."""
-    try:
-        st = os.stat(q)
-    except (OSError, ValueError):
-        st = None
+    path (links resolved) where the file cannot be examined (a broken link) or has no inode number.
+    ``st``: its ``stat`` (links followed) when the listing has it (one without an inode number, as
+    a Windows folder listing gives, is asked again)."""
+    if st is None or not st.st_ino:
+        try:
+            st = os.stat(q)
+        except (OSError, ValueError):
+            st = None
     if st is not None and st.st_ino:
         return ("inode", st.st_dev, st.st_ino)
     return ("path", os.path.realpath(q))

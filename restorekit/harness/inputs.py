@@ -124,14 +124,22 @@ class InputSet:
         """Keep ``(lr, hr)`` for the next :meth:`load` while the cache has room for it within
         ``CACHE_BYTES``; once full, pairs are read from their files again.
 
-        Nothing is evicted: every method reads the pairs in the same order, and a least-recently-used
-        cache smaller than the set would miss on every read of such a scan, while keeping the first
-        pairs that fit serves that share of each later method's reads from memory."""
+        Nothing is evicted to make room: every method reads the pairs in the same order, and a
+        least-recently-used cache smaller than the set would miss on every read of such a scan,
+        while keeping the first pairs that fit serves that share of each later method's reads from
+        memory. A pair leaves once no later read needs it (:meth:`release`)."""
         size = (lr.numel() + hr.numel()) * 4
         if stem in self._cache or self._cached_bytes + size > CACHE_BYTES:
             return
         self._cache[stem] = (lr, hr)
         self._cached_bytes += size
+
+    def release(self, stem: str) -> None:
+        """Forget the decoded pair of ``stem``, which nothing later in the run reads (its last
+        method and metrics are done): its memory is freed during the run, not at its end."""
+        hit = self._cache.pop(stem, None)
+        if hit is not None:
+            self._cached_bytes -= (hit[0].numel() + hit[1].numel()) * 4
 
 
 def _hash_bytes(*parts: bytes) -> str:

@@ -42,6 +42,7 @@ from ..devices import precision_label, run_device
 from ..errors import RestorekitError, WeightsMissing, describe_os_error, exception_line
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
 from ..interfaces import Method, Metric, Options
+from ..memory import reset_peak_rss, status_fields
 from ..methods import (check_output_size_contract, check_restored, keep_black_and_white, resolve_device,
                        validate_options)
 from ..options import OptionError, parse_targeted_pairs, weights_option
@@ -501,15 +502,13 @@ def metric_states(names: list[str] | tuple[str, ...] | None, reg: Registry | Non
 
 
 def _status_mib(key: str) -> float | None:
-    """A ``kB`` line of Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
+    """A ``kB`` line of Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB (read through
+    the descriptor the process keeps open: :func:`~restorekit.memory.status_fields`)."""
+    fields = status_fields(key)
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
+        return int(fields[key].split()[0]) / 1024 if fields and key in fields else None
+    except (ValueError, IndexError):
         return None
-    return None
 
 
 def _cpu_peak_start() -> tuple[str, float] | None:
@@ -517,13 +516,8 @@ def _cpu_peak_start() -> tuple[str, float] | None:
     is reset to the current size (``/proc/self/clear_refs``), so the call's own peak is read
     whatever ran before it; elsewhere the process's maximum RSS so far is the base."""
     rss = _status_mib("VmRSS")
-    if rss is not None:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
-            return "hwm", rss
-        except OSError:
-            pass
+    if rss is not None and reset_peak_rss():
+        return "hwm", rss
     base = _maxrss_mib()
     return None if base is None else ("maxrss", base)
 
@@ -769,6 +763,13 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
 
     # 2. This rank's share of the rest, method by method (each built lazily, once).
     todo = job.part([g for g in range(len(units)) if g not in done])
+    # The last of these units to read each pair (units run in this order): after it the pair's
+    # decoded images leave the input cache, but for the pairs the report's image grid shows.
+    last_read = {units[g][1]: g for g in todo}
+    shown = _report_stems(inputs)
+    for pi, pair in enumerate(inputs.pairs):
+        if pi not in last_read and pair.stem not in shown:
+            inputs.release(pair.stem)  # (made with the LR files, every unit of it complete)
     built: dict[str, _Built] = {}
     for mi, mp in enumerate(p.methods):
         method: Method | None = None
@@ -793,6 +794,8 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
                 t0 = time.perf_counter()
                 store.append(rec)
                 clock.add("store", time.perf_counter() - t0)
+            if last_read[pi] == g and pair.stem not in shown:
+                inputs.release(pair.stem)
             records[g] = rec
             advance(g)
         del method
@@ -820,6 +823,14 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), processes=job.world)
     res.wall_s = time.perf_counter() - t_start
     return res
+
+
+def _report_stems(inputs: InputSet) -> set[str]:
+    """The images whose decoded pairs the report reads after the run (its image grid's): kept in
+    the input cache, not read from their files again."""
+    from .report_html import HTML_MAX_IMAGES
+
+    return {pair.stem for pair in inputs.pairs[:HTML_MAX_IMAGES]}
 
 
 def _settle_method(p: Plan, mp: MethodPlan, builds: list[_Built], store: ResultStore, job: Job) -> None:
