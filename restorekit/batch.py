@@ -275,9 +275,10 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
                     if isinstance(exc, RestorekitError):
                         raise
                     raise FileSystemError(describe_os_error(exc, outdir / OUTPUT_LOCK)) from None
-                # Held alone now: a temp file over a minute old is one a killed run left mid-write
-                # (.x.png.<8>.part), which no rerun would ever replace. (A younger one may be a write
-                # still under way, e.g. by a run that took the folder before this one: left.)
+                # Held alone now: a temp file whose writer (named in it: .x.png.<pid>-<host>-<8>.part)
+                # no longer runs is one a killed run left mid-write, which no rerun would ever replace;
+                # one of another host or an older name over a minute old too. (A live writer's is left:
+                # e.g. a run that took the folder before this one.)
                 sweep_temp_files([outdir])
 
             job.together(take)
