@@ -163,10 +163,14 @@ def float32_compute(device: str | torch.device = "cpu") -> Iterator[None]:
     is float32, and a caller's mixed precision (a training loop's ``torch.autocast``) would
     otherwise change a method's results or fail in a kernel without bfloat16. Every
     :meth:`Method.restore` runs inside it (see :class:`Method`)."""
+    on = [kind for kind in dict.fromkeys(("cpu", torch.device(device).type))
+          if kind in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(kind)]
+    if not on:  # (the common case, per call: nothing to turn off)
+        yield
+        return
     with contextlib.ExitStack() as stack:
-        for kind in dict.fromkeys(("cpu", torch.device(device).type)):
-            if kind in AUTOCAST_DEVICE_TYPES:
-                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+        for kind in on:
+            stack.enter_context(torch.autocast(device_type=kind, enabled=False))
         yield
 
 
