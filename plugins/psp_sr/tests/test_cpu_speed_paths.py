@@ -25,27 +25,13 @@ from torch.overrides import TorchFunctionMode
 from restorekit_psp_sr.encoder import GradualStyleEncoder
 from restorekit_psp_sr.inference import optimize_generator
 from restorekit_psp_sr.ops import upfirdn2d, upfirdn2d_ref
-from restorekit_psp_sr.stylegan2 import (BLUR_KERNEL, ModulatedConv2d, StyledConv, StyleGAN2Generator, Upsample,
+from restorekit_psp_sr.stylegan2 import (BLUR_KERNEL, ModulatedConv2d, StyleGAN2Generator, Upsample,
                                          in_onnx_export)
 
 
 # -- the code these paths replaced ---------------------------------------------------------------
 def old_upsample_forward(self: Upsample, x: torch.Tensor) -> torch.Tensor:
     return upfirdn2d(x, self.kernel_1d, up=self.factor, pad=self.pad, gain=self.factor**2, impl=self.impl)
-
-
-def old_styled_conv_forward(self: StyledConv, x: torch.Tensor, style: torch.Tensor,
-                            noise: torch.Tensor | None = None) -> torch.Tensor:
-    act = self.activate
-    fold = self.fold if self.fold is not None else (not x.is_cuda or act.impl == "ref")
-    if not fold:
-        return act(self.noise(self.conv(x, style), noise))
-    g = act.scale
-    out = self.conv(x, style, gain=g, bias=act.bias * g if act.bias is not None else None)
-    if noise is None:
-        noise = out.new_empty(out.shape[0], 1, out.shape[2], out.shape[3]).normal_()
-    out = out.add_(noise * (self.noise.weight * g))
-    return F.leaky_relu_(out, act.negative_slope)
 
 
 def old_weight_modulation_pays(self: ModulatedConv2d, x: torch.Tensor, s: torch.Tensor | None = None) -> bool:
@@ -59,8 +45,6 @@ def old_generator(g: StyleGAN2Generator) -> StyleGAN2Generator:
     for m in old.modules():
         if isinstance(m, Upsample):
             m.forward = types.MethodType(old_upsample_forward, m)  # type: ignore[method-assign]
-        elif isinstance(m, StyledConv):
-            m.forward = types.MethodType(old_styled_conv_forward, m)  # type: ignore[method-assign]
         elif isinstance(m, ModulatedConv2d):
             m._weight_modulation_pays = types.MethodType(old_weight_modulation_pays, m)  # type: ignore[method-assign]
     return old
