@@ -858,7 +858,7 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
     (:func:`~restorekit.safe_open.open_folder`). Returns how many were removed."""
     import time
 
-    from .weights.cache import _pid_alive
+    from .weights.cache import pid_alive
 
     cutoff = time.time() - older_than_s
     removed = 0
@@ -880,7 +880,7 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
                 pid = _temp_writer(e.name)
                 if pid is not None:
                     if pid not in alive:  # (this process counts as running: another thread may be writing)
-                        alive[pid] = pid == process_id() or _pid_alive(pid)
+                        alive[pid] = pid == process_id() or pid_alive(pid)
                     if alive[pid]:
                         continue  # a write under way: never removed, however long it takes
                 try:

@@ -24,7 +24,7 @@ def no_kill(monkeypatch):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("pid", [0, -1, -os.getpid()], ids=["zero", "minus-one", "minus-this-process"])
 def test_no_pid_at_or_below_zero_is_alive(no_kill, pid: int) -> None:  # type: ignore[no-untyped-def]
     # os.kill(0, 0) signals this process group (and on Windows sends Ctrl-C to the console).
-    assert cache._pid_alive(pid) is False
+    assert cache.pid_alive(pid) is False
 
 
 def test_this_process_is_alive_and_a_finished_one_is_not() -> None:
@@ -33,8 +33,8 @@ def test_this_process_is_alive_and_a_finished_one_is_not() -> None:
 
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, encoding="utf-8", check=True)
-    assert cache._pid_alive(os.getpid()) is True
-    assert cache._pid_alive(int(proc.stdout)) is False
+    assert cache.pid_alive(os.getpid()) is True
+    assert cache.pid_alive(int(proc.stdout)) is False
 
 
 class FakeKernel32:
@@ -95,7 +95,7 @@ def test_windows_never_calls_os_kill(monkeypatch) -> None:  # type: ignore[no-un
     monkeypatch.setattr(cache.os, "kill", lambda pid, sig: kills.append((pid, sig)))
     with monkeypatch.context() as m:  # os.name back before any failure is reported
         m.setattr(cache.os, "name", "nt")
-        alive = [cache._pid_alive(10), cache._pid_alive(11), cache._pid_alive(0)]
+        alive = [cache.pid_alive(10), cache.pid_alive(11), cache.pid_alive(0)]
     assert kills == []
     assert alive == [True, False, False]  # 11: on Windows os.kill raised OSError for it, read as alive
 

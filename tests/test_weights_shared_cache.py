@@ -137,7 +137,7 @@ def test_temps_have_random_names_and_a_killed_imports_leftover_is_still_found(
     folder = W.weights_dir("toy")
     folder.mkdir(parents=True)
     dead = 0x7FFFFFF0
-    monkeypatch.setattr(cache, "_pid_alive", lambda pid: pid == os.getpid())
+    monkeypatch.setattr(cache, "pid_alive", lambda pid: pid == os.getpid())
     left = folder / f".n.pt.import-{dead}-0123456789ab"  # a killed import's partial copy
     left.write_bytes(blob[:10])
     mine = cache.import_temp(folder, "n.pt")  # one this process is writing now

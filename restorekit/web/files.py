@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import RestorekitError
 from ..images import atomic_write_bytes
+from ..weights.cache import pid_alive  # (portable: never os.kill on Windows)
 
 #: The prefix of a server's temporary folder, and the file in it naming the process that made it.
 PREFIX = "restorekit-serve-"
@@ -94,12 +95,6 @@ def log_error(message: str) -> None:
     print(f"restorekit serve: {message}", file=sys.stderr, flush=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    from ..weights.cache import _pid_alive as alive  # (portable: never os.kill on Windows)
-
-    return alive(pid)
-
-
 def folder_owner(path: Path) -> tuple[int, str] | None:
     """``(pid, host)`` from a server folder's ``serve.pid``; None when it has none or it does not parse."""
     try:
@@ -138,7 +133,7 @@ def remove_stale_folders(parent: Path | None = None, keep: Path | None = None) -
         if keep is not None and path.resolve() == Path(keep).resolve():
             continue
         owner = folder_owner(path)
-        if owner is None or owner[1] != host or owner[0] == os.getpid() or _pid_alive(owner[0]):
+        if owner is None or owner[1] != host or owner[0] == os.getpid() or pid_alive(owner[0]):
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():

@@ -121,7 +121,7 @@ def _remove_dead_temps(path: Path) -> None:
         return
     for name in names:
         m = _TEMP_NAME.fullmatch(name)
-        if m is None or m["stem"] != path.stem or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
+        if m is None or m["stem"] != path.stem or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
             continue
         with contextlib.suppress(OSError):
             (path.parent / name).unlink()
@@ -256,7 +256,7 @@ def move_into_place(tmp: Path, dest: Path, written: os.stat_result) -> None:
         raise cache_error(exc, dest) from exc
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` may still run (when in doubt: yes, so its file is left alone). No
     pid at or below 0 names one process (to ``kill`` they are process groups): no owner, so False."""
     if pid <= 0:
@@ -294,7 +294,7 @@ def _kernel32() -> tuple[Any, Any]:
 
 
 def _pid_alive_nt(pid: int, api: tuple[Any, Any] | None = None) -> bool:
-    """:func:`_pid_alive` on Windows: OpenProcess and GetExitCodeProcess (``STILL_ACTIVE`` while it
+    """:func:`pid_alive` on Windows: OpenProcess and GetExitCodeProcess (``STILL_ACTIVE`` while it
     runs). Only "no such process" is dead; a query that fails otherwise (access denied, no ctypes)
     answers alive. ``api`` is ``(kernel32, get_last_error)``, :func:`_kernel32` when None."""
     if pid > 0xFFFFFFFF:  # not a DWORD: ctypes would cut it to another process's id
@@ -336,7 +336,7 @@ def stray_imports(name: str) -> list[tuple[Path, int | None]]:
     """Temporary copies (``.<file>.import-<pid>``, :func:`import_temp`) in ``name``'s folder whose
     process is gone — an import killed before its move into place — with that process id."""
     return [(p, pid) for p, pid in _import_temps(name)
-            if pid is None or (pid != os.getpid() and not _pid_alive(pid))]
+            if pid is None or (pid != os.getpid() and not pid_alive(pid))]
 
 
 def remove_stray_imports(name: str) -> list[Path]:
