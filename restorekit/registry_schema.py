@@ -58,7 +58,7 @@ _ADAPTER: TypeAdapter[WeightSpec | PluginEntry] = TypeAdapter(RegistryEntry)
 _FOLDER_KIND = {"weights": "weights", "plugins": "plugin"}
 #: Fields an entry written for an earlier restorekit may lack, because they became required
 #: since (by the last two parts of their place in the entry), and how to fill them in.
-_REQUIRED_SINCE = {
+_REQUIRED_SINCE: dict[tuple[str, ...], str] = {
     ("package_source", "archive_sha256"):
         "required since restorekit lets pip touch only a pinned archive (earlier versions read entries without "
         "it): add the sha256 of the package's wheel or sdist (pip download PACKAGE==VERSION --no-deps, then sha256sum)",

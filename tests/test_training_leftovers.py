@@ -215,7 +215,7 @@ def test_nccl_is_bound_to_the_local_rank_device(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
     info = distributed.init_distributed("auto", backend=backend)
     want = backend or ("nccl" if device.startswith("cuda") else "gloo")
-    assert calls == [{"backend": want, **({"device_id": torch.device("cuda", 1)} if bound else {})}]
+    assert calls == [{"backend": want, "device_id": torch.device("cuda", 1) if bound else None}]
     assert (info.rank, info.world_size, info.local_rank, info.device) == (1, 2, 1, torch.device(device))
 
 

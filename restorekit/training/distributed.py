@@ -79,8 +79,8 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
         chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
         # NCCL bound to this process's GPU: its first collective need not guess the device
         # (from the current device or the rank), and torch says so instead of warning.
-        bound = {"device_id": dev} if chosen == "nccl" and dev.type == "cuda" and dev.index is not None else {}
-        dist.init_process_group(backend=chosen, **bound)
+        bound = dev if chosen == "nccl" and dev.type == "cuda" and dev.index is not None else None
+        dist.init_process_group(backend=chosen, device_id=bound)
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
