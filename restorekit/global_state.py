@@ -68,9 +68,21 @@ def precision_objects() -> list[tuple[str, Any]]:
         obj: Any = b
         for part in filter(None, path.split(".")):
             obj = getattr(obj, part, None)
-        if obj is not None and isinstance(read(lambda: obj.fp32_precision), str):
+        if obj is not None and _has_precision(obj):
             out.append((path, obj))
     return out
+
+
+def _has_precision(obj: Any) -> bool:
+    """Whether ``obj`` has an ``fp32_precision`` (an ``AttributeError`` says it has none; a read
+    that raises otherwise is one that exists but cannot be read now). Not ``read()``'s result as
+    such: its placeholder for an unreadable value is a string too."""
+    try:
+        return isinstance(obj.fp32_precision, str)
+    except AttributeError:
+        return False
+    except Exception:  # torch raises on reading a flag the other API set: it exists
+        return True
 
 
 def _effective_precision(raw: dict[str, Any], leaf: str) -> Any:

@@ -377,7 +377,8 @@ def test_the_dlib_descriptor_from_a_half_precision_state_dict_is_float32():
 # -- plugin-author walkthrough fixes (PA findings 1-10) ------------------------------------------
 
 _B = torch.backends
-_PER_OP = all(hasattr(o, "fp32_precision") for o in (_B.cuda.matmul, _B.cudnn.rnn, _B.mkldnn.conv, _B.mkldnn.rnn))
+_PER_OP = all(hasattr(getattr(getattr(_B, m), op, None), "fp32_precision")  # (no cudnn.rnn before torch 2.9)
+              for m, op in (("cuda", "matmul"), ("cudnn", "rnn"), ("mkldnn", "conv"), ("mkldnn", "rnn")))
 needs_per_op = pytest.mark.skipif(not _PER_OP, reason="torch < 2.9 has no per-operator fp32_precision")
 
 

@@ -31,7 +31,8 @@ class ConfigError(RestorekitError):
 
 class _Strict(BaseModel):
     # allow_inf_nan: a bound lets inf through (gt=0) and NaN through none; no setting means either.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # (protected_namespaces: a trainer's ``model_name`` setting is no clash with pydantic's ``model_`` methods)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, protected_namespaces=())
 
 
 class DataConfig(_Strict):

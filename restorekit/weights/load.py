@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -521,7 +522,8 @@ def state_mismatch(build: Any, shapes: Mapping[str, tuple[int, ...]], what: str 
     of parameters) can be refused before the network is built for real. ``what`` prefixes names."""
     import torch
 
-    with torch.device("meta"):
+    # (on older torch the meta build imports sympy, which would leave a warnings filter behind)
+    with warnings.catch_warnings(), torch.device("meta"):
         want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     have = {k: tuple(v) for k, v in shapes.items()}
     missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
