@@ -66,16 +66,16 @@ def refuse_nan(x: object, what: str = "input") -> None:
         raise ValueError(f"{what} holds {bad} NaN value(s) of {x.numel()}; images are finite values in [0, 1]")
 
 
-def check_image_batch(x: object, what: str = "input", *, finite: bool = False) -> None:
+def check_image_batch(x: object, what: str = "input") -> None:
     """Raise ``ValueError`` (one line, starting with ``what``) unless ``x`` is an image batch by the
     convention: a floating-point tensor ``N×3×H×W`` (N, H, W ≥ 1), values in ``[0, 1]``.
 
     Any floating dtype passes (float16, float64: the receiver converts). The range test is one
     ``aminmax`` and tolerates an overshoot of :data:`INPUT_RANGE_SLACK` (a resampled image rings past
     [0, 1]); it catches [0, 255] and [-1, 1] images, not every out-of-range value. Infinite values
-    are refused; NaN only with ``finite=True`` (a metric scores an image holding one as NaN, and
-    :meth:`Method.restore` refuses it where its caller hands it over: :func:`refuse_nan`). A tensor
-    on the meta device (no values) is refused.
+    are refused; NaN is not (a metric scores an image holding one as NaN, and :meth:`Method.restore`
+    refuses it where its caller hands it over: :func:`refuse_nan`). A tensor on the meta device (no
+    values) is refused.
     """
     if not isinstance(x, torch.Tensor):
         module = type(x).__module__ or ""
@@ -110,9 +110,7 @@ def check_image_batch(x: object, what: str = "input", *, finite: bool = False) -
         raise ValueError(f"{what} is on the meta device, which holds shapes but no values: make it on the cpu or "
                          f"a GPU")
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-    if lo != lo:  # aminmax propagates NaN: a batch holding one has NaN bounds
-        if finite:
-            refuse_nan(x, what)
+    if lo != lo:  # aminmax propagates NaN: a batch holding one has NaN bounds (left to refuse_nan)
         return
     if math.isinf(lo) or math.isinf(hi):
         bad = int(torch.isinf(x.detach()).sum())

@@ -50,14 +50,13 @@ def _step(value: Any) -> int | None:
     return int(x) if x is not None and x.is_integer() and abs(x) <= 2**53 else None
 
 
-#: How a log writes a number that is not finite (NaN is ``null``), as results.json does.
-_NOT_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf}
-
-
 def _decoded(value: Any) -> Any:
-    """``value`` read back: the strings of an infinity as floats, an older log's bare NaN as ``None``."""
+    """``value`` read back: the strings of an infinity as floats (results.json's rule:
+    :func:`~restorekit.harness.store.decode_float`), an older log's bare NaN as ``None``."""
+    from ..harness.store import decode_float
+
     if isinstance(value, str):
-        return _NOT_FINITE.get(value, value)
+        return decode_float(value) if value in ("Infinity", "-Infinity") else value
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, list):

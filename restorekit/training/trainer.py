@@ -439,8 +439,9 @@ def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
         return
     keep = []
     for line in data.decode("utf-8", errors="replace").splitlines():
+        bare: list[str] = []  # an older log's bare Infinity/NaN, read as floats and noted
         try:
-            record = json.loads(line)  # (an older log's bare Infinity/NaN read too)
+            record = json.loads(line, parse_constant=lambda name: bare.append(name) or float(name))
         except ValueError:
             continue
         if not isinstance(record, dict):
@@ -450,7 +451,7 @@ def trim_log(path: Path, step: int, *, root: Path | None = None) -> None:
         if isinstance(at, int) and not isinstance(at, bool) and at <= step:
             # A line of an older log with a bare Infinity/NaN is written again as strict JSON, so
             # that the log a resumed run appends to is strict JSON throughout.
-            keep.append(line if _strict_json(line) else log_line(record))
+            keep.append(log_line(record) if bare else line)
     # Replaced whole (temp file, then rename): a kill mid-write must not cut the history short.
     atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode("utf-8"), root=root)
 
@@ -462,19 +463,6 @@ def log_line(record: dict[str, Any]) -> str:
     ``"-Infinity"``, NaN ``null``). :func:`~restorekit.training.plot.read_record` reads it back,
     and an older log's bare ``Infinity``/``NaN`` too."""
     return json.dumps(jsonable(record), allow_nan=False)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"not strict JSON: {name}")
-
-
-def _strict_json(line: str) -> bool:
-    """Whether ``line`` parses without JSON's non-standard ``Infinity``/``-Infinity``/``NaN``."""
-    try:
-        json.loads(line, parse_constant=_no_constant)
-    except ValueError:
-        return False
-    return True
 
 
 class LogFiles:
