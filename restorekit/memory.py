@@ -14,9 +14,9 @@ reaches on every call anyway). Nothing happens where glibc is not the C library.
 
 Also here: the process's own Linux status (:func:`status_fields`: resident size, its high-water
 mark, the umask) and the reset of that mark (:func:`reset_peak_rss`), read per image by
-``compare``'s memory column and by every file written (its permissions). ``/proc/self/status`` is
-opened once per process and read again from its start (``pread``): one system call, where opening
-and reading it took six or seven.
+``compare``'s memory column and by every file written (its permissions): the status read whole
+in one ``read``, its keys looked for, not every line parsed. Nothing is kept open: a descriptor
+kept for the process's life would be one more file a long-running server holds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import ctypes
 import os
 import platform
 import sys
-import threading
 
 import torch
 
@@ -79,12 +78,6 @@ def keep_freed_memory_for(device: torch.device, resolution: int) -> bool:
 #: This process's id, kept current across ``os.fork`` (:func:`_forget_in_child`): asked of the
 #: system once, not at every use (glibc caches it no more).
 _PID = os.getpid()
-#: The ``/proc/self`` files this process keeps open, ``{name: (pid, descriptor or None)}`` (None:
-#: not there to open, as on macOS or Windows: not asked again).
-_PROC_FDS: dict[str, tuple[int, int | None]] = {}
-_PROC_LOCK = threading.Lock()
-#: Bytes read of ``/proc/self/status`` at first (it is about 1.5 KB); more when it fills them.
-_STATUS_BYTES = 8192
 
 
 def process_id() -> int:
@@ -92,38 +85,10 @@ def process_id() -> int:
     return _PID
 
 
-def _proc_fd(name: str, flags: int) -> int | None:
-    """This process's ``/proc/self/NAME`` open with ``flags``, opened on first use (None where it
-    cannot be). A descriptor a parent opened before a fork names the parent's process: a child
-    opens its own (:func:`_forget_in_child` closes the inherited one)."""
-    pid = _PID
-    held = _PROC_FDS.get(name)
-    if held is not None and held[0] == pid:
-        return held[1]
-    with _PROC_LOCK:
-        held = _PROC_FDS.get(name)
-        if held is None or held[0] != pid:
-            try:
-                fd: int | None = os.open(f"/proc/self/{name}", flags | getattr(os, "O_CLOEXEC", 0))
-            except (OSError, ValueError):
-                fd = None
-            held = _PROC_FDS[name] = (pid, fd)
-        return held[1]
-
-
 def _forget_in_child() -> None:
-    """After a fork, in the child: its own process id; the descriptors inherited name the
-    parent's ``/proc`` files, closed at once (nothing else in the child can have reused their
-    numbers yet)."""
+    """After a fork, in the child: its own process id."""
     global _PID
     _PID = os.getpid()
-    for _, fd in _PROC_FDS.values():
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    _PROC_FDS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -134,25 +99,10 @@ def status_fields(*keys: str) -> dict[str, str] | None:
     """The values of ``keys`` (``VmRSS``, ``VmHWM``, ``Umask``…) in Linux's ``/proc/self/status``,
     read now (``"13632 kB"``, ``"0022"``); a key the file lacks is left out. None where there is no
     such file."""
-    if not hasattr(os, "pread"):
-        return None
-    for _ in range(2):  # (a second time with the file opened anew, should the kept number be stale)
-        fd = _proc_fd("status", os.O_RDONLY)
-        if fd is None:
-            return None
-        size = _STATUS_BYTES
-        try:
-            data = os.pread(fd, size, 0)
-            while len(data) >= size:  # (filled: read it whole)
-                size *= 4
-                data = os.pread(fd, size, 0)
-        except OSError:
-            data = b""
-        if data.startswith(b"Name:"):
-            break
-        with _PROC_LOCK:  # the kept number closed by the program (and maybe reused): not ours any more
-            _PROC_FDS.pop("status", None)
-    else:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            data = f.read()
+    except OSError:
         return None
     found: dict[str, str] = {}
     for key in keys:  # (looked for, not every line parsed: this runs per file written)
@@ -171,9 +121,7 @@ def status_fields(*keys: str) -> dict[str, str] | None:
 
 def reset_peak_rss() -> bool:
     """Reset Linux's resident high-water mark (``VmHWM``) to the current resident size (``5`` to
-    ``/proc/self/clear_refs``); whether it was reset. Opened for each reset, never kept: a write
-    through a kept number that the program has closed and reused (``os.closerange``) would land in
-    another file."""
+    ``/proc/self/clear_refs``); whether it was reset."""
     try:
         fd = os.open("/proc/self/clear_refs", os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError):
