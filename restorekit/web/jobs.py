@@ -86,7 +86,10 @@ class Job:
     error: str | None = None
     #: What the job works on, held from submission until it ends (then None): the upload object.
     upload: Any = None
-    created: float = field(default_factory=time.time)
+    #: When the job was submitted, started and ended, on the monotonic clock (``time.monotonic``):
+    #: for how long it waited and ran, which a step of the system clock (NTP, a suspend) must not
+    #: make negative or huge; not dates.
+    created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -171,7 +174,7 @@ class JobQueue:
         job.cancel_requested.set()
         with self._lock:
             if job.status == "queued":
-                job.status, job.stage, job.finished = "cancelled", "cancelled before it started", time.time()
+                job.status, job.stage, job.finished = "cancelled", "cancelled before it started", time.monotonic()
                 job.upload = None
                 try:
                     self._waiting.remove(job)
@@ -221,7 +224,7 @@ class JobQueue:
                 job = self._waiting.popleft()
                 if job.status != "queued":  # cancelled while waiting
                     continue
-                job.status, job.started, job.stage = "running", time.time(), "starting"
+                job.status, job.started, job.stage = "running", time.monotonic(), "starting"
             try:
                 self._run(job)
                 status: Status = "done"
@@ -241,7 +244,7 @@ class JobQueue:
                 _log_failure(job, exc)
                 status, job.error = "failed", f"unexpected {failure_reason(exc)}"
             with self._lock:
-                job.status, job.finished, job.step = status, time.time(), None
+                job.status, job.finished, job.step = status, time.monotonic(), None
                 job.upload = None  # a finished job keeps its files and numbers, not the pixels
                 job.stage = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[status]
                 self._trim()

@@ -1,0 +1,99 @@
+"""Durations on the monotonic clock, dates in UTC: a step of the system clock (NTP, a suspended
+laptop, a daylight-saving change in the local zone) neither makes a duration negative or huge nor
+writes an ambiguous date."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from restorekit.plugins import registry
+from restorekit.testing.data import smooth_image
+
+
+def _stepping_clock(monkeypatch: pytest.MonkeyPatch, step_s: float) -> None:
+    """``time.time`` moves by ``step_s`` at each call (an hour back, a day forward …), as the system
+    clock does when NTP steps it or a laptop wakes; the monotonic clocks are left alone."""
+    now = [time.time()]
+
+    def stepped() -> float:
+        now[0] += step_s
+        return now[0]
+
+    monkeypatch.setattr(time, "time", stepped)
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 86400.0], ids=["clock-back-an-hour", "clock-forward-a-day"])
+def test_a_serve_job_s_times_keep_their_order_and_length_when_the_system_clock_steps(
+        monkeypatch: pytest.MonkeyPatch, step_s: float) -> None:
+    pytest.importorskip("starlette", reason="restorekit serve needs the web extra (starlette, uvicorn)")
+    from restorekit.web.jobs import FINISHED, JobQueue, JobSettings
+
+    _stepping_clock(monkeypatch, step_s)
+    q = JobQueue(lambda job: None, max_waiting=4, keep=4)
+    try:
+        job = q.submit(JobSettings(upload="u", methods=["bicubic"], scale=2))
+        waiting = q.submit(JobSettings(upload="u", methods=["bicubic"], scale=2))
+        q.cancel(waiting.id)  # (a job cancelled in line ends without starting)
+        deadline = time.monotonic() + 10
+        while job.status not in FINISHED:
+            assert time.monotonic() < deadline, f"job still {job.status}"
+            time.sleep(0.005)
+    finally:
+        q.close()
+    assert job.status == "done"
+    assert job.started is not None and job.finished is not None
+    # Waiting and running took milliseconds: never a negative time, nor a day.
+    assert 0 <= job.started - job.created < 10
+    assert 0 <= job.finished - job.started < 10
+    assert waiting.finished is not None and 0 <= waiting.finished - waiting.created < 10
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/St_Johns"])
+def test_compare_dates_its_results_in_utc_whatever_the_local_zone(rk_cli: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    if "bicubic" not in registry().names("methods"):
+        pytest.skip("bicubic not installed (restorekit-baselines)")
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset is POSIX only")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(smooth_image(16, 16, 0)).save(hr / "img0.png")
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert time.localtime().tm_gmtoff % 3600 != 0  # a half-hour zone: local time is not UTC
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        r = rk_cli("compare", "--methods", "bicubic", "--scale", "2", "--data", hr, "--out", tmp_path / "out",
+                   "--metrics", "psnr_rgb", "--device", "cpu", "-q")
+        after = datetime.now(timezone.utc)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert r.exit_code == 0, r.output
+    created = json.loads((tmp_path / "out" / "results.json").read_text())["created"]
+    assert created.endswith("Z")  # ISO 8601 with its offset: UTC
+    stamp = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    assert before <= stamp <= after
+    assert created in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_log_whose_times_go_backwards_still_trims_and_plots_by_step(tmp_path: Path) -> None:
+    """A run resumed after the local clock went back (a daylight-saving change, an older log that
+    held clock times): trimming at the resumed step and the loss curves go by step, not by time."""
+    from restorekit.training.plot import read_series
+    from restorekit.training.trainer import trim_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [{"kind": "train", "step": s, "loss": 1.0 / s, "time": t}
+             for s, t in ((1, 5000.0), (2, 5010.0), (3, 1410.0), (4, 1420.0))]  # an hour back after step 2
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    trim_log(log, 3)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3]
+    assert read_series(log) == {"loss": [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]}  # time is no curve
