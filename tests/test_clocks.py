@@ -97,3 +97,38 @@ def test_a_log_whose_times_go_backwards_still_trims_and_plots_by_step(tmp_path: 
     trim_log(log, 3)
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3]
     assert read_series(log) == {"loss": [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]}  # time is no curve
+
+
+_RUN_FIELDS = {"created", "wall_s", "timings_s", "runtime_ms", "ms", "ms_std", "warmup_ms", "ms_per_image", "peak_mem_mb", "out"}
+
+
+def _without_run_fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_run_fields(v) for k, v in value.items() if k not in _RUN_FIELDS}
+    if isinstance(value, list):
+        return [_without_run_fields(v) for v in value]
+    return value
+
+
+def test_two_compare_runs_differ_only_in_the_fields_documented_as_describing_the_run(rk_cli: Any,
+                                                                                     tmp_path: Path) -> None:
+    """reports.py's promise: apart from the run's date, timings, memory and output folder, two runs
+    of the same settings on the same inputs write the same results.json and identical images."""
+    if "bicubic" not in registry().names("methods"):
+        pytest.skip("bicubic not installed (restorekit-baselines)")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(16, 16, i)).save(hr / f"img{i}.png")
+    docs = []
+    for run in ("a", "b"):
+        r = rk_cli("compare", "--methods", "bicubic", "--scale", "2", "--data", hr, "--out", tmp_path / run,
+                   "--metrics", "psnr_rgb,ssim_rgb", "--device", "cpu", "-q")
+        assert r.exit_code == 0, r.output
+        docs.append(json.loads((tmp_path / run / "results.json").read_text()))
+    assert docs[0]["created"] and docs[0]["settings"]["out"] != docs[1]["settings"]["out"]
+    assert _without_run_fields(docs[0]) == _without_run_fields(docs[1])
+    images_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert images_a and images_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
+    for rel in images_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel

@@ -25,6 +25,11 @@ is removed).
   ``"Infinity"``/``"-Infinity"``, NaN as ``null``. A ``torchrun`` job adds ``processes``; its stage
   timings are summed over them, and every number that describes the results (not the run) is the
   one a single process writes.
+- What describes the run rather than the results: ``created`` (UTC, ISO 8601; also report.html's
+  date), ``wall_s``, ``timings_s``, each ``ms``/``ms_std``/``warmup_ms``/``ms_per_image``/``runtime_ms``
+  and ``peak_mem_mb`` (and their CSV and HTML columns), and ``settings.out``. Two runs of the same
+  settings on the same inputs and machine agree in every other byte of every file.
+  ``SOURCE_DATE_EPOCH`` is not read: it would fix the date, not the timings.
 - ``report.html``: one self-contained file (inline CSS, images as base64 PNG), the table and,
   per image, a row of crops ``LR | each method | HR`` at the same place.
 
