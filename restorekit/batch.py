@@ -1,11 +1,14 @@
 """Applying a per-image function to many input files: naming, skipping, atomic writes, failures.
 
-Shared by ``run`` and ``degrade``: one bad file is reported and the rest go on. Under
-``torchrun`` (``run``) the inputs are shared out between the ranks (see :func:`process_files`).
+Shared by ``run`` and ``degrade``: one bad file is reported and the rest go on; a write that the
+file system refuses for every file (full, over quota, read-only) stops the batch there, the inputs
+left listed as not processed. Under ``torchrun`` (``run``) the inputs are shared out between the
+ranks (see :func:`process_files`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -24,7 +27,7 @@ from . import cli
 from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
 from .images import (ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image,
-                     sweep_temp_files)
+                     storage_errno, sweep_temp_files)
 from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
@@ -298,6 +301,19 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
                     break
 
 
+def _stop_reason(exc: BaseException, outdir: Path) -> str:
+    """Why a batch stopped at ``exc`` (a :func:`~restorekit.images.storage_errno` error), and the fix."""
+    code = storage_errno(exc)
+    if code == errno.EROFS:
+        what, fix = f"{outdir} is on a read-only file system", "make it writable"
+    elif code == errno.ENOSPC:
+        what, fix = f"the disk holding {outdir} is full", "free some disk space"
+    else:  # EDQUOT
+        what, fix = f"the disk quota for {outdir} is used up", "free some disk space"
+    return (f"{what}, so every output would fail the same way; {fix} (or use another --output), then run the same "
+            "command again: it goes on from there")
+
+
 def require_inputs(items: list[ImageItem], spec: str) -> list[ImageItem]:
     """``items`` when there is at least one; else a usage error (exit 2), ``SPEC: no input images``:
     the same refusal in every command that takes an input spec (``run``, ``degrade``, ``bench faces``)."""
@@ -402,7 +418,9 @@ def process_files(
     input. An input whose every expected output (``expected(item)``, default its name) exists,
     and that is ``finished(item)`` when that is given, is skipped unless ``overwrite``. A path
     problem with an expected output (a name too long for the file system…) fails that input
-    only. The others are checked from their headers first
+    only. A write the file system refuses for every file (a full disk, a quota, read-only:
+    :func:`~restorekit.images.storage_errno`) fails its input and stops the work there: the
+    inputs left are failed as "not processed" (said in one line, not one each). The others are checked from their headers first
     (:func:`check_inputs`), so an input that cannot succeed fails before any work. An output
     that would replace an input file (an expected one fails before any work, ``overwrite`` or
     not: an input is never taken for a finished output), or that another input of this batch
@@ -480,13 +498,21 @@ def process_files(
     if todo:  # only when something will be written: a finished folder, made read-only since, is rerun
         job.together(lambda: check_writable(outdir))
 
-    # 2. This rank's share of the work.
+    # 2. This rank's share of the work. A write that the file system refuses for every file (full,
+    # over quota, read-only: storage_errno) stops it there: each input left would be read and
+    # restored (minutes of a GPU, maybe) only to fail the same way, one error line each. They are
+    # listed as failed, "not processed", and said in one line; a rerun goes on from there.
     done: dict[int, BatchResult] = {}
     written_by: dict[Path, Path] = {}
+    stopped: str | None = None  # why the rest of this rank's share is not processed
     with job.progress(len(todo), label, quiet) as advance:
-        for i in job.part(todo):
+        mine = job.part(todo)
+        for n, i in enumerate(mine):
             item = items[i]
             one = done[i] = BatchResult()
+            if stopped is not None:
+                one.failed.append({"path": str(item.path), "error": f"{item.path}: not processed: {stopped}"})
+                continue
             try:
                 image = read_image(item.path, max_pixels=max_pixels)
                 planned = fn(image, item)
@@ -521,6 +547,11 @@ def process_files(
                 one.failed.append({"path": str(item.path), "error": msg})
                 if on_error is not None:
                     on_error(msg)
+                left = len(mine) - n - 1
+                if storage_errno(exc) is not None and left:
+                    stopped = _stop_reason(exc, outdir)
+                    if on_error is not None:
+                        on_error(f"stopped: {left} input{'s' if left != 1 else ''} not processed, as {stopped}")
             advance(item.path.name)
 
     # 3. Every rank's outcomes, in input order.

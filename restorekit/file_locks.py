@@ -3,9 +3,11 @@
 POSIX systems lock with ``flock``; Windows, which has no ``fcntl``, with ``msvcrt.locking`` on one
 byte far past a lock file's text (:data:`MSVCRT_BYTE`): Windows' locks are mandatory, and one on the
 text would keep other processes from reading the holder's note. A platform with neither gets
-``None`` from :func:`lock_api`, and its callers refuse to write rather than write unlocked.
-Used by :mod:`restorekit.folder_lock` (one command per folder) and the weights cache; it imports
-no restorekit module, so the weights layers may use it.
+``None`` from :func:`lock_api`, and its callers refuse to write rather than write unlocked. A file
+system that refuses locks (NFS without its lock service, some FUSE and network file systems) makes
+them raise :class:`LocksUnavailable`, naming the file. Used by :mod:`restorekit.folder_lock` (one
+command per folder) and the weights cache; it imports no restorekit module, so the weights layers
+may use it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,32 @@ MSVCRT_BYTE = 1 << 30
 _MSVCRT_BUSY = {errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK), errno.EDEADLK}
 
 
+#: The errors with which a file system says it has no locks at all (not that another holds one):
+#: NFS without its lock service (``ENOLCK``), file systems that do not implement them.
+NO_LOCKS_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP),
+                             errno.ENOSYS})
+
+
+class LocksUnavailable(OSError):
+    """The file system of a lock file has no file locks: an ``OSError`` with the system's errno,
+    the lock file as its ``filename`` and a ``strerror`` that says so (what
+    :func:`restorekit.errors.describe_os_error` makes one line of)."""
+
+
+def _fd_path(fd: int) -> str:
+    """The path of the open file ``fd`` for a message (Linux's ``/proc``), else ``file descriptor N``."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"file descriptor {fd}"
+
+
+def _no_locks(exc: OSError, fd: int, path: str | os.PathLike[str] | None) -> LocksUnavailable:
+    where = os.fspath(path) if path is not None else _fd_path(fd)
+    return LocksUnavailable(exc.errno, f"its file system has no file locks ({exc.strerror or exc}: NFS without its "
+                                       "lock service, or a file system that does not implement them)", where)
+
+
 @dataclass(frozen=True)
 class LockApi:
     """This platform's file locks: ``kind`` ``"flock"`` (``module`` is fcntl) or ``"msvcrt"``."""
@@ -33,25 +61,36 @@ class LockApi:
     kind: Literal["flock", "msvcrt"]
     module: ModuleType
 
-    def try_lock(self, fd: int) -> bool:
-        """Lock ``fd`` exclusively without waiting: False when another holds it; ``OSError`` when
-        the file system has no locks (NFS without its lock service, say)."""
+    def try_lock(self, fd: int, path: str | os.PathLike[str] | None = None) -> bool:
+        """Lock ``fd`` exclusively without waiting: False when another holds it;
+        :class:`LocksUnavailable` when the file system has no locks (NFS without its lock service,
+        say), another ``OSError`` for any other failure. ``path``: ``fd``'s, for that message."""
         mod = self.module
         if self.kind == "flock":
             try:
                 mod.flock(fd, mod.LOCK_EX | mod.LOCK_NB)
             except BlockingIOError:
                 return False
+            except OSError as exc:
+                if exc.errno in NO_LOCKS_ERRNOS:
+                    raise _no_locks(exc, fd, path) from None
+                raise
             return True
         return _msvcrt_locking(mod, fd, mod.LK_NBLCK)
 
-    def wait_lock(self, fd: int) -> Callable[[], None]:
+    def wait_lock(self, fd: int, path: str | os.PathLike[str] | None = None) -> Callable[[], None]:
         """Lock ``fd`` exclusively, waiting while another process or thread holds it; returns the
         call that unlocks it (closing the file unlocks it too). ``msvcrt`` is tried again every few
-        hundredths of a second: its own blocking mode gives up after ten seconds."""
+        hundredths of a second: its own blocking mode gives up after ten seconds. A file system
+        without locks: :class:`LocksUnavailable` (``path`` as :meth:`try_lock`'s)."""
         mod = self.module
         if self.kind == "flock":
-            mod.flock(fd, mod.LOCK_EX)
+            try:
+                mod.flock(fd, mod.LOCK_EX)
+            except OSError as exc:
+                if exc.errno in NO_LOCKS_ERRNOS:
+                    raise _no_locks(exc, fd, path) from None
+                raise
             return lambda: None
         pause = 0.005
         while not _msvcrt_locking(mod, fd, mod.LK_NBLCK):
@@ -97,4 +136,4 @@ def _msvcrt_locking(msvcrt: ModuleType, fd: int, mode: int) -> bool:
     return True
 
 
-__all__ = ["MSVCRT_BYTE", "LockApi", "lock_api"]
+__all__ = ["MSVCRT_BYTE", "NO_LOCKS_ERRNOS", "LockApi", "LocksUnavailable", "lock_api"]

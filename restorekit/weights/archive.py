@@ -105,6 +105,9 @@ def _copy_hashing(src: IO[bytes], dest: Path | None, limit: int | None) -> tuple
             h.update(block)
             if out is not None:
                 out.write(block)
+        if out is not None:
+            out.flush()
+            download.sync_data(out.fileno())  # on the disk before it is renamed into the cache
     return n, h.hexdigest()
 
 

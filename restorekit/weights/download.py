@@ -5,8 +5,8 @@ asks for the rest with an HTTP ``Range`` header (a server that ignores it sends 
 again, which is handled); with no sha256 to check the result against, only attempts of the same
 call resume, and a ``.part`` an earlier run left is started over. When the transfer ends, size and sha256 are checked; a mismatch
 deletes the ``.part`` and nothing is left behind. Only a verified file is moved onto ``dest``
-(``os.replace``, atomic within one folder). A ``.part`` that cannot be written (disk full,
-read-only) is this machine's problem, not the connection's: no retry, the ``.part`` is removed
+(``os.replace``, atomic within one folder, once its bytes are on the disk). A ``.part`` that cannot
+be written (disk full, read-only) is this machine's problem, not the connection's: no retry, the ``.part`` is removed
 (a full disk is not left full; the next pull starts over) and a one-line
 :class:`~restorekit.errors.CacheError` names the path. Stopped (Ctrl-C, SIGTERM), a download keeps
 its ``.part`` where a later pull resumes it (and says so on the exception), and removes it where none
@@ -147,10 +147,24 @@ def _write_all(f: BinaryIO, block: bytes) -> None:
         view = view[f.write(view) or 0:]
 
 
+def sync_data(fd: int) -> None:
+    """The bytes of the open file ``fd`` on the disk (``fdatasync``, else ``fsync``) before it is
+    renamed into the cache: after a crash of the machine its name never holds fewer bytes. A file
+    system that cannot sync a file (``EINVAL``, ``ENOSYS``, ``EOPNOTSUPP``) is written without; a
+    full disk or an I/O error said at the sync is raised."""
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise
+
+
 def _close(f: BinaryIO) -> os.stat_result:
-    """Close the ``.part`` ``f`` after writing it; returns what it is (to move only that file)."""
+    """Close the ``.part`` ``f`` after writing it, its bytes on the disk (:func:`sync_data`: where the
+    disk reports a full disk only now, this raises); returns what it is (to move only that file)."""
     with f:
         f.flush()
+        sync_data(f.fileno())
         return os.fstat(f.fileno())
 
 
