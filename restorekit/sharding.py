@@ -2,8 +2,9 @@
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) every process joins a gloo group — only small Python
 objects travel between ranks — and works on its own device: ``cuda:LOCAL_RANK``, or the CPU with
-its share of the cores (``cpu_count // LOCAL_WORLD_SIZE`` threads, fewer when
-``OMP_NUM_THREADS`` says so; ``torchrun`` sets 1 unless told otherwise).
+its share of the cores it may use (:func:`cpu_budget` ``// LOCAL_WORLD_SIZE`` threads: affinity,
+a container's CPU quota, Slurm's CPUs per task; fewer when ``OMP_NUM_THREADS`` says so;
+``torchrun`` sets 1 unless told otherwise).
 
 Work is dealt deterministically: every rank computes the same list, and rank ``r`` of ``W`` takes
 items ``r, r + W, r + 2W, …`` (:meth:`Job.part`). Ranks meet only at a few named points
@@ -16,6 +17,7 @@ Without ``torchrun`` :data:`SINGLE` is the job: one rank, every helper the ident
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -240,14 +242,99 @@ def current_job() -> Job:
     return _current
 
 
-def cpu_share() -> int:
-    """Threads for one of ``LOCAL_WORLD_SIZE`` processes on this machine's cores (never more than asked)."""
+#: Variables by which the user chooses torch's thread count (torch reads them at its start); one set
+#: (to anything) leaves that count alone.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cpu_quota(proc: str = "/proc/self") -> float | None:
+    """The CPUs this process's cgroups let it use, where one sets a quota (``docker run --cpus``,
+    a Kubernetes CPU limit, systemd's ``CPUQuota``): cgroup v2 ``cpu.max`` (``"200000 100000"``:
+    2 CPUs) or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, the least over the groups from the
+    process's own up to the top (:func:`~restorekit.device_memory.cgroup_folders`). None: no quota,
+    or none that can be read (no ``/proc``, no ``/sys/fs/cgroup``: gVisor, macOS, Windows)."""
+    from .device_memory import cgroup_folders
+
+    quotas = []
+    for folder in cgroup_folders("cpu", proc):
+        try:
+            with open(folder / "cpu.max", encoding="ascii") as f:
+                fields = f.read().split()
+            quota, period = fields[0], fields[1] if len(fields) > 1 else "100000"
+        except FileNotFoundError:
+            try:
+                with open(folder / "cpu.cfs_quota_us", encoding="ascii") as f:
+                    quota = f.read().strip()
+                with open(folder / "cpu.cfs_period_us", encoding="ascii") as f:
+                    period = f.read().strip()
+            except (OSError, ValueError):
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        try:
+            q, p = int(quota), int(period)
+        except ValueError:  # "max": no quota here
+            continue
+        if q > 0 and p > 0:  # (v1 says "none" with -1)
+            quotas.append(q / p)
+    return min(quotas) if quotas else None
+
+
+def _positive(text: str | None) -> int | None:
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def cpu_budget(proc: str = "/proc/self") -> int:
+    """The cores this process may keep busy: those it may run on (its affinity: a ``taskset``, a
+    Slurm or Kubernetes cpuset, ``docker run --cpuset-cpus``), no more than its cgroups' CPU quota
+    allows (:func:`cpu_quota`, rounded up: 1.5 CPUs keep 2 threads busy three quarters of the time)
+    and no more than Slurm's ``SLURM_CPUS_PER_TASK`` where that is set; at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+    except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
+    quota = cpu_quota(proc)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota - 1e-9)))
+    slurm = _positive(os.environ.get("SLURM_CPUS_PER_TASK"))
+    if slurm is not None:
+        cores = min(cores, slurm)
+    return max(1, cores)
+
+
+def command_threads(proc: str = "/proc/self") -> int | None:
+    """The intra-op thread count a command should give torch: its :func:`cpu_budget` where that is
+    below torch's count and the user chose none (:data:`THREAD_VARIABLES`); None: leave torch's.
+
+    torch starts as many threads as the process may run on, whatever a CPU quota allows: under
+    ``docker run --cpus=2`` on a 64-core machine, 64 threads share 2 CPUs' time and the run is
+    several times slower than with 2 (each parallel section waits for threads the quota has
+    paused). A count the user set (these variables, ``--threads``, ``num_threads``) always wins."""
+    if any(os.environ.get(name, "").strip() for name in THREAD_VARIABLES):
+        return None
+    budget = cpu_budget(proc)
+    return budget if budget < torch.get_num_threads() else None
+
+
+def use_cpu_budget() -> int | None:
+    """Cap torch's threads at this process's CPU budget (:func:`command_threads`); the count set,
+    None when nothing changed. For a command, which owns its process — never on import, nor from a
+    library call: a program that uses restorekit keeps the threads it chose."""
+    threads = command_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def cpu_share() -> int:
+    """Threads for one of ``LOCAL_WORLD_SIZE`` processes on the cores this process may use
+    (:func:`cpu_budget`: affinity, CPU quota, Slurm's CPUs per task), never more than asked."""
     local = process_layout().get("LOCAL_WORLD_SIZE", 1)
-    return max(1, min(torch.get_num_threads(), cores // local))
+    return max(1, min(torch.get_num_threads(), cpu_budget() // local))
 
 
 @contextmanager

@@ -682,6 +682,52 @@ def _worker_leaves_stopping_to_the_run(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, leave_later)
 
 
+#: What torch says when loader workers cannot put a batch into shared memory: a full ``/dev/shm``
+#: (posix_fallocate's ENOSPC; older torch: a worker killed by a bus error on touching the pages).
+_SHM_SIGNS = ("shared memory", "(shm)", "unable to write to file </torch_", "bus error")
+
+
+def out_of_shared_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (from a DataLoader's iterator) says its workers ran out of shared memory."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _SHM_SIGNS)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def shared_memory_warning(folder: str = "/dev/shm") -> str:
+    """The one line said when loader workers ran out of shared memory and loading goes on in the
+    main process: how large ``folder`` is and how to give it more, or to stop using workers."""
+    try:
+        st = os.statvfs(folder)
+        size = f" ({folder}: {_mb(st.f_blocks * st.f_frsize)}, {_mb(st.f_bavail * st.f_frsize)} free)"
+    except (OSError, AttributeError):
+        size = ""
+    return (f"the data loader's worker processes ran out of shared memory{size}, through which they hand "
+            "batches over; loading in this process from now on (the same batches, more slowly). Give the "
+            "container more (docker run --shm-size=2g; Kubernetes: a memory-backed emptyDir at /dev/shm) or "
+            "set num_workers = 0")
+
+
+def _preload_in_forkserver(modules: list[str]) -> None:
+    """Where loader workers start from the forkserver (Python 3.14's default on Linux), have it
+    import ``modules`` once, when it starts: each worker is then forked with them loaded, instead
+    of importing torch and restorekit again (seconds a worker, every epoch, as the loaders of each
+    epoch start their own). Other start methods, or a forkserver already running: nothing changes."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if multiprocessing.get_start_method() != "forkserver":
+        return
+    server = getattr(forkserver, "_forkserver", None)
+    current = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    wanted = [m for m in modules if m and m != "__main__" and m not in current]
+    if wanted:
+        multiprocessing.set_forkserver_preload(current + wanted)
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM (a second one interrupts at once): a training loop checks it, and
     checkpoints and stops after the current step. ``signum`` is the signal (exit code 128 + it)."""
@@ -724,6 +770,9 @@ class Trainer:
     run_folders: tuple[str, ...] = (CKPT_DIR, VAL_DIR)
     # The config model `restorekit train NAME` validates files and --set overrides against.
     Config: type[TrainConfig] = TrainConfig
+    #: Set when the loader workers ran out of shared memory: the run's batches are loaded in its own
+    #: process from then on (:meth:`_loaded`).
+    _in_process_loading: bool = False
 
     @classmethod
     def build(cls, config: TrainConfig, *, quiet: bool = False) -> "Trainer":
@@ -867,20 +916,54 @@ class Trainer:
         micro = self.step * cfg.grad_accum
         epoch, offset = divmod(micro, per_epoch)
         while True:
-            sampler.set_position(epoch, offset * cfg.batch_size)
             if hasattr(self.train_data, "set_epoch"):
                 self.train_data.set_epoch(epoch)
-            # Its own generator: creating a loader iterator must not draw from the global RNG,
-            # or a resumed run (one more iterator) would diverge from an uninterrupted one.
-            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            loader = DataLoader(self.train_data, batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True),
-                                num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
-                                generator=gen, worker_init_fn=_worker_leaves_stopping_to_the_run)
+
+            def loader(workers: int, start: int, epoch: int = epoch, offset: int = offset) -> DataLoader[Any]:
+                sampler.set_position(epoch, (offset + start) * cfg.batch_size)
+                # Its own generator: creating a loader iterator must not draw from the global RNG,
+                # or a resumed run (one more iterator) would diverge from an uninterrupted one.
+                gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+                return self._loader(self.train_data, workers, generator=gen, pin_memory=self.device.type == "cuda",
+                                    batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True))
+
             self.epoch = epoch
-            with workers_ended(iter(loader)) as batches:
+            with contextlib.closing(self._loaded(loader)) as batches:
                 for batch in batches:
                     yield _to_device(self._note_left_out(batch), self.device)
             epoch, offset = epoch + 1, 0
+
+    def _loader(self, data: Dataset[Any], workers: int, **options: Any) -> DataLoader[Any]:
+        """A DataLoader of ``data`` with ``workers`` worker processes, each set up to leave a stop
+        to the run (:func:`_worker_leaves_stopping_to_the_run`)."""
+        if workers:
+            _preload_in_forkserver([type(data).__module__, __name__])
+        return DataLoader(data, num_workers=workers, worker_init_fn=_worker_leaves_stopping_to_the_run, **options)
+
+    def _loaded(self, loader: Callable[[int, int], DataLoader[Any]]) -> Generator[Any, None, None]:
+        """The batches of ``loader(workers, start)`` (``start``: how many batches it skips), its
+        workers ended when the generator is. When they run out of shared memory (a container's
+        64 MB ``/dev/shm``), that is said once (:func:`shared_memory_warning`) and the batches from
+        the first one missing on come from this process, for the rest of the run: they are the
+        same batches, being functions of ``(seed, epoch, index)`` whoever loads them."""
+        start = 0
+        while True:
+            workers = 0 if self._in_process_loading else self.config.num_workers
+            with workers_ended(iter(loader(workers, start))) as batches:
+                while True:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        return
+                    except RuntimeError as exc:
+                        if not workers or not out_of_shared_memory(exc):
+                            raise
+                        break
+                    start += 1
+                    yield batch
+            self._in_process_loading = True
+            rank = "" if self.dist.is_main else f"rank {self.dist.rank}: "
+            print(f"warning: {rank}{shared_memory_warning()}", file=sys.stderr, flush=True)
 
     def _note_left_out(self, batch: Any) -> Any:
         """``batch`` without its ``left_out`` lines (:class:`~.data.SRPairDataset`), each printed
@@ -901,14 +984,18 @@ class Trainer:
         from ..images import save_image
 
         self.model.eval()
-        loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False,
-                            num_workers=self.config.num_workers, generator=torch.Generator().manual_seed(0),
-                            worker_init_fn=_worker_leaves_stopping_to_the_run)
+        val_data, size = self.val_data, self.config.batch_size
+
+        def loader(workers: int, start: int) -> DataLoader[Any]:
+            rest = range(start * size, len(val_data))  # type: ignore[arg-type]
+            return self._loader(val_data, workers, batch_size=size, sampler=rest,
+                                generator=torch.Generator().manual_seed(0))
+
         columns: list[list[Tensor]] = []
         sums: dict[str, float] = {}
         count = 0
         devs = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devs), self._autocast(), workers_ended(iter(loader)) as batches:
+        with torch.random.fork_rng(devices=devs), self._autocast(), contextlib.closing(self._loaded(loader)) as batches:
             for batch in batches:
                 res = self.validation_step(_to_device(self._note_left_out(batch), self.device))
                 if res is None:
@@ -1108,6 +1195,6 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["LogFiles", "Trainer", "TrainingError", "CKPT_DIR", "VAL_DIR", "atomic_save", "check_run_folders", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "out_of_shared_memory", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
            "resume_warning", "rng_state", "run_subfolder", "set_rng_state", "cuda_seed_of", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

@@ -37,13 +37,36 @@ __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache
 
 
 def cache_dir() -> Path:
-    """``$RESTOREKIT_HOME`` when set, else the platform user cache dir for restorekit."""
+    """``$RESTOREKIT_HOME`` when set, else the platform user cache dir for restorekit.
+
+    A process without a home folder — ``HOME`` unset and a user id that ``/etc/passwd`` does not
+    know, as in a container run as an arbitrary user (``docker run -u 1234``, OpenShift) — has
+    no platform cache folder: a one-line :class:`CacheError` saying which variable to set (commands
+    that need no cache never ask for it)."""
     env = os.environ.get("RESTOREKIT_HOME")
     if env:
-        return Path(env).expanduser()
+        try:
+            return Path(env).expanduser()
+        except RuntimeError:  # "~" and no home to put for it
+            raise CacheError(f"RESTOREKIT_HOME is {env}, but this process has no home folder for '~' to stand for "
+                             f"({_no_home()}): set RESTOREKIT_HOME to a folder's full path") from None
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("restorekit"))
+    try:
+        return Path(platformdirs.user_cache_dir("restorekit"))
+    except (RuntimeError, KeyError, OSError):  # platformdirs found no home folder to put ~/.cache in
+        raise CacheError(f"restorekit has no folder for its cache: {_no_home()}; set RESTOREKIT_HOME to a "
+                         "writable folder (or HOME, or XDG_CACHE_HOME, to a full path)") from None
+
+
+def _no_home() -> str:
+    """Why this process has no home folder, in a few words."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if os.environ.get("HOME", "").strip():
+        return f"HOME is {os.environ['HOME']}"
+    if uid is None:
+        return "HOME is not set"
+    return f"HOME is not set and user id {uid} has no home folder in the password database"
 
 
 def cache_error(exc: OSError, path: Path, *, detail: str = "", action: str = "written") -> CacheError:
