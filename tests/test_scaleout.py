@@ -20,7 +20,7 @@ from PIL import Image
 from restorekit.degradations import parse_spec
 from restorekit.harness.inputs import from_degradation, merge_shards, update_manifest
 from restorekit.harness.store import Record, ResultStore
-from restorekit.sharding import SINGLE, Job, cpu_share, exit_code_of
+from restorekit.sharding import SINGLE, Job, cpu_budget, cpu_share, exit_code_of
 from restorekit.testing.data import smooth_image
 from background_runs import Launch, selected, torchrun
 from plugin_sources import write_plugin_dist
@@ -232,7 +232,7 @@ def test_ranks_meet_at_sync_points_and_an_abort_releases_the_waiting_ones():
 
 
 def test_cpu_share_divides_the_cores_between_local_processes(monkeypatch):
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_budget()  # (affinity, and a container's CPU quota where one is set)
     threads = torch.get_num_threads()
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 4))
     assert cpu_share() == 1

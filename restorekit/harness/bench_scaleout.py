@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..interfaces import Method, MethodInfo, Options
+from ..sharding import cpu_budget
 
 PULSELIKE = "bench_pulselike"
 #: Alternating runs of each launch, by default (figures: medians and their range).
@@ -222,7 +223,7 @@ def run_scaleout(n: int, size: int, scale: int, processes: int, threads: int, st
             "one": one, "many": many,
             "speedup": many["images_per_s"] / one["images_per_s"], "speedup_range": [speedup["min"], speedup["max"]],
             "identical": identical,
-            "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+            "cpu_cores": cpu_budget()}
 
 
 def format_scaleout(d: dict[str, Any]) -> str:
