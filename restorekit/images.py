@@ -243,12 +243,33 @@ def shown_name(p: object) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+#: The errors with which reading a file says what is (not) at its path, or that it may not be read:
+#: any other that the system gives while reading is the disk's or the network's (:func:`_read_fault`).
+_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM,
+                          errno.EISDIR})
+
+
+def _read_fault(p: Path, exc: OSError) -> ImageError:
+    """The line for a read of ``p`` that the system failed (``exc`` has an errno: ``EIO``, an NFS
+    server's ``ESTALE`` or ``ETIMEDOUT``…): the storage under it failed, which says nothing of
+    the image's bytes, and the same read may well work again. (What pillow says of the bytes
+    themselves has no errno: "corrupt or truncated".)"""
+    reason = exc.strerror or os.strerror(exc.errno or 0)
+    return ImageError(f"{p}: cannot be read ({reason}): the disk or network file system failed, not necessarily "
+                      "the image; try again")
+
+
 def _check_file(p: Path) -> None:
     """A one-line ``ImageError`` unless ``p`` is a file with something in it; one ``stat`` when it
-    is (a missing file, a folder, an empty file and a broken link are each said as such)."""
+    is (a missing file, a folder, an empty file and a broken link are each said as such; a
+    ``stat`` the disk or network fails, :func:`_read_fault`)."""
     try:
         st = os.stat(p)
-    except (OSError, ValueError):  # asked again below, each case with its own answer or error
+    except OSError as exc:
+        if exc.errno is not None and exc.errno not in _PATH_ERRNOS:
+            raise _read_fault(p, exc) from None
+        st = None  # asked again below, each case with its own answer or error
+    except ValueError:
         st = None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
@@ -399,7 +420,9 @@ def _refused_format(p: Path, data: bytes | None, formats: Sequence[str], unknown
 def _opened(p: Path, max_pixels: int, data: bytes | None = None,
             formats: Sequence[str] | None = FILE_FORMATS) -> Iterator[Image.Image]:
     """``p`` opened with pillow after :func:`check_size` has judged its header; every failure
-    inside (opening, decoding) becomes one ``ImageError`` naming the file and the problem.
+    inside (opening, decoding) becomes one ``ImageError`` naming the file and the problem: what
+    pillow says of the bytes is "corrupt or truncated", a read the system failed (an ``OSError``
+    with an errno: ``EIO``, a network file system's) is said as such (:func:`_read_fault`).
 
     With ``data`` the image is those bytes, named ``p`` in messages (nothing is read from disk);
     ``formats`` limits the decoders pillow may try (default :data:`FILE_FORMATS`; None: all)."""
@@ -429,7 +452,13 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
         raise ImageError(f"{p}: permission denied (the file cannot be read)") from None
     except PixelValueError as exc:
         raise ImageError(f"{p}: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except FileNotFoundError:  # (removed since it was listed, or while it was read)
+        raise ImageError(f"{p}: no such file") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the system's read failed, not pillow's decoding: the disk's or network's
+            raise _read_fault(p, exc) from None
+        raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
+    except (SyntaxError, ValueError) as exc:
         raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
 
 
@@ -851,16 +880,15 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
     left when its process was killed mid-write: at once when its name says a process of this host
     that no longer runs (:func:`_temp_writer`), never while that process runs (this one included);
     otherwise (another host's, an earlier version's name) if last written over ``older_than_s``
-    seconds ago (a write in progress, by another process of the same job, is younger). Only names
+    seconds ago (a write in progress, by another process of the same job, is younger), judged by
+    the folder's own clock (:func:`_folder_now`: on a network file system a file's times are the
+    server's, which may be minutes off this machine's). Only names
     of exactly that shape (:func:`is_temp_name`); for folders restorekit writes whose holder is
     known to be the only writer (a lock). ``root``: ``folders`` lie below this output folder, and
     one reached through a symbolic link another user owns is left alone
     (:func:`~restorekit.safe_open.open_folder`). Returns how many were removed."""
-    import time
-
     from .weights.cache import pid_alive
 
-    cutoff = time.time() - older_than_s
     removed = 0
     alive: dict[int, bool] = {}
     for path in folders:
@@ -874,6 +902,7 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
                 entries = folder.entries()
             except OSError:
                 continue
+            cutoff: float | None = None  # (the folder's clock read once, when a file is judged by age)
             for e in entries:
                 if not is_temp_name(e.name):
                     continue
@@ -884,13 +913,41 @@ def sweep_temp_files(folders: Iterable[Path], *, older_than_s: float = 60.0, roo
                     if alive[pid]:
                         continue  # a write under way: never removed, however long it takes
                 try:
-                    if e.is_file(follow_symlinks=False) and (
-                            pid is not None or e.stat(follow_symlinks=False).st_mtime < cutoff):
-                        folder.unlink(e.name, missing_ok=False)
-                        removed += 1
+                    if not e.is_file(follow_symlinks=False):
+                        continue
+                    if pid is None:
+                        if cutoff is None:
+                            cutoff = _folder_now(folder) - older_than_s
+                        if e.stat(follow_symlinks=False).st_mtime >= cutoff:
+                            continue
+                    folder.unlink(e.name, missing_ok=False)
+                    removed += 1
                 except OSError:  # gone meanwhile, or not ours to remove: left
                     pass
     return removed
+
+
+def _folder_now(folder: Folder) -> float:
+    """Now on the clock that stamps the files of ``folder``: the modification time of an empty file
+    made there (one of :func:`_new_temp`'s names, so a sweep removes it should this process die
+    before it does), removed at once. On NFS and other network file systems a file's times are the
+    server's clock, which may be minutes off this machine's (``time.time``): a temp file's age is
+    its time against this one. This machine's clock where no file can be made there (read-only,
+    not this user's folder) or its time cannot be read."""
+    import time
+
+    try:
+        fd, name = _new_temp(folder, "clock", ".part")
+    except OSError:
+        return time.time()
+    try:
+        return os.fstat(fd).st_mtime
+    except OSError:
+        return time.time()
+    finally:
+        os.close(fd)
+        with suppress(OSError):
+            folder.unlink(name)
 
 
 _TEMP_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

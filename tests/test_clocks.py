@@ -5,6 +5,7 @@ writes an ambiguous date."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,3 +133,52 @@ def test_two_compare_runs_differ_only_in_the_fields_documented_as_describing_the
     assert images_a and images_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
     for rel in images_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def _foreign_host_tag() -> str:
+    from restorekit.images import _host_tag
+
+    return "0" * 8 if _host_tag() != "0" * 8 else "1" * 8
+
+
+@pytest.mark.parametrize("skew_s", [120.0, -120.0], ids=["this-clock-ahead", "this-clock-behind"])
+def test_temp_files_are_swept_by_their_folders_own_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         skew_s: float) -> None:
+    """On NFS a file's times are the server's clock, not this machine's: judged against
+    ``time.time()``, a client two minutes ahead took a temp file another host is writing now for
+    one left a while ago and removed it under that writer (two minutes behind, it kept one left
+    there long enough to go)."""
+    from restorekit.images import is_temp_name, sweep_temp_files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    now = time.time()  # the folder's clock (here the same disk's)
+    writing = out / f".x.png.4242-{_foreign_host_tag()}-01234567.part"  # another host, writing now
+    old_style = out / ".y.png.a8b1k2z_.part"  # an earlier version's name, written now
+    left = out / f".z.png.4242-{_foreign_host_tag()}-89abcdef.part"  # another host's, 90 s ago
+    for p in (writing, old_style, left):
+        p.write_bytes(b"half")
+    os.utime(left, (now - 90, now - 90))
+    monkeypatch.setattr(time, "time", lambda: now + skew_s)
+    assert sweep_temp_files([out]) == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted([writing.name, old_style.name])  # (no probe left)
+    assert all(is_temp_name(p.name) for p in (writing, old_style, left))
+
+
+def test_a_folder_no_file_can_be_made_in_is_swept_by_this_machines_clock(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import restorekit.images as images
+
+    out = tmp_path / "out"
+    out.mkdir()
+    young, old = (out / f".{n}.png.4242-{_foreign_host_tag()}-0123456{i}.part" for i, n in enumerate("ab"))
+    for p in (young, old):
+        p.write_bytes(b"half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+
+    def refused(*a: Any, **kw: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images, "_new_temp", refused)
+    assert images.sweep_temp_files([out]) == 1
+    assert [p.name for p in out.iterdir()] == [young.name]

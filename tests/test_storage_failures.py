@@ -7,6 +7,7 @@ Disks are made to fail by patching the lowest call the code makes (a file object
 from __future__ import annotations
 
 import errno
+import json
 import fcntl
 import os
 import stat
@@ -316,3 +317,133 @@ def test_waiting_for_a_lock_without_locks_names_the_lock_file(tmp_path, monkeypa
     assert info.value.errno == errno.ENOLCK and info.value.filename == str(path)
     line = describe_os_error(info.value, action="use")
     assert line.startswith(f"cannot use {path}: its file system has no file locks") and "NFS" in line
+
+
+# -- compare on a full disk ------------------------------------------------------------------------
+
+def _compare(data: Path, out: Path):  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    return CliRunner().invoke(build_cli(), ["compare", "--methods", "bicubic", "--scale", "2", "--data", str(data),
+                                            "--out", str(out), "--metrics", "psnr_rgb", "--device", "cpu", "-q"],
+                              catch_exceptions=False)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_compare_stops_at_the_first_output_the_file_system_refuses_and_a_rerun_goes_on(tmp_path, monkeypatch,
+                                                                                       code):
+    import restorekit.harness.runner as runner
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
+    out = tmp_path / "cmp"
+    real = runner.atomic_write_bytes
+    tried = []
+
+    def full_after_one(path, data, **kw):  # type: ignore[no-untyped-def]
+        tried.append(path.name)
+        if len(tried) > 1:
+            raise images.fs_error(OSError(code, os.strerror(code)), path)
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(runner, "atomic_write_bytes", full_after_one)
+    r = _compare(data, out)
+    assert r.exit_code == 2, r.output
+    line = r.stderr
+    assert line.count("\n") == 1, line  # one line, not one per image left
+    failed = out / "outputs" / "bicubic" / "img1.png"
+    assert line.startswith(f"error: cannot write {failed}: {os.strerror(code)}"), line
+    assert "compare stopped there" in line and f"the same command run again once {out} can be written" in line
+    assert tried == ["img0.png", "img1.png"]  # img2 never restored
+    # No report written over a full disk; the output done and its record are kept, nothing half-written.
+    assert not any((out / name).exists() for name in ("results.json", "results.csv", "report.html"))
+    assert sorted(p.name for p in (out / "outputs" / "bicubic").iterdir()) == ["img0.png"]
+    assert not [p for p in out.rglob(".*") if images.is_temp_name(p.name)]
+
+    monkeypatch.setattr(runner, "atomic_write_bytes", real)  # room again: the rerun goes on from there
+    tried.clear()
+    r = _compare(data, out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "results.json").read_text())
+    assert {i["image"]: i["reused"] for i in doc["images"]} == {"img0": True, "img1": False, "img2": False}
+
+
+# -- a disk or network file system that fails while an input is read -------------------------------
+
+def _reads_fail(monkeypatch: pytest.MonkeyPatch, path: Path, after: int, code: int = errno.EIO) -> None:
+    """Reading ``path`` fails with ``code`` once ``after`` bytes of it were read (a bad sector, an NFS
+    server gone), as the system's ``read`` does; the bytes before it read as usual."""
+    import builtins
+
+    real_open = builtins.open
+
+    class Failing:
+        def __init__(self, f):  # type: ignore[no-untyped-def]
+            self.f = f
+
+        def read(self, n=-1):  # type: ignore[no-untyped-def]
+            if self.f.tell() >= after:
+                raise OSError(code, os.strerror(code))
+            return self.f.read(n if n is not None and 0 <= n <= after - self.f.tell() else after - self.f.tell())
+
+        def fileno(self):  # type: ignore[no-untyped-def]
+            raise OSError(errno.EBADF, "no descriptor")  # (read it through read, never mapped)
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+            self.f.close()
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.f, name)
+
+    def failing_open(file, mode="r", *a, **kw):  # type: ignore[no-untyped-def]
+        f = real_open(file, mode, *a, **kw)
+        return Failing(f) if isinstance(file, (str, os.PathLike)) and Path(file) == path else f
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+
+
+@pytest.mark.parametrize("after", [0, 60], ids=["at-its-first-bytes", "in-its-pixels"])
+def test_an_input_the_disk_fails_to_read_is_not_called_corrupt(tmp_path, monkeypatch, after):
+    p = tmp_path / "face.png"
+    images.save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), p)
+    _reads_fail(monkeypatch, p, after)
+    with pytest.raises(ImageError) as info:
+        images.read_image(p)
+    assert str(info.value) == (f"{p}: cannot be read (Input/output error): the disk or network file system failed, "
+                               "not necessarily the image; try again")
+    assert storage_errno(info.value) is None  # (one input's failure: a batch goes on)
+    monkeypatch.undo()
+    assert images.read_image(p).shape == (1, 3, 32, 32)  # the image itself is whole
+
+
+def test_a_file_the_disk_fails_to_stat_is_not_called_corrupt(tmp_path, monkeypatch):
+    p = tmp_path / "face.png"
+    images.save_image(torch.zeros(1, 3, 8, 8), p)
+    real_stat = os.stat
+
+    def failing_stat(path, *a, **kw):  # type: ignore[no-untyped-def]
+        if isinstance(path, (str, os.PathLike)) and Path(path) == p:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(path))  # (NFS: the server lost the file)
+        return real_stat(path, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", failing_stat)
+    with pytest.raises(ImageError) as info:
+        images.probe_size(p)
+    assert str(info.value) == (f"{p}: cannot be read ({os.strerror(errno.ESTALE)}): the disk or network file system "
+                               "failed, not necessarily the image; try again")
+
+
+def test_bytes_pillow_cannot_decode_are_still_corrupt_or_truncated(tmp_path):
+    p = tmp_path / "cut.png"
+    images.save_image(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), p)
+    p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(ImageError, match=r"cut\.png: corrupt or truncated image \(") as info:
+        images.read_image(p)
+    assert "try again" not in str(info.value)

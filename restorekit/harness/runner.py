@@ -2,7 +2,10 @@
 
 :func:`plan` checks everything a user can get wrong (names, options, scales, data) before any
 work starts and raises ``RestorekitError`` with one line; :func:`execute` then never stops for a
-single (method, image): a failure is recorded with its reason and the rest go on.
+single (method, image): a failure is recorded with its reason and the rest go on. A write that the
+file system refuses for every file (full, over quota, read-only:
+:func:`~restorekit.images.storage_errno`) stops it instead, in one line (:func:`storage_stop`):
+the results stored so far stay, and the same command run again goes on from there.
 
 Per (method, image, seed) the runner records: the restore time (``time.perf_counter`` around
 ``restore`` only, CUDA synchronised; the first call of each method in a run is the warm-up, kept
@@ -39,8 +42,9 @@ from torch import Tensor
 from .. import __version__
 from ..degradations import Chain, parse_spec
 from ..devices import precision_label, run_device
-from ..errors import RestorekitError, WeightsMissing, describe_os_error, exception_line
-from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image, to_pil
+from ..errors import FileSystemError, RestorekitError, WeightsMissing, describe_os_error, exception_line
+from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image,
+                      storage_errno, to_pil)
 from ..interfaces import Method, Metric, Options
 from ..memory import reset_peak_rss, status_fields
 from ..methods import (check_output_size_contract, check_restored, keep_black_and_white, resolve_device,
@@ -771,37 +775,43 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
         if pi not in last_read and pair.stem not in shown:
             inputs.release(pair.stem)  # (made with the LR files, every unit of it complete)
     built: dict[str, _Built] = {}
-    for mi, mp in enumerate(p.methods):
-        method: Method | None = None
-        first_call = True
-        for g in (g for g in todo if units[g][0] == mi):
-            _, pi, seed = units[g]
-            pair = inputs.pairs[pi]
-            rec = _reuse(p, mp, pair, seed, inputs, store, stored[mp.name], active, mdev, clock)
-            if rec is None:  # needs the method
-                if mp.name not in built:
+    try:
+        for mi, mp in enumerate(p.methods):
+            method: Method | None = None
+            first_call = True
+            for g in (g for g in todo if units[g][0] == mi):
+                _, pi, seed = units[g]
+                pair = inputs.pairs[pi]
+                rec = _reuse(p, mp, pair, seed, inputs, store, stored[mp.name], active, mdev, clock)
+                if rec is None:  # needs the method
+                    if mp.name not in built:
+                        t0 = time.perf_counter()
+                        method = _build(mp, p.device, cfg.backend)
+                        clock.add("method_load", time.perf_counter() - t0)
+                        built[mp.name] = _Built(mp.device, mp.precision, mp.backend, mp.weights_info, mp.load_error)
+                        if method is not None and job.is_main:
+                            store.save_meta(mp.name, mp.settings_hash, {
+                                "device": mp.device, "precision": mp.precision, "backend": mp.backend,
+                                "weights": mp.weights_info})
+                    rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
+                    if rec.ms is not None:
+                        first_call = False
                     t0 = time.perf_counter()
-                    method = _build(mp, p.device, cfg.backend)
-                    clock.add("method_load", time.perf_counter() - t0)
-                    built[mp.name] = _Built(mp.device, mp.precision, mp.backend, mp.weights_info, mp.load_error)
-                    if method is not None and job.is_main:
-                        store.save_meta(mp.name, mp.settings_hash, {
-                            "device": mp.device, "precision": mp.precision, "backend": mp.backend,
-                            "weights": mp.weights_info})
-                rec = _run(p, mp, pair, seed, inputs, method, active, mdev, clock, first_call)
-                if rec.ms is not None:
-                    first_call = False
-                t0 = time.perf_counter()
-                store.append(rec)
-                clock.add("store", time.perf_counter() - t0)
-            if last_read[pi] == g and pair.stem not in shown:
-                inputs.release(pair.stem)
-            records[g] = rec
-            advance(g)
-        del method
-        if p.device.type == "cuda":
-            torch.cuda.empty_cache()
-    store.close()
+                    store.append(rec)
+                    clock.add("store", time.perf_counter() - t0)
+                if last_read[pi] == g and pair.stem not in shown:
+                    inputs.release(pair.stem)
+                records[g] = rec
+                advance(g)
+            del method
+            if p.device.type == "cuda":
+                torch.cuda.empty_cache()
+    except OSError as exc:  # a full disk (an output, a record): stopped here, the records so far kept
+        if storage_errno(exc) is None:
+            raise
+        raise storage_stop(exc, out) from exc
+    finally:
+        store.close()
 
     # 3. Every rank's records, in one process's order; rank 0 keeps the store.
     shares = job.gather((records, built, clock.t))
@@ -823,6 +833,20 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), processes=job.world)
     res.wall_s = time.perf_counter() - t_start
     return res
+
+
+def storage_stop(exc: OSError, out: Path) -> FileSystemError:
+    """The error that ends a comparison at ``exc``, a write the file system refused as it would every
+    other (:func:`~restorekit.images.storage_errno`: full, over quota, read-only): one line, the
+    write and its fix, and that a rerun goes on. No report is written (it could not be, and would
+    show a part as the whole); every record appended before it stays in the store (written through
+    at once), so the same command run again reuses them and restores only what is left. Its errno
+    is ``exc``'s."""
+    err = FileSystemError(f"{describe_os_error(exc)}; compare stopped there, as every later write would fail the "
+                          f"same way: no report is written, the results so far are kept, and the same command run "
+                          f"again once {out} can be written goes on from there")
+    err.errno = storage_errno(exc)
+    return err
 
 
 def _report_stems(inputs: InputSet) -> set[str]:
@@ -907,7 +931,9 @@ def _reuse(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputS
 
 def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet, method: Method | None,
          active: list[MetricState], mdev: torch.device, clock: _Clock, warmup: bool) -> Record:
-    """Restore one image with one seed, save and score it; any exception becomes a failed record."""
+    """Restore one image with one seed, save and score it; any exception becomes a failed record, but
+    for a write of the output that the file system refuses for every file (a full disk:
+    :func:`~restorekit.images.storage_errno`), raised for :func:`execute` to stop at."""
     scale = p.config.scale
     rec = Record(mp.name, pair.stem, seed, mp.settings_hash, pair.input_hash, "failed")
     if method is None:
@@ -976,6 +1002,8 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
     try:
         atomic_write_bytes(p.config.out / rel, data, root=p.config.out)  # (no folder on the way a link)
     except OSError as exc:
+        if storage_errno(exc) is not None:
+            raise  # every output after it would fail the same way: execute stops there
         rec.error = describe_os_error(exc, p.config.out / rel)
         return rec
     rec.output, rec.output_sha256 = rel, hashlib.sha256(data).hexdigest()
