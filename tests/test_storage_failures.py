@@ -372,6 +372,34 @@ def test_compare_stops_at_the_first_output_the_file_system_refuses_and_a_rerun_g
     assert {i["image"]: i["reused"] for i in doc["images"]} == {"img0": True, "img1": False, "img2": False}
 
 
+def test_compare_stops_at_the_first_low_resolution_input_the_disk_refuses(tmp_path, monkeypatch):
+    """The LR inputs compare makes from the HR images are writes too: a full disk there stops the
+    comparison in one line (exit 2) instead of failing every image the same way."""
+    import restorekit.harness.inputs as inputs_mod
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
+    out = tmp_path / "cmp"
+    real = inputs_mod.atomic_write_bytes
+    tried = []
+
+    def full_after_one(path, data, **kw):  # type: ignore[no-untyped-def]
+        tried.append(path.name)
+        if len(tried) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(inputs_mod, "atomic_write_bytes", full_after_one)
+    r = _compare(data, out)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1, r.stderr  # one line, not one failure per image
+    assert r.stderr.startswith("error: ") and os.strerror(errno.ENOSPC) in r.stderr and "img1.png" in r.stderr
+    assert tried == ["img0.png", "img1.png"]  # img2's LR never made
+    assert not (out / "results.json").exists()
+
+
 # -- a disk or network file system that fails while an input is read -------------------------------
 
 def _reads_fail(monkeypatch: pytest.MonkeyPatch, path: Path, after: int, code: int = errno.EIO) -> None:

@@ -39,8 +39,8 @@ from torch import Tensor
 from ..degradations import Chain, crop_to_multiple
 from ..errors import ImageError, RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, FILE_FORMATS, ImageItem, atomic_write_bytes,
-                      check_output_size, check_size, from_pil, list_inputs, probe_size, read_image, read_image_bytes,
-                      to_pil)
+                      check_output_size, check_size, from_pil, fs_error, list_inputs, probe_size, read_image,
+                      read_image_bytes, storage_errno, to_pil)
 from ..safe_open import open_folder, read_plain
 from ..seeds import mix_seed
 
@@ -307,7 +307,12 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
                                           "seed": str(seed)}
                 inputs.remember(item.stem, from_pil(pil), hr)  # what reading the PNG gives
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))
-        except (RestorekitError, OSError, ValueError, RuntimeError) as exc:
+        except OSError as exc:
+            if storage_errno(exc) is not None:  # a full disk: every LR file after it would fail the same way
+                raise fs_error(exc, lr_path) from exc
+            msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
+            inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
+        except (RestorekitError, ValueError, RuntimeError) as exc:
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
             inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})
     if inputs.made and world == 1:
