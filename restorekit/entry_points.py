@@ -10,6 +10,7 @@ imported) fails on one (:func:`scan_entry_points`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from typing import Any
 from . import ENTRY_POINT_GROUP
 from .errors import exception_line
 
-__all__ = ["EntryPointsScan", "MalformedEntryPoints", "dist_label", "installed_entry_points", "normalised_name",
-           "scan_entry_points"]
+__all__ = ["EntryPointsScan", "MalformedEntryPoints", "dist_field", "dist_label", "installed_entry_points",
+           "normalised_name", "scan_entry_points"]
 
 
 def normalised_name(name: str) -> str:
@@ -28,10 +29,27 @@ def normalised_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def dist_field(dist: Any, field: str) -> str | None:
+    """A core-metadata field of ``dist`` (``Name``, ``Version``), or None when it is missing or unreadable.
+
+    Read with ``metadata.get``, not ``dist.name``/``dist.version``: those index the metadata, which
+    for a missing field warns (``DeprecationWarning: Implicit None on return values``, Python 3.12–3.13)
+    and raises ``KeyError`` in later ``importlib.metadata`` releases. An object without ``metadata`` (a
+    stand-in distribution) is asked for the attribute of that name."""
+    if dist is None:
+        return None
+    try:
+        meta = getattr(dist, "metadata", None)
+        value = meta.get(field) if meta is not None else getattr(dist, field.lower(), None)
+    except Exception:  # no METADATA file, an unreadable one, or a stand-in that raises
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def dist_label(dist: Any) -> str:
     """How a distribution is named in messages: its ``Name``, else its metadata folder, else '?'."""
-    name = getattr(dist, "name", None) if dist is not None else None
-    if isinstance(name, str) and name:
+    name = dist_field(dist, "Name")
+    if name:
         return name
     folder = getattr(dist, "_path", None)
     return f"the distribution at {folder}" if folder is not None else "?"
@@ -60,15 +78,23 @@ def _unique_distributions() -> Iterator[Any]:
     :func:`importlib.metadata.entry_points` counts them)."""
     seen: set[str] = set()
     for dist in distributions():
-        try:
-            key = str(getattr(dist, "_normalized_name", None) or normalised_name(dist.name or ""))
-        except Exception:
-            key = ""
+        key = _dist_key(dist)
         if key:
             if key in seen:
                 continue
             seen.add(key)
         yield dist
+
+
+def _dist_key(dist: Any) -> str:
+    """The name ``importlib.metadata`` tells distributions apart by: its metadata folder's
+    (``name-1.0.dist-info``), else its ``Name`` (read without ``dist.name``: :func:`dist_field`); '' if none."""
+    folder = getattr(dist, "_path", None)
+    if folder is not None:
+        base, ext = os.path.splitext(os.path.basename(str(folder)))
+        if ext in (".dist-info", ".egg-info") and base.partition("-")[0]:
+            return normalised_name(base.partition("-")[0])
+    return normalised_name(dist_field(dist, "Name") or "")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,10 @@ place, which fails when the path exists by then: an existing file is never repla
 The exporter is PyTorch's TorchScript-based one (``dynamo=False``): it needs nothing beyond
 ``onnx`` and ``onnxruntime`` and exports a small model in seconds; the torch.export-based
 exporter needs ``onnxscript``, takes minutes on CPU for a small pSp and specialises a batch
-of one to a fixed batch size.
+of one to a fixed batch size. torch 2.9 made that exporter the default and the TorchScript one
+deprecated (each call warns ``DeprecationWarning: You are using the legacy TorchScript-based ONNX
+export``): the warning is silenced around the call, as the tracer's are, and the choice stands
+until a torch release drops ``dynamo=False`` (then the export fails in one line naming it).
 """
 
 from __future__ import annotations

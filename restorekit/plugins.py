@@ -51,7 +51,7 @@ import pluggy
 from pydantic import BaseModel
 
 from . import ENTRY_POINT_GROUP, hookspecs
-from .entry_points import dist_label, installed_entry_points, normalised_name as _normalised
+from .entry_points import dist_field, dist_label, installed_entry_points, normalised_name as _normalised
 from .errors import PluginError, UnknownNameError, exception_line
 
 GROUP = ENTRY_POINT_GROUP
@@ -478,7 +478,7 @@ def unmet_core_requirement(dist: Any, core_version: str) -> str | None:
             continue
         if req.specifier and not req.specifier.contains(installed, prereleases=True):
             return (f"requires restorekit{req.specifier}, but restorekit {core_version} is installed (upgrade "
-                    f"restorekit, or install a release of {dist.name} made for this one)")
+                    f"restorekit, or install a release of {dist_label(dist)} made for this one)")
     return None
 
 
@@ -489,8 +489,8 @@ def _warn(line: str) -> None:
 
 def is_first_party(dist: Any) -> bool:
     """Whether ``dist`` is one of this repository's plugin distributions (:data:`FIRST_PARTY`)."""
-    name = getattr(dist, "name", None) if dist is not None else None
-    return isinstance(name, str) and _normalised(name) in FIRST_PARTY
+    name = dist_field(dist, "Name")
+    return name is not None and _normalised(name) in FIRST_PARTY
 
 
 _OUT_LOCK = threading.RLock()
@@ -643,7 +643,7 @@ def _load_plugin(reg: Registry, pm: pluggy.PluginManager, ep: EntryPoint, claima
     """Import one plugin and collect what its hooks register, in isolation (see the module's
     docstring); None when it is broken."""
     dist = ep.dist
-    rec = PluginRecord(ep.name, dist_label(dist), str(getattr(dist, "version", None) or "?"))
+    rec = PluginRecord(ep.name, dist_label(dist), dist_field(dist, "Version") or "?")
     # A plugin name two distributions declare is neither's: which one Python finds first is an
     # accident of the path (as for a method name two plugins register). The first-party plugin
     # keeps its own name (it loads first: the other finds it taken).

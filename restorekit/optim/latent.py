@@ -14,19 +14,23 @@ encoder's W+. Both need the same pieces, kept here so neither plugin copies the 
 * :func:`project_to_sphere` / :class:`SphericalOptimizer`: high-dimensional Gaussians
   concentrate on a sphere, so PULSE keeps each layer's whitened latent (and each optimised noise
   map) on its own sphere, rescaling after every optimiser step.
+* :class:`LatentAdam`: torch's Adam update without ``torch.optim.Optimizer`` around it, whose
+  first use imports ``torch._dynamo`` (1.3–2.5 s on a CPU, sympy included) in a process that
+  compiles nothing.
 * :func:`geocross`: the mean squared geodesic distance between the per-layer latents of W+.
 * :func:`lr_factor`: PULSE's learning-rate schedules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.adam import adam as _adam_update
 
 from ..degradations import bicubic_resize
 from ..interfaces import Generator
@@ -34,7 +38,7 @@ from ..interfaces import Generator
 Schedule = Literal["fixed", "linear1cycle", "linear1cycledrop"]
 
 __all__ = [
-    "GaussianFit", "Schedule", "SphericalOptimizer", "downscale_mse", "fit_gaussian", "geocross",
+    "GaussianFit", "LatentAdam", "Schedule", "SphericalOptimizer", "downscale_mse", "fit_gaussian", "geocross",
     "lr_factor", "project_to_sphere", "sphere_radius",
 ]
 
@@ -66,21 +70,115 @@ def sphere_radius(x: Tensor, start_dim: int = 2) -> Tensor:
     return x.pow(2).sum(tuple(range(start_dim, x.ndim)), keepdim=True).sqrt()
 
 
+class LatentAdam:
+    """Adam on a few tensors, updated by torch's own functional Adam (:func:`torch.optim.adam.adam`).
+
+    The update is ``torch.optim.Adam``'s (defaults: no weight decay, no AMSGrad): the same function,
+    called with the same arguments on the same state (a CPU ``step`` tensor, ``exp_avg``,
+    ``exp_avg_sq``), so the iterates equal the class's bit for bit. What is left out is
+    ``torch.optim.Optimizer``'s machinery (hooks, state dicts, compile support), whose first use
+    (construction) imports ``torch._dynamo``, sympy with it: 1.3–2.5 s of a CPU process that
+    restores a couple of images and compiles nothing. ``lr`` (also ``param_groups[0]["lr"]``, as
+    on a torch optimiser) may change between steps. Parameters without a gradient are skipped.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("LatentAdam got no parameters")
+        if not lr >= 0.0:
+            raise ValueError(f"LatentAdam: invalid learning rate {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"LatentAdam: invalid eps {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"LatentAdam: invalid betas {betas} (each in [0, 1))")
+        self.param_groups: list[dict[str, Any]] = [
+            {"params": self.params, "lr": lr, "betas": tuple(betas), "eps": eps}]
+        #: per parameter index: step (a CPU scalar tensor, as torch.optim.Adam keeps it), exp_avg, exp_avg_sq
+        self.state: dict[int, dict[str, Tensor]] = {}
+
+    @property
+    def lr(self) -> float:
+        return float(self.param_groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.param_groups[0]["lr"] = value
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        exp_avgs: list[Tensor] = []
+        exp_avg_sqs: list[Tensor] = []
+        steps: list[Tensor] = []
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("LatentAdam does not take sparse gradients")
+            state = self.state.get(i)
+            if state is None:
+                # torch.optim.Adam's layout: the step count on the CPU, in the default float dtype's precision.
+                scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+                state = self.state[i] = {
+                    "step": torch.tensor(0.0, dtype=scalar),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        _adam_update(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=None,
+                     has_complex=any(torch.is_complex(p) for p in params), amsgrad=False, beta1=beta1,
+                     beta2=beta2, lr=group["lr"], weight_decay=0.0, eps=group["eps"], maximize=False)
+
+
 class SphericalOptimizer:
-    """Adam (or another torch optimiser) whose parameters are projected back onto their spheres.
+    """Adam (or another optimiser) whose parameters are projected back onto their spheres.
 
     Each parameter has shape ``N×K×…``: every ``[i, k]`` slice is one point on a sphere whose
     radius is its norm at construction (``radii`` overrides). After the inner optimiser's step,
-    the slices are rescaled to those radii.
+    the slices are rescaled to those radii. ``optimizer`` builds the inner optimiser from
+    ``(params, lr=lr)``: :class:`LatentAdam` keeps ``torch._dynamo`` out of the process; the
+    default, ``torch.optim.Adam``, is a ``torch.optim.Optimizer``, for a torch scheduler on
+    :attr:`opt`. ``lr_lambda`` schedules the learning rate here instead, as ``LambdaLR`` would:
+    the ``k``-th step (from 0) runs at ``lr · lr_lambda(k)``.
     """
 
     def __init__(self, params: Sequence[Tensor], lr: float, *, radii: Sequence[Tensor] | None = None,
-                 optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam) -> None:
+                 optimizer: Callable[..., Any] = torch.optim.Adam,
+                 lr_lambda: Callable[[int], float] | None = None) -> None:
         self.params = list(params)
         with torch.no_grad():
             self.radii = [r.detach().clone() for r in radii] if radii is not None else \
                 [sphere_radius(p) for p in self.params]
+        self.base_lr = lr
+        self.lr_lambda = lr_lambda
+        self.steps_taken = 0
         self.opt = optimizer(self.params, lr=lr)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.lr_lambda is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = self.base_lr * self.lr_lambda(self.steps_taken)
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -90,6 +188,8 @@ class SphericalOptimizer:
         self.opt.step()
         for p, r in zip(self.params, self.radii):
             p.copy_(project_to_sphere(p, r))
+        self.steps_taken += 1
+        self._schedule()
 
 
 # -- schedules ----------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from restorekit.interfaces import Generator
 # The building blocks live in the core so that other methods (psp_pulse) share them; they are
 # re-exported here under their historical names.
 from restorekit.optim.latent import (
-    GaussianFit, Schedule, SphericalOptimizer, fit_gaussian, geocross, lr_factor, project_to_sphere, sphere_radius,
+    GaussianFit, LatentAdam, Schedule, SphericalOptimizer, fit_gaussian, geocross, lr_factor, project_to_sphere,
+    sphere_radius,
 )
 
 LatentSpace = Literal["w+", "z"]
@@ -197,8 +198,8 @@ def optimise_latents(
 
     params = [latent, *noise_vars]
     opt = SphericalOptimizer(params, cfg.learning_rate,
-                             radii=[radius, *[sphere_radius(v.detach()) for v in noise_vars]])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt.opt, lambda s: lr_factor(cfg.schedule, s, cfg.steps))
+                             radii=[radius, *[sphere_radius(v.detach()) for v in noise_vars]],
+                             optimizer=LatentAdam, lr_lambda=lambda s: lr_factor(cfg.schedule, s, cfg.steps))
 
     def to_w_plus(u: Tensor) -> Tensor:
         if cfg.latent == "w+":
@@ -267,7 +268,6 @@ def optimise_latents(
             for p, g in zip(params, grads):
                 p.grad = g
             opt.step()
-            sched.step()
             if cfg.stop_at_eps and any(reached):
                 # Samples that reached eps stay where they were. PULSE instead clamps the data term
                 # at eps, keeps stepping on GEOCROSS and returns its last iterate (nothing when eps

@@ -66,7 +66,8 @@ from restorekit import progress
 from restorekit.degradations import bicubic_resize
 from restorekit.interfaces import MethodInfo, OptionsModel
 from restorekit.optim.latent import (
-    GaussianFit, Schedule, downscale_mse, fit_gaussian, geocross, lr_factor, project_to_sphere, sphere_radius,
+    GaussianFit, LatentAdam, Schedule, downscale_mse, fit_gaussian, geocross, lr_factor, project_to_sphere,
+    sphere_radius,
 )
 
 from .method import DEFAULT_MODEL_NAME, PSPSR, PSPSROptions
@@ -154,8 +155,8 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
             noise.append(t)
     radii = [sphere_radius(t.detach()) for t in trainable]
     params = [delta, *trainable]
-    opt = torch.optim.Adam(params, lr=learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(schedule, s, max(steps, 1)))
+    # torch.optim.Adam's update without torch.optim.Optimizer, whose first use imports torch._dynamo (seconds).
+    opt = LatentAdam(params, lr=learning_rate)
 
     def evaluate() -> tuple[Tensor, Tensor, Tensor, Tensor]:
         w = start + delta * sigma
@@ -207,8 +208,8 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
             progress.report("psp_pulse", step, steps)  # a caller following the restore may cancel here
             opt.zero_grad(set_to_none=True)
             obj.sum().backward()
+            opt.lr = learning_rate * lr_factor(schedule, step, max(steps, 1))  # as LambdaLR would set it
             opt.step()
-            sched.step()
             with torch.no_grad():
                 for t, r in zip(trainable, radii):
                     t.copy_(project_to_sphere(t, r))
