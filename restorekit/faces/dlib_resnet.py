@@ -299,9 +299,9 @@ def convert_dat(path: str | Path | None = None) -> dict[str, Tensor]:
                                      "to a folder holding it (or its .safetensors export)") from None
     p = Path(path)
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..weights.load import read_safetensors
 
-        return dequantize(load_file(str(p)))
+        return dequantize(read_safetensors(p)[0])
     return state_dict_from_network(read_network(p.read_bytes()))
 
 

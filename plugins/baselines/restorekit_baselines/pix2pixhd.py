@@ -462,7 +462,8 @@ def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, di
     info: dict[str, Any] = {}
     if p.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file
+
+        from restorekit.weights.load import read_safetensors
 
         try:
             with safe_open(str(p), "pt") as f:
@@ -474,7 +475,7 @@ def load_generator(path: str | os.PathLike[str]) -> tuple[Pix2PixHDGenerator, di
                 # Tensor shapes from the header: a config claiming a network the file does not hold is
                 # refused before anything is allocated (a 164-byte file could claim 100,000 blocks).
                 _check_shapes(p, cfg, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-            state = load_file(str(p))
+            state = read_safetensors(p)[0]  # (nothing kept per load: a server loads it again and again)
         except Exception as exc:  # safetensors reports a damaged file as its own SafetensorError
             if type(exc).__name__ != "SafetensorError":
                 raise

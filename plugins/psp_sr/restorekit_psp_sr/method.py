@@ -189,17 +189,16 @@ def save_psp_safetensors(model: Any, path: str | os.PathLike[str], *, factors: l
 def load_psp_safetensors(path: str | os.PathLike[str], **generator_kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """``(PSP in eval mode, config)`` from a restorekit pSp ``.safetensors`` file (self-contained,
     or naming its generator's weights entry: see the module docstring)."""
-    from safetensors import safe_open
+    from restorekit.errors import RestorekitError
+    from restorekit.weights.load import read_safetensors
 
     from .psp import DEFAULT_RECON_RESIZE, PSP
 
     p = Path(path)
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # fp16 (shipped) or fp32: loading converts
-    except Exception as exc:
-        raise PSPModelError(f"{p}: not a readable safetensors file ({exc})") from None
+    try:  # (read_safetensors: nothing kept per load, for a server that loads it again and again)
+        tensors, meta = read_safetensors(p)  # fp16 (shipped) or fp32: loading converts
+    except RestorekitError as exc:
+        raise PSPModelError(f"{p}: not a readable safetensors file ({exc.__cause__ or exc})") from None
     if meta.get("format") != PSP_FORMAT:
         raise PSPModelError(f"{p}: not a restorekit pSp model (metadata format is {meta.get('format')!r}, "
                             f"expected {PSP_FORMAT!r})")
