@@ -15,6 +15,12 @@ downscale error, fastest in the low frequencies where faces keep most of their e
 upscaling's own: 4.7e-4) and lower its mean dlib distance to the person from 0.599 to 0.576
 (``recipes/prior128/README.md``).
 
+At ×1 (an output of the input's own size: a denoiser, a JPEG-artefact remover, a deblurrer, or
+psp_sr at ``--scale 1``) ``D`` is the identity: the only consistent image is the input itself, and
+there are no frequencies above the input's for the method to keep. Projecting would hand back the
+degraded input bit for bit, erasing what the method did, so :func:`back_project` returns the
+output unchanged there (``consistency_steps`` has no effect at ×1).
+
 It assumes the input was made the way ``bicubic:K`` makes it. Blur, noise and JPEG in a real
 input are copied into the output's low frequencies along with the face: for such inputs the
 correction follows the input's flaws too.
@@ -42,14 +48,17 @@ def back_project(sr: Tensor, lr: Tensor, *, steps: int = 3, clamp: bool = True) 
     ``lr`` is ``N×C×h×w`` (or ``1×C×h×w`` for every row), the input ``sr`` was restored from;
     ``H×W`` may be any multiple of it (or the generator's native size). Differentiable, same
     dtype and device as ``sr``; ``steps=0`` returns ``sr`` itself, whatever ``lr`` (so callers pass
-    their option through). ``clamp=False`` leaves out the [0,1] box (for training: a clamped pixel
-    passes no gradient).
+    their option through), and so does an ``sr`` of ``lr``'s own size (×1: projecting would return
+    ``lr`` itself; see the module's docstring). ``clamp=False`` leaves out the [0,1] box (for
+    training: a clamped pixel passes no gradient).
     """
     if steps < 0:
         raise ValueError(f"back_project: steps must be >= 0, got {steps}")
     if steps == 0:
         return sr
     _check(sr, lr)
+    if sr.shape[-2:] == lr.shape[-2:]:
+        return sr
     target = lr.to(device=sr.device, dtype=sr.dtype)
     x = sr
     for _ in range(steps):

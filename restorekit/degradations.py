@@ -12,6 +12,7 @@ value may be written in any form that is a whole number (``4``, ``4.0``, ``1e0``
   (Keys kernel a = −0.5, widened by K when downscaling, weights renormalised at the borders;
   ``torch.nn.functional.interpolate(..., antialias=True)`` implements exactly that). Sizes are
   ``floor(H/K)×floor(W/K)``; callers that need exact multiples crop first (``crop_to_multiple``).
+  ``bicubic:1`` leaves the image as it is (clamped to [0, 1], as every ``bicubic:K``).
 - ``blur:S`` (0 < S ≤ 50): separable Gaussian blur, standard deviation S pixels, kernel radius
   ``max(1, ceil(3S))``, normalised to sum 1. Borders are padded by torch's ``reflect`` (the edge
   pixel not repeated: scipy.ndimage's ``mirror``); an image whose shorter side is not longer than
@@ -21,6 +22,10 @@ value may be written in any form that is a whole number (``4``, ``4.0``, ``1e0``
   channels exactly equal): one plane is drawn and added to every channel, so it stays grey.
 - ``jpeg:Q`` (integer 1 ≤ Q ≤ 100): JPEG round trip at quality Q (pillow, 4:2:0 chroma
   subsampling), through 8 bits (values rounded to the nearest level); the result has the input's dtype.
+
+A chain's scale is the product of its ``bicubic`` factors, so a chain without one (``noise:15``,
+``blur:1.5+jpeg:30``) makes inputs of the HR's own size: restoration at ×1 (denoising, deblurring,
+JPEG-artefact removal), which ``compare --scale 1`` measures.
 
 Randomness (noise) draws only from the ``torch.Generator`` passed in, so a seed fixes it; given
 none (``generator=None``), it draws from torch's global generator (``torch.manual_seed``).
@@ -59,9 +64,10 @@ def bicubic_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def downscale(x: Tensor, factor: int) -> Tensor:
-    """Antialiased bicubic downscale by an integer ``factor`` (PIL convention), clamped to [0,1]."""
+    """Antialiased bicubic downscale by an integer ``factor`` (PIL convention), clamped to [0,1]
+    (``factor=1`` too: a new tensor, the input clamped)."""
     if factor == 1:
-        return x
+        return x.clamp(0, 1)
     h, w = x.shape[-2] // factor, x.shape[-1] // factor
     if h < 1 or w < 1:
         raise ValueError(f"a {x.shape[-2]}×{x.shape[-1]} image is too small to downscale by {factor}")
@@ -69,9 +75,9 @@ def downscale(x: Tensor, factor: int) -> Tensor:
 
 
 def upscale(x: Tensor, factor: int) -> Tensor:
-    """Bicubic upscale by an integer ``factor`` (PIL convention), clamped to [0,1]."""
+    """Bicubic upscale by an integer ``factor`` (PIL convention), clamped to [0,1] (``factor=1`` too)."""
     if factor == 1:
-        return x
+        return x.clamp(0, 1)
     return bicubic_resize(x, (x.shape[-2] * factor, x.shape[-1] * factor)).clamp(0, 1)
 
 

@@ -129,6 +129,10 @@ class MethodInfo:
 
     name: str
     summary: str
+    # What the method does. Restoration at the input's own size declares it here and in ``scales``
+    # (``task="denoising", scales=(1,)``): "denoising", "deblurring", "artifact-removal" (JPEG) or
+    # "restoration" are kept black and white like "super-resolution" (:data:`RESTORATION_TASKS`);
+    # another task ("colorization") keeps the colours it makes.
     task: str = "super-resolution"
     license: str = "Apache-2.0"
     paper: str = ""
@@ -149,6 +153,13 @@ class MethodInfo:
     def one_sample_ignores_seed(self) -> bool:
         """Whether ``restore(..., n_samples=1)`` gives the same result for every seed."""
         return self.deterministic or self.single_sample_deterministic
+
+
+#: Tasks that restore an image without changing its colours: ``run``, ``compare`` and ``serve``
+#: return a black-and-white input's outputs black and white for these
+#: (:func:`restorekit.methods.keep_black_and_white`).
+RESTORATION_TASKS: frozenset[str] = frozenset({
+    "super-resolution", "denoising", "deblurring", "artifact-removal", "restoration"})
 
 
 #: The device types whose autocast :func:`float32_compute` turns off.
@@ -476,6 +487,10 @@ class Metric(ABC):
     # What a NaN value means ("faces not found"): a metric that returns NaN for an image it cannot
     # measure declares it (reports count NaNs under this label); "" (the default): never NaN.
     nan_label: ClassVar[str] = ""
+    # True for a metric that scores the output against the LR input through a downscale (PULSE's
+    # criterion): at ×1 that is the distance to the degraded input itself, which a method that
+    # changes nothing wins, so ``compare --scale 1`` leaves it out unless ``--metrics`` names it.
+    sr_only: ClassVar[bool] = False
 
     def setup(self, device: torch.device) -> None:
         """Load networks or weights; raise ``restorekit.errors.WeightsMissing`` when absent."""

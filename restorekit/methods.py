@@ -8,7 +8,7 @@ import torch
 
 from .devices import resolve_device  # the --device rules (re-exported: methods.resolve_device is public)
 from .errors import RestorekitError
-from .interfaces import Method, Options
+from .interfaces import RESTORATION_TASKS, Method, Options
 from .options import OptionError, parse_pairs, validate, weights_option
 from .plugins import kept_global_state, method_plugin, registry
 
@@ -87,12 +87,13 @@ def check_restored(name: str, out: Any, lr: torch.Tensor, scale: int, n_samples:
 
 def keep_black_and_white(method: Method, lr: torch.Tensor, out: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
     """``out`` (checked, image-major) with the samples of each black-and-white input (channels
-    within 1/255 of each other everywhere) replaced by their BT.601 luma, for a super-resolution
-    method: a colour model tints grey faces, and an old black-and-white photo should come back
-    black and white. ``run``, ``compare`` and ``serve`` apply it as the face pipeline does; a
-    method of another ``task`` (colourisation) keeps its colours, and so does ``restore`` called
-    from Python."""
-    if method.info.task != "super-resolution":
+    within 1/255 of each other everywhere) replaced by their BT.601 luma, for a method whose
+    ``task`` restores without changing colours (:data:`~restorekit.interfaces.RESTORATION_TASKS`:
+    super-resolution, denoising, deblurring, artifact removal): a colour model tints grey faces,
+    and an old black-and-white photo should come back black and white. ``run``, ``compare`` and
+    ``serve`` apply it as the face pipeline does; a method of another ``task`` (colourisation)
+    keeps its colours, and so does ``restore`` called from Python."""
+    if method.info.task not in RESTORATION_TASKS:
         return out
     from .faces.compose import grey, is_grey
 

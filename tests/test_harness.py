@@ -196,8 +196,9 @@ def test_third_party_method_and_metric_appear_in_table(plugin_site, hr_folder, t
 
 def test_identical_prediction_gives_inf_psnr_and_unit_ssim(hr_folder, tmp_path):
     out = tmp_path / "out"
-    # ×1 with the default degradation (bicubic:1, the identity): bicubic returns the HR exactly.
-    r = invoke("compare", "--methods", "bicubic", "--scale", "1", "--data", str(hr_folder), "--out", str(out),
+    # ×1 with bicubic:1 named (the identity): bicubic returns the HR exactly.
+    r = invoke("compare", "--methods", "bicubic", "--scale", "1", "--degradation", "bicubic:1", "--data",
+               str(hr_folder), "--out", str(out),
                "--metrics", CORE_METRICS, "--device", "cpu")
     assert r.exit_code == 0, r.output
     row = next(line for line in r.stdout.splitlines() if line.strip("│ ").startswith("bicubic"))

@@ -100,7 +100,7 @@ def _one_run(hr: Path, out: Path, method: str, opts: dict[str, Any], n: int, sca
     from .runner import CompareConfig, execute, plan
 
     cfg = CompareConfig(methods=[method], scale=scale, data=str(hr), out=out, metrics=metrics, device=device,
-                        opts={method: opts} if opts else {})
+                        opts={method: opts} if opts else {}, degradation=f"bicubic:{scale}")
     t0 = time.perf_counter()
     p = plan(cfg)
     t_plan = time.perf_counter() - t0

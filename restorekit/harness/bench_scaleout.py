@@ -119,7 +119,7 @@ def _launch(processes: int, threads: int, hr: Path, out: Path, scale: int, steps
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            "--log-dir", os.devnull, "-m", "restorekit.harness.bench_worker", "compare", "--methods", PULSELIKE, "--scale", str(scale),
            "--data", str(hr), "--out", str(out), "--metrics", metrics, "--device", "cpu", "-q",
-           "--opt", f"{PULSELIKE}.steps={steps}"]
+           "--opt", f"{PULSELIKE}.steps={steps}", "--degradation", f"bicubic:{scale}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cpu0 = _children_cpu_s()
     t0 = time.perf_counter()

@@ -16,7 +16,12 @@ Conventions (those of the super-resolution literature, so numbers are comparable
   use_sample_covariance=False, data_range=255)``; for RGB, the mean of the per-channel SSIMs.
 - ``lr_consistency``: PULSE's criterion, the mean squared error (on [0,1]) between the
   prediction downscaled to the LR size with antialiased bicubic (PIL convention, the same
-  kernel as the ``bicubic`` degradation) and the LR input. Lower is better.
+  kernel as the ``bicubic`` degradation) and the LR input. Lower is better. At ×1 (denoising,
+  deblurring, JPEG) it is the distance between the output and the degraded input itself, lowest
+  for a method that changes nothing: ``compare --scale 1`` leaves it out unless ``--metrics``
+  names it (:attr:`~restorekit.interfaces.Metric.sr_only`).
+- At ×1, ``*_y_crop`` still shave 1 px from every border (crop = scale); ``*_rgb`` crop nothing,
+  as denoising papers report.
 """
 
 from __future__ import annotations
@@ -191,6 +196,7 @@ class LrConsistency(Metric):
 
     name: ClassVar[str] = "lr_consistency"
     higher_is_better: ClassVar[bool] = False
+    sr_only: ClassVar[bool] = True  # at ×1: the distance to the degraded input, which doing nothing wins
     summary: ClassVar[str] = ("MSE on [0,1] between bicubic(antialiased, PIL)-downscaled SR and the LR "
                               "input (PULSE's criterion), float64")
     fmt: ClassVar[str] = ".3e"

@@ -391,6 +391,10 @@ def plan(config: CompareConfig) -> Plan:
     degradation: str | None = None
     degradation_code: dict[str, dict[str, str]] = {}
     if config.lr_dir is None:
+        if config.scale == 1 and not config.degradation:
+            raise CompareUsageError("--scale 1 needs --degradation (e.g. noise:15, blur:1.5, jpeg:30) or --lr-dir: "
+                                    "the default, bicubic:1, leaves the HR images as they are, so every method would "
+                                    "restore an undamaged image and doing nothing would score best")
         try:
             chain = parse_spec(config.degradation or f"bicubic:{config.scale}")
         except RestorekitError as exc:
@@ -554,6 +558,27 @@ def _maxrss_mib() -> float | None:
         return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+#: Why :func:`scale_metrics` leaves an ``sr_only`` metric out at ×1.
+SR_ONLY_AT_SCALE_ONE = ("at ×1 it is the distance between each output and its degraded input, which a method that "
+                        "changes nothing wins; name it in --metrics to compute it anyway")
+
+
+def scale_metrics(metrics: list[MetricState], scale: int,
+                  named: list[str] | tuple[str, ...] | None) -> list[MetricState]:
+    """The metrics to set up at ``scale``: at ×1 those declaring
+    :attr:`~restorekit.interfaces.Metric.sr_only` (``lr_consistency``) are marked skipped with the
+    reason, unless ``named`` (``--metrics``; None: every registered metric) names them."""
+    if scale != 1:
+        return list(metrics)
+    keep: list[MetricState] = []
+    for m in metrics:
+        if getattr(m.cls, "sr_only", False) is True and not (named is not None and m.name in named):
+            m.instance, m.status, m.reason = None, "skipped", SR_ONLY_AT_SCALE_ONE
+        else:
+            keep.append(m)
+    return keep
 
 
 def setup_metrics(metrics: list[MetricState], device: torch.device) -> None:
@@ -740,7 +765,7 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
 
     t0 = time.perf_counter()
     mdev = metric_device(p.device)
-    setup_metrics(p.metrics, mdev)
+    setup_metrics(scale_metrics(p.metrics, cfg.scale, cfg.metrics), mdev)
     _agree_on_metrics(p.metrics, job)
     clock.add("metric_setup", time.perf_counter() - t0)
     active = [m for m in p.metrics if m.instance is not None]

@@ -87,13 +87,19 @@ class PSPTrainConfig(TrainConfig):
                                    description="losses on the output back-projected onto its LR input in this many "
                                                "steps (restorekit.consistency), as psp_sr then infers by default: "
                                                "the encoder is trained for the details the input does not hold")
+    consistency_same_size: Literal["output", "input"] = Field(
+        "output", description="with consistency_steps, rows whose LR target has the output's own size (factor 1 "
+                              "at loss_size = encoder_input_size): 'output' trains on the plain output, as "
+                              "back-projection leaves it at ×1; 'input' replaces them by their LR target (no "
+                              "gradient: what runs checkpointed before this setting trained with)")
     train_noise: Literal["random", "const"] = Field(
         "random", description="the generator's noise while training: drawn afresh every step from the run's "
                               "(seeded, checkpointed) random stream, as pSp trains, or its fixed maps "
                               "('const', what inference uses either way); a run checkpointed before this "
                               "setting existed trained with 'const' and `--resume` continues with it")
     # A run checkpointed before train_noise existed decoded with the fixed noise maps.
-    SETTINGS_BEFORE: ClassVar[dict[str, Any]] = {**TrainConfig.SETTINGS_BEFORE, "train_noise": "const"}
+    SETTINGS_BEFORE: ClassVar[dict[str, Any]] = {**TrainConfig.SETTINGS_BEFORE, "train_noise": "const",
+                                                 "consistency_same_size": "input"}
     # -- export ------------------------------------------------------------------------------
     model_name: str = "psp_sr"
     license: str = Field("unknown", description="license of the trained model (data + generator terms)")
@@ -346,7 +352,8 @@ class PSPTrainer(Trainer):
                                   f"{tuple(y.shape[-2:])}; the dataset's hr_size must be min(resolution, loss_size)")
         if self.config.consistency_steps:
             lr = self.lr_targets(y, batch["factor"])
-            y_hat = [project_by_factor(im, lr, self.config.consistency_steps) for im in y_hat]
+            y_hat = [project_by_factor(im, lr, self.config.consistency_steps, self.config.consistency_same_size)
+                     for im in y_hat]
         passes = [self.compute_losses(im.float(), y, w.float()) for im, w in zip(y_hat, latents)]
         out = dict(passes[-1])
         out["loss"] = torch.stack([p["loss"] for p in passes]).mean()
@@ -370,7 +377,7 @@ class PSPTrainer(Trainer):
         y_hat, _ = self.model(batch["lr_up"], resize_output=self.loss_size)
         if self.config.consistency_steps:
             y_hat = project_by_factor(y_hat.float(), self.lr_targets(batch["hr"], batch["factor"]),
-                                      self.config.consistency_steps)
+                                      self.config.consistency_steps, self.config.consistency_same_size)
         y_hat = y_hat.float().clamp(0, 1)
         y = batch["hr"]
         metrics = {"psnr": psnr(y_hat, y), "l2": (y_hat - y).square().flatten(1).mean(1)}
@@ -391,13 +398,25 @@ class PSPTrainer(Trainer):
                                     license=cfg.license, name=cfg.model_name, training=training)
 
 
-def project_by_factor(images: Tensor, lr: dict[int, tuple[Tensor, Tensor]], steps: int) -> Tensor:
-    """``images`` with each row back-projected onto its LR (:meth:`PSPTrainer.lr_targets`), differentiably."""
+def project_by_factor(images: Tensor, lr: dict[int, tuple[Tensor, Tensor]], steps: int,
+                      same_size: Literal["output", "input"] = "output") -> Tensor:
+    """``images`` with each row back-projected onto its LR (:meth:`PSPTrainer.lr_targets`), differentiably.
+    Rows whose LR has their own size are left as they are (``same_size="output"``, as
+    :func:`~restorekit.consistency.back_project` leaves ×1), or (``"input"``, the formula runs
+    trained with before ``consistency_same_size`` existed) put through the projection's update
+    ``x + (lr − x)`` ``steps`` times: their LR itself, passing no gradient."""
     from restorekit.consistency import back_project
 
     out = images
     for rows, target in lr.values():
-        out = out.index_copy(0, rows, back_project(images[rows], target, steps=steps, clamp=False))
+        part = images[rows]
+        if same_size == "input" and part.shape[-2:] == target.shape[-2:]:
+            goal = target.to(device=part.device, dtype=part.dtype)
+            for _ in range(steps):
+                part = part + (goal - part)
+        else:
+            part = back_project(part, target, steps=steps, clamp=False)
+        out = out.index_copy(0, rows, part)
     return out
 
 
