@@ -112,11 +112,11 @@ class InputSet:
         if hit is not None:
             return hit
         lr = read_image(pair.lr_path, max_pixels=self.max_pixels)
-        hr = crop_to_multiple(read_image(pair.hr_path, max_pixels=self.max_pixels), self.scale)
+        full = read_image(pair.hr_path, max_pixels=self.max_pixels)
+        hr = crop_to_multiple(full, self.scale)
         want = (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
         if tuple(hr.shape[-2:]) != want:
-            raise ImageError(f"{pair.hr_path}: HR {hr.shape[-1]}×{hr.shape[-2]} (cropped to a multiple of "
-                             f"{self.scale}) is not {self.scale}× its LR {lr.shape[-1]}×{lr.shape[-2]}")
+            raise ImageError(f"{pair.hr_path}: {size_mismatch(full, lr, self.scale)}")
         self.remember(pair.stem, lr, hr)
         return lr, hr
 
@@ -209,6 +209,18 @@ def update_manifest(inputs: InputSet, spec: str, fresh: bool, step_code: Mapping
     manifest = {} if fresh else _read_manifest(inputs.manifest, core_code)
     manifest.update(sorted(inputs.made.items(), key=lambda kv: inputs.order.get(kv[0], -1)))
     _write_manifest(inputs.manifest, spec, inputs.scale, manifest, step_code, core_code)
+
+
+def size_mismatch(hr: Tensor, lr: Tensor, scale: int) -> str:
+    """Why an HR image (as read, before the crop to a multiple of ``scale``) does not pair with
+    its LR, naming the scale the two sizes fit where there is one (``--lr-dir`` files made at
+    another scale: LR files of the HR's size are ``--scale 1``)."""
+    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
+    ch, cw = h - h % scale, w - w % scale
+    what = (f"HR {w}×{h} is not the size of its LR {lw}×{lh} (--scale 1)" if scale == 1 else
+            f"HR {cw}×{ch} (cropped to a multiple of {scale}) is not {scale}× its LR {lw}×{lh}")
+    fits = [k for k in range(1, 65) if k != scale and (h - h % k, w - w % k) == (lh * k, lw * k)]
+    return f"{what}; the LR fits --scale {fits[0]}" if fits else what
 
 
 def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
