@@ -1,7 +1,15 @@
 """The ``restorekit`` command.
 
-Exit codes: 0 all good; 1 some inputs failed (each named on stderr); 2 usage error (bad
-arguments, unknown names, bad options, unwritable output or cache).
+Exit codes, the same in every command: 0 all good; 1 some inputs failed, or all of them (each
+named on stderr); 2 usage error (bad arguments, unknown names, bad options, weights not installed,
+unwritable output or cache), said before any work; 130 Ctrl-C; 143 SIGTERM; 141 stdout's reader
+went away (``restorekit … | head``), quietly.
+
+Streams: stdout holds only what a command promises (tables, JSON, paths); notes, progress,
+warnings and errors go to stderr, each warning and error one line (``warning: …``, ``error: …``),
+never wrapped at the terminal's width. Python's own warnings (a library's, a plugin's) are said as
+such a line too (:func:`warning_line`). With ``--json`` stdout is the JSON document alone: what
+plugin code prints meanwhile goes to stderr (:func:`json_stdout`).
 
 No traceback reaches a user: restorekit's own errors and file-system errors are one line naming
 the path and the fix; anything unexpected is one line asking for ``--debug`` (or
@@ -21,11 +29,13 @@ it, else in the one error line (exit 2).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Literal
 
 import click
@@ -73,6 +83,32 @@ def warn(msg: str) -> None:
 
 def error_line(msg: str) -> None:
     err_console.print(f"[red]error:[/] {escape(shown(msg))}")
+
+
+def warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command: a Python warning (a library's, a plugin's) as one
+    ``warning:`` line, its text then its kind and where it was raised — Python's own format takes
+    two lines (the source line under it) and begins with the file's path, which ``grep '^warning'``
+    of a log misses."""
+    text = " | ".join(ln.strip() for ln in str(message).splitlines() if ln.strip()) or category.__name__
+    where = f"{category.__name__}, {os.path.basename(str(filename))}:{lineno}"
+    if file is not None and file is not sys.stderr:  # (explicitly elsewhere: the same line there)
+        with contextlib.suppress(OSError, ValueError):
+            file.write(f"warning: {shown(text)} ({where})\n")
+        return
+    warn(f"{text} ({where})")
+
+
+def json_stdout(as_json: bool) -> contextlib.AbstractContextManager[Any]:
+    """With ``--json``, stdout is the JSON document's alone: inside, what the command's plugins print
+    (``print()``, ``sys.__stdout__``, file descriptor 1) goes to stderr
+    (:func:`restorekit.plugins.output_to_stderr`). The document itself is printed after the block."""
+    if not as_json:
+        return contextlib.nullcontext()
+    from .plugins import output_to_stderr
+
+    return output_to_stderr()
 
 
 _DEBUG = False
@@ -414,6 +450,7 @@ def main() -> None:
         _STRICT_FROM_START = True
     _install_stop_handlers()
     _tolerant_streams()
+    warnings.showwarning = warning_line  # one `warning:` line each, as restorekit's own
     _skip_malformed_entry_points()
     try:
         command = build_cli()

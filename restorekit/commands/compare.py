@@ -24,6 +24,7 @@ from ..images import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from ..harness.runner import Plan
+    from ..images import ImageItem
 
 
 #: At most this many --seeds: each runs every stochastic method on every image.
@@ -63,6 +64,21 @@ def _check_exportable(names: list[str]) -> None:
         raise UsageProblem(f"--backend onnxruntime: {', '.join(cannot)} cannot be exported to ONNX (no exporter); "
                            f"run {'it' if len(cannot) == 1 else 'them'} with --backend torch, or leave "
                            f"{'it' if len(cannot) == 1 else 'them'} out of --methods")
+
+
+def _listed_inputs(data: str, lr_dir: str | None) -> list[ImageItem]:
+    """The HR images of ``data``. A spec listing none, an ``lr_dir`` listing none, or one whose files pair
+    with none of them by name, is a usage error here, before --out is made (the run found them only
+    after making it, an empty folder left behind)."""
+    from ..batch import require_inputs
+    from ..images import list_inputs
+
+    items = require_inputs(list_inputs(data), data)
+    if lr_dir is not None:
+        lr_stems = {it.stem for it in require_inputs(list_inputs(lr_dir), lr_dir)}
+        if not any(it.stem in lr_stems for it in items):
+            raise RestorekitError(f"no HR image in {data} has an LR image of the same stem in {lr_dir}")
+    return items
 
 
 @click.command("compare")
@@ -123,8 +139,7 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     from ..harness.reports import write_all
     from ..harness.runner import CompareConfig, execute, parse_method_opts, plan
     from ..harness.store import jsonable
-    from ..images import list_inputs
-    from ..plugins import output_to_stderr
+    from ..plugins import output_to_stderr, registry
     from ..sharding import job_for
 
     names = _name_list(methods) or []
@@ -144,8 +159,11 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
                                        baseline=baseline.strip() if baseline is not None else None)
                 if backend == "onnxruntime":
                     _check_exportable(names)
+                if faces == "detect" and detector is not None:  # a typo is said even where no method is a face one
+                    registry().get("face_detectors", detector)
                 p = plan(config)
-                n_img = len(list_inputs(data))  # a missing --data is a usage error; the count sizes the progress bar
+                # A --data (and --lr-dir) that lists no image, or no pair, is a usage error before --out is made.
+                n_img = len(_listed_inputs(data, lr_dir))  # the count sizes the progress bar
                 check_writable(out)
             except FileSystemError:  # not a usage problem: one line with the fix, exit 2
                 raise

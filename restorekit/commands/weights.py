@@ -1,8 +1,11 @@
 """``restorekit weights``: list, show, pull, import, forget, verify, locate, remove and convert weights.
 
 Exit codes: 0 success; 1 a file was refused or failed to verify or download; 2 usage
-(unknown name, bad arguments, a file that is not readable as weights, an output that exists, an
-unusable cache).
+(unknown name, bad arguments, weights that are not installed, a file that is not readable as
+weights, an output that exists, an unusable cache), as every command says weights it lacks.
+
+``weights show`` prints each line whole, at any terminal width (a script reads ``weights show NAME |
+grep '^license:'``); the listing of ``weights list`` fits the terminal (``--json`` has it all).
 """
 
 from __future__ import annotations
@@ -47,15 +50,16 @@ class WeightsCommand(click.Command):
 
 
 class WeightsGroup(click.Group):
-    """Reports restorekit errors as one line: exit 2 for a file that is not readable as weights, an
-    output that exists and an unusable cache; 1 otherwise (unknown names: :class:`WeightsCommand`)."""
+    """Reports restorekit errors as one line: exit 2 for weights that are not installed (``weights path``
+    of a name never pulled, as ``run`` says them), a file that is not readable as weights, an output that
+    exists and an unusable cache; 1 otherwise (unknown names: :class:`WeightsCommand`)."""
 
     command_class = WeightsCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (UnknownNameError, FileSystemError, UnreadableWeightsError, OutputExistsError) as exc:
+        except (UnknownNameError, WeightsMissing, FileSystemError, UnreadableWeightsError, OutputExistsError) as exc:
             _err.print(f"[red]error:[/] {escape(str(exc))}")
             ctx.exit(2)
         except RestorekitError as exc:
@@ -183,7 +187,7 @@ def show_cmd(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    out = Console()
+    out = Console(soft_wrap=True)  # whole lines, whatever the width: `grep '^license:'` reads them
     out.print(f"[bold]{escape(spec.name)}[/] — {escape(spec.description or spec.architecture)}")
     out.print(escape(f"architecture: {spec.architecture}   plugin: {spec.plugin}"))
     out.print(escape(f"license: {_license(spec)}"))

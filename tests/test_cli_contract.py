@@ -1,0 +1,224 @@
+"""The command line as scripts and pipelines read it: exit codes, stdout holding only results (a
+``--json`` document alone), one line per warning and error, and usage errors said before any work."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from restorekit.cli import build_cli
+from restorekit.testing.data import smooth_image
+
+# A third-party plugin whose code prints to stdout, as much code does (a load message, a debug print):
+# a method (restore) and a generator (built, synthesizing).
+TALKING_PLUGIN = '''
+from typing import ClassVar
+import torch
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Generator, Method, MethodInfo, Options
+
+
+class Talk(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="talk3p", summary="nearest-neighbour, chatty")
+    Options = Options
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        print("talk3p: restoring")
+        out = torch.nn.functional.interpolate(lr.float(), scale_factor=scale, mode="nearest")
+        return out.repeat_interleave(n_samples, 0)
+
+
+class TalkGen(Generator):
+    def __init__(self):
+        super().__init__()
+        self.z_dim, self.style_dim, self.n_styles, self.resolution = 4, 4, 2, 4
+        self.mapping = torch.nn.Linear(4, 4)
+        print("talkgen3p: built")
+
+    def map(self, z):
+        return self.mapping(z)
+
+    def synthesize(self, w_plus, *, noise_mode="const", noise=None):
+        print("talkgen3p: synthesizing")
+        n = w_plus.shape[0]
+        return torch.sigmoid(w_plus.mean(dim=(1, 2))).view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
+
+
+@hookimpl
+def register_methods(register):
+    register(Talk)
+
+
+@hookimpl
+def register_generators(register):
+    register("talkgen3p", TalkGen, summary="a tiny generator that prints")
+'''
+
+
+def invoke(*args: object, env: dict[str, str] | None = None):
+    return CliRunner().invoke(build_cli(), [str(a) for a in args], prog_name="restorekit", env=env)
+
+
+@pytest.fixture
+def talking(plugin_site):
+    plugin_site("thirdparty-talk", "thirdparty_talk", TALKING_PLUGIN)
+    yield
+    from restorekit import plugins
+
+    plugins.reset()
+
+
+@pytest.fixture
+def small_hr(tmp_path: Path) -> Path:
+    d = tmp_path / "hr"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(16, 16, i)).save(d / f"img{i}.png")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage errors: said before any work (no --out folder made), in click's usage form, exit 2
+
+
+@pytest.mark.parametrize("case", ["empty data", "missing lr-dir", "empty lr-dir", "unpaired lr-dir"])
+def test_compare_refuses_inputs_it_cannot_use_before_making_out(small_hr: Path, tmp_path: Path, case: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(smooth_image(8, 8, 5)).save(other / "unrelated.png")
+    extra, text = {
+        "empty data": (["--data", empty], f"{empty}: no input images"),
+        "missing lr-dir": (["--data", small_hr, "--lr-dir", tmp_path / "nowhere"], "no such file or folder"),
+        "empty lr-dir": (["--data", small_hr, "--lr-dir", empty], f"{empty}: no input images"),
+        "unpaired lr-dir": (["--data", small_hr, "--lr-dir", other],
+                            f"no HR image in {small_hr} has an LR image of the same stem in {other}"),
+    }[case]
+    out = tmp_path / "report"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--out", out, *extra)
+    assert r.exit_code == 2, r.output
+    assert "Usage: restorekit compare" in r.stderr and text in r.stderr, r.stderr
+    assert not out.exists()  # was made (empty) before the inputs were found unusable
+
+
+def test_compare_refuses_an_unknown_detector_even_without_a_face_method(small_hr: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", small_hr, "--out", out,
+               "--faces", "detect", "--detector", "mtcn")
+    assert r.exit_code == 2, r.output  # was a run with exit 0, the typo unsaid
+    assert "unknown face detector 'mtcn' (did you mean 'mtcnn'?)" in r.stderr
+    assert not out.exists()
+
+
+def test_realism_unknown_space_is_a_usage_error(small_hr: Path) -> None:
+    r = invoke("realism", "--generator", "stylegan2", "--data", small_hr, "--spaces", "alex,vgx", "--detector", "none")
+    assert r.exit_code == 2
+    assert "Usage: restorekit realism" in r.stderr and "Error: --spaces: unknown feature space 'vgx'" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit codes alike: weights that are not installed are exit 2 everywhere
+
+
+def test_weights_path_of_weights_not_installed_exits_2_as_run_does(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "cache"))  # an empty cache
+    r = invoke("weights", "path", "stylegan2-ffhq-config-f")
+    assert r.exit_code == 2, r.output  # was 1, the code of a refused or failed file
+    assert r.stderr.splitlines() == [
+        "error: weights 'stylegan2-ffhq-config-f' are not available; run `restorekit weights pull "
+        "stylegan2-ffhq-config-f` (needs network) or `restorekit weights import stylegan2-ffhq-config-f FILE` "
+        "(a file you already have)"]
+    assert r.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines whole at any width
+
+
+def test_weights_show_lines_are_not_wrapped_at_the_terminal_width() -> None:
+    r = invoke("weights", "show", "stylegan2-ffhq-config-f", env={"COLUMNS": "40"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    license_line = next(ln for ln in lines if ln.startswith("license: "))
+    assert license_line.endswith(")") and "non-commercial" in license_line, lines  # was cut after 40 columns
+    assert lines[0].startswith("stylegan2-ffhq-config-f — ") and len(lines[0]) > 40
+
+
+def test_a_python_warning_is_one_warning_line(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A library's or plugin's ``warnings.warn`` is one ``warning:`` line (Python's format is two lines,
+    the first beginning with the file's path), unwrapped in a narrow terminal."""
+    import restorekit.cli as rc
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() sets its own: put back after
+    monkeypatch.setattr(rc, "_install_stop_handlers", lambda: None)  # (the signal handlers stay pytest's)
+    monkeypatch.setattr(sys, "argv", ["restorekit", "warnit"])
+    monkeypatch.setenv("COLUMNS", "40")
+
+    @click.command("warnit")
+    def warnit() -> None:
+        warnings.warn("the model was saved by a newer version;\nsome layers are " + "x" * 150, UserWarning)
+        click.echo("result")
+
+    cli = build_cli()
+    cli.add_command(warnit)
+    try:
+        with pytest.raises(SystemExit) as done:
+            rc.main()
+    finally:
+        cli.commands.pop("warnit", None)
+    assert done.value.code == 0
+    out, err = capsys.readouterr()
+    assert out == "result\n"
+    assert re.fullmatch(rf"warning: the model was saved by a newer version; \| some layers are {'x' * 150} "
+                        r"\(UserWarning, test_cli_contract\.py:\d+\)\n", err), err
+
+
+# ---------------------------------------------------------------------------------------------
+# --json: stdout is the document alone, whatever plugin code prints
+
+
+def test_generate_json_is_the_whole_stdout_while_the_generator_prints(talking, tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    r = invoke("generate", "--generator", "talkgen3p", "--seeds", "0-1", "--output", out, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)  # the plugin's lines were in it
+    assert doc["written"] == [str(out / "seed0000.png"), str(out / "seed0001.png")] and doc["failed"] == []
+    assert "talkgen3p: built" in r.stderr and r.stderr.count("talkgen3p: synthesizing") == 2
+
+
+def test_bench_method_json_is_the_whole_stdout_while_the_method_prints(talking) -> None:
+    r = invoke("bench", "method", "talk3p", "--scale", "2", "--size", "8", "--batch", "1", "--repeat", "1",
+               "--warmup", "0", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["method"] == "talk3p" and [row["batch"] for row in doc["results"]] == [1]
+    assert "talk3p: restoring" in r.stderr
+
+
+def test_run_json_with_a_failed_input_and_a_warning_parses_whole(talking, small_hr: Path, tmp_path: Path) -> None:
+    """The summary with one input failed and the unrecorded-output warning: stdout parses as a whole."""
+    (small_hr / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(smooth_image(32, 32, 0)).save(out / "img0.png")  # another program's: no record
+    r = invoke("run", "talk3p", "--scale", "2", "--input", small_hr, "--output", out, "--device", "cpu", "--json",
+               env={"COLUMNS": "40"})
+    assert r.exit_code == 1, r.output  # some inputs failed
+    doc = json.loads(r.stdout)
+    assert doc["written"] == [str(out / "img1.png")] and [s["path"] for s in doc["skipped"]] == [str(out / "img0.png")]
+    assert [f["path"] for f in doc["failed"]] == [str(small_hr / "bad.png")]
+    lines = r.stderr.splitlines()
+    assert sum(ln.startswith("error: ") and "bad.png" in ln for ln in lines) == 1
+    assert sum(ln.startswith("warning: ") and "carry no record" in ln and ln.endswith("--overwrite remakes them")
+               for ln in lines) == 1, lines
