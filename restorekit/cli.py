@@ -453,6 +453,12 @@ def main() -> None:
     warnings.showwarning = warning_line  # one `warning:` line each, as restorekit's own
     _skip_malformed_entry_points()
     try:
+        from .sharding import use_cpu_budget
+
+        # A container's CPU quota (docker --cpus, a Kubernetes limit) or Slurm's CPUs per task caps
+        # torch's threads: torch starts one per core it may run on, and 64 threads sharing 2 CPUs'
+        # time run several times slower. OMP_NUM_THREADS, --threads and num_threads still win.
+        use_cpu_budget()
         command = build_cli()
         _started()  # a stop kept while the modules and plugins loaded is raised here
         command(prog_name="restorekit")

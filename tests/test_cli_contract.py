@@ -222,3 +222,34 @@ def test_run_json_with_a_failed_input_and_a_warning_parses_whole(talking, small_
     assert sum(ln.startswith("error: ") and "bad.png" in ln for ln in lines) == 1
     assert sum(ln.startswith("warning: ") and "carry no record" in ln and ln.endswith("--overwrite remakes them")
                for ln in lines) == 1, lines
+
+
+def test_a_command_caps_torch_threads_at_the_cpu_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``restorekit`` (the process's owner) gives torch no more threads than a CPU quota or Slurm's
+    CPUs per task allow; a thread count the user set in the environment wins. (Importing restorekit
+    as a library changes nothing: tests/test_library_use.py.)"""
+    import torch
+
+    import restorekit.cli as rc
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    monkeypatch.setattr(rc, "_install_stop_handlers", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["restorekit", "--help"])
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(SystemExit):
+            rc.main()
+        seen.append(torch.get_num_threads())
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice
+        with pytest.raises(SystemExit):
+            rc.main()
+        seen.append(torch.get_num_threads())
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]
