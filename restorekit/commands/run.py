@@ -43,10 +43,24 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
     return value
 
 
+def default_scale(method: str) -> int:
+    """The ``--scale`` of a ``run`` that gives none: the method's only scale (``scales=(1,)``: a ×1
+    denoiser); a method of several scales, or of any, needs it (usage error naming its scales)."""
+    try:
+        scales = method_class(method).info.scales
+    except RestorekitError as exc:  # an unknown method: one line with a did-you-mean
+        raise UsageProblem(str(exc)) from None
+    if scales is not None and len(scales) == 1:
+        return int(scales[0])
+    which = "any scale" if scales is None else "--scale " + ", ".join(str(s) for s in scales)
+    raise UsageProblem(f"Missing option '--scale': {method} supports {which} (output size = scale × input size)")
+
+
 @click.command("run")
 @click.argument("method")
-@click.option("--scale", type=int, required=True, callback=positive_int,
-              help="Output size = scale × input size.")
+@click.option("--scale", type=int, default=None, callback=positive_int,
+              help="Output size = scale × input size. Required, unless METHOD declares a single scale (a ×1 "
+                   "denoiser): that one is the default.")
 @click.option("--input", "input_spec", required=True, help="File, folder, glob, or @list.txt.")
 @click.option("--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True,
@@ -91,7 +105,7 @@ def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) 
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="--backend onnxruntime: an exported graph (`restorekit export`, with its .json sidecar "
                    "beside it) instead of the cached export.")
-def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str, seed: int | None,
+def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, device: str, seed: int | None,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
             couple: bool, max_pixels: int, max_output_pixels: int, quiet: bool, as_json: bool, faces_mode: str,
             detector: str | None,
@@ -118,6 +132,8 @@ def run_cmd(method: str, scale: int, input_spec: str, output: Path, device: str,
                    "each restored face with: drop one of them")
     if onnx_path is not None and backend != "onnxruntime":
         fail_usage("--onnx only applies with --backend onnxruntime")
+    if scale is None:
+        scale = default_scale(method)
 
     def prepare() -> tuple[dict[str, Any], list[ImageItem], dict[str, Any], DetectPlan | None]:
         try:

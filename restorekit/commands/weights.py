@@ -11,6 +11,7 @@ grep '^license:'``); the listing of ``weights list`` fits the terminal (``--json
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -21,7 +22,7 @@ from rich.markup import escape
 
 from .. import weights as W
 from ..cli import UsageProblem
-from ..errors import FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
+from ..errors import CacheError, FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 from ..weights.load import OutputExistsError, UnreadableWeightsError
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -152,18 +153,39 @@ class _ListRow(TypedDict):
 @weights_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
-    """List known weights with architecture, license, size and whether they are cached."""
+    """List known weights with architecture, license, size and whether they are cached.
+
+    Without a usable cache folder (no HOME and a user id the password database does not know) the
+    registry is still listed: what only the cache can tell (cached, damaged, first-use hashes) shows
+    as unknown, and one warning line says how to give restorekit a cache (RESTOREKIT_HOME)."""
+    from ..cli import warn
+
+    try:
+        cache: Path | None = W.cache_dir() / "weights"
+    except CacheError as exc:
+        cache = None
+        warn(f"{exc}; cache states are listed as unknown")
+
+    def known(state: Callable[[W.WeightSpec], str], spec: W.WeightSpec) -> str:
+        try:
+            return state(spec)
+        except CacheError:
+            if cache is not None:
+                raise
+            return "unknown"
+
     specs = W.all_specs()
     rows: list[_ListRow] = [
         {"name": s.name, "architecture": s.architecture, "plugin": s.plugin, "license": s.license,
-         "license_note": s.license_note, "size": s.total_size, "cached": _status(s), "state": spec_state(s),
-         "integrity": spec_integrity(s)} for s in specs.values()]
+         "license_note": s.license_note, "size": s.total_size, "cached": known(_status, s),
+         "state": known(spec_state, s), "integrity": known(spec_integrity, s)} for s in specs.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from ..cli import listing
 
-    listing(f"weights (cache: {W.cache_dir() / 'weights'})", ["name", "state", "integrity", "size", "license"],
+    listing(f"weights (cache: {cache if cache is not None else 'none usable'})",
+            ["name", "state", "integrity", "size", "license"],
             [[r["name"], r["state"], r["integrity"], _human(r["size"]), _license_brief(s)]
              for r, s in zip(rows, specs.values())], cut=("license",))
     Console(highlight=False).print(INTEGRITY_NOTE)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import atomic_write_bytes
+from ..interfaces import RESTORATION_TASKS
 from .aggregate import MethodSummary
 from .paired import PairedStat
 from .report_columns import METRIC_SUFFIXES, RESULTS_HEAD, RESULTS_TAIL, SUMMARY_HEAD, SUMMARY_TAIL
@@ -38,8 +39,9 @@ def _csv_text(v: object) -> str:
 
 
 #: results.json ``settings.conventions``: rules that change what is scored or what a metric compares.
-BLACK_AND_WHITE = ("a super-resolution method's output for a black-and-white LR input (channels within 1/255 of "
-                   "each other everywhere) is replaced by its BT.601 luma before saving and scoring; methods of "
+BLACK_AND_WHITE = ("the output of a method whose task restores without changing colours (RESTORATION_TASKS: "
+                   f"{', '.join(sorted(RESTORATION_TASKS))}) for a black-and-white LR input (channels within 1/255 "
+                   "of each other everywhere) is replaced by its BT.601 luma before saving and scoring; methods of "
                    "another task (colourisation) keep their colours")
 LR_CONSISTENCY = ("lr_consistency compares the LR input with the output downscaled by antialiased bicubic "
                   "(PIL convention), whatever degradation or --lr-dir made the LR images")

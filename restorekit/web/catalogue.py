@@ -38,6 +38,7 @@ class MethodEntry:
     one_sample_ignores_seed: bool
     input_kind: str
     scales: list[int] | None
+    task: str = "super-resolution"
     method: Method | None = None
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -50,7 +51,8 @@ class MethodEntry:
         return {"name": self.name, "summary": self.summary, "plugin": self.plugin, "license": self.license,
                 "paper": self.paper, "deterministic": self.deterministic,
                 "stochastic": not self.one_sample_ignores_seed or not self.deterministic,
-                "input_kind": self.input_kind, "scales": self.scales, "available": self.available,
+                "input_kind": self.input_kind, "task": self.task, "scales": self.scales,
+                "available": self.available,
                 "reason": self.reason, "notes": self.notes}
 
 
@@ -75,7 +77,7 @@ class Catalogue:
             i = cls.info
             self.methods[name] = MethodEntry(
                 name, i.summary, reg.owner["methods"][name], i.license, i.paper, i.deterministic,
-                i.one_sample_ignores_seed, i.input_kind, list(i.scales) if i.scales is not None else None)
+                i.one_sample_ignores_seed, i.input_kind, list(i.scales) if i.scales is not None else None, i.task)
         self.metrics: list[MetricState] = metric_states(config.metrics, reg)
         #: Installed plugins that could not load: their methods are missing from the list, so say why.
         self.broken_plugins = [{"name": name, "distribution": rec.distribution, "status": rec.status}

@@ -13,7 +13,9 @@
    and written is a progress step, where a cancel stops the job.
 4. Every output is rounded to 8 bits, written (PNG) and, with an HR, scored by the harness
    (:func:`restorekit.harness.runner.score`; samples of a stochastic method aggregated by
-   :func:`restorekit.harness.aggregate.summarize`: mean ± population std).
+   :func:`restorekit.harness.aggregate.summarize`: mean ± population std). At ×1, as in
+   ``compare --scale 1``, a degradation must be named and ``lr_consistency`` is left out unless
+   ``serve --metrics`` names it.
 
 The page reads ``job.result`` while the job runs, so each method's outputs appear as soon as it
 finishes; the JSON of the numbers is written when the job ends, however it ends.
@@ -35,7 +37,7 @@ from ..errors import RestorekitError, exception_line
 from ..faces.pipeline import FacePipeline, largest_face_crop, not_a_face_method
 from ..harness.aggregate import best_per_column, summarize
 from ..harness.inputs import degrade_hr, png_bytes
-from ..harness.runner import backend_info, metric_device, score
+from ..harness.runner import SR_ONLY_AT_SCALE_ONE, backend_info, metric_device, score
 from ..harness.store import Record, dumps, jsonable
 from ..images import check_output_size, check_size, from_pil, to_pil
 from ..interfaces import Face
@@ -43,7 +45,7 @@ from ..methods import check_restored, keep_black_and_white
 from ..plugins import failure_reason
 from ..progress import reporting
 from .catalogue import Catalogue, MethodEntry
-from .config import ServeConfig
+from .config import DEFAULT_METRICS, ServeConfig
 from .files import FileStore, StorageError, safe_download_name
 from .jobs import Job, JobSettings
 from .uploads import Upload, UploadStore
@@ -52,6 +54,29 @@ from .uploads import Upload, UploadStore
 CROP_SIZE = 128
 #: Drawings of detected faces are made at least this many pixels on their long side.
 OUTLINE_MIN_SIDE = 384
+#: Why a ×1 job that degrades the upload needs a degradation (as ``compare --scale 1``).
+SCALE_ONE_NEEDS_DEGRADATION = ("at ×1 degrading the upload needs a degradation (e.g. noise:15, blur:1.5, jpeg:30): "
+                               "the default, bicubic:1, leaves the image as it is, so every method would restore an "
+                               "undamaged image and doing nothing would score best")
+
+
+def scored_metrics(catalogue: Catalogue, k: int, named: list[str] | None) -> list[dict[str, Any]]:
+    """The catalogue's metrics (set up once) as a job at scale ``k`` lists them: at ×1 those declaring
+    :attr:`~restorekit.interfaces.Metric.sr_only` (``lr_consistency``) are skipped with the reason, as
+    ``compare --scale 1`` does (:func:`restorekit.harness.runner.scale_metrics`), unless ``named``
+    (the operator's ``serve --metrics``; None: the page's default list) names them."""
+    rows: list[dict[str, Any]] = catalogue.public()["metrics"]
+    for row, m in zip(rows, catalogue.metrics):
+        if (k == 1 and row["status"] == "ok" and getattr(m.cls, "sr_only", False) is True
+                and not (named is not None and m.name in named)):
+            row.update(status="skipped", reason=SR_ONLY_AT_SCALE_ONE)
+    return rows
+
+
+def named_metrics(config: ServeConfig) -> list[str] | None:
+    """The metrics the operator named (``serve --metrics``), None for the page's default list
+    (:data:`~restorekit.web.config.DEFAULT_METRICS`; ``serve`` passes it when ``--metrics`` is not given)."""
+    return None if list(config.metrics) == list(DEFAULT_METRICS) else list(config.metrics)
 
 
 def outline_faces(image: Tensor, boxes: list[tuple[int, tuple[float, float, float, float], bool]],
@@ -136,6 +161,8 @@ class Restorer:
         if settings.degradation is not None and not settings.degrade:
             raise RestorekitError("a degradation applies only when the page degrades the upload (degrade)")
         if settings.degrade:
+            if k == 1 and not settings.degradation:
+                raise RestorekitError(SCALE_ONE_NEEDS_DEGRADATION)
             chain = parse_spec(settings.degradation or f"bicubic:{k}")
             if chain.scale != k:
                 raise RestorekitError(f"degradation '{chain.spec()}' downsizes by {chain.scale}, but the scale is {k}")
@@ -192,10 +219,11 @@ class Restorer:
         entries = self.entries(s)
         k = s.scale
         stem = upload.stem
+        listed = scored_metrics(self.catalogue, k, named_metrics(self.config))
         with job.lock:
             job.result.update({"input": upload.public(), "stem": stem, "settings": s.model_dump(mode="json"),
                                "images": [], "methods": [], "notes": [],
-                               "metrics": self.catalogue.public()["metrics"] if s.degrade else []})
+                               "metrics": listed if s.degrade else []})
         job.units = len(entries) + 1
         image = upload.image()  # float32 while the job runs; the store keeps the 8-bit pixels
         boxes: list[tuple[int, tuple[float, float, float, float], bool]] = []
@@ -250,7 +278,9 @@ class Restorer:
         job.units_done = 1
 
         mdev = metric_device(self.catalogue.device)
-        active = [m for m in self.catalogue.metrics if m.instance is not None] if hr is not None else []
+        scored = {row["name"] for row in listed if row["status"] == "ok"}
+        active = [m for m in self.catalogue.metrics if m.instance is not None and m.name in scored] \
+            if hr is not None else []
         summaries = []
         for entry in entries:
             job.report(f"{entry.name}: restoring", 0, 1)

@@ -534,7 +534,8 @@ class PSPSR(Method):
         ]
         if self.options.consistency_steps is None and self.consistency_steps():
             self.notes.append(f"psp_sr: the output is back-projected onto the input in {self.consistency_steps()} "
-                              f"steps (as the model was trained; --opt consistency_steps=0 leaves them out)")
+                              f"steps (as the model was trained; --opt consistency_steps=0 leaves them out; "
+                              f"none at ×1, where the output already has the input's size)")
 
     # -- what the model serves ---------------------------------------------------------------
     @property
@@ -596,11 +597,18 @@ class PSPSR(Method):
             self._note_once(f"size {h}", f"{h}-px inputs are outside the sizes the model was trained for "
                                     f"({', '.join(map(str, self.input_sizes()))} px); results may be poor")
 
-    def _check_detail(self, lr: Tensor) -> None:
+    def _check_detail(self, lr: Tensor, scale: int | None = None) -> None:
         """Say once when the input holds detail the plain output drops: from a quarter of the
         generator's size up (×4 and less, at 128 px), psp_sr re-draws the face from its prior and
-        bicubic keeps the person better (model card); back-projection gives the detail back."""
+        bicubic keeps the person better (model card); back-projection gives the detail back. At ×1
+        it cannot (the output already has the input's size, :func:`restorekit.consistency.back_project`
+        keeps it as drawn): that is said instead, once, whatever the input's size."""
         side = min(lr.shape[-2:])
+        if scale == 1:
+            self._note_once("x1", "at ×1 psp_sr re-draws the face through its prior (pSp's ×1: the generator's "
+                                  "face nearest the input, not the input cleaned up); consistency_steps has no effect "
+                                  "at ×1 (the output already has the input's size)")
+            return
         if self.consistency_steps() == 0 and 4 * side >= self.resolution:
             self._note_once("detail", f"{side}-px inputs show more than the prior keeps: psp_sr re-draws the face "
                                       f"(at ×2 and ×4 the shipped model is further from the person than bicubic); "
@@ -623,7 +631,7 @@ class PSPSR(Method):
         self.load()
         self._keep_memory()
         self._check_input(lr)
-        self._check_detail(lr)
+        self._check_detail(lr, scale)
         lr = lr.to(self.device, torch.float32)
         x = self._to_input(lr)
         if n_samples == 1:

@@ -171,7 +171,7 @@ def psp_sr_export_spec(method: Any) -> ExportSpec:
         return method._to_input(lr)
 
     def preflight(lr: Tensor, scale: int, device: torch.device) -> None:
-        method._check_detail(lr)  # the torch backend's note on inputs with detail the prior re-draws
+        method._check_detail(lr, scale)  # the torch backend's note on inputs with detail the prior re-draws
 
     def finish(y: Tensor, lr: Tensor, scale: int) -> Tensor:
         method.last_reports = [{"native_size": r, "seed": None} for _ in range(y.shape[0])]

@@ -29,7 +29,9 @@ encoder's estimate and keeps it nearby:
    searched face): the search can only reach faces the generator draws, and on a prior that
    lacks a person's hair colour, lighting or background the remaining difference is in exactly
    the low frequencies the input holds. The report's ``downscale_mse`` is the returned output's;
-   ``downscale_mse_searched`` the searched face's, as PULSE's report.
+   ``downscale_mse_searched`` the searched face's, as PULSE's report. At ×1 the downscale is the
+   identity: the search fits a face of the prior to the input itself, and back-projection leaves
+   the output as drawn (``consistency_steps`` has no effect; a note says so).
 4. ``n_samples > 1``: before the search, each sample's fine styles are mixed with the W of a
    random ``z`` drawn from ``seed`` (psp_sr's style mixing: ``mix_layers``, ``mix_alpha``), and
    each is anchored to its own mixed start, so the samples stay distinct faces that all fit.
@@ -274,7 +276,7 @@ class PSPPulse(PSPSR):
         self.notes = [n.replace("psp_sr:", "psp_pulse:", 1) for n in self.notes]
         self.notes.append(f"psp_pulse: up to {o.steps} Adam steps per image on W+ (eps {o.eps:g}, anchor "
                           f"{o.anchor_lambda:g}, lpips {o.lpips_lambda:g}, geocross {o.geocross_lambda:g}), then "
-                          f"{self.consistency_steps()} back-projection steps onto the input")
+                          f"{self.consistency_steps()} back-projection steps onto the input (none at ×1)")
 
     def _note_once(self, key: str, msg: str) -> None:
         self._note(key, msg)
@@ -306,6 +308,10 @@ class PSPPulse(PSPSR):
             self.check_output_memory(lr, scale, n_samples)
         self.load()
         self._check_input(lr)
+        if scale == 1:  # the search's downscale is the identity, and back-projection keeps the output as drawn
+            self._note("x1", "at ×1 psp_pulse re-draws the face through its prior (pSp's ×1): the search finds the "
+                             "prior's face nearest the input itself, not the input cleaned up; consistency_steps has "
+                             "no effect at ×1 (the output already has the input's size)")
         self._keep_memory()  # every search step allocates the generator's activations and gradients again
         assert self.w_std is not None
         o = self.options

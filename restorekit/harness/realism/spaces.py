@@ -57,9 +57,8 @@ def canonical_space(name: str) -> str:
     if key not in SPACE_SUMMARIES:
         from ...plugins import suggest
 
-        known = ", ".join([*SPACE_SUMMARIES, *SPACE_ALIASES])
-        raise UnknownNameError(f"unknown feature space '{name}'{suggest(key, list(SPACE_SUMMARIES))}; "
-                               f"known: {known}")
+        known = [*SPACE_SUMMARIES, *SPACE_ALIASES]  # a misspelt alias ('alexx') is suggested its alias
+        raise UnknownNameError(f"unknown feature space '{name}'{suggest(key, known)}; known: {', '.join(known)}")
     return key
 
 

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { info: null, upload: null, job: null, timer: null, submitting: false, said: "", running: [],
-                drawn: "" };
+                drawn: "", offScale: {} };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -88,8 +88,10 @@ async function init() {
     const input = el("input", { type: "checkbox", id, value: m.name, "data-method": m.name,
                                 checked: m.available, disabled: !m.available, "aria-describedby": why });
     input.addEventListener("change", refresh);
+    // A method that serves only some scales (a ×1 denoiser) says which, in its name.
+    const only = m.scales ? el("span", { class: "scales", text: `(only ×${m.scales.join(", ×")}) ` }) : null;
     const label = el("label", { for: id }, input, document.createTextNode(" "), el("b", { text: m.name }),
-                     document.createTextNode(m.stochastic ? " (stochastic) " : " "),
+                     document.createTextNode(m.stochastic ? " (stochastic) " : " "), only,
                      el("span", { class: "muted", text: m.summary }));
     const item = el("div", { class: "method" + (m.available ? "" : " off"), "data-method": m.name }, label);
     if (!m.available) {
@@ -117,6 +119,7 @@ async function init() {
   });
   $("sample").addEventListener("click", () => sendUpload("api/uploads/sample", { method: "POST" }));
   $("degrade").addEventListener("change", refresh);
+  $("degradation").addEventListener("input", refresh);
   scale.addEventListener("change", refresh);
   $("run").addEventListener("click", run);
   $("cancel").addEventListener("click", cancel);
@@ -135,15 +138,42 @@ function chosenMethods() {
   return [...document.querySelectorAll("#methods input[type=checkbox]:checked")].map((i) => i.value);
 }
 
+// A method that does not serve the chosen scale (a ×1 denoiser at ×4: the server would refuse the
+// job) is unticked and disabled; at a scale it serves it is enabled again, ticked if it was.
+function fitScale(k) {
+  for (const m of state.info.methods) {
+    if (!m.available) continue;
+    const box = $("m-" + m.name);
+    const fits = !m.scales || m.scales.includes(k);
+    if (!fits && !box.disabled) {
+      state.offScale[m.name] = box.checked;
+      box.checked = false;
+      box.disabled = true;
+    } else if (fits && box.disabled) {
+      box.disabled = false;
+      box.checked = state.offScale[m.name] !== false;
+      delete state.offScale[m.name];
+    }
+    box.closest(".method").classList.toggle("off", !fits);
+  }
+}
+
 function refresh() {
+  const k = Number($("scale").value);
+  fitScale(k);
   const busy = (state.job && !state.job.finished) || state.submitting;
   const none = chosenMethods().length === 0;
-  $("run").disabled = !state.upload || none || busy;
-  // Why Restore cannot be pressed, next to it (and its description), rather than a greyed button alone.
-  $("run-why").textContent = busy ? "" : !state.upload ? "choose an image first" : none ? "choose a method first" : "";
   const degrade = $("degrade").checked;
+  // At ×1 the default degradation (bicubic:1) leaves the image as it is: one must be named, as in compare.
+  const needsSpec = degrade && k === 1 && !$("degradation").value.trim();
+  $("run").disabled = !state.upload || none || busy || needsSpec;
+  // Why Restore cannot be pressed, next to it (and its description), rather than a greyed button alone.
+  const anyFits = [...document.querySelectorAll("#methods input[type=checkbox]")].some((b) => !b.disabled);
+  $("run-why").textContent = busy ? "" : !state.upload ? "choose an image first"
+    : none ? (anyFits ? "choose a method first" : `no method here runs at ×${k}: choose another scale`)
+    : needsSpec ? "at ×1, name a degradation (e.g. noise:15): bicubic:1 would leave the image undamaged" : "";
   $("degradation").disabled = !degrade;
-  $("degradation").placeholder = `bicubic:${$("scale").value}`;
+  $("degradation").placeholder = k === 1 ? "needed at ×1, e.g. noise:15" : `bicubic:${k}`;
   const stochastic = chosenMethods().some((n) => state.info.methods.find((m) => m.name === n).stochastic);
   $("seed").disabled = $("samples").disabled = !stochastic;
 }
