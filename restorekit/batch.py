@@ -27,7 +27,7 @@ from . import cli
 from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
 from .images import (ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image,
-                     storage_errno, sweep_temp_files)
+                     storage_errno, storage_path, sweep_temp_files)
 from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
@@ -302,16 +302,30 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
 
 
 def _stop_reason(exc: BaseException, outdir: Path) -> str:
-    """Why a batch stopped at ``exc`` (a :func:`~restorekit.images.storage_errno` error), and the fix."""
+    """Why a batch stopped at ``exc`` (a :func:`~restorekit.images.storage_errno` error), and the fix.
+    The disk named is the one the failed write went to (:func:`~restorekit.images.storage_path`):
+    the output folder's, unless that path lies elsewhere (a method's scratch space in /tmp or
+    /dev/shm, a cache), where another ``--output`` would not help."""
     code = storage_errno(exc)
+    failed = storage_path(exc)
+    elsewhere = failed is not None and not _under(Path(failed), outdir)
+    where = failed if elsewhere else outdir
     if code == errno.EROFS:
-        what, fix = f"{outdir} is on a read-only file system", "make it writable"
+        what, fix = f"{where} is on a read-only file system", "make it writable"
     elif code == errno.ENOSPC:
-        what, fix = f"the disk holding {outdir} is full", "free some disk space"
+        what, fix = f"the disk holding {where} is full", "free some disk space"
     else:  # EDQUOT
-        what, fix = f"the disk quota for {outdir} is used up", "free some disk space"
+        what, fix = f"the disk quota for {where} is used up", "free some disk space"
+    if elsewhere:
+        return (f"{what} (written while restoring, not an output), so every input would fail the same way; {fix} "
+                "there, then run the same command again: it goes on from there")
     return (f"{what}, so every output would fail the same way; {fix} (or use another --output), then run the same "
             "command again: it goes on from there")
+
+
+def _under(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (or is it), both taken as absolute paths, links not followed."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def require_inputs(items: list[ImageItem], spec: str) -> list[ImageItem]:

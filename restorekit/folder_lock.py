@@ -16,10 +16,22 @@ refused in one line rather than run unlocked. Where the file system refuses lock
 lock service, some FUSE and network file systems: ``ENOLCK``, ``EOPNOTSUPP``), the folder is held
 by a marker file instead, ``<lock name>.held``, made exclusively (``O_EXCL``, which those file
 systems keep) and removed at the end (:func:`_take_marker`): a second command is refused as with a
-lock. A marker whose holder no longer runs on this host is taken over; one another host made
-cannot be judged, and the refusal names it and that host, to be removed by hand once that process
-has ended. Where no marker can be made either (a read-only folder, with ``read_only_ok``), the
-command goes on unlocked, as it does with no lock file to lock.
+lock. The marker says the holder's process id, host, boot (``/proc/sys/kernel/random/boot_id``) and
+process start time (field 22 of ``/proc/<pid>/stat``), where readable. A marker of this host whose
+holder no longer runs is taken over: its process has ended, or the host started again since (another
+boot id), or its process id now names another process (another start time: a restarted container
+reuses its ids), or it names this very process, which did not make it. One another host made, or an
+empty one (its maker stopped, or found the disk full, before saying who it is: no age tells which),
+cannot be judged, and the refusal names it, to be removed by hand once that process has ended. A take-over
+removes the marker only while a short guard file, ``<marker>.takeover`` (``O_EXCL`` too), is held and
+the marker is still the very one judged stale (its text, size and times, not only its inode number,
+which a file system gives again at once to a marker made meanwhile): two processes taking over one
+marker at once never remove the marker one of them made since. A guard left by a killed process is
+taken over when its process has ended or it is older than :data:`_GUARD_S` on the folder's own clock.
+Where no marker can be made either (a read-only folder, with ``read_only_ok``), the command goes on
+unlocked, as it does with no lock file to lock. On a file system with locks, a marker left there (by a
+client without locks, or before the folder moved) is removed once the lock is held when its holder no
+longer runs, and a live one refuses the command naming it: its holder writes there without a lock.
 
 A stop (Ctrl-C, SIGTERM) that ends the hold of a folder removed at the end (``remove``: the output
 folder of ``run``, ``degrade``, ``generate`` or ``compare``, each of which a rerun of the same
@@ -31,10 +43,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import FileSystemError, RestorekitError, is_stop, note_kept
 from .file_locks import lock_api
@@ -51,9 +66,15 @@ _NOT_FOLLOWED = NOFOLLOW | NONBLOCK
 _BINARY = getattr(os, "O_BINARY", 0)
 #: What the marker file that holds a folder on a file system without locks is named after its lock file.
 MARKER_SUFFIX = ".held"
-#: An empty marker older than this (seconds) was left by a process killed between making it and
-#: writing its first line (a few microseconds): taken over.
-_EMPTY_MARKER_S = 10.0
+#: What the guard file held while a stale marker is removed is named after the marker (:func:`_take_over`).
+GUARD_SUFFIX = ".takeover"
+#: A guard older than this (seconds, on the folder's own clock) was left by a process killed while
+#: holding it (it holds one for a read and an unlink): taken over.
+_GUARD_S = 10.0
+#: The markers and guards this process made and still holds: ``(st_dev, st_ino)`` → the text written.
+#: A marker naming this process that is not one of these was left by an earlier process of the same
+#: id (a restarted container's command is often pid 1 again): stale.
+_MADE: dict[tuple[int, int], bytes] = {}
 
 
 def _no_locks(path: Path, what: str) -> FileSystemError:
@@ -120,6 +141,15 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
         os.close(fd)  # its holder removed it as this process opened it: lock the one there now
     else:
         raise refused()
+    if fd is not None:  # locked: a marker there is a leftover (taken away) or a lock-less client's (refused)
+        try:
+            _marker_in_the_way(folder, lock_name, refused)
+        except BaseException:
+            if api.kind != "flock":
+                with contextlib.suppress(OSError):
+                    api.unlock(fd)
+            os.close(fd)
+            raise
     try:
         if fd is not None and writable and os.fstat(fd).st_nlink == 1:  # (a hard link's other name is not ours)
             with contextlib.suppress(OSError):  # a full disk: the lock holds all the same
@@ -153,14 +183,43 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
 
 def _marker_text(note: str) -> bytes:
     """What a marker says: ``<pid> <note>``, then ``<host name> <host tag>`` (where its process runs:
-    :func:`~restorekit.images._host_tag`, host and process-id namespace)."""
+    :func:`~restorekit.images._host_tag`, host and process-id namespace), then ``<boot id> <start
+    time>`` (:func:`_boot_id`, :func:`_start_time`; ``-`` where unknown). Earlier versions wrote the
+    first two lines only, and read the third as nothing."""
     import socket
 
     from .images import _host_tag
 
     host = "".join(socket.gethostname().split()) or "?"
-    return f"{os.getpid()} {note}".strip().encode("utf-8", "replace") + f"\n{host} {_host_tag()}\n".encode(
+    note = " ".join(note.split())
+    start = _start_time(os.getpid())
+    return (f"{os.getpid()} {note}".strip() + f"\n{host} {_host_tag()}\n{_boot_id() or '-'} {start or '-'}\n").encode(
         "utf-8", "replace")
+
+
+@functools.cache
+def _boot_id() -> str:
+    """This host's boot id (Linux: a new one each time it starts; a container sees its host's), ``""``
+    where it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            text = f.read(100).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text and len(text.split()) == 1 else ""
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (field 22 of ``/proc/<pid>/stat``: clock ticks since the host
+    started), None where unknown (not Linux, no such process, ``/proc`` hidden). With its process id
+    it names one process of one boot: an id that names another process since has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read(4096)
+    except (OSError, ValueError):
+        return None
+    fields = data.rpartition(b")")[2].split()  # (after the command name, which may hold spaces and ')')
+    return fields[19].decode("ascii") if len(fields) > 19 and fields[19].isdigit() else None
 
 
 def _read_marker(folder: Path, name: str) -> tuple[os.stat_result, bytes] | None:
@@ -181,8 +240,18 @@ def _read_marker(folder: Path, name: str) -> tuple[os.stat_result, bytes] | None
         os.close(fd)
 
 
-def _marker_owner(data: bytes) -> tuple[int, str, str] | None:
-    """``(pid, host name, host tag)`` of a marker's text; None when it does not say them (cut short)."""
+class _Owner(NamedTuple):
+    """Who a marker says holds the folder: process id, host name and tag, and (where its maker could
+    read them) the host's boot id and the process's start time."""
+    pid: int
+    host: str
+    tag: str
+    boot: str | None = None
+    start: str | None = None
+
+
+def _marker_owner(data: bytes) -> _Owner | None:
+    """Who a marker's text names (:class:`_Owner`); None when it does not say (empty, cut short)."""
     lines = data.decode("utf-8", "replace").split("\n")
     if len(lines) < 3:  # (both lines, each ended: a marker being written says less)
         return None
@@ -190,43 +259,128 @@ def _marker_owner(data: bytes) -> tuple[int, str, str] | None:
     host, _, tag = lines[1].partition(" ")
     if not (pid.isascii() and pid.isdigit() and len(pid) <= 20) or not tag:
         return None
-    return int(pid), host, tag
+    boot = start = None
+    if len(lines) >= 4:  # (the third line, ended: an earlier version's marker has none)
+        said = lines[2].split()
+        if len(said) == 2:
+            boot = said[0] if said[0] != "-" else None
+            start = said[1] if said[1].isascii() and said[1].isdigit() else None
+    return _Owner(int(pid), host, tag, boot, start)
 
 
 def _stale(st: os.stat_result, data: bytes) -> bool:
-    """Whether a marker is one its holder left when it ended: that holder's process no longer runs
-    on this host, or the marker was never written (empty, and older than :data:`_EMPTY_MARKER_S`)."""
-    import time
-
+    """Whether a marker is one its holder left when it ended, judged on this host only: its process
+    no longer runs, or the host started again since it was made (another boot id), or its process id
+    now names another process (another start time), or it names this process, which did not make it
+    (:data:`_MADE`). Another host's marker, or one that names nobody (empty: its maker was stopped, or
+    found the disk full, before writing it; no age tells the two apart), cannot be judged: not stale."""
     from .images import _host_tag
     from .weights.cache import pid_alive
 
     owner = _marker_owner(data)
-    if owner is None:
-        return not data and time.time() - st.st_mtime > _EMPTY_MARKER_S
-    pid, _, tag = owner
-    return tag == _host_tag() and pid != os.getpid() and not pid_alive(pid)
+    if owner is None or owner.tag != _host_tag():
+        return False
+    boot = _boot_id()
+    if owner.boot is not None and boot and owner.boot != boot:
+        return True
+    if owner.pid == os.getpid():
+        return _MADE.get((st.st_dev, st.st_ino)) != data
+    if not pid_alive(owner.pid):
+        return True
+    if owner.start is None:
+        return False
+    now = _start_time(owner.pid)
+    return now is not None and now != owner.start
 
 
-def _take_over(folder: Path, name: str, st: os.stat_result) -> None:
-    """Remove the stale marker ``folder/name`` (``st``: its ``fstat`` when judged), only if it is still
-    that file: it is first renamed to a name of this process's own, so two processes taking it over
-    at once cannot remove the marker one of them made meanwhile (the other's is put back)."""
-    import secrets
+def _same(found: tuple[os.stat_result, bytes], st: os.stat_result, data: bytes) -> bool:
+    """Whether ``found`` (:func:`_read_marker`) is the very file judged as ``(st, data)``: its text,
+    size and modification time too, not only its inode number, which a file system (ext4) gives again
+    at once to a file made after this one was removed."""
+    now, text = found
+    return text == data and ((now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns)
+                             == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
-    aside = folder / f"{name}.stale-{os.getpid()}-{secrets.token_hex(4)}"
+
+def _remove_if_same(folder: Path, name: str, st: os.stat_result, data: bytes) -> None:
+    """Remove ``folder/name`` when it is still the file judged as ``(st, data)`` (:func:`_same`)."""
+    found = _read_marker(folder, name)
+    if found is not None and _same(found, st, data):
+        with contextlib.suppress(OSError):
+            os.unlink(folder / name)
+
+
+def _made(fd: int, text: bytes) -> os.stat_result:
+    """Write ``text`` into the marker (or guard) just made as ``fd`` and close it; returns its
+    ``fstat``. It is known as this process's (:data:`_MADE`) before it says so, so that no other thread
+    of this process takes it for a marker an earlier process of this id left."""
     try:
-        os.rename(folder / name, aside)
-    except OSError:  # taken over by another process meanwhile: the next try sees what is there now
+        if NONBLOCK:
+            os.set_blocking(fd, True)
+        st = os.fstat(fd)
+        _MADE[(st.st_dev, st.st_ino)] = text
+        try:
+            os.write(fd, text)
+        except OSError:  # a full disk: the marker holds all the same (empty: judged by nobody)
+            _MADE[(st.st_dev, st.st_ino)] = b""
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _guard_stale(folder: Path, st: os.stat_result, data: bytes) -> bool:
+    """Whether a take-over's guard was left by a process killed while holding it: its holder no
+    longer runs (:func:`_stale`), or it is older than :data:`_GUARD_S` by the folder's own clock
+    (:func:`~restorekit.images._folder_now`: on a network file system a file's times are the
+    server's, which may be minutes off this machine's)."""
+    if _stale(st, data):
+        return True
+    from .images import _folder_now
+    from .safe_open import Folder
+
+    return _folder_now(Folder(folder, None)) - st.st_mtime > _GUARD_S
+
+
+def _take_guard(folder: Path, name: str) -> os.stat_result | None:
+    """Make the guard ``folder/name`` (``O_EXCL``), taking over one a killed process left
+    (:func:`_guard_stale`); its ``fstat``, or None while another process holds it (or where none can
+    be made: the marker could not be removed there either)."""
+    for _ in range(3):
+        try:
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOT_FOLLOWED | _BINARY, 0o644)
+        except FileExistsError:
+            found = _read_marker(folder, name)
+            if found is None:  # released meanwhile (or a link or FIFO planted there)
+                if os.path.islink(folder / name):
+                    raise _symlink(folder / name) from None
+                continue
+            if not _guard_stale(folder, *found):
+                return None
+            _remove_if_same(folder, name, *found)
+            continue
+        except OSError:
+            return None
+        return _made(fd, _marker_text("take-over"))
+    return None
+
+
+def _take_over(folder: Path, name: str, st: os.stat_result, data: bytes) -> None:
+    """Remove the stale marker ``folder/name`` (``st``, ``data``: its ``fstat`` and text when judged),
+    only if it is still that very file (:func:`_same`), and only while holding the guard
+    ``<name>.takeover`` (:data:`GUARD_SUFFIX`): every process taking a marker over holds it for the
+    look and the removal, so none removes a marker another made between the two, and the marker's
+    name is never left empty while a live holder's marker is there (nor ``os.link`` needed to put it
+    back, which some file systems lack). While another process holds the guard, this waits a moment
+    and returns: the caller looks again."""
+    guard_name = name + GUARD_SUFFIX
+    guard = _take_guard(folder, guard_name)
+    if guard is None:
+        time.sleep(0.005)
         return
     try:
-        now = os.lstat(aside)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # a fresh marker, not the stale one: put back
-            with contextlib.suppress(OSError):  # (one made there since holds the folder instead)
-                os.link(aside, folder / name, follow_symlinks=False)
+        _remove_if_same(folder, name, st, data)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(aside)
+        _drop_marker(folder / guard_name, guard)
 
 
 def _take_marker(folder: Path, lock_name: str, refused: Callable[[], RestorekitError],
@@ -235,8 +389,9 @@ def _take_marker(folder: Path, lock_name: str, refused: Callable[[], RestorekitE
     (``O_EXCL``, kept by NFS and the file systems that refuse ``flock``) and saying who holds it.
     Returns its ``fstat`` (for :func:`_drop_marker`), or None where no file can be made there (a
     read-only folder: the caller's ``read_only_ok`` let the lock file be opened only for reading, and
-    the command goes on unlocked). A live holder's marker is ``refused()`` (naming the host, and the
-    marker to remove once that process has ended, where it is another host's); a stale one is taken over."""
+    the command goes on unlocked). A live holder's marker (or one that cannot be judged) is
+    ``refused()``, naming the marker to remove once that process has ended; a stale one is taken over
+    (:func:`_take_over`)."""
     name = lock_name + MARKER_SUFFIX
     for _ in range(100):
         try:
@@ -248,49 +403,70 @@ def _take_marker(folder: Path, lock_name: str, refused: Callable[[], RestorekitE
                     raise _symlink(folder / name) from None
                 continue
             if _stale(*found):
-                _take_over(folder, name, found[0])
+                _take_over(folder, name, *found)
                 continue
             raise _refusal(refused(), folder / name, found[1]) from None
         except OSError as exc:
             if exc.errno in _UNWRITABLE:
                 return None
             raise
-        try:
-            if NONBLOCK:
-                os.set_blocking(fd, True)
-            with contextlib.suppress(OSError):  # a full disk: the marker holds all the same
-                os.write(fd, _marker_text(note))
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
+        return _made(fd, _marker_text(note))
     raise refused()
 
 
-def _refusal(exc: RestorekitError, marker: Path, data: bytes) -> RestorekitError:
-    """``exc`` (the caller's refusal) told, where nothing here can judge the marker (another host's
-    process, or a text that names none), which file to remove once its holder has ended."""
+def _marker_in_the_way(folder: Path, lock_name: str, refused: Callable[[], RestorekitError]) -> None:
+    """On a file system with locks, once the lock is held: a marker (:data:`MARKER_SUFFIX`) left there
+    by a holder that no longer runs (a client without locks, or the folder served without them then) is
+    removed; one that is live, or cannot be judged, is ``refused()`` naming it: its holder, on a client
+    without locks, writes there without taking the lock."""
+    name = lock_name + MARKER_SUFFIX
+    for _ in range(100):
+        found = _read_marker(folder, name)
+        if found is None:
+            return
+        if not _stale(*found):
+            raise _refusal(refused(), folder / name, found[1], locks=True)
+        _take_over(folder, name, *found)
+        after = _read_marker(folder, name)
+        if after is not None and _same(after, *found):  # not removable here (a read-only folder): left
+            return
+
+
+def _refusal(exc: RestorekitError, marker: Path, data: bytes, *, locks: bool = False) -> RestorekitError:
+    """``exc`` (the caller's refusal) told which marker file holds the folder and when to remove it:
+    once its holder has ended (another host's), if it is no restorekit command (this host's: its
+    process runs), if no restorekit command writes there (a text that names none). ``locks``: this
+    file system has locks, and the marker is a client's without them."""
     from .images import _host_tag
 
     owner = _marker_owner(data)
-    if owner is not None and owner[2] != _host_tag():
-        said = f"{marker} says process {owner[0]} on {owner[1]} holds the folder; if that process has ended"
-    elif owner is None and data:
+    if owner is not None and owner.tag != _host_tag():
+        said = f"{marker} says process {owner.pid} on {owner.host} holds the folder; if that process has ended"
+    elif owner is not None:
+        said = (f"{marker} says process {owner.pid} of this host holds the folder; if that process is no "
+                "restorekit command (its id reused)")
+    elif data:
         said = f"{marker} says the folder is held; if no restorekit command writes there"
     else:
-        return exc
+        said = (f"{marker} is empty (its maker was stopped, or found the disk full, before saying who holds "
+                "the folder); if no restorekit command writes there")
+    why = "a process without file locks holds this folder by a marker file" if locks else \
+        "this file system has no file locks"
     if len(exc.args) == 1 and isinstance(exc.args[0], str) and type(exc).__str__ is Exception.__str__:
-        exc.args = (f"{exc.args[0]} (this file system has no file locks: {said}, remove that file)",)
+        exc.args = (f"{exc.args[0]} ({why}: {said}, remove that file)",)
     return exc
 
 
 def _drop_marker(marker: Path, made: os.stat_result) -> None:
-    """Remove this process's marker, only while ``marker`` still names the file it made."""
-    try:
-        now = os.lstat(marker)
-        if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+    """Remove this process's marker (or guard), only while ``marker`` still names the file it made,
+    with the text it wrote there (:data:`_MADE`): taken over meanwhile (judged stale), the name may be
+    another process's marker on the same inode number."""
+    key = (made.st_dev, made.st_ino)
+    text = _MADE.pop(key, None)
+    found = _read_marker(marker.parent, marker.name)
+    if found is not None and text is not None and (found[0].st_dev, found[0].st_ino) == key and found[1] == text:
+        with contextlib.suppress(OSError):
             os.unlink(marker)
-    except OSError:
-        pass
 
 
 def _symlink(path: Path) -> FileSystemError:
@@ -311,11 +487,16 @@ def holder(folder: Path, lock_name: str) -> tuple[int, str] | None:
     """``(process id, note)`` that the holder of ``folder/lock_name`` wrote there
     (:func:`held_alone`), or None when unknown (not written yet, unreadable). On a file system
     without locks, what its marker (:data:`MARKER_SUFFIX`) says, the note ending ``on <host>``
-    where that is another host."""
+    where that is another host (None where it names nobody: empty, cut short); a marker whose holder
+    no longer runs (:func:`_stale`: one a crash left, also on a file system that has locks) is passed
+    over, and the lock file read."""
     found = _read_marker(folder, lock_name + MARKER_SUFFIX)
-    if found is not None and (owner := _marker_owner(found[1])) is not None:
+    if found is not None and not _stale(*found):
         from .images import _host_tag
 
+        owner = _marker_owner(found[1])
+        if owner is None:  # (a marker that names nobody holds the folder all the same: not the lock file's)
+            return None
         note = found[1].decode("utf-8", "replace").partition("\n")[0].strip().partition(" ")[2].strip()
         elsewhere = owner[2] != _host_tag()
         return owner[0], (f"{note or 'command'} on {owner[1]}" if elsewhere else note)

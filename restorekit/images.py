@@ -973,9 +973,12 @@ def fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> F
     """``exc`` as one line naming ``path`` (else the file it names) and the fix (a
     :class:`FileSystemError` already, such as a folder refused as another user's link,
     :class:`~restorekit.safe_open.LinkedFolderError`, says its own line). Its ``errno`` is
-    ``exc``'s, so that a caller can still tell a full disk from a bad file (:func:`storage_errno`)."""
+    ``exc``'s, so that a caller can still tell a full disk from a bad file (:func:`storage_errno`),
+    and its ``storage_path`` the path it failed at (:func:`storage_path`: which disk is full)."""
     err = FileSystemError(describe_os_error(exc, path, action=action))
-    err.errno = exc.errno  # (its text stays the one line)
+    err.errno = exc.errno  # (its text stays the one line: not ``filename``, which str() would add)
+    where = path if path is not None else exc.filename
+    err.storage_path = os.fspath(where) if isinstance(where, (str, os.PathLike)) else None  # type: ignore[attr-defined]
     return err
 
 
@@ -984,25 +987,57 @@ def fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> F
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
-def storage_errno(exc: BaseException) -> int | None:
-    """The errno of :data:`STORAGE_ERRNOS` that ``exc`` (or an error it was raised from) carries,
-    else None: a write that failed so fails for every file written there after it, so a batch
-    stops at the first instead of failing each of its remaining inputs the same way."""
+def _storage_error(exc: BaseException) -> OSError | None:
+    """The first error of ``exc``'s chain (itself, then what it was raised from) whose errno is one of
+    :data:`STORAGE_ERRNOS`."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
-            return cur.errno
+            return cur
         cur = cur.__cause__ if cur.__cause__ is not None else None if cur.__suppress_context__ else cur.__context__
     return None
 
 
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of :data:`STORAGE_ERRNOS` that ``exc`` (or an error it was raised from) carries,
+    else None: a write that failed so fails for every file written there after it, so a batch
+    stops at the first instead of failing each of its remaining inputs the same way."""
+    found = _storage_error(exc)
+    return found.errno if found is not None else None
+
+
+def storage_path(exc: BaseException) -> str | None:
+    """The path at which the file system refused the write of ``exc`` (:func:`storage_errno`): the
+    ``storage_path`` :func:`fs_error` noted, else the ``filename`` of the system's error; None where
+    neither says (a write to an open file names none)."""
+    found = _storage_error(exc)
+    if found is None:
+        return None
+    where = getattr(found, "storage_path", None) or found.filename
+    return os.fspath(where) if isinstance(where, (str, os.PathLike)) else None
+
+
 #: Whether :func:`write_via_temp` puts a file's bytes on the disk before renaming it into place
-#: (about 1–5 ms a file on an SSD, nothing on tmpfs; next to encoding a 512-px PNG, 100 ms, a few
-#: per cent). A program that writes only throwaway files (a test suite) may turn it off; a write
-#: with ``fsync`` (checkpoints) is synced all the same.
+#: (``fdatasync``), so that after a power cut a rerun, which skips the outputs that exist, never
+#: takes a short file for a finished one. It costs about 2–4 ms a file on a local ext4 disk in use
+#: (2.7 times the whole per-image cost of ``run bicubic`` on 32-px images; a few per cent at 512 px),
+#: under 1 ms on an idle one, nothing on tmpfs. Turned off by this variable (in-process) or,
+#: for a whole run and the processes it starts, by the environment: ``RESTOREKIT_SYNC_WRITES=0``
+#: (:func:`sync_writes`, read at each write): for a scratch run or a test session. A write with
+#: ``fsync`` (checkpoints) is synced all the same, as are weights put into the cache (their own path).
 SYNC_WRITES = True
+#: The environment variable that turns :data:`SYNC_WRITES` off (``0``, ``false``, ``no``, ``off``).
+SYNC_WRITES_VARIABLE = "RESTOREKIT_SYNC_WRITES"
+_OFF = frozenset({"0", "false", "no", "off"})
+
+
+def sync_writes() -> bool:
+    """Whether :func:`write_via_temp` syncs a file's bytes before its rename: :data:`SYNC_WRITES`,
+    unless ``RESTOREKIT_SYNC_WRITES`` says off (``0``, ``false``, ``no``, ``off``; any other value,
+    or none, leaves it on: the safe side)."""
+    return SYNC_WRITES and os.environ.get(SYNC_WRITES_VARIABLE, "").strip().lower() not in _OFF
 
 
 #: What a file system that cannot sync a file answers (it is then written without: nothing better
@@ -1063,7 +1098,8 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
     and the error raised as it came (a folder refused, or the temp file swapped meanwhile: a
     :class:`FileSystemError`). The bytes are on the disk before the rename (``fdatasync``), so
     that even a crash of the machine (a power cut) leaves at ``path`` the old file or the whole new
-    one, never a name with fewer bytes: a rerun takes an output there for finished. ``fsync``: the
+    one, never a name with fewer bytes: a rerun takes an output there for finished (unless turned
+    off: :func:`sync_writes`). ``fsync``: the bytes are synced whatever that says, and the
     new name is on the disk too when this returns (the folder synced after the rename:
     checkpoints, which a resume must find).
     ``exclusive``: nothing at ``path`` is replaced, not even what appeared while writing
@@ -1113,7 +1149,7 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
                     os.chmod(folder.at(tmp), new_file_mode(), dir_fd=folder.fd)
                 write(f)
                 f.flush()
-                if SYNC_WRITES or fsync:  # (where a disk reports a full disk only now, this raises)
+                if fsync or sync_writes():  # (where a disk reports a full disk only now, this raises)
                     _sync_data(f.fileno())
                 written = os.fstat(f.fileno())
             now = folder.lstat(tmp)

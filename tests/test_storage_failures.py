@@ -103,6 +103,38 @@ def test_a_batch_stops_at_the_first_output_the_file_system_refuses(tmp_path, mon
     assert sorted(p.name for p in out.iterdir()) == ["im0.png", "im1.png"]
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_scratch_disk_elsewhere_is_not_blamed_on_the_output_folder(tmp_path, monkeypatch, code):
+    """A method whose own scratch write fails on another disk (/dev/shm, /tmp, a cache) stopped the
+    batch with a line blaming the output folder's disk and advising another --output."""
+    items = _items(tmp_path, 3)
+    out = tmp_path / "out"
+    scratch = tmp_path / "scratch" / "buf.bin"
+
+    def fn(image, item):  # type: ignore[no-untyped-def]
+        try:
+            raise OSError(code, os.strerror(code), str(scratch))
+        except OSError as exc:  # (as a method that words its own error does, the path kept on it)
+            raise images.fs_error(exc) from exc
+
+    said: list[str] = []
+    r = process_files(items, out, fn, max_pixels=10**6, quiet=True, on_error=said.append)
+    assert len(said) == 2 and len(r.failed) == 3
+    assert str(images.fs_error(OSError(code, "x", str(scratch)))).count("\n") == 0  # (one line: no filename added)
+    what = f"the disk holding {scratch} is full" if code == errno.ENOSPC else f"{scratch} is on a read-only file system"
+    assert said[1] == (f"stopped: 2 inputs not processed, as {what} (written while restoring, not an output), so "
+                       "every input would fail the same way; " + ("free some disk space" if code == errno.ENOSPC
+                                                                  else "make it writable")
+                       + " there, then run the same command again: it goes on from there")
+    assert str(out) not in said[1] and "--output" not in said[1]
+    # a raw system error naming the path, as a plugin raises it, is read the same way
+    said.clear()
+    bare = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/dev/shm/scratch.bin")
+    process_files(items, tmp_path / "out2", lambda image, item: (_ for _ in ()).throw(bare), max_pixels=10**6,
+                  quiet=True, on_error=said.append)
+    assert "the disk holding /dev/shm/scratch.bin is full" in said[1] and "--output" not in said[1]
+
+
 def test_a_file_error_of_one_output_does_not_stop_the_batch(tmp_path, monkeypatch):
     items = _items(tmp_path, 3)
     out = tmp_path / "out"
@@ -135,6 +167,7 @@ def test_a_write_error_keeps_its_errno_in_its_one_line(tmp_path, monkeypatch):
 
 def _record_syncs(monkeypatch: pytest.MonkeyPatch, fail: int | None = None) -> list[str]:
     monkeypatch.setattr(images, "SYNC_WRITES", True, raising=False)
+    monkeypatch.delenv(images.SYNC_WRITES_VARIABLE, raising=False)
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -182,6 +215,26 @@ def test_a_file_system_that_cannot_sync_is_still_written(tmp_path, monkeypatch):
     images.atomic_write_bytes(tmp_path / "a.png", b"data")
     write_via_temp(tmp_path / "ckpt.pt", lambda f: f.write(b"state"), fsync=True)
     assert (tmp_path / "a.png").read_bytes() == b"data" and (tmp_path / "ckpt.pt").read_bytes() == b"state"
+
+
+@pytest.mark.parametrize("value, synced", [("0", False), ("off", False), (" False ", False), ("1", True),
+                                           ("junk", True), ("", True)])
+def test_syncing_outputs_is_switched_off_from_the_environment_but_never_for_checkpoints(tmp_path, monkeypatch,
+                                                                                        value, synced):
+    """RESTOREKIT_SYNC_WRITES=0 (read at each write: a test session or a scratch run turns it off for
+    the processes it starts too); any other value leaves it on; a checkpoint's write is synced anyway."""
+    events = _record_syncs(monkeypatch)
+    monkeypatch.setenv(images.SYNC_WRITES_VARIABLE, value)
+    images.atomic_write_bytes(tmp_path / "a.png", b"data")
+    assert events == (["sync file"] if synced else []) + ["rename a.png"]
+    events.clear()
+    write_via_temp(tmp_path / "ckpt.pt", lambda f: f.write(b"state"), fsync=True)
+    assert events == ["sync file", "rename ckpt.pt", "sync dir"]
+    monkeypatch.delenv(images.SYNC_WRITES_VARIABLE)
+    monkeypatch.setattr(images, "SYNC_WRITES", False)  # (in-process, as before)
+    events.clear()
+    images.atomic_write_bytes(tmp_path / "b.png", b"data")
+    assert events == ["rename b.png"]
 
 
 def test_weights_are_on_the_disk_before_their_name_is_in_the_cache(server, specs, tmp_path, monkeypatch):
@@ -319,6 +372,238 @@ def test_waiting_for_a_lock_without_locks_names_the_lock_file(tmp_path, monkeypa
     assert line.startswith(f"cannot use {path}: its file system has no file locks") and "NFS" in line
 
 
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def _marker_of(pid: int, *, start: str | None = "same", boot: str | None = "same", host: str | None = None,
+               note: str = "run") -> bytes:
+    """A marker's text as a process ``pid`` of this host (or of ``host``) writes it; ``start``/``boot``:
+    ``"same"`` its real start time and this boot, None an earlier version's marker (two lines)."""
+    import socket
+
+    from restorekit.folder_lock import _boot_id, _start_time
+
+    tag = "0123abcd" if host is not None else images._host_tag()
+    text = f"{pid} {note}\n{host or socket.gethostname()} {tag}\n"
+    if start is None and boot is None:
+        return text.encode()
+    start = _start_time(pid) if start == "same" else start
+    boot = _boot_id() if boot == "same" else boot
+    return (text + f"{boot or '-'} {start or '-'}\n").encode()
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times are read from /proc")
+
+
+def test_a_stale_marker_taken_over_twice_at_once_leaves_one_holder(tmp_path, monkeypatch):
+    """Two processes judge one stale marker; one takes it over and makes its own, which ext4 gives the
+    stale marker's inode number at once: the other's take-over, going on, removed it (both then held
+    the folder). The marker removed must be the very one judged: its text and times too."""
+    from restorekit.folder_lock import MARKER_SUFFIX, _read_marker, _stale, _take_over, held_alone
+
+    _no_flock(monkeypatch)
+    marker = tmp_path / (LOCK + MARKER_SUFFIX)
+    marker.write_bytes(_marker_of(_dead_pid(), start="1"))
+    found = _read_marker(tmp_path, marker.name)  # a second process judged it stale ...
+    assert found is not None and _stale(*found)
+    with held_alone(tmp_path, LOCK, lambda: Busy("busy"), note="run"):  # ... as this one took it over
+        mine = marker.read_bytes()
+        _take_over(tmp_path, marker.name, *found)  # ... then went on with it
+        assert marker.read_bytes() == mine  # the live holder's marker is kept
+        with pytest.raises(Busy):  # and a further command is still refused
+            with held_alone(tmp_path, LOCK, lambda: Busy("busy")):
+                pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK]  # no guard, no marker left
+
+
+@needs_proc
+@pytest.mark.parametrize("link_error", [NotImplementedError("no links"), PermissionError(errno.EPERM, "EPERM")])
+def test_a_take_over_keeps_a_marker_made_meanwhile_without_hard_links(tmp_path, monkeypatch, link_error):
+    """A take-over put a marker made meanwhile back by os.link, which some platforms and FUSE file
+    systems lack: the live holder's marker was lost (NotImplementedError raised, EPERM ignored)."""
+    from restorekit.folder_lock import MARKER_SUFFIX, _read_marker, _take_over
+
+    def no_link(*a, **kw):  # type: ignore[no-untyped-def]
+        raise link_error
+
+    monkeypatch.setattr(os, "link", no_link)
+    marker = tmp_path / (LOCK + MARKER_SUFFIX)
+    marker.write_bytes(_marker_of(_dead_pid(), start="1"))
+    found = _read_marker(tmp_path, marker.name)
+    live = _marker_of(os.getppid())  # another process of this host took it over and holds the folder now
+    (tmp_path / "new").write_bytes(live)
+    os.replace(tmp_path / "new", marker)  # (another inode number than the stale one's)
+    _take_over(tmp_path, marker.name, *found)
+    assert marker.read_bytes() == live
+    assert sorted(p.name for p in tmp_path.iterdir()) == [marker.name]
+
+
+@needs_proc
+def test_a_guard_held_by_a_live_take_over_is_waited_for_and_one_a_dead_process_left_is_taken_over(tmp_path):
+    from restorekit.folder_lock import GUARD_SUFFIX, MARKER_SUFFIX, _read_marker, _take_over
+
+    marker = tmp_path / (LOCK + MARKER_SUFFIX)
+    guard = tmp_path / (marker.name + GUARD_SUFFIX)
+    marker.write_bytes(_marker_of(_dead_pid(), start="1"))
+    found = _read_marker(tmp_path, marker.name)
+    guard.write_bytes(_marker_of(os.getppid(), note="take-over"))  # another process is taking it over
+    _take_over(tmp_path, marker.name, *found)
+    assert marker.exists() and guard.exists()  # left to that process
+    guard.write_bytes(_marker_of(_dead_pid(), note="take-over"))  # killed while holding it
+    _take_over(tmp_path, marker.name, *found)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_guard_nobody_can_be_named_for_is_aged_by_the_folders_clock(tmp_path, monkeypatch):
+    """A guard whose text is missing (its maker killed at once, or a full disk) is taken over once older
+    than _GUARD_S on the clock of the file system: an NFS client whose own clock runs an hour ahead
+    does not take a guard a live process made a moment ago."""
+    import time
+
+    from restorekit.folder_lock import _GUARD_S, GUARD_SUFFIX, MARKER_SUFFIX, _read_marker, _take_over
+
+    marker = tmp_path / (LOCK + MARKER_SUFFIX)
+    guard = tmp_path / (marker.name + GUARD_SUFFIX)
+    marker.write_bytes(_marker_of(_dead_pid(), start="1"))
+    found = _read_marker(tmp_path, marker.name)
+    guard.write_bytes(b"")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    _take_over(tmp_path, marker.name, *found)
+    assert marker.exists() and guard.exists()
+    monkeypatch.setattr(time, "time", real)
+    os.utime(guard, (real() - _GUARD_S - 5,) * 2)
+    _take_over(tmp_path, marker.name, *found)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@needs_proc
+@pytest.mark.parametrize("case", ["reused-pid", "rebooted", "this-pid"])
+def test_a_marker_whose_process_id_names_another_process_now_is_taken_over(tmp_path, monkeypatch, case):
+    """After a reboot, or in a restarted container (same host name, the command often pid 1 again), a
+    marker's process id names a live process that is not its holder: the folder stayed refused for good."""
+    from restorekit.folder_lock import MARKER_SUFFIX, _boot_id, held_alone
+
+    _no_flock(monkeypatch)
+    if case == "rebooted" and not _boot_id():
+        pytest.skip("no boot id here")
+    text = {"reused-pid": _marker_of(os.getppid(), start="1"),
+            "rebooted": _marker_of(os.getppid(), boot="00000000-0000-0000-0000-000000000000"),
+            "this-pid": _marker_of(os.getpid())}[case]  # (a marker this process did not make)
+    marker = tmp_path / (LOCK + MARKER_SUFFIX)
+    marker.write_bytes(text)
+    with held_alone(tmp_path, LOCK, lambda: Busy("busy"), note="degrade"):
+        assert marker.read_bytes().split()[:2] == [str(os.getpid()).encode(), b"degrade"]
+    assert not marker.exists()
+
+
+@needs_proc
+def test_start_times_are_read_past_a_command_name_with_spaces_and_parentheses(tmp_path, monkeypatch):
+    from restorekit.folder_lock import _start_time
+
+    fields = Path("/proc/self/stat").read_bytes().rpartition(b")")[2].split()
+    assert _start_time(os.getpid()) == fields[19].decode() and fields[19].isdigit()
+    assert _start_time(_dead_pid()) is None
+    import builtins
+
+    real_open = builtins.open
+
+    def fake(path, *a, **kw):  # type: ignore[no-untyped-def]
+        if str(path) == "/proc/77/stat":
+            (tmp_path / "stat").write_bytes(b"77 (a) b (c) S 1 77 77 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 4242 1 1\n")
+            return real_open(tmp_path / "stat", *a, **kw)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", fake)
+    assert _start_time(77) == "4242"
+
+
+def test_a_live_marker_of_this_host_is_refused_naming_the_file_to_remove(tmp_path, monkeypatch):
+    """An earlier version's marker (no start time) naming a live process: not judged stale, but the
+    refusal names the marker to remove where that process is no restorekit command."""
+    from restorekit.batch import output_held
+    from restorekit.folder_lock import MARKER_SUFFIX
+
+    _no_flock(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = out / (".output.lock" + MARKER_SUFFIX)
+    marker.write_bytes(_marker_of(os.getppid(), start=None, boot=None))
+    with pytest.raises(Exception) as info:
+        with output_held(out, "run"):
+            pass
+    msg = str(info.value)
+    assert f"another restorekit run (process {os.getppid()})" in msg and "\n" not in msg
+    assert f"{marker} says process {os.getppid()} of this host holds the folder" in msg
+    assert msg.endswith("remove that file)") and marker.exists()
+
+
+def test_an_empty_marker_is_never_taken_over_by_age_but_named(tmp_path, monkeypatch):
+    """An empty marker is what a holder whose text write found the disk full leaves for its whole run
+    (as well as one killed between making and writing it): taken over after 10 s by this machine's
+    clock, a second command wrote beside a live one. It is refused, naming the file."""
+    import time
+
+    from restorekit.batch import output_held
+    from restorekit.folder_lock import MARKER_SUFFIX, holder
+
+    _no_flock(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = out / (".output.lock" + MARKER_SUFFIX)
+    marker.write_bytes(b"")
+    os.utime(marker, (time.time() - 3600,) * 2)
+    (out / ".output.lock").write_bytes(b"4242 degrade\n")  # (a leftover lock file names nobody here)
+    with pytest.raises(Exception) as info:
+        with output_held(out, "run"):
+            pass
+    msg = str(info.value)
+    assert "another restorekit command is writing" in msg and f"{marker} is empty" in msg and "remove that file" in msg
+    assert marker.exists() and holder(out, ".output.lock") is None
+
+
+def test_a_marker_left_on_a_file_system_with_locks_is_removed_and_names_nobody(tmp_path):
+    """A marker a crash left (the folder once served without locks) named a dead process as the holder
+    in refusals, and stayed for good."""
+    from restorekit.batch import output_held
+    from restorekit.folder_lock import MARKER_SUFFIX, holder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = out / (".output.lock" + MARKER_SUFFIX)
+    marker.write_bytes(_marker_of(_dead_pid(), note="degrade"))
+    assert holder(out, ".output.lock") is None
+    with output_held(out, "run"):
+        assert holder(out, ".output.lock") == (os.getpid(), "run")
+        assert not marker.exists()
+
+
+def test_a_live_marker_of_a_client_without_locks_refuses_one_with_locks(tmp_path):
+    """A client without locks (another host's NFS mount without lockd) holds the folder by its marker:
+    a client whose lock works wrote beside it."""
+    from restorekit.batch import output_held
+    from restorekit.folder_lock import MARKER_SUFFIX
+
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = out / (".output.lock" + MARKER_SUFFIX)
+    marker.write_bytes(_marker_of(4242, host="node7"))
+    with pytest.raises(Exception) as info:
+        with output_held(out, "run"):
+            pass
+    msg = str(info.value)
+    assert "another restorekit run on node7 (process 4242)" in msg and "\n" not in msg
+    assert f"a process without file locks holds this folder by a marker file: {marker} says process 4242 on node7" \
+        in msg and msg.endswith("remove that file)")
+    assert marker.exists()
+    marker.unlink()  # removed by hand: the folder is free, and the lock taken again
+    with output_held(out, "run"):
+        pass
+
+
 # -- compare on a full disk ------------------------------------------------------------------------
 
 def _compare(data: Path, out: Path):  # type: ignore[no-untyped-def]
@@ -396,8 +681,43 @@ def test_compare_stops_at_the_first_low_resolution_input_the_disk_refuses(tmp_pa
     assert r.exit_code == 2, r.output
     assert r.stderr.count("\n") == 1, r.stderr  # one line, not one failure per image
     assert r.stderr.startswith("error: ") and os.strerror(errno.ENOSPC) in r.stderr and "img1.png" in r.stderr
-    assert tried == ["img0.png", "img1.png"]  # img2's LR never made
+    # img2's LR never made; the manifest of img0's tried (a full disk refuses it too: that is not said)
+    assert tried == ["img0.png", "img1.png", "manifest.json"]
     assert not (out / "results.json").exists()
+
+
+def test_the_low_resolution_inputs_made_before_a_full_disk_are_reused_by_the_rerun(tmp_path, monkeypatch):
+    """The LR files made before the disk filled up were not in the manifest (written every 15 s and
+    at the end): a rerun made them all again. The manifest is written before the stop, where it fits."""
+    import restorekit.harness.inputs as inputs_mod
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
+    out = tmp_path / "cmp"
+    real = inputs_mod.atomic_write_bytes
+    tried: list[str] = []
+    full = [True]
+
+    def second_lr_fails(path, data, **kw):  # type: ignore[no-untyped-def]
+        tried.append(path.name)
+        if path.name == "img1.png" and full[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(inputs_mod, "atomic_write_bytes", second_lr_fails)
+    assert _compare(data, out).exit_code == 2
+    manifest = next(out.glob("inputs/*/manifest.json"))
+    assert list(json.loads(manifest.read_text())["images"]) == ["img0"]
+    made = manifest.parent / "img0.png"
+    before = made.stat().st_mtime_ns, made.stat().st_ino
+    tried.clear()
+    full[0] = False  # room again
+    r = _compare(data, out)
+    assert r.exit_code == 0, r.output
+    assert [n for n in tried if n.endswith(".png")] == ["img1.png", "img2.png"]  # img0's LR reused
+    assert (made.stat().st_mtime_ns, made.stat().st_ino) == before
 
 
 # -- a disk or network file system that fails while an input is read -------------------------------

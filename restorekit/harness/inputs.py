@@ -23,6 +23,7 @@ fails before any method runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -265,7 +266,9 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     (:func:`~restorekit.harness.runner.degradation_plugins`), part of the LR folder's key.
     ``core_code``: restorekit's code fingerprint, recorded in the manifest; LR files listed by a
     manifest of other core code (a run stopped before ``compare.json`` recorded its code, resumed
-    after an upgrade) are made again.
+    after an upgrade) are made again. A write the file system refuses for every file (a full disk:
+    :func:`~restorekit.images.storage_errno`) stops here, raised as one line naming the LR file,
+    once the LR files made so far are in the manifest where it still fits (one process).
     """
     tick = clock or (lambda stage, seconds: None)
     rank, world = shard
@@ -321,6 +324,10 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, _hash_bytes(hr_bytes, lr_bytes)))
         except OSError as exc:
             if storage_errno(exc) is not None:  # a full disk: every LR file after it would fail the same way
+                if world == 1 and inputs.made:  # the LR files made so far listed, so that a rerun reuses them
+                    with contextlib.suppress(OSError):  # (where even that small file does not fit: made again)
+                        _write_manifest(manifest_path, spec, scale, {**manifest, **inputs.made}, step_code,
+                                        core_code)
                 raise fs_error(exc, lr_path) from exc
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
             inputs.failures.append({"image": item.stem, "path": str(item.path), "error": msg})

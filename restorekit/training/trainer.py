@@ -26,6 +26,7 @@ The loop provides:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -693,6 +694,41 @@ def out_of_shared_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(sign in text for sign in _SHM_SIGNS)
 
 
+def no_room_to_start_workers(exc: BaseException) -> bool:
+    """Whether ``exc``, raised as a DataLoader's iterator starts its workers, says ``/dev/shm`` is
+    already full: the semaphores of their queues are made there (``sem_open``: ``OSError``, ENOSPC)."""
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def _end_half_started(exc: BaseException) -> None:
+    """End what a DataLoader's iterator whose start raised ``exc`` had started (workers, queues) and
+    mark it shut down: its own ``__del__`` would try, and print an ``Exception ignored`` traceback
+    for the attributes its start never set."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    tb = exc.__traceback__
+    while tb is not None:
+        it = tb.tb_frame.f_locals.get("self")
+        if isinstance(it, _MultiProcessingDataLoaderIter):
+            it._shutdown = True
+            workers, queues = list(getattr(it, "_workers", ())), list(getattr(it, "_index_queues", ()))
+            with contextlib.suppress(Exception):  # as torch ends its workers: told they are done, then joined
+                if workers:
+                    it._workers_done_event.set()
+                for q in queues:
+                    q.put(None)
+                for w in workers:
+                    w.join(timeout=5)
+                for q in queues:
+                    q.cancel_join_thread()
+                    q.close()
+                for w in workers:
+                    if w.is_alive():
+                        w.terminate()
+            return
+        tb = tb.tb_next
+
+
 def _mb(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
@@ -943,24 +979,35 @@ class Trainer:
     def _loaded(self, loader: Callable[[int, int], DataLoader[Any]]) -> Generator[Any, None, None]:
         """The batches of ``loader(workers, start)`` (``start``: how many batches it skips), its
         workers ended when the generator is. When they run out of shared memory (a container's
-        64 MB ``/dev/shm``), that is said once (:func:`shared_memory_warning`) and the batches from
-        the first one missing on come from this process, for the rest of the run: they are the
-        same batches, being functions of ``(seed, epoch, index)`` whoever loads them."""
+        64 MB ``/dev/shm``: a batch they cannot hand over, or a ``/dev/shm`` already full as they
+        start, where their queues' semaphores cannot be made), that is said once
+        (:func:`shared_memory_warning`) and the batches from the first one missing on come from this
+        process, for the rest of the run. They are the same batches where the dataset draws each
+        sample from ``(seed, epoch, index)`` alone, as :class:`~.data.SRPairDataset` does (its
+        generator seeded per sample, not a worker's running state): whoever loads it, a sample is
+        the same; a dataset that draws from a per-worker random stream gives other samples."""
         start = 0
         while True:
             workers = 0 if self._in_process_loading else self.config.num_workers
-            with workers_ended(iter(loader(workers, start))) as batches:
-                while True:
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        return
-                    except RuntimeError as exc:
-                        if not workers or not out_of_shared_memory(exc):
-                            raise
-                        break
-                    start += 1
-                    yield batch
+            try:
+                started = iter(loader(workers, start))
+            except OSError as exc:
+                if not workers or not no_room_to_start_workers(exc):
+                    raise
+                _end_half_started(exc)
+            else:
+                with workers_ended(started) as batches:
+                    while True:
+                        try:
+                            batch = next(batches)
+                        except StopIteration:
+                            return
+                        except RuntimeError as exc:
+                            if not workers or not out_of_shared_memory(exc):
+                                raise
+                            break
+                        start += 1
+                        yield batch
             self._in_process_loading = True
             rank = "" if self.dist.is_main else f"rank {self.dist.rank}: "
             print(f"warning: {rank}{shared_memory_warning()}", file=sys.stderr, flush=True)
@@ -1195,6 +1242,6 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["LogFiles", "Trainer", "TrainingError", "CKPT_DIR", "VAL_DIR", "atomic_save", "check_run_folders", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "out_of_shared_memory", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "no_room_to_start_workers", "out_of_shared_memory", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
            "resume_warning", "rng_state", "run_subfolder", "set_rng_state", "cuda_seed_of", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]
