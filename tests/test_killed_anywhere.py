@@ -101,7 +101,13 @@ def test_a_stop_inside_an_import_or_a_finalizer_is_not_lost(tmp_path: Path, scen
     r = _run_driver(tmp_path, scenario, sig, ONE_SIGNAL)
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     assert "finished" not in r.stdout
-    assert r.stdout == ("" if scenario == "build_import" else "started\n")
+    if scenario == "finalizer":
+        # Sent again every _RESEND_S from the finalizer's end: it lands before or after 'started'
+        # depending on how long the gc.collect() that follows takes (long once torch is imported,
+        # which main() does first to cap its threads at the CPU budget).
+        assert r.stdout in ("", "started\n"), r.stdout
+    else:
+        assert r.stdout == ("" if scenario == "build_import" else "started\n")
     assert r.stderr == f"{word}\n", r.stderr  # no 'Exception ignored', no traceback
 
 
