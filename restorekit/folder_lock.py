@@ -120,6 +120,7 @@ def held_alone(folder: Path, lock_name: str, refused: Callable[[], RestorekitErr
                     raise _symlink(path) from None
                 yield  # no lock file, and this process can make none: it goes on unlocked
                 return
+        assert fd is not None  # (opened above, for writing or for reading)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # a FIFO, a device …: not a lock file of ours
             os.close(fd)

@@ -271,3 +271,15 @@ def test_weights_list_without_a_cache_folder_lists_the_registry(monkeypatch: pyt
     # Anything else that needs the cache still says why, in one line (exit 2).
     r = invoke("weights", "path", "ir-se50")
     assert r.exit_code == 2 and "RESTOREKIT_HOME" in r.stderr
+
+
+def test_serve_metrics_named_as_the_default_list_still_count_as_named() -> None:
+    """`serve --metrics` spelling out the default list names its metrics all the same (at ×1 a named
+    lr_consistency is scored); without --metrics the page's default list names none."""
+    pytest.importorskip("starlette", reason="restorekit serve needs the web extra (starlette, uvicorn)")
+    from restorekit.web.config import DEFAULT_METRICS, ServeConfig
+    from restorekit.web.work import named_metrics
+
+    assert named_metrics(ServeConfig()) is None
+    assert named_metrics(ServeConfig(metrics=list(DEFAULT_METRICS), metrics_named=True)) == list(DEFAULT_METRICS)
+    assert named_metrics(ServeConfig(metrics=["psnr_rgb"])) == ["psnr_rgb"]

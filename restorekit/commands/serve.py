@@ -84,6 +84,7 @@ def serve_cmd(host: str, allow_hosts: tuple[str, ...], port: int, device: str, m
         config = ServeConfig(
             host=host, allowed_hosts=allowed, port=port, device=device, methods=names, method_options=parse_method_opts(opts, offered),
             metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
+            metrics_named=bool(metrics),
             detector=detector, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
             max_output_pixels=max_output_pixels, max_scale=max_scale, max_samples=max_samples,
             max_connections=max_connections, max_client_connections=max_client_connections,

@@ -62,6 +62,8 @@ class ServeConfig(Options):
         default_factory=dict, description="options per method, as compare's --opt METHOD.KEY=VALUE")
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS),
                                description="metrics scored when the page degrades an HR upload")
+    metrics_named: bool = Field(False, description="the operator named `metrics` (serve --metrics), even as the "
+                                                   "default list: at ×1 a metric named is scored, lr_consistency too")
     detector: str | None = Field(None, description="face detector (None: the pipeline's default)")
     max_upload_mb: float = Field(20.0, gt=0, le=MAX_UPLOAD_MB, allow_inf_nan=False,
                                  description="largest upload accepted, in MB (10^6 bytes)")

@@ -74,9 +74,10 @@ def scored_metrics(catalogue: Catalogue, k: int, named: list[str] | None) -> lis
 
 
 def named_metrics(config: ServeConfig) -> list[str] | None:
-    """The metrics the operator named (``serve --metrics``), None for the page's default list
-    (:data:`~restorekit.web.config.DEFAULT_METRICS`; ``serve`` passes it when ``--metrics`` is not given)."""
-    return None if list(config.metrics) == list(DEFAULT_METRICS) else list(config.metrics)
+    """The metrics the operator named (``serve --metrics``: ``metrics_named``, or a list other than
+    :data:`~restorekit.web.config.DEFAULT_METRICS`), None for the page's default list."""
+    named = config.metrics_named or list(config.metrics) != list(DEFAULT_METRICS)
+    return list(config.metrics) if named else None
 
 
 def outline_faces(image: Tensor, boxes: list[tuple[int, tuple[float, float, float, float], bool]],
