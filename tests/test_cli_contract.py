@@ -253,3 +253,18 @@ def test_a_command_caps_torch_threads_at_the_cpu_budget(monkeypatch: pytest.Monk
     finally:
         torch.set_num_threads(threads)
     assert seen == [1, 2]
+
+
+def test_compare_table_notes_are_one_line_each_at_any_width() -> None:
+    """A skipped metric's reason (a download URL and two commands) was broken over three lines at the
+    table's width in a log; each note is now one line."""
+    import io
+
+    from rich.console import Console
+
+    from restorekit.harness.report_console import _print_notes
+
+    buf = io.StringIO()
+    note = "metric identity_arcface skipped: " + " ".join(f"word{i}" for i in range(60))
+    _print_notes(Console(file=buf, width=80, force_terminal=False), [note, "* best in column."])
+    assert buf.getvalue().splitlines() == [note, "* best in column."]

@@ -140,6 +140,7 @@ def _plain(text: str, style: str = "") -> Text:
 
 
 def _print_notes(console: Console, lines: list[str]) -> None:
-    """Footnotes under a table, dim."""
+    """Footnotes under a table, dim; each one line, whatever the width (a terminal wraps it for the
+    eye; a log or a pipe keeps it whole: ``grep 'metric .* skipped'`` reads the whole reason)."""
     for line in lines:
-        console.print(_plain(line, "dim"))
+        console.print(_plain(line, "dim"), soft_wrap=True)
