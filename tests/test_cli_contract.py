@@ -255,16 +255,23 @@ def test_a_command_caps_torch_threads_at_the_cpu_budget(monkeypatch: pytest.Monk
     assert seen == [1, 2]
 
 
-def test_compare_table_notes_are_one_line_each_at_any_width() -> None:
-    """A skipped metric's reason (a download URL and two commands) was broken over three lines at the
-    table's width in a log; each note is now one line."""
-    import io
+def test_compare_table_notes_are_one_line_each_in_a_log(hr_folder: Path, tmp_path: Path) -> None:
+    """A skipped metric's reason (a download URL and two commands) was broken over lines at the
+    table's width (200 columns) in a log or a pipe; there each note is now one line."""
+    import restorekit.harness.runner as runner
 
-    from rich.console import Console
+    reason = "weights 'x' are not available: " + " ".join(f"word{i}" for i in range(60))
+    real = runner.setup_metrics
 
-    from restorekit.harness.report_console import _print_notes
+    def setup(metrics, device):  # type: ignore[no-untyped-def]
+        real(metrics, device)
+        for m in metrics:
+            if m.name == "ssim_rgb":
+                m.instance, m.status, m.reason = None, "skipped", reason
 
-    buf = io.StringIO()
-    note = "metric identity_arcface skipped: " + " ".join(f"word{i}" for i in range(60))
-    _print_notes(Console(file=buf, width=80, force_terminal=False), [note, "* best in column."])
-    assert buf.getvalue().splitlines() == [note, "* best in column."]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "setup_metrics", setup)
+        r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", hr_folder, "--out", tmp_path / "o",
+                   "--metrics", "psnr_rgb,ssim_rgb", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert f"metric ssim_rgb skipped: {reason}" in r.stdout.splitlines(), r.stdout

@@ -27,6 +27,9 @@ def print_table(sm: Summary, console: Console | None = None) -> None:
     Methods are rows and metrics columns when that fits the console's width; otherwise the table is
     turned (:func:`turned_rows`), split into as few tables as needed, so that no name or number is cut.
     """
+    # A log or a pipe (not a terminal) gets each note whole on one line; a console of a given width
+    # (a terminal, or a caller's) gets them wrapped to it, as the tables are.
+    whole = console is None and not Console().is_terminal
     console = console or Console(width=None if Console().is_terminal else 200)
     res = sm.result
     title = (f"restorekit compare ×{res.plan.config.scale} — {len(res.inputs.pairs)} images, "
@@ -35,7 +38,7 @@ def print_table(sm: Summary, console: Console | None = None) -> None:
     for t in tables:
         console.print(t)
     _print_notes(console, notes(sm, best_in="column" if wide else "row" if len(tables) == 1 else
-                                "row, over all the tables"))
+                                "row, over all the tables"), whole=whole)
     if sm.paired is not None:
         _print_rich(console, PAIRED_TITLE.format(base=sm.paired.baseline), *paired_rows(sm), paired_notes(sm),
                     heads=True, left=(0, 5))
@@ -139,8 +142,8 @@ def _plain(text: str, style: str = "") -> Text:
     return Text(shown_name(text), style=style)
 
 
-def _print_notes(console: Console, lines: list[str]) -> None:
-    """Footnotes under a table, dim; each one line, whatever the width (a terminal wraps it for the
-    eye; a log or a pipe keeps it whole: ``grep 'metric .* skipped'`` reads the whole reason)."""
+def _print_notes(console: Console, lines: list[str], *, whole: bool = False) -> None:
+    """Footnotes under a table, dim, wrapped to the console's width; ``whole``: each on one line
+    whatever its length (a log or a pipe: ``grep 'metric .* skipped'`` reads the whole reason)."""
     for line in lines:
-        console.print(_plain(line, "dim"), soft_wrap=True)
+        console.print(_plain(line, "dim"), soft_wrap=whole)
