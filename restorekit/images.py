@@ -97,7 +97,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
 from .memory import process_id, status_fields
-from .safe_open import NOFOLLOW, Folder, open_folder, refused_link
+from .safe_open import NOFOLLOW, Folder, open_folder, refused_link, sync_data
 
 if TYPE_CHECKING:
     from PIL import ImageCms
@@ -1040,21 +1040,6 @@ def sync_writes() -> bool:
     return SYNC_WRITES and os.environ.get(SYNC_WRITES_VARIABLE, "").strip().lower() not in _OFF
 
 
-#: What a file system that cannot sync a file answers (it is then written without: nothing better
-#: can be done there); a full disk or an I/O error said at the sync is raised.
-_NO_SYNC = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
-
-
-def _sync_data(fd: int) -> None:
-    """The file's bytes on the disk (``fdatasync``, else ``fsync``): a name renamed onto it after
-    this never shows a file shorter than written, even after a crash of the machine."""
-    try:
-        getattr(os, "fdatasync", os.fsync)(fd)
-    except OSError as exc:
-        if exc.errno not in _NO_SYNC:
-            raise
-
-
 def sync_folder(folder: Folder) -> None:
     """The open ``folder``'s entries on the disk (``fsync`` of the folder), so that a name just
     renamed into it is still there after a crash of the machine. Where a folder cannot be synced
@@ -1150,7 +1135,7 @@ def write_via_temp(path: Path, write: Callable[[Any], None], *, root: Path | Non
                 write(f)
                 f.flush()
                 if fsync or sync_writes():  # (where a disk reports a full disk only now, this raises)
-                    _sync_data(f.fileno())
+                    sync_data(f.fileno())
                 written = os.fstat(f.fileno())
             now = folder.lstat(tmp)
             if written.st_ino and (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):

@@ -34,7 +34,7 @@ from .errors import FileSystemError
 
 __all__ = ["open_append", "create_exclusive", "read_plain", "check_plain_file", "ends_line", "is_plain_folder",
            "NOFOLLOW", "NONBLOCK", "Folder", "LinkedFolderError", "own_link", "refused_link", "open_folder",
-           "check_folders", "remove_made_folder"]
+           "check_folders", "remove_made_folder", "sync_data"]
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -374,3 +374,20 @@ def remove_made_folder(path: Path, made: os.stat_result) -> bool:
             return parent.rmdir(path.name)
     except OSError:
         return False
+
+
+#: What a file system that cannot sync a file answers (it is then written without: nothing better
+#: can be done there); a full disk or an I/O error said at the sync is raised.
+_NO_SYNC = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+
+
+def sync_data(fd: int) -> None:
+    """The bytes of the open file ``fd`` on the disk (``fdatasync``, else ``fsync``), for a file about
+    to be renamed into place: after a crash of the machine the name never shows fewer bytes than
+    written. A file system that cannot sync a file (:data:`_NO_SYNC`) is written without; a full
+    disk or an I/O error said at the sync is raised."""
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_SYNC:
+            raise

@@ -13,7 +13,9 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -616,26 +618,42 @@ def _compare(data: Path, out: Path):  # type: ignore[no-untyped-def]
                               catch_exceptions=False)
 
 
+def _three_faces(tmp_path: Path) -> Path:
+    """An HR folder of three small images, img0…img2."""
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
+    return data
+
+
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, module: Any,
+                    error_for: Callable[[Path, list[str]], OSError | None]) -> list[str]:
+    """``module.atomic_write_bytes`` raising ``error_for(path, tried)`` where that is an error (``tried``:
+    the names written or tried so far, this one last); returns ``tried``."""
+    real = module.atomic_write_bytes
+    tried: list[str] = []
+
+    def write(path, data, **kw):  # type: ignore[no-untyped-def]
+        tried.append(path.name)
+        exc = error_for(path, tried)
+        if exc is not None:
+            raise exc
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(module, "atomic_write_bytes", write)
+    return tried
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_compare_stops_at_the_first_output_the_file_system_refuses_and_a_rerun_goes_on(tmp_path, monkeypatch,
                                                                                        code):
     import restorekit.harness.runner as runner
 
-    data = tmp_path / "hr"
-    data.mkdir()
-    for i in range(3):
-        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
-    out = tmp_path / "cmp"
-    real = runner.atomic_write_bytes
-    tried = []
-
-    def full_after_one(path, data, **kw):  # type: ignore[no-untyped-def]
-        tried.append(path.name)
-        if len(tried) > 1:
-            raise images.fs_error(OSError(code, os.strerror(code)), path)
-        return real(path, data, **kw)
-
-    monkeypatch.setattr(runner, "atomic_write_bytes", full_after_one)
+    data, out = _three_faces(tmp_path), tmp_path / "cmp"
+    full = [True]
+    tried = _failing_writes(monkeypatch, runner, lambda path, tried: images.fs_error(
+        OSError(code, os.strerror(code)), path) if full[0] and len(tried) > 1 else None)
     r = _compare(data, out)
     assert r.exit_code == 2, r.output
     line = r.stderr
@@ -649,7 +667,7 @@ def test_compare_stops_at_the_first_output_the_file_system_refuses_and_a_rerun_g
     assert sorted(p.name for p in (out / "outputs" / "bicubic").iterdir()) == ["img0.png"]
     assert not [p for p in out.rglob(".*") if images.is_temp_name(p.name)]
 
-    monkeypatch.setattr(runner, "atomic_write_bytes", real)  # room again: the rerun goes on from there
+    full[0] = False  # room again: the rerun goes on from there
     tried.clear()
     r = _compare(data, out)
     assert r.exit_code == 0, r.output
@@ -662,21 +680,9 @@ def test_compare_stops_at_the_first_low_resolution_input_the_disk_refuses(tmp_pa
     comparison in one line (exit 2) instead of failing every image the same way."""
     import restorekit.harness.inputs as inputs_mod
 
-    data = tmp_path / "hr"
-    data.mkdir()
-    for i in range(3):
-        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
-    out = tmp_path / "cmp"
-    real = inputs_mod.atomic_write_bytes
-    tried = []
-
-    def full_after_one(path, data, **kw):  # type: ignore[no-untyped-def]
-        tried.append(path.name)
-        if len(tried) > 1:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, data, **kw)
-
-    monkeypatch.setattr(inputs_mod, "atomic_write_bytes", full_after_one)
+    data, out = _three_faces(tmp_path), tmp_path / "cmp"
+    tried = _failing_writes(monkeypatch, inputs_mod, lambda path, tried: OSError(
+        errno.ENOSPC, os.strerror(errno.ENOSPC)) if len(tried) > 1 else None)
     r = _compare(data, out)
     assert r.exit_code == 2, r.output
     assert r.stderr.count("\n") == 1, r.stderr  # one line, not one failure per image
@@ -691,22 +697,10 @@ def test_the_low_resolution_inputs_made_before_a_full_disk_are_reused_by_the_rer
     at the end): a rerun made them all again. The manifest is written before the stop, where it fits."""
     import restorekit.harness.inputs as inputs_mod
 
-    data = tmp_path / "hr"
-    data.mkdir()
-    for i in range(3):
-        images.save_image(torch.full((1, 3, 16, 16), i / 4), data / f"img{i}.png")
-    out = tmp_path / "cmp"
-    real = inputs_mod.atomic_write_bytes
-    tried: list[str] = []
+    data, out = _three_faces(tmp_path), tmp_path / "cmp"
     full = [True]
-
-    def second_lr_fails(path, data, **kw):  # type: ignore[no-untyped-def]
-        tried.append(path.name)
-        if path.name == "img1.png" and full[0]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, data, **kw)
-
-    monkeypatch.setattr(inputs_mod, "atomic_write_bytes", second_lr_fails)
+    tried = _failing_writes(monkeypatch, inputs_mod, lambda path, tried: OSError(
+        errno.ENOSPC, os.strerror(errno.ENOSPC)) if path.name == "img1.png" and full[0] else None)
     assert _compare(data, out).exit_code == 2
     manifest = next(out.glob("inputs/*/manifest.json"))
     assert list(json.loads(manifest.read_text())["images"]) == ["img0"]

@@ -565,16 +565,21 @@ SR_ONLY_AT_SCALE_ONE = ("at ×1 it is the distance between each output and its d
                         "changes nothing wins; name it in --metrics to compute it anyway")
 
 
+def left_out_at_scale(cls: type, name: str, scale: int, named: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether the metric ``name`` (class ``cls``) is left out at ``scale``: at ×1 one declaring
+    :attr:`~restorekit.interfaces.Metric.sr_only`, unless ``named`` (the metrics the user named;
+    None: none named) names it. ``compare`` and ``serve`` both ask here."""
+    return scale == 1 and getattr(cls, "sr_only", False) is True and not (named is not None and name in named)
+
+
 def scale_metrics(metrics: list[MetricState], scale: int,
                   named: list[str] | tuple[str, ...] | None) -> list[MetricState]:
     """The metrics to set up at ``scale``: at ×1 those declaring
     :attr:`~restorekit.interfaces.Metric.sr_only` (``lr_consistency``) are marked skipped with the
     reason, unless ``named`` (``--metrics``; None: every registered metric) names them."""
-    if scale != 1:
-        return list(metrics)
     keep: list[MetricState] = []
     for m in metrics:
-        if getattr(m.cls, "sr_only", False) is True and not (named is not None and m.name in named):
+        if left_out_at_scale(m.cls, m.name, scale, named):
             m.instance, m.status, m.reason = None, "skipped", SR_ONLY_AT_SCALE_ONE
         else:
             keep.append(m)

@@ -37,7 +37,7 @@ from ..errors import RestorekitError, exception_line
 from ..faces.pipeline import FacePipeline, largest_face_crop, not_a_face_method
 from ..harness.aggregate import best_per_column, summarize
 from ..harness.inputs import degrade_hr, png_bytes
-from ..harness.runner import SR_ONLY_AT_SCALE_ONE, backend_info, metric_device, score
+from ..harness.runner import SR_ONLY_AT_SCALE_ONE, backend_info, left_out_at_scale, metric_device, score
 from ..harness.store import Record, dumps, jsonable
 from ..images import check_output_size, check_size, from_pil, to_pil
 from ..interfaces import Face
@@ -67,8 +67,7 @@ def scored_metrics(catalogue: Catalogue, k: int, named: list[str] | None) -> lis
     (the operator's ``serve --metrics``; None: the page's default list) names them."""
     rows: list[dict[str, Any]] = catalogue.public()["metrics"]
     for row, m in zip(rows, catalogue.metrics):
-        if (k == 1 and row["status"] == "ok" and getattr(m.cls, "sr_only", False) is True
-                and not (named is not None and m.name in named)):
+        if row["status"] == "ok" and left_out_at_scale(m.cls, m.name, k, named):
             row.update(status="skipped", reason=SR_ONLY_AT_SCALE_ONE)
     return rows
 

@@ -107,7 +107,7 @@ def _copy_hashing(src: IO[bytes], dest: Path | None, limit: int | None) -> tuple
                 out.write(block)
         if out is not None:
             out.flush()
-            download.sync_data(out.fileno())  # on the disk before it is renamed into the cache
+            safe_open.sync_data(out.fileno())  # on the disk before it is renamed into the cache
     return n, h.hexdigest()
 
 

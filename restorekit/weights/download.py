@@ -147,24 +147,12 @@ def _write_all(f: BinaryIO, block: bytes) -> None:
         view = view[f.write(view) or 0:]
 
 
-def sync_data(fd: int) -> None:
-    """The bytes of the open file ``fd`` on the disk (``fdatasync``, else ``fsync``) before it is
-    renamed into the cache: after a crash of the machine its name never holds fewer bytes. A file
-    system that cannot sync a file (``EINVAL``, ``ENOSYS``, ``EOPNOTSUPP``) is written without; a
-    full disk or an I/O error said at the sync is raised."""
-    try:
-        getattr(os, "fdatasync", os.fsync)(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
-            raise
-
-
 def _close(f: BinaryIO) -> os.stat_result:
-    """Close the ``.part`` ``f`` after writing it, its bytes on the disk (:func:`sync_data`: where the
+    """Close the ``.part`` ``f`` after writing it, its bytes on the disk (:func:`~restorekit.safe_open.sync_data`: where the
     disk reports a full disk only now, this raises); returns what it is (to move only that file)."""
     with f:
         f.flush()
-        sync_data(f.fileno())
+        safe_open.sync_data(f.fileno())
         return os.fstat(f.fileno())
 
 

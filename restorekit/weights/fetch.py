@@ -255,13 +255,11 @@ def _import_file(spec: WeightSpec, file: str | os.PathLike[str], *, filename: st
             # A new file at a random name (no one could plant a link there beforehand), made with
             # O_EXCL and never through a link, then checked (its hash, that it is still this user's
             # regular file) through a handle opened without following links: only that file is moved.
-            from .download import sync_data
-
             tmp = cache.import_temp(folder, wf.filename)
             with safe_open.create_exclusive(tmp) as out, open(src, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
                 out.flush()
-                sync_data(out.fileno())  # on the disk before it is renamed into the cache
+                safe_open.sync_data(out.fileno())  # on the disk before it is renamed into the cache
             written = checksum.checked_copy(tmp, actual, str(src))
             cache.move_into_place(tmp, dest, written)
     except BaseException as exc:
