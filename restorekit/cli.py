@@ -7,7 +7,8 @@ went away (``restorekit … | head``), quietly.
 
 Streams: stdout holds only what a command promises (tables, JSON, paths); notes, progress,
 warnings and errors go to stderr, each warning and error one line (``warning: …``, ``error: …``),
-never wrapped at the terminal's width. Python's own warnings (a library's, a plugin's) are said as
+never wrapped at the terminal's width; a table on stdout takes the terminal's width, and in a log
+or a pipe its own (:func:`table_console`). Python's own warnings (a library's, a plugin's) are said as
 such a line too (:func:`warning_line`). With ``--json`` stdout is the JSON document alone: what
 plugin code prints meanwhile goes to stderr (:func:`json_stdout`).
 
@@ -633,4 +634,18 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
         t.add_column(c, overflow=overflow)
     for r in rows:
         t.add_row(*r)
-    Console().print(t)
+    table_console().print(t)
+
+
+#: The width a table may take where stdout is a log or a pipe: its natural width, in practice.
+UNBOUNDED_WIDTH = 1000
+
+
+def table_console() -> Console:
+    """The console a table is printed on: a terminal's width (or ``COLUMNS``), else — a log, a pipe,
+    ``| less`` — as wide as the table itself, so that no header or cell is broken across lines in a
+    file that is read or parsed later (rich's default there is 80 columns)."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS", "").strip():
+        return console
+    return Console(width=UNBOUNDED_WIDTH)

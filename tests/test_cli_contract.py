@@ -275,3 +275,27 @@ def test_compare_table_notes_are_one_line_each_in_a_log(hr_folder: Path, tmp_pat
                    "--metrics", "psnr_rgb,ssim_rgb", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert f"metric ssim_rgb skipped: {reason}" in r.stdout.splitlines(), r.stdout
+
+
+def test_a_table_in_a_log_keeps_each_header_and_cell_on_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """demo, realism, bench and plugin checks print their tables on stdout: in a log or a pipe each
+    column name and cell stays whole (rich's default of 80 columns broke ``psnr_y_crop`` in two),
+    while ``COLUMNS`` (and a terminal) still sets the width."""
+    from restorekit.cli import table
+
+    columns = ["method", "psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dlib_dist", "lr_consistency",
+               "ms/img (cpu) ↓"]
+    cells = ["a_third_party_method", "16.5175", "0.3417", "0.2198", "0.5657", "0.0175", "123.4"]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    table("astronaut ×8 (16 → 128 px)", columns, [cells])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "method" in line)
+    assert all(c in header for c in columns), out
+    assert any(all(v in line for v in cells) for line in out.splitlines()), out
+    assert max(len(line) for line in out.splitlines()) > 80
+
+    monkeypatch.setenv("COLUMNS", "60")
+    table("astronaut ×8 (16 → 128 px)", columns, [cells])
+    narrow = capsys.readouterr().out
+    assert max(len(line) for line in narrow.splitlines()) <= 60, narrow
