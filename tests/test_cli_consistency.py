@@ -56,6 +56,18 @@ def test_every_option_of_every_command_has_help() -> None:
     assert sorted(set(missing) - PENDING_HELP) == []
 
 
+def test_help_texts_hold_no_docstring_markup() -> None:
+    """``--help`` shows a command's docstring and options' help as written: Sphinx markup there
+    (double backticks, ``:func:`` roles) reaches the user as noise; single backticks mark a command."""
+    import re
+
+    markup = re.compile(r"``|:(?:func|class|meth|mod|data|attr):`")
+    found = [(path, text) for path, cmd in _commands()
+             for text in [cmd.help or "", cmd.short_help or ""]
+             + [p.help or "" for p in cmd.params if isinstance(p, click.Option)] if markup.search(text)]
+    assert found == []
+
+
 @pytest.mark.parametrize("path, dest, names", [
     ("compare", "out", ["--out", "--output"]),
     ("demo", "output", ["--output", "--out"]),

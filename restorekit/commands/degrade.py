@@ -69,8 +69,8 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     """Degrade images by SPEC. Inputs are first cropped (bottom/right) to a multiple of the
     spec's total scale, so that restoring ×scale gives back the cropped size exactly.
 
-    Under ``torchrun`` the inputs are shared out between the processes as ``run`` shares them;
-    each image's randomness depends only on ``--seed`` and its pixels (not its name or the other
+    Under `torchrun` the inputs are shared out between the processes as `run` shares them;
+    each image's randomness depends only on --seed and its pixels (not its name or the other
     inputs), so the files are the same."""
     from ..sharding import job_for
 
