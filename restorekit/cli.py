@@ -10,7 +10,7 @@ warnings and errors go to stderr, each warning and error one line (``warning: �
 never wrapped at the terminal's width; a table on stdout takes the terminal's width, and in a log
 or a pipe its own (:func:`table_console`). Python's own warnings (a library's, a plugin's) are said as
 such a line too (:func:`warning_line`). With ``--json`` stdout is the JSON document alone: what
-plugin code prints meanwhile goes to stderr (:func:`json_stdout`).
+the command and plugin code print meanwhile goes to stderr (:func:`json_output`).
 
 No traceback reaches a user: restorekit's own errors and file-system errors are one line naming
 the path and the fix; anything unexpected is one line asking for ``--debug`` (or
@@ -31,13 +31,15 @@ it, else in the one error line (exit 2).
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import os
 import signal
 import sys
 import threading
 import time
 import warnings
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import click
 from rich.console import Console
@@ -58,12 +60,52 @@ def fail_usage(msg: str) -> None:
     raise UsageProblem(msg)
 
 
+#: The documents :func:`emit_json` holds back while a :func:`json_output` command runs.
+_DOCUMENTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("restorekit_json_documents",
+                                                                             default=None)
+
+
 def emit_json(data: Any) -> None:
     """``data`` printed as strict JSON (what jq and every parser read): a number that is not finite
-    as results.json writes it (``"Infinity"``, ``"-Infinity"``, NaN ``null``), other objects as text."""
+    as results.json writes it (``"Infinity"``, ``"-Infinity"``, NaN ``null``), other objects as text.
+    Inside a :func:`json_output` command it is printed when the command ends, on the real stdout."""
     from .harness.store import dumps
 
-    click.echo(dumps(data, indent=2))
+    text = dumps(data, indent=2)
+    documents = _DOCUMENTS.get()
+    if documents is not None:
+        documents.append(text)
+    else:
+        click.echo(text)
+
+
+def json_output(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for the callback of a command with a ``--json`` flag (parameter ``as_json``): with
+    the flag, stdout holds the JSON document alone. The whole command runs inside
+    :func:`restorekit.plugins.output_to_stderr` — whatever it and the plugin code it calls print
+    (``print()``, ``sys.__stdout__``, file descriptor 1, a C library's ``printf``) goes to stderr, from
+    parsing its options to its last line — and what it passes to :func:`emit_json` is printed after,
+    also when it ends in ``SystemExit`` (some inputs failed). Every restorekit command with
+    ``--json`` has it; a plugin's command may use it too."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("as_json"):
+            return command(*args, **kwargs)
+        from .plugins import output_to_stderr
+
+        documents: list[str] = []
+        token = _DOCUMENTS.set(documents)
+        try:
+            with output_to_stderr():
+                return command(*args, **kwargs)
+        finally:
+            _DOCUMENTS.reset(token)
+            for text in documents:
+                click.echo(text)
+
+    run.restorekit_json_output = True  # type: ignore[attr-defined]
+    return run
 
 
 def shown(text: str) -> str:
@@ -104,7 +146,8 @@ def warning_line(message: Warning | str, category: type[Warning], filename: str,
 def json_stdout(as_json: bool) -> contextlib.AbstractContextManager[Any]:
     """With ``--json``, stdout is the JSON document's alone: inside, what the command's plugins print
     (``print()``, ``sys.__stdout__``, file descriptor 1) goes to stderr
-    (:func:`restorekit.plugins.output_to_stderr`). The document itself is printed after the block."""
+    (:func:`restorekit.plugins.output_to_stderr`). The document itself is printed after the block.
+    A :func:`json_output` command has the whole command so; a block inside it changes nothing."""
     if not as_json:
         return contextlib.nullcontext()
     from .plugins import output_to_stderr

@@ -505,6 +505,18 @@ def _flush(*streams: Any) -> None:
                 stream.flush()
 
 
+def _flush_c_stdio() -> None:
+    """Write out what the C library holds in its own ``stdout`` buffer (a native extension's
+    ``printf``, C++'s ``std::cout``): where stdout is a file or a pipe it is flushed only when full
+    or at exit — after file descriptor 1 is the command's again, behind the JSON document."""
+    if sys.platform == "win32":  # (the MSVC runtime has no one C library to reach by name)
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+
+
 @contextmanager
 def output_to_stderr() -> Iterator[None]:
     """Inside, whatever is written to stdout goes to stderr: ``print()`` and ``sys.stdout``, and also
@@ -516,6 +528,7 @@ def output_to_stderr() -> Iterator[None]:
     with _OUT_LOCK:
         if _out_depth == 0:
             _flush(sys.stdout, sys.__stdout__)  # what was written before goes where it was meant to
+            _flush_c_stdio()
             saved: int | None = None
             try:
                 saved = os.dup(1)
@@ -535,6 +548,7 @@ def output_to_stderr() -> Iterator[None]:
             if _out_depth == 0:
                 saved, stdout = _out_saved
                 _flush(sys.stdout, sys.__stdout__)  # sys.__stdout__'s buffer holds what fd 1 (stderr) gets
+                _flush_c_stdio()  # and so does the C library's, from a native printf inside
                 sys.stdout = stdout
                 if saved is not None:
                     os.dup2(saved, 1)

@@ -56,6 +56,17 @@ def test_every_option_of_every_command_has_help() -> None:
     assert sorted(set(missing) - PENDING_HELP) == []
 
 
+def test_every_command_with_json_keeps_stdout_the_documents_from_start_to_end() -> None:
+    """A command's ``--json`` promise holds over the whole command (restorekit.cli.json_output), not
+    over the blocks each command remembers to wrap: compare built its methods (plugin constructors)
+    outside its blocks, and their prints reached stdout."""
+    unwrapped = [path for path, cmd in _commands()
+                 if any(p.name == "as_json" for p in cmd.params)
+                 and not getattr(cmd.callback, "restorekit_json_output", False)]
+    assert unwrapped == []
+    assert len([path for path, cmd in _commands() if any(p.name == "as_json" for p in cmd.params)]) >= 19
+
+
 def test_help_texts_hold_no_docstring_markup() -> None:
     """``--help`` shows a command's docstring and options' help as written: Sphinx markup there
     (double backticks, ``:func:`` roles) reaches the user as noise; single backticks mark a command."""

@@ -4,6 +4,8 @@ names that take over others' or break the reports. Each must harm itself alone."
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -283,11 +285,19 @@ def louder(self):
     os.write(1, b"FD1-IN-RESTORE\\n")
 
 
+class NoisyInit(nearest("noisyinit3p")):
+    def __init__(self, *args, **kwargs):
+        print("PRINT-IN-INIT")
+        os.write(1, b"FD1-IN-INIT\\n")
+        super().__init__(*args, **kwargs)
+
+
 @hookimpl
 def register_methods(register):
     register(nearest("noisy3p", load=loud, restore_hook=louder))
+    register(NoisyInit)
 '''
-MARKERS = ("-AT-IMPORT", "-IN-LOAD", "-IN-RESTORE")
+MARKERS = ("-AT-IMPORT", "-IN-INIT", "-IN-LOAD", "-IN-RESTORE")
 
 
 def test_what_a_plugin_writes_to_stdout_at_import_goes_to_stderr_also_below_print(plugin_site, capfd):
@@ -298,21 +308,22 @@ def test_what_a_plugin_writes_to_stdout_at_import_goes_to_stderr_also_below_prin
     assert all(f"{m}-AT-IMPORT" in err for m in ("PRINT", "DUNDER", "FD1"))
 
 
-@pytest.mark.parametrize("command", ["run", "compare"])
+@pytest.mark.parametrize("command", ["run", "run-init", "compare"])
 def test_json_stdout_holds_the_json_alone_whatever_the_method_prints(plugin_site, tmp_path, capfd, command):
     plugin_site("thirdparty-noisy", "thirdparty_noisy", NOISY)
-    if command == "run":
-        args = ["run", "noisy3p", "--scale", "2", "--input", _lr_folder(tmp_path), "--output", tmp_path / "out"]
+    if command.startswith("run"):
+        args = ["run", "noisy3p" if command == "run" else "noisyinit3p", "--scale", "2", "--input", _lr_folder(tmp_path), "--output", tmp_path / "out"]
     else:
-        args = ["compare", "--methods", "noisy3p", "--scale", "2", "--data", _hr_folder(tmp_path), "--out",
+        args = ["compare", "--methods", "noisy3p,noisyinit3p", "--scale", "2", "--data", _hr_folder(tmp_path), "--out",
                 tmp_path / "cmp", "--metrics", "psnr_rgb"]
     r = _invoke(*args, "--device", "cpu", "--json")
     assert r.exit_code == 0, r.output
     json.loads(r.stdout)  # nothing else on the command's stdout
     out, err = capfd.readouterr()  # nor on file descriptor 1
     assert not any(m in out for m in MARKERS), out
-    assert all(m in r.stderr + err for m in ("PRINT-IN-LOAD", "FD1-IN-LOAD", "PRINT-IN-RESTORE",
-                                             "DUNDER-IN-RESTORE", "FD1-IN-RESTORE"))
+    said = (() if command == "run" else ("PRINT-IN-INIT", "FD1-IN-INIT")) + (() if command == "run-init" else (
+        "PRINT-IN-LOAD", "FD1-IN-LOAD", "PRINT-IN-RESTORE", "DUNDER-IN-RESTORE", "FD1-IN-RESTORE"))
+    assert all(m in r.stderr + err for m in said), r.stderr + err
 
 
 def test_output_to_stderr_nests_and_puts_stdout_back(capfd):
@@ -329,6 +340,26 @@ def test_output_to_stderr_nests_and_puts_stdout_back(capfd):
     os.write(1, b"after\n")
     out, err = capfd.readouterr()
     assert out == "after\n" and err == "inner\nouter\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a C library's stdout buffer is reached by name on POSIX")
+def test_what_native_code_prints_inside_leaves_before_stdout_is_put_back(tmp_path):
+    """A native extension's ``printf`` sits in the C library's own buffer where stdout is a pipe or
+    a file (no ``PYTHONUNBUFFERED`` here): flushed at exit it landed after the JSON document."""
+    import subprocess
+
+    script = tmp_path / "native_print.py"
+    script.write_text(
+        "import ctypes, json\n"
+        "from restorekit.plugins import output_to_stderr\n"
+        "with output_to_stderr():\n"
+        "    ctypes.CDLL(None).printf(b'NATIVE-BANNER\\n')\n"
+        "print(json.dumps({'ok': True}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == '{"ok": true}\n'
+    assert "NATIVE-BANNER" in r.stderr
 
 
 # -- 5-7. registration checks -----------------------------------------------------------------

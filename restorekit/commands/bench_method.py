@@ -48,7 +48,7 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage, json_stdout, table, warn
+from ..cli import emit_json, fail_usage, json_output, json_stdout, table, warn
 from ..devices import DEVICE, DEVICE_HELP, precision_label, run_device
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
@@ -297,6 +297,7 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
               help="An untrained model of the paper's shapes at this output resolution (psp_sr), for NAME and "
                    "--compare-to; no weights needed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@json_output
 def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: str, repeat: int, warmup: int,
                      device: str, opts: tuple[str, ...], weights: str | None, other: str | None,
                      other_opts: tuple[str, ...], compare_repeat: int, other_batches: str | None, backends: str,

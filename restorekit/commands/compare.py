@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..cli import UsageProblem, emit_json, error_line, warn
+from ..cli import UsageProblem, emit_json, error_line, json_output, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError
 from ..faces.align import PASTE_MASKS
@@ -119,6 +119,7 @@ def _listed_inputs(data: str, lr_dir: str | None) -> list[ImageItem]:
 @click.option("--max-output-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_OUTPUT_PIXELS,
               show_default=True, help="Refuse images whose restored output would be larger than this many "
                                       "pixels, before any method runs.")
+@json_output
 def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr_dir: str | None,
                 seeds: list[int], limit: int | None, out: Path, metrics: str | None, baseline: str | None,
                 device: str, opts: tuple[str, ...], fresh: bool, as_json: bool, quiet: bool, faces: str,

@@ -10,7 +10,7 @@ import click
 import torch
 
 from ..batch import check_output_folder, output_held, process_files, require_inputs
-from ..cli import emit_json, error_line, fail_usage, json_stdout, warn
+from ..cli import emit_json, error_line, fail_usage, json_output, json_stdout, warn
 from ..degradations import Chain, parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
@@ -64,6 +64,7 @@ def _merged(*found: tuple[list[Path], list[str]] | None) -> tuple[list[Path], li
               help="Refuse inputs larger than this many pixels.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@json_output
 def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, overwrite: bool,
                 max_pixels: int, quiet: bool, as_json: bool) -> None:
     """Degrade images by SPEC. Inputs are first cropped (bottom/right) to a multiple of the

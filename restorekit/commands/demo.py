@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..cli import fail_usage, json_stdout, table, warn
+from ..cli import emit_json, fail_usage, json_output, json_stdout, table, warn
 from ..degradations import downscale
 from ..errors import RestorekitError, UnknownNameError
 from ..harness.store import dumps
@@ -147,6 +147,7 @@ def weights_entry(method: Any) -> dict[str, Any] | None:
 @click.option("--quiet", "-q", is_flag=True, help="No notes, table or summary line (errors and warnings stay).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
+@json_output
 def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detector: str | None, quiet: bool,
              as_json: bool) -> None:
     """Restore a public-domain face photo (×8 by default) and write a side-by-side PNG + metrics."""
@@ -231,7 +232,7 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
     text = dumps(summary, indent=2)  # strict JSON: NaN never reaches the file
     atomic_write_bytes(output / "metrics.json", text.encode())
     if as_json:
-        click.echo(text)
+        emit_json(summary)
         return
     # A column for each metric with a figure; a method without one shows n/a (the reason follows).
     shown = [m for m in DEMO_METRICS if any(values[n][m] is not None for n in values)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import emit_json, fail_usage, json_stdout
+from ..cli import emit_json, fail_usage, json_output, json_stdout
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
@@ -38,6 +38,7 @@ from ..onnx_export import (DEFAULT_OPSET, MIN_OPSET, OnnxExportError, OnnxOutput
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
+@json_output
 def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_batch: bool, fp16: bool,
                tolerance: float | None, opts: tuple[str, ...], overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Export METHOD's network to ONNX (checked against PyTorch before the file is written)."""

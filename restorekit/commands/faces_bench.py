@@ -25,7 +25,7 @@ from typing import Any
 import click
 import torch
 
-from ..cli import table
+from ..cli import json_output, table
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 
 
@@ -148,6 +148,7 @@ def add_ratios(rows: list[dict[str, Any]], reference: dict[str, Any]) -> None:
 @click.option("--crop", type=click.IntRange(8, 2048), default=256, show_default=True, help="Aligned crop side.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads (default: unchanged).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_output
 def faces_bench_cmd(detectors: tuple[str, ...], input_spec: str | None, repeat: int, crop: int,
                     threads: int | None, as_json: bool) -> None:
     """Face detection and alignment time on CPU, per image and per face, for each detector, as

@@ -28,7 +28,7 @@ import click
 import torch
 
 from ..batch import output_held
-from ..cli import emit_json, error_line, fail_usage, json_stdout
+from ..cli import emit_json, error_line, fail_usage, json_output, json_stdout
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
 from ..images import atomic_write_bytes, save_image
@@ -275,6 +275,7 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
                                                 "settings, as generate.json records, are skipped, and others refused).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@json_output
 def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_list: list[int], truncation: float,
                  output: Path, device: str, overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Write one image per seed from GENERATOR (truncated towards its mean latent).

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import click
 
-from ..cli import emit_json, fail_usage, listing
+from ..cli import emit_json, fail_usage, json_output, listing
 from ..errors import UnknownNameError
 from ..interfaces import Method
 from ..plugins import BUILTIN, registry
@@ -42,6 +42,7 @@ def options_schema(cls: type[Method]) -> list[dict[str, Any]]:
 @click.group("methods", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
+@json_output
 def methods_group(ctx: click.Context, as_json: bool) -> None:
     """List restoration methods (`methods show NAME` for one)."""
     if ctx.invoked_subcommand is not None:
@@ -76,6 +77,7 @@ def method_weights_state(cls: type[Method]) -> str:
 @methods_group.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_output
 def methods_show(name: str, as_json: bool) -> None:
     """Show one method's metadata and options."""
     reg = registry()
@@ -113,6 +115,7 @@ def echo_options(options: list[dict[str, Any]]) -> None:
 
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_output
 def plugins_cmd(as_json: bool) -> None:
     """List plugins: distribution, version, what each registers, health."""
     reg = registry()

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, fail_usage
+from ..cli import emit_json, fail_usage, json_output
 
 LICENSES = ("Apache-2.0", "MIT", "BSD-3-Clause")
 # Letters, digits and single separators ('-', '_', '.'), starting with a letter.
@@ -212,6 +212,7 @@ def plugin_group() -> None:
 @click.option("--license", "license_id", type=click.Choice(LICENSES), default="Apache-2.0", show_default=True,
               help="License of the new project (SPDX id).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@json_output
 def plugin_new(name: str, parent: Path, author: str, description: str, license_id: str, as_json: bool) -> None:
     """Write a ready-to-publish plugin project restorekit-NAME with a working method and tests.
 
@@ -250,6 +251,7 @@ def plugin_new(name: str, parent: Path, author: str, description: str, license_i
                    "take none.")
 @click.option("--quiet", "-q", is_flag=True, help="No line per component as it starts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_output
 def plugin_check(name: str, missing_weights: str, opts: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Run the conformance suite over everything plugin NAME registers (default options, or --opt).
 

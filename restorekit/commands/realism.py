@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, error_line, fail_usage, json_stdout, table
+from ..cli import emit_json, error_line, fail_usage, json_output, json_stdout, table
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
@@ -87,6 +87,7 @@ MAX_DETECT_SAMPLES = 10_000
                                             "default: <restorekit cache>/realism).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (unreadable images under failed).")
+@json_output
 def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...], images: str | None, data: str,
                 n_samples: int, truncation: float, seed: int, spaces: str, space_weights: tuple[str, ...],
                 detector: str, detect_n: int, detect_truncation: float, batch_size: int, device: str,

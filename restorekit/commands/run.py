@@ -10,7 +10,7 @@ import click
 import torch
 
 from ..batch import check_inputs, check_output_folder, output_held, process_files, require_inputs
-from ..cli import UsageProblem, emit_json, error_line, fail_usage, warn
+from ..cli import UsageProblem, emit_json, error_line, fail_usage, json_output, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, exception_line
 from ..faces.align import PASTE_MASKS
@@ -105,6 +105,7 @@ def default_scale(method: str) -> int:
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="--backend onnxruntime: an exported graph (`restorekit export`, with its .json sidecar "
                    "beside it) instead of the cached export.")
+@json_output
 def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, device: str, seed: int | None,
             n_samples: int, opts: tuple[str, ...], weights: str | None, ext: str, overwrite: bool,
             couple: bool, max_pixels: int, max_output_pixels: int, quiet: bool, as_json: bool, faces_mode: str,

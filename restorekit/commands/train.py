@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, error_line, json_stdout
+from ..cli import emit_json, error_line, json_output, json_stdout
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
@@ -231,6 +231,7 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                   help=DEVICE_HELP[:-1] + " (default: the config's).")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+    @json_output
     def cmd(data: Path | None, config: Path | None, out: Path | None, steps: int | None, sets: tuple[str, ...],
             resume: bool, time_limit: float | None, until: int | None, device: str | None, quiet: bool,
             as_json: bool) -> None:

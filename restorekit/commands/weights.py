@@ -10,7 +10,6 @@ grep '^license:'``); the listing of ``weights list`` fits the terminal (``--json
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import weights as W
-from ..cli import UsageProblem
+from ..cli import UsageProblem, emit_json, json_output
 from ..errors import CacheError, FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 from ..weights.load import OutputExistsError, UnreadableWeightsError
 
@@ -152,6 +151,7 @@ class _ListRow(TypedDict):
 
 @weights_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_output
 def list_cmd(as_json: bool) -> None:
     """List known weights with architecture, license, size and whether they are cached.
 
@@ -180,7 +180,7 @@ def list_cmd(as_json: bool) -> None:
          "license_note": s.license_note, "size": s.total_size, "cached": known(_status, s),
          "state": known(spec_state, s), "integrity": known(spec_integrity, s)} for s in specs.values()]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        emit_json(rows)
         return
     from ..cli import listing
 
@@ -194,6 +194,7 @@ def list_cmd(as_json: bool) -> None:
 @weights_group.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_output
 def show_cmd(name: str, as_json: bool) -> None:
     """Show a spec: files, hashes, sources, license, and what the cache holds."""
     spec = W.get_spec(name)
@@ -207,7 +208,7 @@ def show_cmd(name: str, as_json: bool) -> None:
         data["integrity"][f.filename] = {"kind": W.integrity(spec, f), "state": file_state(spec, f),
                                          "first_use": dict(rec.__dict__) if rec else None}
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        emit_json(data)
         return
     out = Console(soft_wrap=True)  # whole lines, whatever the width: `grep '^license:'` reads them
     out.print(f"[bold]{escape(spec.name)}[/] — {escape(spec.description or spec.architecture)}")

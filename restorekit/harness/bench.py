@@ -36,6 +36,7 @@ import click
 from pydantic import Field
 from torch import Tensor
 
+from ..cli import json_output
 from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
@@ -236,6 +237,7 @@ def format_report(data: dict[str, Any]) -> str:
 @click.option("--repeats", "--repeat", "repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
               help="Timed runs of each method, alternating; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_output
 def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: float, metrics: str | None, device: str,
                       repeats: int, as_json: bool) -> None:
     """compare's own cost per image (reading, degrading, metrics, writing, report) next to the method's."""

@@ -35,6 +35,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from ..cli import json_output
 from ..commands.bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..interfaces import Method, MethodInfo, Options
 from ..sharding import cpu_budget
@@ -269,6 +270,7 @@ def format_scaleout(d: dict[str, Any]) -> str:
 @click.option("--repeats", "--repeat", "repeats", type=click.IntRange(min=1), default=DEFAULT_REPEATS, show_default=True,
               help="Run both this many times, alternately; figures are medians with their range.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_output
 def bench_scaleout_cmd(n: int, size: int, scale: int, processes: int, threads: int, steps: int, metrics: str,
                        repeats: int, as_json: bool) -> None:
     """compare's images per second under torchrun: --processes processes against one, as a ratio."""

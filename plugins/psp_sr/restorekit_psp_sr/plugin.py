@@ -117,6 +117,7 @@ def register_generators(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     import click
 
+    from restorekit.cli import json_output
     from restorekit.devices import DEVICE, DEVICE_HELP
     from restorekit.errors import RestorekitError
 
@@ -145,6 +146,7 @@ def register_commands(cli: Any) -> None:
     @click.option("--optimize/--no-optimize", default=True, show_default=True,
                   help="The inference settings psp_sr runs the generator with (or the modules as trained).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @json_output
     def generator_cmd(resolution: str, batch: int, device: str, channel_multiplier: int,
                       channel_max: int, repeats: int, profile: bool, optimize: bool, as_json: bool) -> None:
         """StyleGAN2 synthesis speed vs plain convolutions on the same shapes (random weights)."""
