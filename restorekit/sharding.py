@@ -242,8 +242,8 @@ def current_job() -> Job:
     return _current
 
 
-#: Variables by which the user chooses torch's thread count (torch reads them at its start); one set
-#: (to anything) leaves that count alone.
+#: Variables by which the user chooses torch's thread count (torch reads them at its start); one
+#: that sets a count (:func:`_thread_count_set`) leaves that count alone.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -314,10 +314,19 @@ def command_threads(proc: str = "/proc/self") -> int | None:
     ``docker run --cpus=2`` on a 64-core machine, 64 threads share 2 CPUs' time and the run is
     several times slower than with 2 (each parallel section waits for threads the quota has
     paused). A count the user set (these variables, ``--threads``, ``num_threads``) always wins."""
-    if any(os.environ.get(name, "").strip() for name in THREAD_VARIABLES):
+    if any(_thread_count_set(os.environ.get(name, "")) for name in THREAD_VARIABLES):
         return None
     budget = cpu_budget(proc)
     return budget if budget < torch.get_num_threads() else None
+
+
+def _thread_count_set(value: str) -> bool:
+    """Whether ``value`` (of a :data:`THREAD_VARIABLES` variable) sets a thread count: a whole number
+    of at least 1, or OpenMP's list of one per nesting level (``4,2``). ``0``, ``abc`` or an empty
+    value set none — OpenMP says it ignores them (``Invalid value``) and torch starts one thread per
+    core — so the CPU budget still caps them."""
+    first = value.split(",")[0].strip()
+    return first.isdigit() and int(first) >= 1
 
 
 def use_cpu_budget() -> int | None:
