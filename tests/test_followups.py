@@ -210,6 +210,29 @@ def test_psp_sr_and_psp_pulse_at_x1_say_consistency_steps_do_nothing(tmp_path: P
     assert any(n.endswith("3 back-projection steps onto the input (none at ×1)") for n in p.notes)
 
 
+def test_at_x1_a_native_size_output_is_back_projected_and_the_notes_say_so(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """keep_native_size (Python) keeps the generator's size: a ×1 output of a smaller input is then
+    projected onto it as at any scale, and no note may say consistency_steps does nothing."""
+    pytest.importorskip("restorekit_psp_sr")
+    from restorekit_psp_sr.method import PSPSR, PSPSROptions
+    from restorekit_psp_sr.psp_pulse import PSPPulse
+
+    model = _tiny_psp(tmp_path / "tiny.safetensors")
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    plain = PSPSR(PSPSROptions(weights=str(model), impl="ref", keep_native_size=True)).restore(lr, 1)
+    err = capsys.readouterr().err
+    projected = PSPSR(PSPSROptions(weights=str(model), impl="ref", keep_native_size=True, consistency_steps=3,
+                                   quiet=True)).restore(lr, 1)
+    assert plain.shape[-1] > lr.shape[-1] and (projected - plain).abs().max() > 1e-3
+    assert "at ×1 psp_sr re-draws the face" in err and "no effect" not in err
+    p = PSPPulse(PSPPulse.Options(weights=str(model), impl="ref", steps=1, gaussian_fit_samples=2,
+                                  keep_native_size=True))
+    p.restore(lr, 1)
+    assert any("at ×1 psp_pulse re-draws the face" in n for n in p.notes)
+    assert not any("no effect" in n or "none at ×1" in n for n in p.notes), p.notes
+
+
 # ----------------------------------------------------------------------- small conventions and CLI
 
 

@@ -605,9 +605,12 @@ class PSPSR(Method):
         keeps it as drawn): that is said instead, once, whatever the input's size."""
         side = min(lr.shape[-2:])
         if scale == 1:
+            # (keep_native_size: a generator-sized output of a smaller input is projected as at any scale)
+            same_size = not self.options.keep_native_size or tuple(lr.shape[-2:]) == (self.resolution,) * 2
             self._note_once("x1", "at ×1 psp_sr re-draws the face through its prior (pSp's ×1: the generator's "
-                                  "face nearest the input, not the input cleaned up); consistency_steps has no effect "
-                                  "at ×1 (the output already has the input's size)")
+                                  "face nearest the input, not the input cleaned up)"
+                                  + ("; consistency_steps has no effect at ×1 (the output already has the input's "
+                                     "size)" if same_size else ""))
             return
         if self.consistency_steps() == 0 and 4 * side >= self.resolution:
             self._note_once("detail", f"{side}-px inputs show more than the prior keeps: psp_sr re-draws the face "

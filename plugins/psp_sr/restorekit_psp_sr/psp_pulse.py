@@ -276,7 +276,8 @@ class PSPPulse(PSPSR):
         self.notes = [n.replace("psp_sr:", "psp_pulse:", 1) for n in self.notes]
         self.notes.append(f"psp_pulse: up to {o.steps} Adam steps per image on W+ (eps {o.eps:g}, anchor "
                           f"{o.anchor_lambda:g}, lpips {o.lpips_lambda:g}, geocross {o.geocross_lambda:g}), then "
-                          f"{self.consistency_steps()} back-projection steps onto the input (none at ×1)")
+                          f"{self.consistency_steps()} back-projection steps onto the input"
+                          + ("" if o.keep_native_size else " (none at ×1)"))
 
     def _note_once(self, key: str, msg: str) -> None:
         self._note(key, msg)
@@ -309,9 +310,12 @@ class PSPPulse(PSPSR):
         self.load()
         self._check_input(lr)
         if scale == 1:  # the search's downscale is the identity, and back-projection keeps the output as drawn
+            # (unless keep_native_size keeps a generator-sized output of a smaller input: projected as at any scale)
+            same_size = not self.options.keep_native_size or tuple(lr.shape[-2:]) == (self.resolution,) * 2
             self._note("x1", "at ×1 psp_pulse re-draws the face through its prior (pSp's ×1): the search finds the "
-                             "prior's face nearest the input itself, not the input cleaned up; consistency_steps has "
-                             "no effect at ×1 (the output already has the input's size)")
+                             "prior's face nearest the input itself, not the input cleaned up"
+                             + ("; consistency_steps has no effect at ×1 (the output already has the input's size)"
+                                if same_size else ""))
         self._keep_memory()  # every search step allocates the generator's activations and gradients again
         assert self.w_std is not None
         o = self.options
