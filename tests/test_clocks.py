@@ -114,7 +114,8 @@ def _without_run_fields(value: Any) -> Any:
 def test_two_compare_runs_differ_only_in_the_fields_documented_as_describing_the_run(rk_cli: Any,
                                                                                      tmp_path: Path) -> None:
     """reports.py's promise: apart from the run's date, timings, memory and output folder, two runs
-    of the same settings on the same inputs write the same results.json and identical images."""
+    of the same settings on the same inputs write the same files: results.json and the other JSON,
+    JSON-lines and CSV files read field by field, images and every other file byte for byte."""
     if "bicubic" not in registry().names("methods"):
         pytest.skip("bicubic not installed (restorekit-baselines)")
     hr = tmp_path / "hr"
@@ -129,10 +130,28 @@ def test_two_compare_runs_differ_only_in_the_fields_documented_as_describing_the
         docs.append(json.loads((tmp_path / run / "results.json").read_text()))
     assert docs[0]["created"] and docs[0]["settings"]["out"] != docs[1]["settings"]["out"]
     assert _without_run_fields(docs[0]) == _without_run_fields(docs[1])
-    images_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
-    assert images_a and images_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
-    for rel in images_a:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    kinds = {rel.suffix for rel in files_a}
+    assert {".png", ".json", ".jsonl", ".csv", ".html"} <= kinds, kinds
+    for rel in files_a:  # every other file, read as what it is, with the run's fields left out
+        a, b = (tmp_path / run / rel for run in ("a", "b"))
+        if rel.suffix == ".json":
+            assert _without_run_fields(json.loads(a.read_text())) == _without_run_fields(json.loads(b.read_text())), rel
+        elif rel.suffix == ".jsonl":
+            assert ([_without_run_fields(json.loads(line)) for line in a.read_text().splitlines()]
+                    == [_without_run_fields(json.loads(line)) for line in b.read_text().splitlines()]), rel
+        elif rel.suffix == ".csv":
+            assert _csv_without_run_fields(a) == _csv_without_run_fields(b), rel
+        elif rel.suffix != ".html":  # (report.html: its date and runtime cells are not picked out here)
+            assert a.read_bytes() == b.read_bytes(), rel
+
+
+def _csv_without_run_fields(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{k: v for k, v in row.items() if k not in _RUN_FIELDS} for row in csv.DictReader(f)]
 
 
 def _foreign_host_tag() -> str:
