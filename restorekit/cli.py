@@ -645,9 +645,9 @@ def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut
 
     Columns not named in ``cut`` (names, states, sizes) keep their full width; the ``cut`` ones
     (summaries) share what is left and end in '…' when it is not enough — the ``show`` commands
-    and ``--json`` give them whole.
+    and ``--json`` give them whole. In a log or a pipe nothing is cut (:func:`table_console`).
     """
-    console = Console()
+    console = table_console()
     gap = 2  # padding (0, 1) between columns, none at the edges
     natural = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     fixed = sum(n for c, n in zip(columns, natural) if c not in cut) + gap * (len(columns) - 1)
