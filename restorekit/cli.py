@@ -31,9 +31,9 @@ it, else in the one error line (exit 2).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -60,9 +60,10 @@ def fail_usage(msg: str) -> None:
     raise UsageProblem(msg)
 
 
-#: The documents :func:`emit_json` holds back while a :func:`json_output` command runs.
-_DOCUMENTS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("restorekit_json_documents",
-                                                                             default=None)
+#: The documents :func:`emit_json` holds back while a :func:`json_output` command runs (in the
+#: process, not a context: a command may emit from a thread of its own, which starts with no context).
+_documents: list[str] | None = None
+_DOCUMENTS_LOCK = threading.Lock()
 
 
 def emit_json(data: Any) -> None:
@@ -72,11 +73,11 @@ def emit_json(data: Any) -> None:
     from .harness.store import dumps
 
     text = dumps(data, indent=2)
-    documents = _DOCUMENTS.get()
-    if documents is not None:
-        documents.append(text)
-    else:
-        click.echo(text)
+    with _DOCUMENTS_LOCK:
+        if _documents is not None:
+            _documents.append(text)
+            return
+    click.echo(text)
 
 
 def json_output(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,7 +85,7 @@ def json_output(command: Callable[..., Any]) -> Callable[..., Any]:
     the flag, stdout holds the JSON document alone. The whole command runs inside
     :func:`restorekit.plugins.output_to_stderr` — whatever it and the plugin code it calls print
     (``print()``, ``sys.__stdout__``, file descriptor 1, a C library's ``printf``) goes to stderr, from
-    parsing its options to its last line — and what it passes to :func:`emit_json` is printed after,
+    its first line to its last — and what it passes to :func:`emit_json` (from any thread) is printed after,
     also when it ends in ``SystemExit`` (some inputs failed). Every restorekit command with
     ``--json`` has it; a plugin's command may use it too."""
 
@@ -92,16 +93,18 @@ def json_output(command: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("as_json"):
             return command(*args, **kwargs)
+        global _documents
         from .plugins import output_to_stderr
 
-        documents: list[str] = []
-        token = _DOCUMENTS.set(documents)
+        with _DOCUMENTS_LOCK:
+            outer, _documents = _documents, []
         try:
             with output_to_stderr():
                 return command(*args, **kwargs)
         finally:
-            _DOCUMENTS.reset(token)
-            for text in documents:
+            with _DOCUMENTS_LOCK:
+                documents, _documents = _documents, outer
+            for text in documents or []:
                 click.echo(text)
 
     run.restorekit_json_output = True  # type: ignore[attr-defined]
@@ -661,7 +664,7 @@ def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut
             t.add_column(c, no_wrap=True, min_width=n)
     for r in rows:
         t.add_row(*(_cut(v, min(n, share)) if c in cut else v for c, n, v in zip(columns, natural, r)))
-    console.print(t)
+    print_table_text(console, t)
 
 
 def _cut(text: str, width: int) -> str:
@@ -677,18 +680,43 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
         t.add_column(c, overflow=overflow)
     for r in rows:
         t.add_row(*r)
-    table_console().print(t)
+    print_table_text(table_console(), t)
 
 
 #: The width a table may take where stdout is a log or a pipe: its natural width, in practice.
-UNBOUNDED_WIDTH = 1000
+UNBOUNDED_WIDTH = 100_000
 
 
 def table_console() -> Console:
-    """The console a table is printed on: a terminal's width (or ``COLUMNS``), else — a log, a pipe,
-    ``| less`` — as wide as the table itself, so that no header or cell is broken across lines in a
-    file that is read or parsed later (rich's default there is 80 columns)."""
-    console = Console()
-    if console.is_terminal or os.environ.get("COLUMNS", "").strip():
-        return console
+    """The console a table is printed on: ``COLUMNS`` wide where that is a width, else a terminal's
+    width; else — a log, a pipe, ``| less`` — as wide as the table itself, so that no header or cell
+    is broken across lines in a file that is read or parsed later (rich's default there is 80
+    columns). Whether stdout is a terminal is asked of stdout itself: rich takes ``FORCE_COLOR`` (set
+    in many CI services) for one."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isascii() and columns.isdigit() and int(columns) >= 1:
+        return Console(width=int(columns))
+    try:
+        terminal = sys.stdout.isatty()
+    except (AttributeError, ValueError, OSError):
+        terminal = False
+    if terminal:  # (its size as the OS says; a COLUMNS of 0 or 'abc' made rich print nothing or cut at 80)
+        import shutil
+
+        return Console(width=shutil.get_terminal_size((80, 24)).columns)
     return Console(width=UNBOUNDED_WIDTH)
+
+
+def print_table_text(console: Console, renderable: Any) -> None:
+    """``renderable`` on ``console``; on an unbounded one (:func:`table_console`) each line without
+    the spaces rich pads it with to the table's width, which a log or ``grep`` has no use for."""
+    if console.width != UNBOUNDED_WIDTH:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    click.echo("\n".join(_PADDING.sub(r"\1", line) for line in captured.get().splitlines()))
+
+
+#: The spaces at the end of a line, before any colour codes that end it (``FORCE_COLOR``).
+_PADDING = re.compile(r"\s+((?:\x1b\[[0-9;]*m)*)$")

@@ -322,11 +322,11 @@ def command_threads(proc: str = "/proc/self") -> int | None:
 
 def _thread_count_set(value: str) -> bool:
     """Whether ``value`` (of a :data:`THREAD_VARIABLES` variable) sets a thread count: a whole number
-    of at least 1, or OpenMP's list of one per nesting level (``4,2``). ``0``, ``abc`` or an empty
+    of at least 1 (``+4`` too), or OpenMP's list of one per nesting level (``4,2``). ``0``, ``abc``, ``²`` or an empty
     value set none — OpenMP says it ignores them (``Invalid value``) and torch starts one thread per
     core — so the CPU budget still caps them."""
     first = value.split(",")[0].strip()
-    return first.isdigit() and int(first) >= 1
+    return re.fullmatch(r"\+?[0-9]+", first) is not None and int(first) >= 1  # (ASCII digits: OpenMP's)
 
 
 def use_cpu_budget() -> int | None:

@@ -229,14 +229,15 @@ def test_methods_show_lists_options_json():
 def test_methods_show_says_when_one_sample_is_deterministic():
     """pSp draws only when asked for several samples (style mixing): compare records it as
     deterministic and runs it once, while `methods show` said `deterministic: False` alone."""
+    assert json.loads(invoke("methods", "show", "bicubic", "--json").output)["one_sample_ignores_seed"] is True
     pytest.importorskip("restorekit_psp_sr")
     r = invoke("methods", "show", "psp_sr")
     line = next(ln for ln in r.output.splitlines() if ln.strip().startswith("deterministic:"))
     assert line.split(": ", 1)[1] == "False, except for one sample per input (the same for every seed: compare runs it once)"
     data = json.loads(invoke("methods", "show", "psp_sr", "--json").output)
-    assert data["deterministic"] is False and data["single_sample_deterministic"] is True
+    assert data["deterministic"] is False and data["one_sample_ignores_seed"] is True
     pulse = json.loads(invoke("methods", "show", "pulse", "--json").output)
-    assert pulse["deterministic"] is False and pulse["single_sample_deterministic"] is False
+    assert pulse["deterministic"] is False and pulse["one_sample_ignores_seed"] is False
     assert "deterministic: False\n" in invoke("methods", "show", "pulse").output
 
 

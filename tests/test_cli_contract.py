@@ -299,3 +299,50 @@ def test_a_table_in_a_log_keeps_each_header_and_cell_on_one_line(monkeypatch: py
     table("astronaut ×8 (16 → 128 px)", columns, [cells])
     narrow = capsys.readouterr().out
     assert max(len(line) for line in narrow.splitlines()) <= 60, narrow
+
+
+def test_a_json_document_emitted_from_a_thread_reaches_stdout() -> None:
+    """A plugin command that emits its document from a worker thread: the held-back documents were
+    the context's, and a new thread starts with none — the document went to stderr."""
+    import threading
+
+    from restorekit.cli import emit_json, json_output
+
+    @click.command()
+    @click.option("--json", "as_json", is_flag=True)
+    @json_output
+    def cmd(as_json: bool) -> None:
+        print("chatter")
+        worker = threading.Thread(target=emit_json, args=({"from": "thread"},))
+        worker.start()
+        worker.join()
+
+    r = CliRunner().invoke(cmd, ["--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"from": "thread"} and "chatter" not in r.stdout
+
+
+def test_a_listing_in_a_log_is_whole_and_unpadded(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`plugins`, `methods`, `weights list` in a log or a pipe: no summary cut to 80 columns, no line
+    padded with spaces to the widest row, and FORCE_COLOR (many CI services set it) changes neither."""
+    from restorekit.cli import listing
+
+    long = ", ".join(f"method_{i}" for i in range(120))
+    for env in ({}, {"FORCE_COLOR": "1"}):
+        monkeypatch.delenv("COLUMNS", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        listing("Plugins", ["name", "registers"], [["p", long], ["q", "short"]], cut=("registers",))
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln) for ln in capsys.readouterr().out.splitlines()]
+        assert any(ln.endswith(long) for ln in lines), lines  # whole: not cut with '…'
+        assert all(ln == ln.rstrip() for ln in lines) and lines[-1].split() == ["q", "short"], lines
+    monkeypatch.delenv("FORCE_COLOR")
+    for bad in ("0", "abc"):  # not a width: as if unset (0 printed nothing at all)
+        monkeypatch.setenv("COLUMNS", bad)
+        listing("Plugins", ["name", "registers"], [["p", long]], cut=("registers",))
+        assert long in capsys.readouterr().out
+    monkeypatch.setenv("COLUMNS", "60")
+    listing("Plugins", ["name", "registers"], [["p", long]], cut=("registers",))
+    out = capsys.readouterr().out
+    assert long not in out and "…" in out and max(len(ln) for ln in out.splitlines()) <= 60

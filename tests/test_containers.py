@@ -120,9 +120,10 @@ def test_a_quota_caps_a_commands_threads_unless_the_user_chose_a_count(monkeypat
     assert sharding.use_cpu_budget() == 2 and set_to == [2]
     monkeypatch.setenv("OMP_NUM_THREADS", "8")  # the user's count wins
     assert sharding.command_threads() is None and sharding.use_cpu_budget() is None and set_to == [2]
-    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's per-level list: a count too
-    assert sharding.command_threads() is None
-    for ignored in ("0", "abc", " ", "-3", ",2"):  # OpenMP ignores these ('Invalid value'): no count was chosen
+    for chosen in ("4,2", "+4"):  # OpenMP's per-level list, a sign: counts too
+        monkeypatch.setenv("OMP_NUM_THREADS", chosen)
+        assert sharding.command_threads() is None, chosen
+    for ignored in ("0", "abc", " ", "-3", ",2", "²", "٣"):  # OpenMP ignores these ('Invalid value'): no count was chosen
         monkeypatch.setenv("OMP_NUM_THREADS", ignored)
         monkeypatch.setenv("MKL_NUM_THREADS", "0")
         assert sharding.command_threads() == 2, ignored

@@ -230,7 +230,9 @@ def test_at_x1_a_native_size_output_is_back_projected_and_the_notes_say_so(tmp_p
                                   keep_native_size=True))
     p.restore(lr, 1)
     assert any("at ×1 psp_pulse re-draws the face" in n for n in p.notes)
-    assert not any("no effect" in n or "none at ×1" in n for n in p.notes), p.notes
+    assert not any("no effect" in n or n.endswith("(none at ×1)") for n in p.notes), p.notes
+    assert any(n.endswith("back-projection steps onto the input (none at ×1 to an input of the generator's size)")
+               for n in p.notes), p.notes  # where the output already has the input's size, it says so
 
 
 # ----------------------------------------------------------------------- small conventions and CLI

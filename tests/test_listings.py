@@ -77,7 +77,7 @@ def test_methods_json_unchanged_in_content() -> None:
     cls = registry().method("bicubic")
     row = next(r for r in rows if r["name"] == "bicubic")
     assert set(row) == {"name", "plugin", "task", "summary", "license", "paper", "deterministic",
-                        "single_sample_deterministic",
+                        "one_sample_ignores_seed",
                         "requires_weights", "scales", "input_kind"}
     assert row["summary"] == cls.info.summary  # whole, whatever the width
 

@@ -21,7 +21,7 @@ def method_summary(cls: type[Method], plugin: str) -> dict[str, Any]:
     i = cls.info
     return {"name": i.name, "plugin": plugin, "task": i.task, "summary": i.summary, "license": i.license,
             "paper": i.paper, "deterministic": i.deterministic,
-            "single_sample_deterministic": i.one_sample_ignores_seed, "requires_weights": list(i.requires_weights),
+            "one_sample_ignores_seed": i.one_sample_ignores_seed, "requires_weights": list(i.requires_weights),
             "scales": list(i.scales) if i.scales is not None else "any", "input_kind": i.input_kind}
 
 
@@ -94,7 +94,7 @@ def methods_show(name: str, as_json: bool) -> None:
     for key in ("name", "plugin", "task", "summary", "paper", "license", "deterministic", "scales",
                 "input_kind", "requires_weights"):
         value = data[key]
-        if key == "deterministic" and not value and data["single_sample_deterministic"]:
+        if key == "deterministic" and not value and data["one_sample_ignores_seed"]:
             value = "False, except for one sample per input (the same for every seed: compare runs it once)"
         click.echo(f"{key:>17}: {value}")
     if cls.info.default_weights:

@@ -18,9 +18,10 @@ import click
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from .. import weights as W
-from ..cli import UsageProblem, emit_json, json_output
+from ..cli import UsageProblem, emit_json, json_output, print_table_text, table_console
 from ..errors import CacheError, FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 from ..weights.load import OutputExistsError, UnreadableWeightsError
 
@@ -188,7 +189,7 @@ def list_cmd(as_json: bool) -> None:
             ["name", "state", "integrity", "size", "license"],
             [[r["name"], r["state"], r["integrity"], _human(r["size"]), _license_brief(s)]
              for r, s in zip(rows, specs.values())], cut=("license",))
-    Console(highlight=False).print(INTEGRITY_NOTE)
+    print_table_text(table_console(), Text(INTEGRITY_NOTE))  # (a log or a pipe: one line, as the rows)
 
 
 @weights_group.command("show")

@@ -277,7 +277,8 @@ class PSPPulse(PSPSR):
         self.notes.append(f"psp_pulse: up to {o.steps} Adam steps per image on W+ (eps {o.eps:g}, anchor "
                           f"{o.anchor_lambda:g}, lpips {o.lpips_lambda:g}, geocross {o.geocross_lambda:g}), then "
                           f"{self.consistency_steps()} back-projection steps onto the input"
-                          + ("" if o.keep_native_size else " (none at ×1)"))
+                          + (" (none at ×1 to an input of the generator's size)" if o.keep_native_size
+                             else " (none at ×1)"))
 
     def _note_once(self, key: str, msg: str) -> None:
         self._note(key, msg)
