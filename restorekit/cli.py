@@ -687,6 +687,15 @@ def table(title: str | None, columns: list[str], rows: list[list[str]], *,
 UNBOUNDED_WIDTH = 100_000
 
 
+def stdout_is_terminal() -> bool:
+    """Whether stdout is a terminal, asked of stdout itself (rich's ``Console.is_terminal`` also says
+    yes under ``FORCE_COLOR`` or ``TTY_COMPATIBLE``, which CI services set for colour in their logs)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def table_console() -> Console:
     """The console a table is printed on: ``COLUMNS`` wide where that is a width, else a terminal's
     width; else — a log, a pipe, ``| less`` — as wide as the table itself, so that no header or cell
@@ -696,11 +705,7 @@ def table_console() -> Console:
     columns = os.environ.get("COLUMNS", "").strip()
     if columns.isascii() and columns.isdigit() and int(columns) >= 1:
         return Console(width=int(columns))
-    try:
-        terminal = sys.stdout.isatty()
-    except (AttributeError, ValueError, OSError):
-        terminal = False
-    if terminal:  # (its size as the OS says; a COLUMNS of 0 or 'abc' made rich print nothing or cut at 80)
+    if stdout_is_terminal():  # (its size as the OS says; a COLUMNS of 0 or 'abc' made rich print nothing or cut at 80)
         import shutil
 
         return Console(width=shutil.get_terminal_size((80, 24)).columns)

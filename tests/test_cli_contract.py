@@ -346,3 +346,22 @@ def test_a_listing_in_a_log_is_whole_and_unpadded(monkeypatch: pytest.MonkeyPatc
     listing("Plugins", ["name", "registers"], [["p", long]], cut=("registers",))
     out = capsys.readouterr().out
     assert long not in out and "…" in out and max(len(ln) for ln in out.splitlines()) <= 60
+
+
+def test_a_compare_table_in_a_colour_forced_log_is_the_wide_one(hr_folder: Path, tmp_path: Path) -> None:
+    """FORCE_COLOR (set by many CI services) made rich take a log for an 80-column terminal: the
+    comparison table was turned and split as in a narrow terminal. Colour stays; the width is the log's."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "FORCE_COLOR": "1"}
+    env.pop("COLUMNS", None)
+    r = subprocess.run([sys.executable, "-m", "restorekit", "compare", "--methods", "bicubic", "--scale", "2",
+                        "--data", str(hr_folder), "--out", str(tmp_path / "cmp"), "--metrics",
+                        "psnr_rgb,ssim_rgb,psnr_y_crop,ssim_y_crop,lr_consistency", "--device", "cpu"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)
+    assert "\x1b[" in r.stdout  # still coloured, as asked
+    header = next(ln for ln in plain.splitlines() if "method" in ln)
+    assert "psnr_rgb ↑" in header and "lr_consistency ↓" in header and "ms/img" in header, plain
