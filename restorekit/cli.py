@@ -690,8 +690,18 @@ UNBOUNDED_WIDTH = 100_000
 def stdout_is_terminal() -> bool:
     """Whether stdout is a terminal, asked of stdout itself (rich's ``Console.is_terminal`` also says
     yes under ``FORCE_COLOR`` or ``TTY_COMPATIBLE``, which CI services set for colour in their logs)."""
+    return _isatty(sys.stdout)
+
+
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (:func:`stdout_is_terminal`'s question): where a progress bar may
+    redraw itself. In a log, even one with colour forced, it would write a line per refresh."""
+    return _isatty(sys.stderr)
+
+
+def _isatty(stream: Any) -> bool:
     try:
-        return sys.stdout.isatty()
+        return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):
         return False
 

@@ -365,3 +365,17 @@ def test_a_compare_table_in_a_colour_forced_log_is_the_wide_one(hr_folder: Path,
     assert "\x1b[" in r.stdout  # still coloured, as asked
     header = next(ln for ln in plain.splitlines() if "method" in ln)
     assert "psnr_rgb ↑" in header and "lr_consistency ↓" in header and "ms/img" in header, plain
+
+
+def test_no_progress_bar_redraws_in_a_colour_forced_log(small_hr: Path, tmp_path: Path) -> None:
+    """With FORCE_COLOR rich takes a log for a terminal: run's bar hid the cursor and redrew itself
+    into the file (``ESC[?25l``, ``ESC[2K`` per refresh). A bar is drawn only where stderr is one."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "FORCE_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "restorekit", "run", "bicubic", "--scale", "2", "--input", str(small_hr),
+                        "--output", str(tmp_path / "out"), "--device", "cpu"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "written" in r.stderr and "\x1b[?25l" not in r.stderr and "\x1b[2K" not in r.stderr, repr(r.stderr)

@@ -1125,9 +1125,13 @@ class Trainer:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
+        from ..cli import stderr_is_terminal
+
         return Progress(TextColumn(f"[bold]{self.name}[/]"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                        console=Console(stderr=True), disable=self.quiet or not self.dist.is_main,
+                        # (a log with FORCE_COLOR is no terminal: the bar would write a line per refresh)
+                        console=Console(stderr=True, force_terminal=stderr_is_terminal()),
+                        disable=self.quiet or not self.dist.is_main,
                         transient=False)
 
     def _data_stopped(self, exc: DataError, start: float, last_ckpt: Path | None) -> RunStopped:

@@ -297,8 +297,11 @@ def _progress(quiet: bool) -> object | None:
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
+    from ..cli import stderr_is_terminal
+
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                    TimeRemainingColumn(), console=Console(stderr=True, force_terminal=stderr_is_terminal()),
+                    transient=True)
 
 
 def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str | None, size: int | None,
