@@ -236,6 +236,7 @@ def test_methods_show_says_when_one_sample_is_deterministic():
     assert line.split(": ", 1)[1] == "False, except for one sample per input (the same for every seed: compare runs it once)"
     data = json.loads(invoke("methods", "show", "psp_sr", "--json").output)
     assert data["deterministic"] is False and data["one_sample_ignores_seed"] is True
+    assert json.loads(invoke("methods", "--json", "show", "psp_sr").output) == data  # the group's flag counts
     pulse = json.loads(invoke("methods", "show", "pulse", "--json").output)
     assert pulse["deterministic"] is False and pulse["one_sample_ignores_seed"] is False
     assert "deterministic: False\n" in invoke("methods", "show", "pulse").output

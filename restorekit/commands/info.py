@@ -81,6 +81,8 @@ def method_weights_state(cls: type[Method]) -> str:
 @json_output
 def methods_show(name: str, as_json: bool) -> None:
     """Show one method's metadata and options."""
+    parent = click.get_current_context().parent
+    as_json = as_json or bool(parent and parent.params.get("as_json"))  # `methods --json show NAME` too
     reg = registry()
     try:
         cls = reg.method(name)
