@@ -340,7 +340,9 @@ def bar_disabled(console: Console, total: int, quiet: bool) -> bool:
     """Whether a progress bar stays off: ``quiet``, at most one step, or stderr not a terminal (a
     log file, a pipe: rich would leave only a stray blank line there — or, with ``FORCE_COLOR``,
     which makes ``console.is_terminal`` true, a line per refresh)."""
-    return quiet or total <= 1 or not console.is_terminal or not cli.stderr_is_terminal()
+    from .terminals import console_is_terminal
+
+    return quiet or total <= 1 or not console_is_terminal(console)
 
 
 @contextmanager

@@ -49,7 +49,13 @@ from rich.table import Table
 from . import __version__
 from .errors import PluginError, RestorekitError, describe_os_error
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _error_console() -> Console:
+    """The console of ``error:`` and ``warning:`` lines and progress bars (stderr), each line whole."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+err_console = _error_console()
 
 
 class UsageProblem(click.UsageError):
@@ -488,6 +494,22 @@ def _tolerant_streams() -> None:
             pass
 
 
+def _plain_log_environment() -> None:
+    """Drop what rich would misread in a CI job's environment, for every console made after (the
+    commands' and plugins'), and make :data:`err_console` again: a ``COLUMNS`` that is not a width
+    (rich took 0 for one: no ``error:`` or ``warning:`` line, no ``weights show``, was printed), and
+    ``FORCE_COLOR`` under ``NO_COLOR`` (which wins, as in Python's own colour rule): with both rich took
+    a log for a terminal and, colour off, still wrote bold and underline codes into it."""
+    global err_console
+    dropped = [name for name in ("COLUMNS",) if name in os.environ and columns_width() is None]
+    if os.environ.get("NO_COLOR") and "FORCE_COLOR" in os.environ:
+        dropped.append("FORCE_COLOR")
+    for name in dropped:
+        del os.environ[name]
+    if dropped:
+        err_console = _error_console()
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
     global _DEBUG, _STRICT_FROM_START
@@ -497,6 +519,7 @@ def main() -> None:
         _STRICT_FROM_START = True
     _install_stop_handlers()
     _tolerant_streams()
+    _plain_log_environment()
     warnings.showwarning = warning_line  # one `warning:` line each, as restorekit's own
     _skip_malformed_entry_points()
     try:
@@ -688,22 +711,18 @@ UNBOUNDED_WIDTH = 100_000
 
 
 def stdout_is_terminal() -> bool:
-    """Whether stdout is a terminal, asked of stdout itself (rich's ``Console.is_terminal`` also says
-    yes under ``FORCE_COLOR`` or ``TTY_COMPATIBLE``, which CI services set for colour in their logs)."""
-    return _isatty(sys.stdout)
+    """Whether stdout is a terminal (:mod:`restorekit.terminals`: not because colour is forced)."""
+    from .terminals import stream_is_terminal
+
+    return stream_is_terminal(sys.stdout)
 
 
 def stderr_is_terminal() -> bool:
-    """Whether stderr is a terminal (:func:`stdout_is_terminal`'s question): where a progress bar may
-    redraw itself. In a log, even one with colour forced, it would write a line per refresh."""
-    return _isatty(sys.stderr)
+    """Whether stderr is a terminal, where a progress bar may redraw itself (in a log, even one with
+    colour forced, it would write cursor codes and a line per refresh)."""
+    from .terminals import stream_is_terminal
 
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
+    return stream_is_terminal(sys.stderr)
 
 
 def table_console() -> Console:
@@ -712,14 +731,27 @@ def table_console() -> Console:
     is broken across lines in a file that is read or parsed later (rich's default there is 80
     columns). Whether stdout is a terminal is asked of stdout itself: rich takes ``FORCE_COLOR`` (set
     in many CI services) for one."""
-    columns = os.environ.get("COLUMNS", "").strip()
-    if columns.isascii() and columns.isdigit() and int(columns) >= 1:
-        return Console(width=int(columns))
+    columns = columns_width()
+    if columns is not None:
+        return sized_console(columns)
     if stdout_is_terminal():  # (its size as the OS says; a COLUMNS of 0 or 'abc' made rich print nothing or cut at 80)
         import shutil
 
-        return Console(width=shutil.get_terminal_size((80, 24)).columns)
-    return Console(width=UNBOUNDED_WIDTH)
+        return sized_console(shutil.get_terminal_size((80, 24)).columns)
+    return sized_console(UNBOUNDED_WIDTH)
+
+
+def columns_width() -> int | None:
+    """``COLUMNS`` where it is a width (a positive whole number); None where unset, 0 or 'abc'."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    return int(columns) if columns.isascii() and columns.isdigit() and int(columns) >= 1 else None
+
+
+def sized_console(width: int) -> Console:
+    """A console on stdout ``width`` columns wide. Its height is given too: without one rich takes a
+    console that is forced to be a terminal (``FORCE_COLOR``, ``TTY_COMPATIBLE``) under ``TERM=dumb``
+    for an 80×25 one, whatever the width, and cut or turned every table in the log at 80 columns."""
+    return Console(width=width, height=25)
 
 
 def print_table_text(console: Console, renderable: Any) -> None:

@@ -18,10 +18,11 @@ from restorekit.weights import cache, catalogue
 CORE = Path(__file__).resolve().parents[1] / "restorekit"
 WEIGHTS = CORE / "weights"
 # What the weights layers may import from the rest of the core: the version string, the error
-# types, the host-name helpers, the openers that refuse planted links, the file locks and the entry-point reader,
+# types, the host-name helpers, the openers that refuse planted links, the file locks, the entry-point reader
+# and whether a stream is a terminal,
 # none of which imports a restorekit module but the error types.
 BOTTOM = ("restorekit", "restorekit.errors", "restorekit.hosts", "restorekit.safe_open", "restorekit.file_locks",
-          "restorekit.entry_points")
+          "restorekit.entry_points", "restorekit.terminals")
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:

@@ -5,7 +5,7 @@ A plugin subclasses :class:`Trainer` and implements :meth:`Trainer.train_step` (
 The loop provides:
 
 - optimizer (Adam or Ranger), gradient accumulation, gradient clipping, autocast on CUDA;
-- a rich progress bar with the running losses and ETA, and ``log.jsonl`` (one JSON object per
+- a rich progress bar with the running losses and ETA (where stderr is a terminal), and ``log.jsonl`` (one JSON object per
   logged step: ``kind``, ``step``, losses, ``lr``, ``time``; validation lines have
   ``kind="val"``; strict JSON, a number that is not finite written as in results.json:
   :func:`log_line`) plus ``loss.png`` at the end;
@@ -1129,9 +1129,10 @@ class Trainer:
 
         return Progress(TextColumn(f"[bold]{self.name}[/]"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                        # (a log with FORCE_COLOR is no terminal: the bar would write a line per refresh)
+                        # (a log with FORCE_COLOR is no terminal: the bar would write a line per refresh;
+                        # in any log its last state is one line cut at 80 columns: the summary says it whole)
                         console=Console(stderr=True, force_terminal=stderr_is_terminal()),
-                        disable=self.quiet or not self.dist.is_main,
+                        disable=self.quiet or not self.dist.is_main or not stderr_is_terminal(),
                         transient=False)
 
     def _data_stopped(self, exc: DataError, start: float, last_ckpt: Path | None) -> RunStopped:

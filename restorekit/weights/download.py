@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -297,10 +298,10 @@ def _progress(quiet: bool) -> object | None:
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
-    from ..cli import stderr_is_terminal
+    from ..terminals import stream_is_terminal
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True, force_terminal=stderr_is_terminal()),
+                    TimeRemainingColumn(), console=Console(stderr=True, force_terminal=stream_is_terminal(sys.stderr)),
                     transient=True)
 
 

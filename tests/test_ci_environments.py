@@ -1,0 +1,95 @@
+"""restorekit in a CI job or a batch job: no terminal anywhere (stdin /dev/null, stdout and stderr
+captured), and the variables such services set (FORCE_COLOR, TTY_COMPATIBLE, NO_COLOR, TERM=dumb,
+COLUMNS=0). Each test runs the real command in a subprocess, as a job's log gets it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from restorekit.testing.data import smooth_image
+
+#: What the parent test run may have set that these tests set themselves.
+_OURS = ("COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TERM", "CLICOLOR_FORCE")
+
+
+def restorekit(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``restorekit ARGS`` as a job runs it: stdin /dev/null, stdout and stderr to pipes, ``env`` on top."""
+    base = {k: v for k, v in os.environ.items() if k not in _OURS}
+    return subprocess.run([sys.executable, "-m", "restorekit", *map(str, args)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, encoding="utf-8", env={**base, **env}, timeout=300)
+
+
+def test_a_listing_in_a_dumb_log_with_forced_colour_is_not_cut_at_80() -> None:
+    """TERM=dumb with FORCE_COLOR: rich took the log for an 80×25 dumb terminal, whatever width it was
+    given, and cut every summary of ``methods`` with '…' (and padded each line to 80)."""
+    r = restorekit("methods", env={"FORCE_COLOR": "1", "TERM": "dumb"})
+    assert r.returncode == 0, r.stderr
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("bicubic "))
+    assert row.endswith("Bicubic interpolation (Keys a=-0.5, PIL convention) — the baseline of every SR paper"), row
+    assert "…" not in r.stdout and not any(ln != ln.rstrip() for ln in r.stdout.splitlines()), r.stdout
+
+
+def test_compare_in_a_dumb_log_with_forced_colour_keeps_the_wide_table(hr_folder: Path, tmp_path: Path) -> None:
+    """The same for compare: its table, about 100 columns wide, was turned to fit 80 columns."""
+    r = restorekit("compare", "--methods", "bicubic,bicubic@b", "--scale", "4", "--data", hr_folder,
+                   "--out", tmp_path / "out", "--metrics", "psnr_rgb,ssim_rgb,lr_consistency,psnr_y_crop",
+                   "--device", "cpu", env={"FORCE_COLOR": "1", "TERM": "dumb"})
+    assert r.returncode == 0, r.stderr
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)
+    header = next((ln for ln in plain.splitlines() if "method" in ln), "")
+    assert all(h in header for h in ("psnr_rgb ↑", "lr_consistency ↓", "psnr_y_crop ↑", "ms/img")), plain
+    assert any(ln.startswith("* best in column. Runtime:") and ln.endswith("precision float32.")
+               for ln in plain.splitlines()), plain
+
+
+def test_columns_zero_keeps_error_lines_and_weights_show(tmp_path: Path) -> None:
+    """COLUMNS=0: rich took 0 for the width of its stderr console, so a failed image's ``error:`` line
+    was never printed (exit 1 and no word of which file), and ``weights show`` printed nothing."""
+    data = tmp_path / "in"
+    data.mkdir()
+    Image.fromarray(smooth_image(16, 16, 0)).save(data / "good.png")
+    (data / "broken.png").write_text("not an image")
+    r = restorekit("run", "bicubic", "--scale", "2", "--input", data, "--output", tmp_path / "out",
+                   env={"COLUMNS": "0"})
+    assert r.returncode == 1, r.stderr
+    assert f"error: {data / 'broken.png'}: not a readable image" in r.stderr, r.stderr
+    assert "1 written, 0 skipped" in r.stderr and "1 failed" in r.stderr
+    shown = restorekit("weights", "show", "lpips-alex", env={"COLUMNS": "0"})
+    assert shown.returncode == 0, shown.stderr
+    assert "architecture: lpips-alex   plugin: restorekit" in shown.stdout.splitlines(), shown.stdout
+
+
+def test_no_color_wins_over_forced_colour_in_a_log(hr_folder: Path, tmp_path: Path) -> None:
+    """NO_COLOR with FORCE_COLOR (a service forcing colour for every job, a job asking for none):
+    rich dropped the colours but wrote bold, dim and underline codes into the log."""
+    env = {"NO_COLOR": "1", "FORCE_COLOR": "1"}
+    shown = restorekit("weights", "show", "lpips-alex", env=env)
+    assert shown.returncode == 0 and "architecture: lpips-alex" in shown.stdout, shown.stderr
+    assert "\x1b" not in shown.stdout, repr(shown.stdout[:300])
+    r = restorekit("compare", "--methods", "bicubic", "--scale", "4", "--data", hr_folder, "--out", tmp_path / "out",
+                   "--metrics", "psnr_rgb", "--device", "cpu", env=env)
+    assert r.returncode == 0 and "psnr_rgb ↑" in r.stdout, r.stderr
+    assert "\x1b" not in r.stdout + r.stderr, repr(r.stdout)
+
+
+def test_training_in_a_log_leaves_no_cut_progress_line(tmp_path: Path) -> None:
+    """Where stderr is a log the training bar is off: its last state was one line cut at 80 columns
+    (``pix… loss 10.37 … d…``), above the summary line that says the same losses whole."""
+    data = tmp_path / "faces"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray(smooth_image(40, 40, i)).save(data / f"img{i}.png")
+    tiny = ("batch_size=2", "size=16", "ngf=4", "n_downsampling=2", "n_blocks=1", "ndf=4", "n_layers_d=2", "num_d=1",
+            "allow_random_vgg=true", "data.factors=[2]", "log_every=1")
+    r = restorekit("train", "pix2pixhd", "--data", data, "--out", tmp_path / "run", "--steps", "2", "--device", "cpu",
+                   *[a for kv in tiny for a in ("--set", kv)], env={})
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "g_gan" in ln]
+    assert len(lines) == 1 and lines[0].startswith("pix2pixhd: step 2/2 finished; loss "), r.stderr
