@@ -91,5 +91,7 @@ def test_training_in_a_log_leaves_no_cut_progress_line(tmp_path: Path) -> None:
                    *[a for kv in tiny for a in ("--set", kv)], env={})
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if "g_gan" in ln]
-    assert len(lines) == 1 and lines[0].startswith("pix2pixhd: step 2/2 finished; loss "), r.stderr
+    summary = [ln for ln in r.stderr.splitlines() if "finished; loss" in ln]
+    assert len(summary) == 1 and summary[0].startswith("pix2pixhd: step 2/2 finished; loss "), r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("pix2pixhd: step 1/2  ")]  # the log's note, whole
+    assert len(notes) == 1 and "g_gan" in notes[0] and "images/s" in notes[0], r.stderr

@@ -377,6 +377,28 @@ def test_until_splits_a_cosine_run_exactly(faces: Path, tmp_path: Path) -> None:
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] < lrs[4] < lrs[1]
 
 
+def test_a_run_in_a_log_says_its_step_and_losses_now_and_then(faces: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capfd: pytest.CaptureFixture) -> None:
+    """In a log there is no progress bar (it wrote its last state cut at 80 columns): a long CI job
+    showed nothing between its start and its summary. A line now and then says the step and losses."""
+    import restorekit.training.trainer as tr
+
+    t = make_trainer(faces, tmp_path / "a", 6, val_every=100, ckpt_every=100, log_every=2)
+    t.quiet = False
+    t.fit()
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ": step " in ln]
+    assert len(lines) == 1 and lines[0].startswith("trainer: step 2/6  loss ") and "images/s" in lines[0], lines
+    monkeypatch.setattr(tr, "LOG_NOTE_EVERY_S", 0.0)  # at every logged step
+    t = make_trainer(faces, tmp_path / "b", 6, val_every=100, ckpt_every=100, log_every=2)
+    t.quiet = False
+    t.fit()
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ": step " in ln]
+    assert [ln.split()[2] for ln in lines] == ["2/6", "4/6", "6/6"], lines
+    make_trainer(faces, tmp_path / "c", 4, val_every=100, ckpt_every=100, log_every=2).fit()  # quiet: none
+    assert ": step " not in capfd.readouterr().err
+
+
 def test_loss_falls(faces: Path, tmp_path: Path) -> None:
     t = make_trainer(faces, tmp_path / "f", 40, optimizer="adam", lr=1e-2, val_every=100, ckpt_every=100,
                      log_every=5)

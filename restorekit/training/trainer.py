@@ -5,7 +5,8 @@ A plugin subclasses :class:`Trainer` and implements :meth:`Trainer.train_step` (
 The loop provides:
 
 - optimizer (Adam or Ranger), gradient accumulation, gradient clipping, autocast on CUDA;
-- a rich progress bar with the running losses and ETA (where stderr is a terminal), and ``log.jsonl`` (one JSON object per
+- a rich progress bar with the running losses and ETA where stderr is a terminal (in a log, a line of
+  them at most once a minute: :data:`LOG_NOTE_EVERY_S`), and ``log.jsonl`` (one JSON object per
   logged step: ``kind``, ``step``, losses, ``lr``, ``time``; validation lines have
   ``kind="val"``; strict JSON, a number that is not finite written as in results.json:
   :func:`log_line`) plus ``loss.png`` at the end;
@@ -791,6 +792,10 @@ class StopFlag:
             signal.signal(sig, old)
 
 
+#: Where stderr is a log (no progress bar), a line of the running losses at most this often (seconds).
+LOG_NOTE_EVERY_S = 60.0
+
+
 class Trainer:
     """The loop; subclass and implement :meth:`train_step` (or pass ``step_fn``).
 
@@ -1186,6 +1191,11 @@ class Trainer:
         window: dict[str, Tensor] = {}
         n_window = 0
         stopped = False
+        # In a log (no bar there) a line of the running losses now and then, so a long job is seen to run.
+        from ..cli import stderr_is_terminal
+
+        notes_in_log = not self.quiet and self.dist.is_main and not stderr_is_terminal()
+        noted_at: float | None = None
         # closing: a run that ends by an error ends its loader workers now, not when collected.
         with StopFlag() as stop, self._progress() as bar, contextlib.closing(batches):
             task = bar.add_task("train", total=cfg.steps, completed=self.step, losses="")
@@ -1208,6 +1218,12 @@ class Trainer:
                               "lr": self.optimizer.param_groups[0]["lr"], "epoch": self.epoch,
                               "time": round(self.elapsed_before + elapsed, 3), "images_per_s": round(rate, 3)})
                     bar.update(task, losses="  ".join(f"{k} {v:.4g}" for k, v in avg.items()))
+                    if notes_in_log and (noted_at is None or elapsed - noted_at >= LOG_NOTE_EVERY_S):
+                        noted_at = elapsed
+                        print(f"{self.name}: step {self.step}/{cfg.steps}  "
+                              + "  ".join(f"{k} {v:.4g}" for k, v in avg.items())
+                              + f"  {rate:.3g} images/s  {self.elapsed_before + elapsed:.0f} s", file=sys.stderr,
+                              flush=True)
                 bar.update(task, completed=self.step)
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                     try:
