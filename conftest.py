@@ -26,6 +26,20 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch):
     plugins.reset()
 
 
+#: Variables by which a developer's or a CI service's environment changes how output is laid out
+#: (restorekit.terminals, rich): each test starts without them and sets the ones it is about.
+TERMINAL_VARIABLES = ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
+
+
+@pytest.fixture(autouse=True)
+def plain_terminal_environment(monkeypatch: pytest.MonkeyPatch):
+    """GitHub Actions users are told to export TTY_INTERACTIVE, many set FORCE_COLOR: tests of the
+    layout would pass or fail by the machine they run on."""
+    for name in TERMINAL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def kept_thread_count():
     """A test that sets torch's thread count (a fixture pinning it for a golden value, a plugin

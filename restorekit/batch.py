@@ -340,9 +340,9 @@ def bar_disabled(console: Console, total: int, quiet: bool) -> bool:
     """Whether a progress bar stays off: ``quiet``, at most one step, or stderr not a terminal (a
     log file, a pipe: rich would leave only a stray blank line there — or, with ``FORCE_COLOR``,
     which makes ``console.is_terminal`` true, a line per refresh)."""
-    from .terminals import console_is_terminal
+    from .terminals import console_animates
 
-    return quiet or total <= 1 or not console_is_terminal(console)
+    return quiet or total <= 1 or not console_animates(console)
 
 
 @contextmanager

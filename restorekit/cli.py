@@ -97,7 +97,7 @@ def json_output(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if not kwargs.get("as_json"):
+        if not (kwargs.get("as_json") or _group_asked_json()):
             return command(*args, **kwargs)
         global _documents
         from .plugins import output_to_stderr
@@ -115,6 +115,13 @@ def json_output(command: Callable[..., Any]) -> Callable[..., Any]:
 
     run.restorekit_json_output = True  # type: ignore[attr-defined]
     return run
+
+
+def _group_asked_json() -> bool:
+    """Whether the group around the running subcommand was given ``--json`` (``methods --json show X``)."""
+    ctx = click.get_current_context(silent=True)
+    parent = ctx.parent if ctx is not None else None
+    return bool(parent is not None and parent.params.get("as_json"))
 
 
 def shown(text: str) -> str:
@@ -718,11 +725,19 @@ def stdout_is_terminal() -> bool:
 
 
 def stderr_is_terminal() -> bool:
-    """Whether stderr is a terminal, where a progress bar may redraw itself (in a log, even one with
-    colour forced, it would write cursor codes and a line per refresh)."""
+    """Whether stderr is a terminal (:mod:`restorekit.terminals`)."""
     from .terminals import stream_is_terminal
 
     return stream_is_terminal(sys.stderr)
+
+
+def stderr_animates() -> bool:
+    """Whether a progress bar may redraw itself on stderr: a terminal, not ``TERM=dumb``, unless
+    ``TTY_INTERACTIVE`` says (in a log, even one with colour forced, it wrote cursor codes and a line
+    per refresh; in an editor's shell buffer one line cut at 80 columns)."""
+    from .terminals import stream_animates
+
+    return stream_animates(sys.stderr)
 
 
 def table_console() -> Console:

@@ -3,9 +3,14 @@
 rich answers ``Console.is_terminal`` yes under ``FORCE_COLOR`` (https://force-color.org), which CI
 services and users set to get colour in their logs: a progress bar then redraws into the log file
 (cursor codes, a line per refresh) and tables take an 80-column terminal's layout. Here colour and
-terminal are kept apart: a stream is a terminal where it says so (``isatty``), where a console was made
-one on purpose (``force_terminal``), or where rich's own switches say so (``TTY_INTERACTIVE``,
-``TTY_COMPATIBLE``: ``1`` yes, ``0`` no). Nothing here imports restorekit: every layer may use it.
+terminal are kept apart, and so are two questions, as rich's own switches keep them:
+
+- *is it a terminal* (a table's width): where the stream says so (``isatty``), or a console was made
+  one on purpose (``force_terminal``), or ``TTY_COMPATIBLE`` says so (``1`` yes, ``0`` no);
+- *may it animate* (a progress bar that redraws itself, instead of a line now and then): a terminal
+  that is not ``TERM=dumb`` (an editor's shell buffer), unless ``TTY_INTERACTIVE`` says (``1``/``0``).
+
+Nothing here imports restorekit: every layer may use it.
 """
 
 from __future__ import annotations
@@ -13,26 +18,45 @@ from __future__ import annotations
 import os
 from typing import Any
 
-#: rich's switches, the first set to 0 or 1 deciding: animations allowed, output terminal-like.
-SWITCHES = ("TTY_INTERACTIVE", "TTY_COMPATIBLE")
+def _switch(name: str) -> bool | None:
+    """rich's switch ``name``: True for ``1``, False for ``0``, None when it says neither."""
+    value = os.environ.get(name, "").strip()
+    return {"1": True, "0": False}.get(value)
 
 
 def stream_is_terminal(stream: Any) -> bool:
-    """Whether ``stream`` is a terminal (or rich's switches say to take it for one)."""
-    for name in SWITCHES:
-        value = os.environ.get(name, "").strip()
-        if value in ("0", "1"):
-            return value == "1"
+    """Whether ``stream`` is a terminal (or ``TTY_COMPATIBLE`` says to take it for one)."""
+    said = _switch("TTY_COMPATIBLE")
+    if said is not None:
+        return said
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, a closed file
         return False
 
 
+def stream_animates(stream: Any) -> bool:
+    """Whether a progress bar may redraw itself on ``stream``: ``TTY_INTERACTIVE`` where it says, else
+    a terminal (:func:`stream_is_terminal`) that is not ``TERM=dumb``."""
+    said = _switch("TTY_INTERACTIVE")
+    if said is not None:
+        return said
+    return stream_is_terminal(stream) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
+
+
 def console_is_terminal(console: Any) -> bool:
     """Whether a rich ``console`` writes to a terminal: as made (``force_terminal=True``/``False``,
     a test's or a caller's choice), else as its file is (:func:`stream_is_terminal`)."""
-    forced = getattr(console, "_force_terminal", None)
+    forced = getattr(console, "_force_terminal", None)  # (set only from the constructor in rich >= 14)
     if forced is not None:
         return bool(forced)
     return stream_is_terminal(console.file)
+
+
+def console_animates(console: Any) -> bool:
+    """:func:`stream_animates` for a rich ``console``; one made a terminal on purpose animates
+    unless ``TTY_INTERACTIVE=0``, one made no terminal never does."""
+    forced = getattr(console, "_force_terminal", None)
+    if forced is not None:
+        return bool(forced) and _switch("TTY_INTERACTIVE") is not False
+    return stream_animates(console.file)

@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from restorekit.testing.data import smooth_image
 
 #: What the parent test run may have set that these tests set themselves.
-_OURS = ("COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TERM", "CLICOLOR_FORCE")
+_OURS = ("COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "TERM", "CLICOLOR_FORCE")
 
 
 def restorekit(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -95,3 +96,46 @@ def test_training_in_a_log_leaves_no_cut_progress_line(tmp_path: Path) -> None:
     assert len(summary) == 1 and summary[0].startswith("pix2pixhd: step 2/2 finished; loss "), r.stderr
     notes = [ln for ln in r.stderr.splitlines() if ln.startswith("pix2pixhd: step 1/2  ")]  # the log's note, whole
     assert len(notes) == 1 and "g_gan" in notes[0] and "images/s" in notes[0], r.stderr
+
+
+class _Tty:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("env, tty, terminal, animates", [
+    ({}, True, True, True),
+    ({}, False, False, False),
+    ({"FORCE_COLOR": "1"}, False, False, False),  # colour, not a terminal
+    ({"TTY_INTERACTIVE": "0"}, True, True, False),  # no bars, but the terminal's width still holds
+    ({"TTY_INTERACTIVE": "1"}, False, False, True),  # bars in a log that renders them, tables still whole
+    ({"TERM": "dumb"}, True, True, False),  # an editor's shell buffer: a terminal that cannot redraw
+    ({"TTY_COMPATIBLE": "1"}, False, True, True),
+    ({"TTY_COMPATIBLE": "0"}, True, False, False),
+    ({"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "0"}, False, True, False),
+])
+def test_terminal_and_animation_are_two_questions(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], tty: bool,
+                                                  terminal: bool, animates: bool) -> None:
+    """TTY_INTERACTIVE turned the terminal's width off (tables 150 columns in a 100-column terminal)
+    and, set to 1 in a pipe, cut listings at 80; under TERM=dumb training still drew its cut bar line."""
+    from restorekit.terminals import stream_animates, stream_is_terminal
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert (stream_is_terminal(_Tty(tty)), stream_animates(_Tty(tty))) == (terminal, animates)
+
+
+def test_methods_json_given_to_the_group_keeps_stdout_the_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``methods --json show NAME``: the group's flag now runs the subcommand as a --json one too."""
+    import json
+
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    r = CliRunner().invoke(build_cli(), ["methods", "--json", "show", "bicubic"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "bicubic", r.output

@@ -1130,14 +1130,14 @@ class Trainer:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        from ..cli import stderr_is_terminal
+        from ..cli import stderr_animates, stderr_is_terminal
 
         return Progress(TextColumn(f"[bold]{self.name}[/]"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
                         # (a log with FORCE_COLOR is no terminal: the bar would write a line per refresh;
                         # in any log its last state is one line cut at 80 columns: the summary says it whole)
                         console=Console(stderr=True, force_terminal=stderr_is_terminal()),
-                        disable=self.quiet or not self.dist.is_main or not stderr_is_terminal(),
+                        disable=self.quiet or not self.dist.is_main or not stderr_animates(),
                         transient=False)
 
     def _data_stopped(self, exc: DataError, start: float, last_ckpt: Path | None) -> RunStopped:
@@ -1192,9 +1192,9 @@ class Trainer:
         n_window = 0
         stopped = False
         # In a log (no bar there) a line of the running losses now and then, so a long job is seen to run.
-        from ..cli import stderr_is_terminal
+        from ..cli import stderr_animates
 
-        notes_in_log = not self.quiet and self.dist.is_main and not stderr_is_terminal()
+        notes_in_log = not self.quiet and self.dist.is_main and not stderr_animates()
         noted_at: float | None = None
         # closing: a run that ends by an error ends its loader workers now, not when collected.
         with StopFlag() as stop, self._progress() as bar, contextlib.closing(batches):

@@ -298,11 +298,11 @@ def _progress(quiet: bool) -> object | None:
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
-    from ..terminals import stream_is_terminal
+    from ..terminals import stream_animates, stream_is_terminal
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=Console(stderr=True, force_terminal=stream_is_terminal(sys.stderr)),
-                    transient=True)
+                    transient=True, disable=not stream_animates(sys.stderr))
 
 
 def download(urls: Sequence[str], dest: str | os.PathLike[str], *, sha256: str | None, size: int | None,
