@@ -16,6 +16,7 @@ Nothing here imports restorekit: every layer may use it.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 def _switch(name: str) -> bool | None:
@@ -29,6 +30,8 @@ def stream_is_terminal(stream: Any) -> bool:
     said = _switch("TTY_COMPATIBLE")
     if said is not None:
         return said
+    if type(sys.stdin).__module__.startswith("idlelib"):  # IDLE's shell says isatty() but shows no escape codes
+        return False
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, a closed file

@@ -139,3 +139,16 @@ def test_methods_json_given_to_the_group_keeps_stdout_the_documents(monkeypatch:
 
     r = CliRunner().invoke(build_cli(), ["methods", "--json", "show", "bicubic"])
     assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "bicubic", r.output
+
+
+def test_idles_shell_is_no_terminal_though_it_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """IDLE's shell answers isatty() yes but shows escape codes as text: a library user there got
+    progress bars redrawn as lines of codes (rich itself makes the same exception)."""
+    import types
+
+    from restorekit.terminals import stream_animates, stream_is_terminal
+
+    shell = types.new_class("PseudoInputFile")
+    shell.__module__ = "idlelib.run"
+    monkeypatch.setattr(sys, "stdin", shell())
+    assert not stream_is_terminal(_Tty(True)) and not stream_animates(_Tty(True))
