@@ -159,18 +159,6 @@ def warning_line(message: Warning | str, category: type[Warning], filename: str,
     warn(f"{text} ({where})")
 
 
-def json_stdout(as_json: bool) -> contextlib.AbstractContextManager[Any]:
-    """With ``--json``, stdout is the JSON document's alone: inside, what the command's plugins print
-    (``print()``, ``sys.__stdout__``, file descriptor 1) goes to stderr
-    (:func:`restorekit.plugins.output_to_stderr`). The document itself is printed after the block.
-    A :func:`json_output` command has the whole command so; a block inside it changes nothing."""
-    if not as_json:
-        return contextlib.nullcontext()
-    from .plugins import output_to_stderr
-
-    return output_to_stderr()
-
-
 _DEBUG = False
 
 

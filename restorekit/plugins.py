@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
 import importlib
 import os
 import signal
@@ -554,15 +553,6 @@ def output_to_stderr() -> Iterator[None]:
                     os.dup2(saved, 1)
                     os.close(saved)
                 _out_saved = (None, None)
-
-
-def to_stderr(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` called inside :func:`output_to_stderr`."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with output_to_stderr():
-            return fn(*args, **kwargs)
-    return wrapper
 
 
 @contextmanager

@@ -5,8 +5,8 @@ services and users set to get colour in their logs: a progress bar then redraws 
 (cursor codes, a line per refresh) and tables take an 80-column terminal's layout. Here colour and
 terminal are kept apart, and so are two questions, as rich's own switches keep them:
 
-- *is it a terminal* (a table's width): where the stream says so (``isatty``), or a console was made
-  one on purpose (``force_terminal``), or ``TTY_COMPATIBLE`` says so (``1`` yes, ``0`` no);
+- *is it a terminal* (a table's width): where the stream says so (``isatty``; not IDLE's shell), or
+  ``TTY_COMPATIBLE`` says so (``1`` yes, ``0`` no);
 - *may it animate* (a progress bar that redraws itself, instead of a line now and then): a terminal
   that is not ``TERM=dumb`` (an editor's shell buffer), unless ``TTY_INTERACTIVE`` says (``1``/``0``).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from typing import Any
+
 
 def _switch(name: str) -> bool | None:
     """rich's switch ``name``: True for ``1``, False for ``0``, None when it says neither."""
@@ -47,19 +48,11 @@ def stream_animates(stream: Any) -> bool:
     return stream_is_terminal(stream) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
 
 
-def console_is_terminal(console: Any) -> bool:
-    """Whether a rich ``console`` writes to a terminal: as made (``force_terminal=True``/``False``,
-    a test's or a caller's choice), else as its file is (:func:`stream_is_terminal`)."""
-    forced = getattr(console, "_force_terminal", None)  # (set only from the constructor in rich >= 14)
-    if forced is not None:
-        return bool(forced)
-    return stream_is_terminal(console.file)
-
-
 def console_animates(console: Any) -> bool:
-    """:func:`stream_animates` for a rich ``console``; one made a terminal on purpose animates
-    unless ``TTY_INTERACTIVE=0``, one made no terminal never does."""
-    forced = getattr(console, "_force_terminal", None)
+    """:func:`stream_animates` for a rich ``console``: one made a terminal on purpose
+    (``force_terminal=True``, a test's or a caller's choice) animates unless ``TTY_INTERACTIVE=0``,
+    one made no terminal never does."""
+    forced = getattr(console, "_force_terminal", None)  # (set only from the constructor in rich >= 14)
     if forced is not None:
         return bool(forced) and _switch("TTY_INTERACTIVE") is not False
     return stream_animates(console.file)

@@ -1,6 +1,6 @@
 """README statements held against the commands: which commands have ``--threads`` (the CPU-budget
 rule names them), and ``--json`` keeping stdout the document's alone in ``degrade`` and ``bench
-harness`` too (their plugin code runs inside :func:`restorekit.cli.json_stdout`, as ``run``'s does)."""
+harness`` too (their plugin code runs inside :func:`restorekit.cli.json_output`, as ``run``'s does)."""
 
 from __future__ import annotations
 

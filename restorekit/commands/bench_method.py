@@ -48,7 +48,7 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage, json_output, json_stdout, table, warn
+from ..cli import emit_json, fail_usage, json_output, table, warn
 from ..devices import DEVICE, DEVICE_HELP, precision_label, run_device
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
@@ -330,28 +330,27 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     if threads is not None:
         torch.set_num_threads(threads)
     res = int(resolution) if resolution is not None else None
-    with json_stdout(as_json):  # --json: what the methods' code prints goes to stderr
-        try:
-            cls = method_class(name)
-            k = scale if scale is not None else default_scale(cls)
-            method = _build(name, bench_model_opts(name, res) + opts, weights, device)
-            method.check_scale(k)
-            side = input_size(method, k, size)
-            other_m = (_build(other, bench_model_opts(other, res, required=False) + other_opts, None, device)
-                       if other else None)
-            if other_m is not None:
-                other_m.check_scale(k)
-            variants: list[tuple[str, Method]] = []
-            for be in backend_list:
-                if be == "onnxruntime":
-                    from ..onnx_backend import onnx_method
+    try:
+        cls = method_class(name)
+        k = scale if scale is not None else default_scale(cls)
+        method = _build(name, bench_model_opts(name, res) + opts, weights, device)
+        method.check_scale(k)
+        side = input_size(method, k, size)
+        other_m = (_build(other, bench_model_opts(other, res, required=False) + other_opts, None, device)
+                   if other else None)
+        if other_m is not None:
+            other_m.check_scale(k)
+        variants: list[tuple[str, Method]] = []
+        for be in backend_list:
+            if be == "onnxruntime":
+                from ..onnx_backend import onnx_method
 
-                    variants.append((be, onnx_method(method, threads=threads)))
-                else:
-                    variants.append((be, method))
-        except (RestorekitError, ValueError) as exc:
-            fail_usage(str(exc))
-            return
+                variants.append((be, onnx_method(method, threads=threads)))
+            else:
+                variants.append((be, method))
+    except (RestorekitError, ValueError) as exc:
+        fail_usage(str(exc))
+        return
     lr_all = smooth_batch(max(sizes + (other_sizes if other else [])), side, side, seed=0)
 
     def n_threads(m: Method) -> int:
@@ -389,17 +388,16 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
              f"(process-wide and permanent once on), so {plain} is timed first and the other after it, not "
              f"interleaved: a change in load between the two shows in the ratio")
     figures: dict[tuple[str, str, int], dict[str, Any]] = {}
-    with json_stdout(as_json):
-        for phase in phases:
-            for b in dict.fromkeys(sizes + (other_sizes if other_m is not None else [])):
-                keys = [key for key in plan if key[0] in phase and key[2] == b]
-                if not keys:
-                    continue
-                rows_b = time_interleaved([(plan[key][0], lr_all[:b], plan[key][1]) for key in keys], k, warmup=warmup)
-                for key, row in zip(keys, rows_b):
-                    mm = plan[key][0]
-                    figures[key] = dict(device=str(run_device(mm)), precision=precision(mm, key[1]), **row,
-                                        breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
+    for phase in phases:
+        for b in dict.fromkeys(sizes + (other_sizes if other_m is not None else [])):
+            keys = [key for key in plan if key[0] in phase and key[2] == b]
+            if not keys:
+                continue
+            rows_b = time_interleaved([(plan[key][0], lr_all[:b], plan[key][1]) for key in keys], k, warmup=warmup)
+            for key, row in zip(keys, rows_b):
+                mm = plan[key][0]
+                figures[key] = dict(device=str(run_device(mm)), precision=precision(mm, key[1]), **row,
+                                    breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
     rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm), **figures[("name", be, b)])
             for be, mm in variants for b in sizes]
     result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),

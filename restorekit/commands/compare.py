@@ -140,13 +140,10 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
     from ..harness.reports import write_all
     from ..harness.runner import CompareConfig, execute, parse_method_opts, plan
     from ..harness.store import jsonable
-    from ..plugins import output_to_stderr, registry
+    from ..plugins import registry
     from ..sharding import job_for
 
     names = _name_list(methods) or []
-    # --json: stdout is the results' alone; what methods and metrics print (also to sys.__stdout__ or
-    # file descriptor 1) while they load and run goes to stderr.
-    plugin_output = output_to_stderr if as_json else contextlib.nullcontext
     with job_for(device) as job:  # one process, or one rank of a torchrun job
 
         def prepare() -> tuple[Plan, int]:
@@ -180,7 +177,7 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
             else:
                 job.together(lambda: None)
             total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
-            with job.progress(total, "compare", quiet or as_json) as advance, plugin_output():
+            with job.progress(total, "compare", quiet or as_json) as advance:
                 res = execute(p, progress=advance, job=job)
             if not job.is_main:  # rank 0 reports for the whole job
                 raise SystemExit(res.exit_code)

@@ -10,7 +10,7 @@ import click
 import torch
 
 from ..batch import check_output_folder, output_held, process_files, require_inputs
-from ..cli import emit_json, error_line, fail_usage, json_output, json_stdout, warn
+from ..cli import emit_json, error_line, fail_usage, json_output, warn
 from ..degradations import Chain, parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
@@ -76,44 +76,43 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
     from ..sharding import job_for
 
     # --json: stdout is the document alone; what the spec's plugin steps print goes to stderr.
-    with json_stdout(as_json):
-        try:
-            chain = parse_spec(spec)
-            items = require_inputs(list_inputs(input_spec), input_spec)
-            check_output_folder(input_spec, output, ext)
-        except RestorekitError as exc:
-            fail_usage(str(exc))
-            return
-        settings = degrade_settings(chain, seed=seed)
-        steps = _plugin_steps(chain)
-        if steps:  # what the spec's steps from plugins are: their outputs change with their code
-            settings[PLUGIN_STEPS] = steps
+    try:
+        chain = parse_spec(spec)
+        items = require_inputs(list_inputs(input_spec), input_spec)
+        check_output_folder(input_spec, output, ext)
+    except RestorekitError as exc:
+        fail_usage(str(exc))
+        return
+    settings = degrade_settings(chain, seed=seed)
+    steps = _plugin_steps(chain)
+    if steps:  # what the spec's steps from plugins are: their outputs change with their code
+        settings[PLUGIN_STEPS] = steps
 
-        def check_settings() -> None:
-            if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
-                paths = [output / f"{item.stem}.{ext}" for item in items]
-                unrecorded: list[Path] = []
-                changed = _merged(*changed_among_each(paths, reading_notes(unrecorded), [  # (each record read once)
-                    lambda note: differences(note, settings), lambda note: plugin_step_differences(note, settings)]))
-                if changed:
-                    fail_usage(refusal(output, changed))
-                if unrecorded and not quiet and job.is_main:
-                    warn(unrecorded_warning(output, unrecorded))
+    def check_settings() -> None:
+        if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
+            paths = [output / f"{item.stem}.{ext}" for item in items]
+            unrecorded: list[Path] = []
+            changed = _merged(*changed_among_each(paths, reading_notes(unrecorded), [  # (each record read once)
+                lambda note: differences(note, settings), lambda note: plugin_step_differences(note, settings)]))
+            if changed:
+                fail_usage(refusal(output, changed))
+            if unrecorded and not quiet and job.is_main:
+                warn(unrecorded_warning(output, unrecorded))
 
-        def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
-            # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
-            _, lr = degrade_hr(image, chain, chain.scale, where=item.path, max_pixels=max_pixels, seed=seed)
-            return [(item.stem, lr)]
+    def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
+        # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
+        _, lr = degrade_hr(image, chain, chain.scale, where=item.path, max_pixels=max_pixels, seed=seed)
+        return [(item.stem, lr)]
 
-        if ext == "jpg" and not quiet:  # the LR the spec made is not the file written
-            click.echo("warning: --ext jpg re-encodes each LR at JPEG quality 95 after the spec: artefacts the spec "
-                       "does not name (png or webp are lossless)", err=True)
-        with job_for("cpu") as job, output_held(output, "degrade", job):  # this run alone writes into --output
-            job.together(check_settings)  # under the lock: another run's outputs are not this one's to skip
-            result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
-                                   quiet=quiet, label="degrade", on_error=error_line, job=job,
-                                   note=lambda item, name: {**settings, "input": item.path.name}, lossless=True)
-            main, processes = job.is_main, (job.world if job.distributed else None)
+    if ext == "jpg" and not quiet:  # the LR the spec made is not the file written
+        click.echo("warning: --ext jpg re-encodes each LR at JPEG quality 95 after the spec: artefacts the spec "
+                   "does not name (png or webp are lossless)", err=True)
+    with job_for("cpu") as job, output_held(output, "degrade", job):  # this run alone writes into --output
+        job.together(check_settings)  # under the lock: another run's outputs are not this one's to skip
+        result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
+                               quiet=quiet, label="degrade", on_error=error_line, job=job,
+                               note=lambda item, name: {**settings, "input": item.path.name}, lossless=True)
+        main, processes = job.is_main, (job.world if job.distributed else None)
     if as_json and main:
         emit_json({"spec": chain.spec(), **({"processes": processes} if processes else {}), **result.as_dict()})
     elif not quiet and main:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..cli import emit_json, fail_usage, json_output, json_stdout, table, warn
+from ..cli import emit_json, fail_usage, json_output, table, warn
 from ..degradations import downscale
 from ..errors import RestorekitError, UnknownNameError
 from ..harness.store import dumps
@@ -181,38 +181,37 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
             method_class(n)
         except RestorekitError as exc:
             fail_usage(str(exc))
-    with json_stdout(as_json):  # --json: what the methods' and metrics' code prints goes to stderr
-        built: dict[str, Any] = {}
-        for n in names:
-            try:
-                built[n] = build_method(n, {}, "auto")
-            except RestorekitError as exc:  # e.g. weights not installed: say why, run the others
-                unavailable[n] = str(exc)
-                warn(f"{n} is not available here and is left out of the demo: {exc}")
-        if not built:
-            raise RestorekitError(f"demo: none of the methods {', '.join(names)} can run here")
-        # The face model's own resolution is the HR size, so its output needs no resizing.
-        res = next((int(getattr(m, "resolution")) for m in built.values()
-                    if isinstance(getattr(m, "resolution", None), int)), 128)
-        photo = astronaut()
+    built: dict[str, Any] = {}
+    for n in names:
         try:
-            from ..faces.pipeline import largest_face_crop
+            built[n] = build_method(n, {}, "auto")
+        except RestorekitError as exc:  # e.g. weights not installed: say why, run the others
+            unavailable[n] = str(exc)
+            warn(f"{n} is not available here and is left out of the demo: {exc}")
+    if not built:
+        raise RestorekitError(f"demo: none of the methods {', '.join(names)} can run here")
+    # The face model's own resolution is the HR size, so its output needs no resizing.
+    res = next((int(getattr(m, "resolution")) for m in built.values()
+                if isinstance(getattr(m, "resolution", None), int)), 128)
+    photo = astronaut()
+    try:
+        from ..faces.pipeline import largest_face_crop
 
-            hr, record = largest_face_crop(photo, res, detector or DEFAULT_DETECTOR)
-        except RestorekitError as exc:
-            raise RestorekitError(f"demo: {exc}") from None
-        lr = downscale(hr, k)
-        lr = torch.round(lr * 255) / 255  # what a saved 8-bit LR file holds
-        outputs: dict[str, torch.Tensor] = {}
-        for name, m in built.items():
-            if not quiet:
-                for note in getattr(m, "notes", []):
-                    click.echo(note, err=True)
-            with torch.no_grad():
-                sr = m.restore(lr.to(m.device), k, seed=0).cpu().clamp(0, 1)
-            sr = torch.round(sr * 255) / 255
-            outputs[name] = sr
-        values, missing = score_outputs(DEMO_METRICS, outputs, hr, lr, k)
+        hr, record = largest_face_crop(photo, res, detector or DEFAULT_DETECTOR)
+    except RestorekitError as exc:
+        raise RestorekitError(f"demo: {exc}") from None
+    lr = downscale(hr, k)
+    lr = torch.round(lr * 255) / 255  # what a saved 8-bit LR file holds
+    outputs: dict[str, torch.Tensor] = {}
+    for name, m in built.items():
+        if not quiet:
+            for note in getattr(m, "notes", []):
+                click.echo(note, err=True)
+        with torch.no_grad():
+            sr = m.restore(lr.to(m.device), k, seed=0).cpu().clamp(0, 1)
+        sr = torch.round(sr * 255) / 255
+        outputs[name] = sr
+    values, missing = score_outputs(DEMO_METRICS, outputs, hr, lr, k)
     results: dict[str, dict[str, Any]] = {name: {**values[name], "weights": weights_entry(m)}
                                           for name, m in built.items()}
     output.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import emit_json, fail_usage, json_output, json_stdout
+from ..cli import emit_json, fail_usage, json_output
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
 from ..methods import OptionError, build_method, method_class, method_values, validate_options
@@ -67,18 +67,16 @@ def export_cmd(method: str, weights: str | None, out: Path, opset: int, dynamic_
         fail_usage(str(exc))
         return
     # Export always traces on the CPU: the graph does not depend on the device it came from.
-    with json_stdout(as_json):  # --json: what the method's code prints goes to stderr
-        m = build_method(method, values, "cpu")
+    m = build_method(method, values, "cpu")
     try:
         spec = find_export_spec(m)
     except ValueError as exc:  # the method's own check of its options for export
         fail_usage(str(exc))
         return
     try:
-        with json_stdout(as_json):  # (tracing runs the method's network code)
-            result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
-                                 overwrite=overwrite,
-                                 log=None if as_json or quiet else (lambda msg: click.echo(msg, err=True)))
+        result = export_onnx(spec, out, opset=opset, dynamic_batch=dynamic_batch, fp16=fp16, tolerance=tolerance,
+                             overwrite=overwrite,
+                             log=None if as_json or quiet else (lambda msg: click.echo(msg, err=True)))
     except OnnxOutputExists as exc:
         fail_usage(f"{exc}: it appeared while exporting (--overwrite replaces it)")
         return

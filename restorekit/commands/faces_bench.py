@@ -155,7 +155,7 @@ def faces_bench_cmd(detectors: tuple[str, ...], input_spec: str | None, repeat: 
     ratios to decoding the same photos (measured in the same run)."""
     import tempfile
 
-    from ..cli import UsageProblem, emit_json, fail_usage, json_stdout, warn
+    from ..cli import UsageProblem, emit_json, fail_usage, warn
     from ..errors import RestorekitError
     from ..images import list_inputs, read_image
     from ..plugins import registry
@@ -191,14 +191,13 @@ def faces_bench_cmd(detectors: tuple[str, ...], input_spec: str | None, repeat: 
         reference = bench_decode(paths, repeat)
     names = list(detectors) or registry().names("face_detectors")
     rows = []
-    with json_stdout(as_json):  # --json: what the detectors' code prints goes to stderr
-        for name in names:
-            try:
-                rows.append(bench_detector(name, photos, repeat, crop))
-            except RestorekitError as exc:
-                if detectors:  # asked for by name: a usage problem
-                    raise
-                warn(f"{name}: skipped ({exc})")
+    for name in names:
+        try:
+            rows.append(bench_detector(name, photos, repeat, crop))
+        except RestorekitError as exc:
+            if detectors:  # asked for by name: a usage problem
+                raise
+            warn(f"{name}: skipped ({exc})")
     add_ratios(rows, reference)
     ref = spread(reference["samples"])
     reference.update(ms_per_image=round(ref["median"], 2), ms_per_image_range=_rng(ref, 2))

@@ -28,7 +28,7 @@ import click
 import torch
 
 from ..batch import output_held
-from ..cli import emit_json, error_line, fail_usage, json_output, json_stdout
+from ..cli import emit_json, error_line, fail_usage, json_output
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
 from ..images import atomic_write_bytes, save_image
@@ -284,8 +284,7 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
     check_generator(name)
     dev = resolve_device(device)
-    with json_stdout(as_json):  # --json: what the generator's code prints goes to stderr
-        gen = build_generator(name, weights, opts, dev, quiet=quiet)
+    gen = build_generator(name, weights, opts, dev, quiet=quiet)
     settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen),
                 "code": _generator_code(name)}
     # This run alone writes into --output, from the check of what is there to its last image: two at
@@ -322,8 +321,7 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
         skipped: list[str] = []
         failed: list[dict[str, str]] = []  # an image that could not be written; the other seeds go on
         try:
-            with json_stdout(as_json):
-                _generate_all(gen, targets, truncation, dev, overwrite, record, written, skipped, failed)
+            _generate_all(gen, targets, truncation, dev, overwrite, record, written, skipped, failed)
         except BaseException:  # (Ctrl-C too) listed so far; failing that, the next run folds the journal
             with suppress(OSError):
                 journal.fold(made)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, error_line, fail_usage, json_output, json_stdout, table
+from ..cli import emit_json, error_line, fail_usage, json_output, table
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
@@ -137,27 +137,26 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
         check_available(det)
     dev = resolve_device(device)
     cache_dir = None if (cache or "").lower() == "none" else Path(cache) if cache else R.default_cache_dir()
-    with json_stdout(as_json):  # --json: what the spaces' and generator's code print goes to stderr
-        built = [R.build_space(k, weights=extra.get(k), device=dev) for k in keys]
+    built = [R.build_space(k, weights=extra.get(k), device=dev) for k in keys]
 
-        if gen_name is not None:
-            import torch
+    if gen_name is not None:
+        import torch
 
-            # (a plugin's generator built with random weights from the global RNG is then the same on
-            # every run; the shipped stylegan2 seeds its own)
-            torch.manual_seed(seed)
-            gen = build_generator(gen_name, weights, opts, dev, quiet=quiet)
-            label = f"{gen_name}" + (f" ({weights})" if weights else "")
-            # Which generator: two runs of one name with other weights or options read alike otherwise.
-            provenance = R.generator_provenance(gen_name, gen, weights=weights, options=parse_pairs(opts))
-            report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
-                                          spaces=built, batch_size=batch_size, device=dev, detector=det,
-                                          detect_n=detect_n, detect_truncation=detect_truncation,
-                                          cache_dir=cache_dir, label=label, provenance=provenance)
-        else:
-            assert images is not None
-            report = R.evaluate_images(images, data, spaces=built, batch_size=batch_size, device=dev,
-                                       detector=det, cache_dir=cache_dir)
+        # (a plugin's generator built with random weights from the global RNG is then the same on
+        # every run; the shipped stylegan2 seeds its own)
+        torch.manual_seed(seed)
+        gen = build_generator(gen_name, weights, opts, dev, quiet=quiet)
+        label = f"{gen_name}" + (f" ({weights})" if weights else "")
+        # Which generator: two runs of one name with other weights or options read alike otherwise.
+        provenance = R.generator_provenance(gen_name, gen, weights=weights, options=parse_pairs(opts))
+        report = R.evaluate_generator(gen, data, n_samples=n_samples, truncation=truncation, seed=seed,
+                                      spaces=built, batch_size=batch_size, device=dev, detector=det,
+                                      detect_n=detect_n, detect_truncation=detect_truncation,
+                                      cache_dir=cache_dir, label=label, provenance=provenance)
+    else:
+        assert images is not None
+        report = R.evaluate_images(images, data, spaces=built, batch_size=batch_size, device=dev,
+                                   detector=det, cache_dir=cache_dir)
 
     for line in report.skipped:  # one line each, then the figures of the others, and exit 1
         error_line(f"{line} (left out)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -19,7 +18,7 @@ from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, 
 from ..methods import (OptionError, build_method, check_output_size_contract, check_restored, keep_black_and_white,
                        method_class, method_values, validate_options)
 from ..options import FiniteFloatRange
-from ..plugins import kept_global_state, method_plugin, output_to_stderr, to_stderr
+from ..plugins import kept_global_state, method_plugin
 from ..run_record import changed_outputs, reading_notes, refusal, run_settings, unrecorded_warning
 from ..seeds import SEED
 
@@ -196,16 +195,12 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
     def stems(item: ImageItem) -> list[str]:
         return [item.stem] if n_samples == 1 else [f"{item.stem}_s{i}" for i in range(n_samples)]
 
-    # --json: stdout is the summary's alone; what the method's code prints while it is built, loaded
-    # or restoring goes to stderr (print(), sys.__stdout__ and file descriptor 1 alike).
-    plugin_output = output_to_stderr if as_json else contextlib.nullcontext
     # The global torch state its load() changes is put back (with a warning): the rest of the run
     # (face detection, saving) computes as without it.
     loading = f"method '{method}' (plugin '{method_plugin(method)}')"
 
     with job_for(device) as job:  # one process, or one rank of a torchrun job
-        with plugin_output():
-            values, items, settings, plan = job.together(prepare)
+        values, items, settings, plan = job.together(prepare)
         with output_held(output, "run", job):  # this run alone writes into --output, to its end
             job.together(check_settings)
             limits: _Limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
@@ -236,20 +231,16 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
                 raise SystemExit(result.exit_code)
 
             def built() -> Any:
-                with plugin_output():  # (build_method puts back the global state its load changes)
-                    return build_method(method, values, job.device_for(device))
+                return build_method(method, values, job.device_for(device))
 
             m = job.together(built)
             devices = job.gather(str(m.device))
             if backend == "onnxruntime":
                 from ..onnx_backend import onnx_method
 
-                with plugin_output(), kept_global_state(loading, "while it loaded"):
+                with kept_global_state(loading, "while it loaded"):
                     m = onnx_method(m, onnx_path=onnx_path,
                                     log=None if quiet or not job.is_main else (lambda msg: click.echo(msg, err=True)))
-            if as_json:  # on the instance: the face pipeline calls it too
-                with contextlib.suppress(AttributeError, TypeError):  # a class that refuses new attributes
-                    m.restore = to_stderr(m.restore)  # type: ignore[method-assign]
             if not quiet and job.is_main:
                 for note in getattr(m, "notes", []):
                     click.echo(note, err=True)

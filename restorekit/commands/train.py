@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from ..cli import emit_json, error_line, json_output, json_stdout
+from ..cli import emit_json, error_line, json_output
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
@@ -243,11 +243,10 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
             error_line(str(exc))
             ctx.exit(2)
         try:
-            with json_stdout(as_json):  # --json: what the trainer's code prints goes to stderr
-                run = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
-                                              resume=resume, device=device)
-                made = None if Path(run.config.out).exists() else Path(run.config.out)
-                trainer = run.trainer.build(run.config, quiet=quiet)
+            run = resolve_training_config(loader, data=data, config=config, out=out, steps=steps, sets=sets,
+                                          resume=resume, device=device)
+            made = None if Path(run.config.out).exists() else Path(run.config.out)
+            trainer = run.trainer.build(run.config, quiet=quiet)
         except RestorekitError as exc:  # a bad setting, option, data folder or weights file: the same in
             if layout.get("LOCAL_RANK", 0) == 0:  # every process of a machine, said once a machine
                 error_line(str(exc))
@@ -259,9 +258,8 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                     from ..training.trainer import run_folder_lock
 
                     held.enter_context(run_folder_lock(run.config.out))
-                with json_stdout(as_json):
-                    result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit,
-                                          until=until)
+                result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit,
+                                      until=until)
         except RestorekitError as exc:  # a checkpoint that does not fit; a run its data stopped (maybe one rank's)
             error_line(str(exc))  # one line, as every command's: not a click usage block
             _drop_if_empty(made)

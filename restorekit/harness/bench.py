@@ -241,15 +241,14 @@ def format_report(data: dict[str, Any]) -> str:
 def bench_harness_cmd(n: int, size: int, scale: int, method: str, standin_ms: float, metrics: str | None, device: str,
                       repeats: int, as_json: bool) -> None:
     """compare's own cost per image (reading, degrading, metrics, writing, report) next to the method's."""
-    from ..cli import emit_json, fail_usage, json_stdout
+    from ..cli import emit_json, fail_usage
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     if size < scale:
         fail_usage(f"--size {size} is smaller than --scale {scale}: the LR would have no pixel")
         return
     try:
-        with json_stdout(as_json):  # --json: stdout is the document alone; what the method prints goes to stderr
-            data = run_bench(n, size, scale, method, names, device, standin_ms, repeats)
+        data = run_bench(n, size, scale, method, names, device, standin_ms, repeats)
     except RestorekitError as exc:
         fail_usage(str(exc))
         return

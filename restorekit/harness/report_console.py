@@ -31,8 +31,9 @@ def print_table(sm: Summary, console: Console | None = None) -> None:
     # (a terminal, or a caller's) gets them wrapped to it, as the tables are.
     from ..cli import sized_console, stdout_is_terminal  # (FORCE_COLOR in a CI log is not a terminal)
 
-    whole = console is None and not stdout_is_terminal()
-    console = console or (Console() if stdout_is_terminal() else sized_console(200))  # (TERM=dumb: not 80)
+    terminal = stdout_is_terminal()
+    whole = console is None and not terminal
+    console = console or (Console() if terminal else sized_console(200))  # (TERM=dumb: not 80)
     res = sm.result
     title = (f"restorekit compare ×{res.plan.config.scale} — {len(res.inputs.pairs)} images, "
              f"{res.inputs.source}")
