@@ -104,7 +104,7 @@ def _listed_inputs(data: str, lr_dir: str | None) -> list[ImageItem]:
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE", help="Method option (repeatable).")
 @click.option("--fresh", is_flag=True, help="Recompute everything instead of reusing stored results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results (without per-image rows) as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, table or method notes.")
 @click.option("--faces", type=click.Choice(["aligned", "detect"]), default="aligned", show_default=True,
               help="detect: photos from the wild; face methods run through detect-align-restore-paste.")
 @click.option("--detector", default=None, help="Face detector for --faces detect (default: mtcnn).")

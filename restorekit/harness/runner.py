@@ -314,6 +314,17 @@ def option_files_pin(options: Options) -> dict[str, str] | None:
 VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def _recorded_options(options: Options) -> dict[str, Any]:
+    """The options a stored result is filed under: all of them (a result-neutral kernel choice still
+    changes the timings compare reports), but a result-neutral ``quiet`` at its default, so that
+    ``-q`` reuses the results of a run without it."""
+    values = options.model_dump(mode="json")
+    model = type(options)
+    if "quiet" in model.result_neutral and "quiet" in model.model_fields:
+        values["quiet"] = model.model_fields["quiet"].get_default(call_default_factory=True)
+    return values
+
+
 def parse_method_opts(pairs: list[str] | tuple[str, ...], methods: list[str]) -> dict[str, dict[str, str]]:
     """``["psp_sr.mix_layers=[8,9]", …]`` to ``{"psp_sr": {"mix_layers": "[8,9]"}}``, each method one
     of ``methods``."""
@@ -423,7 +434,10 @@ def plan(config: CompareConfig) -> Plan:
         except RestorekitError as exc:
             raise CompareUsageError(str(exc)) from None
         try:
-            options = validate_options(cls, config.opts.get(name, {}))
+            values: dict[str, Any] = dict(config.opts.get(name, {}))
+            if config.quiet and "quiet" in cls.Options.model_fields and "quiet" not in values:
+                values["quiet"] = True  # -q: the method's own notes too, as run's -q
+            options = validate_options(cls, values)
             probe = cls(options)
             probe.check_scale(config.scale)
             check_output_size_contract(probe)
@@ -433,7 +447,7 @@ def plan(config: CompareConfig) -> Plan:
         dist, ver = _dist_of(reg, plugin)
         # compare restores one sample per image: a method whose one sample ignores the seed runs once.
         seeds: list[int | None] = [None] if cls.info.one_sample_ignores_seed else list(dict.fromkeys(config.seeds))
-        settings = {"method": base, "options": options.model_dump(mode="json"), "scale": config.scale,
+        settings = {"method": base, "options": _recorded_options(options), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver,
                     "code": code_fingerprint(cls.__module__), "core_code": core}

@@ -237,7 +237,7 @@ class Pulse(Method):
         return res // scale if res % scale == 0 and res // scale >= MIN_FACE_CROP else None
 
     def _note_resize(self, res: int, h: int, w: int) -> None:
-        """Once per output size, unless ``quiet`` (``run -q`` sets it): sizes are width×height, as
+        """Once per output size, unless ``quiet`` (``run -q`` and ``compare -q`` set it): sizes are width×height, as
         restorekit writes them everywhere. ``run`` has said the rule once already (:attr:`notes`)."""
         key = (res, h, w)
         if key in self._noted:

@@ -382,8 +382,8 @@ class PSPSROptions(Options):
                                                     "256-px inputs, config-f generator): benchmarks and tests only")
     resolution: int | None = Field(None, description="random_weights: the generator's resolution, 32-1024 "
                                                      "(default 1024, the paper's)")
-    quiet: bool = Field(False, description="no notes on stderr (inputs of sizes it was not trained on…; run -q sets "
-                                           "it)")
+    quiet: bool = Field(False, description="no notes on stderr (inputs of sizes it was not trained on…; run -q and "
+                                           "compare -q set it)")
 
 
 class PSPSR(Method):

@@ -219,3 +219,23 @@ def test_cli_run_and_bench(model_file: Path, tmp_path: Path) -> None:
     assert set(res["results"][0]["parts_ms"]) == {"encoder", "generator"}
     assert all(v > 0 for v in res["results"][0]["parts_ms"].values())
     assert set(res["speed_ratio"]) == {"1", "2"} and all(v > 0 for v in res["speed_ratio"].values())
+
+
+def test_compare_quiet_silences_method_notes_and_reuses_results(model_file: Path, tmp_path: Path) -> None:
+    # compare -q, as run -q, silences the methods' own notes (a 16×12 input is not square); the
+    # notes change no result, so a later compare without -q reuses what -q stored, and says the note.
+    src = tmp_path / "hr"
+    for i in range(2):
+        save_image(smooth_batch(1, 32, 24, seed=20 + i), src / f"face{i}.png")
+    cmd = ["compare", "--methods", "psp_sr", "--data", str(src), "--out", str(tmp_path / "cmp"), "--scale", "2",
+           "--device", "cpu", "--metrics", "psnr_rgb", "--opt", f"psp_sr.weights={model_file}", "--opt",
+           "psp_sr.impl=ref"]
+    r = CliRunner().invoke(build_cli(), [*cmd, "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "not square" not in r.stderr and r.stdout == ""
+    r = CliRunner().invoke(build_cli(), cmd, catch_exceptions=False)
+    assert r.exit_code == 0 and "not square" not in r.stderr, r.output  # nothing restored again
+    doc = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert len(doc["images"]) == 2 and all(i["reused"] for i in doc["images"])
+    r = CliRunner().invoke(build_cli(), [*cmd, "--fresh", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stderr.count("not square") == 1, r.stderr  # no -q: said once
