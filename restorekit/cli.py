@@ -477,14 +477,18 @@ def _silence_stdout() -> None:
 
 def _tolerant_streams() -> None:
     """Tables and messages use a few non-ASCII signs (↑ ↓ Δ →); where stdout or stderr cannot encode
-    them (Windows' cp1252 when redirected, ``PYTHONIOENCODING=ascii``) they are written escaped
+    them (Windows' cp1252 when redirected, ``PYTHONIOENCODING=ascii``) they are written as ASCII
+    stand-ins (:mod:`restorekit.plain_signs`: tables stay aligned), other characters escaped,
     instead of ending the command with a UnicodeEncodeError after its work is done."""
+    from .plain_signs import register
+
+    errors = register()
     for stream in (sys.stdout, sys.stderr):
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
         if encoding in ("utf8", "utf8sig"):
             continue
         try:
-            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+            stream.reconfigure(errors=errors)  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture)
             pass
 
