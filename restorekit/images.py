@@ -431,8 +431,11 @@ def _opened(p: Path, max_pixels: int, data: bytes | None = None,
     elif not data:
         raise ImageError(f"{p}: empty file (0 bytes)")
     try:
-        with pillow_limit(max_pixels) as arm, _pillow_notes(p), Image.open(
-                p if data is None else io.BytesIO(data), formats=None if formats is None else list(formats)) as im:
+        # A file object, not the path: given a path, pillow maps uncompressed images (grey PGM/TIFF,
+        # palette BMP, RGBA TIFF…) into memory, and a read the disk or a network file system fails
+        # there, or a file cut short meanwhile, ends the process with SIGBUS instead of an error.
+        with open(p, "rb") if data is None else io.BytesIO(data) as source, pillow_limit(max_pixels) as arm, \
+                _pillow_notes(p), Image.open(source, formats=None if formats is None else list(formats)) as im:
             w, h = im.size
             check_size(w, h, p, max_pixels=max_pixels)
             arm()
