@@ -17,11 +17,14 @@ Rules (per method and metric; every metric has a direction, ``higher_is_better``
   baseline in the metric's direction, ties counting half (0.5 = no better, no worse).
 - ``diff``: the mean paired difference ``method − baseline`` over the ``n_diff`` pairs of finite
   values (in the metric's units and sign: a positive PSNR difference and a negative LPIPS
-  difference both favour the method), with a 95% percentile-bootstrap confidence interval
-  ``[ci_low, ci_high]``: 2,000 resamples (:data:`BOOTSTRAP_RESAMPLES`) of the differences, with
-  replacement, from numpy's generator seeded with 0 (:data:`BOOTSTRAP_SEED`), so the same results
-  give the same interval. One difference has no interval (NaN): a resample of one value is that
-  value, which would read as certainty.
+  difference both favour the method), with a 95% confidence interval ``[ci_low, ci_high]``
+  (:func:`mean_ci`): from 30 differences (:data:`T_INTERVAL_BELOW`) on, the percentile bootstrap —
+  2,000 resamples (:data:`BOOTSTRAP_RESAMPLES`) of the differences, with replacement, from numpy's
+  generator seeded with 0 (:data:`BOOTSTRAP_SEED`), so the same results give the same interval —;
+  below 30, Student's t on their mean (``mean ± t·s/√n``): a bootstrap of a few values is too
+  narrow (of two it is their range, which holds the mean about half the time; about 85% at five).
+  One difference has no interval (NaN): a resample of one value is that value, which would read as
+  certainty.
 - ``p``: the two-sided exact sign test of "better and worse are equally likely", ties dropped:
   ``min(1, 2·P[X ≤ min(better, worse)])`` with ``X ~ Binomial(better + worse, ½)``. Exact in
   integers up to 20,000 untied images (:data:`EXACT_SIGN_TEST_MAX_N`), in log space above. It tests
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .store import Record
+from .student_t import t_quantile
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -48,6 +52,8 @@ CI_LEVEL = 0.95
 EXACT_SIGN_TEST_MAX_N = 20_000
 #: The smallest p-value reported (the smallest positive normal float): a smaller one is this.
 P_FLOOR = sys.float_info.min
+#: Below this many differences the interval is Student's t's, from it on the percentile bootstrap's.
+T_INTERVAL_BELOW = 30
 _BOOTSTRAP_CHUNK = 1 << 22  # resampled values drawn at a time (memory bound for large n)
 
 
@@ -88,6 +94,7 @@ class BaselineComparison:
     def as_dict(self) -> dict[str, object]:
         return {"baseline": self.baseline,
                 "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL},
+                "t_interval_below": T_INTERVAL_BELOW,
                 "higher_is_better": dict(self.directions),
                 "methods": {m: {k: s.as_dict() for k, s in per.items()} for m, per in self.stats.items()}}
 
@@ -157,6 +164,27 @@ def bootstrap_ci(diffs: Sequence[float] | np.ndarray, *, resamples: int = BOOTST
     return float(low), float(high)
 
 
+def t_interval(diffs: Sequence[float] | np.ndarray, *, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Student's t confidence interval of the mean of ``diffs``: ``mean ± t·s/√n`` (``s`` with
+    ``n − 1``); NaN for fewer than two values."""
+    x = np.asarray(diffs, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return math.nan, math.nan
+    mean = math.fsum(x.tolist()) / n
+    half = t_quantile(0.5 + level / 2.0, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def mean_ci(diffs: Sequence[float] | np.ndarray, *, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The interval of the mean paired difference: :func:`t_interval` below
+    :data:`T_INTERVAL_BELOW` values, :func:`bootstrap_ci` from there; NaN for fewer than two."""
+    n = len(diffs)
+    if n < 2:
+        return math.nan, math.nan
+    return t_interval(diffs, level=level) if n < T_INTERVAL_BELOW else bootstrap_ci(diffs, level=level)
+
+
 def paired_stat(values: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: bool) -> PairedStat:
     """``values`` (one method, image → value) against ``baseline`` on the images both have a value
     (not NaN) on; ``diff`` and its interval on those where both are finite (module docstring).
@@ -174,7 +202,7 @@ def paired_stat(values: Mapping[str, float], baseline: Mapping[str, float], high
     worse = sum(1 for a, b in pairs if (a < b if higher_is_better else a > b))
     ties = n - better - worse
     diffs = [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
-    low, high = bootstrap_ci(diffs) if len(diffs) > 1 else (math.nan, math.nan)
+    low, high = mean_ci(diffs)
     mean = math.fsum(diffs) / len(diffs) if diffs else math.nan
     return PairedStat(n, len(images) - n, better, ties, worse, (better + 0.5 * ties) / n,
                       mean, low, high, sign_test_p(better, worse), n_diff=len(diffs))

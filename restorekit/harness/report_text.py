@@ -8,7 +8,7 @@ import math
 import re
 
 from .aggregate import MethodSummary, failure_groups
-from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL
+from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, T_INTERVAL_BELOW
 from .report_summary import RUNTIME_FMT, Summary, fmt_number, fmt_signed, fmt_stat, magnitude_fmt
 from .runner import MetricState
 
@@ -135,8 +135,9 @@ def paired_notes(sm: Summary) -> list[str]:
            f"methods: the mean over seeds per image). n: images paired; win: share of them where the method "
            f"is better (ties count half; an infinite value, e.g. the PSNR of a perfect output, counts); p: "
            f"two-sided exact sign test, ties dropped. Δ: mean of method − {base} over the pairs of finite "
-           f"values, with a {CI_LEVEL:.0%} percentile-bootstrap CI ({BOOTSTRAP_RESAMPLES} resamples, seed "
-           f"{BOOTSTRAP_SEED}; none from one difference)."]
+           f"values, with a {CI_LEVEL:.0%} CI: Student's t below {T_INTERVAL_BELOW} differences, from "
+           f"{T_INTERVAL_BELOW} on the percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed "
+           f"{BOOTSTRAP_SEED}); none from one difference."]
     metrics = sm.active_metrics
     for name, per in sm.paired.stats.items():
         stats = [(m.name, per[m.name]) for m in metrics]
