@@ -769,7 +769,10 @@ def print_table_text(console: Console, renderable: Any) -> None:
         return
     with console.capture() as captured:
         console.print(renderable)
-    click.echo("\n".join(_PADDING.sub(r"\1", line) for line in captured.get().splitlines()))
+    # Colour codes are there only where rich was told to colour a log (FORCE_COLOR): keep them, as
+    # click.echo would strip them from what is not a terminal.
+    click.echo("\n".join(_PADDING.sub(r"\1", line) for line in captured.get().splitlines()),
+               color=True if console.color_system else None)
 
 
 #: The spaces at the end of a line, before any colour codes that end it (``FORCE_COLOR``).

@@ -152,3 +152,15 @@ def test_idles_shell_is_no_terminal_though_it_says_so(monkeypatch: pytest.Monkey
     shell.__module__ = "idlelib.run"
     monkeypatch.setattr(sys, "stdin", shell())
     assert not stream_is_terminal(_Tty(True)) and not stream_animates(_Tty(True))
+
+
+def test_a_listing_in_a_log_keeps_the_colour_it_was_asked_for() -> None:
+    """FORCE_COLOR asks for colour in a log: the listing's bold header reached it (click.echo stripped
+    the codes rich wrote, as it does for anything not a terminal); without it, or under NO_COLOR, none."""
+    bold = "\x1b[1m"
+    r = restorekit("methods", env={"FORCE_COLOR": "1"})
+    assert r.returncode == 0 and r.stdout.startswith(bold + "Methods"), r.stdout[:80]
+    assert re.sub(r"\x1b\[[0-9;]*m", "", r.stdout).splitlines()[1].split()[:2] == ["name", "plugin"]
+    for env in ({}, {"NO_COLOR": "1", "FORCE_COLOR": "1"}):
+        r = restorekit("methods", env=env)
+        assert r.returncode == 0 and "\x1b[" not in r.stdout, (env, r.stdout[:80])
