@@ -259,10 +259,32 @@ def _read_fault(p: Path, exc: OSError) -> ImageError:
                       "the image; try again")
 
 
+#: What a path that is neither a regular file nor a folder is, by its ``stat`` file type.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _special_file(mode: int) -> str:
+    """What a ``stat`` mode that is neither a regular file's nor a folder's is, in words."""
+    return next((words for test, words in _SPECIAL_FILES if test(mode)),
+                f"a special file (type {stat.S_IFMT(mode):o})")
+
+
+def _not_regular(p: Path, mode: int) -> ImageError:
+    """The line for ``p`` whose ``stat`` (links followed) shows no regular file and no folder: it is
+    said as what it is, never read (a FIFO's read waits for a writer; a device's never ends), and a
+    symbolic link to it is named as one (``x.jpg`` → ``/dev/urandom``)."""
+    try:
+        via = f"a symbolic link to {os.readlink(p)}, "
+    except (OSError, ValueError):  # (not a link: EINVAL)
+        via = ""
+    return ImageError(f"{p}: is {via}{_special_file(mode)}, not a regular file")
+
+
 def _check_file(p: Path) -> None:
-    """A one-line ``ImageError`` unless ``p`` is a file with something in it; one ``stat`` when it
-    is (a missing file, a folder, an empty file and a broken link are each said as such; a
-    ``stat`` the disk or network fails, :func:`_read_fault`)."""
+    """A one-line ``ImageError`` unless ``p`` is a regular file with something in it; one ``stat``
+    when it is (a missing file, a folder, a FIFO, device or socket, an empty file and a broken
+    link are each said as such; a ``stat`` the disk or network fails, :func:`_read_fault`)."""
     try:
         st = os.stat(p)
     except OSError as exc:
@@ -274,6 +296,8 @@ def _check_file(p: Path) -> None:
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise ImageError(f"{p}: is a folder, not an image")
+        if not stat.S_ISREG(st.st_mode):  # (its size says nothing: 0 for a FIFO or a device)
+            raise _not_regular(p, st.st_mode)
         if st.st_size == 0:
             raise ImageError(f"{p}: empty file (0 bytes)")
         return
@@ -292,7 +316,10 @@ def _check_file(p: Path) -> None:
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
         raise ImageError(f"{p}: is a folder, not an image")
-    if p.stat().st_size == 0:
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(p, st.st_mode)
+    if st.st_size == 0:
         raise ImageError(f"{p}: empty file (0 bytes)")
 
 
@@ -1234,8 +1261,9 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     A folder lists its files (symbolic links to files included) whose extension is in
     :data:`IMAGE_EXTS` — or, when none has such an extension, all its files; hidden names (``.x``)
     and sub-folders (even one named ``x.png``) are left out. A glob takes the files it matches. In
-    both, a symbolic link with an image extension that leads nowhere (dangling, or a loop) is
-    listed, so that it fails with its own line.
+    both, an entry with an image extension that is no file to read is listed, so that it fails with
+    its own line instead of vanishing: a symbolic link that leads nowhere (dangling, or a loop), and
+    a FIFO, device or socket (or a link to one: ``x.jpg`` → ``/dev/urandom``), which is never read.
     """
     s = str(spec)
     stats: dict[Path, os.stat_result] = {}  # what listing a path learnt of it (links followed)
@@ -1252,7 +1280,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             paths.append(q if q.is_absolute() else lst.parent / q)
     elif _is_glob_spec(s):
         found = [_listed(Path(p)) for p in sorted(globmod.glob(s))]
-        paths = [q for q, is_file, broken, _ in found if is_file or broken]
+        paths = [q for q, is_file, fails, _ in found if is_file or fails]
         stats.update((q, st) for q, _, _, st in found if st is not None)
         if not paths:
             _check_glob_folder(s)  # a folder it cannot list is said as such, not as "no match"
@@ -1268,7 +1296,7 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
             found = [_listed(q, e) for q, e in listed]
             files = [q for q, is_file, _, _ in found if is_file]
             # Folders hold other files too: only take image-like names (bad images still fail later).
-            images = [q for q, is_file, broken, _ in found if (is_file and q.suffix.lower() in IMAGE_EXTS) or broken]
+            images = [q for q, is_file, fails, _ in found if (is_file and q.suffix.lower() in IMAGE_EXTS) or fails]
             paths = images or files
             stats.update((q, st) for q, _, _, st in found if st is not None)
         elif p.exists():
@@ -1302,16 +1330,20 @@ def _check_glob_folder(pattern: str) -> None:
 
 def _listed(q: Path, entry: os.DirEntry[str] | None = None
             ) -> tuple[Path, bool, bool, os.stat_result | None]:
-    """``(q, is a file, is a broken image link, its stat)`` for a listed path, with one ``stat``
-    (links followed; ``entry``: its folder listing's, which may have it already): the answers of
-    ``Path.is_file`` and :func:`_broken_image_link`. Where that ``stat`` fails, those are asked
-    as such, with their own answers and errors (the stat is then None)."""
+    """``(q, is a file, is listed to fail, its stat)`` for a listed path, with one ``stat`` (links
+    followed; ``entry``: its folder listing's, which may have it already): the answer of
+    ``Path.is_file``, and whether ``q`` has an image extension but is no file to read: a broken
+    link (:func:`_broken_image_link`), a FIFO, a device or a socket (not a folder: those are left
+    out). Where that ``stat`` fails, those are asked as such, with their own answers and errors
+    (the stat is then None)."""
     try:
         st = entry.stat() if entry is not None else os.stat(q)
     except (OSError, ValueError):
         is_file = q.is_file()
         return q, is_file, not is_file and _broken_image_link(q), None
-    return q, stat.S_ISREG(st.st_mode), False, st
+    regular = stat.S_ISREG(st.st_mode)
+    special = not regular and not stat.S_ISDIR(st.st_mode) and q.suffix.lower() in IMAGE_EXTS
+    return q, regular, special, st
 
 
 def _file_key(q: Path, st: os.stat_result | None = None) -> tuple[Any, ...]:

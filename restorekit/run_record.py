@@ -208,11 +208,14 @@ def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,
 
 def reading_notes(unrecorded: list[Path]) -> Callable[[Path], dict[str, Any] | None]:
     """:func:`~restorekit.provenance.read_note` that also adds to ``unrecorded`` each output that
-    exists without a record (another program's, an older restorekit's, one that cannot be read):
-    a rerun keeps those as finished without comparing them, and says so (:func:`unrecorded_warning`)."""
+    is a file without a record (another program's, an older restorekit's, one that cannot be read):
+    a rerun keeps those as finished without comparing them, and says so (:func:`unrecorded_warning`).
+    Only a regular file (links followed) is an output: a folder where one goes is no finished
+    output, and the write that fails there says so itself."""
     def read(path: Path) -> dict[str, Any] | None:
         note = read_note(path)
-        if note is None and os.path.exists(path):  # (False, not an error, for a name too long to exist)
+        # One stat; False, not an error, for a name too long to exist or a path that cannot be examined.
+        if note is None and os.path.isfile(path):
             unrecorded.append(path)
         return note
     return read
