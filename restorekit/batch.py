@@ -27,7 +27,7 @@ from . import cli
 from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
 from .images import (ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image,
-                     storage_errno, storage_path, sweep_temp_files)
+                     special_file_kind, storage_errno, storage_path, sweep_temp_files)
 from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
@@ -391,8 +391,10 @@ class _OutputFolder:
             self._resolved = (ident, self.outdir.resolve())
         return self._resolved[1]
 
-    def look(self, path: Path) -> tuple[Path, bool, bool]:
-        """``(path.resolve(), path.exists(), path.is_dir())`` for an output path; their errors as theirs."""
+    def look(self, path: Path) -> tuple[Path, bool, str | None]:
+        """``(path.resolve(), path.exists(), what stands there that no output may replace)`` for an
+        output path: "a folder", "a FIFO (named pipe)", a device…, or None (nothing, or a regular
+        file); their errors as theirs."""
         if path.parent == self.outdir:
             try:
                 mode: int | None = os.lstat(path).st_mode
@@ -402,8 +404,17 @@ class _OutputFolder:
                 mode = stat.S_IFLNK
             folder = self._folder() if mode is None or not stat.S_ISLNK(mode) else None
             if folder is not None:
-                return folder / path.name, mode is not None, mode is not None and stat.S_ISDIR(mode)
-        return path.resolve(), path.exists(), path.is_dir()
+                return folder / path.name, mode is not None, _no_output(mode)
+        there = path.exists()
+        return path.resolve(), there, _no_output(path.stat().st_mode) if there else None
+
+
+def _no_output(mode: int | None) -> str | None:
+    """What a file of ``mode`` is where an output goes, when it is not one a finished output could
+    be (a folder, a FIFO, a device, a socket); None for nothing there or a regular file."""
+    if mode is None or stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else special_file_kind(mode)
 
 
 def process_files(
@@ -473,9 +484,10 @@ def process_files(
             # Neither an input nor a folder is a finished output: nothing to skip, nothing to write over.
             found = [(o, *folder.look(o)) for o in outs]
             an_input = next((o for o, real, _, _ in found if real in input_paths), None)
-            a_folder = next((o for o, _, _, is_dir in found if is_dir), None) if an_input is None else None
+            # (a FIFO too: a rerun took one for a finished output, and reading it would wait for a writer)
+            blocked = next(((o, what) for o, _, _, what in found if what), None) if an_input is None else None
             problem = _replaces_input(an_input) if an_input is not None else \
-                f"{a_folder}: is a folder, where the output goes" if a_folder is not None else None
+                f"{blocked[0]}: is {blocked[1]}, where the output goes" if blocked is not None else None
             done_before = (problem is None and not overwrite and all(there for _, _, there, _ in found)
                            and (finished is None or finished(items[i])))
         except (OSError, RuntimeError) as exc:  # e.g. a name longer than the file system takes

@@ -264,7 +264,7 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a char
                   (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _special_file(mode: int) -> str:
+def special_file_kind(mode: int) -> str:
     """What a ``stat`` mode that is neither a regular file's nor a folder's is, in words."""
     return next((words for test, words in _SPECIAL_FILES if test(mode)),
                 f"a special file (type {stat.S_IFMT(mode):o})")
@@ -278,7 +278,7 @@ def _not_regular(p: Path, mode: int) -> ImageError:
         via = f"a symbolic link to {os.readlink(p)}, "
     except (OSError, ValueError):  # (not a link: EINVAL)
         via = ""
-    return ImageError(f"{p}: is {via}{_special_file(mode)}, not a regular file")
+    return ImageError(f"{p}: is {via}{special_file_kind(mode)}, not a regular file")
 
 
 def _check_file(p: Path) -> None:

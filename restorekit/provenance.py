@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,11 +62,25 @@ def read_note(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     from .images import pillow_limit
 
     try:
-        with pillow_limit(0), Image.open(path, formats=("PNG", "JPEG", "WEBP")) as im:  # header only, any size
-            text = im.info.get(NOTE_KEY) if im.format == "PNG" else \
-                im.getexif().get(_EXIF_DESCRIPTION) if im.format in ("JPEG", "WEBP") else None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Non-blocking, and only a regular file is read: a FIFO at an output's path (opened without a
+        # writer) or a device is no output restorekit wrote, and reading it would wait or never end.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError):
         return None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as source:
+        try:
+            with pillow_limit(0), Image.open(source, formats=("PNG", "JPEG", "WEBP")) as im:  # header only
+                text = im.info.get(NOTE_KEY) if im.format == "PNG" else \
+                    im.getexif().get(_EXIF_DESCRIPTION) if im.format in ("JPEG", "WEBP") else None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return None
     if not isinstance(text, str):
         return None
     try:

@@ -21,6 +21,7 @@ import io
 import itertools
 import math
 import os
+import stat
 import sys
 import time
 import zipfile
@@ -263,10 +264,24 @@ def default_cache_dir() -> Path:
 
 def file_digests(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     """The sorted sha256 of every file's bytes (read in chunks): a reference set's content, hashed
-    once for all the spaces of a run."""
-    from ...weights.checksum import sha256_file
+    once for all the spaces of a run. A path that is no regular file to read (missing, a dangling
+    link, a FIFO or a device: listed so that reading it fails with its own line) stands as its name
+    and what it is — never read: a FIFO's read waits for a writer, a device's never ends."""
+    return sorted(_content_digest(Path(p)) for p in paths)
 
-    return sorted(sha256_file(Path(p)) for p in paths)
+
+def _content_digest(p: Path) -> str:
+    from ...weights.checksum import sha256_fd
+
+    try:  # (non-blocking: opening a FIFO without a writer returns at once, to be refused below)
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        return f"unreadable {exc.errno}: {p}"
+    try:
+        mode = os.fstat(fd).st_mode
+        return sha256_fd(fd) if stat.S_ISREG(mode) else f"not a regular file {stat.S_IFMT(mode):o}: {p}"
+    finally:
+        os.close(fd)
 
 
 def reference_key(paths: Sequence[str | os.PathLike[str]], space: FeatureSpace, *,
