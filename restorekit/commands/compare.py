@@ -68,16 +68,16 @@ def _check_exportable(names: list[str]) -> None:
 
 def _listed_inputs(data: str, lr_dir: str | None) -> list[ImageItem]:
     """The HR images of ``data``. A spec listing none, an ``lr_dir`` listing none, or one whose files pair
-    with none of them by name, is a usage error here, before --out is made (the run found them only
-    after making it, an empty folder left behind)."""
+    with none of them, or two of whose files claim one image (:func:`~restorekit.harness.inputs.pair_items`),
+    is a usage error here, before --out is made (the run found them only after making it, an empty
+    folder left behind)."""
     from ..batch import require_inputs
+    from ..harness.inputs import pair_items
     from ..images import list_inputs
 
     items = require_inputs(list_inputs(data), data)
     if lr_dir is not None:
-        lr_stems = {it.stem for it in require_inputs(list_inputs(lr_dir), lr_dir)}
-        if not any(it.stem in lr_stems for it in items):
-            raise RestorekitError(f"no HR image in {data} has an LR image of the same stem in {lr_dir}")
+        pair_items(items, require_inputs(list_inputs(lr_dir), lr_dir), data, lr_dir)
     return items
 
 

@@ -1,9 +1,10 @@
 """``restorekit demo``: a real restoration of a real face, offline, in one command.
 
 The face is NASA's portrait of astronaut Eileen Collins (public domain), which ships inside
-scikit-image as ``skimage.data.astronaut()``. The demo detects and FFHQ-aligns the face, makes a
-low-resolution version (antialiased bicubic ÷scale), restores it with each method, scores every
-result against the aligned original, and writes a labelled side-by-side PNG plus the numbers.
+scikit-image as ``skimage.data.astronaut()``. The demo detects and FFHQ-aligns the face, rounds
+it to 8 bits (as ``astronaut_hr.png`` holds it), makes a low-resolution version (antialiased
+bicubic ÷scale), restores it with each method, scores every result against that aligned original,
+and writes a labelled side-by-side PNG plus the numbers.
 
 ``metrics.json`` (also what ``--json`` prints) is strict JSON:
 
@@ -34,7 +35,7 @@ from ..cli import emit_json, fail_usage, json_output, table, warn
 from ..degradations import downscale
 from ..errors import RestorekitError, UnknownNameError
 from ..harness.store import dumps
-from ..images import atomic_write_bytes, save_image
+from ..images import atomic_write_bytes, from_pil, save_image, to_pil
 from ..samples import ASTRONAUT_CREDIT, astronaut
 
 #: The methods the demo runs when --methods is not given, and the distribution each comes with.
@@ -200,6 +201,9 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
         hr, record = largest_face_crop(photo, res, detector or DEFAULT_DETECTOR)
     except RestorekitError as exc:
         raise RestorekitError(f"demo: {exc}") from None
+    # The HR as astronaut_hr.png holds it (as compare reads its HR files): degraded and scored
+    # against as written, so metrics.json can be recomputed from the demo's own files.
+    hr = from_pil(to_pil(hr))
     lr = downscale(hr, k)
     lr = torch.round(lr * 255) / 255  # what a saved 8-bit LR file holds
     outputs: dict[str, torch.Tensor] = {}

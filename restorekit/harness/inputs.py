@@ -7,7 +7,8 @@ Two sources:
   to 8 bits and written as PNG to ``OUT/inputs/<key>/``, the key a hash of the spec, the scale and
   what the plugins' steps of the spec are (their distribution, version and code fingerprint:
   ``step_code``). A later run reuses the PNG while its HR file is unchanged.
-- Given LR/HR pairs, matched by output name (see :func:`restorekit.images.output_names`): the HR
+- Given LR/HR pairs, matched by output name (see :func:`restorekit.images.output_names`), else by
+  the LR file's stem (:func:`pair_items`; two files claiming one image are refused): the HR
   is cropped to a multiple of the scale and must then be exactly ``scale`` times the LR.
 
 Under ``torchrun`` each rank makes (or checks) its share of the images (``shard=(rank, world)``:
@@ -27,6 +28,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -224,6 +226,15 @@ def size_mismatch(hr: Tensor, lr: Tensor, scale: int) -> str:
     return f"{what}; the LR fits --scale {fits[0]}" if fits else what
 
 
+def check_fits_scale(width: int, height: int, scale: int, where: object) -> None:
+    """Refuse an HR image narrower or shorter than ``scale``, named by its own size: cropped to a
+    multiple of the scale it would leave 0 px, which its LR's size would only hint at. The check
+    of :func:`degrade_hr`, which ``serve`` makes before queueing a job, so both say the same."""
+    if min(width, height) < scale:
+        raise ImageError(f"{where}: {width}×{height} is smaller than the scale {scale} "
+                         f"(each side must be ≥ {scale} px)")
+
+
 def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
                max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0,
                image_seed: int | None = None) -> tuple[Tensor, Tensor]:
@@ -237,9 +248,7 @@ def degrade_hr(hr: Tensor, chain: Chain, scale: int, *, where: object,
     image in errors; ``image_seed``: :func:`degradation_seed` of ``hr`` and ``seed`` when the caller
     has it already (the pixels are not hashed twice).
     """
-    if min(hr.shape[-2:]) < scale:  # named by its own size: the crop would leave 0 px of it
-        raise ImageError(f"{where}: {hr.shape[-1]}×{hr.shape[-2]} is smaller than the scale {scale} "
-                         f"(each side must be ≥ {scale} px)")
+    check_fits_scale(hr.shape[-1], hr.shape[-2], scale, where)
     g = torch.Generator().manual_seed(degradation_seed(hr, seed) if image_seed is None else image_seed)
     hr = crop_to_multiple(hr, scale)
     lr = chain(hr, generator=g).clamp(0, 1)
@@ -340,25 +349,88 @@ def from_degradation(hr_spec: str, chain: Chain, scale: int, out: Path, *, limit
     return inputs
 
 
+def _shown(items: list[ImageItem]) -> str:
+    """Files for a message, by their paths from the folder they share, sorted: ``b.png and b.webp``,
+    ``a.png, a.tif and a.webp``."""
+    paths = [os.path.abspath(it.path) for it in items]
+    try:
+        common = os.path.commonpath([os.path.dirname(p) for p in paths])
+        names = sorted(os.path.relpath(p, common) for p in paths)
+    except ValueError:  # no folder in common (Windows drives): the whole paths
+        names = sorted(paths)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def pair_items(hr_items: list[ImageItem], lr_items: list[ImageItem], hr_spec: str, lr_spec: str
+               ) -> tuple[dict[str, tuple[ImageItem, ImageItem]], list[str]]:
+    """``{HR output name: (HR, LR)}`` of ``--lr-dir``'s files, and the names present on one side only.
+
+    An LR file is the LR of the HR image of its own output name (``degrade``'s outputs, a tree of
+    LR files mirroring the HR one) or, failing that, of the HR image named as its file stem: two LR
+    files of one stem (``b.png``, ``b.webp``) are named by their file names, and yet both are LR
+    images of HR ``b``. Which of two files is meant is not for restorekit to guess: LR files of one
+    stem claiming one HR image, or HR files of one stem that one LR file's stem names (``b.jpg``,
+    ``b.png`` and LR ``b.png``), are refused (``RestorekitError``, one line naming them), and so is
+    a set with no pair.
+    """
+    lr_named = {lr.stem: lr for lr in lr_items}
+    pairs = {h.stem: (h, lr_named[h.stem]) for h in hr_items if h.stem in lr_named}
+    used = {lr.path for _, lr in pairs.values()}
+    lr_by_stem: dict[str, list[ImageItem]] = {}
+    for lr in lr_items:
+        lr_by_stem.setdefault(lr.path.stem, []).append(lr)
+    hr_by_stem: dict[str, list[ImageItem]] = {}
+    for h in hr_items:
+        hr_by_stem.setdefault(h.path.stem, []).append(h)
+    ambiguous: dict[str, str] = {}  # the image -> why
+    for h in hr_items:
+        claims = lr_by_stem.get(h.stem, [])
+        if h.stem in pairs or not claims:
+            continue
+        if len(claims) > 1:
+            ambiguous[h.stem] = (f"{lr_spec}: {_shown(claims)} are {'both' if len(claims) == 2 else 'all'} "
+                                 f"LR images of {h.stem}: keep one")
+        elif claims[0].path not in used:
+            pairs[h.stem] = (h, claims[0])
+            used.add(claims[0].path)
+    for lr in lr_items:
+        claims = hr_by_stem.get(lr.path.stem, [])
+        if lr.path in used or not claims:
+            continue
+        if len(claims) > 1:
+            ambiguous[lr.stem] = (f"{hr_spec}: {_shown(claims)} are {'both' if len(claims) == 2 else 'all'} HR "
+                                  f"images of the LR image {lr.path}: keep one, or give each its own LR file "
+                                  f"({' and '.join(sorted(f'{h.stem}.png' for h in claims))}, as restorekit "
+                                  "degrade names them)")
+        elif claims[0].stem not in pairs:
+            pairs[claims[0].stem] = (claims[0], lr)
+            used.add(lr.path)
+    if ambiguous:
+        first, *more = ambiguous
+        raise RestorekitError(ambiguous[first] + (f" ({len(more)} more image{'s' if len(more) > 1 else ''} "
+                                                  f"likewise: {', '.join(more[:4])}{' …' if len(more) > 4 else ''})"
+                                                  if more else ""))
+    if not pairs:
+        raise RestorekitError(f"no HR image in {hr_spec} has an LR image of the same stem in {lr_spec}")
+    unmatched = [h.stem for h in hr_items if h.stem not in pairs] + \
+        [lr.stem for lr in lr_items if lr.path not in used]
+    return pairs, sorted(unmatched)
+
+
 def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
                shard: tuple[int, int] = (0, 1)) -> tuple[InputSet, list[str]]:
-    """Pair HR and LR files by output name; returns the set and the names present on one side only.
+    """Pair HR and LR files (:func:`pair_items`); returns the set and the names present on one side only.
 
     ``shard=(rank, world)``: check and hash only that share of the pairs (:func:`merge_shards`).
     """
-    hr_items = {it.stem: it for it in list_inputs(hr_spec)}
-    lr_items = {it.stem: it for it in list_inputs(lr_spec)}
-    common = sorted(set(hr_items) & set(lr_items))
-    unmatched = sorted(set(hr_items) ^ set(lr_items))
-    if not common:
-        raise RestorekitError(f"no HR image in {hr_spec} has an LR image of the same stem in {lr_spec}")
-    items = _select([hr_items[s] for s in common], limit)
+    pairs, unmatched = pair_items(list_inputs(hr_spec), list_inputs(lr_spec), hr_spec, lr_spec)
+    items = _select([pairs[s] for s in sorted(pairs)], limit)
     inputs = InputSet([], scale, f"lr-dir:{lr_spec}", max_pixels=max_pixels)
     for index in range(shard[0], len(items), shard[1]):
-        item = items[index]
+        item, lr_item = items[index]
         inputs.order[item.stem] = index
-        lr_path = lr_items[item.stem].path
+        lr_path = lr_item.path
         try:
             w, h = probe_size(lr_path, max_pixels=max_pixels)
             check_output_size(w, h, scale, lr_path, max_output_pixels=max_output_pixels)

@@ -1,7 +1,8 @@
 """What one job of the page does, with restorekit's own pieces only.
 
 1. ``crop`` mode: the largest face of the upload, FFHQ-aligned
-   (:func:`restorekit.faces.pipeline.largest_face_crop`, as ``restorekit demo``).
+   (:func:`restorekit.faces.pipeline.largest_face_crop`, as ``restorekit demo``), rounded to 8 bits:
+   what is degraded, restored and scored against is the PNG the page shows.
 2. ``degrade``: the upload (or crop) is the HR; its LR is compare's
    (:func:`restorekit.harness.inputs.degrade_hr`: crop to a multiple of the scale, the degradation
    spec, default ``bicubic:K``), rounded to 8 bits as compare's LR file. Otherwise the upload is the LR.
@@ -36,7 +37,7 @@ from ..degradations import parse_spec
 from ..errors import RestorekitError, exception_line
 from ..faces.pipeline import FacePipeline, largest_face_crop, not_a_face_method
 from ..harness.aggregate import best_per_column, summarize
-from ..harness.inputs import degrade_hr, png_bytes
+from ..harness.inputs import check_fits_scale, degrade_hr, png_bytes
 from ..harness.runner import SR_ONLY_AT_SCALE_ONE, backend_info, left_out_at_scale, metric_device, score
 from ..harness.store import Record, dumps, jsonable
 from ..images import check_output_size, check_size, from_pil, to_pil
@@ -171,7 +172,8 @@ class Restorer:
         w, h = upload.width, upload.height
         if settings.faces == "crop":
             w = h = self.crop_size(entries)
-        if settings.degrade:
+        if settings.degrade:  # as degrade_hr will: the HR's own size first, then its LR's
+            check_fits_scale(w, h, k, upload.name)
             w, h = w // k, h // k
             check_size(w, h, f"{upload.name}: its ×{k} LR", max_pixels=cfg.max_pixels)
         n_out = max((self._samples(e, settings)[1] for e in entries), default=1)
@@ -233,6 +235,7 @@ class Restorer:
             size = self.crop_size(entries)
             assert self.catalogue.detector is not None
             image, face = largest_face_crop(image, size, self.catalogue.detector)
+            image = from_pil(to_pil(image))  # the HR (or LR) as its PNG holds it: what is scored is what is shown
             job.publish("face", jsonable(face))
             job.publish("notes", f"the largest face, FFHQ-aligned at {size}×{size} px (detector "
                                  f"{self.catalogue.detector_name})", append=True)
