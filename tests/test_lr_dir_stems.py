@@ -109,3 +109,42 @@ def test_compare_refuses_two_lr_files_of_one_image_in_one_line(tmp_path: Path, l
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "results.json").read_text())
     assert sorted(i["image"] for i in doc["images"]) == ["a", "b"] and doc["inputs"]["unmatched"] == []
+
+
+def test_a_stray_file_beside_pairs_made_by_output_name_is_no_claimant(tmp_path: Path) -> None:
+    # HR face.jpg and face.png, their LR files as degrade names them, and a face.png left over from
+    # a degrade run made before face.jpg was added: both images pair, the stray one is unmatched.
+    hr, lr = _folders(tmp_path, ["face.jpg", "face.png"], ["face.jpg.png", "face.png.png", "face.png"])
+    pairs, unmatched = _pairs(hr, lr)
+    assert pairs == {"face.jpg": ("face.jpg", "face.jpg.png"), "face.png": ("face.png", "face.png.png")}
+    assert unmatched == ["face"]
+    # The LR side alike: b.png pairs with HR b.png.tif by its output name, b.webp with HR b.
+    hr, lr = _folders(tmp_path / "2", ["b.jpg", "b.png.tif"], ["b.png", "b.webp"])
+    assert _pairs(hr, lr)[0] == {"b": ("b.jpg", "b.webp"), "b.png": ("b.png.tif", "b.png")}
+
+
+def test_an_hr_fifo_is_refused_in_its_line_not_read(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    if not hasattr(os, "mkfifo") or not hasattr(signal, "SIGALRM"):
+        pytest.skip("needs FIFOs and SIGALRM")
+    hr, lr = _folders(tmp_path, ["a.png"], ["a.png", "f.png"])
+    os.mkfifo(hr / "f.png")
+
+    class Hung(BaseException):
+        pass
+
+    def hung(signum, frame):  # type: ignore[no-untyped-def]
+        raise Hung("blocked reading the HR FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        inputs, unmatched = from_pairs(str(hr), str(lr), 4)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert [p.stem for p in inputs.pairs] == ["a"] and unmatched == []
+    assert inputs.failures == [{"image": "f", "path": str(hr / "f.png"),
+                                "error": f"{hr / 'f.png'}: is a FIFO (named pipe), not a regular file"}]

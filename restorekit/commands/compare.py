@@ -98,7 +98,7 @@ def _listed_inputs(data: str, lr_dir: str | None) -> list[ImageItem]:
 @click.option("--metrics", default=None, help="Comma-separated metric names (default: all registered).")
 @click.option("--baseline", default=None, metavar="METHOD",
               help="One of --methods: compare each other method with it image by image (win share, mean "
-                   "difference with a bootstrap CI, sign-test p) in a second table and paired.csv.")
+                   "difference with a 95% CI, sign-test p) in a second table and paired.csv.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE", help="Method option (repeatable).")

@@ -7,7 +7,7 @@
   PULSE's LR-consistency), each named after its convention.
 - :mod:`.aggregate`: per-method means (± std over seeds for stochastic methods), NaN counts, best per column.
 - :mod:`.paired`: ``--baseline``'s head-to-head statistics per method and metric (win share, mean
-  paired difference with a bootstrap CI, exact sign test).
+  paired difference with a 95% CI — Student's t below 30 differences, else a bootstrap —, exact sign test).
 - :mod:`.store`: the per-(method, image, seed) JSON-lines store that makes runs resumable.
 - :mod:`.reports`: what compare writes (:func:`~.reports.write_all`); each output in its own module:
   :mod:`.report_console` (terminal tables), :mod:`.report_files` (CSV, JSON), :mod:`.report_html`,

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -46,6 +46,8 @@ from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, FILE_FORMAT
                       read_image_bytes, storage_errno, to_pil)
 from ..safe_open import open_folder, read_plain
 from ..seeds import mix_seed
+
+_T = TypeVar("_T")
 
 # Decoded inputs kept in memory between methods (bytes of float32 tensors).
 CACHE_BYTES = 1 << 30
@@ -152,7 +154,7 @@ def _hash_bytes(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def _select(items: list[ImageItem], limit: int | None) -> list[ImageItem]:
+def _select(items: list[_T], limit: int | None) -> list[_T]:
     return items[:limit] if limit is not None else items
 
 
@@ -383,8 +385,8 @@ def pair_items(hr_items: list[ImageItem], lr_items: list[ImageItem], hr_spec: st
     for h in hr_items:
         hr_by_stem.setdefault(h.path.stem, []).append(h)
     ambiguous: dict[str, str] = {}  # the image -> why
-    for h in hr_items:
-        claims = lr_by_stem.get(h.stem, [])
+    for h in hr_items:  # (a file paired by its output name already is no claimant)
+        claims = [lr for lr in lr_by_stem.get(h.stem, []) if lr.path not in used]
         if h.stem in pairs or not claims:
             continue
         if len(claims) > 1:
@@ -394,7 +396,7 @@ def pair_items(hr_items: list[ImageItem], lr_items: list[ImageItem], hr_spec: st
             pairs[h.stem] = (h, claims[0])
             used.add(claims[0].path)
     for lr in lr_items:
-        claims = hr_by_stem.get(lr.path.stem, [])
+        claims = [h for h in hr_by_stem.get(lr.path.stem, []) if h.stem not in pairs]
         if lr.path in used or not claims:
             continue
         if len(claims) > 1:
@@ -434,6 +436,7 @@ def from_pairs(hr_spec: str, lr_spec: str, scale: int, *, limit: int | None = No
         try:
             w, h = probe_size(lr_path, max_pixels=max_pixels)
             check_output_size(w, h, scale, lr_path, max_output_pixels=max_output_pixels)
+            probe_size(item.path, max_pixels=max_pixels)  # a regular file, an image: a FIFO's bytes never end
             digest = _hash_bytes(item.path.read_bytes(), lr_path.read_bytes())
             inputs.pairs.append(Pair(item.stem, item.path, lr_path, digest))
         except (RestorekitError, OSError) as exc:
