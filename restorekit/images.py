@@ -53,8 +53,10 @@ profile: the values are sRGB), with what made them inside where the writer says
 
 Every image restorekit reads or makes passes :func:`check_size` (at least ``MIN_SIDE`` px a side, at
 most ``max_pixels``), whatever it comes from, so a result never depends on whether an image was
-read from disk or kept in memory. ``max_pixels`` is also pillow's decompression-bomb limit while
-restorekit reads a file, so one limit decides.
+read from disk or kept in memory; :func:`save_image` refuses to write one with a smaller side,
+which could not be read back (a result's upper bound is :func:`check_output_size`'s).
+``max_pixels`` is also pillow's decompression-bomb limit while restorekit reads a file, so one
+limit decides.
 
 Output names (:func:`output_names`): an input is named by its stem (``photo.jpg`` → ``photo``).
 Inputs whose stems are equal ignoring case and Unicode normalisation (``é`` written as one code
@@ -93,7 +95,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileSystemError, ImageError, describe_os_error
 from .memory import process_id, status_fields
@@ -703,8 +705,14 @@ def pixels_to_float(arr: np.ndarray) -> np.ndarray:
 
 
 def to_numpy_rgb(img: Image.Image) -> np.ndarray:
-    """A pillow image to ``H×W×3`` float32 in [0,1], by the module's conversion rule."""
-    return pixels_to_float(to_numpy_pixels(img))
+    """A pillow image to ``H×W×3`` float32 in [0,1], by the module's conversion rule: EXIF orientation
+    and ICC profile included, so an opened file gives what :func:`read_image` gives. ``img`` is left
+    as it is; one made in memory (no orientation, no profile) is converted as it stands."""
+    where = getattr(img, "filename", None) or "image"
+    try:
+        return pixels_to_float(_rule_pixels(img, where))
+    except PixelValueError as exc:
+        raise PixelValueError(f"{shown_name(where)}: {exc}") from None
 
 
 def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
@@ -733,22 +741,40 @@ def _grey_alpha_16(im: Image.Image) -> bool:
     return im.format == "PNG" and any(getattr(t, "args", None) == "LA;16B" for t in (getattr(im, "tile", None) or ()))
 
 
-def _pixels(im: Image.Image, where: object) -> torch.Tensor:
-    icc = im.info.get("icc_profile")
-    drop_key = _key_unmatchable(im)
-    if _grey_alpha_16(im):
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` loaded and turned by its EXIF orientation (pillow's ``exif_transpose``, whose copy has
+    the tag removed: a second call turns nothing); ``im`` itself, not a copy, when it has none to
+    apply (an image made in memory, as ``from_pil(to_pil(x))`` gives, costs no copy)."""
+    im.load()
+    if im.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
+        return im
+    turned = ImageOps.exif_transpose(im)
+    assert turned is not None
+    return turned
+
+
+def _rule_pixels(opened: Image.Image, where: object) -> np.ndarray:
+    """``H×W×3`` pixels of ``opened`` by the module's rule, as decoded (:func:`to_numpy_pixels`):
+    EXIF orientation, ICC profile to sRGB, transparency key. ``opened`` itself is not changed."""
+    icc = opened.info.get("icc_profile")
+    drop_key = _key_unmatchable(opened)
+    if _grey_alpha_16(opened):
         _note_once(where, "16-bit grayscale with alpha is read at 8 bits (pillow decodes it as 8-bit RGBA, the "
                           "high byte of each sample); save it as 16-bit grayscale without alpha to keep its precision")
-    layout = _int_layout(im)  # before exif_transpose, whose copy has no format or TIFF tags
-    im = ImageOps.exif_transpose(im)
-    im.load()
+    layout = _int_layout(opened)  # before exif_transpose, whose copy has no format or TIFF tags
+    im = _upright(opened)
     if icc and not im.info.get("icc_profile"):
         im.info["icc_profile"] = icc
     if drop_key:
+        im = im.copy() if im is opened else im  # (a caller's image keeps its info)
         im.info.pop("transparency", None)
         _note_once(where, "its transparency colour key is not applied (16-bit colour is read as 8 bits a "
                           "channel, which the key cannot match exactly); pixels read as opaque")
-    arr = to_numpy_pixels(to_srgb(im, where), where, int_layout=layout)
+    return to_numpy_pixels(to_srgb(im, where), where, int_layout=layout)
+
+
+def _pixels(im: Image.Image, where: object) -> torch.Tensor:
+    arr = _rule_pixels(im, where)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
 
@@ -787,20 +813,39 @@ def read_pixels_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_P
         return _pixels(im, name)
 
 
+def _one_image(image: object, what: str = "to_pil: image") -> torch.Tensor:
+    """``image`` as ``1×3×H×W`` if it is one image by the convention (``3×H×W`` or ``1×3×H×W``, any
+    floating dtype, finite, in [0, 1] up to ``INPUT_RANGE_SLACK``, which writing clips), else a
+    one-line ``ValueError`` starting with ``what`` and naming the fix, as ``Method.restore`` refuses
+    its input (:func:`~restorekit.interfaces.check_image_batch`, NaN included): 8-bit, 0–255, [-1, 1]
+    or NaN data would be written white, clipped or black."""
+    from .interfaces import check_image_batch, refuse_nan
+
+    batch = image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3 else image
+    check_image_batch(batch, what)
+    assert isinstance(batch, torch.Tensor)
+    refuse_nan(batch, what)
+    if batch.shape[0] != 1:
+        raise ValueError(f"{what} is a batch of {batch.shape[0]}: one image (3×H×W or 1×3×H×W) is converted at a "
+                         "time, x[i]")
+    return batch
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """One ``3×H×W`` (or ``1×3×H×W``) tensor in [0,1] to an 8-bit RGB pillow image."""
-    if image.dim() == 4:
-        if image.shape[0] != 1:
-            raise ValueError(f"to_pil takes one image, got a batch of {image.shape[0]}")
-        image = image[0]
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected 3×H×W, got {tuple(image.shape)}")
-    arr = (image.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0).round()
+    """One ``3×H×W`` (or ``1×3×H×W``) tensor in [0,1] to an 8-bit RGB pillow image (checked first:
+    :func:`_one_image`)."""
+    return _rounded(_one_image(image))
+
+
+def _rounded(one: torch.Tensor) -> Image.Image:
+    """A checked ``1×3×H×W`` image to 8-bit RGB: ``x·255`` clipped and rounded to the nearest integer."""
+    arr = (one[0].detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0).round()
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
 def from_pil(img: Image.Image) -> torch.Tensor:
-    """A pillow image to ``1×3×H×W`` float32 in [0,1] by the module's conversion rule."""
+    """A pillow image to ``1×3×H×W`` float32 in [0,1] by the module's conversion rule (EXIF
+    orientation, ICC profile, 16-bit, alpha): ``from_pil(Image.open(p))`` is ``read_image(p)``."""
     arr = to_numpy_rgb(img)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0)
 
@@ -1207,18 +1252,27 @@ def save_image(image: torch.Tensor, path: str | os.PathLike[str], *, quality: in
                note: Mapping[str, Any] | None = None, root: Path | None = None, lossless: bool = False) -> Path:
     """Write one image atomically; the format follows the suffix (png, jpg, webp). ``note``: what
     made it, recorded inside the file (:mod:`restorekit.provenance`); ``root``: as
-    :func:`atomic_write_bytes`'; ``lossless``: WebP without loss (JPEG has none: ``quality``)."""
+    :func:`atomic_write_bytes`'; ``lossless``: WebP without loss (JPEG has none: ``quality``).
+
+    ``image`` is checked as :func:`to_pil` checks it, and a side under ``MIN_SIDE`` px is refused:
+    :func:`read_image` could not read the file back. Either is one ``ImageError`` naming ``path``."""
     from .provenance import save_args
 
     p = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(p.suffix.lower())
     if fmt is None:
         raise ImageError(f"{p}: unsupported output format '{p.suffix}' (use png, jpg or webp)")
+    try:
+        one = _one_image(image, f"{p}: the image")
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
+    height, width = one.shape[-2:]
+    check_size(width, height, p, max_pixels=width * height)  # (the least size only: outputs have their own limit)
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "WEBP" and lossless:
         kwargs["lossless"] = True
-    to_pil(image).save(buf, fmt, **kwargs, **save_args(fmt, note))
+    _rounded(one).save(buf, fmt, **kwargs, **save_args(fmt, note))
     atomic_write_bytes(p, buf.getvalue(), root=root)
     return p
 

@@ -609,14 +609,16 @@ def seed_everything(seed: int) -> None:
 
 # -- images ------------------------------------------------------------------------------------
 def image_grid(columns: list[Tensor], max_rows: int = 8) -> Tensor:
-    """``1×3×H×W``: one row per image, one column per panel (resized, nearest, to the tallest)."""
+    """``1×3×H×W``: one row per image, one column per panel (resized, nearest, to the tallest).
+    A picture to look at: a NaN pixel (a sample gone bad) is drawn black, not refused as
+    :func:`~restorekit.images.save_image` refuses it, so a snapshot or validation grid never stops a run."""
     if not columns:
         raise ValueError("image_grid needs at least one column")
     rows = min(max_rows, min(c.shape[0] for c in columns))
     size = max(c.shape[-1] for c in columns)
     cols = []
     for c in columns:
-        c = c[:rows].detach().float().clamp(0, 1).cpu()
+        c = torch.nan_to_num(c[:rows].detach().float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1).cpu()
         if c.shape[-2:] != (size, size):
             c = torch.nn.functional.interpolate(c, size=(size, size), mode="nearest")
         cols.append(c)
