@@ -16,7 +16,10 @@ apart: :func:`~restorekit.plugins.kept_global_state` holds it from its snapshot 
 thread that seeds or draws from the global RNGs, or changes any setting above for a while, holds
 it as well where a method may be built or a plugin loaded at the same time. A loaded method's
 ``restore`` needs it only if it touches this state even for the length of the call; restorekit's
-own do not (they draw from their own ``torch.Generator``s).
+own do not (they draw from their own ``torch.Generator``s) — but for one case: under a default
+dtype other than float32 every method's ``load`` and ``restore`` (and every metric's call) hold it
+at float32 for their length (:func:`restorekit.interfaces.float32_default_dtype`), so that a
+notebook's ``torch.set_default_dtype(torch.float64)`` does not break them.
 """
 
 from __future__ import annotations

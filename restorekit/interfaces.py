@@ -165,22 +165,58 @@ RESTORATION_TASKS: frozenset[str] = frozenset({
 #: The device types whose autocast :func:`float32_compute` turns off.
 AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
 
+# The blocks inside float32_default_dtype() now running, in any thread, and the default dtype the
+# first of them found (set back when the last one ends).
+_DTYPE_GUARD = threading.Lock()
+_dtype_blocks = 0
+_dtype_outside: torch.dtype = torch.float32
+
+
+@contextlib.contextmanager
+def float32_default_dtype() -> Iterator[None]:
+    """Inside, torch's default dtype is float32: a caller's ``torch.set_default_dtype(torch.float64)``
+    (common in notebooks) would otherwise build a method's networks in float64 and fail on its
+    float32 input ("Input type (float) and bias type (double)"), or make its random draws float64.
+
+    The default dtype is the process's, not a thread's: while any thread is inside (loading,
+    restoring, scoring), it is float32 for every thread, and the caller's is set back when the last
+    block ends, error or not. So under another default, a thread that makes tensors meanwhile without
+    naming a dtype gets float32; one that sets the default meanwhile has it undone then; and a method
+    built meanwhile (``build_method``) may be said to have changed it. Under a float32 default (the
+    common case) nothing is set, and threads see nothing."""
+    global _dtype_blocks, _dtype_outside
+    with _DTYPE_GUARD:
+        if _dtype_blocks == 0:
+            _dtype_outside = torch.get_default_dtype()
+            if _dtype_outside != torch.float32:
+                torch.set_default_dtype(torch.float32)
+        _dtype_blocks += 1
+    try:
+        yield
+    finally:
+        with _DTYPE_GUARD:
+            _dtype_blocks -= 1
+            if _dtype_blocks == 0 and _dtype_outside != torch.float32:
+                torch.set_default_dtype(_dtype_outside)
+
 
 @contextlib.contextmanager
 def float32_compute(device: str | torch.device = "cpu") -> Iterator[None]:
-    """Inside, torch's autocast is off on the CPU and on ``device``'s type: the image convention
-    is float32, and a caller's mixed precision (a training loop's ``torch.autocast``) would
-    otherwise change a method's results or fail in a kernel without bfloat16. Every
-    :meth:`Method.restore` runs inside it (see :class:`Method`)."""
+    """Inside, torch's autocast is off on the CPU and on ``device``'s type, and torch's default
+    dtype is float32 (:func:`float32_default_dtype`): the image convention is float32, and a
+    caller's mixed precision (a training loop's ``torch.autocast``) or float64 default would
+    otherwise change a method's results or fail in a kernel without bfloat16 or on a dtype
+    mismatch. Every :meth:`Method.restore` and every :class:`Metric`'s call runs inside it."""
     on = [kind for kind in dict.fromkeys(("cpu", torch.device(device).type))
           if kind in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(kind)]
-    if not on:  # (the common case, per call: nothing to turn off)
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        for kind in on:
-            stack.enter_context(torch.autocast(device_type=kind, enabled=False))
-        yield
+    with float32_default_dtype():
+        if not on:  # (the common case, per call: nothing to turn off)
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            for kind in on:
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+            yield
 
 
 # One lock per Method instance for its load() (weakly keyed: it goes with the instance, and an
@@ -205,7 +241,7 @@ def load_lock(method: object) -> threading.RLock:
 def _serialised_load(load: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(load)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-        with load_lock(self):
+        with load_lock(self), float32_default_dtype():
             return load(self, *args, **kwargs)
 
     setattr(wrapper, "_restorekit_wrapped", True)
@@ -271,7 +307,9 @@ class Method(ABC):
     other is still setting up; ``restore`` refuses a caller's batch holding NaN (:func:`refuse_nan`;
     a subclass handing its own intermediate to its parent's ``restore`` is not checked again) and
     runs with torch's autocast off (:func:`float32_compute`), so a caller's mixed precision does
-    not change what it returns.
+    not change what it returns. Both run under a float32 default dtype
+    (:func:`float32_default_dtype`): a caller's ``torch.set_default_dtype(torch.float64)`` neither
+    builds float64 networks nor changes a result, which stays float32.
 
     Threads: restorekit's own methods may be called from several threads at once and give what
     each call gives alone; what a call leaves on the instance (``last_reports``, PULSE's
@@ -476,8 +514,25 @@ class Loss(ABC):
         ``context_inputs`` declares."""
 
 
+def _float32_metric(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a metric's ``__call__`` or ``setup``) run inside :func:`float32_compute`, with the
+    CPU's and CUDA's autocast both off (a metric computes where its inputs are, which it may move)."""
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with float32_compute("cuda"):
+            return fn(self, *args, **kwargs)
+
+    setattr(wrapper, "_restorekit_wrapped", True)
+    return wrapper
+
+
 class Metric(ABC):
-    """An image-quality measure; the name states its conventions (``psnr_y_crop``)."""
+    """An image-quality measure; the name states its conventions (``psnr_y_crop``).
+
+    Every subclass's ``__call__`` and :meth:`setup` are wrapped where the class is made to run
+    inside :func:`float32_compute`, as :meth:`Method.restore` does: a caller's ``torch.autocast`` or
+    float64 default dtype does not change a score (LPIPS moved in its fourth digit under bfloat16).
+    """
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
@@ -491,6 +546,14 @@ class Metric(ABC):
     # criterion): at ×1 that is the distance to the degraded input itself, which a method that
     # changes nothing wins, so ``compare --scale 1`` leaves it out unless ``--metrics`` names it.
     sr_only: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("__call__", "setup"):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
+                    fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
+                setattr(cls, name, _float32_metric(fn))
 
     def setup(self, device: torch.device) -> None:
         """Load networks or weights; raise ``restorekit.errors.WeightsMissing`` when absent."""

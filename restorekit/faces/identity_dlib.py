@@ -14,7 +14,8 @@
   finds the face and its 5 landmarks on the HR target; the same landmarks cut dlib chips
   (``get_face_chip``, 150 px, padding 0.25) from target and prediction; the metric is the
   cosine similarity of their descriptors. No face on the target: NaN, counted in
-  ``faces_not_found``.
+  ``faces_not_found``. A pair where either image holds NaN scores NaN (as PSNR and LPIPS do; it
+  was scored as the black image dlib's 8 bits made of it), not counted there.
 * :class:`IdentityDlibDist` (``identity_dlib_dist``, lower is better): the Euclidean distance
   of the raw descriptors of the same chips (dlib calls < 0.6 the same person).
 
@@ -166,7 +167,9 @@ class _DlibIdentityBase(Metric):
 
     def pair_descriptors(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Raw descriptors of pred and target chips (M×128 each) and the mask of the N pairs
-        with a face (M = mask.sum())."""
+        scored (M = mask.sum()): a face on the target, and no NaN in either image (a NaN pair is
+        left out before its 8-bit copies, which would make the NaN black, and is not counted as a
+        face not found)."""
         if self._net is None or self._tools is None:
             self.setup(self._device or pred.device)
         from .chips import dlib_face_chip
@@ -176,7 +179,12 @@ class _DlibIdentityBase(Metric):
         if pred.shape[0] != target.shape[0]:
             raise ValueError(f"{self.name}: {pred.shape[0]} predictions for {target.shape[0]} targets")
         chips_p, chips_t, mask = [], [], []
+        holding_nan = 0
         for p, t in zip(pred, target):
+            if bool(torch.isnan(p).any()) or bool(torch.isnan(t).any()):
+                mask.append(False)
+                holding_nan += 1
+                continue
             t8 = to_uint8(t)
             lm = _target_landmarks(self._tools, t8)
             if lm is None:
@@ -192,7 +200,7 @@ class _DlibIdentityBase(Metric):
             chips_p.append(dlib_face_chip(p8, lm_p, CHIP_SIZE, CHIP_PADDING))
             mask.append(True)
         m = torch.tensor(mask, dtype=torch.bool)
-        self.faces_not_found = int((~m).sum())
+        self.faces_not_found = int((~m).sum()) - holding_nan
         self.faces_not_found_total += self.faces_not_found
         self.images_total += len(mask)
         if not chips_t:
@@ -224,7 +232,7 @@ class _DlibIdentityBase(Metric):
 class IdentityDlib(_DlibIdentityBase):
     """Cosine similarity of dlib ResNet descriptors of pred and HR target (dlib HOG +
     5-point landmarks found on the target, dlib chips 150 px, padding 0.25); NaN where the
-    target has no face (counted in ``faces_not_found``)."""
+    target has no face (counted in ``faces_not_found``) or either image holds NaN."""
 
     name: ClassVar[str] = "identity_dlib"
     higher_is_better: ClassVar[bool] = True
@@ -237,7 +245,7 @@ class IdentityDlib(_DlibIdentityBase):
 
 class IdentityDlibDist(_DlibIdentityBase):
     """Euclidean distance of raw dlib descriptors (same chips as ``identity_dlib``); dlib
-    treats < 0.6 as the same person; NaN where the target has no face."""
+    treats < 0.6 as the same person; NaN where the target has no face or either image holds NaN."""
 
     name: ClassVar[str] = "identity_dlib_dist"
     higher_is_better: ClassVar[bool] = False

@@ -63,7 +63,7 @@ from torch import Tensor
 from ..degradations import bicubic_resize, upscale
 from ..errors import ImageError, RestorekitError
 from ..images import DEFAULT_MAX_OUTPUT_PIXELS, _mp, check_output_size, side_by_side
-from ..interfaces import Face, FaceDetector, Method, MethodInfo, result_options
+from ..interfaces import Face, FaceDetector, Method, MethodInfo, check_image_batch, refuse_nan, result_options
 from ..methods import check_values
 from ..progress import report
 from ..run_record import PINS
@@ -374,8 +374,15 @@ class FacePipeline:
     def run(self, image: Tensor, *, seed: int | None = None, n_samples: int = 1,
             faces: list[Face] | None = None, where: object = "photo") -> PhotoResult:
         """Restore every face of one 1×3×H×W photo; ``faces`` skips detection (given detections);
-        ``where`` names the photo in a refusal."""
-        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        ``where`` names the photo in a refusal.
+
+        The photo is checked as :meth:`Method.restore` checks its batch: one in another convention
+        (uint8, 0-255, [-1, 1]) or holding NaN is a one-line ``ValueError`` starting with ``where``
+        (a 0-255 photo came back nearly white without a face, and a NaN was blamed on the
+        background method)."""
+        check_image_batch(image, str(where))
+        refuse_nan(image, str(where))
+        if image.shape[0] != 1:
             raise ValueError(f"expected one 1×3×H×W photo, got {tuple(image.shape)}")
         image = image.detach().float().cpu()
         s = self.scale
@@ -514,11 +521,12 @@ def restore_photo(method: Method, image: Tensor, scale: int, detector: str | Fac
                   paste_mask: str = DEFAULT_PASTE_MASK) -> tuple[Tensor, list[dict[str, Any]]]:
     """Restore every face of one photo (1×3×H×W) with ``method``; returns (composite, face records).
 
-    The composite is ``scale`` times the photo's size (on the CPU); records are JSON-able dicts
-    (see :class:`FaceRecord`). Pipelines are kept on the method per (scale, detector, background,
-    options), so calling this per image builds the detector once, and they go when the method
-    does. A photo without faces comes back as the background upscale, with an empty record list
-    (and a warning when ``warn_no_face``).
+    The photo follows the image convention (float in [0, 1]; else a one-line ``ValueError``, as
+    from :meth:`Method.restore`). The composite is ``scale`` times the photo's size (on the CPU);
+    records are JSON-able dicts (see :class:`FaceRecord`). Pipelines are kept on the method per
+    (scale, detector, background, options), so calling this per image builds the detector once,
+    and they go when the method does. A photo without faces comes back as the background upscale,
+    with an empty record list (and a warning when ``warn_no_face``).
     """
     key = (scale, detector if isinstance(detector, str) else id(detector),
            background if isinstance(background, str) else id(background), float(min_face), float(feather),

@@ -107,10 +107,12 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _randn(shape: tuple[int, ...], rngs: list[torch.Generator]) -> Tensor:
-    """``shape`` normal draws, row ``k`` from ``rngs[k]`` (one generator: all rows from it)."""
+    """``shape`` float32 normal draws, row ``k`` from ``rngs[k]`` (one generator: all rows from it).
+    float32 whatever torch's default dtype: a float64 default made them float64, which the
+    generator's float32 layers refused."""
     if len(rngs) == 1:
-        return torch.randn(shape, generator=rngs[0])
-    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in rngs])
+        return torch.randn(shape, generator=rngs[0], dtype=torch.float32)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in rngs])
 
 
 def _noise_maps(generator: Generator, n: int, config: OptimiseConfig, rngs: list[torch.Generator],
@@ -124,7 +126,7 @@ def _noise_maps(generator: Generator, n: int, config: OptimiseConfig, rngs: list
     for i, buf in enumerate(buffers):
         shape = (n, *buf.shape[1:])
         if config.noise == "zero":
-            t = torch.zeros(shape, device=device)
+            t = torch.zeros(shape, device=device, dtype=torch.float32)
         elif config.noise == "const":
             t = buf.detach().expand(shape).clone()
         else:
@@ -192,7 +194,7 @@ def optimise_latents(
         radius = sphere_radius(latent.detach())
     else:
         start = _randn((n, layers, dim), rngs).to(device)
-        radius = torch.full((n, layers, 1), math.sqrt(dim), device=device)
+        radius = torch.full((n, layers, 1), math.sqrt(dim), device=device, dtype=torch.float32)
         latent = project_to_sphere(start, radius).requires_grad_(True)
     noise, noise_vars = _noise_maps(generator, n, cfg, rngs, device)
 
