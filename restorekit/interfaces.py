@@ -260,12 +260,17 @@ def _checked_restore(restore: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if depth == 0:
             lr = args[0] if args else kwargs.get("lr")
             refuse_nan(lr, f"{getattr(getattr(self, 'info', None), 'name', type(self).__name__)}: lr")
+            if isinstance(self, Method):  # seed and n_samples are keyword-only: a bad one is refused here
+                self.check_sampling(kwargs.get("seed"), kwargs.get("n_samples", 1))
         _RESTORING.depth = depth + 1
         try:
             with float32_compute(getattr(self, "device", "cpu")):
-                return restore(self, *args, **kwargs)
+                out = restore(self, *args, **kwargs)
         finally:
             _RESTORING.depth = depth
+        # The caller gets no autograd graph (an input that requires grad would keep the method's
+        # activations alive as long as the output lives), whether or not the subclass ran under no_grad.
+        return out.detach() if depth == 0 and isinstance(out, Tensor) and out.requires_grad else out
 
     setattr(wrapper, "_restorekit_wrapped", True)
     return wrapper

@@ -257,7 +257,8 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
     output is image-major: the samples of image 0 restored alone are the first rows of the
     batch's (``samples_batch_independent=False`` lifts that for a stochastic method that
     documents that its samples depend on the other images of the batch); bad scales are refused
-    with ``ValueError``. Also: every declared scale is tried (at most 4 besides ``scale``, evenly
+    with ``ValueError``, and so are bad ``n_samples`` (0, -1, 2.5); an input that requires grad
+    gives an output that does not (no graph kept alive). Also: every declared scale is tried (at most 4 besides ``scale``, evenly
     chosen; ``scales=None``: 3 and 1); a batch of constant images (0, 1, 0.5) gives finite output in
     range; the batch as channels_last, strided and float64 tensors gives the same float32 output
     (within ``max(atol, 1e-4)``; 1e-2 on CUDA with TF32 convolutions, whose cuDNN kernels for
@@ -369,8 +370,13 @@ def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable
                  "output: declare deterministic=True, or draw the randomness from `seed`")
     _same_for_layouts(name, restore, one[1], s, one[2], one[0], _layout_tolerance(method.device, loose))
     h, w = x.shape[-2:]  # flat backgrounds, black borders, blown-out highlights: no NaN, no range error
-    flat = torch.cat([torch.full((1, 3, h, w), v) for v in (0.0, 1.0, 0.5)])
-    restore(flat, s, f"a batch of constant images (all 0, all 1, all 0.5; {h}×{w})", seed=0)
+    flat = torch.cat([torch.full((1, 3, h, w), v) for v in (0.0, 1.0, 0.5)]).requires_grad_(True)
+    flat_out = restore(flat, s, f"a batch of constant images (all 0, all 1, all 0.5; {h}×{w}; requires grad)",
+                       seed=0)
+    # A notebook's tensor may require grad: the result must hold no graph (it would keep the
+    # method's activations alive for as long as the caller keeps the output).
+    _require(not flat_out.requires_grad, f"{name}: an input that requires grad gave an output that requires grad "
+             "(an autograd graph kept alive): run restore under torch.no_grad(), or detach its result")
     if default_lr and info.input_kind == "any":
         odd = sample_batch(1, 11, 9, seed=3)
         restore(odd, s, "an 11×9 input", seed=0)
@@ -393,6 +399,15 @@ def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable
             pass
         else:
             raise ConformanceError(f"{name}: unsupported scale {unsupported} must raise ValueError")
+    for bad_n in (0, -1, 2.5):
+        try:
+            method.restore(x[:1], s, n_samples=bad_n)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        except Exception as exc:
+            raise ConformanceError(f"{name}: n_samples={bad_n!r} must raise ValueError (call "
+                                   f"self.check_sampling), it raised {exception_line(exc)}") from exc
+        raise ConformanceError(f"{name}: n_samples={bad_n!r} must raise ValueError (call self.check_sampling)")
 
 
 def _layout_tolerance(device: torch.device, tol: float) -> float:
