@@ -346,7 +346,7 @@ def test_the_page_detects_faces_as_run_does(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(pipeline, "build_detector", build)
     cat = Catalogue(ServeConfig(device="cpu", methods=["bicubic"], metrics=["psnr_y_crop"]))
     cat.load()
-    assert asked == [pipeline.DEFAULT_MIN_FACE]
+    assert asked == [pipeline.DEFAULT_MIN_FACE, None]  # every face as run; the largest as the demo
 
 
 def test_the_page_is_told_which_installed_plugins_did_not_load(plugin_site: Any) -> None:

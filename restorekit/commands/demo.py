@@ -152,7 +152,6 @@ def weights_entry(method: Any) -> dict[str, Any] | None:
 def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detector: str | None, quiet: bool,
              as_json: bool) -> None:
     """Restore a public-domain face photo (×8 by default) and write a side-by-side PNG + metrics."""
-    from ..faces.detectors import DEFAULT_DETECTOR
     from ..methods import build_method, method_class
 
     k = int(scale)
@@ -196,9 +195,9 @@ def demo_cmd(ctx: click.Context, output: Path, scale: str, methods: str, detecto
                 if isinstance(getattr(m, "resolution", None), int)), 128)
     photo = astronaut()
     try:
-        from ..faces.pipeline import largest_face_crop
+        from ..faces.pipeline import largest_face_crop, largest_face_detector
 
-        hr, record = largest_face_crop(photo, res, detector or DEFAULT_DETECTOR)
+        hr, record = largest_face_crop(photo, res, largest_face_detector(detector))
     except RestorekitError as exc:
         raise RestorekitError(f"demo: {exc}") from None
     # The HR as astronaut_hr.png holds it (as compare reads its HR files): degraded and scored

@@ -14,7 +14,11 @@ from ..cli import INTERRUPTED, UsageProblem, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
-from ..web.config import MAX_UPLOAD_MB
+
+#: The largest --max-upload-mb: an upload is held in memory, decoded, while the page uses it. Here,
+#: not in :mod:`restorekit.web.config` (which takes it from here), so that building the command line
+#: imports nothing of :mod:`restorekit.web`.
+MAX_UPLOAD_MB = 100_000.0
 
 
 @click.command("serve")

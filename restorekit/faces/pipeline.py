@@ -482,6 +482,15 @@ class FacePipeline:
                            self.detector_name, self.background_name, t, grey=grey_photo)
 
 
+def largest_face_detector(name: str | None = None) -> FaceDetector:
+    """The face detector the largest face is found with, by ``demo`` and by ``serve``'s *photo,
+    largest face* mode (built once there), so the page's crop and figures are the demo's: ``name``
+    (default: the pipeline's) at the detector's own settings — for MTCNN the published pyramid from
+    20 px, facenet-pytorch's default, at which docs/faces.md's parity with it is measured — not the
+    16-px pyramid of ``run --faces detect`` (``--min-face``), which looks for small faces too."""
+    return build_detector(name or DEFAULT_DETECTOR)
+
+
 def largest_face_crop(photo: Tensor, size: int, detector: str | FaceDetector = DEFAULT_DETECTOR
                       ) -> tuple[Tensor, dict[str, Any]]:
     """The largest face of one photo (1×3×H×W) as a ``size×size`` FFHQ-aligned crop, and a record

@@ -83,7 +83,10 @@ class Catalogue:
         self.broken_plugins = [{"name": name, "distribution": rec.distribution, "status": rec.status}
                                for name, rec in sorted(reg.plugins.items()) if rec.status.startswith("broken")]
         self.detector_name = config.detector or _default_detector()
+        #: Finds every face (*a photo, every face*), as ``run --faces detect``; None: ``detector_reason``.
         self.detector: FaceDetector | None = None
+        #: Finds the largest face (*a photo, largest face*), as ``restorekit demo``; set with ``detector``.
+        self.crop_detector: FaceDetector | None = None
         self.detector_reason: str | None = None
 
     def load(self) -> None:
@@ -110,12 +113,14 @@ class Catalogue:
         setup_metrics(self.metrics, metric_device(self.device))
         try:
             from ..faces.detectors import check_available
-            from ..faces.pipeline import DEFAULT_MIN_FACE, build_detector
+            from ..faces.pipeline import DEFAULT_MIN_FACE, build_detector, largest_face_detector
 
             check_available(self.detector_name)
-            # The pyramid `run --faces detect` searches (its default --min-face), so the page finds
-            # the same faces at the same places.
-            self.detector = build_detector(self.detector_name, min_face=DEFAULT_MIN_FACE)
+            # Every face: the pyramid `run --faces detect` searches (its default --min-face), so the
+            # page finds the same faces at the same places. The largest face: the demo's detector.
+            detector = build_detector(self.detector_name, min_face=DEFAULT_MIN_FACE)
+            self.crop_detector = largest_face_detector(self.detector_name)
+            self.detector = detector
         except RestorekitError as exc:
             self.detector_reason = str(exc)
         except (Exception, SystemExit) as exc:

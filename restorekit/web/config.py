@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from ..commands.serve import MAX_UPLOAD_MB  # the command's bound (kept there: the CLI loads no restorekit.web)
 from ..devices import check_device
 from ..errors import RestorekitError
 from ..hosts import is_address, is_loopback
@@ -17,9 +18,6 @@ from ..interfaces import Options
 #: missing is listed with the command that fixes it, never a number from random weights).
 DEFAULT_METRICS = ("psnr_y_crop", "ssim_y_crop", "lpips_alex_v0.1", "identity_dlib", "identity_dlib_dist",
                    "lr_consistency")
-
-#: The largest --max-upload-mb: an upload is held in memory, decoded, while the page uses it.
-MAX_UPLOAD_MB = 100_000.0
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import RestorekitError
@@ -29,6 +31,28 @@ from .files import FileStore, remove_stale_folders
 from .jobs import JobQueue
 from .uploads import UploadStore
 from .work import Restorer, forget_job
+
+
+#: Where torch keeps its compile cache. torch makes that folder as soon as ``torch._dynamo`` is
+#: imported (torchvision imports it, and the LPIPS metric's set-up imports torchvision): unless told
+#: otherwise, ``torchinductor_USER`` in the system's temporary folder, left there after the server stops.
+TORCH_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def keep_torch_cache_in(root: Path) -> Callable[[], None]:
+    """Point torch's compile cache into ``root`` (the server's own folder, deleted when it stops)
+    unless ``TORCHINDUCTOR_CACHE_DIR`` is set already (the user's choice, kept); returns what puts
+    the environment back. Only what imports ``torch._dynamo`` after this call follows it."""
+    if TORCH_CACHE_ENV in os.environ:
+        return lambda: None
+    ours = str(root / "torchinductor")
+    os.environ[TORCH_CACHE_ENV] = ours
+
+    def put_back() -> None:
+        if os.environ.get(TORCH_CACHE_ENV) == ours:
+            del os.environ[TORCH_CACHE_ENV]
+
+    return put_back
 
 
 @dataclass
@@ -41,6 +65,8 @@ class ServeState:
     catalogue: Catalogue
     restorer: Restorer
     queue: JobQueue
+    #: Puts back what :func:`keep_torch_cache_in` changed (when the folder is deleted).
+    put_back_env: Callable[[], None] = lambda: None
 
     def close(self, say: Callable[[str], None] | None = None) -> None:
         """Stop the job worker (the running job at its next step) and delete the temporary folder —
@@ -52,20 +78,23 @@ class ServeState:
             self.queue.close()
         finally:
             self.files.close()
+            self.put_back_env()
 
 
 def build_state(config: ServeConfig, log: Callable[[str], None] | None = None) -> ServeState:
-    """Load the methods, metrics and detector once; remove the folders that killed servers left
-    (:func:`~restorekit.web.files.remove_stale_folders`, said in one line through ``log``); make the
-    temporary folder (deleted again when anything after it fails)."""
-    catalogue = Catalogue(config, log=log)
-    catalogue.load()
+    """Remove the folders that killed servers left (:func:`~restorekit.web.files.remove_stale_folders`,
+    said in one line through ``log``); make the temporary folder, and point torch's compile cache into
+    it (:func:`keep_torch_cache_in`); then load the methods, metrics and detectors once. The folder is
+    deleted again, and the environment put back, when anything after it fails."""
+    catalogue = Catalogue(config, log=log)  # unknown names: one line, before any folder is touched
     stale = remove_stale_folders(config.temp_parent)
     if stale and log is not None:
         log(f"removed {len(stale)} temporary folder(s) of photos left by servers that were killed "
             f"({', '.join(p.name for p in stale[:3])}{', …' if len(stale) > 3 else ''} in {stale[0].parent})")
     files = FileStore(config.temp_parent)
+    put_back_env = keep_torch_cache_in(files.root)
     try:
+        catalogue.load()
         uploads = UploadStore(files, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels,
                               keep=config.keep_uploads)
         restorer = Restorer(config, catalogue, files, uploads)
@@ -73,8 +102,9 @@ def build_state(config: ServeConfig, log: Callable[[str], None] | None = None) -
                          forget=lambda job: forget_job(files, job))
     except BaseException:
         files.close()
+        put_back_env()
         raise
-    return ServeState(config, files, uploads, catalogue, restorer, queue)
+    return ServeState(config, files, uploads, catalogue, restorer, queue, put_back_env)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -154,11 +184,15 @@ def protocol_class(config: ServeConfig) -> type:
               "deadline use; they are off (limit_concurrency and the body deadline still hold)", file=sys.stderr)
         return H11Protocol
 
-    def refusal(message: str) -> bytes:  # a 503 written before the connection is closed
+    from .app import SECURITY_HEADERS
+
+    def refusal(message: str) -> bytes:
+        """A 503 written before the connection is closed, with the headers of every other response
+        (no framing, no MIME sniffing, the content security policy: :data:`~restorekit.web.app.SECURITY_HEADERS`)."""
         body = json.dumps({"error": message}).encode()
-        return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nretry-after: 1\r\ncache-control: no-store\r\n"
-                b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\n" % len(body)) + body
+        head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                (b"retry-after", b"1"), (b"cache-control", b"no-store"), *SECURITY_HEADERS, (b"connection", b"close")]
+        return b"HTTP/1.1 503 Service Unavailable\r\n" + b"".join(b"%s: %s\r\n" % kv for kv in head) + b"\r\n" + body
 
     busy = refusal(f"the server is busy ({config.max_connections} connections at once); try again in a moment")
     client_busy = refusal(f"too many connections from your address ({config.max_client_connections} at once); "

@@ -1,7 +1,8 @@
 """What one job of the page does, with restorekit's own pieces only.
 
-1. ``crop`` mode: the largest face of the upload, FFHQ-aligned
-   (:func:`restorekit.faces.pipeline.largest_face_crop`, as ``restorekit demo``), rounded to 8 bits:
+1. ``crop`` mode: the largest face of the upload, found and FFHQ-aligned as ``restorekit demo`` does
+   (:func:`restorekit.faces.pipeline.largest_face_crop` with the demo's detector,
+   :func:`restorekit.faces.pipeline.largest_face_detector`), rounded to 8 bits:
    what is degraded, restored and scored against is the PNG the page shows.
 2. ``degrade``: the upload (or crop) is the HR; its LR is compare's
    (:func:`restorekit.harness.inputs.degrade_hr`: crop to a multiple of the scale, the degradation
@@ -233,8 +234,8 @@ class Restorer:
         job.report("preparing the input", 0, 1)
         if s.faces == "crop":
             size = self.crop_size(entries)
-            assert self.catalogue.detector is not None
-            image, face = largest_face_crop(image, size, self.catalogue.detector)
+            assert self.catalogue.crop_detector is not None
+            image, face = largest_face_crop(image, size, self.catalogue.crop_detector)
             image = from_pil(to_pil(image))  # the HR (or LR) as its PNG holds it: what is scored is what is shown
             job.publish("face", jsonable(face))
             job.publish("notes", f"the largest face, FFHQ-aligned at {size}×{size} px (detector "
