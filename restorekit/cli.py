@@ -275,7 +275,15 @@ CORE_COMMAND_MODULES = ("run", "info", "degrade", "generate", "bench", "faces_be
 
 
 class Terminated(SystemExit):
-    """What SIGTERM raises in the command (exit 128 + 15 = 143, as a shell reports it)."""
+    """What SIGTERM raises in the command (exit 128 + 15 = 143, as a shell reports it); SIGHUP
+    alike (129: the terminal closed, an ssh session dropped), so a server deletes its folder of
+    uploads and a run its lock, as on SIGTERM."""
+
+
+#: The signals that stop a command with its one line: Ctrl-C, a scheduler's or service manager's
+#: SIGTERM, and (where there is one) SIGHUP.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -374,13 +382,27 @@ def _send_again(sig: int) -> None:
         os.kill(os.getpid(), sig)
 
 
+def _ignore_late_stops() -> None:
+    """The command has ended — its work done, or its stop said: a Ctrl-C or SIGTERM now, while
+    Python and torch tear down (0.5–1.5 s), ended the process by the signal, silently and with
+    another exit code than the command's (130 after a finished compare). From here they are
+    ignored (Python leaves a signal set to be ignored so while it finalises). Only where main()
+    installed its handlers: a caller of main() in its own process keeps its own."""
+    try:
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is _stop_signal:
+                signal.signal(sig, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread
+        pass
+
+
 def _started() -> None:
     """The command is built (its modules and the plugins are loaded): a stop kept meanwhile is raised now."""
     global _starting
     if not _starting:
         return
     _starting = False
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         if sig in _deferred:
             _raise_stop(sig)
 
@@ -403,7 +425,7 @@ _previous_unraisable = sys.unraisablehook
 def _install_stop_handlers() -> None:
     global _starting, _previous_unraisable
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:  # (nohup, a background job: stays ignored)
                 signal.signal(sig, _stop_signal)
     except (ValueError, OSError):  # not the main thread
@@ -517,6 +539,14 @@ def main() -> None:
         os.environ["RESTOREKIT_STRICT_PLUGINS"] = "1"
         _STRICT_FROM_START = True
     _install_stop_handlers()
+    try:
+        _run_main()
+    finally:
+        _ignore_late_stops()
+
+
+def _run_main() -> None:
+    """:func:`main` from its streams on, to the command's exit."""
     _tolerant_streams()
     _plain_log_environment()
     warnings.showwarning = warning_line  # one `warning:` line each, as restorekit's own
@@ -533,7 +563,10 @@ def main() -> None:
         command(prog_name="restorekit")
     except SystemExit as done:
         if isinstance(done, Terminated):
-            err_console.print(escape(shown(stop_line("terminated", done))))
+            try:
+                err_console.print(escape(shown(stop_line("terminated", done))))
+            except OSError:  # (SIGHUP: the terminal stderr wrote to has gone)
+                pass
             raise
         # click (help, usage) and rich (tables) end a write to a closed stdout with exit 1, the code
         # of 'some inputs failed'; say what happened instead, as everywhere else in restorekit.

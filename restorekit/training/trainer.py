@@ -768,7 +768,7 @@ def _preload_in_forkserver(modules: list[str]) -> None:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM (a second one interrupts at once): a training loop checks it, and
+    """Set by SIGINT/SIGTERM/SIGHUP (a second one interrupts at once): a training loop checks it, and
     checkpoints and stops after the current step. ``signum`` is the signal (exit code 128 + it)."""
 
     def __init__(self) -> None:
@@ -782,6 +782,9 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+            hangup = getattr(signal, "SIGHUP", None)  # the terminal closed: checkpoint and stop, too
+            if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:  # (nohup: stays ignored)
+                self._old[hangup] = signal.signal(hangup, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import RestorekitError
+from ..errors import RestorekitError, is_stop
 from ..harness.runner import MetricState, metric_device, metric_states, setup_metrics
 from ..interfaces import FaceDetector, Method
 from ..methods import build_method, check_output_size_contract, method_class, resolve_device
@@ -109,6 +109,8 @@ class Catalogue:
             except (RestorekitError, OptionError) as exc:
                 entry.reason = str(exc)
             except (Exception, SystemExit) as exc:  # a broken plugin must not take the page down (Ctrl-C does)
+                if is_stop(exc):  # SIGTERM while a method loads: the server stops (it kept running)
+                    raise
                 entry.reason = f"could not load {entry.name}: {failure_reason(exc)}"
         setup_metrics(self.metrics, metric_device(self.device))
         try:
@@ -124,6 +126,8 @@ class Catalogue:
         except RestorekitError as exc:
             self.detector_reason = str(exc)
         except (Exception, SystemExit) as exc:
+            if is_stop(exc):
+                raise
             self.detector_reason = f"face detector '{self.detector_name}': {failure_reason(exc)}"
 
     def entry(self, name: str) -> MethodEntry:
