@@ -26,8 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import cli
 from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
-from .images import (ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size, read_image, save_image,
-                     special_file_kind, storage_errno, storage_path, sweep_temp_files)
+from .images import (FOLDER_ERRNOS, ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size,
+                     read_image, save_image, special_file_kind, storage_errno, storage_path, sweep_temp_files)
 from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
@@ -303,14 +303,17 @@ def output_held(outdir: Path, command: str, job: Job | None = None) -> Iterator[
 
 def _stop_reason(exc: BaseException, outdir: Path) -> str:
     """Why a batch stopped at ``exc`` (a :func:`~restorekit.images.storage_errno` error), and the fix.
-    The disk named is the one the failed write went to (:func:`~restorekit.images.storage_path`):
-    the output folder's, unless that path lies elsewhere (a method's scratch space in /tmp or
-    /dev/shm, a cache), where another ``--output`` would not help."""
+    The disk (or the folder that refused a new file) named is the one the failed write went to
+    (:func:`~restorekit.images.storage_path`): the output folder's, unless that path lies elsewhere
+    (a method's scratch space in /tmp or /dev/shm, a cache), where another ``--output`` would not help."""
     code = storage_errno(exc)
     failed = storage_path(exc)
     elsewhere = failed is not None and not _under(Path(failed), outdir)
     where = failed if elsewhere else outdir
-    if code == errno.EROFS:
+    if code in FOLDER_ERRNOS:  # (a folder that refuses new files: named, not the file tried)
+        where = Path(failed).parent if failed is not None and elsewhere else outdir
+        what, fix = f"{where} refuses new files ({os.strerror(code)})", "make it writable for this user"
+    elif code == errno.EROFS:
         what, fix = f"{where} is on a read-only file system", "make it writable"
     elif code == errno.ENOSPC:
         what, fix = f"the disk holding {where} is full", "free some disk space"

@@ -76,6 +76,8 @@ _FIXES = {
     errno.EEXIST: "a file stands where a folder is needed: move it or choose another location",
     errno.EISDIR: "a folder stands where a file is needed: move it or choose another location",
     errno.ENAMETOOLONG: "use a shorter path",
+    errno.EFBIG: ("it would be larger than the file system or this process's file-size limit allows (`ulimit -f`): "
+                  "raise the limit or choose another location"),
     errno.ENOENT: "check that the path exists",
 }
 

@@ -1060,25 +1060,56 @@ def fs_error(exc: OSError, path: Path | None = None, action: str = "write") -> F
 #: The errors with which a file system refuses every write, not one file's: full (``ENOSPC``), over
 #: the user's quota (``EDQUOT``), read-only (``EROFS``, also when it turned so after an I/O error).
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)})
+#: The errors with which a folder refuses new files (made unwritable: ``EACCES``; immutable, or the
+#: process without the right to write there: ``EPERM``): every file written there after one fails the
+#: same way, as on a full disk — but only where the folder refused (:func:`_folder_refusal`). The same
+#: errno of one file (its rename onto an output another user owns in a sticky folder, an input the
+#: user cannot read) is that file's.
+FOLDER_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# The name of any temp file :func:`_new_temp` makes (``.NAME.<pid>-<host>-<8>SUFFIX``: ``.part``,
+# a checkpoint's ``.tmp``…), as the system's error names it (alone, or at the end of its folder's path).
+_NEW_TEMP_NAME = re.compile(r"\..+\.[0-9]{1,10}-[0-9a-f]{8}-[0-9a-f]{8}\.[A-Za-z0-9]+")
+
+
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what it was raised from (its cause, else its context unless suppressed), and so on."""
+    seen: set[int] = set()
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        out.append(cur)
+        cur = cur.__cause__ if cur.__cause__ is not None else None if cur.__suppress_context__ else cur.__context__
+    return out
+
+
+def _folder_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is a folder's refusal of a new file (:data:`FOLDER_ERRNOS`): the system's error
+    of making a temp file in it (:func:`write_via_temp`), which names that temp file and no second
+    path. A rename that failed names two (the temp file, the output); a read names the file read."""
+    if not isinstance(exc, OSError) or exc.errno not in FOLDER_ERRNOS or exc.filename2 is not None:
+        return False
+    name = exc.filename
+    return isinstance(name, (str, os.PathLike)) and \
+        _NEW_TEMP_NAME.fullmatch(os.path.basename(os.fspath(name))) is not None
 
 
 def _storage_error(exc: BaseException) -> OSError | None:
     """The first error of ``exc``'s chain (itself, then what it was raised from) whose errno is one of
-    :data:`STORAGE_ERRNOS`."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
-            return cur
-        cur = cur.__cause__ if cur.__cause__ is not None else None if cur.__suppress_context__ else cur.__context__
-    return None
+    :data:`STORAGE_ERRNOS`; else, where the chain holds a folder's refusal (:func:`_folder_refusal`),
+    its first error of that errno (:func:`fs_error`'s, which notes the output written)."""
+    errors = [c for c in error_chain(exc) if isinstance(c, OSError)]
+    found = next((c for c in errors if c.errno in STORAGE_ERRNOS), None)
+    if found is None and (refusal := next((c for c in errors if _folder_refusal(c)), None)) is not None:
+        found = next(c for c in errors if c.errno == refusal.errno)
+    return found
 
 
 def storage_errno(exc: BaseException) -> int | None:
-    """The errno of :data:`STORAGE_ERRNOS` that ``exc`` (or an error it was raised from) carries,
-    else None: a write that failed so fails for every file written there after it, so a batch
-    stops at the first instead of failing each of its remaining inputs the same way."""
+    """The errno of :data:`STORAGE_ERRNOS` that ``exc`` (or an error it was raised from) carries, or of
+    :data:`FOLDER_ERRNOS` where a folder refused a new file (:func:`_folder_refusal`), else None: a
+    write that failed so fails for every file written there after it, so a batch stops at the first
+    instead of failing each of its remaining inputs the same way."""
     found = _storage_error(exc)
     return found.errno if found is not None else None
 

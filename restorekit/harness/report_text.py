@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 from .aggregate import MethodSummary, failure_groups
 from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, T_INTERVAL_BELOW
 from .report_summary import RUNTIME_FMT, Summary, fmt_number, fmt_signed, fmt_stat, magnitude_fmt
-from .runner import MetricState
+from .runner import MetricState, _output_rel
 
 ARROW = {True: "↑", False: "↓"}
 Rows = list[list[tuple[str, bool]]]  # a table's rows of cells: (text, is-best)
@@ -222,11 +223,29 @@ def _lr_consistency_note(sm: Summary) -> str | None:
             f"(bicubic:{scale}) of the output, not with the degradation that made the input.")
 
 
+def _failure_groups(sm: Summary, s: MethodSummary) -> list[tuple[str, list[str]]]:
+    """``s``'s failures grouped by error (:func:`~restorekit.harness.aggregate.failure_groups`), each
+    image's own output path taken out of its error first: a write refused file by file names each
+    image's file, which made one line per image. A group of several says the folder once
+    (``cannot write each image's output in OUT/outputs/METHOD: …``); a lone error keeps its path."""
+    out = sm.result.plan.config.out
+    firsts: dict[str, str] = {}  # an error without its path → the first error so worded, path and all
+    failures = []
+    for f in s.failures:
+        seed = f["seed"] if isinstance(f["seed"], int) else None
+        own = out / _output_rel(s.name, str(f["image"]), seed)
+        error = str(f["error"]).replace(str(own), f"each image's output in {own.parent}")
+        firsts.setdefault(error, str(f["error"]))
+        failures.append({**f, "error": error})
+    return [(err if len(imgs) > 1 else firsts[err], imgs)
+            for err, imgs in failure_groups(replace(s, failures=failures))]
+
+
 def failure_lines(sm: Summary) -> list[str]:
     """One line per (method, error): which images failed and why."""
     lines = [f"input {f['image']}: {f['error']}" for f in sm.result.inputs.failures]
     for s in sm.methods:
-        for err, imgs in failure_groups(s):
+        for err, imgs in _failure_groups(sm, s):
             shown = ", ".join(imgs[:10]) + (f" … (+{len(imgs) - 10})" if len(imgs) > 10 else "")
             lines.append(f"{s.name} failed on {len(imgs)} image(s) [{shown}]: {err}")
     return lines

@@ -49,7 +49,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..errors import FileSystemError, RestorekitError, describe_os_error
 from ..harness.store import jsonable
-from ..images import atomic_write_bytes, fs_error, write_via_temp
+from ..images import atomic_write_bytes, error_chain, fs_error, write_via_temp
 from ..safe_open import Folder, check_folders, open_folder
 from .config import TrainConfig, absolute_settings
 from .data import DataError
@@ -156,7 +156,8 @@ def atomic_save(obj: Any, path: Path, *, root: Path | None = None) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then a rename onto ``path``
     (:func:`~restorekit.images.write_via_temp`; ``root``: the run folder, as there: no folder below
     it followed when a link, nor a temp file swapped meanwhile moved into place). A failed write (a
-    full disk: torch says so as a RuntimeError of its zip writer) is a :class:`FileSystemError`
+    full disk, a file-size limit: torch says so as a RuntimeError of its zip writer, raised over the
+    system's error where there is one, whose reason is then said) is a :class:`FileSystemError`
     naming ``path``; nothing is left behind."""
     path = Path(path)
     try:
@@ -166,6 +167,11 @@ def atomic_save(obj: Any, path: Path, *, root: Path | None = None) -> None:
     except OSError as exc:
         raise FileSystemError(describe_os_error(exc, path)) from exc
     except RuntimeError as exc:
+        # torch's zip writer raises its own ("unexpected pos 64 vs 0") while the file's error is
+        # handled: that error's reason is said (File too large, No space left on device…)
+        cause = next((e for e in error_chain(exc) if isinstance(e, OSError)), None)
+        if cause is not None:
+            raise fs_error(cause, path) from exc
         if "inline_container" in str(exc) or "write" in str(exc).lower():
             free = shutil.disk_usage(path.parent).free
             raise FileSystemError(f"cannot write {path}: the write failed ({free / 2**20:.0f} MiB free in its "
