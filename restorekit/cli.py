@@ -35,6 +35,7 @@ import functools
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -340,7 +341,12 @@ def _raise_stop(signum: int) -> None:
     _deferred.discard(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
+    if signum == getattr(signal, "SIGHUP", None):
+        from .terminals import leave_hung_up_terminal
+
+        leave_hung_up_terminal()
     _terminate(signum, None)
+
 
 
 def _in_import(frame: Any) -> bool:
@@ -382,18 +388,50 @@ def _send_again(sig: int) -> None:
         os.kill(os.getpid(), sig)
 
 
-def _ignore_late_stops() -> None:
-    """The command has ended — its work done, or its stop said: a Ctrl-C or SIGTERM now, while
-    Python and torch tear down (0.5–1.5 s), ended the process by the signal, silently and with
-    another exit code than the command's (130 after a finished compare). From here they are
-    ignored (Python leaves a signal set to be ignored so while it finalises). Only where main()
-    installed its handlers: a caller of main() in its own process keeps its own."""
+_late_stops: set[int] = set()
+_exit_hook = False
+
+
+def _late_stop(signum: int, frame: Any) -> None:
+    """The handler once the command has ended: a first stop is let pass (the command's exit code
+    stands), a second ends the process at once with the signal's code (a teardown that hangs on
+    another thread, which a plugin may have left running, can still be stopped)."""
+    if _late_stops:  # (any second stop: Ctrl-C after a SIGTERM too)
+        os._exit(128 + signum)
+    _late_stops.add(signum)
+
+
+def _ignore_stops_at_exit() -> None:
+    """At exit (after other threads are joined): the stops are ignored outright — Python resets
+    its handlers before it tears its modules down (0.5–1.5 s with torch), and leaves ignored ones
+    ignored."""
     try:
         for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) is _stop_signal:
+            if signal.getsignal(sig) is _late_stop:
                 signal.signal(sig, signal.SIG_IGN)
-    except (ValueError, OSError):  # not the main thread
+    except (ValueError, OSError):
         pass
+
+
+def _ignore_late_stops() -> None:
+    """The command has ended — its work done, or its stop said: a Ctrl-C or SIGTERM now, while
+    Python and torch tear down, ended the process by the signal, silently and with another exit
+    code than the command's (130 after a finished compare). From here a first one is let pass
+    (:func:`_late_stop`; a second stops at once), and at exit they are ignored. Where main()
+    installed its handlers only (main() is the console script's entry: a process that calls it
+    hands it its stop handlers)."""
+    try:
+        installed = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is _stop_signal]
+        for sig in installed:
+            signal.signal(sig, _late_stop)
+    except (ValueError, OSError):  # not the main thread
+        return
+    global _exit_hook
+    if installed and not _exit_hook:
+        import atexit
+
+        atexit.register(_ignore_stops_at_exit)
+        _exit_hook = True
 
 
 def _started() -> None:

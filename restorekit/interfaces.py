@@ -182,22 +182,34 @@ def float32_default_dtype() -> Iterator[None]:
     restoring, scoring), it is float32 for every thread, and the caller's is set back when the last
     block ends, error or not. So under another default, a thread that makes tensors meanwhile without
     naming a dtype gets float32; one that sets the default meanwhile has it undone then; and a method
-    built meanwhile (``build_method``) may be said to have changed it. Under a float32 default (the
-    common case) nothing is set, and threads see nothing."""
+    built meanwhile (``build_method``) would see it changed. So under another default the block holds
+    :data:`restorekit.global_state.LOCK`, as code that changes a process-wide setting for a while
+    does: builds (which hold it) and other such blocks wait, and the caller's default is never lost
+    nor a plugin blamed for it. Under a float32 default (the common case) nothing is set or held,
+    and threads see nothing."""
     global _dtype_blocks, _dtype_outside
+    from .global_state import LOCK
+
     with _DTYPE_GUARD:
-        if _dtype_blocks == 0:
-            _dtype_outside = torch.get_default_dtype()
-            if _dtype_outside != torch.float32:
-                torch.set_default_dtype(torch.float32)
-        _dtype_blocks += 1
+        switching = (_dtype_outside if _dtype_blocks else torch.get_default_dtype()) != torch.float32
+    held = LOCK.acquire() if switching else False  # (re-entrant: a build's load takes it again)
     try:
-        yield
-    finally:
         with _DTYPE_GUARD:
-            _dtype_blocks -= 1
-            if _dtype_blocks == 0 and _dtype_outside != torch.float32:
-                torch.set_default_dtype(_dtype_outside)
+            if _dtype_blocks == 0:
+                _dtype_outside = torch.get_default_dtype()
+                if _dtype_outside != torch.float32:
+                    torch.set_default_dtype(torch.float32)
+            _dtype_blocks += 1
+        try:
+            yield
+        finally:
+            with _DTYPE_GUARD:
+                _dtype_blocks -= 1
+                if _dtype_blocks == 0 and _dtype_outside != torch.float32:
+                    torch.set_default_dtype(_dtype_outside)
+    finally:
+        if held:
+            LOCK.release()
 
 
 @contextlib.contextmanager
@@ -594,10 +606,32 @@ class Face:
     landmarks: list[tuple[float, float]] = field(default_factory=list)
 
 
+def _float32_detect(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with float32_compute(getattr(self, "device", "cpu")):
+            return fn(self, *args, **kwargs)
+
+    setattr(wrapper, "_restorekit_wrapped", True)
+    return wrapper
+
+
 class FaceDetector(ABC):
-    """Finds faces and landmarks (eye centres, nose, mouth corners where available)."""
+    """Finds faces and landmarks (eye centres, nose, mouth corners where available).
+
+    Every subclass's ``detect`` (and ``load``, where it has one) is wrapped where the class is made
+    to run inside :func:`float32_compute`, as :meth:`Method.restore` is: under a caller's float64
+    default dtype a network detector (MTCNN) failed on a dtype mismatch."""
 
     name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("detect", "load"):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
+                    fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
+                setattr(cls, name, _float32_detect(fn))
 
     @abstractmethod
     def detect(self, image: Tensor) -> list[Face]:

@@ -16,6 +16,7 @@ Nothing here imports restorekit: every layer may use it.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import Any
 
@@ -56,3 +57,22 @@ def console_animates(console: Any) -> bool:
     if forced is not None:
         return bool(forced) and _switch("TTY_INTERACTIVE") is not False
     return stream_animates(console.file)
+
+
+def leave_hung_up_terminal() -> None:
+    """On SIGHUP, point stdout and stderr at /dev/null where they are a terminal (a character
+    device): the terminal has gone, and a write to it (a progress bar closing, a last note) fails
+    with EIO, which replaced the stop's exit 129 with 1. Files and pipes are kept."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(devnull)

@@ -108,26 +108,25 @@ def test_the_default_is_the_callers_again_after_a_failed_restore(float64_default
     assert Failing.seen == [torch.float32] and torch.get_default_dtype() == torch.float64
 
 
-def test_float32_default_dtype_holds_while_any_thread_is_inside(float64_default: Callable[[], None]) -> None:
-    """Two threads' blocks overlap: the first to leave must not set float64 back under the other."""
+def test_float32_default_dtype_blocks_of_two_threads_take_turns(float64_default: Callable[[], None]) -> None:
+    """Under a float64 default two threads' blocks take turns (global_state.LOCK): the first to leave
+    must not set float64 back under the other, and the caller's float64 is back after both."""
     float64_default()
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    seen: dict[str, torch.dtype] = {}
+    a_in, a_may_leave = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
     errors: list[BaseException] = []
 
     def a() -> None:
         with float32_default_dtype():
             a_in.set()
-            assert b_in.wait(10)
+            assert a_may_leave.wait(10)
             seen["a"] = torch.get_default_dtype()
-        a_out.set()
 
     def b() -> None:
         assert a_in.wait(10)
         with float32_default_dtype():
-            b_in.set()
-            assert a_out.wait(10)
-            seen["b after a left"] = torch.get_default_dtype()
+            seen["b entered after a left"] = a_may_leave.is_set()
+            seen["b"] = torch.get_default_dtype()
 
     def run(fn: Callable[[], None]) -> Callable[[], None]:
         def body() -> None:
@@ -140,10 +139,13 @@ def test_float32_default_dtype_holds_while_any_thread_is_inside(float64_default:
     threads = [threading.Thread(target=run(f)) for f in (a, b)]
     for t in threads:
         t.start()
+    threads[1].join(0.5)  # b waits for a's block to end
+    assert threads[1].is_alive() and "b" not in seen
+    a_may_leave.set()
     for t in threads:
         t.join(20)
     assert not errors, errors
-    assert seen == {"a": torch.float32, "b after a left": torch.float32}
+    assert seen == {"a": torch.float32, "b entered after a left": True, "b": torch.float32}
     assert torch.get_default_dtype() == torch.float64
 
 
@@ -154,3 +156,56 @@ def test_under_a_float32_default_nothing_is_set(monkeypatch: pytest.MonkeyPatch)
         with float32_default_dtype():
             pass
     assert calls == []
+
+
+def test_the_face_pipeline_and_its_default_detector_run_under_a_float64_default() -> None:
+    """MTCNN built and run under a float64 default failed with a raw dtype error: detectors' load
+    and detect run under the float32 default as methods do."""
+    from restorekit.faces.pipeline import restore_photo
+    from restorekit.methods import build_method
+    from restorekit.samples import astronaut
+
+    photo = torch.nn.functional.interpolate(astronaut(), size=(128, 128), mode="area")
+    m = build_method("bicubic")
+    want, found = restore_photo(m, photo, 2, detector="mtcnn")
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out, records = restore_photo(m, photo, 2, detector="mtcnn")
+    finally:
+        torch.set_default_dtype(old)
+    assert out.dtype == torch.float32 and len(records) == len(found) == 1
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def test_a_float64_default_is_never_lost_to_a_build_beside_restores() -> None:
+    """Restores in one thread beside builds in another under a float64 default: the default came
+    back float32 for good, and a build was blamed for changing it (a warning)."""
+    import threading
+    import warnings
+
+    from restorekit.methods import build_method
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    stop = threading.Event()
+    m = build_method("bicubic")
+
+    def restores() -> None:
+        while not stop.is_set():
+            m.restore(torch.rand(1, 3, 8, 8, dtype=torch.float32), 2)
+
+    t = threading.Thread(target=restores)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            t.start()
+            for _ in range(20):
+                build_method("bicubic")
+            stop.set()
+            t.join()
+        assert torch.get_default_dtype() == torch.float64
+        assert not [w for w in seen if "changed global state" in str(w.message)]
+    finally:
+        stop.set()
+        torch.set_default_dtype(old)

@@ -117,3 +117,43 @@ def test_a_hang_up_stops_the_command_with_its_clean_up(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60,
                        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     assert (r.returncode, r.stdout) == (0, "not stopped\n"), r.stderr
+
+
+HUNG_UP_TERMINAL = textwrap.dedent("""
+    import sys, time
+    import click
+    import restorekit.cli as c
+
+    @click.group(cls=c.RestorekitGroup)
+    def group():
+        pass
+
+    @group.command("work")
+    def work():
+        try:
+            for _ in range(3000):
+                time.sleep(0.01)
+        finally:  # as a progress bar's last refresh: to the terminal, gone by now
+            click.echo("closing the bar", err=True)
+            click.echo("last note")
+
+    c.build_cli = lambda: group
+    sys.argv = ["restorekit", "work"]
+    c.main()
+""")
+
+
+@posix_only
+def test_a_hang_up_is_129_though_the_terminal_is_gone() -> None:
+    """The terminal closed: its writes fail with EIO, which replaced the stop's 129 with exit 1."""
+    import pty
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_UP_TERMINAL], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    os.close(slave)
+    time.sleep(3)  # started, in its loop
+    os.close(master)  # the terminal goes: writes to it fail with EIO
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(60) == 128 + signal.SIGHUP

@@ -794,6 +794,10 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == getattr(signal, "SIGHUP", None):  # the terminal has gone: the last notes go nowhere
+            from ..terminals import leave_hung_up_terminal
+
+            leave_hung_up_terminal()
         if self.set:  # second signal: give up at once
             raise KeyboardInterrupt
         self.set, self.signum = True, signum
