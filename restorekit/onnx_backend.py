@@ -97,7 +97,7 @@ class OnnxSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # a failed load or run is said in one line (below), not in onnxruntime's log
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = providers_for(device)
         first = providers[0]
@@ -144,10 +144,23 @@ class OnnxSession:
         if batch is not None and arr.shape[0] != batch:
             if batch != 1:
                 raise OnnxBackendError(f"{self.path.name}: exported for batches of {batch}, got {arr.shape[0]}")
-            outs = [self.session.run([self.output_name], {self.input_name: arr[i:i + 1]})[0]
-                    for i in range(arr.shape[0])]
+            outs = [self._run(arr[i:i + 1]) for i in range(arr.shape[0])]
             return torch.from_numpy(np.concatenate(outs, axis=0))
-        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: arr})[0])
+        return torch.from_numpy(self._run(arr))
+
+    def _run(self, arr: np.ndarray) -> np.ndarray:
+        """One ``session.run``; a graph that fails on this input is :class:`OnnxBackendError` in one
+        line naming the graph (onnxruntime's own multi-line log is silenced)."""
+        ort = _ort()
+        ro = ort.RunOptions()
+        ro.log_severity_level = 4
+        try:
+            return self.session.run([self.output_name], {self.input_name: arr}, ro)[0]  # type: ignore[no-any-return]
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            shape = "×".join(map(str, arr.shape))
+            raise OnnxBackendError(f"{self.path}: onnxruntime cannot run the graph on a {shape} input "
+                                   f"({lines[0] if lines else type(exc).__name__})") from exc
 
 
 class OnnxMethod(Method):

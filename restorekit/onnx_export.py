@@ -30,8 +30,11 @@ the module state's: :func:`state_sha256`), opset, input/output names and shapes,
 axes, precision, the tolerance and the difference reached, and the versions involved, and
 the sha256 of the graph file itself (its key fields — method, weights, their sha256 and license,
 the state's — are also in the graph's own ``metadata_props``, named ``restorekit.*``, for
-whoever gets the ``.onnx`` without its sidecar): the two files are renamed into place one after the other,
-so a graph can end up beside another export's sidecar (two exports to one path at once, an
+whoever gets the ``.onnx`` without its sidecar). Both files are written under hidden names
+before either is renamed into place, the graph first; should the sidecar's rename fail, the
+previous graph (kept aside under a second name until both are in place) is put back, so a failed
+export leaves the previous pair as it was. The two renames are still two, so a graph can end up
+beside another export's sidecar (two exports to one path at once, an
 export killed between the renames, one file copied without the other); whoever uses the graph
 checks that with :func:`sidecar_problem`. With ``overwrite=False`` the graph is linked into
 place, which fails when the path exists by then: an existing file is never replaced.
@@ -53,9 +56,11 @@ import importlib
 import io
 import json
 import os
+import secrets
+import stat
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,7 +70,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import FileSystemError, RestorekitError, describe_os_error
-from .images import write_via_temp
+from .images import temp_prefix, write_via_temp
+from .safe_open import Folder
 from .weights.checksum import sha256_file
 
 SIDECAR_FORMAT = "restorekit.onnx/1"
@@ -293,7 +299,9 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The sidecar of an exported graph, or ``None`` when there is none."""
+    """The sidecar of an exported graph, or ``None`` when there is none; :class:`OnnxExportError`
+    when the file there is unreadable or not a JSON object (not a sidecar: said so, not taken for
+    a missing one)."""
     p = sidecar_path(path)
     if not p.is_file():
         return None
@@ -301,7 +309,10 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise OnnxExportError(f"{p}: unreadable ONNX sidecar ({exc})") from None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        got = "null" if data is None else _JSON_NAMES.get(type(data), type(data).__name__)
+        raise OnnxExportError(f"{p}: not an ONNX sidecar (its JSON is {got}, not an object)")
+    return data
 
 
 def sidecar_problem(path: str | os.PathLike[str], side: dict[str, Any] | None) -> str | None:
@@ -363,18 +374,105 @@ def _mistyped(side: dict[str, Any]) -> str | None:
     return check(side, _SIDECAR_TYPES, "") or check(side.get("source") or {}, _SOURCE_TYPES, "source.")
 
 
-def _put(path: Path, data: bytes, *, exclusive: bool) -> None:
-    """``data`` written whole at ``path`` (:func:`~restorekit.images.write_via_temp`: a temp file
-    written through its descriptor, checked to be still the one written, then renamed or, with
-    ``exclusive``, linked into place, so nothing there is replaced: :class:`OnnxOutputExists`)."""
+def _stage(path: Path, data: bytes) -> str:
+    """``data`` written whole (:func:`~restorekit.images.write_via_temp`) under a new hidden name
+    beside ``path``, which is returned: not yet in place, so that a graph and its sidecar are both
+    written before either replaces anything. Errors name ``path``, not the hidden name."""
+    for _ in range(100):
+        name = f"{temp_prefix(path.name)}{secrets.token_hex(4)}.export"
+        try:
+            write_via_temp(path.with_name(name), lambda f: f.write(data), exclusive=True)
+            return name
+        except FileExistsError:
+            continue
+        except RestorekitError:
+            raise
+        except OSError as exc:
+            raise FileSystemError(describe_os_error(exc, path)) from exc
+    raise FileSystemError(f"cannot write {path}: no free temporary name beside it")
+
+
+def _place(folder: Folder, staged: str, path: Path, *, exclusive: bool) -> None:
+    """The staged file renamed to ``path`` or, with ``exclusive``, linked there so nothing is
+    replaced (:class:`OnnxOutputExists`); an error names ``path``."""
     try:
-        write_via_temp(path, lambda f: f.write(data), exclusive=exclusive)
+        if exclusive:
+            folder.link_new(staged, path.name)
+        else:
+            folder.replace(staged, path.name)
     except FileExistsError:
         raise OnnxOutputExists(f"{path} exists") from None
-    except RestorekitError:
-        raise
-    except OSError as exc:  # named by the file asked for, not by a hidden temporary one
+    except OSError as exc:
         raise FileSystemError(describe_os_error(exc, path)) from exc
+
+
+def _present(folder: Folder, name: str) -> bool:
+    try:
+        folder.lstat(name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _keep_aside(folder: Folder, path: Path) -> str | None:
+    """A second name for the file at ``path`` (a hard link; where there are none, the file renamed),
+    so it can be put back should its sidecar not follow it into place; ``None`` when there is no
+    file there (nothing, or a folder, which the rename then refuses)."""
+    try:
+        if stat.S_ISDIR(folder.lstat(path.name).st_mode):
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FileSystemError(describe_os_error(exc, path)) from exc
+    for _ in range(100):
+        name = f"{temp_prefix(path.name)}{secrets.token_hex(4)}.previous"
+        try:
+            folder.link_new(path.name, name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            folder.unlink(name)
+            raise FileSystemError(describe_os_error(exc, path)) from exc
+    raise FileSystemError(f"cannot write {path}: no free temporary name beside it")
+
+
+def _put_pair(path: Path, graph: bytes, side: Path, info: bytes, *, exclusive: bool) -> None:
+    """The graph at ``path`` and its sidecar at ``side`` (the same folder) put in place as a pair:
+    both are written under hidden names first, then renamed (with ``exclusive``, linked) into place,
+    the graph first. When the sidecar cannot follow, the graph is undone: the previous one, kept
+    aside under a second name until both are in place, is put back (or the new one removed when
+    there was none), so a failed export leaves the previous pair as it was."""
+    folder = Folder(path.parent, None)
+    staged: list[str] = []
+    aside: str | None = None
+    placed = False
+    try:
+        staged.append(_stage(path, graph))
+        staged.append(_stage(side, info))
+        if not exclusive:
+            aside = _keep_aside(folder, path)
+        _place(folder, staged[0], path, exclusive=exclusive)
+        placed = True
+        _place(folder, staged[1], side, exclusive=exclusive)
+    except BaseException as exc:
+        if aside is not None and (placed or not _present(folder, path.name)):
+            try:
+                folder.replace(aside, path.name)
+            except OSError as undo:
+                kept, aside = aside, None  # (not removed below: it is the only copy left)
+                raise FileSystemError(f"{path}: {exc}; the previous graph could not be put back "
+                                      f"({describe_os_error(undo, path)}): it is kept as {folder.path / kept}"
+                                      ) from exc
+            aside = None
+        elif placed:
+            folder.unlink(path.name)
+        raise
+    finally:
+        for name in [*staged, *([aside] if aside is not None else [])]:
+            with suppress(OSError):
+                folder.unlink(name)
 
 
 def check_input(example: Tensor, batch: int, seed: int = 0) -> Tensor:
@@ -544,13 +642,8 @@ def export_onnx(spec: ExportSpec, out: str | os.PathLike[str], *, opset: int = D
                          "onnxruntime": onnxruntime.__version__},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _put(out, graph, exclusive=not overwrite)
         side = sidecar_path(out)
-        try:
-            _put(side, (json.dumps(info, indent=2) + "\n").encode("utf-8"), exclusive=not overwrite)
-        except BaseException:  # the graph is not left without its sidecar
-            out.unlink(missing_ok=True)
-            raise
+        _put_pair(out, graph, side, (json.dumps(info, indent=2) + "\n").encode("utf-8"), exclusive=not overwrite)
     finally:
         for m, mode in modes:
             m.training = mode

@@ -239,8 +239,11 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
                 from ..onnx_backend import onnx_method
 
                 with kept_global_state(loading, "while it loaded"):
-                    m = onnx_method(m, onnx_path=onnx_path,
-                                    log=None if quiet or not job.is_main else (lambda msg: click.echo(msg, err=True)))
+                    try:
+                        m = onnx_method(m, onnx_path=onnx_path, log=None if quiet or not job.is_main
+                                        else (lambda msg: click.echo(msg, err=True)))
+                    except ValueError as exc:  # the method's own check of its options for export (as `export`)
+                        fail_usage(str(exc))
             if not quiet and job.is_main:
                 for note in getattr(m, "notes", []):
                     click.echo(note, err=True)

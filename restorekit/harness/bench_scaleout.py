@@ -181,18 +181,15 @@ def check_settings(size: int, scale: int, metrics: str) -> list[str]:
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One launch's repeats: each figure the median, ``<figure>_range`` its ``[min, max]``."""
+    """One launch's repeats: each figure the median of the runs' own figures (images/s too: the
+    median of the per-run rates, which for an even number of repeats is not images over the median
+    wall time), ``<figure>_range`` its ``[min, max]``."""
     out: dict[str, Any] = {k: runs[0][k] for k in ("processes", "threads", "images")}
     for key in FIGURES:
         vals = [r[key] for r in runs if r[key] is not None]
         s = spread(vals) if vals else None
         out[key] = s["median"] if s else None
         out[f"{key}_range"] = [s["min"], s["max"]] if s else None
-    # images/s of the median wall time (the median of the rates for an odd number of repeats), so
-    # that images_per_s == images / wall_s holds for the summary as for each run
-    walls = [r["wall_s"] for r in runs]
-    out["images_per_s"] = out["images"] / out["wall_s"]
-    out["images_per_s_range"] = [out["images"] / max(walls), out["images"] / min(walls)]
     out["repeats"] = len(runs)
     return out
 
@@ -222,7 +219,7 @@ def run_scaleout(n: int, size: int, scale: int, processes: int, threads: int, st
     assert speedup is not None  # images per second are positive
     return {"n": n, "size": size, "scale": scale, "steps": steps, "metrics": metrics, "repeats": repeats,
             "one": one, "many": many,
-            "speedup": many["images_per_s"] / one["images_per_s"], "speedup_range": [speedup["min"], speedup["max"]],
+            "speedup": speedup["ratio"], "speedup_range": [speedup["min"], speedup["max"]],
             "identical": identical,
             "cpu_cores": cpu_budget()}
 
