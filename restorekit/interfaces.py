@@ -250,6 +250,16 @@ def load_lock(method: object) -> threading.RLock:
     return lock
 
 
+def _wrap_own(cls: type, wraps: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]) -> None:
+    """Wrap each method of ``cls``'s own named in ``wraps`` (defined on it, not abstract, not wrapped
+    already): what the base classes guarantee for every subclass, where the class is made."""
+    for name, wrap in wraps.items():
+        fn = cls.__dict__.get(name)
+        if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
+                fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
+            setattr(cls, name, wrap(fn))
+
+
 def _serialised_load(load: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(load)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -347,11 +357,7 @@ class Method(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, wrap in (("load", _serialised_load), ("restore", _checked_restore)):
-            fn = cls.__dict__.get(name)
-            if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
-                    fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
-                setattr(cls, name, wrap(fn))
+        _wrap_own(cls, {"load": _serialised_load, "restore": _checked_restore})
 
     def load(self) -> None:
         """Build models and load weights; idempotent."""
@@ -566,11 +572,7 @@ class Metric(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("__call__", "setup"):
-            fn = cls.__dict__.get(name)
-            if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
-                    fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
-                setattr(cls, name, _float32_metric(fn))
+        _wrap_own(cls, {"__call__": _float32_metric, "setup": _float32_metric})
 
     def setup(self, device: torch.device) -> None:
         """Load networks or weights; raise ``restorekit.errors.WeightsMissing`` when absent."""
@@ -627,11 +629,7 @@ class FaceDetector(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("detect", "load"):
-            fn = cls.__dict__.get(name)
-            if callable(fn) and getattr(fn, "__code__", None) is not None and not getattr(
-                    fn, "__isabstractmethod__", False) and not getattr(fn, "_restorekit_wrapped", False):
-                setattr(cls, name, _float32_detect(fn))
+        _wrap_own(cls, {"detect": _float32_detect, "load": _float32_detect})
 
     @abstractmethod
     def detect(self, image: Tensor) -> list[Face]:

@@ -383,14 +383,7 @@ def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable
     for s2 in _other_scales(info, s):
         restore(x[:1], s2, f"one image at scale {s2}", seed=0)
     for bad in (0, -2, 2.5):
-        try:
-            method.restore(x, bad)  # type: ignore[arg-type]
-        except ValueError:
-            continue
-        except Exception as exc:
-            raise ConformanceError(f"{name}: scale {bad!r} must raise ValueError (call self.check_scale), "
-                                   f"it raised {exception_line(exc)}") from exc
-        raise ConformanceError(f"{name}: scale {bad!r} must raise ValueError (call self.check_scale)")
+        _refused(name, lambda: method.restore(x, bad), f"scale {bad!r}", "self.check_scale")  # type: ignore[arg-type]
     if info.scales is not None:
         unsupported = max(info.scales) + 1
         try:
@@ -400,14 +393,20 @@ def _method_calls(name: str, info: MethodInfo, method: Method, restore: Callable
         else:
             raise ConformanceError(f"{name}: unsupported scale {unsupported} must raise ValueError")
     for bad_n in (0, -1, 2.5):
-        try:
-            method.restore(x[:1], s, n_samples=bad_n)  # type: ignore[arg-type]
-        except ValueError:
-            continue
-        except Exception as exc:
-            raise ConformanceError(f"{name}: n_samples={bad_n!r} must raise ValueError (call "
-                                   f"self.check_sampling), it raised {exception_line(exc)}") from exc
-        raise ConformanceError(f"{name}: n_samples={bad_n!r} must raise ValueError (call self.check_sampling)")
+        _refused(name, lambda: method.restore(x[:1], s, n_samples=bad_n),  # type: ignore[arg-type]
+                 f"n_samples={bad_n!r}", "self.check_sampling")
+
+
+def _refused(name: str, call: Callable[[], object], what: str, check: str) -> None:
+    """``call()`` must raise ``ValueError`` (a bad argument ``what``, refused by ``check``)."""
+    try:
+        call()
+    except ValueError:
+        return
+    except Exception as exc:
+        raise ConformanceError(f"{name}: {what} must raise ValueError (call {check}), "
+                               f"it raised {exception_line(exc)}") from exc
+    raise ConformanceError(f"{name}: {what} must raise ValueError (call {check})")
 
 
 def _layout_tolerance(device: torch.device, tol: float) -> float:
