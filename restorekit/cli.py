@@ -576,6 +576,7 @@ def main() -> None:
     if "--strict" in _global_flags(sys.argv[1:]):  # plugins load strictly, command hooks included
         os.environ["RESTOREKIT_STRICT_PLUGINS"] = "1"
         _STRICT_FROM_START = True
+    _late_stops.clear()  # (a process that calls main() again: its first late stop is let pass again)
     _install_stop_handlers()
     try:
         _run_main()

@@ -263,7 +263,9 @@ def _wrap_own(cls: type, wraps: dict[str, Callable[[Callable[..., Any]], Callabl
 def _serialised_load(load: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(load)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-        with load_lock(self), float32_default_dtype():
+        # The float32 block first: under another default it takes global_state.LOCK, which a restore
+        # (whose lazy load takes this lock after) holds first too: one order, no deadlock.
+        with float32_default_dtype(), load_lock(self):
             return load(self, *args, **kwargs)
 
     setattr(wrapper, "_restorekit_wrapped", True)
@@ -609,9 +611,11 @@ class Face:
 
 
 def _float32_detect(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a detector's ``detect`` or ``load``) inside :func:`float32_compute`, autocast off on
+    the CPU and CUDA (a detector need have no torch ``device``: an onnxruntime one has none)."""
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with float32_compute(getattr(self, "device", "cpu")):
+        with float32_compute("cuda"):
             return fn(self, *args, **kwargs)
 
     setattr(wrapper, "_restorekit_wrapped", True)

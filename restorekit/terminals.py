@@ -60,9 +60,10 @@ def console_animates(console: Any) -> bool:
 
 
 def leave_hung_up_terminal() -> None:
-    """On SIGHUP, point stdout and stderr at /dev/null where they are a terminal (a character
-    device): the terminal has gone, and a write to it (a progress bar closing, a last note) fails
-    with EIO, which replaced the stop's exit 129 with 1. Files and pipes are kept."""
+    """On SIGHUP, point stdout and stderr at /dev/null where they are a terminal that has gone (a
+    character device that no longer answers as a terminal): a write to it (a progress bar closing,
+    a last note) fails with EIO, which replaced the stop's exit 129 with 1. A terminal still there
+    (``kill -HUP`` from elsewhere), files and pipes are kept."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
     except OSError:
@@ -70,7 +71,7 @@ def leave_hung_up_terminal() -> None:
     try:
         for fd in (1, 2):
             try:
-                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
                     os.dup2(devnull, fd)
             except OSError:
                 pass

@@ -209,3 +209,44 @@ def test_a_float64_default_is_never_lost_to_a_build_beside_restores() -> None:
     finally:
         stop.set()
         torch.set_default_dtype(old)
+
+
+def test_a_load_beside_a_restore_that_loads_lazily_does_not_deadlock() -> None:
+    """Under a float64 default, one thread's restore (which loads lazily, as pulse's does) and
+    another's load took the method's load lock and global_state.LOCK in opposite orders: both hung."""
+    import threading
+    import time
+    from typing import ClassVar
+
+    from restorekit.interfaces import Method, MethodInfo
+
+    class Lazy(Method):
+        info: ClassVar[MethodInfo] = MethodInfo(name="lazy_dtype", summary="lazy", license="MIT",
+                                                deterministic=True, scales=None, input_kind="any")
+
+        def load(self) -> None:
+            time.sleep(0.2)
+
+        def restore(self, lr, scale, *, seed=None, n_samples=1):  # type: ignore[no-untyped-def]
+            time.sleep(0.2)
+            self.load()
+            return torch.nn.functional.interpolate(lr.float(), scale_factor=int(scale))
+
+    m = Lazy()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    done: dict[str, object] = {}
+    try:
+        t = threading.Thread(target=lambda: done.update(restore=m.restore(torch.rand(1, 3, 4, 4), 2).shape),
+                             daemon=True)
+        t.start()
+        time.sleep(0.1)
+        u = threading.Thread(target=lambda: (m.load(), done.update(load=True)), daemon=True)
+        u.start()
+        t.join(20)
+        u.join(20)
+        assert not t.is_alive() and not u.is_alive(), "deadlocked"
+        assert done == {"restore": (1, 3, 8, 8), "load": True}
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(old)

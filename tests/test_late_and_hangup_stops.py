@@ -157,3 +157,31 @@ def test_a_hang_up_is_129_though_the_terminal_is_gone() -> None:
     os.close(master)  # the terminal goes: writes to it fail with EIO
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(60) == 128 + signal.SIGHUP
+
+
+@posix_only
+def test_a_hang_up_sent_while_the_terminal_is_there_keeps_the_last_lines() -> None:
+    """``kill -HUP`` with the terminal still open: its output must still reach it (the stop line too)."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_UP_TERMINAL], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    os.close(slave)
+    time.sleep(3)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(60) == 128 + signal.SIGHUP
+    seen = b""
+    while select.select([master], [], [], 1)[0]:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # (EIO once the last writer has gone)
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    text = seen.decode()
+    assert "closing the bar" in text and "last note" in text and "terminated" in text, text
