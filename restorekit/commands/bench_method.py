@@ -6,8 +6,9 @@ For each batch size: median milliseconds per call over ``--repeat`` timed runs a
 ``peak_memory_mib``, whose ``memory_kind`` (:data:`MEMORY_KINDS`; the table's label beside the
 figure) says what it is. Torch on CUDA: the peak its allocator held during that side's calls, a
 figure of that side alone. On the CPU: the process's peak resident set, which includes everything
-loaded so far and every side's calls — the same figure for each side timed at a batch size, so
-it does not tell two sides apart. onnxruntime on CUDA allocates outside torch's allocator, so its
+loaded so far and every call timed up to then — the same figure for each side timed interleaved at
+a batch size; timed one after the other (keep_memory, below), a later side's includes the earlier
+one's peak — so it does not tell two sides apart. onnxruntime on CUDA allocates outside torch's allocator, so its
 memory is not measured there (null). Only two figures of one per-side kind make a ratio: the
 torch and onnxruntime backends never do (in one process the CPU's resident memory cannot be
 split between them: memory one leaves to the allocator is reused by the other, and the export
@@ -32,6 +33,13 @@ once a method switched it on, so when one side asks for it on the CPU and the ot
 (``--compare-opt keep_memory=false``, or a method without the option), the side without it is
 timed first, all of it, then the other (said on stderr and in the JSON's ``timing``).
 
+A batch size that fails (a method's memory guard, torch out of memory) is said in one ``error:`` line
+with bench's fix (a smaller ``--batch`` or ``--size``) and listed under ``failed`` in the JSON; the
+batch sizes measured are still reported, and the exit code is 1 (as ``run``'s failed inputs). ``--batch``
+takes 1 to :data:`MAX_BATCH` and ``--size`` up to :data:`MAX_SIZE`, whose ×scale output is held to
+``run``'s default output limit; a size listed twice in ``--batch`` (or a backend in ``--backend``)
+is timed once.
+
 ``--resolution R`` benchmarks an untrained model of the method's paper shapes at output
 resolution ``R`` (methods with a ``bench_model_options(R)`` class hook; psp_sr: IR-SE50 encoder,
 config-f generator), so no weights are needed. A method with ``bench_breakdown(lr, scale,
@@ -48,7 +56,7 @@ from typing import Any
 import click
 import torch
 
-from ..cli import emit_json, fail_usage, json_output, table, warn
+from ..cli import emit_json, error_line, fail_usage, json_output, table, warn
 from ..devices import DEVICE, DEVICE_HELP, precision_label, run_device
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
 from ..errors import RestorekitError
@@ -56,14 +64,39 @@ from ..interfaces import Method
 from ..methods import build_method, check_restored, method_class, method_values, validate_options
 
 
-def parse_batches(text: str) -> list[int]:
+#: The largest batch size timed (``bench generator --batch``'s bound too).
+MAX_BATCH = 256
+#: The largest ``--size``: an input of ``run``'s default ``--max-pixels`` (64 MP).
+MAX_SIZE = 8000
+
+
+def parse_batches(text: str, flag: str = "--batch") -> list[int]:
+    """Batch sizes from ``1,4``: each from 1 to :data:`MAX_BATCH`, each once in the order first given
+    (as ``--seeds`` and ``--methods``: a size listed twice is one measurement, not two rows)."""
     try:
         out = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise click.BadParameter(f"'{text}': expected batch sizes like 1,4") from None
-    if not out or any(b < 1 for b in out):
-        raise click.BadParameter(f"'{text}': batch sizes must be positive integers")
-    return out
+        raise click.BadParameter(f"'{text}': expected batch sizes like 1,4", param_hint=flag) from None
+    if not out or any(not 1 <= b <= MAX_BATCH for b in out):
+        raise click.BadParameter(f"'{text}': batch sizes must be integers from 1 to {MAX_BATCH}", param_hint=flag)
+    return list(dict.fromkeys(out))
+
+
+def check_bench_size(side: int, scale: int, batch: int) -> None:
+    """Refuse, before the input is made, an input whose ×``scale`` output passes ``run``'s default
+    output limit per image, or whose largest ``batch`` would not fit the memory left to make it:
+    the process would otherwise grow until it fails or the kernel kills it."""
+    from ..device_memory import check_working_memory
+    from ..images import DEFAULT_MAX_OUTPUT_PIXELS, _mp
+    from ..testing.data import smooth_batch_bytes
+
+    out = side * scale
+    if out * out > DEFAULT_MAX_OUTPUT_PIXELS:
+        raise RestorekitError(f"--size {side}: its ×{scale} output would be {out}×{out} = {_mp(out * out)} "
+                              f"per image, over the output limit of {_mp(DEFAULT_MAX_OUTPUT_PIXELS)} that run and compare apply; "
+                              f"lower --size or --scale")
+    check_working_memory(smooth_batch_bytes(batch, side, side), torch.device("cpu"),
+                         f"the input of bench method ({batch} images of {side}×{side})", "lower --batch or --size")
 
 
 def default_scale(cls: type[Method]) -> int:
@@ -90,8 +123,15 @@ def _sync(device: torch.device) -> None:
 #: ``not measured:`` and says why).
 MEMORY_KINDS = {
     "cuda_peak_allocated": "the peak CUDA memory torch's allocator held during this side's calls (weights included)",
-    "process_peak_rss": "the process's peak resident memory so far: everything loaded and every side's calls, so "
-                        "the same figure for each side timed at this batch size, not one side's own",
+    "process_peak_rss": "the process's peak resident memory so far: everything loaded and every call timed up to "
+                        "then, not one side's own",
+}
+#: What that means for the sides at one batch size, by the JSON's ``timing.order``.
+PEAK_RSS_ORDER = {
+    "interleaved": "; the sides at a batch size are timed together (runs interleaved), so each shows the same figure",
+    "sequential": "; the sides were timed one after the other, so the side timed later shows a peak that "
+                  "includes the earlier side's (its figure is at least as high), the earlier side's does not "
+                  "include the later's",
 }
 #: The table's label of each kind.
 MEMORY_LABELS = {"cuda_peak_allocated": "cuda, this side", "process_peak_rss": "rss, whole process"}
@@ -272,9 +312,10 @@ def _build(name: str, opts: tuple[str, ...], weights: str | None, device: str) -
 @click.command("method")
 @click.argument("name")
 @click.option("--scale", type=click.IntRange(min=1), default=None, help="Output = scale × input (default 4).")
-@click.option("--size", type=click.IntRange(min=2), default=None,
+@click.option("--size", type=click.IntRange(2, MAX_SIZE), default=None,
               help="Input side in px (default: the method's preferred size for --scale, else 64).")
-@click.option("--batch", "batches", default="1,4", show_default=True, help="Batch sizes to time.")
+@click.option("--batch", "batches", default="1,4", show_default=True,
+              help=f"Batch sizes to time, each 1 to {MAX_BATCH} (a size listed twice is timed once).")
 @click.option("--repeat", "--repeats", "repeat", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed runs per batch size (median and range).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
@@ -315,7 +356,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
                        f"--compare-to OTHER, which is not given")
             return
     sizes = parse_batches(batches)
-    other_sizes = parse_batches(other_batches) if other_batches is not None else [min(sizes)]
+    other_sizes = parse_batches(other_batches, "--compare-batch") if other_batches is not None else [min(sizes)]
     if other and not set(sizes) & set(other_sizes):
         # The speed ratio sets the two methods side by side at one batch size; across sizes it
         # would credit one of them with batching.
@@ -323,7 +364,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
                    f"of the two at the same batch size can be given; list one in both (e.g. --compare-batch "
                    f"{','.join(map(str, sorted(set(other_sizes) | {sizes[0]})))})")
         return
-    backend_list = [b.strip() for b in backends.split(",") if b.strip()]
+    backend_list = list(dict.fromkeys(b.strip() for b in backends.split(",") if b.strip()))  # each once
     bad = [b for b in backend_list if b not in ("torch", "onnxruntime")] or ([] if backend_list else [backends])
     if bad:
         raise click.BadParameter(f"'{bad[0]}': backends are torch, onnxruntime", param_hint="--backend")
@@ -336,6 +377,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         method = _build(name, bench_model_opts(name, res) + opts, weights, device)
         method.check_scale(k)
         side = input_size(method, k, size)
+        check_bench_size(side, k, max(sizes + (other_sizes if other else [])))
         other_m = (_build(other, bench_model_opts(other, res, required=False) + other_opts, None, device)
                    if other else None)
         if other_m is not None:
@@ -387,22 +429,37 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         warn(f"{' '.join([name, *opts])} and --compare-to {' '.join([other, *other_opts])} differ in keep_memory "
              f"(process-wide and permanent once on), so {plain} is timed first and the other after it, not "
              f"interleaved: a change in load between the two shows in the ratio")
+    def side_of(key: tuple[str, str, int]) -> tuple[str, list[str], str]:
+        """The method, options and backend of a key of ``plan``."""
+        return (name, list(opts), key[1]) if key[0] == "name" else (str(other), list(other_opts), key[1])
+
     figures: dict[tuple[str, str, int], dict[str, Any]] = {}
+    failed: list[dict[str, Any]] = []  # a batch size that could not be timed; the others are still reported
     for phase in phases:
         for b in dict.fromkeys(sizes + (other_sizes if other_m is not None else [])):
             keys = [key for key in plan if key[0] in phase and key[2] == b]
             if not keys:
                 continue
-            rows_b = time_interleaved([(plan[key][0], lr_all[:b], plan[key][1]) for key in keys], k, warmup=warmup)
-            for key, row in zip(keys, rows_b):
-                mm = plan[key][0]
-                figures[key] = dict(device=str(run_device(mm)), precision=precision(mm, key[1]), **row,
-                                    breakdown=time_breakdown(mm, lr_all[:b], k, repeats=parts_repeats))
+            try:
+                rows_b = time_interleaved([(plan[key][0], lr_all[:b], plan[key][1]) for key in keys], k,
+                                          warmup=warmup)
+                done = {key: dict(device=str(run_device(plan[key][0])), precision=precision(plan[key][0], key[1]),
+                                  **row, breakdown=time_breakdown(plan[key][0], lr_all[:b], k, repeats=parts_repeats))
+                        for key, row in zip(keys, rows_b)}
+            except BATCH_ERRORS as exc:
+                msg = batch_failure(exc)
+                sides = [side_of(key) for key in keys]
+                timed = ", ".join(" ".join([m, *o]) + f" ({be})" for m, o, be in sides)
+                error_line(f"bench method: batch {b} of {timed} not measured: {msg}")
+                failed.extend({"method": m, "options": o, "backend": be, "batch": b, "error": msg}
+                              for m, o, be in sides)
+                continue
+            figures.update(done)
     rows = [dict(method=name, options=list(opts), backend=be, threads=n_threads(mm), **figures[("name", be, b)])
-            for be, mm in variants for b in sizes]
+            for be, mm in variants for b in sizes if ("name", be, b) in figures]
     result: dict[str, Any] = {"method": name, "scale": k, "input_size": side, "device": str(method.device),
                               "dtype": precision(method, "torch"), "backends": backend_list, "timing": timing,
-                              "results": rows}
+                              "results": rows, "failed": failed}
     if res is not None:
         result["resolution"] = res
     def per_image(r: dict[str, Any]) -> list[float]:
@@ -416,8 +473,9 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
 
     if len(backend_list) > 1 and "torch" in backend_list and "onnxruntime" in backend_list:
         by = {(r["backend"], r["batch"]): r for r in rows}
-        ratios({str(b): (by[("torch", b)], by[("onnxruntime", b)]) for b in sizes}, "backend_ratio")
-        mem = {str(b): memory_ratio(by[("torch", b)], by[("onnxruntime", b)]) for b in sizes}
+        both = [b for b in sizes if ("torch", b) in by and ("onnxruntime", b) in by]  # (a failed batch size: none)
+        ratios({str(b): (by[("torch", b)], by[("onnxruntime", b)]) for b in both}, "backend_ratio")
+        mem = {str(b): memory_ratio(by[("torch", b)], by[("onnxruntime", b)]) for b in both}
         result["backend_memory_ratio"] = {b: r for b, (r, _) in mem.items()}
         notes = {b: why for b, (_, why) in mem.items() if why}
         if notes:
@@ -425,7 +483,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     if other_m is not None:
         other_rows = [dict(method=other, options=list(other_opts), backend="torch", threads=torch.get_num_threads(),
                            **figures[("other", "torch", b)])
-                      for b in other_sizes]
+                      for b in other_sizes if ("other", "torch", b) in figures]
         result["compare_to"] = other
         result["compare_results"] = other_rows
         result["speed_ratio_backend"] = backend_list[0]  # NAME's rows the ratio is taken against
@@ -434,6 +492,8 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         ratios({str(r["batch"]): (r, mine[r["batch"]]) for r in other_rows if r["batch"] in mine}, "speed_ratio")
     if as_json:
         emit_json(result)
+        if failed:  # some batch sizes failed (each said on stderr): exit 1, as run's failed inputs
+            raise SystemExit(1)
         return
 
     def label(r: dict[str, Any]) -> str:
@@ -484,8 +544,39 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         click.echo(f"{name}: no peak-memory ratio of torch to onnxruntime (batch {', '.join(bs)}): {why}")
     # What each label of the peak MiB column measures (and why a row has none).
     for kind, backends_of in _kinds(rows + result.get("compare_results", [])).items():
-        click.echo(f"peak MiB ({MEMORY_LABELS[kind]}): {MEMORY_KINDS[kind]}" if kind in MEMORY_KINDS else
-                   f"peak MiB of {', '.join(backends_of)}: {kind}")
+        click.echo(f"peak MiB ({MEMORY_LABELS[kind]}): {memory_footnote(kind, timing['order'])}" if kind in MEMORY_KINDS
+                   else f"peak MiB of {', '.join(backends_of)}: {kind}")
+    if failed:  # some batch sizes failed (each said on stderr): exit 1, as run's failed inputs
+        raise SystemExit(1)
+
+
+def memory_footnote(kind: str, order: str) -> str:
+    """What a peak-memory figure of ``kind`` is, when the sides at a batch size were timed in
+    ``order`` (``interleaved`` or ``sequential``, the JSON's ``timing.order``)."""
+    return MEMORY_KINDS[kind] + (PEAK_RSS_ORDER[order] if kind == "process_peak_rss" else "")
+
+
+#: Errors that fail one batch size (a memory guard's refusal, a wrong output, torch out of memory):
+#: said in one line, and the batch sizes measured are still reported.
+BATCH_ERRORS = (RestorekitError, ValueError, RuntimeError, MemoryError)
+#: bench method's own way to need less memory, in place of the fix a method names for run.
+BATCH_FIX = "bench method: a smaller --batch or --size needs less"
+
+
+def batch_failure(exc: BaseException) -> str:
+    """One line for a batch size that failed: a method's memory refusal with bench's own fix
+    (:data:`BATCH_FIX`; the one it names is for run, e.g. ``--faces detect``, no option of bench)."""
+    import re
+
+    from ..errors import InsufficientMemory
+
+    text = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+    if isinstance(exc, InsufficientMemory):
+        m = re.match(r"^(.* is available on \S+) \(.*\)$", text)
+        return f"{m.group(1) if m else text} ({BATCH_FIX})"
+    if isinstance(exc, MemoryError) or isinstance(exc, torch.OutOfMemoryError):
+        return f"out of memory: {text} ({BATCH_FIX})"
+    return text
 
 
 def _kinds(rows: list[dict[str, Any]]) -> dict[str, list[str]]:

@@ -27,10 +27,25 @@ def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
     return (out * 255).round().astype(np.uint8)
 
 
+#: Bytes :func:`smooth_batch` holds per value of its batch at its peak: the uint8 images and the float32 batch.
+SMOOTH_BATCH_BYTES_PER_VALUE = 5
+
+
+def smooth_batch_bytes(n: int, h: int, w: int) -> int:
+    """About the peak memory :func:`smooth_batch` takes for ``n`` images of ``h×w``: the batch being
+    filled and converted, plus one image's float64 working arrays (grid, sum)."""
+    return n * 3 * h * w * SMOOTH_BATCH_BYTES_PER_VALUE + h * w * 8 * 6
+
+
 def smooth_batch(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """``n`` smooth images as a batch in the image convention."""
-    arrs = [smooth_image(h, w, seed + i) for i in range(n)]
-    return torch.from_numpy(np.stack(arrs).transpose(0, 3, 1, 2) / 255.0).float()
+    """``n`` smooth images as a batch in the image convention.
+
+    Filled in place, one image at a time, and converted once: a list of the images, their stack
+    and a float64 copy held about three times the batch's own memory."""
+    arr = np.empty((n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        arr[i] = smooth_image(h, w, seed + i)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
 
 
 def sample_batch(n: int = 2, h: int = 12, w: int = 10, seed: int = 0) -> torch.Tensor:
