@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
+from .options import OptionError
 from .onnx_export import (DEFAULT_OPSET, OPTIONS_KEY, ExportSpec, export_onnx, find_export_spec, read_sidecar,
                           sidecar_incomplete, sidecar_path, sidecar_problem, state_sha256)
 
@@ -379,7 +380,10 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
                 opset: int = DEFAULT_OPSET, log: Any = None) -> OnnxMethod:
     """``method`` (loaded) running on onnxruntime, from ``onnx_path`` or the export cache."""
     method.load()
-    spec = find_export_spec(method)
+    try:
+        spec = find_export_spec(method)
+    except ValueError as exc:  # the method's own check of its options for export: a usage problem
+        raise OptionError(str(exc)) from None
     name = method.info.name
     # What the method loaded, hashed once: a graph serves it only when its sidecar records the same.
     state = state_sha256(spec.module)

@@ -393,7 +393,10 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
     except (RestorekitError, ValueError) as exc:
         fail_usage(str(exc))
         return
-    lr_all = smooth_batch(max(sizes + (other_sizes if other else [])), side, side, seed=0)
+    try:
+        lr_all = smooth_batch(max(sizes + (other_sizes if other else [])), side, side, seed=0)
+    except MemoryError:  # (past the estimate checked above: under a ulimit -v, which it cannot see)
+        raise RestorekitError(f"bench method: the {side}×{side} input batch does not fit in memory; {BATCH_FIX}")
 
     def n_threads(m: Method) -> int:
         session = getattr(m, "session", None)
@@ -556,9 +559,11 @@ def memory_footnote(kind: str, order: str) -> str:
     return MEMORY_KINDS[kind] + (PEAK_RSS_ORDER[order] if kind == "process_peak_rss" else "")
 
 
-#: Errors that fail one batch size (a memory guard's refusal, a wrong output, torch out of memory):
-#: said in one line, and the batch sizes measured are still reported.
-BATCH_ERRORS = (RestorekitError, ValueError, RuntimeError, MemoryError)
+#: Errors that fail one batch size (a memory guard's refusal, a wrong output that check_restored
+#: names, torch or Python out of memory): said in one line, and the batch sizes measured are still
+#: reported. A method's other errors (a ValueError, a RuntimeError from its code) stay unexpected:
+#: a bug to report, with its traceback under --debug.
+BATCH_ERRORS: tuple[type[BaseException], ...] = (RestorekitError, MemoryError, torch.OutOfMemoryError)
 #: bench method's own way to need less memory, in place of the fix a method names for run.
 BATCH_FIX = "bench method: a smaller --batch or --size needs less"
 

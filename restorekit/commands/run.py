@@ -237,16 +237,13 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
             devices = job.gather(str(m.device))
             if backend == "onnxruntime":
                 from ..onnx_backend import onnx_method
-                from ..onnx_export import find_export_spec
 
                 with kept_global_state(loading, "while it loaded"):
-                    m.load()
                     try:
-                        find_export_spec(m)
-                    except ValueError as exc:  # the method's own check of its options for export (as `export`)
+                        m = onnx_method(m, onnx_path=onnx_path, log=None if quiet or not job.is_main
+                                        else (lambda msg: click.echo(msg, err=True)))
+                    except OptionError as exc:  # the method's own check of its options for export (as `export`)
                         fail_usage(str(exc))
-                    m = onnx_method(m, onnx_path=onnx_path, log=None if quiet or not job.is_main
-                                    else (lambda msg: click.echo(msg, err=True)))
             if not quiet and job.is_main:
                 for note in getattr(m, "notes", []):
                     click.echo(note, err=True)
