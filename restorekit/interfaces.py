@@ -539,9 +539,11 @@ class Loss(ABC):
         ``context_inputs`` declares."""
 
 
-def _float32_metric(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a metric's ``__call__`` or ``setup``) run inside :func:`float32_compute`, with the
-    CPU's and CUDA's autocast both off (a metric computes where its inputs are, which it may move)."""
+def _float32_everywhere(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a metric's ``__call__`` or ``setup``, a detector's ``detect`` or ``load``) run inside
+    :func:`float32_compute` with the CPU's and CUDA's autocast both off: a metric computes where its
+    inputs are, which it may move, and a detector need have no torch ``device`` (an onnxruntime one
+    has none)."""
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         with float32_compute("cuda"):
@@ -574,7 +576,7 @@ class Metric(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _wrap_own(cls, {"__call__": _float32_metric, "setup": _float32_metric})
+        _wrap_own(cls, {"__call__": _float32_everywhere, "setup": _float32_everywhere})
 
     def setup(self, device: torch.device) -> None:
         """Load networks or weights; raise ``restorekit.errors.WeightsMissing`` when absent."""
@@ -610,18 +612,6 @@ class Face:
     landmarks: list[tuple[float, float]] = field(default_factory=list)
 
 
-def _float32_detect(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a detector's ``detect`` or ``load``) inside :func:`float32_compute`, autocast off on
-    the CPU and CUDA (a detector need have no torch ``device``: an onnxruntime one has none)."""
-    @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with float32_compute("cuda"):
-            return fn(self, *args, **kwargs)
-
-    setattr(wrapper, "_restorekit_wrapped", True)
-    return wrapper
-
-
 class FaceDetector(ABC):
     """Finds faces and landmarks (eye centres, nose, mouth corners where available).
 
@@ -633,7 +623,7 @@ class FaceDetector(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _wrap_own(cls, {"detect": _float32_detect, "load": _float32_detect})
+        _wrap_own(cls, {"detect": _float32_everywhere, "load": _float32_everywhere})
 
     @abstractmethod
     def detect(self, image: Tensor) -> list[Face]:
