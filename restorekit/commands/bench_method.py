@@ -59,7 +59,7 @@ import torch
 from ..cli import emit_json, error_line, fail_usage, json_output, table, warn
 from ..devices import DEVICE, DEVICE_HELP, precision_label, run_device
 from .bench import fmt_ratio, fmt_spread, ratio_spread, spread
-from ..errors import RestorekitError
+from ..errors import InsufficientMemory, RestorekitError
 from ..interfaces import Method
 from ..methods import build_method, check_restored, method_class, method_values, validate_options
 
@@ -559,11 +559,12 @@ def memory_footnote(kind: str, order: str) -> str:
     return MEMORY_KINDS[kind] + (PEAK_RSS_ORDER[order] if kind == "process_peak_rss" else "")
 
 
-#: Errors that fail one batch size (a memory guard's refusal, a wrong output that check_restored
-#: names, torch or Python out of memory): said in one line, and the batch sizes measured are still
-#: reported. A method's other errors (a ValueError, a RuntimeError from its code) stay unexpected:
-#: a bug to report, with its traceback under --debug.
-BATCH_ERRORS: tuple[type[BaseException], ...] = (RestorekitError, MemoryError, torch.OutOfMemoryError)
+#: Errors that fail one batch size, which a smaller one may not meet (a memory guard's refusal,
+#: torch or Python out of memory): said in one line, and the batch sizes measured are still
+#: reported. Any other error is the method's at every size — a wrong output (refused, exit 2, as
+#: before), a ValueError or RuntimeError from its code (unexpected: a bug to report, with its
+#: traceback under --debug).
+BATCH_ERRORS: tuple[type[BaseException], ...] = (InsufficientMemory, MemoryError, torch.OutOfMemoryError)
 #: bench method's own way to need less memory, in place of the fix a method names for run.
 BATCH_FIX = "bench method: a smaller --batch or --size needs less"
 
@@ -572,8 +573,6 @@ def batch_failure(exc: BaseException) -> str:
     """One line for a batch size that failed: a method's memory refusal with bench's own fix
     (:data:`BATCH_FIX`; the one it names is for run, e.g. ``--faces detect``, no option of bench)."""
     import re
-
-    from ..errors import InsufficientMemory
 
     text = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
     if isinstance(exc, InsufficientMemory):
