@@ -35,7 +35,6 @@ import functools
 import os
 import re
 import signal
-import stat
 import sys
 import threading
 import time
@@ -348,7 +347,6 @@ def _raise_stop(signum: int) -> None:
     _terminate(signum, None)
 
 
-
 def _in_import(frame: Any) -> bool:
     """Whether ``frame`` runs inside an import (importlib's bootstrap is on the stack)."""
     while frame is not None:
@@ -388,7 +386,7 @@ def _send_again(sig: int) -> None:
         os.kill(os.getpid(), sig)
 
 
-_late_stops: set[int] = set()
+_late_stopped = False  # a stop came after the command had ended
 _exit_hook = False
 
 
@@ -396,9 +394,10 @@ def _late_stop(signum: int, frame: Any) -> None:
     """The handler once the command has ended: a first stop is let pass (the command's exit code
     stands), a second ends the process at once with the signal's code (a teardown that hangs on
     another thread, which a plugin may have left running, can still be stopped)."""
-    if _late_stops:  # (any second stop: Ctrl-C after a SIGTERM too)
+    global _late_stopped
+    if _late_stopped:  # (any second stop: Ctrl-C after a SIGTERM too)
         os._exit(128 + signum)
-    _late_stops.add(signum)
+    _late_stopped = True
 
 
 def _ignore_stops_at_exit() -> None:
@@ -571,12 +570,12 @@ def _plain_log_environment() -> None:
 
 def main() -> None:
     """Console-script entry point: one-line errors, tracebacks only with ``--debug``."""
-    global _DEBUG, _STRICT_FROM_START
+    global _DEBUG, _STRICT_FROM_START, _late_stopped
     _DEBUG = _DEBUG or "--debug" in sys.argv[1:]  # also for failures before options are parsed
     if "--strict" in _global_flags(sys.argv[1:]):  # plugins load strictly, command hooks included
         os.environ["RESTOREKIT_STRICT_PLUGINS"] = "1"
         _STRICT_FROM_START = True
-    _late_stops.clear()  # (a process that calls main() again: its first late stop is let pass again)
+    _late_stopped = False  # (a process that calls main() again: its first late stop is let pass again)
     _install_stop_handlers()
     try:
         _run_main()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,19 +59,11 @@ def read_note(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The note in an image file restorekit wrote; None for a file without one (another program's,
     an older restorekit's) or one that cannot be read. Reads the header, not the pixels."""
     from .images import pillow_limit
+    from .safe_open import open_regular
 
-    try:
-        # Non-blocking, and only a regular file is read: a FIFO at an output's path (opened without a
-        # writer) or a device is no output restorekit wrote, and reading it would wait or never end.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:  # only a regular file: a FIFO or a device at an output's path is no output restorekit wrote
+        fd = open_regular(path)
     except (OSError, ValueError):
-        return None
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        regular = False
-    if not regular:
-        os.close(fd)
         return None
     with os.fdopen(fd, "rb") as source:
         try:

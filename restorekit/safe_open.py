@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from .errors import FileSystemError
 
-__all__ = ["open_append", "create_exclusive", "read_plain", "check_plain_file", "ends_line", "is_plain_folder",
+__all__ = ["open_append", "create_exclusive", "read_plain", "open_regular", "NotRegularFile", "check_plain_file", "ends_line", "is_plain_folder",
            "NOFOLLOW", "NONBLOCK", "Folder", "LinkedFolderError", "own_link", "refused_link", "open_folder",
            "check_folders", "remove_made_folder", "sync_data"]
 
@@ -112,6 +112,32 @@ def read_plain(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> by
             return f.read()
     finally:
         os.close(fd)
+
+
+class NotRegularFile(OSError):
+    """What :func:`open_regular` raises for a path that is no regular file; ``mode`` is its ``st_mode``."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
+        super().__init__(errno.EINVAL, "not a regular file", str(path))
+        self.mode = mode
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """``path`` (links followed: an input may be one) opened to read, as a blocking descriptor, only
+    where it is a regular file: a FIFO is opened without waiting for a writer and, like a device or
+    a folder, refused (:class:`NotRegularFile`) before a byte is read — a FIFO's read would wait for
+    a writer, a device's never end."""
+    fd = os.open(path, os.O_RDONLY | NONBLOCK | _CLOEXEC | _BINARY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        if NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def create_exclusive(path: str | os.PathLike[str], mode: int = 0o666) -> BinaryIO:

@@ -23,8 +23,9 @@ import restorekit.images as images
 from restorekit.batch import process_files
 from restorekit.cli import build_cli
 from restorekit.errors import FileSystemError
-from restorekit.images import ImageItem, storage_errno, storage_path
+from restorekit.images import storage_errno, storage_path
 from restorekit.plugins import registry
+from test_storage_failures import _items  # the same small input folder
 
 _PNG_TEMP = re.compile(r"\..+\.png\.")  # the temp file of an output PNG (not a sweep's clock file, a lock)
 
@@ -53,17 +54,6 @@ def _refusing_folder(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int, a
 
     monkeypatch.setattr(os, "open", open_)
     return tried
-
-
-def _items(tmp_path: Path, n: int) -> list[ImageItem]:
-    src = tmp_path / "in"
-    src.mkdir()
-    items = []
-    for i in range(n):
-        p = src / f"im{i}.png"
-        images.save_image(torch.full((1, 3, 8, 8), i / 10), p)
-        items.append(ImageItem(path=p, stem=p.stem))
-    return items
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -102,13 +92,8 @@ def test_a_batch_stops_when_its_output_folder_refuses_new_files(tmp_path, monkey
     assert _leftovers(out) == []
 
 
-def test_run_stops_when_its_output_folder_refuses_new_files(tmp_path, monkeypatch):
-    """The command: one error line, one stop line, exit 1, and the method called for no input after."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(6):
-        images.save_image(torch.full((1, 3, 16, 16), i / 10), src / f"im{i}.png")
-    out = tmp_path / "out"
+def _counted_bicubic(monkeypatch) -> list[int]:  # type: ignore[no-untyped-def]
+    """bicubic's restore, counted: the batch size of each call, in the list returned."""
     cls = registry().method("bicubic")
     real_restore = cls.restore
     calls: list[int] = []
@@ -118,6 +103,17 @@ def test_run_stops_when_its_output_folder_refuses_new_files(tmp_path, monkeypatc
         return real_restore(self, lr, scale, **kw)
 
     monkeypatch.setattr(cls, "restore", restore)
+    return calls
+
+
+def test_run_stops_when_its_output_folder_refuses_new_files(tmp_path, monkeypatch):
+    """The command: one error line, one stop line, exit 1, and the method called for no input after."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        images.save_image(torch.full((1, 3, 16, 16), i / 10), src / f"im{i}.png")
+    out = tmp_path / "out"
+    calls = _counted_bicubic(monkeypatch)
     _refusing_folder(monkeypatch, out, errno.EACCES, after=2)
     r = CliRunner().invoke(build_cli(), ["run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out),
                                          "--device", "cpu", "-q", "--json"], catch_exceptions=False)
@@ -205,15 +201,7 @@ def test_compare_stops_when_a_method_folder_refuses_new_files(tmp_path, monkeypa
     full disk, in one line, and a rerun once the folder can be written goes on."""
     data, out = _three_faces(tmp_path), tmp_path / "cmp"
     (out / "outputs" / "bicubic").mkdir(parents=True)
-    cls = registry().method("bicubic")
-    real_restore = cls.restore
-    calls: list[int] = []
-
-    def restore(self, lr, scale, **kw):  # type: ignore[no-untyped-def]
-        calls.append(lr.shape[0])
-        return real_restore(self, lr, scale, **kw)
-
-    monkeypatch.setattr(cls, "restore", restore)
+    calls = _counted_bicubic(monkeypatch)
     with monkeypatch.context() as m:
         _refusing_folder(m, out / "outputs" / "bicubic", errno.EPERM, after=1)
         r = _compare(data, out)

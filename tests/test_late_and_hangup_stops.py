@@ -143,17 +143,24 @@ HUNG_UP_TERMINAL = textwrap.dedent("""
 """)
 
 
-@posix_only
-def test_a_hang_up_is_129_though_the_terminal_is_gone() -> None:
-    """The terminal closed: its writes fail with EIO, which replaced the stop's 129 with exit 1."""
+def _on_a_terminal(code: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """``code`` run with stdout and stderr on a new pseudo-terminal (SIGHUP at its default), three
+    seconds on (started, in its loop): the terminal's master side and the process."""
     import pty
     import time
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", HUNG_UP_TERMINAL], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     os.close(slave)
-    time.sleep(3)  # started, in its loop
+    time.sleep(3)
+    return master, proc
+
+
+@posix_only
+def test_a_hang_up_is_129_though_the_terminal_is_gone() -> None:
+    """The terminal closed: its writes fail with EIO, which replaced the stop's 129 with exit 1."""
+    master, proc = _on_a_terminal(HUNG_UP_TERMINAL)
     os.close(master)  # the terminal goes: writes to it fail with EIO
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(60) == 128 + signal.SIGHUP
@@ -162,15 +169,9 @@ def test_a_hang_up_is_129_though_the_terminal_is_gone() -> None:
 @posix_only
 def test_a_hang_up_sent_while_the_terminal_is_there_keeps_the_last_lines() -> None:
     """``kill -HUP`` with the terminal still open: its output must still reach it (the stop line too)."""
-    import pty
     import select
-    import time
 
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", HUNG_UP_TERMINAL], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
-    os.close(slave)
-    time.sleep(3)
+    master, proc = _on_a_terminal(HUNG_UP_TERMINAL)
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(60) == 128 + signal.SIGHUP
     seen = b""

@@ -377,7 +377,8 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         method = _build(name, bench_model_opts(name, res) + opts, weights, device)
         method.check_scale(k)
         side = input_size(method, k, size)
-        check_bench_size(side, k, max(sizes + (other_sizes if other else [])))
+        largest = max(sizes + (other_sizes if other else []))
+        check_bench_size(side, k, largest)
         other_m = (_build(other, bench_model_opts(other, res, required=False) + other_opts, None, device)
                    if other else None)
         if other_m is not None:
@@ -394,7 +395,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         fail_usage(str(exc))
         return
     try:
-        lr_all = smooth_batch(max(sizes + (other_sizes if other else [])), side, side, seed=0)
+        lr_all = smooth_batch(largest, side, side, seed=0)
     except MemoryError:  # (past the estimate checked above: under a ulimit -v, which it cannot see)
         raise RestorekitError(f"bench method: the {side}×{side} input batch does not fit in memory; {BATCH_FIX}")
 
@@ -432,6 +433,7 @@ def bench_method_cmd(name: str, scale: int | None, size: int | None, batches: st
         warn(f"{' '.join([name, *opts])} and --compare-to {' '.join([other, *other_opts])} differ in keep_memory "
              f"(process-wide and permanent once on), so {plain} is timed first and the other after it, not "
              f"interleaved: a change in load between the two shows in the ratio")
+
     def side_of(key: tuple[str, str, int]) -> tuple[str, list[str], str]:
         """The method, options and backend of a key of ``plan``."""
         return (name, list(opts), key[1]) if key[0] == "name" else (str(other), list(other_opts), key[1])

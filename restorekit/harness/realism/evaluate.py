@@ -271,15 +271,17 @@ def file_digests(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 
 def _content_digest(p: Path) -> str:
+    from ...safe_open import NotRegularFile, open_regular
     from ...weights.checksum import sha256_fd
 
-    try:  # (non-blocking: opening a FIFO without a writer returns at once, to be refused below)
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        fd = open_regular(p)
+    except NotRegularFile as exc:
+        return f"not a regular file {stat.S_IFMT(exc.mode):o}: {p}"
     except OSError as exc:
         return f"unreadable {exc.errno}: {p}"
     try:
-        mode = os.fstat(fd).st_mode
-        return sha256_fd(fd) if stat.S_ISREG(mode) else f"not a regular file {stat.S_IFMT(mode):o}: {p}"
+        return sha256_fd(fd)
     finally:
         os.close(fd)
 
