@@ -843,7 +843,6 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
     broken with one line naming both (as for a method name). What each plugin adds is recorded (``reg.added_commands``,
     and ``commands`` in what ``restorekit plugins`` lists).
     """
-    import click
 
     strict = _strict_from_env() if strict is None else strict
     reg.commands_checked = True

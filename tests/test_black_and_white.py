@@ -4,7 +4,6 @@ tasks, keep the method's colours."""
 
 from __future__ import annotations
 
-import json
 from typing import ClassVar
 
 import pytest

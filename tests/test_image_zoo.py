@@ -5,7 +5,6 @@ Every file is made here, small, in tmp_path."""
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 

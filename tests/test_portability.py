@@ -189,7 +189,6 @@ def test_a_platform_without_file_locks_is_refused_not_run_unlocked(tmp_path: Pat
 
 # -- the weights cache's lock --------------------------------------------------------------------------
 def test_without_fcntl_the_cache_lock_waits_for_another_process(tmp_path: Path, windows: types.ModuleType) -> None:
-    from restorekit.weights import cache
     from restorekit.weights.cache import file_lock
 
     path = tmp_path / "w" / ".face.lock"

@@ -51,7 +51,7 @@ def _face_ellipse(t: dict[str, tuple[float, float]]) -> tuple[float, float, floa
     x; it leaves out the crop's corners and the neck and shoulders below the chin.
     """
     (elx, ely), (erx, ery) = t["eye_left"], t["eye_right"]
-    (mlx, mly), (mrx, mry) = t["mouth_left"], t["mouth_right"]
+    (_, mly), (_, mry) = t["mouth_left"], t["mouth_right"]
     eye_x, eye_y, mouth_y = (elx + erx) / 2, (ely + ery) / 2, (mly + mry) / 2
     d, m = math.hypot(erx - elx, ery - ely), mouth_y - eye_y
     top, chin = eye_y - 1.75 * m, mouth_y + 0.7 * m
