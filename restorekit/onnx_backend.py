@@ -36,8 +36,8 @@ from torch import Tensor
 from .errors import RestorekitError
 from .interfaces import Method, MethodInfo
 from .options import OptionError
-from .onnx_export import (DEFAULT_OPSET, OPTIONS_KEY, ExportSpec, export_onnx, find_export_spec, read_sidecar,
-                          sidecar_incomplete, sidecar_path, sidecar_problem, state_sha256)
+from .onnx_export import (DEFAULT_OPSET, OPTIONS_KEY, ExportSpec, OnnxExportError, export_onnx, find_export_spec,
+                          read_sidecar, sidecar_incomplete, sidecar_path, sidecar_problem, state_sha256)
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -391,7 +391,11 @@ def onnx_method(method: Method, *, onnx_path: str | os.PathLike[str] | None = No
         path = Path(onnx_path).expanduser()
         if not path.is_file():
             raise OnnxBackendError(f"--onnx {path}: no such file")
-        found = read_sidecar(path)
+        try:
+            found = read_sidecar(path)
+        except OnnxExportError as exc:  # unreadable, or not a JSON object: the fix is the same export
+            raise OnnxBackendError(f"--onnx {exc}; re-export with `restorekit export {name} --out {path} "
+                                   f"--overwrite`") from None
         if found is None:  # nothing says what the graph holds: another method's would run under this name
             raise OnnxBackendError(f"--onnx {path}: no sidecar {sidecar_path(path)} beside it, so nothing says which "
                                    f"method, weights and settings the graph holds; export it with `restorekit export "

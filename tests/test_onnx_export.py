@@ -483,6 +483,19 @@ def test_a_graph_without_its_sidecar_is_refused(tmp_path: Path) -> None:
         onnx_method(TinyMethod(), onnx_path=res.path, threads=1)
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json"])
+def test_a_graph_beside_a_sidecar_that_is_no_object_is_refused_with_the_export_to_run(tmp_path: Path,
+                                                                                      text: str) -> None:
+    """Every other --onnx sidecar problem names the export that mends it; this one did not."""
+    res = export_onnx(TinyMethod().export_module(), tmp_path / "m.onnx")
+    res.sidecar.write_text(text)
+    with pytest.raises(OnnxBackendError) as err:
+        onnx_method(TinyMethod(), onnx_path=res.path, threads=1)
+    msg = str(err.value)
+    assert msg.startswith(f"--onnx {res.sidecar}: ") and "\n" not in msg, msg
+    assert msg.endswith(f"; re-export with `restorekit export {TinyMethod.info.name} --out {res.path} --overwrite`"), msg
+
+
 def test_run_with_a_graph_beside_another_graphs_sidecar_exits_2(tmp_path: Path) -> None:
     from click.testing import CliRunner
     from PIL import Image
