@@ -290,6 +290,46 @@ def test_a_loss_that_is_not_finite_stops_the_run_in_one_line_without_a_torch_war
             trainer.fit()
 
 
+class Normed(nn.Module):
+    """Batch-norm and dropout: modules whose training mode matters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Dropout(0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.mark.parametrize("val_fn", ["none", "raises"])
+def test_validation_leaves_the_model_in_training_mode_whatever_its_step_returns(faces: Path, tmp_path: Path,
+                                                                               val_fn: str) -> None:
+    """A trainer without a validation step (documented as optional) trained in eval mode after the
+    first validation: batch-norm on running statistics, no dropout."""
+    modes: list[bool] = []
+
+    def step(net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        modes.append(net.training)
+        return {"loss": (net(batch["lr_up"]) - batch["hr"]).square().mean()}
+
+    def failing(model: nn.Module, batch: dict) -> None:
+        raise RuntimeError("validation failed")
+
+    cfg = TrainConfig(steps=4, batch_size=2, optimizer="adam", lr=1e-3, log_every=1, val_every=2, ckpt_every=100,
+                      device="cpu", data=DataConfig(factors=[1, 2], holdout_fraction=0.25))
+    train, val = sr_datasets(faces, 16, cfg.data, seed=0)
+    trainer = Trainer(cfg, Normed(), train, val, out=tmp_path / "run", step_fn=step,
+                      val_fn=failing if val_fn == "raises" else None, quiet=True)
+    if val_fn == "raises":
+        trainer.model.train()
+        with pytest.raises(RuntimeError, match="validation failed"):
+            trainer.validate()
+        assert trainer.model.training and all(m.training for m in trainer.model.modules())
+        return
+    trainer.fit()
+    assert modes == [True, True, True, True]
+
+
 def test_fit_logs_checkpoints_and_resumes_exactly(faces: Path, tmp_path: Path) -> None:
     full = make_trainer(faces, tmp_path / "full", 8)
     summary = full.fit()

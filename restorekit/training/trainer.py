@@ -1048,10 +1048,17 @@ class Trainer:
         """Run :meth:`validation_step` over the validation set (rank 0); writes the grid PNG."""
         if self.val_data is None or not self.dist.is_main:
             return {}
+        self.model.eval()
+        try:
+            return self._validate_in_eval_mode()
+        finally:  # (every way out: a validation_step that returns None, or raises, too)
+            self.set_train_mode()
+
+    def _validate_in_eval_mode(self) -> dict[str, float]:
         from ..images import save_image
 
-        self.model.eval()
         val_data, size = self.val_data, self.config.batch_size
+        assert val_data is not None
 
         def loader(workers: int, start: int) -> DataLoader[Any]:
             rest = range(start * size, len(val_data))  # type: ignore[arg-type]
@@ -1079,7 +1086,6 @@ class Trainer:
             save_image(image_grid(merged), self.out / VAL_DIR / f"step_{self.step:08d}.png", root=self.out)
         self.log({"kind": "val", "step": self.step, **metrics_mean})
         self.last_val = metrics_mean
-        self.set_train_mode()
         return metrics_mean
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
