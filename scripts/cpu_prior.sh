@@ -57,7 +57,7 @@ if [ -n "$KEEP" ]; then
 fi
 KIMG=$($PY -c "import sys; from restorekit.training.plot import read_records; print(round(read_records(sys.argv[1])[-1]['kimg'], 1))" \
        "$SNAP/metrics.jsonl")
-sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$PROGRESS/val.txt"
+grep -v "^!" plugins/psp_sr/recipes/faces128/val.txt | sed "s#^#$FACES/#" | grep -v "/#" | grep . > "$PROGRESS/val.txt"
 log "measuring the snapshot at $KIMG kimg"
 $RK realism --generator stylegan2 --weights "$SNAP/generator.safetensors" --data "@$PROGRESS/val.txt" \
     --n "${REALISM_N:-1000}" --spaces alex,dlib --detector mtcnn --detect-n 32 --detect-truncation 0.7 --json \

@@ -32,7 +32,7 @@ log() { echo "[encoder_probe.sh $(date +%H:%M:%S)] $*"; }
 
 SETS=()
 for kv in ${SET:-}; do SETS+=(--set "$kv"); done
-sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . | awk 'NR % 7 == 1' \
+grep -v "^!" plugins/psp_sr/recipes/faces128/val.txt | sed "s#^#$FACES/#" | grep -v "/#" | grep . | awk 'NR % 7 == 1' \
     > "$OUT/val60.txt"
 
 START=${INIT:-}

@@ -69,7 +69,7 @@ def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
     assert [p.relative_to(faces).as_posix() for p in val] == ["a/img_01.png", "a/img_03.png", "b/img_04.png"]
     # An image that is a symbolic link to a file elsewhere is inside the folder as written.
     elsewhere = tmp_path / "elsewhere.png"
-    elsewhere.write_bytes(files[0].read_bytes())
+    save_image(smooth_batch(1, 40, 46, seed=99), elsewhere)  # (a copy of a training image would be left out)
     (faces / "a" / "linked.png").symlink_to(elsewhere)
     txt.write_text(f"{faces.absolute() / 'a' / 'linked.png'}\n")
     _, val = split_files(list_images(faces), faces, split_file=txt)
@@ -86,6 +86,53 @@ def test_split_files_text_and_json(faces: Path, tmp_path: Path) -> None:
         js.write_bytes(content)
         with pytest.raises(DataError, match=f"{js}: {msg}"):
             split_files(files, faces, split_file=js)
+
+
+def test_a_split_file_excludes_images_from_both_sides(faces: Path, tmp_path: Path) -> None:
+    """``!path`` lines (JSON ``exclude``): e.g. re-encoded copies of validation images, which no
+    byte comparison finds; a name the folder lacks (a copy of the data with some images left out)
+    is passed over, one also listed as validation is a contradiction."""
+    files = list_images(faces)
+    txt = tmp_path / "val.txt"
+    txt.write_text("a/img_01.png\n! b/img_02.png  # a copy\n!a/img_05.png\n!zz/gone.png\n")
+    train, val = split_files(files, faces, split_file=txt)
+    names = [p.relative_to(faces).as_posix() for p in train]
+    assert [p.name for p in val] == ["img_01.png"] and len(names) == 7
+    assert "b/img_02.png" not in names and "a/img_05.png" not in names
+    js = tmp_path / "split.json"
+    js.write_text(json.dumps({"val": ["a/img_01.png"], "exclude": ["b/img_02.png"],
+                              "train": ["b/img_02.png", "a/img_03.png"]}))
+    train, _ = split_files(files, faces, split_file=js)
+    assert [p.name for p in train] == ["img_03.png"]
+    txt.write_text("a/img_01.png\n!a/img_01.png\n")
+    with pytest.raises(DataError, match=r"val.txt: 1 images are in both exclude and val \(first: a/img_01.png\)"):
+        split_files(files, faces, split_file=txt)
+    js.write_text(json.dumps({"val": ["a/img_01.png"], "exclude": "b/img_02.png"}))
+    with pytest.raises(DataError, match="'exclude' must be a list"):
+        split_files(files, faces, split_file=js)
+
+
+@pytest.mark.parametrize("how", ["holdout", "split_file"])
+def test_byte_copies_of_validation_images_are_not_trained_on(faces: Path, tmp_path: Path, how: str) -> None:
+    """A data set holding one photo under two names (All-Age-Faces does, 5 times in its last 5%)
+    put validation faces into training under the other name."""
+    files = list_images(faces)
+    copy = faces / "a" / "copy_of_last.png"  # sorts before the validation images of a holdout
+    copy.write_bytes(files[-1].read_bytes())
+    other = faces / "a" / "same_size_other.png"  # same size, other bytes: kept
+    data = bytearray(files[-1].read_bytes())
+    data[-13] ^= 0xFF  # (inside the IEND chunk's CRC: the file still has the same size)
+    other.write_bytes(bytes(data))
+    files = list_images(faces)
+    split = tmp_path / "val.txt"
+    split.write_text(files[-1].relative_to(faces).as_posix() + "\n")
+    with pytest.warns(UserWarning) as said:
+        train, val = (split_files(files, faces, holdout_fraction=0.1) if how == "holdout"
+                      else split_files(files, faces, split_file=split))
+    assert files[-1] in val and copy not in train and other in train and len(train) == len(files) - len(val) - 1
+    assert [str(w.message) for w in said] == [
+        f"{faces}: 1 training image is a byte-for-byte copy of a validation image, left out of training (first: "
+        f"a/copy_of_last.png = {files[-1].relative_to(faces).as_posix()})"]
 
 
 def test_dataset_determinism_and_factors(faces: Path) -> None:
@@ -634,10 +681,10 @@ def test_repeat_oversamples_a_subfolder_of_the_training_split(tmp_path):
     from restorekit.training.config import DataConfig
     from restorekit.training.data import DataError, sr_datasets
 
-    for sub, n in (("big", 6), ("small", 2)):
+    for sub, n, level in (("big", 6, 0), ("small", 2, 5)):  # (no image a copy of another)
         (tmp_path / sub).mkdir()
         for i in range(n):
-            Image.fromarray(np.full((16, 16, 3), 10 * i, np.uint8)).save(tmp_path / sub / f"{i}.png")
+            Image.fromarray(np.full((16, 16, 3), 10 * i + level, np.uint8)).save(tmp_path / sub / f"{i}.png")
     split = tmp_path / "val.txt"
     split.write_text("big/5.png\nsmall/1.png\n")
     cfg = DataConfig(root=str(tmp_path), split_file=str(split), repeat={"small": 3})

@@ -42,8 +42,10 @@ class DataConfig(_Strict):
     root: str | None = None
     # Factors drawn uniformly per sample; the LR is the HR at input size downscaled by F.
     factors: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16])
-    # Validation split: a file listing validation images (text, one relative path per line; or
-    # JSON {"val": [...], "train": [...]}) or the last fraction of the sorted file list.
+    # Validation split: a file listing validation images (text, one relative path per line, `!path`
+    # for one left out of training too, e.g. a re-encoded copy of a validation image; or JSON
+    # {"val": [...], "train": [...], "exclude": [...]}) or the last fraction of the sorted file list.
+    # Byte-for-byte copies of validation images are left out of training either way.
     split_file: str | None = None
     holdout_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     flip: bool = True

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
 import posixpath
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -69,7 +72,8 @@ def list_images(root: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(base).as_posix())
 
 
-def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str]]:
+def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str], list[str]]:
+    """``(train or None, val, exclude)`` as a split file lists them."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -80,14 +84,17 @@ def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict) or "val" not in data:
-            raise DataError(f"{path}: a JSON split needs a 'val' list (and optionally 'train')")
-        for key in ("train", "val"):
+            raise DataError(f"{path}: a JSON split needs a 'val' list (and optionally 'train', 'exclude')")
+        for key in ("train", "val", "exclude"):
             if key in data and data[key] is not None and not isinstance(data[key], list):
                 raise DataError(f"{path}: '{key}' must be a list of image paths, not {type(data[key]).__name__}")
         train = data.get("train")
-        return ([str(t) for t in train] if train is not None else None), [str(v) for v in data["val"]]
-    lines = [ln.strip() for ln in text.splitlines()]
-    return None, [ln for ln in lines if ln and not ln.startswith("#")]
+        return ([str(t) for t in train] if train is not None else None), [str(v) for v in data["val"]], \
+            [str(x) for x in data.get("exclude") or []]
+    lines = [re.sub(r"\s+#.*$", "", ln.strip()) for ln in text.splitlines()]  # (`path  # why`: a note)
+    listed = [ln for ln in lines if ln and not ln.startswith("#")]
+    return None, [ln for ln in listed if not ln.startswith("!")], \
+        [ln[1:].strip() for ln in listed if ln.startswith("!") and ln[1:].strip()]
 
 
 def _split_name(line: str, base: Path) -> str:
@@ -153,7 +160,10 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
     image: :func:`_listed_as`), else the last ``holdout_fraction`` of the sorted list (at least one
     image when the fraction is > 0).
 
-    Validation images are never in the training list.
+    Validation images are never in the training list, nor are byte-for-byte copies of them under
+    other names (a data set holding one photo twice: left out with a warning), nor what the split
+    file excludes (``!path`` lines, JSON ``exclude``: e.g. re-encoded copies of validation images;
+    an excluded name the folder does not hold is passed over).
     """
     base = Path(root)
     rel = {p.relative_to(base).as_posix(): p for p in files}
@@ -161,30 +171,77 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
         sp = Path(split_file)
         if not sp.is_file():
             raise DataError(f"{sp}: no such split file")
-        train_names, val_names = _read_split(sp, base)
+        train_names, val_names, exclude_names = _read_split(sp, base)
         identities = functools.cache(lambda: _identities(rel))
         val_names = [_listed_as(_split_name(v, base), rel, base, identities) for v in val_names]
         train_names = None if train_names is None else [_listed_as(_split_name(t, base), rel, base, identities)
                                                         for t in train_names]
+        excluded = {_listed_as(_split_name(x, base), rel, base, identities) for x in exclude_names}
         missing = [v for v in val_names + (train_names or []) if v not in rel]
         if missing:
             raise DataError(f"{sp}: {len(missing)} listed images are not under {base} (first: {missing[0]}; "
                             "paths are relative to the data folder, as sub/name.png)")
         val_set = set(val_names)
+        for other, what in ((set(train_names) if train_names is not None else set(), "train"), (excluded, "exclude")):
+            overlap = val_set & other
+            if overlap:
+                raise DataError(f"{sp}: {len(overlap)} images are in both {what} and val (first: {sorted(overlap)[0]})")
         val = [rel[v] for v in sorted(val_set)]
         names = list(dict.fromkeys(train_names)) if train_names is not None else sorted(rel)  # each image once
-        overlap = val_set.intersection(names) if train_names is not None else set()
-        if overlap:
-            raise DataError(f"{sp}: {len(overlap)} images are in both train and val (first: {sorted(overlap)[0]})")
-        train = [rel[n] for n in sorted(names) if n not in val_set]
-        return train, val
+        train = [rel[n] for n in sorted(names) if n not in val_set and n not in excluded]
+        return _without_copies_of(val, train, base), val
     if not 0.0 <= holdout_fraction < 1.0:
         raise DataError(f"holdout_fraction must be in [0, 1); got {holdout_fraction}")
     n_val = math.ceil(len(files) * holdout_fraction) if holdout_fraction > 0 else 0
     if n_val >= len(files) and files:
         raise DataError(f"holdout_fraction {holdout_fraction} leaves no training image out of {len(files)}")
     cut = len(files) - n_val
-    return list(files[:cut]), list(files[cut:])
+    val = list(files[cut:])
+    return _without_copies_of(val, list(files[:cut]), base), val
+
+
+def _without_copies_of(val: Sequence[Path], train: list[Path], root: Path) -> list[Path]:
+    """``train`` less the files whose bytes are those of a validation file (a photo a data set holds
+    under two names would be trained on and validated on at once), with one warning saying how many.
+    Only files of a validation file's size are read, so a large set costs a listing of sizes."""
+    if not val or not train:
+        return train
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except OSError:  # (unreadable files are the loader's to report)
+            return -1
+
+    by_size: dict[int, list[Path]] = {}
+    for v in val:
+        by_size.setdefault(size(v), []).append(v)
+    by_size.pop(-1, None)
+    digests: dict[Path, str] = {}
+
+    def digest(p: Path) -> str | None:
+        if p not in digests:
+            try:
+                digests[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+            except OSError:
+                return None
+        return digests[p]
+
+    copies: dict[Path, Path] = {}
+    for t in train:
+        same = by_size.get(size(t), [])
+        d = digest(t) if same else None
+        twin = next((v for v in same if d is not None and digest(v) == d), None)
+        if twin is not None:
+            copies[t] = twin
+    if not copies:
+        return train
+    first, twin = next(iter(copies.items()))
+    said = (f"{len(copies)} training images are byte-for-byte copies of validation images" if len(copies) > 1
+            else "1 training image is a byte-for-byte copy of a validation image")
+    warnings.warn(f"{root}: {said}, left out of training (first: {first.relative_to(root).as_posix()} = "
+                  f"{twin.relative_to(root).as_posix()})", stacklevel=3)
+    return [t for t in train if t not in copies]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -37,7 +37,7 @@ log() { echo "[finish.sh $(date +%H:%M:%S)] $*" | tee -a "$W/finish.log"; }
 [ -f "$GEN" ] || { log "no $GEN"; exit 2; }
 
 # Validation lists (absolute paths; @lists are read relative to their own folder).
-sed "s#^#$FACES/#" plugins/psp_sr/recipes/faces128/val.txt | grep -v "/#" | grep . > "$W/val.txt"
+grep -v "^!" plugins/psp_sr/recipes/faces128/val.txt | sed "s#^#$FACES/#" | grep -v "/#" | grep . > "$W/val.txt"
 grep /ffhq128/ "$W/val.txt" > "$W/val_ffhq.txt"  # check_bars.py: the per-source win shares
 # 47 faces from both sources, for the slow methods; not the 47 (NR % 9 == 1) psp_pulse's defaults were chosen on
 awk 'NR % 9 == 5' "$W/val.txt" > "$W/val_pulse.txt"

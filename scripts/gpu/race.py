@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from restorekit.harness.realism.spaces import build_space
     from restorekit.harness.store import jsonable
     from restorekit.images import atomic_write_bytes
+    from restorekit.training.data import list_images, split_files
     from restorekit.training.plot import read_records
     from restorekit_psp_sr.train import load_generator
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    names = [ln.strip() for ln in args.val.read_text(encoding="utf-8").splitlines()]
-    val = [args.data / n for n in names if n and not n.startswith("#")]
+    _, val = split_files(list_images(args.data), args.data, split_file=args.val)  # (as the training reads it)
     space = build_space(args.space, weights=args.weights, device=dev)
     t0 = time.perf_counter()
     ref = reference_statistics(val, [space])
