@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from torch import nn
 from restorekit.degradations import bicubic_resize, downscale
 from restorekit.images import save_image
 from restorekit.testing.data import smooth_batch
-from restorekit.training import (ConfigError, DataConfig, DataError, Lookahead, SRPairDataset, TrainConfig, Trainer,
-                                 TrainingError, list_images, load_checkpoint, load_config, make_lr, ranger,
+from restorekit.training import (ConfigError, DataConfig, DataError, Lookahead, Split, SRPairDataset, TrainConfig,
+                                 Trainer, TrainingError, list_images, load_checkpoint, load_config, make_lr, ranger,
                                  split_files, sr_datasets)
 from restorekit.training.trainer import list_checkpoints
 
@@ -375,6 +376,28 @@ def test_validation_leaves_the_model_in_training_mode_whatever_its_step_returns(
         return
     trainer.fit()
     assert modes == [True, True, True, True]
+
+
+def test_a_resume_on_a_folder_that_gained_images_is_refused_before_training_on_validation(
+        faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The holdout is the last fraction of the sorted list, recomputed on resume: images added in
+    the meantime moved the run's validation images into training without a word."""
+    make_trainer(faces, tmp_path / "run", 6).fit(until=3)
+    ckpt = load_checkpoint(list_checkpoints(tmp_path / "run")[-1][1])
+    assert ckpt["split"]["val"] == ["b/img_04.png", "b/img_06.png", "b/img_08.png"]
+    assert ckpt["split"]["train_count"] == 7
+    for seed in (50, 51):  # 12 images: the last 4 validate, b/img_04 trains
+        save_image(smooth_batch(1, 40, 46, seed=seed), faces / "c" / f"img_{seed}.png")
+    with pytest.raises(DataError, match=r"^--resume: 1 image that validated this run up to step 3 would now be "
+                                        r"trained on \(first: b/img_04.png\)"):
+        make_trainer(faces, tmp_path / "run", 6).fit(resume=True)
+    # Taken away again: an exact continuation, said nothing of.
+    shutil.rmtree(faces / "c")
+    capsys.readouterr()
+    assert make_trainer(faces, tmp_path / "run", 6).fit(resume=True)["step"] == 6
+    assert "resuming with" not in capsys.readouterr().err
+    # A checkpoint of a version that recorded no split resumes as before.
+    assert Split.of([], [], faces).check_resume(None, 3) is None
 
 
 def test_fit_logs_checkpoints_and_resumes_exactly(faces: Path, tmp_path: Path) -> None:

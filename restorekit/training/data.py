@@ -34,6 +34,7 @@ import posixpath
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -244,6 +245,57 @@ def _without_copies_of(val: Sequence[Path], train: list[Path], root: Path) -> li
     return [t for t in train if t not in copies]
 
 
+@dataclass(frozen=True)
+class Split:
+    """The images a run trains and validates on, by their names under the data folder: what its
+    checkpoints record (:meth:`record`), so that a resume on data that changed since is told so,
+    and one that would train on the run's validation images is refused (:meth:`check_resume`)."""
+
+    train: frozenset[str]
+    val: tuple[str, ...]
+
+    @classmethod
+    def of(cls, train: Sequence[Path], val: Sequence[Path], root: str | Path) -> Split:
+        base = Path(root)
+
+        def name(p: Path) -> str:
+            try:
+                return p.relative_to(base).as_posix()
+            except ValueError:  # (files given from elsewhere: by their own path)
+                return p.as_posix()
+
+        return cls(frozenset(name(p) for p in train), tuple(sorted({name(p) for p in val})))
+
+    def record(self) -> dict[str, Any]:
+        """The validation names and a digest of the training names (a checkpoint stays small)."""
+        digest = hashlib.sha256("\n".join(sorted(self.train)).encode("utf-8")).hexdigest()
+        return {"val": list(self.val), "train_count": len(self.train), "train_sha256": digest}
+
+    def check_resume(self, saved: Any, step: int) -> str | None:
+        """A warning line when this split differs from ``saved`` (a checkpoint's :meth:`record`;
+        ``None`` for a checkpoint written before splits were recorded: nothing to compare), so the
+        resume is not an exact continuation; a :class:`DataError` when images that validated the
+        run up to ``step`` would now be trained on (a holdout fraction of a folder that gained
+        images moves its last images into training)."""
+        if not isinstance(saved, dict):
+            return None
+        old_val = [str(v) for v in saved.get("val") or []]
+        moved = sorted(set(old_val) & self.train)
+        if moved:
+            raise DataError(f"--resume: {len(moved)} image{'s' if len(moved) > 1 else ''} that validated this run "
+                            f"up to step {step} would now be trained on (first: {moved[0]}): the split changed "
+                            "(images added to or removed from the data folder, another split file or "
+                            "holdout_fraction); put the data back as it was, or start a new run in another --out")
+        said = []
+        if saved.get("train_sha256") != self.record()["train_sha256"]:
+            said.append(f"other training images: {saved.get('train_count')} in the checkpoint, {len(self.train)} now")
+        if old_val != list(self.val):
+            said.append(f"other validation images: {len(old_val)} in the checkpoint, {len(self.val)} now")
+        if not said:
+            return None
+        return f"warning: resuming with {'; '.join(said)}, so this is not an exact continuation"
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed mixing ``(seed, epoch, index)`` (splitmix64 finaliser; stable across runs)."""
     x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
@@ -309,6 +361,7 @@ class SRPairDataset(Dataset[dict[str, Any]]):
         self._cache: dict[int, Tensor] = {}
         self._bad: set[int] = set()  # found unreadable in this process (each warned about once)
         self.epoch = 0
+        self.split: Split | None = None  # the run's split (:func:`sr_datasets` sets it on the training set)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -399,6 +452,8 @@ def sr_datasets(root: str | Path, input_size: int, data: Any, *, hr_size: int | 
     train = oversample(train, root, getattr(data, "repeat", {}) or {})
     common = dict(hr_size=hr_size, factors=data.factors, seed=seed, quantize=data.quantize, cache=data.cache,
                   bad_images=data.bad_images)
+    split = Split.of(train, val, root)
     train_ds = SRPairDataset(train, input_size, flip=data.flip, train=True, **common)
+    train_ds.split = split
     val_ds = SRPairDataset(val[: data.max_val_images], input_size, train=False, **common) if val else None
     return train_ds, val_ds

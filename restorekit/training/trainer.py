@@ -52,7 +52,7 @@ from ..harness.store import jsonable
 from ..images import atomic_write_bytes, error_chain, fs_error, write_via_temp
 from ..safe_open import Folder, check_folders, open_folder
 from .config import TrainConfig, absolute_settings
-from .data import DataError
+from .data import DataError, Split
 from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
                           signal_across)
 from .optim import build_optimizer
@@ -853,6 +853,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_data = train_data
         self.val_data = val_data
+        #: Which images train and which validate, recorded in checkpoints (``None``: data sets not
+        #: made by :func:`~restorekit.training.data.sr_datasets`, nothing recorded or checked).
+        self.split: Split | None = getattr(train_data, "split", None)
         self._step_fn = step_fn
         self._val_fn = val_fn
         trainable = params if params is not None else [p for p in self.model.parameters() if p.requires_grad]
@@ -927,6 +930,7 @@ class Trainer:
             "model": self.model_state(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
             "config": self.config.saved_settings(), "elapsed": elapsed, "extra": self.extra_state(),
+            "split": self.split.record() if self.split is not None else None,
         }, path, root=self.out)
         prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path
@@ -934,12 +938,15 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> int:
         """Load ``path`` (default: the latest checkpoint under ``out``); returns its step."""
         p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
+        changed = self.split.check_resume(ckpt.get("split"), int(ckpt["step"])) if self.split is not None else None
         with restoring(p, ckpt, self.config):
             self.load_model_state(ckpt["model"])
             load_optimizer_state(self.optimizer, ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
             self.load_extra_state(ckpt.get("extra", {}))
         warn_changed_settings(p, ckpt, self.config, main=self.dist.is_main, world_size=self.dist.world_size)
+        if changed and self.dist.is_main:
+            print(changed, file=sys.stderr, flush=True)
         self.step = int(ckpt["step"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]

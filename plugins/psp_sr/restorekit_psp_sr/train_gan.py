@@ -75,7 +75,7 @@ from restorekit.errors import ImageError, exception_line
 from restorekit.images import IMAGE_EXTS, fs_error
 from restorekit.seeds import mix_seed
 from restorekit.training import Betas, TrainConfig, load_optimizer_state
-from restorekit.training.data import BadImages, list_images, oversample, sample_seed, split_files, unreadable
+from restorekit.training.data import BadImages, Split, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
                                              signal_across)
 from restorekit.training.trainer import (CKPT_DIR, CKPT_FORMAT, LogFiles, TrainingError, amp_enabled, atomic_save,
@@ -435,6 +435,9 @@ class GANTrainer:
         self.local_batch = cfg.batch_size // self.dist.world_size
         self.val_files = list(val_files or [])
         self.train_files = list(train_files)
+        #: Recorded in checkpoints: a resume on other data is told so, one that would train on the
+        #: run's validation faces refused (:class:`~restorekit.training.Split`).
+        self.split = Split.of(self.train_files, self.val_files, config.data.root) if config.data.root else None
         with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
             torch.manual_seed(cfg.seed)
             self.models = GANModels(cfg).to(self.device)
@@ -698,13 +701,15 @@ class GANTrainer:
         atomic_save({"format": CKPT_FORMAT, "trainer": self.name, "step": self.step, "nimg": self.nimg,
                      "model": self.models.state_dict(), "optimizer": self.opt_G.state_dict(),
                      "optimizer_d": self.opt_D.state_dict(), "rng": rngs, "world_size": self.dist.world_size,
-                     "config": self.config.saved_settings(), "elapsed": self._elapsed(), "extra": {}},
+                     "config": self.config.saved_settings(), "elapsed": self._elapsed(), "extra": {},
+                     "split": self.split.record() if self.split is not None else None},
                     path, root=self.out)
         prune_checkpoints(self.out, self.config.keep_ckpts, protect=path)
         return path
 
     def resume(self, path: str | Path | None = None) -> int:
         p, ckpt = resume_checkpoint(self.out, path, self.name, warn=self.dist.is_main)
+        changed = self.split.check_resume(ckpt.get("split"), int(ckpt["step"])) if self.split is not None else None
         with restoring(p, ckpt, self.config):
             self.models.load_state_dict(ckpt["model"])
             g_changes = load_optimizer_state(self.opt_G, ckpt["optimizer"])
@@ -713,6 +718,8 @@ class GANTrainer:
         if not resume_warning(p, ckpt, self.config):  # unchanged settings: the trainer's own change, say it
             warn_optimizer_changes(p, "G's optimizer", g_changes, main=self.dist.is_main)
             warn_optimizer_changes(p, "D's optimizer", d_changes, main=self.dist.is_main)
+        if changed and self.dist.is_main:
+            print(changed, file=sys.stderr, flush=True)
         self.step, self.nimg = int(ckpt["step"]), int(ckpt["nimg"])
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         rngs = ckpt["rng"]

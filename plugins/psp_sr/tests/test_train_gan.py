@@ -268,6 +268,32 @@ def test_resume_reproduces_an_uninterrupted_run(faces: Path, tmp_path: Path) -> 
             assert torch.equal(a[k], b[k]), f"{name}.{k}"
 
 
+def test_a_resume_that_would_train_on_the_runs_validation_faces_is_refused(faces: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A holdout fraction is the last images by name: faces added to the folder mid-run moved the
+    run's validation faces into training, silently."""
+    from restorekit.training import DataError
+
+    assert GANTrainer.build(tiny_config(faces, tmp_path / "b", steps=6), quiet=True).fit(until=2)["step"] == 2
+    ckpt = torch.load(sorted((tmp_path / "b" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert ckpt["split"]["val"] == ["08.png", "09.png"] and ckpt["split"]["train_count"] == 8
+    more = write_images(tmp_path / "more", n=12)
+    for name in ("10.png", "11.png"):
+        (faces / name).write_bytes((more / name).read_bytes())
+    with pytest.raises(DataError, match=r"^--resume: 1 image that validated this run up to step 2 would now be "
+                                        r"trained on \(first: 08.png\)"):
+        GANTrainer.build(tiny_config(faces, tmp_path / "b", steps=6), quiet=True).fit(resume=True)
+    # With the validation faces held out by a split file, the added faces only change the training set.
+    split = tmp_path / "val.txt"
+    split.write_text("08.png\n09.png\n")
+    capsys.readouterr()
+    cfg = tiny_config(faces, tmp_path / "b", steps=3, data={"root": str(faces), "split_file": str(split)})
+    assert GANTrainer.build(cfg, quiet=True).fit(resume=True)["step"] == 3
+    err = capsys.readouterr().err
+    assert ("warning: resuming with other training images: 8 in the checkpoint, 10 now, so this is not an exact "
+            "continuation") in err, err
+
+
 def test_init_from_a_snapshot_folder(faces: Path, tmp_path: Path) -> None:
     first = GANTrainer.build(tiny_config(faces, tmp_path / "a", steps=2), quiet=True)
     first.fit()
