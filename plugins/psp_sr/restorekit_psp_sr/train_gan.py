@@ -162,10 +162,34 @@ class GANConfig(TrainConfig):
         **TrainConfig.PATH_SETTINGS, "d_backbone": "name_or_path", "snapshot_dir": "path", "init_from": "path",
     }
 
+    #: Settings every trainer has that this one does not use, with what it does instead: a value
+    #: other than the default is refused rather than accepted and ignored.
+    UNUSED: ClassVar[dict[str, str]] = {
+        "lr_schedule": "the learning rates are constant, as StyleGAN2's",
+        "lr_decay_start": "the learning rates are constant, as StyleGAN2's",
+        "lr_final_ratio": "the learning rates are constant, as StyleGAN2's",
+        "weight_decay": "Adam without weight decay, as StyleGAN2's",
+        "grad_clip": "no gradient clipping, as StyleGAN2's",
+        "amp_dtype": "autocast is bf16 (amp = false turns it off)",
+        "val_every": "snapshot_minutes sets when samples and metrics are written",
+        "num_workers": "the training set is decoded once, by load_workers threads",
+        "data.flip": "xflip mirrors training faces",
+        "data.factors": "a GAN is trained on whole faces, not on degraded pairs",
+        "data.quantize": "a GAN is trained on whole faces, not on degraded pairs",
+        "data.cache": "the whole training set is held in memory (data_on_device)",
+        "data.max_val_images": "the validation faces are the realism reference, all of them",
+    }
+
     @model_validator(mode="after")
     def _check(self) -> "GANConfig":
         if self.grad_accum != 1:
             raise ValueError("stylegan2: grad_accum is not supported (raise batch_size instead)")
+        defaults, data_defaults = TrainConfig.model_construct(), type(self.data).model_construct()
+        for key, instead in self.UNUSED.items():
+            where, name = (self.data, key[5:]) if key.startswith("data.") else (self, key)
+            default = getattr(data_defaults if where is self.data else defaults, name)
+            if getattr(where, name) != default:
+                raise ValueError(f"stylegan2 does not use {key} ({instead}); leave it out")
         if self.resolution not in (32, 64, 128, 256, 512, 1024):
             raise ValueError(f"resolution must be a power of two in 32…1024, got {self.resolution}")
         levels = [2 ** k for k in range(2, self.resolution.bit_length())]  # 4 … resolution

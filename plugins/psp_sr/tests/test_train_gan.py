@@ -404,6 +404,28 @@ def test_config_rejects_what_the_trainer_cannot_do(faces: Path, tmp_path: Path) 
         tiny_config(faces, tmp_path, augment="color,zoom")
 
 
+@pytest.mark.parametrize("setting, said", [
+    ("lr_schedule=linear", "lr_schedule (the learning rates are constant, as StyleGAN2's)"),
+    ("weight_decay=0.5", "weight_decay (Adam without weight decay, as StyleGAN2's)"),
+    ("grad_clip=1e-6", "grad_clip (no gradient clipping, as StyleGAN2's)"),
+    ("amp_dtype=fp16", "amp_dtype (autocast is bf16 (amp = false turns it off))"),
+    ("data.flip=false", "data.flip (xflip mirrors training faces)"),
+    ("data.factors=[2]", "data.factors (a GAN is trained on whole faces, not on degraded pairs)"),
+])
+def test_settings_the_gan_trainer_does_not_use_are_refused_not_ignored(faces: Path, tmp_path: Path, setting: str,
+                                                                       said: str) -> None:
+    """They were accepted and trained bit for bit as the defaults."""
+    from restorekit.cli import build_cli
+
+    res = CliRunner().invoke(build_cli(), ["train", "stylegan2", "--data", str(faces), "--out", str(tmp_path / "r"),
+                                           "--steps", "2", "--set", setting])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert f"stylegan2 does not use {said}; leave it out" in line and "\n" not in line, line
+    assert not (tmp_path / "r").exists()
+    assert tiny_config(faces, tmp_path, data={"root": str(faces), "flip": True}).data.flip  # the default passes
+
+
 def test_cli_trains_and_generate_reads_the_result(faces: Path, tmp_path: Path) -> None:
     from restorekit.cli import build_cli
 
