@@ -400,6 +400,24 @@ def test_a_resume_on_a_folder_that_gained_images_is_refused_before_training_on_v
     assert Split.of([], [], faces).check_resume(None, 3) is None
 
 
+def test_a_learning_rate_beyond_float32_is_a_settings_error(faces: Path, tmp_path: Path) -> None:
+    """It passed validation and failed at the first step: "unexpected RuntimeError: value cannot be
+    converted to type float without overflow"."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"lr 1e\+39 is beyond float32's range \(3\.403e\+38\)"):
+        TrainConfig(lr=1e39)
+    assert TrainConfig(lr=3e38).lr == 3e38  # (absurd, yet an optimizer step takes it)
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    res = CliRunner().invoke(build_cli(), ["train", "stylegan2", "--data", str(faces), "--out", str(tmp_path / "r"),
+                                           "--set", "lr_d=1e39"])
+    assert res.exit_code == 2 and "lr_d 1e+39 is beyond float32's range" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_fit_logs_checkpoints_and_resumes_exactly(faces: Path, tmp_path: Path) -> None:
     full = make_trainer(faces, tmp_path / "full", 8)
     summary = full.fit()

@@ -261,9 +261,11 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
                 result = fit_training(trainer, resume=run.checkpoint or False, time_limit=time_limit,
                                       until=until)
         except RestorekitError as exc:  # a checkpoint that does not fit; a run its data stopped (maybe one rank's)
+            from ..training.trainer import TrainingDiverged
+
             error_line(str(exc))  # one line, as every command's: not a click usage block
             _drop_if_empty(made)
-            ctx.exit(2)
+            ctx.exit(1 if isinstance(exc, TrainingDiverged) else 2)  # (1: the work failed, not its settings)
         if result.get("rank", 0) != 0:
             return  # under torchrun, rank 0 reports
         if as_json:

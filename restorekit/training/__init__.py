@@ -7,10 +7,11 @@ and register a ``restorekit train NAME`` subcommand (see ``restorekit.commands.t
 from .config import Betas, ConfigError, DataConfig, TrainConfig, apply_overrides, load_config, read_config_file
 from .data import DataError, Split, SRPairDataset, degrade_lr, list_images, make_lr, split_files, sr_datasets
 from .optim import Lookahead, build_optimizer, ranger
-from .trainer import (RunStopped, StopFlag, Trainer, TrainingError, image_grid, latest_checkpoint,
-                      list_checkpoints, load_checkpoint, load_optimizer_state, psnr)
+from .trainer import (RunStopped, StopFlag, Trainer, TrainingDiverged, TrainingError, image_grid,
+                      latest_checkpoint, list_checkpoints, load_checkpoint, load_optimizer_state, psnr)
 
-__all__ = ["Betas", "ConfigError", "DataConfig", "DataError", "Lookahead", "RunStopped", "Split", "SRPairDataset", "StopFlag",
-           "TrainConfig", "Trainer", "TrainingError", "apply_overrides", "build_optimizer", "degrade_lr",
-           "image_grid", "latest_checkpoint", "list_checkpoints", "list_images", "load_checkpoint", "load_config",
-           "load_optimizer_state", "make_lr", "psnr", "ranger", "read_config_file", "split_files", "sr_datasets"]
+__all__ = ["Betas", "ConfigError", "DataConfig", "DataError", "Lookahead", "RunStopped", "Split", "SRPairDataset",
+           "StopFlag", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingError", "apply_overrides",
+           "build_optimizer", "degrade_lr", "image_grid", "latest_checkpoint", "list_checkpoints", "list_images",
+           "load_checkpoint", "load_config", "load_optimizer_state", "make_lr", "psnr", "ranger", "read_config_file",
+           "split_files", "sr_datasets"]

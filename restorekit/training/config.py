@@ -154,12 +154,25 @@ class TrainConfig(_Strict):
             raise ValueError("amp_cpu autocasts to bf16 only (amp_dtype=bf16): fp16 would need a gradient scaler")
         return self
 
+    @model_validator(mode="after")
+    def _check_learning_rates(self) -> "TrainConfig":
+        """Every ``lr*`` number a float32 optimizer step can take (a subclass's ``lr_d`` included)."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.startswith("lr") and isinstance(value, float) and abs(value) > FLOAT32_MAX:
+                raise ValueError(f"{name} {value:g} is beyond float32's range ({FLOAT32_MAX:.4g}): the optimizer "
+                                 "cannot take it")
+        return self
+
     def saved_settings(self) -> dict[str, Any]:
         """What a checkpoint saves: the settings as JSON, paths made absolute (:func:`absolute_settings`)."""
         return absolute_settings(type(self), self.model_dump(mode="json"))
 
 
 C = TypeVar("C", bound=TrainConfig)
+
+#: The largest float32: optimizers scale float32 tensors by the learning rate.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _names_registered_weights(value: str) -> bool:

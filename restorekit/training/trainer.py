@@ -72,6 +72,11 @@ class RunStopped(TrainingError):
     """A run that had begun stopped on an error; the message says where it stands and how to go on."""
 
 
+class TrainingDiverged(TrainingError):
+    """The training itself failed: a loss or the weights are no longer finite (``restorekit train``
+    exits 1, as a command whose work failed, not 2 as for a refused setting)."""
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 #: A run folder's subfolders for checkpoints and validation grids.
 CKPT_DIR = "checkpoints"
@@ -1150,7 +1155,7 @@ class Trainer:
 
     def _check_finite(self, losses: dict[str, Tensor]) -> None:
         if not bool(torch.isfinite(losses["loss"])):
-            raise TrainingError(f"step {self.step + 1}: the loss is not finite "
+            raise TrainingDiverged(f"step {self.step + 1}: the loss is not finite "
                                 f"({', '.join(f'{k}={float(v.detach()):.4g}' for k, v in losses.items())})")
 
     def _progress(self) -> Any:

@@ -78,8 +78,8 @@ from restorekit.training import Betas, TrainConfig, load_optimizer_state
 from restorekit.training.data import BadImages, Split, list_images, oversample, sample_seed, split_files, unreadable
 from restorekit.training.distributed import (DistInfo, all_gather_objects, barrier, init_distributed, mean_across,
                                              signal_across)
-from restorekit.training.trainer import (CKPT_DIR, CKPT_FORMAT, LogFiles, TrainingError, amp_enabled, atomic_save,
-                                         check_run_folders, check_stop_steps, checkpoint_path,
+from restorekit.training.trainer import (CKPT_DIR, CKPT_FORMAT, LogFiles, TrainingDiverged, TrainingError,
+                                         amp_enabled, atomic_save, check_run_folders, check_stop_steps, checkpoint_path,
                                          prune_checkpoints, restoring, resume_checkpoint, rng_state, resume_warning,
                                          run_subfolder, seed_everything, set_rng_state, start_log, trim_log,
                                          warn_changed_settings, warn_optimizer_changes)
@@ -713,8 +713,9 @@ class GANTrainer:
         end the run between two checks), and files written now would replace the last good ones."""
         bad = nonfinite_players({"G": self.G, "D": self.D, "EMA": self.G_ema})
         if bad:
-            raise TrainingError(f"step {self.step}: the weights of {', '.join(bad)} are not finite (the training "
-                                f"diverged); no {what} written, what {where} holds is kept")
+            held = where.is_dir() and any(where.iterdir())
+            raise TrainingDiverged(f"step {self.step}: the weights of {', '.join(bad)} are not finite (the training "
+                                   f"diverged); no {what} written" + (f", what {where} holds is kept" if held else ""))
 
     def save_checkpoint(self) -> Path | None:
         self._refuse_diverged("checkpoint", self.out / CKPT_DIR)  # every rank, before the collective below
@@ -817,7 +818,7 @@ class GANTrainer:
                     avg = {k: float(v) / (float(r1_n) if k == "r1" and r1_n is not None else n_window)
                            for k, v in window.items()}
                     if not all(math.isfinite(v) for v in avg.values()):
-                        raise TrainingError(f"step {self.step}: a loss is not finite ({avg})")
+                        raise TrainingDiverged(f"step {self.step}: a loss is not finite ({avg})")
                     avg = mean_across(self.dist, avg)
                     rate = n_window * cfg.batch_size / max(now - t_window, 1e-9)
                     window, n_window, t_window = {}, 0, now

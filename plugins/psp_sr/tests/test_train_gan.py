@@ -426,6 +426,22 @@ def test_settings_the_gan_trainer_does_not_use_are_refused_not_ignored(faces: Pa
     assert tiny_config(faces, tmp_path, data={"root": str(faces), "flip": True}).data.flip  # the default passes
 
 
+def test_a_diverged_run_exits_1_claiming_nothing_kept(faces: Path, tmp_path: Path) -> None:
+    """It exited 2, the code of a refused setting (said before any work, no folder made), and said
+    "what RUN/checkpoints holds is kept" of a folder it then removed, holding nothing."""
+    from restorekit.cli import build_cli
+
+    run = tmp_path / "run"
+    args = ["train", "stylegan2", "--data", str(faces), "--out", str(run), "--steps", "6", "-q",
+            "--set", "lr=1e30", "--set", "log_every=1", "--set", "channels={4 = 16, 8 = 16, 16 = 8, 32 = 8}"]
+    args += [a for k, v in TINY.items() if k not in ("log_every", "channels") for a in ("--set", f"{k}={v}")]
+    res = CliRunner().invoke(build_cli(), args)
+    assert res.exit_code == 1, res.output
+    line = res.output.strip()
+    assert "\n" not in line and "not finite" in line and "is kept" not in line, line
+    assert not run.exists()  # it diverged before writing anything: no empty folder left
+
+
 def test_cli_trains_and_generate_reads_the_result(faces: Path, tmp_path: Path) -> None:
     from restorekit.cli import build_cli
 
