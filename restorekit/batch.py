@@ -102,13 +102,14 @@ MAX_SIDE = {"jpg": 65500, "jpeg": 65500, "webp": 16383}
 
 
 def check_inputs(items: list[ImageItem], *, max_pixels: int, out_scale: int = 1, n_outputs: int = 1,
-                 max_output_pixels: int | None = None,
-                 ext: str | None = None) -> tuple[list[ImageItem], list[dict[str, str]]]:
+                 max_output_pixels: int | None = None, ext: str | None = None,
+                 couple: bool = False) -> tuple[list[ImageItem], list[dict[str, str]]]:
     """Check every input from its header before any work: ``(usable, failures)``.
 
     An input fails when it is unreadable, outside ``max_pixels``, when ``n_outputs`` results
     ``out_scale`` times its size would exceed ``max_output_pixels`` (None: no output limit), or
-    when such a result is larger than the output format ``ext`` can hold (:data:`MAX_SIDE`).
+    when the file written is larger than the output format ``ext`` can hold (:data:`MAX_SIDE`):
+    with ``couple`` (``--couple``) that file is twice as wide, the input beside the result.
     """
     ok: list[ImageItem] = []
     failed: list[dict[str, str]] = []
@@ -119,14 +120,24 @@ def check_inputs(items: list[ImageItem], *, max_pixels: int, out_scale: int = 1,
             if max_output_pixels is not None:
                 check_output_size(w, h, out_scale, item.path, max_output_pixels=max_output_pixels,
                                   n_outputs=n_outputs)
-            if side_limit is not None and max(w, h) * out_scale > side_limit:
-                raise ImageError(f"{item.path}: its {w * out_scale}×{h * out_scale} output is larger than "
-                                 f"{ext} holds ({side_limit} px a side); use --ext png")
+            if side_limit is not None:
+                check_output_side(w * out_scale, h * out_scale, item.path, ext or "", side_limit, couple)
             ok.append(item)
         except PER_IMAGE_ERRORS as exc:
             msg = str(exc) if str(item.path) in str(exc) else f"{item.path}: {exc}"
             failed.append({"path": str(item.path), "error": msg})
     return ok, failed
+
+
+def check_output_side(width: int, height: int, where: object, ext: str, side_limit: int, couple: bool) -> None:
+    """Refuse (one line) a ``width``×``height`` result whose file would pass ``side_limit`` px a side:
+    a ``--couple`` file holds the input (resized to the result's size) beside it, ``2·width`` wide."""
+    file_width = 2 * width if couple else width
+    if max(file_width, height) <= side_limit:
+        return
+    what = f"{file_width}×{height} --couple" if couple else f"{width}×{height}"
+    fix = "use --ext png" + (" or drop --couple" if couple and max(width, height) <= side_limit else "")
+    raise ImageError(f"{where}: its {what} output is larger than {ext} holds ({side_limit} px a side); {fix}")
 
 
 def _path_problem(p: Path) -> bool:
@@ -441,6 +452,7 @@ def process_files(
     finished: Callable[[ImageItem], bool] | None = None,
     note: Callable[[ImageItem, str], Mapping[str, Any] | None] | None = None,
     lossless: bool = False,
+    couple: bool = False,
 ) -> BatchResult:
     """Read each input, call ``fn(image, item) -> [(name, image), …]`` and write each output.
 
@@ -457,9 +469,10 @@ def process_files(
     not: an input is never taken for a finished output), or that another input of this batch
     already wrote, is refused. ``note(item, name)``, when given, is recorded inside each output
     file written (:mod:`restorekit.provenance`); ``lossless``: WebP outputs without loss
-    (``degrade``: an LR file is what the spec made). ``outdir`` is made, and proven writable
-    (:func:`check_writable`), only when some input is left to do: a rerun of a finished folder
-    that was made read-only since skips every output.
+    (``degrade``: an LR file is what the spec made); ``couple``: ``fn`` writes each result with
+    the input beside it (``--couple``), which the format's size limit is checked for. ``outdir``
+    is made, and proven writable (:func:`check_writable`), only when some input is left to do: a
+    rerun of a finished folder that was made read-only since skips every output.
 
     As one rank of a ``torchrun`` job (``job``, default the current one) each rank checks its
     share of the inputs, the inputs left to do are dealt out evenly (a resumed job splits what
@@ -506,7 +519,7 @@ def process_files(
             skipped[i] = [str(o) for o in outs]
             continue
         _, bad = check_inputs([items[i]], max_pixels=max_pixels, out_scale=out_scale, n_outputs=n_outputs,
-                              max_output_pixels=max_output_pixels, ext=ext)
+                              max_output_pixels=max_output_pixels, ext=ext, couple=couple)
         if bad:
             early[i] = bad[0]
             if on_error is not None:

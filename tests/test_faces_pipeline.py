@@ -386,7 +386,7 @@ def test_run_faces_detect_cli(group, plugin_site, tmp_path):
     # Under -q the photo passed through is still named: it changes what the output is.
     r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input", str(photos / "cup.png"),
                                          "--output", str(out), "--faces", "detect", "--overwrite", "-q"])
-    assert r.exit_code == 0 and "cup: no face found; passed through" in r.output, r.output
+    assert r.exit_code == 0 and f"{photos / 'cup.png'}: no face found; passed through" in r.output, r.output
 
     r = CliRunner().invoke(build_cli(), ["run", "sharpen_face3p", "--scale", "2", "--input",
                                          str(photos / "group.png"), "--output", str(tmp_path / "crops"),

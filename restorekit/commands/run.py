@@ -34,6 +34,7 @@ class _Limits(TypedDict):
     out_scale: int
     n_outputs: int
     max_output_pixels: int | None
+    couple: bool  # (a --couple file is twice as wide: WebP and JPEG cap a side)
 
 
 def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -204,7 +205,7 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
         with output_held(output, "run", job):  # this run alone writes into --output, to its end
             job.together(check_settings)
             limits: _Limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
-                      "max_output_pixels": max_output_pixels}
+                               "max_output_pixels": max_output_pixels, "couple": couple}
             # Inputs whose outputs all exist are skipped (photos: finished ones): only the others' headers
             # are read here (a rerun of a finished folder reads none, and builds no method).
             pending = [it for it in job.part(items) if overwrite or not (

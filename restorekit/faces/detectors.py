@@ -498,10 +498,13 @@ def layout_of(detector: Any) -> str:
 
 
 def check_available(name: str) -> None:
-    """Raise a one-line ``RestorekitError`` naming what to install when a built-in detector cannot
-    run (mtcnn, dlib_hog); other detectors bring their own checks, so nothing happens for them."""
+    """Raise a one-line ``RestorekitError`` naming what to install or import when a built-in detector
+    cannot run (mtcnn, dlib_hog, scrfd), before any work: what its ``load`` would need, asked
+    cheaply. Other detectors bring their own checks, so nothing happens for them."""
     if name == "mtcnn":
         mtcnn_weights_dir()
+    elif name == "scrfd":
+        _check_scrfd()
     elif name == "dlib_hog":
         from .dlib_models import dlib_model_path
         from .dlib_tools import DLIB_HINT
@@ -509,3 +512,15 @@ def check_available(name: str) -> None:
         if importlib.util.find_spec("dlib") is None:
             raise RestorekitError(f"detector 'dlib_hog' needs dlib; {DLIB_HINT}")
         dlib_model_path("shape_predictor_5")
+
+
+def _check_scrfd() -> None:
+    """What ``scrfd``'s ``load`` needs, in the order it asks (:func:`.insightface_models.load_detector`):
+    the default pack's detector file in the weights cache (``WeightsMissing`` naming the import
+    command), then ``insightface`` and ``onnxruntime`` installed (found, not imported)."""
+    from .insightface_models import DEFAULT_PACK, INSIGHTFACE_HINT, pack_file
+
+    pack_file(DEFAULT_PACK, "detector")
+    missing = [m for m in ("insightface", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RestorekitError(f"detector 'scrfd' needs {' and '.join(missing)}; {INSIGHTFACE_HINT}")

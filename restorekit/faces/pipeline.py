@@ -236,14 +236,38 @@ def build_background(name: str | Method | Background, device: str | torch.device
     return name, lambda img, s: m.restore(img.to(m.device), s).cpu()
 
 
+def background_methods() -> list[str]:
+    """The names ``--background`` takes: ``bicubic`` (built in) and every registered whole-image method."""
+    from ..methods import method_class
+    from ..plugins import registry
+
+    names = [n for n in registry().names("methods") if method_class(n).info.input_kind != "aligned_face"]
+    return sorted({"bicubic", *names})
+
+
 def check_background(name: str) -> None:
-    """Refuse (one line) a background method name that is not registered, or names a method of
-    aligned faces (it cannot upscale a whole photo); ``bicubic`` is built in."""
+    """Refuse (one line naming ``--background``) a background method name that is not registered,
+    listing only those it takes (:func:`background_methods`), or one that names a method of aligned
+    faces (it cannot upscale a whole photo); ``bicubic`` is built in."""
     if name == "bicubic":
         return
+    from ..errors import UnknownNameError
     from ..methods import method_class
+    from ..plugins import registry, suggest
 
-    if method_class(name).info.input_kind == "aligned_face":
+    try:
+        cls = method_class(name)
+    except UnknownNameError as exc:
+        # The registry's line lists face methods too; its notes after that list (plugins left out by
+        # RESTOREKIT_LOAD_PLUGINS, broken ones) are kept. A broken plugin's method: its line as it is.
+        known = ", ".join(registry().names("methods")) or "none registered"
+        _, listed, notes = str(exc).partition(f"; known: {known}")
+        if not listed:
+            raise RestorekitError(f"--background {name}: {exc}") from None
+        takes = background_methods()
+        raise RestorekitError(f"--background {name}: unknown method{suggest(name, takes)}; it takes a whole-image "
+                              f"method: {', '.join(takes)}{notes}") from None
+    if cls.info.input_kind == "aligned_face":
         raise RestorekitError(f"--background {name}: it restores aligned faces, not whole photos; "
                               "use bicubic or another whole-image method")
 
@@ -260,6 +284,16 @@ def paste_warp(crop: Tensor, geom: AlignedFace, out_h: int, out_w: int, scale: f
     inv[1] *= crop.shape[-2] / geom.size
     shrink = float(crop.shape[-1]) / (geom.size * geom.scale * scale)
     return warp(crop, inv, out_h, out_w, shrink=shrink, padding_mode="border")
+
+
+def _shown_over(value: float, limit: float) -> str:
+    """``value``, which passes ``limit``, to one decimal, or to as many more (up to 6) as it takes to
+    read over it: 3.012 over a limit of 3 is "3.01", not "3.0"."""
+    for digits in range(1, 7):
+        text = f"{value:.{digits}f}"
+        if float(text) > limit:
+            return text
+    return repr(value)
 
 
 def _window(geom: AlignedFace, scale: int, h: int, w: int, margin: int = 2) -> tuple[int, int, int, int] | None:
@@ -332,7 +366,8 @@ class FacePipeline:
                     across = rec.source_px_per_crop_px * self.crop_size
                     if self.max_shrink is not None and rec.source_px_per_crop_px > self.max_shrink:
                         rec.action, rec.limit = "skipped", "max_shrink"
-                        rec.reason = (f"the face crop spans {across:.0f} input px, {rec.source_px_per_crop_px:.1f}× "
+                        shown = _shown_over(rec.source_px_per_crop_px, self.max_shrink)  # not "3.0× … 3"
+                        rec.reason = (f"the face crop spans {across:.0f} input px, {shown}× "
                                       f"the method's {self.crop_size}-px input: restoring would lose detail "
                                       f"(--max-shrink {self.max_shrink:g}; a lower --scale gives larger crops)")
                     elif rec.source_px_per_crop_px < 1:
@@ -569,7 +604,8 @@ def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | N
     Outputs are ``<stem>`` (``<stem>_s<j>`` per sample), or with ``only_faces`` the restored
     crops ``<stem>_face<i>`` (``_s<j>``), ``i`` being the face's index in the sidecar. A photo in
     which no face was restored is passed through as the background upscale with a warning, or
-    raises :class:`NoFaceError` when ``require_face``. ``where`` names the photo in a refusal.
+    raises :class:`NoFaceError` when ``require_face``. ``where`` names the photo (its input path) in
+    a refusal and in that warning, as error lines name it.
     """
     result = pipe.run(image, seed=seed, n_samples=n_samples, where=where)
     sidecar = result.sidecar()
@@ -581,7 +617,7 @@ def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | N
         sidecar["warning"] = why
         if warn is not None:
             what = "nothing written (--only-faces)" if only_faces else f"passed through ({result.background} ×{pipe.scale})"
-            warn(f"{stem}: {why}; {what}")
+            warn(f"{where}: {why}; {what}")
     suffix = (lambda j: "") if n_samples == 1 else (lambda j: f"_s{j}")
     outs: list[tuple[str, Tensor]] = []
     if only_faces:
@@ -766,6 +802,6 @@ def run_detect(method: Method, plan: DetectPlan, items: list[Any], *, require_fa
                            quiet=quiet, label=f"{method.info.name} (faces)", on_error=error_line,
                            expected=plan.expected, report=lambda item: sidecars.get(str(item.path)),
                            out_scale=plan.scale, n_outputs=n_samples, max_output_pixels=max_output_pixels,
-                           finish=write_sidecar, finished=plan.finished,
+                           finish=write_sidecar, finished=plan.finished, couple=couple and not only_faces,
                            note=lambda item, name: plan.note_for(item, restored(item)))
     end_of_run(plan, result, device=str(method.device), backend=backend, as_json=as_json, quiet=quiet)
