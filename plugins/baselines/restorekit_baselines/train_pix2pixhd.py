@@ -45,6 +45,23 @@ from .pix2pixhd import (GeneratorConfig, MultiscaleDiscriminator, Pix2PixHDGener
 EXPORT_NAME = "pix2pixhd.safetensors"
 
 
+def min_normed_side(size: int, n_layers: int, num_d: int) -> int:
+    """The smallest side of a map any instance norm of :class:`MultiscaleDiscriminator` sees on
+    ``size``-px inputs (a norm needs more than one pixel): scale ``i`` reads the input average-pooled
+    ``i`` times (3×3, stride 2, padding 1: ``⌈s/2⌉``); its first 4×4 conv (stride 2, padding 2:
+    ``⌊s/2⌋ + 1``) has no norm, the next ``n_layers − 1`` of that kind and a stride-1 one (``s + 1``) do."""
+    side, normed = size, []
+    for scale in range(num_d):
+        if scale:
+            side = (side + 1) // 2
+        s = side // 2 + 1
+        for _ in range(1, n_layers):
+            s = s // 2 + 1
+            normed.append(s)
+        normed.append(s + 1)
+    return min(normed)
+
+
 class Pix2PixHDTrainConfig(TrainConfig):
     """pix2pixHD's defaults (Adam 2e-4, β = 0.5/0.999; λ_feat = λ_vgg = 10; 3 D scales of 3 layers, the
     paper's count: its code defaults to 2; every conv weight drawn from N(0, 0.02); the VGG fed the
@@ -100,6 +117,11 @@ class Pix2PixHDTrainConfig(TrainConfig):
             raise ValueError("lambda_feat needs the discriminator: set lambda_feat = 0 with lambda_gan = 0")
         if self.lambda_gan + self.lambda_feat + self.lambda_vgg + self.lambda_l1 + self.lambda_lpips == 0:
             raise ValueError("every loss weight is 0: nothing to train")
+        if self.lambda_gan and min_normed_side(self.size, self.n_layers_d, self.num_d) < 2:
+            most = max(k for k in range(1, self.num_d) if min_normed_side(self.size, self.n_layers_d, k) >= 2)
+            raise ValueError(f"num_d {self.num_d}: at size {self.size} the coarsest discriminator's instance "
+                             f"norms would see 1×1 maps (n_layers_d {self.n_layers_d}); use num_d ≤ {most} or a "
+                             f"larger size")
         if self.lambda_lpips:
             from restorekit.networks.lpips_net import MIN_SIDE
 

@@ -517,7 +517,6 @@ class PSPSR(Method):
         self.weights_info = {"name": name or config.get("name") or path.name, "file": str(path),
                              "sha256": sha, "license": license_ or "unknown",
                              "format": config.get("format", PSP_FORMAT)}
-        sizes = ", ".join(str(s) for s in self.input_sizes())
         factors = ",".join(str(f) for f in self.factors)
         default = " (the embedded default; --weights NAME|PATH selects another)" if self.options.weights is None else ""
         ref = config.get("decoder_weights")
@@ -526,7 +525,7 @@ class PSPSR(Method):
         self.notes = [
             f"psp_sr: weights {self.weights_info['name']}{default}{decoder}, license {self.weights_info['license']}",
             f"psp_sr: {self.weights_info['name']} ({self.resolution}-px generator, {self.input_size}-px encoder input, "
-            f"trained for ×{factors}{restyle}): expects aligned square faces of {sizes} px",
+            f"trained on it downsampled ×{factors}{restyle}): expects aligned square faces of {self.sizes_note()}",
             (f"psp_sr: outputs are the generator's {self.resolution} px (keep_native_size)"
              if self.options.keep_native_size else
              f"psp_sr: the {self.resolution}-px output is resized (antialiased bicubic) to scale × input size; "
@@ -553,6 +552,13 @@ class PSPSR(Method):
     def input_sizes(self) -> list[int]:
         """Input sizes the model was trained for: ``input_size / F``."""
         return sorted({self.input_size // f for f in self.factors if self.input_size % f == 0}, reverse=True)
+
+    def sizes_note(self) -> str:
+        """The trained input sizes, each with the ``--scale`` that takes it (output = scale × input,
+        DESIGN "What --scale means"), e.g. ``32 px at --scale 4``: the pSp paper's factor ``F`` is the
+        encoder input's downsampling instead, and pairing sizes with it misleads."""
+        return ", ".join(f"{s} px at --scale {self.resolution // s}" if self.resolution % s == 0 else f"{s} px"
+                         for s in self.input_sizes())
 
     def native_scales(self) -> list[int]:
         """Scales at which the generator's output needs no resize: ``R·F / input_size``."""
@@ -613,9 +619,21 @@ class PSPSR(Method):
                                      "size)" if same_size else ""))
             return
         if self.consistency_steps() == 0 and 4 * side >= self.resolution:
-            self._note_once("detail", f"{side}-px inputs show more than the prior keeps: psp_sr re-draws the face "
-                                      f"(at ×2 and ×4 the shipped model is further from the person than bicubic); "
-                                      f"--opt consistency_steps=3 projects the output onto the input")
+            measured = (" (at ×2 and ×4 the shipped model is further from the person than bicubic)"
+                        if self._is_shipped_model() else "")
+            self._note_once("detail", f"{side}-px inputs show more than the prior keeps: psp_sr re-draws the face"
+                                      f"{measured}; --opt consistency_steps=3 projects the output onto the input")
+
+    def _is_shipped_model(self) -> bool:
+        """Whether the loaded weights are the shipped default's bytes (its registry sha256): the
+        model card's measurements describe that model only, not another one passed with --weights."""
+        from restorekit.weights import get_spec
+
+        try:
+            pinned = {f.sha256 for f in get_spec(DEFAULT_MODEL_NAME).files if f.sha256}
+        except UnknownNameError:
+            return False
+        return self.weights_info.get("sha256") in pinned
 
     def _keep_memory(self) -> None:
         if self.options.keep_memory:

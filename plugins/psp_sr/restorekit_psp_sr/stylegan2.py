@@ -548,6 +548,28 @@ class StyleGAN2Generator(Generator):
         z = torch.randn(n, self.z_dim, generator=g).to(self.input.input)
         return self.style(z).mean(0)
 
+    def truncation_centre(self, centre: Tensor, n: int) -> Tensor:
+        """``centre`` checked for a batch of ``n``: ``D``, ``1×D``, ``n×D`` (one per sample),
+        ``1×L×D`` or ``n×L×D`` (one per layer), as rosinality's code broadcasts them.
+
+        Any other shape is refused: reading only its first row would silently truncate every
+        sample towards the same point.
+        """
+        d, layers, shape = self.style_dim, self.n_styles, tuple(centre.shape)
+        if shape in ((d,), (1, d), (n, d), (1, layers, d), (n, layers, d)):
+            return centre
+        raise ValueError(f"truncation_latent must be {d}, 1×{d}, {n}×{d}, 1×{layers}×{d} or "
+                         f"{n}×{layers}×{d} (batch {n}, {layers} layers), got {shape}")
+
+    def _truncate_towards(self, style: Tensor, truncation: float, centre: Tensor) -> Tensor:
+        """:meth:`truncate` of ``N×D`` or W+ ``style`` towards a :meth:`truncation_centre`: a
+        per-layer centre makes ``N×D`` styles W+ first; an ``N×D`` one serves every layer."""
+        if centre.ndim == 3 and style.ndim == 2:
+            style = self.broadcast(style)
+        elif centre.ndim == 2 and style.ndim == 3:
+            centre = centre.unsqueeze(1)
+        return self.truncate(style, truncation, centre)
+
     def set_latent_avg(self, latent_avg: Tensor | None) -> None:
         """Record (or with ``None`` forget) the checkpoint's average W (``style_dim`` values)."""
         if latent_avg is None:
@@ -648,15 +670,18 @@ class StyleGAN2Generator(Generator):
 
         ``styles``: a list of one or two ``z`` (or ``w`` with ``input_is_latent``) batches, or a
         W+ tensor; two entries are style-mixed at ``inject_index`` (random when ``None``).
+        As in rosinality's code, truncation applies only when ``truncation < 1``, towards
+        ``truncation_latent`` (see :meth:`truncation_centre`; default :meth:`mean_latent`).
         """
         if isinstance(styles, Tensor):
             styles = [styles]
         styles = list(styles)
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
-        if truncation != 1.0:
-            c = self.mean_latent() if truncation_latent is None else truncation_latent.reshape(-1)[: self.style_dim]
-            styles = [self.truncate(s, truncation, c) for s in styles]
+        if truncation < 1.0:
+            c = self.mean_latent() if truncation_latent is None else self.truncation_centre(
+                truncation_latent, styles[0].shape[0])
+            styles = [self._truncate_towards(s, truncation, c) for s in styles]
         if len(styles) == 1:
             s = styles[0]
             latent = s if s.ndim == 3 else self.broadcast(s)

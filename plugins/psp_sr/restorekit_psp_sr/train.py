@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from restorekit.errors import RestorekitError, exception_line
@@ -117,6 +117,27 @@ class PSPTrainConfig(TrainConfig):
         if v not in BACKBONES:
             raise ValueError(f"unknown IR backbone '{v}'; known: {', '.join(sorted(BACKBONES))}")
         return v
+
+    @field_validator("encoder_input_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        """The encoder's sizes (:mod:`.encoder`) checked here, before a run folder is made."""
+        from .encoder import MAX_INPUT_SIZE
+
+        if v > MAX_INPUT_SIZE or v & (v - 1):
+            raise ValueError(f"must be a power of two from 32 to {MAX_INPUT_SIZE} (the encoder halves it)")
+        return v
+
+    @model_validator(mode="after")
+    def _lpips_fits(self) -> PSPTrainConfig:
+        """LPIPS compares outputs pooled to at most ``loss_size``: refuse a size its network cannot read."""
+        if self.lpips_lambda:
+            from restorekit.networks.lpips_net import MIN_SIDE
+
+            if self.loss_size < MIN_SIDE[self.lpips_backbone]:
+                raise ValueError(f"lpips_lambda: LPIPS({self.lpips_backbone}) needs images of at least "
+                                 f"{MIN_SIDE[self.lpips_backbone]} px a side; loss_size is {self.loss_size}")
+        return self
 
 
 def save_stylegan2_safetensors(generator: Any, path: str | Path, *, license: str = "unknown", name: str = "",
@@ -382,6 +403,15 @@ class PSPTrainer(Trainer):
         y = batch["hr"]
         metrics = {"psnr": psnr(y_hat, y), "l2": (y_hat - y).square().flatten(1).mean(1)}
         return [batch["lr_up"], y_hat, y], metrics
+
+    def extra_state(self) -> dict[str, Any]:
+        """The last validation's metrics: the export records them, and a run resumed at its final
+        step (or past its last validation) runs none before exporting."""
+        return {"last_val": dict(self.last_val)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before ``last_val`` was kept leave it empty, as they did."""
+        self.last_val = {str(k): float(v) for k, v in state.get("last_val", {}).items()}
 
     def export(self, folder: Path) -> Path:
         from .method import save_psp_safetensors
