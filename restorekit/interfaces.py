@@ -578,6 +578,13 @@ class Metric(ABC):
         super().__init_subclass__(**kwargs)
         _wrap_own(cls, {"__call__": _float32_everywhere, "setup": _float32_everywhere})
 
+    @classmethod
+    def dependencies(cls) -> list[str]:
+        """What its values depend on beyond its package's code and ``requires_weights``: strings
+        naming a model file's content or a library's version (identity_dlib: dlib's version and its
+        model files' sha256). ``compare`` scores stored outputs again when they change."""
+        return []
+
     def setup(self, device: torch.device) -> None:
         """Load networks or weights; raise ``restorekit.errors.WeightsMissing`` when absent."""
 

@@ -1,12 +1,12 @@
 """What decides ``restorekit run``'s outputs: recorded in each output, checked on a rerun.
 
 A rerun into a folder skips the outputs that exist: that is how an interrupted run resumes. An
-output made with other settings (another method, scale, option, weights file, seed) is not a
-finished output of this run, and a folder holding both would look like one run's results; so the
-rerun refuses, naming what changed. An output without a record (another program's, an older
-restorekit's) is taken as finished, as before. The record is a note inside the file
-(:mod:`restorekit.provenance`); options that name files are recorded by file name and sha256, not
-by their folder.
+output made with other settings (another method, scale, option, weights file, seed, backend) or
+from another input is not a finished output of this run, and a folder holding both would look like
+one run's results; so the rerun refuses, naming what changed. An output without a record (another
+program's, an older restorekit's) is taken as finished, as before. The record is a note inside the
+file (:mod:`restorekit.provenance`); options that name files are recorded by file name and sha256,
+not by their folder, and weights are compared by that content, not by how they were named.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ T = TypeVar("T")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 #: Keys of a record compared on a rerun ("options" key by key).
-COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "default_weights", "option_files")
+COMPARED = ("command", "method", "spec", "scale", "couple", "seed", "backend", "default_weights", "option_files")
 #: Keys of :data:`COMPARED` added to the record after it was first written, with the value an
 #: output whose record lacks the key was made with: the first records (``run``'s alone) had no
 #: "command". A record without the key reads as that value, not as a change.
@@ -135,16 +135,18 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
     if old.get("faces", "aligned") != now.get("faces", "aligned"):  # a photo with faces pasted back ≠ a face
         return [f"made by run --faces {old.get('faces', 'aligned')}, not --faces {now.get('faces', 'aligned')}",
                 *([f"method: {old.get('method')} → {now.get('method')}"] if old.get("method") != now.get("method") else [])]
-    found: list[str] = []
+    found = input_difference(old, now)
     other_method = old.get("method") != now.get("method")  # then its options and weights say nothing more
+    defaults = same_default_weights(old, now)
     for key in COMPARED:
         if key in PINS:  # in one record only: the weights options differ, and say so themselves
             a, b = old.get(key), now.get(key)
             if isinstance(a, dict) and isinstance(b, dict) and not other_method:
+                a, b = ({k: v for k, v in d.items() if k not in defaults} for d in (a, b))  # (compared by content)
                 found += pin_differences(key, a, b)
         elif key in old or key in now:
             was, value = old.get(key, RECORDED_BEFORE.get(key)), now.get(key, RECORDED_BEFORE.get(key))
-            if was != value:
+            if was != value and not (key == "seed" and seed_used(was) == seed_used(value)):
                 found.append(f"{key}: {was} → {value}")
     found += [f"{label}: {_shown(old[key])} → {_shown(now[key])}" for key, label in FACES_COMPARED.items()
               if key in old and key in now and old[key] != now[key]]
@@ -152,8 +154,54 @@ def differences(old: Mapping[str, Any], now: Mapping[str, Any], *,
         found += paste_mask_difference(old, now)
     a, b = old.get("options"), now.get("options")
     if isinstance(a, dict) and isinstance(b, dict) and not other_method:
-        found += option_differences(a, b, ignore_options=ignore_options | same_files(old, now))
+        found += option_differences(a, b, ignore_options=ignore_options | same_files(old, now) | defaults)
     return found
+
+
+def seed_used(seed: Any) -> Any:
+    """The seed a record's ``seed`` stands for: an omitted one (None) is seed 0. restorekit's
+    stochastic methods take an omitted seed as 0, so that a run is reproducible unless a seed is
+    asked for; a method that instead draws afresh without one makes other pixels at every run, so
+    its None promises no more than 0 does. So a rerun with ``--seed 0`` over outputs made without
+    ``--seed`` (or the reverse) resumes them; another seed is still a change."""
+    return 0 if seed is None else seed
+
+
+def input_difference(old: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``["input: A → B"]`` where both records name the input an output is made from and it differs:
+    by content where both record its sha256 (``input_sha256``), else by file name. A record without
+    one (``now`` of a whole run, not of one output) compares none."""
+    for key in ("input_sha256", "input"):
+        if key in old and key in now:
+            if old[key] == now[key]:
+                return []
+            was, value = old.get("input", "—"), now.get("input", "—")
+            return [f"input: {was} → {value}" + (" (other content)" if was == value else "")]
+    return []
+
+
+def same_default_weights(old: Mapping[str, Any], now: Mapping[str, Any]) -> frozenset[str]:
+    """The options that one record leaves unset, so that its method loads its default weights
+    (pinned in ``default_weights``), and the other sets to a file of exactly that content (the
+    default by its registered name, or its file's path): the same weights, not another setting."""
+    found: set[str] = set()
+    for unset, named in ((old, now), (now, old)):
+        pin, files, options = _default_content(unset), named.get("option_files"), unset.get("options")
+        if pin is None or not isinstance(files, dict) or not isinstance(options, dict):
+            continue
+        found.update(k for k, v in files.items() if k in options and options[k] is None and v == pin)
+    return frozenset(found)
+
+
+def _default_content(record: Mapping[str, Any]) -> str | None:
+    """A record's default weights as an ``option_files`` pin (their sha256s joined by commas), where
+    it pins one set of weights whose content is all known; else None."""
+    pins = record.get("default_weights")
+    if not (isinstance(pins, dict) and len(pins) == 1):
+        return None
+    [shas] = pins.values()
+    pin = ",".join(shas) if isinstance(shas, list) and all(isinstance(s, str) for s in shas) else None
+    return pin if _known_content(pin) else None
 
 
 def paste_mask_difference(old: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -199,11 +247,22 @@ def changed_among_each(items: Iterable[T], read: Callable[[T], Any],
 
 def changed_outputs(outputs: Iterable[Path], now: Mapping[str, Any], *,
                     ignore_options: frozenset[str] = frozenset(),
-                    read: Callable[[Path], Any] = read_note) -> tuple[list[Path], list[str]] | None:
+                    read: Callable[[Path], Any] = read_note,
+                    inputs: Mapping[Path, Mapping[str, Any]] | None = None) -> tuple[list[Path], list[str]] | None:
     """The outputs among ``outputs`` that exist and record other settings than ``now`` (options
     but ``ignore_options``), and what differs (each difference once); None when there are none.
-    ``read``: how an output's record is read (:func:`reading_notes` also notes those without one)."""
-    return changed_among(outputs, read, lambda note: differences(note, now, ignore_options=ignore_options))
+    ``read``: how an output's record is read (:func:`reading_notes` also notes those without one).
+    ``inputs``: per output, what this run would record of its input (``{"input": NAME}``, and
+    ``input_sha256`` where known): an output made from another input is no finished one
+    (:func:`input_difference`)."""
+    made_from = inputs or {}
+
+    def record(path: Path) -> dict[str, Any] | None:
+        note = read(path)
+        return {"note": note, "now": {**now, **made_from.get(path, {})}} if isinstance(note, dict) else None
+
+    return changed_among(outputs, record,
+                         lambda r: differences(r["note"], r["now"], ignore_options=ignore_options))
 
 
 def reading_notes(unrecorded: list[Path]) -> Callable[[Path], dict[str, Any] | None]:

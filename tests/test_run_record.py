@@ -144,7 +144,7 @@ def test_differences_compare_what_decides_results():
     old = {"method": "pulse", "scale": 8, "seed": 1, "options": {"steps": 10, "quiet": False}}
     assert differences(old, {**old, "options": {"steps": 10}}, ignore_options=frozenset({"quiet"})) == []
     assert differences(old, {**old, "options": {"steps": 10}}) == ["--opt quiet: False → —"]
-    assert differences(old, {**old, "seed": 2, "backend": "onnxruntime"}) == ["seed: 1 → 2"]
+    assert differences(old, {**old, "seed": 2, "backend": "onnxruntime"}) == ["seed: 1 → 2", "backend: None → onnxruntime"]
     assert differences({**old, "default_weights": {"w": ["a"]}}, {**old, "default_weights": {"w": ["b"]}}) == [
         "default weights w: changed"]
 

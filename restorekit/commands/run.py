@@ -185,9 +185,9 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
                 raise UsageProblem(problem)
             return
         unrecorded: list[Path] = []
-        changed = changed_outputs((output / f"{stem}.{ext}" for item in items for stem in stems(item)), settings,
-                                  ignore_options=method_class(method).Options.result_neutral,
-                                  read=reading_notes(unrecorded))
+        made_from = {output / f"{stem}.{ext}": {"input": item.path.name} for item in items for stem in stems(item)}
+        changed = changed_outputs(made_from, settings, ignore_options=method_class(method).Options.result_neutral,
+                                  read=reading_notes(unrecorded), inputs=made_from)
         if changed:
             raise UsageProblem(refusal(output, changed))
         if unrecorded and not quiet and job.is_main:

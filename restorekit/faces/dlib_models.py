@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
 from ..errors import WeightsMissing
 
-__all__ = ["DLIB_MODEL_FILES", "DlibModel", "models_dirs", "dlib_model_path", "dlib_available"]
+__all__ = ["DLIB_MODEL_FILES", "DlibModel", "models_dirs", "dlib_model_path", "dlib_available", "dlib_model_pin",
+           "dlib_version"]
 
 DlibModel = Literal["shape_predictor_5", "shape_predictor_68", "mmod_detector", "face_descriptor"]
 
@@ -66,3 +68,41 @@ def dlib_available() -> bool:
         return importlib.util.find_spec("dlib") is not None
     except (ImportError, ValueError):
         return False
+
+
+#: The distributions that install the ``dlib`` module, the prebuilt one first.
+DLIB_DISTRIBUTIONS = ("dlib-bin", "dlib")
+# sha256 of model files by (path, size, mtime, inode): each version of a file is hashed once a process.
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
+def dlib_model_pin(*models: str) -> str:
+    """``FILENAME=SHA256`` of the first of ``models`` (keys of ``DLIB_MODEL_FILES`` or file names)
+    that :func:`dlib_model_path` finds, ``FILENAME=missing`` when none is: what a value computed
+    with that model depends on, so that another file there (a reinstalled package, another
+    ``$RESTOREKIT_DLIB_MODELS``) is seen. Hashed once per process and version of the file."""
+    from ..weights.checksum import sha256_file
+
+    for model in models:
+        try:
+            path = dlib_model_path(model)
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+            if key not in _HASHED:
+                _HASHED[key] = sha256_file(path)
+        except (WeightsMissing, OSError):
+            continue
+        return f"{path.name}={_HASHED[key]}"
+    return f"{DLIB_MODEL_FILES.get(models[0], models[0])}=missing"
+
+
+def dlib_version() -> str:
+    """``DISTRIBUTION VERSION`` of the installed dlib (:data:`DLIB_DISTRIBUTIONS`; read from its
+    metadata, without importing it), ``dlib none`` when neither is installed: dlib's own detector
+    and landmark code run inside it."""
+    for dist in DLIB_DISTRIBUTIONS:
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "dlib none"

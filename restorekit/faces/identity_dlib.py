@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..interfaces import FaceEmbedder, Metric, check_image_batch
 from .chips import chip_geometry, extract_face_chips
-from .dlib_resnet import CHIP_SIZE, DlibFaceDescriptor, load_dlib_face_descriptor
+from .dlib_resnet import CHIP_SIZE, SAFETENSORS_NAME, DlibFaceDescriptor, load_dlib_face_descriptor
 
 __all__ = [
     "FFHQ_FIVE_POINT_TEMPLATE", "CHIP_PADDING", "DLIB_SAME_PERSON_DISTANCE", "ffhq_landmarks",
@@ -156,6 +156,16 @@ class _DlibIdentityBase(Metric):
 
     def reset(self) -> None:
         self.faces_not_found = self.faces_not_found_total = self.images_total = 0
+
+    @classmethod
+    def dependencies(cls) -> list[str]:
+        """What its values depend on beyond restorekit's code (the harness's metric fingerprint,
+        :func:`~restorekit.harness.runner.declared_dependencies`): dlib (detector, landmark code),
+        the 5-point landmark model and the descriptor model (``.dat``, or its safetensors export)."""
+        from .dlib_models import dlib_model_pin, dlib_version
+
+        return [dlib_version(), dlib_model_pin("shape_predictor_5"),
+                dlib_model_pin("face_descriptor", SAFETENSORS_NAME)]
 
     def setup(self, device: torch.device) -> None:
         from .dlib_tools import default_tools, import_dlib

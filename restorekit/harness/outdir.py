@@ -1,17 +1,17 @@
 """The configuration a ``compare --out`` folder was made by, recorded in ``OUT/compare.json``.
 
-Outputs, LR inputs and stored results are named by image and method only, so a folder must hold
-one configuration: the inputs (``--data``, ``--scale``, the degradation or ``--lr-dir``) and, per
+Outputs, LR inputs and stored results are named by image and method only, so a folder must hold one
+configuration: the inputs (``--data``, ``--scale``, the degradation or ``--lr-dir``) and, per
 method, the settings its outputs depend on (options, device, backend, face mode, versions, and a
-fingerprint of the code and weights shipped in its package). A run may extend a folder (more
-methods, seeds, images or metrics); one whose inputs or any method's settings differ is refused,
-naming the differences, unless ``--fresh``, which first removes what compare wrote there (and
-nothing else). A method that has no outputs in the folder (it failed on every image: a weights
-file that does not exist, say) holds nothing to protect, so its settings may change; only
-PNGs of this run's images, or that its result store records, count as its outputs
-(:func:`has_outputs`: other pictures in a folder a link of the user's stands for do not). The
-configuration is recorded (:func:`record`) only once the run's inputs exist: a run stopped by its
-inputs (no images, a missing ``--lr-dir``) leaves the folder free for the corrected one.
+fingerprint of the code and weights shipped in its package, and in the package of each component its
+options name). A run may extend a folder (more methods, seeds, images or metrics); one whose inputs
+or any method's settings differ is refused, naming the differences, unless ``--fresh``, which first
+removes what compare wrote there (and nothing else). A method that has no outputs in the folder (it
+failed on every image: a weights file that does not exist, say) holds nothing to protect, so its
+settings may change; only PNGs of this run's images, or that its result store records, count as its
+outputs (:func:`has_outputs`: other pictures in a folder a link of the user's stands for do not).
+The configuration is recorded (:func:`record`) only once the run's inputs exist: a run stopped by
+its inputs (no images, a missing ``--lr-dir``) leaves the folder free for the corrected one.
 
 A folder that an earlier restorekit's compare filled without recording a configuration (results,
 outputs or reports but no ``compare.json``; LR files whose noise was seeded by the image's name)
@@ -161,6 +161,12 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
                     core_changed = core_changed or (key in a and key in b) or a.get("source") == b.get("source")
                 elif key == "code" and prefix:
                     code_changed.append(prefix[:-1])
+                elif prefix and key.startswith("components."):
+                    # What it builds from another plugin (pulse's generator), also where one record names
+                    # none (made by code that did not record it): one line per component, as for its own code.
+                    label = f"{prefix[:-1]}'s {key[len('components.'):].rpartition('.')[0]}"
+                    if label not in code_changed:
+                        code_changed.append(label)
                 elif not prefix and key.startswith("degradation_plugins.") and (
                         a.get("source") != b.get("source") or key.endswith(".code")):
                     # (another spec: its source line says it; the same: one line per step's code)

@@ -55,6 +55,7 @@ from ..seeds import SEED_MAX
 from ..sharding import Job, current_job
 from ..weights.catalogue import get_spec, registered_name
 from ..weights.checksum import sha256_file
+from ..weights.spec import WeightSpec
 from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
 from .outdir import claim, record
 from .store import Record, ResultStore, file_key, safe_name, settings_hash
@@ -241,13 +242,37 @@ def degradation_plugins(chain: Chain, reg: Registry) -> dict[str, dict[str, str]
     return found
 
 
+def loaded_components(cls: type[Method], options: Options, reg: Registry) -> dict[str, dict[str, str]]:
+    """``{"KIND:NAME": {plugin, distribution, version, code}}`` for each registered component (a
+    generator, an encoder, a loss, a face embedder, …) that one of the method's options names by
+    value (at any depth, defaults included: pulse's ``generator="stylegan2"``) and whose code lives
+    outside the method's own package and restorekit's (:func:`code_fingerprint` of the module that
+    defines it). The method builds what its options name, so its results depend on that code as
+    much as on its own: part of its settings, so an upgrade or edit of the plugin providing it is
+    seen. ``{}`` when its options name none."""
+    own = {cls.__module__.split(".")[0], __name__.split(".")[0]}  # (covered by "code" and "core_code")
+    found: dict[str, dict[str, str]] = {}
+    for _, value in option_strings(options.model_dump(mode="json"), ""):
+        for kind, items in reg.items.items():
+            if kind in ("methods", "weights") or value not in items:
+                continue
+            module = str(getattr(getattr(items[value], "build", items[value]), "__module__", "") or "")
+            if not module or module.split(".")[0] in own:
+                continue
+            plugin = reg.owner[kind].get(value, "?")
+            dist, ver = _dist_of(reg, plugin)
+            found[f"{kind}:{value}"] = {"plugin": plugin, "distribution": dist, "version": ver,
+                                        "code": code_fingerprint(module)}
+    return found
+
+
 def default_weights_pin(cls: type[Method] | Method, options: Options | None = None
                         ) -> dict[str, list[str | None]] | None:
-    """The registry's sha256 of each file of a method's default weights (None: it has none, they
-    are not registered, or ``options`` set its weights option to other weights). Part of the
-    method's settings beside :func:`code_fingerprint`, which sees only the method's own package: a
-    default shipped in another one (pulse's face prior lives in psp_sr's package) can be re-shipped
-    without the method's code changing."""
+    """The sha256 of each file of a method's default weights (:func:`loaded_sha256s`; None: it has
+    none, they are not registered, or ``options`` set its weights option to other weights). Part of
+    the method's settings beside :func:`code_fingerprint`, which sees only the method's own package:
+    a default shipped in another one (pulse's face prior lives in psp_sr's package) can be
+    re-shipped without the method's code changing."""
     name = cls.info.default_weights
     if not name:
         return None
@@ -261,7 +286,30 @@ def default_weights_pin(cls: type[Method] | Method, options: Options | None = No
         spec = get_spec(name)
     except RestorekitError:
         return None
-    return {name: [f.sha256 for f in spec.files]}
+    return {name: loaded_sha256s(spec)}
+
+
+def loaded_sha256s(spec: WeightSpec) -> list[str | None]:
+    """The sha256 of each file of ``spec`` as a load gets it: the spec's own where it publishes one
+    (every load checks the file against it), else the one this cache recorded for the file it
+    holds (its manifest entry, or the first-use record of a file imported with ``--trust``), which
+    every load checks the file against too (size, and its full hash when its mtime changed). So
+    weights without a published hash, replaced under the same name (``weights forget``, then
+    another import), pin other content. None: no hash known (nothing imported: a load fails)."""
+    from ..weights import cache, tofu
+
+    shas: list[str | None] = []
+    for wf in spec.files:
+        sha = wf.sha256
+        if sha is None:
+            try:
+                held = cache.read_manifest(cache.weights_dir(spec.name)).get(wf.filename)
+                first = tofu.first_use(spec.name, wf.filename) if held is None else None
+            except (RestorekitError, OSError):  # an unreadable record: nothing known (a load fails too)
+                held = first = None
+            sha = held.sha256 if held is not None else first.sha256 if first is not None else None
+        shas.append(sha)
+    return shas
 
 
 def option_strings(value: Any, label: str) -> Iterator[tuple[str, str]]:
@@ -279,9 +327,10 @@ def option_strings(value: Any, label: str) -> Iterator[tuple[str, str]]:
 def option_files_pin(options: Options) -> dict[str, str] | None:
     """The sha256 of each file an option names (``--opt psp_sr.weights=FILE``): the option's value
     is only a path, and a model retrained into the same file must not pass for the old one when a
-    run is resumed. A registered weights name is pinned by the registry's sha256s instead. Values in
-    lists and dicts are looked at too (pulse's ``generator_options`` may name the generator's
-    weights), labelled ``key[i]`` and ``key.sub``."""
+    run is resumed. A registered weights name is pinned by its files' sha256s instead
+    (:func:`loaded_sha256s`: the registry's, else those this cache recorded for the files it
+    holds). Values in lists and dicts are looked at too (pulse's ``generator_options`` may name the
+    generator's weights), labelled ``key[i]`` and ``key.sub``."""
     pins: dict[str, str] = {}
     for key, value in options.model_dump(mode="json").items():
         for label, item in option_strings(value, key):
@@ -306,7 +355,7 @@ def option_files_pin(options: Options) -> dict[str, str] | None:
                 spec = get_spec(item)
             except RestorekitError:
                 continue
-            pins[label] = ",".join(f.sha256 or "?" for f in spec.files)
+            pins[label] = ",".join(sha or "?" for sha in loaded_sha256s(spec))
     return pins or None
 
 
@@ -453,6 +502,9 @@ def plan(config: CompareConfig) -> Plan:
                     "code": code_fingerprint(cls.__module__), "core_code": core}
         if at:
             settings["variant"] = label
+        components = loaded_components(cls, options, reg)
+        if components:
+            settings["components"] = components
         pin = default_weights_pin(cls, options)
         if pin:
             settings["default_weights"] = pin
@@ -484,17 +536,34 @@ def plan(config: CompareConfig) -> Plan:
 
 def metric_fingerprint(cls: type[Metric], distribution: str, version_: str) -> str:
     """16 hex digits naming what a metric's values depend on: its distribution and version, the
-    code of its package (:func:`code_fingerprint`) and the registry's sha256 of the weights it
-    requires. A stored value of another fingerprint (an upgrade, a fixed metric, re-shipped
-    weights) is scored again from the stored output instead of being averaged with new ones."""
+    code of its package (:func:`code_fingerprint`), the sha256 of the weights it requires
+    (:func:`loaded_sha256s`) and what else it declares (:func:`declared_dependencies`). A stored
+    value of another fingerprint (an upgrade, a fixed metric, re-shipped or replaced weights, another
+    model file or library under it) is scored again from the stored output instead of being
+    averaged with new ones."""
     pins: list[str] = []
     for name in cls.requires_weights:
         try:
-            pins.append(f"{name}={','.join(str(f.sha256) for f in get_spec(name).files)}")
+            pins.append(f"{name}={','.join(str(sha) for sha in loaded_sha256s(get_spec(name)))}")
         except RestorekitError:
             pins.append(f"{name}=?")
-    text = "\0".join([distribution, version_, code_fingerprint(cls.__module__), *pins])
+    text = "\0".join([distribution, version_, code_fingerprint(cls.__module__), *pins,
+                      *declared_dependencies(cls)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def declared_dependencies(cls: type) -> list[str]:
+    """What a metric's values depend on beyond its package and registered weights, as it declares
+    them in an optional classmethod ``dependencies()`` (strings: a model file's name and sha256, a
+    library's version; identity_dlib's dlib models and dlib). A metric without one declares
+    nothing; one whose declaration raises gives ``["?"]`` (its set-up fails or skips it anyway)."""
+    declare = getattr(cls, "dependencies", None)
+    if not callable(declare):
+        return []
+    try:
+        return [str(item) for item in declare()]
+    except Exception:  # noqa: BLE001 - a broken declaration must not take the plan down
+        return ["?"]
 
 
 def stale_metrics(rec: Record, active: list[MetricState]) -> list[MetricState]:
