@@ -324,3 +324,16 @@ def test_run_refuses_an_output_made_from_another_input_of_the_same_stem(tmp_path
     assert again.exit_code == 0 and "1 skipped" in again.output, again.output
     other = invoke("run", "bicubic", "--scale", "2", "--input", str(tmp_path / "b"), "--output", str(out))
     assert other.exit_code == 2 and "input: face.png → face.jpg" in other.output, other.output
+
+
+def test_face_photo_sidecars_compare_the_seed_used_and_weights_by_content() -> None:
+    """``run --faces detect`` reruns compare sidecars, which still refused seed None → 0 and the
+    default weights named explicitly, as ``run``'s notes did."""
+    from restorekit.faces.reruns import sidecar_differences
+    from restorekit.weights import resolve
+
+    default, named = settings("psp_sr"), settings("psp_sr", weights=str(resolve("psp-sr-faces128")))
+    side = {**default, "detector": "mtcnn", "background": "bicubic", "seed": None, "faces": []}
+    assert sidecar_differences(side, {**named, "detector": "mtcnn", "background": "bicubic", "seed": 0}) == []
+    assert sidecar_differences(side, {**default, "detector": "mtcnn", "background": "bicubic", "seed": 1}) == [
+        "seed: None → 1"]

@@ -25,7 +25,7 @@ from typing import Any
 from ..batch import SkipInput
 from ..provenance import read_note
 from ..run_record import (PINS, changed_among, changed_outputs, differences, option_differences,
-                          paste_mask_difference, pin_differences, same_files)
+                          paste_mask_difference, pin_differences, same_default_weights, same_files, seed_used)
 
 NO_FACE = "no face"  # how the end-of-run line counts --only-faces photos with nothing to write
 
@@ -104,16 +104,19 @@ def sidecar_differences(side: Mapping[str, Any], now: Mapping[str, Any], *,
         old["colour match"] = "on" if any("color_match" in f for f in faces) else "off"
     found = [f"{k}: {old[k]} → {now[k]}" for k in old if k in now and old[k] is not None and old[k] != now[k]]
     for k in ("min_face", "max_shrink", "seed", "couple"):
-        if k in side and k in now and side[k] != now[k]:
+        same_seed = k == "seed" and seed_used(side.get(k)) == seed_used(now.get(k))  # (omitted: seed 0)
+        if k in side and k in now and side[k] != now[k] and not same_seed:
             found.append(f"{k}: {side[k]} → {now[k]}")
     if faces:
         found += paste_mask_difference(side, now)
+    defaults = same_default_weights(side, now)  # (the default weights named explicitly: the same weights)
     for k in PINS:  # (in one of them only: the weights options differ, and say so themselves)
         if isinstance(side.get(k), dict) and isinstance(now.get(k), dict) and old["method"] == now.get("method"):
-            found += pin_differences(k, side[k], now[k])
+            a, b = ({n: v for n, v in d.items() if n not in defaults} for d in (side[k], now[k]))
+            found += pin_differences(k, a, b)
     if isinstance(side.get("options"), dict) and isinstance(now.get("options"), dict):
         found += option_differences(side["options"], now["options"],
-                                    ignore_options=ignore_options | same_files(side, now))
+                                    ignore_options=ignore_options | same_files(side, now) | defaults)
     return found
 
 
