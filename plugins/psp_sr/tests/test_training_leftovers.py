@@ -11,7 +11,9 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
+from restorekit.images import save_image
 from script_modules import script_module
 from tiny_models import REPO
 
@@ -59,6 +61,7 @@ def test_race_reads_old_and_new_metrics_lines_and_writes_strict_json(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     module, distances = race
     (tmp_path / "val.txt").write_text("a.png\n")
+    save_image(torch.full((1, 3, 8, 8), 0.5), tmp_path / "a.png")  # (the race reads the split as training does)
     old = snapshot(tmp_path / "old", ['{"step": 2, "kimg": 0.5, "seconds": 3.0, "loss_d": NaN}',
                                       '{"step": 4, "kimg": 1.0, "seconds": Infinity, "loss_d": -Infinity}'])
     new = snapshot(tmp_path / "new", ['{"step": 2, "kimg": 0.5, "seconds": 3.0, "loss_d": 1.5}',
@@ -81,6 +84,7 @@ def test_race_without_a_finite_distance_has_no_winner(tmp_path: Path, race: Any,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     module, distances = race
     (tmp_path / "val.txt").write_text("a.png\n")
+    save_image(torch.full((1, 3, 8, 8), 0.5), tmp_path / "a.png")  # (the race reads the split as training does)
     one = snapshot(tmp_path / "one", ['{"step": 1, "kimg": 0.1, "seconds": 1.0}'])
     distances.update(one=math.inf)
     out = tmp_path / "race.json"
