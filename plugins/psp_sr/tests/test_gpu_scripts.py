@@ -4,7 +4,10 @@ device (psp_parts.py) and the "done when" bars checked on the evaluation (check_
 from __future__ import annotations
 
 import json
+import math
 import sys
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -83,17 +86,21 @@ METRICS = {"psnr_y_crop": True, "ssim_y_crop": True, "lpips_alex_v0.1": False, "
 
 
 def results_doc(values: dict[str, dict[str, list[float]]], ms: dict[str, float]) -> dict:
-    """A compare results.json with the parts check_bars reads: ``values[method][metric]`` per image."""
+    """A compare results.json with the parts check_bars reads: ``values[method][metric]`` per image
+    (a method's means over its non-NaN values, as compare's aggregate; null where it has none)."""
     images = [f"img{i}" for i in range(len(next(iter(next(iter(values.values())).values()))))]
     methods, rows = [], []
     for m, per in values.items():
-        agg = {k: {"mean": sum(v) / len(v)} for k, v in per.items()}
-        methods.append({"name": m, "device": "cpu (test)", "aggregate": {"metrics": agg, "runtime_ms": {"mean": ms[m]}}})
+        finite = {k: [x for x in v if not math.isnan(x)] for k, v in per.items()}
+        agg = {k: {"mean": sum(v) / len(v) if v else None} for k, v in finite.items()}
+        methods.append({"name": m, "device": "cpu (test)", "aggregate": {
+            "images": len(images), "ok": len(images), "failed": 0, "metrics": agg, "runtime_ms": {"mean": ms[m]},
+            "runtime_is_warmup": False}})
         for i, img in enumerate(images):
             rows.append({"method": m, "image": img, "seed": None, "settings": "s", "input": "i", "status": "ok",
                          "metrics": {k: v[i] for k, v in per.items()}})
     return {"methods": methods, "metrics": [{"name": k, "higher_is_better": v} for k, v in METRICS.items()],
-            "images": rows}
+            "images": rows, "exit_code": 0}
 
 
 def method_values(dist: list[float], lpips: float, lrc: float) -> dict[str, list[float]]:
@@ -102,8 +109,17 @@ def method_values(dist: list[float], lpips: float, lrc: float) -> dict[str, list
             "identity_dlib_dist": dist, "lr_consistency": [lrc] * n}
 
 
-def write_finish_folder(w: Path, *, psp_dist: list[float], face_share: float, pulse_ms: float) -> Path:
-    base = [0.60, 0.62, 0.64, 0.66]
+def shipped_generator_sha256() -> str:
+    entry = tomllib.loads((REPO / "registry" / "weights" / "stylegan2-faces128.toml").read_text(encoding="utf-8"))
+    return entry["files"][0]["sha256"]
+
+
+def write_finish_folder(w: Path, *, psp_dist: list[float], face_share: float, pulse_ms: float,
+                        base: list[float] | None = None, val_faces: int = 4) -> Path:
+    """finish.sh's work folder as check_bars reads it: the runs hold 4 faces (img0-img3, the first two
+    FFHQ's), ``val.txt`` lists ``val_faces`` and ``val_pulse.txt`` 4, realism.json is of the shipped
+    generator (32 samples at truncation 0.7)."""
+    base = base or [0.60, 0.62, 0.64, 0.66]
     for k in (8, 4):
         run = w / f"eval_x{k}"
         run.mkdir(parents=True)
@@ -118,9 +134,23 @@ def write_finish_folder(w: Path, *, psp_dist: list[float], face_share: float, pu
     (run / "results.json").write_text(json.dumps(doc))
     found = round(face_share * 32)
     (w / "realism.json").write_text(json.dumps({"faces": {"detector": "mtcnn", "n": 32, "found": found,
-                                                          "truncation": 0.7, "share": found / 32}}))
+                                                          "truncation": 0.7, "share": found / 32},
+                                                "generator_sha256": shipped_generator_sha256()}))
     (w / "val_ffhq.txt").write_text("/x/ffhq128/img0.webp\n/x/ffhq128/img1.webp\n")
+    (w / "val.txt").write_text("".join(f"/x/{'ffhq128' if i < 2 else 'aaf128'}/img{i}.webp\n" for i in range(val_faces)))
+    (w / "val_pulse.txt").write_text("".join(f"/x/aaf128/img{i}.webp\n" for i in range(4)))
     return w
+
+
+def edit_json(path: Path, change: Callable[[dict], object]) -> None:
+    """``path``'s JSON changed in place by ``change``."""
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def method_of(doc: dict, name: str) -> dict:
+    return next(m for m in doc["methods"] if m["name"] == name)
 
 
 def test_check_bars_all_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +159,7 @@ def test_check_bars_all_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "**FAIL**" not in out and out.count("| pass |") == 8
     assert "28/32 = 88%" in out
-    assert "75% (p 0.62)" in out  # 3 of 4 faces closer than bicubic; sign test 2·P[X ≤ 1 | n=4] = 0.625
+    assert "| 75% (3 of 4 faces; 0 left out: no value for either) |" in out  # 3 of 4 faces closer than bicubic
     assert "-0.250" in out  # LPIPS 0.30 − 0.55
     assert "1.25×" in out  # LR-consistency 2.0e-3 / 1.6e-3
     assert "| 75% / 100% / 50% |" in out  # win all / FFHQ (img0, img1) / AAF (img2, img3)
@@ -166,12 +196,135 @@ def test_check_bars_reports_the_back_projected_runs(tmp_path: Path, capsys: pyte
     # psp_pulse 0.510 against psp_sr 0.520: 3 of 4 faces closer, mean difference −0.010
     assert "psp_pulse 0.510, psp_sr 0.520, PULSE 0.580; psp_pulse − psp_sr -0.010" in out
     assert "closer on 75% of 4 faces" in out
-    assert out.count("| bar |") == 1 and "| ×8, 47 faces, 3 consistency steps |" in out
+    assert out.count("| bar |") == 1 and "| ×8, 4 faces, 3 consistency steps |" in out
 
 
 def test_check_bars_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert script("check_bars").main([str(tmp_path)]) == 2
     assert "eval_x8/results.json: missing" in capsys.readouterr().err
+
+
+PASSING = {"psp_dist": [0.55, 0.58, 0.70, 0.60], "face_share": 0.875, "pulse_ms": 8000}
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """check_bars's stderr, asserted to be one line and nothing on stdout (no half-written bars.md)."""
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_check_bars_refuses_runs_with_failed_faces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Failed images are left out of every figure: the bars would pass on the faces that worked."""
+    w = write_finish_folder(tmp_path, **PASSING)
+
+    def fail_two(doc: dict) -> None:
+        for row in doc["images"][-2:]:  # psp_sr's last two faces
+            row["status"], row["metrics"] = "failed", {}
+        method_of(doc, "psp_sr")["aggregate"].update(ok=2, failed=2)
+        doc["exit_code"] = 1
+
+    edit_json(w / "eval_x8" / "results.json", fail_two)
+    assert script("check_bars").main([str(w)]) == 2
+    err = one_error_line(capsys)
+    assert "eval_x8: psp_sr failed on 2 of 4 faces" in err
+    # A compare that did not exit 0, whatever the aggregates say, is refused too.
+    edit_json(w / "eval_x8" / "results.json", lambda d: method_of(d, "psp_sr")["aggregate"].update(failed=0))
+    edit_json(w / "eval_pulse_x8" / "results.json", lambda d: d.update(exit_code=0))
+    assert script("check_bars").main([str(w)]) == 2
+    assert "eval_x8: compare exited 1" in one_error_line(capsys)
+
+
+def test_check_bars_counts_closer_over_every_measured_face(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """img0 closer, img1 no face in psp_sr's output (not closer), img2 a tie (not a win), img3 no face in
+    either (left out): 1 of 3, where the paired win share (ties half, NaN dropped) gave 75%."""
+    nan = math.nan
+    w = write_finish_folder(tmp_path, psp_dist=[0.55, nan, 0.64, nan], base=[0.60, 0.62, 0.64, nan],
+                            face_share=0.875, pulse_ms=8000)
+    assert script("check_bars").main([str(w)]) == 1
+    out = capsys.readouterr().out
+    assert ("| ×8 psp_sr closer to the person than bicubic | 33% (1 of 3 faces; 1 without a face in psp_sr's output "
+            "count as not closer; 1 left out: no value for either) | ≥ 50% | **FAIL** |") in out
+    assert "| -0.025 [" in out and "], n 2 | < 0 | pass |" in out  # the mean difference: the 2 paired faces
+    assert "| 33% / 50% / 0% |" in out  # the table's win column counts alike: FFHQ img0, img1; AAF img2 (img3 out)
+
+
+def test_check_bars_refuses_figures_of_other_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bars = script("check_bars")
+    w = write_finish_folder(tmp_path / "w", **PASSING)
+    realism = w / "realism.json"
+    edit_json(realism, lambda d: d["faces"].update(n=3, found=3, share=1.0, truncation=1.0))
+    assert bars.main([str(w)]) == 2
+    assert "faces counted on 3 samples at truncation 1.0, the bar needs 32 at 0.7" in one_error_line(capsys)
+    edit_json(realism, lambda d: d["faces"].update(n=32, found=30, share=30 / 32, truncation=0.7)
+              or d.update(generator_sha256="0" * 64))
+    assert bars.main([str(w)]) == 2
+    assert f"sha256 {'0' * 64}, not the shipped stylegan2-faces128" in one_error_line(capsys)
+    # Measured on the returned file, which was shipped (re-encoded) as the registry's file: accepted.
+    (w / "shipped-generator.json").write_text(json.dumps({"source_sha256": "0" * 64,
+                                                          "sha256": shipped_generator_sha256()}))
+    assert bars.main([str(w)]) == 0
+    capsys.readouterr()
+    # The runs must hold every face of their list, unless --partial (then never exit 0).
+    w = write_finish_folder(tmp_path / "limited", **PASSING, val_faces=6)
+    assert bars.main([str(w)]) == 2
+    assert "eval_x8: 4 faces, but val.txt lists 6" in one_error_line(capsys)
+    assert bars.main([str(w), "--partial"]) == 3
+    out = capsys.readouterr().out
+    lines = out.split("\n\n")[0].splitlines()[3:]  # the bar lines after the generator's
+    assert len(lines) == 7 and all("(partial: " in line for line in lines)
+    assert sum("(partial: 4 of 6 faces)" in line for line in lines) == 3  # the x8 bars; the PULSE run's: 4 of 4
+    assert "| ×8 (16 → 128 px), 4 faces (partial: 4 of 6 faces) |" in out
+
+
+def test_check_bars_null_or_unreadable_values_are_missing_data(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bars = script("check_bars")
+    cases = {
+        "runtime": (lambda w: edit_json(w / "eval_pulse_x8" / "results.json",
+                                        lambda d: method_of(d, "psp_pulse")["aggregate"]["runtime_ms"].update(mean=None)),
+                    "eval_pulse_x8: psp_pulse's mean runtime is null"),
+        "metric": (lambda w: edit_json(w / "eval_x4" / "results.json",  # not a bar's run: a card table's
+                                       lambda d: method_of(d, "pix2pixhd")["aggregate"]["metrics"]["psnr_y_crop"]
+                                       .update(mean=None)),
+                   "eval_x4: pix2pixhd's mean psnr_y_crop is null"),
+        "faces": (lambda w: edit_json(w / "realism.json", lambda d: d.update(faces=None)),
+                  'realism.json: no face share ("faces": null'),
+        "json": (lambda w: (w / "eval_x4" / "results.json").write_text("{"), "cannot read the inputs (JSONDecodeError"),
+    }
+    for name, (spoil, message) in cases.items():
+        w = write_finish_folder(tmp_path / name, **PASSING)
+        spoil(w)
+        assert bars.main([str(w)]) == 2, name
+        assert message in one_error_line(capsys), name
+
+
+def test_check_bars_names_a_missing_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def drop(name: str) -> Callable[[dict], object]:
+        return lambda d: d.update(methods=[m for m in d["methods"] if m["name"] != name],
+                                  images=[r for r in d["images"] if r["method"] != name])
+
+    for run, method in (("eval_x8", "psp_sr"), ("eval_pulse_x8", "psp_pulse")):
+        w = write_finish_folder(tmp_path / run, **PASSING)
+        edit_json(w / run / "results.json", drop(method))
+        assert script("check_bars").main([str(w)]) == 2
+        assert f"{run}: no method {method} in results.json" in one_error_line(capsys)
+
+
+def test_check_bars_labels_the_tables_with_what_they_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bars = script("check_bars")
+    w = write_finish_folder(tmp_path, **PASSING)
+    assert bars.main([str(w)]) == 0
+    out = capsys.readouterr().out
+    assert "| ×8 (16 → 128 px), 4 faces |" in out and "| ×8, 4 faces |" in out and "47 faces" not in out
+    assert "ms/face: mean per call, warm-up left out, batch 1" in out and "(warm-up)" not in out
+    # One call per method: the time is the warm-up's, and the table and the timing bars say so.
+    edit_json(w / "eval_pulse_x8" / "results.json",
+              lambda d: [m["aggregate"].update(runtime_is_warmup=True) for m in d["methods"]])
+    assert bars.main([str(w)]) == 0
+    out = capsys.readouterr().out
+    assert "| 2000 (warm-up) |" in out and "(where marked, the only call: the warm-up)" in out
+    assert "(2.00 s vs 8.00 s a face; the warm-up call only)" in out
 
 
 def top_script(name: str) -> ModuleType:
