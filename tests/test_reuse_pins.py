@@ -337,3 +337,17 @@ def test_face_photo_sidecars_compare_the_seed_used_and_weights_by_content() -> N
     assert sidecar_differences(side, {**named, "detector": "mtcnn", "background": "bicubic", "seed": 0}) == []
     assert sidecar_differences(side, {**default, "detector": "mtcnn", "background": "bicubic", "seed": 1}) == [
         "seed: None → 1"]
+
+
+def test_degrade_refuses_an_output_made_from_another_input_of_the_same_stem(tmp_path: Path) -> None:
+    """As run: an LR of a.png was skipped as the finished LR of b/a.jpg."""
+    for name, level in (("a/face.png", 0.2), ("b/face.jpg", 0.7)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        save_image(torch.full((1, 3, 16, 16), level), tmp_path / name)
+    out = tmp_path / "lr"
+    assert invoke("degrade", "--spec", "bicubic:2", "--input", str(tmp_path / "a"), "--output", str(out), "-q"
+                  ).exit_code == 0
+    again = invoke("degrade", "--spec", "bicubic:2", "--input", str(tmp_path / "a"), "--output", str(out))
+    assert again.exit_code == 0 and "1 skipped" in again.output, again.output
+    other = invoke("degrade", "--spec", "bicubic:2", "--input", str(tmp_path / "b"), "--output", str(out))
+    assert other.exit_code == 2 and "input: face.png → face.jpg" in other.output, other.output

@@ -90,10 +90,17 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
 
     def check_settings() -> None:
         if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
-            paths = [output / f"{item.stem}.{ext}" for item in items]
+            made_from = {output / f"{item.stem}.{ext}": item.path.name for item in items}
             unrecorded: list[Path] = []
-            changed = _merged(*changed_among_each(paths, reading_notes(unrecorded), [  # (each record read once)
-                lambda note: differences(note, settings), lambda note: plugin_step_differences(note, settings)]))
+            read_note_of = reading_notes(unrecorded)
+
+            def read(path: Path) -> dict[str, Any] | None:  # (the note, with what this run would make it from)
+                note = read_note_of(path)
+                return {"note": note, "input": made_from[path]} if isinstance(note, dict) else None
+
+            changed = _merged(*changed_among_each(list(made_from), read, [  # (each record read once)
+                lambda r: differences(r["note"], {**settings, "input": r["input"]}),
+                lambda r: plugin_step_differences(r["note"], settings)]))
             if changed:
                 fail_usage(refusal(output, changed))
             if unrecorded and not quiet and job.is_main:
