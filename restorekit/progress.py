@@ -22,7 +22,7 @@ from contextvars import ContextVar
 
 from .errors import RestorekitError
 
-__all__ = ["Cancelled", "Reporter", "report", "reporting"]
+__all__ = ["Cancelled", "Reporter", "draws_bars", "report", "reporting"]
 
 #: ``reporter(label, done, total)``: ``done`` of ``total`` steps of the stage ``label`` are finished.
 Reporter = Callable[[str, int, int], None]
@@ -52,3 +52,15 @@ def report(label: str, done: int, total: int) -> None:
     reporter = _REPORTER.get()
     if reporter is not None:
         reporter(label, done, total)
+
+
+def draws_bars() -> bool:
+    """Whether a method may draw a progress bar of its own on this process's terminal: not in the
+    ranks of a ``torchrun`` job but the first (rank 0 draws the job's bar; every rank drawing its
+    own garbles the terminal). Callers check ``-q`` and whether stderr is a terminal themselves."""
+    from .process_layout import process_layout
+
+    try:
+        return process_layout().get("RANK", 0) == 0
+    except RestorekitError:  # (malformed torchrun variables: the command refuses them itself)
+        return True

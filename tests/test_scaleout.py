@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -312,6 +313,7 @@ DEGRADE = "test_degrade_on_two_processes_writes_what_one_process_writes"
 KILLED = "test_killed_compare_resumes_without_redoing_finished_work"
 KILLED_RUN = "test_killed_run_resumes_without_redoing_finished_work"
 BENCH = "test_bench_scaleout_reports_the_ratio_and_identical_results"
+REPORTS = "test_a_report_rank_0_cannot_write_ends_every_process_with_its_code"
 
 
 class Background:
@@ -428,10 +430,18 @@ def bench_job(bg: Background, d: Path) -> subprocess.CompletedProcess[str]:
                          "--repeats", "1", "--json", OMP_NUM_THREADS="1")
 
 
+def unwritable_report_job(bg: Background, d: Path) -> subprocess.CompletedProcess[str]:
+    (d / "out" / "report.html").mkdir(parents=True)  # a folder where rank 0 writes a report
+    return bg.restorekit("compare", "--methods", "bicubic", "--scale", "2", "--data", str(d / "hr"), "--limit", "2",
+                         "--metrics", "psnr_y_crop", "--device", "cpu", "--out", str(d / "out"), "-q", processes=2,
+                         OMP_NUM_THREADS="1")
+
+
 # The bench first: its one-process launch keeps one core busy, the other jobs fill the other.
 JOBS = {BENCH: [(bench_job, False)], COMPARE: [(compare_job, False)],
         RUN: [(run_job, True), (run_usage_job, False)], DEGRADE: [(degrade_job, True)],
-        KILLED: [(killed_compare_job, False)], KILLED_RUN: [(killed_run_job, False)]}
+        KILLED: [(killed_compare_job, False)], KILLED_RUN: [(killed_run_job, False)],
+        REPORTS: [(unwritable_report_job, False)]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -582,3 +592,31 @@ def test_bench_scaleout_reports_the_ratio_and_identical_results(background):
     for run in (d["one"], d["many"]):
         assert run["images_per_s"] == pytest.approx(4 / run["wall_s"])
     assert d["speedup"] == pytest.approx(d["many"]["images_per_s"] / d["one"]["images_per_s"])
+
+
+@pytest.mark.slow
+def test_a_report_rank_0_cannot_write_ends_every_process_with_its_code(background):
+    """Rank 1 left before rank 0 wrote the reports and exited 0 while rank 0 failed (exit 2): on
+    another machine of the job every process would have said all went well."""
+    done = background.result("unwritable_report_job")
+    ranks = re.findall(r"rank\s*:\s*(\d)\s*\(local_rank: \d\)\s*exitcode\s*:\s*(-?\d+)", done.stderr)
+    assert sorted(ranks) == [("0", "2"), ("1", "2")], done.stderr[-3000:]
+    assert done.stderr.count("report.html: Is a directory") == 1, done.stderr[-3000:]
+
+
+def test_only_rank_0_draws_a_methods_own_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PULSE's search bar was drawn by every rank of a torchrun job, interleaved on one terminal."""
+    from restorekit import progress
+    from restorekit.plugins import registry
+
+    cls = registry().method("pulse")
+    pulse = cls(cls.Options(steps=1))  # (not quiet: its bar is drawn where stderr is a terminal)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    for rank, draws in (("0", True), ("1", False)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        assert progress.draws_bars() is draws
+        assert (pulse._progress("x") is not None) is draws
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert progress.draws_bars()

@@ -179,10 +179,12 @@ def compare_cmd(methods: str, scale: int, data: str, degradation: str | None, lr
             total = sum(len(mp.seeds) for mp in p.methods) * (min(n_img, limit) if limit else n_img)
             with job.progress(total, "compare", quiet or as_json) as advance:
                 res = execute(p, progress=advance, job=job)
-            if not job.is_main:  # rank 0 reports for the whole job
+            # Rank 0 writes the reports for the whole job; the others wait for it, so that a report
+            # it cannot write (a full disk) ends every process with its exit code, not only its own.
+            sm = summarize_result(res) if job.is_main else None
+            job.together(lambda: write_all(sm, out) if sm is not None else None)
+            if sm is None:
                 raise SystemExit(res.exit_code)
-            sm = summarize_result(res)
-            write_all(sm, out)
         if as_json or quiet:  # otherwise the table's footnotes name each skipped metric, once
             for m in p.metrics:
                 if m.status != "ok":

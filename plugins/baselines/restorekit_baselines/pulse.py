@@ -249,7 +249,7 @@ class Pulse(Method):
 
     def _progress(self, label: str):  # type: ignore[no-untyped-def]
         """A rich progress bar on stderr showing the current downscale MSE, or None."""
-        if self.options.quiet or not sys.stderr.isatty():
+        if self.options.quiet or not sys.stderr.isatty() or not progress.draws_bars():
             return None
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
