@@ -97,9 +97,21 @@ PINS = {"default_weights": "default weights", "option_files": "the file of --opt
 
 
 def pin_differences(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """The weights of pin ``key`` (:data:`PINS`) that differ between two records' pins, in words."""
+    """The weights of pin ``key`` (:data:`PINS`) that differ between two records' pins, in words.
+    A pin whose content was not known when it was recorded (``"?"``, ``None``: registered weights
+    without a published sha256, before restorekit pinned the cached file's) tells nothing: such
+    weights are compared by their option's value, as before."""
     return [f"{PINS[key]} {name}: {'changed' if name in a and name in b else 'other'}"
-            for name in sorted(a.keys() | b.keys()) if a.get(name) != b.get(name)]
+            for name in sorted(a.keys() | b.keys()) if a.get(name) != b.get(name)
+            and not (name in a and name in b and (_unknown_pin(a[name]) or _unknown_pin(b[name])))]
+
+
+def _unknown_pin(pin: Any) -> bool:
+    """Whether a recorded pin holds no content: an ``option_files`` string that is not sha256s, or a
+    ``default_weights`` list with a file of unknown hash."""
+    if isinstance(pin, str):
+        return not _known_content(pin)
+    return isinstance(pin, list) and any(not isinstance(x, str) or not _SHA256.fullmatch(x) for x in pin)
 
 
 def option_differences(a: Mapping[str, Any], b: Mapping[str, Any], *,

@@ -22,16 +22,14 @@ import torch
 
 from restorekit.degradations import downscale, upscale
 from restorekit.harness import realism as R
+from restorekit.training.data import list_images, split_files
 
 VAL = Path(__file__).resolve().parents[1] / "plugins/psp_sr/recipes/faces128/val.txt"
 
 
 def split(faces: Path) -> tuple[list[Path], list[Path]]:
-    val_names = [ln.strip() for ln in VAL.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    val = [faces / n for n in val_names]
-    held = set(val_names)
-    train = [p for sub in sorted(q for q in faces.iterdir() if q.is_dir()) for p in sorted(sub.iterdir())
-             if p.suffix == ".webp" and f"{sub.name}/{p.name}" not in held]
+    """``(val, train)`` as the training reads the recipe's split (its exclusions left out of both)."""
+    train, val = split_files(list_images(faces), faces, split_file=VAL)
     return val, train
 
 

@@ -351,3 +351,14 @@ def test_degrade_refuses_an_output_made_from_another_input_of_the_same_stem(tmp_
     assert again.exit_code == 0 and "1 skipped" in again.output, again.output
     other = invoke("degrade", "--spec", "bicubic:2", "--input", str(tmp_path / "b"), "--output", str(out))
     assert other.exit_code == 2 and "input: face.png → face.jpg" in other.output, other.output
+
+
+def test_an_older_outputs_unknown_pin_is_not_a_change() -> None:
+    """Outputs recorded before the cached file's hash was pinned hold "?" (or None): a rerun now,
+    pinning the sha256, refused them as 'the file of --opt weights: changed'."""
+    sha = "a" * 64
+    old = {"method": "psp_sr", "scale": 8, "options": {"weights": UNPINNED}, "option_files": {"weights": "?"},
+           "default_weights": {"x": [None]}}
+    now = {**old, "option_files": {"weights": sha}, "default_weights": {"x": [sha]}}
+    assert differences(old, now) == []
+    assert differences({**old, "option_files": {"weights": "b" * 64}}, now) == ["the file of --opt weights: changed"]

@@ -145,8 +145,8 @@ def test_differences_compare_what_decides_results():
     assert differences(old, {**old, "options": {"steps": 10}}, ignore_options=frozenset({"quiet"})) == []
     assert differences(old, {**old, "options": {"steps": 10}}) == ["--opt quiet: False → —"]
     assert differences(old, {**old, "seed": 2, "backend": "onnxruntime"}) == ["seed: 1 → 2", "backend: None → onnxruntime"]
-    assert differences({**old, "default_weights": {"w": ["a"]}}, {**old, "default_weights": {"w": ["b"]}}) == [
-        "default weights w: changed"]
+    assert differences({**old, "default_weights": {"w": ["a" * 64]}}, {**old, "default_weights": {"w": ["b" * 64]}}
+                       ) == ["default weights w: changed"]
 
 
 def test_a_weights_file_is_recorded_by_name_and_pinned_by_content(tmp_path):

@@ -113,6 +113,23 @@ def test_a_split_file_excludes_images_from_both_sides(faces: Path, tmp_path: Pat
         split_files(files, faces, split_file=js)
 
 
+def test_a_split_files_validation_names_are_whole_lines(faces: Path, tmp_path: Path) -> None:
+    """A note is cut after an exclusion only: ``photo #2.png`` is a file name ("photo" was looked
+    for), ``./!x.png`` names a file starting with "!"; a text split listing no validation image
+    (its names all taken for exclusions) is refused rather than validating on nothing."""
+    save_image(smooth_batch(1, 40, 46, seed=60), faces / "photo #2.png")
+    save_image(smooth_batch(1, 40, 46, seed=61), faces / "!x.png")
+    files = list_images(faces)
+    txt = tmp_path / "val.txt"
+    txt.write_text("photo #2.png\n./!x.png\n")
+    train, val = split_files(files, faces, split_file=txt)
+    assert sorted(p.name for p in val) == ["!x.png", "photo #2.png"] and len(train) == 10
+    txt.write_text("!x.png\n# nothing else\n")
+    with pytest.raises(DataError, match=r"val.txt: lists no validation image \(`!path` lines exclude images; a "
+                                        r"file name that starts with '!' is written ./!name\)"):
+        split_files(files, faces, split_file=txt)
+
+
 @pytest.mark.parametrize("how", ["holdout", "split_file"])
 def test_byte_copies_of_validation_images_are_not_trained_on(faces: Path, tmp_path: Path, how: str) -> None:
     """A data set holding one photo under two names (All-Age-Faces does, 5 times in its last 5%)

@@ -129,7 +129,7 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
     checkpoint; then the ``config`` file; then ``data``/``out``/``steps``/``device``; then ``sets``.
     """
     from ..training.config import (Layer, apply_overrides, checkpoint_layer, merge_settings, read_config_file,
-                                   validate_config)
+                                   validate_config, without_unused)
 
     cls = loader()
     given = read_config_file(config) if config is not None else {}
@@ -148,8 +148,9 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
         if run is None:
             raise RestorekitError("--resume needs --out (the run folder to continue)")
         ckpt_path, base = _saved_config(Path(run), cls.name)
-        # A setting the checkpoint predates continues as the run trained (SETTINGS_BEFORE), not at its default.
-        base = {**cls.Config.SETTINGS_BEFORE, **base}
+        # A setting the checkpoint predates continues as the run trained (SETTINGS_BEFORE), not at its
+        # default; one the trainer does not use (UNUSED: refused when given now) is left out.
+        base = without_unused({**cls.Config.SETTINGS_BEFORE, **base}, cls.Config)
         saved_root = (base.get("data") or {}).get("root")
         layers.append(checkpoint_layer(ckpt_path, base))
     if config is not None:

@@ -162,10 +162,11 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], out: Path | N
                 elif key == "code" and prefix:
                     code_changed.append(prefix[:-1])
                 elif prefix and key.startswith("components."):
-                    # What it builds from another plugin (pulse's generator), also where one record names
-                    # none (made by code that did not record it): one line per component, as for its own code.
+                    # What it builds from another plugin (pulse's generator): one line per component, as for
+                    # its own code. Where one record names none, it was made by restorekit code that did not
+                    # record them (core_code says so) or with options naming another (the options say so).
                     label = f"{prefix[:-1]}'s {key[len('components.'):].rpartition('.')[0]}"
-                    if label not in code_changed:
+                    if key in a and key in b and label not in code_changed:
                         code_changed.append(label)
                 elif not prefix and key.startswith("degradation_plugins.") and (
                         a.get("source") != b.get("source") or key.endswith(".code")):

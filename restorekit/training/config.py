@@ -139,6 +139,11 @@ class TrainConfig(_Strict):
         "data.bad_images": "what happens at an unreadable image; while every image reads, nothing changes",
     }
 
+    # Settings (dotted for tables) a trainer does not use, with what it does instead: the subclass
+    # refuses a value other than the default (its validator), and a checkpoint's value of one is
+    # dropped on resume (it had no effect; a run saved before the refusal may hold one).
+    UNUSED: ClassVar[dict[str, str]] = {}
+
     # Settings (dotted for tables) that name a file or folder. A checkpoint saves them absolute
     # (:func:`absolute_settings`), so `--resume` reads the same files from any working folder:
     # "path" is always a path; "name_or_path" is a weights name or a file, made absolute only
@@ -438,3 +443,16 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             data[k] = v
     data = apply_overrides(data, overrides, cls)
     return validate_config(cls, data, source=str(path) if path is not None else "config", overrides=overrides)
+
+
+def without_unused(settings: dict[str, Any], cls: type[TrainConfig]) -> dict[str, Any]:
+    """``settings`` less ``cls.UNUSED``'s keys (dotted for tables): what a checkpoint's saved
+    settings keep of them is left to the defaults."""
+    out = dict(settings)
+    for key in cls.UNUSED:
+        head, _, rest = key.partition(".")
+        if not rest:
+            out.pop(head, None)
+        elif isinstance(out.get(head), dict):
+            out[head] = {k: v for k, v in out[head].items() if k != rest}
+    return out

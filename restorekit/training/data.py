@@ -92,10 +92,11 @@ def _read_split(path: Path, root: Path) -> tuple[list[str] | None, list[str], li
         train = data.get("train")
         return ([str(t) for t in train] if train is not None else None), [str(v) for v in data["val"]], \
             [str(x) for x in data.get("exclude") or []]
-    lines = [re.sub(r"\s+#.*$", "", ln.strip()) for ln in text.splitlines()]  # (`path  # why`: a note)
-    listed = [ln for ln in lines if ln and not ln.startswith("#")]
-    return None, [ln for ln in listed if not ln.startswith("!")], \
-        [ln[1:].strip() for ln in listed if ln.startswith("!") and ln[1:].strip()]
+    listed = [ln for ln in (raw.strip() for raw in text.splitlines()) if ln and not ln.startswith("#")]
+    # `!path  # why`: the note after an exclusion is cut (a validation line is a whole file name,
+    # which may hold " #"; one that starts with "!" is written "./!name").
+    excluded = [re.sub(r"\s+#.*$", "", ln[1:]).strip() for ln in listed if ln.startswith("!")]
+    return None, [ln for ln in listed if not ln.startswith("!")], [x for x in excluded if x]
 
 
 def _split_name(line: str, base: Path) -> str:
@@ -173,6 +174,9 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
         if not sp.is_file():
             raise DataError(f"{sp}: no such split file")
         train_names, val_names, exclude_names = _read_split(sp, base)
+        if not val_names and train_names is None:  # (a text split is its list of validation images)
+            raise DataError(f"{sp}: lists no validation image (`!path` lines exclude images; a file name that "
+                            "starts with '!' is written ./!name)")
         identities = functools.cache(lambda: _identities(rel))
         val_names = [_listed_as(_split_name(v, base), rel, base, identities) for v in val_names]
         train_names = None if train_names is None else [_listed_as(_split_name(t, base), rel, base, identities)
@@ -204,7 +208,9 @@ def split_files(files: Sequence[Path], root: str | Path, *, split_file: str | Pa
 def _without_copies_of(val: Sequence[Path], train: list[Path], root: Path) -> list[Path]:
     """``train`` less the files whose bytes are those of a validation file (a photo a data set holds
     under two names would be trained on and validated on at once), with one warning saying how many.
-    Only files of a validation file's size are read, so a large set costs a listing of sizes."""
+    Only files of a validation file's size are read, their first 64 KiB unless those match too, so a
+    large set of compressed images costs a listing of sizes (one of uncompressed images, whose sizes
+    are alike, a read of each file's head)."""
     if not val or not train:
         return train
 
@@ -218,21 +224,24 @@ def _without_copies_of(val: Sequence[Path], train: list[Path], root: Path) -> li
     for v in val:
         by_size.setdefault(size(v), []).append(v)
     by_size.pop(-1, None)
-    digests: dict[Path, str] = {}
+    digests: dict[tuple[Path, bool], str | None] = {}
 
-    def digest(p: Path) -> str | None:
-        if p not in digests:
+    def digest(p: Path, whole: bool) -> str | None:
+        """sha256 of the file's first 64 KiB, or of all of it (``whole``); None when unreadable."""
+        if (p, whole) not in digests:
             try:
-                digests[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+                with open(p, "rb") as f:
+                    digests[p, whole] = hashlib.sha256(f.read() if whole else f.read(1 << 16)).hexdigest()
             except OSError:
-                return None
-        return digests[p]
+                digests[p, whole] = None
+        return digests[p, whole]
+
+    def same_bytes(t: Path, v: Path) -> bool:
+        return all(digest(t, whole) is not None and digest(t, whole) == digest(v, whole) for whole in (False, True))
 
     copies: dict[Path, Path] = {}
     for t in train:
-        same = by_size.get(size(t), [])
-        d = digest(t) if same else None
-        twin = next((v for v in same if d is not None and digest(v) == d), None)
+        twin = next((v for v in by_size.get(size(t), []) if same_bytes(t, v)), None)
         if twin is not None:
             copies[t] = twin
     if not copies:

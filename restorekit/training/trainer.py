@@ -51,7 +51,7 @@ from ..errors import FileSystemError, RestorekitError, describe_os_error
 from ..harness.store import jsonable
 from ..images import atomic_write_bytes, error_chain, fs_error, write_via_temp
 from ..safe_open import Folder, check_folders, open_folder
-from .config import TrainConfig, absolute_settings
+from .config import TrainConfig, absolute_settings, without_unused
 from .data import DataError, Split
 from .distributed import (DistInfo, ResumableSampler, all_gather_objects, barrier, init_distributed, mean_across,
                           signal_across)
@@ -307,7 +307,7 @@ def _compared(ckpt: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any,
     run trained with (new settings default to the behaviour before them), or its
     ``SETTINGS_BEFORE`` value where its default is not that."""
     cls = type(config)
-    saved = _filled(ckpt.get("config") or {}, cls.model_construct(), cls.SETTINGS_BEFORE)
+    saved = _filled(without_unused(ckpt.get("config") or {}, cls), cls.model_construct(), cls.SETTINGS_BEFORE)
     return setting_changes(absolute_settings(cls, saved), absolute_settings(cls, config.model_dump(mode="json")))
 
 

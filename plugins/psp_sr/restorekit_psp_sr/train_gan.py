@@ -163,7 +163,8 @@ class GANConfig(TrainConfig):
     }
 
     #: Settings every trainer has that this one does not use, with what it does instead: a value
-    #: other than the default is refused rather than accepted and ignored.
+    #: other than the default is refused rather than accepted and ignored (a checkpoint's is dropped
+    #: on resume: :data:`TrainConfig.UNUSED`).
     UNUSED: ClassVar[dict[str, str]] = {
         "lr_schedule": "the learning rates are constant, as StyleGAN2's",
         "lr_decay_start": "the learning rates are constant, as StyleGAN2's",

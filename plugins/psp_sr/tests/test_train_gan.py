@@ -442,6 +442,25 @@ def test_a_diverged_run_exits_1_claiming_nothing_kept(faces: Path, tmp_path: Pat
     assert not run.exists()  # it diverged before writing anything: no empty folder left
 
 
+def test_a_run_saved_with_a_setting_now_refused_resumes(faces: Path, tmp_path: Path) -> None:
+    """A checkpoint written before the refusal may hold one (it had no effect): resume refused it,
+    telling the user to leave out what only the checkpoint said."""
+    from restorekit.cli import build_cli
+
+    args = ["train", "stylegan2", "--data", str(faces), "-q", "--out", str(tmp_path / "run"),
+            "--set", "channels={4 = 16, 8 = 16, 16 = 8, 32 = 8}"]
+    args += [a for k, v in TINY.items() if k != "channels" for a in ("--set", f"{k}={v}")]
+    assert CliRunner().invoke(build_cli(), [*args, "--steps", "2"]).exit_code == 0
+    path = sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1]
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["config"]["num_workers"], ckpt["config"]["data"]["flip"] = 2, False
+    torch.save(ckpt, path)
+    res = CliRunner().invoke(build_cli(), [*args, "--resume", "--steps", "3"])
+    assert res.exit_code == 0 and "does not use" not in res.output and "differ" not in res.output, res.output
+    res = CliRunner().invoke(build_cli(), [*args, "--resume", "--steps", "4", "--set", "num_workers=2"])
+    assert res.exit_code == 2 and "stylegan2 does not use num_workers" in res.output, res.output
+
+
 def test_cli_trains_and_generate_reads_the_result(faces: Path, tmp_path: Path) -> None:
     from restorekit.cli import build_cli
 
