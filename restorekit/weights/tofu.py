@@ -23,7 +23,8 @@ from . import cache
 from .cache import CachedFile
 from .spec import MANIFEST, WeightFile, WeightSpec
 
-__all__ = ["TOFU_FILE", "FirstUse", "first_use", "check_first_use", "integrity", "record_cached", "forget_spec"]
+__all__ = ["TOFU_FILE", "FirstUse", "first_use", "check_first_use", "integrity", "record_cached", "forget_spec",
+           "forget_first_use"]
 
 TOFU_FILE = "trust-on-first-use.json"
 
@@ -131,9 +132,27 @@ def integrity(spec: WeightSpec, wf: WeightFile) -> Literal["pinned", "tofu", "un
     """How a file is checked: ``pinned`` (a sha256 in the spec, a package member's, or bundled),
     ``tofu`` (no published hash; the one recorded at first pull/import), ``unknown`` (nothing
     recorded yet: the first pull/import needs ``--trust``)."""
-    if wf.sha256 is not None or wf.package_source is not None or wf.bundled is not None:
+    if wf.sha256 is not None or wf.bundled is not None:
         return "pinned"
+    if wf.package_source is not None:  # converted from the pinned member, unless a copy was trusted instead
+        return "tofu" if _trusted_copy(spec.name, wf.filename) else "pinned"
     return "tofu" if first_use(spec.name, wf.filename) is not None else "unknown"
+
+
+def _trusted_copy(name: str, filename: str) -> bool:
+    """Whether the cache holds, or recorded at first use, a copy of a package member's converted
+    file that a ``--trust`` import brought (an fp16 copy, one converted elsewhere): checked against
+    that first use, not against the package."""
+    return first_use(name, filename) is not None
+
+
+def forget_first_use(name: str, filename: str) -> None:
+    """Drop the first-use record of ``name``'s ``filename`` whatever it holds: a package member was
+    converted into the cache from its pinned archive, which supersedes a trusted copy's hash."""
+    with _records_locked():
+        records = _read_tofu()
+        if records.pop(f"{name}/{filename}", None) is not None:
+            _write_tofu(records)
 
 
 def record_cached(spec: WeightSpec, wf: WeightFile, path: Path, sha: str, source: str, *,
@@ -181,7 +200,10 @@ def forget_spec(spec: WeightSpec) -> list[str]:
 
 def _forget(spec: WeightSpec) -> list[str]:
     name = spec.name
-    unpinned = {f.filename for f in spec.files if f.sha256 is None and f.package_source is None and not f.bundled}
+    # Package members too: a copy trusted instead of the pinned conversion has a first-use record
+    # (and its cached copy goes with it; one converted from the package stays).
+    unpinned = {f.filename for f in spec.files if f.sha256 is None and not f.bundled}
+    from_package = {f.filename for f in spec.files if f.package_source is not None}
     with _records_locked():
         records = _read_tofu()
         gone = sorted(fn for fn in unpinned if records.pop(f"{name}/{fn}", None) is not None)
@@ -189,7 +211,7 @@ def _forget(spec: WeightSpec) -> list[str]:
             _write_tofu(records)
     folder = cache.weights_dir(name)
     manifest = cache.read_manifest(folder)
-    dropped = [fn for fn in unpinned if fn in manifest]
+    dropped = [fn for fn in unpinned if fn in manifest and (fn not in from_package or manifest[fn].trusted)]
     for fn in dropped:
         (folder / fn).unlink(missing_ok=True)
         del manifest[fn]
