@@ -84,7 +84,12 @@ def _license_short(spec: W.WeightSpec) -> str:
 
 
 def _status(spec: W.WeightSpec) -> str:
-    have = W.cached_files(spec.name)
+    """``no``, ``yes``, ``partial`` or ``damaged`` (a file failing its check, or a manifest that is
+    no manifest: listed as such, not failing the whole listing)."""
+    try:
+        have = W.cached_files(spec.name)
+    except IntegrityError:
+        return "damaged"
     if not have:
         return "no"
     return "yes" if W.is_cached(spec.name) else "partial" if len(have) < len(spec.files) else "damaged"
@@ -96,14 +101,25 @@ _STATES = ("damaged", "missing", "pull needed", "cached", "shipped")
 
 def file_state(spec: W.WeightSpec, wf: W.WeightFile) -> str:
     """``shipped`` (inside an installed package), ``cached``, ``damaged`` (cached but failing its
-    check), ``pull needed`` (a download or package source is known) or ``missing`` (import it)."""
+    check, or recorded in the manifest while the file is gone, as ``weights verify`` fails it),
+    ``pull needed`` (a download or package source is known) or ``missing`` (import it)."""
     try:
         W.resolve(spec.name, wf.filename)
         return "shipped" if wf.bundled else "cached"
     except WeightsMissing:
+        if not wf.bundled and _recorded(spec, wf):
+            return "damaged"
         return "pull needed" if (wf.urls or wf.package_source) else "missing"
     except IntegrityError:
         return "missing" if wf.bundled else "damaged"
+
+
+def _recorded(spec: W.WeightSpec, wf: W.WeightFile) -> bool:
+    """Whether ``spec``'s manifest records ``wf`` (a manifest that cannot be read counts as one that does)."""
+    try:
+        return wf.filename in W.cached_files(spec.name)
+    except IntegrityError:
+        return True
 
 
 def spec_state(spec: W.WeightSpec) -> str:
@@ -120,9 +136,18 @@ def names_state(names: list[str]) -> str:
 
 def spec_integrity(spec: W.WeightSpec) -> str:
     """``pinned`` when every file's sha256 is published; else ``tofu`` when every unpinned file's
-    hash was recorded at its first pull/import, ``unknown`` while one is not yet."""
-    kinds = {W.integrity(spec, wf) for wf in spec.files}
+    hash was recorded at its first pull/import, ``unknown`` while one is not yet (or while the
+    record is only in a damaged manifest)."""
+    kinds = {_file_integrity(spec, wf) for wf in spec.files}
     return "unknown" if "unknown" in kinds else "tofu" if "tofu" in kinds else "pinned"
+
+
+def _file_integrity(spec: W.WeightSpec, wf: W.WeightFile) -> str:
+    """:func:`W.integrity`, ``unknown`` where the first-use hash could only come from a damaged manifest."""
+    try:
+        return W.integrity(spec, wf)
+    except IntegrityError:
+        return "unknown"
 
 
 INTEGRITY_NOTE = ("integrity: pinned = sha256 published in the registry, checked on pull and import; tofu = "
@@ -348,7 +373,7 @@ def verify_cmd(names: tuple[str, ...]) -> None:
     """Recompute sha256 of cached weights (all cached ones without NAMES); exit 1 on mismatch."""
     for name in names:  # every name checked before any work
         W.get_spec(name)
-    targets = list(names) or [n for n in W.all_specs() if W.cached_files(n)]
+    targets = list(names) or [n for n in W.all_specs() if _has_cache(n)]
     for name in names or W.all_specs():  # leftovers of imports killed midway: named, not counted as failures
         for path, pid in W.stray_imports(name):
             _err.print(escape(f"note: {path} is the partial copy of an interrupted import"
@@ -366,6 +391,14 @@ def verify_cmd(names: tuple[str, ...]) -> None:
         click.echo("nothing cached")
     if bad:
         raise click.exceptions.Exit(1)
+
+
+def _has_cache(name: str) -> bool:
+    """Whether ``name`` has cached files to verify (a damaged manifest: yes, it fails)."""
+    try:
+        return bool(W.cached_files(name))
+    except IntegrityError:
+        return True
 
 
 @weights_group.command("path")

@@ -39,17 +39,20 @@ __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache
 def cache_dir() -> Path:
     """``$RESTOREKIT_HOME`` when set, else the platform user cache dir for restorekit.
 
-    A process without a home folder — ``HOME`` unset and a user id that ``/etc/passwd`` does not
-    know, as in a container run as an arbitrary user (``docker run -u 1234``, OpenShift) — has
-    no platform cache folder: a one-line :class:`CacheError` saying which variable to set (commands
-    that need no cache never ask for it)."""
+    A relative ``RESTOREKIT_HOME`` is taken from the current folder at its first use in this process
+    (:func:`_absolute_home`), so a command that changes folder still finds the same cache and the paths
+    it prints are absolute. A process without a home folder — ``HOME`` unset and a user id that
+    ``/etc/passwd`` does not know, as in a container run as an arbitrary user (``docker run -u 1234``,
+    OpenShift) — has no platform cache folder: a one-line :class:`CacheError` saying which variable
+    to set (commands that need no cache never ask for it)."""
     env = os.environ.get("RESTOREKIT_HOME")
     if env:
         try:
-            return Path(env).expanduser()
+            home = Path(env).expanduser()
         except RuntimeError:  # "~" and no home to put for it
             raise CacheError(f"RESTOREKIT_HOME is {env}, but this process has no home folder for '~' to stand for "
                              f"({_no_home()}): set RESTOREKIT_HOME to a folder's full path") from None
+        return home if home.is_absolute() else _absolute_home(home)
     import platformdirs
 
     try:
@@ -57,6 +60,23 @@ def cache_dir() -> Path:
     except (RuntimeError, KeyError, OSError):  # platformdirs found no home folder to put ~/.cache in
         raise CacheError(f"restorekit has no folder for its cache: {_no_home()}; set RESTOREKIT_HOME to a "
                          "writable folder (or HOME, or XDG_CACHE_HOME, to a full path)") from None
+
+
+_relative_homes: dict[str, Path] = {}  # a relative RESTOREKIT_HOME -> the folder it meant at its first use
+
+
+def _absolute_home(home: Path) -> Path:
+    """The absolute folder a relative ``RESTOREKIT_HOME`` names: below the current folder the first
+    time this process asks, the same folder from then on (after a ``chdir`` too). A current folder
+    that is gone is a one-line :class:`CacheError`."""
+    key = str(home)
+    if key not in _relative_homes:
+        try:
+            _relative_homes[key] = Path(os.path.abspath(home))
+        except OSError as exc:  # (os.getcwd: the current folder was removed)
+            raise CacheError(f"RESTOREKIT_HOME is {home}, a relative path, but the current folder cannot be "
+                             f"read ({exc.strerror or exc}): set RESTOREKIT_HOME to a folder's full path") from None
+    return _relative_homes[key]
 
 
 def _no_home() -> str:
@@ -407,7 +427,8 @@ def now() -> str:
 
 def read_manifest(folder: Path) -> dict[str, CachedFile]:
     """The records of ``folder``'s manifest by file name (empty when there is none, also when
-    ``weights rm`` removes it this instant); one that cannot be read is a one-line :class:`CacheError`."""
+    ``weights rm`` removes it this instant); one that cannot be read is a one-line :class:`CacheError`,
+    one that is not a manifest (damaged) an :class:`IntegrityError` naming the weights to remove."""
     path = folder / MANIFEST
     try:
         text = read_record(path)
@@ -416,8 +437,8 @@ def read_manifest(folder: Path) -> dict[str, CachedFile]:
         raw = json.loads(text)
         return {k: CachedFile(**v) for k, v in raw.get("files", {}).items()}
     except (ValueError, TypeError, AttributeError) as exc:
-        raise IntegrityError(f"cache manifest {path} is unreadable ({exc}); run `restorekit weights rm` "
-                             "for it and pull again") from exc
+        raise IntegrityError(f"cache manifest {path} is unreadable ({exc}); run `restorekit weights rm "
+                             f"{folder.name}` and pull or import it again") from exc
 
 
 def write_manifest(folder: Path, name: str, files: Mapping[str, CachedFile]) -> None:

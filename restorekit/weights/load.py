@@ -16,12 +16,14 @@ import json
 import os
 import pickle
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FileSystemError, RestorekitError, UnsafeFileError, describe_os_error
+from ..safe_open import create_exclusive
 from .safe_pickle import ALLOWED_GLOBALS as NUMPY_ONLY_GLOBALS
 from .st_bytes import sort_metadata_in_place
 
@@ -634,7 +636,8 @@ def write_safetensors(obj: Any, dest: str | os.PathLike[str], *, source: str | o
     """Write a loaded checkpoint (``source`` names it) to ``dest`` as safetensors, atomically.
 
     Without ``overwrite`` an existing ``dest`` is refused (:class:`OutputExistsError`), also one that
-    appears while the file is written (the temporary file is linked into place, not renamed).
+    appears while the file is written (the temporary file is linked into place, not renamed). The
+    file gets the mode a new file gets under the process umask (``0o666`` less it), as other outputs do.
 
     Nested state dicts are flattened with dotted keys. Non-tensor entries that JSON can hold
     go into the metadata (``restorekit.extra``, up to 64 KiB); the keys of those left out
@@ -665,7 +668,9 @@ def write_safetensors(obj: Any, dest: str | os.PathLike[str], *, source: str | o
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(tmp)
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)  # save_file leaves it 0600; an output is readable as any other new file
         sort_metadata_in_place(tmp)  # the same bytes for the same checkpoint (:mod:`.st_bytes`)
         if overwrite:
             os.replace(tmp, dest)
@@ -682,6 +687,20 @@ def write_safetensors(obj: Any, dest: str | os.PathLike[str], *, source: str | o
         with contextlib.suppress(OSError):  # nothing there, or no folder to hold it
             tmp.unlink(missing_ok=True)
     return len(tensors), sorted(dropped)
+
+
+def _new_file_mode(path: Path) -> int:
+    """Create the empty file ``path`` as any new file is made (``0o666`` less the umask, or what a
+    folder's default ACL says: the kernel's rule, read without changing the umask, which other
+    threads rely on) and return its permission bits. A file that a killed write of the same
+    process id left there is replaced."""
+    try:
+        f = create_exclusive(path)
+    except FileExistsError:
+        path.unlink()
+        f = create_exclusive(path)
+    with f:
+        return stat.S_IMODE(os.fstat(f.fileno()).st_mode)
 
 
 def _place_new(tmp: Path, dest: Path) -> None:

@@ -1,0 +1,139 @@
+"""Defects an audit of the ``weights`` commands found: a damaged manifest listed as ``damaged``
+(not failing the whole listing), a cached file gone from under its manifest entry ``damaged``
+everywhere, ``weights convert`` output with the umask's mode, and a relative RESTOREKIT_HOME
+resolved once to an absolute folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from restorekit import weights as W
+from restorekit.commands.weights import weights_group
+from test_weights import ckpt_bytes, home, sha, spec_for, specs  # noqa: F401 (fixtures)
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(weights_group, list(args), env={"COLUMNS": "200"})
+
+
+def _pinned(specs: dict[str, W.WeightSpec], name: str, tmp_path: Path, fill: float) -> bytes:
+    """Register ``name`` (one pinned file with a download URL) and import it into the cache."""
+    blob = ckpt_bytes(fill)
+    specs[name] = spec_for(name, "g.pt", data=blob, urls=(f"https://example.org/{name}.pt",))
+    src = tmp_path / f"{name}.pt"
+    src.write_bytes(blob)
+    W.import_file(name, src)
+    return blob
+
+
+def _table_states(out: str, names: set[str]) -> dict[str, str]:
+    """The state column of ``weights list`` rows, by name."""
+    return {parts[0]: parts[1] for parts in (line.split() for line in out.splitlines())
+            if parts[:1] and parts[0] in names}
+
+
+def test_damaged_manifest_is_listed_and_verified_with_the_rest(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    _pinned(specs, "good-net", tmp_path, 1)
+    _pinned(specs, "bad-net", tmp_path, 2)
+    specs["unknown-net"] = spec_for("unknown-net", "u.pt", known_hash=False, size=False,
+                                    urls=("https://example.org/u.pt",))
+    for name in ("bad-net", "unknown-net"):  # (unknown-net: no first-use record, so its manifest is asked)
+        W.weights_dir(name).mkdir(parents=True, exist_ok=True)
+        (W.weights_dir(name) / W.MANIFEST).write_text('{"name": "tw-p\n', encoding="utf-8")
+
+    r = _cli("list", "--json")
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: (row["cached"], row["state"], row["integrity"]) for row in json.loads(r.stdout)}
+    assert rows == {"good-net": ("yes", "cached", "pinned"), "bad-net": ("damaged", "damaged", "pinned"),
+                    "unknown-net": ("damaged", "damaged", "unknown")}
+    r = _cli("list")
+    assert r.exit_code == 0, r.output
+    assert _table_states(r.stdout, set(rows)) == {"good-net": "cached", "bad-net": "damaged", "unknown-net": "damaged"}
+
+    r = _cli("verify")
+    assert r.exit_code == 1
+    assert r.stdout.splitlines() == ["ok good-net"]
+    fails = [line for line in r.stderr.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 2 and fails[0].startswith(f"FAIL bad-net/g.pt: cache manifest {W.weights_dir('bad-net')}")
+    assert "run `restorekit weights rm bad-net` and pull or import it again" in fails[0]
+    assert fails[1].startswith("FAIL unknown-net/u.pt:") and "`restorekit weights rm unknown-net`" in fails[1]
+    r = _cli("verify", "good-net")
+    assert (r.exit_code, r.stdout) == (0, "ok good-net\n")
+
+
+def test_cached_file_gone_under_its_manifest_entry_is_damaged_everywhere(
+        tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    _pinned(specs, "gone-net", tmp_path, 3)
+    _pinned(specs, "kept-net", tmp_path, 4)
+    specs["never-net"] = spec_for("never-net", "n.pt", data=b"n" * 32, urls=("https://example.org/n.pt",))
+    (W.weights_dir("gone-net") / "g.pt").unlink()  # the manifest still records it
+
+    rows = {row["name"]: (row["cached"], row["state"]) for row in json.loads(_cli("list", "--json").stdout)}
+    assert rows == {"gone-net": ("damaged", "damaged"), "kept-net": ("yes", "cached"),
+                    "never-net": ("no", "pull needed")}
+    r = _cli("list")
+    assert r.exit_code == 0
+    assert _table_states(r.stdout, set(rows)) == {"gone-net": "damaged", "kept-net": "cached", "never-net": "pull"}
+    shown = json.loads(_cli("show", "gone-net", "--json").stdout)
+    assert (shown["state"], shown["integrity"]["g.pt"]["state"]) == ("damaged", "damaged")
+    assert [line for line in _cli("show", "gone-net").stdout.splitlines() if line.startswith("file ")] == [
+        f"file g.pt: {len(ckpt_bytes(3)) / 1000:.1f} KB, damaged"]
+    r = _cli("verify", "gone-net")
+    assert r.exit_code == 1 and "FAIL gone-net/g.pt" in r.stderr
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    """Put the process umask back after a test that sets it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_convert_output_has_the_mode_of_a_new_file(tmp_path: Path, umask: None, mask: int, mode: int,
+                                                   overwrite: bool) -> None:
+    src, out = tmp_path / "c.pt", tmp_path / "c.safetensors"
+    torch.save({"g_ema": {"w": torch.arange(6, dtype=torch.float32)}}, src)
+    if overwrite:
+        out.write_bytes(b"old")
+        out.chmod(0o600)
+    os.umask(mask)
+    r = _cli("convert", str(src), "-o", str(out), *(["--overwrite"] if overwrite else []))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == f"wrote {out} (1 tensors, sha256 {sha(out.read_bytes())})"
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "c.safetensors"]  # no temporary file left
+
+
+def test_relative_home_is_one_absolute_cache_for_the_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             specs: dict[str, W.WeightSpec]) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    rel = f"rel-cache-{tmp_path.name}"  # a value no other test uses: it is resolved once per process
+    monkeypatch.setenv("RESTOREKIT_HOME", rel)
+    assert W.cache_dir() == first / rel
+    blob = _pinned(specs, "rel-net", tmp_path, 5)
+    monkeypatch.chdir(second)
+    assert W.cache_dir() == first / rel and W.weights_dir("rel-net") == first / rel / "weights" / "rel-net"
+    r = _cli("path", "rel-net")
+    assert (r.exit_code, r.stdout) == (0, f"{first / rel / 'weights' / 'rel-net' / 'g.pt'}\n")
+    assert (first / rel / "weights" / "rel-net" / "g.pt").read_bytes() == blob
+    assert not (second / rel).exists()
+    assert json.loads(_cli("list", "--json").stdout)[0]["state"] == "cached"
+    monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "abs"))  # an absolute value is taken as it is
+    assert W.cache_dir() == tmp_path / "abs"
