@@ -1,9 +1,11 @@
 """Seeds on the command line: the range every seed option takes, and one parser for seed lists.
 
-A seed is handed to ``torch.Generator.manual_seed``, which takes 0 … 2**64 − 1 and raises an
-unexplained ``ValueError`` ("Overflow when unpacking long long") beyond it; so every seed option
-(``run --seed``, ``realism --seed``, ``generate --seeds``, ``compare --seeds``) takes exactly that
-range, and a value outside it is a usage error naming it. A list (``0-7,12``) is checked and
+``torch.Generator.manual_seed`` takes 0 … 2**64 − 1 and raises an unexplained ``ValueError``
+("Overflow when unpacking long long") beyond it; so every seed option (``run --seed``,
+``realism --seed``, ``generate --seeds``, ``compare --seeds``) takes exactly that range, and a
+value outside it is a usage error naming it. On the CPU, though, it keeps only a seed's low 32 bits
+(seeds 1 and 2**32 + 1 drew the same noise): :func:`torch_seed` is what a user's seed is handed to
+a CPU generator as. A list (``0-7,12``) is checked and
 counted before any range is expanded: a command refuses more seeds than it runs in one go.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["SEED_MAX", "SEED", "MAX_SEEDS", "check_seed", "mix_seed", "parse_seeds"]
+__all__ = ["SEED_MAX", "SEED", "MAX_SEEDS", "check_seed", "mix_seed", "torch_seed", "parse_seeds"]
 
 #: The largest seed (torch's generators take 0 … 2**64 − 1).
 SEED_MAX = 2**64 - 1
@@ -43,6 +45,20 @@ def mix_seed(*parts: int) -> int:
         x ^= x >> 31
         x = (x + 0x9E3779B97F4A7C15) & SEED_MAX
     return x
+
+
+def torch_seed(seed: int) -> int:
+    """What to hand ``torch.Generator().manual_seed`` for a seed of 0 … :data:`SEED_MAX`: the seed
+    itself below 2**32 (the noise every such seed drew before stays), else :func:`mix_seed` of it
+    folded to 32 bits, so that seeds differing by a multiple of 2**32 no longer draw the same noise.
+
+    A CPU generator's state is seeded from 32 bits only, so 2**32 streams exist in all: a seed at or
+    above 2**32 draws what one seed below it draws, and two distinct ones collide about one pair in
+    2**32 — unlikely, never ruled out."""
+    if seed < 2**32:
+        return seed
+    x = mix_seed(seed)
+    return (x ^ (x >> 32)) & 0xFFFFFFFF
 
 
 def _int(text: str, part: str) -> int:

@@ -1,7 +1,8 @@
 """``restorekit generate``: sample images from a registered generator, for eyeballing it.
 
 The images are named by seed (``seed0007.png``); what made them — the generator, its weights
-(the sha256 of the loaded state), a fingerprint of its code and ``--truncation`` — is recorded
+(the sha256 of the loaded state, and of its truncation centre ``latent_avg``, which the state
+leaves out), a fingerprint of its code and ``--truncation`` — is recorded
 in ``generate.json`` beside them, with the names of the images made so: each image is listed
 before it is written, so an image listed but missing (a run killed before writing it) is made by
 the next run. The manifest is written once before the first image and once at the end; in
@@ -36,7 +37,7 @@ from ..methods import resolve_device
 from ..options import FiniteFloatRange, parse_pairs, weights_option
 from ..plugins import registry
 from ..safe_open import ends_line, open_append, read_plain
-from ..seeds import MAX_SEEDS, parse_seeds
+from ..seeds import MAX_SEEDS, parse_seeds, torch_seed
 
 
 MANIFEST = "generate.json"
@@ -53,6 +54,19 @@ def _state_sha256(gen: Any) -> str | None:
     from ..onnx_export import state_sha256
 
     return state_sha256(gen)
+
+
+#: The settings key of the truncation centre's sha256, which manifests of earlier restorekit lack.
+LATENT_AVG_KEY = "latent_avg_sha256"
+
+
+def _as_recorded(settings: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as a manifest that does not record :data:`LATENT_AVG_KEY` (an earlier
+    restorekit's) holds them: without it, so such a folder is compared as before and its manifest
+    kept so (the truncation centre of its images is unknown, not vouched for)."""
+    if LATENT_AVG_KEY in recorded:
+        return settings
+    return {k: v for k, v in settings.items() if k != LATENT_AVG_KEY}
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -285,16 +299,21 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     check_generator(name)
     dev = resolve_device(device)
     gen = build_generator(name, weights, opts, dev, quiet=quiet)
+    from ..harness.realism.evaluate import latent_avg_sha256
+
     settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen),
-                "code": _generator_code(name)}
+                LATENT_AVG_KEY: latent_avg_sha256(gen), "code": _generator_code(name)}
     # This run alone writes into --output, from the check of what is there to its last image: two at
     # once had both read the manifest, then each rewritten it, listing the other's images as its own.
     with output_held(output, "generate"):
         manifest_path = output / MANIFEST
         manifest = _fold_left_journal(manifest_path, _read_manifest(manifest_path))
-        if manifest is not None and manifest["settings"] != settings:
+        if manifest is not None and manifest["settings"] == _as_recorded(settings, manifest["settings"]):
+            settings = manifest["settings"]  # the same (an earlier restorekit's manifest: as it recorded them)
+        elif manifest is not None:
             if not overwrite:
-                diffs = "; ".join(_settings_differences(manifest["settings"], settings))
+                diffs = "; ".join(_settings_differences(manifest["settings"],
+                                                        _as_recorded(settings, manifest["settings"])))
                 fail_usage(f"{output}: holds images made with other settings ({diffs}; see {manifest_path}); use "
                            f"another --output, or --overwrite to replace them")
             manifest = None  # --overwrite: a new manifest, listing only the images made now
@@ -348,7 +367,7 @@ def _generate_all(gen: Any, targets: list[tuple[int, Path]], truncation: float, 
             if not overwrite and (path.exists() or path.is_symlink()):
                 skipped.append(str(path))  # made with these settings (the manifest says so): kept
                 continue
-            z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+            z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(torch_seed(seed))).to(dev)
             w = w_avg + truncation * (gen.map(z) - w_avg)
             img = gen.synthesize(w.unsqueeze(1).repeat(1, gen.n_styles, 1)).clamp(0, 1)
             # An image made with other settings (--overwrite) goes before the manifest lists this one

@@ -17,7 +17,7 @@ from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError, UnknownNameError
 from ..methods import resolve_device
 from ..options import FiniteFloatRange, parse_pairs
-from ..seeds import SEED
+from ..seeds import SEED, torch_seed
 from .generate import build_generator, check_generator, generator_weights_options
 
 
@@ -144,7 +144,7 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
 
         # (a plugin's generator built with random weights from the global RNG is then the same on
         # every run; the shipped stylegan2 seeds its own)
-        torch.manual_seed(seed)
+        torch.manual_seed(torch_seed(seed))  # (its CPU generator keeps 32 bits: seeds.torch_seed)
         gen = build_generator(gen_name, weights, opts, dev, quiet=quiet)
         label = f"{gen_name}" + (f" ({weights})" if weights else "")
         # Which generator: two runs of one name with other weights or options read alike otherwise.
@@ -189,11 +189,13 @@ def realism_cmd(gen_name: str | None, weights: str | None, opts: tuple[str, ...]
 
 
 def generator_line(g: Mapping[str, Any]) -> str:
-    """The report's generator in one line: name, weights (and which, from its notes), state sha256, options."""
+    """The report's generator in one line: name, weights (and which, from its notes), state sha256, the
+    truncation centre's sha256 (when it has one: the state leaves it out), options."""
     which = [n.split(": ", 1)[-1] for n in g.get("notes") or [] if "weights" in n]  # "weights NAME …, license …"
     weights = (f"weights {g['weights']}" if g.get("weights") else which[0] if which else "its default weights")
     opts = ", ".join(f"{k}={v}" for k, v in (g.get("options") or {}).items()) or "none"
-    return (f"generator: {g['name']}, {weights}; state sha256 {g.get('weights_state_sha256') or 'n/a'}; "
+    centre = f"; latent_avg sha256 {g['latent_avg_sha256']}" if g.get("latent_avg_sha256") else ""
+    return (f"generator: {g['name']}, {weights}; state sha256 {g.get('weights_state_sha256') or 'n/a'}{centre}; "
             f"--opt {opts}")
 
 

@@ -43,7 +43,7 @@ __all__ = [
     "NOT_FID_NOTE", "SpaceFigure", "FaceShare", "RealismReport", "feature_statistics",
     "multi_statistics", "image_batches", "generator_latents", "generator_batches", "reference_key", "file_digests",
     "reference_statistics", "save_statistics", "load_statistics", "face_share",
-    "evaluate_generator", "evaluate_images", "default_cache_dir", "generator_provenance",
+    "evaluate_generator", "evaluate_images", "default_cache_dir", "generator_provenance", "latent_avg_sha256",
 ]
 
 NOT_FID_NOTE = ("These are Fréchet distances in the feature spaces of other networks (named per row), "
@@ -97,7 +97,8 @@ class RealismReport:
     note: str = field(default=NOT_FID_NOTE)
     skipped: tuple[str, ...] = ()  # one line per image file left out (unreadable)
     #: Which generator made the samples (None for an image set): name, weights as asked for,
-    #: the sha256 of its loaded state, its options and its notes (which weights were loaded).
+    #: the sha256 of its loaded state and of its truncation centre, its options and its notes
+    #: (which weights were loaded).
     generator: Mapping[str, Any] | None = None
 
     def distance(self, space: str) -> float:
@@ -172,10 +173,11 @@ def _named(source: ImageSource) -> str:
 
 
 def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64,
-                  skipped: list[str] | None = None) -> Iterator[Tensor]:
+                  skipped: list[str] | None = None, skipped_paths: list[str] | None = None) -> Iterator[Tensor]:
     """Read image files into batches (consecutive files of one size share a batch). With
     ``skipped``, a file that cannot be read is left out and its one-line error appended there
-    (one bad image does not stop a statistic over thousands); without, the error is raised."""
+    (one bad image does not stop a statistic over thousands), and its path to ``skipped_paths``
+    when given; without, the error is raised."""
     from ...errors import ImageError
     from ...images import read_image
 
@@ -189,6 +191,8 @@ def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64,
             if skipped is None:
                 raise
             skipped.append(str(exc))
+            if skipped_paths is not None:
+                skipped_paths.append(str(p))
             continue
         if pending and (img.shape[-2:] != pending[0].shape[-2:] or len(pending) == batch_size):
             yield torch.cat(pending)
@@ -200,14 +204,16 @@ def image_batches(paths: Sequence[str | os.PathLike[str]], batch_size: int = 64,
 
 def _file_statistics(paths: Sequence[Path], spaces: Sequence[FeatureSpace], batch_size: int,
                      skipped: list[str] | None, what: str, source: ImageSource,
-                     on_batch: Callable[[Tensor], None] | None = None) -> dict[str, FeatureStats]:
+                     on_batch: Callable[[Tensor], None] | None = None,
+                     skipped_paths: list[str] | None = None) -> dict[str, FeatureStats]:
     """:func:`multi_statistics` of image files, files that cannot be read left out into ``skipped``
-    (raised without it); fewer than the 2 readable images a covariance needs is a
-    :class:`RestorekitError` naming the set and the files left out, not a bare ``ValueError``."""
+    (raised without it; their paths into ``skipped_paths``); fewer than the 2 readable images a
+    covariance needs is a :class:`RestorekitError` naming the set and the files left out, not a
+    bare ``ValueError``."""
     left_out: list[str] = []
     try:
-        accs, n = _accumulate(image_batches(paths, batch_size, left_out if skipped is not None else None),
-                              spaces, on_batch)
+        accs, n = _accumulate(image_batches(paths, batch_size, left_out if skipped is not None else None,
+                                            skipped_paths), spaces, on_batch)
     finally:
         if skipped is not None:
             skipped.extend(left_out)
@@ -226,8 +232,11 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 
 def generator_latents(generator: Generator, n: int, seed: int) -> Tensor:
-    """The ``n×z_dim`` normal noise of :func:`generator_batches` (one CPU draw with ``seed``)."""
-    return torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(seed))
+    """The ``n×z_dim`` normal noise of :func:`generator_batches` (one CPU draw with ``seed``, as
+    :func:`~restorekit.seeds.torch_seed` hands it on: seeds 2**32 apart draw other noise)."""
+    from ...seeds import torch_seed
+
+    return torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(torch_seed(seed)))
 
 
 def generator_batches(generator: Generator, n: int, *, truncation: float = 1.0, seed: int = 0,
@@ -297,14 +306,19 @@ def reference_key(paths: Sequence[str | os.PathLike[str]], space: FeatureSpace, 
 
 
 def save_statistics(path: str | os.PathLike[str], stats: FeatureStats, *, space: str = "",
-                    key: str = "", skipped: Sequence[str] = ()) -> Path:
+                    key: str = "", skipped: Sequence[str] = (),
+                    skipped_files: Sequence[tuple[str, str]] = ()) -> Path:
     """Write statistics to an ``.npz`` (atomically; no pickles). ``skipped``: the one-line errors of
-    the files left out of them (unreadable), replayed when the statistics are read from a cache."""
+    the files left out of them (unreadable), replayed when the statistics are read from a cache;
+    ``skipped_files``: each one's ``(path, content digest)``, so that a replay names the file of
+    the set read then (the cache is keyed by content: another folder of the same files hits it)."""
     from ...images import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), space=np.str_(space), key=np.str_(key),
-             skipped=np.array([str(x) for x in skipped], dtype=np.str_))
+             skipped=np.array([str(x) for x in skipped], dtype=np.str_),
+             skipped_paths=np.array([str(p) for p, _ in skipped_files], dtype=np.str_),
+             skipped_digests=np.array([str(d) for _, d in skipped_files], dtype=np.str_))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p, buf.getvalue())
@@ -324,14 +338,39 @@ def load_statistics(path: str | os.PathLike[str], *, key: str | None = None) -> 
     return stats
 
 
-def _cached_skipped(path: str | os.PathLike[str]) -> list[str] | None:
-    """The ``skipped`` lines a cached statistics file recorded; None for a file written before
-    they were recorded (its figures may leave out files nobody would be told of)."""
+def _cached_skipped(path: str | os.PathLike[str]) -> list[tuple[str, str, str]] | None:
+    """``(line, path, digest)`` of each file a cached statistics file recorded as left out; None for
+    a file written before they were recorded (its figures may leave out files nobody would be told
+    of), or before their paths and digests were (its lines would name another set's files)."""
     try:
         with np.load(Path(path), allow_pickle=False) as z:
-            return [str(x) for x in z["skipped"].tolist()] if "skipped" in z.files else None
+            if "skipped" not in z.files:
+                return None
+            lines = [str(x) for x in z["skipped"].tolist()]
+            if not lines:
+                return []
+            if "skipped_paths" not in z.files or "skipped_digests" not in z.files:
+                return None
+            paths = [str(x) for x in z["skipped_paths"].tolist()]
+            digests = [str(x) for x in z["skipped_digests"].tolist()]
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None
+    return list(zip(lines, paths, digests)) if len(paths) == len(digests) == len(lines) else None
+
+
+def _renamed(left_out: Sequence[tuple[str, str, str]], own: Sequence[tuple[Path, str]]) -> list[str]:
+    """The cached left-out lines, each naming the file of the set read now with the content of the
+    one it was recorded for (``own``: each current path and its digest; files of equal content
+    taken in order), not a file of the folder that filled the cache."""
+    free: dict[str, list[str]] = {}
+    for p, d in own:
+        free.setdefault(d, []).append(str(p))
+    out = []
+    for line, old, digest in left_out:
+        now = free.get(digest)
+        new = now.pop(0) if now else old
+        out.append(new + line[len(old):] if line.startswith(old) else line.replace(old, new))
+    return out
 
 
 def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *, batch_size: int = 64,
@@ -348,7 +387,8 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
     todo: list[FeatureSpace] = []
     keys: dict[str, str] = {}
     replay: list[str] | None = None
-    digests = file_digests(paths) if cache_dir is not None else None
+    own = [(p, _content_digest(p)) for p in paths] if cache_dir is not None else []
+    digests = sorted(d for _, d in own) if cache_dir is not None else None
     for s in spaces:
         if cache_dir is None:
             todo.append(s)
@@ -361,20 +401,23 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
                 lines = _cached_skipped(f)
                 if lines is not None:  # else written before the left-out files were recorded
                     out[s.name] = stats
-                    replay = lines if replay is None else replay
+                    replay = _renamed(lines, own) if replay is None else replay
                     continue
             except RestorekitError:
                 pass  # unreadable or stale: recompute and overwrite
         todo.append(s)
     if todo:
         left_out: list[str] = []
+        left_paths: list[str] = []
         computed = _file_statistics(paths, todo, batch_size, left_out if skipped is not None else None,
-                                    "the reference set", source)
+                                    "the reference set", source, skipped_paths=left_paths)
+        digest_of = {str(p): d for p, d in own}
+        files = [(p, digest_of.get(p, "")) for p in left_paths]
         for s in todo:
             out[s.name] = computed[s.name]
             if cache_dir is not None:
                 _cache_statistics(Path(cache_dir) / f"{s.name}-{keys[s.name][:24]}.npz", computed[s.name],
-                                  space=s.identity, key=keys[s.name], skipped=left_out)
+                                  space=s.identity, key=keys[s.name], skipped=left_out, skipped_files=files)
         replay = left_out
     if replay:
         if skipped is None:  # a caller that lets no file be left out: as image_batches would have raised
@@ -383,11 +426,12 @@ def reference_statistics(source: ImageSource, spaces: Sequence[FeatureSpace], *,
     return out
 
 
-def _cache_statistics(path: Path, stats: FeatureStats, *, space: str, key: str, skipped: Sequence[str] = ()) -> None:
+def _cache_statistics(path: Path, stats: FeatureStats, *, space: str, key: str, skipped: Sequence[str] = (),
+                      skipped_files: Sequence[tuple[str, str]] = ()) -> None:
     """:func:`save_statistics` into the cache; a cache that cannot be written (read-only, full)
     costs the next run the computation again, not this run its figures: one warning line."""
     try:
-        save_statistics(path, stats, space=space, key=key, skipped=skipped)
+        save_statistics(path, stats, space=space, key=key, skipped=skipped, skipped_files=skipped_files)
     except (OSError, RestorekitError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"warning: the reference statistics could not be cached at {path} ({reason}); the figures "
@@ -497,15 +541,28 @@ def generator_provenance(name: str, generator: Any, *, weights: str | None = Non
                          options: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Which generator a report is about, as ``generate`` records it: the registered ``name``,
     ``weights`` as asked for (None: the factory's default, which ``notes`` name), the sha256 of
-    its loaded state (two runs of the same name with other weights differ there), its options
-    (``--opt``) and its ``notes``."""
+    its loaded state (two runs of the same name with other weights differ there) and of its
+    truncation centre (:func:`latent_avg_sha256`), its options (``--opt``) and its ``notes``."""
     sha = None
     if isinstance(generator, torch.nn.Module):
         from ...onnx_export import state_sha256
 
         sha = state_sha256(generator)
-    return {"name": name, "weights": weights, "weights_state_sha256": sha, "options": dict(options or {}),
+    return {"name": name, "weights": weights, "weights_state_sha256": sha,
+            "latent_avg_sha256": latent_avg_sha256(generator), "options": dict(options or {}),
             "notes": [str(n) for n in getattr(generator, "notes", [])]}
+
+
+def latent_avg_sha256(generator: Any) -> str | None:
+    """sha256 of the bytes of a generator's ``latent_avg`` (the truncation centre a checkpoint
+    brings), or None when it has none: a non-persistent buffer, so the state's sha256 leaves it
+    out, though two files of the same weights with and without it draw other truncated images."""
+    t = getattr(generator, "latent_avg", None)
+    if not isinstance(t, Tensor) or not t.numel():
+        return None
+    t = t.detach().cpu().contiguous()
+    data = t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
