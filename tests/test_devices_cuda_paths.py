@@ -362,7 +362,8 @@ def test_realism_builds_its_detector_on_the_cpu(entry: str, monkeypatch: pytest.
         monkeypatch.setattr(R, "_build_spaces", lambda spaces, device: [])
         monkeypatch.setattr(R, "_reference", lambda *a, **k: (None, "ref"))
         monkeypatch.setattr(R, "_paths", lambda images: ["a", "b"])
-        monkeypatch.setattr(R, "image_batches", lambda paths, bs, skipped: iter([torch.rand(2, 3, 16, 16)]))
+        monkeypatch.setattr(R, "image_batches",
+                            lambda paths, bs, skipped, skipped_paths=None: iter([torch.rand(2, 3, 16, 16)]))
 
         def stats(batches, built_spaces, on_batch=None):
             for b in batches:
