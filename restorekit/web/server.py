@@ -13,10 +13,12 @@ a deadline for request headers), ``limit_concurrency`` (requests in flight) and 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import socket
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -251,7 +253,14 @@ def protocol_class(config: ServeConfig) -> type:
 
         def _stalled(self) -> None:
             self._stall = None
-            self.transport.abort()  # not close(): that would wait for the unread bytes to leave
+            # A reset, not a close: abort() alone is a plain close() of the socket, and the kernel
+            # then keeps the megabytes the client never read (FIN-WAIT-1) until it gives up. With
+            # SO_LINGER (on, 0 s) the close drops them and tells the client the body was cut off.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
         def data_received(self, data: bytes) -> None:
             self._received += len(data)
