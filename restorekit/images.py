@@ -140,11 +140,18 @@ def _mp(pixels: int | float) -> str:
     return f"{pixels / 1e6:.1f} MP"
 
 
+def _mp_over(pixels: int, limit: int) -> tuple[str, str]:
+    """``pixels`` and the ``limit`` it exceeds, for a message: as :func:`_mp` says them, or as exact
+    counts where those read alike (``16.0 MP exceeds the limit of 16.0 MP``)."""
+    shown = _mp(pixels), _mp(limit)
+    return shown if shown[0] != shown[1] else (f"{pixels:,} px", f"{limit:,} px")
+
+
 def check_size(width: int, height: int, where: object, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """The one validation of an image's size, read or made: ``ImageError`` naming ``where``."""
     if width * height > max_pixels:
-        raise ImageError(f"{where}: {width}×{height} = {_mp(width * height)} exceeds the limit of "
-                         f"{_mp(max_pixels)} (raise it with --max-pixels)")
+        said, limit = _mp_over(width * height, max_pixels)
+        raise ImageError(f"{where}: {width}×{height} = {said} exceeds the limit of {limit} (raise it with --max-pixels)")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"{where}: {width}×{height} is too small (each side must be ≥ {MIN_SIDE} px)")
 
@@ -156,8 +163,9 @@ def check_output_size(width: int, height: int, scale: int, where: object, *,
     total = w * h * n_outputs
     if total > max_output_pixels:
         many = f" × {n_outputs} samples" if n_outputs > 1 else ""
-        raise ImageError(f"{where}: its ×{scale} output would be {w}×{h}{many} = {_mp(total)}, over the "
-                         f"output limit of {_mp(max_output_pixels)} (lower --scale or raise --max-output-pixels)")
+        said, limit = _mp_over(total, max_output_pixels)
+        raise ImageError(f"{where}: its ×{scale} output would be {w}×{h}{many} = {said}, over the output limit of "
+                         f"{limit} (lower --scale or raise --max-output-pixels)")
 
 
 _PIL_LIMIT = threading.Lock()

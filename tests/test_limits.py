@@ -97,7 +97,7 @@ def test_run_output_limit_counts_samples_and_spares_the_rest(counting, tmp_path)
     assert r.exit_code == 1
     doc = json.loads(r.stdout)
     assert [Path(f["path"]).name for f in doc["failed"]] == ["big.png"]
-    assert "200×200 × 3 samples = 0.1 MP" in doc["failed"][0]["error"]
+    assert "200×200 × 3 samples = 120,000 px, over the output limit of 100,000 px" in doc["failed"][0]["error"]
     assert sorted(Path(p).name for p in doc["written"]) == ["small_s0.png", "small_s1.png", "small_s2.png"]
     assert _work(counting) == ["load", "restore"]  # only the small input was restored
 
@@ -235,3 +235,15 @@ def test_small_sizes_and_limits_are_exact_pixel_counts_not_zero_megapixels(tmp_p
         check_size(400, 250, "x", max_pixels=99_999)
     with pytest.raises(ImageError, match=r"^x: 1000×1000 = 1\.0 MP exceeds the limit of 0\.5 MP "):
         check_size(1000, 1000, "x", max_pixels=500_000)
+
+
+def test_a_size_just_over_a_limit_does_not_read_as_the_limit() -> None:
+    """serve answered a 4001×4000 upload '16.0 MP exceeds the limit of 16.0 MP'."""
+    from restorekit.images import check_output_size, check_size
+
+    with pytest.raises(ImageError, match=r"^big.png: 4001×4000 = 16,004,000 px exceeds the limit of 16,000,000 px "):
+        check_size(4001, 4000, "big.png", max_pixels=16_000_000)
+    with pytest.raises(ImageError, match=r"= 16,000,000 px, over the output limit of 15,999,999 px"):
+        check_output_size(4000, 4000, 1, "one.png", max_output_pixels=15_999_999)
+    with pytest.raises(ImageError, match=r"= 17.0 MP exceeds the limit of 16.0 MP"):  # one decimal where it tells
+        check_size(4250, 4000, "big.png", max_pixels=16_000_000)
