@@ -725,3 +725,39 @@ def test_metrics_are_scored_in_full_float32_and_the_flags_restored():
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+SPOILER_PLUGIN = '''
+from typing import ClassVar
+import torch
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo
+
+
+class Spoiler(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="spoiler3p", summary="zeroes its input in place (a bug)")
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        lr.mul_(0.0)
+        return torch.nn.functional.interpolate(lr, scale_factor=scale, mode="nearest")
+
+
+@hookimpl
+def register_methods(register):
+    register(Spoiler)
+'''
+
+
+def test_a_method_that_changes_its_input_in_place_spoils_no_other_methods_scores(plugin_site, hr_folder,
+                                                                                 tmp_path):
+    """compare handed every method the cached LR itself: bicubic after such a method scored
+    PSNR 5.75 instead of 23.39 and an LR-consistency of 0, silently."""
+    plugin_site("thirdparty-spoiler", "thirdparty_spoiler", SPOILER_PLUGIN)
+    scores = {}
+    for methods in ("spoiler3p,bicubic", "bicubic"):
+        out = tmp_path / methods.replace(",", "_")
+        r = invoke("compare", "--methods", methods, "--scale", "2", "--data", str(hr_folder), "--out", str(out),
+                   "--device", "cpu", "--metrics", "psnr_rgb,lr_consistency", "-q")
+        assert r.exit_code == 0, r.output
+        scores[methods] = _method(_doc(out), "bicubic")["aggregate"]["metrics"]
+    assert scores["spoiler3p,bicubic"] == scores["bicubic"]

@@ -1065,6 +1065,10 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
     torch_cuda = measure == "cuda"
     try:
         x = lr.to(dev)
+        # The method gets its own copy: one that changes its input in place (a plugin's bug the
+        # conformance kit catches) would otherwise change the cached LR every later method, the
+        # metrics and this record's checks read.
+        given = x.clone()
         if cuda:
             torch.cuda.synchronize(dev)
         if torch_cuda:
@@ -1075,12 +1079,12 @@ def _run(p: Plan, mp: MethodPlan, pair: Pair, seed: int | None, inputs: InputSet
             if p.config.faces == "detect" and method.info.input_kind == "aligned_face":
                 from ..faces.pipeline import restore_photo
 
-                y, faces = restore_photo(method, x, scale, mp.settings["faces"]["detector"], seed=seed,
+                y, faces = restore_photo(method, given, scale, mp.settings["faces"]["detector"], seed=seed,
                                          max_output_pixels=p.config.max_output_pixels,
                                          paste_mask=mp.settings["faces"]["paste_mask"])  # (as recorded)
                 rec.report = {"faces": faces}
             else:
-                y = method.restore(x, scale, seed=seed, n_samples=1)
+                y = method.restore(given, scale, seed=seed, n_samples=1)
         if cuda:
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
