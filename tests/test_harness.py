@@ -761,3 +761,36 @@ def test_a_method_that_changes_its_input_in_place_spoils_no_other_methods_scores
         assert r.exit_code == 0, r.output
         scores[methods] = _method(_doc(out), "bicubic")["aggregate"]["metrics"]
     assert scores["spoiler3p,bicubic"] == scores["bicubic"]
+
+
+BROKEN_LOAD_PLUGIN = '''
+from typing import ClassVar
+from restorekit.hookspecs import hookimpl
+from restorekit.interfaces import Method, MethodInfo
+
+
+class NeedsLib(Method):
+    info: ClassVar[MethodInfo] = MethodInfo(name="needslib3p", summary="imports a library at load")
+
+    def load(self):
+        import not_installed_lib_3p  # noqa: F401
+
+    def restore(self, lr, scale, *, seed=None, n_samples=1):
+        return lr
+
+
+@hookimpl
+def register_methods(register):
+    register(NeedsLib)
+'''
+
+
+def test_run_names_the_method_and_plugin_whose_load_fails(plugin_site, hr_folder, tmp_path):
+    """run said 'unexpected ModuleNotFoundError … report it' (a restorekit bug, no method named);
+    compare already said 'could not load needslib3p: …'."""
+    plugin_site("thirdparty-needslib", "thirdparty_needslib", BROKEN_LOAD_PLUGIN)
+    r = CliRunner().invoke(build_cli(), ["run", "needslib3p", "--scale", "2", "--input", str(hr_folder),
+                                         "--output", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == ("error: could not load needslib3p (plugin 'thirdparty_needslib'): "
+                                "ModuleNotFoundError: No module named 'not_installed_lib_3p'"), r.output

@@ -232,7 +232,13 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
                 raise SystemExit(result.exit_code)
 
             def built() -> Any:
-                return build_method(method, values, job.device_for(device))
+                try:
+                    return build_method(method, values, job.device_for(device))
+                except RestorekitError:
+                    raise
+                except Exception as exc:  # a plugin's own failure (a module it lacks, a bug): named, not ours
+                    raise RestorekitError(f"could not load {method} (plugin '{method_plugin(method)}'): "
+                                          f"{exception_line(exc)}") from exc
 
             m = job.together(built)
             devices = job.gather(str(m.device))
