@@ -314,8 +314,8 @@ def _make_register(reg: Registry, kind: str, collected: _Collected) -> Callable[
         try:
             name, value = checked(obj, factory, summary, options)
             reg.check(kind, name, value, plugin)
-            if (kind, name) in collected.entries:
-                raise PluginError(_clash_message(kind, name, [plugin, plugin]))
+            if (kind, name) in collected.entries:  # (its own second registration: no other plugin to name)
+                raise PluginError(f"plugin '{plugin}' registers {kind[:-1]} '{name}' twice")
         except PluginError as exc:  # remembered even if the plugin catches it
             reg.refused.setdefault(plugin, []).append(str(exc))
             raise

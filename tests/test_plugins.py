@@ -84,6 +84,21 @@ def test_duplicate_name_error_names_both_plugins():
     assert reg.owner["methods"]["thing_methods"] == "first"
 
 
+def test_a_plugin_registering_one_name_twice_is_told_so():
+    """It read "method 'thing_methods' is registered by both 'first' and 'first'"."""
+    reg = Registry()
+    mod = types.ModuleType("fake_twice")
+    thing = valid_entry("methods", "thing_methods")
+
+    def hook(register):
+        register(thing)
+        register(thing)
+
+    mod.register_methods = hook
+    with pytest.raises(PluginError, match=r"^plugin 'first' registers method 'thing_methods' twice$"):
+        _register_plugin(reg, mod, PluginRecord("first", "d1", "1"))
+
+
 def test_unknown_name_suggests():
     reg = plugins.registry()
     with pytest.raises(UnknownNameError, match="did you mean 'bicubic'"):
