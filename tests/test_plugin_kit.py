@@ -706,6 +706,18 @@ def test_plugin_new_refuses_existing_folders_and_taken_names(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restorekit-sharpen"]
 
 
+def test_plugin_new_refuses_names_of_plugins_the_load_limit_leaves_out(tmp_path, monkeypatch):
+    """Under RESTOREKIT_LOAD_PLUGINS= (none loaded) 'baselines' and 'bicubic' looked free: the new
+    project took the first-party distribution's name, which `pip install -e .` would replace."""
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "")
+    r = invoke("plugin", "new", "baselines", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "already taken by the installed distribution restorekit-baselines" in r.output, \
+        r.output
+    r = invoke("plugin", "new", "bicubic", "--dir", str(tmp_path))
+    assert r.exit_code == 2 and "method 'bicubic' is already registered by plugin 'baselines'" in r.output, r.output
+    assert list(tmp_path.iterdir()) == [] and os.environ["RESTOREKIT_LOAD_PLUGINS"] == ""
+
+
 def test_plugin_new_refuses_names_broken_plugins_claim(tmp_path, plugin_site):
     # Two plugins registering one method are both broken and the name is registered by nobody: it
     # used to look free, and a third plugin taking it would clash with both.

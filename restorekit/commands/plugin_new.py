@@ -63,10 +63,18 @@ def plugin_names(raw: str) -> PluginNames:
 
 
 def _check_free(names: PluginNames) -> None:
-    """Refuse names an installed plugin or method already uses (the new one would clash)."""
-    from ..plugins import registry
+    """Refuse names an installed plugin or method already uses (the new one would clash), every
+    installed plugin's: one RESTOREKIT_LOAD_PLUGINS leaves out is installed all the same."""
+    from ..plugins import load_registry, registry
 
-    reg = registry()
+    if os.environ.get("RESTOREKIT_LOAD_PLUGINS") is None:
+        reg = registry()
+    else:
+        limit = os.environ.pop("RESTOREKIT_LOAD_PLUGINS")
+        try:
+            reg = load_registry(strict=False)
+        finally:
+            os.environ["RESTOREKIT_LOAD_PLUGINS"] = limit
     rec = reg.plugins.get(names.entry_point)
     if rec is not None:
         raise ValueError(f"plugin name '{names.entry_point}' is already taken by the installed "
