@@ -89,6 +89,7 @@ def test_cached_file_gone_under_its_manifest_entry_is_damaged_everywhere(
         f"file g.pt: {len(ckpt_bytes(3)) / 1000:.1f} KB, damaged"]
     r = _cli("verify", "gone-net")
     assert r.exit_code == 1 and "FAIL gone-net/g.pt" in r.stderr
+    assert "damaged: its manifest records it, but the file is gone; run `restorekit weights rm gone-net`" in r.stderr
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import IntegrityError, WeightsMissing
+from ..errors import IntegrityError, RestorekitError, WeightsMissing
 from . import cache, tofu
 from .cache import CachedFile
 from .spec import WeightFile, WeightSpec
@@ -176,7 +176,13 @@ def spec_problems(spec: WeightSpec) -> list[str]:
         try:
             check_cached(spec, wf, full=True)
         except WeightsMissing:
-            problems.append(f"{spec.name}/{wf.filename}: not cached")
+            try:
+                recorded = wf.filename in cache.read_manifest(cache.weights_dir(spec.name))
+            except (RestorekitError, OSError):
+                recorded = False
+            problems.append(f"{spec.name}/{wf.filename}: " + (
+                f"damaged: its manifest records it, but the file is gone; run `restorekit weights rm {spec.name}` "
+                "and pull or import it again" if recorded else "not cached"))
         except IntegrityError as exc:
             problems.append(f"{spec.name}/{wf.filename}: {exc}")
     return problems

@@ -205,6 +205,7 @@ paths = [p for rec in sorted(Path(sys.argv[1]).glob("shipped-*.json"))
          for p in (lambda d: [d.get("file"), d.get("golden"), d.get("entry")])(json.loads(rec.read_text()))]
 paths += [f"docs/images/{n}" for n in ("stylegan2-faces128-samples.jpg", "psp-sr-faces128-grid-x8.jpg",
                                         "psp-pulse-faces128-grid-x8.jpg")]
+paths.append("registry/plugins/restorekit-psp-sr.toml")  # (ship adds a new entry's name there)
 print(" ".join(dict.fromkeys(os.path.relpath(p) for p in paths if p)))
 PYEOF
 }
