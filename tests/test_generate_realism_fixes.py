@@ -21,13 +21,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from torch import nn
 
 import restorekit.commands.generate as generate
 from restorekit.cli import build_cli
 from restorekit.harness import realism as R
 from restorekit.seeds import SEED_MAX, torch_seed
 from restorekit.testing.data import smooth_image
+from generator_stand_ins import OneColourGenerator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,28 +50,16 @@ def test_torch_seed_keeps_seeds_below_2_to_the_32_and_spreads_the_others() -> No
     assert torch_seed(2**32 + 1) == torch_seed(2**32 + 1)  # a function of the seed alone
 
 
-class TinyGenerator(nn.Module):
-    """Draws an 8×8 image of one colour from ``z`` and remembers each ``z`` it was given."""
-
-    z_dim, n_styles = 4, 2
+class TinyGenerator(OneColourGenerator):
+    """:class:`OneColourGenerator` that remembers each ``z`` it was given."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lin = nn.Linear(4, 4)
-        with torch.no_grad():
-            self.lin.weight.copy_(torch.eye(4))
-            self.lin.bias.zero_()
         self.seen: list[torch.Tensor] = []
-
-    def mean_latent(self) -> torch.Tensor:
-        return torch.zeros(1, 4)
 
     def map(self, z: torch.Tensor) -> torch.Tensor:
         self.seen.append(z.clone())
-        return self.lin(z)
-
-    def synthesize(self, w: torch.Tensor, **_: object) -> torch.Tensor:
-        return torch.sigmoid(4 * w[:, 0, :3]).reshape(-1, 3, 1, 1).expand(-1, 3, 8, 8)
+        return super().map(z)
 
 
 def test_generate_draws_other_images_for_seeds_2_to_the_32_apart(tmp_path: Path,

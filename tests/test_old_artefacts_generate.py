@@ -8,39 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
 
 import restorekit.commands.generate as generate
 from restorekit.cli import build_cli
+from generator_stand_ins import OneColourGenerator
 
 pytest.importorskip("restorekit_psp_sr")  # (its registered name 'stylegan2'; a tiny stand-in draws)
 
 
-class TinyGenerator(nn.Module):
-    z_dim, n_styles = 4, 2
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        with torch.no_grad():
-            self.lin.weight.copy_(torch.eye(4))
-            self.lin.bias.zero_()
-
-    def mean_latent(self) -> torch.Tensor:
-        return torch.zeros(1, 4)
-
-    def map(self, z: torch.Tensor) -> torch.Tensor:
-        return self.lin(z)
-
-    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(w[:, 0, :3]).reshape(-1, 3, 1, 1).expand(-1, 3, 8, 8)
-
-
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generate, "build_generator", lambda *a, **k: TinyGenerator())
+    monkeypatch.setattr(generate, "build_generator", lambda *a, **k: OneColourGenerator())
 
 
 def _gen(out: Path, *args: str):
@@ -53,7 +32,7 @@ def _old_folder(out: Path) -> dict[str, bytes]:
     generator, truncation, weights_state_sha256), with its images."""
     out.mkdir()
     settings = {"generator": "stylegan2", "truncation": 0.7,
-                "weights_state_sha256": generate._state_sha256(TinyGenerator())}
+                "weights_state_sha256": generate._state_sha256(OneColourGenerator())}
     (out / "generate.json").write_text(json.dumps({"format": "restorekit.generate/1", "settings": settings,
                                                    "images": ["seed0000.png", "seed0001.png"]}, indent=2))
     images = {f"seed000{i}.png": f"drawn by earlier code {i}".encode() for i in range(2)}
