@@ -286,10 +286,15 @@ def state_sha256(module: nn.Module) -> str:
     against before it is used (the weights file may have changed since it was loaded)."""
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(tensor_bytes(v))
     return h.hexdigest()
+
+
+def tensor_bytes(t: Tensor) -> bytes:
+    """A tensor's values as bytes, for a hash (bfloat16, which numpy lacks, as float32)."""
+    t = t.detach().cpu().contiguous()
+    return t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes()
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:

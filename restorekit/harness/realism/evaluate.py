@@ -557,12 +557,12 @@ def latent_avg_sha256(generator: Any) -> str | None:
     """sha256 of the bytes of a generator's ``latent_avg`` (the truncation centre a checkpoint
     brings), or None when it has none: a non-persistent buffer, so the state's sha256 leaves it
     out, though two files of the same weights with and without it draw other truncated images."""
+    from ...onnx_export import tensor_bytes
+
     t = getattr(generator, "latent_avg", None)
     if not isinstance(t, Tensor) or not t.numel():
         return None
-    t = t.detach().cpu().contiguous()
-    data = t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(tensor_bytes(t)).hexdigest()
 
 
 def evaluate_images(images: ImageSource, reference: ReferenceArg, *,
