@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -26,3 +29,14 @@ class OneColourGenerator(nn.Module):
 
     def synthesize(self, w: torch.Tensor, **_: object) -> torch.Tensor:
         return torch.sigmoid(w[:, 0, :3]).reshape(-1, 3, 1, 1).expand(-1, 3, 8, 8)
+
+
+def use_stand_in(monkeypatch: Any, make: Callable[[], nn.Module]) -> None:
+    """Make ``generate`` build ``make()``. The CLI is built first: a command module imported while
+    the stand-in is patched in (``realism`` imports ``build_generator`` by name) would keep it for
+    every later test of the session."""
+    import restorekit.commands.generate as generate
+    from restorekit.cli import build_cli
+
+    build_cli()
+    monkeypatch.setattr(generate, "build_generator", lambda *a, **k: make())

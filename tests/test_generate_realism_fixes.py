@@ -27,7 +27,7 @@ from restorekit.cli import build_cli
 from restorekit.harness import realism as R
 from restorekit.seeds import SEED_MAX, torch_seed
 from restorekit.testing.data import smooth_image
-from generator_stand_ins import OneColourGenerator
+from generator_stand_ins import OneColourGenerator, use_stand_in
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def test_generate_draws_other_images_for_seeds_2_to_the_32_apart(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("restorekit_psp_sr")  # (its registered name 'stylegan2'; the tiny stand-in draws)
     tiny = TinyGenerator()
-    monkeypatch.setattr(generate, "build_generator", lambda *a, **k: tiny)
+    use_stand_in(monkeypatch, lambda: tiny)
     out = tmp_path / "gen"
     r = CliRunner().invoke(build_cli(), ["generate", "--generator", "stylegan2", "--seeds", f"1,{2**32 + 1}",
                                          "--output", str(out), "--device", "cpu", "--json"])

@@ -12,14 +12,14 @@ from click.testing import CliRunner
 
 import restorekit.commands.generate as generate
 from restorekit.cli import build_cli
-from generator_stand_ins import OneColourGenerator
+from generator_stand_ins import OneColourGenerator, use_stand_in
 
 pytest.importorskip("restorekit_psp_sr")  # (its registered name 'stylegan2'; a tiny stand-in draws)
 
 
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generate, "build_generator", lambda *a, **k: OneColourGenerator())
+    use_stand_in(monkeypatch, OneColourGenerator)
 
 
 def _gen(out: Path, *args: str):
