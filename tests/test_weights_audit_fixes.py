@@ -1,5 +1,5 @@
-"""Defects an audit of the ``weights`` commands found: a damaged manifest listed as ``damaged``
-(not failing the whole listing), a cached file gone from under its manifest entry ``damaged``
+"""Defects an audit of the ``weights`` commands found: a damaged manifest listed and shown as
+``damaged`` (not failing the whole listing or the spec's page), a cached file gone from under its manifest entry ``damaged``
 everywhere, ``weights convert`` output with the umask's mode, and a relative RESTOREKIT_HOME
 resolved once to an absolute folder.
 """
@@ -68,6 +68,32 @@ def test_damaged_manifest_is_listed_and_verified_with_the_rest(tmp_path: Path, s
     assert fails[1].startswith("FAIL unknown-net/u.pt:") and "`restorekit weights rm unknown-net`" in fails[1]
     r = _cli("verify", "good-net")
     assert (r.exit_code, r.stdout) == (0, "ok good-net\n")
+
+
+def test_show_of_a_damaged_manifest_shows_the_spec_and_the_damage(tmp_path: Path,
+                                                                  specs: dict[str, W.WeightSpec]) -> None:
+    _pinned(specs, "bad-net", tmp_path, 2)
+    specs["unknown-net"] = spec_for("unknown-net", "u.pt", known_hash=False, size=False,
+                                    urls=("https://example.org/u.pt",))
+    for name in ("bad-net", "unknown-net"):
+        W.weights_dir(name).mkdir(parents=True, exist_ok=True)
+        (W.weights_dir(name) / W.MANIFEST).write_text('{"name": "tw-p\n', encoding="utf-8")
+    files = {"bad-net": f"file g.pt: {len(ckpt_bytes(2)) / 1000:.1f} KB, damaged", "unknown-net": "file u.pt: ?, damaged"}
+    for name, kind in (("bad-net", "pinned"), ("unknown-net", "unknown")):
+        r = _cli("show", name)
+        assert r.exit_code == 0, r.output
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"{name} — ")
+        assert [ln for ln in lines if ln.startswith("file ")] == [files[name]]
+        assert lines[-1].startswith(f"damaged: cache manifest {W.weights_dir(name) / W.MANIFEST} is unreadable")
+        assert lines[-1].endswith(f"run `restorekit weights rm {name}` and pull or import it again")
+        shown = json.loads(_cli("show", name, "--json").stdout)
+        assert (shown["state"], shown["cached"]) == ("damaged", {})
+        assert shown["cache_error"].startswith("cache manifest ")
+        assert [v["kind"] for v in shown["integrity"].values()] == [kind]
+    _pinned(specs, "good-net", tmp_path, 1)
+    assert json.loads(_cli("show", "good-net", "--json").stdout)["cache_error"] is None
+    assert not _cli("show", "good-net").stdout.splitlines()[-1].startswith("damaged")
 
 
 def test_cached_file_gone_under_its_manifest_entry_is_damaged_everywhere(

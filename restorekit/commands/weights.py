@@ -226,12 +226,16 @@ def show_cmd(name: str, as_json: bool) -> None:
     spec = W.get_spec(name)
     data = spec.model_dump(mode="json")
     data["cache_dir"] = str(W.weights_dir(name))
-    data["cached"] = {k: v.as_dict() for k, v in W.cached_files(name).items()}
+    try:
+        data["cached"] = {k: v.as_dict() for k, v in W.cached_files(name).items()}
+        data["cache_error"] = None
+    except IntegrityError as exc:  # a damaged manifest: the spec is still shown, and what is wrong
+        data["cached"], data["cache_error"] = {}, str(exc)
     data["state"] = spec_state(spec)
     data["integrity"] = {}
     for f in spec.files:
-        rec = W.first_use(name, f.filename) if f.sha256 is None and f.package_source is None else None
-        data["integrity"][f.filename] = {"kind": W.integrity(spec, f), "state": file_state(spec, f),
+        rec = _first_use(name, f) if f.sha256 is None and f.package_source is None else None
+        data["integrity"][f.filename] = {"kind": _file_integrity(spec, f), "state": file_state(spec, f),
                                          "first_use": dict(rec.__dict__) if rec else None}
     if as_json:
         emit_json(data)
@@ -254,6 +258,16 @@ def show_cmd(name: str, as_json: bool) -> None:
             out.print(escape(f"  from package {ps.package}=={ps.version}, member {ps.member} "
                              f"(sha256 {ps.member_sha256}), converter {ps.converter}"), soft_wrap=True)
     out.print(escape(f"cache: {data['cache_dir']}"))
+    if data["cache_error"]:
+        out.print(escape(f"damaged: {data['cache_error']}"), soft_wrap=True)
+
+
+def _first_use(name: str, f: W.WeightFile) -> Any:
+    """The first-use record of ``f``; None also where only a damaged manifest could hold it."""
+    try:
+        return W.first_use(name, f.filename)
+    except IntegrityError:
+        return None
 
 
 def _integrity_line(spec: W.WeightSpec, f: W.WeightFile, info: dict[str, Any], rec: dict[str, Any] | None) -> str:
