@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import sys
 import tarfile
 import threading
 import urllib.request
@@ -1029,3 +1030,32 @@ def test_bundled_weights_resolve_in_place_and_are_hash_checked(tmp_path: Path, m
     with pytest.raises(WeightsMissing, match=r"\(re\)install the distribution that provides 'bundlepkg_3p'") as info:
         W.resolve("bundled")
     assert "weights pull" not in str(info.value)  # a bundled file cannot be pulled
+
+
+def test_bundled_entries_locate_packages_without_running_their_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   specs: dict[str, W.WeightSpec]) -> None:
+    """A registry entry is data: naming ``pkg.sub:file`` must not import ``pkg`` (``find_spec`` of a
+    dotted name runs the parents' ``__init__``: ``venv.x`` ran venv's main with restorekit's arguments)."""
+    site = tmp_path / "site"
+    marker = tmp_path / "ran"
+    for pkg in ("trap_3p", "nested_3p"):
+        (site / pkg / "sub" / "weights").mkdir(parents=True)
+        for init in (site / pkg / "__init__.py", site / pkg / "sub" / "__init__.py"):
+            init.write_text(f"open({str(marker)!r}, 'a').write({str(init)!r} + '\\n')\n")
+    (site / "trapmod_3p.py").write_text(f"open({str(marker)!r}, 'a').write('module\\n')\n")
+    data = os.urandom(100)
+    (site / "nested_3p" / "sub" / "weights" / "m.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(site))
+    sha = hashlib.sha256(data).hexdigest()
+    for name, bundled in (("trap", "trap_3p.sub.deeper:w.bin"), ("trapmod", "trapmod_3p.x:w.bin"),
+                          ("nested", "nested_3p.sub:weights/m.bin")):
+        specs[name] = W.WeightSpec(name=name, architecture="x", plugin="p", license="MIT", files=(
+            W.WeightFile(filename="w.bin", size=100, sha256=sha, bundled=bundled),))
+    for name in ("trap", "trapmod"):
+        with pytest.raises(WeightsMissing, match="which is not installed or lacks w.bin"):
+            W.resolve(name)
+    assert W.resolve("nested") == site / "nested_3p" / "sub" / "weights" / "m.bin"
+    assert W.package_folders("nested_3p.sub") == [str(site / "nested_3p" / "sub")]
+    assert W.package_folders("nested_3p.nosuch") == [] and W.package_folders("trapmod_3p") == []
+    assert not marker.exists()
+    assert not {"trap_3p", "trap_3p.sub", "trapmod_3p", "nested_3p", "nested_3p.sub"} & set(sys.modules)

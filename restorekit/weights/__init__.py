@@ -42,7 +42,7 @@ from .catalogue import (all_specs, convert_to_safetensors, forget, get_spec, imp
                         iter_specs, load_checkpoint, load_state_dict, looks_like_path, not_a_file_error, plugin_specs, pull,
                         registered_name, registry_dirs, registry_specs, resolve, verify, weights_file,
                         weights_source)
-from .checksum import bundled_path, file_version, sha256_file
+from .checksum import bundled_path, file_version, package_folders, sha256_file
 from .load import flatten_state_dict, pickle_globals, safetensors_metadata, state_mismatch, unsafe_globals
 from .spec import MANIFEST, PackageSource, WeightFile, WeightSpec
 from .tofu import TOFU_FILE, FirstUse, check_first_use, first_use, integrity
@@ -53,7 +53,7 @@ __all__ = [
     "plugin_specs", "all_specs", "iter_specs", "get_spec", "resolve", "registered_name", "weights_source", "weights_file", "looks_like_path", "not_a_file_error", "is_cached",
     "cached_files", "stray_imports", "verify", "pull",
     "import_file", "import_archive", "wants_archive_import", "ArchiveImport", "FirstUse", "first_use",
-    "check_first_use", "forget", "integrity", "remove", "sha256_file", "file_version", "bundled_path", "pickle_globals",
+    "check_first_use", "forget", "integrity", "remove", "sha256_file", "file_version", "bundled_path", "package_folders", "pickle_globals",
     "unsafe_globals", "load_checkpoint", "load_state_dict", "flatten_state_dict", "convert_to_safetensors",
     "safetensors_metadata", "state_mismatch",
 ]

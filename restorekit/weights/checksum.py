@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from . import cache, tofu
 from .cache import CachedFile
 from .spec import WeightFile, WeightSpec
 
-__all__ = ["sha256_file", "file_version", "sha256_fd", "checked_copy", "bundled_path", "check_cached", "spec_is_cached",
+__all__ = ["sha256_file", "file_version", "sha256_fd", "checked_copy", "package_folders", "bundled_path", "check_cached", "spec_is_cached",
            "spec_problems", "unchanged_since"]
 
 
@@ -93,15 +94,30 @@ def _expected_sha(wf: WeightFile, rec: CachedFile | None) -> str | None:
     return wf.sha256 if wf.sha256 is not None else (rec.sha256 if rec is not None else None)
 
 
+def package_folders(dotted: str) -> list[str]:
+    """The folders of an installed package, located without running any code: a registry entry is
+    data, and ``find_spec`` of a dotted name imports its parents (``venv.x`` would run venv's
+    ``__init__``). The top-level name is only located; each subpackage is looked for in its parent's
+    folders. Empty when it is not an installed package."""
+    top, *subs = dotted.split(".")
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    folders = list(found.submodule_search_locations or []) if found is not None else []
+    for sub in subs:
+        if not folders:
+            break
+        inner = importlib.machinery.PathFinder.find_spec(sub, folders)
+        folders = list(inner.submodule_search_locations or []) if inner is not None else []
+    return folders
+
+
 def bundled_path(wf: WeightFile) -> Path:
     """Where an installed package keeps a bundled file (found without importing the package)."""
     assert wf.bundled is not None
     package, _, rel = wf.bundled.partition(":")
-    try:
-        found = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        found = None
-    for loc in (found.submodule_search_locations or []) if found is not None else []:
+    for loc in package_folders(package):
         path = Path(loc) / rel
         if path.is_file():
             return path
