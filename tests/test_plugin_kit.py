@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -688,6 +689,29 @@ def test_plugin_new_writes_a_complete_project(tmp_path, license_id):
         assert "Ada Lovelace" in lic
     assert 'name="kit_gen"' in (root / "src/restorekit_kit_gen/method.py").read_text()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_plugin_new_never_writes_through_a_link_at_its_temp_name(tmp_path):
+    """The project was assembled in ``.restorekit-NAME.tmp-PID``: a link planted at that name (a
+    shared --dir) had the files written wherever it pointed, over what was there."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "README.md").write_text("mine")
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    for pid in range(os.getpid() - 50, os.getpid() + 50):
+        (parent / f".restorekit-baz.tmp-{pid}").symlink_to(victim)
+    old = os.umask(0o027)
+    try:
+        r = invoke("plugin", "new", "baz", "--dir", str(parent))
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in victim.iterdir()] == ["README.md"] and (victim / "README.md").read_text() == "mine"
+    root = parent / "restorekit-baz"
+    assert root.is_dir() and not root.is_symlink() and (root / "pyproject.toml").is_file()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o750  # a plain folder's mode under the umask, not mkdtemp's 0700
+    assert len([p for p in parent.iterdir() if p.name.startswith(".")]) == 100  # only the planted links remain
 
 
 def test_plugin_new_refuses_existing_folders_and_taken_names(tmp_path):

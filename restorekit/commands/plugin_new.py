@@ -17,6 +17,7 @@ import keyword
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -184,10 +185,14 @@ def write_project(names: PluginNames, parent: Path, *, description: str, author:
         raise FileExistsError(f"{dest} already exists; remove it or choose another --dir (nothing was written)")
     values = template_values(names, description=description, author=author, license_id=license_id)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{names.distribution}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Assembled in a fresh hidden folder of a random name (never one that exists: a link planted at
+    # a predictable name had the project written wherever it pointed); the project folder inside it
+    # is made plainly, so it has the permissions the umask gives.
+    holder = Path(tempfile.mkdtemp(prefix=f".{names.distribution}.tmp-", dir=parent))
+    tmp = holder / names.distribution
     written = []
     try:
+        tmp.mkdir()
         for parts, node in _walk(_templates()):
             rel = _target_path(parts, names, license_id)
             if rel is None:
@@ -200,9 +205,8 @@ def write_project(names: PluginNames, parent: Path, *, description: str, author:
         if "LICENSE" not in written:
             raise FileNotFoundError(f"no license template for {license_id} (restorekit installation incomplete)")
         os.rename(tmp, dest)  # fails rather than merging when dest appeared meanwhile
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
     return dest, sorted(written)
 
 
