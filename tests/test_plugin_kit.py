@@ -727,6 +727,8 @@ def test_plugin_new_refuses_existing_folders_and_taken_names(tmp_path):
     assert r.exit_code == 2 and "already taken by the installed distribution restorekit-psp-sr" in r.output
     r = invoke("plugin", "new", "2fast", "--dir", str(tmp_path))
     assert r.exit_code == 2 and "must start with a letter" in r.output
+    r = invoke("plugin", "new", "abc\n", "--dir", str(tmp_path))  # ('$' matched before a final newline)
+    assert r.exit_code == 2 and "must start with a letter" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restorekit-sharpen"]
 
 

@@ -755,3 +755,11 @@ def test_repeat_oversamples_a_subfolder_of_the_training_split(tmp_path):
         sr_datasets(tmp_path, 16, DataConfig(root=str(tmp_path), split_file=str(split), repeat={"nowhere": 2}))
     with pytest.raises(ValueError, match="≥ 1"):
         DataConfig(repeat={"small": 0})
+
+
+def test_only_exact_step_names_are_checkpoints(tmp_path):
+    """``step_N.pt`` followed by a newline (a name '$' let through) is not a checkpoint of the run."""
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("step_00000001.pt", "step_00000002.pt\n", "step_00000003.pt.bak", "xstep_00000004.pt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert list_checkpoints(tmp_path) == [(1, tmp_path / "checkpoints" / "step_00000001.pt")]

@@ -183,6 +183,7 @@ def test_spec_validation_rejects_bad_fields() -> None:
     ok = {"filename": "a.pt", "sha256": "0" * 64}
     W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT")
     bad_files = [{"filename": "a.pt", "sha256": "A" * 64}, {"filename": "a.pt", "sha256": "0" * 63},
+                 {"filename": "a.pt", "sha256": "0" * 64 + "\n"},  # ('$' matched before a final newline)
                  {"filename": "dir/a.pt"}, {"filename": "manifest.json"}, {"filename": "a.pt.part"},
                  {"filename": "a.pt", "urls": ["ftp://x/a.pt"]},
                  {"filename": "a.pt", "urls": ["https://x/a"], "package_source": {
@@ -192,6 +193,9 @@ def test_spec_validation_rejects_bad_fields() -> None:
             W.WeightSpec(name="a", architecture="x", plugin="p", files=[f], license="MIT")
     with pytest.raises(ValidationError):
         W.WeightSpec(name="Bad Name", architecture="x", plugin="p", files=[ok], license="MIT")
+    for license_ in ("MIT\n", ""):
+        with pytest.raises(ValidationError, match="license"):
+            W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license=license_)
     with pytest.raises(ValidationError):  # extra="forbid"
         W.WeightSpec(name="a", architecture="x", plugin="p", files=[ok], license="MIT", color="red")
     pins = {"member_sha256": "0" * 64, "archive_sha256": "1" * 64}
@@ -200,6 +204,8 @@ def test_spec_validation_rejects_bad_fields() -> None:
         W.PackageSource(package="p", version="1", member="../etc/passwd", converter="m:f", **pins)
     with pytest.raises(ValidationError):
         W.PackageSource(package="p", version="1", member="m", converter="not a path", **pins)
+    with pytest.raises(ValidationError, match="converter"):
+        W.PackageSource(package="p", version="1", member="m", converter="m:f\n", **pins)
     with pytest.raises(ValidationError, match="archive_sha256"):  # pip would run an unpinned sdist's build code
         W.PackageSource(package="p", version="1", member="m", member_sha256="0" * 64, converter="m:f")
     pinned = {"sha256": "0" * 64, "size": 1}

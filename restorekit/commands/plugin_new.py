@@ -48,7 +48,7 @@ class PluginNames:
 
 def plugin_names(raw: str) -> PluginNames:
     """Validate ``raw`` and derive the names; raises ``ValueError`` with a one-line reason."""
-    if not NAME_RE.match(raw):
+    if not NAME_RE.fullmatch(raw):
         raise ValueError(f"plugin name '{raw}' must start with a letter and use letters, digits and single "
                          "'-', '_' or '.' separators (e.g. 'sharpen' or 'my-sr')")
     norm = re.sub(r"[-_.]+", "-", raw).lower()

@@ -135,7 +135,7 @@ def check_run_folders(out: str | Path, names: tuple[str, ...]) -> None:
 
 def _step_files(folder: Folder) -> list[tuple[int, str]]:
     """``(step, name)`` of the step checkpoints in the open ``folder``, oldest first."""
-    return sorted((int(m.group(1)), e.name) for e in folder.entries() if (m := CKPT_RE.match(e.name)))
+    return sorted((int(m.group(1)), e.name) for e in folder.entries() if (m := CKPT_RE.fullmatch(e.name)))
 
 
 def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
@@ -204,7 +204,7 @@ def prune_checkpoints(out: str | Path, keep: int, protect: Path | None = None) -
                     folder.unlink(name)
         with contextlib.suppress(OSError):
             for e in folder.entries():
-                if _CKPT_TEMP_RE.match(e.name) and not e.is_dir(follow_symlinks=False):
+                if _CKPT_TEMP_RE.fullmatch(e.name) and not e.is_dir(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         folder.unlink(e.name)
 

@@ -48,7 +48,7 @@ def unportable(name: str) -> str | None:
 
 
 def _check_sha256(value: str | None) -> str | None:
-    if value is not None and not _SHA256.match(value):
+    if value is not None and not _SHA256.fullmatch(value):
         raise ValueError("sha256 must be 64 lowercase hex digits")
     return value
 
@@ -85,7 +85,7 @@ class PackageSource(_Frozen):
     @field_validator("converter")
     @classmethod
     def _converter_path(cls, v: str) -> str:
-        if not _CONVERTER.match(v):
+        if not _CONVERTER.fullmatch(v):
             raise ValueError("converter must be a dotted path 'module:function'")
         return v
 
@@ -179,7 +179,7 @@ class WeightSpec(_Frozen):
     @field_validator("license")
     @classmethod
     def _spdx_like(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9.+()\- ]+$", v):
+        if not re.fullmatch(r"[A-Za-z0-9.+()\- ]+", v):
             raise ValueError("license must be an SPDX expression or LicenseRef-...")
         return v
 
