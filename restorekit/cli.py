@@ -45,6 +45,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import PluginError, RestorekitError, describe_os_error
@@ -744,6 +745,7 @@ def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut
     and ``--json`` give them whole. In a log or a pipe nothing is cut (:func:`table_console`).
     """
     console = table_console()
+    rows = [[shown(v) for v in r] for r in rows]  # a cell is data (a registry field, a plugin's summary)
     gap = 2  # padding (0, 1) between columns, none at the edges
     natural = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     fixed = sum(n for c, n in zip(columns, natural) if c not in cut) + gap * (len(columns) - 1)
@@ -755,8 +757,8 @@ def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut
             t.add_column(c, no_wrap=True, overflow="ellipsis", max_width=min(n, share))
         else:
             t.add_column(c, no_wrap=True, min_width=n)
-    for r in rows:
-        t.add_row(*(_cut(v, min(n, share)) if c in cut else v for c, n, v in zip(columns, natural, r)))
+    for r in rows:  # (as Text: literal, never markup)
+        t.add_row(*(Text(_cut(v, min(n, share)) if c in cut else v) for c, n, v in zip(columns, natural, r)))
     print_table_text(console, t)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,31 @@ def test_relative_home_is_one_absolute_cache_for_the_process(tmp_path: Path, mon
     assert json.loads(_cli("list", "--json").stdout)[0]["state"] == "cached"
     monkeypatch.setenv("RESTOREKIT_HOME", str(tmp_path / "abs"))  # an absolute value is taken as it is
     assert W.cache_dir() == tmp_path / "abs"
+
+
+def test_text_that_is_not_ours_prints_as_literal_characters(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    """Registry fields and archive member names reached the terminal raw: an escape sequence in one
+    cleared the screen or coloured a forged 'OK'; rich markup in one was applied."""
+    zero = "0" * 64
+    specs["esc-net"] = W.WeightSpec(
+        name="esc-net", architecture="x\x1b]0;title\x07", plugin="tests", license="MIT",
+        description="desc \x1b[2Jcleared [bold]notbold[/]", source="https://example.org/\x1b[31m",
+        files=[{"filename": "a.bin", "size": 3, "sha256": zero}, {"filename": "b.bin", "size": 3, "sha256": zero}])
+    out = _cli("show", "esc-net").stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.splitlines()[0] == "esc-net — desc \\x1b[2Jcleared [bold]notbold[/]"
+    assert "architecture: x\\x1b]0;title\\x07   plugin: tests" in out.splitlines()
+    pack = tmp_path / "pack.zip"
+    with zipfile.ZipFile(pack, "w") as z:
+        z.writestr("x\x1b[2J\x1b[32mOK.bin", b"abc")
+    r = _cli("import", "esc-net", str(pack))
+    assert r.exit_code != 0 and "\x1b" not in r.stderr
+    assert r.stderr.strip().endswith("(it holds: x\\x1b[2J\\x1b[32mOK.bin)")
+
+
+def test_listing_cells_are_literal_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from restorekit.cli import listing
+
+    listing("t", ["name", "summary"], [["[bold]x[/]", "y\x1b[2J"], ["z", "w"]], cut=("summary",))
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split() for ln in lines[2:]] == [["[bold]x[/]", "y\\x1b[2J"], ["z", "w"]]

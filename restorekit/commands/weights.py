@@ -21,11 +21,17 @@ from rich.markup import escape
 from rich.text import Text
 
 from .. import weights as W
-from ..cli import UsageProblem, emit_json, json_output, print_table_text, table_console
+from ..cli import UsageProblem, emit_json, json_output, print_table_text, shown, table_console
 from ..errors import CacheError, FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 from ..weights.load import OutputExistsError, UnreadableWeightsError
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _plain(text: str) -> str:
+    """``text`` as literal, printable console text: registry fields, server replies and archive
+    member names are not ours, and an escape sequence in one would act on the terminal (:func:`shown`)."""
+    return escape(shown(text))
 
 
 def _human(size: int | None) -> str:
@@ -61,10 +67,10 @@ class WeightsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (UnknownNameError, WeightsMissing, FileSystemError, UnreadableWeightsError, OutputExistsError) as exc:
-            _err.print(f"[red]error:[/] {escape(str(exc))}")
+            _err.print(f"[red]error:[/] {_plain(str(exc))}")
             ctx.exit(2)
         except RestorekitError as exc:
-            _err.print(f"[red]error:[/] {escape(str(exc))}")
+            _err.print(f"[red]error:[/] {_plain(str(exc))}")
             ctx.exit(1)
 
 
@@ -241,25 +247,25 @@ def show_cmd(name: str, as_json: bool) -> None:
         emit_json(data)
         return
     out = Console(soft_wrap=True)  # whole lines, whatever the width: `grep '^license:'` reads them
-    out.print(f"[bold]{escape(spec.name)}[/] — {escape(spec.description or spec.architecture)}")
-    out.print(escape(f"architecture: {spec.architecture}   plugin: {spec.plugin}"))
-    out.print(escape(f"license: {_license(spec)}"))
+    out.print(f"[bold]{_plain(spec.name)}[/] — {_plain(spec.description or spec.architecture)}")
+    out.print(_plain(f"architecture: {spec.architecture}   plugin: {spec.plugin}"))
+    out.print(_plain(f"license: {_license(spec)}"))
     for label, value in (("source", spec.source), ("paper", spec.paper)):
         if value:
-            out.print(escape(f"{label}: {value}"), soft_wrap=True)
+            out.print(_plain(f"{label}: {value}"), soft_wrap=True)
     for f in spec.files:
-        out.print(escape(f"file {f.filename}: {_human(f.size)}, {data['integrity'][f.filename]['state']}"), soft_wrap=True)
-        out.print(escape(f"  integrity: {_integrity_line(spec, f, data['integrity'][f.filename], data['cached'].get(f.filename))}"),
+        out.print(_plain(f"file {f.filename}: {_human(f.size)}, {data['integrity'][f.filename]['state']}"), soft_wrap=True)
+        out.print(_plain(f"  integrity: {_integrity_line(spec, f, data['integrity'][f.filename], data['cached'].get(f.filename))}"),
                   soft_wrap=True)
         for url in f.urls:
-            out.print(escape(f"  url: {url}"), soft_wrap=True)
+            out.print(_plain(f"  url: {url}"), soft_wrap=True)
         if f.package_source is not None:
             ps = f.package_source
-            out.print(escape(f"  from package {ps.package}=={ps.version}, member {ps.member} "
+            out.print(_plain(f"  from package {ps.package}=={ps.version}, member {ps.member} "
                              f"(sha256 {ps.member_sha256}), converter {ps.converter}"), soft_wrap=True)
-    out.print(escape(f"cache: {data['cache_dir']}"))
+    out.print(_plain(f"cache: {data['cache_dir']}"))
     if data["cache_error"]:
-        out.print(escape(f"damaged: {data['cache_error']}"), soft_wrap=True)
+        out.print(_plain(f"damaged: {data['cache_error']}"), soft_wrap=True)
 
 
 def _first_use(name: str, f: W.WeightFile) -> Any:
@@ -310,7 +316,7 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
     for name in names:
         spec = specs[name]
         if spec.license_note and not quiet:
-            _err.print(escape(f"note: '{name}' are licensed {_license(spec)}"))
+            _err.print(_plain(f"note: '{name}' are licensed {_license(spec)}"))
         # Files with no reference sha256 and none recorded yet: those this pull records on the user's word
         unrecorded = [f.filename for f in spec.files if f.sha256 is None and f.package_source is None
                       and not f.bundled and W.first_use(name, f.filename) is None] if trust else []
@@ -318,7 +324,7 @@ def pull_cmd(names: tuple[str, ...], quiet: bool, trust: bool, retries: int) -> 
         for filename in unrecorded:  # (not when it was cached already and nothing was downloaded)
             rec = W.first_use(name, filename)
             if rec is not None:
-                _err.print("[yellow]warning:[/] " + escape(f"'{name}' had no reference sha256; recorded what was "
+                _err.print("[yellow]warning:[/] " + _plain(f"'{name}' had no reference sha256; recorded what was "
                                                         f"downloaded ({filename}: sha256 {rec.sha256}); later "
                                                         "pulls and imports must match it"))
         for p in paths:
@@ -359,14 +365,14 @@ def import_cmd(name: str, file: Path, filename: str | None, link: bool, trust: b
     if filename is None and wants_archive_import(W.get_spec(name), file):
         done = import_archive(name, file, link=link, trust=trust, allow_unsafe=options.allow_unsafe)
         for w in done.warnings:
-            _err.print(f"[yellow]warning:[/] {escape(str(w))}")
+            _err.print(f"[yellow]warning:[/] {_plain(str(w))}")
         for p in done.paths:
             click.echo(str(p))
         return
     dest, warning = W.import_file(name, file, filename=filename, link=link, trust=trust,
                                   allow_unsafe=options.allow_unsafe)
     if warning:
-        _err.print(f"[yellow]warning:[/] {escape(str(warning))}")
+        _err.print(f"[yellow]warning:[/] {_plain(str(warning))}")
     click.echo(str(dest))
 
 
@@ -390,14 +396,14 @@ def verify_cmd(names: tuple[str, ...]) -> None:
     targets = list(names) or [n for n in W.all_specs() if _has_cache(n)]
     for name in names or W.all_specs():  # leftovers of imports killed midway: named, not counted as failures
         for path, pid in W.stray_imports(name):
-            _err.print(escape(f"note: {path} is the partial copy of an interrupted import"
+            _err.print(_plain(f"note: {path} is the partial copy of an interrupted import"
                               + (f" (process {pid}, gone)" if pid is not None else "")
                               + f"; the next `restorekit weights import {name}` removes it, or delete it"))
     bad = 0
     for name in targets:
         problems = W.verify(name)
         for p in problems:
-            _err.print(f"[red]FAIL[/] {escape(str(p))}")
+            _err.print(f"[red]FAIL[/] {_plain(str(p))}")
         if not problems:
             click.echo(f"ok {name}")
         bad += bool(problems)
@@ -464,7 +470,7 @@ def convert_cmd(file: Path, fmt: str, key: str | None, output: Path | None, over
         raise click.UsageError(f"{out} already exists; pass --overwrite to replace it, or choose another -o")
     n, dropped = W.convert_to_safetensors(file, out, key=key, overwrite=overwrite)
     if dropped:
-        _err.print(f"[yellow]warning:[/] left out non-tensor entries: {escape(', '.join(dropped))}")
+        _err.print(f"[yellow]warning:[/] left out non-tensor entries: {_plain(', '.join(dropped))}")
     click.echo(f"wrote {out} ({n} tensors, sha256 {W.sha256_file(out)})")
 
 
