@@ -222,8 +222,21 @@ def test_methods_show_lists_options_json():
     data = json.loads(r.output)
     assert data["name"] == "bicubic" and data["plugin"] == "baselines"
     assert {o["name"] for o in data["options"]} == {"antialias", "clamp"}
+    assert data["weights_licenses"] == {} and "weights license" not in invoke("methods", "show", "bicubic").output
     r = invoke("methods", "--json")
     assert "bicubic" in [m["name"] for m in json.loads(r.output)]
+
+
+def test_methods_show_names_the_licence_of_the_default_weights():
+    """`license: Apache-2.0` (the code's) stood beside research-only default weights, unqualified."""
+    pytest.importorskip("restorekit_baselines")
+    data = json.loads(invoke("methods", "show", "pix2pixhd", "--json").output)
+    assert data["license"] == "Apache-2.0"
+    assert list(data["weights_licenses"]) == ["pix2pixhd-faces128"]
+    assert data["weights_licenses"]["pix2pixhd-faces128"].startswith("LicenseRef-research-only (")
+    lines = invoke("methods", "show", "pix2pixhd").output.splitlines()
+    assert [ln.strip() for ln in lines if "weights license:" in ln] == [
+        f"weights license: pix2pixhd-faces128: {data['weights_licenses']['pix2pixhd-faces128']}"]
 
 
 def test_methods_show_says_when_one_sample_is_deterministic():

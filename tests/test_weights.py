@@ -157,7 +157,7 @@ def spec_for(name: str, filename: str, *, data: bytes | None = None, urls: tuple
     if data is not None and size:
         wf["size"] = len(data)
     wf.update(kw.pop("file_extra", {}))
-    return W.WeightSpec(name=name, architecture="toy", plugin="tests", files=[wf], license="MIT", **kw)
+    return W.WeightSpec(name=name, architecture="toy", plugin="tests", files=[wf], **{"license": "MIT", **kw})
 
 
 def ckpt_bytes(fill: float, n: int = 64) -> bytes:
@@ -606,8 +606,11 @@ def test_list_json(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
     rows = json.loads(r.output)
     assert [(x["name"], x["size"], x["cached"], x["license_note"]) for x in rows] == [
         ("a-net", 10, "yes", "non-commercial"), ("b-net", 7, "no", "")]
-    r = CliRunner().invoke(weights_group, ["list"])
-    assert r.exit_code == 0 and "non-commercial" in r.output
+    specs["c-net"] = spec_for("c-net", "c.pt", data=b"c" * 7, license="LicenseRef-research-only",
+                              license_note="trained on faces of a non-commercial licence and research-only ones")
+    r = CliRunner().invoke(weights_group, ["list"], env={"COLUMNS": "200"})
+    brief = {ln.split()[0]: ln.split()[-1] for ln in r.output.splitlines() if ln[:5] in ("a-net", "b-net", "c-net")}
+    assert r.exit_code == 0 and brief == {"a-net": "non-commercial", "b-net": "MIT", "c-net": "research-only"}
 
 
 # --- safe loading -----------------------------------------------------------------------------

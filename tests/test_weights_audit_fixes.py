@@ -193,3 +193,32 @@ def test_listing_cells_are_literal_text(capsys: pytest.CaptureFixture[str]) -> N
     listing("t", ["name", "summary"], [["[bold]x[/]", "y\x1b[2J"], ["z", "w"]], cut=("summary",))
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split() for ln in lines[2:]] == [["[bold]x[/]", "y\\x1b[2J"], ["z", "w"]]
+
+
+def test_a_damaged_shipped_file_is_damaged_and_cannot_be_imported_beside_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, specs: dict[str, W.WeightSpec]) -> None:
+    """A flipped byte in a shipped file read 'missing' (README: import it), and an import then
+    succeeded into a cache copy that is never used while the damaged file stayed in use."""
+    pkg = tmp_path / "site" / "shippkg_3p"
+    (pkg / "weights").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    data = bytes(range(256)) * 4
+    (pkg / "weights" / "m.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    specs["ship-net"] = W.WeightSpec(name="ship-net", architecture="x", plugin="p", license="MIT", files=(
+        W.WeightFile(filename="m.bin", size=len(data), sha256=sha(data), bundled="shippkg_3p:weights/m.bin"),))
+    rows = {row["name"]: row["state"] for row in json.loads(_cli("list", "--json").stdout)}
+    assert rows["ship-net"] == "shipped"
+    (pkg / "weights" / "m.bin").write_bytes(data[:-1] + b"\x00")
+    rows = {row["name"]: row["state"] for row in json.loads(_cli("list", "--json").stdout)}
+    assert rows["ship-net"] == "damaged"
+    assert [ln for ln in _cli("show", "ship-net").stdout.splitlines() if ln.startswith("file ")] == [
+        "file m.bin: 1.0 KB, damaged"]
+    good = tmp_path / "m.bin"
+    good.write_bytes(data)
+    r = _cli("import", "ship-net", str(good))
+    assert r.exit_code == 1
+    assert r.stderr.strip() == ("error: 'ship-net' ships inside the 'shippkg_3p' package and is used from there: "
+                                "nothing to import; if it is missing or damaged, reinstall the distribution that "
+                                "provides 'shippkg_3p'")
+    assert not W.weights_dir("ship-net").exists()

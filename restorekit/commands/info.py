@@ -90,6 +90,7 @@ def methods_show(name: str, as_json: bool) -> None:
         fail_usage(str(exc))
     data = method_summary(cls, reg.owner["methods"][name])
     data["options"] = options_schema(cls)
+    data["weights_licenses"] = _weights_licenses(cls)
     if as_json:
         emit_json(data)
         return
@@ -102,7 +103,20 @@ def methods_show(name: str, as_json: bool) -> None:
     if cls.info.default_weights:
         click.echo(f"{'default_weights':>17}: {cls.info.default_weights}")
     click.echo(f"{'weights state':>17}: {method_weights_state(cls)}")
+    for weights_name, weights_license in data["weights_licenses"].items():  # (``license`` is the code's)
+        click.echo(f"{'weights license':>17}: {weights_name}: {weights_license}")
     echo_options(data["options"])
+
+
+def _weights_licenses(cls: type[Method]) -> dict[str, str]:
+    """The licence of each weights the method needs or loads by default, by name: the method's own
+    ``license`` is its code's, and shipped weights may be narrower (research use only)."""
+    from ..weights import all_specs
+
+    specs = all_specs()
+    names = [*cls.info.requires_weights, *([cls.info.default_weights] if cls.info.default_weights else [])]
+    return {n: (f"{specs[n].license} ({specs[n].license_note})" if specs[n].license_note else specs[n].license)
+            for n in dict.fromkeys(names) if n in specs}
 
 
 def echo_options(options: list[dict[str, Any]]) -> None:

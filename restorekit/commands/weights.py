@@ -79,14 +79,13 @@ def _license(spec: W.WeightSpec) -> str:
 
 
 def _license_brief(spec: W.WeightSpec) -> str:
-    """``non-commercial`` or the SPDX expression: what a listing has room for (`weights show` has all)."""
+    """What a listing has room for (`weights show` has all): ``research-only`` (narrower than
+    non-commercial: a note naming some source's non-commercial licence must not widen it),
+    ``non-commercial``, or the SPDX expression."""
+    if "research-only" in spec.license.lower():
+        return "research-only"
     nc = "non-commercial" in spec.license_note.lower() or spec.license.endswith("-NC")
     return "non-commercial" if nc else spec.license
-
-
-def _license_short(spec: W.WeightSpec) -> str:
-    nc = "non-commercial" in spec.license_note.lower() or spec.license.endswith("-NC")
-    return f"{spec.license} (non-commercial)" if nc else spec.license
 
 
 def _status(spec: W.WeightSpec) -> str:
@@ -106,9 +105,10 @@ _STATES = ("damaged", "missing", "pull needed", "cached", "shipped")
 
 
 def file_state(spec: W.WeightSpec, wf: W.WeightFile) -> str:
-    """``shipped`` (inside an installed package), ``cached``, ``damaged`` (cached but failing its
-    check, or recorded in the manifest while the file is gone, as ``weights verify`` fails it),
-    ``pull needed`` (a download or package source is known) or ``missing`` (import it)."""
+    """``shipped`` (inside an installed package), ``cached``, ``damaged`` (cached or shipped but failing
+    its check, or recorded in the manifest while the file is gone, as ``weights verify`` fails it),
+    ``pull needed`` (a download or package source is known) or ``missing`` (import it; or, for a file
+    a package ships, install that package)."""
     try:
         W.resolve(spec.name, wf.filename)
         return "shipped" if wf.bundled else "cached"
@@ -116,8 +116,8 @@ def file_state(spec: W.WeightSpec, wf: W.WeightFile) -> str:
         if not wf.bundled and _recorded(spec, wf):
             return "damaged"
         return "pull needed" if (wf.urls or wf.package_source) else "missing"
-    except IntegrityError:
-        return "missing" if wf.bundled else "damaged"
+    except IntegrityError:  # (a shipped file: reinstall its package, as the error of using it says)
+        return "damaged"
 
 
 def _recorded(spec: W.WeightSpec, wf: W.WeightFile) -> bool:

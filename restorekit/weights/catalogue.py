@@ -206,7 +206,7 @@ def import_file(name: str, file: str | os.PathLike[str], *, filename: str | None
                 link: bool = False, trust: bool = False, allow_unsafe: bool = False) -> tuple[Path, str | None]:
     """Put a file the user already has into the cache after checking size and sha256
     (:func:`.fetch.import_spec_file`); returns the cached path and a ``--trust`` warning or None."""
-    return fetch.import_spec_file(get_spec(name), file, filename=filename, link=link, trust=trust,
+    return fetch.import_spec_file(_importable(name), file, filename=filename, link=link, trust=trust,
                                   allow_unsafe=allow_unsafe)
 
 
@@ -214,7 +214,20 @@ def import_archive(name: str, path: str | os.PathLike[str], *, link: bool = Fals
                    trust: bool = False, allow_unsafe: bool = False) -> ArchiveImport:
     """Import every file of weights ``name`` from a zip archive or a folder
     (:func:`.archive.import_spec_archive`)."""
-    return archive.import_spec_archive(get_spec(name), path, link=link, trust=trust, allow_unsafe=allow_unsafe)
+    return archive.import_spec_archive(_importable(name), path, link=link, trust=trust, allow_unsafe=allow_unsafe)
+
+
+def _importable(name: str) -> WeightSpec:
+    """The spec of ``name``, refused when its files ship inside a package: they are used from there
+    only, so an imported copy would lie unused in the cache while a damaged one stays in use."""
+    spec = get_spec(name)
+    bundled = [f.bundled for f in spec.files if f.bundled]
+    if bundled:
+        package = bundled[0].partition(":")[0]
+        raise RestorekitError(f"'{name}' ships inside the '{package}' package and is used from there: nothing to "
+                              f"import; if it is missing or damaged, reinstall the distribution that provides "
+                              f"'{package}'")
+    return spec
 
 
 def forget(name: str) -> list[str]:
