@@ -1,5 +1,6 @@
-"""``python -m restorekit`` (also what ``torchrun -m restorekit`` runs)."""
+"""``python -m restorekit`` (also what ``torchrun -m restorekit`` runs); importing it runs nothing."""
 
 from .cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -198,3 +198,47 @@ def test_restorekit_testing_submodules_stay_attributes():
     import restorekit.testing as t
 
     assert t.cases.collect_cases is t.collect_cases and t.conformance.check_method is t.check_method
+
+
+@pytest.mark.parametrize("which", ["psp_sr", "baselines"])
+def test_registry_entry_provides_what_the_plugin_registers(which):
+    """The first-party entries left out "commands" (both plugins add `train …`/`bench …` commands)."""
+    pytest.importorskip(PLUGIN_PACKAGES[which])
+    import json
+
+    from restorekit.registry_schema import load_entry
+
+    dist = project(which)["project"]["name"]
+    entry = load_entry(ROOT / "registry" / "plugins" / f"{dist}.toml")
+    # (a fresh process: a CLI built once per process records plugin commands for its first registry only)
+    listed = json.loads(subprocess.run([sys.executable, "-m", "restorekit", "plugins", "--json"], capture_output=True,
+                                       text=True, check=True, timeout=120).stdout)
+    registers = {kind for kind, names in next(p for p in listed if p["name"] == which)["registers"].items() if names}
+    assert set(entry.provides) == registers | ({"weights"} if entry.weights else set())
+
+
+def test_sdists_hold_no_tests_that_cannot_run(tmp_path):
+    """The sdists shipped test files without conftest.py and helper modules (ModuleNotFoundError
+    when run from the unpacked sdist); the plugins' shipped weights stay in."""
+    import tarfile
+
+    for which, folder in (("restorekit", ROOT), ("psp_sr", ROOT / "plugins" / "psp_sr"),
+                          ("baselines", ROOT / "plugins" / "baselines")):
+        built = subprocess.run([sys.executable, "-c", "import sys, setuptools.build_meta as b; "
+                                "print(b.build_sdist(sys.argv[1]))", str(tmp_path)],
+                               cwd=folder, capture_output=True, text=True, check=True).stdout.split()[-1]
+        with tarfile.open(tmp_path / built) as tar:
+            names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
+        assert not [n for n in names if n.startswith(("tests/", "recipes/"))], which
+        if which != "restorekit":
+            shipped = [n for n in names if n.endswith(".safetensors")]
+            assert shipped and all(n.startswith(f"{PLUGIN_PACKAGES[which]}/weights/") for n in shipped), which
+
+
+def test_importing_the_main_module_runs_nothing():
+    """`import restorekit.__main__` (pydoc, autodoc, --doctest-modules) ran the CLI: usage, exit 2."""
+    done = subprocess.run([sys.executable, "-c", "import restorekit.__main__; print('imported')"],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "imported\n", "")
+    ran = subprocess.run([sys.executable, "-m", "restorekit", "--version"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.startswith("restorekit, version ")
