@@ -62,6 +62,14 @@ BUILTIN = "restorekit"
 #: This repository's plugin distributions (normalised names): loaded and merged before any other,
 #: so a third-party plugin registering one of their names breaks alone, as for a core name.
 FIRST_PARTY = frozenset({"restorekit-baselines", "restorekit-psp-sr"})
+#: What each of them registers, so that a name asked for while its distribution is not installed
+#: is said to come with it (a test compares this with the installed plugins' registrations).
+FIRST_PARTY_NAMES: dict[tuple[str, str], str] = {
+    **{("methods", n): "restorekit-baselines" for n in ("bicubic", "pix2pixhd", "pulse")},
+    **{("methods", n): "restorekit-psp-sr" for n in ("psp_sr", "psp_pulse")},
+    ("generators", "stylegan2"): "restorekit-psp-sr", ("encoders", "gradual_style"): "restorekit-psp-sr",
+    ("losses", "identity"): "restorekit-psp-sr", ("face_embedders", "arcface_irse50"): "restorekit-psp-sr",
+}
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,10 @@ class Registry:
             broken = sorted(p for p, rec in self.plugins.items() if rec.status != "ok")
             unsure = (f"; broken plugins, which may have had it: {', '.join(repr(p) for p in broken)} (see "
                       "`restorekit plugins`)") if broken else ""
+            absent = _absent_first_party(kind, name)
+            if absent:
+                raise UnknownNameError(f"{label} '{name}' comes with the {absent} distribution, which is not "
+                                       f"installed: pip install {absent}") from None
             raise UnknownNameError(
                 f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{limited}{unsure}") from None
 
@@ -264,6 +276,18 @@ class Registry:
 
     def metric(self, name: str) -> Any:
         return self.get("metrics", name)
+
+
+def _absent_first_party(kind: str, name: str) -> str | None:
+    """The first-party distribution that registers ``name`` when it is not installed, else None."""
+    dist = FIRST_PARTY_NAMES.get((kind, name))
+    if dist is None:
+        return None
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return dist
+    return None
 
 
 def _strict_from_env() -> bool:

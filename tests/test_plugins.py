@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import inspect
 import itertools
@@ -111,6 +112,41 @@ def test_builtins_and_first_party_plugins_present():
     assert "bicubic" in reg.names("methods")
     dists = {r.distribution for r in reg.plugins.values()}
     assert {"restorekit", "restorekit-psp-sr", "restorekit-baselines"} <= dists
+
+
+def test_first_party_names_are_what_the_first_party_plugins_register():
+    pytest.importorskip("restorekit_psp_sr")
+    pytest.importorskip("restorekit_baselines")
+    reg = plugins.registry()
+    registered = {(kind, name): reg.plugins[reg.owner[kind][name]].distribution
+                  for kind in KINDS for name in reg.owner.get(kind, {})
+                  if reg.plugins[reg.owner[kind][name]].distribution in plugins.FIRST_PARTY and kind != "weights"}
+    assert registered == plugins.FIRST_PARTY_NAMES
+
+
+def test_a_first_party_name_whose_distribution_is_not_installed_names_it(monkeypatch):
+    """With the core alone, `run psp_sr` said "unknown method 'psp_sr'; known: none registered"."""
+    real = importlib.metadata.distribution
+
+    def without_psp(name):
+        if name == "restorekit-psp-sr":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setenv("RESTOREKIT_LOAD_PLUGINS", "baselines")
+    plugins.reset()
+    with pytest.raises(UnknownNameError, match="known: bicubic, pix2pixhd, pulse .RESTOREKIT_LOAD_PLUGINS"):
+        plugins.registry().method("psp_sr")  # installed, only not loaded: the usual line
+    monkeypatch.setattr(importlib.metadata, "distribution", without_psp)
+    with pytest.raises(UnknownNameError) as info:
+        plugins.registry().method("psp_sr")
+    assert str(info.value) == ("method 'psp_sr' comes with the restorekit-psp-sr distribution, which is not "
+                               "installed: pip install restorekit-psp-sr")
+    with pytest.raises(UnknownNameError, match="generator 'stylegan2' comes with the restorekit-psp-sr"):
+        plugins.registry().get("generators", "stylegan2")
+    with pytest.raises(UnknownNameError, match="unknown method 'nosuch'"):
+        plugins.registry().method("nosuch")
+    plugins.reset()
 
 
 def test_third_party_plugin_is_discovered(plugin_site):

@@ -1041,6 +1041,17 @@ def test_bundled_weights_resolve_in_place_and_are_hash_checked(tmp_path: Path, m
     assert "weights pull" not in str(info.value)  # a bundled file cannot be pulled
 
 
+def test_a_missing_shipped_file_names_its_weights_and_the_distribution_to_install(
+        specs: dict[str, W.WeightSpec]) -> None:
+    specs["gone-ship"] = W.WeightSpec(name="gone-ship", architecture="x", plugin="psp_sr", license="MIT", files=(
+        W.WeightFile(filename="w.bin", size=1, sha256="0" * 64, bundled="restorekit_psp_sr:weights/nosuch.bin"),))
+    with pytest.raises(WeightsMissing) as info:
+        W.resolve("gone-ship")
+    assert str(info.value) == ("weights 'gone-ship' are not available: it ships inside the 'restorekit_psp_sr' "
+                               "package, which is not installed or lacks weights/nosuch.bin; pip install "
+                               "restorekit-psp-sr (or reinstall it) — nothing to pull: the file comes with the package")
+
+
 def test_bundled_entries_locate_packages_without_running_their_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    specs: dict[str, W.WeightSpec]) -> None:
     """A registry entry is data: naming ``pkg.sub:file`` must not import ``pkg`` (``find_spec`` of a

@@ -113,23 +113,29 @@ def package_folders(dotted: str) -> list[str]:
     return folders
 
 
-def bundled_path(wf: WeightFile) -> Path:
-    """Where an installed package keeps a bundled file (found without importing the package)."""
+def bundled_path(wf: WeightFile, name: str | None = None) -> Path:
+    """Where an installed package keeps a bundled file (found without importing the package);
+    ``name``: the weights it belongs to, for the error when it is not there."""
     assert wf.bundled is not None
     package, _, rel = wf.bundled.partition(":")
     for loc in package_folders(package):
         path = Path(loc) / rel
         if path.is_file():
             return path
-    raise WeightsMissing(wf.filename, f"it ships inside the '{package}' package, which is not installed "
+    from ..plugins import FIRST_PARTY
+
+    top = package.partition(".")[0]
+    dist = top.replace("_", "-") if top.replace("_", "-") in FIRST_PARTY else None
+    raise WeightsMissing(name or wf.filename, f"it ships inside the '{package}' package, which is not installed "
                                       f"or lacks {rel}",
-                         fix=f"(re)install the distribution that provides '{package}' — nothing to pull: "
-                             "the file comes with the package")
+                         fix=(f"pip install {dist} (or reinstall it)" if dist else
+                              f"(re)install the distribution that provides '{package}'")
+                         + " — nothing to pull: the file comes with the package")
 
 
 def _check_bundled(spec: WeightSpec, wf: WeightFile) -> Path:
     """A bundled file after a full size + sha256 check (bundled files are small)."""
-    path = bundled_path(wf)
+    path = bundled_path(wf, spec.name)
     size = path.stat().st_size
     actual = sha256_file(path)
     if size != wf.size or actual != wf.sha256:
