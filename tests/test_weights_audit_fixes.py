@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from restorekit import weights as W
+from restorekit.errors import WeightsMissing
 from restorekit.commands.weights import weights_group
 from test_weights import ckpt_bytes, home, sha, spec_for, specs  # noqa: F401 (fixtures)
 
@@ -222,3 +223,26 @@ def test_a_damaged_shipped_file_is_damaged_and_cannot_be_imported_beside_it(
                                 "nothing to import; if it is missing or damaged, reinstall the distribution that "
                                 "provides 'shippkg_3p'")
     assert not W.weights_dir("ship-net").exists()
+
+
+def test_the_fix_for_missing_unpinned_weights_includes_trust(tmp_path: Path, specs: dict[str, W.WeightSpec]) -> None:
+    """The hint said `weights pull NAME`, which is refused for a file with no published sha256 and
+    none recorded ("pass --trust")."""
+    blob = ckpt_bytes(5)
+    specs["open-net"] = spec_for("open-net", "o.pt", data=blob, known_hash=False, urls=("https://example.org/o.pt",))
+    _pinned(specs, "pin-net", tmp_path, 6)
+    W.remove("pin-net")
+    with pytest.raises(WeightsMissing) as info:
+        W.resolve("open-net")
+    assert str(info.value) == (
+        "weights 'open-net' are not available; run `restorekit weights pull --trust open-net` (needs network; no "
+        "sha256 is published, so --trust records the one downloaded) or `restorekit weights import --trust "
+        "open-net FILE` (a file you already have)")
+    with pytest.raises(WeightsMissing, match=r"weights pull pin-net` \(needs network\)"):
+        W.resolve("pin-net")
+    src = tmp_path / "o.pt"
+    src.write_bytes(blob)
+    W.import_file("open-net", src, trust=True)
+    W.remove("open-net")  # the first-use record stays: a plain pull or import is checked against it
+    with pytest.raises(WeightsMissing, match=r"run `restorekit weights pull open-net` \(needs network\)"):
+        W.resolve("open-net")

@@ -144,6 +144,24 @@ def _check_bundled(spec: WeightSpec, wf: WeightFile) -> Path:
     return path
 
 
+def missing_fix(spec: WeightSpec) -> str | None:
+    """How to get ``spec`` into the cache when that needs more than the usual pull or import: an
+    unpinned file never recorded needs ``--trust`` (a pull without it is refused). None: the usual."""
+    def untrusted(wf: WeightFile) -> bool:
+        if wf.sha256 is not None or wf.package_source is not None or wf.bundled:
+            return False
+        try:
+            return tofu.first_use(spec.name, wf.filename) is None
+        except IntegrityError:
+            return True
+
+    if not any(untrusted(wf) for wf in spec.files):
+        return None
+    return (f"run `restorekit weights pull --trust {spec.name}` (needs network; no sha256 is published, so "
+            f"--trust records the one downloaded) or `restorekit weights import --trust {spec.name} FILE` "
+            "(a file you already have)")
+
+
 def check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
     """Path of a cached (or bundled) file after checks; raises WeightsMissing or IntegrityError."""
     if wf.bundled is not None:
@@ -151,7 +169,8 @@ def check_cached(spec: WeightSpec, wf: WeightFile, *, full: bool) -> Path:
     folder = cache.weights_dir(spec.name)
     path = folder / wf.filename
     rec = cache.read_manifest(folder).get(wf.filename)
-    missing = WeightsMissing(spec.name, "" if len(spec.files) == 1 else f"file {wf.filename} not cached")
+    missing = WeightsMissing(spec.name, "" if len(spec.files) == 1 else f"file {wf.filename} not cached",
+                             fix=missing_fix(spec))
     if not path.is_file() or rec is None:
         raise missing
     try:
