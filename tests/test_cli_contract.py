@@ -135,9 +135,9 @@ def test_weights_path_of_weights_not_installed_exits_2_as_run_does(tmp_path: Pat
     r = invoke("weights", "path", "stylegan2-ffhq-config-f")
     assert r.exit_code == 2, r.output  # was 1, the code of a refused or failed file
     assert r.stderr.splitlines() == [
-        "error: weights 'stylegan2-ffhq-config-f' are not available; run `restorekit weights pull "
-        "stylegan2-ffhq-config-f` (needs network) or `restorekit weights import stylegan2-ffhq-config-f FILE` "
-        "(a file you already have)"]
+        "error: weights 'stylegan2-ffhq-config-f' are not available; run `restorekit weights pull --trust "
+        "stylegan2-ffhq-config-f` (needs network; no sha256 is published, so --trust records the one downloaded) "
+        "or `restorekit weights import --trust stylegan2-ffhq-config-f FILE` (a file you already have)"]
     assert r.stdout == ""
 
 

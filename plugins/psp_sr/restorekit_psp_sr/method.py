@@ -423,8 +423,9 @@ class PSPSR(Method):
             path = shipped_file(
                 DEFAULT_MODEL_NAME, DEFAULT_MODEL_FILE, missing=f"{self.info.name}: no --weights given",
                 fix=(f"pass --weights FILE (a restorekit-trained .safetensors or an official pSp .pt), or get the "
-                     f"paper's model with `restorekit weights pull {OFFICIAL_WEIGHTS}` (or `restorekit weights "
-                     f"import {OFFICIAL_WEIGHTS} FILE`) and pass --weights {OFFICIAL_WEIGHTS}; the embedded model's "
+                     f"paper's model with `restorekit weights pull --trust {OFFICIAL_WEIGHTS}` (or `restorekit "
+                     f"weights import --trust {OFFICIAL_WEIGHTS} FILE`: no sha256 is published for it) and pass "
+                     f"--weights {OFFICIAL_WEIGHTS}; the embedded model's "
                      f"recipe is plugins/psp_sr/recipes/prior128"))
             return path, DEFAULT_MODEL_NAME
         from restorekit.weights import weights_source

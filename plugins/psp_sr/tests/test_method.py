@@ -121,7 +121,7 @@ def test_style_mixing_samples(model_file: Path) -> None:
 def test_missing_weights_name_the_fix(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(method_mod, "WEIGHTS_DIR", tmp_path / "no_weights")
     # WeightsMissing (demo, compare and `plugin check` treat it as "not installed"), one line naming the fixes.
-    with pytest.raises(WeightsMissing, match=r"restorekit weights pull psp-celebs-super-resolution") as info:
+    with pytest.raises(WeightsMissing, match=r"restorekit weights pull --trust psp-celebs-super-resolution") as info:
         PSPSR().load()
     assert "psp_sr_faces128.safetensors is not in this installation" in str(info.value)
     assert "\n" not in str(info.value)

@@ -378,7 +378,7 @@ def test_methods_without_shipped_weights_name_the_fix(nothing_shipped: None, rk_
         r = rk_cli("run", method, "--scale", "4", "--input", tmp_path / "lr.png", "--output", tmp_path / "out")
         assert r.exit_code == 2, r.output
         (line,) = r.stderr.strip().splitlines()
-        assert "psp-sr-faces128" in line and "restorekit weights pull psp-celebs-super-resolution" in line
+        assert "psp-sr-faces128" in line and "restorekit weights pull --trust psp-celebs-super-resolution" in line
     assert not (tmp_path / "out").exists()
 
 
