@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def signed(v: float, f: str) -> str:
 
 def row_cells(metric: str, higher_is_better: bool, st: dict, f: str) -> list[str]:
     """The "vs BASELINE" table's cells for one method and metric, from the JSON, independently of reports.py."""
-    p = format(st["p"], ".2g")
+    exact = Decimal(repr(st["p"]))  # two significant digits, rounded down (0.0498 reads 0.049, never 0.05)
+    p = format(float(exact.quantize(Decimal(1).scaleb(exact.adjusted() - 1), rounding=ROUND_DOWN)), ".2g")
     return [f"{metric} {'↑' if higher_is_better else '↓'}", str(st["n"]), f"{100 * st['win']:.1f}%", p,
             signed(st["diff"], f), f"[{signed(st['ci_low'], f)}, {signed(st['ci_high'], f)}]"]
 

@@ -13,6 +13,10 @@ Rules:
   Deterministic methods run once and have no ± part.
 - Runtime: mean ms per call over the successful calls, warm-up calls left out (when the only
   timed call was the warm-up, it is used and flagged). Peak memory: the maximum over calls.
+- Best per metric: where the methods' means are over different images (one failed on a hard image,
+  a seed failed, a NaN), they are compared over the images every one of them has a value on
+  (:func:`shared_means`), not as they are: a method that failed on the hardest face would otherwise
+  win on the easier ones. The means in the table stay each method's own.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class Stat:
     nan: int = 0
     inf: int = 0
     seed_left_out: int = 0
+    # Each image's value behind the mean (a stochastic method's: the mean over its seeds, on the
+    # images every seed has), to compare methods on the images they share; not in the reports.
+    per_image: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"mean": self.mean, "std": self.std, "n": self.n, "nan": self.nan, "inf": self.inf,
@@ -86,6 +93,15 @@ def _pstd(xs: list[float]) -> float | None:
     return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / len(xs))
 
 
+def _per_image(by_seed: dict[int | None, list[tuple[str, float]]]) -> dict[str, float]:
+    """Per image, the mean of its values over the seeds (a deterministic method's one value)."""
+    values: dict[str, list[float]] = {}
+    for pairs in by_seed.values():
+        for img, x in pairs:
+            values.setdefault(img, []).append(x)
+    return {img: _mean(xs) for img, xs in values.items()}
+
+
 def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Stat:
     """Aggregate one metric over the successful records of one method."""
     by_seed: dict[int | None, list[tuple[str, float]]] = {}
@@ -115,8 +131,8 @@ def metric_stat(records: Iterable[Record], metric: str, stochastic: bool) -> Sta
     if stochastic:
         means = [_mean([x for _, x in v])
                  for _, v in sorted(by_seed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
-        return Stat(_mean(means), _pstd(means), n, nan, inf, left_out)
-    return Stat(_mean(values), None, n, nan, inf)
+        return Stat(_mean(means), _pstd(means), n, nan, inf, left_out, _per_image(by_seed))
+    return Stat(_mean(values), None, n, nan, inf, per_image=_per_image(by_seed))
 
 
 def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images: int,
@@ -146,17 +162,47 @@ def summarize(name: str, deterministic: bool, seeds: list[int | None], n_images:
     return s
 
 
+@dataclass(frozen=True)
+class SharedImages:
+    """A metric column whose means are over different images: how many images each method's mean is
+    over, how many every one of them has a value on, and each method's mean over those."""
+
+    counts: dict[str, int]
+    images: int
+    means: dict[str, float]
+
+
+def shared_means(summaries: list[MethodSummary], metric: str) -> SharedImages | None:
+    """The methods with a value of ``metric`` compared on the images all of them have one on; None
+    when their means are over the same images already (or fewer than two have a value).
+
+    A Stat without ``per_image`` (made by hand) counts as having no image.
+    """
+    stats = {s.name: s.metrics[metric] for s in summaries
+             if metric in s.metrics and not math.isnan(s.metrics[metric].mean)}
+    sets = [set(st.per_image) for st in stats.values()]
+    if len(sets) < 2 or all(images == sets[0] for images in sets):
+        return None
+    common = sorted(set.intersection(*sets))
+    return SharedImages({name: len(st.per_image) for name, st in stats.items()}, len(common),
+                        {name: _mean([st.per_image[img] for img in common]) for name, st in stats.items()})
+
+
 def best_per_column(summaries: list[MethodSummary], directions: dict[str, bool],
                     shown: Callable[[str, float], str] | None = None) -> dict[str, set[str]]:
     """For each metric (``directions``: name → higher is better) and ``runtime``, the best method(s).
 
-    A column is marked only when at least two methods have a value in it. With ``shown`` (column,
-    mean → the text a report prints), means are compared as printed, so every method whose number
-    reads the same as the best one is marked too.
+    A column is marked only when at least two methods have a value in it. Means over different
+    images are compared over the images every one of those methods has (:func:`shared_means`; none
+    in common: no mark). With ``shown`` (column, mean → the text a report prints), means are
+    compared as printed, so every method whose number reads the same as the best one is marked too.
     """
     out: dict[str, set[str]] = {}
-    columns: dict[str, tuple[bool, dict[str, float]]] = {
-        m: (hib, {s.name: s.metrics[m].mean for s in summaries if m in s.metrics}) for m, hib in directions.items()}
+    columns: dict[str, tuple[bool, dict[str, float]]] = {}
+    for m, hib in directions.items():
+        shared = shared_means(summaries, m)
+        columns[m] = (hib, shared.means if shared is not None else
+                      {s.name: s.metrics[m].mean for s in summaries if m in s.metrics})
     columns["runtime"] = (False, {s.name: s.runtime_ms.mean for s in summaries})
     for col, (hib, values) in columns.items():
         vals = {k: v for k, v in values.items() if not math.isnan(v)}

@@ -43,7 +43,7 @@ from ..degradations import Chain, crop_to_multiple
 from ..errors import ImageError, RestorekitError
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, FILE_FORMATS, ImageItem, atomic_write_bytes,
                       check_output_size, check_size, from_pil, fs_error, list_inputs, probe_size, read_image,
-                      read_image_bytes, storage_errno, to_pil)
+                      read_image_bytes, shown_name, storage_errno, to_pil)
 from ..safe_open import open_folder, read_plain
 from ..seeds import mix_seed
 
@@ -152,6 +152,21 @@ def _hash_bytes(*parts: bytes) -> str:
     for p in parts:
         h.update(hashlib.sha256(p).digest())
     return h.hexdigest()[:16]
+
+
+def duplicate_lines(pairs: list[Pair]) -> list[str]:
+    """A line per image whose files have the same content as an earlier image's (a copy under
+    another name): both stay in the run — the user may mean it — but each counts as an image of its
+    own in every mean and paired statistic, which should not pass unsaid. (The same file reached by
+    two paths or a link is one image already: :func:`restorekit.images.list_inputs`.)"""
+    first: dict[str, Pair] = {}
+    lines = []
+    for pair in pairs:
+        seen = first.setdefault(pair.input_hash, pair) if pair.input_hash else pair
+        if seen is not pair:
+            lines.append(f"{shown_name(pair.hr_path)}: the same content as {shown_name(seen.hr_path)} (a copy "
+                         "under another name); both are scored, so this image counts twice")
+    return lines
 
 
 def _select(items: list[_T], limit: int | None) -> list[_T]:

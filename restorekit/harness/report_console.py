@@ -44,7 +44,7 @@ def print_table(sm: Summary, console: Console | None = None) -> None:
                                 "row, over all the tables"), whole=whole)
     if sm.paired is not None:
         _print_rich(console, PAIRED_TITLE.format(base=sm.paired.baseline), *paired_rows(sm), paired_notes(sm),
-                    heads=True, left=(0, 5))
+                    heads=True, left=(0, 5), whole=whole)
 
 
 def summary_tables(sm: Summary, console: Console, title: str) -> tuple[list[Table], bool]:
@@ -133,11 +133,12 @@ def _rich_table(title: str | None, header: list[str], groups: list[Rows], *, hea
 
 
 def _print_rich(console: Console, title: str, header: list[str], groups: list[Rows], lines: list[str], *,
-                heads: bool = False, left: tuple[int, ...] = (0,)) -> None:
-    """:func:`_rich_table` on the console, then ``lines`` (dim). With ``heads`` only the last column
-    wraps (at a space) when the terminal is narrow: names and numbers stay whole."""
+                heads: bool = False, left: tuple[int, ...] = (0,), whole: bool = False) -> None:
+    """:func:`_rich_table` on the console, then ``lines`` (dim; ``whole``: each on one line, as
+    :func:`_print_notes`). With ``heads`` only the last column wraps (at a space) when the terminal is
+    narrow: names and numbers stay whole."""
     console.print(_rich_table(title, header, groups, heads=heads, left=left))
-    _print_notes(console, lines)
+    _print_notes(console, lines, whole=whole)
 
 
 def _plain(text: str, style: str = "") -> Text:

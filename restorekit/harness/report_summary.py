@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
 
 from .aggregate import MethodSummary, Stat, best_per_column, summarize
 from .paired import BaselineComparison, compare_to_baseline
@@ -70,6 +71,19 @@ def magnitude_fmt(a: float) -> str:
     if a >= 0.01:
         return ".4f"
     return ".3e"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value in two significant digits, rounded down: 0.0498 reads ``0.049``, not ``0.05``.
+
+    Rounded to nearest (``.2g``), a p just below 0.05 or 0.01 printed as the threshold itself;
+    rounded down, a printed p is below such a threshold exactly when the p is.
+    """
+    if p is None or not math.isfinite(p) or p <= 0:
+        return fmt_number(p)
+    d = Decimal(repr(p))  # (the shortest text that reads back as p: 0.031 is 0.031, not 0.0309999…)
+    step = Decimal(1).scaleb(d.adjusted() - 1)  # the unit of the second significant digit
+    return format(float(d.quantize(step, rounding=ROUND_DOWN)), ".2g")
 
 
 def fmt_stat(s: Stat, fmt: str | None = None) -> str:

@@ -8,9 +8,9 @@ import math
 import re
 from dataclasses import replace
 
-from .aggregate import MethodSummary, failure_groups
+from .aggregate import MethodSummary, SharedImages, failure_groups, shared_means
 from .paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, T_INTERVAL_BELOW
-from .report_summary import RUNTIME_FMT, Summary, fmt_number, fmt_signed, fmt_stat, magnitude_fmt
+from .report_summary import RUNTIME_FMT, Summary, fmt_number, fmt_p, fmt_signed, fmt_stat, magnitude_fmt
 from .runner import MetricState, _output_rel
 
 ARROW = {True: "↑", False: "↓"}
@@ -97,8 +97,9 @@ def paired_rows(sm: Summary) -> tuple[list[str], list[Rows]]:
     """Header and, per method, the rows of the "vs BASELINE" table (terminal and HTML).
 
     A method's group starts with a row naming it, then one row per metric: ``n``, ``win``, ``p``,
-    ``Δ`` and its CI. A method with no image paired on any metric gets only its first row, saying why.
-    Its width does not grow with the number of metrics.
+    ``Δ`` and its CI (``n`` says ``4 (Δ over 3)`` when an infinite value leaves a pair out of Δ). A
+    method with no image paired on any metric gets only its first row, saying why. Its width does not
+    grow with the number of metrics.
     """
     if sm.paired is None:
         return [], []
@@ -118,7 +119,8 @@ def paired_rows(sm: Summary) -> tuple[list[str], list[Rows]]:
         for m in metrics:
             st, f = per[m.name], fmts[m.name]
             if st.n:
-                cells = [str(st.n), f"{100 * st.win:.1f}%", fmt_number(st.p, ".2g"), fmt_signed(st.diff, f),
+                n = str(st.n) if st.n_diff == st.n else f"{st.n} (Δ over {st.n_diff})"
+                cells = [n, f"{100 * st.win:.1f}%", fmt_p(st.p), fmt_signed(st.diff, f),
                          f"[{fmt_signed(st.ci_low, f)}, {fmt_signed(st.ci_high, f)}]"]
             else:
                 cells = ["0", "n/a", "n/a", "n/a", "n/a"]
@@ -135,8 +137,9 @@ def paired_notes(sm: Summary) -> list[str]:
     out = [f"Paired with {base} image by image, over the images where both have a value (stochastic "
            f"methods: the mean over seeds per image). n: images paired; win: share of them where the method "
            f"is better (ties count half; an infinite value, e.g. the PSNR of a perfect output, counts); p: "
-           f"two-sided exact sign test, ties dropped. Δ: mean of method − {base} over the pairs of finite "
-           f"values, with a {CI_LEVEL:.0%} CI: Student's t below {T_INTERVAL_BELOW} differences, from "
+           f"two-sided exact sign test, ties dropped, rounded down to 2 significant digits. Δ: mean of "
+           f"method − {base} over the pairs of finite values (\"n (Δ over K)\" when only K of the n pairs "
+           f"are), with a {CI_LEVEL:.0%} CI: Student's t below {T_INTERVAL_BELOW} differences, from "
            f"{T_INTERVAL_BELOW} on the percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed "
            f"{BOOTSTRAP_SEED}); none from one difference."]
     metrics = sm.active_metrics
@@ -174,6 +177,9 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
         out.append("Stochastic methods: mean ± std (population) over seeds of the per-seed mean over the "
                    "images every seed has a value for.")
     for m in sm.active_metrics:
+        shared = shared_means(sm.methods, m.name)
+        if shared is not None:
+            out.append(_shared_note(m, shared))
         counts = [f"{s.name} {s.metrics[m.name].nan}/{_scored(sm, s.name, m.name)}"
                   for s in sm.methods if s.metrics[m.name].nan]
         if counts:
@@ -203,6 +209,17 @@ def notes(sm: Summary, best_in: str = "column") -> list[str]:
         out.append(f"{len(res.unmatched)} file(s) without a partner of the same stem were left out: "
                    f"{', '.join(res.unmatched[:8])}{' …' if len(res.unmatched) > 8 else ''}")
     return out
+
+
+def _shared_note(m: MetricState, shared: SharedImages) -> str:
+    """Why ``*`` in ``m``'s column may not mark the highest number: the means are over different images."""
+    counts = ", ".join(f"{name} {k}" for name, k in shared.counts.items())
+    head = f"{m.name}: the means are over different images ({counts})"
+    if not shared.images:
+        return f"{head}; no image has a value from every one of them, so none is marked best"
+    means = ", ".join(f"{name} {fmt_number(v, m.fmt)}" for name, v in shared.means.items())
+    return (f"{head}; * compares them on the {shared.images} image{'s' if shared.images > 1 else ''} all of "
+            f"them have: {means}")
 
 
 def _scored(sm: Summary, method: str, metric: str) -> int:

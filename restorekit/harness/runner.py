@@ -56,7 +56,8 @@ from ..sharding import Job, current_job
 from ..weights.catalogue import get_spec, registered_name
 from ..weights.checksum import sha256_file
 from ..weights.spec import WeightSpec
-from .inputs import InputSet, Pair, from_degradation, from_pairs, merge_shards, png_bytes, update_manifest
+from .inputs import (InputSet, Pair, duplicate_lines, from_degradation, from_pairs, merge_shards, png_bytes,
+                     update_manifest)
 from .outdir import claim, record
 from .store import Record, ResultStore, file_key, safe_name, settings_hash
 
@@ -849,6 +850,8 @@ def execute(p: Plan, progress: Callable[[str], None] | None = None, job: Job | N
             update_manifest(inputs, p.degradation, cfg.fresh, p.degradation_code, p.core_code)
     if job.is_main:
         record(p)  # the inputs exist: the folder is this configuration's from now on
+        for line in duplicate_lines(inputs.pairs):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     clock.add("inputs", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
