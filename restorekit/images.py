@@ -291,18 +291,45 @@ def _not_regular(p: Path, mode: int) -> ImageError:
     return ImageError(f"{p}: is {via}{special_file_kind(mode)}, not a regular file")
 
 
+#: Why a path holding a NUL byte names no file (the system's calls take none; Python refuses it).
+NUL_IN_PATH = "not a usable path: it holds a NUL byte, which no file name can"
+#: Why a path the system answers ``ENAMETOOLONG`` for names no file.
+PATH_TOO_LONG = "not a usable path: longer than the file system takes (File name too long)"
+#: The list-file lines that name no usable path (:func:`_list_entry`), by the path each is listed
+#: as: the one line reading it fails with, naming the list file and line. At most
+#: :data:`NOTED_MAX`, oldest dropped.
+_UNUSABLE: dict[str, str] = {}
+
+
+def _unusable(p: object, exc: BaseException) -> str | None:
+    """Why ``p`` names no file at all, from the error asking the system about it gave (a NUL
+    byte, a character the file system's encoding has not, a name or path over its length limit),
+    or None when the error says nothing of the path itself."""
+    if isinstance(exc, ValueError):
+        return NUL_IN_PATH if "\0" in str(p) else f"not a usable path ({exc})"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return PATH_TOO_LONG
+    return None
+
+
 def _check_file(p: Path) -> None:
     """A one-line ``ImageError`` unless ``p`` is a regular file with something in it; one ``stat``
     when it is (a missing file, a folder, a FIFO, device or socket, an empty file and a broken
-    link are each said as such; a ``stat`` the disk or network fails, :func:`_read_fault`)."""
+    link are each said as such; a ``stat`` the disk or network fails, :func:`_read_fault`; a
+    path that names no file, :func:`_unusable`, and a list file's line that does not, with the
+    list file and line)."""
+    listed = _UNUSABLE.get(str(p))
+    if listed is not None:
+        raise ImageError(listed)
     try:
         st = os.stat(p)
-    except OSError as exc:
-        if exc.errno is not None and exc.errno not in _PATH_ERRNOS:
+    except (OSError, ValueError) as exc:
+        unusable = _unusable(p, exc)
+        if unusable is not None:
+            raise ImageError(f"{p}: {unusable}") from None
+        if isinstance(exc, OSError) and exc.errno is not None and exc.errno not in _PATH_ERRNOS:
             raise _read_fault(p, exc) from None
         st = None  # asked again below, each case with its own answer or error
-    except ValueError:
-        st = None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise ImageError(f"{p}: is a folder, not an image")
@@ -1335,7 +1362,7 @@ def listing_folders(spec: str | os.PathLike[str]) -> list[Path]:
     of a folder spec, the folders of a glob's matches; none for a file or a list file (their
     inputs are named). An output folder among them would feed each run's outputs to the next."""
     s = str(spec)
-    if _is_list_spec(s):
+    if _is_list_spec(s) or "\0" in s:  # (a NUL byte: no path, which list_inputs refuses)
         return []
     if _is_glob_spec(s):
         return sorted({Path(q).parent for q in globmod.glob(s)})
@@ -1357,20 +1384,24 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[ImageItem]:
     both, an entry with an image extension that is no file to read is listed, so that it fails with
     its own line instead of vanishing: a symbolic link that leads nowhere (dangling, or a loop), and
     a FIFO, device or socket (or a link to one: ``x.jpg`` → ``/dev/urandom``), which is never read.
+    So is a list file's line that names no file at all (:func:`_list_entry`: a NUL byte, a name
+    too long), its error naming the list file and line. A spec holding a NUL byte is refused.
     """
     s = str(spec)
+    if "\0" in s:  # (the system's calls refuse it: said here, not as a ValueError of glob or stat)
+        raise ImageError(f"{s}: {NUL_IN_PATH}")
     stats: dict[Path, os.stat_result] = {}  # what listing a path learnt of it (links followed)
     if _is_list_spec(s):
         lst = Path(s[1:] if s.startswith("@") else s)
         if not lst.is_file():
             raise ImageError(f"{lst}: list file not found")
         paths = []
-        for line in _list_lines(lst):
+        for n, line in enumerate(_list_lines(lst), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             q = Path(line)
-            paths.append(q if q.is_absolute() else lst.parent / q)
+            paths.append(_list_entry(q if q.is_absolute() else lst.parent / q, lst, n, stats))
     elif _is_glob_spec(s):
         found = [_listed(Path(p)) for p in sorted(globmod.glob(s))]
         paths = [q for q, is_file, fails, _ in found if is_file or fails]
@@ -1455,10 +1486,35 @@ def _file_key(q: Path, st: os.stat_result | None = None) -> tuple[Any, ...]:
     return ("path", os.path.realpath(q))
 
 
-def _list_lines(lst: Path) -> list[str]:
-    """The lines of a list file: UTF-8 text (a leading byte-order mark is dropped)."""
+def _list_entry(q: Path, lst: Path, line_no: int, stats: dict[Path, os.stat_result]) -> Path:
+    """The input that line ``line_no`` of the list file ``lst`` names: ``q`` (its ``stat``, links
+    followed, kept in ``stats`` for :func:`_file_key`). Where ``q`` names no file at all
+    (:func:`_unusable`) it is listed as :func:`shown_name` writes it, and reading that fails with
+    one line naming the list file and line (:data:`_UNUSABLE`): the line fails as its own input,
+    as a missing file does, and the others are still done (a NUL byte would stop every later
+    step that asks the system about the path, with a ValueError)."""
     try:
-        return lst.read_bytes().decode("utf-8-sig").splitlines()
+        stats[q] = os.stat(q)
+        return q
+    except (OSError, ValueError) as exc:
+        problem = _unusable(q, exc)
+    if problem is None:  # (missing, a broken link…: each said when it is read)
+        return q
+    shown = Path(shown_name(q))
+    _UNUSABLE[str(shown)] = f"{shown}: line {line_no} of {lst}: {problem}"
+    if len(_UNUSABLE) > NOTED_MAX:
+        del _UNUSABLE[next(iter(_UNUSABLE))]
+    return shown
+
+
+def _list_lines(lst: Path) -> list[str]:
+    """The lines of a list file: UTF-8 text (a leading byte-order mark is dropped), split where a
+    text editor splits them (``\\n``, ``\\r\\n``, ``\\r``), so that a line's number is the
+    editor's; the other breaks ``str.splitlines`` takes (``\\x0c``, ``\\x85``, ``\\u2028``…) may
+    be part of a file name."""
+    try:
+        text = lst.read_bytes().decode("utf-8-sig")
+        return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     except UnicodeDecodeError:
         raise ImageError(f"{lst}: not UTF-8 text, so not a list of image paths (one per line); save it as "
                          "UTF-8, or give the images as a file, folder or glob") from None

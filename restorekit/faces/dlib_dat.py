@@ -85,7 +85,8 @@ class DlibStream:
         return v
 
     def read_float(self) -> float:
-        """A ``float_details`` value (mantissa, exponent) as a Python float."""
+        """A ``float_details`` value (mantissa, exponent) as a Python float; ±inf and NaN where
+        dlib's codes for them say so, a :class:`DlibFormatError` where it is beyond a double."""
         at = self.pos
         if self.pos < len(self.data) and self.data[self.pos] & 0x70:
             raise self._fail("old ASCII float encoding (not supported)", at)
@@ -99,7 +100,10 @@ class DlibStream:
             return math.nan
         if not -32768 <= exponent < _FLOAT_INF:
             raise self._fail(f"float exponent {exponent} out of range", at)
-        return math.ldexp(float(mantissa), exponent)
+        try:  # (a double ends below 2^1024: dlib writes no finite value beyond it)
+            return math.ldexp(float(mantissa), exponent)
+        except OverflowError:
+            raise self._fail(f"float {mantissa}·2^{exponent} beyond a double's range", at) from None
 
     def read_string(self) -> str:
         n = self.read_uint()

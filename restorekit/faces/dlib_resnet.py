@@ -238,10 +238,13 @@ def state_dict_from_network(net: DlibNetwork) -> dict[str, Tensor]:
         raise DlibFormatError(f"dlib face descriptor: input layer {net.input.name} {inp} is not "
                               f"input_rgb_image_sized<{CHIP_SIZE}>")
 
-    sd: dict[str, Tensor] = {
-        "mean_rgb": torch.tensor([inp["avg_red"], inp["avg_green"], inp["avg_blue"]],
-                                 dtype=torch.float32).view(1, 3, 1, 1)
-    }
+    averages = ("avg_red", "avg_green", "avg_blue")
+    mean = torch.tensor([inp[k] for k in averages], dtype=torch.float32)
+    bad = [k for k, finite in zip(averages, torch.isfinite(mean).tolist()) if not finite]
+    if bad:  # (inf or NaN, or beyond a float32, which dlib holds it in: every descriptor NaN)
+        raise DlibFormatError(f"dlib face descriptor: the input layer's {bad[0]} (byte offset {net.input.offset}) "
+                              f"is {inp[bad[0]]}, not a finite float32")
+    sd: dict[str, Tensor] = {"mean_rgb": mean.view(1, 3, 1, 1)}
     layers = [e for e in net.layers if isinstance(e, LayerDetails) and e.kind in ("con", "affine", "fc")]
     names = list(_module_names())
     if len(layers) != len(names):
@@ -249,6 +252,11 @@ def state_dict_from_network(net: DlibNetwork) -> dict[str, Tensor]:
     for entry, (kind, prefix) in zip(layers, names):
         assert entry.params is not None
         flat = entry.params.reshape(-1)
+        nonfinite = np.flatnonzero(~np.isfinite(flat))
+        if nonfinite.size:  # (any one makes every descriptor NaN)
+            i = int(nonfinite[0])
+            raise DlibFormatError(f"{prefix} (byte offset {entry.offset}): parameter {i} is {flat[i]}, "
+                                  "not a finite number")
         f = entry.fields
         if kind == "con":
             n, k, nr, nc = f["filters"]
@@ -282,7 +290,8 @@ def convert_dat(path: str | Path | None = None) -> dict[str, Tensor]:
 
     Usable as a weights converter (``module:function`` taking the file path). With ``None``
     the ``.dat`` is located by :func:`restorekit.faces.dlib_models.dlib_model_path`, falling back
-    to :data:`SAFETENSORS_NAME` in the same folders.
+    to :data:`SAFETENSORS_NAME` in the same folders. A ``.dat`` this cannot follow raises
+    :class:`DlibFormatError` naming the file (the located one too: a metric's set-up says it).
     """
     if path is None:
         from ..errors import WeightsMissing
@@ -302,7 +311,11 @@ def convert_dat(path: str | Path | None = None) -> dict[str, Tensor]:
         from ..weights.load import read_safetensors
 
         return dequantize(read_safetensors(p)[0])
-    return state_dict_from_network(read_network(p.read_bytes()))
+    data = p.read_bytes()
+    try:
+        return state_dict_from_network(read_network(data))
+    except DlibFormatError as exc:
+        raise DlibFormatError(f"{p}: {exc}") from None
 
 
 #: Suffix of the per-output-channel scales beside an int8 weight in an :func:`export_safetensors` file.
