@@ -171,9 +171,21 @@ def debugging() -> bool:
 class RestorekitGroup(click.Group):
     """Turns restorekit and file-system errors into one-line messages with exit code 2."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:  # the root's own options
+            exc.message = shown(exc.message)
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:
+            # A usage error quotes what was typed (`--input $'a\x1bb'`): printable, as restorekit's own lines.
+            exc.message = shown(exc.message)
+            raise
         except RestorekitError as exc:
             error_line(str(exc))
             ctx.exit(2)

@@ -379,3 +379,14 @@ def test_no_progress_bar_redraws_in_a_colour_forced_log(small_hr: Path, tmp_path
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "written" in r.stderr and "\x1b[?25l" not in r.stderr and "\x1b[2K" not in r.stderr, repr(r.stderr)
+
+
+def test_usage_errors_print_what_was_typed_as_printable_text() -> None:
+    """A usage error quotes the typed value: its escape sequences reached the terminal raw."""
+    for args, quoted in ((["run", "bic\x07", "--scale", "2", "--input", "x", "--output", "y"], "'bic\\x07'"),
+                         (["degrade", "--spec", "bicubic:\x1b[2J", "--input", "x", "--output", "y"], "bicubic:\\x1b[2J"),
+                         (["--x\x1b[31m"], "'--x\\x1b[31m'")):
+        r = invoke(*args)
+        assert r.exit_code == 2, r.output
+        assert "\x1b" not in r.stderr and "\x07" not in r.stderr
+        assert quoted in r.stderr.splitlines()[-1]
