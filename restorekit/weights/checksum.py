@@ -21,8 +21,8 @@ from . import cache, tofu
 from .cache import CachedFile
 from .spec import WeightFile, WeightSpec
 
-__all__ = ["sha256_file", "file_version", "sha256_fd", "checked_copy", "package_folders", "bundled_path", "check_cached", "spec_is_cached",
-           "spec_problems", "unchanged_since"]
+__all__ = ["sha256_file", "file_version", "sha256_fd", "checked_copy", "package_folders", "bundled_path", "missing_fix",
+           "check_cached", "spec_is_cached", "spec_problems", "unchanged_since"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
