@@ -20,8 +20,12 @@ from typing import Any
 from . import ENTRY_POINT_GROUP
 from .errors import exception_line
 
-__all__ = ["EntryPointsScan", "MalformedEntryPoints", "dist_field", "dist_label", "installed_entry_points",
-           "normalised_name", "scan_entry_points"]
+__all__ = ["FIRST_PARTY", "EntryPointsScan", "MalformedEntryPoints", "dist_field", "dist_label",
+           "installed_entry_points", "normalised_name", "scan_entry_points"]
+
+#: This repository's plugin distributions (normalised names): the plugin registry loads and merges
+#: them before any other, and messages name them as what to install.
+FIRST_PARTY = frozenset({"restorekit-baselines", "restorekit-psp-sr"})
 
 
 def normalised_name(name: str) -> str:

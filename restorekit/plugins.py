@@ -50,7 +50,8 @@ import pluggy
 from pydantic import BaseModel
 
 from . import ENTRY_POINT_GROUP, hookspecs
-from .entry_points import dist_field, dist_label, installed_entry_points, normalised_name as _normalised
+from .entry_points import FIRST_PARTY, dist_field, dist_label, installed_entry_points
+from .entry_points import normalised_name as _normalised
 from .errors import PluginError, UnknownNameError, exception_line
 
 GROUP = ENTRY_POINT_GROUP
@@ -59,9 +60,8 @@ KINDS = ("methods", "generators", "encoders", "losses", "degradations", "metrics
 # Kinds whose register() takes a (name, factory) pair instead of a class or spec.
 FACTORY_KINDS = ("generators", "encoders", "face_embedders", "face_detectors")
 BUILTIN = "restorekit"
-#: This repository's plugin distributions (normalised names): loaded and merged before any other,
-#: so a third-party plugin registering one of their names breaks alone, as for a core name.
-FIRST_PARTY = frozenset({"restorekit-baselines", "restorekit-psp-sr"})
+# FIRST_PARTY (entry_points): this repository's plugin distributions, loaded and merged before any
+# other, so a third-party plugin registering one of their names breaks alone, as for a core name.
 #: What each of them registers, so that a name asked for while its distribution is not installed
 #: is said to come with it (a test compares this with the installed plugins' registrations).
 FIRST_PARTY_NAMES: dict[tuple[str, str], str] = {

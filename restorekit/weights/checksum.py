@@ -16,6 +16,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ..entry_points import FIRST_PARTY
 from ..errors import IntegrityError, RestorekitError, WeightsMissing
 from . import cache, tofu
 from .cache import CachedFile
@@ -122,8 +123,6 @@ def bundled_path(wf: WeightFile, name: str | None = None) -> Path:
         path = Path(loc) / rel
         if path.is_file():
             return path
-    from ..plugins import FIRST_PARTY
-
     top = package.partition(".")[0]
     dist = top.replace("_", "-") if top.replace("_", "-") in FIRST_PARTY else None
     raise WeightsMissing(name or wf.filename, f"it ships inside the '{package}' package, which is not installed "
