@@ -24,8 +24,8 @@ from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
 from restorekit.onnx_export import ExportSpec
 
-from .pix2pixhd import (DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, WEIGHTS_DIR, Pix2PixHDGenerator, load_generator,
-                        pad_to_stride)
+from .pix2pixhd import (DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME, WEIGHTS_DIR, Pix2PixHDGenerator, check_input_size,
+                        load_generator, pad_to_stride)
 
 
 class Pix2PixHDInferenceGraph(nn.Module):
@@ -90,8 +90,7 @@ def pix2pixhd_export_spec(method: Any) -> ExportSpec:
     graph = Pix2PixHDInferenceGraph(method.generator)
     m = graph.multiple
     size = method.options.input_size
-    if size is not None and size % m:
-        raise ValueError(f"pix2pixhd: input_size must be a multiple of {m} for these weights, got {size}")
+    check_input_size(size, m)
     side = size if size is not None else m * max(1, 64 // m)
     metadata = {
         "method": "pix2pixhd",

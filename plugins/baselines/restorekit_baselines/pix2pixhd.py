@@ -53,7 +53,7 @@ from restorekit.degradations import bicubic_resize
 from restorekit.device_memory import check_working_memory
 from restorekit.errors import RestorekitError, WeightsMissing
 from restorekit.interfaces import Method, MethodInfo, Options, OptionsModel
-from restorekit.options import WeightsRef
+from restorekit.options import OptionError, WeightsRef
 
 EXPORT_FORMAT = "restorekit.pix2pixhd/1"
 #: The embedded default model (trained by plugins/baselines/recipes/faces128, shipped in the package)
@@ -528,6 +528,23 @@ class Pix2PixHDOptions(Options):
 MIN_FACE_CROP = 8
 
 
+class InputSizeError(OptionError, ValueError):
+    """An ``input_size`` the loaded weights cannot take: an option refusal (``run`` refuses it in one
+    line, exit 2, before any image), and the ``ValueError`` a Python caller gets for any other bad
+    option value (pydantic's)."""
+
+
+def check_input_size(size: int | None, multiple: int) -> None:
+    """Refuse (:class:`InputSizeError`) an ``input_size`` that is not a multiple of the network's
+    stride ``multiple``: every downsampling must halve it exactly. Naming the nearest that fit."""
+    if size is None or size % multiple == 0:
+        return
+    below, above = size - size % multiple, size - size % multiple + multiple
+    nearest = f"{below} or {above}" if below >= multiple else f"{above}"
+    raise InputSizeError(f"pix2pixhd: input_size must be a multiple of {multiple} for these weights, got {size} "
+                         f"(nearest: {nearest})")
+
+
 class Pix2PixHD(Method):
     """pix2pixHD conditional GAN applied to the bicubic-upscaled input."""
 
@@ -587,6 +604,8 @@ class Pix2PixHD(Method):
         if "factors" in self.trained:
             size = f" on {self.trained['input_size']}-px images" if "input_size" in self.trained else ""
             self.notes.append(f"pix2pixhd: these weights were trained for scale(s) {self.trained['factors']}{size}")
+        # Now that the weights' stride is known: refused here, before any image, not by every restore.
+        check_input_size(self.options.input_size, self.generator.cfg.multiple)
 
     def face_input_size(self, scale: int) -> int | None:
         """Aligned-crop size for photos (``--faces detect``): the size the weights were trained on
@@ -601,10 +620,12 @@ class Pix2PixHD(Method):
 
     def preflight(self, lr: Tensor, scale: int, device: torch.device | None = None) -> None:
         """Before any work, on either backend (the ONNX export spec's ``preflight``): the note on a
-        scale the weights were not trained for, once per scale, and the refusal of an input whose
-        working memory ``device`` (default: the method's) does not have."""
+        scale the weights were not trained for, once per scale, the refusal of an ``input_size``
+        the weights cannot take (set after :meth:`load`), and of an input whose working memory
+        ``device`` (default: the method's) does not have."""
         self.load()
         assert self.generator is not None
+        check_input_size(self.options.input_size, self.generator.cfg.multiple)
         scale = int(scale)
         factors = self.trained.get("factors")
         if factors and scale not in factors and scale not in self._warned:
@@ -612,13 +633,22 @@ class Pix2PixHD(Method):
             print(f"pix2pixhd: these weights were trained for scale(s) {factors}, not {scale}; "
                   "expect weaker results", file=sys.stderr)
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
-        side = self.options.input_size or max(h, w)
-        check_working_memory(
-            lr.shape[0] * (h * w * BYTES_PER_OUTPUT_PIXEL + side * side * self.generator.bytes_per_pixel()),
-            torch.device(device) if device is not None else self.device,
-            f"pix2pixhd at ×{scale} ({w}×{h}{f' × {lr.shape[0]} images' if lr.shape[0] > 1 else ''})",
-            "its network runs at the output's full size: lower --scale, restore the faces alone (--faces detect), "
-            "or use a machine with more memory")
+        size = self.options.input_size
+        side = size or max(h, w)
+        network = side * side * self.generator.bytes_per_pixel()
+        output = h * w * BYTES_PER_OUTPUT_PIXEL
+        images = f" × {lr.shape[0]} images" if lr.shape[0] > 1 else ""
+        if size is not None and network >= output:  # input_size, not the scale, makes it big: name it
+            what = f"pix2pixhd at input_size={size} (its network runs on {size}×{size} images{images})"
+            trained = self.trained.get("input_size")
+            to = f" to the {trained} px these weights were trained on" if trained and trained < size else ""
+            fix = f"lower --opt input_size{to}, or use a machine with more memory"
+        else:
+            what = f"pix2pixhd at ×{scale} ({w}×{h}{images})"
+            fix = ("its network runs at the output's full size: lower --scale, restore the faces alone "
+                   "(--faces detect), or use a machine with more memory")
+        check_working_memory(lr.shape[0] * (output + network),
+                             torch.device(device) if device is not None else self.device, what, fix)
 
     @torch.no_grad()
     def restore(self, lr: Tensor, scale: int, *, seed: int | None = None, n_samples: int = 1) -> Tensor:
@@ -635,10 +665,7 @@ class Pix2PixHD(Method):
         h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
         size = self.options.input_size
         x = bicubic_resize(lr, (h, w)).clamp(0, 1)
-        if size is not None:
-            m = self.generator.cfg.multiple
-            if size % m:
-                raise ValueError(f"pix2pixhd: input_size must be a multiple of {m} for these weights, got {size}")
+        if size is not None:  # a multiple of the network's stride (checked by load and preflight)
             y = self.generator(bicubic_resize(x, (size, size)).clamp(0, 1))
             out = bicubic_resize(y, (h, w))
         else:

@@ -10,6 +10,12 @@ is used. Different seeds and samples give different faces that all downscale to 
 The generator makes ``R×R`` faces; restorekit's ``--scale K`` means ``K×`` the input, so the
 result is resized (antialiased bicubic) to ``K·h × K·w`` when that differs from ``R×R``, with a
 one-time note (``keep_native_size=true`` keeps ``R×R`` and breaks that contract on purpose).
+
+Each report's ``eps_reached`` and ``downscale_mse_searched`` are about the searched face as
+returned (clamped to [0,1], at the output size: :func:`~restorekit_baselines.spherical.output_image`),
+not the generator's raw image, whose pixels may lie past [0,1]; ``downscale_mse`` is the returned
+output's after ``consistency_steps`` (equal to ``downscale_mse_searched`` when that is 0). Both are
+:func:`restorekit.consistency.downscale_error`, on the float output before it is written in 8 bits.
 """
 
 from __future__ import annotations
@@ -25,14 +31,15 @@ from torch import Tensor
 
 from restorekit import progress
 from restorekit.consistency import back_project, downscale_error
-from restorekit.degradations import bicubic_resize
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Generator, Method, MethodInfo, Options, OptionsModel
 from restorekit.memory import keep_freed_memory_for
 from restorekit.options import WeightsRef
 from restorekit.seeds import mix_seed
 
-from .spherical import GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents
+from .spherical import (
+    GaussianFit, OptimiseConfig, OptimiseResult, fit_gaussian, optimise_latents, output_image,
+)
 
 
 #: What PULSE searches by default: the ``stylegan2`` generator's own default, the 128-px face prior
@@ -258,8 +265,10 @@ class Pulse(Method):
                         TextColumn("mse {task.fields[mse]}"), TimeElapsedColumn(),
                         console=Console(stderr=True), transient=True), label
 
-    def _optimise(self, target: Tensor, seed: int, label: str) -> tuple[OptimiseResult, list[int], list[int], float]:
-        """Optimise every row of ``target``; rows that miss eps restart with new seeds."""
+    def _optimise(self, target: Tensor, seed: int, label: str,
+                  out_size: tuple[int, int]) -> tuple[OptimiseResult, list[int], list[int], float]:
+        """Optimise every row of ``target``; rows that miss eps restart with new seeds. Iterates are
+        scored at ``out_size``, the size :meth:`restore` returns them at."""
         assert self.generator is not None
         cfg = self.config()
         n = target.shape[0]
@@ -281,7 +290,7 @@ class Pulse(Method):
 
             if bar is None:
                 res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng,
-                                       progress=step_done)
+                                       progress=step_done, out_size=out_size)
             else:
                 prog, desc = bar
                 with prog:
@@ -292,7 +301,7 @@ class Pulse(Method):
                         step_done(step, mse)
 
                     res = optimise_latents(self.generator, target[rows], config=cfg, fit=self.fit, rng=rng,
-                                           progress=report)
+                                           progress=report, out_size=out_size)
             for j, i in enumerate(todo):
                 tries[i] = attempt + 1
                 total_steps[i] += res.steps[j]
@@ -330,6 +339,7 @@ class Pulse(Method):
         n, h, w = lr.shape[0], lr.shape[-2], lr.shape[-1]
         out_h, out_w = h * scale, w * scale
         res = self.generator.resolution
+        out_size = (res, res) if self.options.keep_native_size else (out_h, out_w)
         if self.options.keep_memory:
             # Each step frees and allocates the generator's activations and gradients again: without
             # this every step faults them in afresh (1024 px: 4.9 → 2.6 s per step here).
@@ -343,11 +353,11 @@ class Pulse(Method):
                 self.fit = GaussianFit(self.fit.mean.clone(), self.fit.std.clone(), self.fit.slope)
             for i in range(n):
                 target = lr[i:i + 1].detach().clone().to(self.device).float().expand(n_samples, -1, -1, -1)
-                result, tries, total_steps, secs = self._optimise(target.contiguous(), seed, f"pulse {i + 1}/{n}")
-                images = result.images
-                if not self.options.keep_native_size and (out_h, out_w) != (res, res):
+                result, tries, total_steps, secs = self._optimise(target.contiguous(), seed, f"pulse {i + 1}/{n}",
+                                                                  out_size)
+                if out_size != (res, res):
                     self._note_resize(res, out_h, out_w)
-                    images = bicubic_resize(images, (out_h, out_w)).clamp(0, 1)
+                images = output_image(result.images, out_size)  # the image the search scored
                 images = back_project(images.detach(), target, steps=self.options.consistency_steps)
                 outs.append(images.detach())
                 latents.append(result.w_plus.detach())

@@ -23,8 +23,12 @@ input. Three ideas make the search stay on "natural" faces; their building block
 
 The data term downsamples the generated image with restorekit's antialiased bicubic
 (:func:`restorekit.degradations.bicubic_resize`, PIL's convention, not clamped so gradients reach
-every pixel) to the input's size and compares it with L2 (and optionally L1); a sample is done
-when its downscale MSE drops below ``eps``.
+every pixel) to the input's size and compares it with L2 (and optionally L1): PULSE's loss, which
+gives the gradients. Whether a sample is done (its downscale MSE below ``eps``) and which iterate
+is kept are judged on the image the search hands back instead (:func:`output_image`: clamped to
+[0,1], resized to the caller's output size): a generator draws pixels past [0,1] (18% of them on
+an 11-px face at ×12 with the 128-px prior), and an unclamped iterate at MSE 0.00199 < eps came
+back, clamped, at 0.00288.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from restorekit.consistency import downscale_error
 from restorekit.degradations import bicubic_resize
 from restorekit.interfaces import Generator
 # The building blocks live in the core so that other methods (psp_pulse) share them; they are
@@ -51,7 +56,7 @@ NoiseMode = Literal["trainable", "fixed", "const", "zero"]
 
 __all__ = [
     "GaussianFit", "OptimiseConfig", "OptimiseResult", "SphericalOptimizer", "fit_gaussian",
-    "geocross", "lr_factor", "optimise_latents", "project_to_sphere", "sphere_radius",
+    "geocross", "lr_factor", "optimise_latents", "output_image", "project_to_sphere", "sphere_radius",
 ]
 
 
@@ -88,16 +93,18 @@ class OptimiseConfig:
 class OptimiseResult:
     """Per-sample outcome of :func:`optimise_latents` (rows follow the input rows)."""
 
-    images: Tensor  # N×3×R×R, clamped to [0,1]: the best (lowest downscale MSE) iterate
+    images: Tensor  # N×3×R×R, clamped to [0,1]: the best iterate (lowest ``mse``), at the generator's size
     w_plus: Tensor  # N×n_styles×style_dim of that iterate
-    mse: Tensor  # N: its downscale MSE
-    loss: Tensor  # N: its total loss
+    # N: its downscale MSE as handed back: output_image(images, out_size) scored by downscale_error
+    # (what eps is tested on; the loss's unclamped data term may be lower)
+    mse: Tensor
+    loss: Tensor  # N: its total loss (PULSE's, on the unclamped image)
     steps: list[int]  # per sample: step (1-based) at which eps was reached, else steps run
     reached: list[bool]
     # The per-layer noise maps of that iterate (N×1×r×r each), None for generators without noise;
     # ``generator.synthesize(w_plus, noise=noise)`` reproduces ``images`` (before the clamp).
     noise: list[Tensor] | None = None
-    history: list[list[float]] = field(default_factory=list)  # per step: the N downscale MSEs
+    history: list[list[float]] = field(default_factory=list)  # per step: the N downscale MSEs (as ``mse``)
     latents: list[Tensor] = field(default_factory=list)  # per step (when recorded): the optimised latents
 
 
@@ -142,6 +149,16 @@ def _downscale_to(images: Tensor, size: tuple[int, int]) -> Tensor:
     return bicubic_resize(images, size)
 
 
+def output_image(images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    """Generator ``images`` as a method returns them: clamped to [0,1] and, where ``size`` (H, W) is
+    given and differs, resized to it (antialiased bicubic) and clamped again, since the resize
+    rings past [0,1]. The eps test and the choice of iterate score this image, not the raw one."""
+    out = images.clamp(0, 1)
+    if size is None or tuple(out.shape[-2:]) == tuple(size):
+        return out
+    return bicubic_resize(out, size).clamp(0, 1)
+
+
 def optimise_latents(
     generator: Generator,
     lr: Tensor,
@@ -152,6 +169,7 @@ def optimise_latents(
     rng: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: Callable[[int, Tensor], None] | None = None,
     record_latents: bool = False,
+    out_size: tuple[int, int] | None = None,
 ) -> OptimiseResult:
     """Find, for each row of ``lr`` (``N×3×h×w`` in [0,1]), a generator image that downscales to it.
 
@@ -162,6 +180,10 @@ def optimise_latents(
     not depend on the other rows (how many, or which of them are retried). ``fit`` is
     required in W+ mode (see :func:`fit_gaussian`). ``progress(step, mse)`` is called after every
     step. The generator's parameters are not changed and receive no gradients.
+
+    ``out_size`` (H, W) is the size the caller returns its images at (None: the generator's): each
+    iterate is scored, for eps and for the best iterate, as :func:`output_image` makes it, so that
+    ``reached`` and ``mse`` hold for the image handed back; the gradients are PULSE's loss's.
     """
     cfg = config or OptimiseConfig()
     device = lr.device
@@ -239,7 +261,10 @@ def optimise_latents(
             if cfg.geocross_weight and layers > 1:
                 per = per + cfg.geocross_weight * geocross(latent)
             with torch.no_grad():
-                better = mse.detach() < best_mse
+                # The iterate as it would be returned (clamped, at the output size) is what eps and
+                # the best iterate are about; the unclamped data term above only steers the search.
+                score = downscale_error(output_image(img.detach(), out_size), target)
+                better = score < best_mse
                 if best_img is None:
                     best_img, best_w = img.detach().clone(), w_plus.detach().clone()
                     best_noise = [t.detach().clone() for t in noise] if noise is not None else None
@@ -249,9 +274,9 @@ def optimise_latents(
                     best_w = torch.where(_rows(better, w_plus), w_plus.detach(), best_w)
                     if best_noise is not None and noise is not None and noise_vars:
                         best_noise = [torch.where(_rows(better, t), t.detach(), b) for b, t in zip(best_noise, noise)]
-                best_mse = torch.where(better, mse.detach(), best_mse)
+                best_mse = torch.where(better, score, best_mse)
                 best_loss = torch.where(better, per.detach(), best_loss)
-                values = mse.detach().cpu().tolist()  # the step's one copy to the host (the eps check needs it)
+                values = score.cpu().tolist()  # the step's one copy to the host (the eps check needs it)
                 history.append(values)
                 if record_latents:
                     recorded.append(latent.detach().clone())
@@ -263,7 +288,7 @@ def optimise_latents(
                         for p, snap in zip(params, frozen):
                             snap[i] = p.detach()[i]
             if progress is not None:
-                progress(step + 1, mse.detach())
+                progress(step + 1, score)
             if cfg.stop_at_eps and all(reached):
                 break
             grads = torch.autograd.grad(per.sum(), params, allow_unused=True)

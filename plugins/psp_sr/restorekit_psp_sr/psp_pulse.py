@@ -18,10 +18,14 @@ encoder's estimate and keeps it nearby:
    ``bicubic:K`` degradation's, differentiable; :func:`restorekit.optim.latent.downscale_mse`,
    shared with PULSE), ``σ_W`` the per-dimension standard deviation of the generator's W (so
    ``anchor_lambda`` and ``learning_rate`` do not depend on the generator's W scale: the
-   search variable is the offset ``δ = (w − w_start)/σ_W``, starting at 0). A sample stops when
-   its downscale MSE is below ``eps`` (PULSE's 2e-3) and keeps that iterate; otherwise the
-   iterate with the lowest objective is kept (never worse than the start in the objective, so
-   the downscale MSE of the kept iterate is at most pSp's when LPIPS and GEOCROSS are off).
+   search variable is the offset ``δ = (w − w_start)/σ_W``, starting at 0). The gradients are
+   this objective's, on the unclamped image; the stop and the choice of iterate score the face as
+   it is returned instead (clamped to [0,1], resized to the output size, clamped again:
+   :func:`as_returned`), since a generator draws pixels past [0,1] whose clamp raises the downscale
+   MSE. A sample stops when that downscale MSE is below ``eps`` (PULSE's 2e-3) and keeps that
+   iterate; otherwise the iterate with the lowest objective, its data term so measured, is kept
+   (never worse than the start in it, so the downscale MSE of the kept face is at most pSp's when
+   LPIPS and GEOCROSS are off).
    ``optimise_noise`` also optimises the lowest ``noise_layers`` noise maps, starting from the
    generator's constant buffers and kept on their spheres as in PULSE.
 3. The kept face, resized to the output size, is projected onto the input in ``consistency_steps``
@@ -29,7 +33,9 @@ encoder's estimate and keeps it nearby:
    searched face): the search can only reach faces the generator draws, and on a prior that
    lacks a person's hair colour, lighting or background the remaining difference is in exactly
    the low frequencies the input holds. The report's ``downscale_mse`` is the returned output's;
-   ``downscale_mse_searched`` the searched face's, as PULSE's report. At ×1 the downscale is the
+   ``downscale_mse_searched`` (and ``downscale_mse_psp``, the start's) the searched face's as it
+   would be returned without the projection, the one ``eps_reached`` is about, as PULSE's report
+   (equal to ``downscale_mse`` with ``consistency_steps=0``). At ×1 the downscale is the
    identity: the search fits a face of the prior to the input itself, and back-projection leaves
    the output as drawn (``consistency_steps`` has no effect; a note says so).
 4. ``n_samples > 1``: before the search, each sample's fine styles are mixed with the W of a
@@ -118,12 +124,18 @@ class SearchResult:
     w_plus: Tensor  # N×L×D: the kept iterate
     noise: list[Tensor] | None  # its noise maps (None: the generator's constant buffers)
     images: Tensor  # N×3×R×R generator images of the kept iterate (unclamped)
-    mse: Tensor  # N: downscale MSE of the kept iterate (unclamped output, as optimised)
-    start_mse: Tensor  # N: downscale MSE of the start
-    objective: Tensor  # N: objective of the kept iterate
+    mse: Tensor  # N: downscale MSE of the kept iterate as returned (as_returned: clamped, at out_size)
+    start_mse: Tensor  # N: that of the start
+    objective: Tensor  # N: objective of the kept iterate, its data term ``mse``
     steps: list[int]  # Adam updates applied before the sample stopped (or all of them)
     reached: list[bool]  # eps reached
-    history: list[list[float]]  # per evaluation: the N downscale MSEs
+    history: list[list[float]]  # per evaluation: the N downscale MSEs (as ``mse``)
+
+
+def as_returned(images: Tensor, out_size: tuple[int, int]) -> Tensor:
+    """Generator ``images`` as :meth:`PSPPulse.restore` returns them before any projection: clamped
+    to [0,1], resized (antialiased bicubic) to ``out_size`` and clamped again (the resize rings)."""
+    return bicubic_resize(images.clamp(0, 1), out_size).clamp(0, 1)
 
 
 def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out_size: tuple[int, int],
@@ -137,6 +149,7 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
     image resized (antialiased bicubic) to ``out_size``; see the module docstring for the
     objective. ``lpips`` is a callable ``(a, b) -> N`` distances (e.g. LPIPSDistance) or None;
     ``fit`` is needed when ``geocross_lambda > 0``. The decoder's parameters get no gradients.
+    Stopping at ``eps`` and the kept iterate go by the output as returned (:func:`as_returned`).
     """
     if geocross_lambda > 0 and fit is None:
         raise ValueError("search_w_plus: geocross_lambda > 0 needs a GaussianFit")
@@ -160,19 +173,23 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
     # torch.optim.Adam's update without torch.optim.Optimizer, whose first use imports torch._dynamo (seconds).
     opt = LatentAdam(params, lr=learning_rate)
 
-    def evaluate() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def evaluate() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """W+, image, the returned face's downscale MSE and objective (to keep by), and the
+        objective to step on (its data term on the unclamped image, which passes every gradient)."""
         w = start + delta * sigma
         img = decoder.synthesize(w, noise=noise) if noise is not None else decoder.synthesize(w)
         out = bicubic_resize(img, out_size)
         mse = downscale_mse(out, target)
-        obj = mse + anchor_lambda * delta.pow(2).mean((1, 2))
+        rest = anchor_lambda * delta.pow(2).mean((1, 2))
         if lpips is not None and lpips_lambda > 0:
             small = bicubic_resize(out, (target.shape[-2], target.shape[-1]))
-            obj = obj + lpips_lambda * lpips(small, target.expand_as(small))
+            rest = rest + lpips_lambda * lpips(small, target.expand_as(small))
         if geocross_lambda > 0:
             assert fit is not None
-            obj = obj + geocross_lambda * geocross(fit.from_w(w))
-        return w, img, mse, obj
+            rest = rest + geocross_lambda * geocross(fit.from_w(w))
+        with torch.no_grad():
+            score = downscale_mse(as_returned(img, out_size), target)
+        return w, img, score, score + rest.detach(), mse + rest
 
     requires = [p.requires_grad for p in decoder.parameters()]
     for p in decoder.parameters():
@@ -182,7 +199,7 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
     history: list[list[float]] = []
     done = torch.zeros(n, dtype=torch.bool, device=start.device)
     try:
-        w, img, mse, obj = evaluate()
+        w, img, mse, obj, loss = evaluate()
         best_w, best_img = w.detach().clone(), img.detach().clone()
         best_mse, best_obj = mse.detach().clone(), obj.detach().clone()
         best_noise = [t.detach().clone() for t in noise] if noise is not None else None
@@ -209,7 +226,7 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
                 break
             progress.report("psp_pulse", step, steps)  # a caller following the restore may cancel here
             opt.zero_grad(set_to_none=True)
-            obj.sum().backward()
+            loss.sum().backward()
             opt.lr = learning_rate * lr_factor(schedule, step, max(steps, 1))  # as LambdaLR would set it
             opt.step()
             with torch.no_grad():
@@ -217,7 +234,7 @@ def search_w_plus(decoder: Any, lr: Tensor, start: Tensor, w_std: Tensor, *, out
                     t.copy_(project_to_sphere(t, r))
             # Rows that reached eps may keep moving (rows are independent: the objective is a sum
             # of per-row terms and Adam acts per element), but their kept iterate is frozen.
-            w, img, mse, obj = evaluate()
+            w, img, mse, obj, loss = evaluate()
     finally:
         for p, r in zip(decoder.parameters(), requires):
             p.requires_grad_(r)
