@@ -27,5 +27,5 @@ def test_an_option_the_exporter_refuses_is_a_usage_line(tmp_path: Path) -> None:
     assert r.exit_code == 2, r.output
     assert "input_size must be a multiple of 8" in r.output and "unexpected" not in r.output, r.output
     assert [line for line in r.output.splitlines() if "input_size" in line] == [
-        "Error: pix2pixhd: input_size must be a multiple of 8 for these weights, got 60"], r.output
+        "error: pix2pixhd: input_size must be a multiple of 8 for these weights, got 60 (nearest: 56 or 64)"], r.output
     assert not list((tmp_path / "o").glob("*.png"))
