@@ -28,6 +28,7 @@ from .cli import UsageProblem, debugging, describe_unexpected
 from .errors import FileSystemError, ImageError, RestorekitError, describe_os_error, os_error_fix
 from .images import (FOLDER_ERRNOS, ImageItem, _is_glob_spec, check_output_size, listing_folders, probe_size,
                      read_image, save_image, special_file_kind, storage_errno, storage_path, sweep_temp_files)
+from .provenance import cut_short
 from .safe_open import remove_made_folder
 from .sharding import Job, current_job
 
@@ -423,6 +424,16 @@ class _OutputFolder:
         return path.resolve(), there, _no_output(path.stat().st_mode) if there else None
 
 
+def _made_again(path: Path) -> bool:
+    """Whether the output at ``path`` is cut short (:func:`~restorekit.provenance.cut_short`: a copy
+    or a write that stopped), so it is no finished output and is written again; said in one
+    ``warning:`` line (``-q`` too: a file in the folder is replaced)."""
+    why = cut_short(path)
+    if why is not None:
+        cli.warn(f"{path}: cut short ({why}), not a finished output: made again")
+    return why is not None
+
+
 def _no_output(mode: int | None) -> str | None:
     """What a file of ``mode`` is where an output goes, when it is not one a finished output could
     be (a folder, a FIFO, a device, a socket); None for nothing there or a regular file."""
@@ -458,8 +469,10 @@ def process_files(
 
     ``finish(item)``, when given, runs once an input's outputs are written (or found existing):
     what must come last, such as a sidecar that marks the input done; what it raises fails the
-    input. An input whose every expected output (``expected(item)``, default its name) exists,
-    and that is ``finished(item)`` when that is given, is skipped unless ``overwrite``. A path
+    input. An input whose every expected output (``expected(item)``, default its name) exists
+    whole (one cut short, :func:`~restorekit.provenance.cut_short`, is made again with a warning:
+    a folder copy that stopped holds such files), and that is ``finished(item)`` when that is
+    given, is skipped unless ``overwrite``. A path
     problem with an expected output (a name too long for the file system…) fails that input
     only. A write the file system refuses for every file (a full disk, a quota, read-only:
     :func:`~restorekit.images.storage_errno`) fails its input and stops the work there: the
@@ -505,6 +518,7 @@ def process_files(
             problem = _replaces_input(an_input) if an_input is not None else \
                 f"{blocked[0]}: is {blocked[1]}, where the output goes" if blocked is not None else None
             done_before = (problem is None and not overwrite and all(there for _, _, there, _ in found)
+                           and not any(cut_short(o) for o in outs)  # (made again in step 2, said there)
                            and (finished is None or finished(items[i])))
         except (OSError, RuntimeError) as exc:  # e.g. a name longer than the file system takes
             where = next((o for o in outs if _path_problem(o)), None)  # None: the path the error names
@@ -570,7 +584,7 @@ def process_files(
                     real, there, _ = folder.look(dest)
                     if real in input_paths:
                         raise ImageError(_replaces_input(dest))
-                    if there and not overwrite:
+                    if there and not overwrite and not _made_again(dest):
                         one.add_exists(dest)
                         continue
                     save_image(out, dest, note=note(item, stem) if note is not None else None, lossless=lossless)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .degradations import Chain
-from .interfaces import Method, Options, result_options
+from .degradations import Bicubic, Blur, Chain, Jpeg, Noise
+from .interfaces import Degradation, Method, Options, result_options
 from .provenance import read_note
 
 T = TypeVar("T")
@@ -73,23 +73,43 @@ def _names_only(value: Any, label: str, files: Mapping[str, str]) -> Any:
 
 def degrade_settings(chain: Chain, *, seed: int) -> dict[str, Any]:
     """The settings of one ``degrade``, as recorded in each of its outputs: the spec, and the seed
-    where the chain draws from it (tried on a small image: a chain without random steps ignores it)."""
-    import torch
-
-    seeded = True  # unless the probe shows otherwise: a chain too large to probe, or one that fails on it
-    if chain.scale <= 32:  # (a probe of 8·scale px a side: at most 256 px)
-        try:
-            probe = torch.rand(1, 3, 8 * chain.scale, 8 * chain.scale, generator=torch.Generator().manual_seed(0))
-            first = chain(probe, generator=torch.Generator().manual_seed(1))
-            # Eight seeds: a step drawing a discrete choice (a coin flip) would agree for two by chance.
-            seeded = any(not torch.equal(first, chain(probe, generator=torch.Generator().manual_seed(s)))
-                         for s in range(2, 9))
-        except Exception:  # noqa: BLE001 - a step that cannot take the probe: take the seed as used
-            seeded = True
+    where a step of the chain draws from it (:func:`draws_from_seed`)."""
     settings: dict[str, Any] = {"command": "degrade", "spec": chain.spec()}
-    if seeded:
+    if any(draws_from_seed(step) for step in chain.steps):
         settings["seed"] = seed
     return settings
+
+
+#: Built-in steps whose code draws nothing (the seed is nothing to them), and the one that draws.
+SEEDLESS_STEPS: tuple[type[Degradation], ...] = (Bicubic, Blur, Jpeg)
+SEEDED_STEPS: tuple[type[Degradation], ...] = (Noise,)
+#: The largest own scale of a plugin step that :func:`draws_from_seed` tries (a probe of 512 px a side).
+MAX_PROBED_SCALE = 64
+
+
+def draws_from_seed(step: Degradation) -> bool:
+    """Whether ``step``'s result depends on the generator it is given. A built-in step's code says
+    (by its exact class: a plugin's subclass may draw); a step from a plugin, whose randomness is
+    unknown, is tried alone on a probe of 8·its own scale px a side with eight seeds (a discrete
+    draw, a coin flip, would agree for two by chance). Step by step, so that the probe's size
+    never grows with the chain's scale; a step that cannot take the probe, or whose own scale
+    is over :data:`MAX_PROBED_SCALE`, is taken as drawing."""
+    import torch
+
+    if type(step) in SEEDED_STEPS:
+        return True
+    if type(step) in SEEDLESS_STEPS:
+        return False
+    try:
+        scale = max(1, int(getattr(step.params, "scale", 1)))
+        if scale > MAX_PROBED_SCALE:
+            return True
+        probe = torch.rand(1, 3, 8 * scale, 8 * scale, generator=torch.Generator().manual_seed(0))
+        first = step(probe.clone(), generator=torch.Generator().manual_seed(1))
+        return any(not torch.equal(first, step(probe.clone(), generator=torch.Generator().manual_seed(s)))
+                   for s in range(2, 9))
+    except Exception:  # noqa: BLE001 - a step that cannot take the probe: take the seed as used
+        return True
 
 
 #: The weights pins a record may carry, and how a difference in one is named.

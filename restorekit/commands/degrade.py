@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..degradations import Chain, parse_spec
 from ..errors import RestorekitError
 from ..harness.inputs import degrade_hr
 from ..images import DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs
+from ..provenance import cut_short, read_note
 from ..run_record import changed_among_each, degrade_settings, differences, reading_notes, refusal, unrecorded_warning
 from ..seeds import SEED
 
@@ -48,6 +50,49 @@ def _merged(*found: tuple[list[Path], list[str]] | None) -> tuple[list[Path], li
     paths = list(dict.fromkeys(p for f in found if f for p in f[0]))
     diffs = list(dict.fromkeys(d for f in found if f for d in f[1]))
     return (paths, diffs) if paths else None
+
+
+def _made_otherwise(made_from: Mapping[Path, str], settings: Mapping[str, Any],
+                    read: Callable[[Path], Any]) -> tuple[list[Path], list[str]] | None:
+    """The files among ``made_from`` (each with the name of the input this run makes its LR from)
+    whose record (``read``) differs from this run's ``settings`` — spec, seed, input, plugin steps —
+    and how; None when none does. Each record is read once."""
+    def record(path: Path) -> dict[str, Any] | None:  # (the note, with what this run would make it from)
+        note = read(path)
+        return {"note": note, "input": made_from[path]} if isinstance(note, dict) else None
+
+    return _merged(*changed_among_each(list(made_from), record, [
+        lambda r: differences(r["note"], {**settings, "input": r["input"]}),
+        lambda r: plugin_step_differences(r["note"], settings)]))
+
+
+def other_formats(output: Path, items: Iterable[ImageItem], ext: str) -> dict[Path, str]:
+    """Where each input's LR would be in degrade's other formats (``a.png`` and ``a.jpg`` beside
+    this run's ``a.webp``), with the input's name: ``compare --lr-dir`` takes one LR file of a
+    stem per image, so an earlier run's output there is no more this run's to mix in than ``a.webp``."""
+    return {output / f"{item.stem}.{other}": item.path.name for item in items for other in SAVE_EXTS if other != ext}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """A file's device and inode (links followed); None where it cannot be examined."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def other_format_refusal(output: Path, ext: str, changed: tuple[list[Path], list[str]]) -> str:
+    """The one-line refusal of a run whose outputs would sit beside LR files of the same stems in
+    another format made with other settings (:func:`other_formats`)."""
+    paths, diffs = changed
+    names = ", ".join(p.name for p in paths[:3]) + (", …" if len(paths) > 3 else "")
+    many = len(paths) > 1
+    return (f"{output}: {len(paths)} LR file{'s' if many else ''} of the same stem{'s' if many else ''} in another "
+            f"format ({names}) {'were' if many else 'was'} made with other settings ({'; '.join(diffs)}); this run's "
+            f".{ext} files beside {'them' if many else 'it'} would mix both in one folder, where compare --lr-dir "
+            f"takes one LR file per image: use another --output, or remove {'them' if many else 'it'} "
+            f"(--overwrite replaces only .{ext} files)")
 
 
 @click.command("degrade")
@@ -90,32 +135,35 @@ def degrade_cmd(spec: str, input_spec: str, output: Path, seed: int, ext: str, o
 
     def check_settings() -> None:
         if not overwrite:  # outputs made with another spec, seed or plugin step are not this run's to skip
-            made_from = {output / f"{item.stem}.{ext}": item.path.name for item in items}
             unrecorded: list[Path] = []
-            read_note_of = reading_notes(unrecorded)
-
-            def read(path: Path) -> dict[str, Any] | None:  # (the note, with what this run would make it from)
-                note = read_note_of(path)
-                return {"note": note, "input": made_from[path]} if isinstance(note, dict) else None
-
-            changed = _merged(*changed_among_each(list(made_from), read, [  # (each record read once)
-                lambda r: differences(r["note"], {**settings, "input": r["input"]}),
-                lambda r: plugin_step_differences(r["note"], settings)]))
+            changed = _made_otherwise({output / f"{item.stem}.{ext}": item.path.name for item in items}, settings,
+                                      reading_notes(unrecorded))
             if changed:
                 fail_usage(refusal(output, changed))
+            unrecorded[:] = [p for p in unrecorded if cut_short(p) is None]  # (those cut short are made again)
             if unrecorded and not quiet and job.is_main:
                 warn(unrecorded_warning(output, unrecorded))
+        # Another format's LR of the same stem made otherwise: --overwrite would not replace it. A file
+        # without a record is not compared (another program's; an input listed from --output), nor an input.
+        others = other_formats(output, items, ext)
+        notes = {path: note for path in others if isinstance(note := read_note(path), dict)}
+        if notes:  # (the inputs examined only then: most runs have no such file)
+            inputs = {_identity(item.path) for item in items} - {None}
+            notes = {path: note for path, note in notes.items() if _identity(path) not in inputs}
+        changed = _made_otherwise({path: others[path] for path in notes}, settings, notes.get)
+        if changed:
+            fail_usage(other_format_refusal(output, ext, changed))
 
     def apply(image: torch.Tensor, item: ImageItem) -> list[tuple[str, torch.Tensor]]:
         # compare's LR rule (crop, per-image seed, size checks), with --seed mixed into the seed.
         _, lr = degrade_hr(image, chain, chain.scale, where=item.path, max_pixels=max_pixels, seed=seed)
         return [(item.stem, lr)]
 
-    if ext == "jpg" and not quiet:  # the LR the spec made is not the file written
-        click.echo("warning: --ext jpg re-encodes each LR at JPEG quality 95 after the spec: artefacts the spec "
-                   "does not name (png or webp are lossless)", err=True)
     with job_for("cpu") as job, output_held(output, "degrade", job):  # this run alone writes into --output
         job.together(check_settings)  # under the lock: another run's outputs are not this one's to skip
+        if ext == "jpg" and job.is_main:  # the LR the spec made is not the file written: said under -q too, once
+            warn("--ext jpg re-encodes each LR at JPEG quality 95 after the spec: artefacts the spec does not name "
+                 "(png or webp are lossless)")
         result = process_files(items, output, apply, ext=ext, overwrite=overwrite, max_pixels=max_pixels,
                                quiet=quiet, label="degrade", on_error=error_line, job=job,
                                note=lambda item, name: {**settings, "input": item.path.name}, lossless=True)

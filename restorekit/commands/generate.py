@@ -29,13 +29,14 @@ import click
 import torch
 
 from ..batch import output_held
-from ..cli import emit_json, error_line, fail_usage, json_output
+from ..cli import emit_json, error_line, fail_usage, json_output, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
 from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
 from ..options import FiniteFloatRange, parse_pairs, weights_option
 from ..plugins import registry
+from ..provenance import cut_short
 from ..safe_open import ends_line, open_append, read_plain
 from ..seeds import MAX_SEEDS, parse_seeds, torch_seed
 
@@ -364,7 +365,7 @@ def _generate_all(gen: Any, targets: list[tuple[int, Path]], truncation: float, 
     with torch.inference_mode():
         w_avg = gen.mean_latent()
         for seed, path in targets:
-            if not overwrite and (path.exists() or path.is_symlink()):
+            if not overwrite and (path.exists() or path.is_symlink()) and not _made_again(path):
                 skipped.append(str(path))  # made with these settings (the manifest says so): kept
                 continue
             z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(torch_seed(seed))).to(dev)
@@ -382,6 +383,15 @@ def _generate_all(gen: Any, targets: list[tuple[int, Path]], truncation: float, 
                 written.append(str(save_image(img.cpu(), path)))
             except (RestorekitError, OSError) as exc:
                 failed.append(_failure(path, exc))
+
+
+def _made_again(path: Path) -> bool:
+    """Whether the listed image at ``path`` is cut short (:func:`~restorekit.provenance.cut_short`: a
+    copy or a write that stopped), so it is made again; said in one ``warning:`` line (``-q`` too)."""
+    why = cut_short(path)
+    if why is not None:
+        warn(f"{path}: cut short ({why}), not a finished image: made again")
+    return why is not None
 
 
 def _failure(path: Path, exc: Exception) -> dict[str, str]:

@@ -19,6 +19,7 @@ from ..methods import (OptionError, build_method, check_output_size_contract, ch
                        method_class, method_values, validate_options)
 from ..options import FiniteFloatRange
 from ..plugins import kept_global_state, method_plugin
+from ..provenance import cut_short
 from ..run_record import changed_outputs, reading_notes, refusal, run_settings, unrecorded_warning
 from ..seeds import SEED
 
@@ -190,6 +191,7 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
                                   read=reading_notes(unrecorded), inputs=made_from)
         if changed:
             raise UsageProblem(refusal(output, changed))
+        unrecorded = [p for p in unrecorded if cut_short(p) is None]  # (those cut short are made again, not kept)
         if unrecorded and not quiet and job.is_main:
             warn(unrecorded_warning(output, unrecorded))
 
@@ -206,10 +208,11 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
             job.together(check_settings)
             limits: _Limits = {"max_pixels": max_pixels, "out_scale": scale, "n_outputs": n_samples,
                                "max_output_pixels": max_output_pixels, "couple": couple}
-            # Inputs whose outputs all exist are skipped (photos: finished ones): only the others' headers
-            # are read here (a rerun of a finished folder reads none, and builds no method).
+            # Inputs whose outputs all exist whole are skipped (photos: finished ones): only the others'
+            # headers are read here (a rerun of a finished folder reads none, and builds no method).
             pending = [it for it in job.part(items) if overwrite or not (
-                plan.done(it) if plan is not None else all(_exists(output / f"{stem}.{ext}") for stem in stems(it)))]
+                plan.done(it) and not any(map(cut_short, plan.outputs(it))) if plan is not None
+                else all(_finished(output / f"{stem}.{ext}") for stem in stems(it)))]
             # Is any of them usable? Checked up to the first one that is: process_files checks each
             # input's header itself, so reading every header here too read each file twice.
             usable = any(check_inputs([it], ext=ext, **limits)[0] for it in pending)
@@ -292,11 +295,12 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
             raise SystemExit(result.exit_code)
 
 
-def _exists(path: Path) -> bool:
-    """Whether ``path`` exists; False where asking fails (a name too long for the file system: the
-    input is left to :func:`process_files`, which fails it alone)."""
+def _finished(path: Path) -> bool:
+    """Whether an output is at ``path``, whole: not cut short (:func:`~restorekit.provenance.cut_short`;
+    :func:`process_files` makes such a one again, saying so). False where asking fails (a name too
+    long for the file system: the input is left to :func:`process_files`, which fails it alone)."""
     try:
-        return path.exists()
+        return path.exists() and cut_short(path) is None
     except (OSError, ValueError):
         return False
 
