@@ -390,3 +390,22 @@ def test_usage_errors_print_what_was_typed_as_printable_text() -> None:
         assert r.exit_code == 2, r.output
         assert "\x1b" not in r.stderr and "\x07" not in r.stderr
         assert quoted in r.stderr.splitlines()[-1]
+
+
+def test_a_file_gone_while_a_method_loads_is_a_file_line_not_a_plugin_bug(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`weights rm` while `run` loaded those weights read "could not load psp_sr (plugin 'psp_sr'):
+    FileNotFoundError: [Errno 2] …", the wording of a plugin's own bug."""
+    import restorekit.commands.run as run_mod
+
+    gone = tmp_path / "cache" / "net" / "net.safetensors"
+
+    def vanished(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory", str(gone))
+
+    monkeypatch.setattr(run_mod, "build_method", vanished)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "in.png")
+    r = invoke("run", "bicubic", "--scale", "2", "--input", str(tmp_path / "in.png"), "--output", str(tmp_path / "o"))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.splitlines()[-1] == (f"error: could not load bicubic: cannot read {gone}: No such file or "
+                                         "directory; check that the path exists")

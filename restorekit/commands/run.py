@@ -11,7 +11,7 @@ import torch
 from ..batch import check_inputs, check_output_folder, output_held, process_files, require_inputs
 from ..cli import UsageProblem, emit_json, error_line, fail_usage, json_output, warn
 from ..devices import DEVICE, DEVICE_HELP
-from ..errors import RestorekitError, exception_line
+from ..errors import RestorekitError, describe_os_error, exception_line
 from ..faces.align import PASTE_MASKS
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, SAVE_EXTS, ImageItem, list_inputs,
                       side_by_side)
@@ -239,6 +239,8 @@ def run_cmd(method: str, scale: int | None, input_spec: str, output: Path, devic
                     return build_method(method, values, job.device_for(device))
                 except RestorekitError:
                     raise
+                except OSError as exc:  # a file that went (weights removed by `weights rm` as it loaded): named
+                    raise RestorekitError(f"could not load {method}: {describe_os_error(exc, action='read')}") from exc
                 except Exception as exc:  # a plugin's own failure (a module it lacks, a bug): named, not ours
                     raise RestorekitError(f"could not load {method} (plugin '{method_plugin(method)}'): "
                                           f"{exception_line(exc)}") from exc
