@@ -168,6 +168,14 @@ def debugging() -> bool:
     return _DEBUG or os.environ.get("RESTOREKIT_DEBUG", "").lower() in ("1", "true", "yes")
 
 
+def _printable(exc: click.ClickException) -> None:
+    """A usage error quotes what was typed (`--input $'a\x1bb'`): made printable, as restorekit's own
+    lines are; not the help a bare group prints (:class:`click.exceptions.NoArgsIsHelpError`), whose
+    message is the help text, lines and all."""
+    if not isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        exc.message = shown(exc.message)
+
+
 class RestorekitGroup(click.Group):
     """Turns restorekit and file-system errors into one-line messages with exit code 2."""
 
@@ -176,15 +184,14 @@ class RestorekitGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.ClickException as exc:  # the root's own options
-            exc.message = shown(exc.message)
+            _printable(exc)
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:
-            # A usage error quotes what was typed (`--input $'a\x1bb'`): printable, as restorekit's own lines.
-            exc.message = shown(exc.message)
+            _printable(exc)
             raise
         except RestorekitError as exc:
             error_line(str(exc))

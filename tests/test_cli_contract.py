@@ -409,3 +409,13 @@ def test_a_file_gone_while_a_method_loads_is_a_file_line_not_a_plugin_bug(tmp_pa
     assert r.exit_code == 2, r.output
     assert r.stderr.splitlines()[-1] == (f"error: could not load bicubic: cannot read {gone}: No such file or "
                                          "directory; check that the path exists")
+
+
+@pytest.mark.parametrize("group", [[], ["weights"], ["train"], ["plugin"]])
+def test_a_bare_group_prints_its_help_as_lines(group: list[str]) -> None:
+    """Making usage errors printable turned the help a bare group prints (click's NoArgsIsHelpError,
+    whose message is the help) into one line of literal "\\n"s."""
+    r = invoke(*group)
+    lines = r.output.splitlines()
+    assert lines[0].startswith("Usage: restorekit") and "\\n" not in r.output
+    assert any(line.startswith("Commands:") for line in lines) and len(lines) > 5
