@@ -165,3 +165,22 @@ def test_the_jpg_warning_is_said_by_the_main_process_only(tmp_path: Path, monkey
     r = invoke("degrade", "--spec", "bicubic:4", "--input", hr, "--output", out, "--ext", "jpg")
     assert r.exit_code == 0 and (out / "a.jpg").is_file(), r.output
     assert "warning" not in r.stderr, r.stderr
+
+
+def test_outputs_an_earlier_version_recorded_a_seed_for_are_resumed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier versions recorded --seed for chains over ×32 that draw nothing: a rerun with the same
+    spec and seed was refused "(seed: 5 → None)"."""
+    import restorekit.commands.degrade as degrade_mod
+
+    hr, out = hr_folder(tmp_path / "hr", side=128), tmp_path / "s64"
+    real = degrade_mod.degrade_settings
+    monkeypatch.setattr(degrade_mod, "degrade_settings", lambda chain, seed: {**real(chain, seed=seed), "seed": seed})
+    assert invoke("degrade", "--spec", "bicubic:64", "--input", hr, "--output", out, "--seed", "5", "-q").exit_code == 0
+    assert read_note(out / "a.png")["seed"] == 5  # as the earlier version wrote it
+    monkeypatch.setattr(degrade_mod, "degrade_settings", real)
+    for seed, ext in (("5", "png"), ("7", "png"), ("5", "webp")):
+        r = invoke("degrade", "--spec", "bicubic:64", "--input", hr, "--output", out, "--seed", seed, "--ext", ext)
+        assert r.exit_code == 0, r.output
+    r = invoke("degrade", "--spec", "bicubic:32", "--input", hr, "--output", out)
+    assert r.exit_code == 2 and "spec: bicubic:64 → bicubic:32" in r.stderr, r.output
