@@ -239,6 +239,24 @@ def test_methods_show_names_the_licence_of_the_default_weights():
         f"weights license: pix2pixhd-faces128: {data['weights_licenses']['pix2pixhd-faces128']}"]
 
 
+def test_methods_show_pages_despite_an_unreadable_registry_entry(tmp_path, monkeypatch):
+    """The weights-licence line read the whole registry for every method: one broken entry failed
+    `methods show bicubic`, which has no weights."""
+    import shutil
+
+    reg = tmp_path / "reg"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "registry", reg)
+    (reg / "weights" / "broken.toml").write_text('name = "broken\n')
+    monkeypatch.setenv("RESTOREKIT_REGISTRY", str(reg))
+    r = invoke("methods", "show", "bicubic")
+    assert r.exit_code == 0 and "weights license" not in r.output, r.output
+    pytest.importorskip("restorekit_baselines")
+    lines = invoke("methods", "show", "pix2pixhd").output.splitlines()
+    assert [ln.strip() for ln in lines if "weights license:" in ln] == [
+        "weights license: pix2pixhd-faces128: unknown (the weights registry cannot be read)"]
+    assert any(ln.strip().startswith("weights state: unknown (registry entry ") for ln in lines)
+
+
 def test_methods_show_says_when_one_sample_is_deterministic():
     """pSp draws only when asked for several samples (style mixing): compare records it as
     deterministic and runs it once, while `methods show` said `deterministic: False` alone."""

@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 
 from ..cli import emit_json, fail_usage, json_output, listing
-from ..errors import UnknownNameError
+from ..errors import RestorekitError, UnknownNameError
 from ..interfaces import Method
 from ..plugins import BUILTIN, registry
 
@@ -102,7 +102,11 @@ def methods_show(name: str, as_json: bool) -> None:
         click.echo(f"{key:>17}: {value}")
     if cls.info.default_weights:
         click.echo(f"{'default_weights':>17}: {cls.info.default_weights}")
-    click.echo(f"{'weights state':>17}: {method_weights_state(cls)}")
+    try:
+        state = method_weights_state(cls)
+    except RestorekitError as exc:  # (an unreadable registry entry: the rest of the page still says what it can)
+        state = f"unknown ({exc})"
+    click.echo(f"{'weights state':>17}: {state}")
     for weights_name, weights_license in data["weights_licenses"].items():  # (``license`` is the code's)
         click.echo(f"{'weights license':>17}: {weights_name}: {weights_license}")
     echo_options(data["options"])
@@ -113,10 +117,15 @@ def _weights_licenses(cls: type[Method]) -> dict[str, str]:
     ``license`` is its code's, and shipped weights may be narrower (research use only)."""
     from ..weights import all_specs
 
-    specs = all_specs()
-    names = [*cls.info.requires_weights, *([cls.info.default_weights] if cls.info.default_weights else [])]
+    names = list(dict.fromkeys([*cls.info.requires_weights, *filter(None, [cls.info.default_weights])]))
+    if not names:
+        return {}
+    try:
+        specs = all_specs()
+    except RestorekitError:  # (an unreadable registry: the page is still shown; `weights list` says why)
+        return dict.fromkeys(names, "unknown (the weights registry cannot be read)")
     return {n: (f"{specs[n].license} ({specs[n].license_note})" if specs[n].license_note else specs[n].license)
-            for n in dict.fromkeys(names) if n in specs}
+            for n in names if n in specs}
 
 
 def echo_options(options: list[dict[str, Any]]) -> None:
