@@ -211,3 +211,18 @@ def test_compare_shows_the_pairs_behind_delta_in_the_terminal_and_html(rk_cli, a
     win = f"{100 * st['win']:.1f}%"
     assert cells[:3] == ["psnr_rgb ↑", "4 (Δ over 3)", win]
     assert f"<td class='sub'>psnr_rgb ↑</td><td>4 (Δ over 3)</td><td>{win}</td>" in (out / "report.html").read_text()
+
+
+def test_a_copy_is_found_by_its_hr_file_with_lr_files_of_its_own(tmp_path):
+    """With --lr-dir, each LR file records the name of its input, so the pairs' hashes differed and
+    a face given twice under two names counted twice without a word."""
+    from restorekit.harness.inputs import Pair, duplicate_lines
+
+    face = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(face)
+    (tmp_path / "b.png").write_bytes(face.read_bytes())
+    Image.new("RGB", (16, 16), (10, 200, 31)).save(tmp_path / "c.png")  # same size, other content
+    (tmp_path / "d.png").write_bytes(face.read_bytes() + b"x")
+    pairs = [Pair(n, tmp_path / f"{n}.png", tmp_path / "lr" / f"{n}.png", input_hash=n) for n in "abcd"]
+    assert duplicate_lines(pairs) == [f"{tmp_path / 'b.png'}: the same content as {tmp_path / 'a.png'} (a copy "
+                                      "under another name); both are scored, so this image counts twice"]

@@ -155,18 +155,32 @@ def _hash_bytes(*parts: bytes) -> str:
 
 
 def duplicate_lines(pairs: list[Pair]) -> list[str]:
-    """A line per image whose files have the same content as an earlier image's (a copy under
-    another name): both stay in the run — the user may mean it — but each counts as an image of its
-    own in every mean and paired statistic, which should not pass unsaid. (The same file reached by
-    two paths or a link is one image already: :func:`restorekit.images.list_inputs`.)"""
-    first: dict[str, Pair] = {}
-    lines = []
+    """A line per image whose HR file has the same bytes as an earlier image's (a copy under another
+    name): both stay in the run — the user may mean it — but each counts as an image of its own in
+    every mean and paired statistic, which should not pass unsaid. (The same file reached by two
+    paths or a link is one image already: :func:`restorekit.images.list_inputs`.) The HR file alone
+    is compared: LR files of ``--lr-dir`` record the name of the input they were made from. Only
+    files of equal size are hashed."""
+    sizes: dict[int, list[Pair]] = {}
     for pair in pairs:
-        seen = first.setdefault(pair.input_hash, pair) if pair.input_hash else pair
-        if seen is not pair:
-            lines.append(f"{shown_name(pair.hr_path)}: the same content as {shown_name(seen.hr_path)} (a copy "
-                         "under another name); both are scored, so this image counts twice")
-    return lines
+        try:
+            sizes.setdefault(os.stat(pair.hr_path).st_size, []).append(pair)
+        except (OSError, ValueError):  # (said where it is read)
+            continue
+    copy_of: dict[int, Pair] = {}
+    for group in (g for g in sizes.values() if len(g) > 1):
+        first: dict[str, Pair] = {}
+        for pair in group:
+            try:
+                with open(pair.hr_path, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                continue
+            seen = first.setdefault(digest, pair)
+            if seen is not pair:
+                copy_of[id(pair)] = seen
+    return [f"{shown_name(pair.hr_path)}: the same content as {shown_name(copy_of[id(pair)].hr_path)} (a copy "
+            "under another name); both are scored, so this image counts twice" for pair in pairs if id(pair) in copy_of]
 
 
 def _select(items: list[_T], limit: int | None) -> list[_T]:
