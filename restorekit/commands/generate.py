@@ -299,14 +299,16 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
     named on stderr) or fails naming the fix; random weights only with --opt random_weights=true."""
     check_generator(name)
     dev = resolve_device(device)
-    gen = build_generator(name, weights, opts, dev, quiet=quiet)
-    from ..harness.realism.evaluate import latent_avg_sha256
-
-    settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen),
-                LATENT_AVG_KEY: latent_avg_sha256(gen), "code": _generator_code(name)}
     # This run alone writes into --output, from the check of what is there to its last image: two at
     # once had both read the manifest, then each rewritten it, listing the other's images as its own.
+    # Taken before the generator is built, so a busy folder is refused at once (loading and hashing a
+    # 1024-px generator takes many seconds), as `run` is before it builds its method.
     with output_held(output, "generate"):
+        gen = build_generator(name, weights, opts, dev, quiet=quiet)
+        from ..harness.realism.evaluate import latent_avg_sha256
+
+        settings = {"generator": name, "truncation": truncation, "weights_state_sha256": _state_sha256(gen),
+                    LATENT_AVG_KEY: latent_avg_sha256(gen), "code": _generator_code(name)}
         manifest_path = output / MANIFEST
         manifest = _fold_left_journal(manifest_path, _read_manifest(manifest_path))
         if manifest is not None and manifest["settings"] == _as_recorded(settings, manifest["settings"]):

@@ -478,11 +478,23 @@ def exclusive(out: Path) -> contextlib.AbstractContextManager[None]:
     file is removed at the end, as ``run``'s is (``remove``: while still held, and a run that opened
     it meanwhile takes its lock on a new one, never on the removed file)."""
     from ..folder_lock import held_alone
+
+    return held_alone(out, LOCK_FILE, lambda: _busy(out), note="compare", remove=True)
+
+
+def _busy(out: Path) -> RestorekitError:
+    """The refusal of a second compare into ``out``, naming the process that holds it as
+    :func:`~restorekit.folder_lock.holder` reads it (from the lock file, or on a file system without
+    locks from its marker: ``compare on <host>`` where that is another host), as ``run``'s does."""
+    from ..folder_lock import holder
     from .runner import CompareUsageError
 
-    return held_alone(out, LOCK_FILE, lambda: CompareUsageError(
-        f"{out}: another compare is writing into this folder; wait for it to end (then rerun: what it "
-        "stored is reused), or use another --out"), note="compare", remove=True)
+    who = holder(out, LOCK_FILE)
+    other = f"another {who[1] or 'compare'}" if who is not None else "another compare"
+    pid = f" (process {who[0]})" if who is not None else ""
+    return CompareUsageError(f"{out}: {other} is writing into this folder{pid}; wait for it to end (then rerun: "
+                             "what it stored is reused), or use another --out")
+
 
 def record(p: Plan) -> None:
     """Record this run's configuration in ``--out`` (merged with the methods recorded before),
