@@ -233,3 +233,34 @@ def test_a_second_compare_into_a_folder_in_use_is_refused_at_once(hr_folder, tmp
         assert not (out / "compare.json").exists() and not (out / "outputs").exists()
     r = _compare(hr_folder, out)  # released: it runs
     assert r.exit_code == 0, r.output
+
+
+def test_the_default_weights_named_explicitly_reuse_the_results_of_no_option(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--opt pix2pixhd.weights=pix2pixhd-faces128` (the default, by name or by its file) was filed
+    as another setting: compare ran pix2pixhd again, while `run` took it for the same weights."""
+    pytest.importorskip("restorekit_baselines")
+    from restorekit.harness import runner
+    from restorekit.weights import resolve
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(32, 32, seed=i)).save(data / f"f{i}.png")
+    run = ["compare", "--methods", "pix2pixhd", "--scale", "4", "--data", data, "--out", tmp_path / "o",
+           "--metrics", "psnr_rgb", "--device", "cpu", "-q"]
+    assert invoke(*run).exit_code == 0
+    first = json.loads((tmp_path / "o" / "results.json").read_text())["methods"][0]["settings_hash"]
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pix2pixhd was built again: its stored results were not reused")
+
+    monkeypatch.setattr(runner, "_build", no_build)
+    for value in ("pix2pixhd-faces128", str(resolve("pix2pixhd-faces128"))):
+        r = invoke(*run, "--opt", f"pix2pixhd.weights={value}")
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / "o" / "results.json").read_text())["methods"][0]["settings_hash"] == first
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(resolve("pix2pixhd-faces128").read_bytes())
+    monkeypatch.undo()
+    assert invoke(*run, "--opt", f"pix2pixhd.weights={other}").exit_code == 0  # the same bytes: the same weights

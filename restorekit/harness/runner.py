@@ -364,6 +364,23 @@ def option_files_pin(options: Options) -> dict[str, str] | None:
 VARIANT_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def _filed_options(cls: type[Method], options: Options, files: dict[str, str] | None) -> Options:
+    """``options`` as a result is filed under: a weights option that names exactly the method's
+    default weights (by its registered name, or a file of that content: ``files``, the
+    :func:`option_files_pin` of ``options``) as if unset, so that ``--opt M.weights=DEFAULT`` and no
+    option share their results, as ``run`` takes them for the same setting."""
+    field = weights_option(type(options))
+    if field is None or getattr(options, field, None) is None or not files or field not in files:
+        return options
+    default = default_weights_pin(cls)
+    if default is None or len(default) != 1:
+        return options
+    [shas] = default.values()
+    if not shas or any(sha is None for sha in shas) or ",".join(str(sha) for sha in shas) != files[field]:
+        return options
+    return options.model_copy(update={field: None})
+
+
 def _recorded_options(options: Options) -> dict[str, Any]:
     """The options a stored result is filed under: all of them (a result-neutral kernel choice still
     changes the timings compare reports), but a result-neutral ``quiet`` at its default, so that
@@ -497,7 +514,11 @@ def plan(config: CompareConfig) -> Plan:
         dist, ver = _dist_of(reg, plugin)
         # compare restores one sample per image: a method whose one sample ignores the seed runs once.
         seeds: list[int | None] = [None] if cls.info.one_sample_ignores_seed else list(dict.fromkeys(config.seeds))
-        settings = {"method": base, "options": _recorded_options(options), "scale": config.scale,
+        files = option_files_pin(options)
+        filed = _filed_options(cls, options, files)
+        if filed is not options and files is not None:
+            files.pop(str(weights_option(type(options))), None)  # (the default's pin says it)
+        settings = {"method": base, "options": _recorded_options(filed), "scale": config.scale,
                     "source": f"degradation:{degradation}" if degradation else "lr-dir",
                     "device": device.type, "distribution": dist, "version": ver,
                     "code": code_fingerprint(cls.__module__), "core_code": core}
@@ -506,10 +527,9 @@ def plan(config: CompareConfig) -> Plan:
         components = loaded_components(cls, options, reg)
         if components:
             settings["components"] = components
-        pin = default_weights_pin(cls, options)
+        pin = default_weights_pin(cls, filed)
         if pin:
             settings["default_weights"] = pin
-        files = option_files_pin(options)
         if files:
             settings["option_files"] = files
         if config.faces != "aligned" and cls.info.input_kind == "aligned_face":
