@@ -16,18 +16,19 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import safe_open
 from ..errors import CacheError, IntegrityError, UnknownNameError
-from ..file_locks import lock_api
+from ..file_locks import LockApi, LocksUnavailable, lock_api
 from .spec import MANIFEST, NAME_PATTERN, unportable
 
 __all__ = ["CachedFile", "cache_dir", "cache_error", "cache_folder", "onnx_cache_dir", "weights_dir",
@@ -104,6 +105,8 @@ def cache_error(exc: OSError, path: Path, *, detail: str = "", action: str = "wr
         reason += f" ({detail})"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some disk space there, or set RESTOREKIT_HOME to a folder with room"
+    elif isinstance(exc, LocksUnavailable):  # (NFS without its lock service: no fixing it from here)
+        fix = "set RESTOREKIT_HOME to a folder on a local disk"
     else:
         usable = "a writable folder" if action == "written" else "a folder you can use"
         fix = f"set RESTOREKIT_HOME to {usable}, or fix that one"
@@ -223,7 +226,10 @@ def file_lock(path: Path) -> Iterator[None]:
 
     Other processes and other threads wait for it: ``flock`` on POSIX systems, ``msvcrt.locking``
     on Windows (:mod:`restorekit.file_locks`); a platform with neither is refused (:class:`CacheError`),
-    never written unlocked. Re-entering it in the thread that holds it does not wait.
+    never written unlocked, and so is a file system without locks (NFS without its lock service),
+    told to move the cache to a local disk. Re-entering it in the thread that holds it does not wait.
+    While held, the lock file says ``<pid> <command>`` (:func:`_process_note`), so that a process
+    that has to wait says once on stderr whom for (:func:`_take_turn`); it is emptied on release.
     """
     held: set[str] = getattr(_held, "paths", None) or set()
     _held.paths = held
@@ -244,15 +250,95 @@ def file_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise cache_error(exc, path) from exc
     try:
-        unlock = api.wait_lock(lock.fileno())
+        try:
+            unlock = _take_turn(api, lock.fileno(), path)
+        except LocksUnavailable as exc:
+            raise cache_error(exc, path, action="used") from None
         held.add(key)
+        _write_note(lock.fileno(), f"{os.getpid()} {_process_note()}".strip() + "\n")
         try:
             yield
         finally:
             held.discard(key)
+            _write_note(lock.fileno(), "")  # (a waiter reads no note of a holder that has ended)
             unlock()
     finally:
         lock.close()  # closing the file releases the lock
+
+
+#: How many times, a few hundredths of a second apart, a waiter looks again for the note of a holder
+#: that has just taken the lock (it writes its note right after): before saying it waits for nobody known.
+_NOTE_TRIES = 5
+
+
+def _take_turn(api: LockApi, fd: int, path: Path) -> Callable[[], None]:
+    """Lock ``fd`` (the lock file ``path``), waiting for as long as its holder keeps it, as
+    :meth:`~restorekit.file_locks.LockApi.wait_lock` does; returns the call that unlocks it. When the
+    lock is not free at once, one line on stderr first says whom this process waits for (a pull or
+    import of a large file may hold it for minutes, a stopped one for ever): not when that is another
+    thread of this process, whose own output says what it does. :class:`LocksUnavailable` where the
+    file system has none."""
+    who: tuple[int, str] | None = None
+    for attempt in range(_NOTE_TRIES):
+        if attempt:
+            time.sleep(0.02)
+        if api.try_lock(fd, path):
+            return lambda: api.unlock(fd)
+        who = _lock_note(fd)
+        if who is not None:
+            break
+    if who is None or who[0] != os.getpid():
+        whom = "another process" if who is None else f"process {who[0]}" + (f" ({who[1]})" if who[1] else "")
+        with contextlib.suppress(OSError, ValueError):  # (stderr closed, or gone with its terminal)
+            print(f"waiting for {whom} to finish with the restorekit cache's lock {path} ...", file=sys.stderr,
+                  flush=True)
+    return api.wait_lock(fd, path)
+
+
+def _lock_note(fd: int) -> tuple[int, str] | None:
+    """``(process id, command)`` that the holder of the open lock file ``fd`` wrote there
+    (:func:`file_lock`); None when it names no process that still runs (not written yet, emptied,
+    left by a process killed while holding it, unreadable)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        line = os.read(fd, 4096).decode("utf-8", "replace").partition("\n")[0]
+    except OSError:
+        return None
+    pid, _, note = line.strip().partition(" ")
+    # (a process id has a few digits: a line of thousands is no holder's, and too long for int())
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 20) or not pid_alive(int(pid)):
+        return None
+    return int(pid), "".join(ch if ch.isprintable() else "?" for ch in note.strip())  # (printed to a terminal)
+
+
+def _write_note(fd: int, text: str) -> None:
+    """Make ``text`` the whole of the lock file open as ``fd``, which this process has locked; a
+    failure (a full disk) is passed over: the lock holds all the same, unnamed."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        if text:
+            os.write(fd, text.encode("utf-8", "replace"))
+
+
+def _process_note() -> str:
+    """What this process is, for the note its cache lock holds: the restorekit command and its first
+    words (``weights import big-x``, ``run psp_sr``: up to the first option, three at most), else the
+    program's name (a script's, ``pytest``); ``""`` when there is none (``python -c``)."""
+    argv = sys.argv or [""]
+    prog = Path(argv[0] or "-")
+    name = prog.parent.name if prog.name == "__main__.py" else prog.name  # (python -m NAME)
+    if name.lower().removesuffix(".exe") != "restorekit":
+        return "" if name in ("-c", "-") else " ".join(name.split())[:100]
+    words: list[str] = []
+    for arg in argv[1:]:
+        if arg.startswith("-"):
+            if words:  # the command's first option: what follows is its settings
+                break
+            continue  # a global flag before the command (restorekit --debug weights ...)
+        words.append(arg)
+        if len(words) == 3:
+            break
+    return " ".join(" ".join(words).split())[:200] or "restorekit"
 
 
 def locked(name: str) -> contextlib.AbstractContextManager[None]:
