@@ -222,3 +222,20 @@ def test_a_cache_that_recorded_lines_without_their_files_is_computed_again(tmp_p
     lines: list[str] = []
     R.reference_statistics(other, [alex], cache_dir=cache, skipped=lines)
     assert len(lines) == 1 and lines[0].startswith(f"{other / 'broken.png'}: ")
+
+
+def test_the_face_share_samples_are_the_first_of_the_frechet_ones() -> None:
+    """torch's CPU normal draw of 3×4 values is not the start of a draw of 40×4: the face share's
+    --detect-n samples were not the first Fréchet samples, as realism.md says they are."""
+    g = TinyGenerator()
+    list(R.generator_batches(g, 40, seed=3))
+    frechet = torch.cat(g.seen)
+    g.seen.clear()
+    list(R.generator_batches(g, 3, seed=3, first_of=40))
+    assert torch.equal(torch.cat(g.seen), frechet[:3])
+    g.seen.clear()
+    list(R.generator_batches(g, 3, seed=3))  # (a draw of its own: why first_of is needed)
+    assert not torch.equal(torch.cat(g.seen), frechet[:3])
+    g.seen.clear()
+    list(R.generator_batches(g, 50, seed=3, first_of=40))  # more than the Fréchet samples: all drawn
+    assert torch.equal(torch.cat(g.seen)[:40], frechet) and len(torch.cat(g.seen)) == 50

@@ -57,6 +57,18 @@ def test_diagonal_gaussians_closed_form() -> None:
     assert R.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(7.25, rel=1e-12)
 
 
+def test_a_matrix_that_is_no_covariance_is_refused_and_a_rank_deficient_one_is_not() -> None:
+    """diag(-5, 1) against diag(1, 1) gave 0 ("the same statistics"): the negative eigenvalue was
+    clipped in the square roots, not in the traces, and the negative result clipped to 0."""
+    with pytest.raises(ValueError, match=r"sigma1 is not a covariance \(eigenvalue -5 < 0\)"):
+        R.frechet_distance([0, 0], np.diag([-5.0, 1.0]), [0, 0], np.diag([1.0, 1.0]))
+    x = np.random.default_rng(0).normal(size=(32, 64))  # fewer samples than dimensions: singular
+    c = np.cov(x, rowvar=False)
+    assert np.linalg.eigvalsh(c)[0] < 0  # (rounding)
+    assert R.frechet_distance(x.mean(0), c, x.mean(0), c) == pytest.approx(0.0, abs=1e-9)
+    assert R.frechet_distance(np.zeros(2), np.zeros((2, 2)), np.ones(2), np.zeros((2, 2))) == pytest.approx(2.0)
+
+
 def test_non_commuting_2x2_closed_form() -> None:
     # For 2×2 PSD M: (tr √M)² = tr M + 2√det M, and √(Σ1Σ2) has the eigenvalues of √(Σ1^½Σ2Σ1^½).
     s1 = np.array([[2.0, 0.7], [0.7, 1.0]])

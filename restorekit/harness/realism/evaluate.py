@@ -240,13 +240,16 @@ def generator_latents(generator: Generator, n: int, seed: int) -> Tensor:
 
 
 def generator_batches(generator: Generator, n: int, *, truncation: float = 1.0, seed: int = 0,
-                      batch_size: int = 32) -> Iterator[Tensor]:
+                      batch_size: int = 32, first_of: int | None = None) -> Iterator[Tensor]:
     """``n`` samples of ``generator`` in batches (in [0, 1], on the generator's device), the
-    same for every batch size: truncated towards ``mean_latent()``, constant noise."""
+    same for every batch size: truncated towards ``mean_latent()``, constant noise. ``first_of``:
+    the first ``n`` of the latents a draw of that many makes (torch's CPU normal draw of fewer is
+    not its start where the count is not a multiple of 16: the face share's samples are the first
+    of the Fréchet ones)."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n ≥ 1 and batch_size ≥ 1, got n={n}, batch_size={batch_size}")
     device = _device_of(generator)
-    z_all = generator_latents(generator, n, seed)
+    z_all = generator_latents(generator, max(n, first_of or 0), seed)[:n]
     with torch.no_grad():
         center = generator.mean_latent().to(device) if truncation != 1.0 else None
     for i in range(0, n, batch_size):
@@ -529,8 +532,8 @@ def evaluate_generator(generator: Generator, reference: ReferenceArg, *, n_sampl
     faces = None
     if detector is not None:
         t = truncation if detect_truncation is None else detect_truncation
-        faces = face_share(generator_batches(generator, detect_n, truncation=t, seed=seed, batch_size=batch_size),
-                           detector, device=dev, truncation=t)
+        faces = face_share(generator_batches(generator, detect_n, truncation=t, seed=seed, batch_size=batch_size,
+                                             first_of=n_samples), detector, device=dev, truncation=t)
     return RealismReport(source=label, reference=ref_label, figures=_figures(samples, ref, built),
                          truncation=truncation, seed=seed, faces=faces,
                          seconds=round(time.perf_counter() - t0, 3), skipped=tuple(skipped),

@@ -37,7 +37,13 @@ def _square(name: str, m: ArrayLike, d: int) -> NDArray[np.float64]:
         raise ValueError(f"frechet_distance: {name} must be {d}×{d}, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"frechet_distance: {name} has non-finite entries")
-    return (a + a.T) / 2
+    sym = (a + a.T) / 2
+    w = np.linalg.eigvalsh(sym)
+    # A covariance has no negative eigenvalue but from rounding (relative 1e-12 or so): one past
+    # that is no covariance, and clipping it inside the square roots alone gave a distance of 0.
+    if w[0] < -1e-9 * max(float(np.abs(w).max()), np.finfo(np.float64).tiny):
+        raise ValueError(f"frechet_distance: {name} is not a covariance (eigenvalue {w[0]:.3g} < 0)")
+    return sym
 
 
 def psd_sqrt(m: NDArray[np.float64]) -> NDArray[np.float64]:
