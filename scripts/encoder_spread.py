@@ -9,7 +9,7 @@ codes (normal z through the mapping). A ratio near 1 means the encoder's codes v
 generator's faces do; near 0, one face for all. Measured per input factor, with the faces
 degraded as stage 2's data is, so ×1 (the sharp face) shows whether the encoder uses detail at all.
 
-    .venv/bin/python scripts/encoder_spread.py runs/x/psp/model.safetensors --data @val.txt --factors 1,8
+    .venv/bin/python scripts/encoder_spread.py runs/x/psp/model.safetensors --data @val_list.txt --factors 1,8   # (a list of image paths: docs/realism.md says how to make one of val.txt)
 """
 
 from __future__ import annotations
