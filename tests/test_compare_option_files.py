@@ -28,23 +28,28 @@ def test_a_weights_file_rewritten_in_place_is_not_taken_for_the_stored_results(t
     data.mkdir()
     for i in range(2):
         Image.fromarray(smooth_image(32, 32, i)).save(data / f"{i}.png")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     weights = tmp_path / "model.safetensors"
     shutil.copyfile(next(WEIGHTS_DIR.glob("pix2pixhd_*.safetensors")), weights)
+
+    def retrain(by: float) -> None:
+        with safe_open(str(weights), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(weights))
+        key = next(iter(tensors))
+        tensors[key] = tensors[key] + by
+        save_file(tensors, str(weights), metadata=meta)
+
+    retrain(0.05)  # (not the default's bytes, which compare files as the default weights)
     out = tmp_path / "out"
     r = compare(data, out, weights)
     assert r.exit_code == 0, r.output
     r = compare(data, out, weights)
     assert r.exit_code == 0, r.output  # the same file again: its results are reused
     # Retrained into the same path: the stored results are another model's.
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(weights), "pt") as f:
-        meta = f.metadata()
-    tensors = load_file(str(weights))
-    key = next(iter(tensors))
-    tensors[key] = tensors[key] + 0.1
-    save_file(tensors, str(weights), metadata=meta)
+    retrain(0.1)
     r = compare(data, out, weights)
     assert r.exit_code == 2
     assert "pix2pixhd.option_files.weights:" in r.stderr and "another configuration" in r.stderr
