@@ -622,7 +622,9 @@ def to_numpy_pixels(img: Image.Image, where: object = "image", *, int_layout: st
             if far > STRAY_SHARE * arr.size:
                 raise PixelValueError(f"float pixels range {span}; restorekit reads float images as 0–1 "
                                       "(convert it to 8 or 16 bits, or scale it to 0–1)")
-            _note_once(where, f"{far} float pixel value(s) far outside 0–1 ({span}) clipped")
+            outside = arr[(arr < -FLOAT_SLACK) | (arr > 1 + FLOAT_SLACK)]  # (the span of those clipped, not the image's)
+            _note_once(where, f"{far} float pixel value(s) far outside 0–1 (from {_number(outside.min())} to "
+                              f"{_number(outside.max())}) clipped")
         return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")

@@ -87,6 +87,11 @@ def test_float_overshoot_is_clipped_quietly_and_stray_values_with_a_warning(tmp_
     assert x[3, 4] == 1.0 and x[9, 9] == 0.0 and x[0, 0] == 0.5
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "stray.tif: 2 float pixel value(s) far outside 0–1" in err, err
+    arr = np.full((16, 16), 0.25, np.float32)
+    arr[0, :5] = 3.0  # the span said is the clipped values' (it was the whole image's: "from 0.25 to 3")
+    Image.fromarray(arr, "F").save(tmp_path / "five.tif")
+    read_image(tmp_path / "five.tif")
+    assert "five.tif: 5 float pixel value(s) far outside 0–1 (from 3 to 3) clipped" in capsys.readouterr().err
 
 
 # -- 32-bit and signed integer ('I') grey -----------------------------------------------------------------------

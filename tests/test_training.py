@@ -763,3 +763,27 @@ def test_only_exact_step_names_are_checkpoints(tmp_path):
     for name in ("step_00000001.pt", "step_00000002.pt\n", "step_00000003.pt.bak", "xstep_00000004.pt"):
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     assert list_checkpoints(tmp_path) == [(1, tmp_path / "checkpoints" / "step_00000001.pt")]
+
+
+def test_the_stop_line_of_a_run_with_no_losses_yet_ends_cleanly(faces: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped before its first logged step printed "… stopped (resume with --resume); "."""
+    import click
+    from click.testing import CliRunner
+
+    import restorekit.commands.train as train_mod
+    from restorekit.commands.train import add_trainer
+
+    @click.group()
+    def cli() -> None:
+        pass
+
+    add_trainer(cli, "tiny_sr", "A tiny SR trainer.", lambda: TinyTrainer)
+    monkeypatch.setattr(train_mod, "fit_training", lambda trainer, **kw: {
+        "step": 0, "steps": 3, "finished": False, "losses": {}, "exported": None, "rank": 0})
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('steps = 3\nbatch_size = 2\ndevice = "cpu"\n[data]\nfactors = [1, 2]\nholdout_fraction = 0.2\n')
+    r = CliRunner().invoke(cli, ["train", "tiny_sr", "--data", str(faces), "--config", str(cfg), "--out",
+                                 str(tmp_path / "run")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[-1] == "tiny_sr: step 0/3 stopped (resume with --resume)"

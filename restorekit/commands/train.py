@@ -274,7 +274,8 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
         elif not quiet:
             state = "finished" if result["finished"] else "stopped (resume with --resume)"
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result["losses"].items())
-            click.echo(f"{name}: step {result['step']}/{result['steps']} {state}; {losses}", err=True)
+            click.echo(f"{name}: step {result['step']}/{result['steps']} {state}" + (f"; {losses}" if losses else ""),
+                       err=True)
             if result["exported"]:
                 click.echo(f"model: {result['exported']}", err=True)
         if result.get("signal"):  # stopped by Ctrl-C or a TERM, with a checkpoint: said by the exit code too
