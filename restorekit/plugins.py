@@ -507,7 +507,7 @@ def unmet_core_requirement(dist: Any, core_version: str) -> str | None:
 
 def _warn(line: str) -> None:
     """A warning while plugins load: one line on stderr (the CLI's console may not exist yet)."""
-    print(f"restorekit: warning: {line}", file=sys.stderr)
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def is_first_party(dist: Any) -> bool:

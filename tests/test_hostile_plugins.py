@@ -116,7 +116,7 @@ def test_global_state_a_plugin_changes_at_import_is_put_back_and_named(plugin_si
     assert "RNG" not in change  # put back without a word: building a network draws from it
     warnings = [line for line in capsys.readouterr().err.splitlines() if "thirdparty_state" in line]
     assert len(warnings) == 1 and warnings[0].startswith(
-        "restorekit: warning: plugin 'thirdparty_state' changed global state while it was imported and registered: ")
+        "warning: plugin 'thirdparty_state' changed global state while it was imported and registered: ")
 
 
 def test_plugin_check_fails_on_global_state_changed_at_import(plugin_site):
@@ -158,7 +158,7 @@ def test_compare_does_not_depend_on_a_method_that_changes_global_state_in_load(p
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert {m["name"]: m["aggregate"]["failed"] for m in doc["methods"]} == {"leak3p": 0, "probe3p": 0}
-    assert "restorekit: warning: method 'leak3p' (plugin 'thirdparty_leak') changed global state while it " \
+    assert "warning: method 'leak3p' (plugin 'thirdparty_leak') changed global state while it " \
            "loaded: torch.get_default_dtype() float32 → float64" in r.stderr
     assert torch.get_default_dtype() == torch.float32
 
@@ -191,7 +191,7 @@ def test_a_distribution_with_unreadable_entry_points_is_skipped_with_one_line(pl
     reg = plugins.registry()
     assert reg.plugins["thirdparty_nearest"].status == "ok" and "nearest3p" in reg.names("methods")
     err = capsys.readouterr().err
-    assert "restorekit: warning: skipped the installed distribution thirdparty-badeptxt: its entry_points.txt " \
+    assert "warning: skipped the installed distribution thirdparty-badeptxt: its entry_points.txt " \
            "cannot be read (" in err
     assert "thirdparty-other-tool" not in err
 
