@@ -516,9 +516,11 @@ def check_available(name: str) -> None:
 
 def _check_scrfd() -> None:
     """What ``scrfd``'s ``load`` needs, in the order it asks (:func:`.insightface_models.load_detector`):
-    ``insightface`` and ``onnxruntime`` installed (found, not imported), then the default pack's
-    detector file in the weights cache (``WeightsMissing`` naming the import command)."""
-    from .insightface_models import DEFAULT_PACK, pack_file, require_packages
+    the default pack's detector file in the weights cache (``WeightsMissing`` naming the import
+    command), then ``insightface`` and ``onnxruntime`` installed (found, not imported)."""
+    from .insightface_models import DEFAULT_PACK, INSIGHTFACE_HINT, pack_file
 
-    require_packages("detector 'scrfd'")
     pack_file(DEFAULT_PACK, "detector")
+    missing = [m for m in ("insightface", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RestorekitError(f"detector 'scrfd' needs {' and '.join(missing)}; {INSIGHTFACE_HINT}")

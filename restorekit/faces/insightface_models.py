@@ -20,7 +20,6 @@ The models are licensed for non-commercial research only (``LicenseRef-InsightFa
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import threading
 from dataclasses import dataclass
@@ -181,18 +180,8 @@ def load_model(path: str | Path, role: Role, device: str | torch.device = "cpu")
         return model
 
 
-def require_packages(what: str) -> None:
-    """Refuse in one line, naming the extra, when ``insightface`` or ``onnxruntime`` is not installed
-    (found, not imported): asked before the pack's files, so that nobody fetches a 191 MB pack of
-    non-commercial weights only to be told next that the packages that run it are missing."""
-    missing = [m for m in ("insightface", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RestorekitError(f"{what} needs {' and '.join(missing)}; {INSIGHTFACE_HINT}")
-
-
 def load_detector(pack: str = DEFAULT_PACK, device: str | torch.device = "cpu") -> Any:
     """The pack's SCRFD detector (insightface ``SCRFD``) from the weights cache."""
-    require_packages("detector 'scrfd'")
     path = pack_file(pack, "detector")
     model = load_model(path, "detector", device)
     note_license(pack)
@@ -201,7 +190,6 @@ def load_detector(pack: str = DEFAULT_PACK, device: str | torch.device = "cpu") 
 
 def load_recognizer(pack: str = DEFAULT_PACK, device: str | torch.device = "cpu") -> Any:
     """The pack's ArcFace recogniser (insightface ``ArcFaceONNX``) from the weights cache."""
-    require_packages("the insightface recogniser (ArcFace)")
     path = pack_file(pack, "recognizer")
     model = load_model(path, "recognizer", device)
     note_license(pack)
