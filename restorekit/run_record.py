@@ -218,14 +218,14 @@ def same_default_weights(old: Mapping[str, Any], now: Mapping[str, Any]) -> froz
     default by its registered name, or its file's path): the same weights, not another setting."""
     found: set[str] = set()
     for unset, named in ((old, now), (now, old)):
-        pin, files, options = _default_content(unset), named.get("option_files"), unset.get("options")
+        pin, files, options = default_content(unset), named.get("option_files"), unset.get("options")
         if pin is None or not isinstance(files, dict) or not isinstance(options, dict):
             continue
         found.update(k for k, v in files.items() if k in options and options[k] is None and v == pin)
     return frozenset(found)
 
 
-def _default_content(record: Mapping[str, Any]) -> str | None:
+def default_content(record: Mapping[str, Any]) -> str | None:
     """A record's default weights as an ``option_files`` pin (their sha256s joined by commas), where
     it pins one set of weights whose content is all known; else None."""
     pins = record.get("default_weights")

@@ -372,11 +372,10 @@ def _filed_options(cls: type[Method], options: Options, files: dict[str, str] | 
     field = weights_option(type(options))
     if field is None or getattr(options, field, None) is None or not files or field not in files:
         return options
-    default = default_weights_pin(cls)
-    if default is None or len(default) != 1:
-        return options
-    [shas] = default.values()
-    if not shas or any(sha is None for sha in shas) or ",".join(str(sha) for sha in shas) != files[field]:
+    from ..run_record import default_content
+
+    default = default_weights_pin(cls)  # (as run tells the default named explicitly: its pin, all of it known)
+    if default is None or default_content({"default_weights": default}) != files[field]:
         return options
     return options.model_copy(update={field: None})
 

@@ -147,11 +147,9 @@ def missing_fix(spec: WeightSpec) -> str | None:
     """How to get ``spec`` into the cache when that needs more than the usual pull or import: an
     unpinned file never recorded needs ``--trust`` (a pull without it is refused). None: the usual."""
     def untrusted(wf: WeightFile) -> bool:
-        if wf.sha256 is not None or wf.package_source is not None or wf.bundled:
-            return False
         try:
-            return tofu.first_use(spec.name, wf.filename) is None
-        except IntegrityError:
+            return tofu.integrity(spec, wf) == "unknown"
+        except IntegrityError:  # (a first-use record only a damaged manifest could hold)
             return True
 
     if not any(untrusted(wf) for wf in spec.files):
