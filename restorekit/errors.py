@@ -43,6 +43,12 @@ class WeightsMissing(RestorekitError):
         super().__init__(f"weights '{name}' are not available{': ' + detail if detail else ''}; {fix}")
 
 
+class DependencyMissing(RestorekitError):
+    """A Python package a component needs is not installed; the message names the install command.
+    Like :class:`WeightsMissing` it says the component cannot run here, not that it is broken: the
+    plugin checks report it skipped."""
+
+
 class InsufficientMemory(RestorekitError):
     """A job would need more memory than its device has left; refused before it starts."""
 

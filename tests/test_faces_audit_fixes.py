@@ -184,7 +184,11 @@ def test_run_with_a_limited_plugin_set_keeps_the_registrys_note(audit_plugin, mo
 
 # 4. scrfd: what its load needs is checked with the detector's name, before the method is built.
 
-def test_scrfd_without_its_weights_is_refused_before_the_method_is_built(audit_plugin, rk_home, tmp_path) -> None:
+def test_scrfd_without_its_weights_is_refused_before_the_method_is_built(audit_plugin, rk_home, tmp_path,
+                                                                        monkeypatch) -> None:
+    from restorekit.faces import insightface_models
+
+    monkeypatch.setattr(insightface_models, "require_packages", lambda what: None)  # (as if installed)
     with pytest.raises(WeightsMissing, match="^weights 'insightface-buffalo-l' are not available: det_10g.onnx"):
         check_available("scrfd")
     save_image(flat(16, 16), tmp_path / "a.png")
@@ -207,6 +211,22 @@ def test_scrfd_without_insightface_or_onnxruntime_is_refused(monkeypatch, tmp_pa
         with pytest.raises(RestorekitError) as err:
             check_available("scrfd")
         assert str(err.value) == f"detector 'scrfd' needs {named}; {insightface_models.INSIGHTFACE_HINT}"
+
+
+def test_scrfd_names_the_missing_packages_before_the_weights_pack(monkeypatch, rk_home) -> None:
+    """Without the insightface extra and without the pack, the pack (191 MB of non-commercial weights)
+    was asked for first; the missing packages only showed once it was fetched."""
+    from restorekit.faces import insightface_models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "insightface" else real(name, *a))
+    for check in (lambda: check_available("scrfd"), insightface_models.load_detector):
+        with pytest.raises(RestorekitError) as err:
+            check()
+        assert not isinstance(err.value, WeightsMissing)
+        assert str(err.value) == f"detector 'scrfd' needs insightface; {insightface_models.INSIGHTFACE_HINT}"
+    with pytest.raises(RestorekitError, match=r"^the insightface recogniser \(ArcFace\) needs insightface; "):
+        insightface_models.load_recognizer()
 
 
 # 5. The no-face warning names the input path, as error lines do (it named the output stem).

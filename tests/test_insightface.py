@@ -341,7 +341,16 @@ def test_import_without_hash_needs_trust_and_links_folders(models: dict[str, obj
 # Models through insightface
 
 
-def test_missing_weights_name_the_import_command(home: Path) -> None:
+@pytest.fixture
+def packages_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if insightface and onnxruntime were installed: what is said about the weights pack then."""
+    from restorekit.faces import identity_arcface, insightface_models
+
+    for module in (identity_arcface, insightface_models):
+        monkeypatch.setattr(module, "require_packages", lambda what: None)
+
+
+def test_missing_weights_name_the_import_command(home: Path, packages_installed: None) -> None:
     from restorekit.faces.identity_arcface import IdentityArcface
 
     with pytest.raises(WeightsMissing) as exc:
@@ -449,7 +458,7 @@ def test_registered_and_listed_with_license(home: Path) -> None:
     assert "non-commercial" in rows["insightface-antelopev2"]["license_note"]
 
 
-def test_compare_skips_without_models_and_names_the_import(home: Path) -> None:
+def test_compare_skips_without_models_and_names_the_import(home: Path, packages_installed: None) -> None:
     from restorekit.harness.runner import MetricState, setup_metrics
     from restorekit.faces.identity_arcface import IdentityArcface
 
@@ -457,6 +466,28 @@ def test_compare_skips_without_models_and_names_the_import(home: Path) -> None:
     setup_metrics([ms], torch.device("cpu"))
     assert ms.status == "skipped" and f"restorekit weights import {PACK} buffalo_l.zip" in (ms.reason or "")
     assert ms.nan_label == "no face found on the HR image"
+
+
+def test_the_identity_metric_names_missing_packages_before_the_weights_pack(home: Path, monkeypatch) -> None:
+    """Without the insightface extra and without the pack, the pack (191 MB of non-commercial
+    weights) was asked for first; the missing packages only showed once it was fetched. Compare
+    skips the metric with the install command; the plugin checks skip it as not installed."""
+    import importlib.util
+
+    from restorekit.errors import DependencyMissing
+    from restorekit.faces.identity_arcface import IdentityArcface
+    from restorekit.faces.insightface_models import INSIGHTFACE_HINT
+    from restorekit.harness.runner import MetricState, setup_metrics
+
+    real = importlib.util.find_spec
+    installed = {"insightface": object(), "onnxruntime": None}  # (whatever this machine has)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: installed.get(name, real(name, *a)))
+    with pytest.raises(DependencyMissing) as err:
+        IdentityArcface().setup(torch.device("cpu"))
+    assert str(err.value) == f"metric 'identity_arcface' needs onnxruntime; {INSIGHTFACE_HINT}"
+    ms = MetricState("identity_arcface", IdentityArcface, "restorekit", "restorekit", "0")
+    setup_metrics([ms], torch.device("cpu"))
+    assert (ms.status, ms.reason) == ("skipped", str(err.value))
 
 
 @pytest.mark.skipif(os.environ.get("RESTOREKIT_INSIGHTFACE_REAL") is None,

@@ -549,3 +549,20 @@ def test_the_public_api_is_typed() -> None:
         assert sig.return_annotation is not inspect.Signature.empty, fn.__qualname__
         assert all(p.annotation is not inspect.Parameter.empty for p in sig.parameters.values() if p.name != "self"), \
             fn.__qualname__
+
+
+@pytest.mark.parametrize("package", ["restorekit", "restorekit_psp_sr", "restorekit_baselines"])
+def test_every_name_a_module_exports_exists(package: str) -> None:
+    """`from module import *` fails on a name in ``__all__`` that the module no longer defines (one
+    was left behind when a helper moved to another module)."""
+    import importlib
+    import pkgutil
+
+    root = importlib.import_module(package)
+    missing = []
+    for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+        if info.name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        module = importlib.import_module(info.name)
+        missing += [f"{info.name}.{n}" for n in getattr(module, "__all__", ()) if not hasattr(module, n)]
+    assert not missing

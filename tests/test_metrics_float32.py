@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from restorekit.errors import WeightsMissing
+from restorekit.errors import DependencyMissing, WeightsMissing
 from restorekit.interfaces import Metric
 from restorekit.plugins import registry
 
@@ -48,11 +48,11 @@ def test_every_built_in_metric_is_listed() -> None:
 
 def make(name: str) -> Metric:
     """Metric ``name`` set up on the CPU under the default dtype now in force (skipped when its
-    weights or dlib are not installed)."""
+    weights or packages are not installed)."""
     metric: Metric = registry().metric(name)()
     try:
         metric.setup(torch.device("cpu"))
-    except (WeightsMissing, ImportError) as exc:
+    except (WeightsMissing, DependencyMissing, ImportError) as exc:
         pytest.skip(f"{name}: {str(exc).splitlines()[0]}")
     return metric
 

@@ -645,6 +645,44 @@ def test_core_components_conform(case):
     case.run()
 
 
+def test_a_component_that_needs_a_package_not_installed_is_skipped_not_failed(monkeypatch):
+    """scrfd without insightface: DependencyMissing names the extra; the check skips it, with
+    missing_weights="fail" too (that asks for weights, and no check ran), while the missing pack of
+    an installed scrfd fails there. Before, only WeightsMissing skipped, so scrfd's checks passed
+    only as long as the weights were asked for before the packages."""
+    from restorekit.testing import cases as cases_module
+
+    real = importlib.util.find_spec
+    installed = {"insightface": None}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: installed.get(name, real(name, *a)))
+    monkeypatch.setenv("RESTOREKIT_HOME", str(Path(os.environ.get("RESTOREKIT_HOME", "/nonexistent")) / "empty"))
+    collect = cases_module.collect_cases
+    monkeypatch.setattr(cases_module, "collect_cases", lambda *a, **k: [
+        case for case in collect(*a, **k) if case.id == "face_detector:scrfd"])  # (not mtcnn, dlib_hog)
+
+    def outcome(mode: str) -> tuple[str, str]:
+        plugins.reset()
+        [result] = cases_module.run_conformance("restorekit", kinds=["face_detectors"], missing_weights=mode)
+        [case] = cases_module.collect_cases("restorekit", kinds=["face_detectors"], missing_weights=mode)
+        try:
+            case.run()
+        except pytest.skip.Exception as exc:
+            assert str(exc) == f"face_detector:scrfd: {result.detail}"
+            return result.status, result.detail
+        except Exception as exc:
+            assert result.status == "failed" and result.detail == str(exc)
+            return result.status, result.detail
+        raise AssertionError("scrfd's check ran")
+
+    for mode in ("skip", "fail"):
+        status, detail = outcome(mode)
+        assert status == "skipped" and detail.startswith("detector 'scrfd' needs insightface; pip install "), mode
+    installed.update(insightface=object(), onnxruntime=object())
+    status, detail = outcome("fail")
+    assert status == "failed" and detail.startswith("weights 'insightface-buffalo-l' are not available: "), detail
+    plugins.reset()
+
+
 # -- restorekit plugin new ---------------------------------------------------------------------
 
 def test_plugin_names_are_normalised_and_validated():

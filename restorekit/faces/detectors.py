@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import RestorekitError
+from ..errors import DependencyMissing
 from ..interfaces import Face, FaceDetector
 from ..progress import report
 
@@ -88,7 +88,7 @@ def mtcnn_weights_dir() -> Path:
             folder = Path(loc) / "data"
             if all((folder / f"{n}.pt").is_file() for n in ("pnet", "rnet", "onet")):
                 return folder
-    raise RestorekitError("detector 'mtcnn': its weights ship in facenet-pytorch, which is not "
+    raise DependencyMissing("detector 'mtcnn': its weights ship in facenet-pytorch, which is not "
                           f"installed; {MTCNN_HINT}")
 
 
@@ -498,9 +498,9 @@ def layout_of(detector: Any) -> str:
 
 
 def check_available(name: str) -> None:
-    """Raise a one-line ``RestorekitError`` naming what to install or import when a built-in detector
-    cannot run (mtcnn, dlib_hog, scrfd), before any work: what its ``load`` would need, asked
-    cheaply. Other detectors bring their own checks, so nothing happens for them."""
+    """Raise a one-line ``DependencyMissing`` or ``WeightsMissing`` naming what to install or import
+    when a built-in detector cannot run (mtcnn, dlib_hog, scrfd), before any work: what its ``load``
+    would need, asked cheaply. Other detectors bring their own checks, so nothing happens for them."""
     if name == "mtcnn":
         mtcnn_weights_dir()
     elif name == "scrfd":
@@ -510,17 +510,15 @@ def check_available(name: str) -> None:
         from .dlib_tools import DLIB_HINT
 
         if importlib.util.find_spec("dlib") is None:
-            raise RestorekitError(f"detector 'dlib_hog' needs dlib; {DLIB_HINT}")
+            raise DependencyMissing(f"detector 'dlib_hog' needs dlib; {DLIB_HINT}")
         dlib_model_path("shape_predictor_5")
 
 
 def _check_scrfd() -> None:
     """What ``scrfd``'s ``load`` needs, in the order it asks (:func:`.insightface_models.load_detector`):
-    the default pack's detector file in the weights cache (``WeightsMissing`` naming the import
-    command), then ``insightface`` and ``onnxruntime`` installed (found, not imported)."""
-    from .insightface_models import DEFAULT_PACK, INSIGHTFACE_HINT, pack_file
+    ``insightface`` and ``onnxruntime`` installed (found, not imported), then the default pack's
+    detector file in the weights cache (``WeightsMissing`` naming the import command)."""
+    from .insightface_models import DEFAULT_PACK, pack_file, require_packages
 
+    require_packages("detector 'scrfd'")
     pack_file(DEFAULT_PACK, "detector")
-    missing = [m for m in ("insightface", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RestorekitError(f"detector 'scrfd' needs {' and '.join(missing)}; {INSIGHTFACE_HINT}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import RestorekitError
+from ..errors import DependencyMissing
 from .dlib_models import dlib_model_path
 
 __all__ = ["DLIB_HINT", "import_dlib", "to_uint8", "DlibFaceTools", "default_tools"]
@@ -26,7 +26,7 @@ def import_dlib() -> Any:
     try:
         import dlib
     except ImportError as exc:
-        raise RestorekitError(f"dlib is not installed ({exc}); {DLIB_HINT}") from None
+        raise DependencyMissing(f"dlib is not installed ({exc}); {DLIB_HINT}") from None
     return dlib
 
 

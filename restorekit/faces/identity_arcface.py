@@ -41,6 +41,7 @@ from .insightface_models import (
     import_insightface,
     load_recognizer,
     pack_file,
+    require_packages,
 )
 from .scrfd import ScrfdDetector, to_bgr_uint8
 
@@ -151,7 +152,9 @@ class IdentityArcface(Metric):
         self.faces_not_found = self.faces_not_found_total = self.images_total = 0
 
     def setup(self, device: torch.device) -> None:
-        # weights first (WeightsMissing names the import command), then the package
+        # the packages first (DependencyMissing names the extra), then the weights (WeightsMissing
+        # names the import command): nobody fetches the pack only to hear that nothing can run it
+        require_packages(f"metric '{self.name}'")
         pack_file(self.pack, "detector")
         pack_file(self.pack, "recognizer")
         import_insightface()

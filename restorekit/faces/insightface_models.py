@@ -20,6 +20,7 @@ The models are licensed for non-commercial research only (``LicenseRef-InsightFa
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import threading
 from dataclasses import dataclass
@@ -28,11 +29,11 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import RestorekitError, WeightsMissing
+from ..errors import DependencyMissing, RestorekitError, WeightsMissing
 
 __all__ = [
     "INSIGHTFACE_LICENSE", "INSIGHTFACE_LICENSE_NOTE", "INSIGHTFACE_HINT", "DEFAULT_PACK", "Pack", "PACKS",
-    "import_insightface", "onnx_providers", "pack_file", "load_model", "load_detector", "load_recognizer",
+    "import_insightface", "onnx_providers", "pack_file", "require_packages", "load_model", "load_detector", "load_recognizer",
     "note_license", "clear_cache",
 ]
 
@@ -86,7 +87,7 @@ def import_insightface() -> Any:
     try:
         return importlib.import_module("insightface")
     except ImportError as exc:
-        raise RestorekitError(f"insightface models need the 'insightface' extra ({exc}); {INSIGHTFACE_HINT}") from None
+        raise DependencyMissing(f"insightface models need the 'insightface' extra ({exc}); {INSIGHTFACE_HINT}") from None
 
 
 def onnx_providers(device: str | torch.device = "cpu") -> list[Any]:
@@ -94,7 +95,7 @@ def onnx_providers(device: str | torch.device = "cpu") -> list[Any]:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise RestorekitError(f"insightface models need onnxruntime ({exc}); {INSIGHTFACE_HINT}") from None
+        raise DependencyMissing(f"insightface models need onnxruntime ({exc}); {INSIGHTFACE_HINT}") from None
     dev = torch.device(device)
     if dev.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         opts = {"device_id": dev.index if dev.index is not None else torch.cuda.current_device()}
@@ -180,8 +181,18 @@ def load_model(path: str | Path, role: Role, device: str | torch.device = "cpu")
         return model
 
 
+def require_packages(what: str) -> None:
+    """Refuse in one line, naming the extra, when ``insightface`` or ``onnxruntime`` is not installed
+    (found, not imported): asked before the pack's files, so that nobody fetches a 191 MB pack of
+    non-commercial weights only to be told next that the packages that run it are missing."""
+    missing = [m for m in ("insightface", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DependencyMissing(f"{what} needs {' and '.join(missing)}; {INSIGHTFACE_HINT}")
+
+
 def load_detector(pack: str = DEFAULT_PACK, device: str | torch.device = "cpu") -> Any:
     """The pack's SCRFD detector (insightface ``SCRFD``) from the weights cache."""
+    require_packages("detector 'scrfd'")
     path = pack_file(pack, "detector")
     model = load_model(path, "detector", device)
     note_license(pack)
@@ -190,6 +201,7 @@ def load_detector(pack: str = DEFAULT_PACK, device: str | torch.device = "cpu") 
 
 def load_recognizer(pack: str = DEFAULT_PACK, device: str | torch.device = "cpu") -> Any:
     """The pack's ArcFace recogniser (insightface ``ArcFaceONNX``) from the weights cache."""
+    require_packages("the insightface recogniser (ArcFace)")
     path = pack_file(pack, "recognizer")
     model = load_model(path, "recognizer", device)
     note_license(pack)

@@ -42,7 +42,8 @@ from torch import Tensor
 from .. import __version__
 from ..degradations import Chain, parse_spec
 from ..devices import precision_label, run_device
-from ..errors import FileSystemError, RestorekitError, WeightsMissing, describe_os_error, exception_line
+from ..errors import (DependencyMissing, FileSystemError, RestorekitError, WeightsMissing, describe_os_error,
+                      exception_line)
 from ..images import (DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_PIXELS, atomic_write_bytes, from_pil, read_image,
                       storage_errno, to_pil)
 from ..interfaces import Method, Metric, Options
@@ -690,13 +691,13 @@ def scale_metrics(metrics: list[MetricState], scale: int,
 
 
 def setup_metrics(metrics: list[MetricState], device: torch.device) -> None:
-    """Set each metric up once; a missing-weights or failing set-up skips it with the reason."""
+    """Set each metric up once; missing weights or packages, or a failing set-up, skip it with the reason."""
     for m in metrics:
         try:
             inst = m.cls()
             inst.setup(device)
             m.instance, m.status, m.reason = inst, "ok", None
-        except WeightsMissing as exc:
+        except (WeightsMissing, DependencyMissing) as exc:
             m.instance, m.status, m.reason = None, "skipped", str(exc)
         except Exception as exc:  # a broken metric must not take the comparison down
             m.instance, m.status = None, "skipped"

@@ -18,7 +18,8 @@ selection with no case is an error, never an empty (skipped) test. ``configs`` g
 component the keyword arguments of its check (tiny sizes for a generator, options for a
 method, a ``context`` for a loss), keyed by ``"name"`` or ``"kind:name"``; ``skip`` skips
 components with a reason. A component whose weights are not cached is skipped, not failed
-(``missing_weights="fail"`` makes it fail). A broken plugin yields one failing case that shows
+(``missing_weights="fail"`` makes it fail), as is one that needs a package not installed here
+(``DependencyMissing``). A broken plugin yields one failing case that shows
 its error.
 """
 
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from ..errors import WeightsMissing, exception_line
+from ..errors import DependencyMissing, WeightsMissing, exception_line
 from ..plugins import KINDS, Registry, add_commands, core_cli, registry, suggest
 from . import conformance as c
 
@@ -110,11 +111,12 @@ class ConformanceCase:
             c._CHECKED_PLUGIN.reset(token)
 
     def run(self) -> Any:
-        """Run the check under pytest: skips when weights are missing and ``missing_weights="skip"``."""
+        """Run the check under pytest: skips when weights are missing and ``missing_weights="skip"``,
+        and when a package the component needs is not installed."""
         try:
             return self.check()
-        except WeightsMissing as exc:
-            if self.missing_weights == "fail":
+        except (WeightsMissing, DependencyMissing) as exc:
+            if self.missing_weights == "fail" and isinstance(exc, WeightsMissing):
                 raise
             import pytest
 
@@ -230,7 +232,8 @@ def run_conformance(plugin: str | None = None, *, starting: Callable[[str], None
                     **kwargs: Any) -> list[CaseResult]:
     """Run every case of ``plugin`` without pytest; failures are collected, not raised.
 
-    Missing weights give ``skipped`` (or ``failed`` with ``missing_weights="fail"``). ``starting(id)``
+    Missing weights give ``skipped`` (or ``failed`` with ``missing_weights="fail"``), and so does a
+    package the component needs that is not installed (``DependencyMissing``). ``starting(id)``
     is called before each case (a slow one — PULSE at its default steps — must not look hung).
     """
     results = []
@@ -240,8 +243,9 @@ def run_conformance(plugin: str | None = None, *, starting: Callable[[str], None
         t0 = time.perf_counter()
         try:
             case.check()
-        except WeightsMissing as exc:
-            status: Literal["skipped", "failed"] = "failed" if case.missing_weights == "fail" else "skipped"
+        except (WeightsMissing, DependencyMissing) as exc:
+            fail = case.missing_weights == "fail" and isinstance(exc, WeightsMissing)
+            status: Literal["skipped", "failed"] = "failed" if fail else "skipped"
             results.append(CaseResult(case.id, status, str(exc), time.perf_counter() - t0))
         except c.ConformanceError as exc:
             results.append(CaseResult(case.id, "failed", str(exc), time.perf_counter() - t0))

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..devices import TF32_SUFFIX, precision_label
-from ..errors import WeightsMissing, exception_line
+from ..errors import DependencyMissing, WeightsMissing, exception_line
 from ..global_state import describe as _describe, is_precision_key as _is_precision_key, put_back as _put_back
 from ..global_state import precision_objects as _precision_objects, read as _read  # noqa: F401 (tests use them)
 from ..global_state import snapshot as _global_state
@@ -291,7 +291,7 @@ def check_method(cls: type[Method], *, options: dict[str, Any] | None = None, sc
         copy = inp.clone()
         try:
             out = method.restore(inp, sc, n_samples=samples, **kw) if samples != 1 else method.restore(inp, sc, **kw)
-        except (ConformanceError, WeightsMissing):
+        except (ConformanceError, WeightsMissing, DependencyMissing):
             raise
         except Exception as exc:
             raise ConformanceError(f"{name}: restore raised on {what}: {exception_line(exc)}") from exc
@@ -759,7 +759,7 @@ def check_loss(cls: type[Loss], *, kwargs: dict[str, Any] | None = None,
     with _keeps_global_state(str(name), "the first __call__ (warm-up)", rng_once=True):  # lazy init may draw
         try:
             loss(wrong.clone().requires_grad_(True), target.clone(), **ctx())
-        except (ConformanceError, WeightsMissing):
+        except (ConformanceError, WeightsMissing, DependencyMissing):
             raise
         except Exception as exc:
             raise ConformanceError(f"{name}: __call__ raised: {exception_line(exc)}"
@@ -795,7 +795,7 @@ def _loss_without(loss: Loss, name: str, target: Tensor, wrong: Tensor, c: dict[
     what = ", ".join(repr(o) for o in optional)
     try:
         value = loss(wrong.clone().requires_grad_(True), target.clone(), **c)
-    except (ConformanceError, WeightsMissing):
+    except (ConformanceError, WeightsMissing, DependencyMissing):
         raise
     except Exception as exc:
         raise ConformanceError(f"{name}: __call__ without the context entries declared required=False ({what}) "

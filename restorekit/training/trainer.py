@@ -1296,6 +1296,6 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["LogFiles", "Trainer", "TrainingError", "CKPT_DIR", "VAL_DIR", "atomic_save", "check_run_folders", "check_stop_steps", "checkpoint_path", "checkpoint_to_resume", "count_parameters", "image_grid",
-           "latest_checkpoint", "linked_folder_error", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "no_room_to_start_workers", "out_of_shared_memory", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
+           "latest_checkpoint", "list_checkpoints", "load_checkpoint", "log_line", "newest_loadable_checkpoint", "no_room_to_start_workers", "out_of_shared_memory", "prune_checkpoints", "psnr", "restoring", "resume_checkpoint",
            "resume_warning", "rng_state", "run_subfolder", "set_rng_state", "cuda_seed_of", "seed_everything", "setting_changes", "start_log", "trim_log",
            "warn_changed_settings"]

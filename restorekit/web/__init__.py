@@ -19,7 +19,7 @@ Nothing here is imported by the core; ``restorekit serve`` imports it when it ru
 
 from __future__ import annotations
 
-from ..errors import RestorekitError
+from ..errors import DependencyMissing
 
 INSTALL_HINT = "restorekit serve needs the web extra: pip install 'restorekit[web]'"
 
@@ -30,4 +30,4 @@ def require_web() -> None:
 
     missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        raise RestorekitError(f"{INSTALL_HINT} (missing: {', '.join(missing)})")
+        raise DependencyMissing(f"{INSTALL_HINT} (missing: {', '.join(missing)})")
