@@ -234,10 +234,28 @@ def test_scrfd_names_the_missing_packages_before_the_weights_pack(monkeypatch, r
 def test_the_no_face_warning_names_the_input_path(audit_plugin, tmp_path: Path) -> None:
     photo = tmp_path / "photos" / "a.png"
     photo.parent.mkdir()
-    save_image(flat(16, 16), photo)
+    save_image(flat(24, 24), photo)
     r = run("plain_audit3p", "--scale", "2", "--input", str(photo), "--output", str(tmp_path / "o"),
             "--faces", "detect", "--detector", "noface_audit3p", "-q")
     assert r.exit_code == 0, r.output
     assert f"warning: {photo}: no face found; passed through (bicubic ×2)" in r.output
     assert json.loads((tmp_path / "o" / "a.png.json").read_text())["warning"] == "no face found"
+
+
+def test_no_face_found_says_when_min_face_is_larger_than_the_photo(audit_plugin, tmp_path: Path) -> None:
+    """A --min-face above the photo's short side can find nothing (MTCNN's pyramid is then empty):
+    it was reported as a plain "no face found", as if the photo held none."""
+    photo = tmp_path / "a.png"
+    save_image(flat(40, 60), photo)
+    why = ("no face found: a face of --min-face 48 px cannot fit in the 60×40 photo "
+           "(a lower --min-face searches for smaller faces)")
+    args = ("plain_audit3p", "--scale", "2", "--input", str(photo), "--faces", "detect", "--detector",
+            "noface_audit3p", "--min-face", "48", "-q")
+    r = run(*args, "--output", str(tmp_path / "o"))
+    assert r.exit_code == 0 and f"warning: {photo}: {why}; passed through (bicubic ×2)" in r.output, r.output
+    assert json.loads((tmp_path / "o" / "a.png.json").read_text())["warning"] == why
+    r = run(*args, "--output", str(tmp_path / "o2"), "--require-face")
+    assert r.exit_code == 1 and f"{why} (--require-face)" in r.output, r.output
+    r = run(*args[:-3], "--min-face", "40", "-q", "--output", str(tmp_path / "o3"))  # (fits: 40 px side)
+    assert r.exit_code == 0 and f"warning: {photo}: no face found; passed through" in r.output, r.output
 

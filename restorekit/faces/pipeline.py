@@ -587,8 +587,17 @@ def restore_photo(method: Method, image: Tensor, scale: int, detector: str | Fac
             cache[key] = pipe
     result = pipe.run(image, seed=seed)
     if warn_no_face and not result.records:
-        warnings.warn("no face found: the photo is only upscaled by the background method", stacklevel=2)
+        warnings.warn(f"{no_face_found(pipe, image)}: the photo is only upscaled by the background method", stacklevel=2)
     return result.image, [r.as_dict() for r in result.records]
+
+
+def no_face_found(pipe: FacePipeline, image: Tensor) -> str:
+    """"no face found", and why when ``min_face`` is the cause: a face that size cannot fit the photo."""
+    h, w = image.shape[-2:]
+    if pipe.min_face > min(h, w):
+        return (f"no face found: a face of --min-face {pipe.min_face:g} px cannot fit in the {w}×{h} photo "
+                "(a lower --min-face searches for smaller faces)")
+    return "no face found"
 
 
 class NoFaceError(RestorekitError):
@@ -610,7 +619,7 @@ def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | N
     result = pipe.run(image, seed=seed, n_samples=n_samples, where=where)
     sidecar = result.sidecar()
     if result.n_restored == 0:
-        why = "no face found" if not result.records else (
+        why = no_face_found(pipe, image) if not result.records else (
             "no face restored (" + "; ".join(r.reason for r in result.records if r.reason) + ")")
         if require_face:
             raise NoFaceError(f"{why} (--require-face)")
