@@ -48,6 +48,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .command_group import CommandGroup
 from .errors import PluginError, RestorekitError, describe_os_error
 
 
@@ -176,7 +177,7 @@ def _printable(exc: click.ClickException) -> None:
         exc.message = shown(exc.message)
 
 
-class RestorekitGroup(click.Group):
+class RestorekitGroup(CommandGroup):
     """Turns restorekit and file-system errors into one-line messages with exit code 2."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
@@ -214,16 +215,6 @@ class RestorekitGroup(click.Group):
                 raise
             _interrupted(exc)
             ctx.exit(INTERRUPTED)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        cmd = super().get_command(ctx, name)
-        if cmd is None:
-            from .plugins import suggest
-
-            hint = suggest(name, self.list_commands(ctx))
-            if hint:
-                ctx.fail(f"no such command '{name}'{hint}")
-        return cmd
 
 
 @click.group(cls=RestorekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

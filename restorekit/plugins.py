@@ -69,6 +69,9 @@ FIRST_PARTY_NAMES: dict[tuple[str, str], str] = {
     **{("methods", n): "restorekit-psp-sr" for n in ("psp_sr", "psp_pulse")},
     ("generators", "stylegan2"): "restorekit-psp-sr", ("encoders", "gradual_style"): "restorekit-psp-sr",
     ("losses", "identity"): "restorekit-psp-sr", ("face_embedders", "arcface_irse50"): "restorekit-psp-sr",
+    ("commands", "train pix2pixhd"): "restorekit-baselines",
+    **{("commands", c): "restorekit-psp-sr"
+       for c in ("bench generator", "train psp_sr", "train stylegan2", "train stylegan2_ae")},
 }
 
 
@@ -229,7 +232,7 @@ class Registry:
                 del self.owner[kind][name]
                 self.note_lost(plugin, [(kind, name)])
         self.commands = [c for c in self.commands if c.plugin != plugin]
-        self.added_commands.pop(plugin, None)
+        self.note_lost(plugin, [("commands", path) for path, _ in self.added_commands.pop(plugin, [])])
         rec = self.plugins.get(plugin)
         if rec is not None:
             rec.status = f"broken: {reason}"
@@ -288,6 +291,28 @@ def _absent_first_party(kind: str, name: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return dist
     return None
+
+
+def missing_command(path: str) -> str:
+    """Why command ``path`` (``train psp_sr``) is not there, to end click's refusal: the
+    first-party distribution that adds it is not installed, or a broken plugin had added it, or
+    RESTOREKIT_LOAD_PLUGINS left plugins out, or broken plugins may have; "" when none of these."""
+    absent = _absent_first_party("commands", path)
+    if absent:
+        return f": it comes with the {absent} distribution, which is not installed: pip install {absent}"
+    reg = _REGISTRY
+    if reg is None:
+        return ""
+    lost = reg._lost_line("commands", path)
+    if lost:
+        return f": {lost}; see `restorekit plugins`"
+    limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
+    limited = f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded)" if limit is not None else ""
+    broken = sorted(p for p, rec in reg.plugins.items() if rec.status != "ok")
+    if broken:
+        return (f"{limited}; broken plugins, which may have had it: {', '.join(repr(p) for p in broken)} "
+                "(see `restorekit plugins`)")
+    return limited
 
 
 def _strict_from_env() -> bool:
@@ -952,6 +977,7 @@ def add_commands(reg: Registry, cli: Any, *, strict: bool | None = None) -> None
             if snap.changes():
                 snap.restore()
         reason = "; ".join(dict.fromkeys(reasons))
+        reg.note_lost(plugin, [("commands", path) for _, _, path in added])
         for other, message in sorted(partners.items()):
             _remove_owned(cli, other)
             reg.drop_plugin(other, f"register_commands: {message}")

@@ -121,6 +121,11 @@ def test_first_party_names_are_what_the_first_party_plugins_register():
     registered = {(kind, name): reg.plugins[reg.owner[kind][name]].distribution
                   for kind in KINDS for name in reg.owner.get(kind, {})
                   if reg.plugins[reg.owner[kind][name]].distribution in plugins.FIRST_PARTY and kind != "weights"}
+    r = subprocess.run([sys.executable, "-m", "restorekit", "plugins", "--json"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    registered.update({("commands", path): p["distribution"] for p in json.loads(r.stdout)
+                       if p["distribution"] in plugins.FIRST_PARTY for path in p["registers"].get("commands", [])})
     assert registered == plugins.FIRST_PARTY_NAMES
 
 
@@ -567,3 +572,62 @@ def test_a_load_plugins_typo_is_warned_about_with_the_likely_name(plugin_site, m
     plugins.reset()
     with pytest.raises(PluginError, match=r"names thirdparty_nearst \(did you mean 'thirdparty_nearest'\?\), which"):
         plugins.registry(strict=True)
+
+
+def _restorekit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "restorekit", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_a_command_of_a_broken_plugin_says_why_it_is_missing(plugin_site):
+    """`restorekit train mine` of a plugin that broke answered click's bare "No such command
+    'mine'.", as if it had never been installed."""
+    plugin_site("thirdparty-cmdgone", "thirdparty_cmdgone", '''
+import click
+from restorekit.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    cli.commands["train"].add_command(click.Command("mine3p", callback=lambda: None))
+    cli.add_command(click.Command("top3p", callback=lambda: None))
+    cli.commands["run"].help = "changed"  # not its command: the plugin is broken, its commands undone
+''')
+    r = _restorekit("train", "mine3p", "--help")
+    assert r.returncode == 2, r.stderr
+    why = ("plugin 'thirdparty_cmdgone' is broken: register_commands: it changes existing commands it did not add: "
+           "'run' (help); see `restorekit plugins`")
+    assert f"Error: no such command 'mine3p': {why}" in r.stderr, r.stderr
+    r = _restorekit("top3p")
+    assert r.returncode == 2 and f"Error: no such command 'top3p': {why}" in r.stderr, r.stderr
+    # A command no plugin added: the broken plugin may have had it (its hook may have stopped early).
+    r = _restorekit("train", "other3p")
+    assert r.returncode == 2, r.stderr
+    assert ("Error: no such command 'other3p'; broken plugins, which may have had it: 'thirdparty_cmdgone' "
+            "(see `restorekit plugins`)") in r.stderr, r.stderr
+
+
+def test_a_first_party_command_names_its_distribution_when_it_is_not_installed(monkeypatch):
+    from click.testing import CliRunner
+
+    from restorekit.cli import build_cli
+
+    real = importlib.metadata.distribution
+
+    def distribution(name: str):  # (as if restorekit-psp-sr were not installed)
+        if name == "restorekit-psp-sr":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    cli = build_cli()
+    train = cli.commands["train"]
+    monkeypatch.delitem(train.commands, "psp_sr")  # (put back after the test)
+    r = CliRunner().invoke(cli, ["train", "psp_sr", "--help"])
+    assert r.exit_code == 2
+    assert ("no such command 'psp_sr': it comes with the restorekit-psp-sr distribution, which is not installed: "
+            "pip install restorekit-psp-sr") in r.output, r.output
+
+    r = _restorekit("train", "psp_sr", "--help", env={"RESTOREKIT_LOAD_PLUGINS": "baselines"})
+    assert r.returncode == 2
+    assert "Error: no such command 'psp_sr' (RESTOREKIT_LOAD_PLUGINS=baselines limits the plugins loaded)" in r.stderr

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from ..command_group import CommandGroup
+
 
 def spread(samples: Sequence[float]) -> dict[str, Any]:
     """``{"median", "min", "max", "n"}`` of one figure's repeats (at least one)."""
@@ -51,7 +53,7 @@ def fmt_ratio(r: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{med}×" if lo == hi else f"{med}× ({lo}–{hi}×)"
 
 
-@click.group("bench")
+@click.group("bench", cls=CommandGroup)
 def bench_group() -> None:
     """Benchmarks (figures are reported as ratios against a reference measured in the same run;
     times are medians over repeats, with the range of the repeats)."""

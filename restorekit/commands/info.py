@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 
 from ..cli import emit_json, fail_usage, json_output, listing
+from ..command_group import CommandGroup
 from ..errors import RestorekitError, UnknownNameError
 from ..interfaces import Method
 from ..plugins import BUILTIN, registry
@@ -40,7 +41,7 @@ def options_schema(cls: type[Method]) -> list[dict[str, Any]]:
     return out
 
 
-@click.group("methods", invoke_without_command=True)
+@click.group("methods", cls=CommandGroup, invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 @json_output

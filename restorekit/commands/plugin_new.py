@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from ..cli import emit_json, fail_usage, json_output
+from ..command_group import CommandGroup
 
 LICENSES = ("Apache-2.0", "MIT", "BSD-3-Clause")
 # Letters, digits and single separators ('-', '_', '.'), starting with a letter.
@@ -210,7 +211,7 @@ def write_project(names: PluginNames, parent: Path, *, description: str, author:
     return dest, sorted(written)
 
 
-@click.group("plugin")
+@click.group("plugin", cls=CommandGroup)
 def plugin_group() -> None:
     """Tools for plugin authors: `plugin new NAME` starts a project, `plugin check NAME` runs the conformance suite."""
 

@@ -39,6 +39,7 @@ from typing import Any
 import click
 
 from ..cli import emit_json, error_line, json_output
+from ..command_group import CommandGroup
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import RestorekitError
 from ..options import FiniteFloatRange
@@ -47,7 +48,7 @@ from ..process_layout import process_layout
 TrainerLoader = Callable[[], Any]
 
 
-@click.group("train")
+@click.group("train", cls=CommandGroup)
 def train_group() -> None:
     """Train models (each plugin adds its trainers; `restorekit train NAME --help`)."""
 

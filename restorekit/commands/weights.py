@@ -22,6 +22,7 @@ from rich.text import Text
 
 from .. import weights as W
 from ..cli import UsageProblem, emit_json, json_output, print_table_text, shown, table_console
+from ..command_group import CommandGroup
 from ..errors import CacheError, FileSystemError, IntegrityError, RestorekitError, UnknownNameError, WeightsMissing
 from ..weights.load import OutputExistsError, UnreadableWeightsError
 
@@ -56,7 +57,7 @@ class WeightsCommand(click.Command):
             raise UsageProblem(str(exc), ctx=ctx) from None
 
 
-class WeightsGroup(click.Group):
+class WeightsGroup(CommandGroup):
     """Reports restorekit errors as one line: exit 2 for weights that are not installed (``weights path``
     of a name never pulled, as ``run`` says them), a file that is not readable as weights, an output that
     exists and an unusable cache; 1 otherwise (unknown names: :class:`WeightsCommand`)."""
