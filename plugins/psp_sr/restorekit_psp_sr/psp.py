@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from restorekit.interfaces import Encoder, Generator
+from restorekit.seeds import torch_seed
 
 from .encoder import BackboneEncoderUsingLastLayerIntoW, pool_input, resize_input
 
@@ -227,12 +228,14 @@ class PSP(nn.Module):
 
     @torch.no_grad()
     def random_latents(self, n: int, *, seed: int | None = None, device: torch.device | None = None) -> Tensor:
-        """``n×n_styles×style_dim``: ``map(z)`` of ``n`` normal ``z`` (CPU generator, seeded), repeated."""
+        """``n×n_styles×style_dim``: ``map(z)`` of ``n`` normal ``z`` (CPU generator, seeded), repeated.
+        The seed goes through :func:`restorekit.seeds.torch_seed`: the CPU generator keeps 32 bits,
+        so seeds 2**32 apart drew the same styles."""
         g = torch.Generator()
         if seed is None:
             g.seed()
         else:
-            g.manual_seed(seed)
+            g.manual_seed(torch_seed(seed))
         z = torch.randn(n, self.decoder.z_dim, generator=g)
         device = device if device is not None else self.latent_avg.device
         w = self.decoder.map(z.to(device))

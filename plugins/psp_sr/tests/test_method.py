@@ -91,6 +91,10 @@ def test_style_mixing_samples(model_file: Path) -> None:
         for j in range(i + 1, 4):
             assert (a[i] - a[j]).abs().mean() > 1e-4, (i, j)
     assert not torch.equal(m.restore(lr, 2, seed=8, n_samples=4), a)
+    # Seeds 2**32 apart drew the same styles (the CPU generator keeps 32 bits); below 2**32 as before.
+    assert not torch.equal(m.restore(lr, 2, seed=7 + 2**32, n_samples=4), a)
+    z = torch.randn(4, m.model.decoder.z_dim, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(m.model.random_latents(4, seed=7)[:, 0], m.model.decoder.map(z), rtol=0, atol=0)
     # No seed means seed 0, as for pulse and psp_pulse: two runs give the same samples.
     assert torch.equal(m.restore(lr, 2, n_samples=2), m.restore(lr, 2, seed=0, n_samples=2))
     # An image's samples do not depend on the other images of its batch (the faces of one photo).
