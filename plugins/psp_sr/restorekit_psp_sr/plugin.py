@@ -71,8 +71,11 @@ def build_stylegan2(*, resolution: int | None = None, channel_multiplier: int | 
 
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
-            g = StyleGAN2Generator(resolution or 1024, style_dim or 512, n_mlp or 8, channel_multiplier or 2,
-                                   channel_max=channel_max or 512, impl=impl)
+            def pick(value: int | None, default: int) -> int:  # (0 is a value, refused by the generator)
+                return default if value is None else value
+
+            g = StyleGAN2Generator(pick(resolution, 1024), pick(style_dim, 512), pick(n_mlp, 8),
+                                   pick(channel_multiplier, 2), channel_max=pick(channel_max, 512), impl=impl)
         g.notes = [f"stylegan2: random weights (random_weights=true): an untrained {g.resolution}-px generator"]
         return g
     from .train import load_generator

@@ -116,3 +116,10 @@ def test_a_detector_finds_faces_in_most_samples() -> None:
     g = build_stylegan2(impl="ref").eval()
     share = face_share(generator_batches(g, 32, truncation=0.7, seed=0, batch_size=8), "mtcnn", truncation=0.7)
     assert share.n == 32 and share.found >= 26, share
+
+
+@pytest.mark.parametrize("size", ["resolution", "style_dim", "n_mlp", "channel_multiplier", "channel_max"])
+def test_a_random_generator_of_size_zero_is_refused_not_built_at_the_default(size: str) -> None:
+    """resolution=0 built a 1024-px generator (style_dim=0 one of 512 …): 0 read as 'not given'."""
+    with pytest.raises(ValueError, match="resolution must be a power of two|must be ≥ 1"):
+        build_stylegan2(random_weights=True, **{size: 0})
