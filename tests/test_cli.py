@@ -199,6 +199,9 @@ def test_pixel_limit_option(hr_folder, tmp_path):
     (["run", "bicubik", "--scale", "2"], "did you mean 'bicubic'"),
     (["run", "bicubic", "--scale", "0"], "positive integer"),
     (["run", "bicubic", "--scale", "1.5"], "not a valid integer"),
+    # (2 000 000 took 80 s and 2 GB to be refused over the output limit; 10**11 ran out of memory)
+    (["run", "bicubic", "--scale", "2", "--n-samples", "100001"], "100001 is not in the range 1<=x<=100000"),
+    (["run", "bicubic", "--scale", "2", "--n-samples", "0"], "0 is not in the range 1<=x<=100000"),
     (["run", "bicubic", "--scale", "2", "--opt", "antialis=true"], "unknown option 'antialis' (did you mean"),
     (["run", "bicubic", "--scale", "2", "--opt", "antialias=maybe"], "option 'antialias'"),
     (["run", "bicubic", "--scale", "2", "--opt", "novalue"], "expected key=value"),

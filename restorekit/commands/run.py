@@ -21,7 +21,7 @@ from ..options import FiniteFloatRange
 from ..plugins import kept_global_state, method_plugin
 from ..provenance import cut_short
 from ..run_record import changed_outputs, reading_notes, refusal, run_settings, unrecorded_warning
-from ..seeds import SEED
+from ..seeds import MAX_SEEDS, SEED
 
 if TYPE_CHECKING:
     from ..faces.reruns import DetectPlan
@@ -36,6 +36,11 @@ class _Limits(TypedDict):
     n_outputs: int
     max_output_pixels: int | None
     couple: bool  # (a --couple file is twice as wide: WebP and JPEG cap a side)
+
+
+#: Most ``--n-samples``: each is a file to name and check before any work (2 000 000 took 80 s and
+#: 2 GB to be refused over the output limit; 10**11 ran out of memory), as ``generate``'s seeds.
+MAX_SAMPLES = MAX_SEEDS
 
 
 def positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -67,8 +72,8 @@ def default_scale(method: str) -> int:
 @click.option("--device", type=DEVICE, default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--seed", type=SEED, default=None, help="Seed for stochastic methods (0 to 2**64-1).")
-@click.option("--n-samples", type=int, default=1, callback=positive_int, show_default=True,
-              help="Outputs per input (stochastic methods).")
+@click.option("--n-samples", type=click.IntRange(1, MAX_SAMPLES), default=1, show_default=True,
+              help=f"Outputs per input (stochastic methods), at most {MAX_SAMPLES:,}.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--weights", default=None, help="Weights name or path (methods with a `weights` option).")
 @click.option("--ext", type=click.Choice(SAVE_EXTS), default="png", show_default=True, help="Output file format (jpg and webp: lossy, quality 95).")
