@@ -210,6 +210,18 @@ def _drop_if_empty(made: Path | None) -> None:
         made.rmdir()
 
 
+def _diverged_summary(trainer: Any, error: str) -> dict[str, Any]:
+    """``--json``'s summary of a run that diverged: the keys of a finished run's, where it stands."""
+    from ..training.trainer import latest_checkpoint
+
+    out = Path(trainer.out)
+    kept = latest_checkpoint(out) if out.is_dir() else None
+    return {"rank": 0, "step": trainer.step, "steps": trainer.config.steps, "finished": False, "diverged": True,
+            "error": error, "out": str(out) if out.is_dir() else None,
+            "checkpoint": str(kept) if kept is not None else None, "exported": None,
+            "losses": getattr(trainer, "last_logs", {})}
+
+
 def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
     """The ``restorekit train NAME`` command for the trainer ``loader()`` returns."""
 
@@ -267,11 +279,14 @@ def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Com
 
             error_line(str(exc))  # one line, as every command's: not a click usage block
             _drop_if_empty(made)
-            ctx.exit(1 if isinstance(exc, TrainingDiverged) else 2)  # (1: the work failed, not its settings)
+            diverged = isinstance(exc, TrainingDiverged)
+            if diverged and as_json and layout.get("RANK", 0) == 0:  # the work failed: still summed up
+                emit_json(_diverged_summary(trainer, str(exc)))
+            ctx.exit(1 if diverged else 2)  # (1: the work failed, not its settings)
         if result.get("rank", 0) != 0:
             return  # under torchrun, rank 0 reports
         if as_json:
-            emit_json(result)
+            emit_json({**result, "diverged": False, "error": None})
         elif not quiet:
             state = "finished" if result["finished"] else "stopped (resume with --resume)"
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result["losses"].items())

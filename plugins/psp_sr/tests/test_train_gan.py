@@ -440,6 +440,13 @@ def test_a_diverged_run_exits_1_claiming_nothing_kept(faces: Path, tmp_path: Pat
     line = res.output.strip()
     assert "\n" not in line and "not finite" in line and "is kept" not in line, line
     assert not run.exists()  # it diverged before writing anything: no empty folder left
+    # --json still sums the run up (stdout was empty): where it stopped, and why
+    res = CliRunner().invoke(build_cli(), [*args, "--json"])
+    assert res.exit_code == 1, res.output
+    summary = json.loads(res.stdout)
+    assert summary["diverged"] is True and summary["finished"] is False and "not finite" in summary["error"]
+    assert (summary["steps"], summary["out"], summary["checkpoint"], summary["exported"]) == (6, None, None, None)
+    assert summary["step"] < 6 and summary["error"] in res.stderr
 
 
 def test_a_run_saved_with_a_setting_now_refused_resumes(faces: Path, tmp_path: Path) -> None:
