@@ -1066,6 +1066,15 @@ def test_generated_plugin_sdist_carries_what_its_tests_read(tmp_path):
             "pyproject.toml", "src/restorekit_kitsdist/py.typed"} <= names
 
 
+def test_plugin_check_refuses_an_option_value_the_method_refuses_before_any_check():
+    """A value the method's options refuse is the user's: a usage error before any check (it ran
+    every other check, then failed pulse's as if the plugin were at fault, exit 1)."""
+    run = CliRunner().invoke
+    r = run(build_cli(), ["plugin", "check", "baselines", "--opt", "pulse.steps=0"])
+    assert r.exit_code == 2 and "checking" not in r.stderr, r.stderr
+    assert "method 'pulse': option 'steps': Input should be greater than or equal to 1" in r.stderr, r.stderr
+
+
 def test_plugin_check_takes_cheap_options_and_names_each_component_as_it_starts():
     """PULSE at its default steps made `plugin check baselines` run past 15 minutes, silently."""
     from click.testing import CliRunner

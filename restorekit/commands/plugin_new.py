@@ -363,11 +363,12 @@ def _check_configs(plugin: str, targeted: dict[str, dict[str, str]]) -> dict[str
             if _OPT_ARGUMENT[kind] == "kwargs":  # passed to the constructor as they are: read and checked here
                 opts = validate(model, values, label=label)
                 given: dict[str, Any] = {k: getattr(opts, k) for k in opts.model_fields_set}
-            else:  # the check validates them against the model itself (and names a bad value)
-                try:
+            else:  # the check validates them against the model itself; a value it refuses is the user's,
+                try:  # though: said here, before any check runs, not as the component's failure
                     given = coerce_values(model, values)
                 except OptionError as exc:
                     raise OptionError(f"{label}: {exc}") from None
+                validate(model, given, label=label)
             configs[f"{_SINGULAR[kind]}:{component}"] = {_OPT_ARGUMENT[kind]: given}
     return configs
 
