@@ -42,7 +42,7 @@ import warnings
 from typing import Any, Callable, Literal
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -760,8 +760,7 @@ def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut
     natural = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     fixed = sum(n for c, n in zip(columns, natural) if c not in cut) + gap * (len(columns) - 1)
     share = max(8, (console.width - fixed) // max(1, len(cut))) if cut else 0
-    t = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False, padding=(0, 1),
-              header_style="bold", expand=False)
+    t = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold", expand=False)
     for c, n in zip(columns, natural):
         if c in cut:
             t.add_column(c, no_wrap=True, overflow="ellipsis", max_width=min(n, share))
@@ -769,7 +768,9 @@ def listing(title: str | None, columns: list[str], rows: list[list[str]], *, cut
             t.add_column(c, no_wrap=True, min_width=n)
     for r in rows:  # (as Text: literal, never markup)
         t.add_row(*(Text(_cut(v, min(n, share)) if c in cut else v) for c, n, v in zip(columns, natural, r)))
-    print_table_text(console, t)
+    # The title on a line of its own: as the table's it was wrapped to the table's width, which an
+    # empty listing (RESTOREKIT_LOAD_PLUGINS naming no plugin) makes narrow, even in a pipe.
+    print_table_text(console, t if title is None else Group(Text(title, style="bold"), t))
 
 
 def _cut(text: str, width: int) -> str:

@@ -363,3 +363,16 @@ def test_the_closed_stdout_check_uses_no_deprecated_click_name():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cli._stdout_went_away() in (True, False)
+
+
+def test_a_listing_title_is_one_line_in_a_pipe_whatever_the_table_width(capsys, monkeypatch):
+    """An empty `restorekit methods` (RESTOREKIT_LOAD_PLUGINS naming no plugin) broke its title onto
+    two lines even in a pipe: it was wrapped to the table's width."""
+    from restorekit.cli import listing
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    title = "Methods (`restorekit methods show NAME` for one in full)"
+    listing(title, ["name", "summary"], [], cut=("summary",))
+    assert capsys.readouterr().out.splitlines() == [title, "name  summary"]
+    listing(title, ["name", "summary"], [["a", "b"]], cut=("summary",))
+    assert capsys.readouterr().out.splitlines() == [title, "name  summary", "a     b"]
