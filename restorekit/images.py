@@ -941,8 +941,10 @@ def new_file_mode() -> int:
 
 def temp_prefix(name: str, limit: int = 200) -> str:
     """``.NAME.`` for a temporary file beside ``name``, NAME cut to ``limit`` bytes (UTF-8), so that
-    the random part and a suffix still fit a file system's 255-byte names when ``name`` itself does."""
-    cut = name.encode("utf-8")[:limit].decode("utf-8", "ignore")
+    the random part and a suffix still fit a file system's 255-byte names when ``name`` itself does.
+    A name that is not UTF-8 (surrogate escapes) keeps its bytes where it fits."""
+    raw = os.fsencode(name)
+    cut = name if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
     return f".{cut}."
 
 
@@ -1531,15 +1533,17 @@ def name_key(name: str) -> str:
 
 
 def _fitted(qualified: str, limit: int = MAX_QUALIFIED_BYTES) -> str:
-    """``qualified`` itself when it is at most ``limit`` bytes (UTF-8); else a stable hash of it
-    (first 10 hex digits of the sha256 of its :func:`name_key`, so that names equal ignoring case
-    stay equal and are refused as such) and ``__`` and as much of its end as fits."""
-    if len(qualified.encode("utf-8")) <= limit:
+    """``qualified`` itself when it is at most ``limit`` bytes (as the file system stores it: UTF-8,
+    and a name's bytes that are not UTF-8 as they are); else a stable hash of it (first 10 hex
+    digits of the sha256 of its :func:`name_key`, so that names equal ignoring case stay equal and
+    are refused as such) and ``__`` and as much of its end as fits."""
+    raw = os.fsencode(qualified)  # (a name that is not UTF-8 holds surrogate escapes: strict UTF-8 refused it)
+    if len(raw) <= limit:
         return qualified
-    digest = hashlib.sha256(name_key(qualified).encode("utf-8")).hexdigest()[:10]
+    digest = hashlib.sha256(os.fsencode(name_key(qualified))).hexdigest()[:10]
     room = limit - len(digest) - len(FOLDER_SEP)
-    tail = qualified.encode("utf-8")[-room:].decode("utf-8", "ignore")  # a character cut in two is dropped
-    return f"{digest}{FOLDER_SEP}{tail}"
+    tail = raw[-room:].lstrip(bytes(range(0x80, 0xC0))).decode("utf-8", "surrogateescape")  # (a character cut
+    return f"{digest}{FOLDER_SEP}{tail}"  # in two is dropped; bytes that are not UTF-8 are kept)
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:

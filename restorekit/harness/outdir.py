@@ -367,7 +367,7 @@ def _stem_seeded(manifest: Any) -> bool:
     images = manifest.get("images") if isinstance(manifest, dict) else None
     if not isinstance(images, dict):
         return False
-    return any(isinstance(entry, dict) and entry.get("seed") == str(zlib.crc32(str(stem).encode("utf-8")))
+    return any(isinstance(entry, dict) and entry.get("seed") == str(zlib.crc32(str(stem).encode("utf-8", "surrogateescape")))
                for stem, entry in images.items())
 
 

@@ -31,6 +31,12 @@ def _csv_num(v: float | None) -> str:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _utf8(text: str) -> bytes:
+    """A report's text as UTF-8; a file name that is not UTF-8 (its bytes held as surrogate
+    escapes) is written ``\udcff`` as the terminal and the JSON reports show it, not refused."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def _csv_text(v: object) -> str:
     """A text cell that a spreadsheet shows as text: a leading ``'`` when it would start a formula
     (an image named ``=HYPERLINK(…).png`` must not become a live link when results.csv is opened)."""
@@ -61,7 +67,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
                     _csv_text(r.error or ""),
                     _csv_text(json.dumps(errors, ensure_ascii=False) if errors else "")])
     per_image = out / "results.csv"
-    atomic_write_bytes(per_image, buf.getvalue().encode())
+    atomic_write_bytes(per_image, _utf8(buf.getvalue()))
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -82,7 +88,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
                 *map(_csv_text, (plans[s.name].device, plans[s.name].precision, plans[s.name].backend))]
         w.writerow(row)
     summary = out / "summary.csv"
-    atomic_write_bytes(summary, buf.getvalue().encode())
+    atomic_write_bytes(summary, _utf8(buf.getvalue()))
     return per_image, summary
 
 
@@ -104,7 +110,7 @@ def write_paired_csv(sm: Summary, out: Path) -> Path | None:
             values = [getattr(st, f) for f in PAIRED_FIELDS]
             w.writerow([_csv_text(name), _csv_text(sm.paired.baseline), _csv_text(m.name), int(m.higher_is_better),
                         *[_csv_num(v) if isinstance(v, float) else v for v in values]])
-    atomic_write_bytes(p, buf.getvalue().encode())
+    atomic_write_bytes(p, _utf8(buf.getvalue()))
     return p
 
 

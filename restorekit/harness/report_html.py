@@ -152,5 +152,5 @@ def write_html(sm: Summary, out: Path) -> Path:
         f"{' — skipped: ' + e(m.reason or '') if m.status != 'ok' else ''}</li>" for m in res.plan.metrics) + "</ul>")
     parts.append("</body></html>")
     p = out / "report.html"
-    atomic_write_bytes(p, "\n".join(parts).encode("utf-8"))
+    atomic_write_bytes(p, "\n".join(parts).encode("utf-8", "backslashreplace"))  # (names not UTF-8)
     return p

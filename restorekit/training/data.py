@@ -277,7 +277,7 @@ class Split:
 
     def record(self) -> dict[str, Any]:
         """The validation names and a digest of the training names (a checkpoint stays small)."""
-        digest = hashlib.sha256("\n".join(sorted(self.train)).encode("utf-8")).hexdigest()
+        digest = hashlib.sha256("\n".join(sorted(self.train)).encode("utf-8", "surrogateescape")).hexdigest()
         return {"val": list(self.val), "train_count": len(self.train), "train_sha256": digest}
 
     def check_resume(self, saved: Any, step: int) -> str | None:
