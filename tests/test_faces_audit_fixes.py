@@ -259,3 +259,16 @@ def test_no_face_found_says_when_min_face_is_larger_than_the_photo(audit_plugin,
     r = run(*args[:-3], "--min-face", "40", "-q", "--output", str(tmp_path / "o3"))  # (fits: 40 px side)
     assert r.exit_code == 0 and f"warning: {photo}: no face found; passed through" in r.output, r.output
 
+
+
+def test_a_sidecar_keeps_strings_that_spell_a_list_of_numbers() -> None:
+    """Number lists were put on one line by a pattern over the JSON text, which also rewrote text
+    inside strings: an input named 'shot [ 1, 2 ].png' was recorded as 'shot [1, 2].png', an
+    option's text likewise, and an identical rerun was refused as made with other settings."""
+    from restorekit.faces.pipeline import sidecar_json
+
+    data = {"input": "photos/shot [ 1, 2 ].png", "options": {"label": "[\\n  1,\\n  2\\n]"},
+            "box": [1.5, 2, -3e-05, 4], "landmarks": [[1, 2], [3, 4.25]], "flags": [True, False], "none": []}
+    text = sidecar_json(data)
+    assert json.loads(text) == data
+    assert '"box": [1.5, 2, -3e-05, 4]' in text and '\n    [3, 4.25]\n' in text

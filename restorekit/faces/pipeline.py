@@ -638,13 +638,29 @@ def photo_outputs(pipe: FacePipeline, image: Tensor, stem: str, *, seed: int | N
 
 
 def sidecar_json(data: dict[str, Any]) -> str:
-    """Indented JSON with each list of numbers (a point, a box) on one line."""
+    """Indented JSON with each list of numbers (a point, a box) on one line. The lists are found in
+    the data, not by a pattern over the text, which also rewrote lists spelt inside strings (an
+    input named ``shot [ 1, 2 ].png``, an option's text), so that a rerun read other settings."""
     import json
-    import re
+    import secrets
 
-    text = json.dumps(data, indent=2)
-    return re.sub(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]",
-                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+    token = secrets.token_hex(8)
+    flat: list[list[Any]] = []
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                flat.append(list(value))
+                return f"{token}:{len(flat) - 1}"
+            return [mark(v) for v in value]
+        return value
+
+    text = json.dumps(mark(data), indent=2)
+    for i, numbers in enumerate(flat):
+        text = text.replace(json.dumps(f"{token}:{i}"), json.dumps(numbers), 1)
+    return text
 
 
 def not_a_face_method(info: MethodInfo) -> str | None:
