@@ -81,18 +81,27 @@ class PulseOptions(Options):
     @classmethod
     def _typed_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Read the options by the generator's own options model (``"false"`` is False, not a truthy string)."""
+        # Each of these has pulse's own option, which the run records (its weights pin, "untrained"):
+        # given inside generator_options it reached the generator while the record named the default.
         if "allow_unsafe" in v:
             raise ValueError("set allow_unsafe as pulse's own option (it reaches the generator), "
                              "not inside generator_options")
+        if "random_weights" in v:
+            raise ValueError("set random_generator=true as pulse's own option (it reaches the generator as "
+                             "random_weights), not random_weights inside generator_options")
         generator = info.data.get("generator")
         if not v or not isinstance(generator, str):
             return v
-        from restorekit.options import validate
+        from restorekit.options import validate, weights_option
         from restorekit.plugins import registry
 
         try:
-            opts = validate(registry().get("generators", generator).options_model(), v,
-                            label=f"generator '{generator}'")
+            model = registry().get("generators", generator).options_model()
+            key = weights_option(model)
+            if key is not None and key in v:
+                raise ValueError(f"set the generator's weights with pulse's own generator_weights (run --weights), "
+                                 f"not {key!r} inside generator_options")
+            opts = validate(model, v, label=f"generator '{generator}'")
         except RestorekitError as exc:
             raise ValueError(str(exc)) from None
         return {k: getattr(opts, k) for k in opts.model_fields_set}

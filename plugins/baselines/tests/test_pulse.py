@@ -7,6 +7,7 @@ A tiny ``Generator`` defined here keeps these tests independent of the psp_sr pl
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -456,3 +457,18 @@ def test_a_sample_does_not_depend_on_n_samples(tiny_registered: str, gen: TinyGe
     four = m.restore(lr, 4, seed=3, n_samples=4)
     torch.testing.assert_close(two[0], one[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(four[:2], two, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("inside, said", [
+    ({"random_weights": True}, "set random_generator=true as pulse's own option"),
+    ({"weights": "other.safetensors"}, "set the generator's weights with pulse's own generator_weights (run --weights)"),
+])
+def test_what_pulse_records_cannot_be_set_inside_generator_options(inside, said) -> None:
+    """An untrained generator (or other weights) asked for inside generator_options reached the
+    generator while the run's record pinned the shipped default weights as what made the output."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        PulseOptions(generator="stylegan2", generator_options=inside)
+    assert PulseOptions(generator="stylegan2", generator_options={"resolution": 128}).generator_options == {
+        "resolution": 128}
