@@ -9,7 +9,7 @@ import torch
 from .devices import resolve_device  # the --device rules (re-exported: methods.resolve_device is public)
 from .errors import RestorekitError
 from .interfaces import RESTORATION_TASKS, Method, Options
-from .options import OptionError, parse_pairs, validate, weights_option
+from .options import OptionError, parse_pairs, validate, weights_option, with_weights
 from .plugins import kept_global_state, method_plugin, registry
 
 __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "method_values", "method_class",
@@ -25,9 +25,10 @@ def parse_opts(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return parse_pairs(pairs)
 
 
-def validate_options(cls: type[Method], values: dict[str, Any]) -> Options:
-    """Read user option values (strings by their field's type) into a method's ``Options`` model."""
-    return cast(Options, validate(cls.Options, values, label=cls.info.name))
+def validate_options(cls: type[Method], values: dict[str, Any], *, label: str | None = None) -> Options:
+    """Read user option values (strings by their field's type) into a method's ``Options`` model;
+    errors begin with ``label`` (default: the method's name; compare's variant ``bicubic@a``)."""
+    return cast(Options, validate(cls.Options, values, label=label or cls.info.name))
 
 
 def check_output_size_contract(method: Method) -> None:
@@ -42,10 +43,9 @@ def method_values(cls: type[Method], pairs: list[str] | tuple[str, ...], weights
     """``--opt`` pairs plus ``--weights`` as a method's raw option values (validated later)."""
     values: dict[str, Any] = dict(parse_pairs(pairs))
     if weights is not None:
-        key = weights_option(cls.Options)
-        if key is None:
+        if weights_option(cls.Options) is None:
             raise OptionError(f"{cls.info.name} takes no --weights")
-        values[key] = weights
+        values = with_weights(cls.Options, values, weights, label=cls.info.name)
     return values
 
 

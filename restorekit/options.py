@@ -27,13 +27,28 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union
 
 import click
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
 
 from .errors import RestorekitError
 
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
-           "validate", "annotation_at", "model_from_signature", "weights_option", "WeightsRef", "FiniteFloatRange",
-           "takes_number", "structure_hint", "holds_non_finite"]
+           "validate", "annotation_at", "model_from_signature", "weights_option", "with_weights", "WeightsRef",
+           "FiniteFloatRange",
+           "takes_number", "structure_hint", "holds_non_finite", "FLOAT32_MAX", "Float32"]
+
+#: The largest float32: a number an option hands to a float32 tensor (a learning rate, a loss weight)
+#: must stay within it, or every image fails mid-run (RuntimeError: value cannot be converted).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _within_float32(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{value:g} is beyond float32's range (±{FLOAT32_MAX:.4g}), which the tensors it scales hold")
+    return value
+
+
+#: A float option that reaches a float32 tensor: refused beyond :data:`FLOAT32_MAX` when validated.
+Float32 = Annotated[float, AfterValidator(_within_float32)]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -270,6 +285,15 @@ def validate(model: type[BaseModel], values: Mapping[str, Any], *, label: str) -
             known = list(model.model_fields)
             raise OptionError(f"{label}: unknown option '{unknown[0]}'{suggest(unknown[0], known)}; "
                               f"known: {', '.join(known) or 'none'}")
+    same: dict[str, list[str]] = {}  # field -> the keys given for it (its name and an alias: pydantic
+    for k in values:                 # called the second one an unknown option)
+        f = _field(model, k)
+        if f is not None:
+            same.setdefault(next(n for n, g in model.model_fields.items() if g is f), []).append(k)
+    twice = next(((n, keys) for n, keys in same.items() if len(keys) > 1), None)
+    if twice is not None:
+        raise OptionError(f"{label}: {' and '.join(repr(k) for k in twice[1])} both set option '{twice[0]}'; "
+                          "give one")
     try:
         data = coerce_values(model, values)
     except OptionError as exc:
@@ -329,6 +353,20 @@ def weights_option(model: type[BaseModel]) -> str | None:
         if "weights" in _aliases(f):
             return name
     return None
+
+
+def with_weights(model: type[BaseModel], values: Mapping[str, Any], weights: str, *, label: str) -> dict[str, Any]:
+    """``values`` with ``--weights`` set as ``model``'s weights option (:func:`weights_option`, which
+    the model must have). An ``--opt`` that names other weights for it (by its name or an alias)
+    is an :class:`OptionError`: it was dropped without a word, and the run recorded only one."""
+    key = weights_option(model)
+    assert key is not None
+    given = [k for k in values if _field(model, k) is model.model_fields[key]]
+    other = next((k for k in given if values[k] != weights), None)
+    if other is not None:
+        raise OptionError(f"{label}: --weights {weights} and --opt {other}={values[other]} name different "
+                          "weights; give one")
+    return {**{k: v for k, v in values.items() if k not in given}, key: weights}
 
 
 class FiniteFloatRange(click.FloatRange):

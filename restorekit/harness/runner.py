@@ -504,7 +504,7 @@ def plan(config: CompareConfig) -> Plan:
             values: dict[str, Any] = dict(config.opts.get(name, {}))
             if config.quiet and "quiet" in cls.Options.model_fields and "quiet" not in values:
                 values["quiet"] = True  # -q: the method's own notes too, as run's -q
-            options = validate_options(cls, values)
+            options = validate_options(cls, values, label=name)  # (the variant the --opt named)
             probe = cls(options)
             probe.check_scale(config.scale)
             check_output_size_contract(probe)

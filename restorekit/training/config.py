@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import RestorekitError
-from ..options import OptionError, annotation_at, coerce, structure_hint
+from ..options import FLOAT32_MAX, OptionError, annotation_at, coerce, structure_hint
 
 
 class ConfigError(RestorekitError):
@@ -175,9 +175,6 @@ class TrainConfig(_Strict):
 
 
 C = TypeVar("C", bound=TrainConfig)
-
-#: The largest float32: optimizers scale float32 tensors by the learning rate.
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _names_registered_weights(value: str) -> bool:

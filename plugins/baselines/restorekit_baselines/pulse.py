@@ -34,7 +34,7 @@ from restorekit.consistency import back_project, downscale_error
 from restorekit.errors import RestorekitError
 from restorekit.interfaces import Generator, Method, MethodInfo, Options, OptionsModel
 from restorekit.memory import keep_freed_memory_for
-from restorekit.options import WeightsRef
+from restorekit.options import Float32, WeightsRef
 from restorekit.seeds import mix_seed
 
 from .spherical import (
@@ -112,12 +112,12 @@ class PulseOptions(Options):
     steps: int = Field(100, ge=1, le=100_000, description="optimisation steps per try")
     eps: float = Field(2e-3, ge=0, description="stop when the downscale MSE (in [0,1] units) is below this")
     tries: int = Field(1, ge=1, le=100, description="restarts with new seeds for samples that miss eps")
-    learning_rate: float = Field(0.4, gt=0, description="peak Adam learning rate")
+    learning_rate: Float32 = Field(0.4, gt=0, description="peak Adam learning rate")
     schedule: Literal["fixed", "linear1cycle", "linear1cycledrop"] = Field(
         "linear1cycledrop", description="learning-rate schedule over `steps` (PULSE's)")
-    l2_weight: float = Field(100.0, ge=0, description="weight of the downscale MSE")
-    l1_weight: float = Field(0.0, ge=0, description="weight of the downscale mean absolute error")
-    geocross_weight: float = Field(0.05, ge=0, description="weight of GEOCROSS between layer latents")
+    l2_weight: Float32 = Field(100.0, ge=0, description="weight of the downscale MSE")
+    l1_weight: Float32 = Field(0.0, ge=0, description="weight of the downscale mean absolute error")
+    geocross_weight: Float32 = Field(0.05, ge=0, description="weight of GEOCROSS between layer latents")
     noise: Literal["trainable", "fixed", "const", "zero"] = Field(
         "trainable", description="noise inputs: optimised (lowest layers) on spheres, random fixed, "
                                  "the generator's constant buffers, or zero")

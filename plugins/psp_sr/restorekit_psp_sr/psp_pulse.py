@@ -77,6 +77,7 @@ from restorekit.optim.latent import (
     GaussianFit, LatentAdam, Schedule, downscale_mse, fit_gaussian, geocross, lr_factor, project_to_sphere,
     sphere_radius,
 )
+from restorekit.options import Float32
 
 from .method import DEFAULT_MODEL_NAME, PSPSR, PSPSROptions
 from .psp import default_latent_mask, mix_styles
@@ -95,15 +96,15 @@ class PSPPulseOptions(PSPSROptions):
     # every coordinate by the full rate).
     steps: int = Field(50, ge=0, le=100_000, description="at most this many Adam updates per image (0: pSp only)")
     eps: float = Field(2e-3, ge=0, description="stop a sample when its downscale MSE ([0,1] units) is below this")
-    learning_rate: float = Field(0.1, gt=0, description="peak Adam learning rate, in units of W's per-dimension "
+    learning_rate: Float32 = Field(0.1, gt=0, description="peak Adam learning rate, in units of W's per-dimension "
                                                         "std")
     schedule: Schedule = Field("linear1cycledrop",
                                description="learning-rate schedule over `steps` (PULSE's schedules)")
-    anchor_lambda: float = Field(0.05, ge=0, description="weight of mean(((w − w_pSp)/σ_W)²), keeping the face "
+    anchor_lambda: Float32 = Field(0.05, ge=0, description="weight of mean(((w − w_pSp)/σ_W)²), keeping the face "
                                                          "near the encoder's estimate")
-    lpips_lambda: float = Field(0.0, ge=0, description="weight of LPIPS(alex) between the downscaled output and "
+    lpips_lambda: Float32 = Field(0.0, ge=0, description="weight of LPIPS(alex) between the downscaled output and "
                                                        "the input (needs lpips-alex weights and inputs ≥ 31 px)")
-    geocross_lambda: float = Field(0.0, ge=0, description="weight of GEOCROSS on the gaussianised W+ "
+    geocross_lambda: Float32 = Field(0.0, ge=0, description="weight of GEOCROSS on the gaussianised W+ "
                                                           "(PULSE's weighting: 5e-4)")
     gaussian_fit_samples: int = Field(20_000, ge=2, le=1_000_000,  # drawn in one piece: z_dim floats a sample
                                       description="mapped samples for σ_W and the W gaussianisation")
