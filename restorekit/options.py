@@ -16,6 +16,7 @@ Components without a hand-written model get one from their signature
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import json
 import math
@@ -34,7 +35,7 @@ from .errors import RestorekitError
 __all__ = ["OptionError", "TRUE_WORDS", "FALSE_WORDS", "parse_pairs", "parse_bool", "coerce", "coerce_values",
            "validate", "annotation_at", "model_from_signature", "weights_option", "with_weights", "WeightsRef",
            "FiniteFloatRange",
-           "takes_number", "structure_hint", "holds_non_finite", "FLOAT32_MAX", "Float32"]
+           "takes_number", "structure_hint", "holds_non_finite", "bool_for_number", "FLOAT32_MAX", "Float32"]
 
 #: The largest float32: a number an option hands to a float32 tensor (a learning rate, a loss weight)
 #: must stay within it, or every image fails mid-run (RuntimeError: value cannot be converted).
@@ -170,6 +171,8 @@ def coerce(key: str, annotation: Any, raw: Any) -> Any:
         value = _literal(raw.strip())
         if holds_non_finite(value):
             raise OptionError(f"option '{key}' takes finite numbers; got {raw.strip()!r} (nan and inf are refused)")
+        if bool_for_number(inner, value):
+            raise OptionError(f"option '{key}' takes numbers; got {raw.strip()!r} (true and false are no numbers)")
         return value
     if _takes_float(inner) and _non_finite_text(raw):
         raise OptionError(f"option '{key}' takes a finite number; got {raw!r}")
@@ -198,6 +201,26 @@ def takes_number(annotation: Any) -> bool:
     if inner in (int, float):
         return True
     return typing.get_origin(inner) in (Union, types.UnionType) and set(typing.get_args(inner)) <= {int, float}
+
+
+def bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` (a parsed literal) holds ``true``/``false`` where ``annotation`` takes a
+    number: pydantic reads them as 1/0 (``mix_layers=[true]`` ran as ``[1]``), though a number
+    option given ``true`` alone is refused."""
+    inner, _ = _strip_optional(annotation)
+    if typing.get_origin(inner) is Annotated:
+        inner = typing.get_args(inner)[0]
+    if takes_number(inner):
+        return isinstance(value, bool)
+    origin, args = typing.get_origin(inner), typing.get_args(inner)
+    if isinstance(value, (list, tuple)):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return any(bool_for_number(a, v) for a, v in zip(args, value))
+        if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
+            return any(bool_for_number(args[0], v) for v in value)
+    if isinstance(value, dict) and origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return any(bool_for_number(args[1], v) for v in value.values())
+    return False
 
 
 def _non_finite_text(text: str) -> bool:

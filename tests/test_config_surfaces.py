@@ -114,13 +114,28 @@ def test_an_empty_path_in_the_config_file_is_named_with_the_file(tmp_path: Path)
                                             ("betas = [0.9, inf]\n", "setting 'betas' must be a finite number"),
                                             ("steps = true\n", "setting 'steps' takes a number; got true"),
                                             ("[data]\nrepeat = {a = false}\n",
-                                             "setting 'data.repeat.a' takes a number")])
+                                             "setting 'data.repeat.a' takes a number"),
+                                            # (pydantic read [true] as [1]; the same value alone is refused)
+                                            ("[data]\nfactors = [1, true]\n",
+                                             "setting 'data.factors' takes numbers; got [1, true]")])
 def test_a_config_file_number_that_is_no_number_is_refused(tmp_path: Path, text: str, said: str) -> None:
     """TOML's inf passed `lr > 0` (the run failed a step later); `steps = true` ran 1 step."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
     with pytest.raises(RestorekitError, match=f"^{re.escape(str(cfg))}: {re.escape(said)}"):
         _resolve(tmp_path, cfg)
+
+
+def test_booleans_inside_a_list_of_numbers_are_refused_as_alone(tmp_path: Path) -> None:
+    with pytest.raises(RestorekitError, match=r"--set: option 'data\.factors' takes numbers; got '\[true\]' "
+                                              r"\(true and false are no numbers\)"):
+        _resolve(tmp_path, sets=("data.factors=[true]",))
+    from restorekit.methods import method_class, validate_options
+    from restorekit.options import OptionError
+
+    with pytest.raises(OptionError, match=r"option 'mix_layers' takes numbers; got '\[8, false\]'"):
+        validate_options(method_class("psp_sr"), {"mix_layers": "[8, false]"})
+    assert validate_options(method_class("psp_sr"), {"mix_layers": "[8, 9]"}).mix_layers == [8, 9]
 
 
 def test_set_refuses_inf_and_keeps_finite_values(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ the command says which one is wrong.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +74,15 @@ def _leaves(data: Any, parts: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]
 
 def check_config_file(path: Path, data: dict[str, Any], model: Any) -> None:
     """Refuse what a config file's values hold that validation lets through: ``true``/``false`` for
-    a number setting (pydantic reads ``steps = true`` as 1 step). A NaN or infinite number (TOML
+    a number setting, alone or in a list (pydantic reads ``steps = true`` as 1 step). A NaN or infinite number (TOML
     ``nan``/``inf``) is refused by validation itself, naming the file and the setting."""
-    from ..options import annotation_at, takes_number
+    from ..options import annotation_at, bool_for_number
 
     for key, value in _leaves(data):
-        if isinstance(value, bool):
-            if takes_number(annotation_at(model, key.split("."))):
-                raise RestorekitError(f"{path}: setting '{key}' takes a number; got {str(value).lower()}")
+        if isinstance(value, (bool, list, tuple, dict)) and bool_for_number(annotation_at(model, key.split(".")), value):
+            said = str(value).lower() if isinstance(value, bool) else json.dumps(value)
+            raise RestorekitError(f"{path}: setting '{key}' takes {'a number' if isinstance(value, bool) else 'numbers'}"
+                                  f"; got {said}")
 
 
 def _refuse_empty_paths(model: Any, data: dict[str, Any], sets: tuple[str, ...], layers: list[Any],
