@@ -59,9 +59,10 @@ EXISTS = "exists (--overwrite replaces it)"
 class BatchResult:
     """What happened to each input.
 
-    ``written`` lists the outputs written; ``skipped`` one ``{"path", "reason"}`` each: an output
-    that existed (reason :data:`EXISTS`) or an input with nothing to write (see :class:`SkipInput`);
-    ``failed`` the inputs that failed (``{"path", "error"}``).
+    ``written`` lists the outputs written; ``skipped`` one ``{"path", "input", "reason"}`` each: an
+    output that existed (``path``; reason :data:`EXISTS`) or an input with nothing to write (see
+    :class:`SkipInput`; ``path`` is the input then), ``input`` always the input it is of, as
+    ``failed``'s ``path`` (``{"path", "error"}``) and the keys of ``reports`` are.
     """
 
     written: list[str] = field(default_factory=list)
@@ -85,11 +86,11 @@ class BatchResult:
         parts += [f"{self.skip_kinds.count(kind)} {kind}" for kind in dict.fromkeys(self.skip_kinds)]
         return f"{len(self.skipped)} skipped ({'; '.join(parts)})"
 
-    def add_exists(self, path: object) -> None:
-        self.skipped.append({"path": str(path), "reason": EXISTS})
+    def add_exists(self, path: object, input_path: object) -> None:
+        self.skipped.append({"path": str(path), "input": str(input_path), "reason": EXISTS})
 
     def add_skip(self, path: object, reason: str, short: str) -> None:
-        self.skipped.append({"path": str(path), "reason": reason})
+        self.skipped.append({"path": str(path), "input": str(path), "reason": reason})
         self.skip_kinds.append(short)
 
     def as_dict(self) -> dict[str, object]:
@@ -550,7 +551,7 @@ def process_files(
             result.add_skip(items[i].path, *why)
         else:  # the output paths that exist
             for path in why:
-                result.add_exists(path)
+                result.add_exists(path, items[i].path)
     for i in sorted(all_early):
         result.failed.append(all_early[i])
     todo = sorted(i for share in shares for i in share[2])
@@ -585,7 +586,7 @@ def process_files(
                     if real in input_paths:
                         raise ImageError(_replaces_input(dest))
                     if there and not overwrite and not _made_again(dest):
-                        one.add_exists(dest)
+                        one.add_exists(dest, item.path)
                         continue
                     save_image(out, dest, note=note(item, stem) if note is not None else None, lossless=lossless)
                     one.written.append(str(dest))

@@ -212,7 +212,8 @@ def test_generate_remakes_an_image_cut_short(tmp_path: Path) -> None:
     r = invoke(*args, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout[r.stdout.index("{"):])
-    assert doc["written"] == [str(out / "seed0001.png")] and doc["skipped"] == [str(out / "seed0000.png")]
+    assert doc["written"] == [str(out / "seed0001.png")]
+    assert doc["skipped"] == [{"path": str(out / "seed0000.png"), "reason": "exists (--overwrite replaces it)"}]
     assert warnings_about(r.output, out / "seed0001.png") == [
         f"warning: {out / 'seed0001.png'}: cut short ({WHY['png']}), not a finished image: made again"]
     assert (out / "seed0001.png").read_bytes() == whole

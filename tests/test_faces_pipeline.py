@@ -634,6 +634,8 @@ def test_only_faces_accounts_for_a_photo_without_a_face(plugin_site, tmp_path, a
             assert {k: len(doc[k]) for k in expect} == expect, doc
             (no_face,) = [s for s in doc["skipped"] if not s["reason"].startswith("exists")]
             assert no_face["path"] == str(photos / "empty.png") and no_face["reason"].startswith("no face found")
+            # every entry names its input (an existing crop's path is the output's)
+            assert {s["input"] for s in doc["skipped"]} <= {str(p) for p in photos.iterdir()}, doc
         else:
             assert summary_counts(r.output.strip().splitlines()[-1]) == expect, r.output
             assert "no face" in r.output.strip().splitlines()[-1]

@@ -123,7 +123,8 @@ def test_outputs_without_a_note_are_taken_as_finished(tmp_path):
     out.mkdir()
     Image.new("RGB", (5, 5)).save(out / "in0.png")
     r = invoke("run", "bicubic", "--scale", "2", "--input", str(src), "--output", str(out), "--json", "-q")
-    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"][0]["path"] == str(out / "in0.png")
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == [
+        {"path": str(out / "in0.png"), "input": str(src / "in0.png"), "reason": "exists (--overwrite replaces it)"}]
 
 
 # -- what is recorded and compared ------------------------------------------------------------------------

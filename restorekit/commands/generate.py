@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import click
 import torch
 
-from ..batch import output_held
+from ..batch import EXISTS, output_held
 from ..cli import emit_json, error_line, fail_usage, json_output, warn
 from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
@@ -342,7 +342,7 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
             journal.add(made, file_name)
 
         written: list[str] = []
-        skipped: list[str] = []
+        skipped: list[dict[str, str]] = []
         failed: list[dict[str, str]] = []  # an image that could not be written; the other seeds go on
         try:
             _generate_all(gen, targets, truncation, dev, overwrite, record, written, skipped, failed)
@@ -363,14 +363,14 @@ def generate_cmd(name: str, weights: str | None, opts: tuple[str, ...], seed_lis
 
 
 def _generate_all(gen: Any, targets: list[tuple[int, Path]], truncation: float, dev: torch.device,
-                  overwrite: bool, record: Callable[[str], None], written: list[str], skipped: list[str],
+                  overwrite: bool, record: Callable[[str], None], written: list[str], skipped: list[dict[str, str]],
                   failed: list[dict[str, str]]) -> None:
     """Make each target's image (``record`` lists it first), filling ``written``, ``skipped``, ``failed``."""
     with torch.inference_mode():
         w_avg = gen.mean_latent()
         for seed, path in targets:
             if not overwrite and (path.exists() or path.is_symlink()) and not _made_again(path):
-                skipped.append(str(path))  # made with these settings (the manifest says so): kept
+                skipped.append({"path": str(path), "reason": EXISTS})  # made with these settings (the manifest says so)
                 continue
             z = torch.randn(1, gen.z_dim, generator=torch.Generator().manual_seed(torch_seed(seed))).to(dev)
             w = w_avg + truncation * (gen.map(z) - w_avg)
