@@ -313,6 +313,10 @@ def test_bad_job_settings_are_refused_before_queueing(server: RunningServer) -> 
          "face.png: its ×16 output would be 2048×2048 = 4.2 MP, over the output limit of 2.0 MP "
          "(lower --scale or raise --max-output-pixels)"),
         ({"wat": 1}, "wat: Extra inputs are not permitted"),
+        # (read as 1 before: "scale": true ran ×1)
+        ({"scale": True}, "scale: Value error, takes a number, not true or false"),
+        ({"seed": False}, "seed: Value error, takes a number, not true or false"),
+        ({"samples": True}, "samples: Value error, takes a number, not true or false"),
     ]
     unavailable = [m for m in server.state.catalogue.methods.values() if not m.available]
     if unavailable:

@@ -27,9 +27,9 @@ import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 
 from ..errors import RestorekitError
 from ..interfaces import Options
@@ -40,12 +40,22 @@ Status = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED = ("done", "failed", "cancelled")
 
 
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # (pydantic reads JSON's true as 1: "scale": true ran ×1)
+        raise ValueError("takes a number, not true or false")
+    return value
+
+
+#: A whole number of the request; JSON's true/false are refused, not read as 1/0.
+Number = Annotated[int, BeforeValidator(_no_bool)]
+
+
 class JobSettings(Options):
     """What the page asks for: which upload, which methods, how."""
 
     upload: str = Field(description="id of the upload")
     methods: list[str] = Field(min_length=1, description="methods to run, in order")
-    scale: int = Field(ge=1, description="output = scale × the LR input")
+    scale: Number = Field(ge=1, description="output = scale × the LR input")
     faces: Literal["aligned", "crop", "detect"] = Field(
         "aligned", description="aligned: the image is an aligned face crop; crop: restore the largest face, "
                                "FFHQ-aligned (as restorekit demo); detect: every face, pasted back into the photo")
@@ -53,8 +63,8 @@ class JobSettings(Options):
                                              "each output against it")
     degradation: str | None = Field(None, max_length=1000,  # degradations.MAX_SPEC_LENGTH
                                     description="degradation spec (default bicubic:SCALE)")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of stochastic methods")
-    samples: int = Field(1, ge=1, description="samples per stochastic method")
+    seed: Number = Field(0, ge=0, le=2**31 - 1, description="seed of stochastic methods")
+    samples: Number = Field(1, ge=1, description="samples per stochastic method")
 
 
 def read_settings(payload: Any) -> JobSettings:
