@@ -218,10 +218,11 @@ def _diverged_summary(trainer: Any, error: str) -> dict[str, Any]:
 
     out = Path(trainer.out)
     kept = latest_checkpoint(out) if out.is_dir() else None
-    return {"rank": 0, "step": trainer.step, "steps": trainer.config.steps, "finished": False, "diverged": True,
-            "error": error, "out": str(out) if out.is_dir() else None,
-            "checkpoint": str(kept) if kept is not None else None, "exported": None,
-            "losses": getattr(trainer, "last_logs", {})}
+    return {"rank": 0, "world_size": getattr(getattr(trainer, "dist", None), "world_size", 1), "step": trainer.step,
+            "steps": trainer.config.steps, "finished": False, "stopped_early": False, "signal": None,
+            "out": str(out) if out.is_dir() else None, "checkpoint": str(kept) if kept is not None else None,
+            "exported": None, "losses": getattr(trainer, "last_logs", {}), "val": getattr(trainer, "last_val", None),
+            "seconds": None, "diverged": True, "error": error}
 
 
 def trainer_command(name: str, summary: str, loader: TrainerLoader) -> click.Command:
