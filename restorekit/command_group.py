@@ -1,6 +1,7 @@
 """The click group of restorekit's commands and sub-command groups (``train``, ``bench`` …):
-an unknown subcommand is refused with the likely name, and with why it is missing where that is
-known (a plugin that would add it is broken or not installed), not click's bare "No such command"."""
+an unknown subcommand is refused with the likely name, with why it is missing where that is known
+(a plugin that would add it is broken or not installed), else with the commands there are — not
+click's bare "No such command"."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class CommandGroup(click.Group):
         if cmd is None and not ctx.resilient_parsing:
             from .plugins import missing_command, suggest
 
-            hint = suggest(name, self.list_commands(ctx))
+            known = self.list_commands(ctx)
+            hint = suggest(name, known)
             why = missing_command(" ".join([*_group_path(ctx), name]))
-            if hint or why:
-                ctx.fail(f"no such command '{name}'{hint}{why}")
+            ctx.fail(f"no such command '{name}'{hint}{why}" if hint or why else
+                     f"no such command '{name}'; known: {', '.join(known) or 'none'}")
         return cmd

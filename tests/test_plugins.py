@@ -628,6 +628,8 @@ def test_a_first_party_command_names_its_distribution_when_it_is_not_installed(m
     assert ("no such command 'psp_sr': it comes with the restorekit-psp-sr distribution, which is not installed: "
             "pip install restorekit-psp-sr") in r.output, r.output
 
+    r = CliRunner().invoke(cli, ["bench", "nothing"])  # nothing known about it: the commands there are
+    assert r.exit_code == 2 and "no such command 'nothing'; known: faces, generator, harness, method" in r.output
     r = _restorekit("train", "psp_sr", "--help", env={"RESTOREKIT_LOAD_PLUGINS": "baselines"})
     assert r.returncode == 2
     assert "Error: no such command 'psp_sr' (RESTOREKIT_LOAD_PLUGINS=baselines limits the plugins loaded)" in r.stderr
