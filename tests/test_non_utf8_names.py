@@ -2,7 +2,8 @@
 reaches Python as a str holding surrogate escapes. Every command that listed inputs stopped on the
 first such name with "unexpected UnicodeEncodeError" (exit 1, nothing written): the name's length,
 the temp file's name, the CSV and HTML reports encoded it as strict UTF-8. It is an input like any
-other now: its output keeps its bytes, and text reports show it escaped (``\\udcff``), as JSON does."""
+other now: its output keeps its bytes, and text reports show it escaped (``\\udcff``), as JSON does.
+So in realism, bench faces and face runs' sidecars; a damaged file of such a name fails alone."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from plugin_sources import one_face_plugin_source
 from restorekit.cli import build_cli
-from restorekit.images import MAX_QUALIFIED_BYTES, output_names, temp_prefix
-from restorekit.testing.data import smooth_image
+from restorekit.images import MAX_QUALIFIED_BYTES, output_names, save_image, temp_prefix
+from restorekit.testing.data import random_alexnet_file, smooth_image
 
 BAD = os.fsdecode(b"b\xff")  # 'b\udcff'
 
@@ -90,3 +93,102 @@ def test_a_training_split_records_names_that_are_not_utf8(tmp_path: Path) -> Non
     record = split.record()
     assert record["train_count"] == 2 and record["val"] == ["v.png"]
     assert record["train_sha256"] == hashlib.sha256(b"a.png\nb\xff.png").hexdigest()
+
+
+DAMAGED = os.fsdecode(b"c\xfe")  # 'c\udcfe': a name that is not UTF-8 on a file that is no image
+
+
+def test_such_a_name_is_an_input_alone_and_a_damaged_one_fails_alone(photos: Path, tmp_path: Path) -> None:
+    """Given alone, the name is processed; a damaged file of such a name fails on its own line, named
+    (escaped where it is text), and the other inputs are done — in run, degrade and compare."""
+    alone = invoke("run", "bicubic", "--scale", "2", "--input", str(photos / f"{BAD}.png"),
+                   "--output", str(tmp_path / "alone"), "--json")
+    assert alone.exit_code == 0 and _strict(alone.stdout)["written"] == [str(tmp_path / "alone" / f"{BAD}.png")]
+    damaged = photos / f"{DAMAGED}.png"
+    damaged.write_bytes(b"not an image")
+    for command in (["run", "bicubic", "--scale", "2"], ["degrade", "--spec", "bicubic:2"]):
+        out = tmp_path / command[0]
+        r = invoke(*command, "--input", str(photos), "--output", str(out), "--json")
+        assert r.exit_code == 1, r.output
+        doc = _strict(r.stdout)
+        assert sorted(doc["written"]) == [str(out / "a.png"), str(out / f"{BAD}.png")]
+        assert [f["path"] for f in doc["failed"]] == [str(damaged)]
+        error = doc["failed"][0]["error"]
+        assert error.startswith(f"{damaged}: not a readable image") and "\n" not in error
+        assert f"{photos}/c\\udcfe.png: not a readable image" in r.stderr and DAMAGED not in r.stderr
+    out = tmp_path / "c"
+    r = invoke("compare", "--methods", "bicubic", "--scale", "2", "--data", str(photos), "--out", str(out),
+               "--metrics", "psnr_rgb", "-q")
+    assert r.exit_code == 1, r.output
+    rows = (out / "results.csv").read_bytes().decode("utf-8").splitlines()  # strict UTF-8
+    assert sorted(row.split(",")[1] for row in rows[1:]) == ["a", "b\\udcff"], rows
+    html = (out / "report.html").read_bytes().decode("utf-8")
+    assert f"input c\\udcfe: {photos}/c\\udcfe.png: not a readable image" in html
+    doc = _strict((out / "results.json").read_bytes().decode("utf-8"))
+    assert [(f["image"], f["path"]) for f in doc["inputs"]["failures"]] == [(DAMAGED, str(damaged))]
+    assert sorted(rec["image"] for rec in doc["images"]) == ["a", BAD]
+
+
+def test_realism_scores_a_set_with_such_a_name(photos: Path, tmp_path: Path) -> None:
+    """realism reads such a name in --images and --data: its figures equal those of the same
+    pixels under UTF-8 names, and a damaged one is left out, named in the JSON and escaped on stderr."""
+    alex = random_alexnet_file(tmp_path / "alex.safetensors")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Image.fromarray(smooth_image(32, 32, 2)).save(photos / "z.png")
+    for name, same in (("a.png", "a.png"), (f"{BAD}.png", "b.png"), ("z.png", "z.png")):  # the same pixels
+        (plain / same).write_bytes((photos / name).read_bytes())
+    base = ["--spaces", "alex", "--space-weights", f"alex={alex}", "--detector", "none", "--device", "cpu",
+            "--cache", "none", "--json"]
+    clean = invoke("realism", "--images", str(plain), "--data", str(plain), *base)
+    r = invoke("realism", "--images", str(photos), "--data", str(photos), *base)
+    assert r.exit_code == 0 and clean.exit_code == 0, r.output + clean.output
+    assert _strict(r.stdout)["figures"][0]["n_samples"] == 3
+    assert _strict(r.stdout)["figures"][0]["distance"] == pytest.approx(
+        _strict(clean.stdout)["figures"][0]["distance"], abs=1e-9)
+    damaged = photos / f"{DAMAGED}.png"
+    damaged.write_bytes(b"not an image")
+    r = invoke("realism", "--images", str(photos), "--data", str(plain), *base)
+    assert r.exit_code == 1, r.output
+    doc = _strict(r.stdout)
+    assert [f["path"] for f in doc["failed"]] == [str(damaged)] and doc["figures"][0]["n_samples"] == 3
+    assert "c\\udcfe.png: not a readable image" in r.stderr and DAMAGED not in r.stderr
+
+
+FACES_PLUGIN = one_face_plugin_source("8u", input_size=64, x=160, y=100, d=36, min_width=200)
+
+
+def test_faces_sidecars_record_names_as_they_are_and_a_rerun_takes_them(plugin_site, tmp_path: Path) -> None:
+    """A face run's sidecar records a name that is not UTF-8, and one that spells a list of numbers
+    (``shot [ 1, 2 ].png``, which compacting the number lists once rewrote), exactly: strict
+    UTF-8 JSON naming the input, and a rerun with the same settings skips both photos as done."""
+    plugin_site("thirdparty-nonutf8", "thirdparty_nonutf8", FACES_PLUGIN)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = [f"{BAD}.png", "shot [ 1, 2 ].png"]
+    for i, name in enumerate(names):
+        save_image(torch.rand(1, 3, 240, 320, generator=torch.Generator().manual_seed(i)), folder / name)
+    out = tmp_path / "out"
+    args = ["run", "bright_face_8u", "--scale", "2", "--input", str(folder), "--output", str(out),
+            "--faces", "detect", "--detector", "one_8u", "--json"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert sorted(_strict(r.stdout)["written"]) == [str(out / name) for name in names]
+    for name in names:
+        side = _strict((out / f"{name}.json").read_bytes().decode("utf-8"))
+        assert side["input"] == str(folder / name) and side["faces_restored"] == 1
+    assert _strict(r.stdout)["reports"][str(folder / "shot [ 1, 2 ].png")]["input"] == str(folder / "shot [ 1, 2 ].png")
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    doc = _strict(again.stdout)
+    assert doc["written"] == [] and doc["failed"] == []
+    assert sorted(s["input"] for s in doc["skipped"]) == [str(folder / name) for name in names]
+
+
+def test_bench_faces_times_a_folder_with_such_a_name(plugin_site, photos: Path) -> None:
+    """bench faces --input lists the folder (it stopped on the name) and times every photo."""
+    plugin_site("thirdparty-nonutf8", "thirdparty_nonutf8", FACES_PLUGIN)
+    r = invoke("bench", "faces", "--detector", "one_8u", "--input", str(photos), "--repeat", "1", "--json")
+    assert r.exit_code == 0, r.output
+    doc = _strict(r.stdout)
+    assert doc["input"] == str(photos) and [row["images"] for row in doc["results"]] == [2]

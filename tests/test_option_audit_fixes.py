@@ -66,3 +66,30 @@ def test_compare_names_the_variant_whose_option_is_wrong(tmp_path: Path) -> None
     r = invoke("compare", "--methods", "bicubic,bicubic@a", "--scale", "2", "--data", str(data), "--out",
                str(tmp_path / "c"), "--opt", "bicubic@a.clamp=nonee", "-q")
     assert r.exit_code == 2 and "bicubic@a: option 'clamp': Input should be 'clip' or 'none'" in r.output, r.output
+
+
+def test_a_generators_weights_given_by_an_alias_inside_pulses_generator_options_are_refused() -> None:
+    """The refusal looked for the weights option's own name among the keys as typed, so a
+    generator whose weights option is reached by the alias ``weights`` let other weights through
+    while the run's record pinned the shipped default."""
+    from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+    from restorekit.plugins import Factory, registry
+
+    class AliasedOptions(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        checkpoint: str | None = Field(None, validation_alias=AliasChoices("checkpoint", "weights"))
+        resolution: int = 16
+
+    reg, name = registry(), "aliased_weights_gen"
+    reg.add("generators", name, Factory(name, lambda **kw: None, "test", AliasedOptions), "tests")
+    try:
+        pulse = method_class("pulse").Options
+        for key in ("weights", "checkpoint"):
+            with pytest.raises(ValidationError, match=r"set the generator's weights with pulse's own "
+                                                      r"generator_weights \(run --weights\), not 'checkpoint'"):
+                pulse(generator=name, generator_options={key: "other.safetensors"})
+        assert pulse(generator=name, generator_options={"resolution": "32"}).generator_options == {"resolution": 32}
+    finally:
+        del reg.items["generators"][name]
+        del reg.owner["generators"][name]

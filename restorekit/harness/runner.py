@@ -219,7 +219,7 @@ def code_fingerprint(module: str) -> str:
         if hasattr(top, "__path__") else [Path(path)]
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
+        digest.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

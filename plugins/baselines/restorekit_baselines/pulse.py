@@ -97,13 +97,13 @@ class PulseOptions(Options):
 
         try:
             model = registry().get("generators", generator).options_model()
-            key = weights_option(model)
-            if key is not None and key in v:
-                raise ValueError(f"set the generator's weights with pulse's own generator_weights (run --weights), "
-                                 f"not {key!r} inside generator_options")
             opts = validate(model, v, label=f"generator '{generator}'")
         except RestorekitError as exc:
             raise ValueError(str(exc)) from None
+        key = weights_option(model)  # checked once read, so that an alias of the weights option is caught too
+        if key is not None and key in opts.model_fields_set:
+            raise ValueError(f"set the generator's weights with pulse's own generator_weights (run --weights), "
+                             f"not {key!r} inside generator_options")
         return {k: getattr(opts, k) for k in opts.model_fields_set}
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the generator factory (checked by its options model)")

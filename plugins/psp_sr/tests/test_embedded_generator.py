@@ -99,7 +99,7 @@ def test_generate_without_weights_writes_its_faces(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [Path(p).name for p in doc["written"]] == ["seed0002.png"]
-    assert [Path(p).name for p in doc["skipped"]] == ["seed0000.png", "seed0001.png"]
+    assert [Path(s["path"]).name for s in doc["skipped"]] == ["seed0000.png", "seed0001.png"]
     assert (tmp_path / "seed0001.png").read_bytes() == b"kept"
     r = CliRunner().invoke(build_cli(), ["generate", "--generator", "stylegan2", "--seeds", "1", "--output",
                                          str(tmp_path), "--device", "cpu", "--overwrite"])
