@@ -87,8 +87,8 @@ class _NoTrainer:
 
 
 def _resolve(tmp_path: Path, config: Path | None = None, sets: tuple[str, ...] = (), **kw: Any) -> Any:
-    args: dict[str, Any] = dict(data=tmp_path, config=config, out=tmp_path / "run", steps=None, sets=sets,
-                                resume=False, device=None)
+    args: dict[str, Any] = dict(data=tmp_path, config=config, out=tmp_path.parent / f"{tmp_path.name}-run",
+                                steps=None, sets=sets, resume=False, device=None)  # (--out outside --data)
     args.update(kw)
     return resolve_training_config(lambda: _NoTrainer, **args)
 
@@ -136,6 +136,23 @@ def test_booleans_inside_a_list_of_numbers_are_refused_as_alone(tmp_path: Path) 
     with pytest.raises(OptionError, match=r"option 'mix_layers' takes numbers; got '\[8, false\]'"):
         validate_options(method_class("psp_sr"), {"mix_layers": "[8, false]"})
     assert validate_options(method_class("psp_sr"), {"mix_layers": "[8, 9]"}).mix_layers == [8, 9]
+
+
+def test_an_out_folder_inside_the_data_folder_is_refused(tmp_path: Path) -> None:
+    """The run's own images (validation grids, loss.png) became training and validation faces of
+    the next run or resume: 4 faces were listed as 6 training and 3 validation images."""
+    (tmp_path / "faces" / "sub").mkdir(parents=True)
+    for out in (tmp_path / "faces" / "run", tmp_path / "faces", tmp_path / "faces" / "sub" / ".." / "r"):
+        with pytest.raises(RestorekitError) as exc:
+            _resolve(tmp_path, data=tmp_path / "faces", out=out)
+        assert str(exc.value) == (f"--out {out} is inside the training data {tmp_path / 'faces'}: the images the run "
+                                  "writes there (validation grids, loss.png) would be read as faces by the next run "
+                                  "or --resume; choose an --out outside it")
+    (tmp_path / "link").symlink_to(tmp_path / "faces")
+    with pytest.raises(RestorekitError, match="is inside the training data"):
+        _resolve(tmp_path, data=tmp_path / "faces", out=tmp_path / "link" / "run")
+    assert _resolve(tmp_path, data=tmp_path / "faces", out=tmp_path / "faces-run").config.out == str(
+        tmp_path / "faces-run")
 
 
 def test_set_refuses_inf_and_keeps_finite_values(tmp_path: Path) -> None:

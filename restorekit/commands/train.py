@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +183,19 @@ def resolve_training_config(loader: TrainerLoader, *, data: Path | None, config:
         where = "" if Path(cfg.data.root).is_absolute() else " (relative to the current folder)"
         raise RestorekitError(f"--resume: the run's data folder {cfg.data.root}{where} no longer exists; "
                               "pass --data DIR with the folder of its training images")
+    _refuse_out_inside_data(cfg.out, cfg.data.root)
     return ResolvedTraining(cls, cfg, ckpt_path)
+
+
+def _refuse_out_inside_data(out: str, root: str) -> None:
+    """A run folder inside the data folder is refused: the images the run writes there (validation
+    grids, loss.png, a GAN's samples) were listed as training and validation faces by the next run
+    or resume (4 faces became 6 training and 3 validation images)."""
+    o, r = Path(os.path.realpath(out)), Path(os.path.realpath(root))
+    if o == r or r in o.parents:
+        raise RestorekitError(f"--out {out} is inside the training data {root}: the images the run writes there "
+                              "(validation grids, loss.png) would be read as faces by the next run or --resume; "
+                              "choose an --out outside it")
 
 
 def fit_training(trainer: Any, *, resume: bool | Path, time_limit: float | None,
