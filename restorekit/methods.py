@@ -9,7 +9,7 @@ import torch
 from .devices import resolve_device  # the --device rules (re-exported: methods.resolve_device is public)
 from .errors import RestorekitError
 from .interfaces import RESTORATION_TASKS, Method, Options
-from .options import OptionError, parse_pairs, validate, weights_option, with_weights
+from .options import OptionError, parse_pairs, validate, with_weights
 from .plugins import kept_global_state, method_plugin, registry
 
 __all__ = ["OptionError", "resolve_device", "parse_opts", "validate_options", "method_values", "method_class",
@@ -43,8 +43,6 @@ def method_values(cls: type[Method], pairs: list[str] | tuple[str, ...], weights
     """``--opt`` pairs plus ``--weights`` as a method's raw option values (validated later)."""
     values: dict[str, Any] = dict(parse_pairs(pairs))
     if weights is not None:
-        if weights_option(cls.Options) is None:
-            raise OptionError(f"{cls.info.name} takes no --weights")
         values = with_weights(cls.Options, values, weights, label=cls.info.name)
     return values
 

@@ -379,11 +379,12 @@ def weights_option(model: type[BaseModel]) -> str | None:
 
 
 def with_weights(model: type[BaseModel], values: Mapping[str, Any], weights: str, *, label: str) -> dict[str, Any]:
-    """``values`` with ``--weights`` set as ``model``'s weights option (:func:`weights_option`, which
-    the model must have). An ``--opt`` that names other weights for it (by its name or an alias)
-    is an :class:`OptionError`: it was dropped without a word, and the run recorded only one."""
+    """``values`` with ``--weights`` set as ``model``'s weights option (:func:`weights_option`); an
+    :class:`OptionError` where the model has none, or where an ``--opt`` names other weights for it
+    (by its name or an alias): that one was dropped without a word, and the run recorded only one."""
     key = weights_option(model)
-    assert key is not None
+    if key is None:
+        raise OptionError(f"{label} takes no --weights")
     given = [k for k in values if _field(model, k) is model.model_fields[key]]
     other = next((k for k in given if values[k] != weights), None)
     if other is not None:

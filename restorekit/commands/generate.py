@@ -34,7 +34,7 @@ from ..devices import DEVICE, DEVICE_HELP
 from ..errors import FileSystemError, RestorekitError, UnknownNameError, describe_os_error
 from ..images import atomic_write_bytes, save_image
 from ..methods import resolve_device
-from ..options import FiniteFloatRange, OptionError, parse_pairs, weights_option, with_weights
+from ..options import FiniteFloatRange, OptionError, parse_pairs, with_weights
 from ..plugins import registry
 from ..provenance import cut_short
 from ..safe_open import ends_line, open_append, read_plain
@@ -248,8 +248,6 @@ def build_generator(name: str, weights: str | None, opts: tuple[str, ...], devic
     label = f"generator '{name}'"
     config: dict[str, object] = dict(parse_pairs(opts))
     if weights is not None:
-        if weights_option(factory.options_model()) is None:
-            fail_usage(f"{label} takes no --weights")
         try:
             config = with_weights(factory.options_model(), config, weights, label=label)
         except OptionError as exc:
