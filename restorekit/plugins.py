@@ -248,19 +248,23 @@ class Registry:
             if lost:
                 raise UnknownNameError(f"{label} '{name}' is unavailable: {lost}; see `restorekit plugins`") from None
             known = ", ".join(names) if names else "none registered"
-            limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
-            typos = "".join(f"; '{n}' is not installed{self.not_installed_hints.get(n, '')}" for n in self.not_installed)
-            limited = (f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded{typos})"
-                       if limit is not None else "")
-            broken = sorted(p for p, rec in self.plugins.items() if rec.status != "ok")
-            unsure = (f"; broken plugins, which may have had it: {', '.join(repr(p) for p in broken)} (see "
-                      "`restorekit plugins`)") if broken else ""
             absent = _absent_first_party(kind, name)
             if absent:
                 raise UnknownNameError(f"{label} '{name}' comes with the {absent} distribution, which is not "
                                        f"installed: pip install {absent}") from None
             raise UnknownNameError(
-                f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{limited}{unsure}") from None
+                f"unknown {label} '{name}'{suggest(name, names)}; known: {known}{self.unsure_tail()}") from None
+
+    def unsure_tail(self) -> str:
+        """What may explain a name nobody registered, to end the refusal: ``RESTOREKIT_LOAD_PLUGINS``
+        limiting the plugins loaded (and naming some not installed), broken plugins that may have had it."""
+        limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
+        typos = "".join(f"; '{n}' is not installed{self.not_installed_hints.get(n, '')}" for n in self.not_installed)
+        limited = f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded{typos})" if limit is not None else ""
+        broken = sorted(p for p, rec in self.plugins.items() if rec.status != "ok")
+        unsure = (f"; broken plugins, which may have had it: {', '.join(repr(p) for p in broken)} (see "
+                  "`restorekit plugins`)") if broken else ""
+        return limited + unsure
 
     def _lost_line(self, kind: str, name: str) -> str:
         """Why ``name`` is missing when broken plugins had registered it: ``plugin 'x' is broken: …``."""
@@ -304,15 +308,7 @@ def missing_command(path: str) -> str:
     if reg is None:
         return ""
     lost = reg._lost_line("commands", path)
-    if lost:
-        return f": {lost}; see `restorekit plugins`"
-    limit = os.environ.get("RESTOREKIT_LOAD_PLUGINS")
-    limited = f" (RESTOREKIT_LOAD_PLUGINS={limit} limits the plugins loaded)" if limit is not None else ""
-    broken = sorted(p for p, rec in reg.plugins.items() if rec.status != "ok")
-    if broken:
-        return (f"{limited}; broken plugins, which may have had it: {', '.join(repr(p) for p in broken)} "
-                "(see `restorekit plugins`)")
-    return limited
+    return f": {lost}; see `restorekit plugins`" if lost else reg.unsure_tail()
 
 
 def _strict_from_env() -> bool:
