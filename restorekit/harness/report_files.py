@@ -15,7 +15,7 @@ from ..interfaces import RESTORATION_TASKS
 from .aggregate import MethodSummary
 from .paired import PairedStat
 from .report_columns import METRIC_SUFFIXES, RESULTS_HEAD, RESULTS_TAIL, SUMMARY_HEAD, SUMMARY_TAIL
-from .report_summary import Summary
+from .report_summary import Summary, report_bytes
 from .report_text import notes, paired_notes
 from .runner import MethodPlan, backend_info, plugin_versions, restorekit_version
 from .store import dumps
@@ -29,12 +29,6 @@ def _csv_num(v: float | None) -> str:
 
 #: What a spreadsheet reads as a formula at the start of a text cell (OWASP's list).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _utf8(text: str) -> bytes:
-    """A report's text as UTF-8; a file name that is not UTF-8 (its bytes held as surrogate
-    escapes) is written ``\udcff`` as the terminal and the JSON reports show it, not refused."""
-    return text.encode("utf-8", "backslashreplace")
 
 
 def _csv_text(v: object) -> str:
@@ -67,7 +61,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
                     _csv_text(r.error or ""),
                     _csv_text(json.dumps(errors, ensure_ascii=False) if errors else "")])
     per_image = out / "results.csv"
-    atomic_write_bytes(per_image, _utf8(buf.getvalue()))
+    atomic_write_bytes(per_image, report_bytes(buf.getvalue()))
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -88,7 +82,7 @@ def write_csv(sm: Summary, out: Path) -> tuple[Path, Path]:
                 *map(_csv_text, (plans[s.name].device, plans[s.name].precision, plans[s.name].backend))]
         w.writerow(row)
     summary = out / "summary.csv"
-    atomic_write_bytes(summary, _utf8(buf.getvalue()))
+    atomic_write_bytes(summary, report_bytes(buf.getvalue()))
     return per_image, summary
 
 
@@ -110,7 +104,7 @@ def write_paired_csv(sm: Summary, out: Path) -> Path | None:
             values = [getattr(st, f) for f in PAIRED_FIELDS]
             w.writerow([_csv_text(name), _csv_text(sm.paired.baseline), _csv_text(m.name), int(m.higher_is_better),
                         *[_csv_num(v) if isinstance(v, float) else v for v in values]])
-    atomic_write_bytes(p, _utf8(buf.getvalue()))
+    atomic_write_bytes(p, report_bytes(buf.getvalue()))
     return p
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..images import atomic_write_bytes, read_image
 from .inputs import png_bytes
-from .report_summary import Summary, fmt_number
+from .report_summary import Summary, fmt_number, report_bytes
 from .report_text import ARROW, PAIRED_TITLE, Rows, failure_lines, notes, paired_notes, paired_rows, table_rows
 from .runner import plugin_versions, restorekit_version
 from .store import Record
@@ -152,5 +152,5 @@ def write_html(sm: Summary, out: Path) -> Path:
         f"{' — skipped: ' + e(m.reason or '') if m.status != 'ok' else ''}</li>" for m in res.plan.metrics) + "</ul>")
     parts.append("</body></html>")
     p = out / "report.html"
-    atomic_write_bytes(p, "\n".join(parts).encode("utf-8", "backslashreplace"))  # (names not UTF-8)
+    atomic_write_bytes(p, report_bytes("\n".join(parts)))
     return p

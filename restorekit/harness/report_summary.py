@@ -1,5 +1,5 @@
 """The aggregated view of a ``compare`` run (:class:`Summary`) that every report is rendered from,
-and the number formats all of them share."""
+and the number formats (and text encoding) all of them share."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ class Summary:
     @property
     def active_metrics(self) -> list[MetricState]:
         return [m for m in self.result.plan.metrics if m.status == "ok"]
+
+
+def report_bytes(text: str) -> bytes:
+    """A text report (CSV, HTML) as UTF-8; a file name that is not UTF-8 (its bytes held as
+    surrogate escapes) is written ``\\udcff``, as the terminal and the JSON reports show it, not refused."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def summarize_result(res: CompareResult) -> Summary:
