@@ -9,14 +9,11 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from restorekit.cli import build_cli
 from restorekit.harness.report_columns import METRIC_SUFFIXES
 from restorekit.provenance import read_note
-from restorekit.testing.data import smooth_image
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 
@@ -47,29 +44,20 @@ def csv_head(path: Path) -> list[str]:
         return next(csv.reader(f))
 
 
-@pytest.fixture
-def faces(tmp_path: Path) -> Path:
-    d = tmp_path / "faces"
-    d.mkdir()
-    for i in range(4):
-        Image.fromarray(smooth_image(40, 40, i)).save(d / f"img{i}.png")
-    return d
-
-
-def test_run_degrade_and_generate_keys(faces: Path, tmp_path: Path) -> None:
-    run = invoke("run", "bicubic", "--scale", "2", "--input", faces, "--output", tmp_path / "r", "--json")
-    detect = invoke("run", "bicubic", "--scale", "2", "--faces", "detect", "--input", faces / "img0.png",
+def test_run_degrade_and_generate_keys(hr_folder: Path, tmp_path: Path) -> None:
+    run = invoke("run", "bicubic", "--scale", "2", "--input", hr_folder, "--output", tmp_path / "r", "--json")
+    detect = invoke("run", "bicubic", "--scale", "2", "--faces", "detect", "--input", hr_folder / "img0.png",
                     "--output", tmp_path / "f", "--json")
-    degrade = invoke("degrade", "--spec", "bicubic:2", "--input", faces, "--out", tmp_path / "d", "--json")
+    degrade = invoke("degrade", "--spec", "bicubic:2", "--input", hr_folder, "--out", tmp_path / "d", "--json")
     assert set(run) | set(detect) | set(degrade) == documented("`run --json`, `degrade --json`")
-    again = invoke("run", "bicubic", "--scale", "2", "--input", faces, "--output", tmp_path / "r", "--json")
+    again = invoke("run", "bicubic", "--scale", "2", "--input", hr_folder, "--output", tmp_path / "r", "--json")
     assert {k for s in again["skipped"] for k in s} == {"path", "input", "reason"}
     # The note inside each output; the seed, pins and colour matching are absent for bicubic on no face.
     notes = [read_note(tmp_path / d / "img0.png") for d in ("r", "f", "d")]
     assert {k for n in notes if n for k in n} == documented("The note inside each output of `run` and `degrade`") \
         - {"seed", "default_weights", "option_files", "colour_match"}
     sidecar = json.loads((tmp_path / "f" / "img0.png.json").read_text())
-    assert sidecar == detect["reports"][str(faces / "img0.png")] and sidecar["faces"] == []
+    assert sidecar == detect["reports"][str(hr_folder / "img0.png")] and sidecar["faces"] == []
     assert set(sidecar) == documented("`run --faces detect`: the photo's sidecar") \
         - {"seed", "default_weights", "option_files", "grey"}
     gen = ("generate", "--generator", "stylegan2", "--seeds", "0", "--out", tmp_path / "g", "--opt",
@@ -83,15 +71,15 @@ def test_run_degrade_and_generate_keys(faces: Path, tmp_path: Path) -> None:
     assert set(manifest["settings"]) == set(re.findall(r"`([a-z_0-9]+)`", row)) - {"settings"}
 
 
-def test_train_summary_and_log_keys(faces: Path, tmp_path: Path) -> None:
+def test_train_summary_and_log_keys(hr_folder: Path, tmp_path: Path) -> None:
     tiny = ("batch_size=2", "size=16", "ngf=4", "n_downsampling=2", "n_blocks=1", "ndf=4", "n_layers_d=2", "num_d=1",
             "allow_random_vgg=true", "data.factors=[2]", "log_every=1")
     sets = [a for kv in tiny for a in ("--set", kv)]
     run = tmp_path / "run"
-    summary = invoke("train", "pix2pixhd", "--data", faces, "--out", run, "--steps", "2", "--device", "cpu", "-q",
+    summary = invoke("train", "pix2pixhd", "--data", hr_folder, "--out", run, "--steps", "2", "--device", "cpu", "-q",
                      "--json", *sets)
     assert set(summary) == documented("`train NAME --json`")
-    diverged = invoke("train", "pix2pixhd", "--data", faces, "--out", tmp_path / "nan", "--steps", "2", "--device",
+    diverged = invoke("train", "pix2pixhd", "--data", hr_folder, "--out", tmp_path / "nan", "--steps", "2", "--device",
                       "cpu", "-q", "--json", *sets, "--set", "lr=1e30", code=1)
     assert diverged["diverged"] is True and set(diverged) == set(summary)
     lines = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
@@ -104,9 +92,9 @@ def test_train_summary_and_log_keys(faces: Path, tmp_path: Path) -> None:
     assert fixed - {"kimg", "s_per_kimg"} == trained - (set(summary["losses"]) - {"loss"})  # (train stylegan2's)
 
 
-def test_compare_files(faces: Path, tmp_path: Path) -> None:
+def test_compare_files(hr_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "c"
-    printed = invoke("compare", "--methods", "bicubic,bicubic@b", "--scale", "2", "--data", faces, "--out", out,
+    printed = invoke("compare", "--methods", "bicubic,bicubic@b", "--scale", "2", "--data", hr_folder, "--out", out,
                      "--metrics", "psnr_rgb", "--baseline", "bicubic", "--json", "-q")
     listed = {name.split("/")[0] for name in documented("`compare`")}
     assert {p.name for p in out.iterdir()} == listed
